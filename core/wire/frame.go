@@ -1,0 +1,155 @@
+package wire
+
+import "fmt"
+
+// Type is a frame's message type.
+type Type uint8
+
+// Message types. Values are part of the wire format: never renumber.
+// ChannelOf says which channel each travels on.
+const (
+	// TypeHello opens a connection on the control channel: resource, node
+	// ids, version, features, generation ids, size, and a random nonce.
+	// Payload: Hello.
+	TypeHello Type = 1
+	// TypeAuth proves knowledge of the shared secret: HMAC over the peer's
+	// nonce (see AuthMAC). Payload: the MAC.
+	TypeAuth Type = 2
+	// TypeRefuse tells the peer why the connection is refused before
+	// closing it. Payload: a UTF-8 reason.
+	TypeRefuse Type = 3
+	// TypePing and TypePingAck keep the connection alive (control channel).
+	TypePing    Type = 4
+	TypePingAck Type = 5
+	// TypeData is an application write: Seq, Epoch, Offset, Length and the
+	// data as payload. FlagFUA asks the secondary to make it durable before
+	// WriteAck; FlagZeroes/FlagTrim carry no payload. FlagWantRecvAck asks
+	// for a RecvAck (protocol B).
+	TypeData Type = 6
+	// TypeRecvAck acknowledges receipt of data Seq into memory.
+	TypeRecvAck Type = 7
+	// TypeWriteAck acknowledges that data (or resync data) Seq reached the
+	// disk. FlagNegative reports a failed write.
+	TypeWriteAck Type = 8
+	// TypeBarrier closes Epoch on the data channel: writes of later epochs
+	// are not started before every write of Epoch is done. FlagFlush asks
+	// the secondary to flush its disk before acknowledging.
+	TypeBarrier Type = 9
+	// TypeBarrierAck acknowledges Barrier Epoch (control channel).
+	TypeBarrierAck Type = 10
+	// TypeOutOfSync tells the peer that [Offset, Offset+Length) differs and
+	// is marked in the sender's bitmap for it.
+	TypeOutOfSync Type = 11
+	// TypeResyncData carries resync blocks from sync source to sync target:
+	// Seq, Offset, Length, data. Acknowledged with WriteAck+FlagResync.
+	TypeResyncData Type = 12
+	// TypeStateChange announces the sender's role, disk state, replication
+	// state and generation ids. Payload: State.
+	TypeStateChange Type = 13
+	// TypeResyncDone tells the sync target that every block of the resync
+	// was sent and acknowledged.
+	TypeResyncDone Type = 14
+	// TypeBatch wraps several frames, optionally LZ4-compressed
+	// (FlagCompressed). Writer and Reader produce and unpack it; callers of
+	// Reader never see it.
+	TypeBatch Type = 15
+)
+
+func (t Type) String() string {
+	if s, ok := typeNames[t]; ok {
+		return s
+	}
+	return fmt.Sprintf("Type(%d)", uint8(t))
+}
+
+var typeNames = map[Type]string{
+	TypeHello: "hello", TypeAuth: "auth", TypeRefuse: "refuse",
+	TypePing: "ping", TypePingAck: "ping-ack", TypeData: "data",
+	TypeRecvAck: "recv-ack", TypeWriteAck: "write-ack",
+	TypeBarrier: "barrier", TypeBarrierAck: "barrier-ack",
+	TypeOutOfSync: "out-of-sync", TypeResyncData: "resync-data",
+	TypeStateChange: "state-change",
+	TypeResyncDone:  "resync-done", TypeBatch: "batch",
+}
+
+// Flags qualify a frame.
+type Flags uint16
+
+// Flag bits. Values are part of the wire format.
+const (
+	FlagCompressed  Flags = 1 << 0 // payload is LZ4 block-compressed (batches only)
+	FlagFUA         Flags = 1 << 1 // data: durable before WriteAck
+	FlagFlush       Flags = 1 << 2 // barrier: flush the disk before BarrierAck
+	FlagZeroes      Flags = 1 << 3 // data: write zeroes over Length, no payload
+	FlagTrim        Flags = 1 << 4 // data: discard Length, no payload
+	FlagWantRecvAck Flags = 1 << 5 // data: send RecvAck on receipt (protocol B)
+	FlagNegative    Flags = 1 << 6 // ack: the operation failed
+	FlagResync      Flags = 1 << 7 // ack: acknowledges ResyncData
+)
+
+// Channel names the ordered stream a frame travels on. Bulk data never
+// delays acknowledgements because they travel on separate channels.
+type Channel uint8
+
+const (
+	// ChannelData carries data, barriers, resync data, out-of-sync and
+	// state-change frames, in order: a generation-id change is ordered with
+	// the writes around it.
+	ChannelData Channel = 0
+	// ChannelControl carries the handshake, pings, acks and state changes.
+	ChannelControl Channel = 1
+)
+
+// ChannelOf is the channel a frame of type t travels on.
+func ChannelOf(t Type) Channel {
+	switch t {
+	case TypeData, TypeBarrier, TypeOutOfSync, TypeResyncData, TypeStateChange, TypeResyncDone:
+		return ChannelData
+	}
+	return ChannelControl
+}
+
+// Frame is one decoded message. Payload aliases the decoder's buffer only
+// until the next read unless documented otherwise by the reader.
+type Frame struct {
+	Type   Type
+	Flags  Flags
+	Seq    uint64 // data/resync sequence number, or the one acknowledged
+	Epoch  uint64 // write epoch (data, barrier, barrier-ack)
+	Offset uint64 // byte offset on the device (data, resync, out-of-sync)
+	Length uint32 // bytes of the device range concerned
+	// Payload is the frame's body: data, or a marshalled message.
+	Payload []byte
+}
+
+// GenIDs are a node's generation identifiers, compared at connect time to
+// decide sync direction (see package core).
+type GenIDs struct {
+	Current uint64
+	Bitmap  uint64 // bitmap UUID towards the peer this is sent to; 0 if none
+	History [2]uint64
+}
+
+// Hello is the payload of TypeHello, the first frame each side sends on the
+// control channel.
+type Hello struct {
+	Version  uint16 // the sender's wire version (Version)
+	Features uint64 // feature bits the sender supports
+	Resource string
+	From     uint8 // sender's node id
+	To       uint8 // node id the sender believes it is talking to
+	Nonce    [32]byte
+	Size     uint64 // usable device size in bytes
+	Gen      GenIDs // Bitmap is the sender's bitmap UUID towards To
+	Role     uint8  // sender's core.Role
+	Disk     uint8  // sender's core.DiskState
+}
+
+// State is the payload of TypeStateChange.
+type State struct {
+	Role uint8  // core.Role
+	Disk uint8  // core.DiskState
+	Repl uint8  // core.ReplState as seen by the sender towards the receiver
+	Gen  GenIDs // Bitmap is the sender's bitmap UUID towards the receiver
+	Size uint64
+}
