@@ -1,0 +1,288 @@
+package kmod
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Errors returned (wrapped, with the path) by OpenBacking, CreateFile and
+// the methods of Backing and Region.
+var (
+	// ErrLocked: another open file description (usually another georepl
+	// daemon) holds the exclusive lock on the backing store.
+	ErrLocked = errors.New("backing store is locked by another process")
+	// ErrOutOfBounds: an access reaches outside the backing store or region.
+	ErrOutOfBounds = errors.New("access outside the backing store")
+	// ErrNotBlockStore: the path is neither a regular file nor a block device.
+	ErrNotBlockStore = errors.New("not a regular file or block device")
+)
+
+// zeroChunkSize bounds the size of one write when zeroes are written by hand.
+const zeroChunkSize = 1 << 20
+
+// zeroChunk is never written to; it is the source of hand-written zeroes.
+var zeroChunk [zeroChunkSize]byte
+
+// Backing is an open backing store: a regular file or a block device, locked
+// exclusively for this process. Its size is fixed when it is opened.
+//
+// All methods are safe for concurrent use.
+type Backing struct {
+	file        *os.File
+	path        string
+	size        int64
+	blockDevice bool
+}
+
+// OpenBacking opens the regular file or block device at path read-write and
+// takes an exclusive advisory lock (flock) on it. A second OpenBacking of the
+// same store, from this or another process, fails with an error wrapping
+// ErrLocked until the first is closed. The size is the file's length or the
+// block device's capacity at open time.
+func OpenBacking(path string) (*Backing, error) {
+	// os.OpenFile always sets O_CLOEXEC.
+	file, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("kmod: open backing store: %w", err)
+	}
+	b := &Backing{file: file, path: path}
+	if err := b.init(); err != nil {
+		file.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+func (b *Backing) init() error {
+	info, err := b.file.Stat()
+	if err != nil {
+		return fmt.Errorf("kmod: open backing store: %w", err)
+	}
+	switch mode := info.Mode(); {
+	case mode.IsRegular():
+		b.size = info.Size()
+	case mode&fs.ModeDevice != 0 && mode&fs.ModeCharDevice == 0:
+		b.blockDevice = true
+		var size uint64
+		if err := b.ioctl("ioctl BLKGETSIZE64", unix.BLKGETSIZE64, unsafe.Pointer(&size)); err != nil {
+			return err
+		}
+		if size > 1<<63-1 {
+			return fmt.Errorf("kmod: open backing store %s: block device size %d overflows int64", b.path, size)
+		}
+		b.size = int64(size)
+	default:
+		return fmt.Errorf("kmod: open backing store %s (mode %v): %w", b.path, mode, ErrNotBlockStore)
+	}
+	err = b.control("flock", func(fd int) error { return unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB) })
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		return fmt.Errorf("kmod: open backing store %s: %w (is another georepl daemon using it?)", b.path, ErrLocked)
+	}
+	return err
+}
+
+// CreateFile creates a sparse regular file of size bytes at path, for use
+// as a backing store. It refuses to overwrite anything that exists at path
+// (the error wraps fs.ErrExist), and removes its partial file if it fails.
+func CreateFile(path string, size int64) error {
+	if size < 0 {
+		return fmt.Errorf("kmod: create backing file %s: negative size %d", path, size)
+	}
+	file, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("kmod: create backing file: %w", err)
+	}
+	err = file.Truncate(size)
+	if err == nil {
+		err = file.Sync()
+	}
+	if closeErr := file.Close(); err == nil {
+		err = closeErr
+	}
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("kmod: create backing file %s of %d bytes: %w", path, size, err)
+	}
+	return nil
+}
+
+// Path returns the path the store was opened with.
+func (b *Backing) Path() string { return b.path }
+
+// Size returns the store's size in bytes, fixed at open time.
+func (b *Backing) Size() int64 { return b.size }
+
+// ReadAt reads len(p) bytes at off, with io.ReaderAt semantics: n < len(p)
+// only with a non-nil error. A range outside [0, Size) fails with an error
+// wrapping ErrOutOfBounds, without reading.
+func (b *Backing) ReadAt(p []byte, off int64) (int, error) {
+	if err := b.check("read", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	n, err := b.file.ReadAt(p, off)
+	if err != nil {
+		return n, fmt.Errorf("kmod: %w", err)
+	}
+	return n, nil
+}
+
+// WriteAt writes all of p at off, with io.WriterAt semantics: n < len(p)
+// only with a non-nil error. A full file system fails with an error wrapping
+// syscall.ENOSPC. A range outside [0, Size) fails with an error wrapping
+// ErrOutOfBounds, without writing. The data is durable only after Sync.
+// WriteAt does not keep p.
+func (b *Backing) WriteAt(p []byte, off int64) (int, error) {
+	if err := b.check("write", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	n, err := b.file.WriteAt(p, off)
+	if err != nil {
+		return n, fmt.Errorf("kmod: %w", err)
+	}
+	return n, nil
+}
+
+// Sync makes every write that completed before the call durable
+// (fdatasync).
+func (b *Backing) Sync() error {
+	return b.control("fdatasync", unix.Fdatasync)
+}
+
+// Punch tells the store that [off, off+length) is no longer needed: it
+// deallocates the range of a file (which then reads as zeroes) and discards
+// it on a block device (whose contents there are then unspecified: use
+// WriteZeroes for zeroes). Where neither is supported it writes zeroes.
+func (b *Backing) Punch(off, length int64) error {
+	if err := b.check("punch", off, length); err != nil || length == 0 {
+		return err
+	}
+	var err error
+	if b.blockDevice {
+		span := [2]uint64{uint64(off), uint64(length)}
+		err = b.ioctl("ioctl BLKDISCARD", unix.BLKDISCARD, unsafe.Pointer(&span))
+	} else {
+		err = b.fallocate("fallocate PUNCH_HOLE", unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	}
+	if isUnsupported(err) {
+		return b.writeZeroChunks(off, length)
+	}
+	return err
+}
+
+// WriteZeroes makes [off, off+length) read as zeroes and leaves it allocated:
+// FALLOC_FL_ZERO_RANGE on files, BLKZEROOUT on block devices, and plain
+// writes of zeroes (at most 1 MiB each) where those are not supported. Like
+// WriteAt it fails with an error wrapping syscall.ENOSPC on a full file
+// system and is durable only after Sync.
+func (b *Backing) WriteZeroes(off, length int64) error {
+	if err := b.check("write zeroes", off, length); err != nil || length == 0 {
+		return err
+	}
+	var err error
+	if b.blockDevice {
+		span := [2]uint64{uint64(off), uint64(length)}
+		err = b.ioctl("ioctl BLKZEROOUT", unix.BLKZEROOUT, unsafe.Pointer(&span))
+	} else {
+		err = b.fallocate("fallocate ZERO_RANGE", unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	}
+	if isUnsupported(err) {
+		return b.writeZeroChunks(off, length)
+	}
+	return err
+}
+
+// Close releases the lock and closes the store. It does not Sync.
+func (b *Backing) Close() error {
+	if err := b.file.Close(); err != nil {
+		return fmt.Errorf("kmod: close backing store: %w", err)
+	}
+	return nil
+}
+
+// Region returns a view of [off, off+size) of the store; see Region. A
+// region that does not fit the store is returned anyway, with every
+// operation failing with the error that Region.Err reports.
+func (b *Backing) Region(off, size int64) *Region {
+	r := &Region{backing: b, off: off, size: size}
+	if off < 0 || size < 0 || off > b.size || size > b.size-off {
+		r.err = fmt.Errorf("kmod: region [%d, +%d) of %s does not fit in its %d bytes: %w",
+			off, size, b.path, b.size, ErrOutOfBounds)
+		r.size = 0
+	}
+	return r
+}
+
+// check validates [off, off+length) against the store's size.
+func (b *Backing) check(op string, off, length int64) error {
+	if off < 0 || length < 0 || off > b.size || length > b.size-off {
+		return fmt.Errorf("kmod: %s %s at [%d, +%d): size is %d: %w", op, b.path, off, length, b.size, ErrOutOfBounds)
+	}
+	return nil
+}
+
+// writeZeroChunks writes zeroes over [off, off+length) in bounded chunks.
+func (b *Backing) writeZeroChunks(off, length int64) error {
+	for length > 0 {
+		chunk := min(length, zeroChunkSize)
+		if _, err := b.file.WriteAt(zeroChunk[:chunk], off); err != nil {
+			return fmt.Errorf("kmod: write zeroes: %w", err)
+		}
+		off += chunk
+		length -= chunk
+	}
+	return nil
+}
+
+func (b *Backing) fallocate(op string, mode uint32, off, length int64) error {
+	return b.control(op, func(fd int) error { return unix.Fallocate(fd, mode, off, length) })
+}
+
+// ioctl performs an ioctl whose argument is a pointer. x/sys/unix has no
+// typed helper for the block-device requests used here.
+func (b *Backing) ioctl(op string, request uint, arg unsafe.Pointer) error {
+	return b.control(op, func(fd int) error {
+		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(request), uintptr(arg)); errno != 0 {
+			return errno
+		}
+		return nil
+	})
+}
+
+// control runs fn on the store's descriptor (kept open meanwhile) and wraps
+// its error with op and the path, retrying on EINTR.
+func (b *Backing) control(op string, fn func(fd int) error) error {
+	raw, err := b.file.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("kmod: %s %s: %w", op, b.path, err)
+	}
+	var opErr error
+	if err := raw.Control(func(fd uintptr) {
+		for {
+			opErr = fn(int(fd))
+			if opErr != unix.EINTR {
+				return
+			}
+		}
+	}); err != nil {
+		// Control fails only when the file is closed (or closing); its
+		// error is not os.ErrClosed itself, so say it plainly.
+		return fmt.Errorf("kmod: %w", &fs.PathError{Op: op, Path: b.path, Err: os.ErrClosed})
+	}
+	if opErr != nil {
+		return fmt.Errorf("kmod: %w", &fs.PathError{Op: op, Path: b.path, Err: opErr})
+	}
+	return nil
+}
+
+// isUnsupported reports whether err says that the file system or device
+// cannot do the operation at all, as opposed to failing at it.
+func isUnsupported(err error) bool {
+	return errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.ENOSYS) ||
+		errors.Is(err, syscall.ENOTTY)
+}

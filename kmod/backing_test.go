@@ -1,0 +1,326 @@
+package kmod
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func newBacking(t *testing.T, size int64) *Backing {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "backing.img")
+	if err := CreateFile(path, size); err != nil {
+		t.Fatal(err)
+	}
+	b, err := OpenBacking(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+func randomBytes(seed uint64, n int) []byte {
+	p := make([]byte, n)
+	r := rand.New(rand.NewPCG(seed, seed))
+	for i := range p {
+		p[i] = byte(r.Uint32())
+	}
+	return p
+}
+
+func readBack(t *testing.T, r interface {
+	ReadAt([]byte, int64) (int, error)
+}, off int64, n int) []byte {
+	t.Helper()
+	p := make([]byte, n)
+	if got, err := r.ReadAt(p, off); err != nil || got != n {
+		t.Fatalf("ReadAt(%d bytes at %d) = %d, %v", n, off, got, err)
+	}
+	return p
+}
+
+func TestCreateFileIsSparseAndRefusesOverwrite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk.img")
+	if err := CreateFile(path, 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Size != 1<<30 || st.Blocks*512 > 1<<20 {
+		t.Fatalf("size %d, allocated %d bytes: want 1 GiB, sparse", st.Size, st.Blocks*512)
+	}
+	err := CreateFile(path, 4096)
+	if !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("second CreateFile: %v, want fs.ErrExist", err)
+	}
+	if err := CreateFile(filepath.Join(t.TempDir(), "neg.img"), -1); err == nil || !strings.Contains(err.Error(), "negative size") {
+		t.Fatalf("CreateFile(-1) = %v, want a negative-size error", err)
+	}
+}
+
+func TestReadWriteSyncRoundTrip(t *testing.T) {
+	b := newBacking(t, 1<<20)
+	if b.Size() != 1<<20 {
+		t.Fatalf("Size() = %d", b.Size())
+	}
+	data := randomBytes(1, 12345)
+	if n, err := b.WriteAt(data, 4000); err != nil || n != len(data) {
+		t.Fatalf("WriteAt = %d, %v", n, err)
+	}
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readBack(t, b, 4000, len(data)); !bytes.Equal(got, data) {
+		t.Fatal("read back differs from written data")
+	}
+	// The data reached the file, not just a cache of ours.
+	raw, err := os.ReadFile(b.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(raw[4000:4000+len(data)], data) {
+		t.Fatal("file content differs from written data")
+	}
+}
+
+func TestSecondOpenIsRefusedUntilClose(t *testing.T) {
+	b := newBacking(t, 4096)
+	_, err := OpenBacking(b.Path())
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), b.Path()) {
+		t.Fatalf("second OpenBacking: %v, want ErrLocked naming %s", err, b.Path())
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := OpenBacking(b.Path())
+	if err != nil {
+		t.Fatalf("OpenBacking after Close: %v", err)
+	}
+	again.Close()
+}
+
+func TestOpenRefusesMissingAndNonBlockStores(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing.img")
+	if _, err := OpenBacking(missing); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("OpenBacking(missing) = %v", err)
+	}
+	if _, err := OpenBacking("/dev/null"); !errors.Is(err, ErrNotBlockStore) || !strings.Contains(err.Error(), "/dev/null") {
+		t.Fatalf("OpenBacking(/dev/null) = %v, want ErrNotBlockStore naming it", err)
+	}
+}
+
+func TestBoundsAreCheckedBeforeTouchingTheFile(t *testing.T) {
+	b := newBacking(t, 8192)
+	p := make([]byte, 4096)
+	cases := []struct {
+		name string
+		do   func() error
+	}{
+		{"read past end", func() error { _, err := b.ReadAt(p, 4097); return err }},
+		{"write past end", func() error { _, err := b.WriteAt(p, 8192); return err }},
+		{"negative offset", func() error { _, err := b.WriteAt(p, -1); return err }},
+		{"punch past end", func() error { return b.Punch(0, 8193) }},
+		{"zeroes overflow", func() error { return b.WriteZeroes(1, 1<<63-1) }},
+	}
+	for _, tc := range cases {
+		err := tc.do()
+		if !errors.Is(err, ErrOutOfBounds) || !strings.Contains(err.Error(), b.Path()) {
+			t.Errorf("%s: %v, want ErrOutOfBounds naming the path", tc.name, err)
+		}
+	}
+	st, err := os.Stat(b.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() != 8192 {
+		t.Fatalf("file grew to %d bytes", st.Size())
+	}
+}
+
+func TestPunchAndWriteZeroes(t *testing.T) {
+	b := newBacking(t, 1<<20)
+	data := randomBytes(2, 1<<20)
+	if _, err := b.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Punch(4096, 65536); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WriteZeroes(100000, 3000); err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Clone(data)
+	clear(want[4096 : 4096+65536])
+	clear(want[100000:103000])
+	if got := readBack(t, b, 0, 1<<20); !bytes.Equal(got, want) {
+		t.Fatal("content after Punch/WriteZeroes differs")
+	}
+}
+
+func TestRegion(t *testing.T) {
+	b := newBacking(t, 1<<16)
+	meta := b.Region(1<<15, 1<<15)
+	data := b.Region(0, 1<<15)
+	if meta.Err() != nil || data.Err() != nil || meta.Size() != 1<<15 || meta.Offset() != 1<<15 {
+		t.Fatalf("regions: %v %v size %d", meta.Err(), data.Err(), meta.Size())
+	}
+	record := randomBytes(3, 512)
+	if _, err := meta.WriteAt(record, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := meta.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if got := readBack(t, b, 1<<15, 512); !bytes.Equal(got, record) {
+		t.Fatal("region write did not land at its offset in the store")
+	}
+	if _, err := data.WriteAt(record, 1<<15-511); !errors.Is(err, ErrOutOfBounds) || !strings.Contains(err.Error(), "region [0, +32768)") {
+		t.Fatalf("write across the region's end: %v", err)
+	}
+	if got := readBack(t, b, 1<<15, 512); !bytes.Equal(got, record) {
+		t.Fatal("refused region write touched the neighbouring region")
+	}
+	if err := meta.WriteZeroes(0, 256); err != nil {
+		t.Fatal(err)
+	}
+	if err := meta.Punch(256, 256); err != nil {
+		t.Fatal(err)
+	}
+	if got := readBack(t, meta, 0, 512); !bytes.Equal(got, make([]byte, 512)) {
+		t.Fatal("region zeroes/punch did not zero the range")
+	}
+
+	unfit := b.Region(1<<15, 1<<15+1)
+	if !errors.Is(unfit.Err(), ErrOutOfBounds) || unfit.Size() != 0 {
+		t.Fatalf("unfit region: err %v size %d", unfit.Err(), unfit.Size())
+	}
+	if _, err := unfit.ReadAt(make([]byte, 1), 0); err != unfit.Err() {
+		t.Fatalf("unfit region ReadAt: %v", err)
+	}
+	if err := unfit.Sync(); err != unfit.Err() {
+		t.Fatalf("unfit region Sync: %v", err)
+	}
+}
+
+func TestConcurrentWritersAndClose(t *testing.T) {
+	b := newBacking(t, 1<<20)
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			block := randomBytes(uint64(w), 4096)
+			for i := range 16 {
+				off := int64(w*16+i) * 4096
+				if _, err := b.WriteAt(block, off); err != nil {
+					t.Error(err)
+					return
+				}
+				if got := readBack(t, b, off, 4096); !bytes.Equal(got, block) {
+					t.Error("concurrent write lost")
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.WriteAt(make([]byte, 1), 0); !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("WriteAt after Close: %v, want os.ErrClosed", err)
+	}
+	if err := b.Sync(); !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("Sync after Close: %v, want os.ErrClosed", err)
+	}
+}
+
+// TestFullFileSystemSurfacesENOSPC fills a tiny tmpfs (which also lacks
+// FALLOC_FL_ZERO_RANGE, so WriteZeroes takes its fallback path there).
+func TestFullFileSystemSurfacesENOSPC(t *testing.T) {
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=256k"); err != nil {
+		t.Skipf("cannot mount a small tmpfs (needs root): %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	path := filepath.Join(dir, "full.img")
+	if err := CreateFile(path, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	b, err := OpenBacking(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.WriteZeroes(0, 64<<10); err != nil {
+		t.Fatalf("WriteZeroes fallback on tmpfs: %v", err)
+	}
+	n, err := b.WriteAt(randomBytes(4, 1<<20), 0)
+	if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("WriteAt on a full file system = %d, %v; want ENOSPC naming the path", n, err)
+	}
+	if n >= 1<<20 {
+		t.Fatalf("WriteAt reported %d bytes written with ENOSPC", n)
+	}
+	if err := b.WriteZeroes(0, 1<<20); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("WriteZeroes on a full file system: %v, want ENOSPC", err)
+	}
+}
+
+// TestBlockDevice runs the block-device paths (BLKGETSIZE64, BLKDISCARD,
+// BLKZEROOUT) on a loop device.
+func TestBlockDevice(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "loop.img")
+	if err := CreateFile(img, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("losetup", "--find", "--show", img).Output()
+	if err != nil {
+		t.Skipf("cannot attach a loop device (needs root and losetup): %v", err)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "--detach", dev).Run() })
+
+	b, err := OpenBacking(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if b.Size() != 4<<20 {
+		t.Fatalf("block device size %d, want %d", b.Size(), 4<<20)
+	}
+	data := randomBytes(5, 1<<20)
+	if _, err := b.WriteAt(data, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WriteZeroes(4096, 8192); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Punch(1<<19, 1<<16); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	got := readBack(t, b, 0, 1<<19)
+	want := bytes.Clone(data[:1<<19])
+	clear(want[4096 : 4096+8192])
+	if !bytes.Equal(got, want) {
+		t.Fatal("block device content after WriteZeroes differs")
+	}
+	if _, err := OpenBacking(dev); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second open of the block device: %v, want ErrLocked", err)
+	}
+}
