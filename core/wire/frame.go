@@ -1,6 +1,9 @@
 package wire
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
 
 // Type is a frame's message type.
 type Type uint8
@@ -55,6 +58,8 @@ const (
 	TypeBatch Type = 15
 )
 
+// String is the type's name as used in logs and error messages ("data",
+// "write-ack"), or "Type(N)" for a number this build does not know.
 func (t Type) String() string {
 	if s, ok := typeNames[t]; ok {
 		return s
@@ -72,6 +77,12 @@ var typeNames = map[Type]string{
 	TypeResyncDone:  "resync-done", TypeBatch: "batch",
 }
 
+// known reports whether t is a message type of this wire version.
+func (t Type) known() bool {
+	_, ok := typeNames[t]
+	return ok
+}
+
 // Flags qualify a frame.
 type Flags uint16
 
@@ -87,6 +98,28 @@ const (
 	FlagResync      Flags = 1 << 7 // ack: acknowledges ResyncData
 )
 
+var flagNames = [...]string{
+	"compressed", "fua", "flush", "zeroes", "trim", "want-recv-ack", "negative", "resync",
+}
+
+// String names the set bits joined by "|" ("fua|want-recv-ack"), "0" when
+// none is set, and "0x..." for bits this build does not know.
+func (fl Flags) String() string {
+	if fl == 0 {
+		return "0"
+	}
+	var names []string
+	for i, name := range flagNames {
+		if fl&(1<<i) != 0 {
+			names = append(names, name)
+		}
+	}
+	if unknown := fl &^ (1<<len(flagNames) - 1); unknown != 0 {
+		names = append(names, fmt.Sprintf("%#x", uint16(unknown)))
+	}
+	return strings.Join(names, "|")
+}
+
 // Channel names the ordered stream a frame travels on. Bulk data never
 // delays acknowledgements because they travel on separate channels.
 type Channel uint8
@@ -96,7 +129,8 @@ const (
 	// state-change frames, in order: a generation-id change is ordered with
 	// the writes around it.
 	ChannelData Channel = 0
-	// ChannelControl carries the handshake, pings, acks and state changes.
+	// ChannelControl carries the handshake (hello, auth, refuse), pings and
+	// every acknowledgement.
 	ChannelControl Channel = 1
 )
 
@@ -109,8 +143,14 @@ func ChannelOf(t Type) Channel {
 	return ChannelControl
 }
 
-// Frame is one decoded message. Payload aliases the decoder's buffer only
-// until the next read unless documented otherwise by the reader.
+// Frame is one message. Which fields are meaningful depends on Type (see
+// the Type constants); unused fields are zero.
+//
+// Who owns Payload depends on where the Frame came from: DecodeFrame
+// returns a Payload that aliases its input buffer, Reader.ReadFrame returns
+// a freshly allocated one that belongs to the caller, and Writer.WriteFrame
+// and AppendFrame copy it, so the caller may reuse it as soon as they
+// return.
 type Frame struct {
 	Type   Type
 	Flags  Flags
@@ -120,6 +160,13 @@ type Frame struct {
 	Length uint32 // bytes of the device range concerned
 	// Payload is the frame's body: data, or a marshalled message.
 	Payload []byte
+}
+
+// String describes the frame's header for logs and error messages, e.g.
+// "data seq 17 epoch 3 offset 8192 length 4096 flags fua payload 4096 bytes".
+func (f *Frame) String() string {
+	return fmt.Sprintf("%s seq %d epoch %d offset %d length %d flags %s payload %d bytes",
+		f.Type, f.Seq, f.Epoch, f.Offset, f.Length, f.Flags, len(f.Payload))
 }
 
 // GenIDs are a node's generation identifiers, compared at connect time to

@@ -1,0 +1,178 @@
+package wire
+
+import (
+	"fmt"
+	"io"
+	"sync/atomic"
+
+	"github.com/pierrec/lz4/v4"
+)
+
+const (
+	// MinCompressBatch is the smallest flush a Writer with CompressionLZ4
+	// tries to compress: below it the frames go out as they are, because
+	// LZ4 gains little on a single 4 KiB write and costs latency.
+	MinCompressBatch = 64 << 10
+	// MaxBuffered is the number of encoded bytes a Writer holds before it
+	// flushes by itself, which bounds its memory (to MaxBuffered plus one
+	// frame) and the size of a batch.
+	MaxBuffered = 4 << 20
+)
+
+// WriterStats are a Writer's counters since it was created.
+type WriterStats struct {
+	Frames   uint64 // frames written out (batched ones counted one by one)
+	Bytes    uint64 // bytes handed to the underlying io.Writer
+	RawBytes uint64 // encoded size of those frames before compression
+	// Batches counts flushes large enough to try compression
+	// (CompressionLZ4 and at least MinCompressBatch bytes);
+	// CompressedBatches counts those that went out as a compressed batch
+	// because compression made them smaller. A large gap between the two
+	// means the data is incompressible.
+	Batches           uint64
+	CompressedBatches uint64
+}
+
+// Writer encodes frames onto an io.Writer, buffering them until Flush so
+// that many small frames cost one Write and, with CompressionLZ4, one
+// compression of the whole batch.
+//
+// A Writer is not safe for concurrent use, except Stats. The first error
+// from the underlying io.Writer is sticky: the stream's framing is lost, so
+// every later call returns it and the connection must be dropped.
+type Writer struct {
+	w           io.Writer
+	compression Compression
+	compressor  *lz4.Compressor // only with CompressionLZ4
+	bufferCap   int             // MaxBuffered, lowered by tests
+
+	buf      []byte // encoded frames not yet written
+	buffered uint64 // frames in buf
+	batch    []byte // header and compressed payload of a batch
+	err      error
+
+	frames, bytes, rawBytes, batches, compressedBatches atomic.Uint64
+}
+
+// NewWriter returns a Writer that sends to w with compression c. It panics
+// if c is neither CompressionNone nor CompressionLZ4 (ParseCompression
+// never returns another value).
+func NewWriter(w io.Writer, c Compression) *Writer {
+	wr := &Writer{w: w, compression: c, bufferCap: MaxBuffered}
+	switch c {
+	case CompressionNone:
+	case CompressionLZ4:
+		wr.compressor = new(lz4.Compressor)
+	default:
+		panic(fmt.Sprintf("wire: NewWriter: invalid compression %s", c))
+	}
+	return wr
+}
+
+// WriteFrame encodes f into the Writer's buffer; it reaches the underlying
+// io.Writer at the next Flush, or earlier when the buffer reaches
+// MaxBuffered bytes. The payload is copied: the caller may reuse f as soon
+// as WriteFrame returns.
+//
+// A frame the format forbids is refused without touching the stream:
+// ErrUnknownType, ErrTooLarge (payload above MaxPayload) or ErrMalformed
+// (TypeBatch or FlagCompressed, which are the Writer's own business, or a
+// data frame whose payload does not match its Length and flags). Otherwise
+// the error is the one of an automatic flush.
+func (w *Writer) WriteFrame(f *Frame) error {
+	if w.err != nil {
+		return w.err
+	}
+	if len(f.Payload) > MaxPayload {
+		return fmt.Errorf("%w: %s: payload exceeds MaxPayload (%d bytes)", ErrTooLarge, f, MaxPayload)
+	}
+	if f.Type == TypeBatch {
+		return fmt.Errorf("%w: cannot write a batch frame: the Writer makes batches itself", ErrMalformed)
+	}
+	if err := checkWellFormed(f); err != nil {
+		return err
+	}
+	size := HeaderSize + len(f.Payload)
+	if len(w.buf) > 0 && len(w.buf)+size > w.bufferCap {
+		if err := w.Flush(); err != nil {
+			return err
+		}
+	}
+	w.buf = AppendFrame(w.buf, f)
+	w.buffered++
+	if len(w.buf) >= w.bufferCap {
+		return w.Flush()
+	}
+	return nil
+}
+
+// Buffered is the number of encoded bytes waiting for Flush.
+func (w *Writer) Buffered() int { return len(w.buf) }
+
+// Flush writes every buffered frame with a single Write call: as they are,
+// or as one compressed batch frame when the Writer uses CompressionLZ4, the
+// frames add up to at least MinCompressBatch bytes and compression makes
+// them smaller. Flush with nothing buffered does nothing.
+func (w *Writer) Flush() error {
+	if w.err != nil {
+		return w.err
+	}
+	if len(w.buf) == 0 {
+		return nil
+	}
+	out := w.buf
+	if w.compressor != nil && len(w.buf) >= MinCompressBatch && len(w.buf) <= MaxPayload {
+		w.batches.Add(1)
+		if batch, ok := w.compressBatch(); ok {
+			out = batch
+			w.compressedBatches.Add(1)
+		}
+	}
+	n, err := w.w.Write(out)
+	w.bytes.Add(uint64(n))
+	if err == nil && n < len(out) {
+		err = io.ErrShortWrite
+	}
+	if err != nil {
+		w.err = fmt.Errorf("wire: writing %d bytes (%d frames): %w", len(out), w.buffered, err)
+		w.buf = nil
+		return w.err
+	}
+	w.frames.Add(w.buffered)
+	w.rawBytes.Add(uint64(len(w.buf)))
+	w.buf = w.buf[:0]
+	w.buffered = 0
+	return nil
+}
+
+// compressBatch returns w.buf as one compressed batch frame, or false when
+// compression would not make it smaller on the wire. The destination is
+// deliberately too small to hold anything that does not shrink, so LZ4
+// gives up early on incompressible data.
+func (w *Writer) compressBatch() ([]byte, bool) {
+	limit := len(w.buf) - 1 // a batch must be smaller than the frames it holds
+	if cap(w.batch) < limit {
+		w.batch = make([]byte, limit)
+	}
+	batch := w.batch[:limit]
+	n, err := w.compressor.CompressBlock(w.buf, batch[HeaderSize:])
+	if err != nil || n == 0 {
+		return nil, false
+	}
+	batch = batch[:HeaderSize+n]
+	putHeader(batch, TypeBatch, FlagCompressed, 0, 0, 0, uint32(len(w.buf)), n)
+	sealFrame(batch)
+	return batch, true
+}
+
+// Stats returns the Writer's counters. It is safe to call from any
+// goroutine, concurrently with the Writer's user.
+func (w *Writer) Stats() WriterStats {
+	return WriterStats{
+		Frames:            w.frames.Load(),
+		Bytes:             w.bytes.Load(),
+		RawBytes:          w.rawBytes.Load(),
+		Batches:           w.batches.Load(),
+		CompressedBatches: w.compressedBatches.Load(),
+	}
+}
