@@ -1,10 +1,16 @@
 package transports
 
 import (
+	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 )
+
+// ErrUnknownTransport is wrapped by Lookup's error when no transport is
+// registered under the name asked for.
+var ErrUnknownTransport = errors.New("unknown transport")
 
 var (
 	registryMu sync.RWMutex
@@ -26,14 +32,16 @@ func Register(name string, t Transport) {
 	registry[name] = t
 }
 
-// Lookup returns the transport registered as name.
+// Lookup returns the transport registered as name. For an unknown name it
+// returns an error wrapping ErrUnknownTransport that lists the registered
+// names, so that a typo in a resource file is easy to fix.
 func Lookup(name string) (Transport, error) {
 	registryMu.RLock()
 	defer registryMu.RUnlock()
 	if t, ok := registry[name]; ok {
 		return t, nil
 	}
-	return nil, fmt.Errorf("unknown transport %q (registered: %v)", name, namesLocked())
+	return nil, fmt.Errorf("transports: %w %q (registered: %s)", ErrUnknownTransport, name, strings.Join(namesLocked(), ", "))
 }
 
 // Names lists the registered transports, sorted.

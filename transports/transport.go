@@ -34,26 +34,53 @@ const (
 // Conn is an established connection between two nodes.
 //
 // Each stream may be used by one reader and one writer goroutine at the same
-// time; streams are independent of each other. Close closes every stream
-// and unblocks pending reads and writes on both ends, which then return an
-// error (io.EOF or net.ErrClosed on the reading side of a clean close).
+// time; streams are independent of each other: a writer blocked on a full
+// data channel never delays the control channel.
+//
+// Close closes every stream and unblocks pending reads and writes on both
+// ends, which then return an error (io.EOF or net.ErrClosed on the reading
+// side of a clean close). Close is not a flush: bytes written but not yet
+// read by the peer may be lost, so the replication protocol confirms
+// delivery with acknowledgements before it closes. Close may be called more
+// than once and concurrently with reads and writes.
+//
+// A connection fails as a whole: once one stream returns an error, the
+// other streams return errors too, soon (the transport documents how
+// soon). A caller that sees an error on one stream closes the Conn.
 type Conn interface {
+	// Stream returns the stream of channel ch, the same value on every
+	// call. It panics if ch >= NumChannels, a programming error.
 	Stream(ch Channel) io.ReadWriter
+	// Close closes the connection; see the type's comment.
 	Close() error
+	// LocalAddr and RemoteAddr name the two ends, for logs.
 	LocalAddr() net.Addr
 	RemoteAddr() net.Addr
 }
 
-// Listener accepts connections. Accept returns net.ErrClosed after Close.
+// Listener accepts connections.
 type Listener interface {
+	// Accept waits for the next connection whose channels are all set up.
+	// It returns ctx's error (wrapped) when ctx is done first, and an error
+	// wrapping net.ErrClosed once Close was called, also to an Accept
+	// already waiting.
 	Accept(ctx context.Context) (Conn, error)
+	// Close stops listening and discards connections not yet accepted.
+	// Connections already accepted stay open.
 	Close() error
+	// Addr is the address the listener is bound to, with the real port
+	// when Listen was given port 0.
 	Addr() net.Addr
 }
 
 // Transport dials and listens. Implementations are safe for concurrent use.
 type Transport interface {
+	// Dial connects to the listener at addr and opens every channel. It
+	// honours ctx: when ctx is done before the connection is set up, Dial
+	// gives up and returns an error wrapping ctx.Err().
 	Dial(ctx context.Context, addr string, opts Options) (Conn, error)
+	// Listen binds addr and returns a listener. The address format is the
+	// transport's ("host:port" for tcp and quic).
 	Listen(addr string, opts Options) (Listener, error)
 }
 
