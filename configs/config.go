@@ -1,0 +1,234 @@
+package configs
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/agext/levenshtein"
+	"github.com/hashicorp/hcl/v2"
+)
+
+// ErrNotFound is wrapped by the errors of Config.Resource, Resource.Node and
+// Resource.Link when a name does not exist in the configuration.
+var ErrNotFound = errors.New("not found")
+
+// Config is a whole configuration: every resource of a configuration
+// directory. LoadDir and Parse return it fully validated and defaulted; it is
+// never modified by this package afterwards, so it may be shared between
+// goroutines as long as nobody writes to it.
+type Config struct {
+	// Resources in the order they were declared, files taken in name order.
+	Resources []*Resource
+}
+
+// Resource returns the resource called name. The error wraps ErrNotFound
+// and lists the resources that exist, suggesting a close name if there is one.
+func (c *Config) Resource(name string) (*Resource, error) {
+	names := make([]string, 0, len(c.Resources))
+	for _, r := range c.Resources {
+		if r.Name == name {
+			return r, nil
+		}
+		names = append(names, r.Name)
+	}
+	return nil, fmt.Errorf("configs: resource %q %w%s (resources: %s)",
+		name, ErrNotFound, didYouMean(name, names), quoteList(names))
+}
+
+// Resource is one replicated volume: the nodes that hold a copy and how each
+// pair of them talks. Every pair of nodes is connected (a full mesh).
+type Resource struct {
+	// Name is the resource's label, made of letters, digits, '_' and '-'.
+	Name string
+	// Protocol is the default write-ordering protocol of every connection:
+	// "A", "B" or "C".
+	Protocol string
+	// Net holds the default network settings of every connection.
+	Net Net
+	// Disk holds the settings shared by the resource's disks on every node.
+	Disk Disk
+	// Nodes in declaration order. Node ids and names are unique.
+	Nodes []*Node
+	// Connections are the connection blocks, which override Protocol and
+	// Net for one pair of nodes. Pairs without a block use the defaults;
+	// use Link to get the effective settings of any pair.
+	Connections []*Connection
+	// DeclRange is where the resource block's header is in the source.
+	DeclRange hcl.Range
+}
+
+// Node returns the node called name. The error wraps ErrNotFound, lists the
+// resource's nodes and suggests a close name if there is one.
+func (r *Resource) Node(name string) (*Node, error) {
+	names := make([]string, 0, len(r.Nodes))
+	for _, n := range r.Nodes {
+		if n.Name == name {
+			return n, nil
+		}
+		names = append(names, n.Name)
+	}
+	return nil, fmt.Errorf("configs: resource %q: node %q %w%s (nodes: %s)",
+		r.Name, name, ErrNotFound, didYouMean(name, names), quoteList(names))
+}
+
+// NodeByID returns the node whose ID is id, or nil if there is none.
+func (r *Resource) NodeByID(id int) *Node {
+	for _, n := range r.Nodes {
+		if n.ID == id {
+			return n
+		}
+	}
+	return nil
+}
+
+// Peers returns every node of the resource except the one called name,
+// ordered by ID: the nodes that name connects to. It returns nil if name is
+// not a node of the resource.
+func (r *Resource) Peers(name string) []*Node {
+	if _, err := r.Node(name); err != nil {
+		return nil
+	}
+	peers := make([]*Node, 0, len(r.Nodes)-1)
+	for _, n := range r.Nodes {
+		if n.Name != name {
+			peers = append(peers, n)
+		}
+	}
+	sort.Slice(peers, func(i, j int) bool { return peers[i].ID < peers[j].ID })
+	return peers
+}
+
+// Link returns the effective settings of the connection between nodes a
+// and b, in either order: the resource's Protocol and Net, overlaid by every
+// field that the pair's connection block sets. It fails, wrapping
+// ErrNotFound, if a or b is not a node of the resource, and fails if a and b
+// are the same node.
+func (r *Resource) Link(a, b string) (Link, error) {
+	for _, name := range []string{a, b} {
+		if _, err := r.Node(name); err != nil {
+			return Link{}, err
+		}
+	}
+	if a == b {
+		return Link{}, fmt.Errorf("configs: resource %q: no connection from node %q to itself", r.Name, a)
+	}
+	for _, c := range r.Connections {
+		if c.Joins(a, b) {
+			return c.Link, nil
+		}
+	}
+	return Link{Protocol: r.Protocol, Net: r.Net}, nil
+}
+
+// Net holds a connection's network settings.
+type Net struct {
+	// Transport names the transport that carries the connection, such as
+	// "tcp" or "quic"; LoadOptions.Transports lists the accepted names.
+	Transport string
+	// Compression is "none" or "lz4".
+	Compression string
+	// SharedSecret authenticates peers to each other; empty means that any
+	// peer that knows the resource and node names is accepted.
+	SharedSecret string
+	// MaxBuffer bounds, in bytes, the data sent to a peer and not yet
+	// acknowledged by it.
+	MaxBuffer int64
+	// OnCongestion says what happens when MaxBuffer is full: "block" (the
+	// application waits), "pull-ahead" (stop sending, record the blocks in
+	// the peer's bitmap and resynchronise later) or "disconnect".
+	OnCongestion string
+	// PingInterval is how often an idle connection is probed.
+	PingInterval time.Duration
+	// Timeout is how long a peer may stay silent before the connection is
+	// considered broken.
+	Timeout time.Duration
+	// ConnectRetry is the pause between two connection attempts.
+	ConnectRetry time.Duration
+}
+
+// Disk holds the disk settings of a resource, shared by all its nodes.
+type Disk struct {
+	// BlockSize is the bitmap granularity in bytes: a power of two, at
+	// least 512 and at most 4 MiB (one activity-log extent).
+	BlockSize int64
+	// Flushes says whether secondaries flush their disk at every epoch
+	// boundary. Turning it off is only safe with battery-backed caches.
+	Flushes bool
+}
+
+// Node is one host holding a copy of a resource.
+type Node struct {
+	// Name is the node's label; it is what a daemon is told it is.
+	Name string
+	// ID is unique within the resource, from 0 to 31.
+	ID int
+	// Address is the host:port where the node listens for its peers.
+	Address string
+	// Disk is the path of the backing block device or regular file.
+	Disk string
+	// MetaDisk is "internal" (metadata at the end of Disk) or the path of an
+	// external metadata file or device.
+	MetaDisk string
+	// Export is where the node serves the replicated device locally:
+	// "unix:PATH" or "tcp:HOST:PORT", or empty for none.
+	Export string
+	// DeclRange is where the node block's header is in the source.
+	DeclRange hcl.Range
+}
+
+// Connection is a connection block: settings for one unordered pair of nodes.
+type Connection struct {
+	// Nodes are the two node names, in the order the block's labels give.
+	Nodes [2]string
+	// Link holds the effective settings of the pair: the resource's defaults
+	// overlaid by what the block sets.
+	Link Link
+	// DeclRange is where the connection block's header is in the source.
+	DeclRange hcl.Range
+}
+
+// Joins reports whether the connection is the one between nodes a and b, in
+// either order.
+func (c *Connection) Joins(a, b string) bool {
+	return c.Nodes == [2]string{a, b} || c.Nodes == [2]string{b, a}
+}
+
+// Link holds the effective settings of the connection between two nodes.
+type Link struct {
+	// Protocol is "A", "B" or "C".
+	Protocol string
+	// Net holds the network settings.
+	Net Net
+}
+
+// didYouMean returns ` (did you mean "x"?)` for the candidate closest to
+// given, ignoring case, or "" if none is close: fewer than 3 edits (HCL's own
+// threshold) and fewer edits than given has characters.
+func didYouMean(given string, candidates []string) string {
+	best, bestDist := "", min(3, len(given))
+	for _, c := range candidates {
+		d := levenshtein.Distance(strings.ToLower(given), strings.ToLower(c), nil)
+		if d < bestDist {
+			best, bestDist = c, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean %q?)", best)
+}
+
+// quoteList writes names as "a", "b", "c", or "none".
+func quoteList(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = fmt.Sprintf("%q", n)
+	}
+	return strings.Join(quoted, ", ")
+}

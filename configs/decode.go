@@ -1,0 +1,533 @@
+package configs
+
+import (
+	"fmt"
+	"math/bits"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/convert"
+)
+
+// The schema, block by block. hcl's Body.Content rejects anything not listed
+// here, with a "Did you mean ...?" suggestion for near misses.
+var (
+	fileSchema = &hcl.BodySchema{
+		Blocks: []hcl.BlockHeaderSchema{{Type: "resource", LabelNames: []string{"name"}}},
+	}
+	resourceSchema = &hcl.BodySchema{
+		Attributes: []hcl.AttributeSchema{{Name: "protocol"}},
+		Blocks: []hcl.BlockHeaderSchema{
+			{Type: "net"},
+			{Type: "disk"},
+			{Type: "node", LabelNames: []string{"name"}},
+			{Type: "connection", LabelNames: []string{"node_a", "node_b"}},
+		},
+	}
+	netSchema = &hcl.BodySchema{
+		Attributes: []hcl.AttributeSchema{
+			{Name: "transport"},
+			{Name: "compression"},
+			{Name: "shared_secret"},
+			{Name: "max_buffer"},
+			{Name: "on_congestion"},
+			{Name: "ping_interval"},
+			{Name: "timeout"},
+			{Name: "connect_retry"},
+		},
+	}
+	diskSchema = &hcl.BodySchema{
+		Attributes: []hcl.AttributeSchema{{Name: "block_size"}, {Name: "flushes"}},
+	}
+	nodeSchema = &hcl.BodySchema{
+		Attributes: []hcl.AttributeSchema{
+			{Name: "id", Required: true},
+			{Name: "address", Required: true},
+			{Name: "disk", Required: true},
+			{Name: "meta_disk"},
+			{Name: "export"},
+		},
+	}
+	connectionSchema = &hcl.BodySchema{
+		Attributes: []hcl.AttributeSchema{{Name: "protocol"}},
+		Blocks:     []hcl.BlockHeaderSchema{{Type: "net"}},
+	}
+)
+
+// Accepted values and limits.
+var (
+	protocolNames     = []string{"A", "B", "C"}
+	compressionNames  = []string{"none", "lz4"}
+	onCongestionNames = []string{"block", "pull-ahead", "disconnect"}
+	resourceNameRE    = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+	nodeNameRE        = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
+)
+
+const (
+	maxNodeID    = 31
+	minBlockSize = 512
+	maxBlockSize = 4 << 20  // one activity-log extent
+	minMaxBuffer = 64 << 10 // one compression batch
+)
+
+// Defaults, applied before any block is read.
+const (
+	defaultProtocol = "C"
+	defaultMetaDisk = "internal"
+)
+
+func defaultNet() Net {
+	return Net{
+		Transport:    "tcp",
+		Compression:  "none",
+		MaxBuffer:    64 << 20,
+		OnCongestion: "block",
+		PingInterval: 10 * time.Second,
+		Timeout:      6 * time.Second,
+		ConnectRetry: time.Second,
+	}
+}
+
+func defaultDisk() Disk {
+	return Disk{BlockSize: 4 << 10, Flushes: true}
+}
+
+// decoder turns parsed HCL bodies into a Config, collecting every problem as
+// a diagnostic rather than stopping at the first.
+type decoder struct {
+	transports []string
+	config     Config
+	diags      hcl.Diagnostics
+	// resourceAt remembers where each resource was declared, across files.
+	resourceAt map[string]hcl.Range
+}
+
+func newDecoder(transports []string) *decoder {
+	return &decoder{transports: transports, resourceAt: map[string]hcl.Range{}}
+}
+
+// file decodes the top level of one file.
+func (d *decoder) file(body hcl.Body) {
+	content, diags := body.Content(fileSchema)
+	d.diags = append(d.diags, diags...)
+	for _, block := range content.Blocks {
+		d.resource(block)
+	}
+}
+
+func (d *decoder) resource(block *hcl.Block) {
+	name := block.Labels[0]
+	if !resourceNameRE.MatchString(name) {
+		d.fail(block.LabelRanges[0], &block.DefRange, "Invalid resource name",
+			"Resource name %q must be made of letters, digits, '_' and '-' only.", name)
+	}
+	if first, dup := d.resourceAt[name]; dup {
+		d.fail(block.LabelRanges[0], &block.DefRange, "Duplicate resource",
+			"Resource %q is already defined at %s; each resource is defined once, in one file.", name, where(first))
+	} else {
+		d.resourceAt[name] = block.DefRange
+	}
+	content, diags := block.Body.Content(resourceSchema)
+	d.diags = append(d.diags, diags...)
+
+	r := &Resource{
+		Name:      name,
+		Protocol:  defaultProtocol,
+		Net:       defaultNet(),
+		Disk:      defaultDisk(),
+		DeclRange: block.DefRange,
+	}
+	if attr := content.Attributes["protocol"]; attr != nil {
+		if p, ok := d.choice(attr, "Invalid protocol", protocolNames); ok {
+			r.Protocol = p
+		}
+	}
+	byType := map[string][]*hcl.Block{}
+	for _, b := range content.Blocks {
+		byType[b.Type] = append(byType[b.Type], b)
+	}
+	if b := d.single(byType["net"], "resource"); b != nil {
+		d.net(b, &r.Net)
+	}
+	if b := d.single(byType["disk"], "resource"); b != nil {
+		d.disk(b, &r.Disk)
+	}
+	d.nodes(r, byType["node"])
+	d.connections(r, byType["connection"])
+	if n := len(byType["node"]); n < 2 {
+		d.fail(block.DefRange, nil, "Too few nodes",
+			"Resource %q has %d node block(s); replication needs at least 2.", name, n)
+	}
+	d.config.Resources = append(d.config.Resources, r)
+}
+
+// single returns the first of blocks, reporting every further one as a
+// duplicate. It returns nil if blocks is empty.
+func (d *decoder) single(blocks []*hcl.Block, parent string) *hcl.Block {
+	if len(blocks) == 0 {
+		return nil
+	}
+	for _, extra := range blocks[1:] {
+		d.fail(extra.DefRange, nil, fmt.Sprintf("Duplicate %s block", extra.Type),
+			"A %s has at most one %s block; the first one is at %s.", parent, extra.Type, where(blocks[0].DefRange))
+	}
+	return blocks[0]
+}
+
+// net overlays into with the attributes that block sets, leaving the others
+// as they are: this is how connection blocks override resource defaults.
+func (d *decoder) net(block *hcl.Block, into *Net) {
+	content, diags := block.Body.Content(netSchema)
+	d.diags = append(d.diags, diags...)
+	attrs := content.Attributes
+	if attr := attrs["transport"]; attr != nil {
+		if s, ok := d.choice(attr, "Unknown transport", d.transports); ok {
+			into.Transport = s
+		}
+	}
+	if attr := attrs["compression"]; attr != nil {
+		if s, ok := d.choice(attr, "Invalid compression", compressionNames); ok {
+			into.Compression = s
+		}
+	}
+	if attr := attrs["shared_secret"]; attr != nil {
+		if s, ok := d.str(attr); ok {
+			into.SharedSecret = s
+		}
+	}
+	if attr := attrs["max_buffer"]; attr != nil {
+		if n, ok := d.size(attr); ok {
+			if n < minMaxBuffer {
+				d.failAttr(attr, "Invalid max_buffer",
+					"max_buffer = %s is too small; it must be at least %s so that a compression batch fits.", FormatSize(n), FormatSize(minMaxBuffer))
+			} else {
+				into.MaxBuffer = n
+			}
+		}
+	}
+	if attr := attrs["on_congestion"]; attr != nil {
+		if s, ok := d.choice(attr, "Invalid on_congestion", onCongestionNames); ok {
+			into.OnCongestion = s
+		}
+	}
+	for _, f := range []struct {
+		name string
+		dst  *time.Duration
+	}{
+		{"ping_interval", &into.PingInterval},
+		{"timeout", &into.Timeout},
+		{"connect_retry", &into.ConnectRetry},
+	} {
+		if attr := attrs[f.name]; attr != nil {
+			if v, ok := d.duration(attr); ok {
+				*f.dst = v
+			}
+		}
+	}
+}
+
+func (d *decoder) disk(block *hcl.Block, into *Disk) {
+	content, diags := block.Body.Content(diskSchema)
+	d.diags = append(d.diags, diags...)
+	if attr := content.Attributes["block_size"]; attr != nil {
+		if n, ok := d.size(attr); ok {
+			if n < minBlockSize || n > maxBlockSize || bits.OnesCount64(uint64(n)) != 1 {
+				d.failAttr(attr, "Invalid block_size",
+					"block_size = %s must be a power of two from %s to %s.", FormatSize(n), FormatSize(minBlockSize), FormatSize(maxBlockSize))
+			} else {
+				into.BlockSize = n
+			}
+		}
+	}
+	if attr := content.Attributes["flushes"]; attr != nil {
+		if v, ok := d.value(attr, cty.Bool); ok {
+			into.Flushes = v.True()
+		}
+	}
+}
+
+func (d *decoder) nodes(r *Resource, blocks []*hcl.Block) {
+	byName := map[string]*Node{}
+	byID := map[int]*Node{}
+	byAddress := map[string]*Node{}
+	for _, block := range blocks {
+		n := &Node{Name: block.Labels[0], ID: -1, MetaDisk: defaultMetaDisk, DeclRange: block.DefRange}
+		if !nodeNameRE.MatchString(n.Name) {
+			d.fail(block.LabelRanges[0], &block.DefRange, "Invalid node name",
+				"Node name %q must be made of letters, digits, '_', '-' and '.' only.", n.Name)
+		}
+		if first := byName[n.Name]; first != nil {
+			d.fail(block.LabelRanges[0], &block.DefRange, "Duplicate node",
+				"Node %q is already defined in resource %q at %s.", n.Name, r.Name, where(first.DeclRange))
+			continue
+		}
+		byName[n.Name] = n
+		r.Nodes = append(r.Nodes, n)
+
+		content, diags := block.Body.Content(nodeSchema)
+		d.diags = append(d.diags, diags...)
+		attrs := content.Attributes
+		if attr := attrs["id"]; attr != nil {
+			if id, ok := d.nodeID(attr); ok {
+				if first := byID[id]; first != nil {
+					d.failAttr(attr, "Duplicate node id",
+						"Node id %d is already used by node %q at %s; ids must be unique within a resource.", id, first.Name, where(first.DeclRange))
+				} else {
+					n.ID = id
+					byID[id] = n
+				}
+			}
+		}
+		if attr := attrs["address"]; attr != nil {
+			if s, ok := d.str(attr); ok {
+				key, err := hostPortKey(s)
+				switch {
+				case err != nil:
+					d.failAttr(attr, "Invalid address", "address = %q must be HOST:PORT: %v.", s, err)
+				case byAddress[key] != nil:
+					first := byAddress[key]
+					d.failAttr(attr, "Duplicate address",
+						"Address %q is already used by node %q at %s; every node needs its own.", s, first.Name, where(first.DeclRange))
+				default:
+					n.Address = s
+					byAddress[key] = n
+				}
+			}
+		}
+		if attr := attrs["disk"]; attr != nil {
+			if s, ok := d.path(attr); ok {
+				n.Disk = s
+			}
+		}
+		if attr := attrs["meta_disk"]; attr != nil {
+			if s, ok := d.path(attr); ok {
+				n.MetaDisk = s
+			}
+		}
+		if attr := attrs["export"]; attr != nil {
+			if s, ok := d.str(attr); ok {
+				if err := checkExport(s); err != nil {
+					d.failAttr(attr, "Invalid export", "export = %q: %v.", s, err)
+				} else {
+					n.Export = s
+				}
+			}
+		}
+	}
+}
+
+func (d *decoder) connections(r *Resource, blocks []*hcl.Block) {
+	names := make([]string, len(r.Nodes))
+	for i, n := range r.Nodes {
+		names[i] = n.Name
+	}
+	for _, block := range blocks {
+		c := &Connection{
+			Nodes:     [2]string{block.Labels[0], block.Labels[1]},
+			Link:      Link{Protocol: r.Protocol, Net: r.Net},
+			DeclRange: block.DefRange,
+		}
+		known := true
+		for i, name := range c.Nodes {
+			if _, err := r.Node(name); err != nil {
+				known = false
+				d.fail(block.LabelRanges[i], &block.DefRange, "Unknown node",
+					"Connection names node %q, which resource %q does not define%s; its nodes are %s.",
+					name, r.Name, didYouMean(name, names), quoteList(names))
+			}
+		}
+		switch {
+		case c.Nodes[0] == c.Nodes[1]:
+			d.fail(block.LabelRanges[1], &block.DefRange, "Invalid connection",
+				"A connection joins two different nodes; this one names %q twice.", c.Nodes[0])
+		case known:
+			for _, first := range r.Connections {
+				if first.Joins(c.Nodes[0], c.Nodes[1]) {
+					d.fail(block.DefRange, nil, "Duplicate connection",
+						"The connection between %q and %q is already defined at %s (the order of the two names does not matter).",
+						c.Nodes[0], c.Nodes[1], where(first.DeclRange))
+					break
+				}
+			}
+		}
+
+		content, diags := block.Body.Content(connectionSchema)
+		d.diags = append(d.diags, diags...)
+		if attr := content.Attributes["protocol"]; attr != nil {
+			if p, ok := d.choice(attr, "Invalid protocol", protocolNames); ok {
+				c.Link.Protocol = p
+			}
+		}
+		if b := d.single(content.Blocks, "connection"); b != nil {
+			d.net(b, &c.Link.Net)
+		}
+		r.Connections = append(r.Connections, c)
+	}
+}
+
+// value evaluates attr as a constant of type ty. It reports a diagnostic and
+// returns false if the expression is not a constant, is null or cannot be
+// converted.
+func (d *decoder) value(attr *hcl.Attribute, ty cty.Type) (cty.Value, bool) {
+	v, diags := attr.Expr.Value(nil)
+	d.diags = append(d.diags, diags...)
+	if diags.HasErrors() {
+		return cty.NilVal, false
+	}
+	if v.IsNull() {
+		d.failAttr(attr, "Missing value", "%s must not be null; leave it out to use the default.", attr.Name)
+		return cty.NilVal, false
+	}
+	converted, err := convert.Convert(v, ty)
+	if err != nil {
+		d.failAttr(attr, "Incorrect attribute value type",
+			"Inappropriate value for %s: %s required, got %s.", attr.Name, ty.FriendlyName(), v.Type().FriendlyName())
+		return cty.NilVal, false
+	}
+	if !converted.IsWhollyKnown() || converted.IsMarked() {
+		d.failAttr(attr, "Invalid value", "%s must be a constant.", attr.Name)
+		return cty.NilVal, false
+	}
+	return converted, true
+}
+
+func (d *decoder) str(attr *hcl.Attribute) (string, bool) {
+	v, ok := d.value(attr, cty.String)
+	if !ok {
+		return "", false
+	}
+	return v.AsString(), true
+}
+
+// path reads a non-empty string.
+func (d *decoder) path(attr *hcl.Attribute) (string, bool) {
+	s, ok := d.str(attr)
+	if ok && s == "" {
+		d.failAttr(attr, "Empty path", "%s must name a file or device.", attr.Name)
+		return "", false
+	}
+	return s, ok
+}
+
+// choice reads a string that must be one of valid.
+func (d *decoder) choice(attr *hcl.Attribute, summary string, valid []string) (string, bool) {
+	s, ok := d.str(attr)
+	if !ok {
+		return "", false
+	}
+	for _, v := range valid {
+		if s == v {
+			return s, true
+		}
+	}
+	d.failAttr(attr, summary, "%s = %q is not valid%s; use one of %s.", attr.Name, s, didYouMean(s, valid), quoteList(valid))
+	return "", false
+}
+
+func (d *decoder) size(attr *hcl.Attribute) (int64, bool) {
+	s, ok := d.str(attr)
+	if !ok {
+		return 0, false
+	}
+	n, err := ParseSize(s)
+	if err != nil {
+		d.failAttr(attr, "Invalid size", "%s: %v.", attr.Name, err)
+		return 0, false
+	}
+	return n, true
+}
+
+// duration reads a positive Go duration such as "10s" or "1m30s".
+func (d *decoder) duration(attr *hcl.Attribute) (time.Duration, bool) {
+	s, ok := d.str(attr)
+	if !ok {
+		return 0, false
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		d.failAttr(attr, "Invalid duration",
+			"%s = %q is not a duration such as \"500ms\", \"10s\" or \"1m30s\" (units ns, us, ms, s, m, h).", attr.Name, s)
+		return 0, false
+	}
+	if v <= 0 {
+		d.failAttr(attr, "Invalid duration", "%s = %q must be greater than zero.", attr.Name, s)
+		return 0, false
+	}
+	return v, true
+}
+
+func (d *decoder) nodeID(attr *hcl.Attribute) (int, bool) {
+	v, ok := d.value(attr, cty.Number)
+	if !ok {
+		return 0, false
+	}
+	f := v.AsBigFloat()
+	id, exact := f.Int64()
+	if !f.IsInt() || exact != 0 || id < 0 || id > maxNodeID {
+		d.failAttr(attr, "Invalid node id", "id = %s must be a whole number from 0 to %d.", f.Text('g', -1), maxNodeID)
+		return 0, false
+	}
+	return int(id), true
+}
+
+// hostPortKey checks that s is HOST:PORT with a non-empty host and a port
+// from 1 to 65535, and returns a normalised form for duplicate detection.
+func hostPortKey(s string) (string, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", err
+	}
+	if host == "" {
+		return "", fmt.Errorf("the host is empty; peers need a host name or IP address to dial")
+	}
+	if strings.ContainsAny(host, " \t\r\n/") {
+		return "", fmt.Errorf("host %q contains a space or slash", host)
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return "", fmt.Errorf("port %q is not a number from 1 to 65535", port)
+	}
+	return net.JoinHostPort(strings.ToLower(host), port), nil
+}
+
+// checkExport validates "unix:PATH" and "tcp:HOST:PORT".
+func checkExport(s string) error {
+	if path, ok := strings.CutPrefix(s, "unix:"); ok {
+		if path == "" {
+			return fmt.Errorf("the socket path after \"unix:\" is empty")
+		}
+		return nil
+	}
+	if hostPort, ok := strings.CutPrefix(s, "tcp:"); ok {
+		if _, err := hostPortKey(hostPort); err != nil {
+			return fmt.Errorf("after \"tcp:\": %w", err)
+		}
+		return nil
+	}
+	return fmt.Errorf("must be \"unix:PATH\" or \"tcp:HOST:PORT\"")
+}
+
+// fail records an error diagnostic at subject.
+func (d *decoder) fail(subject hcl.Range, context *hcl.Range, summary, format string, args ...any) {
+	d.diags = append(d.diags, &hcl.Diagnostic{
+		Severity: hcl.DiagError,
+		Summary:  summary,
+		Detail:   fmt.Sprintf(format, args...),
+		Subject:  subject.Ptr(),
+		Context:  context,
+	})
+}
+
+// failAttr records an error diagnostic at attr's value.
+func (d *decoder) failAttr(attr *hcl.Attribute, summary, format string, args ...any) {
+	d.fail(attr.Expr.Range(), &attr.Range, summary, format, args...)
+}
+
+// where writes r's start as FILE:LINE:COLUMN.
+func where(r hcl.Range) string {
+	return fmt.Sprintf("%s:%d:%d", r.Filename, r.Start.Line, r.Start.Column)
+}
