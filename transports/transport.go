@@ -14,6 +14,8 @@ package transports
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"time"
@@ -84,14 +86,47 @@ type Transport interface {
 	Listen(addr string, opts Options) (Listener, error)
 }
 
-// Options tune a connection. The zero value is valid.
+// Options tune a connection. The zero value is valid and means the
+// defaults; transports call WithDefaults to fill in and check them.
 type Options struct {
-	// KeepAlive is the interval of transport-level keep-alives where the
-	// transport has them (QUIC); 0 means the transport's default.
+	// KeepAlive is the interval of transport-level keep-alives: QUIC
+	// PINGs, TCP keep-alive probes. 0 means DefaultKeepAlive.
 	KeepAlive time.Duration
-	// IdleTimeout closes a connection that received nothing for this long
-	// where the transport has such a timer; 0 means the transport's default.
+	// IdleTimeout is how long a connection may receive nothing before the
+	// transport declares the peer dead and fails the connection. 0 means
+	// DefaultIdleTimeout.
 	IdleTimeout time.Duration
+}
+
+// Defaults of Options: a dead peer is noticed within about IdleTimeout
+// even when the replication protocol is silent.
+const (
+	DefaultKeepAlive   = 5 * time.Second
+	DefaultIdleTimeout = 30 * time.Second
+)
+
+// ErrInvalidOptions is wrapped by the error of WithDefaults, and so of
+// Dial and Listen, for options that cannot work.
+var ErrInvalidOptions = errors.New("invalid transport options")
+
+// WithDefaults returns o with zero fields set to their defaults, or an
+// error wrapping ErrInvalidOptions if a duration is negative or KeepAlive
+// is not shorter than IdleTimeout (the peer would time out between two
+// keep-alives).
+func (o Options) WithDefaults() (Options, error) {
+	if o.KeepAlive < 0 || o.IdleTimeout < 0 {
+		return o, fmt.Errorf("%w: KeepAlive %v and IdleTimeout %v must not be negative", ErrInvalidOptions, o.KeepAlive, o.IdleTimeout)
+	}
+	if o.KeepAlive == 0 {
+		o.KeepAlive = DefaultKeepAlive
+	}
+	if o.IdleTimeout == 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
+	if o.KeepAlive >= o.IdleTimeout {
+		return o, fmt.Errorf("%w: KeepAlive %v must be shorter than IdleTimeout %v", ErrInvalidOptions, o.KeepAlive, o.IdleTimeout)
+	}
+	return o, nil
 }
 
 // ChannelBinding is implemented by connections that run over a secured

@@ -1,0 +1,56 @@
+// Package tcp is georepl's TCP transport. Each channel of a connection is
+// its own TCP connection, so that acknowledgements on the control channel
+// never wait behind megabytes of data queued in one socket's send buffer.
+//
+// Use it through the registry (transports/builtin registers it as "tcp")
+// or directly:
+//
+//	ln, err := tcp.New().Listen("0.0.0.0:7789", transports.Options{})
+//	conn, err := tcp.New().Dial(ctx, "10.0.0.2:7789", transports.Options{})
+//
+// # Set-up
+//
+// The dialer opens NumChannels TCP connections to the address, all at
+// once, and sends on each a 22-byte preamble:
+//
+//	+---------+---------+--------------------+---------+
+//	| "GRPL"  | version | connection id      | channel |
+//	| 4 bytes | 1 byte  | 16 random bytes    | 1 byte  |
+//	+---------+---------+--------------------+---------+
+//
+// The listener reads each preamble within 5 seconds and groups the
+// TCP connections by connection id. When every channel of an id has
+// arrived, it answers "GRPL" and the version on each of them and queues the
+// connection for Accept; Dial returns once it has read that answer, so a
+// successful Dial means a georepl listener took the connection. A TCP
+// connection whose preamble is garbage (wrong magic or version, unknown or
+// repeated channel) is closed; a set still incomplete after 10 seconds is
+// closed whole, and at most 256 incomplete sets are kept.
+//
+// TCP_NODELAY is set on every channel: the replication protocol writes
+// whole frames and waits for acknowledgements, and Nagle's algorithm
+// combined with delayed ACKs would add tens of milliseconds to each.
+// Options.KeepAlive and IdleTimeout become TCP keep-alive probes: the
+// first after KeepAlive of silence, then every KeepAlive, and the
+// connection fails after IdleTimeout/KeepAlive unanswered probes.
+//
+// # Failure
+//
+// A Conn fails as a whole. The first read or write error on any channel
+// (the peer closed or reset it, or keep-alives found it dead) closes every
+// TCP connection of the Conn, so that reads and writes on the other
+// channel return an error at once instead of waiting for their own TCP
+// connection to notice; that error wraps the first one (io.EOF after the
+// peer's Close). The failure is seen by the next read or write on the
+// failed channel, so a user keeps a reader on every channel (georepl
+// does) to learn of it without delay. The peer notices a Close as soon as it reads: pending
+// reads end with io.EOF, and a write towards a closed end fails at the
+// latest with the write after the peer's kernel answered with a reset.
+//
+// # Security
+//
+// This transport is plaintext: anyone on the path can read and alter the
+// replicated data. Use it on trusted networks, or use the quic transport,
+// which encrypts. georepl's shared-secret handshake authenticates peers on
+// either, but cannot bind itself to a TCP connection.
+package tcp

@@ -1,0 +1,201 @@
+package tcp
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/georepl/georepl/transports"
+)
+
+// shortenTimeouts makes the listener's timeouts test-sized for one test.
+func shortenTimeouts(t *testing.T) {
+	savedPreamble, savedSet := preambleTimeout, setTimeout
+	preambleTimeout, setTimeout = 200*time.Millisecond, 300*time.Millisecond
+	t.Cleanup(func() { preambleTimeout, setTimeout = savedPreamble, savedSet })
+}
+
+func listen(t *testing.T) transports.Listener {
+	t.Helper()
+	ln, err := New().Listen("127.0.0.1:0", transports.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+func rawPreamble(id connID, ch byte) []byte {
+	b := append([]byte(preambleMagic), preambleVersion)
+	b = append(b, id[:]...)
+	return append(b, ch)
+}
+
+// sendRaw opens a TCP connection to ln and writes b on it.
+func sendRaw(t *testing.T, ln transports.Listener, b []byte) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// expectClosedByListener waits for the listener to close c without
+// answering.
+func expectClosedByListener(t *testing.T, c net.Conn, why string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := c.Read(make([]byte, answerSize))
+	if n != 0 || err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("%s: read %d bytes, err %v; want the listener to close the connection", why, n, err)
+	}
+}
+
+func TestListenerDropsGarbageAndIncompleteSets(t *testing.T) {
+	shortenTimeouts(t)
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	ln := listen(t)
+
+	wrongMagic := rawPreamble(connID{1}, 0)
+	copy(wrongMagic, "HTTP")
+	wrongVersion := rawPreamble(connID{2}, 0)
+	wrongVersion[len(preambleMagic)] = preambleVersion + 1
+	cases := []struct {
+		name string
+		send []byte
+	}{
+		{"wrong magic", wrongMagic},
+		{"wrong version", wrongVersion},
+		{"unknown channel", rawPreamble(connID{3}, transports.NumChannels)},
+		{"short preamble, then silence", []byte(preambleMagic)},
+		{"nothing at all", nil},
+		{"one channel of two", rawPreamble(connID{4}, 0)},
+	}
+	for _, tc := range cases {
+		c := sendRaw(t, ln, tc.send)
+		expectClosedByListener(t, c, tc.name)
+	}
+
+	// The same channel twice: the second is refused, the first stays
+	// pending until its set expires.
+	first := sendRaw(t, ln, rawPreamble(connID{5}, 1))
+	second := sendRaw(t, ln, rawPreamble(connID{5}, 1))
+	expectClosedByListener(t, second, "repeated channel")
+	expectClosedByListener(t, first, "set whose other channel never came")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if c, err := ln.Accept(ctx); err == nil {
+		c.Close()
+		t.Fatal("Accept returned a connection made of garbage")
+	}
+	ln.Close()
+}
+
+func TestListenerCloseDoesNotWaitForSilentConnections(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	ln := listen(t)
+	silent := sendRaw(t, ln, nil)
+	half := sendRaw(t, ln, rawPreamble(connID{9}, 0))
+	time.Sleep(50 * time.Millisecond) // let the listener take them
+	start := time.Now()
+	if err := ln.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("Close took %v: it waited for preambles", d)
+	}
+	expectClosedByListener(t, silent, "connection without preamble at Close")
+	expectClosedByListener(t, half, "incomplete set at Close")
+}
+
+func TestDialRejectsAListenerThatIsNotGeorepl(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.ReadFull(c, make([]byte, preambleSize))
+				c.Write([]byte("SSH-2"))
+			}()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = New().Dial(ctx, ln.Addr().String(), transports.Options{})
+	if !errors.Is(err, ErrBadPreamble) {
+		t.Fatalf("Dial of a non-georepl server: %v, want ErrBadPreamble", err)
+	}
+}
+
+func TestConnFailsAsAWholeWhenOneChannelDies(t *testing.T) {
+	tr := New()
+	ln, err := tr.Listen("127.0.0.1:0", transports.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	accepted := make(chan transports.Conn, 1)
+	go func() {
+		c, err := ln.Accept(ctx)
+		if err != nil {
+			t.Error(err)
+		}
+		accepted <- c
+	}()
+	dialed, err := tr.Dial(ctx, ln.Addr().String(), transports.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dialed.Close()
+	peer := <-accepted
+	if peer == nil {
+		t.FailNow()
+	}
+	defer peer.Close()
+
+	// Only the peer's data channel dies. The dialer sees EOF on its data
+	// channel, and its control reader, whose own TCP connection is still
+	// open, must learn of it at once.
+	controlErr := make(chan error, 1)
+	go func() {
+		_, err := dialed.Stream(transports.ChannelControl).Read(make([]byte, 1))
+		controlErr <- err
+	}()
+	peer.(*conn).socks[transports.ChannelData].Close()
+	if _, err := dialed.Stream(transports.ChannelData).Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Errorf("data read after the peer died: %v, want io.EOF", err)
+	}
+	select {
+	case err := <-controlErr:
+		if !errors.Is(err, io.EOF) {
+			t.Errorf("control read after the peer died: %v, want an error wrapping io.EOF", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("control read still blocked 5 s after the peer died")
+	}
+	if _, err := dialed.Stream(transports.ChannelControl).Write([]byte("x")); err == nil {
+		t.Error("write on a failed Conn succeeded")
+	}
+}

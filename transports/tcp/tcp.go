@@ -1,0 +1,220 @@
+package tcp
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/georepl/georepl/transports"
+)
+
+// Preamble format; see the package documentation.
+const (
+	preambleMagic   = "GRPL"
+	preambleVersion = 1
+	connIDSize      = 16
+	preambleSize    = len(preambleMagic) + 1 + connIDSize + 1
+	answerSize      = len(preambleMagic) + 1
+)
+
+// Listener limits. They are variables only so that tests can shorten them.
+var (
+	// preambleTimeout is how long the listener waits for a new TCP
+	// connection's preamble, and for its answer to be sent.
+	preambleTimeout = 5 * time.Second
+	// setTimeout is how long the listener keeps some channels of a
+	// connection while waiting for the others.
+	setTimeout = 10 * time.Second
+)
+
+// maxPendingSets bounds the incomplete connections a listener holds, so
+// that a flood of half connections cannot exhaust memory or descriptors.
+const maxPendingSets = 256
+
+// ErrBadPreamble is wrapped by Dial's error when the listener's answer is
+// not georepl's: something else listens on that port.
+var ErrBadPreamble = errors.New("tcp: peer is not a georepl tcp listener")
+
+// connID identifies the TCP connections of one Conn to the listener.
+type connID [connIDSize]byte
+
+// Transport is the TCP transport. The zero value is ready to use and safe
+// for concurrent use.
+type Transport struct{}
+
+// New returns the TCP transport.
+func New() *Transport { return &Transport{} }
+
+var _ transports.Transport = (*Transport)(nil)
+
+// checkAddr reports a clear error for an address that is not "host:port".
+func checkAddr(op, addr string) error {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("tcp: %s: address %q must be host:port: %w", op, addr, err)
+	}
+	return nil
+}
+
+func keepAliveConfig(o transports.Options) net.KeepAliveConfig {
+	return net.KeepAliveConfig{
+		Enable:   true,
+		Idle:     o.KeepAlive,
+		Interval: o.KeepAlive,
+		Count:    max(1, int(o.IdleTimeout/o.KeepAlive)),
+	}
+}
+
+// Dial opens every channel's TCP connection to addr ("host:port") and
+// returns when the listener has answered on all of them. If one channel
+// fails, the others are closed and Dial returns that channel's error. When
+// ctx ends first, Dial returns an error wrapping ctx.Err().
+func (*Transport) Dial(ctx context.Context, addr string, opts transports.Options) (transports.Conn, error) {
+	if err := checkAddr("dial", addr); err != nil {
+		return nil, err
+	}
+	opts, err := opts.WithDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("tcp: dial %s: %w", addr, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("tcp: dial %s: %w", addr, err)
+	}
+	var id connID
+	rand.Read(id[:])
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	dialer := net.Dialer{KeepAliveConfig: keepAliveConfig(opts)}
+	var (
+		wg    sync.WaitGroup
+		socks [transports.NumChannels]*net.TCPConn
+		errs  [transports.NumChannels]error
+	)
+	for ch := range transports.NumChannels {
+		wg.Go(func() {
+			socks[ch], errs[ch] = dialChannel(ctx, &dialer, addr, id, transports.Channel(ch))
+			if errs[ch] != nil {
+				cancel() // no use waiting for the other channels
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs[:]...); err != nil {
+		for _, s := range socks {
+			if s != nil {
+				s.Close()
+			}
+		}
+		if ctxErr := ctx.Err(); ctxErr != nil && !errors.Is(err, ctxErr) {
+			return nil, fmt.Errorf("tcp: dial %s: %w (%w)", addr, ctxErr, firstError(errs[:]))
+		}
+		return nil, fmt.Errorf("tcp: dial %s: %w", addr, firstError(errs[:]))
+	}
+	return newConn(socks), nil
+}
+
+// firstError returns the first non-nil error of errs that is not a
+// consequence of cancelling the others, or else the first non-nil one.
+func firstError(errs []error) error {
+	var first error
+	for _, err := range errs {
+		if err == nil {
+			continue
+		}
+		if first == nil {
+			first = err
+		}
+		if !errors.Is(err, context.Canceled) {
+			return err
+		}
+	}
+	return first
+}
+
+// dialChannel opens channel ch's TCP connection and exchanges the
+// preamble, all within ctx.
+func dialChannel(ctx context.Context, dialer *net.Dialer, addr string, id connID, ch transports.Channel) (*net.TCPConn, error) {
+	c, err := dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("channel %d: %w", ch, err)
+	}
+	sock := c.(*net.TCPConn)
+	if err := sock.SetNoDelay(true); err != nil {
+		sock.Close()
+		return nil, fmt.Errorf("channel %d: TCP_NODELAY: %w", ch, err)
+	}
+	// Deadlines make the blocking preamble exchange honour ctx.
+	if deadline, ok := ctx.Deadline(); ok {
+		sock.SetDeadline(deadline)
+	}
+	stop := context.AfterFunc(ctx, func() { sock.SetDeadline(time.Unix(1, 0)) })
+	err = exchangePreamble(sock, id, ch)
+	if !stop() {
+		err = ctx.Err()
+	}
+	if err == nil {
+		err = sock.SetDeadline(time.Time{})
+	}
+	if err != nil {
+		sock.Close()
+		return nil, fmt.Errorf("channel %d: %w", ch, err)
+	}
+	return sock, nil
+}
+
+// exchangePreamble sends the dialer's preamble and reads the listener's
+// answer.
+func exchangePreamble(sock *net.TCPConn, id connID, ch transports.Channel) error {
+	preamble := make([]byte, 0, preambleSize)
+	preamble = append(preamble, preambleMagic...)
+	preamble = append(preamble, preambleVersion)
+	preamble = append(preamble, id[:]...)
+	preamble = append(preamble, byte(ch))
+	if _, err := sock.Write(preamble); err != nil {
+		return fmt.Errorf("send preamble: %w", err)
+	}
+	var answer [answerSize]byte
+	if _, err := io.ReadFull(sock, answer[:]); err != nil {
+		return fmt.Errorf("read the listener's answer: %w", err)
+	}
+	if !bytes.Equal(answer[:], answerBytes()) {
+		return fmt.Errorf("%w: answered %q", ErrBadPreamble, answer[:])
+	}
+	return nil
+}
+
+func answerBytes() []byte {
+	return append([]byte(preambleMagic), preambleVersion)
+}
+
+// Listen listens on addr ("host:port"; port 0 picks a free port, which
+// Addr reports).
+func (*Transport) Listen(addr string, opts transports.Options) (transports.Listener, error) {
+	if err := checkAddr("listen", addr); err != nil {
+		return nil, err
+	}
+	opts, err := opts.WithDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("tcp: listen %s: %w", addr, err)
+	}
+	lc := net.ListenConfig{KeepAliveConfig: keepAliveConfig(opts)}
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("tcp: listen %s: %w", addr, err)
+	}
+	l := &listener{
+		ln:      ln.(*net.TCPListener),
+		ready:   make(chan *conn),
+		closed:  make(chan struct{}),
+		reading: map[*net.TCPConn]struct{}{},
+		pending: map[connID]*pendingSet{},
+	}
+	l.workers.Go(l.acceptLoop)
+	return l, nil
+}
