@@ -141,90 +141,92 @@ func TestTransportOption(t *testing.T) {
 	}
 }
 
-// TestErrors checks every class of mistake: the error must name the file,
-// line and column of the offending text and say what is wrong.
-func TestErrors(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		src  string
-		want []string
-	}{
-		{"syntax error", withTwoNodes(`protocol = `), []string{"r0.hcl:12:", "Invalid expression"}},
-		{"unknown top-level block", `resorce "r0" {}`, []string{"r0.hcl:1:1:", "Unsupported block type", `Did you mean "resource"?`}},
-		{"top-level attribute", `protocol = "A"`, []string{"r0.hcl:1:1:", "Unsupported argument"}},
-		{"unknown argument", withTwoNodes(`protocl = "A"`), []string{"r0.hcl:12:3:", "Unsupported argument", `Did you mean "protocol"?`}},
-		{"unknown block", withTwoNodes(`nett {}`), []string{"r0.hcl:12:3:", "Unsupported block type", `Did you mean "net"?`}},
-		{"unknown net argument", withTwoNodes(`net { transprt = "tcp" }`), []string{"r0.hcl:12:9:", "Unsupported argument", `Did you mean "transport"?`}},
-		{"unknown node argument", strings.Replace(withTwoNodes(""), "disk    =", "dsik    =", 1), []string{"r0.hcl:5:5:", `Did you mean "disk"?`}},
-		{"missing resource label", `resource {}`, []string{"r0.hcl:1:10:", "Missing name for resource"}},
-		{"wrong type", withTwoNodes(`protocol = ["A"]`), []string{"r0.hcl:12:14:", "Incorrect attribute value type", "string required"}},
-		{"wrong type bool", withTwoNodes(`disk { flushes = "maybe" }`), []string{"r0.hcl:12:20:", "Incorrect attribute value type", "bool required"}},
-		{"null", withTwoNodes(`protocol = null`), []string{"r0.hcl:12:14:", "must not be null"}},
-		{"variable", withTwoNodes(`protocol = var.p`), []string{"r0.hcl:12:14:", "Variables not allowed"}},
-		{"function", withTwoNodes(`protocol = upper("c")`), []string{"r0.hcl:12:14:", "Function calls not allowed"}},
-		{"bad protocol", withTwoNodes(`protocol = "D"`), []string{"r0.hcl:12:14:", "Invalid protocol", `"A", "B", "C"`}},
-		{"lower-case protocol", withTwoNodes(`protocol = "c"`), []string{"r0.hcl:12:14:", "Invalid protocol", `did you mean "C"?`}},
-		{"unknown transport", withTwoNodes(`net { transport = "tpc" }`), []string{"r0.hcl:12:21:", "Unknown transport", `did you mean "tcp"?`, `"tcp", "quic"`}},
-		{"bad compression", withTwoNodes(`net { compression = "zstd" }`), []string{"r0.hcl:12:23:", "Invalid compression", `"none", "lz4"`}},
-		{"bad on_congestion", withTwoNodes(`net { on_congestion = "pullahead" }`), []string{"r0.hcl:12:25:", "Invalid on_congestion", `did you mean "pull-ahead"?`}},
-		{"bad size unit", withTwoNodes(`net { max_buffer = "64MB" }`), []string{"r0.hcl:12:22:", "Invalid size", `"64MB"`, `unknown unit "MB"`}},
-		{"max_buffer too small", withTwoNodes(`net { max_buffer = "4KiB" }`), []string{"r0.hcl:12:22:", "Invalid max_buffer", "4KiB is too small", "64KiB"}},
-		{"bad duration", withTwoNodes(`net { timeout = "6" }`), []string{"r0.hcl:12:19:", "Invalid duration", `timeout = "6"`}},
-		{"zero duration", withTwoNodes(`net { ping_interval = "0s" }`), []string{"r0.hcl:12:25:", "Invalid duration", "greater than zero"}},
-		{"negative duration", withTwoNodes(`net { connect_retry = "-1s" }`), []string{"r0.hcl:12:25:", "greater than zero"}},
-		{"block size not power of two", withTwoNodes(`disk { block_size = "3KiB" }`), []string{"r0.hcl:12:23:", "Invalid block_size", "3KiB", "power of two from 512B to 4MiB"}},
-		{"block size too small", withTwoNodes(`disk { block_size = 256 }`), []string{"r0.hcl:12:23:", "Invalid block_size", "256B"}},
-		{"duplicate net block", withTwoNodes("net {}\n  net {}"), []string{"r0.hcl:13:3:", "Duplicate net block", "r0.hcl:12:3"}},
-		{"duplicate disk block", withTwoNodes("disk {}\n  disk {}"), []string{"r0.hcl:13:3:", "Duplicate disk block", "r0.hcl:12:3"}},
-		{"duplicate node", withTwoNodes(`node "alpha" {
+// errorCases hold one mistake of every class, with what the error must
+// mention: the file, line and column of the offending text and what is wrong.
+var errorCases = []struct {
+	name string
+	src  string
+	want []string
+}{
+	{"syntax error", withTwoNodes(`protocol = `), []string{"r0.hcl:12:", "Invalid expression"}},
+	{"unknown top-level block", `resorce "r0" {}`, []string{"r0.hcl:1:1:", "Unsupported block type", `Did you mean "resource"?`}},
+	{"top-level attribute", `protocol = "A"`, []string{"r0.hcl:1:1:", "Unsupported argument"}},
+	{"unknown argument", withTwoNodes(`protocl = "A"`), []string{"r0.hcl:12:3:", "Unsupported argument", `Did you mean "protocol"?`}},
+	{"unknown block", withTwoNodes(`nett {}`), []string{"r0.hcl:12:3:", "Unsupported block type", `Did you mean "net"?`}},
+	{"unknown net argument", withTwoNodes(`net { transprt = "tcp" }`), []string{"r0.hcl:12:9:", "Unsupported argument", `Did you mean "transport"?`}},
+	{"unknown node argument", strings.Replace(withTwoNodes(""), "disk    =", "dsik    =", 1), []string{"r0.hcl:5:5:", `Did you mean "disk"?`}},
+	{"missing resource label", `resource {}`, []string{"r0.hcl:1:10:", "Missing name for resource"}},
+	{"wrong type", withTwoNodes(`protocol = ["A"]`), []string{"r0.hcl:12:14:", "Incorrect attribute value type", "string required"}},
+	{"wrong type bool", withTwoNodes(`disk { flushes = "maybe" }`), []string{"r0.hcl:12:20:", "Incorrect attribute value type", "bool required"}},
+	{"null", withTwoNodes(`protocol = null`), []string{"r0.hcl:12:14:", "must not be null"}},
+	{"variable", withTwoNodes(`protocol = var.p`), []string{"r0.hcl:12:14:", "Variables not allowed"}},
+	{"function", withTwoNodes(`protocol = upper("c")`), []string{"r0.hcl:12:14:", "Function calls not allowed"}},
+	{"bad protocol", withTwoNodes(`protocol = "D"`), []string{"r0.hcl:12:14:", "Invalid protocol", `"A", "B", "C"`}},
+	{"lower-case protocol", withTwoNodes(`protocol = "c"`), []string{"r0.hcl:12:14:", "Invalid protocol", `did you mean "C"?`}},
+	{"unknown transport", withTwoNodes(`net { transport = "tpc" }`), []string{"r0.hcl:12:21:", "Unknown transport", `did you mean "tcp"?`, `"tcp", "quic"`}},
+	{"bad compression", withTwoNodes(`net { compression = "zstd" }`), []string{"r0.hcl:12:23:", "Invalid compression", `"none", "lz4"`}},
+	{"bad on_congestion", withTwoNodes(`net { on_congestion = "pullahead" }`), []string{"r0.hcl:12:25:", "Invalid on_congestion", `did you mean "pull-ahead"?`}},
+	{"bad size unit", withTwoNodes(`net { max_buffer = "64MB" }`), []string{"r0.hcl:12:22:", "Invalid size", `"64MB"`, `unknown unit "MB"`}},
+	{"max_buffer too small", withTwoNodes(`net { max_buffer = "4KiB" }`), []string{"r0.hcl:12:22:", "Invalid max_buffer", "4KiB is too small", "64KiB"}},
+	{"bad duration", withTwoNodes(`net { timeout = "6" }`), []string{"r0.hcl:12:19:", "Invalid duration", `timeout = "6"`}},
+	{"zero duration", withTwoNodes(`net { ping_interval = "0s" }`), []string{"r0.hcl:12:25:", "Invalid duration", "greater than zero"}},
+	{"negative duration", withTwoNodes(`net { connect_retry = "-1s" }`), []string{"r0.hcl:12:25:", "greater than zero"}},
+	{"block size not power of two", withTwoNodes(`disk { block_size = "3KiB" }`), []string{"r0.hcl:12:23:", "Invalid block_size", "3KiB", "power of two from 512B to 4MiB"}},
+	{"block size too small", withTwoNodes(`disk { block_size = 256 }`), []string{"r0.hcl:12:23:", "Invalid block_size", "256B"}},
+	{"duplicate net block", withTwoNodes("net {}\n  net {}"), []string{"r0.hcl:13:3:", "Duplicate net block", "r0.hcl:12:3"}},
+	{"duplicate disk block", withTwoNodes("disk {}\n  disk {}"), []string{"r0.hcl:13:3:", "Duplicate disk block", "r0.hcl:12:3"}},
+	{"duplicate node", withTwoNodes(`node "alpha" {
     id = 2
     address = "10.0.0.3:7789"
     disk = "/dev/c"
   }`), []string{"r0.hcl:12:8:", "Duplicate node", `"alpha"`, "r0.hcl:2:3"}},
-		{"duplicate id", withTwoNodes(`node "charlie" {
+	{"duplicate id", withTwoNodes(`node "charlie" {
     id = 1
     address = "10.0.0.3:7789"
     disk = "/dev/c"
   }`), []string{"r0.hcl:13:10:", "Duplicate node id", `node "bravo"`, "r0.hcl:7:3"}},
-		{"id out of range", strings.Replace(withTwoNodes(""), "id      = 1", "id      = 32", 1), []string{"r0.hcl:8:15:", "Invalid node id", "0 to 31"}},
-		{"negative id", strings.Replace(withTwoNodes(""), "id      = 1", "id      = -1", 1), []string{"r0.hcl:8:15:", "Invalid node id"}},
-		{"fractional id", strings.Replace(withTwoNodes(""), "id      = 1", "id      = 1.5", 1), []string{"r0.hcl:8:15:", "id = 1.5 must be a whole number"}},
-		{"duplicate address", strings.Replace(withTwoNodes(""), "10.0.0.2", "10.0.0.1", 1), []string{"r0.hcl:9:15:", "Duplicate address", `node "alpha"`, "r0.hcl:2:3"}},
-		{"address without port", strings.Replace(withTwoNodes(""), "10.0.0.2:7789", "10.0.0.2", 1), []string{"r0.hcl:9:15:", "Invalid address", "missing port"}},
-		{"address without host", strings.Replace(withTwoNodes(""), "10.0.0.2:7789", ":7789", 1), []string{"r0.hcl:9:15:", "Invalid address", "host is empty"}},
-		{"address port zero", strings.Replace(withTwoNodes(""), "10.0.0.2:7789", "10.0.0.2:0", 1), []string{"r0.hcl:9:15:", `port "0" is not a number from 1 to 65535`}},
-		{"address named port", strings.Replace(withTwoNodes(""), "10.0.0.2:7789", "10.0.0.2:http", 1), []string{"r0.hcl:9:15:", `port "http"`}},
-		{"missing disk", strings.Replace(withTwoNodes(""), `disk    = "/dev/b"`, "", 1), []string{"r0.hcl:7:16:", "Missing required argument", `"disk"`}},
-		{"empty disk", strings.Replace(withTwoNodes(""), `"/dev/b"`, `""`, 1), []string{"r0.hcl:10:15:", "Empty path", "disk must name"}},
-		{"missing id", strings.Replace(withTwoNodes(""), "id      = 1", "", 1), []string{"r0.hcl:7:16:", "Missing required argument", `"id"`}},
-		{"bad export scheme", strings.Replace(withTwoNodes(""), `disk    = "/dev/b"`, `disk = "/dev/b"
+	{"id out of range", strings.Replace(withTwoNodes(""), "id      = 1", "id      = 32", 1), []string{"r0.hcl:8:15:", "Invalid node id", "0 to 31"}},
+	{"negative id", strings.Replace(withTwoNodes(""), "id      = 1", "id      = -1", 1), []string{"r0.hcl:8:15:", "Invalid node id"}},
+	{"fractional id", strings.Replace(withTwoNodes(""), "id      = 1", "id      = 1.5", 1), []string{"r0.hcl:8:15:", "id = 1.5 must be a whole number"}},
+	{"duplicate address", strings.Replace(withTwoNodes(""), "10.0.0.2", "10.0.0.1", 1), []string{"r0.hcl:9:15:", "Duplicate address", `node "alpha"`, "r0.hcl:2:3"}},
+	{"address without port", strings.Replace(withTwoNodes(""), "10.0.0.2:7789", "10.0.0.2", 1), []string{"r0.hcl:9:15:", "Invalid address", "missing port"}},
+	{"address without host", strings.Replace(withTwoNodes(""), "10.0.0.2:7789", ":7789", 1), []string{"r0.hcl:9:15:", "Invalid address", "host is empty"}},
+	{"address port zero", strings.Replace(withTwoNodes(""), "10.0.0.2:7789", "10.0.0.2:0", 1), []string{"r0.hcl:9:15:", `port "0" is not a number from 1 to 65535`}},
+	{"address named port", strings.Replace(withTwoNodes(""), "10.0.0.2:7789", "10.0.0.2:http", 1), []string{"r0.hcl:9:15:", `port "http"`}},
+	{"missing disk", strings.Replace(withTwoNodes(""), `disk    = "/dev/b"`, "", 1), []string{"r0.hcl:7:16:", "Missing required argument", `"disk"`}},
+	{"empty disk", strings.Replace(withTwoNodes(""), `"/dev/b"`, `""`, 1), []string{"r0.hcl:10:15:", "Empty path", "disk must name"}},
+	{"missing id", strings.Replace(withTwoNodes(""), "id      = 1", "", 1), []string{"r0.hcl:7:16:", "Missing required argument", `"id"`}},
+	{"bad export scheme", strings.Replace(withTwoNodes(""), `disk    = "/dev/b"`, `disk = "/dev/b"
     export = "nbd:/x"`, 1), []string{"r0.hcl:11:14:", "Invalid export", `"unix:PATH" or "tcp:HOST:PORT"`}},
-		{"empty unix export", strings.Replace(withTwoNodes(""), `disk    = "/dev/b"`, `disk = "/dev/b"
+	{"empty unix export", strings.Replace(withTwoNodes(""), `disk    = "/dev/b"`, `disk = "/dev/b"
     export = "unix:"`, 1), []string{"r0.hcl:11:14:", "Invalid export", "socket path"}},
-		{"bad tcp export", strings.Replace(withTwoNodes(""), `disk    = "/dev/b"`, `disk = "/dev/b"
+	{"bad tcp export", strings.Replace(withTwoNodes(""), `disk    = "/dev/b"`, `disk = "/dev/b"
     export = "tcp:localhost"`, 1), []string{"r0.hcl:11:14:", "Invalid export", "missing port"}},
-		{"bad resource name", strings.Replace(withTwoNodes(""), `"r0"`, `"r 0"`, 1), []string{"r0.hcl:1:10:", "Invalid resource name", `"r 0"`}},
-		{"bad node name", strings.Replace(withTwoNodes(""), `"bravo"`, `"bra/vo"`, 1), []string{"r0.hcl:7:8:", "Invalid node name"}},
-		{"too few nodes", `resource "solo" {
+	{"bad resource name", strings.Replace(withTwoNodes(""), `"r0"`, `"r 0"`, 1), []string{"r0.hcl:1:10:", "Invalid resource name", `"r 0"`}},
+	{"bad node name", strings.Replace(withTwoNodes(""), `"bravo"`, `"bra/vo"`, 1), []string{"r0.hcl:7:8:", "Invalid node name"}},
+	{"too few nodes", `resource "solo" {
   node "alpha" {
     id = 0
     address = "10.0.0.1:1"
     disk = "/d"
   }
 }`, []string{"r0.hcl:1:1:", "Too few nodes", `"solo" has 1 node`}},
-		{"connection to unknown node", withTwoNodes(`connection "alpha" "brvo" {}`), []string{"r0.hcl:12:22:", "Unknown node", `"brvo"`, `did you mean "bravo"?`, `"alpha", "bravo"`}},
-		{"connection to itself", withTwoNodes(`connection "alpha" "alpha" {}`), []string{"r0.hcl:12:22:", "Invalid connection", `"alpha" twice`}},
-		{"duplicate connection", withTwoNodes("connection \"alpha\" \"bravo\" {}\n  connection \"bravo\" \"alpha\" {}"),
-			[]string{"r0.hcl:13:3:", "Duplicate connection", "r0.hcl:12:3", "order of the two names does not matter"}},
-		{"bad connection protocol", withTwoNodes(`connection "alpha" "bravo" { protocol = "X" }`), []string{"r0.hcl:12:43:", "Invalid protocol"}},
-		{"bad connection net", withTwoNodes("connection \"alpha\" \"bravo\" {\n    net { timeout = \"soon\" }\n  }"), []string{"r0.hcl:13:21:", "Invalid duration"}},
-		{"connection disk block", withTwoNodes("connection \"alpha\" \"bravo\" {\n    disk {}\n  }"), []string{"r0.hcl:13:5:", "Unsupported block type", "disk"}},
-		{"two connection net blocks", withTwoNodes(`connection "alpha" "bravo" {
+	{"connection to unknown node", withTwoNodes(`connection "alpha" "brvo" {}`), []string{"r0.hcl:12:22:", "Unknown node", `"brvo"`, `did you mean "bravo"?`, `"alpha", "bravo"`}},
+	{"connection to itself", withTwoNodes(`connection "alpha" "alpha" {}`), []string{"r0.hcl:12:22:", "Invalid connection", `"alpha" twice`}},
+	{"duplicate connection", withTwoNodes("connection \"alpha\" \"bravo\" {}\n  connection \"bravo\" \"alpha\" {}"),
+		[]string{"r0.hcl:13:3:", "Duplicate connection", "r0.hcl:12:3", "order of the two names does not matter"}},
+	{"bad connection protocol", withTwoNodes(`connection "alpha" "bravo" { protocol = "X" }`), []string{"r0.hcl:12:43:", "Invalid protocol"}},
+	{"bad connection net", withTwoNodes("connection \"alpha\" \"bravo\" {\n    net { timeout = \"soon\" }\n  }"), []string{"r0.hcl:13:21:", "Invalid duration"}},
+	{"connection disk block", withTwoNodes("connection \"alpha\" \"bravo\" {\n    disk {}\n  }"), []string{"r0.hcl:13:5:", "Unsupported block type", "disk"}},
+	{"two connection net blocks", withTwoNodes(`connection "alpha" "bravo" {
     net {}
     net {}
   }`), []string{"r0.hcl:14:5:", "Duplicate net block", "A connection has at most one", "r0.hcl:13:5"}},
-		{"no resources", "# nothing here\n", []string{"r0.hcl:", "No resources"}},
-	} {
+	{"no resources", "# nothing here\n", []string{"r0.hcl:", "No resources"}},
+}
+
+func TestErrors(t *testing.T) {
+	for _, tc := range errorCases {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, err := Parse("r0.hcl", []byte(tc.src), LoadOptions{})
 			checkDiagnosticsError(t, cfg, err, tc.want)
