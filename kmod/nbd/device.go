@@ -3,21 +3,36 @@ package nbd
 import (
 	"context"
 	"errors"
+	"fmt"
+	"syscall"
 )
 
 // Device is what an NBD export serves. The server calls its methods from
 // several goroutines at once (requests are pipelined and may come over
 // several connections); a Device must be safe for that.
 //
-// Write, WriteZeroes and Trim take ownership of nothing: p is valid only
-// during the call unless the Device copies it. Methods return when the
-// operation is complete in the Device's sense (for a replicated device: when
-// the write-ordering protocol says so); fua asks that the range be durable
-// before returning, as if followed by Flush.
+// Ownership: the server allocates a fresh buffer for every write request
+// and never touches it after the request, so WriteAt MAY keep p after
+// returning (the replication engine sends it to peers asynchronously). The
+// p given to ReadAt belongs to the server again once ReadAt returns.
+//
+// Methods return when the operation is complete in the Device's sense (for
+// a replicated device: when the write-ordering protocol says so); fua asks
+// that the range be durable before returning, as if followed by Flush.
+// Flush makes durable every write that completed before Flush was called.
+// WriteZeroes must leave the range allocated (the server advertises
+// NBD_CMD_FLAG_NO_HOLE support on its behalf); Trim may deallocate, after
+// which the range's contents are unspecified.
+//
+// The server checks every request against Size and the read-only flag
+// before calling the Device. ctx is not cancelled when the client
+// disconnects: a request the server has received is carried out, only its
+// reply is lost.
 //
 // Errors: ErrReadOnly for a write to a device that does not accept writes
-// now (it is mapped to EPERM), ErrOutOfRange (EINVAL), anything else is
-// reported to the client as EIO. A *ClientError carries a specific errno.
+// now (it is mapped to EPERM), ErrOutOfRange (EINVAL), errors wrapping
+// syscall.ENOSPC, EDQUOT or EFBIG (ENOSPC); a *ClientError carries a
+// specific errno. Anything else is logged and reported to the client as EIO.
 type Device interface {
 	Size() uint64
 	ReadAt(ctx context.Context, p []byte, off uint64) error
@@ -27,8 +42,106 @@ type Device interface {
 	WriteZeroes(ctx context.Context, off, length uint64, fua bool) error
 }
 
+// MultiConn is an optional ability of a Device. A Device whose MultiConn
+// returns true promises that a completed Flush (or FUA write) on any
+// connection covers writes completed on every connection, so the server
+// advertises NBD_FLAG_CAN_MULTI_CONN and clients may spread their requests
+// over several connections.
+type MultiConn interface {
+	MultiConn() bool
+}
+
+// ReadOnlyDevice is an optional ability of a Device. A Device whose
+// ReadOnly returns true (checked once per connection, when the client
+// selects the export) is exported with NBD_FLAG_READ_ONLY, and the server
+// refuses writes, trims and write-zeroes with EPERM without calling it.
+type ReadOnlyDevice interface {
+	ReadOnly() bool
+}
+
 // Errors a Device may return.
 var (
 	ErrReadOnly   = errors.New("device is read-only")
 	ErrOutOfRange = errors.New("request beyond the end of the device")
 )
+
+// ErrNoSuchExport is what a Lookup returns (possibly wrapped) for an export
+// name it does not know; the client is told NBD_REP_ERR_UNKNOWN.
+var ErrNoSuchExport = errors.New("no such export")
+
+// Errno is an NBD error value, as carried in a reply. It is an error whose
+// Is matches the syscall.Errno of the same name, so a Client's caller can
+// test errors.Is(err, syscall.ENOSPC).
+type Errno uint32
+
+// The error values the NBD protocol defines.
+const (
+	EPERM     Errno = 1
+	EIO       Errno = 5
+	ENOMEM    Errno = 12
+	EINVAL    Errno = 22
+	ENOSPC    Errno = 28
+	EOVERFLOW Errno = 75
+	ENOTSUP   Errno = 95
+	ESHUTDOWN Errno = 108
+)
+
+// errnoInfo gives each NBD errno its name and the syscall.Errno it stands for.
+var errnoInfo = map[Errno]struct {
+	name string
+	sys  syscall.Errno
+}{
+	EPERM:     {"EPERM", syscall.EPERM},
+	EIO:       {"EIO", syscall.EIO},
+	ENOMEM:    {"ENOMEM", syscall.ENOMEM},
+	EINVAL:    {"EINVAL", syscall.EINVAL},
+	ENOSPC:    {"ENOSPC", syscall.ENOSPC},
+	EOVERFLOW: {"EOVERFLOW", syscall.EOVERFLOW},
+	ENOTSUP:   {"ENOTSUP", syscall.ENOTSUP},
+	ESHUTDOWN: {"ESHUTDOWN", syscall.ESHUTDOWN},
+}
+
+// Error returns the errno's description, e.g. "NBD_ENOSPC (no space left
+// on device)".
+func (e Errno) Error() string {
+	if info, ok := errnoInfo[e]; ok {
+		return fmt.Sprintf("NBD_%s (%v)", info.name, info.sys)
+	}
+	return fmt.Sprintf("NBD error %d", uint32(e))
+}
+
+// Is reports whether target is the syscall.Errno this errno stands for.
+func (e Errno) Is(target error) bool {
+	se, ok := target.(syscall.Errno)
+	info, known := errnoInfo[e]
+	return ok && known && info.sys == se
+}
+
+// ClientError lets a Device choose the errno the client sees. Err is what
+// happened, for logs and errors.Is; Errno is what the client is told.
+type ClientError struct {
+	Errno Errno
+	Err   error
+}
+
+func (e *ClientError) Error() string { return fmt.Sprintf("%v (sent to client as %v)", e.Err, e.Errno) }
+
+// Unwrap returns Err.
+func (e *ClientError) Unwrap() error { return e.Err }
+
+// errnoFor maps a Device's error to the errno sent to the client. The
+// second result is false for errors the server must log (mapped to EIO).
+func errnoFor(err error) (Errno, bool) {
+	var ce *ClientError
+	switch {
+	case errors.As(err, &ce):
+		return ce.Errno, true
+	case errors.Is(err, ErrReadOnly):
+		return EPERM, true
+	case errors.Is(err, ErrOutOfRange):
+		return EINVAL, true
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EFBIG):
+		return ENOSPC, true
+	}
+	return EIO, false
+}

@@ -1,0 +1,478 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+)
+
+const (
+	// maxInFlight bounds the requests one connection runs at once; the
+	// connection stops reading requests while that many are running.
+	maxInFlight = 128
+	// handshakeTimeout bounds the negotiation phase, so that a client that
+	// connects and says nothing does not hold a connection forever.
+	handshakeTimeout = 30 * time.Second
+	// shutdownWriteGrace bounds how long replies may still be sent once a
+	// connection is being shut down, so that a client that stopped reading
+	// cannot hold up Close.
+	shutdownWriteGrace = 5 * time.Second
+)
+
+// errClientAborted ends a negotiation the client aborted with NBD_OPT_ABORT.
+var errClientAborted = errors.New("client aborted the negotiation")
+
+// conn is one client connection.
+type conn struct {
+	srv  *Server
+	nc   net.Conn
+	br   *bufio.Reader
+	log  *slog.Logger
+	done chan struct{} // closed when the connection is finished
+
+	// deadlineMu orders deadline changes with shutdown, so that clearing the
+	// handshake deadline cannot undo a shutdown.
+	deadlineMu   sync.Mutex
+	shuttingDown bool
+
+	// writeMu serialises replies; writeErr is the first failed reply write,
+	// after which replies are dropped.
+	writeMu  sync.Mutex
+	writeErr error
+}
+
+// export is what a connection serves once negotiation is done.
+type export struct {
+	name     string
+	dev      Device
+	size     uint64
+	readOnly bool
+	flags    uint16
+}
+
+// request is one transmission request.
+type request struct {
+	flags  uint16
+	cmd    uint16
+	cookie uint64
+	off    uint64
+	length uint32
+	data   []byte // NBD_CMD_WRITE payload, freshly allocated
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	return &conn{
+		srv:  s,
+		nc:   nc,
+		br:   bufio.NewReaderSize(nc, 64<<10),
+		log:  s.log.With("conn", s.connIDs.Add(1), "remote", remoteName(nc)),
+		done: make(chan struct{}),
+	}
+}
+
+// remoteName names the peer for logs; a unix socket's peer has no address
+// of its own, so the socket's path stands in for it.
+func remoteName(nc net.Conn) string {
+	if addr := nc.RemoteAddr(); addr != nil && addr.String() != "" && addr.String() != "@" {
+		return addr.String()
+	}
+	return nc.LocalAddr().String()
+}
+
+// serve runs the connection to its end.
+func (c *conn) serve() {
+	defer close(c.done)
+	defer c.srv.untrack(c)
+	defer c.nc.Close()
+
+	c.setReadDeadline(time.Now().Add(handshakeTimeout))
+	exp, err := c.negotiate()
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, errClientAborted) {
+			c.log.Debug("nbd: client left during negotiation", "err", err)
+		} else {
+			c.log.Info("nbd: negotiation failed", "err", err)
+		}
+		return
+	}
+	c.setReadDeadline(time.Time{})
+	c.log.Debug("nbd: serving export", "export", exp.name, "size", exp.size, "read_only", exp.readOnly)
+	c.transmit(exp)
+}
+
+// shutdown stops the connection from reading further requests; requests
+// already read still run and reply (for up to shutdownWriteGrace).
+func (c *conn) shutdown() {
+	c.deadlineMu.Lock()
+	defer c.deadlineMu.Unlock()
+	c.shuttingDown = true
+	c.nc.SetReadDeadline(time.Now())
+	c.nc.SetWriteDeadline(time.Now().Add(shutdownWriteGrace))
+}
+
+func (c *conn) setReadDeadline(t time.Time) {
+	c.deadlineMu.Lock()
+	defer c.deadlineMu.Unlock()
+	if !c.shuttingDown {
+		c.nc.SetReadDeadline(t)
+	}
+}
+
+// negotiate runs the fixed newstyle handshake and option haggling. It
+// returns the export the client chose, or why the connection must end.
+func (c *conn) negotiate() (export, error) {
+	var hello [18]byte
+	binary.BigEndian.PutUint64(hello[0:], magicInit)
+	binary.BigEndian.PutUint64(hello[8:], magicOption)
+	binary.BigEndian.PutUint16(hello[16:], flagFixedNewstyle|flagNoZeroes)
+	if _, err := c.nc.Write(hello[:]); err != nil {
+		return export{}, err
+	}
+	var clientFlagsBuf [4]byte
+	if _, err := io.ReadFull(c.br, clientFlagsBuf[:]); err != nil {
+		return export{}, err
+	}
+	clientFlags := binary.BigEndian.Uint32(clientFlagsBuf[:])
+	if unknown := clientFlags &^ (clientFixedNewstyle | clientNoZeroes); unknown != 0 {
+		return export{}, fmt.Errorf("client sent unknown handshake flags %#x", unknown)
+	}
+	noZeroes := clientFlags&clientNoZeroes != 0
+
+	for {
+		var hdr [16]byte
+		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			return export{}, err
+		}
+		if magic := binary.BigEndian.Uint64(hdr[0:]); magic != magicOption {
+			return export{}, fmt.Errorf("option has magic %#x, want %#x", magic, uint64(magicOption))
+		}
+		opt := binary.BigEndian.Uint32(hdr[8:])
+		length := binary.BigEndian.Uint32(hdr[12:])
+		if length > maxOptionLength {
+			return export{}, fmt.Errorf("%s carries %d bytes of data, more than the %d allowed", optionName(opt), length, maxOptionLength)
+		}
+		data := make([]byte, length)
+		if _, err := io.ReadFull(c.br, data); err != nil {
+			return export{}, err
+		}
+
+		switch opt {
+		case optExportName:
+			exp, err := c.open(string(data))
+			if err != nil {
+				// NBD_OPT_EXPORT_NAME cannot carry an error: the protocol
+				// says to hang up.
+				return export{}, err
+			}
+			reply := make([]byte, 10, 10+exportNameZeroesSz)
+			binary.BigEndian.PutUint64(reply[0:], exp.size)
+			binary.BigEndian.PutUint16(reply[8:], exp.flags)
+			if !noZeroes {
+				reply = reply[:10+exportNameZeroesSz]
+			}
+			_, err = c.nc.Write(reply)
+			return exp, err
+
+		case optInfo, optGo:
+			name, err := parseInfoRequest(data)
+			if err != nil {
+				if err := c.optionError(opt, repErrInvalid, err.Error()); err != nil {
+					return export{}, err
+				}
+				continue
+			}
+			exp, err := c.open(name)
+			if err != nil {
+				code := uint32(repErrPolicy)
+				if errors.Is(err, ErrNoSuchExport) {
+					code = repErrUnknown
+				}
+				if err := c.optionError(opt, code, err.Error()); err != nil {
+					return export{}, err
+				}
+				continue
+			}
+			// NBD_INFO_BLOCK_SIZE is sent whether or not it was requested:
+			// it states the protocol's defaults, which every client obeys.
+			var exportInfo [12]byte
+			binary.BigEndian.PutUint16(exportInfo[0:], infoExport)
+			binary.BigEndian.PutUint64(exportInfo[2:], exp.size)
+			binary.BigEndian.PutUint16(exportInfo[10:], exp.flags)
+			var infoBlock [14]byte
+			binary.BigEndian.PutUint16(infoBlock[0:], infoBlockSize)
+			binary.BigEndian.PutUint32(infoBlock[2:], 1)
+			binary.BigEndian.PutUint32(infoBlock[6:], preferredBlockSize)
+			binary.BigEndian.PutUint32(infoBlock[10:], MaxPayload)
+			var replies []byte
+			replies = appendOptionReply(replies, opt, repInfo, exportInfo[:])
+			replies = appendOptionReply(replies, opt, repInfo, infoBlock[:])
+			replies = appendOptionReply(replies, opt, repAck, nil)
+			if _, err := c.nc.Write(replies); err != nil {
+				return export{}, err
+			}
+			if opt == optGo {
+				return exp, nil
+			}
+
+		case optList:
+			var err error
+			switch {
+			case len(data) != 0:
+				err = c.optionError(opt, repErrInvalid, "NBD_OPT_LIST carries no data")
+			case c.srv.listExports == nil:
+				err = c.optionError(opt, repErrPolicy, "this server does not list its exports; ask for one by name")
+			default:
+				var replies []byte
+				for _, name := range c.srv.listExports() {
+					entry := binary.BigEndian.AppendUint32(nil, uint32(len(name)))
+					replies = appendOptionReply(replies, opt, repServer, append(entry, name...))
+				}
+				_, err = c.nc.Write(appendOptionReply(replies, opt, repAck, nil))
+			}
+			if err != nil {
+				return export{}, err
+			}
+
+		case optAbort:
+			c.nc.Write(appendOptionReply(nil, opt, repAck, nil))
+			return export{}, errClientAborted
+
+		case optStartTLS:
+			if err := c.optionError(opt, repErrUnsup, "TLS is not supported: keep the export on a unix socket or on loopback"); err != nil {
+				return export{}, err
+			}
+
+		case optStructuredReply:
+			if err := c.optionError(opt, repErrUnsup, "structured replies are not supported: this server sends simple replies"); err != nil {
+				return export{}, err
+			}
+
+		default:
+			if err := c.optionError(opt, repErrUnsup, optionName(opt)+" is not supported"); err != nil {
+				return export{}, err
+			}
+		}
+	}
+}
+
+// open resolves an export name and computes what the client is told.
+func (c *conn) open(name string) (export, error) {
+	dev, err := c.srv.lookup(name)
+	if err != nil {
+		c.log.Info("nbd: export refused", "export", name, "err", err)
+		return export{}, err
+	}
+	exp := export{name: name, dev: dev, size: dev.Size(),
+		flags: flagHasFlags | flagSendFlush | flagSendFUA | flagSendTrim | flagSendWriteZeroes}
+	if ro, ok := dev.(ReadOnlyDevice); ok && ro.ReadOnly() {
+		exp.readOnly = true
+		exp.flags |= flagReadOnly
+	}
+	if mc, ok := dev.(MultiConn); ok && mc.MultiConn() {
+		exp.flags |= flagCanMultiConn
+	}
+	return exp, nil
+}
+
+// parseInfoRequest decodes the data of NBD_OPT_INFO and NBD_OPT_GO. The
+// information requests are not needed: every reply carries all the
+// information this server has.
+func parseInfoRequest(data []byte) (string, error) {
+	if len(data) < 6 {
+		return "", fmt.Errorf("option data of %d bytes is shorter than the 6-byte minimum", len(data))
+	}
+	nameLen := binary.BigEndian.Uint32(data)
+	if uint64(nameLen) > uint64(len(data)-6) {
+		return "", fmt.Errorf("export name length %d overruns the %d bytes of option data", nameLen, len(data))
+	}
+	name := string(data[4 : 4+nameLen])
+	rest := data[4+nameLen:]
+	count := binary.BigEndian.Uint16(rest)
+	if want := 2 + 2*int(count); len(rest) != want {
+		return "", fmt.Errorf("%d information requests need %d bytes after the name, got %d", count, want, len(rest))
+	}
+	return name, nil
+}
+
+// optionError sends an error reply to an option, with a message for the
+// user.
+func (c *conn) optionError(opt, code uint32, message string) error {
+	_, err := c.nc.Write(appendOptionReply(nil, opt, code, []byte(message)))
+	return err
+}
+
+func appendOptionReply(b []byte, opt, replyType uint32, data []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, magicOptionReply)
+	b = binary.BigEndian.AppendUint32(b, opt)
+	b = binary.BigEndian.AppendUint32(b, replyType)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+	return append(b, data...)
+}
+
+// transmit reads requests and runs each in its own goroutine, at most
+// maxInFlight at once, until the client disconnects, breaks the protocol,
+// or the connection is shut down. It returns when every request it read
+// has been carried out.
+func (c *conn) transmit(exp export) {
+	slots := make(chan struct{}, maxInFlight)
+	var running sync.WaitGroup
+	defer running.Wait()
+
+	var hdr [requestHeaderSize]byte
+	for {
+		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			if !errors.Is(err, io.EOF) && !isShutdownRead(err) {
+				c.log.Debug("nbd: connection lost", "err", err)
+			}
+			return
+		}
+		if magic := binary.BigEndian.Uint32(hdr[0:]); magic != magicRequest {
+			c.log.Warn("nbd: request with bad magic; closing the connection", "magic", magic)
+			return
+		}
+		req := request{
+			flags:  binary.BigEndian.Uint16(hdr[4:]),
+			cmd:    binary.BigEndian.Uint16(hdr[6:]),
+			cookie: binary.BigEndian.Uint64(hdr[8:]),
+			off:    binary.BigEndian.Uint64(hdr[16:]),
+			length: binary.BigEndian.Uint32(hdr[24:]),
+		}
+		switch req.cmd {
+		case cmdDisc:
+			c.log.Debug("nbd: client disconnected")
+			return
+		case cmdWrite:
+			if req.length > MaxPayload {
+				// Reading the payload would take unbounded memory and
+				// skipping it is no better: the stream cannot be trusted.
+				c.log.Warn("nbd: write payload exceeds the maximum; closing the connection",
+					"length", req.length, "max", MaxPayload)
+				return
+			}
+		}
+		slots <- struct{}{}
+		if req.cmd == cmdWrite {
+			req.data = make([]byte, req.length)
+			if _, err := io.ReadFull(c.br, req.data); err != nil {
+				<-slots
+				c.log.Debug("nbd: connection lost inside a write payload", "err", err)
+				return
+			}
+		}
+		running.Go(func() {
+			defer func() { <-slots }()
+			c.reply(req, exp)
+		})
+	}
+}
+
+// reply carries out one request and sends its reply.
+func (c *conn) reply(req request, exp export) {
+	var buf []byte
+	if req.cmd == cmdRead && req.length <= MaxPayload {
+		buf = make([]byte, replyHeaderSize+int(req.length))
+	} else {
+		buf = make([]byte, replyHeaderSize)
+	}
+	errno := c.execute(req, exp, buf[replyHeaderSize:])
+	if errno != 0 {
+		buf = buf[:replyHeaderSize]
+	}
+	binary.BigEndian.PutUint32(buf[0:], magicSimpleReply)
+	binary.BigEndian.PutUint32(buf[4:], uint32(errno))
+	binary.BigEndian.PutUint64(buf[8:], req.cookie)
+
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	if c.writeErr != nil {
+		return
+	}
+	if _, err := c.nc.Write(buf); err != nil {
+		c.writeErr = err
+		c.log.Debug("nbd: reply lost; closing the connection", "err", err)
+		c.shutdown()
+	}
+}
+
+// execute validates a request and runs it on the Device. readInto is where
+// a read's data goes. It returns the errno for the reply.
+func (c *conn) execute(req request, exp export, readInto []byte) Errno {
+	allowed := uint16(cmdFlagFUA)
+	if req.cmd == cmdWriteZeroes {
+		allowed |= cmdFlagNoHole
+	}
+	if req.flags&^allowed != 0 {
+		c.log.Debug("nbd: request with flags not valid for it", "command", commandName(req.cmd), "flags", req.flags)
+		return EINVAL
+	}
+	writes := req.cmd == cmdWrite || req.cmd == cmdTrim || req.cmd == cmdWriteZeroes
+	if writes && exp.readOnly {
+		return EPERM
+	}
+	end := req.off + uint64(req.length)
+	if req.cmd != cmdFlush && (end < req.off || end > exp.size) {
+		c.log.Debug("nbd: request beyond the end of the export", "command", commandName(req.cmd),
+			"offset", req.off, "length", req.length, "size", exp.size)
+		if req.cmd == cmdWrite || req.cmd == cmdWriteZeroes {
+			return ENOSPC // as the protocol asks for writes past the end
+		}
+		return EINVAL
+	}
+	fua := req.flags&cmdFlagFUA != 0
+	ctx := context.Background()
+	var err error
+	switch req.cmd {
+	case cmdRead:
+		if req.length > MaxPayload {
+			return EINVAL
+		}
+		if req.length > 0 {
+			err = exp.dev.ReadAt(ctx, readInto, req.off)
+		}
+	case cmdWrite:
+		if req.length > 0 {
+			err = exp.dev.WriteAt(ctx, req.data, req.off, fua)
+		}
+	case cmdFlush:
+		err = exp.dev.Flush(ctx)
+	case cmdTrim:
+		if req.length > 0 {
+			err = exp.dev.Trim(ctx, req.off, uint64(req.length))
+		}
+		if err == nil && fua {
+			err = exp.dev.Flush(ctx)
+		}
+	case cmdWriteZeroes:
+		if req.length > 0 {
+			err = exp.dev.WriteZeroes(ctx, req.off, uint64(req.length), fua)
+		}
+	default:
+		c.log.Debug("nbd: unknown command", "command", req.cmd)
+		return EINVAL
+	}
+	if err == nil {
+		return 0
+	}
+	errno, expected := errnoFor(err)
+	if expected {
+		c.log.Debug("nbd: request failed", "command", commandName(req.cmd), "offset", req.off,
+			"length", req.length, "errno", errno, "err", err)
+	} else {
+		c.log.Error("nbd: device error; the client sees EIO", "export", exp.name,
+			"command", commandName(req.cmd), "offset", req.off, "length", req.length, "err", err)
+	}
+	return errno
+}
+
+// isShutdownRead reports the read error that shutdown causes on purpose.
+func isShutdownRead(err error) bool {
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded)
+}
