@@ -3,6 +3,7 @@ package configs
 import (
 	"errors"
 	"io/fs"
+	"os"
 	"path"
 	"strings"
 	"testing"
@@ -250,5 +251,21 @@ func TestHCLString(t *testing.T) {
 		if diags.HasErrors() || v.AsString() != s {
 			t.Errorf("hclString(%q) = %s reads back as %#v, %v", s, hclString(s), v, diags)
 		}
+	}
+}
+
+// TestAdminGuideShowsExample keeps the example in the configuration
+// reference identical to the file that ships and is tested here.
+func TestAdminGuideShowsExample(t *testing.T) {
+	guide, err := os.ReadFile("../docs/admin-guide.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	example, err := fs.ReadFile(Examples, "examples/r0.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(guide), "```hcl\n"+string(example)+"```") {
+		t.Errorf("docs/admin-guide.md does not show examples/r0.hcl verbatim in an hcl code block")
 	}
 }
