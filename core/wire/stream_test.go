@@ -1,0 +1,349 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"runtime"
+	"strings"
+	"testing"
+	"testing/iotest"
+)
+
+// writeCounter counts Write calls and the bytes they carry.
+type writeCounter struct {
+	calls int
+	buf   bytes.Buffer
+}
+
+func (w *writeCounter) Write(p []byte) (int, error) {
+	w.calls++
+	return w.buf.Write(p)
+}
+
+func dataFrame(seq uint64, payload []byte) *Frame {
+	return &Frame{Type: TypeData, Seq: seq, Epoch: 1, Offset: seq * 4096, Length: uint32(len(payload)), Payload: payload}
+}
+
+// readAll reads frames until an error, returning io.EOF as nil.
+func readAll(t *testing.T, r *Reader) []*Frame {
+	t.Helper()
+	var frames []*Frame
+	for {
+		f, err := r.ReadFrame()
+		if err == io.EOF {
+			return frames
+		}
+		if err != nil {
+			t.Fatalf("ReadFrame after %d frames: %v", len(frames), err)
+		}
+		frames = append(frames, f)
+	}
+}
+
+func TestWriterBatching(t *testing.T) {
+	tests := []struct {
+		name        string
+		compression Compression
+		payload     func(*rand.Rand, int) []byte
+		frames      int
+		compressed  bool // one compressed batch expected
+		tried       bool // compression attempted
+	}{
+		{"none/text", CompressionNone, textPayload, 32, false, false},
+		{"lz4/below-threshold", CompressionLZ4, textPayload, 15, false, false},
+		{"lz4/text", CompressionLZ4, textPayload, 32, true, true},
+		{"lz4/random", CompressionLZ4, randomPayload, 32, false, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out writeCounter
+			w := NewWriter(&out, tc.compression)
+			rng := rand.New(rand.NewPCG(1, 2))
+			sent := make([]*Frame, tc.frames)
+			for i := range sent {
+				sent[i] = dataFrame(uint64(i), tc.payload(rng, 4096))
+				if err := w.WriteFrame(sent[i]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			raw := tc.frames * (HeaderSize + 4096)
+			if w.Buffered() != raw || out.calls != 0 {
+				t.Fatalf("before Flush: Buffered() = %d, %d writes; want %d, 0", w.Buffered(), out.calls, raw)
+			}
+			if err := w.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			if out.calls != 1 {
+				t.Fatalf("Flush made %d Write calls, want 1", out.calls)
+			}
+			s := w.Stats()
+			if got := s.CompressedBatches == 1; got != tc.compressed {
+				t.Errorf("compressed batch sent: %v, want %v (%+v)", got, tc.compressed, s)
+			}
+			if got := s.Batches == 1; got != tc.tried {
+				t.Errorf("compression tried: %v, want %v (%+v)", got, tc.tried, s)
+			}
+			if tc.compressed && s.Bytes > s.RawBytes/2 {
+				t.Errorf("text compressed to %d of %d bytes, want at most half", s.Bytes, s.RawBytes)
+			}
+			if !tc.compressed && s.Bytes != uint64(raw) {
+				t.Errorf("uncompressed flush wrote %d bytes, want %d", s.Bytes, raw)
+			}
+			frames := readAll(t, NewReader(&out.buf))
+			if len(frames) != tc.frames {
+				t.Fatalf("read %d frames, want %d", len(frames), tc.frames)
+			}
+			for i, f := range frames {
+				if !sameFrame(f, sent[i]) {
+					t.Fatalf("frame %d: %s", i, f)
+				}
+			}
+		})
+	}
+}
+
+func TestWriterFlushesAtCap(t *testing.T) {
+	var out writeCounter
+	w := NewWriter(&out, CompressionLZ4)
+	payload := randomPayload(rand.New(rand.NewPCG(3, 4)), 1<<20)
+	const n = 10
+	for i := range n {
+		if err := w.WriteFrame(dataFrame(uint64(i), payload)); err != nil {
+			t.Fatal(err)
+		}
+		if w.Buffered() > MaxBuffered {
+			t.Fatalf("after frame %d: Buffered() = %d, more than MaxBuffered", i, w.Buffered())
+		}
+	}
+	if out.calls == 0 {
+		t.Fatal("no automatic flush after 10 MiB")
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(readAll(t, NewReader(&out.buf))); got != n {
+		t.Fatalf("read %d frames, want %d", got, n)
+	}
+}
+
+// TestLargestFrames sends frames at the size limits through both
+// compressions: a batch may hold one 8 MiB write, and a frame of
+// MaxPayload bytes is too big to batch and goes out as it is.
+func TestLargestFrames(t *testing.T) {
+	zeroes := make([]byte, MaxPayload)
+	for _, c := range []Compression{CompressionNone, CompressionLZ4} {
+		for _, size := range []int{8 << 20, MaxPayload} {
+			var out bytes.Buffer
+			w := NewWriter(&out, c)
+			if err := w.WriteFrame(dataFrame(1, zeroes[:size])); err != nil {
+				t.Fatalf("%s, %d bytes: %v", c, size, err)
+			}
+			if err := w.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			frames := readAll(t, NewReader(&out))
+			if len(frames) != 1 || !sameFrame(frames[0], dataFrame(1, zeroes[:size])) {
+				t.Fatalf("%s, %d bytes: read back %d frames", c, size, len(frames))
+			}
+			wantBatch := c == CompressionLZ4 && size+HeaderSize <= MaxPayload
+			if got := w.Stats().CompressedBatches == 1; got != wantBatch {
+				t.Errorf("%s, %d bytes: sent as a compressed batch: %v, want %v", c, size, got, wantBatch)
+			}
+		}
+	}
+}
+
+func TestWriterRefusesBadFrames(t *testing.T) {
+	tests := []struct {
+		name  string
+		frame Frame
+		want  error
+	}{
+		{"too large", Frame{Type: TypeData, Length: MaxPayload + 1, Payload: make([]byte, MaxPayload+1)}, ErrTooLarge},
+		{"batch", Frame{Type: TypeBatch, Flags: FlagCompressed}, ErrMalformed},
+		{"compressed flag", Frame{Type: TypePing, Flags: FlagCompressed}, ErrMalformed},
+		{"unknown type", Frame{Type: 200}, ErrUnknownType},
+		{"zero type", Frame{}, ErrUnknownType},
+		{"data length mismatch", Frame{Type: TypeData, Length: 4096, Payload: make([]byte, 512)}, ErrMalformed},
+		{"zeroes with payload", Frame{Type: TypeData, Flags: FlagZeroes, Length: 4096, Payload: make([]byte, 4096)}, ErrMalformed},
+		{"resync length mismatch", Frame{Type: TypeResyncData, Length: 1, Payload: nil}, ErrMalformed},
+	}
+	var out bytes.Buffer
+	w := NewWriter(&out, CompressionLZ4)
+	for _, tc := range tests {
+		if err := w.WriteFrame(&tc.frame); !errors.Is(err, tc.want) {
+			t.Errorf("%s: WriteFrame error %v, want %v", tc.name, err, tc.want)
+		}
+	}
+	if w.Buffered() != 0 {
+		t.Fatalf("refused frames were buffered: %d bytes", w.Buffered())
+	}
+	// A refused frame does not break the stream.
+	if err := w.WriteFrame(&Frame{Type: TypePing, Seq: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if frames := readAll(t, NewReader(&out)); len(frames) != 1 || frames[0].Type != TypePing {
+		t.Fatalf("read %v, want one ping", frames)
+	}
+}
+
+type failingWriter struct {
+	n   int // bytes accepted before failing
+	err error
+}
+
+func (w *failingWriter) Write(p []byte) (int, error) { return min(w.n, len(p)), w.err }
+
+func TestWriterErrorIsSticky(t *testing.T) {
+	errLink := errors.New("link down")
+	for _, tc := range []struct {
+		name string
+		w    io.Writer
+		want error
+	}{
+		{"error", &failingWriter{n: 10, err: errLink}, errLink},
+		{"short write", &failingWriter{n: 10}, io.ErrShortWrite},
+	} {
+		w := NewWriter(tc.w, CompressionNone)
+		if err := w.WriteFrame(&Frame{Type: TypePing}); err != nil {
+			t.Fatal(err)
+		}
+		err := w.Flush()
+		if !errors.Is(err, tc.want) {
+			t.Fatalf("%s: Flush error %v, want %v", tc.name, err, tc.want)
+		}
+		if again := w.WriteFrame(&Frame{Type: TypePing}); again != err {
+			t.Fatalf("%s: WriteFrame after a failed Flush: %v, want %v", tc.name, again, err)
+		}
+		if again := w.Flush(); again != err {
+			t.Fatalf("%s: second Flush: %v, want %v", tc.name, again, err)
+		}
+	}
+}
+
+func TestFlushWithNothingBuffered(t *testing.T) {
+	var out writeCounter
+	w := NewWriter(&out, CompressionLZ4)
+	if err := w.Flush(); err != nil || out.calls != 0 {
+		t.Fatalf("Flush of an empty Writer: err %v, %d Write calls", err, out.calls)
+	}
+}
+
+func TestReaderEOF(t *testing.T) {
+	r := NewReader(bytes.NewReader(nil))
+	if _, err := r.ReadFrame(); err != io.EOF {
+		t.Fatalf("empty stream: %v, want io.EOF itself", err)
+	}
+	stream := AppendFrame(nil, &Frame{Type: TypePing, Seq: 1})
+	r = NewReader(iotest.OneByteReader(bytes.NewReader(stream)))
+	if f, err := r.ReadFrame(); err != nil || f.Seq != 1 {
+		t.Fatalf("one-byte reads: %v, %v", f, err)
+	}
+	if _, err := r.ReadFrame(); err != io.EOF {
+		t.Fatalf("end after a whole frame: %v, want io.EOF itself", err)
+	}
+}
+
+// TestReaderPassesErrorsThrough checks that errors of the underlying reader
+// reach the caller, at a frame boundary and inside a frame.
+func TestReaderPassesErrorsThrough(t *testing.T) {
+	errLink := errors.New("connection reset")
+	frame := AppendFrame(nil, dataFrame(1, []byte("0123456789")))
+	for _, cut := range []int{0, 10, HeaderSize + 3} {
+		src := io.MultiReader(bytes.NewReader(frame[:cut]), iotest.ErrReader(errLink))
+		_, err := NewReader(src).ReadFrame()
+		if !errors.Is(err, errLink) || errors.Is(err, ErrTruncated) {
+			t.Errorf("error after %d bytes: %v, want one wrapping %v", cut, err, errLink)
+		}
+	}
+}
+
+// TestReaderLyingLength checks that a header claiming a huge payload costs
+// memory only for the bytes that really arrive.
+func TestReaderLyingLength(t *testing.T) {
+	b := AppendFrame(nil, &Frame{Type: TypeRefuse})
+	b[offPayloadLen], b[offPayloadLen+1], b[offPayloadLen+2], b[offPayloadLen+3] = 0, 0, MaxPayload>>16, 0
+	b = append(b, make([]byte, 100)...)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := NewReader(bytes.NewReader(b)).ReadFrame()
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrTruncated) {
+		t.Fatalf("error %v, want ErrTruncated", err)
+	}
+	if allocated := after.TotalAlloc - before.TotalAlloc; allocated > 2<<20 {
+		t.Fatalf("reading 144 bytes of a frame claiming %d allocated %d bytes", MaxPayload>>16<<16, allocated)
+	}
+}
+
+// TestReaderFramesAreIndependent checks that payloads read from one batch
+// do not share memory.
+func TestReaderFramesAreIndependent(t *testing.T) {
+	var out bytes.Buffer
+	w := NewWriter(&out, CompressionLZ4)
+	text := textPayload(rand.New(rand.NewPCG(5, 6)), 4096)
+	for i := range 20 {
+		if err := w.WriteFrame(dataFrame(uint64(i), text)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	frames := readAll(t, NewReader(&out))
+	for _, f := range frames {
+		for i := range f.Payload {
+			f.Payload[i] = 0
+		}
+		f.Payload = append(f.Payload, 1) // must not overwrite the next frame
+	}
+	for i, f := range frames[1:] {
+		if f.Payload[0] != 0 || len(f.Payload) != 4097 {
+			t.Fatalf("frame %d shares memory with its neighbour", i+1)
+		}
+	}
+}
+
+func TestParseCompression(t *testing.T) {
+	for _, c := range []Compression{CompressionNone, CompressionLZ4} {
+		if got, err := ParseCompression(c.String()); err != nil || got != c {
+			t.Errorf("ParseCompression(%q) = %v, %v", c.String(), got, err)
+		}
+	}
+	_, err := ParseCompression("zstd")
+	if !errors.Is(err, ErrUnknownCompression) || !strings.Contains(err.Error(), `"zstd"`) {
+		t.Errorf("ParseCompression(zstd) error %v, want ErrUnknownCompression naming it", err)
+	}
+}
+
+func TestStrings(t *testing.T) {
+	for _, tc := range []struct{ got, want string }{
+		{TypeWriteAck.String(), "write-ack"},
+		{Type(99).String(), "Type(99)"},
+		{(FlagFUA | FlagWantRecvAck).String(), "fua|want-recv-ack"},
+		{Flags(0).String(), "0"},
+		{(FlagTrim | 1<<12).String(), "trim|0x1000"},
+		{Compression(9).String(), "Compression(9)"},
+		{dataFrame(3, make([]byte, 8)).String(), "data seq 3 epoch 1 offset 12288 length 8 flags 0 payload 8 bytes"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("got %q, want %q", tc.got, tc.want)
+		}
+	}
+}
+
+func TestVersionError(t *testing.T) {
+	var err error = &VersionError{Got: 3, Want: Version}
+	if !errors.Is(err, ErrVersion) || errors.Is(err, ErrMalformed) {
+		t.Fatalf("%v: errors.Is(ErrVersion) should hold, and only it", err)
+	}
+	var ve *VersionError
+	if !errors.As(err, &ve) || ve.Got != 3 {
+		t.Fatalf("errors.As lost the versions: %v", ve)
+	}
+}
