@@ -61,19 +61,20 @@ func (s *stream) Write(b []byte) (int, error) {
 
 // fail records err, seen on channel ch, as the Conn's failure if it is
 // the first, closes every channel, and returns the error the caller on ch
-// should see: err itself, or, when ch only failed because another channel
-// had, an error saying so that wraps that channel's failure.
+// should see: err itself (io.EOF unwrapped, as io.Reader requires), or,
+// when ch only failed because another channel had, an error saying so that
+// wraps that channel's failure.
 func (c *conn) fail(ch transports.Channel, err error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	switch {
-	case c.closedLocally:
-		return fmt.Errorf("tcp: channel %d: %w", ch, err)
-	case !c.failed:
+	if !c.closedLocally && !c.failed {
 		c.failed, c.failedChannel, c.failure = true, ch, err
 		c.closeSocksLocked()
-		return fmt.Errorf("tcp: channel %d: %w", ch, err)
-	case c.failedChannel == ch:
+	}
+	switch {
+	case err == io.EOF && (c.closedLocally || c.failedChannel == ch):
+		return io.EOF
+	case c.closedLocally || c.failedChannel == ch:
 		return fmt.Errorf("tcp: channel %d: %w", ch, err)
 	default:
 		return fmt.Errorf("tcp: channel %d closed because channel %d failed: %w", ch, c.failedChannel, c.failure)

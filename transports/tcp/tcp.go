@@ -88,7 +88,8 @@ func (*Transport) Dial(ctx context.Context, addr string, opts transports.Options
 	var id connID
 	rand.Read(id[:])
 
-	ctx, cancel := context.WithCancel(ctx)
+	parent := ctx
+	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	dialer := net.Dialer{KeepAliveConfig: keepAliveConfig(opts)}
 	var (
@@ -111,8 +112,8 @@ func (*Transport) Dial(ctx context.Context, addr string, opts transports.Options
 				s.Close()
 			}
 		}
-		if ctxErr := ctx.Err(); ctxErr != nil && !errors.Is(err, ctxErr) {
-			return nil, fmt.Errorf("tcp: dial %s: %w (%w)", addr, ctxErr, firstError(errs[:]))
+		if parent.Err() != nil {
+			return nil, fmt.Errorf("tcp: dial %s: %w", addr, parent.Err())
 		}
 		return nil, fmt.Errorf("tcp: dial %s: %w", addr, firstError(errs[:]))
 	}
@@ -149,10 +150,9 @@ func dialChannel(ctx context.Context, dialer *net.Dialer, addr string, id connID
 		sock.Close()
 		return nil, fmt.Errorf("channel %d: TCP_NODELAY: %w", ch, err)
 	}
-	// Deadlines make the blocking preamble exchange honour ctx.
-	if deadline, ok := ctx.Deadline(); ok {
-		sock.SetDeadline(deadline)
-	}
+	// A deadline in the past unblocks the preamble exchange when ctx ends
+	// (by cancellation or deadline), and only then, so that a timeout
+	// here always comes with ctx.Err().
 	stop := context.AfterFunc(ctx, func() { sock.SetDeadline(time.Unix(1, 0)) })
 	err = exchangePreamble(sock, id, ch)
 	if !stop() {
