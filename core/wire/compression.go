@@ -11,7 +11,8 @@ const (
 	CompressionNone Compression = 0
 	// CompressionLZ4 packs the frames of one flush into a TypeBatch frame
 	// holding their LZ4 block-compressed concatenation, when they add up to
-	// at least MinCompressBatch bytes and compression makes them smaller.
+	// at least MinCompressBatch bytes and compression makes them at least
+	// 1/16 smaller.
 	CompressionLZ4 Compression = 1
 )
 

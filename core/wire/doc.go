@@ -67,9 +67,9 @@
 // The Writer buffers frames until Flush, and flushes by itself when
 // MaxBuffered bytes are waiting. With CompressionLZ4, a flush of at least
 // MinCompressBatch bytes is LZ4 block-compressed as a whole and sent as one
-// TypeBatch frame (FlagCompressed, length = uncompressed size) when that is
-// smaller; otherwise, as always below the threshold, the frames go out as
-// they are. The Reader unpacks batches, so its user sees the frames as they
+// TypeBatch frame (FlagCompressed, length = uncompressed size) when that
+// saves at least 1/16 of the bytes; otherwise, as always below the
+// threshold, the frames go out as they are. The Reader unpacks batches, so its user sees the frames as they
 // were written. Single writes are not compressed one by one: LZ4 gains
 // little on 4 KiB and the batch amortises the header.
 //

@@ -22,7 +22,7 @@ var rewrite = flag.Bool("rewrite", false, "rewrite testdata/*.golden from the cu
 type goldenCase struct {
 	name  string
 	about string
-	input func(t *testing.T) []byte
+	input func(t testing.TB) []byte
 }
 
 func encode(f Frame) []byte { return AppendFrame(nil, &f) }
@@ -43,7 +43,7 @@ func modified(f Frame, change func(b []byte)) []byte {
 
 // makeBatch builds a compressed batch frame around content, which the
 // Writer would never do for content that is not made of frames.
-func makeBatch(t *testing.T, content []byte) []byte {
+func makeBatch(t testing.TB, content []byte) []byte {
 	t.Helper()
 	z := make([]byte, lz4.CompressBlockBound(len(content)))
 	n, err := new(lz4.Compressor).CompressBlock(content, z)
@@ -59,7 +59,7 @@ func batchFrame(uncompressed int, payload []byte) []byte {
 	return reseal(append(b, payload...))
 }
 
-func mustMarshal(t *testing.T, m interface{ MarshalBinary() ([]byte, error) }) []byte {
+func mustMarshal(t testing.TB, m interface{ MarshalBinary() ([]byte, error) }) []byte {
 	t.Helper()
 	b, err := m.MarshalBinary()
 	if err != nil {
@@ -95,51 +95,51 @@ var goldenData = Frame{
 }
 
 var goldenCases = []goldenCase{
-	{"hello", "hello from node 1 to node 2 for resource r0", func(t *testing.T) []byte {
+	{"hello", "hello from node 1 to node 2 for resource r0", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeHello, Payload: mustMarshal(t, &goldenHello)})
 	}},
-	{"auth", "auth: node 1's MAC over both nonces for node 2, secret \"s3cret\"", func(t *testing.T) []byte {
+	{"auth", "auth: node 1's MAC over both nonces for node 2, secret \"s3cret\"", func(t testing.TB) []byte {
 		mac := AuthMAC([]byte("s3cret"), sequence(0), sequence(100), 1, 2, nil)
 		return encode(Frame{Type: TypeAuth, Payload: mac})
 	}},
-	{"refuse", "refuse with a reason", func(t *testing.T) []byte {
+	{"refuse", "refuse with a reason", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeRefuse, Payload: []byte("authentication failed")})
 	}},
-	{"ping", "ping 7", func(t *testing.T) []byte { return encode(Frame{Type: TypePing, Seq: 7}) }},
-	{"ping-ack", "answer to ping 7", func(t *testing.T) []byte { return encode(Frame{Type: TypePingAck, Seq: 7}) }},
-	{"data", "a 16-byte write at 8192, FUA, protocol B", func(t *testing.T) []byte { return encode(goldenData) }},
-	{"data-zeroes", "write zeroes over 64 KiB at 1 MiB: no payload", func(t *testing.T) []byte {
+	{"ping", "ping 7", func(t testing.TB) []byte { return encode(Frame{Type: TypePing, Seq: 7}) }},
+	{"ping-ack", "answer to ping 7", func(t testing.TB) []byte { return encode(Frame{Type: TypePingAck, Seq: 7}) }},
+	{"data", "a 16-byte write at 8192, FUA, protocol B", func(t testing.TB) []byte { return encode(goldenData) }},
+	{"data-zeroes", "write zeroes over 64 KiB at 1 MiB: no payload", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeData, Flags: FlagZeroes, Seq: 18, Epoch: 3, Offset: 1 << 20, Length: 64 << 10})
 	}},
-	{"data-trim", "discard 1 MiB at 2 MiB: no payload", func(t *testing.T) []byte {
+	{"data-trim", "discard 1 MiB at 2 MiB: no payload", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeData, Flags: FlagTrim, Seq: 19, Epoch: 4, Offset: 2 << 20, Length: 1 << 20})
 	}},
-	{"recv-ack", "data 17 received into memory", func(t *testing.T) []byte {
+	{"recv-ack", "data 17 received into memory", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeRecvAck, Seq: 17})
 	}},
-	{"write-ack", "data 17 on disk", func(t *testing.T) []byte { return encode(Frame{Type: TypeWriteAck, Seq: 17}) }},
-	{"write-ack-negative", "data 18 failed to write", func(t *testing.T) []byte {
+	{"write-ack", "data 17 on disk", func(t testing.TB) []byte { return encode(Frame{Type: TypeWriteAck, Seq: 17}) }},
+	{"write-ack-negative", "data 18 failed to write", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeWriteAck, Flags: FlagNegative, Seq: 18})
 	}},
-	{"write-ack-resync", "resync data 5 on disk", func(t *testing.T) []byte {
+	{"write-ack-resync", "resync data 5 on disk", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeWriteAck, Flags: FlagResync, Seq: 5})
 	}},
-	{"barrier", "close epoch 3, flush before acknowledging", func(t *testing.T) []byte {
+	{"barrier", "close epoch 3, flush before acknowledging", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeBarrier, Flags: FlagFlush, Epoch: 3})
 	}},
-	{"barrier-ack", "epoch 3 done", func(t *testing.T) []byte { return encode(Frame{Type: TypeBarrierAck, Epoch: 3}) }},
-	{"out-of-sync", "4 MiB at 1 GiB differ", func(t *testing.T) []byte {
+	{"barrier-ack", "epoch 3 done", func(t testing.TB) []byte { return encode(Frame{Type: TypeBarrierAck, Epoch: 3}) }},
+	{"out-of-sync", "4 MiB at 1 GiB differ", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeOutOfSync, Offset: 1 << 30, Length: 4 << 20})
 	}},
-	{"resync-data", "16 bytes of resync at 4096", func(t *testing.T) []byte {
+	{"resync-data", "16 bytes of resync at 4096", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeResyncData, Seq: 5, Offset: 4096, Length: 16, Payload: []byte("resync-block-16b")})
 	}},
-	{"state-change", "secondary, up to date, sync source", func(t *testing.T) []byte {
+	{"state-change", "secondary, up to date, sync source", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeStateChange, Payload: mustMarshal(t, &goldenState)})
 	}},
-	{"resync-done", "resync complete", func(t *testing.T) []byte { return encode(Frame{Type: TypeResyncDone}) }},
+	{"resync-done", "resync complete", func(t testing.TB) []byte { return encode(Frame{Type: TypeResyncDone}) }},
 	{"batch", "what a Writer with LZ4 sends for 20 writes of 4 KiB of text and a barrier (the compressed bytes change only with the lz4 module)",
-		func(t *testing.T) []byte {
+		func(t testing.TB) []byte {
 			var out bytes.Buffer
 			w := NewWriter(&out, CompressionLZ4)
 			text := bytes.Repeat([]byte("georepl mirrors every write. "), 4096/29+1)[:4096]
@@ -158,47 +158,47 @@ var goldenCases = []goldenCase{
 			return out.Bytes()
 		}},
 
-	{"corrupt-bad-magic", "a ping whose first byte is 'X'", func(t *testing.T) []byte {
+	{"corrupt-bad-magic", "a ping whose first byte is 'X'", func(t testing.TB) []byte {
 		return modified(Frame{Type: TypePing, Seq: 7}, func(b []byte) { b[0] = 'X' })
 	}},
-	{"corrupt-version", "a ping from wire version 2", func(t *testing.T) []byte {
+	{"corrupt-version", "a ping from wire version 2", func(t testing.TB) []byte {
 		return modified(Frame{Type: TypePing, Seq: 7}, func(b []byte) { b[offVersion] = 2; reseal(b) })
 	}},
-	{"corrupt-payload-bit", "the data frame with one payload bit flipped", func(t *testing.T) []byte {
+	{"corrupt-payload-bit", "the data frame with one payload bit flipped", func(t testing.TB) []byte {
 		return modified(goldenData, func(b []byte) { b[HeaderSize+3] ^= 0x10 })
 	}},
-	{"corrupt-header-bit", "the data frame with one bit of its offset flipped", func(t *testing.T) []byte {
+	{"corrupt-header-bit", "the data frame with one bit of its offset flipped", func(t testing.TB) []byte {
 		return modified(goldenData, func(b []byte) { b[offOffset+1] ^= 0x01 })
 	}},
-	{"corrupt-truncated-header", "the first 20 bytes of the data frame", func(t *testing.T) []byte {
+	{"corrupt-truncated-header", "the first 20 bytes of the data frame", func(t testing.TB) []byte {
 		return encode(goldenData)[:20]
 	}},
-	{"corrupt-truncated-payload", "the data frame without its last 5 bytes", func(t *testing.T) []byte {
+	{"corrupt-truncated-payload", "the data frame without its last 5 bytes", func(t testing.TB) []byte {
 		b := encode(goldenData)
 		return b[:len(b)-5]
 	}},
-	{"corrupt-too-large", "a data header declaring a payload of MaxPayload+1 bytes", func(t *testing.T) []byte {
+	{"corrupt-too-large", "a data header declaring a payload of MaxPayload+1 bytes", func(t testing.TB) []byte {
 		return modified(Frame{Type: TypeData, Seq: 9}, func(b []byte) {
 			binary.LittleEndian.PutUint32(b[offPayloadLen:], MaxPayload+1)
 			reseal(b)
 		})
 	}},
-	{"corrupt-unknown-type", "a frame of type 99 with a valid checksum", func(t *testing.T) []byte {
+	{"corrupt-unknown-type", "a frame of type 99 with a valid checksum", func(t testing.TB) []byte {
 		return modified(Frame{Type: TypePing, Seq: 7}, func(b []byte) { b[offType] = 99; reseal(b) })
 	}},
-	{"corrupt-compressed-data", "a data frame with the compressed flag", func(t *testing.T) []byte {
+	{"corrupt-compressed-data", "a data frame with the compressed flag", func(t testing.TB) []byte {
 		return modified(goldenData, func(b []byte) { b[offFlags] |= byte(FlagCompressed); reseal(b) })
 	}},
-	{"corrupt-data-length", "a data frame whose length (32) differs from its payload (16 bytes)", func(t *testing.T) []byte {
+	{"corrupt-data-length", "a data frame whose length (32) differs from its payload (16 bytes)", func(t testing.TB) []byte {
 		return modified(goldenData, func(b []byte) { b[offLength] = 32; reseal(b) })
 	}},
-	{"corrupt-batch-lz4", "a batch whose checksum is right but whose payload is not LZ4", func(t *testing.T) []byte {
+	{"corrupt-batch-lz4", "a batch whose checksum is right but whose payload is not LZ4", func(t testing.TB) []byte {
 		return batchFrame(100, []byte{0xff, 0xff, 0xff, 0xff})
 	}},
-	{"corrupt-batch-nested", "a batch holding a batch", func(t *testing.T) []byte {
+	{"corrupt-batch-nested", "a batch holding a batch", func(t testing.TB) []byte {
 		return makeBatch(t, makeBatch(t, encode(Frame{Type: TypePing, Seq: 1})))
 	}},
-	{"corrupt-batch-partial", "a batch whose content ends inside its second frame", func(t *testing.T) []byte {
+	{"corrupt-batch-partial", "a batch whose content ends inside its second frame", func(t testing.TB) []byte {
 		content := append(encode(Frame{Type: TypePing, Seq: 1}), encode(Frame{Type: TypePing, Seq: 2})[:30]...)
 		return makeBatch(t, content)
 	}},

@@ -27,8 +27,8 @@ type WriterStats struct {
 	// Batches counts flushes large enough to try compression
 	// (CompressionLZ4 and at least MinCompressBatch bytes);
 	// CompressedBatches counts those that went out as a compressed batch
-	// because compression made them smaller. A large gap between the two
-	// means the data is incompressible.
+	// because compression made them at least 1/16 smaller. A large gap
+	// between the two means the data is incompressible.
 	Batches           uint64
 	CompressedBatches uint64
 }
@@ -111,8 +111,9 @@ func (w *Writer) Buffered() int { return len(w.buf) }
 
 // Flush writes every buffered frame with a single Write call: as they are,
 // or as one compressed batch frame when the Writer uses CompressionLZ4, the
-// frames add up to at least MinCompressBatch bytes and compression makes
-// them smaller. Flush with nothing buffered does nothing.
+// frames add up to at least MinCompressBatch bytes (and at most
+// MaxPayload) and compression makes them at least 1/16 smaller. Flush with
+// nothing buffered does nothing.
 func (w *Writer) Flush() error {
 	if w.err != nil {
 		return w.err
@@ -146,11 +147,13 @@ func (w *Writer) Flush() error {
 }
 
 // compressBatch returns w.buf as one compressed batch frame, or false when
-// compression would not make it smaller on the wire. The destination is
-// deliberately too small to hold anything that does not shrink, so LZ4
-// gives up early on incompressible data.
+// compression would not make it at least 1/16 smaller on the wire: a
+// smaller gain (random data, where only the frame headers compress) saves
+// less than it costs the receiver to decompress. The destination is too
+// small for anything that does not shrink that much, so LZ4 gives up early
+// on incompressible data.
 func (w *Writer) compressBatch() ([]byte, bool) {
-	limit := len(w.buf) - 1 // a batch must be smaller than the frames it holds
+	limit := len(w.buf) - len(w.buf)/16
 	if cap(w.batch) < limit {
 		w.batch = make([]byte, limit)
 	}
