@@ -1,0 +1,164 @@
+package core
+
+import (
+	"fmt"
+	"maps"
+
+	"github.com/georepl/georepl/protocols"
+)
+
+// Defaults applied by New to zero Config fields.
+const (
+	DefaultBlockSize      = 4096
+	DefaultEpochMaxWrites = 1024
+	DefaultResyncChunk    = 256 << 10
+	DefaultResyncWindow   = 8
+	DefaultMaxBuffer      = 64 << 20
+)
+
+// Request length limits; the driver splits longer requests. A data frame
+// carries a write's payload (at most wire.MaxPayload) and describes every
+// range with a 32-bit length.
+const (
+	MaxWriteLength   = 8 << 20   // ReqWrite
+	MaxRequestLength = 1<<32 - 1 // ReqZeroes, ReqTrim
+)
+
+// PeerConfig describes the connection to one peer.
+type PeerConfig struct {
+	ID   NodeID
+	Name string
+	// Protocol is the write-ordering protocol of this connection (the same
+	// on both ends).
+	Protocol protocols.Protocol
+	// MaxBuffer is how many bytes of data written to this peer may be
+	// unacknowledged (no WriteAck yet) while writes still count as queued
+	// for it. Beyond it, a write waits for acknowledgements before it
+	// completes even under protocol A: congestion policy "block".
+	// 0 means DefaultMaxBuffer.
+	MaxBuffer uint64
+}
+
+// Persistent is the state that must survive a crash. The engine hands it out
+// in Ready.Persist whenever it changes; the driver stores it in the
+// metadata superblock and passes it back in Config.State after a restart.
+type Persistent struct {
+	// Disk is the local disk state. Inconsistent while a resync into this
+	// node runs, so that a crash then is not mistaken for good data.
+	Disk DiskState
+	// Primary is the primary indicator: this node was Primary when the
+	// state was last persisted. New always starts Secondary; a driver that
+	// finds Primary set after a crash knows that writes may have been in
+	// flight and marks its activity log's extents out of sync for every
+	// peer before calling New.
+	Primary bool
+	// Current is the generation id of the data on this disk; 0 for a
+	// resource that never had a Primary.
+	Current uint64
+	// History holds the two previous current ids, most recent first.
+	History [2]uint64
+	// BitmapUUID is, per peer, the current id at the moment this node began
+	// recording blocks out of sync for that peer; 0 (or absent) when the
+	// bitmap is clear and tracks nothing.
+	BitmapUUID map[NodeID]uint64
+}
+
+func (p Persistent) clone() *Persistent {
+	p.BitmapUUID = maps.Clone(p.BitmapUUID)
+	return &p
+}
+
+// Config configures an Engine. New validates and defaults it in one place.
+type Config struct {
+	// Self is this node's id, Name the resource's name (checked against the
+	// peer's hello).
+	Self NodeID
+	Name string
+	// Size is the usable device size in bytes, a multiple of BlockSize.
+	Size uint64
+	// BlockSize is the bitmap granularity in bytes; 0 means
+	// DefaultBlockSize. It must be a power of two.
+	BlockSize uint32
+	// Peers lists every other node of the resource.
+	Peers []PeerConfig
+	// EpochMaxWrites closes an epoch after this many writes even if none of
+	// them completed; 0 means DefaultEpochMaxWrites.
+	EpochMaxWrites int
+	// ResyncChunk is the most bytes one resync read covers, a multiple of
+	// BlockSize; 0 means DefaultResyncChunk.
+	ResyncChunk uint32
+	// ResyncWindow is the most resync reads plus unacknowledged resync
+	// frames per peer; 0 means DefaultResyncWindow.
+	ResyncWindow int
+	// DiskFlushes makes a secondary flush its disk at every barrier before
+	// acknowledging it, so that a BarrierAck always means "durable". Leave
+	// it off only for disks without a volatile write cache.
+	DiskFlushes bool
+	// State is the persisted state (Disk DUnknown is taken as Inconsistent).
+	State Persistent
+	// Bitmaps are the per-peer bitmaps loaded from metadata; a missing one
+	// starts clear. Each must have Size/BlockSize bits. The engine takes
+	// ownership.
+	Bitmaps map[NodeID]*Bitmap
+	// NewUUID returns a fresh random non-zero generation id. Required: the
+	// engine has no randomness of its own.
+	NewUUID func() uint64
+}
+
+// withDefaults validates cfg and fills in its defaults.
+func (cfg Config) withDefaults() (Config, error) {
+	if cfg.BlockSize == 0 {
+		cfg.BlockSize = DefaultBlockSize
+	}
+	if cfg.BlockSize&(cfg.BlockSize-1) != 0 || cfg.BlockSize < 512 {
+		return cfg, fmt.Errorf("core: block size %d is not a power of two >= 512", cfg.BlockSize)
+	}
+	if cfg.Size == 0 || cfg.Size%uint64(cfg.BlockSize) != 0 {
+		return cfg, fmt.Errorf("core: size %d is not a positive multiple of the block size %d", cfg.Size, cfg.BlockSize)
+	}
+	if cfg.Self >= MaxNodes {
+		return cfg, fmt.Errorf("core: node id %d out of range 0..%d", cfg.Self, MaxNodes-1)
+	}
+	if cfg.EpochMaxWrites == 0 {
+		cfg.EpochMaxWrites = DefaultEpochMaxWrites
+	}
+	if cfg.ResyncChunk == 0 {
+		cfg.ResyncChunk = DefaultResyncChunk
+	}
+	if cfg.ResyncChunk%cfg.BlockSize != 0 || cfg.ResyncChunk > MaxWriteLength {
+		return cfg, fmt.Errorf("core: resync chunk %d is not a multiple of the block size %d up to %d", cfg.ResyncChunk, cfg.BlockSize, MaxWriteLength)
+	}
+	if cfg.ResyncWindow == 0 {
+		cfg.ResyncWindow = DefaultResyncWindow
+	}
+	if cfg.EpochMaxWrites < 0 || cfg.ResyncWindow < 0 {
+		return cfg, fmt.Errorf("core: negative epoch size %d or resync window %d", cfg.EpochMaxWrites, cfg.ResyncWindow)
+	}
+	if cfg.NewUUID == nil {
+		return cfg, fmt.Errorf("core: Config.NewUUID is required")
+	}
+	if cfg.State.Disk == DUnknown {
+		cfg.State.Disk = Inconsistent
+	}
+	blocks := cfg.Size / uint64(cfg.BlockSize)
+	seen := map[NodeID]bool{cfg.Self: true}
+	peers := make([]PeerConfig, len(cfg.Peers))
+	for i, p := range cfg.Peers {
+		if p.ID >= MaxNodes || seen[p.ID] {
+			return cfg, fmt.Errorf("core: peer %d (%q): id out of range or duplicate", p.ID, p.Name)
+		}
+		seen[p.ID] = true
+		if p.Protocol != protocols.A && p.Protocol != protocols.B && p.Protocol != protocols.C {
+			return cfg, fmt.Errorf("core: peer %d (%q): unknown protocol %v", p.ID, p.Name, p.Protocol)
+		}
+		if p.MaxBuffer == 0 {
+			p.MaxBuffer = DefaultMaxBuffer
+		}
+		if b := cfg.Bitmaps[p.ID]; b != nil && b.Len() != blocks {
+			return cfg, fmt.Errorf("core: peer %d (%q): bitmap has %d bits, the device %d blocks", p.ID, p.Name, b.Len(), blocks)
+		}
+		peers[i] = p
+	}
+	cfg.Peers = peers
+	return cfg, nil
+}

@@ -1,0 +1,350 @@
+package core
+
+import (
+	"fmt"
+
+	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/protocols"
+)
+
+// Connected reports that the handshake with peer completed (the driver
+// checked authentication); h is the hello the peer sent. The engine checks
+// that the hello belongs to this resource and peer, compares generation ids
+// (see the package documentation) and either starts replicating, starts a
+// resync, or drops the connection. If peer was connected, the old
+// connection is first treated as lost.
+func (e *Engine) Connected(peer NodeID, h *wire.Hello) {
+	defer e.finish()
+	p := e.peer(peer)
+	if p == nil {
+		e.rd.Drop = append(e.rd.Drop, Drop{Peer: peer, StandAlone: true,
+			Reason: fmt.Errorf("%w: node %d is not a peer of resource %q", ErrDeviceMismatch, peer, e.name)})
+		return
+	}
+	if p.conn == Connected {
+		e.disconnect(p, "reconnected")
+	}
+	e.setConn(p, Connected, "")
+	p.gen = h.Gen
+	e.setPeerRoleDisk(p, Role(h.Role), DiskState(h.Disk))
+	p.rx = newReceiver(p)
+	switch {
+	case h.Resource != e.name || h.Size != e.size:
+		e.dropPeer(p, fmt.Errorf("%w: peer has resource %q of %d bytes, we have %q of %d bytes",
+			ErrDeviceMismatch, h.Resource, h.Size, e.name, e.size), true)
+	case NodeID(h.From) != peer || NodeID(h.To) != e.self:
+		e.dropPeer(p, fmt.Errorf("%w: hello from node %d to node %d on the connection from %d to %d",
+			ErrProtocol, h.From, h.To, peer, e.self), false)
+	default:
+		e.apply(p, e.decideWith(p))
+	}
+}
+
+// Disconnected reports that the connection to peer is lost or closed.
+// Writes not yet acknowledged by it are marked in its bitmap, requests
+// waiting for it stop waiting, a resync stops. A Primary that loses a
+// replicating peer starts a new generation. Ignored for a peer that is not
+// connected (for example after the engine asked to Drop it).
+func (e *Engine) Disconnected(peer NodeID) {
+	defer e.finish()
+	if p := e.peer(peer); p != nil && p.conn == Connected {
+		e.disconnect(p, "connection lost")
+	}
+}
+
+// dropPeer asks the driver to close the connection and forgets it.
+func (e *Engine) dropPeer(p *peer, reason error, standAlone bool) {
+	e.rd.Drop = append(e.rd.Drop, Drop{Peer: p.cfg.ID, Reason: reason, StandAlone: standAlone})
+	e.disconnect(p, reason.Error())
+	if standAlone {
+		e.setConn(p, StandAlone, "")
+	}
+}
+
+func (e *Engine) disconnect(p *peer, why string) {
+	wasReplicating := e.role == Primary && p.replicating()
+	for _, w := range e.writes {
+		pr := &w.prog[p.idx]
+		if !pr.sent {
+			continue
+		}
+		if pr.level != protocols.Written || p.ackedEpoch < w.epoch {
+			e.markOutOfSync(p, w.off, w.length)
+		}
+		if pr.level == protocols.None {
+			p.blocked--
+		}
+		*pr = progress{}
+	}
+	p.unacked, p.ackedEpoch = 0, 0
+	for _, w := range e.writes {
+		e.maybeComplete(w)
+	}
+	for _, f := range e.flushes {
+		f.wait[p.idx] = false
+	}
+	e.maybeCompleteFlushes()
+	if p.rs != nil {
+		p.rs.lost = true
+		p.rs = nil
+		e.peerEvent(p, "resync", "", "", "interrupted")
+	}
+	if p.rx != nil {
+		e.abandonReceiver(p.rx)
+		p.rx = nil
+	}
+	e.setRepl(p, ReplOff, "")
+	e.setConn(p, Connecting, why)
+	e.setPeerRoleDisk(p, RoleUnknown, DUnknown)
+	p.gen = wire.GenIDs{}
+	if wasReplicating {
+		e.newGeneration()
+	}
+}
+
+// Receive handles a frame from a connected peer; the engine takes
+// ownership of its payload. Frames from a peer that is not connected are
+// ignored. Hello, Auth, Refuse, Ping and Batch frames belong to the driver
+// and drop the connection as protocol violations, like any frame not
+// allowed in the current state.
+func (e *Engine) Receive(from NodeID, f *wire.Frame) {
+	defer e.finish()
+	p := e.peer(from)
+	if p == nil || p.conn != Connected {
+		return
+	}
+	switch f.Type {
+	case wire.TypeData:
+		if p.role != Primary || e.role == Primary || (p.repl != Established && p.repl != SyncTarget) {
+			e.violation(p, f, "data from a node that is not our primary")
+			return
+		}
+		e.receiveWrite(p, f, false)
+	case wire.TypeBarrier:
+		if p.role != Primary || e.role == Primary {
+			e.violation(p, f, "barrier from a node that is not our primary")
+			return
+		}
+		e.receiveBarrier(p, f)
+	case wire.TypeResyncData:
+		if p.repl != SyncTarget {
+			e.violation(p, f, "resync data without a resync from this peer")
+			return
+		}
+		e.receiveWrite(p, f, true)
+	case wire.TypeResyncDone:
+		if p.repl != SyncTarget {
+			e.violation(p, f, "resync done without a resync from this peer")
+			return
+		}
+		e.resyncTargetDone(p)
+	case wire.TypeRecvAck:
+		e.recvAck(p, f)
+	case wire.TypeWriteAck:
+		if f.Flags&wire.FlagResync != 0 {
+			e.resyncAck(p, f)
+		} else {
+			e.writeAck(p, f)
+		}
+	case wire.TypeBarrierAck:
+		e.barrierAck(p, f)
+	case wire.TypeStateChange:
+		e.receiveState(p, f)
+	default:
+		e.violation(p, f, "unexpected frame")
+	}
+}
+
+func (e *Engine) violation(p *peer, f *wire.Frame, what string) {
+	e.dropPeer(p, fmt.Errorf("%w: %s: %v seq %d (we are %v, peer %v, %v)", ErrProtocol, what, f.Type, f.Seq, e.role, p.role, p.repl), false)
+}
+
+// side is what one end of a connection knows about itself for the
+// generation id comparison. Gen.Bitmap is its bitmap uuid towards the other
+// end.
+type side struct {
+	role Role
+	disk DiskState
+	gen  wire.GenIDs
+}
+
+// decision is the outcome of comparing two sides, from the first side's
+// point of view.
+type decision struct {
+	repl ReplState // Established, SyncSource or SyncTarget
+	full bool      // resync everything, not just the source's bitmap
+	rule int       // the row of the table in the package documentation
+	err  error     // drop the connection (StandAlone) for this reason
+	why  string
+}
+
+func (e *Engine) decideWith(p *peer) decision {
+	self := side{role: e.role, disk: e.disk,
+		gen: wire.GenIDs{Current: e.current, Bitmap: p.bitmapUUID, History: e.history}}
+	return decide(self, side{role: p.role, disk: p.disk, gen: p.gen})
+}
+
+// syncDir is a sync direction found in the generation ids.
+type syncDir int
+
+const (
+	inSync     syncDir = iota
+	fromSelf           // self is the source
+	fromPeer           // the peer is the source
+	fromEither         // same data, but someone marked blocks: the Primary is the source
+)
+
+// decide applies the generation id table (package documentation) and the
+// role rules: resync always flows from the Primary, a Primary is never a
+// sync target, and a source must be UpToDate. Both ends of a connection
+// call it with the sides swapped and reach mirrored decisions.
+func decide(s, p side) decision {
+	if s.role == Primary && p.role == Primary {
+		return decision{err: fmt.Errorf("%w: both nodes are Primary", ErrPeerPrimary)}
+	}
+	dir, full, rule, err := compareGenIDs(s.gen, p.gen)
+	if err != nil {
+		return decision{rule: rule, err: err}
+	}
+	if dir == fromEither {
+		switch {
+		case s.role == Primary:
+			dir = fromSelf
+		case p.role == Primary:
+			dir = fromPeer
+		default:
+			return decision{repl: Established, rule: rule, why: "blocks out of sync; resync waits for a Primary"}
+		}
+	}
+	if dir == inSync {
+		return decision{repl: Established, rule: rule}
+	}
+	src, dst, repl := s, p, SyncSource
+	if dir == fromPeer {
+		src, dst, repl = p, s, SyncTarget
+	}
+	switch {
+	case dst.role == Primary:
+		return decision{rule: rule, err: fmt.Errorf("%w: the Primary's data (current %x) is older than its peer's (current %x)",
+			ErrSplitBrain, dst.gen.Current, src.gen.Current)}
+	case src.role != Primary:
+		return decision{repl: Established, rule: rule, why: "resync waits for a Primary"}
+	case src.disk != UpToDate:
+		return decision{repl: Established, rule: rule, why: "the would-be sync source is " + src.disk.String()}
+	}
+	// A bitmap resync sends only the source's marks: if the target marked
+	// blocks of its own, send everything.
+	if dst.gen.Bitmap != 0 {
+		full = true
+	}
+	return decision{repl: repl, full: full, rule: rule}
+}
+
+// compareGenIDs is the generation id table of the package documentation.
+func compareGenIDs(s, p wire.GenIDs) (dir syncDir, full bool, rule int, err error) {
+	switch {
+	case s.Current == 0 && p.Current == 0:
+		return inSync, false, 1, nil
+	case s.Current == 0:
+		return fromPeer, true, 2, nil
+	case p.Current == 0:
+		return fromSelf, true, 2, nil
+	case s.Current == p.Current:
+		if s.Bitmap != 0 || p.Bitmap != 0 {
+			return fromEither, false, 3, nil
+		}
+		return inSync, false, 3, nil
+	case s.Bitmap != 0 && s.Bitmap == p.Current:
+		return fromSelf, false, 4, nil
+	case p.Bitmap != 0 && p.Bitmap == s.Current:
+		return fromPeer, false, 5, nil
+	case s.Bitmap != 0 && s.Bitmap == p.Bitmap:
+		return inSync, false, 6, fmt.Errorf("%w: both nodes changed the data since generation %x (ours now %x, the peer's %x)",
+			ErrSplitBrain, s.Bitmap, s.Current, p.Current)
+	case p.Current == s.History[0] || p.Current == s.History[1]:
+		return fromSelf, true, 7, nil
+	case s.Current == p.History[0] || s.Current == p.History[1]:
+		return fromPeer, true, 7, nil
+	}
+	return inSync, false, 8, fmt.Errorf("%w: current %x history %x %x, the peer's current %x history %x %x",
+		ErrUnrelatedData, s.Current, s.History[0], s.History[1], p.Current, p.History[0], p.History[1])
+}
+
+// apply carries out a decision for a connected peer whose replication is
+// not running a resync.
+func (e *Engine) apply(p *peer, d decision) {
+	if d.err != nil {
+		e.dropPeer(p, d.err, true)
+		return
+	}
+	switch d.repl {
+	case Established:
+		e.setRepl(p, Established, d.why)
+		if e.role != Primary && p.role == Primary && e.current == p.gen.Current &&
+			(e.disk == Consistent || e.disk == Outdated) {
+			e.setDisk(UpToDate, "in sync with the primary")
+		}
+	case SyncSource:
+		e.startResync(p, d.full)
+	case SyncTarget:
+		p.resyncTotal, p.resyncDone = 0, 0
+		e.setDisk(Inconsistent, fmt.Sprintf("resync from node %d", p.cfg.ID))
+		e.setRepl(p, SyncTarget, "")
+	}
+}
+
+// reevaluate repeats the decision for a connected peer after generation ids
+// or roles changed, unless a resync with it is running.
+func (e *Engine) reevaluate(p *peer) {
+	if p.conn == Connected && p.repl == Established {
+		e.apply(p, e.decideWith(p))
+	}
+}
+
+// sendState sends our role, disk and generation ids to p on the data
+// channel, ordered with the writes around the change.
+func (e *Engine) sendState(p *peer) {
+	st := wire.State{Role: uint8(e.role), Disk: uint8(e.disk), Repl: uint8(p.repl), Size: e.size,
+		Gen: wire.GenIDs{Current: e.current, Bitmap: p.bitmapUUID, History: e.history}}
+	payload, err := st.MarshalBinary()
+	if err != nil {
+		// A State has no variable-length field: marshalling cannot fail.
+		panic(fmt.Sprintf("core: marshal state: %v", err))
+	}
+	e.send(p, wire.Frame{Type: wire.TypeStateChange, Payload: payload})
+}
+
+// receiveState handles a peer's StateChange.
+func (e *Engine) receiveState(p *peer, f *wire.Frame) {
+	var st wire.State
+	if err := st.UnmarshalBinary(f.Payload); err != nil {
+		e.dropPeer(p, fmt.Errorf("%w: state change: %w", ErrProtocol, err), false)
+		return
+	}
+	// A sync target's state sent before it learnt that the resync finished
+	// (acknowledgements overtake it on the control channel) carries the
+	// generation ids it is about to replace: keep the ones it will adopt.
+	stale := ReplState(st.Repl) == SyncTarget && p.repl != SyncSource
+	e.setPeerRoleDisk(p, Role(st.Role), DiskState(st.Disk))
+	if stale {
+		return
+	}
+	p.gen = st.Gen
+	e.adoptGeneration(p)
+	e.reevaluate(p)
+}
+
+// adoptGeneration takes over the Primary's new generation when we are in
+// sync with it: Established, and our current id is the one it just moved to
+// its history. The Primary assumes exactly this in newGeneration.
+func (e *Engine) adoptGeneration(p *peer) {
+	if e.role == Primary || p.role != Primary || p.repl != Established ||
+		e.current == 0 || p.gen.Current == e.current || p.gen.History[0] != e.current {
+		return
+	}
+	e.event(Event{What: "gen", Old: fmt.Sprintf("%x", e.current), New: fmt.Sprintf("%x", p.gen.Current),
+		Detail: fmt.Sprintf("adopted from node %d", p.cfg.ID)})
+	e.current, e.history = p.gen.Current, p.gen.History
+	e.persistDirty = true
+	e.announce = true
+}

@@ -1,0 +1,153 @@
+// Package core is georepl's replication engine: write ordering, epochs,
+// per-peer acknowledgement levels, the role, disk, connection and
+// replication state machines, generation ids and resync planning for one
+// resource on one node.
+//
+// The engine does no I/O. It has no goroutines, no clock and no randomness
+// (Config.NewUUID supplies generation ids). It takes events and returns a
+// Ready: the durable state to write, local disk operations to perform,
+// frames to send, application requests to complete, connections to drop.
+// Every multi-node scenario is therefore a deterministic single-goroutine
+// test (see testdata/).
+//
+// # Driving the engine
+//
+// The driver owns one Engine per resource and calls it from one goroutine:
+//
+//	e, err := core.New(cfg)               // cfg.State and cfg.Bitmaps from metadata
+//	for {
+//		select {
+//		case r := <-appRequests:    e.Submit(r)
+//		case d := <-diskDone:       e.LocalDone(d.id, d.data, d.err)
+//		case f := <-frames:         e.Receive(f.peer, f.frame)
+//		case c := <-handshakes:     e.Connected(c.peer, c.hello) // after sending e.Hello(c.peer)
+//		case p := <-lost:           e.Disconnected(p)
+//		case cmd := <-admin:        cmd.reply(e.Promote(cmd.force)) // or Demote, Status
+//		}
+//		for e.HasReady() {
+//			rd := e.Ready()
+//			if rd.Persist != nil {
+//				writeSuperblock(rd.Persist)     // durable, before anything below
+//			}
+//			writeDirtyBitmapPages(e)           // may be lazy, see below
+//			for _, d := range rd.Drop { closeConnection(d.Peer, d.StandAlone) }
+//			for _, op := range rd.LocalOps { go perform(op) }  // reports to diskDone
+//			for _, m := range rd.Messages { senders[m.To].enqueue(m.Frame) }
+//			for _, c := range rd.Completed { complete(c.ID, c.Err) }
+//			for _, ev := range rd.Events { log(ev) }
+//		}
+//	}
+//
+// The obligations behind this loop:
+//
+//   - Persist is written durably before anything else in the same Ready is
+//     performed: a peer must never learn a generation id this node could
+//     forget in a crash.
+//   - LocalOps may run concurrently and finish in any order; the engine never
+//     has two overlapping writes (or a write and an overlapping resync read)
+//     in flight. Each is reported exactly once with LocalDone.
+//   - Messages keep their order per peer and channel (wire.ChannelOf).
+//     Data, barriers, resync data and state changes share the data channel,
+//     whose order carries the write ordering; acknowledgements travel on the
+//     control channel so bulk data never delays them. Under protocol A a
+//     write completes once queued, so the sender's queue must hold at least
+//     the peer's MaxBuffer bytes without blocking the driver loop.
+//   - Frames are delivered with Receive only between Connected and
+//     Disconnected of the same connection; Hello, Auth and Ping are the
+//     driver's business.
+//   - Bitmap pages (Engine.Bitmap, DirtyPages) may be written back lazily,
+//     but a node that crashed as Primary (Persistent.Primary still set)
+//     must mark its activity log's extents out of sync for every peer
+//     before calling New: that covers bits set but not yet written back.
+//
+// # The primary's write path
+//
+// Submit assigns a write the next sequence number and the open epoch,
+// emits the local write and a Data frame for every replicating peer
+// (Established, or SyncSource towards it), and marks the range in the
+// bitmap of every other peer. A write overlapping an earlier one that is
+// not yet done locally waits, so every node applies overlapping writes in
+// the same order. The write completes when protocols.MayComplete says so:
+// protocol A once the peer's unacknowledged bytes (up to this write) fit in
+// its MaxBuffer, B on RecvAck, C on WriteAck. A peer that disconnects stops
+// holding writes back; what it did not acknowledge lands in its bitmap.
+//
+// An epoch closes when one of its writes completes (a later write may
+// depend on it) or after EpochMaxWrites writes: the next write first sends
+// Barrier(epoch). A secondary starts no write of epoch k+1 before every
+// write of epoch k is done (and flushed, with DiskFlushes or a flush
+// barrier), so it is always a crash-consistent earlier image of the
+// primary, also under protocol A. A flush closes the epoch with a flush
+// barrier and completes when the local flush is done and every protocol C
+// peer acknowledged the barrier.
+//
+// The primary tracks a write towards a peer until the peer wrote it and
+// acknowledged the barrier closing its epoch. Losing the connection earlier
+// marks the write out of sync even if it was acknowledged: with a volatile
+// disk cache, only the barrier's flush makes it durable there.
+//
+// # Generation ids
+//
+// Every node keeps a current id, two history ids and, per peer, a bitmap
+// id: the current id at the moment it began marking blocks for that peer.
+// A Primary starts a new current id when it loses a replicating peer and
+// when it is promoted while a peer is not connected; connected peers in
+// sync adopt it from the StateChange that announces it. At Connected each
+// side compares its ids (S) with the hello's (P) and takes the first row
+// that matches:
+//
+//	row  condition                               S becomes                  P becomes
+//	1    S.Current == 0 && P.Current == 0        Established, no sync       Established
+//	2    S.Current == 0 (P.Current != 0)         SyncTarget, full sync      SyncSource
+//	     P.Current == 0 (S.Current != 0)         SyncSource, full sync      SyncTarget
+//	3    S.Current == P.Current                  Established; if a bitmap id is set on
+//	                                             either side, the Primary is SyncSource
+//	                                             with its bitmap
+//	4    S.Bitmap == P.Current != 0              SyncSource, its bitmap     SyncTarget
+//	5    P.Bitmap == S.Current != 0              SyncTarget                 SyncSource
+//	6    S.Bitmap == P.Bitmap != 0               split brain: drop, StandAlone (ErrSplitBrain)
+//	7    P.Current in S.History                  SyncSource, full sync      SyncTarget
+//	     S.Current in P.History                  SyncTarget                 SyncSource, full
+//	8    otherwise                               unrelated data: drop, StandAlone
+//	                                             (ErrUnrelatedData)
+//
+// Roles then decide whether the resync runs:
+//
+//   - two Primaries never connect (ErrPeerPrimary, StandAlone);
+//   - resync always flows from the Primary: between two Secondaries the
+//     connection stays Established and the resync waits until one of them
+//     is promoted (Promote re-evaluates every connected peer);
+//   - a Primary is never a sync target: that would overwrite the data in
+//     use, so the connection drops as split brain (StandAlone);
+//   - a would-be source that is not UpToDate stays Established without
+//     resync (an Event says why);
+//   - a bitmap resync sends only the source's marks, so if the target holds
+//     a bitmap id of its own towards the source, the resync is full.
+//
+// Decisions are repeated, for peers not in a resync, whenever a StateChange
+// brings new ids or roles and after Promote.
+//
+// # Resync
+//
+// The sync source reads runs of marked blocks (at most ResyncChunk bytes,
+// at most ResyncWindow reads plus unacknowledged frames per peer), never a
+// range with a local write in flight, and holds new application writes
+// that overlap a read in flight, so resync data never carries content
+// older than a write already sent. Resync frames take their sequence
+// numbers from the same counter as data, so the target applies a resync
+// block and an overlapping write in the order the source produced them.
+// Acknowledged blocks are cleared; when the bitmap is empty and nothing is
+// in flight the source sends ResyncDone, forgets the bitmap id and is
+// Established. The target is Inconsistent (persisted) from the start of
+// the resync until ResyncDone, when it adopts the source's generation ids
+// and becomes UpToDate. Application writes keep flowing to a sync target
+// as Data.
+//
+// # Invariants
+//
+// Built with the invariants tag (the Makefile's test target sets it), the
+// engine checks at the end of every call that no two overlapping local
+// operations involving a write are in flight, that data frames leave in
+// increasing sequence and epoch order, that a receiver has writes of only
+// its oldest epoch on the disk, and that every request is accounted for.
+package core

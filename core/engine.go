@@ -1,0 +1,463 @@
+package core
+
+import (
+	"fmt"
+
+	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/protocols"
+)
+
+// Engine is the replication engine of one resource on one node. It is not
+// safe for concurrent use: one driver goroutine calls all its methods (see
+// the package documentation).
+type Engine struct {
+	self        NodeID
+	name        string
+	size        uint64
+	blockSize   uint32
+	epochMax    int
+	chunkBlocks uint64
+	window      int
+	diskFlushes bool
+	newUUID     func() uint64
+
+	role         Role
+	disk         DiskState
+	current      uint64
+	history      [2]uint64
+	persistDirty bool
+	announce     bool // our role, disk or generation changed: tell the peers
+
+	peers []*peer
+	byID  [MaxNodes]*peer
+
+	seq         uint64 // last sequence number given to a data or resync frame
+	epoch       uint64 // the primary's open epoch
+	epochWrites int    // writes started in the open epoch
+	epochCloses bool   // a write of the open epoch completed
+
+	nextOp OpID
+	ops    map[OpID]opOwner
+
+	pending  int       // application requests not yet completed
+	held     []Request // writes waiting for an overlapping one, FIFO
+	writes   []*write  // primary writes still tracked, by seq
+	bySeq    map[uint64]*write
+	flushes  []*flushReq // flush requests not yet completed
+	inflight []*extent   // local writes and resync reads in flight
+	orphans  int         // received writes of lost connections still in flight
+	scratch  []protocols.Peer
+
+	rd  Ready
+	inv invariantState
+}
+
+// peer is everything the engine knows about one configured peer.
+type peer struct {
+	cfg PeerConfig
+	idx int
+
+	conn ConnState
+	repl ReplState
+	role Role
+	disk DiskState
+	gen  wire.GenIDs // the peer's ids; Bitmap is its bitmap uuid towards us
+
+	bitmap     *Bitmap
+	bitmapUUID uint64
+
+	unacked    uint64 // data bytes sent and not yet acknowledged as written
+	blocked    int    // writes held at level None by MaxBuffer
+	ackedEpoch uint64 // highest BarrierAck on this connection
+
+	rs                      *resyncSource // we are its sync source
+	rx                      *receiver     // frames it sends us to write
+	resyncTotal, resyncDone uint64
+	dataSent, dataReceived  uint64
+}
+
+// replicating reports whether application writes are sent to p.
+func (p *peer) replicating() bool {
+	return p.conn == Connected && (p.repl == Established || p.repl == SyncSource)
+}
+
+// extent is a byte range with a local operation in flight that other
+// operations on the same range must be ordered against.
+type extent struct {
+	off, end uint64
+	write    bool // a write (else a resync read)
+}
+
+func (x *extent) overlaps(off, end uint64) bool { return x.off < end && off < x.end }
+
+// opOwner says what a local operation belongs to; exactly one field is set.
+type opOwner struct {
+	write    *write
+	flush    *flushReq
+	rxWrite  *rxWrite
+	rxFlush  *segment
+	syncRead *syncRead
+}
+
+// New validates cfg and returns an engine in role Secondary with every peer
+// Connecting. It returns an error naming the field if cfg is invalid.
+func New(cfg Config) (*Engine, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{
+		self:        cfg.Self,
+		name:        cfg.Name,
+		size:        cfg.Size,
+		blockSize:   cfg.BlockSize,
+		epochMax:    cfg.EpochMaxWrites,
+		chunkBlocks: uint64(cfg.ResyncChunk / cfg.BlockSize),
+		window:      cfg.ResyncWindow,
+		diskFlushes: cfg.DiskFlushes,
+		newUUID:     cfg.NewUUID,
+		role:        Secondary,
+		disk:        cfg.State.Disk,
+		current:     cfg.State.Current,
+		history:     cfg.State.History,
+		epoch:       1,
+		ops:         make(map[OpID]opOwner),
+		bySeq:       make(map[uint64]*write),
+	}
+	blocks := cfg.Size / uint64(cfg.BlockSize)
+	for i, pc := range cfg.Peers {
+		p := &peer{cfg: pc, idx: i, conn: Connecting, bitmap: cfg.Bitmaps[pc.ID],
+			bitmapUUID: cfg.State.BitmapUUID[pc.ID]}
+		if p.bitmap == nil {
+			p.bitmap = NewBitmap(blocks)
+		}
+		e.peers = append(e.peers, p)
+		e.byID[pc.ID] = p
+	}
+	return e, nil
+}
+
+// HasReady reports whether Ready would return anything.
+func (e *Engine) HasReady() bool {
+	r := &e.rd
+	return e.persistDirty || len(r.LocalOps) > 0 || len(r.Messages) > 0 ||
+		len(r.Completed) > 0 || len(r.Drop) > 0 || len(r.Events) > 0
+}
+
+// Ready returns everything the engine produced since the previous call and
+// forgets it: the caller owns the returned slices. See Ready's fields for
+// what the driver must do with each.
+func (e *Engine) Ready() Ready {
+	rd := e.rd
+	e.rd = Ready{}
+	e.inv.readyTaken()
+	if e.persistDirty {
+		rd.Persist = e.persistent()
+		e.persistDirty = false
+	}
+	return rd
+}
+
+func (e *Engine) persistent() *Persistent {
+	ps := Persistent{Disk: e.disk, Primary: e.role == Primary, Current: e.current, History: e.history,
+		BitmapUUID: make(map[NodeID]uint64)}
+	for _, p := range e.peers {
+		if p.bitmapUUID != 0 {
+			ps.BitmapUUID[p.cfg.ID] = p.bitmapUUID
+		}
+	}
+	return &ps
+}
+
+// Status returns a snapshot for `georepl status`.
+func (e *Engine) Status() Status {
+	st := Status{Role: e.role, Disk: e.disk, Current: e.current, History: e.history,
+		Epoch: e.epoch, Pending: e.pending}
+	for _, p := range e.peers {
+		st.Peers = append(st.Peers, PeerStatus{
+			ID: p.cfg.ID, Name: p.cfg.Name, Protocol: p.cfg.Protocol,
+			Conn: p.conn, Repl: p.repl, Role: p.role, Disk: p.disk,
+			OutOfSync:   e.blocksToBytes(p.bitmap.Count()),
+			ResyncTotal: p.resyncTotal, ResyncDone: p.resyncDone,
+			Unacked: p.unacked, DataSent: p.dataSent, DataReceived: p.dataReceived,
+			BitmapUUID: p.bitmapUUID,
+		})
+	}
+	return st
+}
+
+func (e *Engine) blocksToBytes(n uint64) uint64 { return min(n*uint64(e.blockSize), e.size) }
+
+// Bitmap is the live bitmap for peer (nil for an unknown peer), for the
+// driver to persist: copy Words' dirty pages out, then ClearDirty. Only in
+// the engine's goroutine, between two engine calls.
+func (e *Engine) Bitmap(peer NodeID) *Bitmap {
+	if p := e.peer(peer); p != nil {
+		return p.bitmap
+	}
+	return nil
+}
+
+// Hello returns the hello to send to peer: resource, node ids, size,
+// generation ids (with our bitmap uuid towards that peer), role and disk.
+// The driver fills in Version, Features and Nonce.
+func (e *Engine) Hello(peer NodeID) wire.Hello {
+	h := wire.Hello{Resource: e.name, From: uint8(e.self), To: uint8(peer), Size: e.size,
+		Gen: wire.GenIDs{Current: e.current, History: e.history}, Role: uint8(e.role), Disk: uint8(e.disk)}
+	if p := e.peer(peer); p != nil {
+		h.Gen.Bitmap = p.bitmapUUID
+	}
+	return h
+}
+
+// Promote makes this node Primary. It fails with ErrPeerPrimary if a
+// connected peer is Primary, and with ErrNotUpToDate unless the disk is
+// UpToDate. force makes an Inconsistent, Outdated or Consistent disk
+// UpToDate (the operator declares this copy the good one), but never while
+// a resync into this node runs.
+//
+// A new generation begins (new current id, the old one moves to History)
+// when a peer is not connected, so that its bitmap is tied to the data it
+// last had, or when force changed the disk state. Connected peers learn the
+// new ids and are resynchronised if they need it.
+func (e *Engine) Promote(force bool) error {
+	defer e.finish()
+	if e.role == Primary {
+		return nil
+	}
+	for _, p := range e.peers {
+		if p.conn == Connected && p.role == Primary {
+			return fmt.Errorf("%w: node %d (%s)", ErrPeerPrimary, p.cfg.ID, p.cfg.Name)
+		}
+		if p.conn == Connected && p.repl == SyncTarget {
+			return fmt.Errorf("%w: resync from node %d (%s) running", ErrNotUpToDate, p.cfg.ID, p.cfg.Name)
+		}
+	}
+	forced := false
+	if e.disk != UpToDate {
+		switch {
+		case !force:
+			return fmt.Errorf("%w: disk is %v", ErrNotUpToDate, e.disk)
+		case e.disk == Inconsistent || e.disk == Outdated || e.disk == Consistent:
+			forced = true
+		default:
+			return fmt.Errorf("%w: disk is %v, force cannot help", ErrNotUpToDate, e.disk)
+		}
+	}
+	e.setRole(Primary)
+	if forced {
+		e.setDisk(UpToDate, "forced")
+	}
+	rotate := forced || e.current == 0
+	for _, p := range e.peers {
+		if !p.replicating() {
+			rotate = true
+		}
+	}
+	if rotate {
+		e.newGeneration()
+	}
+	for _, p := range e.peers {
+		e.reevaluate(p)
+	}
+	return nil
+}
+
+// Demote makes this node Secondary. It fails with ErrBusy while
+// application requests are outstanding.
+func (e *Engine) Demote() error {
+	defer e.finish()
+	if e.role != Primary {
+		return nil
+	}
+	if e.pending > 0 {
+		return fmt.Errorf("%w: %d requests", ErrBusy, e.pending)
+	}
+	e.setRole(Secondary)
+	return nil
+}
+
+// LocalDone reports that the local operation id finished: data is what an
+// OpRead read (the engine takes ownership), err is non-nil if the operation
+// failed. An unknown id is ignored.
+func (e *Engine) LocalDone(id OpID, data []byte, err error) {
+	defer e.finish()
+	o, ok := e.ops[id]
+	if !ok {
+		return
+	}
+	delete(e.ops, id)
+	switch {
+	case o.write != nil:
+		e.appWriteDone(o.write, err)
+	case o.flush != nil:
+		e.appFlushDone(o.flush, err)
+	case o.rxWrite != nil:
+		e.rxWriteDone(o.rxWrite, err)
+	case o.rxFlush != nil:
+		e.rxFlushDone(o.rxFlush, err)
+	case o.syncRead != nil:
+		e.syncReadDone(o.syncRead, data, err)
+	}
+	e.progress()
+}
+
+// progress restarts whatever waited for a local operation to finish: held
+// application writes, resync reads, received writes.
+func (e *Engine) progress() {
+	e.releaseHeld()
+	for _, p := range e.peers {
+		if p.rs != nil {
+			e.scheduleResync(p)
+		}
+		if p.rx != nil {
+			e.pump(p.rx)
+		}
+	}
+}
+
+// finish ends every public method: it tells the peers about a changed
+// state (ordered after everything emitted before) and checks invariants.
+func (e *Engine) finish() {
+	e.trimWrites()
+	if e.announce {
+		e.announce = false
+		for _, p := range e.peers {
+			if p.conn == Connected {
+				e.sendState(p)
+			}
+		}
+	}
+	e.checkInvariants()
+}
+
+func (e *Engine) peer(id NodeID) *peer {
+	if id >= MaxNodes {
+		return nil
+	}
+	return e.byID[id]
+}
+
+func (e *Engine) newOp(op LocalOp, o opOwner) OpID {
+	e.nextOp++
+	op.ID = e.nextOp
+	e.ops[op.ID] = o
+	e.rd.LocalOps = append(e.rd.LocalOps, op)
+	return op.ID
+}
+
+func (e *Engine) send(p *peer, f wire.Frame) {
+	e.rd.Messages = append(e.rd.Messages, Message{To: p.cfg.ID, Frame: f})
+}
+
+func (e *Engine) addInflight(off, length uint64, write bool) *extent {
+	x := &extent{off: off, end: off + length, write: write}
+	e.inflight = append(e.inflight, x)
+	return x
+}
+
+func (e *Engine) removeInflight(x *extent) {
+	for i, y := range e.inflight {
+		if y == x {
+			last := len(e.inflight) - 1
+			e.inflight[i] = e.inflight[last]
+			e.inflight[last] = nil
+			e.inflight = e.inflight[:last]
+			return
+		}
+	}
+}
+
+// overlapsInflight reports whether [off, end) overlaps a local operation in
+// flight; writesOnly ignores resync reads.
+func (e *Engine) overlapsInflight(off, end uint64, writesOnly bool) bool {
+	for _, x := range e.inflight {
+		if (x.write || !writesOnly) && x.overlaps(off, end) {
+			return true
+		}
+	}
+	return false
+}
+
+// markOutOfSync records that [off, off+length) may differ on p.
+func (e *Engine) markOutOfSync(p *peer, off, length uint64) {
+	if p.bitmapUUID == 0 {
+		p.bitmapUUID = e.current
+		e.persistDirty = true
+	}
+	p.bitmap.SetBytes(off, length, e.blockSize)
+}
+
+// newGeneration starts a new current id. Peers that will not see the writes
+// of the new generation keep a bitmap tied to the old one; peers in sync
+// with us adopt the new ids when our StateChange arrives (see
+// adoptGeneration for the rule both sides apply).
+func (e *Engine) newGeneration() {
+	old := e.current
+	e.history = [2]uint64{old, e.history[0]}
+	e.current = e.newUUID()
+	for _, p := range e.peers {
+		switch {
+		case old != 0 && p.conn == Connected && p.repl == Established && p.role != Primary && p.gen.Current == old:
+			p.gen.Current, p.gen.History = e.current, e.history
+		case !p.replicating() && p.bitmapUUID == 0 && old != 0:
+			p.bitmapUUID = old
+		}
+	}
+	e.persistDirty = true
+	e.announce = true
+	e.event(Event{What: "gen", Old: fmt.Sprintf("%x", old), New: fmt.Sprintf("%x", e.current)})
+}
+
+func (e *Engine) event(ev Event) { e.rd.Events = append(e.rd.Events, ev) }
+
+func (e *Engine) peerEvent(p *peer, what, old, new, detail string) {
+	e.event(Event{Peer: p.cfg.ID, HasPeer: true, What: what, Old: old, New: new, Detail: detail})
+}
+
+func (e *Engine) setRole(r Role) {
+	if e.role == r {
+		return
+	}
+	e.event(Event{What: "role", Old: e.role.String(), New: r.String()})
+	e.role = r
+	e.persistDirty = true
+	e.announce = true
+}
+
+func (e *Engine) setDisk(d DiskState, why string) {
+	if e.disk == d {
+		return
+	}
+	e.event(Event{What: "disk", Old: e.disk.String(), New: d.String(), Detail: why})
+	e.disk = d
+	e.persistDirty = true
+	e.announce = true
+}
+
+func (e *Engine) setRepl(p *peer, r ReplState, why string) {
+	if p.repl == r {
+		return
+	}
+	e.peerEvent(p, "repl", p.repl.String(), r.String(), why)
+	p.repl = r
+}
+
+func (e *Engine) setConn(p *peer, c ConnState, why string) {
+	if p.conn == c {
+		return
+	}
+	e.peerEvent(p, "conn", p.conn.String(), c.String(), why)
+	p.conn = c
+}
+
+func (e *Engine) setPeerRoleDisk(p *peer, r Role, d DiskState) {
+	if p.role != r {
+		e.peerEvent(p, "peer-role", p.role.String(), r.String(), "")
+		p.role = r
+	}
+	if p.disk != d {
+		e.peerEvent(p, "peer-disk", p.disk.String(), d.String(), "")
+		p.disk = d
+	}
+}

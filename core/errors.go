@@ -1,0 +1,61 @@
+package core
+
+import "errors"
+
+// Sentinel errors. The engine wraps them with %w and the details (which
+// peer, which range, which generation ids), so test them with errors.Is,
+// never by string. They reach the driver in three places: as the result of
+// Promote and Demote, in Completion.Err for application requests, and in
+// Drop.Reason for peers the engine refuses to keep talking to.
+var (
+	// ErrNotPrimary completes an application request submitted while this
+	// node is not Primary. Only the primary accepts writes.
+	ErrNotPrimary = errors.New("not primary")
+
+	// ErrOutOfRange completes a request whose range is empty, ends beyond
+	// the device size, or is longer than one frame can describe
+	// (MaxWriteLength, MaxRequestLength).
+	ErrOutOfRange = errors.New("request out of range")
+
+	// ErrInvalidRequest completes a request that is malformed in another
+	// way: an unknown kind, or a write whose Data is not Length bytes long.
+	ErrInvalidRequest = errors.New("invalid request")
+
+	// ErrIO completes an application request whose local disk operation
+	// failed; it also drops a peer whose resync cannot proceed because a
+	// resync read failed here or a resync write failed there.
+	ErrIO = errors.New("disk I/O error")
+
+	// ErrPeerPrimary is returned by Promote while a connected peer is
+	// Primary, and drops a connection whose both ends are Primary.
+	ErrPeerPrimary = errors.New("peer is primary")
+
+	// ErrNotUpToDate is returned by Promote when the local disk is not
+	// UpToDate (and force was not given, or cannot help: no disk, or a
+	// resync into this node is running).
+	ErrNotUpToDate = errors.New("disk not up to date")
+
+	// ErrBusy is returned by Demote while application requests are
+	// outstanding: complete or fail them first.
+	ErrBusy = errors.New("application requests outstanding")
+
+	// ErrSplitBrain drops a connection (StandAlone) when both nodes changed
+	// the data independently since they were last in sync, or when a Primary
+	// would have to become a sync target. The engine never merges: an
+	// operator picks the victim and discards its changes.
+	ErrSplitBrain = errors.New("split brain")
+
+	// ErrUnrelatedData drops a connection (StandAlone) when the generation
+	// ids show no common history: the peer's data was never a copy of ours.
+	// The engine never overwrites it.
+	ErrUnrelatedData = errors.New("unrelated data")
+
+	// ErrDeviceMismatch drops a connection (StandAlone) whose peer announces
+	// another resource name or device size.
+	ErrDeviceMismatch = errors.New("peer's device differs")
+
+	// ErrProtocol drops a connection whose peer sent a frame that is not
+	// allowed in the current state: data from a node that is not Primary,
+	// resync data without a resync, an acknowledgement for nothing.
+	ErrProtocol = errors.New("protocol violation")
+)

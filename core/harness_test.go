@@ -1,0 +1,444 @@
+package core
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/protocols"
+)
+
+// cluster wires N engines together in one goroutine: in-memory disks, one
+// in-memory queue per direction of every link, and a driver loop that
+// performs each Ready exactly as the package documentation asks. Nothing
+// moves unless a command moves it, so every interleaving is reproducible.
+//
+// It also checks, whenever it sees them, the promises the engine makes:
+// no secondary starts a write of a later epoch while a write of an earlier
+// one is not done, and a write completed under protocol C is on the disk of
+// every C peer that was replicating throughout.
+type cluster struct {
+	nodes   []*node
+	size    uint64
+	block   uint32
+	out     *strings.Builder
+	quiet   bool // do not log Ready contents
+	nextReq RequestID
+	failed  []string // violated promises
+}
+
+type node struct {
+	id        int
+	cfg       Config
+	eng       *Engine
+	disk      []byte
+	uuids     uint64
+	persisted Persistent
+	bitmaps   map[NodeID][]uint64 // as last written back
+	ops       []LocalOp           // issued, not yet performed
+	links     []*link             // by peer node id; nil for itself
+	done      map[RequestID]error
+
+	// Promise checks on the receiving side: data writes delivered and not
+	// yet performed, by seq, with their epoch.
+	undone map[uint64]uint64
+	issued map[uint64]bool
+	// On the primary: writes submitted and not yet completed.
+	inflight map[RequestID]*appWrite
+}
+
+// link is one direction's view of a connection from its owner to a peer.
+type link struct {
+	up         bool
+	standAlone bool
+	gen        int // increases at every disconnect
+	queue      []wire.Frame
+}
+
+// appWrite remembers what the application wrote, for the protocol C check.
+type appWrite struct {
+	off, length uint64
+	data        []byte
+	cPeers      map[int]int // C peers replicating at submit -> link gen
+	overwritten bool
+}
+
+// newCluster builds n nodes, all Secondary, Inconsistent, never connected.
+// protos[j-1] is the protocol between node 0 and node j (default C); links
+// between other nodes use C. tweak, if set, adjusts every node's Config.
+func newCluster(n int, protos []protocols.Protocol, tweak func(*Config)) *cluster {
+	c := &cluster{out: &strings.Builder{}}
+	for i := range n {
+		cfg := Config{Self: NodeID(i), Name: "r0", Size: 64 << 10, BlockSize: 4096}
+		nd := &node{id: i, bitmaps: map[NodeID][]uint64{}, links: make([]*link, n),
+			done: map[RequestID]error{}, undone: map[uint64]uint64{}, issued: map[uint64]bool{},
+			inflight: map[RequestID]*appWrite{}}
+		for j := range n {
+			if j == i {
+				continue
+			}
+			nd.links[j] = &link{}
+			pr := protocols.C
+			if i == 0 && j-1 < len(protos) {
+				pr = protos[j-1]
+			} else if j == 0 && i-1 < len(protos) {
+				pr = protos[i-1]
+			}
+			cfg.Peers = append(cfg.Peers, PeerConfig{ID: NodeID(j), Name: fmt.Sprintf("n%d", j), Protocol: pr})
+		}
+		if tweak != nil {
+			tweak(&cfg)
+		}
+		c.size, c.block = cfg.Size, cfg.BlockSize
+		nd.disk = make([]byte, c.size)
+		nd.cfg = cfg
+		nd.persisted = Persistent{Disk: Inconsistent}
+		c.nodes = append(c.nodes, nd)
+		c.start(nd)
+	}
+	return c
+}
+
+// start (re)creates a node's engine from what it persisted.
+func (c *cluster) start(nd *node) {
+	cfg := nd.cfg
+	cfg.State = *nd.persisted.clone()
+	cfg.Bitmaps = map[NodeID]*Bitmap{}
+	for id, words := range nd.bitmaps {
+		b, ok := BitmapFromWords(c.size/uint64(c.block), slices.Clone(words))
+		if !ok {
+			panic("harness: bad bitmap")
+		}
+		cfg.Bitmaps[id] = b
+	}
+	cfg.NewUUID = func() uint64 {
+		nd.uuids++
+		return uint64(nd.id+1)<<8 | nd.uuids
+	}
+	e, err := New(cfg)
+	if err != nil {
+		panic(err)
+	}
+	nd.eng = e
+}
+
+func (c *cluster) logf(format string, args ...any) {
+	if !c.quiet {
+		fmt.Fprintf(c.out, format+"\n", args...)
+	}
+}
+
+func (c *cluster) fail(format string, args ...any) {
+	c.failed = append(c.failed, fmt.Sprintf(format, args...))
+	fmt.Fprintf(c.out, "VIOLATION: "+format+"\n", args...)
+}
+
+// handle performs everything a node's engine asks for until it is quiet.
+func (c *cluster) handle(nd *node) {
+	for nd.eng.HasReady() {
+		rd := nd.eng.Ready()
+		name := fmt.Sprintf("n%d", nd.id)
+		if rd.Persist != nil {
+			nd.persisted = *rd.Persist.clone()
+			c.logf("%s: persist %s", name, fmtPersist(rd.Persist))
+		}
+		for _, p := range nd.cfg.Peers {
+			b := nd.eng.Bitmap(p.ID)
+			if len(b.DirtyPages()) > 0 {
+				nd.bitmaps[p.ID] = slices.Clone(b.Words())
+				b.ClearDirty()
+			}
+		}
+		for _, ev := range rd.Events {
+			c.logf("%s: event %s", name, ev)
+		}
+		for _, op := range rd.LocalOps {
+			c.logf("%s: op %s", name, fmtOp(op))
+			if op.Epoch > 0 && op.Kind != OpRead && op.Kind != OpFlush && nd.eng.role != Primary {
+				for seq, ep := range nd.undone {
+					if ep < op.Epoch {
+						c.fail("n%d started seq %d of epoch %d while seq %d of epoch %d is not done", nd.id, op.Seq, op.Epoch, seq, ep)
+					}
+				}
+				nd.issued[op.Seq] = true
+			}
+			nd.ops = append(nd.ops, op)
+		}
+		for _, m := range rd.Messages {
+			l := nd.links[m.To]
+			c.logf("%s: ->n%d %s", name, m.To, fmtFrame(&m.Frame))
+			if l.up {
+				l.queue = append(l.queue, m.Frame)
+			}
+		}
+		for _, d := range rd.Drop {
+			c.logf("%s: drop n%d standalone=%v: %v", name, d.Peer, d.StandAlone, d.Reason)
+			c.sever(nd, c.nodes[d.Peer], d.StandAlone)
+		}
+		for _, cp := range rd.Completed {
+			if cp.Err != nil {
+				c.logf("%s: done req=%d err=%v", name, cp.ID, cp.Err)
+			} else {
+				c.logf("%s: done req=%d", name, cp.ID)
+			}
+			nd.done[cp.ID] = cp.Err
+			if w := nd.inflight[cp.ID]; w != nil && cp.Err == nil && !w.overwritten {
+				for peer, gen := range w.cPeers {
+					pn := c.nodes[peer]
+					if nd.links[peer].gen == gen && !bytes.Equal(pn.disk[w.off:w.off+w.length], w.data) {
+						c.fail("req %d completed under protocol C but n%d does not have it", cp.ID, peer)
+					}
+				}
+			}
+			delete(nd.inflight, cp.ID)
+		}
+	}
+}
+
+// sever cuts the connection between a and b (both directions); each side
+// learns it from Disconnected (or already knows it, having dropped it).
+func (c *cluster) sever(a, b *node, standAlone bool) {
+	for _, pair := range [][2]*node{{a, b}, {b, a}} {
+		x, y := pair[0], pair[1]
+		l := x.links[y.id]
+		if !l.up {
+			continue
+		}
+		l.up, l.queue = false, nil
+		l.gen++
+		l.standAlone = l.standAlone || standAlone
+		// Writes y received from x but never started are discarded.
+		for seq := range y.undone {
+			if !y.issued[seq] {
+				delete(y.undone, seq)
+			}
+		}
+	}
+	a.eng.Disconnected(NodeID(b.id))
+	b.eng.Disconnected(NodeID(a.id))
+	c.handle(a)
+	c.handle(b)
+}
+
+func (c *cluster) connect(a, b *node) error {
+	if a.links[b.id].up {
+		return fmt.Errorf("n%d and n%d are connected", a.id, b.id)
+	}
+	a.links[b.id].up, b.links[a.id].up = true, true
+	a.links[b.id].standAlone, b.links[a.id].standAlone = false, false
+	ha, hb := a.eng.Hello(NodeID(b.id)), b.eng.Hello(NodeID(a.id))
+	a.eng.Connected(NodeID(b.id), &hb)
+	b.eng.Connected(NodeID(a.id), &ha)
+	c.handle(a)
+	c.handle(b)
+	return nil
+}
+
+// deliver moves up to n frames (n < 0: all) from a to b, optionally only
+// those of one channel; it reports how many moved.
+func (c *cluster) deliver(a, b *node, n int, ch *wire.Channel) int {
+	l := a.links[b.id]
+	moved := 0
+	for i := 0; i < len(l.queue) && (n < 0 || moved < n) && l.up; {
+		f := l.queue[i]
+		if ch != nil && wire.ChannelOf(f.Type) != *ch {
+			i++
+			continue
+		}
+		l.queue = append(l.queue[:i], l.queue[i+1:]...)
+		moved++
+		if f.Type == wire.TypeData && b.eng.role != Primary {
+			b.undone[f.Seq] = f.Epoch
+		}
+		b.eng.Receive(NodeID(a.id), &f)
+		c.handle(b)
+	}
+	return moved
+}
+
+// process performs up to n of a node's pending local operations (n < 0:
+// all those pending now), picking them with pick (index into the pending
+// list), failing them if fail is set.
+func (c *cluster) process(nd *node, n int, fail bool, pick func(int) int) int {
+	if n < 0 {
+		n = len(nd.ops)
+	}
+	moved := 0
+	for ; moved < n && len(nd.ops) > 0; moved++ {
+		i := 0
+		if pick != nil {
+			i = pick(len(nd.ops))
+		}
+		op := nd.ops[i]
+		nd.ops = append(nd.ops[:i], nd.ops[i+1:]...)
+		var data []byte
+		var err error
+		if fail {
+			err = errors.New("injected failure")
+		} else {
+			switch op.Kind {
+			case OpWrite:
+				copy(nd.disk[op.Offset:], op.Data)
+			case OpZeroes, OpTrim:
+				clear(nd.disk[op.Offset : op.Offset+op.Length])
+			case OpRead:
+				data = slices.Clone(nd.disk[op.Offset : op.Offset+op.Length])
+			}
+		}
+		if op.Kind != OpRead && op.Kind != OpFlush {
+			delete(nd.undone, op.Seq)
+			delete(nd.issued, op.Seq)
+		}
+		nd.eng.LocalDone(op.ID, data, err)
+		c.handle(nd)
+	}
+	return moved
+}
+
+// stabilize delivers and performs everything until nothing moves.
+func (c *cluster) stabilize() {
+	for {
+		moved := 0
+		for _, nd := range c.nodes {
+			moved += c.process(nd, -1, false, nil)
+		}
+		for _, a := range c.nodes {
+			for _, b := range c.nodes {
+				if a != b {
+					moved += c.deliver(a, b, -1, nil)
+				}
+			}
+		}
+		if moved == 0 {
+			return
+		}
+	}
+}
+
+// crash loses a node's memory and pending operations; it restarts from
+// what it persisted.
+func (c *cluster) crash(nd *node) {
+	for _, other := range c.nodes {
+		if other != nd && nd.links[other.id].up {
+			c.sever(nd, other, false)
+		}
+	}
+	nd.eng.Ready() // whatever it still had to say is lost with it
+	nd.ops = nil
+	clear(nd.undone)
+	clear(nd.issued)
+	c.start(nd)
+}
+
+func (c *cluster) submit(nd *node, r Request) {
+	c.nextReq++
+	r.ID = c.nextReq
+	c.logf("n%d: submit req=%d %v off=%d len=%d", nd.id, r.ID, r.Kind, r.Offset, r.Length)
+	if r.Kind != ReqFlush {
+		for _, w := range nd.inflight {
+			if w.off < r.Offset+r.Length && r.Offset < w.off+w.length {
+				w.overwritten = true
+			}
+		}
+		w := &appWrite{off: r.Offset, length: r.Length, data: r.Data, cPeers: map[int]int{}}
+		if r.Kind != ReqWrite {
+			w.data = make([]byte, r.Length)
+		}
+		for _, p := range nd.eng.peers {
+			if p.cfg.Protocol == protocols.C && p.replicating() {
+				w.cPeers[int(p.cfg.ID)] = nd.links[p.cfg.ID].gen
+			}
+		}
+		nd.inflight[r.ID] = w
+	}
+	nd.eng.Submit(r)
+	c.handle(nd)
+}
+
+func (c *cluster) disks() string {
+	var b strings.Builder
+	ref := c.nodes[0].disk
+	equal := true
+	for _, nd := range c.nodes {
+		fmt.Fprintf(&b, "n%d: crc=%08x\n", nd.id, crc32.ChecksumIEEE(nd.disk))
+		equal = equal && bytes.Equal(nd.disk, ref)
+	}
+	if equal {
+		b.WriteString("all equal\n")
+	}
+	return b.String()
+}
+
+func (c *cluster) status(nd *node) string {
+	var b strings.Builder
+	st := nd.eng.Status()
+	fmt.Fprintf(&b, "n%d: %v %v cur=%x hist=%x,%x epoch=%d pending=%d\n", nd.id, st.Role, st.Disk, st.Current,
+		st.History[0], st.History[1], st.Epoch, st.Pending)
+	for _, p := range st.Peers {
+		fmt.Fprintf(&b, "  n%d %v %v %v peer=%v/%v oos=%d resync=%d/%d unacked=%d bm=%x\n", p.ID, p.Protocol, p.Conn, p.Repl,
+			p.Role, p.Disk, p.OutOfSync, p.ResyncDone, p.ResyncTotal, p.Unacked, p.BitmapUUID)
+	}
+	return b.String()
+}
+
+func fmtPersist(p *Persistent) string {
+	s := fmt.Sprintf("disk=%v primary=%v cur=%x hist=%x,%x", p.Disk, p.Primary, p.Current, p.History[0], p.History[1])
+	ids := slices.Sorted(maps.Keys(p.BitmapUUID))
+	for _, id := range ids {
+		s += fmt.Sprintf(" bm[n%d]=%x", id, p.BitmapUUID[id])
+	}
+	return s
+}
+
+func fmtOp(op LocalOp) string {
+	s := fmt.Sprintf("#%d %v", op.ID, op.Kind)
+	if op.Kind != OpFlush {
+		s += fmt.Sprintf(" off=%d len=%d", op.Offset, op.Length)
+	}
+	if op.Seq != 0 {
+		s += fmt.Sprintf(" seq=%d ep=%d", op.Seq, op.Epoch)
+	}
+	if op.FUA {
+		s += " fua"
+	}
+	return s
+}
+
+var flagNames = []struct {
+	f    wire.Flags
+	name string
+}{
+	{wire.FlagFUA, "fua"}, {wire.FlagFlush, "flush"}, {wire.FlagZeroes, "zeroes"}, {wire.FlagTrim, "trim"},
+	{wire.FlagWantRecvAck, "want-recv-ack"}, {wire.FlagNegative, "negative"}, {wire.FlagResync, "resync"},
+}
+
+func fmtFrame(f *wire.Frame) string {
+	s := f.Type.String()
+	switch f.Type {
+	case wire.TypeData:
+		s += fmt.Sprintf(" seq=%d ep=%d off=%d len=%d", f.Seq, f.Epoch, f.Offset, f.Length)
+	case wire.TypeResyncData:
+		s += fmt.Sprintf(" seq=%d off=%d len=%d", f.Seq, f.Offset, f.Length)
+	case wire.TypeRecvAck, wire.TypeWriteAck:
+		s += fmt.Sprintf(" seq=%d", f.Seq)
+	case wire.TypeBarrier, wire.TypeBarrierAck:
+		s += fmt.Sprintf(" ep=%d", f.Epoch)
+	case wire.TypeStateChange:
+		var st wire.State
+		if err := st.UnmarshalBinary(f.Payload); err == nil {
+			s += fmt.Sprintf(" %v %v %v cur=%x hist=%x,%x bm=%x", Role(st.Role), DiskState(st.Disk), ReplState(st.Repl),
+				st.Gen.Current, st.Gen.History[0], st.Gen.History[1], st.Gen.Bitmap)
+		}
+	}
+	for _, fl := range flagNames {
+		if f.Flags&fl.f != 0 {
+			s += " " + fl.name
+		}
+	}
+	return s
+}

@@ -1,0 +1,75 @@
+//go:build invariants
+
+package core
+
+import (
+	"fmt"
+
+	"github.com/georepl/georepl/core/wire"
+)
+
+// invariantState is what checkInvariants remembers between calls.
+type invariantState struct {
+	checkedMessages int // Messages of the current Ready already checked
+	lastSeq         [MaxNodes]uint64
+	lastEpoch       [MaxNodes]uint64
+}
+
+// readyTaken notes that Ready handed out the messages checked so far.
+func (s *invariantState) readyTaken() { s.checkedMessages = 0 }
+
+// checkInvariants panics if the engine broke one of its safety rules. It
+// runs at the end of every public method in builds with the invariants tag
+// (the Makefile's test target sets it).
+func (e *Engine) checkInvariants() {
+	// No two overlapping writes are ever on the local disk at once.
+	for i, x := range e.inflight {
+		for _, y := range e.inflight[i+1:] {
+			if (x.write || y.write) && x.overlaps(y.off, y.end) {
+				panic(fmt.Sprintf("core invariant: overlapping local operations in flight [%d,%d) and [%d,%d)", x.off, x.end, y.off, y.end))
+			}
+		}
+	}
+	// Data and resync frames leave in increasing sequence order per peer,
+	// barriers and data in non-decreasing epoch order.
+	for _, m := range e.rd.Messages[e.inv.checkedMessages:] {
+		f := &m.Frame
+		switch f.Type {
+		case wire.TypeData, wire.TypeResyncData:
+			if f.Seq <= e.inv.lastSeq[m.To] && e.inv.lastSeq[m.To] != 0 && f.Seq != 0 {
+				panic(fmt.Sprintf("core invariant: seq %d sent to %d after seq %d", f.Seq, m.To, e.inv.lastSeq[m.To]))
+			}
+			e.inv.lastSeq[m.To] = f.Seq
+		}
+		if f.Type == wire.TypeData || f.Type == wire.TypeBarrier {
+			if f.Epoch < e.inv.lastEpoch[m.To] {
+				panic(fmt.Sprintf("core invariant: epoch %d sent to %d after epoch %d", f.Epoch, m.To, e.inv.lastEpoch[m.To]))
+			}
+			e.inv.lastEpoch[m.To] = f.Epoch
+		}
+	}
+	e.inv.checkedMessages = len(e.rd.Messages)
+	// Only the oldest segment of a receiver has writes on the disk.
+	for _, p := range e.peers {
+		if p.rx == nil {
+			continue
+		}
+		for _, seg := range p.rx.segs[1:] {
+			for _, w := range seg.writes {
+				if w.ext != nil {
+					panic(fmt.Sprintf("core invariant: write seq %d of a later epoch issued before the barrier", w.op.Seq))
+				}
+			}
+		}
+	}
+	// Every application request is accounted for.
+	n := len(e.held) + len(e.flushes)
+	for _, w := range e.writes {
+		if !w.completed {
+			n++
+		}
+	}
+	if n != e.pending {
+		panic(fmt.Sprintf("core invariant: %d requests pending, %d tracked", e.pending, n))
+	}
+}

@@ -1,0 +1,376 @@
+package core
+
+import (
+	"fmt"
+
+	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/protocols"
+)
+
+// write is an application write on the primary, tracked from its start
+// until it completed and every peer it was sent to wrote it and
+// acknowledged the barrier closing its epoch: until then a lost connection
+// must mark its range out of sync.
+type write struct {
+	id          RequestID
+	kind        RequestKind
+	off, length uint64
+	seq, epoch  uint64
+	fua         bool
+	ext         *extent // set while the local write is in flight
+	localDone   bool
+	completed   bool
+	prog        []progress // per peer, by peer index
+}
+
+// progress is one write's state towards one peer.
+type progress struct {
+	sent  bool // sent on the current connection and not yet forgotten
+	level protocols.Level
+	bytes uint64 // payload bytes still counted in peer.unacked
+}
+
+// flushReq is an application flush: a local flush plus the barrier that
+// closed its epoch, acknowledged by the protocol C peers.
+type flushReq struct {
+	id        RequestID
+	epoch     uint64
+	localDone bool
+	localErr  error
+	wait      []bool // per peer index: BarrierAck(epoch) outstanding
+}
+
+// Submit hands the engine an application request. A request on a node that
+// is not Primary completes at once with ErrNotPrimary, an empty or
+// out-of-range one with ErrOutOfRange, a malformed one with
+// ErrInvalidRequest. Otherwise the request completes (Ready.Completed) when
+// its protocol allows:
+//
+//   - a write when the local disk has it and every replicating peer reached
+//     its protocol's level (A: queued within MaxBuffer, B: RecvAck, C:
+//     WriteAck), or at once with ErrIO if the local write failed;
+//   - a flush when the local flush is done and every protocol C peer that
+//     was replicating acknowledged the barrier it sent.
+//
+// A write overlapping an earlier write that is not yet done locally (or a
+// resync read in flight) is held until that finishes, so every node applies
+// overlapping writes in the same order.
+func (e *Engine) Submit(r Request) {
+	defer e.finish()
+	if err := e.checkRequest(r); err != nil {
+		e.rd.Completed = append(e.rd.Completed, Completion{ID: r.ID, Err: err})
+		return
+	}
+	e.pending++
+	if r.Kind == ReqFlush {
+		e.startFlush(r)
+		return
+	}
+	if e.blocked(r, len(e.held)) {
+		e.held = append(e.held, r)
+		return
+	}
+	e.startWrite(r)
+}
+
+func (e *Engine) checkRequest(r Request) error {
+	if e.role != Primary {
+		return fmt.Errorf("%w: request %d: this node is %v", ErrNotPrimary, r.ID, e.role)
+	}
+	switch r.Kind {
+	case ReqFlush:
+		return nil
+	case ReqWrite, ReqZeroes, ReqTrim:
+	default:
+		return fmt.Errorf("%w: request %d: unknown kind %d", ErrInvalidRequest, r.ID, r.Kind)
+	}
+	limit := uint64(MaxRequestLength)
+	if r.Kind == ReqWrite {
+		limit = MaxWriteLength
+	}
+	end := r.Offset + r.Length
+	if r.Length == 0 || r.Length > limit || end < r.Offset || end > e.size {
+		return fmt.Errorf("%w: request %d: [%d, +%d) on a device of %d bytes", ErrOutOfRange, r.ID, r.Offset, r.Length, e.size)
+	}
+	if r.Kind == ReqWrite && uint64(len(r.Data)) != r.Length {
+		return fmt.Errorf("%w: request %d: %d bytes of data for length %d", ErrInvalidRequest, r.ID, len(r.Data), r.Length)
+	}
+	return nil
+}
+
+// blocked reports whether write r must wait: it overlaps a local operation
+// in flight or one of the first n held writes (which arrived before it).
+func (e *Engine) blocked(r Request, n int) bool {
+	end := r.Offset + r.Length
+	if e.overlapsInflight(r.Offset, end, false) {
+		return true
+	}
+	for _, h := range e.held[:n] {
+		if h.Offset < end && r.Offset < h.Offset+h.Length {
+			return true
+		}
+	}
+	return false
+}
+
+// releaseHeld starts the held writes that no longer overlap anything in
+// flight or held before them.
+func (e *Engine) releaseHeld() {
+	for i := 0; i < len(e.held); {
+		r := e.held[i]
+		if e.blocked(r, i) {
+			i++
+			continue
+		}
+		e.held = append(e.held[:i], e.held[i+1:]...)
+		e.startWrite(r)
+	}
+}
+
+// maybeCloseEpoch closes the open epoch before a write if a write of it
+// completed (a later write may depend on it) or it is full.
+func (e *Engine) maybeCloseEpoch() {
+	if e.epochWrites > 0 && (e.epochCloses || e.epochWrites >= e.epochMax) {
+		e.closeEpoch(0)
+	}
+}
+
+// closeEpoch sends Barrier(epoch) to every replicating peer and opens the
+// next epoch; it returns the closed epoch.
+func (e *Engine) closeEpoch(flags wire.Flags) uint64 {
+	closed := e.epoch
+	for _, p := range e.peers {
+		if p.replicating() {
+			e.send(p, wire.Frame{Type: wire.TypeBarrier, Flags: flags, Epoch: closed})
+		}
+	}
+	e.epoch++
+	e.epochWrites = 0
+	e.epochCloses = false
+	return closed
+}
+
+func (e *Engine) startWrite(r Request) {
+	e.maybeCloseEpoch()
+	e.seq++
+	e.epochWrites++
+	w := &write{id: r.ID, kind: r.Kind, off: r.Offset, length: r.Length, seq: e.seq, epoch: e.epoch,
+		fua: r.FUA, prog: make([]progress, len(e.peers))}
+	w.ext = e.addInflight(r.Offset, r.Length, true)
+	op := LocalOp{Offset: r.Offset, Length: r.Length, FUA: r.FUA, Seq: w.seq, Epoch: w.epoch}
+	f := wire.Frame{Type: wire.TypeData, Seq: w.seq, Epoch: w.epoch, Offset: r.Offset, Length: uint32(r.Length)}
+	switch r.Kind {
+	case ReqWrite:
+		op.Kind, op.Data, f.Payload = OpWrite, r.Data, r.Data
+	case ReqZeroes:
+		op.Kind, f.Flags = OpZeroes, wire.FlagZeroes
+	case ReqTrim:
+		op.Kind, f.Flags = OpTrim, wire.FlagTrim
+	}
+	if r.FUA {
+		f.Flags |= wire.FlagFUA
+	}
+	e.newOp(op, opOwner{write: w})
+	for i, p := range e.peers {
+		if !p.replicating() {
+			e.markOutOfSync(p, r.Offset, r.Length)
+			continue
+		}
+		pf := f
+		if p.cfg.Protocol == protocols.B {
+			pf.Flags |= wire.FlagWantRecvAck
+		}
+		e.send(p, pf)
+		n := uint64(len(f.Payload))
+		p.dataSent += n
+		p.unacked += n
+		pr := &w.prog[i]
+		pr.sent, pr.bytes = true, n
+		if p.unacked <= p.cfg.MaxBuffer {
+			pr.level = protocols.Queued
+		} else {
+			p.blocked++
+		}
+	}
+	e.writes = append(e.writes, w)
+	e.bySeq[w.seq] = w
+}
+
+func (e *Engine) appWriteDone(w *write, err error) {
+	e.removeInflight(w.ext)
+	w.ext = nil
+	w.localDone = true
+	if err != nil && !w.completed {
+		e.complete(w, fmt.Errorf("%w: %v of [%d, +%d): %w", ErrIO, w.kind, w.off, w.length, err))
+		return
+	}
+	e.maybeComplete(w)
+}
+
+// maybeComplete completes w if its protocols allow it.
+func (e *Engine) maybeComplete(w *write) {
+	if w.completed || !w.localDone {
+		return
+	}
+	e.scratch = e.scratch[:0]
+	for i, pr := range w.prog {
+		e.scratch = append(e.scratch, protocols.Peer{Protocol: e.peers[i].cfg.Protocol, Connected: pr.sent, Level: pr.level})
+	}
+	if protocols.MayComplete(true, e.scratch) {
+		e.complete(w, nil)
+	}
+}
+
+func (e *Engine) complete(w *write, err error) {
+	w.completed = true
+	e.pending--
+	e.rd.Completed = append(e.rd.Completed, Completion{ID: w.id, Err: err})
+	if w.epoch == e.epoch {
+		e.epochCloses = true
+	}
+}
+
+// retired reports whether w needs no more tracking: completed, and written
+// by every peer it was sent to, under a barrier that peer acknowledged.
+func (e *Engine) retired(w *write) bool {
+	if !w.completed {
+		return false
+	}
+	for i, pr := range w.prog {
+		if pr.sent && (pr.level != protocols.Written || e.peers[i].ackedEpoch < w.epoch) {
+			return false
+		}
+	}
+	return true
+}
+
+// trimWrites forgets the retired writes at the front of the list. Only
+// finish calls it, so that no loop over e.writes sees the list change.
+func (e *Engine) trimWrites() {
+	n := 0
+	for n < len(e.writes) && e.retired(e.writes[n]) {
+		delete(e.bySeq, e.writes[n].seq)
+		e.writes[n] = nil
+		n++
+	}
+	if n > 0 {
+		e.writes = e.writes[n:]
+	}
+}
+
+func (e *Engine) startFlush(r Request) {
+	f := &flushReq{id: r.ID, wait: make([]bool, len(e.peers))}
+	for i, p := range e.peers {
+		f.wait[i] = p.replicating() && protocols.FlushNeedsPeer(p.cfg.Protocol)
+	}
+	f.epoch = e.closeEpoch(wire.FlagFlush)
+	e.newOp(LocalOp{Kind: OpFlush}, opOwner{flush: f})
+	e.flushes = append(e.flushes, f)
+}
+
+func (e *Engine) appFlushDone(f *flushReq, err error) {
+	f.localDone, f.localErr = true, err
+	e.maybeCompleteFlushes()
+}
+
+// maybeCompleteFlushes completes the flushes whose local flush is done and
+// whose C peers acknowledged (or left).
+func (e *Engine) maybeCompleteFlushes() {
+	kept := e.flushes[:0]
+	for _, f := range e.flushes {
+		done := f.localDone
+		for i, wait := range f.wait {
+			if wait && e.peers[i].ackedEpoch >= f.epoch {
+				f.wait[i] = false
+			}
+			done = done && !f.wait[i]
+		}
+		switch {
+		case f.localDone && f.localErr != nil:
+			e.pending--
+			e.rd.Completed = append(e.rd.Completed, Completion{ID: f.id, Err: fmt.Errorf("%w: flush: %w", ErrIO, f.localErr)})
+		case done:
+			e.pending--
+			e.rd.Completed = append(e.rd.Completed, Completion{ID: f.id})
+		default:
+			kept = append(kept, f)
+		}
+	}
+	clear(e.flushes[len(kept):])
+	e.flushes = kept
+}
+
+// recvAck handles RecvAck(seq) from p.
+func (e *Engine) recvAck(p *peer, f *wire.Frame) {
+	w := e.bySeq[f.Seq]
+	if w == nil || !w.prog[p.idx].sent {
+		e.dropPeer(p, fmt.Errorf("%w: recv-ack for unknown write %d", ErrProtocol, f.Seq), false)
+		return
+	}
+	e.raise(p, w, protocols.Received)
+	e.maybeComplete(w)
+}
+
+// writeAck handles WriteAck(seq) for a data frame.
+func (e *Engine) writeAck(p *peer, f *wire.Frame) {
+	w := e.bySeq[f.Seq]
+	if w == nil || !w.prog[p.idx].sent || w.prog[p.idx].level == protocols.Written {
+		e.dropPeer(p, fmt.Errorf("%w: write-ack for unknown write %d", ErrProtocol, f.Seq), false)
+		return
+	}
+	pr := &w.prog[p.idx]
+	p.unacked -= pr.bytes
+	pr.bytes = 0
+	e.raise(p, w, protocols.Written)
+	if f.Flags&wire.FlagNegative != 0 {
+		e.markOutOfSync(p, w.off, w.length)
+		e.peerEvent(p, "resync", "", "", fmt.Sprintf("write [%d, +%d) failed on the peer: marked out of sync", w.off, w.length))
+	}
+	if p.blocked > 0 {
+		e.unblockQueued(p)
+	}
+	e.maybeComplete(w)
+}
+
+// raise lifts w's level towards p to at least l.
+func (e *Engine) raise(p *peer, w *write, l protocols.Level) {
+	pr := &w.prog[p.idx]
+	if pr.level >= l {
+		return
+	}
+	if pr.level == protocols.None {
+		p.blocked--
+	}
+	pr.level = l
+}
+
+// unblockQueued moves writes held by p's MaxBuffer to Queued once the
+// unacknowledged bytes up to and including each fit.
+func (e *Engine) unblockQueued(p *peer) {
+	var cum uint64
+	for _, w := range e.writes {
+		pr := &w.prog[p.idx]
+		if !pr.sent {
+			continue
+		}
+		cum += pr.bytes
+		if cum > p.cfg.MaxBuffer {
+			return
+		}
+		if pr.level == protocols.None {
+			pr.level = protocols.Queued
+			p.blocked--
+			e.maybeComplete(w)
+		}
+	}
+}
+
+// barrierAck handles BarrierAck(epoch) from p.
+func (e *Engine) barrierAck(p *peer, f *wire.Frame) {
+	if f.Epoch >= e.epoch || f.Epoch <= p.ackedEpoch {
+		e.dropPeer(p, fmt.Errorf("%w: barrier-ack for epoch %d (open epoch %d, last acknowledged %d)", ErrProtocol, f.Epoch, e.epoch, p.ackedEpoch), false)
+		return
+	}
+	p.ackedEpoch = f.Epoch
+	e.maybeCompleteFlushes()
+}

@@ -1,0 +1,215 @@
+package core
+
+import (
+	"fmt"
+
+	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/protocols"
+)
+
+// RequestKind is the kind of an application request.
+type RequestKind uint8
+
+const (
+	// ReqWrite writes Request.Data at Offset.
+	ReqWrite RequestKind = iota + 1
+	// ReqZeroes writes Length zero bytes at Offset, without a payload.
+	ReqZeroes
+	// ReqTrim discards [Offset, Offset+Length): the range reads back as
+	// zeroes or as its old content (the backing store decides), the same
+	// decision on every node that supports punching holes.
+	ReqTrim
+	// ReqFlush makes every write that completed before it was submitted
+	// durable here and on every protocol C peer. Offset and Length are
+	// ignored.
+	ReqFlush
+)
+
+func (k RequestKind) String() string {
+	return enumName(uint8(k), "RequestKind", "invalid", "write", "zeroes", "trim", "flush")
+}
+
+// Request is an application request submitted to the primary.
+type Request struct {
+	// ID is chosen by the driver, unique among outstanding requests; the
+	// Completion carries it back.
+	ID     RequestID
+	Kind   RequestKind
+	Offset uint64
+	Length uint64
+	// Data is the payload of a ReqWrite, exactly Length bytes. The engine
+	// takes ownership: the same slice goes into the local write and into the
+	// data frames for every peer, and may still be in a send queue after the
+	// request completed. The driver must not modify or reuse it.
+	Data []byte
+	// FUA (force unit access) makes a write durable before it completes:
+	// locally and, under protocol C, on the peer before its WriteAck.
+	FUA bool
+}
+
+// OpKind is the kind of a local disk operation.
+type OpKind uint8
+
+const (
+	// OpWrite writes LocalOp.Data at Offset.
+	OpWrite OpKind = iota + 1
+	// OpZeroes writes Length zero bytes at Offset.
+	OpZeroes
+	// OpTrim discards Length bytes at Offset.
+	OpTrim
+	// OpFlush makes every write completed before it durable (fdatasync).
+	OpFlush
+	// OpRead reads Length bytes at Offset; LocalDone carries the data.
+	OpRead
+)
+
+func (k OpKind) String() string {
+	return enumName(uint8(k), "OpKind", "invalid", "write", "zeroes", "trim", "flush", "read")
+}
+
+// LocalOp is an operation on the local backing disk.
+type LocalOp struct {
+	// ID names the operation in LocalDone.
+	ID     OpID
+	Kind   OpKind
+	Offset uint64
+	Length uint64
+	// Data is the payload of an OpWrite; read-only for the driver (it is
+	// shared with frames being sent).
+	Data []byte
+	// FUA: the write must be durable before LocalDone is reported.
+	FUA bool
+	// Seq and Epoch identify the replicated write or resync block an
+	// OpWrite/OpZeroes/OpTrim applies (Epoch 0 for resync data), for
+	// tracing; the driver needs neither.
+	Seq, Epoch uint64
+}
+
+// Message is a frame to send to a peer.
+type Message struct {
+	To    NodeID
+	Frame wire.Frame
+}
+
+// Completion reports the outcome of an application request.
+type Completion struct {
+	ID RequestID
+	// Err is nil on success; otherwise it wraps one of ErrNotPrimary,
+	// ErrOutOfRange, ErrInvalidRequest or ErrIO.
+	Err error
+}
+
+// Drop asks the driver to close the connection to a peer. The engine has
+// already forgotten the connection (as after Disconnected); the driver must
+// not deliver further frames from it and may discard queued messages to it.
+type Drop struct {
+	Peer NodeID
+	// Reason wraps ErrProtocol, ErrPeerPrimary, ErrSplitBrain,
+	// ErrUnrelatedData, ErrDeviceMismatch or ErrIO.
+	Reason error
+	// StandAlone: do not reconnect automatically; an operator must resolve
+	// the cause (split brain, unrelated data, two primaries, another device).
+	StandAlone bool
+}
+
+// Event is a state change worth logging and showing in `georepl events`.
+type Event struct {
+	// Peer is the peer concerned when HasPeer is set.
+	Peer    NodeID
+	HasPeer bool
+	// What is "role", "disk", "gen" (this node's role, disk state, current
+	// generation id), "conn", "repl", "peer-role", "peer-disk" (towards or
+	// of Peer) or "resync" (started, interrupted, finished, blocks marked
+	// out of sync).
+	What     string
+	Old, New string
+	Detail   string
+}
+
+// String renders the event on one line for logs.
+func (ev Event) String() string {
+	s := ev.What
+	if ev.HasPeer {
+		s = fmt.Sprintf("%s peer=%d", s, ev.Peer)
+	}
+	if ev.Old != "" || ev.New != "" {
+		s += " " + ev.Old + "->" + ev.New
+	}
+	if ev.Detail != "" {
+		s += ": " + ev.Detail
+	}
+	return s
+}
+
+// Ready is a batch of work produced by the engine since the previous call
+// to Engine.Ready. The driver performs it in this order:
+//
+//  1. Persist, durably, before anything else of this Ready becomes visible
+//     to a peer or to the application.
+//  2. Drop, LocalOps, Messages: in any order, concurrently.
+//  3. Completed: only after Persist (a completion never depends on a
+//     message or local op of the same Ready).
+//
+// Events may be logged whenever.
+type Ready struct {
+	// Persist, if non-nil, is the new persistent state: write it durably
+	// (metadata superblock) before performing anything else in this Ready.
+	// A generation id change must be on disk before a peer can learn it.
+	Persist *Persistent
+	// LocalOps are operations on the local backing disk. Perform them in any
+	// order and concurrently (the engine never emits two overlapping writes
+	// at once); report each with LocalDone exactly once.
+	LocalOps []LocalOp
+	// Messages are frames to send. Per peer, preserve this order within each
+	// channel (wire.ChannelOf(Frame.Type)); the two channels are
+	// independent. A message to a peer that is disconnected meanwhile is
+	// discarded. Payloads are shared and read-only.
+	Messages []Message
+	// Completed are application requests that are finished.
+	Completed []Completion
+	// Drop lists connections to close.
+	Drop []Drop
+	// Events describe state changes, in the order they happened.
+	Events []Event
+}
+
+// Status is a snapshot of the engine for `georepl status`.
+type Status struct {
+	Role    Role
+	Disk    DiskState
+	Current uint64
+	History [2]uint64
+	// Epoch is the primary's current write epoch.
+	Epoch uint64
+	// Pending counts application requests submitted and not yet completed.
+	Pending int
+	Peers   []PeerStatus
+}
+
+// PeerStatus is the state towards one peer.
+type PeerStatus struct {
+	ID       NodeID
+	Name     string
+	Protocol protocols.Protocol
+	Conn     ConnState
+	Repl     ReplState
+	// Role and Disk are the peer's, as last announced (unknown while not
+	// connected).
+	Role Role
+	Disk DiskState
+	// OutOfSync is the number of bytes marked in this node's bitmap for the
+	// peer.
+	OutOfSync uint64
+	// ResyncTotal and ResyncDone count the bytes of the running (or last)
+	// resync: for a sync source, bytes to send and bytes acknowledged; for a
+	// sync target, ResyncDone counts bytes received.
+	ResyncTotal, ResyncDone uint64
+	// Unacked is the number of data bytes sent and not yet acknowledged as
+	// written.
+	Unacked uint64
+	// DataSent and DataReceived count payload bytes of data and resync
+	// frames on this connection's lifetime of the engine.
+	DataSent, DataReceived uint64
+	// BitmapUUID is the generation id the bitmap for this peer started at.
+	BitmapUUID uint64
+}

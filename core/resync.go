@@ -1,0 +1,152 @@
+package core
+
+import (
+	"fmt"
+
+	"github.com/georepl/georepl/core/wire"
+)
+
+// resyncSource is a running resync from us to one peer. It reads runs of
+// marked blocks in bitmap order (wrapping around for blocks marked again
+// meanwhile), sends them as ResyncData, and clears the bits when the peer
+// acknowledges them written.
+type resyncSource struct {
+	cursor uint64 // next block to look at
+	reads  int    // reads in flight
+	sent   map[uint64]blockRun
+	lost   bool // the connection is gone
+}
+
+// blockRun is a range of blocks.
+type blockRun struct{ first, n uint64 }
+
+// syncRead is a resync read in flight.
+type syncRead struct {
+	p   *peer
+	rs  *resyncSource
+	run blockRun
+	ext *extent
+}
+
+func (e *Engine) startResync(p *peer, full bool) {
+	how := "bitmap"
+	if full {
+		how = "full"
+		p.bitmap.SetRange(0, p.bitmap.Len())
+	}
+	if full || p.bitmapUUID == 0 {
+		// Tie the marks to the data the peer has, so that an interrupted
+		// resync continues from the bitmap after a reconnect (rule 4).
+		p.bitmapUUID = p.gen.Current
+		if p.bitmapUUID == 0 {
+			p.bitmapUUID = e.current
+		}
+		e.persistDirty = true
+	}
+	p.rs = &resyncSource{sent: make(map[uint64]blockRun)}
+	p.resyncTotal, p.resyncDone = e.blocksToBytes(p.bitmap.Count()), 0
+	e.setRepl(p, SyncSource, "")
+	e.peerEvent(p, "resync", "", "", fmt.Sprintf("started (%s, %d bytes)", how, p.resyncTotal))
+	e.scheduleResync(p)
+}
+
+// scheduleResync issues resync reads while the window allows. A run that
+// overlaps a local write in flight waits for it, so that resync data never
+// carries content older than a write already sent.
+func (e *Engine) scheduleResync(p *peer) {
+	rs := p.rs
+	wrapped := false
+	for rs.reads+len(rs.sent) < e.window {
+		b, ok := p.bitmap.NextSet(rs.cursor)
+		if !ok {
+			if rs.reads+len(rs.sent) > 0 || wrapped {
+				return
+			}
+			if p.bitmap.Count() == 0 {
+				e.finishResync(p)
+				return
+			}
+			rs.cursor, wrapped = 0, true
+			continue
+		}
+		end := min(p.bitmap.NextClear(b), b+e.chunkBlocks)
+		bs := uint64(e.blockSize)
+		off, length := b*bs, (end-b)*bs
+		if e.overlapsInflight(off, off+length, true) {
+			return
+		}
+		r := &syncRead{p: p, rs: rs, run: blockRun{first: b, n: end - b}, ext: e.addInflight(off, length, false)}
+		e.newOp(LocalOp{Kind: OpRead, Offset: off, Length: length}, opOwner{syncRead: r})
+		rs.reads++
+		rs.cursor = end
+	}
+}
+
+func (e *Engine) syncReadDone(r *syncRead, data []byte, err error) {
+	e.removeInflight(r.ext)
+	if r.rs.lost {
+		return
+	}
+	p, rs := r.p, r.rs
+	rs.reads--
+	bs := uint64(e.blockSize)
+	if err == nil && uint64(len(data)) != r.run.n*bs {
+		err = fmt.Errorf("read returned %d bytes, want %d", len(data), r.run.n*bs)
+	}
+	if err != nil {
+		e.dropPeer(p, fmt.Errorf("%w: resync read of [%d, +%d): %w", ErrIO, r.run.first*bs, r.run.n*bs, err), false)
+		return
+	}
+	e.seq++
+	e.send(p, wire.Frame{Type: wire.TypeResyncData, Seq: e.seq, Offset: r.run.first * bs, Length: uint32(len(data)), Payload: data})
+	p.dataSent += uint64(len(data))
+	rs.sent[e.seq] = r.run
+}
+
+// resyncAck handles WriteAck+FlagResync from our sync target.
+func (e *Engine) resyncAck(p *peer, f *wire.Frame) {
+	rs := p.rs
+	var run blockRun
+	ok := rs != nil
+	if ok {
+		run, ok = rs.sent[f.Seq]
+	}
+	if !ok {
+		e.violation(p, f, "resync write-ack for nothing")
+		return
+	}
+	delete(rs.sent, f.Seq)
+	bs := uint64(e.blockSize)
+	if f.Flags&wire.FlagNegative != 0 {
+		e.dropPeer(p, fmt.Errorf("%w: the peer failed to write resync block [%d, +%d)", ErrIO, run.first*bs, run.n*bs), false)
+		return
+	}
+	p.bitmap.ClearRange(run.first, run.n)
+	p.resyncDone += run.n * bs
+	e.scheduleResync(p)
+}
+
+// finishResync ends a resync whose bitmap is clear with nothing in flight.
+func (e *Engine) finishResync(p *peer) {
+	e.send(p, wire.Frame{Type: wire.TypeResyncDone})
+	p.rs = nil
+	p.bitmapUUID = 0
+	e.persistDirty = true
+	// The target adopts our generation when ResyncDone arrives.
+	p.gen = wire.GenIDs{Current: e.current, History: e.history}
+	e.setRepl(p, Established, "resync done")
+	e.peerEvent(p, "resync", "", "", fmt.Sprintf("finished (%d bytes)", p.resyncDone))
+}
+
+// resyncTargetDone handles ResyncDone from our sync source: every block it
+// had marked is now on our disk, in order with its writes.
+func (e *Engine) resyncTargetDone(p *peer) {
+	e.current, e.history = p.gen.Current, p.gen.History
+	p.bitmap.ClearRange(0, p.bitmap.Len())
+	p.bitmapUUID = 0
+	e.persistDirty = true
+	e.announce = true
+	e.setDisk(UpToDate, fmt.Sprintf("resync from node %d done", p.cfg.ID))
+	e.setRepl(p, Established, "resync done")
+	e.peerEvent(p, "resync", "", "", fmt.Sprintf("finished (%d bytes received)", p.resyncDone))
+}

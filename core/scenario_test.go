@@ -1,0 +1,246 @@
+package core
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/cockroachdb/datadriven"
+	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/protocols"
+)
+
+// TestScenarios runs the scripts in testdata/*.txt. Each command drives a
+// cluster (harness_test.go) and prints what the engines asked for, so a
+// script reads as a story; regenerate the expectations with
+//
+//	go test ./core -run TestScenarios -rewrite
+//
+// and read the diff. Commands (nodes are numbers, n0 is node 0):
+//
+//	new nodes=3 [protocols=C,A] [size=B] [block=B] [epoch-max=N] [chunk=B] [window=N] [maxbuf=B] [flushes]
+//	connect A B | reconnect A B | disconnect A B | crash A
+//	primary A [force] | secondary A
+//	write A off=O len=L [fill=c] [fua] | zeroes A off=O len=L | trim A off=O len=L | flush A
+//	deliver A->B [n=N] [chan=data|control] | process A [n=N] [fail] [last]
+//	stabilize [quiet] | status [A] | disks | bitmap A B
+func TestScenarios(t *testing.T) {
+	datadriven.Walk(t, "testdata", func(t *testing.T, path string) {
+		var c *cluster
+		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
+			if d.Cmd != "new" && c == nil {
+				d.Fatalf(t, "no cluster: start with new")
+			}
+			if c != nil {
+				c.out.Reset()
+				c.quiet = false
+			}
+			switch d.Cmd {
+			case "new":
+				c = newScenarioCluster(t, d)
+				return "ok\n"
+			default:
+				if err := runCommand(c, d); err != nil {
+					fmt.Fprintf(c.out, "error: %v\n", err)
+				}
+			}
+			for _, f := range c.failed {
+				t.Errorf("%s: promise broken: %s", d.Pos, f)
+			}
+			c.failed = nil
+			if c.out.Len() == 0 {
+				return "ok\n"
+			}
+			return c.out.String()
+		})
+	})
+}
+
+func newScenarioCluster(t *testing.T, d *datadriven.TestData) *cluster {
+	n := 2
+	d.MaybeScanArgs(t, "nodes", &n)
+	var protos []protocols.Protocol
+	if arg, ok := d.Arg("protocols"); ok {
+		for _, v := range arg.Vals {
+			for _, s := range strings.Split(v, ",") {
+				p, err := protocols.Parse(strings.TrimSpace(s))
+				if err != nil {
+					d.Fatalf(t, "%v", err)
+				}
+				protos = append(protos, p)
+			}
+		}
+	}
+	num := func(key string, dst any) { d.MaybeScanArgs(t, key, dst) }
+	var size, block, chunk, maxbuf uint64
+	var epochMax, window int
+	num("size", &size)
+	num("block", &block)
+	num("chunk", &chunk)
+	num("maxbuf", &maxbuf)
+	num("epoch-max", &epochMax)
+	num("window", &window)
+	flushes := d.HasArg("flushes")
+	return newCluster(n, protos, func(cfg *Config) {
+		if size != 0 {
+			cfg.Size = size
+		}
+		if block != 0 {
+			cfg.BlockSize = uint32(block)
+		}
+		cfg.ResyncChunk = uint32(chunk)
+		cfg.EpochMaxWrites = epochMax
+		cfg.ResyncWindow = window
+		cfg.DiskFlushes = flushes
+		for i := range cfg.Peers {
+			cfg.Peers[i].MaxBuffer = maxbuf
+		}
+	})
+}
+
+// nodeArgs reads the positional node numbers of a command ("3", "0->1").
+func nodeArgs(c *cluster, d *datadriven.TestData, want int) ([]*node, error) {
+	var out []*node
+	for _, a := range d.CmdArgs {
+		if len(a.Vals) > 0 {
+			continue
+		}
+		for _, s := range strings.Split(a.Key, "->") {
+			i, err := strconv.Atoi(s)
+			if err != nil {
+				continue
+			}
+			if i < 0 || i >= len(c.nodes) {
+				return nil, fmt.Errorf("no node %d", i)
+			}
+			out = append(out, c.nodes[i])
+		}
+	}
+	if want >= 0 && len(out) != want {
+		return nil, fmt.Errorf("%s wants %d node arguments", d.Cmd, want)
+	}
+	return out, nil
+}
+
+func intArg(d *datadriven.TestData, key string, def int) int {
+	if a, ok := d.Arg(key); ok && len(a.Vals) == 1 {
+		if v, err := strconv.Atoi(a.Vals[0]); err == nil {
+			return v
+		}
+	}
+	return def
+}
+
+func runCommand(c *cluster, d *datadriven.TestData) error {
+	switch d.Cmd {
+	case "connect", "reconnect", "disconnect":
+		ns, err := nodeArgs(c, d, 2)
+		if err != nil {
+			return err
+		}
+		if d.Cmd == "disconnect" {
+			if !ns[0].links[ns[1].id].up {
+				return fmt.Errorf("n%d and n%d are not connected", ns[0].id, ns[1].id)
+			}
+			c.sever(ns[0], ns[1], false)
+			return nil
+		}
+		return c.connect(ns[0], ns[1])
+	case "crash":
+		ns, err := nodeArgs(c, d, 1)
+		if err != nil {
+			return err
+		}
+		c.crash(ns[0])
+	case "primary", "secondary":
+		ns, err := nodeArgs(c, d, 1)
+		if err != nil {
+			return err
+		}
+		if d.Cmd == "primary" {
+			err = ns[0].eng.Promote(d.HasArg("force"))
+		} else {
+			err = ns[0].eng.Demote()
+		}
+		c.handle(ns[0])
+		return err
+	case "write", "zeroes", "trim", "flush":
+		ns, err := nodeArgs(c, d, 1)
+		if err != nil {
+			return err
+		}
+		r := Request{Kind: ReqFlush, FUA: d.HasArg("fua")}
+		if d.Cmd != "flush" {
+			r.Offset, r.Length = uint64(intArg(d, "off", 0)), uint64(intArg(d, "len", int(c.block)))
+			r.Kind = map[string]RequestKind{"write": ReqWrite, "zeroes": ReqZeroes, "trim": ReqTrim}[d.Cmd]
+		}
+		if r.Kind == ReqWrite {
+			fill := "x"
+			if a, ok := d.Arg("fill"); ok && len(a.Vals) == 1 && a.Vals[0] != "" {
+				fill = a.Vals[0]
+			}
+			r.Data = []byte(strings.Repeat(fill[:1], int(r.Length)))
+		}
+		c.submit(ns[0], r)
+	case "deliver":
+		ns, err := nodeArgs(c, d, 2)
+		if err != nil {
+			return err
+		}
+		var ch *wire.Channel
+		if a, ok := d.Arg("chan"); ok {
+			v := wire.ChannelData
+			if a.Vals[0] == "control" {
+				v = wire.ChannelControl
+			}
+			ch = &v
+		}
+		if c.deliver(ns[0], ns[1], intArg(d, "n", -1), ch) == 0 {
+			c.logf("nothing to deliver")
+		}
+	case "process":
+		ns, err := nodeArgs(c, d, 1)
+		if err != nil {
+			return err
+		}
+		var pick func(int) int
+		if d.HasArg("last") {
+			pick = func(n int) int { return n - 1 }
+		}
+		if c.process(ns[0], intArg(d, "n", -1), d.HasArg("fail"), pick) == 0 {
+			c.logf("nothing to process")
+		}
+	case "stabilize":
+		c.quiet = d.HasArg("quiet")
+		c.stabilize()
+		c.quiet = false
+	case "status":
+		ns, err := nodeArgs(c, d, -1)
+		if err != nil {
+			return err
+		}
+		if len(ns) == 0 {
+			ns = c.nodes
+		}
+		for _, nd := range ns {
+			c.out.WriteString(c.status(nd))
+		}
+	case "disks":
+		c.out.WriteString(c.disks())
+	case "bitmap":
+		ns, err := nodeArgs(c, d, 2)
+		if err != nil {
+			return err
+		}
+		b := ns[0].eng.Bitmap(NodeID(ns[1].id))
+		var runs []string
+		for i, ok := b.NextSet(0); ok; i, ok = b.NextSet(b.NextClear(i)) {
+			runs = append(runs, fmt.Sprintf("%d-%d", i, b.NextClear(i)-1))
+		}
+		fmt.Fprintf(c.out, "n%d bitmap for n%d: %d blocks %s\n", ns[0].id, ns[1].id, b.Count(), strings.Join(runs, " "))
+	default:
+		return fmt.Errorf("unknown command %q", d.Cmd)
+	}
+	return nil
+}

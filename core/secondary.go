@@ -1,0 +1,175 @@
+package core
+
+import (
+	"fmt"
+
+	"github.com/georepl/georepl/core/wire"
+)
+
+// receiver applies the writes one peer sends us (data from the Primary,
+// resync data from our sync source) in the order that keeps this disk a
+// crash-consistent image of the sender's:
+//
+//   - writes between two barriers form a segment; only the oldest segment
+//     has writes on the disk, so no write of epoch k+1 starts before every
+//     write of epoch k is done (and flushed, if asked);
+//   - within the segment, a write overlapping an earlier one that is not
+//     done waits for it (arrival order).
+type receiver struct {
+	peer *peer
+	segs []*segment // oldest first; the last one is open (no barrier yet)
+	lost bool       // the connection is gone: no more acknowledgements
+}
+
+// segment is the writes received between two barriers.
+type segment struct {
+	rx       *receiver
+	writes   []*rxWrite // not yet done, in arrival order
+	closed   bool       // the closing barrier arrived
+	epoch    uint64     // the barrier's epoch
+	flush    bool       // flush the disk before acknowledging the barrier
+	flushing bool       // the flush is in flight
+	flushed  bool
+}
+
+// rxWrite is a received data or resync write.
+type rxWrite struct {
+	seg    *segment
+	op     LocalOp
+	resync bool
+	ext    *extent // set while issued
+}
+
+func newReceiver(p *peer) *receiver {
+	rx := &receiver{peer: p}
+	rx.segs = []*segment{{rx: rx}}
+	return rx
+}
+
+// receiveWrite queues a Data or ResyncData frame.
+func (e *Engine) receiveWrite(p *peer, f *wire.Frame, resync bool) {
+	if f.Flags&wire.FlagWantRecvAck != 0 {
+		e.send(p, wire.Frame{Type: wire.TypeRecvAck, Seq: f.Seq})
+	}
+	op := LocalOp{Kind: OpWrite, Offset: f.Offset, Length: uint64(f.Length), Data: f.Payload,
+		FUA: f.Flags&wire.FlagFUA != 0, Seq: f.Seq, Epoch: f.Epoch}
+	switch {
+	case f.Flags&wire.FlagZeroes != 0:
+		op.Kind, op.Data = OpZeroes, nil
+	case f.Flags&wire.FlagTrim != 0:
+		op.Kind, op.Data = OpTrim, nil
+	}
+	if resync {
+		op.Epoch = 0
+	}
+	p.dataReceived += uint64(len(f.Payload))
+	seg := p.rx.segs[len(p.rx.segs)-1]
+	seg.writes = append(seg.writes, &rxWrite{seg: seg, op: op, resync: resync})
+	e.pump(p.rx)
+}
+
+// receiveBarrier closes the open segment.
+func (e *Engine) receiveBarrier(p *peer, f *wire.Frame) {
+	rx := p.rx
+	seg := rx.segs[len(rx.segs)-1]
+	seg.closed, seg.epoch = true, f.Epoch
+	seg.flush = e.diskFlushes || f.Flags&wire.FlagFlush != 0
+	rx.segs = append(rx.segs, &segment{rx: rx})
+	e.pump(rx)
+}
+
+// pump issues what the oldest segments allow and acknowledges the
+// barriers of finished segments.
+func (e *Engine) pump(rx *receiver) {
+	for !rx.lost && e.orphans == 0 {
+		seg := rx.segs[0]
+		for i, w := range seg.writes {
+			if w.ext == nil && !e.waitsForEarlier(seg.writes[:i], w) {
+				w.ext = e.addInflight(w.op.Offset, w.op.Length, true)
+				e.newOp(w.op, opOwner{rxWrite: w})
+			}
+		}
+		if len(seg.writes) > 0 || !seg.closed {
+			return
+		}
+		if seg.flush && !seg.flushed {
+			if !seg.flushing {
+				seg.flushing = true
+				e.newOp(LocalOp{Kind: OpFlush}, opOwner{rxFlush: seg})
+			}
+			return
+		}
+		e.send(rx.peer, wire.Frame{Type: wire.TypeBarrierAck, Epoch: seg.epoch})
+		rx.segs[0] = nil
+		rx.segs = rx.segs[1:]
+	}
+}
+
+// waitsForEarlier reports whether w overlaps a local write in flight or an
+// earlier write of its segment that is not issued yet.
+func (e *Engine) waitsForEarlier(earlier []*rxWrite, w *rxWrite) bool {
+	off, end := w.op.Offset, w.op.Offset+w.op.Length
+	if e.overlapsInflight(off, end, false) {
+		return true
+	}
+	for _, x := range earlier {
+		if x.ext == nil && x.op.Offset < end && off < x.op.Offset+x.op.Length {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *Engine) rxWriteDone(w *rxWrite, err error) {
+	e.removeInflight(w.ext)
+	seg := w.seg
+	if seg.rx.lost {
+		e.orphans--
+		return
+	}
+	for i, x := range seg.writes {
+		if x == w {
+			seg.writes = append(seg.writes[:i], seg.writes[i+1:]...)
+			break
+		}
+	}
+	ack := wire.Frame{Type: wire.TypeWriteAck, Seq: w.op.Seq}
+	if w.resync {
+		ack.Flags |= wire.FlagResync
+		seg.rx.peer.resyncDone += w.op.Length
+	}
+	if err != nil {
+		ack.Flags |= wire.FlagNegative
+		e.event(Event{What: "disk", Detail: fmt.Sprintf("%v of [%d, +%d) failed: %v", w.op.Kind, w.op.Offset, w.op.Length, err)})
+	}
+	e.send(seg.rx.peer, ack)
+}
+
+// rxFlushDone acknowledges the barrier via pump; a failed flush must not be
+// acknowledged (it would claim durability), so it drops the connection
+// instead: the primary then marks every write not covered by an
+// acknowledged barrier out of sync.
+func (e *Engine) rxFlushDone(seg *segment, err error) {
+	if seg.rx.lost {
+		return
+	}
+	if err != nil {
+		e.dropPeer(seg.rx.peer, fmt.Errorf("%w: flush for barrier %d: %w", ErrIO, seg.epoch, err), false)
+		return
+	}
+	seg.flushed = true
+}
+
+// abandonReceiver forgets a lost connection's writes: those not started
+// are dropped (the primary marks them out of sync), those on the disk
+// become orphans that later writes wait for.
+func (e *Engine) abandonReceiver(rx *receiver) {
+	rx.lost = true
+	for _, seg := range rx.segs {
+		for _, w := range seg.writes {
+			if w.ext != nil {
+				e.orphans++
+			}
+		}
+	}
+}
