@@ -166,8 +166,8 @@ func (s *Store) Dump(w io.Writer, diskStateName func(uint8) string) error {
 	fmt.Fprintf(&b, "%-16s%s\n", "current gen", sum.Current)
 	fmt.Fprintf(&b, "%-16s%s %s\n", "history gens", sum.History[0], sum.History[1])
 	for _, p := range sum.Peers {
-		fmt.Fprintf(&b, "peer %-11d bitmap uuid %s, out of sync: %d blocks, %d bytes\n",
-			p.NodeID, p.BitmapUUID, p.OutOfSyncBlocks, p.OutOfSyncBytes)
+		fmt.Fprintf(&b, "%-16sbitmap uuid %s, out of sync: %d blocks, %d bytes\n",
+			fmt.Sprintf("peer %d", p.NodeID), p.BitmapUUID, p.OutOfSyncBlocks, p.OutOfSyncBytes)
 		for _, r := range p.Ranges {
 			fmt.Fprintf(&b, "%16s[%d, %d) %d bytes\n", "", r.Offset, r.Offset+r.Length, r.Length)
 		}
