@@ -97,10 +97,10 @@ func (r *Reader) next() (*Frame, error) {
 // into fresh memory.
 func (r *Reader) readFrame() (*Frame, error) {
 	if n, err := io.ReadFull(r.r, r.header[:]); err != nil {
-		if err == io.EOF {
-			return nil, io.EOF
+		if n == 0 && errors.Is(err, io.EOF) {
+			return nil, io.EOF // the peer closed the stream between frames
 		}
-		return nil, r.readError(err, fmt.Sprintf("frame header: read %d of %d bytes", n, HeaderSize))
+		return nil, streamError(err, fmt.Sprintf("frame header: read %d of %d bytes", n, HeaderSize))
 	}
 	f, payloadLen, err := parseHeader(r.header[:])
 	if err != nil {
@@ -113,7 +113,7 @@ func (r *Reader) readFrame() (*Frame, error) {
 		}
 		buf, err = readPayload(r.r, buf, payloadLen)
 		if err != nil {
-			return nil, r.readError(err, fmt.Sprintf("%s frame seq %d: payload: read %d of %d bytes", f.Type, f.Seq, len(buf), payloadLen))
+			return nil, streamError(err, fmt.Sprintf("%s frame seq %d: payload: read %d of %d bytes", f.Type, f.Seq, len(buf), payloadLen))
 		}
 		if f.Type == TypeBatch {
 			r.compressed = buf
@@ -127,9 +127,9 @@ func (r *Reader) readFrame() (*Frame, error) {
 	return &f, nil
 }
 
-// readError describes an error of the underlying reader met inside a
+// streamError describes an error of the underlying reader met inside a
 // frame: running out of input is a truncated frame.
-func (r *Reader) readError(err error, where string) error {
+func streamError(err error, where string) error {
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return fmt.Errorf("%w: %s: %w", ErrTruncated, where, io.ErrUnexpectedEOF)
 	}
