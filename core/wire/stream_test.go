@@ -347,3 +347,38 @@ func TestVersionError(t *testing.T) {
 		t.Fatalf("errors.As lost the versions: %v", ve)
 	}
 }
+
+// TestWriterCompressionFollowsTheData checks that after incompressible
+// batches, which make the Writer probe before compressing, compressible
+// data is compressed again.
+func TestWriterCompressionFollowsTheData(t *testing.T) {
+	var out bytes.Buffer
+	w := NewWriter(&out, CompressionLZ4)
+	rng := rand.New(rand.NewPCG(9, 9))
+	kinds := []func(*rand.Rand, int) []byte{randomPayload, randomPayload, textPayload, randomPayload, textPayload}
+	var sent []*Frame
+	for i, payload := range kinds {
+		for range 40 {
+			f := dataFrame(uint64(len(sent)), payload(rng, 4096))
+			if err := w.WriteFrame(f); err != nil {
+				t.Fatal(err)
+			}
+			sent = append(sent, f)
+		}
+		if err := w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := w.Stats().CompressedBatches, uint64(i/2); got != want {
+			t.Fatalf("after batch %d: %d compressed batches, want %d", i, got, want)
+		}
+	}
+	frames := readAll(t, NewReader(&out))
+	if len(frames) != len(sent) {
+		t.Fatalf("read %d frames, wrote %d", len(frames), len(sent))
+	}
+	for i := range sent {
+		if !sameFrame(frames[i], sent[i]) {
+			t.Fatalf("frame %d: read %s, wrote %s", i, frames[i], sent[i])
+		}
+	}
+}

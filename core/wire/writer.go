@@ -17,6 +17,9 @@ const (
 	// flushes by itself, which bounds its memory (to MaxBuffered plus one
 	// frame) and the size of a batch.
 	MaxBuffered = 4 << 20
+	// probeSize is the sample a Writer compresses first when the previous
+	// batch was incompressible.
+	probeSize = 16 << 10
 )
 
 // WriterStats are a Writer's counters since it was created.
@@ -49,7 +52,9 @@ type Writer struct {
 	buf      []byte // encoded frames not yet written
 	buffered uint64 // frames in buf
 	batch    []byte // header and compressed payload of a batch
-	err      error
+	// incompressible records that the last batch did not compress.
+	incompressible bool
+	err            error
 
 	frames, bytes, rawBytes, batches, compressedBatches atomic.Uint64
 }
@@ -149,23 +154,38 @@ func (w *Writer) Flush() error {
 // compressBatch returns w.buf as one compressed batch frame, or false when
 // compression would not make it at least 1/16 smaller on the wire: a
 // smaller gain (random data, where only the frame headers compress) saves
-// less than it costs the receiver to decompress. The destination is too
-// small for anything that does not shrink that much, so LZ4 gives up early
-// on incompressible data.
+// less than it costs the receiver to decompress.
+//
+// Incompressible data costs little: LZ4 gives up early when its output
+// outgrows the destination, which is sized to the largest worthwhile
+// result; and after a batch that did not compress, the next one is tried
+// on its first probeSize bytes before the whole.
 func (w *Writer) compressBatch() ([]byte, bool) {
-	limit := len(w.buf) - len(w.buf)/16
-	if cap(w.batch) < limit {
-		w.batch = make([]byte, limit)
+	if w.incompressible && len(w.buf) > 2*probeSize {
+		if _, ok := w.compress(w.buf[:probeSize]); !ok {
+			return nil, false
+		}
 	}
-	batch := w.batch[:limit]
-	n, err := w.compressor.CompressBlock(w.buf, batch[HeaderSize:])
-	if err != nil || n == 0 {
+	n, ok := w.compress(w.buf)
+	w.incompressible = !ok
+	if !ok {
 		return nil, false
 	}
-	batch = batch[:HeaderSize+n]
+	batch := w.batch[:HeaderSize+n]
 	putHeader(batch, TypeBatch, FlagCompressed, 0, 0, 0, uint32(len(w.buf)), n)
 	sealFrame(batch)
 	return batch, true
+}
+
+// compress LZ4-compresses src into w.batch after room for a header and
+// returns the compressed size, or false when it is not 1/16 smaller.
+func (w *Writer) compress(src []byte) (int, bool) {
+	limit := len(src) - len(src)/16
+	if cap(w.batch) < limit {
+		w.batch = make([]byte, limit)
+	}
+	n, err := w.compressor.CompressBlock(src, w.batch[HeaderSize:limit])
+	return n, err == nil && n > 0
 }
 
 // Stats returns the Writer's counters. It is safe to call from any
