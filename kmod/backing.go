@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"syscall"
 	"unsafe"
 
@@ -38,6 +39,9 @@ type Backing struct {
 	path        string
 	size        int64
 	blockDevice bool
+	// sectorSize is a block device's logical sector size: BLKDISCARD and
+	// BLKZEROOUT take only ranges aligned to it.
+	sectorSize int64
 }
 
 // OpenBacking opens the regular file or block device at path read-write and
@@ -77,6 +81,15 @@ func (b *Backing) init() error {
 			return fmt.Errorf("kmod: open backing store %s: block device size %d overflows int64", b.path, size)
 		}
 		b.size = int64(size)
+		var sectorSize int
+		err := b.control("ioctl BLKSSZGET", func(fd int) (err error) {
+			sectorSize, err = unix.IoctlGetInt(fd, unix.BLKSSZGET)
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		b.sectorSize = int64(max(sectorSize, 1))
 	default:
 		return fmt.Errorf("kmod: open backing store %s (mode %v): %w", b.path, mode, ErrNotBlockStore)
 	}
@@ -105,11 +118,27 @@ func CreateFile(path string, size int64) error {
 	if closeErr := file.Close(); err == nil {
 		err = closeErr
 	}
+	if err == nil {
+		err = syncDir(filepath.Dir(path))
+	}
 	if err != nil {
 		os.Remove(path)
 		return fmt.Errorf("kmod: create backing file %s of %d bytes: %w", path, size, err)
 	}
 	return nil
+}
+
+// syncDir makes a new directory entry in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if closeErr := d.Close(); err == nil {
+		err = closeErr
+	}
+	return err
 }
 
 // Path returns the path the store was opened with.
@@ -162,13 +191,21 @@ func (b *Backing) Punch(off, length int64) error {
 	if err := b.check("punch", off, length); err != nil || length == 0 {
 		return err
 	}
-	var err error
-	if b.blockDevice {
-		span := [2]uint64{uint64(off), uint64(length)}
-		err = b.ioctl("ioctl BLKDISCARD", unix.BLKDISCARD, unsafe.Pointer(&span))
-	} else {
-		err = b.fallocate("fallocate PUNCH_HOLE", unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	if !b.blockDevice {
+		err := b.fallocate("fallocate PUNCH_HOLE", unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+		if isUnsupported(err) {
+			return b.writeZeroChunks(off, length)
+		}
+		return err
 	}
+	// The partial sectors at the edges keep their data, which the contract
+	// allows: a discarded range's contents are unspecified.
+	start, end := b.sectorInterior(off, length)
+	if start >= end {
+		return nil
+	}
+	span := [2]uint64{uint64(start), uint64(end - start)}
+	err := b.ioctl("ioctl BLKDISCARD", unix.BLKDISCARD, unsafe.Pointer(&span))
 	if isUnsupported(err) {
 		return b.writeZeroChunks(off, length)
 	}
@@ -184,17 +221,38 @@ func (b *Backing) WriteZeroes(off, length int64) error {
 	if err := b.check("write zeroes", off, length); err != nil || length == 0 {
 		return err
 	}
-	var err error
-	if b.blockDevice {
-		span := [2]uint64{uint64(off), uint64(length)}
-		err = b.ioctl("ioctl BLKZEROOUT", unix.BLKZEROOUT, unsafe.Pointer(&span))
-	} else {
-		err = b.fallocate("fallocate ZERO_RANGE", unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	if !b.blockDevice {
+		err := b.fallocate("fallocate ZERO_RANGE", unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+		if isUnsupported(err) {
+			return b.writeZeroChunks(off, length)
+		}
+		return err
 	}
+	start, end := b.sectorInterior(off, length)
+	if start >= end {
+		return b.writeZeroChunks(off, length)
+	}
+	span := [2]uint64{uint64(start), uint64(end - start)}
+	err := b.ioctl("ioctl BLKZEROOUT", unix.BLKZEROOUT, unsafe.Pointer(&span))
 	if isUnsupported(err) {
 		return b.writeZeroChunks(off, length)
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	// The partial sectors at the edges are written by hand.
+	if err := b.writeZeroChunks(off, start-off); err != nil {
+		return err
+	}
+	return b.writeZeroChunks(end, off+length-end)
+}
+
+// sectorInterior returns the largest sector-aligned range [start, end)
+// inside [off, off+length); start >= end when there is none.
+func (b *Backing) sectorInterior(off, length int64) (start, end int64) {
+	start = (off + b.sectorSize - 1) / b.sectorSize * b.sectorSize
+	end = (off + length) / b.sectorSize * b.sectorSize
+	return start, end
 }
 
 // Close releases the lock and closes the store. It does not Sync.

@@ -314,9 +314,21 @@ func TestBlockDevice(t *testing.T) {
 	if err := b.Sync(); err != nil {
 		t.Fatal(err)
 	}
+	// Unaligned ranges: the ioctls take whole sectors only.
+	if err := b.WriteZeroes(100000, 5000); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.WriteZeroes(300001, 17); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Punch(1<<19+100, 5000); err != nil {
+		t.Fatal(err)
+	}
 	got := readBack(t, b, 0, 1<<19)
 	want := bytes.Clone(data[:1<<19])
 	clear(want[4096 : 4096+8192])
+	clear(want[100000:105000])
+	clear(want[300001:300018])
 	if !bytes.Equal(got, want) {
 		t.Fatal("block device content after WriteZeroes differs")
 	}
