@@ -297,20 +297,31 @@ func TestListen(t *testing.T) {
 	}
 }
 
-func TestClientOverTCP(t *testing.T) {
+// TestSeveralListeners serves one device on a unix socket and on TCP.
+func TestSeveralListeners(t *testing.T) {
 	dev := newMemDevice(1 << 16)
+	s := startServer(t, map[string]Device{"": dev})
 	l, err := Listen("tcp:127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewServer(func(string) (Device, error) { return dev, nil }, nil)
-	go srv.Serve(l)
-	defer srv.Close()
-	c := dial(t, "tcp:"+l.Addr().String(), "")
-	if _, err := c.WriteAt([]byte("tcp"), 1, true); err != nil {
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(l) }()
+	overTCP := dial(t, "tcp:"+l.Addr().String(), "")
+	if _, err := overTCP.WriteAt([]byte("tcp"), 1, true); err != nil {
 		t.Fatal(err)
 	}
-	if got := dev.snapshot()[1:4]; string(got) != "tcp" {
-		t.Fatalf("device holds %q", got)
+	overUnix := dial(t, s.spec, "")
+	got := make([]byte, 3)
+	if _, err := overUnix.ReadAt(got, 1); err != nil || string(got) != "tcp" {
+		t.Fatalf("read over unix after write over tcp: %q, %v", got, err)
+	}
+	overTCP.Close()
+	overUnix.Close()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-served; !errors.Is(err, ErrServerClosed) {
+		t.Fatalf("Serve(tcp) returned %v", err)
 	}
 }
