@@ -382,3 +382,41 @@ func TestWriterCompressionFollowsTheData(t *testing.T) {
 		}
 	}
 }
+
+// TestStatsWhileStreaming reads counters from another goroutine while
+// frames flow, as a metrics exporter does (run with -race).
+func TestStatsWhileStreaming(t *testing.T) {
+	pr, pw := io.Pipe()
+	w, r := NewWriter(pw, CompressionLZ4), NewReader(pr)
+	const n = 200
+	done := make(chan error, 1)
+	go func() {
+		payload := textPayload(rand.New(rand.NewPCG(4, 4)), 4096)
+		for i := range n {
+			if err := w.WriteFrame(dataFrame(uint64(i), payload)); err != nil {
+				done <- err
+				return
+			}
+		}
+		err := w.Flush()
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	var read int
+	for {
+		_ = w.Stats()
+		_ = r.Stats()
+		if _, err := r.ReadFrame(); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		read++
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if read != n || w.Stats().Frames != n || r.Stats().Frames != n {
+		t.Fatalf("read %d frames; stats: writer %+v, reader %+v", read, w.Stats(), r.Stats())
+	}
+}

@@ -44,10 +44,9 @@ type WriterStats struct {
 // from the underlying io.Writer is sticky: the stream's framing is lost, so
 // every later call returns it and the connection must be dropped.
 type Writer struct {
-	w           io.Writer
-	compression Compression
-	compressor  *lz4.Compressor // only with CompressionLZ4
-	bufferCap   int             // MaxBuffered, lowered by tests
+	w          io.Writer
+	compressor *lz4.Compressor // only with CompressionLZ4
+	bufferCap  int             // MaxBuffered, lowered by tests
 
 	buf      []byte // encoded frames not yet written
 	buffered uint64 // frames in buf
@@ -63,7 +62,7 @@ type Writer struct {
 // if c is neither CompressionNone nor CompressionLZ4 (ParseCompression
 // never returns another value).
 func NewWriter(w io.Writer, c Compression) *Writer {
-	wr := &Writer{w: w, compression: c, bufferCap: MaxBuffered}
+	wr := &Writer{w: w, bufferCap: MaxBuffered}
 	switch c {
 	case CompressionNone:
 	case CompressionLZ4:
