@@ -37,7 +37,7 @@ var (
 	// ErrForeign is returned by Store.Check when the metadata belongs to
 	// another resource or node, or describes another data size or block
 	// size than the configuration.
-	ErrForeign = errors.New("metadata belongs to something else")
+	ErrForeign = errors.New("foreign metadata")
 
 	// ErrTooSmall is returned by InternalLayout when the device cannot hold
 	// the metadata and at least one block of data.

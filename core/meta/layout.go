@@ -83,7 +83,7 @@ func (p Params) Validate() error {
 
 func (p Params) layout() (layout, error) {
 	if p.Resource == "" || len(p.Resource) > MaxResourceLen || !utf8.ValidString(p.Resource) {
-		return layout{}, fmt.Errorf("%w: resource name %q must be 1 to %d bytes of UTF-8",
+		return layout{}, fmt.Errorf("meta: %w: resource name %q must be 1 to %d bytes of UTF-8",
 			ErrInvalidParams, p.Resource, MaxResourceLen)
 	}
 	l, err := newLayout(p.DataSize, p.Slots, p.BlockSize)
@@ -91,7 +91,7 @@ func (p Params) layout() (layout, error) {
 		return layout{}, err
 	}
 	if int(p.NodeID) >= p.Slots {
-		return layout{}, fmt.Errorf("%w: node id %d needs more than %d bitmap slots",
+		return layout{}, fmt.Errorf("meta: %w: node id %d needs more than %d bitmap slots",
 			ErrInvalidParams, p.NodeID, p.Slots)
 	}
 	return l, nil
@@ -110,10 +110,10 @@ type layout struct {
 
 func checkGeometry(slots int, blockSize uint32) error {
 	if slots < 1 || slots > MaxSlots {
-		return fmt.Errorf("%w: %d bitmap slots, want 1 to %d", ErrInvalidParams, slots, MaxSlots)
+		return fmt.Errorf("meta: %w: %d bitmap slots, want 1 to %d", ErrInvalidParams, slots, MaxSlots)
 	}
 	if blockSize < MinBlockSize || blockSize > MaxBlockSize || bits.OnesCount32(blockSize) != 1 {
-		return fmt.Errorf("%w: block size %d, want a power of two from %d to %d",
+		return fmt.Errorf("meta: %w: block size %d, want a power of two from %d to %d",
 			ErrInvalidParams, blockSize, MinBlockSize, MaxBlockSize)
 	}
 	return nil
@@ -129,7 +129,7 @@ func newLayout(dataSize uint64, slots int, blockSize uint32) (layout, error) {
 		return layout{}, err
 	}
 	if dataSize == 0 || dataSize > MaxDataSize {
-		return layout{}, fmt.Errorf("%w: data size %d, want 1 to %d bytes",
+		return layout{}, fmt.Errorf("meta: %w: data size %d, want 1 to %d bytes",
 			ErrInvalidParams, dataSize, uint64(MaxDataSize))
 	}
 	nbits := (dataSize + uint64(blockSize) - 1) / uint64(blockSize)
@@ -177,7 +177,7 @@ func InternalLayout(deviceSize int64, slots int, blockSize uint32) (dataSize uin
 		return 0, 0, 0, err
 	}
 	if deviceSize < 0 {
-		return 0, 0, 0, fmt.Errorf("%w: device size %d", ErrInvalidParams, deviceSize)
+		return 0, 0, 0, fmt.Errorf("meta: %w: device size %d", ErrInvalidParams, deviceSize)
 	}
 	end := deviceSize / PageSize * PageSize
 	bs := uint64(blockSize)
@@ -202,7 +202,7 @@ func InternalLayout(deviceSize int64, slots int, blockSize uint32) (dataSize uin
 	}
 	if lo == 0 {
 		minimum, _ := newLayout(bs, slots, blockSize)
-		return 0, 0, 0, fmt.Errorf("%w: %d bytes cannot hold internal metadata for %d slots at block size %d; need at least %d bytes",
+		return 0, 0, 0, fmt.Errorf("meta: %w: %d bytes cannot hold internal metadata for %d slots at block size %d; need at least %d bytes",
 			ErrTooSmall, deviceSize, slots, blockSize, roundUp(int64(bs), PageSize)+minimum.size())
 	}
 	l, _ := fits(lo)
@@ -225,11 +225,11 @@ func ExternalSize(dataSize uint64, slots int, blockSize uint32) int64 {
 // starting there stays inside int64.
 func checkOffset(off, size int64) error {
 	if off < 0 || off%PageSize != 0 {
-		return fmt.Errorf("%w: metadata offset %d must be a non-negative multiple of %d",
+		return fmt.Errorf("meta: %w: metadata offset %d must be a non-negative multiple of %d",
 			ErrInvalidParams, off, PageSize)
 	}
 	if off > math.MaxInt64-size {
-		return fmt.Errorf("%w: metadata of %d bytes at offset %d ends beyond the largest possible offset",
+		return fmt.Errorf("meta: %w: metadata of %d bytes at offset %d ends beyond the largest possible offset",
 			ErrInvalidParams, size, off)
 	}
 	return nil

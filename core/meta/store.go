@@ -18,6 +18,15 @@ type Device interface {
 	Sync() error
 }
 
+// Sizer is an optional ability of a Device, found by type assertion: Size
+// returns the device's length in bytes. Open uses it to detect truncation
+// without reading past the end, which devices such as bounded regions
+// refuse with an error of their own; without it, Open relies on reads past
+// the end returning io.EOF, as *os.File does.
+type Sizer interface {
+	Size() int64
+}
+
 // Store is the opened metadata of one node of one resource. Its methods are
 // safe for concurrent use; they are serialised by one mutex. The Store
 // does not own the Device: closing it is the caller's business, after the
@@ -65,12 +74,12 @@ func Create(dev Device, off int64, p Params, force bool) (*Store, error) {
 	switch {
 	case err == nil && !force:
 		sb := old.Superblock()
-		return nil, fmt.Errorf("%w at offset %d: resource %q, node %d; force overwriting it only if that data is expendable",
+		return nil, fmt.Errorf("meta: %w at offset %d: resource %q, node %d; force overwriting it only if that data is expendable",
 			ErrExists, off, sb.Resource, sb.NodeID)
 	case err == nil || errors.Is(err, ErrNoMetadata):
 	case errors.Is(err, ErrCorrupt) || errors.Is(err, ErrVersion) || errors.Is(err, ErrTruncated):
 		if !force {
-			return nil, fmt.Errorf("%w at offset %d, but damaged or unreadable (%w); force overwriting it only if that data is expendable",
+			return nil, fmt.Errorf("meta: %w at offset %d, but damaged or unreadable (%w); force overwriting it only if that data is expendable",
 				ErrExists, off, err)
 		}
 	default:
@@ -138,10 +147,22 @@ func Open(dev Device, off int64) (*Store, error) {
 	if err := checkOffset(off, superblockAreaSize); err != nil {
 		return nil, err
 	}
+	devSize := int64(-1) // unknown
+	if sz, ok := dev.(Sizer); ok {
+		devSize = sz.Size()
+	}
 	buf := make([]byte, superblockAreaSize)
-	n, err := dev.ReadAt(buf, off)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("meta: reading superblocks at offset %d: %w", off, err)
+	readable := buf
+	if devSize >= 0 {
+		readable = buf[:min(max(devSize-off, 0), superblockAreaSize)]
+	}
+	n := 0
+	if len(readable) > 0 {
+		var err error
+		n, err = dev.ReadAt(readable, off)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("meta: reading superblocks at offset %d: %w", off, err)
+		}
 	}
 	clear(buf[n:]) // ReadAt may have used the rest as scratch space
 	var (
@@ -170,8 +191,8 @@ func Open(dev Device, off int64) (*Store, error) {
 	}
 	for i := range 2 {
 		if errors.Is(errs[i], ErrVersion) {
-			return nil, fmt.Errorf("meta: superblock slot %d at offset %d: %w; upgrade georepl",
-				i, off+int64(i)*PageSize, errs[i])
+			return nil, fmt.Errorf("meta: %w: superblock %s; upgrade georepl to a release that reads it",
+				ErrVersion, slotErr(i))
 		}
 	}
 	best := -1
@@ -189,12 +210,17 @@ func Open(dev Device, off int64) (*Store, error) {
 		return nil, fmt.Errorf("meta: %w: %w", ErrTruncated, err)
 	}
 	end := off + l.size()
-	if _, err := dev.ReadAt(make([]byte, 1), end-1); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("meta: %w: the metadata at offset %d needs %d bytes, up to byte %d, but the device ends before",
-				ErrTruncated, off, l.size(), end)
+	truncated := devSize >= 0 && end > devSize
+	if devSize < 0 {
+		if _, err := dev.ReadAt(make([]byte, 1), end-1); errors.Is(err, io.EOF) {
+			truncated = true
+		} else if err != nil {
+			return nil, fmt.Errorf("meta: reading the last metadata byte at %d: %w", end-1, err)
 		}
-		return nil, fmt.Errorf("meta: reading the last metadata byte at %d: %w", end-1, err)
+	}
+	if truncated {
+		return nil, fmt.Errorf("meta: %w: the metadata at offset %d is %d bytes long, ending at byte %d, but the device is shorter",
+			ErrTruncated, off, l.size(), end)
 	}
 	s := &Store{dev: dev, off: off, lay: l, sb: sbs[best]}
 	if other := 1 - best; errs[other] != nil {

@@ -119,24 +119,39 @@ func checksum(b []byte) uint32 { return crc32.Checksum(b[:offCRC], castagnoli) }
 // leaves the package: Open turns it into ErrNoMetadata or ErrCorrupt.
 var errNoMagic = errors.New("no magic (zeroed or overwritten)")
 
+// slotError is why one superblock slot is unusable. Its text is only the
+// reason, so that Open can list both slots under one sentinel; it unwraps
+// to kind (ErrCorrupt or ErrVersion).
+type slotError struct {
+	kind   error
+	reason string
+}
+
+func (e *slotError) Error() string { return e.reason }
+func (e *slotError) Unwrap() error { return e.kind }
+
+func slotErrorf(kind error, format string, args ...any) error {
+	return &slotError{kind: kind, reason: fmt.Sprintf(format, args...)}
+}
+
 // decodeSuperblock decodes and validates slot number slot (0 or 1), whose
-// PageSize bytes are b. Errors wrap errNoMagic, ErrVersion or ErrCorrupt
-// and describe the problem without saying where; Open adds that.
+// PageSize bytes are b. Errors are errNoMagic or a *slotError, which
+// describes the problem without saying where; Open adds that.
 func decodeSuperblock(b []byte, slot int) (Superblock, layout, error) {
 	if !bytes.Equal(b[offMagic:offMagic+len(magic)], magic[:]) {
 		return Superblock{}, layout{}, errNoMagic
 	}
 	stored, computed := le.Uint32(b[offCRC:]), checksum(b)
 	if stored != computed {
-		return Superblock{}, layout{}, fmt.Errorf("%w: checksum mismatch (stored %08x, computed %08x)",
-			ErrCorrupt, stored, computed)
+		return Superblock{}, layout{}, slotErrorf(ErrCorrupt, "checksum mismatch (stored %08x, computed %08x)",
+			stored, computed)
 	}
 	if v := le.Uint32(b[offVersion:]); v != FormatVersion {
-		return Superblock{}, layout{}, fmt.Errorf("%w: version %d, this build reads version %d",
-			ErrVersion, v, FormatVersion)
+		return Superblock{}, layout{}, slotErrorf(ErrVersion, "format version %d, this build reads version %d",
+			v, FormatVersion)
 	}
 	corrupt := func(format string, args ...any) (Superblock, layout, error) {
-		return Superblock{}, layout{}, fmt.Errorf("%w: "+format, append([]any{ErrCorrupt}, args...)...)
+		return Superblock{}, layout{}, slotErrorf(ErrCorrupt, format, args...)
 	}
 	flags := le.Uint32(b[offFlags:])
 	if flags&^flagPrimary != 0 {
