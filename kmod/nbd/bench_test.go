@@ -34,7 +34,7 @@ func BenchmarkWrite(b *testing.B) {
 						if i >= int64(b.N) {
 							return
 						}
-						if _, err := c.WriteAt(block, (i%blocks)*int64(bc.blockSize), false); err != nil {
+						if err := c.WriteAt(block, (i%blocks)*int64(bc.blockSize), false); err != nil {
 							b.Error(err)
 							return
 						}

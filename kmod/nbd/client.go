@@ -229,12 +229,13 @@ func (c *Client) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), eof
 }
 
-// WriteAt writes p at off; with fua the reply waits until the data is
-// durable. Writes larger than the server's maximum payload are split. n is
-// the number of bytes acknowledged before an error.
-func (c *Client) WriteAt(p []byte, off int64, fua bool) (int, error) {
+// WriteAt writes all of p at off; with fua the reply waits until the data
+// is durable. Writes larger than the server's maximum payload are split
+// into several requests; after an error, an unknown part of p was written.
+// p is not kept after WriteAt returns.
+func (c *Client) WriteAt(p []byte, off int64, fua bool) error {
 	if off < 0 {
-		return 0, fmt.Errorf("nbd: write at negative offset %d", off)
+		return fmt.Errorf("nbd: write at negative offset %d", off)
 	}
 	var flags uint16
 	if fua {
@@ -243,11 +244,11 @@ func (c *Client) WriteAt(p []byte, off int64, fua bool) (int, error) {
 	for done := 0; done < len(p); {
 		chunk := p[done:min(len(p), done+c.maxPayload)]
 		if err := c.do(cmdWrite, flags, uint64(off)+uint64(done), uint32(len(chunk)), chunk, nil); err != nil {
-			return done, err
+			return err
 		}
 		done += len(chunk)
 	}
-	return len(p), nil
+	return nil
 }
 
 // Flush returns when every write acknowledged before it was called is

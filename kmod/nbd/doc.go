@@ -68,7 +68,7 @@
 //		return err // an *ExportError carries the server's refusal text
 //	}
 //	defer c.Close()
-//	if _, err := c.WriteAt(block, 4096, false); err != nil {
+//	if err := c.WriteAt(block, 4096, false); err != nil {
 //		return err // errors.Is(err, syscall.ENOSPC) etc.
 //	}
 //	err = c.Flush()

@@ -308,7 +308,7 @@ func TestSeveralListeners(t *testing.T) {
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(l) }()
 	overTCP := dial(t, "tcp:"+l.Addr().String(), "")
-	if _, err := overTCP.WriteAt([]byte("tcp"), 1, true); err != nil {
+	if err := overTCP.WriteAt([]byte("tcp"), 1, true); err != nil {
 		t.Fatal(err)
 	}
 	overUnix := dial(t, s.spec, "")

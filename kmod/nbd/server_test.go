@@ -25,10 +25,10 @@ func TestRoundTrip(t *testing.T) {
 				t.Fatalf("Size %d ReadOnly %v", c.Size(), c.ReadOnly())
 			}
 			data := randomBytes(1, 3<<20)
-			if n, err := c.WriteAt(data, 12345, false); err != nil || n != len(data) {
-				t.Fatalf("WriteAt = %d, %v", n, err)
+			if err := c.WriteAt(data, 12345, false); err != nil {
+				t.Fatalf("WriteAt: %v", err)
 			}
-			if _, err := c.WriteAt(data[:4096], 1<<20, true); err != nil {
+			if err := c.WriteAt(data[:4096], 1<<20, true); err != nil {
 				t.Fatal(err)
 			}
 			copy(data[1<<20-12345:], data[:4096])
@@ -119,7 +119,7 @@ func TestRepliesOutOfOrder(t *testing.T) {
 	c := dial(t, s.spec, "r0")
 	writeDone := make(chan error, 1)
 	go func() {
-		_, err := c.WriteAt([]byte("first"), 0, false)
+		err := c.WriteAt([]byte("first"), 0, false)
 		writeDone <- err
 	}()
 	// Wait until the write is inside the device before sending the read.
@@ -153,7 +153,7 @@ func TestFlushCoversCompletedWrites(t *testing.T) {
 			for i := range 8 {
 				off := int64(w*8+i) * 4096
 				block := randomBytes(uint64(off)+1, 4096)
-				if _, err := c.WriteAt(block, off, false); err != nil {
+				if err := c.WriteAt(block, off, false); err != nil {
 					t.Error(err)
 					return
 				}
@@ -179,7 +179,7 @@ func TestFUAWriteIsDurableWhenAcknowledged(t *testing.T) {
 	s := startServer(t, map[string]Device{"r0": dev})
 	c := dial(t, s.spec, "r0")
 	block := randomBytes(7, 4096)
-	if _, err := c.WriteAt(block, 8192, true); err != nil {
+	if err := c.WriteAt(block, 8192, true); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(dev.durable[8192:8192+4096], block) {
@@ -207,7 +207,7 @@ func TestDeviceErrorsMapToErrnos(t *testing.T) {
 			dev.fail = func(string) error { return tc.err }
 			s := startServer(t, map[string]Device{"r0": dev})
 			c := dial(t, s.spec, "r0")
-			_, err := c.WriteAt(make([]byte, 512), 0, false)
+			err := c.WriteAt(make([]byte, 512), 0, false)
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("write error %v, want %v", err, tc.want)
 			}
@@ -234,7 +234,7 @@ func TestBadRequestsDoNotReachTheDevice(t *testing.T) {
 		{"read past end", func() error { return c.do(cmdRead, 0, 1<<20-512, 1024, nil, make([]byte, 1024)) }, syscall.EINVAL},
 		{"read offset overflow", func() error { return c.do(cmdRead, 0, 1<<64-512, 1024, nil, make([]byte, 1024)) }, syscall.EINVAL},
 		{"read above max payload", func() error { return c.do(cmdRead, 0, 0, MaxPayload+1, nil, nil) }, syscall.EINVAL},
-		{"write past end", func() error { _, err := c.WriteAt(make([]byte, 4096), 1<<20-512, false); return err }, syscall.ENOSPC},
+		{"write past end", func() error { return c.WriteAt(make([]byte, 4096), 1<<20-512, false) }, syscall.ENOSPC},
 		{"zeroes past end", func() error { return c.WriteZeroes(1<<20, 1, false) }, syscall.ENOSPC},
 		{"trim past end", func() error { return c.Trim(1<<19, 1<<20) }, syscall.EINVAL},
 		{"unknown command", func() error { return c.do(99, 0, 0, 0, nil, nil) }, syscall.EINVAL},
@@ -281,7 +281,7 @@ func TestReadOnlyExport(t *testing.T) {
 	if !c.ReadOnly() {
 		t.Fatal("read-only device not exported with NBD_FLAG_READ_ONLY")
 	}
-	if _, err := c.WriteAt([]byte("x"), 0, false); !errors.Is(err, syscall.EPERM) {
+	if err := c.WriteAt([]byte("x"), 0, false); !errors.Is(err, syscall.EPERM) {
 		t.Fatalf("write: %v, want EPERM", err)
 	}
 	if err := c.Trim(0, 512); !errors.Is(err, syscall.EPERM) {
@@ -355,7 +355,7 @@ func TestCloseConnectionsKeepsListening(t *testing.T) {
 	dev := newMemDevice(1 << 16)
 	s := startServer(t, map[string]Device{"r0": dev})
 	old := dial(t, s.spec, "r0")
-	if _, err := old.WriteAt([]byte("x"), 0, false); err != nil {
+	if err := old.WriteAt([]byte("x"), 0, false); err != nil {
 		t.Fatal(err)
 	}
 	s.CloseConnections()
@@ -380,7 +380,7 @@ func TestCloseWaitsForRequestsAndRepliesToThem(t *testing.T) {
 	c := dial(t, s.spec, "r0")
 	writeErr := make(chan error, 1)
 	go func() {
-		_, err := c.WriteAt([]byte("last"), 0, false)
+		err := c.WriteAt([]byte("last"), 0, false)
 		writeErr <- err
 	}()
 	<-entered
@@ -415,7 +415,7 @@ func TestClientCloseWaitsForPendingReplies(t *testing.T) {
 	c := dial(t, s.spec, "r0")
 	writeErr := make(chan error, 1)
 	go func() {
-		_, err := c.WriteAt([]byte("w"), 0, false)
+		err := c.WriteAt([]byte("w"), 0, false)
 		writeErr <- err
 	}()
 	<-entered
