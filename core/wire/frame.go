@@ -134,7 +134,9 @@ const (
 	ChannelControl Channel = 1
 )
 
-// ChannelOf is the channel a frame of type t travels on.
+// ChannelOf is the channel a frame of type t travels on. A TypeBatch frame
+// travels on the channel of the Writer that made it, whatever ChannelOf
+// says: only the frames it holds have a channel of their own.
 func ChannelOf(t Type) Channel {
 	switch t {
 	case TypeData, TypeBarrier, TypeOutOfSync, TypeResyncData, TypeStateChange, TypeResyncDone:
