@@ -1,15 +1,3 @@
-// Package transports defines how georepl nodes reach each other: the
-// Transport interface, a registry of transports by name, and (in
-// transporttest) the conformance suite every transport must pass.
-//
-// A transport moves bytes on ordered channels; it knows nothing about
-// replication, frames or nodes. A connection carries NumChannels
-// independent, ordered, reliable byte streams, so that acknowledgements on
-// the control channel are never stuck behind bulk data on the data channel.
-//
-// Built-in transports live in subpackages (tcp, quic, mem) and are listed
-// in one place, builtin.Register. Optional abilities are separate
-// interfaces found by type assertion (see ChannelBinding).
 package transports
 
 import (

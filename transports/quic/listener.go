@@ -84,19 +84,19 @@ func (l *listener) setUp(ctx context.Context, qc *quicgo.Conn) {
 	for range transports.NumChannels {
 		s, err := qc.AcceptStream(ctx)
 		if err != nil {
-			qc.CloseWithError(codeBadSetup, "streams not opened in time")
+			l.refuse(qc, "streams not opened in time")
 			return
 		}
 		deadline, _ := ctx.Deadline()
 		s.SetReadDeadline(deadline)
 		var index [1]byte
 		if _, err := io.ReadFull(s, index[:]); err != nil {
-			qc.CloseWithError(codeBadSetup, "no channel index in time")
+			l.refuse(qc, "no channel index in time")
 			return
 		}
 		ch := int(index[0])
 		if ch >= transports.NumChannels || seen[ch] {
-			qc.CloseWithError(codeBadSetup, fmt.Sprintf("bad channel index %d", ch))
+			l.refuse(qc, fmt.Sprintf("bad channel index %d", ch))
 			return
 		}
 		seen[ch] = true
@@ -107,6 +107,17 @@ func (l *listener) setUp(ctx context.Context, qc *quicgo.Conn) {
 	case l.ready <- c:
 	case <-l.closed:
 		qc.CloseWithError(codeListenerClosed, "listener closed")
+	}
+}
+
+// refuse closes qc, whose set-up failed: because the listener is closing,
+// or because the dialer broke the rules (reason).
+func (l *listener) refuse(qc *quicgo.Conn, reason string) {
+	select {
+	case <-l.closed:
+		qc.CloseWithError(codeListenerClosed, "listener closed")
+	default:
+		qc.CloseWithError(codeBadSetup, reason)
 	}
 }
 

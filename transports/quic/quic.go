@@ -204,32 +204,30 @@ type stream struct {
 	s  *quicgo.Stream
 }
 
-// Read reads from the stream; after the peer's Close it returns io.EOF.
+// Read reads from the stream. After the peer's Close it returns io.EOF;
+// after the local Close, an error wrapping net.ErrClosed.
 func (s *stream) Read(b []byte) (int, error) {
 	n, err := s.s.Read(b)
-	if err != nil {
-		err = s.translate(err)
+	var appErr *quicgo.ApplicationError
+	switch {
+	case err == nil:
+	case errors.As(err, &appErr) && appErr.Remote && appErr.ErrorCode == codeClosed:
+		err = io.EOF
+	default:
+		err = fmt.Errorf("quic: channel %d: %w", s.ch, err)
 	}
 	return n, err
 }
 
 // Write writes to the stream; it blocks while flow control allows no more.
+// Once the connection is closed, by either end, its errors wrap
+// net.ErrClosed.
 func (s *stream) Write(b []byte) (int, error) {
 	n, err := s.s.Write(b)
 	if err != nil {
-		err = s.translate(err)
+		err = fmt.Errorf("quic: channel %d: %w", s.ch, err)
 	}
 	return n, err
-}
-
-// translate turns the peer's Close into io.EOF and names the channel in
-// other errors. Errors of a local Close already wrap net.ErrClosed.
-func (s *stream) translate(err error) error {
-	var appErr *quicgo.ApplicationError
-	if errors.As(err, &appErr) && appErr.Remote && appErr.ErrorCode == codeClosed {
-		return io.EOF
-	}
-	return fmt.Errorf("quic: channel %d: %w", s.ch, err)
 }
 
 // Stream returns channel ch's stream. It panics if ch >= NumChannels.
