@@ -31,6 +31,10 @@ type ReaderStats struct {
 
 // Reader decodes frames from an io.Reader, unpacking batches.
 //
+// A Reader reads ahead of the frame it returns, so once a stream has a
+// Reader, read it only through that Reader: a second one (say, after the
+// handshake) would miss the bytes the first already took.
+//
 // A Reader is not safe for concurrent use, except Stats. Its first error is
 // sticky: every later ReadFrame returns it.
 type Reader struct {
