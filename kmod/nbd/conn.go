@@ -73,18 +73,18 @@ func newConn(s *Server, nc net.Conn) *conn {
 		srv:  s,
 		nc:   nc,
 		br:   bufio.NewReaderSize(nc, 64<<10),
-		log:  s.log.With("conn", s.connIDs.Add(1), "remote", remoteName(nc)),
+		log:  s.log.With("conn", s.connIDs.Add(1), "peer", peerName(nc)),
 		done: make(chan struct{}),
 	}
 }
 
-// remoteName names the peer for logs; a unix socket's peer has no address
-// of its own, so the socket's path stands in for it.
-func remoteName(nc net.Conn) string {
+// peerName names the client for logs: its TCP address, or for a unix
+// socket (whose clients have no address) the socket it came through.
+func peerName(nc net.Conn) string {
 	if addr := nc.RemoteAddr(); addr != nil && addr.String() != "" && addr.String() != "@" {
 		return addr.String()
 	}
-	return nc.LocalAddr().String()
+	return "unix:" + nc.LocalAddr().String()
 }
 
 // serve runs the connection to its end.
@@ -96,8 +96,8 @@ func (c *conn) serve() {
 	c.setReadDeadline(time.Now().Add(handshakeTimeout))
 	exp, err := c.negotiate()
 	if err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, errClientAborted) {
-			c.log.Debug("nbd: client left during negotiation", "err", err)
+		if errors.Is(err, io.EOF) || errors.Is(err, errClientAborted) || c.isShuttingDown() {
+			c.log.Debug("nbd: negotiation ended", "err", err)
 		} else {
 			c.log.Info("nbd: negotiation failed", "err", err)
 		}
@@ -116,6 +116,12 @@ func (c *conn) shutdown() {
 	c.shuttingDown = true
 	c.nc.SetReadDeadline(time.Now())
 	c.nc.SetWriteDeadline(time.Now().Add(shutdownWriteGrace))
+}
+
+func (c *conn) isShuttingDown() bool {
+	c.deadlineMu.Lock()
+	defer c.deadlineMu.Unlock()
+	return c.shuttingDown
 }
 
 func (c *conn) setReadDeadline(t time.Time) {
