@@ -23,6 +23,9 @@ func TestExternalSize(t *testing.T) {
 		// 128 MiB + 1 byte at 4 KiB: 32769 bits, 513 words, two pages.
 		{"page-boundary", 128<<20 + 1, 1, 4096, 8<<10 + 256<<10 + 8192},
 		{"512-byte-blocks", 1 << 30, 1, 512, 8<<10 + 256<<10 + 256<<10},
+		// The examples of docs/on-disk-format.md.
+		{"1TiB-3slots", 1 << 40, 3, 4096, 96<<20 + 264<<10},
+		{"10TiB-2slots", 10 << 40, 2, 4096, 640<<20 + 264<<10},
 		{"zero-size", 0, 2, 4096, 0},
 		{"no-slots", 1 << 20, 0, 4096, 0},
 		{"too-many-slots", 1 << 20, MaxSlots + 1, 4096, 0},

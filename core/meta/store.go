@@ -11,7 +11,9 @@ import (
 
 // Device is where metadata lives: the backing device itself (internal
 // metadata) or a separate file (external metadata). *os.File satisfies it.
-// Sync must make every completed WriteAt durable.
+// Sync must make every completed WriteAt durable. Metadata I/O is small
+// and not aligned in memory: the device must accept any buffer (do not
+// pass a file opened with O_DIRECT).
 type Device interface {
 	io.ReaderAt
 	io.WriterAt
