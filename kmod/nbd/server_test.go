@@ -6,12 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/georepl/georepl/kmod"
 )
 
 func TestRoundTrip(t *testing.T) {
@@ -458,5 +463,42 @@ func TestDialHonoursContext(t *testing.T) {
 	}
 	if waited := time.Since(start); waited > 5*time.Second {
 		t.Fatalf("Dial ignored its context for %v", waited)
+	}
+}
+
+// Both of kmod's stores can be exported.
+var (
+	_ Store = (*kmod.Backing)(nil)
+	_ Store = (*kmod.Region)(nil)
+)
+
+// TestFullDiskReachesClientAsENOSPC serves a backing file on a tiny tmpfs:
+// the client must see ENOSPC, not success and not EIO.
+func TestFullDiskReachesClientAsENOSPC(t *testing.T) {
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=256k"); err != nil {
+		t.Skipf("cannot mount a small tmpfs (needs root): %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	path := filepath.Join(dir, "full.img")
+	if err := kmod.CreateFile(path, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	b, err := kmod.OpenBacking(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	s := startServer(t, map[string]Device{"r0": NewStoreDevice(b.Region(0, 2<<20), false)})
+	c := dial(t, s.spec, "r0")
+	if c.Size() != 2<<20 {
+		t.Fatalf("region export size %d", c.Size())
+	}
+	err = c.WriteAt(make([]byte, 1<<20), 0, false)
+	if !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("write to a full disk: %v, want ENOSPC", err)
+	}
+	if strings.Contains(s.log.String(), "level=ERROR") {
+		t.Fatalf("ENOSPC logged as a device error:\n%s", s.log)
 	}
 }
