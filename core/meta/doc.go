@@ -18,7 +18,8 @@
 //
 //	// once, by `georepl create-md`:
 //	st, err := meta.Create(dev, metaOff, meta.Params{
-//		Resource: "r0", NodeID: 1, Slots: 3, DataSize: dataSize, DiskState: ...,
+//		Resource: "r0", NodeID: 1, Slots: 3, DataSize: dataSize,
+//		DiskState: uint8(core.Inconsistent),
 //	}, false)
 //
 //	// at every attach:
@@ -30,8 +31,12 @@
 //		sb.Current, sb.History[0] = newGen, sb.Current
 //	})
 //
-// Every write method syncs the device before returning: a nil error means
-// durable. A Store is safe for concurrent use.
+// Slots is the highest node id of the resource plus one: slot i holds the
+// bitmap towards node i, and the node's own slot stays unused. Every write
+// method syncs the device before returning: a nil error means durable. A
+// Store is safe for concurrent use. A Device that also implements Sizer
+// lets Open detect truncation without reading past its end. Summary (JSON)
+// and Dump (text) describe the metadata for `georepl dump-md`.
 //
 // Errors are the Err* sentinels, wrapped with what went wrong and
 // where (offsets, slots, stored and expected values); test them with

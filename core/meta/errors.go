@@ -16,7 +16,7 @@ var (
 
 	// ErrCorrupt means that metadata is present but unusable: both
 	// superblock slots fail their checksum or their validation, or a
-	// bitmap holds bits beyond the end of the device. The message names
+	// bitmap has bits set beyond its last block. The message names
 	// each slot and what is wrong with it.
 	ErrCorrupt = errors.New("corrupt georepl metadata")
 
