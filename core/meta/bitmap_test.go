@@ -95,10 +95,10 @@ func TestWriteBitmapPages(t *testing.T) {
 		writes int
 		fresh  []bool // which pages hold next afterwards
 	}{
-		{"none", []int{}, 0, []bool{false, false, false}},
+		{"none", nil, 0, []bool{false, false, false}},
 		{"last-unsorted-dups", []int{2, 0, 2}, 2, []bool{true, false, true}},
 		{"adjacent-coalesced", []int{1, 0}, 1, []bool{true, true, false}},
-		{"all", nil, 1, []bool{true, true, true}},
+		{"all", []int{0, 1, 2}, 1, []bool{true, true, true}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -399,39 +399,42 @@ func (s *Store) checkWords(words []uint64) error {
 // pages may be old and some new, which is why the engine sets bits on disk
 // before the blocks change and clears them only after they are in sync.
 func (s *Store) WriteBitmap(slot int, words []uint64) error {
-	return s.WriteBitmapPages(slot, words, nil)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pages := make([]int, s.lay.pagesPerSlot())
+	for i := range pages {
+		pages[i] = i
+	}
+	return s.writePages(slot, words, pages)
 }
 
 // WriteBitmapPages writes only the given pages of the bitmap towards peer
 // node slot, then syncs. Page p holds words [p*WordsPerPage,
 // (p+1)*WordsPerPage); words is the whole bitmap, as for WriteBitmap. pages
 // may be unsorted and hold duplicates; adjacent pages are written with one
-// call. A nil pages writes every page; an empty non-nil one writes nothing
-// and does not sync. A page index out of range gives ErrBitmapShape and
-// writes nothing.
+// call. With no pages it writes nothing and does not sync. A page index out
+// of range gives ErrBitmapShape and writes nothing.
 func (s *Store) WriteBitmapPages(slot int, words []uint64, pages []int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	pages = slices.Clone(pages)
+	slices.Sort(pages)
+	return s.writePages(slot, words, slices.Compact(pages))
+}
+
+// writePages writes pages, sorted and without duplicates, of slot from
+// words and syncs. The caller holds s.mu.
+func (s *Store) writePages(slot int, words []uint64, pages []int) error {
 	if err := s.checkSlot(slot); err != nil {
 		return err
 	}
 	if err := s.checkWords(words); err != nil {
 		return err
 	}
-	total := s.lay.pagesPerSlot()
-	if pages == nil {
-		pages = make([]int, total)
-		for i := range pages {
-			pages[i] = i
-		}
-	} else {
-		pages = slices.Clone(pages)
-		slices.Sort(pages)
-		pages = slices.Compact(pages)
-	}
 	if len(pages) == 0 {
 		return nil
 	}
+	total := s.lay.pagesPerSlot()
 	for _, p := range []int{pages[0], pages[len(pages)-1]} { // sorted: the extremes suffice
 		if p < 0 || p >= total {
 			return fmt.Errorf("meta: %w: page index %d, slot %d has pages 0 to %d",
