@@ -354,7 +354,7 @@ func testFullDuplex(t *testing.T, tr transports.Transport, listenAddr string) {
 				got := make([]byte, 32<<10)
 				for read := 0; read < size; {
 					n, err := s.Read(got)
-					if bytes.IndexFunc(got[:n], func(r rune) bool { return r != rune(ch) }) >= 0 {
+					if bytes.Count(got[:n], []byte{byte(ch)}) != n {
 						return fmt.Errorf("channel %d: read bytes of another channel", ch)
 					}
 					read += n
