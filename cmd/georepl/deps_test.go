@@ -1,0 +1,60 @@
+package main
+
+import (
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/georepl/georepl"
+
+// depRules is DESIGN.md §3's dependency rule: which georepl packages each
+// package may import (directly or not). Prefix entries end in "/".
+var depRules = []struct {
+	pkg     string
+	allowed []string
+}{
+	{"protocols", nil},
+	{"core/wire", nil},
+	{"core/meta", nil},
+	{"core", []string{"protocols", "core/wire"}},
+	{"configs", nil},
+	{"transports", nil},
+	{"transports/tcp", []string{"transports"}},
+	{"transports/quic", []string{"transports"}},
+	{"transports/mem", []string{"transports"}},
+	{"transports/builtin", []string{"transports", "transports/tcp", "transports/quic"}},
+	{"kmod", nil},
+	{"kmod/nbd", []string{"kmod"}},
+}
+
+// TestDependencyRule keeps the architecture honest: the engine and the
+// protocols stay free of I/O packages, transports and kmod stay leaves, and
+// only the driver wires everything together.
+func TestDependencyRule(t *testing.T) {
+	for _, rule := range depRules {
+		t.Run(rule.pkg, func(t *testing.T) {
+			out, err := exec.Command("go", "list", "-json=ImportPath,Deps", "./"+"../../"+rule.pkg).Output()
+			if err != nil {
+				t.Fatalf("go list %s: %v", rule.pkg, err)
+			}
+			var p struct {
+				ImportPath string
+				Deps       []string
+			}
+			if err := json.Unmarshal(out, &p); err != nil {
+				t.Fatal(err)
+			}
+			allowed := map[string]bool{module + "/" + rule.pkg: true}
+			for _, a := range rule.allowed {
+				allowed[module+"/"+a] = true
+			}
+			for _, dep := range p.Deps {
+				if strings.HasPrefix(dep, module+"/") && !allowed[dep] {
+					t.Errorf("%s imports %s, which DESIGN.md §3 forbids", rule.pkg, dep)
+				}
+			}
+		})
+	}
+}

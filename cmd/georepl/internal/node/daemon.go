@@ -1,0 +1,339 @@
+// Package node is georepl's driver: it wires the I/O-free engine (package
+// core) to real disks (kmod), real connections (transports), metadata
+// (core/meta), the NBD export (kmod/nbd) and the admin socket. It holds the
+// goroutines; the engine holds the decisions.
+//
+// A Daemon runs one node (one name in the configuration) for every resource
+// that names it. Each resource, once up, has one loop goroutine that owns
+// its core.Engine; see resource.go.
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/georepl/georepl/configs"
+	"github.com/georepl/georepl/core"
+	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/transports"
+)
+
+// Daemon runs one node.
+type Daemon struct {
+	cfg      *configs.Config
+	nodeName string
+	log      *slog.Logger
+	events   *broadcaster
+
+	resources map[string]*resource
+
+	mu        sync.Mutex
+	listeners map[string]transports.Listener // by "transport address"
+	closed    bool
+}
+
+// NewDaemon prepares node nodeName of cfg. Resources start down.
+func NewDaemon(cfg *configs.Config, nodeName string, log *slog.Logger) (*Daemon, error) {
+	d := &Daemon{
+		cfg: cfg, nodeName: nodeName, log: log.With("node", nodeName),
+		events:    newBroadcaster(),
+		resources: map[string]*resource{},
+		listeners: map[string]transports.Listener{},
+	}
+	for _, rc := range cfg.Resources {
+		self, err := rc.Node(nodeName)
+		if err != nil {
+			continue // this node takes no part in the resource
+		}
+		r, err := newResource(d, rc, self)
+		if err != nil {
+			return nil, err
+		}
+		d.resources[rc.Name] = r
+	}
+	if len(d.resources) == 0 {
+		return nil, fmt.Errorf("node %q takes part in no resource of the configuration", nodeName)
+	}
+	return d, nil
+}
+
+// Resource finds a resource this node takes part in.
+func (d *Daemon) resource(name string) (*resource, error) {
+	if r, ok := d.resources[name]; ok {
+		return r, nil
+	}
+	return nil, fmt.Errorf("node %s has no resource %q (it has: %v)", d.nodeName, name, d.resourceNames())
+}
+
+func (d *Daemon) resourceNames() []string {
+	names := make([]string, 0, len(d.resources))
+	for n := range d.resources {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// UpAll brings every resource of this node up.
+func (d *Daemon) UpAll() error {
+	for _, name := range d.resourceNames() {
+		if err := d.resources[name].Up(); err != nil {
+			return fmt.Errorf("up %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Close takes every resource down (demoting nothing: a Primary resource
+// keeps its role in metadata) and closes the listeners.
+func (d *Daemon) Close() error {
+	var errs []error
+	for _, name := range d.resourceNames() {
+		r := d.resources[name]
+		if r.isUp() {
+			errs = append(errs, r.forceDown())
+		}
+	}
+	d.mu.Lock()
+	d.closed = true
+	for k, l := range d.listeners {
+		l.Close()
+		delete(d.listeners, k)
+	}
+	d.mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// ensureListener listens on addr with the named transport unless already.
+func (d *Daemon) ensureListener(transport, addr string) error {
+	key := transport + " " + addr
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.listeners[key]; ok {
+		return nil
+	}
+	tr, err := transports.Lookup(transport)
+	if err != nil {
+		return err
+	}
+	l, err := tr.Listen(addr, transports.Options{})
+	if err != nil {
+		return fmt.Errorf("listening on %s (%s): %w", addr, transport, err)
+	}
+	d.listeners[key] = l
+	go d.acceptLoop(transport, l)
+	d.log.Info("listening", "transport", transport, "address", l.Addr())
+	return nil
+}
+
+func (d *Daemon) acceptLoop(transport string, l transports.Listener) {
+	for {
+		conn, err := l.Accept(context.Background())
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				d.log.Error("accept failed", "transport", transport, "err", err)
+			}
+			return
+		}
+		go d.accept(transport, conn)
+	}
+}
+
+// accept runs the acceptor's side of the handshake and hands the link to
+// its resource.
+func (d *Daemon) accept(transport string, conn transports.Conn) {
+	hs := newHandshake(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+
+	theirs, err := hs.readHello()
+	if err != nil {
+		d.log.Warn("handshake failed", "remote", conn.RemoteAddr(), "err", err)
+		hs.refuse(err)
+		return
+	}
+	r, p, err := d.identify(theirs, transport)
+	if err != nil {
+		d.log.Warn("refusing connection", "remote", conn.RemoteAddr(), "err", err)
+		hs.refuse(err)
+		return
+	}
+	ours, err := r.hello(p)
+	if err != nil {
+		hs.refuse(err)
+		return
+	}
+	if err := hs.sendHello(&ours); err != nil {
+		r.log.Warn("handshake failed", "peer", p.node.Name, "err", err)
+		return
+	}
+	if err := hs.authenticate(p.link.Net.SharedSecret, &ours, theirs); err != nil {
+		r.log.Warn("refusing connection", "peer", p.node.Name, "remote", conn.RemoteAddr(), "err", err)
+		hs.refuse(err)
+		return
+	}
+	r.handOver(p, transport, conn, hs, theirs)
+}
+
+// identify finds the resource and peer a hello speaks for.
+func (d *Daemon) identify(h *wire.Hello, transport string) (*resource, *peer, error) {
+	r, ok := d.resources[h.Resource]
+	if !ok {
+		return nil, nil, fmt.Errorf("unknown resource %q on node %s", h.Resource, d.nodeName)
+	}
+	if !r.isUp() {
+		return nil, nil, fmt.Errorf("resource %s is down on node %s", h.Resource, d.nodeName)
+	}
+	if int(h.To) != r.self.ID {
+		return nil, nil, fmt.Errorf("resource %s: peer believes it is talking to node id %d, but this is %s (id %d): check the configuration", h.Resource, h.To, r.self.Name, r.self.ID)
+	}
+	p, ok := r.peers[core.NodeID(h.From)]
+	if !ok {
+		return nil, nil, fmt.Errorf("resource %s: node id %d is not configured", h.Resource, h.From)
+	}
+	if p.link.Net.Transport != transport {
+		return nil, nil, fmt.Errorf("resource %s: node %s connected over %s but the configuration says %s", h.Resource, p.node.Name, transport, p.link.Net.Transport)
+	}
+	r.mu.Lock()
+	wanted := p.wanted
+	r.mu.Unlock()
+	if !wanted {
+		return nil, nil, fmt.Errorf("resource %s: node %s is disconnected by the administrator (StandAlone)", h.Resource, r.self.Name)
+	}
+	return r, p, nil
+}
+
+// hello asks the loop for the engine's current hello towards p.
+func (r *resource) hello(p *peer) (wire.Hello, error) {
+	var h wire.Hello
+	err := r.call(func() error {
+		h = r.engine.Hello(p.id)
+		return nil
+	})
+	if err != nil {
+		return h, err
+	}
+	h.Version = wire.Version
+	h.Resource = r.cfg.Name
+	h.From = uint8(r.self.ID)
+	h.To = uint8(p.id)
+	if _, err := rand.Read(h.Nonce[:]); err != nil {
+		return h, err
+	}
+	return h, nil
+}
+
+// handOver turns an authenticated connection into a link owned by r.
+func (r *resource) handOver(p *peer, transport string, conn transports.Conn, hs *handshake, theirs *wire.Hello) {
+	comp, err := wire.ParseCompression(p.link.Net.Compression)
+	if err != nil {
+		hs.refuse(err)
+		return
+	}
+	readers := [2]*wire.Reader{
+		wire.NewReader(conn.Stream(transports.ChannelData)),
+		hs.reader,
+	}
+	l := newLink(r, p.id, p.node.Name, transport, conn, readers, comp, p.link.Net.PingInterval, p.link.Net.Timeout)
+	l.hello = theirs
+	select {
+	case r.linkUp <- l:
+		r.mu.Lock()
+		p.lastErr = ""
+		r.mu.Unlock()
+	case <-r.loopDone:
+		conn.Close()
+	}
+}
+
+// dialLoop keeps a connection to p while the resource is up and p wanted.
+func (r *resource) dialLoop(p *peer) {
+	defer close(p.dialDone)
+	tr, err := transports.Lookup(p.link.Net.Transport)
+	if err != nil {
+		r.log.Error("cannot connect", "peer", p.node.Name, "err", err)
+		return
+	}
+	var lastLogged string
+	for {
+		r.mu.Lock()
+		conn, wanted := p.conn, p.wanted
+		r.mu.Unlock()
+		var wait <-chan struct{}
+		switch {
+		case conn != nil:
+			wait = conn.closed
+		case wanted:
+			err := r.dialOnce(tr, p)
+			if err == nil {
+				continue
+			}
+			r.mu.Lock()
+			p.lastErr = err.Error()
+			r.mu.Unlock()
+			if msg := err.Error(); msg != lastLogged {
+				r.log.Warn("connecting failed; retrying", "peer", p.node.Name, "address", p.node.Address, "every", p.link.Net.ConnectRetry, "err", err)
+				lastLogged = msg
+			}
+		}
+		timer := time.NewTimer(p.link.Net.ConnectRetry)
+		select {
+		case <-r.stop:
+			timer.Stop()
+			return
+		case <-wait:
+			timer.Stop()
+			lastLogged = ""
+		case <-timer.C:
+		}
+	}
+}
+
+func (r *resource) dialOnce(tr transports.Transport, p *peer) error {
+	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+	defer cancel()
+	conn, err := tr.Dial(ctx, p.node.Address, transports.Options{})
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	hs := newHandshake(conn)
+	ours, err := r.hello(p)
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	if err := hs.sendHello(&ours); err != nil {
+		conn.Close()
+		return err
+	}
+	theirs, err := hs.readHello()
+	if err == nil && (int(theirs.From) != p.node.ID || theirs.Resource != r.cfg.Name) {
+		err = fmt.Errorf("the node at %s is %s node id %d, not %s node id %d: check the configuration", p.node.Address, theirs.Resource, theirs.From, r.cfg.Name, p.node.ID)
+		hs.refuse(err)
+	}
+	if err == nil {
+		if err = hs.authenticate(p.link.Net.SharedSecret, &ours, theirs); err != nil {
+			hs.refuse(err)
+		}
+	}
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	stop()
+	r.handOver(p, p.link.Net.Transport, conn, hs, theirs)
+	// Wait until the loop has taken the link, so that the next round of
+	// dialLoop sees it.
+	return r.call(func() error { return nil })
+}

@@ -1,0 +1,120 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/transports"
+)
+
+// handshakeTimeout bounds the whole hello/auth exchange.
+const handshakeTimeout = 10 * time.Second
+
+// errAuth is the cause when a peer does not prove the shared secret.
+var errAuth = errors.New("authentication failed")
+
+// handshake is the hello/auth exchange on a new connection's control
+// channel (docs/wire-format.md): each side sends a Hello, then an Auth
+// frame that proves knowledge of the shared secret by MACing the other's
+// fresh nonce, bound to the connection where the transport offers a channel
+// binding. Either side may send Refuse with a reason instead.
+type handshake struct {
+	conn   transports.Conn
+	reader *wire.Reader
+	writer *wire.Writer
+}
+
+func newHandshake(conn transports.Conn) *handshake {
+	ctl := conn.Stream(transports.ChannelControl)
+	return &handshake{conn: conn, reader: wire.NewReader(ctl), writer: wire.NewWriter(ctl, wire.CompressionNone)}
+}
+
+func (h *handshake) send(f *wire.Frame) error {
+	if err := h.writer.WriteFrame(f); err != nil {
+		return err
+	}
+	return h.writer.Flush()
+}
+
+func (h *handshake) sendHello(hello *wire.Hello) error {
+	payload, err := hello.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	return h.send(&wire.Frame{Type: wire.TypeHello, Payload: payload})
+}
+
+// expect reads the next frame and checks its type; a Refuse becomes an
+// error carrying the peer's reason.
+func (h *handshake) expect(t wire.Type) (*wire.Frame, error) {
+	f, err := h.reader.ReadFrame()
+	if err != nil {
+		if errors.Is(err, wire.ErrVersion) {
+			return nil, fmt.Errorf("incompatible peer: %w", err)
+		}
+		return nil, fmt.Errorf("handshake: %w", err)
+	}
+	if f.Type == wire.TypeRefuse {
+		return nil, fmt.Errorf("refused by the peer: %s", f.Payload)
+	}
+	if f.Type != t {
+		return nil, fmt.Errorf("handshake: expected a %v frame, got %v", t, f.Type)
+	}
+	return f, nil
+}
+
+func (h *handshake) readHello() (*wire.Hello, error) {
+	f, err := h.expect(wire.TypeHello)
+	if err != nil {
+		return nil, err
+	}
+	var hello wire.Hello
+	if err := hello.UnmarshalBinary(f.Payload); err != nil {
+		return nil, fmt.Errorf("handshake: %w", err)
+	}
+	if hello.Version != wire.Version {
+		return nil, fmt.Errorf("incompatible peer: it speaks wire version %d, this node %d", hello.Version, wire.Version)
+	}
+	return &hello, nil
+}
+
+// noSecretKey keys the auth exchange of a resource without shared_secret.
+// It authenticates nothing (docs say so) but keeps one handshake for every
+// configuration, so a node with a secret and a node without one refuse each
+// other clearly instead of misreading each other's frames.
+const noSecretKey = "georepl: no shared secret configured"
+
+// authenticate proves our knowledge of secret and checks the peer's proof.
+func (h *handshake) authenticate(secret string, ours, theirs *wire.Hello) error {
+	if secret == "" {
+		secret = noSecretKey
+	}
+	var binding []byte
+	if cb, ok := h.conn.(transports.ChannelBinding); ok {
+		b, err := cb.ChannelBinding()
+		if err != nil {
+			return fmt.Errorf("channel binding: %w", err)
+		}
+		binding = b
+	}
+	mac := wire.AuthMAC([]byte(secret), ours.Nonce, theirs.Nonce, ours.From, ours.To, binding)
+	if err := h.send(&wire.Frame{Type: wire.TypeAuth, Payload: mac}); err != nil {
+		return err
+	}
+	f, err := h.expect(wire.TypeAuth)
+	if err != nil {
+		return err
+	}
+	if !wire.CheckAuthMAC([]byte(secret), theirs.Nonce, ours.Nonce, theirs.From, theirs.To, binding, f.Payload) {
+		return fmt.Errorf("%w: node id %d does not know this resource's shared secret (check shared_secret on both nodes)", errAuth, theirs.From)
+	}
+	return nil
+}
+
+// refuse tells the peer why, best effort, and closes the connection.
+func (h *handshake) refuse(reason error) {
+	h.send(&wire.Frame{Type: wire.TypeRefuse, Payload: []byte(reason.Error())})
+	h.conn.Close()
+}

@@ -1,0 +1,342 @@
+package node
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/georepl/georepl/core"
+)
+
+// ResourceStatus is what `georepl status` shows for one resource; the JSON
+// form is the same structure.
+type ResourceStatus struct {
+	Name    string `json:"name"`
+	Node    string `json:"node"`
+	NodeID  int    `json:"node_id"`
+	Up      bool   `json:"up"`
+	Role    string `json:"role"`
+	Disk    string `json:"disk"`
+	Size    uint64 `json:"size_bytes"`
+	Export  string `json:"export,omitempty"`
+	Current string `json:"current_uuid,omitempty"`
+	// Application requests submitted and not yet completed.
+	Pending     int          `json:"app_pending"`
+	Epoch       uint64       `json:"epoch"`
+	DiskRead    uint64       `json:"disk_read_bytes"`
+	DiskWritten uint64       `json:"disk_written_bytes"`
+	Peers       []PeerStatus `json:"peers"`
+}
+
+// PeerStatus is one peer's line of the status.
+type PeerStatus struct {
+	Name        string  `json:"name"`
+	ID          int     `json:"id"`
+	Address     string  `json:"address"`
+	Conn        string  `json:"connection"`
+	Repl        string  `json:"replication"`
+	Role        string  `json:"role"`
+	Disk        string  `json:"disk"`
+	Protocol    string  `json:"protocol"`
+	Transport   string  `json:"transport"`
+	Compression string  `json:"compression"`
+	BytesSent   uint64  `json:"bytes_sent"`
+	BytesRecv   uint64  `json:"bytes_received"`
+	OutOfSync   uint64  `json:"out_of_sync_bytes"`
+	Unacked     uint64  `json:"unacked_bytes"`
+	Resync      *Resync `json:"resync,omitempty"`
+	LastError   string  `json:"last_error,omitempty"`
+}
+
+// Resync is the progress of a running resync.
+type Resync struct {
+	Percent    float64 `json:"percent"`
+	DoneBytes  uint64  `json:"done_bytes"`
+	TotalBytes uint64  `json:"total_bytes"`
+	Rate       float64 `json:"rate_bytes_per_second"`
+	ETASeconds float64 `json:"eta_seconds"`
+}
+
+// publishStatus snapshots the engine's status for readers on other
+// goroutines. Called on the loop goroutine (or while the resource is down).
+func (r *resource) publishStatus() {
+	st := &ResourceStatus{
+		Name: r.cfg.Name, Node: r.self.Name, NodeID: r.self.ID,
+		Export: r.self.Export, Role: "Unknown", Disk: "Diskless",
+	}
+	r.mu.Lock()
+	up := r.up
+	r.mu.Unlock()
+	var es core.Status
+	if up || r.engine != nil && r.loopDone != nil && !isClosed(r.loopDone) {
+		es = r.engine.Status()
+		st.Up = up
+		st.Role, st.Disk = es.Role.String(), es.Disk.String()
+		st.Size = r.st.dataSize
+		st.Current = fmt.Sprintf("%016X", es.Current)
+		st.Pending, st.Epoch = es.Pending, es.Epoch
+	}
+	if !up {
+		st.Role, st.Disk = "Secondary", "Diskless"
+	}
+	st.DiskRead, st.DiskWritten = r.diskRead.Load(), r.diskWritten.Load()
+	byID := map[core.NodeID]core.PeerStatus{}
+	for _, ps := range es.Peers {
+		byID[ps.ID] = ps
+	}
+	now := time.Now()
+	for _, p := range sortedPeers(r.peers) {
+		r.mu.Lock()
+		conn, lastErr, wanted := p.conn, p.lastErr, p.wanted
+		r.mu.Unlock()
+		ps := PeerStatus{
+			Name: p.node.Name, ID: p.node.ID, Address: p.node.Address,
+			Protocol: p.link.Protocol, Transport: p.link.Net.Transport, Compression: p.link.Net.Compression,
+			Conn: core.StandAlone.String(), Repl: core.ReplOff.String(), Role: core.RoleUnknown.String(), Disk: core.DUnknown.String(),
+			LastError: lastErr,
+		}
+		if up && wanted {
+			ps.Conn = core.Connecting.String()
+		}
+		if eps, ok := byID[p.id]; ok && up {
+			ps.Conn, ps.Repl = eps.Conn.String(), eps.Repl.String()
+			ps.Role, ps.Disk = eps.Role.String(), eps.Disk.String()
+			ps.OutOfSync, ps.Unacked = eps.OutOfSync, eps.Unacked
+			if eps.Conn == core.StandAlone && wanted {
+				ps.Conn = core.Connecting.String()
+			}
+			if eps.Repl == core.SyncSource || eps.Repl == core.SyncTarget {
+				m := r.progress[p.id]
+				if m == nil {
+					m = &rateMeter{}
+					r.progress[p.id] = m
+				}
+				rate := m.observe(now, eps.ResyncDone)
+				rs := &Resync{DoneBytes: eps.ResyncDone, TotalBytes: eps.ResyncTotal, Rate: rate}
+				if eps.ResyncTotal > 0 {
+					rs.Percent = 100 * float64(eps.ResyncDone) / float64(eps.ResyncTotal)
+				}
+				if rate > 0 && eps.ResyncTotal > eps.ResyncDone {
+					rs.ETASeconds = float64(eps.ResyncTotal-eps.ResyncDone) / rate
+				}
+				ps.Resync = rs
+			} else if r.progress != nil {
+				delete(r.progress, p.id)
+			}
+		}
+		if conn != nil {
+			ps.BytesSent, ps.BytesRecv = conn.stats()
+		}
+		st.Peers = append(st.Peers, ps)
+	}
+	r.status.Store(st)
+}
+
+func isClosed(c chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// rateMeter smooths a byte counter into a rate over the last few seconds.
+type rateMeter struct {
+	samples []rateSample
+}
+
+type rateSample struct {
+	at    time.Time
+	bytes uint64
+}
+
+const rateWindow = 3 * time.Second
+
+func (m *rateMeter) observe(now time.Time, bytes uint64) float64 {
+	m.samples = append(m.samples, rateSample{now, bytes})
+	for len(m.samples) > 2 && now.Sub(m.samples[0].at) > rateWindow {
+		m.samples = m.samples[1:]
+	}
+	first := m.samples[0]
+	dt := now.Sub(first.at).Seconds()
+	if dt <= 0 || bytes < first.bytes {
+		return 0
+	}
+	return float64(bytes-first.bytes) / dt
+}
+
+// Status returns the statuses of the named resource, or of all.
+func (d *Daemon) Status(name string) ([]*ResourceStatus, error) {
+	names := d.resourceNames()
+	if name != "" {
+		if _, err := d.resource(name); err != nil {
+			return nil, err
+		}
+		names = []string{name}
+	}
+	out := make([]*ResourceStatus, 0, len(names))
+	for _, n := range names {
+		out = append(out, d.resources[n].status.Load())
+	}
+	return out, nil
+}
+
+// WriteStatus prints statuses for people.
+func WriteStatus(w io.Writer, sts []*ResourceStatus) {
+	for _, st := range sts {
+		if !st.Up {
+			fmt.Fprintf(w, "%s node:%s (id %d) down\n", st.Name, st.Node, st.NodeID)
+			continue
+		}
+		fmt.Fprintf(w, "%s node:%s role:%s disk:%s size:%s", st.Name, st.Node, st.Role, st.Disk, HumanBytes(st.Size))
+		if st.Export != "" && st.Role == "Primary" {
+			fmt.Fprintf(w, " export:%s", st.Export)
+		}
+		fmt.Fprintln(w)
+		for _, p := range st.Peers {
+			fmt.Fprintf(w, "  %s (id %d) connection:%s replication:%s role:%s disk:%s\n", p.Name, p.ID, p.Conn, p.Repl, p.Role, p.Disk)
+			fmt.Fprintf(w, "      protocol:%s transport:%s compression:%s sent:%s received:%s out-of-sync:%s\n",
+				p.Protocol, p.Transport, p.Compression, HumanBytes(p.BytesSent), HumanBytes(p.BytesRecv), HumanBytes(p.OutOfSync))
+			if p.Resync != nil {
+				fmt.Fprintf(w, "      resync: %.1f%% (%s of %s) rate:%s/s eta:%s\n", p.Resync.Percent,
+					HumanBytes(p.Resync.DoneBytes), HumanBytes(p.Resync.TotalBytes), HumanBytes(uint64(p.Resync.Rate)), eta(p.Resync.ETASeconds))
+			}
+			if p.LastError != "" {
+				fmt.Fprintf(w, "      last error: %s\n", p.LastError)
+			}
+		}
+	}
+}
+
+// WriteProc prints statuses in the layout of DRBD 8.4's /proc/drbd so that
+// existing monitoring scripts keep working: one numbered stanza per
+// (resource, peer) pair, counters in KiB.
+func WriteProc(w io.Writer, sts []*ResourceStatus) {
+	fmt.Fprintln(w, "version: 8.4.11 (api:1/proto:86-101) georepl")
+	minor := 0
+	for _, st := range sts {
+		if !st.Up {
+			fmt.Fprintf(w, "%2d: cs:Unconfigured\n", minor)
+			minor++
+			continue
+		}
+		for _, p := range st.Peers {
+			cs := p.Conn
+			switch {
+			case p.Conn == "Connected" && p.Repl != "Established":
+				cs = p.Repl
+			case p.Conn == "Connecting":
+				cs = "WFConnection"
+			}
+			ds := st.Disk + "/" + p.Disk
+			if p.Disk == "DUnknown" {
+				ds = st.Disk + "/DUnknown"
+			}
+			fmt.Fprintf(w, "%2d: cs:%s ro:%s/%s ds:%s %s r-----\n", minor, cs, st.Role, p.Role, ds, p.Protocol)
+			fmt.Fprintf(w, "    ns:%d nr:%d dw:%d dr:%d al:0 bm:0 lo:0 pe:%d ua:0 ap:%d ep:1 wo:f oos:%d\n",
+				p.BytesSent/1024, p.BytesRecv/1024, st.DiskWritten/1024, st.DiskRead/1024,
+				p.Unacked/1024, st.Pending, p.OutOfSync/1024)
+			if p.Resync != nil {
+				const width = 20
+				filled := min(int(p.Resync.Percent*width/100), width)
+				bar := strings.Repeat("=", filled) + ">" + strings.Repeat(".", width-filled)
+				fmt.Fprintf(w, "\t[%s] sync'ed: %.1f%% (%d/%d)K\n", bar, p.Resync.Percent,
+					(p.Resync.TotalBytes-p.Resync.DoneBytes)/1024, p.Resync.TotalBytes/1024)
+				fmt.Fprintf(w, "\tfinish: %s speed: %d (%d) K/sec\n", eta(p.Resync.ETASeconds), int64(p.Resync.Rate/1024), int64(p.Resync.Rate/1024))
+			}
+			minor++
+		}
+	}
+}
+
+func eta(sec float64) string {
+	if sec <= 0 {
+		return "-"
+	}
+	d := time.Duration(sec * float64(time.Second)).Round(time.Second)
+	return fmt.Sprintf("%d:%02d:%02d", int(d.Hours()), int(d.Minutes())%60, int(d.Seconds())%60)
+}
+
+// HumanBytes renders a byte count rounded, for people: "1.5GiB".
+func HumanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	v, suffix := float64(n), ""
+	for _, s := range []string{"KiB", "MiB", "GiB", "TiB", "PiB"} {
+		v /= unit
+		suffix = s
+		if v < unit {
+			break
+		}
+	}
+	return fmt.Sprintf("%.1f%s", v, suffix)
+}
+
+// Event is one state change, as `georepl events` streams it (JSON lines).
+type Event struct {
+	Time     time.Time `json:"time"`
+	Resource string    `json:"resource"`
+	Node     string    `json:"node"`
+	Peer     string    `json:"peer,omitempty"`
+	What     string    `json:"what"`
+	Old      string    `json:"old,omitempty"`
+	New      string    `json:"new,omitempty"`
+	Detail   string    `json:"detail,omitempty"`
+}
+
+// broadcaster fans events out to subscribers. A subscriber that does not
+// keep up loses events rather than stalling replication; it is told how
+// many it lost.
+type broadcaster struct {
+	mu   sync.Mutex
+	subs map[chan Event]struct{}
+}
+
+func newBroadcaster() *broadcaster { return &broadcaster{subs: map[chan Event]struct{}{}} }
+
+func (b *broadcaster) subscribe() chan Event {
+	ch := make(chan Event, 1024)
+	b.mu.Lock()
+	b.subs[ch] = struct{}{}
+	b.mu.Unlock()
+	return ch
+}
+
+func (b *broadcaster) unsubscribe(ch chan Event) {
+	b.mu.Lock()
+	delete(b.subs, ch)
+	b.mu.Unlock()
+}
+
+func (b *broadcaster) publish(ev Event) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for ch := range b.subs {
+		select {
+		case ch <- ev:
+		default:
+			select {
+			case ch <- Event{Time: ev.Time, Resource: ev.Resource, Node: ev.Node, What: "overflow", Detail: "events were lost: the reader is too slow"}:
+			default:
+			}
+		}
+	}
+}
+
+// Subscribe streams events until ctx ends.
+func (d *Daemon) Subscribe() (events <-chan Event, cancel func()) {
+	ch := d.events.subscribe()
+	return ch, func() { d.events.unsubscribe(ch) }
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

@@ -1,0 +1,193 @@
+package node
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/georepl/georepl/configs"
+	"github.com/georepl/georepl/core"
+	"github.com/georepl/georepl/core/meta"
+	"github.com/georepl/georepl/kmod"
+)
+
+// storage is a node's backing disk for one resource: the data area the
+// application sees and the metadata, internal (at the end of the disk) or
+// external (its own file).
+type storage struct {
+	backing  *kmod.Backing
+	metaFile *kmod.Backing // nil for internal metadata
+	data     *kmod.Region
+	store    *meta.Store
+	dataSize uint64
+}
+
+// bitmapSlots is the number of per-peer bitmap slots a resource's metadata
+// holds: one per node id up to the highest configured. Changing node ids
+// later needs create-md again, as the layout depends on it.
+func bitmapSlots(rc *configs.Resource) int {
+	maxID := 0
+	for _, n := range rc.Nodes {
+		maxID = max(maxID, n.ID)
+	}
+	return maxID + 1
+}
+
+type layout struct {
+	dataSize          uint64
+	metaDev           meta.Device
+	metaOff           int64
+	backing, metaFile *kmod.Backing
+}
+
+func openLayout(rc *configs.Resource, self *configs.Node) (*layout, error) {
+	b, err := kmod.OpenBacking(self.Disk)
+	if err != nil {
+		return nil, err
+	}
+	bs := uint32(rc.Disk.BlockSize)
+	slots := bitmapSlots(rc)
+	if self.MetaDisk == "" || self.MetaDisk == "internal" {
+		dataSize, metaOff, metaSize, err := meta.InternalLayout(b.Size(), slots, bs)
+		if err != nil {
+			b.Close()
+			return nil, fmt.Errorf("%s: %w", self.Disk, err)
+		}
+		return &layout{dataSize: dataSize, metaDev: b.Region(metaOff, metaSize), backing: b}, nil
+	}
+	mf, err := kmod.OpenBacking(self.MetaDisk)
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	dataSize := uint64(b.Size()) / uint64(bs) * uint64(bs)
+	if need := meta.ExternalSize(dataSize, slots, bs); mf.Size() < need {
+		b.Close()
+		mf.Close()
+		return nil, fmt.Errorf("external metadata file %s has %d bytes; %d are needed for %d bytes of data", self.MetaDisk, mf.Size(), need, dataSize)
+	}
+	return &layout{dataSize: dataSize, metaDev: mf, backing: b, metaFile: mf}, nil
+}
+
+func (l *layout) Close() {
+	l.backing.Close()
+	if l.metaFile != nil {
+		l.metaFile.Close()
+	}
+}
+
+func openStorage(rc *configs.Resource, self *configs.Node) (*storage, error) {
+	l, err := openLayout(rc, self)
+	if err != nil {
+		return nil, err
+	}
+	store, err := meta.Open(l.metaDev, l.metaOff)
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("metadata of resource %s on %s: %w", rc.Name, metaPlace(self), err)
+	}
+	if err := store.Check(rc.Name, uint8(self.ID), l.dataSize, uint32(rc.Disk.BlockSize)); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("metadata on %s: %w", metaPlace(self), err)
+	}
+	return &storage{
+		backing: l.backing, metaFile: l.metaFile,
+		data:     l.backing.Region(0, int64(l.dataSize)),
+		store:    store,
+		dataSize: l.dataSize,
+	}, nil
+}
+
+func metaPlace(self *configs.Node) string {
+	if self.MetaDisk == "" || self.MetaDisk == "internal" {
+		return self.Disk + " (internal)"
+	}
+	return self.MetaDisk
+}
+
+// persist writes the engine's durable state into the superblock.
+func (s *storage) persist(p *core.Persistent) error {
+	return s.store.UpdateSuperblock(func(sb *meta.Superblock) {
+		sb.DiskState = uint8(p.Disk)
+		sb.Primary = p.Primary
+		sb.Current = p.Current
+		sb.History = p.History
+		for i := range sb.BitmapUUID {
+			sb.BitmapUUID[i] = p.BitmapUUID[core.NodeID(i)]
+		}
+	})
+}
+
+func (s *storage) Close() error {
+	err := s.data.Sync()
+	err = errors.Join(err, s.backing.Close())
+	if s.metaFile != nil {
+		err = errors.Join(err, s.metaFile.Close())
+	}
+	return err
+}
+
+// CreateMetadata initialises the metadata of resource rc for node self, as
+// `georepl create-md` does. The disk starts Inconsistent with generation
+// ids zero ("just created"); force overwrites existing metadata.
+func CreateMetadata(rc *configs.Resource, self *configs.Node, force bool) (*meta.Superblock, error) {
+	l, err := openLayout(rc, self)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Close()
+	store, err := meta.Create(l.metaDev, l.metaOff, meta.Params{
+		Resource:  rc.Name,
+		NodeID:    uint8(self.ID),
+		Slots:     bitmapSlots(rc),
+		DataSize:  l.dataSize,
+		BlockSize: uint32(rc.Disk.BlockSize),
+		DiskState: uint8(core.Inconsistent),
+	}, force)
+	if err != nil {
+		return nil, fmt.Errorf("creating metadata on %s: %w", metaPlace(self), err)
+	}
+	sb := store.Superblock()
+	return &sb, nil
+}
+
+// DumpMetadata prints the metadata of resource rc on node self, offline
+// (the daemon must not have the disk open).
+func DumpMetadata(w io.Writer, rc *configs.Resource, self *configs.Node, asJSON bool) error {
+	l, err := openLayout(rc, self)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	store, err := meta.Open(l.metaDev, l.metaOff)
+	if err != nil {
+		return fmt.Errorf("metadata of resource %s on %s: %w", rc.Name, metaPlace(self), err)
+	}
+	return dumpStore(w, store, asJSON)
+}
+
+func dumpStore(w io.Writer, store *meta.Store, asJSON bool) error {
+	if asJSON {
+		sum, err := store.Summary()
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, sum)
+	}
+	return store.Dump(w, func(v uint8) string { return core.DiskState(v).String() })
+}
+
+func newUUID() uint64 {
+	var b [8]byte
+	for {
+		if _, err := rand.Read(b[:]); err != nil {
+			panic("georepl: no randomness: " + err.Error())
+		}
+		// 0 means "just created" and must never be drawn.
+		if v := binary.LittleEndian.Uint64(b[:]); v != 0 {
+			return v
+		}
+	}
+}

@@ -1,0 +1,473 @@
+// Command georepl is the georepl daemon and its command-line interface.
+//
+// One binary: `georepl daemon` runs a node; every other verb talks to a
+// running daemon over its admin socket (create-md, dump-md with --config,
+// and validate work offline). `georepl --help` and `georepl VERB --help`
+// explain each verb; docs/admin-guide.md is the manual.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/georepl/georepl/cmd/georepl/internal/admin"
+	"github.com/georepl/georepl/cmd/georepl/internal/node"
+	"github.com/georepl/georepl/configs"
+	"github.com/georepl/georepl/transports/builtin"
+)
+
+func main() {
+	if err := rootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "georepl:", err)
+		os.Exit(1)
+	}
+}
+
+func rootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "georepl",
+		Short: "Block-level geo-replication: one primary mirrors every write to several secondaries",
+		Long: `georepl replicates a block device from one primary node to several secondaries,
+each connection with its own write-ordering protocol (A async, B memory-ack, C sync),
+over TCP or QUIC, configured by HCL resource files identical on every node.
+
+Start a node with 'georepl daemon', then control it with the other verbs, which talk
+to the daemon over its admin socket (--admin, default ` + admin.DefaultSocket + `,
+or the GEOREPL_ADMIN environment variable).
+
+Typical first start of a new resource r0 on every node:
+  georepl create-md --config /etc/georepl --node NAME r0
+  georepl daemon --config /etc/georepl --node NAME &
+  georepl up r0
+and on the node that holds the good data (or any node, for a new empty device):
+  georepl primary --force r0
+  georepl wait-sync r0`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().String("admin", defaultAdmin(), "admin socket of the daemon")
+	root.AddCommand(daemonCmd(), createMDCmd(), dumpMDCmd(), validateCmd(),
+		simpleVerb("up", "[RESOURCE|all]", "Attach the disk and start connecting to the peers", 0, 1),
+		simpleVerb("down", "[RESOURCE|all]", "Disconnect and detach (the resource must be Secondary)", 0, 1),
+		primaryCmd(),
+		simpleVerb("secondary", "RESOURCE", "Demote: close the export's clients, finish their writes, become Secondary", 1, 1),
+		connectCmd("connect", "Connect to PEER (default: every peer) again after disconnect"),
+		connectCmd("disconnect", "Close the connection to PEER (default: every peer) and stay StandAlone"),
+		statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd())
+	return root
+}
+
+func defaultAdmin() string {
+	if s := os.Getenv("GEOREPL_ADMIN"); s != "" {
+		return s
+	}
+	return admin.DefaultSocket
+}
+
+func adminPath(cmd *cobra.Command) string {
+	p, _ := cmd.Flags().GetString("admin")
+	return p
+}
+
+// call sends one request and prints text replies.
+func call(cmd *cobra.Command, req admin.Request) error {
+	return admin.Call(cmd.Context(), adminPath(cmd), req, func(r admin.Reply) error {
+		if r.Text != "" {
+			fmt.Fprint(cmd.OutOrStdout(), r.Text)
+		}
+		return nil
+	})
+}
+
+func simpleVerb(verb, args, short string, minArgs, maxArgs int) *cobra.Command {
+	return &cobra.Command{
+		Use:   verb + " " + args,
+		Short: short,
+		Args:  cobra.RangeArgs(minArgs, maxArgs),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			req := admin.Request{Verb: verb}
+			if len(a) > 0 {
+				req.Resource = a[0]
+			}
+			return call(cmd, req)
+		},
+	}
+}
+
+func primaryCmd() *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "primary [--force] RESOURCE",
+		Short: "Promote this node: it serves the export and replicates writes to the peers",
+		Long: `Promote this node to Primary for RESOURCE. It must have UpToDate data and no peer
+may be Primary. --force promotes a node whose data is not known to be UpToDate (a new
+resource's first primary, or a disaster): its data becomes the reference, and peers that
+connect later are synchronised from it.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			return call(cmd, admin.Request{Verb: "primary", Resource: a[0], Force: force})
+		},
+	}
+	cmd.Flags().BoolVar(&force, "force", false, "promote even if this node's data is not UpToDate")
+	return cmd
+}
+
+func connectCmd(verb, short string) *cobra.Command {
+	return &cobra.Command{
+		Use:   verb + " RESOURCE [PEER]",
+		Short: short,
+		Args:  cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			req := admin.Request{Verb: verb, Resource: a[0]}
+			if len(a) == 2 {
+				req.Peer = a[1]
+			}
+			return call(cmd, req)
+		},
+	}
+}
+
+func daemonCmd() *cobra.Command {
+	var dir, name, level string
+	var up bool
+	cmd := &cobra.Command{
+		Use:   "daemon --config DIR --node NAME",
+		Short: "Run this node: replication, export, admin socket",
+		Long: `Run node NAME of the configuration in DIR (every *.hcl file). The daemon creates the
+admin socket (owner-only) and refuses to start when another daemon holds it. Resources
+start down unless --up is given; bring them up with 'georepl up'. SIGINT or SIGTERM
+takes every resource down and exits.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDaemon(cmd.Context(), dir, name, adminPath(cmd), level, up)
+		},
+	}
+	cmd.Flags().StringVar(&dir, "config", "/etc/georepl", "configuration directory (*.hcl)")
+	cmd.Flags().StringVar(&name, "node", "", "this node's name in the configuration (required)")
+	cmd.Flags().StringVar(&level, "log-level", "info", "debug, info, warn or error")
+	cmd.Flags().BoolVar(&up, "up", false, "bring every resource of this node up at start")
+	cmd.MarkFlagRequired("node")
+	return cmd
+}
+
+func loadConfig(dir string) (*configs.Config, error) {
+	builtin.Register()
+	return configs.LoadDir(dir, configs.LoadOptions{})
+}
+
+func runDaemon(ctx context.Context, dir, name, adminSock, level string, up bool) error {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	cfg, err := loadConfig(dir)
+	if err != nil {
+		return err
+	}
+	l, err := admin.Listen(adminSock)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	d, err := node.NewDaemon(cfg, name, log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go admin.Serve(l, d.HandleAdmin)
+	log.Info("georepl daemon started", "node", name, "admin", adminSock)
+	if up {
+		if err := d.UpAll(); err != nil {
+			d.Close()
+			return err
+		}
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	return d.Close()
+}
+
+func offlineTarget(dir, nodeName, resName string) (*configs.Resource, *configs.Node, error) {
+	cfg, err := loadConfig(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	rc, err := cfg.Resource(resName)
+	if err != nil {
+		return nil, nil, err
+	}
+	self, err := rc.Node(nodeName)
+	if err != nil {
+		return nil, nil, err
+	}
+	return rc, self, nil
+}
+
+func createMDCmd() *cobra.Command {
+	var dir, name string
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "create-md --config DIR --node NAME RESOURCE",
+		Short: "Initialise a node's metadata for RESOURCE (offline)",
+		Long: `Write fresh metadata for RESOURCE on node NAME: internal (at the end of the disk) or in
+the external meta_disk file. The disk starts Inconsistent; the first 'primary --force'
+makes one node's data the reference. Existing metadata is refused unless --force.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			rc, self, err := offlineTarget(dir, name, a[0])
+			if err != nil {
+				return err
+			}
+			sb, err := node.CreateMetadata(rc, self, force)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "created metadata for %s on %s: %d bytes of data, %d bitmap slots, block size %d\n",
+				rc.Name, self.Name, sb.DataSize, sb.Slots, sb.BlockSize)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "config", "/etc/georepl", "configuration directory")
+	cmd.Flags().StringVar(&name, "node", "", "this node's name (required)")
+	cmd.Flags().BoolVar(&force, "force", false, "overwrite existing metadata")
+	cmd.MarkFlagRequired("node")
+	return cmd
+}
+
+func dumpMDCmd() *cobra.Command {
+	var dir, name string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "dump-md [--config DIR --node NAME] RESOURCE",
+		Short: "Print a node's metadata: generation ids, disk state, out-of-sync bitmaps",
+		Long: `Print the metadata of RESOURCE. With --config and --node it reads the disk directly
+(the daemon must not have the resource up); otherwise it asks the running daemon.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			if name != "" {
+				rc, self, err := offlineTarget(dir, name, a[0])
+				if err != nil {
+					return err
+				}
+				return node.DumpMetadata(cmd.OutOrStdout(), rc, self, asJSON)
+			}
+			return call(cmd, admin.Request{Verb: "dump-md", Resource: a[0], JSON: asJSON})
+		},
+	}
+	cmd.Flags().StringVar(&dir, "config", "/etc/georepl", "configuration directory (offline use)")
+	cmd.Flags().StringVar(&name, "node", "", "read the disk of this node directly instead of asking the daemon")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func validateCmd() *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "validate --config DIR",
+		Short: "Check a configuration directory and print what it describes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(dir)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			for _, rc := range cfg.Resources {
+				fmt.Fprintf(out, "resource %s: %d nodes\n", rc.Name, len(rc.Nodes))
+				for i, a := range rc.Nodes {
+					for _, b := range rc.Nodes[i+1:] {
+						l, err := rc.Link(a.Name, b.Name)
+						if err != nil {
+							return err
+						}
+						fmt.Fprintf(out, "  %s <-> %s: protocol %s, %s, compression %s\n", a.Name, b.Name, l.Protocol, l.Net.Transport, l.Net.Compression)
+					}
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "config", "/etc/georepl", "configuration directory")
+	return cmd
+}
+
+func statusCmd() *cobra.Command {
+	var asJSON, proc bool
+	cmd := &cobra.Command{
+		Use:   "status [RESOURCE] [--json|--proc]",
+		Short: "Show role, disk state and, per peer, connection, replication and resync progress",
+		Long: `Show, per resource: role and disk state; per peer: connection and replication state,
+protocol, transport, bytes sent and received, out-of-sync bytes and resync progress
+(percent, rate, ETA). --json prints the same for scripts; --proc prints DRBD 8.4's
+/proc/drbd layout (cs ro ds ns nr dw dr al bm lo pe ua ap ep wo oos) for existing
+monitoring scripts.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			req := admin.Request{Verb: "status"}
+			if len(a) == 1 {
+				req.Resource = a[0]
+			}
+			sts, err := fetchStatus(cmd, req)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			switch {
+			case asJSON:
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(sts)
+			case proc:
+				node.WriteProc(out, sts)
+			default:
+				node.WriteStatus(out, sts)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVar(&proc, "proc", false, "print the DRBD 8.4 /proc/drbd layout")
+	return cmd
+}
+
+func fetchStatus(cmd *cobra.Command, req admin.Request) ([]*node.ResourceStatus, error) {
+	var sts []*node.ResourceStatus
+	err := admin.Call(cmd.Context(), adminPath(cmd), req, func(r admin.Reply) error {
+		return json.Unmarshal(r.Data, &sts)
+	})
+	return sts, err
+}
+
+func eventsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "events [RESOURCE]",
+		Short: "Stream state changes as JSON lines until interrupted",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			req := admin.Request{Verb: "events"}
+			if len(a) == 1 {
+				req.Resource = a[0]
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			err := admin.Call(ctx, adminPath(cmd), req, func(r admin.Reply) error {
+				_, err := fmt.Fprintf(cmd.OutOrStdout(), "%s\n", r.Data)
+				return err
+			})
+			if errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return err
+		},
+	}
+}
+
+func waitSyncCmd() *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "wait-sync RESOURCE",
+		Short: "Wait until this node and every connected-or-connecting peer are UpToDate",
+		Long: `Block until RESOURCE is UpToDate here and on every peer that is not disconnected by the
+administrator, with no resync running and no write still unacknowledged by a peer. On a terminal it draws a progress bar per
+resyncing peer. --timeout gives up with an error.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			ctx := cmd.Context()
+			if timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, timeout)
+				defer cancel()
+			}
+			cmd.SetContext(ctx)
+			return waitSync(cmd, a[0], isTerminal(os.Stdout))
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "give up after this long (0: wait forever)")
+	return cmd
+}
+
+// waitSync polls the daemon's status until the resource is in sync.
+func waitSync(cmd *cobra.Command, res string, tty bool) error {
+	out := cmd.OutOrStdout()
+	drawn := 0
+	for {
+		sts, err := fetchStatus(cmd, admin.Request{Verb: "status", Resource: res})
+		if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) || cmd.Context().Err() != nil {
+				return fmt.Errorf("wait-sync %s: timed out", res)
+			}
+			return err
+		}
+		st := sts[0]
+		done, lines := syncState(st)
+		if tty {
+			if drawn > 0 {
+				fmt.Fprintf(out, "\033[%dA", drawn)
+			}
+			for _, l := range lines {
+				fmt.Fprintf(out, "\r\033[K%s\n", l)
+			}
+			drawn = len(lines)
+		}
+		if done {
+			fmt.Fprintf(out, "%s is UpToDate on %s and its peers\n", res, st.Node)
+			return nil
+		}
+		select {
+		case <-cmd.Context().Done():
+			return fmt.Errorf("wait-sync %s: timed out; state: %s", res, strings.Join(lines, "; "))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func syncState(st *node.ResourceStatus) (done bool, lines []string) {
+	done = st.Up && st.Disk == "UpToDate"
+	lines = []string{fmt.Sprintf("%s on %s: %s %s", st.Name, st.Node, st.Role, st.Disk)}
+	for _, p := range st.Peers {
+		if p.Conn == "StandAlone" {
+			lines = append(lines, fmt.Sprintf("  %-10s StandAlone (not waited for)", p.Name))
+			continue
+		}
+		if p.Conn != "Connected" || p.Repl != "Established" || p.Disk != "UpToDate" || p.Unacked > 0 {
+			done = false
+		}
+		if p.Resync != nil {
+			const width = 30
+			filled := min(int(p.Resync.Percent*width/100), width)
+			lines = append(lines, fmt.Sprintf("  %-10s %-10s [%s%s] %5.1f%% %s/s eta %s", p.Name, p.Repl,
+				strings.Repeat("#", filled), strings.Repeat(".", width-filled), p.Resync.Percent,
+				humanRate(p.Resync.Rate), etaString(p.Resync.ETASeconds)))
+			continue
+		}
+		lines = append(lines, fmt.Sprintf("  %-10s %s %s %s", p.Name, p.Conn, p.Repl, p.Disk))
+	}
+	return done, lines
+}
+
+func humanRate(r float64) string { return node.HumanBytes(uint64(r)) }
+
+func etaString(sec float64) string {
+	if sec <= 0 {
+		return "-"
+	}
+	return (time.Duration(sec) * time.Second).String()
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
