@@ -138,3 +138,31 @@ func TestBadAddressesAndOptions(t *testing.T) {
 		t.Errorf("Dial with a negative IdleTimeout: %v, want ErrInvalidOptions", err)
 	}
 }
+
+func TestListenerReleasesItsPortAfterTheLastConnection(t *testing.T) {
+	ln, err := quic.New().Listen("127.0.0.1:0", transports.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	dialed, accepted := connect(t, ln)
+	ln.Close()
+	if udp, err := net.ListenPacket("udp", addr); err == nil {
+		udp.Close()
+		t.Fatalf("port %s free while an accepted connection still uses it", addr)
+	}
+	dialed.Close()
+	accepted.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		udp, err := net.ListenPacket("udp", addr)
+		if err == nil {
+			udp.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("port %s still bound 5 s after the last connection closed: %v", addr, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
