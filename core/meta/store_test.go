@@ -219,8 +219,8 @@ func TestOpenFallsBackToOlderSlot(t *testing.T) {
 		if sb := mustOpen(t, dev, 0).Superblock(); sb.Seq != 3 || sb.Current != 4 {
 			t.Fatalf("after repair: %+v", sb)
 		}
-		flip(dev, at) // slot 0 alone must still be enough... it holds seq 2
-		if sb := mustOpen(t, dev, 0).Superblock(); sb.Seq != 3 {
+		flip(dev, at) // now damage slot 0: the repaired slot 1 alone is enough
+		if sb := mustOpen(t, dev, 0).Superblock(); sb.Seq != 3 || sb.Current != 4 {
 			t.Fatalf("after repair, slot 1 is not valid: %+v", sb)
 		}
 	}
