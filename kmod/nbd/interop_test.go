@@ -156,9 +156,15 @@ func TestInteropFio(t *testing.T) {
 	}
 	for _, job := range jobs {
 		t.Run(job.name, func(t *testing.T) {
+			// fio writes verify state files into its working directory.
 			args := append([]string{"--name=" + job.name, "--ioengine=nbd", "--uri=" + uri,
-				"--output-format=json"}, job.args...)
-			out := run(t, fio, args...)
+				"--output-format=json", "--verify_state_save=0"}, job.args...)
+			cmd := exec.Command(fio, args...)
+			cmd.Dir = t.TempDir()
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("fio %s: %v\n%s", strings.Join(args, " "), err, out)
+			}
 			var result struct {
 				Jobs []struct {
 					Error int `json:"error"`
