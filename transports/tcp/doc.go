@@ -32,7 +32,10 @@
 // combined with delayed ACKs would add tens of milliseconds to each.
 // Options.KeepAlive and IdleTimeout become TCP keep-alive probes: the
 // first after KeepAlive of silence, then every KeepAlive, and the
-// connection fails after IdleTimeout/KeepAlive unanswered probes.
+// connection fails after IdleTimeout/KeepAlive unanswered probes. On Linux
+// IdleTimeout is also the TCP_USER_TIMEOUT, so that a peer that vanishes
+// while data is unacknowledged is given up after IdleTimeout too, rather
+// than after the kernel's retransmissions (about 15 minutes).
 //
 // # Failure
 //

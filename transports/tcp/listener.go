@@ -16,8 +16,9 @@ import (
 // listener pairs incoming TCP connections into Conns.
 type listener struct {
 	ln     *net.TCPListener
-	ready  chan *conn    // complete connections, handed to Accept
-	closed chan struct{} // closed by Close
+	opts   transports.Options // with defaults
+	ready  chan *conn         // complete connections, handed to Accept
+	closed chan struct{}      // closed by Close
 
 	// workers counts acceptLoop and the preamble readers, so that Close
 	// returns only when none is left.
@@ -100,7 +101,7 @@ func (l *listener) readPreamble(sock *net.TCPConn) {
 	if set == nil {
 		return
 	}
-	c, err := answer(set.socks)
+	c, err := l.answer(set.socks)
 	if err != nil {
 		set.closeAll()
 		return
@@ -156,13 +157,13 @@ func (l *listener) expire(id connID, set *pendingSet) {
 
 // answer tells the dialer on every channel that the connection is set up,
 // and makes the Conn.
-func answer(socks [transports.NumChannels]*net.TCPConn) (*conn, error) {
+func (l *listener) answer(socks [transports.NumChannels]*net.TCPConn) (*conn, error) {
 	for _, sock := range socks {
 		sock.SetDeadline(time.Now().Add(preambleTimeout))
 		if _, err := sock.Write(answerBytes()); err != nil {
 			return nil, err
 		}
-		if err := sock.SetNoDelay(true); err != nil {
+		if err := tune(sock, l.opts); err != nil {
 			return nil, err
 		}
 		if err := sock.SetDeadline(time.Time{}); err != nil {

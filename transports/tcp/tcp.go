@@ -99,7 +99,7 @@ func (*Transport) Dial(ctx context.Context, addr string, opts transports.Options
 	)
 	for ch := range transports.NumChannels {
 		wg.Go(func() {
-			socks[ch], errs[ch] = dialChannel(ctx, &dialer, addr, id, transports.Channel(ch))
+			socks[ch], errs[ch] = dialChannel(ctx, &dialer, addr, opts, id, transports.Channel(ch))
 			if errs[ch] != nil {
 				cancel() // no use waiting for the other channels
 			}
@@ -140,15 +140,15 @@ func firstError(errs []error) error {
 
 // dialChannel opens channel ch's TCP connection and exchanges the
 // preamble, all within ctx.
-func dialChannel(ctx context.Context, dialer *net.Dialer, addr string, id connID, ch transports.Channel) (*net.TCPConn, error) {
+func dialChannel(ctx context.Context, dialer *net.Dialer, addr string, opts transports.Options, id connID, ch transports.Channel) (*net.TCPConn, error) {
 	c, err := dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("channel %d: %w", ch, err)
 	}
 	sock := c.(*net.TCPConn)
-	if err := sock.SetNoDelay(true); err != nil {
+	if err := tune(sock, opts); err != nil {
 		sock.Close()
-		return nil, fmt.Errorf("channel %d: TCP_NODELAY: %w", ch, err)
+		return nil, fmt.Errorf("channel %d: %w", ch, err)
 	}
 	// A deadline in the past unblocks the preamble exchange when ctx ends
 	// (by cancellation or deadline), and only then, so that a timeout
@@ -166,6 +166,16 @@ func dialChannel(ctx context.Context, dialer *net.Dialer, addr string, id connID
 		return nil, fmt.Errorf("channel %d: %w", ch, err)
 	}
 	return sock, nil
+}
+
+// tune sets the socket options of every channel: TCP_NODELAY (see the
+// package documentation) and, where available, TCP_USER_TIMEOUT of
+// opts.IdleTimeout. Keep-alives are set by the Dialer or ListenConfig.
+func tune(sock *net.TCPConn, opts transports.Options) error {
+	if err := sock.SetNoDelay(true); err != nil {
+		return fmt.Errorf("TCP_NODELAY: %w", err)
+	}
+	return setUserTimeout(sock, opts.IdleTimeout)
 }
 
 // exchangePreamble sends the dialer's preamble and reads the listener's
@@ -210,6 +220,7 @@ func (*Transport) Listen(addr string, opts transports.Options) (transports.Liste
 	}
 	l := &listener{
 		ln:      ln.(*net.TCPListener),
+		opts:    opts,
 		ready:   make(chan *conn),
 		closed:  make(chan struct{}),
 		reading: map[*net.TCPConn]struct{}{},
