@@ -118,7 +118,8 @@ func (e Errno) Is(target error) bool {
 }
 
 // ClientError lets a Device choose the errno the client sees. Err is what
-// happened, for logs and errors.Is; Errno is what the client is told.
+// happened, for logs and errors.Is; Errno is what the client is told. A zero
+// Errno is treated as any other error (EIO), never as success.
 type ClientError struct {
 	Errno Errno
 	Err   error
@@ -134,7 +135,9 @@ func (e *ClientError) Unwrap() error { return e.Err }
 func errnoFor(err error) (Errno, bool) {
 	var ce *ClientError
 	switch {
-	case errors.As(err, &ce):
+	case errors.As(err, &ce) && ce.Errno != 0:
+		// A zero Errno would tell the client that the request succeeded;
+		// it falls through to EIO.
 		return ce.Errno, true
 	case errors.Is(err, ErrReadOnly):
 		return EPERM, true

@@ -5,6 +5,12 @@ import "strconv"
 // Constants of the NBD protocol (fixed newstyle negotiation, simple
 // replies), named as in the protocol specification.
 
+// MaxPayload is the largest read or write one request may carry (32 MiB,
+// the protocol's interoperable maximum). The server advertises it in
+// NBD_INFO_BLOCK_SIZE with minimum 1 and preferred 4096, and closes a
+// connection that sends a larger write; the Client splits larger transfers.
+const MaxPayload = 32 << 20
+
 // Magic numbers.
 const (
 	magicInit          = 0x4e42444d41474943 // "NBDMAGIC"
@@ -84,10 +90,6 @@ const (
 const (
 	requestHeaderSize = 28
 	replyHeaderSize   = 16
-	// MaxPayload is the largest read or write one request may carry
-	// (32 MiB, the protocol's interoperable maximum). The server advertises
-	// it in NBD_INFO_BLOCK_SIZE with minimum 1 and preferred 4096.
-	MaxPayload = 32 << 20
 	// preferredBlockSize is advertised as the preferred block size.
 	preferredBlockSize = 4096
 	// maxOptionLength bounds an option's data; export names are at most

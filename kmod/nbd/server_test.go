@@ -204,6 +204,7 @@ func TestDeviceErrorsMapToErrnos(t *testing.T) {
 		{"disk full", fmt.Errorf("write /dev/sdb: %w", syscall.ENOSPC), syscall.ENOSPC, false},
 		{"quota", syscall.EDQUOT, syscall.ENOSPC, false},
 		{"device's choice", &ClientError{Errno: ENOTSUP, Err: errors.New("not now")}, syscall.ENOTSUP, false},
+		{"zero errno is no success", &ClientError{Err: errors.New("forgot the errno")}, syscall.EIO, true},
 		{"anything else", errors.New("peer r1 vanished mid-write"), syscall.EIO, true},
 	}
 	for _, tc := range cases {
