@@ -17,7 +17,7 @@ type Region struct {
 }
 
 // Err reports why the region does not fit its store, or nil if it does.
-// Every other method of an unfit region fails with this error.
+// Every I/O method and Sync of an unfit region fail with this error.
 func (r *Region) Err() error { return r.err }
 
 // Offset returns where the region starts in its store.
