@@ -76,6 +76,13 @@ func (e *Engine) disconnect(p *peer, why string) {
 		}
 		*pr = progress{}
 	}
+	if wasReplicating && p.bitmapUUID == 0 {
+		// The new generation below must not be mistaken for one p has.
+		p.bitmapUUID = p.gen.Current
+		if p.bitmapUUID == 0 {
+			p.bitmapUUID = e.current
+		}
+	}
 	p.unacked, p.ackedEpoch = 0, 0
 	for _, w := range e.writes {
 		e.maybeComplete(w)
@@ -203,6 +210,12 @@ func decide(s, p side) decision {
 		return decision{err: fmt.Errorf("%w: both nodes are Primary", ErrPeerPrimary)}
 	}
 	dir, full, rule, err := compareGenIDs(s.gen, p.gen)
+	if err != nil && s.role != Primary && p.role != Primary {
+		// Two Secondaries exchange no data, and while one of them is
+		// behind a resync from the Primary their ids differ for a while:
+		// judge them when one is promoted.
+		return decision{repl: Established, rule: rule, why: err.Error() + "; judged again when one is promoted"}
+	}
 	if err != nil {
 		return decision{rule: rule, err: err}
 	}
@@ -261,6 +274,13 @@ func compareGenIDs(s, p wire.GenIDs) (dir syncDir, full bool, rule int, err erro
 	case s.Bitmap != 0 && s.Bitmap == p.Bitmap:
 		return inSync, false, 6, fmt.Errorf("%w: both nodes changed the data since generation %x (ours now %x, the peer's %x)",
 			ErrSplitBrain, s.Bitmap, s.Current, p.Current)
+	case s.Bitmap != 0 && p.Bitmap == 0 && (s.Bitmap == p.History[0] || s.Bitmap == p.History[1]):
+		// The peer adopted generations of ours after the one our bitmap
+		// is tied to, before we heard of it: our marks still cover what
+		// it lacks.
+		return fromSelf, false, 4, nil
+	case p.Bitmap != 0 && s.Bitmap == 0 && (p.Bitmap == s.History[0] || p.Bitmap == s.History[1]):
+		return fromPeer, false, 5, nil
 	case p.Current == s.History[0] || p.Current == s.History[1]:
 		return fromSelf, true, 7, nil
 	case s.Current == p.History[0] || s.Current == p.History[1]:
@@ -301,6 +321,14 @@ func (e *Engine) reevaluate(p *peer) {
 	}
 }
 
+// adopts reports whether peer p, connected to us while our current id was
+// old, will adopt our new generation rather than need a resync: the mirror
+// of adoptGeneration.
+func adopts(p *peer, old uint64) bool {
+	return old != 0 && p.conn == Connected && p.repl == Established && p.role != Primary &&
+		p.disk == UpToDate && p.gen.Current == old && p.gen.Bitmap == 0 && p.bitmapUUID == 0
+}
+
 // sendState sends our role, disk and generation ids to p on the data
 // channel, ordered with the writes around the change.
 func (e *Engine) sendState(p *peer) {
@@ -325,20 +353,25 @@ func (e *Engine) receiveState(p *peer, f *wire.Frame) {
 	// (acknowledgements overtake it on the control channel) carries the
 	// generation ids it is about to replace: keep the ones it will adopt.
 	stale := ReplState(st.Repl) == SyncTarget && p.repl != SyncSource
+	oldRole := p.role
 	e.setPeerRoleDisk(p, Role(st.Role), DiskState(st.Disk))
 	if stale {
 		return
 	}
 	p.gen = st.Gen
 	e.adoptGeneration(p)
-	e.reevaluate(p)
+	// A Primary's peers announce new ids only to confirm ones it sent them
+	// (or to finish a resync): nothing to decide unless a role changed.
+	if e.role != Primary || p.role != oldRole {
+		e.reevaluate(p)
+	}
 }
 
 // adoptGeneration takes over the Primary's new generation when we are in
-// sync with it: Established, and our current id is the one it just moved to
-// its history. The Primary assumes exactly this in newGeneration.
+// sync with it: Established, UpToDate, and our current id is the one it
+// just moved to its history. The Primary expects exactly this (adopts).
 func (e *Engine) adoptGeneration(p *peer) {
-	if e.role == Primary || p.role != Primary || p.repl != Established ||
+	if e.role == Primary || p.role != Primary || p.repl != Established || e.disk != UpToDate ||
 		e.current == 0 || p.gen.Current == e.current || p.gen.History[0] != e.current {
 		return
 	}

@@ -248,6 +248,7 @@ func (e *Engine) Promote(force bool) error {
 	if forced {
 		e.setDisk(UpToDate, "forced")
 	}
+	old := e.current
 	rotate := forced || e.current == 0
 	for _, p := range e.peers {
 		if !p.replicating() {
@@ -257,8 +258,13 @@ func (e *Engine) Promote(force bool) error {
 	if rotate {
 		e.newGeneration()
 	}
+	// Peers must learn our new role and ids before any resync frame that
+	// the re-evaluation below may send.
+	e.announceState()
 	for _, p := range e.peers {
-		e.reevaluate(p)
+		if !adopts(p, old) {
+			e.reevaluate(p)
+		}
 	}
 	return nil
 }
@@ -320,15 +326,22 @@ func (e *Engine) progress() {
 // state (ordered after everything emitted before) and checks invariants.
 func (e *Engine) finish() {
 	e.trimWrites()
-	if e.announce {
-		e.announce = false
-		for _, p := range e.peers {
-			if p.conn == Connected {
-				e.sendState(p)
-			}
+	e.announceState()
+	e.checkInvariants()
+}
+
+// announceState sends a StateChange to every connected peer if our role,
+// disk or generation changed since the last one.
+func (e *Engine) announceState() {
+	if !e.announce {
+		return
+	}
+	e.announce = false
+	for _, p := range e.peers {
+		if p.conn == Connected {
+			e.sendState(p)
 		}
 	}
-	e.checkInvariants()
 }
 
 func (e *Engine) peer(id NodeID) *peer {
@@ -379,28 +392,30 @@ func (e *Engine) overlapsInflight(off, end uint64, writesOnly bool) bool {
 	return false
 }
 
-// markOutOfSync records that [off, off+length) may differ on p.
+// markOutOfSync records that [off, off+length) may differ on p. A bitmap
+// that starts now is tied to the generation p last confirmed having.
 func (e *Engine) markOutOfSync(p *peer, off, length uint64) {
 	if p.bitmapUUID == 0 {
-		p.bitmapUUID = e.current
+		p.bitmapUUID = p.gen.Current
+		if p.bitmapUUID == 0 {
+			p.bitmapUUID = e.current
+		}
 		e.persistDirty = true
 	}
 	p.bitmap.SetBytes(off, length, e.blockSize)
 }
 
-// newGeneration starts a new current id. Peers that will not see the writes
-// of the new generation keep a bitmap tied to the old one; peers in sync
-// with us adopt the new ids when our StateChange arrives (see
-// adoptGeneration for the rule both sides apply).
+// newGeneration starts a new current id. Peers that will not see the
+// writes of the new generation keep a bitmap tied to the old one; peers in
+// sync adopt the new ids when our StateChange reaches them (adoptGeneration)
+// and tell us so with their own StateChange: until then p.gen keeps what
+// they last confirmed.
 func (e *Engine) newGeneration() {
 	old := e.current
 	e.history = [2]uint64{old, e.history[0]}
 	e.current = e.newUUID()
 	for _, p := range e.peers {
-		switch {
-		case old != 0 && p.conn == Connected && p.repl == Established && p.role != Primary && p.gen.Current == old:
-			p.gen.Current, p.gen.History = e.current, e.history
-		case !p.replicating() && p.bitmapUUID == 0 && old != 0:
+		if !p.replicating() && p.bitmapUUID == 0 && old != 0 {
 			p.bitmapUUID = old
 		}
 	}

@@ -23,13 +23,16 @@ import (
 // one is not done, and a write completed under protocol C is on the disk of
 // every C peer that was replicating throughout.
 type cluster struct {
-	nodes   []*node
-	size    uint64
-	block   uint32
-	out     *strings.Builder
-	quiet   bool // do not log Ready contents
-	nextReq RequestID
-	failed  []string // violated promises
+	nodes    []*node
+	size     uint64
+	block    uint32
+	out      *strings.Builder
+	quiet    bool // do not log Ready contents
+	trace    bool // also log every harness action (property tests)
+	nextReq  RequestID
+	failed   []string // violated promises
+	lastDrop error    // the reason of the last Drop any engine asked for
+	drops    []error  // every Drop reason, in order
 }
 
 type node struct {
@@ -133,6 +136,12 @@ func (c *cluster) logf(format string, args ...any) {
 	}
 }
 
+func (c *cluster) tracef(format string, args ...any) {
+	if c.trace {
+		fmt.Fprintf(c.out, "== "+format+"\n", args...)
+	}
+}
+
 func (c *cluster) fail(format string, args ...any) {
 	c.failed = append(c.failed, fmt.Sprintf(format, args...))
 	fmt.Fprintf(c.out, "VIOLATION: "+format+"\n", args...)
@@ -178,6 +187,8 @@ func (c *cluster) handle(nd *node) {
 		}
 		for _, d := range rd.Drop {
 			c.logf("%s: drop n%d standalone=%v: %v", name, d.Peer, d.StandAlone, d.Reason)
+			c.lastDrop = d.Reason
+			c.drops = append(c.drops, d.Reason)
 			c.sever(nd, c.nodes[d.Peer], d.StandAlone)
 		}
 		for _, cp := range rd.Completed {
@@ -203,6 +214,7 @@ func (c *cluster) handle(nd *node) {
 // sever cuts the connection between a and b (both directions); each side
 // learns it from Disconnected (or already knows it, having dropped it).
 func (c *cluster) sever(a, b *node, standAlone bool) {
+	c.tracef("sever n%d n%d", a.id, b.id)
 	for _, pair := range [][2]*node{{a, b}, {b, a}} {
 		x, y := pair[0], pair[1]
 		l := x.links[y.id]
@@ -231,6 +243,7 @@ func (c *cluster) connect(a, b *node) error {
 	}
 	a.links[b.id].up, b.links[a.id].up = true, true
 	a.links[b.id].standAlone, b.links[a.id].standAlone = false, false
+	c.tracef("connect n%d n%d", a.id, b.id)
 	ha, hb := a.eng.Hello(NodeID(b.id)), b.eng.Hello(NodeID(a.id))
 	a.eng.Connected(NodeID(b.id), &hb)
 	b.eng.Connected(NodeID(a.id), &ha)
@@ -252,6 +265,7 @@ func (c *cluster) deliver(a, b *node, n int, ch *wire.Channel) int {
 		}
 		l.queue = append(l.queue[:i], l.queue[i+1:]...)
 		moved++
+		c.tracef("deliver n%d->n%d %s", a.id, b.id, fmtFrame(&f))
 		if f.Type == wire.TypeData && b.eng.role != Primary {
 			b.undone[f.Seq] = f.Epoch
 		}
@@ -276,6 +290,7 @@ func (c *cluster) process(nd *node, n int, fail bool, pick func(int) int) int {
 		}
 		op := nd.ops[i]
 		nd.ops = append(nd.ops[:i], nd.ops[i+1:]...)
+		c.tracef("process n%d %s fail=%v", nd.id, fmtOp(op), fail)
 		var data []byte
 		var err error
 		if fail {
@@ -323,6 +338,7 @@ func (c *cluster) stabilize() {
 // crash loses a node's memory and pending operations; it restarts from
 // what it persisted.
 func (c *cluster) crash(nd *node) {
+	c.tracef("crash n%d", nd.id)
 	for _, other := range c.nodes {
 		if other != nd && nd.links[other.id].up {
 			c.sever(nd, other, false)

@@ -132,8 +132,6 @@ func (e *Engine) finishResync(p *peer) {
 	p.rs = nil
 	p.bitmapUUID = 0
 	e.persistDirty = true
-	// The target adopts our generation when ResyncDone arrives.
-	p.gen = wire.GenIDs{Current: e.current, History: e.history}
 	e.setRepl(p, Established, "resync done")
 	e.peerEvent(p, "resync", "", "", fmt.Sprintf("finished (%d bytes)", p.resyncDone))
 }

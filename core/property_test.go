@@ -1,0 +1,150 @@
+package core
+
+import (
+	"bytes"
+	"fmt"
+	"testing"
+
+	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/protocols"
+	"pgregory.net/rapid"
+)
+
+// TestRandomHistoriesConverge drives a three-node resource (n0 Primary)
+// through random writes, flushes, deliveries in random order, local
+// operations finishing in random order, disconnects, reconnects and
+// secondary crashes. Throughout, the harness checks that no secondary
+// starts a write of a later epoch before the earlier epochs are done and
+// that a write completed under protocol C is on every C peer that was
+// replicating. At the end everything reconnects and settles: every request
+// completed and every disk is byte-identical to the primary's.
+func TestRandomHistoriesConverge(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		protoGen := rapid.SampledFrom([]protocols.Protocol{protocols.A, protocols.B, protocols.C})
+		protos := []protocols.Protocol{protoGen.Draw(t, "proto1"), protoGen.Draw(t, "proto2")}
+		epochMax := rapid.IntRange(1, 4).Draw(t, "epochMax")
+		window := rapid.IntRange(1, 3).Draw(t, "window")
+		flushes := rapid.Bool().Draw(t, "diskFlushes")
+		maxBuf := rapid.Uint64Range(512, 8192).Draw(t, "maxBuffer")
+		c := newCluster(3, protos, func(cfg *Config) {
+			cfg.Size, cfg.BlockSize = 16*512, 512
+			cfg.EpochMaxWrites, cfg.ResyncChunk, cfg.ResyncWindow, cfg.DiskFlushes = epochMax, 1024, window, flushes
+			for i := range cfg.Peers {
+				cfg.Peers[i].MaxBuffer = maxBuf
+			}
+		})
+		c.trace = true
+		// The log of the whole history is printed if the test fails.
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Log(c.out.String())
+			}
+		})
+		for _, pair := range [][2]int{{0, 1}, {0, 2}, {1, 2}} {
+			must(t, c.connect(c.nodes[pair[0]], c.nodes[pair[1]]))
+		}
+		must(t, c.nodes[0].eng.Promote(true))
+		c.handle(c.nodes[0])
+		if rapid.Bool().Draw(t, "initial sync first") {
+			c.stabilize()
+		}
+		primary := c.nodes[0]
+		var submitted []RequestID
+		pick := func(n int) int { return rapid.IntRange(0, n-1).Draw(t, "pick") }
+		pair := func() (*node, *node) {
+			a := rapid.IntRange(0, 2).Draw(t, "a")
+			b := (a + rapid.IntRange(1, 2).Draw(t, "b")) % 3
+			return c.nodes[a], c.nodes[b]
+		}
+		steps := rapid.IntRange(1, 80).Draw(t, "steps")
+		for range steps {
+			switch rapid.IntRange(0, 9).Draw(t, "action") {
+			case 0, 1, 2:
+				off := rapid.Uint64Range(0, c.size-1).Draw(t, "off")
+				length := rapid.Uint64Range(1, min(2048, c.size-off)).Draw(t, "len")
+				r := Request{Kind: ReqWrite, Offset: off, Length: length, FUA: rapid.Bool().Draw(t, "fua")}
+				switch rapid.IntRange(0, 5).Draw(t, "kind") {
+				case 0:
+					r.Kind = ReqZeroes
+				case 1:
+					r.Kind = ReqTrim
+				default:
+					r.Data = bytes.Repeat([]byte{byte('a' + len(submitted)%26)}, int(length))
+				}
+				c.submit(primary, r)
+				submitted = append(submitted, c.nextReq)
+			case 3:
+				c.submit(primary, Request{Kind: ReqFlush})
+				submitted = append(submitted, c.nextReq)
+			case 4, 5:
+				a, b := pair()
+				var ch *wire.Channel
+				if rapid.Bool().Draw(t, "one channel") {
+					v := wire.Channel(rapid.IntRange(0, 1).Draw(t, "channel"))
+					ch = &v
+				}
+				c.deliver(a, b, rapid.IntRange(1, 4).Draw(t, "frames"), ch)
+			case 6, 7:
+				nd := c.nodes[rapid.IntRange(0, 2).Draw(t, "node")]
+				c.process(nd, rapid.IntRange(1, 4).Draw(t, "ops"), false, pick)
+			case 8:
+				a, b := pair()
+				if a.links[b.id].up {
+					c.sever(a, b, false)
+				} else {
+					must(t, c.connect(a, b))
+				}
+			case 9:
+				if rapid.IntRange(0, 3).Draw(t, "crash?") == 0 {
+					c.crash(c.nodes[rapid.IntRange(1, 2).Draw(t, "victim")])
+				}
+			}
+			checkPromises(t, c)
+		}
+		for _, a := range c.nodes {
+			for _, b := range c.nodes[a.id+1:] {
+				if a.links[b.id].standAlone {
+					t.Fatalf("n%d-n%d stand alone: %v", a.id, b.id, c.lastDrop)
+				}
+				if !a.links[b.id].up {
+					must(t, c.connect(a, b))
+				}
+			}
+		}
+		c.stabilize()
+		checkPromises(t, c)
+		for _, id := range submitted {
+			if _, ok := primary.done[id]; !ok {
+				t.Fatalf("request %d never completed\n%s", id, c.status(primary))
+			}
+		}
+		for _, nd := range c.nodes {
+			if !bytes.Equal(nd.disk, primary.disk) {
+				t.Fatalf("n%d's disk differs from the primary's\n%s%s%s", nd.id, c.disks(), c.status(primary), c.status(nd))
+			}
+			st := nd.eng.Status()
+			if st.Disk != UpToDate {
+				t.Fatalf("n%d is %v after settling\n%s", nd.id, st.Disk, c.status(nd))
+			}
+			for _, p := range st.Peers {
+				if p.Conn != Connected || p.Repl != Established || p.OutOfSync != 0 {
+					t.Fatalf("n%d towards n%d: %v %v, %d bytes out of sync\n%s", nd.id, p.ID, p.Conn, p.Repl, p.OutOfSync, c.status(nd))
+				}
+			}
+		}
+	})
+}
+
+func must(t *rapid.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func checkPromises(t *rapid.T, c *cluster) {
+	t.Helper()
+	if len(c.failed) > 0 {
+		t.Fatalf("%s", fmt.Sprint(c.failed))
+	}
+}
