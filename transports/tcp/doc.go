@@ -22,7 +22,8 @@
 // TCP connections by connection id. When every channel of an id has
 // arrived, it answers "GRPL" and the version on each of them and queues the
 // connection for Accept; Dial returns once it has read that answer, so a
-// successful Dial means a georepl listener took the connection. A TCP
+// successful Dial means a georepl listener took the connection. Dial gives
+// up after 20 seconds without an answer, unless ctx ends sooner. A TCP
 // connection whose preamble is garbage (wrong magic or version, unknown or
 // repeated channel) is closed; a set still incomplete after 10 seconds is
 // closed whole, and at most 256 incomplete sets are kept.

@@ -199,3 +199,37 @@ func TestConnFailsAsAWholeWhenOneChannelDies(t *testing.T) {
 		t.Error("write on a failed Conn succeeded")
 	}
 }
+
+func TestDialGivesUpOnAListenerThatNeverAnswers(t *testing.T) {
+	saved := dialTimeout
+	dialTimeout = 300 * time.Millisecond
+	defer func() { dialTimeout = saved }()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	held := make(chan net.Conn, transports.NumChannels)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held <- c // accept, then say nothing
+		}
+	}()
+	defer func() {
+		for range len(held) {
+			(<-held).Close()
+		}
+	}()
+	start := time.Now()
+	_, err = New().Dial(context.Background(), ln.Addr().String(), transports.Options{})
+	if !errors.Is(err, ErrDialTimeout) {
+		t.Fatalf("Dial of a silent server: %v, want ErrDialTimeout", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Dial gave up after %v, want about %v", d, dialTimeout)
+	}
+}

@@ -31,15 +31,26 @@ var (
 	// setTimeout is how long the listener keeps some channels of a
 	// connection while waiting for the others.
 	setTimeout = 10 * time.Second
+	// dialTimeout bounds Dial (connecting and the preamble exchange) when
+	// ctx has no earlier deadline. It is longer than setTimeout, so that a
+	// listener that drops an incomplete set says so by closing first.
+	dialTimeout = 20 * time.Second
 )
 
 // maxPendingSets bounds the incomplete connections a listener holds, so
 // that a flood of half connections cannot exhaust memory or descriptors.
 const maxPendingSets = 256
 
-// ErrBadPreamble is wrapped by Dial's error when the listener's answer is
-// not georepl's: something else listens on that port.
-var ErrBadPreamble = errors.New("tcp: peer is not a georepl tcp listener")
+var (
+	// ErrBadPreamble is wrapped by Dial's error when the listener's answer
+	// is not georepl's: something else listens on that port.
+	ErrBadPreamble = errors.New("tcp: peer is not a georepl tcp listener")
+	// ErrDialTimeout is wrapped by Dial's error when the connection was
+	// not set up within 20 seconds (and ctx set no earlier deadline):
+	// something that accepts TCP connections but never answers listens
+	// on that port.
+	ErrDialTimeout = errors.New("tcp: connection not set up in time")
+)
 
 // connID identifies the TCP connections of one Conn to the listener.
 type connID [connIDSize]byte
@@ -61,6 +72,8 @@ func checkAddr(op, addr string) error {
 	return nil
 }
 
+// keepAliveConfig turns opts (with defaults) into TCP keep-alive probes;
+// see the package documentation.
 func keepAliveConfig(o transports.Options) net.KeepAliveConfig {
 	return net.KeepAliveConfig{
 		Enable:   true,
@@ -73,7 +86,8 @@ func keepAliveConfig(o transports.Options) net.KeepAliveConfig {
 // Dial opens every channel's TCP connection to addr ("host:port") and
 // returns when the listener has answered on all of them. If one channel
 // fails, the others are closed and Dial returns that channel's error. When
-// ctx ends first, Dial returns an error wrapping ctx.Err().
+// ctx ends first, Dial returns an error wrapping ctx.Err(); without an
+// answer within 20 seconds, an error wrapping ErrDialTimeout.
 func (*Transport) Dial(ctx context.Context, addr string, opts transports.Options) (transports.Conn, error) {
 	if err := checkAddr("dial", addr); err != nil {
 		return nil, err
@@ -89,7 +103,7 @@ func (*Transport) Dial(ctx context.Context, addr string, opts transports.Options
 	rand.Read(id[:])
 
 	parent := ctx
-	ctx, cancel := context.WithCancel(parent)
+	ctx, cancel := context.WithTimeoutCause(parent, dialTimeout, ErrDialTimeout)
 	defer cancel()
 	dialer := net.Dialer{KeepAliveConfig: keepAliveConfig(opts)}
 	var (
@@ -106,16 +120,20 @@ func (*Transport) Dial(ctx context.Context, addr string, opts transports.Options
 		})
 	}
 	wg.Wait()
-	if err := errors.Join(errs[:]...); err != nil {
+	if err := firstError(errs[:]); err != nil {
 		for _, s := range socks {
 			if s != nil {
 				s.Close()
 			}
 		}
-		if parent.Err() != nil {
+		switch {
+		case parent.Err() != nil:
 			return nil, fmt.Errorf("tcp: dial %s: %w", addr, parent.Err())
+		case errors.Is(context.Cause(ctx), ErrDialTimeout):
+			return nil, fmt.Errorf("tcp: dial %s: %w (%v)", addr, ErrDialTimeout, dialTimeout)
+		default:
+			return nil, fmt.Errorf("tcp: dial %s: %w", addr, err)
 		}
-		return nil, fmt.Errorf("tcp: dial %s: %w", addr, firstError(errs[:]))
 	}
 	return newConn(socks), nil
 }
