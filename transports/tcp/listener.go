@@ -1,7 +1,6 @@
 package tcp
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -88,11 +87,8 @@ func (l *listener) readPreamble(sock *net.TCPConn) {
 		sock.Close()
 		return
 	}
-	var id connID
-	magic, version, rest := preamble[:len(preambleMagic)], preamble[len(preambleMagic)], preamble[len(preambleMagic)+1:]
-	copy(id[:], rest[:connIDSize])
-	ch := int(rest[connIDSize])
-	if !bytes.Equal(magic, []byte(preambleMagic)) || version != preambleVersion || ch >= transports.NumChannels {
+	id, ch, ok := parsePreamble(preamble)
+	if !ok {
 		sock.Close()
 		return
 	}
@@ -116,7 +112,7 @@ func (l *listener) readPreamble(sock *net.TCPConn) {
 // file adds sock as channel ch of connection id. It returns the set when
 // sock completed it, and nil otherwise (sock is then kept in the set or,
 // if it does not fit, closed).
-func (l *listener) file(id connID, ch int, sock *net.TCPConn) *pendingSet {
+func (l *listener) file(id connID, ch transports.Channel, sock *net.TCPConn) *pendingSet {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	set := l.pending[id]

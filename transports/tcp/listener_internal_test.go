@@ -1,6 +1,7 @@
 package tcp
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -31,10 +32,23 @@ func listen(t *testing.T) transports.Listener {
 	return ln
 }
 
-func rawPreamble(id connID, ch byte) []byte {
-	b := append([]byte(preambleMagic), preambleVersion)
-	b = append(b, id[:]...)
-	return append(b, ch)
+func rawPreamble(id connID, ch transports.Channel) []byte {
+	p := makePreamble(id, ch)
+	return p[:]
+}
+
+func TestPreambleRoundTrip(t *testing.T) {
+	id := connID{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
+	p := makePreamble(id, transports.ChannelControl)
+	want := append([]byte("GRPL\x01"), id[:]...)
+	want = append(want, 1)
+	if !bytes.Equal(p[:], want) {
+		t.Fatalf("preamble = %x, want %x", p, want)
+	}
+	gotID, gotCh, ok := parsePreamble(p)
+	if !ok || gotID != id || gotCh != transports.ChannelControl {
+		t.Errorf("parsePreamble = %x, %d, %v; want %x, 1, true", gotID, gotCh, ok, id)
+	}
 }
 
 // sendRaw opens a TCP connection to ln and writes b on it.

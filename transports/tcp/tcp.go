@@ -199,12 +199,8 @@ func tune(sock *net.TCPConn, opts transports.Options) error {
 // exchangePreamble sends the dialer's preamble and reads the listener's
 // answer.
 func exchangePreamble(sock *net.TCPConn, id connID, ch transports.Channel) error {
-	preamble := make([]byte, 0, preambleSize)
-	preamble = append(preamble, preambleMagic...)
-	preamble = append(preamble, preambleVersion)
-	preamble = append(preamble, id[:]...)
-	preamble = append(preamble, byte(ch))
-	if _, err := sock.Write(preamble); err != nil {
+	preamble := makePreamble(id, ch)
+	if _, err := sock.Write(preamble[:]); err != nil {
 		return fmt.Errorf("send preamble: %w", err)
 	}
 	var answer [answerSize]byte
@@ -217,6 +213,28 @@ func exchangePreamble(sock *net.TCPConn, id connID, ch transports.Channel) error
 	return nil
 }
 
+// makePreamble encodes the dialer's preamble of channel ch.
+func makePreamble(id connID, ch transports.Channel) [preambleSize]byte {
+	var p [preambleSize]byte
+	n := copy(p[:], preambleMagic)
+	p[n] = preambleVersion
+	copy(p[n+1:], id[:])
+	p[preambleSize-1] = byte(ch)
+	return p
+}
+
+// parsePreamble decodes a preamble; ok is false for anything a georepl
+// dialer of this version does not send.
+func parsePreamble(p [preambleSize]byte) (id connID, ch transports.Channel, ok bool) {
+	n := len(preambleMagic)
+	if string(p[:n]) != preambleMagic || p[n] != preambleVersion || int(p[preambleSize-1]) >= transports.NumChannels {
+		return connID{}, 0, false
+	}
+	copy(id[:], p[n+1:])
+	return id, transports.Channel(p[preambleSize-1]), true
+}
+
+// answerBytes is the listener's answer once a set is complete.
 func answerBytes() []byte {
 	return append([]byte(preambleMagic), preambleVersion)
 }
