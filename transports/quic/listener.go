@@ -34,9 +34,10 @@ func (e *endpoint) acquire() {
 
 func (e *endpoint) release() {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	e.refs--
-	if e.refs == 0 {
+	last := e.refs == 0
+	e.mu.Unlock()
+	if last {
 		e.tr.Close()
 		e.udp.Close()
 	}
