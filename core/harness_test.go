@@ -39,7 +39,9 @@ type node struct {
 	id        int
 	cfg       Config
 	eng       *Engine
-	disk      []byte
+	disk      []byte // what reads return
+	durable   []byte // what survives a crash: with a volatile cache, flushed writes only
+	volatile  bool   // the disk has a volatile write cache (modelled when DiskFlushes is set)
 	uuids     uint64
 	persisted Persistent
 	bitmaps   map[NodeID][]uint64 // as last written back
@@ -98,7 +100,8 @@ func newCluster(n int, protos []protocols.Protocol, tweak func(*Config)) *cluste
 			tweak(&cfg)
 		}
 		c.size, c.block = cfg.Size, cfg.BlockSize
-		nd.disk = make([]byte, c.size)
+		nd.disk, nd.durable = make([]byte, c.size), make([]byte, c.size)
+		nd.volatile = cfg.DiskFlushes
 		nd.cfg = cfg
 		nd.persisted = Persistent{Disk: Inconsistent}
 		c.nodes = append(c.nodes, nd)
@@ -303,6 +306,11 @@ func (c *cluster) process(nd *node, n int, fail bool, pick func(int) int) int {
 				clear(nd.disk[op.Offset : op.Offset+op.Length])
 			case OpRead:
 				data = slices.Clone(nd.disk[op.Offset : op.Offset+op.Length])
+			case OpFlush:
+				copy(nd.durable, nd.disk)
+			}
+			if op.Kind != OpRead && (!nd.volatile || op.FUA) {
+				copy(nd.durable[op.Offset:op.Offset+op.Length], nd.disk[op.Offset:op.Offset+op.Length])
 			}
 		}
 		if op.Kind != OpRead && op.Kind != OpFlush {
@@ -335,8 +343,8 @@ func (c *cluster) stabilize() {
 	}
 }
 
-// crash loses a node's memory and pending operations; it restarts from
-// what it persisted.
+// crash loses a node's memory, its pending operations and its disk's
+// volatile cache; it restarts from what it persisted.
 func (c *cluster) crash(nd *node) {
 	c.tracef("crash n%d", nd.id)
 	for _, other := range c.nodes {
@@ -346,6 +354,7 @@ func (c *cluster) crash(nd *node) {
 	}
 	nd.eng.Ready() // whatever it still had to say is lost with it
 	nd.ops = nil
+	copy(nd.disk, nd.durable)
 	clear(nd.undone)
 	clear(nd.issued)
 	c.start(nd)
