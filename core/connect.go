@@ -22,7 +22,7 @@ func (e *Engine) Connected(peer NodeID, h *wire.Hello) {
 		return
 	}
 	if p.conn == Connected {
-		e.disconnect(p, "reconnected")
+		e.disconnect(p, Connecting, "reconnected")
 	}
 	e.setConn(p, Connected, "")
 	p.gen = h.Gen
@@ -48,20 +48,22 @@ func (e *Engine) Connected(peer NodeID, h *wire.Hello) {
 func (e *Engine) Disconnected(peer NodeID) {
 	defer e.finish()
 	if p := e.peer(peer); p != nil && p.conn == Connected {
-		e.disconnect(p, "connection lost")
+		e.disconnect(p, Connecting, "connection lost")
 	}
 }
 
 // dropPeer asks the driver to close the connection and forgets it.
 func (e *Engine) dropPeer(p *peer, reason error, standAlone bool) {
 	e.rd.Drop = append(e.rd.Drop, Drop{Peer: p.cfg.ID, Reason: reason, StandAlone: standAlone})
-	e.disconnect(p, reason.Error())
+	to := Connecting
 	if standAlone {
-		e.setConn(p, StandAlone, "")
+		to = StandAlone
 	}
+	e.disconnect(p, to, reason.Error())
 }
 
-func (e *Engine) disconnect(p *peer, why string) {
+// disconnect forgets the connection to p, which goes to state to.
+func (e *Engine) disconnect(p *peer, to ConnState, why string) {
 	wasReplicating := e.role == Primary && p.replicating()
 	for _, w := range e.writes {
 		pr := &w.prog[p.idx]
@@ -101,7 +103,7 @@ func (e *Engine) disconnect(p *peer, why string) {
 		p.rx = nil
 	}
 	e.setRepl(p, ReplOff, "")
-	e.setConn(p, Connecting, why)
+	e.setConn(p, to, why)
 	e.setPeerRoleDisk(p, RoleUnknown, DUnknown)
 	p.gen = wire.GenIDs{}
 	if wasReplicating {

@@ -200,7 +200,14 @@ func (e *Engine) appWriteDone(w *write, err error) {
 	e.removeInflight(w.ext)
 	w.ext = nil
 	w.localDone = true
-	if err != nil && !w.completed {
+	if err != nil {
+		// The peers may have the new content where our disk has
+		// something unknown: mark the range so that the next resync
+		// makes them equal to what this disk returns.
+		for _, p := range e.peers {
+			e.markOutOfSync(p, w.off, w.length)
+		}
+		e.event(Event{What: "disk", Detail: fmt.Sprintf("%v of [%d, +%d) failed: %v; marked out of sync for every peer", w.kind, w.off, w.length, err)})
 		e.complete(w, fmt.Errorf("%w: %v of [%d, +%d): %w", ErrIO, w.kind, w.off, w.length, err))
 		return
 	}
