@@ -25,6 +25,7 @@ const (
 	ReqFlush
 )
 
+// String returns the kind's name ("write").
 func (k RequestKind) String() string {
 	return enumName(uint8(k), "RequestKind", "invalid", "write", "zeroes", "trim", "flush")
 }
@@ -63,6 +64,7 @@ const (
 	OpRead
 )
 
+// String returns the kind's name ("read").
 func (k OpKind) String() string {
 	return enumName(uint8(k), "OpKind", "invalid", "write", "zeroes", "trim", "flush", "read")
 }

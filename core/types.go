@@ -19,13 +19,21 @@ type OpID uint64
 type Role uint8
 
 const (
-	// RoleUnknown is a peer's role before its first hello.
+	// RoleUnknown is a peer's role while it is not connected: before its
+	// hello and after the connection is lost. This node's own role is never
+	// unknown.
 	RoleUnknown Role = iota
-	// Secondary applies writes received from the primary and serves no
-	// writable device.
+	// Secondary applies the writes its Primary sends, in the Primary's
+	// epoch order, and serves no writable device: Submit completes every
+	// request with ErrNotPrimary. Every engine starts Secondary, even one
+	// that crashed as Primary (see Persistent.Primary). Two Secondaries
+	// connected to each other exchange no data and never resync each other.
 	Secondary
 	// Primary accepts application writes and replicates them to every
-	// connected peer.
+	// replicating peer, marking the blocks of every other peer in that
+	// peer's bitmap. At most one node of a resource is Primary: two refuse
+	// to connect (ErrPeerPrimary). Only a Primary is a sync source, and it
+	// is never a sync target. Promote and Demote switch roles.
 	Primary
 )
 
@@ -33,21 +41,33 @@ const (
 type DiskState uint8
 
 const (
-	// DUnknown is a peer's disk state before its first hello.
+	// DUnknown is a peer's disk state while it is not connected. A
+	// Persistent.Disk of DUnknown (a zero value) is read as Inconsistent.
 	DUnknown DiskState = iota
-	// Diskless: no backing disk attached.
+	// Diskless: no backing disk is attached; the node cannot be promoted,
+	// not even with force. The engine never enters it by itself: a driver
+	// that detaches passes it in Config.State.
 	Diskless
-	// Attaching: the backing disk is being opened and its metadata read.
+	// Attaching: the backing disk is being opened and its metadata read;
+	// like Diskless, a state the driver reports, which the engine neither
+	// promotes nor syncs from.
 	Attaching
 	// Inconsistent: the data is not usable: a new resource before its first
-	// full sync, or a sync target in the middle of a resync.
+	// full sync, or a sync target in the middle of a resync (persisted when
+	// the resync starts, so that a crash then is not mistaken for good
+	// data). Promote refuses it unless forced; it is never a sync source.
 	Inconsistent
-	// Outdated: consistent data that is known to be older than a peer's.
+	// Outdated: consistent data known to be older than a peer's. The
+	// engine accepts it from Config.State; connecting to a Primary in the
+	// same generation makes it UpToDate, a newer Primary resyncs it.
 	Outdated
 	// Consistent: consistent data whose age relative to the peers is not
-	// known yet (not connected).
+	// known yet (not connected). Treated like Outdated: it becomes UpToDate
+	// when a Primary of the same generation connects.
 	Consistent
-	// UpToDate: consistent data that is the latest.
+	// UpToDate: consistent data that is the latest this node knows of. A
+	// Primary's disk is always UpToDate, and only an UpToDate Secondary
+	// adopts its Primary's new generation ids.
 	UpToDate
 )
 
@@ -55,12 +75,17 @@ const (
 type ConnState uint8
 
 const (
-	// StandAlone: not trying to connect (administratively down, or refused
-	// after split brain or unrelated data).
+	// StandAlone: not trying to connect: the engine dropped the connection
+	// with Drop.StandAlone (split brain, unrelated data, two Primaries,
+	// another device), or the driver keeps the peer down. Connected still
+	// accepts a new connection: reconnecting is the operator's decision.
 	StandAlone ConnState = iota
-	// Connecting: trying to connect or waiting for the peer.
+	// Connecting: not connected, and the driver is (or may be) trying to
+	// connect: every peer's initial state, and the state after a lost
+	// connection or a Drop without StandAlone.
 	Connecting
-	// Connected: handshake done; see ReplState.
+	// Connected: the handshake is done and the generation ids were
+	// compared; ReplState says what flows.
 	Connected
 )
 
@@ -68,30 +93,42 @@ const (
 type ReplState uint8
 
 const (
-	// ReplOff: not connected.
+	// ReplOff: not connected; nothing flows, and a Primary marks every write
+	// in the peer's bitmap.
 	ReplOff ReplState = iota
-	// Established: connected, writes replicate, nothing to resync.
+	// Established: connected with no resync running. Towards a Secondary
+	// peer of a Primary, application writes flow as Data frames. Between
+	// two Secondaries nothing flows, even when their generation ids say one
+	// is behind: the resync waits until one of them is promoted.
 	Established
-	// SyncSource: this node sends the peer the blocks marked out of sync.
+	// SyncSource: this node (the Primary) sends the peer the blocks marked in
+	// its bitmap for it, and application writes as Data, until the bitmap
+	// is clear; then ResyncDone and Established.
 	SyncSource
-	// SyncTarget: this node receives blocks from the peer; its disk is
-	// Inconsistent until the resync completes.
+	// SyncTarget: this node receives the marked blocks (and application
+	// writes) from its Primary; its disk is Inconsistent until ResyncDone,
+	// when it adopts the source's generation ids and becomes UpToDate. A
+	// sync target cannot be promoted.
 	SyncTarget
 )
 
+// String returns the role's name ("Primary").
 func (r Role) String() string {
 	return enumName(uint8(r), "Role", "Unknown", "Secondary", "Primary")
 }
 
+// String returns the disk state's name ("UpToDate").
 func (d DiskState) String() string {
 	return enumName(uint8(d), "DiskState", "DUnknown", "Diskless", "Attaching",
 		"Inconsistent", "Outdated", "Consistent", "UpToDate")
 }
 
+// String returns the connection state's name ("Connected").
 func (c ConnState) String() string {
 	return enumName(uint8(c), "ConnState", "StandAlone", "Connecting", "Connected")
 }
 
+// String returns the replication state's name ("SyncSource").
 func (r ReplState) String() string {
 	return enumName(uint8(r), "ReplState", "Off", "Established", "SyncSource", "SyncTarget")
 }
