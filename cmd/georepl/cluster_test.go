@@ -16,6 +16,7 @@ import (
 
 	"github.com/georepl/georepl/cmd/georepl/internal/node"
 	"github.com/georepl/georepl/configs"
+	"github.com/georepl/georepl/kmod/nbd"
 )
 
 // georeplBin is the binary under test, built once by TestMain.
@@ -62,24 +63,30 @@ type cluster struct {
 	t     *testing.T
 	dir   string
 	conf  string
+	src   []byte
 	rc    *configs.Resource
 	procs map[string]*exec.Cmd
+	// confOf names another configuration directory for a node (a node
+	// with a different configuration, e.g. the wrong secret).
+	confOf map[string]string
 }
 
-func newCluster(t *testing.T, size int64) *cluster {
+// newCluster prepares the demo's three nodes with disks of size bytes;
+// edits, applied in order, change the demo configuration's text.
+func newCluster(t *testing.T, size int64, edits ...func(string) string) *cluster {
 	t.Helper()
 	dir := t.TempDir()
 	port, err := freePortBlock(3)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, dir: dir, conf: filepath.Join(dir, "conf"), procs: map[string]*exec.Cmd{}}
-	if err := os.MkdirAll(c.conf, 0o755); err != nil {
-		t.Fatal(err)
+	c := &cluster{t: t, dir: dir, conf: filepath.Join(dir, "conf"), procs: map[string]*exec.Cmd{}, confOf: map[string]string{}}
+	src := string(configs.Demo(dir, port))
+	for _, edit := range edits {
+		src = edit(src)
 	}
-	if err := os.WriteFile(filepath.Join(c.conf, "r0.hcl"), configs.Demo(dir, port), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	c.src = []byte(src)
+	c.writeConf(c.conf, c.src)
 	cfg, err := loadConfig(c.conf)
 	if err != nil {
 		t.Fatal(err)
@@ -98,6 +105,16 @@ func newCluster(t *testing.T, size int64) *cluster {
 	}
 	t.Cleanup(c.stopAll)
 	return c
+}
+
+func (c *cluster) writeConf(dir string, src []byte) {
+	c.t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "r0.hcl"), src, 0o644); err != nil {
+		c.t.Fatal(err)
+	}
 }
 
 func (c *cluster) node(n string) *configs.Node {
@@ -138,7 +155,11 @@ func (c *cluster) start(n string) {
 		c.t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(georeplBin, "daemon", "--config", c.conf, "--node", n, "--admin", c.adminSock(n), "--up")
+	conf := c.conf
+	if other, ok := c.confOf[n]; ok {
+		conf = other
+	}
+	cmd := exec.Command(georeplBin, "daemon", "--config", conf, "--node", n, "--admin", c.adminSock(n), "--up")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
@@ -382,4 +403,138 @@ func TestDemo(t *testing.T) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
 	}
+}
+
+// waitFor polls node n's status until cond holds.
+func (c *cluster) waitFor(n, what string, timeout time.Duration, cond func(*node.ResourceStatus) bool) *node.ResourceStatus {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		st := c.status(n)
+		if cond(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s: not within %v; status of %s: %+v", what, timeout, n, st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// shortTimeouts makes peers give up on each other after a second.
+func shortTimeouts(src string) string {
+	return strings.Replace(src, `shared_secret = "demo-secret"`,
+		`shared_secret = "demo-secret"
+    ping_interval = "500ms"
+    timeout       = "1s"
+    connect_retry = "200ms"`, 1)
+}
+
+// TestClusterHungPeer: a protocol C peer that stops answering (SIGSTOP: its
+// sockets stay open, as with a cut network link) costs the application
+// only the timeout; the primary marks its blocks and goes on, and after
+// SIGCONT the peer reconnects and resyncs.
+func TestClusterHungPeer(t *testing.T) {
+	c := newCluster(t, 64<<20, shortTimeouts)
+	for _, n := range demoNodes {
+		c.start(n)
+	}
+	c.cli("alpha", "primary", "--force", "r0")
+	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+
+	bravo := c.procs["bravo"]
+	if err := bravo.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer bravo.Process.Signal(syscall.SIGCONT)
+	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	start := time.Now()
+	buf := bytes.Repeat([]byte{0xA5}, 64<<10)
+	for i := 0; i < 64; i++ {
+		if err := client.WriteAt(buf, int64(i)*int64(len(buf)), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := client.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Generous bound against the 1 s timeout: the race detector and a
+	// noisy machine slow everything, but a hang would take forever.
+	if el := time.Since(start); el > 20*time.Second {
+		t.Fatalf("writes took %v with a hung protocol C peer; the timeout is 1s", el)
+	}
+	st := c.waitFor("alpha", "bravo marked out of sync", 30*time.Second, func(st *node.ResourceStatus) bool {
+		return c.peer(st, "bravo").OutOfSync > 0
+	})
+	if p := c.peer(st, "bravo"); p.Conn == "Connected" {
+		t.Fatalf("bravo still connected while stopped: %+v", p)
+	}
+	bravo.Process.Signal(syscall.SIGCONT)
+	c.settleAndCompare()
+}
+
+// TestClusterWrongSecret: a node configured with another shared secret is
+// refused, and both logs say why.
+func TestClusterWrongSecret(t *testing.T) {
+	c := newCluster(t, 16<<20)
+	wrong := filepath.Join(c.dir, "conf-wrong")
+	c.writeConf(wrong, bytes.Replace(c.src, []byte(`"demo-secret"`), []byte(`"not-the-secret"`), 1))
+	c.confOf["bravo"] = wrong
+	c.start("alpha")
+	c.start("bravo")
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(c.log("alpha"), "authentication failed") || !strings.Contains(c.log("bravo"), "authentication failed") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no authentication failure logged\nalpha:\n%s\nbravo:\n%s", c.log("alpha"), c.log("bravo"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if p := c.peer(c.status("alpha"), "bravo"); p.Conn == "Connected" {
+		t.Fatalf("bravo connected with the wrong secret: %+v", p)
+	}
+}
+
+// TestClusterSwitchover: a clean role change; the new primary replicates
+// to both others (the mesh is full), and all disks end equal.
+func TestClusterSwitchover(t *testing.T) {
+	c := newCluster(t, 32<<20)
+	for _, n := range demoNodes {
+		c.start(n)
+	}
+	c.cli("alpha", "primary", "--force", "r0")
+	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+	write := func(n string, fill byte) {
+		client, err := nbd.Dial(context.Background(), c.node(n).Export, "r0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer client.Close()
+		for i := int64(0); i < 32; i++ {
+			if err := client.WriteAt(bytes.Repeat([]byte{fill + byte(i)}, 8192), i*128<<10, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := client.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("alpha", 1)
+	c.cli("alpha", "wait-sync", "--timeout", "1m", "r0")
+	c.cli("alpha", "secondary", "r0")
+	c.cli("bravo", "primary", "r0")
+	write("bravo", 100)
+	c.cli("bravo", "wait-sync", "--timeout", "1m", "r0")
+	st := c.status("bravo")
+	for _, p := range st.Peers {
+		if p.Conn != "Connected" || p.Disk != "UpToDate" {
+			t.Fatalf("after switch-over, peer %s of the new primary: %+v", p.Name, p)
+		}
+	}
+	c.cli("bravo", "secondary", "r0")
+	c.cli("alpha", "primary", "r0")
+	c.settleAndCompare()
 }
