@@ -1,6 +1,7 @@
 package core
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/georepl/georepl/core/wire"
@@ -36,7 +37,7 @@ func (e *Engine) Connected(peer NodeID, h *wire.Hello) {
 		e.dropPeer(p, fmt.Errorf("%w: hello from node %d to node %d on the connection from %d to %d",
 			ErrProtocol, h.From, h.To, peer, e.self), false)
 	default:
-		e.apply(p, e.decideWith(p))
+		e.apply(p, e.decideWith(p), true)
 	}
 }
 
@@ -98,7 +99,11 @@ func (e *Engine) disconnect(p *peer, to ConnState, why string) {
 		p.rs = nil
 		e.peerEvent(p, "resync", "", "", "interrupted")
 	}
+	p.resyncDoneSent = false
 	if p.rx != nil {
+		if p.role == Primary && e.role != Primary {
+			e.markRecentForOthers(p)
+		}
 		e.abandonReceiver(p.rx)
 		p.rx = nil
 	}
@@ -159,6 +164,12 @@ func (e *Engine) Receive(from NodeID, f *wire.Frame) {
 		e.barrierAck(p, f)
 	case wire.TypeStateChange:
 		e.receiveState(p, f)
+	case wire.TypeOutOfSync:
+		if p.rs == nil {
+			e.violation(p, f, "out-of-sync marks outside a resync")
+			return
+		}
+		p.bitmap.SetBytes(f.Offset, uint64(f.Length), e.blockSize)
 	default:
 		e.violation(p, f, "unexpected frame")
 	}
@@ -182,9 +193,12 @@ type side struct {
 type decision struct {
 	repl ReplState // Established, SyncSource or SyncTarget
 	full bool      // resync everything, not just the source's bitmap
-	rule int       // the row of the table in the package documentation
-	err  error     // drop the connection (StandAlone) for this reason
-	why  string
+	// awaitMarks: the source waits for the target's own marks (OutOfSync
+	// frames, ended by its StateChange as SyncTarget) before reading.
+	awaitMarks bool
+	rule       int   // the row of the table in the package documentation
+	err        error // drop the connection (StandAlone) for this reason
+	why        string
 }
 
 func (e *Engine) decideWith(p *peer) decision {
@@ -247,12 +261,9 @@ func decide(s, p side) decision {
 	case src.disk != UpToDate:
 		return decision{repl: Established, rule: rule, why: "the would-be sync source is " + src.disk.String()}
 	}
-	// A bitmap resync sends only the source's marks: if the target marked
-	// blocks of its own, send everything.
-	if dst.gen.Bitmap != 0 {
-		full = true
-	}
-	return decision{repl: repl, full: full, rule: rule}
+	// A target that marked blocks of its own for the source sends them
+	// (OutOfSync) before the source starts reading.
+	return decision{repl: repl, full: full, awaitMarks: !full && dst.gen.Bitmap != 0, rule: rule}
 }
 
 // compareGenIDs is the generation id table of the package documentation.
@@ -276,27 +287,55 @@ func compareGenIDs(s, p wire.GenIDs) (dir syncDir, full bool, rule int, err erro
 	case s.Bitmap != 0 && s.Bitmap == p.Bitmap:
 		return inSync, false, 6, fmt.Errorf("%w: both nodes changed the data since generation %x (ours now %x, the peer's %x)",
 			ErrSplitBrain, s.Bitmap, s.Current, p.Current)
-	case s.Bitmap != 0 && p.Bitmap == 0 && (s.Bitmap == p.History[0] || s.Bitmap == p.History[1]):
-		// The peer adopted generations of ours after the one our bitmap
-		// is tied to, before we heard of it: our marks still cover what
-		// it lacks.
+	case marksCover(s, p):
 		return fromSelf, false, 4, nil
-	case p.Bitmap != 0 && s.Bitmap == 0 && (p.Bitmap == s.History[0] || p.Bitmap == s.History[1]):
+	case marksCover(p, s):
 		return fromPeer, false, 5, nil
-	case p.Current == s.History[0] || p.Current == s.History[1]:
+	case inHistory(p.Current, s):
 		return fromSelf, true, 7, nil
-	case s.Current == p.History[0] || s.Current == p.History[1]:
+	case inHistory(s.Current, p):
 		return fromPeer, true, 7, nil
 	}
 	return inSync, false, 8, fmt.Errorf("%w: current %x history %x %x, the peer's current %x history %x %x",
 		ErrUnrelatedData, s.Current, s.History[0], s.History[1], p.Current, p.History[0], p.History[1])
 }
 
+// marksCover reports whether a bitmap resync from a to b (b's own marks
+// merged) makes b equal to a in the cases where b's current id is not a's
+// bitmap id, rows 4 and 5 in their general form:
+//
+//   - b adopted generations of a's after the one a's bitmap is tied to,
+//     before a heard of it: a's bitmap id is in b's history, b has no
+//     marks, and a moved on since its marks began;
+//   - b's marks began at b's current id (it lost its Primary, or restarted
+//     after crashing as Primary and marked its activity log), so they cover
+//     everything b holds of a generation a never had; and either a's marks
+//     cover what a changed since their common ancestor (a's bitmap id is
+//     in b's history), or a moved on from b's current id while sending b
+//     everything (it is in a's history, a has no marks).
+func marksCover(a, b wire.GenIDs) bool {
+	switch {
+	case a.Bitmap != 0 && b.Bitmap == 0 && a.Bitmap != a.Current && inHistory(a.Bitmap, b):
+		return true
+	case b.Bitmap != 0 && b.Bitmap == b.Current:
+		return (a.Bitmap != 0 && inHistory(a.Bitmap, b)) || (a.Bitmap == 0 && inHistory(b.Current, a))
+	}
+	return false
+}
+
+// inHistory reports whether id is one of g's history ids.
+func inHistory(id uint64, g wire.GenIDs) bool {
+	return id != 0 && (id == g.History[0] || id == g.History[1])
+}
+
 // apply carries out a decision for a connected peer whose replication is
-// not running a resync.
-func (e *Engine) apply(p *peer, d decision) {
+// not running a resync. Refusals are final (StandAlone), except two
+// Primaries seen after the handshake: a StateChange that crossed a
+// switchover (one demoted, the other promoted) shows a stale role, and a
+// fresh handshake decides again.
+func (e *Engine) apply(p *peer, d decision, atConnect bool) {
 	if d.err != nil {
-		e.dropPeer(p, d.err, true)
+		e.dropPeer(p, d.err, atConnect || !errors.Is(d.err, ErrPeerPrimary))
 		return
 	}
 	switch d.repl {
@@ -307,11 +346,17 @@ func (e *Engine) apply(p *peer, d decision) {
 			e.setDisk(UpToDate, "in sync with the primary")
 		}
 	case SyncSource:
-		e.startResync(p, d.full)
+		e.startResync(p, d.full, d.awaitMarks)
 	case SyncTarget:
 		p.resyncTotal, p.resyncDone = 0, 0
 		e.setDisk(Inconsistent, fmt.Sprintf("resync from node %d", p.cfg.ID))
 		e.setRepl(p, SyncTarget, "")
+		if d.awaitMarks {
+			e.sendMarks(p)
+		}
+		// Our StateChange as SyncTarget tells the source that our marks
+		// are complete.
+		e.announce = true
 	}
 }
 
@@ -319,7 +364,7 @@ func (e *Engine) apply(p *peer, d decision) {
 // or roles changed, unless a resync with it is running.
 func (e *Engine) reevaluate(p *peer) {
 	if p.conn == Connected && p.repl == Established {
-		e.apply(p, e.decideWith(p))
+		e.apply(p, e.decideWith(p), false)
 	}
 }
 
@@ -353,28 +398,40 @@ func (e *Engine) receiveState(p *peer, f *wire.Frame) {
 	}
 	// A sync target's state sent before it learnt that the resync finished
 	// (acknowledgements overtake it on the control channel) carries the
-	// generation ids it is about to replace: keep the ones it will adopt.
-	stale := ReplState(st.Repl) == SyncTarget && p.repl != SyncSource
-	oldRole := p.role
+	// generation ids it is about to replace: ignore them.
+	peerRepl := ReplState(st.Repl)
+	stale := peerRepl == SyncTarget && p.resyncDoneSent
+	if peerRepl != SyncTarget {
+		p.resyncDoneSent = false
+	}
+	oldRole, oldDisk, oldMarks := p.role, p.disk, p.gen.Bitmap
 	e.setPeerRoleDisk(p, Role(st.Role), DiskState(st.Disk))
 	if stale {
 		return
 	}
 	p.gen = st.Gen
+	if p.rs != nil && p.rs.awaitMarks && ReplState(st.Repl) == SyncTarget {
+		e.marksReceived(p)
+	}
 	e.adoptGeneration(p)
-	// A Primary's peers announce new ids only to confirm ones it sent them
-	// (or to finish a resync): nothing to decide unless a role changed.
-	if e.role != Primary || p.role != oldRole {
+	// A Primary's peers announce new ids to confirm ones it sent them or
+	// to finish a resync: nothing to decide unless a role or disk state
+	// changed, the peer now holds marks for us, or it expects a resync we
+	// did not decide (it judged newer ids of ours than we judged its).
+	if e.role != Primary || p.role != oldRole || p.disk != oldDisk || p.gen.Bitmap != oldMarks ||
+		(peerRepl == SyncTarget && p.repl == Established) {
 		e.reevaluate(p)
 	}
 }
 
 // adoptGeneration takes over the Primary's new generation when we are in
-// sync with it: Established, UpToDate, and our current id is the one it
-// just moved to its history. The Primary expects exactly this (adopts).
+// sync with it: Established, UpToDate, no marks on either side, and our
+// current id is the one it just moved to its history. The Primary expects
+// exactly this (adopts).
 func (e *Engine) adoptGeneration(p *peer) {
 	if e.role == Primary || p.role != Primary || p.repl != Established || e.disk != UpToDate ||
-		e.current == 0 || p.gen.Current == e.current || p.gen.History[0] != e.current {
+		e.current == 0 || p.gen.Current == e.current || p.gen.History[0] != e.current ||
+		p.gen.Bitmap != 0 || p.bitmapUUID != 0 {
 		return
 	}
 	e.event(Event{What: "gen", Old: fmt.Sprintf("%x", e.current), New: fmt.Sprintf("%x", p.gen.Current),

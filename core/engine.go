@@ -70,6 +70,8 @@ type peer struct {
 	blocked    int    // writes held at level None by MaxBuffer
 	ackedEpoch uint64 // highest BarrierAck on this connection
 
+	resyncSoon              bool          // marked while Established: decide again in finish
+	resyncDoneSent          bool          // until the target's StateChange after ResyncDone
 	rs                      *resyncSource // we are its sync source
 	rx                      *receiver     // frames it sends us to write
 	resyncTotal, resyncDone uint64
@@ -327,6 +329,14 @@ func (e *Engine) progress() {
 func (e *Engine) finish() {
 	e.trimWrites()
 	e.announceState()
+	// After the StateChange that tells the peer about our marks.
+	for _, p := range e.peers {
+		if p.resyncSoon {
+			p.resyncSoon = false
+			e.reevaluate(p)
+		}
+	}
+	e.announceState()
 	e.checkInvariants()
 }
 
@@ -393,7 +403,9 @@ func (e *Engine) overlapsInflight(off, end uint64, writesOnly bool) bool {
 }
 
 // markOutOfSync records that [off, off+length) may differ on p. A bitmap
-// that starts now is tied to the generation p last confirmed having.
+// that starts now is tied to the generation p last confirmed having, and
+// the peers learn it (their decisions depend on it). A Primary resyncs a
+// peer it is Established with as soon as the call ends.
 func (e *Engine) markOutOfSync(p *peer, off, length uint64) {
 	if p.bitmapUUID == 0 {
 		p.bitmapUUID = p.gen.Current
@@ -401,8 +413,12 @@ func (e *Engine) markOutOfSync(p *peer, off, length uint64) {
 			p.bitmapUUID = e.current
 		}
 		e.persistDirty = true
+		e.announce = true
 	}
 	p.bitmap.SetBytes(off, length, e.blockSize)
+	if e.role == Primary && p.conn == Connected && p.repl == Established {
+		p.resyncSoon = true
+	}
 }
 
 // newGeneration starts a new current id. Peers that will not see the

@@ -48,6 +48,7 @@ type node struct {
 	ops       []LocalOp           // issued, not yet performed
 	links     []*link             // by peer node id; nil for itself
 	failedIO  bool                // a failure was injected: protocol C checks exempt it
+	crashing  bool                // its engine is gone: nothing it does counts
 	done      map[RequestID]error
 
 	// Promise checks on the receiving side: data writes delivered and not
@@ -235,10 +236,12 @@ func (c *cluster) sever(a, b *node, standAlone bool) {
 			}
 		}
 	}
-	a.eng.Disconnected(NodeID(b.id))
-	b.eng.Disconnected(NodeID(a.id))
-	c.handle(a)
-	c.handle(b)
+	for _, pair := range [][2]*node{{a, b}, {b, a}} {
+		if x := pair[0]; !x.crashing {
+			x.eng.Disconnected(NodeID(pair[1].id))
+			c.handle(x)
+		}
+	}
 }
 
 func (c *cluster) connect(a, b *node) error {
@@ -349,17 +352,57 @@ func (c *cluster) stabilize() {
 // volatile cache; it restarts from what it persisted.
 func (c *cluster) crash(nd *node) {
 	c.tracef("crash n%d", nd.id)
+	nd.crashing = true
 	for _, other := range c.nodes {
 		if other != nd && nd.links[other.id].up {
 			c.sever(nd, other, false)
 		}
 	}
-	nd.eng.Ready() // whatever it still had to say is lost with it
+	nd.crashing = false
 	nd.ops = nil
 	copy(nd.disk, nd.durable)
+	clear(nd.inflight)
+	if nd.persisted.Primary {
+		// The driver's duty after a crash as Primary: mark the activity
+		// log's extents for every peer. The harness has no activity log:
+		// it marks everything.
+		if nd.persisted.BitmapUUID == nil {
+			nd.persisted.BitmapUUID = map[NodeID]uint64{}
+		}
+		for _, p := range nd.cfg.Peers {
+			b := NewBitmap(c.size / uint64(c.block))
+			b.SetRange(0, b.Len())
+			nd.bitmaps[p.ID] = slices.Clone(b.Words())
+			if nd.persisted.BitmapUUID[p.ID] == 0 {
+				nd.persisted.BitmapUUID[p.ID] = nd.persisted.Current
+			}
+		}
+	}
 	clear(nd.undone)
 	clear(nd.issued)
 	c.start(nd)
+}
+
+// discard is the operator's way out of split brain or unrelated data: the
+// node (which must not be Primary) forgets its generation ids and bitmaps
+// and restarts as a new, Inconsistent node; its next Primary resyncs it
+// fully.
+func (c *cluster) discard(nd *node) {
+	c.tracef("discard n%d", nd.id)
+	c.crash(nd)
+	nd.persisted = Persistent{Disk: Inconsistent}
+	clear(nd.bitmaps)
+	c.start(nd)
+	for _, l := range nd.links {
+		if l != nil {
+			l.standAlone = false
+		}
+	}
+	for _, other := range c.nodes {
+		if other != nd {
+			other.links[nd.id].standAlone = false
+		}
+	}
 }
 
 func (c *cluster) submit(nd *node, r Request) {

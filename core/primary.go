@@ -136,12 +136,14 @@ func (e *Engine) maybeCloseEpoch() {
 }
 
 // closeEpoch sends Barrier(epoch) to every replicating peer and opens the
-// next epoch; it returns the closed epoch.
+// next epoch; it returns the closed epoch. The barrier's Seq tells the
+// secondaries up to which write everything is confirmed on every peer.
 func (e *Engine) closeEpoch(flags wire.Flags) uint64 {
 	closed := e.epoch
+	confirmed := e.confirmedSeq()
 	for _, p := range e.peers {
 		if p.replicating() {
-			e.send(p, wire.Frame{Type: wire.TypeBarrier, Flags: flags, Epoch: closed})
+			e.send(p, wire.Frame{Type: wire.TypeBarrier, Flags: flags, Epoch: closed, Seq: confirmed})
 		}
 	}
 	e.epoch++
@@ -249,6 +251,41 @@ func (e *Engine) retired(w *write) bool {
 		}
 	}
 	return true
+}
+
+// Settled reports whether every write overlapping [off, off+length) is
+// settled: completed to the application, and on every peer it was sent to
+// behind an acknowledged barrier (or marked in that peer's bitmap). Held
+// writes are not settled.
+//
+// The driver keeps an activity log extent active until its range is
+// settled, and writes the bitmaps' dirty pages back before it retires an
+// extent: then, after a crash as Primary, marking the active extents for
+// every peer covers every write a peer may lack.
+func (e *Engine) Settled(off, length uint64) bool {
+	end := off + length
+	for _, r := range e.held {
+		if r.Offset < end && off < r.Offset+r.Length {
+			return false
+		}
+	}
+	for _, w := range e.writes {
+		if w.off < end && off < w.off+w.length && !e.retired(w) {
+			return false
+		}
+	}
+	return true
+}
+
+// confirmedSeq is the highest sequence number up to which every write is
+// retired: on every peer it was sent to, behind an acknowledged barrier.
+func (e *Engine) confirmedSeq() uint64 {
+	for _, w := range e.writes {
+		if !e.retired(w) {
+			return w.seq - 1
+		}
+	}
+	return e.seq
 }
 
 // trimWrites forgets the retired writes at the front of the list. Only

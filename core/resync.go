@@ -15,6 +15,9 @@ type resyncSource struct {
 	reads  int    // reads in flight
 	sent   map[uint64]blockRun
 	lost   bool // the connection is gone
+	// awaitMarks: the target's own marks are still arriving; read
+	// nothing until they are merged.
+	awaitMarks bool
 }
 
 // blockRun is a range of blocks.
@@ -28,7 +31,7 @@ type syncRead struct {
 	ext *extent
 }
 
-func (e *Engine) startResync(p *peer, full bool) {
+func (e *Engine) startResync(p *peer, full, awaitMarks bool) {
 	how := "bitmap"
 	if full {
 		how = "full"
@@ -43,11 +46,35 @@ func (e *Engine) startResync(p *peer, full bool) {
 		}
 		e.persistDirty = true
 	}
-	p.rs = &resyncSource{sent: make(map[uint64]blockRun)}
+	p.rs = &resyncSource{sent: make(map[uint64]blockRun), awaitMarks: awaitMarks}
 	p.resyncTotal, p.resyncDone = e.blocksToBytes(p.bitmap.Count()), 0
 	e.setRepl(p, SyncSource, "")
+	if awaitMarks {
+		how += ", waiting for the peer's marks"
+	}
 	e.peerEvent(p, "resync", "", "", fmt.Sprintf("started (%s, %d bytes)", how, p.resyncTotal))
 	e.scheduleResync(p)
+}
+
+// marksReceived ends the wait for the target's own marks.
+func (e *Engine) marksReceived(p *peer) {
+	p.rs.awaitMarks = false
+	p.resyncTotal = e.blocksToBytes(p.bitmap.Count())
+	e.peerEvent(p, "resync", "", "", fmt.Sprintf("peer's marks merged (%d bytes)", p.resyncTotal))
+	e.scheduleResync(p)
+}
+
+// sendMarks sends the sync source our own marks for it: blocks we changed
+// that it may lack (we were Primary, or lost a Primary whose last writes
+// may not have reached it). They stay set here until ResyncDone.
+func (e *Engine) sendMarks(p *peer) {
+	const maxRun = 1 << 31 // bytes per OutOfSync frame, within its 32-bit length
+	bs := uint64(e.blockSize)
+	for b, ok := p.bitmap.NextSet(0); ok; b, ok = p.bitmap.NextSet(b) {
+		end := min(p.bitmap.NextClear(b), b+maxRun/bs)
+		e.send(p, wire.Frame{Type: wire.TypeOutOfSync, Offset: b * bs, Length: uint32((end - b) * bs)})
+		b = end
+	}
 }
 
 // scheduleResync issues resync reads while the window allows. A run that
@@ -55,6 +82,9 @@ func (e *Engine) startResync(p *peer, full bool) {
 // carries content older than a write already sent.
 func (e *Engine) scheduleResync(p *peer) {
 	rs := p.rs
+	if rs.awaitMarks {
+		return
+	}
 	wrapped := false
 	for rs.reads+len(rs.sent) < e.window {
 		b, ok := p.bitmap.NextSet(rs.cursor)
@@ -129,6 +159,7 @@ func (e *Engine) resyncAck(p *peer, f *wire.Frame) {
 // finishResync ends a resync whose bitmap is clear with nothing in flight.
 func (e *Engine) finishResync(p *peer) {
 	e.send(p, wire.Frame{Type: wire.TypeResyncDone})
+	p.resyncDoneSent = true
 	p.rs = nil
 	p.bitmapUUID = 0
 	e.persistDirty = true

@@ -19,7 +19,15 @@ type receiver struct {
 	peer *peer
 	segs []*segment // oldest first; the last one is open (no barrier yet)
 	lost bool       // the connection is gone: no more acknowledgements
+	// recent are the data writes received that the Primary has not yet
+	// confirmed to be on every peer (Barrier.Seq). If the Primary is lost,
+	// another secondary may lack them (or have some we lack): we mark them
+	// for every other peer.
+	recent []recentWrite
 }
+
+// recentWrite is the range of a data write not yet confirmed everywhere.
+type recentWrite struct{ seq, off, length uint64 }
 
 // segment is the writes received between two barriers.
 type segment struct {
@@ -63,14 +71,23 @@ func (e *Engine) receiveWrite(p *peer, f *wire.Frame, resync bool) {
 		op.Epoch = 0
 	}
 	p.dataReceived += uint64(len(f.Payload))
+	if !resync {
+		p.rx.recent = append(p.rx.recent, recentWrite{seq: f.Seq, off: f.Offset, length: uint64(f.Length)})
+	}
 	seg := p.rx.segs[len(p.rx.segs)-1]
 	seg.writes = append(seg.writes, &rxWrite{seg: seg, op: op, resync: resync})
 	e.pump(p.rx)
 }
 
-// receiveBarrier closes the open segment.
+// receiveBarrier closes the open segment. Its Seq confirms that every
+// write up to it is on every peer: those leave the recent list.
 func (e *Engine) receiveBarrier(p *peer, f *wire.Frame) {
 	rx := p.rx
+	n := 0
+	for n < len(rx.recent) && rx.recent[n].seq <= f.Seq {
+		n++
+	}
+	rx.recent = append(rx.recent[:0], rx.recent[n:]...)
 	seg := rx.segs[len(rx.segs)-1]
 	seg.closed, seg.epoch = true, f.Epoch
 	seg.flush = e.diskFlushes || f.Flags&wire.FlagFlush != 0
@@ -172,4 +189,23 @@ func (e *Engine) abandonReceiver(rx *receiver) {
 			}
 		}
 	}
+}
+
+// markRecentForOthers runs when the connection to our Primary is lost: the
+// writes it had not confirmed everywhere may be on some secondaries and not
+// on others, so they are marked for every other peer. Whichever node is
+// promoted next resyncs them (merging the target's marks).
+func (e *Engine) markRecentForOthers(primary *peer) {
+	if len(primary.rx.recent) == 0 || len(e.peers) < 2 {
+		return
+	}
+	for _, q := range e.peers {
+		if q == primary {
+			continue
+		}
+		for _, r := range primary.rx.recent {
+			e.markOutOfSync(q, r.off, r.length)
+		}
+	}
+	e.peerEvent(primary, "resync", "", "", fmt.Sprintf("primary lost: %d unconfirmed writes marked out of sync for the other peers", len(primary.rx.recent)))
 }
