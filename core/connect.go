@@ -193,12 +193,9 @@ type side struct {
 type decision struct {
 	repl ReplState // Established, SyncSource or SyncTarget
 	full bool      // resync everything, not just the source's bitmap
-	// awaitMarks: the source waits for the target's own marks (OutOfSync
-	// frames, ended by its StateChange as SyncTarget) before reading.
-	awaitMarks bool
-	rule       int   // the row of the table in the package documentation
-	err        error // drop the connection (StandAlone) for this reason
-	why        string
+	rule int       // the row of the table in the package documentation
+	err  error     // drop the connection (StandAlone) for this reason
+	why  string
 }
 
 func (e *Engine) decideWith(p *peer) decision {
@@ -261,9 +258,7 @@ func decide(s, p side) decision {
 	case src.disk != UpToDate:
 		return decision{repl: Established, rule: rule, why: "the would-be sync source is " + src.disk.String()}
 	}
-	// A target that marked blocks of its own for the source sends them
-	// (OutOfSync) before the source starts reading.
-	return decision{repl: repl, full: full, awaitMarks: !full && dst.gen.Bitmap != 0, rule: rule}
+	return decision{repl: repl, full: full, rule: rule}
 }
 
 // compareGenIDs is the generation id table of the package documentation.
@@ -346,16 +341,17 @@ func (e *Engine) apply(p *peer, d decision, atConnect bool) {
 			e.setDisk(UpToDate, "in sync with the primary")
 		}
 	case SyncSource:
-		e.startResync(p, d.full, d.awaitMarks)
+		e.startResync(p, d.full)
 	case SyncTarget:
 		p.resyncTotal, p.resyncDone = 0, 0
 		e.setDisk(Inconsistent, fmt.Sprintf("resync from node %d", p.cfg.ID))
 		e.setRepl(p, SyncTarget, "")
-		if d.awaitMarks {
+		// Our own marks for the source (a full resync needs none), then
+		// our StateChange as SyncTarget, which tells the source that they
+		// are complete: it does not finish before.
+		if !d.full {
 			e.sendMarks(p)
 		}
-		// Our StateChange as SyncTarget tells the source that our marks
-		// are complete.
 		e.announce = true
 	}
 }
@@ -410,9 +406,6 @@ func (e *Engine) receiveState(p *peer, f *wire.Frame) {
 		return
 	}
 	p.gen = st.Gen
-	if p.rs != nil && p.rs.awaitMarks && ReplState(st.Repl) == SyncTarget {
-		e.marksReceived(p)
-	}
 	e.adoptGeneration(p)
 	// A Primary's peers announce new ids to confirm ones it sent them or
 	// to finish a resync: nothing to decide unless a role or disk state
@@ -421,6 +414,9 @@ func (e *Engine) receiveState(p *peer, f *wire.Frame) {
 	if e.role != Primary || p.role != oldRole || p.disk != oldDisk || p.gen.Bitmap != oldMarks ||
 		(peerRepl == SyncTarget && p.repl == Established) {
 		e.reevaluate(p)
+	}
+	if p.rs != nil && peerRepl == SyncTarget && !p.rs.targetReady {
+		e.targetReady(p)
 	}
 }
 

@@ -56,9 +56,11 @@
 //     Disconnected of the same connection; Hello, Auth and Ping are the
 //     driver's business.
 //   - Bitmap pages (Engine.Bitmap, DirtyPages) may be written back lazily,
-//     but a node that crashed as Primary (Persistent.Primary still set)
-//     must mark its activity log's extents out of sync for every peer
-//     before calling New: that covers bits set but not yet written back.
+//     but before an activity log extent is retired its range must be
+//     Settled and the dirty pages written. A node that crashed as Primary
+//     (Persistent.Primary still set) marks its active extents for every
+//     peer before calling New, setting Persistent.BitmapUUID[peer] to its
+//     Current where it is 0: that covers every write a peer may lack.
 //
 // # The primary's write path
 //
@@ -89,12 +91,15 @@
 // # Generation ids
 //
 // Every node keeps a current id, two history ids and, per peer, a bitmap
-// id: the current id at the moment it began marking blocks for that peer.
-// A Primary starts a new current id when it loses a replicating peer and
-// when it is promoted while a peer is not connected; connected peers in
-// sync adopt it from the StateChange that announces it. At Connected each
-// side compares its ids (S) with the hello's (P) and takes the first row
-// that matches:
+// id: the generation that peer last confirmed having when this node began
+// marking blocks for it (0: no marks). A Primary starts a new current id
+// when it loses a replicating peer and when it is promoted while a peer is
+// not connected. Connected peers in sync (Established, UpToDate, no marks
+// on either side) adopt it from the StateChange that announces it, which
+// travels on the data channel ordered with the writes; the Primary
+// believes a peer's ids only once that peer confirmed them with a
+// StateChange of its own. At Connected each side compares its ids (S)
+// with the hello's (P) and takes the first row that matches:
 //
 //	row  condition                               S becomes                  P becomes
 //	1    S.Current == 0 && P.Current == 0        Established, no sync       Established
@@ -103,45 +108,66 @@
 //	3    S.Current == P.Current                  Established; if a bitmap id is set on
 //	                                             either side, the Primary is SyncSource
 //	                                             with its bitmap
-//	4    S.Bitmap == P.Current != 0              SyncSource, its bitmap     SyncTarget
-//	5    P.Bitmap == S.Current != 0              SyncTarget                 SyncSource
+//	4    S.Bitmap == P.Current != 0, or          SyncSource, its bitmap     SyncTarget
+//	     marksCover(S, P) (below)
+//	5    P.Bitmap == S.Current != 0, or          SyncTarget                 SyncSource
+//	     marksCover(P, S)
 //	6    S.Bitmap == P.Bitmap != 0               split brain: drop, StandAlone (ErrSplitBrain)
+//	     (checked before marksCover)
 //	7    P.Current in S.History                  SyncSource, full sync      SyncTarget
 //	     S.Current in P.History                  SyncTarget                 SyncSource, full
 //	8    otherwise                               unrelated data: drop, StandAlone
 //	                                             (ErrUnrelatedData)
 //
+// marksCover(A, B) holds when A's bitmap plus B's own marks cover every
+// difference although B's current id is not A's bitmap id: B adopted
+// generations of A's that A had not heard of (A.Bitmap in B.History, B has
+// no marks, A moved on since its marks began); or B's marks began at B's
+// current id (B lost its Primary, or restarted after crashing as Primary
+// and marked its activity log) and either A's marks cover A's changes
+// since their common ancestor (A.Bitmap in B.History) or A moved on from
+// B's current id while sending B everything (B.Current in A.History, A has
+// no marks).
+//
 // Roles then decide whether the resync runs:
 //
-//   - two Primaries never connect (ErrPeerPrimary, StandAlone);
+//   - two Primaries never connect (ErrPeerPrimary, StandAlone; seen in a
+//     StateChange, which may have crossed a switchover, the drop is not
+//     StandAlone and a fresh handshake decides again);
 //   - resync always flows from the Primary: between two Secondaries the
-//     connection stays Established and the resync waits until one of them
-//     is promoted (Promote re-evaluates every connected peer);
+//     connection stays Established, split brain and unrelated data
+//     included, and is judged again when one of them is promoted (Promote
+//     re-evaluates every connected peer that does not simply adopt);
 //   - a Primary is never a sync target: that would overwrite the data in
 //     use, so the connection drops as split brain (StandAlone);
 //   - a would-be source that is not UpToDate stays Established without
 //     resync (an Event says why);
-//   - a bitmap resync sends only the source's marks, so if the target holds
-//     a bitmap id of its own towards the source, the resync is full.
+//   - a target that holds marks of its own for the source (a bitmap id)
+//     sends them as OutOfSync frames, ended by its StateChange as
+//     SyncTarget; the source merges them into its bitmap before it reads
+//     anything.
 //
 // Decisions are repeated, for peers not in a resync, whenever a StateChange
-// brings new ids or roles and after Promote.
+// changes a role, a disk state or a bitmap id, after Promote, and when a
+// Primary marks blocks for a peer it is Established with (a negative
+// WriteAck, a local write error): that peer is resynchronised at once.
 //
-// # Resync
+// History holds two ids: a peer that missed more than two generations of
+// ours (repeated promotions while it was away) is refused as unrelated
+// data, never overwritten; the operator discards its data (new metadata,
+// full resync).
 //
-// The sync source reads runs of marked blocks (at most ResyncChunk bytes,
-// at most ResyncWindow reads plus unacknowledged frames per peer), never a
-// range with a local write in flight, and holds new application writes
-// that overlap a read in flight, so resync data never carries content
-// older than a write already sent. Resync frames take their sequence
-// numbers from the same counter as data, so the target applies a resync
-// block and an overlapping write in the order the source produced them.
-// Acknowledged blocks are cleared; when the bitmap is empty and nothing is
-// in flight the source sends ResyncDone, forgets the bitmap id and is
-// Established. The target is Inconsistent (persisted) from the start of
-// the resync until ResyncDone, when it adopts the source's generation ids
-// and becomes UpToDate. Application writes keep flowing to a sync target
-// as Data.
+// # Losing the Primary
+//
+// When a Primary crashes, its last writes may have reached one secondary
+// and not another. Each barrier carries in Seq the highest sequence number
+// up to which every write is on every peer it was sent to (behind an
+// acknowledged barrier); a secondary remembers the ranges of later data
+// writes, and when it loses its Primary it marks them for every other
+// peer. Whichever secondary is promoted then resynchronises the others
+// from these marks (merged from both sides), so the survivors converge on
+// the new Primary's data. The old Primary, when it returns, marks its
+// activity log (see Settled) and becomes a sync target like them.
 //
 // # Invariants
 //

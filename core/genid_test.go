@@ -19,32 +19,35 @@ func TestDecideGenerationTable(t *testing.T) {
 		return side{role: Secondary, disk: disk, gen: gen(cur, bm, hist...)}
 	}
 	tests := []struct {
-		name  string
-		s, p  side
-		rule  int
-		repl  ReplState // S's replication state
-		full  bool      // the source resyncs everything
-		err   error
-		await bool // the source waits for the target's own marks
+		name string
+		s, p side
+		rule int
+		repl ReplState // S's replication state
+		full bool      // the source resyncs everything
+		err  error
 	}{
-		{"1 both new", secondary(Inconsistent, 0, 0), secondary(Inconsistent, 0, 0), 1, Established, false, nil, false},
-		{"2 self new, peer primary", secondary(Inconsistent, 0, 0), primary(a, 0), 2, SyncTarget, true, nil, false},
-		{"2 peer new, self primary", primary(a, 0), secondary(Inconsistent, 0, 0), 2, SyncSource, true, nil, false},
-		{"2 peer new, no primary: deferred", secondary(UpToDate, a, 0), secondary(Inconsistent, 0, 0), 2, Established, false, nil, false},
-		{"3 in sync", primary(a, 0), secondary(UpToDate, a, 0), 3, Established, false, nil, false},
-		{"3 primary has marks", primary(a, a), secondary(UpToDate, a, 0), 3, SyncSource, false, nil, false},
-		{"3 secondary has marks: merged", primary(a, 0), secondary(UpToDate, a, a), 3, SyncSource, false, nil, true},
-		{"3 marks, no primary: deferred", secondary(UpToDate, a, a), secondary(UpToDate, a, 0), 3, Established, false, nil, false},
-		{"4 self marked since peer's current", primary(b, a, a), secondary(UpToDate, a, 0), 4, SyncSource, false, nil, false},
-		{"5 peer marked since self's current", secondary(Outdated, a, 0), primary(b, a, a), 5, SyncTarget, false, nil, false},
-		{"5 would make the primary a target", primary(a, 0), secondary(UpToDate, b, a, a), 5, 0, false, ErrSplitBrain, false},
-		{"6 both diverged from a", primary(b, a, a), secondary(UpToDate, c, a, a), 6, 0, false, ErrSplitBrain, false},
-		{"6 both diverged, both secondary: judged at promotion", secondary(UpToDate, b, a, a), secondary(UpToDate, c, a, a), 6, Established, false, nil, false},
-		{"7 peer's current in our history", primary(c, 0, b, a), secondary(UpToDate, a, 0), 7, SyncSource, true, nil, false},
-		{"7 our current in the peer's history", secondary(UpToDate, a, 0), primary(c, 0, b, a), 7, SyncTarget, true, nil, false},
-		{"8 unrelated", primary(a, 0, b), secondary(UpToDate, c, 0, d), 8, 0, false, ErrUnrelatedData, false},
-		{"both primary", primary(a, 0), primary(a, 0), 0, 0, false, ErrPeerPrimary, false},
-		{"source not UpToDate", side{role: Primary, disk: Inconsistent, gen: gen(a, 0)}, secondary(Inconsistent, 0, 0), 2, Established, false, nil, false},
+		{"1 both new", secondary(Inconsistent, 0, 0), secondary(Inconsistent, 0, 0), 1, Established, false, nil},
+		{"2 self new, peer primary", secondary(Inconsistent, 0, 0), primary(a, 0), 2, SyncTarget, true, nil},
+		{"2 peer new, self primary", primary(a, 0), secondary(Inconsistent, 0, 0), 2, SyncSource, true, nil},
+		{"2 peer new, no primary: deferred", secondary(UpToDate, a, 0), secondary(Inconsistent, 0, 0), 2, Established, false, nil},
+		{"3 in sync", primary(a, 0), secondary(UpToDate, a, 0), 3, Established, false, nil},
+		{"3 primary has marks", primary(a, a), secondary(UpToDate, a, 0), 3, SyncSource, false, nil},
+		{"3 secondary has marks: merged", primary(a, 0), secondary(UpToDate, a, a), 3, SyncSource, false, nil},
+		{"3 marks, no primary: deferred", secondary(UpToDate, a, a), secondary(UpToDate, a, 0), 3, Established, false, nil},
+		{"4 self marked since peer's current", primary(b, a, a), secondary(UpToDate, a, 0), 4, SyncSource, false, nil},
+		{"5 peer marked since self's current", secondary(Outdated, a, 0), primary(b, a, a), 5, SyncTarget, false, nil},
+		{"5 would make the primary a target", primary(a, 0), secondary(UpToDate, b, a, a), 5, 0, false, ErrSplitBrain},
+		{"4' peer adopted our newer generation unconfirmed", primary(c, a, b, a), secondary(UpToDate, b, 0, a), 4, SyncSource, false, nil},
+		{"4' peer lost its primary, marks at its current", primary(b, 0, a), secondary(UpToDate, a, a), 4, SyncSource, false, nil},
+		{"4' peer crashed as primary, activity log marks", primary(c, a, a), secondary(UpToDate, b, b, a), 4, SyncSource, false, nil},
+		{"5' we lost our primary, the peer was promoted", secondary(UpToDate, a, a), primary(b, 0, a), 5, SyncTarget, false, nil},
+		{"6 both diverged from a", primary(b, a, a), secondary(UpToDate, c, a, a), 6, 0, false, ErrSplitBrain},
+		{"6 both diverged, both secondary: judged at promotion", secondary(UpToDate, b, a, a), secondary(UpToDate, c, a, a), 6, Established, false, nil},
+		{"7 peer's current in our history", primary(c, 0, b, a), secondary(UpToDate, a, 0), 7, SyncSource, true, nil},
+		{"7 our current in the peer's history", secondary(UpToDate, a, 0), primary(c, 0, b, a), 7, SyncTarget, true, nil},
+		{"8 unrelated", primary(a, 0, b), secondary(UpToDate, c, 0, d), 8, 0, false, ErrUnrelatedData},
+		{"both primary", primary(a, 0), primary(a, 0), 0, 0, false, ErrPeerPrimary},
+		{"source not UpToDate", side{role: Primary, disk: Inconsistent, gen: gen(a, 0)}, secondary(Inconsistent, 0, 0), 2, Established, false, nil},
 	}
 	mirror := map[ReplState]ReplState{Established: Established, SyncSource: SyncTarget, SyncTarget: SyncSource, ReplOff: ReplOff}
 	for _, tt := range tests {
@@ -69,8 +72,8 @@ func TestDecideGenerationTable(t *testing.T) {
 			if tt.repl == SyncTarget {
 				src = dp
 			}
-			if tt.repl != Established && (src.full != tt.full || src.awaitMarks != tt.await) {
-				t.Errorf("full %v, awaits marks %v; want %v, %v", src.full, src.awaitMarks, tt.full, tt.await)
+			if tt.repl != Established && src.full != tt.full {
+				t.Errorf("full %v, want %v", src.full, tt.full)
 			}
 		})
 	}

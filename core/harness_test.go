@@ -494,9 +494,13 @@ func fmtFrame(f *wire.Frame) string {
 		s += fmt.Sprintf(" seq=%d ep=%d off=%d len=%d", f.Seq, f.Epoch, f.Offset, f.Length)
 	case wire.TypeResyncData:
 		s += fmt.Sprintf(" seq=%d off=%d len=%d", f.Seq, f.Offset, f.Length)
+	case wire.TypeOutOfSync:
+		s += fmt.Sprintf(" off=%d len=%d", f.Offset, f.Length)
 	case wire.TypeRecvAck, wire.TypeWriteAck:
 		s += fmt.Sprintf(" seq=%d", f.Seq)
-	case wire.TypeBarrier, wire.TypeBarrierAck:
+	case wire.TypeBarrier:
+		s += fmt.Sprintf(" ep=%d confirmed=%d", f.Epoch, f.Seq)
+	case wire.TypeBarrierAck:
 		s += fmt.Sprintf(" ep=%d", f.Epoch)
 	case wire.TypeStateChange:
 		var st wire.State

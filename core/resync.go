@@ -15,9 +15,9 @@ type resyncSource struct {
 	reads  int    // reads in flight
 	sent   map[uint64]blockRun
 	lost   bool // the connection is gone
-	// awaitMarks: the target's own marks are still arriving; read
-	// nothing until they are merged.
-	awaitMarks bool
+	// targetReady: the target's StateChange as SyncTarget arrived, after
+	// its own marks (OutOfSync): the resync may finish.
+	targetReady bool
 }
 
 // blockRun is a range of blocks.
@@ -31,7 +31,7 @@ type syncRead struct {
 	ext *extent
 }
 
-func (e *Engine) startResync(p *peer, full, awaitMarks bool) {
+func (e *Engine) startResync(p *peer, full bool) {
 	how := "bitmap"
 	if full {
 		how = "full"
@@ -46,27 +46,23 @@ func (e *Engine) startResync(p *peer, full, awaitMarks bool) {
 		}
 		e.persistDirty = true
 	}
-	p.rs = &resyncSource{sent: make(map[uint64]blockRun), awaitMarks: awaitMarks}
+	p.rs = &resyncSource{sent: make(map[uint64]blockRun)}
 	p.resyncTotal, p.resyncDone = e.blocksToBytes(p.bitmap.Count()), 0
 	e.setRepl(p, SyncSource, "")
-	if awaitMarks {
-		how += ", waiting for the peer's marks"
-	}
 	e.peerEvent(p, "resync", "", "", fmt.Sprintf("started (%s, %d bytes)", how, p.resyncTotal))
 	e.scheduleResync(p)
 }
 
-// marksReceived ends the wait for the target's own marks.
-func (e *Engine) marksReceived(p *peer) {
-	p.rs.awaitMarks = false
-	p.resyncTotal = e.blocksToBytes(p.bitmap.Count())
-	e.peerEvent(p, "resync", "", "", fmt.Sprintf("peer's marks merged (%d bytes)", p.resyncTotal))
+// targetReady records that the target's own marks are all merged.
+func (e *Engine) targetReady(p *peer) {
+	p.rs.targetReady = true
+	p.resyncTotal = p.resyncDone + e.blocksToBytes(p.bitmap.Count())
 	e.scheduleResync(p)
 }
 
-// sendMarks sends the sync source our own marks for it: blocks we changed
-// that it may lack (we were Primary, or lost a Primary whose last writes
-// may not have reached it). They stay set here until ResyncDone.
+// sendMarks sends the sync source our own marks for it: blocks where we
+// may differ (we were Primary, or lost a Primary whose last writes may not
+// have reached everyone). They stay set here until ResyncDone.
 func (e *Engine) sendMarks(p *peer) {
 	const maxRun = 1 << 31 // bytes per OutOfSync frame, within its 32-bit length
 	bs := uint64(e.blockSize)
@@ -82,9 +78,6 @@ func (e *Engine) sendMarks(p *peer) {
 // carries content older than a write already sent.
 func (e *Engine) scheduleResync(p *peer) {
 	rs := p.rs
-	if rs.awaitMarks {
-		return
-	}
 	wrapped := false
 	for rs.reads+len(rs.sent) < e.window {
 		b, ok := p.bitmap.NextSet(rs.cursor)
@@ -93,7 +86,9 @@ func (e *Engine) scheduleResync(p *peer) {
 				return
 			}
 			if p.bitmap.Count() == 0 {
-				e.finishResync(p)
+				if rs.targetReady {
+					e.finishResync(p)
+				}
 				return
 			}
 			rs.cursor, wrapped = 0, true
