@@ -99,7 +99,7 @@ func (e *Engine) disconnect(p *peer, to ConnState, why string) {
 		p.rs = nil
 		e.peerEvent(p, "resync", "", "", "interrupted")
 	}
-	p.resyncDoneSent = false
+	p.resyncDoneSent, p.adopting = false, 0
 	if p.rx != nil {
 		if p.role == Primary && e.role != Primary {
 			e.markRecentForOthers(p)
@@ -406,6 +406,9 @@ func (e *Engine) receiveState(p *peer, f *wire.Frame) {
 		return
 	}
 	p.gen = st.Gen
+	if p.gen.Current == p.adopting {
+		p.adopting = 0
+	}
 	e.adoptGeneration(p)
 	// A Primary's peers announce new ids to confirm ones it sent them or
 	// to finish a resync: nothing to decide unless a role or disk state

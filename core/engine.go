@@ -72,6 +72,7 @@ type peer struct {
 
 	resyncSoon              bool          // marked while Established: decide again in finish
 	resyncDoneSent          bool          // until the target's StateChange after ResyncDone
+	adopting                uint64        // our generation it adopts from StateChanges in flight
 	rs                      *resyncSource // we are its sync source
 	rx                      *receiver     // frames it sends us to write
 	resyncTotal, resyncDone uint64
@@ -250,7 +251,6 @@ func (e *Engine) Promote(force bool) error {
 	if forced {
 		e.setDisk(UpToDate, "forced")
 	}
-	old := e.current
 	rotate := forced || e.current == 0
 	for _, p := range e.peers {
 		if !p.replicating() {
@@ -264,7 +264,7 @@ func (e *Engine) Promote(force bool) error {
 	// the re-evaluation below may send.
 	e.announceState()
 	for _, p := range e.peers {
-		if !adopts(p, old) {
+		if p.adopting != e.current {
 			e.reevaluate(p)
 		}
 	}
@@ -425,13 +425,16 @@ func (e *Engine) markOutOfSync(p *peer, off, length uint64) {
 // writes of the new generation keep a bitmap tied to the old one; peers in
 // sync adopt the new ids when our StateChange reaches them (adoptGeneration)
 // and tell us so with their own StateChange: until then p.gen keeps what
-// they last confirmed.
+// they last confirmed, and p.adopting what they will have.
 func (e *Engine) newGeneration() {
 	old := e.current
 	e.history = [2]uint64{old, e.history[0]}
 	e.current = e.newUUID()
 	for _, p := range e.peers {
-		if !p.replicating() && p.bitmapUUID == 0 && old != 0 {
+		switch {
+		case e.role == Primary && (adopts(p, old) || (old != 0 && p.adopting == old && p.conn == Connected && p.repl == Established)):
+			p.adopting = e.current
+		case !p.replicating() && p.bitmapUUID == 0 && old != 0:
 			p.bitmapUUID = old
 		}
 	}

@@ -134,7 +134,6 @@ func TestRandomHistoriesConverge(t *testing.T) {
 			if round > 5 {
 				t.Fatalf("links keep dropping: %v", c.lastDrop)
 			}
-			changed := false
 			for _, a := range c.nodes {
 				for _, b := range c.nodes[a.id+1:] {
 					if a.links[b.id].standAlone {
@@ -149,12 +148,11 @@ func TestRandomHistoriesConverge(t *testing.T) {
 					}
 					if !a.links[b.id].up {
 						must(t, c.connect(a, b))
-						changed = true
 					}
 				}
 			}
 			c.stabilize()
-			if !changed {
+			if c.allLinksUp() {
 				break
 			}
 		}
@@ -211,6 +209,17 @@ func (c *cluster) promoteOne(heirs []*node, old *node) *node {
 		}
 	}
 	panic(fmt.Sprintf("nobody can be promoted after n%d", old.id))
+}
+
+func (c *cluster) allLinksUp() bool {
+	for _, a := range c.nodes {
+		for _, l := range a.links {
+			if l != nil && !l.up {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func must(t *rapid.T, err error) {
