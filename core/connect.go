@@ -128,6 +128,18 @@ func (e *Engine) Receive(from NodeID, f *wire.Frame) {
 		return
 	}
 	switch f.Type {
+	case wire.TypeData, wire.TypeResyncData, wire.TypeOutOfSync:
+		if end := f.Offset + uint64(f.Length); f.Length == 0 || end < f.Offset || end > e.size {
+			e.violation(p, f, fmt.Sprintf("range [%d, +%d) outside the device", f.Offset, f.Length))
+			return
+		}
+		noPayload := f.Type == wire.TypeOutOfSync || f.Flags&(wire.FlagZeroes|wire.FlagTrim) != 0
+		if n := uint64(len(f.Payload)); (noPayload && n != 0) || (!noPayload && n != uint64(f.Length)) {
+			e.violation(p, f, fmt.Sprintf("%d payload bytes for a length of %d", n, f.Length))
+			return
+		}
+	}
+	switch f.Type {
 	case wire.TypeData:
 		if p.role != Primary || e.role == Primary || (p.repl != Established && p.repl != SyncTarget) {
 			e.violation(p, f, "data from a node that is not our primary")

@@ -272,7 +272,9 @@ func (e *Engine) Promote(force bool) error {
 }
 
 // Demote makes this node Secondary. It fails with ErrBusy while
-// application requests are outstanding.
+// application requests are outstanding. Connections to peers this node is
+// resynchronising are dropped (ErrResyncAborted, not StandAlone): resync
+// flows only from a Primary, and the next handshake decides again.
 func (e *Engine) Demote() error {
 	defer e.finish()
 	if e.role != Primary {
@@ -282,6 +284,11 @@ func (e *Engine) Demote() error {
 		return fmt.Errorf("%w: %d requests", ErrBusy, e.pending)
 	}
 	e.setRole(Secondary)
+	for _, p := range e.peers {
+		if p.rs != nil {
+			e.dropPeer(p, fmt.Errorf("%w: node %d is no longer Primary", ErrResyncAborted, e.self), false)
+		}
+	}
 	return nil
 }
 

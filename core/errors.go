@@ -54,6 +54,11 @@ var (
 	// another resource name or device size.
 	ErrDeviceMismatch = errors.New("peer's device differs")
 
+	// ErrResyncAborted drops the connection to a sync target when this
+	// node is demoted: resync flows only from the Primary, and a fresh
+	// handshake decides again (the marks are kept).
+	ErrResyncAborted = errors.New("resync aborted")
+
 	// ErrProtocol drops a connection whose peer sent a frame that is not
 	// allowed in the current state: data from a node that is not Primary,
 	// resync data without a resync, an acknowledgement for nothing.

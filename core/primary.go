@@ -16,7 +16,6 @@ type write struct {
 	kind        RequestKind
 	off, length uint64
 	seq, epoch  uint64
-	fua         bool
 	ext         *extent // set while the local write is in flight
 	localDone   bool
 	completed   bool
@@ -157,7 +156,7 @@ func (e *Engine) startWrite(r Request) {
 	e.seq++
 	e.epochWrites++
 	w := &write{id: r.ID, kind: r.Kind, off: r.Offset, length: r.Length, seq: e.seq, epoch: e.epoch,
-		fua: r.FUA, prog: make([]progress, len(e.peers))}
+		prog: make([]progress, len(e.peers))}
 	w.ext = e.addInflight(r.Offset, r.Length, true)
 	op := LocalOp{Offset: r.Offset, Length: r.Length, FUA: r.FUA, Seq: w.seq, Epoch: w.epoch}
 	f := wire.Frame{Type: wire.TypeData, Seq: w.seq, Epoch: w.epoch, Offset: r.Offset, Length: uint32(r.Length)}

@@ -107,7 +107,7 @@ type Completion struct {
 type Drop struct {
 	Peer NodeID
 	// Reason wraps ErrProtocol, ErrPeerPrimary, ErrSplitBrain,
-	// ErrUnrelatedData, ErrDeviceMismatch or ErrIO.
+	// ErrUnrelatedData, ErrDeviceMismatch, ErrResyncAborted or ErrIO.
 	Reason error
 	// StandAlone: do not reconnect automatically; an operator must resolve
 	// the cause (split brain, unrelated data, two primaries, another device).
