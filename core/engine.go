@@ -372,16 +372,25 @@ func (e *Engine) newOp(op LocalOp, o opOwner) OpID {
 	e.nextOp++
 	op.ID = e.nextOp
 	e.ops[op.ID] = o
+	if e.rd.LocalOps == nil {
+		e.rd.LocalOps = make([]LocalOp, 0, 4)
+	}
 	e.rd.LocalOps = append(e.rd.LocalOps, op)
 	return op.ID
 }
 
 func (e *Engine) send(p *peer, f wire.Frame) {
+	if e.rd.Messages == nil {
+		// Room for a write to every peer plus the barrier before it.
+		e.rd.Messages = make([]Message, 0, 2*len(e.peers)+2)
+	}
 	e.rd.Messages = append(e.rd.Messages, Message{To: p.cfg.ID, Frame: f})
 }
 
-func (e *Engine) addInflight(off, length uint64, write bool) *extent {
-	x := &extent{off: off, end: off + length, write: write}
+// addInflight records x (owned by the caller, who passes it back to
+// removeInflight) as in flight over [off, off+length).
+func (e *Engine) addInflight(x *extent, off, length uint64, write bool) *extent {
+	*x = extent{off: off, end: off + length, write: write}
 	e.inflight = append(e.inflight, x)
 	return x
 }

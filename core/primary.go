@@ -16,7 +16,9 @@ type write struct {
 	kind        RequestKind
 	off, length uint64
 	seq, epoch  uint64
-	ext         *extent // set while the local write is in flight
+	ext         *extent // &local while the local write is in flight
+	local       extent
+	progBuf     [4]progress // prog's storage for up to four peers
 	localDone   bool
 	completed   bool
 	prog        []progress // per peer, by peer index
@@ -155,9 +157,13 @@ func (e *Engine) startWrite(r Request) {
 	e.maybeCloseEpoch()
 	e.seq++
 	e.epochWrites++
-	w := &write{id: r.ID, kind: r.Kind, off: r.Offset, length: r.Length, seq: e.seq, epoch: e.epoch,
-		prog: make([]progress, len(e.peers))}
-	w.ext = e.addInflight(r.Offset, r.Length, true)
+	w := &write{id: r.ID, kind: r.Kind, off: r.Offset, length: r.Length, seq: e.seq, epoch: e.epoch}
+	if len(e.peers) <= len(w.progBuf) {
+		w.prog = w.progBuf[:len(e.peers)]
+	} else {
+		w.prog = make([]progress, len(e.peers))
+	}
+	w.ext = e.addInflight(&w.local, r.Offset, r.Length, true)
 	op := LocalOp{Offset: r.Offset, Length: r.Length, FUA: r.FUA, Seq: w.seq, Epoch: w.epoch}
 	f := wire.Frame{Type: wire.TypeData, Seq: w.seq, Epoch: w.epoch, Offset: r.Offset, Length: uint32(r.Length)}
 	switch r.Kind {

@@ -28,7 +28,7 @@ type syncRead struct {
 	p   *peer
 	rs  *resyncSource
 	run blockRun
-	ext *extent
+	ext extent
 }
 
 func (e *Engine) startResync(p *peer, full bool) {
@@ -100,7 +100,8 @@ func (e *Engine) scheduleResync(p *peer) {
 		if e.overlapsInflight(off, off+length, true) {
 			return
 		}
-		r := &syncRead{p: p, rs: rs, run: blockRun{first: b, n: end - b}, ext: e.addInflight(off, length, false)}
+		r := &syncRead{p: p, rs: rs, run: blockRun{first: b, n: end - b}}
+		e.addInflight(&r.ext, off, length, false)
 		e.newOp(LocalOp{Kind: OpRead, Offset: off, Length: length}, opOwner{syncRead: r})
 		rs.reads++
 		rs.cursor = end
@@ -108,7 +109,7 @@ func (e *Engine) scheduleResync(p *peer) {
 }
 
 func (e *Engine) syncReadDone(r *syncRead, data []byte, err error) {
-	e.removeInflight(r.ext)
+	e.removeInflight(&r.ext)
 	if r.rs.lost {
 		return
 	}

@@ -45,7 +45,8 @@ type rxWrite struct {
 	seg    *segment
 	op     LocalOp
 	resync bool
-	ext    *extent // set while issued
+	ext    *extent // &local while issued
+	local  extent
 }
 
 func newReceiver(p *peer) *receiver {
@@ -102,7 +103,7 @@ func (e *Engine) pump(rx *receiver) {
 		seg := rx.segs[0]
 		for i, w := range seg.writes {
 			if w.ext == nil && !e.waitsForEarlier(seg.writes[:i], w) {
-				w.ext = e.addInflight(w.op.Offset, w.op.Length, true)
+				w.ext = e.addInflight(&w.local, w.op.Offset, w.op.Length, true)
 				e.newOp(w.op, opOwner{rxWrite: w})
 			}
 		}
