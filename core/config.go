@@ -26,8 +26,8 @@ const (
 
 // PeerConfig describes the connection to one peer.
 type PeerConfig struct {
-	ID   NodeID
-	Name string
+	ID   NodeID // the peer's node id, unique in the resource
+	Name string // for status and events
 	// Protocol is the write-ordering protocol of this connection (the same
 	// on both ends).
 	Protocol protocols.Protocol
@@ -70,9 +70,9 @@ func (p Persistent) clone() *Persistent {
 
 // Config configures an Engine. New validates and defaults it in one place.
 type Config struct {
-	// Self is this node's id, Name the resource's name (checked against the
-	// peer's hello).
+	// Self is this node's id.
 	Self NodeID
+	// Name is the resource's name, checked against the peer's hello.
 	Name string
 	// Size is the usable device size in bytes, a multiple of BlockSize.
 	Size uint64

@@ -34,8 +34,10 @@ func (k RequestKind) String() string {
 type Request struct {
 	// ID is chosen by the driver, unique among outstanding requests; the
 	// Completion carries it back.
-	ID     RequestID
-	Kind   RequestKind
+	ID   RequestID
+	Kind RequestKind // ReqWrite, ReqZeroes, ReqTrim or ReqFlush
+	// Offset and Length are the byte range on the device (ignored for
+	// ReqFlush).
 	Offset uint64
 	Length uint64
 	// Data is the payload of a ReqWrite, exactly Length bytes. The engine
@@ -72,8 +74,10 @@ func (k OpKind) String() string {
 // LocalOp is an operation on the local backing disk.
 type LocalOp struct {
 	// ID names the operation in LocalDone.
-	ID     OpID
-	Kind   OpKind
+	ID   OpID
+	Kind OpKind // OpWrite, OpZeroes, OpTrim, OpFlush or OpRead
+	// Offset and Length are the byte range on the backing disk (zero for
+	// OpFlush).
 	Offset uint64
 	Length uint64
 	// Data is the payload of an OpWrite; read-only for the driver (it is
@@ -89,13 +93,13 @@ type LocalOp struct {
 
 // Message is a frame to send to a peer.
 type Message struct {
-	To    NodeID
-	Frame wire.Frame
+	To    NodeID     // the peer
+	Frame wire.Frame // its payload is shared with other messages and local ops: read-only
 }
 
 // Completion reports the outcome of an application request.
 type Completion struct {
-	ID RequestID
+	ID RequestID // the request's ID from Submit
 	// Err is nil on success; otherwise it wraps one of ErrNotPrimary,
 	// ErrOutOfRange, ErrInvalidRequest or ErrIO.
 	Err error
@@ -105,7 +109,7 @@ type Completion struct {
 // already forgotten the connection (as after Disconnected); the driver must
 // not deliver further frames from it and may discard queued messages to it.
 type Drop struct {
-	Peer NodeID
+	Peer NodeID // the peer whose connection to close
 	// Reason wraps ErrProtocol, ErrPeerPrimary, ErrSplitBrain,
 	// ErrUnrelatedData, ErrDeviceMismatch, ErrResyncAborted or ErrIO.
 	Reason error
@@ -118,14 +122,14 @@ type Drop struct {
 type Event struct {
 	// Peer is the peer concerned when HasPeer is set.
 	Peer    NodeID
-	HasPeer bool
+	HasPeer bool // the event concerns Peer, not this node alone
 	// What is "role", "disk", "gen" (this node's role, disk state, current
 	// generation id), "conn", "repl", "peer-role", "peer-disk" (towards or
 	// of Peer) or "resync" (started, interrupted, finished, blocks marked
 	// out of sync).
 	What     string
-	Old, New string
-	Detail   string
+	Old, New string // the state before and after, when the event is a transition
+	Detail   string // why, or what happened, for humans
 }
 
 // String renders the event on one line for logs.
@@ -177,24 +181,24 @@ type Ready struct {
 
 // Status is a snapshot of the engine for `georepl status`.
 type Status struct {
-	Role    Role
-	Disk    DiskState
-	Current uint64
-	History [2]uint64
+	Role    Role      // this node's role
+	Disk    DiskState // this node's disk state
+	Current uint64    // this node's current generation id
+	History [2]uint64 // its two previous ones, most recent first
 	// Epoch is the primary's current write epoch.
 	Epoch uint64
 	// Pending counts application requests submitted and not yet completed.
 	Pending int
-	Peers   []PeerStatus
+	Peers   []PeerStatus // one per configured peer, in configuration order
 }
 
 // PeerStatus is the state towards one peer.
 type PeerStatus struct {
-	ID       NodeID
-	Name     string
-	Protocol protocols.Protocol
-	Conn     ConnState
-	Repl     ReplState
+	ID       NodeID             // from PeerConfig
+	Name     string             // from PeerConfig
+	Protocol protocols.Protocol // from PeerConfig
+	Conn     ConnState          // the connection's state
+	Repl     ReplState          // what flows on it
 	// Role and Disk are the peer's, as last announced (unknown while not
 	// connected).
 	Role Role
