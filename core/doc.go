@@ -55,12 +55,17 @@
 //   - Frames are delivered with Receive only between Connected and
 //     Disconnected of the same connection; Hello, Auth and Ping are the
 //     driver's business.
-//   - Bitmap pages (Engine.Bitmap, DirtyPages) may be written back lazily,
-//     but before an activity log extent is retired its range must be
-//     Settled and the dirty pages written. A node that crashed as Primary
+//   - The activity log is the driver's: a write's extent is active
+//     (durably) before Submit, and is retired only once Engine.Settled
+//     reports its range settled and the bitmaps' dirty pages
+//     (Engine.Bitmap, DirtyPages) are written; otherwise bitmap pages may
+//     be written back lazily. A node that crashed as Primary
 //     (Persistent.Primary still set) marks its active extents for every
 //     peer before calling New, setting Persistent.BitmapUUID[peer] to its
 //     Current where it is 0: that covers every write a peer may lack.
+//   - After a Drop the engine has forgotten the connection: a later
+//     Disconnected for it is ignored, and a new connection starts with
+//     Connected.
 //
 // # The primary's write path
 //
