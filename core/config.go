@@ -90,9 +90,11 @@ type Config struct {
 	// ResyncWindow is the most resync reads plus unacknowledged resync
 	// frames per peer; 0 means DefaultResyncWindow.
 	ResyncWindow int
-	// DiskFlushes makes a secondary flush its disk at every barrier before
-	// acknowledging it, so that a BarrierAck always means "durable". Leave
-	// it off only for disks without a volatile write cache.
+	// DiskFlushes declares a volatile write cache: a secondary flushes its
+	// disk at every barrier before acknowledging it, so that a BarrierAck
+	// always means "durable", and writes resync blocks with FUA, since the
+	// source forgets them at the acknowledgement. Leave it off only for
+	// disks without a volatile write cache.
 	DiskFlushes bool
 	// State is the persisted state (Disk DUnknown is taken as Inconsistent).
 	State Persistent

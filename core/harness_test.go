@@ -33,6 +33,7 @@ type cluster struct {
 	failed   []string // violated promises
 	lastDrop error    // the reason of the last Drop any engine asked for
 	drops    []error  // every Drop reason, in order
+	onDone   func(nd *node, id RequestID, err error) // sees every completion
 }
 
 type node struct {
@@ -203,6 +204,9 @@ func (c *cluster) handle(nd *node) {
 				c.logf("%s: done req=%d", name, cp.ID)
 			}
 			nd.done[cp.ID] = cp.Err
+			if c.onDone != nil {
+				c.onDone(nd, cp.ID, cp.Err)
+			}
 			if w := nd.inflight[cp.ID]; w != nil && cp.Err == nil && !w.overwritten {
 				for peer, gen := range w.cPeers {
 					pn := c.nodes[peer]

@@ -51,6 +51,7 @@ func TestRandomHistoriesConverge(t *testing.T) {
 		primary := c.nodes[0]
 		submitted := map[*node][]RequestID{}
 		failovers := 0
+		model := newDurabilityModel(c)
 		pick := func(n int) int { return rapid.IntRange(0, n-1).Draw(t, "pick") }
 		// Links between the secondaries carry almost nothing: favour the
 		// primary's.
@@ -74,9 +75,11 @@ func TestRandomHistoriesConverge(t *testing.T) {
 				default:
 					r.Data = bytes.Repeat([]byte{byte('a' + c.nextReq%26)}, int(length))
 				}
+				model.submitted(primary, c.nextReq+1, r)
 				c.submit(primary, r)
 				submitted[primary] = append(submitted[primary], c.nextReq)
 			case 3:
+				model.submitted(primary, c.nextReq+1, Request{Kind: ReqFlush})
 				c.submit(primary, Request{Kind: ReqFlush})
 				submitted[primary] = append(submitted[primary], c.nextReq)
 			case 4, 5:
@@ -98,7 +101,7 @@ func TestRandomHistoriesConverge(t *testing.T) {
 					must(t, c.connect(a, b))
 				}
 			case 9:
-				switch rapid.IntRange(0, 3).Draw(t, "disaster") {
+				switch rapid.IntRange(0, 4).Draw(t, "disaster") {
 				case 0, 1:
 					victim := c.nodes[rapid.IntRange(0, 2).Draw(t, "victim")]
 					if victim == primary {
@@ -113,7 +116,22 @@ func TestRandomHistoriesConverge(t *testing.T) {
 					heirs := c.heirs(primary)
 					c.crash(primary)
 					delete(submitted, primary)
+					model.crashed(primary)
 					primary = c.promoteOne(heirs, primary)
+				case 4:
+					// Site loss: the Primary and, at the same instant,
+					// the heir's volatile cache. Only what flushes made
+					// durable on the heir may be relied upon.
+					heirs := c.heirs(primary)
+					if len(heirs) == 0 {
+						continue
+					}
+					failovers++
+					c.crash(primary)
+					delete(submitted, primary)
+					model.crashed(primary)
+					c.crash(heirs[0])
+					primary = c.promoteOne(heirs[:1], primary)
 				case 3:
 					// Switchover: a clean demotion, then a promotion.
 					heirs := c.heirs(primary)
@@ -164,6 +182,7 @@ func TestRandomHistoriesConverge(t *testing.T) {
 				}
 			}
 		}
+		model.check(t, primary.disk)
 		for _, nd := range c.nodes {
 			if !bytes.Equal(nd.disk, primary.disk) {
 				t.Fatalf("n%d's disk differs from the primary's\n%s%s%s", nd.id, c.disks(), c.status(primary), c.status(nd))
@@ -209,6 +228,90 @@ func (c *cluster) promoteOne(heirs []*node, old *node) *node {
 		}
 	}
 	panic(fmt.Sprintf("nobody can be promoted after n%d", old.id))
+}
+
+// durabilityModel knows which writes the application may rely on: those
+// completed with FUA, or completed before a flush that completed. After
+// any history (crashes and failovers to in-sync protocol C peers
+// included), every byte must hold the value of the last such write
+// covering it or of a write submitted after that one.
+type durabilityModel struct {
+	writes     map[RequestID]modelWrite
+	completed  map[*node][]RequestID // writes completed, per Primary
+	flushCover map[RequestID][]RequestID
+	durable    map[RequestID]bool
+}
+
+type modelWrite struct {
+	off, length uint64
+	value       byte
+	fua         bool
+}
+
+func newDurabilityModel(c *cluster) *durabilityModel {
+	m := &durabilityModel{writes: map[RequestID]modelWrite{}, completed: map[*node][]RequestID{},
+		flushCover: map[RequestID][]RequestID{}, durable: map[RequestID]bool{}}
+	c.onDone = m.done
+	return m
+}
+
+func (m *durabilityModel) submitted(nd *node, id RequestID, r Request) {
+	if r.Kind == ReqFlush {
+		m.flushCover[id] = append([]RequestID(nil), m.completed[nd]...)
+		return
+	}
+	w := modelWrite{off: r.Offset, length: r.Length, fua: r.FUA}
+	if r.Kind == ReqWrite {
+		w.value = r.Data[0]
+	}
+	m.writes[id] = w
+}
+
+// crashed forgets what nd completed: a flush after its restart does not
+// cover writes its volatile cache lost.
+func (m *durabilityModel) crashed(nd *node) { delete(m.completed, nd) }
+
+func (m *durabilityModel) done(nd *node, id RequestID, err error) {
+	if err != nil {
+		return
+	}
+	if cover, ok := m.flushCover[id]; ok {
+		for _, w := range cover {
+			m.durable[w] = true
+		}
+		return
+	}
+	if w, ok := m.writes[id]; ok {
+		m.completed[nd] = append(m.completed[nd], id)
+		if w.fua {
+			m.durable[id] = true
+		}
+	}
+}
+
+func (m *durabilityModel) check(t *rapid.T, disk []byte) {
+	t.Helper()
+	for b := range uint64(len(disk)) {
+		var last RequestID
+		for id := range m.durable {
+			if w := m.writes[id]; w.off <= b && b < w.off+w.length && id > last {
+				last = id
+			}
+		}
+		if last == 0 {
+			continue
+		}
+		ok := false
+		for id, w := range m.writes {
+			if id >= last && w.off <= b && b < w.off+w.length && w.value == disk[b] {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			t.Fatalf("byte %d is %q: write %d (%q) was durable, and no later write wrote that", b, disk[b], last, m.writes[last].value)
+		}
+	}
 }
 
 func (c *cluster) allLinksUp() bool {

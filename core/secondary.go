@@ -69,7 +69,10 @@ func (e *Engine) receiveWrite(p *peer, f *wire.Frame, resync bool) {
 		op.Kind, op.Data = OpTrim, nil
 	}
 	if resync {
+		// The source clears its bits when we acknowledge: on a disk with
+		// a volatile cache the block must be durable by then.
 		op.Epoch = 0
+		op.FUA = op.FUA || e.diskFlushes
 	}
 	p.dataReceived += uint64(len(f.Payload))
 	if !resync {
