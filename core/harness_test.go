@@ -30,9 +30,9 @@ type cluster struct {
 	quiet    bool // do not log Ready contents
 	trace    bool // also log every harness action (property tests)
 	nextReq  RequestID
-	failed   []string // violated promises
-	lastDrop error    // the reason of the last Drop any engine asked for
-	drops    []error  // every Drop reason, in order
+	failed   []string                                // violated promises
+	lastDrop error                                   // the reason of the last Drop any engine asked for
+	drops    []error                                 // every Drop reason, in order
 	onDone   func(nd *node, id RequestID, err error) // sees every completion
 }
 
