@@ -25,7 +25,7 @@ import (
 //	primary A [force] | secondary A
 //	write A off=O len=L [fill=c] [fua] | zeroes A off=O len=L | trim A off=O len=L | flush A
 //	deliver A->B [n=N] [chan=data|control] | process A [n=N] [fail] [last]
-//	stabilize [quiet] | status [A] | disks | bitmap A B
+//	stabilize [quiet] | status [A] | disks | bitmap A B | read A... off=O len=L
 func TestScenarios(t *testing.T) {
 	paths, err := filepath.Glob("testdata/*.txt")
 	if err != nil || len(paths) == 0 {
@@ -233,6 +233,15 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 		}
 	case "disks":
 		c.out.WriteString(c.disks())
+	case "read":
+		ns, err := nodeArgs(c, d, -1)
+		if err != nil {
+			return err
+		}
+		off, length := uint64(intArg(d, "off", 0)), uint64(intArg(d, "len", int(c.block)))
+		for _, nd := range ns {
+			fmt.Fprintf(c.out, "n%d [%d, +%d): %s\n", nd.id, off, length, runs(nd.disk[off:off+length]))
+		}
 	case "bitmap":
 		ns, err := nodeArgs(c, d, 2)
 		if err != nil {
@@ -248,4 +257,22 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 		return fmt.Errorf("unknown command %q", d.Cmd)
 	}
 	return nil
+}
+
+// runs describes bytes as runs of equal values: "a*4096 0*4096".
+func runs(b []byte) string {
+	var out []string
+	for i := 0; i < len(b); {
+		j := i
+		for j < len(b) && b[j] == b[i] {
+			j++
+		}
+		v := string(b[i])
+		if b[i] == 0 {
+			v = "0"
+		}
+		out = append(out, fmt.Sprintf("%s*%d", v, j-i))
+		i = j
+	}
+	return strings.Join(out, " ")
 }
