@@ -162,6 +162,27 @@
 // data, never overwritten; the operator discards its data (new metadata,
 // full resync).
 //
+// # Resync
+//
+// The sync source reads runs of marked blocks (at most ResyncChunk bytes,
+// at most ResyncWindow reads plus unacknowledged frames per peer), never a
+// range with a local write in flight, and holds new application writes
+// that overlap a read in flight, so resync data never carries content
+// older than a write already sent. Resync frames take their sequence
+// numbers from the same counter as data, so the target applies a resync
+// block and an overlapping write in the order the source produced them.
+// Acknowledged blocks are cleared (on a disk with a volatile cache the
+// target writes resync blocks with FUA, since an acknowledged block is
+// forgotten); when the bitmap is empty, nothing is in flight and the
+// target's own marks have all arrived (its StateChange as SyncTarget), the
+// source sends ResyncDone, forgets the bitmap id and is Established. The
+// target is Inconsistent (persisted) from the start of the resync until
+// ResyncDone, when it adopts the source's generation ids and becomes
+// UpToDate. Application writes keep flowing to a sync target as Data.
+//
+// DESIGN.md's crash-consistent resync (staging resync blocks) is not
+// implemented: a target is Inconsistent while a resync runs.
+//
 // # Losing the Primary
 //
 // When a Primary crashes, its last writes may have reached one secondary
