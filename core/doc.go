@@ -147,10 +147,10 @@
 //     use, so the connection drops as split brain (StandAlone);
 //   - a would-be source that is not UpToDate stays Established without
 //     resync (an Event says why);
-//   - a target that holds marks of its own for the source (a bitmap id)
-//     sends them as OutOfSync frames, ended by its StateChange as
-//     SyncTarget; the source merges them into its bitmap before it reads
-//     anything.
+//   - a target that holds marks of its own for the source sends them as
+//     OutOfSync frames before its StateChange as SyncTarget; the source
+//     merges them into its bitmap and does not finish before that
+//     StateChange arrived.
 //
 // Decisions are repeated, for peers not in a resync, whenever a StateChange
 // changes a role, a disk state or a bitmap id, after Promote, and when a
