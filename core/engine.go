@@ -432,6 +432,10 @@ func (e *Engine) markOutOfSync(p *peer, off, length uint64) {
 		e.announce = true
 	}
 	p.bitmap.SetBytes(off, length, e.blockSize)
+	if p.rs != nil {
+		bs := uint64(e.blockSize)
+		p.rs.remark(off/bs, (off+length+bs-1)/bs-off/bs)
+	}
 	if e.role == Primary && p.conn == Connected && p.repl == Established {
 		p.resyncSoon = true
 	}

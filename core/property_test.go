@@ -12,8 +12,9 @@ import (
 
 // TestRandomHistoriesConverge drives a three-node resource (n0 Primary)
 // through random writes, flushes, deliveries in random order, local
-// operations finishing in random order, disconnects, reconnects and
-// secondary crashes. Throughout, the harness checks that no secondary
+// operations finishing (or failing) in random order, disconnects,
+// reconnects, crashes of secondaries, failovers, switchovers and site
+// losses. Throughout, the harness checks that no secondary
 // starts a write of a later epoch before the earlier epochs are done and
 // that a write completed under protocol C is on every C peer that was
 // replicating. At the end everything reconnects and settles: every request
@@ -92,7 +93,9 @@ func TestRandomHistoriesConverge(t *testing.T) {
 				c.deliver(a, b, rapid.IntRange(1, 4).Draw(t, "frames"), ch)
 			case 6, 7:
 				nd := c.nodes[rapid.IntRange(0, 2).Draw(t, "node")]
-				c.process(nd, rapid.IntRange(1, 4).Draw(t, "ops"), false, pick)
+				// Now and then a disk operation fails.
+				fail := rapid.IntRange(0, 30).Draw(t, "disk error?") == 0
+				c.process(nd, rapid.IntRange(1, 4).Draw(t, "ops"), fail, pick)
 			case 8:
 				a, b := pair()
 				if a.links[b.id].up {

@@ -13,21 +13,46 @@ import (
 type resyncSource struct {
 	cursor uint64 // next block to look at
 	reads  int    // reads in flight
-	sent   map[uint64]blockRun
-	lost   bool // the connection is gone
+	sent   map[uint64]*blockRun
+	runs   []*blockRun // read or sent, not yet acknowledged
+	lost   bool        // the connection is gone
 	// targetReady: the target's StateChange as SyncTarget arrived, after
 	// its own marks (OutOfSync): the resync may finish.
 	targetReady bool
 }
 
-// blockRun is a range of blocks.
-type blockRun struct{ first, n uint64 }
+// blockRun is a range of blocks being resynchronised.
+type blockRun struct {
+	first, n uint64
+	// remarked: blocks of the run were marked again after its read was
+	// issued, so the acknowledgement must not clear them.
+	remarked bool
+}
+
+// remark notes that blocks [first, first+n) were marked again while runs
+// covering them are in flight.
+func (rs *resyncSource) remark(first, n uint64) {
+	for _, r := range rs.runs {
+		if r.first < first+n && first < r.first+r.n {
+			r.remarked = true
+		}
+	}
+}
+
+func (rs *resyncSource) forget(run *blockRun) {
+	for i, r := range rs.runs {
+		if r == run {
+			rs.runs = append(rs.runs[:i], rs.runs[i+1:]...)
+			return
+		}
+	}
+}
 
 // syncRead is a resync read in flight.
 type syncRead struct {
 	p   *peer
 	rs  *resyncSource
-	run blockRun
+	run *blockRun
 	ext extent
 }
 
@@ -46,7 +71,7 @@ func (e *Engine) startResync(p *peer, full bool) {
 		}
 		e.persistDirty = true
 	}
-	p.rs = &resyncSource{sent: make(map[uint64]blockRun)}
+	p.rs = &resyncSource{sent: make(map[uint64]*blockRun)}
 	p.resyncTotal, p.resyncDone = e.blocksToBytes(p.bitmap.Count()), 0
 	e.setRepl(p, SyncSource, "")
 	e.peerEvent(p, "resync", "", "", fmt.Sprintf("started (%s, %d bytes)", how, p.resyncTotal))
@@ -100,7 +125,8 @@ func (e *Engine) scheduleResync(p *peer) {
 		if e.overlapsInflight(off, off+length, true) {
 			return
 		}
-		r := &syncRead{p: p, rs: rs, run: blockRun{first: b, n: end - b}}
+		r := &syncRead{p: p, rs: rs, run: &blockRun{first: b, n: end - b}}
+		rs.runs = append(rs.runs, r.run)
 		e.addInflight(&r.ext, off, length, false)
 		e.newOp(LocalOp{Kind: OpRead, Offset: off, Length: length}, opOwner{syncRead: r})
 		rs.reads++
@@ -132,7 +158,7 @@ func (e *Engine) syncReadDone(r *syncRead, data []byte, err error) {
 // resyncAck handles WriteAck+FlagResync from our sync target.
 func (e *Engine) resyncAck(p *peer, f *wire.Frame) {
 	rs := p.rs
-	var run blockRun
+	var run *blockRun
 	ok := rs != nil
 	if ok {
 		run, ok = rs.sent[f.Seq]
@@ -147,7 +173,10 @@ func (e *Engine) resyncAck(p *peer, f *wire.Frame) {
 		e.dropPeer(p, fmt.Errorf("%w: the peer failed to write resync block [%d, +%d)", ErrIO, run.first*bs, run.n*bs), false)
 		return
 	}
-	p.bitmap.ClearRange(run.first, run.n)
+	rs.forget(run)
+	if !run.remarked {
+		p.bitmap.ClearRange(run.first, run.n)
+	}
 	p.resyncDone += run.n * bs
 	e.scheduleResync(p)
 }
