@@ -154,8 +154,9 @@ type Disk struct {
 	// BlockSize is the bitmap granularity in bytes: a power of two, at
 	// least 512 and at most 4 MiB (one activity-log extent).
 	BlockSize int64
-	// Flushes says whether secondaries flush their disk at every epoch
-	// boundary. Turning it off is only safe with battery-backed caches.
+	// Flushes says whether secondaries also flush their disk at every
+	// epoch boundary, not only when the application flushes. Application
+	// flushes (and FUA) are honoured end to end either way.
 	Flushes bool
 }
 

@@ -94,7 +94,7 @@ func defaultNet() Net {
 }
 
 func defaultDisk() Disk {
-	return Disk{BlockSize: 4 << 10, Flushes: true}
+	return Disk{BlockSize: 4 << 10, Flushes: false}
 }
 
 // decoder turns parsed HCL bodies into a Config, collecting every problem as

@@ -47,7 +47,7 @@ func TestDefaults(t *testing.T) {
 		Timeout:      6 * time.Second,
 		ConnectRetry: time.Second,
 	}
-	if r.Protocol != "C" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 4096, Flushes: true}) {
+	if r.Protocol != "C" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 4096, Flushes: false}) {
 		t.Errorf("defaults: protocol %q, net %+v, disk %+v", r.Protocol, r.Net, r.Disk)
 	}
 	alpha := r.Nodes[0]

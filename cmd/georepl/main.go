@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -139,7 +140,7 @@ func connectCmd(verb, short string) *cobra.Command {
 }
 
 func daemonCmd() *cobra.Command {
-	var dir, name, level string
+	var dir, name, level, pprofAddr string
 	var up bool
 	cmd := &cobra.Command{
 		Use:   "daemon --config DIR --node NAME",
@@ -150,6 +151,11 @@ start down unless --up is given; bring them up with 'georepl up'. SIGINT or SIGT
 takes every resource down and exits.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if pprofAddr != "" {
+				if err := servePprof(pprofAddr); err != nil {
+					return err
+				}
+			}
 			return runDaemon(cmd.Context(), dir, name, adminPath(cmd), level, up)
 		},
 	}
@@ -157,6 +163,7 @@ takes every resource down and exits.`,
 	cmd.Flags().StringVar(&name, "node", "", "this node's name in the configuration (required)")
 	cmd.Flags().StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	cmd.Flags().BoolVar(&up, "up", false, "bring every resource of this node up at start")
+	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve Go's runtime profiles (net/http/pprof) on this loopback address, for performance work")
 	cmd.MarkFlagRequired("node")
 	return cmd
 }
@@ -172,6 +179,7 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level string, up bool)
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	tuneGC()
 	cfg, err := loadConfig(dir)
 	if err != nil {
 		return err
@@ -198,6 +206,20 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level string, up bool)
 	<-ctx.Done()
 	log.Info("shutting down")
 	return d.Close()
+}
+
+// tuneGC raises the garbage collector's target unless GOGC is set. Every
+// application write arrives in a fresh buffer (the engine keeps it until
+// every peer has it), so the daemon allocates as fast as data flows while
+// its live heap stays small; with Go's default the collector then runs
+// about a hundred times a second at 1 GB/s and halves throughput (measured:
+// 1 MiB writes 1.06 GB/s at GOGC=100, 1.94 GB/s at 400). The heap stays
+// bounded: in-flight data is bounded by max_buffer per peer and by the
+// clients' queue depth.
+func tuneGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
+	}
 }
 
 func offlineTarget(dir, nodeName, resName string) (*configs.Resource, *configs.Node, error) {

@@ -27,7 +27,7 @@ resource "r0" {
 
   disk {
     block_size = "4KiB" # bitmap granularity: resync works in units of this size
-    flushes    = true   # secondaries flush their disk at every epoch boundary
+    flushes    = false  # true: secondaries also flush at every epoch boundary (slow)
   }
 
   node "alpha" {

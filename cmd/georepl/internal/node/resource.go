@@ -100,6 +100,9 @@ func newResource(d *Daemon, rc *configs.Resource, self *configs.Node) (*resource
 		if err != nil {
 			return nil, err
 		}
+		if lk.Net.OnCongestion != "" && lk.Net.OnCongestion != "block" {
+			return nil, fmt.Errorf("resource %s, connection %s-%s: on_congestion = %q is not implemented in this version; only \"block\" is", rc.Name, self.Name, n.Name, lk.Net.OnCongestion)
+		}
 		r.peers[core.NodeID(n.ID)] = &peer{id: core.NodeID(n.ID), node: n, link: lk, wanted: true}
 	}
 	r.publishStatus()
