@@ -2,7 +2,6 @@ package core
 
 import (
 	"fmt"
-	"maps"
 
 	"github.com/georepl/georepl/protocols"
 )
@@ -61,11 +60,6 @@ type Persistent struct {
 	// recording blocks out of sync for that peer; 0 (or absent) when the
 	// bitmap is clear and tracks nothing.
 	BitmapUUID map[NodeID]uint64
-}
-
-func (p Persistent) clone() *Persistent {
-	p.BitmapUUID = maps.Clone(p.BitmapUUID)
-	return &p
 }
 
 // Config configures an Engine. New validates and defaults it in one place.

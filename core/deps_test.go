@@ -17,7 +17,7 @@ import (
 func TestImports(t *testing.T) {
 	const module = "github.com/georepl/georepl"
 	georepl := map[string]bool{module + "/protocols": true, module + "/core/wire": true}
-	engine := map[string]bool{"errors": true, "fmt": true, "maps": true, "math/bits": true}
+	engine := map[string]bool{"errors": true, "fmt": true, "math/bits": true}
 	files, err := filepath.Glob("*.go")
 	if err != nil {
 		t.Fatal(err)

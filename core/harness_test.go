@@ -116,7 +116,7 @@ func newCluster(n int, protos []protocols.Protocol, tweak func(*Config)) *cluste
 // start (re)creates a node's engine from what it persisted.
 func (c *cluster) start(nd *node) {
 	cfg := nd.cfg
-	cfg.State = *nd.persisted.clone()
+	cfg.State = clonePersistent(nd.persisted)
 	cfg.Bitmaps = map[NodeID]*Bitmap{}
 	for id, words := range nd.bitmaps {
 		b, ok := BitmapFromWords(c.size/uint64(c.block), slices.Clone(words))
@@ -159,7 +159,7 @@ func (c *cluster) handle(nd *node) {
 		rd := nd.eng.Ready()
 		name := fmt.Sprintf("n%d", nd.id)
 		if rd.Persist != nil {
-			nd.persisted = *rd.Persist.clone()
+			nd.persisted = clonePersistent(*rd.Persist)
 			c.logf("%s: persist %s", name, fmtPersist(rd.Persist))
 		}
 		for _, p := range nd.cfg.Peers {
@@ -458,6 +458,13 @@ func (c *cluster) status(nd *node) string {
 			p.Role, p.Disk, p.OutOfSync, p.ResyncDone, p.ResyncTotal, p.Unacked, p.BitmapUUID)
 	}
 	return b.String()
+}
+
+// clonePersistent copies p, so that the engine and the "metadata" share
+// no map.
+func clonePersistent(p Persistent) Persistent {
+	p.BitmapUUID = maps.Clone(p.BitmapUUID)
+	return p
 }
 
 func fmtPersist(p *Persistent) string {
