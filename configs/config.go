@@ -176,6 +176,12 @@ type Node struct {
 	// Export is where the node serves the replicated device locally:
 	// "unix:PATH" or "tcp:HOST:PORT", or empty for none.
 	Export string
+	// Device is the kernel block device the node attaches the export to
+	// while it is Primary: "" (none), "/dev/nbdN", "nbd" (any free nbd
+	// device), "/dev/ublkbN", "ublk" (any free ublk device) or "auto"
+	// (ublk where the kernel has it, else nbd). It is set only together
+	// with Export, through which the kernel reaches the resource.
+	Device string
 	// DeclRange is where the node block's header is in the source.
 	DeclRange hcl.Range
 }

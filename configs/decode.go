@@ -51,6 +51,7 @@ var (
 			{Name: "disk", Required: true},
 			{Name: "meta_disk"},
 			{Name: "export"},
+			{Name: "device"},
 		},
 	}
 	connectionSchema = &hcl.BodySchema{
@@ -318,7 +319,37 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block) {
 				}
 			}
 		}
+		if attr := attrs["device"]; attr != nil {
+			if s, ok := d.str(attr); ok {
+				switch err := checkDevice(s); {
+				case err != nil:
+					d.failAttr(attr, "Invalid device", "device = %q: %v.", s, err)
+				case s != "" && attrs["export"] == nil:
+					d.failAttr(attr, "Device without export",
+						"device = %q needs an export in the same node block (for example export = \"unix:/run/georepl/%s.sock\"): the kernel reaches the resource through it.", s, r.Name)
+				default:
+					n.Device = s
+				}
+			}
+		}
 	}
+}
+
+// checkDevice accepts the device spellings Node.Device documents.
+func checkDevice(s string) error {
+	switch s {
+	case "", "nbd", "ublk", "auto":
+		return nil
+	}
+	for _, prefix := range []string{"/dev/nbd", "/dev/ublkb"} {
+		if n, ok := strings.CutPrefix(s, prefix); ok {
+			if n == "" || strings.TrimLeft(n, "0123456789") != "" || (len(n) > 1 && n[0] == '0') || len(n) > 6 {
+				return fmt.Errorf("must end in a device number, like %s0", prefix)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("must be \"/dev/nbdN\", \"nbd\", \"/dev/ublkbN\", \"ublk\", \"auto\" or empty")
 }
 
 func (d *decoder) connections(r *Resource, blocks []*hcl.Block) {
