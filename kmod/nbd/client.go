@@ -116,6 +116,48 @@ func Dial(ctx context.Context, spec, exportName string) (*Client, error) {
 	return c, nil
 }
 
+// Export describes a negotiated export, as Negotiate reports it.
+type Export struct {
+	// Size is the export's size in bytes.
+	Size uint64
+	// Flags are the transmission flags the server sent (NBD_FLAG_*): the
+	// kernel's nbd driver takes them as they are.
+	Flags uint16
+}
+
+// Transmission flags an Export may carry, for callers that hand a
+// negotiated connection to another NBD client (the kernel).
+const (
+	FlagReadOnly     = flagReadOnly
+	FlagSendFlush    = flagSendFlush
+	FlagSendFUA      = flagSendFUA
+	FlagSendTrim     = flagSendTrim
+	FlagCanMultiConn = flagCanMultiConn
+)
+
+// Negotiate runs the fixed newstyle handshake on nc and selects exportName
+// with NBD_OPT_GO, leaving nc at the start of the transmission phase, so that
+// another client (the kernel's nbd driver) can take it over. It reads
+// nothing beyond the final acknowledgement. ctx bounds the negotiation; nc's
+// deadline is cleared afterwards. A refused export fails with an
+// *ExportError.
+func Negotiate(ctx context.Context, nc net.Conn, exportName string) (Export, error) {
+	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Now()) })
+	c := &Client{nc: nc, maxPayload: MaxPayload}
+	// The server sends nothing after the NBD_OPT_GO acknowledgement until
+	// it gets a request, so a buffered reader cannot swallow
+	// transmission-phase bytes here.
+	err := c.negotiate(bufio.NewReader(nc), exportName)
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		return Export{}, err
+	}
+	nc.SetDeadline(time.Time{})
+	return Export{Size: uint64(c.size), Flags: c.flags}, nil
+}
+
 func (c *Client) negotiate(br *bufio.Reader, exportName string) error {
 	var hello [18]byte
 	if _, err := io.ReadFull(br, hello[:]); err != nil {
