@@ -74,9 +74,6 @@ func (e *Engine) disconnect(p *peer, to ConnState, why string) {
 		if pr.level != protocols.Written || p.ackedEpoch < w.epoch {
 			e.markOutOfSync(p, w.off, w.length)
 		}
-		if pr.level == protocols.None {
-			p.blocked--
-		}
 		*pr = progress{}
 	}
 	if wasReplicating && p.bitmapUUID == 0 {
@@ -87,6 +84,7 @@ func (e *Engine) disconnect(p *peer, to ConnState, why string) {
 		}
 	}
 	p.unacked, p.ackedEpoch = 0, 0
+	p.blockedQ, p.blockedBytes = nil, 0
 	for _, w := range e.writes {
 		e.maybeComplete(w)
 	}

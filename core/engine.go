@@ -66,9 +66,12 @@ type peer struct {
 	bitmap     *Bitmap
 	bitmapUUID uint64
 
-	unacked    uint64 // data bytes sent and not yet acknowledged as written
-	blocked    int    // writes held at level None by MaxBuffer
-	ackedEpoch uint64 // highest BarrierAck on this connection
+	unacked uint64 // data bytes sent and not yet acknowledged as written
+	// blockedQ are the writes held at level None by MaxBuffer, in sequence
+	// order (always the latest sent), and blockedBytes their payload.
+	blockedQ     []*write
+	blockedBytes uint64
+	ackedEpoch   uint64 // highest BarrierAck on this connection
 
 	resyncSoon              bool          // marked while Established: decide again in finish
 	resyncDoneSent          bool          // until the target's StateChange after ResyncDone

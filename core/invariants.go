@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/protocols"
 )
 
 // invariantState is what checkInvariants remembers between calls.
@@ -60,6 +61,19 @@ func (e *Engine) checkInvariants() {
 					panic(fmt.Sprintf("core invariant: write seq %d of a later epoch issued before the barrier", w.op.Seq))
 				}
 			}
+		}
+	}
+	// Writes held by MaxBuffer are at level None and add up.
+	for _, p := range e.peers {
+		var held uint64
+		for _, w := range p.blockedQ {
+			if pr := w.prog[p.idx]; !pr.sent || pr.level != protocols.None {
+				panic(fmt.Sprintf("core invariant: write seq %d held for peer %d at level %v", w.seq, p.cfg.ID, pr.level))
+			}
+			held += w.prog[p.idx].bytes
+		}
+		if held != p.blockedBytes || held > p.unacked {
+			panic(fmt.Sprintf("core invariant: peer %d: %d bytes held, %d counted, %d unacknowledged", p.cfg.ID, held, p.blockedBytes, p.unacked))
 		}
 	}
 	// Every application request is accounted for.

@@ -193,10 +193,11 @@ func (e *Engine) startWrite(r Request) {
 		p.unacked += n
 		pr := &w.prog[i]
 		pr.sent, pr.bytes = true, n
-		if p.unacked <= p.cfg.MaxBuffer {
+		if p.unacked <= p.cfg.MaxBuffer && len(p.blockedQ) == 0 {
 			pr.level = protocols.Queued
 		} else {
-			p.blocked++
+			p.blockedQ = append(p.blockedQ, w)
+			p.blockedBytes += n
 		}
 	}
 	e.writes = append(e.writes, w)
@@ -368,16 +369,14 @@ func (e *Engine) writeAck(p *peer, f *wire.Frame) {
 		return
 	}
 	pr := &w.prog[p.idx]
+	e.raise(p, w, protocols.Written)
 	p.unacked -= pr.bytes
 	pr.bytes = 0
-	e.raise(p, w, protocols.Written)
 	if f.Flags&wire.FlagNegative != 0 {
 		e.markOutOfSync(p, w.off, w.length)
 		e.peerEvent(p, "resync", "", "", fmt.Sprintf("write [%d, +%d) failed on the peer: marked out of sync", w.off, w.length))
 	}
-	if p.blocked > 0 {
-		e.unblockQueued(p)
-	}
+	e.unblockQueued(p)
 	e.maybeComplete(w)
 }
 
@@ -388,29 +387,33 @@ func (e *Engine) raise(p *peer, w *write, l protocols.Level) {
 		return
 	}
 	if pr.level == protocols.None {
-		p.blocked--
+		for i, b := range p.blockedQ {
+			if b == w {
+				p.blockedQ = append(p.blockedQ[:i], p.blockedQ[i+1:]...)
+				p.blockedBytes -= pr.bytes
+				break
+			}
+		}
 	}
 	pr.level = l
 }
 
 // unblockQueued moves writes held by p's MaxBuffer to Queued once the
-// unacknowledged bytes up to and including each fit.
+// unacknowledged bytes up to and including each fit. The held writes are
+// always the latest ones sent to p, so the bytes before the first of them
+// are p.unacked minus theirs.
 func (e *Engine) unblockQueued(p *peer) {
-	var cum uint64
-	for _, w := range e.writes {
+	for len(p.blockedQ) > 0 {
+		w := p.blockedQ[0]
 		pr := &w.prog[p.idx]
-		if !pr.sent {
-			continue
-		}
-		cum += pr.bytes
-		if cum > p.cfg.MaxBuffer {
+		if p.unacked-p.blockedBytes+pr.bytes > p.cfg.MaxBuffer {
 			return
 		}
-		if pr.level == protocols.None {
-			pr.level = protocols.Queued
-			p.blocked--
-			e.maybeComplete(w)
-		}
+		p.blockedQ[0] = nil
+		p.blockedQ = p.blockedQ[1:]
+		p.blockedBytes -= pr.bytes
+		pr.level = protocols.Queued
+		e.maybeComplete(w)
 	}
 }
 
