@@ -1,0 +1,145 @@
+package nbdkernel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/georepl/georepl/kmod/nbd"
+	"golang.org/x/sys/unix"
+)
+
+// AttachOptions are Attach's settings; the zero value is usable.
+type AttachOptions struct {
+	// Index is the device number N of /dev/nbdN, or AnyDevice (-1) for the
+	// first free one. The zero value means /dev/nbd0.
+	Index int
+	// Connections is how many sockets the kernel spreads requests over;
+	// 0 means 2. More than one needs an export that allows multi-conn.
+	Connections int
+	// BlockSize as in Config; 0 means 4096.
+	BlockSize uint64
+	// Timeout and DeadConnTimeout as in Config. DeadConnTimeout 0 means
+	// DefaultDeadConnTimeout: the kernel queues I/O that long for a
+	// restarted daemon to reattach.
+	Timeout, DeadConnTimeout time.Duration
+}
+
+// DefaultDeadConnTimeout is how long the kernel waits, by default, for a
+// restarted daemon to hand it new sockets before it fails queued I/O.
+const DefaultDeadConnTimeout = 120 * time.Second
+
+// ErrBusy is wrapped by Attach's error when the device asked for is
+// connected to something that Attach cannot tell is this export.
+var ErrBusy = errors.New("device is busy")
+
+// Attach connects opt.Connections sockets to the NBD server at spec
+// ("unix:/path" or "tcp:host:port"), negotiates export on each, and hands
+// them to the kernel: NBD_CMD_CONNECT for a free device, or
+// NBD_CMD_RECONFIGURE when the device asked for by index is already
+// connected and waiting for its server (a daemon restart). It returns the
+// device.
+func (c *Conn) Attach(ctx context.Context, spec, export string, opt AttachOptions) (Device, error) {
+	n := opt.Connections
+	if n <= 0 {
+		n = 2
+	}
+	cfg := Config{Index: opt.Index, BlockSize: opt.BlockSize, Timeout: opt.Timeout, DeadConnTimeout: opt.DeadConnTimeout}
+	if cfg.DeadConnTimeout == 0 {
+		cfg.DeadConnTimeout = DefaultDeadConnTimeout
+	}
+	reconfigure := false
+	if opt.Index >= 0 {
+		devs, err := c.Status(opt.Index)
+		if err != nil {
+			return Device{}, err
+		}
+		reconfigure = len(devs) == 1 && devs[0].Connected
+	}
+
+	files := make([]*os.File, 0, n)
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	fds := make([]int, 0, n)
+	for i := 0; i < n; i++ {
+		f, exp, err := dialNegotiated(ctx, spec, export)
+		if err != nil {
+			return Device{}, err
+		}
+		files = append(files, f)
+		fds = append(fds, int(f.Fd()))
+		if i == 0 {
+			cfg.Size, cfg.ServerFlags = exp.Size, exp.Flags
+			if exp.Flags&nbd.FlagCanMultiConn == 0 && n > 1 {
+				n = 1 // flushes on one socket would not cover writes on another
+			}
+		}
+	}
+	if reconfigure {
+		if err := c.Reconfigure(cfg, fds); err != nil {
+			return Device{}, fmt.Errorf("%w (/dev/nbd%d is connected but does not take new sockets: %w)", ErrBusy, opt.Index, err)
+		}
+		return Device{Index: opt.Index, Connected: true}, nil
+	}
+	index, err := c.Connect(cfg, fds)
+	if err != nil {
+		if errors.Is(err, syscall.EBUSY) {
+			err = fmt.Errorf("%w: %w", ErrBusy, err)
+		}
+		return Device{}, err
+	}
+	return Device{Index: index, Connected: true}, nil
+}
+
+// dialNegotiated connects to spec, negotiates export and returns the socket
+// as a blocking file the kernel can take.
+func dialNegotiated(ctx context.Context, spec, export string) (*os.File, nbd.Export, error) {
+	network, address, ok := strings.Cut(spec, ":")
+	if !ok || (network != "unix" && network != "tcp") || address == "" {
+		return nil, nbd.Export{}, fmt.Errorf("nbdkernel: export %q must be unix:PATH or tcp:HOST:PORT", spec)
+	}
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, network, address)
+	if err != nil {
+		return nil, nbd.Export{}, fmt.Errorf("nbdkernel: dial %s: %w", spec, err)
+	}
+	defer nc.Close()
+	exp, err := nbd.Negotiate(ctx, nc, export)
+	if err != nil {
+		return nil, nbd.Export{}, fmt.Errorf("nbdkernel: negotiate %q at %s: %w", export, spec, err)
+	}
+	fc, ok := nc.(interface{ File() (*os.File, error) })
+	if !ok {
+		return nil, nbd.Export{}, fmt.Errorf("nbdkernel: %T has no file descriptor", nc)
+	}
+	f, err := fc.File()
+	if err != nil {
+		return nil, nbd.Export{}, err
+	}
+	if err := unix.SetNonblock(int(f.Fd()), false); err != nil {
+		f.Close()
+		return nil, nbd.Export{}, err
+	}
+	return f, exp, nil
+}
+
+// ParseDevice reads a device number from "/dev/nbdN"; "" and "nbd" mean
+// AnyDevice.
+func ParseDevice(dev string) (int, error) {
+	if dev == "" || dev == "nbd" {
+		return AnyDevice, nil
+	}
+	var n int
+	if _, err := fmt.Sscanf(dev, "/dev/nbd%d", &n); err != nil || n < 0 || fmt.Sprintf("/dev/nbd%d", n) != dev {
+		return 0, fmt.Errorf("nbdkernel: %q is not /dev/nbdN", dev)
+	}
+	return n, nil
+}
