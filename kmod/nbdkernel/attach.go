@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -24,6 +25,9 @@ type AttachOptions struct {
 	Connections int
 	// BlockSize as in Config; 0 means 4096.
 	BlockSize uint64
+	// Backend as in Config: with AnyDevice, a connected device whose
+	// backend matches is the one to reconfigure after a daemon restart.
+	Backend string
 	// Timeout and DeadConnTimeout as in Config. DeadConnTimeout 0 means
 	// DefaultDeadConnTimeout: the kernel queues I/O that long for a
 	// restarted daemon to reattach.
@@ -49,11 +53,16 @@ func (c *Conn) Attach(ctx context.Context, spec, export string, opt AttachOption
 	if n <= 0 {
 		n = 2
 	}
-	cfg := Config{Index: opt.Index, BlockSize: opt.BlockSize, Timeout: opt.Timeout, DeadConnTimeout: opt.DeadConnTimeout}
+	cfg := Config{Index: opt.Index, Backend: opt.Backend, BlockSize: opt.BlockSize, Timeout: opt.Timeout, DeadConnTimeout: opt.DeadConnTimeout}
 	if cfg.DeadConnTimeout == 0 {
 		cfg.DeadConnTimeout = DefaultDeadConnTimeout
 	}
 	reconfigure := false
+	if opt.Index == AnyDevice && opt.Backend != "" {
+		if i, ok := findBackend("/", opt.Backend); ok {
+			cfg.Index, opt.Index = i, i
+		}
+	}
 	if opt.Index >= 0 {
 		devs, err := c.Status(opt.Index)
 		if err != nil {
@@ -142,4 +151,20 @@ func ParseDevice(dev string) (int, error) {
 		return 0, fmt.Errorf("nbdkernel: %q is not /dev/nbdN", dev)
 	}
 	return n, nil
+}
+
+// findBackend returns the nbd device whose sysfs backend attribute is
+// backend.
+func findBackend(root, backend string) (int, bool) {
+	paths, _ := filepath.Glob(filepath.Join(root, "sys/block/nbd*/backend"))
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil || strings.TrimSpace(string(b)) != backend {
+			continue
+		}
+		if i, err := ParseDevice("/dev/" + filepath.Base(filepath.Dir(p))); err == nil && i >= 0 {
+			return i, true
+		}
+	}
+	return 0, false
 }

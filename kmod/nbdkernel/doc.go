@@ -15,12 +15,14 @@
 //	dev, err := nl.Attach(ctx, "unix:/run/georepl/r0.sock", "r0", nbdkernel.AttachOptions{
 //		Index:       nbdkernel.AnyDevice, // or 0 for /dev/nbd0
 //		Connections: 4,
+//		Backend:     "georepl:r0", // finds the device again after a restart
 //	})
 //	// dev.Path() == "/dev/nbdN"
 //	...
 //	err = nl.Disconnect(dev.Index)
 //
-// If the device is already connected (the daemon restarted and the kernel
+// If the device is already connected (named by index, or found by its
+// Backend in /sys/block/nbd*/backend; the daemon restarted and the kernel
 // is waiting for its server to come back), Attach hands it the new sockets
 // with NBD_CMD_RECONFIGURE instead: I/O queued meanwhile resumes, within
 // DeadConnTimeout. Without a dead-connection timeout the kernel fails I/O as
@@ -31,7 +33,7 @@
 //
 //	NBD_CMD_CONNECT     [INDEX u32]? SIZE_BYTES u64, BLOCK_SIZE_BYTES u64,
 //	                    TIMEOUT u64 (s), SERVER_FLAGS u64, CLIENT_FLAGS u64,
-//	                    DEAD_CONN_TIMEOUT u64 (s),
+//	                    DEAD_CONN_TIMEOUT u64 (s), [BACKEND_IDENTIFIER str],
 //	                    SOCKETS { SOCK_ITEM { SOCK_FD u32 } ... }
 //	                    reply: INDEX u32
 //	NBD_CMD_RECONFIGURE INDEX, [TIMEOUT], [DEAD_CONN_TIMEOUT], SOCKETS

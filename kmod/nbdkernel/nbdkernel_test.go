@@ -214,3 +214,25 @@ func TestLoadModuleAlreadyLoaded(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestBackend(t *testing.T) {
+	got, err := encodeConnect(Config{Index: AnyDevice, Size: 4096, Backend: "georepl:r0"}, []int{5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// BACKEND_IDENTIFIER: a NUL-terminated string, padded.
+	if h := hex.EncodeToString(got); !strings.Contains(h, "0f000a00"+hex.EncodeToString([]byte("georepl:r0\x00"))+"00") {
+		t.Errorf("no backend attribute in %s", h)
+	}
+	root := t.TempDir()
+	for dev, backend := range map[string]string{"nbd0": "", "nbd3": "georepl:r0\n", "nbd4": "georepl:r1\n"} {
+		os.MkdirAll(filepath.Join(root, "sys/block", dev), 0o755)
+		os.WriteFile(filepath.Join(root, "sys/block", dev, "backend"), []byte(backend), 0o644)
+	}
+	if i, ok := findBackend(root, "georepl:r0"); !ok || i != 3 {
+		t.Errorf("findBackend = %d, %v; want 3", i, ok)
+	}
+	if _, ok := findBackend(root, "georepl:r9"); ok {
+		t.Error("found a backend nobody has")
+	}
+}

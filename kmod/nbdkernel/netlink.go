@@ -29,6 +29,7 @@ const (
 	attrSockets         = 7
 	attrDeadConnTimeout = 8
 	attrDeviceList      = 9
+	attrBackend         = 10
 
 	deviceItem      = 1
 	deviceIndex     = 1
@@ -71,6 +72,10 @@ type Config struct {
 	// socket died, waiting for NBD_CMD_RECONFIGURE, before failing it.
 	// Whole seconds; 0 fails I/O at once.
 	DeadConnTimeout time.Duration
+	// Backend names the server (NBD_ATTR_BACKEND_IDENTIFIER, shown in
+	// /sys/block/nbdN/backend), so that a restarted daemon finds the device
+	// it had attached. Empty: none.
+	Backend string
 }
 
 // Device is one nbd device as NBD_CMD_STATUS reports it.
@@ -122,6 +127,9 @@ func encodeConnect(cfg Config, fds []int) ([]byte, error) {
 	if cfg.DeadConnTimeout > 0 {
 		ae.Uint64(attrDeadConnTimeout, seconds(cfg.DeadConnTimeout))
 	}
+	if cfg.Backend != "" {
+		ae.String(attrBackend, cfg.Backend)
+	}
 	encodeSockets(ae, fds)
 	return ae.Encode()
 }
@@ -139,6 +147,9 @@ func encodeReconfigure(cfg Config, fds []int) ([]byte, error) {
 	}
 	if cfg.DeadConnTimeout > 0 {
 		ae.Uint64(attrDeadConnTimeout, seconds(cfg.DeadConnTimeout))
+	}
+	if cfg.Backend != "" {
+		ae.String(attrBackend, cfg.Backend)
 	}
 	if len(fds) > 0 {
 		encodeSockets(ae, fds)
