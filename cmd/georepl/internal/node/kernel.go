@@ -1,0 +1,106 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/georepl/georepl/kmod/nbdkernel"
+)
+
+// kernelDevices holds, per resource, the kernel device attached to its
+// export while it is Primary. (It lives here rather than in resource so
+// that the kernel attach stays in this one file.)
+var kernelDevices sync.Map // *resource → nbdkernel.Device
+
+// kernelAttachTimeout bounds dialling and negotiating the export's sockets.
+const kernelAttachTimeout = 30 * time.Second
+
+// kernelBackend is the identifier the kernel shows in
+// /sys/block/nbdN/backend, by which a restarted daemon finds its device.
+func (r *resource) kernelBackend() string { return "georepl:" + r.cfg.Name }
+
+// attachKernelDevice attaches the node's export to the kernel device the
+// configuration names (node block, device), loading the module if needed.
+// Call it after the resource became Primary (the export refuses a
+// Secondary). A device already attached for this resource (a daemon
+// restart while the kernel waits for its server) is handed new sockets.
+func (r *resource) attachKernelDevice() error {
+	dev := r.self.Device
+	if dev == "" {
+		return nil
+	}
+	if _, ok := kernelDevices.Load(r); ok {
+		return nil
+	}
+	switch {
+	case dev == "auto":
+		dev = "nbd" // ublk joins "auto" when its attach lands
+	case dev == "ublk" || strings.HasPrefix(dev, "/dev/ublkb"):
+		return fmt.Errorf("resource %s: device = %q: ublk devices are not supported by this build yet; use \"nbd\" or \"/dev/nbdN\"", r.cfg.Name, r.self.Device)
+	}
+	index, err := nbdkernel.ParseDevice(dev)
+	if err != nil {
+		return fmt.Errorf("resource %s: %w", r.cfg.Name, err)
+	}
+	nl, err := nbdkernel.Open()
+	if err != nil {
+		return fmt.Errorf("resource %s: attaching %s: %w", r.cfg.Name, dev, err)
+	}
+	defer nl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), kernelAttachTimeout)
+	defer cancel()
+	d, err := nl.Attach(ctx, r.self.Export, r.cfg.Name, nbdkernel.AttachOptions{
+		Index:   index,
+		Backend: r.kernelBackend(),
+	})
+	if err != nil {
+		if errors.Is(err, nbdkernel.ErrBusy) {
+			return fmt.Errorf("resource %s: %s is in use by another server (detach it first, or pick another device): %w", r.cfg.Name, dev, err)
+		}
+		return fmt.Errorf("resource %s: attaching %s: %w", r.cfg.Name, dev, err)
+	}
+	kernelDevices.Store(r, d)
+	r.log.Info("kernel device attached", "device", d.Path(), "export", r.self.Export)
+	return nil
+}
+
+// detachKernelDevice detaches the resource's kernel device. It refuses,
+// naming the holders, while the device is mounted or open, so call it
+// before demoting: `georepl secondary` then fails the way DRBD's does.
+func (r *resource) detachKernelDevice() error {
+	v, ok := kernelDevices.Load(r)
+	if !ok {
+		return nil
+	}
+	d := v.(nbdkernel.Device)
+	holders, err := nbdkernel.Holders(d.Path())
+	if err != nil {
+		return fmt.Errorf("resource %s: checking who holds %s: %w", r.cfg.Name, d.Path(), err)
+	}
+	if len(holders) > 0 {
+		return fmt.Errorf("resource %s: %s is still in use (%s): unmount it and close it first", r.cfg.Name, d.Path(), strings.Join(holders, "; "))
+	}
+	nl, err := nbdkernel.Open()
+	if err != nil {
+		return fmt.Errorf("resource %s: detaching %s: %w", r.cfg.Name, d.Path(), err)
+	}
+	defer nl.Close()
+	if err := nl.Disconnect(d.Index); err != nil {
+		return fmt.Errorf("resource %s: detaching %s: %w", r.cfg.Name, d.Path(), err)
+	}
+	kernelDevices.Delete(r)
+	r.log.Info("kernel device detached", "device", d.Path())
+	return nil
+}
+
+// kernelDevicePath is the attached kernel device, "" when none, for status.
+func (r *resource) kernelDevicePath() string {
+	if v, ok := kernelDevices.Load(r); ok {
+		return v.(nbdkernel.Device).Path()
+	}
+	return ""
+}
