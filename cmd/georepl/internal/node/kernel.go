@@ -89,6 +89,10 @@ func (r *resource) detachKernelDevice() error {
 		return fmt.Errorf("resource %s: detaching %s: %w", r.cfg.Name, d.Path(), err)
 	}
 	defer nl.Close()
+	if devs, err := nl.Status(d.Index); err == nil && (len(devs) == 0 || !devs[0].Connected) {
+		kernelDevices.Delete(r) // someone else detached it already
+		return nil
+	}
 	if err := nl.Disconnect(d.Index); err != nil {
 		return fmt.Errorf("resource %s: detaching %s: %w", r.cfg.Name, d.Path(), err)
 	}
