@@ -3,6 +3,7 @@
 #   make demo    three-node cluster on loopback, no configuration needed
 #   make test    everything CI runs (installs the Debian packages it needs)
 #   make bench   georepl against nbdkit through fio's nbd engine
+#   make soak    the crash-consistency checker for as long as asked (SOAK=1h)
 
 GO      ?= go
 BIN     := bin/georepl
@@ -10,7 +11,7 @@ BIN     := bin/georepl
 TOOLS   := fio:fio nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils
 TESTFLAGS ?=
 
-.PHONY: all build demo test vet fmt-check unit deps bench fuzz clean
+.PHONY: all build demo test vet fmt-check unit deps bench soak fuzz clean
 
 all: build
 
@@ -55,6 +56,12 @@ fuzz:
 
 bench: deps build
 	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN)
+
+# Kill the primary of a loopback cluster at random moments for SOAK, check
+# every survivor, print the count of runs and failures.
+SOAK ?= 10m
+soak: build
+	./$(BIN) check soak --duration $(SOAK)
 
 clean:
 	rm -rf bin

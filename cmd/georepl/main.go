@@ -65,7 +65,7 @@ and on the node that holds the good data (or any node, for a new empty device):
 		simpleVerb("secondary", "RESOURCE", "Demote: close the export's clients, finish their writes, become Secondary", 1, 1),
 		connectCmd("connect", "Connect to PEER (default: every peer) again after disconnect"),
 		connectCmd("disconnect", "Close the connection to PEER (default: every peer) and stay StandAlone"),
-		statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd())
+		statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd(), checkCmd())
 	return root
 }
 
