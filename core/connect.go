@@ -44,8 +44,9 @@ func (e *Engine) Connected(peer NodeID, h *wire.Hello) {
 // Disconnected reports that the connection to peer is lost or closed.
 // Writes not yet acknowledged by it are marked in its bitmap, requests
 // waiting for it stop waiting, a resync stops. A Primary that loses a
-// replicating peer starts a new generation. Ignored for a peer that is not
-// connected (for example after the engine asked to Drop it).
+// replicating peer starts a new generation with its next write. Ignored
+// for a peer that is not connected (for example after the engine asked to
+// Drop it).
 func (e *Engine) Disconnected(peer NodeID) {
 	defer e.finish()
 	if p := e.peer(peer); p != nil && p.conn == Connected {
@@ -77,11 +78,12 @@ func (e *Engine) disconnect(p *peer, to ConnState, why string) {
 		*pr = progress{}
 	}
 	if wasReplicating && p.bitmapUUID == 0 {
-		// The new generation below must not be mistaken for one p has.
+		// The next generation must not be mistaken for one p has.
 		p.bitmapUUID = p.gen.Current
 		if p.bitmapUUID == 0 {
 			p.bitmapUUID = e.current
 		}
+		e.persistDirty = true
 	}
 	p.unacked, p.ackedEpoch = 0, 0
 	p.blockedQ, p.blockedBytes = nil, 0
@@ -110,7 +112,7 @@ func (e *Engine) disconnect(p *peer, to ConnState, why string) {
 	e.setPeerRoleDisk(p, RoleUnknown, DUnknown)
 	p.gen = wire.GenIDs{}
 	if wasReplicating {
-		e.newGeneration()
+		e.rotatePending = true
 	}
 }
 

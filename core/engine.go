@@ -27,6 +27,10 @@ type Engine struct {
 	history      [2]uint64
 	persistDirty bool
 	announce     bool // our role, disk or generation changed: tell the peers
+	// rotatePending: a peer missed writes or may miss the next ones; the
+	// next write starts a new generation. Until something is written the
+	// data is still the generation that peer has.
+	rotatePending bool
 
 	peers []*peer
 	byID  [MaxNodes]*peer
@@ -223,9 +227,9 @@ func (e *Engine) Hello(peer NodeID) wire.Hello {
 // a resync into this node runs.
 //
 // A new generation begins (new current id, the old one moves to History)
-// when a peer is not connected, so that its bitmap is tied to the data it
-// last had, or when force changed the disk state. Connected peers learn the
-// new ids and are resynchronised if they need it.
+// when force changed the disk state, and with the first write if a peer is
+// not connected, so that its bitmap is tied to the data it last had.
+// Connected peers learn the new ids and are resynchronised if they need it.
 func (e *Engine) Promote(force bool) error {
 	defer e.finish()
 	if e.role == Primary {
@@ -254,14 +258,13 @@ func (e *Engine) Promote(force bool) error {
 	if forced {
 		e.setDisk(UpToDate, "forced")
 	}
-	rotate := forced || e.current == 0
+	if forced || e.current == 0 {
+		e.newGeneration()
+	}
 	for _, p := range e.peers {
 		if !p.replicating() {
-			rotate = true
+			e.rotatePending = true
 		}
-	}
-	if rotate {
-		e.newGeneration()
 	}
 	// Peers must learn our new role and ids before any resync frame that
 	// the re-evaluation below may send.
@@ -287,6 +290,7 @@ func (e *Engine) Demote() error {
 		return fmt.Errorf("%w: %d requests", ErrBusy, e.pending)
 	}
 	e.setRole(Secondary)
+	e.rotatePending = false
 	for _, p := range e.peers {
 		if p.rs != nil {
 			e.dropPeer(p, fmt.Errorf("%w: node %d is no longer Primary", ErrResyncAborted, e.self), false)
@@ -450,6 +454,7 @@ func (e *Engine) markOutOfSync(p *peer, off, length uint64) {
 // and tell us so with their own StateChange: until then p.gen keeps what
 // they last confirmed, and p.adopting what they will have.
 func (e *Engine) newGeneration() {
+	e.rotatePending = false
 	old := e.current
 	e.history = [2]uint64{old, e.history[0]}
 	e.current = e.newUUID()

@@ -154,6 +154,11 @@ func (e *Engine) closeEpoch(flags wire.Flags) uint64 {
 }
 
 func (e *Engine) startWrite(r Request) {
+	if e.rotatePending {
+		// Peers learn the new generation before its first write.
+		e.newGeneration()
+		e.announceState()
+	}
 	e.maybeCloseEpoch()
 	e.seq++
 	e.epochWrites++
