@@ -120,7 +120,7 @@ func checkVerifyCmd() *cobra.Command {
 func checkSoakCmd() *cobra.Command {
 	var runs int
 	var duration time.Duration
-	var dir string
+	var dir, rejoin string
 	var keep bool
 	cmd := &cobra.Command{
 		Use:   "soak [--runs N | --duration D]",
@@ -144,7 +144,7 @@ func checkSoakCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			res, err := checker.Soak(ctx, checker.SoakOptions{Bin: exe, Dir: dir, Runs: runs, Duration: duration, Seed: uint64(time.Now().UnixNano()), Out: cmd.OutOrStdout()})
+			res, err := checker.Soak(ctx, checker.SoakOptions{Bin: exe, Dir: dir, Runs: runs, Duration: duration, Seed: uint64(time.Now().UnixNano()), Out: cmd.OutOrStdout(), Rejoin: rejoin})
 			if err != nil && !errors.Is(err, context.Canceled) {
 				return err
 			}
@@ -161,5 +161,6 @@ func checkSoakCmd() *cobra.Command {
 	cmd.Flags().DurationVar(&duration, "duration", 0, "run kill points for this long")
 	cmd.Flags().StringVar(&dir, "dir", "", "working folder (default: a temporary one)")
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep the temporary folder")
+	cmd.Flags().StringVar(&rejoin, "rejoin", checker.RejoinFull, "how the killed primary and lagging peers rejoin: full (fresh metadata, full sync) or bitmap (reconnect as they are)")
 	return cmd
 }

@@ -29,7 +29,19 @@ type SoakOptions struct {
 	Size     int64         // disk size of each node
 	Seed     uint64
 	Out      io.Writer
+	// Rejoin is how the killed primary and the lagging peers come back
+	// after the failover: RejoinFull (the default: fresh metadata and a
+	// full sync, what this version's admin guide prescribes) or
+	// RejoinBitmap (they just reconnect, and the generation ids and
+	// bitmaps must find what differs).
+	Rejoin string
 }
+
+// Rejoin modes.
+const (
+	RejoinFull   = "full"
+	RejoinBitmap = "bitmap"
+)
 
 // SoakResult counts what Soak saw.
 type SoakResult struct {
@@ -58,6 +70,13 @@ var soakNodes = []struct {
 func Soak(ctx context.Context, o SoakOptions) (SoakResult, error) {
 	if o.Size == 0 {
 		o.Size = 16 << 20
+	}
+	switch o.Rejoin {
+	case "":
+		o.Rejoin = RejoinFull
+	case RejoinFull, RejoinBitmap:
+	default:
+		return SoakResult{}, fmt.Errorf("unknown rejoin mode %q: want %q or %q", o.Rejoin, RejoinFull, RejoinBitmap)
 	}
 	s := &soak{SoakOptions: o, procs: map[string]*exec.Cmd{}, rng: rand.New(rand.NewPCG(o.Seed, 99))}
 	defer s.stopAll()
@@ -301,6 +320,9 @@ func (s *soak) killPoint(ctx context.Context, run int) (note string, err error) 
 		return "", err
 	}
 	for _, n := range []string{"charlie", "dr"} {
+		if s.Rejoin == RejoinBitmap {
+			break
+		}
 		if err := s.cli(ctx, n, "down", "r0"); err != nil {
 			return "", err
 		}
@@ -311,7 +333,12 @@ func (s *soak) killPoint(ctx context.Context, run int) (note string, err error) 
 			return "", err
 		}
 	}
-	if err := s.freshStart(ctx, "alpha"); err != nil {
+	if s.Rejoin == RejoinBitmap {
+		err = s.start(ctx, "alpha")
+	} else {
+		err = s.freshStart(ctx, "alpha")
+	}
+	if err != nil {
 		return "", err
 	}
 	if err := s.cli(ctx, "bravo", "wait-sync", "--timeout", "5m", "r0"); err != nil {
