@@ -538,3 +538,68 @@ func TestClusterSwitchover(t *testing.T) {
 	c.cli("alpha", "primary", "r0")
 	c.settleAndCompare()
 }
+
+// TestClusterCLI: the operator's verbs around a running pair of nodes.
+func TestClusterCLI(t *testing.T) {
+	c := newCluster(t, 16<<20)
+	c.start("alpha")
+	c.start("bravo")
+
+	// A second daemon for the same admin socket refuses to start.
+	out, err := exec.Command(georeplBin, "daemon", "--config", c.conf, "--node", "alpha", "--admin", c.adminSock("alpha")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "already running") {
+		t.Fatalf("a second daemon for alpha started or did not say why: %v\n%s", err, out)
+	}
+	// create-md refuses to overwrite metadata without --force.
+	if out, err := c.cliErr("", "create-md", "--config", c.conf, "--node", "dr", "r0"); err == nil {
+		t.Fatalf("create-md overwrote existing metadata:\n%s", out)
+	}
+
+	// events streams state changes as JSON lines.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ev := exec.CommandContext(ctx, georeplBin, "--admin", c.adminSock("alpha"), "events", "r0")
+	var evOut bytes.Buffer
+	ev.Stdout = &evOut
+	if err := ev.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // let it subscribe
+	c.cli("alpha", "primary", "--force", "r0")
+	c.waitFor("alpha", "bravo in sync", time.Minute, func(st *node.ResourceStatus) bool {
+		p := c.peer(st, "bravo")
+		return p.Repl == "Established" && p.Disk == "UpToDate"
+	})
+	cancel()
+	ev.Wait()
+	var sawRole bool
+	for _, line := range strings.Split(strings.TrimSpace(evOut.String()), "\n") {
+		var e node.Event
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("events printed a line that is not JSON: %q", line)
+		}
+		if e.What == "role" && e.New == "Primary" {
+			sawRole = true
+		}
+	}
+	if !sawRole {
+		t.Errorf("events did not report the promotion:\n%s", evOut.String())
+	}
+
+	proc := c.cli("alpha", "status", "--proc", "r0")
+	if !strings.Contains(proc, "cs:Connected ro:Primary/Secondary ds:UpToDate/UpToDate C") || !strings.Contains(proc, "oos:0") {
+		t.Errorf("status --proc:\n%s", proc)
+	}
+	md := c.cli("alpha", "dump-md", "r0")
+	if !strings.Contains(md, "r0") {
+		t.Errorf("dump-md through the daemon:\n%s", md)
+	}
+	// Offline dump-md cannot open a disk the daemon holds, and says so.
+	if out, err := c.cliErr("", "dump-md", "--config", c.conf, "--node", "alpha", "r0"); err == nil || !strings.Contains(out, c.node("alpha").Disk) {
+		t.Errorf("offline dump-md on a disk in use: %v\n%s", err, out)
+	}
+	// A secondary refuses promotion while another node is primary.
+	if out, err := c.cliErr("bravo", "primary", "r0"); err == nil || !strings.Contains(out, "rimary") {
+		t.Errorf("bravo became primary beside alpha, or did not say why: %v\n%s", err, out)
+	}
+}
