@@ -273,7 +273,9 @@ func (q *queue) execute(buf []byte, d ioDesc) int32 {
 	}
 	if err != nil {
 		errno, expected := errnoFor(err)
-		if !expected {
+		// After a forced stop the Device's context is cancelled; its
+		// errors then say nothing new.
+		if !expected && q.ctx.Err() == nil {
 			q.log.Error("ublk request failed", "op", opName(op), "off", off, "len", n, "err", err)
 		}
 		return -int32(errno)

@@ -1,0 +1,341 @@
+package ublk
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/georepl/georepl/kmod/nbd"
+	"golang.org/x/sys/unix"
+)
+
+// The tests in this file drive the real driver: they need root and a
+// kernel with ublk_drv, and skip elsewhere. The VM rig (kmod/vmtest) runs
+// them inside a guest with Debian's kernel.
+
+// memDevice is an in-memory nbd.Device that counts what it is asked.
+type memDevice struct {
+	mu          sync.Mutex
+	data        []byte
+	flushes     int
+	fuaWrites   int
+	trims       int
+	zeroes      int
+	fail        error         // returned by writes when set
+	block       chan struct{} // reads wait for it (or ctx) when set
+	keptBuffers [][]byte      // every p WriteAt was given
+}
+
+func newMemDevice(size int) *memDevice { return &memDevice{data: make([]byte, size)} }
+
+func (m *memDevice) Size() uint64 { return uint64(len(m.data)) }
+
+func (m *memDevice) ReadAt(ctx context.Context, p []byte, off uint64) error {
+	m.mu.Lock()
+	block := m.block
+	m.mu.Unlock()
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	copy(p, m.data[off:])
+	return nil
+}
+
+func (m *memDevice) WriteAt(_ context.Context, p []byte, off uint64, fua bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.fail != nil {
+		return m.fail
+	}
+	copy(m.data[off:], p)
+	m.keptBuffers = append(m.keptBuffers, p)
+	if fua {
+		m.fuaWrites++
+	}
+	return nil
+}
+
+func (m *memDevice) Flush(context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.flushes++
+	return nil
+}
+
+func (m *memDevice) Trim(_ context.Context, off, length uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.trims++
+	clear(m.data[off : off+length])
+	return nil
+}
+
+func (m *memDevice) WriteZeroes(_ context.Context, off, length uint64, _ bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.zeroes++
+	clear(m.data[off : off+length])
+	return nil
+}
+
+func (m *memDevice) snapshot() []byte {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return bytes.Clone(m.data)
+}
+
+// startKernel starts a ublk device over dev or skips the test where the
+// kernel cannot.
+func startKernel(t *testing.T, dev nbd.Device, opts Options) *Device {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if !Available() {
+		t.Skip("no ublk_drv on this kernel")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	d, err := Start(ctx, dev, opts)
+	if errors.Is(err, ErrUnavailable) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// alignedBuf returns page-aligned memory for O_DIRECT.
+func alignedBuf(t *testing.T, n int) []byte {
+	t.Helper()
+	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(b) })
+	return b
+}
+
+func TestKernelReadWrite(t *testing.T) {
+	mem := newMemDevice(64 << 20)
+	d := startKernel(t, mem, Options{Queues: 2, Depth: 16, MaxIO: 128 << 10})
+	t.Logf("serving %s", d.Path())
+
+	f, err := os.OpenFile(d.Path(), os.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var size uint64
+	if err := ioctlPtr(f, unix.BLKGETSIZE64, unsafe.Pointer(&size)); err != nil || size != mem.Size() {
+		t.Fatalf("BLKGETSIZE64 = %d, %v; want %d", size, err, mem.Size())
+	}
+
+	// 1 MiB at an odd 4 KiB offset: more than MaxIO, so the kernel splits it.
+	buf := alignedBuf(t, 1<<20)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range buf {
+		buf[i] = byte(rng.Uint32())
+	}
+	const off = 3 * 4096
+	if _, err := f.WriteAt(buf, off); err != nil {
+		t.Fatal(err)
+	}
+	if got := mem.snapshot()[off : off+len(buf)]; !bytes.Equal(got, buf) {
+		t.Fatal("device does not hold what was written through the block device")
+	}
+	// Every WriteAt got its own copy, not the tag buffer.
+	mem.mu.Lock()
+	seen := map[uintptr]bool{}
+	for _, p := range mem.keptBuffers {
+		a := uintptr(unsafe.Pointer(&p[0]))
+		if seen[a] {
+			t.Errorf("WriteAt was given the same buffer twice")
+		}
+		seen[a] = true
+	}
+	mem.mu.Unlock()
+
+	back := alignedBuf(t, 1<<20)
+	if _, err := f.ReadAt(back, off); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(back, buf) {
+		t.Fatal("read back differs")
+	}
+
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	mem.mu.Lock()
+	flushes := mem.flushes
+	mem.mu.Unlock()
+	if flushes == 0 {
+		t.Error("fsync of the block device did not reach Flush")
+	}
+
+	// Discard and zero-out reach Trim and WriteZeroes.
+	rng2 := [2]uint64{off, 64 << 10}
+	if err := ioctlPtr(f, unix.BLKDISCARD, unsafe.Pointer(&rng2)); err != nil {
+		t.Fatalf("BLKDISCARD: %v", err)
+	}
+	rng2 = [2]uint64{off + 64<<10, 64 << 10}
+	if err := ioctlPtr(f, unix.BLKZEROOUT, unsafe.Pointer(&rng2)); err != nil {
+		t.Fatalf("BLKZEROOUT: %v", err)
+	}
+	mem.mu.Lock()
+	trims, zeroes := mem.trims, mem.zeroes
+	mem.mu.Unlock()
+	if trims == 0 || zeroes == 0 {
+		t.Errorf("trims %d, write-zeroes %d; want both > 0", trims, zeroes)
+	}
+	if got := mem.snapshot()[off : off+128<<10]; !bytes.Equal(got, make([]byte, 128<<10)) {
+		t.Error("discarded and zeroed range is not zero")
+	}
+
+	// Errors reach the writer with their errno.
+	for _, c := range []struct {
+		err  error
+		want unix.Errno
+	}{
+		{unix.ENOSPC, unix.ENOSPC},
+		{errors.New("disk on fire"), unix.EIO},
+	} {
+		mem.mu.Lock()
+		mem.fail = c.err
+		mem.mu.Unlock()
+		_, err := f.WriteAt(buf[:4096], 0)
+		if !errors.Is(err, c.want) {
+			t.Errorf("write with the Device failing %v: %v, want %v", c.err, err, c.want)
+		}
+	}
+	mem.mu.Lock()
+	mem.fail = nil
+	mem.mu.Unlock()
+
+	f.Close()
+	if err := d.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, err := os.Stat(d.Path()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s still exists after Close: %v", d.Path(), err)
+	}
+}
+
+func ioctlPtr(f *os.File, req uint, arg unsafe.Pointer) error {
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), uintptr(req), uintptr(arg))
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// TestKernelExt4 puts a file system on the device: mke2fs, mount, write
+// and fsync a file, unmount, e2fsck -f -n, and the file's contents again
+// after a second mount.
+func TestKernelExt4(t *testing.T) {
+	mem := newMemDevice(128 << 20)
+	d := startKernel(t, mem, Options{})
+	for _, tool := range []string{"mke2fs", "e2fsck"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not found", tool)
+		}
+	}
+	if out, err := exec.Command("mke2fs", "-q", "-F", "-t", "ext4", d.Path()).CombinedOutput(); err != nil {
+		t.Fatalf("mke2fs: %v\n%s", err, out)
+	}
+	dir := t.TempDir()
+	if err := unix.Mount(d.Path(), dir, "ext4", 0, ""); err != nil {
+		t.Skipf("mount ext4: %v", err)
+	}
+	content := bytes.Repeat([]byte("georepl over ublk\n"), 100000)
+	name := filepath.Join(dir, "file")
+	f, err := os.Create(name)
+	if err == nil {
+		_, err = f.Write(content)
+		if err == nil {
+			err = f.Sync()
+		}
+		f.Close()
+	}
+	if uerr := unix.Unmount(dir, 0); uerr != nil {
+		t.Fatalf("umount: %v", uerr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("e2fsck", "-f", "-n", d.Path()).CombinedOutput(); err != nil {
+		t.Fatalf("e2fsck -f -n: %v\n%s", err, out)
+	}
+	if err := unix.Mount(d.Path(), dir, "ext4", unix.MS_RDONLY, ""); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(name)
+	unix.Unmount(dir, 0)
+	if err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("file after remount: %d bytes, %v; want the %d written", len(got), err, len(content))
+	}
+	if err := d.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
+
+// TestKernelCloseFailsStuckIO: a Device that never answers a read does
+// not make Close hang; the read fails.
+func TestKernelCloseFailsStuckIO(t *testing.T) {
+	mem := newMemDevice(16 << 20)
+	d := startKernel(t, mem, Options{Depth: 4, StopTimeout: time.Second})
+	// Let the kernel's partition scan through before reads start to hang.
+	time.Sleep(200 * time.Millisecond)
+	mem.mu.Lock()
+	mem.block = make(chan struct{})
+	mem.mu.Unlock()
+
+	readErr := make(chan error, 1)
+	go func() {
+		f, err := os.OpenFile(d.Path(), os.O_RDONLY|unix.O_DIRECT, 0)
+		if err != nil {
+			readErr <- err
+			return
+		}
+		defer f.Close()
+		b := alignedBuf(t, 4096)
+		_, err = f.ReadAt(b, 1<<20)
+		readErr <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	closed := make(chan error, 1)
+	go func() { closed <- d.Close() }()
+	select {
+	case err := <-closed:
+		t.Logf("Close returned after %v: %v", time.Since(start), err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("Close hangs on a stuck request")
+	}
+	select {
+	case err := <-readErr:
+		if err == nil {
+			t.Error("the stuck read succeeded")
+		}
+		t.Logf("stuck read: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Error("the stuck read never returned")
+	}
+}
