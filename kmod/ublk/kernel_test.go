@@ -117,7 +117,11 @@ func startKernel(t *testing.T, dev nbd.Device, opts Options) *Device {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { d.Close() })
+	t.Cleanup(func() {
+		if err := d.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
 	return d
 }
 
@@ -337,5 +341,120 @@ func TestKernelCloseFailsStuckIO(t *testing.T) {
 		t.Logf("stuck read: %v", err)
 	case <-time.After(60 * time.Second):
 		t.Error("the stuck read never returned")
+	}
+}
+
+// TestKernelConcurrent has several writers and readers on two queues of a
+// shallow depth, so that tags are reused many times over, each checking
+// its own region, and the device ends holding what they last wrote.
+func TestKernelConcurrent(t *testing.T) {
+	const (
+		workers = 8
+		region  = 1 << 20
+		rounds  = 40
+	)
+	mem := newMemDevice(workers * region)
+	d := startKernel(t, mem, Options{Queues: 2, Depth: 4, MaxIO: 64 << 10})
+	f, err := os.OpenFile(d.Path(), os.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	want := make([][]byte, workers)
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wbuf, rbuf := alignedBuf(t, region), alignedBuf(t, region)
+		want[w] = make([]byte, region)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			base := int64(w * region)
+			for range rounds {
+				// A random aligned extent of 4 KiB to 256 KiB.
+				n := (1 + rng.IntN(64)) * 4096
+				off := rng.IntN(region/4096-n/4096+1) * 4096
+				for i := range n {
+					wbuf[i] = byte(rng.Uint32())
+				}
+				if _, err := f.WriteAt(wbuf[:n], base+int64(off)); err != nil {
+					errs <- err
+					return
+				}
+				copy(want[w][off:], wbuf[:n])
+				if _, err := f.ReadAt(rbuf, base); err != nil {
+					errs <- err
+					return
+				}
+				if !bytes.Equal(rbuf, want[w]) {
+					errs <- errors.New("region read back differs from what was written")
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if !bytes.Equal(mem.snapshot(), bytes.Join(want, nil)) {
+		t.Error("device contents differ from what the writers last wrote")
+	}
+}
+
+// TestKernelFUA: an O_DSYNC write on a device with a volatile cache and
+// FUA arrives as a FUA write.
+func TestKernelFUA(t *testing.T) {
+	mem := newMemDevice(8 << 20)
+	d := startKernel(t, mem, Options{})
+	f, err := os.OpenFile(d.Path(), os.O_RDWR|unix.O_DIRECT|unix.O_DSYNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(alignedBuf(t, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	mem.mu.Lock()
+	defer mem.mu.Unlock()
+	if mem.fuaWrites == 0 && mem.flushes == 0 {
+		t.Error("an O_DSYNC write reached the Device neither as FUA nor with a flush")
+	}
+	t.Logf("FUA writes %d, flushes %d", mem.fuaWrites, mem.flushes)
+}
+
+type readOnlyMem struct{ *memDevice }
+
+func (readOnlyMem) ReadOnly() bool { return true }
+
+// TestKernelReadOnlyAndPath: a read-only Device makes a read-only disk, and
+// Options.Path picks the device number.
+func TestKernelReadOnlyAndPath(t *testing.T) {
+	mem := newMemDevice(8 << 20)
+	copy(mem.data, "hello")
+	d := startKernel(t, readOnlyMem{mem}, Options{Path: "/dev/ublkb7"})
+	if d.Path() != "/dev/ublkb7" {
+		t.Fatalf("Path %s, want /dev/ublkb7", d.Path())
+	}
+	other := startKernel(t, newMemDevice(8<<20), Options{})
+	if other.Path() == d.Path() {
+		t.Fatalf("two devices share %s", d.Path())
+	}
+	ro, err := os.ReadFile("/sys/block/" + filepath.Base(d.Path()) + "/ro")
+	if err != nil || string(bytes.TrimSpace(ro)) != "1" {
+		t.Errorf("sysfs ro = %q, %v; want 1", ro, err)
+	}
+	if f, err := os.OpenFile(d.Path(), os.O_RDWR, 0); err == nil {
+		_, err = f.WriteAt([]byte("x"), 0)
+		f.Close()
+		if !errors.Is(err, unix.EPERM) {
+			t.Errorf("write to the read-only device: %v, want EPERM", err)
+		}
+	}
+	got, err := os.ReadFile(d.Path())
+	if err != nil || !bytes.HasPrefix(got, []byte("hello")) || len(got) != len(mem.data) {
+		t.Errorf("read %d bytes, %v", len(got), err)
 	}
 }

@@ -239,7 +239,10 @@ func (d *Device) Path() string { return fmt.Sprintf("/dev/ublkb%d", d.id) }
 // finish first; if they have not after Options.StopTimeout, they are
 // failed (EIO to the kernel, and the Device calls' context is cancelled)
 // rather than waited for. Unmount the device first: the kernel fails a
-// mounted file system's later I/O. Close is idempotent.
+// mounted file system's later I/O. If something still holds the block
+// device open, the driver cannot delete the device pair until it lets go:
+// Close waits up to StopTimeout for that, then returns an error (the
+// kernel finishes the removal at the last close). Close is idempotent.
 func (d *Device) Close() error {
 	d.closeOnce.Do(func() { d.closeErr = d.shutdown() })
 	return d.closeErr
