@@ -458,3 +458,31 @@ func TestKernelReadOnlyAndPath(t *testing.T) {
 		t.Errorf("read %d bytes, %v", len(got), err)
 	}
 }
+
+// TestKernelCloseWhileOpen: Close with the block device still open does
+// not hang; it reports the holder, and a new device can be added once the
+// holder lets go.
+func TestKernelCloseWhileOpen(t *testing.T) {
+	mem := newMemDevice(8 << 20)
+	if os.Geteuid() != 0 || !Available() {
+		t.Skip("needs root and ublk_drv")
+	}
+	d, err := Start(context.Background(), mem, Options{StopTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(d.Path())
+	if err != nil {
+		d.Close()
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = d.Close()
+	t.Logf("Close after %v: %v", time.Since(start), err)
+	if err == nil {
+		t.Error("Close reported success with the device still open")
+	}
+	f.Close()
+	again := startKernel(t, mem, Options{})
+	t.Logf("next device: %s", again.Path())
+}

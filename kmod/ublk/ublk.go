@@ -272,6 +272,9 @@ func (d *Device) shutdown() error {
 	ctx, cancel := context.WithTimeout(context.Background(), d.timeout)
 	defer cancel()
 	if err := d.ctrl.delDev(ctx, d.id); err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("ublk: %s is still held open after %v; the kernel removes it at the last close: %w", d.Path(), d.timeout, err)
+		}
 		errs = append(errs, err)
 	}
 	d.ctrl.close()
