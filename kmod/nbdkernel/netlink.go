@@ -254,11 +254,19 @@ func Open() (*Conn, error) {
 // Close closes the netlink connection; attached devices stay attached.
 func (c *Conn) Close() error { return c.c.Close() }
 
+// execute sends one command and returns its reply. Commands that reply
+// (CONNECT, STATUS) are sent without NLM_F_ACK: the acknowledgement would
+// arrive as a second datagram after the reply and be read as a stale answer
+// by the next command. Errors come back either way.
 func (c *Conn) execute(cmd uint8, attrs []byte) ([]genetlink.Message, error) {
+	flags := netlink.Request
+	if cmd != cmdConnect && cmd != cmdStatus {
+		flags |= netlink.Acknowledge
+	}
 	return c.c.Execute(genetlink.Message{
 		Header: genetlink.Header{Command: cmd, Version: version},
 		Data:   attrs,
-	}, c.family, netlink.Request|netlink.Acknowledge)
+	}, c.family, flags)
 }
 
 // Connect attaches the already negotiated sockets fds to a device and

@@ -1,0 +1,185 @@
+//go:build linux
+
+// Command vmguest is the VM rig's helper inside the guest: it attaches a
+// georepl export to /dev/nbdN with kmod/nbdkernel (until the daemon does so
+// itself), writes files with fsync and reports their checksums on the
+// console, and measures synchronous write latency. Its output lines start
+// with "@@" so that the host picks them out of the serial console.
+//
+//	vmguest attach  -export unix:/run/georepl/r0.sock -name r0 -device /dev/nbd0
+//	vmguest detach  -device /dev/nbd0
+//	vmguest holders -device /dev/nbd0
+//	vmguest write   -dir /mnt -n 100000           # @@FSYNCED name sha256
+//	vmguest latency -device /dev/nbd0 -n 50       # @@LATENCY median_us p90_us
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/georepl/georepl/kmod/nbdkernel"
+	"golang.org/x/sys/unix"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: vmguest attach|detach|holders|write|latency [flags]")
+		os.Exit(2)
+	}
+	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	export := fs.String("export", "unix:/run/georepl/r0.sock", "export spec")
+	name := fs.String("name", "r0", "export (resource) name")
+	device := fs.String("device", "/dev/nbd0", "kernel device")
+	conns := fs.Int("connections", 2, "sockets handed to the kernel")
+	dir := fs.String("dir", "/mnt", "directory to write files in")
+	n := fs.Int("n", 50, "count")
+	size := fs.Int("size", 64<<10, "file size in bytes")
+	fs.Parse(os.Args[2:])
+
+	var err error
+	switch os.Args[1] {
+	case "attach":
+		err = attach(*export, *name, *device, *conns)
+	case "detach":
+		err = detach(*device)
+	case "holders":
+		var hs []string
+		hs, err = nbdkernel.Holders(*device)
+		for _, h := range hs {
+			fmt.Println("@@HOLDER", h)
+		}
+	case "write":
+		err = writeFiles(*dir, *n, *size)
+	case "latency":
+		err = latency(*device, *n)
+	default:
+		err = fmt.Errorf("unknown verb %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "vmguest:", err)
+		os.Exit(1)
+	}
+}
+
+func attach(export, name, device string, conns int) error {
+	index, err := nbdkernel.ParseDevice(device)
+	if err != nil {
+		return err
+	}
+	nl, err := nbdkernel.Open()
+	if err != nil {
+		return err
+	}
+	defer nl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	d, err := nl.Attach(ctx, export, name, nbdkernel.AttachOptions{Index: index, Connections: conns, Backend: "georepl:" + name})
+	if err != nil {
+		return err
+	}
+	// The kernel announces the size asynchronously; wait for it.
+	for i := 0; i < 100; i++ {
+		if b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(d.Path()), "size")); err == nil && string(b) != "0\n" {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	fmt.Println("@@ATTACHED", d.Path())
+	return nil
+}
+
+func detach(device string) error {
+	hs, err := nbdkernel.Holders(device)
+	if err != nil {
+		return err
+	}
+	if len(hs) > 0 {
+		return fmt.Errorf("%s is in use: %v", device, hs)
+	}
+	index, err := nbdkernel.ParseDevice(device)
+	if err != nil {
+		return err
+	}
+	nl, err := nbdkernel.Open()
+	if err != nil {
+		return err
+	}
+	defer nl.Close()
+	if err := nl.Disconnect(index); err != nil {
+		return err
+	}
+	fmt.Println("@@DETACHED", device)
+	return nil
+}
+
+// writeFiles writes n files of random data, each fsync'd together with its
+// directory before its checksum is printed: a printed file must survive a
+// power loss.
+func writeFiles(dir string, n, size int) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	buf := make([]byte, size)
+	for i := 0; i < n; i++ {
+		for j := range buf {
+			buf[j] = byte(rng.Uint32())
+		}
+		name := fmt.Sprintf("f%06d", i)
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			return err
+		}
+		if _, err := f.Write(buf); err != nil {
+			return err
+		}
+		if err := f.Sync(); err != nil {
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+		if err := d.Sync(); err != nil {
+			return err
+		}
+		sum := sha256.Sum256(buf)
+		fmt.Printf("@@FSYNCED %s %s\n", name, hex.EncodeToString(sum[:]))
+	}
+	return nil
+}
+
+// latency times n 4 KiB O_DIRECT|O_DSYNC writes to device.
+func latency(device string, n int) error {
+	fd, err := unix.Open(device, unix.O_WRONLY|unix.O_DIRECT|unix.O_DSYNC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(buf)
+	var samples []time.Duration
+	for i := 0; i < n; i++ {
+		buf[0] = byte(i)
+		start := time.Now()
+		if _, err := unix.Pwrite(fd, buf, int64(i%256)*4096); err != nil {
+			return err
+		}
+		samples = append(samples, time.Since(start))
+	}
+	slices.Sort(samples)
+	fmt.Printf("@@LATENCY %d %d\n", samples[len(samples)/2].Microseconds(), samples[len(samples)*9/10].Microseconds())
+	return nil
+}
