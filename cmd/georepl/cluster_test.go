@@ -295,7 +295,8 @@ func TestClusterFioKillSecondary(t *testing.T) {
 
 	fio := exec.Command("fio", "--name=kill", "--ioengine=nbd", "--uri="+c.exportURI(),
 		"--rw=randwrite", "--bs=4k", "--size=48M", "--offset=0", "--iodepth=16",
-		"--verify=crc32c", "--do_verify=1", "--randrepeat=0", "--output-format=terse")
+		"--verify=crc32c", "--do_verify=1", "--randrepeat=0", "--output-format=terse", "--verify_state_save=0")
+	fio.Dir = c.dir // fio drops state files in its working directory
 	var fioOut bytes.Buffer
 	fio.Stdout, fio.Stderr = &fioOut, &fioOut
 	if err := fio.Start(); err != nil {
