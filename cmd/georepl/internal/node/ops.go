@@ -101,7 +101,8 @@ func (r *resource) isPrimary() bool {
 	return st != nil && st.Role == core.Primary.String()
 }
 
-// Primary promotes the resource on this node.
+// Primary promotes the resource on this node and attaches the kernel
+// device the configuration names, if any.
 func (r *resource) Primary(force bool) error {
 	err := r.call(func() error {
 		if err := r.engine.Promote(force); err != nil {
@@ -111,7 +112,13 @@ func (r *resource) Primary(force bool) error {
 		r.publishStatus()
 		return nil
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	if err := r.attachKernelDevice(); err != nil {
+		return fmt.Errorf("%s is Primary on %s and its export serves, but the kernel device is not attached: %w", r.cfg.Name, r.self.Name, err)
+	}
+	return nil
 }
 
 // Secondary demotes the resource: clients of the export are disconnected
@@ -123,6 +130,11 @@ func (r *resource) Secondary() error {
 		}
 		return nil
 	}); err != nil {
+		return err
+	}
+	// The kernel device goes first: it refuses, naming the holder, while
+	// it is mounted or open, and then nothing else has changed.
+	if err := r.detachKernelDevice(); err != nil {
 		return err
 	}
 	if r.export != nil {
