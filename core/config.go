@@ -46,10 +46,8 @@ type Persistent struct {
 	// node runs, so that a crash then is not mistaken for good data.
 	Disk DiskState
 	// Primary is the primary indicator: this node was Primary when the
-	// state was last persisted. New always starts Secondary; a driver that
-	// finds Primary set after a crash knows that writes may have been in
-	// flight and marks its activity log's extents out of sync for every
-	// peer before calling New.
+	// state was last persisted, for the operator and the driver's
+	// recovery. New always starts Secondary.
 	Primary bool
 	// Current is the generation id of the data on this disk; 0 for a
 	// resource that never had a Primary.

@@ -358,6 +358,14 @@ func (e *Engine) apply(p *peer, d decision, atConnect bool) {
 		p.resyncTotal, p.resyncDone = 0, 0
 		e.setDisk(Inconsistent, fmt.Sprintf("resync from node %d", p.cfg.ID))
 		e.setRepl(p, SyncTarget, "")
+		// Only p knows which of our blocks it will rewrite: towards any
+		// other node every block is in doubt until the resync is done
+		// (a later resync from another node must be full).
+		for _, q := range e.peers {
+			if q != p && e.current != 0 {
+				e.markOutOfSync(q, 0, e.size)
+			}
+		}
 		// Our own marks for the source (a full resync needs none), then
 		// our StateChange as SyncTarget, which tells the source that they
 		// are complete: it does not finish before.

@@ -55,14 +55,15 @@
 //   - Frames are delivered with Receive only between Connected and
 //     Disconnected of the same connection; Hello, Auth and Ping are the
 //     driver's business.
-//   - The activity log is the driver's: a write's extent is active
-//     (durably) before Submit, and is retired only once Engine.Settled
-//     reports its range settled and the bitmaps' dirty pages
-//     (Engine.Bitmap, DirtyPages) are written; otherwise bitmap pages may
-//     be written back lazily. A node that crashed as Primary
-//     (Persistent.Primary still set) marks its active extents for every
-//     peer before calling New, setting Persistent.BitmapUUID[peer] to its
-//     Current where it is 0: that covers every write a peer may lack.
+//   - The activity log is the driver's, in both roles: a write's extent
+//     is active (durably) before Submit on a Primary, before performing a
+//     received write's LocalOp on a Secondary, and is retired only once
+//     Engine.Settled reports its range settled and the bitmaps' dirty
+//     pages (Engine.Bitmap, DirtyPages) are written; otherwise bitmap
+//     pages may be written back lazily. After an unclean shutdown the
+//     driver marks the active extents for every peer before calling New,
+//     setting Persistent.BitmapUUID[peer] to its Current where it is 0:
+//     that covers every block where this node may differ from another.
 //   - After a Drop the engine has forgotten the connection: a later
 //     Disconnected for it is ignored, and a new connection starts with
 //     Connected.
@@ -192,8 +193,11 @@
 // writes, and when it loses its Primary it marks them for every other
 // peer. Whichever secondary is promoted then resynchronises the others
 // from these marks (merged from both sides), so the survivors converge on
-// the new Primary's data. The old Primary, when it returns, marks its
-// activity log (see Settled) and becomes a sync target like them.
+// the new Primary's data. A node that crashed (the old Primary or a
+// secondary) marks its activity log when it restarts (see Settled) and
+// becomes a sync target like them. A node that becomes a sync target marks
+// every block for its other peers until the resync is done, so that a
+// resync from another node after an interruption is complete.
 //
 // # Invariants
 //

@@ -52,10 +52,14 @@ type node struct {
 	crashing  bool                // its engine is gone: nothing it does counts
 	done      map[RequestID]error
 
-	// Promise checks on the receiving side: data writes delivered and not
-	// yet performed, by seq, with their epoch.
-	undone map[uint64]uint64
-	issued map[uint64]bool
+	// Promise checks on the receiving side: the data writes delivered by
+	// the current sender (rxFrom, on link generation rxGen) and not yet
+	// performed, by seq; and the writes of earlier connections still on
+	// the disk (orphans).
+	rx      map[uint64]*rxEntry
+	rxFrom  int
+	rxGen   int
+	orphans map[uint64]bool
 	// On the primary: writes submitted and not yet completed.
 	inflight map[RequestID]*appWrite
 }
@@ -66,6 +70,24 @@ type link struct {
 	standAlone bool
 	gen        int // increases at every disconnect
 	queue      []wire.Frame
+}
+
+// rxEntry is a data write a secondary received.
+type rxEntry struct {
+	epoch  uint64
+	issued bool
+}
+
+// endRx ends the receive session: writes on the disk become orphans,
+// those never started are gone.
+func (nd *node) endRx() {
+	for seq, r := range nd.rx {
+		if r.issued {
+			nd.orphans[seq] = true
+		}
+	}
+	clear(nd.rx)
+	nd.rxFrom = -1
 }
 
 // appWrite remembers what the application wrote, for the protocol C check.
@@ -84,7 +106,7 @@ func newCluster(n int, protos []protocols.Protocol, tweak func(*Config)) *cluste
 	for i := range n {
 		cfg := Config{Self: NodeID(i), Name: "r0", Size: 64 << 10, BlockSize: 4096}
 		nd := &node{id: i, bitmaps: map[NodeID][]uint64{}, links: make([]*link, n),
-			done: map[RequestID]error{}, undone: map[uint64]uint64{}, issued: map[uint64]bool{},
+			done: map[RequestID]error{}, rx: map[uint64]*rxEntry{}, rxFrom: -1, orphans: map[uint64]bool{},
 			inflight: map[RequestID]*appWrite{}}
 		for j := range n {
 			if j == i {
@@ -174,13 +196,13 @@ func (c *cluster) handle(nd *node) {
 		}
 		for _, op := range rd.LocalOps {
 			c.logf("%s: op %s", name, fmtOp(op))
-			if op.Epoch > 0 && op.Kind != OpRead && op.Kind != OpFlush && nd.eng.role != Primary {
-				for seq, ep := range nd.undone {
-					if ep < op.Epoch {
-						c.fail("n%d started seq %d of epoch %d while seq %d of epoch %d is not done", nd.id, op.Seq, op.Epoch, seq, ep)
+			if r := nd.rx[op.Seq]; r != nil && op.Epoch > 0 && op.Kind != OpRead && op.Kind != OpFlush {
+				for seq, other := range nd.rx {
+					if other.epoch < op.Epoch {
+						c.fail("n%d started seq %d of epoch %d while seq %d of epoch %d is not done", nd.id, op.Seq, op.Epoch, seq, other.epoch)
 					}
 				}
-				nd.issued[op.Seq] = true
+				r.issued = true
 			}
 			nd.ops = append(nd.ops, op)
 		}
@@ -233,11 +255,8 @@ func (c *cluster) sever(a, b *node, standAlone bool) {
 		l.up, l.queue = false, nil
 		l.gen++
 		l.standAlone = l.standAlone || standAlone
-		// Writes y received from x but never started are discarded.
-		for seq := range y.undone {
-			if !y.issued[seq] {
-				delete(y.undone, seq)
-			}
+		if y.rxFrom == x.id {
+			y.endRx()
 		}
 	}
 	for _, pair := range [][2]*node{{a, b}, {b, a}} {
@@ -277,8 +296,12 @@ func (c *cluster) deliver(a, b *node, n int, ch *wire.Channel) int {
 		l.queue = append(l.queue[:i], l.queue[i+1:]...)
 		moved++
 		c.tracef("deliver n%d->n%d %s", a.id, b.id, fmtFrame(&f))
-		if f.Type == wire.TypeData && b.eng.role != Primary {
-			b.undone[f.Seq] = f.Epoch
+		if f.Type == wire.TypeData {
+			if b.rxFrom != a.id || b.rxGen != l.gen {
+				b.endRx()
+				b.rxFrom, b.rxGen = a.id, l.gen
+			}
+			b.rx[f.Seq] = &rxEntry{epoch: f.Epoch}
 		}
 		b.eng.Receive(NodeID(a.id), &f)
 		c.handle(b)
@@ -322,9 +345,10 @@ func (c *cluster) process(nd *node, n int, fail bool, pick func(int) int) int {
 				copy(nd.durable[op.Offset:op.Offset+op.Length], nd.disk[op.Offset:op.Offset+op.Length])
 			}
 		}
-		if op.Kind != OpRead && op.Kind != OpFlush {
-			delete(nd.undone, op.Seq)
-			delete(nd.issued, op.Seq)
+		if nd.orphans[op.Seq] {
+			delete(nd.orphans, op.Seq)
+		} else if r := nd.rx[op.Seq]; r != nil && r.issued && op.Kind != OpRead && op.Kind != OpFlush {
+			delete(nd.rx, op.Seq)
 		}
 		nd.eng.LocalDone(op.ID, data, err)
 		c.handle(nd)
@@ -353,7 +377,8 @@ func (c *cluster) stabilize() {
 }
 
 // crash loses a node's memory, its pending operations and its disk's
-// volatile cache; it restarts from what it persisted.
+// volatile cache; it restarts from what it persisted, plus the marks its
+// activity log calls for.
 func (c *cluster) crash(nd *node) {
 	c.tracef("crash n%d", nd.id)
 	nd.crashing = true
@@ -363,27 +388,39 @@ func (c *cluster) crash(nd *node) {
 		}
 	}
 	nd.crashing = false
+	// The driver's duty after an unclean shutdown: mark the activity
+	// log's active extents for every peer. The harness's activity log has
+	// one extent per block, retired as soon as it is Settled.
+	active := NewBitmap(c.size / uint64(c.block))
+	for b := range active.Len() {
+		if !nd.eng.Settled(b*uint64(c.block), uint64(c.block)) {
+			active.SetRange(b, 1)
+		}
+	}
 	nd.ops = nil
 	copy(nd.disk, nd.durable)
 	clear(nd.inflight)
-	if nd.persisted.Primary {
-		// The driver's duty after a crash as Primary: mark the activity
-		// log's extents for every peer. The harness has no activity log:
-		// it marks everything.
+	clear(nd.rx)
+	clear(nd.orphans)
+	nd.rxFrom = -1
+	if active.Count() > 0 {
 		if nd.persisted.BitmapUUID == nil {
 			nd.persisted.BitmapUUID = map[NodeID]uint64{}
 		}
 		for _, p := range nd.cfg.Peers {
-			b := NewBitmap(c.size / uint64(c.block))
-			b.SetRange(0, b.Len())
-			nd.bitmaps[p.ID] = slices.Clone(b.Words())
+			words := slices.Clone(nd.bitmaps[p.ID])
+			if words == nil {
+				words = make([]uint64, len(active.Words()))
+			}
+			for i, w := range active.Words() {
+				words[i] |= w
+			}
+			nd.bitmaps[p.ID] = words
 			if nd.persisted.BitmapUUID[p.ID] == 0 {
 				nd.persisted.BitmapUUID[p.ID] = nd.persisted.Current
 			}
 		}
 	}
-	clear(nd.undone)
-	clear(nd.issued)
 	c.start(nd)
 }
 

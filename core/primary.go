@@ -265,14 +265,18 @@ func (e *Engine) retired(w *write) bool {
 }
 
 // Settled reports whether every write overlapping [off, off+length) is
-// settled: completed to the application, and on every peer it was sent to
-// behind an acknowledged barrier (or marked in that peer's bitmap). Held
-// writes are not settled.
+// settled, so that no node can differ from another there because of it.
+// On a Primary: completed to the application, and on every peer it was
+// sent to behind an acknowledged barrier (or marked in that peer's
+// bitmap); held writes are not settled. On a Secondary: done locally, and
+// confirmed by the Primary to be on every peer (Barrier.Seq).
 //
-// The driver keeps an activity log extent active until its range is
-// settled, and writes the bitmaps' dirty pages back before it retires an
-// extent: then, after a crash as Primary, marking the active extents for
-// every peer covers every write a peer may lack.
+// The driver keeps an activity log extent active from before a write on it
+// (Submit on a Primary, performing a received write's LocalOp on a
+// Secondary) until its range is settled, and writes the bitmaps' dirty
+// pages back before it retires an extent: then, after an unclean shutdown
+// in any role, marking the active extents for every peer covers every
+// block where this node may differ from another.
 func (e *Engine) Settled(off, length uint64) bool {
 	end := off + length
 	for _, r := range e.held {
@@ -283,6 +287,26 @@ func (e *Engine) Settled(off, length uint64) bool {
 	for _, w := range e.writes {
 		if w.off < end && off < w.off+w.length && !e.retired(w) {
 			return false
+		}
+	}
+	if e.overlapsInflight(off, end, true) {
+		return false
+	}
+	for _, p := range e.peers {
+		if p.rx == nil {
+			continue
+		}
+		for _, seg := range p.rx.segs {
+			for _, w := range seg.writes {
+				if w.op.Offset < end && off < w.op.Offset+w.op.Length {
+					return false
+				}
+			}
+		}
+		for _, r := range p.rx.recent {
+			if r.off < end && off < r.off+r.length {
+				return false
+			}
 		}
 	}
 	return true

@@ -192,12 +192,17 @@ func (e *Engine) finishResync(p *peer) {
 	e.peerEvent(p, "resync", "", "", fmt.Sprintf("finished (%d bytes)", p.resyncDone))
 }
 
-// resyncTargetDone handles ResyncDone from our sync source: every block it
-// had marked is now on our disk, in order with its writes.
+// resyncTargetDone handles ResyncDone from our sync source (always a
+// Primary): every block it had marked is now on our disk, in order with its
+// writes.
 func (e *Engine) resyncTargetDone(p *peer) {
 	e.current, e.history = p.gen.Current, p.gen.History
-	p.bitmap.ClearRange(0, p.bitmap.Len())
-	p.bitmapUUID = 0
+	// We now hold the Primary's data: whatever differs on another node is
+	// marked by the Primary or by that node.
+	for _, q := range e.peers {
+		q.bitmap.ClearRange(0, q.bitmap.Len())
+		q.bitmapUUID = 0
+	}
 	e.persistDirty = true
 	e.announce = true
 	e.setDisk(UpToDate, fmt.Sprintf("resync from node %d done", p.cfg.ID))
