@@ -162,7 +162,7 @@ func ublkPowerLoss(t *testing.T, r *rig, detail *string) {
 		}
 	}
 	bravo.must("umount /mnt", time.Minute)
-	bravo.must("kill %1; wait; grep @@UBLK-CLOSED /tmp/ublk.log", time.Minute)
+	bravo.must("p=$(cat /tmp/ublk.pid); kill $p; while kill -0 $p 2>/dev/null; do sleep 0.1; done; grep @@UBLK-CLOSED /tmp/ublk.log", time.Minute)
 	bravo.must("georepl secondary r0 && georepl down r0 && stopdaemon", 2*time.Minute)
 	bravo.poweroff()
 	*detail = fmt.Sprintf("%d fsync'd files before power loss, %d bad; fsck clean=%v; device removed cleanly", len(fsynced), bad, fsckClean)
@@ -172,7 +172,7 @@ func ublkPowerLoss(t *testing.T, r *rig, detail *string) {
 // waits for /dev/ublkb0.
 func serveUblk(v *vm) {
 	v.t.Helper()
-	v.must("ublkguest -export unix:/run/georepl/r0.sock -name r0 -device /dev/ublkb0 >/tmp/ublk.log 2>&1 &", time.Minute)
+	v.must("ublkguest -export unix:/run/georepl/r0.sock -name r0 -device /dev/ublkb0 >/tmp/ublk.log 2>&1 & echo $! >/tmp/ublk.pid", time.Minute)
 	v.must("i=0; until grep -q '@@UBLK ' /tmp/ublk.log || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done; cat /tmp/ublk.log; grep -q '@@UBLK ' /tmp/ublk.log", time.Minute)
 }
 
