@@ -176,6 +176,16 @@ func (c *control) addDev(ctx context.Context, want devInfo) (devInfo, error) {
 	return *c.info(), nil
 }
 
+// devInfo returns the driver's view of device devID.
+func (c *control) devInfo(ctx context.Context, devID uint32) (devInfo, error) {
+	*c.info() = devInfo{}
+	hdr := ctrlCmd{devID: devID, queueID: ^uint16(0), len: uint16(unsafe.Sizeof(devInfo{})), addr: c.bufAddr()}
+	if _, err := c.do(ctx, "GET_DEV_INFO", cmdGetDevInfo, hdr); err != nil {
+		return devInfo{}, err
+	}
+	return *c.info(), nil
+}
+
 func (c *control) setParams(ctx context.Context, devID uint32, p params) error {
 	p.len = paramsLen
 	*c.param() = p

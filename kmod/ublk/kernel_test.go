@@ -486,3 +486,64 @@ func TestKernelCloseWhileOpen(t *testing.T) {
 	again := startKernel(t, mem, Options{})
 	t.Logf("next device: %s", again.Path())
 }
+
+// TestHelperServe is not a test of its own: TestKernelStaleDevice runs the
+// test binary with it as a child that serves a device until it is killed.
+func TestHelperServe(t *testing.T) {
+	path := os.Getenv("UBLK_TEST_HELPER_DEVICE")
+	if path == "" {
+		t.Skip("only as TestKernelStaleDevice's child")
+	}
+	if _, err := Start(context.Background(), newMemDevice(8<<20), Options{Path: path}); err != nil {
+		os.Stdout.WriteString("HELPER-ERR " + err.Error() + "\n")
+		os.Exit(1)
+	}
+	os.Stdout.WriteString("HELPER-READY\n")
+	select {}
+}
+
+// TestKernelStaleDevice: a device number served by a live process is
+// refused; once that process is killed (no Close), Start takes the number
+// over, as a restarted daemon would.
+func TestKernelStaleDevice(t *testing.T) {
+	if os.Geteuid() != 0 || !Available() {
+		t.Skip("needs root and ublk_drv")
+	}
+	const path = "/dev/ublkb5"
+	child := exec.Command(os.Args[0], "-test.run=^TestHelperServe$")
+	child.Env = append(os.Environ(), "UBLK_TEST_HELPER_DEVICE="+path)
+	out, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer child.Process.Kill()
+	line := make([]byte, 256)
+	n, _ := out.Read(line)
+	if !bytes.HasPrefix(line[:n], []byte("HELPER-READY")) {
+		t.Fatalf("helper: %q", line[:n])
+	}
+
+	_, err = Start(context.Background(), newMemDevice(8<<20), Options{Path: path})
+	if err == nil {
+		t.Fatal("Start took a device number a live process serves")
+	}
+	t.Logf("while the helper lives: %v", err)
+
+	child.Process.Kill()
+	child.Wait()
+	d := startKernel(t, newMemDevice(8<<20), Options{Path: path})
+	if d.Path() != path {
+		t.Fatalf("got %s, want %s", d.Path(), path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Read(make([]byte, 4096)); err != nil {
+		t.Errorf("read from the new device: %v", err)
+	}
+}

@@ -13,6 +13,8 @@ const (
 	cmdStartDev  = 0xc0207506
 	cmdStopDev   = 0xc0207507
 	cmdSetParams = 0xc0207508
+
+	cmdGetDevInfo = 0x80207502 // _IOR
 )
 
 // I/O commands on /dev/ublkcN (_IOWR('u', nr, struct ublksrv_io_cmd)).
@@ -53,6 +55,12 @@ const (
 const (
 	cmdBufOffset  = 0
 	maxQueueDepth = 4096
+)
+
+// Device states (ublksrv_ctrl_dev_info.state).
+const (
+	devStateDead = 0
+	devStateLive = 1
 )
 
 // Parameter types and attributes (ublk_params.types, ublk_param_basic.attrs).

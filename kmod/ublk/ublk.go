@@ -29,7 +29,9 @@ type Options struct {
 	// 512 KiB; at most 32 MiB. Each queue keeps Depth buffers of MaxIO.
 	MaxIO int
 	// Path asks for a device number: "/dev/ublkb3". Empty lets the driver
-	// pick the lowest free one.
+	// pick the lowest free one. A device of that number left behind by a
+	// process that died without Close is removed first; one that a live
+	// process serves is an error.
 	Path string
 	// StopTimeout bounds how long Close lets requests in flight finish
 	// before it fails them. 0 means 10 s.
@@ -139,6 +141,11 @@ func Start(ctx context.Context, dev nbd.Device, opts Options) (*Device, error) {
 		want.devID, _ = devNumber(opts.Path)
 	}
 	info, err := c.addDev(ctx, want)
+	if errors.Is(err, unix.EEXIST) && opts.Path != "" {
+		if err = removeStale(ctx, c, want.devID); err == nil {
+			info, err = c.addDev(ctx, want)
+		}
+	}
 	if err != nil {
 		c.close()
 		return nil, err
@@ -210,6 +217,51 @@ func (d *Device) start(ctx context.Context, dev nbd.Device, info devInfo, callCt
 		return err
 	}
 	return waitForNode(ctx, d.Path())
+}
+
+// removeStale deletes device devID if the process that served it is gone
+// (a daemon that died without Close leaves the device pair behind, its
+// block device removed), so that a restarted daemon gets its device
+// number back. A device some live process serves is left alone.
+func removeStale(ctx context.Context, c *control, devID uint32) error {
+	info, err := c.devInfo(ctx, devID)
+	if err != nil {
+		return err
+	}
+	pid := int(info.ublksrvPID)
+	dead := pid > 0 && unix.Kill(pid, 0) == unix.ESRCH
+	if info.state == devStateLive && pid > 0 && !dead {
+		return fmt.Errorf("ublk: /dev/ublkb%d is in use, served by process %d", devID, pid)
+	}
+	if info.state != devStateDead && info.state != devStateLive {
+		return fmt.Errorf("ublk: /dev/ublkb%d exists in state %d; not removing it", devID, info.state)
+	}
+	// The driver lets one process at a time open /dev/ublkcN: a server
+	// that is still setting the device up holds it.
+	// A server that just died holds it until the kernel has cancelled
+	// its io_uring requests.
+	charPath := fmt.Sprintf("/dev/ublkc%d", devID)
+	fd, err := unix.Open(charPath, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	for i := 0; dead && errors.Is(err, unix.EBUSY) && i < 100; i++ {
+		time.Sleep(50 * time.Millisecond)
+		fd, err = unix.Open(charPath, unix.O_RDWR|unix.O_CLOEXEC, 0)
+	}
+	if errors.Is(err, unix.EBUSY) {
+		return fmt.Errorf("ublk: /dev/ublkb%d is in use: another process holds %s", devID, charPath)
+	}
+	if err == nil {
+		unix.Close(fd)
+	}
+	if err := c.stopDev(ctx, devID); err != nil && !errors.Is(err, unix.ENODEV) {
+		return err
+	}
+	// DEL_DEV waits for the last opener of the old block device.
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := c.delDev(dctx, devID); err != nil {
+		return fmt.Errorf("ublk: removing the stale /dev/ublkb%d (still open?): %w", devID, err)
+	}
+	return nil
 }
 
 // waitForNode waits for devtmpfs (or udev) to create path.
