@@ -2,7 +2,9 @@
 // through the kernel's ublk driver (ublk_drv, Linux 6.0+; ioctl-encoded
 // commands from 6.3, with a fallback to the bare command numbers of
 // earlier kernels). It is the fast path next to kmod/nbd's export: no
-// socket, no protocol, one copy per request.
+// socket and no protocol; the kernel copies each request's data to or from
+// a buffer of the server's (and writes are copied once more, since the
+// Device may keep what WriteAt is given).
 //
 // # Driving it
 //

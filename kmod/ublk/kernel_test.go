@@ -547,3 +547,39 @@ func TestKernelStaleDevice(t *testing.T) {
 		t.Errorf("read from the new device: %v", err)
 	}
 }
+
+// BenchmarkKernelRead4K reads random 4 KiB blocks with O_DIRECT through
+// /dev/ublkbN from several goroutines: the kernel path's overhead over an
+// in-memory Device.
+func BenchmarkKernelRead4K(b *testing.B) {
+	if os.Geteuid() != 0 || !Available() {
+		b.Skip("needs root and ublk_drv")
+	}
+	mem := newMemDevice(64 << 20)
+	d, err := Start(context.Background(), mem, Options{Queues: 2, Depth: 64})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	f, err := os.OpenFile(d.Path(), os.O_RDONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	b.SetBytes(4096)
+	b.RunParallel(func(pb *testing.PB) {
+		buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer unix.Munmap(buf)
+		rng := rand.New(rand.NewPCG(rand.Uint64(), 1))
+		for pb.Next() {
+			if _, err := f.ReadAt(buf, int64(rng.IntN(len(mem.data)/4096))*4096); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}

@@ -131,3 +131,15 @@ func TestOptions(t *testing.T) {
 		t.Errorf("devNumber(/dev/ublkb12) = %d, %v", n, err)
 	}
 }
+
+// TestUnavailable: without the driver, Start says so with ErrUnavailable.
+func TestUnavailable(t *testing.T) {
+	if Available() {
+		t.Skip("this kernel has ublk")
+	}
+	_, err := Start(context.Background(), newMemDevice(1<<20), Options{})
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Start without ublk_drv: %v, want ErrUnavailable", err)
+	}
+	t.Log(err)
+}
