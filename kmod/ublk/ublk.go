@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/georepl/georepl/kmod/nbd"
+	"github.com/georepl/georepl/kmod/nbdkernel"
 	"golang.org/x/sys/unix"
 )
 
@@ -358,6 +358,15 @@ func moduleInstalled() bool {
 		return false
 	}
 	dir := "/lib/modules/" + unix.ByteSliceToString(u.Release[:])
+	if _, err := os.Stat("/sys/module/ublk_drv"); err == nil {
+		return true
+	}
+	// Where the kernel tree builds it, for systems without depmod's index.
+	for _, ext := range []string{"", ".xz", ".zst", ".gz"} {
+		if _, err := os.Stat(dir + "/kernel/drivers/block/ublk_drv.ko" + ext); err == nil {
+			return true
+		}
+	}
 	for _, index := range []string{"modules.dep", "modules.builtin"} {
 		f, err := os.Open(dir + "/" + index)
 		if err != nil {
@@ -379,20 +388,15 @@ func moduleInstalled() bool {
 	return false
 }
 
-// LoadModule makes sure the ublk driver is loaded, running modprobe
-// ublk_drv if the control device is missing. Its error wraps
-// ErrUnavailable.
+// LoadModule makes sure the ublk driver is loaded, as modprobe ublk_drv
+// would (see nbdkernel.LoadModule, which also works without modprobe), and
+// waits for the control device. Its error wraps ErrUnavailable.
 func LoadModule() error {
 	if _, err := os.Stat(ControlPath); err == nil {
 		return nil
 	}
-	out, err := exec.Command("modprobe", "ublk_drv").CombinedOutput()
-	if err != nil {
-		msg := strings.TrimSpace(string(out))
-		if msg == "" {
-			msg = err.Error()
-		}
-		return fmt.Errorf("%w: %s is missing and modprobe ublk_drv failed: %s (needs Linux 6.0+ with CONFIG_BLK_DEV_UBLK, and root)", ErrUnavailable, ControlPath, msg)
+	if err := nbdkernel.LoadModule("ublk_drv"); err != nil {
+		return fmt.Errorf("%w: %s is missing: %v (needs Linux 6.0+ with CONFIG_BLK_DEV_UBLK, and root)", ErrUnavailable, ControlPath, err)
 	}
 	if err := waitForNode(context.Background(), ControlPath); err != nil {
 		return fmt.Errorf("%w: %v", ErrUnavailable, err)
