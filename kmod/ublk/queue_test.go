@@ -119,6 +119,7 @@ func TestOptions(t *testing.T) {
 		{Depth: maxQueueDepth + 1},
 		{MaxIO: 1000},
 		{MaxIO: MaxMaxIO + 4096},
+		{Depth: 4096, MaxIO: MaxMaxIO},
 		{Path: "/dev/nbd0"},
 		{Path: "/dev/ublkbX"},
 		{StopTimeout: -1},

@@ -26,7 +26,9 @@ type Options struct {
 	// 0 means 128; at most 4096.
 	Depth int
 	// MaxIO is the largest request in bytes, a multiple of 4096. 0 means
-	// 512 KiB; at most 32 MiB. Each queue keeps Depth buffers of MaxIO.
+	// 512 KiB; at most 32 MiB. Each queue keeps Depth buffers of MaxIO
+	// (64 MiB at the defaults, at most 1 GiB; pages are touched only as
+	// requests that large use them).
 	MaxIO int
 	// Path asks for a device number: "/dev/ublkb3". Empty lets the driver
 	// pick the lowest free one. A device of that number left behind by a
@@ -47,6 +49,9 @@ const (
 	DefaultMaxIO = 512 << 10
 	MaxMaxIO     = 32 << 20
 )
+
+// maxQueueBuffers bounds the memory one queue keeps for its tags.
+const maxQueueBuffers = 1 << 30
 
 // ErrUnavailable is returned (wrapped) by Start when the kernel has no
 // ublk driver and it cannot be loaded.
@@ -76,6 +81,8 @@ func (o Options) validate() (Options, error) {
 		return o, fmt.Errorf("ublk: Depth %d: want 1 to %d", o.Depth, maxQueueDepth)
 	case o.MaxIO < 0 || o.MaxIO > MaxMaxIO || o.MaxIO%4096 != 0:
 		return o, fmt.Errorf("ublk: MaxIO %d: want a multiple of 4096 up to %d", o.MaxIO, MaxMaxIO)
+	case o.Depth*o.MaxIO > maxQueueBuffers:
+		return o, fmt.Errorf("ublk: Depth %d × MaxIO %d: a queue's buffers would exceed %d MiB", o.Depth, o.MaxIO, maxQueueBuffers>>20)
 	case o.StopTimeout < 0:
 		return o, fmt.Errorf("ublk: negative StopTimeout")
 	}
