@@ -15,8 +15,9 @@ import (
 // TestUblk runs kmod/ublk's kernel tests inside a guest, where ublk_drv is
 // loaded: read, write, flush, discard and zero-out through /dev/ublkbN,
 // errnos, many concurrent requests over few tags, FUA, a read-only device,
-// ext4 (mke2fs, mount, fsync, e2fsck -f -n, remount), and Close with a
-// request stuck in the Device or the block device still open.
+// ext4 (mke2fs, mount, fsync, e2fsck -f -n, remount), Close with a
+// request stuck in the Device or the block device still open, and a device
+// number taken over from a killed server.
 func TestUblk(t *testing.T) {
 	r := getRig(t)
 	scenario(t, "ublk device (kmod/ublk)", func(t *testing.T, detail *string) {
