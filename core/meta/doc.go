@@ -1,6 +1,6 @@
 // Package meta reads and writes georepl's on-disk metadata: the superblock
-// (identity, disk state, generation ids) and the per-peer out-of-sync
-// bitmaps of one node of one resource.
+// (identity, disk state, generation ids), the per-peer out-of-sync bitmaps
+// and the activity log of one node of one resource.
 //
 // It is a leaf package: it knows nothing of the engine. Disk states are
 // opaque bytes and bitmaps are []uint64 words; the engine (package core)
@@ -30,6 +30,8 @@
 //	err = st.UpdateSuperblock(func(sb *meta.Superblock) {
 //		sb.Current, sb.History[0] = newGen, sb.Current
 //	})
+//	extents, err := st.ReadActivityLog()  // non-empty: unclean shutdown
+//	err = st.WriteActivityLog(extents)    // durable on return
 //
 // Slots is the highest node id of the resource plus one: slot i holds the
 // bitmap towards node i, and the node's own slot stays unused. Every write
@@ -51,7 +53,7 @@
 //
 //	0        4 KiB   superblock slot 0 (holds even sequence numbers)
 //	4 KiB    4 KiB   superblock slot 1 (holds odd sequence numbers)
-//	8 KiB    256 KiB activity log: zero-filled, reserved for a later version
+//	8 KiB    256 KiB activity log: two slots of 128 KiB (see below)
 //	264 KiB  S * B   bitmaps: S slots of B bytes, slot i towards node id i
 //
 // B is ceil(DataSize/BlockSize) bits rounded up to whole uint64 words and
@@ -83,6 +85,32 @@
 //	256   8*S  bitmap uuid per slot (generation id the bitmap started from)
 //	 ..        reserved, zero
 //	4092    4  CRC32C (Castagnoli) of bytes 0..4091
+//
+// # Activity log
+//
+// The activity log is the set of active 4 MiB extents
+// (ActivityLogExtentSize): extent x covers the data bytes [x*4 MiB,
+// (x+1)*4 MiB). Each transaction is a full snapshot of the set, written
+// by WriteActivityLog into two alternating slots (slot 0 at 8 KiB holds
+// even sequence numbers, slot 1 at 136 KiB odd ones) and synced:
+//
+//	off    size  field
+//	  0       8  magic "GEORALOG"
+//	  8       8  sequence number, >= 1, in slot seq%2
+//	 16       4  extent size (4 MiB)
+//	 20       4  number of extents n (0..MaxActivityLogExtents)
+//	 24     8*n  extent numbers, strictly increasing, each < ActivityLogExtents
+//	24+8n     4  CRC32C of bytes 0..23+8n
+//
+// ReadActivityLog takes the valid slot with the higher sequence. A slot
+// without the magic holds no transaction; a torn transaction fails its
+// checksum and the other slot stands, so a write is atomic. Both slots
+// without a valid transaction read as an empty log (Create zeroes the
+// area: format version 1 metadata from before the activity log stays
+// valid); both damaged is ErrCorrupt. Snapshots rather than a ring of
+// incremental records: a few thousand extents fit in a few pages, so a
+// snapshot costs one write and one sync like a ring record, and reading
+// needs no replay.
 //
 // # Update protocol
 //

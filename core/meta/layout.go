@@ -41,8 +41,8 @@ const (
 	// offset of the layout well inside int64.
 	MaxDataSize = 1 << 60
 
-	// ActivityLogSize is the size of the zero-filled area reserved for the
-	// activity log of a later format version.
+	// ActivityLogSize is the size of the activity-log area: two
+	// transaction slots (see ReadActivityLog).
 	ActivityLogSize = 256 << 10
 )
 

@@ -44,6 +44,10 @@ type Store struct {
 	// the other one was usable, for Summary and Dump; empty otherwise. The
 	// next UpdateSuperblock overwrites that slot.
 	damaged string
+	// alSeq is the sequence number of the current activity-log
+	// transaction (0: none), valid once alKnown.
+	alSeq   uint64
+	alKnown bool
 }
 
 // zeroChunk bounds the buffer Create writes zeroes from.
@@ -119,7 +123,7 @@ func Create(dev Device, off int64, p Params, force bool) (*Store, error) {
 	if err := dev.Sync(); err != nil {
 		return nil, fmt.Errorf("meta: sync after writing superblocks: %w", err)
 	}
-	return &Store{dev: dev, off: off, lay: l, sb: sb}, nil
+	return &Store{dev: dev, off: off, lay: l, sb: sb, alKnown: true}, nil
 }
 
 func writeZeroes(dev Device, off, n int64) error {
