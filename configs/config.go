@@ -158,6 +158,12 @@ type Disk struct {
 	// epoch boundary, not only when the application flushes. Application
 	// flushes (and FUA) are honoured end to end either way.
 	Flushes bool
+	// ALExtents is the capacity of the activity log: how many 4 MiB
+	// extents may be active (written recently, possibly not yet identical
+	// on every node) before a write to another extent waits for the least
+	// recently used settled one to be retired. After a crash, up to
+	// ALExtents*4 MiB are resynchronised. 7 to 16380.
+	ALExtents int
 }
 
 // Node is one host holding a copy of a resource.

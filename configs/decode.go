@@ -42,7 +42,7 @@ var (
 		},
 	}
 	diskSchema = &hcl.BodySchema{
-		Attributes: []hcl.AttributeSchema{{Name: "block_size"}, {Name: "flushes"}},
+		Attributes: []hcl.AttributeSchema{{Name: "block_size"}, {Name: "flushes"}, {Name: "al_extents"}},
 	}
 	nodeSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{
@@ -74,6 +74,11 @@ const (
 	minBlockSize = 512
 	maxBlockSize = 4 << 20  // one activity-log extent
 	minMaxBuffer = 64 << 10 // one compression batch
+	// minALExtents covers the extents of the largest write (8 MiB, not
+	// aligned: 3) with room to spare; maxALExtents is what one
+	// activity-log transaction holds (core/meta MaxActivityLogExtents).
+	minALExtents = 7
+	maxALExtents = 16380
 )
 
 // Defaults, applied before any block is read.
@@ -95,7 +100,7 @@ func defaultNet() Net {
 }
 
 func defaultDisk() Disk {
-	return Disk{BlockSize: 4 << 10, Flushes: false}
+	return Disk{BlockSize: 4 << 10, Flushes: false, ALExtents: 1024}
 }
 
 // decoder turns parsed HCL bodies into a Config, collecting every problem as
@@ -248,6 +253,18 @@ func (d *decoder) disk(block *hcl.Block, into *Disk) {
 	if attr := content.Attributes["flushes"]; attr != nil {
 		if v, ok := d.value(attr, cty.Bool); ok {
 			into.Flushes = v.True()
+		}
+	}
+	if attr := content.Attributes["al_extents"]; attr != nil {
+		if v, ok := d.value(attr, cty.Number); ok {
+			f := v.AsBigFloat()
+			n, exact := f.Int64()
+			if !f.IsInt() || exact != 0 || n < minALExtents || n > maxALExtents {
+				d.failAttr(attr, "Invalid al_extents",
+					"al_extents = %s must be a whole number from %d to %d.", f.Text('g', -1), minALExtents, maxALExtents)
+			} else {
+				into.ALExtents = int(n)
+			}
 		}
 	}
 }

@@ -47,7 +47,7 @@ func TestDefaults(t *testing.T) {
 		Timeout:      6 * time.Second,
 		ConnectRetry: time.Second,
 	}
-	if r.Protocol != "C" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 4096, Flushes: false}) {
+	if r.Protocol != "C" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 4096, Flushes: false, ALExtents: 1024}) {
 		t.Errorf("defaults: protocol %q, net %+v, disk %+v", r.Protocol, r.Net, r.Disk)
 	}
 	alpha := r.Nodes[0]
@@ -79,6 +79,7 @@ func TestEverySetting(t *testing.T) {
   disk {
     block_size = "64K"
     flushes    = false
+    al_extents = 257
   }
   node "db1.example.com" {
     id        = 31
@@ -110,7 +111,7 @@ func TestEverySetting(t *testing.T) {
 		Timeout:      500 * time.Millisecond,
 		ConnectRetry: 2 * time.Second,
 	}
-	if r.Name != "big" || r.Protocol != "B" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 64 << 10, Flushes: false}) {
+	if r.Name != "big" || r.Protocol != "B" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 64 << 10, Flushes: false, ALExtents: 257}) {
 		t.Errorf("resource = %q protocol %q net %+v disk %+v", r.Name, r.Protocol, r.Net, r.Disk)
 	}
 	n := r.Nodes[0]
@@ -173,6 +174,10 @@ var errorCases = []struct {
 	{"negative duration", withTwoNodes(`net { connect_retry = "-1s" }`), []string{"r0.hcl:12:25:", "greater than zero"}},
 	{"block size not power of two", withTwoNodes(`disk { block_size = "3KiB" }`), []string{"r0.hcl:12:23:", "Invalid block_size", "3KiB", "power of two from 512B to 4MiB"}},
 	{"block size too small", withTwoNodes(`disk { block_size = 256 }`), []string{"r0.hcl:12:23:", "Invalid block_size", "256B"}},
+	{"al_extents too small", withTwoNodes(`disk { al_extents = 6 }`), []string{"r0.hcl:12:23:", "Invalid al_extents", "from 7 to 16380"}},
+	{"al_extents too large", withTwoNodes(`disk { al_extents = 16381 }`), []string{"r0.hcl:12:23:", "Invalid al_extents"}},
+	{"al_extents not whole", withTwoNodes(`disk { al_extents = 7.5 }`), []string{"r0.hcl:12:23:", "Invalid al_extents", "7.5"}},
+	{"al_extents a string", withTwoNodes(`disk { al_extents = "many" }`), []string{"r0.hcl:12:23:", "number required"}},
 	{"duplicate net block", withTwoNodes("net {}\n  net {}"), []string{"r0.hcl:13:3:", "Duplicate net block", "r0.hcl:12:3"}},
 	{"duplicate disk block", withTwoNodes("disk {}\n  disk {}"), []string{"r0.hcl:13:3:", "Duplicate disk block", "r0.hcl:12:3"}},
 	{"duplicate node", withTwoNodes(`node "alpha" {

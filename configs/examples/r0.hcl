@@ -28,6 +28,7 @@ resource "r0" {
   disk {
     block_size = "4KiB" # bitmap granularity: resync works in units of this size
     flushes    = false  # true: secondaries also flush at every epoch boundary (slow)
+    al_extents = 1024   # activity log: 4 MiB extents resynchronised after a crash
   }
 
   node "alpha" {
