@@ -294,9 +294,11 @@ func compareGenIDs(s, p wire.GenIDs) (dir syncDir, full bool, rule int, err erro
 	case s.Bitmap != 0 && s.Bitmap == p.Bitmap:
 		return inSync, false, 6, fmt.Errorf("%w: both nodes changed the data since generation %x (ours now %x, the peer's %x)",
 			ErrSplitBrain, s.Bitmap, s.Current, p.Current)
-	case marksCover(s, p):
+	case marksCover(s, p) == coverBoth || marksCover(p, s) == coverBoth:
+		return fromEither, false, 4, nil
+	case marksCover(s, p) == coverFrom:
 		return fromSelf, false, 4, nil
-	case marksCover(p, s):
+	case marksCover(p, s) == coverFrom:
 		return fromPeer, false, 5, nil
 	case inHistory(p.Current, s):
 		return fromSelf, true, 7, nil
@@ -307,27 +309,40 @@ func compareGenIDs(s, p wire.GenIDs) (dir syncDir, full bool, rule int, err erro
 		ErrUnrelatedData, s.Current, s.History[0], s.History[1], p.Current, p.History[0], p.History[1])
 }
 
-// marksCover reports whether a bitmap resync from a to b (b's own marks
-// merged) makes b equal to a in the cases where b's current id is not a's
-// bitmap id, rows 4 and 5 in their general form:
+// coverage says whether bitmaps cover the differences between two nodes
+// whose ids rows 3 to 5 do not relate.
+type coverage int
+
+const (
+	coverNone coverage = iota
+	coverFrom          // a resync from the first node covers them
+	coverBoth          // a resync in either direction does: the Primary decides
+)
+
+// marksCover relates a and b when b's current id is not a's bitmap id
+// (rows 4 and 5 in their general form); the target's own marks are always
+// merged into the source's bitmap:
 //
 //   - b adopted generations of a's after the one a's bitmap is tied to,
 //     before a heard of it: a's bitmap id is in b's history, b has no
-//     marks, and a moved on since its marks began;
-//   - b's marks began at b's current id (it lost its Primary, or restarted
-//     after crashing as Primary and marked its activity log), so they cover
-//     everything b holds of a generation a never had; and either a's marks
-//     cover what a changed since their common ancestor (a's bitmap id is
-//     in b's history), or a moved on from b's current id while sending b
-//     everything (it is in a's history, a has no marks).
-func marksCover(a, b wire.GenIDs) bool {
+//     marks, and a moved on since its marks began. From a.
+//   - b's marks began at b's current id (b lost its Primary, restarted
+//     after a crash and marked its activity log, or became a sync
+//     target), so they cover everything b holds of a generation a never
+//     had. If a's marks cover a's changes since their common ancestor (a's
+//     bitmap id is in b's history), either direction works; if a moved on
+//     from b's current id while sending b everything (it is in a's
+//     history, a has no marks), from a.
+func marksCover(a, b wire.GenIDs) coverage {
 	switch {
 	case a.Bitmap != 0 && b.Bitmap == 0 && a.Bitmap != a.Current && inHistory(a.Bitmap, b):
-		return true
-	case b.Bitmap != 0 && b.Bitmap == b.Current:
-		return (a.Bitmap != 0 && inHistory(a.Bitmap, b)) || (a.Bitmap == 0 && inHistory(b.Current, a))
+		return coverFrom
+	case b.Bitmap != 0 && b.Bitmap == b.Current && a.Bitmap != 0 && inHistory(a.Bitmap, b):
+		return coverBoth
+	case b.Bitmap != 0 && b.Bitmap == b.Current && a.Bitmap == 0 && inHistory(b.Current, a):
+		return coverFrom
 	}
-	return false
+	return coverNone
 }
 
 // inHistory reports whether id is one of g's history ids.
@@ -420,7 +435,7 @@ func (e *Engine) receiveState(p *peer, f *wire.Frame) {
 	if peerRepl != SyncTarget {
 		p.resyncDoneSent = false
 	}
-	oldRole, oldDisk, oldMarks := p.role, p.disk, p.gen.Bitmap
+	oldRole, oldMarks := p.role, p.gen.Bitmap
 	e.setPeerRoleDisk(p, Role(st.Role), DiskState(st.Disk))
 	if stale {
 		return
@@ -431,10 +446,11 @@ func (e *Engine) receiveState(p *peer, f *wire.Frame) {
 	}
 	e.adoptGeneration(p)
 	// A Primary's peers announce new ids to confirm ones it sent them or
-	// to finish a resync: nothing to decide unless a role or disk state
-	// changed, the peer now holds marks for us, or it expects a resync we
-	// did not decide (it judged newer ids of ours than we judged its).
-	if e.role != Primary || p.role != oldRole || p.disk != oldDisk || p.gen.Bitmap != oldMarks ||
+	// to finish a resync (and may lag behind the ids in flight to them):
+	// nothing to decide unless a role changed, the peer now holds marks
+	// for us, or it expects a resync we did not decide (it judged newer
+	// ids of ours than we judged its).
+	if e.role != Primary || p.role != oldRole || p.gen.Bitmap != oldMarks ||
 		(peerRepl == SyncTarget && p.repl == Established) {
 		e.reevaluate(p)
 	}

@@ -58,9 +58,10 @@
 //   - The activity log is the driver's, in both roles: a write's extent
 //     is active (durably) before Submit on a Primary, before performing a
 //     received write's LocalOp on a Secondary, and is retired only once
-//     Engine.Settled reports its range settled and the bitmaps' dirty
-//     pages (Engine.Bitmap, DirtyPages) are written; otherwise bitmap
-//     pages may be written back lazily. After an unclean shutdown the
+//     Engine.Settled reports its range settled, a local flush begun after
+//     that completed, and the bitmaps' dirty pages (Engine.Bitmap,
+//     DirtyPages) are written; otherwise bitmap pages may be written back
+//     lazily. After an unclean shutdown the
 //     driver marks the active extents for every peer before calling New,
 //     setting Persistent.BitmapUUID[peer] to its Current where it is 0:
 //     that covers every block where this node may differ from another.

@@ -390,10 +390,13 @@ func (c *cluster) crash(nd *node) {
 	nd.crashing = false
 	// The driver's duty after an unclean shutdown: mark the activity
 	// log's active extents for every peer. The harness's activity log has
-	// one extent per block, retired as soon as it is Settled.
+	// one extent per block, retired once it is Settled and a local flush
+	// made its writes durable.
 	active := NewBitmap(c.size / uint64(c.block))
+	bs := uint64(c.block)
 	for b := range active.Len() {
-		if !nd.eng.Settled(b*uint64(c.block), uint64(c.block)) {
+		off := b * bs
+		if !nd.eng.Settled(off, bs) || !bytes.Equal(nd.disk[off:off+bs], nd.durable[off:off+bs]) {
 			active.SetRange(b, 1)
 		}
 	}

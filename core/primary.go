@@ -273,10 +273,12 @@ func (e *Engine) retired(w *write) bool {
 //
 // The driver keeps an activity log extent active from before a write on it
 // (Submit on a Primary, performing a received write's LocalOp on a
-// Secondary) until its range is settled, and writes the bitmaps' dirty
-// pages back before it retires an extent: then, after an unclean shutdown
-// in any role, marking the active extents for every peer covers every
-// block where this node may differ from another.
+// Secondary) until its range is settled and a flush of the local disk
+// begun after that has completed, and writes the bitmaps' dirty pages back
+// before it retires an extent: then, after an unclean shutdown in any
+// role, marking the active extents for every peer covers every block where
+// this node may differ from another, including writes its own volatile
+// cache lost.
 func (e *Engine) Settled(off, length uint64) bool {
 	end := off + length
 	for _, r := range e.held {
