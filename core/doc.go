@@ -129,12 +129,13 @@
 // marksCover(A, B) holds when A's bitmap plus B's own marks cover every
 // difference although B's current id is not A's bitmap id: B adopted
 // generations of A's that A had not heard of (A.Bitmap in B.History, B has
-// no marks, A moved on since its marks began); or B's marks began at B's
-// current id (B lost its Primary, or restarted after crashing as Primary
-// and marked its activity log) and either A's marks cover A's changes
-// since their common ancestor (A.Bitmap in B.History) or A moved on from
-// B's current id while sending B everything (B.Current in A.History, A has
-// no marks).
+// no marks, A moved on since its marks began: A is the source); or B's
+// marks began at B's current id (B lost its Primary, restarted after a
+// crash and marked its activity log, or became a sync target) and either
+// A's marks cover A's changes since their common ancestor (A.Bitmap in
+// B.History: either direction works, the Primary is the source as in
+// row 3) or A moved on from B's current id while sending B everything
+// (B.Current in A.History, A has no marks: A is the source).
 //
 // Roles then decide whether the resync runs:
 //
