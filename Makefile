@@ -4,6 +4,7 @@
 #   make test    everything CI runs (installs the Debian packages it needs)
 #   make bench   georepl against nbdkit through fio's nbd engine
 #   make soak    the crash-consistency checker for as long as asked (SOAK=1h)
+#   make vmtest  the VM rig: ext4 on /dev/nbd0, power loss, failover, WAN latency
 
 GO      ?= go
 BIN     := bin/georepl
@@ -11,7 +12,7 @@ BIN     := bin/georepl
 TOOLS   := fio:fio nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils
 TESTFLAGS ?=
 
-.PHONY: all build demo test vet fmt-check unit deps bench soak fuzz clean
+.PHONY: all build demo test vet fmt-check unit deps bench soak fuzz vmtest clean
 
 all: build
 
@@ -62,6 +63,13 @@ bench: deps build
 SOAK ?= 10m
 soak: build
 	./$(BIN) check soak --duration $(SOAK)
+
+# The VM rig (kmod/vmtest) boots Debian's 6.12 kernel under QEMU, two VMs
+# linked over UDP, and prints a pass/fail table. Run as root: the first run
+# installs qemu-system-x86, busybox-static and e2fsprogs and downloads the
+# kernel into .cache/vm. Consoles are logged in .cache/vm/logs.
+vmtest:
+	$(GO) test -tags vmtest -count=1 -timeout 15m $(TESTFLAGS) ./kmod/vmtest
 
 clean:
 	rm -rf bin
