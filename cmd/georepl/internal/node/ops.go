@@ -49,7 +49,12 @@ func (d device) WriteZeroes(ctx context.Context, off, length uint64, fua bool) e
 }
 
 func (d device) do(ctx context.Context, req core.Request) error {
-	err := d.r.submit(ctx, req)
+	release, err := d.r.activate(ctx, req)
+	if err != nil {
+		return err // an I/O error to the client: the metadata disk is failing or the resource going down
+	}
+	defer release()
+	err = d.r.submit(ctx, req)
 	switch {
 	case errors.Is(err, core.ErrNotPrimary):
 		return fmt.Errorf("%w: %w", nbd.ErrReadOnly, d.r.notPrimaryError())

@@ -122,6 +122,7 @@ func (r *resource) Up() error {
 	if err != nil {
 		return err
 	}
+	r.startActivityLog(st)
 	eng, err := r.newEngine(st)
 	if err != nil {
 		st.Close()
@@ -456,7 +457,10 @@ func (r *resource) submit(ctx context.Context, req core.Request) error {
 	return <-q.done
 }
 
+// persistBitmaps writes the bitmaps' dirty pages; once all are on disk,
+// the activity log may retire the extents the engine reports settled.
 func (r *resource) persistBitmaps() {
+	written := true
 	for _, p := range r.peers {
 		bm := r.engine.Bitmap(p.id)
 		if bm == nil {
@@ -468,9 +472,13 @@ func (r *resource) persistBitmaps() {
 		}
 		if err := r.st.store.WriteBitmapPages(int(p.id), bm.Words(), pages); err != nil {
 			r.log.Error("writing bitmap failed", "peer", p.node.Name, "err", err)
+			written = false
 			continue
 		}
 		bm.ClearDirty()
+	}
+	if written {
+		r.st.al.observe(r.engine.Settled)
 	}
 }
 

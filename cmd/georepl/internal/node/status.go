@@ -29,6 +29,11 @@ type ResourceStatus struct {
 	DiskRead    uint64       `json:"disk_read_bytes"`
 	DiskWritten uint64       `json:"disk_written_bytes"`
 	Peers       []PeerStatus `json:"peers"`
+
+	// ALExtents is the number of active activity-log extents; ALWrites
+	// counts the activity-log transactions written since up.
+	ALExtents int    `json:"al_extents"`
+	ALWrites  uint64 `json:"al_writes"`
 }
 
 // PeerStatus is one peer's line of the status.
@@ -78,6 +83,7 @@ func (r *resource) publishStatus() {
 		st.Size = r.st.dataSize
 		st.Current = fmt.Sprintf("%016X", es.Current)
 		st.Pending, st.Epoch = es.Pending, es.Epoch
+		st.ALExtents, st.ALWrites = r.st.al.stats()
 	}
 	if !up {
 		st.Role, st.Disk = "Secondary", "Diskless"
@@ -237,8 +243,8 @@ func WriteProc(w io.Writer, sts []*ResourceStatus) {
 				ds = st.Disk + "/DUnknown"
 			}
 			fmt.Fprintf(w, "%2d: cs:%s ro:%s/%s ds:%s %s r-----\n", minor, cs, st.Role, p.Role, ds, p.Protocol)
-			fmt.Fprintf(w, "    ns:%d nr:%d dw:%d dr:%d al:0 bm:0 lo:0 pe:%d ua:0 ap:%d ep:1 wo:f oos:%d\n",
-				p.BytesSent/1024, p.BytesRecv/1024, st.DiskWritten/1024, st.DiskRead/1024,
+			fmt.Fprintf(w, "    ns:%d nr:%d dw:%d dr:%d al:%d bm:0 lo:0 pe:%d ua:0 ap:%d ep:1 wo:f oos:%d\n",
+				p.BytesSent/1024, p.BytesRecv/1024, st.DiskWritten/1024, st.DiskRead/1024, st.ALWrites,
 				p.Unacked/1024, st.Pending, p.OutOfSync/1024)
 			if p.Resync != nil {
 				const width = 20

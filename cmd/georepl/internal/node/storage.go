@@ -19,10 +19,18 @@ import (
 type storage struct {
 	backing  *kmod.Backing
 	metaFile *kmod.Backing // nil for internal metadata
-	data     *kmod.Region
+	data     *alRegion     // every write activates its extents first
 	store    *meta.Store
 	dataSize uint64
+	al       *activityLog
+	// alRecovered is the number of extents the activity log of an
+	// unclean shutdown held, marked for every peer at attach.
+	alRecovered int
 }
+
+// defaultALExtents is the activity log's capacity when the configuration
+// leaves it 0 (configurations built in code rather than loaded).
+const defaultALExtents = 1024
 
 // bitmapSlots is the number of per-peer bitmap slots a resource's metadata
 // holds: one per node id up to the highest configured. Changing node ids
@@ -92,11 +100,28 @@ func openStorage(rc *configs.Resource, self *configs.Node) (*storage, error) {
 		l.Close()
 		return nil, fmt.Errorf("metadata on %s: %w", metaPlace(self), err)
 	}
+	var peers []core.NodeID
+	for _, n := range rc.Peers(self.Name) {
+		peers = append(peers, core.NodeID(n.ID))
+	}
+	recovered, err := recoverActivityLog(store, peers)
+	if err != nil {
+		l.Close()
+		return nil, fmt.Errorf("activity log on %s: %w", metaPlace(self), err)
+	}
+	capacity := rc.Disk.ALExtents
+	if capacity == 0 {
+		capacity = defaultALExtents
+	}
+	region := l.backing.Region(0, int64(l.dataSize))
+	al := newActivityLog(store, region, capacity)
 	return &storage{
 		backing: l.backing, metaFile: l.metaFile,
-		data:     l.backing.Region(0, int64(l.dataSize)),
-		store:    store,
-		dataSize: l.dataSize,
+		data:        &alRegion{Region: region, al: al},
+		store:       store,
+		dataSize:    l.dataSize,
+		al:          al,
+		alRecovered: recovered,
 	}, nil
 }
 
@@ -120,8 +145,14 @@ func (s *storage) persist(p *core.Persistent) error {
 	})
 }
 
+// Close flushes the data, retires the activity log's settled extents
+// (empty after a clean shutdown: see activityLog.close) and closes the
+// disks.
 func (s *storage) Close() error {
 	err := s.data.Sync()
+	// A failed flush retires nothing: the settled writes may be lost.
+	_, alErr := s.al.close(err == nil)
+	err = errors.Join(err, alErr)
 	err = errors.Join(err, s.backing.Close())
 	if s.metaFile != nil {
 		err = errors.Join(err, s.metaFile.Close())

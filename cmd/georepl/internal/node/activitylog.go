@@ -1,0 +1,607 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/georepl/georepl/core"
+	"github.com/georepl/georepl/core/meta"
+	"github.com/georepl/georepl/kmod"
+)
+
+// activityLog is the driver's activity log of one resource (core/doc.go):
+// the set of 4 MiB extents that may hold writes not yet known to be
+// identical on every node, kept durably in the metadata so that after an
+// unclean shutdown those extents are resynchronised.
+//
+// An extent becomes active, durably, before a write on it: before Submit
+// for an application request on a Primary (acquire, which pins the extent
+// until the request completes), and before any write of a LocalOp reaches
+// the data area (gate, through alRegion: a received write on a Secondary,
+// a resync write on a sync target). Activations are written by one writer
+// goroutine, batched: whoever activates waits for the transaction that
+// holds its extent, never the loop goroutine.
+//
+// An extent is retired in three steps, oldest use first and only when a
+// slot is needed (or at a clean shutdown):
+//
+//  1. observe (on the loop, with the engine, after persistBitmaps wrote
+//     every dirty bitmap page): Engine.Settled reports the extent's range
+//     settled and nothing used the extent since the observation began;
+//  2. the writer flushes the data disk, a flush begun after the
+//     observation (a volatile cache may still hold the writes), and the
+//     extent becomes evictable if still unused;
+//  3. an activation that needs its slot removes it; the next transaction
+//     no longer holds it.
+//
+// Any activation of an extent (a new write on it) sends it back to step 1.
+// Capacity: acquire waits while the log holds al_extents extents and none
+// is evictable, and then asks the resource to reclaim (close the open
+// epoch with a flush, observe again). gate never waits for a slot, only
+// for the hard limit of one transaction (meta.MaxActivityLogExtents): the
+// writes holding the slots may settle only after the write being gated.
+type activityLog struct {
+	store    *meta.Store
+	data     interface{ Sync() error }
+	capacity int
+	extents  uint64 // extents of the data area
+
+	mu      sync.Mutex
+	changed *sync.Cond // state changed: a transaction done, an extent evictable, closing
+	active  map[uint64]*alExtent
+	tick    uint64 // use stamps
+	nextGen uint64 // generation of the next transaction
+	doneGen uint64 // generation of the last durable transaction
+	dirty   bool   // active differs from the last transaction written
+	// failures counts failed transactions; failErr is the last error.
+	failures     uint64
+	failErr      error
+	waitingSlots int  // acquires waiting for a slot
+	reclaiming   bool // a reclaim is running
+	writes       uint64
+	closed       bool
+	reclaim      func() // set by the resource; nil until then
+
+	wake       chan struct{} // wakes the writer
+	writerDone chan struct{}
+}
+
+// alExtent is one active extent.
+type alExtent struct {
+	// needGen is the first transaction holding the extent: it is durable
+	// once doneGen >= needGen.
+	needGen uint64
+	pins    int    // application requests between acquire and completion
+	use     uint64 // stamp of the last activation: LRU order, observation validity
+	state   alState
+	seen    uint64 // use stamp when observed settled
+}
+
+type alState int
+
+const (
+	// alBusy: written recently, or not yet observed settled.
+	alBusy alState = iota
+	// alObserved: observed settled; awaiting a flush of the data disk.
+	alObserved
+	// alEvictable: settled and flushed; may leave the log.
+	alEvictable
+)
+
+// errALClosed is returned to activations after the resource went down.
+var errALClosed = errors.New("activity log closed: the resource is going down")
+
+// reclaimInterval paces reclaim while acquires wait for a slot.
+const reclaimInterval = 20 * time.Millisecond
+
+func newActivityLog(store *meta.Store, data interface{ Sync() error }, capacity int) *activityLog {
+	a := &activityLog{
+		store:      store,
+		data:       data,
+		capacity:   min(max(capacity, 1), meta.MaxActivityLogExtents),
+		extents:    store.ActivityLogExtents(),
+		active:     map[uint64]*alExtent{},
+		nextGen:    1,
+		wake:       make(chan struct{}, 1),
+		writerDone: make(chan struct{}),
+	}
+	a.changed = sync.NewCond(&a.mu)
+	go a.writer()
+	return a
+}
+
+// extentRange returns the extents [first, last] that [off, off+length)
+// touches; length must be positive.
+func extentRange(off, length uint64) (first, last uint64) {
+	return off / meta.ActivityLogExtentSize, (off + length - 1) / meta.ActivityLogExtentSize
+}
+
+// setReclaim installs fn, which the writer calls (at most every
+// reclaimInterval) while acquires wait for a slot: it should make settled
+// extents observable (close the open epoch, persistBitmaps).
+func (a *activityLog) setReclaim(fn func()) {
+	a.mu.Lock()
+	a.reclaim = fn
+	a.mu.Unlock()
+}
+
+// acquire makes the extents of [off, off+length) active and durable, and
+// pins them until release is called. It waits for a slot when the log is
+// full; ctx ends the wait for a slot (not for a transaction under way).
+func (a *activityLog) acquire(ctx context.Context, off, length uint64) (release func(), err error) {
+	if length == 0 {
+		return func() {}, nil
+	}
+	first, last := extentRange(off, length)
+	stop := context.AfterFunc(ctx, func() {
+		a.mu.Lock()
+		a.changed.Broadcast()
+		a.mu.Unlock()
+	})
+	defer stop()
+	if err := a.activate(ctx, first, last, true, a.capacity); err != nil {
+		return nil, err
+	}
+	return func() {
+		a.mu.Lock()
+		for x := first; x <= last; x++ {
+			a.active[x].pins--
+		}
+		a.mu.Unlock()
+	}, nil
+}
+
+// gate makes the extents of [off, off+length) active and durable before a
+// local write there. The engine has the write in flight, so the extents
+// stay unsettled (and active) until it is done.
+func (a *activityLog) gate(off, length uint64) error {
+	if length == 0 {
+		return nil
+	}
+	first, last := extentRange(off, length)
+	return a.activate(context.Background(), first, last, false, meta.MaxActivityLogExtents)
+}
+
+func (a *activityLog) activate(ctx context.Context, first, last uint64, pin bool, limit int) error {
+	if last >= a.extents {
+		return fmt.Errorf("activity log: extent %d beyond the %d extents of the data", last, a.extents)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	need := 0
+	for {
+		if a.closed {
+			return errALClosed
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		need = 0
+		for x := first; x <= last; x++ {
+			if a.active[x] == nil {
+				need++
+			}
+		}
+		// Keep to the capacity where settled extents allow it.
+		if over := len(a.active) + need - a.capacity; need > 0 && over > 0 {
+			a.evict(over, first, last)
+		}
+		// A request larger than the whole log goes in alone.
+		if need == 0 || len(a.active)+need <= limit || len(a.active) == 0 {
+			break
+		}
+		a.waitingSlots++
+		a.wakeWriter()
+		a.changed.Wait()
+		a.waitingSlots--
+	}
+	a.tick++
+	for x := first; x <= last; x++ {
+		e := a.active[x]
+		if e == nil {
+			e = &alExtent{needGen: a.nextGen}
+			a.active[x] = e
+			a.dirty = true
+		}
+		if pin {
+			e.pins++
+		}
+		e.use, e.state = a.tick, alBusy
+	}
+	if a.dirty {
+		a.wakeWriter()
+	}
+	failures := a.failures
+	for {
+		durable := true
+		for x := first; x <= last; x++ {
+			if a.active[x].needGen > a.doneGen {
+				durable = false
+			}
+		}
+		switch {
+		case durable:
+			return nil
+		case a.closed:
+			err := errALClosed
+			a.unpin(first, last, pin)
+			return err
+		case a.failures != failures:
+			err := fmt.Errorf("activity log: %w", a.failErr)
+			a.unpin(first, last, pin)
+			return err
+		}
+		a.changed.Wait()
+	}
+}
+
+func (a *activityLog) unpin(first, last uint64, pin bool) {
+	if !pin {
+		return
+	}
+	for x := first; x <= last; x++ {
+		a.active[x].pins--
+	}
+}
+
+// evict removes up to n evictable extents outside [first, last], least
+// recently used first. Called with mu held.
+func (a *activityLog) evict(n int, first, last uint64) {
+	for ; n > 0; n-- {
+		var (
+			victim uint64
+			oldest *alExtent
+		)
+		for x, e := range a.active {
+			if e.state == alEvictable && e.pins == 0 && (x < first || x > last) && (oldest == nil || e.use < oldest.use) {
+				victim, oldest = x, e
+			}
+		}
+		if oldest == nil {
+			return
+		}
+		delete(a.active, victim)
+		a.dirty = true
+	}
+}
+
+// observe checks, for every active extent not pinned and not yet known to
+// be settled, whether settled (Engine.Settled, called on the goroutine
+// that owns the engine) reports its range settled. Call it only right
+// after every dirty bitmap page was written.
+func (a *activityLog) observe(settled func(off, length uint64) bool) {
+	type cand struct{ x, use uint64 }
+	var cands []cand
+	a.mu.Lock()
+	for x, e := range a.active {
+		if e.state == alBusy && e.pins == 0 {
+			cands = append(cands, cand{x, e.use})
+		}
+	}
+	a.mu.Unlock()
+	if len(cands) == 0 {
+		return
+	}
+	var ok []cand
+	for _, c := range cands {
+		off := c.x * meta.ActivityLogExtentSize
+		if settled(off, meta.ActivityLogExtentSize) {
+			ok = append(ok, c)
+		}
+	}
+	a.mu.Lock()
+	for _, c := range ok {
+		if e := a.active[c.x]; e != nil && e.use == c.use && e.pins == 0 && e.state == alBusy {
+			e.state, e.seen = alObserved, c.use
+		}
+	}
+	if len(ok) > 0 && a.waitingSlots > 0 {
+		a.wakeWriter()
+	}
+	a.mu.Unlock()
+}
+
+// promoteObserved makes the observed extents still unused evictable; the
+// caller flushed the data disk after they were observed. Called with mu
+// held.
+func (a *activityLog) promoteObserved() bool {
+	promoted := false
+	for _, e := range a.active {
+		switch {
+		case e.state != alObserved:
+		case e.use == e.seen && e.pins == 0:
+			e.state = alEvictable
+			promoted = true
+		default:
+			e.state = alBusy
+		}
+	}
+	return promoted
+}
+
+func (a *activityLog) wakeWriter() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// writer writes transactions, and flushes the data disk to retire
+// observed extents while the log is under pressure (acquires waiting for
+// a slot, or more extents than the capacity), until close.
+func (a *activityLog) writer() {
+	defer close(a.writerDone)
+	var lastReclaim time.Time
+	for {
+		a.mu.Lock()
+		if a.closed {
+			a.mu.Unlock()
+			return
+		}
+		pressure := a.waitingSlots > 0 || len(a.active) > a.capacity
+		observed := false
+		for _, e := range a.active {
+			if e.state == alObserved {
+				observed = true
+				break
+			}
+		}
+		a.mu.Unlock()
+
+		if pressure && observed {
+			// A flush begun after the observation: a volatile cache may
+			// still hold the settled writes.
+			err := a.data.Sync()
+			if err != nil {
+				time.Sleep(100 * time.Millisecond)
+			}
+			a.mu.Lock()
+			if err == nil && a.promoteObserved() {
+				if over := len(a.active) - a.capacity; over > 0 {
+					a.evict(over, 1, 0) // [1, 0] excludes nothing
+				}
+				a.changed.Broadcast()
+			}
+			a.mu.Unlock()
+		}
+
+		a.mu.Lock()
+		if a.dirty && !a.closed {
+			snapshot := make([]uint64, 0, len(a.active))
+			for x := range a.active {
+				snapshot = append(snapshot, x)
+			}
+			gen := a.nextGen
+			a.nextGen++
+			a.dirty = false
+			a.mu.Unlock()
+			err := a.store.WriteActivityLog(snapshot)
+			a.mu.Lock()
+			if err == nil {
+				a.doneGen = gen
+				a.writes++
+			} else {
+				a.failures++
+				a.failErr = err
+				a.dirty = true
+				for _, e := range a.active {
+					if e.needGen > a.doneGen {
+						e.needGen = a.nextGen
+					}
+				}
+			}
+			a.changed.Broadcast()
+			a.mu.Unlock()
+			if err != nil {
+				time.Sleep(100 * time.Millisecond)
+			}
+			continue
+		}
+		waiting := a.waitingSlots > 0
+		pressure = waiting || len(a.active) > a.capacity
+		reclaim := a.reclaim
+		start := waiting && reclaim != nil && !a.reclaiming && time.Since(lastReclaim) >= reclaimInterval
+		if start {
+			a.reclaiming = true
+		}
+		a.mu.Unlock()
+
+		if start {
+			// Off the writer: reclaiming waits for the engine, and
+			// transactions must go on meanwhile.
+			lastReclaim = time.Now()
+			go func() {
+				reclaim()
+				a.mu.Lock()
+				a.reclaiming = false
+				a.mu.Unlock()
+				a.wakeWriter()
+			}()
+		}
+		if pressure {
+			select {
+			case <-a.wake:
+			case <-time.After(reclaimInterval):
+			}
+			continue
+		}
+		<-a.wake
+	}
+}
+
+// close stops the writer, retires every extent observed settled if
+// flushed (the caller flushed the data disk after the last observation)
+// and writes the final log: empty after a clean shutdown. Activations
+// waiting or later fail with errALClosed. It returns the number of
+// extents left active.
+func (a *activityLog) close(flushed bool) (left int, err error) {
+	a.mu.Lock()
+	if a.closed {
+		n := len(a.active)
+		a.mu.Unlock()
+		return n, nil
+	}
+	a.closed = true
+	a.changed.Broadcast()
+	a.mu.Unlock()
+	a.wakeWriter()
+	<-a.writerDone
+
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if flushed {
+		a.promoteObserved()
+	}
+	for x, e := range a.active {
+		if e.state == alEvictable && e.pins == 0 {
+			delete(a.active, x)
+			a.dirty = true
+		}
+	}
+	if a.dirty || a.failures > 0 {
+		snapshot := make([]uint64, 0, len(a.active))
+		for x := range a.active {
+			snapshot = append(snapshot, x)
+		}
+		if err = a.store.WriteActivityLog(snapshot); err == nil {
+			a.writes++
+			a.dirty = false
+		}
+	}
+	return len(a.active), err
+}
+
+// stats returns the number of active extents and of transactions written.
+func (a *activityLog) stats() (active int, writes uint64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.active), a.writes
+}
+
+// startActivityLog reports the activity log of an unclean shutdown, which
+// openStorage marked, and lets the log reclaim slots through the engine.
+func (r *resource) startActivityLog(st *storage) {
+	if n := st.alRecovered; n > 0 {
+		msg := fmt.Sprintf("activity log of an unclean shutdown: %d extents marked (%s) out of sync for every peer; they are resynchronised from or to the peers when they connect",
+			n, HumanBytes(uint64(n)*meta.ActivityLogExtentSize))
+		r.log.Warn(msg)
+		r.d.events.publish(Event{Time: time.Now().UTC(), Resource: r.cfg.Name, Node: r.self.Name, What: "activity-log", Detail: msg})
+	}
+	st.al.setReclaim(r.reclaimActivityLog)
+}
+
+// reclaimActivityLog helps writes that wait for an activity-log slot: on
+// a Primary the open epoch's writes settle only once its barrier is
+// acknowledged, so a flush closes it; then the loop observes settled
+// extents.
+func (r *resource) reclaimActivityLog() {
+	if r.isPrimary() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = r.submit(ctx, core.Request{Kind: core.ReqFlush})
+		cancel()
+	}
+	_ = r.call(func() error {
+		r.persistBitmaps()
+		return nil
+	})
+}
+
+// activate makes the extents of application request req active, durably,
+// before it is submitted; release unpins them once it completed. Requests
+// that write nothing, or that the engine refuses as out of range, need no
+// extent.
+func (r *resource) activate(ctx context.Context, req core.Request) (release func(), err error) {
+	end := req.Offset + req.Length
+	if req.Kind == core.ReqFlush || req.Length == 0 || end < req.Offset || end > r.st.dataSize {
+		return func() {}, nil
+	}
+	return r.st.al.acquire(ctx, req.Offset, req.Length)
+}
+
+// alRegion is the data area behind the activity log: every write, zeroing
+// or trim activates its extents (gate) before it reaches the disk.
+type alRegion struct {
+	*kmod.Region
+	al *activityLog
+}
+
+func (d *alRegion) WriteAt(p []byte, off int64) (int, error) {
+	if err := d.al.gate(uint64(off), uint64(len(p))); err != nil {
+		return 0, err
+	}
+	return d.Region.WriteAt(p, off)
+}
+
+func (d *alRegion) WriteZeroes(off, length int64) error {
+	if err := d.al.gate(uint64(off), uint64(length)); err != nil {
+		return err
+	}
+	return d.Region.WriteZeroes(off, length)
+}
+
+func (d *alRegion) Punch(off, length int64) error {
+	if err := d.al.gate(uint64(off), uint64(length)); err != nil {
+		return err
+	}
+	return d.Region.Punch(off, length)
+}
+
+// recoverActivityLog runs at attach, before the engine starts. A non-empty
+// log means the last shutdown was unclean: writes on its extents may be on
+// this node and not on others, or the reverse. It marks every block of
+// those extents in the bitmap of every peer, sets the bitmap id of each
+// peer without marks to the current generation (core/doc.go), persists
+// both and empties the log. It returns the number of extents marked; a log
+// damaged in both slots marks every extent.
+func recoverActivityLog(store *meta.Store, peers []core.NodeID) (marked int, err error) {
+	extents, err := store.ReadActivityLog()
+	if errors.Is(err, meta.ErrCorrupt) {
+		extents = make([]uint64, store.ActivityLogExtents())
+		for i := range extents {
+			extents[i] = uint64(i)
+		}
+	} else if err != nil {
+		return 0, err
+	}
+	if len(extents) == 0 {
+		return 0, nil
+	}
+	sb := store.Superblock()
+	bs := uint64(sb.BlockSize)
+	nbits := store.BitmapBits()
+	for _, p := range peers {
+		if int(p) >= sb.Slots || p == core.NodeID(sb.NodeID) {
+			continue
+		}
+		words, err := store.ReadBitmap(int(p))
+		if err != nil {
+			return 0, err
+		}
+		for _, x := range extents {
+			lo := x * meta.ActivityLogExtentSize / bs
+			hi := min(((x+1)*meta.ActivityLogExtentSize+bs-1)/bs, nbits)
+			for b := lo; b < hi; b++ {
+				words[b/64] |= 1 << (b % 64)
+			}
+		}
+		if err := store.WriteBitmap(int(p), words); err != nil {
+			return 0, err
+		}
+	}
+	if err := store.UpdateSuperblock(func(sb *meta.Superblock) {
+		for _, p := range peers {
+			if int(p) < len(sb.BitmapUUID) && p != core.NodeID(sb.NodeID) && sb.BitmapUUID[p] == 0 {
+				sb.BitmapUUID[p] = sb.Current
+			}
+		}
+	}); err != nil {
+		return 0, err
+	}
+	if err := store.WriteActivityLog(nil); err != nil {
+		return 0, err
+	}
+	return len(extents), nil
+}

@@ -1,0 +1,298 @@
+package node
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/georepl/georepl/core"
+	"github.com/georepl/georepl/core/meta"
+	"github.com/georepl/georepl/kmod"
+)
+
+const alTestExtents = 16 // data area of the tests, in extents
+
+// newTestMeta creates metadata for node 0 of three nodes in an external
+// file, and returns its path and the store.
+func newTestMeta(t *testing.T) (string, *meta.Store) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "meta")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	st, err := meta.Create(f, 0, meta.Params{Resource: "r0", NodeID: 0, Slots: 3,
+		DataSize: alTestExtents * meta.ActivityLogExtentSize, BlockSize: 4096}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path, st
+}
+
+// onDisk reads the activity log as a restart would.
+func onDisk(t *testing.T, path string) []uint64 {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, err := meta.Open(f, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, err := st.ReadActivityLog()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+type countingSyncer struct{ n atomic.Int64 }
+
+func (c *countingSyncer) Sync() error { c.n.Add(1); return nil }
+
+const xs = meta.ActivityLogExtentSize
+
+// TestActivityLogActivation: an extent is in the log on disk when acquire
+// or a write through the gated region returns; extents a request spans
+// are all activated; a hot extent costs no transaction.
+func TestActivityLogActivation(t *testing.T) {
+	path, st := newTestMeta(t)
+	al := newActivityLog(st, &countingSyncer{}, 8)
+	defer al.close(true)
+
+	release, err := al.acquire(context.Background(), 2*xs-4096, 8192) // spans extents 1 and 2
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := onDisk(t, path); !reflect.DeepEqual(got, []uint64{1, 2}) {
+		t.Fatalf("log after acquire: %v, want [1 2]", got)
+	}
+	release()
+	_, writes := al.stats()
+	if release, err := al.acquire(context.Background(), xs, 4096); err != nil {
+		t.Fatal(err)
+	} else {
+		release()
+	}
+	if _, w := al.stats(); w != writes {
+		t.Errorf("a hot extent cost %d transactions", w-writes)
+	}
+
+	dataPath := filepath.Join(t.TempDir(), "data")
+	if err := os.WriteFile(dataPath, make([]byte, alTestExtents*xs), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, err := kmod.OpenBacking(dataPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	region := &alRegion{Region: b.Region(0, alTestExtents*xs), al: al}
+	if _, err := region.WriteAt([]byte("x"), 7*xs+5); err != nil {
+		t.Fatal(err)
+	}
+	if err := region.WriteZeroes(9*xs, 4096); err != nil {
+		t.Fatal(err)
+	}
+	if got := onDisk(t, path); !reflect.DeepEqual(got, []uint64{1, 2, 7, 9}) {
+		t.Fatalf("log after gated writes: %v, want [1 2 7 9]", got)
+	}
+	if _, err := al.acquire(context.Background(), alTestExtents*xs, 4096); err == nil {
+		t.Errorf("acquire beyond the data succeeded")
+	}
+}
+
+// TestActivityLogEviction: with the log full, a write to a new extent
+// waits until an unpinned extent was observed settled and the data disk
+// flushed after that; the least recently used such extent leaves.
+func TestActivityLogEviction(t *testing.T) {
+	path, st := newTestMeta(t)
+	data := &countingSyncer{}
+	al := newActivityLog(st, data, 3)
+	defer al.close(true)
+	var reclaims atomic.Int64
+	al.setReclaim(func() { reclaims.Add(1) })
+	ctx := context.Background()
+	for _, x := range []uint64{0, 1, 2} {
+		release, err := al.acquire(ctx, x*xs, 4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		release()
+	}
+	pinned, err := al.acquire(ctx, 0, 4096) // extent 0: most recent use, and pinned
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	done := make(chan error, 1)
+	go func() {
+		release, err := al.acquire(ctx, 5*xs, 4096)
+		if err == nil {
+			release()
+		}
+		done <- err
+	}()
+	waitFor(t, "the acquire to ask for reclaim", func() bool { return reclaims.Load() > 0 })
+	al.observe(func(off, length uint64) bool { return false })
+	select {
+	case err := <-done:
+		t.Fatalf("acquire returned (%v) with nothing settled", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+
+	// Everything settled: extent 0 is pinned, so not a candidate; 1 is
+	// the least recently used of the others.
+	syncs := data.n.Load()
+	var asked []uint64
+	al.observe(func(off, length uint64) bool {
+		if length != xs {
+			t.Errorf("Settled asked for %d bytes", length)
+		}
+		asked = append(asked, off/xs)
+		return true
+	})
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range asked {
+		if x == 0 {
+			t.Errorf("a pinned extent was checked for settling")
+		}
+	}
+	if data.n.Load() == syncs {
+		t.Errorf("extents retired without a flush of the data disk after they settled")
+	}
+	if got := onDisk(t, path); !reflect.DeepEqual(got, []uint64{0, 2, 5}) {
+		t.Fatalf("log: %v, want [0 2 5] (extent 1 least recently used)", got)
+	}
+
+	// A write on an observed extent makes it busy again: extent 2 was
+	// observed settled, is written again, and must not be evicted.
+	pinned()
+	al.observe(func(off, length uint64) bool { return true }) // 0, 2, 5 observed
+	if err := al.gate(2*xs, 4096); err != nil {
+		t.Fatal(err)
+	}
+	release, err := al.acquire(ctx, 6*xs, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if got := onDisk(t, path); !reflect.DeepEqual(got, []uint64{2, 5, 6}) {
+		t.Fatalf("log: %v, want [2 5 6]", got)
+	}
+}
+
+// TestActivityLogGateExceedsCapacity: a local write never waits for a slot
+// (the writes holding the slots may settle only after it).
+func TestActivityLogGateExceedsCapacity(t *testing.T) {
+	path, st := newTestMeta(t)
+	al := newActivityLog(st, &countingSyncer{}, 2)
+	defer al.close(true)
+	for x := range uint64(4) {
+		if err := al.gate(x*xs, 4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := onDisk(t, path); len(got) != 4 {
+		t.Fatalf("log: %v, want 4 extents", got)
+	}
+}
+
+// TestActivityLogCleanClose: closing retires what was observed settled
+// (the caller flushed after the observation) and keeps the rest.
+func TestActivityLogCleanClose(t *testing.T) {
+	path, st := newTestMeta(t)
+	al := newActivityLog(st, &countingSyncer{}, 8)
+	for _, x := range []uint64{3, 4} {
+		if err := al.gate(x*xs, 4096); err != nil {
+			t.Fatal(err)
+		}
+	}
+	al.observe(func(off, length uint64) bool { return off/xs == 3 })
+	if left, err := al.close(true); err != nil || left != 1 {
+		t.Fatalf("close: %d left, %v; want 1", left, err)
+	}
+	if got := onDisk(t, path); !reflect.DeepEqual(got, []uint64{4}) {
+		t.Fatalf("log after close: %v, want [4]", got)
+	}
+	if err := al.gate(5*xs, 1); err != errALClosed {
+		t.Errorf("gate after close: %v, want errALClosed", err)
+	}
+
+	// Not flushed: nothing observed is retired.
+	path, st = newTestMeta(t)
+	al = newActivityLog(st, &countingSyncer{}, 8)
+	if err := al.gate(3*xs, 4096); err != nil {
+		t.Fatal(err)
+	}
+	al.observe(func(off, length uint64) bool { return true })
+	if left, _ := al.close(false); left != 1 || !reflect.DeepEqual(onDisk(t, path), []uint64{3}) {
+		t.Fatalf("close without flush retired extents")
+	}
+}
+
+// TestRecoverActivityLog: the log of an unclean shutdown is marked in
+// every peer's bitmap, bitmap ids without marks take the current
+// generation, and the log is emptied.
+func TestRecoverActivityLog(t *testing.T) {
+	path, st := newTestMeta(t)
+	if err := st.UpdateSuperblock(func(sb *meta.Superblock) {
+		sb.Current = 0xc0ffee
+		sb.BitmapUUID[2] = 0xb17
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := recoverActivityLog(st, []core.NodeID{1, 2}); err != nil || n != 0 {
+		t.Fatalf("clean log: %d, %v", n, err)
+	}
+	if err := st.WriteActivityLog([]uint64{1, 15}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := recoverActivityLog(st, []core.NodeID{1, 2})
+	if err != nil || n != 2 {
+		t.Fatalf("recover: %d, %v; want 2", n, err)
+	}
+	const blocksPerExtent = xs / 4096
+	for _, p := range []int{1, 2} {
+		words, err := st.ReadBitmap(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bm, _ := core.BitmapFromWords(st.BitmapBits(), words)
+		if got, want := bm.Count(), uint64(2*blocksPerExtent); got != want {
+			t.Errorf("peer %d: %d blocks marked, want %d", p, got, want)
+		}
+		for _, b := range []uint64{blocksPerExtent, 2*blocksPerExtent - 1, 15 * blocksPerExtent, 16*blocksPerExtent - 1} {
+			if !bm.Test(b) {
+				t.Errorf("peer %d: block %d not marked", p, b)
+			}
+		}
+	}
+	sb := st.Superblock()
+	if sb.BitmapUUID[1] != 0xc0ffee || sb.BitmapUUID[2] != 0xb17 || sb.BitmapUUID[0] != 0 {
+		t.Errorf("bitmap ids %x, want [0 c0ffee b17]", sb.BitmapUUID)
+	}
+	if got := onDisk(t, path); len(got) != 0 {
+		t.Errorf("log after recovery: %v, want empty", got)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
