@@ -21,7 +21,9 @@ for arg in $(cat /proc/cmdline); do
 	georepl.ip=*) IP=${arg#georepl.ip=} ;;
 	esac
 done
-export NODE IP PATH=/bin:/sbin:/usr/bin:/usr/sbin
+# /usr/sbin holds e2fsprogs and iproute2's tc. busybox-static's shell runs
+# its own applets before anything on PATH: call those by their full path.
+export NODE IP PATH=/usr/sbin:/usr/bin:/sbin:/bin
 hostname "$NODE"
 ip link set lo up
 ip addr add "$IP/24" dev eth0
@@ -43,12 +45,13 @@ detach() {
 	if [ "$(size "$1")" = 0 ]; then return 0; fi
 	vmguest detach -device "$1"
 }
-# daemon CONFDIR: start the daemon and wait for its admin socket.
+# daemon CONFDIR: start the daemon and wait until it answers (a socket
+# file left by a killed daemon is not enough).
 daemon() {
 	georepl daemon --config "$1" --node "$NODE" >>/tmp/daemon.log 2>&1 &
 	i=0
-	while [ ! -S /run/georepl/georepl.sock ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
-	[ -S /run/georepl/georepl.sock ]
+	until georepl status >/dev/null 2>&1 || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done
+	georepl status >/dev/null 2>&1 || { tail -20 /tmp/daemon.log; false; }
 }
 # stopdaemon: SIGTERM the daemon and wait for it.
 stopdaemon() {

@@ -25,6 +25,7 @@ type rig struct {
 	kernel string // vmlinuz
 	initrd string
 	kver   string
+	work   string // this run's own build folder under cache
 }
 
 // repoRoot is the repository's top directory.
@@ -74,8 +75,12 @@ func buildRig() (*rig, error) {
 	r.kver = strings.TrimPrefix(filepath.Base(vmlinuz[0]), "vmlinuz-")
 	modDir := filepath.Join(kdir, "lib/modules", r.kver)
 
-	ird := filepath.Join(r.cache, "initramfs")
-	os.RemoveAll(ird)
+	// Each run builds in its own folder: several runs may share the cache.
+	r.work, err = os.MkdirTemp(r.cache, "run-")
+	if err != nil {
+		return nil, err
+	}
+	ird := filepath.Join(r.work, "initramfs")
 	for _, d := range []string{"bin", "sbin", "etc/georepl", "mods", "proc", "sys", "dev", "run", "tmp", "mnt", "lib/modules/" + r.kver + "/kernel/drivers/block"} {
 		if err := os.MkdirAll(filepath.Join(ird, d), 0o755); err != nil {
 			return nil, err
@@ -87,7 +92,7 @@ func buildRig() (*rig, error) {
 	}
 	georepl := os.Getenv("VMTEST_GEOREPL")
 	if georepl == "" {
-		georepl = filepath.Join(r.cache, "georepl")
+		georepl = filepath.Join(r.work, "georepl")
 		if err := goBuild(root, georepl, "./cmd/georepl"); err != nil {
 			return nil, err
 		}
@@ -146,7 +151,7 @@ func buildRig() (*rig, error) {
 			return nil, err
 		}
 	}
-	r.initrd = filepath.Join(r.cache, "initrd")
+	r.initrd = filepath.Join(r.work, "initrd")
 	cpio := exec.Command("sh", "-c", "find . | cpio -o -H newc --quiet > "+r.initrd)
 	cpio.Dir = ird
 	if out, err := cpio.CombinedOutput(); err != nil {
