@@ -2,10 +2,14 @@ package meta
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"math/bits"
 )
+
+// maxDumpExtents bounds the activity-log extents Dump lists.
+const maxDumpExtents = 32
 
 // MaxSummaryRanges bounds the out-of-sync ranges listed per peer in a
 // Summary.
@@ -29,6 +33,10 @@ type Summary struct {
 	// Peers has one entry per bitmap slot except the node's own, in slot
 	// order.
 	Peers []PeerSummary `json:"peers"`
+	// ActivityLog lists the active activity-log extents (of
+	// ActivityLogExtentSize bytes), in increasing order: empty after a
+	// clean shutdown.
+	ActivityLog []uint64 `json:"activity_log"`
 	// Warnings names problems that did not stop Open, such as a damaged
 	// superblock slot that the next update will overwrite.
 	Warnings []string `json:"warnings,omitempty"`
@@ -80,6 +88,15 @@ func (s *Store) Summary() (Summary, error) {
 	if damaged != "" {
 		sum.Warnings = append(sum.Warnings, damaged)
 	}
+	al, err := s.ReadActivityLog()
+	switch {
+	case errors.Is(err, ErrCorrupt):
+		sum.Warnings = append(sum.Warnings, err.Error())
+		al = []uint64{}
+	case err != nil:
+		return Summary{}, err
+	}
+	sum.ActivityLog = al
 	for slot := range sb.Slots {
 		if slot == int(sb.NodeID) {
 			continue
@@ -165,6 +182,15 @@ func (s *Store) Dump(w io.Writer, diskStateName func(uint8) string) error {
 	fmt.Fprintf(&b, "%-16s%s\n", "primary", role)
 	fmt.Fprintf(&b, "%-16s%s\n", "current gen", sum.Current)
 	fmt.Fprintf(&b, "%-16s%s %s\n", "history gens", sum.History[0], sum.History[1])
+	fmt.Fprintf(&b, "%-16s%d extents of %d bytes", "activity log", len(sum.ActivityLog), ActivityLogExtentSize)
+	for i, x := range sum.ActivityLog {
+		if i == maxDumpExtents {
+			fmt.Fprintf(&b, " ...")
+			break
+		}
+		fmt.Fprintf(&b, " %d", x)
+	}
+	fmt.Fprintln(&b)
 	for _, p := range sum.Peers {
 		fmt.Fprintf(&b, "%-16sbitmap uuid %s, out of sync: %d blocks, %d bytes\n",
 			fmt.Sprintf("peer %d", p.NodeID), p.BitmapUUID, p.OutOfSyncBlocks, p.OutOfSyncBytes)

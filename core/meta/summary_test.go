@@ -43,6 +43,7 @@ func TestSummary(t *testing.T) {
 			{NodeID: 2, BitmapUUID: "0000000000000def", OutOfSyncBlocks: 7, OutOfSyncBytes: 7*4096 - 1000,
 				Ranges: []ByteRange{{0, 3 * 4096}, {63 * 4096, 3 * 4096}, {99 * 4096, 4096 - 1000}}},
 		},
+		ActivityLog: []uint64{},
 	}
 	if !reflect.DeepEqual(sum, want) {
 		t.Fatalf("Summary:\n got %+v\nwant %+v", sum, want)
@@ -113,6 +114,9 @@ func TestDump(t *testing.T) {
 	if err := st.WriteBitmap(2, setBits(st, 5)); err != nil {
 		t.Fatal(err)
 	}
+	if err := st.WriteActivityLog([]uint64{0}); err != nil {
+		t.Fatal(err)
+	}
 	mustUpdate(t, st, func(sb *Superblock) { sb.Current = 0x41 }) // seq 2, slot 0
 	mustUpdate(t, st, func(sb *Superblock) { sb.Current = 0x42 }) // seq 3, slot 1
 	flip(dev, 10)                                                 // damage the older slot
@@ -129,6 +133,7 @@ func TestDump(t *testing.T) {
 		"format version 1", "superblock seq 3", "WARNING: superblock slot 0 at offset 0",
 		"resource        r0", "disk state      State3 (3)", "current gen     0000000000000042",
 		"peer 0", "peer 2", "out of sync: 1 blocks, 4096 bytes", "[20480, 24576) 4096 bytes",
+		"activity log    1 extents of 4194304 bytes 0\n",
 	} {
 		if !strings.Contains(named.String(), want) {
 			t.Errorf("Dump lacks %q:\n%s", want, named.String())
