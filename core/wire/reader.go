@@ -45,6 +45,8 @@ type Reader struct {
 	unpacked   []byte // the current batch's content, all frames
 	pending    []byte // frames of unpacked not yet returned
 	err        error
+	// alloc, if set, provides the memory for payloads (SetPayloadAlloc).
+	alloc func(t Type, n int) []byte
 
 	frames, bytes, rawBytes, batches atomic.Uint64
 }
@@ -55,9 +57,19 @@ func NewReader(r io.Reader) *Reader {
 	return &Reader{r: bufio.NewReaderSize(r, readBufferSize)}
 }
 
+// SetPayloadAlloc makes the Reader take the memory for the payloads it
+// returns from alloc instead of allocating it: alloc(t, n) returns n bytes
+// for a payload of a frame of type t that nothing else uses, or nil for
+// the Reader to allocate them. Payloads larger than 1 MiB plus a frame
+// header are always allocated by the Reader, as they arrive (so that a
+// lying header costs no more memory than the peer sent). Call it before
+// ReadFrame, not concurrently with it.
+func (r *Reader) SetPayloadAlloc(alloc func(t Type, n int) []byte) { r.alloc = alloc }
+
 // ReadFrame returns the next frame. Batches are unpacked transparently: the
 // frames they hold are returned one by one, never the batch itself. The
-// Frame and its Payload are freshly allocated and belong to the caller.
+// Frame and its Payload are freshly allocated (or from SetPayloadAlloc)
+// and belong to the caller.
 //
 // io.EOF is returned as it is when the stream ends between frames. A stream
 // that ends inside a frame gives an error matching both ErrTruncated and
@@ -114,6 +126,8 @@ func (r *Reader) readFrame() (*Frame, error) {
 		var buf []byte
 		if f.Type == TypeBatch {
 			buf = r.compressed[:0]
+		} else if r.alloc != nil && payloadLen <= eagerPayload {
+			buf = r.alloc(f.Type, payloadLen)[:0]
 		}
 		buf, err = readPayload(r.r, buf, payloadLen)
 		if err != nil {
@@ -194,7 +208,15 @@ func (r *Reader) nextFromBatch() (*Frame, error) {
 	if f.Type == TypeBatch {
 		return nil, fmt.Errorf("%w: batch nested inside a batch", ErrMalformed)
 	}
-	f.Payload = clonePayload(f.Payload)
+	if p := f.Payload; r.alloc != nil && len(p) > 0 {
+		if buf := r.alloc(f.Type, len(p)); buf != nil {
+			f.Payload = buf[:copy(buf, p)]
+		} else {
+			f.Payload = clonePayload(p)
+		}
+	} else {
+		f.Payload = clonePayload(p)
+	}
 	r.pending = r.pending[n:]
 	return &f, nil
 }

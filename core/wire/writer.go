@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"sync/atomic"
@@ -20,6 +21,10 @@ const (
 	// probeSize is the sample a Writer compresses first when the previous
 	// batch was incompressible.
 	probeSize = 16 << 10
+	// MinSharedPayload is the smallest payload WriteFrameShared sends
+	// without copying it: below it the copy costs less than the extra
+	// Write call.
+	MinSharedPayload = 64 << 10
 )
 
 // WriterStats are a Writer's counters since it was created.
@@ -50,12 +55,23 @@ type Writer struct {
 
 	buf      []byte // encoded frames not yet written
 	buffered uint64 // frames in buf
-	batch    []byte // header and compressed payload of a batch
+	// shared are payloads of WriteFrameShared that belong after their
+	// header in buf, in order; sharedBytes is their total size.
+	shared      []sharedPayload
+	sharedBytes int
+	batch       []byte // header and compressed payload of a batch
 	// incompressible records that the last batch did not compress.
 	incompressible bool
 	err            error
 
 	frames, bytes, rawBytes, batches, compressedBatches atomic.Uint64
+}
+
+// sharedPayload is a payload written in place: it goes out after
+// buf[:at].
+type sharedPayload struct {
+	at      int
+	payload []byte
 }
 
 // NewWriter returns a Writer that sends to w with compression c. It panics
@@ -96,34 +112,87 @@ func (w *Writer) WriteFrame(f *Frame) error {
 	if err := checkWellFormed(f); err != nil {
 		return err
 	}
-	size := HeaderSize + len(f.Payload)
-	if len(w.buf) > 0 && len(w.buf)+size > w.bufferCap {
-		if err := w.Flush(); err != nil {
-			return err
-		}
+	if err := w.makeRoom(HeaderSize + len(f.Payload)); err != nil {
+		return err
 	}
 	w.buf = AppendFrame(w.buf, f)
 	w.buffered++
-	if len(w.buf) >= w.bufferCap {
+	return w.flushIfFull()
+}
+
+// WriteFrameShared is WriteFrame without the copy of a large payload (at
+// least MinSharedPayload bytes, and the Writer not compressing): the
+// Writer keeps f.Payload and writes it from there at the Flush that
+// sends the frame. The caller must not modify the payload until that
+// Flush (explicit, or automatic within a later WriteFrame) has returned;
+// f itself may be reused at once. Smaller payloads are copied as by
+// WriteFrame.
+func (w *Writer) WriteFrameShared(f *Frame) error {
+	if w.compressor != nil || len(f.Payload) < MinSharedPayload {
+		return w.WriteFrame(f)
+	}
+	if w.err != nil {
+		return w.err
+	}
+	if len(f.Payload) > MaxPayload {
+		return fmt.Errorf("%w: %s: payload exceeds MaxPayload (%d bytes)", ErrTooLarge, f, MaxPayload)
+	}
+	if f.Type == TypeBatch {
+		return fmt.Errorf("%w: cannot write a batch frame: the Writer makes batches itself", ErrMalformed)
+	}
+	if err := checkWellFormed(f); err != nil {
+		return err
+	}
+	if err := w.makeRoom(HeaderSize + len(f.Payload)); err != nil {
+		return err
+	}
+	start := len(w.buf)
+	w.buf = append(w.buf, make([]byte, HeaderSize)...)
+	h := w.buf[start:]
+	putHeader(h, f.Type, f.Flags, f.Seq, f.Epoch, f.Offset, f.Length, len(f.Payload))
+	binary.LittleEndian.PutUint32(h[offCRC:], frameCRC(h, f.Payload))
+	w.shared = append(w.shared, sharedPayload{at: len(w.buf), payload: f.Payload})
+	w.sharedBytes += len(f.Payload)
+	w.buffered++
+	return w.flushIfFull()
+}
+
+// makeRoom flushes first if a frame of size bytes would take the buffered
+// bytes beyond the cap.
+func (w *Writer) makeRoom(size int) error {
+	if n := w.Buffered(); n > 0 && n+size > w.bufferCap {
 		return w.Flush()
 	}
 	return nil
 }
 
-// Buffered is the number of encoded bytes waiting for Flush.
-func (w *Writer) Buffered() int { return len(w.buf) }
+// flushIfFull flushes once the buffered bytes reach the cap.
+func (w *Writer) flushIfFull() error {
+	if w.Buffered() >= w.bufferCap {
+		return w.Flush()
+	}
+	return nil
+}
+
+// Buffered is the number of encoded bytes waiting for Flush, shared
+// payloads included.
+func (w *Writer) Buffered() int { return len(w.buf) + w.sharedBytes }
 
 // Flush writes every buffered frame with a single Write call: as they are,
 // or as one compressed batch frame when the Writer uses CompressionLZ4, the
 // frames add up to at least MinCompressBatch bytes (and at most
-// MaxPayload) and compression makes them at least 1/16 smaller. Flush with
-// nothing buffered does nothing.
+// MaxPayload) and compression makes them at least 1/16 smaller. Shared
+// payloads (WriteFrameShared) take a Write call each, and the encoded
+// frames around them one each. Flush with nothing buffered does nothing.
 func (w *Writer) Flush() error {
 	if w.err != nil {
 		return w.err
 	}
 	if len(w.buf) == 0 {
 		return nil
+	}
+	if len(w.shared) > 0 {
+		return w.flushShared()
 	}
 	out := w.buf
 	if w.compressor != nil && len(w.buf) >= MinCompressBatch && len(w.buf) <= MaxPayload {
@@ -139,15 +208,67 @@ func (w *Writer) Flush() error {
 		err = io.ErrShortWrite
 	}
 	if err != nil {
-		w.err = fmt.Errorf("wire: writing %d bytes (%d frames): %w", len(out), w.buffered, err)
-		w.buf = nil
-		return w.err
+		return w.failed(len(out), err)
 	}
+	w.flushed(len(w.buf))
+	return nil
+}
+
+// flushShared writes the buffer and the shared payloads between its
+// frames, one Write call per piece (a Writer with shared payloads never
+// compresses).
+func (w *Writer) flushShared() error {
+	total, from := len(w.buf)+w.sharedBytes, 0
+	write := func(p []byte) error {
+		if len(p) == 0 {
+			return nil
+		}
+		n, err := w.w.Write(p)
+		w.bytes.Add(uint64(n))
+		if err == nil && n < len(p) {
+			err = io.ErrShortWrite
+		}
+		return err
+	}
+	for _, s := range w.shared {
+		if err := write(w.buf[from:s.at]); err != nil {
+			return w.failed(total, err)
+		}
+		if err := write(s.payload); err != nil {
+			return w.failed(total, err)
+		}
+		from = s.at
+	}
+	if err := write(w.buf[from:]); err != nil {
+		return w.failed(total, err)
+	}
+	w.flushed(total)
+	return nil
+}
+
+// failed makes err, met writing size bytes, the Writer's sticky error.
+func (w *Writer) failed(size int, err error) error {
+	w.err = fmt.Errorf("wire: writing %d bytes (%d frames): %w", size, w.buffered, err)
+	w.buf = nil
+	w.dropShared()
+	return w.err
+}
+
+// flushed counts raw bytes of frames written out and empties the buffer.
+func (w *Writer) flushed(raw int) {
 	w.frames.Add(w.buffered)
-	w.rawBytes.Add(uint64(len(w.buf)))
+	w.rawBytes.Add(uint64(raw))
 	w.buf = w.buf[:0]
 	w.buffered = 0
-	return nil
+	w.dropShared()
+}
+
+// dropShared forgets the shared payloads, which then belong to the caller
+// again.
+func (w *Writer) dropShared() {
+	clear(w.shared)
+	w.shared = w.shared[:0]
+	w.sharedBytes = 0
 }
 
 // compressBatch returns w.buf as one compressed batch frame, or false when
