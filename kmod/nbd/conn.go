@@ -65,7 +65,7 @@ type request struct {
 	cookie uint64
 	off    uint64
 	length uint32
-	data   []byte // NBD_CMD_WRITE payload, freshly allocated
+	data   []byte // NBD_CMD_WRITE payload: fresh memory or from WriteBuffers
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
@@ -329,6 +329,7 @@ func appendOptionReply(b []byte, opt, replyType uint32, data []byte) []byte {
 // has been carried out.
 func (c *conn) transmit(exp export) {
 	slots := make(chan struct{}, maxInFlight)
+	buffers, _ := exp.dev.(WriteBuffers)
 	var running sync.WaitGroup
 	defer running.Wait()
 
@@ -366,7 +367,11 @@ func (c *conn) transmit(exp export) {
 		}
 		slots <- struct{}{}
 		if req.cmd == cmdWrite {
-			req.data = make([]byte, req.length)
+			if buffers != nil {
+				req.data = buffers.WriteBuffer(int(req.length))
+			} else {
+				req.data = make([]byte, req.length)
+			}
 			if _, err := io.ReadFull(c.br, req.data); err != nil {
 				<-slots
 				c.log.Debug("nbd: connection lost inside a write payload", "err", err)

@@ -12,9 +12,10 @@ import (
 // several connections); a Device must be safe for that.
 //
 // Ownership: the server allocates a fresh buffer for every write request
-// and never touches it after the request, so WriteAt MAY keep p after
-// returning (the replication engine sends it to peers asynchronously). The
-// p given to ReadAt belongs to the server again once ReadAt returns.
+// (or takes it from WriteBuffers) and never touches it after the request,
+// so WriteAt MAY keep p after returning (the replication engine sends it
+// to peers asynchronously). The p given to ReadAt belongs to the server
+// again once ReadAt returns.
 //
 // Methods return when the operation is complete in the Device's sense (for
 // a replicated device: when the write-ordering protocol says so); fua asks
@@ -49,6 +50,17 @@ type Device interface {
 // over several connections.
 type MultiConn interface {
 	MultiConn() bool
+}
+
+// WriteBuffers is an optional ability of a Device: the server reads the
+// payload of each write request into WriteBuffer(n), which must return a
+// slice of exactly n bytes that nothing else uses, instead of fresh
+// memory. The buffer is then given to WriteAt as p; a Device can recycle
+// it once WriteAt and whatever it handed p to are done with it. If the
+// connection fails while the payload is read, WriteAt is not called and
+// the buffer is dropped (left to the garbage collector).
+type WriteBuffers interface {
+	WriteBuffer(n int) []byte
 }
 
 // ReadOnlyDevice is an optional ability of a Device. A Device whose
