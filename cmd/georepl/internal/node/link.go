@@ -14,7 +14,7 @@ import (
 // link is one established, authenticated connection to a peer. It owns the
 // connection: one writer goroutine per channel drains an unbounded queue
 // (the engine bounds unacknowledged data per peer, see core.PeerConfig), one
-// reader goroutine per channel hands frames to the resource loop, and a
+// reader goroutine per channel hands frames to the engine, and a
 // monitor sends pings and enforces the timeout.
 //
 // A link never reconnects: when anything fails it closes itself once and
@@ -57,7 +57,10 @@ func newLink(res *resource, peer core.NodeID, peerName, transport string, conn t
 		closed:       make(chan struct{}),
 	}
 	for ch := range l.queues {
-		l.queues[ch] = newFrameQueue()
+		// Data payloads are read into pooled buffers; see resource.receive
+		// for when they return.
+		rd[ch].SetPayloadAlloc(res.receiveBuffer)
+		l.queues[ch] = newFrameQueue(res)
 		c := wire.CompressionNone
 		if wire.Channel(ch) == wire.ChannelData {
 			c = compression // acks are tiny: compressing them only costs latency
@@ -76,7 +79,9 @@ func (l *link) start() {
 }
 
 // send queues f for the peer. It never blocks; after close it drops f.
-func (l *link) send(f *wire.Frame) {
+// pl, if not nil, is a reference to f's pooled payload, which the link
+// releases once f is written or dropped.
+func (l *link) send(f *wire.Frame, pl *payload) {
 	switch f.Type {
 	case wire.TypeData, wire.TypeBarrier, wire.TypeResyncData, wire.TypePing:
 		l.mu.Lock()
@@ -85,7 +90,7 @@ func (l *link) send(f *wire.Frame) {
 		}
 		l.mu.Unlock()
 	}
-	l.queues[wire.ChannelOf(f.Type)].push(f)
+	l.queues[wire.ChannelOf(f.Type)].push(queued{f, pl})
 }
 
 func (l *link) writeLoop(ch wire.Channel) {
@@ -95,17 +100,31 @@ func (l *link) writeLoop(ch wire.Channel) {
 		if !ok {
 			return
 		}
-		for _, f := range batch {
-			if err := w.WriteFrame(f); err != nil {
-				l.fail(fmt.Errorf("sending %v frame on %s channel: %w", f.Type, channelName(ch), err))
-				return
-			}
+		err := l.writeBatch(w, ch, batch)
+		// Flushed or failed: the Writer keeps no payload (see
+		// wire.Writer.WriteFrameShared), so the references go.
+		for _, it := range batch {
+			l.res.payloads.release(it.pl)
 		}
-		if err := w.Flush(); err != nil {
-			l.fail(fmt.Errorf("sending on %s channel: %w", channelName(ch), err))
+		if err != nil {
+			l.fail(err)
 			return
 		}
 	}
+}
+
+func (l *link) writeBatch(w *wire.Writer, ch wire.Channel, batch []queued) error {
+	for _, it := range batch {
+		// Payloads are read-only for everyone (core.Message), so the
+		// Writer may send large ones from where they are.
+		if err := w.WriteFrameShared(it.f); err != nil {
+			return fmt.Errorf("sending %v frame on %s channel: %w", it.f.Type, channelName(ch), err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return fmt.Errorf("sending on %s channel: %w", channelName(ch), err)
+	}
+	return nil
 }
 
 func (l *link) readLoop(ch wire.Channel) {
@@ -122,7 +141,7 @@ func (l *link) readLoop(ch wire.Channel) {
 		l.mu.Unlock()
 		switch f.Type {
 		case wire.TypePing:
-			l.queues[wire.ChannelControl].push(&wire.Frame{Type: wire.TypePingAck, Seq: f.Seq})
+			l.queues[wire.ChannelControl].push(queued{f: &wire.Frame{Type: wire.TypePingAck, Seq: f.Seq}})
 			continue
 		case wire.TypePingAck:
 			continue
@@ -130,11 +149,7 @@ func (l *link) readLoop(ch wire.Channel) {
 			l.fail(fmt.Errorf("peer refused: %s", f.Payload))
 			return
 		}
-		select {
-		case l.res.frames <- inFrame{link: l, frame: f}:
-		case <-l.closed:
-			return
-		}
+		l.res.receive(l, f)
 	}
 }
 
@@ -158,7 +173,7 @@ func (l *link) monitor() {
 				return
 			}
 			if silent >= l.pingInterval && !waiting {
-				l.send(&wire.Frame{Type: wire.TypePing})
+				l.send(&wire.Frame{Type: wire.TypePing}, nil)
 			}
 		}
 	}
@@ -213,29 +228,40 @@ func channelName(ch wire.Channel) string {
 
 // frameQueue is an unbounded FIFO of frames with a blocking popAll.
 type frameQueue struct {
+	res    *resource
 	mu     sync.Mutex
 	cond   *sync.Cond
-	frames []*wire.Frame
+	frames []queued
 	done   bool
 }
 
-func newFrameQueue() *frameQueue {
-	q := &frameQueue{}
+// queued is a frame in a frameQueue, with the reference to its pooled
+// payload (nil if none) that the queue holds for it.
+type queued struct {
+	f  *wire.Frame
+	pl *payload
+}
+
+func newFrameQueue(res *resource) *frameQueue {
+	q := &frameQueue{res: res}
 	q.cond = sync.NewCond(&q.mu)
 	return q
 }
 
-func (q *frameQueue) push(f *wire.Frame) {
+func (q *frameQueue) push(it queued) {
 	q.mu.Lock()
-	if !q.done {
-		q.frames = append(q.frames, f)
-		q.cond.Signal()
+	if q.done {
+		q.mu.Unlock()
+		q.res.payloads.release(it.pl)
+		return
 	}
+	q.frames = append(q.frames, it)
+	q.cond.Signal()
 	q.mu.Unlock()
 }
 
 // popAll waits for frames and takes all of them; ok is false once closed.
-func (q *frameQueue) popAll() (frames []*wire.Frame, ok bool) {
+func (q *frameQueue) popAll() (frames []queued, ok bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for len(q.frames) == 0 && !q.done {
@@ -248,10 +274,15 @@ func (q *frameQueue) popAll() (frames []*wire.Frame, ok bool) {
 	return frames, true
 }
 
+// close drops the queued frames and makes later pushes drop theirs.
 func (q *frameQueue) close() {
 	q.mu.Lock()
 	q.done = true
+	dropped := q.frames
 	q.frames = nil
 	q.cond.Broadcast()
 	q.mu.Unlock()
+	for _, it := range dropped {
+		q.res.payloads.release(it.pl)
+	}
 }

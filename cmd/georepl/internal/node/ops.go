@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/kmod/nbd"
@@ -16,8 +18,9 @@ import (
 type device struct{ r *resource }
 
 var (
-	_ nbd.Device    = device{}
-	_ nbd.MultiConn = device{}
+	_ nbd.Device       = device{}
+	_ nbd.MultiConn    = device{}
+	_ nbd.WriteBuffers = device{}
 )
 
 func (d device) Size() uint64 { return d.r.st.dataSize }
@@ -32,7 +35,15 @@ func (d device) ReadAt(ctx context.Context, p []byte, off uint64) error {
 	return err
 }
 
+// WriteBuffer gives the NBD server a pooled buffer for a write's payload.
+func (d device) WriteBuffer(n int) []byte { return d.r.payloads.get(n) }
+
+// WriteAt replicates p. p comes from WriteBuffer (the server reads every
+// payload into one) and goes back to the pool once nothing reads it: see
+// payloads.
 func (d device) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) error {
+	pl := d.r.payloads.hold(p)
+	defer d.r.payloads.release(pl)
 	return d.do(ctx, core.Request{Kind: core.ReqWrite, Offset: off, Length: uint64(len(p)), Data: p, FUA: fua})
 }
 
@@ -238,4 +249,120 @@ func (r *resource) DumpMD(w io.Writer, asJSON bool) error {
 		r.persistBitmaps()
 		return dumpStore(w, r.st.store, asJSON)
 	})
+}
+
+// Buffers for write payloads: the NBD server reads each write's payload
+// into a buffer from payloads.get (device.WriteBuffer), and the buffer goes
+// back to the pool when nothing can read it any more. Without the pool,
+// every write allocates its payload afresh, which the kernel then faults
+// in page by page and the garbage collector frees again.
+//
+// The ownership chain of a payload p that WriteAt receives:
+//
+//  1. WriteAt holds p (one reference) until submit returns. submit returns
+//     when the engine completed the write, so the local write of p is done,
+//     and every data frame carrying p was queued on its link: the engine
+//     emits them in the same Ready as the local write, and the driver
+//     queues them before it starts that write.
+//  2. process takes one reference per data frame it queues on a link
+//     (payloads.ref, with emu held, while WriteAt's reference is held). The
+//     link drops it once its writer has flushed the frame to the
+//     connection (or dropped it, when the link closed).
+//  3. Nothing else keeps p: the engine forgets Request.Data once the write
+//     is started (core.Request.Data, core.Message), and resync reads the
+//     disk, never a payload.
+//
+// When the last reference is dropped, p returns to the pool.
+type payloads struct {
+	mu    sync.Mutex
+	inUse map[*byte]*payload
+	free  [payloadClasses]sync.Pool // []byte of capacity minPayloadClass<<i
+}
+
+// payload counts the references to one buffer in use.
+type payload struct {
+	buf  []byte // the whole buffer, its capacity a class size
+	refs int    // guarded by payloads.mu
+}
+
+const (
+	minPayloadClass = 4 << 10
+	payloadClasses  = 14 // up to 32 MiB, nbd.MaxPayload
+)
+
+// payloadClass is the index of the smallest class holding n bytes, or -1
+// if n is larger than any class.
+func payloadClass(n int) int {
+	for c := range payloadClasses {
+		if n <= minPayloadClass<<c {
+			return c
+		}
+	}
+	return -1
+}
+
+// get returns a buffer of n bytes; its content is undefined.
+func (ps *payloads) get(n int) []byte {
+	c := payloadClass(n)
+	if c < 0 {
+		return make([]byte, n)
+	}
+	if b, ok := ps.free[c].Get().([]byte); ok {
+		return b[:n]
+	}
+	return make([]byte, n, minPayloadClass<<c)
+}
+
+// hold records p as in use, with one reference, and returns its handle.
+// p must come from get and not be in use.
+func (ps *payloads) hold(p []byte) *payload {
+	pl := &payload{buf: p[:cap(p)], refs: 1}
+	ps.mu.Lock()
+	if ps.inUse == nil {
+		ps.inUse = map[*byte]*payload{}
+	}
+	ps.inUse[unsafe.SliceData(pl.buf)] = pl
+	ps.mu.Unlock()
+	return pl
+}
+
+// ref takes one more reference to the buffer that p starts, if it is in
+// use, and returns its handle; nil otherwise (p is not pooled).
+func (ps *payloads) ref(p []byte) *payload {
+	if cap(p) == 0 {
+		return nil
+	}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	pl := ps.inUse[unsafe.SliceData(p)]
+	if pl != nil {
+		pl.refs++
+	}
+	return pl
+}
+
+// release drops one reference; the last one returns the buffer to the
+// pool. A nil handle is ignored.
+func (ps *payloads) release(pl *payload) {
+	if pl == nil {
+		return
+	}
+	ps.mu.Lock()
+	pl.refs--
+	last := pl.refs == 0
+	if last {
+		delete(ps.inUse, unsafe.SliceData(pl.buf))
+	}
+	ps.mu.Unlock()
+	if last {
+		ps.put(pl.buf)
+	}
+}
+
+// put returns p, which nothing may use any more, to the pool, if it has a
+// class's capacity.
+func (ps *payloads) put(p []byte) {
+	if c := payloadClass(cap(p)); c >= 0 && minPayloadClass<<c == cap(p) {
+		ps.free[c].Put(p[:cap(p)]) //nolint:staticcheck // a slice header per write costs nothing next to its payload
+	}
 }

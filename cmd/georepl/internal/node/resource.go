@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/core"
@@ -17,9 +18,14 @@ import (
 	"github.com/georepl/georepl/protocols"
 )
 
-// resource runs one replicated resource on this node. While up, a single
-// goroutine (loop) owns the engine: every event reaches it through a
-// channel, and after each event loop performs what the engine's Ready asks.
+// resource runs one replicated resource on this node. While up, the engine
+// is guarded by emu: whichever goroutine has an event for it (an NBD
+// request, a received frame, a finished local operation, or the loop
+// goroutine with administrative calls, links, ticks) locks emu, hands the
+// event to the engine and performs what Ready asks before unlocking. Doing
+// the work on the goroutine that has the event, rather than passing it to
+// a loop goroutine through a channel, saves a goroutine switch per event,
+// which dominates the latency of a replicated write.
 type resource struct {
 	d    *Daemon
 	cfg  *configs.Resource
@@ -32,25 +38,35 @@ type resource struct {
 	up    bool
 	peers map[core.NodeID]*peer
 
-	st     *storage
+	st *storage
+
+	linkUp   chan *link
+	linkDown chan linkDown
+	calls    chan func()
+	stop     chan struct{}
+	loopDone chan struct{}
+
+	// emu guards the engine and the fields below; it is taken before mu
+	// when both are needed.
+	emu    sync.Mutex
 	engine *core.Engine
-
-	requests  chan *appRequest
-	localDone chan opDone
-	frames    chan inFrame
-	linkUp    chan *link
-	linkDown  chan linkDown
-	calls     chan func()
-	stop      chan struct{}
-	loopDone  chan struct{}
-
-	// loop-owned
+	// stopped is set when the loop shuts down: later events are refused
+	// or dropped.
+	stopped  bool
 	nextReq  core.RequestID
 	pending  map[core.RequestID]chan error
 	progress map[core.NodeID]*rateMeter
+	// ops collects the local operations of the Ready being performed, for
+	// the goroutine that performs it to start (see takeOps).
+	ops []core.LocalOp
+	// received are the pooled payloads of data frames handed to the
+	// engine and not yet written locally, with the link they came from.
+	received map[*byte]*link
 
 	export    *nbd.Server
 	exportLis net.Listener
+
+	payloads payloads // write payload buffers
 
 	// counters, in bytes, updated by the op workers
 	diskRead, diskWritten atomic.Uint64
@@ -66,22 +82,6 @@ type peer struct {
 	conn     *link // current link, nil when not connected
 	lastErr  string
 	dialDone chan struct{}
-}
-
-type appRequest struct {
-	req  core.Request
-	done chan error
-}
-
-type opDone struct {
-	id   core.OpID
-	data []byte
-	err  error
-}
-
-type inFrame struct {
-	link  *link
-	frame *wire.Frame
 }
 
 type linkDown struct {
@@ -128,17 +128,16 @@ func (r *resource) Up() error {
 		st.Close()
 		return err
 	}
-	r.st, r.engine = st, eng
-	r.requests = make(chan *appRequest)
-	r.localDone = make(chan opDone, 256)
-	r.frames = make(chan inFrame, 256)
+	r.emu.Lock()
+	r.st, r.engine, r.stopped = st, eng, false
+	r.pending = map[core.RequestID]chan error{}
+	r.progress = map[core.NodeID]*rateMeter{}
+	r.emu.Unlock()
 	r.linkUp = make(chan *link)
 	r.linkDown = make(chan linkDown)
 	r.calls = make(chan func())
 	r.stop = make(chan struct{})
 	r.loopDone = make(chan struct{})
-	r.pending = map[core.RequestID]chan error{}
-	r.progress = map[core.NodeID]*rateMeter{}
 
 	for _, p := range r.peers {
 		if err := r.d.ensureListener(p.link.Net.Transport, r.self.Address); err != nil {
@@ -253,45 +252,44 @@ func (r *resource) call(fn func() error) error {
 	return <-errc
 }
 
+// loop serves administrative calls, link changes and ticks; each runs with
+// emu held, followed by what the engine asks for.
 func (r *resource) loop() {
 	defer close(r.loopDone)
 	persistTick := time.NewTicker(time.Second)
 	defer persistTick.Stop()
 	statusTick := time.NewTicker(250 * time.Millisecond)
 	defer statusTick.Stop()
-	e := r.engine
 	for {
+		var event func()
 		select {
-		case q := <-r.requests:
-			r.nextReq++
-			q.req.ID = r.nextReq
-			r.pending[q.req.ID] = q.done
-			e.Submit(q.req)
-		case d := <-r.localDone:
-			e.LocalDone(d.id, d.data, d.err)
-		case in := <-r.frames:
-			if p := r.peers[in.link.peer]; p.conn == in.link {
-				e.Receive(in.link.peer, in.frame)
-			}
 		case l := <-r.linkUp:
-			r.attachLink(l)
+			event = func() { r.attachLink(l) }
 		case ld := <-r.linkDown:
-			r.detachLink(ld.link, ld.err)
+			event = func() { r.detachLink(ld.link, ld.err) }
 		case fn := <-r.calls:
-			fn()
+			event = fn
 		case <-persistTick.C:
-			r.persistBitmaps()
+			event = r.persistBitmaps
 		case <-statusTick.C:
-			r.publishStatus()
+			event = r.publishStatus
 		case <-r.stop:
+			r.emu.Lock()
 			r.shutdownLoop()
+			r.emu.Unlock()
 			return
 		}
+		r.emu.Lock()
+		event()
 		r.process()
+		eng, ops := r.engine, r.takeOps()
+		r.emu.Unlock()
+		r.startOps(eng, ops)
 	}
 }
 
 func (r *resource) shutdownLoop() {
+	r.stopped = true
 	for _, p := range r.peers {
 		if p.conn != nil {
 			p.conn.close(errors.New("resource going down"))
@@ -300,6 +298,7 @@ func (r *resource) shutdownLoop() {
 		}
 	}
 	r.process()
+	r.ops = nil // the resource is going down: nothing would wait for them
 	r.persistBitmaps()
 	for id, ch := range r.pending {
 		ch <- fmt.Errorf("resource %s went down", r.cfg.Name)
@@ -335,6 +334,13 @@ func (r *resource) detachLink(l *link, err error) {
 }
 
 func (r *resource) setConn(p *peer, l *link) {
+	if old := p.conn; old != nil && old != l {
+		for key, from := range r.received {
+			if from == old {
+				delete(r.received, key)
+			}
+		}
+	}
 	r.mu.Lock()
 	p.conn = l
 	r.mu.Unlock()
@@ -346,7 +352,12 @@ func (r *resource) isUp() bool {
 	return r.up
 }
 
-// process performs everything the engine asks for until it is quiet.
+// process performs everything the engine asks for until it is quiet,
+// except starting local operations: it collects them in r.ops, and the
+// caller takes them (takeOps) and starts them once it has unlocked emu.
+// The engine allows that: they may run in any order and concurrently, and
+// no completion of a Ready depends on a local operation of it. Called with
+// emu held.
 func (r *resource) process() {
 	e := r.engine
 	for e.HasReady() {
@@ -359,13 +370,15 @@ func (r *resource) process() {
 				r.log.Error("writing metadata failed; the resource cannot continue safely", "err", err)
 			}
 		}
-		for _, op := range rd.LocalOps {
-			go r.runOp(op)
-		}
+		r.ops = append(r.ops, rd.LocalOps...)
 		for i := range rd.Messages {
 			m := &rd.Messages[i]
 			if p := r.peers[m.To]; p != nil && p.conn != nil {
-				p.conn.send(&m.Frame)
+				var pl *payload
+				if m.Frame.Type == wire.TypeData {
+					pl = r.payloads.ref(m.Frame.Payload)
+				}
+				p.conn.send(&m.Frame, pl)
 			}
 		}
 		for _, c := range rd.Completed {
@@ -409,11 +422,52 @@ func (r *resource) emit(ev core.Event) {
 	r.d.events.publish(out)
 }
 
-func (r *resource) runOp(op core.LocalOp) {
-	var (
-		data []byte
-		err  error
-	)
+// takeOps returns the local operations process collected. Called with emu
+// held; the caller starts them after unlocking it, with startOps or
+// runOps.
+func (r *resource) takeOps() []core.LocalOp {
+	ops := r.ops
+	r.ops = nil
+	return ops
+}
+
+// startOps runs each operation on a goroutine of its own.
+func (r *resource) startOps(eng *core.Engine, ops []core.LocalOp) {
+	for _, op := range ops {
+		go r.runOps(eng, []core.LocalOp{op})
+	}
+}
+
+// runOps runs ops on goroutines of their own except the last, which it
+// runs itself; then it reports it to eng and runs, the same way, the
+// operations that this made ready. A goroutine that would only wait
+// (an NBD request for its completion, an operation's goroutine) so carries
+// the next step itself: the secondary's next epoch starts on the goroutine
+// that finished the previous one, and a write with no peer to wait for
+// completes without any goroutine switch.
+func (r *resource) runOps(eng *core.Engine, ops []core.LocalOp) {
+	for len(ops) > 0 {
+		for _, op := range ops[:len(ops)-1] {
+			go r.runOps(eng, []core.LocalOp{op})
+		}
+		op := ops[len(ops)-1]
+		data, err := r.do(op)
+		r.emu.Lock()
+		if r.stopped || r.engine != eng {
+			// The resource went down: nothing waits for the result.
+			r.emu.Unlock()
+			return
+		}
+		r.recycleReceived(op)
+		eng.LocalDone(op.ID, data, err)
+		r.process()
+		ops = r.takeOps()
+		r.emu.Unlock()
+	}
+}
+
+// do performs one local operation on the backing disk.
+func (r *resource) do(op core.LocalOp) (data []byte, err error) {
 	dev := r.st.data
 	off, n := int64(op.Offset), int64(op.Length)
 	switch op.Kind {
@@ -438,23 +492,95 @@ func (r *resource) runOp(op core.LocalOp) {
 	if err == nil && op.FUA {
 		err = dev.Sync()
 	}
-	r.localDone <- opDone{id: op.ID, data: data, err: err}
+	return data, err
 }
 
 // submit hands an application request to the engine and waits for its
-// completion.
+// completion. The calling goroutine runs the local operations the request
+// starts itself (see runOps) rather than wait idle.
 func (r *resource) submit(ctx context.Context, req core.Request) error {
-	q := &appRequest{req: req, done: make(chan error, 1)}
-	select {
-	case r.requests <- q:
-	case <-r.loopDone:
-		return fmt.Errorf("resource %s is down", r.cfg.Name)
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return err
 	}
+	done := make(chan error, 1)
+	r.emu.Lock()
+	if r.stopped || r.engine == nil {
+		r.emu.Unlock()
+		return fmt.Errorf("resource %s is down", r.cfg.Name)
+	}
+	eng := r.engine
+	r.nextReq++
+	req.ID = r.nextReq
+	r.pending[req.ID] = done
+	eng.Submit(req)
+	r.process()
+	ops := r.takeOps()
+	r.emu.Unlock()
+	r.runOps(eng, ops)
 	// Once submitted, a request is waited for to the end: returning early
 	// would let the client reuse a buffer the engine still owns.
-	return <-q.done
+	return <-done
+}
+
+// receiveBuffer is the links' wire.Reader payload allocator: data and
+// resync-data payloads come from the pool.
+//
+// The ownership chain of such a payload p: the link's reader returns it in
+// a frame, receive records it in r.received and hands it to the engine,
+// which puts it into exactly one local write (core.LocalOp.Data) and
+// nothing else: a secondary applies a received write, and never sends or
+// keeps its payload. runOps returns p to the pool once that write is done
+// (recycleReceived). If the engine never issues the write (the connection
+// is lost first, or the frame is refused), setConn forgets the link's
+// entries and p is left to the garbage collector; so is p when its write
+// finishes after its link was replaced.
+func (r *resource) receiveBuffer(t wire.Type, n int) []byte {
+	if t != wire.TypeData && t != wire.TypeResyncData {
+		return nil
+	}
+	return r.payloads.get(n)
+}
+
+func isPooled(f *wire.Frame) bool {
+	return (f.Type == wire.TypeData || f.Type == wire.TypeResyncData) && len(f.Payload) > 0
+}
+
+// recycleReceived returns the payload of a finished local write to the
+// pool if it is a received one. Called with emu held.
+func (r *resource) recycleReceived(op core.LocalOp) {
+	if op.Kind != core.OpWrite || len(op.Data) == 0 || r.received == nil {
+		return
+	}
+	key := unsafe.SliceData(op.Data)
+	if _, ok := r.received[key]; ok {
+		delete(r.received, key)
+		r.payloads.put(op.Data)
+	}
+}
+
+// receive hands a frame from link l to the engine, if l is still the
+// peer's connection. Called by l's reader goroutines; the local operations
+// the frame starts run on goroutines of their own, so that the reader
+// goes on reading.
+func (r *resource) receive(l *link, f *wire.Frame) {
+	r.emu.Lock()
+	if r.stopped {
+		r.emu.Unlock()
+		return
+	}
+	if p := r.peers[l.peer]; p.conn == l {
+		if isPooled(f) {
+			if r.received == nil {
+				r.received = map[*byte]*link{}
+			}
+			r.received[unsafe.SliceData(f.Payload)] = l
+		}
+		r.engine.Receive(l.peer, f)
+		r.process()
+	}
+	eng, ops := r.engine, r.takeOps()
+	r.emu.Unlock()
+	r.startOps(eng, ops)
 }
 
 // persistBitmaps writes the bitmaps' dirty pages; once all are on disk,
