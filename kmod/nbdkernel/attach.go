@@ -69,6 +69,13 @@ func (c *Conn) Attach(ctx context.Context, spec, export string, opt AttachOption
 			return Device{}, err
 		}
 		reconfigure = len(devs) == 1 && devs[0].Connected
+		if reconfigure && opt.Backend != "" {
+			// The kernel silently ignores new sockets for a device
+			// whose sockets are all alive: never take another server's.
+			if b := readBackend("/", opt.Index); b != "" && b != opt.Backend {
+				return Device{}, fmt.Errorf("nbdkernel: /dev/nbd%d: %w: it is attached to %q", opt.Index, ErrBusy, b)
+			}
+		}
 	}
 
 	files := make([]*os.File, 0, n)
@@ -151,6 +158,12 @@ func ParseDevice(dev string) (int, error) {
 		return 0, fmt.Errorf("nbdkernel: %q is not /dev/nbdN", dev)
 	}
 	return n, nil
+}
+
+// readBackend returns device index's sysfs backend attribute, "" if none.
+func readBackend(root string, index int) string {
+	b, _ := os.ReadFile(filepath.Join(root, "sys/block", fmt.Sprintf("nbd%d", index), "backend"))
+	return strings.TrimSpace(string(b))
 }
 
 // findBackend returns the nbd device whose sysfs backend attribute is

@@ -232,6 +232,12 @@ func TestBackend(t *testing.T) {
 	if i, ok := findBackend(root, "georepl:r0"); !ok || i != 3 {
 		t.Errorf("findBackend = %d, %v; want 3", i, ok)
 	}
+	if b := readBackend(root, 4); b != "georepl:r1" {
+		t.Errorf("readBackend(4) = %q", b)
+	}
+	if b := readBackend(root, 7); b != "" {
+		t.Errorf("readBackend(7) = %q; want none", b)
+	}
 	if _, ok := findBackend(root, "georepl:r9"); ok {
 		t.Error("found a backend nobody has")
 	}

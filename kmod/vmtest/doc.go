@@ -1,9 +1,24 @@
 // Package vmtest is the VM rig: it boots Debian's bookworm-backports kernel
 // under QEMU (TCG) twice, linked by a UDP network backend, each VM with its
-// own virtio disk, and proves the kernel data path end to end: ext4 on
-// /dev/nbd0 through georepl, power loss of the primary (its QEMU killed),
-// failover, rejoin with a full sync, and write latency under protocols A
-// and C over an emulated WAN (netem).
+// own virtio disk, and proves the kernel data path end to end. Scenarios:
+//
+//   - ext4 failover (nbd): the daemon attaches /dev/nbd0 at `georepl
+//     primary`; mkfs, mount; `georepl secondary` is refused while mounted;
+//     files written with fsync, their checksums printed; the primary's QEMU
+//     killed mid-write (power loss, guest page cache included); the
+//     secondary promoted, ext4's journal replayed, `e2fsck -f -n` clean,
+//     every fsync'd file intact; the old primary rejoins with `georepl
+//     create-md --force` (no activity log yet: full sync) and both disks'
+//     data areas end byte-identical.
+//   - protocol A vs C over WAN: 4 KiB synchronous write latency on the
+//     local disk, then under C and A, on the bare link and with netem's
+//     40 ms delay: C pays the round trip, A does not.
+//   - daemon restart (reattach): the primary's daemon is SIGKILLed with a
+//     write in flight on /dev/nbd0; started again, it hands the kernel new
+//     sockets (NBD_CMD_RECONFIGURE) and the write completes.
+//
+// ublk_test.go adds the ublk scenarios (kmod/ublk's kernel tests, ext4
+// power loss on /dev/ublkb0).
 //
 // Its tests carry the build tag vmtest, so plain `go test ./...` skips
 // them. Run it with `make vmtest` (as root: it installs Debian packages and
