@@ -136,12 +136,6 @@ func (a *activityLog) acquire(ctx context.Context, off, length uint64) (release 
 		return func() {}, nil
 	}
 	first, last := extentRange(off, length)
-	stop := context.AfterFunc(ctx, func() {
-		a.mu.Lock()
-		a.changed.Broadcast()
-		a.mu.Unlock()
-	})
-	defer stop()
 	if err := a.activate(ctx, first, last, true, a.capacity); err != nil {
 		return nil, err
 	}
@@ -171,6 +165,14 @@ func (a *activityLog) activate(ctx context.Context, first, last uint64, pin bool
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	// stop unregisters the wake-up on ctx's end, registered only when the
+	// activation waits for a slot (not on the hot path).
+	var stop func() bool
+	defer func() {
+		if stop != nil {
+			stop()
+		}
+	}()
 	need := 0
 	for {
 		if a.closed {
@@ -192,6 +194,13 @@ func (a *activityLog) activate(ctx context.Context, first, last uint64, pin bool
 		// A request larger than the whole log goes in alone.
 		if need == 0 || len(a.active)+need <= limit || len(a.active) == 0 {
 			break
+		}
+		if stop == nil && ctx.Done() != nil {
+			stop = context.AfterFunc(ctx, func() {
+				a.mu.Lock()
+				a.changed.Broadcast()
+				a.mu.Unlock()
+			})
 		}
 		a.waitingSlots++
 		a.wakeWriter()

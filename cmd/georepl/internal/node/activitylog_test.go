@@ -296,3 +296,24 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestActivityLogAcquireCanceled: a request waiting for a slot gives up
+// when its context ends, and holds nothing.
+func TestActivityLogAcquireCanceled(t *testing.T) {
+	_, st := newTestMeta(t)
+	al := newActivityLog(st, &countingSyncer{}, 2)
+	defer al.close(true)
+	for _, x := range []uint64{0, 1} {
+		if _, err := al.acquire(context.Background(), x*xs, 4096); err != nil { // pinned for good
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := al.acquire(ctx, 3*xs, 4096); err != context.DeadlineExceeded {
+		t.Fatalf("acquire with the log full of pinned extents: %v, want DeadlineExceeded", err)
+	}
+	if n, _ := al.stats(); n != 2 {
+		t.Errorf("%d extents active, want 2", n)
+	}
+}
