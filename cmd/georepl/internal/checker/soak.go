@@ -225,6 +225,7 @@ func (s *soak) cli(ctx context.Context, n string, args ...string) error {
 type peerStatus struct {
 	Name string `json:"name"`
 	Conn string `json:"connection"`
+	Role string `json:"role"`
 }
 
 type nodeStatus struct {
@@ -347,6 +348,12 @@ func (s *soak) killPoint(ctx context.Context, run int) (note string, err error) 
 	if err := s.cli(ctx, "bravo", "secondary", "r0"); err != nil {
 		return "", err
 	}
+	// alpha learns bravo's demotion from a state-change frame; promoting
+	// before it arrived is refused (a peer is primary), as an operator
+	// would see too.
+	if err := s.waitPeerRole(ctx, "alpha", "bravo", "Secondary"); err != nil {
+		return "", err
+	}
 	if err := s.cli(ctx, "alpha", "primary", "r0"); err != nil {
 		return "", err
 	}
@@ -389,6 +396,23 @@ func (s *soak) waitPeerGone(ctx context.Context, n, peer string) error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return fmt.Errorf("%s still sees %s connected 30s after the kill", n, peer)
+}
+
+func (s *soak) waitPeerRole(ctx context.Context, n, peer, role string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		st, err := s.status(ctx, n)
+		if err != nil {
+			return err
+		}
+		for _, p := range st.Peers {
+			if p.Name == peer && p.Conn == "Connected" && p.Role == role {
+				return nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("%s does not see %s connected as %s after 30s", n, peer, role)
 }
 
 func (s *soak) imagesIdentical() (bool, error) {
