@@ -422,6 +422,17 @@ func (c *cluster) waitFor(n, what string, timeout time.Duration, cond func(*node
 	}
 }
 
+// waitPeerRole waits until node n sees peer connected in role: a node
+// learns a peer's demotion from a state-change frame, and promoting before
+// it arrived is refused.
+func (c *cluster) waitPeerRole(n, peer, role string) {
+	c.t.Helper()
+	c.waitFor(n, peer+" seen as "+role, 30*time.Second, func(st *node.ResourceStatus) bool {
+		p := c.peer(st, peer)
+		return p.Conn == "Connected" && p.Role == role
+	})
+}
+
 // shortTimeouts makes peers give up on each other after a second.
 func shortTimeouts(src string) string {
 	return strings.Replace(src, `shared_secret = "demo-secret"`,
@@ -526,6 +537,7 @@ func TestClusterSwitchover(t *testing.T) {
 	write("alpha", 1)
 	c.cli("alpha", "wait-sync", "--timeout", "1m", "r0")
 	c.cli("alpha", "secondary", "r0")
+	c.waitPeerRole("bravo", "alpha", "Secondary")
 	c.cli("bravo", "primary", "r0")
 	write("bravo", 100)
 	c.cli("bravo", "wait-sync", "--timeout", "1m", "r0")
@@ -536,6 +548,7 @@ func TestClusterSwitchover(t *testing.T) {
 		}
 	}
 	c.cli("bravo", "secondary", "r0")
+	c.waitPeerRole("alpha", "bravo", "Secondary")
 	c.cli("alpha", "primary", "r0")
 	c.settleAndCompare()
 }
