@@ -92,11 +92,16 @@ func (m *memDevice) WriteZeroes(_ context.Context, off, length uint64, _ bool) e
 	return nil
 }
 
-func (m *memDevice) snapshot() []byte {
+// snapshot copies [off, off+n) of the device.
+func (m *memDevice) snapshot(off, n int) []byte {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return bytes.Clone(m.data)
+	return bytes.Clone(m.data[off : off+n])
 }
+
+// small keeps a device's buffers small (2 MiB a queue) where a test does
+// not need the defaults: the race detector and TCG make memory slow.
+var small = Options{Depth: 16, MaxIO: 128 << 10}
 
 // startKernel starts a ublk device over dev or skips the test where the
 // kernel cannot.
@@ -137,7 +142,7 @@ func alignedBuf(t *testing.T, n int) []byte {
 }
 
 func TestKernelReadWrite(t *testing.T) {
-	mem := newMemDevice(64 << 20)
+	mem := newMemDevice(16 << 20)
 	d := startKernel(t, mem, Options{Queues: 2, Depth: 16, MaxIO: 128 << 10})
 	t.Logf("serving %s", d.Path())
 
@@ -153,15 +158,12 @@ func TestKernelReadWrite(t *testing.T) {
 
 	// 1 MiB at an odd 4 KiB offset: more than MaxIO, so the kernel splits it.
 	buf := alignedBuf(t, 1<<20)
-	rng := rand.New(rand.NewPCG(1, 2))
-	for i := range buf {
-		buf[i] = byte(rng.Uint32())
-	}
+	rand.NewChaCha8([32]byte{1}).Read(buf)
 	const off = 3 * 4096
 	if _, err := f.WriteAt(buf, off); err != nil {
 		t.Fatal(err)
 	}
-	if got := mem.snapshot()[off : off+len(buf)]; !bytes.Equal(got, buf) {
+	if got := mem.snapshot(off, len(buf)); !bytes.Equal(got, buf) {
 		t.Fatal("device does not hold what was written through the block device")
 	}
 	// Every WriteAt got its own copy, not the tag buffer.
@@ -209,7 +211,7 @@ func TestKernelReadWrite(t *testing.T) {
 	if trims == 0 || zeroes == 0 {
 		t.Errorf("trims %d, write-zeroes %d; want both > 0", trims, zeroes)
 	}
-	if got := mem.snapshot()[off : off+128<<10]; !bytes.Equal(got, make([]byte, 128<<10)) {
+	if got := mem.snapshot(off, 128<<10); !bytes.Equal(got, make([]byte, 128<<10)) {
 		t.Error("discarded and zeroed range is not zero")
 	}
 
@@ -254,7 +256,7 @@ func ioctlPtr(f *os.File, req uint, arg unsafe.Pointer) error {
 // and fsync a file, unmount, e2fsck -f -n, and the file's contents again
 // after a second mount.
 func TestKernelExt4(t *testing.T) {
-	mem := newMemDevice(128 << 20)
+	mem := newMemDevice(64 << 20)
 	d := startKernel(t, mem, Options{})
 	for _, tool := range []string{"mke2fs", "e2fsck"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -370,25 +372,27 @@ func TestKernelConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			data := rand.NewChaCha8([32]byte{byte(w)})
 			base := int64(w * region)
 			for range rounds {
 				// A random aligned extent of 4 KiB to 256 KiB.
 				n := (1 + rng.IntN(64)) * 4096
 				off := rng.IntN(region/4096-n/4096+1) * 4096
-				for i := range n {
-					wbuf[i] = byte(rng.Uint32())
-				}
+				data.Read(wbuf[:n])
 				if _, err := f.WriteAt(wbuf[:n], base+int64(off)); err != nil {
 					errs <- err
 					return
 				}
 				copy(want[w][off:], wbuf[:n])
-				if _, err := f.ReadAt(rbuf, base); err != nil {
+				// Read back the extent and the block after it (the
+				// block before or after a request must not change).
+				end := min(off+n+4096, region)
+				if _, err := f.ReadAt(rbuf[:end-off], base+int64(off)); err != nil {
 					errs <- err
 					return
 				}
-				if !bytes.Equal(rbuf, want[w]) {
-					errs <- errors.New("region read back differs from what was written")
+				if !bytes.Equal(rbuf[:end-off], want[w][off:end]) {
+					errs <- errors.New("extent read back differs from what was written")
 					return
 				}
 			}
@@ -399,7 +403,7 @@ func TestKernelConcurrent(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if !bytes.Equal(mem.snapshot(), bytes.Join(want, nil)) {
+	if !bytes.Equal(mem.snapshot(0, len(mem.data)), bytes.Join(want, nil)) {
 		t.Error("device contents differ from what the writers last wrote")
 	}
 }
@@ -408,7 +412,7 @@ func TestKernelConcurrent(t *testing.T) {
 // FUA arrives as a FUA write.
 func TestKernelFUA(t *testing.T) {
 	mem := newMemDevice(8 << 20)
-	d := startKernel(t, mem, Options{})
+	d := startKernel(t, mem, small)
 	f, err := os.OpenFile(d.Path(), os.O_RDWR|unix.O_DIRECT|unix.O_DSYNC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -434,11 +438,13 @@ func (readOnlyMem) ReadOnly() bool { return true }
 func TestKernelReadOnlyAndPath(t *testing.T) {
 	mem := newMemDevice(8 << 20)
 	copy(mem.data, "hello")
-	d := startKernel(t, readOnlyMem{mem}, Options{Path: "/dev/ublkb7"})
+	opts := small
+	opts.Path = "/dev/ublkb7"
+	d := startKernel(t, readOnlyMem{mem}, opts)
 	if d.Path() != "/dev/ublkb7" {
 		t.Fatalf("Path %s, want /dev/ublkb7", d.Path())
 	}
-	other := startKernel(t, newMemDevice(8<<20), Options{})
+	other := startKernel(t, newMemDevice(8<<20), small)
 	if other.Path() == d.Path() {
 		t.Fatalf("two devices share %s", d.Path())
 	}
@@ -467,7 +473,9 @@ func TestKernelCloseWhileOpen(t *testing.T) {
 	if os.Geteuid() != 0 || !Available() {
 		t.Skip("needs root and ublk_drv")
 	}
-	d, err := Start(context.Background(), mem, Options{StopTimeout: time.Second})
+	opts := small
+	opts.StopTimeout = time.Second
+	d, err := Start(context.Background(), mem, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -483,7 +491,7 @@ func TestKernelCloseWhileOpen(t *testing.T) {
 		t.Error("Close reported success with the device still open")
 	}
 	f.Close()
-	again := startKernel(t, mem, Options{})
+	again := startKernel(t, mem, small)
 	t.Logf("next device: %s", again.Path())
 }
 
@@ -494,7 +502,9 @@ func TestHelperServe(t *testing.T) {
 	if path == "" {
 		t.Skip("only as TestKernelStaleDevice's child")
 	}
-	if _, err := Start(context.Background(), newMemDevice(8<<20), Options{Path: path}); err != nil {
+	opts := small
+	opts.Path = path
+	if _, err := Start(context.Background(), newMemDevice(8<<20), opts); err != nil {
 		os.Stdout.WriteString("HELPER-ERR " + err.Error() + "\n")
 		os.Exit(1)
 	}
@@ -526,7 +536,9 @@ func TestKernelStaleDevice(t *testing.T) {
 		t.Fatalf("helper: %q", line[:n])
 	}
 
-	_, err = Start(context.Background(), newMemDevice(8<<20), Options{Path: path})
+	opts := small
+	opts.Path = path
+	_, err = Start(context.Background(), newMemDevice(8<<20), opts)
 	if err == nil {
 		t.Fatal("Start took a device number a live process serves")
 	}
@@ -534,7 +546,7 @@ func TestKernelStaleDevice(t *testing.T) {
 
 	child.Process.Kill()
 	child.Wait()
-	d := startKernel(t, newMemDevice(8<<20), Options{Path: path})
+	d := startKernel(t, newMemDevice(8<<20), opts)
 	if d.Path() != path {
 		t.Fatalf("got %s, want %s", d.Path(), path)
 	}

@@ -34,11 +34,15 @@ func ublkKernelTests(t *testing.T, r *rig, detail *string) {
 		t.Fatal(err)
 	}
 	extra := t.TempDir()
-	test := exec.Command("go", "test", "-c", "-trimpath", "-o", filepath.Join(extra, "bin/ublk.test"), "./kmod/ublk")
-	test.Dir = root
-	test.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
-	if out, err := test.CombinedOutput(); err != nil {
-		t.Fatalf("go test -c ./kmod/ublk: %v\n%s", err, out)
+	// With the race detector where the host can build it (cgo): the
+	// binary then needs only the libc the initramfs has for e2fsprogs.
+	race := "race detector on"
+	if err := buildTest(root, filepath.Join(extra, "bin/ublk.test"), "-race"); err != nil {
+		t.Logf("no race build (%v); building without", err)
+		race = "race detector off"
+		if err := buildTest(root, filepath.Join(extra, "bin/ublk.test"), "CGO_ENABLED=0"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	ur := r.withExtraFiles(t, extra)
 	lk, err := newLink()
@@ -49,6 +53,11 @@ func ublkKernelTests(t *testing.T, r *rig, detail *string) {
 	v.waitBooted()
 	// /usr/sbin first: e2fsprogs' mke2fs, not busybox's.
 	out, rc := v.sh("PATH=/usr/sbin:$PATH ublk.test -test.v -test.run Kernel -test.timeout 10m 2>&1", 12*time.Minute)
+	for _, l := range out {
+		if strings.Contains(l, "WARNING: DATA RACE") {
+			t.Error("data race in kmod/ublk")
+		}
+	}
 	var passed, failed, skipped []string
 	for _, l := range out {
 		f := strings.Fields(l)
@@ -64,7 +73,7 @@ func ublkKernelTests(t *testing.T, r *rig, detail *string) {
 			skipped = append(skipped, f[2])
 		}
 	}
-	*detail = fmt.Sprintf("%d kernel tests passed, %d failed, %d skipped", len(passed), len(failed), len(skipped))
+	*detail = fmt.Sprintf("%d kernel tests passed, %d failed, %d skipped; %s", len(passed), len(failed), len(skipped), race)
 	if rc != 0 || len(failed) > 0 || len(passed) == 0 {
 		t.Errorf("ublk.test exited %d:\n%s", rc, strings.Join(out, "\n"))
 	}
@@ -73,6 +82,26 @@ func ublkKernelTests(t *testing.T, r *rig, detail *string) {
 		t.Errorf("skipped in the guest: %v\n%s", skipped, strings.Join(out, "\n"))
 	}
 	v.poweroff()
+}
+
+// buildTest compiles kmod/ublk's tests into out; mode is "-race" or an
+// environment setting.
+func buildTest(root, out, mode string) error {
+	args := []string{"test", "-c", "-trimpath", "-o", out}
+	env := append(os.Environ(), "GOOS=linux", "GOARCH=amd64")
+	if mode == "-race" {
+		args = append(args, "-race")
+		env = append(env, "CGO_ENABLED=1")
+	} else {
+		env = append(env, mode)
+	}
+	cmd := exec.Command("go", append(args, "./kmod/ublk")...)
+	cmd.Dir = root
+	cmd.Env = env
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go test -c %s ./kmod/ublk: %w\n%s", mode, err, b)
+	}
+	return nil
 }
 
 // ublkPowerLoss is the power-loss half of the ext4 failover scenario with
