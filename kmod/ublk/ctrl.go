@@ -90,8 +90,9 @@ const pollInterval = 50 * time.Millisecond
 
 // do runs one control command and waits for its result. If ctx ends
 // first, the command is cancelled (IORING_OP_ASYNC_CANCEL interrupts the
-// driver's interruptible waits, e.g. START_DEV waiting for the queues) and
-// ctx's error is returned once the kernel has let go of it.
+// driver's interruptible waits, e.g. START_DEV waiting for the queues or
+// DEL_DEV waiting for the last opener) and ctx's error is returned once
+// the kernel has let go of it.
 func (c *control) do(ctx context.Context, name string, op uint32, hdr ctrlCmd) (int32, error) {
 	if c.legacy {
 		op = legacy(op)
@@ -120,7 +121,9 @@ func (c *control) do(ctx context.Context, name string, op uint32, hdr ctrlCmd) (
 			}
 		})
 		if found {
-			if cancelled {
+			// A command that completed despite the cancel reports its
+			// own result, so that the caller undoes what it did.
+			if cancelled && (res == -int32(unix.ECANCELED) || res == -int32(unix.EINTR)) {
 				return res, ctx.Err()
 			}
 			if res < 0 {

@@ -595,3 +595,22 @@ func BenchmarkKernelRead4K(b *testing.B) {
 		}
 	})
 }
+
+// TestKernelStartCancelled: a Start whose context ends fails and leaves
+// no device behind.
+func TestKernelStartCancelled(t *testing.T) {
+	if os.Geteuid() != 0 || !Available() {
+		t.Skip("needs root and ublk_drv")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	d, err := Start(ctx, newMemDevice(8<<20), small)
+	if err == nil {
+		d.Close()
+		t.Fatal("Start succeeded with a cancelled context")
+	}
+	t.Logf("Start: %v", err)
+	if left, _ := filepath.Glob("/dev/ublk[bc]*"); len(left) > 0 {
+		t.Errorf("left behind: %v", left)
+	}
+}
