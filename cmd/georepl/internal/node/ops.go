@@ -126,7 +126,7 @@ func (r *resource) Primary(force bool) error {
 		}
 		r.process()
 		r.publishStatus()
-		return nil
+		return r.failed
 	})
 	if err != nil {
 		return err
@@ -163,6 +163,7 @@ func (r *resource) Secondary() error {
 			if err == nil {
 				r.process()
 				r.publishStatus()
+				err = r.failed
 			}
 			return err
 		})
@@ -225,11 +226,17 @@ func (r *resource) peersNamed(name string) ([]*peer, error) {
 }
 
 // forceDown takes the resource down even when Primary (daemon shutdown).
+// It is idempotent: a resource that failed takes itself down, and the
+// daemon's shutdown may try again.
 func (r *resource) forceDown() error {
-	r.stopExport()
 	r.mu.Lock()
+	if !r.up {
+		r.mu.Unlock()
+		return nil
+	}
 	r.up = false
 	r.mu.Unlock()
+	r.stopExport()
 	close(r.stop)
 	<-r.loopDone
 	for _, p := range r.peers {

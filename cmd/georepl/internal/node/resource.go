@@ -52,7 +52,10 @@ type resource struct {
 	engine *core.Engine
 	// stopped is set when the loop shuts down: later events are refused
 	// or dropped.
-	stopped  bool
+	stopped bool
+	// failed is why the resource was taken down by itself (a metadata
+	// write failed); shown by status until the next up.
+	failed   error
 	nextReq  core.RequestID
 	pending  map[core.RequestID]chan error
 	progress map[core.NodeID]*rateMeter
@@ -129,7 +132,7 @@ func (r *resource) Up() error {
 		return err
 	}
 	r.emu.Lock()
-	r.st, r.engine, r.stopped = st, eng, false
+	r.st, r.engine, r.stopped, r.failed = st, eng, false, nil
 	r.pending = map[core.RequestID]chan error{}
 	r.progress = map[core.NodeID]*rateMeter{}
 	r.emu.Unlock()
@@ -288,6 +291,33 @@ func (r *resource) loop() {
 	}
 }
 
+// failMetadata handles a failed metadata write, with emu held. The engine
+// has moved on to a state that is not durable, so nothing more of it may
+// be acted on: this Ready is abandoned, every outstanding request fails,
+// the connections close (peers mark what they miss), and the resource goes
+// down. The operator repairs the disk and runs `up` again; what the
+// metadata holds is the last durable state, which the activity log covers.
+func (r *resource) failMetadata(err error) {
+	if r.failed != nil {
+		return
+	}
+	r.failed = fmt.Errorf("writing the metadata failed, so the resource was taken down: %w", err)
+	r.log.Error("writing metadata failed; taking the resource down so that nothing acts on state that is not durable", "err", err)
+	r.stopped = true
+	r.ops = nil
+	for _, p := range r.peers {
+		if p.conn != nil {
+			p.conn.close(r.failed)
+			r.setConn(p, nil)
+		}
+	}
+	for id, ch := range r.pending {
+		ch <- r.failed
+		delete(r.pending, id)
+	}
+	go r.forceDown()
+}
+
 func (r *resource) shutdownLoop() {
 	r.stopped = true
 	for _, p := range r.peers {
@@ -364,10 +394,8 @@ func (r *resource) process() {
 		rd := e.Ready()
 		if rd.Persist != nil {
 			if err := r.st.persist(rd.Persist); err != nil {
-				// The metadata write failed: the disk is failing. Going on
-				// would act on state that is not durable, so stop the
-				// resource's replication and tell the operator.
-				r.log.Error("writing metadata failed; the resource cannot continue safely", "err", err)
+				r.failMetadata(err)
+				return
 			}
 		}
 		r.ops = append(r.ops, rd.LocalOps...)

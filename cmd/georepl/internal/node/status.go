@@ -34,6 +34,8 @@ type ResourceStatus struct {
 	// counts the activity-log transactions written since up.
 	ALExtents int    `json:"al_extents"`
 	ALWrites  uint64 `json:"al_writes"`
+	// Error says why the resource went down by itself.
+	Error string `json:"error,omitempty"`
 }
 
 // PeerStatus is one peer's line of the status.
@@ -71,6 +73,9 @@ func (r *resource) publishStatus() {
 	st := &ResourceStatus{
 		Name: r.cfg.Name, Node: r.self.Name, NodeID: r.self.ID,
 		Export: r.self.Export, Role: "Unknown", Disk: "Diskless",
+	}
+	if r.failed != nil {
+		st.Error = r.failed.Error()
 	}
 	r.mu.Lock()
 	up := r.up
@@ -196,6 +201,9 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 	for _, st := range sts {
 		if !st.Up {
 			fmt.Fprintf(w, "%s node:%s (id %d) down\n", st.Name, st.Node, st.NodeID)
+			if st.Error != "" {
+				fmt.Fprintf(w, "  error: %s\n", st.Error)
+			}
 			continue
 		}
 		fmt.Fprintf(w, "%s node:%s role:%s disk:%s size:%s", st.Name, st.Node, st.Role, st.Disk, HumanBytes(st.Size))
