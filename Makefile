@@ -68,8 +68,11 @@ soak: build
 # linked over UDP, and prints a pass/fail table. Run as root: the first run
 # installs qemu-system-x86, busybox-static and e2fsprogs and downloads the
 # kernel into .cache/vm. Consoles are logged in .cache/vm/logs.
+# The test binary runs directly so that its summary table shows on success.
 vmtest:
-	$(GO) test -tags vmtest -count=1 -timeout 15m $(TESTFLAGS) ./kmod/vmtest
+	@mkdir -p .cache/vm
+	$(GO) test -tags vmtest -c -o .cache/vm/vmtest.test ./kmod/vmtest
+	cd kmod/vmtest && ../../.cache/vm/vmtest.test -test.timeout 15m $(VMTESTFLAGS)
 
 clean:
 	rm -rf bin
