@@ -504,9 +504,18 @@ func TestHelperServe(t *testing.T) {
 	}
 	opts := small
 	opts.Path = path
-	if _, err := Start(context.Background(), newMemDevice(8<<20), opts); err != nil {
+	mem := newMemDevice(8 << 20)
+	if _, err := Start(context.Background(), mem, opts); err != nil {
 		os.Stdout.WriteString("HELPER-ERR " + err.Error() + "\n")
 		os.Exit(1)
+	}
+	if os.Getenv("UBLK_TEST_HELPER_BLOCK") != "" {
+		// Every read from now on hangs (not earlier: START_DEV waits
+		// for the kernel's partition scan).
+		time.Sleep(200 * time.Millisecond)
+		mem.mu.Lock()
+		mem.block = make(chan struct{})
+		mem.mu.Unlock()
 	}
 	os.Stdout.WriteString("HELPER-READY\n")
 	select {}
@@ -613,4 +622,56 @@ func TestKernelStartCancelled(t *testing.T) {
 	if left, _ := filepath.Glob("/dev/ublk[bc]*"); len(left) > 0 {
 		t.Errorf("left behind: %v", left)
 	}
+}
+
+// TestKernelServerKilled: when the serving process dies with a request in
+// flight, the request fails instead of hanging, and the device number can
+// be taken again.
+func TestKernelServerKilled(t *testing.T) {
+	if os.Geteuid() != 0 || !Available() {
+		t.Skip("needs root and ublk_drv")
+	}
+	const path = "/dev/ublkb6"
+	child := exec.Command(os.Args[0], "-test.run=^TestHelperServe$")
+	child.Env = append(os.Environ(), "UBLK_TEST_HELPER_DEVICE="+path, "UBLK_TEST_HELPER_BLOCK=1")
+	out, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer child.Process.Kill()
+	line := make([]byte, 256)
+	n, _ := out.Read(line)
+	if !bytes.HasPrefix(line[:n], []byte("HELPER-READY")) {
+		t.Fatalf("helper: %q", line[:n])
+	}
+	readErr := make(chan error, 1)
+	go func() {
+		f, err := os.OpenFile(path, os.O_RDONLY|unix.O_DIRECT, 0)
+		if err != nil {
+			readErr <- err
+			return
+		}
+		defer f.Close()
+		_, err = f.ReadAt(alignedBuf(t, 4096), 1<<20)
+		readErr <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	child.Process.Kill()
+	child.Wait()
+	start := time.Now()
+	select {
+	case err := <-readErr:
+		if err == nil {
+			t.Error("the read in flight when the server died succeeded")
+		}
+		t.Logf("read failed %v after the kill: %v", time.Since(start), err)
+	case <-time.After(90 * time.Second):
+		t.Fatal("the read in flight when the server died still hangs after 90 s")
+	}
+	opts := small
+	opts.Path = path
+	startKernel(t, newMemDevice(8<<20), opts)
 }

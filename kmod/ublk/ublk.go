@@ -121,8 +121,10 @@ type Device struct {
 
 // Start makes dev the kernel block device /dev/ublkbN: it loads ublk_drv
 // if needed, adds the device with opts' queues and depth, and returns
-// once the kernel has added the block device. ctx bounds only the start;
-// Close ends the device. The caller must be root (CAP_SYS_ADMIN).
+// once the kernel has added the block device. The kernel reads the
+// device's first blocks (partition scan) before that, so dev must already
+// serve reads. ctx bounds only the start; Close ends the device. The
+// caller must be root (CAP_SYS_ADMIN).
 //
 // Requests reach dev from several goroutines at once, as from the NBD
 // server: reads into a buffer that is the server's again once ReadAt
