@@ -71,7 +71,7 @@
 // detector, in a guest with Debian's 6.12 kernel, and puts ext4 on a
 // replicated resource through /dev/ublkb0 across a power loss. The
 // fallback to the bare command numbers of 6.0–6.2 has not met such a
-// kernel; on those kernels DEL_DEV also waits without interruption for the
+// kernel, and on older kernels DEL_DEV may wait without interruption for the
 // last opener of the block device.
 //
 // # Requirements
