@@ -15,8 +15,11 @@ import (
 // TestCrashConsistency runs the checker's kill points (issue #3's checker):
 // the primary of a four-node loopback cluster is killed at 100 random
 // moments; every survivor must hold what its protocol promises, and after
-// the resync all images must be identical. The daemons are built without
-// the race detector here to keep the run bounded: the other cluster tests
+// the resync all images must be identical. Half of the kill points rejoin
+// the killed primary and the lagging peers by reconnecting them as they
+// are (the activity log and the bitmaps must find every difference), half
+// with fresh metadata and a full sync. The daemons are built without the
+// race detector here to keep the run bounded: the other cluster tests
 // cover the daemons under -race.
 func TestCrashConsistency(t *testing.T) {
 	if testing.Short() {
@@ -28,21 +31,24 @@ func TestCrashConsistency(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	var out bytes.Buffer
-	res, err := checker.Soak(ctx, checker.SoakOptions{
-		Bin: bin, Dir: dir, Runs: 100, Seed: uint64(time.Now().UnixNano()), Out: &out,
-	})
-	t.Logf("%s", out.String())
-	if err != nil {
-		for _, n := range []string{"alpha", "bravo", "charlie", "dr"} {
-			b, _ := os.ReadFile(filepath.Join(dir, n+".log"))
-			t.Logf("log of %s (tail):\n%s", n, tail(b, 3000))
+	for _, rejoin := range []string{checker.RejoinBitmap, checker.RejoinFull} {
+		const runs = 50
+		dir := t.TempDir()
+		var out bytes.Buffer
+		res, err := checker.Soak(ctx, checker.SoakOptions{
+			Bin: bin, Dir: dir, Runs: runs, Seed: uint64(time.Now().UnixNano()), Out: &out, Rejoin: rejoin,
+		})
+		t.Logf("rejoin %s:\n%s", rejoin, out.String())
+		if err != nil {
+			for _, n := range []string{"alpha", "bravo", "charlie", "dr"} {
+				b, _ := os.ReadFile(filepath.Join(dir, n+".log"))
+				t.Logf("log of %s (tail):\n%s", n, tail(b, 3000))
+			}
+			t.Fatalf("rejoin %s: %v", rejoin, err)
 		}
-		t.Fatal(err)
-	}
-	if res.Runs < 100 || res.Failures > 0 {
-		t.Fatalf("%d runs, %d failures:\n%v", res.Runs, res.Failures, res.Failed)
+		if res.Runs < runs || res.Failures > 0 {
+			t.Fatalf("rejoin %s: %d runs, %d failures:\n%v", rejoin, res.Runs, res.Failures, res.Failed)
+		}
 	}
 }
 

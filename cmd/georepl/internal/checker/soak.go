@@ -31,8 +31,8 @@ type SoakOptions struct {
 	Out      io.Writer
 	// Rejoin is how the killed primary and the lagging peers come back
 	// after the failover: RejoinFull (the default: fresh metadata and a
-	// full sync, what this version's admin guide prescribes) or
-	// RejoinBitmap (they just reconnect, and the generation ids and
+	// full sync) or RejoinBitmap (they just reconnect, as the admin guide
+	// prescribes, and the activity log, the generation ids and the
 	// bitmaps must find what differs).
 	Rejoin string
 }
@@ -63,10 +63,11 @@ var soakNodes = []struct {
 // ordered); bravo takes over, the others rejoin and resynchronise, and all
 // four images must end byte-identical; then alpha is primary again.
 //
-// Rejoining: this version keeps no activity log, so a node that may hold
-// writes the new primary lacks (the killed primary, and a B or A peer that
-// lagged behind the C peer) rejoins with fresh metadata and a full sync, as
-// docs/admin-guide.md tells operators to do.
+// Rejoining: a node that may hold writes the new primary lacks (the killed
+// primary, and a B or A peer that lagged behind the C peer) either
+// reconnects as it is (RejoinBitmap: the activity log of the killed
+// primary and the lagging peers' marks must cover every difference) or
+// rejoins with fresh metadata and a full sync (RejoinFull).
 func Soak(ctx context.Context, o SoakOptions) (SoakResult, error) {
 	if o.Size == 0 {
 		o.Size = 16 << 20
@@ -315,8 +316,8 @@ func (s *soak) killPoint(ctx context.Context, run int) (note string, err error) 
 		line = append(line, fmt.Sprintf("%s(%s) %s", n.name, n.protocol, verdict))
 	}
 
-	// bravo (protocol C, UpToDate) takes over; the others rejoin with a full
-	// sync (see Soak's doc), then every image must match.
+	// bravo (protocol C, UpToDate) takes over; the others rejoin (see
+	// Soak's doc), then every image must match.
 	if err := s.cli(ctx, "bravo", "primary", "r0"); err != nil {
 		return "", err
 	}
