@@ -27,6 +27,8 @@ var depRules = []struct {
 	{"transports/builtin", []string{"transports", "transports/tcp", "transports/quic"}},
 	{"kmod", nil},
 	{"kmod/nbd", []string{"kmod"}},
+	{"kmod/nbdkernel", []string{"kmod", "kmod/nbd"}},
+	{"kmod/ublk", []string{"kmod", "kmod/nbd", "kmod/nbdkernel"}},
 }
 
 // TestDependencyRule keeps the architecture honest: the engine and the

@@ -9,12 +9,13 @@ import (
 	"time"
 
 	"github.com/georepl/georepl/kmod/nbdkernel"
+	"github.com/georepl/georepl/kmod/ublk"
 )
 
 // kernelDevices holds, per resource, the kernel device attached to its
 // export while it is Primary. (It lives here rather than in resource so
 // that the kernel attach stays in this one file.)
-var kernelDevices sync.Map // *resource → nbdkernel.Device
+var kernelDevices sync.Map // *resource → kernelAttachment
 
 // kernelAttachTimeout bounds dialling and negotiating the export's sockets.
 const kernelAttachTimeout = 30 * time.Second
@@ -37,10 +38,14 @@ func (r *resource) attachKernelDevice() error {
 		return nil
 	}
 	switch {
+	case dev == "auto" && ublk.Available():
+		return r.attachUblk("")
 	case dev == "auto":
-		dev = "nbd" // ublk joins "auto" when its attach lands
-	case dev == "ublk" || strings.HasPrefix(dev, "/dev/ublkb"):
-		return fmt.Errorf("resource %s: device = %q: ublk devices are not supported by this build yet; use \"nbd\" or \"/dev/nbdN\"", r.cfg.Name, r.self.Device)
+		dev = "nbd"
+	case dev == "ublk":
+		return r.attachUblk("")
+	case strings.HasPrefix(dev, "/dev/ublkb"):
+		return r.attachUblk(dev)
 	}
 	index, err := nbdkernel.ParseDevice(dev)
 	if err != nil {
@@ -63,10 +68,52 @@ func (r *resource) attachKernelDevice() error {
 		}
 		return fmt.Errorf("resource %s: attaching %s: %w", r.cfg.Name, dev, err)
 	}
-	kernelDevices.Store(r, d)
+	kernelDevices.Store(r, nbdAttachment{d})
 	r.log.Info("kernel device attached", "device", d.Path(), "export", r.self.Export)
 	return nil
 }
+
+// attachUblk serves the resource as a ublk device: the kernel's requests
+// reach the resource directly over io_uring, with no socket in between.
+func (r *resource) attachUblk(path string) error {
+	if err := ublk.LoadModule(); err != nil {
+		return fmt.Errorf("resource %s: device = %q: %w", r.cfg.Name, r.self.Device, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), kernelAttachTimeout)
+	defer cancel()
+	d, err := ublk.Start(ctx, device{r}, ublk.Options{Path: path, Logger: r.log})
+	if err != nil {
+		return fmt.Errorf("resource %s: starting a ublk device: %w", r.cfg.Name, err)
+	}
+	kernelDevices.Store(r, ublkAttachment{d})
+	r.log.Info("kernel device attached", "device", d.Path(), "via", "ublk")
+	return nil
+}
+
+// kernelAttachment is a kernel block device serving a resource.
+type kernelAttachment interface {
+	Path() string
+	// detach removes the device; the caller checked that nobody holds it.
+	detach(r *resource) error
+}
+
+type nbdAttachment struct{ nbdkernel.Device }
+
+func (a nbdAttachment) detach(r *resource) error {
+	nl, err := nbdkernel.Open()
+	if err != nil {
+		return err
+	}
+	defer nl.Close()
+	if devs, err := nl.Status(a.Index); err == nil && (len(devs) == 0 || !devs[0].Connected) {
+		return nil // someone else detached it already
+	}
+	return nl.Disconnect(a.Index)
+}
+
+type ublkAttachment struct{ *ublk.Device }
+
+func (a ublkAttachment) detach(*resource) error { return a.Close() }
 
 // detachKernelDevice detaches the resource's kernel device. It refuses,
 // naming the holders, while the device is mounted or open, so call it
@@ -76,7 +123,7 @@ func (r *resource) detachKernelDevice() error {
 	if !ok {
 		return nil
 	}
-	d := v.(nbdkernel.Device)
+	d := v.(kernelAttachment)
 	holders, err := nbdkernel.Holders(d.Path())
 	if err != nil {
 		return fmt.Errorf("resource %s: checking who holds %s: %w", r.cfg.Name, d.Path(), err)
@@ -84,16 +131,7 @@ func (r *resource) detachKernelDevice() error {
 	if len(holders) > 0 {
 		return fmt.Errorf("resource %s: %s is still in use (%s): unmount it and close it first", r.cfg.Name, d.Path(), strings.Join(holders, "; "))
 	}
-	nl, err := nbdkernel.Open()
-	if err != nil {
-		return fmt.Errorf("resource %s: detaching %s: %w", r.cfg.Name, d.Path(), err)
-	}
-	defer nl.Close()
-	if devs, err := nl.Status(d.Index); err == nil && (len(devs) == 0 || !devs[0].Connected) {
-		kernelDevices.Delete(r) // someone else detached it already
-		return nil
-	}
-	if err := nl.Disconnect(d.Index); err != nil {
+	if err := d.detach(r); err != nil {
 		return fmt.Errorf("resource %s: detaching %s: %w", r.cfg.Name, d.Path(), err)
 	}
 	kernelDevices.Delete(r)
@@ -104,7 +142,7 @@ func (r *resource) detachKernelDevice() error {
 // kernelDevicePath is the attached kernel device, "" when none, for status.
 func (r *resource) kernelDevicePath() string {
 	if v, ok := kernelDevices.Load(r); ok {
-		return v.(nbdkernel.Device).Path()
+		return v.(kernelAttachment).Path()
 	}
 	return ""
 }
