@@ -616,4 +616,33 @@ func TestClusterCLI(t *testing.T) {
 	if out, err := c.cliErr("bravo", "primary", "r0"); err == nil || !strings.Contains(out, "rimary") {
 		t.Errorf("bravo became primary beside alpha, or did not say why: %v\n%s", err, out)
 	}
+
+	// The activity log: a write activates its extent (status shows it and
+	// counts the transaction), and a clean down leaves the log empty.
+	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.WriteAt(bytes.Repeat([]byte{7}, 4096), 5<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	client.Close()
+	c.waitFor("alpha", "an active extent in the status", 5*time.Second, func(st *node.ResourceStatus) bool {
+		return st.ALExtents >= 1 && st.ALWrites >= 1
+	})
+	if proc := c.cli("alpha", "status", "--proc", "r0"); strings.Contains(proc, " al:0 ") {
+		t.Errorf("status --proc counts no activity-log write:\n%s", proc)
+	}
+	c.cli("alpha", "secondary", "r0")
+	c.cli("alpha", "down", "r0")
+	var sum struct {
+		ActivityLog []uint64 `json:"activity_log"`
+	}
+	js := c.cli("", "dump-md", "--json", "--config", c.conf, "--node", "alpha", "r0")
+	if err := json.Unmarshal([]byte(js), &sum); err != nil || sum.ActivityLog == nil || len(sum.ActivityLog) != 0 {
+		t.Errorf("activity log after a clean down: %v, %v\n%s", sum.ActivityLog, err, js)
+	}
 }
