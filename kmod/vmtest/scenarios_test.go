@@ -93,7 +93,7 @@ func TestMain(m *testing.M) {
 	}
 	fmt.Println()
 	fmt.Println("VM rig summary")
-	fmt.Printf("%-28s %-5s %s\n", "scenario", "", "detail")
+	fmt.Printf("%-28s %-5s %s\n", "scenario", "result", "detail")
 	for _, r := range results {
 		fmt.Printf("%-28s %-5s %s\n", r.name, r.outcome, r.detail)
 		if r.outcome == "FAIL" && code == 0 {
