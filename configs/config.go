@@ -185,8 +185,9 @@ type Node struct {
 	// Device is the kernel block device the node attaches the export to
 	// while it is Primary: "" (none), "/dev/nbdN", "nbd" (any free nbd
 	// device), "/dev/ublkbN", "ublk" (any free ublk device) or "auto"
-	// (ublk where the kernel has it, else nbd). It is set only together
-	// with Export, through which the kernel reaches the resource.
+	// (ublk where the kernel has it, else nbd). The nbd spellings and
+	// "auto" need Export, through which the kernel's nbd driver reaches the
+	// resource; ublk is served directly.
 	Device string
 	// DeclRange is where the node block's header is in the source.
 	DeclRange hcl.Range

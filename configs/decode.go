@@ -341,9 +341,9 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block) {
 				switch err := checkDevice(s); {
 				case err != nil:
 					d.failAttr(attr, "Invalid device", "device = %q: %v.", s, err)
-				case s != "" && attrs["export"] == nil:
+				case s != "" && s != "ublk" && !strings.HasPrefix(s, "/dev/ublkb") && attrs["export"] == nil:
 					d.failAttr(attr, "Device without export",
-						"device = %q needs an export in the same node block (for example export = \"unix:/run/georepl/%s.sock\"): the kernel reaches the resource through it.", s, r.Name)
+						"device = %q needs an export in the same node block (for example export = \"unix:/run/georepl/%s.sock\"): the kernel's nbd driver reaches the resource through it (ublk devices do not need one).", s, r.Name)
 				default:
 					n.Device = s
 				}

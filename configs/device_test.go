@@ -51,10 +51,27 @@ func TestDeviceRefused(t *testing.T) {
 		{deviceConfig(`device = 3`), `r0.hcl:7:`},
 		{strings.Replace(deviceConfig(`device = "nbd"`), `export  = "unix:/run/georepl/r0.sock"`, ``, 1),
 			`r0.hcl:7:14: Device without export; device = "nbd" needs an export in the same node block`},
+		{strings.Replace(deviceConfig(`device = "auto"`), `export  = "unix:/run/georepl/r0.sock"`, ``, 1),
+			`Device without export; device = "auto"`},
 	} {
 		_, err := Parse("r0.hcl", []byte(tc.src), LoadOptions{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("error = %v; want it to contain %q", err, tc.want)
+		}
+	}
+}
+
+func TestUblkDeviceWithoutExport(t *testing.T) {
+	for _, dev := range []string{"ublk", "/dev/ublkb2"} {
+		src := strings.Replace(deviceConfig(`device = "`+dev+`"`), `export  = "unix:/run/georepl/r0.sock"`, ``, 1)
+		cfg, err := Parse("r0.hcl", []byte(src), LoadOptions{})
+		if err != nil {
+			t.Errorf("device = %q without export: %v", dev, err)
+			continue
+		}
+		r, _ := cfg.Resource("r0")
+		if r.Nodes[0].Device != dev {
+			t.Errorf("device = %q read as %q", dev, r.Nodes[0].Device)
 		}
 	}
 }
