@@ -43,9 +43,16 @@ type conn struct {
 	deadlineMu   sync.Mutex
 	shuttingDown bool
 
-	// writeMu serialises replies; writeErr is the first failed reply write,
-	// after which replies are dropped.
+	// writeMu guards the replies: queued replies wait to be written by the
+	// request goroutine that is writing (writing), which writes everything
+	// queued meanwhile in one call before it stops, so that replies that
+	// are ready together cost one system call. writeErr is the first failed
+	// reply write, after which replies are dropped.
 	writeMu  sync.Mutex
+	replies  [][]byte
+	spare    [][]byte // the slice of the previous batch, for reuse
+	joined   []byte   // small replies of a batch, joined for one Write
+	writing  bool
 	writeErr error
 }
 
@@ -401,16 +408,75 @@ func (c *conn) reply(req request, exp export) {
 	binary.BigEndian.PutUint32(buf[4:], uint32(errno))
 	binary.BigEndian.PutUint64(buf[8:], req.cookie)
 
+	c.send(buf)
+}
+
+// send queues a reply and, unless another request goroutine is writing
+// (which then writes this reply too before it stops), writes the queue
+// until it is empty. transmit waits for every request goroutine, so every
+// queued reply is written (or the connection failed) by the time it
+// returns.
+func (c *conn) send(reply []byte) {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	if c.writeErr != nil {
 		return
 	}
-	if _, err := c.nc.Write(buf); err != nil {
-		c.writeErr = err
-		c.log.Debug("nbd: reply lost; closing the connection", "err", err)
-		c.shutdown()
+	c.replies = append(c.replies, reply)
+	if c.writing {
+		return
 	}
+	c.writing = true
+	for len(c.replies) > 0 && c.writeErr == nil {
+		batch := c.replies
+		c.replies = c.spare[:0]
+		c.writeMu.Unlock()
+		err := c.writeReplies(batch)
+		c.writeMu.Lock()
+		clear(batch)
+		c.spare = batch[:0]
+		if err != nil {
+			c.writeErr = err
+			c.replies = nil
+			c.log.Debug("nbd: reply lost; closing the connection", "err", err)
+			c.shutdown()
+		}
+	}
+	c.writing = false
+}
+
+// joinLimit is the largest reply writeReplies copies to join it with
+// others; a larger one (read data) is written from where it is.
+const joinLimit = 64 << 10
+
+// writeReplies writes a batch of replies with as few Write calls as it
+// can without copying read data. Only the goroutine that set c.writing
+// calls it.
+func (c *conn) writeReplies(batch [][]byte) error {
+	buf := c.joined[:0]
+	for _, r := range batch {
+		if len(r) <= joinLimit {
+			buf = append(buf, r...)
+			continue
+		}
+		if len(buf) > 0 {
+			if _, err := c.nc.Write(buf); err != nil {
+				return err
+			}
+			buf = buf[:0]
+		}
+		if _, err := c.nc.Write(r); err != nil {
+			return err
+		}
+	}
+	if cap(buf) <= 1<<20 {
+		c.joined = buf[:0] // kept for the next batch, unless outsized
+	}
+	if len(buf) > 0 {
+		_, err := c.nc.Write(buf)
+		return err
+	}
+	return nil
 }
 
 // execute validates a request and runs it on the Device. readInto is where
