@@ -2,6 +2,13 @@
 // fio's nbd engine against nbdkit's file plugin serving the same backing
 // file, in one run, and prints one table of medians and ratios.
 //
+// The machines this runs on are shared and noisy: their speed changes from
+// one minute to the next. So nbdkit is not measured once up front: every
+// georepl run is paired with an nbdkit run just before it, and a set-up's
+// ratio is the median of its runs' ratios to their nbdkit partners. The
+// nbdkit row shows the median of all nbdkit runs. (The two servers use the
+// backing file in turn, never at once.)
+//
 // Set-ups: nbdkit (baseline); georepl alone (its peer is down, writes only
 // mark the bitmap); protocol C with one peer; protocol A with one peer; C
 // and A with two peers. All peers are daemons on this machine, so they share
@@ -80,6 +87,23 @@ type result struct {
 	bw, iops, latUs float64
 }
 
+// metric returns the value workload w is compared by.
+func (v result) metric(w workload) float64 {
+	switch w.metric {
+	case "bw":
+		return v.bw
+	case "iops":
+		return v.iops
+	}
+	return v.latUs
+}
+
+// cell is one set-up's outcome for one workload: the median of its runs
+// and the median of their ratios to the nbdkit run paired with each.
+type cell struct {
+	value, ratio float64
+}
+
 func (r *rig) run() error {
 	for _, tool := range []string{"fio", "nbdkit"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -92,15 +116,16 @@ func (r *rig) run() error {
 	}
 	defer os.RemoveAll(r.dir)
 
-	results := map[string]map[string]result{}
-	names := []string{"nbdkit file"}
-	base, err := r.measureNbdkit()
+	stopNbdkit, err := r.startNbdkit()
 	if err != nil {
 		return fmt.Errorf("nbdkit: %w", err)
 	}
-	results["nbdkit file"] = base
+	defer stopNbdkit()
+	results := map[string]map[string]cell{}
+	baseRuns := map[string][]float64{}
+	var names []string
 	for _, s := range setups {
-		res, err := r.measureGeorepl(s)
+		res, err := r.measureGeorepl(s, baseRuns)
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
@@ -108,62 +133,88 @@ func (r *rig) run() error {
 		names = append(names, s.name)
 	}
 
-	fmt.Printf("\nfio --ioengine=nbd, %v per run, median of %d runs, %d MiB device, same backing file\n\n", r.runtime, r.runs, r.size>>20)
+	fmt.Printf("\nfio --ioengine=nbd, %v per run, median of %d runs, each paired with an nbdkit run, %d MiB device, same backing file\n\n", r.runtime, r.runs, r.size>>20)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprint(tw, "setup")
 	for _, w := range workloads {
 		fmt.Fprintf(tw, "\t%s", w.name)
 	}
 	fmt.Fprintln(tw)
-	for _, n := range names {
-		fmt.Fprint(tw, n)
+	printRow := func(name string, cells map[string]cell) {
+		fmt.Fprint(tw, name)
 		for _, w := range workloads {
-			v, b := results[n][w.name], base[w.name]
+			c := cells[w.name]
 			switch w.metric {
 			case "bw":
-				fmt.Fprintf(tw, "\t%.0f MB/s (%.2fx)", v.bw/1e6, v.bw/b.bw)
+				fmt.Fprintf(tw, "\t%.0f MB/s (%.2fx)", c.value/1e6, c.ratio)
 			case "iops":
-				fmt.Fprintf(tw, "\t%.1fk IOPS (%.2fx)", v.iops/1e3, v.iops/b.iops)
+				fmt.Fprintf(tw, "\t%.1fk IOPS (%.2fx)", c.value/1e3, c.ratio)
 			case "lat":
-				fmt.Fprintf(tw, "\t%.0f µs (%.2fx)", v.latUs, v.latUs/b.latUs)
+				fmt.Fprintf(tw, "\t%.0f µs (%.2fx)", c.value, c.ratio)
 			}
 		}
 		fmt.Fprintln(tw)
 	}
+	base := map[string]cell{}
+	for _, w := range workloads {
+		base[w.name] = cell{median(baseRuns[w.name]), 1}
+	}
+	printRow("nbdkit file", base)
+	for _, n := range names {
+		printRow(n, results[n])
+	}
 	tw.Flush()
-	fmt.Println("\nratios: bandwidth and IOPS relative to nbdkit (higher is better); QD1 latency relative to nbdkit (lower is better)")
+	fmt.Println("\nratios: bandwidth and IOPS relative to nbdkit (higher is better); QD1 latency relative to nbdkit (lower is better);")
+	fmt.Println("each the median of the ratios of a run to the nbdkit run just before it")
 	return nil
 }
 
-// fio runs one workload r.runs times and returns the median.
+// fio runs one workload once and returns what fio measured.
 func (r *rig) fio(uri string, w workload) (result, error) {
-	var bws, iopss, lats []float64
-	for i := 0; i < r.runs; i++ {
-		args := append([]string{"--name=bench", "--ioengine=nbd", "--uri=" + uri,
-			"--size=" + fmt.Sprint(r.size/2), "--time_based", "--runtime=" + fmt.Sprint(int(r.runtime.Seconds())),
-			"--output-format=json", "--randrepeat=0"}, w.args...)
-		out, err := exec.Command("fio", args...).Output()
-		if err != nil {
-			return result{}, fmt.Errorf("fio %s: %w", strings.Join(args, " "), err)
-		}
-		var rep struct {
-			Jobs []struct {
-				Write struct {
-					BW   float64 `json:"bw_bytes"`
-					IOPS float64 `json:"iops"`
-					Lat  struct {
-						Mean float64 `json:"mean"`
-					} `json:"lat_ns"`
-				} `json:"write"`
-			} `json:"jobs"`
-		}
-		if err := json.Unmarshal(out[strings.IndexByte(string(out), '{'):], &rep); err != nil || len(rep.Jobs) == 0 {
-			return result{}, fmt.Errorf("fio output: %v", err)
-		}
-		wr := rep.Jobs[0].Write
-		bws, iopss, lats = append(bws, wr.BW), append(iopss, wr.IOPS), append(lats, wr.Lat.Mean/1e3)
+	args := append([]string{"--name=bench", "--ioengine=nbd", "--uri=" + uri,
+		"--size=" + fmt.Sprint(r.size/2), "--time_based", "--runtime=" + fmt.Sprint(int(r.runtime.Seconds())),
+		"--output-format=json", "--randrepeat=0"}, w.args...)
+	out, err := exec.Command("fio", args...).Output()
+	if err != nil {
+		return result{}, fmt.Errorf("fio %s: %w", strings.Join(args, " "), err)
 	}
-	return result{median(bws), median(iopss), median(lats)}, nil
+	var rep struct {
+		Jobs []struct {
+			Write struct {
+				BW   float64 `json:"bw_bytes"`
+				IOPS float64 `json:"iops"`
+				Lat  struct {
+					Mean float64 `json:"mean"`
+				} `json:"lat_ns"`
+			} `json:"write"`
+		} `json:"jobs"`
+	}
+	if err := json.Unmarshal(out[strings.IndexByte(string(out), '{'):], &rep); err != nil || len(rep.Jobs) == 0 {
+		return result{}, fmt.Errorf("fio output: %v", err)
+	}
+	wr := rep.Jobs[0].Write
+	return result{wr.BW, wr.IOPS, wr.Lat.Mean / 1e3}, nil
+}
+
+// paired runs workload w r.runs times on uri, each run right after one on
+// nbdkit, and returns the median and the median ratio; the nbdkit values
+// are appended to baseRuns.
+func (r *rig) paired(uri string, w workload, baseRuns map[string][]float64) (cell, error) {
+	var values, ratios []float64
+	for range r.runs {
+		b, err := r.fio(r.nbdkitURI(), w)
+		if err != nil {
+			return cell{}, fmt.Errorf("nbdkit: %w", err)
+		}
+		v, err := r.fio(uri, w)
+		if err != nil {
+			return cell{}, err
+		}
+		bm, vm := b.metric(w), v.metric(w)
+		baseRuns[w.name] = append(baseRuns[w.name], bm)
+		values, ratios = append(values, vm), append(ratios, vm/bm)
+	}
+	return cell{median(values), median(ratios)}, nil
 }
 
 func median(v []float64) float64 {
@@ -171,7 +222,13 @@ func median(v []float64) float64 {
 	return v[len(v)/2]
 }
 
-func (r *rig) measureNbdkit() (map[string]result, error) {
+func (r *rig) nbdkitURI() string {
+	return "nbd+unix:///?socket=" + filepath.Join(r.dir, "nbdkit.sock")
+}
+
+// startNbdkit serves alpha.img with nbdkit's file plugin until the
+// returned function is called.
+func (r *rig) startNbdkit() (func(), error) {
 	img := filepath.Join(r.dir, "alpha.img")
 	if err := makeFile(img, r.size); err != nil {
 		return nil, err
@@ -181,23 +238,14 @@ func (r *rig) measureNbdkit() (map[string]result, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	defer stop(cmd)
 	if err := waitSocket(sock); err != nil {
+		stop(cmd)
 		return nil, err
 	}
-	fmt.Fprintln(os.Stderr, "measuring nbdkit file")
-	res := map[string]result{}
-	for _, w := range workloads {
-		v, err := r.fio("nbd+unix:///?socket="+sock, w)
-		if err != nil {
-			return nil, err
-		}
-		res[w.name] = v
-	}
-	return res, nil
+	return func() { stop(cmd) }, nil
 }
 
-func (r *rig) measureGeorepl(s setup) (map[string]result, error) {
+func (r *rig) measureGeorepl(s setup, baseRuns map[string][]float64) (map[string]cell, error) {
 	fmt.Fprintln(os.Stderr, "measuring", s.name)
 	dir, err := os.MkdirTemp(r.dir, "cluster-")
 	if err != nil {
@@ -272,13 +320,13 @@ func (r *rig) measureGeorepl(s setup) (map[string]result, error) {
 		}
 	}
 	uri := "nbd+unix:///r0?socket=" + filepath.Join(dir, "alpha.nbd")
-	res := map[string]result{}
+	res := map[string]cell{}
 	for _, w := range workloads {
-		v, err := r.fio(uri, w)
+		c, err := r.paired(uri, w, baseRuns)
 		if err != nil {
 			return nil, err
 		}
-		res[w.name] = v
+		res[w.name] = c
 	}
 	return res, nil
 }
