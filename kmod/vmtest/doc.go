@@ -7,9 +7,10 @@
 //     files written with fsync, their checksums printed; the primary's QEMU
 //     killed mid-write (power loss, guest page cache included); the
 //     secondary promoted, ext4's journal replayed, `e2fsck -f -n` clean,
-//     every fsync'd file intact; the old primary rejoins with `georepl
-//     create-md --force` (no activity log yet: full sync) and both disks'
-//     data areas end byte-identical.
+//     every fsync'd file intact; the old primary rejoins just by coming up
+//     (its activity log marks what may differ; only that and what changed
+//     since the failover is resynced) and both disks' data areas end
+//     byte-identical.
 //   - protocol A vs C over WAN: 4 KiB synchronous write latency on the
 //     local disk, then under C and A, on the bare link and with netem's
 //     40 ms delay: C pays the round trip, A does not.
