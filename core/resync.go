@@ -70,6 +70,11 @@ func (e *Engine) startResync(p *peer, full bool) {
 			p.bitmapUUID = e.current
 		}
 		e.persistDirty = true
+		// The target decides to be one from the marks we announce: a
+		// StateChange sent before this (e.g. the one announcing our
+		// promotion) showed none, and a target that sees none stays
+		// Established while we wait for it forever.
+		e.announce = true
 	}
 	p.rs = &resyncSource{sent: make(map[uint64]*blockRun)}
 	p.resyncTotal, p.resyncDone = e.blocksToBytes(p.bitmap.Count()), 0
