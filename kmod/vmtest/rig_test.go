@@ -313,6 +313,7 @@ type vm struct {
 	seq   int
 
 	killOnce sync.Once
+	args     []string // QEMU's, for launch
 }
 
 // startVM starts QEMU for node (its index picks the IP and which end of
@@ -338,24 +339,56 @@ func (r *rig) startVM(t *testing.T, node string, index int, lk link, disks ...st
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintf(logf, "==== %s: qemu-system-x86_64 %s\n", time.Now().Format(time.RFC3339), strings.Join(args, " "))
-	v := &vm{t: t, name: node, log: logf, more: make(chan struct{}), done: make(chan struct{})}
-	v.cmd = exec.Command("qemu-system-x86_64", args...)
-	v.in, _ = v.cmd.StdinPipe()
-	out, _ := v.cmd.StdoutPipe()
-	v.cmd.Stderr = logf
-	if err := v.cmd.Start(); err != nil {
+	v := &vm{t: t, name: node, log: logf, args: args}
+	if err := v.launch(); err != nil {
 		t.Fatalf("qemu: %v", err)
 	}
-	go v.read(out)
 	t.Cleanup(v.kill)
 	return v
 }
 
-// waitBooted waits for /init's shell.
+// launch starts QEMU with v.args.
+func (v *vm) launch() error {
+	fmt.Fprintf(v.log, "==== %s: qemu-system-x86_64 %s\n", time.Now().Format(time.RFC3339), strings.Join(v.args, " "))
+	cmd := exec.Command("qemu-system-x86_64", v.args...)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = v.log
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	v.mu.Lock()
+	v.cmd, v.in, v.done = cmd, in, done
+	v.lines, v.more = nil, make(chan struct{})
+	v.mu.Unlock()
+	go v.read(cmd, out, done)
+	return nil
+}
+
+// waitBooted waits for /init's shell. Under TCG with two CPUs the kernel
+// now and then oopses while patching its own code at boot (QEMU then exits:
+// panic=-1, -no-reboot); such a boot is retried, twice at most.
 func (v *vm) waitBooted() {
 	v.t.Helper()
-	v.waitLine("@@BOOTED", 3*time.Minute)
+	for attempt := 1; ; attempt++ {
+		if _, _, exited := v.waitFor(0, "@@BOOTED", 3*time.Minute); !exited {
+			break
+		}
+		if attempt == 3 {
+			v.t.Fatalf("%s: the kernel died while booting, %d times (console in %s)", v.name, attempt, v.log.Name())
+		}
+		v.t.Logf("%s: the kernel died while booting (attempt %d); booting again", v.name, attempt)
+		if err := v.launch(); err != nil {
+			v.t.Fatalf("qemu: %v", err)
+		}
+	}
 	v.must(". /etc/rig.sh", time.Minute)
 }
 
@@ -371,7 +404,7 @@ func (v *vm) poweroff() {
 	}
 }
 
-func (v *vm) read(out io.Reader) {
+func (v *vm) read(cmd *exec.Cmd, out io.Reader, done chan struct{}) {
 	sc := bufio.NewScanner(out)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -383,22 +416,26 @@ func (v *vm) read(out io.Reader) {
 		v.more = make(chan struct{})
 		v.mu.Unlock()
 	}
-	v.cmd.Wait()
-	close(v.done)
+	cmd.Wait()
+	close(done)
 }
 
 // kill is a power loss: QEMU dies with the guest's page cache.
 func (v *vm) kill() {
 	v.killOnce.Do(func() {
-		v.cmd.Process.Kill()
-		<-v.done
+		v.mu.Lock()
+		cmd, done := v.cmd, v.done
+		v.mu.Unlock()
+		cmd.Process.Kill()
+		<-done
 		v.log.Close()
 	})
 }
 
-// waitFrom waits for a console line holding prefix, searching from line
-// from, and returns its index and the line from prefix on.
-func (v *vm) waitFrom(from int, prefix string, timeout time.Duration) (int, string) {
+// waitFor waits for a console line holding prefix, searching from line
+// from, and returns its index and the line from prefix on; exited reports
+// that QEMU exited first.
+func (v *vm) waitFor(from int, prefix string, timeout time.Duration) (index int, line string, exited bool) {
 	v.t.Helper()
 	deadline := time.After(timeout)
 	for {
@@ -409,20 +446,37 @@ func (v *vm) waitFrom(from int, prefix string, timeout time.Duration) (int, stri
 			if j := strings.Index(v.lines[i], prefix); j >= 0 {
 				line := v.lines[i][j:]
 				v.mu.Unlock()
-				return i, line
+				return i, line, false
 			}
 		}
 		from = len(v.lines)
-		more := v.more
+		more, done := v.more, v.done
 		v.mu.Unlock()
 		select {
 		case <-more:
-		case <-v.done:
-			v.t.Fatalf("%s: QEMU exited while waiting for %q (console in %s)", v.name, prefix, v.log.Name())
+		case <-done:
+			// Lines read before the exit may still hold the marker.
+			v.mu.Lock()
+			n := len(v.lines)
+			v.mu.Unlock()
+			if n > from {
+				continue
+			}
+			return 0, "", true
 		case <-deadline:
 			v.t.Fatalf("%s: no %q within %s (console in %s)", v.name, prefix, timeout, v.log.Name())
 		}
 	}
+}
+
+// waitFrom is waitFor failing the test when QEMU exits.
+func (v *vm) waitFrom(from int, prefix string, timeout time.Duration) (int, string) {
+	v.t.Helper()
+	i, line, exited := v.waitFor(from, prefix, timeout)
+	if exited {
+		v.t.Fatalf("%s: QEMU exited while waiting for %q (console in %s)", v.name, prefix, v.log.Name())
+	}
+	return i, line
 }
 
 func (v *vm) waitLine(prefix string, timeout time.Duration) string {

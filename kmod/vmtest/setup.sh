@@ -38,7 +38,7 @@ else
 	updated=1
 fi
 
-if [ -n "$need" ] || [ "$updated" = 0 ] || ! ls "$cache"/linux-image-6.12*deb12*-amd64_*.deb >/dev/null 2>&1; then
+if [ -n "$need" ] || [ "$updated" = 0 ] || ! ls "$cache"/linux-image-6.12.*+deb12*-amd64_*.deb 2>/dev/null | grep -qv -e -rt- -e -cloud-; then
 	apt-get update -qq
 fi
 if [ -n "$need" ]; then
@@ -46,13 +46,13 @@ if [ -n "$need" ]; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
 fi
 
-if ! ls "$cache"/linux-image-6.12*deb12*-amd64_*.deb >/dev/null 2>&1; then
+if ! ls "$cache"/linux-image-6.12.*+deb12*-amd64_*.deb 2>/dev/null | grep -qv -e -rt- -e -cloud-; then
 		# The generic flavour (not -rt, not -cloud: the latter lacks nbd).
 	pkg=$(apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+deb12[.0-9]*-amd64$' | awk '{print $1}' | sort -V | tail -n1)
 	[ -n "$pkg" ] || { echo "setup.sh: no linux-image-6.12 package in bookworm-backports" >&2; exit 1; }
 	(cd "$cache" && apt-get download -qq "$pkg")
 fi
-deb=$(ls "$cache"/linux-image-6.12*deb12*-amd64_*.deb | sort -V | tail -n1)
+deb=$(ls "$cache"/linux-image-6.12.*+deb12*-amd64_*.deb | grep -v -e -rt- -e -cloud- | sort -V | tail -n1)
 if [ ! -d "$cache/kernel" ] || [ "$deb" -nt "$cache/kernel" ]; then
 	rm -rf "$cache/kernel"
 	mkdir -p "$cache/kernel"
