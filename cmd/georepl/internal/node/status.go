@@ -14,14 +14,16 @@ import (
 // ResourceStatus is what `georepl status` shows for one resource; the JSON
 // form is the same structure.
 type ResourceStatus struct {
-	Name    string `json:"name"`
-	Node    string `json:"node"`
-	NodeID  int    `json:"node_id"`
-	Up      bool   `json:"up"`
-	Role    string `json:"role"`
-	Disk    string `json:"disk"`
-	Size    uint64 `json:"size_bytes"`
-	Export  string `json:"export,omitempty"`
+	Name   string `json:"name"`
+	Node   string `json:"node"`
+	NodeID int    `json:"node_id"`
+	Up     bool   `json:"up"`
+	Role   string `json:"role"`
+	Disk   string `json:"disk"`
+	Size   uint64 `json:"size_bytes"`
+	Export string `json:"export,omitempty"`
+	// Device is the kernel block device attached while Primary.
+	Device  string `json:"device,omitempty"`
 	Current string `json:"current_uuid,omitempty"`
 	// Application requests submitted and not yet completed.
 	Pending     int          `json:"app_pending"`
@@ -77,6 +79,7 @@ func (r *resource) publishStatus() {
 	if r.failed != nil {
 		st.Error = r.failed.Error()
 	}
+	st.Device = r.kernelDevicePath()
 	r.mu.Lock()
 	up := r.up
 	r.mu.Unlock()
@@ -209,6 +212,9 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 		fmt.Fprintf(w, "%s node:%s role:%s disk:%s size:%s", st.Name, st.Node, st.Role, st.Disk, HumanBytes(st.Size))
 		if st.Export != "" && st.Role == "Primary" {
 			fmt.Fprintf(w, " export:%s", st.Export)
+		}
+		if st.Device != "" {
+			fmt.Fprintf(w, " device:%s", st.Device)
 		}
 		fmt.Fprintln(w)
 		for _, p := range st.Peers {
