@@ -267,14 +267,17 @@ func (r *resource) DumpMD(w io.Writer, asJSON bool) error {
 // The ownership chain of a payload p that WriteAt receives:
 //
 //  1. WriteAt holds p (one reference) until submit returns. submit returns
-//     when the engine completed the write, so the local write of p is done,
-//     and every data frame carrying p was queued on its link: the engine
-//     emits them in the same Ready as the local write, and the driver
-//     queues them before it starts that write.
-//  2. process takes one reference per data frame it queues on a link
-//     (payloads.ref, with emu held, while WriteAt's reference is held). The
-//     link drops it once its writer has flushed the frame to the
-//     connection (or dropped it, when the link closed).
+//     when the engine completed the write (or failed it), and by then
+//     every local write and data frame carrying p was handed to the
+//     driver: the engine emits them in the Ready that starts the write,
+//     and completes it at the earliest on the local write's LocalDone.
+//  2. process takes one reference per local write of p it collects
+//     (localOp), dropped when that write is done or dropped, and one per
+//     data frame it queues on a link, dropped once the link's writer has
+//     flushed the frame (or the link closed). process runs with emu held
+//     and while WriteAt's reference is held, so the count never climbs
+//     back from zero. A request failed early (the resource going down)
+//     so cannot release p while its local write still reads it.
 //  3. Nothing else keeps p: the engine forgets Request.Data once the write
 //     is started (core.Request.Data, core.Message), and resync reads the
 //     disk, never a payload.

@@ -61,7 +61,7 @@ type resource struct {
 	progress map[core.NodeID]*rateMeter
 	// ops collects the local operations of the Ready being performed, for
 	// the goroutine that performs it to start (see takeOps).
-	ops []core.LocalOp
+	ops []localOp
 	// received are the pooled payloads of data frames handed to the
 	// engine and not yet written locally, with the link they came from.
 	received map[*byte]*link
@@ -304,7 +304,7 @@ func (r *resource) failMetadata(err error) {
 	r.failed = fmt.Errorf("writing the metadata failed, so the resource was taken down: %w", err)
 	r.log.Error("writing metadata failed; taking the resource down so that nothing acts on state that is not durable", "err", err)
 	r.stopped = true
-	r.ops = nil
+	r.dropOps()
 	for _, p := range r.peers {
 		if p.conn != nil {
 			p.conn.close(r.failed)
@@ -328,7 +328,7 @@ func (r *resource) shutdownLoop() {
 		}
 	}
 	r.process()
-	r.ops = nil // the resource is going down: nothing would wait for them
+	r.dropOps() // the resource is going down: nothing would wait for them
 	r.persistBitmaps()
 	for id, ch := range r.pending {
 		ch <- fmt.Errorf("resource %s went down", r.cfg.Name)
@@ -398,7 +398,13 @@ func (r *resource) process() {
 				return
 			}
 		}
-		r.ops = append(r.ops, rd.LocalOps...)
+		for _, op := range rd.LocalOps {
+			var pl *payload
+			if op.Kind == core.OpWrite {
+				pl = r.payloads.ref(op.Data)
+			}
+			r.ops = append(r.ops, localOp{op, pl})
+		}
 		for i := range rd.Messages {
 			m := &rd.Messages[i]
 			if p := r.peers[m.To]; p != nil && p.conn != nil {
@@ -453,16 +459,34 @@ func (r *resource) emit(ev core.Event) {
 // takeOps returns the local operations process collected. Called with emu
 // held; the caller starts them after unlocking it, with startOps or
 // runOps.
-func (r *resource) takeOps() []core.LocalOp {
+func (r *resource) takeOps() []localOp {
 	ops := r.ops
 	r.ops = nil
 	return ops
 }
 
+// localOp is a local operation to perform, with a reference to its pooled
+// payload (nil if none): a write reads its payload until it is done, and
+// in rare cases (the resource going down) its request completes before
+// that, so the request's own reference does not cover it.
+type localOp struct {
+	core.LocalOp
+	pl *payload
+}
+
+// dropOps forgets the collected operations without performing them.
+// Called with emu held.
+func (r *resource) dropOps() {
+	for _, op := range r.ops {
+		r.payloads.release(op.pl)
+	}
+	r.ops = nil
+}
+
 // startOps runs each operation on a goroutine of its own.
-func (r *resource) startOps(eng *core.Engine, ops []core.LocalOp) {
+func (r *resource) startOps(eng *core.Engine, ops []localOp) {
 	for _, op := range ops {
-		go r.runOps(eng, []core.LocalOp{op})
+		go r.runOps(eng, []localOp{op})
 	}
 }
 
@@ -473,20 +497,21 @@ func (r *resource) startOps(eng *core.Engine, ops []core.LocalOp) {
 // the next step itself: the secondary's next epoch starts on the goroutine
 // that finished the previous one, and a write with no peer to wait for
 // completes without any goroutine switch.
-func (r *resource) runOps(eng *core.Engine, ops []core.LocalOp) {
+func (r *resource) runOps(eng *core.Engine, ops []localOp) {
 	for len(ops) > 0 {
 		for _, op := range ops[:len(ops)-1] {
-			go r.runOps(eng, []core.LocalOp{op})
+			go r.runOps(eng, []localOp{op})
 		}
 		op := ops[len(ops)-1]
-		data, err := r.do(op)
+		data, err := r.do(op.LocalOp)
+		r.payloads.release(op.pl)
 		r.emu.Lock()
 		if r.stopped || r.engine != eng {
 			// The resource went down: nothing waits for the result.
 			r.emu.Unlock()
 			return
 		}
-		r.recycleReceived(op)
+		r.recycleReceived(op.LocalOp)
 		eng.LocalDone(op.ID, data, err)
 		r.process()
 		ops = r.takeOps()
