@@ -44,7 +44,12 @@ vet:
 unit:
 	$(GO) test -race -tags invariants -timeout 20m $(TESTFLAGS) ./...
 
+# In CI (CI=true) the tests also boot the VM rig: every scenario but the long
+# in-guest kmod/ublk suite, which `make vmtest` runs in full.
+VMTEST_CI := -test.run 'TestExt4Failover|TestWANLatency|TestUblk/ext4|WAN|restart'
+
 test: deps fmt-check vet unit
+	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory vmtest VMTESTFLAGS="$(VMTEST_CI)"; fi
 
 # Each fuzz target for a short while; FUZZTIME=10m for a longer hunt.
 FUZZTIME ?= 20s
