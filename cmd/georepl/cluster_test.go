@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/georepl/georepl/cmd/georepl/internal/checker"
 	"github.com/georepl/georepl/cmd/georepl/internal/node"
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/kmod/nbd"
@@ -76,7 +77,7 @@ type cluster struct {
 func newCluster(t *testing.T, size int64, edits ...func(string) string) *cluster {
 	t.Helper()
 	dir := t.TempDir()
-	port, err := freePortBlock(3)
+	port, err := checker.FreePorts(3)
 	if err != nil {
 		t.Fatal(err)
 	}

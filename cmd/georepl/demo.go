@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/georepl/georepl/cmd/georepl/internal/admin"
+	"github.com/georepl/georepl/cmd/georepl/internal/checker"
 	"github.com/georepl/georepl/cmd/georepl/internal/node"
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/kmod"
@@ -78,7 +78,7 @@ func (d *demo) step(format string, args ...any) {
 }
 
 func (d *demo) run(ctx context.Context) error {
-	port, err := freePortBlock(3)
+	port, err := checker.FreePorts(3)
 	if err != nil {
 		return err
 	}
@@ -391,31 +391,4 @@ func hashPrefix(path string, n int64) ([32]byte, error) {
 	var sum [32]byte
 	copy(sum[:], h.Sum(nil))
 	return sum, nil
-}
-
-// freePortBlock finds n consecutive free TCP and UDP ports on 127.0.0.1.
-func freePortBlock(n int) (int, error) {
-	for try := 0; try < 50; try++ {
-		base := 20000 + rand.IntN(30000)
-		ok := true
-		for i := 0; i < n && ok; i++ {
-			addr := fmt.Sprintf("127.0.0.1:%d", base+i)
-			l, err := net.Listen("tcp", addr)
-			if err != nil {
-				ok = false
-				break
-			}
-			l.Close()
-			u, err := net.ListenPacket("udp", addr)
-			if err != nil {
-				ok = false
-				break
-			}
-			u.Close()
-		}
-		if ok {
-			return base, nil
-		}
-	}
-	return 0, errors.New("no free block of ports on 127.0.0.1")
 }

@@ -121,7 +121,7 @@ func (s *soak) setup(ctx context.Context) error {
 	if err := os.MkdirAll(s.conf, 0o755); err != nil {
 		return err
 	}
-	port, err := freePorts(len(soakNodes))
+	port, err := FreePorts(len(soakNodes))
 	if err != nil {
 		return err
 	}
@@ -440,22 +440,31 @@ func (s *soak) imagesIdentical() (bool, error) {
 	return true, nil
 }
 
-func freePorts(n int) (int, error) {
+// FreePorts finds n consecutive ports free for both TCP and UDP (QUIC) on
+// 127.0.0.1, for clusters on loopback.
+func FreePorts(n int) (int, error) {
 	for try := 0; try < 50; try++ {
 		base := 20000 + rand.IntN(30000)
-		ok := true
-		for i := 0; i < n && ok; i++ {
-			addr := fmt.Sprintf("127.0.0.1:%d", base+i)
-			l, err := net.Listen("tcp", addr)
-			if err != nil {
-				ok = false
-				break
-			}
-			l.Close()
-		}
-		if ok {
+		if portsFree(base, n) {
 			return base, nil
 		}
 	}
 	return 0, errors.New("no free block of ports on 127.0.0.1")
+}
+
+func portsFree(base, n int) bool {
+	for i := 0; i < n; i++ {
+		addr := fmt.Sprintf("127.0.0.1:%d", base+i)
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return false
+		}
+		l.Close()
+		u, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return false
+		}
+		u.Close()
+	}
+	return true
 }
