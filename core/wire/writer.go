@@ -100,6 +100,20 @@ func NewWriter(w io.Writer, c Compression) *Writer {
 // data frame whose payload does not match its Length and flags). Otherwise
 // the error is the one of an automatic flush.
 func (w *Writer) WriteFrame(f *Frame) error {
+	if err := w.accept(f); err != nil {
+		return err
+	}
+	if err := w.makeRoom(HeaderSize + len(f.Payload)); err != nil {
+		return err
+	}
+	w.buf = AppendFrame(w.buf, f)
+	w.buffered++
+	return w.flushIfFull()
+}
+
+// accept checks that f may be written now: the Writer has not failed and
+// the format allows the frame.
+func (w *Writer) accept(f *Frame) error {
 	if w.err != nil {
 		return w.err
 	}
@@ -109,15 +123,7 @@ func (w *Writer) WriteFrame(f *Frame) error {
 	if f.Type == TypeBatch {
 		return fmt.Errorf("%w: cannot write a batch frame: the Writer makes batches itself", ErrMalformed)
 	}
-	if err := checkWellFormed(f); err != nil {
-		return err
-	}
-	if err := w.makeRoom(HeaderSize + len(f.Payload)); err != nil {
-		return err
-	}
-	w.buf = AppendFrame(w.buf, f)
-	w.buffered++
-	return w.flushIfFull()
+	return checkWellFormed(f)
 }
 
 // WriteFrameShared is WriteFrame without the copy of a large payload (at
@@ -131,16 +137,7 @@ func (w *Writer) WriteFrameShared(f *Frame) error {
 	if w.compressor != nil || len(f.Payload) < MinSharedPayload {
 		return w.WriteFrame(f)
 	}
-	if w.err != nil {
-		return w.err
-	}
-	if len(f.Payload) > MaxPayload {
-		return fmt.Errorf("%w: %s: payload exceeds MaxPayload (%d bytes)", ErrTooLarge, f, MaxPayload)
-	}
-	if f.Type == TypeBatch {
-		return fmt.Errorf("%w: cannot write a batch frame: the Writer makes batches itself", ErrMalformed)
-	}
-	if err := checkWellFormed(f); err != nil {
+	if err := w.accept(f); err != nil {
 		return err
 	}
 	if err := w.makeRoom(HeaderSize + len(f.Payload)); err != nil {
