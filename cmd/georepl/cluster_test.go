@@ -193,15 +193,7 @@ func (c *cluster) kill(n string) {
 
 func (c *cluster) stopAll() {
 	for n, cmd := range c.procs {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
+		checker.Stop(cmd, 15*time.Second)
 		delete(c.procs, n)
 		if c.t.Failed() {
 			c.t.Logf("log of %s:\n%s", n, c.log(n))

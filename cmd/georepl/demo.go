@@ -246,15 +246,7 @@ func (d *demo) kill(n string) error {
 
 func (d *demo) stopAll() {
 	for n, c := range d.procs {
-		c.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { c.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			c.Process.Kill()
-			<-done
-		}
+		checker.Stop(c, 10*time.Second)
 		delete(d.procs, n)
 	}
 }

@@ -202,15 +202,7 @@ func (s *soak) kill(n string) {
 
 func (s *soak) stopAll() {
 	for n, c := range s.procs {
-		c.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { c.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			c.Process.Kill()
-			<-done
-		}
+		Stop(c, 10*time.Second)
 		delete(s.procs, n)
 	}
 }
@@ -438,6 +430,20 @@ func (s *soak) imagesIdentical() (bool, error) {
 		}
 	}
 	return true, nil
+}
+
+// Stop ends a daemon the way an init system would: SIGTERM, then SIGKILL
+// if it has not exited within grace.
+func Stop(cmd *exec.Cmd, grace time.Duration) {
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		cmd.Process.Kill()
+		<-done
+	}
 }
 
 // FreePorts finds n consecutive ports free for both TCP and UDP (QUIC) on
