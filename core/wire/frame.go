@@ -56,6 +56,21 @@ const (
 	// (FlagCompressed). Writer and Reader produce and unpack it; callers of
 	// Reader never see it.
 	TypeBatch Type = 15
+	// TypeResyncCsum asks the sync target to compare blocks instead of
+	// receiving them (checksum-based resync): Seq (from the counter of
+	// data and resync data, so it is ordered with them), Offset, Length
+	// (whole blocks). Payload: one byte, the Csum algorithm, then the
+	// digest of every block of the range as the sync source has it (see
+	// Csum.AppendDigests). The target hashes the same range after every
+	// write received before this frame and before any received after it,
+	// and answers with ResyncCsumReply.
+	TypeResyncCsum Type = 16
+	// TypeResyncCsumReply answers ResyncCsum Seq on the control channel,
+	// echoing Offset and Length. Payload: a bit per block of the range,
+	// bit i%8 of byte i/8 set when block i differs (the source then sends
+	// it as ResyncData); a range that is all identical may send no
+	// payload. FlagNegative: the target could not read the range.
+	TypeResyncCsumReply Type = 17
 )
 
 // String is the type's name as used in logs and error messages ("data",
@@ -75,6 +90,7 @@ var typeNames = map[Type]string{
 	TypeOutOfSync: "out-of-sync", TypeResyncData: "resync-data",
 	TypeStateChange: "state-change",
 	TypeResyncDone:  "resync-done", TypeBatch: "batch",
+	TypeResyncCsum: "resync-csum", TypeResyncCsumReply: "resync-csum-reply",
 }
 
 // known reports whether t is a message type of this wire version.
@@ -125,8 +141,8 @@ func (fl Flags) String() string {
 type Channel uint8
 
 const (
-	// ChannelData carries data, barriers, resync data, out-of-sync and
-	// state-change frames, in order: a generation-id change is ordered with
+	// ChannelData carries data, barriers, resync data and checksums,
+	// out-of-sync and state-change frames, in order: a generation-id change is ordered with
 	// the writes around it.
 	ChannelData Channel = 0
 	// ChannelControl carries the handshake (hello, auth, refuse), pings and
@@ -139,7 +155,7 @@ const (
 // says: only the frames it holds have a channel of their own.
 func ChannelOf(t Type) Channel {
 	switch t {
-	case TypeData, TypeBarrier, TypeOutOfSync, TypeResyncData, TypeStateChange, TypeResyncDone:
+	case TypeData, TypeBarrier, TypeOutOfSync, TypeResyncData, TypeStateChange, TypeResyncDone, TypeResyncCsum:
 		return ChannelData
 	}
 	return ChannelControl

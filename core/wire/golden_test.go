@@ -137,6 +137,13 @@ var goldenCases = []goldenCase{
 	{"state-change", "secondary, up to date, sync source", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeStateChange, Payload: mustMarshal(t, &goldenState)})
 	}},
+	{"resync-csum", "crc32c digests of the two 4 KiB blocks at 8192, resync seq 6", func(t testing.TB) []byte {
+		return encode(Frame{Type: TypeResyncCsum, Seq: 6, Offset: 8192, Length: 8192,
+			Payload: []byte{byte(CsumCRC32C), 0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03, 0x04}})
+	}},
+	{"resync-csum-reply", "of the two blocks of resync-csum 6, the second differs", func(t testing.TB) []byte {
+		return encode(Frame{Type: TypeResyncCsumReply, Seq: 6, Offset: 8192, Length: 8192, Payload: []byte{0x02}})
+	}},
 	{"resync-done", "resync complete", func(t testing.TB) []byte { return encode(Frame{Type: TypeResyncDone}) }},
 	{"batch", "what a Writer with LZ4 sends for 20 writes of 4 KiB of text and a barrier (the compressed bytes change only with the lz4 module)",
 		func(t testing.TB) []byte {
@@ -191,6 +198,12 @@ var goldenCases = []goldenCase{
 	}},
 	{"corrupt-data-length", "a data frame whose length (32) differs from its payload (16 bytes)", func(t testing.TB) []byte {
 		return modified(goldenData, func(b []byte) { b[offLength] = 32; reseal(b) })
+	}},
+	{"corrupt-csum-algorithm", "a resync-csum frame naming checksum algorithm 9", func(t testing.TB) []byte {
+		return encode(Frame{Type: TypeResyncCsum, Seq: 6, Offset: 8192, Length: 4096, Payload: []byte{9, 1, 2, 3, 4}})
+	}},
+	{"corrupt-csum-digests", "a resync-csum frame with 5 bytes of xxh64 digests", func(t testing.TB) []byte {
+		return encode(Frame{Type: TypeResyncCsum, Seq: 6, Offset: 8192, Length: 4096, Payload: []byte{byte(CsumXXH64), 1, 2, 3, 4, 5}})
 	}},
 	{"corrupt-batch-lz4", "a batch whose checksum is right but whose payload is not LZ4", func(t testing.TB) []byte {
 		return batchFrame(100, []byte{0xff, 0xff, 0xff, 0xff})
@@ -349,6 +362,8 @@ func TestGoldenErrors(t *testing.T) {
 		"corrupt-unknown-type":      {ErrUnknownType, ErrUnknownType},
 		"corrupt-compressed-data":   {ErrMalformed, ErrMalformed},
 		"corrupt-data-length":       {ErrMalformed, ErrMalformed},
+		"corrupt-csum-algorithm":    {ErrMalformed, ErrMalformed},
+		"corrupt-csum-digests":      {ErrMalformed, ErrMalformed},
 		"corrupt-batch-lz4":         {nil, ErrMalformed},
 		"corrupt-batch-nested":      {nil, ErrMalformed},
 		"corrupt-batch-partial":     {nil, ErrMalformed},

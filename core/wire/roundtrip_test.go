@@ -13,7 +13,7 @@ import (
 var sendableTypes = []Type{
 	TypeHello, TypeAuth, TypeRefuse, TypePing, TypePingAck, TypeData,
 	TypeRecvAck, TypeWriteAck, TypeBarrier, TypeBarrierAck, TypeOutOfSync,
-	TypeResyncData, TypeStateChange, TypeResyncDone,
+	TypeResyncData, TypeStateChange, TypeResyncDone, TypeResyncCsum, TypeResyncCsumReply,
 }
 
 // payloadKinds are the shapes of data a replicated disk carries.
@@ -76,6 +76,12 @@ func frameGen(maxPayload int, kinds []string) *rapid.Generator[Frame] {
 			Length: rapid.Uint32().Draw(t, "length"),
 		}
 		if (f.Type == TypeData || f.Type == TypeResyncData) && f.Flags&(FlagZeroes|FlagTrim) != 0 {
+			return f
+		}
+		if f.Type == TypeResyncCsum {
+			c := rapid.SampledFrom([]Csum{CsumCRC32C, CsumXXH64, CsumSHA256}).Draw(t, "csum")
+			digests := rapid.SliceOfN(rapid.Byte(), c.Size(), c.Size()).Draw(t, "digest")
+			f.Payload = append([]byte{byte(c)}, bytes.Repeat(digests, rapid.IntRange(1, 8).Draw(t, "blocks"))...)
 			return f
 		}
 		f.Payload = payloadGen(maxPayload, kinds).Draw(t, "payload")
