@@ -3,6 +3,7 @@ package core
 import (
 	"fmt"
 
+	"github.com/georepl/georepl/core/wire"
 	"github.com/georepl/georepl/protocols"
 )
 
@@ -36,6 +37,11 @@ type PeerConfig struct {
 	// completes even under protocol A: congestion policy "block".
 	// 0 means DefaultMaxBuffer.
 	MaxBuffer uint64
+	// Csums, if not wire.CsumNone, makes this node, as sync source towards
+	// the peer, compare blocks by checksum (OpChecksum, ResyncCsum) before
+	// sending them: blocks already identical on the peer are not sent.
+	// The peer needs no setting of its own to answer.
+	Csums wire.Csum
 }
 
 // Persistent is the state that must survive a crash. The engine hands it out
@@ -144,6 +150,9 @@ func (cfg Config) withDefaults() (Config, error) {
 		seen[p.ID] = true
 		if p.Protocol != protocols.A && p.Protocol != protocols.B && p.Protocol != protocols.C {
 			return cfg, fmt.Errorf("core: peer %d (%q): unknown protocol %v", p.ID, p.Name, p.Protocol)
+		}
+		if p.Csums != wire.CsumNone && p.Csums.Size() == 0 {
+			return cfg, fmt.Errorf("core: peer %d (%q): unknown checksum algorithm %v", p.ID, p.Name, p.Csums)
 		}
 		if p.MaxBuffer == 0 {
 			p.MaxBuffer = DefaultMaxBuffer

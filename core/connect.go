@@ -158,6 +158,14 @@ func (e *Engine) Receive(from NodeID, f *wire.Frame) {
 			return
 		}
 		e.receiveWrite(p, f, true)
+	case wire.TypeResyncCsum:
+		if p.repl != SyncTarget {
+			e.violation(p, f, "resync checksums without a resync from this peer")
+			return
+		}
+		e.receiveCsum(p, f)
+	case wire.TypeResyncCsumReply:
+		e.resyncCsumReply(p, f)
 	case wire.TypeResyncDone:
 		if p.repl != SyncTarget {
 			e.violation(p, f, "resync done without a resync from this peer")
@@ -370,7 +378,7 @@ func (e *Engine) apply(p *peer, d decision, atConnect bool) {
 	case SyncSource:
 		e.startResync(p, d.full)
 	case SyncTarget:
-		p.resyncTotal, p.resyncDone = 0, 0
+		p.resyncTotal, p.resyncDone, p.resyncSame = 0, 0, 0
 		e.setDisk(Inconsistent, fmt.Sprintf("resync from node %d", p.cfg.ID))
 		e.setRepl(p, SyncTarget, "")
 		// Only p knows which of our blocks it will rewrite: towards any

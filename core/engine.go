@@ -83,6 +83,7 @@ type peer struct {
 	rs                      *resyncSource // we are its sync source
 	rx                      *receiver     // frames it sends us to write
 	resyncTotal, resyncDone uint64
+	resyncSame              uint64 // bytes a checksum comparison found identical
 	dataSent, dataReceived  uint64
 }
 
@@ -188,7 +189,7 @@ func (e *Engine) Status() Status {
 			ID: p.cfg.ID, Name: p.cfg.Name, Protocol: p.cfg.Protocol,
 			Conn: p.conn, Repl: p.repl, Role: p.role, Disk: p.disk,
 			OutOfSync:   e.blocksToBytes(p.bitmap.Count()),
-			ResyncTotal: p.resyncTotal, ResyncDone: p.resyncDone,
+			ResyncTotal: p.resyncTotal, ResyncDone: p.resyncDone, ResyncSame: p.resyncSame,
 			Unacked: p.unacked, DataSent: p.dataSent, DataReceived: p.dataReceived,
 			BitmapUUID: p.bitmapUUID,
 		})
@@ -315,7 +316,7 @@ func (e *Engine) LocalDone(id OpID, data []byte, err error) {
 	case o.flush != nil:
 		e.appFlushDone(o.flush, err)
 	case o.rxWrite != nil:
-		e.rxWriteDone(o.rxWrite, err)
+		e.rxWriteDone(o.rxWrite, data, err)
 	case o.rxFlush != nil:
 		e.rxFlushDone(o.rxFlush, err)
 	case o.syncRead != nil:

@@ -196,7 +196,7 @@ func (c *cluster) handle(nd *node) {
 		}
 		for _, op := range rd.LocalOps {
 			c.logf("%s: op %s", name, fmtOp(op))
-			if r := nd.rx[op.Seq]; r != nil && op.Epoch > 0 && op.Kind != OpRead && op.Kind != OpFlush {
+			if r := nd.rx[op.Seq]; r != nil && op.Epoch > 0 && op.Kind != OpRead && op.Kind != OpChecksum && op.Kind != OpFlush {
 				for seq, other := range nd.rx {
 					if other.epoch < op.Epoch {
 						c.fail("n%d started seq %d of epoch %d while seq %d of epoch %d is not done", nd.id, op.Seq, op.Epoch, seq, other.epoch)
@@ -338,16 +338,21 @@ func (c *cluster) process(nd *node, n int, fail bool, pick func(int) int) int {
 				clear(nd.disk[op.Offset : op.Offset+op.Length])
 			case OpRead:
 				data = slices.Clone(nd.disk[op.Offset : op.Offset+op.Length])
+			case OpChecksum:
+				if op.FUA {
+					copy(nd.durable, nd.disk)
+				}
+				data = op.Csum.AppendDigests(nil, nd.disk[op.Offset:op.Offset+op.Length], int(op.BlockSize))
 			case OpFlush:
 				copy(nd.durable, nd.disk)
 			}
-			if op.Kind != OpRead && (!nd.volatile || op.FUA) {
+			if op.Kind != OpRead && op.Kind != OpChecksum && (!nd.volatile || op.FUA) {
 				copy(nd.durable[op.Offset:op.Offset+op.Length], nd.disk[op.Offset:op.Offset+op.Length])
 			}
 		}
 		if nd.orphans[op.Seq] {
 			delete(nd.orphans, op.Seq)
-		} else if r := nd.rx[op.Seq]; r != nil && r.issued && op.Kind != OpRead && op.Kind != OpFlush {
+		} else if r := nd.rx[op.Seq]; r != nil && r.issued && op.Kind != OpRead && op.Kind != OpChecksum && op.Kind != OpFlush {
 			delete(nd.rx, op.Seq)
 		}
 		nd.eng.LocalDone(op.ID, data, err)
@@ -494,8 +499,12 @@ func (c *cluster) status(nd *node) string {
 	fmt.Fprintf(&b, "n%d: %v %v cur=%x hist=%x,%x epoch=%d pending=%d\n", nd.id, st.Role, st.Disk, st.Current,
 		st.History[0], st.History[1], st.Epoch, st.Pending)
 	for _, p := range st.Peers {
-		fmt.Fprintf(&b, "  n%d %v %v %v peer=%v/%v oos=%d resync=%d/%d unacked=%d bm=%x\n", p.ID, p.Protocol, p.Conn, p.Repl,
-			p.Role, p.Disk, p.OutOfSync, p.ResyncDone, p.ResyncTotal, p.Unacked, p.BitmapUUID)
+		same := ""
+		if p.ResyncSame > 0 {
+			same = fmt.Sprintf(" same=%d", p.ResyncSame)
+		}
+		fmt.Fprintf(&b, "  n%d %v %v %v peer=%v/%v oos=%d resync=%d/%d%s unacked=%d bm=%x\n", p.ID, p.Protocol, p.Conn, p.Repl,
+			p.Role, p.Disk, p.OutOfSync, p.ResyncDone, p.ResyncTotal, same, p.Unacked, p.BitmapUUID)
 	}
 	return b.String()
 }
@@ -524,6 +533,9 @@ func fmtOp(op LocalOp) string {
 	if op.Seq != 0 {
 		s += fmt.Sprintf(" seq=%d ep=%d", op.Seq, op.Epoch)
 	}
+	if op.Kind == OpChecksum {
+		s += " " + op.Csum.String()
+	}
 	if op.FUA {
 		s += " fua"
 	}
@@ -545,6 +557,14 @@ func fmtFrame(f *wire.Frame) string {
 		s += fmt.Sprintf(" seq=%d ep=%d off=%d len=%d", f.Seq, f.Epoch, f.Offset, f.Length)
 	case wire.TypeResyncData:
 		s += fmt.Sprintf(" seq=%d off=%d len=%d", f.Seq, f.Offset, f.Length)
+	case wire.TypeResyncCsum:
+		s += fmt.Sprintf(" seq=%d off=%d len=%d %v", f.Seq, f.Offset, f.Length, wire.Csum(f.Payload[0]))
+	case wire.TypeResyncCsumReply:
+		if len(f.Payload) == 0 {
+			s += fmt.Sprintf(" seq=%d off=%d len=%d all-same", f.Seq, f.Offset, f.Length)
+		} else {
+			s += fmt.Sprintf(" seq=%d off=%d len=%d differ=%x", f.Seq, f.Offset, f.Length, f.Payload)
+		}
 	case wire.TypeOutOfSync:
 		s += fmt.Sprintf(" off=%d len=%d", f.Offset, f.Length)
 	case wire.TypeRecvAck, wire.TypeWriteAck:

@@ -64,18 +64,25 @@ const (
 	OpFlush
 	// OpRead reads Length bytes at Offset; LocalDone carries the data.
 	OpRead
+	// OpChecksum reads Length bytes at Offset and hashes every BlockSize
+	// bytes of it with Csum; LocalDone carries the digests
+	// (wire.Csum.AppendDigests), not the data. With FUA the disk is
+	// flushed first, so that the digests describe durable data. It is how
+	// checksum resync compares blocks without sending them; hashing runs
+	// in the driver, off the engine's goroutine.
+	OpChecksum
 )
 
 // String returns the kind's name ("read").
 func (k OpKind) String() string {
-	return enumName(uint8(k), "OpKind", "invalid", "write", "zeroes", "trim", "flush", "read")
+	return enumName(uint8(k), "OpKind", "invalid", "write", "zeroes", "trim", "flush", "read", "checksum")
 }
 
 // LocalOp is an operation on the local backing disk.
 type LocalOp struct {
 	// ID names the operation in LocalDone.
 	ID   OpID
-	Kind OpKind // OpWrite, OpZeroes, OpTrim, OpFlush or OpRead
+	Kind OpKind // OpWrite, OpZeroes, OpTrim, OpFlush, OpRead or OpChecksum
 	// Offset and Length are the byte range on the backing disk (zero for
 	// OpFlush).
 	Offset uint64
@@ -83,8 +90,13 @@ type LocalOp struct {
 	// Data is the payload of an OpWrite; read-only for the driver (it is
 	// shared with frames being sent).
 	Data []byte
-	// FUA: the write must be durable before LocalDone is reported.
+	// FUA: the write must be durable before LocalDone is reported; for
+	// OpChecksum, flush the disk before reading.
 	FUA bool
+	// Csum and BlockSize are an OpChecksum's algorithm and the bytes each
+	// digest covers (the engine's block size; Length is a multiple).
+	Csum      wire.Csum
+	BlockSize uint32
 	// Seq and Epoch identify the replicated write or resync block an
 	// OpWrite/OpZeroes/OpTrim applies (Epoch 0 for resync data), for
 	// tracing; the driver needs neither.
@@ -210,6 +222,10 @@ type PeerStatus struct {
 	// resync: for a sync source, bytes to send and bytes acknowledged; for a
 	// sync target, ResyncDone counts bytes received.
 	ResyncTotal, ResyncDone uint64
+	// ResyncSame counts the bytes of the running (or last) resync that a
+	// checksum comparison found identical on both nodes, so they were not
+	// sent (PeerConfig.Csums); a source also counts them in ResyncDone.
+	ResyncSame uint64
 	// Unacked is the number of data bytes sent and not yet acknowledged as
 	// written.
 	Unacked uint64

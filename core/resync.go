@@ -15,7 +15,13 @@ type resyncSource struct {
 	reads  int    // reads in flight
 	sent   map[uint64]*blockRun
 	runs   []*blockRun // read or sent, not yet acknowledged
-	lost   bool        // the connection is gone
+	// With checksums (csums set), a run is first hashed and its digests
+	// sent (checking, by seq); the target answers which blocks differ,
+	// and those runs wait in todo to be read and sent as data.
+	csums    wire.Csum
+	checking map[uint64]*blockRun
+	todo     []*blockRun
+	lost     bool // the connection is gone
 	// targetReady: the target's StateChange as SyncTarget arrived, after
 	// its own marks (OutOfSync): the resync may finish.
 	targetReady bool
@@ -48,13 +54,18 @@ func (rs *resyncSource) forget(run *blockRun) {
 	}
 }
 
-// syncRead is a resync read in flight.
+// syncRead is a resync read (or checksum) in flight.
 type syncRead struct {
-	p   *peer
-	rs  *resyncSource
-	run *blockRun
-	ext extent
+	p    *peer
+	rs   *resyncSource
+	run  *blockRun
+	ext  extent
+	csum bool // an OpChecksum: the run's digests go to the target
 }
+
+// busy is the resync work under way or waiting: reads, frames not yet
+// answered, runs to read.
+func (rs *resyncSource) busy() int { return rs.reads + len(rs.sent) + len(rs.checking) + len(rs.todo) }
 
 func (e *Engine) startResync(p *peer, full bool) {
 	how := "bitmap"
@@ -76,8 +87,11 @@ func (e *Engine) startResync(p *peer, full bool) {
 		// Established while we wait for it forever.
 		e.announce = true
 	}
-	p.rs = &resyncSource{sent: make(map[uint64]*blockRun)}
-	p.resyncTotal, p.resyncDone = e.blocksToBytes(p.bitmap.Count()), 0
+	p.rs = &resyncSource{sent: make(map[uint64]*blockRun), csums: p.cfg.Csums, checking: make(map[uint64]*blockRun)}
+	p.resyncTotal, p.resyncDone, p.resyncSame = e.blocksToBytes(p.bitmap.Count()), 0, 0
+	if p.rs.csums != wire.CsumNone {
+		how += ", " + p.rs.csums.String() + " checksums"
+	}
 	e.setRepl(p, SyncSource, "")
 	e.peerEvent(p, "resync", "", "", fmt.Sprintf("started (%s, %d bytes)", how, p.resyncTotal))
 	e.scheduleResync(p)
@@ -103,16 +117,28 @@ func (e *Engine) sendMarks(p *peer) {
 	}
 }
 
-// scheduleResync issues resync reads while the window allows. A run that
-// overlaps a local write in flight waits for it, so that resync data never
-// carries content older than a write already sent.
+// scheduleResync issues resync reads while the window allows: first the
+// runs a checksum comparison found different, then the next marked run
+// after the cursor (hashed instead of read when checksums are on). A run
+// that overlaps a local write in flight waits for it, so that resync data
+// (and digests) never carry content older than a write already sent.
 func (e *Engine) scheduleResync(p *peer) {
 	rs := p.rs
 	wrapped := false
-	for rs.reads+len(rs.sent) < e.window {
+	bs := uint64(e.blockSize)
+	for rs.reads+len(rs.sent)+len(rs.checking) < e.window {
+		if len(rs.todo) > 0 {
+			run := rs.todo[0]
+			if e.overlapsInflight(run.first*bs, (run.first+run.n)*bs, true) {
+				return
+			}
+			rs.todo = rs.todo[1:]
+			e.issueSyncRead(p, run, false)
+			continue
+		}
 		b, ok := p.bitmap.NextSet(rs.cursor)
 		if !ok {
-			if rs.reads+len(rs.sent) > 0 || wrapped {
+			if rs.busy() > 0 || wrapped {
 				return
 			}
 			if p.bitmap.Count() == 0 {
@@ -125,18 +151,28 @@ func (e *Engine) scheduleResync(p *peer) {
 			continue
 		}
 		end := min(p.bitmap.NextClear(b), b+e.chunkBlocks)
-		bs := uint64(e.blockSize)
-		off, length := b*bs, (end-b)*bs
-		if e.overlapsInflight(off, off+length, true) {
+		if e.overlapsInflight(b*bs, end*bs, true) {
 			return
 		}
-		r := &syncRead{p: p, rs: rs, run: &blockRun{first: b, n: end - b}}
-		rs.runs = append(rs.runs, r.run)
-		e.addInflight(&r.ext, off, length, false)
-		e.newOp(LocalOp{Kind: OpRead, Offset: off, Length: length}, opOwner{syncRead: r})
-		rs.reads++
+		run := &blockRun{first: b, n: end - b}
+		rs.runs = append(rs.runs, run)
+		e.issueSyncRead(p, run, rs.csums != wire.CsumNone)
 		rs.cursor = end
 	}
+}
+
+// issueSyncRead reads run (or hashes it, csum) for the resync to p.
+func (e *Engine) issueSyncRead(p *peer, run *blockRun, csum bool) {
+	bs := uint64(e.blockSize)
+	off, length := run.first*bs, run.n*bs
+	r := &syncRead{p: p, rs: p.rs, run: run, csum: csum}
+	e.addInflight(&r.ext, off, length, false)
+	op := LocalOp{Kind: OpRead, Offset: off, Length: length}
+	if csum {
+		op.Kind, op.Csum, op.BlockSize = OpChecksum, p.rs.csums, e.blockSize
+	}
+	e.newOp(op, opOwner{syncRead: r})
+	p.rs.reads++
 }
 
 func (e *Engine) syncReadDone(r *syncRead, data []byte, err error) {
@@ -147,14 +183,25 @@ func (e *Engine) syncReadDone(r *syncRead, data []byte, err error) {
 	p, rs := r.p, r.rs
 	rs.reads--
 	bs := uint64(e.blockSize)
-	if err == nil && uint64(len(data)) != r.run.n*bs {
-		err = fmt.Errorf("read returned %d bytes, want %d", len(data), r.run.n*bs)
+	want := r.run.n * bs
+	if r.csum {
+		want = r.run.n * uint64(rs.csums.Size())
+	}
+	if err == nil && uint64(len(data)) != want {
+		err = fmt.Errorf("got %d bytes, want %d", len(data), want)
 	}
 	if err != nil {
 		e.dropPeer(p, fmt.Errorf("%w: resync read of [%d, +%d): %w", ErrIO, r.run.first*bs, r.run.n*bs, err), false)
 		return
 	}
 	e.seq++
+	if r.csum {
+		payload := make([]byte, 0, 1+len(data))
+		payload = append(append(payload, byte(rs.csums)), data...)
+		e.send(p, wire.Frame{Type: wire.TypeResyncCsum, Seq: e.seq, Offset: r.run.first * bs, Length: uint32(r.run.n * bs), Payload: payload})
+		rs.checking[e.seq] = r.run
+		return
+	}
 	e.send(p, wire.Frame{Type: wire.TypeResyncData, Seq: e.seq, Offset: r.run.first * bs, Length: uint32(len(data)), Payload: data})
 	p.dataSent += uint64(len(data))
 	rs.sent[e.seq] = r.run
@@ -186,6 +233,58 @@ func (e *Engine) resyncAck(p *peer, f *wire.Frame) {
 	e.scheduleResync(p)
 }
 
+// resyncCsumReply handles ResyncCsumReply from our sync target: identical
+// blocks are done (unless marked again meanwhile: a later pass checks them
+// again), different ones are read and sent as data.
+func (e *Engine) resyncCsumReply(p *peer, f *wire.Frame) {
+	rs := p.rs
+	var run *blockRun
+	ok := rs != nil
+	if ok {
+		run, ok = rs.checking[f.Seq]
+	}
+	bs := uint64(e.blockSize)
+	switch {
+	case !ok:
+		e.violation(p, f, "checksum reply for nothing")
+		return
+	case f.Offset != run.first*bs || uint64(f.Length) != run.n*bs:
+		e.violation(p, f, fmt.Sprintf("checksum reply for [%d, +%d), asked [%d, +%d)", f.Offset, f.Length, run.first*bs, run.n*bs))
+		return
+	case len(f.Payload) != 0 && uint64(len(f.Payload)) != (run.n+7)/8:
+		e.violation(p, f, fmt.Sprintf("checksum reply of %d bytes for %d blocks", len(f.Payload), run.n))
+		return
+	}
+	delete(rs.checking, f.Seq)
+	if f.Flags&wire.FlagNegative != 0 {
+		e.dropPeer(p, fmt.Errorf("%w: the peer failed to read [%d, +%d) for a checksum", ErrIO, run.first*bs, run.n*bs), false)
+		return
+	}
+	rs.forget(run)
+	if run.remarked {
+		e.scheduleResync(p)
+		return
+	}
+	differs := func(i uint64) bool { return len(f.Payload) != 0 && f.Payload[i/8]&(1<<(i%8)) != 0 }
+	for i := uint64(0); i < run.n; {
+		j := i + 1
+		for j < run.n && differs(j) == differs(i) {
+			j++
+		}
+		if differs(i) {
+			d := &blockRun{first: run.first + i, n: j - i}
+			rs.runs = append(rs.runs, d)
+			rs.todo = append(rs.todo, d)
+		} else {
+			p.bitmap.ClearRange(run.first+i, j-i)
+			p.resyncDone += (j - i) * bs
+			p.resyncSame += (j - i) * bs
+		}
+		i = j
+	}
+	e.scheduleResync(p)
+}
+
 // finishResync ends a resync whose bitmap is clear with nothing in flight.
 func (e *Engine) finishResync(p *peer) {
 	e.send(p, wire.Frame{Type: wire.TypeResyncDone})
@@ -194,7 +293,11 @@ func (e *Engine) finishResync(p *peer) {
 	p.bitmapUUID = 0
 	e.persistDirty = true
 	e.setRepl(p, Established, "resync done")
-	e.peerEvent(p, "resync", "", "", fmt.Sprintf("finished (%d bytes)", p.resyncDone))
+	detail := fmt.Sprintf("finished (%d bytes)", p.resyncDone)
+	if p.resyncSame > 0 {
+		detail = fmt.Sprintf("finished (%d bytes, %d of them found identical and not sent)", p.resyncDone, p.resyncSame)
+	}
+	e.peerEvent(p, "resync", "", "", detail)
 }
 
 // resyncTargetDone handles ResyncDone from our sync source (always a

@@ -20,7 +20,7 @@ import (
 //
 // and read the diff. Commands (nodes are numbers, n0 is node 0):
 //
-//	new nodes=3 [protocols=C,A] [size=B] [block=B] [epoch-max=N] [chunk=B] [window=N] [maxbuf=B] [flushes]
+//	new nodes=3 [protocols=C,A] [size=B] [block=B] [epoch-max=N] [chunk=B] [window=N] [maxbuf=B] [flushes] [csums=crc32c]
 //	connect A B | reconnect A B | disconnect A B | crash A
 //	primary A [force] | secondary A
 //	write A off=O len=L [fill=c] [fua] | zeroes A off=O len=L | trim A off=O len=L | flush A
@@ -87,6 +87,13 @@ func newScenarioCluster(t *testing.T, d *datadriven.TestData) *cluster {
 	num("epoch-max", &epochMax)
 	num("window", &window)
 	flushes := d.HasArg("flushes")
+	var csums wire.Csum
+	if a, ok := d.Arg("csums"); ok && len(a.Vals) == 1 {
+		var err error
+		if csums, err = wire.ParseCsum(a.Vals[0]); err != nil {
+			d.Fatalf(t, "%v", err)
+		}
+	}
 	return newCluster(n, protos, func(cfg *Config) {
 		if size != 0 {
 			cfg.Size = size
@@ -100,6 +107,7 @@ func newScenarioCluster(t *testing.T, d *datadriven.TestData) *cluster {
 		cfg.DiskFlushes = flushes
 		for i := range cfg.Peers {
 			cfg.Peers[i].MaxBuffer = maxbuf
+			cfg.Peers[i].Csums = csums
 		}
 	})
 }

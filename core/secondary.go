@@ -1,6 +1,7 @@
 package core
 
 import (
+	"bytes"
 	"fmt"
 
 	"github.com/georepl/georepl/core/wire"
@@ -40,13 +41,16 @@ type segment struct {
 	flushed  bool
 }
 
-// rxWrite is a received data or resync write.
+// rxWrite is a received data or resync write, or a checksum request
+// (op.Kind OpChecksum), which is ordered with the writes like one.
 type rxWrite struct {
 	seg    *segment
 	op     LocalOp
 	resync bool
 	ext    *extent // &local while issued
 	local  extent
+	// digests are the sync source's, for an OpChecksum.
+	digests []byte
 }
 
 func newReceiver(p *peer) *receiver {
@@ -83,6 +87,27 @@ func (e *Engine) receiveWrite(p *peer, f *wire.Frame, resync bool) {
 	e.pump(p.rx)
 }
 
+// receiveCsum queues a ResyncCsum frame: the range is hashed in order with
+// the writes received before and after it, and the digests compared with
+// the source's (receiveWrite's ordering, as a read).
+func (e *Engine) receiveCsum(p *peer, f *wire.Frame) {
+	bs := uint64(e.blockSize)
+	if end := f.Offset + uint64(f.Length); f.Length == 0 || end < f.Offset || end > e.size || len(f.Payload) == 0 {
+		e.violation(p, f, fmt.Sprintf("checksums for [%d, +%d) outside the device", f.Offset, f.Length))
+		return
+	}
+	alg := wire.Csum(f.Payload[0])
+	if alg.Size() == 0 || f.Offset%bs != 0 || uint64(f.Length)%bs != 0 || uint64(len(f.Payload)-1) != uint64(f.Length)/bs*uint64(alg.Size()) {
+		e.violation(p, f, fmt.Sprintf("%d digest bytes of %v for [%d, +%d) in blocks of %d", len(f.Payload)-1, alg, f.Offset, f.Length, bs))
+		return
+	}
+	op := LocalOp{Kind: OpChecksum, Offset: f.Offset, Length: uint64(f.Length), Csum: alg, BlockSize: e.blockSize,
+		Seq: f.Seq, FUA: e.diskFlushes}
+	seg := p.rx.segs[len(p.rx.segs)-1]
+	seg.writes = append(seg.writes, &rxWrite{seg: seg, op: op, resync: true, digests: f.Payload[1:]})
+	e.pump(p.rx)
+}
+
 // receiveBarrier closes the open segment. Its Seq confirms that every
 // write up to it is on every peer: those leave the recent list.
 func (e *Engine) receiveBarrier(p *peer, f *wire.Frame) {
@@ -106,7 +131,7 @@ func (e *Engine) pump(rx *receiver) {
 		seg := rx.segs[0]
 		for i, w := range seg.writes {
 			if w.ext == nil && !e.waitsForEarlier(seg.writes[:i], w) {
-				w.ext = e.addInflight(&w.local, w.op.Offset, w.op.Length, true)
+				w.ext = e.addInflight(&w.local, w.op.Offset, w.op.Length, w.op.Kind != OpChecksum)
 				e.newOp(w.op, opOwner{rxWrite: w})
 			}
 		}
@@ -141,7 +166,7 @@ func (e *Engine) waitsForEarlier(earlier []*rxWrite, w *rxWrite) bool {
 	return false
 }
 
-func (e *Engine) rxWriteDone(w *rxWrite, err error) {
+func (e *Engine) rxWriteDone(w *rxWrite, data []byte, err error) {
 	e.removeInflight(w.ext)
 	seg := w.seg
 	if seg.rx.lost {
@@ -154,6 +179,10 @@ func (e *Engine) rxWriteDone(w *rxWrite, err error) {
 			break
 		}
 	}
+	if w.op.Kind == OpChecksum {
+		e.compareDigests(w, data, err)
+		return
+	}
 	ack := wire.Frame{Type: wire.TypeWriteAck, Seq: w.op.Seq}
 	if w.resync {
 		ack.Flags |= wire.FlagResync
@@ -164,6 +193,37 @@ func (e *Engine) rxWriteDone(w *rxWrite, err error) {
 		e.event(Event{What: "disk", Detail: fmt.Sprintf("%v of [%d, +%d) failed: %v", w.op.Kind, w.op.Offset, w.op.Length, err)})
 	}
 	e.send(seg.rx.peer, ack)
+}
+
+// compareDigests answers a checksum request with the blocks whose digests
+// (ours, data) differ from the source's.
+func (e *Engine) compareDigests(w *rxWrite, data []byte, err error) {
+	p := w.seg.rx.peer
+	reply := wire.Frame{Type: wire.TypeResyncCsumReply, Seq: w.op.Seq, Offset: w.op.Offset, Length: uint32(w.op.Length)}
+	if err == nil && len(data) != len(w.digests) {
+		err = fmt.Errorf("got %d digest bytes, want %d", len(data), len(w.digests))
+	}
+	if err != nil {
+		reply.Flags |= wire.FlagNegative
+		e.event(Event{What: "disk", Detail: fmt.Sprintf("checksum of [%d, +%d) failed: %v", w.op.Offset, w.op.Length, err)})
+		e.send(p, reply)
+		return
+	}
+	size := w.op.Csum.Size()
+	blocks := len(data) / size
+	var mask []byte
+	for i := range blocks {
+		if !bytes.Equal(data[i*size:(i+1)*size], w.digests[i*size:(i+1)*size]) {
+			if mask == nil {
+				mask = make([]byte, (blocks+7)/8)
+			}
+			mask[i/8] |= 1 << (i % 8)
+		} else {
+			p.resyncSame += uint64(e.blockSize)
+		}
+	}
+	reply.Payload = mask
+	e.send(p, reply)
 }
 
 // rxFlushDone acknowledges the barrier via pump; a failed flush must not be
