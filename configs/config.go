@@ -140,6 +140,12 @@ type Net struct {
 	// application waits), "pull-ahead" (stop sending, record the blocks in
 	// the peer's bitmap and resynchronise later) or "disconnect".
 	OnCongestion string
+	// Csums is the checksum algorithm of checksum-based resync: "none"
+	// (send every block marked out of sync), "crc32c", "xxh64" or
+	// "sha256" (compare each marked block by checksum first and send only
+	// those that differ). It is the sync source's setting; the target
+	// answers whatever algorithm the source asks for.
+	Csums string
 	// PingInterval is how often an idle connection is probed.
 	PingInterval time.Duration
 	// Timeout is how long a peer may stay silent before the connection is

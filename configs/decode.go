@@ -36,6 +36,7 @@ var (
 			{Name: "shared_secret"},
 			{Name: "max_buffer"},
 			{Name: "on_congestion"},
+			{Name: "csums"},
 			{Name: "ping_interval"},
 			{Name: "timeout"},
 			{Name: "connect_retry"},
@@ -65,6 +66,7 @@ var (
 	protocolNames     = []string{"A", "B", "C"}
 	compressionNames  = []string{"none", "lz4"}
 	onCongestionNames = []string{"block", "pull-ahead", "disconnect"}
+	csumsNames        = []string{"none", "crc32c", "xxh64", "sha256"}
 	resourceNameRE    = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 	nodeNameRE        = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 )
@@ -93,6 +95,7 @@ func defaultNet() Net {
 		Compression:  "none",
 		MaxBuffer:    64 << 20,
 		OnCongestion: "block",
+		Csums:        "none",
 		PingInterval: 10 * time.Second,
 		Timeout:      6 * time.Second,
 		ConnectRetry: time.Second,
@@ -219,6 +222,11 @@ func (d *decoder) net(block *hcl.Block, into *Net) {
 	if attr := attrs["on_congestion"]; attr != nil {
 		if s, ok := d.choice(attr, "Invalid on_congestion", onCongestionNames); ok {
 			into.OnCongestion = s
+		}
+	}
+	if attr := attrs["csums"]; attr != nil {
+		if s, ok := d.choice(attr, "Invalid csums", csumsNames); ok {
+			into.Csums = s
 		}
 	}
 	for _, f := range []struct {

@@ -43,6 +43,7 @@ func TestDefaults(t *testing.T) {
 		Compression:  "none",
 		MaxBuffer:    64 << 20,
 		OnCongestion: "block",
+		Csums:        "none",
 		PingInterval: 10 * time.Second,
 		Timeout:      6 * time.Second,
 		ConnectRetry: time.Second,
@@ -72,6 +73,7 @@ func TestEverySetting(t *testing.T) {
     shared_secret = "s3cret"
     max_buffer    = 1048576
     on_congestion = "disconnect"
+    csums         = "sha256"
     ping_interval = "1m30s"
     timeout       = "500ms"
     connect_retry = "2s"
@@ -107,6 +109,7 @@ func TestEverySetting(t *testing.T) {
 		SharedSecret: "s3cret",
 		MaxBuffer:    1 << 20,
 		OnCongestion: "disconnect",
+		Csums:        "sha256",
 		PingInterval: 90 * time.Second,
 		Timeout:      500 * time.Millisecond,
 		ConnectRetry: 2 * time.Second,
@@ -167,6 +170,7 @@ var errorCases = []struct {
 	{"unknown transport", withTwoNodes(`net { transport = "tpc" }`), []string{"r0.hcl:12:21:", "Unknown transport", `did you mean "tcp"?`, `"tcp", "quic"`}},
 	{"bad compression", withTwoNodes(`net { compression = "zstd" }`), []string{"r0.hcl:12:23:", "Invalid compression", `"none", "lz4"`}},
 	{"bad on_congestion", withTwoNodes(`net { on_congestion = "pullahead" }`), []string{"r0.hcl:12:25:", "Invalid on_congestion", `did you mean "pull-ahead"?`}},
+	{"bad csums", withTwoNodes(`net { csums = "xxh46" }`), []string{"r0.hcl:12:17:", "Invalid csums", `did you mean "xxh64"?`, `"none", "crc32c", "xxh64", "sha256"`}},
 	{"bad size unit", withTwoNodes(`net { max_buffer = "64MB" }`), []string{"r0.hcl:12:22:", "Invalid size", `"64MB"`, `unknown unit "MB"`}},
 	{"max_buffer too small", withTwoNodes(`net { max_buffer = "4KiB" }`), []string{"r0.hcl:12:22:", "Invalid max_buffer", "4KiB is too small", "64KiB"}},
 	{"bad duration", withTwoNodes(`net { timeout = "6" }`), []string{"r0.hcl:12:19:", "Invalid duration", `timeout = "6"`}},

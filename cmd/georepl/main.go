@@ -315,7 +315,7 @@ func validateCmd() *cobra.Command {
 						if err != nil {
 							return err
 						}
-						fmt.Fprintf(out, "  %s <-> %s: protocol %s, %s, compression %s\n", a.Name, b.Name, l.Protocol, l.Net.Transport, l.Net.Compression)
+						fmt.Fprintf(out, "  %s <-> %s: protocol %s, %s, compression %s, csums %s\n", a.Name, b.Name, l.Protocol, l.Net.Transport, l.Net.Compression, l.Net.Csums)
 					}
 				}
 			}

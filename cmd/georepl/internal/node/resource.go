@@ -193,8 +193,12 @@ func (r *resource) newEngine(st *storage) (*core.Engine, error) {
 		if err != nil {
 			return nil, err
 		}
+		csums, err := wire.ParseCsum(p.link.Net.Csums)
+		if err != nil {
+			return nil, err
+		}
 		cfg.Peers = append(cfg.Peers, core.PeerConfig{
-			ID: p.id, Name: p.node.Name, Protocol: proto, MaxBuffer: uint64(p.link.Net.MaxBuffer),
+			ID: p.id, Name: p.node.Name, Protocol: proto, MaxBuffer: uint64(p.link.Net.MaxBuffer), Csums: csums,
 		})
 		if int(p.id) < len(sb.BitmapUUID) {
 			state.BitmapUUID[p.id] = sb.BitmapUUID[p.id]
@@ -539,13 +543,45 @@ func (r *resource) do(op core.LocalOp) (data []byte, err error) {
 		if _, err = dev.ReadAt(data, off); err == nil {
 			r.diskRead.Add(uint64(n))
 		}
+	case core.OpChecksum:
+		data, err = r.checksum(op)
 	default:
 		err = fmt.Errorf("unknown local operation %v", op.Kind)
 	}
-	if err == nil && op.FUA {
+	if err == nil && op.FUA && op.Kind != core.OpChecksum {
 		err = dev.Sync()
 	}
 	return data, err
+}
+
+// checksumChunk bounds the memory one OpChecksum reads at a time.
+const checksumChunk = 1 << 20
+
+// checksum performs an OpChecksum: the digests of the range's blocks,
+// read in chunks, after a flush if the op asks for durable data.
+func (r *resource) checksum(op core.LocalOp) ([]byte, error) {
+	dev := r.st.data
+	if op.FUA {
+		if err := dev.Sync(); err != nil {
+			return nil, err
+		}
+	}
+	bs := uint64(op.BlockSize)
+	if bs == 0 || op.Length%bs != 0 {
+		return nil, fmt.Errorf("checksum of [%d, +%d) in blocks of %d bytes", op.Offset, op.Length, bs)
+	}
+	digests := make([]byte, 0, op.Length/bs*uint64(op.Csum.Size()))
+	buf := make([]byte, min(op.Length, max(checksumChunk/bs, 1)*bs))
+	for done := uint64(0); done < op.Length; {
+		chunk := buf[:min(uint64(len(buf)), op.Length-done)]
+		if _, err := dev.ReadAt(chunk, int64(op.Offset+done)); err != nil {
+			return nil, err
+		}
+		r.diskRead.Add(uint64(len(chunk)))
+		digests = op.Csum.AppendDigests(digests, chunk, int(bs))
+		done += uint64(len(chunk))
+	}
+	return digests, nil
 }
 
 // submit hands an application request to the engine and waits for its

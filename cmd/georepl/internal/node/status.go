@@ -57,7 +57,11 @@ type PeerStatus struct {
 	OutOfSync   uint64  `json:"out_of_sync_bytes"`
 	Unacked     uint64  `json:"unacked_bytes"`
 	Resync      *Resync `json:"resync,omitempty"`
-	LastError   string  `json:"last_error,omitempty"`
+	// SameBytes counts, for the running or last resync with this peer,
+	// the bytes a checksum comparison found identical (csums), which were
+	// not sent.
+	SameBytes uint64 `json:"resync_same_bytes"`
+	LastError string `json:"last_error,omitempty"`
 }
 
 // Resync is the progress of a running resync.
@@ -65,6 +69,10 @@ type Resync struct {
 	Percent    float64 `json:"percent"`
 	DoneBytes  uint64  `json:"done_bytes"`
 	TotalBytes uint64  `json:"total_bytes"`
+	// SameBytes are the bytes a checksum comparison found identical on
+	// both nodes, so they were not sent (csums); included in DoneBytes on
+	// the sync source.
+	SameBytes  uint64  `json:"same_bytes"`
 	Rate       float64 `json:"rate_bytes_per_second"`
 	ETASeconds float64 `json:"eta_seconds"`
 }
@@ -118,7 +126,7 @@ func (r *resource) publishStatus() {
 		if eps, ok := byID[p.id]; ok && up {
 			ps.Conn, ps.Repl = eps.Conn.String(), eps.Repl.String()
 			ps.Role, ps.Disk = eps.Role.String(), eps.Disk.String()
-			ps.OutOfSync, ps.Unacked = eps.OutOfSync, eps.Unacked
+			ps.OutOfSync, ps.Unacked, ps.SameBytes = eps.OutOfSync, eps.Unacked, eps.ResyncSame
 			if eps.Conn == core.StandAlone && wanted {
 				ps.Conn = core.Connecting.String()
 			}
@@ -129,7 +137,7 @@ func (r *resource) publishStatus() {
 					r.progress[p.id] = m
 				}
 				rate := m.observe(now, eps.ResyncDone)
-				rs := &Resync{DoneBytes: eps.ResyncDone, TotalBytes: eps.ResyncTotal, Rate: rate}
+				rs := &Resync{DoneBytes: eps.ResyncDone, TotalBytes: eps.ResyncTotal, SameBytes: eps.ResyncSame, Rate: rate}
 				if eps.ResyncTotal > 0 {
 					rs.Percent = 100 * float64(eps.ResyncDone) / float64(eps.ResyncTotal)
 				}
@@ -222,8 +230,12 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 			fmt.Fprintf(w, "      protocol:%s transport:%s compression:%s sent:%s received:%s out-of-sync:%s\n",
 				p.Protocol, p.Transport, p.Compression, HumanBytes(p.BytesSent), HumanBytes(p.BytesRecv), HumanBytes(p.OutOfSync))
 			if p.Resync != nil {
-				fmt.Fprintf(w, "      resync: %.1f%% (%s of %s) rate:%s/s eta:%s\n", p.Resync.Percent,
-					HumanBytes(p.Resync.DoneBytes), HumanBytes(p.Resync.TotalBytes), HumanBytes(uint64(p.Resync.Rate)), eta(p.Resync.ETASeconds))
+				fmt.Fprintf(w, "      resync: %.1f%% (%s of %s, same:%s) rate:%s/s eta:%s\n", p.Resync.Percent,
+					HumanBytes(p.Resync.DoneBytes), HumanBytes(p.Resync.TotalBytes), HumanBytes(p.Resync.SameBytes),
+					HumanBytes(uint64(p.Resync.Rate)), eta(p.Resync.ETASeconds))
+			}
+			if p.Resync == nil && p.SameBytes > 0 {
+				fmt.Fprintf(w, "      last resync: same:%s (found identical by checksum, not sent)\n", HumanBytes(p.SameBytes))
 			}
 			if p.LastError != "" {
 				fmt.Fprintf(w, "      last error: %s\n", p.LastError)
