@@ -183,6 +183,23 @@
 // ResyncDone, when it adopts the source's generation ids and becomes
 // UpToDate. Application writes keep flowing to a sync target as Data.
 //
+// With PeerConfig.Csums set, the source hashes a run (OpChecksum, in the
+// driver) instead of reading it and sends the digests as ResyncCsum, under
+// the same rules as a read (never over a local write in flight, holding
+// overlapping new writes) and with a sequence number from the same
+// counter. The target queues it like a received write, so it hashes the
+// range after every write it received before and before any it receives
+// after, and answers which blocks differ (ResyncCsumReply). The source
+// clears the identical blocks (counted in PeerStatus.ResyncSame) unless
+// they were marked again meanwhile, and reads and sends the others as
+// resync data. Both sides compared the same point of the write stream, so
+// a block skipped is identical once the writes in flight are applied.
+//
+// Invalidate (this node's data is bad) marks every block for the Primary;
+// the Primary sees the marks in our StateChange and resyncs us, merging
+// them. InvalidateRemote (on the Primary) marks every block for a peer
+// and resyncs it. Both are full resyncs that csums makes cheap.
+//
 // DESIGN.md's crash-consistent resync (staging resync blocks) is not
 // implemented: a target is Inconsistent while a resync runs.
 //

@@ -59,6 +59,11 @@ var (
 	// handshake decides again (the marks are kept).
 	ErrResyncAborted = errors.New("resync aborted")
 
+	// ErrWrongState is returned by an administrative request that makes no
+	// sense in the current state (Invalidate on the Primary, or towards a
+	// peer that is not connected); the error says what is missing.
+	ErrWrongState = errors.New("not possible in the current state")
+
 	// ErrProtocol drops a connection whose peer sent a frame that is not
 	// allowed in the current state: data from a node that is not Primary,
 	// resync data without a resync, an acknowledgement for nothing.

@@ -112,7 +112,7 @@ func TestRandomHistoriesConverge(t *testing.T) {
 					must(t, c.connect(a, b))
 				}
 			case 9:
-				switch rapid.IntRange(0, 4).Draw(t, "disaster") {
+				switch rapid.IntRange(0, 5).Draw(t, "disaster") {
 				case 0, 1:
 					victim := c.nodes[rapid.IntRange(0, 2).Draw(t, "victim")]
 					if victim == primary {
@@ -143,6 +143,20 @@ func TestRandomHistoriesConverge(t *testing.T) {
 					model.crashed(primary)
 					c.crash(heirs[0])
 					primary = c.promoteOne(heirs[:1], primary)
+				case 5:
+					// An operator invalidates a secondary's data, from
+					// either end (refused when it makes no sense).
+					other := c.nodes[rapid.IntRange(0, 2).Draw(t, "invalidated")]
+					if other == primary {
+						continue
+					}
+					if rapid.Bool().Draw(t, "remote") {
+						_ = primary.eng.InvalidateRemote(NodeID(other.id))
+						c.handle(primary)
+					} else {
+						_ = other.eng.Invalidate(NodeID(primary.id))
+						c.handle(other)
+					}
 				case 3:
 					// Switchover: a clean demotion, then a promotion.
 					heirs := c.heirs(primary)

@@ -317,3 +317,58 @@ func (e *Engine) resyncTargetDone(p *peer) {
 	e.setRepl(p, Established, "resync done")
 	e.peerEvent(p, "resync", "", "", fmt.Sprintf("finished (%d bytes received)", p.resyncDone))
 }
+
+// Invalidate declares this node's data bad: every block is marked for
+// source, which must be a connected, UpToDate Primary this node is
+// Established with; that Primary then resynchronises this node fully (with
+// checksums where its PeerConfig.Csums says so, skipping blocks that are
+// identical). This node is Inconsistent from the start of that resync
+// until its end. It fails with ErrWrongState, saying why, on a Primary
+// (its data is the data in use), towards a peer that is not connected, not
+// Primary or not UpToDate, or while a resync with it runs.
+func (e *Engine) Invalidate(source NodeID) error {
+	defer e.finish()
+	p := e.peer(source)
+	switch {
+	case p == nil:
+		return fmt.Errorf("%w: node %d is not a peer", ErrWrongState, source)
+	case e.role == Primary:
+		return fmt.Errorf("%w: this node is Primary and its data is the data in use: demote it first, or invalidate a peer's data (invalidate-remote)", ErrWrongState)
+	case p.conn != Connected:
+		return fmt.Errorf("%w: node %d (%s) is not connected: nothing to resynchronise from", ErrWrongState, p.cfg.ID, p.cfg.Name)
+	case p.role != Primary:
+		return fmt.Errorf("%w: node %d (%s) is %v: resync flows only from the Primary", ErrWrongState, p.cfg.ID, p.cfg.Name, p.role)
+	case p.disk != UpToDate:
+		return fmt.Errorf("%w: node %d (%s) is %v, not UpToDate", ErrWrongState, p.cfg.ID, p.cfg.Name, p.disk)
+	case p.repl != Established:
+		return fmt.Errorf("%w: %v with node %d (%s): wait for the resync to finish", ErrWrongState, p.repl, p.cfg.ID, p.cfg.Name)
+	}
+	// Our marks for the Primary: it sees them in our StateChange (a bitmap
+	// id), starts a resync, and merges them when we become its target.
+	e.markOutOfSync(p, 0, e.size)
+	e.peerEvent(p, "resync", "", "", "invalidated here: full resync from this peer requested")
+	return nil
+}
+
+// InvalidateRemote declares the data of peer target bad: every block is
+// marked for it, and this node (its Primary) resynchronises it fully,
+// skipping identical blocks with checksums (PeerConfig.Csums). It fails
+// with ErrWrongState, saying why, unless this node is Primary and
+// Established with target.
+func (e *Engine) InvalidateRemote(target NodeID) error {
+	defer e.finish()
+	p := e.peer(target)
+	switch {
+	case p == nil:
+		return fmt.Errorf("%w: node %d is not a peer", ErrWrongState, target)
+	case e.role != Primary:
+		return fmt.Errorf("%w: this node is %v: only the Primary is a sync source (run invalidate on the node whose data is bad, or this on the Primary)", ErrWrongState, e.role)
+	case p.conn != Connected:
+		return fmt.Errorf("%w: node %d (%s) is not connected", ErrWrongState, p.cfg.ID, p.cfg.Name)
+	case p.repl != Established:
+		return fmt.Errorf("%w: %v with node %d (%s): wait for the resync to finish", ErrWrongState, p.repl, p.cfg.ID, p.cfg.Name)
+	}
+	e.markOutOfSync(p, 0, e.size)
+	e.peerEvent(p, "resync", "", "", "peer invalidated: full resync to it")
+	return nil
+}

@@ -22,7 +22,8 @@ import (
 //
 //	new nodes=3 [protocols=C,A] [size=B] [block=B] [epoch-max=N] [chunk=B] [window=N] [maxbuf=B] [flushes] [csums=crc32c]
 //	connect A B | reconnect A B | disconnect A B | crash A
-//	primary A [force] | secondary A
+//	primary A [force] | secondary A | invalidate A SOURCE | invalidate-remote A TARGET
+//	corrupt A off=O len=L [fill=c] (changes A's disk behind its engine's back)
 //	write A off=O len=L [fill=c] [fua] | zeroes A off=O len=L | trim A off=O len=L | flush A
 //	deliver A->B [n=N] [chan=data|control] | process A [n=N] [fail] [last]
 //	stabilize [quiet] | status [A] | disks | bitmap A B | read A... off=O len=L
@@ -178,6 +179,30 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 		}
 		c.handle(ns[0])
 		return err
+	case "invalidate", "invalidate-remote":
+		ns, err := nodeArgs(c, d, 2)
+		if err != nil {
+			return err
+		}
+		if d.Cmd == "invalidate" {
+			err = ns[0].eng.Invalidate(NodeID(ns[1].id))
+		} else {
+			err = ns[0].eng.InvalidateRemote(NodeID(ns[1].id))
+		}
+		c.handle(ns[0])
+		return err
+	case "corrupt":
+		ns, err := nodeArgs(c, d, 1)
+		if err != nil {
+			return err
+		}
+		off, length := uint64(intArg(d, "off", 0)), uint64(intArg(d, "len", int(c.block)))
+		fill := "!"
+		if a, ok := d.Arg("fill"); ok && len(a.Vals) == 1 && a.Vals[0] != "" {
+			fill = a.Vals[0]
+		}
+		copy(ns[0].disk[off:off+length], strings.Repeat(fill[:1], int(length)))
+		copy(ns[0].durable[off:off+length], ns[0].disk[off:off+length])
 	case "write", "zeroes", "trim", "flush":
 		ns, err := nodeArgs(c, d, 1)
 		if err != nil {

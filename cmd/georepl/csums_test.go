@@ -2,12 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/georepl/georepl/cmd/georepl/internal/node"
+	"github.com/georepl/georepl/kmod/nbd"
 )
 
 // withCsums turns on checksum resync: xxh64 by default, sha256 on the
@@ -42,6 +45,9 @@ func (c *cluster) writeBlocks(n string, off int64, p []byte) {
 	}
 	defer f.Close()
 	if _, err := f.WriteAt(p, off); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := f.Sync(); err != nil {
 		c.t.Fatal(err)
 	}
 }
@@ -85,11 +91,64 @@ func TestClusterCsumResync(t *testing.T) {
 	c.settleAndCompare()
 }
 
-// waitResyncDone waits until alpha sees peer Established and UpToDate.
-func (c *cluster) waitInSync(peer string) *node.ResourceStatus {
+// waitSame waits until alpha has resynchronised peer and found exactly
+// same bytes identical: the resync started by an invalidation, not an
+// earlier one.
+func (c *cluster) waitSame(peer string, same uint64) {
 	c.t.Helper()
-	return c.waitFor("alpha", peer+" in sync", 2*time.Minute, func(st *node.ResourceStatus) bool {
+	c.waitFor("alpha", fmt.Sprintf("%s resynchronised with %d bytes found identical", peer, same), 2*time.Minute, func(st *node.ResourceStatus) bool {
 		p := c.peer(st, peer)
-		return p.Conn == "Connected" && p.Repl == "Established" && p.Disk == "UpToDate"
+		return p.Repl == "Established" && p.Disk == "UpToDate" && p.SameBytes == same
 	})
+}
+
+// TestClusterInvalidate: blocks of bravo and dr are corrupted behind
+// georepl's back. `invalidate` on bravo (its data is bad) and
+// `invalidate-remote dr` on the Primary each run a full resync in which
+// csums finds every block but the corrupted ones identical; the disks end
+// byte-identical. Both verbs refuse where they make no sense.
+func TestClusterInvalidate(t *testing.T) {
+	const size = 32 << 20
+	c := newCluster(t, size, withCsums)
+	for _, n := range demoNodes {
+		c.start(n)
+	}
+	c.cli("alpha", "primary", "--force", "r0")
+	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := int64(0); i < 64; i++ {
+		if err := client.WriteAt(bytes.Repeat([]byte{byte(i + 1)}, 64<<10), i*(256<<10), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := client.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	client.Close()
+	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+	dataSize := c.status("alpha").Size
+
+	for _, off := range []int64{256 << 10, 9 << 20} {
+		c.writeBlocks("bravo", off, bytes.Repeat([]byte{0xEE}, 4096))
+	}
+	c.cli("bravo", "invalidate", "r0")
+	c.waitSame("bravo", dataSize-2*4096)
+
+	c.writeBlocks("dr", 30<<20, bytes.Repeat([]byte{0xDD}, 4096))
+	c.cli("alpha", "invalidate-remote", "r0", "dr")
+	c.waitSame("dr", dataSize-4096)
+
+	for _, refused := range []struct{ node, verb, why string }{
+		{"alpha", "invalidate", "Primary"},
+		{"bravo", "invalidate-remote", "only the Primary"},
+	} {
+		out, err := c.cliErr(refused.node, refused.verb, "r0")
+		if err == nil || !strings.Contains(out, refused.why) {
+			t.Errorf("%s on %s: %v, want a refusal mentioning %q:\n%s", refused.verb, refused.node, err, refused.why, out)
+		}
+	}
+	c.settleAndCompare()
 }

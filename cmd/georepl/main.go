@@ -65,6 +65,8 @@ and on the node that holds the good data (or any node, for a new empty device):
 		simpleVerb("secondary", "RESOURCE", "Demote: close the export's clients, finish their writes, become Secondary", 1, 1),
 		connectCmd("connect", "Connect to PEER (default: every peer) again after disconnect"),
 		connectCmd("disconnect", "Close the connection to PEER (default: every peer) and stay StandAlone"),
+		connectCmd("invalidate", "Declare this node's data bad: a full resync from the connected Primary (PEER)"),
+		connectCmd("invalidate-remote", "On the Primary: declare PEER's data (default: every connected peer's) bad and resync it fully"),
 		statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd(), checkCmd())
 	return root
 }

@@ -69,6 +69,10 @@ func (d *Daemon) HandleAdmin(ctx context.Context, req admin.Request, send func(a
 			err = r.Connect(req.Peer)
 		case "disconnect":
 			err = r.Disconnect(req.Peer)
+		case "invalidate":
+			err = r.Invalidate(req.Peer)
+		case "invalidate-remote":
+			err = r.InvalidateRemote(req.Peer)
 		case "dump-md":
 			var buf bytes.Buffer
 			if err = r.DumpMD(&buf, req.JSON); err == nil {
