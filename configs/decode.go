@@ -160,14 +160,16 @@ func (d *decoder) resource(block *hcl.Block) {
 	for _, b := range content.Blocks {
 		byType[b.Type] = append(byType[b.Type], b)
 	}
+	var congestionAt *hcl.Attribute
 	if b := d.single(byType["net"], "resource"); b != nil {
-		d.net(b, &r.Net)
+		congestionAt = d.net(b, &r.Net)
 	}
 	if b := d.single(byType["disk"], "resource"); b != nil {
 		d.disk(b, &r.Disk)
 	}
 	d.nodes(r, byType["node"])
-	d.connections(r, byType["connection"])
+	connCongestionAt := d.connections(r, byType["connection"])
+	d.checkCongestion(r, congestionAt, connCongestionAt)
 	if n := len(byType["node"]); n < 2 {
 		d.fail(block.DefRange, nil, "Too few nodes",
 			"Resource %q has %d node block(s); replication needs at least 2.", name, n)
@@ -188,9 +190,39 @@ func (d *decoder) single(blocks []*hcl.Block, parent string) *hcl.Block {
 	return blocks[0]
 }
 
+// checkCongestion refuses a congestion policy other than "block" on a
+// connection whose protocol is not A: under B and C every write waits for
+// the peer anyway. The diagnostic points at the on_congestion attribute
+// that gave the connection its policy (the resource's or the connection's).
+func (d *decoder) checkCongestion(r *Resource, resourceAt *hcl.Attribute, connAt map[*Connection]*hcl.Attribute) {
+	reported := map[*hcl.Attribute]bool{}
+	for i, a := range r.Nodes {
+		for _, b := range r.Nodes[i+1:] {
+			lk, err := r.Link(a.Name, b.Name)
+			if err != nil || lk.Net.OnCongestion == "block" || lk.Protocol == "A" {
+				continue
+			}
+			at := resourceAt
+			for _, c := range r.Connections {
+				if c.Joins(a.Name, b.Name) && connAt[c] != nil {
+					at = connAt[c]
+				}
+			}
+			if at == nil || reported[at] {
+				continue
+			}
+			reported[at] = true
+			d.failAttr(at, "Invalid on_congestion",
+				"on_congestion = %q needs protocol \"A\", but the connection between %q and %q uses protocol %q, whose writes wait for the peer anyway; use \"block\" or make that connection protocol \"A\".",
+				lk.Net.OnCongestion, a.Name, b.Name, lk.Protocol)
+		}
+	}
+}
+
 // net overlays into with the attributes that block sets, leaving the others
 // as they are: this is how connection blocks override resource defaults.
-func (d *decoder) net(block *hcl.Block, into *Net) {
+// It returns the on_congestion attribute if the block sets one.
+func (d *decoder) net(block *hcl.Block, into *Net) (congestionAt *hcl.Attribute) {
 	content, diags := block.Body.Content(netSchema)
 	d.diags = append(d.diags, diags...)
 	attrs := content.Attributes
@@ -222,6 +254,7 @@ func (d *decoder) net(block *hcl.Block, into *Net) {
 	if attr := attrs["on_congestion"]; attr != nil {
 		if s, ok := d.choice(attr, "Invalid on_congestion", onCongestionNames); ok {
 			into.OnCongestion = s
+			congestionAt = attr
 		}
 	}
 	if attr := attrs["csums"]; attr != nil {
@@ -243,6 +276,7 @@ func (d *decoder) net(block *hcl.Block, into *Net) {
 			}
 		}
 	}
+	return congestionAt
 }
 
 func (d *decoder) disk(block *hcl.Block, into *Disk) {
@@ -377,7 +411,10 @@ func checkDevice(s string) error {
 	return fmt.Errorf("must be \"/dev/nbdN\", \"nbd\", \"/dev/ublkbN\", \"ublk\", \"auto\" or empty")
 }
 
-func (d *decoder) connections(r *Resource, blocks []*hcl.Block) {
+// connections decodes the connection blocks; it returns, per connection,
+// the on_congestion attribute its net block sets.
+func (d *decoder) connections(r *Resource, blocks []*hcl.Block) map[*Connection]*hcl.Attribute {
+	congestionAt := map[*Connection]*hcl.Attribute{}
 	names := make([]string, len(r.Nodes))
 	for i, n := range r.Nodes {
 		names[i] = n.Name
@@ -420,10 +457,11 @@ func (d *decoder) connections(r *Resource, blocks []*hcl.Block) {
 			}
 		}
 		if b := d.single(content.Blocks, "connection"); b != nil {
-			d.net(b, &c.Link.Net)
+			congestionAt[c] = d.net(b, &c.Link.Net)
 		}
 		r.Connections = append(r.Connections, c)
 	}
+	return congestionAt
 }
 
 // value evaluates attr as a constant of type ty. It reports a diagnostic and

@@ -66,7 +66,7 @@ func TestDefaults(t *testing.T) {
 
 func TestEverySetting(t *testing.T) {
 	src := `resource "big" {
-  protocol = "B"
+  protocol = "A"
   net {
     transport     = "quic"
     compression   = "lz4"
@@ -114,7 +114,7 @@ func TestEverySetting(t *testing.T) {
 		Timeout:      500 * time.Millisecond,
 		ConnectRetry: 2 * time.Second,
 	}
-	if r.Name != "big" || r.Protocol != "B" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 64 << 10, Flushes: false, ALExtents: 257}) {
+	if r.Name != "big" || r.Protocol != "A" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 64 << 10, Flushes: false, ALExtents: 257}) {
 		t.Errorf("resource = %q protocol %q net %+v disk %+v", r.Name, r.Protocol, r.Net, r.Disk)
 	}
 	n := r.Nodes[0]
@@ -171,6 +171,8 @@ var errorCases = []struct {
 	{"bad compression", withTwoNodes(`net { compression = "zstd" }`), []string{"r0.hcl:12:23:", "Invalid compression", `"none", "lz4"`}},
 	{"bad on_congestion", withTwoNodes(`net { on_congestion = "pullahead" }`), []string{"r0.hcl:12:25:", "Invalid on_congestion", `did you mean "pull-ahead"?`}},
 	{"bad csums", withTwoNodes(`net { csums = "xxh46" }`), []string{"r0.hcl:12:17:", "Invalid csums", `did you mean "xxh64"?`, `"none", "crc32c", "xxh64", "sha256"`}},
+	{"pull-ahead under protocol C", withTwoNodes(`net { on_congestion = "pull-ahead" }`), []string{"r0.hcl:12:25:", "Invalid on_congestion", `needs protocol "A"`, `"alpha" and "bravo" uses protocol "C"`}},
+	{"disconnect under a connection's protocol B", withTwoNodes("protocol = \"A\"\n  net { on_congestion = \"disconnect\" }\n  connection \"alpha\" \"bravo\" { protocol = \"B\" }"), []string{"r0.hcl:13:25:", "Invalid on_congestion", `uses protocol "B"`}},
 	{"bad size unit", withTwoNodes(`net { max_buffer = "64MB" }`), []string{"r0.hcl:12:22:", "Invalid size", `"64MB"`, `unknown unit "MB"`}},
 	{"max_buffer too small", withTwoNodes(`net { max_buffer = "4KiB" }`), []string{"r0.hcl:12:22:", "Invalid max_buffer", "4KiB is too small", "64KiB"}},
 	{"bad duration", withTwoNodes(`net { timeout = "6" }`), []string{"r0.hcl:12:19:", "Invalid duration", `timeout = "6"`}},

@@ -33,8 +33,7 @@ type PeerConfig struct {
 	Protocol protocols.Protocol
 	// MaxBuffer is how many bytes of data written to this peer may be
 	// unacknowledged (no WriteAck yet) while writes still count as queued
-	// for it. Beyond it, a write waits for acknowledgements before it
-	// completes even under protocol A: congestion policy "block".
+	// for it. What happens beyond it is OnCongestion's business.
 	// 0 means DefaultMaxBuffer.
 	MaxBuffer uint64
 	// Csums, if not wire.CsumNone, makes this node, as sync source towards
@@ -42,6 +41,41 @@ type PeerConfig struct {
 	// sending them: blocks already identical on the peer are not sent.
 	// The peer needs no setting of its own to answer.
 	Csums wire.Csum
+	// OnCongestion is what a write does when it would take the peer's
+	// unacknowledged bytes beyond MaxBuffer. Policies other than
+	// CongestionBlock need protocol A (under B and C the application
+	// waits for the peer anyway).
+	OnCongestion Congestion
+}
+
+// Congestion is a congestion policy: what a write does when a protocol A
+// peer's unacknowledged data would exceed its MaxBuffer.
+type Congestion uint8
+
+const (
+	// CongestionBlock: the write is sent, but it completes only once the
+	// acknowledgements make room for it: the application waits for the
+	// slow peer.
+	CongestionBlock Congestion = iota
+	// CongestionPullAhead: the write is not sent; the Primary goes Ahead of
+	// the peer (the peer is Behind, its disk Outdated): writes are marked
+	// in its bitmap instead of sent. When the peer has acknowledged what
+	// was in flight down to the low-water mark (MaxBuffer/4), a resync of
+	// the marked blocks catches it up; while that resync runs, a write that
+	// would exceed MaxBuffer is marked instead of sent, and the resync ends
+	// (Established) only when the bitmap is empty. So a workload that
+	// writes faster than the link carries keeps the peer in one resync
+	// instead of switching back and forth; the application never waits.
+	CongestionPullAhead
+	// CongestionDisconnect: the connection is dropped (ErrCongested, not
+	// StandAlone): the writes the peer misses are marked, and it is
+	// resynchronised when the driver has reconnected it.
+	CongestionDisconnect
+)
+
+// String returns the policy's configuration name ("pull-ahead").
+func (c Congestion) String() string {
+	return enumName(uint8(c), "Congestion", "block", "pull-ahead", "disconnect")
 }
 
 // Persistent is the state that must survive a crash. The engine hands it out
@@ -156,6 +190,12 @@ func (cfg Config) withDefaults() (Config, error) {
 		}
 		if p.MaxBuffer == 0 {
 			p.MaxBuffer = DefaultMaxBuffer
+		}
+		if p.OnCongestion > CongestionDisconnect {
+			return cfg, fmt.Errorf("core: peer %d (%q): unknown congestion policy %v", p.ID, p.Name, p.OnCongestion)
+		}
+		if p.OnCongestion != CongestionBlock && p.Protocol != protocols.A {
+			return cfg, fmt.Errorf("core: peer %d (%q): congestion policy %v needs protocol A, not %v", p.ID, p.Name, p.OnCongestion, p.Protocol)
 		}
 		if b := cfg.Bitmaps[p.ID]; b != nil && b.Len() != blocks {
 			return cfg, fmt.Errorf("core: peer %d (%q): bitmap has %d bits, the device %d blocks", p.ID, p.Name, b.Len(), blocks)

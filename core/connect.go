@@ -402,8 +402,19 @@ func (e *Engine) apply(p *peer, d decision, atConnect bool) {
 // reevaluate repeats the decision for a connected peer after generation ids
 // or roles changed, unless a resync with it is running.
 func (e *Engine) reevaluate(p *peer) {
-	if p.conn == Connected && p.repl == Established {
+	if p.conn == Connected && (p.repl == Established || p.repl == Behind) {
 		e.apply(p, e.decideWith(p), false)
+	}
+}
+
+// fallBehind records that our Primary p went Ahead of us: it sends no more
+// writes until it resyncs us. Everything it sent before is applied in epoch
+// order, so our disk is a consistent older image: Outdated (persisted), not
+// UpToDate, until the catch-up resync.
+func (e *Engine) fallBehind(p *peer) {
+	e.setRepl(p, Behind, "the primary is ahead (congestion)")
+	if e.disk == UpToDate {
+		e.setDisk(Outdated, fmt.Sprintf("node %d is ahead", p.cfg.ID))
 	}
 }
 
@@ -451,6 +462,14 @@ func (e *Engine) receiveState(p *peer, f *wire.Frame) {
 	p.gen = st.Gen
 	if p.gen.Current == p.adopting {
 		p.adopting = 0
+	}
+	if peerRepl == Ahead {
+		// Our Primary stopped sending writes (congestion): nothing to
+		// decide until its catch-up resync is announced.
+		if p.role == Primary && e.role != Primary && p.repl == Established {
+			e.fallBehind(p)
+		}
+		return
 	}
 	e.adoptGeneration(p)
 	// A Primary's peers announce new ids to confirm ones it sent them or

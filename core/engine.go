@@ -293,7 +293,7 @@ func (e *Engine) Demote() error {
 	e.setRole(Secondary)
 	e.rotatePending = false
 	for _, p := range e.peers {
-		if p.rs != nil {
+		if p.rs != nil || p.repl == Ahead {
 			e.dropPeer(p, fmt.Errorf("%w: node %d is no longer Primary", ErrResyncAborted, e.self), false)
 		}
 	}
@@ -343,6 +343,9 @@ func (e *Engine) progress() {
 // state (ordered after everything emitted before) and checks invariants.
 func (e *Engine) finish() {
 	e.trimWrites()
+	for _, p := range e.peers {
+		e.maybeCatchUp(p)
+	}
 	e.announceState()
 	// After the StateChange that tells the peer about our marks.
 	for _, p := range e.peers {

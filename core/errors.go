@@ -64,6 +64,11 @@ var (
 	// peer that is not connected); the error says what is missing.
 	ErrWrongState = errors.New("not possible in the current state")
 
+	// ErrCongested drops the connection to a protocol A peer whose policy
+	// is CongestionDisconnect when a write would exceed its MaxBuffer. Not
+	// StandAlone: the peer is resynchronised when it reconnects.
+	ErrCongested = errors.New("peer congested")
+
 	// ErrProtocol drops a connection whose peer sent a frame that is not
 	// allowed in the current state: data from a node that is not Primary,
 	// resync data without a resync, an acknowledgement for nothing.

@@ -154,6 +154,8 @@ func (e *Engine) closeEpoch(flags wire.Flags) uint64 {
 }
 
 func (e *Engine) startWrite(r Request) {
+	n := uint64(len(r.Data))
+	e.applyCongestion(n)
 	if e.rotatePending {
 		// Peers learn the new generation before its first write.
 		e.newGeneration()
@@ -188,12 +190,19 @@ func (e *Engine) startWrite(r Request) {
 			e.markOutOfSync(p, r.Offset, r.Length)
 			continue
 		}
+		if p.cfg.OnCongestion == CongestionPullAhead && p.unacked+n > p.cfg.MaxBuffer {
+			// A sync source (applyCongestion left it so): the resync
+			// sends the block later; the application does not wait.
+			before := p.bitmap.Count()
+			e.markOutOfSync(p, r.Offset, r.Length)
+			p.resyncTotal += e.blocksToBytes(p.bitmap.Count() - before)
+			continue
+		}
 		pf := f
 		if p.cfg.Protocol == protocols.B {
 			pf.Flags |= wire.FlagWantRecvAck
 		}
 		e.send(p, pf)
-		n := uint64(len(f.Payload))
 		p.dataSent += n
 		p.unacked += n
 		pr := &w.prog[i]
@@ -207,6 +216,68 @@ func (e *Engine) startWrite(r Request) {
 	}
 	e.writes = append(e.writes, w)
 	e.bySeq[w.seq] = w
+}
+
+// applyCongestion applies the congestion policies before a write of n
+// payload bytes: a replicating peer that the write would take beyond its
+// MaxBuffer is dropped (CongestionDisconnect), or goes Ahead if it is
+// Established (CongestionPullAhead; a sync source stays one, and startWrite
+// marks the write for it instead). It runs before the write gets its
+// generation and epoch, so that the write already belongs to a generation
+// the peer will not have.
+func (e *Engine) applyCongestion(n uint64) {
+	for _, p := range e.peers {
+		if p.cfg.OnCongestion == CongestionBlock || !p.replicating() || p.unacked+n <= p.cfg.MaxBuffer {
+			continue
+		}
+		switch {
+		case p.cfg.OnCongestion == CongestionDisconnect:
+			e.dropPeer(p, fmt.Errorf("%w: node %d: %d bytes unacknowledged, a write of %d would exceed max_buffer %d",
+				ErrCongested, p.cfg.ID, p.unacked, n, p.cfg.MaxBuffer), false)
+		case p.repl == Established:
+			e.goAhead(p, n)
+		}
+	}
+}
+
+// goAhead stops sending application writes to p: they are marked in its
+// bitmap until the catch-up resync (maybeCatchUp). The open epoch closes
+// first, so that the peer's last segment ends with a barrier: what it has
+// is then a complete prefix of our writes, in epoch order.
+func (e *Engine) goAhead(p *peer, n uint64) {
+	if e.epochWrites > 0 {
+		e.closeEpoch(0)
+	}
+	if p.bitmapUUID == 0 {
+		// The generation the peer confirmed having, as after a lost
+		// connection: if it adopts a newer one from a StateChange in
+		// flight, marksCover relates the two.
+		p.bitmapUUID = p.gen.Current
+		if p.bitmapUUID == 0 {
+			p.bitmapUUID = e.current
+		}
+		e.persistDirty = true
+	}
+	// The peer no longer gets every write: the next one starts a new
+	// generation, as when a replicating peer is lost.
+	e.rotatePending = true
+	e.setRepl(p, Ahead, fmt.Sprintf("congested: %d bytes unacknowledged, a write of %d would exceed max_buffer %d", p.unacked, n, p.cfg.MaxBuffer))
+	e.sendState(p)
+}
+
+// aheadLowWater is the unacknowledged bytes at or below which an Ahead
+// peer is caught up by a resync.
+func aheadLowWater(p *peer) uint64 { return p.cfg.MaxBuffer / 4 }
+
+// maybeCatchUp starts the catch-up resync of an Ahead peer once what was
+// in flight to it is acknowledged down to the low-water mark. The
+// StateChange announcing SyncSource precedes every resync frame.
+func (e *Engine) maybeCatchUp(p *peer) {
+	if p.repl != Ahead || p.conn != Connected || p.unacked > aheadLowWater(p) {
+		return
+	}
+	e.startResync(p, false)
+	e.sendState(p)
 }
 
 func (e *Engine) appWriteDone(w *write, err error) {

@@ -34,12 +34,16 @@ func TestRandomHistoriesConverge(t *testing.T) {
 		flushes := rapid.Bool().Draw(t, "diskFlushes")
 		maxBuf := rapid.Uint64Range(512, 8192).Draw(t, "maxBuffer")
 		csums := rapid.SampledFrom([]wire.Csum{wire.CsumNone, wire.CsumCRC32C, wire.CsumXXH64}).Draw(t, "csums")
+		congestion := rapid.SampledFrom([]Congestion{CongestionBlock, CongestionPullAhead, CongestionDisconnect}).Draw(t, "onCongestion")
 		c := newCluster(3, protos, func(cfg *Config) {
 			cfg.Size, cfg.BlockSize = 16*512, 512
 			cfg.EpochMaxWrites, cfg.ResyncChunk, cfg.ResyncWindow, cfg.DiskFlushes = epochMax, 1024, window, flushes
 			for i := range cfg.Peers {
 				cfg.Peers[i].MaxBuffer = maxBuf
 				cfg.Peers[i].Csums = csums
+				if cfg.Peers[i].Protocol == protocols.A {
+					cfg.Peers[i].OnCongestion = congestion
+				}
 			}
 		})
 		c.trace = true

@@ -20,7 +20,7 @@ import (
 //
 // and read the diff. Commands (nodes are numbers, n0 is node 0):
 //
-//	new nodes=3 [protocols=C,A] [size=B] [block=B] [epoch-max=N] [chunk=B] [window=N] [maxbuf=B] [flushes] [csums=crc32c]
+//	new nodes=3 [protocols=C,A] [size=B] [block=B] [epoch-max=N] [chunk=B] [window=N] [maxbuf=B] [congestion=pull-ahead|disconnect] [flushes] [csums=crc32c]
 //	connect A B | reconnect A B | disconnect A B | crash A
 //	primary A [force] | secondary A | invalidate A SOURCE | invalidate-remote A TARGET
 //	corrupt A off=O len=L [fill=c] (changes A's disk behind its engine's back)
@@ -95,6 +95,15 @@ func newScenarioCluster(t *testing.T, d *datadriven.TestData) *cluster {
 			d.Fatalf(t, "%v", err)
 		}
 	}
+	var congestion Congestion
+	if a, ok := d.Arg("congestion"); ok {
+		names := map[string]Congestion{"block": CongestionBlock, "pull-ahead": CongestionPullAhead, "disconnect": CongestionDisconnect}
+		c, ok := names[a.Vals[0]]
+		if !ok {
+			d.Fatalf(t, "unknown congestion policy %q", a.Vals[0])
+		}
+		congestion = c
+	}
 	return newCluster(n, protos, func(cfg *Config) {
 		if size != 0 {
 			cfg.Size = size
@@ -109,6 +118,9 @@ func newScenarioCluster(t *testing.T, d *datadriven.TestData) *cluster {
 		for i := range cfg.Peers {
 			cfg.Peers[i].MaxBuffer = maxbuf
 			cfg.Peers[i].Csums = csums
+			if cfg.Peers[i].Protocol == protocols.A {
+				cfg.Peers[i].OnCongestion = congestion
+			}
 		}
 	})
 }

@@ -110,6 +110,19 @@ const (
 	// when it adopts the source's generation ids and becomes UpToDate. A
 	// sync target cannot be promoted.
 	SyncTarget
+	// Ahead: this node (the Primary) stopped sending application writes to
+	// a congested protocol A peer whose policy is CongestionPullAhead: they
+	// are marked in the peer's bitmap instead, so the application never
+	// waits for that peer. When the peer has acknowledged what was in
+	// flight (its unacknowledged bytes fell to the low-water mark), a
+	// resync of the marked blocks catches it up (SyncSource), and then
+	// Established again.
+	Ahead
+	// Behind: the mirror of Ahead on the peer: its Primary stopped sending
+	// writes. Everything received before is applied in epoch order, so the
+	// disk is a crash-consistent, older image: Outdated (persisted) until
+	// the catch-up resync makes it Inconsistent and then UpToDate.
+	Behind
 )
 
 // String returns the role's name ("Primary").
@@ -130,7 +143,8 @@ func (c ConnState) String() string {
 
 // String returns the replication state's name ("SyncSource").
 func (r ReplState) String() string {
-	return enumName(uint8(r), "ReplState", "Off", "Established", "SyncSource", "SyncTarget")
+	return enumName(uint8(r), "ReplState", "Off", "Established", "SyncSource", "SyncTarget",
+		"Ahead", "Behind")
 }
 
 func enumName(v uint8, typ string, names ...string) string {

@@ -639,3 +639,71 @@ func TestClusterCLI(t *testing.T) {
 		t.Errorf("activity log after a clean down: %v, %v\n%s", sum.ActivityLog, err, js)
 	}
 }
+
+// pullAheadToDR gives the alpha–dr connection (protocol A) the smallest
+// send buffer and congestion policy pull-ahead.
+func pullAheadToDR(src string) string {
+	return strings.Replace(src, `compression = "lz4"`, `compression = "lz4"
+      max_buffer    = "64KiB"
+      on_congestion = "pull-ahead"`, 1)
+}
+
+// TestClusterPullAhead: writes of 1 MiB to a protocol A peer whose buffer
+// holds 64 KiB: with pull-ahead the primary goes Ahead of dr instead of
+// making the application wait (events show it), catches dr up with a
+// resync, and all three disks end identical.
+func TestClusterPullAhead(t *testing.T) {
+	c := newCluster(t, 64<<20, pullAheadToDR)
+	for _, n := range demoNodes {
+		c.start(n)
+	}
+	c.cli("alpha", "primary", "--force", "r0")
+	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ev := exec.CommandContext(ctx, georeplBin, "--admin", c.adminSock("alpha"), "events", "r0")
+	var evOut bytes.Buffer
+	ev.Stdout = &evOut
+	if err := ev.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // let it subscribe
+	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	buf := make([]byte, 1<<20)
+	for i := range 32 {
+		for j := range buf {
+			buf[j] = byte(i*7 + j>>12)
+		}
+		if err := client.WriteAt(buf, int64(i)<<20, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := client.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+	cancel()
+	ev.Wait()
+	var ahead, caughtUp bool
+	for _, line := range strings.Split(strings.TrimSpace(evOut.String()), "\n") {
+		var e node.Event
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("events printed a line that is not JSON: %q", line)
+		}
+		if e.What == "repl" && e.Peer == "dr" && e.New == "Ahead" {
+			ahead = true
+		}
+		if ahead && e.What == "repl" && e.Peer == "dr" && e.Old == "Ahead" && e.New == "SyncSource" {
+			caughtUp = true
+		}
+	}
+	if !ahead || !caughtUp {
+		t.Fatalf("alpha did not go Ahead of dr and catch it up (ahead %v, caught up %v):\n%s", ahead, caughtUp, evOut.String())
+	}
+	c.settleAndCompare()
+}

@@ -103,9 +103,6 @@ func newResource(d *Daemon, rc *configs.Resource, self *configs.Node) (*resource
 		if err != nil {
 			return nil, err
 		}
-		if lk.Net.OnCongestion != "" && lk.Net.OnCongestion != "block" {
-			return nil, fmt.Errorf("resource %s, connection %s-%s: on_congestion = %q is not implemented in this version; only \"block\" is", rc.Name, self.Name, n.Name, lk.Net.OnCongestion)
-		}
 		r.peers[core.NodeID(n.ID)] = &peer{id: core.NodeID(n.ID), node: n, link: lk, wanted: true}
 	}
 	r.publishStatus()
@@ -197,8 +194,13 @@ func (r *resource) newEngine(st *storage) (*core.Engine, error) {
 		if err != nil {
 			return nil, err
 		}
+		congestion, err := congestionPolicy(p.link.Net.OnCongestion)
+		if err != nil {
+			return nil, fmt.Errorf("connection to %s: %w", p.node.Name, err)
+		}
 		cfg.Peers = append(cfg.Peers, core.PeerConfig{
 			ID: p.id, Name: p.node.Name, Protocol: proto, MaxBuffer: uint64(p.link.Net.MaxBuffer), Csums: csums,
+			OnCongestion: congestion,
 		})
 		if int(p.id) < len(sb.BitmapUUID) {
 			state.BitmapUUID[p.id] = sb.BitmapUUID[p.id]
@@ -214,6 +216,16 @@ func (r *resource) newEngine(st *storage) (*core.Engine, error) {
 		cfg.Bitmaps[p.id] = bm
 	}
 	return core.New(cfg)
+}
+
+// congestionPolicy maps a configured on_congestion name to the engine's.
+func congestionPolicy(name string) (core.Congestion, error) {
+	for _, c := range []core.Congestion{core.CongestionBlock, core.CongestionPullAhead, core.CongestionDisconnect} {
+		if c.String() == name {
+			return c, nil
+		}
+	}
+	return 0, fmt.Errorf("on_congestion = %q is unknown", name)
 }
 
 // dials reports whether this node dials peer p (the lower node id dials;
