@@ -128,7 +128,11 @@ type Config struct {
 	// source forgets them at the acknowledgement. Leave it off only for
 	// disks without a volatile write cache.
 	DiskFlushes bool
-	// State is the persisted state (Disk DUnknown is taken as Inconsistent).
+	// OnIOError says what a failed local disk operation does; the zero
+	// value is DetachOnIOError.
+	OnIOError IOErrorPolicy
+	// State is the persisted state (Disk DUnknown is taken as
+	// Inconsistent, Diskless as Inconsistent with Current 0).
 	State Persistent
 	// Bitmaps are the per-peer bitmaps loaded from metadata; a missing one
 	// starts clear. Each must have Size/BlockSize bits. The engine takes
@@ -171,8 +175,16 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.NewUUID == nil {
 		return cfg, fmt.Errorf("core: Config.NewUUID is required")
 	}
-	if cfg.State.Disk == DUnknown {
+	switch cfg.State.Disk {
+	case DUnknown:
 		cfg.State.Disk = Inconsistent
+	case Diskless:
+		// Detached after an I/O error: whatever the disk holds is
+		// unknown, and a full resync is the only way back (see Diskless).
+		cfg.State.Disk, cfg.State.Current = Inconsistent, 0
+	}
+	if cfg.OnIOError != DetachOnIOError && cfg.OnIOError != PassOnIOError {
+		return cfg, fmt.Errorf("core: unknown I/O error policy %v", cfg.OnIOError)
 	}
 	blocks := cfg.Size / uint64(cfg.BlockSize)
 	seen := map[NodeID]bool{cfg.Self: true}

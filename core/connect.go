@@ -92,8 +92,10 @@ func (e *Engine) disconnect(p *peer, to ConnState, why string) {
 	}
 	for _, f := range e.flushes {
 		f.wait[p.idx] = false
+		f.standIn[p.idx] = false
 	}
 	e.maybeCompleteFlushes()
+	e.readsLost(p)
 	if p.rs != nil {
 		p.rs.lost = true
 		p.rs = nil
@@ -128,10 +130,17 @@ func (e *Engine) Receive(from NodeID, f *wire.Frame) {
 		return
 	}
 	switch f.Type {
-	case wire.TypeData, wire.TypeResyncData, wire.TypeOutOfSync:
+	case wire.TypeData, wire.TypeResyncData, wire.TypeOutOfSync, wire.TypeReadRequest:
 		if end := f.Offset + uint64(f.Length); f.Length == 0 || end < f.Offset || end > e.size {
 			e.violation(p, f, fmt.Sprintf("range [%d, +%d) outside the device", f.Offset, f.Length))
 			return
+		}
+		if f.Type == wire.TypeReadRequest {
+			if len(f.Payload) != 0 {
+				e.violation(p, f, "read request with a payload")
+				return
+			}
+			break
 		}
 		noPayload := f.Type == wire.TypeOutOfSync || f.Flags&(wire.FlagZeroes|wire.FlagTrim) != 0
 		if n := uint64(len(f.Payload)); (noPayload && n != 0) || (!noPayload && n != uint64(f.Length)) {
@@ -182,6 +191,14 @@ func (e *Engine) Receive(from NodeID, f *wire.Frame) {
 		}
 	case wire.TypeBarrierAck:
 		e.barrierAck(p, f)
+	case wire.TypeReadRequest:
+		if p.role != Primary || e.role == Primary {
+			e.violation(p, f, "read request from a node that is not our primary")
+			return
+		}
+		e.receiveReadRequest(p, f)
+	case wire.TypeReadReply:
+		e.readReply(p, f)
 	case wire.TypeStateChange:
 		e.receiveState(p, f)
 	case wire.TypeOutOfSync:
@@ -241,6 +258,12 @@ const (
 func decide(s, p side) decision {
 	if s.role == Primary && p.role == Primary {
 		return decision{err: fmt.Errorf("%w: both nodes are Primary", ErrPeerPrimary)}
+	}
+	if s.disk == Diskless || p.disk == Diskless {
+		// Nothing to resync to or from a node without a disk; a
+		// Primary marks every write for a Diskless peer, and a
+		// Diskless Primary serves only through peers in sync with it.
+		return decision{repl: Established, why: "no disk attached on one side"}
 	}
 	dir, full, rule, err := compareGenIDs(s.gen, p.gen)
 	if err != nil && s.role != Primary && p.role != Primary {

@@ -231,6 +231,45 @@
 // every block for its other peers until the resync is done, so that a
 // resync from another node after an interruption is complete.
 //
+// # Local I/O errors
+//
+// Config.OnIOError decides what a failed local disk operation does.
+// Under PassOnIOError the request fails with ErrIO and the disk stays
+// attached: a failed write on a Primary is marked for every peer (they
+// may hold the new data where this disk holds anything), so the next
+// resync makes them equal to what this disk returns; a Secondary's failed
+// write is acknowledged negatively and marked by its Primary.
+//
+// Under DetachOnIOError (the default) the disk becomes Diskless (see
+// Detach) and is never read again. A Diskless Primary goes on serving the
+// application through its peers in sync with it (Established, UpToDate,
+// same generation, no marks either way):
+//
+//   - a write, and the write whose local failure detached the disk,
+//     completes once such a peer wrote it (WriteAck) and every peer
+//     reached its protocol's level, so under protocols A and B too the
+//     detached Primary waits for a peer's disk instead of its own; a flush
+//     once such a peer acknowledged its barrier;
+//   - a read (ReqRead) is sent as ReadRequest on the data channel to the
+//     first such peer, which queues it behind every write received before
+//     (like a write of the open epoch: after the earlier epochs, after the
+//     overlapping writes of its own) and answers with ReadReply. So a read
+//     sees every write completed before it was submitted, under protocol
+//     A as well. If the peer is lost or answers negatively, the next peer
+//     in sync is asked;
+//   - with no peer in sync, requests fail with ErrIO.
+//
+// The Primary starts a new generation when it detaches: the detached
+// disk's metadata, if it survives, holds an older current id than its
+// peers, so it can only come back through a full resync. Its bitmaps and
+// activity log were on that disk: the driver keeps the bitmaps in memory
+// only. A Diskless Secondary drops its Primary (which marks every write
+// not acknowledged behind a barrier, as for any lost connection); its
+// hello then says Diskless, and the Primary sends it nothing and marks
+// every write. Metadata that says Diskless is read back as Inconsistent
+// with no generation: after the disk is repaired or replaced, it is
+// resynchronised fully.
+//
 // # Invariants
 //
 // Built with the invariants tag (the Makefile's test target sets it), the

@@ -19,6 +19,7 @@ type Engine struct {
 	chunkBlocks uint64
 	window      int
 	diskFlushes bool
+	onIOError   IOErrorPolicy
 	newUUID     func() uint64
 
 	role         Role
@@ -48,6 +49,8 @@ type Engine struct {
 	writes   []*write  // primary writes still tracked, by seq
 	bySeq    map[uint64]*write
 	flushes  []*flushReq // flush requests not yet completed
+	reads    []*readReq  // read requests not yet completed
+	readTag  uint64      // last tag given to a ReadRequest
 	inflight []*extent   // local writes and resync reads in flight
 	orphans  int         // received writes of lost connections still in flight
 	scratch  []protocols.Peer
@@ -87,9 +90,10 @@ type peer struct {
 	dataSent, dataReceived  uint64
 }
 
-// replicating reports whether application writes are sent to p.
+// replicating reports whether application writes are sent to p: not to a
+// Diskless peer, which could not write them.
 func (p *peer) replicating() bool {
-	return p.conn == Connected && (p.repl == Established || p.repl == SyncSource)
+	return p.conn == Connected && (p.repl == Established || p.repl == SyncSource) && p.disk != Diskless
 }
 
 // extent is a byte range with a local operation in flight that other
@@ -108,6 +112,7 @@ type opOwner struct {
 	rxWrite  *rxWrite
 	rxFlush  *segment
 	syncRead *syncRead
+	read     *readReq
 }
 
 // New validates cfg and returns an engine in role Secondary with every peer
@@ -126,6 +131,7 @@ func New(cfg Config) (*Engine, error) {
 		chunkBlocks: uint64(cfg.ResyncChunk / cfg.BlockSize),
 		window:      cfg.ResyncWindow,
 		diskFlushes: cfg.DiskFlushes,
+		onIOError:   cfg.OnIOError,
 		newUUID:     cfg.NewUUID,
 		role:        Secondary,
 		disk:        cfg.State.Disk,
@@ -321,6 +327,8 @@ func (e *Engine) LocalDone(id OpID, data []byte, err error) {
 		e.rxFlushDone(o.rxFlush, err)
 	case o.syncRead != nil:
 		e.syncReadDone(o.syncRead, data, err)
+	case o.read != nil:
+		e.appReadDone(o.read, data, err)
 	}
 	e.progress()
 }

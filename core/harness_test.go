@@ -34,6 +34,7 @@ type cluster struct {
 	lastDrop error                                   // the reason of the last Drop any engine asked for
 	drops    []error                                 // every Drop reason, in order
 	onDone   func(nd *node, id RequestID, err error) // sees every completion
+	reads    map[RequestID][]byte                    // buffers of application reads in flight
 }
 
 type node struct {
@@ -220,9 +221,14 @@ func (c *cluster) handle(nd *node) {
 			c.sever(nd, c.nodes[d.Peer], d.StandAlone)
 		}
 		for _, cp := range rd.Completed {
-			if cp.Err != nil {
+			buf, isRead := c.reads[cp.ID]
+			delete(c.reads, cp.ID)
+			switch {
+			case cp.Err != nil:
 				c.logf("%s: done req=%d err=%v", name, cp.ID, cp.Err)
-			} else {
+			case isRead:
+				c.logf("%s: done req=%d data=%s", name, cp.ID, runs(buf))
+			default:
 				c.logf("%s: done req=%d", name, cp.ID)
 			}
 			nd.done[cp.ID] = cp.Err
@@ -458,7 +464,12 @@ func (c *cluster) submit(nd *node, r Request) {
 	c.nextReq++
 	r.ID = c.nextReq
 	c.logf("n%d: submit req=%d %v off=%d len=%d", nd.id, r.ID, r.Kind, r.Offset, r.Length)
-	if r.Kind != ReqFlush {
+	if r.Kind == ReqRead {
+		if c.reads == nil {
+			c.reads = map[RequestID][]byte{}
+		}
+		c.reads[r.ID] = r.Data
+	} else if r.Kind != ReqFlush {
 		for _, w := range nd.inflight {
 			if w.off < r.Offset+r.Length && r.Offset < w.off+w.length {
 				w.overwritten = true
@@ -567,6 +578,8 @@ func fmtFrame(f *wire.Frame) string {
 		}
 	case wire.TypeOutOfSync:
 		s += fmt.Sprintf(" off=%d len=%d", f.Offset, f.Length)
+	case wire.TypeReadRequest, wire.TypeReadReply:
+		s += fmt.Sprintf(" tag=%d off=%d len=%d", f.Seq, f.Offset, f.Length)
 	case wire.TypeRecvAck, wire.TypeWriteAck:
 		s += fmt.Sprintf(" seq=%d", f.Seq)
 	case wire.TypeBarrier:

@@ -21,7 +21,12 @@ type write struct {
 	progBuf     [4]progress // prog's storage for up to four peers
 	localDone   bool
 	completed   bool
-	prog        []progress // per peer, by peer index
+	// needPeer: the local disk was detached before the write was done
+	// there, so a peer in sync must have written it (peerWrote) before
+	// it completes.
+	needPeer  bool
+	peerWrote bool
+	prog      []progress // per peer, by peer index
 }
 
 // progress is one write's state towards one peer.
@@ -29,6 +34,9 @@ type progress struct {
 	sent  bool // sent on the current connection and not yet forgotten
 	level protocols.Level
 	bytes uint64 // payload bytes still counted in peer.unacked
+	// inSync: the peer was in sync with us when the write was sent to it,
+	// so its WriteAck can stand in for a detached local disk.
+	inSync bool
 }
 
 // flushReq is an application flush: a local flush plus the barrier that
@@ -39,6 +47,12 @@ type flushReq struct {
 	localDone bool
 	localErr  error
 	wait      []bool // per peer index: BarrierAck(epoch) outstanding
+	// needPeer: the local disk was detached, so a peer that was in sync
+	// when the barrier was sent (standIn, per peer index) must acknowledge
+	// it (covered) before the flush completes.
+	needPeer bool
+	standIn  []bool
+	covered  bool
 }
 
 // Submit hands the engine an application request. A request on a node that
@@ -51,7 +65,15 @@ type flushReq struct {
 //     its protocol's level (A: queued within MaxBuffer, B: RecvAck, C:
 //     WriteAck), or at once with ErrIO if the local write failed;
 //   - a flush when the local flush is done and every protocol C peer that
-//     was replicating acknowledged the barrier it sent.
+//     was replicating acknowledged the barrier it sent;
+//   - a read (ReqRead) when the local disk, or on a Diskless Primary a
+//     peer in sync, returned the data.
+//
+// Once the local disk is detached (Diskless, see DetachOnIOError) a
+// write or flush also needs a peer that was in sync when it was sent to
+// have written it (WriteAck) or acknowledged its barrier, standing in for
+// the local disk; if no such peer is left it completes with ErrIO. With
+// no peer in sync connected, requests fail at once with ErrIO.
 //
 // A write overlapping an earlier write that is not yet done locally (or a
 // resync read in flight) is held until that finishes, so every node applies
@@ -62,9 +84,18 @@ func (e *Engine) Submit(r Request) {
 		e.rd.Completed = append(e.rd.Completed, Completion{ID: r.ID, Err: err})
 		return
 	}
+	if e.disk == Diskless && r.Kind != ReqRead && !e.anyInSync() {
+		e.rd.Completed = append(e.rd.Completed, Completion{ID: r.ID,
+			Err: fmt.Errorf("%w: %v request %d: the local disk is detached and no peer in sync is connected", ErrIO, r.Kind, r.ID)})
+		return
+	}
 	e.pending++
-	if r.Kind == ReqFlush {
+	switch r.Kind {
+	case ReqFlush:
 		e.startFlush(r)
+		return
+	case ReqRead:
+		e.startRead(r)
 		return
 	}
 	if e.blocked(r, len(e.held)) {
@@ -81,19 +112,19 @@ func (e *Engine) checkRequest(r Request) error {
 	switch r.Kind {
 	case ReqFlush:
 		return nil
-	case ReqWrite, ReqZeroes, ReqTrim:
+	case ReqWrite, ReqZeroes, ReqTrim, ReqRead:
 	default:
 		return fmt.Errorf("%w: request %d: unknown kind %d", ErrInvalidRequest, r.ID, r.Kind)
 	}
 	limit := uint64(MaxRequestLength)
-	if r.Kind == ReqWrite {
+	if r.Kind == ReqWrite || r.Kind == ReqRead {
 		limit = MaxWriteLength
 	}
 	end := r.Offset + r.Length
 	if r.Length == 0 || r.Length > limit || end < r.Offset || end > e.size {
 		return fmt.Errorf("%w: request %d: [%d, +%d) on a device of %d bytes", ErrOutOfRange, r.ID, r.Offset, r.Length, e.size)
 	}
-	if r.Kind == ReqWrite && uint64(len(r.Data)) != r.Length {
+	if (r.Kind == ReqWrite || r.Kind == ReqRead) && uint64(len(r.Data)) != r.Length {
 		return fmt.Errorf("%w: request %d: %d bytes of data for length %d", ErrInvalidRequest, r.ID, len(r.Data), r.Length)
 	}
 	return nil
@@ -170,7 +201,6 @@ func (e *Engine) startWrite(r Request) {
 	} else {
 		w.prog = make([]progress, len(e.peers))
 	}
-	w.ext = e.addInflight(&w.local, r.Offset, r.Length, true)
 	op := LocalOp{Offset: r.Offset, Length: r.Length, FUA: r.FUA, Seq: w.seq, Epoch: w.epoch}
 	f := wire.Frame{Type: wire.TypeData, Seq: w.seq, Epoch: w.epoch, Offset: r.Offset, Length: uint32(r.Length)}
 	switch r.Kind {
@@ -184,7 +214,12 @@ func (e *Engine) startWrite(r Request) {
 	if r.FUA {
 		f.Flags |= wire.FlagFUA
 	}
-	e.newOp(op, opOwner{write: w})
+	if e.disk == Diskless {
+		w.localDone, w.needPeer = true, true
+	} else {
+		w.ext = e.addInflight(&w.local, r.Offset, r.Length, true)
+		e.newOp(op, opOwner{write: w})
+	}
 	for i, p := range e.peers {
 		if !p.replicating() {
 			e.markOutOfSync(p, r.Offset, r.Length)
@@ -206,7 +241,7 @@ func (e *Engine) startWrite(r Request) {
 		p.dataSent += n
 		p.unacked += n
 		pr := &w.prog[i]
-		pr.sent, pr.bytes = true, n
+		pr.sent, pr.bytes, pr.inSync = true, n, e.inSync(p)
 		if p.unacked <= p.cfg.MaxBuffer && len(p.blockedQ) == 0 {
 			pr.level = protocols.Queued
 		} else {
@@ -284,7 +319,12 @@ func (e *Engine) appWriteDone(w *write, err error) {
 	e.removeInflight(w.ext)
 	w.ext = nil
 	w.localDone = true
-	if err != nil {
+	if err != nil && e.ioFailed(w.kind.String(), w.off, w.length, err) {
+		// detach made w wait for a peer in sync.
+		e.maybeComplete(w)
+		return
+	}
+	if err != nil && !w.needPeer {
 		// The peers may have the new content where our disk has
 		// something unknown: mark the range so that the next resync
 		// makes them equal to what this disk returns.
@@ -301,6 +341,16 @@ func (e *Engine) appWriteDone(w *write, err error) {
 // maybeComplete completes w if its protocols allow it.
 func (e *Engine) maybeComplete(w *write) {
 	if w.completed || !w.localDone {
+		return
+	}
+	if w.needPeer && !w.peerWrote {
+		for _, pr := range w.prog {
+			if pr.sent && pr.inSync && pr.level < protocols.Written {
+				return // a peer in sync may still write it
+			}
+		}
+		e.event(Event{What: "disk", Detail: fmt.Sprintf("%v of [%d, +%d) failed: the local disk is detached and no peer in sync wrote it", w.kind, w.off, w.length)})
+		e.complete(w, fmt.Errorf("%w: %v of [%d, +%d): the local disk is detached and no peer in sync wrote it", ErrIO, w.kind, w.off, w.length))
 		return
 	}
 	e.scratch = e.scratch[:0]
@@ -411,16 +461,27 @@ func (e *Engine) trimWrites() {
 }
 
 func (e *Engine) startFlush(r Request) {
-	f := &flushReq{id: r.ID, wait: make([]bool, len(e.peers))}
+	f := &flushReq{id: r.ID, wait: make([]bool, len(e.peers)), standIn: make([]bool, len(e.peers))}
 	for i, p := range e.peers {
 		f.wait[i] = p.replicating() && protocols.FlushNeedsPeer(p.cfg.Protocol)
+		f.standIn[i] = p.replicating() && e.inSync(p)
 	}
 	f.epoch = e.closeEpoch(wire.FlagFlush)
-	e.newOp(LocalOp{Kind: OpFlush}, opOwner{flush: f})
+	if e.disk == Diskless {
+		f.localDone, f.needPeer = true, true
+	} else {
+		e.newOp(LocalOp{Kind: OpFlush}, opOwner{flush: f})
+	}
 	e.flushes = append(e.flushes, f)
 }
 
 func (e *Engine) appFlushDone(f *flushReq, err error) {
+	if err != nil && e.ioFailed("flush", 0, 0, err) {
+		err = nil // detach made f wait for a peer in sync
+	}
+	if f.needPeer {
+		err = nil
+	}
 	f.localDone, f.localErr = true, err
 	e.maybeCompleteFlushes()
 }
@@ -431,13 +492,24 @@ func (e *Engine) maybeCompleteFlushes() {
 	kept := e.flushes[:0]
 	for _, f := range e.flushes {
 		done := f.localDone
+		standing := false // a stand-in may still acknowledge
 		for i, wait := range f.wait {
 			if wait && e.peers[i].ackedEpoch >= f.epoch {
 				f.wait[i] = false
 			}
 			done = done && !f.wait[i]
+			if f.standIn[i] && e.peers[i].ackedEpoch >= f.epoch {
+				f.covered = true
+			}
+			standing = standing || f.standIn[i]
 		}
 		switch {
+		case f.needPeer && !f.covered && f.localDone && !standing:
+			e.pending--
+			e.rd.Completed = append(e.rd.Completed, Completion{ID: f.id,
+				Err: fmt.Errorf("%w: flush: the local disk is detached and no peer in sync acknowledged it", ErrIO)})
+		case f.needPeer && !f.covered:
+			kept = append(kept, f)
 		case f.localDone && f.localErr != nil:
 			e.pending--
 			e.rd.Completed = append(e.rd.Completed, Completion{ID: f.id, Err: fmt.Errorf("%w: flush: %w", ErrIO, f.localErr)})
@@ -474,6 +546,9 @@ func (e *Engine) writeAck(p *peer, f *wire.Frame) {
 	e.raise(p, w, protocols.Written)
 	p.unacked -= pr.bytes
 	pr.bytes = 0
+	if f.Flags&wire.FlagNegative == 0 && pr.inSync {
+		w.peerWrote = true
+	}
 	if f.Flags&wire.FlagNegative != 0 {
 		e.markOutOfSync(p, w.off, w.length)
 		e.peerEvent(p, "resync", "", "", fmt.Sprintf("write [%d, +%d) failed on the peer: marked out of sync", w.off, w.length))

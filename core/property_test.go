@@ -38,6 +38,9 @@ func TestRandomHistoriesConverge(t *testing.T) {
 		c := newCluster(3, protos, func(cfg *Config) {
 			cfg.Size, cfg.BlockSize = 16*512, 512
 			cfg.EpochMaxWrites, cfg.ResyncChunk, cfg.ResyncWindow, cfg.DiskFlushes = epochMax, 1024, window, flushes
+			// Failed disk operations are passed on, so that every
+			// disk stays attached and the cluster converges.
+			cfg.OnIOError = PassOnIOError
 			for i := range cfg.Peers {
 				cfg.Peers[i].MaxBuffer = maxBuf
 				cfg.Peers[i].Csums = csums

@@ -23,11 +23,17 @@ const (
 	// durable here and on every protocol C peer. Offset and Length are
 	// ignored.
 	ReqFlush
+	// ReqRead reads [Offset, Offset+Length) into Request.Data. With the
+	// local disk attached it is a local OpRead; on a Diskless Primary a
+	// peer in sync serves it (it sees every write completed before it was
+	// submitted). A driver may serve reads from an attached disk itself,
+	// without the engine, and submit ReqRead only once Detach'ed.
+	ReqRead
 )
 
 // String returns the kind's name ("write").
 func (k RequestKind) String() string {
-	return enumName(uint8(k), "RequestKind", "invalid", "write", "zeroes", "trim", "flush")
+	return enumName(uint8(k), "RequestKind", "invalid", "write", "zeroes", "trim", "flush", "read")
 }
 
 // Request is an application request submitted to the primary.
@@ -35,7 +41,7 @@ type Request struct {
 	// ID is chosen by the driver, unique among outstanding requests; the
 	// Completion carries it back.
 	ID   RequestID
-	Kind RequestKind // ReqWrite, ReqZeroes, ReqTrim or ReqFlush
+	Kind RequestKind // ReqWrite, ReqZeroes, ReqTrim, ReqFlush or ReqRead
 	// Offset and Length are the byte range on the device (ignored for
 	// ReqFlush).
 	Offset uint64
@@ -44,6 +50,10 @@ type Request struct {
 	// takes ownership: the same slice goes into the local write and into the
 	// data frames for every peer, and may still be in a send queue after the
 	// request completed. The driver must not modify or reuse it.
+	//
+	// For a ReqRead, Data is the buffer to fill, exactly Length bytes: the
+	// engine copies the data into it before the Completion and never
+	// touches it afterwards.
 	Data []byte
 	// FUA (force unit access) makes a write durable before it completes:
 	// locally and, under protocol C, on the peer before its WriteAck.

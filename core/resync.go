@@ -191,7 +191,9 @@ func (e *Engine) syncReadDone(r *syncRead, data []byte, err error) {
 		err = fmt.Errorf("got %d bytes, want %d", len(data), want)
 	}
 	if err != nil {
-		e.dropPeer(p, fmt.Errorf("%w: resync read of [%d, +%d): %w", ErrIO, r.run.first*bs, r.run.n*bs, err), false)
+		if !e.ioFailed("resync read", r.run.first*bs, r.run.n*bs, err) {
+			e.dropPeer(p, fmt.Errorf("%w: resync read of [%d, +%d): %w", ErrIO, r.run.first*bs, r.run.n*bs, err), false)
+		}
 		return
 	}
 	e.seq++

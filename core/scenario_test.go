@@ -21,10 +21,12 @@ import (
 // and read the diff. Commands (nodes are numbers, n0 is node 0):
 //
 //	new nodes=3 [protocols=C,A] [size=B] [block=B] [epoch-max=N] [chunk=B] [window=N] [maxbuf=B] [congestion=pull-ahead|disconnect] [flushes] [csums=crc32c]
+//	    [io-error=detach|pass-on]
 //	connect A B | reconnect A B | disconnect A B | crash A
 //	primary A [force] | secondary A | invalidate A SOURCE | invalidate-remote A TARGET
 //	corrupt A off=O len=L [fill=c] (changes A's disk behind its engine's back)
 //	write A off=O len=L [fill=c] [fua] | zeroes A off=O len=L | trim A off=O len=L | flush A
+//	appread A off=O len=L (an application read, ReqRead) | detach A
 //	deliver A->B [n=N] [chan=data|control] | process A [n=N] [fail] [last]
 //	stabilize [quiet] | status [A] | disks | bitmap A B | read A... off=O len=L
 func TestScenarios(t *testing.T) {
@@ -104,7 +106,18 @@ func newScenarioCluster(t *testing.T, d *datadriven.TestData) *cluster {
 		}
 		congestion = c
 	}
+	policy := DetachOnIOError
+	if a, ok := d.Arg("io-error"); ok {
+		switch a.Vals[0] {
+		case "detach":
+		case "pass-on":
+			policy = PassOnIOError
+		default:
+			d.Fatalf(t, "io-error=%s: want detach or pass-on", a.Vals[0])
+		}
+	}
 	return newCluster(n, protos, func(cfg *Config) {
+		cfg.OnIOError = policy
 		if size != 0 {
 			cfg.Size = size
 		}
@@ -233,6 +246,20 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 			r.Data = []byte(strings.Repeat(fill[:1], int(r.Length)))
 		}
 		c.submit(ns[0], r)
+	case "appread":
+		ns, err := nodeArgs(c, d, 1)
+		if err != nil {
+			return err
+		}
+		length := uint64(intArg(d, "len", int(c.block)))
+		c.submit(ns[0], Request{Kind: ReqRead, Offset: uint64(intArg(d, "off", 0)), Length: length, Data: make([]byte, length)})
+	case "detach":
+		ns, err := nodeArgs(c, d, 1)
+		if err != nil {
+			return err
+		}
+		ns[0].eng.Detach("detached by the script")
+		c.handle(ns[0])
 	case "deliver":
 		ns, err := nodeArgs(c, d, 2)
 		if err != nil {

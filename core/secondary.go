@@ -41,14 +41,16 @@ type segment struct {
 	flushed  bool
 }
 
-// rxWrite is a received data or resync write, or a checksum request
-// (op.Kind OpChecksum), which is ordered with the writes like one.
+// rxWrite is a received data or resync write, or a request ordered with
+// the writes like one: a checksum request (op.Kind OpChecksum) or a read
+// request (op.Kind OpRead), after every write received before it.
 type rxWrite struct {
-	seg    *segment
-	op     LocalOp
-	resync bool
-	ext    *extent // &local while issued
-	local  extent
+	seg     *segment
+	op      LocalOp
+	resync  bool
+	readTag uint64  // a read request's Seq
+	ext     *extent // &local while issued
+	local   extent
 	// digests are the sync source's, for an OpChecksum.
 	digests []byte
 }
@@ -131,7 +133,7 @@ func (e *Engine) pump(rx *receiver) {
 		seg := rx.segs[0]
 		for i, w := range seg.writes {
 			if w.ext == nil && !e.waitsForEarlier(seg.writes[:i], w) {
-				w.ext = e.addInflight(&w.local, w.op.Offset, w.op.Length, w.op.Kind != OpChecksum)
+				w.ext = e.addInflight(&w.local, w.op.Offset, w.op.Length, w.op.Kind != OpChecksum && w.op.Kind != OpRead)
 				e.newOp(w.op, opOwner{rxWrite: w})
 			}
 		}
@@ -179,8 +181,17 @@ func (e *Engine) rxWriteDone(w *rxWrite, data []byte, err error) {
 			break
 		}
 	}
-	if w.op.Kind == OpChecksum {
+	switch w.op.Kind {
+	case OpChecksum:
 		e.compareDigests(w, data, err)
+		return
+	case OpRead:
+		e.rxReadDone(w, data, err)
+		return
+	}
+	if err != nil && e.ioFailed(w.op.Kind.String(), w.op.Offset, w.op.Length, err) {
+		// The connection to the Primary is dropped: it marks this
+		// write, unacknowledged, for us.
 		return
 	}
 	ack := wire.Frame{Type: wire.TypeWriteAck, Seq: w.op.Seq}
@@ -235,7 +246,9 @@ func (e *Engine) rxFlushDone(seg *segment, err error) {
 		return
 	}
 	if err != nil {
-		e.dropPeer(seg.rx.peer, fmt.Errorf("%w: flush for barrier %d: %w", ErrIO, seg.epoch, err), false)
+		if !e.ioFailed("flush", 0, 0, err) {
+			e.dropPeer(seg.rx.peer, fmt.Errorf("%w: flush for barrier %d: %w", ErrIO, seg.epoch, err), false)
+		}
 		return
 	}
 	seg.flushed = true

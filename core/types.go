@@ -45,8 +45,16 @@ const (
 	// Persistent.Disk of DUnknown (a zero value) is read as Inconsistent.
 	DUnknown DiskState = iota
 	// Diskless: no backing disk is attached; the node cannot be promoted,
-	// not even with force. The engine never enters it by itself: a driver
-	// that detaches passes it in Config.State.
+	// not even with force. The engine enters it when a local disk
+	// operation fails under DetachOnIOError, or when the driver calls
+	// Detach. A Diskless Primary keeps serving the application through
+	// its peers in sync with it (see the package documentation); a
+	// Diskless Secondary drops the connection to its Primary, which then
+	// marks every write for it, and receives no data. Nothing is resynced
+	// to or from a Diskless node. A Persistent.Disk of Diskless (the disk
+	// was detached while this state was written) is read as Inconsistent
+	// with generation id 0: the disk's content is unknown, so when it
+	// returns it is resynchronised fully.
 	Diskless
 	// Attaching: the backing disk is being opened and its metadata read;
 	// like Diskless, a state the driver reports, which the engine neither
@@ -70,6 +78,38 @@ const (
 	// adopts its Primary's new generation ids.
 	UpToDate
 )
+
+// IOErrorPolicy says what the engine does when a local disk operation
+// fails (Config.OnIOError).
+type IOErrorPolicy uint8
+
+const (
+	// DetachOnIOError (the default): the first failed local operation
+	// makes the disk Diskless (see Diskless). On a Primary the failed
+	// write does not fail: it completes once a peer in sync with us wrote
+	// it and every peer reached its protocol's level, and later requests
+	// go to the peers only; a read is served by a peer in sync. Only when
+	// no peer in sync is connected does a request fail with ErrIO.
+	DetachOnIOError IOErrorPolicy = iota
+	// PassOnIOError: the error goes to the application (ErrIO) and the
+	// disk stays attached. A failed write on a Primary is marked out of
+	// sync for every peer (its range may hold the new data there and
+	// anything here), so that the next resync makes the peers equal to
+	// what this disk returns; a failed write on a Secondary is
+	// acknowledged negatively and the Primary marks it for that peer.
+	PassOnIOError
+)
+
+// String returns the policy's configuration name ("detach").
+func (p IOErrorPolicy) String() string {
+	switch p {
+	case DetachOnIOError:
+		return "detach"
+	case PassOnIOError:
+		return "pass-on"
+	}
+	return fmt.Sprintf("IOErrorPolicy(%d)", uint8(p))
+}
 
 // ConnState is the state of the connection to one peer.
 type ConnState uint8

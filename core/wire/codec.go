@@ -185,6 +185,17 @@ func checkWellFormed(f *Frame) error {
 			return fmt.Errorf("%w: %s frame seq %d has length %d but a payload of %d bytes",
 				ErrMalformed, f.Type, f.Seq, f.Length, len(f.Payload))
 		}
+	case f.Type == TypeReadRequest && len(f.Payload) != 0:
+		return fmt.Errorf("%w: read-request seq %d carries a payload of %d bytes, want none", ErrMalformed, f.Seq, len(f.Payload))
+	case f.Type == TypeReadReply:
+		want := int(f.Length)
+		if f.Flags&FlagNegative != 0 {
+			want = 0
+		}
+		if len(f.Payload) != want {
+			return fmt.Errorf("%w: read-reply seq %d with flags %s and length %d carries a payload of %d bytes, want %d",
+				ErrMalformed, f.Seq, f.Flags, f.Length, len(f.Payload), want)
+		}
 	}
 	return nil
 }

@@ -71,6 +71,17 @@ const (
 	// it as ResyncData); a range that is all identical may send no
 	// payload. FlagNegative: the target could not read the range.
 	TypeResyncCsumReply Type = 17
+	// TypeReadRequest asks a peer for [Offset, Offset+Length) of its disk,
+	// on the data channel, so that the peer reads only after applying
+	// every write sent before it: a Primary whose own disk is detached
+	// serves application reads this way. Seq is the sender's tag for the
+	// read, echoed in the reply. No payload.
+	TypeReadRequest Type = 20
+	// TypeReadReply answers ReadRequest Seq with the data of the requested
+	// range as payload (Offset and Length repeated), on the data channel.
+	// FlagNegative reports that the read failed or that the peer cannot
+	// serve it (its disk is not UpToDate); it carries no payload.
+	TypeReadReply Type = 21
 )
 
 // String is the type's name as used in logs and error messages ("data",
@@ -91,6 +102,7 @@ var typeNames = map[Type]string{
 	TypeStateChange: "state-change",
 	TypeResyncDone:  "resync-done", TypeBatch: "batch",
 	TypeResyncCsum: "resync-csum", TypeResyncCsumReply: "resync-csum-reply",
+	TypeReadRequest: "read-request", TypeReadReply: "read-reply",
 }
 
 // known reports whether t is a message type of this wire version.
@@ -142,8 +154,9 @@ type Channel uint8
 
 const (
 	// ChannelData carries data, barriers, resync data and checksums,
-	// out-of-sync and state-change frames, in order: a generation-id change is ordered with
-	// the writes around it.
+	// out-of-sync, state-change and read frames, in order: a generation-id
+	// change is ordered with the writes around it, and a read request
+	// after the writes it must see.
 	ChannelData Channel = 0
 	// ChannelControl carries the handshake (hello, auth, refuse), pings and
 	// every acknowledgement.
@@ -155,7 +168,8 @@ const (
 // says: only the frames it holds have a channel of their own.
 func ChannelOf(t Type) Channel {
 	switch t {
-	case TypeData, TypeBarrier, TypeOutOfSync, TypeResyncData, TypeStateChange, TypeResyncDone, TypeResyncCsum:
+	case TypeData, TypeBarrier, TypeOutOfSync, TypeResyncData, TypeStateChange, TypeResyncDone, TypeResyncCsum,
+		TypeReadRequest, TypeReadReply:
 		return ChannelData
 	}
 	return ChannelControl

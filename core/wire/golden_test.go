@@ -145,6 +145,15 @@ var goldenCases = []goldenCase{
 		return encode(Frame{Type: TypeResyncCsumReply, Seq: 6, Offset: 8192, Length: 8192, Payload: []byte{0x02}})
 	}},
 	{"resync-done", "resync complete", func(t testing.TB) []byte { return encode(Frame{Type: TypeResyncDone}) }},
+	{"read-request", "read 16 bytes at 4096 (tag 9)", func(t testing.TB) []byte {
+		return encode(Frame{Type: TypeReadRequest, Seq: 9, Offset: 4096, Length: 16})
+	}},
+	{"read-reply", "the 16 bytes at 4096 for tag 9", func(t testing.TB) []byte {
+		return encode(Frame{Type: TypeReadReply, Seq: 9, Offset: 4096, Length: 16, Payload: []byte("read-block-16byt")})
+	}},
+	{"read-reply-negative", "read tag 10 failed", func(t testing.TB) []byte {
+		return encode(Frame{Type: TypeReadReply, Flags: FlagNegative, Seq: 10, Offset: 4096, Length: 16})
+	}},
 	{"batch", "what a Writer with LZ4 sends for 20 writes of 4 KiB of text and a barrier (the compressed bytes change only with the lz4 module)",
 		func(t testing.TB) []byte {
 			var out bytes.Buffer

@@ -14,6 +14,7 @@ var sendableTypes = []Type{
 	TypeHello, TypeAuth, TypeRefuse, TypePing, TypePingAck, TypeData,
 	TypeRecvAck, TypeWriteAck, TypeBarrier, TypeBarrierAck, TypeOutOfSync,
 	TypeResyncData, TypeStateChange, TypeResyncDone, TypeResyncCsum, TypeResyncCsumReply,
+	TypeReadRequest, TypeReadReply,
 }
 
 // payloadKinds are the shapes of data a replicated disk carries.
@@ -75,7 +76,9 @@ func frameGen(maxPayload int, kinds []string) *rapid.Generator[Frame] {
 			Offset: rapid.Uint64().Draw(t, "offset"),
 			Length: rapid.Uint32().Draw(t, "length"),
 		}
-		if (f.Type == TypeData || f.Type == TypeResyncData) && f.Flags&(FlagZeroes|FlagTrim) != 0 {
+		switch {
+		case (f.Type == TypeData || f.Type == TypeResyncData) && f.Flags&(FlagZeroes|FlagTrim) != 0,
+			f.Type == TypeReadRequest, f.Type == TypeReadReply && f.Flags&FlagNegative != 0:
 			return f
 		}
 		if f.Type == TypeResyncCsum {
@@ -85,7 +88,7 @@ func frameGen(maxPayload int, kinds []string) *rapid.Generator[Frame] {
 			return f
 		}
 		f.Payload = payloadGen(maxPayload, kinds).Draw(t, "payload")
-		if f.Type == TypeData || f.Type == TypeResyncData {
+		if f.Type == TypeData || f.Type == TypeResyncData || f.Type == TypeReadReply {
 			f.Length = uint32(len(f.Payload))
 		}
 		return f

@@ -1,0 +1,223 @@
+package core
+
+import (
+	"fmt"
+
+	"github.com/georepl/georepl/core/wire"
+)
+
+// Detach makes the local disk Diskless, as a failed local operation does
+// under DetachOnIOError: the driver calls it when an operation it performs
+// outside the engine (a read served from the disk directly) failed, or
+// when the operator detaches the disk. why says what happened, for the
+// event. Detaching a Diskless disk does nothing. See Diskless for what
+// follows.
+func (e *Engine) Detach(why string) {
+	defer e.finish()
+	e.detach(why)
+}
+
+// ioFailed handles a failed local operation: under DetachOnIOError it
+// detaches the disk and reports true, under PassOnIOError it reports
+// false and the caller passes the error on.
+func (e *Engine) ioFailed(what string, off, length uint64, err error) bool {
+	if e.onIOError != DetachOnIOError {
+		return false
+	}
+	e.detach(fmt.Sprintf("%s of [%d, +%d) failed: %v", what, off, length, err))
+	return true
+}
+
+// detach makes the disk Diskless. Nothing may be read from it any more:
+//
+//   - writes and flushes not yet completed need a peer in sync instead
+//     (write.needPeer): their local operation, when it reports, no longer
+//     counts;
+//   - a resync from this node stops (its reads would come from the disk):
+//     the connection drops (ErrResyncAborted) and the next handshake finds
+//     nothing to resync from a Diskless node;
+//   - a Secondary drops the connection to its Primary (ErrIO), which marks
+//     every write this node did not acknowledge behind a barrier, and
+//     sends it nothing more once it hears (hello) that it is Diskless;
+//   - a Primary starts a new generation, so that the disk it detached,
+//     should it come back with metadata that still says UpToDate, is never
+//     taken for a copy of the data its peers go on to hold (its current
+//     id is only in their history: a full resync).
+func (e *Engine) detach(why string) {
+	if e.disk == Diskless {
+		return
+	}
+	e.setDisk(Diskless, why)
+	for _, w := range e.writes {
+		if !w.completed {
+			w.needPeer = true
+		}
+	}
+	for _, f := range e.flushes {
+		f.needPeer = true
+	}
+	for _, p := range e.peers {
+		switch {
+		case p.conn != Connected:
+		case p.rs != nil:
+			e.dropPeer(p, fmt.Errorf("%w: the local disk of node %d was detached", ErrResyncAborted, e.self), false)
+		case e.role != Primary && p.role == Primary:
+			e.dropPeer(p, fmt.Errorf("%w: the local disk of node %d was detached (%s)", ErrIO, e.self, why), false)
+		}
+	}
+	if e.role == Primary {
+		e.newGeneration()
+		for _, w := range e.writes {
+			e.maybeComplete(w)
+		}
+		e.maybeCompleteFlushes()
+	}
+}
+
+// inSync reports whether peer p holds our data, up to the writes in flight
+// to it: Established, UpToDate, in our generation and without marks on
+// either side. Only such a peer stands in for a detached disk.
+func (e *Engine) inSync(p *peer) bool {
+	return p.conn == Connected && p.repl == Established && p.disk == UpToDate && p.role != Primary &&
+		(p.gen.Current == e.current || p.adopting == e.current) && p.gen.Bitmap == 0 &&
+		p.bitmapUUID == 0 && p.bitmap.Count() == 0
+}
+
+// anyInSync reports whether some peer is in sync (inSync).
+func (e *Engine) anyInSync() bool {
+	for _, p := range e.peers {
+		if e.inSync(p) {
+			return true
+		}
+	}
+	return false
+}
+
+// readReq is an application read.
+type readReq struct {
+	id          RequestID
+	off, length uint64
+	data        []byte // the application's buffer
+	peer        *peer  // the peer asked, nil while none is or the local disk reads
+	tag         uint64 // the ReadRequest's Seq
+	tried       uint64 // peers (bit by index) that failed it
+}
+
+func (e *Engine) startRead(r Request) {
+	rq := &readReq{id: r.ID, off: r.Offset, length: r.Length, data: r.Data}
+	e.reads = append(e.reads, rq)
+	if e.disk != Diskless {
+		e.newOp(LocalOp{Kind: OpRead, Offset: r.Offset, Length: r.Length}, opOwner{read: rq})
+		return
+	}
+	e.readFromPeer(rq)
+}
+
+func (e *Engine) appReadDone(rq *readReq, data []byte, err error) {
+	if err == nil && uint64(len(data)) != rq.length {
+		err = fmt.Errorf("read returned %d bytes, want %d", len(data), rq.length)
+	}
+	switch {
+	case e.disk == Diskless:
+		// Detached meanwhile: what the disk returned no longer counts.
+		e.readFromPeer(rq)
+	case err == nil:
+		copy(rq.data, data)
+		e.completeRead(rq, nil)
+	case e.ioFailed("read", rq.off, rq.length, err):
+		e.readFromPeer(rq)
+	default:
+		e.completeRead(rq, fmt.Errorf("%w: read of [%d, +%d): %w", ErrIO, rq.off, rq.length, err))
+	}
+}
+
+// readFromPeer asks the first peer in sync that has not failed rq to
+// serve it, or fails rq with ErrIO if there is none.
+func (e *Engine) readFromPeer(rq *readReq) {
+	rq.peer = nil
+	for _, p := range e.peers {
+		if rq.tried&(1<<p.idx) == 0 && e.inSync(p) {
+			e.readTag++
+			rq.peer, rq.tag = p, e.readTag
+			e.send(p, wire.Frame{Type: wire.TypeReadRequest, Seq: rq.tag, Offset: rq.off, Length: uint32(rq.length)})
+			return
+		}
+	}
+	e.completeRead(rq, fmt.Errorf("%w: read of [%d, +%d): the local disk is detached and no peer in sync can serve it", ErrIO, rq.off, rq.length))
+}
+
+func (e *Engine) completeRead(rq *readReq, err error) {
+	for i, x := range e.reads {
+		if x == rq {
+			e.reads = append(e.reads[:i], e.reads[i+1:]...)
+			break
+		}
+	}
+	e.pending--
+	e.rd.Completed = append(e.rd.Completed, Completion{ID: rq.id, Err: err})
+}
+
+// readReply handles ReadReply from p.
+func (e *Engine) readReply(p *peer, f *wire.Frame) {
+	var rq *readReq
+	for _, x := range e.reads {
+		if x.peer == p && x.tag == f.Seq {
+			rq = x
+		}
+	}
+	if rq == nil || f.Offset != rq.off || uint64(f.Length) != rq.length {
+		e.violation(p, f, "read reply for no read asked")
+		return
+	}
+	if f.Flags&wire.FlagNegative != 0 {
+		rq.tried |= 1 << p.idx
+		e.peerEvent(p, "read", "", "", fmt.Sprintf("the peer could not serve the read of [%d, +%d)", rq.off, rq.length))
+		e.readFromPeer(rq)
+		return
+	}
+	copy(rq.data, f.Payload)
+	e.completeRead(rq, nil)
+}
+
+// readsLost asks another peer for the reads p was serving.
+func (e *Engine) readsLost(p *peer) {
+	for _, rq := range e.reads {
+		if rq.peer == p {
+			rq.tried |= 1 << p.idx
+			e.readFromPeer(rq)
+		}
+	}
+}
+
+// receiveReadRequest queues a ReadRequest from our Primary behind every
+// write it sent before, or refuses it at once if this disk cannot serve
+// it.
+func (e *Engine) receiveReadRequest(p *peer, f *wire.Frame) {
+	if p.repl != Established || e.disk != UpToDate {
+		e.send(p, wire.Frame{Type: wire.TypeReadReply, Flags: wire.FlagNegative, Seq: f.Seq, Offset: f.Offset, Length: f.Length})
+		return
+	}
+	seg := p.rx.segs[len(p.rx.segs)-1]
+	seg.writes = append(seg.writes, &rxWrite{seg: seg, readTag: f.Seq,
+		op: LocalOp{Kind: OpRead, Offset: f.Offset, Length: uint64(f.Length)}})
+	e.pump(p.rx)
+}
+
+// rxReadDone answers a ReadRequest whose read finished.
+func (e *Engine) rxReadDone(w *rxWrite, data []byte, err error) {
+	p := w.seg.rx.peer
+	if err == nil && uint64(len(data)) != w.op.Length {
+		err = fmt.Errorf("read returned %d bytes, want %d", len(data), w.op.Length)
+	}
+	reply := wire.Frame{Type: wire.TypeReadReply, Seq: w.readTag, Offset: w.op.Offset, Length: uint32(w.op.Length)}
+	if err != nil {
+		reply.Flags |= wire.FlagNegative
+		e.event(Event{What: "disk", Detail: fmt.Sprintf("read of [%d, +%d) for node %d failed: %v", w.op.Offset, w.op.Length, p.cfg.ID, err)})
+	} else {
+		reply.Payload = data
+	}
+	e.send(p, reply)
+	if err != nil {
+		e.ioFailed("read", w.op.Offset, w.op.Length, err)
+	}
+}
