@@ -443,10 +443,11 @@ func (e *Engine) fallBehind(p *peer) {
 
 // adopts reports whether peer p, connected to us while our current id was
 // old, will adopt our new generation rather than need a resync: the mirror
-// of adoptGeneration.
-func adopts(p *peer, old uint64) bool {
+// of adoptGeneration. When we are Diskless, p's marks for us (p.gen.Bitmap)
+// are for our detached disk and do not count.
+func adopts(p *peer, old uint64, diskless bool) bool {
 	return old != 0 && p.conn == Connected && p.repl == Established && p.role != Primary &&
-		p.disk == UpToDate && p.gen.Current == old && p.gen.Bitmap == 0 && p.bitmapUUID == 0
+		p.disk == UpToDate && p.gen.Current == old && (p.gen.Bitmap == 0 || diskless) && p.bitmapUUID == 0
 }
 
 // sendState sends our role, disk and generation ids to p on the data
@@ -510,13 +511,14 @@ func (e *Engine) receiveState(p *peer, f *wire.Frame) {
 }
 
 // adoptGeneration takes over the Primary's new generation when we are in
-// sync with it: Established, UpToDate, no marks on either side, and our
+// sync with it: Established, UpToDate, no marks on either side (ours for a
+// Diskless Primary excepted: they are for its detached disk), and our
 // current id is the one it just moved to its history. The Primary expects
 // exactly this (adopts).
 func (e *Engine) adoptGeneration(p *peer) {
 	if e.role == Primary || p.role != Primary || p.repl != Established || e.disk != UpToDate ||
 		e.current == 0 || p.gen.Current == e.current || p.gen.History[0] != e.current ||
-		p.gen.Bitmap != 0 || p.bitmapUUID != 0 {
+		p.gen.Bitmap != 0 || (p.bitmapUUID != 0 && p.disk != Diskless) {
 		return
 	}
 	e.event(Event{What: "gen", Old: fmt.Sprintf("%x", e.current), New: fmt.Sprintf("%x", p.gen.Current),

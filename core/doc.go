@@ -259,16 +259,20 @@
 //     in sync is asked;
 //   - with no peer in sync, requests fail with ErrIO.
 //
-// The Primary starts a new generation when it detaches: the detached
-// disk's metadata, if it survives, holds an older current id than its
-// peers, so it can only come back through a full resync. Its bitmaps and
-// activity log were on that disk: the driver keeps the bitmaps in memory
-// only. A Diskless Secondary drops its Primary (which marks every write
-// not acknowledged behind a barrier, as for any lost connection); its
-// hello then says Diskless, and the Primary sends it nothing and marks
-// every write. Metadata that says Diskless is read back as Inconsistent
-// with no generation: after the disk is repaired or replaced, it is
-// resynchronised fully.
+// A detached disk is resynchronised fully when it returns, whatever its
+// metadata says: metadata that recorded the detach says Diskless, read
+// back as Inconsistent with no generation (row 2); metadata that could
+// not record it still says UpToDate in the old generation, and so every
+// node that hears a peer announce Diskless marks every block for it, tied
+// to the ids it had (its StateChange or hello). A detaching Primary also
+// starts a new generation, which its peers adopt (their marks for its
+// detached disk do not stop them, and do not stop it from counting them
+// in sync): promoting its old disk later is refused as split brain rather
+// than overwriting theirs. Its bitmaps and activity log were on that disk:
+// the driver keeps the bitmaps in memory only. A Diskless Secondary drops
+// its Primary (which marks every write not acknowledged behind a barrier,
+// as for any lost connection); its hello then says Diskless, and the
+// Primary sends it nothing.
 //
 // # Invariants
 //

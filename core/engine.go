@@ -472,7 +472,7 @@ func (e *Engine) newGeneration() {
 	e.current = e.newUUID()
 	for _, p := range e.peers {
 		switch {
-		case e.role == Primary && (adopts(p, old) || (old != 0 && p.adopting == old && p.conn == Connected && p.repl == Established)):
+		case e.role == Primary && (adopts(p, old, e.disk == Diskless) || (old != 0 && p.adopting == old && p.conn == Connected && p.repl == Established)):
 			p.adopting = e.current
 		case !p.replicating() && p.bitmapUUID == 0 && old != 0:
 			p.bitmapUUID = old
@@ -525,6 +525,12 @@ func (e *Engine) setConn(p *peer, c ConnState, why string) {
 	p.conn = c
 }
 
+// setPeerRoleDisk records p's role and disk state as it announced them,
+// with p.gen still the ids it had before. A peer that announces Diskless
+// is marked out of sync in full, tied to those ids: its disk was detached
+// after an I/O error, and should it return with metadata that still says
+// UpToDate (the disk could not record the detach), it must be
+// resynchronised fully, never taken for a copy of our data.
 func (e *Engine) setPeerRoleDisk(p *peer, r Role, d DiskState) {
 	if p.role != r {
 		e.peerEvent(p, "peer-role", p.role.String(), r.String(), "")
@@ -533,5 +539,9 @@ func (e *Engine) setPeerRoleDisk(p *peer, r Role, d DiskState) {
 	if p.disk != d {
 		e.peerEvent(p, "peer-disk", p.disk.String(), d.String(), "")
 		p.disk = d
+		if d == Diskless && e.current != 0 && p.gen.Current != 0 {
+			e.markOutOfSync(p, 0, e.size)
+			e.peerEvent(p, "resync", "", "", "the peer's disk was detached: every block marked out of sync for it")
+		}
 	}
 }

@@ -50,6 +50,7 @@ type node struct {
 	ops       []LocalOp           // issued, not yet performed
 	links     []*link             // by peer node id; nil for itself
 	failedIO  bool                // a failure was injected: protocol C checks exempt it
+	metaLost  bool                // its metadata writes fail: persisted state stays as it was
 	crashing  bool                // its engine is gone: nothing it does counts
 	done      map[RequestID]error
 
@@ -181,13 +182,15 @@ func (c *cluster) handle(nd *node) {
 	for nd.eng.HasReady() {
 		rd := nd.eng.Ready()
 		name := fmt.Sprintf("n%d", nd.id)
-		if rd.Persist != nil {
+		if rd.Persist != nil && nd.metaLost {
+			c.logf("%s: persist (lost: the metadata disk fails) %s", name, fmtPersist(rd.Persist))
+		} else if rd.Persist != nil {
 			nd.persisted = clonePersistent(*rd.Persist)
 			c.logf("%s: persist %s", name, fmtPersist(rd.Persist))
 		}
 		for _, p := range nd.cfg.Peers {
 			b := nd.eng.Bitmap(p.ID)
-			if len(b.DirtyPages()) > 0 {
+			if len(b.DirtyPages()) > 0 && !nd.metaLost {
 				nd.bitmaps[p.ID] = slices.Clone(b.Words())
 				b.ClearDirty()
 			}
@@ -412,6 +415,7 @@ func (c *cluster) crash(nd *node) {
 		}
 	}
 	nd.ops = nil
+	nd.metaLost = false // the disk is repaired
 	copy(nd.disk, nd.durable)
 	clear(nd.inflight)
 	clear(nd.rx)

@@ -76,10 +76,12 @@ func (e *Engine) detach(why string) {
 
 // inSync reports whether peer p holds our data, up to the writes in flight
 // to it: Established, UpToDate, in our generation and without marks on
-// either side. Only such a peer stands in for a detached disk.
+// either side (its marks for us do not count once we are Diskless: they
+// are for our detached disk). Only such a peer stands in for a detached
+// disk.
 func (e *Engine) inSync(p *peer) bool {
 	return p.conn == Connected && p.repl == Established && p.disk == UpToDate && p.role != Primary &&
-		(p.gen.Current == e.current || p.adopting == e.current) && p.gen.Bitmap == 0 &&
+		(p.gen.Current == e.current || p.adopting == e.current) && (p.gen.Bitmap == 0 || e.disk == Diskless) &&
 		p.bitmapUUID == 0 && p.bitmap.Count() == 0
 }
 

@@ -27,6 +27,7 @@ import (
 //	corrupt A off=O len=L [fill=c] (changes A's disk behind its engine's back)
 //	write A off=O len=L [fill=c] [fua] | zeroes A off=O len=L | trim A off=O len=L | flush A
 //	appread A off=O len=L (an application read, ReqRead) | detach A
+//	fail-meta A (its metadata writes are lost from now on, until it crashes)
 //	deliver A->B [n=N] [chan=data|control] | process A [n=N] [fail] [last]
 //	stabilize [quiet] | status [A] | disks | bitmap A B | read A... off=O len=L
 func TestScenarios(t *testing.T) {
@@ -253,6 +254,12 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 		}
 		length := uint64(intArg(d, "len", int(c.block)))
 		c.submit(ns[0], Request{Kind: ReqRead, Offset: uint64(intArg(d, "off", 0)), Length: length, Data: make([]byte, length)})
+	case "fail-meta":
+		ns, err := nodeArgs(c, d, 1)
+		if err != nil {
+			return err
+		}
+		ns[0].metaLost = true
 	case "detach":
 		ns, err := nodeArgs(c, d, 1)
 		if err != nil {
