@@ -170,6 +170,12 @@ type Disk struct {
 	// recently used settled one to be retired. After a crash, up to
 	// ALExtents*4 MiB are resynchronised. 7 to 16380.
 	ALExtents int
+	// OnIOError says what a failed read or write of the local disk does:
+	// "detach" (the default: the disk is detached, the node goes Diskless,
+	// and a Primary goes on serving reads and writes through a peer in
+	// sync with it) or "pass-on" (the application gets the error, the disk
+	// stays attached).
+	OnIOError string
 }
 
 // Node is one host holding a copy of a resource.

@@ -43,7 +43,7 @@ var (
 		},
 	}
 	diskSchema = &hcl.BodySchema{
-		Attributes: []hcl.AttributeSchema{{Name: "block_size"}, {Name: "flushes"}, {Name: "al_extents"}},
+		Attributes: []hcl.AttributeSchema{{Name: "block_size"}, {Name: "flushes"}, {Name: "al_extents"}, {Name: "on_io_error"}},
 	}
 	nodeSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{
@@ -67,6 +67,7 @@ var (
 	compressionNames  = []string{"none", "lz4"}
 	onCongestionNames = []string{"block", "pull-ahead", "disconnect"}
 	csumsNames        = []string{"none", "crc32c", "xxh64", "sha256"}
+	onIOErrorNames    = []string{"detach", "pass-on"}
 	resourceNameRE    = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 	nodeNameRE        = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 )
@@ -103,7 +104,7 @@ func defaultNet() Net {
 }
 
 func defaultDisk() Disk {
-	return Disk{BlockSize: 4 << 10, Flushes: false, ALExtents: 1024}
+	return Disk{BlockSize: 4 << 10, Flushes: false, ALExtents: 1024, OnIOError: "detach"}
 }
 
 // decoder turns parsed HCL bodies into a Config, collecting every problem as
@@ -307,6 +308,11 @@ func (d *decoder) disk(block *hcl.Block, into *Disk) {
 			} else {
 				into.ALExtents = int(n)
 			}
+		}
+	}
+	if attr := content.Attributes["on_io_error"]; attr != nil {
+		if s, ok := d.choice(attr, "Invalid on_io_error", onIOErrorNames); ok {
+			into.OnIOError = s
 		}
 	}
 }

@@ -48,7 +48,7 @@ func TestDefaults(t *testing.T) {
 		Timeout:      6 * time.Second,
 		ConnectRetry: time.Second,
 	}
-	if r.Protocol != "C" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 4096, Flushes: false, ALExtents: 1024}) {
+	if r.Protocol != "C" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 4096, Flushes: false, ALExtents: 1024, OnIOError: "detach"}) {
 		t.Errorf("defaults: protocol %q, net %+v, disk %+v", r.Protocol, r.Net, r.Disk)
 	}
 	alpha := r.Nodes[0]
@@ -82,6 +82,7 @@ func TestEverySetting(t *testing.T) {
     block_size = "64K"
     flushes    = false
     al_extents = 257
+    on_io_error = "pass-on"
   }
   node "db1.example.com" {
     id        = 31
@@ -114,7 +115,7 @@ func TestEverySetting(t *testing.T) {
 		Timeout:      500 * time.Millisecond,
 		ConnectRetry: 2 * time.Second,
 	}
-	if r.Name != "big" || r.Protocol != "A" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 64 << 10, Flushes: false, ALExtents: 257}) {
+	if r.Name != "big" || r.Protocol != "A" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 64 << 10, Flushes: false, ALExtents: 257, OnIOError: "pass-on"}) {
 		t.Errorf("resource = %q protocol %q net %+v disk %+v", r.Name, r.Protocol, r.Net, r.Disk)
 	}
 	n := r.Nodes[0]
@@ -184,6 +185,8 @@ var errorCases = []struct {
 	{"al_extents too large", withTwoNodes(`disk { al_extents = 16381 }`), []string{"r0.hcl:12:23:", "Invalid al_extents"}},
 	{"al_extents not whole", withTwoNodes(`disk { al_extents = 7.5 }`), []string{"r0.hcl:12:23:", "Invalid al_extents", "7.5"}},
 	{"al_extents a string", withTwoNodes(`disk { al_extents = "many" }`), []string{"r0.hcl:12:23:", "number required"}},
+	{"bad on_io_error", withTwoNodes(`disk { on_io_error = "passon" }`), []string{"r0.hcl:12:24:", "Invalid on_io_error", `did you mean "pass-on"?`, `"detach", "pass-on"`}},
+	{"on_io_error a number", withTwoNodes(`disk { on_io_error = 1 }`), []string{"r0.hcl:12:24:", "Invalid on_io_error"}},
 	{"duplicate net block", withTwoNodes("net {}\n  net {}"), []string{"r0.hcl:13:3:", "Duplicate net block", "r0.hcl:12:3"}},
 	{"duplicate disk block", withTwoNodes("disk {}\n  disk {}"), []string{"r0.hcl:13:3:", "Duplicate disk block", "r0.hcl:12:3"}},
 	{"duplicate node", withTwoNodes(`node "alpha" {

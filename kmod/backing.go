@@ -42,6 +42,7 @@ type Backing struct {
 	// sectorSize is a block device's logical sector size: BLKDISCARD and
 	// BLKZEROOUT take only ranges aligned to it.
 	sectorSize int64
+	faults     *Faults // test facility; nil in production
 }
 
 // OpenBacking opens the regular file or block device at path read-write and
@@ -154,6 +155,9 @@ func (b *Backing) ReadAt(p []byte, off int64) (int, error) {
 	if err := b.check("read", off, int64(len(p))); err != nil {
 		return 0, err
 	}
+	if err := b.fault("read", off, int64(len(p))); err != nil {
+		return 0, err
+	}
 	n, err := b.file.ReadAt(p, off)
 	if err != nil {
 		return n, fmt.Errorf("kmod: %w", err)
@@ -170,6 +174,9 @@ func (b *Backing) WriteAt(p []byte, off int64) (int, error) {
 	if err := b.check("write", off, int64(len(p))); err != nil {
 		return 0, err
 	}
+	if err := b.fault("write", off, int64(len(p))); err != nil {
+		return 0, err
+	}
 	n, err := b.file.WriteAt(p, off)
 	if err != nil {
 		return n, fmt.Errorf("kmod: %w", err)
@@ -180,6 +187,9 @@ func (b *Backing) WriteAt(p []byte, off int64) (int, error) {
 // Sync makes every write that completed before the call durable
 // (fdatasync).
 func (b *Backing) Sync() error {
+	if err := b.fault("fdatasync", 0, -1); err != nil {
+		return err
+	}
 	return b.control("fdatasync", unix.Fdatasync)
 }
 
@@ -189,6 +199,9 @@ func (b *Backing) Sync() error {
 // WriteZeroes for zeroes). Where neither is supported it writes zeroes.
 func (b *Backing) Punch(off, length int64) error {
 	if err := b.check("punch", off, length); err != nil || length == 0 {
+		return err
+	}
+	if err := b.fault("punch", off, length); err != nil {
 		return err
 	}
 	if !b.blockDevice {
@@ -219,6 +232,9 @@ func (b *Backing) Punch(off, length int64) error {
 // system and is durable only after Sync.
 func (b *Backing) WriteZeroes(off, length int64) error {
 	if err := b.check("write zeroes", off, length); err != nil || length == 0 {
+		return err
+	}
+	if err := b.fault("write zeroes", off, length); err != nil {
 		return err
 	}
 	if !b.blockDevice {

@@ -70,6 +70,8 @@ type cluster struct {
 	// confOf names another configuration directory for a node (a node
 	// with a different configuration, e.g. the wrong secret).
 	confOf map[string]string
+	// args are extra daemon arguments per node.
+	args map[string][]string
 }
 
 // newCluster prepares the demo's three nodes with disks of size bytes;
@@ -81,7 +83,7 @@ func newCluster(t *testing.T, size int64, edits ...func(string) string) *cluster
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, dir: dir, conf: filepath.Join(dir, "conf"), procs: map[string]*exec.Cmd{}, confOf: map[string]string{}}
+	c := &cluster{t: t, dir: dir, conf: filepath.Join(dir, "conf"), procs: map[string]*exec.Cmd{}, confOf: map[string]string{}, args: map[string][]string{}}
 	src := string(configs.Demo(dir, port))
 	for _, edit := range edits {
 		src = edit(src)
@@ -160,7 +162,7 @@ func (c *cluster) start(n string) {
 	if other, ok := c.confOf[n]; ok {
 		conf = other
 	}
-	cmd := exec.Command(georeplBin, "daemon", "--config", conf, "--node", n, "--admin", c.adminSock(n), "--up")
+	cmd := exec.Command(georeplBin, append([]string{"daemon", "--config", conf, "--node", n, "--admin", c.adminSock(n), "--up"}, c.args[n]...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)

@@ -142,7 +142,7 @@ func connectCmd(verb, short string) *cobra.Command {
 }
 
 func daemonCmd() *cobra.Command {
-	var dir, name, level, pprofAddr string
+	var dir, name, level, pprofAddr, faults string
 	var up bool
 	cmd := &cobra.Command{
 		Use:   "daemon --config DIR --node NAME",
@@ -158,7 +158,7 @@ takes every resource down and exits.`,
 					return err
 				}
 			}
-			return runDaemon(cmd.Context(), dir, name, adminPath(cmd), level, up)
+			return runDaemon(cmd.Context(), dir, name, adminPath(cmd), level, faults, up)
 		},
 	}
 	cmd.Flags().StringVar(&dir, "config", "/etc/georepl", "configuration directory (*.hcl)")
@@ -166,6 +166,7 @@ takes every resource down and exits.`,
 	cmd.Flags().StringVar(&level, "log-level", "info", "debug, info, warn or error")
 	cmd.Flags().BoolVar(&up, "up", false, "bring every resource of this node up at start")
 	cmd.Flags().StringVar(&pprofAddr, "pprof", "", "serve Go's runtime profiles (net/http/pprof) on this loopback address, for performance work")
+	cmd.Flags().StringVar(&faults, "test-io-faults", "", "TEST FACILITY, never in production: once this file exists, I/O on this node's backing disks fails with EIO (the file may hold \"OFFSET LENGTH\" to fail only that byte range)")
 	cmd.MarkFlagRequired("node")
 	return cmd
 }
@@ -175,7 +176,7 @@ func loadConfig(dir string) (*configs.Config, error) {
 	return configs.LoadDir(dir, configs.LoadOptions{})
 }
 
-func runDaemon(ctx context.Context, dir, name, adminSock, level string, up bool) error {
+func runDaemon(ctx context.Context, dir, name, adminSock, level, faults string, up bool) error {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(level)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
@@ -194,6 +195,9 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level string, up bool)
 	d, err := node.NewDaemon(cfg, name, log)
 	if err != nil {
 		return err
+	}
+	if faults != "" {
+		d.InjectIOFaults(faults)
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()

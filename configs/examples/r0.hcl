@@ -26,9 +26,10 @@ resource "r0" {
   }
 
   disk {
-    block_size = "4KiB" # bitmap granularity: resync works in units of this size
-    flushes    = false  # true: secondaries also flush at every epoch boundary (slow)
-    al_extents = 1024   # activity log: 4 MiB extents resynchronised after a crash
+    block_size  = "4KiB"   # bitmap granularity: resync works in units of this size
+    flushes     = false    # true: secondaries also flush at every epoch boundary (slow)
+    al_extents  = 1024     # activity log: 4 MiB extents resynchronised after a crash
+    on_io_error = "detach" # a failing disk is detached and reads go to a peer; "pass-on": the application gets EIO
   }
 
   node "alpha" {

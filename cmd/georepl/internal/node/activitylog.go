@@ -63,7 +63,10 @@ type activityLog struct {
 	reclaiming   bool // a reclaim is running
 	writes       uint64
 	closed       bool
-	reclaim      func() // set by the resource; nil until then
+	// detached: the disk was detached after an I/O error; activations
+	// succeed at once and nothing is written (see detach).
+	detached bool
+	reclaim  func() // set by the resource; nil until then
 
 	wake       chan struct{} // wakes the writer
 	writerDone chan struct{}
@@ -93,6 +96,10 @@ const (
 
 // errALClosed is returned to activations after the resource went down.
 var errALClosed = errors.New("activity log closed: the resource is going down")
+
+// errALWrite is wrapped by the error of an activation whose transaction
+// could not be written: the metadata disk is failing.
+var errALWrite = errors.New("activity log write failed")
 
 // reclaimInterval paces reclaim while acquires wait for a slot.
 const reclaimInterval = 20 * time.Millisecond
@@ -142,10 +149,25 @@ func (a *activityLog) acquire(ctx context.Context, off, length uint64) (release 
 	return func() {
 		a.mu.Lock()
 		for x := first; x <= last; x++ {
-			a.active[x].pins--
+			if e := a.active[x]; e != nil { // nil: activated after detach
+				e.pins--
+			}
 		}
 		a.mu.Unlock()
 	}, nil
+}
+
+// detach stops the log for good: the disk was detached after an I/O
+// error, so there is no local copy left to protect (its data is only on
+// the peers, and the disk is resynchronised fully when it returns).
+// Activations, waiting or later, succeed without writing anything, and
+// close writes nothing.
+func (a *activityLog) detach() {
+	a.mu.Lock()
+	a.detached = true
+	a.changed.Broadcast()
+	a.mu.Unlock()
+	a.wakeWriter()
 }
 
 // gate makes the extents of [off, off+length) active and durable before a
@@ -175,6 +197,9 @@ func (a *activityLog) activate(ctx context.Context, first, last uint64, pin bool
 	}()
 	need := 0
 	for {
+		if a.detached {
+			return nil
+		}
 		if a.closed {
 			return errALClosed
 		}
@@ -232,14 +257,14 @@ func (a *activityLog) activate(ctx context.Context, first, last uint64, pin bool
 			}
 		}
 		switch {
-		case durable:
+		case durable || a.detached:
 			return nil
 		case a.closed:
 			err := errALClosed
 			a.unpin(first, last, pin)
 			return err
 		case a.failures != failures:
-			err := fmt.Errorf("activity log: %w", a.failErr)
+			err := fmt.Errorf("%w: %w", errALWrite, a.failErr)
 			a.unpin(first, last, pin)
 			return err
 		}
@@ -346,7 +371,7 @@ func (a *activityLog) writer() {
 	var lastReclaim time.Time
 	for {
 		a.mu.Lock()
-		if a.closed {
+		if a.closed || a.detached {
 			a.mu.Unlock()
 			return
 		}
@@ -461,6 +486,9 @@ func (a *activityLog) close(flushed bool) (left int, err error) {
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.detached {
+		return len(a.active), nil
+	}
 	if flushed {
 		a.promoteObserved()
 	}
@@ -524,10 +552,17 @@ func (r *resource) reclaimActivityLog() {
 // extent.
 func (r *resource) activate(ctx context.Context, req core.Request) (release func(), err error) {
 	end := req.Offset + req.Length
-	if req.Kind == core.ReqFlush || req.Length == 0 || end < req.Offset || end > r.st.dataSize {
+	if req.Kind == core.ReqFlush || req.Kind == core.ReqRead || req.Length == 0 || end < req.Offset || end > r.st.dataSize {
 		return func() {}, nil
 	}
-	return r.st.al.acquire(ctx, req.Offset, req.Length)
+	release, err = r.st.al.acquire(ctx, req.Offset, req.Length)
+	if errors.Is(err, errALWrite) && r.onIOError == core.DetachOnIOError {
+		// The metadata disk fails: detach it (the activity log then
+		// lets everything through) and go on through the peers.
+		r.detachDisk(err.Error())
+		return func() {}, nil
+	}
+	return release, err
 }
 
 // alRegion is the data area behind the activity log: every write, zeroing

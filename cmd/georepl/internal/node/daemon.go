@@ -22,6 +22,7 @@ import (
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/kmod"
 	"github.com/georepl/georepl/transports"
 )
 
@@ -37,6 +38,17 @@ type Daemon struct {
 	mu        sync.Mutex
 	listeners map[string]transports.Listener // by "transport address"
 	closed    bool
+
+	faults *kmod.Faults // test facility: see InjectIOFaults
+}
+
+// InjectIOFaults arms kmod.Faults, triggered by the file at trigger, on
+// the backing disk of every resource this daemon brings up from now on.
+// It is a test facility (the daemon's --test-io-faults flag), for tests
+// of the I/O error paths with real processes; call it before UpAll.
+func (d *Daemon) InjectIOFaults(trigger string) {
+	d.faults = kmod.NewFaults(trigger)
+	d.log.Warn("TEST FACILITY: I/O faults armed on every backing disk; they fail once the trigger file exists", "trigger", trigger)
 }
 
 // NewDaemon prepares node nodeName of cfg. Resources start down.

@@ -83,7 +83,7 @@ func (l *link) start() {
 // releases once f is written or dropped.
 func (l *link) send(f *wire.Frame, pl *payload) {
 	switch f.Type {
-	case wire.TypeData, wire.TypeBarrier, wire.TypeResyncData, wire.TypePing:
+	case wire.TypeData, wire.TypeBarrier, wire.TypeResyncData, wire.TypePing, wire.TypeReadRequest:
 		l.mu.Lock()
 		if l.waitingSince.IsZero() {
 			l.waitingSince = time.Now()

@@ -14,7 +14,8 @@ import (
 )
 
 // device is the resource as the NBD export serves it: writes go through
-// the engine (and so to every peer), reads come from the local disk.
+// the engine (and so to every peer), reads come from the local disk, or
+// through the engine from a peer in sync once the disk is detached.
 type device struct{ r *resource }
 
 var (
@@ -30,9 +31,29 @@ func (d device) Size() uint64 { return d.r.st.dataSize }
 func (d device) MultiConn() bool { return true }
 
 func (d device) ReadAt(ctx context.Context, p []byte, off uint64) error {
-	n, err := d.r.st.data.ReadAt(p, int64(off))
-	d.r.diskRead.Add(uint64(n))
-	return err
+	st := d.r.st
+	if !st.detached.Load() {
+		n, err := st.data.ReadAt(p, int64(off))
+		d.r.diskRead.Add(uint64(n))
+		if err == nil || d.r.onIOError != core.DetachOnIOError {
+			return err
+		}
+		d.r.detachDisk(fmt.Sprintf("read of [%d, +%d) failed: %v", off, len(p), err))
+	}
+	return d.r.readFromPeers(ctx, p, off)
+}
+
+// readFromPeers reads through the engine, which asks a peer in sync.
+func (r *resource) readFromPeers(ctx context.Context, p []byte, off uint64) error {
+	for len(p) > 0 {
+		n := min(len(p), core.MaxWriteLength)
+		req := core.Request{Kind: core.ReqRead, Offset: off, Length: uint64(n), Data: p[:n]}
+		if err := r.submit(ctx, req); err != nil {
+			return err
+		}
+		p, off = p[n:], off+uint64(n)
+	}
+	return nil
 }
 
 // WriteBuffer gives the NBD server a pooled buffer for a write's payload.

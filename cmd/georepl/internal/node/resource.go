@@ -31,6 +31,8 @@ type resource struct {
 	cfg  *configs.Resource
 	self *configs.Node
 	log  *slog.Logger
+	// onIOError is the disk block's on_io_error.
+	onIOError core.IOErrorPolicy
 
 	// mu guards the fields below that other goroutines read: up, peers'
 	// wanted/link, and the export.
@@ -98,6 +100,14 @@ func newResource(d *Daemon, rc *configs.Resource, self *configs.Node) (*resource
 		log:   d.log.With("resource", rc.Name),
 		peers: map[core.NodeID]*peer{},
 	}
+	switch rc.Disk.OnIOError {
+	case "", "detach":
+		r.onIOError = core.DetachOnIOError
+	case "pass-on":
+		r.onIOError = core.PassOnIOError
+	default:
+		return nil, fmt.Errorf("resource %s: on_io_error = %q is not one of \"detach\", \"pass-on\"", rc.Name, rc.Disk.OnIOError)
+	}
 	for _, n := range rc.Peers(self.Name) {
 		lk, err := rc.Link(self.Name, n.Name)
 		if err != nil {
@@ -118,7 +128,7 @@ func (r *resource) Up() error {
 	}
 	r.mu.Unlock()
 
-	st, err := openStorage(r.cfg, r.self)
+	st, err := openStorage(r.cfg, r.self, r.d.faults)
 	if err != nil {
 		return err
 	}
@@ -180,6 +190,7 @@ func (r *resource) newEngine(st *storage) (*core.Engine, error) {
 		Size:        st.dataSize,
 		BlockSize:   uint32(r.cfg.Disk.BlockSize),
 		DiskFlushes: r.cfg.Disk.Flushes,
+		OnIOError:   r.onIOError,
 		State:       state,
 		Bitmaps:     map[core.NodeID]*core.Bitmap{},
 		NewUUID:     newUUID,
@@ -409,9 +420,18 @@ func (r *resource) process() {
 	for e.HasReady() {
 		rd := e.Ready()
 		if rd.Persist != nil {
+			if rd.Persist.Disk == core.Diskless {
+				r.noteDetached()
+			}
 			if err := r.st.persist(rd.Persist); err != nil {
-				r.failMetadata(err)
-				return
+				if !r.st.detached.Load() {
+					r.failMetadata(err)
+					return
+				}
+				// Best effort: the disk failed. What it keeps is either
+				// Diskless (a full resync when it returns) or an older
+				// generation than the peers' (the same).
+				r.log.Warn("the detached disk's metadata could not be updated", "err", err)
 			}
 		}
 		for _, op := range rd.LocalOps {
@@ -684,9 +704,42 @@ func (r *resource) receive(l *link, f *wire.Frame) {
 	r.startOps(eng, ops)
 }
 
+// noteDetached switches the driver to a detached disk, once: the activity
+// log stops, bitmaps stay in memory, reads go to the peers. Called with
+// emu held.
+func (r *resource) noteDetached() {
+	if r.st.detached.Swap(true) {
+		return
+	}
+	r.st.al.detach()
+	r.log.Error("local disk detached after an I/O error: it is no longer read or written; a Primary serves through its peers in sync, and the bitmaps are kept in memory only",
+		"disk", r.self.Disk)
+}
+
+// detachDisk detaches the local disk (core.Engine.Detach) after an I/O
+// error the driver saw outside the engine: a read served from the disk
+// directly, an activity-log write.
+func (r *resource) detachDisk(why string) {
+	r.emu.Lock()
+	if r.stopped || r.engine == nil {
+		r.emu.Unlock()
+		return
+	}
+	eng := r.engine
+	eng.Detach(why)
+	r.process()
+	ops := r.takeOps()
+	r.emu.Unlock()
+	r.startOps(eng, ops)
+}
+
 // persistBitmaps writes the bitmaps' dirty pages; once all are on disk,
-// the activity log may retire the extents the engine reports settled.
+// the activity log may retire the extents the engine reports settled. A
+// detached disk keeps them in memory only.
 func (r *resource) persistBitmaps() {
+	if r.st.detached.Load() {
+		return
+	}
 	written := true
 	for _, p := range r.peers {
 		bm := r.engine.Bitmap(p.id)

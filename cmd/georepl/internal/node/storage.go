@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/core"
@@ -26,6 +27,10 @@ type storage struct {
 	// alRecovered is the number of extents the activity log of an
 	// unclean shutdown held, marked for every peer at attach.
 	alRecovered int
+	// detached is set once the engine detached the disk after an I/O
+	// error (resource.noteDetached): reads go to the peers, and the
+	// metadata is written only on a best-effort basis.
+	detached atomic.Bool
 }
 
 // defaultALExtents is the activity log's capacity when the configuration
@@ -50,11 +55,14 @@ type layout struct {
 	backing, metaFile *kmod.Backing
 }
 
-func openLayout(rc *configs.Resource, self *configs.Node) (*layout, error) {
+// openLayout opens the node's disks; faults, if not nil, is armed on the
+// backing disk (a test facility, see Daemon.InjectIOFaults).
+func openLayout(rc *configs.Resource, self *configs.Node, faults *kmod.Faults) (*layout, error) {
 	b, err := kmod.OpenBacking(self.Disk)
 	if err != nil {
 		return nil, err
 	}
+	b.InjectFaults(faults)
 	bs := uint32(rc.Disk.BlockSize)
 	slots := bitmapSlots(rc)
 	if self.MetaDisk == "" || self.MetaDisk == "internal" {
@@ -86,8 +94,8 @@ func (l *layout) Close() {
 	}
 }
 
-func openStorage(rc *configs.Resource, self *configs.Node) (*storage, error) {
-	l, err := openLayout(rc, self)
+func openStorage(rc *configs.Resource, self *configs.Node, faults *kmod.Faults) (*storage, error) {
+	l, err := openLayout(rc, self, faults)
 	if err != nil {
 		return nil, err
 	}
@@ -149,6 +157,15 @@ func (s *storage) persist(p *core.Persistent) error {
 // (empty after a clean shutdown: see activityLog.close) and closes the
 // disks.
 func (s *storage) Close() error {
+	if s.detached.Load() {
+		// Nothing on a detached disk counts any more: just let it go.
+		_, _ = s.al.close(false)
+		err := s.backing.Close()
+		if s.metaFile != nil {
+			err = errors.Join(err, s.metaFile.Close())
+		}
+		return err
+	}
 	err := s.data.Sync()
 	// A failed flush retires nothing: the settled writes may be lost.
 	_, alErr := s.al.close(err == nil)
@@ -164,7 +181,7 @@ func (s *storage) Close() error {
 // `georepl create-md` does. The disk starts Inconsistent with generation
 // ids zero ("just created"); force overwrites existing metadata.
 func CreateMetadata(rc *configs.Resource, self *configs.Node, force bool) (*meta.Superblock, error) {
-	l, err := openLayout(rc, self)
+	l, err := openLayout(rc, self, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -187,7 +204,7 @@ func CreateMetadata(rc *configs.Resource, self *configs.Node, force bool) (*meta
 // DumpMetadata prints the metadata of resource rc on node self, offline
 // (the daemon must not have the disk open).
 func DumpMetadata(w io.Writer, rc *configs.Resource, self *configs.Node, asJSON bool) error {
-	l, err := openLayout(rc, self)
+	l, err := openLayout(rc, self, nil)
 	if err != nil {
 		return err
 	}
