@@ -306,9 +306,10 @@ func aheadLowWater(p *peer) uint64 { return p.cfg.MaxBuffer / 4 }
 
 // maybeCatchUp starts the catch-up resync of an Ahead peer once what was
 // in flight to it is acknowledged down to the low-water mark. The
-// StateChange announcing SyncSource precedes every resync frame.
+// StateChange announcing SyncSource precedes every resync frame. A
+// Diskless Primary has nothing to resync from: the peer stays Ahead.
 func (e *Engine) maybeCatchUp(p *peer) {
-	if p.repl != Ahead || p.conn != Connected || p.unacked > aheadLowWater(p) {
+	if p.repl != Ahead || p.conn != Connected || p.unacked > aheadLowWater(p) || e.disk == Diskless {
 		return
 	}
 	e.startResync(p, false)
