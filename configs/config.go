@@ -201,6 +201,12 @@ type Node struct {
 	// "auto" need Export, through which the kernel's nbd driver reaches the
 	// resource; ublk is served directly.
 	Device string
+	// UblkQueues is the number of hardware queues of a ublk device, each
+	// served by its own thread (the kernel uses at most one per CPU), and
+	// UblkQueueDepth the requests each queue carries at once. They apply
+	// when Device is a ublk spelling or "auto"; 1 and 128 by default.
+	UblkQueues     int
+	UblkQueueDepth int
 	// DeclRange is where the node block's header is in the source.
 	DeclRange hcl.Range
 }

@@ -216,12 +216,13 @@ func TestDemo(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := Node{
-			Name:      name,
-			ID:        id,
-			Address:   "127.0.0.1:" + []string{"7000", "7001", "7002"}[id],
-			Disk:      dir + "/" + name + ".img",
-			MetaDisk:  "internal",
-			Export:    "unix:" + dir + "/" + name + ".nbd.sock",
+			Name:       name,
+			ID:         id,
+			Address:    "127.0.0.1:" + []string{"7000", "7001", "7002"}[id],
+			Disk:       dir + "/" + name + ".img",
+			MetaDisk:   "internal",
+			Export:     "unix:" + dir + "/" + name + ".nbd.sock",
+			UblkQueues: 1, UblkQueueDepth: 128,
 			DeclRange: n.DeclRange,
 		}
 		if *n != want {

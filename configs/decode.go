@@ -53,6 +53,8 @@ var (
 			{Name: "meta_disk"},
 			{Name: "export"},
 			{Name: "device"},
+			{Name: "ublk_queues"},
+			{Name: "ublk_queue_depth"},
 		},
 	}
 	connectionSchema = &hcl.BodySchema{
@@ -82,12 +84,19 @@ const (
 	// activity-log transaction holds (core/meta MaxActivityLogExtents).
 	minALExtents = 7
 	maxALExtents = 16380
+	// The ublk driver's limits are 4096 queues and 4096 requests per
+	// queue; every request of a queue keeps a 512 KiB buffer, and kmod/ublk
+	// bounds a queue's buffers to 1 GiB: 2048 requests.
+	maxUblkQueues     = 4096
+	maxUblkQueueDepth = 2048
 )
 
 // Defaults, applied before any block is read.
 const (
-	defaultProtocol = "C"
-	defaultMetaDisk = "internal"
+	defaultProtocol       = "C"
+	defaultMetaDisk       = "internal"
+	defaultUblkQueues     = 1
+	defaultUblkQueueDepth = 128
 )
 
 func defaultNet() Net {
@@ -322,7 +331,8 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block) {
 	byID := map[int]*Node{}
 	byAddress := map[string]*Node{}
 	for _, block := range blocks {
-		n := &Node{Name: block.Labels[0], ID: -1, MetaDisk: defaultMetaDisk, DeclRange: block.DefRange}
+		n := &Node{Name: block.Labels[0], ID: -1, MetaDisk: defaultMetaDisk,
+			UblkQueues: defaultUblkQueues, UblkQueueDepth: defaultUblkQueueDepth, DeclRange: block.DefRange}
 		if !nodeNameRE.MatchString(n.Name) {
 			d.fail(block.LabelRanges[0], &block.DefRange, "Invalid node name",
 				"Node name %q must be made of letters, digits, '_', '-' and '.' only.", n.Name)
@@ -384,20 +394,59 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block) {
 				}
 			}
 		}
+		deviceBad := false // already diagnosed
 		if attr := attrs["device"]; attr != nil {
-			if s, ok := d.str(attr); ok {
+			s, ok := d.str(attr)
+			deviceBad = !ok
+			if ok {
 				switch err := checkDevice(s); {
 				case err != nil:
 					d.failAttr(attr, "Invalid device", "device = %q: %v.", s, err)
+					deviceBad = true
 				case s != "" && s != "ublk" && !strings.HasPrefix(s, "/dev/ublkb") && attrs["export"] == nil:
 					d.failAttr(attr, "Device without export",
 						"device = %q needs an export in the same node block (for example export = \"unix:/run/georepl/%s.sock\"): the kernel's nbd driver reaches the resource through it (ublk devices do not need one).", s, r.Name)
+					deviceBad = true
 				default:
 					n.Device = s
 				}
 			}
 		}
+		for _, u := range []struct {
+			name string
+			max  int
+			into *int
+		}{{"ublk_queues", maxUblkQueues, &n.UblkQueues}, {"ublk_queue_depth", maxUblkQueueDepth, &n.UblkQueueDepth}} {
+			attr := attrs[u.name]
+			if attr == nil {
+				continue
+			}
+			v, ok := d.wholeNumber(attr, 1, u.max)
+			if !ok || deviceBad {
+				continue
+			}
+			if dev := attrs["device"]; !mayBeUblk(n.Device) {
+				d.failAttr(attr, "Setting for another device",
+					"%s applies to ublk devices only; this node block has %s: set device = \"ublk\", \"/dev/ublkbN\" or \"auto\", or remove %s.",
+					u.name, deviceSaid(dev, n.Device), u.name)
+				continue
+			}
+			*u.into = v
+		}
 	}
+}
+
+// mayBeUblk reports whether the device spelling s may give a ublk device.
+func mayBeUblk(s string) bool {
+	return s == "ublk" || s == "auto" || strings.HasPrefix(s, "/dev/ublkb")
+}
+
+// deviceSaid describes a node block's device setting for a diagnostic.
+func deviceSaid(attr *hcl.Attribute, dev string) string {
+	if attr == nil {
+		return "no device"
+	}
+	return fmt.Sprintf("device = %q", dev)
 }
 
 // checkDevice accepts the device spellings Node.Device documents.
@@ -559,6 +608,21 @@ func (d *decoder) duration(attr *hcl.Attribute) (time.Duration, bool) {
 		return 0, false
 	}
 	return v, true
+}
+
+// wholeNumber reads a whole number from lo to hi.
+func (d *decoder) wholeNumber(attr *hcl.Attribute, lo, hi int) (int, bool) {
+	v, ok := d.value(attr, cty.Number)
+	if !ok {
+		return 0, false
+	}
+	f := v.AsBigFloat()
+	n, exact := f.Int64()
+	if !f.IsInt() || exact != 0 || n < int64(lo) || n > int64(hi) {
+		d.failAttr(attr, "Invalid "+attr.Name, "%s = %s must be a whole number from %d to %d.", attr.Name, f.Text('g', -1), lo, hi)
+		return 0, false
+	}
+	return int(n), true
 }
 
 func (d *decoder) nodeID(attr *hcl.Attribute) (int, bool) {

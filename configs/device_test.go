@@ -75,3 +75,50 @@ func TestUblkDeviceWithoutExport(t *testing.T) {
 		}
 	}
 }
+
+func TestUblkQueues(t *testing.T) {
+	for _, tc := range []struct {
+		lines         string
+		queues, depth int
+	}{
+		{`device = "ublk"`, 1, 128},
+		{`device = "/dev/nbd0"`, 1, 128},
+		{"device = \"ublk\"\n    ublk_queues = 2\n    ublk_queue_depth = 64", 2, 64},
+		{"device = \"/dev/ublkb1\"\n    ublk_queue_depth = 2048", 1, 2048},
+		{"device = \"auto\"\n    ublk_queues = 4096", 4096, 128},
+	} {
+		cfg, err := Parse("r0.hcl", []byte(deviceConfig(tc.lines)), LoadOptions{})
+		if err != nil {
+			t.Errorf("%s: %v", tc.lines, err)
+			continue
+		}
+		r, _ := cfg.Resource("r0")
+		if n := r.Nodes[0]; n.UblkQueues != tc.queues || n.UblkQueueDepth != tc.depth {
+			t.Errorf("%s: queues %d, depth %d; want %d, %d", tc.lines, n.UblkQueues, n.UblkQueueDepth, tc.queues, tc.depth)
+		}
+		if n := r.Nodes[1]; n.UblkQueues != 1 || n.UblkQueueDepth != 128 {
+			t.Errorf("node without settings: queues %d, depth %d; want the defaults 1, 128", n.UblkQueues, n.UblkQueueDepth)
+		}
+	}
+}
+
+func TestUblkQueuesRefused(t *testing.T) {
+	for _, tc := range []struct{ lines, want string }{
+		{"device = \"ublk\"\n    ublk_queues = 0", `r0.hcl:8:19: Invalid ublk_queues; ublk_queues = 0 must be a whole number from 1 to 4096.`},
+		{"device = \"ublk\"\n    ublk_queues = 1.5", `ublk_queues = 1.5 must be a whole number from 1 to 4096`},
+		{"device = \"ublk\"\n    ublk_queue_depth = 4096", `r0.hcl:8:24: Invalid ublk_queue_depth; ublk_queue_depth = 4096 must be a whole number from 1 to 2048.`},
+		{"device = \"ublk\"\n    ublk_queue_depth = \"deep\"", `r0.hcl:8:`},
+		{"device = \"/dev/nbd0\"\n    ublk_queues = 2", `r0.hcl:8:19: Setting for another device; ublk_queues applies to ublk devices only; this node block has device = "/dev/nbd0"`},
+		{"ublk_queue_depth = 64", `r0.hcl:7:24: Setting for another device; ublk_queue_depth applies to ublk devices only; this node block has no device`},
+	} {
+		_, err := Parse("r0.hcl", []byte(deviceConfig(tc.lines)), LoadOptions{})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error = %v; want it to contain %q", tc.lines, err, tc.want)
+		}
+	}
+	// A bad device is diagnosed once, not again for the ublk settings.
+	_, err := Parse("r0.hcl", []byte(deviceConfig("device = \"/dev/sda\"\n    ublk_queues = 2")), LoadOptions{})
+	if err == nil || strings.Contains(err.Error(), "another device") {
+		t.Errorf("bad device with ublk_queues: %v; want only the device's error", err)
+	}
+}

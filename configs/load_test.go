@@ -52,7 +52,8 @@ func TestDefaults(t *testing.T) {
 		t.Errorf("defaults: protocol %q, net %+v, disk %+v", r.Protocol, r.Net, r.Disk)
 	}
 	alpha := r.Nodes[0]
-	want := Node{Name: "alpha", ID: 0, Address: "10.0.0.1:7789", Disk: "/dev/a", MetaDisk: "internal", DeclRange: alpha.DeclRange}
+	want := Node{Name: "alpha", ID: 0, Address: "10.0.0.1:7789", Disk: "/dev/a", MetaDisk: "internal",
+		UblkQueues: 1, UblkQueueDepth: 128, DeclRange: alpha.DeclRange}
 	if *alpha != want {
 		t.Errorf("node alpha = %+v; want %+v", *alpha, want)
 	}

@@ -12,10 +12,25 @@ import (
 	"github.com/georepl/georepl/kmod/ublk"
 )
 
-// kernelDevices holds, per resource, the kernel device attached to its
-// export while it is Primary. (It lives here rather than in resource so
-// that the kernel attach stays in this one file.)
-var kernelDevices sync.Map // *resource → kernelAttachment
+// kernelDevice is the kernel device attached to a resource while it is
+// Primary. attachKernelDevice and detachKernelDevice run on the admin
+// goroutines, path on the loop's (status).
+type kernelDevice struct {
+	mu  sync.Mutex
+	dev kernelAttachment // nil when none is attached
+}
+
+func (k *kernelDevice) get() kernelAttachment {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.dev
+}
+
+func (k *kernelDevice) set(d kernelAttachment) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.dev = d
+}
 
 // kernelAttachTimeout bounds dialling and negotiating the export's sockets.
 const kernelAttachTimeout = 30 * time.Second
@@ -34,7 +49,7 @@ func (r *resource) attachKernelDevice() error {
 	if dev == "" {
 		return nil
 	}
-	if _, ok := kernelDevices.Load(r); ok {
+	if r.kernel.get() != nil {
 		return nil
 	}
 	switch {
@@ -68,7 +83,7 @@ func (r *resource) attachKernelDevice() error {
 		}
 		return fmt.Errorf("resource %s: attaching %s: %w", r.cfg.Name, dev, err)
 	}
-	kernelDevices.Store(r, nbdAttachment{d})
+	r.kernel.set(nbdAttachment{d})
 	r.log.Info("kernel device attached", "device", d.Path(), "export", r.self.Export)
 	return nil
 }
@@ -81,12 +96,17 @@ func (r *resource) attachUblk(path string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), kernelAttachTimeout)
 	defer cancel()
-	d, err := ublk.Start(ctx, device{r}, ublk.Options{Path: path, Logger: r.log})
+	d, err := ublk.Start(ctx, device{r}, ublk.Options{
+		Path:   path,
+		Queues: r.self.UblkQueues,
+		Depth:  r.self.UblkQueueDepth,
+		Logger: r.log,
+	})
 	if err != nil {
 		return fmt.Errorf("resource %s: starting a ublk device: %w", r.cfg.Name, err)
 	}
-	kernelDevices.Store(r, ublkAttachment{d})
-	r.log.Info("kernel device attached", "device", d.Path(), "via", "ublk")
+	r.kernel.set(ublkAttachment{d})
+	r.log.Info("kernel device attached", "device", d.Path(), "via", "ublk", "queues", r.self.UblkQueues, "queue_depth", r.self.UblkQueueDepth)
 	return nil
 }
 
@@ -119,11 +139,10 @@ func (a ublkAttachment) detach(*resource) error { return a.Close() }
 // naming the holders, while the device is mounted or open, so call it
 // before demoting: `georepl secondary` then fails the way DRBD's does.
 func (r *resource) detachKernelDevice() error {
-	v, ok := kernelDevices.Load(r)
-	if !ok {
+	d := r.kernel.get()
+	if d == nil {
 		return nil
 	}
-	d := v.(kernelAttachment)
 	holders, err := nbdkernel.Holders(d.Path())
 	if err != nil {
 		return fmt.Errorf("resource %s: checking who holds %s: %w", r.cfg.Name, d.Path(), err)
@@ -134,15 +153,15 @@ func (r *resource) detachKernelDevice() error {
 	if err := d.detach(r); err != nil {
 		return fmt.Errorf("resource %s: detaching %s: %w", r.cfg.Name, d.Path(), err)
 	}
-	kernelDevices.Delete(r)
+	r.kernel.set(nil)
 	r.log.Info("kernel device detached", "device", d.Path())
 	return nil
 }
 
 // kernelDevicePath is the attached kernel device, "" when none, for status.
 func (r *resource) kernelDevicePath() string {
-	if v, ok := kernelDevices.Load(r); ok {
-		return v.(kernelAttachment).Path()
+	if d := r.kernel.get(); d != nil {
+		return d.Path()
 	}
 	return ""
 }

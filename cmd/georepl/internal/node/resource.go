@@ -70,6 +70,7 @@ type resource struct {
 
 	export    *nbd.Server
 	exportLis net.Listener
+	kernel    kernelDevice // attached while Primary (kernel.go)
 
 	payloads payloads // write payload buffers
 
