@@ -141,6 +141,11 @@ type Config struct {
 	// NewUUID returns a fresh random non-zero generation id. Required: the
 	// engine has no randomness of its own.
 	NewUUID func() uint64
+	// RecoveredExtents is the number of activity-log extents of an
+	// unclean shutdown that the driver marked in every peer's bitmap
+	// before New (0 after a clean shutdown). The engine only names them
+	// in ResyncWhy, until each peer's first resync is done.
+	RecoveredExtents int
 }
 
 // withDefaults validates cfg and fills in its defaults.

@@ -206,7 +206,9 @@ func (e *Engine) Receive(from NodeID, f *wire.Frame) {
 			e.violation(p, f, "out-of-sync marks outside a resync")
 			return
 		}
+		before := p.bitmap.Count()
 		p.bitmap.SetBytes(f.Offset, uint64(f.Length), e.blockSize)
+		p.resyncWhy.MarkedByPeer += e.blocksToBytes(p.bitmap.Count() - before)
 	default:
 		e.violation(p, f, "unexpected frame")
 	}
@@ -399,9 +401,14 @@ func (e *Engine) apply(p *peer, d decision, atConnect bool) {
 			e.setDisk(UpToDate, "in sync with the primary")
 		}
 	case SyncSource:
-		e.startResync(p, d.full)
+		e.startResync(p, d.full, fullWhy(d))
 	case SyncTarget:
 		p.resyncTotal, p.resyncDone, p.resyncSame = 0, 0, 0
+		p.resyncWhy = ResyncWhy{Full: fullWhy(d), Invalidated: p.invalidated}
+		if !d.full {
+			p.resyncWhy.MarkedHere = e.blocksToBytes(p.bitmap.Count())
+			p.resyncWhy.AfterCrash = p.afterCrash
+		}
 		e.setDisk(Inconsistent, fmt.Sprintf("resync from node %d", p.cfg.ID))
 		e.setRepl(p, SyncTarget, "")
 		// Only p knows which of our blocks it will rewrite: towards any
@@ -419,6 +426,18 @@ func (e *Engine) apply(p *peer, d decision, atConnect bool) {
 			e.sendMarks(p)
 		}
 		e.announce = true
+	}
+}
+
+// fullWhy says why decision d resyncs every block, "" when it does not.
+func fullWhy(d decision) string {
+	switch {
+	case !d.full:
+		return ""
+	case d.rule == 2:
+		return "new peer: one side has no data generation yet"
+	default:
+		return "no bitmap covers the older side's generation"
 	}
 }
 

@@ -86,8 +86,15 @@ type peer struct {
 	rs                      *resyncSource // we are its sync source
 	rx                      *receiver     // frames it sends us to write
 	resyncTotal, resyncDone uint64
-	resyncSame              uint64 // bytes a checksum comparison found identical
-	dataSent, dataReceived  uint64
+	resyncSame              uint64    // bytes a checksum comparison found identical
+	resyncWhy               ResyncWhy // of the running or last resync
+	// afterCrash is Config.RecoveredExtents until a resync with the peer
+	// is done: those extents are among our marks for it.
+	afterCrash int
+	// invalidated is ResyncWhy.Invalidated until the resync it asked for
+	// is done.
+	invalidated            string
+	dataSent, dataReceived uint64
 }
 
 // replicating reports whether application writes are sent to p: not to a
@@ -144,7 +151,7 @@ func New(cfg Config) (*Engine, error) {
 	blocks := cfg.Size / uint64(cfg.BlockSize)
 	for i, pc := range cfg.Peers {
 		p := &peer{cfg: pc, idx: i, conn: Connecting, bitmap: cfg.Bitmaps[pc.ID],
-			bitmapUUID: cfg.State.BitmapUUID[pc.ID]}
+			bitmapUUID: cfg.State.BitmapUUID[pc.ID], afterCrash: cfg.RecoveredExtents}
 		if p.bitmap == nil {
 			p.bitmap = NewBitmap(blocks)
 		}
@@ -195,7 +202,7 @@ func (e *Engine) Status() Status {
 			ID: p.cfg.ID, Name: p.cfg.Name, Protocol: p.cfg.Protocol,
 			Conn: p.conn, Repl: p.repl, Role: p.role, Disk: p.disk,
 			OutOfSync:   e.blocksToBytes(p.bitmap.Count()),
-			ResyncTotal: p.resyncTotal, ResyncDone: p.resyncDone, ResyncSame: p.resyncSame,
+			ResyncTotal: p.resyncTotal, ResyncDone: p.resyncDone, ResyncSame: p.resyncSame, ResyncWhy: p.resyncWhy,
 			Unacked: p.unacked, DataSent: p.dataSent, DataReceived: p.dataReceived,
 			BitmapUUID: p.bitmapUUID,
 		})

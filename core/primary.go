@@ -312,7 +312,8 @@ func (e *Engine) maybeCatchUp(p *peer) {
 	if p.repl != Ahead || p.conn != Connected || p.unacked > aheadLowWater(p) || e.disk == Diskless {
 		return
 	}
-	e.startResync(p, false)
+	e.startResync(p, false, "")
+	p.resyncWhy.Ahead = true
 	e.sendState(p)
 }
 

@@ -140,6 +140,38 @@ type Drop struct {
 	StandAlone bool
 }
 
+// ResyncWhy is where a resync's blocks come from. The engine knows the
+// marks, not always their cause: the driver, which marked the activity log
+// of an unclean shutdown at attach, can tell that part apart.
+type ResyncWhy struct {
+	// Source is set on the sync source, clear on the target.
+	Source bool
+	// Full is why every block is resynchronised ("" for a bitmap resync):
+	// the peer has no data generation yet (a new node), or its generation
+	// is older than any bitmap covers.
+	Full string
+	// MarkedHere is the bytes this node had marked for the peer when the
+	// resync began: writes the peer missed while disconnected or behind,
+	// this node's activity log after an unclean shutdown, and on a target
+	// the last writes of a lost Primary that not every node confirmed.
+	// A target sends these to the source.
+	MarkedHere uint64
+	// MarkedByPeer is the bytes the target's marks added to the source's
+	// (sync source only): the same kinds of marks, made on the target.
+	MarkedByPeer uint64
+	// AfterCrash is the number of extents of this node's activity log
+	// of an unclean shutdown (Config.RecoveredExtents) among MarkedHere;
+	// 0 if none.
+	AfterCrash int
+	// Ahead is set on the source when the resync catches up a peer that
+	// congestion left behind (pull-ahead): MarkedHere is what it missed.
+	Ahead bool
+	// Invalidated is "here" when this node's data was declared bad
+	// (Engine.Invalidate) and "peer" when this node declared the peer's
+	// (Engine.InvalidateRemote): every block is marked.
+	Invalidated string
+}
+
 // Event is a state change worth logging and showing in `georepl events`.
 type Event struct {
 	// Peer is the peer concerned when HasPeer is set.
@@ -236,6 +268,9 @@ type PeerStatus struct {
 	// checksum comparison found identical on both nodes, so they were not
 	// sent (PeerConfig.Csums); a source also counts them in ResyncDone.
 	ResyncSame uint64
+	// ResyncWhy says why the running (or last) resync moves what it
+	// moves; zero before the first.
+	ResyncWhy ResyncWhy
 	// Unacked is the number of data bytes sent and not yet acknowledged as
 	// written.
 	Unacked uint64

@@ -67,8 +67,15 @@ type syncRead struct {
 // answered, runs to read.
 func (rs *resyncSource) busy() int { return rs.reads + len(rs.sent) + len(rs.checking) + len(rs.todo) }
 
-func (e *Engine) startResync(p *peer, full bool) {
+// startResync makes us p's sync source; fullWhy says why every block is
+// resynchronised, "" for the bitmap's blocks only.
+func (e *Engine) startResync(p *peer, full bool, fullWhy string) {
 	how := "bitmap"
+	p.resyncWhy = ResyncWhy{Source: true, Full: fullWhy, Invalidated: p.invalidated}
+	if !full {
+		p.resyncWhy.MarkedHere = e.blocksToBytes(p.bitmap.Count())
+		p.resyncWhy.AfterCrash = p.afterCrash
+	}
 	if full {
 		how = "full"
 		p.bitmap.SetRange(0, p.bitmap.Len())
@@ -293,6 +300,7 @@ func (e *Engine) finishResync(p *peer) {
 	p.resyncDoneSent = true
 	p.rs = nil
 	p.bitmapUUID = 0
+	p.afterCrash, p.invalidated = 0, ""
 	e.persistDirty = true
 	e.setRepl(p, Established, "resync done")
 	detail := fmt.Sprintf("finished (%d bytes)", p.resyncDone)
@@ -312,6 +320,7 @@ func (e *Engine) resyncTargetDone(p *peer) {
 	for _, q := range e.peers {
 		q.bitmap.ClearRange(0, q.bitmap.Len())
 		q.bitmapUUID = 0
+		q.afterCrash, q.invalidated = 0, ""
 	}
 	e.persistDirty = true
 	e.announce = true
@@ -348,6 +357,7 @@ func (e *Engine) Invalidate(source NodeID) error {
 	// Our marks for the Primary: it sees them in our StateChange (a bitmap
 	// id), starts a resync, and merges them when we become its target.
 	e.markOutOfSync(p, 0, e.size)
+	p.invalidated = "here"
 	e.peerEvent(p, "resync", "", "", "invalidated here: full resync from this peer requested")
 	return nil
 }
@@ -371,6 +381,7 @@ func (e *Engine) InvalidateRemote(target NodeID) error {
 		return fmt.Errorf("%w: %v with node %d (%s): wait for the resync to finish", ErrWrongState, p.repl, p.cfg.ID, p.cfg.Name)
 	}
 	e.markOutOfSync(p, 0, e.size)
+	p.invalidated = "peer"
 	e.peerEvent(p, "resync", "", "", "peer invalidated: full resync to it")
 	return nil
 }

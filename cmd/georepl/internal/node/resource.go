@@ -195,6 +195,8 @@ func (r *resource) newEngine(st *storage) (*core.Engine, error) {
 		State:       state,
 		Bitmaps:     map[core.NodeID]*core.Bitmap{},
 		NewUUID:     newUUID,
+		// Named in the resync reasons of status.
+		RecoveredExtents: st.alRecovered,
 	}
 	bits := st.store.BitmapBits()
 	for _, p := range sortedPeers(r.peers) {

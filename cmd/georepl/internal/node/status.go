@@ -61,7 +61,30 @@ type PeerStatus struct {
 	// the bytes a checksum comparison found identical (csums), which were
 	// not sent.
 	SameBytes uint64 `json:"resync_same_bytes"`
-	LastError string `json:"last_error,omitempty"`
+	// LastResync is the last finished or interrupted resync with the
+	// peer since up, while none runs.
+	LastResync *LastResync `json:"last_resync,omitempty"`
+	LastError  string      `json:"last_error,omitempty"`
+}
+
+// LastResync is what the last resync with a peer moved, and why.
+type LastResync struct {
+	Reason string      `json:"reason"`
+	Cause  ResyncCause `json:"cause"`
+	// Bytes is what it moved: sent and acknowledged on the sync source,
+	// received on the target.
+	Bytes uint64 `json:"bytes"`
+}
+
+// ResyncCause is Reason's numbers (core.ResyncWhy).
+type ResyncCause struct {
+	Source       bool   `json:"source"`
+	Full         string `json:"full,omitempty"`
+	MarkedHere   uint64 `json:"marked_here_bytes"`
+	MarkedByPeer uint64 `json:"marked_by_peer_bytes"`
+	AfterCrash   int    `json:"after_crash_extents"`
+	Ahead        bool   `json:"ahead,omitempty"`
+	Invalidated  string `json:"invalidated,omitempty"`
 }
 
 // Resync is the progress of a running resync.
@@ -75,6 +98,59 @@ type Resync struct {
 	SameBytes  uint64  `json:"same_bytes"`
 	Rate       float64 `json:"rate_bytes_per_second"`
 	ETASeconds float64 `json:"eta_seconds"`
+	// Reason says why the resync happened: "full: new peer: ...",
+	// "bitmap: 64.0MiB marked here (after crash: activity log 16
+	// extents)", "bitmap: 2.0MiB marked here (writes the peer missed
+	// while disconnected)", ...
+	Reason string      `json:"reason"`
+	Cause  ResyncCause `json:"cause"`
+}
+
+func extentsText(n int) string {
+	if n == 1 {
+		return "1 extent"
+	}
+	return fmt.Sprintf("%d extents", n)
+}
+
+// resyncReason renders why a resync moves what it moves, from the
+// engine's account of it.
+func resyncReason(w core.ResyncWhy) string {
+	switch {
+	case w.Full != "":
+		return "full: " + w.Full
+	case w.Invalidated == "here":
+		return "invalidate: this node's data was declared bad (georepl invalidate): every block"
+	case w.Invalidated == "peer":
+		return "invalidate: the peer's data was declared bad (georepl invalidate-remote): every block"
+	}
+	var parts []string
+	if w.MarkedHere > 0 {
+		var cause string
+		switch {
+		case w.Ahead:
+			cause = "writes the peer missed while congestion left it behind (pull-ahead)"
+		case w.AfterCrash > 0 && w.Source:
+			cause = fmt.Sprintf("after crash: activity log %s, and writes the peer missed while disconnected", extentsText(w.AfterCrash))
+		case w.AfterCrash > 0:
+			cause = "after crash: activity log " + extentsText(w.AfterCrash)
+		case w.Source:
+			cause = "writes the peer missed while disconnected"
+		default:
+			cause = "writes of a lost primary that not every node confirmed, or made here while disconnected"
+		}
+		parts = append(parts, fmt.Sprintf("%s marked here (%s)", HumanBytes(w.MarkedHere), cause))
+	}
+	if w.Source && w.MarkedByPeer > 0 {
+		parts = append(parts, fmt.Sprintf("%s marked by the peer (its activity log after a crash, or writes it missed or got from a lost primary)", HumanBytes(w.MarkedByPeer)))
+	}
+	if !w.Source {
+		parts = append(parts, "the source's own marks")
+	}
+	if len(parts) == 0 {
+		return "bitmap: nothing marked"
+	}
+	return "bitmap: " + strings.Join(parts, "; ")
 }
 
 // publishStatus snapshots the engine's status for readers on other
@@ -144,9 +220,15 @@ func (r *resource) publishStatus() {
 				if rate > 0 && eps.ResyncTotal > eps.ResyncDone {
 					rs.ETASeconds = float64(eps.ResyncTotal-eps.ResyncDone) / rate
 				}
+				rs.Reason, rs.Cause = resyncReason(eps.ResyncWhy), ResyncCause(eps.ResyncWhy)
 				ps.Resync = rs
-			} else if r.progress != nil {
-				delete(r.progress, p.id)
+			} else {
+				if r.progress != nil {
+					delete(r.progress, p.id)
+				}
+				if eps.ResyncWhy != (core.ResyncWhy{}) || eps.ResyncDone > 0 {
+					ps.LastResync = &LastResync{Reason: resyncReason(eps.ResyncWhy), Cause: ResyncCause(eps.ResyncWhy), Bytes: eps.ResyncDone}
+				}
 			}
 		}
 		if conn != nil {
@@ -233,8 +315,14 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 				fmt.Fprintf(w, "      resync: %.1f%% (%s of %s, same:%s) rate:%s/s eta:%s\n", p.Resync.Percent,
 					HumanBytes(p.Resync.DoneBytes), HumanBytes(p.Resync.TotalBytes), HumanBytes(p.Resync.SameBytes),
 					HumanBytes(uint64(p.Resync.Rate)), eta(p.Resync.ETASeconds))
-			}
-			if p.Resync == nil && p.SameBytes > 0 {
+				fmt.Fprintf(w, "      resync reason: %s\n", p.Resync.Reason)
+			} else if p.LastResync != nil {
+				same := ""
+				if p.SameBytes > 0 {
+					same = fmt.Sprintf(" (same:%s found identical by checksum, not sent)", HumanBytes(p.SameBytes))
+				}
+				fmt.Fprintf(w, "      last resync: %s moved%s; %s\n", HumanBytes(p.LastResync.Bytes), same, p.LastResync.Reason)
+			} else if p.SameBytes > 0 {
 				fmt.Fprintf(w, "      last resync: same:%s (found identical by checksum, not sent)\n", HumanBytes(p.SameBytes))
 			}
 			if p.LastError != "" {
