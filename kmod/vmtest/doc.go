@@ -2,15 +2,18 @@
 // under QEMU (TCG) twice, linked by a UDP network backend, each VM with its
 // own virtio disk, and proves the kernel data path end to end. Scenarios:
 //
-//   - ext4 failover (nbd): the daemon attaches /dev/nbd0 at `georepl
-//     primary`; mkfs, mount; `georepl secondary` is refused while mounted;
-//     files written with fsync, their checksums printed; the primary's QEMU
-//     killed mid-write (power loss, guest page cache included); the
-//     secondary promoted, ext4's journal replayed, `e2fsck -f -n` clean,
-//     every fsync'd file intact; the old primary rejoins just by coming up
-//     (its activity log marks what may differ; only that and what changed
-//     since the failover is resynced) and both disks' data areas end
-//     byte-identical.
+//   - ext4 failover, on nbd (scenarios_test.go) and on ublk (ublk_test.go):
+//     the daemon attaches /dev/nbd0 or /dev/ublkb0 (2 queues of 64 tags,
+//     as configured) at `georepl primary`; mkfs, mount; `georepl secondary`
+//     is refused while mounted; files written with fsync, their checksums
+//     printed; the primary's QEMU killed mid-write (power loss, guest page
+//     cache included); the secondary promoted, its device attached, ext4's
+//     journal replayed, `e2fsck -f -n` clean, every fsync'd file intact;
+//     the old primary rejoins just by coming up: its activity log (8
+//     extents of a 256 MiB disk) marks what may differ, and the resync,
+//     that plus what changed since the failover, must stay under a quarter
+//     of the device; both disks' data areas end byte-identical and `georepl
+//     secondary` removes the device.
 //   - protocol A vs C over WAN: 4 KiB synchronous write latency on the
 //     local disk, then under C and A, on the bare link and with netem's
 //     40 ms delay: C pays the round trip, A does not.
@@ -18,8 +21,8 @@
 //     write in flight on /dev/nbd0; started again, it hands the kernel new
 //     sockets (NBD_CMD_RECONFIGURE) and the write completes.
 //
-// ublk_test.go adds the ublk scenarios (kmod/ublk's kernel tests, ext4
-// power loss on /dev/ublkb0).
+// ublk_test.go adds kmod/ublk's kernel tests (in the guest) and the ublk
+// ext4 failover.
 //
 // Its tests carry the build tag vmtest, so plain `go test ./...` skips
 // them. Run it with `make vmtest` (as root: it installs Debian packages and

@@ -18,30 +18,43 @@ import (
 // guestConfigs are written to /etc/georepl/NAME in the initramfs: one
 // configuration directory per scenario.
 var guestConfigs = map[string]string{
-	"failover/r0.hcl": `resource "r0" {
+	"failover/r0.hcl":      failoverResource(`device  = "/dev/nbd0"`),
+	"failover-ublk/r0.hcl": failoverResource(`device  = "/dev/ublkb0"` + "\n    ublk_queues      = 2\n    ublk_queue_depth = 64"),
+	"wan/wan.hcl":          wanResource("c", "C", 7789, "/dev/vda", "/dev/nbd0") + wanResource("a", "A", 7790, "/dev/vdb", "/dev/nbd1"),
+}
+
+// failoverALExtents is the failover resource's activity log: 8 extents of
+// 4 MiB, an eighth of its disk, so that a rejoin that resyncs the activity
+// log is told apart from a full resync.
+const (
+	failoverALExtents = 8
+	failoverDisk      = 256 << 20
+)
+
+// failoverResource is the resource of the ext4 failover scenarios; device
+// is the kernel device lines of each node block.
+func failoverResource(device string) string {
+	node := func(name string, id int) string {
+		return fmt.Sprintf(`  node %q {
+    id      = %d
+    address = "10.0.0.%d:7789"
+    disk    = "/dev/vda"
+    export  = "unix:/run/georepl/r0.sock"
+    %s
+  }
+`, name, id, id+1, device)
+	}
+	return fmt.Sprintf(`resource "r0" {
   protocol = "C"
   net {
     shared_secret = "vm rig"
     ping_interval = "2s"
     timeout       = "4s"
   }
-  node "alpha" {
-    id      = 0
-    address = "10.0.0.1:7789"
-    disk    = "/dev/vda"
-    export  = "unix:/run/georepl/r0.sock"
-    device  = "/dev/nbd0"
+  disk {
+    al_extents = %d
   }
-  node "bravo" {
-    id      = 1
-    address = "10.0.0.2:7789"
-    disk    = "/dev/vda"
-    export  = "unix:/run/georepl/r0.sock"
-    device  = "/dev/nbd0"
-  }
-}
-`,
-	"wan/wan.hcl": wanResource("c", "C", 7789, "/dev/vda", "/dev/nbd0") + wanResource("a", "A", 7790, "/dev/vdb", "/dev/nbd1"),
+`, failoverALExtents) + node("alpha", 0) + node("bravo", 1) + "}\n"
 }
 
 func wanResource(name, protocol string, port int, disk, device string) string {
@@ -133,15 +146,43 @@ func (r *rig) bootPair(t *testing.T, lk link, alphaDisks, bravoDisks []string) (
 func TestExt4Failover(t *testing.T) {
 	r := getRig(t)
 	scenario(t, "ext4 failover (nbd)", func(t *testing.T, detail *string) {
-		ext4Failover(t, r, detail)
+		ext4Failover(t, r, nbdFailover, detail)
 	})
 }
 
-func ext4Failover(t *testing.T, r *rig, detail *string) {
-	const conf = "/etc/georepl/failover"
+// failoverKind is the kernel device an ext4 failover scenario runs on.
+type failoverKind struct {
+	conf string // configuration directory in the guest
+	dev  string // the kernel device the daemon attaches at `georepl primary`
+	// check runs on the primary once the device is attached and returns
+	// what it saw, for the summary.
+	check func(t *testing.T, v *vm) string
+}
+
+var nbdFailover = failoverKind{conf: "/etc/georepl/failover", dev: "/dev/nbd0",
+	check: func(t *testing.T, v *vm) string {
+		out := v.must("echo @@BACKEND $(cat /sys/block/nbd0/backend)", time.Minute)
+		if b, _ := lineWith(out, "@@BACKEND "); b != "georepl:r0" {
+			t.Errorf("/sys/block/nbd0/backend is %q; want georepl:r0", b)
+		}
+		return ""
+	}}
+
+// ext4Failover is the whole failover story on kind's kernel device: the
+// daemon attaches it at `georepl primary`, mkfs and mount, `georepl
+// secondary` refused while mounted, files written with fsync and their
+// checksums recorded, the primary's QEMU killed mid-write (power loss),
+// the secondary promoted and its own device attached, journal replay,
+// e2fsck -f -n clean, every fsync'd file intact; then the old primary
+// rejoins just by coming up (its activity log marks what may differ), the
+// resync moves the activity log's span and what changed since the
+// failover, far less than the device, and both disks' data areas end
+// byte-identical.
+func ext4Failover(t *testing.T, r *rig, kind failoverKind, detail *string) {
+	conf, dev := kind.conf, kind.dev
 	dir := t.TempDir()
-	imgA := newDisk(t, filepath.Join(dir, "alpha.img"), 64<<20)
-	imgB := newDisk(t, filepath.Join(dir, "bravo.img"), 64<<20)
+	imgA := newDisk(t, filepath.Join(dir, "alpha.img"), failoverDisk)
+	imgB := newDisk(t, filepath.Join(dir, "bravo.img"), failoverDisk)
 	lk, err := newLink()
 	if err != nil {
 		t.Fatal(err)
@@ -152,12 +193,25 @@ func ext4Failover(t *testing.T, r *rig, detail *string) {
 		v.must("daemon "+conf, time.Minute)
 		v.must("georepl up r0", time.Minute)
 	}
+	initialStart := time.Now()
 	alpha.must("georepl primary --force r0", time.Minute)
-	alpha.must("georepl wait-sync --timeout 5m r0 </dev/null >/tmp/ws.log 2>&1 || { cat /tmp/ws.log; false; }", 6*time.Minute)
-	alpha.must("attach /dev/nbd0 r0", time.Minute)
-	alpha.must("/usr/sbin/mke2fs -q -t ext4 /dev/nbd0", 2*time.Minute)
-	alpha.must("mount /dev/nbd0 /mnt", time.Minute)
-	out := alpha.must("echo @@SIZE $(blockdev --getsize64 /dev/nbd0)", time.Minute)
+	alpha.must("georepl wait-sync --timeout 10m r0 </dev/null >/tmp/ws.log 2>&1 || { cat /tmp/ws.log; false; }", 11*time.Minute)
+	initialSync := time.Since(initialStart)
+	attached := func(v *vm) {
+		v.must(fmt.Sprintf(`[ "$(size %s)" != 0 ] || { echo "%s not attached by georepl primary"; georepl status r0; tail -20 /tmp/daemon.log; false; }`, dev, dev), time.Minute)
+	}
+	attached(alpha)
+	checked := kind.check(t, alpha)
+	// The device is all zeros after the initial sync: no discard, no
+	// zeroing of the journal (the writes under emulation cost minutes).
+	mkfsStart := time.Now()
+	if out, rc := alpha.sh("/usr/sbin/mke2fs -q -t ext4 -E nodiscard,lazy_itable_init=1,lazy_journal_init=1 "+dev, 5*time.Minute); rc != 0 {
+		alpha.sh("georepl status r0; tail -40 /tmp/daemon.log", time.Minute)
+		t.Fatalf("mke2fs exited %d: %q", rc, out)
+	}
+	t.Logf("mke2fs took %s", time.Since(mkfsStart).Round(time.Second))
+	alpha.must("mount "+dev+" /mnt", time.Minute)
+	out := alpha.must("echo @@SIZE $(blockdev --getsize64 "+dev+")", time.Minute)
 	sizeStr, _ := lineWith(out, "@@SIZE ")
 	size, err := strconv.ParseInt(sizeStr, 10, 64)
 	if err != nil || size <= 0 {
@@ -166,7 +220,7 @@ func ext4Failover(t *testing.T, r *rig, detail *string) {
 	// secondary must be refused while /mnt is mounted, naming the holder.
 	refused := false
 	if out, rc := alpha.sh("georepl secondary r0", time.Minute); rc == 0 || !strings.Contains(strings.Join(out, " "), "mounted on /mnt") {
-		t.Errorf("georepl secondary with /dev/nbd0 mounted: rc %d, %q; want a refusal naming /mnt", rc, out)
+		t.Errorf("georepl secondary with %s mounted: rc %d, %q; want a refusal naming /mnt", dev, rc, out)
 	} else {
 		refused = true
 	}
@@ -174,7 +228,7 @@ func ext4Failover(t *testing.T, r *rig, detail *string) {
 	// Write fsync'd files, then pull the plug mid-write.
 	from := alpha.mark()
 	fmt.Fprintf(alpha.in, "vmguest write -dir /mnt -n 100000 &\n")
-	for i := 0; i < 40; i++ {
+	for range 40 {
 		from, _ = alpha.waitFrom(from, "@@FSYNCED ", 5*time.Minute)
 		from++
 	}
@@ -201,15 +255,15 @@ func ext4Failover(t *testing.T, r *rig, detail *string) {
 			time.Sleep(2 * time.Second)
 		}
 	}
-	bravo.must("attach /dev/nbd0 r0", time.Minute)
-	bravo.must("mount /dev/nbd0 /mnt && umount /mnt", 2*time.Minute) // journal replay
+	attached(bravo)
+	bravo.must("mount "+dev+" /mnt && umount /mnt", 2*time.Minute) // journal replay
 	fsckClean := false
-	if out, rc := bravo.sh("/usr/sbin/e2fsck -f -n /dev/nbd0", 5*time.Minute); rc == 0 {
+	if out, rc := bravo.sh("/usr/sbin/e2fsck -f -n "+dev, 5*time.Minute); rc == 0 {
 		fsckClean = true
 	} else {
 		t.Errorf("e2fsck -f -n after journal replay exited %d:\n%s", rc, strings.Join(out, "\n"))
 	}
-	bravo.must("mount -o ro /dev/nbd0 /mnt", time.Minute)
+	bravo.must("mount -o ro "+dev+" /mnt", time.Minute)
 	out = bravo.must("cd /mnt && sha256sum f* 2>/dev/null; cd /", 5*time.Minute)
 	got := map[string]string{}
 	for _, l := range out {
@@ -240,9 +294,24 @@ func ext4Failover(t *testing.T, r *rig, detail *string) {
 	if out, rc := alpha.sh("grep -o 'activity log of an unclean shutdown[^\"]*' /tmp/daemon.log | head -1", time.Minute); rc == 0 && len(out) > 0 {
 		marked, _, _ = strings.Cut(strings.TrimSpace(strings.Join(out, " ")), " out of sync")
 	}
+	// The new primary's log tells how much the rejoin moved.
+	out = bravo.must("echo @@RESYNCED $(grep -o 'finished ([0-9]* bytes)' /tmp/daemon.log | tail -1 | tr -dc 0-9)", time.Minute)
+	resyncedStr, _ := lineWith(out, "@@RESYNCED ")
+	resynced, err := strconv.ParseInt(resyncedStr, 10, 64)
+	if err != nil {
+		t.Errorf("no finished resync in the new primary's log (%q)", out)
+	}
+	// The activity log's span (what the old primary may have written
+	// unseen) plus what the new primary wrote since the failover (the
+	// journal replay: a few MiB), far below the device.
+	if limit := size / 4; resynced <= 0 || resynced > limit {
+		t.Errorf("the rejoin resynced %d bytes; want some, and at most %d (the activity log is %d MiB of a %d MiB device)",
+			resynced, limit, failoverALExtents*4, size>>20)
+	}
 
 	// Clean shutdown of both, then compare the data areas.
-	bravo.must("detach /dev/nbd0 && georepl secondary r0", time.Minute)
+	bravo.must("georepl secondary r0", time.Minute)
+	bravo.must(fmt.Sprintf(`[ "$(size %s)" = 0 ] || { echo "%s still there after georepl secondary"; false; }`, dev, dev), time.Minute)
 	for _, v := range []*vm{alpha, bravo} {
 		v.must("georepl down r0 && stopdaemon && sync", 2*time.Minute)
 		v.poweroff()
@@ -254,8 +323,9 @@ func ext4Failover(t *testing.T, r *rig, detail *string) {
 	if !same {
 		t.Errorf("data areas differ (first at byte %d of %d)", firstDiff, size)
 	}
-	*detail = fmt.Sprintf("secondary refused while mounted=%v; %d files fsync'd before the power loss, %d bad after failover; e2fsck -f -n clean=%v; old primary rejoined by `up` (%s), resync %s; data areas identical=%v",
-		refused, len(fsynced), bad, fsckClean, marked, syncTook.Round(time.Second), same)
+	*detail = fmt.Sprintf("%sinitial full sync of %d MiB %s; secondary refused while mounted=%v; %d files fsync'd before the power loss, %d bad after failover; e2fsck -f -n clean=%v; old primary rejoined by `up` (%s), resync of %.1f MiB (%.0f%% of the device) in %s; data areas identical=%v",
+		checked, size>>20, initialSync.Round(time.Second), refused, len(fsynced), bad, fsckClean, marked,
+		float64(resynced)/(1<<20), 100*float64(resynced)/float64(size), syncTook.Round(time.Second), same)
 }
 
 // sameData compares the first n bytes of two images.

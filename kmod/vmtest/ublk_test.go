@@ -13,18 +13,19 @@ import (
 )
 
 // TestUblk runs kmod/ublk's kernel tests inside a guest, where ublk_drv is
-// loaded: read, write, flush, discard and zero-out through /dev/ublkbN,
+// loaded, then the ext4 failover scenario on a ublk device. The kernel
+// tests: read, write, flush, discard and zero-out through /dev/ublkbN,
 // errnos, many concurrent requests over few tags, FUA, a read-only device,
-// ext4 (mke2fs, mount, fsync, e2fsck -f -n, remount), Close with a
-// request stuck in the Device or the block device still open, and a device
-// number taken over from a killed server.
+// ext4 (mke2fs, mount, fsync, e2fsck -f -n, remount), Close with a request
+// stuck in the Device or the block device still open, and a device number
+// taken over from a killed server.
 func TestUblk(t *testing.T) {
 	r := getRig(t)
 	scenario(t, "ublk device (kmod/ublk)", func(t *testing.T, detail *string) {
 		ublkKernelTests(t, r, detail)
 	})
-	scenario(t, "ext4 power loss (ublk)", func(t *testing.T, detail *string) {
-		ublkPowerLoss(t, r, detail)
+	scenario(t, "ext4 failover (ublk)", func(t *testing.T, detail *string) {
+		ext4Failover(t, r, ublkFailover, detail)
 	})
 }
 
@@ -104,107 +105,18 @@ func buildTest(root, out, mode string) error {
 	return nil
 }
 
-// ublkPowerLoss is the power-loss half of the ext4 failover scenario with
-// the resource served as /dev/ublkb0 (by ublkguest, over the daemon's
-// export) instead of /dev/nbd0: ext4 on the primary's ublk device, files
-// written with fsync, the primary's QEMU killed mid-write, the secondary
-// promoted and serving its own /dev/ublkb0, journal replay, e2fsck -f -n
-// clean, and every fsync'd file with its recorded checksum. The rejoin
-// does not depend on the kernel device and is left to the nbd scenario.
-func ublkPowerLoss(t *testing.T, r *rig, detail *string) {
-	const conf = "/etc/georepl/failover"
-	root, err := repoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	extra := t.TempDir()
-	if err := goBuild(root, filepath.Join(extra, "bin/ublkguest"), "./kmod/vmtest/ublkguest"); err != nil {
-		t.Fatal(err)
-	}
-	ur := r.withExtraFiles(t, extra)
-	dir := t.TempDir()
-	imgA := newDisk(t, filepath.Join(dir, "alpha.img"), 64<<20)
-	imgB := newDisk(t, filepath.Join(dir, "bravo.img"), 64<<20)
-	lk, err := newLink()
-	if err != nil {
-		t.Fatal(err)
-	}
-	alpha, bravo := ur.bootPair(t, lk, []string{imgA}, []string{imgB})
-	for _, v := range []*vm{alpha, bravo} {
-		v.must("georepl create-md --config "+conf+" --node $NODE r0", time.Minute)
-		v.must("daemon "+conf, time.Minute)
-		v.must("georepl up r0", time.Minute)
-	}
-	alpha.must("georepl primary --force r0", time.Minute)
-	alpha.must("georepl wait-sync --timeout 5m r0 </dev/null >/tmp/ws.log 2>&1 || { cat /tmp/ws.log; false; }", 6*time.Minute)
-	serveUblk(alpha)
-	alpha.must("/usr/sbin/mke2fs -q -t ext4 /dev/ublkb0", 2*time.Minute)
-	alpha.must("mount /dev/ublkb0 /mnt", time.Minute)
-
-	from := alpha.mark()
-	fmt.Fprintf(alpha.in, "vmguest write -dir /mnt -n 100000 &\n")
-	for range 40 {
-		from, _ = alpha.waitFrom(from, "@@FSYNCED ", 5*time.Minute)
-		from++
-	}
-	alpha.kill()
-	fsynced := map[string]string{}
-	alpha.mu.Lock()
-	for _, l := range alpha.lines {
-		if f := strings.Fields(l); len(f) == 3 && f[0] == "@@FSYNCED" {
-			fsynced[f[1]] = f[2]
+// ublkFailover is the ext4 failover scenario on /dev/ublkb0, which the
+// daemon serves itself (device = "/dev/ublkb0" with ublk_queues = 2 and
+// ublk_queue_depth = 64): the device must show those queues and tags.
+var ublkFailover = failoverKind{conf: "/etc/georepl/failover-ublk", dev: "/dev/ublkb0",
+	check: func(t *testing.T, v *vm) string {
+		out := v.must("echo @@QUEUES $(ls /sys/block/ublkb0/mq | wc -l) $(cat /sys/block/ublkb0/mq/*/nr_tags)", time.Minute)
+		got, _ := lineWith(out, "@@QUEUES ")
+		if got != "2 64 64" {
+			t.Errorf("/dev/ublkb0: queues and tags per queue %q; want \"2 64 64\" (ublk_queues = 2, ublk_queue_depth = 64)", got)
 		}
-	}
-	alpha.mu.Unlock()
-	t.Logf("alpha killed after %d fsync'd files", len(fsynced))
-
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		if _, rc := bravo.sh("georepl primary r0", time.Minute); rc == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			bravo.sh("georepl status r0; tail -20 /tmp/daemon.log", time.Minute)
-			t.Fatal("bravo could not be promoted within 2 minutes of the power loss")
-		}
-		time.Sleep(2 * time.Second)
-	}
-	serveUblk(bravo)
-	bravo.must("mount /dev/ublkb0 /mnt && umount /mnt", 2*time.Minute) // journal replay
-	fsckClean := true
-	if out, rc := bravo.sh("/usr/sbin/e2fsck -f -n /dev/ublkb0", 5*time.Minute); rc != 0 {
-		fsckClean = false
-		t.Errorf("e2fsck -f -n after journal replay exited %d:\n%s", rc, strings.Join(out, "\n"))
-	}
-	bravo.must("mount -o ro /dev/ublkb0 /mnt", time.Minute)
-	out := bravo.must("cd /mnt && sha256sum f* 2>/dev/null; cd /", 5*time.Minute)
-	got := map[string]string{}
-	for _, l := range out {
-		if f := strings.Fields(l); len(f) == 2 {
-			got[f[1]] = f[0]
-		}
-	}
-	bad := 0
-	for name, sum := range fsynced {
-		if got[name] != sum {
-			bad++
-			t.Errorf("%s: checksum %q after failover; recorded %s before the power loss", name, got[name], sum)
-		}
-	}
-	bravo.must("umount /mnt", time.Minute)
-	bravo.must("p=$(cat /tmp/ublk.pid); kill $p; while kill -0 $p 2>/dev/null; do sleep 0.1; done; grep @@UBLK-CLOSED /tmp/ublk.log", time.Minute)
-	bravo.must("georepl secondary r0 && georepl down r0 && stopdaemon", 2*time.Minute)
-	bravo.poweroff()
-	*detail = fmt.Sprintf("%d fsync'd files before power loss, %d bad; fsck clean=%v; device removed cleanly", len(fsynced), bad, fsckClean)
-}
-
-// serveUblk starts ublkguest in the background on v's export of r0 and
-// waits for /dev/ublkb0.
-func serveUblk(v *vm) {
-	v.t.Helper()
-	v.must("ublkguest -export unix:/run/georepl/r0.sock -name r0 -device /dev/ublkb0 >/tmp/ublk.log 2>&1 & echo $! >/tmp/ublk.pid", time.Minute)
-	v.must("i=0; until grep -q '@@UBLK ' /tmp/ublk.log || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done; cat /tmp/ublk.log; grep -q '@@UBLK ' /tmp/ublk.log", time.Minute)
-}
+		return "2 queues of 64 tags as configured; "
+	}}
 
 // withExtraFiles returns a copy of the rig whose initramfs also holds the
 // files under dir (at the same paths from /): the kernel unpacks
