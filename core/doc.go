@@ -274,6 +274,11 @@
 // as for any lost connection); its hello then says Diskless, and the
 // Primary sends it nothing.
 //
+// A driver whose Persist write fails may Detach instead of stopping, and
+// perform the rest of that Ready: what the peers learn from it comes
+// before the StateChange that says Diskless, after which they mark every
+// block for this node, so its stale metadata cannot pass for theirs.
+//
 // # Invariants
 //
 // Built with the invariants tag (the Makefile's test target sets it), the

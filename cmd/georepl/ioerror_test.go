@@ -133,3 +133,22 @@ func TestClusterIOErrorPassOn(t *testing.T) {
 		t.Errorf("alpha is %s %s (up: %v) under pass-on; want it Primary with its disk still attached (UpToDate)", st.Role, st.Disk, st.Up)
 	}
 }
+
+// TestClusterIOErrorDetachMetadata: only alpha's metadata area fails (the
+// data area works). The first failed metadata write (activity log,
+// superblock or bitmap) detaches the disk like a failed data write, and
+// fio sees no error.
+func TestClusterIOErrorDetachMetadata(t *testing.T) {
+	requireTool(t, "fio", "fio")
+	const size = 64 << 20
+	c, trigger := ioErrorCluster(t, size)
+	fio, out := c.fioVerify("24M")
+	data := c.status("alpha").Size
+	c.failDiskWhileWriting(trigger, fmt.Sprintf("%d %d", data, size-int64(data)))
+	if err := fio.Wait(); err != nil {
+		t.Fatalf("fio failed although alpha's disk was detached and bravo is in sync: %v\n%s", err, out)
+	}
+	if st := c.status("alpha"); st.Disk != "Diskless" || st.Role != "Primary" || !st.Up {
+		t.Fatalf("alpha is %s %s (up: %v) after its metadata failed; want Primary Diskless", st.Role, st.Disk, st.Up)
+	}
+}

@@ -427,14 +427,23 @@ func (r *resource) process() {
 				r.noteDetached()
 			}
 			if err := r.st.persist(rd.Persist); err != nil {
-				if !r.st.detached.Load() {
+				switch {
+				case r.st.detached.Load():
+					// Best effort: the disk failed. What it keeps is
+					// either Diskless or the ids it had, which its peers
+					// marked in full when they heard it was Diskless:
+					// a full resync when it returns, either way.
+					r.log.Warn("the detached disk's metadata could not be updated", "err", err)
+				case r.onIOError == core.DetachOnIOError:
+					// The disk fails: detach it. The rest of this Ready
+					// is performed; the peers hear that this node is
+					// Diskless (the next Ready) after what it says, and
+					// mark every block for it.
+					e.Detach(fmt.Sprintf("metadata write failed: %v", err))
+				default:
 					r.failMetadata(err)
 					return
 				}
-				// Best effort: the disk failed. What it keeps is either
-				// Diskless (a full resync when it returns) or an older
-				// generation than the peers' (the same).
-				r.log.Warn("the detached disk's metadata could not be updated", "err", err)
 			}
 		}
 		for _, op := range rd.LocalOps {
@@ -754,6 +763,12 @@ func (r *resource) persistBitmaps() {
 			continue
 		}
 		if err := r.st.store.WriteBitmapPages(int(p.id), bm.Words(), pages); err != nil {
+			if r.onIOError == core.DetachOnIOError {
+				// The disk fails: detach it (the caller processes the
+				// engine's Ready); the bitmaps stay in memory.
+				r.engine.Detach(fmt.Sprintf("bitmap write failed: %v", err))
+				return
+			}
 			r.log.Error("writing bitmap failed", "peer", p.node.Name, "err", err)
 			written = false
 			continue
