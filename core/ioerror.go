@@ -71,6 +71,10 @@ func (e *Engine) detach(why string) {
 			e.maybeComplete(w)
 		}
 		e.maybeCompleteFlushes()
+		// Writes held behind a local operation in flight no longer wait
+		// for it (it may never return from a failing disk): the peers
+		// apply them in sequence order anyway.
+		e.releaseHeld()
 	}
 }
 
@@ -183,7 +187,8 @@ func (e *Engine) readReply(p *peer, f *wire.Frame) {
 
 // readsLost asks another peer for the reads p was serving.
 func (e *Engine) readsLost(p *peer) {
-	for _, rq := range e.reads {
+	// readFromPeer may complete (and remove) a read: iterate over a copy.
+	for _, rq := range append([]*readReq(nil), e.reads...) {
 		if rq.peer == p {
 			rq.tried |= 1 << p.idx
 			e.readFromPeer(rq)

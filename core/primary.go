@@ -134,7 +134,9 @@ func (e *Engine) checkRequest(r Request) error {
 // in flight or one of the first n held writes (which arrived before it).
 func (e *Engine) blocked(r Request, n int) bool {
 	end := r.Offset + r.Length
-	if e.overlapsInflight(r.Offset, end, false) {
+	// A Diskless Primary issues no local operation: those still in flight
+	// on the detached disk order nothing any more.
+	if e.disk != Diskless && e.overlapsInflight(r.Offset, end, false) {
 		return true
 	}
 	for _, h := range e.held[:n] {
@@ -251,6 +253,9 @@ func (e *Engine) startWrite(r Request) {
 	}
 	e.writes = append(e.writes, w)
 	e.bySeq[w.seq] = w
+	if w.localDone {
+		e.maybeComplete(w) // Diskless: fails at once if no peer in sync got it
+	}
 }
 
 // applyCongestion applies the congestion policies before a write of n

@@ -184,6 +184,9 @@ func (e *Engine) rxWriteDone(w *rxWrite, data []byte, err error) {
 	switch w.op.Kind {
 	case OpChecksum:
 		e.compareDigests(w, data, err)
+		if err != nil {
+			e.ioFailed("checksum", w.op.Offset, w.op.Length, err)
+		}
 		return
 	case OpRead:
 		e.rxReadDone(w, data, err)
