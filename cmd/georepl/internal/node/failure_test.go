@@ -30,13 +30,55 @@ func (f *failingDevice) WriteAt(p []byte, off int64) (int, error) {
 	return f.Device.WriteAt(p, off)
 }
 
-// TestMetadataWriteFailureTakesResourceDown: when the engine's new durable
-// state cannot be written, nothing of it is acted on: the command that
-// caused it fails, the resource goes down by itself, and status says why.
+// TestMetadataWriteFailureTakesResourceDown: under on_io_error = "pass-on",
+// when the engine's new durable state cannot be written, nothing of it is
+// acted on: the command that caused it fails, the resource goes down by
+// itself, and status says why.
 func TestMetadataWriteFailureTakesResourceDown(t *testing.T) {
+	d, r := upWithFailingMetadata(t, "pass-on")
+	err := r.Primary(true)
+	if err == nil || !errors.Is(err, syscall.EIO) {
+		t.Fatalf("promotion with a failing metadata disk: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, _ := d.Status("r0")
+		if !st[0].Up {
+			if !strings.Contains(st[0].Error, "metadata") {
+				t.Fatalf("status does not say why the resource went down: %+v", st[0])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the resource did not go down after the metadata write failed: %+v", st[0])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestMetadataWriteFailureDetaches: under on_io_error = "detach" (the
+// default) a failed metadata write detaches the disk instead: the resource
+// stays up, Diskless.
+func TestMetadataWriteFailureDetaches(t *testing.T) {
+	d, r := upWithFailingMetadata(t, "detach")
+	if err := r.Primary(true); err != nil {
+		t.Fatalf("promotion with a failing metadata disk under detach: %v", err)
+	}
+	st, _ := d.Status("r0") // Primary published it
+	if !st[0].Up || st[0].Disk != "Diskless" || st[0].Role != "Primary" {
+		t.Fatalf("after a failed metadata write under detach: %+v; want up, Primary, Diskless", st[0])
+	}
+}
+
+// upWithFailingMetadata brings resource r0 up on node alpha of the demo
+// configuration with on_io_error = policy, and arms its metadata to fail
+// every write.
+func upWithFailingMetadata(t *testing.T, policy string) (*Daemon, *resource) {
+	t.Helper()
 	builtin.Register()
 	dir := t.TempDir()
 	src := configs.Demo(dir, 41000+int(time.Now().UnixNano()%5000))
+	src = []byte(strings.Replace(string(src), "  protocol = \"C\"\n", "  protocol = \"C\"\n  disk {\n    on_io_error = \""+policy+"\"\n  }\n", 1))
 	cfg, err := configs.Parse(filepath.Join(dir, "r0.hcl"), src, configs.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -56,8 +98,11 @@ func TestMetadataWriteFailureTakesResourceDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
+	t.Cleanup(func() { d.Close() })
 	r := d.resources["r0"]
+	if r.cfg.Disk.OnIOError != policy {
+		t.Fatalf("on_io_error = %q, want %q", r.cfg.Disk.OnIOError, policy)
+	}
 	if err := r.Up(); err != nil {
 		t.Fatal(err)
 	}
@@ -75,23 +120,5 @@ func TestMetadataWriteFailureTakesResourceDown(t *testing.T) {
 	r.st.store = store
 	fd.armed = true
 	r.emu.Unlock()
-
-	err = r.Primary(true)
-	if err == nil || !errors.Is(err, syscall.EIO) {
-		t.Fatalf("promotion with a failing metadata disk: %v", err)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st, _ := d.Status("r0")
-		if !st[0].Up {
-			if !strings.Contains(st[0].Error, "metadata") {
-				t.Fatalf("status does not say why the resource went down: %+v", st[0])
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the resource did not go down after the metadata write failed: %+v", st[0])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	return d, r
 }
