@@ -46,6 +46,11 @@ type PeerConfig struct {
 	// CongestionBlock need protocol A (under B and C the application
 	// waits for the peer anyway).
 	OnCongestion Congestion
+	// AfterSplitBrain is how a split brain with this peer is resolved (the
+	// same on both ends; if they differ, nothing is resolved), and
+	// DiscardNode the node that DiscardNode names.
+	AfterSplitBrain SplitBrainPolicy
+	DiscardNode     NodeID
 }
 
 // Congestion is a congestion policy: what a write does when a protocol A
@@ -98,6 +103,9 @@ type Persistent struct {
 	// recording blocks out of sync for that peer; 0 (or absent) when the
 	// bitmap is clear and tracks nothing.
 	BitmapUUID map[NodeID]uint64
+	// Promoted is when this node was last promoted (Config.Clock), 0 if
+	// never or not known; kept after demotion, for DiscardYoungerPrimary.
+	Promoted uint64
 }
 
 // Config configures an Engine. New validates and defaults it in one place.
@@ -146,6 +154,11 @@ type Config struct {
 	// before New (0 after a clean shutdown). The engine only names them
 	// in ResyncWhy, until each peer's first resync is done.
 	RecoveredExtents int
+	// Clock returns the wall-clock time in Unix nanoseconds. The engine
+	// reads it only in Promote, to record the promotion time that
+	// DiscardYoungerPrimary compares. Optional: without it promotions are
+	// not timed and that policy cannot decide.
+	Clock func() uint64
 }
 
 // withDefaults validates cfg and fills in its defaults.
@@ -204,6 +217,9 @@ func (cfg Config) withDefaults() (Config, error) {
 		}
 		if p.Csums != wire.CsumNone && p.Csums.Size() == 0 {
 			return cfg, fmt.Errorf("core: peer %d (%q): unknown checksum algorithm %v", p.ID, p.Name, p.Csums)
+		}
+		if p.AfterSplitBrain > DiscardNode {
+			return cfg, fmt.Errorf("core: peer %d (%q): unknown split-brain policy %d", p.ID, p.Name, p.AfterSplitBrain)
 		}
 		if p.MaxBuffer == 0 {
 			p.MaxBuffer = DefaultMaxBuffer

@@ -3,6 +3,7 @@ package core
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/georepl/georepl/core/wire"
 	"github.com/georepl/georepl/protocols"
@@ -27,6 +28,12 @@ func (e *Engine) Connected(peer NodeID, h *wire.Hello) {
 	}
 	e.setConn(p, Connected, "")
 	p.gen = h.Gen
+	p.sbPeer = sbSide{node: peer, SplitBrain: h.SplitBrain}
+	if !p.helloSent {
+		// No Hello for this peer yet (a test driving the engine directly).
+		e.Hello(peer)
+	}
+	p.discardMine = false
 	e.setPeerRoleDisk(p, Role(h.Role), DiskState(h.Disk))
 	p.rx = newReceiver(p)
 	switch {
@@ -225,6 +232,7 @@ type side struct {
 	role Role
 	disk DiskState
 	gen  wire.GenIDs
+	sb   sbSide // split-brain inputs, from the handshake's hellos
 }
 
 // decision is the outcome of comparing two sides, from the first side's
@@ -235,12 +243,15 @@ type decision struct {
 	rule int       // the row of the table in the package documentation
 	err  error     // drop the connection (StandAlone) for this reason
 	why  string
+	// resolved: a split brain (row 6) that the policy resolved; why says
+	// how, and repl which end discards its changes.
+	resolved bool
 }
 
 func (e *Engine) decideWith(p *peer) decision {
 	self := side{role: e.role, disk: e.disk,
-		gen: wire.GenIDs{Current: e.current, Bitmap: p.bitmapUUID, History: e.history}}
-	return decide(self, side{role: p.role, disk: p.disk, gen: p.gen})
+		gen: wire.GenIDs{Current: e.current, Bitmap: p.bitmapUUID, History: e.history}, sb: p.sbSelf}
+	return decide(self, side{role: p.role, disk: p.disk, gen: p.gen, sb: p.sbPeer})
 }
 
 // syncDir is a sync direction found in the generation ids.
@@ -253,10 +264,11 @@ const (
 	fromEither         // same data, but someone marked blocks: the Primary is the source
 )
 
-// decide applies the generation id table (package documentation) and the
-// role rules: resync always flows from the Primary, a Primary is never a
-// sync target, and a source must be UpToDate. Both ends of a connection
-// call it with the sides swapped and reach mirrored decisions.
+// decide applies the generation id table (package documentation), the
+// split-brain policy and the role rules: resync always flows from the
+// Primary, a Primary is never a sync target, and a source must be
+// UpToDate. Both ends of a connection call it with the sides swapped and
+// reach mirrored decisions.
 func decide(s, p side) decision {
 	if s.role == Primary && p.role == Primary {
 		return decision{err: fmt.Errorf("%w: both nodes are Primary", ErrPeerPrimary)}
@@ -268,6 +280,21 @@ func decide(s, p side) decision {
 		return decision{repl: Established, why: "no disk attached on one side"}
 	}
 	dir, full, rule, err := compareGenIDs(s.gen, p.gen)
+	var sbErr error // a split brain that the policy resolved
+	resolved := ""
+	if rule == 6 && err != nil {
+		victim, how, verr := splitBrainVictim(s.sb, p.sb)
+		if verr != nil {
+			err = fmt.Errorf("%w; %v", err, verr)
+		} else {
+			sbErr, err = err, nil
+			resolved = fmt.Sprintf("%v; resolved by %s: node %d discards its changes", sbErr, how, victim)
+			dir = fromSelf
+			if victim == s.sb.node {
+				dir = fromPeer
+			}
+		}
+	}
 	if err != nil && s.role != Primary && p.role != Primary {
 		// Two Secondaries exchange no data, and while one of them is
 		// behind a resync from the Primary their ids differ for a while:
@@ -295,15 +322,20 @@ func decide(s, p side) decision {
 		src, dst, repl = p, s, SyncTarget
 	}
 	switch {
+	case dst.role == Primary && resolved != "":
+		return decision{rule: rule, err: fmt.Errorf("%w%s, but it is Primary and a Primary's data is never overwritten: demote it and connect again",
+			sbErr, strings.TrimPrefix(resolved, sbErr.Error()))}
 	case dst.role == Primary:
 		return decision{rule: rule, err: fmt.Errorf("%w: the Primary's data (current %x) is older than its peer's (current %x)",
 			ErrSplitBrain, dst.gen.Current, src.gen.Current)}
+	case src.role != Primary && resolved != "":
+		return decision{repl: Established, rule: rule, why: resolved + "; resync waits for the survivor to be Primary"}
 	case src.role != Primary:
 		return decision{repl: Established, rule: rule, why: "resync waits for a Primary"}
 	case src.disk != UpToDate:
 		return decision{repl: Established, rule: rule, why: "the would-be sync source is " + src.disk.String()}
 	}
-	return decision{repl: repl, full: full, rule: rule}
+	return decision{repl: repl, full: full, rule: rule, why: resolved, resolved: resolved != ""}
 }
 
 // compareGenIDs is the generation id table of the package documentation.
@@ -390,8 +422,14 @@ func inHistory(id uint64, g wire.GenIDs) bool {
 // fresh handshake decides again.
 func (e *Engine) apply(p *peer, d decision, atConnect bool) {
 	if d.err != nil {
+		if errors.Is(d.err, ErrSplitBrain) {
+			e.peerEvent(p, "split-brain", "", "standalone", d.err.Error())
+		}
 		e.dropPeer(p, d.err, atConnect || !errors.Is(d.err, ErrPeerPrimary))
 		return
+	}
+	if d.resolved {
+		e.peerEvent(p, "split-brain", "", "resolved", d.why)
 	}
 	switch d.repl {
 	case Established:

@@ -132,8 +132,9 @@
 //	     marksCover(S, P) (below)
 //	5    P.Bitmap == S.Current != 0, or          SyncTarget                 SyncSource
 //	     marksCover(P, S)
-//	6    S.Bitmap == P.Bitmap != 0               split brain: drop, StandAlone (ErrSplitBrain)
-//	     (checked before marksCover)
+//	6    S.Bitmap == P.Bitmap != 0               split brain: the policy picks a victim (below),
+//	     (checked before marksCover)             which is SyncTarget of the survivor; if it
+//	                                             cannot: drop, StandAlone (ErrSplitBrain)
 //	7    P.Current in S.History                  SyncSource, full sync      SyncTarget
 //	     S.Current in P.History                  SyncTarget                 SyncSource, full
 //	8    otherwise                               unrelated data: drop, StandAlone
@@ -149,6 +150,35 @@
 // B.History: either direction works, the Primary is the source as in
 // row 3) or A moved on from B's current id while sending B everything
 // (B.Current in A.History, A has no marks: A is the source).
+//
+// # Split brain
+//
+// Row 6 means both nodes changed the data since the generation both
+// bitmaps are tied to: each bitmap covers its own node's changes since
+// then. PeerConfig.AfterSplitBrain resolves it without merging anything:
+// it picks a victim, which discards its changes and becomes a sync target
+// of the survivor; as in any bitmap resync, the victim sends its marks
+// and the survivor resyncs the union of both bitmaps, never the whole
+// device, and at ResyncDone the victim takes the survivor's generation
+// ids, so a later handshake is not a split brain again. The verdict is a
+// pure function of both ends' hellos (wire.SplitBrain: blocks marked for
+// the other end, last promotion time, policy), so both ends reach it
+// independently (see SplitBrainPolicy):
+//
+//   - a DiscardMyData offer from exactly one end picks that end (offers
+//     from both decide nothing);
+//   - otherwise both ends must have the same policy, which picks the node
+//     with zero changes, the one promoted last, the one with fewer
+//     changes, or the named node; a tie, an unknown promotion time or
+//     different policies decide nothing;
+//   - the roles below still apply: a Primary is never the victim (the
+//     connection drops, naming it: demote it and connect again), and
+//     between two Secondaries the verdict waits for the survivor's
+//     promotion.
+//
+// Each verdict, and each split brain left unresolved, is an Event
+// ("split-brain", New "resolved" or "standalone") for the driver's
+// handler.
 //
 // Roles then decide whether the resync runs:
 //

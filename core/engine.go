@@ -21,11 +21,13 @@ type Engine struct {
 	diskFlushes bool
 	onIOError   IOErrorPolicy
 	newUUID     func() uint64
+	clock       func() uint64
 
 	role         Role
 	disk         DiskState
 	current      uint64
 	history      [2]uint64
+	promoted     uint64 // Persistent.Promoted
 	persistDirty bool
 	announce     bool // our role, disk or generation changed: tell the peers
 	// rotatePending: a peer missed writes or may miss the next ones; the
@@ -79,6 +81,13 @@ type peer struct {
 	blockedQ     []*write
 	blockedBytes uint64
 	ackedEpoch   uint64 // highest BarrierAck on this connection
+
+	// discardMine: offer to be the victim of a split brain at the next
+	// handshake (DiscardMyData). sbSelf and sbPeer are both ends'
+	// split-brain inputs from the hellos of the current connection.
+	discardMine    bool
+	helloSent      bool // sbSelf is set
+	sbSelf, sbPeer sbSide
 
 	resyncSoon              bool          // marked while Established: decide again in finish
 	resyncDoneSent          bool          // until the target's StateChange after ResyncDone
@@ -140,6 +149,8 @@ func New(cfg Config) (*Engine, error) {
 		diskFlushes: cfg.DiskFlushes,
 		onIOError:   cfg.OnIOError,
 		newUUID:     cfg.NewUUID,
+		clock:       cfg.Clock,
+		promoted:    cfg.State.Promoted,
 		role:        Secondary,
 		disk:        cfg.State.Disk,
 		current:     cfg.State.Current,
@@ -184,7 +195,7 @@ func (e *Engine) Ready() Ready {
 
 func (e *Engine) persistent() *Persistent {
 	ps := Persistent{Disk: e.disk, Primary: e.role == Primary, Current: e.current, History: e.history,
-		BitmapUUID: make(map[NodeID]uint64)}
+		BitmapUUID: make(map[NodeID]uint64), Promoted: e.promoted}
 	for _, p := range e.peers {
 		if p.bitmapUUID != 0 {
 			ps.BitmapUUID[p.cfg.ID] = p.bitmapUUID
@@ -223,13 +234,22 @@ func (e *Engine) Bitmap(peer NodeID) *Bitmap {
 }
 
 // Hello returns the hello to send to peer: resource, node ids, size,
-// generation ids (with our bitmap uuid towards that peer), role and disk.
-// The driver fills in Version, Features and Nonce.
+// generation ids (with our bitmap uuid towards that peer), role, disk and
+// the split-brain inputs. The driver fills in Version, Features and Nonce.
+// The engine resolves a split brain from the split-brain inputs of the
+// last hello it returned for peer and those of the peer's hello (see
+// Connected), so the driver sends the last one it got.
 func (e *Engine) Hello(peer NodeID) wire.Hello {
 	h := wire.Hello{Resource: e.name, From: uint8(e.self), To: uint8(peer), Size: e.size,
 		Gen: wire.GenIDs{Current: e.current, History: e.history}, Role: uint8(e.role), Disk: uint8(e.disk)}
 	if p := e.peer(peer); p != nil {
 		h.Gen.Bitmap = p.bitmapUUID
+		h.SplitBrain = wire.SplitBrain{Changes: p.bitmap.Count(), Promoted: e.promoted,
+			Policy: uint8(p.cfg.AfterSplitBrain), Victim: uint8(p.cfg.DiscardNode)}
+		if p.discardMine {
+			h.SplitBrain.Flags |= wire.SplitBrainDiscardMine
+		}
+		p.sbSelf, p.helloSent = sbSide{node: e.self, SplitBrain: h.SplitBrain}, true
 	}
 	return h
 }
@@ -269,6 +289,9 @@ func (e *Engine) Promote(force bool) error {
 		}
 	}
 	e.setRole(Primary)
+	if e.clock != nil {
+		e.promoted = e.clock()
+	}
 	if forced {
 		e.setDisk(UpToDate, "forced")
 	}

@@ -537,6 +537,9 @@ func fmtPersist(p *Persistent) string {
 	for _, id := range ids {
 		s += fmt.Sprintf(" bm[n%d]=%x", id, p.BitmapUUID[id])
 	}
+	if p.Promoted != 0 {
+		s += fmt.Sprintf(" promoted=%d", p.Promoted)
+	}
 	return s
 }
 

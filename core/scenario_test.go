@@ -21,9 +21,10 @@ import (
 // and read the diff. Commands (nodes are numbers, n0 is node 0):
 //
 //	new nodes=3 [protocols=C,A] [size=B] [block=B] [epoch-max=N] [chunk=B] [window=N] [maxbuf=B] [congestion=pull-ahead|disconnect] [flushes] [csums=crc32c]
-//	    [io-error=detach|pass-on]
+//	    [io-error=detach|pass-on] [after-sb=POLICY [discard-node=N]] [clock]
 //	connect A B | reconnect A B | disconnect A B | crash A
 //	primary A [force] | secondary A | invalidate A SOURCE | invalidate-remote A TARGET
+//	discard-my-data A B
 //	corrupt A off=O len=L [fill=c] (changes A's disk behind its engine's back)
 //	write A off=O len=L [fill=c] [fua] | zeroes A off=O len=L | trim A off=O len=L | flush A
 //	appread A off=O len=L (an application read, ReqRead) | detach A
@@ -117,8 +118,28 @@ func newScenarioCluster(t *testing.T, d *datadriven.TestData) *cluster {
 			d.Fatalf(t, "io-error=%s: want detach or pass-on", a.Vals[0])
 		}
 	}
+	sbPolicy := SplitBrainDisconnect
+	if a, ok := d.Arg("after-sb"); ok {
+		found := false
+		for sp := SplitBrainDisconnect; sp <= DiscardNode; sp++ {
+			if sp.String() == a.Vals[0] {
+				sbPolicy, found = sp, true
+			}
+		}
+		if !found {
+			d.Fatalf(t, "unknown after-sb %q", a.Vals[0])
+		}
+	}
+	victim := intArg(d, "discard-node", 0)
+	// A clock that every call advances by one: promotions are ordered as
+	// the script runs them.
+	var now uint64
+	clock := func() uint64 { now++; return now }
 	return newCluster(n, protos, func(cfg *Config) {
 		cfg.OnIOError = policy
+		if d.HasArg("clock") {
+			cfg.Clock = clock
+		}
 		if size != 0 {
 			cfg.Size = size
 		}
@@ -135,6 +156,8 @@ func newScenarioCluster(t *testing.T, d *datadriven.TestData) *cluster {
 			if cfg.Peers[i].Protocol == protocols.A {
 				cfg.Peers[i].OnCongestion = congestion
 			}
+			cfg.Peers[i].AfterSplitBrain = sbPolicy
+			cfg.Peers[i].DiscardNode = NodeID(victim)
 		}
 	})
 }
@@ -229,6 +252,12 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 		}
 		copy(ns[0].disk[off:off+length], strings.Repeat(fill[:1], int(length)))
 		copy(ns[0].durable[off:off+length], ns[0].disk[off:off+length])
+	case "discard-my-data":
+		ns, err := nodeArgs(c, d, 2)
+		if err != nil {
+			return err
+		}
+		ns[0].eng.DiscardMyData(NodeID(ns[1].id))
 	case "write", "zeroes", "trim", "flush":
 		ns, err := nodeArgs(c, d, 1)
 		if err != nil {

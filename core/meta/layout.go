@@ -10,9 +10,14 @@ import (
 // Format constants. They are part of the on-disk format: changing any of
 // them requires a new FormatVersion.
 const (
-	// FormatVersion is the only superblock format version this package
-	// reads and writes.
-	FormatVersion = 1
+	// FormatVersion is the superblock format version this package
+	// writes. It reads it and OldestFormatVersion up to it: version 1
+	// lacks the promotion time (read as 0, its bytes were reserved zero).
+	FormatVersion = 2
+
+	// OldestFormatVersion is the oldest superblock format version this
+	// package reads.
+	OldestFormatVersion = 1
 
 	// PageSize is the alignment and size unit of every metadata area, and
 	// the unit of WriteBitmapPages.

@@ -3,6 +3,7 @@ package meta
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -329,10 +330,10 @@ func rewriteSlot(dev *memDevice, i int, change func(b []byte)) {
 func TestOpenVersion(t *testing.T) {
 	dev := &memDevice{}
 	mustCreate(t, dev, 0, testParams())
-	rewriteSlot(dev, 0, func(b []byte) { le.PutUint32(b[offVersion:], 2) })
+	rewriteSlot(dev, 0, func(b []byte) { le.PutUint32(b[offVersion:], FormatVersion+1) })
 	_, err := Open(dev, 0)
-	if !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), "version 2") {
-		t.Fatalf("Open: %v, want ErrVersion naming version 2", err)
+	if want := fmt.Sprintf("version %d", FormatVersion+1); !errors.Is(err, ErrVersion) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Open: %v, want ErrVersion naming %s", err, want)
 	}
 }
 
@@ -368,7 +369,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"bitmap-offset", func(b []byte) { le.PutUint64(b[offBitmapOff:], 1) }, "bitmap offset"},
 		{"bitmap-len", func(b []byte) { le.PutUint64(b[offBitmapLen:], 1<<40) }, "bitmap length"},
 		{"slot-len", func(b []byte) { le.PutUint64(b[offSlotLen:], 8192) }, "slot length"},
-		{"reserved", func(b []byte) { b[offReserved+3] = 1 }, "reserved bytes 168..255"},
+		{"reserved", func(b []byte) { b[offReserved+3] = 1 }, "reserved bytes 176..255"},
 		{"uuid-beyond-slots", func(b []byte) { b[offBitmapUUID+3*8] = 1 }, "reserved bytes 280..4091"},
 		{"tail", func(b []byte) { b[offCRC-1] = 1 }, "reserved bytes 280..4091"},
 	}

@@ -29,6 +29,10 @@ type Superblock struct {
 	// Create. Their meaning belongs to the engine.
 	Current uint64
 	History [2]uint64
+	// Promoted is when this node was last promoted, in Unix nanoseconds;
+	// 0 if never or unknown (format version 1 has no such field). Its
+	// meaning belongs to the engine.
+	Promoted uint64
 	// BitmapUUID holds, per bitmap slot, the generation id the slot's
 	// bitmap started from. Its length is Slots.
 	BitmapUUID []uint64
@@ -68,7 +72,8 @@ const (
 	offBitmapOff   = 144
 	offBitmapLen   = 152
 	offSlotLen     = 160
-	offReserved    = 168
+	offPromoted    = 168 // format version 2
+	offReserved    = 176
 	offBitmapUUID  = 256
 	offTail        = offBitmapUUID + 8*MaxSlots // 512: reserved up to the CRC
 	offCRC         = PageSize - 4
@@ -105,6 +110,7 @@ func encodeSuperblock(sb Superblock, l layout) []byte {
 	le.PutUint64(b[offBitmapOff:], bitmapOffset)
 	le.PutUint64(b[offBitmapLen:], uint64(l.bitmapLen()))
 	le.PutUint64(b[offSlotLen:], uint64(l.slotBytes))
+	le.PutUint64(b[offPromoted:], sb.Promoted)
 	for i, u := range sb.BitmapUUID {
 		le.PutUint64(b[offBitmapUUID+8*i:], u)
 	}
@@ -146,9 +152,10 @@ func decodeSuperblock(b []byte, slot int) (Superblock, layout, error) {
 		return Superblock{}, layout{}, slotErrorf(ErrCorrupt, "checksum mismatch (stored %08x, computed %08x)",
 			stored, computed)
 	}
-	if v := le.Uint32(b[offVersion:]); v != FormatVersion {
-		return Superblock{}, layout{}, slotErrorf(ErrVersion, "format version %d, this build reads version %d",
-			v, FormatVersion)
+	v := le.Uint32(b[offVersion:])
+	if v < OldestFormatVersion || v > FormatVersion {
+		return Superblock{}, layout{}, slotErrorf(ErrVersion, "format version %d, this build reads versions %d to %d",
+			v, OldestFormatVersion, FormatVersion)
 	}
 	corrupt := func(format string, args ...any) (Superblock, layout, error) {
 		return Superblock{}, layout{}, slotErrorf(ErrCorrupt, format, args...)
@@ -167,6 +174,10 @@ func decodeSuperblock(b []byte, slot int) (Superblock, layout, error) {
 		Current:   le.Uint64(b[offCurrent:]),
 		History:   [2]uint64{le.Uint64(b[offHistory:]), le.Uint64(b[offHistory+8:])},
 		Seq:       le.Uint64(b[offSeq:]),
+		Promoted:  le.Uint64(b[offPromoted:]),
+	}
+	if v == 1 && sb.Promoted != 0 {
+		return corrupt("reserved bytes %d..%d are not zero", offPromoted, offPromoted+7)
 	}
 	if int(sb.Seq%2) != slot {
 		return corrupt("sequence %d belongs in slot %d", sb.Seq, sb.Seq%2)

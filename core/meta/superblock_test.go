@@ -3,6 +3,7 @@ package meta
 import (
 	"bytes"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -27,6 +28,7 @@ var goldenSuperblock = Superblock{
 	Current:    0x1122334455667788,
 	History:    [2]uint64{0x99aabbccddeeff00, 0x0102030405060708},
 	BitmapUUID: []uint64{0xa1, 0xb2, 0, 0xd4},
+	Promoted:   0x1839a2b4c5d6e7f8,
 	Seq:        7,
 }
 
@@ -124,6 +126,35 @@ func TestSuperblockGolden(t *testing.T) {
 	if string(golden[:8]) != "GEOREPLM" || le.Uint32(golden[8:]) != FormatVersion ||
 		golden[offResourceLen] != 15 || golden[offFlags] != 1 {
 		t.Errorf("magic, version, name length or primary flag not where doc.go says")
+	}
+}
+
+// TestSuperblockVersion1 reads a superblock of format version 1 (no
+// promotion time: bytes 168..175 reserved zero) and refuses one whose
+// reserved bytes are not zero, or a version this build does not know.
+func TestSuperblockVersion1(t *testing.T) {
+	l, err := newLayout(goldenSuperblock.DataSize, goldenSuperblock.Slots, goldenSuperblock.BlockSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := goldenSuperblock
+	old.Promoted = 0
+	b := encodeSuperblock(old, l)
+	le.PutUint32(b[offVersion:], 1)
+	le.PutUint32(b[offCRC:], checksum(b))
+	sb, _, err := decodeSuperblock(b, 1)
+	if err != nil || !reflect.DeepEqual(sb, old) {
+		t.Fatalf("version 1: %+v, %v; want %+v", sb, err, old)
+	}
+	le.PutUint64(b[offPromoted:], 5)
+	le.PutUint32(b[offCRC:], checksum(b))
+	if _, _, err := decodeSuperblock(b, 1); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("version 1 with bytes at 168: %v, want ErrCorrupt", err)
+	}
+	le.PutUint32(b[offVersion:], FormatVersion+1)
+	le.PutUint32(b[offCRC:], checksum(b))
+	if _, _, err := decodeSuperblock(b, 1); !errors.Is(err, ErrVersion) {
+		t.Fatalf("version %d: %v, want ErrVersion", FormatVersion+1, err)
 	}
 }
 

@@ -222,7 +222,33 @@ type Hello struct {
 	Gen      GenIDs // Bitmap is the sender's bitmap UUID towards To
 	Role     uint8  // sender's core.Role
 	Disk     uint8  // sender's core.DiskState
+	// SplitBrain is what the peer needs to resolve a split brain the same
+	// way as the sender. A hello from an earlier version has none: all
+	// zero, which resolves nothing.
+	SplitBrain SplitBrain
 }
+
+// SplitBrain carries, in a Hello, the inputs of the split-brain recovery
+// policies (see package core): both ends apply one pure rule to the two
+// hellos, so they agree on the node whose changes are discarded.
+type SplitBrain struct {
+	// Changes counts the blocks marked in the sender's bitmap towards To:
+	// what it changed (or may have) since they were last in sync.
+	Changes uint64
+	// Promoted is when the sender was last promoted, in Unix nanoseconds
+	// of its wall clock; 0 if unknown.
+	Promoted uint64
+	// Policy is the sender's core.SplitBrainPolicy for this connection,
+	// and Victim the node id that its discard-node policy names.
+	Policy uint8
+	Victim uint8
+	// Flags: SplitBrainDiscardMine.
+	Flags uint8
+}
+
+// SplitBrainDiscardMine: the operator told the sender to discard its own
+// changes if the two nodes are in split brain (connect --discard-my-data).
+const SplitBrainDiscardMine = 1 << 0
 
 // State is the payload of TypeStateChange.
 type State struct {

@@ -129,7 +129,10 @@ func FuzzHelloUnmarshal(f *testing.F) {
 		if err != nil {
 			t.Fatalf("decoded %+v does not encode: %v", h, err)
 		}
-		if !bytes.HasPrefix(b, again) {
+		// An earlier version's hello gains zero split-brain fields.
+		older := bytes.HasPrefix(again, b) && len(again) == len(b)+splitBrainSize &&
+			bytes.Count(again[len(b):], []byte{0}) == splitBrainSize
+		if !bytes.HasPrefix(b, again) && !older {
 			t.Fatalf("%+v re-encodes as % x, not a prefix of % x", h, again, b)
 		}
 	})

@@ -81,6 +81,7 @@ var goldenHello = Hello{
 	Nonce: sequence(0), Size: 1 << 30,
 	Gen:  GenIDs{Current: 0x1111, Bitmap: 0x2222, History: [2]uint64{0x3333, 0x4444}},
 	Role: 1, Disk: 5,
+	SplitBrain: SplitBrain{Changes: 0x55, Promoted: 0x1234567890abcdef, Policy: 3, Victim: 2, Flags: SplitBrainDiscardMine},
 }
 
 var goldenState = State{

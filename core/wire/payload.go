@@ -13,7 +13,10 @@ const MaxResourceLen = 255
 // bytes after the fields they know.
 
 // helloMinSize is the encoded size of a Hello with an empty resource name.
-const helloMinSize = 2 + 8 + 2 + 1 + 1 + 32 + 8 + genIDsSize + 1 + 1
+const helloMinSize = 2 + 8 + 2 + 1 + 1 + 32 + 8 + genIDsSize + 1 + 1 + splitBrainSize
+
+// splitBrainSize is the encoded size of SplitBrain.
+const splitBrainSize = 8 + 8 + 1 + 1 + 1
 
 // stateSize is the encoded size of a State.
 const stateSize = 1 + 1 + 1 + genIDsSize + 8
@@ -26,7 +29,8 @@ const genIDsSize = 4 * 8
 //	version u16 | features u64 | resource length u16 | resource bytes |
 //	from u8 | to u8 | nonce [32] | size u64 |
 //	gen current u64 | gen bitmap u64 | gen history[0] u64 | gen history[1] u64 |
-//	role u8 | disk u8
+//	role u8 | disk u8 |
+//	split-brain changes u64 | promoted u64 | policy u8 | victim u8 | flags u8
 //
 // A resource name longer than MaxResourceLen is ErrTooLarge.
 func (h *Hello) MarshalBinary() ([]byte, error) {
@@ -44,13 +48,18 @@ func (h *Hello) MarshalBinary() ([]byte, error) {
 	b = le.AppendUint64(b, h.Size)
 	b = appendGenIDs(b, &h.Gen)
 	b = append(b, h.Role, h.Disk)
+	sb := &h.SplitBrain
+	b = le.AppendUint64(b, sb.Changes)
+	b = le.AppendUint64(b, sb.Promoted)
+	b = append(b, sb.Policy, sb.Victim, sb.Flags)
 	return b, nil
 }
 
 // UnmarshalBinary decodes a TypeHello payload into h, ignoring bytes after
 // the known fields. Input that ends inside a field is ErrMalformed, naming
 // the field; a resource name longer than MaxResourceLen is ErrMalformed
-// too. On error h is left unchanged. The version is not checked here: that
+// too. A hello that ends right after disk (an earlier version's) has a zero
+// SplitBrain. On error h is left unchanged. The version is not checked here: that
 // is the handshake's decision (see VersionError).
 func (h *Hello) UnmarshalBinary(b []byte) error {
 	d := fieldDecoder{message: "hello", b: b}
@@ -69,6 +78,13 @@ func (h *Hello) UnmarshalBinary(b []byte) error {
 	out.Gen = d.genIDs()
 	out.Role = d.uint8("role")
 	out.Disk = d.uint8("disk")
+	if d.err == nil && d.off < len(d.b) {
+		out.SplitBrain.Changes = d.uint64("split-brain changes")
+		out.SplitBrain.Promoted = d.uint64("split-brain promoted")
+		out.SplitBrain.Policy = d.uint8("split-brain policy")
+		out.SplitBrain.Victim = d.uint8("split-brain victim")
+		out.SplitBrain.Flags = d.uint8("split-brain flags")
+	}
 	if d.err != nil {
 		return d.err
 	}

@@ -21,6 +21,13 @@ func helloGen() *rapid.Generator[Hello] {
 			Gen:      genIDsGen().Draw(t, "gen"),
 			Role:     rapid.Uint8().Draw(t, "role"),
 			Disk:     rapid.Uint8().Draw(t, "disk"),
+			SplitBrain: SplitBrain{
+				Changes:  rapid.Uint64().Draw(t, "changes"),
+				Promoted: rapid.Uint64().Draw(t, "promoted"),
+				Policy:   rapid.Uint8().Draw(t, "policy"),
+				Victim:   rapid.Uint8().Draw(t, "victim"),
+				Flags:    rapid.Uint8().Draw(t, "flags"),
+			},
 		}
 		copy(h.Nonce[:], rapid.SliceOfN(rapid.Byte(), 32, 32).Draw(t, "nonce"))
 		return h
@@ -75,6 +82,18 @@ func checkMessageRoundTrip[M any, P interface {
 		t.Fatalf("decoded %+v, want %+v", out, in)
 	}
 	cut := rapid.IntRange(0, len(b)-1).Draw(t, "cut")
+	if h, ok := any(in).(Hello); ok && cut == len(b)-splitBrainSize {
+		// An earlier version's hello: everything but SplitBrain.
+		var old Hello
+		if err := old.UnmarshalBinary(b[:cut]); err != nil {
+			t.Fatalf("UnmarshalBinary of a hello without split-brain fields: %v", err)
+		}
+		h.SplitBrain = SplitBrain{}
+		if old != h {
+			t.Fatalf("decoded %+v, want %+v", old, h)
+		}
+		return
+	}
 	if err := P(&out).UnmarshalBinary(b[:cut]); !errors.Is(err, ErrMalformed) {
 		t.Fatalf("UnmarshalBinary of %d of %d bytes: %v, want ErrMalformed", cut, len(b), err)
 	}
@@ -117,6 +136,29 @@ func TestHelloResourceLimit(t *testing.T) {
 	err = new(Hello).UnmarshalBinary(b)
 	if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "resource name length 256") {
 		t.Fatalf("UnmarshalBinary of a 256-byte name: %v, want ErrMalformed naming the length", err)
+	}
+}
+
+// TestHelloOfEarlierVersion: a hello that ends after disk (written before
+// the split-brain fields existed) decodes with a zero SplitBrain, and one
+// that ends inside them is malformed.
+func TestHelloOfEarlierVersion(t *testing.T) {
+	b, err := (&goldenHello).MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h Hello
+	if err := h.UnmarshalBinary(b[:len(b)-splitBrainSize]); err != nil {
+		t.Fatal(err)
+	}
+	want := goldenHello
+	want.SplitBrain = SplitBrain{}
+	if h != want {
+		t.Fatalf("decoded %+v, want %+v", h, want)
+	}
+	err = new(Hello).UnmarshalBinary(b[:len(b)-splitBrainSize+3])
+	if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "split-brain changes") {
+		t.Fatalf("hello ending inside the split-brain fields: %v, want ErrMalformed naming the field", err)
 	}
 }
 

@@ -184,6 +184,7 @@ func (r *resource) newEngine(st *storage) (*core.Engine, error) {
 		Current:    sb.Current,
 		History:    sb.History,
 		BitmapUUID: map[core.NodeID]uint64{},
+		Promoted:   sb.Promoted,
 	}
 	cfg := core.Config{
 		Self:        core.NodeID(r.self.ID),

@@ -147,6 +147,7 @@ func (s *storage) persist(p *core.Persistent) error {
 		sb.Primary = p.Primary
 		sb.Current = p.Current
 		sb.History = p.History
+		sb.Promoted = p.Promoted
 		for i := range sb.BitmapUUID {
 			sb.BitmapUUID[i] = p.BitmapUUID[core.NodeID(i)]
 		}
