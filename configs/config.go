@@ -50,6 +50,16 @@ type Resource struct {
 	Net Net
 	// Disk holds the settings shared by the resource's disks on every node.
 	Disk Disk
+	// Quorum is how many nodes (this one included) a node must see to be
+	// promoted and, while Primary, to complete writes; 0 means no quorum
+	// (the default). "majority" is len(Nodes)/2+1.
+	Quorum int
+	// OnNoQuorum is what a Primary that lost quorum does with writes:
+	// "suspend-io" (hold them until quorum returns) or "io-error" (fail
+	// them). Meaningful only with Quorum.
+	OnNoQuorum string
+	// Handlers are commands the daemon runs on events.
+	Handlers Handlers
 	// Nodes in declaration order. Node ids and names are unique.
 	Nodes []*Node
 	// Connections are the connection blocks, which override Protocol and
@@ -153,6 +163,25 @@ type Net struct {
 	Timeout time.Duration
 	// ConnectRetry is the pause between two connection attempts.
 	ConnectRetry time.Duration
+	// AfterSplitBrain is how a split brain is resolved when the two nodes
+	// reconnect: "disconnect" (stay apart until the operator decides),
+	// "discard-zero-changes", "discard-younger-primary",
+	// "discard-least-changes" or "discard-node" (the node DiscardNode
+	// names discards its changes).
+	AfterSplitBrain string
+	// DiscardNode names the victim of "discard-node": a node of the
+	// resource; on a connection that does not join it, the policy cannot
+	// decide and the nodes stay apart. Set only with that policy.
+	DiscardNode string
+}
+
+// Handlers are commands run on events: each is a program (an absolute
+// path) and its arguments, split at white space and run without a shell;
+// nil when not configured.
+type Handlers struct {
+	// SplitBrain runs when a split brain is detected on a connection,
+	// resolved or not (see Net.AfterSplitBrain).
+	SplitBrain []string
 }
 
 // Disk holds the disk settings of a resource, shared by all its nodes.

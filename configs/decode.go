@@ -5,6 +5,7 @@ import (
 	"math/bits"
 	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -21,10 +22,11 @@ var (
 		Blocks: []hcl.BlockHeaderSchema{{Type: "resource", LabelNames: []string{"name"}}},
 	}
 	resourceSchema = &hcl.BodySchema{
-		Attributes: []hcl.AttributeSchema{{Name: "protocol"}},
+		Attributes: []hcl.AttributeSchema{{Name: "protocol"}, {Name: "quorum"}, {Name: "on_no_quorum"}},
 		Blocks: []hcl.BlockHeaderSchema{
 			{Type: "net"},
 			{Type: "disk"},
+			{Type: "handlers"},
 			{Type: "node", LabelNames: []string{"name"}},
 			{Type: "connection", LabelNames: []string{"node_a", "node_b"}},
 		},
@@ -40,7 +42,12 @@ var (
 			{Name: "ping_interval"},
 			{Name: "timeout"},
 			{Name: "connect_retry"},
+			{Name: "after_split_brain"},
+			{Name: "discard_node"},
 		},
+	}
+	handlersSchema = &hcl.BodySchema{
+		Attributes: []hcl.AttributeSchema{{Name: "split_brain"}},
 	}
 	diskSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{{Name: "block_size"}, {Name: "flushes"}, {Name: "al_extents"}, {Name: "on_io_error"}},
@@ -70,6 +77,8 @@ var (
 	onCongestionNames = []string{"block", "pull-ahead", "disconnect"}
 	csumsNames        = []string{"none", "crc32c", "xxh64", "sha256"}
 	onIOErrorNames    = []string{"detach", "pass-on"}
+	splitBrainNames   = []string{"disconnect", "discard-zero-changes", "discard-younger-primary", "discard-least-changes", "discard-node"}
+	onNoQuorumNames   = []string{"suspend-io", "io-error"}
 	resourceNameRE    = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
 	nodeNameRE        = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 )
@@ -101,14 +110,15 @@ const (
 
 func defaultNet() Net {
 	return Net{
-		Transport:    "tcp",
-		Compression:  "none",
-		MaxBuffer:    64 << 20,
-		OnCongestion: "block",
-		Csums:        "none",
-		PingInterval: 10 * time.Second,
-		Timeout:      6 * time.Second,
-		ConnectRetry: time.Second,
+		Transport:       "tcp",
+		Compression:     "none",
+		MaxBuffer:       64 << 20,
+		OnCongestion:    "block",
+		Csums:           "none",
+		PingInterval:    10 * time.Second,
+		Timeout:         6 * time.Second,
+		ConnectRetry:    time.Second,
+		AfterSplitBrain: "disconnect",
 	}
 }
 
@@ -155,31 +165,51 @@ func (d *decoder) resource(block *hcl.Block) {
 	d.diags = append(d.diags, diags...)
 
 	r := &Resource{
-		Name:      name,
-		Protocol:  defaultProtocol,
-		Net:       defaultNet(),
-		Disk:      defaultDisk(),
-		DeclRange: block.DefRange,
+		Name:       name,
+		Protocol:   defaultProtocol,
+		Net:        defaultNet(),
+		Disk:       defaultDisk(),
+		OnNoQuorum: "suspend-io",
+		DeclRange:  block.DefRange,
 	}
 	if attr := content.Attributes["protocol"]; attr != nil {
 		if p, ok := d.choice(attr, "Invalid protocol", protocolNames); ok {
 			r.Protocol = p
 		}
 	}
+	if attr := content.Attributes["on_no_quorum"]; attr != nil {
+		if s, ok := d.choice(attr, "Invalid on_no_quorum", onNoQuorumNames); ok {
+			r.OnNoQuorum = s
+		}
+	}
 	byType := map[string][]*hcl.Block{}
 	for _, b := range content.Blocks {
 		byType[b.Type] = append(byType[b.Type], b)
 	}
+	var nets []netAt // each net block's settings that need every node to check
 	var congestionAt *hcl.Attribute
 	if b := d.single(byType["net"], "resource"); b != nil {
-		congestionAt = d.net(b, &r.Net)
+		at := d.net(b, &r.Net)
+		congestionAt = at.congestion
+		nets = append(nets, at)
 	}
 	if b := d.single(byType["disk"], "resource"); b != nil {
 		d.disk(b, &r.Disk)
 	}
+	if b := d.single(byType["handlers"], "resource"); b != nil {
+		d.handlers(b, &r.Handlers)
+	}
 	d.nodes(r, byType["node"])
-	connCongestionAt := d.connections(r, byType["connection"])
+	connNets := d.connections(r, byType["connection"])
+	connCongestionAt := map[*Connection]*hcl.Attribute{}
+	for _, at := range connNets {
+		connCongestionAt[at.conn] = at.congestion
+	}
 	d.checkCongestion(r, congestionAt, connCongestionAt)
+	d.checkSplitBrain(r, append(nets, connNets...))
+	if attr := content.Attributes["quorum"]; attr != nil {
+		d.quorum(attr, r)
+	}
 	if n := len(byType["node"]); n < 2 {
 		d.fail(block.DefRange, nil, "Too few nodes",
 			"Resource %q has %d node block(s); replication needs at least 2.", name, n)
@@ -229,13 +259,34 @@ func (d *decoder) checkCongestion(r *Resource, resourceAt *hcl.Attribute, connAt
 	}
 }
 
+// netAt remembers, for the checks that need every node, where a net block
+// set on_congestion, after_split_brain and discard_node (nil if it did
+// not), and which connection it belongs to (nil for the resource's).
+type netAt struct {
+	congestion   *hcl.Attribute
+	policy, node *hcl.Attribute
+	conn         *Connection
+	net          *Net
+}
+
 // net overlays into with the attributes that block sets, leaving the others
 // as they are: this is how connection blocks override resource defaults.
-// It returns the on_congestion attribute if the block sets one.
-func (d *decoder) net(block *hcl.Block, into *Net) (congestionAt *hcl.Attribute) {
+// It returns where the block set the settings checked later.
+func (d *decoder) net(block *hcl.Block, into *Net) netAt {
 	content, diags := block.Body.Content(netSchema)
 	d.diags = append(d.diags, diags...)
 	attrs := content.Attributes
+	at := netAt{policy: attrs["after_split_brain"], node: attrs["discard_node"], net: into}
+	if attr := at.policy; attr != nil {
+		if s, ok := d.choice(attr, "Invalid after_split_brain", splitBrainNames); ok {
+			into.AfterSplitBrain = s
+		}
+	}
+	if attr := at.node; attr != nil {
+		if s, ok := d.str(attr); ok {
+			into.DiscardNode = s
+		}
+	}
 	if attr := attrs["transport"]; attr != nil {
 		if s, ok := d.choice(attr, "Unknown transport", d.transports); ok {
 			into.Transport = s
@@ -264,7 +315,7 @@ func (d *decoder) net(block *hcl.Block, into *Net) (congestionAt *hcl.Attribute)
 	if attr := attrs["on_congestion"]; attr != nil {
 		if s, ok := d.choice(attr, "Invalid on_congestion", onCongestionNames); ok {
 			into.OnCongestion = s
-			congestionAt = attr
+			at.congestion = attr
 		}
 	}
 	if attr := attrs["csums"]; attr != nil {
@@ -286,7 +337,77 @@ func (d *decoder) net(block *hcl.Block, into *Net) (congestionAt *hcl.Attribute)
 			}
 		}
 	}
-	return congestionAt
+	return at
+}
+
+// checkSplitBrain checks the split-brain settings once every node is
+// known: discard_node names a node (of the connection, in a connection
+// block) and goes with after_split_brain = "discard-node" only.
+func (d *decoder) checkSplitBrain(r *Resource, nets []netAt) {
+	names := make([]string, len(r.Nodes))
+	for i, n := range r.Nodes {
+		names[i] = n.Name
+	}
+	for _, at := range nets {
+		n := at.net
+		switch {
+		case n.AfterSplitBrain == "discard-node" && n.DiscardNode == "":
+			rng := at.policy
+			if rng == nil {
+				continue // inherited from the resource's net block, reported there
+			}
+			d.failAttr(rng, "Missing discard_node",
+				"after_split_brain = \"discard-node\" needs discard_node = \"NAME\" in the same net block: the node whose changes are discarded.")
+		case at.node == nil:
+		case n.AfterSplitBrain != "discard-node":
+			d.failAttr(at.node, "Unused discard_node",
+				"discard_node goes with after_split_brain = \"discard-node\" only (here after_split_brain is %q).", n.AfterSplitBrain)
+		case !slices.Contains(names, n.DiscardNode):
+			d.failAttr(at.node, "Unknown node",
+				"discard_node = %q is not a node of resource %q%s; its nodes are %s.", n.DiscardNode, r.Name, didYouMean(n.DiscardNode, names), quoteList(names))
+		case at.conn != nil && !slices.Contains(at.conn.Nodes[:], n.DiscardNode):
+			d.failAttr(at.node, "Invalid discard_node",
+				"discard_node = %q is not one of this connection's nodes (%q and %q).", n.DiscardNode, at.conn.Nodes[0], at.conn.Nodes[1])
+		}
+	}
+}
+
+// quorum reads quorum = "majority" or a number of nodes, more than half of
+// them: fewer would let two parts of a split cluster both write.
+func (d *decoder) quorum(attr *hcl.Attribute, r *Resource) {
+	s, ok := d.str(attr)
+	if !ok {
+		return
+	}
+	n := len(r.Nodes)
+	if s == "majority" {
+		r.Quorum = n/2 + 1
+		return
+	}
+	q, err := strconv.Atoi(s)
+	if err != nil || q <= n/2 || q > n {
+		d.failAttr(attr, "Invalid quorum",
+			"quorum = %q must be \"majority\" or a whole number of nodes from %d to %d: resource %q has %d nodes, and a quorum of half of them or less would let both halves of a split cluster write.",
+			s, n/2+1, n, r.Name, n)
+		return
+	}
+	r.Quorum = q
+}
+
+func (d *decoder) handlers(block *hcl.Block, into *Handlers) {
+	content, diags := block.Body.Content(handlersSchema)
+	d.diags = append(d.diags, diags...)
+	if attr := content.Attributes["split_brain"]; attr != nil {
+		if s, ok := d.str(attr); ok {
+			argv := strings.Fields(s)
+			if len(argv) == 0 || !strings.HasPrefix(argv[0], "/") {
+				d.failAttr(attr, "Invalid handler",
+					"split_brain = %q must start with the absolute path of a program, then its arguments separated by spaces (it runs without a shell).", s)
+			} else {
+				into.SplitBrain = argv
+			}
+		}
+	}
 }
 
 func (d *decoder) disk(block *hcl.Block, into *Disk) {
@@ -466,10 +587,10 @@ func checkDevice(s string) error {
 	return fmt.Errorf("must be \"/dev/nbdN\", \"nbd\", \"/dev/ublkbN\", \"ublk\", \"auto\" or empty")
 }
 
-// connections decodes the connection blocks; it returns, per connection,
-// the on_congestion attribute its net block sets.
-func (d *decoder) connections(r *Resource, blocks []*hcl.Block) map[*Connection]*hcl.Attribute {
-	congestionAt := map[*Connection]*hcl.Attribute{}
+// connections decodes the connection blocks; it returns where each one's
+// net block set the settings checked later.
+func (d *decoder) connections(r *Resource, blocks []*hcl.Block) []netAt {
+	var nets []netAt
 	names := make([]string, len(r.Nodes))
 	for i, n := range r.Nodes {
 		names[i] = n.Name
@@ -512,11 +633,13 @@ func (d *decoder) connections(r *Resource, blocks []*hcl.Block) map[*Connection]
 			}
 		}
 		if b := d.single(content.Blocks, "connection"); b != nil {
-			congestionAt[c] = d.net(b, &c.Link.Net)
+			at := d.net(b, &c.Link.Net)
+			at.conn = c
+			nets = append(nets, at)
 		}
 		r.Connections = append(r.Connections, c)
 	}
-	return congestionAt
+	return nets
 }
 
 // value evaluates attr as a constant of type ty. It reports a diagnostic and

@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -39,14 +40,18 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantNet := Net{
-		Transport:    "tcp",
-		Compression:  "none",
-		MaxBuffer:    64 << 20,
-		OnCongestion: "block",
-		Csums:        "none",
-		PingInterval: 10 * time.Second,
-		Timeout:      6 * time.Second,
-		ConnectRetry: time.Second,
+		Transport:       "tcp",
+		Compression:     "none",
+		MaxBuffer:       64 << 20,
+		OnCongestion:    "block",
+		Csums:           "none",
+		PingInterval:    10 * time.Second,
+		Timeout:         6 * time.Second,
+		ConnectRetry:    time.Second,
+		AfterSplitBrain: "disconnect",
+	}
+	if r.Quorum != 0 || r.OnNoQuorum != "suspend-io" || r.Handlers.SplitBrain != nil {
+		t.Errorf("defaults: quorum %d, on_no_quorum %q, handlers %+v", r.Quorum, r.OnNoQuorum, r.Handlers)
 	}
 	if r.Protocol != "C" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 4096, Flushes: false, ALExtents: 1024, OnIOError: "detach"}) {
 		t.Errorf("defaults: protocol %q, net %+v, disk %+v", r.Protocol, r.Net, r.Disk)
@@ -67,8 +72,15 @@ func TestDefaults(t *testing.T) {
 
 func TestEverySetting(t *testing.T) {
 	src := `resource "big" {
-  protocol = "A"
+  protocol     = "A"
+  quorum       = "majority"
+  on_no_quorum = "io-error"
+  handlers {
+    split_brain = "/usr/local/bin/page-ops --team storage"
+  }
   net {
+    after_split_brain = "discard-node"
+    discard_node      = "db2"
     transport     = "quic"
     compression   = "lz4"
     shared_secret = "s3cret"
@@ -106,15 +118,20 @@ func TestEverySetting(t *testing.T) {
 	}
 	r := cfg.Resources[0]
 	wantNet := Net{
-		Transport:    "quic",
-		Compression:  "lz4",
-		SharedSecret: "s3cret",
-		MaxBuffer:    1 << 20,
-		OnCongestion: "disconnect",
-		Csums:        "sha256",
-		PingInterval: 90 * time.Second,
-		Timeout:      500 * time.Millisecond,
-		ConnectRetry: 2 * time.Second,
+		Transport:       "quic",
+		Compression:     "lz4",
+		SharedSecret:    "s3cret",
+		MaxBuffer:       1 << 20,
+		OnCongestion:    "disconnect",
+		Csums:           "sha256",
+		PingInterval:    90 * time.Second,
+		Timeout:         500 * time.Millisecond,
+		ConnectRetry:    2 * time.Second,
+		AfterSplitBrain: "discard-node",
+		DiscardNode:     "db2",
+	}
+	if r.Quorum != 2 || r.OnNoQuorum != "io-error" || !slices.Equal(r.Handlers.SplitBrain, []string{"/usr/local/bin/page-ops", "--team", "storage"}) {
+		t.Errorf("quorum %d, on_no_quorum %q, handlers %+v", r.Quorum, r.OnNoQuorum, r.Handlers)
 	}
 	if r.Name != "big" || r.Protocol != "A" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 64 << 10, Flushes: false, ALExtents: 257, OnIOError: "pass-on"}) {
 		t.Errorf("resource = %q protocol %q net %+v disk %+v", r.Name, r.Protocol, r.Net, r.Disk)
@@ -182,6 +199,20 @@ var errorCases = []struct {
 	{"negative duration", withTwoNodes(`net { connect_retry = "-1s" }`), []string{"r0.hcl:12:25:", "greater than zero"}},
 	{"block size not power of two", withTwoNodes(`disk { block_size = "3KiB" }`), []string{"r0.hcl:12:23:", "Invalid block_size", "3KiB", "power of two from 512B to 4MiB"}},
 	{"block size too small", withTwoNodes(`disk { block_size = 256 }`), []string{"r0.hcl:12:23:", "Invalid block_size", "256B"}},
+	{"bad after_split_brain", withTwoNodes(`net { after_split_brain = "discard-youngest-primary" }`), []string{"r0.hcl:12:29:", "Invalid after_split_brain", `did you mean "discard-younger-primary"?`}},
+	{"discard-node without node", withTwoNodes(`net { after_split_brain = "discard-node" }`), []string{"r0.hcl:12:29:", "Missing discard_node"}},
+	{"discard_node without discard-node", withTwoNodes(`net { discard_node = "alpha" }`), []string{"r0.hcl:12:24:", "Unused discard_node", `after_split_brain is "disconnect"`}},
+	{"discard_node unknown", withTwoNodes("net {\n    after_split_brain = \"discard-node\"\n    discard_node = \"alfa\"\n  }"), []string{"r0.hcl:14:20:", "Unknown node", `did you mean "alpha"?`}},
+	{"discard_node outside the connection", strings.Replace(withTwoNodes(`connection "alpha" "bravo" {
+    net {
+      after_split_brain = "discard-node"
+      discard_node      = "charlie"
+    }
+  }`), "  node \"bravo\"", "  node \"charlie\" {\n    id = 2\n    address = \"10.0.0.3:7789\"\n    disk = \"/dev/c\"\n  }\n  node \"bravo\"", 1), []string{"r0.hcl:20:27:", "Invalid discard_node", `not one of this connection's nodes ("alpha" and "bravo")`}},
+	{"bad quorum", withTwoNodes(`quorum = "1"`), []string{"r0.hcl:12:12:", "Invalid quorum", "from 2 to 2", "both halves"}},
+	{"quorum words", withTwoNodes(`quorum = "most"`), []string{"r0.hcl:12:12:", "Invalid quorum", `"majority"`}},
+	{"bad on_no_quorum", withTwoNodes(`on_no_quorum = "suspend"`), []string{"r0.hcl:12:18:", "Invalid on_no_quorum", `"suspend-io", "io-error"`}},
+	{"handler without absolute path", withTwoNodes(`handlers { split_brain = "notify-ops" }`), []string{"r0.hcl:12:28:", "Invalid handler", "absolute path"}},
 	{"al_extents too small", withTwoNodes(`disk { al_extents = 6 }`), []string{"r0.hcl:12:23:", "Invalid al_extents", "from 7 to 16380"}},
 	{"al_extents too large", withTwoNodes(`disk { al_extents = 16381 }`), []string{"r0.hcl:12:23:", "Invalid al_extents"}},
 	{"al_extents not whole", withTwoNodes(`disk { al_extents = 7.5 }`), []string{"r0.hcl:12:23:", "Invalid al_extents", "7.5"}},

@@ -63,10 +63,10 @@ and on the node that holds the good data (or any node, for a new empty device):
 		simpleVerb("down", "[RESOURCE|all]", "Disconnect and detach (the resource must be Secondary)", 0, 1),
 		primaryCmd(),
 		simpleVerb("secondary", "RESOURCE", "Demote: close the export's clients, finish their writes, become Secondary", 1, 1),
-		connectCmd("connect", "Connect to PEER (default: every peer) again after disconnect"),
-		connectCmd("disconnect", "Close the connection to PEER (default: every peer) and stay StandAlone"),
-		connectCmd("invalidate", "Declare this node's data bad: a full resync from the connected Primary (PEER)"),
-		connectCmd("invalidate-remote", "On the Primary: declare PEER's data (default: every connected peer's) bad and resync it fully"),
+		connectCmd(),
+		peerVerbCmd("disconnect", "Close the connection to PEER (default: every peer) and stay StandAlone"),
+		peerVerbCmd("invalidate", "Declare this node's data bad: a full resync from the connected Primary (PEER)"),
+		peerVerbCmd("invalidate-remote", "On the Primary: declare PEER's data (default: every connected peer's) bad and resync it fully"),
 		statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd(), checkCmd())
 	return root
 }
@@ -126,7 +126,35 @@ connect later are synchronised from it.`,
 	return cmd
 }
 
-func connectCmd(verb, short string) *cobra.Command {
+func connectCmd() *cobra.Command {
+	var discard bool
+	cmd := &cobra.Command{
+		Use:   "connect [--discard-my-data] RESOURCE [PEER]",
+		Short: "Connect to PEER (default: every peer) again after disconnect or a refusal",
+		Long: `Let this node connect to PEER (default: every peer) of RESOURCE again: after
+'georepl disconnect', or after the connection was refused (StandAlone: split brain,
+unrelated data, two Primaries).
+
+--discard-my-data resolves a split brain with this node as the victim: if the peer and
+this node both changed the data while apart, this node's changes are thrown away and it
+becomes a sync target of the peer, which must be Primary. Only the blocks either node
+changed are resynchronised, not the whole device. This node must be Secondary. Without
+a split brain the flag does nothing.`,
+		Args: cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			req := admin.Request{Verb: "connect", Resource: a[0], DiscardMyData: discard}
+			if len(a) == 2 {
+				req.Peer = a[1]
+			}
+			return call(cmd, req)
+		},
+	}
+	cmd.Flags().BoolVar(&discard, "discard-my-data", false, "in a split brain, discard this node's changes and resync from the peer")
+	return cmd
+}
+
+// peerVerbCmd is a verb on RESOURCE and optionally one PEER.
+func peerVerbCmd(verb, short string) *cobra.Command {
 	return &cobra.Command{
 		Use:   verb + " RESOURCE [PEER]",
 		Short: short,

@@ -35,6 +35,8 @@ type Request struct {
 	Force    bool   `json:"force,omitempty"`
 	JSON     bool   `json:"json,omitempty"`
 	Proc     bool   `json:"proc,omitempty"`
+	// DiscardMyData: connect offering to be the victim of a split brain.
+	DiscardMyData bool `json:"discard_my_data,omitempty"`
 }
 
 // Reply is one line of a daemon's answer. A request's answer ends with a

@@ -66,7 +66,7 @@ func (d *Daemon) HandleAdmin(ctx context.Context, req admin.Request, send func(a
 		case "secondary":
 			err = r.Secondary()
 		case "connect":
-			err = r.Connect(req.Peer)
+			err = r.Connect(req.Peer, req.DiscardMyData)
 		case "disconnect":
 			err = r.Disconnect(req.Peer)
 		case "invalidate":

@@ -195,8 +195,27 @@ func (r *resource) Secondary() error {
 	}
 }
 
-// Connect lets this node connect to peerName again (all peers when empty).
-func (r *resource) Connect(peerName string) error {
+// Connect lets this node connect to peerName again (all peers when
+// empty). discardMyData makes this node the victim if the next handshake
+// finds a split brain (core.Engine.DiscardMyData); a Primary refuses it.
+func (r *resource) Connect(peerName string, discardMyData bool) error {
+	if discardMyData {
+		targets, err := r.peersNamed(peerName)
+		if err != nil {
+			return err
+		}
+		if err := r.call(func() error {
+			if r.engine.Status().Role == core.Primary {
+				return fmt.Errorf("resource %s is Primary on %s, and a Primary's data is never discarded: run `georepl secondary %s` first", r.cfg.Name, r.self.Name, r.cfg.Name)
+			}
+			for _, p := range targets {
+				r.engine.DiscardMyData(p.id)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
 	return r.setWanted(peerName, true)
 }
 

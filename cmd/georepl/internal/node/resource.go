@@ -109,6 +109,9 @@ func newResource(d *Daemon, rc *configs.Resource, self *configs.Node) (*resource
 	default:
 		return nil, fmt.Errorf("resource %s: on_io_error = %q is not one of \"detach\", \"pass-on\"", rc.Name, rc.Disk.OnIOError)
 	}
+	if rc.Quorum != 0 {
+		return nil, fmt.Errorf("resource %s: quorum is not supported yet in this version; remove quorum and on_no_quorum", rc.Name)
+	}
 	for _, n := range rc.Peers(self.Name) {
 		lk, err := rc.Link(self.Name, n.Name)
 		if err != nil {
@@ -198,6 +201,7 @@ func (r *resource) newEngine(st *storage) (*core.Engine, error) {
 		NewUUID:     newUUID,
 		// Named in the resync reasons of status.
 		RecoveredExtents: st.alRecovered,
+		Clock:            func() uint64 { return uint64(time.Now().UnixNano()) },
 	}
 	bits := st.store.BitmapBits()
 	for _, p := range sortedPeers(r.peers) {
@@ -213,9 +217,13 @@ func (r *resource) newEngine(st *storage) (*core.Engine, error) {
 		if err != nil {
 			return nil, fmt.Errorf("connection to %s: %w", p.node.Name, err)
 		}
+		policy, victim, err := splitBrainPolicy(r.cfg, p.link.Net)
+		if err != nil {
+			return nil, err
+		}
 		cfg.Peers = append(cfg.Peers, core.PeerConfig{
 			ID: p.id, Name: p.node.Name, Protocol: proto, MaxBuffer: uint64(p.link.Net.MaxBuffer), Csums: csums,
-			OnCongestion: congestion,
+			OnCongestion: congestion, AfterSplitBrain: policy, DiscardNode: victim,
 		})
 		if int(p.id) < len(sb.BitmapUUID) {
 			state.BitmapUUID[p.id] = sb.BitmapUUID[p.id]
@@ -503,6 +511,7 @@ func (r *resource) emit(ev core.Event) {
 	}
 	r.log.Info("state change", "what", out.What, "peer", out.Peer, "old", out.Old, "new", out.New, "detail", out.Detail)
 	r.d.events.publish(out)
+	r.runHandlers(out)
 }
 
 // takeOps returns the local operations process collected. Called with emu

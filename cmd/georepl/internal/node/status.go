@@ -203,8 +203,13 @@ func (r *resource) publishStatus() {
 			ps.Conn, ps.Repl = eps.Conn.String(), eps.Repl.String()
 			ps.Role, ps.Disk = eps.Role.String(), eps.Disk.String()
 			ps.OutOfSync, ps.Unacked, ps.SameBytes = eps.OutOfSync, eps.Unacked, eps.ResyncSame
-			if eps.Conn == core.StandAlone && wanted {
+			switch {
+			case eps.Conn == core.StandAlone && wanted:
 				ps.Conn = core.Connecting.String()
+			case eps.Conn == core.Connecting && !wanted:
+				// Disconnected by the administrator before any
+				// connection: the engine never heard of it.
+				ps.Conn = core.StandAlone.String()
 			}
 			if eps.Repl == core.SyncSource || eps.Repl == core.SyncTarget {
 				m := r.progress[p.id]
