@@ -80,6 +80,12 @@ func TestClusterIOErrorDetach(t *testing.T) {
 	if !strings.Contains(c.log("alpha"), "local disk detached") {
 		t.Errorf("alpha's log does not say that its disk was detached:\n%s", c.log("alpha"))
 	}
+	if !strings.Contains(st.DiskError, "injected fault") {
+		t.Errorf("status does not say why alpha's disk was detached: disk_error %q", st.DiskError)
+	}
+	if out := c.cli("alpha", "status", "r0"); !strings.Contains(out, "disk detached: ") {
+		t.Errorf("status text does not say that the disk was detached:\n%s", out)
+	}
 	// Another write and read now, so that both surely ran detached.
 	fio2, out2 := c.fioVerify("4M")
 	if err := fio2.Wait(); err != nil {

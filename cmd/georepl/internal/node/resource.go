@@ -57,10 +57,13 @@ type resource struct {
 	stopped bool
 	// failed is why the resource was taken down by itself (a metadata
 	// write failed); shown by status until the next up.
-	failed   error
-	nextReq  core.RequestID
-	pending  map[core.RequestID]chan error
-	progress map[core.NodeID]*rateMeter
+	failed error
+	// detachedWhy is why the engine detached the disk (its event), for
+	// status.
+	detachedWhy string
+	nextReq     core.RequestID
+	pending     map[core.RequestID]chan error
+	progress    map[core.NodeID]*rateMeter
 	// ops collects the local operations of the Ready being performed, for
 	// the goroutine that performs it to start (see takeOps).
 	ops []localOp
@@ -143,7 +146,7 @@ func (r *resource) Up() error {
 		return err
 	}
 	r.emu.Lock()
-	r.st, r.engine, r.stopped, r.failed = st, eng, false, nil
+	r.st, r.engine, r.stopped, r.failed, r.detachedWhy = st, eng, false, nil, ""
 	r.pending = map[core.RequestID]chan error{}
 	r.progress = map[core.NodeID]*rateMeter{}
 	r.emu.Unlock()
@@ -503,6 +506,9 @@ func (r *resource) process() {
 }
 
 func (r *resource) emit(ev core.Event) {
+	if ev.What == "disk" && !ev.HasPeer && ev.New == core.Diskless.String() {
+		r.detachedWhy = ev.Detail
+	}
 	out := Event{Time: time.Now().UTC(), Resource: r.cfg.Name, Node: r.self.Name, What: ev.What, Old: ev.Old, New: ev.New, Detail: ev.Detail}
 	if ev.HasPeer {
 		if p := r.peers[ev.Peer]; p != nil {

@@ -38,6 +38,9 @@ type ResourceStatus struct {
 	ALWrites  uint64 `json:"al_writes"`
 	// Error says why the resource went down by itself.
 	Error string `json:"error,omitempty"`
+	// DiskError says why the disk was detached (on_io_error = "detach"),
+	// while the resource is up Diskless.
+	DiskError string `json:"disk_error,omitempty"`
 }
 
 // PeerStatus is one peer's line of the status.
@@ -176,6 +179,9 @@ func (r *resource) publishStatus() {
 		st.Current = fmt.Sprintf("%016X", es.Current)
 		st.Pending, st.Epoch = es.Pending, es.Epoch
 		st.ALExtents, st.ALWrites = r.st.al.stats()
+		if es.Disk == core.Diskless {
+			st.DiskError = r.detachedWhy
+		}
 	}
 	if !up {
 		st.Role, st.Disk = "Secondary", "Diskless"
@@ -312,6 +318,9 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 			fmt.Fprintf(w, " device:%s", st.Device)
 		}
 		fmt.Fprintln(w)
+		if st.DiskError != "" {
+			fmt.Fprintf(w, "  disk detached: %s (reads and writes go to the peers in sync; see the admin guide, \"Failures\")\n", st.DiskError)
+		}
 		for _, p := range st.Peers {
 			fmt.Fprintf(w, "  %s (id %d) connection:%s replication:%s role:%s disk:%s\n", p.Name, p.ID, p.Conn, p.Repl, p.Role, p.Disk)
 			fmt.Fprintf(w, "      protocol:%s transport:%s compression:%s sent:%s received:%s out-of-sync:%s\n",
