@@ -159,6 +159,13 @@ type Config struct {
 	// DiscardYoungerPrimary compares. Optional: without it promotions are
 	// not timed and that policy cannot decide.
 	Clock func() uint64
+	// Quorum is how many nodes, this one included, a node must reach
+	// (be connected to) to be promoted without force and, as Primary, to
+	// complete writes and flushes; 0 (the default) disables quorum. At
+	// most the number of nodes.
+	Quorum int
+	// OnNoQuorum is what a Primary without quorum does with writes.
+	OnNoQuorum NoQuorumPolicy
 }
 
 // withDefaults validates cfg and fills in its defaults.
@@ -189,6 +196,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	if cfg.EpochMaxWrites < 0 || cfg.ResyncWindow < 0 {
 		return cfg, fmt.Errorf("core: negative epoch size %d or resync window %d", cfg.EpochMaxWrites, cfg.ResyncWindow)
+	}
+	if cfg.Quorum < 0 || cfg.Quorum > len(cfg.Peers)+1 || cfg.OnNoQuorum > IOErrorOnNoQuorum {
+		return cfg, fmt.Errorf("core: quorum %d of %d nodes, or policy %v, out of range", cfg.Quorum, len(cfg.Peers)+1, cfg.OnNoQuorum)
 	}
 	if cfg.NewUUID == nil {
 		return cfg, fmt.Errorf("core: Config.NewUUID is required")

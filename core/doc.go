@@ -309,6 +309,23 @@
 // before the StateChange that says Diskless, after which they mark every
 // block for this node, so its stale metadata cannot pass for theirs.
 //
+// # Quorum
+//
+// With Config.Quorum = q, a node has quorum while it reaches q nodes: itself
+// and its connected peers, whatever their disk states (a cut-off part of
+// the resource cannot count a node it does not reach, so two parts never
+// both have a majority). Without quorum Promote fails with ErrNoQuorum
+// unless forced, and a Primary stops completing writes and flushes (reads
+// go on): with SuspendIO it parks the completions of requests that finish
+// and does not start new ones, until quorum returns (then they complete
+// and start, in order) or it is demoted (then they fail with ErrNoQuorum;
+// Demote waits only for requests that are not held for quorum); with
+// IOErrorOnNoQuorum they fail with ErrNoQuorum. The majority side meanwhile
+// may promote one of its nodes, and nothing the isolated Primary held was
+// acknowledged to the application. Every change is an Event ("quorum",
+// have/lost, or forced by a forced promotion, which counts as quorum until
+// it really returns or the node is demoted).
+//
 // # Invariants
 //
 // Built with the invariants tag (the Makefile's test target sets it), the

@@ -23,11 +23,19 @@ type Engine struct {
 	newUUID     func() uint64
 	clock       func() uint64
 
-	role         Role
-	disk         DiskState
-	current      uint64
-	history      [2]uint64
-	promoted     uint64 // Persistent.Promoted
+	role     Role
+	disk     DiskState
+	current  uint64
+	history  [2]uint64
+	promoted uint64 // Persistent.Promoted
+
+	quorum       int // Config.Quorum; 0: off
+	onNoQuorum   NoQuorumPolicy
+	hadQuorum    bool        // quorate() when last looked at (updateQuorum)
+	quorumForced bool        // promoted by force without quorum, until it returns
+	parked       []RequestID // finished without quorum, completed when it returns
+	suspended    []Request   // submitted without quorum, started when it returns
+
 	persistDirty bool
 	announce     bool // our role, disk or generation changed: tell the peers
 	// rotatePending: a peer missed writes or may miss the next ones; the
@@ -150,6 +158,8 @@ func New(cfg Config) (*Engine, error) {
 		onIOError:   cfg.OnIOError,
 		newUUID:     cfg.NewUUID,
 		clock:       cfg.Clock,
+		quorum:      cfg.Quorum,
+		onNoQuorum:  cfg.OnNoQuorum,
 		promoted:    cfg.State.Promoted,
 		role:        Secondary,
 		disk:        cfg.State.Disk,
@@ -169,6 +179,7 @@ func New(cfg Config) (*Engine, error) {
 		e.peers = append(e.peers, p)
 		e.byID[pc.ID] = p
 	}
+	e.hadQuorum = e.quorate()
 	return e, nil
 }
 
@@ -206,7 +217,8 @@ func (e *Engine) persistent() *Persistent {
 
 // Status returns a snapshot for `georepl status`.
 func (e *Engine) Status() Status {
-	st := Status{Role: e.role, Disk: e.disk, Current: e.current, History: e.history,
+	st := Status{QuorumHave: e.votes(), QuorumNeed: e.quorum, Quorate: e.quorate(),
+		Role: e.role, Disk: e.disk, Current: e.current, History: e.history,
 		Epoch: e.epoch, Pending: e.pending}
 	for _, p := range e.peers {
 		st.Peers = append(st.Peers, PeerStatus{
@@ -260,6 +272,11 @@ func (e *Engine) Hello(peer NodeID) wire.Hello {
 // UpToDate (the operator declares this copy the good one), but never while
 // a resync into this node runs.
 //
+// With Config.Quorum, it fails with ErrNoQuorum unless this node reaches
+// a quorum of nodes; force promotes it anyway, and it then completes
+// writes as if it had quorum until quorum really returns (the operator
+// took the risk of two Primaries) or it is demoted.
+//
 // A new generation begins (new current id, the old one moves to History)
 // when force changed the disk state, and with the first write if a peer is
 // not connected, so that its bitmap is tied to the data it last had.
@@ -287,6 +304,14 @@ func (e *Engine) Promote(force bool) error {
 		default:
 			return fmt.Errorf("%w: disk is %v, force cannot help", ErrNotUpToDate, e.disk)
 		}
+	}
+	if !e.quorate() {
+		if !force {
+			return fmt.Errorf("%w: %d of %d nodes reachable, %d needed", ErrNoQuorum, e.votes(), len(e.peers)+1, e.quorum)
+		}
+		e.quorumForced, e.hadQuorum = true, true
+		e.event(Event{What: "quorum", Old: "lost", New: "forced",
+			Detail: fmt.Sprintf("promoted by force with %d of %d nodes reachable, %d needed", e.votes(), len(e.peers)+1, e.quorum)})
 	}
 	e.setRole(Primary)
 	if e.clock != nil {
@@ -323,9 +348,11 @@ func (e *Engine) Demote() error {
 	if e.role != Primary {
 		return nil
 	}
-	if e.pending > 0 {
-		return fmt.Errorf("%w: %d requests", ErrBusy, e.pending)
+	if held := len(e.parked) + len(e.suspended); e.pending > held {
+		return fmt.Errorf("%w: %d requests", ErrBusy, e.pending-held)
 	}
+	e.failHeldForQuorum("demoted without quorum")
+	e.quorumForced = false
 	e.setRole(Secondary)
 	e.rotatePending = false
 	for _, p := range e.peers {
@@ -380,6 +407,7 @@ func (e *Engine) progress() {
 // finish ends every public method: it tells the peers about a changed
 // state (ordered after everything emitted before) and checks invariants.
 func (e *Engine) finish() {
+	e.updateQuorum()
 	e.trimWrites()
 	for _, p := range e.peers {
 		e.maybeCatchUp(p)

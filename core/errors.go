@@ -39,6 +39,12 @@ var (
 	// outstanding: complete or fail them first.
 	ErrBusy = errors.New("application requests outstanding")
 
+	// ErrNoQuorum completes a write or flush of a Primary that cannot
+	// reach Config.Quorum nodes (policy IOErrorOnNoQuorum, or any policy
+	// when it is demoted while holding requests), and is returned by
+	// Promote without quorum unless forced.
+	ErrNoQuorum = errors.New("no quorum")
+
 	// ErrSplitBrain drops a connection (StandAlone) when both nodes changed
 	// the data independently since they were last in sync, or when a Primary
 	// would have to become a sync target. The engine never merges: an

@@ -513,6 +513,9 @@ func (c *cluster) status(nd *node) string {
 	st := nd.eng.Status()
 	fmt.Fprintf(&b, "n%d: %v %v cur=%x hist=%x,%x epoch=%d pending=%d\n", nd.id, st.Role, st.Disk, st.Current,
 		st.History[0], st.History[1], st.Epoch, st.Pending)
+	if st.QuorumNeed > 0 {
+		fmt.Fprintf(&b, "  quorum %d/%d %v\n", st.QuorumHave, st.QuorumNeed, map[bool]string{true: "have", false: "lost"}[st.Quorate])
+	}
 	for _, p := range st.Peers {
 		same := ""
 		if p.ResyncSame > 0 {

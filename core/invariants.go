@@ -77,7 +77,7 @@ func (e *Engine) checkInvariants() {
 		}
 	}
 	// Every application request is accounted for.
-	n := len(e.held) + len(e.flushes) + len(e.reads)
+	n := len(e.held) + len(e.flushes) + len(e.reads) + len(e.parked) + len(e.suspended)
 	for _, w := range e.writes {
 		if !w.completed {
 			n++

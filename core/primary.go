@@ -84,6 +84,21 @@ func (e *Engine) Submit(r Request) {
 		e.rd.Completed = append(e.rd.Completed, Completion{ID: r.ID, Err: err})
 		return
 	}
+	if r.Kind != ReqRead && e.holdsForQuorum() {
+		if e.onNoQuorum == IOErrorOnNoQuorum {
+			e.rd.Completed = append(e.rd.Completed, Completion{ID: r.ID, Err: e.noQuorumError(r.ID)})
+			return
+		}
+		e.pending++
+		e.suspended = append(e.suspended, r)
+		return
+	}
+	e.admit(r)
+}
+
+// admit starts a valid request (Submit, or quorum returning for a
+// suspended one).
+func (e *Engine) admit(r Request) {
 	if e.disk == Diskless && r.Kind != ReqRead && !e.anyInSync() {
 		e.rd.Completed = append(e.rd.Completed, Completion{ID: r.ID,
 			Err: fmt.Errorf("%w: %v request %d: the local disk is detached and no peer in sync is connected", ErrIO, r.Kind, r.ID)})
@@ -371,8 +386,7 @@ func (e *Engine) maybeComplete(w *write) {
 
 func (e *Engine) complete(w *write, err error) {
 	w.completed = true
-	e.pending--
-	e.rd.Completed = append(e.rd.Completed, Completion{ID: w.id, Err: err})
+	e.finishRequest(w.id, err)
 	if w.epoch == e.epoch {
 		e.epochCloses = true
 	}
@@ -512,17 +526,13 @@ func (e *Engine) maybeCompleteFlushes() {
 		}
 		switch {
 		case f.needPeer && !f.covered && f.localDone && !standing:
-			e.pending--
-			e.rd.Completed = append(e.rd.Completed, Completion{ID: f.id,
-				Err: fmt.Errorf("%w: flush: the local disk is detached and no peer in sync acknowledged it", ErrIO)})
+			e.finishRequest(f.id, fmt.Errorf("%w: flush: the local disk is detached and no peer in sync acknowledged it", ErrIO))
 		case f.needPeer && !f.covered:
 			kept = append(kept, f)
 		case f.localDone && f.localErr != nil:
-			e.pending--
-			e.rd.Completed = append(e.rd.Completed, Completion{ID: f.id, Err: fmt.Errorf("%w: flush: %w", ErrIO, f.localErr)})
+			e.finishRequest(f.id, fmt.Errorf("%w: flush: %w", ErrIO, f.localErr))
 		case done:
-			e.pending--
-			e.rd.Completed = append(e.rd.Completed, Completion{ID: f.id})
+			e.finishRequest(f.id, nil)
 		default:
 			kept = append(kept, f)
 		}

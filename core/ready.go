@@ -235,10 +235,15 @@ type Ready struct {
 
 // Status is a snapshot of the engine for `georepl status`.
 type Status struct {
-	Role    Role      // this node's role
-	Disk    DiskState // this node's disk state
-	Current uint64    // this node's current generation id
-	History [2]uint64 // its two previous ones, most recent first
+	// QuorumHave counts the nodes reachable (this one and the connected
+	// peers), QuorumNeed is Config.Quorum (0: quorum off), and Quorate
+	// says whether this node has quorum (a forced promotion counts).
+	QuorumHave, QuorumNeed int
+	Quorate                bool
+	Role                   Role      // this node's role
+	Disk                   DiskState // this node's disk state
+	Current                uint64    // this node's current generation id
+	History                [2]uint64 // its two previous ones, most recent first
 	// Epoch is the primary's current write epoch.
 	Epoch uint64
 	// Pending counts application requests submitted and not yet completed.

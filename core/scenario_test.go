@@ -21,7 +21,7 @@ import (
 // and read the diff. Commands (nodes are numbers, n0 is node 0):
 //
 //	new nodes=3 [protocols=C,A] [size=B] [block=B] [epoch-max=N] [chunk=B] [window=N] [maxbuf=B] [congestion=pull-ahead|disconnect] [flushes] [csums=crc32c]
-//	    [io-error=detach|pass-on] [after-sb=POLICY [discard-node=N]] [clock]
+//	    [io-error=detach|pass-on] [quorum=N [on-no-quorum=io-error]] [after-sb=POLICY [discard-node=N]] [clock]
 //	connect A B | reconnect A B | disconnect A B | crash A
 //	primary A [force] | secondary A | invalidate A SOURCE | invalidate-remote A TARGET
 //	discard-my-data A B
@@ -131,6 +131,11 @@ func newScenarioCluster(t *testing.T, d *datadriven.TestData) *cluster {
 		}
 	}
 	victim := intArg(d, "discard-node", 0)
+	quorum := intArg(d, "quorum", 0)
+	onNoQuorum := SuspendIO
+	if a, ok := d.Arg("on-no-quorum"); ok && a.Vals[0] == "io-error" {
+		onNoQuorum = IOErrorOnNoQuorum
+	}
 	// A clock that every call advances by one: promotions are ordered as
 	// the script runs them.
 	var now uint64
@@ -140,6 +145,7 @@ func newScenarioCluster(t *testing.T, d *datadriven.TestData) *cluster {
 		if d.HasArg("clock") {
 			cfg.Clock = clock
 		}
+		cfg.Quorum, cfg.OnNoQuorum = quorum, onNoQuorum
 		if size != 0 {
 			cfg.Size = size
 		}

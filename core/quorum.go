@@ -1,0 +1,121 @@
+package core
+
+import "fmt"
+
+// NoQuorumPolicy is what a Primary that lost quorum (Config.Quorum) does
+// with application writes and flushes. Reads are served either way.
+type NoQuorumPolicy uint8
+
+const (
+	// SuspendIO holds them: a request submitted without quorum is not
+	// started, and one that finishes without quorum is not completed,
+	// until quorum returns (then they go on, in order) or the node is
+	// demoted (then they fail with ErrNoQuorum). The application sees
+	// writes hang, never an error it would have to recover from. The
+	// default.
+	SuspendIO NoQuorumPolicy = iota
+	// IOErrorOnNoQuorum fails them with ErrNoQuorum: a request submitted
+	// without quorum at once, one that finishes without quorum when it
+	// finishes (its data may be on some disks: like any failed write,
+	// its range holds old or new data).
+	IOErrorOnNoQuorum
+)
+
+// String returns the policy's configuration spelling ("suspend-io").
+func (q NoQuorumPolicy) String() string {
+	return enumName(uint8(q), "NoQuorumPolicy", "suspend-io", "io-error")
+}
+
+// votes counts this node and every connected peer: the nodes this one can
+// reach. Two parts of a split resource cannot both reach a majority.
+func (e *Engine) votes() int {
+	n := 1
+	for _, p := range e.peers {
+		if p.conn == Connected {
+			n++
+		}
+	}
+	return n
+}
+
+// quorate reports whether this node has quorum: quorum is off, enough
+// nodes are reachable, or the operator forced a promotion without it.
+func (e *Engine) quorate() bool {
+	return e.quorum == 0 || e.quorumForced || e.votes() >= e.quorum
+}
+
+// holdsForQuorum reports whether a Primary must hold or fail a write or
+// flush now.
+func (e *Engine) holdsForQuorum() bool {
+	return e.role == Primary && !e.quorate()
+}
+
+// updateQuorum notes a change of quorum (an Event) and, when it returns,
+// completes the requests held for it and starts those suspended. Called
+// by finish, after any change of connections.
+func (e *Engine) updateQuorum() {
+	if e.quorum == 0 {
+		return
+	}
+	v := e.votes()
+	if v >= e.quorum {
+		e.quorumForced = false
+	}
+	have := e.quorate()
+	if have == e.hadQuorum {
+		return
+	}
+	e.hadQuorum = have
+	old, now := "lost", "have"
+	if !have {
+		old, now = now, old
+	}
+	e.event(Event{What: "quorum", Old: old, New: now, Detail: fmt.Sprintf("%d of %d nodes reachable, %d needed", v, len(e.peers)+1, e.quorum)})
+	if !have {
+		return
+	}
+	for _, id := range e.parked {
+		e.pending--
+		e.rd.Completed = append(e.rd.Completed, Completion{ID: id})
+	}
+	e.parked = nil
+	reqs := e.suspended
+	e.suspended = nil
+	for _, r := range reqs {
+		e.pending--
+		e.admit(r)
+	}
+}
+
+// finishRequest completes a write or flush request (pending counts it
+// until then), unless this node is a Primary without quorum: then
+// SuspendIO parks a successful completion until quorum returns and
+// IOErrorOnNoQuorum turns it into ErrNoQuorum.
+func (e *Engine) finishRequest(id RequestID, err error) {
+	if err == nil && e.holdsForQuorum() {
+		if e.onNoQuorum == SuspendIO {
+			e.parked = append(e.parked, id)
+			return
+		}
+		err = e.noQuorumError(id)
+	}
+	e.pending--
+	e.rd.Completed = append(e.rd.Completed, Completion{ID: id, Err: err})
+}
+
+func (e *Engine) noQuorumError(id RequestID) error {
+	return fmt.Errorf("%w: request %d: %d of %d nodes reachable, %d needed", ErrNoQuorum, id, e.votes(), len(e.peers)+1, e.quorum)
+}
+
+// failHeldForQuorum fails every request held for quorum (demotion).
+func (e *Engine) failHeldForQuorum(why string) {
+	for _, id := range e.parked {
+		e.pending--
+		e.rd.Completed = append(e.rd.Completed, Completion{ID: id, Err: fmt.Errorf("%w: request %d: %s", ErrNoQuorum, id, why)})
+	}
+	for _, r := range e.suspended {
+		e.pending--
+		e.rd.Completed = append(e.rd.Completed, Completion{ID: r.ID, Err: fmt.Errorf("%w: request %d: %s", ErrNoQuorum, r.ID, why)})
+	}
+	e.parked, e.suspended = nil, nil
+}
