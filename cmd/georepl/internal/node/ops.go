@@ -143,6 +143,9 @@ func (r *resource) isPrimary() bool {
 func (r *resource) Primary(force bool) error {
 	err := r.call(func() error {
 		if err := r.engine.Promote(force); err != nil {
+			if errors.Is(err, core.ErrNoQuorum) {
+				return fmt.Errorf("cannot make %s Primary on %s: %w (--force promotes anyway: only if the nodes it cannot reach are down, or two Primaries may write)", r.cfg.Name, r.self.Name, err)
+			}
 			return fmt.Errorf("cannot make %s Primary on %s: %w", r.cfg.Name, r.self.Name, err)
 		}
 		r.process()

@@ -112,9 +112,6 @@ func newResource(d *Daemon, rc *configs.Resource, self *configs.Node) (*resource
 	default:
 		return nil, fmt.Errorf("resource %s: on_io_error = %q is not one of \"detach\", \"pass-on\"", rc.Name, rc.Disk.OnIOError)
 	}
-	if rc.Quorum != 0 {
-		return nil, fmt.Errorf("resource %s: quorum is not supported yet in this version; remove quorum and on_no_quorum", rc.Name)
-	}
 	for _, n := range rc.Peers(self.Name) {
 		lk, err := rc.Link(self.Name, n.Name)
 		if err != nil {
@@ -205,6 +202,10 @@ func (r *resource) newEngine(st *storage) (*core.Engine, error) {
 		// Named in the resync reasons of status.
 		RecoveredExtents: st.alRecovered,
 		Clock:            func() uint64 { return uint64(time.Now().UnixNano()) },
+		Quorum:           r.cfg.Quorum,
+	}
+	if r.cfg.OnNoQuorum == "io-error" {
+		cfg.OnNoQuorum = core.IOErrorOnNoQuorum
 	}
 	bits := st.store.BitmapBits()
 	for _, p := range sortedPeers(r.peers) {

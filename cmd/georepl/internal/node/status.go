@@ -41,6 +41,19 @@ type ResourceStatus struct {
 	// DiskError says why the disk was detached (on_io_error = "detach"),
 	// while the resource is up Diskless.
 	DiskError string `json:"disk_error,omitempty"`
+	// Quorum is set when the resource has a quorum.
+	Quorum *Quorum `json:"quorum,omitempty"`
+}
+
+// Quorum is a node's quorum: Have nodes reachable (itself and its
+// connected peers), Need configured; OK also holds after a promotion
+// forced without quorum, until quorum returns.
+type Quorum struct {
+	Have int  `json:"have"`
+	Need int  `json:"need"`
+	OK   bool `json:"ok"`
+	// Policy is on_no_quorum: what the Primary does with writes without it.
+	Policy string `json:"on_no_quorum"`
 }
 
 // PeerStatus is one peer's line of the status.
@@ -178,6 +191,9 @@ func (r *resource) publishStatus() {
 		st.Size = r.st.dataSize
 		st.Current = fmt.Sprintf("%016X", es.Current)
 		st.Pending, st.Epoch = es.Pending, es.Epoch
+		if es.QuorumNeed > 0 {
+			st.Quorum = &Quorum{Have: es.QuorumHave, Need: es.QuorumNeed, OK: es.Quorate, Policy: r.cfg.OnNoQuorum}
+		}
 		st.ALExtents, st.ALWrites = r.st.al.stats()
 		if es.Disk == core.Diskless {
 			st.DiskError = r.detachedWhy
@@ -316,6 +332,13 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 		}
 		if st.Device != "" {
 			fmt.Fprintf(w, " device:%s", st.Device)
+		}
+		if q := st.Quorum; q != nil {
+			state := "yes"
+			if !q.OK {
+				state = "NO, " + q.Policy
+			}
+			fmt.Fprintf(w, " quorum:%d/%d (%s)", q.Have, q.Need, state)
 		}
 		fmt.Fprintln(w)
 		if st.DiskError != "" {
