@@ -156,6 +156,13 @@ type Net struct {
 	// those that differ). It is the sync source's setting; the target
 	// answers whatever algorithm the source asks for.
 	Csums string
+	// ResyncRate caps, in bytes per second, the resync this node sends the
+	// peer as its sync source; 0 means no cap.
+	ResyncRate int64
+	// ResyncMinAppShare, from 0 to 0.9, is the least share of the link's
+	// measured capacity that a resync leaves to application writes while
+	// there are any; 0 lets the resync take the whole link.
+	ResyncMinAppShare float64
 	// PingInterval is how often an idle connection is probed.
 	PingInterval time.Duration
 	// Timeout is how long a peer may stay silent before the connection is

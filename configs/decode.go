@@ -39,6 +39,8 @@ var (
 			{Name: "max_buffer"},
 			{Name: "on_congestion"},
 			{Name: "csums"},
+			{Name: "resync_rate"},
+			{Name: "resync_min_app_share"},
 			{Name: "ping_interval"},
 			{Name: "timeout"},
 			{Name: "connect_retry"},
@@ -88,6 +90,9 @@ const (
 	minBlockSize = 512
 	maxBlockSize = 4 << 20  // one activity-log extent
 	minMaxBuffer = 64 << 10 // one compression batch
+	// maxMinAppShare leaves a resync at least a tenth of a busy link, so
+	// that it always ends.
+	maxMinAppShare = 0.9
 	// minALExtents covers the extents of the largest write (8 MiB, not
 	// aligned: 3) with room to spare; maxALExtents is what one
 	// activity-log transaction holds (core/meta MaxActivityLogExtents).
@@ -119,6 +124,8 @@ func defaultNet() Net {
 		Timeout:         6 * time.Second,
 		ConnectRetry:    time.Second,
 		AfterSplitBrain: "disconnect",
+		// The application keeps at least 30% of a busy link.
+		ResyncMinAppShare: 0.3,
 	}
 }
 
@@ -321,6 +328,22 @@ func (d *decoder) net(block *hcl.Block, into *Net) netAt {
 	if attr := attrs["csums"]; attr != nil {
 		if s, ok := d.choice(attr, "Invalid csums", csumsNames); ok {
 			into.Csums = s
+		}
+	}
+	if attr := attrs["resync_rate"]; attr != nil {
+		if n, ok := d.size(attr); ok {
+			into.ResyncRate = n
+		}
+	}
+	if attr := attrs["resync_min_app_share"]; attr != nil {
+		if v, ok := d.value(attr, cty.Number); ok {
+			f, _ := v.AsBigFloat().Float64()
+			if !(f >= 0 && f <= maxMinAppShare) {
+				d.failAttr(attr, "Invalid resync_min_app_share",
+					"resync_min_app_share = %s must be a number from 0 to %g: the share of a busy link that a resync leaves to the application.", v.AsBigFloat().Text('g', -1), maxMinAppShare)
+			} else {
+				into.ResyncMinAppShare = f
+			}
 		}
 	}
 	for _, f := range []struct {

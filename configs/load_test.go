@@ -49,6 +49,8 @@ func TestDefaults(t *testing.T) {
 		Timeout:         6 * time.Second,
 		ConnectRetry:    time.Second,
 		AfterSplitBrain: "disconnect",
+
+		ResyncMinAppShare: 0.3,
 	}
 	if r.Quorum != 0 || r.OnNoQuorum != "suspend-io" || r.Handlers.SplitBrain != nil {
 		t.Errorf("defaults: quorum %d, on_no_quorum %q, handlers %+v", r.Quorum, r.OnNoQuorum, r.Handlers)
@@ -87,6 +89,8 @@ func TestEverySetting(t *testing.T) {
     max_buffer    = 1048576
     on_congestion = "disconnect"
     csums         = "sha256"
+    resync_rate   = "100MiB"
+    resync_min_app_share = 0.5
     ping_interval = "1m30s"
     timeout       = "500ms"
     connect_retry = "2s"
@@ -129,6 +133,9 @@ func TestEverySetting(t *testing.T) {
 		ConnectRetry:    2 * time.Second,
 		AfterSplitBrain: "discard-node",
 		DiscardNode:     "db2",
+
+		ResyncRate:        100 << 20,
+		ResyncMinAppShare: 0.5,
 	}
 	if r.Quorum != 2 || r.OnNoQuorum != "io-error" || !slices.Equal(r.Handlers.SplitBrain, []string{"/usr/local/bin/page-ops", "--team", "storage"}) {
 		t.Errorf("quorum %d, on_no_quorum %q, handlers %+v", r.Quorum, r.OnNoQuorum, r.Handlers)
@@ -192,6 +199,9 @@ var errorCases = []struct {
 	{"bad csums", withTwoNodes(`net { csums = "xxh46" }`), []string{"r0.hcl:12:17:", "Invalid csums", `did you mean "xxh64"?`, `"none", "crc32c", "xxh64", "sha256"`}},
 	{"pull-ahead under protocol C", withTwoNodes(`net { on_congestion = "pull-ahead" }`), []string{"r0.hcl:12:25:", "Invalid on_congestion", `needs protocol "A"`, `"alpha" and "bravo" uses protocol "C"`}},
 	{"disconnect under a connection's protocol B", withTwoNodes("protocol = \"A\"\n  net { on_congestion = \"disconnect\" }\n  connection \"alpha\" \"bravo\" { protocol = \"B\" }"), []string{"r0.hcl:13:25:", "Invalid on_congestion", `uses protocol "B"`}},
+	{"bad resync_rate", withTwoNodes(`net { resync_rate = "100MB" }`), []string{"r0.hcl:12:23:", "Invalid size", `unknown unit "MB"`}},
+	{"app share too large", withTwoNodes(`net { resync_min_app_share = 0.95 }`), []string{"r0.hcl:12:32:", "Invalid resync_min_app_share", "from 0 to 0.9"}},
+	{"app share as a string", withTwoNodes(`net { resync_min_app_share = "half" }`), []string{"r0.hcl:12:32:", "resync_min_app_share", "number required"}},
 	{"bad size unit", withTwoNodes(`net { max_buffer = "64MB" }`), []string{"r0.hcl:12:22:", "Invalid size", `"64MB"`, `unknown unit "MB"`}},
 	{"max_buffer too small", withTwoNodes(`net { max_buffer = "4KiB" }`), []string{"r0.hcl:12:22:", "Invalid max_buffer", "4KiB is too small", "64KiB"}},
 	{"bad duration", withTwoNodes(`net { timeout = "6" }`), []string{"r0.hcl:12:19:", "Invalid duration", `timeout = "6"`}},

@@ -51,6 +51,14 @@ type PeerConfig struct {
 	// DiscardNode the node that DiscardNode names.
 	AfterSplitBrain SplitBrainPolicy
 	DiscardNode     NodeID
+	// ResyncRate caps the resync to this peer, in bytes per second; 0 for
+	// no cap. Pacing needs Engine.Tick.
+	ResyncRate uint64
+	// ResyncMinAppShare, from 0 to 0.9, is the least share of the link's
+	// measured capacity that a resync leaves to application writes while
+	// the application writes to this peer; 0 turns the controller off.
+	// See Engine.Tick.
+	ResyncMinAppShare float64
 }
 
 // Congestion is a congestion policy: what a write does when a protocol A
@@ -233,6 +241,9 @@ func (cfg Config) withDefaults() (Config, error) {
 		}
 		if p.MaxBuffer == 0 {
 			p.MaxBuffer = DefaultMaxBuffer
+		}
+		if !(p.ResyncMinAppShare >= 0 && p.ResyncMinAppShare <= 0.9) {
+			return cfg, fmt.Errorf("core: peer %d (%q): minimum application share %v is not from 0 to 0.9", p.ID, p.Name, p.ResyncMinAppShare)
 		}
 		if p.OnCongestion > CongestionDisconnect {
 			return cfg, fmt.Errorf("core: peer %d (%q): unknown congestion policy %v", p.ID, p.Name, p.OnCongestion)

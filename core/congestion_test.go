@@ -3,7 +3,9 @@ package core
 import (
 	"slices"
 	"testing"
+	"time"
 
+	"github.com/georepl/georepl/core/wire"
 	"github.com/georepl/georepl/protocols"
 )
 
@@ -75,4 +77,119 @@ func TestPullAheadSustainedOverload(t *testing.T) {
 	if len(c.failed) > 0 {
 		t.Fatalf("promises broken: %v", c.failed)
 	}
+}
+
+// TestResyncLeavesAppShare runs a full resync over a modelled link of
+// fixed capacity while the application keeps four protocol C writes in
+// flight. Without the controller (share 0) the resync's window crowds the
+// application out of the link; with ResyncMinAppShare 0.3 the resync backs
+// off to at most 70% of the measured capacity once the application writes,
+// and the application's share of the link grows accordingly (at queue
+// depth 4 it is latency-bound and uses a little less than the room left).
+func TestResyncLeavesAppShare(t *testing.T) {
+	for _, tc := range []struct {
+		share            float64
+		minApp, maxApp   float64 // bounds of the application's share of the delivered bytes
+		wantLimitedWhile bool
+	}{
+		{share: 0, minApp: 0, maxApp: 0.2},
+		{share: 0.3, minApp: 0.25, maxApp: 1, wantLimitedWhile: true},
+	} {
+		app, resync, limited := runSharedLink(t, tc.share)
+		const linkBytes = 150 * 10_000 // what the link carries while measured
+		got := float64(app) / float64(app+resync)
+		if linkShare := float64(resync) / float64(linkBytes); tc.share > 0 && linkShare > 1-tc.share+0.02 {
+			t.Errorf("share %.1f: the resync took %.2f of the link's capacity", tc.share, linkShare)
+		}
+		t.Logf("share %.1f: application %d bytes, resync %d bytes: application share %.2f", tc.share, app, resync, got)
+		if got < tc.minApp || got > tc.maxApp {
+			t.Errorf("share %.1f: the application got %.2f of the link, want %.2f to %.2f", tc.share, got, tc.minApp, tc.maxApp)
+		}
+		if limited != tc.wantLimitedWhile {
+			t.Errorf("share %.1f: status showed a resync limit: %v, want %v", tc.share, limited, tc.wantLimitedWhile)
+		}
+	}
+}
+
+// runSharedLink resyncs a 4 MiB device to a protocol C peer over a link
+// that carries 1 MB/s (10 KB per 10 ms tick, frames in order), with four
+// 4 KiB application writes always in flight from the first second on.
+// It returns the application and resync payload bytes the link carried
+// in the last 1.5 simulated seconds (when the controller has settled), and
+// whether the status showed a resync limit meanwhile.
+func runSharedLink(t *testing.T, share float64) (app, resync uint64, limited bool) {
+	t.Helper()
+	const (
+		tick       = 10 * time.Millisecond
+		perTick    = 10_000 // bytes the link carries per tick
+		frameBytes = 32     // a frame header, roughly
+	)
+	c := newCluster(2, []protocols.Protocol{protocols.C}, func(cfg *Config) {
+		cfg.Size = 4 << 20
+		cfg.ResyncChunk = 16 << 10
+		cfg.ResyncWindow = 8
+		for i := range cfg.Peers {
+			cfg.Peers[i].ResyncMinAppShare = share
+		}
+	})
+	c.quiet = true
+	n0, n1 := c.nodes[0], c.nodes[1]
+	if err := c.connect(n0, n1); err != nil {
+		t.Fatal(err)
+	}
+	if err := n0.eng.Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	c.handle(n0)
+	inFlight := 0
+	c.onDone = func(nd *node, id RequestID, err error) {
+		if nd == n0 {
+			inFlight--
+		}
+	}
+	var credit int
+	next := uint64(0)
+	for step := range 400 {
+		measuring := step >= 250
+		if step >= 100 {
+			for inFlight < 4 {
+				inFlight++
+				off := (next % 1024) * 4096
+				next++
+				c.submit(n0, Request{Kind: ReqWrite, Offset: off, Length: 4096, Data: make([]byte, 4096)})
+			}
+		}
+		credit += perTick
+		l := n0.links[n1.id]
+		for credit > 0 && len(l.queue) > 0 {
+			f := l.queue[0]
+			credit -= len(f.Payload) + frameBytes
+			if measuring {
+				switch f.Type {
+				case wire.TypeData:
+					app += uint64(len(f.Payload))
+				case wire.TypeResyncData:
+					resync += uint64(len(f.Payload))
+				}
+			}
+			c.deliver(n0, n1, 1, nil)
+		}
+		credit = min(credit, 0)
+		for len(n1.ops) > 0 {
+			c.process(n1, -1, false, nil)
+		}
+		c.deliver(n1, n0, -1, nil)
+		for len(n0.ops) > 0 {
+			c.process(n0, -1, false, nil)
+		}
+		n0.eng.Tick(tick)
+		c.handle(n0)
+		if measuring && n0.eng.Status().Peers[0].ResyncLimit > 0 {
+			limited = true
+		}
+		if n0.eng.Status().Peers[0].Repl != SyncSource {
+			t.Fatalf("step %d: the resync ended before the measurement did", step)
+		}
+	}
+	return app, resync, limited
 }

@@ -27,6 +27,7 @@ func (e *Engine) Connected(peer NodeID, h *wire.Hello) {
 		e.disconnect(p, Connecting, "reconnected")
 	}
 	e.setConn(p, Connected, "")
+	e.resetPace(p)
 	p.gen = h.Gen
 	p.sbPeer = sbSide{node: peer, SplitBrain: h.SplitBrain}
 	if !p.helloSent {

@@ -22,7 +22,8 @@
 //		case f := <-frames:         e.Receive(f.peer, f.frame)
 //		case c := <-handshakes:     e.Connected(c.peer, c.hello) // after sending e.Hello(c.peer)
 //		case p := <-lost:           e.Disconnected(p)
-//		case cmd := <-admin:        cmd.reply(e.Promote(cmd.force)) // or Demote, Status
+//		case cmd := <-admin:        cmd.reply(e.Promote(cmd.force)) // or Demote, PauseResync, Status
+//		case now := <-ticker.C:     e.Tick(now.Sub(last)); last = now  // every few tens of ms
 //		}
 //		for e.HasReady() {
 //			rd := e.Ready()
@@ -242,6 +243,16 @@
 // the Primary sees the marks in our StateChange and resyncs us, merging
 // them. InvalidateRemote (on the Primary) marks every block for a peer
 // and resyncs it. Both are full resyncs that csums makes cheap.
+//
+// Resync bandwidth is the driver's to pace through Tick: per peer, data
+// reads spend a token bucket that fills at the resync limit, which is
+// PeerConfig.ResyncRate (0: none) and, while the application sends data to
+// the peer, at most (1 - ResyncMinAppShare) of the link's capacity: the
+// highest delivery rate (application plus resync bytes acknowledged per
+// second, measured over 500 ms) seen on the connection. Checksum reads
+// only send digests and are not paced. PauseResync holds a peer's resync
+// (no new reads) until resumed; the acknowledged blocks stay cleared, so a
+// paused, interrupted or reconnected resync continues with what is left.
 //
 // DESIGN.md's crash-consistent resync (staging resync blocks) is not
 // implemented: a target is Inconsistent while a resync runs.

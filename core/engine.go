@@ -112,6 +112,8 @@ type peer struct {
 	// is done.
 	invalidated            string
 	dataSent, dataReceived uint64
+	resyncPaused           bool  // PauseResync: no new resync reads
+	pace                   pacer // resync pacing and measured rates
 }
 
 // replicating reports whether application writes are sent to p: not to a
@@ -226,6 +228,8 @@ func (e *Engine) Status() Status {
 			Conn: p.conn, Repl: p.repl, Role: p.role, Disk: p.disk,
 			OutOfSync:   e.blocksToBytes(p.bitmap.Count()),
 			ResyncTotal: p.resyncTotal, ResyncDone: p.resyncDone, ResyncSame: p.resyncSame, ResyncWhy: p.resyncWhy,
+			ResyncPaused: p.resyncPaused, ResyncLimit: p.pace.limit,
+			AppRate: p.pace.appRate, ResyncRate: p.pace.resyncRate, LinkCapacity: p.pace.capacity, AppActive: p.pace.appActive,
 			Unacked: p.unacked, DataSent: p.dataSent, DataReceived: p.dataReceived,
 			BitmapUUID: p.bitmapUUID,
 		})

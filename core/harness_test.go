@@ -521,6 +521,9 @@ func (c *cluster) status(nd *node) string {
 		if p.ResyncSame > 0 {
 			same = fmt.Sprintf(" same=%d", p.ResyncSame)
 		}
+		if p.ResyncPaused {
+			same += " paused"
+		}
 		fmt.Fprintf(&b, "  n%d %v %v %v peer=%v/%v oos=%d resync=%d/%d%s unacked=%d bm=%x\n", p.ID, p.Protocol, p.Conn, p.Repl,
 			p.Role, p.Disk, p.OutOfSync, p.ResyncDone, p.ResyncTotal, same, p.Unacked, p.BitmapUUID)
 	}

@@ -256,6 +256,7 @@ func (e *Engine) startWrite(r Request) {
 		}
 		e.send(p, pf)
 		p.dataSent += n
+		p.pace.appSent += n
 		p.unacked += n
 		pr := &w.prog[i]
 		pr.sent, pr.bytes, pr.inSync = true, n, e.inSync(p)
@@ -562,6 +563,7 @@ func (e *Engine) writeAck(p *peer, f *wire.Frame) {
 	pr := &w.prog[p.idx]
 	e.raise(p, w, protocols.Written)
 	p.unacked -= pr.bytes
+	p.pace.appAcked += pr.bytes
 	pr.bytes = 0
 	if f.Flags&wire.FlagNegative == 0 && pr.inSync {
 		w.peerWrote = true

@@ -284,4 +284,17 @@ type PeerStatus struct {
 	DataSent, DataReceived uint64
 	// BitmapUUID is the generation id the bitmap for this peer started at.
 	BitmapUUID uint64
+	// ResyncPaused: PauseResync holds the resync to this peer.
+	ResyncPaused bool
+	// ResyncLimit is the rate the resync to this peer may use now, in
+	// bytes per second (0: no limit): PeerConfig.ResyncRate, or less while
+	// the controller leaves the application its share.
+	ResyncLimit float64
+	// AppRate and ResyncRate are the application and resync bytes per
+	// second the peer acknowledged over the last measurement period, and
+	// LinkCapacity the highest sum of the two seen on this connection
+	// (see Engine.Tick; all zero without ticks).
+	AppRate, ResyncRate, LinkCapacity float64
+	// AppActive: the application sent data to the peer in the last period.
+	AppActive bool
 }

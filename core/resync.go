@@ -136,7 +136,7 @@ func (e *Engine) scheduleResync(p *peer) {
 	for rs.reads+len(rs.sent)+len(rs.checking) < e.window {
 		if len(rs.todo) > 0 {
 			run := rs.todo[0]
-			if e.overlapsInflight(run.first*bs, (run.first+run.n)*bs, true) {
+			if !e.resyncMayRead(p, false) || e.overlapsInflight(run.first*bs, (run.first+run.n)*bs, true) {
 				return
 			}
 			rs.todo = rs.todo[1:]
@@ -158,7 +158,7 @@ func (e *Engine) scheduleResync(p *peer) {
 			continue
 		}
 		end := min(p.bitmap.NextClear(b), b+e.chunkBlocks)
-		if e.overlapsInflight(b*bs, end*bs, true) {
+		if !e.resyncMayRead(p, rs.csums != wire.CsumNone) || e.overlapsInflight(b*bs, end*bs, true) {
 			return
 		}
 		run := &blockRun{first: b, n: end - b}
@@ -174,6 +174,9 @@ func (e *Engine) issueSyncRead(p *peer, run *blockRun, csum bool) {
 	off, length := run.first*bs, run.n*bs
 	r := &syncRead{p: p, rs: p.rs, run: run, csum: csum}
 	e.addInflight(&r.ext, off, length, false)
+	if !csum {
+		e.chargeResync(p, length)
+	}
 	op := LocalOp{Kind: OpRead, Offset: off, Length: length}
 	if csum {
 		op.Kind, op.Csum, op.BlockSize = OpChecksum, p.rs.csums, e.blockSize
@@ -239,6 +242,7 @@ func (e *Engine) resyncAck(p *peer, f *wire.Frame) {
 		p.bitmap.ClearRange(run.first, run.n)
 	}
 	p.resyncDone += run.n * bs
+	p.pace.resyncAcked += run.n * bs
 	e.scheduleResync(p)
 }
 

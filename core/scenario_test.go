@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/datadriven"
 	"github.com/georepl/georepl/core/wire"
@@ -20,7 +21,7 @@ import (
 //
 // and read the diff. Commands (nodes are numbers, n0 is node 0):
 //
-//	new nodes=3 [protocols=C,A] [size=B] [block=B] [epoch-max=N] [chunk=B] [window=N] [maxbuf=B] [congestion=pull-ahead|disconnect] [flushes] [csums=crc32c]
+//	new nodes=3 [protocols=C,A] [size=B] [block=B] [epoch-max=N] [chunk=B] [window=N] [maxbuf=B] [congestion=pull-ahead|disconnect] [flushes] [csums=crc32c] [rate=B] [share=F]
 //	    [io-error=detach|pass-on] [quorum=N [on-no-quorum=io-error]] [after-sb=POLICY [discard-node=N]] [clock]
 //	connect A B | reconnect A B | disconnect A B | crash A
 //	primary A [force] | secondary A | invalidate A SOURCE | invalidate-remote A TARGET
@@ -31,6 +32,7 @@ import (
 //	fail-meta A (its metadata writes are lost from now on, until it crashes)
 //	deliver A->B [n=N] [chan=data|control] | process A [n=N] [fail] [last]
 //	stabilize [quiet] | status [A] | disks | bitmap A B | read A... off=O len=L
+//	tick A ms=N | pause-sync A B | resume-sync A B
 func TestScenarios(t *testing.T) {
 	paths, err := filepath.Glob("testdata/*.txt")
 	if err != nil || len(paths) == 0 {
@@ -92,6 +94,16 @@ func newScenarioCluster(t *testing.T, d *datadriven.TestData) *cluster {
 	num("epoch-max", &epochMax)
 	num("window", &window)
 	flushes := d.HasArg("flushes")
+	var rate uint64
+	var share float64
+	num("rate", &rate)
+	if a, ok := d.Arg("share"); ok && len(a.Vals) == 1 {
+		v, err := strconv.ParseFloat(a.Vals[0], 64)
+		if err != nil {
+			d.Fatalf(t, "share: %v", err)
+		}
+		share = v
+	}
 	var csums wire.Csum
 	if a, ok := d.Arg("csums"); ok && len(a.Vals) == 1 {
 		var err error
@@ -158,6 +170,8 @@ func newScenarioCluster(t *testing.T, d *datadriven.TestData) *cluster {
 		cfg.DiskFlushes = flushes
 		for i := range cfg.Peers {
 			cfg.Peers[i].MaxBuffer = maxbuf
+			cfg.Peers[i].ResyncRate = rate
+			cfg.Peers[i].ResyncMinAppShare = share
 			cfg.Peers[i].Csums = csums
 			if cfg.Peers[i].Protocol == protocols.A {
 				cfg.Peers[i].OnCongestion = congestion
@@ -330,6 +344,21 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 		if c.process(ns[0], intArg(d, "n", -1), d.HasArg("fail"), pick) == 0 {
 			c.logf("nothing to process")
 		}
+	case "tick":
+		ns, err := nodeArgs(c, d, 1)
+		if err != nil {
+			return err
+		}
+		ns[0].eng.Tick(time.Duration(intArg(d, "ms", 0)) * time.Millisecond)
+		c.handle(ns[0])
+	case "pause-sync", "resume-sync":
+		ns, err := nodeArgs(c, d, 2)
+		if err != nil {
+			return err
+		}
+		err = ns[0].eng.PauseResync(NodeID(ns[1].id), d.Cmd == "pause-sync")
+		c.handle(ns[0])
+		return err
 	case "stabilize":
 		c.quiet = d.HasArg("quiet")
 		c.stabilize()

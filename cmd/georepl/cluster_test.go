@@ -709,3 +709,102 @@ func TestClusterPullAhead(t *testing.T) {
 	}
 	c.settleAndCompare()
 }
+
+// slowResyncToBravo caps the resync from alpha to bravo at rate.
+func slowResyncToBravo(rate string) func(string) string {
+	return func(src string) string {
+		i := strings.LastIndex(src, "}")
+		return src[:i] + `
+  connection "alpha" "bravo" {
+    net {
+      resync_rate = "` + rate + `"
+    }
+  }
+}
+`
+	}
+}
+
+// TestClusterResyncPauseAndResume: a bitmap resync to bravo, capped by
+// resync_rate, is paused part way (no more progress; status and
+// --proc say so), interrupted by a disconnect while paused and
+// reconnected: the pause holds across the reconnection, the new resync
+// covers only what the first had left, not everything again, and once
+// resumed it ends with identical disks.
+func TestClusterResyncPauseAndResume(t *testing.T) {
+	const size = 24 << 20
+	c := newCluster(t, size, slowResyncToBravo("2MiB"))
+	for _, n := range demoNodes {
+		c.start(n)
+	}
+	c.cli("alpha", "primary", "--force", "r0")
+	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+
+	// bravo misses 16 MiB of writes.
+	c.cli("alpha", "disconnect", "r0", "bravo")
+	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	buf := make([]byte, 1<<20)
+	for i := range 16 {
+		for j := range buf {
+			buf[j] = byte(i + j>>9)
+		}
+		if err := client.WriteAt(buf, int64(i)<<20, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := client.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	resync := func(st *node.ResourceStatus) *node.Resync { return c.peer(st, "bravo").Resync }
+	c.cli("alpha", "connect", "r0", "bravo")
+	st := c.waitFor("alpha", "a resync to bravo", time.Minute, func(st *node.ResourceStatus) bool { return resync(st) != nil })
+	total1 := resync(st).TotalBytes
+	if total1 < 16<<20 {
+		t.Fatalf("the resync covers %d bytes; 16 MiB were written", total1)
+	}
+
+	st = c.waitFor("alpha", "the resync under way", 2*time.Minute, func(st *node.ResourceStatus) bool {
+		rs := resync(st)
+		return rs == nil || rs.DoneBytes > 0
+	})
+	if rs := resync(st); rs == nil || rs.Limit <= 0 || rs.Limit > 2<<20 {
+		t.Fatalf("the resync ended early or status shows no 2 MiB/s limit: %+v", rs)
+	}
+	c.cli("alpha", "pause-sync", "r0", "bravo")
+	time.Sleep(500 * time.Millisecond) // what was in flight lands
+	before := resync(c.status("alpha"))
+	time.Sleep(time.Second)
+	st = c.status("alpha")
+	after := resync(st)
+	if before == nil || after == nil || after.DoneBytes != before.DoneBytes || after.DoneBytes >= total1 || after.DoneBytes == 0 || !c.peer(st, "bravo").ResyncPaused {
+		t.Fatalf("paused resync moved, ended, or status does not say paused: before %+v after %+v", before, after)
+	}
+	if proc := c.cli("alpha", "status", "--proc", "r0"); !strings.Contains(proc, "cs:PausedSyncS") || !strings.Contains(proc, "r--u--") {
+		t.Errorf("status --proc does not show the paused resync:\n%s", proc)
+	}
+
+	c.cli("alpha", "disconnect", "r0", "bravo")
+	st = c.waitFor("alpha", "bravo disconnected", time.Minute, func(st *node.ResourceStatus) bool {
+		return c.peer(st, "bravo").Conn != "Connected"
+	})
+	remaining := c.peer(st, "bravo").OutOfSync
+	c.cli("alpha", "connect", "r0", "bravo")
+	st = c.waitFor("alpha", "the resync to bravo again", time.Minute, func(st *node.ResourceStatus) bool {
+		return resync(st) != nil
+	})
+	total2 := resync(st).TotalBytes
+	t.Logf("first resync: %d bytes, %d done at the pause; then %d bytes out of sync; second resync: %d bytes", total1, after.DoneBytes, remaining, total2)
+	if total2 > remaining || remaining > total1-after.DoneBytes || total2 == 0 {
+		t.Errorf("the resync after the reconnect covers %d bytes; %d were left (%d of %d were done at the disconnect)", total2, remaining, after.DoneBytes, total1)
+	}
+	time.Sleep(time.Second)
+	if rs := resync(c.status("alpha")); rs == nil || rs.DoneBytes != 0 {
+		t.Fatalf("the pause did not hold across the reconnection: %+v", rs)
+	}
+	c.cli("alpha", "resume-sync", "r0", "bravo")
+	c.settleAndCompare()
+}

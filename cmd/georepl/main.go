@@ -67,6 +67,8 @@ and on the node that holds the good data (or any node, for a new empty device):
 		peerVerbCmd("disconnect", "Close the connection to PEER (default: every peer) and stay StandAlone"),
 		peerVerbCmd("invalidate", "Declare this node's data bad: a full resync from the connected Primary (PEER)"),
 		peerVerbCmd("invalidate-remote", "On the Primary: declare PEER's data (default: every connected peer's) bad and resync it fully"),
+		peerVerbCmd("pause-sync", "Pause the resync from this node to PEER (default: every peer)"),
+		peerVerbCmd("resume-sync", "Resume a resync paused with pause-sync"),
 		statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd(), checkCmd())
 	return root
 }
@@ -349,7 +351,13 @@ func validateCmd() *cobra.Command {
 						if err != nil {
 							return err
 						}
-						fmt.Fprintf(out, "  %s <-> %s: protocol %s, %s, compression %s, csums %s\n", a.Name, b.Name, l.Protocol, l.Net.Transport, l.Net.Compression, l.Net.Csums)
+						rate := "unlimited"
+						if l.Net.ResyncRate > 0 {
+							rate = configs.FormatSize(l.Net.ResyncRate) + "/s"
+						}
+						fmt.Fprintf(out, "  %s <-> %s: protocol %s, %s, compression %s, csums %s, max_buffer %s, on_congestion %s, resync_rate %s, resync_min_app_share %g\n",
+							a.Name, b.Name, l.Protocol, l.Net.Transport, l.Net.Compression, l.Net.Csums,
+							configs.FormatSize(l.Net.MaxBuffer), l.Net.OnCongestion, rate, l.Net.ResyncMinAppShare)
 					}
 				}
 			}

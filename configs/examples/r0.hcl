@@ -20,6 +20,8 @@ resource "r0" {
     shared_secret = "change-me" # use a long random string; empty disables authentication
     max_buffer    = "64MiB"     # unacknowledged data allowed per peer
     on_congestion = "block"     # what to do when max_buffer is full
+    resync_rate   = "0"         # bytes per second a resync may use; "0": no cap
+    resync_min_app_share = 0.3  # share of a busy link a resync leaves to writes
     ping_interval = "10s"
     timeout       = "6s"
     connect_retry = "1s"

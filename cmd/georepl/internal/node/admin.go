@@ -69,6 +69,8 @@ func (d *Daemon) HandleAdmin(ctx context.Context, req admin.Request, send func(a
 			err = r.Connect(req.Peer, req.DiscardMyData)
 		case "disconnect":
 			err = r.Disconnect(req.Peer)
+		case "pause-sync", "resume-sync":
+			err = r.PauseSync(req.Peer, req.Verb == "pause-sync")
 		case "invalidate":
 			err = r.Invalidate(req.Peer)
 		case "invalidate-remote":

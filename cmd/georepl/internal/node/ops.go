@@ -252,6 +252,27 @@ func (r *resource) setWanted(peerName string, wanted bool) error {
 	})
 }
 
+// PauseSync pauses (paused true) or resumes the resync from this node to
+// peerName (every peer when empty): no new resync block is read for it
+// until resumed; the pause lasts until resume-sync or the resource goes
+// down, across reconnections.
+func (r *resource) PauseSync(peerName string, paused bool) error {
+	targets, err := r.peersNamed(peerName)
+	if err != nil {
+		return err
+	}
+	return r.call(func() error {
+		for _, p := range targets {
+			if err := r.engine.PauseResync(p.id, paused); err != nil {
+				return err
+			}
+		}
+		r.process()
+		r.publishStatus()
+		return nil
+	})
+}
+
 func (r *resource) peersNamed(name string) ([]*peer, error) {
 	if name == "" {
 		return sortedPeers(r.peers), nil

@@ -165,6 +165,7 @@ func (r *resource) Up() error {
 			return err
 		}
 	}
+	es := eng.Status() // the loop goroutine owns the engine from now on
 	r.mu.Lock()
 	r.up = true
 	r.mu.Unlock()
@@ -175,7 +176,7 @@ func (r *resource) Up() error {
 			go r.dialLoop(p)
 		}
 	}
-	r.log.Info("resource up", "disk", r.self.Disk, "size", st.dataSize, "role", eng.Status().Role, "disk_state", eng.Status().Disk)
+	r.log.Info("resource up", "disk", r.self.Disk, "size", st.dataSize, "role", es.Role, "disk_state", es.Disk)
 	return nil
 }
 
@@ -228,6 +229,7 @@ func (r *resource) newEngine(st *storage) (*core.Engine, error) {
 		cfg.Peers = append(cfg.Peers, core.PeerConfig{
 			ID: p.id, Name: p.node.Name, Protocol: proto, MaxBuffer: uint64(p.link.Net.MaxBuffer), Csums: csums,
 			OnCongestion: congestion, AfterSplitBrain: policy, DiscardNode: victim,
+			ResyncRate: uint64(p.link.Net.ResyncRate), ResyncMinAppShare: p.link.Net.ResyncMinAppShare,
 		})
 		if int(p.id) < len(sb.BitmapUUID) {
 			state.BitmapUUID[p.id] = sb.BitmapUUID[p.id]
@@ -306,6 +308,11 @@ func (r *resource) loop() {
 	defer persistTick.Stop()
 	statusTick := time.NewTicker(250 * time.Millisecond)
 	defer statusTick.Stop()
+	// The engine paces resyncs and measures rates with the time it is
+	// told about (core.Engine.Tick).
+	engineTick := time.NewTicker(engineTickInterval)
+	defer engineTick.Stop()
+	lastTick := time.Now()
 	for {
 		var event func()
 		select {
@@ -319,6 +326,10 @@ func (r *resource) loop() {
 			event = r.persistBitmaps
 		case <-statusTick.C:
 			event = r.publishStatus
+		case now := <-engineTick.C:
+			elapsed := now.Sub(lastTick)
+			lastTick = now
+			event = func() { r.engine.Tick(elapsed) }
 		case <-r.stop:
 			r.emu.Lock()
 			r.shutdownLoop()
@@ -333,6 +344,10 @@ func (r *resource) loop() {
 		r.startOps(eng, ops)
 	}
 }
+
+// engineTickInterval is how often the engine is told that time passed:
+// its resync pacing refills at this granularity.
+const engineTickInterval = 20 * time.Millisecond
 
 // failMetadata handles a failed metadata write, with emu held. The engine
 // has moved on to a state that is not durable, so nothing more of it may

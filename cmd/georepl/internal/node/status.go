@@ -73,6 +73,8 @@ type PeerStatus struct {
 	OutOfSync   uint64  `json:"out_of_sync_bytes"`
 	Unacked     uint64  `json:"unacked_bytes"`
 	Resync      *Resync `json:"resync,omitempty"`
+	// ResyncPaused: pause-sync holds the resync from this node to the peer.
+	ResyncPaused bool `json:"resync_paused,omitempty"`
 	// SameBytes counts, for the running or last resync with this peer,
 	// the bytes a checksum comparison found identical (csums), which were
 	// not sent.
@@ -120,6 +122,17 @@ type Resync struct {
 	// while disconnected)", ...
 	Reason string      `json:"reason"`
 	Cause  ResyncCause `json:"cause"`
+	// The sync source's pacing (zero on the target): Limit is the rate
+	// the resync may use now (resync_rate, or less while the application
+	// writes: resync_min_app_share), 0 for none; AppRate and ResyncRate
+	// are what the peer acknowledged per second over the last half
+	// second, AppShare the application's part of their sum, and
+	// LinkCapacity the highest sum seen on the connection.
+	Limit        float64 `json:"limit_bytes_per_second"`
+	AppRate      float64 `json:"app_rate_bytes_per_second"`
+	ResyncRate   float64 `json:"resync_rate_bytes_per_second"`
+	AppShare     float64 `json:"app_share"`
+	LinkCapacity float64 `json:"link_capacity_bytes_per_second"`
 }
 
 func extentsText(n int) string {
@@ -225,6 +238,7 @@ func (r *resource) publishStatus() {
 			ps.Conn, ps.Repl = eps.Conn.String(), eps.Repl.String()
 			ps.Role, ps.Disk = eps.Role.String(), eps.Disk.String()
 			ps.OutOfSync, ps.Unacked, ps.SameBytes = eps.OutOfSync, eps.Unacked, eps.ResyncSame
+			ps.ResyncPaused = eps.ResyncPaused
 			switch {
 			case eps.Conn == core.StandAlone && wanted:
 				ps.Conn = core.Connecting.String()
@@ -248,6 +262,10 @@ func (r *resource) publishStatus() {
 					rs.ETASeconds = float64(eps.ResyncTotal-eps.ResyncDone) / rate
 				}
 				rs.Reason, rs.Cause = resyncReason(eps.ResyncWhy), ResyncCause(eps.ResyncWhy)
+				rs.Limit, rs.AppRate, rs.ResyncRate, rs.LinkCapacity = eps.ResyncLimit, eps.AppRate, eps.ResyncRate, eps.LinkCapacity
+				if sum := eps.AppRate + eps.ResyncRate; sum > 0 {
+					rs.AppShare = eps.AppRate / sum
+				}
 				ps.Resync = rs
 			} else {
 				if r.progress != nil {
@@ -353,6 +371,15 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 					HumanBytes(p.Resync.DoneBytes), HumanBytes(p.Resync.TotalBytes), HumanBytes(p.Resync.SameBytes),
 					HumanBytes(uint64(p.Resync.Rate)), eta(p.Resync.ETASeconds))
 				fmt.Fprintf(w, "      resync reason: %s\n", p.Resync.Reason)
+				if p.Repl == "SyncSource" {
+					limit := "none"
+					if p.Resync.Limit > 0 {
+						limit = HumanBytes(uint64(p.Resync.Limit)) + "/s"
+					}
+					fmt.Fprintf(w, "      link: app:%s/s resync:%s/s app-share:%.0f%% capacity:%s/s limit:%s\n",
+						HumanBytes(uint64(p.Resync.AppRate)), HumanBytes(uint64(p.Resync.ResyncRate)), 100*p.Resync.AppShare,
+						HumanBytes(uint64(p.Resync.LinkCapacity)), limit)
+				}
 			} else if p.LastResync != nil {
 				same := ""
 				if p.SameBytes > 0 {
@@ -361,6 +388,9 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 				fmt.Fprintf(w, "      last resync: %s moved%s; %s\n", HumanBytes(p.LastResync.Bytes), same, p.LastResync.Reason)
 			} else if p.SameBytes > 0 {
 				fmt.Fprintf(w, "      last resync: same:%s (found identical by checksum, not sent)\n", HumanBytes(p.SameBytes))
+			}
+			if p.ResyncPaused {
+				fmt.Fprintf(w, "      resync paused (georepl resume-sync %s %s)\n", st.Name, p.Name)
 			}
 			if p.LastError != "" {
 				fmt.Fprintf(w, "      last error: %s\n", p.LastError)
@@ -393,7 +423,14 @@ func WriteProc(w io.Writer, sts []*ResourceStatus) {
 			if p.Disk == "DUnknown" {
 				ds = st.Disk + "/DUnknown"
 			}
-			fmt.Fprintf(w, "%2d: cs:%s ro:%s/%s ds:%s %s r-----\n", minor, cs, st.Role, p.Role, ds, p.Protocol)
+			flags := "r-----"
+			if p.ResyncPaused {
+				flags = "r--u--" // DRBD's user-paused resync flag
+				if cs == "SyncSource" {
+					cs = "PausedSyncS"
+				}
+			}
+			fmt.Fprintf(w, "%2d: cs:%s ro:%s/%s ds:%s %s %s\n", minor, cs, st.Role, p.Role, ds, p.Protocol, flags)
 			fmt.Fprintf(w, "    ns:%d nr:%d dw:%d dr:%d al:%d bm:0 lo:0 pe:%d ua:0 ap:%d ep:1 wo:f oos:%d\n",
 				p.BytesSent/1024, p.BytesRecv/1024, st.DiskWritten/1024, st.DiskRead/1024, st.ALWrites,
 				p.Unacked/1024, st.Pending, p.OutOfSync/1024)
