@@ -26,7 +26,9 @@ import (
 // A trigger file that holds anything else makes every operation fail with
 // an error that says what is wrong with it. The file is read at every
 // operation, so it can be created, changed and removed while the store is
-// in use.
+// in use; write a range to another file and rename it into place, since a
+// reader that catches the trigger created but not yet written sees it
+// empty and fails everything.
 type Faults struct {
 	trigger string
 }
