@@ -216,8 +216,11 @@ func (a *activityLog) activate(ctx context.Context, first, last uint64, pin bool
 		if over := len(a.active) + need - a.capacity; need > 0 && over > 0 {
 			a.evict(over, first, last)
 		}
-		// A request larger than the whole log goes in alone.
-		if need == 0 || len(a.active)+need <= limit || len(a.active) == 0 {
+		// A request larger than the whole log goes in alone: nothing
+		// outside its range may stay active (inside it, extents already
+		// active cannot be evicted for it, and need no slot).
+		outside := len(a.active) - (int(last-first+1) - need)
+		if need == 0 || len(a.active)+need <= limit || outside == 0 {
 			break
 		}
 		if stop == nil && ctx.Done() != nil {
