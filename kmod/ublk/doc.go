@@ -68,8 +68,10 @@
 // against the uapi headers, and the io_uring plumbing runs on any kernel
 // with io_uring. The tests named TestKernel* drive the real driver (as
 // root, with ublk_drv); the VM rig (kmod/vmtest) runs them, with the race
-// detector, in a guest with Debian's 6.12 kernel, and puts ext4 on a
-// replicated resource through /dev/ublkb0 across a power loss. The
+// detector, in a guest with Debian's 6.12 kernel, and runs the ext4
+// failover on a resource the daemon serves as /dev/ublkb0 (loading the
+// module, with the configured queues and depth): power loss of the
+// primary, failover, rejoin, byte-identical disks. The
 // fallback to the bare command numbers of 6.0–6.2 has not met such a
 // kernel, and on older kernels DEL_DEV may wait without interruption for the
 // last opener of the block device.

@@ -48,9 +48,13 @@ func run(dir string, name string, args ...string) error {
 }
 
 // guestModules are loaded by /init, in this order after their dependencies.
-// nbd is not among them: the nbdkernel package loads it (from the
-// compressed .ko, by finit_module) as it would on a host without modprobe.
-var guestModules = []string{"virtio_blk", "virtio_net", "crc32c_generic", "ext4", "sch_netem", "ublk_drv"}
+// nbd and ublk_drv are not among them (kernelModules): georepl loads them
+// (from the compressed .ko, by finit_module) as it would on a host without
+// modprobe.
+var guestModules = []string{"virtio_blk", "virtio_net", "crc32c_generic", "ext4", "sch_netem"}
+
+// kernelModules are installed under /lib/modules for georepl to load.
+var kernelModules = []string{"nbd", "ublk_drv"}
 
 func buildRig() (*rig, error) {
 	root, err := repoRoot()
@@ -132,8 +136,11 @@ func buildRig() (*rig, error) {
 	if err := os.WriteFile(filepath.Join(ird, "mods/order"), []byte(strings.Join(names, "\n")+"\n"), 0o644); err != nil {
 		return nil, err
 	}
-	if err := copyFile(filepath.Join(modDir, "kernel/drivers/block/nbd.ko.xz"), filepath.Join(ird, "lib/modules", r.kver, "kernel/drivers/block/nbd.ko.xz"), 0o644); err != nil {
-		return nil, err
+	for _, m := range kernelModules {
+		rel := "kernel/drivers/block/" + m + ".ko.xz"
+		if err := copyFile(filepath.Join(modDir, rel), filepath.Join(ird, "lib/modules", r.kver, rel), 0o644); err != nil {
+			return nil, err
+		}
 	}
 	initScript, err := os.ReadFile(filepath.Join(root, "kmod/vmtest/init.sh"))
 	if err != nil {

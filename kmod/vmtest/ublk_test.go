@@ -106,9 +106,10 @@ func buildTest(root, out, mode string) error {
 }
 
 // ublkFailover is the ext4 failover scenario on /dev/ublkb0, which the
-// daemon serves itself (device = "/dev/ublkb0" with ublk_queues = 2 and
-// ublk_queue_depth = 64): the device must show those queues and tags.
-var ublkFailover = failoverKind{conf: "/etc/georepl/failover-ublk", dev: "/dev/ublkb0",
+// daemon serves itself (device = "auto", which picks ublk on this kernel,
+// with ublk_queues = 2 and ublk_queue_depth = 64): the device must show
+// those queues and tags.
+var ublkFailover = failoverKind{conf: "/etc/georepl/failover-ublk", dev: "/dev/ublkb0", module: "ublk_drv",
 	check: func(t *testing.T, v *vm) string {
 		out := v.must("echo @@QUEUES $(ls /sys/block/ublkb0/mq | wc -l) $(cat /sys/block/ublkb0/mq/*/nr_tags)", time.Minute)
 		got, _ := lineWith(out, "@@QUEUES ")
