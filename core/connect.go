@@ -104,12 +104,16 @@ func (e *Engine) disconnect(p *peer, to ConnState, why string) {
 	}
 	e.maybeCompleteFlushes()
 	e.readsLost(p)
+	e.stopVerify(p, "connection lost")
+	if p.verify != nil {
+		clear(p.verify.checking)
+	}
 	if p.rs != nil {
 		p.rs.lost = true
 		p.rs = nil
 		e.peerEvent(p, "resync", "", "", "interrupted")
 	}
-	p.resyncDoneSent, p.adopting = false, 0
+	p.resyncDoneSent, p.adopting, p.quietMarks = false, 0, false
 	if p.rx != nil {
 		if p.role == Primary && e.role != Primary {
 			e.markRecentForOthers(p)
@@ -183,6 +187,14 @@ func (e *Engine) Receive(from NodeID, f *wire.Frame) {
 		e.receiveCsum(p, f)
 	case wire.TypeResyncCsumReply:
 		e.resyncCsumReply(p, f)
+	case wire.TypeVerifyCsum:
+		if p.role != Primary || e.role == Primary || (p.repl != Established && p.repl != SyncTarget) {
+			e.violation(p, f, "verify from a node that is not our primary")
+			return
+		}
+		e.receiveCsum(p, f)
+	case wire.TypeVerifyReply:
+		e.verifyReply(p, f)
 	case wire.TypeResyncDone:
 		if p.repl != SyncTarget {
 			e.violation(p, f, "resync done without a resync from this peer")
@@ -519,6 +531,7 @@ func (e *Engine) sendState(p *peer) {
 		panic(fmt.Sprintf("core: marshal state: %v", err))
 	}
 	e.send(p, wire.Frame{Type: wire.TypeStateChange, Payload: payload})
+	p.quietMarks = false
 }
 
 // receiveState handles a peer's StateChange.

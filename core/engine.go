@@ -97,11 +97,15 @@ type peer struct {
 	helloSent      bool // sbSelf is set
 	sbSelf, sbPeer sbSide
 
-	resyncSoon              bool          // marked while Established: decide again in finish
-	resyncDoneSent          bool          // until the target's StateChange after ResyncDone
-	adopting                uint64        // our generation it adopts from StateChanges in flight
-	rs                      *resyncSource // we are its sync source
-	rx                      *receiver     // frames it sends us to write
+	resyncSoon     bool          // marked while Established: decide again in finish
+	resyncDoneSent bool          // until the target's StateChange after ResyncDone
+	adopting       uint64        // our generation it adopts from StateChanges in flight
+	rs             *resyncSource // we are its sync source
+	verify         *verifySource // the last verify we ran with it
+	// quietMarks: the bitmap id was set by verify and not yet announced
+	// (markQuietly); the next StateChange or resync announces it.
+	quietMarks              bool
+	rx                      *receiver // frames it sends us to write
 	resyncTotal, resyncDone uint64
 	resyncSame              uint64    // bytes a checksum comparison found identical
 	resyncWhy               ResyncWhy // of the running or last resync
@@ -139,6 +143,7 @@ type opOwner struct {
 	rxFlush  *segment
 	syncRead *syncRead
 	read     *readReq
+	verify   *verifyRead
 }
 
 // New validates cfg and returns an engine in role Secondary with every peer
@@ -232,6 +237,7 @@ func (e *Engine) Status() Status {
 			AppRate: p.pace.appRate, ResyncRate: p.pace.resyncRate, LinkCapacity: p.pace.capacity, AppActive: p.pace.appActive,
 			Unacked: p.unacked, DataSent: p.dataSent, DataReceived: p.dataReceived,
 			BitmapUUID: p.bitmapUUID,
+			Verify:     e.verifyStatus(p),
 		})
 	}
 	return st
@@ -360,6 +366,7 @@ func (e *Engine) Demote() error {
 	e.setRole(Secondary)
 	e.rotatePending = false
 	for _, p := range e.peers {
+		e.stopVerify(p, "this node was demoted")
 		if p.rs != nil || p.repl == Ahead {
 			e.dropPeer(p, fmt.Errorf("%w: node %d is no longer Primary", ErrResyncAborted, e.self), false)
 		}
@@ -390,6 +397,8 @@ func (e *Engine) LocalDone(id OpID, data []byte, err error) {
 		e.syncReadDone(o.syncRead, data, err)
 	case o.read != nil:
 		e.appReadDone(o.read, data, err)
+	case o.verify != nil:
+		e.verifyReadDone(o.verify, data, err)
 	}
 	e.progress()
 }
@@ -401,6 +410,9 @@ func (e *Engine) progress() {
 	for _, p := range e.peers {
 		if p.rs != nil {
 			e.scheduleResync(p)
+		}
+		if p.verify != nil && p.verify.running {
+			e.scheduleVerify(p)
 		}
 		if p.rx != nil {
 			e.pump(p.rx)

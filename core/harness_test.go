@@ -526,6 +526,9 @@ func (c *cluster) status(nd *node) string {
 		}
 		fmt.Fprintf(&b, "  n%d %v %v %v peer=%v/%v oos=%d resync=%d/%d%s unacked=%d bm=%x\n", p.ID, p.Protocol, p.Conn, p.Repl,
 			p.Role, p.Disk, p.OutOfSync, p.ResyncDone, p.ResyncTotal, same, p.Unacked, p.BitmapUUID)
+		if v := p.Verify; v != nil {
+			fmt.Fprintf(&b, "    verify running=%v %d/%d out-of-sync=%d ranges=%v more=%v stopped=%q\n", v.Running, v.Done, v.Total, v.OutOfSync, v.Ranges, v.More, v.Stopped)
+		}
 	}
 	return b.String()
 }
@@ -581,9 +584,9 @@ func fmtFrame(f *wire.Frame) string {
 		s += fmt.Sprintf(" seq=%d ep=%d off=%d len=%d", f.Seq, f.Epoch, f.Offset, f.Length)
 	case wire.TypeResyncData:
 		s += fmt.Sprintf(" seq=%d off=%d len=%d", f.Seq, f.Offset, f.Length)
-	case wire.TypeResyncCsum:
+	case wire.TypeResyncCsum, wire.TypeVerifyCsum:
 		s += fmt.Sprintf(" seq=%d off=%d len=%d %v", f.Seq, f.Offset, f.Length, wire.Csum(f.Payload[0]))
-	case wire.TypeResyncCsumReply:
+	case wire.TypeResyncCsumReply, wire.TypeVerifyReply:
 		if len(f.Payload) == 0 {
 			s += fmt.Sprintf(" seq=%d off=%d len=%d all-same", f.Seq, f.Offset, f.Length)
 		} else {

@@ -36,7 +36,7 @@ func (e *Engine) checkInvariants() {
 	for _, m := range e.rd.Messages[e.inv.checkedMessages:] {
 		f := &m.Frame
 		switch f.Type {
-		case wire.TypeData, wire.TypeResyncData, wire.TypeResyncCsum:
+		case wire.TypeData, wire.TypeResyncData, wire.TypeResyncCsum, wire.TypeVerifyCsum:
 			if f.Seq <= e.inv.lastSeq[m.To] && e.inv.lastSeq[m.To] != 0 && f.Seq != 0 {
 				panic(fmt.Sprintf("core invariant: seq %d sent to %d after seq %d", f.Seq, m.To, e.inv.lastSeq[m.To]))
 			}

@@ -57,6 +57,7 @@ func (e *Engine) detach(why string) {
 		f.needPeer = true
 	}
 	for _, p := range e.peers {
+		e.stopVerify(p, "the local disk was detached")
 		switch {
 		case p.conn != Connected:
 		case p.rs != nil:

@@ -151,13 +151,17 @@ func TestRandomHistoriesConverge(t *testing.T) {
 					c.crash(heirs[0])
 					primary = c.promoteOne(heirs[:1], primary)
 				case 5:
-					// An operator invalidates a secondary's data, from
-					// either end (refused when it makes no sense).
+					// An operator verifies a secondary, or invalidates its
+					// data from either end (refused when it makes no
+					// sense).
 					other := c.nodes[rapid.IntRange(0, 2).Draw(t, "invalidated")]
 					if other == primary {
 						continue
 					}
-					if rapid.Bool().Draw(t, "remote") {
+					if rapid.IntRange(0, 2).Draw(t, "verify instead") == 0 {
+						_ = primary.eng.StartVerify(NodeID(other.id))
+						c.handle(primary)
+					} else if rapid.Bool().Draw(t, "remote") {
 						_ = primary.eng.InvalidateRemote(NodeID(other.id))
 						c.handle(primary)
 					} else {

@@ -180,7 +180,7 @@ type Event struct {
 	// What is "role", "disk", "gen" (this node's role, disk state, current
 	// generation id), "conn", "repl", "peer-role", "peer-disk" (towards or
 	// of Peer) or "resync" (started, interrupted, finished, blocks marked
-	// out of sync).
+	// out of sync) or "verify" (started, finished, stopped).
 	What     string
 	Old, New string // the state before and after, when the event is a transition
 	Detail   string // why, or what happened, for humans
@@ -297,4 +297,7 @@ type PeerStatus struct {
 	AppRate, ResyncRate, LinkCapacity float64
 	// AppActive: the application sent data to the peer in the last period.
 	AppActive bool
+	// Verify is the running or last online verify with this peer
+	// (StartVerify), nil if none ran.
+	Verify *VerifyStatus
 }

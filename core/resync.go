@@ -94,6 +94,10 @@ func (e *Engine) startResync(p *peer, full bool, fullWhy string) {
 		// Established while we wait for it forever.
 		e.announce = true
 	}
+	if p.quietMarks {
+		e.announce = true
+	}
+	e.stopVerify(p, "a resync started")
 	p.rs = &resyncSource{sent: make(map[uint64]*blockRun), csums: p.cfg.Csums, checking: make(map[uint64]*blockRun)}
 	p.resyncTotal, p.resyncDone, p.resyncSame = e.blocksToBytes(p.bitmap.Count()), 0, 0
 	if p.rs.csums != wire.CsumNone {

@@ -26,7 +26,7 @@ import (
 //	connect A B | reconnect A B | disconnect A B | crash A
 //	primary A [force] | secondary A | invalidate A SOURCE | invalidate-remote A TARGET
 //	discard-my-data A B
-//	corrupt A off=O len=L [fill=c] (changes A's disk behind its engine's back)
+//	corrupt A off=O len=L [fill=c] (changes A's disk behind its engine's back) | verify A PEER
 //	write A off=O len=L [fill=c] [fua] | zeroes A off=O len=L | trim A off=O len=L | flush A
 //	appread A off=O len=L (an application read, ReqRead) | detach A
 //	fail-meta A (its metadata writes are lost from now on, until it crashes)
@@ -258,6 +258,14 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 		} else {
 			err = ns[0].eng.InvalidateRemote(NodeID(ns[1].id))
 		}
+		c.handle(ns[0])
+		return err
+	case "verify":
+		ns, err := nodeArgs(c, d, 2)
+		if err != nil {
+			return err
+		}
+		err = ns[0].eng.StartVerify(NodeID(ns[1].id))
 		c.handle(ns[0])
 		return err
 	case "corrupt":

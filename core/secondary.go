@@ -51,8 +51,10 @@ type rxWrite struct {
 	readTag uint64  // a read request's Seq
 	ext     *extent // &local while issued
 	local   extent
-	// digests are the sync source's, for an OpChecksum.
+	// digests are the sender's, for an OpChecksum, and reply the type of
+	// the answer (ResyncCsumReply or VerifyReply).
 	digests []byte
+	reply   wire.Type
 }
 
 func newReceiver(p *peer) *receiver {
@@ -89,9 +91,9 @@ func (e *Engine) receiveWrite(p *peer, f *wire.Frame, resync bool) {
 	e.pump(p.rx)
 }
 
-// receiveCsum queues a ResyncCsum frame: the range is hashed in order with
-// the writes received before and after it, and the digests compared with
-// the source's (receiveWrite's ordering, as a read).
+// receiveCsum queues a ResyncCsum or VerifyCsum frame: the range is
+// hashed in order with the writes received before and after it, and the
+// digests compared with the sender's (receiveWrite's ordering, as a read).
 func (e *Engine) receiveCsum(p *peer, f *wire.Frame) {
 	bs := uint64(e.blockSize)
 	if end := f.Offset + uint64(f.Length); f.Length == 0 || end < f.Offset || end > e.size || len(f.Payload) == 0 {
@@ -103,10 +105,16 @@ func (e *Engine) receiveCsum(p *peer, f *wire.Frame) {
 		e.violation(p, f, fmt.Sprintf("%d digest bytes of %v for [%d, +%d) in blocks of %d", len(f.Payload)-1, alg, f.Offset, f.Length, bs))
 		return
 	}
+	resync := f.Type == wire.TypeResyncCsum
+	// A resync skips what compares equal: it must be durable here.
 	op := LocalOp{Kind: OpChecksum, Offset: f.Offset, Length: uint64(f.Length), Csum: alg, BlockSize: e.blockSize,
-		Seq: f.Seq, FUA: e.diskFlushes}
+		Seq: f.Seq, FUA: resync && e.diskFlushes}
+	reply := wire.TypeResyncCsumReply
+	if !resync {
+		reply = wire.TypeVerifyReply
+	}
 	seg := p.rx.segs[len(p.rx.segs)-1]
-	seg.writes = append(seg.writes, &rxWrite{seg: seg, op: op, resync: true, digests: f.Payload[1:]})
+	seg.writes = append(seg.writes, &rxWrite{seg: seg, op: op, resync: resync, digests: f.Payload[1:], reply: reply})
 	e.pump(p.rx)
 }
 
@@ -213,7 +221,7 @@ func (e *Engine) rxWriteDone(w *rxWrite, data []byte, err error) {
 // (ours, data) differ from the source's.
 func (e *Engine) compareDigests(w *rxWrite, data []byte, err error) {
 	p := w.seg.rx.peer
-	reply := wire.Frame{Type: wire.TypeResyncCsumReply, Seq: w.op.Seq, Offset: w.op.Offset, Length: uint32(w.op.Length)}
+	reply := wire.Frame{Type: w.reply, Seq: w.op.Seq, Offset: w.op.Offset, Length: uint32(w.op.Length)}
 	if err == nil && len(data) != len(w.digests) {
 		err = fmt.Errorf("got %d digest bytes, want %d", len(data), len(w.digests))
 	}
@@ -232,7 +240,7 @@ func (e *Engine) compareDigests(w *rxWrite, data []byte, err error) {
 				mask = make([]byte, (blocks+7)/8)
 			}
 			mask[i/8] |= 1 << (i % 8)
-		} else {
+		} else if w.resync {
 			p.resyncSame += uint64(e.blockSize)
 		}
 	}

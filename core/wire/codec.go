@@ -168,12 +168,12 @@ func checkWellFormed(f *Frame) error {
 		return fmt.Errorf("%w: batch declares %d uncompressed bytes, MaxPayload is %d", ErrTooLarge, f.Length, MaxPayload)
 	case f.Type != TypeBatch && compressed:
 		return fmt.Errorf("%w: %s frame seq %d has the compressed flag, which only batches may carry", ErrMalformed, f.Type, f.Seq)
-	case f.Type == TypeResyncCsum:
+	case f.Type == TypeResyncCsum || f.Type == TypeVerifyCsum:
 		if len(f.Payload) == 0 {
-			return fmt.Errorf("%w: resync-csum frame seq %d has no payload", ErrMalformed, f.Seq)
+			return fmt.Errorf("%w: %s frame seq %d has no payload", ErrMalformed, f.Type, f.Seq)
 		}
 		if c := Csum(f.Payload[0]); c.Size() == 0 || (len(f.Payload)-1)%c.Size() != 0 || len(f.Payload) == 1 {
-			return fmt.Errorf("%w: resync-csum frame seq %d: %d digest bytes of algorithm %v", ErrMalformed, f.Seq, len(f.Payload)-1, c)
+			return fmt.Errorf("%w: %s frame seq %d: %d digest bytes of algorithm %v", ErrMalformed, f.Type, f.Seq, len(f.Payload)-1, c)
 		}
 	case f.Type == TypeData || f.Type == TypeResyncData:
 		if f.Flags&(FlagZeroes|FlagTrim) != 0 {

@@ -71,6 +71,14 @@ const (
 	// it as ResyncData); a range that is all identical may send no
 	// payload. FlagNegative: the target could not read the range.
 	TypeResyncCsumReply Type = 17
+	// TypeVerifyCsum is online verify's request, from the Primary to a
+	// peer it replicates to: the same header and payload as ResyncCsum,
+	// ordered with the writes the same way; the peer answers with
+	// VerifyReply and changes nothing.
+	TypeVerifyCsum Type = 18
+	// TypeVerifyReply answers VerifyCsum Seq on the control channel: the
+	// same fields as ResyncCsumReply.
+	TypeVerifyReply Type = 19
 	// TypeReadRequest asks a peer for [Offset, Offset+Length) of its disk,
 	// on the data channel, so that the peer reads only after applying
 	// every write sent before it: a Primary whose own disk is detached
@@ -103,6 +111,7 @@ var typeNames = map[Type]string{
 	TypeResyncDone:  "resync-done", TypeBatch: "batch",
 	TypeResyncCsum: "resync-csum", TypeResyncCsumReply: "resync-csum-reply",
 	TypeReadRequest: "read-request", TypeReadReply: "read-reply",
+	TypeVerifyCsum: "verify-csum", TypeVerifyReply: "verify-reply",
 }
 
 // known reports whether t is a message type of this wire version.
@@ -169,7 +178,7 @@ const (
 func ChannelOf(t Type) Channel {
 	switch t {
 	case TypeData, TypeBarrier, TypeOutOfSync, TypeResyncData, TypeStateChange, TypeResyncDone, TypeResyncCsum,
-		TypeReadRequest, TypeReadReply:
+		TypeVerifyCsum, TypeReadRequest, TypeReadReply:
 		return ChannelData
 	}
 	return ChannelControl

@@ -145,6 +145,13 @@ var goldenCases = []goldenCase{
 	{"resync-csum-reply", "of the two blocks of resync-csum 6, the second differs", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeResyncCsumReply, Seq: 6, Offset: 8192, Length: 8192, Payload: []byte{0x02}})
 	}},
+	{"verify-csum", "xxh64 digest of the 4 KiB block at 1 MiB, seq 40", func(t testing.TB) []byte {
+		return encode(Frame{Type: TypeVerifyCsum, Seq: 40, Offset: 1 << 20, Length: 4096,
+			Payload: []byte{byte(CsumXXH64), 1, 2, 3, 4, 5, 6, 7, 8}})
+	}},
+	{"verify-reply", "verify-csum 40: the block is identical (no payload)", func(t testing.TB) []byte {
+		return encode(Frame{Type: TypeVerifyReply, Seq: 40, Offset: 1 << 20, Length: 4096})
+	}},
 	{"resync-done", "resync complete", func(t testing.TB) []byte { return encode(Frame{Type: TypeResyncDone}) }},
 	{"read-request", "read 16 bytes at 4096 (tag 9)", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeReadRequest, Seq: 9, Offset: 4096, Length: 16})

@@ -15,6 +15,7 @@ var sendableTypes = []Type{
 	TypeRecvAck, TypeWriteAck, TypeBarrier, TypeBarrierAck, TypeOutOfSync,
 	TypeResyncData, TypeStateChange, TypeResyncDone, TypeResyncCsum, TypeResyncCsumReply,
 	TypeReadRequest, TypeReadReply,
+	TypeVerifyCsum, TypeVerifyReply,
 }
 
 // payloadKinds are the shapes of data a replicated disk carries.
@@ -81,7 +82,7 @@ func frameGen(maxPayload int, kinds []string) *rapid.Generator[Frame] {
 			f.Type == TypeReadRequest, f.Type == TypeReadReply && f.Flags&FlagNegative != 0:
 			return f
 		}
-		if f.Type == TypeResyncCsum {
+		if f.Type == TypeResyncCsum || f.Type == TypeVerifyCsum {
 			c := rapid.SampledFrom([]Csum{CsumCRC32C, CsumXXH64, CsumSHA256}).Draw(t, "csum")
 			digests := rapid.SliceOfN(rapid.Byte(), c.Size(), c.Size()).Draw(t, "digest")
 			f.Payload = append([]byte{byte(c)}, bytes.Repeat(digests, rapid.IntRange(1, 8).Draw(t, "blocks"))...)
