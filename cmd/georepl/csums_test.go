@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -150,5 +152,78 @@ func TestClusterInvalidate(t *testing.T) {
 			t.Errorf("%s on %s: %v, want a refusal mentioning %q:\n%s", refused.verb, refused.node, err, refused.why, out)
 		}
 	}
+	c.settleAndCompare()
+}
+
+// TestClusterVerify: blocks of bravo are corrupted behind georepl's back
+// while it is connected; `georepl verify` runs while fio writes elsewhere,
+// reports exactly the corrupted ranges for bravo and none for dr, changes
+// no data, and disconnect + connect repair them.
+func TestClusterVerify(t *testing.T) {
+	requireTool(t, "fio", "fio")
+	const size = 32 << 20
+	c := newCluster(t, size)
+	for _, n := range demoNodes {
+		c.start(n)
+	}
+	c.cli("alpha", "primary", "--force", "r0")
+	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+
+	corrupt := []node.VerifyRange{{Offset: 20 << 20, Length: 4096}, {Offset: 24<<20 + 4096, Length: 12288}, {Offset: 30 << 20, Length: 4096}}
+	for _, r := range corrupt {
+		c.writeBlocks("bravo", int64(r.Offset), bytes.Repeat([]byte{0xEE}, int(r.Length)))
+	}
+	fio := exec.Command("fio", "--name=verify", "--ioengine=nbd", "--uri="+c.exportURI(),
+		"--rw=randwrite", "--bs=4k", "--size=16M", "--offset=0", "--iodepth=8",
+		"--time_based", "--runtime=8s", "--randrepeat=0", "--output-format=terse")
+	fio.Dir = c.dir
+	var fioOut bytes.Buffer
+	fio.Stdout, fio.Stderr = &fioOut, &fioOut
+	if err := fio.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("alpha", "fio writing", 30*time.Second, func(st *node.ResourceStatus) bool { return st.DiskWritten > 1<<20 })
+	out := c.cli("alpha", "verify", "--timeout", "2m", "r0")
+	if err := fio.Wait(); err != nil {
+		t.Fatalf("fio: %v\n%s", err, fioOut.String())
+	}
+	t.Logf("georepl verify r0:\n%s", out)
+	st := c.status("alpha")
+	bravo, dr := c.peer(st, "bravo").Verify, c.peer(st, "dr").Verify
+	if bravo == nil || dr == nil || bravo.Running || dr.Running || bravo.Stopped != "" || dr.Stopped != "" {
+		t.Fatalf("verify did not complete: bravo %+v dr %+v", bravo, dr)
+	}
+	if !slices.Equal(bravo.Ranges, corrupt) || bravo.OutOfSyncBytes != 5*4096 {
+		t.Errorf("verify with bravo found %v (%d bytes), corrupted were %v", bravo.Ranges, bravo.OutOfSyncBytes, corrupt)
+	}
+	if len(dr.Ranges) != 0 || dr.OutOfSyncBytes != 0 {
+		t.Errorf("verify with dr found %v, nothing was corrupted there", dr.Ranges)
+	}
+	if !strings.Contains(out, fmt.Sprintf("[%d, +%d)", corrupt[1].Offset, corrupt[1].Length)) {
+		t.Errorf("verify's output does not show the ranges:\n%s", out)
+	}
+	if p := c.peer(st, "bravo"); p.OutOfSync != 5*4096 || p.Repl != "Established" {
+		t.Errorf("after verify bravo is %s with %d bytes out of sync; want Established with the 5 blocks marked", p.Repl, p.OutOfSync)
+	}
+	got := make([]byte, 4096)
+	f, err := os.Open(c.node("bravo").Disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.ReadAt(got, int64(corrupt[0].Offset))
+	f.Close()
+	if err != nil || !bytes.Equal(got, bytes.Repeat([]byte{0xEE}, 4096)) {
+		t.Errorf("verify changed bravo's data (%v)", err)
+	}
+	if out, err := c.cliErr("bravo", "verify", "r0"); err == nil || !strings.Contains(out, "Primary") {
+		t.Errorf("verify on a Secondary: %v\n%s", err, out)
+	}
+
+	c.cli("alpha", "disconnect", "r0", "bravo")
+	c.cli("alpha", "connect", "r0", "bravo")
+	c.waitFor("alpha", "the marked blocks resynchronised", 2*time.Minute, func(st *node.ResourceStatus) bool {
+		p := c.peer(st, "bravo")
+		return p.Conn == "Connected" && p.Repl == "Established" && p.OutOfSync == 0
+	})
 	c.settleAndCompare()
 }

@@ -248,6 +248,9 @@ func (r *resource) setWanted(peerName string, wanted bool) error {
 			}
 		}
 		r.process()
+		// Now, not at the next tick: a wait-sync right after connect
+		// must not see the connection as it was before the disconnect.
+		r.publishStatus()
 		return nil
 	})
 }

@@ -79,6 +79,8 @@ type PeerStatus struct {
 	// the bytes a checksum comparison found identical (csums), which were
 	// not sent.
 	SameBytes uint64 `json:"resync_same_bytes"`
+	// Verify is the running or last online verify with the peer.
+	Verify *Verify `json:"verify,omitempty"`
 	// LastResync is the last finished or interrupted resync with the
 	// peer since up, while none runs.
 	LastResync *LastResync `json:"last_resync,omitempty"`
@@ -239,6 +241,7 @@ func (r *resource) publishStatus() {
 			ps.Role, ps.Disk = eps.Role.String(), eps.Disk.String()
 			ps.OutOfSync, ps.Unacked, ps.SameBytes = eps.OutOfSync, eps.Unacked, eps.ResyncSame
 			ps.ResyncPaused = eps.ResyncPaused
+			ps.Verify = verifyStatus(eps.Verify)
 			switch {
 			case eps.Conn == core.StandAlone && wanted:
 				ps.Conn = core.Connecting.String()
@@ -391,6 +394,9 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 			}
 			if p.ResyncPaused {
 				fmt.Fprintf(w, "      resync paused (georepl resume-sync %s %s)\n", st.Name, p.Name)
+			}
+			if p.Verify != nil {
+				fmt.Fprintf(w, "      verify: %s\n", p.Verify.Summary())
 			}
 			if p.LastError != "" {
 				fmt.Fprintf(w, "      last error: %s\n", p.LastError)
