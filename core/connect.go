@@ -44,6 +44,9 @@ func (e *Engine) Connected(peer NodeID, h *wire.Hello) {
 	case NodeID(h.From) != peer || NodeID(h.To) != e.self:
 		e.dropPeer(p, fmt.Errorf("%w: hello from node %d to node %d on the connection from %d to %d",
 			ErrProtocol, h.From, h.To, peer, e.self), false)
+	case e.refusesSecondPrimary(p):
+	case e.role == Primary && h.SplitBrain.Flags&wire.HelloFollowsPrimary != 0:
+		e.dropPeer(p, fmt.Errorf("%w: node %d replicates another Primary", ErrPeerPrimary, peer), false)
 	default:
 		e.apply(p, e.decideWith(p), true)
 	}
@@ -60,6 +63,32 @@ func (e *Engine) Disconnected(peer NodeID) {
 	if p := e.peer(peer); p != nil && p.conn == Connected {
 		e.disconnect(p, Connecting, "connection lost")
 	}
+}
+
+// otherPrimary returns a connected peer other than p that is Primary, or
+// nil.
+func (e *Engine) otherPrimary(p *peer) *peer {
+	for _, q := range e.peers {
+		if q != p && q.conn == Connected && q.role == Primary {
+			return q
+		}
+	}
+	return nil
+}
+
+// refusesSecondPrimary drops the connection to p, and reports so, when p
+// is Primary while this Secondary already replicates another Primary: a
+// node applying two Primaries' writes would hold neither's data, and
+// either Primary would count it for its quorum. Not StandAlone: the
+// other Primary may be on its way out (a switchover seen out of order),
+// and a fresh handshake decides again.
+func (e *Engine) refusesSecondPrimary(p *peer) bool {
+	q := e.otherPrimary(p)
+	if e.role == Primary || p.role != Primary || q == nil {
+		return false
+	}
+	e.dropPeer(p, fmt.Errorf("%w: node %d is Primary, and this node already replicates Primary node %d", ErrPeerPrimary, p.cfg.ID, q.cfg.ID), false)
+	return true
 }
 
 // dropPeer asks the driver to close the connection and forgets it.
@@ -551,6 +580,9 @@ func (e *Engine) receiveState(p *peer, f *wire.Frame) {
 	}
 	oldRole, oldMarks := p.role, p.gen.Bitmap
 	e.setPeerRoleDisk(p, Role(st.Role), DiskState(st.Disk))
+	if e.refusesSecondPrimary(p) {
+		return
+	}
 	if stale {
 		return
 	}

@@ -183,6 +183,12 @@
 //
 // Roles then decide whether the resync runs:
 //
+//   - a Secondary replicates one Primary: it drops (not StandAlone,
+//     ErrPeerPrimary) a peer that is or becomes Primary while it is
+//     connected to another Primary, and tells a Primary in its hello
+//     (wire.HelloFollowsPrimary), which then drops it too; so no node
+//     holds two Primaries' writes, and no Primary counts for its quorum
+//     a node that another Primary counts;
 //   - two Primaries never connect (ErrPeerPrimary, StandAlone; seen in a
 //     StateChange, which may have crossed a switchover, the drop is not
 //     StandAlone and a fresh handshake decides again);
@@ -333,7 +339,10 @@
 // Demote waits only for requests that are not held for quorum); with
 // IOErrorOnNoQuorum they fail with ErrNoQuorum. The majority side meanwhile
 // may promote one of its nodes, and nothing the isolated Primary held was
-// acknowledged to the application. Every change is an Event ("quorum",
+// acknowledged to the application; it cannot regain quorum through a node
+// that follows the new Primary (see the roles above). A Primary promoted
+// while a node it reaches still follows the old one has quorum until that
+// node drops it: under protocol A a write may complete in that window. Every change is an Event ("quorum",
 // have/lost, or forced by a forced promotion, which counts as quorum until
 // it really returns or the node is demoted).
 //

@@ -271,6 +271,9 @@ func (e *Engine) Hello(peer NodeID) wire.Hello {
 		if p.discardMine {
 			h.SplitBrain.Flags |= wire.SplitBrainDiscardMine
 		}
+		if e.role != Primary && e.otherPrimary(p) != nil {
+			h.SplitBrain.Flags |= wire.HelloFollowsPrimary
+		}
 		p.sbSelf, p.helloSent = sbSide{node: e.self, SplitBrain: h.SplitBrain}, true
 	}
 	return h

@@ -251,13 +251,20 @@ type SplitBrain struct {
 	// and Victim the node id that its discard-node policy names.
 	Policy uint8
 	Victim uint8
-	// Flags: SplitBrainDiscardMine.
+	// Flags: SplitBrainDiscardMine, HelloFollowsPrimary.
 	Flags uint8
 }
 
-// SplitBrainDiscardMine: the operator told the sender to discard its own
-// changes if the two nodes are in split brain (connect --discard-my-data).
-const SplitBrainDiscardMine = 1 << 0
+const (
+	// SplitBrainDiscardMine: the operator told the sender to discard its
+	// own changes if the two nodes are in split brain (connect
+	// --discard-my-data).
+	SplitBrainDiscardMine = 1 << 0
+	// HelloFollowsPrimary: the sender is a Secondary connected to a
+	// Primary other than the receiver. A Primary refuses it: a node never
+	// replicates two Primaries.
+	HelloFollowsPrimary = 1 << 1
+)
 
 // State is the payload of TypeStateChange.
 type State struct {
