@@ -240,7 +240,7 @@ func (r *resource) newEngine(st *storage) (*core.Engine, error) {
 		}
 		bm, ok := core.BitmapFromWords(bits, words)
 		if !ok {
-			return nil, fmt.Errorf("the bitmap for peer %s in the metadata on %s is corrupt (%d words for %d bits, or bits beyond the end): run `georepl invalidate` or create-md", p.node.Name, metaPlace(r.self), len(words), bits)
+			return nil, fmt.Errorf("the bitmap for peer %s in the metadata on %s is corrupt (%d words for %d bits, or bits beyond the end): recreate it with `georepl create-md --force` and bring the resource up; it is then fully resynchronised from the Primary (csums sends only the blocks that differ)", p.node.Name, metaPlace(r.self), len(words), bits)
 		}
 		cfg.Bitmaps[p.id] = bm
 	}
