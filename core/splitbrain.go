@@ -48,11 +48,12 @@ func (sp SplitBrainPolicy) String() string {
 // DiscardMyData makes this node offer, in its next hello to peer, to be
 // the victim of a split brain with it, whatever the connection's policy:
 // the operator's recovery (`georepl connect --discard-my-data`). The offer
-// lasts until the next Connected for peer. A Primary is never a sync
-// target, so a Primary's offer ends in a refusal naming it. Unknown peers
-// are ignored.
+// lasts until the next Connected for peer; it is ignored while peer is
+// connected, so that it cannot linger until some later split brain. A
+// Primary is never a sync target, so a Primary's offer ends in a refusal
+// naming it. Unknown peers are ignored.
 func (e *Engine) DiscardMyData(peer NodeID) {
-	if p := e.peer(peer); p != nil {
+	if p := e.peer(peer); p != nil && p.conn != Connected {
 		p.discardMine = true
 	}
 }

@@ -82,3 +82,31 @@ func TestSplitBrainVictimSymmetric(t *testing.T) {
 		}
 	})
 }
+
+// TestDiscardMyDataOffer: the offer goes into the next hello to that peer
+// only, ends at Connected, and is ignored while the peer is connected (it
+// would otherwise linger until some later split brain).
+func TestDiscardMyDataOffer(t *testing.T) {
+	c := newCluster(3, nil, nil)
+	c.quiet = true
+	n0 := c.nodes[0].eng
+	offered := func(peer NodeID) bool {
+		h := n0.Hello(peer)
+		return h.SplitBrain.Flags&wire.SplitBrainDiscardMine != 0
+	}
+	n0.DiscardMyData(1)
+	if !offered(1) || offered(2) {
+		t.Fatalf("offer towards n1 %v, n2 %v; want n1 only", offered(1), offered(2))
+	}
+	if err := c.connect(c.nodes[0], c.nodes[1]); err != nil {
+		t.Fatal(err)
+	}
+	if offered(1) {
+		t.Fatal("the offer outlived the handshake")
+	}
+	n0.DiscardMyData(1)
+	c.handle(c.nodes[0])
+	if offered(1) {
+		t.Fatal("an offer to a connected peer was kept")
+	}
+}

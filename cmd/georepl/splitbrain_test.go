@@ -185,5 +185,8 @@ func TestClusterSplitBrainPolicy(t *testing.T) {
 	if p := c.peer(c.status("alpha"), "bravo"); p.LastError != "" || p.Conn != "Connected" {
 		t.Fatalf("reconnect after the resolution: %+v", p)
 	}
+	if out, err := c.cliErr("alpha", "connect", "--discard-my-data", "r0", "bravo"); err == nil || !strings.Contains(out, "no split brain to resolve") {
+		t.Fatalf("--discard-my-data towards a connected peer: %v\n%s", err, out)
+	}
 	c.compareSurvivor()
 }

@@ -212,6 +212,12 @@ func (r *resource) Connect(peerName string, discardMyData bool) error {
 				return fmt.Errorf("resource %s is Primary on %s, and a Primary's data is never discarded: run `georepl secondary %s` first", r.cfg.Name, r.self.Name, r.cfg.Name)
 			}
 			for _, p := range targets {
+				r.mu.Lock()
+				connected := p.conn != nil
+				r.mu.Unlock()
+				if connected && peerName != "" {
+					return fmt.Errorf("resource %s on %s is connected to %s: there is no split brain to resolve, and --discard-my-data would discard nothing", r.cfg.Name, r.self.Name, p.node.Name)
+				}
 				r.engine.DiscardMyData(p.id)
 			}
 			return nil
