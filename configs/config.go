@@ -212,7 +212,15 @@ type Disk struct {
 	// sync with it) or "pass-on" (the application gets the error, the disk
 	// stays attached).
 	OnIOError string
+	// ResyncUndoSize is the capacity in bytes of each node's resync undo
+	// log (Node.ResyncUndo): how much old content a sync target can save
+	// before its first overwrites during one resync. A sparse file takes
+	// disk space only as it fills.
+	ResyncUndoSize int64
 }
+
+// ResyncUndoNone is Node.ResyncUndo when the node keeps no undo log.
+const ResyncUndoNone = "none"
 
 // Node is one host holding a copy of a resource.
 type Node struct {
@@ -227,6 +235,11 @@ type Node struct {
 	// MetaDisk is "internal" (metadata at the end of Disk) or the path of an
 	// external metadata file or device.
 	MetaDisk string
+	// ResyncUndo is the path of the node's resync undo log, which keeps
+	// it a consistent image while it is a sync target (see the admin
+	// guide), or ResyncUndoNone for a plain resync, Inconsistent until
+	// done.
+	ResyncUndo string
 	// Export is where the node serves the replicated device locally:
 	// "unix:PATH" or "tcp:HOST:PORT", or empty for none.
 	Export string

@@ -221,6 +221,7 @@ func TestDemo(t *testing.T) {
 			Address:    "127.0.0.1:" + []string{"7000", "7001", "7002"}[id],
 			Disk:       dir + "/" + name + ".img",
 			MetaDisk:   "internal",
+			ResyncUndo: "none",
 			Export:     "unix:" + dir + "/" + name + ".nbd.sock",
 			UblkQueues: 1, UblkQueueDepth: 128,
 			DeclRange: n.DeclRange,

@@ -52,7 +52,7 @@ var (
 		Attributes: []hcl.AttributeSchema{{Name: "split_brain"}},
 	}
 	diskSchema = &hcl.BodySchema{
-		Attributes: []hcl.AttributeSchema{{Name: "block_size"}, {Name: "flushes"}, {Name: "al_extents"}, {Name: "on_io_error"}},
+		Attributes: []hcl.AttributeSchema{{Name: "block_size"}, {Name: "flushes"}, {Name: "al_extents"}, {Name: "on_io_error"}, {Name: "resync_undo_size"}},
 	}
 	nodeSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{
@@ -60,6 +60,7 @@ var (
 			{Name: "address", Required: true},
 			{Name: "disk", Required: true},
 			{Name: "meta_disk"},
+			{Name: "resync_undo"},
 			{Name: "export"},
 			{Name: "device"},
 			{Name: "ublk_queues"},
@@ -111,6 +112,11 @@ const (
 	defaultMetaDisk       = "internal"
 	defaultUblkQueues     = 1
 	defaultUblkQueueDepth = 128
+	// minResyncUndoSize holds the undo log's two header pages and a few
+	// records (attach refuses a log that cannot hold one record of the
+	// resource's block size); defaultResyncUndoSize is sparse until used.
+	minResyncUndoSize     = 64 << 10
+	defaultResyncUndoSize = 1 << 30
 )
 
 func defaultNet() Net {
@@ -130,7 +136,7 @@ func defaultNet() Net {
 }
 
 func defaultDisk() Disk {
-	return Disk{BlockSize: 4 << 10, Flushes: false, ALExtents: 1024, OnIOError: "detach"}
+	return Disk{BlockSize: 4 << 10, Flushes: false, ALExtents: 1024, OnIOError: "detach", ResyncUndoSize: defaultResyncUndoSize}
 }
 
 // decoder turns parsed HCL bodies into a Config, collecting every problem as
@@ -451,6 +457,16 @@ func (d *decoder) disk(block *hcl.Block, into *Disk) {
 			into.Flushes = v.True()
 		}
 	}
+	if attr := content.Attributes["resync_undo_size"]; attr != nil {
+		if n, ok := d.size(attr); ok {
+			if n < minResyncUndoSize {
+				d.failAttr(attr, "Invalid resync_undo_size",
+					"resync_undo_size = %s must be at least %s.", FormatSize(n), FormatSize(minResyncUndoSize))
+			} else {
+				into.ResyncUndoSize = n
+			}
+		}
+	}
 	if attr := content.Attributes["al_extents"]; attr != nil {
 		if v, ok := d.value(attr, cty.Number); ok {
 			f := v.AsBigFloat()
@@ -475,7 +491,7 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block) {
 	byID := map[int]*Node{}
 	byAddress := map[string]*Node{}
 	for _, block := range blocks {
-		n := &Node{Name: block.Labels[0], ID: -1, MetaDisk: defaultMetaDisk,
+		n := &Node{Name: block.Labels[0], ID: -1, MetaDisk: defaultMetaDisk, ResyncUndo: ResyncUndoNone,
 			UblkQueues: defaultUblkQueues, UblkQueueDepth: defaultUblkQueueDepth, DeclRange: block.DefRange}
 		if !nodeNameRE.MatchString(n.Name) {
 			d.fail(block.LabelRanges[0], &block.DefRange, "Invalid node name",
@@ -527,6 +543,21 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block) {
 		if attr := attrs["meta_disk"]; attr != nil {
 			if s, ok := d.path(attr); ok {
 				n.MetaDisk = s
+			}
+		}
+		if attr := attrs["resync_undo"]; attr != nil {
+			if s, ok := d.str(attr); ok {
+				switch s {
+				case "internal":
+					d.failAttr(attr, "Unsupported resync_undo",
+						"resync_undo = \"internal\" is not supported yet: name a file (its own, not the data or metadata disk) or \"none\".")
+				case "", ResyncUndoNone:
+					n.ResyncUndo = ResyncUndoNone
+				default:
+					if p, ok := d.path(attr); ok {
+						n.ResyncUndo = p
+					}
+				}
 			}
 		}
 		if attr := attrs["export"]; attr != nil {

@@ -55,11 +55,11 @@ func TestDefaults(t *testing.T) {
 	if r.Quorum != 0 || r.OnNoQuorum != "suspend-io" || r.Handlers.SplitBrain != nil {
 		t.Errorf("defaults: quorum %d, on_no_quorum %q, handlers %+v", r.Quorum, r.OnNoQuorum, r.Handlers)
 	}
-	if r.Protocol != "C" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 4096, Flushes: false, ALExtents: 1024, OnIOError: "detach"}) {
+	if r.Protocol != "C" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 4096, Flushes: false, ALExtents: 1024, OnIOError: "detach", ResyncUndoSize: 1 << 30}) {
 		t.Errorf("defaults: protocol %q, net %+v, disk %+v", r.Protocol, r.Net, r.Disk)
 	}
 	alpha := r.Nodes[0]
-	want := Node{Name: "alpha", ID: 0, Address: "10.0.0.1:7789", Disk: "/dev/a", MetaDisk: "internal",
+	want := Node{Name: "alpha", ID: 0, Address: "10.0.0.1:7789", Disk: "/dev/a", MetaDisk: "internal", ResyncUndo: "none",
 		UblkQueues: 1, UblkQueueDepth: 128, DeclRange: alpha.DeclRange}
 	if *alpha != want {
 		t.Errorf("node alpha = %+v; want %+v", *alpha, want)
@@ -100,12 +100,14 @@ func TestEverySetting(t *testing.T) {
     flushes    = false
     al_extents = 257
     on_io_error = "pass-on"
+    resync_undo_size = "64M"
   }
   node "db1.example.com" {
     id        = 31
     address   = "[2001:db8::1]:7000"
     disk      = "/dev/sdb"
     meta_disk = "/dev/sdc1"
+    resync_undo = "/srv/big.undo"
     export    = "tcp:127.0.0.1:10809"
   }
   node "db2" {
@@ -140,11 +142,11 @@ func TestEverySetting(t *testing.T) {
 	if r.Quorum != 2 || r.OnNoQuorum != "io-error" || !slices.Equal(r.Handlers.SplitBrain, []string{"/usr/local/bin/page-ops", "--team", "storage"}) {
 		t.Errorf("quorum %d, on_no_quorum %q, handlers %+v", r.Quorum, r.OnNoQuorum, r.Handlers)
 	}
-	if r.Name != "big" || r.Protocol != "A" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 64 << 10, Flushes: false, ALExtents: 257, OnIOError: "pass-on"}) {
+	if r.Name != "big" || r.Protocol != "A" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 64 << 10, Flushes: false, ALExtents: 257, OnIOError: "pass-on", ResyncUndoSize: 64 << 20}) {
 		t.Errorf("resource = %q protocol %q net %+v disk %+v", r.Name, r.Protocol, r.Net, r.Disk)
 	}
 	n := r.Nodes[0]
-	if n.Name != "db1.example.com" || n.ID != 31 || n.Address != "[2001:db8::1]:7000" || n.MetaDisk != "/dev/sdc1" || n.Export != "tcp:127.0.0.1:10809" {
+	if n.Name != "db1.example.com" || n.ID != 31 || n.Address != "[2001:db8::1]:7000" || n.MetaDisk != "/dev/sdc1" || n.ResyncUndo != "/srv/big.undo" || r.Nodes[1].ResyncUndo != "none" || n.Export != "tcp:127.0.0.1:10809" {
 		t.Errorf("node = %+v", *n)
 	}
 	if r.Nodes[1].Export != "unix:/run/big.sock" {
@@ -223,6 +225,9 @@ var errorCases = []struct {
 	{"quorum words", withTwoNodes(`quorum = "most"`), []string{"r0.hcl:12:12:", "Invalid quorum", `"majority"`}},
 	{"bad on_no_quorum", withTwoNodes(`on_no_quorum = "suspend"`), []string{"r0.hcl:12:18:", "Invalid on_no_quorum", `"suspend-io", "io-error"`}},
 	{"handler without absolute path", withTwoNodes(`handlers { split_brain = "notify-ops" }`), []string{"r0.hcl:12:28:", "Invalid handler", "absolute path"}},
+	{"resync_undo_size too small", withTwoNodes(`disk { resync_undo_size = "60K" }`), []string{"r0.hcl:12:29:", "Invalid resync_undo_size", "at least"}},
+	{"resync_undo internal", strings.Replace(withTwoNodes(""), `disk    = "/dev/a"`, `disk    = "/dev/a"
+    resync_undo = "internal"`, 1), []string{"r0.hcl:6:19:", "Unsupported resync_undo", "not supported yet"}},
 	{"al_extents too small", withTwoNodes(`disk { al_extents = 6 }`), []string{"r0.hcl:12:23:", "Invalid al_extents", "from 7 to 16380"}},
 	{"al_extents too large", withTwoNodes(`disk { al_extents = 16381 }`), []string{"r0.hcl:12:23:", "Invalid al_extents"}},
 	{"al_extents not whole", withTwoNodes(`disk { al_extents = 7.5 }`), []string{"r0.hcl:12:23:", "Invalid al_extents", "7.5"}},

@@ -32,6 +32,7 @@ resource "r0" {
     flushes     = false    # true: secondaries also flush at every epoch boundary (slow)
     al_extents  = 1024     # activity log: 4 MiB extents resynchronised after a crash
     on_io_error = "detach" # a failing disk is detached and reads go to a peer; "pass-on": the application gets EIO
+    resync_undo_size = "8GiB" # per node with resync_undo: old blocks saved during one resync
   }
 
   node "alpha" {
@@ -55,6 +56,8 @@ resource "r0" {
     address   = "192.0.2.10:7789"
     disk      = "/srv/georepl/r0.img" # a regular file works as well as a block device
     meta_disk = "/srv/georepl/r0.meta"
+    # stays a consistent image while it catches up (see the admin guide)
+    resync_undo = "/srv/georepl/r0.undo"
   }
 
   # Both connections to the remote site: asynchronous, compressed, over QUIC,

@@ -140,18 +140,31 @@ func (r *resource) isPrimary() bool {
 
 // Primary promotes the resource on this node and attaches the kernel
 // device the configuration names, if any.
+//
+// With force, a sync target whose resync was interrupted and whose undo
+// log holds the image from before the resync is first rolled back to that
+// image (the resource goes down and up again; see undo.go), then promoted:
+// the operator gets a consistent, older image rather than a mix.
 func (r *resource) Primary(force bool) error {
+	rollBack := false
 	err := r.call(func() error {
+		if force && r.canRollBack() {
+			rollBack = true
+			return nil
+		}
 		if err := r.engine.Promote(force); err != nil {
 			if errors.Is(err, core.ErrNoQuorum) {
 				return fmt.Errorf("cannot make %s Primary on %s: %w (--force promotes anyway: only if the nodes it cannot reach are down, or two Primaries may write)", r.cfg.Name, r.self.Name, err)
 			}
-			return fmt.Errorf("cannot make %s Primary on %s: %w", r.cfg.Name, r.self.Name, err)
+			return fmt.Errorf("cannot make %s Primary on %s: %w%s", r.cfg.Name, r.self.Name, err, r.undoHint())
 		}
 		r.process()
 		r.publishStatus()
 		return r.failed
 	})
+	if err == nil && rollBack {
+		err = r.rollBackAndPromote()
+	}
 	if err != nil {
 		return err
 	}

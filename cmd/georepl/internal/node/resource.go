@@ -41,6 +41,9 @@ type resource struct {
 	peers map[core.NodeID]*peer
 
 	st *storage
+	// rollBack asks the next Up to restore the image from before an
+	// interrupted resync (Primary with force on such a sync target).
+	rollBack bool
 
 	linkUp   chan *link
 	linkDown chan linkDown
@@ -132,11 +135,12 @@ func (r *resource) Up() error {
 	}
 	r.mu.Unlock()
 
-	st, err := openStorage(r.cfg, r.self, r.d.faults)
+	st, err := openStorage(r.cfg, r.self, r.d.faults, r.rollBack)
 	if err != nil {
 		return err
 	}
 	r.startActivityLog(st)
+	r.startUndo(st)
 	eng, err := r.newEngine(st)
 	if err != nil {
 		st.Close()
@@ -454,7 +458,7 @@ func (r *resource) process() {
 			if rd.Persist.Disk == core.Diskless {
 				r.noteDetached()
 			}
-			if err := r.st.persist(rd.Persist); err != nil {
+			if err := r.persistWithUndo(rd.Persist); err != nil {
 				switch {
 				case r.st.detached.Load():
 					// Best effort: the disk failed. What it keeps is

@@ -36,6 +36,8 @@ type ResourceStatus struct {
 	// counts the activity-log transactions written since up.
 	ALExtents int    `json:"al_extents"`
 	ALWrites  uint64 `json:"al_writes"`
+	// ConsistentResync is the resync undo log's state (nil without one).
+	ConsistentResync *UndoStatus `json:"consistent_resync,omitempty"`
 	// Error says why the resource went down by itself.
 	Error string `json:"error,omitempty"`
 	// DiskError says why the disk was detached (on_io_error = "detach"),
@@ -213,6 +215,9 @@ func (r *resource) publishStatus() {
 		if es.Disk == core.Diskless {
 			st.DiskError = r.detachedWhy
 		}
+		if r.st.undo != nil {
+			st.ConsistentResync = r.st.undo.status()
+		}
 	}
 	if !up {
 		st.Role, st.Disk = "Secondary", "Diskless"
@@ -248,6 +253,11 @@ func (r *resource) publishStatus() {
 			case eps.Conn == core.Connecting && !wanted:
 				// Disconnected by the administrator before any
 				// connection: the engine never heard of it.
+				ps.Conn = core.StandAlone.String()
+			}
+			if eps.Conn != core.Connected && !wanted {
+				// Disconnected by the administrator before it ever
+				// connected: the engine still says Connecting.
 				ps.Conn = core.StandAlone.String()
 			}
 			if eps.Repl == core.SyncSource || eps.Repl == core.SyncTarget {
@@ -364,6 +374,13 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 		fmt.Fprintln(w)
 		if st.DiskError != "" {
 			fmt.Fprintf(w, "  disk detached: %s (reads and writes go to the peers in sync; see the admin guide, \"Failures\")\n", st.DiskError)
+		}
+		if u := st.ConsistentResync; u != nil && u.State != "idle" {
+			fmt.Fprintf(w, "  consistent resync: %s, %d blocks saved, %s of %s used (%s)\n", u.State, u.SavedBlocks,
+				HumanBytes(uint64(u.UsedBytes)), HumanBytes(uint64(u.CapacityBytes)), u.Path)
+			if u.State == "exhausted" {
+				fmt.Fprintln(w, "      WARNING: space exhausted: this node is Inconsistent until the resync completes")
+			}
 		}
 		for _, p := range st.Peers {
 			fmt.Fprintf(w, "  %s (id %d) connection:%s replication:%s role:%s disk:%s\n", p.Name, p.ID, p.Conn, p.Repl, p.Role, p.Disk)

@@ -20,7 +20,7 @@ import (
 type storage struct {
 	backing  *kmod.Backing
 	metaFile *kmod.Backing // nil for internal metadata
-	data     *alRegion     // every write activates its extents first
+	data     *undoRegion   // every write activates its extents (and saves old blocks during a resync) first
 	store    *meta.Store
 	dataSize uint64
 	al       *activityLog
@@ -31,6 +31,11 @@ type storage struct {
 	// error (resource.noteDetached): reads go to the peers, and the
 	// metadata is written only on a best-effort basis.
 	detached atomic.Bool
+	// undo is the consistent-resync undo log (nil: resync_undo = "none"),
+	// undoRecovered what attach did with a session it found (empty:
+	// none).
+	undo          *undoGuard
+	undoRecovered string
 }
 
 // defaultALExtents is the activity log's capacity when the configuration
@@ -94,7 +99,10 @@ func (l *layout) Close() {
 	}
 }
 
-func openStorage(rc *configs.Resource, self *configs.Node, faults *kmod.Faults) (*storage, error) {
+// openStorage attaches the disk. rollBack asks to restore, from the undo
+// log, the image this sync target had before its resync (the operator
+// promotes it without its source): it fails unless a session can do it.
+func openStorage(rc *configs.Resource, self *configs.Node, faults *kmod.Faults, rollBack bool) (*storage, error) {
 	l, err := openLayout(rc, self, faults)
 	if err != nil {
 		return nil, err
@@ -112,25 +120,92 @@ func openStorage(rc *configs.Resource, self *configs.Node, faults *kmod.Faults) 
 	for _, n := range rc.Peers(self.Name) {
 		peers = append(peers, core.NodeID(n.ID))
 	}
+	region := l.backing.Region(0, int64(l.dataSize))
+	var (
+		undoLog       *meta.UndoLog
+		undoFile      *kmod.Backing
+		undoRecovered string
+	)
+	if self.ResyncUndo != "" && self.ResyncUndo != configs.ResyncUndoNone {
+		size := rc.Disk.ResyncUndoSize
+		if size == 0 {
+			size = defaultResyncUndoSize
+		}
+		undoLog, undoFile, err = openUndo(self.ResyncUndo, size, rc.Name, uint8(self.ID), l.dataSize, uint32(rc.Disk.BlockSize))
+		if err != nil {
+			l.Close()
+			return nil, err
+		}
+		if rollBack {
+			if err := requestRollback(store, undoLog); err != nil {
+				l.Close()
+				undoFile.Close()
+				return nil, err
+			}
+		}
+		if undoRecovered, err = recoverUndo(store, undoLog, region, peers); err != nil {
+			l.Close()
+			undoFile.Close()
+			return nil, fmt.Errorf("resync undo log %s: %w", self.ResyncUndo, err)
+		}
+	} else if rollBack {
+		l.Close()
+		return nil, fmt.Errorf("node %s keeps no resync undo log (resync_undo = \"none\"): nothing to roll back", self.Name)
+	}
 	recovered, err := recoverActivityLog(store, peers)
 	if err != nil {
 		l.Close()
+		if undoFile != nil {
+			undoFile.Close()
+		}
 		return nil, fmt.Errorf("activity log on %s: %w", metaPlace(self), err)
 	}
 	capacity := rc.Disk.ALExtents
 	if capacity == 0 {
 		capacity = defaultALExtents
 	}
-	region := l.backing.Region(0, int64(l.dataSize))
 	al := newActivityLog(store, region, capacity)
-	return &storage{
+	st := &storage{
 		backing: l.backing, metaFile: l.metaFile,
-		data:        &alRegion{Region: region, al: al},
-		store:       store,
-		dataSize:    l.dataSize,
-		al:          al,
-		alRecovered: recovered,
-	}, nil
+		data:          &undoRegion{alRegion: &alRegion{Region: region, al: al}},
+		store:         store,
+		dataSize:      l.dataSize,
+		al:            al,
+		alRecovered:   recovered,
+		undoRecovered: undoRecovered,
+	}
+	if undoLog != nil {
+		g, err := newUndoGuard(undoLog, undoFile, self.ResyncUndo, st.data.alRegion, l.dataSize, uint32(rc.Disk.BlockSize))
+		if err != nil {
+			l.Close()
+			undoFile.Close()
+			return nil, fmt.Errorf("resync undo log %s: %w", self.ResyncUndo, err)
+		}
+		st.undo, st.data.g = g, g
+	}
+	return st, nil
+}
+
+// defaultResyncUndoSize is the undo log's capacity when the configuration
+// leaves it 0 (configurations built in code rather than loaded).
+const defaultResyncUndoSize = 1 << 30
+
+// requestRollback marks the undo log's session as rolling back, durably,
+// so that recoverUndo restores it (and does so again after a crash in the
+// middle). Only an active session of an Inconsistent disk can.
+func requestRollback(store *meta.Store, u *meta.UndoLog) error {
+	h, sb := u.Header(), store.Superblock()
+	switch {
+	case core.DiskState(sb.DiskState) != core.Inconsistent:
+		return fmt.Errorf("the disk is %v, not an interrupted sync target: nothing to roll back", core.DiskState(sb.DiskState))
+	case h.State == meta.UndoRollingBack:
+		return nil
+	case h.State == meta.UndoExhausted:
+		return fmt.Errorf("the resync undo log ran out of space during the resync: the image from before it is gone")
+	case h.State != meta.UndoActive:
+		return fmt.Errorf("the resync undo log holds no session (the disk became Inconsistent without a consistent image to keep)")
+	}
+	return u.SetState(meta.UndoRollingBack)
 }
 
 func metaPlace(self *configs.Node) string {
@@ -158,6 +233,10 @@ func (s *storage) persist(p *core.Persistent) error {
 // (empty after a clean shutdown: see activityLog.close) and closes the
 // disks.
 func (s *storage) Close() error {
+	if s.undo != nil {
+		s.undo.freeze()
+		defer s.undo.file.Close()
+	}
 	if s.detached.Load() {
 		// Nothing on a detached disk counts any more: just let it go.
 		_, _ = s.al.close(false)
