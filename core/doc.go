@@ -260,8 +260,18 @@
 // (no new reads) until resumed; the acknowledged blocks stay cleared, so a
 // paused, interrupted or reconnected resync continues with what is left.
 //
-// DESIGN.md's crash-consistent resync (staging resync blocks) is not
-// implemented: a target is Inconsistent while a resync runs.
+// A driver may keep the target recoverable during the resync (consistent
+// resync, docs/architecture.md): the engine persists Disk Inconsistent in
+// the Ready that makes this node a sync target, before any resync write,
+// and persists something else only when the resync is done (or a forced
+// Promote); a target's Current and History never change in between. A
+// driver that saved the old content of every block before overwriting it
+// in that interval may restore it and pass New the state from before the
+// resync: Disk Outdated, the same Current and History, and the restored
+// blocks marked for every peer (BitmapUUID set to Current where it was
+// 0), as after an activity-log recovery. The generation id rules then
+// resume the resync from the source, or report split brain with a node
+// promoted meanwhile.
 //
 // # Losing the Primary
 //

@@ -56,8 +56,10 @@ import (
 // next valid record of the session (magic, session, index, bounds,
 // checksum): a torn last record, or a record of an earlier session, ends
 // it. A torn record protected nothing, since its overwrite waits for the
-// sync. Header updates go to the slot not holding the current header, as
-// for the superblock, so they are atomic.
+// sync. A record that fails its checksum while the session's next record
+// follows it is damage, not a torn write: ErrCorrupt. Header updates go
+// to the slot not holding the current header, as for the superblock, so
+// they are atomic.
 
 // Undo log constants; they are part of the format.
 const (
@@ -186,7 +188,8 @@ func CreateUndo(dev Device, size int64, resource string, nodeID uint8, dataSize 
 // OpenUndo reads the undo log in dev of capacity size bytes. If a session
 // is recorded it finds the log's end by reading the records. A header
 // with no valid slot gives ErrNoMetadata (never written) or ErrCorrupt,
-// a newer format ErrVersion; each names the slots and what is wrong.
+// a newer format ErrVersion; each names the slots and what is wrong. A
+// damaged record followed by a valid one is ErrCorrupt too, naming it.
 func OpenUndo(dev Device, size int64) (*UndoLog, error) {
 	var best *UndoHeader
 	var problems []string
@@ -400,7 +403,19 @@ func (u *UndoLog) scan(fn func(first uint64, data []byte) error) error {
 			return fmt.Errorf("meta: reading undo record %d at offset %d: %w", idx, off, err)
 		}
 		if recordCRC(hdr[:60], data) != le.Uint32(hdr[60:]) {
-			break // torn: its overwrite never happened
+			// Torn, if it is the last record: its overwrite never
+			// happened. A valid next record after it means damage
+			// instead, and the blocks it held are lost for a rollback.
+			next := off + UndoRecordHeader + n*bs
+			if next+UndoRecordHeader <= u.size {
+				nh := make([]byte, UndoRecordHeader)
+				if _, err := u.dev.ReadAt(nh, next); err == nil && bytes.Equal(nh[:8], recordMagic[:]) &&
+					le.Uint64(nh[8:]) == u.hdr.Session && le.Uint64(nh[16:]) == idx+1 {
+					return fmt.Errorf("meta: %w: undo record %d at offset %d (blocks %d to %d) fails its checksum while record %d follows it: the log is damaged, not torn",
+						ErrCorrupt, idx, off, first, first+uint64(n)-1, idx+1)
+				}
+			}
+			break
 		}
 		if fn != nil {
 			if err := fn(first, data); err != nil {

@@ -333,15 +333,23 @@ func TestUndoCorrupt(t *testing.T) {
 	if _, err := OpenUndo(d, size); !errors.Is(err, ErrVersion) {
 		t.Fatalf("version 2: %v", err)
 	}
-	// A damaged middle record ends the log before it.
+	// A damaged middle record (its data) is damage, not a torn write:
+	// refused, naming it.
 	d = dev.snapshot()
 	d.data[UndoRecordsOffset+(UndoRecordHeader+undoBS)+UndoRecordHeader+5] ^= 1
+	if _, err := OpenUndo(d, size); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "undo record 1 at offset 8768") {
+		t.Fatalf("damaged record 1: %v", err)
+	}
+	// The same damage on the last record reads as a torn write: the log
+	// ends before it.
+	d = dev.snapshot()
+	d.data[UndoRecordsOffset+2*(UndoRecordHeader+undoBS)+UndoRecordHeader+5] ^= 1
 	re, err = OpenUndo(d, size)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := readRecords(t, re); len(got) != 1 {
-		t.Fatalf("damaged record 1: %d records readable, want 1", len(got))
+	if got := readRecords(t, re); len(got) != 2 {
+		t.Fatalf("damaged last record: %d records readable, want 2", len(got))
 	}
 	// A truncated file ends it too.
 	d = dev.snapshot()

@@ -502,3 +502,50 @@ func TestUndoBadFile(t *testing.T) {
 		t.Fatalf("a foreign file: %v", err)
 	}
 }
+
+// BenchmarkUndoFirstWrite is the cost the undo log adds to a sync
+// target's write of a 4 KiB block not yet saved in the session (read,
+// record, sync), against the same write outside a session; writes of
+// saved blocks cost what plain writes do.
+func BenchmarkUndoFirstWrite(b *testing.B) {
+	for _, session := range []bool{false, true} {
+		b.Run(map[bool]string{false: "plain", true: "first-overwrite"}[session], func(b *testing.B) {
+			t := &testing.T{}
+			rg := &undoRig{t: t, dir: b.TempDir(), pre: make([]byte, undoTestData)}
+			if err := os.WriteFile(rg.path("data"), rg.pre, 0o644); err != nil {
+				b.Fatal(err)
+			}
+			f, err := os.Create(rg.path("meta"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer f.Close()
+			st, err := meta.Create(f, 0, meta.Params{Resource: "r0", NodeID: 0, Slots: 3, DataSize: undoTestData, BlockSize: undoTestBS}, false)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := st.UpdateSuperblock(func(sb *meta.Superblock) { sb.DiskState = uint8(core.Outdated) }); err != nil {
+				b.Fatal(err)
+			}
+			tg := rg.open(1 << 30)
+			defer tg.close()
+			if session {
+				tg.startResync(t)
+			}
+			buf := make([]byte, undoTestBS)
+			b.SetBytes(undoTestBS)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				blk := i % undoTestBlocks
+				if i > 0 && blk == 0 && session {
+					b.StopTimer()
+					clear(tg.g.saved) // every write is a first overwrite
+					b.StartTimer()
+				}
+				if _, err := tg.data.WriteAt(buf, int64(blk*undoTestBS)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
