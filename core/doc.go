@@ -203,7 +203,12 @@
 //   - a target that holds marks of its own for the source sends them as
 //     OutOfSync frames before its StateChange as SyncTarget; the source
 //     merges them into its bitmap and does not finish before that
-//     StateChange arrived.
+//     StateChange arrived;
+//   - both ends record why a resync moves what it moves (PeerStatus's
+//     ResyncWhy): full and why, an invalidation, the catch-up of a peer
+//     left Ahead, the marks each side held, and the activity-log extents
+//     of an unclean shutdown that the driver reported in
+//     Config.RecoveredExtents.
 //
 // Decisions are repeated, for peers not in a resync, whenever a StateChange
 // changes a role, a disk state or a bitmap id, after Promote, and when a

@@ -94,7 +94,7 @@ func TestClusterPrimaryCrashResyncsActivityLog(t *testing.T) {
 			written++
 		}
 	}()
-	for c.status("alpha").DiskWritten < 52<<20 {
+	for deadline := time.Now().Add(time.Minute); c.status("alpha").DiskWritten < 52<<20 && time.Now().Before(deadline); {
 		time.Sleep(5 * time.Millisecond)
 	}
 	c.kill("alpha")
