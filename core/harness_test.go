@@ -64,6 +64,17 @@ type node struct {
 	orphans map[uint64]bool
 	// On the primary: writes submitted and not yet completed.
 	inflight map[RequestID]*appWrite
+	// The driver's consistent-resync undo log (docs/architecture.md),
+	// modelled once the undo command enabled it: a session runs from the
+	// persist that first makes a consistent disk Inconsistent until one
+	// that makes it anything but Inconsistent or Diskless; every write,
+	// zeroing or trim first saves the old content of blocks not saved yet.
+	undo      bool
+	undoOn    bool
+	undoSaved map[uint64][]byte
+	undoCur   uint64
+	undoHist  [2]uint64
+	undoImage []byte // the disk when the session began, to check a rollback
 }
 
 // link is one direction's view of a connection from its owner to a peer.
@@ -185,8 +196,10 @@ func (c *cluster) handle(nd *node) {
 		if rd.Persist != nil && nd.metaLost {
 			c.logf("%s: persist (lost: the metadata disk fails) %s", name, fmtPersist(rd.Persist))
 		} else if rd.Persist != nil {
+			c.undoBegin(nd, rd.Persist)
 			nd.persisted = clonePersistent(*rd.Persist)
 			c.logf("%s: persist %s", name, fmtPersist(rd.Persist))
+			c.undoEnd(nd, rd.Persist)
 		}
 		for _, p := range nd.cfg.Peers {
 			b := nd.eng.Bitmap(p.ID)
@@ -341,6 +354,10 @@ func (c *cluster) process(nd *node, n int, fail bool, pick func(int) int) int {
 			err = errors.New("injected failure")
 		} else {
 			switch op.Kind {
+			case OpWrite, OpZeroes, OpTrim:
+				c.undoSave(nd, op.Offset, op.Length)
+			}
+			switch op.Kind {
 			case OpWrite:
 				copy(nd.disk[op.Offset:], op.Data)
 			case OpZeroes, OpTrim:
@@ -440,6 +457,87 @@ func (c *cluster) crash(nd *node) {
 		}
 	}
 	c.start(nd)
+}
+
+// undoBegin starts an undo session before the disk is first persisted
+// Inconsistent over a consistent one.
+func (c *cluster) undoBegin(nd *node, p *Persistent) {
+	if !nd.undo || nd.undoOn || p.Disk != Inconsistent {
+		return
+	}
+	switch nd.persisted.Disk {
+	case Outdated, Consistent, UpToDate:
+	default:
+		return
+	}
+	nd.undoOn, nd.undoSaved = true, map[uint64][]byte{}
+	nd.undoCur, nd.undoHist = nd.persisted.Current, nd.persisted.History
+	nd.undoImage = slices.Clone(nd.disk)
+	c.logf("n%d: undo session begins (image of cur=%x)", nd.id, nd.undoCur)
+}
+
+// undoEnd ends the session once the disk was persisted as something else.
+func (c *cluster) undoEnd(nd *node, p *Persistent) {
+	if !nd.undoOn || p.Disk == Inconsistent || p.Disk == Diskless {
+		return
+	}
+	nd.undoOn, nd.undoSaved, nd.undoImage = false, nil, nil
+	c.logf("n%d: undo session ends (disk %v)", nd.id, p.Disk)
+}
+
+// undoSave saves the old content of the blocks of [off, off+length) not
+// saved yet in the session.
+func (c *cluster) undoSave(nd *node, off, length uint64) {
+	if !nd.undoOn {
+		return
+	}
+	bs := uint64(c.block)
+	for b := off / bs; b < (off+length+bs-1)/bs; b++ {
+		if _, ok := nd.undoSaved[b]; !ok {
+			nd.undoSaved[b] = slices.Clone(nd.disk[b*bs : (b+1)*bs])
+		}
+	}
+}
+
+// rollback is what the driver does when the operator promotes an
+// interrupted sync target (or a crash interrupted that): the node loses
+// its memory, every saved block is written back, the restored blocks are
+// marked for every peer, and the node restarts Outdated with the
+// generation ids of the session's start.
+func (c *cluster) rollback(nd *node) error {
+	if !nd.undoOn {
+		return fmt.Errorf("n%d has no undo session", nd.id)
+	}
+	c.crash(nd)
+	bs := uint64(c.block)
+	restored := NewBitmap(c.size / bs)
+	for b, old := range nd.undoSaved {
+		copy(nd.disk[b*bs:], old)
+		copy(nd.durable[b*bs:], old)
+		restored.SetRange(b, 1)
+	}
+	if nd.persisted.BitmapUUID == nil {
+		nd.persisted.BitmapUUID = map[NodeID]uint64{}
+	}
+	for _, p := range nd.cfg.Peers {
+		words := slices.Clone(nd.bitmaps[p.ID])
+		if words == nil {
+			words = make([]uint64, len(restored.Words()))
+		}
+		for i, w := range restored.Words() {
+			words[i] |= w
+		}
+		nd.bitmaps[p.ID] = words
+		if nd.persisted.BitmapUUID[p.ID] == 0 {
+			nd.persisted.BitmapUUID[p.ID] = nd.undoCur
+		}
+	}
+	nd.persisted.Disk, nd.persisted.Primary = Outdated, false
+	nd.persisted.Current, nd.persisted.History = nd.undoCur, nd.undoHist
+	c.logf("n%d: rolled back %d blocks; the image is the one of the session's start: %v", nd.id, restored.Count(), bytes.Equal(nd.disk, nd.undoImage))
+	nd.undoOn, nd.undoSaved, nd.undoImage = false, nil, nil
+	c.start(nd)
+	return nil
 }
 
 // discard is the operator's way out of split brain or unrelated data: the

@@ -236,6 +236,16 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 			return err
 		}
 		c.crash(ns[0])
+	case "undo", "rollback":
+		ns, err := nodeArgs(c, d, 1)
+		if err != nil {
+			return err
+		}
+		if d.Cmd == "undo" {
+			ns[0].undo = true
+			return nil
+		}
+		return c.rollback(ns[0])
 	case "primary", "secondary":
 		ns, err := nodeArgs(c, d, 1)
 		if err != nil {
