@@ -23,8 +23,8 @@ import (
 )
 
 // TestClusterPrimaryCrashResyncsActivityLog (issue 3): on 16 GiB sparse
-// disks, the primary takes 64 MiB of writes scattered over the whole
-// device and is killed (SIGKILL) with writes in flight; bravo takes over
+// disks, the primary takes about 64 MiB of writes scattered over the whole
+// device and is killed (SIGKILL) with writes streaming in; bravo takes over
 // and the old primary comes back just by starting. The resync to it moves
 // its activity log (at most al_extents × 4 MiB) plus what the new primary
 // marked (the lost primary's unconfirmed writes), not the device; both
@@ -57,9 +57,9 @@ func TestClusterPrimaryCrashResyncsActivityLog(t *testing.T) {
 	})
 	dataSize := c.status("alpha").Size
 
-	// 64 MiB: 1 MiB writes, each in a random 4 MiB extent anywhere on the
-	// device, far more extents than the activity log holds; the last
-	// 16 MiB go on while alpha is killed.
+	// 1 MiB writes, each in a random 4 MiB extent anywhere on the device,
+	// far more extents than the activity log holds: 48 MiB, then more
+	// streaming while alpha is killed.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	client, err := nbd.Dial(ctx, c.node("alpha").Export, "r0")
@@ -85,21 +85,26 @@ func TestClusterPrimaryCrashResyncsActivityLog(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Add(1)
 	written := 48
+	streaming := make(chan struct{})
 	go func() {
 		defer wg.Done()
-		for range 16 {
+		for i := range 48 {
+			if i == 4 {
+				close(streaming)
+			}
 			if write() != nil {
 				return // alpha is gone
 			}
 			written++
 		}
 	}()
-	for deadline := time.Now().Add(time.Minute); c.status("alpha").DiskWritten < 52<<20 && time.Now().Before(deadline); {
-		time.Sleep(5 * time.Millisecond)
-	}
+	<-streaming
 	c.kill("alpha")
 	wg.Wait()
-	t.Logf("%d MiB written before alpha was killed", written)
+	t.Logf("%d MiB written (completed) before alpha was killed", written)
+	if written >= 96 {
+		t.Log("every write completed before the kill: none was in flight")
+	}
 
 	// Failover, then the old primary comes back as it is.
 	c.waitFor("bravo", "alpha gone", 30*time.Second, func(st *node.ResourceStatus) bool {
