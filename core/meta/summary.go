@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"time"
 )
 
 // maxDumpExtents bounds the activity-log extents Dump lists.
@@ -30,6 +31,9 @@ type Summary struct {
 	// Current and History are the generation ids as 16 hex digits.
 	Current string    `json:"current_gen"`
 	History [2]string `json:"history_gen"`
+	// Promoted is when the node was last promoted, Unix nanoseconds; 0 if
+	// never or unknown.
+	Promoted uint64 `json:"promoted_unix_ns"`
 	// Peers has one entry per bitmap slot except the node's own, in slot
 	// order.
 	Peers []PeerSummary `json:"peers"`
@@ -83,6 +87,7 @@ func (s *Store) Summary() (Summary, error) {
 		Seq:        sb.Seq,
 		Current:    hex64(sb.Current),
 		History:    [2]string{hex64(sb.History[0]), hex64(sb.History[1])},
+		Promoted:   sb.Promoted,
 		Peers:      []PeerSummary{},
 	}
 	if damaged != "" {
@@ -182,6 +187,11 @@ func (s *Store) Dump(w io.Writer, diskStateName func(uint8) string) error {
 	fmt.Fprintf(&b, "%-16s%s\n", "primary", role)
 	fmt.Fprintf(&b, "%-16s%s\n", "current gen", sum.Current)
 	fmt.Fprintf(&b, "%-16s%s %s\n", "history gens", sum.History[0], sum.History[1])
+	promoted := "unknown"
+	if sum.Promoted != 0 {
+		promoted = time.Unix(0, int64(sum.Promoted)).UTC().Format(time.RFC3339Nano)
+	}
+	fmt.Fprintf(&b, "%-16s%s\n", "last promoted", promoted)
 	fmt.Fprintf(&b, "%-16s%d extents of %d bytes", "activity log", len(sum.ActivityLog), ActivityLogExtentSize)
 	for i, x := range sum.ActivityLog {
 		if i == maxDumpExtents {
