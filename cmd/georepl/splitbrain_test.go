@@ -181,12 +181,18 @@ func TestClusterSplitBrainPolicy(t *testing.T) {
 	// A later reconnect is no split brain.
 	c.cli("alpha", "disconnect", "r0", "bravo")
 	c.cli("alpha", "connect", "r0", "bravo")
-	c.cli("bravo", "wait-sync", "--timeout", "2m", "r0")
-	if p := c.peer(c.status("alpha"), "bravo"); p.LastError != "" || p.Conn != "Connected" {
+	// The status alpha publishes at connect shows bravo Connecting: wait
+	// for the connection rather than read the status once.
+	st := c.waitFor("alpha", "bravo reconnected", 30*time.Second, func(st *node.ResourceStatus) bool {
+		p := c.peer(st, "bravo")
+		return p.Conn == "Connected" || p.LastError != ""
+	})
+	if p := c.peer(st, "bravo"); p.LastError != "" {
 		t.Fatalf("reconnect after the resolution: %+v", p)
 	}
 	if out, err := c.cliErr("alpha", "connect", "--discard-my-data", "r0", "bravo"); err == nil || !strings.Contains(out, "no split brain to resolve") {
 		t.Fatalf("--discard-my-data towards a connected peer: %v\n%s", err, out)
 	}
+	c.cli("bravo", "wait-sync", "--timeout", "2m", "r0")
 	c.compareSurvivor()
 }
