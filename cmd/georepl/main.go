@@ -344,7 +344,14 @@ func validateCmd() *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			for _, rc := range cfg.Resources {
-				fmt.Fprintf(out, "resource %s: %d nodes\n", rc.Name, len(rc.Nodes))
+				fmt.Fprintf(out, "resource %s: %d nodes", rc.Name, len(rc.Nodes))
+				if rc.Quorum > 0 {
+					fmt.Fprintf(out, ", quorum %d, on_no_quorum %s", rc.Quorum, rc.OnNoQuorum)
+				}
+				if len(rc.Handlers.SplitBrain) > 0 {
+					fmt.Fprintf(out, ", split_brain handler %s", rc.Handlers.SplitBrain[0])
+				}
+				fmt.Fprintln(out)
 				for i, a := range rc.Nodes {
 					for _, b := range rc.Nodes[i+1:] {
 						l, err := rc.Link(a.Name, b.Name)
@@ -355,9 +362,13 @@ func validateCmd() *cobra.Command {
 						if l.Net.ResyncRate > 0 {
 							rate = configs.FormatSize(l.Net.ResyncRate) + "/s"
 						}
-						fmt.Fprintf(out, "  %s <-> %s: protocol %s, %s, compression %s, csums %s, max_buffer %s, on_congestion %s, resync_rate %s, resync_min_app_share %g\n",
+						sb := l.Net.AfterSplitBrain
+						if sb == "discard-node" {
+							sb += " " + l.Net.DiscardNode
+						}
+						fmt.Fprintf(out, "  %s <-> %s: protocol %s, %s, compression %s, csums %s, max_buffer %s, on_congestion %s, resync_rate %s, resync_min_app_share %g, after_split_brain %s\n",
 							a.Name, b.Name, l.Protocol, l.Net.Transport, l.Net.Compression, l.Net.Csums,
-							configs.FormatSize(l.Net.MaxBuffer), l.Net.OnCongestion, rate, l.Net.ResyncMinAppShare)
+							configs.FormatSize(l.Net.MaxBuffer), l.Net.OnCongestion, rate, l.Net.ResyncMinAppShare, sb)
 					}
 				}
 			}

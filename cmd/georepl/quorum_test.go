@@ -61,6 +61,9 @@ func (c *cluster) waitQuorum(n string, ok bool) *node.ResourceStatus {
 // and status shows the quorum.
 func TestClusterQuorumSuspend(t *testing.T) {
 	c := newCluster(t, 32<<20, shortTimeouts, withQuorum("suspend-io"))
+	if out := c.cli("", "validate", "--config", c.conf); !strings.Contains(out, "resource r0: 3 nodes, quorum 2, on_no_quorum suspend-io") {
+		t.Errorf("validate does not show the quorum:\n%s", out)
+	}
 	for _, n := range demoNodes {
 		c.start(n)
 	}

@@ -166,6 +166,10 @@ func TestClusterSplitBrainPolicy(t *testing.T) {
 	const size = 64 << 20
 	dir := t.TempDir()
 	c := newCluster(t, size, shortTimeouts, withSplitBrain(dir, "discard-least-changes"))
+	if out := c.cli("", "validate", "--config", c.conf); !strings.Contains(out, "after_split_brain discard-least-changes") ||
+		!strings.Contains(out, "split_brain handler "+filepath.Join(dir, "handler.sh")) {
+		t.Errorf("validate does not show the split-brain settings:\n%s", out)
+	}
 	c.splitBrain(2, 6)
 	c.cli("alpha", "connect", "r0", "bravo")
 	c.cli("bravo", "wait-sync", "--timeout", "2m", "r0")

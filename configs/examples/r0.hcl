@@ -13,6 +13,11 @@ resource "r0" {
   # Default for every connection; connection blocks below override it.
   protocol = "C"
 
+  # With three nodes, a Primary cut off from both others could stop
+  # completing writes rather than risk a split brain (see "Quorum"):
+  # quorum       = "majority"
+  # on_no_quorum = "suspend-io"
+
   # Default network settings for every connection.
   net {
     transport     = "tcp"
@@ -25,6 +30,7 @@ resource "r0" {
     ping_interval = "10s"
     timeout       = "6s"
     connect_retry = "1s"
+    after_split_brain = "disconnect" # two Primaries that wrote apart: stay apart until the operator decides
   }
 
   disk {
