@@ -52,14 +52,8 @@ func (r *resource) attachKernelDevice() error {
 	if r.kernel.get() != nil {
 		return nil
 	}
-	switch {
-	case dev == "auto" && ublk.Available():
-		return r.attachUblk("")
-	case dev == "auto":
-		dev = "nbd"
-	case dev == "ublk":
-		return r.attachUblk("")
-	case strings.HasPrefix(dev, "/dev/ublkb"):
+	isUblk, dev := resolveDevice(dev, ublk.Available)
+	if isUblk {
 		return r.attachUblk(dev)
 	}
 	index, err := nbdkernel.ParseDevice(dev)
@@ -86,6 +80,24 @@ func (r *resource) attachKernelDevice() error {
 	r.kernel.set(nbdAttachment{d})
 	r.log.Info("kernel device attached", "device", d.Path(), "export", r.self.Export)
 	return nil
+}
+
+// resolveDevice turns a configured device (configs.Node.Device, not
+// empty) into a ublk device path ("" for the first free one) or an nbd
+// spelling: "auto" is ublk where ublkAvailable says the kernel has it,
+// else nbd.
+func resolveDevice(dev string, ublkAvailable func() bool) (isUblk bool, path string) {
+	switch {
+	case dev == "auto" && ublkAvailable():
+		return true, ""
+	case dev == "auto":
+		return false, "nbd"
+	case dev == "ublk":
+		return true, ""
+	case strings.HasPrefix(dev, "/dev/ublkb"):
+		return true, dev
+	}
+	return false, dev
 }
 
 // attachUblk serves the resource as a ublk device: the kernel's requests
