@@ -18,10 +18,10 @@ import (
 // undoCluster is the demo cluster with a resync undo log of capacity size
 // on dr, whose connection to alpha runs protocol proto; bravo stays down
 // (alpha keeps it disconnected).
-func undoCluster(t *testing.T, diskSize int64, undoSize, proto string, diskExtra string) *cluster {
+func undoCluster(t *testing.T, diskSize int64, undoSize, proto string, diskExtra string, edits ...func(string) string) *cluster {
 	t.Helper()
 	var undoPath string
-	c := newCluster(t, diskSize, func(src string) string {
+	c := newCluster(t, diskSize, append([]func(string) string{func(src string) string {
 		dir := filepath.Dir(strings.SplitN(strings.SplitN(src, `disk      = "`, 2)[1], `"`, 2)[0])
 		undoPath = filepath.Join(dir, "dr.undo")
 		drDisk := filepath.Join(dir, "dr.img")
@@ -34,7 +34,7 @@ func undoCluster(t *testing.T, diskSize int64, undoSize, proto string, diskExtra
     timeout       = "2s"
     connect_retry = "200ms"`, 1)
 		return strings.Replace(src, "  net {\n    transport     = \"tcp\"", "  disk {\n    resync_undo_size = \""+undoSize+"\"\n"+diskExtra+"  }\n\n  net {\n    transport     = \"tcp\"", 1)
-	})
+	}}, edits...)...)
 	if !strings.Contains(string(c.src), "resync_undo =") || !strings.Contains(string(c.src), "resync_undo_size") {
 		t.Fatalf("configuration edit failed:\n%s", c.src)
 	}
@@ -59,7 +59,7 @@ type workload struct {
 func startWorkload(t *testing.T, c *cluster, seed uint64, size uint64) *workload {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, 5))
-	w := checker.Workload{Run: seed<<8 | 1, Blocks: size / checker.BlockSize, Depth: 1 + rng.IntN(8), FlushEvery: rng.IntN(32)}
+	w := checker.Workload{Run: seed<<8 | 1, Blocks: min(size, 8<<20) / checker.BlockSize, Depth: 1 + rng.IntN(8), FlushEvery: rng.IntN(32)}
 	logPath := filepath.Join(c.dir, "check.log")
 	log, err := checker.CreateLog(logPath, w.Run, w.FirstBlock, w.Blocks)
 	if err != nil {
@@ -99,6 +99,66 @@ func (wl *workload) wait(t *testing.T) *checker.History {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// killAndVerify kills alpha (SIGKILL) with the workload running, promotes
+// dr (rolling it back if it was in the middle of a resync; restart: dr is
+// killed and restarted first) and checks dr's image with the checker's
+// write-order verification. It reports whether dr was mid-resync.
+func killAndVerify(t *testing.T, c *cluster, wl *workload, restart bool) (mid bool) {
+	t.Helper()
+	lost := strings.Count(c.log("dr"), lostLine)
+	c.kill("alpha")
+	h := wl.wait(t)
+	waitLog(t, c, "dr", lostLine, lost+1)
+	if restart {
+		// dr crashes too and comes back without its source: the undo
+		// session survives the restart.
+		c.kill("dr")
+		c.start("dr")
+	}
+	out, err := c.cliErr("dr", "primary", "r0")
+	switch {
+	case err == nil:
+		t.Logf("the resync finished before the kill: dr was UpToDate, no rollback needed")
+	case strings.Contains(out, "disk is Outdated"):
+		// Behind (pull-ahead) at the kill: an older consistent image.
+		t.Logf("dr was Outdated (Behind) at the kill: promoted with --force, no rollback")
+		c.cli("dr", "primary", "--force", "r0")
+	default:
+		mid = true
+		if !strings.Contains(out, "primary --force r0") || !strings.Contains(out, "rolls back") {
+			t.Fatalf("primary without --force on the interrupted sync target: %v\n%s", err, out)
+		}
+		st := c.waitFor("dr", "the undo log in the status", time.Minute, func(st *node.ResourceStatus) bool {
+			return st.Disk == "Inconsistent" && c.peer(st, "alpha").Conn != "Connected"
+		})
+		if u := st.ConsistentResync; u == nil || u.State != "active" || u.SavedBlocks == 0 {
+			t.Fatalf("dr mid-resync without an active undo log: %+v", u)
+		}
+		c.cli("dr", "primary", "--force", "r0")
+		waitLog(t, c, "dr", "rolled back", 1)
+	}
+	st := c.waitFor("dr", "the promotion in the status", time.Minute, func(st *node.ResourceStatus) bool {
+		return st.Role == "Primary"
+	})
+	if st.Disk != "UpToDate" || (st.ConsistentResync != nil && st.ConsistentResync.State != "idle") {
+		t.Fatalf("dr after promotion: %s %s %+v", st.Role, st.Disk, st.ConsistentResync)
+	}
+	img, err := os.Open(c.node("dr").Disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	res, err := checker.Verify(h, img, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d writes completed; dr: %s", wl.n, res)
+	if !res.OK() {
+		t.Fatalf("dr's image after promotion is not write-order consistent: %s", res)
+	}
+	return mid
 }
 
 // lagBehind disconnects dr while the workload runs and reconnects it once
@@ -159,45 +219,8 @@ func TestConsistentResyncKillPrimary(t *testing.T) {
 				u := st.ConsistentResync
 				return c.peer(st, "alpha").Repl != "SyncTarget" || (u != nil && u.SavedBlocks >= saved)
 			})
-			lost := strings.Count(c.log("dr"), lostLine)
-			c.kill("alpha")
-			h := wl.wait(t)
-			waitLog(t, c, "dr", lostLine, lost+1)
-			out, err := c.cliErr("dr", "primary", "r0")
-			if err == nil {
-				t.Logf("the resync finished before the kill: dr was UpToDate, no rollback needed")
-			} else {
+			if killAndVerify(t, c, wl, i%3 == 2) {
 				midResync++
-				if !strings.Contains(out, "primary --force r0") || !strings.Contains(out, "rolls back") {
-					t.Fatalf("primary without --force on the interrupted sync target: %v\n%s", err, out)
-				}
-				st := c.waitFor("dr", "the undo log in the status", time.Minute, func(st *node.ResourceStatus) bool {
-					return st.Disk == "Inconsistent" && c.peer(st, "alpha").Conn != "Connected"
-				})
-				if u := st.ConsistentResync; u == nil || u.State != "active" || u.SavedBlocks == 0 {
-					t.Fatalf("dr mid-resync without an active undo log: %+v", u)
-				}
-				c.cli("dr", "primary", "--force", "r0")
-				waitLog(t, c, "dr", "rolled back", 1)
-			}
-			st := c.waitFor("dr", "the promotion in the status", time.Minute, func(st *node.ResourceStatus) bool {
-				return st.Role == "Primary"
-			})
-			if st.Disk != "UpToDate" || (st.ConsistentResync != nil && st.ConsistentResync.State != "idle") {
-				t.Fatalf("dr after promotion: %s %s %+v", st.Role, st.Disk, st.ConsistentResync)
-			}
-			img, err := os.Open(c.node("dr").Disk)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer img.Close()
-			res, err := checker.Verify(h, img, false)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Logf("%d writes completed; dr: %s", wl.n, res)
-			if !res.OK() {
-				t.Fatalf("dr's image after promotion is not write-order consistent: %s", res)
 			}
 		})
 	}
@@ -270,5 +293,64 @@ func waitLog(t *testing.T, c *cluster, n, what string, times int) {
 			t.Fatalf("%q not %d times in %s's log after 30s", what, times, n)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestConsistentResyncPullAheadCatchUp: the catch-up resync after
+// pull-ahead is a resync like any other: alpha goes Ahead of dr (a burst
+// of 1 MiB writes outside the checked region overflows dr's 64 KiB send
+// buffer while the checker's workload runs), catches it up by resync,
+// and is killed in the middle of it; dr, promoted, rolls back to its
+// image from before the catch-up, which passes the write-order check.
+func TestConsistentResyncPullAheadCatchUp(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kill points with real daemons")
+	}
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	mid := 0
+	for i := range 3 {
+		t.Run(fmt.Sprintf("point%d", i), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(seed, uint64(i)))
+			c := undoCluster(t, 48<<20, "64MiB", "A", "", pullAheadToDR)
+			wl := startWorkload(t, c, seed+uint64(i), 8<<20)
+			time.Sleep(time.Duration(50+rng.IntN(200)) * time.Millisecond)
+			catchUps := strings.Count(c.log("dr"), "old=Behind new=SyncTarget")
+			client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 1<<20)
+			for j := range 24 {
+				buf[0] = byte(j + 1)
+				if err := client.WriteAt(buf, int64(16+j)<<20, false); err != nil {
+					t.Fatal(err)
+				}
+			}
+			client.Close()
+			// The burst sends alpha Ahead (unless the workload already
+			// did), and a catch-up resync follows.
+			deadline := time.Now().Add(time.Minute)
+			for strings.Count(c.log("dr"), "old=Behind new=SyncTarget") <= catchUps {
+				if st := c.status("dr"); c.peer(st, "alpha").Repl == "SyncTarget" {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no catch-up resync after the burst")
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			saved := uint64(1 + rng.IntN(300))
+			c.waitFor("dr", "catch-up progress", time.Minute, func(st *node.ResourceStatus) bool {
+				u := st.ConsistentResync
+				return c.peer(st, "alpha").Repl != "SyncTarget" || (u != nil && u.SavedBlocks >= saved)
+			})
+			if killAndVerify(t, c, wl, false) {
+				mid++
+			}
+		})
+	}
+	if mid == 0 {
+		t.Fatalf("no kill point hit the middle of a catch-up resync")
 	}
 }

@@ -333,7 +333,7 @@ func recoverUndo(store *meta.Store, u *meta.UndoLog, data blockWriter, peers []c
 		}
 		return fmt.Sprintf("rolled back %d blocks to the image of generation %X from before the resync", n, h.Current), nil
 	}
-	return fmt.Sprintf("a %s session goes on", h.State), nil
+	return fmt.Sprintf("the %s session goes on (the disk stays Inconsistent until its resync is done or it is rolled back)", h.State), nil
 }
 
 // rollBackUndo writes every saved block back (the first save of a block
