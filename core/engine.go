@@ -114,7 +114,10 @@ type peer struct {
 	afterCrash int
 	// invalidated is ResyncWhy.Invalidated until the resync it asked for
 	// is done.
-	invalidated            string
+	invalidated string
+	// detachedMarks is ResyncWhy.Detached until a resync with the peer is
+	// done: every block was marked when it announced Diskless.
+	detachedMarks          bool
 	dataSent, dataReceived uint64
 	resyncPaused           bool  // PauseResync: no new resync reads
 	pace                   pacer // resync pacing and measured rates
@@ -618,6 +621,7 @@ func (e *Engine) setPeerRoleDisk(p *peer, r Role, d DiskState) {
 		p.disk = d
 		if d == Diskless && e.current != 0 && p.gen.Current != 0 {
 			e.markOutOfSync(p, 0, e.size)
+			p.detachedMarks = true
 			e.peerEvent(p, "resync", "", "", "the peer's disk was detached: every block marked out of sync for it")
 		}
 	}

@@ -170,6 +170,10 @@ type ResyncWhy struct {
 	// (Engine.Invalidate) and "peer" when this node declared the peer's
 	// (Engine.InvalidateRemote): every block is marked.
 	Invalidated string
+	// Detached is set when every block was marked because the target
+	// announced that its disk was detached after an I/O error (Diskless):
+	// the disk it comes back with is resynchronised in full.
+	Detached bool
 }
 
 // Event is a state change worth logging and showing in `georepl events`.

@@ -71,7 +71,7 @@ func (rs *resyncSource) busy() int { return rs.reads + len(rs.sent) + len(rs.che
 // resynchronised, "" for the bitmap's blocks only.
 func (e *Engine) startResync(p *peer, full bool, fullWhy string) {
 	how := "bitmap"
-	p.resyncWhy = ResyncWhy{Source: true, Full: fullWhy, Invalidated: p.invalidated}
+	p.resyncWhy = ResyncWhy{Source: true, Full: fullWhy, Invalidated: p.invalidated, Detached: p.detachedMarks}
 	if !full {
 		p.resyncWhy.MarkedHere = e.blocksToBytes(p.bitmap.Count())
 		p.resyncWhy.AfterCrash = p.afterCrash
@@ -308,7 +308,7 @@ func (e *Engine) finishResync(p *peer) {
 	p.resyncDoneSent = true
 	p.rs = nil
 	p.bitmapUUID = 0
-	p.afterCrash, p.invalidated = 0, ""
+	p.afterCrash, p.invalidated, p.detachedMarks = 0, "", false
 	e.persistDirty = true
 	e.setRepl(p, Established, "resync done")
 	detail := fmt.Sprintf("finished (%d bytes)", p.resyncDone)
@@ -328,7 +328,7 @@ func (e *Engine) resyncTargetDone(p *peer) {
 	for _, q := range e.peers {
 		q.bitmap.ClearRange(0, q.bitmap.Len())
 		q.bitmapUUID = 0
-		q.afterCrash, q.invalidated = 0, ""
+		q.afterCrash, q.invalidated, q.detachedMarks = 0, "", false
 	}
 	e.persistDirty = true
 	e.announce = true

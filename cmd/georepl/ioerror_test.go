@@ -110,6 +110,9 @@ func TestClusterIOErrorDetach(t *testing.T) {
 		return p.Conn == "Connected" && p.Repl == "Established" && p.Disk == "UpToDate" && p.OutOfSync == 0
 	})
 	c.cli("bravo", "wait-sync", "--timeout", "2m", "r0")
+	if p := c.peer(c.status("bravo"), "alpha"); p.LastResync == nil || !p.LastResync.Cause.Detached || p.LastResync.Bytes != uint64(c.status("bravo").Size) {
+		t.Errorf("bravo's last resync of alpha was not the full one of a detached disk: %+v", p.LastResync)
+	}
 	size := c.status("bravo").Size
 	c.cli("bravo", "secondary", "r0")
 	for _, n := range demoNodes {

@@ -107,6 +107,7 @@ type ResyncCause struct {
 	AfterCrash   int    `json:"after_crash_extents"`
 	Ahead        bool   `json:"ahead,omitempty"`
 	Invalidated  string `json:"invalidated,omitempty"`
+	Detached     bool   `json:"detached,omitempty"`
 }
 
 // Resync is the progress of a running resync.
@@ -156,6 +157,8 @@ func resyncReason(w core.ResyncWhy) string {
 		return "invalidate: this node's data was declared bad (georepl invalidate): every block"
 	case w.Invalidated == "peer":
 		return "invalidate: the peer's data was declared bad (georepl invalidate-remote): every block"
+	case w.Detached && w.Source:
+		return "bitmap: every block (the peer's disk was detached after an I/O error)"
 	}
 	var parts []string
 	if w.MarkedHere > 0 {
