@@ -52,9 +52,9 @@ func (c *cluster) writeThrough(n string, off int64, blocks int, b byte) {
 
 // splitBrain makes alpha and bravo diverge: alpha Primary and in sync with
 // bravo, the link cut, alpha writes alphaBlocks blocks ("A") at 1 MiB,
-// bravo is promoted and writes bravoBlocks blocks ("B") at 2 MiB, alpha is
-// demoted. dr stays out of it (disconnected, never started).
-func (c *cluster) splitBrain(alphaBlocks, bravoBlocks int) {
+// bravo is promoted and writes bravoBlocks blocks ("B") at 2 MiB, then
+// node demote is demoted. dr stays out of it (disconnected, never started).
+func (c *cluster) splitBrain(alphaBlocks, bravoBlocks int, demote string) {
 	c.t.Helper()
 	c.start("alpha")
 	c.start("bravo")
@@ -70,7 +70,7 @@ func (c *cluster) splitBrain(alphaBlocks, bravoBlocks int) {
 	c.writeThrough("alpha", 1<<20, alphaBlocks, 'A')
 	c.cli("bravo", "primary", "r0")
 	c.writeThrough("bravo", 2<<20, bravoBlocks, 'B')
-	c.cli("alpha", "secondary", "r0")
+	c.cli(demote, "secondary", "r0")
 }
 
 // handlerEnv waits for node n's split-brain handler to have run and
@@ -91,12 +91,12 @@ func (c *cluster) handlerEnv(dir, n string) string {
 	}
 }
 
-// compareSurvivor takes alpha and bravo down and checks that their data areas
-// are byte-identical and hold bravo's writes, not alpha's.
-func (c *cluster) compareSurvivor() {
+// compareSurvivor takes alpha and bravo down and checks that their data
+// areas are byte-identical and hold the survivor's writes only.
+func (c *cluster) compareSurvivor(survivor string) {
 	c.t.Helper()
-	size := c.status("bravo").Size
-	c.cli("bravo", "secondary", "r0")
+	size := c.status(survivor).Size
+	c.cli(survivor, "secondary", "r0")
 	for _, n := range []string{"alpha", "bravo"} {
 		c.cli(n, "down", "r0")
 	}
@@ -108,8 +108,12 @@ func (c *cluster) compareSurvivor() {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	if img[1<<20] != 0 || img[2<<20] != 'B' {
-		c.t.Fatalf("alpha holds %q at 1 MiB and %q at 2 MiB; want the survivor's (0 and B)", img[1<<20], img[2<<20])
+	want := [2]byte{0, 'B'}
+	if survivor == "alpha" {
+		want = [2]byte{'A', 0}
+	}
+	if got := [2]byte{img[1<<20], img[2<<20]}; got != want {
+		c.t.Fatalf("alpha holds %q at 1 MiB and 2 MiB; want %s's %q", got, survivor, want)
 	}
 }
 
@@ -121,7 +125,7 @@ func TestClusterSplitBrainDiscardMyData(t *testing.T) {
 	const size = 64 << 20
 	dir := t.TempDir()
 	c := newCluster(t, size, shortTimeouts, withSplitBrain(dir, "disconnect"))
-	c.splitBrain(3, 5)
+	c.splitBrain(3, 5, "alpha")
 
 	c.cli("alpha", "connect", "r0", "bravo")
 	st := c.waitFor("alpha", "split brain refused", 30*time.Second, func(st *node.ResourceStatus) bool {
@@ -156,7 +160,7 @@ func TestClusterSplitBrainDiscardMyData(t *testing.T) {
 		t.Fatalf("the victim wrote %d bytes in the resync; want the 32 KiB both nodes changed", resynced)
 	}
 	t.Logf("split-brain resync: %d bytes written on the victim (device %d bytes)", resynced, size)
-	c.compareSurvivor()
+	c.compareSurvivor("bravo")
 }
 
 // TestClusterSplitBrainPolicy: discard-least-changes resolves the split
@@ -170,7 +174,7 @@ func TestClusterSplitBrainPolicy(t *testing.T) {
 		!strings.Contains(out, "split_brain handler "+filepath.Join(dir, "handler.sh")) {
 		t.Errorf("validate does not show the split-brain settings:\n%s", out)
 	}
-	c.splitBrain(2, 6)
+	c.splitBrain(2, 6, "alpha")
 	c.cli("alpha", "connect", "r0", "bravo")
 	c.cli("bravo", "wait-sync", "--timeout", "2m", "r0")
 	c.waitFor("alpha", "alpha UpToDate", 30*time.Second, func(st *node.ResourceStatus) bool {
@@ -198,5 +202,24 @@ func TestClusterSplitBrainPolicy(t *testing.T) {
 		t.Fatalf("--discard-my-data towards a connected peer: %v\n%s", err, out)
 	}
 	c.cli("bravo", "wait-sync", "--timeout", "2m", "r0")
-	c.compareSurvivor()
+	c.compareSurvivor("bravo")
+}
+
+// TestClusterSplitBrainYoungerPrimary: discard-younger-primary keeps the
+// data of alpha, promoted before the split and Primary throughout, and
+// discards bravo's, promoted during it (the promotion times come from the
+// daemons' clocks and live in the metadata).
+func TestClusterSplitBrainYoungerPrimary(t *testing.T) {
+	dir := t.TempDir()
+	c := newCluster(t, 64<<20, shortTimeouts, withSplitBrain(dir, "discard-younger-primary"))
+	c.splitBrain(4, 1, "bravo")
+	c.cli("alpha", "connect", "r0", "bravo")
+	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+	c.waitFor("bravo", "bravo UpToDate", 30*time.Second, func(st *node.ResourceStatus) bool {
+		return st.Disk == "UpToDate" && c.peer(st, "alpha").Repl == "Established"
+	})
+	if env := c.handlerEnv(dir, "bravo"); !strings.Contains(env, "resolved by discard-younger-primary: node 1 discards its changes") {
+		t.Errorf("handler on bravo:\n%s", env)
+	}
+	c.compareSurvivor("alpha")
 }
