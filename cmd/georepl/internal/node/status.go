@@ -442,6 +442,8 @@ func WriteProc(w io.Writer, sts []*ResourceStatus) {
 			switch {
 			case p.Conn == "Connected" && p.Repl != "Established":
 				cs = p.Repl
+			case p.Conn == "Connected" && p.Verify != nil && p.Verify.Running:
+				cs = "VerifyS" // DRBD's name for the node that runs a verify
 			case p.Conn == "Connecting":
 				cs = "WFConnection"
 			}
