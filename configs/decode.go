@@ -554,7 +554,13 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block) {
 				case "", ResyncUndoNone:
 					n.ResyncUndo = ResyncUndoNone
 				default:
-					if p, ok := d.path(attr); ok {
+					p, ok := d.path(attr)
+					switch {
+					case !ok:
+					case p == n.Disk || p == n.MetaDisk:
+						d.failAttr(attr, "Invalid resync_undo",
+							"resync_undo = %q is this node's disk or meta_disk: the undo log needs a file of its own.", p)
+					default:
 						n.ResyncUndo = p
 					}
 				}

@@ -226,6 +226,8 @@ var errorCases = []struct {
 	{"bad on_no_quorum", withTwoNodes(`on_no_quorum = "suspend"`), []string{"r0.hcl:12:18:", "Invalid on_no_quorum", `"suspend-io", "io-error"`}},
 	{"handler without absolute path", withTwoNodes(`handlers { split_brain = "notify-ops" }`), []string{"r0.hcl:12:28:", "Invalid handler", "absolute path"}},
 	{"resync_undo_size too small", withTwoNodes(`disk { resync_undo_size = "60K" }`), []string{"r0.hcl:12:29:", "Invalid resync_undo_size", "at least"}},
+	{"resync_undo on the disk", strings.Replace(withTwoNodes(""), `disk    = "/dev/a"`, `disk    = "/dev/a"
+    resync_undo = "/dev/a"`, 1), []string{"r0.hcl:6:19:", "Invalid resync_undo", "a file of its own"}},
 	{"resync_undo internal", strings.Replace(withTwoNodes(""), `disk    = "/dev/a"`, `disk    = "/dev/a"
     resync_undo = "internal"`, 1), []string{"r0.hcl:6:19:", "Unsupported resync_undo", "not supported yet"}},
 	{"al_extents too small", withTwoNodes(`disk { al_extents = 6 }`), []string{"r0.hcl:12:23:", "Invalid al_extents", "from 7 to 16380"}},

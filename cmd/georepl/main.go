@@ -118,7 +118,10 @@ func primaryCmd() *cobra.Command {
 		Long: `Promote this node to Primary for RESOURCE. It must have UpToDate data and no peer
 may be Primary. --force promotes a node whose data is not known to be UpToDate (a new
 resource's first primary, or a disaster): its data becomes the reference, and peers that
-connect later are synchronised from it.`,
+connect later are synchronised from it. On a sync target whose resync was interrupted
+and whose resync undo log (resync_undo) holds its image from before the resync, --force
+first rolls back to that consistent image (the resource goes down and up), then
+promotes it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			return call(cmd, admin.Request{Verb: "primary", Resource: a[0], Force: force})
