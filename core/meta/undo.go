@@ -37,7 +37,8 @@ import (
 //	 48     8  current generation id saved at Begin
 //	 56    16  history generation ids saved at Begin
 //	 72    64  resource name, zero padded
-//	136        reserved, zero
+//	136     8  capacity: the log's size in bytes, fixed at creation
+//	144        reserved, zero
 //	4092    4  CRC32C of bytes 0..4091
 //
 // A record (UndoRecordHeader bytes, then n blocks of old content):
@@ -124,6 +125,9 @@ type UndoHeader struct {
 	Disk    uint8
 	Current uint64
 	History [2]uint64
+	// Capacity is the log's size in bytes, fixed at CreateUndo: a device
+	// that ends before it was truncated.
+	Capacity uint64
 	// Seq counts header writes.
 	Seq uint64
 }
@@ -151,6 +155,8 @@ type UndoLog struct {
 
 // CreateUndo writes an idle undo log for the given data into dev, whose
 // capacity is size bytes (at least MinUndoSize), and returns it opened.
+// It writes the log's last byte, so that the device has its full size (a
+// file stays sparse).
 // Unless force is set it refuses, wrapping ErrExists, to overwrite a log
 // that is not idle: it may be the only way back to a consistent image.
 func CreateUndo(dev Device, size int64, resource string, nodeID uint8, dataSize uint64, blockSize uint32, force bool) (*UndoLog, error) {
@@ -167,12 +173,15 @@ func CreateUndo(dev Device, size int64, resource string, nodeID uint8, dataSize 
 		return nil, fmt.Errorf("meta: %w: an undo log of %d bytes holds no record of a %d-byte block; need at least %d",
 			ErrInvalidParams, size, blockSize, UndoRecordsOffset+UndoRecordHeader+int64(blockSize))
 	}
-	if old, err := OpenUndo(dev, size); err == nil && !force && old.Header().State != UndoIdle {
+	if old, err := OpenUndo(dev); err == nil && !force && old.Header().State != UndoIdle {
 		h := old.Header()
 		return nil, fmt.Errorf("meta: %w: undo log of resource %q, node %d, holds a %s session; force overwriting it only if the image it restores is expendable",
 			ErrExists, h.Resource, h.NodeID, h.State)
 	}
-	h := UndoHeader{Resource: resource, NodeID: nodeID, DataSize: dataSize, BlockSize: blockSize}
+	h := UndoHeader{Resource: resource, NodeID: nodeID, DataSize: dataSize, BlockSize: blockSize, Capacity: uint64(size)}
+	if _, err := dev.WriteAt([]byte{0}, size-1); err != nil {
+		return nil, fmt.Errorf("meta: extending the undo log to %d bytes: %w", size, err)
+	}
 	for seq := range uint64(2) {
 		h.Seq = seq
 		if _, err := dev.WriteAt(encodeUndoHeader(h), int64(seq)*PageSize); err != nil {
@@ -185,12 +194,13 @@ func CreateUndo(dev Device, size int64, resource string, nodeID uint8, dataSize 
 	return &UndoLog{dev: dev, size: size, hdr: h, tail: UndoRecordsOffset}, nil
 }
 
-// OpenUndo reads the undo log in dev of capacity size bytes. If a session
-// is recorded it finds the log's end by reading the records. A header
-// with no valid slot gives ErrNoMetadata (never written) or ErrCorrupt,
-// a newer format ErrVersion; each names the slots and what is wrong. A
-// damaged record followed by a valid one is ErrCorrupt too, naming it.
-func OpenUndo(dev Device, size int64) (*UndoLog, error) {
+// OpenUndo reads the undo log in dev. If a session is recorded it finds
+// the log's end by reading the records. A header with no valid slot gives
+// ErrNoMetadata (never written) or ErrCorrupt, a newer format ErrVersion;
+// each names the slots and what is wrong. A damaged record followed by a
+// valid one is ErrCorrupt too, naming it; a device that ends before the
+// capacity in the header is ErrTruncated (records may be missing).
+func OpenUndo(dev Device) (*UndoLog, error) {
 	var best *UndoHeader
 	var problems []string
 	version, noMagic := false, 0
@@ -224,6 +234,18 @@ func OpenUndo(dev Device, size int64) (*UndoLog, error) {
 		return nil, fmt.Errorf("meta: %w: undo log: %s", ErrVersion, joinProblems(problems))
 	default:
 		return nil, fmt.Errorf("meta: %w: undo log: %s", ErrCorrupt, joinProblems(problems))
+	}
+	size := int64(best.Capacity)
+	truncated := fmt.Errorf("meta: %w: the undo log ends before its capacity of %d bytes (its header at offset %d says so): records may be lost",
+		ErrTruncated, size, best.Seq%2*PageSize)
+	if sz, ok := dev.(Sizer); ok {
+		if sz.Size() < size {
+			return nil, truncated
+		}
+	} else if _, err := dev.ReadAt(make([]byte, 1), size-1); errors.Is(err, io.EOF) {
+		return nil, truncated
+	} else if err != nil {
+		return nil, fmt.Errorf("meta: reading the undo log's last byte at offset %d: %w", size-1, err)
 	}
 	u := &UndoLog{dev: dev, size: size, hdr: *best, tail: UndoRecordsOffset}
 	if u.hdr.State != UndoIdle {
@@ -454,7 +476,8 @@ const (
 	uOffCurrent  = 48
 	uOffHistory  = 56
 	uOffName     = 72
-	uOffTail     = uOffName + MaxResourceLen // reserved up to the CRC
+	uOffCapacity = uOffName + MaxResourceLen // 136
+	uOffTail     = uOffCapacity + 8          // reserved up to the CRC
 )
 
 func encodeUndoHeader(h UndoHeader) []byte {
@@ -473,6 +496,7 @@ func encodeUndoHeader(h UndoHeader) []byte {
 	le.PutUint64(b[uOffHistory:], h.History[0])
 	le.PutUint64(b[uOffHistory+8:], h.History[1])
 	copy(b[uOffName:], h.Resource)
+	le.PutUint64(b[uOffCapacity:], h.Capacity)
 	le.PutUint32(b[offCRC:], crc32.Checksum(b[:offCRC], castagnoli))
 	return b
 }
@@ -496,8 +520,9 @@ func decodeUndoHeader(b []byte) (UndoHeader, error) {
 		State: UndoState(b[uOffState]), NodeID: b[uOffNodeID], Disk: b[uOffDisk],
 		Seq: le.Uint64(b[uOffSeq:]), Session: le.Uint64(b[uOffSession:]),
 		DataSize: le.Uint64(b[uOffDataSize:]), BlockSize: le.Uint32(b[uOffBlock:]),
-		Current: le.Uint64(b[uOffCurrent:]),
-		History: [2]uint64{le.Uint64(b[uOffHistory:]), le.Uint64(b[uOffHistory+8:])},
+		Current:  le.Uint64(b[uOffCurrent:]),
+		History:  [2]uint64{le.Uint64(b[uOffHistory:]), le.Uint64(b[uOffHistory+8:])},
+		Capacity: le.Uint64(b[uOffCapacity:]),
 	}
 	nameLen := int(b[uOffNameLen])
 	h.Resource = string(b[uOffName : uOffName+min(nameLen, MaxResourceLen)])
@@ -507,11 +532,14 @@ func decodeUndoHeader(b []byte) (UndoHeader, error) {
 	case (h.State == UndoIdle) != (h.Session == 0):
 		return UndoHeader{}, fmt.Errorf("%w: state %s with session %x", ErrCorrupt, h.State, h.Session)
 	case nameLen == 0 || nameLen > MaxResourceLen || !utf8.ValidString(h.Resource) ||
-		!isZero(b[uOffName+nameLen:uOffTail]) || !isZero(b[uOffTail:offCRC]) || !isZero(b[44:48]):
+		!isZero(b[uOffName+nameLen:uOffCapacity]) || !isZero(b[uOffTail:offCRC]) || !isZero(b[44:48]):
 		return UndoHeader{}, fmt.Errorf("%w: bad resource name or non-zero reserved bytes", ErrCorrupt)
 	}
 	if _, err := newLayout(h.DataSize, 1, h.BlockSize); err != nil || h.BlockSize == 0 {
 		return UndoHeader{}, fmt.Errorf("%w: data size %d, block size %d", ErrCorrupt, h.DataSize, h.BlockSize)
+	}
+	if h.Capacity < UndoRecordsOffset+UndoRecordHeader+uint64(h.BlockSize) || h.Capacity > MaxDataSize {
+		return UndoHeader{}, fmt.Errorf("%w: capacity %d bytes holds no record of a %d-byte block", ErrCorrupt, h.Capacity, h.BlockSize)
 	}
 	return h, nil
 }

@@ -58,9 +58,9 @@ func TestUndoGolden(t *testing.T) {
 	}
 	// The header of Begin (seq 2, slot 0), then the record's header and
 	// the first bytes of its block.
-	img := append(bytes.Clone(dev.data[:136]), dev.data[UndoRecordsOffset:UndoRecordsOffset+UndoRecordHeader+8]...)
+	img := append(bytes.Clone(dev.data[:144]), dev.data[UndoRecordsOffset:UndoRecordsOffset+UndoRecordHeader+8]...)
 	text := strings.Replace(formatHex(img), "superblock slot 1 of the golden superblock (superblock_test.go)",
-		"undo log header bytes 0..135 after Begin, then record 0 of block 3 and its first 8 bytes (undo_test.go)", 1)
+		"undo log header bytes 0..143 after Begin, then record 0 of block 3 and its first 8 bytes (undo_test.go)", 1)
 	if *rewrite {
 		if err := os.WriteFile(undoGoldenPath, []byte(text), 0o644); err != nil {
 			t.Fatal(err)
@@ -80,10 +80,10 @@ func TestUndoGolden(t *testing.T) {
 	if string(golden[:8]) != "GEORUNDO" || le.Uint32(golden[8:]) != 1 || golden[12] != 1 || golden[13] != 1 ||
 		golden[14] != 2 || golden[15] != 5 || le.Uint64(golden[16:]) != 2 || le.Uint64(golden[24:]) != 0x0102030405060708 ||
 		le.Uint64(golden[32:]) != undoData || le.Uint32(golden[40:]) != undoBS || le.Uint64(golden[48:]) != 0x1122334455667788 ||
-		le.Uint64(golden[56:]) != 0x99 || le.Uint64(golden[64:]) != 0xaa || string(golden[72:74]) != "u0" {
+		le.Uint64(golden[56:]) != 0x99 || le.Uint64(golden[64:]) != 0xaa || string(golden[72:74]) != "u0" || le.Uint64(golden[136:]) != 1<<20 {
 		t.Errorf("header fields not where the layout says")
 	}
-	r := golden[136:]
+	r := golden[144:]
 	if string(r[:8]) != "GEORUREC" || le.Uint64(r[8:]) != 0x0102030405060708 || le.Uint64(r[16:]) != 0 ||
 		le.Uint64(r[24:]) != 3 || le.Uint32(r[32:]) != 1 || r[UndoRecordHeader] != 0xee {
 		t.Errorf("record fields not where the layout says")
@@ -116,7 +116,7 @@ func TestUndoSession(t *testing.T) {
 	if used, free := u.Used(); used != 3*(UndoRecordHeader+undoBS) || free != 0 {
 		t.Fatalf("Used = %d, %d", used, free)
 	}
-	re, err := OpenUndo(dev.snapshot(), size)
+	re, err := OpenUndo(dev.snapshot())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestUndoSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	snap := dev.snapshot()
-	re, err = OpenUndo(snap, size)
+	re, err = OpenUndo(snap)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestUndoSession(t *testing.T) {
 	if err := re.Append(1, blocks(5, 2)); err != nil {
 		t.Fatal(err)
 	}
-	again, err := OpenUndo(snap, size)
+	again, err := OpenUndo(snap)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +190,7 @@ func TestUndoCrashEverywhere(t *testing.T) {
 	_, clean := newUndo(t, size)
 	base := clean.writes
 	{
-		u, err := OpenUndo(clean, size)
+		u, err := OpenUndo(clean)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -205,7 +205,7 @@ func TestUndoCrashEverywhere(t *testing.T) {
 	for w := 1; w <= total; w++ {
 		for _, cut := range []int{0, 1, 60, 64, 300, -1} {
 			_, dev := newUndo(t, size)
-			u, err := OpenUndo(dev, size)
+			u, err := OpenUndo(dev)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -233,7 +233,7 @@ func TestUndoCrashEverywhere(t *testing.T) {
 				t.Fatalf("write %d cut %d: nothing was torn", w, cut)
 			}
 			crashes++
-			re, err := OpenUndo(dev.snapshot(), size)
+			re, err := OpenUndo(dev.snapshot())
 			if err != nil {
 				t.Fatalf("crash in %s (write %d, cut %d): reopen: %v", interrupted, w, cut, err)
 			}
@@ -306,21 +306,21 @@ func TestUndoCorrupt(t *testing.T) {
 	// The newer slot damaged: the older one (idle) stands.
 	d := dev.snapshot()
 	d.data[0+100] ^= 1 // slot 0 holds seq 2
-	re, err := OpenUndo(d, size)
+	re, err := OpenUndo(d)
 	if err != nil || re.Header().State != UndoIdle {
 		t.Fatalf("newer slot damaged: %v, %+v", err, re)
 	}
 	// Both damaged.
 	d.data[PageSize+100] ^= 1
-	if _, err := OpenUndo(d, size); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "slot 0 at offset 0") ||
+	if _, err := OpenUndo(d); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "slot 0 at offset 0") ||
 		!strings.Contains(err.Error(), "slot 1 at offset 4096") {
 		t.Fatalf("both slots damaged: %v", err)
 	}
 	// Never written.
-	if _, err := OpenUndo(&memDevice{data: make([]byte, size)}, size); !errors.Is(err, ErrNoMetadata) {
+	if _, err := OpenUndo(&memDevice{data: make([]byte, size)}); !errors.Is(err, ErrNoMetadata) {
 		t.Fatalf("zeroes: %v", err)
 	}
-	if _, err := OpenUndo(&memDevice{}, size); !errors.Is(err, ErrNoMetadata) {
+	if _, err := OpenUndo(&memDevice{}); !errors.Is(err, ErrNoMetadata) {
 		t.Fatalf("empty file: %v", err)
 	}
 	// A newer version.
@@ -330,36 +330,32 @@ func TestUndoCorrupt(t *testing.T) {
 		le.PutUint32(b[uOffVersion:], 2)
 		fixUndoCRC(b)
 	}
-	if _, err := OpenUndo(d, size); !errors.Is(err, ErrVersion) {
+	if _, err := OpenUndo(d); !errors.Is(err, ErrVersion) {
 		t.Fatalf("version 2: %v", err)
 	}
 	// A damaged middle record (its data) is damage, not a torn write:
 	// refused, naming it.
 	d = dev.snapshot()
 	d.data[UndoRecordsOffset+(UndoRecordHeader+undoBS)+UndoRecordHeader+5] ^= 1
-	if _, err := OpenUndo(d, size); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "undo record 1 at offset 8768") {
+	if _, err := OpenUndo(d); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "undo record 1 at offset 8768") {
 		t.Fatalf("damaged record 1: %v", err)
 	}
 	// The same damage on the last record reads as a torn write: the log
 	// ends before it.
 	d = dev.snapshot()
 	d.data[UndoRecordsOffset+2*(UndoRecordHeader+undoBS)+UndoRecordHeader+5] ^= 1
-	re, err = OpenUndo(d, size)
+	re, err = OpenUndo(d)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := readRecords(t, re); len(got) != 2 {
 		t.Fatalf("damaged last record: %d records readable, want 2", len(got))
 	}
-	// A truncated file ends it too.
+	// A truncated file may have lost records: refused, saying so.
 	d = dev.snapshot()
 	d.data = d.data[:UndoRecordsOffset+2*(UndoRecordHeader+undoBS)+10]
-	re, err = OpenUndo(d, size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := readRecords(t, re); len(got) != 2 {
-		t.Fatalf("truncated: %d records, want 2", len(got))
+	if _, err := OpenUndo(d); !errors.Is(err, ErrTruncated) || !strings.Contains(err.Error(), "capacity of 65536 bytes") {
+		t.Fatalf("truncated: %v", err)
 	}
 	// Create refuses to overwrite a session without force.
 	if _, err := CreateUndo(dev, size, "u0", 1, undoData, undoBS, false); !errors.Is(err, ErrExists) {
@@ -389,16 +385,17 @@ func FuzzOpenUndo(f *testing.F) {
 	}
 	f.Add(bytes.Clone(dev.data))
 	torn := bytes.Clone(dev.data)
-	f.Add(torn[:len(torn)-100])
+	torn[UndoRecordsOffset+3*UndoRecordHeader+6*undoBS-100] ^= 1
+	f.Add(torn)
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, in []byte) {
 		if len(in) > size {
 			return
 		}
 		d := &memDevice{data: bytes.Clone(in)}
-		u, err := OpenUndo(d, size)
+		u, err := OpenUndo(d)
 		if err != nil {
-			if !errors.Is(err, ErrNoMetadata) && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrVersion) {
+			if !errors.Is(err, ErrNoMetadata) && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrVersion) && !errors.Is(err, ErrTruncated) {
 				t.Fatalf("OpenUndo: undocumented error %v", err)
 			}
 			return

@@ -82,7 +82,7 @@ func openUndo(path string, capacity int64, resource string, nodeID uint8, dataSi
 		}
 		return u, f, nil
 	}
-	u, err := meta.OpenUndo(f, max(capacity, f.Size()))
+	u, err := meta.OpenUndo(f)
 	if err != nil {
 		f.Close()
 		if errors.Is(err, meta.ErrNoMetadata) {
@@ -94,13 +94,20 @@ func openUndo(path string, capacity int64, resource string, nodeID uint8, dataSi
 		f.Close()
 		return nil, nil, fmt.Errorf("resync undo log %s: %w", path, err)
 	}
-	if u.Header().State == meta.UndoIdle && f.Size() != capacity {
-		// Idle: nothing to keep; follow the configured capacity.
+	if h := u.Header(); h.State == meta.UndoIdle && h.Capacity != uint64(capacity) {
+		// Idle: nothing to keep; follow the configured capacity. (A
+		// session keeps the capacity it began with.)
 		f.Close()
 		if err := os.Truncate(path, capacity); err != nil {
 			return nil, nil, fmt.Errorf("resizing the resync undo log %s to %d bytes: %w", path, capacity, err)
 		}
-		return openUndo(path, capacity, resource, nodeID, dataSize, blockSize)
+		if f, err = kmod.OpenBacking(path); err != nil {
+			return nil, nil, fmt.Errorf("resync undo log: %w", err)
+		}
+		if u, err = meta.CreateUndo(f, capacity, resource, nodeID, dataSize, blockSize, false); err != nil {
+			f.Close()
+			return nil, nil, fmt.Errorf("resync undo log %s: %w", path, err)
+		}
 	}
 	return u, f, nil
 }

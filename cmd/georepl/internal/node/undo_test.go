@@ -212,11 +212,7 @@ func (rg *undoRig) attach(rollBack bool, budget int) (string, error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fi, err := ud.f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := meta.OpenUndo(ud, fi.Size())
+	u, err := meta.OpenUndo(ud)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,8 +272,7 @@ func (rg *undoRig) checkRolledBack(touched map[uint64]bool) {
 		t.Fatal(err)
 	}
 	defer uf.Close()
-	fi, _ := uf.Stat()
-	u, err := meta.OpenUndo(uf, fi.Size())
+	u, err := meta.OpenUndo(uf)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -495,6 +490,34 @@ func TestUndoBadFile(t *testing.T) {
 	os.WriteFile(path, good, 0o644)
 	if _, _, err := openUndo(path, 1<<20, "r1", 0, undoTestData, undoTestBS); !errors.Is(err, meta.ErrForeign) || !strings.Contains(err.Error(), path) {
 		t.Fatalf("another resource's log: %v", err)
+	}
+
+	// Truncated: records may be gone, so no rollback from it.
+	os.WriteFile(path, good[:meta.UndoRecordsOffset+1000], 0o644)
+	if _, _, err := openUndo(path, 1<<20, "r0", 0, undoTestData, undoTestBS); !errors.Is(err, meta.ErrTruncated) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("a truncated log: %v", err)
+	}
+	if now, _ := os.ReadFile(path); len(now) != meta.UndoRecordsOffset+1000 {
+		t.Fatal("the truncated log was changed")
+	}
+
+	// Idle, it follows a new capacity.
+	os.WriteFile(path, good, 0o644)
+	u, f, err := openUndo(path, 1<<20, "r0", 0, undoTestData, undoTestBS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := u.End(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	u, f, err = openUndo(path, 2<<20, "r0", 0, undoTestData, undoTestBS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if fi, _ := os.Stat(path); u.Header().Capacity != 2<<20 || fi.Size() != 2<<20 {
+		t.Fatalf("resized idle log: capacity %d, file %d bytes", u.Header().Capacity, fi.Size())
 	}
 
 	os.WriteFile(path, bytes.Repeat([]byte("not a log"), 2000), 0o644)
