@@ -385,6 +385,12 @@ func compareGenIDs(s, p wire.GenIDs) (dir syncDir, full bool, rule int, err erro
 	switch {
 	case s.Current == 0 && p.Current == 0:
 		return inSync, false, 1, nil
+	case s.Current == 0 && s.Bitmap != 0 && s.Bitmap == p.Bitmap:
+		// An interrupted initial full sync into s (resumeFullSync): the
+		// source's marks, tied to the same id, hold what is left.
+		return fromPeer, false, 2, nil
+	case p.Current == 0 && p.Bitmap != 0 && p.Bitmap == s.Bitmap:
+		return fromSelf, false, 2, nil
 	case s.Current == 0:
 		return fromPeer, true, 2, nil
 	case p.Current == 0:
@@ -521,6 +527,20 @@ func fullWhy(d decision) string {
 	}
 }
 
+// resumeFullSync lets an initial full sync into this node (no generation
+// of its own yet) continue after an interruption instead of starting over:
+// the source announces the id its marks for us are tied to, and we keep it
+// as our bitmap id towards the source (persisted, sent in our hello).
+// Reconnecting, both ids match (row 2 of the table, as a bitmap resync).
+// Fresh metadata here (create-md) or on the source forgets it, and the
+// sync is full again.
+func (e *Engine) resumeFullSync(p *peer) {
+	if p.repl == SyncTarget && e.current == 0 && p.gen.Bitmap != 0 && p.bitmapUUID != p.gen.Bitmap {
+		p.bitmapUUID = p.gen.Bitmap
+		e.persistDirty = true
+	}
+}
+
 // reevaluate repeats the decision for a connected peer after generation ids
 // or roles changed, unless a resync with it is running.
 func (e *Engine) reevaluate(p *peer) {
@@ -590,6 +610,7 @@ func (e *Engine) receiveState(p *peer, f *wire.Frame) {
 	if p.gen.Current == p.adopting {
 		p.adopting = 0
 	}
+	e.resumeFullSync(p)
 	if peerRepl == Ahead {
 		// Our Primary stopped sending writes (congestion): nothing to
 		// decide until its catch-up resync is announced.

@@ -126,6 +126,8 @@
 //	1    S.Current == 0 && P.Current == 0        Established, no sync       Established
 //	2    S.Current == 0 (P.Current != 0)         SyncTarget, full sync      SyncSource
 //	     P.Current == 0 (S.Current != 0)         SyncSource, full sync      SyncTarget
+//	     ... but S.Bitmap == P.Bitmap != 0:      the interrupted initial full sync resumes
+//	                                             from the source's bitmap
 //	3    S.Current == P.Current                  Established; if a bitmap id is set on
 //	                                             either side, the Primary is SyncSource
 //	                                             with its bitmap
