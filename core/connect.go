@@ -224,6 +224,8 @@ func (e *Engine) Receive(from NodeID, f *wire.Frame) {
 		e.receiveCsum(p, f)
 	case wire.TypeVerifyReply:
 		e.verifyReply(p, f)
+	case wire.TypeInvalidateRequest:
+		e.receiveInvalidate(p)
 	case wire.TypeResyncDone:
 		if p.repl != SyncTarget {
 			e.violation(p, f, "resync done without a resync from this peer")

@@ -252,10 +252,9 @@
 // resync data. Both sides compared the same point of the write stream, so
 // a block skipped is identical once the writes in flight are applied.
 //
-// Invalidate (this node's data is bad) marks every block for the Primary;
-// the Primary sees the marks in our StateChange and resyncs us, merging
-// them. InvalidateRemote (on the Primary) marks every block for a peer
-// and resyncs it. Both are full resyncs that csums makes cheap.
+// Invalidate (this node's data is bad) asks the Primary with an
+// InvalidateRequest to do what InvalidateRemote (on the Primary) does:
+// mark every block for the peer and resync it. Both are full resyncs that csums makes cheap.
 //
 // Resync bandwidth is the driver's to pace through Tick: per peer, data
 // reads spend a token bucket that fills at the resync limit, which is

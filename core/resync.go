@@ -337,11 +337,12 @@ func (e *Engine) resyncTargetDone(p *peer) {
 	e.peerEvent(p, "resync", "", "", fmt.Sprintf("finished (%d bytes received)", p.resyncDone))
 }
 
-// Invalidate declares this node's data bad: every block is marked for
-// source, which must be a connected, UpToDate Primary this node is
-// Established with; that Primary then resynchronises this node fully (with
-// checksums where its PeerConfig.Csums says so, skipping blocks that are
-// identical). This node is Inconsistent from the start of that resync
+// Invalidate declares this node's data bad: it asks source, which must be
+// a connected, UpToDate Primary this node is Established with, to mark
+// every block for it (InvalidateRequest); that Primary then resynchronises
+// this node fully (with checksums where its PeerConfig.Csums says so,
+// skipping blocks that are identical). If the connection is lost before
+// the request arrives, nothing happens: run it again. This node is Inconsistent from the start of that resync
 // until its end. It fails with ErrWrongState, saying why, on a Primary
 // (its data is the data in use), towards a peer that is not connected, not
 // Primary or not UpToDate, or while a resync with it runs.
@@ -362,9 +363,13 @@ func (e *Engine) Invalidate(source NodeID) error {
 	case p.repl != Established:
 		return fmt.Errorf("%w: %v with node %d (%s): wait for the resync to finish", ErrWrongState, p.repl, p.cfg.ID, p.cfg.Name)
 	}
-	// Our marks for the Primary: it sees them in our StateChange (a bitmap
-	// id), starts a resync, and merges them when we become its target.
-	e.markOutOfSync(p, 0, e.size)
+	// The Primary marks every block for us and resyncs us, as
+	// InvalidateRemote does: marks of ours, announced in a StateChange,
+	// would carry a bitmap id of the generation we last confirmed, which
+	// the Primary may already have pushed out of its history with
+	// StateChanges in flight to us (unrelated data, found by the random
+	// histories). It ties its own marks to what we confirmed.
+	e.send(p, wire.Frame{Type: wire.TypeInvalidateRequest})
 	p.invalidated = "here"
 	e.peerEvent(p, "resync", "", "", "invalidated here: full resync from this peer requested")
 	return nil
@@ -388,8 +393,25 @@ func (e *Engine) InvalidateRemote(target NodeID) error {
 	case p.repl != Established:
 		return fmt.Errorf("%w: %v with node %d (%s): wait for the resync to finish", ErrWrongState, p.repl, p.cfg.ID, p.cfg.Name)
 	}
+	e.invalidatePeer(p, "peer invalidated: full resync to it")
+	return nil
+}
+
+// invalidatePeer marks every block for p, which is then resynchronised
+// (at once if Established: markOutOfSync; a running resync covers them).
+func (e *Engine) invalidatePeer(p *peer, why string) {
 	e.markOutOfSync(p, 0, e.size)
 	p.invalidated = "peer"
-	e.peerEvent(p, "resync", "", "", "peer invalidated: full resync to it")
-	return nil
+	e.peerEvent(p, "resync", "", "", why)
+}
+
+// receiveInvalidate handles a peer's InvalidateRequest (its Invalidate).
+// A switchover may have crossed it: a node that is no longer Primary, or
+// no longer replicating to p, ignores it, and says so.
+func (e *Engine) receiveInvalidate(p *peer) {
+	if e.role != Primary || (p.repl != Established && p.repl != SyncSource) {
+		e.peerEvent(p, "resync", "", "", fmt.Sprintf("invalidate request ignored: this node is %v, %v with the peer", e.role, p.repl))
+		return
+	}
+	e.invalidatePeer(p, "the peer invalidated its data: full resync to it")
 }

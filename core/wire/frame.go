@@ -90,6 +90,10 @@ const (
 	// FlagNegative reports that the read failed or that the peer cannot
 	// serve it (its disk is not UpToDate); it carries no payload.
 	TypeReadReply Type = 21
+	// TypeInvalidateRequest asks the Primary to resynchronise the sender
+	// fully: the operator declared the sender's data bad (invalidate). No
+	// fields, no payload. A node that is no longer Primary ignores it.
+	TypeInvalidateRequest Type = 40
 )
 
 // String is the type's name as used in logs and error messages ("data",
@@ -112,6 +116,7 @@ var typeNames = map[Type]string{
 	TypeResyncCsum: "resync-csum", TypeResyncCsumReply: "resync-csum-reply",
 	TypeReadRequest: "read-request", TypeReadReply: "read-reply",
 	TypeVerifyCsum: "verify-csum", TypeVerifyReply: "verify-reply",
+	TypeInvalidateRequest: "invalidate-request",
 }
 
 // known reports whether t is a message type of this wire version.
@@ -178,7 +183,7 @@ const (
 func ChannelOf(t Type) Channel {
 	switch t {
 	case TypeData, TypeBarrier, TypeOutOfSync, TypeResyncData, TypeStateChange, TypeResyncDone, TypeResyncCsum,
-		TypeVerifyCsum, TypeReadRequest, TypeReadReply:
+		TypeVerifyCsum, TypeReadRequest, TypeReadReply, TypeInvalidateRequest:
 		return ChannelData
 	}
 	return ChannelControl

@@ -152,6 +152,9 @@ var goldenCases = []goldenCase{
 	{"verify-reply", "verify-csum 40: the block is identical (no payload)", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeVerifyReply, Seq: 40, Offset: 1 << 20, Length: 4096})
 	}},
+	{"invalidate-request", "resynchronise me fully", func(t testing.TB) []byte {
+		return encode(Frame{Type: TypeInvalidateRequest})
+	}},
 	{"resync-done", "resync complete", func(t testing.TB) []byte { return encode(Frame{Type: TypeResyncDone}) }},
 	{"read-request", "read 16 bytes at 4096 (tag 9)", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeReadRequest, Seq: 9, Offset: 4096, Length: 16})
