@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/georepl/georepl/core"
@@ -37,6 +38,10 @@ type undoGuard struct {
 	size uint64 // data bytes
 	// warn reports, once per session, that the log ran out of space.
 	warn func(detail string)
+
+	// active mirrors the log's state being UndoActive, so that writes
+	// outside a session (a Primary's, a Secondary's in sync) take no lock.
+	active atomic.Bool
 
 	mu    sync.Mutex // serialises saves and state changes
 	saved []uint64   // bit per block: saved in this session
@@ -115,6 +120,7 @@ func openUndo(path string, capacity int64, resource string, nodeID uint8, dataSi
 func newUndoGuard(u *meta.UndoLog, f *kmod.Backing, path string, data *alRegion, dataSize uint64, blockSize uint32) (*undoGuard, error) {
 	g := &undoGuard{log: u, file: f, path: path, data: data, bs: uint64(blockSize), size: dataSize,
 		saved: make([]uint64, (dataSize/uint64(blockSize)+64)/64)}
+	g.active.Store(u.Header().State == meta.UndoActive)
 	if st := u.Header().State; st == meta.UndoActive || st == meta.UndoExhausted {
 		if err := u.Records(func(first uint64, d []byte) error {
 			g.mark(first, uint64(len(d))/g.bs)
@@ -151,6 +157,7 @@ func (g *undoGuard) begin(sb meta.Superblock) (bool, error) {
 		return false, err
 	}
 	clear(g.saved)
+	g.active.Store(true)
 	return true, nil
 }
 
@@ -161,6 +168,7 @@ func (g *undoGuard) end() (bool, error) {
 	if g.log.Header().State == meta.UndoIdle {
 		return false, nil
 	}
+	g.active.Store(false)
 	if err := g.log.End(); err != nil {
 		return false, err
 	}
@@ -200,6 +208,7 @@ func (g *undoGuard) save(off, length uint64) error {
 			if err := g.log.SetState(meta.UndoExhausted); err != nil {
 				return fmt.Errorf("marking the resync undo log exhausted: %w", err)
 			}
+			g.active.Store(false)
 			used, _ := g.log.Used()
 			g.warn(fmt.Sprintf("consistent resync space exhausted (%d bytes of %s used): target is Inconsistent until the resync completes", used, g.path))
 			return nil
@@ -261,7 +270,7 @@ type undoRegion struct {
 }
 
 func (d *undoRegion) guard(off, length int64) (func(), error) {
-	if d.g == nil {
+	if d.g == nil || !d.g.active.Load() {
 		return func() {}, nil
 	}
 	if err := d.g.enter(); err != nil {
