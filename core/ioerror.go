@@ -33,9 +33,10 @@ func (e *Engine) ioFailed(what string, off, length uint64, err error) bool {
 //   - writes and flushes not yet completed need a peer in sync instead
 //     (write.needPeer): their local operation, when it reports, no longer
 //     counts;
-//   - a resync from this node stops (its reads would come from the disk):
-//     the connection drops (ErrResyncAborted) and the next handshake finds
-//     nothing to resync from a Diskless node;
+//   - a verify from this node stops, and so does a resync (their reads
+//     would come from the disk): the sync target's connection drops
+//     (ErrResyncAborted) and the next handshake finds nothing to resync
+//     from a Diskless node;
 //   - a Secondary drops the connection to its Primary (ErrIO), which marks
 //     every write this node did not acknowledge behind a barrier, and
 //     sends it nothing more once it hears (hello) that it is Diskless;
