@@ -10,6 +10,7 @@ import (
 	"unsafe"
 
 	"github.com/georepl/georepl/core"
+	"github.com/georepl/georepl/kmod"
 	"github.com/georepl/georepl/kmod/nbd"
 )
 
@@ -35,8 +36,8 @@ func (d device) ReadAt(ctx context.Context, p []byte, off uint64) error {
 	if !st.detached.Load() {
 		n, err := st.data.ReadAt(p, int64(off))
 		d.r.diskRead.Add(uint64(n))
-		if err == nil || d.r.onIOError != core.DetachOnIOError {
-			return err
+		if err == nil || d.r.onIOError != core.DetachOnIOError || errors.Is(err, kmod.ErrOutOfBounds) {
+			return err // a range past the end is the caller's error, not the disk's
 		}
 		d.r.detachDisk(fmt.Sprintf("read of [%d, +%d) failed: %v", off, len(p), err))
 	}
