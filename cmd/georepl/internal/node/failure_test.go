@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log/slog"
@@ -70,10 +71,50 @@ func TestMetadataWriteFailureDetaches(t *testing.T) {
 	}
 }
 
+// TestReadPastTheEndDoesNotDetach: a read beyond the device fails, and is
+// not taken for a failing disk.
+func TestReadPastTheEndDoesNotDetach(t *testing.T) {
+	d, r := upResource(t, "detach")
+	if err := r.Primary(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := (device{r}).ReadAt(context.Background(), make([]byte, 4096), r.st.dataSize); err == nil {
+		t.Fatal("a read past the end succeeded")
+	}
+	r.emu.Lock()
+	r.publishStatus()
+	r.emu.Unlock()
+	if st, _ := d.Status("r0"); st[0].Disk != "UpToDate" {
+		t.Fatalf("after a read past the end the disk is %s; want UpToDate", st[0].Disk)
+	}
+}
+
 // upWithFailingMetadata brings resource r0 up on node alpha of the demo
 // configuration with on_io_error = policy, and arms its metadata to fail
 // every write.
 func upWithFailingMetadata(t *testing.T, policy string) (*Daemon, *resource) {
+	t.Helper()
+	d, r := upResource(t, policy)
+	// Swap the metadata for a view of the same bytes that fails writes.
+	_, metaOff, metaSize, err := meta.InternalLayout(r.st.backing.Size(), bitmapSlots(r.cfg), uint32(r.cfg.Disk.BlockSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := &failingDevice{Device: r.st.backing.Region(metaOff, metaSize)}
+	store, err := meta.Open(fd, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.emu.Lock()
+	r.st.store = store
+	fd.armed = true
+	r.emu.Unlock()
+	return d, r
+}
+
+// upResource brings resource r0 up on node alpha of the demo
+// configuration with on_io_error = policy.
+func upResource(t *testing.T, policy string) (*Daemon, *resource) {
 	t.Helper()
 	builtin.Register()
 	dir := t.TempDir()
@@ -106,19 +147,5 @@ func upWithFailingMetadata(t *testing.T, policy string) (*Daemon, *resource) {
 	if err := r.Up(); err != nil {
 		t.Fatal(err)
 	}
-	// Swap the metadata for a view of the same bytes that fails writes.
-	_, metaOff, metaSize, err := meta.InternalLayout(r.st.backing.Size(), bitmapSlots(rc), uint32(rc.Disk.BlockSize))
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd := &failingDevice{Device: r.st.backing.Region(metaOff, metaSize)}
-	store, err := meta.Open(fd, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.emu.Lock()
-	r.st.store = store
-	fd.armed = true
-	r.emu.Unlock()
 	return d, r
 }
