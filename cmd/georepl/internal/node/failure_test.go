@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/georepl/georepl/cmd/georepl/internal/checker"
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/core/meta"
 	"github.com/georepl/georepl/transports/builtin"
@@ -118,7 +119,11 @@ func upResource(t *testing.T, policy string) (*Daemon, *resource) {
 	t.Helper()
 	builtin.Register()
 	dir := t.TempDir()
-	src := configs.Demo(dir, 41000+int(time.Now().UnixNano()%5000))
+	port, err := checker.FreePorts(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := configs.Demo(dir, port)
 	src = []byte(strings.Replace(string(src), "  protocol = \"C\"\n", "  protocol = \"C\"\n  disk {\n    on_io_error = \""+policy+"\"\n  }\n", 1))
 	cfg, err := configs.Parse(filepath.Join(dir, "r0.hcl"), src, configs.LoadOptions{})
 	if err != nil {
