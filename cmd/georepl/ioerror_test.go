@@ -167,3 +167,40 @@ func TestClusterIOErrorDetachMetadata(t *testing.T) {
 		return st.Up && st.Role == "Primary" && st.Disk == "Diskless"
 	})
 }
+
+// TestClusterDetachVerb: `georepl detach` on the Primary while fio writes
+// and verifies: fio sees nothing, the Primary is Diskless and says why.
+// Detached on the secondary dr too, dr has every block marked by its
+// Primary; with bravo disconnected as well, no peer in sync is left and
+// the client gets I/O errors.
+func TestClusterDetachVerb(t *testing.T) {
+	requireTool(t, "fio", "fio")
+	c, _ := ioErrorCluster(t, 64<<20)
+	fio, out := c.fioVerify("24M")
+	deadline := time.Now().Add(30 * time.Second)
+	for c.status("alpha").DiskWritten < 2<<20 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.cli("alpha", "detach", "r0")
+	if err := fio.Wait(); err != nil {
+		t.Fatalf("fio failed across georepl detach: %v\n%s", err, out)
+	}
+	st := c.status("alpha")
+	if st.Disk != "Diskless" || !strings.Contains(st.DiskError, "georepl detach") {
+		t.Fatalf("after georepl detach alpha is %s, disk_error %q", st.Disk, st.DiskError)
+	}
+	if out, err := c.cliErr("alpha", "detach", "r0"); err == nil || !strings.Contains(out, "already detached") {
+		t.Errorf("a second detach: %v: %s", err, out)
+	}
+
+	c.cli("dr", "detach", "r0")
+	c.waitFor("alpha", "dr Diskless, every block marked", time.Minute, func(st *node.ResourceStatus) bool {
+		p := c.peer(st, "dr")
+		return p.Conn == "Connected" && p.Disk == "Diskless" && p.OutOfSync == st.Size
+	})
+	c.cli("alpha", "disconnect", "r0", "bravo")
+	fio2, out2 := c.fioVerify("1M")
+	if err := fio2.Wait(); err == nil || !strings.Contains(out2.String(), "Input/output error") {
+		t.Errorf("fio on a Diskless Primary with no peer in sync: %v, want EIO:\n%s", err, out2)
+	}
+}

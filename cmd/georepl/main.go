@@ -69,6 +69,7 @@ and on the node that holds the good data (or any node, for a new empty device):
 		peerVerbCmd("invalidate-remote", "On the Primary: declare PEER's data (default: every connected peer's) bad and resync it fully"),
 		peerVerbCmd("pause-sync", "Pause the resync from this node to PEER (default: every peer)"),
 		peerVerbCmd("resume-sync", "Resume a resync paused with pause-sync"),
+		simpleVerb("detach", "RESOURCE", "Stop using this node's disk, as an I/O error does under on_io_error = \"detach\" (down and up reattach it, with a full resync)", 1, 1),
 		verifyCmd(), statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd(), checkCmd())
 	return root
 }

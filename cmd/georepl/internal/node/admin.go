@@ -77,6 +77,8 @@ func (d *Daemon) HandleAdmin(ctx context.Context, req admin.Request, send func(a
 			err = r.InvalidateRemote(req.Peer)
 		case "verify":
 			err = r.Verify(req.Peer)
+		case "detach":
+			err = r.Detach()
 		case "dump-md":
 			var buf bytes.Buffer
 			if err = r.DumpMD(&buf, req.JSON); err == nil {

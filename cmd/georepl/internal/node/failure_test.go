@@ -90,6 +90,23 @@ func TestReadPastTheEndDoesNotDetach(t *testing.T) {
 	}
 }
 
+// TestDetachRefusedWithoutPeerInSync: detaching the disk of a Primary
+// that has no peer in sync would fail every request: refused, and the
+// disk stays attached.
+func TestDetachRefusedWithoutPeerInSync(t *testing.T) {
+	d, r := upResource(t, "detach")
+	if err := r.Primary(true); err != nil {
+		t.Fatal(err)
+	}
+	err := r.Detach()
+	if err == nil || !strings.Contains(err.Error(), "no peer in sync") {
+		t.Fatalf("detach of a Primary alone: %v, want a refusal naming the missing peer in sync", err)
+	}
+	if st, _ := d.Status("r0"); st[0].Disk != "UpToDate" {
+		t.Fatalf("after a refused detach the disk is %s", st[0].Disk)
+	}
+}
+
 // upWithFailingMetadata brings resource r0 up on node alpha of the demo
 // configuration with on_io_error = policy, and arms its metadata to fail
 // every write.

@@ -752,6 +752,35 @@ func (r *resource) receive(l *link, f *wire.Frame) {
 	r.startOps(eng, ops)
 }
 
+// Detach stops using the local disk, as a failed disk operation does
+// under on_io_error = "detach" (whatever the policy): a Primary serves
+// through its peers in sync, a Secondary drops its Primary. It is refused
+// on a Primary with no peer in sync connected, which would fail every
+// request. There is no attach: down and up reattach the disk, which is
+// then resynchronised in full.
+func (r *resource) Detach() error {
+	return r.call(func() error {
+		st := r.engine.Status()
+		if st.Disk == core.Diskless {
+			return fmt.Errorf("the disk of %s on %s is already detached", r.cfg.Name, r.self.Name)
+		}
+		if st.Role == core.Primary {
+			inSync := false
+			for _, p := range st.Peers {
+				inSync = inSync || (p.Conn == core.Connected && p.Repl == core.Established && p.Disk == core.UpToDate &&
+					p.OutOfSync == 0 && p.BitmapUUID == 0)
+			}
+			if !inSync {
+				return fmt.Errorf("%s is Primary on %s and no peer in sync with it is connected: without its disk every request would fail (make an UpToDate peer connect, or switch over first)", r.cfg.Name, r.self.Name)
+			}
+		}
+		r.engine.Detach("detached by the administrator (georepl detach)")
+		r.process()
+		r.publishStatus()
+		return r.failed
+	})
+}
+
 // noteDetached switches the driver to a detached disk, once: the activity
 // log stops, bitmaps stay in memory, reads go to the peers. Called with
 // emu held.
