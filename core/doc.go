@@ -320,7 +320,10 @@
 //     sees every write completed before it was submitted, under protocol
 //     A as well. If the peer is lost or answers negatively, the next peer
 //     in sync is asked;
-//   - with no peer in sync, requests fail with ErrIO.
+//   - with no peer in sync, requests fail with ErrIO;
+//   - local operations still in flight at the detach no longer count
+//     (a failing disk may never finish them): their writes and flushes
+//     need a peer in sync like later ones, their reads go to one.
 //
 // A detached disk is resynchronised fully when it returns, whatever its
 // metadata says: metadata that recorded the detach says Diskless, read

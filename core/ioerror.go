@@ -31,8 +31,8 @@ func (e *Engine) ioFailed(what string, off, length uint64, err error) bool {
 // detach makes the disk Diskless. Nothing may be read from it any more:
 //
 //   - writes and flushes not yet completed need a peer in sync instead
-//     (write.needPeer): their local operation, when it reports, no longer
-//     counts;
+//     (write.needPeer), and reads go to one: their local operation, which
+//     may never report on a failing disk, no longer counts;
 //   - a verify from this node stops, and so does a resync (their reads
 //     would come from the disk): the sync target's connection drops
 //     (ErrResyncAborted) and the next handshake finds nothing to resync
@@ -51,11 +51,11 @@ func (e *Engine) detach(why string) {
 	e.setDisk(Diskless, why)
 	for _, w := range e.writes {
 		if !w.completed {
-			w.needPeer = true
+			w.needPeer, w.localDone = true, true
 		}
 	}
 	for _, f := range e.flushes {
-		f.needPeer = true
+		f.needPeer, f.localDone, f.localErr = true, true, nil
 	}
 	for _, p := range e.peers {
 		e.stopVerify(p, "the local disk was detached")
@@ -77,6 +77,12 @@ func (e *Engine) detach(why string) {
 		// for it (it may never return from a failing disk): the peers
 		// apply them in sequence order anyway.
 		e.releaseHeld()
+		for _, rq := range append([]*readReq(nil), e.reads...) {
+			if rq.local {
+				rq.local = false
+				e.readFromPeer(rq)
+			}
+		}
 	}
 }
 
@@ -109,12 +115,14 @@ type readReq struct {
 	peer        *peer  // the peer asked, nil while none is or the local disk reads
 	tag         uint64 // the ReadRequest's Seq
 	tried       uint64 // peers (bit by index) that failed it
+	local       bool   // the local disk reads it (OpRead in flight)
 }
 
 func (e *Engine) startRead(r Request) {
 	rq := &readReq{id: r.ID, off: r.Offset, length: r.Length, data: r.Data}
 	e.reads = append(e.reads, rq)
 	if e.disk != Diskless {
+		rq.local = true
 		e.newOp(LocalOp{Kind: OpRead, Offset: r.Offset, Length: r.Length}, opOwner{read: rq})
 		return
 	}
@@ -122,13 +130,14 @@ func (e *Engine) startRead(r Request) {
 }
 
 func (e *Engine) appReadDone(rq *readReq, data []byte, err error) {
+	if !rq.local {
+		return // detach sent it to a peer: what the disk returned no longer counts
+	}
+	rq.local = false
 	if err == nil && uint64(len(data)) != rq.length {
 		err = fmt.Errorf("read returned %d bytes, want %d", len(data), rq.length)
 	}
 	switch {
-	case e.disk == Diskless:
-		// Detached meanwhile: what the disk returned no longer counts.
-		e.readFromPeer(rq)
 	case err == nil:
 		copy(rq.data, data)
 		e.completeRead(rq, nil)
