@@ -184,7 +184,8 @@ type Event struct {
 	// What is "role", "disk", "gen" (this node's role, disk state, current
 	// generation id), "conn", "repl", "peer-role", "peer-disk" (towards or
 	// of Peer) or "resync" (started, interrupted, finished, blocks marked
-	// out of sync) or "verify" (started, finished, stopped).
+	// out of sync) or "verify" (started, finished, stopped), or "read"
+	// (a peer could not serve a read of a Diskless Primary).
 	What     string
 	Old, New string // the state before and after, when the event is a transition
 	Detail   string // why, or what happened, for humans
