@@ -725,9 +725,10 @@ func slowResyncToBravo(rate string) func(string) string {
 	}
 }
 
-// TestClusterResyncPauseAndResume: a bitmap resync to bravo, capped by
-// resync_rate, is paused part way (no more progress; status and
-// --proc say so), interrupted by a disconnect while paused and
+// TestClusterResyncPauseAndResume: the initial full sync to bravo, capped
+// by resync_rate, interrupted part way, continues with what is left. Then
+// a bitmap resync to bravo is paused part way (no more progress; status
+// and --proc say so), interrupted by a disconnect while paused and
 // reconnected: the pause holds across the reconnection, the new resync
 // covers only what the first had left, not everything again, and once
 // resumed it ends with identical disks.
@@ -737,7 +738,26 @@ func TestClusterResyncPauseAndResume(t *testing.T) {
 	for _, n := range demoNodes {
 		c.start(n)
 	}
+	resync := func(st *node.ResourceStatus) *node.Resync { return c.peer(st, "bravo").Resync }
 	c.cli("alpha", "primary", "--force", "r0")
+	// The initial full sync, interrupted part way, continues after the
+	// reconnection with what is left.
+	st := c.waitFor("alpha", "the full sync to bravo under way", time.Minute, func(st *node.ResourceStatus) bool {
+		rs := resync(st)
+		return rs != nil && rs.DoneBytes > 0
+	})
+	c.cli("alpha", "disconnect", "r0", "bravo")
+	st = c.waitFor("alpha", "bravo disconnected", time.Minute, func(st *node.ResourceStatus) bool {
+		return c.peer(st, "bravo").Conn != "Connected"
+	})
+	left := c.peer(st, "bravo").OutOfSync
+	c.cli("alpha", "connect", "r0", "bravo")
+	st = c.waitFor("alpha", "the full sync to bravo again", time.Minute, func(st *node.ResourceStatus) bool {
+		return resync(st) != nil || c.peer(st, "bravo").Repl == "Established"
+	})
+	if rs := resync(st); rs == nil || rs.TotalBytes > left || left >= st.Size {
+		t.Fatalf("after an interruption the full sync starts again with %+v; %d of %d bytes were left", rs, left, st.Size)
+	}
 	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
 
 	// bravo misses 16 MiB of writes.
@@ -759,9 +779,8 @@ func TestClusterResyncPauseAndResume(t *testing.T) {
 	if err := client.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	resync := func(st *node.ResourceStatus) *node.Resync { return c.peer(st, "bravo").Resync }
 	c.cli("alpha", "connect", "r0", "bravo")
-	st := c.waitFor("alpha", "a resync to bravo", time.Minute, func(st *node.ResourceStatus) bool { return resync(st) != nil })
+	st = c.waitFor("alpha", "a resync to bravo", time.Minute, func(st *node.ResourceStatus) bool { return resync(st) != nil })
 	total1 := resync(st).TotalBytes
 	if total1 < 16<<20 {
 		t.Fatalf("the resync covers %d bytes; 16 MiB were written", total1)
