@@ -2,17 +2,18 @@
 #
 #   make demo    three-node cluster on loopback, no configuration needed
 #   make test    everything CI runs (installs the Debian packages it needs)
-#   make bench   georepl against nbdkit through fio's nbd engine
+#   make bench   georepl against nbdkit through fio's nbd engine, then bench-resync
+#   make bench-resync  resync throughput over a 200 Mbit/s tc tbf link between namespaces
 #   make soak    the crash-consistency checker for as long as asked (SOAK=1h)
 #   make vmtest  the VM rig: ext4 on /dev/nbd0, power loss, failover, WAN latency
 
 GO      ?= go
 BIN     := bin/georepl
 # command:package pairs for the real NBD clients the tests and benchmarks use.
-TOOLS   := fio:fio nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils
+TOOLS   := fio:fio nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils ip:iproute2 tc:iproute2
 TESTFLAGS ?=
 
-.PHONY: all build demo test vet fmt-check unit deps bench soak fuzz vmtest clean
+.PHONY: all build demo test vet fmt-check unit deps bench bench-resync soak fuzz vmtest clean
 
 all: build
 
@@ -62,6 +63,14 @@ fuzz:
 
 bench: deps build
 	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN)
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory bench-resync; \
+	else echo "bench-resync skipped: it needs root (network namespaces, tc)"; fi
+
+# Resync throughput over a veth pair between two network namespaces shaped
+# by tc tbf to 200 Mbit/s, with and without csums, and the application's
+# write rate during a resync. Needs root and iproute2.
+bench-resync: deps build
+	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN) -resync
 
 # Kill the primary of a loopback cluster at random moments for SOAK, check
 # every survivor, print the count of runs and failures.

@@ -15,6 +15,9 @@
 // its disk and cores: two copies cost about half the disk bandwidth.
 //
 //	go run ./cmd/georepl/internal/benchrig -georepl bin/georepl [-runs 3] [-runtime 5s]
+//
+// With -resync it runs the resync benchmark over a shaped link between two
+// network namespaces instead (`make bench-resync`, root only; resync.go).
 package main
 
 import (
@@ -67,7 +70,17 @@ func main() {
 	runs := flag.Int("runs", 3, "runs per measurement (the median is reported)")
 	runtime := flag.Duration("runtime", 5*time.Second, "fio runtime per run")
 	sizeMiB := flag.Int("size", 1024, "device size in MiB")
+	resync := flag.Bool("resync", false, "run the resync benchmark instead (root: network namespaces, tc tbf; see resync.go)")
+	resyncMiB := flag.Int("resync-size", 512, "with -resync: device size in MiB, all of it resynchronised")
+	rateMbit := flag.Int("rate", 200, "with -resync: the link rate in Mbit/s")
 	flag.Parse()
+	if *resync {
+		if err := runResyncBench(*bin, *runs, *resyncMiB, *rateMbit); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-resync:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	r := &rig{bin: *bin, runs: *runs, runtime: *runtime, size: int64(*sizeMiB) << 20}
 	if err := r.run(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
