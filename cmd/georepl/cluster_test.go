@@ -827,3 +827,36 @@ func TestClusterResyncPauseAndResume(t *testing.T) {
 	c.cli("alpha", "resume-sync", "r0", "bravo")
 	c.settleAndCompare()
 }
+
+// TestClusterCongestionDisconnect: with on_congestion = "disconnect", 1 MiB
+// writes to dr (protocol A, 64 KiB buffer) drop its connection instead of
+// waiting (the log says why); dr comes back by itself and is
+// resynchronised, and all three disks end identical.
+func TestClusterCongestionDisconnect(t *testing.T) {
+	c := newCluster(t, 64<<20, func(src string) string {
+		return strings.Replace(pullAheadToDR(src), `"pull-ahead"`, `"disconnect"`, 1)
+	}, shortTimeouts)
+	for _, n := range demoNodes {
+		c.start(n)
+	}
+	c.cli("alpha", "primary", "--force", "r0")
+	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	buf := bytes.Repeat([]byte{0x5A}, 1<<20)
+	for i := range 16 {
+		if err := client.WriteAt(buf, int64(i)<<20, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := client.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(c.log("alpha"), "peer congested") {
+		t.Fatalf("alpha's log does not show the congested connection dropped:\n%s", c.log("alpha"))
+	}
+	c.settleAndCompare()
+}
