@@ -237,19 +237,22 @@ func TestConsistentResyncSpaceExhausted(t *testing.T) {
 	if testing.Short() {
 		t.Skip("real daemons")
 	}
-	// flushes: resync blocks are written with FUA, so that the resync
-	// after the exhaustion still takes seconds and alpha dies in it.
-	c := undoCluster(t, 64<<20, "64KiB", "A", "    flushes = true\n")
+	// resync_rate: the resync after the exhaustion takes seconds, and
+	// alpha dies in it.
+	c := undoCluster(t, 20<<20, "64KiB", "A", "", func(src string) string {
+		return strings.Replace(src, `compression = "lz4"`, `compression = "lz4"
+      resync_rate = "4MiB"`, 1)
+	})
 	c.cli("alpha", "disconnect", "r0", "dr")
 	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Every other block: single-block runs to resync, each written with
-	// FUA, far more than 64 KiB of undo log can save.
+	// Every other block: 8 MiB of single-block runs to resync (two
+	// seconds at 4 MiB/s), far more than 64 KiB of undo log can save.
 	buf := make([]byte, 4096)
 	start := time.Now()
-	for i := range 6144 {
+	for i := range 2048 {
 		buf[0] = byte(i + 1)
 		if err := client.WriteAt(buf, int64(i)*8192, false); err != nil {
 			t.Fatal(err)
@@ -261,6 +264,8 @@ func TestConsistentResyncSpaceExhausted(t *testing.T) {
 	st := c.waitFor("dr", "the undo log to run out", time.Minute, func(st *node.ResourceStatus) bool {
 		return st.ConsistentResync != nil && st.ConsistentResync.State == "exhausted"
 	})
+	// Hold the resync where it is while we look (it would finish).
+	c.cli("alpha", "pause-sync", "r0", "dr")
 	if st.Disk != "Inconsistent" {
 		t.Fatalf("dr is %s with an exhausted undo log", st.Disk)
 	}
