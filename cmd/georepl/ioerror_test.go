@@ -103,6 +103,10 @@ func TestClusterIOErrorDetach(t *testing.T) {
 	if err := os.Remove(trigger); err != nil {
 		t.Fatal(err)
 	}
+	// bravo may still be handling alpha's connection (as Primary): wait.
+	c.waitFor("bravo", "alpha gone", time.Minute, func(st *node.ResourceStatus) bool {
+		return c.peer(st, "alpha").Role != "Primary"
+	})
 	c.cli("bravo", "primary", "r0")
 	c.cli("alpha", "up", "r0")
 	c.waitFor("bravo", "alpha resynchronised", 2*time.Minute, func(st *node.ResourceStatus) bool {
