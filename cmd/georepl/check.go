@@ -110,7 +110,7 @@ func checkVerifyCmd() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&logPath, "log", "check.log", "the log written by `check write`")
+	cmd.Flags().StringVar(&logPath, "log", "check.log", "the log written by 'georepl check write'")
 	cmd.Flags().StringVar(&image, "image", "", "the node's disk or image file (its data area starts at byte 0) (required)")
 	cmd.Flags().BoolVar(&durable, "durable", false, "also require every completed write (protocol C peers)")
 	cmd.MarkFlagRequired("image")

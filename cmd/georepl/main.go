@@ -59,17 +59,47 @@ and on the node that holds the good data (or any node, for a new empty device):
 	}
 	root.PersistentFlags().String("admin", defaultAdmin(), "admin socket of the daemon")
 	root.AddCommand(daemonCmd(), createMDCmd(), dumpMDCmd(), validateCmd(),
-		simpleVerb("up", "[RESOURCE|all]", "Attach the disk and start connecting to the peers", 0, 1),
-		simpleVerb("down", "[RESOURCE|all]", "Disconnect and detach (the resource must be Secondary)", 0, 1),
+		withLong(simpleVerb("up", "[RESOURCE|all]", "Attach the disk and start connecting to the peers", 0, 1),
+			`Bring RESOURCE (default and "all": every resource of this node) up: open the backing disk
+and its metadata (after an unclean shutdown, mark the activity log's extents out of sync;
+finish an interrupted rollback of a resync undo log), open the export, and start
+connecting to the peers. The node comes up Secondary.`),
+		withLong(simpleVerb("down", "[RESOURCE|all]", "Disconnect and detach (the resource must be Secondary)", 0, 1),
+			`Take RESOURCE (default and "all": every resource of this node) down: close the
+connections, the export and the disk. Refused while the resource is Primary: run
+'georepl secondary' first. 'georepl up' brings it back.`),
 		primaryCmd(),
-		simpleVerb("secondary", "RESOURCE", "Demote: close the export's clients, finish their writes, become Secondary", 1, 1),
+		withLong(simpleVerb("secondary", "RESOURCE", "Demote: close the export's clients, finish their writes, become Secondary", 1, 1),
+			`Demote this node to Secondary for RESOURCE. The kernel device (device in the node block)
+is detached first; while it is mounted or open the command is refused and names the
+holder. Then the export's clients are disconnected and their outstanding writes finish.`),
 		connectCmd(),
-		peerVerbCmd("disconnect", "Close the connection to PEER (default: every peer) and stay StandAlone"),
-		peerVerbCmd("invalidate", "Declare this node's data bad: a full resync from the connected Primary (PEER)"),
-		peerVerbCmd("invalidate-remote", "On the Primary: declare PEER's data (default: every connected peer's) bad and resync it fully"),
-		peerVerbCmd("pause-sync", "Pause the resync from this node to PEER (default: every peer)"),
-		peerVerbCmd("resume-sync", "Resume a resync paused with pause-sync"),
-		simpleVerb("detach", "RESOURCE", "Stop using this node's disk, as an I/O error does under on_io_error = \"detach\" (down and up reattach it, with a full resync)", 1, 1),
+		withLong(peerVerbCmd("disconnect", "Close the connection to PEER (default: every peer) and stay StandAlone"),
+			`Close the connection to PEER (default: every peer) of RESOURCE and do not reconnect
+(StandAlone) until 'georepl connect'. A Primary marks the writes that peer misses; they
+are resynchronised when it connects again.`),
+		withLong(peerVerbCmd("invalidate", "Declare this node's data bad: a full resync from the connected Primary (PEER)"),
+			`On a Secondary: declare this node's data of RESOURCE bad. The connected Primary (PEER, or
+whichever peer is Primary) resynchronises every block to it; with csums, blocks that are
+still identical are not sent. Refused on the Primary, without a connected UpToDate
+Primary, and while a resync with it runs.`),
+		withLong(peerVerbCmd("invalidate-remote", "On the Primary: declare PEER's data (default: every connected peer's) bad and resync it fully"),
+			`On the Primary: declare PEER's data of RESOURCE (default: every connected peer's) bad and
+resynchronise every block to it, as 'georepl invalidate' on that peer would. Refused on a
+Secondary, for a peer that is not connected, and while a resync with it runs.`),
+		withLong(peerVerbCmd("pause-sync", "Pause the resync from this node to PEER (default: every peer)"),
+			`Stop reading resync blocks for PEER (default: every peer) of RESOURCE where this node is
+the sync source; what is in flight finishes, and application writes still replicate. The
+pause holds across reconnections until 'georepl resume-sync' or 'georepl down'.`),
+		withLong(peerVerbCmd("resume-sync", "Resume a resync paused with pause-sync"),
+			`Let a resync to PEER (default: every peer) of RESOURCE that 'georepl pause-sync' holds go
+on from where it stopped.`),
+		withLong(simpleVerb("detach", "RESOURCE", "Stop using this node's disk, as an I/O error does under on_io_error = \"detach\"", 1, 1),
+			`Stop using this node's disk for RESOURCE, as an I/O error does under
+on_io_error = "detach": the disk becomes Diskless, and a Primary goes on serving reads and
+writes through its peers in sync. Refused on a Primary with no peer in sync. There is no
+attach: 'georepl down' and 'georepl up' reattach the disk, which is then resynchronised in
+full.`),
 		verifyCmd(), statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd(), checkCmd())
 	return root
 }
@@ -94,6 +124,12 @@ func call(cmd *cobra.Command, req admin.Request) error {
 		}
 		return nil
 	})
+}
+
+// withLong sets cmd's long help.
+func withLong(cmd *cobra.Command, long string) *cobra.Command {
+	cmd.Long = long
+	return cmd
 }
 
 func simpleVerb(verb, args, short string, minArgs, maxArgs int) *cobra.Command {
@@ -340,7 +376,10 @@ func validateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "validate --config DIR",
 		Short: "Check a configuration directory and print what it describes",
-		Args:  cobra.NoArgs,
+		Long: `Load every *.hcl file of DIR as the daemon would, report every error with file, line
+and column, and print each resource and the effective settings of each connection.
+Needs no daemon.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(dir)
 			if err != nil {
@@ -434,7 +473,11 @@ func eventsCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "events [RESOURCE]",
 		Short: "Stream state changes as JSON lines until interrupted",
-		Args:  cobra.MaximumNArgs(1),
+		Long: `Stream the daemon's state changes (of RESOURCE, or of every resource) as JSON lines
+until interrupted: time, resource, node, peer, what (role, disk, conn, repl, peer-role,
+peer-disk, gen, resync, verify, read, split-brain, quorum, activity-log, resync-undo,
+overflow), old, new, detail. The admin guide describes each.`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			req := admin.Request{Verb: "events"}
 			if len(a) == 1 {
@@ -458,10 +501,11 @@ func waitSyncCmd() *cobra.Command {
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "wait-sync RESOURCE",
-		Short: "Wait until this node and every connected-or-connecting peer are UpToDate",
-		Long: `Block until RESOURCE is UpToDate here and on every peer that is not disconnected by the
-administrator, with no resync running and no write still unacknowledged by a peer. On a terminal it draws a progress bar per
-resyncing peer. --timeout gives up with an error.`,
+		Short: "Wait until this node and every peer that is not StandAlone are UpToDate",
+		Long: `Block until RESOURCE is UpToDate here and on every peer that is not StandAlone
+(disconnected by the administrator, or refused after a split brain), with no resync
+running and no write still unacknowledged by a peer. On a terminal it draws a progress
+bar per resyncing peer. --timeout gives up with an error.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
 			ctx := cmd.Context()
