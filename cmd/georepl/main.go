@@ -90,7 +90,8 @@ Secondary, for a peer that is not connected, and while a resync with it runs.`),
 		withLong(peerVerbCmd("pause-sync", "Pause the resync from this node to PEER (default: every peer)"),
 			`Stop reading resync blocks for PEER (default: every peer) of RESOURCE where this node is
 the sync source; what is in flight finishes, and application writes still replicate. The
-pause holds across reconnections until 'georepl resume-sync' or 'georepl down'.`),
+pause holds across reconnections until 'georepl resume-sync' or 'georepl down'; it is not
+kept over a daemon restart.`),
 		withLong(peerVerbCmd("resume-sync", "Resume a resync paused with pause-sync"),
 			`Let a resync to PEER (default: every peer) of RESOURCE that 'georepl pause-sync' holds go
 on from where it stopped.`),
