@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -26,6 +27,10 @@ const (
 	// cannot hold up Close.
 	shutdownWriteGrace = 5 * time.Second
 )
+
+// inlineGrace is how long a request may run on the reader before a new
+// reader takes over (see transmitter). A variable for the tests.
+var inlineGrace = 2 * time.Millisecond
 
 // errClientAborted ends a negotiation the client aborted with NBD_OPT_ABORT.
 var errClientAborted = errors.New("client aborted the negotiation")
@@ -335,72 +340,166 @@ func appendOptionReply(b []byte, opt, replyType uint32, data []byte) []byte {
 // or the connection is shut down. It returns when every request it read
 // has been carried out.
 func (c *conn) transmit(exp export) {
-	slots := make(chan struct{}, maxInFlight)
-	buffers, _ := exp.dev.(WriteBuffers)
-	var running sync.WaitGroup
-	defer running.Wait()
+	t := &transmitter{c: c, exp: exp, slots: make(chan struct{}, maxInFlight)}
+	t.buffers, _ = exp.dev.(WriteBuffers)
+	t.running.Add(1)
+	t.read()
+	t.running.Wait()
+}
 
-	var hdr [requestHeaderSize]byte
+// transmitter reads a connection's requests and runs them.
+//
+// One goroutine at a time reads requests (the reader). A request that
+// arrives while more are already buffered runs on a goroutine of its own,
+// so that pipelined requests run concurrently. A request that arrives
+// alone runs on the reader itself: at queue depth 1 that saves handing it
+// to another goroutine, which costs a wake-up of another thread and a
+// cache-cold start there, both on the request's latency. If the Device
+// then has to wait (WillBlock), the reader role passes to a new goroutine
+// before it waits, so that requests sent meanwhile are still read; the
+// old reader finishes its request and ends. A request that runs longer
+// than inlineGrace hands the role on too, so that a Device that waits
+// without saying so (perhaps for a later request) cannot stall the
+// connection.
+type transmitter struct {
+	c       *conn
+	exp     export
+	buffers WriteBuffers
+	slots   chan struct{} // one per request running, at most maxInFlight
+	running sync.WaitGroup
+}
+
+// read is the reader: it reads requests until the connection ends, or
+// until it hands the reader role to another goroutine and finished the
+// request it ran itself.
+func (t *transmitter) read() {
+	defer t.running.Done()
 	for {
-		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
-			if !errors.Is(err, io.EOF) && !isShutdownRead(err) {
-				c.log.Debug("nbd: connection lost", "err", err)
-			}
+		req, ok := t.next()
+		if !ok {
 			return
 		}
-		if magic := binary.BigEndian.Uint32(hdr[0:]); magic != magicRequest {
-			c.log.Warn("nbd: request with bad magic; closing the connection", "magic", magic)
+		if t.c.br.Buffered() > 0 {
+			t.running.Go(func() { t.run(req, nil) })
+			continue
+		}
+		h := &handoff{t: t}
+		// A Device that waits without WillBlock, perhaps for a later
+		// request of this very connection, gets a reader all the same.
+		watchdog := time.AfterFunc(inlineGrace, h.start)
+		t.run(req, h)
+		watchdog.Stop()
+		// Claim the role back, unless it passed on: the watchdog may fire
+		// even now, and then must find it taken.
+		if !h.done.CompareAndSwap(false, true) {
 			return
 		}
-		req := request{
-			flags:  binary.BigEndian.Uint16(hdr[4:]),
-			cmd:    binary.BigEndian.Uint16(hdr[6:]),
-			cookie: binary.BigEndian.Uint64(hdr[8:]),
-			off:    binary.BigEndian.Uint64(hdr[16:]),
-			length: binary.BigEndian.Uint32(hdr[24:]),
+	}
+}
+
+// next reads the next request, with its payload, and takes a slot for
+// it; ok is false when the connection ends.
+func (t *transmitter) next() (req request, ok bool) {
+	c := t.c
+	var hdr [requestHeaderSize]byte
+	if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+		if !errors.Is(err, io.EOF) && !isShutdownRead(err) {
+			c.log.Debug("nbd: connection lost", "err", err)
 		}
-		switch req.cmd {
-		case cmdDisc:
-			c.log.Debug("nbd: client disconnected")
-			return
-		case cmdWrite:
-			if req.length > MaxPayload {
-				// Reading the payload would take unbounded memory and
-				// skipping it is no better: the stream cannot be trusted.
-				c.log.Warn("nbd: write payload exceeds the maximum; closing the connection",
-					"length", req.length, "max", MaxPayload)
-				return
-			}
+		return req, false
+	}
+	if magic := binary.BigEndian.Uint32(hdr[0:]); magic != magicRequest {
+		c.log.Warn("nbd: request with bad magic; closing the connection", "magic", magic)
+		return req, false
+	}
+	req = request{
+		flags:  binary.BigEndian.Uint16(hdr[4:]),
+		cmd:    binary.BigEndian.Uint16(hdr[6:]),
+		cookie: binary.BigEndian.Uint64(hdr[8:]),
+		off:    binary.BigEndian.Uint64(hdr[16:]),
+		length: binary.BigEndian.Uint32(hdr[24:]),
+	}
+	switch req.cmd {
+	case cmdDisc:
+		c.log.Debug("nbd: client disconnected")
+		return req, false
+	case cmdWrite:
+		if req.length > MaxPayload {
+			// Reading the payload would take unbounded memory and
+			// skipping it is no better: the stream cannot be trusted.
+			c.log.Warn("nbd: write payload exceeds the maximum; closing the connection",
+				"length", req.length, "max", MaxPayload)
+			return req, false
 		}
-		slots <- struct{}{}
-		if req.cmd == cmdWrite {
-			if buffers != nil {
-				req.data = buffers.WriteBuffer(int(req.length))
-			} else {
-				req.data = make([]byte, req.length)
-			}
-			if _, err := io.ReadFull(c.br, req.data); err != nil {
-				<-slots
-				c.log.Debug("nbd: connection lost inside a write payload", "err", err)
-				return
-			}
+	}
+	t.slots <- struct{}{}
+	if req.cmd == cmdWrite {
+		if t.buffers != nil {
+			req.data = t.buffers.WriteBuffer(int(req.length))
+		} else {
+			req.data = make([]byte, req.length)
 		}
-		running.Go(func() {
-			defer func() { <-slots }()
-			c.reply(req, exp)
-		})
+		if _, err := io.ReadFull(c.br, req.data); err != nil {
+			<-t.slots
+			c.log.Debug("nbd: connection lost inside a write payload", "err", err)
+			return req, false
+		}
+	}
+	return req, true
+}
+
+// run carries out req and replies; h is set when it runs on the reader.
+func (t *transmitter) run(req request, h *handoff) {
+	defer func() { <-t.slots }()
+	ctx := context.Background()
+	if h != nil {
+		ctx = context.WithValue(ctx, handoffKey{}, h)
+	}
+	t.c.reply(ctx, req, t.exp)
+}
+
+// handoff lets a request that runs on the reader pass the reader role on.
+// done is set once, by whoever comes first: start, which passes the role
+// to a new goroutine, or the reader, which keeps it once the request is
+// finished.
+type handoff struct {
+	t    *transmitter
+	done atomic.Bool
+}
+
+type handoffKey struct{}
+
+// start passes the reader role to a new goroutine, once.
+func (h *handoff) start() {
+	if h.done.CompareAndSwap(false, true) {
+		h.t.running.Add(1)
+		go h.t.read()
+	}
+}
+
+// WillBlock tells the server that the request ctx belongs to is about to
+// wait for something other than the CPU, such as a peer's acknowledgement.
+// If the request runs on the goroutine that reads the connection's
+// requests, a new goroutine takes over reading, so that requests the
+// client sends meanwhile are read and run. A Device calls it before such
+// a wait, not before work that is done at once: a request that never
+// blocks costs no goroutine. Calling it more than once, or with a context
+// that did not come from the server, does nothing.
+func WillBlock(ctx context.Context) {
+	if h, _ := ctx.Value(handoffKey{}).(*handoff); h != nil {
+		h.start()
 	}
 }
 
 // reply carries out one request and sends its reply.
-func (c *conn) reply(req request, exp export) {
+func (c *conn) reply(ctx context.Context, req request, exp export) {
 	var buf []byte
 	if req.cmd == cmdRead && req.length <= MaxPayload {
 		buf = make([]byte, replyHeaderSize+int(req.length))
 	} else {
 		buf = make([]byte, replyHeaderSize)
 	}
-	errno := c.execute(req, exp, buf[replyHeaderSize:])
+	errno := c.execute(ctx, req, exp, buf[replyHeaderSize:])
 	if errno != 0 {
 		buf = buf[:replyHeaderSize]
 	}
@@ -481,7 +580,7 @@ func (c *conn) writeReplies(batch [][]byte) error {
 
 // execute validates a request and runs it on the Device. readInto is where
 // a read's data goes. It returns the errno for the reply.
-func (c *conn) execute(req request, exp export, readInto []byte) Errno {
+func (c *conn) execute(ctx context.Context, req request, exp export, readInto []byte) Errno {
 	allowed := uint16(cmdFlagFUA)
 	if req.cmd == cmdWriteZeroes {
 		allowed |= cmdFlagNoHole
@@ -504,7 +603,6 @@ func (c *conn) execute(req request, exp export, readInto []byte) Errno {
 		return EINVAL
 	}
 	fua := req.flags&cmdFlagFUA != 0
-	ctx := context.Background()
 	var err error
 	switch req.cmd {
 	case cmdRead:

@@ -27,7 +27,7 @@ type memDevice struct {
 	// fail, if set, decides the error each call returns (nil: carry on).
 	fail func(op string) error
 	// beforeWrite, if set, runs at the start of WriteAt, outside the lock.
-	beforeWrite func(off uint64)
+	beforeWrite func(ctx context.Context, off uint64)
 }
 
 func newMemDevice(size int) *memDevice {
@@ -60,12 +60,12 @@ func (d *memDevice) ReadAt(_ context.Context, p []byte, off uint64) error {
 	return nil
 }
 
-func (d *memDevice) WriteAt(_ context.Context, p []byte, off uint64, fua bool) error {
+func (d *memDevice) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) error {
 	if err := d.enter("write"); err != nil {
 		return err
 	}
 	if d.beforeWrite != nil {
-		d.beforeWrite(off)
+		d.beforeWrite(ctx, off)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -111,11 +111,13 @@ func TestRequestsRunConcurrently(t *testing.T) {
 }
 
 // TestRepliesOutOfOrder makes the first write wait for a later read, so its
-// reply must come after the read's.
+// reply must come after the read's. The write runs on the connection's
+// reader and waits without WillBlock: the reader role passes on after
+// inlineGrace all the same.
 func TestRepliesOutOfOrder(t *testing.T) {
 	dev := newMemDevice(1 << 20)
 	readDone := make(chan struct{})
-	dev.beforeWrite = func(off uint64) {
+	dev.beforeWrite = func(_ context.Context, off uint64) {
 		if off == 0 {
 			<-readDone
 		}
@@ -340,7 +342,7 @@ func TestLookupRefusalReachesClient(t *testing.T) {
 func TestDisconnectKeepsAcceptedWrite(t *testing.T) {
 	dev := newMemDevice(1 << 16)
 	entered, release := make(chan struct{}), make(chan struct{})
-	dev.beforeWrite = func(uint64) {
+	dev.beforeWrite = func(context.Context, uint64) {
 		close(entered)
 		<-release
 	}
@@ -378,7 +380,7 @@ func TestCloseConnectionsKeepsListening(t *testing.T) {
 func TestCloseWaitsForRequestsAndRepliesToThem(t *testing.T) {
 	dev := newMemDevice(1 << 16)
 	entered, release := make(chan struct{}), make(chan struct{})
-	dev.beforeWrite = func(uint64) {
+	dev.beforeWrite = func(context.Context, uint64) {
 		close(entered)
 		<-release
 	}
@@ -413,7 +415,7 @@ func TestCloseWaitsForRequestsAndRepliesToThem(t *testing.T) {
 func TestClientCloseWaitsForPendingReplies(t *testing.T) {
 	dev := newMemDevice(1 << 16)
 	entered, release := make(chan struct{}), make(chan struct{})
-	dev.beforeWrite = func(uint64) {
+	dev.beforeWrite = func(context.Context, uint64) {
 		close(entered)
 		<-release
 	}
@@ -501,5 +503,72 @@ func TestFullDiskReachesClientAsENOSPC(t *testing.T) {
 	}
 	if strings.Contains(s.log.String(), "level=ERROR") {
 		t.Fatalf("ENOSPC logged as a device error:\n%s", s.log)
+	}
+}
+
+// TestWillBlockHandsOff has a write that waits for a later read on the same
+// connection, saying so with WillBlock first. With the watchdog made too
+// slow to matter, only WillBlock can let the read in.
+func TestWillBlockHandsOff(t *testing.T) {
+	defer func(g time.Duration) { inlineGrace = g }(inlineGrace)
+	inlineGrace = time.Hour
+	dev := newMemDevice(1 << 20)
+	readDone := make(chan struct{})
+	dev.beforeWrite = func(ctx context.Context, off uint64) {
+		if off == 0 {
+			WillBlock(ctx)
+			WillBlock(ctx) // a second call does nothing
+			<-readDone
+		}
+	}
+	s := startServer(t, map[string]Device{"r0": dev})
+	c := dial(t, s.spec, "r0")
+	writeDone := make(chan error, 1)
+	go func() { writeDone <- c.WriteAt([]byte("first"), 0, false) }()
+	for dev.callCount() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := c.ReadAt(make([]byte, 512), 4096); err != nil {
+		t.Fatal(err)
+	}
+	close(readDone)
+	if err := <-writeDone; err != nil {
+		t.Fatal(err)
+	}
+	// The connection still serves, from the new reader.
+	if err := c.WriteAt([]byte("second"), 8192, false); err != nil {
+		t.Fatal(err)
+	}
+	if got := dev.snapshot()[8192:8198]; string(got) != "second" {
+		t.Fatalf("second write: %q", got)
+	}
+}
+
+// TestWatchdogRace has requests that end right around inlineGrace, so the
+// watchdog often fires as the reader finishes its request: exactly one of
+// them may go on reading, or requests are misread (or, under -race, two
+// goroutines read the connection at once).
+func TestWatchdogRace(t *testing.T) {
+	defer func(g time.Duration) { inlineGrace = g }(inlineGrace)
+	inlineGrace = 200 * time.Microsecond
+	dev := newMemDevice(1 << 20)
+	dev.beforeWrite = func(_ context.Context, off uint64) {
+		time.Sleep(time.Duration(off/4096%5) * 100 * time.Microsecond)
+	}
+	s := startServer(t, map[string]Device{"r0": dev})
+	c := dial(t, s.spec, "r0")
+	for i := range 300 {
+		off := int64(i%64) * 4096
+		want := bytes.Repeat([]byte{byte(i)}, 4096)
+		if err := c.WriteAt(want, off, false); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		got := make([]byte, 4096)
+		if _, err := c.ReadAt(got, off); err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("read %d: wrong data", i)
+		}
 	}
 }
