@@ -66,6 +66,12 @@ func NewReader(r io.Reader) *Reader {
 // ReadFrame, not concurrently with it.
 func (r *Reader) SetPayloadAlloc(alloc func(t Type, n int) []byte) { r.alloc = alloc }
 
+// Buffered reports whether more input has already arrived: frames left
+// of a batch, or bytes read ahead. A caller that gets false may do slow
+// work on the goroutine that reads before reading on, since nothing waits
+// for it yet. Like ReadFrame, it is not safe for concurrent use.
+func (r *Reader) Buffered() bool { return len(r.pending) > 0 || r.r.Buffered() > 0 }
+
 // ReadFrame returns the next frame. Batches are unpacked transparently: the
 // frames they hold are returned one by one, never the batch itself. The
 // Frame and its Payload are freshly allocated (or from SetPayloadAlloc)

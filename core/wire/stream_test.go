@@ -420,3 +420,39 @@ func TestStatsWhileStreaming(t *testing.T) {
 		t.Fatalf("read %d frames; stats: writer %+v, reader %+v", read, w.Stats(), r.Stats())
 	}
 }
+
+// TestReaderBuffered: Buffered says whether a frame is already there to
+// read, both bytes read ahead and frames left of a batch.
+func TestReaderBuffered(t *testing.T) {
+	var stream bytes.Buffer
+	w := NewWriter(&stream, CompressionLZ4)
+	for seq := range uint64(3) {
+		if err := w.WriteFrame(dataFrame(seq+1, bytes.Repeat([]byte{'x'}, 64<<10))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	batched := stream.Len()
+	tail := NewWriter(&stream, CompressionNone)
+	if err := tail.WriteFrame(dataFrame(9, []byte("tail"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := tail.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	r := NewReader(&stream)
+	if r.Buffered() {
+		t.Fatal("Buffered before anything was read")
+	}
+	for i := range 4 {
+		f, err := r.ReadFrame()
+		if err != nil {
+			t.Fatalf("frame %d: %v", i, err)
+		}
+		if want := i < 3; r.Buffered() != want {
+			t.Fatalf("after frame %d (seq %d; batch of %d bytes): Buffered %v, want %v", i, f.Seq, batched, r.Buffered(), want)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/meta"
 	"github.com/georepl/georepl/kmod"
+	"github.com/georepl/georepl/kmod/nbd"
 )
 
 // activityLog is the driver's activity log of one resource (core/doc.go):
@@ -195,7 +196,6 @@ func (a *activityLog) activate(ctx context.Context, first, last uint64, pin bool
 			stop()
 		}
 	}()
-	need := 0
 	for {
 		if a.detached {
 			return nil
@@ -206,21 +206,7 @@ func (a *activityLog) activate(ctx context.Context, first, last uint64, pin bool
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		need = 0
-		for x := first; x <= last; x++ {
-			if a.active[x] == nil {
-				need++
-			}
-		}
-		// Keep to the capacity where settled extents allow it.
-		if over := len(a.active) + need - a.capacity; need > 0 && over > 0 {
-			a.evict(over, first, last)
-		}
-		// A request larger than the whole log goes in alone: nothing
-		// outside its range may stay active (inside it, extents already
-		// active cannot be evicted for it, and need no slot).
-		outside := len(a.active) - (int(last-first+1) - need)
-		if need == 0 || len(a.active)+need <= limit || outside == 0 {
+		if a.admit(first, last, limit) {
 			break
 		}
 		if stop == nil && ctx.Done() != nil {
@@ -232,22 +218,11 @@ func (a *activityLog) activate(ctx context.Context, first, last uint64, pin bool
 		}
 		a.waitingSlots++
 		a.wakeWriter()
+		nbd.WillBlock(ctx) // the wait is for other requests: let the export read on
 		a.changed.Wait()
 		a.waitingSlots--
 	}
-	a.tick++
-	for x := first; x <= last; x++ {
-		e := a.active[x]
-		if e == nil {
-			e = &alExtent{needGen: a.nextGen}
-			a.active[x] = e
-			a.dirty = true
-		}
-		if pin {
-			e.pins++
-		}
-		e.use, e.state = a.tick, alBusy
-	}
+	a.mark(first, last, pin)
 	if a.dirty {
 		a.wakeWriter()
 	}
@@ -271,8 +246,76 @@ func (a *activityLog) activate(ctx context.Context, first, last uint64, pin bool
 			a.unpin(first, last, pin)
 			return err
 		}
+		nbd.WillBlock(ctx) // a metadata write
 		a.changed.Wait()
 	}
+}
+
+// admit reports whether extents first..last fit in the log now, with at
+// most limit extents, evicting settled ones to keep to the capacity.
+// Called with a.mu held.
+func (a *activityLog) admit(first, last uint64, limit int) bool {
+	need := 0
+	for x := first; x <= last; x++ {
+		if a.active[x] == nil {
+			need++
+		}
+	}
+	// Keep to the capacity where settled extents allow it.
+	if over := len(a.active) + need - a.capacity; need > 0 && over > 0 {
+		a.evict(over, first, last)
+	}
+	// A request larger than the whole log goes in alone: nothing
+	// outside its range may stay active (inside it, extents already
+	// active cannot be evicted for it, and need no slot).
+	outside := len(a.active) - (int(last-first+1) - need)
+	return need == 0 || len(a.active)+need <= limit || outside == 0
+}
+
+// mark makes extents first..last active and busy, pinned if pin, and
+// has the log written if that added any. Called with a.mu held.
+func (a *activityLog) mark(first, last uint64, pin bool) {
+	a.tick++
+	for x := first; x <= last; x++ {
+		e := a.active[x]
+		if e == nil {
+			e = &alExtent{needGen: a.nextGen}
+			a.active[x] = e
+			a.dirty = true
+		}
+		if pin {
+			e.pins++
+		}
+		e.use, e.state = a.tick, alBusy
+	}
+	if a.dirty {
+		a.wakeWriter()
+	}
+}
+
+// reserve does for [off, off+length) what gate does, except wait: it
+// reports false, changing nothing, when the extents need room the log
+// does not have now. A write the engine has in flight cannot settle, so
+// its reserved extents stay active until its gate, which then waits at
+// most for the metadata write that makes them durable, never for room.
+func (a *activityLog) reserve(off, length uint64) bool {
+	if length == 0 {
+		return true
+	}
+	first, last := extentRange(off, length)
+	if last >= a.extents {
+		return false // gate reports the error
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.detached {
+		return true // gate lets everything through at once
+	}
+	if a.closed || !a.admit(first, last, meta.MaxActivityLogExtents) {
+		return false
+	}
+	a.mark(first, last, false)
+	return true
 }
 
 func (a *activityLog) unpin(first, last uint64, pin bool) {

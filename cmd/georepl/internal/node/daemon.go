@@ -23,6 +23,7 @@ import (
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/wire"
 	"github.com/georepl/georepl/kmod"
+	"github.com/georepl/georepl/protocols"
 	"github.com/georepl/georepl/transports"
 )
 
@@ -255,7 +256,15 @@ func (r *resource) handOver(p *peer, transport string, conn transports.Conn, hs 
 		wire.NewReader(conn.Stream(transports.ChannelData)),
 		hs.reader,
 	}
-	l := newLink(r, p.id, p.node.Name, transport, conn, readers, comp, p.link.Net.PingInterval, p.link.Net.Timeout)
+	// Protocols B and C wait for the peer's answer anyway: their frames
+	// may be written by the goroutine that queues them (link.flush).
+	proto, err := protocols.Parse(p.link.Protocol)
+	if err != nil {
+		hs.refuse(err)
+		return
+	}
+	inline := proto != protocols.A
+	l := newLink(r, p.id, p.node.Name, transport, conn, readers, comp, p.link.Net.PingInterval, p.link.Net.Timeout, inline)
 	l.hello = theirs
 	select {
 	case r.linkUp <- l:

@@ -33,6 +33,12 @@ type link struct {
 
 	pingInterval time.Duration
 	timeout      time.Duration
+	// inline: the goroutine that queued a small frame may write it itself
+	// (flush) instead of waking the channel's writer. Only for protocols
+	// B and C, where the application waits for the peer's answer anyway:
+	// a write to a peer that stopped reading can block until the timeout,
+	// which must never hold up a protocol A write.
+	inline bool
 
 	mu sync.Mutex
 	// lastRecv is when anything last arrived from the peer.
@@ -47,12 +53,13 @@ type link struct {
 }
 
 func newLink(res *resource, peer core.NodeID, peerName, transport string, conn transports.Conn,
-	rd [2]*wire.Reader, compression wire.Compression, pingInterval, timeout time.Duration) *link {
+	rd [2]*wire.Reader, compression wire.Compression, pingInterval, timeout time.Duration, inline bool) *link {
 	l := &link{
 		peer: peer, peerName: peerName, transport: transport, conn: conn, res: res,
 		readers:      rd,
 		pingInterval: pingInterval,
 		timeout:      timeout,
+		inline:       inline,
 		lastRecv:     time.Now(),
 		closed:       make(chan struct{}),
 	}
@@ -78,10 +85,18 @@ func (l *link) start() {
 	go l.monitor()
 }
 
-// send queues f for the peer. It never blocks; after close it drops f.
-// pl, if not nil, is a reference to f's pooled payload, which the link
-// releases once f is written or dropped.
+// send queues f for the peer and wakes the channel's writer. It never
+// blocks; after close it drops f. pl, if not nil, is a reference to f's
+// pooled payload, which the link releases once f is written or dropped.
 func (l *link) send(f *wire.Frame, pl *payload) {
+	l.queue(f, pl)
+	l.queues[wire.ChannelOf(f.Type)].wake()
+}
+
+// queue queues f like send but leaves the writer asleep: the caller must
+// call flush (or wake) for f's channel soon, once it holds no lock. It
+// reports f's channel.
+func (l *link) queue(f *wire.Frame, pl *payload) wire.Channel {
 	switch f.Type {
 	case wire.TypeData, wire.TypeBarrier, wire.TypeResyncData, wire.TypePing, wire.TypeReadRequest:
 		l.mu.Lock()
@@ -90,16 +105,49 @@ func (l *link) send(f *wire.Frame, pl *payload) {
 		}
 		l.mu.Unlock()
 	}
-	l.queues[wire.ChannelOf(f.Type)].push(queued{f, pl})
+	ch := wire.ChannelOf(f.Type)
+	l.queues[ch].push(queued{f, pl})
+	return ch
+}
+
+// inlineLimit is the most bytes a flush writes on the caller's goroutine;
+// more is the writer's: a large frame should go out while the caller does
+// its local write, not before it.
+const inlineLimit = 64 << 10
+
+// flush writes what is queued on ch on the calling goroutine, unless the
+// link is not inline, a write is under way (which takes the frames too),
+// or more than inlineLimit bytes are queued; then it wakes the writer.
+// Saving the writer's wake-up matters for latency: with protocol C, a
+// write's round trip has a frame to send at each end.
+func (l *link) flush(ch wire.Channel) {
+	q := l.queues[ch]
+	if !l.inline {
+		q.wake()
+		return
+	}
+	batch, ok := q.takeSmall(inlineLimit)
+	if ok {
+		l.drain(ch, batch)
+	}
 }
 
 func (l *link) writeLoop(ch wire.Channel) {
-	q, w := l.queues[ch], l.writers[ch]
+	q := l.queues[ch]
 	for {
 		batch, ok := q.popAll()
 		if !ok {
 			return
 		}
+		l.drain(ch, batch)
+	}
+}
+
+// drain writes batch and whatever is queued after it, until the queue is
+// empty, then gives up the writing role that came with batch.
+func (l *link) drain(ch wire.Channel, batch []queued) {
+	q, w := l.queues[ch], l.writers[ch]
+	for {
 		err := l.writeBatch(w, ch, batch)
 		// Flushed or failed: the Writer keeps no payload (see
 		// wire.Writer.WriteFrameShared), so the references go.
@@ -107,7 +155,12 @@ func (l *link) writeLoop(ch wire.Channel) {
 			l.res.payloads.release(it.pl)
 		}
 		if err != nil {
+			q.doneWriting()
 			l.fail(err)
+			return
+		}
+		var ok bool
+		if batch, ok = q.next(); !ok {
 			return
 		}
 	}
@@ -141,7 +194,7 @@ func (l *link) readLoop(ch wire.Channel) {
 		l.mu.Unlock()
 		switch f.Type {
 		case wire.TypePing:
-			l.queues[wire.ChannelControl].push(queued{f: &wire.Frame{Type: wire.TypePingAck, Seq: f.Seq}})
+			l.send(&wire.Frame{Type: wire.TypePingAck, Seq: f.Seq}, nil)
 			continue
 		case wire.TypePingAck:
 			continue
@@ -149,7 +202,7 @@ func (l *link) readLoop(ch wire.Channel) {
 			l.fail(fmt.Errorf("peer refused: %s", f.Payload))
 			return
 		}
-		l.res.receive(l, f)
+		l.res.receive(l, f, r.Buffered())
 	}
 }
 
@@ -226,13 +279,19 @@ func channelName(ch wire.Channel) string {
 	return "control"
 }
 
-// frameQueue is an unbounded FIFO of frames with a blocking popAll.
+// frameQueue is an unbounded FIFO of frames for one channel. Whoever
+// writes its frames holds the writing role: the channel's writer
+// goroutine (popAll), or a goroutine that flushes inline (takeSmall). The
+// role passes on with the frames queued meanwhile (next), so frames go
+// out in queue order and one goroutine writes at a time.
 type frameQueue struct {
-	res    *resource
-	mu     sync.Mutex
-	cond   *sync.Cond
-	frames []queued
-	done   bool
+	res     *resource
+	mu      sync.Mutex
+	cond    *sync.Cond
+	frames  []queued
+	bytes   int  // payload bytes in frames
+	writing bool // a goroutine holds the writing role
+	done    bool
 }
 
 // queued is a frame in a frameQueue, with the reference to its pooled
@@ -248,6 +307,7 @@ func newFrameQueue(res *resource) *frameQueue {
 	return q
 }
 
+// push appends it; nobody is woken (see wake).
 func (q *frameQueue) push(it queued) {
 	q.mu.Lock()
 	if q.done {
@@ -256,22 +316,73 @@ func (q *frameQueue) push(it queued) {
 		return
 	}
 	q.frames = append(q.frames, it)
-	q.cond.Signal()
+	q.bytes += len(it.f.Payload)
 	q.mu.Unlock()
 }
 
-// popAll waits for frames and takes all of them; ok is false once closed.
+// wake makes the writer goroutine write what is queued, unless a write is
+// under way, which takes it too.
+func (q *frameQueue) wake() {
+	q.mu.Lock()
+	if len(q.frames) > 0 && !q.writing {
+		q.cond.Signal()
+	}
+	q.mu.Unlock()
+}
+
+// popAll waits for frames that nobody writes and takes them all, with the
+// writing role; ok is false once closed.
 func (q *frameQueue) popAll() (frames []queued, ok bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for len(q.frames) == 0 && !q.done {
+	for (len(q.frames) == 0 || q.writing) && !q.done {
 		q.cond.Wait()
 	}
 	if q.done {
 		return nil, false
 	}
-	frames, q.frames = q.frames, nil
-	return frames, true
+	return q.takeLocked(), true
+}
+
+// takeSmall takes the queued frames with the writing role if nobody
+// writes and they hold at most limit payload bytes; otherwise, it wakes
+// the writer goroutine if nobody writes, and ok is false.
+func (q *frameQueue) takeSmall(limit int) (frames []queued, ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	switch {
+	case q.done || q.writing || len(q.frames) == 0:
+		return nil, false
+	case q.bytes > limit:
+		q.cond.Signal()
+		return nil, false
+	}
+	return q.takeLocked(), true
+}
+
+// next passes the writing role on: it takes the frames queued meanwhile,
+// or gives the role up (ok false) when there are none.
+func (q *frameQueue) next() (frames []queued, ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.done || len(q.frames) == 0 {
+		q.writing = false
+		return nil, false
+	}
+	return q.takeLocked(), true
+}
+
+// doneWriting gives the writing role up after a failed write.
+func (q *frameQueue) doneWriting() {
+	q.mu.Lock()
+	q.writing = false
+	q.mu.Unlock()
+}
+
+func (q *frameQueue) takeLocked() []queued {
+	frames := q.frames
+	q.frames, q.bytes, q.writing = nil, 0, true
+	return frames
 }
 
 // close drops the queued frames and makes later pushes drop theirs.
@@ -279,7 +390,7 @@ func (q *frameQueue) close() {
 	q.mu.Lock()
 	q.done = true
 	dropped := q.frames
-	q.frames = nil
+	q.frames, q.bytes = nil, 0
 	q.cond.Broadcast()
 	q.mu.Unlock()
 	for _, it := range dropped {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,8 +69,11 @@ type resource struct {
 	pending     map[core.RequestID]chan error
 	progress    map[core.NodeID]*rateMeter
 	// ops collects the local operations of the Ready being performed, for
-	// the goroutine that performs it to start (see takeOps).
+	// the goroutine that performs it to start (see takeWork).
 	ops []localOp
+	// flushes are the links and channels process queued frames on without
+	// waking their writers (link.queue); see work.
+	flushes []linkChannel
 	// received are the pooled payloads of data frames handed to the
 	// engine and not yet written locally, with the link they came from.
 	received map[*byte]*link
@@ -343,9 +347,10 @@ func (r *resource) loop() {
 		r.emu.Lock()
 		event()
 		r.process()
-		eng, ops := r.engine, r.takeOps()
+		eng, w := r.engine, r.takeWork()
 		r.emu.Unlock()
-		r.startOps(eng, ops)
+		w.wake()
+		r.startOps(eng, w.ops)
 	}
 }
 
@@ -446,7 +451,7 @@ func (r *resource) isUp() bool {
 
 // process performs everything the engine asks for until it is quiet,
 // except starting local operations: it collects them in r.ops, and the
-// caller takes them (takeOps) and starts them once it has unlocked emu.
+// caller takes them (takeWork) and starts them once it has unlocked emu.
 // The engine allows that: they may run in any order and concurrently, and
 // no completion of a Ready depends on a local operation of it. Called with
 // emu held.
@@ -492,7 +497,11 @@ func (r *resource) process() {
 				if m.Frame.Type == wire.TypeData {
 					pl = r.payloads.ref(m.Frame.Payload)
 				}
-				p.conn.send(&m.Frame, pl)
+				if p.conn.inline {
+					r.flushes = append(r.flushes, linkChannel{p.conn, p.conn.queue(&m.Frame, pl)})
+				} else {
+					p.conn.send(&m.Frame, pl)
+				}
 			}
 		}
 		for _, c := range rd.Completed {
@@ -540,13 +549,60 @@ func (r *resource) emit(ev core.Event) {
 	r.runHandlers(out)
 }
 
-// takeOps returns the local operations process collected. Called with emu
-// held; the caller starts them after unlocking it, with startOps or
-// runOps.
-func (r *resource) takeOps() []localOp {
-	ops := r.ops
-	r.ops = nil
-	return ops
+// work is what process collected for the goroutine that called it to
+// carry out once it released emu: local operations to perform, and frames
+// it queued without waking their writers, which it writes itself (flush)
+// or leaves to the writers (wake).
+type work struct {
+	ops     []localOp
+	flushes []linkChannel
+}
+
+// linkChannel is a channel of a link with frames queued.
+type linkChannel struct {
+	l  *link
+	ch wire.Channel
+}
+
+// takeWork returns the work process collected. Called with emu held; the
+// caller carries it out after unlocking emu: flush or wake, then startOps
+// or runOps.
+func (r *resource) takeWork() work {
+	w := work{r.ops, r.flushes}
+	r.ops, r.flushes = nil, nil
+	return w
+}
+
+// flush writes the queued frames on the calling goroutine where the link
+// allows it (link.flush).
+func (w work) flush() {
+	for i, lc := range w.flushes {
+		if !slices.Contains(w.flushes[:i], lc) {
+			lc.l.flush(lc.ch)
+		}
+	}
+}
+
+// flushTo writes the frames queued for l itself, and leaves the others
+// to their writers: a link's reader must not wait on another peer's
+// socket, which may be full because that peer hangs; its own peer would
+// then time out too.
+func (w work) flushTo(l *link) {
+	for _, lc := range w.flushes {
+		if lc.l == l {
+			lc.l.flush(lc.ch)
+		} else {
+			lc.l.queues[lc.ch].wake()
+		}
+	}
+}
+
+// wake leaves the queued frames to the links' writers: for a goroutine
+// that must not block on a peer's socket (the resource loop).
+func (w work) wake() {
+	for _, lc := range w.flushes {
+		lc.l.queues[lc.ch].wake()
+	}
 }
 
 // localOp is a local operation to perform, with a reference to its pooled
@@ -565,6 +621,8 @@ func (r *resource) dropOps() {
 		r.payloads.release(op.pl)
 	}
 	r.ops = nil
+	work{flushes: r.flushes}.wake()
+	r.flushes = nil
 }
 
 // startOps runs each operation on a goroutine of its own.
@@ -582,7 +640,19 @@ func (r *resource) startOps(eng *core.Engine, ops []localOp) {
 // that finished the previous one, and a write with no peer to wait for
 // completes without any goroutine switch.
 func (r *resource) runOps(eng *core.Engine, ops []localOp) {
+	r.runOpsOn(eng, ops, nil)
+}
+
+// runOpsOn is runOps; reader, if not nil, is the link whose reader runs
+// it: then operations that are not inlineSafe, also those that later
+// steps make ready, go to goroutines, and only reader's own frames are
+// written inline (flushTo).
+func (r *resource) runOpsOn(eng *core.Engine, ops []localOp, reader *link) {
 	for len(ops) > 0 {
+		if reader != nil && !r.inlineSafe(ops) {
+			r.startOps(eng, ops)
+			return
+		}
 		for _, op := range ops[:len(ops)-1] {
 			go r.runOps(eng, []localOp{op})
 		}
@@ -598,8 +668,14 @@ func (r *resource) runOps(eng *core.Engine, ops []localOp) {
 		r.recycleReceived(op.LocalOp)
 		eng.LocalDone(op.ID, data, err)
 		r.process()
-		ops = r.takeOps()
+		w := r.takeWork()
 		r.emu.Unlock()
+		if reader != nil {
+			w.flushTo(reader)
+		} else {
+			w.flush()
+		}
+		ops = w.ops
 	}
 }
 
@@ -683,11 +759,18 @@ func (r *resource) submit(ctx context.Context, req core.Request) error {
 	r.pending[req.ID] = done
 	eng.Submit(req)
 	r.process()
-	ops := r.takeOps()
+	w := r.takeWork()
 	r.emu.Unlock()
-	r.runOps(eng, ops)
+	w.flush() // the peers start their writes while this goroutine does the local one
+	r.runOps(eng, w.ops)
 	// Once submitted, a request is waited for to the end: returning early
 	// would let the client reuse a buffer the engine still owns.
+	select {
+	case err := <-done:
+		return err // no peer to wait for (alone, or protocol A within max_buffer)
+	default:
+	}
+	nbd.WillBlock(ctx)
 	return <-done
 }
 
@@ -731,7 +814,7 @@ func (r *resource) recycleReceived(op core.LocalOp) {
 // peer's connection. Called by l's reader goroutines; the local operations
 // the frame starts run on goroutines of their own, so that the reader
 // goes on reading.
-func (r *resource) receive(l *link, f *wire.Frame) {
+func (r *resource) receive(l *link, f *wire.Frame, more bool) {
 	r.emu.Lock()
 	if r.stopped {
 		r.emu.Unlock()
@@ -747,9 +830,36 @@ func (r *resource) receive(l *link, f *wire.Frame) {
 		r.engine.Receive(l.peer, f)
 		r.process()
 	}
-	eng, ops := r.engine, r.takeOps()
+	eng, w := r.engine, r.takeWork()
 	r.emu.Unlock()
-	r.startOps(eng, ops)
+	w.flushTo(l)
+	if more || !r.inlineSafe(w.ops) {
+		r.startOps(eng, w.ops)
+		return
+	}
+	// Nothing more has arrived: the reader has time to perform the
+	// operations itself (a secondary's write, then its acknowledgement),
+	// which spares a goroutine's wake-up on each.
+	r.runOpsOn(eng, w.ops, l)
+}
+
+// inlineSafe reports whether a link's reader may perform ops itself: none
+// of them may wait for frames the reader has yet to read. A write can
+// wait like that for room in the activity log (retiring extents needs
+// barriers from the peer), so each write's extents must be reserved
+// without waiting. Flushes are left to goroutines too.
+func (r *resource) inlineSafe(ops []localOp) bool {
+	for _, op := range ops {
+		switch op.Kind {
+		case core.OpWrite, core.OpZeroes, core.OpTrim:
+			if !r.st.al.reserve(op.Offset, op.Length) {
+				return false
+			}
+		case core.OpFlush:
+			return false // slow, and a protocol B peer's receipts would wait for it
+		}
+	}
+	return true
 }
 
 // Detach stops using the local disk, as a failed disk operation does
@@ -805,9 +915,10 @@ func (r *resource) detachDisk(why string) {
 	eng := r.engine
 	eng.Detach(why)
 	r.process()
-	ops := r.takeOps()
+	w := r.takeWork()
 	r.emu.Unlock()
-	r.startOps(eng, ops)
+	w.wake()
+	r.startOps(eng, w.ops)
 }
 
 // persistBitmaps writes the bitmaps' dirty pages; once all are on disk,
