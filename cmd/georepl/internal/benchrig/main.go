@@ -73,6 +73,7 @@ func main() {
 	resync := flag.Bool("resync", false, "run the resync benchmark instead (root: network namespaces, tc tbf; see resync.go)")
 	resyncMiB := flag.Int("resync-size", 512, "with -resync: device size in MiB, all of it resynchronised")
 	rateMbit := flag.Int("rate", 200, "with -resync: the link rate in Mbit/s")
+	only := flag.String("only", "", "measure only the set-ups and workloads whose names contain one of these comma-separated words (e.g. \"alone,QD1\"); nbdkit always runs")
 	flag.Parse()
 	if *resync {
 		if err := runResyncBench(*bin, *runs, *resyncMiB, *rateMbit); err != nil {
@@ -81,11 +82,34 @@ func main() {
 		}
 		return
 	}
+	if *only != "" {
+		setups = keep(setups, func(s setup) string { return s.name }, *only)
+		workloads = keep(workloads, func(w workload) string { return w.name }, *only)
+	}
 	r := &rig{bin: *bin, runs: *runs, runtime: *runtime, size: int64(*sizeMiB) << 20}
 	if err := r.run(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// keep returns the items whose names contain one of only's
+// comma-separated words, or all of them when -only names none of them:
+// "-only QD1" keeps every set-up and the QD1 workload.
+func keep[T any](items []T, name func(T) string, only string) []T {
+	var kept []T
+	for _, it := range items {
+		for _, word := range strings.Split(only, ",") {
+			if word = strings.TrimSpace(word); word != "" && strings.Contains(name(it), word) {
+				kept = append(kept, it)
+				break
+			}
+		}
+	}
+	if len(kept) == 0 {
+		return items
+	}
+	return kept
 }
 
 type rig struct {
