@@ -587,12 +587,20 @@ func (w work) flush() {
 // to their writers: a link's reader must not wait on another peer's
 // socket, which may be full because that peer hangs; its own peer would
 // then time out too.
+//
+// l's frames are written whether or not they were queued by this work:
+// a receive that left them queued (more was true) counts on it. A nil l
+// writes nothing inline and leaves only the other links' frames to their
+// writers.
 func (w work) flushTo(l *link) {
 	for _, lc := range w.flushes {
-		if lc.l == l {
-			lc.l.flush(lc.ch)
-		} else {
+		if lc.l != l {
 			lc.l.queues[lc.ch].wake()
+		}
+	}
+	if l != nil {
+		for ch := range l.queues {
+			l.flush(wire.Channel(ch))
 		}
 	}
 }
@@ -832,8 +840,19 @@ func (r *resource) receive(l *link, f *wire.Frame, more bool) {
 	}
 	eng, w := r.engine, r.takeWork()
 	r.emu.Unlock()
-	w.flushTo(l)
-	if more || !r.inlineSafe(w.ops) {
+	inline := !more && r.inlineSafe(w.ops)
+	switch {
+	case more:
+		// The next frame is already here, and its receive writes what
+		// this one queued for l together with its own: a barrier's
+		// acknowledgement and the next write's in one system call.
+		w.flushTo(nil)
+	case inline && len(w.ops) > 0:
+		w.flushTo(nil) // runOpsOn writes l's frames after the operations
+	default:
+		w.flushTo(l)
+	}
+	if !inline {
 		r.startOps(eng, w.ops)
 		return
 	}
