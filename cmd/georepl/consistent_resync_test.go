@@ -192,6 +192,7 @@ const (
 // image from before the resync, and that image passes the checker's
 // write-order check.
 func TestConsistentResyncKillPrimary(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("kill points with real daemons")
 	}
@@ -207,7 +208,12 @@ func TestConsistentResyncKillPrimary(t *testing.T) {
 		proto := []string{"A", "B"}[i%2]
 		t.Run(fmt.Sprintf("point%d-%s", i, proto), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, uint64(i)))
-			c := undoCluster(t, size, "64MiB", proto, "")
+			// resync_rate: the resync lasts long enough to be killed in,
+			// however fast the machine.
+			c := undoCluster(t, size, "64MiB", proto, "", func(src string) string {
+				return strings.Replace(src, `compression = "lz4"`, `compression = "lz4"
+      resync_rate = "1MiB"`, 1)
+			})
 			dataSize := c.status("alpha").Size
 			wl := startWorkload(t, c, seed+uint64(i), dataSize)
 			time.Sleep(time.Duration(50+rng.IntN(200)) * time.Millisecond)
@@ -234,6 +240,7 @@ func TestConsistentResyncKillPrimary(t *testing.T) {
 // and once alpha is killed mid-resync, promotion is refused without
 // --force, saying that no consistent image is left.
 func TestConsistentResyncSpaceExhausted(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("real daemons")
 	}
@@ -308,6 +315,7 @@ func waitLog(t *testing.T, c *cluster, n, what string, times int) {
 // and is killed in the middle of it; dr, promoted, rolls back to its
 // image from before the catch-up, which passes the write-order check.
 func TestConsistentResyncPullAheadCatchUp(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("kill points with real daemons")
 	}

@@ -35,6 +35,9 @@ func (c *cluster) fioVerify(size string) (*exec.Cmd, *bytes.Buffer) {
 	c.t.Helper()
 	fio := exec.Command("fio", "--name=ioerror", "--ioengine=nbd", "--uri="+c.exportURI(),
 		"--rw=randwrite", "--bs=4k", "--size="+size, "--offset=0", "--iodepth=8",
+		// Paced, so that the fault comes in the middle of the writes
+		// however fast the machine.
+		"--rate=8m",
 		"--verify=crc32c", "--do_verify=1", "--randrepeat=0", "--output-format=terse", "--verify_state_save=0")
 	fio.Dir = c.dir
 	var out bytes.Buffer
@@ -71,6 +74,7 @@ func (c *cluster) failDiskWhileWriting(trigger, spec string) {
 // comes up again on its "repaired" disk and is resynchronised fully, and
 // the three disks end identical.
 func TestClusterIOErrorDetach(t *testing.T) {
+	t.Parallel()
 	requireTool(t, "fio", "fio")
 	c, trigger := ioErrorCluster(t, 64<<20)
 	fio, out := c.fioVerify("24M")
@@ -133,6 +137,7 @@ func TestClusterIOErrorDetach(t *testing.T) {
 // failed metadata write takes the resource down under either policy
 // while the disk is attached (the engine's state must be durable).
 func TestClusterIOErrorPassOn(t *testing.T) {
+	t.Parallel()
 	requireTool(t, "fio", "fio")
 	c, trigger := ioErrorCluster(t, 64<<20, func(src string) string {
 		return strings.Replace(src, "  protocol = \"C\"\n", "  protocol = \"C\"\n\n  disk {\n    on_io_error = \"pass-on\"\n  }\n", 1)
@@ -157,6 +162,7 @@ func TestClusterIOErrorPassOn(t *testing.T) {
 // fio sees no error. fio may finish without needing a metadata write (its
 // extents already active); disconnecting dr then writes the superblock.
 func TestClusterIOErrorDetachMetadata(t *testing.T) {
+	t.Parallel()
 	requireTool(t, "fio", "fio")
 	const size = 64 << 20
 	c, trigger := ioErrorCluster(t, size)
@@ -178,6 +184,7 @@ func TestClusterIOErrorDetachMetadata(t *testing.T) {
 // Primary; with bravo disconnected as well, no peer in sync is left and
 // the client gets I/O errors.
 func TestClusterDetachVerb(t *testing.T) {
+	t.Parallel()
 	requireTool(t, "fio", "fio")
 	c, _ := ioErrorCluster(t, 64<<20)
 	fio, out := c.fioVerify("24M")
