@@ -30,6 +30,7 @@ import (
 // marked (the lost primary's unconfirmed writes), not the device; both
 // ends' status says why; all three disks end byte-identical.
 func TestClusterPrimaryCrashResyncsActivityLog(t *testing.T) {
+	t.Parallel()
 	const (
 		size      = 16 << 30
 		alExtents = 32

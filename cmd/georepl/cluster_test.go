@@ -275,6 +275,7 @@ func (c *cluster) settleAndCompare() {
 // in the middle, restarted, resynchronised by bitmap; the three disks end
 // byte-identical and the resync moved only part of the device.
 func TestClusterFioKillSecondary(t *testing.T) {
+	t.Parallel()
 	requireTool(t, "fio", "fio")
 	const size = 128 << 20
 	c := newCluster(t, size)
@@ -332,6 +333,7 @@ func TestClusterFioKillSecondary(t *testing.T) {
 // TestClusterRealClients: nbdinfo sees the export; qemu-img and nbdcopy
 // copy through it; a secondary refuses clients with a clear reason.
 func TestClusterRealClients(t *testing.T) {
+	t.Parallel()
 	requireTool(t, "nbdinfo", "libnbd-bin")
 	requireTool(t, "nbdcopy", "libnbd-bin")
 	requireTool(t, "qemu-img", "qemu-utils")
@@ -388,6 +390,7 @@ func TestClusterRealClients(t *testing.T) {
 
 // TestDemo runs `georepl demo` as a user would (`make demo`), smaller.
 func TestDemo(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, georeplBin, "demo", "--size", "128MiB").CombinedOutput()
@@ -442,6 +445,7 @@ func shortTimeouts(src string) string {
 // only the timeout; the primary marks its blocks and goes on, and after
 // SIGCONT the peer reconnects and resyncs.
 func TestClusterHungPeer(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 64<<20, shortTimeouts)
 	for _, n := range demoNodes {
 		c.start(n)
@@ -487,6 +491,7 @@ func TestClusterHungPeer(t *testing.T) {
 // TestClusterWrongSecret: a node configured with another shared secret is
 // refused, and both logs say why.
 func TestClusterWrongSecret(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 16<<20)
 	wrong := filepath.Join(c.dir, "conf-wrong")
 	c.writeConf(wrong, bytes.Replace(c.src, []byte(`"demo-secret"`), []byte(`"not-the-secret"`), 1))
@@ -508,6 +513,7 @@ func TestClusterWrongSecret(t *testing.T) {
 // TestClusterSwitchover: a clean role change; the new primary replicates
 // to both others (the mesh is full), and all disks end equal.
 func TestClusterSwitchover(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 32<<20)
 	for _, n := range demoNodes {
 		c.start(n)
@@ -550,6 +556,7 @@ func TestClusterSwitchover(t *testing.T) {
 
 // TestClusterCLI: the operator's verbs around a running pair of nodes.
 func TestClusterCLI(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 16<<20)
 	c.start("alpha")
 	c.start("bravo")
@@ -655,6 +662,7 @@ func pullAheadToDR(src string) string {
 // making the application wait (events show it), catches dr up with a
 // resync, and all three disks end identical.
 func TestClusterPullAhead(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 64<<20, pullAheadToDR)
 	for _, n := range demoNodes {
 		c.start(n)
@@ -733,6 +741,7 @@ func slowResyncToBravo(rate string) func(string) string {
 // covers only what the first had left, not everything again, and once
 // resumed it ends with identical disks.
 func TestClusterResyncPauseAndResume(t *testing.T) {
+	t.Parallel()
 	const size = 24 << 20
 	c := newCluster(t, size, slowResyncToBravo("2MiB"))
 	for _, n := range demoNodes {
@@ -833,6 +842,7 @@ func TestClusterResyncPauseAndResume(t *testing.T) {
 // waiting (the log says why); dr comes back by itself and is
 // resynchronised, and all three disks end identical.
 func TestClusterCongestionDisconnect(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 64<<20, func(src string) string {
 		return strings.Replace(pullAheadToDR(src), `"pull-ahead"`, `"disconnect"`, 1)
 	}, shortTimeouts)

@@ -22,6 +22,7 @@ import (
 // race detector here to keep the run bounded: the other cluster tests
 // cover the daemons under -race.
 func TestCrashConsistency(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("100 kill points take about two minutes")
 	}

@@ -60,6 +60,7 @@ func (c *cluster) writeBlocks(n string, off int64, p []byte) {
 // the bytes on the wire are a small fraction of the device, and the disks
 // end byte-identical.
 func TestClusterCsumResync(t *testing.T) {
+	t.Parallel()
 	const size = 32 << 20
 	c := newCluster(t, size, withCsums)
 	c.fillDisks(8 << 20)
@@ -110,6 +111,7 @@ func (c *cluster) waitSame(peer string, same uint64) {
 // csums finds every block but the corrupted ones identical; the disks end
 // byte-identical. Both verbs refuse where they make no sense.
 func TestClusterInvalidate(t *testing.T) {
+	t.Parallel()
 	const size = 32 << 20
 	c := newCluster(t, size, withCsums)
 	for _, n := range demoNodes {
@@ -160,6 +162,7 @@ func TestClusterInvalidate(t *testing.T) {
 // reports exactly the corrupted ranges for bravo and none for dr, changes
 // no data, and disconnect + connect repair them.
 func TestClusterVerify(t *testing.T) {
+	t.Parallel()
 	requireTool(t, "fio", "fio")
 	const size = 32 << 20
 	c := newCluster(t, size)

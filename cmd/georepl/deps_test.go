@@ -37,6 +37,7 @@ var depRules = []struct {
 // only the driver wires everything together. It is the one place the rule
 // is written down as code; add a row for every new package.
 func TestDependencyRule(t *testing.T) {
+	t.Parallel()
 	for _, rule := range depRules {
 		t.Run(rule.pkg, func(t *testing.T) {
 			out, err := exec.Command("go", "list", "-json=ImportPath,Deps", "./"+"../../"+rule.pkg).Output()

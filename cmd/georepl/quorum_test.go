@@ -60,6 +60,7 @@ func (c *cluster) waitQuorum(n string, ok bool) *node.ResourceStatus {
 // completes. A node without quorum is refused promotion unless forced,
 // and status shows the quorum.
 func TestClusterQuorumSuspend(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 32<<20, shortTimeouts, withQuorum("suspend-io"))
 	if out := c.cli("", "validate", "--config", c.conf); !strings.Contains(out, "resource r0: 3 nodes, quorum 2, on_no_quorum suspend-io") {
 		t.Errorf("validate does not show the quorum:\n%s", out)
@@ -134,6 +135,7 @@ func TestClusterQuorumSuspend(t *testing.T) {
 // off from both other nodes fails writes with EIO at once, and writes
 // again once a node returns.
 func TestClusterQuorumIOError(t *testing.T) {
+	t.Parallel()
 	c := newCluster(t, 32<<20, shortTimeouts, withQuorum("io-error"))
 	for _, n := range demoNodes {
 		c.start(n)

@@ -122,6 +122,7 @@ func (c *cluster) compareSurvivor(survivor string) {
 // operator's `connect --discard-my-data` on the victim resyncs only the
 // blocks either node changed, and the victim ends with the survivor's data.
 func TestClusterSplitBrainDiscardMyData(t *testing.T) {
+	t.Parallel()
 	const size = 64 << 20
 	dir := t.TempDir()
 	c := newCluster(t, size, shortTimeouts, withSplitBrain(dir, "disconnect"))
@@ -167,6 +168,7 @@ func TestClusterSplitBrainDiscardMyData(t *testing.T) {
 // brain by itself: alpha changed fewer blocks, discards them and resyncs
 // from bravo; the handler reports the resolution.
 func TestClusterSplitBrainPolicy(t *testing.T) {
+	t.Parallel()
 	const size = 64 << 20
 	dir := t.TempDir()
 	c := newCluster(t, size, shortTimeouts, withSplitBrain(dir, "discard-least-changes"))
@@ -210,6 +212,7 @@ func TestClusterSplitBrainPolicy(t *testing.T) {
 // discards bravo's, promoted during it (the promotion times come from the
 // daemons' clocks and live in the metadata).
 func TestClusterSplitBrainYoungerPrimary(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	c := newCluster(t, 64<<20, shortTimeouts, withSplitBrain(dir, "discard-younger-primary"))
 	c.splitBrain(4, 1, "bravo")
