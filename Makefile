@@ -61,8 +61,10 @@ fuzz:
 		echo "== $$pkg $$fn"; $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	done
 
+# BENCHFLAGS="-only QD1" (or a set-up's name) measures a part only.
+BENCHFLAGS ?=
 bench: deps build
-	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN)
+	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN) $(BENCHFLAGS)
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory bench-resync; \
 	else echo "bench-resync skipped: it needs root (network namespaces, tc)"; fi
 
