@@ -250,29 +250,42 @@ func (e *Engine) resyncAck(p *peer, f *wire.Frame) {
 	e.scheduleResync(p)
 }
 
+// digestReply checks a reply to a digest request (checksum resync, verify)
+// against the run asked for, in checking under the reply's sequence
+// number, and takes the run out of checking. ok is false, the connection
+// being dropped, if the reply is not one that was asked for.
+func (e *Engine) digestReply(p *peer, f *wire.Frame, checking map[uint64]*blockRun, what string) (run *blockRun, ok bool) {
+	run, ok = checking[f.Seq]
+	bs := uint64(e.blockSize)
+	switch {
+	case !ok:
+		e.violation(p, f, what+" reply for nothing")
+		return nil, false
+	case f.Offset != run.first*bs || uint64(f.Length) != run.n*bs:
+		e.violation(p, f, fmt.Sprintf("%s reply for [%d, +%d), asked [%d, +%d)", what, f.Offset, f.Length, run.first*bs, run.n*bs))
+		return nil, false
+	case len(f.Payload) != 0 && uint64(len(f.Payload)) != (run.n+7)/8:
+		e.violation(p, f, fmt.Sprintf("%s reply of %d bytes for %d blocks", what, len(f.Payload), run.n))
+		return nil, false
+	}
+	delete(checking, f.Seq)
+	return run, true
+}
+
 // resyncCsumReply handles ResyncCsumReply from our sync target: identical
 // blocks are done (unless marked again meanwhile: a later pass checks them
 // again), different ones are read and sent as data.
 func (e *Engine) resyncCsumReply(p *peer, f *wire.Frame) {
 	rs := p.rs
-	var run *blockRun
-	ok := rs != nil
-	if ok {
-		run, ok = rs.checking[f.Seq]
+	var checking map[uint64]*blockRun
+	if rs != nil {
+		checking = rs.checking
+	}
+	run, ok := e.digestReply(p, f, checking, "checksum")
+	if !ok {
+		return
 	}
 	bs := uint64(e.blockSize)
-	switch {
-	case !ok:
-		e.violation(p, f, "checksum reply for nothing")
-		return
-	case f.Offset != run.first*bs || uint64(f.Length) != run.n*bs:
-		e.violation(p, f, fmt.Sprintf("checksum reply for [%d, +%d), asked [%d, +%d)", f.Offset, f.Length, run.first*bs, run.n*bs))
-		return
-	case len(f.Payload) != 0 && uint64(len(f.Payload)) != (run.n+7)/8:
-		e.violation(p, f, fmt.Sprintf("checksum reply of %d bytes for %d blocks", len(f.Payload), run.n))
-		return
-	}
-	delete(rs.checking, f.Seq)
 	if f.Flags&wire.FlagNegative != 0 {
 		e.dropPeer(p, fmt.Errorf("%w: the peer failed to read [%d, +%d) for a checksum", ErrIO, run.first*bs, run.n*bs), false)
 		return

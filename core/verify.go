@@ -144,28 +144,19 @@ func (e *Engine) verifyReadDone(r *verifyRead, data []byte, err error) {
 // marked out of sync (quietly: see markQuietly).
 func (e *Engine) verifyReply(p *peer, f *wire.Frame) {
 	vs := p.verify
-	var run *blockRun
-	ok := vs != nil
-	if ok {
-		run, ok = vs.checking[f.Seq]
+	var checking map[uint64]*blockRun
+	if vs != nil {
+		checking = vs.checking
 	}
-	bs := uint64(e.blockSize)
-	switch {
-	case !ok:
-		e.violation(p, f, "verify reply for nothing")
-		return
-	case f.Offset != run.first*bs || uint64(f.Length) != run.n*bs:
-		e.violation(p, f, fmt.Sprintf("verify reply for [%d, +%d), asked [%d, +%d)", f.Offset, f.Length, run.first*bs, run.n*bs))
-		return
-	case len(f.Payload) != 0 && uint64(len(f.Payload)) != (run.n+7)/8:
-		e.violation(p, f, fmt.Sprintf("verify reply of %d bytes for %d blocks", len(f.Payload), run.n))
+	run, ok := e.digestReply(p, f, checking, "verify")
+	if !ok {
 		return
 	}
-	delete(vs.checking, f.Seq)
 	if !vs.running {
 		return
 	}
 	if f.Flags&wire.FlagNegative != 0 {
+		bs := uint64(e.blockSize)
 		e.stopVerify(p, fmt.Sprintf("node %d could not read [%d, +%d)", p.cfg.ID, run.first*bs, run.n*bs))
 		return
 	}
