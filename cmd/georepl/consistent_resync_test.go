@@ -248,15 +248,16 @@ func TestConsistentResyncSpaceExhausted(t *testing.T) {
 	// alpha dies in it.
 	c := undoCluster(t, 20<<20, "64KiB", "A", "", func(src string) string {
 		return strings.Replace(src, `compression = "lz4"`, `compression = "lz4"
-      resync_rate = "4MiB"`, 1)
+      resync_rate = "1MiB"`, 1)
 	})
 	c.cli("alpha", "disconnect", "r0", "dr")
 	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Every other block: 8 MiB of single-block runs to resync (two
-	// seconds at 4 MiB/s), far more than 64 KiB of undo log can save.
+	// Every other block: 8 MiB of single-block runs to resync (eight
+	// seconds at 1 MiB/s, time enough to pause it), far more than 64 KiB
+	// of undo log can save.
 	buf := make([]byte, 4096)
 	start := time.Now()
 	for i := range 2048 {
