@@ -340,11 +340,30 @@ func appendOptionReply(b []byte, opt, replyType uint32, data []byte) []byte {
 // or the connection is shut down. It returns when every request it read
 // has been carried out.
 func (c *conn) transmit(exp export) {
-	t := &transmitter{c: c, exp: exp, slots: make(chan struct{}, maxInFlight)}
+	t := &transmitter{c: c, exp: exp, slots: make(chan struct{}, maxInFlight),
+		timer: time.NewTimer(time.Hour), stop: make(chan struct{})}
+	t.timer.Stop()
 	t.buffers, _ = exp.dev.(WriteBuffers)
+	go t.watch()
 	t.running.Add(1)
 	t.read()
 	t.running.Wait()
+	close(t.stop)
+}
+
+// watch is the watchdog: when the timer fires, the request running on the
+// reader (inline) has taken inlineGrace, and the reader role passes on.
+func (t *transmitter) watch() {
+	for {
+		select {
+		case <-t.timer.C:
+			if h := t.inline.Load(); h != nil {
+				h.start()
+			}
+		case <-t.stop:
+			return
+		}
+	}
 }
 
 // transmitter reads a connection's requests and runs them.
@@ -367,6 +386,12 @@ type transmitter struct {
 	buffers WriteBuffers
 	slots   chan struct{} // one per request running, at most maxInFlight
 	running sync.WaitGroup
+
+	// The watchdog (watch): timer runs while inline holds the request
+	// that runs on the reader.
+	timer  *time.Timer
+	inline atomic.Pointer[handoff]
+	stop   chan struct{}
 }
 
 // read is the reader: it reads requests until the connection ends, or
@@ -386,14 +411,17 @@ func (t *transmitter) read() {
 		h := &handoff{t: t}
 		// A Device that waits without WillBlock, perhaps for a later
 		// request of this very connection, gets a reader all the same.
-		watchdog := time.AfterFunc(inlineGrace, h.start)
+		t.inline.Store(h)
+		t.timer.Reset(inlineGrace)
 		t.run(req, h)
-		watchdog.Stop()
 		// Claim the role back, unless it passed on: the watchdog may fire
-		// even now, and then must find it taken.
+		// even now, and then must find it taken. Once it passed on, the
+		// timer is the new reader's.
 		if !h.done.CompareAndSwap(false, true) {
 			return
 		}
+		t.timer.Stop()
+		t.inline.Store(nil)
 	}
 }
 
