@@ -12,6 +12,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -341,9 +342,9 @@ func appendOptionReply(b []byte, opt, replyType uint32, data []byte) []byte {
 // has been carried out.
 func (c *conn) transmit(exp export) {
 	t := &transmitter{c: c, exp: exp, slots: make(chan struct{}, maxInFlight),
-		timer: time.NewTimer(time.Hour), stop: make(chan struct{})}
-	t.timer.Stop()
+		tick: inlineGrace / 2, kick: make(chan struct{}, 1), stop: make(chan struct{})}
 	t.buffers, _ = exp.dev.(WriteBuffers)
+	t.async, _ = exp.dev.(AsyncWriter)
 	go t.watch()
 	t.running.Add(1)
 	t.read()
@@ -351,18 +352,52 @@ func (c *conn) transmit(exp export) {
 	close(t.stop)
 }
 
-// watch is the watchdog: when the timer fires, the request running on the
-// reader (inline) has taken inlineGrace, and the reader role passes on.
+// watch is the watchdog. Every inlineGrace/2 it looks at the request
+// running on the reader (inline); one it saw the time before too has run
+// for at least that long, and the reader role passes on: within
+// inlineGrace of the request's start. It sleeps while no request runs on
+// the reader, and the next one wakes it (kick).
+//
+// A timer per request would be more exact, but its Reset costs a wake-up
+// of another thread at every request (the runtime's poller must learn
+// the new deadline), which at queue depth 1 shows in the latency.
 func (t *transmitter) watch() {
+	tick := time.NewTicker(t.tick)
+	defer tick.Stop()
+	var last *handoff
+	var started uint64
 	for {
 		select {
-		case <-t.timer.C:
-			if h := t.inline.Load(); h != nil {
-				h.start()
-			}
+		case <-tick.C:
 		case <-t.stop:
 			return
 		}
+		h := t.inline.Load()
+		if h != nil && h == last {
+			h.start()
+		}
+		last = h
+		if n := t.started.Load(); n != started || h != nil {
+			started = n
+			continue
+		}
+		// Nothing ran on the reader since the last look: sleep. The
+		// reader stores inline before it looks at sleeping, and this
+		// stores sleeping before it looks at inline, so one of the two
+		// sees the other.
+		tick.Stop()
+		t.sleeping.Store(true)
+		if t.inline.Load() == nil {
+			select {
+			case <-t.kick:
+			case <-t.stop:
+				return
+			}
+		}
+		t.sleeping.Store(false)
+		started = t.started.Load()
+		last = nil
+		tick.Reset(t.tick)
 	}
 }
 
@@ -384,14 +419,19 @@ type transmitter struct {
 	c       *conn
 	exp     export
 	buffers WriteBuffers
+	async   AsyncWriter   // nil if the Device has no WriteAsync
 	slots   chan struct{} // one per request running, at most maxInFlight
 	running sync.WaitGroup
 
-	// The watchdog (watch): timer runs while inline holds the request
-	// that runs on the reader.
-	timer  *time.Timer
-	inline atomic.Pointer[handoff]
-	stop   chan struct{}
+	// The watchdog (watch) looks at inline, the request that runs on the
+	// reader, if any, every tick; started counts such requests. While it
+	// sleeps (sleeping), the reader wakes it with kick.
+	tick     time.Duration
+	inline   atomic.Pointer[handoff]
+	started  atomic.Uint64
+	sleeping atomic.Bool
+	kick     chan struct{}
+	stop     chan struct{}
 }
 
 // read is the reader: it reads requests until the connection ends, or
@@ -412,16 +452,24 @@ func (t *transmitter) read() {
 		// A Device that waits without WillBlock, perhaps for a later
 		// request of this very connection, gets a reader all the same.
 		t.inline.Store(h)
-		t.timer.Reset(inlineGrace)
-		t.run(req, h)
-		// Claim the role back, unless it passed on: the watchdog may fire
-		// even now, and then must find it taken. Once it passed on, the
-		// timer is the new reader's.
+		t.started.Add(1)
+		if t.sleeping.Load() {
+			select {
+			case t.kick <- struct{}{}:
+			default: // a kick is pending already
+			}
+		}
+		if t.async != nil && req.cmd == cmdWrite {
+			t.start(req, h)
+		} else {
+			t.run(req, h)
+		}
+		// Claim the role back, unless it passed on: the watchdog may act
+		// even now, and then must find it taken.
 		if !h.done.CompareAndSwap(false, true) {
 			return
 		}
-		t.timer.Stop()
-		t.inline.Store(nil)
+		t.inline.CompareAndSwap(h, nil)
 	}
 }
 
@@ -486,6 +534,28 @@ func (t *transmitter) run(req request, h *handoff) {
 	t.c.reply(ctx, req, t.exp)
 }
 
+// start starts req, a write, on an AsyncWriter and returns; the reply
+// goes out when the Device completes it. h is the reader's handoff, for
+// the part of the write done before WriteAsync returns.
+func (t *transmitter) start(req request, h *handoff) {
+	t.running.Add(1)
+	finish := func(errno Errno) {
+		buf := make([]byte, replyHeaderSize)
+		putReplyHeader(buf, errno, req.cookie)
+		t.c.sendNoWait(buf, &t.running)
+		<-t.slots
+		t.running.Done()
+	}
+	if errno, ok := t.c.check(req, t.exp); !ok || req.length == 0 {
+		finish(errno)
+		return
+	}
+	ctx := context.WithValue(context.Background(), handoffKey{}, h)
+	t.async.WriteAsync(ctx, req.data, req.off, req.flags&cmdFlagFUA != 0, func(err error) {
+		finish(t.c.result(req, t.exp, err))
+	})
+}
+
 // handoff lets a request that runs on the reader pass the reader role on.
 // done is set once, by whoever comes first: start, which passes the role
 // to a new goroutine, or the reader, which keeps it once the request is
@@ -500,6 +570,7 @@ type handoffKey struct{}
 // start passes the reader role to a new goroutine, once.
 func (h *handoff) start() {
 	if h.done.CompareAndSwap(false, true) {
+		h.t.inline.CompareAndSwap(h, nil) // the watchdog has nothing to watch until the new reader runs a request
 		h.t.running.Add(1)
 		go h.t.read()
 	}
@@ -531,11 +602,15 @@ func (c *conn) reply(ctx context.Context, req request, exp export) {
 	if errno != 0 {
 		buf = buf[:replyHeaderSize]
 	}
+	putReplyHeader(buf, errno, req.cookie)
+	c.send(buf)
+}
+
+// putReplyHeader writes a simple reply's header into buf.
+func putReplyHeader(buf []byte, errno Errno, cookie uint64) {
 	binary.BigEndian.PutUint32(buf[0:], magicSimpleReply)
 	binary.BigEndian.PutUint32(buf[4:], uint32(errno))
-	binary.BigEndian.PutUint64(buf[8:], req.cookie)
-
-	c.send(buf)
+	binary.BigEndian.PutUint64(buf[8:], cookie)
 }
 
 // send queues a reply and, unless another request goroutine is writing
@@ -554,6 +629,13 @@ func (c *conn) send(reply []byte) {
 		return
 	}
 	c.writing = true
+	c.writeQueued()
+}
+
+// writeQueued writes the queued replies until none is left, then clears
+// writing. Called with writeMu held and writing set, by the goroutine
+// that set it; it unlocks writeMu while it writes.
+func (c *conn) writeQueued() {
 	for len(c.replies) > 0 && c.writeErr == nil {
 		batch := c.replies
 		c.replies = c.spare[:0]
@@ -562,14 +644,98 @@ func (c *conn) send(reply []byte) {
 		c.writeMu.Lock()
 		clear(batch)
 		c.spare = batch[:0]
-		if err != nil {
-			c.writeErr = err
-			c.replies = nil
-			c.log.Debug("nbd: reply lost; closing the connection", "err", err)
-			c.shutdown()
-		}
+		c.noteWriteErr(err)
 	}
 	c.writing = false
+}
+
+// noteWriteErr records a failed reply write, after which the connection
+// ends. Called with writeMu held.
+func (c *conn) noteWriteErr(err error) {
+	if err == nil || c.writeErr != nil {
+		return
+	}
+	c.writeErr = err
+	c.replies = nil
+	c.log.Debug("nbd: reply lost; closing the connection", "err", err)
+	c.shutdown()
+}
+
+// sendNoWait is send for a caller that must not wait on this client: an
+// AsyncWriter's completion, which may run on a goroutine that serves
+// other clients or peers. It writes what the socket takes at once; the
+// rest, if any, goes to a new goroutine (counted in running), which
+// writes it and whatever is queued meanwhile.
+func (c *conn) sendNoWait(reply []byte, running *sync.WaitGroup) {
+	c.writeMu.Lock()
+	if c.writeErr != nil {
+		c.writeMu.Unlock()
+		return
+	}
+	c.replies = append(c.replies, reply)
+	if c.writing {
+		c.writeMu.Unlock()
+		return
+	}
+	c.writing = true
+	if len(c.replies) == 1 && len(reply) <= joinLimit {
+		c.replies = c.replies[:0]
+		c.writeMu.Unlock()
+		n, err := c.writeNow(reply)
+		c.writeMu.Lock()
+		c.noteWriteErr(err)
+		if n < len(reply) && c.writeErr == nil {
+			c.replies = append([][]byte{reply[n:]}, c.replies...)
+		}
+		if len(c.replies) == 0 || c.writeErr != nil {
+			c.writing = false
+			c.writeMu.Unlock()
+			return
+		}
+	}
+	c.writeMu.Unlock()
+	running.Go(func() {
+		c.writeMu.Lock()
+		defer c.writeMu.Unlock()
+		c.writeQueued()
+	})
+}
+
+// writeNow writes as much of b as the socket takes without waiting, and
+// reports how much that was: all of it, usually. A connection that offers
+// no raw access writes nothing here (its writes go to a goroutine).
+func (c *conn) writeNow(b []byte) (int, error) {
+	sc, ok := c.nc.(syscall.Conn)
+	if !ok {
+		return 0, nil
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return 0, nil
+	}
+	var n int
+	var werr error
+	err = raw.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			m, err := syscall.Write(int(fd), b[n:])
+			if err == syscall.EINTR {
+				continue
+			}
+			if err == syscall.EAGAIN {
+				break
+			}
+			if err != nil {
+				werr = os.NewSyscallError("write", err)
+				break
+			}
+			n += m
+		}
+		return true // never wait here
+	})
+	if werr == nil {
+		werr = err
+	}
+	return n, werr
 }
 
 // joinLimit is the largest reply writeReplies copies to join it with
@@ -609,34 +775,13 @@ func (c *conn) writeReplies(batch [][]byte) error {
 // execute validates a request and runs it on the Device. readInto is where
 // a read's data goes. It returns the errno for the reply.
 func (c *conn) execute(ctx context.Context, req request, exp export, readInto []byte) Errno {
-	allowed := uint16(cmdFlagFUA)
-	if req.cmd == cmdWriteZeroes {
-		allowed |= cmdFlagNoHole
-	}
-	if req.flags&^allowed != 0 {
-		c.log.Debug("nbd: request with flags not valid for it", "command", commandName(req.cmd), "flags", req.flags)
-		return EINVAL
-	}
-	writes := req.cmd == cmdWrite || req.cmd == cmdTrim || req.cmd == cmdWriteZeroes
-	if writes && exp.readOnly {
-		return EPERM
-	}
-	end := req.off + uint64(req.length)
-	if req.cmd != cmdFlush && (end < req.off || end > exp.size) {
-		c.log.Debug("nbd: request beyond the end of the export", "command", commandName(req.cmd),
-			"offset", req.off, "length", req.length, "size", exp.size)
-		if req.cmd == cmdWrite || req.cmd == cmdWriteZeroes {
-			return ENOSPC // as the protocol asks for writes past the end
-		}
-		return EINVAL
+	if errno, ok := c.check(req, exp); !ok {
+		return errno
 	}
 	fua := req.flags&cmdFlagFUA != 0
 	var err error
 	switch req.cmd {
 	case cmdRead:
-		if req.length > MaxPayload {
-			return EINVAL
-		}
 		if req.length > 0 {
 			err = exp.dev.ReadAt(ctx, readInto, req.off)
 		}
@@ -657,10 +802,49 @@ func (c *conn) execute(ctx context.Context, req request, exp export, readInto []
 		if req.length > 0 {
 			err = exp.dev.WriteZeroes(ctx, req.off, uint64(req.length), fua)
 		}
+	}
+	return c.result(req, exp, err)
+}
+
+// check validates a request before it runs: ok is false, with the errno
+// for the reply, if it must not.
+func (c *conn) check(req request, exp export) (errno Errno, ok bool) {
+	allowed := uint16(cmdFlagFUA)
+	if req.cmd == cmdWriteZeroes {
+		allowed |= cmdFlagNoHole
+	}
+	if req.flags&^allowed != 0 {
+		c.log.Debug("nbd: request with flags not valid for it", "command", commandName(req.cmd), "flags", req.flags)
+		return EINVAL, false
+	}
+	switch req.cmd {
+	case cmdRead, cmdWrite, cmdFlush, cmdTrim, cmdWriteZeroes:
 	default:
 		c.log.Debug("nbd: unknown command", "command", req.cmd)
-		return EINVAL
+		return EINVAL, false
 	}
+	writes := req.cmd == cmdWrite || req.cmd == cmdTrim || req.cmd == cmdWriteZeroes
+	if writes && exp.readOnly {
+		return EPERM, false
+	}
+	end := req.off + uint64(req.length)
+	if req.cmd != cmdFlush && (end < req.off || end > exp.size) {
+		c.log.Debug("nbd: request beyond the end of the export", "command", commandName(req.cmd),
+			"offset", req.off, "length", req.length, "size", exp.size)
+		if req.cmd == cmdWrite || req.cmd == cmdWriteZeroes {
+			return ENOSPC, false // as the protocol asks for writes past the end
+		}
+		return EINVAL, false
+	}
+	if req.cmd == cmdRead && req.length > MaxPayload {
+		return EINVAL, false
+	}
+	return 0, true
+}
+
+// result maps a Device's answer to req to the errno for the reply, and
+// logs a failure.
+func (c *conn) result(req request, exp export, err error) Errno {
 	if err == nil {
 		return 0
 	}

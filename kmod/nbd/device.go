@@ -63,6 +63,26 @@ type WriteBuffers interface {
 	WriteBuffer(n int) []byte
 }
 
+// AsyncWriter is an optional ability of a Device: writes that complete
+// later without a goroutine of the server waiting for them. A request
+// that arrives alone (nothing more is buffered from the client) runs on
+// the connection's reader; for a write, the server then calls WriteAsync
+// instead of WriteAt and goes back to reading as soon as it returns, and
+// done sends the reply. That spares the wake-up of a waiting goroutine at
+// completion and the start of a new reader at each write: at queue depth
+// 1, where the Device waits for a peer's acknowledgement, those are a
+// large part of the latency.
+//
+// WriteAsync does what WriteAt would, with the same ownership of p and
+// the same ctx (WillBlock applies to the part it does before it
+// returns), and calls done exactly once with WriteAt's result: before
+// it returns or later, from any goroutine. done never blocks: it writes
+// the reply if the socket takes it at once, and hands it to a goroutine
+// otherwise.
+type AsyncWriter interface {
+	WriteAsync(ctx context.Context, p []byte, off uint64, fua bool, done func(error))
+}
+
 // ReadOnlyDevice is an optional ability of a Device. A Device whose
 // ReadOnly returns true (checked once per connection, when the client
 // selects the export) is exported with NBD_FLAG_READ_ONLY, and the server
