@@ -23,6 +23,7 @@ var (
 	_ nbd.Device       = device{}
 	_ nbd.MultiConn    = device{}
 	_ nbd.WriteBuffers = device{}
+	_ nbd.AsyncWriter  = device{}
 )
 
 func (d device) Size() uint64 { return d.r.st.dataSize }
@@ -69,6 +70,26 @@ func (d device) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) err
 	return d.do(ctx, core.Request{Kind: core.ReqWrite, Offset: off, Length: uint64(len(p)), Data: p, FUA: fua})
 }
 
+// WriteAsync is WriteAt for a request that runs on the export's reader:
+// the reader goes back to reading once the local write is done, and the
+// goroutine that completes the write (the reader of the acknowledging
+// peer's link, under protocol C) sends the reply.
+func (d device) WriteAsync(ctx context.Context, p []byte, off uint64, fua bool, done func(error)) {
+	pl := d.r.payloads.hold(p)
+	req := core.Request{Kind: core.ReqWrite, Offset: off, Length: uint64(len(p)), Data: p, FUA: fua}
+	release, err := d.r.activate(ctx, req)
+	if err != nil {
+		d.r.payloads.release(pl)
+		done(err) // an I/O error to the client: the metadata disk is failing or the resource going down
+		return
+	}
+	d.r.start(ctx, req, func(err error) {
+		release()
+		d.r.payloads.release(pl)
+		done(d.clientError(err))
+	})
+}
+
 func (d device) Flush(ctx context.Context) error {
 	return d.do(ctx, core.Request{Kind: core.ReqFlush})
 }
@@ -87,7 +108,12 @@ func (d device) do(ctx context.Context, req core.Request) error {
 		return err // an I/O error to the client: the metadata disk is failing or the resource going down
 	}
 	defer release()
-	err = d.r.submit(ctx, req)
+	return d.clientError(d.r.submit(ctx, req))
+}
+
+// clientError gives a request's error the meaning the NBD server maps to
+// the client's errno.
+func (d device) clientError(err error) error {
 	switch {
 	case errors.Is(err, core.ErrNotPrimary):
 		return fmt.Errorf("%w: %w", nbd.ErrReadOnly, d.r.notPrimaryError())

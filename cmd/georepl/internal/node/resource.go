@@ -66,7 +66,11 @@ type resource struct {
 	// status.
 	detachedWhy string
 	nextReq     core.RequestID
-	pending     map[core.RequestID]chan error
+	// pending holds the completion of every request submitted and not
+	// completed; process moves completed ones to completions, which
+	// unlockEngine calls.
+	pending     map[core.RequestID]func(error)
+	completions []completion
 	progress    map[core.NodeID]*rateMeter
 	// ops collects the local operations of the Ready being performed, for
 	// the goroutine that performs it to start (see takeWork).
@@ -152,9 +156,9 @@ func (r *resource) Up() error {
 	}
 	r.emu.Lock()
 	r.st, r.engine, r.stopped, r.failed, r.detachedWhy = st, eng, false, nil, ""
-	r.pending = map[core.RequestID]chan error{}
+	r.pending = map[core.RequestID]func(error){}
 	r.progress = map[core.NodeID]*rateMeter{}
-	r.emu.Unlock()
+	r.unlockEngine()
 	r.linkUp = make(chan *link)
 	r.linkDown = make(chan linkDown)
 	r.calls = make(chan func())
@@ -341,14 +345,14 @@ func (r *resource) loop() {
 		case <-r.stop:
 			r.emu.Lock()
 			r.shutdownLoop()
-			r.emu.Unlock()
+			r.unlockEngine()
 			return
 		}
 		r.emu.Lock()
 		event()
 		r.process()
 		eng, w := r.engine, r.takeWork()
-		r.emu.Unlock()
+		r.unlockEngine()
 		w.wake()
 		r.startOps(eng, w.ops)
 	}
@@ -378,10 +382,7 @@ func (r *resource) failMetadata(err error) {
 			r.setConn(p, nil)
 		}
 	}
-	for id, ch := range r.pending {
-		ch <- r.failed
-		delete(r.pending, id)
-	}
+	r.failPending(r.failed)
 	go r.forceDown()
 }
 
@@ -397,9 +398,34 @@ func (r *resource) shutdownLoop() {
 	r.process()
 	r.dropOps() // the resource is going down: nothing would wait for them
 	r.persistBitmaps()
-	for id, ch := range r.pending {
-		ch <- fmt.Errorf("resource %s went down", r.cfg.Name)
+	r.failPending(fmt.Errorf("resource %s went down", r.cfg.Name))
+}
+
+// completion is a request's completion and its result.
+type completion struct {
+	fn  func(error)
+	err error
+}
+
+// failPending completes every pending request with err. Called with emu
+// held.
+func (r *resource) failPending(err error) {
+	for id, fn := range r.pending {
+		r.completions = append(r.completions, completion{fn, err})
 		delete(r.pending, id)
+	}
+}
+
+// unlockEngine unlocks emu, then calls the completions that process
+// collected. Every holder of emu unlocks it with this: a completion may
+// write an NBD reply, which must not happen with emu held, and must not
+// be forgotten.
+func (r *resource) unlockEngine() {
+	done := r.completions
+	r.completions = nil
+	r.emu.Unlock()
+	for _, c := range done {
+		c.fn(c.err)
 	}
 }
 
@@ -505,9 +531,9 @@ func (r *resource) process() {
 			}
 		}
 		for _, c := range rd.Completed {
-			if ch, ok := r.pending[c.ID]; ok {
+			if fn, ok := r.pending[c.ID]; ok {
 				delete(r.pending, c.ID)
-				ch <- c.Err
+				r.completions = append(r.completions, completion{fn, c.Err})
 			}
 		}
 		for _, dr := range rd.Drop {
@@ -593,14 +619,21 @@ func (w work) flush() {
 // writes nothing inline and leaves only the other links' frames to their
 // writers.
 func (w work) flushTo(l *link) {
-	for _, lc := range w.flushes {
-		if lc.l != l {
-			lc.l.queues[lc.ch].wake()
-		}
-	}
+	w.wakeOthers(l)
 	if l != nil {
 		for ch := range l.queues {
 			l.flush(wire.Channel(ch))
+		}
+	}
+}
+
+// wakeOthers leaves the frames queued for links other than l to their
+// writers, and l's queued: for a reader of l that writes them later itself
+// (flushTo), together with what it has yet to queue.
+func (w work) wakeOthers(l *link) {
+	for _, lc := range w.flushes {
+		if lc.l != l {
+			lc.l.queues[lc.ch].wake()
 		}
 	}
 }
@@ -658,6 +691,7 @@ func (r *resource) runOps(eng *core.Engine, ops []localOp) {
 func (r *resource) runOpsOn(eng *core.Engine, ops []localOp, reader *link) {
 	for len(ops) > 0 {
 		if reader != nil && !r.inlineSafe(ops) {
+			work{}.flushTo(reader) // what receive left queued for it
 			r.startOps(eng, ops)
 			return
 		}
@@ -670,14 +704,14 @@ func (r *resource) runOpsOn(eng *core.Engine, ops []localOp, reader *link) {
 		r.emu.Lock()
 		if r.stopped || r.engine != eng {
 			// The resource went down: nothing waits for the result.
-			r.emu.Unlock()
+			r.unlockEngine()
 			return
 		}
 		r.recycleReceived(op.LocalOp)
 		eng.LocalDone(op.ID, data, err)
 		r.process()
 		w := r.takeWork()
-		r.emu.Unlock()
+		r.unlockEngine()
 		if reader != nil {
 			w.flushTo(reader)
 		} else {
@@ -752,25 +786,8 @@ func (r *resource) checksum(op core.LocalOp) ([]byte, error) {
 // completion. The calling goroutine runs the local operations the request
 // starts itself (see runOps) rather than wait idle.
 func (r *resource) submit(ctx context.Context, req core.Request) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	done := make(chan error, 1)
-	r.emu.Lock()
-	if r.stopped || r.engine == nil {
-		r.emu.Unlock()
-		return fmt.Errorf("resource %s is down", r.cfg.Name)
-	}
-	eng := r.engine
-	r.nextReq++
-	req.ID = r.nextReq
-	r.pending[req.ID] = done
-	eng.Submit(req)
-	r.process()
-	w := r.takeWork()
-	r.emu.Unlock()
-	w.flush() // the peers start their writes while this goroutine does the local one
-	r.runOps(eng, w.ops)
+	r.start(ctx, req, func(err error) { done <- err })
 	// Once submitted, a request is waited for to the end: returning early
 	// would let the client reuse a buffer the engine still owns.
 	select {
@@ -780,6 +797,34 @@ func (r *resource) submit(ctx context.Context, req core.Request) error {
 	}
 	nbd.WillBlock(ctx)
 	return <-done
+}
+
+// start hands an application request to the engine, runs the local
+// operations it starts on the calling goroutine (see runOps), and
+// returns; complete is called once with the request's result, by
+// whichever goroutine completes it (this one, before start returns, if no
+// peer has to answer), never with emu held.
+func (r *resource) start(ctx context.Context, req core.Request, complete func(error)) {
+	if err := ctx.Err(); err != nil {
+		complete(err)
+		return
+	}
+	r.emu.Lock()
+	if r.stopped || r.engine == nil {
+		r.unlockEngine()
+		complete(fmt.Errorf("resource %s is down", r.cfg.Name))
+		return
+	}
+	eng := r.engine
+	r.nextReq++
+	req.ID = r.nextReq
+	r.pending[req.ID] = complete
+	eng.Submit(req)
+	r.process()
+	w := r.takeWork()
+	r.unlockEngine()
+	w.flush() // the peers start their writes while this goroutine does the local one
+	r.runOps(eng, w.ops)
 }
 
 // receiveBuffer is the links' wire.Reader payload allocator: data and
@@ -825,7 +870,7 @@ func (r *resource) recycleReceived(op core.LocalOp) {
 func (r *resource) receive(l *link, f *wire.Frame, more bool) {
 	r.emu.Lock()
 	if r.stopped {
-		r.emu.Unlock()
+		r.unlockEngine()
 		return
 	}
 	if p := r.peers[l.peer]; p.conn == l {
@@ -839,16 +884,19 @@ func (r *resource) receive(l *link, f *wire.Frame, more bool) {
 		r.process()
 	}
 	eng, w := r.engine, r.takeWork()
-	r.emu.Unlock()
+	r.unlockEngine()
 	inline := !more && r.inlineSafe(w.ops)
 	switch {
 	case more:
 		// The next frame is already here, and its receive writes what
 		// this one queued for l together with its own: a barrier's
 		// acknowledgement and the next write's in one system call.
-		w.flushTo(nil)
+		w.wakeOthers(l)
 	case inline && len(w.ops) > 0:
-		w.flushTo(nil) // runOpsOn writes l's frames after the operations
+		// runOpsOn writes l's frames after the operations, with their
+		// acknowledgements; waking l's writer now would only move that
+		// system call to another thread, at the cost of a wake-up.
+		w.wakeOthers(l)
 	default:
 		w.flushTo(l)
 	}
@@ -928,14 +976,14 @@ func (r *resource) noteDetached() {
 func (r *resource) detachDisk(why string) {
 	r.emu.Lock()
 	if r.stopped || r.engine == nil {
-		r.emu.Unlock()
+		r.unlockEngine()
 		return
 	}
 	eng := r.engine
 	eng.Detach(why)
 	r.process()
 	w := r.takeWork()
-	r.emu.Unlock()
+	r.unlockEngine()
 	w.wake()
 	r.startOps(eng, w.ops)
 }
