@@ -561,6 +561,11 @@ func TestClusterCLI(t *testing.T) {
 	c.start("alpha")
 	c.start("bravo")
 
+	// The daemon re-executed itself to keep the runtime's monitor awake.
+	if g := daemonGodebug(t, c.procs["alpha"].Process.Pid); !strings.Contains(g, sysmonAwake) {
+		t.Fatalf("the daemon runs with GODEBUG=%q, without %s", g, sysmonAwake)
+	}
+
 	// A second daemon for the same admin socket refuses to start.
 	out, err := exec.Command(georeplBin, "daemon", "--config", c.conf, "--node", "alpha", "--admin", c.adminSock("alpha")).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "already running") {
