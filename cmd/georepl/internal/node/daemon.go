@@ -266,11 +266,14 @@ func (r *resource) handOver(p *peer, transport string, conn transports.Conn, hs 
 	inline := proto != protocols.A
 	l := newLink(r, p.id, p.node.Name, transport, conn, readers, comp, p.link.Net.PingInterval, p.link.Net.Timeout, inline)
 	l.hello = theirs
+	// The connection clears the last error before the loop attaches it:
+	// attaching may record a new one at once (a split brain), which a
+	// clear after the hand-over could erase.
+	r.mu.Lock()
+	p.lastErr = ""
+	r.mu.Unlock()
 	select {
 	case r.linkUp <- l:
-		r.mu.Lock()
-		p.lastErr = ""
-		r.mu.Unlock()
 	case <-r.loopDone:
 		conn.Close()
 	}
