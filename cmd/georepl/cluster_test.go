@@ -181,6 +181,17 @@ func (c *cluster) start(n string) {
 	}
 }
 
+// startInSync starts every demo node, makes alpha Primary with --force
+// (the initial full sync) and waits until every peer is in sync with it.
+func (c *cluster) startInSync() {
+	c.t.Helper()
+	for _, n := range demoNodes {
+		c.start(n)
+	}
+	c.cli("alpha", "primary", "--force", "r0")
+	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+}
+
 func (c *cluster) log(n string) string {
 	b, _ := os.ReadFile(filepath.Join(c.dir, n+".log"))
 	return string(b)
@@ -279,11 +290,7 @@ func TestClusterFioKillSecondary(t *testing.T) {
 	requireTool(t, "fio", "fio")
 	const size = 128 << 20
 	c := newCluster(t, size)
-	for _, n := range demoNodes {
-		c.start(n)
-	}
-	c.cli("alpha", "primary", "--force", "r0")
-	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+	c.startInSync()
 
 	if out, err := c.cliErr("bravo", "primary", "r0"); err == nil {
 		t.Fatalf("bravo became primary while alpha is: %s", out)
@@ -447,11 +454,7 @@ func shortTimeouts(src string) string {
 func TestClusterHungPeer(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 64<<20, shortTimeouts)
-	for _, n := range demoNodes {
-		c.start(n)
-	}
-	c.cli("alpha", "primary", "--force", "r0")
-	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+	c.startInSync()
 
 	bravo := c.procs["bravo"]
 	if err := bravo.Process.Signal(syscall.SIGSTOP); err != nil {
@@ -515,11 +518,7 @@ func TestClusterWrongSecret(t *testing.T) {
 func TestClusterSwitchover(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 32<<20)
-	for _, n := range demoNodes {
-		c.start(n)
-	}
-	c.cli("alpha", "primary", "--force", "r0")
-	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+	c.startInSync()
 	write := func(n string, fill byte) {
 		client, err := nbd.Dial(context.Background(), c.node(n).Export, "r0")
 		if err != nil {
@@ -669,11 +668,7 @@ func pullAheadToDR(src string) string {
 func TestClusterPullAhead(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 64<<20, pullAheadToDR)
-	for _, n := range demoNodes {
-		c.start(n)
-	}
-	c.cli("alpha", "primary", "--force", "r0")
-	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+	c.startInSync()
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -851,11 +846,7 @@ func TestClusterCongestionDisconnect(t *testing.T) {
 	c := newCluster(t, 64<<20, func(src string) string {
 		return strings.Replace(pullAheadToDR(src), `"pull-ahead"`, `"disconnect"`, 1)
 	}, shortTimeouts)
-	for _, n := range demoNodes {
-		c.start(n)
-	}
-	c.cli("alpha", "primary", "--force", "r0")
-	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+	c.startInSync()
 	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
 	if err != nil {
 		t.Fatal(err)

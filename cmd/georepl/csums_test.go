@@ -67,11 +67,7 @@ func TestClusterCsumResync(t *testing.T) {
 	for _, off := range []int64{4096, 3 << 20, 20 << 20} {
 		c.writeBlocks("dr", off, bytes.Repeat([]byte{0xEE}, 4096))
 	}
-	for _, n := range demoNodes {
-		c.start(n)
-	}
-	c.cli("alpha", "primary", "--force", "r0")
-	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+	c.startInSync()
 	st := c.status("alpha")
 	bravo, dr := c.peer(st, "bravo"), c.peer(st, "dr")
 	if bravo.SameBytes != st.Size {
@@ -114,11 +110,7 @@ func TestClusterInvalidate(t *testing.T) {
 	t.Parallel()
 	const size = 32 << 20
 	c := newCluster(t, size, withCsums)
-	for _, n := range demoNodes {
-		c.start(n)
-	}
-	c.cli("alpha", "primary", "--force", "r0")
-	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+	c.startInSync()
 	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
 	if err != nil {
 		t.Fatal(err)
@@ -166,11 +158,7 @@ func TestClusterVerify(t *testing.T) {
 	requireTool(t, "fio", "fio")
 	const size = 32 << 20
 	c := newCluster(t, size)
-	for _, n := range demoNodes {
-		c.start(n)
-	}
-	c.cli("alpha", "primary", "--force", "r0")
-	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+	c.startInSync()
 
 	corrupt := []node.VerifyRange{{Offset: 20 << 20, Length: 4096}, {Offset: 24<<20 + 4096, Length: 12288}, {Offset: 30 << 20, Length: 4096}}
 	for _, r := range corrupt {

@@ -21,11 +21,7 @@ func ioErrorCluster(t *testing.T, size int64, edits ...func(string) string) (*cl
 	c := newCluster(t, size, edits...)
 	trigger := filepath.Join(c.dir, "alpha.fail")
 	c.args["alpha"] = []string{"--test-io-faults", trigger}
-	for _, n := range demoNodes {
-		c.start(n)
-	}
-	c.cli("alpha", "primary", "--force", "r0")
-	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+	c.startInSync()
 	return c, trigger
 }
 

@@ -65,11 +65,7 @@ func TestClusterQuorumSuspend(t *testing.T) {
 	if out := c.cli("", "validate", "--config", c.conf); !strings.Contains(out, "resource r0: 3 nodes, quorum 2, on_no_quorum suspend-io") {
 		t.Errorf("validate does not show the quorum:\n%s", out)
 	}
-	for _, n := range demoNodes {
-		c.start(n)
-	}
-	c.cli("alpha", "primary", "--force", "r0")
-	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+	c.startInSync()
 	if q := c.status("alpha").Quorum; q == nil || q.Have != 3 || q.Need != 2 || !q.OK {
 		t.Fatalf("alpha's quorum with every node up: %+v", q)
 	}
@@ -137,11 +133,7 @@ func TestClusterQuorumSuspend(t *testing.T) {
 func TestClusterQuorumIOError(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 32<<20, shortTimeouts, withQuorum("io-error"))
-	for _, n := range demoNodes {
-		c.start(n)
-	}
-	c.cli("alpha", "primary", "--force", "r0")
-	c.cli("alpha", "wait-sync", "--timeout", "2m", "r0")
+	c.startInSync()
 	resume := c.isolate()
 	c.waitQuorum("alpha", false)
 	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
