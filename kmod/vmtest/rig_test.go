@@ -50,8 +50,13 @@ func run(dir string, name string, args ...string) error {
 // guestModules are loaded by /init, in this order after their dependencies.
 // nbd and ublk_drv are not among them (kernelModules): georepl loads them
 // (from the compressed .ko, by finit_module) as it would on a host without
-// modprobe.
-var guestModules = []string{"virtio_blk", "virtio_net", "crc32c_generic", "ext4", "sch_netem"}
+// modprobe. virtio_rng feeds the guest's entropy from the host (QEMU's
+// virtio-rng-pci): without it a program started seconds after boot (the
+// georepl daemon: the Go runtime reads random bytes at start) waits in
+// getrandom while the kernel generates entropy by rescheduling in a tight
+// loop, and there the TCG guest once died of an oops (int3 in
+// sched_clock_cpu, a code patch racing the other virtual CPU).
+var guestModules = []string{"virtio_rng", "virtio_blk", "virtio_net", "crc32c_generic", "ext4", "sch_netem"}
 
 // kernelModules are installed under /lib/modules for georepl to load.
 var kernelModules = []string{"nbd", "ublk_drv"}
@@ -337,6 +342,8 @@ func (r *rig) startVM(t *testing.T, node string, index int, lk link, disks ...st
 		"-append", fmt.Sprintf("console=ttyS0 panic=-1 quiet loglevel=1 georepl.node=%s georepl.ip=10.0.0.%d", node, index+1),
 		"-netdev", fmt.Sprintf("dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port=%d,remote.type=inet,remote.host=127.0.0.1,remote.port=%d", local, remote),
 		"-device", fmt.Sprintf("virtio-net-pci,netdev=n0,mac=52:54:00:12:34:%02x", index+1),
+		"-object", "rng-random,id=rng0,filename=/dev/urandom",
+		"-device", "virtio-rng-pci,rng=rng0",
 	}
 	for _, d := range disks {
 		args = append(args, "-drive", "file="+d+",if=virtio,format=raw,cache=writeback")
