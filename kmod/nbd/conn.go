@@ -415,6 +415,11 @@ func (t *transmitter) watch() {
 // than inlineGrace hands the role on too, so that a Device that waits
 // without saying so (perhaps for a later request) cannot stall the
 // connection.
+//
+// A write to an AsyncWriter that arrives alone is only started on the
+// reader (start): the reader reads on once WriteAsync returns, and the
+// Device's completion sends the reply (sendNoWait), so such a write
+// needs neither a new reader nor a goroutine waiting for it.
 type transmitter struct {
 	c       *conn
 	exp     export
