@@ -76,17 +76,9 @@ func (d device) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) err
 // peer's link, under protocol C) sends the reply.
 func (d device) WriteAsync(ctx context.Context, p []byte, off uint64, fua bool, done func(error)) {
 	pl := d.r.payloads.hold(p)
-	req := core.Request{Kind: core.ReqWrite, Offset: off, Length: uint64(len(p)), Data: p, FUA: fua}
-	release, err := d.r.activate(ctx, req)
-	if err != nil {
+	d.begin(ctx, core.Request{Kind: core.ReqWrite, Offset: off, Length: uint64(len(p)), Data: p, FUA: fua}, func(err error) {
 		d.r.payloads.release(pl)
-		done(err) // an I/O error to the client: the metadata disk is failing or the resource going down
-		return
-	}
-	d.r.start(ctx, req, func(err error) {
-		release()
-		d.r.payloads.release(pl)
-		done(d.clientError(err))
+		done(err)
 	})
 }
 
@@ -103,12 +95,21 @@ func (d device) WriteZeroes(ctx context.Context, off, length uint64, fua bool) e
 }
 
 func (d device) do(ctx context.Context, req core.Request) error {
+	return await(ctx, func(done func(error)) { d.begin(ctx, req, done) })
+}
+
+// begin activates req's activity-log extents, then starts it (see
+// resource.start); done gets its result as the NBD server should see it.
+func (d device) begin(ctx context.Context, req core.Request, done func(error)) {
 	release, err := d.r.activate(ctx, req)
 	if err != nil {
-		return err // an I/O error to the client: the metadata disk is failing or the resource going down
+		done(err) // an I/O error to the client: the metadata disk is failing or the resource going down
+		return
 	}
-	defer release()
-	return d.clientError(d.r.submit(ctx, req))
+	d.r.start(ctx, req, func(err error) {
+		release()
+		done(d.clientError(err))
+	})
 }
 
 // clientError gives a request's error the meaning the NBD server maps to

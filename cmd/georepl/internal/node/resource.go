@@ -786,10 +786,17 @@ func (r *resource) checksum(op core.LocalOp) ([]byte, error) {
 // completion. The calling goroutine runs the local operations the request
 // starts itself (see runOps) rather than wait idle.
 func (r *resource) submit(ctx context.Context, req core.Request) error {
+	return await(ctx, func(done func(error)) { r.start(ctx, req, done) })
+}
+
+// await calls begin with a completion and waits for it. If the result is
+// not there when begin returns, the wait is for a peer: nbd.WillBlock
+// lets the export read on meanwhile. Once started, a request is waited
+// for to the end: returning early would let the client reuse a buffer
+// the engine still owns.
+func await(ctx context.Context, begin func(done func(error))) error {
 	done := make(chan error, 1)
-	r.start(ctx, req, func(err error) { done <- err })
-	// Once submitted, a request is waited for to the end: returning early
-	// would let the client reuse a buffer the engine still owns.
+	begin(func(err error) { done <- err })
 	select {
 	case err := <-done:
 		return err // no peer to wait for (alone, or protocol A within max_buffer)
