@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -409,6 +411,27 @@ func TestDemo(t *testing.T) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
 	}
+	// The killed bravo resyncs what it missed and its activity log, not
+	// the whole disk.
+	m := regexp.MustCompile(`bravo resynchronised ([0-9.]+)(\S*) of ([0-9.]+)(\S*)`).FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("demo output has no resync size:\n%s", out)
+	}
+	moved, size := humanToBytes(m[1], m[2]), humanToBytes(m[3], m[4])
+	if moved <= 0 || size <= 0 || moved >= size*7/8 {
+		t.Errorf("bravo resynchronised %s%s of %s%s: want some, and well under the whole disk\n%s", m[1], m[2], m[3], m[4], out)
+	}
+}
+
+// humanToBytes reads a size as node.HumanBytes writes it ("71.2MiB"):
+// -1 if it cannot.
+func humanToBytes(number, unit string) float64 {
+	v, err := strconv.ParseFloat(number, 64)
+	scale := map[string]float64{"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}[unit]
+	if err != nil || scale == 0 {
+		return -1
+	}
+	return v * scale
 }
 
 // waitFor polls node n's status until cond holds.

@@ -87,7 +87,10 @@ func (d *demo) run(ctx context.Context) error {
 	if err := os.MkdirAll(d.conf, 0o755); err != nil {
 		return err
 	}
-	src := withDemoActivityLog(configs.Demo(d.dir, port))
+	src, err := withDemoActivityLog(configs.Demo(d.dir, port))
+	if err != nil {
+		return err
+	}
 	if err := os.WriteFile(filepath.Join(d.conf, "r0.hcl"), src, 0o644); err != nil {
 		return err
 	}
@@ -147,6 +150,11 @@ func (d *demo) run(ctx context.Context) error {
 	if err := d.kill("bravo"); err != nil {
 		return err
 	}
+	// alpha must have noticed before bravo returns: otherwise the status
+	// below, and the wait for the resync, would see the old connection.
+	if err := d.waitPeer(ctx, "alpha", "bravo", func(p node.PeerStatus) bool { return p.Conn != "Connected" }); err != nil {
+		return err
+	}
 	if err := d.workload(ctx, client, rng, 8<<20, half, half+min(half, 32<<20)); err != nil {
 		return err
 	}
@@ -159,19 +167,11 @@ func (d *demo) run(ctx context.Context) error {
 	if err := d.start(ctx, "bravo"); err != nil {
 		return err
 	}
-	moved, err := d.watchResync(ctx, "alpha", "bravo")
+	last, err := d.watchResync(ctx, "alpha", "bravo")
 	if err != nil {
 		return err
 	}
-	why := ""
-	if sts, err := d.status(ctx, "alpha"); err == nil {
-		for _, p := range sts[0].Peers {
-			if p.Name == "bravo" && p.LastResync != nil {
-				why = "\n  " + p.LastResync.Reason
-			}
-		}
-	}
-	fmt.Fprintf(d.out, "bravo resynchronised %s of %s%s\n", node.HumanBytes(moved), node.HumanBytes(uint64(d.size)), why)
+	fmt.Fprintf(d.out, "bravo resynchronised %s of %s\n  %s\n", node.HumanBytes(last.Bytes), node.HumanBytes(uint64(d.size)), last.Reason)
 
 	d.step("flushing, draining the async peer, and comparing the three disks")
 	if err := client.Flush(); err != nil {
@@ -311,35 +311,39 @@ func (d *demo) waitSync(ctx context.Context, n string) error {
 
 // watchResync waits for node n's resync towards peer and returns the bytes
 // the resync moved.
-func (d *demo) watchResync(ctx context.Context, n, peer string) (uint64, error) {
-	var total uint64
-	deadline := time.Now().Add(5 * time.Minute)
+// watchResync prints n's view of the resync to peer until peer is in
+// sync again, and returns what the resync moved and why. The caller made
+// sure n saw peer go first, so the peer in sync is the returned one.
+func (d *demo) watchResync(ctx context.Context, n, peer string) (*node.LastResync, error) {
+	var last *node.LastResync
 	lastPrint := time.Time{}
+	err := d.waitPeer(ctx, n, peer, func(p node.PeerStatus) bool {
+		if time.Since(lastPrint) >= 500*time.Millisecond {
+			fmt.Fprintf(d.out, "%s: %s %s %s, %s out of sync\n", peer, p.Conn, p.Repl, p.Disk, node.HumanBytes(p.OutOfSync))
+			lastPrint = time.Now()
+		}
+		last = p.LastResync
+		return p.Conn == "Connected" && p.Repl == "Established" && p.Disk == "UpToDate" && p.OutOfSync == 0 && last != nil
+	})
+	return last, err
+}
+
+// waitPeer polls n's status until cond holds for peer, for at most 5
+// minutes.
+func (d *demo) waitPeer(ctx context.Context, n, peer string, cond func(node.PeerStatus) bool) error {
+	deadline := time.Now().Add(5 * time.Minute)
 	for {
 		sts, err := d.status(ctx, n)
 		if err != nil {
-			return 0, err
+			return err
 		}
 		for _, p := range sts[0].Peers {
-			if p.Name != peer {
-				continue
-			}
-			if p.Resync != nil {
-				total = max(total, p.Resync.TotalBytes)
-			}
-			if time.Since(lastPrint) >= 500*time.Millisecond {
-				_, lines := syncState(sts[0])
-				for _, l := range lines {
-					fmt.Fprintln(d.out, l)
-				}
-				lastPrint = time.Now()
-			}
-			if p.Conn == "Connected" && p.Repl == "Established" && p.Disk == "UpToDate" && p.OutOfSync == 0 {
-				return total, nil
+			if p.Name == peer && cond(p) {
+				return nil
 			}
 		}
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("%s did not resync within 5 minutes (logs in %s)", peer, d.dir)
+			return fmt.Errorf("%s: %s not as expected within 5 minutes (logs in %s)", n, peer, d.dir)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -401,8 +405,12 @@ func hashPrefix(path string, n int64) ([32]byte, error) {
 const demoALExtents = 16
 
 // withDemoActivityLog adds a disk block with demoALExtents to the demo
-// configuration, before its net block.
-func withDemoActivityLog(src []byte) []byte {
-	disk := fmt.Sprintf("  disk {\n    # small, so that the killed node's return resyncs little of the small disks\n    al_extents = %d\n  }\n\n  net {", demoALExtents)
-	return bytes.Replace(src, []byte("  net {"), []byte(disk), 1)
+// configuration, before its net block; an error if it has none.
+func withDemoActivityLog(src []byte) ([]byte, error) {
+	const net = "\n  net {"
+	if !bytes.Contains(src, []byte(net)) {
+		return nil, errors.New("demo configuration: no net block to put the disk block before")
+	}
+	disk := fmt.Sprintf("\n  disk {\n    # small, so that the killed node's return resyncs little of the small disks\n    al_extents = %d\n  }\n%s", demoALExtents, net)
+	return bytes.Replace(src, []byte(net), []byte(disk), 1), nil
 }
