@@ -132,6 +132,13 @@ func (l *link) flush(ch wire.Channel) {
 	}
 }
 
+// flushAll flushes every channel of l.
+func (l *link) flushAll() {
+	for ch := range l.queues {
+		l.flush(wire.Channel(ch))
+	}
+}
+
 func (l *link) writeLoop(ch wire.Channel) {
 	q := l.queues[ch]
 	for {

@@ -615,16 +615,10 @@ func (w work) flush() {
 // then time out too.
 //
 // l's frames are written whether or not they were queued by this work:
-// a receive that left them queued (more was true) counts on it. A nil l
-// writes nothing inline and leaves only the other links' frames to their
-// writers.
+// a receive that left them queued (more was true) counts on it.
 func (w work) flushTo(l *link) {
 	w.wakeOthers(l)
-	if l != nil {
-		for ch := range l.queues {
-			l.flush(wire.Channel(ch))
-		}
-	}
+	l.flushAll()
 }
 
 // wakeOthers leaves the frames queued for links other than l to their
@@ -691,7 +685,7 @@ func (r *resource) runOps(eng *core.Engine, ops []localOp) {
 func (r *resource) runOpsOn(eng *core.Engine, ops []localOp, reader *link) {
 	for len(ops) > 0 {
 		if reader != nil && !r.inlineSafe(ops) {
-			work{}.flushTo(reader) // what receive left queued for it
+			reader.flushAll() // what receive left queued for it
 			r.startOps(eng, ops)
 			return
 		}
@@ -893,18 +887,16 @@ func (r *resource) receive(l *link, f *wire.Frame, more bool) {
 	eng, w := r.engine, r.takeWork()
 	r.unlockEngine()
 	inline := !more && r.inlineSafe(w.ops)
-	switch {
-	case more:
-		// The next frame is already here, and its receive writes what
-		// this one queued for l together with its own: a barrier's
-		// acknowledgement and the next write's in one system call.
-		w.wakeOthers(l)
-	case inline && len(w.ops) > 0:
-		// runOpsOn writes l's frames after the operations, with their
-		// acknowledgements; waking l's writer now would only move that
+	if more || inline && len(w.ops) > 0 {
+		// l's frames stay queued for this reader to write later, with
+		// what it has yet to queue: the next frame is already here, and
+		// its receive writes them with its own (a barrier's
+		// acknowledgement and the next write's in one system call); or
+		// runOpsOn writes them after the operations, with their
+		// acknowledgements. Waking l's writer now would only move that
 		// system call to another thread, at the cost of a wake-up.
 		w.wakeOthers(l)
-	default:
+	} else {
 		w.flushTo(l)
 	}
 	if !inline {
