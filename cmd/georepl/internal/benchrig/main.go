@@ -26,7 +26,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -36,6 +35,8 @@ import (
 	"syscall"
 	"text/tabwriter"
 	"time"
+
+	"github.com/georepl/georepl/cmd/georepl/internal/checker"
 )
 
 type workload struct {
@@ -291,8 +292,11 @@ func (r *rig) measureGeorepl(s setup, baseRuns map[string][]float64) (map[string
 	defer os.RemoveAll(dir)
 	conf := filepath.Join(dir, "conf")
 	os.MkdirAll(conf, 0o755)
-	port := 20000 + rand.IntN(30000)
 	all := []string{"alpha", "bravo", "dr"}[:1+len(s.conns)]
+	port, err := checker.FreePorts(len(all))
+	if err != nil {
+		return nil, err
+	}
 	var hcl strings.Builder
 	fmt.Fprintf(&hcl, "resource \"r0\" {\n  protocol = \"C\"\n  net {\n    shared_secret = \"bench\"\n  }\n")
 	for i, n := range all {

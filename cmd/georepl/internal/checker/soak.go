@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -447,15 +448,35 @@ func Stop(cmd *exec.Cmd, grace time.Duration) {
 }
 
 // FreePorts finds n consecutive ports free for both TCP and UDP (QUIC) on
-// 127.0.0.1, for clusters on loopback.
+// 127.0.0.1, for clusters on loopback. They lie below the kernel's
+// ephemeral range: between this check and the daemon's bind, the port of
+// an outgoing connection (other clusters' daemons dial all the time) can
+// only come from that range.
 func FreePorts(n int) (int, error) {
+	lo := 10000
+	hi := ephemeralLow() - n
 	for try := 0; try < 50; try++ {
-		base := 20000 + rand.IntN(30000)
+		base := lo + rand.IntN(max(hi-lo, 1))
 		if portsFree(base, n) {
 			return base, nil
 		}
 	}
 	return 0, errors.New("no free block of ports on 127.0.0.1")
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux:
+// net.ipv4.ip_local_port_range), 32768 if it cannot be read; never below
+// 20000, which leaves FreePorts room.
+func ephemeralLow() int {
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil {
+				low = v
+			}
+		}
+	}
+	return max(low, 20000)
 }
 
 func portsFree(base, n int) bool {
