@@ -601,6 +601,10 @@ func (e *Engine) receiveState(p *peer, f *wire.Frame) {
 		p.resyncDoneSent = false
 	}
 	oldRole, oldMarks := p.role, p.gen.Bitmap
+	if oldRole == Primary && Role(st.Role) != Primary && p.rx != nil {
+		// Our Primary demoted itself: it confirms nothing more.
+		e.markRecentForOthers(p)
+	}
 	e.setPeerRoleDisk(p, Role(st.Role), DiskState(st.Disk))
 	if e.refusesSecondPrimary(p) {
 		return

@@ -109,6 +109,22 @@
 // marks the write out of sync even if it was acknowledged: with a volatile
 // disk cache, only the barrier's flush makes it durable there.
 //
+// Secondaries mark for each other. Each Barrier carries Seq, the write up
+// to which everything is retired on every peer it was sent to, and a
+// holder set (Frame.Offset, bit i for node id i): the Primary and every
+// peer Established with it and holding no marks, that is every node that
+// has all those writes. A secondary keeps the data writes it received
+// until a barrier confirms them, then marks them for every node outside
+// the holder set: a peer that lost its connection with a write in flight,
+// or was away, no longer holds the confirmation back, but every node that
+// forgets the write as confirmed knows that peer lacks it. When the
+// Primary is lost, or announces that it is no longer Primary, a secondary
+// marks what was not confirmed yet for every other peer. Marks that begin
+// this way are tied to the generation the secondary was in when the first
+// of them arrived. So a resync between secondaries after a switchover or
+// a failover covers what one of them missed, although no node in the
+// resync is the Primary that marked it.
+//
 // # Generation ids
 //
 // Every node keeps a current id, two history ids and, per peer, a bitmap

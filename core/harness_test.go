@@ -50,6 +50,7 @@ type node struct {
 	ops       []LocalOp           // issued, not yet performed
 	links     []*link             // by peer node id; nil for itself
 	failedIO  bool                // a failure was injected: protocol C checks exempt it
+	corrupted bool                // its disk was changed behind the engine's back (corrupt)
 	metaLost  bool                // its metadata writes fail: persisted state stays as it was
 	crashing  bool                // its engine is gone: nothing it does counts
 	done      map[RequestID]error
@@ -402,9 +403,48 @@ func (c *cluster) stabilize() {
 			}
 		}
 		if moved == 0 {
+			c.checkConverged()
 			return
 		}
 	}
+}
+
+// checkConverged holds, once nothing moves, the promise that matters most:
+// a node that reports UpToDate while replicating a Primary (Established,
+// no marks on either side, nothing in flight) holds the Primary's data,
+// byte for byte. Nodes whose disks failed or were corrupted behind the
+// engine's back are exempt until a resync rewrites them.
+func (c *cluster) checkConverged() {
+	for _, p := range c.nodes {
+		pst := p.eng.Status()
+		if pst.Role != Primary || pst.Disk != UpToDate || pst.Pending > 0 || p.failedIO || p.corrupted {
+			continue
+		}
+		for _, pp := range pst.Peers {
+			q := c.nodes[pp.ID]
+			if pp.Conn != Connected || pp.Repl != Established || pp.OutOfSync != 0 || pp.Unacked != 0 || q.failedIO || q.corrupted {
+				continue
+			}
+			qst := q.eng.Status()
+			if qst.Disk != UpToDate || qst.Peers[peerIndex(qst, NodeID(p.id))].OutOfSync != 0 {
+				continue
+			}
+			if !bytes.Equal(p.disk, q.disk) {
+				c.fail("n%d reports UpToDate and in sync with Primary n%d, but their disks differ (crc %08x, %08x)",
+					q.id, p.id, crc32.ChecksumIEEE(q.disk), crc32.ChecksumIEEE(p.disk))
+			}
+		}
+	}
+}
+
+// peerIndex finds peer id in a Status.
+func peerIndex(st Status, id NodeID) int {
+	for i, p := range st.Peers {
+		if p.ID == id {
+			return i
+		}
+	}
+	panic(fmt.Sprintf("no peer %d in the status", id))
 }
 
 // crash loses a node's memory, its pending operations and its disk's
@@ -697,7 +737,7 @@ func fmtFrame(f *wire.Frame) string {
 	case wire.TypeRecvAck, wire.TypeWriteAck:
 		s += fmt.Sprintf(" seq=%d", f.Seq)
 	case wire.TypeBarrier:
-		s += fmt.Sprintf(" ep=%d confirmed=%d", f.Epoch, f.Seq)
+		s += fmt.Sprintf(" ep=%d confirmed=%d holders=%s", f.Epoch, f.Seq, nodeSet(f.Offset))
 	case wire.TypeBarrierAck:
 		s += fmt.Sprintf(" ep=%d", f.Epoch)
 	case wire.TypeStateChange:
@@ -713,4 +753,15 @@ func fmtFrame(f *wire.Frame) string {
 		}
 	}
 	return s
+}
+
+// nodeSet shows a set of node ids (bit i: node i) as "n0,n2".
+func nodeSet(set uint64) string {
+	var ids []string
+	for i := range MaxNodes {
+		if set&(1<<i) != 0 {
+			ids = append(ids, fmt.Sprintf("n%d", i))
+		}
+	}
+	return strings.Join(ids, ",")
 }

@@ -186,13 +186,15 @@ func (e *Engine) maybeCloseEpoch() {
 
 // closeEpoch sends Barrier(epoch) to every replicating peer and opens the
 // next epoch; it returns the closed epoch. The barrier's Seq tells the
-// secondaries up to which write everything is confirmed on every peer.
+// secondaries up to which write everything is confirmed on every peer it
+// was sent to, and its Offset which nodes hold every write up to there
+// (holders): a secondary marks the confirmed writes for every other node.
 func (e *Engine) closeEpoch(flags wire.Flags) uint64 {
 	closed := e.epoch
-	confirmed := e.confirmedSeq()
+	confirmed, holders := e.confirmedSeq(), e.holders()
 	for _, p := range e.peers {
 		if p.replicating() {
-			e.send(p, wire.Frame{Type: wire.TypeBarrier, Flags: flags, Epoch: closed, Seq: confirmed})
+			e.send(p, wire.Frame{Type: wire.TypeBarrier, Flags: flags, Epoch: closed, Seq: confirmed, Offset: holders})
 		}
 	}
 	e.epoch++
@@ -466,6 +468,23 @@ func (e *Engine) confirmedSeq() uint64 {
 		}
 	}
 	return e.seq
+}
+
+// holders is the set of nodes (bit i for node id i) that hold every write
+// up to confirmedSeq: this node, and each peer replicating in sync with no
+// marks. A peer that was sent a write but lost it with its connection, or
+// missed writes while away, is not one of them, although confirmedSeq no
+// longer waits for it: the secondaries that forget the write as confirmed
+// must mark it for that peer, or a later resync between them (after a
+// switchover, or the loss of this node) would not know the peer lacks it.
+func (e *Engine) holders() uint64 {
+	set := uint64(1) << e.self
+	for _, p := range e.peers {
+		if p.conn == Connected && p.repl == Established && p.disk != Diskless && p.bitmap.Count() == 0 {
+			set |= 1 << p.cfg.ID
+		}
+	}
+	return set
 }
 
 // trimWrites forgets the retired writes at the front of the list. Only

@@ -290,6 +290,7 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 		}
 		copy(ns[0].disk[off:off+length], strings.Repeat(fill[:1], int(length)))
 		copy(ns[0].durable[off:off+length], ns[0].disk[off:off+length])
+		ns[0].corrupted = true
 	case "discard-my-data":
 		ns, err := nodeArgs(c, d, 2)
 		if err != nil {

@@ -22,13 +22,17 @@ type receiver struct {
 	lost bool       // the connection is gone: no more acknowledgements
 	// recent are the data writes received that the Primary has not yet
 	// confirmed to be on every peer (Barrier.Seq). If the Primary is lost,
-	// another secondary may lack them (or have some we lack): we mark them
-	// for every other peer.
+	// or stops being Primary, another secondary may lack them (or have
+	// some we lack): we mark them for every other peer. A confirmed write
+	// is marked for every node that the barrier does not name as holding
+	// it.
 	recent []recentWrite
 }
 
-// recentWrite is the range of a data write not yet confirmed everywhere.
-type recentWrite struct{ seq, off, length uint64 }
+// recentWrite is the range of a data write not yet confirmed everywhere,
+// and the generation we were in when it arrived: a node that lacks it
+// differs from us since that generation.
+type recentWrite struct{ seq, off, length, gen uint64 }
 
 // segment is the writes received between two barriers.
 type segment struct {
@@ -84,7 +88,7 @@ func (e *Engine) receiveWrite(p *peer, f *wire.Frame, resync bool) {
 	}
 	p.dataReceived += uint64(len(f.Payload))
 	if !resync {
-		p.rx.recent = append(p.rx.recent, recentWrite{seq: f.Seq, off: f.Offset, length: uint64(f.Length)})
+		p.rx.recent = append(p.rx.recent, recentWrite{seq: f.Seq, off: f.Offset, length: uint64(f.Length), gen: e.current})
 	}
 	seg := p.rx.segs[len(p.rx.segs)-1]
 	seg.writes = append(seg.writes, &rxWrite{seg: seg, op: op, resync: resync})
@@ -119,12 +123,18 @@ func (e *Engine) receiveCsum(p *peer, f *wire.Frame) {
 }
 
 // receiveBarrier closes the open segment. Its Seq confirms that every
-// write up to it is on every peer: those leave the recent list.
+// write up to it is on every node of its holder set (Offset): those leave
+// the recent list, marked for the nodes outside the set.
 func (e *Engine) receiveBarrier(p *peer, f *wire.Frame) {
 	rx := p.rx
 	n := 0
 	for n < len(rx.recent) && rx.recent[n].seq <= f.Seq {
 		n++
+	}
+	for _, q := range e.peers {
+		if q != p && f.Offset&(1<<q.cfg.ID) == 0 {
+			e.markRecent(q, rx.recent[:n])
+		}
 	}
 	rx.recent = append(rx.recent[:0], rx.recent[n:]...)
 	seg := rx.segs[len(rx.segs)-1]
@@ -279,21 +289,39 @@ func (e *Engine) abandonReceiver(rx *receiver) {
 	}
 }
 
-// markRecentForOthers runs when the connection to our Primary is lost: the
-// writes it had not confirmed everywhere may be on some secondaries and not
-// on others, so they are marked for every other peer. Whichever node is
-// promoted next resyncs them (merging the target's marks).
+// markRecentForOthers runs when the connection to our Primary is lost, or
+// it stops being Primary: the writes it had not confirmed everywhere may be
+// on some secondaries and not on others, so they are marked for every other
+// peer. Whichever node is promoted next resyncs them (merging the target's
+// marks).
 func (e *Engine) markRecentForOthers(primary *peer) {
-	if len(primary.rx.recent) == 0 || len(e.peers) < 2 {
+	if len(primary.rx.recent) == 0 {
 		return
 	}
-	for _, q := range e.peers {
-		if q == primary {
-			continue
+	if len(e.peers) >= 2 {
+		for _, q := range e.peers {
+			if q != primary {
+				e.markRecent(q, primary.rx.recent)
+			}
 		}
-		for _, r := range primary.rx.recent {
-			e.markOutOfSync(q, r.off, r.length)
-		}
+		e.peerEvent(primary, "resync", "", "", fmt.Sprintf("%d unconfirmed writes of node %d marked out of sync for the other peers", len(primary.rx.recent), primary.cfg.ID))
 	}
-	e.peerEvent(primary, "resync", "", "", fmt.Sprintf("primary lost: %d unconfirmed writes marked out of sync for the other peers", len(primary.rx.recent)))
+	primary.rx.recent = primary.rx.recent[:0]
+}
+
+// markRecent marks received writes for q, a node that may lack them. Marks
+// that begin here are tied to the generation we were in when the first of
+// them arrived: q may hold that generation without them.
+func (e *Engine) markRecent(q *peer, writes []recentWrite) {
+	if len(writes) == 0 {
+		return
+	}
+	if q.bitmapUUID == 0 && writes[0].gen != 0 {
+		q.bitmapUUID = writes[0].gen
+		e.persistDirty = true
+		e.announce = true
+	}
+	for _, r := range writes {
+		e.markOutOfSync(q, r.off, r.length)
+	}
 }

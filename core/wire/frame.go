@@ -36,7 +36,9 @@ const (
 	TypeWriteAck Type = 8
 	// TypeBarrier closes Epoch on the data channel: writes of later epochs
 	// are not started before every write of Epoch is done. FlagFlush asks
-	// the secondary to flush its disk before acknowledging.
+	// the secondary to flush its disk before acknowledging. Seq confirms
+	// that every data write up to it is on every peer it was sent to, and
+	// Offset names the nodes that hold them all (bit i for node id i).
 	TypeBarrier Type = 9
 	// TypeBarrierAck acknowledges Barrier Epoch (control channel).
 	TypeBarrierAck Type = 10
