@@ -19,7 +19,8 @@ func BenchmarkWriteRoundTrip(b *testing.B) {
 		b.Fatal(err)
 	}
 	for _, id := range []NodeID{1, 2} {
-		e.Connected(id, &wire.Hello{Resource: "r0", From: uint8(id), To: 0, Size: 1 << 30,
+		ours := e.Hello(id)
+		e.Connected(id, &ours, &wire.Hello{Resource: "r0", From: uint8(id), To: 0, Size: 1 << 30,
 			Gen: wire.GenIDs{Current: 7}, Role: uint8(Secondary), Disk: uint8(UpToDate)})
 	}
 	if err := e.Promote(false); err != nil {
@@ -61,7 +62,8 @@ func BenchmarkWritesInFlightProtocolA(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	e.Connected(1, &wire.Hello{Resource: "r0", From: 1, To: 0, Size: 1 << 30,
+	ours := e.Hello(1)
+	e.Connected(1, &ours, &wire.Hello{Resource: "r0", From: 1, To: 0, Size: 1 << 30,
 		Gen: wire.GenIDs{Current: 7}, Role: uint8(Secondary), Disk: uint8(UpToDate)})
 	if err := e.Promote(false); err != nil {
 		b.Fatal(err)

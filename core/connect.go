@@ -10,12 +10,16 @@ import (
 )
 
 // Connected reports that the handshake with peer completed (the driver
-// checked authentication); h is the hello the peer sent. The engine checks
-// that the hello belongs to this resource and peer, compares generation ids
-// (see the package documentation) and either starts replicating, starts a
-// resync, or drops the connection. If peer was connected, the old
-// connection is first treated as lost.
-func (e *Engine) Connected(peer NodeID, h *wire.Hello) {
+// checked authentication); ours is the hello we sent on this connection
+// (built by Hello), h the one the peer sent. The engine checks that the
+// hello belongs to this resource and peer, compares generation ids (see
+// the package documentation) and either starts replicating, starts a
+// resync, or drops the connection. Both ends decide from the two hellos,
+// so their decisions mirror each other: if our role, disk state or ids
+// changed since ours was built, the connection drops (ErrHelloChanged)
+// and the next handshake carries the new state. If peer was connected,
+// the old connection is first treated as lost.
+func (e *Engine) Connected(peer NodeID, ours, h *wire.Hello) {
 	defer e.finish()
 	p := e.peer(peer)
 	if p == nil {
@@ -29,11 +33,9 @@ func (e *Engine) Connected(peer NodeID, h *wire.Hello) {
 	e.setConn(p, Connected, "")
 	e.resetPace(p)
 	p.gen = h.Gen
+	p.sbSelf = sbSide{node: e.self, SplitBrain: ours.SplitBrain}
 	p.sbPeer = sbSide{node: peer, SplitBrain: h.SplitBrain}
-	if !p.helloSent {
-		// No Hello for this peer yet (a test driving the engine directly).
-		e.Hello(peer)
-	}
+	said := side{role: Role(ours.Role), disk: DiskState(ours.Disk), gen: ours.Gen}
 	p.discardMine = false
 	e.setPeerRoleDisk(p, Role(h.Role), DiskState(h.Disk))
 	p.rx = newReceiver(p)
@@ -47,6 +49,9 @@ func (e *Engine) Connected(peer NodeID, h *wire.Hello) {
 	case e.refusesSecondPrimary(p):
 	case e.role == Primary && h.SplitBrain.Flags&wire.HelloFollowsPrimary != 0:
 		e.dropPeer(p, fmt.Errorf("%w: node %d replicates another Primary", ErrPeerPrimary, peer), false)
+	case said != (side{role: e.role, disk: e.disk, gen: e.genFor(p)}):
+		e.dropPeer(p, fmt.Errorf("%w: our hello to node %d said %v %v %s, we are now %v %v %s; reconnecting",
+			ErrHelloChanged, peer, said.role, said.disk, fmtGen(said.gen), e.role, e.disk, fmtGen(e.genFor(p))), false)
 	default:
 		e.apply(p, e.decideWith(p), true)
 	}
@@ -293,9 +298,17 @@ type decision struct {
 }
 
 func (e *Engine) decideWith(p *peer) decision {
-	self := side{role: e.role, disk: e.disk,
-		gen: wire.GenIDs{Current: e.current, Bitmap: p.bitmapUUID, History: e.history}, sb: p.sbSelf}
+	self := side{role: e.role, disk: e.disk, gen: e.genFor(p), sb: p.sbSelf}
 	return decide(self, side{role: p.role, disk: p.disk, gen: p.gen, sb: p.sbPeer})
+}
+
+// genFor is our generation ids as p sees them: with our bitmap id for p.
+func (e *Engine) genFor(p *peer) wire.GenIDs {
+	return wire.GenIDs{Current: e.current, Bitmap: p.bitmapUUID, History: e.history}
+}
+
+func fmtGen(g wire.GenIDs) string {
+	return fmt.Sprintf("current %x bitmap %x history %x %x", g.Current, g.Bitmap, g.History[0], g.History[1])
 }
 
 // syncDir is a sync direction found in the generation ids.

@@ -20,7 +20,7 @@
 //		case r := <-appRequests:    e.Submit(r)
 //		case d := <-diskDone:       e.LocalDone(d.id, d.data, d.err)
 //		case f := <-frames:         e.Receive(f.peer, f.frame)
-//		case c := <-handshakes:     e.Connected(c.peer, c.hello) // after sending e.Hello(c.peer)
+//		case c := <-handshakes:     e.Connected(c.peer, c.ours, c.theirs) // ours: e.Hello(c.peer), sent
 //		case p := <-lost:           e.Disconnected(p)
 //		case cmd := <-admin:        cmd.reply(e.Promote(cmd.force)) // or Demote, PauseResync, Status
 //		case now := <-ticker.C:     e.Tick(now.Sub(last)); last = now  // every few tens of ms

@@ -94,7 +94,6 @@ type peer struct {
 	// handshake (DiscardMyData). sbSelf and sbPeer are both ends'
 	// split-brain inputs from the hellos of the current connection.
 	discardMine    bool
-	helloSent      bool // sbSelf is set
 	sbSelf, sbPeer sbSide
 
 	resyncSoon     bool          // marked while Established: decide again in finish
@@ -277,7 +276,6 @@ func (e *Engine) Hello(peer NodeID) wire.Hello {
 		if e.role != Primary && e.otherPrimary(p) != nil {
 			h.SplitBrain.Flags |= wire.HelloFollowsPrimary
 		}
-		p.sbSelf, p.helloSent = sbSide{node: e.self, SplitBrain: h.SplitBrain}, true
 	}
 	return h
 }

@@ -18,7 +18,8 @@ func primaryWithPeer(t *testing.T) *Engine {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.Connected(1, &wire.Hello{Resource: "r0", From: 1, To: 0, Size: 1 << 20, Gen: wire.GenIDs{Current: 7},
+	ours := e.Hello(1)
+	e.Connected(1, &ours, &wire.Hello{Resource: "r0", From: 1, To: 0, Size: 1 << 20, Gen: wire.GenIDs{Current: 7},
 		Role: uint8(Secondary), Disk: uint8(UpToDate)})
 	if err := e.Promote(false); err != nil {
 		t.Fatal(err)

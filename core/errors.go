@@ -75,6 +75,14 @@ var (
 	// StandAlone: the peer is resynchronised when it reconnects.
 	ErrCongested = errors.New("peer congested")
 
+	// ErrHelloChanged drops a new connection (not StandAlone) when this
+	// node's role, disk state or generation ids changed between building
+	// its Hello and the handshake's end (a write started a generation, a
+	// promotion): the peer decides from the Hello, so a decision from our
+	// newer state would not be the mirror of the peer's. The next
+	// handshake carries the new state.
+	ErrHelloChanged = errors.New("state changed during the handshake")
+
 	// ErrProtocol drops a connection whose peer sent a frame that is not
 	// allowed in the current state: data from a node that is not Primary,
 	// resync data without a resync, an acknowledgement for nothing.

@@ -35,6 +35,7 @@ type cluster struct {
 	drops    []error                                 // every Drop reason, in order
 	onDone   func(nd *node, id RequestID, err error) // sees every completion
 	reads    map[RequestID][]byte                    // buffers of application reads in flight
+	hellos   map[[2]int][2]wire.Hello                // handshakes begun (hello) and not yet connected
 }
 
 type node struct {
@@ -233,6 +234,11 @@ func (c *cluster) handle(nd *node) {
 		}
 		for _, d := range rd.Drop {
 			c.logf("%s: drop n%d standalone=%v: %v", name, d.Peer, d.StandAlone, d.Reason)
+			if errors.Is(d.Reason, ErrProtocol) {
+				// Every engine here is correct: a violation means two of
+				// them disagree about the state of their connection.
+				c.fail("n%d saw a protocol violation from n%d: %v", nd.id, d.Peer, d.Reason)
+			}
 			c.lastDrop = d.Reason
 			c.drops = append(c.drops, d.Reason)
 			c.sever(nd, c.nodes[d.Peer], d.StandAlone)
@@ -297,12 +303,29 @@ func (c *cluster) connect(a, b *node) error {
 	a.links[b.id].up, b.links[a.id].up = true, true
 	a.links[b.id].standAlone, b.links[a.id].standAlone = false, false
 	c.tracef("connect n%d n%d", a.id, b.id)
-	ha, hb := a.eng.Hello(NodeID(b.id)), b.eng.Hello(NodeID(a.id))
-	a.eng.Connected(NodeID(b.id), &hb)
-	b.eng.Connected(NodeID(a.id), &ha)
+	h, ok := c.hellos[[2]int{a.id, b.id}]
+	if ok {
+		// The hellos were built earlier (hello command): whatever
+		// happened since happened during the handshake.
+		delete(c.hellos, [2]int{a.id, b.id})
+	} else {
+		h = [2]wire.Hello{a.eng.Hello(NodeID(b.id)), b.eng.Hello(NodeID(a.id))}
+	}
+	a.eng.Connected(NodeID(b.id), &h[0], &h[1])
+	b.eng.Connected(NodeID(a.id), &h[1], &h[0])
 	c.handle(a)
 	c.handle(b)
 	return nil
+}
+
+// hello starts a handshake between a and b: both engines build their
+// hellos now, and the connect that follows delivers them, so that whatever
+// happens in between happens during the handshake.
+func (c *cluster) hello(a, b *node) {
+	if c.hellos == nil {
+		c.hellos = map[[2]int][2]wire.Hello{}
+	}
+	c.hellos[[2]int{a.id, b.id}] = [2]wire.Hello{a.eng.Hello(NodeID(b.id)), b.eng.Hello(NodeID(a.id))}
 }
 
 // deliver moves up to n frames (n < 0: all) from a to b, optionally only

@@ -24,6 +24,7 @@ import (
 //	new nodes=3 [protocols=C,A] [size=B] [block=B] [epoch-max=N] [chunk=B] [window=N] [maxbuf=B] [congestion=pull-ahead|disconnect] [flushes] [csums=crc32c] [rate=B] [share=F]
 //	    [io-error=detach|pass-on] [quorum=N [on-no-quorum=io-error]] [after-sb=POLICY [discard-node=N]] [clock]
 //	connect A B | reconnect A B | disconnect A B | crash A
+//	hello A B (the handshake's hellos are built now; the next connect A B delivers them)
 //	primary A [force] | secondary A | invalidate A SOURCE | invalidate-remote A TARGET
 //	discard-my-data A B
 //	corrupt A off=O len=L [fill=c] (changes A's disk behind its engine's back) | verify A PEER
@@ -217,10 +218,14 @@ func intArg(d *datadriven.TestData, key string, def int) int {
 
 func runCommand(c *cluster, d *datadriven.TestData) error {
 	switch d.Cmd {
-	case "connect", "reconnect", "disconnect":
+	case "connect", "reconnect", "disconnect", "hello":
 		ns, err := nodeArgs(c, d, 2)
 		if err != nil {
 			return err
+		}
+		if d.Cmd == "hello" {
+			c.hello(ns[0], ns[1])
+			return nil
 		}
 		if d.Cmd == "disconnect" {
 			if !ns[0].links[ns[1].id].up {

@@ -194,7 +194,7 @@ func (d *Daemon) accept(transport string, conn transports.Conn) {
 		hs.refuse(err)
 		return
 	}
-	r.handOver(p, transport, conn, hs, theirs)
+	r.handOver(p, transport, conn, hs, &ours, theirs)
 }
 
 // identify finds the resource and peer a hello speaks for.
@@ -246,7 +246,7 @@ func (r *resource) hello(p *peer) (wire.Hello, error) {
 }
 
 // handOver turns an authenticated connection into a link owned by r.
-func (r *resource) handOver(p *peer, transport string, conn transports.Conn, hs *handshake, theirs *wire.Hello) {
+func (r *resource) handOver(p *peer, transport string, conn transports.Conn, hs *handshake, ours, theirs *wire.Hello) {
 	comp, err := wire.ParseCompression(p.link.Net.Compression)
 	if err != nil {
 		hs.refuse(err)
@@ -265,7 +265,7 @@ func (r *resource) handOver(p *peer, transport string, conn transports.Conn, hs 
 	}
 	inline := proto != protocols.A
 	l := newLink(r, p.id, p.node.Name, transport, conn, readers, comp, p.link.Net.PingInterval, p.link.Net.Timeout, inline)
-	l.hello = theirs
+	l.hello, l.ourHello = theirs, ours
 	// The connection clears the last error before the loop attaches it:
 	// attaching may record a new one at once (a split brain), which a
 	// clear after the hand-over could erase.
@@ -356,7 +356,7 @@ func (r *resource) dialOnce(tr transports.Transport, p *peer) error {
 		return err
 	}
 	stop()
-	r.handOver(p, p.link.Net.Transport, conn, hs, theirs)
+	r.handOver(p, p.link.Net.Transport, conn, hs, &ours, theirs)
 	// Wait until the loop has taken the link, so that the next round of
 	// dialLoop sees it.
 	return r.call(func() error { return nil })

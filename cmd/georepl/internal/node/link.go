@@ -26,6 +26,7 @@ type link struct {
 	conn      transports.Conn
 	res       *resource
 	hello     *wire.Hello // the peer's hello
+	ourHello  *wire.Hello // the hello we sent on this connection
 
 	queues  [2]*frameQueue
 	writers [2]*wire.Writer

@@ -442,7 +442,7 @@ func (r *resource) attachLink(l *link) {
 	}
 	r.setConn(p, l)
 	l.start()
-	r.engine.Connected(p.id, l.hello)
+	r.engine.Connected(p.id, l.ourHello, l.hello)
 	r.log.Info("connected", "peer", p.node.Name, "transport", l.transport, "remote", l.conn.RemoteAddr())
 }
 
