@@ -32,9 +32,10 @@ import (
 //  1. observe (on the loop, with the engine, after persistBitmaps wrote
 //     every dirty bitmap page): Engine.Settled reports the extent's range
 //     settled and nothing used the extent since the observation began;
-//  2. the writer flushes the data disk, a flush begun after the
-//     observation (a volatile cache may still hold the writes), and the
-//     extent becomes evictable if still unused;
+//  2. the writer flushes the data disk, and once a flush that began
+//     after the observation completed (a volatile cache may still hold
+//     the writes: a flush already running when they settled may miss
+//     them), the extent becomes evictable if still unused;
 //  3. an activation that needs its slot removes it; the next transaction
 //     no longer holds it.
 //
@@ -62,6 +63,10 @@ type activityLog struct {
 	failErr      error
 	waitingSlots int  // acquires waiting for a slot
 	reclaiming   bool // a reclaim is running
+	// flushesBegun counts the writer's flushes of the data disk begun so
+	// far: an observation made while flush n runs is stamped n, and only
+	// a flush numbered above its stamp retires the extent.
+	flushesBegun uint64
 	writes       uint64
 	closed       bool
 	// detached: the disk was detached after an I/O error; activations
@@ -82,6 +87,9 @@ type alExtent struct {
 	use     uint64 // stamp of the last activation: LRU order, observation validity
 	state   alState
 	seen    uint64 // use stamp when observed settled
+	// seenFlushes is flushesBegun when observed settled: flushes up to
+	// that number may have begun before the writes settled.
+	seenFlushes uint64
 }
 
 type alState int
@@ -373,9 +381,11 @@ func (a *activityLog) observe(settled func(off, length uint64) bool) {
 		}
 	}
 	a.mu.Lock()
+	// Stamped now, after settled answered: a flush begun before this may
+	// have begun before the writes were done.
 	for _, c := range ok {
 		if e := a.active[c.x]; e != nil && e.use == c.use && e.pins == 0 && e.state == alBusy {
-			e.state, e.seen = alObserved, c.use
+			e.state, e.seen, e.seenFlushes = alObserved, c.use, a.flushesBegun
 		}
 	}
 	if len(ok) > 0 && a.waitingSlots > 0 {
@@ -384,14 +394,15 @@ func (a *activityLog) observe(settled func(off, length uint64) bool) {
 	a.mu.Unlock()
 }
 
-// promoteObserved makes the observed extents still unused evictable; the
-// caller flushed the data disk after they were observed. Called with mu
-// held.
-func (a *activityLog) promoteObserved() bool {
+// promoteObserved makes evictable the extents still unused that were
+// observed settled before flush number flush began; the caller completed
+// that flush of the data disk. Extents observed later stay observed,
+// for the next flush. Called with mu held.
+func (a *activityLog) promoteObserved(flush uint64) bool {
 	promoted := false
 	for _, e := range a.active {
 		switch {
-		case e.state != alObserved:
+		case e.state != alObserved || e.seenFlushes >= flush:
 		case e.use == e.seen && e.pins == 0:
 			e.state = alEvictable
 			promoted = true
@@ -429,17 +440,22 @@ func (a *activityLog) writer() {
 				break
 			}
 		}
+		var flush uint64
+		if pressure && observed {
+			a.flushesBegun++
+			flush = a.flushesBegun
+		}
 		a.mu.Unlock()
 
-		if pressure && observed {
-			// A flush begun after the observation: a volatile cache may
-			// still hold the settled writes.
+		if flush != 0 {
+			// It retires only what was observed before it began: a
+			// volatile cache may still hold the settled writes.
 			err := a.data.Sync()
 			if err != nil {
 				time.Sleep(100 * time.Millisecond)
 			}
 			a.mu.Lock()
-			if err == nil && a.promoteObserved() {
+			if err == nil && a.promoteObserved(flush) {
 				if over := len(a.active) - a.capacity; over > 0 {
 					a.evict(over, 1, 0) // [1, 0] excludes nothing
 				}
@@ -536,7 +552,9 @@ func (a *activityLog) close(flushed bool) (left int, err error) {
 		return len(a.active), nil
 	}
 	if flushed {
-		a.promoteObserved()
+		// The caller's flush began after every observation so far, as
+		// the next flush of the writer would have.
+		a.promoteObserved(a.flushesBegun + 1)
 	}
 	for x, e := range a.active {
 		if e.state == alEvictable && e.pins == 0 {

@@ -346,3 +346,87 @@ func TestActivityLogRequestLargerThanLog(t *testing.T) {
 		t.Errorf("%d extents active; want the request's 6 (extent 9 evicted)", active)
 	}
 }
+
+// gatedSyncer is a data disk whose every Sync reports that it began
+// (began) and then waits for the test to let it finish (a send on
+// finish); once finish is closed, syncs return at once.
+type gatedSyncer struct {
+	began  chan struct{}
+	finish chan struct{}
+}
+
+func newGatedSyncer() *gatedSyncer {
+	return &gatedSyncer{began: make(chan struct{}), finish: make(chan struct{})}
+}
+
+func (g *gatedSyncer) Sync() error {
+	select {
+	case g.began <- struct{}{}:
+	case <-g.finish:
+		return nil
+	}
+	<-g.finish
+	return nil
+}
+
+// TestActivityLogObservedDuringFlush: an extent observed settled while
+// the writer's flush of the data disk is already running is not retired
+// by that flush (its writes may have reached the disk's cache after the
+// flush began), only by the next one.
+func TestActivityLogObservedDuringFlush(t *testing.T) {
+	path, st := newTestMeta(t)
+	data := newGatedSyncer()
+	al := newActivityLog(st, data, 3)
+	defer func() {
+		close(data.finish)
+		al.close(true)
+	}()
+	ctx := context.Background()
+	for _, x := range []uint64{0, 1, 2} {
+		release, err := al.acquire(ctx, x*xs, 4096)
+		if err != nil {
+			t.Fatal(err)
+		}
+		release()
+	}
+	al.observe(func(off, length uint64) bool { return off/xs == 0 })
+
+	// Two new extents: the log must give up two of its three.
+	done := make(chan error, 1)
+	go func() {
+		release, err := al.acquire(ctx, 5*xs, 2*xs)
+		if err == nil {
+			release()
+		}
+		done <- err
+	}()
+	select {
+	case <-data.began: // the flush for extent 0
+	case <-time.After(5 * time.Second):
+		t.Fatal("no flush of the data disk while an acquire waits for a slot")
+	}
+	// Extent 1 settles now, while that flush runs.
+	al.observe(func(off, length uint64) bool { return off/xs == 1 })
+	data.finish <- struct{}{}
+
+	select {
+	case err := <-done:
+		t.Fatalf("the acquire returned (%v) after one flush: extent 1 was retired by a flush that began before it was observed settled; log %v", err, onDisk(t, path))
+	case <-data.began: // the flush for extent 1
+	case <-time.After(5 * time.Second):
+		t.Fatal("no second flush while extent 1 waits to be retired")
+	}
+	al.mu.Lock()
+	e := al.active[1]
+	al.mu.Unlock()
+	if e == nil || e.state == alEvictable {
+		t.Fatalf("extent 1 retired before a flush that began after its observation ended: %+v", e)
+	}
+	data.finish <- struct{}{}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := onDisk(t, path); !reflect.DeepEqual(got, []uint64{2, 5, 6}) {
+		t.Fatalf("log: %v, want [2 5 6]", got)
+	}
+}

@@ -134,6 +134,14 @@ func upWithFailingMetadata(t *testing.T, policy string) (*Daemon, *resource) {
 // configuration with on_io_error = policy.
 func upResource(t *testing.T, policy string) (*Daemon, *resource) {
 	t.Helper()
+	return upNode(t, policy, "alpha")
+}
+
+// upNode brings resource r0 up on node name of the demo configuration
+// with on_io_error = policy. Node dr, the highest id, dials no peer: it
+// only accepts.
+func upNode(t *testing.T, policy, name string) (*Daemon, *resource) {
+	t.Helper()
 	builtin.Register()
 	dir := t.TempDir()
 	port, err := checker.FreePorts(3)
@@ -147,7 +155,7 @@ func upResource(t *testing.T, policy string) (*Daemon, *resource) {
 		t.Fatal(err)
 	}
 	rc, _ := cfg.Resource("r0")
-	self, _ := rc.Node("alpha")
+	self, _ := rc.Node(name)
 	if err := os.WriteFile(self.Disk, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +165,7 @@ func upResource(t *testing.T, policy string) (*Daemon, *resource) {
 	if _, err := CreateMetadata(rc, self, false); err != nil {
 		t.Fatal(err)
 	}
-	d, err := NewDaemon(cfg, "alpha", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d, err := NewDaemon(cfg, name, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

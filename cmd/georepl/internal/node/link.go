@@ -51,6 +51,12 @@ type link struct {
 	closeOnce sync.Once
 	closed    chan struct{}
 	err       error
+
+	// down and loopDone are the resource loop that attached the link
+	// (attach): a failure is reported to that loop, and to no later
+	// one, until it has ended.
+	down     chan<- linkDown
+	loopDone <-chan struct{}
 }
 
 func newLink(res *resource, peer core.NodeID, peerName, transport string, conn transports.Conn,
@@ -76,6 +82,13 @@ func newLink(res *resource, peer core.NodeID, peerName, transport string, conn t
 		l.writers[ch] = wire.NewWriter(conn.Stream(transports.Channel(ch)), c)
 	}
 	return l
+}
+
+// attach makes the link report its failure to the loop that owns down
+// and loopDone. Called by that loop, before the link is started or seen
+// by anyone else.
+func (l *link) attach(down chan<- linkDown, loopDone <-chan struct{}) {
+	l.down, l.loopDone = down, loopDone
 }
 
 func (l *link) start() {
@@ -267,7 +280,15 @@ func (l *link) closeWith(err error, report bool) {
 		}
 		l.conn.Close()
 		if report {
-			go func() { l.res.linkDown <- linkDown{link: l, err: err} }()
+			// On its own goroutine, so that the caller (whichever
+			// goroutine wrote or read on the link) never waits for the
+			// loop; a loop that has ended forgot the link.
+			go func() {
+				select {
+				case l.down <- linkDown{link: l, err: err}:
+				case <-l.loopDone:
+				}
+			}()
 		}
 	})
 }

@@ -1,8 +1,11 @@
 package node
 
 import (
+	"errors"
 	"io"
 	"net"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -100,5 +103,72 @@ func TestLinkWritersKeepOrder(t *testing.T) {
 			next[s]++
 		}
 		l.close(nil)
+	}
+}
+
+// TestLinkFailureAfterLoopExit: a link that fails while its resource goes
+// down reports to a loop that may never read the report again. The
+// report must not outlive that loop (a goroutine blocked for good), nor
+// reach, or race with, the loop of the next Up, which replaces the
+// resource's channels. Each round attaches a link, holds the loop busy,
+// fails the link, takes the resource down and brings it up again; the
+// loop's select picks the stop or the report at random, so several
+// rounds go through both.
+func TestLinkFailureAfterLoopExit(t *testing.T) {
+	_, r := upNode(t, "detach", "dr") // dials nobody: a down does not wait for a dial
+	p := sortedPeers(r.peers)[0]
+	for round := range 20 {
+		conn := newPipeConn()
+		for ch := range conn.theirs {
+			go io.Copy(io.Discard, conn.theirs[ch]) // the peer reads everything
+		}
+		theirs, err := r.hello(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		theirs.From, theirs.To = uint8(p.id), uint8(r.self.ID)
+		readers := [2]*wire.Reader{wire.NewReader(conn.ours[0]), wire.NewReader(conn.ours[1])}
+		l := newLink(r, p.id, p.node.Name, "test", conn, readers, wire.CompressionNone, time.Hour, time.Hour, false)
+		l.hello = &theirs
+		r.linkUp <- l
+		if err := r.call(func() error { return nil }); err != nil { // attached
+			t.Fatal(err)
+		}
+
+		busy, release := make(chan struct{}), make(chan struct{})
+		go r.call(func() error {
+			close(busy)
+			<-release
+			return nil
+		})
+		<-busy
+		l.fail(errors.New("test: the connection broke"))
+		down := make(chan error, 1)
+		go func() { down <- r.forceDown() }()
+		<-r.stop // the loop has both the stop and the report to take
+		close(release)
+		if err := <-down; err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Up(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the link's report to end", func() bool { return !goroutineIn("(*link).closeWith") })
+		if t.Failed() {
+			t.Fatalf("round %d", round)
+		}
+	}
+}
+
+// goroutineIn reports whether a goroutine runs a function whose name
+// contains fn.
+func goroutineIn(fn string) bool {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Contains(string(buf[:n]), fn)
+		}
+		buf = make([]byte, 2*len(buf))
 	}
 }

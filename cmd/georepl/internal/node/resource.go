@@ -440,6 +440,7 @@ func (r *resource) attachLink(l *link) {
 		r.engine.Disconnected(p.id)
 		r.process()
 	}
+	l.attach(r.linkDown, r.loopDone)
 	r.setConn(p, l)
 	l.start()
 	r.engine.Connected(p.id, l.ourHello, l.hello)
