@@ -297,6 +297,16 @@
 //
 // # Losing the Primary
 //
+// A secondary that loses the connection to its Primary still applies
+// every write it received, by the same rules (epoch by epoch, overlapping
+// writes in arrival order, a flush between epochs where the barrier asked
+// for one), but acknowledges nothing more: a protocol B peer acknowledged
+// each write on arrival, and the Primary may have completed it on that
+// alone. Writes received later, from any connection, wait until those are
+// on the disk, and Promote fails with ErrBusy until then (the driver
+// retries once their LocalOps are done). Checksum and read requests not
+// yet started are dropped; a detached disk applies nothing more.
+//
 // When a Primary crashes, its last writes may have reached one secondary
 // and not another. Each barrier carries in Seq the highest sequence number
 // up to which every write is on every peer it was sent to (behind an

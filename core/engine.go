@@ -62,7 +62,9 @@ type Engine struct {
 	reads    []*readReq  // read requests not yet completed
 	readTag  uint64      // last tag given to a ReadRequest
 	inflight []*extent   // local writes and resync reads in flight
-	orphans  int         // received writes of lost connections still in flight
+	// draining are the receivers of lost connections that still apply
+	// what they received, oldest first (abandonReceiver).
+	draining []*receiver
 	scratch  []protocols.Peer
 
 	rd  Ready
@@ -281,8 +283,10 @@ func (e *Engine) Hello(peer NodeID) wire.Hello {
 }
 
 // Promote makes this node Primary. It fails with ErrPeerPrimary if a
-// connected peer is Primary, and with ErrNotUpToDate unless the disk is
-// UpToDate. force makes an Inconsistent, Outdated or Consistent disk
+// connected peer is Primary, with ErrBusy while writes received from a
+// Primary (lost, or demoted since) are still being applied (the driver
+// retries once their LocalOps are done), and with ErrNotUpToDate unless
+// the disk is UpToDate. force makes an Inconsistent, Outdated or Consistent disk
 // UpToDate (the operator declares this copy the good one), but never while
 // a resync into this node runs.
 //
@@ -307,6 +311,12 @@ func (e *Engine) Promote(force bool) error {
 		if p.conn == Connected && p.repl == SyncTarget {
 			return fmt.Errorf("%w: resync from node %d (%s) running", ErrNotUpToDate, p.cfg.ID, p.cfg.Name)
 		}
+	}
+	if n, from := e.receivedPending(); n > 0 {
+		// Writes of a lost Primary (or of one demoted since it sent
+		// them): the application and resync reads would see the disk
+		// without them, and they would land over later writes.
+		return fmt.Errorf("%w: %d writes received from node %d are still being applied", ErrBusy, n, from)
 	}
 	forced := false
 	if e.disk != UpToDate {
@@ -363,7 +373,7 @@ func (e *Engine) Demote() error {
 		return nil
 	}
 	if held := len(e.parked) + len(e.suspended); e.pending > held {
-		return fmt.Errorf("%w: %d requests", ErrBusy, e.pending-held)
+		return fmt.Errorf("%w: %d application requests outstanding", ErrBusy, e.pending-held)
 	}
 	e.failHeldForQuorum("demoted without quorum")
 	e.quorumForced = false
@@ -411,6 +421,7 @@ func (e *Engine) LocalDone(id OpID, data []byte, err error) {
 // application writes, resync reads, received writes.
 func (e *Engine) progress() {
 	e.releaseHeld()
+	e.pumpDraining()
 	for _, p := range e.peers {
 		if p.rs != nil {
 			e.scheduleResync(p)

@@ -36,8 +36,10 @@ var (
 	ErrNotUpToDate = errors.New("disk not up to date")
 
 	// ErrBusy is returned by Demote while application requests are
-	// outstanding: complete or fail them first.
-	ErrBusy = errors.New("application requests outstanding")
+	// outstanding (complete or fail them first), and by Promote while
+	// writes received from a Primary are still being applied (perform
+	// their LocalOps first).
+	ErrBusy = errors.New("busy")
 
 	// ErrNoQuorum completes a write or flush of a Primary that cannot
 	// reach Config.Quorum nodes (policy IOErrorOnNoQuorum, or any policy

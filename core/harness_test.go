@@ -58,12 +58,12 @@ type node struct {
 
 	// Promise checks on the receiving side: the data writes delivered by
 	// the current sender (rxFrom, on link generation rxGen) and not yet
-	// performed, by seq; and the writes of earlier connections still on
-	// the disk (orphans).
-	rx      map[uint64]*rxEntry
-	rxFrom  int
-	rxGen   int
-	orphans map[uint64]bool
+	// performed, by seq; and those of lost connections, which the engine
+	// still applies, oldest connection first (drain).
+	rx     map[uint64]*rxEntry
+	rxFrom int
+	rxGen  int
+	drain  []map[uint64]*rxEntry
 	// On the primary: writes submitted and not yet completed.
 	inflight map[RequestID]*appWrite
 	// The driver's consistent-resync undo log (docs/architecture.md),
@@ -93,16 +93,52 @@ type rxEntry struct {
 	issued bool
 }
 
-// endRx ends the receive session: writes on the disk become orphans,
-// those never started are gone.
+// endRx ends the receive session: its writes are still applied, before
+// any write of a later session.
 func (nd *node) endRx() {
-	for seq, r := range nd.rx {
-		if r.issued {
-			nd.orphans[seq] = true
+	if len(nd.rx) > 0 {
+		nd.drain = append(nd.drain, nd.rx)
+		nd.rx = map[uint64]*rxEntry{}
+	}
+	nd.rxFrom = -1
+}
+
+// session returns the writes op may belong to: the oldest lost session's
+// while there is one, else the current one's.
+func (nd *node) session() map[uint64]*rxEntry {
+	if len(nd.drain) > 0 {
+		return nd.drain[0]
+	}
+	return nd.rx
+}
+
+// rxDone forgets a performed write of the session it belongs to.
+func (nd *node) rxDone(seq uint64) {
+	s := nd.session()
+	if r := s[seq]; r == nil || !r.issued {
+		return
+	}
+	delete(s, seq)
+	for len(nd.drain) > 0 && len(nd.drain[0]) == 0 {
+		nd.drain = nd.drain[1:]
+	}
+}
+
+// dropDrain forgets the writes of lost sessions not yet started: a
+// Diskless node applies nothing more.
+func (nd *node) dropDrain() {
+	kept := nd.drain[:0]
+	for _, s := range nd.drain {
+		for seq, r := range s {
+			if !r.issued {
+				delete(s, seq)
+			}
+		}
+		if len(s) > 0 {
+			kept = append(kept, s)
 		}
 	}
-	clear(nd.rx)
-	nd.rxFrom = -1
+	nd.drain = kept
 }
 
 // appWrite remembers what the application wrote, for the protocol C check.
@@ -121,7 +157,7 @@ func newCluster(n int, protos []protocols.Protocol, tweak func(*Config)) *cluste
 	for i := range n {
 		cfg := Config{Self: NodeID(i), Name: "r0", Size: 64 << 10, BlockSize: 4096}
 		nd := &node{id: i, bitmaps: map[NodeID][]uint64{}, links: make([]*link, n),
-			done: map[RequestID]error{}, rx: map[uint64]*rxEntry{}, rxFrom: -1, orphans: map[uint64]bool{},
+			done: map[RequestID]error{}, rx: map[uint64]*rxEntry{}, rxFrom: -1,
 			inflight: map[RequestID]*appWrite{}}
 		for j := range n {
 			if j == i {
@@ -213,15 +249,25 @@ func (c *cluster) handle(nd *node) {
 		for _, ev := range rd.Events {
 			c.logf("%s: event %s", name, ev)
 		}
+		if nd.eng.disk == Diskless {
+			nd.dropDrain()
+		}
 		for _, op := range rd.LocalOps {
 			c.logf("%s: op %s", name, fmtOp(op))
-			if r := nd.rx[op.Seq]; r != nil && op.Epoch > 0 && op.Kind != OpRead && op.Kind != OpChecksum && op.Kind != OpFlush {
-				for seq, other := range nd.rx {
-					if other.epoch < op.Epoch {
+			if op.Epoch > 0 && op.Kind != OpRead && op.Kind != OpChecksum && op.Kind != OpFlush && nd.eng.role != Primary {
+				session := nd.session()
+				r := session[op.Seq]
+				if r == nil && len(nd.drain) > 0 {
+					c.fail("n%d started seq %d of epoch %d while writes of a lost connection are still to apply", nd.id, op.Seq, op.Epoch)
+				}
+				for seq, other := range session {
+					if r != nil && other.epoch < op.Epoch {
 						c.fail("n%d started seq %d of epoch %d while seq %d of epoch %d is not done", nd.id, op.Seq, op.Epoch, seq, other.epoch)
 					}
 				}
-				r.issued = true
+				if r != nil {
+					r.issued = true
+				}
 			}
 			nd.ops = append(nd.ops, op)
 		}
@@ -400,10 +446,8 @@ func (c *cluster) process(nd *node, n int, fail bool, pick func(int) int) int {
 				copy(nd.durable[op.Offset:op.Offset+op.Length], nd.disk[op.Offset:op.Offset+op.Length])
 			}
 		}
-		if nd.orphans[op.Seq] {
-			delete(nd.orphans, op.Seq)
-		} else if r := nd.rx[op.Seq]; r != nil && r.issued && op.Kind != OpRead && op.Kind != OpChecksum && op.Kind != OpFlush {
-			delete(nd.rx, op.Seq)
+		if op.Epoch > 0 && op.Kind != OpRead && op.Kind != OpChecksum && op.Kind != OpFlush && nd.eng.role != Primary {
+			nd.rxDone(op.Seq)
 		}
 		nd.eng.LocalDone(op.ID, data, err)
 		c.handle(nd)
@@ -499,7 +543,7 @@ func (c *cluster) crash(nd *node) {
 	copy(nd.disk, nd.durable)
 	clear(nd.inflight)
 	clear(nd.rx)
-	clear(nd.orphans)
+	nd.drain = nil
 	nd.rxFrom = -1
 	if active.Count() > 0 {
 		if nd.persisted.BitmapUUID == nil {

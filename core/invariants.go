@@ -50,15 +50,22 @@ func (e *Engine) checkInvariants() {
 		}
 	}
 	e.inv.checkedMessages = len(e.rd.Messages)
-	// Only the oldest segment of a receiver has writes on the disk.
+	// Only the oldest segment of a receiver has writes on the disk, and
+	// only the oldest receiver of a lost connection while there are any.
+	receivers := e.draining
 	for _, p := range e.peers {
-		if p.rx == nil {
-			continue
+		if p.rx != nil {
+			receivers = append(receivers[:len(receivers):len(receivers)], p.rx)
 		}
-		for _, seg := range p.rx.segs[1:] {
+	}
+	for i, rx := range receivers {
+		for j, seg := range rx.segs {
 			for _, w := range seg.writes {
-				if w.ext != nil {
+				switch {
+				case w.ext != nil && j > 0:
 					panic(fmt.Sprintf("core invariant: write seq %d of a later epoch issued before the barrier", w.op.Seq))
+				case w.ext != nil && i > 0 && len(e.draining) > 0:
+					panic(fmt.Sprintf("core invariant: write seq %d issued while writes of a lost connection are still to apply", w.op.Seq))
 				}
 			}
 		}

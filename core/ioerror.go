@@ -49,6 +49,10 @@ func (e *Engine) detach(why string) {
 		return
 	}
 	e.setDisk(Diskless, why)
+	for _, rx := range e.draining {
+		e.dropUnissued(rx, true)
+	}
+	e.pumpDraining()
 	for _, w := range e.writes {
 		if !w.completed {
 			w.needPeer, w.localDone = true, true

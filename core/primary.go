@@ -456,6 +456,11 @@ func (e *Engine) Settled(off, length uint64) bool {
 			}
 		}
 	}
+	for _, rx := range e.draining {
+		if rx.holds(off, end) {
+			return false
+		}
+	}
 	return true
 }
 

@@ -2,6 +2,7 @@ package core
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"testing"
 
@@ -130,8 +131,10 @@ func TestRandomHistoriesConverge(t *testing.T) {
 					failovers++
 					// Failover: the primary crashes (losing its outstanding
 					// requests) and a secondary that was in sync with it
-					// takes over.
-					heirs := c.heirs(primary)
+					// takes over. A protocol B secondary holds every
+					// write it acknowledged once it applied what it
+					// received.
+					heirs := c.heirs(primary, true)
 					c.crash(primary)
 					delete(submitted, primary)
 					model.crashed(primary)
@@ -140,7 +143,7 @@ func TestRandomHistoriesConverge(t *testing.T) {
 					// Site loss: the Primary and, at the same instant,
 					// the heir's volatile cache. Only what flushes made
 					// durable on the heir may be relied upon.
-					heirs := c.heirs(primary)
+					heirs := c.heirs(primary, false)
 					if len(heirs) == 0 {
 						continue
 					}
@@ -170,7 +173,7 @@ func TestRandomHistoriesConverge(t *testing.T) {
 					}
 				case 3:
 					// Switchover: a clean demotion, then a promotion.
-					heirs := c.heirs(primary)
+					heirs := c.heirs(primary, false)
 					if primary.eng.Demote() == nil {
 						c.handle(primary)
 						primary = c.promoteOne(heirs, primary)
@@ -240,25 +243,33 @@ func TestRandomHistoriesConverge(t *testing.T) {
 }
 
 // heirs are the secondaries an operator may promote when the Primary
-// fails: protocol C peers in sync with it, in its generation. Promoting
-// anything else loses acknowledged writes or splits the brain, which the
-// engine detects but cannot undo.
-func (c *cluster) heirs(primary *node) []*node {
+// fails: protocol C peers in sync with it, in its generation, and with
+// withB protocol B peers too (the Primary alone fails: they keep what
+// they acknowledged in memory). Promoting anything else loses
+// acknowledged writes or splits the brain, which the engine detects but
+// cannot undo.
+func (c *cluster) heirs(primary *node, withB bool) []*node {
 	var out []*node
 	for _, p := range primary.eng.Status().Peers {
 		nd := c.nodes[p.ID]
-		if p.Protocol == protocols.C && p.Conn == Connected && p.Repl == Established && p.Disk == UpToDate &&
-			nd.eng.current == primary.eng.current {
+		if (p.Protocol == protocols.C || (withB && p.Protocol == protocols.B)) && p.Conn == Connected && p.Repl == Established &&
+			p.Disk == UpToDate && nd.eng.current == primary.eng.current {
 			out = append(out, nd)
 		}
 	}
 	return out
 }
 
-// promoteOne promotes the first heir that accepts, or else old again.
+// promoteOne promotes the first heir that accepts, or else old again. A
+// node still applying writes it received is promoted once they are done,
+// as the driver does.
 func (c *cluster) promoteOne(heirs []*node, old *node) *node {
 	for _, nd := range append(heirs, old) {
-		if nd.eng.Promote(false) == nil {
+		err := nd.eng.Promote(false)
+		for errors.Is(err, ErrBusy) && c.process(nd, -1, false, nil) > 0 {
+			err = nd.eng.Promote(false)
+		}
+		if err == nil {
 			c.handle(nd)
 			return nd
 		}

@@ -16,10 +16,15 @@ import (
 //     write of epoch k is done (and flushed, if asked);
 //   - within the segment, a write overlapping an earlier one that is not
 //     done waits for it (arrival order).
+//
+// When the connection is lost, the receiver goes on applying, by the same
+// rules, every write it received (see abandonReceiver).
 type receiver struct {
 	peer *peer
 	segs []*segment // oldest first; the last one is open (no barrier yet)
-	lost bool       // the connection is gone: no more acknowledgements
+	// lost: the connection is gone. The receiver is in Engine.draining
+	// until what it received is on the disk, and acknowledges nothing.
+	lost bool
 	// recent are the data writes received that the Primary has not yet
 	// confirmed to be on every peer (Barrier.Seq). If the Primary is lost,
 	// or stops being Primary, another secondary may lack them (or have
@@ -145,9 +150,14 @@ func (e *Engine) receiveBarrier(p *peer, f *wire.Frame) {
 }
 
 // pump issues what the oldest segments allow and acknowledges the
-// barriers of finished segments.
+// barriers of finished segments. While receivers of lost connections
+// still apply what they received, only the oldest of them issues
+// anything: everything received later lands after it on the disk.
 func (e *Engine) pump(rx *receiver) {
-	for !rx.lost && e.orphans == 0 {
+	if len(e.draining) > 0 && e.draining[0] != rx {
+		return
+	}
+	for {
 		seg := rx.segs[0]
 		for i, w := range seg.writes {
 			if w.ext == nil && !e.waitsForEarlier(seg.writes[:i], w) {
@@ -159,16 +169,75 @@ func (e *Engine) pump(rx *receiver) {
 			return
 		}
 		if seg.flush && !seg.flushed {
-			if !seg.flushing {
+			if seg.flushing {
+				return
+			}
+			// A lost connection's writes on a detached disk are dropped
+			// (abandonReceiver): nothing to flush.
+			if !rx.lost || e.disk != Diskless {
 				seg.flushing = true
 				e.newOp(LocalOp{Kind: OpFlush}, opOwner{rxFlush: seg})
+				return
 			}
-			return
 		}
-		e.send(rx.peer, wire.Frame{Type: wire.TypeBarrierAck, Epoch: seg.epoch})
+		if !rx.lost {
+			e.send(rx.peer, wire.Frame{Type: wire.TypeBarrierAck, Epoch: seg.epoch})
+		}
 		rx.segs[0] = nil
 		rx.segs = rx.segs[1:]
 	}
+}
+
+// pumpDraining lets the receivers of lost connections apply what they
+// received, oldest first, and forgets those that are done.
+func (e *Engine) pumpDraining() {
+	for len(e.draining) > 0 {
+		rx := e.draining[0]
+		e.pump(rx)
+		if !rx.drained() {
+			return
+		}
+		e.draining[0] = nil
+		e.draining = e.draining[1:]
+	}
+}
+
+// drained reports whether everything rx received is done: only the open
+// segment is left, and it is empty.
+func (rx *receiver) drained() bool { return len(rx.segs) == 1 && len(rx.segs[0].writes) == 0 }
+
+// holds reports whether a write (or request) rx received over [off, end)
+// is not done yet.
+func (rx *receiver) holds(off, end uint64) bool {
+	for _, seg := range rx.segs {
+		for _, w := range seg.writes {
+			if w.op.Offset < end && off < w.op.Offset+w.op.Length {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// receivedPending counts the writes (and requests ordered with them)
+// received, from a lost connection or a connected peer, that are not done
+// yet, and names the node the first of them came from.
+func (e *Engine) receivedPending() (n int, from NodeID) {
+	receivers := e.draining
+	for _, p := range e.peers {
+		if p.rx != nil {
+			receivers = append(receivers[:len(receivers):len(receivers)], p.rx)
+		}
+	}
+	for _, rx := range receivers {
+		for _, seg := range rx.segs {
+			if n == 0 && len(seg.writes) > 0 {
+				from = rx.peer.cfg.ID
+			}
+			n += len(seg.writes)
+		}
+	}
+	return n, from
 }
 
 // waitsForEarlier reports whether w overlaps a local write in flight or an
@@ -189,15 +258,21 @@ func (e *Engine) waitsForEarlier(earlier []*rxWrite, w *rxWrite) bool {
 func (e *Engine) rxWriteDone(w *rxWrite, data []byte, err error) {
 	e.removeInflight(w.ext)
 	seg := w.seg
-	if seg.rx.lost {
-		e.orphans--
-		return
-	}
 	for i, x := range seg.writes {
 		if x == w {
 			seg.writes = append(seg.writes[:i], seg.writes[i+1:]...)
 			break
 		}
+	}
+	if seg.rx.lost {
+		// Nobody to answer. A failed write detaches the disk or is
+		// passed on: if it came from our Primary, it is among the writes
+		// marked for the other peers when the Primary was lost.
+		if err != nil && !e.ioFailed(w.op.Kind.String(), w.op.Offset, w.op.Length, err) {
+			e.event(Event{What: "disk", Detail: fmt.Sprintf("%v of [%d, +%d) received from lost node %d failed: %v",
+				w.op.Kind, w.op.Offset, w.op.Length, seg.rx.peer.cfg.ID, err)})
+		}
+		return
 	}
 	switch w.op.Kind {
 	case OpChecksum:
@@ -261,31 +336,55 @@ func (e *Engine) compareDigests(w *rxWrite, data []byte, err error) {
 // rxFlushDone acknowledges the barrier via pump; a failed flush must not be
 // acknowledged (it would claim durability), so it drops the connection
 // instead: the primary then marks every write not covered by an
-// acknowledged barrier out of sync.
+// acknowledged barrier out of sync. The receiver of a lost connection goes
+// on with its next segment either way.
 func (e *Engine) rxFlushDone(seg *segment, err error) {
-	if seg.rx.lost {
-		return
-	}
+	rx := seg.rx
 	if err != nil {
-		if !e.ioFailed("flush", 0, 0, err) {
-			e.dropPeer(seg.rx.peer, fmt.Errorf("%w: flush for barrier %d: %w", ErrIO, seg.epoch, err), false)
+		detached := e.ioFailed("flush", 0, 0, err)
+		switch {
+		case rx.lost && !detached:
+			e.event(Event{What: "disk", Detail: fmt.Sprintf("flush for barrier %d of lost node %d failed: %v",
+				seg.epoch, rx.peer.cfg.ID, err)})
+		case !detached:
+			e.dropPeer(rx.peer, fmt.Errorf("%w: flush for barrier %d: %w", ErrIO, seg.epoch, err), false)
 		}
-		return
+		if !rx.lost {
+			return // still connected (detach keeps a sender that is no longer Primary)
+		}
 	}
 	seg.flushed = true
 }
 
-// abandonReceiver forgets a lost connection's writes: those not started
-// are dropped (the primary marks them out of sync), those on the disk
-// become orphans that later writes wait for.
+// abandonReceiver handles a lost connection's receiver. It keeps applying,
+// in the same order, every write the connection delivered (Engine.draining)
+// but acknowledges nothing more: a protocol B peer acknowledged each write
+// on arrival, and if it was our Primary and failed, it may have completed
+// the write on that alone; we are then the only node that holds it.
+// Checksum and read requests not yet on the disk are dropped: their
+// answers have nowhere to go. On a detached disk nothing more is applied.
 func (e *Engine) abandonReceiver(rx *receiver) {
 	rx.lost = true
+	e.dropUnissued(rx, e.disk == Diskless)
+	if !rx.drained() {
+		e.draining = append(e.draining, rx)
+		e.pumpDraining()
+	}
+}
+
+// dropUnissued forgets what rx received and did not put on the disk yet:
+// checksum and read requests, and also writes if writes is set.
+func (e *Engine) dropUnissued(rx *receiver, writes bool) {
 	for _, seg := range rx.segs {
+		kept := seg.writes[:0]
 		for _, w := range seg.writes {
-			if w.ext != nil {
-				e.orphans++
+			isWrite := w.op.Kind != OpChecksum && w.op.Kind != OpRead
+			if w.ext != nil || (isWrite && !writes) {
+				kept = append(kept, w)
 			}
 		}
+		clear(seg.writes[len(kept):])
+		seg.writes = kept
 	}
 }
 

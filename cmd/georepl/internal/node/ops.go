@@ -173,9 +173,13 @@ func (r *resource) isPrimary() bool {
 // log holds the image from before the resync is first rolled back to that
 // image (the resource goes down and up again; see undo.go), then promoted:
 // the operator gets a consistent, older image rather than a mix.
+//
+// Writes this node received from the Primary it lost (or that demoted
+// itself since) are applied first: Promote is refused (core.ErrBusy) until
+// they are on the disk, which takes a few local writes, so it is retried.
 func (r *resource) Primary(force bool) error {
 	rollBack := false
-	err := r.call(func() error {
+	promote := func() error {
 		if force && r.canRollBack() {
 			rollBack = true
 			return nil
@@ -189,7 +193,13 @@ func (r *resource) Primary(force bool) error {
 		r.process()
 		r.publishStatus()
 		return r.failed
-	})
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	err := r.call(promote)
+	for errors.Is(err, core.ErrBusy) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+		err = r.call(promote)
+	}
 	if err == nil && rollBack {
 		err = r.rollBackAndPromote()
 	}
