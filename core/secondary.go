@@ -391,7 +391,7 @@ func (e *Engine) markRecentForOthers(primary *peer) {
 			continue
 		}
 		for _, r := range primary.rx.recent {
-			e.markOutOfSync(q, r.off, r.length)
+			e.markUncovered(q, r.off, r.length)
 		}
 	}
 	e.peerEvent(primary, "resync", "", "", fmt.Sprintf("primary lost: %d unconfirmed writes marked out of sync for the other peers", len(primary.rx.recent)))
