@@ -517,7 +517,7 @@ func (e *Engine) apply(p *peer, d decision, atConnect bool) {
 		// (a later resync from another node must be full).
 		for _, q := range e.peers {
 			if q != p && e.current != 0 {
-				e.markOutOfSync(q, 0, e.size)
+				e.markUncovered(q, 0, e.size)
 			}
 		}
 		// Our own marks for the source (a full resync needs none), then

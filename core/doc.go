@@ -27,6 +27,9 @@
 //		}
 //		for e.HasReady() {
 //			rd := e.Ready()
+//			if rd.PersistBitmaps {
+//				writeDirtyBitmapPages(e)       // durable, before anything below
+//			}
 //			if rd.Persist != nil {
 //				writeSuperblock(rd.Persist)     // durable, before anything below
 //			}
@@ -43,7 +46,10 @@
 //
 //   - Persist is written durably before anything else in the same Ready is
 //     performed: a peer must never learn a generation id this node could
-//     forget in a crash.
+//     forget in a crash. With PersistBitmaps, the bitmaps' dirty pages are
+//     written durably before Persist: they hold marks no activity-log
+//     extent covers (invalidate, a peer announcing Diskless, a full sync),
+//     and a crash must not keep the bitmap id without them.
 //   - LocalOps may run concurrently and finish in any order; the engine never
 //     has two overlapping writes (or a write and an overlapping resync read)
 //     in flight. Each is reported exactly once with LocalDone.

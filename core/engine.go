@@ -37,7 +37,10 @@ type Engine struct {
 	suspended    []Request   // submitted without quorum, started when it returns
 
 	persistDirty bool
-	announce     bool // our role, disk or generation changed: tell the peers
+	// persistBitmaps: a bitmap holds marks that no activity-log extent
+	// covers (markUncovered): Ready.PersistBitmaps.
+	persistBitmaps bool
+	announce       bool // our role, disk or generation changed: tell the peers
 	// rotatePending: a peer missed writes or may miss the next ones; the
 	// next write starts a new generation. Until something is written the
 	// data is still the generation that peer has.
@@ -197,7 +200,7 @@ func New(cfg Config) (*Engine, error) {
 // HasReady reports whether Ready would return anything.
 func (e *Engine) HasReady() bool {
 	r := &e.rd
-	return e.persistDirty || len(r.LocalOps) > 0 || len(r.Messages) > 0 ||
+	return e.persistDirty || e.persistBitmaps || len(r.LocalOps) > 0 || len(r.Messages) > 0 ||
 		len(r.Completed) > 0 || len(r.Drop) > 0 || len(r.Events) > 0
 }
 
@@ -212,6 +215,7 @@ func (e *Engine) Ready() Ready {
 		rd.Persist = e.persistent()
 		e.persistDirty = false
 	}
+	rd.PersistBitmaps, e.persistBitmaps = e.persistBitmaps, false
 	return rd
 }
 
@@ -549,6 +553,17 @@ func (e *Engine) markOutOfSync(p *peer, off, length uint64) {
 	}
 }
 
+// markUncovered is markOutOfSync for marks that no activity-log extent
+// covers: whole devices (a peer declared bad, detached, or fully
+// resynchronised), a lost Primary's writes that may not be on this disk.
+// A crash that kept the bitmap id they are tied to but lost them would
+// resync the peer from a bitmap without them, so the Ready asks the driver
+// to write them before it persists anything (Ready.PersistBitmaps).
+func (e *Engine) markUncovered(p *peer, off, length uint64) {
+	e.markOutOfSync(p, off, length)
+	e.persistBitmaps = true
+}
+
 // newGeneration starts a new current id. Peers that will not see the
 // writes of the new generation keep a bitmap tied to the old one; peers in
 // sync adopt the new ids when our StateChange reaches them (adoptGeneration)
@@ -629,7 +644,7 @@ func (e *Engine) setPeerRoleDisk(p *peer, r Role, d DiskState) {
 		e.peerEvent(p, "peer-disk", p.disk.String(), d.String(), "")
 		p.disk = d
 		if d == Diskless && e.current != 0 && p.gen.Current != 0 {
-			e.markOutOfSync(p, 0, e.size)
+			e.markUncovered(p, 0, e.size)
 			p.detachedMarks = true
 			e.peerEvent(p, "resync", "", "", "the peer's disk was detached: every block marked out of sync for it")
 		}

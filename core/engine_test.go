@@ -134,3 +134,61 @@ func TestNewRejectsInvalidConfig(t *testing.T) {
 		t.Fatalf("valid config: %v", err)
 	}
 }
+
+// TestUncoveredMarksPersistBitmapsFirst: marks that no activity-log extent
+// covers come with Ready.PersistBitmaps, in the Ready whose Persist ties
+// them to a bitmap id, so that the driver writes them first.
+func TestUncoveredMarksPersistBitmapsFirst(t *testing.T) {
+	diskless, err := (&wire.State{Role: uint8(Secondary), Disk: uint8(Diskless), Repl: uint8(Established),
+		Size: 1 << 20, Gen: wire.GenIDs{Current: 7}}).MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		// peer's current id at the handshake (primaryWithPeer's 7: in sync)
+		peerCurrent uint64
+		then        func(e *Engine)
+	}{
+		{"invalidate-remote", 7, func(e *Engine) {
+			if err := e.InvalidateRemote(1); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"the peer invalidates its data", 7, func(e *Engine) { e.Receive(1, &wire.Frame{Type: wire.TypeInvalidateRequest}) }},
+		{"the peer announces Diskless", 7, func(e *Engine) { e.Receive(1, &wire.Frame{Type: wire.TypeStateChange, Payload: diskless}) }},
+		{"a new peer gets a full sync", 0, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e, err := New(Config{Self: 0, Name: "r0", Size: 1 << 20, Peers: []PeerConfig{{ID: 1, Protocol: protocols.C}},
+				State: Persistent{Disk: UpToDate, Current: 7}, NewUUID: func() uint64 { return 8 }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := e.Promote(false); err != nil {
+				t.Fatal(err)
+			}
+			e.Ready()
+			ours := e.Hello(1)
+			e.Connected(1, &ours, &wire.Hello{Resource: "r0", From: 1, To: 0, Size: 1 << 20, Gen: wire.GenIDs{Current: tt.peerCurrent},
+				Role: uint8(Secondary), Disk: uint8(UpToDate)})
+			if tt.then != nil {
+				if rd := e.Ready(); rd.PersistBitmaps {
+					t.Fatalf("PersistBitmaps asked at the handshake of a peer in sync")
+				}
+				tt.then(e)
+			}
+			rd := e.Ready()
+			if got, want := e.Bitmap(1).Count(), e.Bitmap(1).Len(); got != want {
+				t.Fatalf("%d of %d blocks marked", got, want)
+			}
+			if rd.Persist == nil || rd.Persist.BitmapUUID[1] == 0 {
+				t.Fatalf("persist %+v: want the new bitmap id", rd.Persist)
+			}
+			if !rd.PersistBitmaps {
+				t.Fatalf("the Ready that persists bitmap id %x does not ask for the marks to be written first", rd.Persist.BitmapUUID[1])
+			}
+		})
+	}
+}

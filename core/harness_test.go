@@ -231,6 +231,9 @@ func (c *cluster) handle(nd *node) {
 	for nd.eng.HasReady() {
 		rd := nd.eng.Ready()
 		name := fmt.Sprintf("n%d", nd.id)
+		if rd.PersistBitmaps {
+			c.writeBitmaps(nd)
+		}
 		if rd.Persist != nil && nd.metaLost {
 			c.logf("%s: persist (lost: the metadata disk fails) %s", name, fmtPersist(rd.Persist))
 		} else if rd.Persist != nil {
@@ -239,13 +242,7 @@ func (c *cluster) handle(nd *node) {
 			c.logf("%s: persist %s", name, fmtPersist(rd.Persist))
 			c.undoEnd(nd, rd.Persist)
 		}
-		for _, p := range nd.cfg.Peers {
-			b := nd.eng.Bitmap(p.ID)
-			if len(b.DirtyPages()) > 0 && !nd.metaLost {
-				nd.bitmaps[p.ID] = slices.Clone(b.Words())
-				b.ClearDirty()
-			}
-		}
+		c.writeBitmaps(nd)
 		for _, ev := range rd.Events {
 			c.logf("%s: event %s", name, ev)
 		}
@@ -313,6 +310,18 @@ func (c *cluster) handle(nd *node) {
 				}
 			}
 			delete(nd.inflight, cp.ID)
+		}
+	}
+}
+
+// writeBitmaps writes a node's dirty bitmap pages back, unless its
+// metadata writes fail.
+func (c *cluster) writeBitmaps(nd *node) {
+	for _, p := range nd.cfg.Peers {
+		b := nd.eng.Bitmap(p.ID)
+		if len(b.DirtyPages()) > 0 && !nd.metaLost {
+			nd.bitmaps[p.ID] = slices.Clone(b.Words())
+			b.ClearDirty()
 		}
 	}
 }

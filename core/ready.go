@@ -209,14 +209,22 @@ func (ev Event) String() string {
 // Ready is a batch of work produced by the engine since the previous call
 // to Engine.Ready. The driver performs it in this order:
 //
-//  1. Persist, durably, before anything else of this Ready becomes visible
-//     to a peer or to the application.
+//  1. PersistBitmaps, then Persist, durably, before anything else of this
+//     Ready becomes visible to a peer or to the application.
 //  2. Drop, LocalOps, Messages: in any order, concurrently.
 //  3. Completed: only after Persist (a completion never depends on a
 //     message or local op of the same Ready).
 //
 // Events may be logged whenever.
 type Ready struct {
+	// PersistBitmaps asks for every bitmap's dirty pages (Engine.Bitmap)
+	// to be written durably before Persist and before anything else in
+	// this Ready: they hold marks that no activity-log extent covers (a
+	// whole device marked for a peer, a lost Primary's writes), which a
+	// crash would otherwise lose while keeping the bitmap id Persist ties
+	// them to. Otherwise dirty pages may be written back lazily (see the
+	// package documentation).
+	PersistBitmaps bool
 	// Persist, if non-nil, is the new persistent state: write it durably
 	// (metadata superblock) before performing anything else in this Ready.
 	// A generation id change must be on disk before a peer can learn it.

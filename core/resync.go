@@ -79,6 +79,7 @@ func (e *Engine) startResync(p *peer, full bool, fullWhy string) {
 	if full {
 		how = "full"
 		p.bitmap.SetRange(0, p.bitmap.Len())
+		e.persistBitmaps = true // no activity-log extent covers them: see markUncovered
 	}
 	if full || p.bitmapUUID == 0 {
 		// Tie the marks to the data the peer has, so that an interrupted
@@ -413,7 +414,7 @@ func (e *Engine) InvalidateRemote(target NodeID) error {
 // invalidatePeer marks every block for p, which is then resynchronised
 // (at once if Established: markOutOfSync; a running resync covers them).
 func (e *Engine) invalidatePeer(p *peer, why string) {
-	e.markOutOfSync(p, 0, e.size)
+	e.markUncovered(p, 0, e.size)
 	p.invalidated = "peer"
 	e.peerEvent(p, "resync", "", "", why)
 }

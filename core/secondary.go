@@ -138,7 +138,7 @@ func (e *Engine) receiveBarrier(p *peer, f *wire.Frame) {
 	}
 	for _, q := range e.peers {
 		if q != p && f.Offset&(1<<q.cfg.ID) == 0 {
-			e.markRecent(q, rx.recent[:n])
+			e.markRecent(q, rx.recent[:n], false)
 		}
 	}
 	rx.recent = append(rx.recent[:0], rx.recent[n:]...)
@@ -400,7 +400,7 @@ func (e *Engine) markRecentForOthers(primary *peer) {
 	if len(e.peers) >= 2 {
 		for _, q := range e.peers {
 			if q != primary {
-				e.markRecent(q, primary.rx.recent)
+				e.markRecent(q, primary.rx.recent, true)
 			}
 		}
 		e.peerEvent(primary, "resync", "", "", fmt.Sprintf("%d unconfirmed writes of node %d marked out of sync for the other peers", len(primary.rx.recent), primary.cfg.ID))
@@ -410,8 +410,10 @@ func (e *Engine) markRecentForOthers(primary *peer) {
 
 // markRecent marks received writes for q, a node that may lack them. Marks
 // that begin here are tied to the generation we were in when the first of
-// them arrived: q may hold that generation without them.
-func (e *Engine) markRecent(q *peer, writes []recentWrite) {
+// them arrived: q may hold that generation without them. Writes a barrier
+// confirmed are still in the activity log (it retires them only after the
+// bitmap is written); uncovered: they may not be (markUncovered).
+func (e *Engine) markRecent(q *peer, writes []recentWrite, uncovered bool) {
 	if len(writes) == 0 {
 		return
 	}
@@ -421,6 +423,10 @@ func (e *Engine) markRecent(q *peer, writes []recentWrite) {
 		e.announce = true
 	}
 	for _, r := range writes {
-		e.markOutOfSync(q, r.off, r.length)
+		if uncovered {
+			e.markUncovered(q, r.off, r.length)
+		} else {
+			e.markOutOfSync(q, r.off, r.length)
+		}
 	}
 }

@@ -205,6 +205,7 @@ func (e *Engine) markQuietly(p *peer, first, n uint64) {
 		p.quietMarks = true
 	}
 	p.bitmap.SetRange(first, n)
+	e.persistBitmaps = true // no activity-log extent covers them: see markUncovered
 }
 
 // verifyStatus is p's verify for Status; nil if none ran on this engine.

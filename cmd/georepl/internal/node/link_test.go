@@ -122,14 +122,15 @@ func TestLinkFailureAfterLoopExit(t *testing.T) {
 		for ch := range conn.theirs {
 			go io.Copy(io.Discard, conn.theirs[ch]) // the peer reads everything
 		}
-		theirs, err := r.hello(p)
+		ours, err := r.hello(p)
 		if err != nil {
 			t.Fatal(err)
 		}
+		theirs := ours
 		theirs.From, theirs.To = uint8(p.id), uint8(r.self.ID)
 		readers := [2]*wire.Reader{wire.NewReader(conn.ours[0]), wire.NewReader(conn.ours[1])}
 		l := newLink(r, p.id, p.node.Name, "test", conn, readers, wire.CompressionNone, time.Hour, time.Hour, false)
-		l.hello = &theirs
+		l.hello, l.ourHello = &theirs, &ours
 		r.linkUp <- l
 		if err := r.call(func() error { return nil }); err != nil { // attached
 			t.Fatal(err)

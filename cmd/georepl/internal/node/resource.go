@@ -486,11 +486,11 @@ func (r *resource) process() {
 	e := r.engine
 	for e.HasReady() {
 		rd := e.Ready()
-		if rd.Persist != nil {
-			if rd.Persist.Disk == core.Diskless {
+		if rd.PersistBitmaps || rd.Persist != nil {
+			if rd.Persist != nil && rd.Persist.Disk == core.Diskless {
 				r.noteDetached()
 			}
-			if err := r.persistWithUndo(rd.Persist); err != nil {
+			if err := r.persistReady(&rd); err != nil {
 				switch {
 				case r.st.detached.Load():
 					// Best effort: the disk failed. What it keeps is
@@ -988,6 +988,23 @@ func (r *resource) detachDisk(why string) {
 	r.startOps(eng, w.ops)
 }
 
+// persistReady makes what a Ready asks durable, before anything else of
+// it is performed: the bitmaps' dirty pages first if it asks (marks no
+// activity-log extent covers, which the superblock's bitmap ids may be
+// tied to), then the superblock. A detached disk keeps its bitmaps in
+// memory only. Called with emu held.
+func (r *resource) persistReady(rd *core.Ready) error {
+	if rd.PersistBitmaps && !r.st.detached.Load() {
+		if err := r.writeBitmaps(); err != nil {
+			return err
+		}
+	}
+	if rd.Persist == nil {
+		return nil
+	}
+	return r.persistWithUndo(rd.Persist)
+}
+
 // persistBitmaps writes the bitmaps' dirty pages; once all are on disk,
 // the activity log may retire the extents the engine reports settled. A
 // detached disk keeps them in memory only.
@@ -995,8 +1012,23 @@ func (r *resource) persistBitmaps() {
 	if r.st.detached.Load() {
 		return
 	}
-	written := true
-	for _, p := range r.peers {
+	if err := r.writeBitmaps(); err != nil {
+		if r.onIOError == core.DetachOnIOError {
+			// The disk fails: detach it (the caller processes the
+			// engine's Ready); the bitmaps stay in memory.
+			r.engine.Detach(err.Error())
+			return
+		}
+		r.log.Error("writing bitmap failed", "err", err)
+		return
+	}
+	r.st.al.observe(r.engine.Settled)
+}
+
+// writeBitmaps writes the dirty pages of every peer's bitmap, durably.
+func (r *resource) writeBitmaps() error {
+	var errs error
+	for _, p := range sortedPeers(r.peers) {
 		bm := r.engine.Bitmap(p.id)
 		if bm == nil {
 			continue
@@ -1006,21 +1038,12 @@ func (r *resource) persistBitmaps() {
 			continue
 		}
 		if err := r.st.store.WriteBitmapPages(int(p.id), bm.Words(), pages); err != nil {
-			if r.onIOError == core.DetachOnIOError {
-				// The disk fails: detach it (the caller processes the
-				// engine's Ready); the bitmaps stay in memory.
-				r.engine.Detach(fmt.Sprintf("bitmap write failed: %v", err))
-				return
-			}
-			r.log.Error("writing bitmap failed", "peer", p.node.Name, "err", err)
-			written = false
+			errs = errors.Join(errs, fmt.Errorf("bitmap write for peer %s failed: %w", p.node.Name, err))
 			continue
 		}
 		bm.ClearDirty()
 	}
-	if written {
-		r.st.al.observe(r.engine.Settled)
-	}
+	return errs
 }
 
 func sortedPeers(m map[core.NodeID]*peer) []*peer {
