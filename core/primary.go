@@ -319,6 +319,9 @@ func (e *Engine) goAhead(p *peer, n uint64) {
 	// The peer no longer gets every write: the next one starts a new
 	// generation, as when a replicating peer is lost.
 	e.rotatePending = true
+	// A verify compares the peer's data with ours at one point of the
+	// write stream; Behind, the peer accepts no more verify requests.
+	e.stopVerify(p, "the peer fell behind (congestion)")
 	e.setRepl(p, Ahead, fmt.Sprintf("congested: %d bytes unacknowledged, a write of %d would exceed max_buffer %d", p.unacked, n, p.cfg.MaxBuffer))
 	e.sendState(p)
 }
