@@ -319,6 +319,19 @@
 // resync makes them equal to what this disk returns; a Secondary's failed
 // write is acknowledged negatively and marked by its Primary.
 //
+// A failed flush under PassOnIOError (an OpFlush, or an operation with FUA,
+// whose failure may be its flush's) is taken at its word: every write not
+// yet durable may be lost, and the next flush succeeds all the same (Linux
+// reports a writeback error to one fsync only and may drop the pages). So
+// the node marks for every peer what it wrote since the last flush known
+// to have succeeded, in grains of at most 1/65536 of the device, and what
+// it has in flight (marks of a Secondary begin at its own generation, as
+// after a crash). A Primary fails, with ErrIO, the writes and flushes in
+// flight or done here and not yet completed (a flush issued before the
+// failure may succeed only because the failed one consumed the error); a
+// Secondary drops its Primary, so that no later barrier is acknowledged
+// for writes the failure may have lost.
+//
 // Under DetachOnIOError (the default) the disk becomes Diskless (see
 // Detach) and is never read again. A Diskless Primary goes on serving the
 // application through its peers in sync with it (Established, UpToDate,

@@ -65,6 +65,7 @@ type Engine struct {
 	reads    []*readReq  // read requests not yet completed
 	readTag  uint64      // last tag given to a ReadRequest
 	inflight []*extent   // local writes and resync reads in flight
+	unsynced unsyncedWrites
 	// draining are the receivers of lost connections that still apply
 	// what they received, oldest first (abandonReceiver).
 	draining []*receiver

@@ -407,6 +407,13 @@ func (c *cluster) process(nd *node, n int, fail bool, pick func(int) int) int {
 		if fail {
 			nd.failedIO = true
 			err = errors.New("injected failure")
+			if nd.volatile && (op.Kind == OpFlush || op.FUA) {
+				// A failed flush of a disk with a volatile cache may
+				// have lost every write not yet durable: Linux reports
+				// a writeback error once and drops the dirty pages,
+				// and the next flush succeeds.
+				copy(nd.disk, nd.durable)
+			}
 		} else {
 			switch op.Kind {
 			case OpWrite, OpZeroes, OpTrim:

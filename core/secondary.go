@@ -44,6 +44,7 @@ type segment struct {
 	flush    bool       // flush the disk before acknowledging the barrier
 	flushing bool       // the flush is in flight
 	flushed  bool
+	tracking bool // its flush tracks (flushIssued)
 }
 
 // rxWrite is a received data or resync write, or a request ordered with
@@ -165,7 +166,7 @@ func (e *Engine) pump(rx *receiver) {
 			// A lost connection's writes on a detached disk are dropped
 			// (abandonReceiver): nothing to flush.
 			if !rx.lost || e.disk != Diskless {
-				seg.flushing = true
+				seg.flushing, seg.tracking = true, e.flushIssued()
 				e.newOp(LocalOp{Kind: OpFlush}, opOwner{rxFlush: seg})
 				return
 			}
@@ -254,21 +255,31 @@ func (e *Engine) rxWriteDone(w *rxWrite, data []byte, err error) {
 			break
 		}
 	}
+	if w.op.Kind != OpChecksum && w.op.Kind != OpRead {
+		e.noteWritten(w.op.Offset, w.op.Length)
+	}
+	// A FUA operation (a write, or a checksum of durable data) flushes
+	// the disk: its failure may be the flush's.
+	syncErr := err != nil && w.op.FUA
+	what := fmt.Sprintf("%v of [%d, +%d)", w.op.Kind, w.op.Offset, w.op.Length)
 	if seg.rx.lost {
 		// Nobody to answer. A failed write detaches the disk or is
 		// passed on: if it came from our Primary, it is among the writes
 		// marked for the other peers when the Primary was lost.
-		if err != nil && !e.ioFailed(w.op.Kind.String(), w.op.Offset, w.op.Length, err) {
-			e.event(Event{What: "disk", Detail: fmt.Sprintf("%v of [%d, +%d) received from lost node %d failed: %v",
-				w.op.Kind, w.op.Offset, w.op.Length, seg.rx.peer.cfg.ID, err)})
+		switch {
+		case err == nil || e.ioFailed(w.op.Kind.String(), w.op.Offset, w.op.Length, err):
+		case syncErr:
+			e.syncFailed(what+" with FUA", err)
+		default:
+			e.event(Event{What: "disk", Detail: fmt.Sprintf("%s received from lost node %d failed: %v", what, seg.rx.peer.cfg.ID, err)})
 		}
 		return
 	}
 	switch w.op.Kind {
 	case OpChecksum:
 		e.compareDigests(w, data, err)
-		if err != nil {
-			e.ioFailed("checksum", w.op.Offset, w.op.Length, err)
+		if err != nil && !e.ioFailed("checksum", w.op.Offset, w.op.Length, err) && syncErr {
+			e.syncFailed(what+" after a flush", err)
 		}
 		return
 	case OpRead:
@@ -280,6 +291,14 @@ func (e *Engine) rxWriteDone(w *rxWrite, data []byte, err error) {
 		// write, unacknowledged, for us.
 		return
 	}
+	if syncErr {
+		// As for a failed flush (rxFlushDone): the writes acknowledged
+		// before may be lost too, and a later flush that succeeds must
+		// not acknowledge their barrier.
+		e.syncFailed(what+" with FUA", err)
+		e.dropPeer(seg.rx.peer, fmt.Errorf("%w: %s with FUA: %w", ErrIO, what, err), false)
+		return
+	}
 	ack := wire.Frame{Type: wire.TypeWriteAck, Seq: w.op.Seq}
 	if w.resync {
 		ack.Flags |= wire.FlagResync
@@ -287,7 +306,7 @@ func (e *Engine) rxWriteDone(w *rxWrite, data []byte, err error) {
 	}
 	if err != nil {
 		ack.Flags |= wire.FlagNegative
-		e.event(Event{What: "disk", Detail: fmt.Sprintf("%v of [%d, +%d) failed: %v", w.op.Kind, w.op.Offset, w.op.Length, err)})
+		e.event(Event{What: "disk", Detail: fmt.Sprintf("%s failed: %v", what, err)})
 	}
 	e.send(seg.rx.peer, ack)
 }
@@ -326,18 +345,19 @@ func (e *Engine) compareDigests(w *rxWrite, data []byte, err error) {
 // rxFlushDone acknowledges the barrier via pump; a failed flush must not be
 // acknowledged (it would claim durability), so it drops the connection
 // instead: the primary then marks every write not covered by an
-// acknowledged barrier out of sync. The receiver of a lost connection goes
+// acknowledged barrier out of sync, and this node marks what it wrote
+// since its last successful flush (syncFailed: barriers acknowledged
+// without a flush cover those too). The receiver of a lost connection goes
 // on with its next segment either way.
 func (e *Engine) rxFlushDone(seg *segment, err error) {
 	rx := seg.rx
+	e.flushDone(seg.tracking, err)
 	if err != nil {
-		detached := e.ioFailed("flush", 0, 0, err)
-		switch {
-		case rx.lost && !detached:
-			e.event(Event{What: "disk", Detail: fmt.Sprintf("flush for barrier %d of lost node %d failed: %v",
-				seg.epoch, rx.peer.cfg.ID, err)})
-		case !detached:
-			e.dropPeer(rx.peer, fmt.Errorf("%w: flush for barrier %d: %w", ErrIO, seg.epoch, err), false)
+		if !e.ioFailed("flush", 0, 0, err) {
+			e.syncFailed(fmt.Sprintf("flush for barrier %d", seg.epoch), err)
+			if !rx.lost {
+				e.dropPeer(rx.peer, fmt.Errorf("%w: flush for barrier %d: %w", ErrIO, seg.epoch, err), false)
+			}
 		}
 		if !rx.lost {
 			return // still connected (detach keeps a sender that is no longer Primary)
