@@ -292,10 +292,13 @@
 // writes in arrival order, a flush between epochs where the barrier asked
 // for one), but acknowledges nothing more: a protocol B peer acknowledged
 // each write on arrival, and the Primary may have completed it on that
-// alone. Writes received later, from any connection, wait until those are
-// on the disk, and Promote fails with ErrBusy until then (the driver
-// retries once their LocalOps are done). Checksum and read requests not
-// yet started are dropped; a detached disk applies nothing more.
+// alone. Across connections, what arrived first is applied first: writes
+// received later, from any connection, wait until those are on the disk
+// (so do a new Primary's writes for those of the old one, demoted in a
+// switchover, that a protocol A or B peer received but did not apply
+// yet), and Promote fails with ErrBusy until then (the driver retries once
+// their LocalOps are done). Checksum and read requests not yet started are
+// dropped; a detached disk applies nothing more.
 //
 // When a Primary crashes, its last writes may have reached one secondary
 // and not another. Each barrier carries in Seq the highest sequence number

@@ -67,9 +67,12 @@ type Engine struct {
 	inflight []*extent   // local writes and resync reads in flight
 	unsynced unsyncedWrites
 	// draining are the receivers of lost connections that still apply
-	// what they received, oldest first (abandonReceiver).
-	draining []*receiver
-	scratch  []protocols.Peer
+	// what they received (abandonReceiver); arrivals stamps the frames
+	// queued to a receiver that held nothing (receiver.pendingSince).
+	draining  []*receiver
+	arrivals  uint64
+	rxScratch []*receiver
+	scratch   []protocols.Peer
 
 	rd  Ready
 	inv invariantState
@@ -428,7 +431,6 @@ func (e *Engine) LocalDone(id OpID, data []byte, err error) {
 // application writes, resync reads, received writes.
 func (e *Engine) progress() {
 	e.releaseHeld()
-	e.pumpDraining()
 	for _, p := range e.peers {
 		if p.rs != nil {
 			e.scheduleResync(p)
@@ -436,10 +438,8 @@ func (e *Engine) progress() {
 		if p.verify != nil && p.verify.running {
 			e.scheduleVerify(p)
 		}
-		if p.rx != nil {
-			e.pump(p.rx)
-		}
 	}
+	e.pumpAll()
 }
 
 // finish ends every public method: it tells the peers about a changed

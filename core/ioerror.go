@@ -53,7 +53,7 @@ func (e *Engine) detach(why string) {
 	for _, rx := range e.draining {
 		e.dropUnissued(rx, true)
 	}
-	e.pumpDraining()
+	e.pumpAll()
 	for _, w := range e.writes {
 		if !w.completed {
 			w.needPeer, w.localDone = true, true
@@ -220,10 +220,7 @@ func (e *Engine) receiveReadRequest(p *peer, f *wire.Frame) {
 		e.send(p, wire.Frame{Type: wire.TypeReadReply, Flags: wire.FlagNegative, Seq: f.Seq, Offset: f.Offset, Length: f.Length})
 		return
 	}
-	seg := p.rx.segs[len(p.rx.segs)-1]
-	seg.writes = append(seg.writes, &rxWrite{seg: seg, readTag: f.Seq,
-		op: LocalOp{Kind: OpRead, Offset: f.Offset, Length: uint64(f.Length)}})
-	e.pump(p.rx)
+	e.queue(p.rx, &rxWrite{readTag: f.Seq, op: LocalOp{Kind: OpRead, Offset: f.Offset, Length: uint64(f.Length)}})
 }
 
 // rxReadDone answers a ReadRequest whose read finished.

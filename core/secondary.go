@@ -2,7 +2,9 @@ package core
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
+	"slices"
 
 	"github.com/georepl/georepl/core/wire"
 )
@@ -17,11 +19,19 @@ import (
 //   - within the segment, a write overlapping an earlier one that is not
 //     done waits for it (arrival order).
 //
+// Across receivers, what arrived first is applied first: a receiver
+// issues nothing while another one still holds something it received
+// before this one's oldest (pendingSince). That orders the writes of a
+// Primary that was lost, or demoted since, before those of the next one.
 // When the connection is lost, the receiver goes on applying, by the same
 // rules, every write it received (see abandonReceiver).
 type receiver struct {
 	peer *peer
 	segs []*segment // oldest first; the last one is open (no barrier yet)
+	// pendingSince orders the receivers that hold something (see
+	// Engine.queue): the arrival stamp of the first frame queued since
+	// the receiver was last drained.
+	pendingSince uint64
 	// lost: the connection is gone. The receiver is in Engine.draining
 	// until what it received is on the disk, and acknowledges nothing.
 	lost bool
@@ -92,9 +102,25 @@ func (e *Engine) receiveWrite(p *peer, f *wire.Frame, resync bool) {
 	if !resync {
 		p.rx.recent = append(p.rx.recent, recentWrite{seq: f.Seq, off: f.Offset, length: uint64(f.Length)})
 	}
-	seg := p.rx.segs[len(p.rx.segs)-1]
-	seg.writes = append(seg.writes, &rxWrite{seg: seg, op: op, resync: resync})
-	e.pump(p.rx)
+	e.queue(p.rx, &rxWrite{op: op, resync: resync})
+}
+
+// queue appends w to rx's open segment and issues what it can.
+func (e *Engine) queue(rx *receiver, w *rxWrite) {
+	e.notePending(rx)
+	seg := rx.segs[len(rx.segs)-1]
+	w.seg = seg
+	seg.writes = append(seg.writes, w)
+	e.pump(rx)
+}
+
+// notePending stamps rx with the arrival of the frame it is about to
+// queue if it held nothing before.
+func (e *Engine) notePending(rx *receiver) {
+	if rx.drained() {
+		e.arrivals++
+		rx.pendingSince = e.arrivals
+	}
 }
 
 // receiveCsum queues a ResyncCsum or VerifyCsum frame: the range is
@@ -119,9 +145,7 @@ func (e *Engine) receiveCsum(p *peer, f *wire.Frame) {
 	if !resync {
 		reply = wire.TypeVerifyReply
 	}
-	seg := p.rx.segs[len(p.rx.segs)-1]
-	seg.writes = append(seg.writes, &rxWrite{seg: seg, op: op, resync: resync, digests: f.Payload[1:], reply: reply})
-	e.pump(p.rx)
+	e.queue(p.rx, &rxWrite{op: op, resync: resync, digests: f.Payload[1:], reply: reply})
 }
 
 // receiveBarrier closes the open segment. Its Seq confirms that every
@@ -133,6 +157,7 @@ func (e *Engine) receiveBarrier(p *peer, f *wire.Frame) {
 		n++
 	}
 	rx.recent = append(rx.recent[:0], rx.recent[n:]...)
+	e.notePending(rx)
 	seg := rx.segs[len(rx.segs)-1]
 	seg.closed, seg.epoch = true, f.Epoch
 	seg.flush = e.diskFlushes || f.Flags&wire.FlagFlush != 0
@@ -141,11 +166,10 @@ func (e *Engine) receiveBarrier(p *peer, f *wire.Frame) {
 }
 
 // pump issues what the oldest segments allow and acknowledges the
-// barriers of finished segments. While receivers of lost connections
-// still apply what they received, only the oldest of them issues
-// anything: everything received later lands after it on the disk.
+// barriers of finished segments, unless another receiver holds something
+// received before (mayIssue).
 func (e *Engine) pump(rx *receiver) {
-	if len(e.draining) > 0 && e.draining[0] != rx {
+	if !e.mayIssue(rx) {
 		return
 	}
 	for {
@@ -179,18 +203,51 @@ func (e *Engine) pump(rx *receiver) {
 	}
 }
 
-// pumpDraining lets the receivers of lost connections apply what they
-// received, oldest first, and forgets those that are done.
-func (e *Engine) pumpDraining() {
-	for len(e.draining) > 0 {
-		rx := e.draining[0]
-		e.pump(rx)
-		if !rx.drained() {
-			return
-		}
-		e.draining[0] = nil
-		e.draining = e.draining[1:]
+// mayIssue reports whether no other receiver holds something received
+// before what rx holds.
+func (e *Engine) mayIssue(rx *receiver) bool {
+	earlier := func(o *receiver) bool {
+		return o != nil && o != rx && !o.drained() && o.pendingSince < rx.pendingSince
 	}
+	for _, o := range e.draining {
+		if earlier(o) {
+			return false
+		}
+	}
+	for _, p := range e.peers {
+		if earlier(p.rx) {
+			return false
+		}
+	}
+	return true
+}
+
+// pumpAll pumps every receiver, those of lost connections included, in
+// the order they became pending, so that one that is done lets the next
+// go on in the same pass, and forgets the lost ones that are done.
+func (e *Engine) pumpAll() {
+	rs := append(e.rxScratch[:0], e.draining...)
+	for _, p := range e.peers {
+		if p.rx != nil {
+			rs = append(rs, p.rx)
+		}
+	}
+	if len(rs) > 1 {
+		slices.SortFunc(rs, func(a, b *receiver) int { return cmp.Compare(a.pendingSince, b.pendingSince) })
+	}
+	for _, rx := range rs {
+		e.pump(rx)
+	}
+	clear(rs)
+	e.rxScratch = rs[:0]
+	kept := e.draining[:0]
+	for _, rx := range e.draining {
+		if !rx.drained() {
+			kept = append(kept, rx)
+		}
+	}
+	clear(e.draining[len(kept):])
+	e.draining = kept
 }
 
 // drained reports whether everything rx received is done: only the open
@@ -376,10 +433,8 @@ func (e *Engine) rxFlushDone(seg *segment, err error) {
 func (e *Engine) abandonReceiver(rx *receiver) {
 	rx.lost = true
 	e.dropUnissued(rx, e.disk == Diskless)
-	if !rx.drained() {
-		e.draining = append(e.draining, rx)
-		e.pumpDraining()
-	}
+	e.draining = append(e.draining, rx)
+	e.pumpAll()
 }
 
 // dropUnissued forgets what rx received and did not put on the disk yet:
