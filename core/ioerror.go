@@ -51,7 +51,7 @@ func (e *Engine) detach(why string) {
 	}
 	e.setDisk(Diskless, why)
 	for _, rx := range e.draining {
-		e.dropUnissued(rx, true)
+		rx.dropUnissued(true)
 	}
 	e.pumpAll()
 	for _, w := range e.writes {

@@ -432,14 +432,14 @@ func (e *Engine) rxFlushDone(seg *segment, err error) {
 // answers have nowhere to go. On a detached disk nothing more is applied.
 func (e *Engine) abandonReceiver(rx *receiver) {
 	rx.lost = true
-	e.dropUnissued(rx, e.disk == Diskless)
+	rx.dropUnissued(e.disk == Diskless)
 	e.draining = append(e.draining, rx)
 	e.pumpAll()
 }
 
 // dropUnissued forgets what rx received and did not put on the disk yet:
 // checksum and read requests, and also writes if writes is set.
-func (e *Engine) dropUnissued(rx *receiver, writes bool) {
+func (rx *receiver) dropUnissued(writes bool) {
 	for _, seg := range rx.segs {
 		kept := seg.writes[:0]
 		for _, w := range seg.writes {
