@@ -308,10 +308,13 @@
 // writes in arrival order, a flush between epochs where the barrier asked
 // for one), but acknowledges nothing more: a protocol B peer acknowledged
 // each write on arrival, and the Primary may have completed it on that
-// alone. Writes received later, from any connection, wait until those are
-// on the disk, and Promote fails with ErrBusy until then (the driver
-// retries once their LocalOps are done). Checksum and read requests not
-// yet started are dropped; a detached disk applies nothing more.
+// alone. Across connections, what arrived first is applied first: writes
+// received later, from any connection, wait until those are on the disk
+// (so do a new Primary's writes for those of the old one, demoted in a
+// switchover, that a protocol A or B peer received but did not apply
+// yet), and Promote fails with ErrBusy until then (the driver retries once
+// their LocalOps are done). Checksum and read requests not yet started are
+// dropped; a detached disk applies nothing more.
 //
 // When a Primary crashes, its last writes may have reached one secondary
 // and not another. Each barrier carries in Seq the highest sequence number
@@ -334,6 +337,19 @@
 // may hold the new data where this disk holds anything), so the next
 // resync makes them equal to what this disk returns; a Secondary's failed
 // write is acknowledged negatively and marked by its Primary.
+//
+// A failed flush under PassOnIOError (an OpFlush, or an operation with FUA,
+// whose failure may be its flush's) is taken at its word: every write not
+// yet durable may be lost, and the next flush succeeds all the same (Linux
+// reports a writeback error to one fsync only and may drop the pages). So
+// the node marks for every peer what it wrote since the last flush known
+// to have succeeded, in grains of at most 1/65536 of the device, and what
+// it has in flight (marks of a Secondary begin at its own generation, as
+// after a crash). A Primary fails, with ErrIO, the writes and flushes in
+// flight or done here and not yet completed (a flush issued before the
+// failure may succeed only because the failed one consumed the error); a
+// Secondary drops its Primary, so that no later barrier is acknowledged
+// for writes the failure may have lost.
 //
 // Under DetachOnIOError (the default) the disk becomes Diskless (see
 // Detach) and is never read again. A Diskless Primary goes on serving the

@@ -37,10 +37,7 @@ type Engine struct {
 	suspended    []Request   // submitted without quorum, started when it returns
 
 	persistDirty bool
-	// persistBitmaps: a bitmap holds marks that no activity-log extent
-	// covers (markUncovered): Ready.PersistBitmaps.
-	persistBitmaps bool
-	announce       bool // our role, disk or generation changed: tell the peers
+	announce     bool // our role, disk or generation changed: tell the peers
 	// rotatePending: a peer missed writes or may miss the next ones; the
 	// next write starts a new generation. Until something is written the
 	// data is still the generation that peer has.
@@ -65,10 +62,18 @@ type Engine struct {
 	reads    []*readReq  // read requests not yet completed
 	readTag  uint64      // last tag given to a ReadRequest
 	inflight []*extent   // local writes and resync reads in flight
-	// draining are the receivers of lost connections that still apply
-	// what they received, oldest first (abandonReceiver).
-	draining []*receiver
 	scratch  []protocols.Peer
+
+	// persistBitmaps: a bitmap holds marks that no activity-log extent
+	// covers (markUncovered): Ready.PersistBitmaps.
+	persistBitmaps bool
+	unsynced       unsyncedWrites // what a failed flush may have lost (syncFailed)
+	// draining are the receivers of lost connections that still apply
+	// what they received (abandonReceiver); arrivals stamps the frames
+	// queued to a receiver that held nothing (receiver.pendingSince).
+	draining  []*receiver
+	arrivals  uint64
+	rxScratch []*receiver
 
 	rd  Ready
 	inv invariantState
@@ -425,7 +430,6 @@ func (e *Engine) LocalDone(id OpID, data []byte, err error) {
 // application writes, resync reads, received writes.
 func (e *Engine) progress() {
 	e.releaseHeld()
-	e.pumpDraining()
 	for _, p := range e.peers {
 		if p.rs != nil {
 			e.scheduleResync(p)
@@ -433,10 +437,8 @@ func (e *Engine) progress() {
 		if p.verify != nil && p.verify.running {
 			e.scheduleVerify(p)
 		}
-		if p.rx != nil {
-			e.pump(p.rx)
-		}
 	}
+	e.pumpAll()
 }
 
 // finish ends every public method: it tells the peers about a changed

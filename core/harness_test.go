@@ -58,8 +58,8 @@ type node struct {
 
 	// Promise checks on the receiving side: the data writes delivered by
 	// the current sender (rxFrom, on link generation rxGen) and not yet
-	// performed, by seq; and those of lost connections, which the engine
-	// still applies, oldest connection first (drain).
+	// performed, by seq; and those of earlier senders or lost
+	// connections, which the engine still applies, oldest first (drain).
 	rx     map[uint64]*rxEntry
 	rxFrom int
 	rxGen  int
@@ -93,8 +93,9 @@ type rxEntry struct {
 	issued bool
 }
 
-// endRx ends the receive session: its writes are still applied, before
-// any write of a later session.
+// endRx ends the receive session (the connection is lost, or another
+// node sends): its writes are still applied, before any write of a later
+// session.
 func (nd *node) endRx() {
 	if len(nd.rx) > 0 {
 		nd.drain = append(nd.drain, nd.rx)
@@ -103,8 +104,8 @@ func (nd *node) endRx() {
 	nd.rxFrom = -1
 }
 
-// session returns the writes op may belong to: the oldest lost session's
-// while there is one, else the current one's.
+// session returns the writes op may belong to: the oldest ended
+// session's while there is one, else the current one's.
 func (nd *node) session() map[uint64]*rxEntry {
 	if len(nd.drain) > 0 {
 		return nd.drain[0]
@@ -124,7 +125,7 @@ func (nd *node) rxDone(seq uint64) {
 	}
 }
 
-// dropDrain forgets the writes of lost sessions not yet started: a
+// dropDrain forgets the writes of ended sessions not yet started: a
 // Diskless node applies nothing more.
 func (nd *node) dropDrain() {
 	kept := nd.drain[:0]
@@ -255,7 +256,7 @@ func (c *cluster) handle(nd *node) {
 				session := nd.session()
 				r := session[op.Seq]
 				if r == nil && len(nd.drain) > 0 {
-					c.fail("n%d started seq %d of epoch %d while writes of a lost connection are still to apply", nd.id, op.Seq, op.Epoch)
+					c.fail("n%d started seq %d of epoch %d while writes received before are still to apply", nd.id, op.Seq, op.Epoch)
 				}
 				for seq, other := range session {
 					if r != nil && other.epoch < op.Epoch {
@@ -431,6 +432,13 @@ func (c *cluster) process(nd *node, n int, fail bool, pick func(int) int) int {
 		if fail {
 			nd.failedIO = true
 			err = errors.New("injected failure")
+			if nd.volatile && (op.Kind == OpFlush || op.FUA) {
+				// A failed flush of a disk with a volatile cache may
+				// have lost every write not yet durable: Linux reports
+				// a writeback error once and drops the dirty pages,
+				// and the next flush succeeds.
+				copy(nd.disk, nd.durable)
+			}
 		} else {
 			switch op.Kind {
 			case OpWrite, OpZeroes, OpTrim:

@@ -51,21 +51,21 @@ func (e *Engine) checkInvariants() {
 	}
 	e.inv.checkedMessages = len(e.rd.Messages)
 	// Only the oldest segment of a receiver has writes on the disk, and
-	// only the oldest receiver of a lost connection while there are any.
+	// only a receiver that no other one holds anything older than.
 	receivers := e.draining
 	for _, p := range e.peers {
 		if p.rx != nil {
 			receivers = append(receivers[:len(receivers):len(receivers)], p.rx)
 		}
 	}
-	for i, rx := range receivers {
+	for _, rx := range receivers {
 		for j, seg := range rx.segs {
 			for _, w := range seg.writes {
 				switch {
 				case w.ext != nil && j > 0:
 					panic(fmt.Sprintf("core invariant: write seq %d of a later epoch issued before the barrier", w.op.Seq))
-				case w.ext != nil && i > 0 && len(e.draining) > 0:
-					panic(fmt.Sprintf("core invariant: write seq %d issued while writes of a lost connection are still to apply", w.op.Seq))
+				case w.ext != nil && !e.mayIssue(rx):
+					panic(fmt.Sprintf("core invariant: write seq %d issued while another receiver holds writes received before", w.op.Seq))
 				}
 			}
 		}

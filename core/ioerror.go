@@ -1,6 +1,7 @@
 package core
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/georepl/georepl/core/wire"
@@ -50,9 +51,9 @@ func (e *Engine) detach(why string) {
 	}
 	e.setDisk(Diskless, why)
 	for _, rx := range e.draining {
-		e.dropUnissued(rx, true)
+		rx.dropUnissued(true)
 	}
-	e.pumpDraining()
+	e.pumpAll()
 	for _, w := range e.writes {
 		if !w.completed {
 			w.needPeer, w.localDone = true, true
@@ -219,10 +220,7 @@ func (e *Engine) receiveReadRequest(p *peer, f *wire.Frame) {
 		e.send(p, wire.Frame{Type: wire.TypeReadReply, Flags: wire.FlagNegative, Seq: f.Seq, Offset: f.Offset, Length: f.Length})
 		return
 	}
-	seg := p.rx.segs[len(p.rx.segs)-1]
-	seg.writes = append(seg.writes, &rxWrite{seg: seg, readTag: f.Seq,
-		op: LocalOp{Kind: OpRead, Offset: f.Offset, Length: uint64(f.Length)}})
-	e.pump(p.rx)
+	e.queue(p.rx, &rxWrite{readTag: f.Seq, op: LocalOp{Kind: OpRead, Offset: f.Offset, Length: uint64(f.Length)}})
 }
 
 // rxReadDone answers a ReadRequest whose read finished.
@@ -241,5 +239,130 @@ func (e *Engine) rxReadDone(w *rxWrite, data []byte, err error) {
 	e.send(p, reply)
 	if err != nil {
 		e.ioFailed("read", w.op.Offset, w.op.Length, err)
+	}
+}
+
+// unsyncedGrains bounds the bits of the map of what the local disk wrote
+// since its last successful flush: a grain is a run of blocks.
+const unsyncedGrains = 1 << 16
+
+// unsyncedWrites remembers, in grains, where the local disk was written
+// and no successful flush is known to cover it yet: what a failed flush
+// may have lost. A failed fdatasync must be taken at its word: Linux
+// reports a writeback error to one fsync only and may drop the pages it
+// could not write, so the next flush succeeds although the data never
+// reached the disk, while the peers have it.
+type unsyncedWrites struct {
+	grain uint64 // bytes per bit, a multiple of the block size
+	// cur holds the writes done since the tracking flush was issued (or
+	// since the last one succeeded, while none is in flight), prev those
+	// done before it: the tracking flush covers them if it succeeds.
+	cur, prev *Bitmap
+	tracking  bool // a tracking flush is in flight
+	// failures counts syncFailed (errFlushOverlapped).
+	failures uint64
+}
+
+// errFlushOverlapped fails a Primary's write or flush whose local
+// operation was in flight, or done, when a flush of the local disk failed:
+// a flush (or FUA write) may succeed only because the failed one was told
+// about the lost writes, and a write's data may be among them.
+var errFlushOverlapped = errors.New("a flush of the local disk failed meanwhile")
+
+// noteWritten records that a local write over [off, off+length) is done
+// (or failed): it is not known durable until a flush issued after it
+// succeeds.
+func (e *Engine) noteWritten(off, length uint64) {
+	u := &e.unsynced
+	if u.cur == nil {
+		bs := uint64(e.blockSize)
+		blocks := (e.size + bs - 1) / bs
+		u.grain = (blocks + unsyncedGrains - 1) / unsyncedGrains * bs
+		grains := (e.size + u.grain - 1) / u.grain
+		u.cur, u.prev = NewBitmap(grains), NewBitmap(grains)
+	}
+	first := off / u.grain
+	u.cur.SetRange(first, (off+length+u.grain-1)/u.grain-first)
+}
+
+// flushIssued notes that a local flush is being issued and reports whether
+// it tracks: if it succeeds, every write done before it is durable. Only
+// one flush tracks at a time; the others cover nothing here.
+func (e *Engine) flushIssued() (tracking bool) {
+	u := &e.unsynced
+	if u.tracking || u.cur == nil {
+		return false
+	}
+	for g, ok := u.cur.NextSet(0); ok; g, ok = u.cur.NextSet(g) {
+		end := u.cur.NextClear(g)
+		u.prev.SetRange(g, end-g)
+		g = end
+	}
+	u.cur.ClearRange(0, u.cur.Len())
+	u.tracking = true
+	return true
+}
+
+// flushDone notes the result of a local flush issued with flushIssued.
+func (e *Engine) flushDone(tracking bool, err error) {
+	u := &e.unsynced
+	if !tracking {
+		return
+	}
+	u.tracking = false
+	if err == nil {
+		u.prev.ClearRange(0, u.prev.Len())
+	}
+}
+
+// syncFailed handles a failed flush of the local disk (an OpFlush, or a
+// FUA operation) that did not detach it: every write not known durable,
+// and every write in flight, may be lost here while the peers have it, so
+// it is marked for every peer, and the next resync makes them equal to
+// what this disk returns. A Secondary's Primary resyncs it: the
+// Secondary's marks cover the writes it acknowledged behind barriers
+// without a flush, which the Primary forgot (see rxFlushDone).
+func (e *Engine) syncFailed(what string, err error) {
+	u := &e.unsynced
+	if e.disk == Diskless {
+		return
+	}
+	u.failures++
+	mark := func(off, length uint64) {
+		for _, p := range e.peers {
+			if e.role != Primary && p.bitmapUUID == 0 && e.current != 0 {
+				// As after a crash (the activity log's marks): the
+				// marks begin at our own generation (marksCover), not
+				// at one our Primary moved on to.
+				p.bitmapUUID = e.current
+				e.persistDirty, e.announce = true, true
+			}
+			e.markUncovered(p, off, length)
+		}
+	}
+	if u.cur != nil {
+		for _, b := range []*Bitmap{u.prev, u.cur} {
+			for g, ok := b.NextSet(0); ok; g, ok = b.NextSet(g) {
+				end := b.NextClear(g)
+				mark(g*u.grain, min(end*u.grain, e.size)-g*u.grain)
+				g = end
+			}
+			b.ClearRange(0, b.Len())
+		}
+	}
+	for _, x := range e.inflight {
+		if x.write {
+			mark(x.off, x.end-x.off)
+		}
+	}
+	e.event(Event{What: "disk", Detail: fmt.Sprintf("%s failed: %v; what was written since the last successful flush is marked out of sync for every peer",
+		what, err)})
+	// A write done here and not yet completed (it waits for a peer) may
+	// be lost: it fails, and the resync makes the peers equal to this
+	// disk. Those in flight fail when they are done (appWriteDone).
+	for _, w := range e.writes {
+		if w.localDone && !w.completed && !w.needPeer {
+			e.complete(w, fmt.Errorf("%w: %v of [%d, +%d): %w", ErrIO, w.kind, w.off, w.length, errFlushOverlapped))
+		}
 	}
 }

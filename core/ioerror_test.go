@@ -3,6 +3,7 @@ package core
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/georepl/georepl/core/wire"
@@ -184,4 +185,77 @@ func TestDetachedReadsSeeCompletedWrites(t *testing.T) {
 		t.Fatal("no byte of a read served by a peer was checked: the test checks nothing of the detached path")
 	}
 	t.Logf("%d bytes of reads served by peers checked", checkedRemote)
+}
+
+// TestFailedFlushMarksWhatItMayHaveLost: under pass-on, a failed flush
+// (or FUA write) of a disk with a volatile cache may have lost every write
+// not yet durable, and the next flush succeeds (Linux reports a writeback
+// error once). The node marks what it wrote since its last successful
+// flush for every peer, so that the resync makes the nodes equal again;
+// a secondary also stops acknowledging (it drops its Primary).
+func TestFailedFlushMarksWhatItMayHaveLost(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		run  func(t *testing.T, c *cluster)
+	}{
+		{"the primary's flush fails", func(t *testing.T, c *cluster) {
+			p := c.nodes[0]
+			c.submit(p, Request{Kind: ReqWrite, Offset: 0, Length: 4096, Data: bytes.Repeat([]byte("a"), 4096)})
+			c.stabilize()
+			c.submit(p, Request{Kind: ReqFlush})
+			flush := c.nextReq
+			c.process(p, 1, true, nil)
+			c.stabilize()
+			if err, ok := p.done[flush]; !ok || err == nil {
+				t.Fatalf("the failed flush completed: %v %v", ok, err)
+			}
+		}},
+		{"a secondary's FUA write fails", func(t *testing.T, c *cluster) {
+			p, s := c.nodes[0], c.nodes[1]
+			c.submit(p, Request{Kind: ReqWrite, Offset: 0, Length: 4096, Data: bytes.Repeat([]byte("a"), 4096)})
+			c.submit(p, Request{Kind: ReqWrite, Offset: 8192, Length: 4096, Data: bytes.Repeat([]byte("b"), 4096), FUA: true})
+			c.deliver(p, s, -1, nil)
+			c.process(s, 1, false, nil) // the first write: acknowledged, in the cache
+			c.process(s, 1, true, nil)  // the FUA write: its flush fails
+			c.stabilize()
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := newCluster(2, []protocols.Protocol{protocols.C}, func(cfg *Config) {
+				cfg.OnIOError, cfg.DiskFlushes, cfg.EpochMaxWrites = PassOnIOError, true, 8
+			})
+			defer func() {
+				if t.Failed() {
+					t.Log(c.out.String())
+				}
+			}()
+			if err := c.connect(c.nodes[0], c.nodes[1]); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.nodes[0].eng.Promote(true); err != nil {
+				t.Fatal(err)
+			}
+			c.handle(c.nodes[0])
+			c.stabilize()
+			tt.run(t, c)
+			for _, nd := range c.nodes {
+				for _, l := range nd.links {
+					if l != nil && !l.up {
+						if err := c.connect(nd, c.nodes[1-nd.id]); err != nil {
+							t.Fatal(err)
+						}
+					}
+				}
+			}
+			c.stabilize()
+			if d := c.disks(); !strings.Contains(d, "all equal") {
+				t.Fatalf("the disks differ after the resync:\n%s%s%s", d, c.status(c.nodes[0]), c.status(c.nodes[1]))
+			}
+			for _, nd := range c.nodes {
+				if st := nd.eng.Status(); st.Disk != UpToDate || st.Peers[0].Repl != Established {
+					t.Fatalf("n%d: %v %v after the resync", nd.id, st.Disk, st.Peers[0].Repl)
+				}
+			}
+		})
+	}
 }

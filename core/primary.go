@@ -21,6 +21,8 @@ type write struct {
 	progBuf     [4]progress // prog's storage for up to four peers
 	localDone   bool
 	completed   bool
+	fua         bool
+	syncFails   uint64 // unsynced.failures when it started (errFlushOverlapped)
 	// needPeer: the local disk was detached before the write was done
 	// there, so a peer in sync must have written it (peerWrote) before
 	// it completes.
@@ -53,6 +55,9 @@ type flushReq struct {
 	needPeer bool
 	standIn  []bool
 	covered  bool
+
+	tracking  bool   // its local flush tracks (flushIssued)
+	syncFails uint64 // unsynced.failures when it started (errFlushOverlapped)
 }
 
 // Submit hands the engine an application request. A request on a node that
@@ -214,7 +219,8 @@ func (e *Engine) startWrite(r Request) {
 	e.maybeCloseEpoch()
 	e.seq++
 	e.epochWrites++
-	w := &write{id: r.ID, kind: r.Kind, off: r.Offset, length: r.Length, seq: e.seq, epoch: e.epoch}
+	w := &write{id: r.ID, kind: r.Kind, off: r.Offset, length: r.Length, seq: e.seq, epoch: e.epoch,
+		fua: r.FUA, syncFails: e.unsynced.failures}
 	if len(e.peers) <= len(w.progBuf) {
 		w.prog = w.progBuf[:len(e.peers)]
 	} else {
@@ -347,7 +353,11 @@ func (e *Engine) appWriteDone(w *write, err error) {
 	e.removeInflight(w.ext)
 	w.ext = nil
 	w.localDone = true
-	if err != nil && e.ioFailed(w.kind.String(), w.off, w.length, err) {
+	e.noteWritten(w.off, w.length)
+	overlapped := err == nil && w.syncFails != e.unsynced.failures
+	if overlapped {
+		err = errFlushOverlapped
+	} else if err != nil && e.ioFailed(w.kind.String(), w.off, w.length, err) {
 		// detach made w wait for a peer in sync.
 		e.maybeComplete(w)
 		return
@@ -361,6 +371,10 @@ func (e *Engine) appWriteDone(w *write, err error) {
 		}
 		e.event(Event{What: "disk", Detail: fmt.Sprintf("%v of [%d, +%d) failed: %v; marked out of sync for every peer", w.kind, w.off, w.length, err)})
 		e.complete(w, fmt.Errorf("%w: %v of [%d, +%d): %w", ErrIO, w.kind, w.off, w.length, err))
+		if w.fua && !overlapped {
+			// Its flush may be what failed.
+			e.syncFailed(fmt.Sprintf("%v of [%d, +%d) with FUA", w.kind, w.off, w.length), err)
+		}
 		return
 	}
 	e.maybeComplete(w)
@@ -519,14 +533,26 @@ func (e *Engine) startFlush(r Request) {
 	if e.disk == Diskless {
 		f.localDone, f.needPeer = true, true
 	} else {
+		f.tracking, f.syncFails = e.flushIssued(), e.unsynced.failures
 		e.newOp(LocalOp{Kind: OpFlush}, opOwner{flush: f})
 	}
 	e.flushes = append(e.flushes, f)
 }
 
 func (e *Engine) appFlushDone(f *flushReq, err error) {
-	if err != nil && e.ioFailed("flush", 0, 0, err) {
+	overlapped := err == nil && f.syncFails != e.unsynced.failures
+	if overlapped {
+		err = errFlushOverlapped
+	}
+	e.flushDone(f.tracking, err)
+	switch {
+	case overlapped:
+	case err != nil && e.ioFailed("flush", 0, 0, err):
 		err = nil // detach made f wait for a peer in sync
+	case err != nil:
+		// Completing f with ErrIO is not enough: the writes it was to
+		// make durable may be gone here, and the next flush succeeds.
+		e.syncFailed("flush", err)
 	}
 	if f.needPeer {
 		err = nil

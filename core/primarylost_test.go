@@ -119,3 +119,66 @@ func TestSecondaryAppliesWhatItReceivedWhenPrimaryLost(t *testing.T) {
 		})
 	}
 }
+
+// TestSwitchoverAppliesTheOldPrimarysWritesFirst: in a planned switchover
+// a protocol B (or A) peer may still hold writes of the old Primary, behind
+// an earlier epoch, when the new Primary's writes arrive: the old writes
+// were all received (the old Primary's demotion follows them on the data
+// channel) but not applied. They must land first, or an old write
+// overwrites a newer one on that peer alone, while everyone reports
+// UpToDate with nothing out of sync.
+func TestSwitchoverAppliesTheOldPrimarysWritesFirst(t *testing.T) {
+	c := newCluster(3, []protocols.Protocol{protocols.C, protocols.B}, nil)
+	defer func() {
+		if t.Failed() {
+			t.Log(c.out.String())
+		}
+	}()
+	p, s1, s2 := c.nodes[0], c.nodes[1], c.nodes[2]
+	for _, pair := range [][2]*node{{p, s1}, {p, s2}, {s1, s2}} {
+		if err := c.connect(pair[0], pair[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.eng.Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	c.handle(p)
+	c.stabilize()
+
+	data := wire.ChannelData
+	// Two writes in two epochs; n2 (protocol B) receives both and applies
+	// neither: the second waits for the first's epoch.
+	for i, off := range []uint64{4096, 0} {
+		c.submit(p, Request{Kind: ReqWrite, Offset: off, Length: 4096, Data: bytes.Repeat([]byte{"ab"[i]}, 4096)})
+		c.deliver(p, s1, -1, nil)
+		c.deliver(p, s2, -1, &data)
+		c.process(s1, -1, false, nil)
+		c.process(p, -1, false, nil)
+		c.deliver(s1, p, -1, nil)
+		c.deliver(s2, p, -1, nil)
+	}
+	if err := p.eng.Demote(); err != nil {
+		t.Fatal(err)
+	}
+	c.handle(p)
+	c.deliver(p, s1, -1, &data)
+	c.deliver(p, s2, -1, &data)
+	c.process(s1, -1, false, nil)
+	if err := s1.eng.Promote(false); err != nil {
+		t.Fatal(err)
+	}
+	c.handle(s1)
+	c.submit(s1, Request{Kind: ReqWrite, Offset: 0, Length: 4096, Data: bytes.Repeat([]byte("c"), 4096)})
+	c.deliver(s1, s2, -1, &data) // before n2 applied the old Primary's writes
+	c.stabilize()
+
+	for _, nd := range []*node{s1, s2} {
+		if got := runs(nd.disk[:4096]); got != "c*4096" {
+			t.Errorf("n%d has %s at 0, want the new Primary's c*4096", nd.id, got)
+		}
+	}
+	if len(c.failed) > 0 {
+		t.Errorf("promises broken: %v", c.failed)
+	}
+}

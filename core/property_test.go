@@ -278,7 +278,8 @@ func (c *cluster) promoteOne(heirs []*node, old *node) *node {
 }
 
 // durabilityModel knows which writes the application may rely on: those
-// completed with FUA, or completed before a flush that completed. After
+// completed with FUA, or completed before a flush that completed, with no
+// flush or FUA write failing in between. After
 // any history (crashes and failovers to in-sync protocol C peers
 // included), every byte must hold the value of the last such write
 // covering it or of a write submitted after that one.
@@ -319,6 +320,13 @@ func (m *durabilityModel) submitted(nd *node, id RequestID, r Request) {
 func (m *durabilityModel) crashed(nd *node) { delete(m.completed, nd) }
 
 func (m *durabilityModel) done(nd *node, id RequestID, err error) {
+	_, flush := m.flushCover[id]
+	if err != nil && (flush || m.writes[id].fua) {
+		// A failed flush may have lost what nd's volatile cache held,
+		// and a later flush that succeeds does not bring it back: as
+		// after a crash.
+		m.crashed(nd)
+	}
 	if err != nil {
 		return
 	}

@@ -2,7 +2,9 @@ package core
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
+	"slices"
 
 	"github.com/georepl/georepl/core/wire"
 )
@@ -17,11 +19,19 @@ import (
 //   - within the segment, a write overlapping an earlier one that is not
 //     done waits for it (arrival order).
 //
+// Across receivers, what arrived first is applied first: a receiver
+// issues nothing while another one still holds something it received
+// before this one's oldest (pendingSince). That orders the writes of a
+// Primary that was lost, or demoted since, before those of the next one.
 // When the connection is lost, the receiver goes on applying, by the same
 // rules, every write it received (see abandonReceiver).
 type receiver struct {
 	peer *peer
 	segs []*segment // oldest first; the last one is open (no barrier yet)
+	// pendingSince orders the receivers that hold something (see
+	// Engine.queue): the arrival stamp of the first frame queued since
+	// the receiver was last drained.
+	pendingSince uint64
 	// lost: the connection is gone. The receiver is in Engine.draining
 	// until what it received is on the disk, and acknowledges nothing.
 	lost bool
@@ -48,6 +58,7 @@ type segment struct {
 	flush    bool       // flush the disk before acknowledging the barrier
 	flushing bool       // the flush is in flight
 	flushed  bool
+	tracking bool // its flush tracks (flushIssued)
 }
 
 // rxWrite is a received data or resync write, or a request ordered with
@@ -95,9 +106,25 @@ func (e *Engine) receiveWrite(p *peer, f *wire.Frame, resync bool) {
 	if !resync {
 		p.rx.recent = append(p.rx.recent, recentWrite{seq: f.Seq, off: f.Offset, length: uint64(f.Length), gen: e.current})
 	}
-	seg := p.rx.segs[len(p.rx.segs)-1]
-	seg.writes = append(seg.writes, &rxWrite{seg: seg, op: op, resync: resync})
-	e.pump(p.rx)
+	e.queue(p.rx, &rxWrite{op: op, resync: resync})
+}
+
+// queue appends w to rx's open segment and issues what it can.
+func (e *Engine) queue(rx *receiver, w *rxWrite) {
+	e.notePending(rx)
+	seg := rx.segs[len(rx.segs)-1]
+	w.seg = seg
+	seg.writes = append(seg.writes, w)
+	e.pump(rx)
+}
+
+// notePending stamps rx with the arrival of the frame it is about to
+// queue if it held nothing before.
+func (e *Engine) notePending(rx *receiver) {
+	if rx.drained() {
+		e.arrivals++
+		rx.pendingSince = e.arrivals
+	}
 }
 
 // receiveCsum queues a ResyncCsum or VerifyCsum frame: the range is
@@ -122,9 +149,7 @@ func (e *Engine) receiveCsum(p *peer, f *wire.Frame) {
 	if !resync {
 		reply = wire.TypeVerifyReply
 	}
-	seg := p.rx.segs[len(p.rx.segs)-1]
-	seg.writes = append(seg.writes, &rxWrite{seg: seg, op: op, resync: resync, digests: f.Payload[1:], reply: reply})
-	e.pump(p.rx)
+	e.queue(p.rx, &rxWrite{op: op, resync: resync, digests: f.Payload[1:], reply: reply})
 }
 
 // receiveBarrier closes the open segment. Its Seq confirms that every
@@ -142,6 +167,7 @@ func (e *Engine) receiveBarrier(p *peer, f *wire.Frame) {
 		}
 	}
 	rx.recent = append(rx.recent[:0], rx.recent[n:]...)
+	e.notePending(rx)
 	seg := rx.segs[len(rx.segs)-1]
 	seg.closed, seg.epoch = true, f.Epoch
 	seg.flush = e.diskFlushes || f.Flags&wire.FlagFlush != 0
@@ -150,11 +176,10 @@ func (e *Engine) receiveBarrier(p *peer, f *wire.Frame) {
 }
 
 // pump issues what the oldest segments allow and acknowledges the
-// barriers of finished segments. While receivers of lost connections
-// still apply what they received, only the oldest of them issues
-// anything: everything received later lands after it on the disk.
+// barriers of finished segments, unless another receiver holds something
+// received before (mayIssue).
 func (e *Engine) pump(rx *receiver) {
-	if len(e.draining) > 0 && e.draining[0] != rx {
+	if !e.mayIssue(rx) {
 		return
 	}
 	for {
@@ -175,7 +200,7 @@ func (e *Engine) pump(rx *receiver) {
 			// A lost connection's writes on a detached disk are dropped
 			// (abandonReceiver): nothing to flush.
 			if !rx.lost || e.disk != Diskless {
-				seg.flushing = true
+				seg.flushing, seg.tracking = true, e.flushIssued()
 				e.newOp(LocalOp{Kind: OpFlush}, opOwner{rxFlush: seg})
 				return
 			}
@@ -188,18 +213,51 @@ func (e *Engine) pump(rx *receiver) {
 	}
 }
 
-// pumpDraining lets the receivers of lost connections apply what they
-// received, oldest first, and forgets those that are done.
-func (e *Engine) pumpDraining() {
-	for len(e.draining) > 0 {
-		rx := e.draining[0]
-		e.pump(rx)
-		if !rx.drained() {
-			return
-		}
-		e.draining[0] = nil
-		e.draining = e.draining[1:]
+// mayIssue reports whether no other receiver holds something received
+// before what rx holds.
+func (e *Engine) mayIssue(rx *receiver) bool {
+	earlier := func(o *receiver) bool {
+		return o != nil && o != rx && !o.drained() && o.pendingSince < rx.pendingSince
 	}
+	for _, o := range e.draining {
+		if earlier(o) {
+			return false
+		}
+	}
+	for _, p := range e.peers {
+		if earlier(p.rx) {
+			return false
+		}
+	}
+	return true
+}
+
+// pumpAll pumps every receiver, those of lost connections included, in
+// the order they became pending, so that one that is done lets the next
+// go on in the same pass, and forgets the lost ones that are done.
+func (e *Engine) pumpAll() {
+	rs := append(e.rxScratch[:0], e.draining...)
+	for _, p := range e.peers {
+		if p.rx != nil {
+			rs = append(rs, p.rx)
+		}
+	}
+	if len(rs) > 1 {
+		slices.SortFunc(rs, func(a, b *receiver) int { return cmp.Compare(a.pendingSince, b.pendingSince) })
+	}
+	for _, rx := range rs {
+		e.pump(rx)
+	}
+	clear(rs)
+	e.rxScratch = rs[:0]
+	kept := e.draining[:0]
+	for _, rx := range e.draining {
+		if !rx.drained() {
+			kept = append(kept, rx)
+		}
+	}
+	clear(e.draining[len(kept):])
+	e.draining = kept
 }
 
 // drained reports whether everything rx received is done: only the open
@@ -264,21 +322,31 @@ func (e *Engine) rxWriteDone(w *rxWrite, data []byte, err error) {
 			break
 		}
 	}
+	if w.op.Kind != OpChecksum && w.op.Kind != OpRead {
+		e.noteWritten(w.op.Offset, w.op.Length)
+	}
+	// A FUA operation (a write, or a checksum of durable data) flushes
+	// the disk: its failure may be the flush's.
+	syncErr := err != nil && w.op.FUA
+	what := fmt.Sprintf("%v of [%d, +%d)", w.op.Kind, w.op.Offset, w.op.Length)
 	if seg.rx.lost {
 		// Nobody to answer. A failed write detaches the disk or is
 		// passed on: if it came from our Primary, it is among the writes
 		// marked for the other peers when the Primary was lost.
-		if err != nil && !e.ioFailed(w.op.Kind.String(), w.op.Offset, w.op.Length, err) {
-			e.event(Event{What: "disk", Detail: fmt.Sprintf("%v of [%d, +%d) received from lost node %d failed: %v",
-				w.op.Kind, w.op.Offset, w.op.Length, seg.rx.peer.cfg.ID, err)})
+		switch {
+		case err == nil || e.ioFailed(w.op.Kind.String(), w.op.Offset, w.op.Length, err):
+		case syncErr:
+			e.syncFailed(what+" with FUA", err)
+		default:
+			e.event(Event{What: "disk", Detail: fmt.Sprintf("%s received from lost node %d failed: %v", what, seg.rx.peer.cfg.ID, err)})
 		}
 		return
 	}
 	switch w.op.Kind {
 	case OpChecksum:
 		e.compareDigests(w, data, err)
-		if err != nil {
-			e.ioFailed("checksum", w.op.Offset, w.op.Length, err)
+		if err != nil && !e.ioFailed("checksum", w.op.Offset, w.op.Length, err) && syncErr {
+			e.syncFailed(what+" after a flush", err)
 		}
 		return
 	case OpRead:
@@ -290,6 +358,14 @@ func (e *Engine) rxWriteDone(w *rxWrite, data []byte, err error) {
 		// write, unacknowledged, for us.
 		return
 	}
+	if syncErr {
+		// As for a failed flush (rxFlushDone): the writes acknowledged
+		// before may be lost too, and a later flush that succeeds must
+		// not acknowledge their barrier.
+		e.syncFailed(what+" with FUA", err)
+		e.dropPeer(seg.rx.peer, fmt.Errorf("%w: %s with FUA: %w", ErrIO, what, err), false)
+		return
+	}
 	ack := wire.Frame{Type: wire.TypeWriteAck, Seq: w.op.Seq}
 	if w.resync {
 		ack.Flags |= wire.FlagResync
@@ -297,7 +373,7 @@ func (e *Engine) rxWriteDone(w *rxWrite, data []byte, err error) {
 	}
 	if err != nil {
 		ack.Flags |= wire.FlagNegative
-		e.event(Event{What: "disk", Detail: fmt.Sprintf("%v of [%d, +%d) failed: %v", w.op.Kind, w.op.Offset, w.op.Length, err)})
+		e.event(Event{What: "disk", Detail: fmt.Sprintf("%s failed: %v", what, err)})
 	}
 	e.send(seg.rx.peer, ack)
 }
@@ -336,18 +412,19 @@ func (e *Engine) compareDigests(w *rxWrite, data []byte, err error) {
 // rxFlushDone acknowledges the barrier via pump; a failed flush must not be
 // acknowledged (it would claim durability), so it drops the connection
 // instead: the primary then marks every write not covered by an
-// acknowledged barrier out of sync. The receiver of a lost connection goes
+// acknowledged barrier out of sync, and this node marks what it wrote
+// since its last successful flush (syncFailed: barriers acknowledged
+// without a flush cover those too). The receiver of a lost connection goes
 // on with its next segment either way.
 func (e *Engine) rxFlushDone(seg *segment, err error) {
 	rx := seg.rx
+	e.flushDone(seg.tracking, err)
 	if err != nil {
-		detached := e.ioFailed("flush", 0, 0, err)
-		switch {
-		case rx.lost && !detached:
-			e.event(Event{What: "disk", Detail: fmt.Sprintf("flush for barrier %d of lost node %d failed: %v",
-				seg.epoch, rx.peer.cfg.ID, err)})
-		case !detached:
-			e.dropPeer(rx.peer, fmt.Errorf("%w: flush for barrier %d: %w", ErrIO, seg.epoch, err), false)
+		if !e.ioFailed("flush", 0, 0, err) {
+			e.syncFailed(fmt.Sprintf("flush for barrier %d", seg.epoch), err)
+			if !rx.lost {
+				e.dropPeer(rx.peer, fmt.Errorf("%w: flush for barrier %d: %w", ErrIO, seg.epoch, err), false)
+			}
 		}
 		if !rx.lost {
 			return // still connected (detach keeps a sender that is no longer Primary)
@@ -365,16 +442,14 @@ func (e *Engine) rxFlushDone(seg *segment, err error) {
 // answers have nowhere to go. On a detached disk nothing more is applied.
 func (e *Engine) abandonReceiver(rx *receiver) {
 	rx.lost = true
-	e.dropUnissued(rx, e.disk == Diskless)
-	if !rx.drained() {
-		e.draining = append(e.draining, rx)
-		e.pumpDraining()
-	}
+	rx.dropUnissued(e.disk == Diskless)
+	e.draining = append(e.draining, rx)
+	e.pumpAll()
 }
 
 // dropUnissued forgets what rx received and did not put on the disk yet:
 // checksum and read requests, and also writes if writes is set.
-func (e *Engine) dropUnissued(rx *receiver, writes bool) {
+func (rx *receiver) dropUnissued(writes bool) {
 	for _, seg := range rx.segs {
 		kept := seg.writes[:0]
 		for _, w := range seg.writes {
