@@ -52,13 +52,7 @@ func (e *Engine) checkInvariants() {
 	e.inv.checkedMessages = len(e.rd.Messages)
 	// Only the oldest segment of a receiver has writes on the disk, and
 	// only a receiver that no other one holds anything older than.
-	receivers := e.draining
-	for _, p := range e.peers {
-		if p.rx != nil {
-			receivers = append(receivers[:len(receivers):len(receivers)], p.rx)
-		}
-	}
-	for _, rx := range receivers {
+	for _, rx := range e.receivers() {
 		for j, seg := range rx.segs {
 			for _, w := range seg.writes {
 				switch {

@@ -277,17 +277,23 @@ func (rx *receiver) holds(off, end uint64) bool {
 	return false
 }
 
+// receivers lists every receiver: those of lost connections still
+// applying what they received, then the connected peers'.
+func (e *Engine) receivers() []*receiver {
+	all := e.draining[:len(e.draining):len(e.draining)]
+	for _, p := range e.peers {
+		if p.rx != nil {
+			all = append(all, p.rx)
+		}
+	}
+	return all
+}
+
 // receivedPending counts the writes (and requests ordered with them)
 // received, from a lost connection or a connected peer, that are not done
 // yet, and names the node the first of them came from.
 func (e *Engine) receivedPending() (n int, from NodeID) {
-	receivers := e.draining
-	for _, p := range e.peers {
-		if p.rx != nil {
-			receivers = append(receivers[:len(receivers):len(receivers)], p.rx)
-		}
-	}
-	for _, rx := range receivers {
+	for _, rx := range e.receivers() {
 		for _, seg := range rx.segs {
 			if n == 0 && len(seg.writes) > 0 {
 				from = rx.peer.cfg.ID
