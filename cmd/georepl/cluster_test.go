@@ -69,6 +69,9 @@ type cluster struct {
 	src   []byte
 	rc    *configs.Resource
 	procs map[string]*exec.Cmd
+	// exited has a channel per node in procs, closed once its daemon
+	// exited (start waits for the process).
+	exited map[string]chan struct{}
 	// confOf names another configuration directory for a node (a node
 	// with a different configuration, e.g. the wrong secret).
 	confOf map[string]string
@@ -85,7 +88,8 @@ func newCluster(t *testing.T, size int64, edits ...func(string) string) *cluster
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, dir: dir, conf: filepath.Join(dir, "conf"), procs: map[string]*exec.Cmd{}, confOf: map[string]string{}, args: map[string][]string{}}
+	c := &cluster{t: t, dir: dir, conf: filepath.Join(dir, "conf"), procs: map[string]*exec.Cmd{}, exited: map[string]chan struct{}{},
+		confOf: map[string]string{}, args: map[string][]string{}}
 	src := string(configs.Demo(dir, port))
 	for _, edit := range edits {
 		src = edit(src)
@@ -150,7 +154,32 @@ func (c *cluster) cliErr(n string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, georeplBin, args...).CombinedOutput()
+	if err != nil && n != "" {
+		// "Cannot reach the daemon" alone hides a daemon that died.
+		if gone := c.daemonGone(n); gone != "" {
+			out = append(out, "\n"+gone...)
+		}
+	}
 	return string(out), err
+}
+
+// daemonGone says how node n's daemon ended and how its log ends, if it
+// was started and has exited since; "" otherwise.
+func (c *cluster) daemonGone(n string) string {
+	exited, ok := c.exited[n]
+	if !ok {
+		return ""
+	}
+	select {
+	case <-exited:
+	default:
+		return ""
+	}
+	log := c.log(n)
+	if len(log) > 8192 {
+		log = "..." + log[len(log)-8192:]
+	}
+	return fmt.Sprintf("daemon %s is gone (%v); its log ends:\n%s", n, c.procs[n].ProcessState, log)
 }
 
 func (c *cluster) start(n string) {
@@ -169,12 +198,22 @@ func (c *cluster) start(n string) {
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
 	}
-	c.procs[n] = cmd
+	exited := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(exited)
+	}()
+	c.procs[n], c.exited[n] = cmd, exited
+	// Up once its admin socket answers that it is: the socket file alone
+	// may be one a killed daemon left.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		st, err := c.statusErr(n)
 		if err == nil && st.Up {
 			return
+		}
+		if gone := c.daemonGone(n); gone != "" {
+			c.t.Fatalf("%s exited while starting: %s", n, gone)
 		}
 		if time.Now().After(deadline) {
 			c.t.Fatalf("%s did not come up: %v\n%s", n, err, c.log(n))
@@ -200,18 +239,38 @@ func (c *cluster) log(n string) string {
 }
 
 func (c *cluster) kill(n string) {
-	cmd := c.procs[n]
-	cmd.Process.Signal(syscall.SIGKILL)
-	cmd.Wait()
+	c.procs[n].Process.Signal(syscall.SIGKILL)
+	<-c.exited[n]
 	delete(c.procs, n)
+	delete(c.exited, n)
 }
 
+// stopAll stops every daemon (SIGTERM, then SIGKILL after a grace
+// period) and fails the test if any daemon's log, this run's or a
+// killed one's, shows a panic or a data race: a daemon that died or
+// raced must not pass for a slow one.
 func (c *cluster) stopAll() {
 	for n, cmd := range c.procs {
-		checker.Stop(cmd, 15*time.Second)
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-c.exited[n]:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+			<-c.exited[n]
+		}
 		delete(c.procs, n)
+		delete(c.exited, n)
 		if c.t.Failed() {
 			c.t.Logf("log of %s:\n%s", n, c.log(n))
+		}
+	}
+	for _, n := range demoNodes {
+		log := c.log(n)
+		for _, sign := range []string{"panic: ", "fatal error: ", "WARNING: DATA RACE"} {
+			if i := strings.Index(log, sign); i >= 0 {
+				c.t.Errorf("the log of %s shows %q:\n%s", n, strings.TrimSpace(sign), log[i:min(len(log), i+16384)])
+				break
+			}
 		}
 	}
 }
