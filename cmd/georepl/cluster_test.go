@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -493,6 +494,51 @@ func humanToBytes(number, unit string) float64 {
 	return v * scale
 }
 
+// events starts `georepl events r0` against node n and returns once the
+// daemon has subscribed it: out then gets every state change, complete
+// once ctx is cancelled and cmd waited for.
+func (c *cluster) events(ctx context.Context, n string) (cmd *exec.Cmd, out *bytes.Buffer) {
+	c.t.Helper()
+	cmd = exec.CommandContext(ctx, georeplBin, "--admin", c.adminSock(n), "events", "r0")
+	out = &bytes.Buffer{}
+	sub := &subscription{said: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = out, sub
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	select {
+	case <-sub.said:
+	case <-time.After(30 * time.Second):
+		c.t.Fatalf("georepl events did not say within 30s that it subscribed: %q", sub.text())
+	}
+	return cmd, out
+}
+
+// subscription is the standard error of `georepl events`: said is closed
+// once it says that the daemon subscribed it.
+type subscription struct {
+	said chan struct{}
+	mu   sync.Mutex
+	buf  []byte
+}
+
+func (s *subscription) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	before := bytes.Contains(s.buf, []byte("subscribed"))
+	s.buf = append(s.buf, p...)
+	if !before && bytes.Contains(s.buf, []byte("subscribed")) {
+		close(s.said)
+	}
+	return len(p), nil
+}
+
+func (s *subscription) text() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return string(s.buf)
+}
+
 // waitFor polls node n's status until cond holds.
 func (c *cluster) waitFor(n, what string, timeout time.Duration, cond func(*node.ResourceStatus) bool) *node.ResourceStatus {
 	c.t.Helper()
@@ -660,13 +706,7 @@ func TestClusterCLI(t *testing.T) {
 	// events streams state changes as JSON lines.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ev := exec.CommandContext(ctx, georeplBin, "--admin", c.adminSock("alpha"), "events", "r0")
-	var evOut bytes.Buffer
-	ev.Stdout = &evOut
-	if err := ev.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond) // let it subscribe
+	ev, evOut := c.events(ctx, "alpha")
 	c.cli("alpha", "primary", "--force", "r0")
 	c.waitFor("alpha", "bravo in sync", time.Minute, func(st *node.ResourceStatus) bool {
 		p := c.peer(st, "bravo")
@@ -754,13 +794,7 @@ func TestClusterPullAhead(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ev := exec.CommandContext(ctx, georeplBin, "--admin", c.adminSock("alpha"), "events", "r0")
-	var evOut bytes.Buffer
-	ev.Stdout = &evOut
-	if err := ev.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond) // let it subscribe
+	ev, evOut := c.events(ctx, "alpha")
 	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
 	if err != nil {
 		t.Fatal(err)
