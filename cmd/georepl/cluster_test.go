@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -69,6 +70,9 @@ type cluster struct {
 	src   []byte
 	rc    *configs.Resource
 	procs map[string]*exec.Cmd
+	// exited has a channel per node in procs, closed once its daemon
+	// exited (start waits for the process).
+	exited map[string]chan struct{}
 	// confOf names another configuration directory for a node (a node
 	// with a different configuration, e.g. the wrong secret).
 	confOf map[string]string
@@ -85,7 +89,8 @@ func newCluster(t *testing.T, size int64, edits ...func(string) string) *cluster
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, dir: dir, conf: filepath.Join(dir, "conf"), procs: map[string]*exec.Cmd{}, confOf: map[string]string{}, args: map[string][]string{}}
+	c := &cluster{t: t, dir: dir, conf: filepath.Join(dir, "conf"), procs: map[string]*exec.Cmd{}, exited: map[string]chan struct{}{},
+		confOf: map[string]string{}, args: map[string][]string{}}
 	src := string(configs.Demo(dir, port))
 	for _, edit := range edits {
 		src = edit(src)
@@ -150,7 +155,32 @@ func (c *cluster) cliErr(n string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, georeplBin, args...).CombinedOutput()
+	if err != nil && n != "" {
+		// "Cannot reach the daemon" alone hides a daemon that died.
+		if gone := c.daemonGone(n); gone != "" {
+			out = append(out, "\n"+gone...)
+		}
+	}
 	return string(out), err
+}
+
+// daemonGone says how node n's daemon ended and how its log ends, if it
+// was started and has exited since; "" otherwise.
+func (c *cluster) daemonGone(n string) string {
+	exited, ok := c.exited[n]
+	if !ok {
+		return ""
+	}
+	select {
+	case <-exited:
+	default:
+		return ""
+	}
+	log := c.log(n)
+	if len(log) > 8192 {
+		log = "..." + log[len(log)-8192:]
+	}
+	return fmt.Sprintf("daemon %s is gone (%v); its log ends:\n%s", n, c.procs[n].ProcessState, log)
 }
 
 func (c *cluster) start(n string) {
@@ -169,12 +199,22 @@ func (c *cluster) start(n string) {
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
 	}
-	c.procs[n] = cmd
+	exited := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(exited)
+	}()
+	c.procs[n], c.exited[n] = cmd, exited
+	// Up once its admin socket answers that it is: the socket file alone
+	// may be one a killed daemon left.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		st, err := c.statusErr(n)
 		if err == nil && st.Up {
 			return
+		}
+		if gone := c.daemonGone(n); gone != "" {
+			c.t.Fatalf("%s exited while starting: %s", n, gone)
 		}
 		if time.Now().After(deadline) {
 			c.t.Fatalf("%s did not come up: %v\n%s", n, err, c.log(n))
@@ -200,18 +240,38 @@ func (c *cluster) log(n string) string {
 }
 
 func (c *cluster) kill(n string) {
-	cmd := c.procs[n]
-	cmd.Process.Signal(syscall.SIGKILL)
-	cmd.Wait()
+	c.procs[n].Process.Signal(syscall.SIGKILL)
+	<-c.exited[n]
 	delete(c.procs, n)
+	delete(c.exited, n)
 }
 
+// stopAll stops every daemon (SIGTERM, then SIGKILL after a grace
+// period) and fails the test if any daemon's log, this run's or a
+// killed one's, shows a panic or a data race: a daemon that died or
+// raced must not pass for a slow one.
 func (c *cluster) stopAll() {
 	for n, cmd := range c.procs {
-		checker.Stop(cmd, 15*time.Second)
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-c.exited[n]:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+			<-c.exited[n]
+		}
 		delete(c.procs, n)
+		delete(c.exited, n)
 		if c.t.Failed() {
 			c.t.Logf("log of %s:\n%s", n, c.log(n))
+		}
+	}
+	for _, n := range demoNodes {
+		log := c.log(n)
+		for _, sign := range []string{"panic: ", "fatal error: ", "WARNING: DATA RACE"} {
+			if i := strings.Index(log, sign); i >= 0 {
+				c.t.Errorf("the log of %s shows %q:\n%s", n, strings.TrimSpace(sign), log[i:min(len(log), i+16384)])
+				break
+			}
 		}
 	}
 }
@@ -434,6 +494,51 @@ func humanToBytes(number, unit string) float64 {
 	return v * scale
 }
 
+// events starts `georepl events r0` against node n and returns once the
+// daemon has subscribed it: out then gets every state change, complete
+// once ctx is cancelled and cmd waited for.
+func (c *cluster) events(ctx context.Context, n string) (cmd *exec.Cmd, out *bytes.Buffer) {
+	c.t.Helper()
+	cmd = exec.CommandContext(ctx, georeplBin, "--admin", c.adminSock(n), "events", "r0")
+	out = &bytes.Buffer{}
+	sub := &subscription{said: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = out, sub
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	select {
+	case <-sub.said:
+	case <-time.After(30 * time.Second):
+		c.t.Fatalf("georepl events did not say within 30s that it subscribed: %q", sub.text())
+	}
+	return cmd, out
+}
+
+// subscription is the standard error of `georepl events`: said is closed
+// once it says that the daemon subscribed it.
+type subscription struct {
+	said chan struct{}
+	mu   sync.Mutex
+	buf  []byte
+}
+
+func (s *subscription) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	before := bytes.Contains(s.buf, []byte("subscribed"))
+	s.buf = append(s.buf, p...)
+	if !before && bytes.Contains(s.buf, []byte("subscribed")) {
+		close(s.said)
+	}
+	return len(p), nil
+}
+
+func (s *subscription) text() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return string(s.buf)
+}
+
 // waitFor polls node n's status until cond holds.
 func (c *cluster) waitFor(n, what string, timeout time.Duration, cond func(*node.ResourceStatus) bool) *node.ResourceStatus {
 	c.t.Helper()
@@ -601,13 +706,7 @@ func TestClusterCLI(t *testing.T) {
 	// events streams state changes as JSON lines.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ev := exec.CommandContext(ctx, georeplBin, "--admin", c.adminSock("alpha"), "events", "r0")
-	var evOut bytes.Buffer
-	ev.Stdout = &evOut
-	if err := ev.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond) // let it subscribe
+	ev, evOut := c.events(ctx, "alpha")
 	c.cli("alpha", "primary", "--force", "r0")
 	c.waitFor("alpha", "bravo in sync", time.Minute, func(st *node.ResourceStatus) bool {
 		p := c.peer(st, "bravo")
@@ -695,13 +794,7 @@ func TestClusterPullAhead(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ev := exec.CommandContext(ctx, georeplBin, "--admin", c.adminSock("alpha"), "events", "r0")
-	var evOut bytes.Buffer
-	ev.Stdout = &evOut
-	if err := ev.Start(); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(300 * time.Millisecond) // let it subscribe
+	ev, evOut := c.events(ctx, "alpha")
 	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
 	if err != nil {
 		t.Fatal(err)

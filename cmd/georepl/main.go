@@ -550,6 +550,10 @@ overflow), old, new, detail. The admin guide describes each.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			err := admin.Call(ctx, adminPath(cmd), req, func(r admin.Reply) error {
+				if len(r.Data) == 0 { // the daemon has subscribed us
+					_, err := fmt.Fprintln(cmd.ErrOrStderr(), "georepl: subscribed; events follow as they happen (Ctrl-C to stop)")
+					return err
+				}
 				_, err := fmt.Fprintf(cmd.OutOrStdout(), "%s\n", r.Data)
 				return err
 			})

@@ -471,7 +471,7 @@ func (t *transmitter) read() {
 		}
 		// Claim the role back, unless it passed on: the watchdog may act
 		// even now, and then must find it taken.
-		if !h.done.CompareAndSwap(false, true) {
+		if !h.keep() {
 			return
 		}
 		t.inline.CompareAndSwap(h, nil)
@@ -564,21 +564,42 @@ func (t *transmitter) start(req request, h *handoff) {
 // handoff lets a request that runs on the reader pass the reader role on.
 // done is set once, by whoever comes first: start, which passes the role
 // to a new goroutine, or the reader, which keeps it once the request is
-// finished.
+// finished (keep).
+//
+// start counts the new reader in running before the old one can learn
+// that the role is gone, and so end: otherwise transmit's count could
+// drop to zero in between, and transmit stop waiting (or the runtime
+// panic, Add racing Wait) with a reader still to start. Hence a mutex,
+// not a compare-and-swap: start sets done and counts in one step.
 type handoff struct {
 	t    *transmitter
-	done atomic.Bool
+	mu   sync.Mutex
+	done bool
 }
 
 type handoffKey struct{}
 
 // start passes the reader role to a new goroutine, once.
 func (h *handoff) start() {
-	if h.done.CompareAndSwap(false, true) {
-		h.t.inline.CompareAndSwap(h, nil) // the watchdog has nothing to watch until the new reader runs a request
-		h.t.running.Add(1)
-		go h.t.read()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.done {
+		return
 	}
+	h.done = true
+	h.t.running.Add(1)
+	h.t.inline.CompareAndSwap(h, nil) // the watchdog has nothing to watch until the new reader runs a request
+	go h.t.read()
+}
+
+// keep claims the role back for the reader whose request is finished; it
+// reports false if start passed it on.
+func (h *handoff) keep() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	kept := !h.done
+	h.done = true
+	return kept
 }
 
 // WillBlock tells the server that the request ctx belongs to is about to

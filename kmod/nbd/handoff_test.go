@@ -77,3 +77,38 @@ func TestNegotiateRefused(t *testing.T) {
 		t.Fatalf("err = %v; want an *ExportError that Is ErrNoSuchExport", err)
 	}
 }
+
+// TestHandoffAsConnectionEnds passes the reader role from another
+// goroutine (WillBlock) just as the reader finishes its request on a
+// connection about to end, while transmit already waits for its
+// goroutines: the new reader must be counted before the old one can
+// see the role gone and end, or transmit's wait group drops to zero in
+// between (under -race: Add racing Wait; without, at times the
+// runtime's panic "WaitGroup misuse: Add called concurrently with
+// Wait", or transmit returning with a reader still to start). The
+// window is a few instructions wide: many connections try it.
+func TestHandoffAsConnectionEnds(t *testing.T) {
+	defer func(g time.Duration) { inlineGrace = g }(inlineGrace)
+	inlineGrace = time.Hour // only WillBlock passes the role
+	dev := newMemDevice(1 << 20)
+	dev.beforeWrite = func(ctx context.Context, off uint64) {
+		if off == 0 {
+			// The first reader, transmit's own goroutine, hands the role
+			// on and ends: transmit waits.
+			WillBlock(ctx)
+			return
+		}
+		go WillBlock(ctx)
+	}
+	s := startServer(t, map[string]Device{"r0": dev})
+	for i := range 3000 {
+		c := dial(t, s.spec, "r0")
+		if err := c.WriteAt([]byte("first"), 0, false); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		if err := c.WriteAt([]byte("second"), 4096, false); err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		c.Close()
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -282,6 +283,11 @@ func (b *resyncBench) once(net *benchNet, v resyncVariant) (resyncRun, error) {
 		cancel()
 		return resyncRun{}, err
 	}
+	evErr, err := events.StderrPipe()
+	if err != nil {
+		cancel()
+		return resyncRun{}, err
+	}
 	if err := events.Start(); err != nil {
 		cancel()
 		return resyncRun{}, err
@@ -292,7 +298,22 @@ func (b *resyncBench) once(net *benchNet, v resyncVariant) (resyncRun, error) {
 	}()
 	started, finished := make(chan time.Time, 1), make(chan resyncDone, 1)
 	go watchResync(evOut, started, finished)
-	time.Sleep(time.Second) // let the events stream subscribe
+	subscribed := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(evErr)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "subscribed") {
+				close(subscribed)
+				break
+			}
+		}
+		io.Copy(io.Discard, evErr)
+	}()
+	select {
+	case <-subscribed:
+	case <-time.After(30 * time.Second):
+		return resyncRun{}, errors.New("georepl events did not subscribe within 30s")
+	}
 
 	if _, err := cli("primary", "--force", "r0"); err != nil {
 		return resyncRun{}, err

@@ -25,6 +25,11 @@ func (d *Daemon) HandleAdmin(ctx context.Context, req admin.Request, send func(a
 	case "events":
 		events, cancel := d.Subscribe()
 		defer cancel()
+		// An empty reply first: every event from now on follows, so a
+		// client may wait for it before it acts.
+		if err := send(admin.Reply{}); err != nil {
+			return nil
+		}
 		for {
 			select {
 			case <-ctx.Done():
