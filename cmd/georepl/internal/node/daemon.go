@@ -40,6 +40,8 @@ type Daemon struct {
 	listeners map[string]transports.Listener // by "transport address"
 	closed    bool
 
+	handshakes *transports.Admission // accepted, not yet authenticated
+
 	faults *kmod.Faults // test facility: see InjectIOFaults
 }
 
@@ -56,9 +58,10 @@ func (d *Daemon) InjectIOFaults(trigger string) {
 func NewDaemon(cfg *configs.Config, nodeName string, log *slog.Logger) (*Daemon, error) {
 	d := &Daemon{
 		cfg: cfg, nodeName: nodeName, log: log.With("node", nodeName),
-		events:    newBroadcaster(),
-		resources: map[string]*resource{},
-		listeners: map[string]transports.Listener{},
+		events:     newBroadcaster(),
+		resources:  map[string]*resource{},
+		listeners:  map[string]transports.Listener{},
+		handshakes: transports.NewAdmission(maxHandshakes, maxHandshakesPerSource),
 	}
 	for _, rc := range cfg.Resources {
 		self, err := rc.Node(nodeName)
@@ -155,13 +158,21 @@ func (d *Daemon) acceptLoop(transport string, l transports.Listener) {
 			}
 			return
 		}
-		go d.accept(transport, conn)
+		slot := d.handshakes.Admit(transports.Source(conn.RemoteAddr()), func() { conn.Close() })
+		if slot == nil {
+			d.log.Warn("refusing connection: too many handshakes in progress from its address", "remote", conn.RemoteAddr(), "limit", maxHandshakesPerSource)
+			conn.Close()
+			continue
+		}
+		go d.accept(transport, conn, slot)
 	}
 }
 
 // accept runs the acceptor's side of the handshake and hands the link to
-// its resource.
-func (d *Daemon) accept(transport string, conn transports.Conn) {
+// its resource. slot is the handshake's place among those in progress,
+// given back once the peer is authenticated or the handshake failed.
+func (d *Daemon) accept(transport string, conn transports.Conn, slot *transports.Admitted) {
+	defer slot.Release()
 	hs := newHandshake(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	defer cancel()
@@ -194,6 +205,7 @@ func (d *Daemon) accept(transport string, conn transports.Conn) {
 		hs.refuse(err)
 		return
 	}
+	slot.Release()
 	r.handOver(p, transport, conn, hs, &ours, theirs)
 }
 

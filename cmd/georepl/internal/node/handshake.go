@@ -12,6 +12,16 @@ import (
 // handshakeTimeout bounds the whole hello/auth exchange.
 const handshakeTimeout = 10 * time.Second
 
+// Handshakes in progress on the accepting side, whose peers have not
+// proved who they are, are bounded in all and per source address (see
+// transports.Admission); a connection over the limit is closed at once.
+// Connections from one address come from one node, with at most one per
+// resource at a time.
+const (
+	maxHandshakes          = 128
+	maxHandshakesPerSource = 32
+)
+
 // errAuth is the cause when a peer does not prove the shared secret.
 var errAuth = errors.New("authentication failed")
 
@@ -28,7 +38,7 @@ type handshake struct {
 
 func newHandshake(conn transports.Conn) *handshake {
 	ctl := conn.Stream(transports.ChannelControl)
-	return &handshake{conn: conn, reader: wire.NewReader(ctl), writer: wire.NewWriter(ctl, wire.CompressionNone)}
+	return &handshake{conn: conn, reader: wire.NewPreAuthReader(ctl), writer: wire.NewWriter(ctl, wire.CompressionNone)}
 }
 
 func (h *handshake) send(f *wire.Frame) error {
@@ -110,6 +120,7 @@ func (h *handshake) authenticate(secret string, ours, theirs *wire.Hello) error 
 	if !wire.CheckAuthMAC([]byte(secret), theirs.Nonce, ours.Nonce, theirs.From, theirs.To, binding, f.Payload) {
 		return fmt.Errorf("%w: node id %d does not know this resource's shared secret (check shared_secret on both nodes)", errAuth, theirs.From)
 	}
+	h.reader.Authenticated()
 	return nil
 }
 

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/georepl/georepl/cmd/georepl/internal/hostile"
+	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/transports"
+)
+
+// Tests with a hostile peer: something that reaches a node's port and
+// speaks the wire format, but breaks its rules (see package hostile).
+
+// peakRSS returns the peak resident set size of process pid (VmHWM), in
+// bytes.
+func peakRSS(t *testing.T, pid int) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				t.Fatalf("VmHWM of %d: %q: %v", pid, line, err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatalf("no VmHWM in /proc/%d/status", pid)
+	return 0
+}
+
+// inflatingOpening is what an attacker opens a handshake with: one LZ4
+// batch holding an opening frame zero-padded to nearly wire.MaxPayload,
+// some 33 KB on the wire that a reader which unpacks batches before
+// authentication turns into 8 MiB.
+func inflatingOpening(t *testing.T, p *hostile.Peer, resource string, from, to uint8) []byte {
+	t.Helper()
+	f, err := hostile.HelloFrame(p.Hello(resource, from, to), wire.MaxPayload-wire.HeaderSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	w := wire.NewWriter(&buf, wire.CompressionLZ4)
+	if err := w.WriteFrame(f); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if st := w.Stats(); st.CompressedBatches != 1 || buf.Len() > 64<<10 {
+		t.Fatalf("the opening is not one small compressed batch: %+v, %d bytes", st, buf.Len())
+	}
+	return buf.Bytes()
+}
+
+// preAuthMemoryBound is how much the peak RSS of a daemon may grow while
+// 400 unauthenticated connections try to make it inflate frames. What
+// they cost is mostly garbage the daemon's garbage-collector target (400)
+// lets pile up, doubled by the race detector; one inflated batch was
+// 16 MiB.
+const preAuthMemoryBound = 128 << 20
+
+// TestHostileMemoryBeforeAuthentication: 50, then 400 connections that
+// never authenticate, over tcp (as bravo) and quic (as dr), with a shared
+// secret set: every other one opens with a compressed batch that inflates
+// to 8 MiB, the others with a plain opening, after which they stay
+// silent, holding their handshake open. The daemon's peak RSS grows by
+// less than preAuthMemoryBound.
+func TestHostileMemoryBeforeAuthentication(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 16<<20)
+	c.start("alpha")
+	pid := c.procs["alpha"].Process.Pid
+	addr := c.node("alpha").Address
+	for _, tc := range []struct {
+		transport string
+		from      uint8
+	}{{"tcp", 1}, {"quic", 2}} {
+		base := peakRSS(t, pid)
+		var peers []*hostile.Peer
+		var inflating, plain []byte
+		sent := 0
+		for _, n := range []int{50, 400} {
+			for len(peers) < n {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				p, err := hostile.Dial(ctx, tc.transport, addr)
+				cancel()
+				if err != nil {
+					t.Fatalf("%s: connection %d: %v", tc.transport, len(peers), err)
+				}
+				peers = append(peers, p)
+				if inflating == nil {
+					inflating = inflatingOpening(t, p, "r0", tc.from, 0)
+					f, err := hostile.HelloFrame(p.Hello("r0", tc.from, 0), 0)
+					if err != nil {
+						t.Fatal(err)
+					}
+					plain = wire.AppendFrame(nil, f)
+				}
+				opening := inflating
+				if len(peers)%2 == 0 {
+					opening = plain
+				}
+				if p.SendRaw(transports.ChannelControl, opening) == nil {
+					sent++
+				}
+				if len(peers)%10 == 0 {
+					if grown := peakRSS(t, pid) - base; grown > preAuthMemoryBound {
+						t.Fatalf("%s: after %d connections the daemon's peak RSS grew by %d MiB (bound %d MiB)",
+							tc.transport, len(peers), grown>>20, preAuthMemoryBound>>20)
+					}
+				}
+			}
+			time.Sleep(time.Second) // let the daemon read what was sent
+			grown := peakRSS(t, pid) - base
+			t.Logf("%s: %d unauthenticated connections (%d openings sent): peak RSS %d MiB, grown by %d MiB",
+				tc.transport, n, sent, peakRSS(t, pid)>>20, grown>>20)
+			if grown > preAuthMemoryBound {
+				t.Fatalf("%s: %d connections grew the daemon's peak RSS by %d MiB (bound %d MiB)",
+					tc.transport, n, grown>>20, preAuthMemoryBound>>20)
+			}
+		}
+		for _, p := range peers {
+			p.Close()
+		}
+	}
+	if st := c.status("alpha"); !st.Up {
+		t.Fatalf("alpha went down under the attack: %+v", st)
+	}
+}
