@@ -138,3 +138,49 @@ func TestHostileMemoryBeforeAuthentication(t *testing.T) {
 		t.Fatalf("alpha went down under the attack: %+v", st)
 	}
 }
+
+// TestHostileRefuseReason: a party that has not authenticated cannot make
+// a node log or send much: a refuse frame with a long reason full of line
+// breaks is logged on one short line and not echoed back, and a hundred
+// such connections add a bounded number of lines to the log.
+func TestHostileRefuseReason(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 16<<20)
+	c.start("alpha")
+	addr := c.node("alpha").Address
+	reason := []byte(strings.Repeat("forged\nlevel=ERROR msg=forged ", wire.MaxPreAuthPayload/30))
+	refuse := func() []*wire.Frame {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		p, err := hostile.Dial(ctx, "tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		if err := p.Send(&wire.Frame{Type: wire.TypeRefuse, Payload: reason}); err != nil {
+			t.Fatal(err)
+		}
+		frames, _ := p.ReadAll(15 * time.Second)
+		return frames
+	}
+
+	before := len(c.log("alpha"))
+	for _, f := range refuse() {
+		if bytes.Contains(f.Payload, []byte("forged")) || len(f.Payload) > 512 {
+			t.Errorf("alpha answered a refuse with %s: %.100q", f, f.Payload)
+		}
+	}
+	logged := c.log("alpha")[before:]
+	if len(logged) > 1024 || strings.Contains(logged, "\nlevel=ERROR") {
+		t.Fatalf("one refuse of %d bytes added %d bytes to the log:\n%.2000s", len(reason), len(logged), logged)
+	}
+
+	before = len(c.log("alpha"))
+	for range 100 {
+		refuse()
+	}
+	logged = c.log("alpha")[before:]
+	if lines := strings.Count(logged, "\n"); lines > 40 || len(logged) > 40*512 {
+		t.Fatalf("100 refused connections added %d lines, %d bytes, to the log", lines, len(logged))
+	}
+}

@@ -41,6 +41,7 @@ type Daemon struct {
 	closed    bool
 
 	handshakes *transports.Admission // accepted, not yet authenticated
+	preAuthLog *preAuthLog
 
 	faults *kmod.Faults // test facility: see InjectIOFaults
 }
@@ -63,6 +64,7 @@ func NewDaemon(cfg *configs.Config, nodeName string, log *slog.Logger) (*Daemon,
 		listeners:  map[string]transports.Listener{},
 		handshakes: transports.NewAdmission(maxHandshakes, maxHandshakesPerSource),
 	}
+	d.preAuthLog = &preAuthLog{log: d.log}
 	for _, rc := range cfg.Resources {
 		self, err := rc.Node(nodeName)
 		if err != nil {
@@ -160,7 +162,7 @@ func (d *Daemon) acceptLoop(transport string, l transports.Listener) {
 		}
 		slot := d.handshakes.Admit(transports.Source(conn.RemoteAddr()), func() { conn.Close() })
 		if slot == nil {
-			d.log.Warn("refusing connection: too many handshakes in progress from its address", "remote", conn.RemoteAddr(), "limit", maxHandshakesPerSource)
+			d.preAuthLog.Warn("refusing connection: too many handshakes in progress from its address", "remote", conn.RemoteAddr(), "limit", maxHandshakesPerSource)
 			conn.Close()
 			continue
 		}
@@ -181,13 +183,13 @@ func (d *Daemon) accept(transport string, conn transports.Conn, slot *transports
 
 	theirs, err := hs.readHello()
 	if err != nil {
-		d.log.Warn("handshake failed", "remote", conn.RemoteAddr(), "err", err)
+		d.preAuthLog.Warn("handshake failed", "remote", conn.RemoteAddr(), "err", err)
 		hs.refuse(err)
 		return
 	}
 	r, p, err := d.identify(theirs, transport)
 	if err != nil {
-		d.log.Warn("refusing connection", "remote", conn.RemoteAddr(), "err", err)
+		d.preAuthLog.Warn("refusing connection", "remote", conn.RemoteAddr(), "err", err)
 		hs.refuse(err)
 		return
 	}
@@ -197,11 +199,11 @@ func (d *Daemon) accept(transport string, conn transports.Conn, slot *transports
 		return
 	}
 	if err := hs.sendHello(&ours); err != nil {
-		r.log.Warn("handshake failed", "peer", p.node.Name, "err", err)
+		d.preAuthLog.Warn("handshake failed", "resource", r.cfg.Name, "peer", p.node.Name, "remote", conn.RemoteAddr(), "err", err)
 		return
 	}
 	if err := hs.authenticate(p.link.Net.SharedSecret, &ours, theirs); err != nil {
-		r.log.Warn("refusing connection", "peer", p.node.Name, "remote", conn.RemoteAddr(), "err", err)
+		d.preAuthLog.Warn("refusing connection", "resource", r.cfg.Name, "peer", p.node.Name, "remote", conn.RemoteAddr(), "err", err)
 		hs.refuse(err)
 		return
 	}

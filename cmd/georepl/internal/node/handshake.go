@@ -3,7 +3,11 @@ package node
 import (
 	"errors"
 	"fmt"
+	"log/slog"
+	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/georepl/georepl/core/wire"
 	"github.com/georepl/georepl/transports"
@@ -67,7 +71,7 @@ func (h *handshake) expect(t wire.Type) (*wire.Frame, error) {
 		return nil, fmt.Errorf("handshake: %w", err)
 	}
 	if f.Type == wire.TypeRefuse {
-		return nil, fmt.Errorf("refused by the peer: %s", f.Payload)
+		return nil, &peerRefusal{reason: printable(f.Payload)}
 	}
 	if f.Type != t {
 		return nil, fmt.Errorf("handshake: expected a %v frame, got %v", t, f.Type)
@@ -124,8 +128,92 @@ func (h *handshake) authenticate(secret string, ours, theirs *wire.Hello) error 
 	return nil
 }
 
-// refuse tells the peer why, best effort, and closes the connection.
+// refuse tells the peer why, best effort, and closes the connection. A
+// peer that refused first is not answered: its reason would come back to
+// it, and refusals could bounce between two nodes.
 func (h *handshake) refuse(reason error) {
-	h.send(&wire.Frame{Type: wire.TypeRefuse, Payload: []byte(reason.Error())})
+	var refused *peerRefusal
+	if !errors.As(reason, &refused) {
+		h.send(&wire.Frame{Type: wire.TypeRefuse, Payload: []byte(printable([]byte(reason.Error())))})
+	}
 	h.conn.Close()
+}
+
+// peerRefusal is the error of a handshake the peer refused.
+type peerRefusal struct {
+	reason string // printable
+}
+
+func (e *peerRefusal) Error() string { return "refused by the peer: " + e.reason }
+
+// maxReasonLen bounds a refusal's reason, as sent and as logged: whoever
+// reaches the port may send one, before proving anything.
+const maxReasonLen = 256
+
+// printable returns reason safe to log and show: control characters and
+// invalid UTF-8 become U+FFFD, and a reason longer than maxReasonLen bytes
+// is cut, saying how long it was.
+func printable(reason []byte) string {
+	cut := len(reason) > maxReasonLen
+	if cut {
+		reason = reason[:maxReasonLen]
+	}
+	var b []byte
+	for len(reason) > 0 {
+		r, n := utf8.DecodeRune(reason)
+		if r == utf8.RuneError && n < 2 && cut && len(reason) < utf8.UTFMax {
+			break // a character split by the cut
+		}
+		if unicode.IsControl(r) {
+			r = utf8.RuneError
+		}
+		b = utf8.AppendRune(b, r)
+		reason = reason[n:]
+	}
+	if cut {
+		b = fmt.Appendf(b, "... (cut at %d bytes)", maxReasonLen)
+	}
+	return string(b)
+}
+
+// preAuthLog logs what happens to connections whose peer has not proved
+// who it is yet. Whoever reaches the port decides how many there are, so
+// it writes a burst of preAuthLogBurst lines, then one per
+// preAuthLogEvery, and the next line it writes counts those it left out.
+type preAuthLog struct {
+	log *slog.Logger
+
+	mu         sync.Mutex
+	tokens     float64
+	last       time.Time
+	suppressed int
+}
+
+const (
+	preAuthLogBurst = 20
+	preAuthLogEvery = time.Second
+)
+
+func (l *preAuthLog) Warn(msg string, args ...any) {
+	l.mu.Lock()
+	now := time.Now()
+	if l.last.IsZero() {
+		l.tokens = preAuthLogBurst
+	} else {
+		l.tokens = min(preAuthLogBurst, l.tokens+float64(now.Sub(l.last))/float64(preAuthLogEvery))
+	}
+	l.last = now
+	if l.tokens < 1 {
+		l.suppressed++
+		l.mu.Unlock()
+		return
+	}
+	l.tokens--
+	suppressed := l.suppressed
+	l.suppressed = 0
+	l.mu.Unlock()
+	if suppressed > 0 {
+		args = append(args, "not_logged_before", suppressed)
+	}
+	l.log.Warn(msg, args...)
 }
