@@ -186,6 +186,13 @@ func (e *Engine) Receive(from NodeID, f *wire.Frame) {
 				e.violation(p, f, "read request with a payload")
 				return
 			}
+			// A Primary splits reads into requests of at most
+			// MaxWriteLength; the reply must fit a frame, and the
+			// read is held in memory whole.
+			if f.Length > MaxWriteLength {
+				e.violation(p, f, fmt.Sprintf("read request of %d bytes, over the %d a Primary asks for at most", f.Length, MaxWriteLength))
+				return
+			}
 			break
 		}
 		noPayload := f.Type == wire.TypeOutOfSync || f.Flags&(wire.FlagZeroes|wire.FlagTrim) != 0
