@@ -166,9 +166,9 @@ func (e *Engine) disconnect(p *peer, to ConnState, why string) {
 
 // Receive handles a frame from a connected peer; the engine takes
 // ownership of its payload. Frames from a peer that is not connected are
-// ignored. Hello, Auth, Refuse, Ping and Batch frames belong to the driver
-// and drop the connection as protocol violations, like any frame not
-// allowed in the current state.
+// ignored. Intro, Hello, Auth, Refuse, Ping and Batch frames belong to the
+// driver and drop the connection as protocol violations, like any frame
+// not allowed in the current state.
 func (e *Engine) Receive(from NodeID, f *wire.Frame) {
 	defer e.finish()
 	p := e.peer(from)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/georepl/georepl/cmd/georepl/internal/hostile"
+	"github.com/georepl/georepl/cmd/georepl/internal/node"
 	"github.com/georepl/georepl/core/wire"
 	"github.com/georepl/georepl/transports"
 )
@@ -45,7 +47,7 @@ func peakRSS(t *testing.T, pid int) uint64 {
 // authentication turns into 8 MiB.
 func inflatingOpening(t *testing.T, p *hostile.Peer, resource string, from, to uint8) []byte {
 	t.Helper()
-	f, err := hostile.HelloFrame(p.Hello(resource, from, to), wire.MaxPayload-wire.HeaderSize)
+	f, err := hostile.Message(wire.TypeIntro, p.Intro(resource, from, to), wire.MaxPayload-wire.HeaderSize)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +103,7 @@ func TestHostileMemoryBeforeAuthentication(t *testing.T) {
 				peers = append(peers, p)
 				if inflating == nil {
 					inflating = inflatingOpening(t, p, "r0", tc.from, 0)
-					f, err := hostile.HelloFrame(p.Hello("r0", tc.from, 0), 0)
+					f, err := hostile.Message(wire.TypeIntro, p.Intro("r0", tc.from, 0), 0)
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -183,4 +185,127 @@ func TestHostileRefuseReason(t *testing.T) {
 	if lines := strings.Count(logged, "\n"); lines > 40 || len(logged) > 40*512 {
 		t.Fatalf("100 refused connections added %d lines, %d bytes, to the log", lines, len(logged))
 	}
+}
+
+// openHandshake sends the frame a handshake opens with, as node from to
+// node to of r0: everything a party without the secret can say.
+func openHandshake(t *testing.T, p *hostile.Peer, from, to uint8) {
+	t.Helper()
+	f, err := hostile.Message(wire.TypeIntro, p.Intro("r0", from, to), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(f); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestHostileLearnsNothingBeforeAuthentication: a party that knows the
+// resource and the node ids but not the secret opens a handshake with a
+// Primary, answers with a wrong MAC, and finds neither the Primary's
+// device size nor its generation id in anything it received.
+func TestHostileLearnsNothingBeforeAuthentication(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 16<<20)
+	c.start("alpha")
+	c.cli("alpha", "primary", "--force", "r0")
+	st := c.status("alpha")
+	current, err := strconv.ParseUint(st.Current, 16, 64)
+	if err != nil || current == 0 {
+		t.Fatalf("alpha's current generation id %q: %v", st.Current, err)
+	}
+	state := map[string][]byte{
+		"device size":           binary.LittleEndian.AppendUint64(nil, st.Size),
+		"current generation id": binary.LittleEndian.AppendUint64(nil, current),
+	}
+	for _, transport := range []string{"tcp", "quic"} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		p, err := hostile.Dial(ctx, transport, c.node("alpha").Address)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		from := uint8(1)
+		if transport == "quic" {
+			from = 2
+		}
+		openHandshake(t, p, from, 0)
+		got, _ := p.ReadAll(2 * time.Second) // what alpha says before it waits for our proof
+		if err := p.Send(&wire.Frame{Type: wire.TypeAuth, Payload: make([]byte, wire.AuthMACSize)}); err != nil {
+			t.Fatal(err)
+		}
+		more, _ := p.ReadAll(10 * time.Second)
+		p.Close()
+		for _, f := range append(got, more...) {
+			for what, b := range state {
+				if bytes.Contains(f.Payload, b) {
+					t.Errorf("%s: alpha revealed its %s to an unauthenticated party, in a %s frame", transport, what, f.Type)
+				}
+			}
+		}
+		if len(got) == 0 {
+			t.Errorf("%s: alpha sent nothing after the opening: the test proves nothing", transport)
+		}
+	}
+}
+
+// TestHostileHelloCannotMakeStandAlone: a party without the secret that
+// claims to be bravo, with a hello whose device size is off by 4 KiB,
+// changes nothing in how alpha treats the real bravo: while bravo is
+// connected, and while it is away and comes back.
+func TestHostileHelloCannotMakeStandAlone(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 16<<20, shortTimeouts)
+	c.start("alpha")
+	c.start("bravo")
+	connected := func(st *node.ResourceStatus) bool { return c.peer(st, "bravo").Conn == "Connected" }
+	c.waitFor("alpha", "bravo connected", 30*time.Second, connected)
+	size := c.status("alpha").Size
+
+	// The crafted hello comes as the opening, and after an intro with a
+	// proof that does not verify.
+	attack := func(afterIntro bool) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		p, err := hostile.Dial(ctx, "tcp", c.node("alpha").Address)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		h := p.Hello("r0", 1, 0)
+		h.Size, h.Role, h.Disk = size-4096, 1, 6 // Secondary, UpToDate
+		hello, err := hostile.Message(wire.TypeHello, h, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if afterIntro {
+			openHandshake(t, p, 1, 0)
+			p.ReadAll(time.Second)
+			p.Send(&wire.Frame{Type: wire.TypeAuth, Payload: make([]byte, wire.AuthMACSize)}, hello)
+		} else {
+			p.Send(hello)
+		}
+		p.ReadAll(10 * time.Second)
+	}
+	notStandAlone := func(when string) {
+		st := c.status("alpha")
+		if b := c.peer(st, "bravo"); b.Conn == "StandAlone" || strings.Contains(b.LastError, "differ") {
+			t.Fatalf("%s: alpha sees bravo as %+v", when, b)
+		}
+	}
+
+	attack(false)
+	attack(true)
+	notStandAlone("after crafted hellos while bravo is connected")
+	if !connected(c.status("alpha")) {
+		t.Fatalf("crafted hellos disconnected bravo: %+v", c.peer(c.status("alpha"), "bravo"))
+	}
+
+	c.kill("bravo")
+	c.waitFor("alpha", "bravo gone", 30*time.Second, func(st *node.ResourceStatus) bool { return !connected(st) })
+	attack(false)
+	attack(true)
+	notStandAlone("after crafted hellos while bravo is away")
+	c.start("bravo")
+	c.waitFor("alpha", "bravo back", 30*time.Second, connected)
 }

@@ -13,6 +13,7 @@ package hostile
 import (
 	"context"
 	"crypto/rand"
+	"encoding"
 	"fmt"
 	"time"
 
@@ -30,8 +31,9 @@ type Peer struct {
 
 	writers [transports.NumChannels]*wire.Writer
 	lz4     [transports.NumChannels]*wire.Writer
-	reader  *wire.Reader // control channel
-	data    *wire.Reader // data channel, made on first use
+	// control and data read their channel, from the first Read or
+	// ReadData on.
+	control, data *channelReader
 }
 
 // Dial connects to the node listening at addr with the named built-in
@@ -46,7 +48,7 @@ func Dial(ctx context.Context, transport, addr string) (*Peer, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Peer{Conn: conn, reader: wire.NewReader(conn.Stream(transports.ChannelControl))}
+	p := &Peer{Conn: conn}
 	for ch := range transports.NumChannels {
 		s := conn.Stream(transports.Channel(ch))
 		p.writers[ch] = wire.NewWriter(s, wire.CompressionNone)
@@ -99,29 +101,22 @@ func (p *Peer) write(writers [transports.NumChannels]*wire.Writer, frames []*wir
 	return nil
 }
 
-// Read returns the next frame the node sent on the control channel, or
-// an error once the connection ended or timeout passed.
+// Read returns the next frame the node sent on the control channel: an
+// error once the connection ended, or when nothing came within timeout
+// (the connection stays open then).
 func (p *Peer) Read(timeout time.Duration) (*wire.Frame, error) {
-	return readWithin(p, p.reader, timeout)
+	if p.control == nil {
+		p.control = p.startReading(transports.ChannelControl)
+	}
+	return p.control.next(timeout)
 }
 
 // ReadData is Read on the data channel.
 func (p *Peer) ReadData(timeout time.Duration) (*wire.Frame, error) {
 	if p.data == nil {
-		p.data = wire.NewReader(p.Conn.Stream(transports.ChannelData))
+		p.data = p.startReading(transports.ChannelData)
 	}
-	return readWithin(p, p.data, timeout)
-}
-
-// readWithin reads one frame from r, closing the connection if timeout
-// passes first (a Reader cannot be interrupted otherwise).
-func readWithin(p *Peer, r *wire.Reader, timeout time.Duration) (*wire.Frame, error) {
-	timer := time.AfterFunc(timeout, func() { p.Conn.Close() })
-	f, err := r.ReadFrame()
-	if !timer.Stop() {
-		return nil, fmt.Errorf("nothing from the node within %v (connection closed): %v", timeout, err)
-	}
-	return f, err
+	return p.data.next(timeout)
 }
 
 // ReadAll collects the frames the node sends on the control channel until
@@ -129,11 +124,7 @@ func readWithin(p *Peer, r *wire.Reader, timeout time.Duration) (*wire.Frame, er
 func (p *Peer) ReadAll(timeout time.Duration) (frames []*wire.Frame, err error) {
 	deadline := time.Now().Add(timeout)
 	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			return frames, fmt.Errorf("the node kept the connection open for %v", timeout)
-		}
-		f, err := p.Read(left)
+		f, err := p.Read(time.Until(deadline))
 		if err != nil {
 			return frames, err
 		}
@@ -141,22 +132,128 @@ func (p *Peer) ReadAll(timeout time.Duration) (frames []*wire.Frame, err error) 
 	}
 }
 
-// Hello returns a hello from node from to node to of resource, with the
-// Peer's nonce and no state: what a peer that knows only names and ids
-// can say.
+// channelReader reads one channel's frames on its own goroutine, so that a
+// test can wait for them with a timeout.
+type channelReader struct {
+	frames chan *wire.Frame
+	err    error // once frames is closed
+}
+
+func (p *Peer) startReading(ch transports.Channel) *channelReader {
+	c := &channelReader{frames: make(chan *wire.Frame, 64)}
+	r := wire.NewReader(p.Conn.Stream(ch))
+	go func() {
+		defer close(c.frames)
+		for {
+			f, err := r.ReadFrame()
+			if err != nil {
+				c.err = err
+				return
+			}
+			c.frames <- f
+		}
+	}()
+	return c
+}
+
+func (c *channelReader) next(timeout time.Duration) (*wire.Frame, error) {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case f, ok := <-c.frames:
+		if !ok {
+			return nil, c.err
+		}
+		return f, nil
+	case <-timer.C:
+		return nil, fmt.Errorf("nothing from the node within %v", timeout)
+	}
+}
+
+// Intro returns the intro of node from to node to of resource, with the
+// Peer's nonce: what anyone who knows the names and ids can say.
+func (p *Peer) Intro(resource string, from, to uint8) *wire.Intro {
+	return &wire.Intro{Version: wire.Version, Resource: resource, From: from, To: to, Nonce: p.Nonce}
+}
+
+// Hello returns a hello that repeats p.Intro(resource, from, to) and
+// says nothing else: a test fills in the state it claims.
 func (p *Peer) Hello(resource string, from, to uint8) *wire.Hello {
 	return &wire.Hello{Version: wire.Version, Resource: resource, From: from, To: to, Nonce: p.Nonce}
 }
 
-// HelloFrame encodes h as a hello frame whose payload is padded with
+// Message encodes m as a frame of type t whose payload is padded with
 // zeroes to pad bytes (decoders ignore bytes after the fields they know).
-func HelloFrame(h *wire.Hello, pad int) (*wire.Frame, error) {
-	b, err := h.MarshalBinary()
+func Message(t wire.Type, m encoding.BinaryMarshaler, pad int) (*wire.Frame, error) {
+	b, err := m.MarshalBinary()
 	if err != nil {
 		return nil, err
 	}
 	if len(b) < pad {
 		b = append(b, make([]byte, pad-len(b))...)
 	}
-	return &wire.Frame{Type: wire.TypeHello, Payload: b}, nil
+	return &wire.Frame{Type: t, Payload: b}, nil
+}
+
+// Authenticate runs the handshake's first phase as node from of
+// resource, talking to node to, which knows secret: it sends the Peer's
+// intro, reads the node's, proves itself and checks the node's proof. It
+// returns the node's intro; the node sends its hello next.
+func (p *Peer) Authenticate(secret, resource string, from, to uint8, timeout time.Duration) (*wire.Intro, error) {
+	ours := p.Intro(resource, from, to)
+	f, err := Message(wire.TypeIntro, ours, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Send(f); err != nil {
+		return nil, err
+	}
+	if f, err = p.expect(wire.TypeIntro, timeout); err != nil {
+		return nil, err
+	}
+	var theirs wire.Intro
+	if err := theirs.UnmarshalBinary(f.Payload); err != nil {
+		return nil, err
+	}
+	var binding []byte
+	if cb, ok := p.Conn.(transports.ChannelBinding); ok {
+		if binding, err = cb.ChannelBinding(); err != nil {
+			return nil, err
+		}
+	}
+	mac := wire.AuthMAC([]byte(secret), ours.Nonce, theirs.Nonce, from, to, binding)
+	if err := p.Send(&wire.Frame{Type: wire.TypeAuth, Payload: mac}); err != nil {
+		return nil, err
+	}
+	if f, err = p.expect(wire.TypeAuth, timeout); err != nil {
+		return nil, err
+	}
+	if !wire.CheckAuthMAC([]byte(secret), theirs.Nonce, ours.Nonce, to, from, binding, f.Payload) {
+		return nil, fmt.Errorf("the node's proof does not verify")
+	}
+	return &theirs, nil
+}
+
+// ReadHello reads the hello the node sends once authentication is done.
+func (p *Peer) ReadHello(timeout time.Duration) (*wire.Hello, error) {
+	f, err := p.expect(wire.TypeHello, timeout)
+	if err != nil {
+		return nil, err
+	}
+	var h wire.Hello
+	return &h, h.UnmarshalBinary(f.Payload)
+}
+
+// expect reads the next control frame, which must be of type t.
+func (p *Peer) expect(t wire.Type, timeout time.Duration) (*wire.Frame, error) {
+	f, err := p.Read(timeout)
+	switch {
+	case err != nil:
+		return nil, err
+	case f.Type == wire.TypeRefuse:
+		return nil, fmt.Errorf("refused: %s", f.Payload)
+	case f.Type != t:
+		return nil, fmt.Errorf("got a %v frame, want %v", f.Type, t)
+	}
+	return f, nil
 }

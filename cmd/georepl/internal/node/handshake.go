@@ -1,6 +1,7 @@
 package node
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,7 +14,7 @@ import (
 	"github.com/georepl/georepl/transports"
 )
 
-// handshakeTimeout bounds the whole hello/auth exchange.
+// handshakeTimeout bounds the whole handshake.
 const handshakeTimeout = 10 * time.Second
 
 // Handshakes in progress on the accepting side, whose peers have not
@@ -29,11 +30,16 @@ const (
 // errAuth is the cause when a peer does not prove the shared secret.
 var errAuth = errors.New("authentication failed")
 
-// handshake is the hello/auth exchange on a new connection's control
-// channel (docs/wire-format.md): each side sends a Hello, then an Auth
-// frame that proves knowledge of the shared secret by MACing the other's
-// fresh nonce, bound to the connection where the transport offers a channel
-// binding. Either side may send Refuse with a reason instead.
+// handshake is the exchange that opens a connection's control channel
+// (docs/wire-format.md), in two phases. Authentication: each side sends
+// an Intro (resource, node ids, version and a fresh nonce), then an Auth
+// frame that proves knowledge of the shared secret by MACing both nonces
+// and ids, bound to the connection where the transport offers a channel
+// binding. State: once the peer's proof verified, each side sends its
+// Hello (generation ids, size, role, split-brain inputs) and reads the
+// peer's. So a party without the secret learns names and ids only, and
+// nothing it sends reaches the engine. Either side may send Refuse with a
+// reason instead.
 type handshake struct {
 	conn   transports.Conn
 	reader *wire.Reader
@@ -52,12 +58,13 @@ func (h *handshake) send(f *wire.Frame) error {
 	return h.writer.Flush()
 }
 
-func (h *handshake) sendHello(hello *wire.Hello) error {
-	payload, err := hello.MarshalBinary()
+// sendMessage sends a frame of type t whose payload is m.
+func (h *handshake) sendMessage(t wire.Type, m interface{ MarshalBinary() ([]byte, error) }) error {
+	payload, err := m.MarshalBinary()
 	if err != nil {
 		return err
 	}
-	return h.send(&wire.Frame{Type: wire.TypeHello, Payload: payload})
+	return h.send(&wire.Frame{Type: t, Payload: payload})
 }
 
 // expect reads the next frame and checks its type; a Refuse becomes an
@@ -79,7 +86,23 @@ func (h *handshake) expect(t wire.Type) (*wire.Frame, error) {
 	return f, nil
 }
 
-func (h *handshake) readHello() (*wire.Hello, error) {
+func (h *handshake) readIntro() (*wire.Intro, error) {
+	f, err := h.expect(wire.TypeIntro)
+	if err != nil {
+		return nil, err
+	}
+	var in wire.Intro
+	if err := in.UnmarshalBinary(f.Payload); err != nil {
+		return nil, fmt.Errorf("handshake: %w", err)
+	}
+	if in.Version != wire.Version {
+		return nil, fmt.Errorf("incompatible peer: it speaks wire version %d, this node %d", in.Version, wire.Version)
+	}
+	return &in, nil
+}
+
+// readHello reads the peer's Hello, which must repeat its intro.
+func (h *handshake) readHello(intro *wire.Intro) (*wire.Hello, error) {
 	f, err := h.expect(wire.TypeHello)
 	if err != nil {
 		return nil, err
@@ -88,10 +111,44 @@ func (h *handshake) readHello() (*wire.Hello, error) {
 	if err := hello.UnmarshalBinary(f.Payload); err != nil {
 		return nil, fmt.Errorf("handshake: %w", err)
 	}
-	if hello.Version != wire.Version {
-		return nil, fmt.Errorf("incompatible peer: it speaks wire version %d, this node %d", hello.Version, wire.Version)
+	if repeated := introOf(&hello); repeated != *intro {
+		return nil, fmt.Errorf("handshake: the peer's hello (resource %q, node id %d to %d) does not repeat its intro (resource %q, node id %d to %d)",
+			repeated.Resource, repeated.From, repeated.To, intro.Resource, intro.From, intro.To)
 	}
 	return &hello, nil
+}
+
+// introOf is the intro a hello repeats.
+func introOf(h *wire.Hello) wire.Intro {
+	return wire.Intro{Version: h.Version, Features: h.Features, Resource: h.Resource, From: h.From, To: h.To, Nonce: h.Nonce}
+}
+
+// intro returns our intro towards p, with a fresh nonce.
+func (r *resource) intro(p *peer) (wire.Intro, error) {
+	in := wire.Intro{Version: wire.Version, Resource: r.cfg.Name, From: uint8(r.self.ID), To: uint8(p.id)}
+	_, err := rand.Read(in.Nonce[:])
+	return in, err
+}
+
+// exchangeHellos is the handshake's second phase, once the peer's proof
+// verified: it sends our hello, which repeats ours, our intro, and reads
+// the peer's. Our hello is built right before it is sent: the engine
+// compares what it says with its state when the connection is attached.
+// sent is exactly the hello sent, for Engine.Connected.
+func (r *resource) exchangeHellos(p *peer, hs *handshake, ours, theirs *wire.Intro) (sent, got *wire.Hello, err error) {
+	hello, err := r.hello(p)
+	if err != nil {
+		return nil, nil, err
+	}
+	hello.Features, hello.Nonce = ours.Features, ours.Nonce
+	if err := hs.sendMessage(wire.TypeHello, &hello); err != nil {
+		return nil, nil, err
+	}
+	got, err = hs.readHello(theirs)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &hello, got, nil
 }
 
 // noSecretKey keys the auth exchange of a resource without shared_secret.
@@ -100,8 +157,10 @@ func (h *handshake) readHello() (*wire.Hello, error) {
 // other clearly instead of misreading each other's frames.
 const noSecretKey = "georepl: no shared secret configured"
 
-// authenticate proves our knowledge of secret and checks the peer's proof.
-func (h *handshake) authenticate(secret string, ours, theirs *wire.Hello) error {
+// authenticate proves our knowledge of secret and checks the peer's
+// proof; from then on the reader takes what an authenticated peer may
+// send.
+func (h *handshake) authenticate(secret string, ours, theirs *wire.Intro) error {
 	if secret == "" {
 		secret = noSecretKey
 	}
