@@ -309,3 +309,58 @@ func TestHostileHelloCannotMakeStandAlone(t *testing.T) {
 	c.start("bravo")
 	c.waitFor("alpha", "bravo back", 30*time.Second, connected)
 }
+
+// TestHostileReadRequestLength: a peer that authenticated as a Primary
+// and asks its secondary for 200 MiB in one read request (a Primary asks
+// for at most 8 MiB) is dropped for a protocol violation before the
+// secondary reads or allocates anything.
+func TestHostileReadRequestLength(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 256<<20)
+	c.start("alpha")
+	c.cli("alpha", "primary", "--force", "r0")
+	c.cli("alpha", "secondary", "r0")
+	pid := c.procs["alpha"].Process.Pid
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	p, err := hostile.Dial(ctx, "tcp", c.node("alpha").Address)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := p.Authenticate("demo-secret", "r0", 1, 0, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	theirs, err := p.ReadHello(10 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours := p.Hello("r0", 1, 0)
+	ours.Size, ours.Gen, ours.Role, ours.Disk = theirs.Size, wire.GenIDs{Current: theirs.Gen.Current}, 2, 6 // Primary, UpToDate
+	f, err := hostile.Message(wire.TypeHello, ours, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Send(f); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("alpha", "the hostile Primary replicating", 30*time.Second, func(st *node.ResourceStatus) bool {
+		b := c.peer(st, "bravo")
+		return b.Conn == "Connected" && b.Repl == "Established" && b.Role == "Primary"
+	})
+
+	base := peakRSS(t, pid)
+	if err := p.Send(&wire.Frame{Type: wire.TypeReadRequest, Seq: 1, Offset: 0, Length: 200 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("alpha", "the hostile Primary dropped", 30*time.Second, func(st *node.ResourceStatus) bool {
+		return c.peer(st, "bravo").Conn != "Connected"
+	})
+	if grown := peakRSS(t, pid) - base; grown > 64<<20 {
+		t.Errorf("a read request of 200 MiB grew alpha's peak RSS by %d MiB", grown>>20)
+	}
+	if log := c.log("alpha"); !strings.Contains(log, "protocol violation: read request of 209715200 bytes") {
+		t.Errorf("alpha's log does not say it dropped the hostile Primary for its read request:\n%s", log)
+	}
+}
