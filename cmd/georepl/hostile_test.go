@@ -5,12 +5,16 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/georepl/georepl/cmd/georepl/internal/admin"
 	"github.com/georepl/georepl/cmd/georepl/internal/hostile"
 	"github.com/georepl/georepl/cmd/georepl/internal/node"
 	"github.com/georepl/georepl/core/wire"
@@ -362,5 +366,66 @@ func TestHostileReadRequestLength(t *testing.T) {
 	}
 	if log := c.log("alpha"); !strings.Contains(log, "protocol violation: read request of 209715200 bytes") {
 		t.Errorf("alpha's log does not say it dropped the hostile Primary for its read request:\n%s", log)
+	}
+}
+
+// TestHostileDescriptorExhaustion: a flood of TCP connections that takes
+// every descriptor a daemon may open (its limit is 64 here) makes the
+// admin socket fail for a while, not for good: once the flood ends,
+// status answers again.
+func TestHostileDescriptorExhaustion(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 16<<20)
+	sock := c.adminSock("alpha")
+	logf, err := os.Create(filepath.Join(c.dir, "alpha.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := exec.Command("sh", "-c", `ulimit -n 64 && exec "$0" "$@"`, georeplBin,
+		"daemon", "--config", c.conf, "--node", "alpha", "--admin", sock, "--up")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c.procs["alpha"] = cmd
+	status := func(timeout time.Duration) error {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		return admin.Call(ctx, sock, admin.Request{Verb: "status", Resource: "r0"}, func(admin.Reply) error { return nil })
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for status(time.Second) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("alpha did not come up:\n%s", c.log("alpha"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	var flood []net.Conn
+	for range 100 {
+		conn, err := net.Dial("tcp", c.node("alpha").Address)
+		if err != nil {
+			t.Fatal(err)
+		}
+		flood = append(flood, conn)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if err := status(2 * time.Second); err == nil {
+		t.Fatal("status answered with every descriptor taken: the test proves nothing")
+	}
+	for _, conn := range flood {
+		conn.Close()
+	}
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		err := status(time.Second)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status still fails 20 s after the flood ended: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
