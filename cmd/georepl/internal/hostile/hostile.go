@@ -14,7 +14,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding"
+	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/georepl/georepl/core/wire"
@@ -30,10 +32,10 @@ type Peer struct {
 	Nonce [32]byte
 
 	writers [transports.NumChannels]*wire.Writer
-	lz4     [transports.NumChannels]*wire.Writer
-	// control and data read their channel, from the first Read or
-	// ReadData on.
-	control, data *channelReader
+	// control reads the control channel, from the first Read on.
+	control   *controlReader
+	closed    chan struct{}
+	closeOnce sync.Once
 }
 
 // Dial connects to the node listening at addr with the named built-in
@@ -48,11 +50,9 @@ func Dial(ctx context.Context, transport, addr string) (*Peer, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Peer{Conn: conn}
+	p := &Peer{Conn: conn, closed: make(chan struct{})}
 	for ch := range transports.NumChannels {
-		s := conn.Stream(transports.Channel(ch))
-		p.writers[ch] = wire.NewWriter(s, wire.CompressionNone)
-		p.lz4[ch] = wire.NewWriter(s, wire.CompressionLZ4)
+		p.writers[ch] = wire.NewWriter(conn.Stream(transports.Channel(ch)), wire.CompressionNone)
 	}
 	if _, err := rand.Read(p.Nonce[:]); err != nil {
 		conn.Close()
@@ -62,36 +62,22 @@ func Dial(ctx context.Context, transport, addr string) (*Peer, error) {
 }
 
 // Close closes the connection.
-func (p *Peer) Close() error { return p.Conn.Close() }
+func (p *Peer) Close() error {
+	p.closeOnce.Do(func() { close(p.closed) })
+	return p.Conn.Close()
+}
 
 // Send writes frames on their channel (wire.ChannelOf) and flushes.
 func (p *Peer) Send(frames ...*wire.Frame) error {
-	return p.write(p.writers, frames)
-}
-
-// SendCompressed writes frames on their channel through an LZ4 Writer, so
-// that a flush of at least wire.MinCompressBatch bytes goes out as one
-// compressed batch frame.
-func (p *Peer) SendCompressed(frames ...*wire.Frame) error {
-	return p.write(p.lz4, frames)
-}
-
-// SendRaw writes b, bytes the test encoded itself, on channel ch.
-func (p *Peer) SendRaw(ch transports.Channel, b []byte) error {
-	_, err := p.Conn.Stream(ch).Write(b)
-	return err
-}
-
-func (p *Peer) write(writers [transports.NumChannels]*wire.Writer, frames []*wire.Frame) error {
 	var used [transports.NumChannels]bool
 	for _, f := range frames {
 		ch := wire.ChannelOf(f.Type)
-		if err := writers[ch].WriteFrame(f); err != nil {
+		if err := p.writers[ch].WriteFrame(f); err != nil {
 			return err
 		}
 		used[ch] = true
 	}
-	for ch, w := range writers {
+	for ch, w := range p.writers {
 		if used[ch] {
 			if err := w.Flush(); err != nil {
 				return err
@@ -101,22 +87,20 @@ func (p *Peer) write(writers [transports.NumChannels]*wire.Writer, frames []*wir
 	return nil
 }
 
+// SendRaw writes b, bytes the test encoded itself, on channel ch.
+func (p *Peer) SendRaw(ch transports.Channel, b []byte) error {
+	_, err := p.Conn.Stream(ch).Write(b)
+	return err
+}
+
 // Read returns the next frame the node sent on the control channel: an
 // error once the connection ended, or when nothing came within timeout
 // (the connection stays open then).
 func (p *Peer) Read(timeout time.Duration) (*wire.Frame, error) {
 	if p.control == nil {
-		p.control = p.startReading(transports.ChannelControl)
+		p.control = p.startReading()
 	}
 	return p.control.next(timeout)
-}
-
-// ReadData is Read on the data channel.
-func (p *Peer) ReadData(timeout time.Duration) (*wire.Frame, error) {
-	if p.data == nil {
-		p.data = p.startReading(transports.ChannelData)
-	}
-	return p.data.next(timeout)
 }
 
 // ReadAll collects the frames the node sends on the control channel until
@@ -132,16 +116,16 @@ func (p *Peer) ReadAll(timeout time.Duration) (frames []*wire.Frame, err error) 
 	}
 }
 
-// channelReader reads one channel's frames on its own goroutine, so that a
-// test can wait for them with a timeout.
-type channelReader struct {
+// controlReader reads the control channel's frames on its own goroutine,
+// so that a test can wait for them with a timeout.
+type controlReader struct {
 	frames chan *wire.Frame
 	err    error // once frames is closed
 }
 
-func (p *Peer) startReading(ch transports.Channel) *channelReader {
-	c := &channelReader{frames: make(chan *wire.Frame, 64)}
-	r := wire.NewReader(p.Conn.Stream(ch))
+func (p *Peer) startReading() *controlReader {
+	c := &controlReader{frames: make(chan *wire.Frame, 64)}
+	r := wire.NewReader(p.Conn.Stream(transports.ChannelControl))
 	go func() {
 		defer close(c.frames)
 		for {
@@ -150,13 +134,18 @@ func (p *Peer) startReading(ch transports.Channel) *channelReader {
 				c.err = err
 				return
 			}
-			c.frames <- f
+			select {
+			case c.frames <- f:
+			case <-p.closed:
+				c.err = errors.New("hostile: the connection was closed")
+				return
+			}
 		}
 	}()
 	return c
 }
 
-func (c *channelReader) next(timeout time.Duration) (*wire.Frame, error) {
+func (c *controlReader) next(timeout time.Duration) (*wire.Frame, error) {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {

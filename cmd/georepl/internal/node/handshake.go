@@ -19,9 +19,10 @@ const handshakeTimeout = 10 * time.Second
 
 // Handshakes in progress on the accepting side, whose peers have not
 // proved who they are, are bounded in all and per source address (see
-// transports.Admission); a connection over the limit is closed at once.
-// Connections from one address come from one node, with at most one per
-// resource at a time.
+// transports.Admission); a connection over its address's share is closed
+// at once. A genuine node has at most one handshake per resource under
+// way, so 32 resources can reconnect from one node at once; more retry
+// connect_retry later.
 const (
 	maxHandshakes          = 128
 	maxHandshakesPerSource = 32
@@ -131,10 +132,11 @@ func (r *resource) intro(p *peer) (wire.Intro, error) {
 }
 
 // exchangeHellos is the handshake's second phase, once the peer's proof
-// verified: it sends our hello, which repeats ours, our intro, and reads
-// the peer's. Our hello is built right before it is sent: the engine
-// compares what it says with its state when the connection is attached.
-// sent is exactly the hello sent, for Engine.Connected.
+// verified: it sends our hello, repeating ours (our intro), and reads the
+// peer's, which must repeat theirs. Our hello is built right before it is
+// sent, since the engine compares what it says with its state when the
+// connection is attached; sent is exactly the hello sent, for
+// Engine.Connected.
 func (r *resource) exchangeHellos(p *peer, hs *handshake, ours, theirs *wire.Intro) (sent, got *wire.Hello, err error) {
 	hello, err := r.hello(p)
 	if err != nil {
@@ -211,7 +213,7 @@ const maxReasonLen = 256
 
 // printable returns reason safe to log and show: control characters and
 // invalid UTF-8 become U+FFFD, and a reason longer than maxReasonLen bytes
-// is cut, saying how long it was.
+// is cut there, saying so.
 func printable(reason []byte) string {
 	cut := len(reason) > maxReasonLen
 	if cut {
