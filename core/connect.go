@@ -166,9 +166,9 @@ func (e *Engine) disconnect(p *peer, to ConnState, why string) {
 
 // Receive handles a frame from a connected peer; the engine takes
 // ownership of its payload. Frames from a peer that is not connected are
-// ignored. Hello, Auth, Refuse, Ping and Batch frames belong to the driver
-// and drop the connection as protocol violations, like any frame not
-// allowed in the current state.
+// ignored. Intro, Hello, Auth, Refuse, Ping and Batch frames belong to the
+// driver and drop the connection as protocol violations, like any frame
+// not allowed in the current state.
 func (e *Engine) Receive(from NodeID, f *wire.Frame) {
 	defer e.finish()
 	p := e.peer(from)
@@ -184,6 +184,13 @@ func (e *Engine) Receive(from NodeID, f *wire.Frame) {
 		if f.Type == wire.TypeReadRequest {
 			if len(f.Payload) != 0 {
 				e.violation(p, f, "read request with a payload")
+				return
+			}
+			// A Primary splits reads into requests of at most
+			// MaxWriteLength; the reply must fit a frame, and the
+			// read is held in memory whole.
+			if f.Length > MaxWriteLength {
+				e.violation(p, f, fmt.Sprintf("read request of %d bytes, over the %d a Primary asks for at most", f.Length, MaxWriteLength))
 				return
 			}
 			break

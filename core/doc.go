@@ -60,8 +60,8 @@
 //     write completes once queued, so the sender's queue must hold at least
 //     the peer's MaxBuffer bytes without blocking the driver loop.
 //   - Frames are delivered with Receive only between Connected and
-//     Disconnected of the same connection; Hello, Auth and Ping are the
-//     driver's business.
+//     Disconnected of the same connection; the handshake (Intro, Auth,
+//     Hello) and Ping are the driver's business.
 //   - The activity log is the driver's, in both roles: a write's extent
 //     is active (durably) before Submit on a Primary, before performing a
 //     received write's LocalOp on a Secondary, and is retired only once

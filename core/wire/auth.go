@@ -14,12 +14,12 @@ const authLabel = "georepl wire auth v1\x00"
 // TypeAuth frame.
 const AuthMACSize = sha256.Size
 
-// AuthMAC is the proof that node from, which sent ourNonce in its Hello,
+// AuthMAC is the proof that node from, which sent ourNonce in its Intro,
 // knows the resource's shared secret, addressed to node to, which sent
 // peerNonce. It is HMAC-SHA256 keyed by secret over a domain-separation
 // label, ourNonce, peerNonce, from, to and binding (length-prefixed).
 //
-// Both sides of a handshake send a Hello with a fresh random nonce, then a
+// Both sides of a handshake send an Intro with a fresh random nonce, then a
 // TypeAuth frame whose payload is AuthMAC(secret, own nonce, peer's nonce,
 // own id, peer's id, binding), and check the peer's with CheckAuthMAC. The
 // peer's fresh nonce makes the proof useless on any other connection, and
@@ -43,7 +43,7 @@ func AuthMAC(secret []byte, ourNonce, peerNonce [32]byte, from, to uint8, bindin
 }
 
 // CheckAuthMAC reports, in constant time, whether mac is the proof node
-// prover (whose Hello carried proverNonce) owes node verifier (whose Hello
+// prover (whose Intro carried proverNonce) owes node verifier (whose Intro
 // carried verifierNonce), that is AuthMAC(secret, proverNonce,
 // verifierNonce, prover, verifier, binding). The verifier calls it with
 // the peer's nonce and id as prover's, and its own as verifier's.

@@ -13,8 +13,9 @@ const (
 	// as a little-endian uint32.
 	Magic uint32 = 'G' | 'R'<<8 | 'P'<<16 | 'L'<<24
 	// Version is the wire version this build writes into every frame
-	// header and Hello, and the only one it accepts.
-	Version = 1
+	// header, Intro and Hello, and the only one it accepts. Version 2
+	// split the handshake: intro and auth first, hellos after.
+	Version = 2
 	// HeaderSize is the size of the fixed frame header, CRC included.
 	HeaderSize = 44
 	// MaxPayload bounds a frame's payload and a batch's uncompressed

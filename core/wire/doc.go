@@ -35,9 +35,9 @@
 // The CRC32C (Castagnoli) covers header bytes 0 to 39, then the payload.
 // length is the size of the device range a frame concerns, which differs
 // from the payload length for zeroes, trim and out-of-sync frames. The
-// Type constants say which fields each message uses; Hello and State
-// define the payloads of TypeHello and TypeStateChange (MarshalBinary
-// documents their layout). Decoders reject a payload length above
+// Type constants say which fields each message uses; Intro, Hello and
+// State define the payloads of TypeIntro, TypeHello and TypeStateChange
+// (MarshalBinary documents their layout). Decoders reject a payload length above
 // MaxPayload before allocating anything.
 //
 // # Buffers
@@ -83,11 +83,16 @@
 //
 // # Handshake
 //
-// Each side sends a Hello (with a fresh random nonce) on the control
-// channel, then, having read the peer's Hello, a TypeAuth frame carrying
-// AuthMAC over both nonces and ids, and checks the peer's with
-// CheckAuthMAC. A side that refuses the peer (bad MAC, unknown resource or
-// node, incompatible version) sends TypeRefuse with a UTF-8 reason and
+// Each side sends an Intro (resource, node ids, version, features and a
+// fresh random nonce) on the control channel, then, having read the
+// peer's Intro, a TypeAuth frame carrying AuthMAC over both nonces and
+// ids, and checks the peer's with CheckAuthMAC. Only once the peer's proof
+// verified does a side send its Hello, which carries its state
+// (generation ids, size, role, split-brain inputs): nobody learns a
+// node's state without the secret. Until then a side reads with
+// NewPreAuthReader, which bounds what an unauthenticated peer can make it
+// read. A side that refuses the peer (bad MAC, unknown resource or node,
+// incompatible version) sends TypeRefuse with a short UTF-8 reason and
 // closes. docs/wire-format.md in the repository describes the whole
 // protocol.
 package wire

@@ -17,14 +17,15 @@ var (
 	// ErrBadMagic: the bytes where a frame header should start do not begin
 	// with Magic, so the stream is not a georepl stream or lost its framing.
 	ErrBadMagic = errors.New("wire: bad frame magic")
-	// ErrVersion: the frame header (or a Hello) carries a wire version this
+	// ErrVersion: the frame header (or an Intro) carries a wire version this
 	// build does not speak. The concrete error is a *VersionError.
 	ErrVersion = errors.New("wire: incompatible wire version")
 	// ErrChecksum: the CRC32C stored in a frame header does not match the
 	// one computed over its header fields and payload.
 	ErrChecksum = errors.New("wire: frame checksum mismatch")
 	// ErrTooLarge: a payload (or a batch's uncompressed content) is larger
-	// than MaxPayload, or a Hello string is longer than MaxResourceLen.
+	// than MaxPayload (or, before authentication, MaxPreAuthPayload), or a
+	// resource name to encode is longer than MaxResourceLen.
 	ErrTooLarge = errors.New("wire: too large")
 	// ErrTruncated: the input ends inside a frame. From DecodeFrame it means
 	// "need more bytes"; from a Reader it also wraps io.ErrUnexpectedEOF.
@@ -42,7 +43,7 @@ var (
 )
 
 // VersionError reports an incompatible wire version, either in a frame
-// header (which has a one-byte version) or in Hello.Version. It matches
+// header (which has a one-byte version) or in Intro.Version. It matches
 // ErrVersion with errors.Is.
 type VersionError struct {
 	Got  uint16 // the version the peer sent

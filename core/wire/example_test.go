@@ -57,14 +57,14 @@ func ExampleWriter() {
 }
 
 // Each side proves it knows the shared secret by MACing the nonce of the
-// peer's Hello; each checks the other's proof.
+// peer's Intro; each checks the other's proof.
 func ExampleAuthMAC() {
 	secret := []byte("the resource's shared secret")
-	var nonce1, nonce2 [32]byte // sent in each side's Hello
+	var nonce1, nonce2 [32]byte // sent in each side's Intro
 	rand.Read(nonce1[:])
 	rand.Read(nonce2[:])
 
-	// Node 1 (whose Hello carried nonce1) proves itself to node 2.
+	// Node 1 (whose Intro carried nonce1) proves itself to node 2.
 	proof := wire.AuthMAC(secret, nonce1, nonce2, 1, 2, nil)
 	auth := wire.Frame{Type: wire.TypeAuth, Payload: proof}
 

@@ -11,12 +11,13 @@ type Type uint8
 // Message types. Values are part of the wire format: never renumber.
 // ChannelOf says which channel each travels on.
 const (
-	// TypeHello opens a connection on the control channel: resource, node
-	// ids, version, features, generation ids, size, and a random nonce.
+	// TypeHello carries the sender's state for the connection: generation
+	// ids, size, role, disk state and split-brain inputs, after the fields
+	// of its Intro. Each side sends it only once the peer's Auth verified.
 	// Payload: Hello.
 	TypeHello Type = 1
-	// TypeAuth proves knowledge of the shared secret: HMAC over the peer's
-	// nonce (see AuthMAC). Payload: the MAC.
+	// TypeAuth proves knowledge of the shared secret: HMAC over both
+	// intros' nonces and node ids (see AuthMAC). Payload: the MAC.
 	TypeAuth Type = 2
 	// TypeRefuse tells the peer why the connection is refused before
 	// closing it. Payload: a UTF-8 reason.
@@ -92,6 +93,11 @@ const (
 	// FlagNegative reports that the read failed or that the peer cannot
 	// serve it (its disk is not UpToDate); it carries no payload.
 	TypeReadReply Type = 21
+	// TypeIntro opens a connection on the control channel: version,
+	// features, resource, node ids and a fresh nonce, what the
+	// authentication needs and nothing of the sender's state. Payload:
+	// Intro.
+	TypeIntro Type = 22
 	// TypeInvalidateRequest asks the Primary to resynchronise the sender
 	// fully: the operator declared the sender's data bad (invalidate). No
 	// fields, no payload. A node that is no longer Primary ignores it.
@@ -118,6 +124,7 @@ var typeNames = map[Type]string{
 	TypeResyncCsum: "resync-csum", TypeResyncCsumReply: "resync-csum-reply",
 	TypeReadRequest: "read-request", TypeReadReply: "read-reply",
 	TypeVerifyCsum: "verify-csum", TypeVerifyReply: "verify-reply",
+	TypeIntro:             "intro",
 	TypeInvalidateRequest: "invalidate-request",
 }
 
@@ -174,8 +181,8 @@ const (
 	// change is ordered with the writes around it, and a read request
 	// after the writes it must see.
 	ChannelData Channel = 0
-	// ChannelControl carries the handshake (hello, auth, refuse), pings and
-	// every acknowledgement.
+	// ChannelControl carries the handshake (intro, auth, hello, refuse),
+	// pings and every acknowledgement.
 	ChannelControl Channel = 1
 )
 
@@ -225,8 +232,21 @@ type GenIDs struct {
 	History [2]uint64
 }
 
-// Hello is the payload of TypeHello, the first frame each side sends on the
-// control channel.
+// Intro is the payload of TypeIntro, the first frame each side sends on
+// the control channel: what the handshake's proof needs (see AuthMAC), and
+// nothing of the sender's state, which a peer learns only once
+// authenticated.
+type Intro struct {
+	Version  uint16 // the sender's wire version (Version)
+	Features uint64 // feature bits the sender supports
+	Resource string
+	From     uint8    // sender's node id
+	To       uint8    // node id the sender believes it is talking to
+	Nonce    [32]byte // fresh random bytes, for this connection's proofs
+}
+
+// Hello is the payload of TypeHello, which each side sends once it has
+// verified the peer's Auth. Its first fields repeat the sender's Intro.
 type Hello struct {
 	Version  uint16 // the sender's wire version (Version)
 	Features uint64 // feature bits the sender supports

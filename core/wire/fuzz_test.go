@@ -138,6 +138,32 @@ func FuzzHelloUnmarshal(f *testing.F) {
 	})
 }
 
+// FuzzIntroUnmarshal is FuzzHelloUnmarshal for Intro.
+func FuzzIntroUnmarshal(f *testing.F) {
+	for _, in := range []Intro{goldenIntro, {}, {Resource: strings.Repeat("n", MaxResourceLen)}} {
+		b, err := in.MarshalBinary()
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+		f.Add(b[:len(b)/2])
+		f.Add(append(b, 1, 2, 3))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var in Intro
+		if err := in.UnmarshalBinary(b); err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error %v is not ErrMalformed", err)
+			}
+			return
+		}
+		again, err := in.MarshalBinary()
+		if err != nil || !bytes.HasPrefix(b, again) {
+			t.Fatalf("%+v re-encodes as % x (%v), not a prefix of % x", in, again, err, b)
+		}
+	})
+}
+
 // FuzzStateUnmarshal is FuzzHelloUnmarshal for State.
 func FuzzStateUnmarshal(f *testing.F) {
 	b, err := goldenState.MarshalBinary()

@@ -84,6 +84,8 @@ var goldenHello = Hello{
 	SplitBrain: SplitBrain{Changes: 0x55, Promoted: 0x1234567890abcdef, Policy: 3, Victim: 2, Flags: SplitBrainDiscardMine},
 }
 
+var goldenIntro = Intro{Version: Version, Features: 0x5, Resource: "r0", From: 1, To: 2, Nonce: sequence(0)}
+
 var goldenState = State{
 	Role: 2, Disk: 5, Repl: 3,
 	Gen:  GenIDs{Current: 0xaaaa, Bitmap: 0, History: [2]uint64{0xbbbb, 0}},
@@ -96,6 +98,9 @@ var goldenData = Frame{
 }
 
 var goldenCases = []goldenCase{
+	{"intro", "intro from node 1 to node 2 for resource r0", func(t testing.TB) []byte {
+		return encode(Frame{Type: TypeIntro, Payload: mustMarshal(t, &goldenIntro)})
+	}},
 	{"hello", "hello from node 1 to node 2 for resource r0", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeHello, Payload: mustMarshal(t, &goldenHello)})
 	}},
@@ -188,8 +193,8 @@ var goldenCases = []goldenCase{
 	{"corrupt-bad-magic", "a ping whose first byte is 'X'", func(t testing.TB) []byte {
 		return modified(Frame{Type: TypePing, Seq: 7}, func(b []byte) { b[0] = 'X' })
 	}},
-	{"corrupt-version", "a ping from wire version 2", func(t testing.TB) []byte {
-		return modified(Frame{Type: TypePing, Seq: 7}, func(b []byte) { b[offVersion] = 2; reseal(b) })
+	{"corrupt-version", "a ping from wire version 1", func(t testing.TB) []byte {
+		return modified(Frame{Type: TypePing, Seq: 7}, func(b []byte) { b[offVersion] = 1; reseal(b) })
 	}},
 	{"corrupt-payload-bit", "the data frame with one payload bit flipped", func(t testing.TB) []byte {
 		return modified(goldenData, func(b []byte) { b[HeaderSize+3] ^= 0x10 })
@@ -350,6 +355,11 @@ func headerValue(field string, v []byte) string {
 func describePayload(s *strings.Builder, f *Frame) {
 	var err error
 	switch f.Type {
+	case TypeIntro:
+		var in Intro
+		if err = in.UnmarshalBinary(f.Payload); err == nil {
+			fmt.Fprintf(s, "intro: %+v\n", in)
+		}
 	case TypeHello:
 		var h Hello
 		if err = h.UnmarshalBinary(f.Payload); err == nil {

@@ -12,8 +12,11 @@ const MaxResourceLen = 255
 // append fields at the end, never insert or change one: decoders ignore
 // bytes after the fields they know.
 
+// introSize is the encoded size of an Intro with an empty resource name.
+const introSize = 2 + 8 + 2 + 1 + 1 + 32
+
 // helloMinSize is the encoded size of a Hello with an empty resource name.
-const helloMinSize = 2 + 8 + 2 + 1 + 1 + 32 + 8 + genIDsSize + 1 + 1 + splitBrainSize
+const helloMinSize = introSize + 8 + genIDsSize + 1 + 1 + splitBrainSize
 
 // splitBrainSize is the encoded size of SplitBrain.
 const splitBrainSize = 8 + 8 + 1 + 1 + 1
@@ -24,7 +27,53 @@ const stateSize = 1 + 1 + 1 + genIDsSize + 8
 // genIDsSize is the encoded size of GenIDs.
 const genIDsSize = 4 * 8
 
-// MarshalBinary encodes h as the payload of a TypeHello frame:
+// MarshalBinary encodes in as the payload of a TypeIntro frame:
+//
+//	version u16 | features u64 | resource length u16 | resource bytes |
+//	from u8 | to u8 | nonce [32]
+//
+// A resource name longer than MaxResourceLen is ErrTooLarge.
+func (in *Intro) MarshalBinary() ([]byte, error) {
+	if err := checkResource("intro", in.Resource); err != nil {
+		return nil, err
+	}
+	return in.appendTo(make([]byte, 0, introSize+len(in.Resource))), nil
+}
+
+// UnmarshalBinary decodes a TypeIntro payload into in, ignoring bytes
+// after the known fields. Input that ends inside a field is ErrMalformed,
+// naming the field; a resource name longer than MaxResourceLen is
+// ErrMalformed too. On error in is left unchanged. The version is not
+// checked here: that is the handshake's decision (see VersionError).
+func (in *Intro) UnmarshalBinary(b []byte) error {
+	d := fieldDecoder{message: "intro", b: b}
+	out := d.intro()
+	if d.err != nil {
+		return d.err
+	}
+	*in = out
+	return nil
+}
+
+func checkResource(message, resource string) error {
+	if len(resource) > MaxResourceLen {
+		return fmt.Errorf("%w: %s resource name is %d bytes, MaxResourceLen is %d", ErrTooLarge, message, len(resource), MaxResourceLen)
+	}
+	return nil
+}
+
+func (in *Intro) appendTo(b []byte) []byte {
+	le := binary.LittleEndian
+	b = le.AppendUint16(b, in.Version)
+	b = le.AppendUint64(b, in.Features)
+	b = le.AppendUint16(b, uint16(len(in.Resource)))
+	b = append(b, in.Resource...)
+	b = append(b, in.From, in.To)
+	return append(b, in.Nonce[:]...)
+}
+
+// MarshalBinary encodes h as the payload of a TypeHello frame; it begins
+// with the fields of an Intro:
 //
 //	version u16 | features u64 | resource length u16 | resource bytes |
 //	from u8 | to u8 | nonce [32] | size u64 |
@@ -34,17 +83,12 @@ const genIDsSize = 4 * 8
 //
 // A resource name longer than MaxResourceLen is ErrTooLarge.
 func (h *Hello) MarshalBinary() ([]byte, error) {
-	if len(h.Resource) > MaxResourceLen {
-		return nil, fmt.Errorf("%w: hello resource name is %d bytes, MaxResourceLen is %d", ErrTooLarge, len(h.Resource), MaxResourceLen)
+	if err := checkResource("hello", h.Resource); err != nil {
+		return nil, err
 	}
 	le := binary.LittleEndian
 	b := make([]byte, 0, helloMinSize+len(h.Resource))
-	b = le.AppendUint16(b, h.Version)
-	b = le.AppendUint64(b, h.Features)
-	b = le.AppendUint16(b, uint16(len(h.Resource)))
-	b = append(b, h.Resource...)
-	b = append(b, h.From, h.To)
-	b = append(b, h.Nonce[:]...)
+	b = (&Intro{Version: h.Version, Features: h.Features, Resource: h.Resource, From: h.From, To: h.To, Nonce: h.Nonce}).appendTo(b)
 	b = le.AppendUint64(b, h.Size)
 	b = appendGenIDs(b, &h.Gen)
 	b = append(b, h.Role, h.Disk)
@@ -63,17 +107,8 @@ func (h *Hello) MarshalBinary() ([]byte, error) {
 // is the handshake's decision (see VersionError).
 func (h *Hello) UnmarshalBinary(b []byte) error {
 	d := fieldDecoder{message: "hello", b: b}
-	var out Hello
-	out.Version = d.uint16("version")
-	out.Features = d.uint64("features")
-	if n := d.uint16("resource length"); n > MaxResourceLen {
-		d.fail(fmt.Errorf("%w: hello resource name length %d exceeds MaxResourceLen %d", ErrMalformed, n, MaxResourceLen))
-	} else {
-		out.Resource = string(d.bytes("resource", int(n)))
-	}
-	out.From = d.uint8("from")
-	out.To = d.uint8("to")
-	copy(out.Nonce[:], d.bytes("nonce", len(out.Nonce)))
+	in := d.intro()
+	out := Hello{Version: in.Version, Features: in.Features, Resource: in.Resource, From: in.From, To: in.To, Nonce: in.Nonce}
 	out.Size = d.uint64("size")
 	out.Gen = d.genIDs()
 	out.Role = d.uint8("role")
@@ -137,7 +172,7 @@ func appendGenIDs(b []byte, g *GenIDs) []byte {
 // error is sticky: later reads return zero values, so a decoding function
 // reads every field and checks err once at the end.
 type fieldDecoder struct {
-	message string // for errors: "hello", "state"
+	message string // for errors: "intro", "hello", "state"
 	b       []byte
 	off     int
 	err     error
@@ -183,6 +218,22 @@ func (d *fieldDecoder) uint64(field string) uint64 {
 		return binary.LittleEndian.Uint64(v)
 	}
 	return 0
+}
+
+// intro reads the fields of an Intro, with which a Hello begins too.
+func (d *fieldDecoder) intro() Intro {
+	var in Intro
+	in.Version = d.uint16("version")
+	in.Features = d.uint64("features")
+	if n := d.uint16("resource length"); n > MaxResourceLen {
+		d.fail(fmt.Errorf("%w: %s resource name length %d exceeds MaxResourceLen %d", ErrMalformed, d.message, n, MaxResourceLen))
+	} else {
+		in.Resource = string(d.bytes("resource", int(n)))
+	}
+	in.From = d.uint8("from")
+	in.To = d.uint8("to")
+	copy(in.Nonce[:], d.bytes("nonce", len(in.Nonce)))
+	return in
 }
 
 func (d *fieldDecoder) genIDs() GenIDs {

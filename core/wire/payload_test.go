@@ -34,6 +34,20 @@ func helloGen() *rapid.Generator[Hello] {
 	})
 }
 
+func introGen() *rapid.Generator[Intro] {
+	return rapid.Custom(func(t *rapid.T) Intro {
+		in := Intro{
+			Version:  rapid.Uint16().Draw(t, "version"),
+			Features: rapid.Uint64().Draw(t, "features"),
+			Resource: rapid.StringN(0, MaxResourceLen, MaxResourceLen).Draw(t, "resource"),
+			From:     rapid.Uint8().Draw(t, "from"),
+			To:       rapid.Uint8().Draw(t, "to"),
+		}
+		copy(in.Nonce[:], rapid.SliceOfN(rapid.Byte(), 32, 32).Draw(t, "nonce"))
+		return in
+	})
+}
+
 func genIDsGen() *rapid.Generator[GenIDs] {
 	return rapid.Custom(func(t *rapid.T) GenIDs {
 		return GenIDs{
@@ -56,7 +70,7 @@ func stateGen() *rapid.Generator[State] {
 	})
 }
 
-// binaryMessage is what Hello and State have in common.
+// binaryMessage is what Intro, Hello and State have in common.
 type binaryMessage interface {
 	MarshalBinary() ([]byte, error)
 	UnmarshalBinary([]byte) error
@@ -104,6 +118,8 @@ func checkMessageRoundTrip[M any, P interface {
 
 func equalMessages[M any](a, b M) bool {
 	switch a := any(a).(type) {
+	case Intro:
+		return a == any(b).(Intro)
 	case Hello:
 		return a == any(b).(Hello)
 	case State:
@@ -116,11 +132,38 @@ func TestHelloRoundTrip(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) { checkMessageRoundTrip(t, helloGen().Draw(t, "hello")) })
 }
 
+func TestIntroRoundTrip(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) { checkMessageRoundTrip(t, introGen().Draw(t, "intro")) })
+}
+
+// TestHelloBeginsWithIntro: a Hello's encoding starts with the encoding of
+// the Intro made of its first fields.
+func TestHelloBeginsWithIntro(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		h := helloGen().Draw(t, "hello")
+		in := Intro{Version: h.Version, Features: h.Features, Resource: h.Resource, From: h.From, To: h.To, Nonce: h.Nonce}
+		hb, err := h.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ib, err := in.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(string(hb), string(ib)) {
+			t.Fatalf("hello % x does not begin with its intro % x", hb, ib)
+		}
+	})
+}
+
 func TestStateRoundTrip(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) { checkMessageRoundTrip(t, stateGen().Draw(t, "state")) })
 }
 
 func TestHelloResourceLimit(t *testing.T) {
+	if _, err := (&Intro{Resource: strings.Repeat("r", MaxResourceLen+1)}).MarshalBinary(); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("Intro.MarshalBinary with a %d-byte name: %v, want ErrTooLarge", MaxResourceLen+1, err)
+	}
 	h := Hello{Resource: strings.Repeat("r", MaxResourceLen+1)}
 	if _, err := h.MarshalBinary(); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("MarshalBinary with a %d-byte name: %v, want ErrTooLarge", len(h.Resource), err)

@@ -19,6 +19,10 @@ const (
 	// header that lies about its length costs no more memory than the peer
 	// really sent (and never more than MaxPayload).
 	eagerPayload = 1<<20 + HeaderSize
+	// MaxPreAuthPayload bounds the payload of a frame read by a Reader
+	// from NewPreAuthReader before Authenticated: every handshake message
+	// fits, with room to spare.
+	MaxPreAuthPayload = 4 << 10
 )
 
 // ReaderStats are a Reader's counters since it was created.
@@ -47,6 +51,8 @@ type Reader struct {
 	err        error
 	// alloc, if set, provides the memory for payloads (SetPayloadAlloc).
 	alloc func(t Type, n int) []byte
+	// preAuth: the peer is not authenticated yet (NewPreAuthReader).
+	preAuth bool
 
 	frames, bytes, rawBytes, batches atomic.Uint64
 }
@@ -56,6 +62,24 @@ type Reader struct {
 func NewReader(r io.Reader) *Reader {
 	return &Reader{r: bufio.NewReaderSize(r, readBufferSize)}
 }
+
+// NewPreAuthReader returns a Reader for a channel whose peer has not
+// proved who it is yet: until Authenticated is called, it refuses a frame
+// whose payload exceeds MaxPreAuthPayload (ErrTooLarge) and any batch
+// (ErrMalformed), both from the header, before reading a byte of the
+// payload. So an unauthenticated peer costs the reader at most a frame
+// header and MaxPreAuthPayload bytes, however large the payloads or
+// compressed batches it claims to send.
+func NewPreAuthReader(r io.Reader) *Reader {
+	rd := NewReader(r)
+	rd.preAuth = true
+	return rd
+}
+
+// Authenticated lifts the limits of NewPreAuthReader: the peer proved who
+// it is, and may send what MaxPayload and batches allow. Like ReadFrame,
+// it is not safe for concurrent use.
+func (r *Reader) Authenticated() { r.preAuth = false }
 
 // SetPayloadAlloc makes the Reader take the memory for the payloads it
 // returns from alloc instead of allocating it: alloc(t, n) returns n bytes
@@ -128,6 +152,11 @@ func (r *Reader) readFrame() (*Frame, error) {
 	if err != nil {
 		return nil, err
 	}
+	if r.preAuth {
+		if err := checkPreAuth(&f, payloadLen); err != nil {
+			return nil, err
+		}
+	}
 	if payloadLen > 0 {
 		var buf []byte
 		if f.Type == TypeBatch {
@@ -149,6 +178,19 @@ func (r *Reader) readFrame() (*Frame, error) {
 	}
 	r.bytes.Add(uint64(HeaderSize + payloadLen))
 	return &f, nil
+}
+
+// checkPreAuth refuses, from its header, a frame that a peer may not send
+// before it is authenticated.
+func checkPreAuth(f *Frame, payloadLen int) error {
+	if f.Type == TypeBatch {
+		return fmt.Errorf("%w: batch frame before the peer is authenticated", ErrMalformed)
+	}
+	if payloadLen > MaxPreAuthPayload {
+		return fmt.Errorf("%w: %s frame seq %d declares a payload of %d bytes before the peer is authenticated, which allows %d",
+			ErrTooLarge, f.Type, f.Seq, payloadLen, MaxPreAuthPayload)
+	}
+	return nil
 }
 
 // streamError describes an error of the underlying reader met inside a

@@ -15,7 +15,7 @@ var sendableTypes = []Type{
 	TypeRecvAck, TypeWriteAck, TypeBarrier, TypeBarrierAck, TypeOutOfSync,
 	TypeResyncData, TypeStateChange, TypeResyncDone, TypeResyncCsum, TypeResyncCsumReply,
 	TypeReadRequest, TypeReadReply,
-	TypeVerifyCsum, TypeVerifyReply, TypeInvalidateRequest,
+	TypeVerifyCsum, TypeVerifyReply, TypeIntro, TypeInvalidateRequest,
 }
 
 // payloadKinds are the shapes of data a replicated disk carries.

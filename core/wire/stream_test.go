@@ -456,3 +456,58 @@ func TestReaderBuffered(t *testing.T) {
 		}
 	}
 }
+
+// TestPreAuthReader checks that a Reader for an unauthenticated peer
+// refuses batches and payloads over MaxPreAuthPayload from their headers,
+// allocating next to nothing, and reads normally once Authenticated.
+func TestPreAuthReader(t *testing.T) {
+	hello := AppendFrame(nil, &Frame{Type: TypeHello, Payload: make([]byte, MaxPreAuthPayload)})
+	var batch bytes.Buffer
+	w := NewWriter(&batch, CompressionLZ4)
+	if err := w.WriteFrame(&Frame{Type: TypeHello, Payload: make([]byte, MaxPayload-HeaderSize)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if w.Stats().CompressedBatches != 1 {
+		t.Fatal("the Writer did not make a batch")
+	}
+	big := AppendFrame(nil, &Frame{Type: TypeRefuse, Payload: make([]byte, MaxPreAuthPayload+1)})
+	for _, tc := range []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{"hello of MaxPreAuthPayload", hello, nil},
+		{"compressed batch", batch.Bytes(), ErrMalformed},
+		{"refuse one byte over MaxPreAuthPayload", big, ErrTooLarge},
+	} {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		// Only the header is sent: a refused frame must not wait for its
+		// payload.
+		in := tc.in
+		if tc.want != nil {
+			in = in[:HeaderSize]
+		}
+		r := NewPreAuthReader(bytes.NewReader(in))
+		_, err := r.ReadFrame()
+		runtime.ReadMemStats(&after)
+		if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+			t.Errorf("%s: error %v, want %v", tc.name, err, tc.want)
+		}
+		if allocated := after.TotalAlloc - before.TotalAlloc; allocated > 2*readBufferSize {
+			t.Errorf("%s: allocated %d bytes", tc.name, allocated)
+		}
+	}
+
+	r := NewPreAuthReader(io.MultiReader(bytes.NewReader(hello), bytes.NewReader(batch.Bytes())))
+	if _, err := r.ReadFrame(); err != nil {
+		t.Fatal(err)
+	}
+	r.Authenticated()
+	if f, err := r.ReadFrame(); err != nil || len(f.Payload) != MaxPayload-HeaderSize {
+		t.Fatalf("after Authenticated, the batch: %v, %v", f, err)
+	}
+}

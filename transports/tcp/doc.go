@@ -26,7 +26,13 @@
 // up after 20 seconds without an answer, unless ctx ends sooner. A TCP
 // connection whose preamble is garbage (wrong magic or version, unknown or
 // repeated channel) is closed; a set still incomplete after 10 seconds is
-// closed whole, and at most 256 incomplete sets are kept.
+// closed whole. The listener holds at most 512 TCP connections that are
+// not part of a complete set, at most 128 of them from one address: a
+// connection over its address's share is closed at once, and once all
+// 512 are held, a new one evicts the oldest connection (with its set) of
+// the address holding the most. A flood of half connections thus costs
+// bounded memory and descriptors, and cannot keep out a dialer at another
+// address.
 //
 // TCP_NODELAY is set on every channel: the replication protocol writes
 // whole frames and waits for acknowledgements, and Nagle's algorithm

@@ -18,6 +18,9 @@ type listener struct {
 	opts   transports.Options // with defaults
 	ready  chan *conn         // complete connections, handed to Accept
 	closed chan struct{}      // closed by Close
+	// incomplete holds a slot for every TCP connection from its accept
+	// until its set is complete or it is closed.
+	incomplete *transports.Admission
 
 	// workers counts acceptLoop and the preamble readers, so that Close
 	// returns only when none is left.
@@ -30,17 +33,33 @@ type listener struct {
 	pending  map[connID]*pendingSet
 }
 
+// incoming is an accepted TCP connection that is not part of a complete
+// set yet.
+type incoming struct {
+	sock *net.TCPConn
+	slot *transports.Admitted
+	// set and id are the set it was filed in, once its preamble is read;
+	// under listener.mu.
+	set *pendingSet
+	id  connID
+}
+
+func (in *incoming) close() {
+	in.sock.Close()
+	in.slot.Release()
+}
+
 // pendingSet holds the channels of one connection that have arrived.
 type pendingSet struct {
-	socks   [transports.NumChannels]*net.TCPConn
+	socks   [transports.NumChannels]*incoming
 	arrived int
 	expiry  *time.Timer
 }
 
 func (s *pendingSet) closeAll() {
-	for _, sock := range s.socks {
-		if sock != nil {
-			sock.Close()
+	for _, in := range s.socks {
+		if in != nil {
+			in.close()
 		}
 	}
 }
@@ -62,21 +81,48 @@ func (l *listener) acceptLoop() {
 			}
 			continue
 		}
+		in := &incoming{sock: sock}
+		// Admit calls evict on this goroutine only, after in.slot is set.
+		in.slot = l.incomplete.Admit(transports.Source(sock.RemoteAddr()), func() { l.evict(in) })
+		if in.slot == nil {
+			sock.Close() // its address holds its share of slots already
+			continue
+		}
 		l.mu.Lock()
 		if l.isClosed {
 			l.mu.Unlock()
-			sock.Close()
+			in.close()
 			return
 		}
 		l.reading[sock] = struct{}{}
 		l.mu.Unlock()
-		l.workers.Go(func() { l.readPreamble(sock) })
+		l.workers.Go(func() { l.readPreamble(in) })
+	}
+}
+
+// evict closes in, whose slot a newer connection took, with the set it
+// belongs to.
+func (l *listener) evict(in *incoming) {
+	l.mu.Lock()
+	set := in.set
+	if set != nil && l.pending[in.id] == set {
+		set.expiry.Stop()
+		delete(l.pending, in.id)
+	} else {
+		set = nil // not filed yet, or its set is complete or gone
+	}
+	l.mu.Unlock()
+	if set != nil {
+		set.closeAll()
+	} else {
+		in.sock.Close()
 	}
 }
 
 // readPreamble reads one TCP connection's preamble and files it in its
 // set; the goroutine that completes a set answers and hands it to Accept.
-func (l *listener) readPreamble(sock *net.TCPConn) {
+func (l *listener) readPreamble(in *incoming) {
+	sock := in.sock
 	sock.SetDeadline(time.Now().Add(preambleTimeout))
 	var preamble [preambleSize]byte
 	_, err := io.ReadFull(sock, preamble[:])
@@ -84,20 +130,20 @@ func (l *listener) readPreamble(sock *net.TCPConn) {
 	delete(l.reading, sock)
 	l.mu.Unlock()
 	if err != nil {
-		sock.Close()
+		in.close()
 		return
 	}
 	id, ch, ok := parsePreamble(preamble)
 	if !ok {
-		sock.Close()
+		in.close()
 		return
 	}
 
-	set := l.file(id, ch, sock)
+	set := l.file(id, ch, in)
 	if set == nil {
 		return
 	}
-	c, err := l.answer(set.socks)
+	c, err := l.answer(set)
 	if err != nil {
 		set.closeAll()
 		return
@@ -109,35 +155,36 @@ func (l *listener) readPreamble(sock *net.TCPConn) {
 	}
 }
 
-// file adds sock as channel ch of connection id. It returns the set when
-// sock completed it, and nil otherwise (sock is then kept in the set or,
-// if it does not fit, closed).
-func (l *listener) file(id connID, ch transports.Channel, sock *net.TCPConn) *pendingSet {
+// file adds in as channel ch of connection id. It returns the set when
+// in completed it, its slots given back, and nil otherwise (in is then
+// kept in the set or, if it does not fit, closed).
+func (l *listener) file(id connID, ch transports.Channel, in *incoming) *pendingSet {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	set := l.pending[id]
 	switch {
 	case l.isClosed:
-		sock.Close()
-		return nil
-	case set == nil && len(l.pending) >= maxPendingSets:
-		sock.Close()
+		in.close()
 		return nil
 	case set == nil:
 		set = &pendingSet{}
 		set.expiry = time.AfterFunc(setTimeout, func() { l.expire(id, set) })
 		l.pending[id] = set
 	case set.socks[ch] != nil:
-		sock.Close() // the channel came twice: not a georepl dialer
+		in.close() // the channel came twice: not a georepl dialer
 		return nil
 	}
-	set.socks[ch] = sock
+	set.socks[ch] = in
+	in.set, in.id = set, id
 	set.arrived++
 	if set.arrived < transports.NumChannels {
 		return nil
 	}
 	set.expiry.Stop()
 	delete(l.pending, id)
+	for _, in := range set.socks {
+		in.slot.Release()
+	}
 	return set
 }
 
@@ -151,9 +198,13 @@ func (l *listener) expire(id connID, set *pendingSet) {
 	}
 }
 
-// answer tells the dialer on every channel that the connection is set up,
-// and makes the Conn.
-func (l *listener) answer(socks [transports.NumChannels]*net.TCPConn) (*conn, error) {
+// answer tells the dialer on every channel of set that the connection is
+// set up, and makes the Conn.
+func (l *listener) answer(set *pendingSet) (*conn, error) {
+	var socks [transports.NumChannels]*net.TCPConn
+	for ch, in := range set.socks {
+		socks[ch] = in.sock
+	}
 	for _, sock := range socks {
 		sock.SetDeadline(time.Now().Add(preambleTimeout))
 		if _, err := sock.Write(answerBytes()); err != nil {

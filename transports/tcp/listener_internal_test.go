@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -246,4 +247,101 @@ func TestDialGivesUpOnAListenerThatNeverAnswers(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("Dial gave up after %v, want about %v", d, dialTimeout)
 	}
+}
+
+// flood opens n TCP connections to ln from the loopback address src,
+// each sending preamble(i) (nothing if it returns nil), and keeps them
+// open until the test ends. It returns those the listener has not closed
+// within a second.
+func flood(t *testing.T, ln transports.Listener, src string, n int, preamble func(i int) []byte) []net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	var conns []net.Conn
+	for i := range n {
+		c, err := d.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatalf("flood connection %d from %s: %v", i, src, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if p := preamble(i); p != nil {
+			c.Write(p)
+		}
+		conns = append(conns, c)
+	}
+	time.Sleep(time.Second)
+	var open []net.Conn
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+			open = append(open, c)
+		}
+	}
+	return open
+}
+
+// TestListenerFloodFromOneSource: one address opening more connections
+// than a source may hold, silent or with half a set each, holds at most
+// maxIncompletePerSource of them (the rest are closed at once), and a
+// dialer from another address still connects at once.
+func TestListenerFloodFromOneSource(t *testing.T) {
+	ln := listen(t)
+	silent := flood(t, ln, "127.0.0.2", maxIncompletePerSource+100, func(int) []byte { return nil })
+	halves := flood(t, ln, "127.0.0.3", 300, func(i int) []byte { return rawPreamble(connID{byte(i), byte(i >> 8), 3}, 0) })
+	if len(silent) > maxIncompletePerSource || len(halves) > maxIncompletePerSource {
+		t.Errorf("the listener holds %d silent connections from one address and %d half sets from another; at most %d per address",
+			len(silent), len(halves), maxIncompletePerSource)
+	}
+	accepted := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := ln.Accept(ctx)
+		if err == nil {
+			c.Close()
+		}
+		accepted <- err
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	c, err := New().Dial(ctx, ln.Addr().String(), transports.Options{})
+	if err != nil {
+		t.Fatalf("a dialer from 127.0.0.1 during the floods: %v", err)
+	}
+	c.Close()
+	if err := <-accepted; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestListenerFloodEvictsTheLargestSource: when sources together hold
+// every slot, a connection from a new address evicts the oldest one of
+// the address holding the most, so that a flood spread over a few
+// addresses cannot keep a dialer out.
+func TestListenerFloodEvictsTheLargestSource(t *testing.T) {
+	ln := listen(t)
+	var held int
+	for i := 0; held < maxIncomplete; i++ {
+		src := fmt.Sprintf("127.0.1.%d", i+1)
+		n := min(maxIncompletePerSource, maxIncomplete-held)
+		if i == 0 {
+			n-- // the largest source, by one
+		}
+		open := flood(t, ln, src, n, func(j int) []byte { return rawPreamble(connID{byte(j), byte(i), 4}, 0) })
+		held += len(open)
+		if len(open) != n {
+			t.Fatalf("%s: %d of %d half sets held with %d held in all", src, len(open), n, held)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	go func() {
+		if c, err := ln.Accept(ctx); err == nil {
+			c.Close()
+		}
+	}()
+	c, err := New().Dial(ctx, ln.Addr().String(), transports.Options{})
+	if err != nil {
+		t.Fatalf("a dialer from 127.0.0.1 with every slot taken: %v", err)
+	}
+	c.Close()
 }

@@ -37,9 +37,17 @@ var (
 	dialTimeout = 20 * time.Second
 )
 
-// maxPendingSets bounds the incomplete connections a listener holds, so
-// that a flood of half connections cannot exhaust memory or descriptors.
-const maxPendingSets = 256
+// A listener holds at most maxIncomplete TCP connections that are not yet
+// part of a complete set (their preamble unread, or their set waiting for
+// its other channels), maxIncompletePerSource of them from one address;
+// see transports.Admission. So a flood of half connections exhausts
+// neither memory nor descriptors, and a dialer at another address still
+// gets in: a genuine dialer opens all channels at once, and a set
+// completes within a round trip.
+const (
+	maxIncomplete          = 512
+	maxIncompletePerSource = 128
+)
 
 var (
 	// ErrBadPreamble is wrapped by Dial's error when the listener's answer
@@ -255,12 +263,13 @@ func (*Transport) Listen(addr string, opts transports.Options) (transports.Liste
 		return nil, fmt.Errorf("tcp: listen %s: %w", addr, err)
 	}
 	l := &listener{
-		ln:      ln.(*net.TCPListener),
-		opts:    opts,
-		ready:   make(chan *conn),
-		closed:  make(chan struct{}),
-		reading: map[*net.TCPConn]struct{}{},
-		pending: map[connID]*pendingSet{},
+		ln:         ln.(*net.TCPListener),
+		opts:       opts,
+		ready:      make(chan *conn),
+		closed:     make(chan struct{}),
+		incomplete: transports.NewAdmission(maxIncomplete, maxIncompletePerSource),
+		reading:    map[*net.TCPConn]struct{}{},
+		pending:    map[connID]*pendingSet{},
 	}
 	l.workers.Go(l.acceptLoop)
 	return l, nil

@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -108,16 +109,24 @@ func (l *Listener) Close() error {
 	return err
 }
 
-// Serve answers requests until the listener is closed.
+// Serve answers requests until the listener is closed. Other accept
+// errors (the process is out of descriptors, a client went away before
+// its connection was accepted) do not end it: it waits, from 5 ms
+// doubling up to a second, and accepts again, as net/http's Server does;
+// the admin socket is how an operator sees the trouble.
 func Serve(l net.Listener, h Handler) error {
+	var delay time.Duration
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return err
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			time.Sleep(delay)
+			continue
 		}
+		delay = 0
 		go serveConn(c, h)
 	}
 }

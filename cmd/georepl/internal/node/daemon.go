@@ -10,7 +10,6 @@ package node
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -40,6 +39,9 @@ type Daemon struct {
 	listeners map[string]transports.Listener // by "transport address"
 	closed    bool
 
+	handshakes *transports.Admission // accepted, not yet authenticated
+	preAuthLog *preAuthLog
+
 	faults *kmod.Faults // test facility: see InjectIOFaults
 }
 
@@ -56,10 +58,12 @@ func (d *Daemon) InjectIOFaults(trigger string) {
 func NewDaemon(cfg *configs.Config, nodeName string, log *slog.Logger) (*Daemon, error) {
 	d := &Daemon{
 		cfg: cfg, nodeName: nodeName, log: log.With("node", nodeName),
-		events:    newBroadcaster(),
-		resources: map[string]*resource{},
-		listeners: map[string]transports.Listener{},
+		events:     newBroadcaster(),
+		resources:  map[string]*resource{},
+		listeners:  map[string]transports.Listener{},
+		handshakes: transports.NewAdmission(maxHandshakes, maxHandshakesPerSource),
 	}
+	d.preAuthLog = &preAuthLog{log: d.log}
 	for _, rc := range cfg.Resources {
 		self, err := rc.Node(nodeName)
 		if err != nil {
@@ -155,74 +159,100 @@ func (d *Daemon) acceptLoop(transport string, l transports.Listener) {
 			}
 			return
 		}
-		go d.accept(transport, conn)
+		slot := d.handshakes.Admit(transports.Source(conn.RemoteAddr()), func() { conn.Close() })
+		if slot == nil {
+			d.preAuthLog.Warn("refusing connection: too many handshakes in progress from its address", "remote", conn.RemoteAddr(), "limit", maxHandshakesPerSource)
+			conn.Close()
+			continue
+		}
+		go d.accept(transport, conn, slot)
 	}
 }
 
 // accept runs the acceptor's side of the handshake and hands the link to
-// its resource.
-func (d *Daemon) accept(transport string, conn transports.Conn) {
+// its resource. slot is the handshake's place among those in progress,
+// given back once the peer is authenticated or the handshake failed.
+func (d *Daemon) accept(transport string, conn transports.Conn, slot *transports.Admitted) {
+	defer slot.Release()
 	hs := newHandshake(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 
-	theirs, err := hs.readHello()
+	theirs, err := hs.readIntro()
 	if err != nil {
-		d.log.Warn("handshake failed", "remote", conn.RemoteAddr(), "err", err)
+		d.preAuthLog.Warn("handshake failed", "remote", conn.RemoteAddr(), "err", err)
 		hs.refuse(err)
 		return
 	}
 	r, p, err := d.identify(theirs, transport)
 	if err != nil {
-		d.log.Warn("refusing connection", "remote", conn.RemoteAddr(), "err", err)
+		d.preAuthLog.Warn("refusing connection", "remote", conn.RemoteAddr(), "err", err)
 		hs.refuse(err)
 		return
 	}
-	ours, err := r.hello(p)
+	ours, err := r.intro(p)
 	if err != nil {
 		hs.refuse(err)
 		return
 	}
-	if err := hs.sendHello(&ours); err != nil {
-		r.log.Warn("handshake failed", "peer", p.node.Name, "err", err)
+	if err := hs.sendMessage(wire.TypeIntro, &ours); err != nil {
+		d.preAuthLog.Warn("handshake failed", "resource", r.cfg.Name, "peer", p.node.Name, "remote", conn.RemoteAddr(), "err", err)
 		return
 	}
 	if err := hs.authenticate(p.link.Net.SharedSecret, &ours, theirs); err != nil {
+		d.preAuthLog.Warn("refusing connection", "resource", r.cfg.Name, "peer", p.node.Name, "remote", conn.RemoteAddr(), "err", err)
+		hs.refuse(err)
+		return
+	}
+	slot.Release()
+	err = r.admits(p)
+	var sent, got *wire.Hello
+	if err == nil {
+		sent, got, err = r.exchangeHellos(p, hs, &ours, theirs)
+	}
+	if err != nil {
 		r.log.Warn("refusing connection", "peer", p.node.Name, "remote", conn.RemoteAddr(), "err", err)
 		hs.refuse(err)
 		return
 	}
-	r.handOver(p, transport, conn, hs, &ours, theirs)
+	r.handOver(p, transport, conn, hs, sent, got)
 }
 
-// identify finds the resource and peer a hello speaks for.
-func (d *Daemon) identify(h *wire.Hello, transport string) (*resource, *peer, error) {
-	r, ok := d.resources[h.Resource]
+// identify finds the resource and peer an intro speaks for, from the
+// configuration alone: its peer is not authenticated yet.
+func (d *Daemon) identify(in *wire.Intro, transport string) (*resource, *peer, error) {
+	r, ok := d.resources[in.Resource]
 	if !ok {
-		return nil, nil, fmt.Errorf("unknown resource %q on node %s", h.Resource, d.nodeName)
+		return nil, nil, fmt.Errorf("unknown resource %q on node %s", in.Resource, d.nodeName)
 	}
-	if !r.isUp() {
-		return nil, nil, fmt.Errorf("resource %s is down on node %s", h.Resource, d.nodeName)
+	if int(in.To) != r.self.ID {
+		return nil, nil, fmt.Errorf("resource %s: peer believes it is talking to node id %d, but this is %s (id %d): check the configuration", in.Resource, in.To, r.self.Name, r.self.ID)
 	}
-	if int(h.To) != r.self.ID {
-		return nil, nil, fmt.Errorf("resource %s: peer believes it is talking to node id %d, but this is %s (id %d): check the configuration", h.Resource, h.To, r.self.Name, r.self.ID)
-	}
-	p, ok := r.peers[core.NodeID(h.From)]
+	p, ok := r.peers[core.NodeID(in.From)]
 	if !ok {
-		return nil, nil, fmt.Errorf("resource %s: node id %d is not configured", h.Resource, h.From)
+		return nil, nil, fmt.Errorf("resource %s: node id %d is not configured", in.Resource, in.From)
 	}
 	if p.link.Net.Transport != transport {
-		return nil, nil, fmt.Errorf("resource %s: node %s connected over %s but the configuration says %s", h.Resource, p.node.Name, transport, p.link.Net.Transport)
+		return nil, nil, fmt.Errorf("resource %s: node %s connected over %s but the configuration says %s", in.Resource, p.node.Name, transport, p.link.Net.Transport)
+	}
+	return r, p, nil
+}
+
+// admits reports why r does not take a connection from p now, once p is
+// authenticated: only p may learn r's state.
+func (r *resource) admits(p *peer) error {
+	if !r.isUp() {
+		return fmt.Errorf("resource %s is down on node %s", r.cfg.Name, r.self.Name)
 	}
 	r.mu.Lock()
 	wanted := p.wanted
 	r.mu.Unlock()
 	if !wanted {
-		return nil, nil, fmt.Errorf("resource %s: node %s is disconnected by the administrator (StandAlone)", h.Resource, r.self.Name)
+		return fmt.Errorf("resource %s: node %s is disconnected by the administrator (StandAlone)", r.cfg.Name, r.self.Name)
 	}
-	return r, p, nil
+	return nil
 }
 
 // hello asks the loop for the engine's current hello towards p.
@@ -239,9 +269,6 @@ func (r *resource) hello(p *peer) (wire.Hello, error) {
 	h.Resource = r.cfg.Name
 	h.From = uint8(r.self.ID)
 	h.To = uint8(p.id)
-	if _, err := rand.Read(h.Nonce[:]); err != nil {
-		return h, err
-	}
 	return h, nil
 }
 
@@ -332,16 +359,16 @@ func (r *resource) dialOnce(tr transports.Transport, p *peer) error {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	hs := newHandshake(conn)
-	ours, err := r.hello(p)
+	ours, err := r.intro(p)
 	if err != nil {
 		conn.Close()
 		return err
 	}
-	if err := hs.sendHello(&ours); err != nil {
+	if err := hs.sendMessage(wire.TypeIntro, &ours); err != nil {
 		conn.Close()
 		return err
 	}
-	theirs, err := hs.readHello()
+	theirs, err := hs.readIntro()
 	if err == nil && (int(theirs.From) != p.node.ID || theirs.Resource != r.cfg.Name) {
 		err = fmt.Errorf("the node at %s is %s node id %d, not %s node id %d: check the configuration", p.node.Address, theirs.Resource, theirs.From, r.cfg.Name, p.node.ID)
 		hs.refuse(err)
@@ -351,12 +378,18 @@ func (r *resource) dialOnce(tr transports.Transport, p *peer) error {
 			hs.refuse(err)
 		}
 	}
+	var sent, got *wire.Hello
+	if err == nil {
+		if sent, got, err = r.exchangeHellos(p, hs, &ours, theirs); err != nil {
+			hs.refuse(err)
+		}
+	}
 	if err != nil {
 		conn.Close()
 		return err
 	}
 	stop()
-	r.handOver(p, p.link.Net.Transport, conn, hs, &ours, theirs)
+	r.handOver(p, p.link.Net.Transport, conn, hs, sent, got)
 	// Wait until the loop has taken the link, so that the next round of
 	// dialLoop sees it.
 	return r.call(func() error { return nil })
