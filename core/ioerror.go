@@ -46,7 +46,7 @@ func (e *Engine) FlushFailed(err error) {
 	case e.onIOError == DetachOnIOError:
 		e.detach(fmt.Sprintf("a flush of the local disk failed: %v", err))
 	default:
-		e.syncFailed("a flush of the local disk", err)
+		e.syncFailed("flush of the local disk", err)
 		for _, p := range e.peers {
 			if e.role != Primary && p.role == Primary && p.conn == Connected {
 				e.dropPeer(p, fmt.Errorf("%w: a flush of the local disk failed: %w", ErrIO, err), false)
@@ -419,5 +419,5 @@ func (e *Engine) syncFailed(what string, err error) {
 			return
 		}
 	}
-	e.unsynced.owed = fmt.Errorf("%s failed earlier (%w): writes completed before it may be lost", what, err)
+	e.unsynced.owed = fmt.Errorf("an earlier %s failed: %w; writes completed before it may be lost", what, err)
 }
