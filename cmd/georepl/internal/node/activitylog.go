@@ -9,7 +9,6 @@ import (
 
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/meta"
-	"github.com/georepl/georepl/kmod"
 	"github.com/georepl/georepl/kmod/nbd"
 )
 
@@ -47,7 +46,7 @@ import (
 // writes holding the slots may settle only after the write being gated.
 type activityLog struct {
 	store    *meta.Store
-	data     interface{ Sync() error }
+	sync     *syncGate // flushes the data disk
 	capacity int
 	extents  uint64 // extents of the data area
 
@@ -113,10 +112,10 @@ var errALWrite = errors.New("activity log write failed")
 // reclaimInterval paces reclaim while acquires wait for a slot.
 const reclaimInterval = 20 * time.Millisecond
 
-func newActivityLog(store *meta.Store, data interface{ Sync() error }, capacity int) *activityLog {
+func newActivityLog(store *meta.Store, gate *syncGate, capacity int) *activityLog {
 	a := &activityLog{
 		store:      store,
-		data:       data,
+		sync:       gate,
 		capacity:   min(max(capacity, 1), meta.MaxActivityLogExtents),
 		extents:    store.ActivityLogExtents(),
 		active:     map[uint64]*alExtent{},
@@ -450,7 +449,7 @@ func (a *activityLog) writer() {
 		if flush != 0 {
 			// It retires only what was observed before it began: a
 			// volatile cache may still hold the settled writes.
-			err := a.data.Sync()
+			err := a.sync.Sync()
 			if err != nil {
 				time.Sleep(100 * time.Millisecond)
 			}
@@ -528,12 +527,12 @@ func (a *activityLog) writer() {
 	}
 }
 
-// close stops the writer, retires every extent observed settled if
-// flushed (the caller flushed the data disk after the last observation)
-// and writes the final log: empty after a clean shutdown. Activations
-// waiting or later fail with errALClosed. It returns the number of
-// extents left active.
-func (a *activityLog) close(flushed bool) (left int, err error) {
+// close stops the writer, flushes the data disk if flush, retires every
+// extent observed settled if that flush succeeded and writes the final
+// log: empty after a clean shutdown. Activations waiting or later fail
+// with errALClosed. It returns the number of extents left active, and the
+// flush's error.
+func (a *activityLog) close(flush bool) (left int, err error) {
 	a.mu.Lock()
 	if a.closed {
 		n := len(a.active)
@@ -547,15 +546,24 @@ func (a *activityLog) close(flushed bool) (left int, err error) {
 	<-a.writerDone
 
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	if a.detached {
-		return len(a.active), nil
+		n := len(a.active)
+		a.mu.Unlock()
+		return n, nil
 	}
-	if flushed {
-		// The caller's flush began after every observation so far, as
-		// the next flush of the writer would have.
-		a.promoteObserved(a.flushesBegun + 1)
+	a.mu.Unlock()
+	if flush {
+		err = a.sync.Sync()
+		a.mu.Lock()
+		if err == nil {
+			// The flush began after every observation so far, as the
+			// next flush of the writer would have.
+			a.promoteObserved(a.flushesBegun + 1)
+		}
+		a.mu.Unlock()
 	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	for x, e := range a.active {
 		if e.state == alEvictable && e.pins == 0 {
 			delete(a.active, x)
@@ -567,10 +575,12 @@ func (a *activityLog) close(flushed bool) (left int, err error) {
 		for x := range a.active {
 			snapshot = append(snapshot, x)
 		}
-		if err = a.store.WriteActivityLog(snapshot); err == nil {
+		werr := a.store.WriteActivityLog(snapshot)
+		if werr == nil {
 			a.writes++
 			a.dirty = false
 		}
+		err = errors.Join(err, werr)
 	}
 	return len(a.active), err
 }
@@ -597,11 +607,12 @@ func (r *resource) startActivityLog(st *storage) {
 // reclaimActivityLog helps writes that wait for an activity-log slot: on
 // a Primary the open epoch's writes settle only once its barrier is
 // acknowledged, so a flush closes it; then the loop observes settled
-// extents.
+// extents. The flush is Internal: a failed flush of the disk owed to the
+// application is not spent on it.
 func (r *resource) reclaimActivityLog() {
 	if r.isPrimary() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = r.submit(ctx, core.Request{Kind: core.ReqFlush})
+		_ = r.submit(ctx, core.Request{Kind: core.ReqFlush, Internal: true})
 		cancel()
 	}
 	_ = r.call(func() error {
@@ -632,7 +643,7 @@ func (r *resource) activate(ctx context.Context, req core.Request) (release func
 // alRegion is the data area behind the activity log: every write, zeroing
 // or trim activates its extents (gate) before it reaches the disk.
 type alRegion struct {
-	*kmod.Region
+	*gatedRegion
 	al *activityLog
 }
 

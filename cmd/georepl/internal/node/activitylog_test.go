@@ -64,7 +64,7 @@ const xs = meta.ActivityLogExtentSize
 // are all activated; a hot extent costs no transaction.
 func TestActivityLogActivation(t *testing.T) {
 	path, st := newTestMeta(t)
-	al := newActivityLog(st, &countingSyncer{}, 8)
+	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 8)
 	defer al.close(true)
 
 	release, err := al.acquire(context.Background(), 2*xs-4096, 8192) // spans extents 1 and 2
@@ -94,7 +94,7 @@ func TestActivityLogActivation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	region := &alRegion{Region: b.Region(0, alTestExtents*xs), al: al}
+	region := &alRegion{gatedRegion: &gatedRegion{Region: b.Region(0, alTestExtents*xs), sync: al.sync}, al: al}
 	if _, err := region.WriteAt([]byte("x"), 7*xs+5); err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestActivityLogActivation(t *testing.T) {
 func TestActivityLogEviction(t *testing.T) {
 	path, st := newTestMeta(t)
 	data := &countingSyncer{}
-	al := newActivityLog(st, data, 3)
+	al := newActivityLog(st, newSyncGate(data), 3)
 	defer al.close(true)
 	var reclaims atomic.Int64
 	al.setReclaim(func() { reclaims.Add(1) })
@@ -195,7 +195,7 @@ func TestActivityLogEviction(t *testing.T) {
 // (the writes holding the slots may settle only after it).
 func TestActivityLogGateExceedsCapacity(t *testing.T) {
 	path, st := newTestMeta(t)
-	al := newActivityLog(st, &countingSyncer{}, 2)
+	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 2)
 	defer al.close(true)
 	for x := range uint64(4) {
 		if err := al.gate(x*xs, 4096); err != nil {
@@ -211,7 +211,7 @@ func TestActivityLogGateExceedsCapacity(t *testing.T) {
 // (the caller flushed after the observation) and keeps the rest.
 func TestActivityLogCleanClose(t *testing.T) {
 	path, st := newTestMeta(t)
-	al := newActivityLog(st, &countingSyncer{}, 8)
+	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 8)
 	for _, x := range []uint64{3, 4} {
 		if err := al.gate(x*xs, 4096); err != nil {
 			t.Fatal(err)
@@ -230,7 +230,7 @@ func TestActivityLogCleanClose(t *testing.T) {
 
 	// Not flushed: nothing observed is retired.
 	path, st = newTestMeta(t)
-	al = newActivityLog(st, &countingSyncer{}, 8)
+	al = newActivityLog(st, newSyncGate(&countingSyncer{}), 8)
 	if err := al.gate(3*xs, 4096); err != nil {
 		t.Fatal(err)
 	}
@@ -301,7 +301,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // when its context ends, and holds nothing.
 func TestActivityLogAcquireCanceled(t *testing.T) {
 	_, st := newTestMeta(t)
-	al := newActivityLog(st, &countingSyncer{}, 2)
+	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 2)
 	defer al.close(true)
 	for _, x := range []uint64{0, 1} {
 		if _, err := al.acquire(context.Background(), x*xs, 4096); err != nil { // pinned for good
@@ -325,7 +325,7 @@ func TestActivityLogAcquireCanceled(t *testing.T) {
 // al_extents = 8).
 func TestActivityLogRequestLargerThanLog(t *testing.T) {
 	_, st := newTestMeta(t)
-	al := newActivityLog(st, &countingSyncer{}, 3)
+	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 3)
 	defer al.close(true)
 	for _, x := range []uint64{0, 1, 9} {
 		release, err := al.acquire(context.Background(), x*xs, 4096)
@@ -376,7 +376,7 @@ func (g *gatedSyncer) Sync() error {
 func TestActivityLogObservedDuringFlush(t *testing.T) {
 	path, st := newTestMeta(t)
 	data := newGatedSyncer()
-	al := newActivityLog(st, data, 3)
+	al := newActivityLog(st, newSyncGate(data), 3)
 	defer func() {
 		close(data.finish)
 		al.close(true)
