@@ -430,3 +430,87 @@ func TestActivityLogObservedDuringFlush(t *testing.T) {
 		t.Fatalf("log: %v, want [2 5 6]", got)
 	}
 }
+
+// TestActivityLogFailedFlushRetiresNothing: when a flush of the data disk
+// fails, the writes of the extents the log was to retire may be lost.
+// Retrying until a flush succeeds would retire them all the same (the
+// next flush succeeds: Linux reports the error once). The extents stay
+// until the engine handled the failure (marked what it may have lost,
+// which persistBitmaps writes) and they were observed settled again after
+// that, whether the writer's own flush failed or another one.
+func TestActivityLogFailedFlushRetiresNothing(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		own  bool // the writer's own flush fails (else another one)
+		// handledFirst: the engine handled the other flush's failure
+		// before the writer flushes (which then succeeds).
+		handledFirst bool
+	}{
+		{name: "its own flush", own: true},
+		{name: "another flush"},
+		{name: "another flush, handled before the writer's", handledFirst: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, st := newTestMeta(t)
+			data := &testSyncer{}
+			gate := newSyncGate(data)
+			var reports atomic.Int32
+			gate.setReport(func() { reports.Add(1) })
+			al := newActivityLog(st, gate, 3)
+			defer al.close(false)
+			ctx := context.Background()
+			for _, x := range []uint64{0, 1, 2} {
+				release, err := al.acquire(ctx, x*xs, 4096)
+				if err != nil {
+					t.Fatal(err)
+				}
+				release()
+			}
+			al.observe(func(off, length uint64) bool { return true })
+			data.failNext(1)
+			if !tt.own {
+				// Say, the engine's flush, before the writer's.
+				if err := gate.Sync(); err == nil {
+					t.Fatal("the injected failure did not fail")
+				}
+			}
+			if tt.handledFirst {
+				gate.takeUnreported()
+			}
+
+			done := make(chan error, 1)
+			go func() {
+				release, err := al.acquire(ctx, 5*xs, 4096)
+				if err == nil {
+					release()
+				}
+				done <- err
+			}()
+			if !tt.handledFirst {
+				waitFor(t, "the failure", func() bool { return reports.Load() > 0 })
+				// The writer retries meanwhile (every 100 ms); the disk
+				// would let every flush succeed now.
+				select {
+				case err := <-done:
+					t.Fatalf("the acquire returned (%v) while the failed flush was not handled: extents retired whose writes it may have lost", err)
+				case <-time.After(300 * time.Millisecond):
+				}
+				al.observe(func(off, length uint64) bool { return true }) // not handled: observes nothing
+				// The engine handles the failure.
+				gate.takeUnreported()
+			} else {
+				waitFor(t, "the writer's flush", func() bool { return data.callCount() > 1 })
+			}
+			// The observations from before the failure no longer count.
+			select {
+			case err := <-done:
+				t.Fatalf("the acquire returned (%v) on an observation made before the failure was handled", err)
+			case <-time.After(300 * time.Millisecond):
+			}
+			al.observe(func(off, length uint64) bool { return true })
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
