@@ -72,6 +72,8 @@
 //     driver marks the active extents for every peer before calling New,
 //     setting Persistent.BitmapUUID[peer] to its Current where it is 0:
 //     that covers every block where this node may differ from another.
+//   - Every failed flush of the local disk reaches the engine, through
+//     LocalDone or FlushFailed (see Local I/O errors).
 //   - After a Drop the engine has forgotten the connection: a later
 //     Disconnected for it is ignored, and a new connection starts with
 //     Connected.
@@ -347,9 +349,22 @@
 // it has in flight (marks of a Secondary begin at its own generation, as
 // after a crash). A Primary fails, with ErrIO, the writes and flushes in
 // flight or done here and not yet completed (a flush issued before the
-// failure may succeed only because the failed one consumed the error); a
-// Secondary drops its Primary, so that no later barrier is acknowledged
-// for writes the failure may have lost.
+// failure may succeed only because the failed one consumed the error),
+// and, if no application flush was among them, the next application
+// flush: writes the application completed before may be lost, and it must
+// learn it as from a failed flush of its own. A Secondary drops its
+// Primary, so that no later barrier is acknowledged for writes the
+// failure may have lost.
+//
+// The driver flushes the disk for itself too (its activity log, metadata
+// on the same disk), and any of its flushes may take the error of a
+// failure that concerns the engine's writes. So it reports every failed
+// flush of the disk: through LocalDone when a LocalOp failed, with
+// FlushFailed otherwise; and it takes no flush for a success, whether a
+// LocalOp's or its own, while a failure that may have taken its error is
+// not reported yet. Its own flushes that go through the engine (to close
+// the open epoch) are Request.Internal: a failure owed to the
+// application is not spent on them.
 //
 // Under DetachOnIOError (the default) the disk becomes Diskless (see
 // Detach) and is never read again. A Diskless Primary goes on serving the

@@ -388,6 +388,7 @@ func (e *Engine) Demote() error {
 	e.quorumForced = false
 	e.setRole(Secondary)
 	e.rotatePending = false
+	e.unsynced.owed = nil // for the application that is gone (FlushFailed)
 	for _, p := range e.peers {
 		e.stopVerify(p, "this node was demoted")
 		if p.rs != nil || p.repl == Ahead {
@@ -399,7 +400,10 @@ func (e *Engine) Demote() error {
 
 // LocalDone reports that the local operation id finished: data is what an
 // OpRead read (the engine takes ownership), err is non-nil if the operation
-// failed. An unknown id is ignored.
+// failed. An unknown id is ignored. The failure of an OpFlush, or of an
+// operation with FUA, is a failed flush of the local disk and is handled
+// as FlushFailed handles one: the driver reports that failure here and
+// not again with FlushFailed.
 func (e *Engine) LocalDone(id OpID, data []byte, err error) {
 	defer e.finish()
 	o, ok := e.ops[id]

@@ -18,6 +18,43 @@ func (e *Engine) Detach(why string) {
 	e.detach(why)
 }
 
+// FlushFailed reports a failed flush (fdatasync) of the local disk that
+// no LocalDone carries: the driver flushed the disk for itself (its
+// activity log, its metadata on the same disk, a shutdown), or the flush
+// of a local operation failed only because another flush failed first and
+// took the error. Linux reports a writeback error to one fdatasync of the
+// file only and may drop the pages it could not write, so the driver must
+// report every failure of every flush of the disk, here or through the
+// LocalDone of the OpFlush or FUA operation that failed, and must not take
+// a flush for a success while a failure it has not reported yet may have
+// taken its error.
+//
+// It does what a failed OpFlush does. Under DetachOnIOError the disk is
+// detached. Under PassOnIOError (see syncFailed) what was written since
+// the last flush known to have succeeded, and what is in flight, is marked
+// for every peer; a Primary fails the writes and flushes the failure may
+// concern, and, unless an application's flush in flight fails with it,
+// the next application flush (Request.Internal not set) fails with ErrIO:
+// the application learns that writes it completed may be lost, as it
+// would from its own failed flush. A Secondary drops its Primary, so that
+// no later barrier is acknowledged for writes the failure may have lost.
+// A Diskless disk ignores it.
+func (e *Engine) FlushFailed(err error) {
+	defer e.finish()
+	switch {
+	case e.disk == Diskless:
+	case e.onIOError == DetachOnIOError:
+		e.detach(fmt.Sprintf("a flush of the local disk failed: %v", err))
+	default:
+		e.syncFailed("flush of the local disk", err)
+		for _, p := range e.peers {
+			if e.role != Primary && p.role == Primary && p.conn == Connected {
+				e.dropPeer(p, fmt.Errorf("%w: a flush of the local disk failed: %w", ErrIO, err), false)
+			}
+		}
+	}
+}
+
 // ioFailed handles a failed local operation: under DetachOnIOError it
 // detaches the disk and reports true, under PassOnIOError it reports
 // false and the caller passes the error on.
@@ -50,6 +87,7 @@ func (e *Engine) detach(why string) {
 		return
 	}
 	e.setDisk(Diskless, why)
+	e.unsynced.owed = nil // what this disk lost, the peers in sync have
 	for _, rx := range e.draining {
 		rx.dropUnissued(true)
 	}
@@ -261,6 +299,9 @@ type unsyncedWrites struct {
 	tracking  bool // a tracking flush is in flight
 	// failures counts syncFailed (errFlushOverlapped).
 	failures uint64
+	// owed is a failure of a Primary's flush that no application request
+	// failed with: the next application flush (flushReq.owed) does.
+	owed error
 }
 
 // errFlushOverlapped fails a Primary's write or flush whose local
@@ -365,4 +406,18 @@ func (e *Engine) syncFailed(what string, err error) {
 			e.complete(w, fmt.Errorf("%w: %v of [%d, +%d): %w", ErrIO, w.kind, w.off, w.length, errFlushOverlapped))
 		}
 	}
+	if e.role != Primary {
+		return
+	}
+	// Writes that completed before may be lost too. An application flush
+	// whose local flush is in flight fails (appFlushDone: this one, or
+	// errFlushOverlapped) and tells the application; without one, the
+	// next application flush must, or it would acknowledge them as
+	// durable.
+	for _, f := range e.flushes {
+		if !f.localDone && !f.internal {
+			return
+		}
+	}
+	e.unsynced.owed = fmt.Errorf("an earlier %s failed: %w; writes completed before it may be lost", what, err)
 }

@@ -58,6 +58,10 @@ type flushReq struct {
 
 	tracking  bool   // its local flush tracks (flushIssued)
 	syncFails uint64 // unsynced.failures when it started (errFlushOverlapped)
+	internal  bool   // Request.Internal
+	// owed is a failed flush of the local disk that no application
+	// request was told of (unsyncedWrites.owed): this flush fails with it.
+	owed error
 }
 
 // Submit hands the engine an application request. A request on a node that
@@ -524,7 +528,7 @@ func (e *Engine) trimWrites() {
 }
 
 func (e *Engine) startFlush(r Request) {
-	f := &flushReq{id: r.ID, wait: make([]bool, len(e.peers)), standIn: make([]bool, len(e.peers))}
+	f := &flushReq{id: r.ID, wait: make([]bool, len(e.peers)), standIn: make([]bool, len(e.peers)), internal: r.Internal}
 	for i, p := range e.peers {
 		f.wait[i] = p.replicating() && protocols.FlushNeedsPeer(p.cfg.Protocol)
 		f.standIn[i] = p.replicating() && e.inSync(p)
@@ -534,14 +538,20 @@ func (e *Engine) startFlush(r Request) {
 		f.localDone, f.needPeer = true, true
 	} else {
 		f.tracking, f.syncFails = e.flushIssued(), e.unsynced.failures
+		if !f.internal {
+			f.owed, e.unsynced.owed = e.unsynced.owed, nil
+		}
 		e.newOp(LocalOp{Kind: OpFlush}, opOwner{flush: f})
 	}
 	e.flushes = append(e.flushes, f)
 }
 
 func (e *Engine) appFlushDone(f *flushReq, err error) {
-	overlapped := err == nil && f.syncFails != e.unsynced.failures
-	if overlapped {
+	overlapped := err == nil && (f.syncFails != e.unsynced.failures || f.owed != nil)
+	switch {
+	case overlapped && f.owed != nil:
+		err = f.owed
+	case overlapped:
 		err = errFlushOverlapped
 	}
 	e.flushDone(f.tracking, err)

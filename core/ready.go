@@ -58,6 +58,11 @@ type Request struct {
 	// FUA (force unit access) makes a write durable before it completes:
 	// locally and, under protocol C, on the peer before its WriteAck.
 	FUA bool
+	// Internal marks a ReqFlush the driver takes for itself (to close the
+	// open epoch, say), not one an application asked for: a failure of
+	// the local disk's flush that no application request was told of
+	// goes to the next flush that is not Internal (see FlushFailed).
+	Internal bool
 }
 
 // OpKind is the kind of a local disk operation.

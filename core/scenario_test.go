@@ -1,6 +1,7 @@
 package core
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -31,6 +32,8 @@ import (
 //	write A off=O len=L [fill=c] [fua] | zeroes A off=O len=L | trim A off=O len=L | flush A
 //	appread A off=O len=L (an application read, ReqRead) | detach A
 //	fail-meta A (its metadata writes are lost from now on, until it crashes)
+//	flush-failed A (a flush of A's disk outside its LocalOps failed: FlushFailed; a volatile cache loses what is not durable)
+//	flush A internal (Request.Internal: the driver's own flush)
 //	deliver A->B [n=N] [chan=data|control] | process A [n=N] [fail] [last]
 //	stabilize [quiet] | status [A] | disks | bitmap A B | read A... off=O len=L
 //	tick A ms=N | pause-sync A B | resume-sync A B
@@ -307,7 +310,7 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 		if err != nil {
 			return err
 		}
-		r := Request{Kind: ReqFlush, FUA: d.HasArg("fua")}
+		r := Request{Kind: ReqFlush, FUA: d.HasArg("fua"), Internal: d.HasArg("internal")}
 		if d.Cmd != "flush" {
 			r.Offset, r.Length = uint64(intArg(d, "off", 0)), uint64(intArg(d, "len", int(c.block)))
 			r.Kind = map[string]RequestKind{"write": ReqWrite, "zeroes": ReqZeroes, "trim": ReqTrim}[d.Cmd]
@@ -340,6 +343,18 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 		}
 		ns[0].eng.Detach("detached by the script")
 		c.handle(ns[0])
+	case "flush-failed":
+		ns, err := nodeArgs(c, d, 1)
+		if err != nil {
+			return err
+		}
+		nd := ns[0]
+		nd.failedIO = true
+		if nd.volatile {
+			copy(nd.disk, nd.durable) // as a failed flush in process
+		}
+		nd.eng.FlushFailed(errors.New("injected failure"))
+		c.handle(nd)
 	case "deliver":
 		ns, err := nodeArgs(c, d, 2)
 		if err != nil {

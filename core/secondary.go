@@ -352,7 +352,9 @@ func (e *Engine) rxWriteDone(w *rxWrite, data []byte, err error) {
 	case OpChecksum:
 		e.compareDigests(w, data, err)
 		if err != nil && !e.ioFailed("checksum", w.op.Offset, w.op.Length, err) && syncErr {
+			// As for a failed FUA write, below.
 			e.syncFailed(what+" after a flush", err)
+			e.dropPeer(seg.rx.peer, fmt.Errorf("%w: %s after a flush: %w", ErrIO, what, err), false)
 		}
 		return
 	case OpRead:

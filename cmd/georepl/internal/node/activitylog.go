@@ -9,7 +9,6 @@ import (
 
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/meta"
-	"github.com/georepl/georepl/kmod"
 	"github.com/georepl/georepl/kmod/nbd"
 )
 
@@ -35,7 +34,11 @@ import (
 //  2. the writer flushes the data disk, and once a flush that began
 //     after the observation completed (a volatile cache may still hold
 //     the writes: a flush already running when they settled may miss
-//     them), the extent becomes evictable if still unused;
+//     them), the extent becomes evictable if still unused. A failed flush
+//     of the disk, the writer's or any other (syncGate), voids the
+//     observations made before it: the writes may be lost, and only an
+//     observation after the engine handled the failure, whose marks
+//     persistBitmaps then wrote, counts;
 //  3. an activation that needs its slot removes it; the next transaction
 //     no longer holds it.
 //
@@ -47,7 +50,7 @@ import (
 // writes holding the slots may settle only after the write being gated.
 type activityLog struct {
 	store    *meta.Store
-	data     interface{ Sync() error }
+	sync     *syncGate // flushes the data disk
 	capacity int
 	extents  uint64 // extents of the data area
 
@@ -90,6 +93,11 @@ type alExtent struct {
 	// seenFlushes is flushesBegun when observed settled: flushes up to
 	// that number may have begun before the writes settled.
 	seenFlushes uint64
+	// seenFailures is the number of failed flushes of the data disk
+	// (syncGate) when observed settled, all handled by the engine: a later
+	// failure may have lost the writes, and only an observation after the
+	// engine marked them (which persistBitmaps wrote) may retire it.
+	seenFailures uint64
 }
 
 type alState int
@@ -113,10 +121,10 @@ var errALWrite = errors.New("activity log write failed")
 // reclaimInterval paces reclaim while acquires wait for a slot.
 const reclaimInterval = 20 * time.Millisecond
 
-func newActivityLog(store *meta.Store, data interface{ Sync() error }, capacity int) *activityLog {
+func newActivityLog(store *meta.Store, gate *syncGate, capacity int) *activityLog {
 	a := &activityLog{
 		store:      store,
-		data:       data,
+		sync:       gate,
 		capacity:   min(max(capacity, 1), meta.MaxActivityLogExtents),
 		extents:    store.ActivityLogExtents(),
 		active:     map[uint64]*alExtent{},
@@ -359,8 +367,14 @@ func (a *activityLog) evict(n int, first, last uint64) {
 // observe checks, for every active extent not pinned and not yet known to
 // be settled, whether settled (Engine.Settled, called on the goroutine
 // that owns the engine) reports its range settled. Call it only right
-// after every dirty bitmap page was written.
+// after every dirty bitmap page was written. It observes nothing while a
+// failed flush of the data disk is not handled by the engine: the marks
+// that cover what the failure may have lost are not written yet.
 func (a *activityLog) observe(settled func(off, length uint64) bool) {
+	failures, clean := a.sync.clean()
+	if !clean {
+		return
+	}
 	type cand struct{ x, use uint64 }
 	var cands []cand
 	a.mu.Lock()
@@ -385,7 +399,7 @@ func (a *activityLog) observe(settled func(off, length uint64) bool) {
 	// have begun before the writes were done.
 	for _, c := range ok {
 		if e := a.active[c.x]; e != nil && e.use == c.use && e.pins == 0 && e.state == alBusy {
-			e.state, e.seen, e.seenFlushes = alObserved, c.use, a.flushesBegun
+			e.state, e.seen, e.seenFlushes, e.seenFailures = alObserved, c.use, a.flushesBegun, failures
 		}
 	}
 	if len(ok) > 0 && a.waitingSlots > 0 {
@@ -396,14 +410,16 @@ func (a *activityLog) observe(settled func(off, length uint64) bool) {
 
 // promoteObserved makes evictable the extents still unused that were
 // observed settled before flush number flush began; the caller completed
-// that flush of the data disk. Extents observed later stay observed,
-// for the next flush. Called with mu held.
-func (a *activityLog) promoteObserved(flush uint64) bool {
+// that flush of the data disk, which began when the gate had counted
+// failures failed flushes (and succeeded: none failed meanwhile). Extents
+// observed later stay observed, for the next flush; those observed before
+// a failure are observed again. Called with mu held.
+func (a *activityLog) promoteObserved(flush, failures uint64) bool {
 	promoted := false
 	for _, e := range a.active {
 		switch {
 		case e.state != alObserved || e.seenFlushes >= flush:
-		case e.use == e.seen && e.pins == 0:
+		case e.use == e.seen && e.pins == 0 && e.seenFailures == failures:
 			e.state = alEvictable
 			promoted = true
 		default:
@@ -448,14 +464,27 @@ func (a *activityLog) writer() {
 		a.mu.Unlock()
 
 		if flush != 0 {
-			// It retires only what was observed before it began: a
-			// volatile cache may still hold the settled writes.
-			err := a.data.Sync()
+			// It retires only what was observed before it began (a
+			// volatile cache may still hold the settled writes), and
+			// after the last failed flush was handled. A failure, its own
+			// or another's, retires nothing: the gate reports it to the
+			// engine, which marks what it may have lost, and the extents
+			// wait for an observation after that.
+			failures := a.sync.failures()
+			err := a.sync.Sync()
 			if err != nil {
 				time.Sleep(100 * time.Millisecond)
 			}
 			a.mu.Lock()
-			if err == nil && a.promoteObserved(flush) {
+			switch {
+			case err != nil:
+				// Not flushed again until observed again.
+				for _, e := range a.active {
+					if e.state == alObserved {
+						e.state = alBusy
+					}
+				}
+			case a.promoteObserved(flush, failures):
 				if over := len(a.active) - a.capacity; over > 0 {
 					a.evict(over, 1, 0) // [1, 0] excludes nothing
 				}
@@ -528,12 +557,12 @@ func (a *activityLog) writer() {
 	}
 }
 
-// close stops the writer, retires every extent observed settled if
-// flushed (the caller flushed the data disk after the last observation)
-// and writes the final log: empty after a clean shutdown. Activations
-// waiting or later fail with errALClosed. It returns the number of
-// extents left active.
-func (a *activityLog) close(flushed bool) (left int, err error) {
+// close stops the writer, flushes the data disk if flush, retires every
+// extent observed settled if that flush succeeded (through the gate: no
+// failure is left unhandled) and writes the final log: empty after a
+// clean shutdown. Activations waiting or later fail with errALClosed. It
+// returns the number of extents left active, and the flush's error.
+func (a *activityLog) close(flush bool) (left int, err error) {
 	a.mu.Lock()
 	if a.closed {
 		n := len(a.active)
@@ -547,15 +576,25 @@ func (a *activityLog) close(flushed bool) (left int, err error) {
 	<-a.writerDone
 
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	if a.detached {
-		return len(a.active), nil
+		n := len(a.active)
+		a.mu.Unlock()
+		return n, nil
 	}
-	if flushed {
-		// The caller's flush began after every observation so far, as
-		// the next flush of the writer would have.
-		a.promoteObserved(a.flushesBegun + 1)
+	a.mu.Unlock()
+	if flush {
+		failures := a.sync.failures()
+		err = a.sync.Sync()
+		a.mu.Lock()
+		if err == nil {
+			// The flush began after every observation so far, as the
+			// next flush of the writer would have.
+			a.promoteObserved(a.flushesBegun+1, failures)
+		}
+		a.mu.Unlock()
 	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	for x, e := range a.active {
 		if e.state == alEvictable && e.pins == 0 {
 			delete(a.active, x)
@@ -567,10 +606,12 @@ func (a *activityLog) close(flushed bool) (left int, err error) {
 		for x := range a.active {
 			snapshot = append(snapshot, x)
 		}
-		if err = a.store.WriteActivityLog(snapshot); err == nil {
+		werr := a.store.WriteActivityLog(snapshot)
+		if werr == nil {
 			a.writes++
 			a.dirty = false
 		}
+		err = errors.Join(err, werr)
 	}
 	return len(a.active), err
 }
@@ -597,11 +638,12 @@ func (r *resource) startActivityLog(st *storage) {
 // reclaimActivityLog helps writes that wait for an activity-log slot: on
 // a Primary the open epoch's writes settle only once its barrier is
 // acknowledged, so a flush closes it; then the loop observes settled
-// extents.
+// extents. The flush is Internal: a failed flush of the disk owed to the
+// application is not spent on it.
 func (r *resource) reclaimActivityLog() {
 	if r.isPrimary() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = r.submit(ctx, core.Request{Kind: core.ReqFlush})
+		_ = r.submit(ctx, core.Request{Kind: core.ReqFlush, Internal: true})
 		cancel()
 	}
 	_ = r.call(func() error {
@@ -632,7 +674,7 @@ func (r *resource) activate(ctx context.Context, req core.Request) (release func
 // alRegion is the data area behind the activity log: every write, zeroing
 // or trim activates its extents (gate) before it reaches the disk.
 type alRegion struct {
-	*kmod.Region
+	*gatedRegion
 	al *activityLog
 }
 

@@ -64,7 +64,7 @@ const xs = meta.ActivityLogExtentSize
 // are all activated; a hot extent costs no transaction.
 func TestActivityLogActivation(t *testing.T) {
 	path, st := newTestMeta(t)
-	al := newActivityLog(st, &countingSyncer{}, 8)
+	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 8)
 	defer al.close(true)
 
 	release, err := al.acquire(context.Background(), 2*xs-4096, 8192) // spans extents 1 and 2
@@ -94,7 +94,7 @@ func TestActivityLogActivation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	region := &alRegion{Region: b.Region(0, alTestExtents*xs), al: al}
+	region := &alRegion{gatedRegion: &gatedRegion{Region: b.Region(0, alTestExtents*xs), sync: al.sync}, al: al}
 	if _, err := region.WriteAt([]byte("x"), 7*xs+5); err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestActivityLogActivation(t *testing.T) {
 func TestActivityLogEviction(t *testing.T) {
 	path, st := newTestMeta(t)
 	data := &countingSyncer{}
-	al := newActivityLog(st, data, 3)
+	al := newActivityLog(st, newSyncGate(data), 3)
 	defer al.close(true)
 	var reclaims atomic.Int64
 	al.setReclaim(func() { reclaims.Add(1) })
@@ -195,7 +195,7 @@ func TestActivityLogEviction(t *testing.T) {
 // (the writes holding the slots may settle only after it).
 func TestActivityLogGateExceedsCapacity(t *testing.T) {
 	path, st := newTestMeta(t)
-	al := newActivityLog(st, &countingSyncer{}, 2)
+	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 2)
 	defer al.close(true)
 	for x := range uint64(4) {
 		if err := al.gate(x*xs, 4096); err != nil {
@@ -211,7 +211,7 @@ func TestActivityLogGateExceedsCapacity(t *testing.T) {
 // (the caller flushed after the observation) and keeps the rest.
 func TestActivityLogCleanClose(t *testing.T) {
 	path, st := newTestMeta(t)
-	al := newActivityLog(st, &countingSyncer{}, 8)
+	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 8)
 	for _, x := range []uint64{3, 4} {
 		if err := al.gate(x*xs, 4096); err != nil {
 			t.Fatal(err)
@@ -230,7 +230,7 @@ func TestActivityLogCleanClose(t *testing.T) {
 
 	// Not flushed: nothing observed is retired.
 	path, st = newTestMeta(t)
-	al = newActivityLog(st, &countingSyncer{}, 8)
+	al = newActivityLog(st, newSyncGate(&countingSyncer{}), 8)
 	if err := al.gate(3*xs, 4096); err != nil {
 		t.Fatal(err)
 	}
@@ -301,7 +301,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // when its context ends, and holds nothing.
 func TestActivityLogAcquireCanceled(t *testing.T) {
 	_, st := newTestMeta(t)
-	al := newActivityLog(st, &countingSyncer{}, 2)
+	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 2)
 	defer al.close(true)
 	for _, x := range []uint64{0, 1} {
 		if _, err := al.acquire(context.Background(), x*xs, 4096); err != nil { // pinned for good
@@ -325,7 +325,7 @@ func TestActivityLogAcquireCanceled(t *testing.T) {
 // al_extents = 8).
 func TestActivityLogRequestLargerThanLog(t *testing.T) {
 	_, st := newTestMeta(t)
-	al := newActivityLog(st, &countingSyncer{}, 3)
+	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 3)
 	defer al.close(true)
 	for _, x := range []uint64{0, 1, 9} {
 		release, err := al.acquire(context.Background(), x*xs, 4096)
@@ -376,7 +376,7 @@ func (g *gatedSyncer) Sync() error {
 func TestActivityLogObservedDuringFlush(t *testing.T) {
 	path, st := newTestMeta(t)
 	data := newGatedSyncer()
-	al := newActivityLog(st, data, 3)
+	al := newActivityLog(st, newSyncGate(data), 3)
 	defer func() {
 		close(data.finish)
 		al.close(true)
@@ -428,5 +428,89 @@ func TestActivityLogObservedDuringFlush(t *testing.T) {
 	}
 	if got := onDisk(t, path); !reflect.DeepEqual(got, []uint64{2, 5, 6}) {
 		t.Fatalf("log: %v, want [2 5 6]", got)
+	}
+}
+
+// TestActivityLogFailedFlushRetiresNothing: when a flush of the data disk
+// fails, the writes of the extents the log was to retire may be lost.
+// Retrying until a flush succeeds would retire them all the same (the
+// next flush succeeds: Linux reports the error once). The extents stay
+// until the engine handled the failure (marked what it may have lost,
+// which persistBitmaps writes) and they were observed settled again after
+// that, whether the writer's own flush failed or another one.
+func TestActivityLogFailedFlushRetiresNothing(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		own  bool // the writer's own flush fails (else another one)
+		// handledFirst: the engine handled the other flush's failure
+		// before the writer flushes (which then succeeds).
+		handledFirst bool
+	}{
+		{name: "its own flush", own: true},
+		{name: "another flush"},
+		{name: "another flush, handled before the writer's", handledFirst: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, st := newTestMeta(t)
+			data := &testSyncer{}
+			gate := newSyncGate(data)
+			var reports atomic.Int32
+			gate.setReport(func() { reports.Add(1) })
+			al := newActivityLog(st, gate, 3)
+			defer al.close(false)
+			ctx := context.Background()
+			for _, x := range []uint64{0, 1, 2} {
+				release, err := al.acquire(ctx, x*xs, 4096)
+				if err != nil {
+					t.Fatal(err)
+				}
+				release()
+			}
+			al.observe(func(off, length uint64) bool { return true })
+			data.failNext(1)
+			if !tt.own {
+				// Say, the engine's flush, before the writer's.
+				if err := gate.Sync(); err == nil {
+					t.Fatal("the injected failure did not fail")
+				}
+			}
+			if tt.handledFirst {
+				gate.takeUnreported()
+			}
+
+			done := make(chan error, 1)
+			go func() {
+				release, err := al.acquire(ctx, 5*xs, 4096)
+				if err == nil {
+					release()
+				}
+				done <- err
+			}()
+			if !tt.handledFirst {
+				waitFor(t, "the failure", func() bool { return reports.Load() > 0 })
+				// The writer retries meanwhile (every 100 ms); the disk
+				// would let every flush succeed now.
+				select {
+				case err := <-done:
+					t.Fatalf("the acquire returned (%v) while the failed flush was not handled: extents retired whose writes it may have lost", err)
+				case <-time.After(300 * time.Millisecond):
+				}
+				al.observe(func(off, length uint64) bool { return true }) // not handled: observes nothing
+				// The engine handles the failure.
+				gate.takeUnreported()
+			} else {
+				waitFor(t, "the writer's flush", func() bool { return data.callCount() > 1 })
+			}
+			// The observations from before the failure no longer count.
+			select {
+			case err := <-done:
+				t.Fatalf("the acquire returned (%v) on an observation made before the failure was handled", err)
+			case <-time.After(300 * time.Millisecond):
+			}
+			al.observe(func(off, length uint64) bool { return true })
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

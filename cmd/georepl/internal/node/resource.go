@@ -159,6 +159,7 @@ func (r *resource) Up() error {
 	r.pending = map[core.RequestID]func(error){}
 	r.progress = map[core.NodeID]*rateMeter{}
 	r.unlockEngine()
+	st.sync.setReport(func() { go r.reportSyncFailures(st.sync) })
 	r.linkUp = make(chan *link)
 	r.linkDown = make(chan linkDown)
 	r.calls = make(chan func())
@@ -704,6 +705,9 @@ func (r *resource) runOpsOn(eng *core.Engine, ops []localOp, reader *link) {
 		}
 		r.recycleReceived(op.LocalOp)
 		eng.LocalDone(op.ID, data, err)
+		if err != nil {
+			r.st.sync.delivered(err)
+		}
 		r.process()
 		w := r.takeWork()
 		r.unlockEngine()
@@ -730,7 +734,7 @@ func (r *resource) do(op core.LocalOp) (data []byte, err error) {
 	case core.OpTrim:
 		err = dev.Punch(off, n)
 	case core.OpFlush:
-		err = dev.Sync()
+		err = r.st.sync.syncOp()
 	case core.OpRead:
 		data = make([]byte, n)
 		if _, err = dev.ReadAt(data, off); err == nil {
@@ -742,7 +746,7 @@ func (r *resource) do(op core.LocalOp) (data []byte, err error) {
 		err = fmt.Errorf("unknown local operation %v", op.Kind)
 	}
 	if err == nil && op.FUA && op.Kind != core.OpChecksum {
-		err = dev.Sync()
+		err = r.st.sync.syncOp()
 	}
 	return data, err
 }
@@ -755,7 +759,7 @@ const checksumChunk = 1 << 20
 func (r *resource) checksum(op core.LocalOp) ([]byte, error) {
 	dev := r.st.data
 	if op.FUA {
-		if err := dev.Sync(); err != nil {
+		if err := r.st.sync.syncOp(); err != nil {
 			return nil, err
 		}
 	}

@@ -21,6 +21,9 @@ type storage struct {
 	backing  *kmod.Backing
 	metaFile *kmod.Backing // nil for internal metadata
 	data     *undoRegion   // every write activates its extents (and saves old blocks during a resync) first
+	// sync is the one owner of the backing disk's flushes: every flush
+	// of the data area and of internal metadata goes through it.
+	sync     *syncGate
 	store    *meta.Store
 	dataSize uint64
 	al       *activityLog
@@ -107,7 +110,14 @@ func openStorage(rc *configs.Resource, self *configs.Node, faults *kmod.Faults, 
 	if err != nil {
 		return nil, err
 	}
-	store, err := meta.Open(l.metaDev, l.metaOff)
+	region := &gatedRegion{Region: l.backing.Region(0, int64(l.dataSize))}
+	region.sync = newSyncGate(region.Region)
+	metaDev := l.metaDev
+	if internal, ok := metaDev.(*kmod.Region); ok {
+		// A region of the backing disk: its flushes flush the data too.
+		metaDev = &gatedMeta{Region: internal, sync: region.sync}
+	}
+	store, err := meta.Open(metaDev, l.metaOff)
 	if err != nil {
 		l.Close()
 		return nil, fmt.Errorf("metadata of resource %s on %s: %w", rc.Name, metaPlace(self), err)
@@ -120,7 +130,6 @@ func openStorage(rc *configs.Resource, self *configs.Node, faults *kmod.Faults, 
 	for _, n := range rc.Peers(self.Name) {
 		peers = append(peers, core.NodeID(n.ID))
 	}
-	region := l.backing.Region(0, int64(l.dataSize))
 	var (
 		undoLog       *meta.UndoLog
 		undoFile      *kmod.Backing
@@ -164,10 +173,11 @@ func openStorage(rc *configs.Resource, self *configs.Node, faults *kmod.Faults, 
 	if capacity == 0 {
 		capacity = defaultALExtents
 	}
-	al := newActivityLog(store, region, capacity)
+	al := newActivityLog(store, region.sync, capacity)
 	st := &storage{
 		backing: l.backing, metaFile: l.metaFile,
-		data:          &undoRegion{alRegion: &alRegion{Region: region, al: al}},
+		data:          &undoRegion{alRegion: &alRegion{gatedRegion: region, al: al}},
+		sync:          region.sync,
 		store:         store,
 		dataSize:      l.dataSize,
 		al:            al,
@@ -246,10 +256,10 @@ func (s *storage) Close() error {
 		}
 		return err
 	}
-	err := s.data.Sync()
-	// A failed flush retires nothing: the settled writes may be lost.
-	_, alErr := s.al.close(err == nil)
-	err = errors.Join(err, alErr)
+	// The activity log flushes the data and retires what the flush
+	// covers: a failed flush retires nothing, nor does one while a failure
+	// is not handled (the engine is stopped: none will be).
+	_, err := s.al.close(true)
 	err = errors.Join(err, s.backing.Close())
 	if s.metaFile != nil {
 		err = errors.Join(err, s.metaFile.Close())

@@ -91,9 +91,10 @@ func (rg *undoRig) open(capacity int64) *target {
 	if err != nil {
 		t.Fatal(err)
 	}
-	region := b.Region(0, undoTestData)
-	al := newActivityLog(store, region, 8)
-	data := &undoRegion{alRegion: &alRegion{Region: region, al: al}}
+	region := &gatedRegion{Region: b.Region(0, undoTestData)}
+	region.sync = newSyncGate(region.Region)
+	al := newActivityLog(store, region.sync, 8)
+	data := &undoRegion{alRegion: &alRegion{gatedRegion: region, al: al}}
 	g, err := newUndoGuard(u, uf, rg.path("undo"), data.alRegion, undoTestData, undoTestBS)
 	if err != nil {
 		t.Fatal(err)
