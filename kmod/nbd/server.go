@@ -28,6 +28,8 @@ type Server struct {
 	log         *slog.Logger
 	listExports func() []string
 	connIDs     atomic.Uint64 // numbers connections in logs
+	connLimit   int64         // what one connection may hold (budget.go)
+	total       *budget       // what every connection together may hold
 
 	mu        sync.Mutex
 	closed    bool
@@ -56,6 +58,8 @@ func NewServer(lookup Lookup, log *slog.Logger, opts ...ServerOption) *Server {
 	s := &Server{
 		lookup:    lookup,
 		log:       log,
+		connLimit: DefaultConnQueueLimit,
+		total:     processQueue,
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
 	}
