@@ -289,7 +289,9 @@ func (r *resource) Primary(force bool) error {
 }
 
 // Secondary demotes the resource: clients of the export are disconnected
-// first, then the engine waits for their outstanding requests.
+// first, the engine is demoted once their outstanding requests ended or
+// are held for quorum (the demotion fails those with EIO), and then the
+// connections are waited for.
 func (r *resource) Secondary() error {
 	if err := r.call(func() error {
 		if r.engine.Status().Role != core.Primary {
@@ -304,8 +306,11 @@ func (r *resource) Secondary() error {
 	if err := r.detachKernelDevice(); err != nil {
 		return err
 	}
+	// Waiting for the connections before demoting would wait for ever on
+	// a request held for quorum, which only the demotion ends.
+	var stopped <-chan struct{}
 	if r.export != nil {
-		r.export.CloseConnections()
+		stopped = r.export.StopConnections()
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -318,11 +323,18 @@ func (r *resource) Secondary() error {
 			}
 			return err
 		})
+		if err == nil {
+			break
+		}
 		if !errors.Is(err, core.ErrBusy) || time.Now().After(deadline) {
 			return err
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	if stopped != nil {
+		<-stopped // the last replies; a request that was not submitted yet fails, as on a Secondary
+	}
+	return nil
 }
 
 // Connect lets this node connect to peerName again (all peers when
@@ -436,9 +448,15 @@ func (r *resource) forceDown() error {
 	}
 	r.up = false
 	r.mu.Unlock()
-	r.stopExport()
+	// The export's requests are carried out before the loop stops, except
+	// those held for quorum: they end only when the loop stops (failing
+	// them), so the wait ends when quorum is lost too.
+	if r.export != nil {
+		r.awaitRequests(r.export.StopConnections())
+	}
 	close(r.stop)
 	<-r.loopDone
+	r.stopExport()
 	for _, p := range r.peers {
 		if p.dialDone != nil {
 			<-p.dialDone
@@ -448,6 +466,31 @@ func (r *resource) forceDown() error {
 	err := r.st.Close()
 	r.publishStatus()
 	return err
+}
+
+// awaitRequests waits until ended is closed, or until this node is a
+// Primary without quorum: then the requests it holds end only when it goes
+// down or is demoted.
+func (r *resource) awaitRequests(ended <-chan struct{}) {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ended:
+			return
+		case <-tick.C:
+		}
+		r.emu.Lock()
+		held := false
+		if r.engine != nil {
+			st := r.engine.Status()
+			held = st.Role == core.Primary && !st.Quorate
+		}
+		r.unlockEngine()
+		if held {
+			return
+		}
+	}
 }
 
 // DumpMD prints the metadata of a resource that is up.
