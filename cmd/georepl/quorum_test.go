@@ -175,6 +175,8 @@ func TestClusterQuorumDemoteFailsHeld(t *testing.T) {
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("georepl secondary took %v with a write held for quorum", d)
+	} else {
+		t.Logf("georepl secondary took %v", d.Round(time.Millisecond))
 	}
 	select {
 	case err := <-done:
