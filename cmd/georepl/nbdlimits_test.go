@@ -127,7 +127,13 @@ func TestClusterExportMemoryBound(t *testing.T) {
 	peak := procStatusKiB(t, pid, "VmHWM")
 	now := procStatusKiB(t, pid, "VmRSS")
 	t.Logf("alpha's RSS: %d MiB before, %d MiB now, peak %d MiB", before>>10, now>>10, peak>>10)
-	if limit := before + 512<<10; peak > limit {
+	// The connection's bound is 64 MiB; the rest of the margin is the
+	// garbage collector's, and under -race the detector's shadow memory.
+	margin := int64(384 << 10)
+	if raceEnabled {
+		margin = 1 << 20
+	}
+	if peak > before+margin {
 		t.Fatalf("alpha's peak RSS grew from %d MiB to %d MiB for one client's unread replies", before>>10, peak>>10)
 	}
 }
