@@ -230,11 +230,19 @@ func (r *resource) startExport() error {
 	return nil
 }
 
-func (r *resource) stopExport() {
-	if r.export != nil {
-		r.export.Close()
-		r.export, r.exportLis = nil, nil
-	}
+// stopExport stops listening, drops the export's clients and returns at
+// once; the channel it returns is closed once their requests ended.
+func (r *resource) stopExport() <-chan struct{} {
+	closed := make(chan struct{})
+	srv := r.export
+	r.export, r.exportLis = nil, nil
+	go func() {
+		defer close(closed)
+		if srv != nil {
+			srv.Close()
+		}
+	}()
+	return closed
 }
 
 func (r *resource) isPrimary() bool {
@@ -451,12 +459,11 @@ func (r *resource) forceDown() error {
 	// The export's requests are carried out before the loop stops, except
 	// those held for quorum: they end only when the loop stops (failing
 	// them), so the wait ends when quorum is lost too.
-	if r.export != nil {
-		r.awaitRequests(r.export.StopConnections())
-	}
+	exportClosed := r.stopExport()
+	r.awaitRequests(exportClosed)
 	close(r.stop)
 	<-r.loopDone
-	r.stopExport()
+	<-exportClosed // before the storage closes: a read may still be on the disk
 	for _, p := range r.peers {
 		if p.dialDone != nil {
 			<-p.dialDone
