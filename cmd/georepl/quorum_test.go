@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -151,4 +153,92 @@ func TestClusterQuorumIOError(t *testing.T) {
 	}
 	client.Close()
 	c.settleAndCompare()
+}
+
+// TestClusterQuorumDemoteFailsHeld: a Primary without quorum holds a write
+// (suspend-io) that quorum may never release (the majority may have
+// promoted another node). `georepl secondary` then returns promptly, the
+// held write fails with EIO, and the node is Secondary.
+func TestClusterQuorumDemoteFailsHeld(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 32<<20, shortTimeouts, withQuorum("suspend-io"))
+	c.startInSync()
+	c.isolate()
+	c.waitQuorum("alpha", false)
+	done := c.heldWrite(1 << 20)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	out, err := exec.CommandContext(ctx, georeplBin, "--admin", c.adminSock("alpha"), "secondary", "r0").CombinedOutput()
+	if err != nil {
+		t.Fatalf("georepl secondary with a write held for quorum: %v after %v\n%s", err, time.Since(start).Round(time.Millisecond), out)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("georepl secondary took %v with a write held for quorum", d)
+	} else {
+		t.Logf("georepl secondary took %v", d.Round(time.Millisecond))
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, syscall.EIO) {
+			t.Fatalf("the held write ended with %v after the demotion, want EIO", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the held write did not end after the demotion")
+	}
+	if st := c.status("alpha"); st.Role != "Secondary" || st.Pending != 0 {
+		t.Fatalf("after the demotion alpha is %s with %d requests pending", st.Role, st.Pending)
+	}
+}
+
+// TestClusterQuorumStopWithHeldWrite: stopping the daemon (SIGTERM) while
+// its Primary holds a write for quorum does not wait for quorum: the
+// daemon exits promptly and the write fails.
+func TestClusterQuorumStopWithHeldWrite(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 32<<20, shortTimeouts, withQuorum("suspend-io"))
+	c.startInSync()
+	c.isolate()
+	c.waitQuorum("alpha", false)
+	done := c.heldWrite(2 << 20)
+	cmd := c.procs["alpha"]
+	delete(c.procs, "alpha")
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	start := time.Now()
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+		t.Logf("the daemon stopped %v after SIGTERM", time.Since(start).Round(time.Millisecond))
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		<-exited
+		t.Fatalf("the daemon did not stop within 20s of SIGTERM with a write held for quorum\n%s", c.log("alpha"))
+	}
+	if err := <-done; err == nil {
+		t.Fatal("the held write succeeded although the daemon stopped without quorum")
+	}
+}
+
+// heldWrite starts a 4 KiB write at off through alpha's export, checks
+// that it is held (neither completes nor fails for a while), and returns
+// its result's channel; the client is closed at the end of the test.
+func (c *cluster) heldWrite(off int64) <-chan error {
+	c.t.Helper()
+	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { client.Close() })
+	done := make(chan error, 1)
+	go func() { done <- client.WriteAt(bytes.Repeat([]byte{'H'}, 4096), off, false) }()
+	select {
+	case err := <-done:
+		c.t.Fatalf("a write ended without quorum: %v", err)
+	case <-time.After(2 * time.Second):
+	}
+	if st := c.status("alpha"); st.Pending != 1 {
+		c.t.Fatalf("alpha holds %d requests, want the one write", st.Pending)
+	}
+	return done
 }

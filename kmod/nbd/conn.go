@@ -45,9 +45,18 @@ type conn struct {
 	done chan struct{} // closed when the connection is finished
 
 	// deadlineMu orders deadline changes with shutdown, so that clearing the
-	// handshake deadline cannot undo a shutdown.
+	// handshake deadline cannot undo a shutdown. stopping is closed at
+	// shutdown, for a reader waiting for room in queued.
 	deadlineMu   sync.Mutex
 	shuttingDown bool
+	stopping     chan struct{}
+
+	// queued counts what the connection holds: every request is charged
+	// (hold) before the reader reads its payload or runs it, and the
+	// charge is given back (unhold) as the server lets go of the memory:
+	// a write's payload when the Device is done with the request, the
+	// reply when it was written to the socket (or dropped).
+	queued *budget
 
 	// writeMu guards the replies: queued replies wait to be written by the
 	// request goroutine that is writing (writing), which writes everything
@@ -55,11 +64,18 @@ type conn struct {
 	// are ready together cost one system call. writeErr is the first failed
 	// reply write, after which replies are dropped.
 	writeMu  sync.Mutex
-	replies  [][]byte
-	spare    [][]byte // the slice of the previous batch, for reuse
-	joined   []byte   // small replies of a batch, joined for one Write
+	replies  []queuedReply
+	spare    []queuedReply // the slice of the previous batch, for reuse
+	joined   []byte        // small replies of a batch, joined for one Write
 	writing  bool
 	writeErr error
+}
+
+// queuedReply is a reply to write, with the bytes its request is still
+// charged (see conn.queued), given back once it is written or dropped.
+type queuedReply struct {
+	buf    []byte
+	charge int64
 }
 
 // export is what a connection serves once negotiation is done.
@@ -79,16 +95,48 @@ type request struct {
 	off    uint64
 	length uint32
 	data   []byte // NBD_CMD_WRITE payload: fresh memory or from WriteBuffers
+	charge int64  // what the request holds of the connection's queued bytes
+}
+
+// chargeFor is what a request holds until its reply is written: its
+// payload or its read data, and requestOverhead.
+func chargeFor(cmd uint16, length uint32) int64 {
+	if (cmd == cmdWrite || cmd == cmdRead) && length <= MaxPayload {
+		return requestOverhead + int64(length)
+	}
+	return requestOverhead
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
-		srv:  s,
-		nc:   nc,
-		br:   bufio.NewReaderSize(nc, 64<<10),
-		log:  s.log.With("conn", s.connIDs.Add(1), "peer", peerName(nc)),
-		done: make(chan struct{}),
+		srv:      s,
+		nc:       nc,
+		br:       bufio.NewReaderSize(nc, 64<<10),
+		log:      s.log.With("conn", s.connIDs.Add(1), "peer", peerName(nc)),
+		done:     make(chan struct{}),
+		stopping: make(chan struct{}),
+		queued:   newBudget(s.connLimit),
 	}
+}
+
+// hold charges n bytes to the connection and to the server's total,
+// waiting for room in both; it returns false if the connection is shut
+// down meanwhile.
+func (c *conn) hold(n int64) bool {
+	if !c.queued.take(n, c.stopping) {
+		return false
+	}
+	if !c.srv.total.take(n, c.stopping) {
+		c.queued.give(n)
+		return false
+	}
+	return true
+}
+
+// unhold gives back n bytes that hold charged.
+func (c *conn) unhold(n int64) {
+	c.queued.give(n)
+	c.srv.total.give(n)
 }
 
 // peerName names the client for logs: its TCP address, or for a unix
@@ -126,6 +174,9 @@ func (c *conn) serve() {
 func (c *conn) shutdown() {
 	c.deadlineMu.Lock()
 	defer c.deadlineMu.Unlock()
+	if !c.shuttingDown {
+		close(c.stopping)
+	}
 	c.shuttingDown = true
 	c.nc.SetReadDeadline(time.Now())
 	c.nc.SetWriteDeadline(time.Now().Add(shutdownWriteGrace))
@@ -513,6 +564,13 @@ func (t *transmitter) next() (req request, ok bool) {
 			return req, false
 		}
 	}
+	// A client that does not read its replies fills the connection's
+	// budget, and the reader then waits here: its requests stay in its
+	// socket, and it stalls, alone.
+	req.charge = chargeFor(req.cmd, req.length)
+	if !c.hold(req.charge) {
+		return req, false
+	}
 	t.slots <- struct{}{}
 	if req.cmd == cmdWrite {
 		if t.buffers != nil {
@@ -522,6 +580,7 @@ func (t *transmitter) next() (req request, ok bool) {
 		}
 		if _, err := io.ReadFull(c.br, req.data); err != nil {
 			<-t.slots
+			c.unhold(req.charge)
 			c.log.Debug("nbd: connection lost inside a write payload", "err", err)
 			return req, false
 		}
@@ -547,7 +606,8 @@ func (t *transmitter) start(req request, h *handoff) {
 	finish := func(errno Errno) {
 		buf := make([]byte, replyHeaderSize)
 		putReplyHeader(buf, errno, req.cookie)
-		t.c.sendNoWait(buf, &t.running)
+		t.c.unhold(req.charge - requestOverhead) // the payload is the Device's business now
+		t.c.sendNoWait(queuedReply{buf, requestOverhead}, &t.running)
 		<-t.slots
 		t.running.Done()
 	}
@@ -629,7 +689,11 @@ func (c *conn) reply(ctx context.Context, req request, exp export) {
 		buf = buf[:replyHeaderSize]
 	}
 	putReplyHeader(buf, errno, req.cookie)
-	c.send(buf)
+	// What the request holds from now on is its reply: a write's payload
+	// is the Device's business, a failed read carries no data.
+	charge := requestOverhead + int64(len(buf)-replyHeaderSize)
+	c.unhold(req.charge - charge)
+	c.send(queuedReply{buf, charge})
 }
 
 // putReplyHeader writes a simple reply's header into buf.
@@ -644,10 +708,11 @@ func putReplyHeader(buf []byte, errno Errno, cookie uint64) {
 // until it is empty. transmit waits for every request goroutine, so every
 // queued reply is written (or the connection failed) by the time it
 // returns.
-func (c *conn) send(reply []byte) {
+func (c *conn) send(reply queuedReply) {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	if c.writeErr != nil {
+		c.unhold(reply.charge)
 		return
 	}
 	c.replies = append(c.replies, reply)
@@ -667,6 +732,11 @@ func (c *conn) writeQueued() {
 		c.replies = c.spare[:0]
 		c.writeMu.Unlock()
 		err := c.writeReplies(batch)
+		var written int64 // or lost, if err
+		for _, r := range batch {
+			written += r.charge
+		}
+		c.unhold(written)
 		c.writeMu.Lock()
 		clear(batch)
 		c.spare = batch[:0]
@@ -682,6 +752,11 @@ func (c *conn) noteWriteErr(err error) {
 		return
 	}
 	c.writeErr = err
+	var dropped int64
+	for _, r := range c.replies {
+		dropped += r.charge
+	}
+	c.unhold(dropped)
 	c.replies = nil
 	c.log.Debug("nbd: reply lost; closing the connection", "err", err)
 	c.shutdown()
@@ -692,10 +767,11 @@ func (c *conn) noteWriteErr(err error) {
 // other clients or peers. It writes what the socket takes at once; the
 // rest, if any, goes to a new goroutine (counted in running), which
 // writes it and whatever is queued meanwhile.
-func (c *conn) sendNoWait(reply []byte, running *sync.WaitGroup) {
+func (c *conn) sendNoWait(reply queuedReply, running *sync.WaitGroup) {
 	c.writeMu.Lock()
 	if c.writeErr != nil {
 		c.writeMu.Unlock()
+		c.unhold(reply.charge)
 		return
 	}
 	c.replies = append(c.replies, reply)
@@ -704,14 +780,16 @@ func (c *conn) sendNoWait(reply []byte, running *sync.WaitGroup) {
 		return
 	}
 	c.writing = true
-	if len(c.replies) == 1 && len(reply) <= joinLimit {
+	if len(c.replies) == 1 && len(reply.buf) <= joinLimit {
 		c.replies = c.replies[:0]
 		c.writeMu.Unlock()
-		n, err := c.writeNow(reply)
+		n, err := c.writeNow(reply.buf)
 		c.writeMu.Lock()
 		c.noteWriteErr(err)
-		if n < len(reply) && c.writeErr == nil {
-			c.replies = append([][]byte{reply[n:]}, c.replies...)
+		if n < len(reply.buf) && c.writeErr == nil {
+			c.replies = append([]queuedReply{{reply.buf[n:], reply.charge}}, c.replies...)
+		} else {
+			c.unhold(reply.charge) // written, or lost with the connection
 		}
 		if len(c.replies) == 0 || c.writeErr != nil {
 			c.writing = false
@@ -771,11 +849,11 @@ const joinLimit = 64 << 10
 // writeReplies writes a batch of replies with as few Write calls as it
 // can without copying read data. Only the goroutine that set c.writing
 // calls it.
-func (c *conn) writeReplies(batch [][]byte) error {
+func (c *conn) writeReplies(batch []queuedReply) error {
 	buf := c.joined[:0]
 	for _, r := range batch {
-		if len(r) <= joinLimit {
-			buf = append(buf, r...)
+		if len(r.buf) <= joinLimit {
+			buf = append(buf, r.buf...)
 			continue
 		}
 		if len(buf) > 0 {
@@ -784,7 +862,7 @@ func (c *conn) writeReplies(batch [][]byte) error {
 			}
 			buf = buf[:0]
 		}
-		if _, err := c.nc.Write(r); err != nil {
+		if _, err := c.nc.Write(r.buf); err != nil {
 			return err
 		}
 	}

@@ -41,7 +41,14 @@
 //
 // Requests are pipelined: one goroutine per connection reads requests, each
 // request runs in its own goroutine (at most 128 per connection), and
-// replies go back whole, in completion order. The protocol's ordering rules
+// replies go back whole, in completion order. What a connection holds in
+// memory (write payloads read and not yet carried out, replies not yet
+// written to its socket, and a little per request) is bounded:
+// DefaultConnQueueLimit per connection, DefaultTotalQueueLimit for the
+// connections of all Servers of the process together (WithQueueLimits
+// sets others). A connection at its bound reads no further request until
+// replies are written, so a client that does not read its replies stalls
+// itself, not the others. The protocol's ordering rules
 // then rest on the Device: a write's reply is sent only after
 // Device.WriteAt returned, and a flush runs Device.Flush after reading the
 // flush request, so it covers every write whose reply the client had seen.

@@ -151,6 +151,8 @@ func startServer(t testing.TB, exports map[string]Device, opts ...ServerOption) 
 		}
 		return nil, ErrNoSuchExport
 	}
+	// A budget of its own, so that the server's can be checked at the end.
+	opts = append([]ServerOption{WithQueueLimits(DefaultConnQueueLimit, DefaultTotalQueueLimit)}, opts...)
 	srv := NewServer(lookup, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), opts...)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
@@ -160,6 +162,9 @@ func startServer(t testing.TB, exports map[string]Device, opts ...ServerOption) 
 		}
 		if err := <-served; !errors.Is(err, ErrServerClosed) {
 			t.Errorf("Serve returned %v, want ErrServerClosed", err)
+		}
+		if held := srv.total.used.Load(); held != 0 {
+			t.Errorf("the closed server's connections still hold %d bytes of their budget", held)
 		}
 	})
 	return &testServer{Server: srv, spec: spec, path: path, log: logs}

@@ -28,6 +28,8 @@ type Server struct {
 	log         *slog.Logger
 	listExports func() []string
 	connIDs     atomic.Uint64 // numbers connections in logs
+	connLimit   int64         // what one connection may hold (budget.go)
+	total       *budget       // what every connection together may hold
 
 	mu        sync.Mutex
 	closed    bool
@@ -56,6 +58,8 @@ func NewServer(lookup Lookup, log *slog.Logger, opts ...ServerOption) *Server {
 	s := &Server{
 		lookup:    lookup,
 		log:       log,
+		connLimit: DefaultConnQueueLimit,
+		total:     processQueue,
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
 	}
@@ -137,6 +141,16 @@ func (s *Server) Close() error {
 // from the dropped connections is still running on a Device; use it before
 // taking Devices away (for example when a resource stops being Primary).
 func (s *Server) CloseConnections() {
+	<-s.StopConnections()
+}
+
+// StopConnections drops every client connection as CloseConnections does,
+// but returns at once: the channel it returns is closed once those
+// connections ended, and with them every request they had read. Use it
+// when the caller itself must act before those requests can end (a
+// resource that holds writes until it regains quorum fails them when it
+// is demoted): it stops the requests coming, does its part, then waits.
+func (s *Server) StopConnections() <-chan struct{} {
 	s.mu.Lock()
 	dropped := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
@@ -144,9 +158,14 @@ func (s *Server) CloseConnections() {
 		dropped = append(dropped, c)
 	}
 	s.mu.Unlock()
-	for _, c := range dropped {
-		<-c.done
-	}
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		for _, c := range dropped {
+			<-c.done
+		}
+	}()
+	return ended
 }
 
 func (s *Server) isClosed() bool {

@@ -377,6 +377,39 @@ func TestCloseConnectionsKeepsListening(t *testing.T) {
 	}
 }
 
+// TestStopConnectionsDoesNotWait: StopConnections drops the clients at
+// once, and its channel closes only when the request in flight, which
+// the caller releases after it returned, has ended and been replied to.
+func TestStopConnectionsDoesNotWait(t *testing.T) {
+	dev := newMemDevice(1 << 16)
+	entered, release := make(chan struct{}), make(chan struct{})
+	dev.beforeWrite = func(context.Context, uint64) {
+		close(entered)
+		<-release
+	}
+	s := startServer(t, map[string]Device{"r0": dev})
+	c := dial(t, s.spec, "r0")
+	result := make(chan error, 1)
+	go func() { result <- c.WriteAt([]byte("held"), 0, false) }()
+	<-entered
+	ended := s.StopConnections()
+	select {
+	case <-ended:
+		t.Fatal("the stopped connections ended while a request of theirs was still running")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	<-ended
+	if err := <-result; err != nil {
+		t.Fatalf("the request running when the connection was stopped: %v", err)
+	}
+	fresh := dial(t, s.spec, "r0")
+	got := make([]byte, 4)
+	if _, err := fresh.ReadAt(got, 0); err != nil || string(got) != "held" {
+		t.Fatalf("after StopConnections: %q, %v", got, err)
+	}
+}
+
 func TestCloseWaitsForRequestsAndRepliesToThem(t *testing.T) {
 	dev := newMemDevice(1 << 16)
 	entered, release := make(chan struct{}), make(chan struct{})

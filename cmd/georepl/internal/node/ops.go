@@ -67,7 +67,7 @@ func (d device) WriteBuffer(n int) []byte { return d.r.payloads.get(n) }
 func (d device) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) error {
 	pl := d.r.payloads.hold(p)
 	defer d.r.payloads.release(pl)
-	return d.do(ctx, core.Request{Kind: core.ReqWrite, Offset: off, Length: uint64(len(p)), Data: p, FUA: fua})
+	return await(ctx, func(done func(error)) { d.beginWrite(ctx, pl, p, off, fua, done) })
 }
 
 // WriteAsync is WriteAt for a request that runs on the export's reader:
@@ -76,10 +76,51 @@ func (d device) WriteAt(ctx context.Context, p []byte, off uint64, fua bool) err
 // peer's link, under protocol C) sends the reply.
 func (d device) WriteAsync(ctx context.Context, p []byte, off uint64, fua bool, done func(error)) {
 	pl := d.r.payloads.hold(p)
-	d.begin(ctx, core.Request{Kind: core.ReqWrite, Offset: off, Length: uint64(len(p)), Data: p, FUA: fua}, func(err error) {
+	d.beginWrite(ctx, pl, p, off, fua, func(err error) {
 		d.r.payloads.release(pl)
 		done(err)
 	})
+}
+
+// beginWrite starts the write of p, held as pl, at off. The engine takes
+// writes of up to core.MaxWriteLength and the export advertises
+// nbd.MaxPayload, so a longer write goes to the engine as pieces of that
+// length, which behave as the whole write would:
+//
+//   - They are submitted together (see resource.start), so a later request
+//     that overlaps any of them is ordered after all of them.
+//   - Each carries the FUA flag: the write is durable everywhere when the
+//     last piece is.
+//   - done is called once every piece completed, with the first piece's
+//     error if any failed: the client learns the write failed (its range
+//     then holds old data, new data, or some of each, as after any failed
+//     write), and not before nothing of it is in flight any more, so that a
+//     retry cannot be overtaken by a piece of the write it retries.
+func (d device) beginWrite(ctx context.Context, pl *payload, p []byte, off uint64, fua bool, done func(error)) {
+	whole := core.Request{Kind: core.ReqWrite, Offset: off, Length: uint64(len(p)), Data: p, FUA: fua}
+	if len(p) <= core.MaxWriteLength {
+		d.begin(ctx, whole, done)
+		return
+	}
+	pieces := make([]core.Request, 0, (len(p)+core.MaxWriteLength-1)/core.MaxWriteLength)
+	for at := 0; at < len(p); at += core.MaxWriteLength {
+		piece := p[at:min(at+core.MaxWriteLength, len(p))]
+		if at > 0 {
+			d.r.payloads.alias(pl, piece) // the frames and local writes of piece find pl by where piece starts
+		}
+		pieces = append(pieces, core.Request{Kind: core.ReqWrite, Offset: off + uint64(at), Length: uint64(len(piece)), Data: piece, FUA: fua})
+	}
+	// One activation for the whole range: activating piece by piece could
+	// wait between two pieces, letting another request come between them.
+	release, err := d.r.activate(ctx, whole)
+	if err != nil {
+		done(err)
+		return
+	}
+	d.r.start(ctx, func(err error) {
+		release()
+		done(d.clientError(err))
+	}, pieces...)
 }
 
 func (d device) Flush(ctx context.Context) error {
@@ -106,10 +147,45 @@ func (d device) begin(ctx context.Context, req core.Request, done func(error)) {
 		done(err) // an I/O error to the client: the metadata disk is failing or the resource going down
 		return
 	}
-	d.r.start(ctx, req, func(err error) {
+	d.r.start(ctx, func(err error) {
 		release()
 		done(d.clientError(err))
-	})
+	}, req)
+}
+
+// joinedResults completes requests submitted together (the pieces of a
+// split write) once the last of them completed, with the first error in
+// their order.
+type joinedResults struct {
+	mu       sync.Mutex
+	errs     []error
+	left     int
+	complete func(error)
+}
+
+func joinResults(n int, complete func(error)) *joinedResults {
+	return &joinedResults{errs: make([]error, n), left: n, complete: complete}
+}
+
+// done returns the completion of the i-th request.
+func (j *joinedResults) done(i int) func(error) {
+	return func(err error) {
+		j.mu.Lock()
+		j.errs[i] = err
+		j.left--
+		last := j.left == 0
+		j.mu.Unlock()
+		if !last {
+			return
+		}
+		for _, err := range j.errs {
+			if err != nil {
+				j.complete(err)
+				return
+			}
+		}
+		j.complete(nil)
+	}
 }
 
 // clientError gives a request's error the meaning the NBD server maps to
@@ -154,11 +230,19 @@ func (r *resource) startExport() error {
 	return nil
 }
 
-func (r *resource) stopExport() {
-	if r.export != nil {
-		r.export.Close()
-		r.export, r.exportLis = nil, nil
-	}
+// stopExport stops listening, drops the export's clients and returns at
+// once; the channel it returns is closed once their requests ended.
+func (r *resource) stopExport() <-chan struct{} {
+	closed := make(chan struct{})
+	srv := r.export
+	r.export, r.exportLis = nil, nil
+	go func() {
+		defer close(closed)
+		if srv != nil {
+			srv.Close()
+		}
+	}()
+	return closed
 }
 
 func (r *resource) isPrimary() bool {
@@ -213,7 +297,9 @@ func (r *resource) Primary(force bool) error {
 }
 
 // Secondary demotes the resource: clients of the export are disconnected
-// first, then the engine waits for their outstanding requests.
+// first, the engine is demoted once their outstanding requests ended or
+// are held for quorum (the demotion fails those with EIO), and then the
+// connections are waited for.
 func (r *resource) Secondary() error {
 	if err := r.call(func() error {
 		if r.engine.Status().Role != core.Primary {
@@ -228,8 +314,11 @@ func (r *resource) Secondary() error {
 	if err := r.detachKernelDevice(); err != nil {
 		return err
 	}
+	// Waiting for the connections before demoting would wait for ever on
+	// a request held for quorum, which only the demotion ends.
+	var stopped <-chan struct{}
 	if r.export != nil {
-		r.export.CloseConnections()
+		stopped = r.export.StopConnections()
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -242,11 +331,18 @@ func (r *resource) Secondary() error {
 			}
 			return err
 		})
+		if err == nil {
+			break
+		}
 		if !errors.Is(err, core.ErrBusy) || time.Now().After(deadline) {
 			return err
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	if stopped != nil {
+		<-stopped // the last replies; a request that was not submitted yet fails, as on a Secondary
+	}
+	return nil
 }
 
 // Connect lets this node connect to peerName again (all peers when
@@ -360,9 +456,14 @@ func (r *resource) forceDown() error {
 	}
 	r.up = false
 	r.mu.Unlock()
-	r.stopExport()
+	// The export's requests are carried out before the loop stops, except
+	// those held for quorum: they end only when the loop stops (failing
+	// them), so the wait ends when quorum is lost too.
+	exportClosed := r.stopExport()
+	r.awaitRequests(exportClosed)
 	close(r.stop)
 	<-r.loopDone
+	<-exportClosed // before the storage closes: a read may still be on the disk
 	for _, p := range r.peers {
 		if p.dialDone != nil {
 			<-p.dialDone
@@ -372,6 +473,31 @@ func (r *resource) forceDown() error {
 	err := r.st.Close()
 	r.publishStatus()
 	return err
+}
+
+// awaitRequests waits until ended is closed, or until this node is a
+// Primary without quorum: then the requests it holds end only when it goes
+// down or is demoted.
+func (r *resource) awaitRequests(ended <-chan struct{}) {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ended:
+			return
+		case <-tick.C:
+		}
+		r.emu.Lock()
+		held := false
+		if r.engine != nil {
+			st := r.engine.Status()
+			held = st.Role == core.Primary && !st.Quorate
+		}
+		r.unlockEngine()
+		if held {
+			return
+		}
+	}
 }
 
 // DumpMD prints the metadata of a resource that is up.
@@ -390,15 +516,18 @@ func (r *resource) DumpMD(w io.Writer, asJSON bool) error {
 //
 // The ownership chain of a payload p that WriteAt receives:
 //
-//  1. WriteAt holds p (one reference) until submit returns. submit returns
-//     when the engine completed the write (or failed it), and by then
-//     every local write and data frame carrying p was handed to the
-//     driver: the engine emits them in the Ready that starts the write,
-//     and completes it at the earliest on the local write's LocalDone.
+//  1. WriteAt holds p (one reference) until the write completed (every
+//     piece of it, for a split write). The engine completes a write (or
+//     fails it) only after every local write and data frame carrying p
+//     was handed to the driver: the engine emits them in the Ready that
+//     starts the write, and completes it at the earliest on the local
+//     write's LocalDone.
 //  2. process takes one reference per local write of p it collects
 //     (localOp), dropped when that write is done or dropped, and one per
 //     data frame it queues on a link, dropped once the link's writer has
-//     flushed the frame (or the link closed). process runs with emu held
+//     flushed the frame (or the link closed); it finds p by where the
+//     write's data starts, which for the pieces of a split write after
+//     the first is an alias. process runs with emu held
 //     and while WriteAt's reference is held, so the count never climbs
 //     back from zero. A request failed early (the resource going down)
 //     so cannot release p while its local write still reads it.
@@ -415,8 +544,11 @@ type payloads struct {
 
 // payload counts the references to one buffer in use.
 type payload struct {
-	buf  []byte // the whole buffer, its capacity a class size
-	refs int    // guarded by payloads.mu
+	buf []byte // the whole buffer, its capacity a class size
+	// aliases are where the pieces of a split write start, after the
+	// first (device.beginWrite): ref finds the buffer by them too.
+	aliases []*byte
+	refs    int // guarded by payloads.mu
 }
 
 const (
@@ -460,8 +592,20 @@ func (ps *payloads) hold(p []byte) *payload {
 	return pl
 }
 
-// ref takes one more reference to the buffer that p starts, if it is in
-// use, and returns its handle; nil otherwise (p is not pooled).
+// alias makes ref find pl by piece too: piece is a part of pl's buffer
+// that a request of its own carries (a piece of a split write). Called
+// while pl is held.
+func (ps *payloads) alias(pl *payload, piece []byte) {
+	key := unsafe.SliceData(piece)
+	ps.mu.Lock()
+	ps.inUse[key] = pl
+	pl.aliases = append(pl.aliases, key)
+	ps.mu.Unlock()
+}
+
+// ref takes one more reference to the buffer that p starts (or a piece of
+// it that alias named), if it is in use, and returns its handle; nil
+// otherwise (p is not pooled).
 func (ps *payloads) ref(p []byte) *payload {
 	if cap(p) == 0 {
 		return nil
@@ -486,6 +630,9 @@ func (ps *payloads) release(pl *payload) {
 	last := pl.refs == 0
 	if last {
 		delete(ps.inUse, unsafe.SliceData(pl.buf))
+		for _, key := range pl.aliases {
+			delete(ps.inUse, key)
+		}
 	}
 	ps.mu.Unlock()
 	if last {

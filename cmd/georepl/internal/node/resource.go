@@ -785,7 +785,7 @@ func (r *resource) checksum(op core.LocalOp) ([]byte, error) {
 // completion. The calling goroutine runs the local operations the request
 // starts itself (see runOps) rather than wait idle.
 func (r *resource) submit(ctx context.Context, req core.Request) error {
-	return await(ctx, func(done func(error)) { r.start(ctx, req, done) })
+	return await(ctx, func(done func(error)) { r.start(ctx, done, req) })
 }
 
 // await calls begin with a completion and waits for it. If the result is
@@ -805,12 +805,18 @@ func await(ctx context.Context, begin func(done func(error))) error {
 	return <-done
 }
 
-// start hands an application request to the engine, runs the local
-// operations it starts on the calling goroutine (see runOps), and
-// returns; complete is called once with the request's result, by
-// whichever goroutine completes it (this one, before start returns, if no
-// peer has to answer), never with emu held.
-func (r *resource) start(ctx context.Context, req core.Request, complete func(error)) {
+// start hands application requests to the engine, runs the local
+// operations they start on the calling goroutine (see runOps), and
+// returns; complete is called once, when every request completed, with
+// the first error in reqs' order, by whichever goroutine completes the
+// last (this one, before start returns, if no peer has to answer), never
+// with emu held.
+//
+// reqs are submitted in their order with emu held throughout: no other
+// request comes between them, so the pieces of a split write
+// (device.beginWrite) are ordered against other requests as the whole
+// write would be (the engine orders overlapping writes by submission).
+func (r *resource) start(ctx context.Context, complete func(error), reqs ...core.Request) {
 	if err := ctx.Err(); err != nil {
 		complete(err)
 		return
@@ -822,10 +828,19 @@ func (r *resource) start(ctx context.Context, req core.Request, complete func(er
 		return
 	}
 	eng := r.engine
-	r.nextReq++
-	req.ID = r.nextReq
-	r.pending[req.ID] = complete
-	eng.Submit(req)
+	var joined *joinedResults
+	if len(reqs) > 1 {
+		joined = joinResults(len(reqs), complete)
+	}
+	for i, req := range reqs {
+		r.nextReq++
+		req.ID = r.nextReq
+		if joined != nil {
+			complete = joined.done(i)
+		}
+		r.pending[req.ID] = complete
+		eng.Submit(req)
+	}
 	r.process()
 	w := r.takeWork()
 	r.unlockEngine()
