@@ -164,6 +164,17 @@ func (c *cluster) cliErr(n string, args ...string) (string, error) {
 	return string(out), err
 }
 
+// track records cmd, started, as node n's daemon: it is waited for here
+// (c.exited[n] closes when it exits), so nothing else may call its Wait.
+func (c *cluster) track(n string, cmd *exec.Cmd) {
+	exited := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(exited)
+	}()
+	c.procs[n], c.exited[n] = cmd, exited
+}
+
 // daemonGone says how node n's daemon ended and how its log ends, if it
 // was started and has exited since; "" otherwise.
 func (c *cluster) daemonGone(n string) string {
@@ -199,12 +210,7 @@ func (c *cluster) start(n string) {
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
 	}
-	exited := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(exited)
-	}()
-	c.procs[n], c.exited[n] = cmd, exited
+	c.track(n, cmd)
 	// Up once its admin socket answers that it is: the socket file alone
 	// may be one a killed daemon left.
 	deadline := time.Now().Add(30 * time.Second)

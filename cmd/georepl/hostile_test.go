@@ -388,7 +388,7 @@ func TestHostileDescriptorExhaustion(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c.procs["alpha"] = cmd
+	c.track("alpha", cmd)
 	status := func(timeout time.Duration) error {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()

@@ -201,10 +201,7 @@ func TestClusterQuorumStopWithHeldWrite(t *testing.T) {
 	c.isolate()
 	c.waitQuorum("alpha", false)
 	done := c.heldWrite(2 << 20)
-	cmd := c.procs["alpha"]
-	delete(c.procs, "alpha")
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
+	cmd, exited := c.procs["alpha"], c.exited["alpha"]
 	start := time.Now()
 	cmd.Process.Signal(syscall.SIGTERM)
 	select {
