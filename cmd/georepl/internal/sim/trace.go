@@ -1,0 +1,34 @@
+package sim
+
+import (
+	"fmt"
+	"io"
+	"time"
+)
+
+// tracer records what a schedule did, a line per event, with the step and
+// the virtual time: in full to out when replaying with a trace, and the
+// last lines always, for the report of a failure.
+type tracer struct {
+	out   io.Writer // nil: keep only the tail
+	step  int
+	start time.Time
+	tail  []string
+	keep  int
+}
+
+func newTracer(out io.Writer, keep int) *tracer {
+	return &tracer{out: out, keep: keep, start: time.Now()}
+}
+
+func (t *tracer) add(what, detail string) {
+	line := fmt.Sprintf("%5d %9.3fs %-9s %s", t.step, time.Since(t.start).Seconds(), what, detail)
+	if t.out != nil {
+		fmt.Fprintln(t.out, line)
+	}
+	if len(t.tail) == t.keep {
+		copy(t.tail, t.tail[1:])
+		t.tail = t.tail[:t.keep-1]
+	}
+	t.tail = append(t.tail, line)
+}

@@ -1,0 +1,598 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/georepl/georepl/cmd/georepl/internal/admin"
+	"github.com/georepl/georepl/cmd/georepl/internal/checker"
+	"github.com/georepl/georepl/cmd/georepl/internal/node"
+	"github.com/georepl/georepl/configs"
+	"github.com/georepl/georepl/core"
+	"github.com/georepl/georepl/core/meta"
+	"github.com/georepl/georepl/kmod/nbd"
+	"github.com/georepl/georepl/transports"
+)
+
+const (
+	resourceName = "r0"
+	transport    = "sim"
+	// extents is the data size in activity-log extents: more than the
+	// smallest activity log (7), so that writes contend for its slots.
+	extents   = 10
+	dataSize  = extents * meta.ActivityLogExtentSize
+	blockSize = checker.BlockSize
+	// hotBlocks is how many blocks of each extent the application
+	// writes: few, so that writes to one block follow each other.
+	hotBlocks = 4
+)
+
+var nodeNames = []string{"alpha", "bravo", "charlie"}
+
+// world is one simulated cluster: its nodes, disks and network, the
+// application's operations and the model they are checked against. One
+// goroutine, the scheduler's, drives it; the nodes' goroutines call into
+// the disks and the network. mu guards everything the nodes' goroutines
+// touch (disks, network, pending operations) and the model.
+type world struct {
+	p      Params
+	rng    *rand.Rand
+	cfg    *configs.Config
+	logger *slog.Logger
+	trace  *tracer
+
+	mu        sync.Mutex
+	closers   sync.WaitGroup // Close of dead incarnations
+	nodes     []*simNode
+	incs      []*incarnation // every incarnation started
+	listeners map[string]*listener
+	conns     []*conn
+	connIDs   map[[2]string]int
+	cuts      map[[2]string]bool
+	// offered: the first node offered the second to discard its data
+	// after a split brain.
+	offered   map[[2]string]bool
+	ops       []*diskOp
+	opCount   uint64
+	m         *model
+	clientOps []*clientOp
+	inFlight  map[uint64]bool // blocks with a write in flight
+	// app is the node the application runs on (the last promoted
+	// Primary), nil while there is none.
+	app *simNode
+	// settling: the final settle runs.
+	settling bool
+	// violations are the broken promises found, in order.
+	violations []string
+}
+
+// simNode is one node: its disks persist across incarnations (process
+// runs); each start is a new incarnation with a new daemon.
+type simNode struct {
+	w          *world
+	name       string
+	id         int
+	data, meta *disk
+	gen        int
+	up         bool // the process runs
+	inc        *incarnation
+	st         *node.ResourceStatus // as of the last step (nil: not up)
+	// lastDisk is the disk state seen at the previous step.
+	lastDisk string
+	// crashedAt is the model clock of the last crash or power loss.
+	crashedAt uint64
+	// torn: a power loss dropped writes from the cache; the image need
+	// not be write-order consistent until a resync into it completed.
+	torn bool
+	// term is the term this node is Primary of (nil if none);
+	// basePending: promoted, the base not yet taken.
+	term        *term
+	basePending bool
+	// stopped: the application stopped writing here (a demotion was
+	// asked for).
+	stopped bool
+	// checkedAt is the disk change count and state of the last image
+	// check, to skip unchanged images.
+	checkedAt string
+}
+
+// incarnation is one run of a node's process.
+type incarnation struct {
+	gen  int
+	d    *node.Daemon
+	dev  nbd.Device // the resource's local device, once up
+	busy int        // administrative requests in flight
+	// starting: an up runs; Close must wait for it, or it would miss
+	// what the up starts.
+	starting bool
+	dead     bool
+	closed   bool
+	admin    *adminOp
+	// events are the daemon's state changes: a node's status is fetched
+	// again only after some (or an administrative request).
+	events      <-chan node.Event
+	unsubscribe func()
+	stale       bool
+}
+
+type adminOp struct {
+	inc  *incarnation
+	req  admin.Request
+	done bool
+	err  error
+	// seen: the scheduler has acted on its result.
+	seen bool
+	// upToDate: a promotion asked while the node was UpToDate and not
+	// torn, which promises (a) and (b).
+	upToDate bool
+}
+
+type clientOp struct {
+	n        *simNode
+	inc      *incarnation
+	t        *term
+	flush    bool
+	ws       []*mwrite
+	issuedAt uint64
+	done     bool
+}
+
+// Params are one schedule's settings, drawn from its seed.
+type Params struct {
+	Seed uint64
+	// Protocols per connection, keyed by the two node names in id order.
+	Protocols map[[2]string]string
+	// Flushes is the disk block's flushes.
+	Flushes bool
+	// Steps is the number of scheduler steps before the final settle.
+	Steps int
+}
+
+func drawParams(seed uint64) Params {
+	rng := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
+	p := Params{Seed: seed, Protocols: map[[2]string]string{}, Flushes: rng.IntN(4) == 0, Steps: 150 + rng.IntN(250)}
+	for i := range nodeNames {
+		for j := i + 1; j < len(nodeNames); j++ {
+			p.Protocols[[2]string{nodeNames[i], nodeNames[j]}] = []string{"A", "B", "C"}[rng.IntN(3)]
+		}
+	}
+	return p
+}
+
+func (p Params) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "seed=%d steps=%d flushes=%v", p.Seed, p.Steps, p.Flushes)
+	for i := range nodeNames {
+		for j := i + 1; j < len(nodeNames); j++ {
+			pair := [2]string{nodeNames[i], nodeNames[j]}
+			fmt.Fprintf(&b, " %s-%s:%s", pair[0], pair[1], p.Protocols[pair])
+		}
+	}
+	return b.String()
+}
+
+func (p Params) config() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `resource %q {
+  protocol = "C"
+  net {
+    transport     = %q
+    compression   = "none"
+    ping_interval = "1s"
+    timeout       = "3s"
+    connect_retry = "300ms"
+  }
+  disk {
+    al_extents = 7
+    flushes    = %v
+  }
+`, resourceName, transport, p.Flushes)
+	for i, n := range nodeNames {
+		fmt.Fprintf(&b, "  node %q {\n    id = %d\n    address = %q\n    disk = %q\n    meta_disk = %q\n  }\n", n, i, n+":7789", n+".data", n+".meta")
+	}
+	for i := range nodeNames {
+		for j := i + 1; j < len(nodeNames); j++ {
+			pair := [2]string{nodeNames[i], nodeNames[j]}
+			fmt.Fprintf(&b, "  connection %q %q {\n    protocol = %q\n  }\n", pair[0], pair[1], p.Protocols[pair])
+		}
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+// newWorld builds the cluster of p, every node down, with identical
+// zeroed disks in one generation (as after create-md on each and a
+// skipped initial sync). It must run inside a testing/synctest bubble.
+func newWorld(p Params, trace *tracer, logger *slog.Logger) (*world, error) {
+	cfg, err := configs.Parse("sim.hcl", []byte(p.config()), configs.LoadOptions{Transports: []string{transport}})
+	if err != nil {
+		return nil, fmt.Errorf("sim configuration: %w", err)
+	}
+	w := &world{
+		p: p, rng: rand.New(rand.NewPCG(p.Seed, 1)), cfg: cfg, logger: logger, trace: trace,
+		listeners: map[string]*listener{}, connIDs: map[[2]string]int{}, cuts: map[[2]string]bool{}, offered: map[[2]string]bool{},
+		inFlight: map[uint64]bool{},
+		m:        newModel(p.Seed|1<<63, dataSize/blockSize),
+	}
+	for i, name := range nodeNames {
+		n := &simNode{w: w, name: name, id: i}
+		n.data = newDisk(w, name, name+".data", dataSize, true)
+		n.meta = newDisk(w, name, name+".meta", meta.ExternalSize(dataSize, len(nodeNames), blockSize), false)
+		pages, err := initialMetadata()
+		if err != nil {
+			return nil, fmt.Errorf("metadata of %s: %w", name, err)
+		}
+		n.meta.durable, n.meta.view = maps(pages[i]), maps(pages[i])
+		w.nodes = append(w.nodes, n)
+	}
+	first := w.m.newTerm("", false) // the data every node starts with: zeroes
+	first.based = true
+	return w, nil
+}
+
+// initialGeneration is the generation id every node's data starts in.
+const initialGeneration = 0x5eed
+
+// initialMetadata returns the pages of node id's metadata before the
+// first start: UpToDate in initialGeneration, nothing marked. Every
+// schedule starts from the same, so it is made once; pages are never
+// written in place (apply copies), so schedules share them.
+var initialMetadata = sync.OnceValues(func() ([]map[int64][]byte, error) {
+	var all []map[int64][]byte
+	for i := range nodeNames {
+		d := newDisk(&world{}, nodeNames[i], "meta", meta.ExternalSize(dataSize, len(nodeNames), blockSize), false)
+		store, err := meta.Create(&diskHandle{d: d}, 0, meta.Params{
+			Resource: resourceName, NodeID: uint8(i), Slots: len(nodeNames), DataSize: dataSize,
+			BlockSize: blockSize, DiskState: uint8(core.UpToDate),
+		}, false)
+		if err != nil {
+			return nil, err
+		}
+		if err := store.UpdateSuperblock(func(sb *meta.Superblock) { sb.Current = initialGeneration }); err != nil {
+			return nil, err
+		}
+		all = append(all, d.durable)
+	}
+	return all, nil
+})
+
+func (w *world) node(name string) *simNode {
+	for _, n := range w.nodes {
+		if n.name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// start runs a new incarnation of n and brings the resource up.
+func (w *world) start(n *simNode) error {
+	w.mu.Lock()
+	n.gen++
+	n.up = true
+	n.data.gen, n.meta.gen = n.gen, n.gen
+	gen := n.gen
+	ep := &endpoint{w: w, node: n, gen: gen}
+	w.mu.Unlock()
+	d, err := node.NewDaemon(w.cfg, n.name, w.logger, node.Options{
+		Transports: func(name string) (transports.Transport, error) {
+			if name != transport {
+				return nil, fmt.Errorf("sim: no transport %q", name)
+			}
+			return ep, nil
+		},
+		OpenDevice: func(path string) (node.Device, error) {
+			switch path {
+			case n.data.name:
+				return &diskHandle{d: n.data, gen: gen}, nil
+			case n.meta.name:
+				return &diskHandle{d: n.meta, gen: gen}, nil
+			}
+			return nil, fmt.Errorf("sim: node %s has no disk %q", n.name, path)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	events, unsubscribe := d.Subscribe()
+	w.mu.Lock()
+	n.inc = &incarnation{gen: gen, d: d, events: events, unsubscribe: unsubscribe}
+	w.incs = append(w.incs, n.inc)
+	n.st, n.lastDisk, n.checkedAt = nil, "", ""
+	w.mu.Unlock()
+	w.admin(n, admin.Request{Verb: "up"})
+	return nil
+}
+
+// admin runs an administrative request on n's daemon, on a goroutine of
+// its own: like an operator's command, it may wait for the cluster.
+func (w *world) admin(n *simNode, req admin.Request) {
+	req.Resource = resourceName
+	w.mu.Lock()
+	inc := n.inc
+	op := &adminOp{inc: inc, req: req}
+	inc.admin = op
+	inc.busy++
+	inc.starting = inc.starting || req.Verb == "up"
+	w.mu.Unlock()
+	go func() {
+		err := inc.d.HandleAdmin(context.Background(), req, func(admin.Reply) error { return nil })
+		var dev nbd.Device
+		if req.Verb == "up" && err == nil {
+			dev, err = inc.d.LocalDevice(resourceName)
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		op.done, op.err = true, err
+		inc.stale = true
+		if dev != nil {
+			inc.dev = dev
+		}
+		inc.busy--
+		if req.Verb == "up" {
+			inc.starting = false
+		}
+		w.reapLocked(inc)
+	}()
+}
+
+// reapLocked closes a dead incarnation's daemon once no operation of the
+// scheduler's runs on it, so that its goroutines end. Called with mu held.
+func (w *world) reapLocked(inc *incarnation) {
+	if !inc.dead || inc.closed || inc.starting {
+		return
+	}
+	inc.closed = true
+	w.closers.Add(1)
+	go func() { // its disks and connections are fenced: only its goroutines are left
+		defer w.closers.Done()
+		inc.d.Close()
+	}()
+}
+
+// crash kills n's process; with power, the node also loses power: its
+// disks' volatile caches are lost.
+func (w *world) crash(n *simNode, power bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n.up = false
+	inc := n.inc
+	n.inc, n.st = nil, nil
+	for _, d := range []*disk{n.data, n.meta} {
+		d.gen++
+		w.failOps(d)
+	}
+	for addr, l := range w.listeners {
+		if l.ep.node == n {
+			l.closeLocked()
+			delete(w.listeners, addr)
+		}
+	}
+	for _, c := range slices.Clone(w.conns) {
+		if c.ends[0].ep.node == n || c.ends[1].ep.node == n {
+			c.cut()
+		}
+	}
+	if power {
+		if n.data.powerLoss(w.rng) {
+			n.torn = true
+		}
+		n.meta.powerLoss(w.rng)
+	}
+	n.crashedAt = w.m.tick()
+	n.term, n.basePending, n.stopped = nil, false, false
+	if w.app == n {
+		w.app = nil
+	}
+	if inc != nil {
+		inc.unsubscribe()
+		inc.dead = true
+		w.reapLocked(inc)
+	}
+}
+
+// discard gives n new metadata, as an operator does for a node whose
+// data is unrelated to its peers' (create-md --force): Inconsistent, no
+// generation; it is then fully resynchronised.
+func (w *world) discard(n *simNode) {
+	w.crash(n, false)
+	if _, err := meta.Create(&diskHandle{d: n.meta, gen: n.meta.gen}, 0, meta.Params{
+		Resource: resourceName, NodeID: uint8(n.id), Slots: len(nodeNames), DataSize: dataSize,
+		BlockSize: blockSize, DiskState: uint8(core.Inconsistent),
+	}, true); err != nil {
+		w.violate("create-md on %s: %v", n.name, err)
+		return
+	}
+	w.restart(n)
+}
+
+// failOps fails the pending operations of d's fenced incarnation. Called
+// with mu held.
+func (w *world) failOps(d *disk) {
+	keep := w.ops[:0]
+	for _, o := range w.ops {
+		if o.disk == d && o.gen != d.gen {
+			o.done <- fmt.Errorf("sim: %s: %w", o, errFenced)
+			continue
+		}
+		keep = append(keep, o)
+	}
+	clear(w.ops[len(keep):])
+	w.ops = keep
+}
+
+// addDiskOp registers a gated disk operation. Called with mu held.
+func (w *world) addDiskOp(o *diskOp) *diskOp {
+	w.opCount++
+	o.issued = w.opCount
+	o.done = make(chan error, 1)
+	w.ops = append(w.ops, o)
+	return o
+}
+
+func (w *world) forgetConn(c *conn) {
+	if i := slices.Index(w.conns, c); i >= 0 {
+		w.conns = slices.Delete(w.conns, i, i+1)
+	}
+}
+
+func pairOf(a, b string) [2]string {
+	if a > b {
+		a, b = b, a
+	}
+	return [2]string{a, b}
+}
+
+func (w *world) partitioned(a, b string) bool { return w.cuts[pairOf(a, b)] }
+
+// liveConns lists the connections between a's and b's current
+// incarnations that neither end closed. Called with mu held.
+func (w *world) liveConns(a, b *simNode) []*conn {
+	var out []*conn
+	for _, c := range w.conns {
+		e0, e1 := c.ends[0], c.ends[1]
+		if e0.closed || e1.closed || c.broken {
+			continue
+		}
+		if (e0.ep.node == a && e1.ep.node == b || e0.ep.node == b && e1.ep.node == a) &&
+			e0.ep.alive() && e1.ep.alive() {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func alive(c *conn) bool { return !c.broken && !c.ends[0].closed && !c.ends[1].closed }
+
+// replicating returns the peers of Primary p, of the given protocols, that
+// p replicates to in sync (Established, UpToDate) as of the last step,
+// with their connections to p. Called with mu held.
+func (w *world) replicating(p *simNode, protocols ...string) map[string][]*conn {
+	out := map[string][]*conn{}
+	for _, ps := range p.st.Peers {
+		proto := w.p.Protocols[pairOf(p.name, ps.Name)]
+		if slices.Contains(protocols, proto) && ps.Conn == "Connected" && ps.Repl == "Established" && ps.Disk == "UpToDate" {
+			out[ps.Name] = w.liveConns(p, w.node(ps.Name))
+		}
+	}
+	return out
+}
+
+// stillConnected returns the peers of peers whose connection of then
+// is still up: they took part in what completed since. Sorted.
+func stillConnected(peers map[string][]*conn) []string {
+	var out []string
+	for peer, conns := range peers {
+		if slices.ContainsFunc(conns, alive) {
+			out = append(out, peer)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// ofProtocol returns the peers of p among names whose connection to p
+// runs protocol proto.
+func (w *world) ofProtocol(p *simNode, names []string, proto string) []string {
+	var out []string
+	for _, n := range names {
+		if w.p.Protocols[pairOf(p.name, n)] == proto {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// write issues an application write of n blocks from first on the
+// application's Primary.
+func (w *world) write(first uint64, n int, fua bool) {
+	p := w.app
+	w.mu.Lock()
+	t := p.term
+	ws := w.m.issue(t, first, n, fua)
+	op := &clientOp{n: p, inc: p.inc, t: t, ws: ws, issuedAt: ws[0].Submitted}
+	atIssue := w.replicating(p, "B", "C")
+	for _, x := range ws {
+		x.peersAtIssue = atIssue
+		w.inFlight[x.Block] = true
+	}
+	w.clientOps = append(w.clientOps, op)
+	dev := p.inc.dev
+	w.mu.Unlock()
+	buf := dev.(nbd.WriteBuffers).WriteBuffer(n * blockSize)
+	for i, x := range ws {
+		checker.EncodeBlock(buf[i*blockSize:(i+1)*blockSize], checker.Tag{Run: w.m.run, Block: x.Block, Seq: x.Seq})
+	}
+	go func() {
+		err := dev.WriteAt(context.Background(), buf, first*blockSize, fua)
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		op.done = true
+		at := w.m.tick()
+		for _, x := range ws {
+			delete(w.inFlight, x.Block)
+			if err != nil {
+				x.failed = true
+				continue
+			}
+			x.Complete = at
+			x.acked = stillConnected(x.peersAtIssue)
+			if fua {
+				x.durableAlso([]string{p.name})
+				x.durableAlso(w.ofProtocol(p, x.acked, "C"))
+			}
+		}
+		w.trace.add("client", fmt.Sprintf("write %d done on %s (blocks %d+%d): %v", ws[0].Seq, p.name, first, n, errText(err)))
+	}()
+}
+
+// flush issues an application flush on the application's Primary.
+func (w *world) flush() {
+	p := w.app
+	w.mu.Lock()
+	op := &clientOp{n: p, inc: p.inc, t: p.term, flush: true, issuedAt: w.m.tick()}
+	w.clientOps = append(w.clientOps, op)
+	dev := p.inc.dev
+	atIssue := w.replicating(p, "C")
+	w.mu.Unlock()
+	go func() {
+		err := dev.Flush(context.Background())
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		op.done = true
+		if err == nil {
+			w.m.flushed(op.t, op.issuedAt, append([]string{p.name}, stillConnected(atIssue)...))
+		}
+		w.trace.add("client", fmt.Sprintf("flush issued at %d done on %s: %v", op.issuedAt, p.name, errText(err)))
+	}()
+}
+
+func errText(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return err.Error()
+}
+
+// clientBusy counts the application's operations in flight on n.
+func (w *world) clientBusy(n *simNode) int {
+	busy := 0
+	for _, op := range w.clientOps {
+		if !op.done && op.n == n {
+			busy++
+		}
+	}
+	return busy
+}
+
+// violate records a broken promise.
+func (w *world) violate(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	w.violations = append(w.violations, msg)
+	w.trace.add("VIOLATION", msg)
+}
