@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -27,10 +28,11 @@ var errFenced = errors.New("sim: the node's process is gone")
 // the cache back in any order, a page at a time), and a process crash
 // keeps everything (the operating system's cache survives a process).
 //
-// The data disk is gated: each write, zeroing, trim and flush waits until
-// the scheduler completes it, so that the order in which local operations
-// finish, and what a flush covers, are the scheduler's choice. Reads and
-// the metadata file's operations complete at once: the node takes them
+// The data disk is gated: each read, write, zeroing, trim and flush waits
+// until the scheduler completes it, so that the order in which local
+// operations finish, and what a flush covers, are the scheduler's choice
+// (a read sees what completed before the scheduler completes it). The
+// metadata file's operations complete at once: the node performs them
 // with locks held, and a lock waited on is not a state the scheduler can
 // see (testing/synctest counts only channel and condition waits).
 //
@@ -75,6 +77,17 @@ func apply(m map[int64][]byte, c cachedWrite) {
 		page := off / pageSize
 		in := off - page*pageSize
 		n := min(pageSize-in, c.off+c.len-off)
+		if in == 0 && n == pageSize {
+			// A whole page: absent if zeroes, else the write's copy,
+			// which nobody changes.
+			if c.data == nil {
+				delete(m, page)
+			} else {
+				m[page] = c.data[off-c.off : off-c.off+pageSize : off-c.off+pageSize]
+			}
+			off += n
+			continue
+		}
 		p := make([]byte, pageSize)
 		if old := m[page]; old != nil {
 			copy(p, old)
@@ -169,12 +182,23 @@ func (d *disk) read(p []byte, off int64) {
 		at := off + int64(done)
 		page := at / pageSize
 		in := at - page*pageSize
-		n := copy(p[done:], pageOrZero(d.view[page])[in:])
+		var n int
+		if pg := d.view[page]; pg != nil {
+			n = copy(p[done:], pg[in:])
+		} else {
+			n = len(clear2(p[done:min(len(p), done+int(pageSize-in))]))
+		}
 		done += n
 	}
 }
 
 var zeroPage [pageSize]byte
+
+// clear2 zeroes p and returns it.
+func clear2(p []byte) []byte {
+	clear(p)
+	return p
+}
 
 func pageOrZero(p []byte) []byte {
 	if p == nil {
@@ -207,11 +231,20 @@ func (h *diskHandle) Close() error { return nil }
 func (h *diskHandle) ReadAt(p []byte, off int64) (int, error) {
 	w := h.d.w
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	if err := h.check("read", off, int64(len(p))); err != nil {
+		w.mu.Unlock()
 		return 0, err
 	}
-	h.d.read(p, off)
+	if !h.d.gated {
+		h.d.read(p, off)
+		w.mu.Unlock()
+		return len(p), nil
+	}
+	o := w.addDiskOp(&diskOp{disk: h.d, gen: h.gen, kind: opRead, off: off, buf: p, len: int64(len(p)), what: "read"})
+	w.mu.Unlock()
+	if err := <-o.done; err != nil {
+		return 0, err
+	}
 	return len(p), nil
 }
 
@@ -238,7 +271,7 @@ func (h *diskHandle) write(op string, off int64, p []byte, length int64) error {
 		return err
 	}
 	var data []byte
-	if p != nil {
+	if p != nil && !allZero(p) {
 		data = slices.Clone(p)
 	}
 	if !h.d.gated {
@@ -271,7 +304,8 @@ func (h *diskHandle) Sync() error {
 type diskOpKind int
 
 const (
-	opWrite diskOpKind = iota
+	opRead diskOpKind = iota
+	opWrite
 	opFlush
 )
 
@@ -282,6 +316,7 @@ type diskOp struct {
 	kind diskOpKind
 	off  int64
 	data []byte
+	buf  []byte // a read: where to
 	len  int64
 	mark uint64 // a flush: the writes it covers
 	what string
@@ -302,6 +337,8 @@ func (o *diskOp) String() string {
 // world.mu held.
 func (o *diskOp) finish() {
 	switch o.kind {
+	case opRead:
+		o.disk.read(o.buf, o.off)
 	case opWrite:
 		o.disk.complete(o.off, o.data, o.len)
 	case opFlush:
@@ -318,4 +355,17 @@ type viewReader struct{ d *disk }
 func (r viewReader) ReadAt(p []byte, off int64) (int, error) {
 	r.d.read(p, off)
 	return len(p), nil
+}
+
+// allZero reports whether p holds only zeroes (a resync of an unwritten
+// area mostly): such a write is kept as zeroes, without a copy.
+func allZero(p []byte) bool {
+	for len(p) > 0 {
+		n := min(len(p), pageSize)
+		if !bytes.Equal(p[:n], zeroPage[:n]) {
+			return false
+		}
+		p = p[n:]
+	}
+	return true
 }

@@ -170,7 +170,7 @@ type pipe struct {
 	partial  []byte   // written, not yet a whole frame
 	inFlight []*frame // whole frames not yet delivered; eof after them
 	eof      bool     // the sender closed: EOF follows inFlight
-	inbox    []byte   // delivered, not yet read
+	inbox    [][]byte // delivered frames, not yet read (the first partly)
 	inboxEOF bool     // EOF delivered
 	cond     *sync.Cond
 }
@@ -269,8 +269,11 @@ func (s stream) Read(b []byte) (int, error) {
 		case s.e.closed:
 			return 0, net.ErrClosed
 		case len(p.inbox) > 0:
-			n := copy(b, p.inbox)
-			p.inbox = p.inbox[n:]
+			n := copy(b, p.inbox[0])
+			if p.inbox[0] = p.inbox[0][n:]; len(p.inbox[0]) == 0 {
+				p.inbox[0] = nil
+				p.inbox = p.inbox[1:]
+			}
 			return n, nil
 		case p.inboxEOF:
 			return 0, io.EOF
@@ -298,9 +301,11 @@ func (s stream) Write(b []byte) (int, error) {
 		if len(p.partial) < n {
 			break
 		}
+		// The frame keeps its part of partial's array: later appends
+		// write beyond it.
 		h := p.partial[:frameHeader]
 		p.inFlight = append(p.inFlight, &frame{
-			bytes: append([]byte(nil), p.partial[:n]...),
+			bytes: p.partial[:n:n],
 			typ:   wire.Type(h[5]),
 			seq:   binary.LittleEndian.Uint64(h[8:]),
 			epoch: binary.LittleEndian.Uint64(h[16:]),
@@ -316,18 +321,19 @@ func (s stream) Write(b []byte) (int, error) {
 // deliverable reports whether p has something the scheduler may deliver.
 func (p *pipe) deliverable() bool { return len(p.inFlight) > 0 || p.eof && !p.inboxEOF }
 
-// deliver hands p's next frame (or its EOF) to the reader. Called with
-// world.mu held.
-func (p *pipe) deliver() string {
+// deliver hands p's next frame (or its EOF) to the reader, and describes
+// it; keepalive is set for pings. Called with world.mu held.
+func (p *pipe) deliver() (what string, keepalive bool) {
 	if len(p.inFlight) == 0 {
 		p.inboxEOF = true
 		p.cond.Broadcast()
-		return fmt.Sprintf("EOF %s->%s ch%d", p.from, p.to, p.ch)
+		return fmt.Sprintf("EOF %s->%s ch%d", p.from, p.to, p.ch), false
 	}
 	f := p.inFlight[0]
 	p.inFlight[0] = nil
 	p.inFlight = p.inFlight[1:]
-	p.inbox = append(p.inbox, f.bytes...)
+	p.inbox = append(p.inbox, f.bytes)
 	p.cond.Broadcast()
-	return fmt.Sprintf("%s->%s %v seq=%d epoch=%d", p.from, p.to, f.typ, f.seq, f.epoch)
+	keepalive = f.typ == wire.TypePing || f.typ == wire.TypePingAck
+	return fmt.Sprintf("%s->%s %v seq=%d epoch=%d", p.from, p.to, f.typ, f.seq, f.epoch), keepalive
 }

@@ -35,13 +35,15 @@ var faultKinds = map[string]bool{"cut": true, "partition": true, "crash": true, 
 // run plays the schedule: boot, p.Steps steps, then the final settle and
 // its checks.
 func (w *world) run() {
+	// One at a time, so that who listens when the others first dial
+	// does not depend on how the Go scheduler ran the three.
 	for _, n := range w.nodes {
 		if err := w.start(n); err != nil {
-			w.violate("starting %s: %v", n.name, err)
+			w.violate("harness", "starting %s: %v", n.name, err)
 			return
 		}
+		w.step("boot " + n.name)
 	}
-	w.step("boot")
 	faults := 1 + w.rng.IntN(6)
 	for i := 0; i < w.p.Steps && len(w.violations) == 0; i++ {
 		acts := w.actions(faults > 0)
@@ -50,7 +52,9 @@ func (w *world) run() {
 			faults--
 		}
 		w.trace.step++
-		w.trace.add(a.kind, a.label())
+		if a.kind != "deliver" {
+			w.trace.add(a.kind, a.label())
+		}
 		a.do()
 		w.step("")
 	}
@@ -96,7 +100,7 @@ func (w *world) actions(faultsLeft bool) []action {
 		for side := range 2 {
 			for _, p := range c.pipes[side] {
 				if p.deliverable() {
-					deliveries = append(deliveries, action{label: func() string { return fmt.Sprintf("%s ch%d", c, p.ch) }, do: func() { w.deliver(p) }})
+					deliveries = append(deliveries, action{label: func() string { return fmt.Sprintf("%s ch%d", c, p.ch) }, do: func() { w.deliver(c, p) }})
 				}
 			}
 		}
@@ -322,11 +326,17 @@ func (w *world) idle(n *simNode) bool {
 	return n.up && n.inc != nil && n.inc.dev != nil && n.inc.busy == 0
 }
 
-func (w *world) deliver(p *pipe) {
+// deliver delivers p's next frame; the trace's line says which.
+func (w *world) deliver(c *conn, p *pipe) {
 	w.mu.Lock()
-	what := p.deliver()
+	what, keepalive := p.deliver()
 	w.mu.Unlock()
-	w.trace.add("frame", what)
+	what = fmt.Sprintf("%s: %s", c, what)
+	if keepalive {
+		w.trace.addQuiet("deliver", what)
+	} else {
+		w.trace.add("deliver", what)
+	}
 }
 
 func (w *world) completeOp(o *diskOp) {
@@ -363,7 +373,7 @@ func (w *world) heal(pair [2]string) {
 
 func (w *world) restart(n *simNode) {
 	if err := w.start(n); err != nil {
-		w.violate("restarting %s: %v", n.name, err)
+		w.violate("harness", "restarting %s: %v", n.name, err)
 	}
 }
 
@@ -416,7 +426,7 @@ func (w *world) observe() {
 		}
 		sts, err := n.inc.d.StatusNow(resourceName)
 		if err != nil || len(sts) != 1 {
-			w.violate("status of %s: %v", n.name, err)
+			w.violate("harness", "status of %s: %v", n.name, err)
 			continue
 		}
 		n.st = sts[0]
@@ -444,8 +454,11 @@ func (w *world) fresh(n *simNode) bool {
 	w.mu.Unlock()
 	for {
 		select {
-		case <-n.inc.events:
+		case ev := <-n.inc.events:
 			stale = true
+			if ev.What == "conn" && strings.Contains(ev.Detail, "protocol violation") {
+				w.violate("protocol", "%s dropped %s: %s", n.name, ev.Peer, ev.Detail)
+			}
 		default:
 			return stale
 		}
@@ -457,7 +470,7 @@ func (w *world) adminDone(n *simNode, op *adminOp) {
 	switch op.req.Verb {
 	case "up":
 		if op.err != nil {
-			w.violate("%s: up failed: %v", n.name, op.err)
+			w.violate("harness", "%s: up failed: %v", n.name, op.err)
 		}
 	case "primary":
 		if op.err != nil {
@@ -501,7 +514,7 @@ func (w *world) takeBase(n *simNode) {
 	img := n.data.reader()
 	parent, corrupt := w.m.setBase(t, img)
 	for _, c := range corrupt {
-		w.violate("(c) %s promoted with a corrupt block: %s", n.name, c)
+		w.violate("c", "%s promoted with a corrupt block: %s", n.name, c)
 	}
 	w.trace.add("model", fmt.Sprintf("term %d based on %s's image (a state of term %s)", t.id, n.name, termName(parent)))
 	if t.forced {
@@ -509,17 +522,17 @@ func (w *world) takeBase(n *simNode) {
 	}
 	if parent == nil {
 		if !n.torn {
-			w.violate("(c) %s was promoted without --force with an image that is no state any Primary's data passed through: %s", n.name, w.m.explain(img))
+			w.violate("c", "%s was promoted without --force with an image that is no state any Primary's data passed through: %s", n.name, w.m.explain(img))
 		}
 		parent = w.m.latestBefore(t)
 	}
 	if lost := w.m.missing(parent, img, func(x *mwrite) bool { return slices.Contains(x.durableOn, n.name) }); len(lost) > 0 {
-		w.violate("(a) %s was promoted without --force and lacks writes a completed flush (or FUA) had made durable on it: %s", n.name, summarize(lost))
+		w.violate("a", "%s was promoted without --force and lacks writes a completed flush (or FUA) had made durable on it: %s", n.name, summarize(lost))
 	}
 	if lost := w.m.missing(parent, img, func(x *mwrite) bool {
 		return slices.Contains(x.acked, n.name) && n.crashedAt < x.Submitted
 	}); len(lost) > 0 {
-		w.violate("(b) %s was promoted and lacks writes it had acknowledged under protocol B or C: %s", n.name, summarize(lost))
+		w.violate("b", "%s was promoted and lacks writes it had acknowledged under protocol B or C: %s", n.name, summarize(lost))
 	}
 }
 
@@ -552,7 +565,7 @@ func (w *world) checkImages() {
 		n.checkedAt = key
 		img := n.data.reader()
 		if w.m.stateOf(img, nil) == nil {
-			w.violate("(c) %s reports %s but its image is no state any Primary's data passed through: %s", n.name, n.st.Disk, w.m.explain(img))
+			w.violate("c", "%s reports %s but its image is no state any Primary's data passed through: %s", n.name, n.st.Disk, w.m.explain(img))
 		}
 	}
 }

@@ -37,7 +37,7 @@ func (w *world) finalSettle() {
 	for i := 0; len(w.violations) == 0; i++ {
 		w.step("")
 		if time.Now().After(deadline) || i == settleSteps {
-			w.violate("the cluster did not settle within %v of virtual time (or %d steps) after every fault was repaired: %s", settleLimit, settleSteps, w.describe())
+			w.violate("liveness", "the cluster did not settle within %v of virtual time (or %d steps) after every fault was repaired: %s", settleLimit, settleSteps, w.describe())
 			return
 		}
 		if w.repair() {
@@ -141,7 +141,9 @@ func (w *world) drainOne() bool {
 		return false
 	}
 	a := pick(w.rng, drains)
-	w.trace.add(a.kind, a.label())
+	if a.kind != "deliver" {
+		w.trace.add(a.kind, a.label())
+	}
 	a.do()
 	return true
 }
@@ -221,7 +223,7 @@ func (w *world) checkIdentical() {
 			continue
 		}
 		if diff := w.differ(p, n); diff != "" {
-			w.violate("(d) %s is UpToDate and in sync with the Primary %s but its data differs: %s", n.name, p.name, diff)
+			w.violate("d", "%s is UpToDate and in sync with the Primary %s but its data differs: %s", n.name, p.name, diff)
 		}
 	}
 }

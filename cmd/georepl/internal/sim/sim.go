@@ -9,13 +9,11 @@ import (
 type Result struct {
 	Params Params
 	// Violations are the promises the schedule broke, in the order found;
-	// empty if none.
-	Violations []string
+	// empty if none. Ignored are those of the classes the caller ignored
+	// (the schedule went on after them).
+	Violations, Ignored []Violation
 	// Steps is the number of scheduler steps taken.
 	Steps int
-	// Leak, set by the caller, describes goroutines of the nodes left
-	// blocked after every node stopped.
-	Leak string
 	// Tail is the end of the schedule's trace.
 	Tail []string
 }
@@ -23,8 +21,9 @@ type Result struct {
 // Run plays the schedule of seed and checks it. It must run inside a
 // testing/synctest bubble (synctest.Test): the cluster's goroutines and
 // virtual time belong to the bubble. trace, if not nil, receives a line
-// per step; with nodeLogs, the nodes' logs too.
-func Run(seed uint64, trace io.Writer, nodeLogs bool) Result {
+// per step; with nodeLogs, the nodes' logs too. Violations of the classes
+// in ignore do not end the schedule.
+func Run(seed uint64, trace io.Writer, nodeLogs bool, ignore map[string]bool) Result {
 	p := drawParams(seed)
 	tr := newTracer(trace, 25)
 	logger := slog.New(slog.DiscardHandler)
@@ -32,11 +31,11 @@ func Run(seed uint64, trace io.Writer, nodeLogs bool) Result {
 		logger = slog.New(slog.NewTextHandler(trace, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	tr.add("params", p.String())
-	w, err := newWorld(p, tr, logger)
+	w, err := newWorld(p, tr, logger, ignore)
 	if err != nil {
-		return Result{Params: p, Violations: []string{err.Error()}}
+		return Result{Params: p, Violations: []Violation{{Class: "harness", Text: err.Error()}}}
 	}
 	w.run()
 	w.shutdown()
-	return Result{Params: p, Violations: w.violations, Steps: tr.step, Tail: tr.tail}
+	return Result{Params: p, Violations: w.violations, Ignored: w.ignored, Steps: tr.step, Tail: tr.tail}
 }

@@ -22,10 +22,26 @@ func newTracer(out io.Writer, keep int) *tracer {
 }
 
 func (t *tracer) add(what, detail string) {
-	line := fmt.Sprintf("%5d %9.3fs %-9s %s", t.step, time.Since(t.start).Seconds(), what, detail)
+	line := t.line(what, detail)
 	if t.out != nil {
 		fmt.Fprintln(t.out, line)
 	}
+	t.keepLine(line)
+}
+
+// addQuiet records a line of little interest (a ping) in the full trace
+// only.
+func (t *tracer) addQuiet(what, detail string) {
+	if t.out != nil {
+		fmt.Fprintln(t.out, t.line(what, detail))
+	}
+}
+
+func (t *tracer) line(what, detail string) string {
+	return fmt.Sprintf("%5d %9.3fs %-9s %s", t.step, time.Since(t.start).Seconds(), what, detail)
+}
+
+func (t *tracer) keepLine(line string) {
 	if len(t.tail) == t.keep {
 		copy(t.tail, t.tail[1:])
 		t.tail = t.tail[:t.keep-1]
