@@ -219,7 +219,7 @@ func newWorld(p Params, trace *tracer, logger *slog.Logger, ignore map[string]bo
 		p: p, rng: rand.New(rand.NewPCG(p.Seed, 1)), cfg: cfg, logger: logger, trace: trace,
 		listeners: map[string]*listener{}, connIDs: map[[2]string]int{}, cuts: map[[2]string]bool{}, offered: map[[2]string]bool{},
 		inFlight: map[uint64]bool{}, ignore: ignore,
-		m:        newModel(p.Seed|1<<63, dataSize/blockSize),
+		m: newModel(p.Seed|1<<63, dataSize/blockSize),
 	}
 	for i, name := range nodeNames {
 		n := &simNode{w: w, name: name, id: i}
