@@ -161,9 +161,10 @@ func (m *model) setBase(t *term, img io.ReaderAt) (parent *term, corrupt []strin
 // stateOf returns the latest term other than except whose lineage img is
 // a write-order consistent state of, or nil.
 func (m *model) stateOf(img io.ReaderAt, except *term) *term {
+	held, _ := m.tags(img, m.writtenBlocks())
 	for i := len(m.terms) - 1; i >= 0; i-- {
 		t := m.terms[i]
-		if t == except || !t.based {
+		if t == except || !t.based || m.foreign(t, held) != "" {
 			continue
 		}
 		res, err := checker.Verify(t.hist, img, false)
@@ -174,6 +175,25 @@ func (m *model) stateOf(img io.ReaderAt, except *term) *term {
 	return nil
 }
 
+// foreign describes a block of held (block → write, from tags) that holds
+// a write although t's lineage has no write for that block: data of
+// another branch (a split brain's other side, merged). checker.Verify
+// reads only the blocks a lineage wrote, so this is checked apart.
+func (m *model) foreign(t *term, held map[uint64]uint64) string {
+	blocks := make([]uint64, 0, len(held))
+	for b := range held {
+		blocks = append(blocks, b)
+	}
+	slices.Sort(blocks)
+	for _, b := range blocks {
+		if len(t.hist.PerBlock[b]) == 0 {
+			w := m.writes[held[b]]
+			return fmt.Sprintf("block %d holds write %d of term %d (Primary %s), which term %d's data never held", b, w.Seq, w.term.id, w.term.primary, t.id)
+		}
+	}
+	return ""
+}
+
 // explain says why img is no state of any term, for the report: the
 // checker's findings against the latest term.
 func (m *model) explain(img io.ReaderAt) string {
@@ -181,6 +201,10 @@ func (m *model) explain(img io.ReaderAt) string {
 		t := m.terms[i]
 		if !t.based {
 			continue
+		}
+		held, _ := m.tags(img, m.writtenBlocks())
+		if f := m.foreign(t, held); f != "" {
+			return fmt.Sprintf("against term %d (Primary %s): %s", t.id, t.primary, f)
 		}
 		res, err := checker.Verify(t.hist, img, false)
 		if err != nil {

@@ -27,6 +27,9 @@ type action struct {
 	do     func()
 }
 
+// stepTime is the virtual time every step takes.
+const stepTime = time.Millisecond
+
 func text(s string) func() string { return func() string { return s } }
 
 // faultKinds are the actions that count against a schedule's fault budget.
@@ -44,6 +47,11 @@ func (w *world) run() {
 		}
 		w.step("boot " + n.name)
 	}
+	// Most schedules begin with the nodes connected, as a cluster that
+	// has run for a while is; some start writing while they connect.
+	if w.rng.IntN(5) > 0 {
+		w.connectAll()
+	}
 	faults := 1 + w.rng.IntN(6)
 	for i := 0; i < w.p.Steps && len(w.violations) == 0; i++ {
 		acts := w.actions(faults > 0)
@@ -56,10 +64,35 @@ func (w *world) run() {
 			w.trace.add(a.kind, a.label())
 		}
 		a.do()
+		// Every step takes a little time, as sending a frame or writing
+		// a block does: timers (ticks, retries, resync pacing) run
+		// between the scheduler's explicit sleeps too.
+		time.Sleep(stepTime)
 		w.step("")
 	}
 	if len(w.violations) == 0 {
 		w.finalSettle()
+	}
+}
+
+// connectAll delivers frames and lets time pass until every node is
+// connected to every other (or a few seconds passed).
+func (w *world) connectAll() {
+	for range 1000 {
+		connected := true
+		for _, n := range w.nodes {
+			for _, ps := range n.st.Peers {
+				connected = connected && ps.Conn == "Connected"
+			}
+		}
+		if connected {
+			w.trace.add("boot", "every node connected")
+			return
+		}
+		if !w.drainOne() {
+			w.sleep(10 * time.Millisecond)
+		}
+		w.step("")
 	}
 }
 
@@ -144,7 +177,16 @@ func (w *world) actions(faultsLeft bool) []action {
 	add("time", 6, []action{{label: text("1-50ms"), do: func() { w.sleep(time.Duration(1+w.rng.IntN(50)) * time.Millisecond) }}})
 	add("time", 0.7, []action{{label: text("0.5-4s"), do: func() { w.sleep(time.Duration(500+w.rng.IntN(3500)) * time.Millisecond) }}})
 	if faultsLeft {
-		w.faultActions(add)
+		// Faults strike a healthy cluster most: a fault on top of
+		// another is the rarer, harder case; none before the cluster was
+		// healthy once.
+		switch {
+		case w.healthy():
+			w.wasHealthy = true
+			w.faultActions(add, 0.6)
+		case w.wasHealthy:
+			w.faultActions(add, 0.2)
+		}
 	}
 	w.repairActions(add)
 	return acts
@@ -153,7 +195,28 @@ func (w *world) actions(faultsLeft bool) []action {
 // extentBlocks is the number of blocks in an activity-log extent.
 const extentBlocks = dataSize / extents / blockSize
 
-func (w *world) faultActions(add func(string, float64, []action)) {
+// healthy: there is a Primary the application writes to, and every node
+// is up and connected to every other.
+func (w *world) healthy() bool {
+	if w.app == nil {
+		return false
+	}
+	for _, n := range w.nodes {
+		if n.st == nil {
+			return false
+		}
+		for _, ps := range n.st.Peers {
+			if ps.Conn != "Connected" {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// faultActions adds the faults possible now, their weights scaled.
+func (w *world) faultActions(add0 func(string, float64, []action), scale float64) {
+	add := func(kind string, weight float64, list []action) { add0(kind, weight*scale, list) }
 	var cuts, crashes, powers []action
 	w.mu.Lock()
 	for _, c := range w.conns {
@@ -201,7 +264,7 @@ func (w *world) faultActions(add func(string, float64, []action)) {
 		add("pause", 0.2, pauses)
 		add("invalidate", 0.15, invs)
 	}
-	w.promoteActions(add, true)
+	w.promoteActions(add0, true, scale)
 }
 
 // repairActions undo faults: they are always possible.
@@ -227,7 +290,7 @@ func (w *world) repairActions(add func(string, float64, []action)) {
 	add("restart", 3, restarts)
 	add("resume", 1, resumes)
 	add("connect", 1, w.reconnects())
-	w.promoteActions(add, false)
+	w.promoteActions(add, false, 1)
 }
 
 // reconnects are an operator's answers to connections left StandAlone:
@@ -283,7 +346,7 @@ func peerStatus(n *simNode, name string) node.PeerStatus {
 // promoteActions: with no Primary, an operator promotes one (without
 // --force where the node is UpToDate, and sometimes with it); with
 // faults allowed, a forced promotion of a node cut off from the Primary.
-func (w *world) promoteActions(add func(string, float64, []action), forced bool) {
+func (w *world) promoteActions(add func(string, float64, []action), forced bool, scale float64) {
 	primaries := 0
 	for _, n := range w.nodes {
 		if n.up && n.st != nil && n.st.Role == "Primary" {
@@ -304,7 +367,7 @@ func (w *world) promoteActions(add func(string, float64, []action), forced bool)
 		}
 	}
 	if forced {
-		add("force", 0.1, acts)
+		add("force", 0.1*scale, acts)
 	} else {
 		add("promote", 3, acts)
 	}

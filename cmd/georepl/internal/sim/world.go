@@ -65,6 +65,8 @@ type world struct {
 	// app is the node the application runs on (the last promoted
 	// Primary), nil while there is none.
 	app *simNode
+	// wasHealthy: the cluster was healthy once (faults may begin).
+	wasHealthy bool
 	// settling: the final settle runs.
 	settling bool
 	// violations are the broken promises found, in order; ignored those
@@ -153,11 +155,15 @@ type Params struct {
 	Flushes bool
 	// Steps is the number of scheduler steps before the final settle.
 	Steps int
+	// AppShare is resync_min_app_share: 0 lets a resync take the whole
+	// link, more keeps it behind the application's writes.
+	AppShare float64
 }
 
 func drawParams(seed uint64) Params {
 	rng := rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
-	p := Params{Seed: seed, Protocols: map[[2]string]string{}, Flushes: rng.IntN(4) == 0, Steps: 150 + rng.IntN(250)}
+	p := Params{Seed: seed, Protocols: map[[2]string]string{}, Flushes: rng.IntN(4) == 0, Steps: 150 + rng.IntN(250),
+		AppShare: []float64{0, 0.3}[rng.IntN(2)]}
 	for i := range nodeNames {
 		for j := i + 1; j < len(nodeNames); j++ {
 			p.Protocols[[2]string{nodeNames[i], nodeNames[j]}] = []string{"A", "B", "C"}[rng.IntN(3)]
@@ -168,7 +174,7 @@ func drawParams(seed uint64) Params {
 
 func (p Params) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed=%d steps=%d flushes=%v", p.Seed, p.Steps, p.Flushes)
+	fmt.Fprintf(&b, "seed=%d steps=%d flushes=%v app_share=%v", p.Seed, p.Steps, p.Flushes, p.AppShare)
 	for i := range nodeNames {
 		for j := i + 1; j < len(nodeNames); j++ {
 			pair := [2]string{nodeNames[i], nodeNames[j]}
@@ -187,13 +193,14 @@ func (p Params) config() string {
     compression   = "none"
     ping_interval = "1s"
     timeout       = "3s"
-    connect_retry = "300ms"
+    connect_retry = "100ms"
+    resync_min_app_share = %v
   }
   disk {
     al_extents = 7
     flushes    = %v
   }
-`, resourceName, transport, p.Flushes)
+`, resourceName, transport, p.AppShare, p.Flushes)
 	for i, n := range nodeNames {
 		fmt.Fprintf(&b, "  node %q {\n    id = %d\n    address = %q\n    disk = %q\n    meta_disk = %q\n  }\n", n, i, n+":7789", n+".data", n+".meta")
 	}
@@ -549,7 +556,7 @@ func (w *world) write(first uint64, n int, fua bool) {
 				x.durableAlso(w.ofProtocol(p, x.acked, "C"))
 			}
 		}
-		w.trace.add("client", fmt.Sprintf("write %d done on %s (blocks %d+%d): %v", ws[0].Seq, p.name, first, n, errText(err)))
+		w.trace.add("client", fmt.Sprintf("write %d done on %s (blocks %d+%d): %v; acknowledged by %v", ws[0].Seq, p.name, first, n, errText(err), ws[0].acked))
 	}()
 }
 
