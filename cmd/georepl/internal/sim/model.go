@@ -283,3 +283,18 @@ func (m *model) latestBefore(t *term) *term {
 	}
 	return nil
 }
+
+// present counts the writes of t's lineage that img holds (or holds a
+// later write of the same block of).
+func (m *model) present(t *term, img io.ReaderAt) int {
+	held, _ := m.tags(img, m.writtenBlocks())
+	n := 0
+	for b, chain := range t.hist.PerBlock {
+		for i, c := range chain {
+			if c.Seq == held[b] {
+				n += i + 1
+			}
+		}
+	}
+	return n
+}

@@ -152,7 +152,7 @@ func (w *world) actions(faultsLeft bool) []action {
 	if len(completions) > 0 {
 		add("disk", 30, completions)
 	}
-	if app := w.app; app != nil && app.up && !app.basePending && !app.stopped && app.inc.dev != nil {
+	if app := w.app; app != nil && app.up && !app.basePending && !app.stopped && app.inc.dev != nil && !(w.avoid["handshake"] && w.handshaking()) {
 		w.mu.Lock()
 		busy := w.clientBusy(app)
 		var free []uint64
@@ -244,7 +244,7 @@ func (w *world) faultActions(add0 func(string, float64, []action), scale float64
 	}
 	add("crash", 0.4, crashes)
 	add("powerloss", 0.4, powers)
-	if app := w.app; app != nil && app.up && !app.stopped && w.idle(app) {
+	if app := w.app; app != nil && app.up && !app.stopped && w.idle(app) && !(w.avoid["handshake"] && w.handshaking()) {
 		add("demote", 0.4, []action{{label: text(app.name), do: func() {
 			app.stopped = true
 			w.admin(app, admin.Request{Verb: "secondary"})
@@ -354,13 +354,19 @@ func (w *world) promoteActions(add func(string, float64, []action), forced bool,
 		}
 	}
 	var acts []action
+	if w.avoid["handshake"] && w.handshaking() {
+		return
+	}
+	best := w.freshest()
 	for _, n := range w.nodes {
 		if !n.up || n.st == nil || !w.idle(n) || n.st.Role == "Primary" {
 			continue
 		}
 		switch {
+		case w.avoid["split"] && (forced || n != best || n.st.Disk != "UpToDate"):
+			// A careful operator promotes the freshest node, never by force.
 		case !forced && primaries == 0 && w.app == nil:
-			force := n.st.Disk != "UpToDate" || w.rng.IntN(5) == 0
+			force := n.st.Disk != "UpToDate" || w.rng.IntN(5) == 0 && !w.avoid["split"]
 			acts = append(acts, action{label: text(fmt.Sprintf("%s force=%v", n.name, force)), do: func() { w.promote(n, force) }})
 		case forced && primaries > 0 && !w.connectedToPrimary(n):
 			acts = append(acts, action{label: text(n.name + " force=true"), do: func() { w.promote(n, true) }})
@@ -371,6 +377,45 @@ func (w *world) promoteActions(add func(string, float64, []action), forced bool,
 	} else {
 		add("promote", 3, acts)
 	}
+}
+
+// handshaking reports whether two nodes are in the middle of a handshake:
+// a connection between them is up and one does not see the other
+// Connected yet.
+func (w *world) handshaking() bool {
+	for i, a := range w.nodes {
+		for _, b := range w.nodes[i+1:] {
+			if a.st == nil || b.st == nil {
+				continue
+			}
+			w.mu.Lock()
+			live := len(w.liveConns(a, b)) > 0
+			w.mu.Unlock()
+			if live && (peerStatus(a, b.name).Conn != "Connected" || peerStatus(b, a.name).Conn != "Connected") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// freshest returns the up node whose image holds the most writes of the
+// latest term's lineage: whom a careful operator promotes.
+func (w *world) freshest() *simNode {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t := w.m.terms[len(w.m.terms)-1]
+	var best *simNode
+	most := -1
+	for _, n := range w.nodes {
+		if !n.up || n.st == nil {
+			continue
+		}
+		if held := w.m.present(t, n.data.reader()); held > most {
+			best, most = n, held
+		}
+	}
+	return best
 }
 
 func (w *world) connectedToPrimary(n *simNode) bool {

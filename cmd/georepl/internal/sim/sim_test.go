@@ -24,18 +24,24 @@ var (
 	flagDuration  = flag.Duration("sim.duration", 0, "run random schedules for this long instead of -sim.schedules")
 	flagKeepGoing = flag.Bool("sim.keepgoing", false, "report every failing schedule instead of stopping at the first")
 	flagIgnore    = flag.String("sim.ignore", "", "comma-separated violation classes (a, b, c, d, protocol, liveness, leak, harness) that are counted but fail nothing, so that a known bug does not hide others")
+	flagAvoid     = flag.String("sim.avoid", "", "comma-separated situations the scheduler steers clear of (handshake, split; see Run)")
 )
+
+func set(list string) map[string]bool {
+	m := map[string]bool{}
+	for _, c := range strings.Split(list, ",") {
+		if c != "" {
+			m[c] = true
+		}
+	}
+	return m
+}
 
 // TestSim plays random schedules (or the one -sim.seed names) and fails
 // with the command that replays the first one that breaks a promise.
 func TestSim(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	ignore := map[string]bool{}
-	for _, c := range strings.Split(*flagIgnore, ",") {
-		if c != "" {
-			ignore[c] = true
-		}
-	}
+	ignore := set(*flagIgnore)
 	if *flagSeed != 0 {
 		if r := play(t, *flagSeed, ignore); len(r.Violations) > 0 {
 			t.Fatalf("%s", report(r))
@@ -101,9 +107,9 @@ func play(t *testing.T, seed uint64, ignore map[string]bool) (r Result) {
 	}()
 	synctest.Test(t, func(t *testing.T) {
 		if *flagTrace {
-			r = Run(seed, os.Stdout, *flagLogs, ignore)
+			r = Run(seed, os.Stdout, *flagLogs, ignore, set(*flagAvoid))
 		} else {
-			r = Run(seed, nil, false, ignore)
+			r = Run(seed, nil, false, ignore, set(*flagAvoid))
 		}
 	})
 	return r

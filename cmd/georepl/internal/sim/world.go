@@ -73,6 +73,8 @@ type world struct {
 	// of the classes in ignore.
 	violations, ignored []Violation
 	ignore              map[string]bool
+	// avoid names the situations the scheduler steers clear of (see Run).
+	avoid map[string]bool
 }
 
 // simNode is one node: its disks persist across incarnations (process
@@ -217,7 +219,7 @@ func (p Params) config() string {
 // newWorld builds the cluster of p, every node down, with identical
 // zeroed disks in one generation (as after create-md on each and a
 // skipped initial sync). It must run inside a testing/synctest bubble.
-func newWorld(p Params, trace *tracer, logger *slog.Logger, ignore map[string]bool) (*world, error) {
+func newWorld(p Params, trace *tracer, logger *slog.Logger, ignore, avoid map[string]bool) (*world, error) {
 	cfg, err := configs.Parse("sim.hcl", []byte(p.config()), configs.LoadOptions{Transports: []string{transport}})
 	if err != nil {
 		return nil, fmt.Errorf("sim configuration: %w", err)
@@ -225,7 +227,7 @@ func newWorld(p Params, trace *tracer, logger *slog.Logger, ignore map[string]bo
 	w := &world{
 		p: p, rng: rand.New(rand.NewPCG(p.Seed, 1)), cfg: cfg, logger: logger, trace: trace,
 		listeners: map[string]*listener{}, connIDs: map[[2]string]int{}, cuts: map[[2]string]bool{}, offered: map[[2]string]bool{},
-		inFlight: map[uint64]bool{}, ignore: ignore,
+		inFlight: map[uint64]bool{}, ignore: ignore, avoid: avoid,
 		m: newModel(p.Seed|1<<63, dataSize/blockSize),
 	}
 	for i, name := range nodeNames {
@@ -418,6 +420,21 @@ func (w *world) discard(n *simNode) {
 		return
 	}
 	w.restart(n)
+}
+
+// release drops the world's data once the schedule is over: goroutines a
+// node leaked (a bug the schedule reports) still reach the world through
+// their disks, and must not keep its pages alive.
+func (w *world) release() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, n := range w.nodes {
+		for _, d := range []*disk{n.data, n.meta} {
+			d.durable, d.view, d.cache = nil, nil, nil
+		}
+	}
+	w.m = nil
+	w.conns, w.clientOps = nil, nil
 }
 
 // failOps fails the pending operations of d's fenced incarnation. Called
