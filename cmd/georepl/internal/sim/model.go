@@ -75,10 +75,20 @@ type model struct {
 	seq    uint64
 	writes map[uint64]*mwrite
 	terms  []*term
+	// written lists the blocks any write went to, in order.
+	written []uint64
+	// decoded caches the tag each page holds, by the page's first byte:
+	// a simulated disk never changes a page in place.
+	decoded map[*byte]decodedTag
+}
+
+type decodedTag struct {
+	seq uint64
+	err error
 }
 
 func newModel(run, blocks uint64) *model {
-	return &model{run: run, blocks: blocks, writes: map[uint64]*mwrite{}}
+	return &model{run: run, blocks: blocks, writes: map[uint64]*mwrite{}, decoded: map[*byte]decodedTag{}}
 }
 
 func (m *model) tick() uint64 {
@@ -98,6 +108,31 @@ func (m *model) newTerm(primary string, forced bool) *term {
 // anything else.
 func (m *model) tags(img io.ReaderAt, blocks []uint64) (held map[uint64]uint64, corrupt []string) {
 	held = map[uint64]uint64{}
+	if v, ok := img.(viewReader); ok {
+		for _, b := range blocks {
+			page := v.d.view[int64(b)]
+			if page == nil {
+				continue // zeroes
+			}
+			key := &page[0]
+			dt, ok := m.decoded[key]
+			if !ok {
+				tag, found, err := checker.DecodeBlock(page, m.run, b)
+				dt = decodedTag{err: err}
+				if found {
+					dt.seq = tag.Seq
+				}
+				m.decoded[key] = dt
+			}
+			switch {
+			case dt.err != nil:
+				corrupt = append(corrupt, dt.err.Error())
+			case dt.seq != 0:
+				held[b] = dt.seq
+			}
+		}
+		return held, corrupt
+	}
 	buf := make([]byte, checker.BlockSize)
 	for _, b := range blocks {
 		if _, err := img.ReadAt(buf, int64(b)*checker.BlockSize); err != nil {
@@ -116,18 +151,7 @@ func (m *model) tags(img io.ReaderAt, blocks []uint64) (held map[uint64]uint64, 
 }
 
 // writtenBlocks lists every block any write went to, in order.
-func (m *model) writtenBlocks() []uint64 {
-	seen := map[uint64]bool{}
-	for _, w := range m.writes {
-		seen[w.Block] = true
-	}
-	out := make([]uint64, 0, len(seen))
-	for b := range seen {
-		out = append(out, b)
-	}
-	slices.Sort(out)
-	return out
-}
+func (m *model) writtenBlocks() []uint64 { return m.written }
 
 // setBase makes img the base of t: each block's chain is the chain of the
 // write it holds, cut after that write. It returns the term whose lineage
@@ -226,6 +250,9 @@ func (m *model) issue(t *term, first uint64, n int, fua bool) []*mwrite {
 		t.hist.Add(w.Write)
 		m.writes[w.Seq] = w
 		ws[i] = w
+		if i, found := slices.BinarySearch(m.written, w.Block); !found {
+			m.written = slices.Insert(m.written, i, w.Block)
+		}
 	}
 	return ws
 }

@@ -133,7 +133,14 @@ func (w *world) actions(faultsLeft bool) []action {
 		for side := range 2 {
 			for _, p := range c.pipes[side] {
 				if p.deliverable() {
-					deliveries = append(deliveries, action{label: func() string { return fmt.Sprintf("%s ch%d", c, p.ch) }, do: func() { w.deliver(c, p) }})
+					deliveries = append(deliveries, action{label: func() string { return fmt.Sprintf("%s ch%d", c, p.ch) }, do: func() { w.deliver(c, p, 1) }})
+				}
+				// Several frames at once, as a TCP segment brings them:
+				// the reader then finds the next frame buffered, which
+				// changes what it does (it hands a write to another
+				// goroutine and reads on).
+				if n := len(p.inFlight); n > 1 {
+					deliveries = append(deliveries, action{label: func() string { return fmt.Sprintf("%s ch%d x%d", c, p.ch, n) }, do: func() { w.deliver(c, p, n) }})
 				}
 			}
 		}
@@ -357,7 +364,10 @@ func (w *world) promoteActions(add func(string, float64, []action), forced bool,
 	if w.avoid["handshake"] && w.handshaking() {
 		return
 	}
-	best := w.freshest()
+	var best *simNode
+	if w.avoid["split"] && primaries == 0 && w.app == nil {
+		best = w.freshest()
+	}
 	for _, n := range w.nodes {
 		if !n.up || n.st == nil || !w.idle(n) || n.st.Role == "Primary" {
 			continue
@@ -434,13 +444,20 @@ func (w *world) idle(n *simNode) bool {
 	return n.up && n.inc != nil && n.inc.dev != nil && n.inc.busy == 0
 }
 
-// deliver delivers p's next frame; the trace's line says which.
-func (w *world) deliver(c *conn, p *pipe) {
+// deliver delivers p's next n frames at once; the trace's lines say
+// which.
+func (w *world) deliver(c *conn, p *pipe, n int) {
+	whats := make([]string, 0, n)
+	quiet := true
 	w.mu.Lock()
-	what, keepalive := p.deliver()
+	for range n {
+		what, keepalive := p.deliver()
+		whats = append(whats, what)
+		quiet = quiet && keepalive
+	}
 	w.mu.Unlock()
-	what = fmt.Sprintf("%s: %s", c, what)
-	if keepalive {
+	what := fmt.Sprintf("%s: %s", c, strings.Join(whats, "; "))
+	if quiet {
 		w.trace.addQuiet("deliver", what)
 	} else {
 		w.trace.add("deliver", what)
@@ -553,11 +570,10 @@ func (w *world) observe() {
 }
 
 // fresh reports whether n's status must be fetched again: it changed
-// (events), an administrative request finished, or the final settle
-// watches counters that change without events.
+// (events) or an administrative request finished.
 func (w *world) fresh(n *simNode) bool {
 	w.mu.Lock()
-	stale := n.inc.stale || n.st == nil || w.settling
+	stale := n.inc.stale || n.st == nil
 	n.inc.stale = false
 	w.mu.Unlock()
 	for {

@@ -23,7 +23,6 @@ const settleSteps = 20000
 func (w *world) finalSettle() {
 	w.trace.step++
 	w.trace.add("settle", "healing every fault")
-	w.settling = true
 	for pair := range w.cuts {
 		w.heal(pair)
 	}
@@ -49,6 +48,8 @@ func (w *world) finalSettle() {
 		if w.drainOne() {
 			continue
 		}
+		// Counters (out of sync, unacknowledged) change without events.
+		w.refreshAll()
 		if w.settled() {
 			if quietSince.IsZero() {
 				quietSince = time.Now()
@@ -125,6 +126,18 @@ func (w *world) repair() bool {
 		}
 	}
 	return false
+}
+
+// refreshAll fetches every node's status.
+func (w *world) refreshAll() {
+	for _, n := range w.nodes {
+		if n.up && n.inc.dev != nil {
+			w.mu.Lock()
+			n.inc.stale = true
+			w.mu.Unlock()
+		}
+	}
+	w.observe()
 }
 
 // drainOne delivers a frame or completes a disk operation, if any is

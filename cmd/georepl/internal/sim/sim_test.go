@@ -6,6 +6,7 @@ import (
 	"os"
 	"regexp"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,7 +20,7 @@ var (
 	flagSeed      = flag.Uint64("sim.seed", 0, "replay this schedule only")
 	flagTrace     = flag.Bool("sim.trace", false, "print the step trace of each schedule")
 	flagLogs      = flag.Bool("sim.logs", false, "with -sim.trace, print the nodes' logs too")
-	flagSchedules = flag.Int("sim.schedules", 2000, "number of random schedules")
+	flagSchedules = flag.Int("sim.schedules", defaultSchedules, "number of random schedules")
 	flagFirst     = flag.Uint64("sim.first", 1, "seed of the first random schedule")
 	flagDuration  = flag.Duration("sim.duration", 0, "run random schedules for this long instead of -sim.schedules")
 	flagKeepGoing = flag.Bool("sim.keepgoing", false, "report every failing schedule instead of stopping at the first")
@@ -41,6 +42,10 @@ func set(list string) map[string]bool {
 // with the command that replays the first one that breaks a promise.
 func TestSim(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	// The nodes allocate a buffer per frame and per write; the collector
+	// would run most of the time at the default target (the daemon sets
+	// the same, see tuneGC in package main).
+	defer debug.SetGCPercent(debug.SetGCPercent(400))
 	ignore := set(*flagIgnore)
 	if *flagSeed != 0 {
 		if r := play(t, *flagSeed, ignore); len(r.Violations) > 0 {

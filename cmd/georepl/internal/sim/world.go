@@ -67,8 +67,6 @@ type world struct {
 	app *simNode
 	// wasHealthy: the cluster was healthy once (faults may begin).
 	wasHealthy bool
-	// settling: the final settle runs.
-	settling bool
 	// violations are the broken promises found, in order; ignored those
 	// of the classes in ignore.
 	violations, ignored []Violation
