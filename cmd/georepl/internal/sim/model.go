@@ -287,7 +287,11 @@ func (m *model) missing(t *term, img io.ReaderAt, want func(*mwrite) bool) []str
 		}
 		at := slices.IndexFunc(chain, func(c *checker.Write) bool { return c.Seq == w.Seq })
 		if holds < at {
-			out = append(out, fmt.Sprintf("write %d (block %d, issued at %d, completed at %d, term %d)", w.Seq, w.Block, w.Submitted, w.Complete, w.term.id))
+			has := "zeroes"
+			if h := held[w.Block]; h != 0 {
+				has = fmt.Sprintf("write %d", h)
+			}
+			out = append(out, fmt.Sprintf("write %d (block %d, issued at %d, completed at %d, term %d; the block holds %s)", w.Seq, w.Block, w.Submitted, w.Complete, w.term.id, has))
 		}
 	}
 	sort.Strings(out)

@@ -597,8 +597,8 @@ func (w *world) adminDone(n *simNode, op *adminOp) {
 			w.violate("harness", "%s: up failed: %v", n.name, op.err)
 		}
 	case "primary":
-		if op.err != nil {
-			return
+		if op.err != nil || n.term != nil {
+			return // refused, or it was Primary already
 		}
 		w.mu.Lock()
 		n.term = w.m.newTerm(n.name, op.req.Force)
@@ -612,7 +612,7 @@ func (w *world) adminDone(n *simNode, op *adminOp) {
 			n.stopped = false
 			return
 		}
-		n.term = nil
+		n.term, n.basePending = nil, false
 		if w.app == n {
 			w.app = nil
 		}
@@ -620,17 +620,28 @@ func (w *world) adminDone(n *simNode, op *adminOp) {
 }
 
 // takeBase records the image a new Primary starts from, once the writes
-// it received before its promotion are on its disk, and checks what a
-// promotion promises: (a) every durable write of the data it continues is
+// it received before its promotion are on its disk (the application
+// waits for that, as it would restart on the new Primary), and checks
+// what a promotion promises: (a) every durable write of the data it continues is
 // there (unless forced), (b) every write it acknowledged under protocol B
 // or C is there (unless it crashed since), (c) the image is a state the
 // old Primary's data passed through.
 func (w *world) takeBase(n *simNode) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	// What it received from the old Primary is applied once no local
+	// operation and no data frame towards it is pending: a received
+	// write waits only for local operations (its epoch's, a flush).
 	for _, o := range w.ops {
-		if o.disk == n.data && o.kind == opWrite {
+		if o.disk == n.data {
 			return
+		}
+	}
+	for _, c := range w.conns {
+		for side := range 2 {
+			if p := c.pipes[side][0]; p.to == n.name && p.deliverable() {
+				return
+			}
 		}
 	}
 	t := n.term

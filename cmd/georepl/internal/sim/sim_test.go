@@ -55,7 +55,7 @@ func TestSim(t *testing.T) {
 	}
 	start := time.Now()
 	n, failed := 0, 0
-	first := map[string]uint64{} // class → first seed
+	seeds := map[string][]uint64{} // class → the first seeds that broke it
 	count := map[string]int{}
 	for seed := *flagFirst; ; seed++ {
 		if *flagDuration > 0 && time.Since(start) >= *flagDuration || *flagDuration == 0 && n >= *flagSchedules {
@@ -68,8 +68,8 @@ func TestSim(t *testing.T) {
 			if !seen[v.Class] {
 				seen[v.Class] = true
 				count[v.Class]++
-				if first[v.Class] == 0 {
-					first[v.Class] = seed
+				if len(seeds[v.Class]) < 10 {
+					seeds[v.Class] = append(seeds[v.Class], seed)
 				}
 			}
 		}
@@ -84,13 +84,13 @@ func TestSim(t *testing.T) {
 	}
 	el := time.Since(start)
 	t.Logf("%d schedules in %v (%.1f per second), %d failed", n, el.Round(time.Millisecond), float64(n)/el.Seconds(), failed)
-	classes := make([]string, 0, len(first))
-	for c := range first {
+	classes := make([]string, 0, len(seeds))
+	for c := range seeds {
 		classes = append(classes, c)
 	}
 	slices.Sort(classes)
 	for _, c := range classes {
-		t.Logf("class %s: %d schedules, first seed %d", c, count[c], first[c])
+		t.Logf("class %s: %d schedules, first seeds %v", c, count[c], seeds[c])
 	}
 }
 
