@@ -59,7 +59,7 @@ func (w *world) run() {
 		if faultKinds[a.kind] {
 			faults--
 		}
-		w.trace.step++
+		w.trace.next()
 		if a.kind != "deliver" {
 			w.trace.add(a.kind, a.label())
 		}

@@ -21,7 +21,7 @@ const settleSteps = 20000
 // and checks (d): every node UpToDate and in sync with the Primary holds
 // the Primary's bytes.
 func (w *world) finalSettle() {
-	w.trace.step++
+	w.trace.next()
 	w.trace.add("settle", "healing every fault")
 	for pair := range w.cuts {
 		w.heal(pair)

@@ -3,6 +3,7 @@ package sim
 import (
 	"io"
 	"log/slog"
+	"slices"
 )
 
 // Result is what one schedule found.
@@ -14,6 +15,9 @@ type Result struct {
 	Violations, Ignored []Violation
 	// Steps is the number of scheduler steps taken.
 	Steps int
+	// Avoided lists the situations the scheduler steered clear of
+	// (Run's avoid), sorted: a replay needs them too.
+	Avoided []string
 	// Tail is the end of the schedule's trace.
 	Tail []string
 }
@@ -43,7 +47,11 @@ func Run(seed uint64, trace io.Writer, nodeLogs bool, ignore, avoid map[string]b
 	}
 	w.run()
 	w.shutdown()
-	r := Result{Params: p, Violations: w.violations, Ignored: w.ignored, Steps: tr.step, Tail: tr.tail}
+	r := Result{Params: p, Violations: w.violations, Ignored: w.ignored, Steps: tr.steps(), Tail: tr.lines()}
+	for a := range avoid {
+		r.Avoided = append(r.Avoided, a)
+	}
+	slices.Sort(r.Avoided)
 	w.release()
 	return r
 }

@@ -46,9 +46,9 @@ func TestSim(t *testing.T) {
 	// would run most of the time at the default target (the daemon sets
 	// the same, see tuneGC in package main).
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
-	ignore := set(*flagIgnore)
+	ignore, avoid := set(*flagIgnore), set(*flagAvoid)
 	if *flagSeed != 0 {
-		if r := play(t, *flagSeed, ignore); len(r.Violations) > 0 {
+		if r := play(t, *flagSeed, ignore, avoid); len(r.Violations) > 0 {
 			t.Fatalf("%s", report(r))
 		}
 		return
@@ -62,7 +62,7 @@ func TestSim(t *testing.T) {
 			break
 		}
 		n++
-		r := play(t, seed, ignore)
+		r := play(t, seed, ignore, avoid)
 		seen := map[string]bool{}
 		for _, v := range append(slices.Clone(r.Violations), r.Ignored...) {
 			if !seen[v.Class] {
@@ -95,7 +95,7 @@ func TestSim(t *testing.T) {
 }
 
 // play runs one schedule in a bubble of its own.
-func play(t *testing.T, seed uint64, ignore map[string]bool) (r Result) {
+func play(t *testing.T, seed uint64, ignore, avoid map[string]bool) (r Result) {
 	cryptotest.SetGlobalRandom(t, seed)
 	defer func() {
 		// synctest fails a bubble whose goroutines are left blocked when
@@ -112,9 +112,9 @@ func play(t *testing.T, seed uint64, ignore map[string]bool) (r Result) {
 	}()
 	synctest.Test(t, func(t *testing.T) {
 		if *flagTrace {
-			r = Run(seed, os.Stdout, *flagLogs, ignore, set(*flagAvoid))
+			r = Run(seed, os.Stdout, *flagLogs, ignore, avoid)
 		} else {
-			r = Run(seed, nil, false, ignore, set(*flagAvoid))
+			r = Run(seed, nil, false, ignore, avoid)
 		}
 	})
 	return r
@@ -129,7 +129,11 @@ func report(r Result) string {
 	if len(r.Tail) > 0 {
 		fmt.Fprintf(&b, "last steps:\n  %s\n", strings.Join(r.Tail, "\n  "))
 	}
-	fmt.Fprintf(&b, "replay: go test ./cmd/georepl/internal/sim -run 'TestSim$' -sim.seed=%d -sim.trace", r.Params.Seed)
+	fmt.Fprintf(&b, "replay: go test ./cmd/georepl/internal/sim -run 'TestSim$' -sim.seed=%d", r.Params.Seed)
+	if len(r.Avoided) > 0 {
+		fmt.Fprintf(&b, " -sim.avoid=%s", strings.Join(r.Avoided, ","))
+	}
+	b.WriteString(" -sim.trace")
 	return b.String()
 }
 
@@ -151,3 +155,57 @@ func leaked() string {
 }
 
 var bubbleRE = regexp.MustCompile(`synctest bubble (\d+)`)
+
+// TestSimRegressions replays the schedules in testdata/regressions.txt,
+// each of which once broke a promise, and fails while one still does.
+func TestSimRegressions(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	defer debug.SetGCPercent(debug.SetGCPercent(400))
+	cases, err := readRegressions("testdata/regressions.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cases {
+		t.Run(fmt.Sprintf("seed=%d", c.seed), func(t *testing.T) {
+			r := play(t, c.seed, nil, c.avoid)
+			if len(r.Violations) > 0 {
+				t.Errorf("still broken (%s): %s", c.what, report(r))
+			}
+		})
+	}
+}
+
+type regression struct {
+	seed  uint64
+	avoid map[string]bool
+	what  string
+}
+
+// readRegressions parses lines of "seed avoid what it found" ("-" for no
+// avoided situation); # starts a comment.
+func readRegressions(path string) ([]regression, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []regression
+	for i, line := range strings.Split(string(b), "\n") {
+		if line = strings.TrimSpace(line); line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			return nil, fmt.Errorf("%s:%d: want seed, avoided situations and what it found", path, i+1)
+		}
+		seed, err := strconv.ParseUint(f[0], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: seed: %w", path, i+1, err)
+		}
+		avoid := map[string]bool{}
+		if f[1] != "-" {
+			avoid = set(f[1])
+		}
+		out = append(out, regression{seed: seed, avoid: avoid, what: strings.Join(f[2:], " ")})
+	}
+	return out, nil
+}

@@ -3,18 +3,44 @@ package sim
 import (
 	"fmt"
 	"io"
+	"slices"
+	"sync"
 	"time"
 )
 
 // tracer records what a schedule did, a line per event, with the step and
 // the virtual time: in full to out when replaying with a trace, and the
-// last lines always, for the report of a failure.
+// last lines always, for the report of a failure. The scheduler and the
+// application's goroutines both add lines.
 type tracer struct {
 	out   io.Writer // nil: keep only the tail
-	step  int
 	start time.Time
-	tail  []string
 	keep  int
+
+	mu   sync.Mutex
+	step int
+	tail []string
+}
+
+// next counts a step.
+func (t *tracer) next() {
+	t.mu.Lock()
+	t.step++
+	t.mu.Unlock()
+}
+
+// steps returns the number of steps counted.
+func (t *tracer) steps() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.step
+}
+
+// lines returns the tail.
+func (t *tracer) lines() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return slices.Clone(t.tail)
 }
 
 func newTracer(out io.Writer, keep int) *tracer {
@@ -22,6 +48,8 @@ func newTracer(out io.Writer, keep int) *tracer {
 }
 
 func (t *tracer) add(what, detail string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	line := t.line(what, detail)
 	if t.out != nil {
 		fmt.Fprintln(t.out, line)
@@ -32,6 +60,8 @@ func (t *tracer) add(what, detail string) {
 // addQuiet records a line of little interest (a ping) in the full trace
 // only.
 func (t *tracer) addQuiet(what, detail string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.out != nil {
 		fmt.Fprintln(t.out, t.line(what, detail))
 	}
