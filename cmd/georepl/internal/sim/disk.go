@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"time"
 
 	"github.com/georepl/georepl/kmod"
 )
@@ -56,6 +57,8 @@ type disk struct {
 	gen int
 	// changed counts completed writes (for the checker's caches).
 	changed uint64
+	// ops counts the gated operations issued.
+	ops uint64
 }
 
 type cachedWrite struct {
@@ -63,6 +66,7 @@ type cachedWrite struct {
 	off  int64
 	data []byte // nil: zeroes of length
 	len  int64
+	gen  int // the incarnation that wrote it
 }
 
 func newDisk(w *world, node, name string, size int64, gated bool) *disk {
@@ -106,7 +110,7 @@ func apply(m map[int64][]byte, c cachedWrite) {
 func (d *disk) complete(off int64, data []byte, length int64) {
 	d.completed++
 	d.changed++
-	c := cachedWrite{n: d.completed, off: off, data: data, len: length}
+	c := cachedWrite{n: d.completed, off: off, data: data, len: length, gen: d.gen}
 	d.cache = append(d.cache, c)
 	apply(d.view, c)
 }
@@ -323,7 +327,9 @@ type diskOp struct {
 	// issued numbers the op among the disk's (tie-break for the order
 	// the scheduler lists them in).
 	issued uint64
-	done   chan error
+	// ready is when the operation may complete, at the earliest.
+	ready time.Time
+	done  chan error
 }
 
 func (o *diskOp) String() string {

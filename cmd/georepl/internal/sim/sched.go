@@ -149,8 +149,11 @@ func (w *world) actions(faultsLeft bool) []action {
 	slices.SortFunc(ops, func(a, b *diskOp) int {
 		return cmp.Or(cmp.Compare(a.disk.name, b.disk.name), cmp.Compare(a.kind, b.kind), cmp.Compare(a.off, b.off), cmp.Compare(a.issued, b.issued))
 	})
+	now := time.Now()
 	for _, o := range ops {
-		completions = append(completions, action{label: o.String, do: func() { w.completeOp(o) }})
+		if !o.ready.After(now) {
+			completions = append(completions, action{label: o.String, do: func() { w.completeOp(o) }})
+		}
 	}
 	w.mu.Unlock()
 	if len(deliveries) > 0 {
@@ -564,6 +567,9 @@ func (w *world) observe() {
 	for _, n := range w.nodes {
 		if n.basePending && n.up {
 			w.takeBase(n)
+		}
+		if n.up {
+			w.checkCached(n)
 		}
 	}
 	w.checkImages()

@@ -1,13 +1,16 @@
 package sim
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/georepl/georepl/cmd/georepl/internal/admin"
 	"github.com/georepl/georepl/cmd/georepl/internal/checker"
@@ -15,6 +18,7 @@ import (
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/meta"
+	"github.com/georepl/georepl/kmod"
 	"github.com/georepl/georepl/kmod/nbd"
 	"github.com/georepl/georepl/transports"
 )
@@ -103,6 +107,11 @@ type simNode struct {
 	// checkedAt is the disk change count and state of the last image
 	// check, to skip unchanged images.
 	checkedAt string
+	// log and logBitmaps are what the metadata file held durably when
+	// its change count was logAt (checkCached).
+	log        map[uint64]bool
+	logBitmaps map[string][]uint64
+	logAt      uint64
 }
 
 // incarnation is one run of a node's process.
@@ -368,7 +377,6 @@ func (w *world) reapLocked(inc *incarnation) {
 // disks' volatile caches are lost.
 func (w *world) crash(n *simNode, power bool) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	n.up = false
 	inc := n.inc
 	n.inc, n.st = nil, nil
@@ -387,7 +395,9 @@ func (w *world) crash(n *simNode, power bool) {
 			c.cut()
 		}
 	}
+	var before map[int64][]byte
 	if power {
+		before = n.data.view
 		if n.data.powerLoss(w.rng) {
 			n.torn = true
 		}
@@ -402,6 +412,10 @@ func (w *world) crash(n *simNode, power bool) {
 		inc.unsubscribe()
 		inc.dead = true
 		w.reapLocked(inc)
+	}
+	w.mu.Unlock()
+	if power {
+		w.checkCoverage(n, before)
 	}
 }
 
@@ -435,6 +449,192 @@ func (w *world) release() {
 	w.conns, w.clientOps = nil, nil
 }
 
+// checkCoverage holds, after a power loss of n, what the activity log is
+// for: every block whose content the loss changed (a write in the volatile
+// cache that did not reach the medium) lies in an extent the durable
+// activity log names, or is marked out of sync for every peer. Otherwise
+// nothing resynchronises it when the node returns, and it differs from its
+// peers unnoticed. before is the disk's view before the loss.
+func (w *world) checkCoverage(n *simNode, before map[int64][]byte) {
+	w.mu.Lock()
+	lost, uncovered := w.lostPages(n, before), []string(nil)
+	w.mu.Unlock()
+	if len(lost) == 0 {
+		return
+	}
+	active, bitmaps, ok := w.durableLog(n)
+	if !ok {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, pg := range lost {
+		if !covered(pg, active, bitmaps) {
+			uncovered = append(uncovered, fmt.Sprintf("block %d (extent %d): held %s, now %s", pg, uint64(pg)*pageSize/meta.ActivityLogExtentSize,
+				w.describePage(pg, before[pg]), w.describePage(pg, n.data.durable[pg])))
+		}
+	}
+	if len(uncovered) > 0 {
+		w.violate("a", "%s lost power; blocks whose writes the loss dropped are in no extent of its activity log and not marked for its peers, so nothing resynchronises them: %s",
+			n.name, summarize(uncovered))
+	}
+}
+
+// durableLog reads, from what n's metadata file holds durably, the
+// activity log's extents and the bitmap of each peer (by name); ok is
+// false when there is nothing to hold (no metadata, or Diskless).
+func (w *world) durableLog(n *simNode) (active map[uint64]bool, bitmaps map[string][]uint64, ok bool) {
+	w.mu.Lock()
+	pages := maps(n.meta.durable)
+	w.mu.Unlock()
+	store, err := meta.Open(durableDevice{pages: pages, size: n.meta.size}, 0)
+	if err != nil {
+		w.violate("harness", "%s: durable metadata unreadable: %v", n.name, err)
+		return nil, nil, false
+	}
+	if core.DiskState(store.Superblock().DiskState) == core.Diskless {
+		return nil, nil, false
+	}
+	extents, err := store.ReadActivityLog()
+	if err != nil {
+		w.violate("a", "%s: the durable activity log is unreadable: %v", n.name, err)
+		return nil, nil, false
+	}
+	active = map[uint64]bool{}
+	for _, x := range extents {
+		active[x] = true
+	}
+	bitmaps = map[string][]uint64{}
+	for _, p := range w.nodes {
+		if p != n {
+			words, err := store.ReadBitmap(p.id)
+			if err != nil {
+				w.violate("harness", "%s: durable bitmap for %s unreadable: %v", n.name, p.name, err)
+				return nil, nil, false
+			}
+			bitmaps[p.name] = words
+		}
+	}
+	return active, bitmaps, true
+}
+
+// covered reports whether block pg would be resynchronised after an
+// unclean restart: its extent is in the activity log, or it is marked for
+// every peer.
+func covered(pg int64, active map[uint64]bool, bitmaps map[string][]uint64) bool {
+	if active[uint64(pg)*pageSize/meta.ActivityLogExtentSize] {
+		return true
+	}
+	for _, words := range bitmaps {
+		if words[pg/64]&(1<<(pg%64)) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// checkCached holds, at every step, the activity log's invariant behind
+// checkCoverage: every write n's disk holds only in its volatile cache
+// (a power loss now would drop it) is covered (see covered). The durable
+// log is read again only when the metadata file changed.
+func (w *world) checkCached(n *simNode) {
+	w.mu.Lock()
+	var pages []int64
+	earlier := map[int64]bool{} // written by an earlier incarnation
+	for _, c := range n.data.cache {
+		for off := c.off; off < c.off+c.len; off = (off/pageSize + 1) * pageSize {
+			pages = append(pages, off/pageSize)
+			earlier[off/pageSize] = c.gen != n.data.gen
+		}
+	}
+	changed := n.meta.changed
+	w.mu.Unlock()
+	if len(pages) == 0 {
+		return
+	}
+	if n.logAt != changed || n.log == nil {
+		active, bitmaps, ok := w.durableLog(n)
+		if !ok {
+			return
+		}
+		n.log, n.logBitmaps, n.logAt = active, bitmaps, changed
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var uncovered []string
+	for _, pg := range pages {
+		if !covered(pg, n.log, n.logBitmaps) {
+			by := "this process"
+			if earlier[pg] {
+				by = "a process that crashed"
+			}
+			uncovered = append(uncovered, fmt.Sprintf("block %d (extent %d) holds %s, written by %s", pg, uint64(pg)*pageSize/meta.ActivityLogExtentSize, w.describePage(pg, n.data.view[pg]), by))
+		}
+	}
+	if len(uncovered) > 0 {
+		w.violate("a", "%s's disk holds writes in its volatile cache only, in extents its durable activity log no longer names and not marked for its peers: a power loss now would lose them and nothing would resynchronise them: %s",
+			n.name, summarize(uncovered))
+	}
+}
+
+// durableDevice reads what a disk holds durably (meta.Device).
+type durableDevice struct {
+	pages map[int64][]byte
+	size  int64
+}
+
+func (d durableDevice) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off+int64(len(p)) > d.size {
+		return 0, fmt.Errorf("sim: read [%d, +%d) of %d bytes: %w", off, len(p), d.size, kmod.ErrOutOfBounds)
+	}
+	for done := 0; done < len(p); {
+		at := off + int64(done)
+		pg, in := at/pageSize, at%pageSize
+		done += copy(p[done:], pageOrZero(d.pages[pg])[in:])
+	}
+	return len(p), nil
+}
+
+func (d durableDevice) WriteAt([]byte, int64) (int, error) {
+	return 0, errors.New("sim: the durable view is read-only")
+}
+func (d durableDevice) Sync() error { return nil }
+func (d durableDevice) Size() int64 { return d.size }
+
+// lostPages lists the pages a power loss changed: before is the view
+// before it. Called with mu held.
+func (w *world) lostPages(n *simNode, before map[int64][]byte) []int64 {
+	var lost []int64
+	for pg, p := range before {
+		if !bytes.Equal(p, pageOrZero(n.data.durable[pg])) {
+			lost = append(lost, pg)
+		}
+	}
+	for pg := range n.data.durable {
+		if before[pg] == nil {
+			lost = append(lost, pg) // a write of zeroes lost
+		}
+	}
+	slices.Sort(lost)
+	return lost
+}
+
+// describePage names the write page pg holds (p its content). Called
+// with mu held.
+func (w *world) describePage(pg int64, p []byte) string {
+	if p == nil {
+		return "zeroes"
+	}
+	tag, ok, err := checker.DecodeBlock(p, w.m.run, uint64(pg))
+	switch {
+	case err != nil:
+		return err.Error()
+	case !ok:
+		return "zeroes"
+	}
+	return fmt.Sprintf("write %d", tag.Seq)
+}
+
 // failOps fails the pending operations of d's fenced incarnation. Called
 // with mu held.
 func (w *world) failOps(d *disk) {
@@ -455,8 +655,34 @@ func (w *world) addDiskOp(o *diskOp) *diskOp {
 	w.opCount++
 	o.issued = w.opCount
 	o.done = make(chan error, 1)
+	o.disk.ops++
+	o.ready = time.Now().Add(w.latency(o))
 	w.ops = append(w.ops, o)
 	return o
+}
+
+// latency draws how long o takes at least: most reads and writes none
+// (the scheduler alone decides), some a few milliseconds, and a flush
+// always some, as a device's cache flush does. The draw hashes what the
+// operation is rather than using the scheduler's generator, whose order
+// of use would then depend on the order in which goroutines issue
+// operations.
+func (w *world) latency(o *diskOp) time.Duration {
+	x := w.p.Seed ^ uint64(o.kind)<<56 ^ uint64(o.off) ^ o.disk.ops<<40
+	for _, c := range []byte(o.disk.name) {
+		x = x*1099511628211 ^ uint64(c)
+	}
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	switch {
+	case o.kind == opFlush:
+		return time.Duration(2+x%40) * time.Millisecond
+	case x%10 < 7:
+		return 0
+	default:
+		return time.Duration(1+x%10) * time.Millisecond
+	}
 }
 
 func (w *world) forgetConn(c *conn) {
