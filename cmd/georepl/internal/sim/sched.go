@@ -691,7 +691,9 @@ func (w *world) checkImages() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, n := range w.nodes {
-		if !n.up || n.st == nil || n.torn {
+		// A new Primary's image is what its term starts from (a forced
+		// promotion makes any image UpToDate): takeBase judges it.
+		if !n.up || n.st == nil || n.torn || n.basePending {
 			continue
 		}
 		switch n.st.Disk {
