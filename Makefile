@@ -4,7 +4,8 @@
 #   make test    everything CI runs (installs the Debian packages it needs)
 #   make bench   georepl against nbdkit through fio's nbd engine, then bench-resync
 #   make bench-resync  resync throughput over a 200 Mbit/s tc tbf link between namespaces
-#   make soak    the crash-consistency checker for as long as asked (SOAK=1h)
+#   make soak    the crash-consistency checker for as long as asked (SOAK=1h),
+#                or the simulator (SIM=1h)
 #   make vmtest  the VM rig: ext4 on /dev/nbd0, power loss, failover, WAN latency
 
 GO      ?= go
@@ -13,7 +14,7 @@ BIN     := bin/georepl
 TOOLS   := fio:fio nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils ip:iproute2 tc:iproute2
 TESTFLAGS ?=
 
-.PHONY: all build demo test vet fmt-check unit deps bench bench-resync soak fuzz vmtest clean
+.PHONY: all build demo test vet fmt-check unit sim deps bench bench-resync soak fuzz vmtest clean
 
 all: build
 
@@ -49,7 +50,15 @@ unit:
 # in-guest kmod/ublk suite, which `make vmtest` runs in full.
 VMTEST_CI := -test.run 'TestExt4Failover|TestWANLatency|TestUblk/ext4|WAN|restart'
 
-test: deps fmt-check vet unit
+# The simulator (cmd/georepl/internal/sim): whole nodes in one process
+# under random schedules of failures, without the race detector (unit
+# runs fifty under it, with the engine's invariants). A failure prints
+# the seed and the command that replays it.
+SIM_SCHEDULES ?= 2000
+sim:
+	$(GO) test -run 'TestSim' -timeout 30m ./cmd/georepl/internal/sim -sim.schedules=$(SIM_SCHEDULES)
+
+test: deps fmt-check vet unit sim
 	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory vmtest VMTESTFLAGS="$(VMTEST_CI)"; fi
 
 # Each fuzz target for a short while; FUZZTIME=10m for a longer hunt.
@@ -75,10 +84,15 @@ bench-resync: deps build
 	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN) -resync
 
 # Kill the primary of a loopback cluster at random moments for SOAK, check
-# every survivor, print the count of runs and failures.
+# every survivor, print the count of runs and failures. With SIM set, run
+# the simulator's random schedules for SIM instead, reporting every
+# failing seed and the count of each kind of violation.
 SOAK ?= 10m
+SIM ?=
 soak: build
-	./$(BIN) check soak --duration $(SOAK)
+	@if [ -n "$(SIM)" ]; then \
+		$(GO) test -tags invariants -run 'TestSim$$' -timeout 0 -v ./cmd/georepl/internal/sim -sim.duration=$(SIM) -sim.keepgoing; \
+	else ./$(BIN) check soak --duration $(SOAK); fi
 
 # The VM rig (kmod/vmtest) boots Debian's 6.12 kernel under QEMU, two VMs
 # linked over UDP, and prints a pass/fail table. Run as root: the first run

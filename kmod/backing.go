@@ -279,18 +279,8 @@ func (b *Backing) Close() error {
 	return nil
 }
 
-// Region returns a view of [off, off+size) of the store; see Region. A
-// region that does not fit the store is returned anyway, with every
-// operation failing with the error that Region.Err reports.
-func (b *Backing) Region(off, size int64) *Region {
-	r := &Region{backing: b, off: off, size: size}
-	if off < 0 || size < 0 || off > b.size || size > b.size-off {
-		r.err = fmt.Errorf("kmod: region [%d, +%d) of %s does not fit in its %d bytes: %w",
-			off, size, b.path, b.size, ErrOutOfBounds)
-		r.size = 0
-	}
-	return r
-}
+// Region returns a view of [off, off+size) of the store; see NewRegion.
+func (b *Backing) Region(off, size int64) *Region { return NewRegion(b, off, size) }
 
 // check validates [off, off+length) against the store's size.
 func (b *Backing) check(op string, off, length int64) error {

@@ -2,18 +2,49 @@ package kmod
 
 import "fmt"
 
-// Region is a bounded view of a Backing: [Offset, Offset+Size) of the store,
+// Store is what a Region is a view of: a Backing, or a stand-in with the
+// same contract (a simulated disk in tests). Sync must make every write
+// completed before the call durable; WriteZeroes leaves the range
+// allocated, Punch may deallocate it; accesses beyond Size fail with an
+// error wrapping ErrOutOfBounds; Path names the store in errors. The
+// methods must be safe for concurrent use.
+type Store interface {
+	ReadAt(p []byte, off int64) (int, error)
+	WriteAt(p []byte, off int64) (int, error)
+	Sync() error
+	Punch(off, length int64) error
+	WriteZeroes(off, length int64) error
+	Size() int64
+	Path() string
+}
+
+var _ Store = (*Backing)(nil)
+
+// Region is a bounded view of a Store: [Offset, Offset+Size) of the store,
 // addressed from 0. Accesses that reach outside the region fail with an
 // error wrapping ErrOutOfBounds that names the store and the region, before
-// the store is touched. Sync, as on the Backing, covers the whole store.
+// the store is touched. Sync, as on the store, covers the whole store.
 //
-// A Region is safe for concurrent use; it stays usable until its Backing is
+// A Region is safe for concurrent use; it stays usable until its store is
 // closed.
 type Region struct {
-	backing *Backing
-	off     int64
-	size    int64
-	err     error // non-nil when the region does not fit its store
+	store Store
+	off   int64
+	size  int64
+	err   error // non-nil when the region does not fit its store
+}
+
+// NewRegion returns a view of [off, off+size) of s. A region that does not
+// fit the store is returned anyway, with every operation failing with the
+// error that Region.Err reports.
+func NewRegion(s Store, off, size int64) *Region {
+	r := &Region{store: s, off: off, size: size}
+	if off < 0 || size < 0 || off > s.Size() || size > s.Size()-off {
+		r.err = fmt.Errorf("kmod: region [%d, +%d) of %s does not fit in its %d bytes: %w",
+			off, size, s.Path(), s.Size(), ErrOutOfBounds)
+		r.size = 0
+	}
+	return r
 }
 
 // Err reports why the region does not fit its store, or nil if it does.
@@ -26,45 +57,45 @@ func (r *Region) Offset() int64 { return r.off }
 // Size returns the region's size in bytes (0 for an unfit region).
 func (r *Region) Size() int64 { return r.size }
 
-// ReadAt reads len(p) bytes at off within the region, as Backing.ReadAt.
+// ReadAt reads len(p) bytes at off within the region, as Store.ReadAt.
 func (r *Region) ReadAt(p []byte, off int64) (int, error) {
 	if err := r.check("read", off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	return r.backing.ReadAt(p, r.off+off)
+	return r.store.ReadAt(p, r.off+off)
 }
 
-// WriteAt writes all of p at off within the region, as Backing.WriteAt.
+// WriteAt writes all of p at off within the region, as Store.WriteAt.
 func (r *Region) WriteAt(p []byte, off int64) (int, error) {
 	if err := r.check("write", off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	return r.backing.WriteAt(p, r.off+off)
+	return r.store.WriteAt(p, r.off+off)
 }
 
-// Sync makes every completed write to the store durable, as Backing.Sync.
+// Sync makes every completed write to the store durable, as Store.Sync.
 func (r *Region) Sync() error {
 	if r.err != nil {
 		return r.err
 	}
-	return r.backing.Sync()
+	return r.store.Sync()
 }
 
-// Punch discards [off, off+length) within the region, as Backing.Punch.
+// Punch discards [off, off+length) within the region, as Store.Punch.
 func (r *Region) Punch(off, length int64) error {
 	if err := r.check("punch", off, length); err != nil {
 		return err
 	}
-	return r.backing.Punch(r.off+off, length)
+	return r.store.Punch(r.off+off, length)
 }
 
 // WriteZeroes zeroes [off, off+length) within the region, as
-// Backing.WriteZeroes.
+// Store.WriteZeroes.
 func (r *Region) WriteZeroes(off, length int64) error {
 	if err := r.check("write zeroes", off, length); err != nil {
 		return err
 	}
-	return r.backing.WriteZeroes(r.off+off, length)
+	return r.store.WriteZeroes(r.off+off, length)
 }
 
 func (r *Region) check(op string, off, length int64) error {
@@ -73,7 +104,7 @@ func (r *Region) check(op string, off, length int64) error {
 	}
 	if off < 0 || length < 0 || off > r.size || length > r.size-off {
 		return fmt.Errorf("kmod: %s at [%d, +%d) of region [%d, +%d) of %s: %w",
-			op, off, length, r.off, r.size, r.backing.path, ErrOutOfBounds)
+			op, off, length, r.off, r.size, r.store.Path(), ErrOutOfBounds)
 	}
 	return nil
 }

@@ -266,7 +266,7 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level, faults string, 
 		return err
 	}
 	defer l.Close()
-	d, err := node.NewDaemon(cfg, name, log)
+	d, err := node.NewDaemon(cfg, name, log, node.Options{})
 	if err != nil {
 		return err
 	}

@@ -158,6 +158,23 @@ type Write struct {
 	order               int    // position among its block's writes
 }
 
+// NewHistory returns an empty history of run over blocks blocks from
+// firstBlock, for a workload recorded other than by a Log (the
+// simulator's); Add fills it.
+func NewHistory(run, firstBlock, blocks uint64) *History {
+	return &History{Run: run, FirstBlock: firstBlock, Blocks: blocks, Writes: map[uint64]*Write{}, PerBlock: map[uint64][]*Write{}}
+}
+
+// Add appends w to the history: it comes after every write to its block
+// added before. Histories may share Write values: two that list the same
+// writes of a block first (one is the other cut short and continued)
+// agree on their positions.
+func (h *History) Add(w *Write) {
+	w.order = len(h.PerBlock[w.Block])
+	h.Writes[w.Seq] = w
+	h.PerBlock[w.Block] = append(h.PerBlock[w.Block], w)
+}
+
 // ReadLog parses a log file; a torn last line (the workload was killed
 // while writing it) is ignored.
 func ReadLog(r io.Reader) (*History, error) {
@@ -165,10 +182,11 @@ func ReadLog(r io.Reader) (*History, error) {
 	if !sc.Scan() {
 		return nil, errors.New("empty check log")
 	}
-	h := &History{Writes: map[uint64]*Write{}, PerBlock: map[uint64][]*Write{}}
-	if _, err := fmt.Sscanf(sc.Text(), "georepl-check run=%d first=%d blocks=%d", &h.Run, &h.FirstBlock, &h.Blocks); err != nil {
+	var run, first, blocks uint64
+	if _, err := fmt.Sscanf(sc.Text(), "georepl-check run=%d first=%d blocks=%d", &run, &first, &blocks); err != nil {
 		return nil, fmt.Errorf("check log header: %w", err)
 	}
+	h := NewHistory(run, first, blocks)
 	line := 1
 	for sc.Scan() {
 		line++
@@ -184,9 +202,7 @@ func ReadLog(r io.Reader) (*History, error) {
 		}
 		switch f[1][0] {
 		case 'S':
-			w := &Write{Seq: seq, Block: block, Submitted: clock, order: len(h.PerBlock[block])}
-			h.Writes[seq] = w
-			h.PerBlock[block] = append(h.PerBlock[block], w)
+			h.Add(&Write{Seq: seq, Block: block, Submitted: clock})
 		case 'C':
 			w, ok := h.Writes[seq]
 			if !ok {

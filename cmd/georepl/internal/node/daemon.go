@@ -42,6 +42,7 @@ type Daemon struct {
 	handshakes *transports.Admission // accepted, not yet authenticated
 	preAuthLog *preAuthLog
 
+	opts   Options
 	faults *kmod.Faults // test facility: see InjectIOFaults
 }
 
@@ -54,10 +55,11 @@ func (d *Daemon) InjectIOFaults(trigger string) {
 	d.log.Warn("TEST FACILITY: I/O faults armed on every backing disk; they fail once the trigger file exists", "trigger", trigger)
 }
 
-// NewDaemon prepares node nodeName of cfg. Resources start down.
-func NewDaemon(cfg *configs.Config, nodeName string, log *slog.Logger) (*Daemon, error) {
+// NewDaemon prepares node nodeName of cfg, in the world opts describes
+// (the zero Options: the real one). Resources start down.
+func NewDaemon(cfg *configs.Config, nodeName string, log *slog.Logger, opts Options) (*Daemon, error) {
 	d := &Daemon{
-		cfg: cfg, nodeName: nodeName, log: log.With("node", nodeName),
+		cfg: cfg, nodeName: nodeName, log: log.With("node", nodeName), opts: opts,
 		events:     newBroadcaster(),
 		resources:  map[string]*resource{},
 		listeners:  map[string]transports.Listener{},
@@ -136,7 +138,7 @@ func (d *Daemon) ensureListener(transport, addr string) error {
 	if _, ok := d.listeners[key]; ok {
 		return nil
 	}
-	tr, err := transports.Lookup(transport)
+	tr, err := d.opts.transport(transport)
 	if err != nil {
 		return err
 	}
@@ -309,7 +311,7 @@ func (r *resource) handOver(p *peer, transport string, conn transports.Conn, hs 
 // dialLoop keeps a connection to p while the resource is up and p wanted.
 func (r *resource) dialLoop(p *peer) {
 	defer close(p.dialDone)
-	tr, err := transports.Lookup(p.link.Net.Transport)
+	tr, err := r.d.opts.transport(p.link.Net.Transport)
 	if err != nil {
 		r.log.Error("cannot connect", "peer", p.node.Name, "err", err)
 		return

@@ -15,6 +15,7 @@ import (
 	"github.com/georepl/georepl/cmd/georepl/internal/checker"
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/core/meta"
+	"github.com/georepl/georepl/kmod"
 	"github.com/georepl/georepl/transports/builtin"
 )
 
@@ -118,7 +119,7 @@ func upWithFailingMetadata(t *testing.T, policy string) (*Daemon, *resource) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fd := &failingDevice{Device: r.st.backing.Region(metaOff, metaSize)}
+	fd := &failingDevice{Device: kmod.NewRegion(r.st.backing, metaOff, metaSize)}
 	store, err := meta.Open(fd, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -165,7 +166,7 @@ func upNode(t *testing.T, policy, name string) (*Daemon, *resource) {
 	if _, err := CreateMetadata(rc, self, false); err != nil {
 		t.Fatal(err)
 	}
-	d, err := NewDaemon(cfg, name, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d, err := NewDaemon(cfg, name, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/meta"
 	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/kmod"
 )
 
 // syncImages is a metadata device that keeps, at every Sync, an image of
@@ -110,7 +111,7 @@ func TestBulkMarksDurableWithTheirBitmapID(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			dev := &syncImages{Device: r.st.backing.Region(metaOff, metaSize), size: metaSize}
+			dev := &syncImages{Device: kmod.NewRegion(r.st.backing, metaOff, metaSize), size: metaSize}
 			store, err := meta.Open(dev, 0)
 			if err != nil {
 				t.Fatal(err)

@@ -143,7 +143,7 @@ func (r *resource) Up() error {
 	}
 	r.mu.Unlock()
 
-	st, err := openStorage(r.cfg, r.self, r.d.faults, r.rollBack)
+	st, err := openStorage(r.cfg, r.self, r.d.opts, r.d.faults, r.rollBack)
 	if err != nil {
 		return err
 	}

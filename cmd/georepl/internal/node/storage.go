@@ -18,9 +18,9 @@ import (
 // application sees and the metadata, internal (at the end of the disk) or
 // external (its own file).
 type storage struct {
-	backing  *kmod.Backing
-	metaFile *kmod.Backing // nil for internal metadata
-	data     *undoRegion   // every write activates its extents (and saves old blocks during a resync) first
+	backing  Device
+	metaFile Device      // nil for internal metadata
+	data     *undoRegion // every write activates its extents (and saves old blocks during a resync) first
 	// sync is the one owner of the backing disk's flushes: every flush
 	// of the data area and of internal metadata goes through it.
 	sync     *syncGate
@@ -60,17 +60,20 @@ type layout struct {
 	dataSize          uint64
 	metaDev           meta.Device
 	metaOff           int64
-	backing, metaFile *kmod.Backing
+	backing, metaFile Device
 }
 
-// openLayout opens the node's disks; faults, if not nil, is armed on the
-// backing disk (a test facility, see Daemon.InjectIOFaults).
-func openLayout(rc *configs.Resource, self *configs.Node, faults *kmod.Faults) (*layout, error) {
-	b, err := kmod.OpenBacking(self.Disk)
+// openLayout opens the node's disks with opts; faults, if not nil, is
+// armed on the backing disk (a test facility, see Daemon.InjectIOFaults).
+func openLayout(rc *configs.Resource, self *configs.Node, opts Options, faults *kmod.Faults) (*layout, error) {
+	b, err := opts.openDevice(self.Disk)
 	if err != nil {
 		return nil, err
 	}
-	b.InjectFaults(faults)
+	if err := armFaults(b, faults); err != nil {
+		b.Close()
+		return nil, err
+	}
 	bs := uint32(rc.Disk.BlockSize)
 	slots := bitmapSlots(rc)
 	if self.MetaDisk == "" || self.MetaDisk == "internal" {
@@ -79,9 +82,9 @@ func openLayout(rc *configs.Resource, self *configs.Node, faults *kmod.Faults) (
 			b.Close()
 			return nil, fmt.Errorf("%s: %w", self.Disk, err)
 		}
-		return &layout{dataSize: dataSize, metaDev: b.Region(metaOff, metaSize), backing: b}, nil
+		return &layout{dataSize: dataSize, metaDev: kmod.NewRegion(b, metaOff, metaSize), backing: b}, nil
 	}
-	mf, err := kmod.OpenBacking(self.MetaDisk)
+	mf, err := opts.openDevice(self.MetaDisk)
 	if err != nil {
 		b.Close()
 		return nil, err
@@ -105,12 +108,12 @@ func (l *layout) Close() {
 // openStorage attaches the disk. rollBack asks to restore, from the undo
 // log, the image this sync target had before its resync (the operator
 // promotes it without its source): it fails unless a session can do it.
-func openStorage(rc *configs.Resource, self *configs.Node, faults *kmod.Faults, rollBack bool) (*storage, error) {
-	l, err := openLayout(rc, self, faults)
+func openStorage(rc *configs.Resource, self *configs.Node, opts Options, faults *kmod.Faults, rollBack bool) (*storage, error) {
+	l, err := openLayout(rc, self, opts, faults)
 	if err != nil {
 		return nil, err
 	}
-	region := &gatedRegion{Region: l.backing.Region(0, int64(l.dataSize))}
+	region := &gatedRegion{Region: kmod.NewRegion(l.backing, 0, int64(l.dataSize))}
 	region.sync = newSyncGate(region.Region)
 	metaDev := l.metaDev
 	if internal, ok := metaDev.(*kmod.Region); ok {
@@ -271,7 +274,7 @@ func (s *storage) Close() error {
 // `georepl create-md` does. The disk starts Inconsistent with generation
 // ids zero ("just created"); force overwrites existing metadata.
 func CreateMetadata(rc *configs.Resource, self *configs.Node, force bool) (*meta.Superblock, error) {
-	l, err := openLayout(rc, self, nil)
+	l, err := openLayout(rc, self, Options{}, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -294,7 +297,7 @@ func CreateMetadata(rc *configs.Resource, self *configs.Node, force bool) (*meta
 // DumpMetadata prints the metadata of resource rc on node self, offline
 // (the daemon must not have the disk open).
 func DumpMetadata(w io.Writer, rc *configs.Resource, self *configs.Node, asJSON bool) error {
-	l, err := openLayout(rc, self, nil)
+	l, err := openLayout(rc, self, Options{}, nil)
 	if err != nil {
 		return err
 	}

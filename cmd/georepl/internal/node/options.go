@@ -1,0 +1,69 @@
+package node
+
+import (
+	"fmt"
+
+	"github.com/georepl/georepl/kmod"
+	"github.com/georepl/georepl/transports"
+)
+
+// Options are a node's ties to the world outside its process: where its
+// connections and its disks come from. The zero value is the real world
+// (the daemon's): transports from the registry, disks and metadata files
+// opened with kmod.OpenBacking. A test that runs whole nodes in one process
+// (package sim) passes simulated ones.
+//
+// There is no clock option: the node reads time only through package time
+// (time.Now, timers, tickers, context deadlines), which a testing/synctest
+// bubble replaces with its fake clock, and the engine is told the time
+// through Engine.Tick and core.Config.Clock, both fed from package time.
+type Options struct {
+	// Transports finds the transport a connection's net.transport names;
+	// nil means transports.Lookup.
+	Transports func(name string) (transports.Transport, error)
+	// OpenDevice opens a backing disk or an external metadata file by the
+	// path the configuration names; nil means kmod.OpenBacking. The node
+	// closes what it opened when the resource goes down. (The resync undo
+	// log, a file the node creates and resizes itself, is always opened
+	// with kmod.)
+	OpenDevice func(path string) (Device, error)
+}
+
+// Device is a backing disk or an external metadata file: kmod.Backing, or
+// a stand-in with the same contract (kmod.Store).
+type Device interface {
+	kmod.Store
+	Close() error
+}
+
+func (o Options) transport(name string) (transports.Transport, error) {
+	if o.Transports != nil {
+		return o.Transports(name)
+	}
+	return transports.Lookup(name)
+}
+
+func (o Options) openDevice(path string) (Device, error) {
+	if o.OpenDevice != nil {
+		return o.OpenDevice(path)
+	}
+	return kmod.OpenBacking(path)
+}
+
+// faultInjector is the ability of kmod.Backing that InjectIOFaults uses.
+type faultInjector interface {
+	InjectFaults(f *kmod.Faults)
+}
+
+// armFaults arms faults (if not nil) on dev.
+func armFaults(dev Device, faults *kmod.Faults) error {
+	if faults == nil {
+		return nil
+	}
+	fi, ok := dev.(faultInjector)
+	if !ok {
+		return fmt.Errorf("cannot inject I/O faults into %s: it is not a kmod backing store", dev.Path())
+	}
+	fi.InjectFaults(faults)
+	return nil
+}
