@@ -29,23 +29,8 @@ func TestSecondaryAppliesWhatItReceivedWhenPrimaryLost(t *testing.T) {
 		{name: "behind an overlapping write", second: 0, overlap: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			c := newCluster(3, []protocols.Protocol{protocols.B, protocols.A}, nil)
-			defer func() {
-				if t.Failed() {
-					t.Log(c.out.String())
-				}
-			}()
+			c := threeInSync(t, protocols.B, protocols.A)
 			p, s1, s2 := c.nodes[0], c.nodes[1], c.nodes[2]
-			for _, pair := range [][2]*node{{p, s1}, {p, s2}, {s1, s2}} {
-				if err := c.connect(pair[0], pair[1]); err != nil {
-					t.Fatal(err)
-				}
-			}
-			if err := p.eng.Promote(true); err != nil {
-				t.Fatal(err)
-			}
-			c.handle(p)
-			c.stabilize()
 
 			w1 := bytes.Repeat([]byte("a"), 4096)
 			w2 := bytes.Repeat([]byte("b"), 4096)
@@ -128,23 +113,8 @@ func TestSecondaryAppliesWhatItReceivedWhenPrimaryLost(t *testing.T) {
 // overwrites a newer one on that peer alone, while everyone reports
 // UpToDate with nothing out of sync.
 func TestSwitchoverAppliesTheOldPrimarysWritesFirst(t *testing.T) {
-	c := newCluster(3, []protocols.Protocol{protocols.C, protocols.B}, nil)
-	defer func() {
-		if t.Failed() {
-			t.Log(c.out.String())
-		}
-	}()
+	c := threeInSync(t, protocols.C, protocols.B)
 	p, s1, s2 := c.nodes[0], c.nodes[1], c.nodes[2]
-	for _, pair := range [][2]*node{{p, s1}, {p, s2}, {s1, s2}} {
-		if err := c.connect(pair[0], pair[1]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := p.eng.Promote(true); err != nil {
-		t.Fatal(err)
-	}
-	c.handle(p)
-	c.stabilize()
 
 	data := wire.ChannelData
 	// Two writes in two epochs; n2 (protocol B) receives both and applies
@@ -181,4 +151,29 @@ func TestSwitchoverAppliesTheOldPrimarysWritesFirst(t *testing.T) {
 	if len(c.failed) > 0 {
 		t.Errorf("promises broken: %v", c.failed)
 	}
+}
+
+// threeInSync is a three-node cluster, every pair connected, n0 Primary by
+// force and the initial syncs done; proto1 and proto2 are n0's protocols
+// towards n1 and n2. The harness's log is printed if the test fails.
+func threeInSync(t *testing.T, proto1, proto2 protocols.Protocol) *cluster {
+	t.Helper()
+	c := newCluster(3, []protocols.Protocol{proto1, proto2}, nil)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(c.out.String())
+		}
+	})
+	p, s1, s2 := c.nodes[0], c.nodes[1], c.nodes[2]
+	for _, pair := range [][2]*node{{p, s1}, {p, s2}, {s1, s2}} {
+		if err := c.connect(pair[0], pair[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.eng.Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	c.handle(p)
+	c.stabilize()
+	return c
 }

@@ -162,8 +162,18 @@ func (e *Engine) receiveBarrier(p *peer, f *wire.Frame) {
 		n++
 	}
 	for _, q := range e.peers {
-		if q != p && f.Offset&(1<<q.cfg.ID) == 0 {
+		switch {
+		case q == p:
+		case f.Offset&(1<<q.cfg.ID) == 0:
 			e.markRecent(q, rx.recent[:n], false)
+		case f.Offset&(1<<e.self) != 0 && q.bitmap.Count() > 0:
+			// q and we both hold everything the Primary confirmed, and
+			// it knows of no block where either differs from it: our
+			// marks for q (writes it missed while away and has since
+			// been resynchronised, our last writes of an earlier
+			// Primary) stand for nothing any more.
+			q.bitmap.ClearRange(0, q.bitmap.Len())
+			e.peerEvent(q, "resync", "", "", "in sync with our Primary, as we are: our marks for it cleared")
 		}
 	}
 	rx.recent = append(rx.recent[:0], rx.recent[n:]...)

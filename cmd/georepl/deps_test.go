@@ -9,7 +9,8 @@ import (
 
 const module = "github.com/georepl/georepl"
 
-// depRules is DESIGN.md §3's dependency rule: which georepl packages each
+// depRules is the package dependency rule of docs/architecture.md ("The
+// package dependency rule"): which georepl packages each
 // package may import (directly or not). Prefix entries end in "/".
 var depRules = []struct {
 	pkg     string
@@ -57,7 +58,7 @@ func TestDependencyRule(t *testing.T) {
 			}
 			for _, dep := range p.Deps {
 				if strings.HasPrefix(dep, module+"/") && !allowed[dep] {
-					t.Errorf("%s imports %s, which DESIGN.md §3 forbids", rule.pkg, dep)
+					t.Errorf("%s imports %s, which the dependency rule (docs/architecture.md) forbids", rule.pkg, dep)
 				}
 			}
 		})

@@ -706,7 +706,12 @@ func (d *alRegion) Punch(off, length int64) error {
 // peer without marks to the current generation (core/doc.go), persists
 // both and empties the log. It returns the number of extents marked; a log
 // damaged in both slots marks every extent.
-func recoverActivityLog(store *meta.Store, peers []core.NodeID) (marked int, err error) {
+//
+// syncData flushes the data disk first. After a process crash (not a power
+// loss) the dead process's writes may still sit in the page cache; once the
+// log is empty nothing records them, and a resync that clears their marks
+// followed by a power loss would lose them unrecorded.
+func recoverActivityLog(store *meta.Store, peers []core.NodeID, syncData func() error) (marked int, err error) {
 	extents, err := store.ReadActivityLog()
 	if errors.Is(err, meta.ErrCorrupt) {
 		extents = make([]uint64, store.ActivityLogExtents())
@@ -718,6 +723,9 @@ func recoverActivityLog(store *meta.Store, peers []core.NodeID) (marked int, err
 	}
 	if len(extents) == 0 {
 		return 0, nil
+	}
+	if err := syncData(); err != nil {
+		return 0, fmt.Errorf("flushing the data disk before the log's extents are marked: %w", err)
 	}
 	sb := store.Superblock()
 	bs := uint64(sb.BlockSize)

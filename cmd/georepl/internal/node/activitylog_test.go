@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -251,15 +252,34 @@ func TestRecoverActivityLog(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := recoverActivityLog(st, []core.NodeID{1, 2}); err != nil || n != 0 {
+	syncs := 0
+	syncData := func() error {
+		// The log still names the extents when the data is flushed.
+		if ext, err := st.ReadActivityLog(); err != nil || len(ext) == 0 {
+			t.Errorf("the data disk was flushed after the log was emptied (%v, %v)", ext, err)
+		}
+		syncs++
+		return nil
+	}
+	if n, err := recoverActivityLog(st, []core.NodeID{1, 2}, syncData); err != nil || n != 0 {
 		t.Fatalf("clean log: %d, %v", n, err)
 	}
 	if err := st.WriteActivityLog([]uint64{1, 15}); err != nil {
 		t.Fatal(err)
 	}
-	n, err := recoverActivityLog(st, []core.NodeID{1, 2})
+	failed := errors.New("injected flush failure")
+	if _, err := recoverActivityLog(st, []core.NodeID{1, 2}, func() error { return failed }); !errors.Is(err, failed) {
+		t.Fatalf("recover with a failing flush: %v, want the flush's error", err)
+	}
+	if ext, err := st.ReadActivityLog(); err != nil || len(ext) != 2 {
+		t.Fatalf("after a failed flush the log holds %v (%v), want both extents kept", ext, err)
+	}
+	n, err := recoverActivityLog(st, []core.NodeID{1, 2}, syncData)
 	if err != nil || n != 2 {
 		t.Fatalf("recover: %d, %v; want 2", n, err)
+	}
+	if syncs != 1 {
+		t.Errorf("the data disk was flushed %d times, want once (before marking)", syncs)
 	}
 	const blocksPerExtent = xs / 4096
 	for _, p := range []int{1, 2} {

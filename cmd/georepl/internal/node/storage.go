@@ -164,7 +164,7 @@ func openStorage(rc *configs.Resource, self *configs.Node, opts Options, faults 
 		l.Close()
 		return nil, fmt.Errorf("node %s keeps no resync undo log (resync_undo = \"none\"): nothing to roll back", self.Name)
 	}
-	recovered, err := recoverActivityLog(store, peers)
+	recovered, err := recoverActivityLog(store, peers, region.Sync)
 	if err != nil {
 		l.Close()
 		if undoFile != nil {
