@@ -296,4 +296,5 @@ func (w *world) shutdown() {
 		time.Sleep(10 * time.Millisecond)
 	}
 	w.closers.Wait()
+	w.clients.Wait() // their requests failed as their resources went down
 }

@@ -52,6 +52,7 @@ type world struct {
 
 	mu        sync.Mutex
 	closers   sync.WaitGroup // Close of dead incarnations
+	clients   sync.WaitGroup // the application's operations in flight
 	nodes     []*simNode
 	incs      []*incarnation // every incarnation started
 	listeners map[string]*listener
@@ -778,7 +779,9 @@ func (w *world) write(first uint64, n int, fua bool) {
 	for i, x := range ws {
 		checker.EncodeBlock(buf[i*blockSize:(i+1)*blockSize], checker.Tag{Run: w.m.run, Block: x.Block, Seq: x.Seq})
 	}
+	w.clients.Add(1)
 	go func() {
+		defer w.clients.Done()
 		err := dev.WriteAt(context.Background(), buf, first*blockSize, fua)
 		w.mu.Lock()
 		defer w.mu.Unlock()
@@ -810,7 +813,9 @@ func (w *world) flush() {
 	dev := p.inc.dev
 	atIssue := w.replicating(p, "C")
 	w.mu.Unlock()
+	w.clients.Add(1)
 	go func() {
+		defer w.clients.Done()
 		err := dev.Flush(context.Background())
 		w.mu.Lock()
 		defer w.mu.Unlock()
