@@ -31,6 +31,9 @@ var depRules = []struct {
 	{"kmod/nbd", []string{"kmod"}},
 	{"kmod/nbdkernel", []string{"kmod", "kmod/nbd"}},
 	{"kmod/ublk", []string{"kmod", "kmod/nbd", "kmod/nbdkernel"}},
+	// The simulator runs nodes in a world of its own: no real transport.
+	{"cmd/georepl/internal/sim", []string{"cmd/georepl/internal/admin", "cmd/georepl/internal/checker", "cmd/georepl/internal/node",
+		"configs", "core", "core/meta", "core/wire", "kmod", "kmod/nbd", "kmod/nbdkernel", "kmod/ublk", "protocols", "transports"}},
 }
 
 // TestDependencyRule keeps the architecture honest: the engine and the

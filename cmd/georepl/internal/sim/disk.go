@@ -59,6 +59,9 @@ type disk struct {
 	changed uint64
 	// ops counts the gated operations issued.
 	ops uint64
+	// cachedExt counts, per activity-log extent, the cached writes that
+	// touch it (checkCached looks at extents first).
+	cachedExt map[int64]int
 }
 
 type cachedWrite struct {
@@ -71,7 +74,7 @@ type cachedWrite struct {
 
 func newDisk(w *world, node, name string, size int64, gated bool) *disk {
 	return &disk{w: w, node: node, name: name, size: size, gated: gated,
-		durable: map[int64][]byte{}, view: map[int64][]byte{}}
+		durable: map[int64][]byte{}, view: map[int64][]byte{}, cachedExt: map[int64]int{}}
 }
 
 // apply writes c over the pages of m (copy on write: pages are shared
@@ -112,7 +115,21 @@ func (d *disk) complete(off int64, data []byte, length int64) {
 	d.changed++
 	c := cachedWrite{n: d.completed, off: off, data: data, len: length, gen: d.gen}
 	d.cache = append(d.cache, c)
+	d.countExtents(c, 1)
 	apply(d.view, c)
+}
+
+// countExtents adds delta to the count of cached writes of each extent c
+// touches.
+func (d *disk) countExtents(c cachedWrite, delta int) {
+	if c.len == 0 {
+		return
+	}
+	for x := c.off / extentSize; x <= (c.off+c.len-1)/extentSize; x++ {
+		if d.cachedExt[x] += delta; d.cachedExt[x] == 0 {
+			delete(d.cachedExt, x)
+		}
+	}
 }
 
 // flush makes durable every write completed up to mark. Called with
@@ -122,6 +139,7 @@ func (d *disk) flush(mark uint64) {
 	for _, c := range d.cache {
 		if c.n <= mark {
 			apply(d.durable, c)
+			d.countExtents(c, -1)
 		} else {
 			keep = append(keep, c)
 		}
@@ -167,6 +185,7 @@ func (d *disk) powerLoss(rng *rand.Rand) (lost bool) {
 		}
 	}
 	d.cache = nil
+	clear(d.cachedExt)
 	d.view = maps(d.durable)
 	d.changed++
 	return lost

@@ -15,19 +15,23 @@
 // seam).
 //
 //   - The network (net.go) carries whole wire frames. A frame waits in
-//     flight until the scheduler delivers it; each channel of each
-//     direction keeps its order, and the scheduler picks the order across
-//     channels, directions and connections. It can cut a connection
-//     between any two frames, the handshake's included, and partition two
-//     nodes (dials fail until healed).
+//     flight until the scheduler delivers it, alone or with the frames
+//     behind it (as one TCP segment brings several: a reader that finds
+//     the next frame buffered hands its write to another goroutine); each
+//     channel of each direction keeps its order, and the scheduler picks
+//     the order across channels, directions and connections. It can cut a
+//     connection between any two frames, the handshake's included, and
+//     partition two nodes (dials fail until healed).
 //   - The disks (disk.go) model a volatile write cache. A completed write
 //     is visible at once and durable only once a flush issued after it
 //     completed; a power loss keeps, for each 4 KiB page, any one of the
 //     versions it went through since it was last durable; a process
 //     crash keeps everything. Every read, write and flush of the data
-//     disk waits until the scheduler completes it; the metadata file's
-//     complete at once (the node performs them holding locks, and
-//     synctest sees a goroutine waiting for a lock as running).
+//     disk waits until the scheduler completes it, and not before its
+//     latency passed (none for most reads and writes, some milliseconds
+//     for a few, and for every flush); the metadata file's complete at
+//     once (the node performs them holding locks, and synctest sees a
+//     goroutine waiting for a lock as running).
 //   - A process crash or power loss fences the incarnation: its disk
 //     handles fail, its connections are cut, its daemon is closed in the
 //     background; a restart is a new daemon on the same disks.
@@ -41,7 +45,9 @@
 // # A schedule
 //
 // A seed draws the settings (protocol A, B or C per connection, disk
-// flushes, resync_min_app_share, the number of steps) and every choice:
+// flushes, resync_min_app_share, the number of steps; most schedules
+// start with the nodes connected, some while they connect) and every
+// choice:
 // which frame to deliver, which disk operation to complete, application
 // writes (tagged 4 KiB blocks, one or two, sometimes FUA) and flushes on
 // the Primary, time passing, and faults: cutting a connection, a
@@ -72,7 +78,12 @@
 //     flush or by FUA is held by every node it was durable on (the
 //     Primary and the protocol C peers the flush waited for) when that
 //     node is promoted without --force, whatever crashes or power losses
-//     came between;
+//     came between; and what the activity log is for: at every step,
+//     every write a node's disk holds only in its volatile cache lies in
+//     an extent of its durable activity log or is marked for every peer
+//     (else a power loss would drop it and nothing would resynchronise
+//     it), and after a power loss every block the loss changed is so
+//     covered;
 //   - (b) a write a protocol B or C peer acknowledged is held by that peer
 //     when it is promoted, unless it crashed since;
 //   - (c) the image of every node that reports UpToDate, Outdated or
@@ -94,10 +105,11 @@
 //
 // # Driving it
 //
-// TestSim runs random schedules; a failure prints the seed and the
-// command that replays it with a step trace:
+// TestSim runs random schedules (2,000 by default, fifty under the race
+// detector); a failure prints the seed and the command that replays it
+// with a step trace:
 //
-//	go test ./cmd/georepl/internal/sim -run 'TestSim$' -sim.seed=185 -sim.trace
+//	go test ./cmd/georepl/internal/sim -run 'TestSim$' -sim.seed=245 -sim.trace
 //
 // -sim.logs adds the nodes' logs to the trace; -sim.schedules,
 // -sim.first and -sim.duration choose how many schedules run;
@@ -106,7 +118,13 @@
 // without stopping, and -sim.avoid steers the scheduler clear of a
 // situation (see Run). A replay is deterministic up to the Go runtime's
 // own choices (map order, select), which the scheduler's sorted choices
-// make rare: a failing seed replays nearly always.
+// make rare: a failing seed replays nearly always. A seed means a
+// schedule only for one version of the scheduler: a change to its
+// choices (weights, actions) plays other schedules from the same seeds.
+//
+// TestSimRegressions replays testdata/regressions.txt, the seeds that
+// found bugs; re-derive them (a long -sim.keepgoing run lists seeds per
+// class of violation) when the scheduler changes.
 //
 // Run is the entry point for other drivers; it must be called inside a
 // synctest bubble.

@@ -161,9 +161,10 @@ func (w *world) drainOne() bool {
 	return true
 }
 
-// settled: every node is up with one Primary that every other node is
-// Established with, nothing out of sync or unacknowledged, nothing in
-// flight; or nodes that refuse each other (split brain) and are quiet.
+// settled: every node is up, every connection Established, nothing out
+// of sync or unacknowledged between the Primary and its peers, nothing in
+// flight; connections left StandAlone (a split brain no operator
+// resolved) are let be.
 func (w *world) settled() bool {
 	w.mu.Lock()
 	busy := len(w.ops) > 0
@@ -179,9 +180,15 @@ func (w *world) settled() bool {
 			return false
 		}
 		for _, ps := range n.st.Peers {
+			// Marks a Secondary keeps for another Secondary (writes its
+			// Primary had not confirmed everywhere when it was lost)
+			// wait for a promotion: only the Primary's count.
+			primary := n.st.Role == "Primary" || ps.Role == "Primary"
 			switch {
 			case ps.Conn == "StandAlone":
-			case ps.Conn != "Connected" || ps.Repl != "Established" || ps.OutOfSync != 0 || ps.Unacked != 0:
+			case ps.Conn != "Connected" || ps.Repl != "Established":
+				return false
+			case primary && (ps.OutOfSync != 0 || ps.Unacked != 0):
 				return false
 			}
 		}
@@ -296,4 +303,5 @@ func (w *world) shutdown() {
 		time.Sleep(10 * time.Millisecond)
 	}
 	w.closers.Wait()
+	w.clients.Wait() // their requests failed as their resources went down
 }

@@ -28,9 +28,11 @@ const (
 	transport    = "sim"
 	// extents is the data size in activity-log extents: more than the
 	// smallest activity log (7), so that writes contend for its slots.
-	extents   = 8
-	dataSize  = extents * meta.ActivityLogExtentSize
-	blockSize = checker.BlockSize
+	extents  = 8
+	dataSize = extents * meta.ActivityLogExtentSize
+	// extentSize is an activity-log extent's size, as an offset.
+	extentSize = int64(meta.ActivityLogExtentSize)
+	blockSize  = checker.BlockSize
 	// hotBlocks is how many blocks of each extent the application
 	// writes: few, so that writes to one block follow each other.
 	hotBlocks = 4
@@ -52,6 +54,7 @@ type world struct {
 
 	mu        sync.Mutex
 	closers   sync.WaitGroup // Close of dead incarnations
+	clients   sync.WaitGroup // the application's operations in flight
 	nodes     []*simNode
 	incs      []*incarnation // every incarnation started
 	listeners map[string]*listener
@@ -536,20 +539,17 @@ func covered(pg int64, active map[uint64]bool, bitmaps map[string][]uint64) bool
 // checkCached holds, at every step, the activity log's invariant behind
 // checkCoverage: every write n's disk holds only in its volatile cache
 // (a power loss now would drop it) is covered (see covered). The durable
-// log is read again only when the metadata file changed.
+// log is read again only when the metadata file changed; pages are looked
+// at only in extents the log does not name.
 func (w *world) checkCached(n *simNode) {
 	w.mu.Lock()
-	var pages []int64
-	earlier := map[int64]bool{} // written by an earlier incarnation
-	for _, c := range n.data.cache {
-		for off := c.off; off < c.off+c.len; off = (off/pageSize + 1) * pageSize {
-			pages = append(pages, off/pageSize)
-			earlier[off/pageSize] = c.gen != n.data.gen
-		}
+	exts := make([]int64, 0, len(n.data.cachedExt))
+	for x := range n.data.cachedExt {
+		exts = append(exts, x)
 	}
 	changed := n.meta.changed
 	w.mu.Unlock()
-	if len(pages) == 0 {
+	if len(exts) == 0 {
 		return
 	}
 	if n.logAt != changed || n.log == nil {
@@ -559,16 +559,31 @@ func (w *world) checkCached(n *simNode) {
 		}
 		n.log, n.logBitmaps, n.logAt = active, bitmaps, changed
 	}
+	outside := map[int64]bool{}
+	for _, x := range exts {
+		if !n.log[uint64(x)] {
+			outside[x] = true
+		}
+	}
+	if len(outside) == 0 {
+		return
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var uncovered []string
-	for _, pg := range pages {
-		if !covered(pg, n.log, n.logBitmaps) {
+	seen := map[int64]bool{}
+	for _, c := range n.data.cache {
+		for off := c.off; off < c.off+c.len; off = (off/pageSize + 1) * pageSize {
+			pg := off / pageSize
+			if seen[pg] || !outside[off/extentSize] || covered(pg, n.log, n.logBitmaps) {
+				continue
+			}
+			seen[pg] = true
 			by := "this process"
-			if earlier[pg] {
+			if c.gen != n.data.gen {
 				by = "a process that crashed"
 			}
-			uncovered = append(uncovered, fmt.Sprintf("block %d (extent %d) holds %s, written by %s", pg, uint64(pg)*pageSize/meta.ActivityLogExtentSize, w.describePage(pg, n.data.view[pg]), by))
+			uncovered = append(uncovered, fmt.Sprintf("block %d (extent %d) holds %s, written by %s", pg, off/extentSize, w.describePage(pg, n.data.view[pg]), by))
 		}
 	}
 	if len(uncovered) > 0 {
@@ -778,7 +793,9 @@ func (w *world) write(first uint64, n int, fua bool) {
 	for i, x := range ws {
 		checker.EncodeBlock(buf[i*blockSize:(i+1)*blockSize], checker.Tag{Run: w.m.run, Block: x.Block, Seq: x.Seq})
 	}
+	w.clients.Add(1)
 	go func() {
+		defer w.clients.Done()
 		err := dev.WriteAt(context.Background(), buf, first*blockSize, fua)
 		w.mu.Lock()
 		defer w.mu.Unlock()
@@ -810,7 +827,9 @@ func (w *world) flush() {
 	dev := p.inc.dev
 	atIssue := w.replicating(p, "C")
 	w.mu.Unlock()
+	w.clients.Add(1)
 	go func() {
+		defer w.clients.Done()
 		err := dev.Flush(context.Background())
 		w.mu.Lock()
 		defer w.mu.Unlock()
