@@ -629,6 +629,14 @@ func (e *Engine) receiveState(p *peer, f *wire.Frame) {
 	if e.refusesSecondPrimary(p) {
 		return
 	}
+	if e.role == Primary && p.role == Primary && oldRole != Primary {
+		// Promotions that crossed: each side decided against the other
+		// as a Secondary, and either may be resynchronising the other
+		// (its frames may be on their way). Two Primaries exchange no
+		// data; a fresh handshake decides (and refuses).
+		e.dropPeer(p, fmt.Errorf("%w: both nodes are Primary (promoted at the same time)", ErrPeerPrimary), false)
+		return
+	}
 	if stale {
 		return
 	}
