@@ -110,10 +110,11 @@ type simNode struct {
 	// checkedAt is the disk change count and state of the last image
 	// check, to skip unchanged images.
 	checkedAt string
-	// log and logBitmaps are what the metadata file held durably when
-	// its change count was logAt (checkCached).
+	// log, logBitmaps and logNoGen are what durableLog read when the
+	// metadata file's change count was logAt (checkCached).
 	log        map[uint64]bool
 	logBitmaps map[string][]uint64
+	logNoGen   bool
 	logAt      uint64
 }
 
@@ -465,7 +466,7 @@ func (w *world) checkCoverage(n *simNode, before map[int64][]byte) {
 	if len(lost) == 0 {
 		return
 	}
-	active, bitmaps, ok := w.durableLog(n)
+	active, bitmaps, _, ok := w.durableLog(n)
 	if !ok {
 		return
 	}
@@ -484,24 +485,33 @@ func (w *world) checkCoverage(n *simNode, before map[int64][]byte) {
 }
 
 // durableLog reads, from what n's metadata file holds durably, the
-// activity log's extents and the bitmap of each peer (by name); ok is
-// false when there is nothing to hold (no metadata, or Diskless).
-func (w *world) durableLog(n *simNode) (active map[uint64]bool, bitmaps map[string][]uint64, ok bool) {
+// activity log's extents and the bitmap of each peer (by name), in which a
+// node without a generation (noGen) counts its sources' marks for it as
+// its own; ok is false when there is nothing to hold (no metadata,
+// Diskless, or waiting for a full resync).
+func (w *world) durableLog(n *simNode) (active map[uint64]bool, bitmaps map[string][]uint64, noGen, ok bool) {
 	w.mu.Lock()
 	pages := maps(n.meta.durable)
 	w.mu.Unlock()
 	store, err := meta.Open(durableDevice{pages: pages, size: n.meta.size}, 0)
 	if err != nil {
 		w.violate("harness", "%s: durable metadata unreadable: %v", n.name, err)
-		return nil, nil, false
+		return nil, nil, false, false
 	}
-	if core.DiskState(store.Superblock().DiskState) == core.Diskless {
-		return nil, nil, false
+	sb := store.Superblock()
+	if core.DiskState(sb.DiskState) == core.Diskless {
+		return nil, nil, false, false
+	}
+	if sb.Current == 0 && !slices.ContainsFunc(sb.BitmapUUID, func(id uint64) bool { return id != 0 }) {
+		// No generation and no initial sync to resume (fresh metadata:
+		// create-md): the next resync into n is full, and nothing its
+		// disk holds is promised until then.
+		return nil, nil, false, false
 	}
 	extents, err := store.ReadActivityLog()
 	if err != nil {
 		w.violate("a", "%s: the durable activity log is unreadable: %v", n.name, err)
-		return nil, nil, false
+		return nil, nil, false, false
 	}
 	active = map[uint64]bool{}
 	for _, x := range extents {
@@ -513,12 +523,46 @@ func (w *world) durableLog(n *simNode) (active map[uint64]bool, bitmaps map[stri
 			words, err := store.ReadBitmap(p.id)
 			if err != nil {
 				w.violate("harness", "%s: durable bitmap for %s unreadable: %v", n.name, p.name, err)
-				return nil, nil, false
+				return nil, nil, false, false
 			}
 			bitmaps[p.name] = words
 		}
 	}
-	return active, bitmaps, true
+	if sb.Current == 0 {
+		// No generation yet, an initial sync to resume: a block its
+		// source still marks for n will be written again whatever n's
+		// disk holds.
+		for _, p := range w.nodes {
+			if p == n {
+				continue
+			}
+			marks := w.durableMarksFor(p, n)
+			for name, words := range bitmaps {
+				for i := range min(len(words), len(marks)) {
+					words[i] |= marks[i]
+				}
+				bitmaps[name] = words
+			}
+		}
+	}
+	return active, bitmaps, sb.Current == 0, true
+}
+
+// durableMarksFor returns the blocks p's durable metadata marks out of
+// sync for n (nil when p has none readable).
+func (w *world) durableMarksFor(p, n *simNode) []uint64 {
+	w.mu.Lock()
+	pages := maps(p.meta.durable)
+	w.mu.Unlock()
+	store, err := meta.Open(durableDevice{pages: pages, size: p.meta.size}, 0)
+	if err != nil {
+		return nil
+	}
+	words, err := store.ReadBitmap(n.id)
+	if err != nil {
+		return nil
+	}
+	return words
 }
 
 // covered reports whether block pg would be resynchronised after an
@@ -552,12 +596,14 @@ func (w *world) checkCached(n *simNode) {
 	if len(exts) == 0 {
 		return
 	}
-	if n.logAt != changed || n.log == nil {
-		active, bitmaps, ok := w.durableLog(n)
+	if n.logAt != changed || n.log == nil || n.logNoGen {
+		// A node without a generation counts its sources' marks too,
+		// which change with their metadata: read again every step.
+		active, bitmaps, noGen, ok := w.durableLog(n)
 		if !ok {
 			return
 		}
-		n.log, n.logBitmaps, n.logAt = active, bitmaps, changed
+		n.log, n.logBitmaps, n.logNoGen, n.logAt = active, bitmaps, noGen, changed
 	}
 	outside := map[int64]bool{}
 	for _, x := range exts {
