@@ -385,6 +385,21 @@ func decide(s, p side) decision {
 	if dir == fromPeer {
 		src, dst, repl = p, s, SyncTarget
 	}
+	if dst.role == Primary && resolved == "" && src.sb.Flags&wire.SplitBrainDiscardMine != 0 &&
+		dst.sb.Flags&wire.SplitBrainDiscardMine == 0 {
+		// The Primary's data is older than the peer's, whose operator
+		// throws the peer's changes away: the Primary is the source. The
+		// newer side's marks cover its changes when they are tied to
+		// the Primary's current id; otherwise only a full resync does.
+		full = full || (src.gen.Bitmap != dst.gen.Current && dst.gen.Bitmap != src.gen.Current)
+		resolved = fmt.Sprintf("the Primary's data (current %x) is older than its peer's (current %x); resolved by discard-my-data: node %d discards its changes",
+			dst.gen.Current, src.gen.Current, src.sb.node)
+		src, dst = dst, src
+		repl = SyncSource
+		if src != s {
+			repl = SyncTarget
+		}
+	}
 	switch {
 	case dst.role == Primary && resolved != "":
 		return decision{rule: rule, err: fmt.Errorf("%w%s, but it is Primary and a Primary's data is never overwritten: demote it and connect again",

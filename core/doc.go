@@ -223,7 +223,9 @@
 //     included, and is judged again when one of them is promoted (Promote
 //     re-evaluates every connected peer that does not simply adopt);
 //   - a Primary is never a sync target: that would overwrite the data in
-//     use, so the connection drops as split brain (StandAlone);
+//     use, so the connection drops as split brain (StandAlone), unless
+//     the newer side offered DiscardMyData: it then becomes the Primary's
+//     target (full unless its marks are tied to the Primary's current id);
 //   - a would-be source that is not UpToDate stays Established without
 //     resync (an Event says why);
 //   - a target that holds marks of its own for the source sends them as
