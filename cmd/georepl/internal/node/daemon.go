@@ -317,14 +317,27 @@ func (r *resource) dialLoop(p *peer) {
 		return
 	}
 	var lastLogged string
+	var upSince time.Time // when the connection being waited on was seen up
 	for {
 		r.mu.Lock()
 		conn, wanted := p.conn, p.wanted
 		r.mu.Unlock()
 		var wait <-chan struct{}
+		retry := p.link.Net.ConnectRetry
 		switch {
 		case conn != nil:
 			wait = conn.closed
+			upSince = time.Now()
+		case !upSince.IsZero():
+			// A connection that ended soon after it came up (the
+			// handshake's decision refused it, or the peer dropped it at
+			// once) is tried again after the retry interval, not at once:
+			// two nodes would otherwise reconnect in a tight loop.
+			retry -= time.Since(upSince)
+			upSince = time.Time{}
+			if retry <= 0 {
+				continue
+			}
 		case wanted:
 			err := r.dialOnce(tr, p)
 			if err == nil {
@@ -338,7 +351,7 @@ func (r *resource) dialLoop(p *peer) {
 				lastLogged = msg
 			}
 		}
-		timer := time.NewTimer(p.link.Net.ConnectRetry)
+		timer := time.NewTimer(retry)
 		select {
 		case <-r.stop:
 			timer.Stop()

@@ -304,4 +304,17 @@ func (w *world) shutdown() {
 	}
 	w.closers.Wait()
 	w.clients.Wait() // their requests failed as their resources went down
+	// An administrative request that retries (a demotion waiting for
+	// requests to end) returns at its next try once its daemon is
+	// closed. One still running after a minute is left for synctest to
+	// report as a leak.
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
+		w.mu.Lock()
+		busy := slices.ContainsFunc(w.incs, func(inc *incarnation) bool { return inc.busy > 0 })
+		w.mu.Unlock()
+		if !busy {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
