@@ -341,6 +341,7 @@ func (r *resource) dialLoop(p *peer) {
 		case wanted:
 			err := r.dialOnce(tr, p)
 			if err == nil {
+				upSince = time.Now() // it may be over before the loop looks
 				continue
 			}
 			r.mu.Lock()
