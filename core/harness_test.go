@@ -419,7 +419,8 @@ func (c *cluster) deliver(a, b *node, n int, ch *wire.Channel) int {
 // process performs up to n of a node's pending local operations (n < 0:
 // all those pending now), picking them with pick (index into the pending
 // list), failing them if fail is set: for lack of space (ErrNoSpace, the
-// operation changed nothing) if c.noSpace is set, else as a failing disk.
+// operation changed nothing; only writes, zeroes and trims, the others
+// succeed) if c.noSpace is set, else as a failing disk.
 func (c *cluster) process(nd *node, n int, fail bool, pick func(int) int) int {
 	if n < 0 {
 		n = len(nd.ops)
@@ -435,13 +436,15 @@ func (c *cluster) process(nd *node, n int, fail bool, pick func(int) int) int {
 		c.tracef("process n%d %s fail=%v", nd.id, fmtOp(op), fail)
 		var data []byte
 		var err error
+		// Only what allocates can find no space: the rest succeeds.
+		noSpace := fail && c.noSpace && (op.Kind == OpWrite || op.Kind == OpZeroes || op.Kind == OpTrim)
 		switch {
-		case fail && c.noSpace:
+		case noSpace:
 			// The store had no room: the operation changed nothing,
 			// and the disk is not failing, so the checks stay on.
 			err = fmt.Errorf("%w: injected", ErrNoSpace)
 			nd.lackedSpace = true
-		case fail:
+		case fail && !c.noSpace:
 			nd.failedIO = true
 			err = errors.New("injected failure")
 			if nd.volatile && (op.Kind == OpFlush || op.FUA) {
