@@ -145,7 +145,8 @@ type Config struct {
 	// disks without a volatile write cache.
 	DiskFlushes bool
 	// OnIOError says what a failed local disk operation does; the zero
-	// value is DetachOnIOError.
+	// value is DetachOnIOError. An operation that found no space
+	// (ErrNoSpace) is not a disk failure and never detaches the disk.
 	OnIOError IOErrorPolicy
 	// State is the persisted state (Disk DUnknown is taken as
 	// Inconsistent, Diskless as Inconsistent with Current 0).

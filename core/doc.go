@@ -416,6 +416,36 @@
 // before the StateChange that says Diskless, after which they mark every
 // block for this node, so its stale metadata cannot pass for theirs.
 //
+// # Out of space
+//
+// A local write, write-zeroes or trim that found no room on the backing
+// store (a full file system or quota, a thin store out of space) is not a
+// failing disk: the driver reports it wrapped in ErrNoSpace, and whatever
+// Config.OnIOError says the disk stays attached and is used as before
+// (overwrites of allocated blocks succeed). Such an operation changed
+// nothing else and did not reach its flush (the driver says ErrNoSpace
+// only for a failure of the operation itself), so no flush failed: the
+// marks of a failed flush (above) are not made.
+//
+//   - On a Primary the write fails with an error that wraps the driver's
+//     (the client is told ENOSPC). Its data frames left with the local
+//     write, so the peers may hold it: the range is marked for every peer,
+//     and the peers it is Established with are resynchronised from this disk at once,
+//     as after any failed write under PassOnIOError. No node is then
+//     UpToDate and in sync with different data there.
+//   - A Secondary that had no room for a data write of its Primary
+//     acknowledges it negatively (never as written) and becomes
+//     Inconsistent: it lacks a write that the other nodes have and that the
+//     Primary may complete (its own disk has it), so it must not be
+//     promoted as UpToDate. The Primary marks the range for it and starts
+//     the resync that makes it UpToDate again; while the store is still
+//     full, a resync write fails too, the Primary drops the connection
+//     (ErrIO), and the next connection retries the resync.
+//
+// A flush that fails, for lack of space or not (a thin device whose
+// writeback found no space), may have lost written data: it is a failed
+// flush, and OnIOError applies.
+//
 // # Quorum
 //
 // With Config.Quorum = q, a node has quorum while it reaches q nodes: itself

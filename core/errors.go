@@ -26,6 +26,20 @@ var (
 	// resync read failed here or a resync write failed there.
 	ErrIO = errors.New("disk I/O error")
 
+	// ErrNoSpace marks a local write, write-zeroes or trim that failed
+	// because the backing store had no room for it (a full file system,
+	// a quota, a thin store out of space): the driver wraps the error of
+	// such an operation with it, and only when the operation itself
+	// failed, not its flush (a FUA operation flushes only after a write
+	// that succeeded). A write that found no space changed nothing else:
+	// the engine never detaches the disk for it, whatever
+	// Config.OnIOError says (see "Out of space" in the package doc), and
+	// an application write that failed so completes with an error that
+	// wraps the driver's, so that the client can be told ENOSPC. A flush
+	// that fails, for lack of space or not, may have lost written data:
+	// it is a failed flush, never ErrNoSpace.
+	ErrNoSpace = errors.New("no space left on the backing store")
+
 	// ErrPeerPrimary is returned by Promote while a connected peer is
 	// Primary, and drops a connection whose both ends are Primary.
 	ErrPeerPrimary = errors.New("peer is primary")

@@ -36,6 +36,7 @@ type cluster struct {
 	onDone   func(nd *node, id RequestID, err error) // sees every completion
 	reads    map[RequestID][]byte                    // buffers of application reads in flight
 	hellos   map[[2]int][2]wire.Hello                // handshakes begun (hello) and not yet connected
+	noSpace  bool                                    // process fails operations for lack of space (ErrNoSpace)
 }
 
 type node struct {
@@ -51,10 +52,14 @@ type node struct {
 	ops       []LocalOp           // issued, not yet performed
 	links     []*link             // by peer node id; nil for itself
 	failedIO  bool                // a failure was injected: protocol C checks exempt it
-	corrupted bool                // its disk was changed behind the engine's back (corrupt)
-	metaLost  bool                // its metadata writes fail: persisted state stays as it was
-	crashing  bool                // its engine is gone: nothing it does counts
-	done      map[RequestID]error
+	// lackedSpace: a write failed here for lack of space; its Primary
+	// may complete it (protocol C checks exempt it), but the node must
+	// still converge.
+	lackedSpace bool
+	corrupted   bool // its disk was changed behind the engine's back (corrupt)
+	metaLost    bool // its metadata writes fail: persisted state stays as it was
+	crashing    bool // its engine is gone: nothing it does counts
+	done        map[RequestID]error
 
 	// Promise checks on the receiving side: the data writes delivered by
 	// the current sender (rxFrom, on link generation rxGen) and not yet
@@ -305,7 +310,7 @@ func (c *cluster) handle(nd *node) {
 			if w := nd.inflight[cp.ID]; w != nil && cp.Err == nil && !w.overwritten {
 				for peer, gen := range w.cPeers {
 					pn := c.nodes[peer]
-					if nd.links[peer].gen == gen && !pn.failedIO && !bytes.Equal(pn.disk[w.off:w.off+w.length], w.data) {
+					if nd.links[peer].gen == gen && !pn.failedIO && !pn.lackedSpace && !bytes.Equal(pn.disk[w.off:w.off+w.length], w.data) {
 						c.fail("req %d completed under protocol C but n%d does not have it", cp.ID, peer)
 					}
 				}
@@ -413,7 +418,9 @@ func (c *cluster) deliver(a, b *node, n int, ch *wire.Channel) int {
 
 // process performs up to n of a node's pending local operations (n < 0:
 // all those pending now), picking them with pick (index into the pending
-// list), failing them if fail is set.
+// list), failing them if fail is set: for lack of space (ErrNoSpace, the
+// operation changed nothing; only writes, zeroes and trims, the others
+// succeed) if c.noSpace is set, else as a failing disk.
 func (c *cluster) process(nd *node, n int, fail bool, pick func(int) int) int {
 	if n < 0 {
 		n = len(nd.ops)
@@ -429,7 +436,15 @@ func (c *cluster) process(nd *node, n int, fail bool, pick func(int) int) int {
 		c.tracef("process n%d %s fail=%v", nd.id, fmtOp(op), fail)
 		var data []byte
 		var err error
-		if fail {
+		// Only what allocates can find no space: the rest succeeds.
+		noSpace := fail && c.noSpace && (op.Kind == OpWrite || op.Kind == OpZeroes || op.Kind == OpTrim)
+		switch {
+		case noSpace:
+			// The store had no room: the operation changed nothing,
+			// and the disk is not failing, so the checks stay on.
+			err = fmt.Errorf("%w: injected", ErrNoSpace)
+			nd.lackedSpace = true
+		case fail && !c.noSpace:
 			nd.failedIO = true
 			err = errors.New("injected failure")
 			if nd.volatile && (op.Kind == OpFlush || op.FUA) {
@@ -439,7 +454,7 @@ func (c *cluster) process(nd *node, n int, fail bool, pick func(int) int) int {
 				// and the next flush succeeds.
 				copy(nd.disk, nd.durable)
 			}
-		} else {
+		default:
 			switch op.Kind {
 			case OpWrite, OpZeroes, OpTrim:
 				c.undoSave(nd, op.Offset, op.Length)

@@ -57,9 +57,11 @@ func (e *Engine) FlushFailed(err error) {
 
 // ioFailed handles a failed local operation: under DetachOnIOError it
 // detaches the disk and reports true, under PassOnIOError it reports
-// false and the caller passes the error on.
+// false and the caller passes the error on. An operation that found no
+// space (ErrNoSpace) is passed on under either policy: the disk is not
+// failing.
 func (e *Engine) ioFailed(what string, off, length uint64, err error) bool {
-	if e.onIOError != DetachOnIOError {
+	if e.onIOError != DetachOnIOError || errors.Is(err, ErrNoSpace) {
 		return false
 	}
 	e.detach(fmt.Sprintf("%s of [%d, +%d) failed: %v", what, off, length, err))

@@ -1,6 +1,7 @@
 package core
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/georepl/georepl/core/wire"
@@ -374,6 +375,12 @@ func (e *Engine) appWriteDone(w *write, err error) {
 			e.markOutOfSync(p, w.off, w.length)
 		}
 		e.event(Event{What: "disk", Detail: fmt.Sprintf("%v of [%d, +%d) failed: %v; marked out of sync for every peer", w.kind, w.off, w.length, err)})
+		if errors.Is(err, ErrNoSpace) {
+			// The driver's error says ENOSPC to the client. The
+			// operation failed before its flush: no flush failed.
+			e.complete(w, fmt.Errorf("%v of [%d, +%d): %w", w.kind, w.off, w.length, err))
+			return
+		}
 		e.complete(w, fmt.Errorf("%w: %v of [%d, +%d): %w", ErrIO, w.kind, w.off, w.length, err))
 		if w.fua && !overlapped {
 			// Its flush may be what failed.

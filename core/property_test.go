@@ -109,9 +109,12 @@ func TestRandomHistoriesConverge(t *testing.T) {
 				c.deliver(a, b, rapid.IntRange(1, 4).Draw(t, "frames"), ch)
 			case 6, 7:
 				nd := c.nodes[rapid.IntRange(0, 2).Draw(t, "node")]
-				// Now and then a disk operation fails.
+				// Now and then a disk operation fails, or its store
+				// has no room for it.
 				fail := rapid.IntRange(0, 30).Draw(t, "disk error?") == 0
+				c.noSpace = fail && rapid.Bool().Draw(t, "no space?")
 				c.process(nd, rapid.IntRange(1, 4).Draw(t, "ops"), fail, pick)
+				c.noSpace = false
 			case 8:
 				a, b := pair()
 				if a.links[b.id].up {

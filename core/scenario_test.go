@@ -34,7 +34,8 @@ import (
 //	fail-meta A (its metadata writes are lost from now on, until it crashes)
 //	flush-failed A (a flush of A's disk outside its LocalOps failed: FlushFailed; a volatile cache loses what is not durable)
 //	flush A internal (Request.Internal: the driver's own flush)
-//	deliver A->B [n=N] [chan=data|control] | process A [n=N] [fail] [last]
+//	deliver A->B [n=N] [chan=data|control] | process A [n=N] [fail|fail=nospace] [last]
+//	    (fail=nospace: the store has no room, ErrNoSpace; the operation changes nothing)
 //	stabilize [quiet] | status [A] | disks | bitmap A B | read A... off=O len=L
 //	tick A ms=N | pause-sync A B | resume-sync A B
 func TestScenarios(t *testing.T) {
@@ -380,7 +381,16 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 		if d.HasArg("last") {
 			pick = func(n int) int { return n - 1 }
 		}
-		if c.process(ns[0], intArg(d, "n", -1), d.HasArg("fail"), pick) == 0 {
+		fail, ok := d.Arg("fail")
+		if ok && len(fail.Vals) > 0 {
+			if fail.Vals[0] != "nospace" {
+				return fmt.Errorf("fail=%s: want fail or fail=nospace", fail.Vals[0])
+			}
+			c.noSpace = true
+		}
+		moved := c.process(ns[0], intArg(d, "n", -1), ok, pick)
+		c.noSpace = false
+		if moved == 0 {
 			c.logf("nothing to process")
 		}
 	case "tick":

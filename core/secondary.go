@@ -3,6 +3,7 @@ package core
 import (
 	"bytes"
 	"cmp"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -342,9 +343,19 @@ func (e *Engine) rxWriteDone(w *rxWrite, data []byte, err error) {
 		e.noteWritten(w.op.Offset, w.op.Length)
 	}
 	// A FUA operation (a write, or a checksum of durable data) flushes
-	// the disk: its failure may be the flush's.
-	syncErr := err != nil && w.op.FUA
+	// the disk: its failure may be the flush's, unless it found no space
+	// (ErrNoSpace: it failed before its flush).
+	noSpace := errors.Is(err, ErrNoSpace)
+	syncErr := err != nil && w.op.FUA && !noSpace
 	what := fmt.Sprintf("%v of [%d, +%d)", w.op.Kind, w.op.Offset, w.op.Length)
+	if noSpace && !w.resync {
+		// This disk lacks a write that the other nodes have, and that
+		// may be completed: it is no longer a copy of anyone's data,
+		// and must not be promoted as one. A resync (the Primary
+		// marks the block on our negative acknowledgement) makes it
+		// UpToDate again.
+		e.lackSpace(what, err)
+	}
 	if seg.rx.lost {
 		// Nobody to answer. A failed write detaches the disk or is
 		// passed on: if it came from our Primary, it is among the writes
@@ -522,4 +533,19 @@ func (e *Engine) markRecent(q *peer, writes []recentWrite, uncovered bool) {
 			e.markOutOfSync(q, r.off, r.length)
 		}
 	}
+}
+
+// lackSpace handles a received data write that the local store had no
+// room for: the disk stays attached, but it misses a write that the
+// Primary and the other peers have, and that the Primary may complete (it
+// has the data, and takes our negative acknowledgement for a mark), so
+// it becomes Inconsistent until a resync fills the hole. The other peers
+// need no mark: the Primary's barrier no longer names us as holding its
+// writes once it marked this one for us, and a node that is not UpToDate
+// is never a sync source.
+func (e *Engine) lackSpace(what string, err error) {
+	if e.disk == Diskless || e.disk == Inconsistent {
+		return
+	}
+	e.setDisk(Inconsistent, fmt.Sprintf("%s failed: %v; this disk lacks a write its Primary has, until a resync", what, err))
 }

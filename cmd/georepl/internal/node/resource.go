@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -729,10 +730,11 @@ func (r *resource) do(op core.LocalOp) (data []byte, err error) {
 		if _, err = dev.WriteAt(op.Data, off); err == nil {
 			r.diskWritten.Add(uint64(len(op.Data)))
 		}
+		err = noSpace(err)
 	case core.OpZeroes:
-		err = dev.WriteZeroes(off, n)
+		err = noSpace(dev.WriteZeroes(off, n))
 	case core.OpTrim:
-		err = dev.Punch(off, n)
+		err = noSpace(dev.Punch(off, n))
 	case core.OpFlush:
 		err = r.st.sync.syncOp()
 	case core.OpRead:
@@ -749,6 +751,24 @@ func (r *resource) do(op core.LocalOp) (data []byte, err error) {
 		err = r.st.sync.syncOp()
 	}
 	return data, err
+}
+
+// noSpace tells the engine that a write, write-zeroes or trim failed
+// because the backing store had no room for it (core.ErrNoSpace): a full
+// file system or quota, a thin store out of space. Only the operation's
+// own failure: a failed flush of the disk (the gate's errors, which a
+// write saving old blocks for the undo log may meet) lost written data,
+// and stays a failed flush whatever its errno.
+func noSpace(err error) error {
+	var failure *syncFailure
+	var doubt *flushDoubtError
+	switch {
+	case err == nil, errors.As(err, &failure), errors.As(err, &doubt):
+		return err
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EFBIG):
+		return fmt.Errorf("%w: %w", core.ErrNoSpace, err)
+	}
+	return err
 }
 
 // checksumChunk bounds the memory one OpChecksum reads at a time.
