@@ -330,14 +330,8 @@
 // the new Primary's data. A node that crashed (the old Primary or a
 // secondary) marks its activity log when it restarts (see Settled) and
 // becomes a sync target like them. A node that becomes a sync target marks
-// every block for its other peers, so that a resync from another node
-// after an interruption is complete, and keeps these marks when the resync
-// is done: it then holds its source's data and ids, and where another
-// node differs from that only the source's marks for that node say, which
-// it does not have (with no marks, a later resync from it to that node
-// would skip what the source wrote here). They go as any secondary's
-// marks for another do: once their Primary names both as holders in a
-// barrier, or by a resync between them.
+// every block for its other peers until the resync is done, so that a
+// resync from another node after an interruption is complete.
 //
 // # Local I/O errors
 //

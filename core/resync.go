@@ -337,17 +337,13 @@ func (e *Engine) finishResync(p *peer) {
 // writes.
 func (e *Engine) resyncTargetDone(p *peer) {
 	e.current, e.history = p.gen.Current, p.gen.History
-	// The source resynchronised every block we had marked for it. Our
-	// marks for the other peers stay: we now hold the source's data, and
-	// where another node differs from it only the source's marks for that
-	// node say, which we do not have. Taking the source's ids with no
-	// marks would tell that node that we hold nothing it lacks (rows 4
-	// and 5 of the table), and a later resync from us would skip what the
-	// source wrote here. They are cleared once our Primary confirms that
-	// we both hold its data (receiveBarrier), or by a resync between us.
-	p.bitmap.ClearRange(0, p.bitmap.Len())
-	p.bitmapUUID = 0
-	p.afterCrash, p.invalidated, p.detachedMarks = 0, "", false
+	// We now hold the Primary's data: whatever differs on another node is
+	// marked by the Primary or by that node.
+	for _, q := range e.peers {
+		q.bitmap.ClearRange(0, q.bitmap.Len())
+		q.bitmapUUID = 0
+		q.afterCrash, q.invalidated, q.detachedMarks = 0, "", false
+	}
 	e.persistDirty = true
 	e.announce = true
 	e.setDisk(UpToDate, fmt.Sprintf("resync from node %d done", p.cfg.ID))

@@ -677,26 +677,6 @@ func (w *world) takeBase(n *simNode) {
 	}
 }
 
-// baseAtCrash takes the base of n's term when n crashes (or loses power)
-// before takeBase could: its image then, as the crash leaves it and before
-// a power loss drops anything, is what the term's data was (the
-// application writes nothing before the base is known). Without it, a
-// node that comes back with that image (a forced promotion made it
-// UpToDate) would hold a state of no known term. The promotion's promises
-// are not judged: nothing was served from it. Called with w.mu held.
-func (w *world) baseAtCrash(n *simNode) {
-	if !n.basePending || n.term == nil {
-		return
-	}
-	t := n.term
-	n.basePending = false
-	parent, corrupt := w.m.setBase(t, n.data.reader())
-	for _, c := range corrupt {
-		w.violate("c", "%s promoted with a corrupt block: %s", n.name, c)
-	}
-	w.trace.add("model", fmt.Sprintf("term %d based on %s's image at its crash (a state of term %s)", t.id, n.name, termName(parent)))
-}
-
 func termName(t *term) string {
 	if t == nil {
 		return "none"

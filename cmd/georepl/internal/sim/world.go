@@ -399,7 +399,6 @@ func (w *world) crash(n *simNode, power bool) {
 			c.cut()
 		}
 	}
-	w.baseAtCrash(n)
 	var before map[int64][]byte
 	if power {
 		before = n.data.view
