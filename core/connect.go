@@ -243,7 +243,7 @@ func (e *Engine) Receive(from NodeID, f *wire.Frame) {
 			e.violation(p, f, "resync done without a resync from this peer")
 			return
 		}
-		e.resyncTargetDone(p)
+		e.resyncTargetDone(p, f.Offset)
 	case wire.TypeRecvAck:
 		e.recvAck(p, f)
 	case wire.TypeWriteAck:

@@ -331,7 +331,12 @@
 // secondary) marks its activity log when it restarts (see Settled) and
 // becomes a sync target like them. A node that becomes a sync target marks
 // every block for its other peers until the resync is done, so that a
-// resync from another node after an interruption is complete.
+// resync from another node after an interruption is complete; and after
+// it, for every peer its source does not name in ResyncDone's holder set
+// (as in a barrier: the nodes in sync with the source), since the resync
+// may have changed its data where that peer's differs, although its
+// generation ids, now the source's, may match the peer's. A barrier that
+// names both clears those marks.
 //
 // # Local I/O errors
 //

@@ -839,6 +839,8 @@ func fmtFrame(f *wire.Frame) string {
 		s += fmt.Sprintf(" ep=%d confirmed=%d holders=%s", f.Epoch, f.Seq, nodeSet(f.Offset))
 	case wire.TypeBarrierAck:
 		s += fmt.Sprintf(" ep=%d", f.Epoch)
+	case wire.TypeResyncDone:
+		s += fmt.Sprintf(" holders=%s", nodeSet(f.Offset))
 	case wire.TypeStateChange:
 		var st wire.State
 		if err := st.UnmarshalBinary(f.Payload); err == nil {

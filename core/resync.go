@@ -317,14 +317,16 @@ func (e *Engine) resyncCsumReply(p *peer, f *wire.Frame) {
 }
 
 // finishResync ends a resync whose bitmap is clear with nothing in flight.
+// ResyncDone carries our holder set, as a barrier does, the target
+// included: the target keeps its marks for the nodes outside it.
 func (e *Engine) finishResync(p *peer) {
-	e.send(p, wire.Frame{Type: wire.TypeResyncDone})
 	p.resyncDoneSent = true
 	p.rs = nil
 	p.bitmapUUID = 0
 	p.afterCrash, p.invalidated, p.detachedMarks = 0, "", false
 	e.persistDirty = true
 	e.setRepl(p, Established, "resync done")
+	e.send(p, wire.Frame{Type: wire.TypeResyncDone, Offset: e.holders()})
 	detail := fmt.Sprintf("finished (%d bytes)", p.resyncDone)
 	if p.resyncSame > 0 {
 		detail = fmt.Sprintf("finished (%d bytes, %d of them found identical and not sent)", p.resyncDone, p.resyncSame)
@@ -334,12 +336,22 @@ func (e *Engine) finishResync(p *peer) {
 
 // resyncTargetDone handles ResyncDone from our sync source (always a
 // Primary): every block it had marked is now on our disk, in order with its
-// writes.
-func (e *Engine) resyncTargetDone(p *peer) {
+// writes. holders is the source's holder set (as in a barrier): the nodes
+// in sync with it, holding no marks of its.
+func (e *Engine) resyncTargetDone(p *peer, holders uint64) {
 	e.current, e.history = p.gen.Current, p.gen.History
-	// We now hold the Primary's data: whatever differs on another node is
-	// marked by the Primary or by that node.
+	// We now hold the Primary's data, and so does a holder: our marks for
+	// it stand for nothing. Any other node may differ from us wherever the
+	// resync rewrote our data, although our ids, now the Primary's, may
+	// match its own: it may lack writes of the Primary's generation that
+	// only the Primary's marks name. Only our marks can tell it: every
+	// block stays marked for it, as since the resync began (or from now
+	// on, if we had no generation to tie marks to then).
 	for _, q := range e.peers {
+		if q != p && holders&(1<<q.cfg.ID) == 0 {
+			e.markUncovered(q, 0, e.size)
+			continue
+		}
 		q.bitmap.ClearRange(0, q.bitmap.Len())
 		q.bitmapUUID = 0
 		q.afterCrash, q.invalidated, q.detachedMarks = 0, "", false

@@ -53,7 +53,8 @@ const (
 	// state and generation ids. Payload: State.
 	TypeStateChange Type = 13
 	// TypeResyncDone tells the sync target that every block of the resync
-	// was sent and acknowledged.
+	// was sent and acknowledged. Offset: the source's holders, as in
+	// TypeBarrier.
 	TypeResyncDone Type = 14
 	// TypeBatch wraps several frames, optionally LZ4-compressed
 	// (FlagCompressed). Writer and Reader produce and unpack it; callers of

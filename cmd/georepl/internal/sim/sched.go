@@ -618,7 +618,9 @@ func (w *world) adminDone(n *simNode, op *adminOp) {
 			n.stopped = false
 			return
 		}
-		n.term, n.basePending = nil, false
+		w.mu.Lock()
+		w.endTermLocked(n, "demoted")
+		w.mu.Unlock()
 		if w.app == n {
 			w.app = nil
 		}
@@ -650,6 +652,29 @@ func (w *world) takeBase(n *simNode) {
 			}
 		}
 	}
+	w.baseLocked(n, "")
+}
+
+// endTermLocked ends n's term: n stops being Primary (demoted, or its
+// process is gone). A term whose base was not taken yet takes it now: the
+// application wrote nothing in it, and nothing else changed n's image
+// since the promotion (the engine promotes no node with received writes
+// still to apply, a Primary is never a sync target, and data from
+// another Primary is refused), so its image is the one its Primary's data
+// held throughout. Left unbased, the term would be no lineage for the
+// checker: a node forced to UpToDate from an image no other term passed
+// through would fit none.
+func (w *world) endTermLocked(n *simNode, why string) {
+	if n.basePending {
+		w.baseLocked(n, why)
+	}
+	n.term, n.basePending = nil, false
+}
+
+// baseLocked takes n's image as its term's base and checks what the
+// promotion promised; why says when it is taken ("": once the writes it
+// received before its promotion were on its disk).
+func (w *world) baseLocked(n *simNode, why string) {
 	t := n.term
 	n.basePending = false
 	img := n.data.reader()
@@ -657,7 +682,11 @@ func (w *world) takeBase(n *simNode) {
 	for _, c := range corrupt {
 		w.violate("c", "%s promoted with a corrupt block: %s", n.name, c)
 	}
-	w.trace.add("model", fmt.Sprintf("term %d based on %s's image (a state of term %s)", t.id, n.name, termName(parent)))
+	when := ""
+	if why != "" {
+		when = ", taken as it is " + why
+	}
+	w.trace.add("model", fmt.Sprintf("term %d based on %s's image (a state of term %s%s)", t.id, n.name, termName(parent), when))
 	if t.forced {
 		return
 	}

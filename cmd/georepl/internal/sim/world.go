@@ -381,6 +381,8 @@ func (w *world) reapLocked(inc *incarnation) {
 // disks' volatile caches are lost.
 func (w *world) crash(n *simNode, power bool) {
 	w.mu.Lock()
+	// Its image as it stops being Primary, before a power loss tears it.
+	w.endTermLocked(n, "gone")
 	n.up = false
 	inc := n.inc
 	n.inc, n.st = nil, nil
@@ -408,7 +410,7 @@ func (w *world) crash(n *simNode, power bool) {
 		n.meta.powerLoss(w.rng)
 	}
 	n.crashedAt = w.m.tick()
-	n.term, n.basePending, n.stopped = nil, false, false
+	n.stopped = false
 	if w.app == n {
 		w.app = nil
 	}
