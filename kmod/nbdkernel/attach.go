@@ -23,7 +23,7 @@ type AttachOptions struct {
 	// Connections is how many sockets the kernel spreads requests over;
 	// 0 means 2. More than one needs an export that allows multi-conn.
 	Connections int
-	// BlockSize as in Config; 0 means 4096.
+	// BlockSize as in Config; 0 means 512.
 	BlockSize uint64
 	// Backend as in Config: with AnyDevice, a connected device whose
 	// backend matches is the one to reconfigure after a daemon restart.

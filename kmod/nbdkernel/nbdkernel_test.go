@@ -26,7 +26,7 @@ func TestEncodeConnectGolden(t *testing.T) {
 	want := strings.Join([]string{
 		"0800" + "0100" + "03000000",                   // INDEX 3
 		"0c00" + "0200" + "0000004000000000",           // SIZE_BYTES 1 GiB
-		"0c00" + "0300" + "0010000000000000",           // BLOCK_SIZE_BYTES 4096
+		"0c00" + "0300" + "0002000000000000",           // BLOCK_SIZE_BYTES 512 (the default)
 		"0c00" + "0400" + "1e00000000000000",           // TIMEOUT 30
 		"0c00" + "0500" + "2d01000000000000",           // SERVER_FLAGS
 		"0c00" + "0600" + "0000000000000000",           // CLIENT_FLAGS

@@ -58,7 +58,8 @@ type Config struct {
 	// Size is the export's size in bytes.
 	Size uint64
 	// BlockSize is the logical block size: 512 to the page size, a power
-	// of two. 0 means 4096.
+	// of two. 0 means 512, as for kmod/ublk, so that one filesystem mounts
+	// through either.
 	BlockSize uint64
 	// ServerFlags are the transmission flags the server sent (NBD_FLAG_*):
 	// they tell the kernel whether to send flush, FUA and trim.
@@ -89,7 +90,7 @@ func (d Device) Path() string { return fmt.Sprintf("/dev/nbd%d", d.Index) }
 
 func (c Config) blockSize() uint64 {
 	if c.BlockSize == 0 {
-		return 4096
+		return 512
 	}
 	return c.BlockSize
 }

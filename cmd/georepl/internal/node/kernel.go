@@ -68,8 +68,9 @@ func (r *resource) attachKernelDevice() error {
 	ctx, cancel := context.WithTimeout(context.Background(), kernelAttachTimeout)
 	defer cancel()
 	d, err := nl.Attach(ctx, r.self.Export, r.cfg.Name, nbdkernel.AttachOptions{
-		Index:   index,
-		Backend: r.kernelBackend(),
+		Index:     index,
+		Backend:   r.kernelBackend(),
+		BlockSize: uint64(r.cfg.Disk.LogicalBlockSize),
 	})
 	if err != nil {
 		if errors.Is(err, nbdkernel.ErrBusy) {
@@ -109,10 +110,11 @@ func (r *resource) attachUblk(path string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), kernelAttachTimeout)
 	defer cancel()
 	d, err := ublk.Start(ctx, device{r}, ublk.Options{
-		Path:   path,
-		Queues: r.self.UblkQueues,
-		Depth:  r.self.UblkQueueDepth,
-		Logger: r.log,
+		Path:             path,
+		Queues:           r.self.UblkQueues,
+		Depth:            r.self.UblkQueueDepth,
+		LogicalBlockSize: int(r.cfg.Disk.LogicalBlockSize),
+		Logger:           r.log,
 	})
 	if err != nil {
 		return fmt.Errorf("resource %s: starting a ublk device: %w", r.cfg.Name, err)
