@@ -5,7 +5,8 @@
 #   make bench   georepl against nbdkit through fio's nbd engine, then bench-resync
 #   make bench-resync  resync throughput over a 200 Mbit/s tc tbf link between namespaces
 #   make soak    the crash-consistency checker for as long as asked (SOAK=1h)
-#   make vmtest  the VM rig: ext4 on /dev/nbd0, power loss, failover, WAN latency
+#   make vmtest  the VM rig: ext4 on /dev/nbd0, power loss, failover, WAN latency,
+#                held I/O across a lost quorum
 
 GO      ?= go
 BIN     := bin/georepl
@@ -46,8 +47,9 @@ unit:
 	$(GO) test -race -tags invariants -timeout 20m $(TESTFLAGS) ./...
 
 # In CI (CI=true) the tests also boot the VM rig: every scenario but the long
-# in-guest kmod/ublk suite, which `make vmtest` runs in full.
-VMTEST_CI := -test.run 'TestExt4Failover|TestWANLatency|TestUblk/ext4|WAN|restart'
+# in-guest kmod/ublk suite and the three-minute quorum hold (TestQuorumHold),
+# which `make vmtest` runs.
+VMTEST_CI := -test.run 'TestExt4Failover|TestWANLatency|TestUblk/ext4|WAN|restart|TestLogicalBlockSize'
 
 test: deps fmt-check vet unit
 	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory vmtest VMTESTFLAGS="$(VMTEST_CI)"; fi
@@ -88,7 +90,7 @@ soak: build
 vmtest:
 	@mkdir -p .cache/vm
 	$(GO) test -tags vmtest -c -o .cache/vm/vmtest.test ./kmod/vmtest
-	cd kmod/vmtest && ../../.cache/vm/vmtest.test -test.timeout 15m $(VMTESTFLAGS)
+	cd kmod/vmtest && ../../.cache/vm/vmtest.test -test.timeout 40m $(VMTESTFLAGS)
 
 clean:
 	rm -rf bin

@@ -22,6 +22,13 @@
 //     blocks made on ublk is mounted and written through nbd, then mounted
 //     through ublk again, e2fsck clean; both devices show 512-byte logical
 //     blocks by default and 4096 with logical_block_size = "4KiB".
+//   - quorum hold (hold_test.go): a Primary with quorum = "majority" of two
+//     nodes and ext4 writers with fsync on /dev/nbd0 and /dev/ublkb0 (two
+//     resources); the link to the other node cut for three minutes, past
+//     the nbd driver's request and dead-connection timeouts: no file
+//     completes meanwhile, the writers live; the link back, they go on,
+//     with no writer error and no I/O error in the kernel's log, e2fsck
+//     clean.
 //   - daemon restart (reattach): the primary's daemon is SIGKILLed with a
 //     write in flight on /dev/nbd0; started again, it hands the kernel new
 //     sockets (NBD_CMD_RECONFIGURE) and the write completes.
