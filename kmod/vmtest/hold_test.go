@@ -161,14 +161,17 @@ func TestQuorumHold(t *testing.T) {
 			t.Errorf("kernel log after the hold:\n%s", strings.Join(bad, "\n"))
 		}
 		out, _ = alpha.sh("echo @@STUCK $(dmesg | grep -c 'Possible stuck request') @@HUNG $(dmesg | grep -c 'blocked for more than')", time.Minute)
-		stuck, _ := lineWith(out, "@@STUCK ")
+		var stuck, hung int
+		if l, ok := lineWith(out, "@@STUCK "); ok {
+			fmt.Sscanf(l, "%d @@HUNG %d", &stuck, &hung)
+		}
 		for res, dev := range devs {
 			alpha.must("umount /m"+res, time.Minute)
 			if out, rc := alpha.sh("/usr/sbin/e2fsck -f -n "+dev, 5*time.Minute); rc != 0 {
 				t.Errorf("e2fsck -f -n %s exited %d:\n%s", dev, rc, strings.Join(out, "\n"))
 			}
 		}
-		*detail = fmt.Sprintf("ext4 writers with fsync on /dev/nbd0 and /dev/ublkb0, link cut %s: quorum lost, %d+%d files during the hold; link back, writers resumed in %s (%d and %d files since), no writer error, kernel log clean (stuck-request notices, hung-task warnings: %s)",
-			quorumHold, during["n"]-held["n"], during["u"]-held["u"], resumed.Round(time.Second), after["n"]-during["n"], after["u"]-during["u"], stuck)
+		*detail = fmt.Sprintf("ext4 writers with fsync on /dev/nbd0 and /dev/ublkb0, link cut %s: quorum lost, %d+%d files during the hold; link back, writers resumed in %s (%d and %d files since), no writer error, kernel log clean (%d stuck-request notices, %d hung-task warnings)",
+			quorumHold, during["n"]-held["n"], during["u"]-held["u"], resumed.Round(time.Second), after["n"]-during["n"], after["u"]-during["u"], stuck, hung)
 	})
 }
