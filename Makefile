@@ -6,7 +6,8 @@
 #   make bench-resync  resync throughput over a 200 Mbit/s tc tbf link between namespaces
 #   make soak    the crash-consistency checker for as long as asked (SOAK=1h),
 #                or the simulator (SIM=1h)
-#   make vmtest  the VM rig: ext4 on /dev/nbd0, power loss, failover, WAN latency
+#   make vmtest  the VM rig: ext4 on /dev/nbd0, power loss, failover, WAN latency,
+#                held I/O across a lost quorum
 
 GO      ?= go
 BIN     := bin/georepl
@@ -47,8 +48,9 @@ unit:
 	$(GO) test -race -tags invariants -timeout 20m $(TESTFLAGS) ./...
 
 # In CI (CI=true) the tests also boot the VM rig: every scenario but the long
-# in-guest kmod/ublk suite, which `make vmtest` runs in full.
-VMTEST_CI := -test.run 'TestExt4Failover|TestWANLatency|TestUblk/ext4|WAN|restart'
+# in-guest kmod/ublk suite and the three-minute quorum hold (TestQuorumHold),
+# which `make vmtest` runs.
+VMTEST_CI := -test.run 'TestExt4Failover|TestWANLatency|TestUblk/ext4|WAN|restart|TestLogicalBlockSize'
 
 # The simulator (cmd/georepl/internal/sim): whole nodes in one process
 # under random schedules of failures, without the race detector (unit
@@ -102,7 +104,7 @@ soak: build
 vmtest:
 	@mkdir -p .cache/vm
 	$(GO) test -tags vmtest -c -o .cache/vm/vmtest.test ./kmod/vmtest
-	cd kmod/vmtest && ../../.cache/vm/vmtest.test -test.timeout 15m $(VMTESTFLAGS)
+	cd kmod/vmtest && ../../.cache/vm/vmtest.test -test.timeout 40m $(VMTESTFLAGS)
 
 clean:
 	rm -rf bin

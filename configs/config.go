@@ -196,6 +196,12 @@ type Disk struct {
 	// BlockSize is the bitmap granularity in bytes: a power of two, at
 	// least 512 and at most 4 MiB (one activity-log extent).
 	BlockSize int64
+	// LogicalBlockSize is the logical block size of the kernel device
+	// (Node.Device), nbd and ublk alike, so that a filesystem made on one
+	// node's device mounts on every other node's: 512, 1024, 2048 or 4096
+	// bytes, 512 by default. A filesystem block smaller than it does not
+	// mount.
+	LogicalBlockSize int64
 	// Flushes says whether secondaries also flush their disk at every
 	// epoch boundary, not only when the application flushes. Application
 	// flushes (and FUA) are honoured end to end either way.

@@ -52,7 +52,7 @@ var (
 		Attributes: []hcl.AttributeSchema{{Name: "split_brain"}},
 	}
 	diskSchema = &hcl.BodySchema{
-		Attributes: []hcl.AttributeSchema{{Name: "block_size"}, {Name: "flushes"}, {Name: "al_extents"}, {Name: "on_io_error"}, {Name: "resync_undo_size"}},
+		Attributes: []hcl.AttributeSchema{{Name: "block_size"}, {Name: "logical_block_size"}, {Name: "flushes"}, {Name: "al_extents"}, {Name: "on_io_error"}, {Name: "resync_undo_size"}},
 	}
 	nodeSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{
@@ -89,8 +89,12 @@ var (
 const (
 	maxNodeID    = 31
 	minBlockSize = 512
-	maxBlockSize = 4 << 20  // one activity-log extent
-	minMaxBuffer = 64 << 10 // one compression batch
+	maxBlockSize = 4 << 20 // one activity-log extent
+	// The kernel's block layer takes logical block sizes from 512 bytes to
+	// the page size (4 KiB on every architecture georepl builds for).
+	minLogicalBlockSize = 512
+	maxLogicalBlockSize = 4 << 10
+	minMaxBuffer        = 64 << 10 // one compression batch
 	// maxMinAppShare leaves a resync at least a tenth of a busy link, so
 	// that it always ends.
 	maxMinAppShare = 0.9
@@ -112,6 +116,9 @@ const (
 	defaultMetaDisk       = "internal"
 	defaultUblkQueues     = 1
 	defaultUblkQueueDepth = 128
+	// defaultLogicalBlockSize is the smallest: a filesystem made with any
+	// block size mounts on it.
+	defaultLogicalBlockSize = 512
 	// minResyncUndoSize holds the undo log's two header pages and a few
 	// records (attach refuses a log that cannot hold one record of the
 	// resource's block size); defaultResyncUndoSize is sparse until used.
@@ -136,7 +143,7 @@ func defaultNet() Net {
 }
 
 func defaultDisk() Disk {
-	return Disk{BlockSize: 4 << 10, Flushes: false, ALExtents: 1024, OnIOError: "detach", ResyncUndoSize: defaultResyncUndoSize}
+	return Disk{BlockSize: 4 << 10, LogicalBlockSize: defaultLogicalBlockSize, Flushes: false, ALExtents: 1024, OnIOError: "detach", ResyncUndoSize: defaultResyncUndoSize}
 }
 
 // decoder turns parsed HCL bodies into a Config, collecting every problem as
@@ -449,6 +456,16 @@ func (d *decoder) disk(block *hcl.Block, into *Disk) {
 					"block_size = %s must be a power of two from %s to %s.", FormatSize(n), FormatSize(minBlockSize), FormatSize(maxBlockSize))
 			} else {
 				into.BlockSize = n
+			}
+		}
+	}
+	if attr := content.Attributes["logical_block_size"]; attr != nil {
+		if n, ok := d.size(attr); ok {
+			if n < minLogicalBlockSize || n > maxLogicalBlockSize || bits.OnesCount64(uint64(n)) != 1 {
+				d.failAttr(attr, "Invalid logical_block_size",
+					"logical_block_size = %s must be 512B, 1KiB, 2KiB or 4KiB.", FormatSize(n))
+			} else {
+				into.LogicalBlockSize = n
 			}
 		}
 	}

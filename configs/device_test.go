@@ -122,3 +122,43 @@ func TestUblkQueuesRefused(t *testing.T) {
 		t.Errorf("bad device with ublk_queues: %v; want only the device's error", err)
 	}
 }
+
+// logicalBlockConfig is a resource whose disk block holds line.
+func logicalBlockConfig(line string) string {
+	return strings.Replace(deviceConfig(`device = "auto"`), `resource "r0" {`, "resource \"r0\" {\n  disk {\n    "+line+"\n  }", 1)
+}
+
+func TestLogicalBlockSize(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want int64
+	}{
+		{"", 512},
+		{`logical_block_size = "512B"`, 512},
+		{`logical_block_size = "1KiB"`, 1024},
+		{`logical_block_size = "2048"`, 2048},
+		{`logical_block_size = "4KiB"`, 4096},
+	} {
+		cfg, err := Parse("r0.hcl", []byte(logicalBlockConfig(tc.line)), LoadOptions{})
+		if err != nil {
+			t.Errorf("%q: %v", tc.line, err)
+			continue
+		}
+		if got := cfg.Resources[0].Disk.LogicalBlockSize; got != tc.want {
+			t.Errorf("%q: LogicalBlockSize %d; want %d", tc.line, got, tc.want)
+		}
+	}
+}
+
+func TestLogicalBlockSizeRefused(t *testing.T) {
+	for _, tc := range []struct{ line, want string }{
+		{`logical_block_size = "256B"`, `r0.hcl:3:26: Invalid logical_block_size; logical_block_size = 256B must be 512B, 1KiB, 2KiB or 4KiB.`},
+		{`logical_block_size = "8KiB"`, `logical_block_size = 8KiB must be 512B, 1KiB, 2KiB or 4KiB.`},
+		{`logical_block_size = "1536"`, `logical_block_size = 1.5KiB must be 512B, 1KiB, 2KiB or 4KiB.`},
+	} {
+		_, err := Parse("r0.hcl", []byte(logicalBlockConfig(tc.line)), LoadOptions{})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error = %v; want it to contain %q", tc.line, err, tc.want)
+		}
+	}
+}

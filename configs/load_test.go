@@ -55,7 +55,7 @@ func TestDefaults(t *testing.T) {
 	if r.Quorum != 0 || r.OnNoQuorum != "suspend-io" || r.Handlers.SplitBrain != nil {
 		t.Errorf("defaults: quorum %d, on_no_quorum %q, handlers %+v", r.Quorum, r.OnNoQuorum, r.Handlers)
 	}
-	if r.Protocol != "C" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 4096, Flushes: false, ALExtents: 1024, OnIOError: "detach", ResyncUndoSize: 1 << 30}) {
+	if r.Protocol != "C" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 4096, LogicalBlockSize: 512, Flushes: false, ALExtents: 1024, OnIOError: "detach", ResyncUndoSize: 1 << 30}) {
 		t.Errorf("defaults: protocol %q, net %+v, disk %+v", r.Protocol, r.Net, r.Disk)
 	}
 	alpha := r.Nodes[0]
@@ -142,7 +142,7 @@ func TestEverySetting(t *testing.T) {
 	if r.Quorum != 2 || r.OnNoQuorum != "io-error" || !slices.Equal(r.Handlers.SplitBrain, []string{"/usr/local/bin/page-ops", "--team", "storage"}) {
 		t.Errorf("quorum %d, on_no_quorum %q, handlers %+v", r.Quorum, r.OnNoQuorum, r.Handlers)
 	}
-	if r.Name != "big" || r.Protocol != "A" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 64 << 10, Flushes: false, ALExtents: 257, OnIOError: "pass-on", ResyncUndoSize: 64 << 20}) {
+	if r.Name != "big" || r.Protocol != "A" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 64 << 10, LogicalBlockSize: 512, Flushes: false, ALExtents: 257, OnIOError: "pass-on", ResyncUndoSize: 64 << 20}) {
 		t.Errorf("resource = %q protocol %q net %+v disk %+v", r.Name, r.Protocol, r.Net, r.Disk)
 	}
 	n := r.Nodes[0]

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -15,28 +16,47 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// AttachOptions are Attach's settings; the zero value is usable.
+// AttachOptions are Attach's settings; the zero value is usable, and is
+// what a server that holds requests (suspended I/O) needs: one socket, no
+// request timeout, a dead-connection timeout for restarts.
 type AttachOptions struct {
 	// Index is the device number N of /dev/nbdN, or AnyDevice (-1) for the
 	// first free one. The zero value means /dev/nbd0.
 	Index int
 	// Connections is how many sockets the kernel spreads requests over;
-	// 0 means 2. More than one needs an export that allows multi-conn.
+	// 0 means 1. More than one needs an export that allows multi-conn,
+	// and makes the kernel give up on a socket whenever a request on it
+	// waits longer than RequestCheck (see Config.Timeout): held requests
+	// then fail once DeadConnTimeout passes.
 	Connections int
-	// BlockSize as in Config; 0 means 4096.
+	// BlockSize as in Config; 0 means 512.
 	BlockSize uint64
 	// Backend as in Config: with AnyDevice, a connected device whose
 	// backend matches is the one to reconfigure after a daemon restart.
 	Backend string
-	// Timeout and DeadConnTimeout as in Config. DeadConnTimeout 0 means
-	// DefaultDeadConnTimeout: the kernel queues I/O that long for a
+	// Timeout and DeadConnTimeout as in Config. Timeout 0 lets a request
+	// wait for its reply as long as the server takes. DeadConnTimeout 0
+	// means DefaultDeadConnTimeout: the kernel queues I/O that long for a
 	// restarted daemon to reattach.
 	Timeout, DeadConnTimeout time.Duration
+	// RequestCheck is how often the kernel looks at a request that has
+	// no reply yet (the queue's io_timeout). With Timeout 0 it logs
+	// "Possible stuck request", and resends the request if its socket was
+	// replaced since it was sent: a request in flight when a server
+	// restarted waits at most this long after the new sockets are in.
+	// Whole milliseconds; 0 means DefaultRequestCheck.
+	RequestCheck time.Duration
 }
 
 // DefaultDeadConnTimeout is how long the kernel waits, by default, for a
 // restarted daemon to hand it new sockets before it fails queued I/O.
 const DefaultDeadConnTimeout = 120 * time.Second
+
+// DefaultRequestCheck is AttachOptions.RequestCheck's default: shorter
+// than the kernel's 30 s, so that a request in flight across a daemon
+// restart is resent soon, and long enough that a request held for minutes
+// is logged only a few times a minute.
+const DefaultRequestCheck = 10 * time.Second
 
 // ErrBusy is wrapped by Attach's error when the device asked for is
 // connected to something that Attach cannot tell is this export.
@@ -47,11 +67,15 @@ var ErrBusy = errors.New("device is busy")
 // them to the kernel: NBD_CMD_CONNECT for a free device, or
 // NBD_CMD_RECONFIGURE when the device asked for by index is already
 // connected and waiting for its server (a daemon restart). It returns the
-// device.
+// device, also with an error wrapping ErrRequestCheck.
 func (c *Conn) Attach(ctx context.Context, spec, export string, opt AttachOptions) (Device, error) {
 	n := opt.Connections
 	if n <= 0 {
-		n = 2
+		n = 1
+	}
+	check := opt.RequestCheck
+	if check <= 0 {
+		check = DefaultRequestCheck
 	}
 	cfg := Config{Index: opt.Index, Backend: opt.Backend, BlockSize: opt.BlockSize, Timeout: opt.Timeout, DeadConnTimeout: opt.DeadConnTimeout}
 	if cfg.DeadConnTimeout == 0 {
@@ -103,7 +127,7 @@ func (c *Conn) Attach(ctx context.Context, spec, export string, opt AttachOption
 		if err := c.Reconfigure(cfg, fds); err != nil {
 			return Device{}, fmt.Errorf("%w (/dev/nbd%d is connected but does not take new sockets: %w)", ErrBusy, opt.Index, err)
 		}
-		return Device{Index: opt.Index, Connected: true}, nil
+		return Device{Index: opt.Index, Connected: true}, setRequestCheck("/", opt.Index, check)
 	}
 	index, err := c.Connect(cfg, fds)
 	if err != nil {
@@ -112,7 +136,23 @@ func (c *Conn) Attach(ctx context.Context, spec, export string, opt AttachOption
 		}
 		return Device{}, err
 	}
-	return Device{Index: index, Connected: true}, nil
+	return Device{Index: index, Connected: true}, setRequestCheck("/", index, check)
+}
+
+// ErrRequestCheck is wrapped by Attach's error when the device is attached
+// (Attach returns it too) but its RequestCheck could not be set: it works,
+// with the kernel's 30 s.
+var ErrRequestCheck = errors.New("the device is attached, but its request check interval is not set")
+
+// setRequestCheck sets the queue's io_timeout of device index to d. The
+// kernel set it to 30 s as it took the timeout (NBD_ATTR_TIMEOUT 0).
+func setRequestCheck(root string, index int, d time.Duration) error {
+	p := filepath.Join(root, "sys/block", fmt.Sprintf("nbd%d", index), "queue/io_timeout")
+	ms := max(d.Milliseconds(), 1)
+	if err := os.WriteFile(p, []byte(strconv.FormatInt(ms, 10)), 0o644); err != nil {
+		return fmt.Errorf("nbdkernel: /dev/nbd%d: %w: %w", index, ErrRequestCheck, err)
+	}
+	return nil
 }
 
 // dialNegotiated connects to spec, negotiates export and returns the socket

@@ -3,7 +3,7 @@
 // block device open before it is detached.
 //
 // The kernel speaks only the transmission phase of NBD. Attach therefore
-// dials the export several times, negotiates each connection in user space
+// dials the export (once by default), negotiates each connection in user space
 // with nbd.Negotiate (NBD_OPT_GO), and hands the sockets to the kernel with
 // the generic-netlink family "nbd":
 //
@@ -13,9 +13,8 @@
 //	}
 //	defer nl.Close()
 //	dev, err := nl.Attach(ctx, "unix:/run/georepl/r0.sock", "r0", nbdkernel.AttachOptions{
-//		Index:       nbdkernel.AnyDevice, // or 0 for /dev/nbd0
-//		Connections: 4,
-//		Backend:     "georepl:r0", // finds the device again after a restart
+//		Index:   nbdkernel.AnyDevice, // or 0 for /dev/nbd0
+//		Backend: "georepl:r0",         // finds the device again after a restart
 //	})
 //	// dev.Path() == "/dev/nbdN"
 //	...
@@ -28,6 +27,14 @@
 // DeadConnTimeout. Without a dead-connection timeout the kernel fails I/O as
 // soon as the last socket dies, which a filesystem takes as a disk failure.
 //
+// AttachOptions' defaults let a request wait for its reply as long as the
+// server takes (one socket, NBD_ATTR_TIMEOUT 0): the kernel gives up on a
+// socket whose request outlives a timeout, and with more than one socket on
+// every expiry of the queue's io_timeout, and then fails the request once
+// DeadConnTimeout passes. WatchLinks reports each socket the kernel gave up
+// on (NBD_CMD_LINK_DEAD, multicast group "nbd_mc_group"); answering with
+// Attach on the same device index hands it new sockets.
+//
 // Message layouts follow include/uapi/linux/nbd-netlink.h; every value is a
 // native-endian u32/u64 attribute:
 //
@@ -36,8 +43,9 @@
 //	                    DEAD_CONN_TIMEOUT u64 (s), [BACKEND_IDENTIFIER str],
 //	                    SOCKETS { SOCK_ITEM { SOCK_FD u32 } ... }
 //	                    reply: INDEX u32
-//	NBD_CMD_RECONFIGURE INDEX, [TIMEOUT], [DEAD_CONN_TIMEOUT], SOCKETS
+//	NBD_CMD_RECONFIGURE INDEX, TIMEOUT, [DEAD_CONN_TIMEOUT], SOCKETS
 //	NBD_CMD_DISCONNECT  INDEX
+//	NBD_CMD_LINK_DEAD   (multicast, from the kernel) INDEX
 //	NBD_CMD_STATUS      [INDEX]
 //	                    reply: DEVICE_LIST { DEVICE_ITEM { DEVICE_INDEX u32,
 //	                    DEVICE_CONNECTED u8 } ... }

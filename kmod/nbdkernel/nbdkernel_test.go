@@ -2,6 +2,7 @@ package nbdkernel
 
 import (
 	"encoding/hex"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mdlayher/genetlink"
 	"github.com/mdlayher/netlink"
 )
 
@@ -26,7 +28,7 @@ func TestEncodeConnectGolden(t *testing.T) {
 	want := strings.Join([]string{
 		"0800" + "0100" + "03000000",                   // INDEX 3
 		"0c00" + "0200" + "0000004000000000",           // SIZE_BYTES 1 GiB
-		"0c00" + "0300" + "0010000000000000",           // BLOCK_SIZE_BYTES 4096
+		"0c00" + "0300" + "0002000000000000",           // BLOCK_SIZE_BYTES 512 (the default)
 		"0c00" + "0400" + "1e00000000000000",           // TIMEOUT 30
 		"0c00" + "0500" + "2d01000000000000",           // SERVER_FLAGS
 		"0c00" + "0600" + "0000000000000000",           // CLIENT_FLAGS
@@ -46,6 +48,7 @@ func TestEncodeConnectAnyDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := "0c00020000100000000000000c0003000002000000000000" +
+		"0c0004000000000000000000" + // TIMEOUT 0: sent, never a default
 		"0c0005000000000000000000" + "0c0006000000000000000000" +
 		"10000780" + "0c000180" + "0800010005000000"
 	if h := hex.EncodeToString(got); h != want {
@@ -61,7 +64,8 @@ func TestEncodeReconfigureAndIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "0800010001000000" + "0c0008003c00000000000000" + "10000780" + "0c000180" + "0800010004000000"
+	// TIMEOUT 0 is sent: it clears a timeout set before.
+	want := "0800010001000000" + "0c0004000000000000000000" + "0c0008003c00000000000000" + "10000780" + "0c000180" + "0800010004000000"
 	if h := hex.EncodeToString(got); h != want {
 		t.Errorf("reconfigure\n got %s\nwant %s", h, want)
 	}
@@ -117,6 +121,35 @@ func TestDecodeReplies(t *testing.T) {
 	}
 	if _, err := decodeStatus([]byte{1, 2, 3}); err == nil {
 		t.Error("truncated status accepted")
+	}
+}
+
+func TestLinkDeadIndexes(t *testing.T) {
+	index := func(i int) []byte { b, _ := encodeIndex(i); return b }
+	msgs := []genetlink.Message{
+		{Header: genetlink.Header{Command: cmdLinkDead, Version: version}, Data: index(3)},
+		{Header: genetlink.Header{Command: cmdStatus, Version: version}, Data: index(4)},
+		{Header: genetlink.Header{Command: cmdLinkDead, Version: version}, Data: nil},
+		{Header: genetlink.Header{Command: cmdLinkDead, Version: version}, Data: index(0)},
+	}
+	if got := linkDeadIndexes(msgs); !reflect.DeepEqual(got, []int{3, 0}) {
+		t.Errorf("linkDeadIndexes = %v; want [3 0] (the LINK_DEAD notices with an index)", got)
+	}
+}
+
+func TestSetRequestCheck(t *testing.T) {
+	root := t.TempDir()
+	q := filepath.Join(root, "sys/block/nbd2/queue")
+	os.MkdirAll(q, 0o755)
+	os.WriteFile(filepath.Join(q, "io_timeout"), []byte("30000\n"), 0o644)
+	if err := setRequestCheck(root, 2, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(q, "io_timeout")); string(b) != "10000" {
+		t.Errorf("io_timeout = %q; want 10000 (milliseconds)", b)
+	}
+	if err := setRequestCheck(root, 3, time.Second); !errors.Is(err, ErrRequestCheck) {
+		t.Errorf("no such device: %v; want ErrRequestCheck", err)
 	}
 }
 

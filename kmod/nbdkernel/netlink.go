@@ -18,7 +18,12 @@ const (
 	cmdConnect     = 1
 	cmdDisconnect  = 2
 	cmdReconfigure = 3
+	cmdLinkDead    = 4
 	cmdStatus      = 5
+
+	// mcastGroup carries NBD_CMD_LINK_DEAD: the kernel gave up on one of a
+	// device's sockets.
+	mcastGroup = "nbd_mc_group"
 
 	attrIndex           = 1
 	attrSizeBytes       = 2
@@ -58,15 +63,25 @@ type Config struct {
 	// Size is the export's size in bytes.
 	Size uint64
 	// BlockSize is the logical block size: 512 to the page size, a power
-	// of two. 0 means 4096.
+	// of two. 0 means 512, as for kmod/ublk, so that one filesystem mounts
+	// through either.
 	BlockSize uint64
 	// ServerFlags are the transmission flags the server sent (NBD_FLAG_*):
 	// they tell the kernel whether to send flush, FUA and trim.
 	ServerFlags uint16
 	// ClientFlags are NBD_CFLAG_* (ClientDestroyOnDisconnect, ...).
 	ClientFlags uint64
-	// Timeout is how long a request may take before the kernel gives up on
-	// its socket; 0 keeps the kernel's default (30 s). Whole seconds.
+	// Timeout is how long a request may wait for its reply before the
+	// kernel gives up on its socket: it shuts the socket down, announces
+	// NBD_CMD_LINK_DEAD and queues the request for another socket, failing
+	// it once DeadConnTimeout passes without one. 0 means never: a request
+	// waits as long as the server takes, which a server that holds
+	// requests (georepl's suspended I/O) needs. Whole seconds. Connect and
+	// Reconfigure always send it, so a Reconfigure also clears a timeout
+	// set before. With more than one socket the kernel gives up on a
+	// socket whenever a request on it outlives the queue's io_timeout,
+	// whatever Timeout says: a server that holds requests must hand the
+	// kernel one socket.
 	Timeout time.Duration
 	// DeadConnTimeout is how long the kernel queues I/O after the last
 	// socket died, waiting for NBD_CMD_RECONFIGURE, before failing it.
@@ -89,7 +104,7 @@ func (d Device) Path() string { return fmt.Sprintf("/dev/nbd%d", d.Index) }
 
 func (c Config) blockSize() uint64 {
 	if c.BlockSize == 0 {
-		return 4096
+		return 512
 	}
 	return c.BlockSize
 }
@@ -119,9 +134,7 @@ func encodeConnect(cfg Config, fds []int) ([]byte, error) {
 	}
 	ae.Uint64(attrSizeBytes, cfg.Size)
 	ae.Uint64(attrBlockSizeBytes, cfg.blockSize())
-	if cfg.Timeout > 0 {
-		ae.Uint64(attrTimeout, seconds(cfg.Timeout))
-	}
+	ae.Uint64(attrTimeout, seconds(cfg.Timeout))
 	ae.Uint64(attrServerFlags, uint64(cfg.ServerFlags))
 	ae.Uint64(attrClientFlags, cfg.ClientFlags)
 	if cfg.DeadConnTimeout > 0 {
@@ -142,9 +155,7 @@ func encodeReconfigure(cfg Config, fds []int) ([]byte, error) {
 	}
 	ae := netlink.NewAttributeEncoder()
 	ae.Uint32(attrIndex, uint32(cfg.Index))
-	if cfg.Timeout > 0 {
-		ae.Uint64(attrTimeout, seconds(cfg.Timeout))
-	}
+	ae.Uint64(attrTimeout, seconds(cfg.Timeout))
 	if cfg.DeadConnTimeout > 0 {
 		ae.Uint64(attrDeadConnTimeout, seconds(cfg.DeadConnTimeout))
 	}
@@ -336,4 +347,74 @@ func (c *Conn) Status(index int) ([]Device, error) {
 		devs = append(devs, d...)
 	}
 	return devs, nil
+}
+
+// LinkWatch receives the kernel's NBD_CMD_LINK_DEAD notices: a device lost
+// a socket (its server closed it, a send failed, or a request outlived
+// Config.Timeout), and the kernel queues the device's I/O until it gets a
+// new one by NBD_CMD_RECONFIGURE or DeadConnTimeout passes.
+type LinkWatch struct {
+	c       *genetlink.Conn
+	pending []int
+}
+
+// WatchLinks loads the nbd module if it is missing and joins the nbd
+// family's multicast group. Notices sent before it returns are not seen.
+func WatchLinks() (*LinkWatch, error) {
+	if err := LoadModule("nbd"); err != nil {
+		return nil, err
+	}
+	c, err := genetlink.Dial(nil)
+	if err != nil {
+		return nil, fmt.Errorf("nbdkernel: generic netlink: %w", err)
+	}
+	fam, err := c.GetFamily(familyName)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("nbdkernel: netlink family %q: %w", familyName, err)
+	}
+	for _, g := range fam.Groups {
+		if g.Name == mcastGroup {
+			if err := c.JoinGroup(g.ID); err != nil {
+				c.Close()
+				return nil, fmt.Errorf("nbdkernel: joining multicast group %q: %w", mcastGroup, err)
+			}
+			return &LinkWatch{c: c}, nil
+		}
+	}
+	c.Close()
+	return nil, fmt.Errorf("nbdkernel: the nbd netlink family has no multicast group %q", mcastGroup)
+}
+
+// Next waits for a notice and returns the index of the device that lost a
+// socket. It returns an error once Close was called.
+func (w *LinkWatch) Next() (int, error) {
+	for len(w.pending) == 0 {
+		msgs, _, err := w.c.Receive()
+		if err != nil {
+			return 0, fmt.Errorf("nbdkernel: waiting for NBD_CMD_LINK_DEAD: %w", err)
+		}
+		w.pending = append(w.pending, linkDeadIndexes(msgs)...)
+	}
+	index := w.pending[0]
+	w.pending = w.pending[1:]
+	return index, nil
+}
+
+// Close ends the watch; a Next waiting returns an error.
+func (w *LinkWatch) Close() error { return w.c.Close() }
+
+// linkDeadIndexes returns the device indexes of the NBD_CMD_LINK_DEAD
+// notices among msgs.
+func linkDeadIndexes(msgs []genetlink.Message) []int {
+	var indexes []int
+	for _, m := range msgs {
+		if m.Header.Command != cmdLinkDead {
+			continue
+		}
+		if index, err := decodeIndex(m.Data); err == nil {
+			indexes = append(indexes, index)
+		}
+	}
+	return indexes
 }

@@ -111,7 +111,7 @@ func TestErrnoMapping(t *testing.T) {
 
 func TestOptions(t *testing.T) {
 	o, err := Options{}.validate()
-	if err != nil || o.Queues != 1 || o.Depth != DefaultDepth || o.MaxIO != DefaultMaxIO || o.StopTimeout == 0 || o.Logger == nil {
+	if err != nil || o.Queues != 1 || o.Depth != DefaultDepth || o.MaxIO != DefaultMaxIO || o.LogicalBlockSize != 512 || o.StopTimeout == 0 || o.Logger == nil {
 		t.Fatalf("defaults: %+v, %v", o, err)
 	}
 	for _, bad := range []Options{
@@ -123,6 +123,9 @@ func TestOptions(t *testing.T) {
 		{Path: "/dev/nbd0"},
 		{Path: "/dev/ublkbX"},
 		{StopTimeout: -1},
+		{LogicalBlockSize: 256},
+		{LogicalBlockSize: 1536},
+		{LogicalBlockSize: 8192},
 	} {
 		if _, err := bad.validate(); err == nil {
 			t.Errorf("%+v accepted", bad)

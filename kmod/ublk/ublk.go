@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/bits"
 	"os"
 	"strconv"
 	"strings"
@@ -30,6 +31,10 @@ type Options struct {
 	// (64 MiB at the defaults, at most 1 GiB; pages are touched only as
 	// requests that large use them).
 	MaxIO int
+	// LogicalBlockSize is the device's logical block size, the smallest
+	// unit of its I/O: 512, 1024, 2048 or 4096 bytes. 0 means 512, as for
+	// kmod/nbdkernel, so that one filesystem mounts through either.
+	LogicalBlockSize int
 	// Path asks for a device number: "/dev/ublkb3". Empty lets the driver
 	// pick the lowest free one. A device of that number left behind by a
 	// process that died without Close is removed first; one that a live
@@ -47,7 +52,10 @@ type Options struct {
 const (
 	DefaultDepth = 128
 	DefaultMaxIO = 512 << 10
-	MaxMaxIO     = 32 << 20
+	// DefaultLogicalBlockSize is the smallest the block layer takes: a
+	// filesystem of any block size mounts on it.
+	DefaultLogicalBlockSize = 512
+	MaxMaxIO                = 32 << 20
 )
 
 // maxQueueBuffers bounds the memory one queue keeps for its tags.
@@ -68,6 +76,9 @@ func (o Options) validate() (Options, error) {
 	if o.MaxIO == 0 {
 		o.MaxIO = DefaultMaxIO
 	}
+	if o.LogicalBlockSize == 0 {
+		o.LogicalBlockSize = DefaultLogicalBlockSize
+	}
 	if o.StopTimeout == 0 {
 		o.StopTimeout = 10 * time.Second
 	}
@@ -83,6 +94,8 @@ func (o Options) validate() (Options, error) {
 		return o, fmt.Errorf("ublk: MaxIO %d: want a multiple of 4096 up to %d", o.MaxIO, MaxMaxIO)
 	case o.Depth*o.MaxIO > maxQueueBuffers:
 		return o, fmt.Errorf("ublk: Depth %d × MaxIO %d: a queue's buffers would exceed %d MiB", o.Depth, o.MaxIO, maxQueueBuffers>>20)
+	case o.LogicalBlockSize < 512 || o.LogicalBlockSize > 4096 || o.LogicalBlockSize&(o.LogicalBlockSize-1) != 0:
+		return o, fmt.Errorf("ublk: LogicalBlockSize %d: want 512, 1024, 2048 or 4096", o.LogicalBlockSize)
 	case o.StopTimeout < 0:
 		return o, fmt.Errorf("ublk: negative StopTimeout")
 	}
@@ -161,21 +174,21 @@ func Start(ctx context.Context, dev nbd.Device, opts Options) (*Device, error) {
 	}
 	callCtx, cancel := context.WithCancel(context.Background())
 	d := &Device{id: info.devID, ctrl: c, charFD: -1, cancel: cancel, timeout: opts.StopTimeout, log: opts.Logger}
-	if err := d.start(ctx, dev, info, callCtx); err != nil {
+	if err := d.start(ctx, dev, info, bits.TrailingZeros(uint(opts.LogicalBlockSize)), callCtx); err != nil {
 		d.Close()
 		return nil, err
 	}
 	return d, nil
 }
 
-func (d *Device) start(ctx context.Context, dev nbd.Device, info devInfo, callCtx context.Context) error {
+func (d *Device) start(ctx context.Context, dev nbd.Device, info devInfo, logicalShift int, callCtx context.Context) error {
 	size := dev.Size()
 	maxIO := int(info.maxIOBufBytes)
 	var p params
 	p.types = paramTypeBasic | paramTypeDiscard
 	p.basic = paramBasic{
 		attrs:           attrVolatileCache | attrFUA,
-		logicalBSShift:  9,
+		logicalBSShift:  uint8(logicalShift),
 		physicalBSShift: 12,
 		ioOptShift:      12,
 		ioMinShift:      12,

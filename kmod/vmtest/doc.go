@@ -17,6 +17,18 @@
 //   - protocol A vs C over WAN: 4 KiB synchronous write latency on the
 //     local disk, then under C and A, on the bare link and with netem's
 //     40 ms delay: C pays the round trip, A does not.
+//   - logical block size (blocksize_test.go): one resource served as
+//     /dev/ublkb0 on alpha and /dev/nbd0 on bravo; an ext4 with 1 KiB
+//     blocks made on ublk is mounted and written through nbd, then mounted
+//     through ublk again, e2fsck clean; both devices show 512-byte logical
+//     blocks by default and 4096 with logical_block_size = "4KiB".
+//   - quorum hold (hold_test.go): a Primary with quorum = "majority" of two
+//     nodes and ext4 writers with fsync on /dev/nbd0 and /dev/ublkb0 (two
+//     resources); the link to the other node cut for three minutes, past
+//     the nbd driver's request and dead-connection timeouts: no file
+//     completes meanwhile, the writers live; the link back, they go on,
+//     with no writer error and no I/O error in the kernel's log, e2fsck
+//     clean.
 //   - daemon restart (reattach): the primary's daemon is SIGKILLed with a
 //     write in flight on /dev/nbd0; started again, it hands the kernel new
 //     sockets (NBD_CMD_RECONFIGURE) and the write completes.

@@ -20,6 +20,9 @@ import (
 var guestConfigs = map[string]string{
 	"failover/r0.hcl":      failoverResource(`device  = "/dev/nbd0"`),
 	"failover-ublk/r0.hcl": failoverResource(`device  = "auto"` + "\n    ublk_queues      = 2\n    ublk_queue_depth = 64"),
+	"blocksize/r0.hcl":     blockSizeResource("r0", 7789, "/dev/vda", "", 0),
+	"blocksize-4k/r1.hcl":  blockSizeResource("r1", 7790, "/dev/vdb", "    logical_block_size = \"4KiB\"\n", 1),
+	"hold/hold.hcl":        holdResource("n", 7789, "/dev/vda", "/dev/nbd0") + holdResource("u", 7790, "/dev/vdb", "/dev/ublkb0"),
 	"wan/wan.hcl":          wanResource("c", "C", 7789, "/dev/vda", "/dev/nbd0") + wanResource("a", "A", 7790, "/dev/vdb", "/dev/nbd1"),
 }
 

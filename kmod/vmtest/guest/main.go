@@ -38,7 +38,7 @@ func main() {
 	export := fs.String("export", "unix:/run/georepl/r0.sock", "export spec")
 	name := fs.String("name", "r0", "export (resource) name")
 	device := fs.String("device", "/dev/nbd0", "kernel device")
-	conns := fs.Int("connections", 2, "sockets handed to the kernel")
+	conns := fs.Int("connections", 0, "sockets handed to the kernel (0: nbdkernel's default, 1)")
 	dir := fs.String("dir", "/mnt", "directory to write files in")
 	n := fs.Int("n", 50, "count")
 	size := fs.Int("size", 64<<10, "file size in bytes")

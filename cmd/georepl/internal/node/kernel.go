@@ -60,26 +60,49 @@ func (r *resource) attachKernelDevice() error {
 	if err != nil {
 		return fmt.Errorf("resource %s: %w", r.cfg.Name, err)
 	}
-	nl, err := nbdkernel.Open()
+	// Watching before attaching: a socket may die at once.
+	watch, err := nbdkernel.WatchLinks()
 	if err != nil {
 		return fmt.Errorf("resource %s: attaching %s: %w", r.cfg.Name, dev, err)
 	}
-	defer nl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), kernelAttachTimeout)
-	defer cancel()
-	d, err := nl.Attach(ctx, r.self.Export, r.cfg.Name, nbdkernel.AttachOptions{
-		Index:   index,
-		Backend: r.kernelBackend(),
-	})
+	d, err := r.attachNBD(index)
 	if err != nil {
+		watch.Close()
 		if errors.Is(err, nbdkernel.ErrBusy) {
 			return fmt.Errorf("resource %s: %s is in use by another server (detach it first, or pick another device): %w", r.cfg.Name, dev, err)
 		}
 		return fmt.Errorf("resource %s: attaching %s: %w", r.cfg.Name, dev, err)
 	}
-	r.kernel.set(nbdAttachment{d})
+	a := &nbdAttachment{Device: d, watch: watch, stop: make(chan struct{}), done: make(chan struct{})}
+	go a.watchLinks(r)
+	r.kernel.set(a)
 	r.log.Info("kernel device attached", "device", d.Path(), "export", r.self.Export)
 	return nil
+}
+
+// attachNBD connects the export to /dev/nbd<index>, or hands that device
+// new sockets if it is connected already. The kernel's defaults
+// (nbdkernel.AttachOptions) are what held requests need: one socket and no
+// request timeout, so that a request held for lost quorum waits however
+// long it is held.
+func (r *resource) attachNBD(index int) (nbdkernel.Device, error) {
+	nl, err := nbdkernel.Open()
+	if err != nil {
+		return nbdkernel.Device{}, err
+	}
+	defer nl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), kernelAttachTimeout)
+	defer cancel()
+	d, err := nl.Attach(ctx, r.self.Export, r.cfg.Name, nbdkernel.AttachOptions{
+		Index:     index,
+		Backend:   r.kernelBackend(),
+		BlockSize: uint64(r.cfg.Disk.LogicalBlockSize),
+	})
+	if errors.Is(err, nbdkernel.ErrRequestCheck) {
+		r.log.Warn("kernel device attached; requests in flight across a daemon restart may wait 30 s", "device", d.Path(), "err", err)
+		err = nil
+	}
+	return d, err
 }
 
 // resolveDevice turns a configured device (configs.Node.Device, not
@@ -109,10 +132,11 @@ func (r *resource) attachUblk(path string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), kernelAttachTimeout)
 	defer cancel()
 	d, err := ublk.Start(ctx, device{r}, ublk.Options{
-		Path:   path,
-		Queues: r.self.UblkQueues,
-		Depth:  r.self.UblkQueueDepth,
-		Logger: r.log,
+		Path:             path,
+		Queues:           r.self.UblkQueues,
+		Depth:            r.self.UblkQueueDepth,
+		LogicalBlockSize: int(r.cfg.Disk.LogicalBlockSize),
+		Logger:           r.log,
 	})
 	if err != nil {
 		return fmt.Errorf("resource %s: starting a ublk device: %w", r.cfg.Name, err)
@@ -129,9 +153,81 @@ type kernelAttachment interface {
 	detach(r *resource) error
 }
 
-type nbdAttachment struct{ nbdkernel.Device }
+// nbdAttachment is an attached /dev/nbdN. Its watcher hands the device
+// new sockets whenever the kernel gives up on one (NBD_CMD_LINK_DEAD: the
+// export closed it, a send failed, or someone set a request timeout): the
+// kernel queues the device's I/O meanwhile and would fail it once its
+// dead-connection timeout passed.
+type nbdAttachment struct {
+	nbdkernel.Device
+	watch *nbdkernel.LinkWatch
+	stop  chan struct{} // closed by stopWatching
+	done  chan struct{} // closed when watchLinks returns
 
-func (a nbdAttachment) detach(r *resource) error {
+	stopOnce sync.Once
+}
+
+// stopWatching ends watchLinks and waits for it; detach may be called
+// again after it failed.
+func (a *nbdAttachment) stopWatching() {
+	a.stopOnce.Do(func() {
+		close(a.stop)
+		a.watch.Close()
+	})
+	<-a.done
+}
+
+// linkRetry is the pause between two attempts to hand the kernel new
+// sockets; the attempts go on for the kernel's dead-connection timeout.
+const linkRetry = 2 * time.Second
+
+func (a *nbdAttachment) watchLinks(r *resource) {
+	defer close(a.done)
+	for {
+		index, err := a.watch.Next()
+		select {
+		case <-a.stop:
+			return
+		default:
+		}
+		if err != nil {
+			// A notice lost (the socket's buffer overflowed) is
+			// not the end of the watch.
+			r.log.Warn("watching the kernel device's sockets", "device", a.Path(), "err", err)
+			select {
+			case <-a.stop:
+				return
+			case <-time.After(linkRetry):
+			}
+			continue
+		}
+		if index != a.Index {
+			continue
+		}
+		r.log.Warn("the kernel gave up on a socket of the kernel device; handing it a new one", "device", a.Path())
+		deadline := time.Now().Add(nbdkernel.DefaultDeadConnTimeout)
+		for {
+			_, err := r.attachNBD(a.Index)
+			if err == nil {
+				r.log.Info("kernel device reconfigured with a new socket", "device", a.Path())
+				break
+			}
+			if time.Now().After(deadline) {
+				r.log.Error("the kernel device took no new socket within its dead-connection timeout: its queued I/O has failed", "device", a.Path(), "err", err)
+				break
+			}
+			r.log.Error("handing the kernel device a new socket", "device", a.Path(), "err", err)
+			select {
+			case <-a.stop:
+				return
+			case <-time.After(linkRetry):
+			}
+		}
+	}
+}
+
+func (a *nbdAttachment) detach(r *resource) error {
+	a.stopWatching()
 	nl, err := nbdkernel.Open()
 	if err != nil {
 		return err
