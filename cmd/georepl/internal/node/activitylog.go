@@ -542,8 +542,10 @@ func recoverActivityLog(store *meta.Store, peers []core.NodeID, syncData func() 
 		return 0, fmt.Errorf("flushing the data disk before the log's extents are marked: %w", err)
 	}
 	sb := store.Superblock()
-	bs := uint64(sb.BlockSize)
-	nbits := store.BitmapBits()
+	marks := core.NewBitmap(store.BitmapBits())
+	for _, x := range extents {
+		marks.SetBytes(x*meta.ActivityLogExtentSize, meta.ActivityLogExtentSize, sb.BlockSize)
+	}
 	for _, p := range peers {
 		if int(p) >= sb.Slots || p == core.NodeID(sb.NodeID) {
 			continue
@@ -552,12 +554,8 @@ func recoverActivityLog(store *meta.Store, peers []core.NodeID, syncData func() 
 		if err != nil {
 			return 0, err
 		}
-		for _, x := range extents {
-			lo := x * meta.ActivityLogExtentSize / bs
-			hi := min(((x+1)*meta.ActivityLogExtentSize+bs-1)/bs, nbits)
-			for b := lo; b < hi; b++ {
-				words[b/64] |= 1 << (b % 64)
-			}
+		for i, w := range marks.Words() {
+			words[i] |= w
 		}
 		if err := store.WriteBitmap(int(p), words); err != nil {
 			return 0, err
