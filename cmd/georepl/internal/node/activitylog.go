@@ -249,8 +249,8 @@ func (a *activityLog) reserve(off, length uint64) bool {
 }
 
 // observe checks, for every active extent not pinned and not yet known to
-// be settled, whether settled (Engine.Settled, called on the goroutine
-// that owns the engine) reports its range settled. Call it only right
+// be settled, whether settled (Engine.Settled, called by the holder of
+// the engine's mutex) reports its range settled. Call it only right
 // after every dirty bitmap page was written. It observes nothing while a
 // failed flush of the data disk is not handled by the engine: the marks
 // that cover what the failure may have lost are not written yet.

@@ -22,7 +22,9 @@ import (
 // is guarded by emu: whichever goroutine has an event for it (an NBD
 // request, a received frame, a finished local operation, or the loop
 // goroutine with administrative calls, links, ticks) locks emu, hands the
-// event to the engine and performs what Ready asks before unlocking. Doing
+// event to the engine and performs what Ready asks (process), then
+// unlocks and carries out the rest: local operations and frame writes
+// (executor). Doing
 // the work on the goroutine that has the event, rather than passing it to
 // a loop goroutine through a channel, saves a goroutine switch per event,
 // which dominates the latency of a replicated write.
@@ -185,7 +187,7 @@ func (r *resource) Up() error {
 			return err
 		}
 	}
-	es := eng.Status() // the loop goroutine owns the engine from now on
+	es := eng.Status() // from now on the engine is called with emu held only
 	r.mu.Lock()
 	r.up = true
 	r.mu.Unlock()
