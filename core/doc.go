@@ -12,7 +12,11 @@
 //
 // # Driving the engine
 //
-// The driver owns one Engine per resource and calls it from one goroutine:
+// The driver owns one Engine per resource. The engine is not safe for
+// concurrent use: one goroutine at a time calls it, and carries out the
+// Ready it returns. The simplest driver is a single goroutine that owns
+// the engine and selects over every source of events; this loop shows
+// which call each event is, and in which order a Ready is performed:
 //
 //	e, err := core.New(cfg)               // cfg.State and cfg.Bitmaps from metadata
 //	for {
@@ -42,7 +46,23 @@
 //		}
 //	}
 //
-// The obligations behind this loop:
+// georepl's driver (cmd/georepl/internal/node) does not run this loop: a
+// goroutine switch per event would cost most of a replicated write's
+// latency. The engine sits under a mutex, and whichever goroutine has the
+// event (the reader of an NBD connection, a link's reader for a received
+// frame, the goroutine that performed a local operation, the resource's
+// loop for administrative calls, connections and ticks) takes the mutex,
+// calls the engine and performs its Ready: the bitmaps and Persist first;
+// then it closes the connections Drop names, queues the frames (under the
+// mutex, so their order per channel is the engine's) and collects the
+// local operations and completions. Once it released the mutex, it
+// completes the requests, and writes frames and performs local operations
+// itself where that costs no wake-up of another goroutine (the last
+// operation of a Ready, then what that operation made ready; a small
+// frame for a protocol B or C peer), handing the rest to writer
+// goroutines and goroutines of their own. Only one goroutine calls the
+// engine at a time, so the engine cannot tell this driver from the loop,
+// and the obligations below hold for either:
 //
 //   - Persist is written durably before anything else in the same Ready is
 //     performed: a peer must never learn a generation id this node could
@@ -58,7 +78,8 @@
 //     whose order carries the write ordering; acknowledgements travel on the
 //     control channel so bulk data never delays them. Under protocol A a
 //     write completes once queued, so the sender's queue must hold at least
-//     the peer's MaxBuffer bytes without blocking the driver loop.
+//     the peer's MaxBuffer bytes without blocking the goroutine that
+//     performs the Ready.
 //   - Frames are delivered with Receive only between Connected and
 //     Disconnected of the same connection; the handshake (Intro, Auth,
 //     Hello) and Ping are the driver's business.

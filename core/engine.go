@@ -8,7 +8,7 @@ import (
 )
 
 // Engine is the replication engine of one resource on one node. It is not
-// safe for concurrent use: one driver goroutine calls all its methods (see
+// safe for concurrent use: one goroutine at a time calls its methods (see
 // the package documentation).
 type Engine struct {
 	self        NodeID

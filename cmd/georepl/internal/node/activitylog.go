@@ -48,28 +48,23 @@ import (
 // epoch with a flush, observe again). gate never waits for a slot, only
 // for the hard limit of one transaction (meta.MaxActivityLogExtents): the
 // writes holding the slots may settle only after the write being gated.
+//
+// The extents, their order and their states are an alTable, which does no
+// I/O and starts no goroutine; activityLog holds it under mu and does the
+// waiting, the flushes and the metadata writes it asks for.
 type activityLog struct {
-	store    *meta.Store
-	sync     *syncGate // flushes the data disk
-	capacity int
-	extents  uint64 // extents of the data area
+	store   *meta.Store
+	sync    *syncGate // flushes the data disk
+	extents uint64    // extents of the data area
 
 	mu      sync.Mutex
 	changed *sync.Cond // state changed: a transaction done, an extent evictable, closing
-	active  map[uint64]*alExtent
-	tick    uint64 // use stamps
-	nextGen uint64 // generation of the next transaction
-	doneGen uint64 // generation of the last durable transaction
-	dirty   bool   // active differs from the last transaction written
+	t       *alTable   // the extents and their state
 	// failures counts failed transactions; failErr is the last error.
 	failures     uint64
 	failErr      error
 	waitingSlots int  // acquires waiting for a slot
 	reclaiming   bool // a reclaim is running
-	// flushesBegun counts the writer's flushes of the data disk begun so
-	// far: an observation made while flush n runs is stamped n, and only
-	// a flush numbered above its stamp retires the extent.
-	flushesBegun uint64
 	writes       uint64
 	closed       bool
 	// detached: the disk was detached after an I/O error; activations
@@ -80,36 +75,6 @@ type activityLog struct {
 	wake       chan struct{} // wakes the writer
 	writerDone chan struct{}
 }
-
-// alExtent is one active extent.
-type alExtent struct {
-	// needGen is the first transaction holding the extent: it is durable
-	// once doneGen >= needGen.
-	needGen uint64
-	pins    int    // application requests between acquire and completion
-	use     uint64 // stamp of the last activation: LRU order, observation validity
-	state   alState
-	seen    uint64 // use stamp when observed settled
-	// seenFlushes is flushesBegun when observed settled: flushes up to
-	// that number may have begun before the writes settled.
-	seenFlushes uint64
-	// seenFailures is the number of failed flushes of the data disk
-	// (syncGate) when observed settled, all handled by the engine: a later
-	// failure may have lost the writes, and only an observation after the
-	// engine marked them (which persistBitmaps wrote) may retire it.
-	seenFailures uint64
-}
-
-type alState int
-
-const (
-	// alBusy: written recently, or not yet observed settled.
-	alBusy alState = iota
-	// alObserved: observed settled; awaiting a flush of the data disk.
-	alObserved
-	// alEvictable: settled and flushed; may leave the log.
-	alEvictable
-)
 
 // errALClosed is returned to activations after the resource went down.
 var errALClosed = errors.New("activity log closed: the resource is going down")
@@ -125,10 +90,8 @@ func newActivityLog(store *meta.Store, gate *syncGate, capacity int) *activityLo
 	a := &activityLog{
 		store:      store,
 		sync:       gate,
-		capacity:   min(max(capacity, 1), meta.MaxActivityLogExtents),
 		extents:    store.ActivityLogExtents(),
-		active:     map[uint64]*alExtent{},
-		nextGen:    1,
+		t:          newALTable(min(max(capacity, 1), meta.MaxActivityLogExtents)),
 		wake:       make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
 	}
@@ -160,16 +123,12 @@ func (a *activityLog) acquire(ctx context.Context, off, length uint64) (release 
 		return func() {}, nil
 	}
 	first, last := extentRange(off, length)
-	if err := a.activate(ctx, first, last, true, a.capacity); err != nil {
+	if err := a.activate(ctx, first, last, true, a.t.capacity); err != nil {
 		return nil, err
 	}
 	return func() {
 		a.mu.Lock()
-		for x := first; x <= last; x++ {
-			if e := a.active[x]; e != nil { // nil: activated after detach
-				e.pins--
-			}
-		}
+		a.t.unpin(first, last) // an extent activated after detach is not there
 		a.mu.Unlock()
 	}, nil
 }
@@ -222,7 +181,7 @@ func (a *activityLog) activate(ctx context.Context, first, last uint64, pin bool
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if a.admit(first, last, limit) {
+		if a.t.admit(first, last, limit) {
 			break
 		}
 		if stop == nil && ctx.Done() != nil {
@@ -238,74 +197,27 @@ func (a *activityLog) activate(ctx context.Context, first, last uint64, pin bool
 		a.changed.Wait()
 		a.waitingSlots--
 	}
-	a.mark(first, last, pin)
-	if a.dirty {
+	if a.t.activate(first, last, pin) {
 		a.wakeWriter()
 	}
 	failures := a.failures
 	for {
-		durable := true
-		for x := first; x <= last; x++ {
-			if a.active[x].needGen > a.doneGen {
-				durable = false
-			}
-		}
 		switch {
-		case durable || a.detached:
+		case a.t.durable(first, last) || a.detached:
 			return nil
 		case a.closed:
-			err := errALClosed
-			a.unpin(first, last, pin)
-			return err
+			if pin {
+				a.t.unpin(first, last)
+			}
+			return errALClosed
 		case a.failures != failures:
-			err := fmt.Errorf("%w: %w", errALWrite, a.failErr)
-			a.unpin(first, last, pin)
-			return err
+			if pin {
+				a.t.unpin(first, last)
+			}
+			return fmt.Errorf("%w: %w", errALWrite, a.failErr)
 		}
 		nbd.WillBlock(ctx) // a metadata write
 		a.changed.Wait()
-	}
-}
-
-// admit reports whether extents first..last fit in the log now, with at
-// most limit extents, evicting settled ones to keep to the capacity.
-// Called with a.mu held.
-func (a *activityLog) admit(first, last uint64, limit int) bool {
-	need := 0
-	for x := first; x <= last; x++ {
-		if a.active[x] == nil {
-			need++
-		}
-	}
-	// Keep to the capacity where settled extents allow it.
-	if over := len(a.active) + need - a.capacity; need > 0 && over > 0 {
-		a.evict(over, first, last)
-	}
-	// A request larger than the whole log goes in alone: nothing
-	// outside its range may stay active (inside it, extents already
-	// active cannot be evicted for it, and need no slot).
-	outside := len(a.active) - (int(last-first+1) - need)
-	return need == 0 || len(a.active)+need <= limit || outside == 0
-}
-
-// mark makes extents first..last active and busy, pinned if pin, and
-// has the log written if that added any. Called with a.mu held.
-func (a *activityLog) mark(first, last uint64, pin bool) {
-	a.tick++
-	for x := first; x <= last; x++ {
-		e := a.active[x]
-		if e == nil {
-			e = &alExtent{needGen: a.nextGen}
-			a.active[x] = e
-			a.dirty = true
-		}
-		if pin {
-			e.pins++
-		}
-		e.use, e.state = a.tick, alBusy
-	}
-	if a.dirty {
-		a.wakeWriter()
 	}
 }
 
@@ -327,46 +239,18 @@ func (a *activityLog) reserve(off, length uint64) bool {
 	if a.detached {
 		return true // gate lets everything through at once
 	}
-	if a.closed || !a.admit(first, last, meta.MaxActivityLogExtents) {
+	if a.closed || !a.t.admit(first, last, meta.MaxActivityLogExtents) {
 		return false
 	}
-	a.mark(first, last, false)
+	if a.t.activate(first, last, false) {
+		a.wakeWriter()
+	}
 	return true
 }
 
-func (a *activityLog) unpin(first, last uint64, pin bool) {
-	if !pin {
-		return
-	}
-	for x := first; x <= last; x++ {
-		a.active[x].pins--
-	}
-}
-
-// evict removes up to n evictable extents outside [first, last], least
-// recently used first. Called with mu held.
-func (a *activityLog) evict(n int, first, last uint64) {
-	for ; n > 0; n-- {
-		var (
-			victim uint64
-			oldest *alExtent
-		)
-		for x, e := range a.active {
-			if e.state == alEvictable && e.pins == 0 && (x < first || x > last) && (oldest == nil || e.use < oldest.use) {
-				victim, oldest = x, e
-			}
-		}
-		if oldest == nil {
-			return
-		}
-		delete(a.active, victim)
-		a.dirty = true
-	}
-}
-
 // observe checks, for every active extent not pinned and not yet known to
-// be settled, whether settled (Engine.Settled, called on the goroutine
-// that owns the engine) reports its range settled. Call it only right
+// be settled, whether settled (Engine.Settled, called by the holder of
+// the engine's mutex) reports its range settled. Call it only right
 // after every dirty bitmap page was written. It observes nothing while a
 // failed flush of the data disk is not handled by the engine: the marks
 // that cover what the failure may have lost are not written yet.
@@ -375,58 +259,26 @@ func (a *activityLog) observe(settled func(off, length uint64) bool) {
 	if !clean {
 		return
 	}
-	type cand struct{ x, use uint64 }
-	var cands []cand
 	a.mu.Lock()
-	for x, e := range a.active {
-		if e.state == alBusy && e.pins == 0 {
-			cands = append(cands, cand{x, e.use})
-		}
-	}
+	cands := a.t.unsettled()
 	a.mu.Unlock()
 	if len(cands) == 0 {
 		return
 	}
-	var ok []cand
+	var settledNow []alCandidate
 	for _, c := range cands {
-		off := c.x * meta.ActivityLogExtentSize
-		if settled(off, meta.ActivityLogExtentSize) {
-			ok = append(ok, c)
+		if settled(c.x*meta.ActivityLogExtentSize, meta.ActivityLogExtentSize) {
+			settledNow = append(settledNow, c)
 		}
 	}
 	a.mu.Lock()
 	// Stamped now, after settled answered: a flush begun before this may
 	// have begun before the writes were done.
-	for _, c := range ok {
-		if e := a.active[c.x]; e != nil && e.use == c.use && e.pins == 0 && e.state == alBusy {
-			e.state, e.seen, e.seenFlushes, e.seenFailures = alObserved, c.use, a.flushesBegun, failures
-		}
-	}
-	if len(ok) > 0 && a.waitingSlots > 0 {
+	a.t.observe(settledNow, failures)
+	if len(settledNow) > 0 && a.waitingSlots > 0 {
 		a.wakeWriter()
 	}
 	a.mu.Unlock()
-}
-
-// promoteObserved makes evictable the extents still unused that were
-// observed settled before flush number flush began; the caller completed
-// that flush of the data disk, which began when the gate had counted
-// failures failed flushes (and succeeded: none failed meanwhile). Extents
-// observed later stay observed, for the next flush; those observed before
-// a failure are observed again. Called with mu held.
-func (a *activityLog) promoteObserved(flush, failures uint64) bool {
-	promoted := false
-	for _, e := range a.active {
-		switch {
-		case e.state != alObserved || e.seenFlushes >= flush:
-		case e.use == e.seen && e.pins == 0 && e.seenFailures == failures:
-			e.state = alEvictable
-			promoted = true
-		default:
-			e.state = alBusy
-		}
-	}
-	return promoted
 }
 
 func (a *activityLog) wakeWriter() {
@@ -448,18 +300,9 @@ func (a *activityLog) writer() {
 			a.mu.Unlock()
 			return
 		}
-		pressure := a.waitingSlots > 0 || len(a.active) > a.capacity
-		observed := false
-		for _, e := range a.active {
-			if e.state == alObserved {
-				observed = true
-				break
-			}
-		}
 		var flush uint64
-		if pressure && observed {
-			a.flushesBegun++
-			flush = a.flushesBegun
+		if a.t.needsFlush(a.waitingSlots > 0) {
+			flush = a.t.beginFlush()
 		}
 		a.mu.Unlock()
 
@@ -476,47 +319,24 @@ func (a *activityLog) writer() {
 				time.Sleep(100 * time.Millisecond)
 			}
 			a.mu.Lock()
-			switch {
-			case err != nil:
-				// Not flushed again until observed again.
-				for _, e := range a.active {
-					if e.state == alObserved {
-						e.state = alBusy
-					}
-				}
-			case a.promoteObserved(flush, failures):
-				if over := len(a.active) - a.capacity; over > 0 {
-					a.evict(over, 1, 0) // [1, 0] excludes nothing
-				}
+			if a.t.flushed(flush, failures, err) {
 				a.changed.Broadcast()
 			}
 			a.mu.Unlock()
 		}
 
 		a.mu.Lock()
-		if a.dirty && !a.closed {
-			snapshot := make([]uint64, 0, len(a.active))
-			for x := range a.active {
-				snapshot = append(snapshot, x)
-			}
-			gen := a.nextGen
-			a.nextGen++
-			a.dirty = false
+		if a.t.pending() && !a.closed {
+			extents, gen := a.t.transaction()
 			a.mu.Unlock()
-			err := a.store.WriteActivityLog(snapshot)
+			err := a.store.WriteActivityLog(extents)
 			a.mu.Lock()
+			a.t.written(gen, err)
 			if err == nil {
-				a.doneGen = gen
 				a.writes++
 			} else {
 				a.failures++
 				a.failErr = err
-				a.dirty = true
-				for _, e := range a.active {
-					if e.needGen > a.doneGen {
-						e.needGen = a.nextGen
-					}
-				}
 			}
 			a.changed.Broadcast()
 			a.mu.Unlock()
@@ -526,7 +346,7 @@ func (a *activityLog) writer() {
 			continue
 		}
 		waiting := a.waitingSlots > 0
-		pressure = waiting || len(a.active) > a.capacity
+		pressure := waiting || a.t.overCapacity()
 		reclaim := a.reclaim
 		start := waiting && reclaim != nil && !a.reclaiming && time.Since(lastReclaim) >= reclaimInterval
 		if start {
@@ -565,7 +385,7 @@ func (a *activityLog) writer() {
 func (a *activityLog) close(flush bool) (left int, err error) {
 	a.mu.Lock()
 	if a.closed {
-		n := len(a.active)
+		n := a.t.size()
 		a.mu.Unlock()
 		return n, nil
 	}
@@ -577,50 +397,44 @@ func (a *activityLog) close(flush bool) (left int, err error) {
 
 	a.mu.Lock()
 	if a.detached {
-		n := len(a.active)
+		n := a.t.size()
 		a.mu.Unlock()
 		return n, nil
+	}
+	var n uint64
+	if flush {
+		// Begun after every observation so far, as the writer's next
+		// flush would have.
+		n = a.t.beginFlush()
 	}
 	a.mu.Unlock()
 	if flush {
 		failures := a.sync.failures()
 		err = a.sync.Sync()
 		a.mu.Lock()
-		if err == nil {
-			// The flush began after every observation so far, as the
-			// next flush of the writer would have.
-			a.promoteObserved(a.flushesBegun+1, failures)
-		}
+		a.t.flushed(n, failures, err)
 		a.mu.Unlock()
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for x, e := range a.active {
-		if e.state == alEvictable && e.pins == 0 {
-			delete(a.active, x)
-			a.dirty = true
-		}
-	}
-	if a.dirty || a.failures > 0 {
-		snapshot := make([]uint64, 0, len(a.active))
-		for x := range a.active {
-			snapshot = append(snapshot, x)
-		}
-		werr := a.store.WriteActivityLog(snapshot)
+	a.t.retire()
+	if a.t.pending() || a.failures > 0 {
+		extents, gen := a.t.transaction()
+		werr := a.store.WriteActivityLog(extents)
+		a.t.written(gen, werr)
 		if werr == nil {
 			a.writes++
-			a.dirty = false
 		}
 		err = errors.Join(err, werr)
 	}
-	return len(a.active), err
+	return a.t.size(), err
 }
 
 // stats returns the number of active extents and of transactions written.
 func (a *activityLog) stats() (active int, writes uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return len(a.active), a.writes
+	return a.t.size(), a.writes
 }
 
 // startActivityLog reports the activity log of an unclean shutdown, which
@@ -728,8 +542,10 @@ func recoverActivityLog(store *meta.Store, peers []core.NodeID, syncData func() 
 		return 0, fmt.Errorf("flushing the data disk before the log's extents are marked: %w", err)
 	}
 	sb := store.Superblock()
-	bs := uint64(sb.BlockSize)
-	nbits := store.BitmapBits()
+	marks := core.NewBitmap(store.BitmapBits())
+	for _, x := range extents {
+		marks.SetBytes(x*meta.ActivityLogExtentSize, meta.ActivityLogExtentSize, sb.BlockSize)
+	}
 	for _, p := range peers {
 		if int(p) >= sb.Slots || p == core.NodeID(sb.NodeID) {
 			continue
@@ -738,12 +554,8 @@ func recoverActivityLog(store *meta.Store, peers []core.NodeID, syncData func() 
 		if err != nil {
 			return 0, err
 		}
-		for _, x := range extents {
-			lo := x * meta.ActivityLogExtentSize / bs
-			hi := min(((x+1)*meta.ActivityLogExtentSize+bs-1)/bs, nbits)
-			for b := lo; b < hi; b++ {
-				words[b/64] |= 1 << (b % 64)
-			}
+		for i, w := range marks.Words() {
+			words[i] |= w
 		}
 		if err := store.WriteBitmap(int(p), words); err != nil {
 			return 0, err

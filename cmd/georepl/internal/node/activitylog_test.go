@@ -437,7 +437,7 @@ func TestActivityLogObservedDuringFlush(t *testing.T) {
 		t.Fatal("no second flush while extent 1 waits to be retired")
 	}
 	al.mu.Lock()
-	e := al.active[1]
+	e := al.t.active[1]
 	al.mu.Unlock()
 	if e == nil || e.state == alEvictable {
 		t.Fatalf("extent 1 retired before a flush that began after its observation ended: %+v", e)

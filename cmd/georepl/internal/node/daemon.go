@@ -1,11 +1,3 @@
-// Package node is georepl's driver: it wires the I/O-free engine (package
-// core) to real disks (kmod), real connections (transports), metadata
-// (core/meta), the NBD export (kmod/nbd) and the admin socket. It holds the
-// goroutines; the engine holds the decisions.
-//
-// A Daemon runs one node (one name in the configuration) for every resource
-// that names it. Each resource, once up, has one loop goroutine that owns
-// its core.Engine; see resource.go.
 package node
 
 import (

@@ -146,6 +146,9 @@ func (l *link) flush(ch wire.Channel) {
 	}
 }
 
+// wake leaves what is queued on ch to the channel's writer.
+func (l *link) wake(ch wire.Channel) { l.queues[ch].wake() }
+
 // flushAll flushes every channel of l.
 func (l *link) flushAll() {
 	for ch := range l.queues {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -24,7 +23,9 @@ import (
 // is guarded by emu: whichever goroutine has an event for it (an NBD
 // request, a received frame, a finished local operation, or the loop
 // goroutine with administrative calls, links, ticks) locks emu, hands the
-// event to the engine and performs what Ready asks before unlocking. Doing
+// event to the engine and performs what Ready asks (process), then
+// unlocks and carries out the rest: local operations and frame writes
+// (executor). Doing
 // the work on the goroutine that has the event, rather than passing it to
 // a loop goroutine through a channel, saves a goroutine switch per event,
 // which dominates the latency of a replicated write.
@@ -79,6 +80,9 @@ type resource struct {
 	// flushes are the links and channels process queued frames on without
 	// waking their writers (link.queue); see work.
 	flushes []linkChannel
+	// exec carries out what process collected (takeWork) once emu is
+	// released.
+	exec executor
 	// received are the pooled payloads of data frames handed to the
 	// engine and not yet written locally, with the link they came from.
 	received map[*byte]*link
@@ -115,6 +119,11 @@ func newResource(d *Daemon, rc *configs.Resource, self *configs.Node) (*resource
 		d: d, cfg: rc, self: self,
 		log:   d.log.With("resource", rc.Name),
 		peers: map[core.NodeID]*peer{},
+	}
+	r.exec = executor{
+		perform: r.performOp,
+		reserve: func(off, length uint64) bool { return r.st.al.reserve(off, length) },
+		spawn:   func(f func()) { go f() },
 	}
 	switch rc.Disk.OnIOError {
 	case "", "detach":
@@ -179,7 +188,7 @@ func (r *resource) Up() error {
 			return err
 		}
 	}
-	es := eng.Status() // the loop goroutine owns the engine from now on
+	es := eng.Status() // from now on the engine is called with emu held only
 	r.mu.Lock()
 	r.up = true
 	r.mu.Unlock()
@@ -353,10 +362,9 @@ func (r *resource) loop() {
 		r.emu.Lock()
 		event()
 		r.process()
-		eng, w := r.engine, r.takeWork()
+		w := r.takeWork()
 		r.unlockEngine()
-		w.wake()
-		r.startOps(eng, w.ops)
+		r.exec.carryOut(w, loopHolder)
 	}
 }
 
@@ -578,69 +586,12 @@ func (r *resource) emit(ev core.Event) {
 	r.runHandlers(out)
 }
 
-// work is what process collected for the goroutine that called it to
-// carry out once it released emu: local operations to perform, and frames
-// it queued without waking their writers, which it writes itself (flush)
-// or leaves to the writers (wake).
-type work struct {
-	ops     []localOp
-	flushes []linkChannel
-}
-
-// linkChannel is a channel of a link with frames queued.
-type linkChannel struct {
-	l  *link
-	ch wire.Channel
-}
-
 // takeWork returns the work process collected. Called with emu held; the
-// caller carries it out after unlocking emu: flush or wake, then startOps
-// or runOps.
+// caller carries it out after unlocking emu (executor.carryOut).
 func (r *resource) takeWork() work {
-	w := work{r.ops, r.flushes}
+	w := work{r.engine, r.ops, r.flushes}
 	r.ops, r.flushes = nil, nil
 	return w
-}
-
-// flush writes the queued frames on the calling goroutine where the link
-// allows it (link.flush).
-func (w work) flush() {
-	for i, lc := range w.flushes {
-		if !slices.Contains(w.flushes[:i], lc) {
-			lc.l.flush(lc.ch)
-		}
-	}
-}
-
-// flushTo writes the frames queued for l itself, and leaves the others
-// to their writers: a link's reader must not wait on another peer's
-// socket, which may be full because that peer hangs; its own peer would
-// then time out too.
-//
-// l's frames are written whether or not they were queued by this work:
-// a receive that left them queued (more was true) counts on it.
-func (w work) flushTo(l *link) {
-	w.wakeOthers(l)
-	l.flushAll()
-}
-
-// wakeOthers leaves the frames queued for links other than l to their
-// writers, and l's queued: for a reader of l that writes them later itself
-// (flushTo), together with what it has yet to queue.
-func (w work) wakeOthers(l *link) {
-	for _, lc := range w.flushes {
-		if lc.l != l {
-			lc.l.queues[lc.ch].wake()
-		}
-	}
-}
-
-// wake leaves the queued frames to the links' writers: for a goroutine
-// that must not block on a peer's socket (the resource loop).
-func (w work) wake() {
-	for _, lc := range w.flushes {
-		lc.l.queues[lc.ch].wake()
-	}
 }
 
 // localOp is a local operation to perform, with a reference to its pooled
@@ -663,62 +614,27 @@ func (r *resource) dropOps() {
 	r.flushes = nil
 }
 
-// startOps runs each operation on a goroutine of its own.
-func (r *resource) startOps(eng *core.Engine, ops []localOp) {
-	for _, op := range ops {
-		go r.runOps(eng, []localOp{op})
-	}
-}
-
-// runOps runs ops on goroutines of their own except the last, which it
-// runs itself; then it reports it to eng and runs, the same way, the
-// operations that this made ready. A goroutine that would only wait
-// (an NBD request for its completion, an operation's goroutine) so carries
-// the next step itself: the secondary's next epoch starts on the goroutine
-// that finished the previous one, and a write with no peer to wait for
-// completes without any goroutine switch.
-func (r *resource) runOps(eng *core.Engine, ops []localOp) {
-	r.runOpsOn(eng, ops, nil)
-}
-
-// runOpsOn is runOps; reader, if not nil, is the link whose reader runs
-// it: then operations that are not inlineSafe, also those that later
-// steps make ready, go to goroutines, and only reader's own frames are
-// written inline (flushTo).
-func (r *resource) runOpsOn(eng *core.Engine, ops []localOp, reader *link) {
-	for len(ops) > 0 {
-		if reader != nil && !r.inlineSafe(ops) {
-			reader.flushAll() // what receive left queued for it
-			r.startOps(eng, ops)
-			return
-		}
-		for _, op := range ops[:len(ops)-1] {
-			go r.runOps(eng, []localOp{op})
-		}
-		op := ops[len(ops)-1]
-		data, err := r.do(op.LocalOp)
-		r.payloads.release(op.pl)
-		r.emu.Lock()
-		if r.stopped || r.engine != eng {
-			// The resource went down: nothing waits for the result.
-			r.unlockEngine()
-			return
-		}
-		r.recycleReceived(op.LocalOp)
-		eng.LocalDone(op.ID, data, err)
-		if err != nil {
-			r.st.sync.delivered(err)
-		}
-		r.process()
-		w := r.takeWork()
+// performOp performs op for eng, reports it and processes what that made
+// ready; it returns the work collected for the caller to carry out
+// (executor.carryOut), or ok false if the resource went down meanwhile:
+// then nothing waits for the result.
+func (r *resource) performOp(eng *core.Engine, op localOp) (next work, ok bool) {
+	data, err := r.do(op.LocalOp)
+	r.payloads.release(op.pl)
+	r.emu.Lock()
+	if r.stopped || r.engine != eng {
 		r.unlockEngine()
-		if reader != nil {
-			w.flushTo(reader)
-		} else {
-			w.flush()
-		}
-		ops = w.ops
+		return work{}, false
 	}
+	r.recycleReceived(op.LocalOp)
+	eng.LocalDone(op.ID, data, err)
+	if err != nil {
+		r.st.sync.delivered(err)
+	}
+	r.process()
+	w := r.takeWork()
+	r.unlockEngine()
+	return w, true
 }
 
 // do performs one local operation on the backing disk.
@@ -803,7 +719,7 @@ func (r *resource) checksum(op core.LocalOp) ([]byte, error) {
 
 // submit hands an application request to the engine and waits for its
 // completion. The calling goroutine runs the local operations the request
-// starts itself (see runOps) rather than wait idle.
+// starts itself (see executor) rather than wait idle.
 func (r *resource) submit(ctx context.Context, req core.Request) error {
 	return await(ctx, func(done func(error)) { r.start(ctx, done, req) })
 }
@@ -826,7 +742,7 @@ func await(ctx context.Context, begin func(done func(error))) error {
 }
 
 // start hands application requests to the engine, runs the local
-// operations they start on the calling goroutine (see runOps), and
+// operations they start on the calling goroutine (see executor), and
 // returns; complete is called once, when every request completed, with
 // the first error in reqs' order, by whichever goroutine completes the
 // last (this one, before start returns, if no peer has to answer), never
@@ -864,8 +780,7 @@ func (r *resource) start(ctx context.Context, complete func(error), reqs ...core
 	r.process()
 	w := r.takeWork()
 	r.unlockEngine()
-	w.flush() // the peers start their writes while this goroutine does the local one
-	r.runOps(eng, w.ops)
+	r.exec.carryOut(w, requestHolder)
 }
 
 // receiveBuffer is the links' wire.Reader payload allocator: data and
@@ -875,7 +790,7 @@ func (r *resource) start(ctx context.Context, complete func(error), reqs ...core
 // a frame, receive records it in r.received and hands it to the engine,
 // which puts it into exactly one local write (core.LocalOp.Data) and
 // nothing else: a secondary applies a received write, and never sends or
-// keeps its payload. runOps returns p to the pool once that write is done
+// keeps its payload. performOp returns p to the pool once that write is done
 // (recycleReceived). If the engine never issues the write (the connection
 // is lost first, or the frame is refused), setConn forgets the link's
 // entries and p is left to the garbage collector; so is p when its write
@@ -905,9 +820,9 @@ func (r *resource) recycleReceived(op core.LocalOp) {
 }
 
 // receive hands a frame from link l to the engine, if l is still the
-// peer's connection. Called by l's reader goroutines; the local operations
-// the frame starts run on goroutines of their own, so that the reader
-// goes on reading.
+// peer's connection. Called by l's reader goroutines, which carry out
+// what the frame starts as far as a reader may (executor); more reports
+// that the next frame has already arrived.
 func (r *resource) receive(l *link, f *wire.Frame, more bool) {
 	r.emu.Lock()
 	if r.stopped {
@@ -924,48 +839,9 @@ func (r *resource) receive(l *link, f *wire.Frame, more bool) {
 		r.engine.Receive(l.peer, f)
 		r.process()
 	}
-	eng, w := r.engine, r.takeWork()
+	w := r.takeWork()
 	r.unlockEngine()
-	inline := !more && r.inlineSafe(w.ops)
-	if more || inline && len(w.ops) > 0 {
-		// l's frames stay queued for this reader to write later, with
-		// what it has yet to queue: the next frame is already here, and
-		// its receive writes them with its own (a barrier's
-		// acknowledgement and the next write's in one system call); or
-		// runOpsOn writes them after the operations, with their
-		// acknowledgements. Waking l's writer now would only move that
-		// system call to another thread, at the cost of a wake-up.
-		w.wakeOthers(l)
-	} else {
-		w.flushTo(l)
-	}
-	if !inline {
-		r.startOps(eng, w.ops)
-		return
-	}
-	// Nothing more has arrived: the reader has time to perform the
-	// operations itself (a secondary's write, then its acknowledgement),
-	// which spares a goroutine's wake-up on each.
-	r.runOpsOn(eng, w.ops, l)
-}
-
-// inlineSafe reports whether a link's reader may perform ops itself: none
-// of them may wait for frames the reader has yet to read. A write can
-// wait like that for room in the activity log (retiring extents needs
-// barriers from the peer), so each write's extents must be reserved
-// without waiting. Flushes are left to goroutines too.
-func (r *resource) inlineSafe(ops []localOp) bool {
-	for _, op := range ops {
-		switch op.Kind {
-		case core.OpWrite, core.OpZeroes, core.OpTrim:
-			if !r.st.al.reserve(op.Offset, op.Length) {
-				return false
-			}
-		case core.OpFlush:
-			return false // slow, and a protocol B peer's receipts would wait for it
-		}
-	}
-	return true
+	r.exec.carryOut(w, readerHolder(l, more))
 }
 
 // Detach stops using the local disk, as a failed disk operation does
@@ -1018,13 +894,11 @@ func (r *resource) detachDisk(why string) {
 		r.unlockEngine()
 		return
 	}
-	eng := r.engine
-	eng.Detach(why)
+	r.engine.Detach(why)
 	r.process()
 	w := r.takeWork()
 	r.unlockEngine()
-	w.wake()
-	r.startOps(eng, w.ops)
+	r.exec.carryOut(w, loopHolder)
 }
 
 // persistReady makes what a Ready asks durable, before anything else of

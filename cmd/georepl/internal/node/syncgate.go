@@ -274,6 +274,5 @@ func (r *resource) reportSyncFailures(g *syncGate) {
 	r.process()
 	w := r.takeWork()
 	r.unlockEngine()
-	w.wake()
-	r.startOps(eng, w.ops)
+	r.exec.carryOut(w, loopHolder)
 }

@@ -262,7 +262,7 @@ func TestFlushFailureElsewhereReachesTheApplication(t *testing.T) {
 			// fails.
 			al := r.st.al
 			al.mu.Lock()
-			al.capacity = 1
+			al.t.capacity = 1
 			al.mu.Unlock()
 			err := dev.WriteAt(ctx, make([]byte, 4096), 2*meta.ActivityLogExtentSize, false)
 			if disk.callCount() == 0 {

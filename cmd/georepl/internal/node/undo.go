@@ -43,8 +43,8 @@ type undoGuard struct {
 	// outside a session (a Primary's, a Secondary's in sync) take no lock.
 	active atomic.Bool
 
-	mu    sync.Mutex // serialises saves and state changes
-	saved []uint64   // bit per block: saved in this session
+	mu    sync.Mutex   // serialises saves and state changes
+	saved *core.Bitmap // bit per block: saved in this session
 	// writes in progress through undoRegion, and whether new ones are
 	// refused (the storage is closing).
 	busy   sync.WaitGroup
@@ -119,11 +119,11 @@ func openUndo(path string, capacity int64, resource string, nodeID uint8, dataSi
 
 func newUndoGuard(u *meta.UndoLog, f *kmod.Backing, path string, data *alRegion, dataSize uint64, blockSize uint32) (*undoGuard, error) {
 	g := &undoGuard{log: u, file: f, path: path, data: data, bs: uint64(blockSize), size: dataSize,
-		saved: make([]uint64, (dataSize/uint64(blockSize)+64)/64)}
+		saved: core.NewBitmap((dataSize + uint64(blockSize) - 1) / uint64(blockSize))}
 	g.active.Store(u.Header().State == meta.UndoActive)
 	if st := u.Header().State; st == meta.UndoActive || st == meta.UndoExhausted {
 		if err := u.Records(func(first uint64, d []byte) error {
-			g.mark(first, uint64(len(d))/g.bs)
+			g.saved.SetRange(first, uint64(len(d))/g.bs)
 			return nil
 		}); err != nil {
 			return nil, err
@@ -131,14 +131,6 @@ func newUndoGuard(u *meta.UndoLog, f *kmod.Backing, path string, data *alRegion,
 	}
 	return g, nil
 }
-
-func (g *undoGuard) mark(first, n uint64) {
-	for b := first; b < first+n; b++ {
-		g.saved[b/64] |= 1 << (b % 64)
-	}
-}
-
-func (g *undoGuard) isSaved(b uint64) bool { return g.saved[b/64]&(1<<(b%64)) != 0 }
 
 // begin starts a session if the superblock sb (before the persist that
 // makes the disk Inconsistent) shows a consistent image to protect.
@@ -156,7 +148,7 @@ func (g *undoGuard) begin(sb meta.Superblock) (bool, error) {
 	if err := g.log.Begin(newUUID(), sb.DiskState, sb.Current, sb.History); err != nil {
 		return false, err
 	}
-	clear(g.saved)
+	g.saved.ClearRange(0, g.saved.Len())
 	g.active.Store(true)
 	return true, nil
 }
@@ -172,7 +164,7 @@ func (g *undoGuard) end() (bool, error) {
 	if err := g.log.End(); err != nil {
 		return false, err
 	}
-	clear(g.saved)
+	g.saved.ClearRange(0, g.saved.Len())
 	return true, nil
 }
 
@@ -190,14 +182,10 @@ func (g *undoGuard) save(off, length uint64) error {
 		return nil
 	}
 	first, end := off/g.bs, min((off+length+g.bs-1)/g.bs, (g.size+g.bs-1)/g.bs)
-	for b := first; b < end; {
-		if g.isSaved(b) {
-			b++
-			continue
-		}
-		run := b
-		for run < end && !g.isSaved(run) {
-			run++
+	for b := g.saved.NextClear(first); b < end; b = g.saved.NextClear(b) {
+		run, ok := g.saved.NextSet(b)
+		if !ok || run > end {
+			run = end
 		}
 		buf := make([]byte, (run-b)*g.bs)
 		if _, err := g.data.Region.ReadAt(buf, int64(b*g.bs)); err != nil {
@@ -216,8 +204,7 @@ func (g *undoGuard) save(off, length uint64) error {
 		if err != nil {
 			return err
 		}
-		g.mark(b, run-b)
-		b = run
+		g.saved.SetRange(b, run-b)
 	}
 	return nil
 }
@@ -227,19 +214,8 @@ func (g *undoGuard) status() *UndoStatus {
 	defer g.mu.Unlock()
 	h := g.log.Header()
 	used, free := g.log.Used()
-	st := &UndoStatus{Path: g.path, State: h.State.String(), UsedBytes: used, CapacityBytes: used + free + meta.UndoRecordsOffset}
-	for _, w := range g.saved {
-		st.SavedBlocks += uint64(popcount(w))
-	}
-	return st
-}
-
-func popcount(w uint64) int {
-	n := 0
-	for ; w != 0; w &= w - 1 {
-		n++
-	}
-	return n
+	return &UndoStatus{Path: g.path, State: h.State.String(), UsedBytes: used, CapacityBytes: used + free + meta.UndoRecordsOffset,
+		SavedBlocks: g.saved.Count()}
 }
 
 // freeze refuses new writes and waits for those in progress.
@@ -362,20 +338,18 @@ func rollBackUndo(store *meta.Store, u *meta.UndoLog, data blockWriter, peers []
 	h := u.Header()
 	sb := store.Superblock()
 	bs := uint64(sb.BlockSize)
-	nbits := store.BitmapBits()
-	done := make([]uint64, (nbits+63)/64)
+	done := core.NewBitmap(store.BitmapBits())
 	err = u.Records(func(first uint64, d []byte) error {
 		n := uint64(len(d)) / bs
 		for i := uint64(0); i < n; i++ {
 			b := first + i
-			if b >= nbits || done[b/64]&(1<<(b%64)) != 0 {
+			if b >= done.Len() || done.Test(b) {
 				continue
 			}
 			if _, err := data.WriteAt(d[i*bs:(i+1)*bs], int64(b*bs)); err != nil {
 				return fmt.Errorf("restoring block %d: %w", b, err)
 			}
-			done[b/64] |= 1 << (b % 64)
-			restored++
+			done.SetRange(b, 1)
 		}
 		return nil
 	})
@@ -393,8 +367,8 @@ func rollBackUndo(store *meta.Store, u *meta.UndoLog, data blockWriter, peers []
 		if err != nil {
 			return 0, err
 		}
-		for i := range words {
-			words[i] |= done[i]
+		for i, w := range done.Words() {
+			words[i] |= w
 		}
 		if err := store.WriteBitmap(int(p), words); err != nil {
 			return 0, err
@@ -415,7 +389,7 @@ func rollBackUndo(store *meta.Store, u *meta.UndoLog, data blockWriter, peers []
 	if err := u.End(); err != nil {
 		return 0, err
 	}
-	return restored, nil
+	return done.Count(), nil
 }
 
 // persistWithUndo writes the engine's durable state, starting the undo

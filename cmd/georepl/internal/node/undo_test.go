@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -563,7 +564,7 @@ func BenchmarkUndoFirstWrite(b *testing.B) {
 				blk := i % undoTestBlocks
 				if i > 0 && blk == 0 && session {
 					b.StopTimer()
-					clear(tg.g.saved) // every write is a first overwrite
+					tg.g.saved.ClearRange(0, tg.g.saved.Len()) // every write is a first overwrite
 					b.StartTimer()
 				}
 				if _, err := tg.data.WriteAt(buf, int64(blk*undoTestBS)); err != nil {
@@ -571,5 +572,39 @@ func BenchmarkUndoFirstWrite(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestUndoSavesEachUnsavedRunOnce: a save records, as one record each, the
+// runs of blocks not saved yet in the session, with their old content,
+// and skips the blocks saved before; the last block of the data may be
+// saved, nothing beyond it.
+func TestUndoSavesEachUnsavedRunOnce(t *testing.T) {
+	rg := newUndoRig(t)
+	tg := rg.open(1 << 20)
+	defer tg.close()
+	tg.startResync(t)
+	for _, r := range [][2]uint64{{3, 2}, {7, 1}, {0, 9}, {undoTestBlocks - 2, 5}} {
+		if err := tg.g.save(r[0]*undoTestBS, r[1]*undoTestBS); err != nil {
+			t.Fatal(err)
+		}
+	}
+	type record struct{ first, blocks uint64 }
+	var got []record
+	if err := tg.g.log.Records(func(first uint64, d []byte) error {
+		got = append(got, record{first, uint64(len(d)) / undoTestBS})
+		if !bytes.Equal(d, rg.pre[first*undoTestBS:first*undoTestBS+uint64(len(d))]) {
+			t.Errorf("record at block %d does not hold the old content", first)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := []record{{3, 2}, {7, 1}, {0, 3}, {5, 2}, {8, 1}, {undoTestBlocks - 2, 2}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("records %v, want %v", got, want)
+	}
+	if st := tg.g.status(); st.SavedBlocks != 11 {
+		t.Fatalf("%d blocks saved, want 11", st.SavedBlocks)
 	}
 }
