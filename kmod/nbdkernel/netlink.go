@@ -244,20 +244,30 @@ type Conn struct {
 	family uint16
 }
 
-// Open loads the nbd module if it is missing (see LoadModule) and connects
-// to its netlink family.
-func Open() (*Conn, error) {
+// dialFamily loads the nbd module if it is missing (see LoadModule) and
+// opens a generic-netlink connection that knows the nbd family.
+func dialFamily() (*genetlink.Conn, genetlink.Family, error) {
 	if err := LoadModule("nbd"); err != nil {
-		return nil, err
+		return nil, genetlink.Family{}, err
 	}
 	c, err := genetlink.Dial(nil)
 	if err != nil {
-		return nil, fmt.Errorf("nbdkernel: generic netlink: %w", err)
+		return nil, genetlink.Family{}, fmt.Errorf("nbdkernel: generic netlink: %w", err)
 	}
 	fam, err := c.GetFamily(familyName)
 	if err != nil {
 		c.Close()
-		return nil, fmt.Errorf("nbdkernel: netlink family %q (is the nbd module loaded?): %w", familyName, err)
+		return nil, genetlink.Family{}, fmt.Errorf("nbdkernel: netlink family %q (is the nbd module loaded?): %w", familyName, err)
+	}
+	return c, fam, nil
+}
+
+// Open loads the nbd module if it is missing (see LoadModule) and connects
+// to its netlink family.
+func Open() (*Conn, error) {
+	c, fam, err := dialFamily()
+	if err != nil {
+		return nil, err
 	}
 	return &Conn{c: c, family: fam.ID}, nil
 }
@@ -361,17 +371,9 @@ type LinkWatch struct {
 // WatchLinks loads the nbd module if it is missing and joins the nbd
 // family's multicast group. Notices sent before it returns are not seen.
 func WatchLinks() (*LinkWatch, error) {
-	if err := LoadModule("nbd"); err != nil {
+	c, fam, err := dialFamily()
+	if err != nil {
 		return nil, err
-	}
-	c, err := genetlink.Dial(nil)
-	if err != nil {
-		return nil, fmt.Errorf("nbdkernel: generic netlink: %w", err)
-	}
-	fam, err := c.GetFamily(familyName)
-	if err != nil {
-		c.Close()
-		return nil, fmt.Errorf("nbdkernel: netlink family %q: %w", familyName, err)
 	}
 	for _, g := range fam.Groups {
 		if g.Name == mcastGroup {
