@@ -28,12 +28,9 @@ func (d *Daemon) LocalDevice(name string) (nbd.Device, error) {
 // on its loop goroutine first, so the result reflects every event the
 // engine has taken. It waits for the loops, which Status never does.
 func (d *Daemon) StatusNow(name string) ([]*ResourceStatus, error) {
-	names := d.resourceNames()
-	if name != "" {
-		if _, err := d.resource(name); err != nil {
-			return nil, err
-		}
-		names = []string{name}
+	names, err := d.namesFor(name)
+	if err != nil {
+		return nil, err
 	}
 	for _, n := range names {
 		r := d.resources[n]

@@ -334,14 +334,23 @@ func (m *rateMeter) observe(now time.Time, bytes uint64) float64 {
 	return float64(bytes-first.bytes) / dt
 }
 
+// namesFor returns name, once checked that it is a resource here, or
+// every resource's name when it is empty.
+func (d *Daemon) namesFor(name string) ([]string, error) {
+	if name == "" {
+		return d.resourceNames(), nil
+	}
+	if _, err := d.resource(name); err != nil {
+		return nil, err
+	}
+	return []string{name}, nil
+}
+
 // Status returns the statuses of the named resource, or of all.
 func (d *Daemon) Status(name string) ([]*ResourceStatus, error) {
-	names := d.resourceNames()
-	if name != "" {
-		if _, err := d.resource(name); err != nil {
-			return nil, err
-		}
-		names = []string{name}
+	names, err := d.namesFor(name)
+	if err != nil {
+		return nil, err
 	}
 	out := make([]*ResourceStatus, 0, len(names))
 	for _, n := range names {
