@@ -16,6 +16,13 @@
 //
 //	go run ./cmd/georepl/internal/benchrig -georepl bin/georepl [-runs 3] [-runtime 5s]
 //
+// With -compare OTHER it measures a second georepl binary too, set-up by
+// set-up right after the first and against the same nbdkit: the before and
+// after of a change in one run, e.g.
+//
+//	git worktree add /tmp/old HEAD~5 && (cd /tmp/old && go build -o /tmp/georepl-old ./cmd/georepl)
+//	go run ./cmd/georepl/internal/benchrig -georepl bin/georepl -compare /tmp/georepl-old -runs 5
+//
 // With -resync it runs the resync benchmark over a shaped link between two
 // network namespaces instead (`make bench-resync`, root only; resync.go).
 package main
@@ -74,6 +81,7 @@ func main() {
 	resync := flag.Bool("resync", false, "run the resync benchmark instead (root: network namespaces, tc tbf; see resync.go)")
 	resyncMiB := flag.Int("resync-size", 512, "with -resync: device size in MiB, all of it resynchronised")
 	rateMbit := flag.Int("rate", 200, "with -resync: the link rate in Mbit/s")
+	compare := flag.String("compare", "", "also measure this georepl binary, each set-up right after -georepl's, for a before/after table in one run")
 	only := flag.String("only", "", "measure only the set-ups and workloads whose names contain one of these comma-separated words (e.g. \"alone,QD1\"); nbdkit always runs")
 	flag.Parse()
 	if *resync {
@@ -87,7 +95,10 @@ func main() {
 		setups = keep(setups, func(s setup) string { return s.name }, *only)
 		workloads = keep(workloads, func(w workload) string { return w.name }, *only)
 	}
-	r := &rig{bin: *bin, runs: *runs, runtime: *runtime, size: int64(*sizeMiB) << 20}
+	r := &rig{bins: []string{*bin}, runs: *runs, runtime: *runtime, size: int64(*sizeMiB) << 20}
+	if *compare != "" {
+		r.bins = append(r.bins, *compare)
+	}
 	if err := r.run(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -114,7 +125,7 @@ func keep[T any](items []T, name func(T) string, only string) []T {
 }
 
 type rig struct {
-	bin     string
+	bins    []string // the georepl binaries measured: one, or two to compare
 	runs    int
 	runtime time.Duration
 	size    int64
@@ -163,12 +174,22 @@ func (r *rig) run() error {
 	baseRuns := map[string][]float64{}
 	var names []string
 	for _, s := range setups {
-		res, err := r.measureGeorepl(s, baseRuns)
+		var rowNames []string
+		for _, bin := range r.bins {
+			name := s.name
+			if len(r.bins) > 1 {
+				name += " [" + filepath.Base(bin) + "]"
+			}
+			rowNames = append(rowNames, name)
+		}
+		res, err := r.measureSetup(s, baseRuns)
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
-		results[s.name] = res
-		names = append(names, s.name)
+		for i, name := range rowNames {
+			results[name] = res[i]
+		}
+		names = append(names, rowNames...)
 	}
 
 	fmt.Printf("\nfio --ioengine=nbd, %v per run, median of %d runs, each paired with an nbdkit run, %d MiB device, same backing file\n\n", r.runtime, r.runs, r.size>>20)
@@ -234,25 +255,33 @@ func (r *rig) fio(uri string, w workload) (result, error) {
 	return result{wr.BW, wr.IOPS, wr.Lat.Mean / 1e3}, nil
 }
 
-// paired runs workload w r.runs times on uri, each run right after one on
-// nbdkit, and returns the median and the median ratio; the nbdkit values
-// are appended to baseRuns.
-func (r *rig) paired(uri string, w workload, baseRuns map[string][]float64) (cell, error) {
-	var values, ratios []float64
+// paired runs workload w r.runs times on each of uris, each run right
+// after one on nbdkit, and returns per uri the median and the median ratio;
+// the nbdkit values are appended to baseRuns. With two uris (-compare) the
+// runs interleave, nbdkit, first, nbdkit, second, so that a slow minute of
+// the machine falls on both binaries alike.
+func (r *rig) paired(uris []string, w workload, baseRuns map[string][]float64) ([]cell, error) {
+	values, ratios := make([][]float64, len(uris)), make([][]float64, len(uris))
 	for range r.runs {
-		b, err := r.fio(r.nbdkitURI(), w)
-		if err != nil {
-			return cell{}, fmt.Errorf("nbdkit: %w", err)
+		for i, uri := range uris {
+			b, err := r.fio(r.nbdkitURI(), w)
+			if err != nil {
+				return nil, fmt.Errorf("nbdkit: %w", err)
+			}
+			v, err := r.fio(uri, w)
+			if err != nil {
+				return nil, err
+			}
+			bm, vm := b.metric(w), v.metric(w)
+			baseRuns[w.name] = append(baseRuns[w.name], bm)
+			values[i], ratios[i] = append(values[i], vm), append(ratios[i], vm/bm)
 		}
-		v, err := r.fio(uri, w)
-		if err != nil {
-			return cell{}, err
-		}
-		bm, vm := b.metric(w), v.metric(w)
-		baseRuns[w.name] = append(baseRuns[w.name], bm)
-		values, ratios = append(values, vm), append(ratios, vm/bm)
 	}
-	return cell{median(values), median(ratios)}, nil
+	cells := make([]cell, len(uris))
+	for i := range uris {
+		cells[i] = cell{median(values[i]), median(ratios[i])}
+	}
+	return cells, nil
 }
 
 func median(v []float64) float64 {
@@ -283,30 +312,74 @@ func (r *rig) startNbdkit() (func(), error) {
 	return func() { stop(cmd) }, nil
 }
 
-func (r *rig) measureGeorepl(s setup, baseRuns map[string][]float64) (map[string]cell, error) {
+// measureSetup starts set-up s once per binary and measures every
+// workload on them; it returns one row of cells per binary.
+func (r *rig) measureSetup(s setup, baseRuns map[string][]float64) ([]map[string]cell, error) {
 	fmt.Fprintln(os.Stderr, "measuring", s.name)
+	var uris []string
+	for i, bin := range r.bins {
+		uri, stopCluster, err := r.startCluster(bin, s, i == 0)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", bin, err)
+		}
+		defer stopCluster()
+		uris = append(uris, uri)
+	}
+	rows := make([]map[string]cell, len(uris))
+	for i := range rows {
+		rows[i] = map[string]cell{}
+	}
+	for _, w := range workloads {
+		cells, err := r.paired(uris, w, baseRuns)
+		if err != nil {
+			return nil, err
+		}
+		for i, c := range cells {
+			rows[i][w.name] = c
+		}
+	}
+	return rows, nil
+}
+
+// startCluster starts set-up s with binary bin, makes alpha Primary and
+// waits for the initial sync; it returns the NBD URI of alpha's export and
+// a function that stops the cluster and removes its files. Only the
+// cluster with onNbdkitFile uses nbdkit's own backing file for alpha; a
+// second one, for -compare, gets a file of its own in the same directory.
+func (r *rig) startCluster(bin string, s setup, onNbdkitFile bool) (uri string, stopAll func(), err error) {
 	dir, err := os.MkdirTemp(r.dir, "cluster-")
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
-	defer os.RemoveAll(dir)
+	var procs []*exec.Cmd
+	stopAll = func() {
+		for _, p := range procs {
+			stop(p)
+		}
+		os.RemoveAll(dir)
+	}
+	defer func() {
+		if err != nil {
+			stopAll()
+		}
+	}()
 	conf := filepath.Join(dir, "conf")
 	os.MkdirAll(conf, 0o755)
 	all := []string{"alpha", "bravo", "dr"}[:1+len(s.conns)]
 	port, err := checker.FreePorts(len(all))
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	var hcl strings.Builder
 	fmt.Fprintf(&hcl, "resource \"r0\" {\n  protocol = \"C\"\n  net {\n    shared_secret = \"bench\"\n  }\n")
 	for i, n := range all {
 		// alpha uses the very file nbdkit served, as the issue asks.
 		disk := filepath.Join(dir, n+".img")
-		if n == "alpha" {
+		if n == "alpha" && onNbdkitFile {
 			disk = filepath.Join(r.dir, "alpha.img")
 		}
 		if err := makeFile(disk, r.size); err != nil {
-			return nil, err
+			return "", nil, err
 		}
 		fmt.Fprintf(&hcl, "  node %q {\n    id = %d\n    address = \"127.0.0.1:%d\"\n    disk = %q\n    export = \"unix:%s\"\n  }\n",
 			n, i, port+i, disk, filepath.Join(dir, n+".nbd"))
@@ -316,60 +389,45 @@ func (r *rig) measureGeorepl(s setup, baseRuns map[string][]float64) (map[string
 	}
 	hcl.WriteString("}\n")
 	if err := os.WriteFile(filepath.Join(conf, "r0.hcl"), []byte(hcl.String()), 0o644); err != nil {
-		return nil, err
+		return "", nil, err
 	}
-	var procs []*exec.Cmd
-	defer func() {
-		for _, p := range procs {
-			stop(p)
-		}
-	}()
 	for _, n := range all {
-		if out, err := exec.Command(r.bin, "create-md", "--force", "--config", conf, "--node", n, "r0").CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("create-md %s: %v: %s", n, err, out)
+		if out, err := exec.Command(bin, "create-md", "--force", "--config", conf, "--node", n, "r0").CombinedOutput(); err != nil {
+			return "", nil, fmt.Errorf("create-md %s: %v: %s", n, err, out)
 		}
 	}
 	for _, n := range s.nodes {
 		logf, _ := os.Create(filepath.Join(dir, n+".log"))
-		cmd := exec.Command(r.bin, "daemon", "--config", conf, "--node", n, "--admin", filepath.Join(dir, n+".admin"), "--up", "--log-level", "warn")
+		cmd := exec.Command(bin, "daemon", "--config", conf, "--node", n, "--admin", filepath.Join(dir, n+".admin"), "--up", "--log-level", "warn")
 		cmd.Stdout, cmd.Stderr = logf, logf
 		if err := cmd.Start(); err != nil {
-			return nil, err
+			return "", nil, err
 		}
 		procs = append(procs, cmd)
 		if err := waitSocket(filepath.Join(dir, n+".admin")); err != nil {
-			return nil, err
+			return "", nil, err
 		}
 	}
 	cli := func(args ...string) error {
-		out, err := exec.Command(r.bin, append([]string{"--admin", filepath.Join(dir, "alpha.admin")}, args...)...).CombinedOutput()
+		out, err := exec.Command(bin, append([]string{"--admin", filepath.Join(dir, "alpha.admin")}, args...)...).CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("georepl %s: %v: %s", strings.Join(args, " "), err, out)
 		}
 		return nil
 	}
 	if err := cli("primary", "--force", "r0"); err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	if len(s.nodes) > 1 {
 		// Wait for the initial full sync so that it does not compete.
-		if err := waitConnected(r.bin, filepath.Join(dir, "alpha.admin"), len(s.nodes)-1); err != nil {
-			return nil, err
+		if err := waitConnected(bin, filepath.Join(dir, "alpha.admin"), len(s.nodes)-1); err != nil {
+			return "", nil, err
 		}
 		if err := cli("wait-sync", "--timeout", "10m", "r0"); err != nil {
-			return nil, err
+			return "", nil, err
 		}
 	}
-	uri := "nbd+unix:///r0?socket=" + filepath.Join(dir, "alpha.nbd")
-	res := map[string]cell{}
-	for _, w := range workloads {
-		c, err := r.paired(uri, w, baseRuns)
-		if err != nil {
-			return nil, err
-		}
-		res[w.name] = c
-	}
-	return res, nil
+	return "nbd+unix:///r0?socket=" + filepath.Join(dir, "alpha.nbd"), stopAll, nil
 }
 
 // waitConnected waits until the primary sees n connected peers.
