@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -593,7 +594,7 @@ bar per resyncing peer. --timeout gives up with an error.`,
 // waitSync polls the daemon's status until the resource is in sync.
 func waitSync(cmd *cobra.Command, res string, tty bool) error {
 	out := cmd.OutOrStdout()
-	drawn := 0
+	live := liveLines{out: out}
 	for {
 		sts, err := fetchStatus(cmd, admin.Request{Verb: "status", Resource: res})
 		if err != nil {
@@ -605,13 +606,7 @@ func waitSync(cmd *cobra.Command, res string, tty bool) error {
 		st := sts[0]
 		done, lines := syncState(st)
 		if tty {
-			if drawn > 0 {
-				fmt.Fprintf(out, "\033[%dA", drawn)
-			}
-			for _, l := range lines {
-				fmt.Fprintf(out, "\r\033[K%s\n", l)
-			}
-			drawn = len(lines)
+			live.draw(lines)
 		}
 		if done {
 			fmt.Fprintf(out, "%s is UpToDate on %s and its peers\n", res, st.Node)
@@ -661,4 +656,22 @@ func etaString(sec float64) string {
 func isTerminal(f *os.File) bool {
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
+}
+
+// liveLines keeps a few lines of a terminal up to date (wait-sync's and
+// verify's progress): each draw moves the cursor back up over the lines
+// drawn before and overwrites them.
+type liveLines struct {
+	out   io.Writer
+	drawn int
+}
+
+func (l *liveLines) draw(lines []string) {
+	if l.drawn > 0 {
+		fmt.Fprintf(l.out, "\033[%dA", l.drawn)
+	}
+	for _, line := range lines {
+		fmt.Fprintf(l.out, "\r\033[K%s\n", line)
+	}
+	l.drawn = len(lines)
 }

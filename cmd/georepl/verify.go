@@ -58,7 +58,7 @@ the result.`,
 // when empty) runs, then prints the results.
 func waitVerify(cmd *cobra.Command, res, peer string, tty bool) error {
 	out := cmd.OutOrStdout()
-	drawn := 0
+	live := liveLines{out: out}
 	for {
 		sts, err := fetchStatus(cmd, admin.Request{Verb: "status", Resource: res})
 		if err != nil {
@@ -77,13 +77,7 @@ func waitVerify(cmd *cobra.Command, res, peer string, tty bool) error {
 			lines = append(lines, fmt.Sprintf("%s: %s", p.Name, p.Verify.Summary()))
 		}
 		if tty {
-			if drawn > 0 {
-				fmt.Fprintf(out, "\033[%dA", drawn)
-			}
-			for _, l := range lines {
-				fmt.Fprintf(out, "\r\033[K%s\n", l)
-			}
-			drawn = len(lines)
+			live.draw(lines)
 		}
 		if !running {
 			if !tty {
