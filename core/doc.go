@@ -112,17 +112,9 @@
 // holding writes back; what it did not acknowledge lands in its bitmap.
 //
 // A write that would take a protocol A peer's unacknowledged bytes beyond
-// its MaxBuffer meets the peer's congestion policy (PeerConfig.OnCongestion):
-// CongestionBlock sends it and completes it only once acknowledgements make
-// room; CongestionDisconnect drops the connection (ErrCongested);
-// CongestionPullAhead does not send it: the open epoch closes, the peer goes
-// Ahead (it sees Behind in our StateChange and becomes Outdated), a new
-// generation starts with this write, and writes are marked in the peer's
-// bitmap. Once the peer's unacknowledged bytes are down to MaxBuffer/4, a
-// resync of the marks catches it up; during that resync, a write that
-// would exceed MaxBuffer is marked rather than sent, and the resync ends
-// only with an empty bitmap, so a sustained overload never switches the
-// peer back and forth.
+// its MaxBuffer meets the peer's congestion policy (PeerConfig.OnCongestion:
+// block, pull-ahead or disconnect); docs/architecture.md, "Congestion
+// (protocol A)", describes what each does.
 //
 // An epoch closes when one of its writes completes (a later write may
 // depend on it) or after EpochMaxWrites writes: the next write first sends
