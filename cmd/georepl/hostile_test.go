@@ -207,7 +207,8 @@ func openHandshake(t *testing.T, p *hostile.Peer, from, to uint8) {
 // TestHostileLearnsNothingBeforeAuthentication: a party that knows the
 // resource and the node ids but not the secret opens a handshake with a
 // Primary, answers with a wrong MAC, and finds neither the Primary's
-// device size nor its generation id in anything it received.
+// device size nor its generation id in anything it received, nor the
+// Primary's own MAC, which would let it test guesses of the secret offline.
 func TestHostileLearnsNothingBeforeAuthentication(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 16<<20)
@@ -241,6 +242,9 @@ func TestHostileLearnsNothingBeforeAuthentication(t *testing.T) {
 		more, _ := p.ReadAll(10 * time.Second)
 		p.Close()
 		for _, f := range append(got, more...) {
+			if f.Type == wire.TypeAuth {
+				t.Errorf("%s: alpha sent its auth MAC to a party whose own MAC was wrong", transport)
+			}
 			for what, b := range state {
 				if bytes.Contains(f.Payload, b) {
 					t.Errorf("%s: alpha revealed its %s to an unauthenticated party, in a %s frame", transport, what, f.Type)

@@ -14,8 +14,10 @@ const (
 	Magic uint32 = 'G' | 'R'<<8 | 'P'<<16 | 'L'<<24
 	// Version is the wire version this build writes into every frame
 	// header, Intro and Hello, and the only one it accepts. Version 2
-	// split the handshake: intro and auth first, hellos after.
-	Version = 2
+	// split the handshake: intro and auth first, hellos after. Version 3
+	// puts the resource name into the auth MAC, and the listener sends
+	// its auth only once the dialer's verified.
+	Version = 3
 	// HeaderSize is the size of the fixed frame header, CRC included.
 	HeaderSize = 44
 	// MaxPayload bounds a frame's payload and a batch's uncompressed

@@ -56,23 +56,28 @@ func ExampleWriter() {
 	// compressed batches: 1 - under a tenth on the wire: true
 }
 
-// Each side proves it knows the shared secret by MACing the nonce of the
-// peer's Intro; each checks the other's proof.
+// Each side proves it knows the resource's shared secret by MACing the
+// nonce of the peer's Intro; the dialer proves itself first, and the
+// listener answers with its proof only once the dialer's checked out.
 func ExampleAuthMAC() {
 	secret := []byte("the resource's shared secret")
 	var nonce1, nonce2 [32]byte // sent in each side's Intro
 	rand.Read(nonce1[:])
 	rand.Read(nonce2[:])
 
-	// Node 1 (whose Intro carried nonce1) proves itself to node 2.
-	proof := wire.AuthMAC(secret, nonce1, nonce2, 1, 2, nil)
+	// Node 1, the dialer (whose Intro carried nonce1), proves itself to
+	// node 2 for resource r0.
+	proof := wire.AuthMAC(secret, "r0", nonce1, nonce2, 1, 2, nil)
 	auth := wire.Frame{Type: wire.TypeAuth, Payload: proof}
 
 	// Node 2 checks it with node 1 as the prover.
-	fmt.Println("node 1 accepted:", wire.CheckAuthMAC(secret, nonce1, nonce2, 1, 2, nil, auth.Payload))
-	// A proof reflected back to node 1 as if node 2 made it fails.
-	fmt.Println("reflection accepted:", wire.CheckAuthMAC(secret, nonce2, nonce1, 2, 1, nil, auth.Payload))
+	fmt.Println("node 1 accepted:", wire.CheckAuthMAC(secret, "r0", nonce1, nonce2, 1, 2, nil, auth.Payload))
+	// A proof reflected back to node 1 as if node 2 made it fails, and so
+	// does the proof for another resource with the same secret.
+	fmt.Println("reflection accepted:", wire.CheckAuthMAC(secret, "r0", nonce2, nonce1, 2, 1, nil, auth.Payload))
+	fmt.Println("as a proof for r1:", wire.CheckAuthMAC(secret, "r1", nonce1, nonce2, 1, 2, nil, auth.Payload))
 	// Output:
 	// node 1 accepted: true
 	// reflection accepted: false
+	// as a proof for r1: false
 }

@@ -104,8 +104,8 @@ var goldenCases = []goldenCase{
 	{"hello", "hello from node 1 to node 2 for resource r0", func(t testing.TB) []byte {
 		return encode(Frame{Type: TypeHello, Payload: mustMarshal(t, &goldenHello)})
 	}},
-	{"auth", "auth: node 1's MAC over both nonces for node 2, secret \"s3cret\"", func(t testing.TB) []byte {
-		mac := AuthMAC([]byte("s3cret"), sequence(0), sequence(100), 1, 2, nil)
+	{"auth", "auth: node 1's MAC over resource r0 and both nonces for node 2, secret \"s3cret\"", func(t testing.TB) []byte {
+		mac := AuthMAC([]byte("s3cret"), "r0", sequence(0), sequence(100), 1, 2, nil)
 		return encode(Frame{Type: TypeAuth, Payload: mac})
 	}},
 	{"refuse", "refuse with a reason", func(t testing.TB) []byte {

@@ -210,14 +210,14 @@ func (p *Peer) Authenticate(secret, resource string, from, to uint8, timeout tim
 			return nil, err
 		}
 	}
-	mac := wire.AuthMAC([]byte(secret), ours.Nonce, theirs.Nonce, from, to, binding)
+	mac := wire.AuthMAC([]byte(secret), resource, ours.Nonce, theirs.Nonce, from, to, binding)
 	if err := p.Send(&wire.Frame{Type: wire.TypeAuth, Payload: mac}); err != nil {
 		return nil, err
 	}
 	if f, err = p.expect(wire.TypeAuth, timeout); err != nil {
 		return nil, err
 	}
-	if !wire.CheckAuthMAC([]byte(secret), theirs.Nonce, ours.Nonce, to, from, binding, f.Payload) {
+	if !wire.CheckAuthMAC([]byte(secret), resource, theirs.Nonce, ours.Nonce, to, from, binding, f.Payload) {
 		return nil, fmt.Errorf("the node's proof does not verify")
 	}
 	return &theirs, nil

@@ -195,7 +195,7 @@ func (d *Daemon) accept(transport string, conn transports.Conn, slot *transports
 		d.preAuthLog.Warn("handshake failed", "resource", r.cfg.Name, "peer", p.node.Name, "remote", conn.RemoteAddr(), "err", err)
 		return
 	}
-	if err := hs.authenticate(p.link.Net.SharedSecret, &ours, theirs); err != nil {
+	if err := hs.authenticate(p.link.Net.SharedSecret, &ours, theirs, false); err != nil {
 		d.preAuthLog.Warn("refusing connection", "resource", r.cfg.Name, "peer", p.node.Name, "remote", conn.RemoteAddr(), "err", err)
 		hs.refuse(err)
 		return
@@ -382,7 +382,7 @@ func (r *resource) dialOnce(tr transports.Transport, p *peer) error {
 		hs.refuse(err)
 	}
 	if err == nil {
-		if err = hs.authenticate(p.link.Net.SharedSecret, &ours, theirs); err != nil {
+		if err = hs.authenticate(p.link.Net.SharedSecret, &ours, theirs, true); err != nil {
 			hs.refuse(err)
 		}
 	}

@@ -34,9 +34,9 @@ var errAuth = errors.New("authentication failed")
 // handshake is the exchange that opens a connection's control channel
 // (docs/wire-format.md), in two phases. Authentication: each side sends
 // an Intro (resource, node ids, version and a fresh nonce), then an Auth
-// frame that proves knowledge of the shared secret by MACing both nonces
-// and ids, bound to the connection where the transport offers a channel
-// binding. State: once the peer's proof verified, each side sends its
+// frame that proves knowledge of the shared secret by MACing the resource,
+// both nonces and ids, bound to the connection where the transport offers
+// a channel binding; the dialer proves itself first. State: once the peer's proof verified, each side sends its
 // Hello (generation ids, size, role, split-brain inputs) and reads the
 // peer's. So a party without the secret learns names and ids only, and
 // nothing it sends reaches the engine. Either side may send Refuse with a
@@ -161,8 +161,10 @@ const noSecretKey = "georepl: no shared secret configured"
 
 // authenticate proves our knowledge of secret and checks the peer's
 // proof; from then on the reader takes what an authenticated peer may
-// send.
-func (h *handshake) authenticate(secret string, ours, theirs *wire.Intro) error {
+// send. The dialer proves itself first; the listener checks that proof
+// before it sends its own, so whoever connects to a node without the
+// secret gets no MAC to test guesses of the secret against offline.
+func (h *handshake) authenticate(secret string, ours, theirs *wire.Intro, dialer bool) error {
 	if secret == "" {
 		secret = noSecretKey
 	}
@@ -174,16 +176,26 @@ func (h *handshake) authenticate(secret string, ours, theirs *wire.Intro) error 
 		}
 		binding = b
 	}
-	mac := wire.AuthMAC([]byte(secret), ours.Nonce, theirs.Nonce, ours.From, ours.To, binding)
-	if err := h.send(&wire.Frame{Type: wire.TypeAuth, Payload: mac}); err != nil {
-		return err
+	prove := func() error {
+		mac := wire.AuthMAC([]byte(secret), ours.Resource, ours.Nonce, theirs.Nonce, ours.From, ours.To, binding)
+		return h.send(&wire.Frame{Type: wire.TypeAuth, Payload: mac})
+	}
+	if dialer {
+		if err := prove(); err != nil {
+			return err
+		}
 	}
 	f, err := h.expect(wire.TypeAuth)
 	if err != nil {
 		return err
 	}
-	if !wire.CheckAuthMAC([]byte(secret), theirs.Nonce, ours.Nonce, theirs.From, theirs.To, binding, f.Payload) {
-		return fmt.Errorf("%w: node id %d does not know this resource's shared secret (check shared_secret on both nodes)", errAuth, theirs.From)
+	if !wire.CheckAuthMAC([]byte(secret), ours.Resource, theirs.Nonce, ours.Nonce, theirs.From, theirs.To, binding, f.Payload) {
+		return fmt.Errorf("%w: node id %d does not know resource %s's shared secret (check shared_secret on both nodes)", errAuth, theirs.From, ours.Resource)
+	}
+	if !dialer {
+		if err := prove(); err != nil {
+			return err
+		}
 	}
 	h.reader.Authenticated()
 	return nil
