@@ -86,6 +86,11 @@ const (
 	CongestionDisconnect
 )
 
+// Congestions lists every congestion policy, the default first.
+func Congestions() []Congestion {
+	return []Congestion{CongestionBlock, CongestionPullAhead, CongestionDisconnect}
+}
+
 // String returns the policy's configuration name ("pull-ahead").
 func (c Congestion) String() string {
 	return enumName(uint8(c), "Congestion", "block", "pull-ahead", "disconnect")
