@@ -221,6 +221,10 @@ type Disk struct {
 // ResyncUndoNone is Node.ResyncUndo when the node keeps no undo log.
 const ResyncUndoNone = "none"
 
+// MetaDiskInternal is Node.MetaDisk when the metadata is at the end of
+// the node's disk.
+const MetaDiskInternal = "internal"
+
 // Node is one host holding a copy of a resource.
 type Node struct {
 	// Name is the node's label; it is what a daemon is told it is.
@@ -231,8 +235,8 @@ type Node struct {
 	Address string
 	// Disk is the path of the backing block device or regular file.
 	Disk string
-	// MetaDisk is "internal" (metadata at the end of Disk) or the path of an
-	// external metadata file or device.
+	// MetaDisk is MetaDiskInternal (metadata at the end of Disk) or the
+	// path of an external metadata file or device.
 	MetaDisk string
 	// ResyncUndo is the path of the node's resync undo log, which keeps
 	// it a consistent image while it is a sync target (see the admin

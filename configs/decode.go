@@ -15,6 +15,7 @@ import (
 	"github.com/zclconf/go-cty/cty/convert"
 
 	"github.com/georepl/georepl/core"
+	"github.com/georepl/georepl/core/meta"
 	"github.com/georepl/georepl/core/wire"
 	"github.com/georepl/georepl/protocols"
 )
@@ -92,14 +93,12 @@ const (
 	minLogicalBlockSize = 512
 	maxLogicalBlockSize = 4 << 10
 	minMaxBuffer        = 64 << 10 // one compression batch
-	// maxMinAppShare leaves a resync at least a tenth of a busy link, so
-	// that it always ends.
-	maxMinAppShare = 0.9
+	maxMinAppShare      = core.MaxResyncMinAppShare
 	// minALExtents covers the extents of the largest write (8 MiB, not
 	// aligned: 3) with room to spare; maxALExtents is what one
-	// activity-log transaction holds (core/meta MaxActivityLogExtents).
+	// activity-log transaction holds.
 	minALExtents = 7
-	maxALExtents = 16380
+	maxALExtents = meta.MaxActivityLogExtents
 	// The ublk driver's limits are 4096 queues and 4096 requests per
 	// queue; every request of a queue keeps a 512 KiB buffer, and kmod/ublk
 	// bounds a queue's buffers to 1 GiB: 2048 requests.
@@ -110,7 +109,7 @@ const (
 // Defaults, applied before any block is read.
 const (
 	defaultProtocol       = protocols.C
-	defaultMetaDisk       = "internal"
+	defaultMetaDisk       = MetaDiskInternal
 	defaultUblkQueues     = 1
 	defaultUblkQueueDepth = 128
 	// defaultLogicalBlockSize is the smallest: a filesystem made with any
@@ -127,7 +126,7 @@ func defaultNet() Net {
 	return Net{
 		Transport:       "tcp",
 		Compression:     wire.CompressionNone,
-		MaxBuffer:       64 << 20,
+		MaxBuffer:       core.DefaultMaxBuffer,
 		OnCongestion:    core.CongestionBlock,
 		Csums:           wire.CsumNone,
 		PingInterval:    10 * time.Second,
@@ -140,7 +139,7 @@ func defaultNet() Net {
 }
 
 func defaultDisk() Disk {
-	return Disk{BlockSize: 4 << 10, LogicalBlockSize: defaultLogicalBlockSize, Flushes: false, ALExtents: 1024, OnIOError: core.DetachOnIOError, ResyncUndoSize: defaultResyncUndoSize}
+	return Disk{BlockSize: core.DefaultBlockSize, LogicalBlockSize: defaultLogicalBlockSize, Flushes: false, ALExtents: 1024, OnIOError: core.DetachOnIOError, ResyncUndoSize: defaultResyncUndoSize}
 }
 
 // decoder turns parsed HCL bodies into a Config, collecting every problem as
@@ -562,7 +561,7 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block) {
 		if attr := attrs["resync_undo"]; attr != nil {
 			if s, ok := d.str(attr); ok {
 				switch s {
-				case "internal":
+				case MetaDiskInternal:
 					d.failAttr(attr, "Unsupported resync_undo",
 						"resync_undo = \"internal\" is not supported yet: name a file (its own, not the data or metadata disk) or \"none\".")
 				case "", ResyncUndoNone:

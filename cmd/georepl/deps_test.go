@@ -22,7 +22,7 @@ var depRules = []struct {
 	{"core", []string{"protocols", "core/wire"}},
 	// configs decodes settings into the types of the I/O-free packages
 	// that give them their meaning.
-	{"configs", []string{"protocols", "core/wire", "core"}},
+	{"configs", []string{"protocols", "core/wire", "core/meta", "core"}},
 	{"transports", nil},
 	{"transports/tcp", []string{"transports"}},
 	{"transports/quic", []string{"transports"}},
