@@ -9,6 +9,10 @@ import (
 
 	"github.com/agext/levenshtein"
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/georepl/georepl/core"
+	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/protocols"
 )
 
 // ErrNotFound is wrapped by the errors of Config.Resource, Resource.Node and
@@ -43,9 +47,8 @@ func (c *Config) Resource(name string) (*Resource, error) {
 type Resource struct {
 	// Name is the resource's label, made of letters, digits, '_' and '-'.
 	Name string
-	// Protocol is the default write-ordering protocol of every connection:
-	// "A", "B" or "C".
-	Protocol string
+	// Protocol is the default write-ordering protocol of every connection.
+	Protocol protocols.Protocol
 	// Net holds the default network settings of every connection.
 	Net Net
 	// Disk holds the settings shared by the resource's disks on every node.
@@ -54,10 +57,9 @@ type Resource struct {
 	// promoted and, while Primary, to complete writes; 0 means no quorum
 	// (the default). "majority" is len(Nodes)/2+1.
 	Quorum int
-	// OnNoQuorum is what a Primary that lost quorum does with writes:
-	// "suspend-io" (hold them until quorum returns) or "io-error" (fail
-	// them). Meaningful only with Quorum.
-	OnNoQuorum string
+	// OnNoQuorum is what a Primary that lost quorum does with writes.
+	// Meaningful only with Quorum.
+	OnNoQuorum core.NoQuorumPolicy
 	// Handlers are commands the daemon runs on events.
 	Handlers Handlers
 	// Nodes in declaration order. Node ids and names are unique.
@@ -138,24 +140,22 @@ type Net struct {
 	// Transport names the transport that carries the connection, such as
 	// "tcp" or "quic"; LoadOptions.Transports lists the accepted names.
 	Transport string
-	// Compression is "none" or "lz4".
-	Compression string
+	// Compression is how frames are packed for the peer.
+	Compression wire.Compression
 	// SharedSecret authenticates peers to each other; empty means that any
 	// peer that knows the resource and node names is accepted.
 	SharedSecret string
 	// MaxBuffer bounds, in bytes, the data sent to a peer and not yet
 	// acknowledged by it.
 	MaxBuffer int64
-	// OnCongestion says what happens when MaxBuffer is full: "block" (the
-	// application waits), "pull-ahead" (stop sending, record the blocks in
-	// the peer's bitmap and resynchronise later) or "disconnect".
-	OnCongestion string
-	// Csums is the checksum algorithm of checksum-based resync: "none"
-	// (send every block marked out of sync), "crc32c", "xxh64" or
-	// "sha256" (compare each marked block by checksum first and send only
-	// those that differ). It is the sync source's setting; the target
-	// answers whatever algorithm the source asks for.
-	Csums string
+	// OnCongestion says what happens when MaxBuffer is full. Policies
+	// other than core.CongestionBlock need protocol A.
+	OnCongestion core.Congestion
+	// Csums is the checksum algorithm of checksum-based resync
+	// (wire.CsumNone: send every block marked out of sync). It is the sync
+	// source's setting; the target answers whatever algorithm the source
+	// asks for.
+	Csums wire.Csum
 	// ResyncRate caps, in bytes per second, the resync this node sends the
 	// peer as its sync source; 0 means no cap.
 	ResyncRate int64
@@ -171,12 +171,9 @@ type Net struct {
 	// ConnectRetry is the pause between two connection attempts.
 	ConnectRetry time.Duration
 	// AfterSplitBrain is how a split brain is resolved when the two nodes
-	// reconnect: "disconnect" (stay apart until the operator decides),
-	// "discard-zero-changes", "discard-younger-primary",
-	// "discard-least-changes" or "discard-node" (the node DiscardNode
-	// names discards its changes).
-	AfterSplitBrain string
-	// DiscardNode names the victim of "discard-node": a node of the
+	// reconnect.
+	AfterSplitBrain core.SplitBrainPolicy
+	// DiscardNode names the victim of core.DiscardNode: a node of the
 	// resource; on a connection that does not join it, the policy cannot
 	// decide and the nodes stay apart. Set only with that policy.
 	DiscardNode string
@@ -212,12 +209,8 @@ type Disk struct {
 	// recently used settled one to be retired. After a crash, up to
 	// ALExtents*4 MiB are resynchronised. 7 to 16380.
 	ALExtents int
-	// OnIOError says what a failed read or write of the local disk does:
-	// "detach" (the default: the disk is detached, the node goes Diskless,
-	// and a Primary goes on serving reads and writes through a peer in
-	// sync with it) or "pass-on" (the application gets the error, the disk
-	// stays attached).
-	OnIOError string
+	// OnIOError says what a failed read or write of the local disk does.
+	OnIOError core.IOErrorPolicy
 	// ResyncUndoSize is the capacity in bytes of each node's resync undo
 	// log (Node.ResyncUndo): how much old content a sync target can save
 	// before its first overwrites during one resync. A sparse file takes
@@ -227,6 +220,10 @@ type Disk struct {
 
 // ResyncUndoNone is Node.ResyncUndo when the node keeps no undo log.
 const ResyncUndoNone = "none"
+
+// MetaDiskInternal is Node.MetaDisk when the metadata is at the end of
+// the node's disk.
+const MetaDiskInternal = "internal"
 
 // Node is one host holding a copy of a resource.
 type Node struct {
@@ -238,8 +235,8 @@ type Node struct {
 	Address string
 	// Disk is the path of the backing block device or regular file.
 	Disk string
-	// MetaDisk is "internal" (metadata at the end of Disk) or the path of an
-	// external metadata file or device.
+	// MetaDisk is MetaDiskInternal (metadata at the end of Disk) or the
+	// path of an external metadata file or device.
 	MetaDisk string
 	// ResyncUndo is the path of the node's resync undo log, which keeps
 	// it a consistent image while it is a sync target (see the admin
@@ -285,8 +282,8 @@ func (c *Connection) Joins(a, b string) bool {
 
 // Link holds the effective settings of the connection between two nodes.
 type Link struct {
-	// Protocol is "A", "B" or "C".
-	Protocol string
+	// Protocol is the write-ordering protocol.
+	Protocol protocols.Protocol
 	// Net holds the network settings.
 	Net Net
 }

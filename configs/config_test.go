@@ -11,6 +11,9 @@ import (
 
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
+
+	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/protocols"
 )
 
 // threeNodes has per-pair overrides of different shapes: alpha–dr sets the
@@ -65,23 +68,23 @@ func loadThreeNodes(t *testing.T) *Resource {
 func TestLink(t *testing.T) {
 	r := loadThreeNodes(t)
 	base := r.Net
-	if base.Compression != "lz4" || base.Timeout != 9*time.Second || base.Transport != "tcp" {
+	if base.Compression != wire.CompressionLZ4 || base.Timeout != 9*time.Second || base.Transport != "tcp" {
 		t.Fatalf("resource net = %+v", base)
 	}
 	alphaDR := base
 	alphaDR.Transport, alphaDR.Timeout = "quic", 30*time.Second
 	bravoDR := base
-	bravoDR.Compression = "none" // set explicitly, although it equals the built-in default
+	bravoDR.Compression = wire.CompressionNone // set explicitly, although it equals the built-in default
 	for _, tc := range []struct {
 		a, b string
 		want Link
 	}{
-		{"alpha", "bravo", Link{Protocol: "B", Net: base}},
-		{"bravo", "alpha", Link{Protocol: "B", Net: base}},
-		{"alpha", "dr", Link{Protocol: "A", Net: alphaDR}},
-		{"dr", "alpha", Link{Protocol: "A", Net: alphaDR}},
-		{"bravo", "dr", Link{Protocol: "B", Net: bravoDR}},
-		{"dr", "bravo", Link{Protocol: "B", Net: bravoDR}},
+		{"alpha", "bravo", Link{Protocol: protocols.B, Net: base}},
+		{"bravo", "alpha", Link{Protocol: protocols.B, Net: base}},
+		{"alpha", "dr", Link{Protocol: protocols.A, Net: alphaDR}},
+		{"dr", "alpha", Link{Protocol: protocols.A, Net: alphaDR}},
+		{"bravo", "dr", Link{Protocol: protocols.B, Net: bravoDR}},
+		{"dr", "bravo", Link{Protocol: protocols.B, Net: bravoDR}},
 	} {
 		got, err := r.Link(tc.a, tc.b)
 		if err != nil || got != tc.want {
@@ -191,11 +194,11 @@ func TestExamples(t *testing.T) {
 	}
 	for _, pair := range [][2]string{{"alpha", "dr"}, {"bravo", "dr"}} {
 		link, err := r.Link(pair[0], pair[1])
-		if err != nil || link.Protocol != "A" || link.Net.Transport != "quic" || link.Net.MaxBuffer != 1<<30 || link.Net.SharedSecret != "change-me" {
+		if err != nil || link.Protocol != protocols.A || link.Net.Transport != "quic" || link.Net.MaxBuffer != 1<<30 || link.Net.SharedSecret != "change-me" {
 			t.Errorf("r0 %v link = %+v, %v; want protocol A over quic, 1GiB buffer, resource secret", pair, link, err)
 		}
 	}
-	if link, _ := r.Link("alpha", "bravo"); link.Protocol != "C" || link.Net.Transport != "tcp" {
+	if link, _ := r.Link("alpha", "bravo"); link.Protocol != protocols.C || link.Net.Transport != "tcp" {
 		t.Errorf("r0 alpha–bravo link = %+v; want protocol C over tcp", link)
 	}
 }
@@ -230,14 +233,14 @@ func TestDemo(t *testing.T) {
 			t.Errorf("node %s = %+v; want %+v", name, *n, want)
 		}
 	}
-	if r.Protocol != "C" || r.Net.Transport != "tcp" || r.Net.SharedSecret != "demo-secret" {
+	if r.Protocol != protocols.C || r.Net.Transport != "tcp" || r.Net.SharedSecret != "demo-secret" {
 		t.Errorf("demo defaults: protocol %q net %+v", r.Protocol, r.Net)
 	}
 	link, err := r.Link("dr", "alpha")
-	if err != nil || link.Protocol != "A" || link.Net.Transport != "quic" || link.Net.Compression != "lz4" || link.Net.SharedSecret != "demo-secret" {
+	if err != nil || link.Protocol != protocols.A || link.Net.Transport != "quic" || link.Net.Compression != wire.CompressionLZ4 || link.Net.SharedSecret != "demo-secret" {
 		t.Errorf("demo alpha–dr link = %+v, %v", link, err)
 	}
-	if link, _ := r.Link("bravo", "dr"); link.Protocol != "C" || link.Net.Transport != "tcp" {
+	if link, _ := r.Link("bravo", "dr"); link.Protocol != protocols.C || link.Net.Transport != "tcp" {
 		t.Errorf("demo bravo–dr link = %+v; want the defaults", link)
 	}
 }

@@ -1,6 +1,10 @@
 package configs
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/georepl/georepl/core/wire"
+)
 
 // TestCsumsPerConnection: csums in the resource's net block is every
 // connection's default, and a connection block overrides it for its pair.
@@ -21,8 +25,11 @@ func TestCsumsPerConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := cfg.Resources[0]
-	for _, tc := range []struct{ a, b, want string }{
-		{"alpha", "bravo", "crc32c"}, {"bravo", "dr", "crc32c"}, {"dr", "alpha", "sha256"},
+	for _, tc := range []struct {
+		a, b string
+		want wire.Csum
+	}{
+		{"alpha", "bravo", wire.CsumCRC32C}, {"bravo", "dr", wire.CsumCRC32C}, {"dr", "alpha", wire.CsumSHA256},
 	} {
 		l, err := r.Link(tc.a, tc.b)
 		if err != nil {

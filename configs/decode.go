@@ -13,6 +13,11 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/zclconf/go-cty/cty"
 	"github.com/zclconf/go-cty/cty/convert"
+
+	"github.com/georepl/georepl/core"
+	"github.com/georepl/georepl/core/meta"
+	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/protocols"
 )
 
 // The schema, block by block. hcl's Body.Content rejects anything not listed
@@ -73,17 +78,10 @@ var (
 	}
 )
 
-// Accepted values and limits.
+// Accepted names.
 var (
-	protocolNames     = []string{"A", "B", "C"}
-	compressionNames  = []string{"none", "lz4"}
-	onCongestionNames = []string{"block", "pull-ahead", "disconnect"}
-	csumsNames        = []string{"none", "crc32c", "xxh64", "sha256"}
-	onIOErrorNames    = []string{"detach", "pass-on"}
-	splitBrainNames   = []string{"disconnect", "discard-zero-changes", "discard-younger-primary", "discard-least-changes", "discard-node"}
-	onNoQuorumNames   = []string{"suspend-io", "io-error"}
-	resourceNameRE    = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
-	nodeNameRE        = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
+	resourceNameRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+	nodeNameRE     = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 )
 
 const (
@@ -95,14 +93,12 @@ const (
 	minLogicalBlockSize = 512
 	maxLogicalBlockSize = 4 << 10
 	minMaxBuffer        = 64 << 10 // one compression batch
-	// maxMinAppShare leaves a resync at least a tenth of a busy link, so
-	// that it always ends.
-	maxMinAppShare = 0.9
+	maxMinAppShare      = core.MaxResyncMinAppShare
 	// minALExtents covers the extents of the largest write (8 MiB, not
 	// aligned: 3) with room to spare; maxALExtents is what one
-	// activity-log transaction holds (core/meta MaxActivityLogExtents).
+	// activity-log transaction holds.
 	minALExtents = 7
-	maxALExtents = 16380
+	maxALExtents = meta.MaxActivityLogExtents
 	// The ublk driver's limits are 4096 queues and 4096 requests per
 	// queue; every request of a queue keeps a 512 KiB buffer, and kmod/ublk
 	// bounds a queue's buffers to 1 GiB: 2048 requests.
@@ -112,8 +108,8 @@ const (
 
 // Defaults, applied before any block is read.
 const (
-	defaultProtocol       = "C"
-	defaultMetaDisk       = "internal"
+	defaultProtocol       = protocols.C
+	defaultMetaDisk       = MetaDiskInternal
 	defaultUblkQueues     = 1
 	defaultUblkQueueDepth = 128
 	// defaultLogicalBlockSize is the smallest: a filesystem made with any
@@ -129,21 +125,21 @@ const (
 func defaultNet() Net {
 	return Net{
 		Transport:       "tcp",
-		Compression:     "none",
-		MaxBuffer:       64 << 20,
-		OnCongestion:    "block",
-		Csums:           "none",
+		Compression:     wire.CompressionNone,
+		MaxBuffer:       core.DefaultMaxBuffer,
+		OnCongestion:    core.CongestionBlock,
+		Csums:           wire.CsumNone,
 		PingInterval:    10 * time.Second,
 		Timeout:         6 * time.Second,
 		ConnectRetry:    time.Second,
-		AfterSplitBrain: "disconnect",
+		AfterSplitBrain: core.SplitBrainDisconnect,
 		// The application keeps at least 30% of a busy link.
 		ResyncMinAppShare: 0.3,
 	}
 }
 
 func defaultDisk() Disk {
-	return Disk{BlockSize: 4 << 10, LogicalBlockSize: defaultLogicalBlockSize, Flushes: false, ALExtents: 1024, OnIOError: "detach", ResyncUndoSize: defaultResyncUndoSize}
+	return Disk{BlockSize: core.DefaultBlockSize, LogicalBlockSize: defaultLogicalBlockSize, Flushes: false, ALExtents: 1024, OnIOError: core.DetachOnIOError, ResyncUndoSize: defaultResyncUndoSize}
 }
 
 // decoder turns parsed HCL bodies into a Config, collecting every problem as
@@ -189,16 +185,16 @@ func (d *decoder) resource(block *hcl.Block) {
 		Protocol:   defaultProtocol,
 		Net:        defaultNet(),
 		Disk:       defaultDisk(),
-		OnNoQuorum: "suspend-io",
+		OnNoQuorum: core.SuspendIO,
 		DeclRange:  block.DefRange,
 	}
 	if attr := content.Attributes["protocol"]; attr != nil {
-		if p, ok := d.choice(attr, "Invalid protocol", protocolNames); ok {
+		if p, ok := choose(d, attr, "Invalid protocol", protocols.All()); ok {
 			r.Protocol = p
 		}
 	}
 	if attr := content.Attributes["on_no_quorum"]; attr != nil {
-		if s, ok := d.choice(attr, "Invalid on_no_quorum", onNoQuorumNames); ok {
+		if s, ok := choose(d, attr, "Invalid on_no_quorum", core.NoQuorumPolicies()); ok {
 			r.OnNoQuorum = s
 		}
 	}
@@ -259,7 +255,7 @@ func (d *decoder) checkCongestion(r *Resource, resourceAt *hcl.Attribute, connAt
 	for i, a := range r.Nodes {
 		for _, b := range r.Nodes[i+1:] {
 			lk, err := r.Link(a.Name, b.Name)
-			if err != nil || lk.Net.OnCongestion == "block" || lk.Protocol == "A" {
+			if err != nil || lk.Net.OnCongestion == core.CongestionBlock || lk.Protocol == protocols.A {
 				continue
 			}
 			at := resourceAt
@@ -298,7 +294,7 @@ func (d *decoder) net(block *hcl.Block, into *Net) netAt {
 	attrs := content.Attributes
 	at := netAt{policy: attrs["after_split_brain"], node: attrs["discard_node"], net: into}
 	if attr := at.policy; attr != nil {
-		if s, ok := d.choice(attr, "Invalid after_split_brain", splitBrainNames); ok {
+		if s, ok := choose(d, attr, "Invalid after_split_brain", core.SplitBrainPolicies()); ok {
 			into.AfterSplitBrain = s
 		}
 	}
@@ -313,7 +309,7 @@ func (d *decoder) net(block *hcl.Block, into *Net) netAt {
 		}
 	}
 	if attr := attrs["compression"]; attr != nil {
-		if s, ok := d.choice(attr, "Invalid compression", compressionNames); ok {
+		if s, ok := choose(d, attr, "Invalid compression", wire.Compressions()); ok {
 			into.Compression = s
 		}
 	}
@@ -333,13 +329,13 @@ func (d *decoder) net(block *hcl.Block, into *Net) netAt {
 		}
 	}
 	if attr := attrs["on_congestion"]; attr != nil {
-		if s, ok := d.choice(attr, "Invalid on_congestion", onCongestionNames); ok {
+		if s, ok := choose(d, attr, "Invalid on_congestion", core.Congestions()); ok {
 			into.OnCongestion = s
 			at.congestion = attr
 		}
 	}
 	if attr := attrs["csums"]; attr != nil {
-		if s, ok := d.choice(attr, "Invalid csums", csumsNames); ok {
+		if s, ok := choose(d, attr, "Invalid csums", wire.Csums()); ok {
 			into.Csums = s
 		}
 	}
@@ -387,7 +383,7 @@ func (d *decoder) checkSplitBrain(r *Resource, nets []netAt) {
 	for _, at := range nets {
 		n := at.net
 		switch {
-		case n.AfterSplitBrain == "discard-node" && n.DiscardNode == "":
+		case n.AfterSplitBrain == core.DiscardNode && n.DiscardNode == "":
 			rng := at.policy
 			if rng == nil {
 				continue // inherited from the resource's net block, reported there
@@ -395,7 +391,7 @@ func (d *decoder) checkSplitBrain(r *Resource, nets []netAt) {
 			d.failAttr(rng, "Missing discard_node",
 				"after_split_brain = \"discard-node\" needs discard_node = \"NAME\" in the same net block: the node whose changes are discarded.")
 		case at.node == nil:
-		case n.AfterSplitBrain != "discard-node":
+		case n.AfterSplitBrain != core.DiscardNode:
 			d.failAttr(at.node, "Unused discard_node",
 				"discard_node goes with after_split_brain = \"discard-node\" only (here after_split_brain is %q).", n.AfterSplitBrain)
 		case !slices.Contains(names, n.DiscardNode):
@@ -497,7 +493,7 @@ func (d *decoder) disk(block *hcl.Block, into *Disk) {
 		}
 	}
 	if attr := content.Attributes["on_io_error"]; attr != nil {
-		if s, ok := d.choice(attr, "Invalid on_io_error", onIOErrorNames); ok {
+		if s, ok := choose(d, attr, "Invalid on_io_error", core.IOErrorPolicies()); ok {
 			into.OnIOError = s
 		}
 	}
@@ -565,7 +561,7 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block) {
 		if attr := attrs["resync_undo"]; attr != nil {
 			if s, ok := d.str(attr); ok {
 				switch s {
-				case "internal":
+				case MetaDiskInternal:
 					d.failAttr(attr, "Unsupported resync_undo",
 						"resync_undo = \"internal\" is not supported yet: name a file (its own, not the data or metadata disk) or \"none\".")
 				case "", ResyncUndoNone:
@@ -705,7 +701,7 @@ func (d *decoder) connections(r *Resource, blocks []*hcl.Block) []netAt {
 		content, diags := block.Body.Content(connectionSchema)
 		d.diags = append(d.diags, diags...)
 		if attr := content.Attributes["protocol"]; attr != nil {
-			if p, ok := d.choice(attr, "Invalid protocol", protocolNames); ok {
+			if p, ok := choose(d, attr, "Invalid protocol", protocols.All()); ok {
 				c.Link.Protocol = p
 			}
 		}
@@ -776,6 +772,21 @@ func (d *decoder) choice(attr *hcl.Attribute, summary string, valid []string) (s
 	}
 	d.failAttr(attr, summary, "%s = %q is not valid%s; use one of %s.", attr.Name, s, didYouMean(s, valid), quoteList(valid))
 	return "", false
+}
+
+// choose reads a string that must name one of values, as their String
+// methods spell it: the package that defines an enumeration owns its names.
+func choose[T fmt.Stringer](d *decoder, attr *hcl.Attribute, summary string, values []T) (T, bool) {
+	names := make([]string, len(values))
+	for i, v := range values {
+		names[i] = v.String()
+	}
+	s, ok := d.choice(attr, summary, names)
+	if !ok {
+		var zero T
+		return zero, false
+	}
+	return values[slices.Index(names, s)], true
 }
 
 func (d *decoder) size(attr *hcl.Attribute) (int64, bool) {

@@ -60,6 +60,10 @@
 // numbers of bytes. ParseSize and FormatSize convert between the two for
 // the CLI; all units are powers of 1024.
 //
-// The package imports nothing from georepl: protocols and transports are
-// checked by name, and the caller passes the transport names it supports.
+// Settings with a fixed set of values come out typed, in the types of the
+// I/O-free packages that give them their meaning (protocols.Protocol,
+// wire.Csum, core.Congestion, ...): their String methods are the spellings
+// the files use, and their lists of values (protocols.All, wire.Csums,
+// core.Congestions, ...) are what the decoder accepts. Transports are
+// checked by name: the caller passes the transport names it supports.
 package configs

@@ -2,7 +2,10 @@ package configs
 
 import (
 	"io/fs"
+	"slices"
 	"testing"
+
+	"github.com/georepl/georepl/protocols"
 )
 
 // FuzzParse checks that no input makes Parse panic, and that whatever it
@@ -58,7 +61,7 @@ func checkResource(t *testing.T, r *Resource) {
 			if err != nil {
 				t.Fatalf("resource %q: Link(%q, %q): %v", r.Name, a.Name, b.Name, err)
 			}
-			if link.Protocol < "A" || link.Protocol > "C" || len(link.Protocol) != 1 ||
+			if !slices.Contains(protocols.All(), link.Protocol) ||
 				link.Net.MaxBuffer < minMaxBuffer || link.Net.PingInterval <= 0 || link.Net.Timeout <= 0 || link.Net.ConnectRetry <= 0 {
 				t.Fatalf("resource %q: Link(%q, %q) = %+v", r.Name, a.Name, b.Name, link)
 			}

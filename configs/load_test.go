@@ -11,6 +11,10 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/georepl/georepl/core"
+	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/protocols"
 )
 
 // twoNodes is a valid resource whose body continues, from line 12 column 3,
@@ -41,21 +45,21 @@ func TestDefaults(t *testing.T) {
 	}
 	wantNet := Net{
 		Transport:       "tcp",
-		Compression:     "none",
+		Compression:     wire.CompressionNone,
 		MaxBuffer:       64 << 20,
-		OnCongestion:    "block",
-		Csums:           "none",
+		OnCongestion:    core.CongestionBlock,
+		Csums:           wire.CsumNone,
 		PingInterval:    10 * time.Second,
 		Timeout:         6 * time.Second,
 		ConnectRetry:    time.Second,
-		AfterSplitBrain: "disconnect",
+		AfterSplitBrain: core.SplitBrainDisconnect,
 
 		ResyncMinAppShare: 0.3,
 	}
-	if r.Quorum != 0 || r.OnNoQuorum != "suspend-io" || r.Handlers.SplitBrain != nil {
+	if r.Quorum != 0 || r.OnNoQuorum != core.SuspendIO || r.Handlers.SplitBrain != nil {
 		t.Errorf("defaults: quorum %d, on_no_quorum %q, handlers %+v", r.Quorum, r.OnNoQuorum, r.Handlers)
 	}
-	if r.Protocol != "C" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 4096, LogicalBlockSize: 512, Flushes: false, ALExtents: 1024, OnIOError: "detach", ResyncUndoSize: 1 << 30}) {
+	if r.Protocol != protocols.C || r.Net != wantNet || r.Disk != (Disk{BlockSize: 4096, LogicalBlockSize: 512, Flushes: false, ALExtents: 1024, OnIOError: core.DetachOnIOError, ResyncUndoSize: 1 << 30}) {
 		t.Errorf("defaults: protocol %q, net %+v, disk %+v", r.Protocol, r.Net, r.Disk)
 	}
 	alpha := r.Nodes[0]
@@ -125,24 +129,24 @@ func TestEverySetting(t *testing.T) {
 	r := cfg.Resources[0]
 	wantNet := Net{
 		Transport:       "quic",
-		Compression:     "lz4",
+		Compression:     wire.CompressionLZ4,
 		SharedSecret:    "s3cret",
 		MaxBuffer:       1 << 20,
-		OnCongestion:    "disconnect",
-		Csums:           "sha256",
+		OnCongestion:    core.CongestionDisconnect,
+		Csums:           wire.CsumSHA256,
 		PingInterval:    90 * time.Second,
 		Timeout:         500 * time.Millisecond,
 		ConnectRetry:    2 * time.Second,
-		AfterSplitBrain: "discard-node",
+		AfterSplitBrain: core.DiscardNode,
 		DiscardNode:     "db2",
 
 		ResyncRate:        100 << 20,
 		ResyncMinAppShare: 0.5,
 	}
-	if r.Quorum != 2 || r.OnNoQuorum != "io-error" || !slices.Equal(r.Handlers.SplitBrain, []string{"/usr/local/bin/page-ops", "--team", "storage"}) {
+	if r.Quorum != 2 || r.OnNoQuorum != core.IOErrorOnNoQuorum || !slices.Equal(r.Handlers.SplitBrain, []string{"/usr/local/bin/page-ops", "--team", "storage"}) {
 		t.Errorf("quorum %d, on_no_quorum %q, handlers %+v", r.Quorum, r.OnNoQuorum, r.Handlers)
 	}
-	if r.Name != "big" || r.Protocol != "A" || r.Net != wantNet || r.Disk != (Disk{BlockSize: 64 << 10, LogicalBlockSize: 512, Flushes: false, ALExtents: 257, OnIOError: "pass-on", ResyncUndoSize: 64 << 20}) {
+	if r.Name != "big" || r.Protocol != protocols.A || r.Net != wantNet || r.Disk != (Disk{BlockSize: 64 << 10, LogicalBlockSize: 512, Flushes: false, ALExtents: 257, OnIOError: core.PassOnIOError, ResyncUndoSize: 64 << 20}) {
 		t.Errorf("resource = %q protocol %q net %+v disk %+v", r.Name, r.Protocol, r.Net, r.Disk)
 	}
 	n := r.Nodes[0]

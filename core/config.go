@@ -14,6 +14,9 @@ const (
 	DefaultResyncChunk    = 256 << 10
 	DefaultResyncWindow   = 8
 	DefaultMaxBuffer      = 64 << 20
+	// MaxResyncMinAppShare leaves a resync at least a tenth of a busy
+	// link, so that it always ends.
+	MaxResyncMinAppShare = 0.9
 )
 
 // Request length limits; the driver splits longer requests. A data frame
@@ -54,9 +57,10 @@ type PeerConfig struct {
 	// ResyncRate caps the resync to this peer, in bytes per second; 0 for
 	// no cap. Pacing needs Engine.Tick.
 	ResyncRate uint64
-	// ResyncMinAppShare, from 0 to 0.9, is the least share of the link's
-	// measured capacity that a resync leaves to application writes while
-	// the application writes to this peer; 0 turns the controller off.
+	// ResyncMinAppShare, from 0 to MaxResyncMinAppShare, is the least
+	// share of the link's measured capacity that a resync leaves to
+	// application writes while the application writes to this peer; 0
+	// turns the controller off.
 	// See Engine.Tick.
 	ResyncMinAppShare float64
 }
@@ -85,6 +89,11 @@ const (
 	// resynchronised when the driver has reconnected it.
 	CongestionDisconnect
 )
+
+// Congestions lists every congestion policy, the default first.
+func Congestions() []Congestion {
+	return []Congestion{CongestionBlock, CongestionPullAhead, CongestionDisconnect}
+}
 
 // String returns the policy's configuration name ("pull-ahead").
 func (c Congestion) String() string {
@@ -243,8 +252,8 @@ func (cfg Config) withDefaults() (Config, error) {
 		if p.MaxBuffer == 0 {
 			p.MaxBuffer = DefaultMaxBuffer
 		}
-		if !(p.ResyncMinAppShare >= 0 && p.ResyncMinAppShare <= 0.9) {
-			return cfg, fmt.Errorf("core: peer %d (%q): minimum application share %v is not from 0 to 0.9", p.ID, p.Name, p.ResyncMinAppShare)
+		if !(p.ResyncMinAppShare >= 0 && p.ResyncMinAppShare <= MaxResyncMinAppShare) {
+			return cfg, fmt.Errorf("core: peer %d (%q): minimum application share %v is not from 0 to %v", p.ID, p.Name, p.ResyncMinAppShare, MaxResyncMinAppShare)
 		}
 		if p.OnCongestion > CongestionDisconnect {
 			return cfg, fmt.Errorf("core: peer %d (%q): unknown congestion policy %v", p.ID, p.Name, p.OnCongestion)

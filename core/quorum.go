@@ -21,6 +21,9 @@ const (
 	IOErrorOnNoQuorum
 )
 
+// NoQuorumPolicies lists every policy, the default first.
+func NoQuorumPolicies() []NoQuorumPolicy { return []NoQuorumPolicy{SuspendIO, IOErrorOnNoQuorum} }
+
 // String returns the policy's configuration spelling ("suspend-io").
 func (q NoQuorumPolicy) String() string {
 	return enumName(uint8(q), "NoQuorumPolicy", "suspend-io", "io-error")

@@ -39,6 +39,11 @@ const (
 	DiscardNode
 )
 
+// SplitBrainPolicies lists every policy, the default first.
+func SplitBrainPolicies() []SplitBrainPolicy {
+	return []SplitBrainPolicy{SplitBrainDisconnect, DiscardZeroChanges, DiscardYoungerPrimary, DiscardLeastChanges, DiscardNode}
+}
+
 // String returns the policy's configuration spelling ("discard-least-changes").
 func (sp SplitBrainPolicy) String() string {
 	return enumName(uint8(sp), "SplitBrainPolicy", "disconnect", "discard-zero-changes",

@@ -100,6 +100,9 @@ const (
 	PassOnIOError
 )
 
+// IOErrorPolicies lists every policy, the default first.
+func IOErrorPolicies() []IOErrorPolicy { return []IOErrorPolicy{DetachOnIOError, PassOnIOError} }
+
 // String returns the policy's configuration name ("detach").
 func (p IOErrorPolicy) String() string {
 	switch p {

@@ -34,6 +34,9 @@ const (
 	C Protocol = 'C'
 )
 
+// All lists the protocols in order: A, B, C.
+func All() []Protocol { return []Protocol{A, B, C} }
+
 // Parse reads "A", "B" or "C".
 func Parse(s string) (Protocol, error) {
 	switch s {

@@ -20,7 +20,9 @@ var depRules = []struct {
 	{"core/wire", nil},
 	{"core/meta", nil},
 	{"core", []string{"protocols", "core/wire"}},
-	{"configs", nil},
+	// configs decodes settings into the types of the I/O-free packages
+	// that give them their meaning.
+	{"configs", []string{"protocols", "core/wire", "core/meta", "core"}},
 	{"transports", nil},
 	{"transports/tcp", []string{"transports"}},
 	{"transports/quic", []string{"transports"}},

@@ -26,6 +26,7 @@ import (
 	"github.com/georepl/georepl/cmd/georepl/internal/admin"
 	"github.com/georepl/georepl/cmd/georepl/internal/node"
 	"github.com/georepl/georepl/configs"
+	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/transports/builtin"
 )
 
@@ -470,8 +471,8 @@ Needs no daemon.`,
 						if l.Net.ResyncRate > 0 {
 							rate = configs.FormatSize(l.Net.ResyncRate) + "/s"
 						}
-						sb := l.Net.AfterSplitBrain
-						if sb == "discard-node" {
+						sb := l.Net.AfterSplitBrain.String()
+						if l.Net.AfterSplitBrain == core.DiscardNode {
 							sb += " " + l.Net.DiscardNode
 						}
 						fmt.Fprintf(out, "  %s <-> %s: protocol %s, %s, compression %s, csums %s, max_buffer %s, on_congestion %s, resync_rate %s, resync_min_app_share %g, after_split_brain %s\n",

@@ -16,6 +16,9 @@ const (
 	CompressionLZ4 Compression = 1
 )
 
+// Compressions lists every Compression, in wire order.
+func Compressions() []Compression { return []Compression{CompressionNone, CompressionLZ4} }
+
 // ParseCompression returns the Compression named s: "none" or "lz4", as
 // written in resource files. Any other name is ErrUnknownCompression.
 func ParseCompression(s string) (Compression, error) {

@@ -29,8 +29,8 @@ const (
 
 var csumNames = [...]string{"none", "crc32c", "xxh64", "sha256"}
 
-// CsumNames lists the accepted names of ParseCsum, in wire order.
-func CsumNames() []string { return csumNames[:] }
+// Csums lists every algorithm, CsumNone first, in wire order.
+func Csums() []Csum { return []Csum{CsumNone, CsumCRC32C, CsumXXH64, CsumSHA256} }
 
 // String is the algorithm's configuration name ("crc32c"), or "Csum(N)".
 func (c Csum) String() string {

@@ -476,7 +476,7 @@ func (r *resource) activate(ctx context.Context, req core.Request) (release func
 		return func() {}, nil
 	}
 	release, err = r.st.al.acquire(ctx, req.Offset, req.Length)
-	if errors.Is(err, errALWrite) && r.onIOError == core.DetachOnIOError {
+	if errors.Is(err, errALWrite) && r.cfg.Disk.OnIOError == core.DetachOnIOError {
 		// The metadata disk fails: detach it (the activity log then
 		// lets everything through) and go on through the peers.
 		r.detachDisk(err.Error())

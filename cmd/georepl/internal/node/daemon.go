@@ -268,24 +268,14 @@ func (r *resource) hello(p *peer) (wire.Hello, error) {
 
 // handOver turns an authenticated connection into a link owned by r.
 func (r *resource) handOver(p *peer, transport string, conn transports.Conn, hs *handshake, ours, theirs *wire.Hello) {
-	comp, err := wire.ParseCompression(p.link.Net.Compression)
-	if err != nil {
-		hs.refuse(err)
-		return
-	}
 	readers := [2]*wire.Reader{
 		wire.NewReader(conn.Stream(transports.ChannelData)),
 		hs.reader,
 	}
 	// Protocols B and C wait for the peer's answer anyway: their frames
 	// may be written by the goroutine that queues them (link.flush).
-	proto, err := protocols.Parse(p.link.Protocol)
-	if err != nil {
-		hs.refuse(err)
-		return
-	}
-	inline := proto != protocols.A
-	l := newLink(r, p.id, p.node.Name, transport, conn, readers, comp, p.link.Net.PingInterval, p.link.Net.Timeout, inline)
+	inline := p.link.Protocol != protocols.A
+	l := newLink(r, p.id, p.node.Name, transport, conn, readers, p.link.Net.Compression, p.link.Net.PingInterval, p.link.Net.Timeout, inline)
 	l.hello, l.ourHello = theirs, ours
 	// The connection clears the last error before the loop attaches it:
 	// attaching may record a new one at once (a split brain), which a

@@ -172,7 +172,7 @@ func upNode(t *testing.T, policy, name string) (*Daemon, *resource) {
 	}
 	t.Cleanup(func() { d.Close() })
 	r := d.resources["r0"]
-	if r.cfg.Disk.OnIOError != policy {
+	if r.cfg.Disk.OnIOError.String() != policy {
 		t.Fatalf("on_io_error = %q, want %q", r.cfg.Disk.OnIOError, policy)
 	}
 	if err := r.Up(); err != nil {

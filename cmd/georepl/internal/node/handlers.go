@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"slices"
@@ -15,23 +14,17 @@ import (
 // handlerTimeout bounds one run of a handler command; it is killed after.
 const handlerTimeout = time.Minute
 
-// splitBrainPolicy maps a connection's after_split_brain (and
-// discard_node) to the engine's policy.
-func splitBrainPolicy(rc *configs.Resource, n configs.Net) (core.SplitBrainPolicy, core.NodeID, error) {
-	for sp := core.SplitBrainDisconnect; sp <= core.DiscardNode; sp++ {
-		if sp.String() != n.AfterSplitBrain {
-			continue
-		}
-		if sp != core.DiscardNode {
-			return sp, 0, nil
-		}
-		victim, err := rc.Node(n.DiscardNode)
-		if err != nil {
-			return 0, 0, err
-		}
-		return sp, core.NodeID(victim.ID), nil
+// discardNode is the id of the node a connection's discard_node names,
+// the victim of the engine's DiscardNode policy; 0 under other policies.
+func discardNode(rc *configs.Resource, n configs.Net) (core.NodeID, error) {
+	if n.AfterSplitBrain != core.DiscardNode {
+		return 0, nil
 	}
-	return 0, 0, fmt.Errorf("resource %s: after_split_brain = %q is not a policy this build knows", rc.Name, n.AfterSplitBrain)
+	victim, err := rc.Node(n.DiscardNode)
+	if err != nil {
+		return 0, err
+	}
+	return core.NodeID(victim.ID), nil
 }
 
 // runHandlers starts the handler configured for ev, if any, on a

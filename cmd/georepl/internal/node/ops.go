@@ -37,7 +37,7 @@ func (d device) ReadAt(ctx context.Context, p []byte, off uint64) error {
 	if !st.detached.Load() {
 		n, err := st.data.ReadAt(p, int64(off))
 		d.r.diskRead.Add(uint64(n))
-		if err == nil || d.r.onIOError != core.DetachOnIOError || errors.Is(err, kmod.ErrOutOfBounds) {
+		if err == nil || d.r.cfg.Disk.OnIOError != core.DetachOnIOError || errors.Is(err, kmod.ErrOutOfBounds) {
 			return err // a range past the end is the caller's error, not the disk's
 		}
 		d.r.detachDisk(fmt.Sprintf("read of [%d, +%d) failed: %v", off, len(p), err))

@@ -16,7 +16,6 @@ import (
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/wire"
 	"github.com/georepl/georepl/kmod/nbd"
-	"github.com/georepl/georepl/protocols"
 )
 
 // resource runs one replicated resource on this node. While up, the engine
@@ -34,8 +33,6 @@ type resource struct {
 	cfg  *configs.Resource
 	self *configs.Node
 	log  *slog.Logger
-	// onIOError is the disk block's on_io_error.
-	onIOError core.IOErrorPolicy
 
 	// mu guards the fields below that other goroutines read: up, peers'
 	// wanted/link, and the export.
@@ -125,14 +122,6 @@ func newResource(d *Daemon, rc *configs.Resource, self *configs.Node) (*resource
 		reserve: func(off, length uint64) bool { return r.st.al.reserve(off, length) },
 		spawn:   func(f func()) { go f() },
 	}
-	switch rc.Disk.OnIOError {
-	case "", "detach":
-		r.onIOError = core.DetachOnIOError
-	case "pass-on":
-		r.onIOError = core.PassOnIOError
-	default:
-		return nil, fmt.Errorf("resource %s: on_io_error = %q is not one of \"detach\", \"pass-on\"", rc.Name, rc.Disk.OnIOError)
-	}
 	for _, n := range rc.Peers(self.Name) {
 		lk, err := rc.Link(self.Name, n.Name)
 		if err != nil {
@@ -219,7 +208,7 @@ func (r *resource) newEngine(st *storage) (*core.Engine, error) {
 		Size:        st.dataSize,
 		BlockSize:   uint32(r.cfg.Disk.BlockSize),
 		DiskFlushes: r.cfg.Disk.Flushes,
-		OnIOError:   r.onIOError,
+		OnIOError:   r.cfg.Disk.OnIOError,
 		State:       state,
 		Bitmaps:     map[core.NodeID]*core.Bitmap{},
 		NewUUID:     newUUID,
@@ -227,32 +216,19 @@ func (r *resource) newEngine(st *storage) (*core.Engine, error) {
 		RecoveredExtents: st.alRecovered,
 		Clock:            func() uint64 { return uint64(time.Now().UnixNano()) },
 		Quorum:           r.cfg.Quorum,
-	}
-	if r.cfg.OnNoQuorum == "io-error" {
-		cfg.OnNoQuorum = core.IOErrorOnNoQuorum
+		OnNoQuorum:       r.cfg.OnNoQuorum,
 	}
 	bits := st.store.BitmapBits()
 	for _, p := range sortedPeers(r.peers) {
-		proto, err := protocols.Parse(p.link.Protocol)
-		if err != nil {
-			return nil, err
-		}
-		csums, err := wire.ParseCsum(p.link.Net.Csums)
-		if err != nil {
-			return nil, err
-		}
-		congestion, err := congestionPolicy(p.link.Net.OnCongestion)
-		if err != nil {
-			return nil, fmt.Errorf("connection to %s: %w", p.node.Name, err)
-		}
-		policy, victim, err := splitBrainPolicy(r.cfg, p.link.Net)
+		n := p.link.Net
+		victim, err := discardNode(r.cfg, n)
 		if err != nil {
 			return nil, err
 		}
 		cfg.Peers = append(cfg.Peers, core.PeerConfig{
-			ID: p.id, Name: p.node.Name, Protocol: proto, MaxBuffer: uint64(p.link.Net.MaxBuffer), Csums: csums,
-			OnCongestion: congestion, AfterSplitBrain: policy, DiscardNode: victim,
-			ResyncRate: uint64(p.link.Net.ResyncRate), ResyncMinAppShare: p.link.Net.ResyncMinAppShare,
+			ID: p.id, Name: p.node.Name, Protocol: p.link.Protocol, MaxBuffer: uint64(n.MaxBuffer), Csums: n.Csums,
+			OnCongestion: n.OnCongestion, AfterSplitBrain: n.AfterSplitBrain, DiscardNode: victim,
+			ResyncRate: uint64(n.ResyncRate), ResyncMinAppShare: n.ResyncMinAppShare,
 		})
 		if int(p.id) < len(sb.BitmapUUID) {
 			state.BitmapUUID[p.id] = sb.BitmapUUID[p.id]
@@ -268,16 +244,6 @@ func (r *resource) newEngine(st *storage) (*core.Engine, error) {
 		cfg.Bitmaps[p.id] = bm
 	}
 	return core.New(cfg)
-}
-
-// congestionPolicy maps a configured on_congestion name to the engine's.
-func congestionPolicy(name string) (core.Congestion, error) {
-	for _, c := range []core.Congestion{core.CongestionBlock, core.CongestionPullAhead, core.CongestionDisconnect} {
-		if c.String() == name {
-			return c, nil
-		}
-	}
-	return 0, fmt.Errorf("on_congestion = %q is unknown", name)
 }
 
 // dials reports whether this node dials peer p (the lower node id dials;
@@ -508,7 +474,7 @@ func (r *resource) process() {
 					// marked in full when they heard it was Diskless:
 					// a full resync when it returns, either way.
 					r.log.Warn("the detached disk's metadata could not be updated", "err", err)
-				case r.onIOError == core.DetachOnIOError:
+				case r.cfg.Disk.OnIOError == core.DetachOnIOError:
 					// The disk fails: detach it. The rest of this Ready
 					// is performed; the peers hear that this node is
 					// Diskless (the next Ready) after what it says, and
@@ -926,7 +892,7 @@ func (r *resource) persistBitmaps() {
 		return
 	}
 	if err := r.writeBitmaps(); err != nil {
-		if r.onIOError == core.DetachOnIOError {
+		if r.cfg.Disk.OnIOError == core.DetachOnIOError {
 			// The disk fails: detach it (the caller processes the
 			// engine's Ready); the bitmaps stay in memory.
 			r.engine.Detach(err.Error())

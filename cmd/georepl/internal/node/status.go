@@ -212,7 +212,7 @@ func (r *resource) publishStatus() {
 		st.Current = fmt.Sprintf("%016X", es.Current)
 		st.Pending, st.Epoch = es.Pending, es.Epoch
 		if es.QuorumNeed > 0 {
-			st.Quorum = &Quorum{Have: es.QuorumHave, Need: es.QuorumNeed, OK: es.Quorate, Policy: r.cfg.OnNoQuorum}
+			st.Quorum = &Quorum{Have: es.QuorumHave, Need: es.QuorumNeed, OK: es.Quorate, Policy: r.cfg.OnNoQuorum.String()}
 		}
 		st.ALExtents, st.ALWrites = r.st.al.stats()
 		if es.Disk == core.Diskless {
@@ -237,7 +237,7 @@ func (r *resource) publishStatus() {
 		r.mu.Unlock()
 		ps := PeerStatus{
 			Name: p.node.Name, ID: p.node.ID, Address: p.node.Address,
-			Protocol: p.link.Protocol, Transport: p.link.Net.Transport, Compression: p.link.Net.Compression,
+			Protocol: p.link.Protocol.String(), Transport: p.link.Net.Transport, Compression: p.link.Net.Compression.String(),
 			Conn: core.StandAlone.String(), Repl: core.ReplOff.String(), Role: core.RoleUnknown.String(), Disk: core.DUnknown.String(),
 			LastError: lastErr,
 		}

@@ -41,10 +41,6 @@ type storage struct {
 	undoRecovered string
 }
 
-// defaultALExtents is the activity log's capacity when the configuration
-// leaves it 0 (configurations built in code rather than loaded).
-const defaultALExtents = 1024
-
 // bitmapSlots is the number of per-peer bitmap slots a resource's metadata
 // holds: one per node id up to the highest configured. Changing node ids
 // later needs create-md again, as the layout depends on it.
@@ -76,7 +72,7 @@ func openLayout(rc *configs.Resource, self *configs.Node, opts Options, faults *
 	}
 	bs := uint32(rc.Disk.BlockSize)
 	slots := bitmapSlots(rc)
-	if self.MetaDisk == "" || self.MetaDisk == "internal" {
+	if self.MetaDisk == configs.MetaDiskInternal {
 		dataSize, metaOff, metaSize, err := meta.InternalLayout(b.Size(), slots, bs)
 		if err != nil {
 			b.Close()
@@ -138,12 +134,8 @@ func openStorage(rc *configs.Resource, self *configs.Node, opts Options, faults 
 		undoFile      *kmod.Backing
 		undoRecovered string
 	)
-	if self.ResyncUndo != "" && self.ResyncUndo != configs.ResyncUndoNone {
-		size := rc.Disk.ResyncUndoSize
-		if size == 0 {
-			size = defaultResyncUndoSize
-		}
-		undoLog, undoFile, err = openUndo(self.ResyncUndo, size, rc.Name, uint8(self.ID), l.dataSize, uint32(rc.Disk.BlockSize))
+	if self.ResyncUndo != configs.ResyncUndoNone {
+		undoLog, undoFile, err = openUndo(self.ResyncUndo, rc.Disk.ResyncUndoSize, rc.Name, uint8(self.ID), l.dataSize, uint32(rc.Disk.BlockSize))
 		if err != nil {
 			l.Close()
 			return nil, err
@@ -172,11 +164,7 @@ func openStorage(rc *configs.Resource, self *configs.Node, opts Options, faults 
 		}
 		return nil, fmt.Errorf("activity log on %s: %w", metaPlace(self), err)
 	}
-	capacity := rc.Disk.ALExtents
-	if capacity == 0 {
-		capacity = defaultALExtents
-	}
-	al := newActivityLog(store, region.sync, capacity)
+	al := newActivityLog(store, region.sync, rc.Disk.ALExtents)
 	st := &storage{
 		backing: l.backing, metaFile: l.metaFile,
 		data:          &undoRegion{alRegion: &alRegion{gatedRegion: region, al: al}},
@@ -199,10 +187,6 @@ func openStorage(rc *configs.Resource, self *configs.Node, opts Options, faults 
 	return st, nil
 }
 
-// defaultResyncUndoSize is the undo log's capacity when the configuration
-// leaves it 0 (configurations built in code rather than loaded).
-const defaultResyncUndoSize = 1 << 30
-
 // requestRollback marks the undo log's session as rolling back, durably,
 // so that recoverUndo restores it (and does so again after a crash in the
 // middle). Only an active session of an Inconsistent disk can.
@@ -222,7 +206,7 @@ func requestRollback(store *meta.Store, u *meta.UndoLog) error {
 }
 
 func metaPlace(self *configs.Node) string {
-	if self.MetaDisk == "" || self.MetaDisk == "internal" {
+	if self.MetaDisk == configs.MetaDiskInternal {
 		return self.Disk + " (internal)"
 	}
 	return self.MetaDisk
