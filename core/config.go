@@ -67,26 +67,18 @@ type PeerConfig struct {
 
 // Congestion is a congestion policy: what a write does when a protocol A
 // peer's unacknowledged data would exceed its MaxBuffer.
+// docs/architecture.md, "Congestion (protocol A)", describes each.
 type Congestion uint8
 
 const (
-	// CongestionBlock: the write is sent, but it completes only once the
-	// acknowledgements make room for it: the application waits for the
-	// slow peer.
+	// CongestionBlock: the write is sent and completes once
+	// acknowledgements make room: the application waits for the peer.
 	CongestionBlock Congestion = iota
-	// CongestionPullAhead: the write is not sent; the Primary goes Ahead of
-	// the peer (the peer is Behind, its disk Outdated): writes are marked
-	// in its bitmap instead of sent. When the peer has acknowledged what
-	// was in flight down to the low-water mark (MaxBuffer/4), a resync of
-	// the marked blocks catches it up; while that resync runs, a write that
-	// would exceed MaxBuffer is marked instead of sent, and the resync ends
-	// (Established) only when the bitmap is empty. So a workload that
-	// writes faster than the link carries keeps the peer in one resync
-	// instead of switching back and forth; the application never waits.
+	// CongestionPullAhead: the write is not sent; the Primary goes Ahead
+	// of the peer, marks writes for it, and resyncs it once it drained.
 	CongestionPullAhead
 	// CongestionDisconnect: the connection is dropped (ErrCongested, not
-	// StandAlone): the writes the peer misses are marked, and it is
-	// resynchronised when the driver has reconnected it.
+	// StandAlone); the peer is resynchronised when it reconnects.
 	CongestionDisconnect
 )
 
