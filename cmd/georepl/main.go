@@ -275,8 +275,9 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level, faults string, 
 	if faults != "" {
 		d.InjectIOFaults(faults)
 	}
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sig)
 	go admin.Serve(l, d.HandleAdmin)
 	log.Info("georepl daemon started", "node", name, "admin", adminSock)
 	if up {
@@ -285,8 +286,12 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level, faults string, 
 			return err
 		}
 	}
-	<-ctx.Done()
-	log.Info("shutting down")
+	select {
+	case s := <-sig:
+		log.Info("shutting down", "signal", s.String())
+	case <-ctx.Done():
+		log.Info("shutting down", "reason", context.Cause(ctx))
+	}
 	return d.Close()
 }
 
