@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/georepl/georepl/cmd/georepl/internal/storage"
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/meta"
 	"github.com/georepl/georepl/kmod/nbd"
@@ -54,8 +55,8 @@ import (
 // waiting, the flushes and the metadata writes it asks for.
 type activityLog struct {
 	store   *meta.Store
-	sync    *syncGate // flushes the data disk
-	extents uint64    // extents of the data area
+	sync    *storage.SyncGate // flushes the data disk
+	extents uint64            // extents of the data area
 
 	mu      sync.Mutex
 	changed *sync.Cond // state changed: a transaction done, an extent evictable, closing
@@ -86,7 +87,7 @@ var errALWrite = errors.New("activity log write failed")
 // reclaimInterval paces reclaim while acquires wait for a slot.
 const reclaimInterval = 20 * time.Millisecond
 
-func newActivityLog(store *meta.Store, gate *syncGate, capacity int) *activityLog {
+func newActivityLog(store *meta.Store, gate *storage.SyncGate, capacity int) *activityLog {
 	a := &activityLog{
 		store:      store,
 		sync:       gate,
@@ -255,7 +256,7 @@ func (a *activityLog) reserve(off, length uint64) bool {
 // failed flush of the data disk is not handled by the engine: the marks
 // that cover what the failure may have lost are not written yet.
 func (a *activityLog) observe(settled func(off, length uint64) bool) {
-	failures, clean := a.sync.clean()
+	failures, clean := a.sync.Clean()
 	if !clean {
 		return
 	}
@@ -313,7 +314,7 @@ func (a *activityLog) writer() {
 			// or another's, retires nothing: the gate reports it to the
 			// engine, which marks what it may have lost, and the extents
 			// wait for an observation after that.
-			failures := a.sync.failures()
+			failures := a.sync.Failures()
 			err := a.sync.Sync()
 			if err != nil {
 				time.Sleep(100 * time.Millisecond)
@@ -409,7 +410,7 @@ func (a *activityLog) close(flush bool) (left int, err error) {
 	}
 	a.mu.Unlock()
 	if flush {
-		failures := a.sync.failures()
+		failures := a.sync.Failures()
 		err = a.sync.Sync()
 		a.mu.Lock()
 		a.t.flushed(n, failures, err)
@@ -439,7 +440,7 @@ func (a *activityLog) stats() (active int, writes uint64) {
 
 // startActivityLog reports the activity log of an unclean shutdown, which
 // openStorage marked, and lets the log reclaim slots through the engine.
-func (r *resource) startActivityLog(st *storage) {
+func (r *resource) startActivityLog(st *localDisk) {
 	if n := st.alRecovered; n > 0 {
 		msg := fmt.Sprintf("activity log of an unclean shutdown: %d extents marked (%s) out of sync for every peer; they are resynchronised from or to the peers when they connect",
 			n, HumanBytes(uint64(n)*meta.ActivityLogExtentSize))
@@ -488,7 +489,7 @@ func (r *resource) activate(ctx context.Context, req core.Request) (release func
 // alRegion is the data area behind the activity log: every write, zeroing
 // or trim activates its extents (gate) before it reaches the disk.
 type alRegion struct {
-	*gatedRegion
+	*storage.GatedRegion
 	al *activityLog
 }
 

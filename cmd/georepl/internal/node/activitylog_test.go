@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/georepl/georepl/cmd/georepl/internal/storage"
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/meta"
 	"github.com/georepl/georepl/kmod"
@@ -65,7 +66,7 @@ const xs = meta.ActivityLogExtentSize
 // are all activated; a hot extent costs no transaction.
 func TestActivityLogActivation(t *testing.T) {
 	path, st := newTestMeta(t)
-	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 8)
+	al := newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 8)
 	defer al.close(true)
 
 	release, err := al.acquire(context.Background(), 2*xs-4096, 8192) // spans extents 1 and 2
@@ -95,7 +96,7 @@ func TestActivityLogActivation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	region := &alRegion{gatedRegion: &gatedRegion{Region: b.Region(0, alTestExtents*xs), sync: al.sync}, al: al}
+	region := &alRegion{GatedRegion: &storage.GatedRegion{Region: b.Region(0, alTestExtents*xs), Gate: al.sync}, al: al}
 	if _, err := region.WriteAt([]byte("x"), 7*xs+5); err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +117,7 @@ func TestActivityLogActivation(t *testing.T) {
 func TestActivityLogEviction(t *testing.T) {
 	path, st := newTestMeta(t)
 	data := &countingSyncer{}
-	al := newActivityLog(st, newSyncGate(data), 3)
+	al := newActivityLog(st, storage.NewSyncGate(data), 3)
 	defer al.close(true)
 	var reclaims atomic.Int64
 	al.setReclaim(func() { reclaims.Add(1) })
@@ -196,7 +197,7 @@ func TestActivityLogEviction(t *testing.T) {
 // (the writes holding the slots may settle only after it).
 func TestActivityLogGateExceedsCapacity(t *testing.T) {
 	path, st := newTestMeta(t)
-	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 2)
+	al := newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 2)
 	defer al.close(true)
 	for x := range uint64(4) {
 		if err := al.gate(x*xs, 4096); err != nil {
@@ -212,7 +213,7 @@ func TestActivityLogGateExceedsCapacity(t *testing.T) {
 // (the caller flushed after the observation) and keeps the rest.
 func TestActivityLogCleanClose(t *testing.T) {
 	path, st := newTestMeta(t)
-	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 8)
+	al := newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 8)
 	for _, x := range []uint64{3, 4} {
 		if err := al.gate(x*xs, 4096); err != nil {
 			t.Fatal(err)
@@ -231,7 +232,7 @@ func TestActivityLogCleanClose(t *testing.T) {
 
 	// Not flushed: nothing observed is retired.
 	path, st = newTestMeta(t)
-	al = newActivityLog(st, newSyncGate(&countingSyncer{}), 8)
+	al = newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 8)
 	if err := al.gate(3*xs, 4096); err != nil {
 		t.Fatal(err)
 	}
@@ -321,7 +322,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // when its context ends, and holds nothing.
 func TestActivityLogAcquireCanceled(t *testing.T) {
 	_, st := newTestMeta(t)
-	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 2)
+	al := newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 2)
 	defer al.close(true)
 	for _, x := range []uint64{0, 1} {
 		if _, err := al.acquire(context.Background(), x*xs, 4096); err != nil { // pinned for good
@@ -345,7 +346,7 @@ func TestActivityLogAcquireCanceled(t *testing.T) {
 // al_extents = 8).
 func TestActivityLogRequestLargerThanLog(t *testing.T) {
 	_, st := newTestMeta(t)
-	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 3)
+	al := newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 3)
 	defer al.close(true)
 	for _, x := range []uint64{0, 1, 9} {
 		release, err := al.acquire(context.Background(), x*xs, 4096)
@@ -396,7 +397,7 @@ func (g *gatedSyncer) Sync() error {
 func TestActivityLogObservedDuringFlush(t *testing.T) {
 	path, st := newTestMeta(t)
 	data := newGatedSyncer()
-	al := newActivityLog(st, newSyncGate(data), 3)
+	al := newActivityLog(st, storage.NewSyncGate(data), 3)
 	defer func() {
 		close(data.finish)
 		al.close(true)
@@ -473,9 +474,9 @@ func TestActivityLogFailedFlushRetiresNothing(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			_, st := newTestMeta(t)
 			data := &testSyncer{}
-			gate := newSyncGate(data)
+			gate := storage.NewSyncGate(data)
 			var reports atomic.Int32
-			gate.setReport(func() { reports.Add(1) })
+			gate.SetReport(func() { reports.Add(1) })
 			al := newActivityLog(st, gate, 3)
 			defer al.close(false)
 			ctx := context.Background()
@@ -495,7 +496,7 @@ func TestActivityLogFailedFlushRetiresNothing(t *testing.T) {
 				}
 			}
 			if tt.handledFirst {
-				gate.takeUnreported()
+				gate.TakeUnreported()
 			}
 
 			done := make(chan error, 1)
@@ -517,7 +518,7 @@ func TestActivityLogFailedFlushRetiresNothing(t *testing.T) {
 				}
 				al.observe(func(off, length uint64) bool { return true }) // not handled: observes nothing
 				// The engine handles the failure.
-				gate.takeUnreported()
+				gate.TakeUnreported()
 			} else {
 				waitFor(t, "the writer's flush", func() bool { return data.callCount() > 1 })
 			}

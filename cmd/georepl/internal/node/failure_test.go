@@ -143,6 +143,13 @@ func upResource(t *testing.T, policy string) (*Daemon, *resource) {
 // only accepts.
 func upNode(t *testing.T, policy, name string) (*Daemon, *resource) {
 	t.Helper()
+	return upNodeWith(t, policy, name, Options{}, func(*resource) {})
+}
+
+// upNodeWith is upNode in the world of opts, with prepare called on the
+// resource before it goes up.
+func upNodeWith(t *testing.T, policy, name string, opts Options, prepare func(*resource)) (*Daemon, *resource) {
+	t.Helper()
 	builtin.Register()
 	dir := t.TempDir()
 	port, err := checker.FreePorts(3)
@@ -166,7 +173,7 @@ func upNode(t *testing.T, policy, name string) (*Daemon, *resource) {
 	if _, err := CreateMetadata(rc, self, false); err != nil {
 		t.Fatal(err)
 	}
-	d, err := NewDaemon(cfg, name, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
+	d, err := NewDaemon(cfg, name, slog.New(slog.NewTextHandler(io.Discard, nil)), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,6 +182,7 @@ func upNode(t *testing.T, policy, name string) (*Daemon, *resource) {
 	if r.cfg.Disk.OnIOError != policy {
 		t.Fatalf("on_io_error = %q, want %q", r.cfg.Disk.OnIOError, policy)
 	}
+	prepare(r)
 	if err := r.Up(); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/georepl/georepl/cmd/georepl/internal/storage"
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/wire"
@@ -43,7 +44,7 @@ type resource struct {
 	up    bool
 	peers map[core.NodeID]*peer
 
-	st *storage
+	st *localDisk
 	// rollBack asks the next Up to restore the image from before an
 	// interrupted resync (Primary with force on such a sync target).
 	rollBack bool
@@ -169,7 +170,7 @@ func (r *resource) Up() error {
 	r.pending = map[core.RequestID]func(error){}
 	r.progress = map[core.NodeID]*rateMeter{}
 	r.unlockEngine()
-	st.sync.setReport(func() { go r.reportSyncFailures(st.sync) })
+	st.sync.SetReport(func() { go r.reportSyncFailures(st.sync) })
 	r.linkUp = make(chan *link)
 	r.linkDown = make(chan linkDown)
 	r.calls = make(chan func())
@@ -203,7 +204,7 @@ func (r *resource) Up() error {
 	return nil
 }
 
-func (r *resource) newEngine(st *storage) (*core.Engine, error) {
+func (r *resource) newEngine(st *localDisk) (*core.Engine, error) {
 	sb := st.store.Superblock()
 	state := core.Persistent{
 		Disk:       core.DiskState(sb.DiskState),
@@ -629,7 +630,7 @@ func (r *resource) performOp(eng *core.Engine, op localOp) (next work, ok bool) 
 	r.recycleReceived(op.LocalOp)
 	eng.LocalDone(op.ID, data, err)
 	if err != nil {
-		r.st.sync.delivered(err)
+		r.st.sync.Delivered(err)
 	}
 	r.process()
 	w := r.takeWork()
@@ -652,7 +653,7 @@ func (r *resource) do(op core.LocalOp) (data []byte, err error) {
 	case core.OpTrim:
 		err = noSpace(dev.Punch(off, n))
 	case core.OpFlush:
-		err = r.st.sync.syncOp()
+		err = r.st.sync.SyncOp()
 	case core.OpRead:
 		data = make([]byte, n)
 		if _, err = dev.ReadAt(data, off); err == nil {
@@ -664,7 +665,7 @@ func (r *resource) do(op core.LocalOp) (data []byte, err error) {
 		err = fmt.Errorf("unknown local operation %v", op.Kind)
 	}
 	if err == nil && op.FUA && op.Kind != core.OpChecksum {
-		err = r.st.sync.syncOp()
+		err = r.st.sync.SyncOp()
 	}
 	return data, err
 }
@@ -676,8 +677,8 @@ func (r *resource) do(op core.LocalOp) (data []byte, err error) {
 // write saving old blocks for the undo log may meet) lost written data,
 // and stays a failed flush whatever its errno.
 func noSpace(err error) error {
-	var failure *syncFailure
-	var doubt *flushDoubtError
+	var failure *storage.SyncFailure
+	var doubt *storage.FlushDoubtError
 	switch {
 	case err == nil, errors.As(err, &failure), errors.As(err, &doubt):
 		return err
@@ -695,7 +696,7 @@ const checksumChunk = 1 << 20
 func (r *resource) checksum(op core.LocalOp) ([]byte, error) {
 	dev := r.st.data
 	if op.FUA {
-		if err := r.st.sync.syncOp(); err != nil {
+		if err := r.st.sync.SyncOp(); err != nil {
 			return nil, err
 		}
 	}

@@ -8,22 +8,23 @@ import (
 	"io"
 	"sync/atomic"
 
+	"github.com/georepl/georepl/cmd/georepl/internal/storage"
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/meta"
 	"github.com/georepl/georepl/kmod"
 )
 
-// storage is a node's backing disk for one resource: the data area the
+// localDisk is a node's backing disk for one resource: the data area the
 // application sees and the metadata, internal (at the end of the disk) or
 // external (its own file).
-type storage struct {
+type localDisk struct {
 	backing  Device
 	metaFile Device      // nil for internal metadata
 	data     *undoRegion // every write activates its extents (and saves old blocks during a resync) first
 	// sync is the one owner of the backing disk's flushes: every flush
 	// of the data area and of internal metadata goes through it.
-	sync     *syncGate
+	sync     *storage.SyncGate
 	store    *meta.Store
 	dataSize uint64
 	al       *activityLog
@@ -108,17 +109,17 @@ func (l *layout) Close() {
 // openStorage attaches the disk. rollBack asks to restore, from the undo
 // log, the image this sync target had before its resync (the operator
 // promotes it without its source): it fails unless a session can do it.
-func openStorage(rc *configs.Resource, self *configs.Node, opts Options, faults *kmod.Faults, rollBack bool) (*storage, error) {
+func openStorage(rc *configs.Resource, self *configs.Node, opts Options, faults *kmod.Faults, rollBack bool) (*localDisk, error) {
 	l, err := openLayout(rc, self, opts, faults)
 	if err != nil {
 		return nil, err
 	}
-	region := &gatedRegion{Region: kmod.NewRegion(l.backing, 0, int64(l.dataSize))}
-	region.sync = newSyncGate(region.Region)
+	region := &storage.GatedRegion{Region: kmod.NewRegion(l.backing, 0, int64(l.dataSize))}
+	region.Gate = storage.NewSyncGate(region.Region)
 	metaDev := l.metaDev
 	if internal, ok := metaDev.(*kmod.Region); ok {
 		// A region of the backing disk: its flushes flush the data too.
-		metaDev = &gatedMeta{Region: internal, sync: region.sync}
+		metaDev = &storage.GatedMeta{Region: internal, Gate: region.Gate}
 	}
 	store, err := meta.Open(metaDev, l.metaOff)
 	if err != nil {
@@ -176,11 +177,11 @@ func openStorage(rc *configs.Resource, self *configs.Node, opts Options, faults 
 	if capacity == 0 {
 		capacity = defaultALExtents
 	}
-	al := newActivityLog(store, region.sync, capacity)
-	st := &storage{
+	al := newActivityLog(store, region.Gate, capacity)
+	st := &localDisk{
 		backing: l.backing, metaFile: l.metaFile,
-		data:          &undoRegion{alRegion: &alRegion{gatedRegion: region, al: al}},
-		sync:          region.sync,
+		data:          &undoRegion{alRegion: &alRegion{GatedRegion: region, al: al}},
+		sync:          region.Gate,
 		store:         store,
 		dataSize:      l.dataSize,
 		al:            al,
@@ -229,7 +230,7 @@ func metaPlace(self *configs.Node) string {
 }
 
 // persist writes the engine's durable state into the superblock.
-func (s *storage) persist(p *core.Persistent) error {
+func (s *localDisk) persist(p *core.Persistent) error {
 	return s.store.UpdateSuperblock(func(sb *meta.Superblock) {
 		sb.DiskState = uint8(p.Disk)
 		sb.Primary = p.Primary
@@ -245,7 +246,7 @@ func (s *storage) persist(p *core.Persistent) error {
 // Close flushes the data, retires the activity log's settled extents
 // (empty after a clean shutdown: see activityLog.close) and closes the
 // disks.
-func (s *storage) Close() error {
+func (s *localDisk) Close() error {
 	if s.undo != nil {
 		s.undo.freeze()
 		defer s.undo.file.Close()

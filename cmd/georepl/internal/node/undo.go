@@ -438,7 +438,7 @@ func (r *resource) undoEvent(msg string, warn bool) {
 
 // startUndo reports what attach did with an undo session and routes the
 // space warning to the events.
-func (r *resource) startUndo(st *storage) {
+func (r *resource) startUndo(st *localDisk) {
 	if st.undo == nil {
 		return
 	}

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/georepl/georepl/cmd/georepl/internal/storage"
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/meta"
 	"github.com/georepl/georepl/kmod"
@@ -92,10 +93,10 @@ func (rg *undoRig) open(capacity int64) *target {
 	if err != nil {
 		t.Fatal(err)
 	}
-	region := &gatedRegion{Region: b.Region(0, undoTestData)}
-	region.sync = newSyncGate(region.Region)
-	al := newActivityLog(store, region.sync, 8)
-	data := &undoRegion{alRegion: &alRegion{gatedRegion: region, al: al}}
+	region := &storage.GatedRegion{Region: b.Region(0, undoTestData)}
+	region.Gate = storage.NewSyncGate(region.Region)
+	al := newActivityLog(store, region.Gate, 8)
+	data := &undoRegion{alRegion: &alRegion{GatedRegion: region, al: al}}
 	g, err := newUndoGuard(u, uf, rg.path("undo"), data.alRegion, undoTestData, undoTestBS)
 	if err != nil {
 		t.Fatal(err)
