@@ -36,7 +36,7 @@ import (
 //     after the observation completed (a volatile cache may still hold
 //     the writes: a flush already running when they settled may miss
 //     them), the extent becomes evictable if still unused. A failed flush
-//     of the disk, the writer's or any other (syncGate), voids the
+//     of the disk, the writer's or any other (storage.SyncGate), voids the
 //     observations made before it: the writes may be lost, and only an
 //     observation after the engine handled the failure, whose marks
 //     persistBitmaps then wrote, counts;
@@ -50,17 +50,17 @@ import (
 // for the hard limit of one transaction (meta.MaxActivityLogExtents): the
 // writes holding the slots may settle only after the write being gated.
 //
-// The extents, their order and their states are an alTable, which does no
-// I/O and starts no goroutine; activityLog holds it under mu and does the
-// waiting, the flushes and the metadata writes it asks for.
+// The extents, their order and their states are a storage.ALTable, which
+// does no I/O and starts no goroutine; activityLog holds it under mu and
+// does the waiting, the flushes and the metadata writes it asks for.
 type activityLog struct {
 	store   *meta.Store
 	sync    *storage.SyncGate // flushes the data disk
 	extents uint64            // extents of the data area
 
 	mu      sync.Mutex
-	changed *sync.Cond // state changed: a transaction done, an extent evictable, closing
-	t       *alTable   // the extents and their state
+	changed *sync.Cond       // state changed: a transaction done, an extent evictable, closing
+	t       *storage.ALTable // the extents and their state
 	// failures counts failed transactions; failErr is the last error.
 	failures     uint64
 	failErr      error
@@ -92,7 +92,7 @@ func newActivityLog(store *meta.Store, gate *storage.SyncGate, capacity int) *ac
 		store:      store,
 		sync:       gate,
 		extents:    store.ActivityLogExtents(),
-		t:          newALTable(min(max(capacity, 1), meta.MaxActivityLogExtents)),
+		t:          storage.NewALTable(min(max(capacity, 1), meta.MaxActivityLogExtents)),
 		wake:       make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
 	}
@@ -124,12 +124,12 @@ func (a *activityLog) acquire(ctx context.Context, off, length uint64) (release 
 		return func() {}, nil
 	}
 	first, last := extentRange(off, length)
-	if err := a.activate(ctx, first, last, true, a.t.capacity); err != nil {
+	if err := a.activate(ctx, first, last, true, a.t.Capacity()); err != nil {
 		return nil, err
 	}
 	return func() {
 		a.mu.Lock()
-		a.t.unpin(first, last) // an extent activated after detach is not there
+		a.t.Unpin(first, last) // an extent activated after detach is not there
 		a.mu.Unlock()
 	}, nil
 }
@@ -182,7 +182,7 @@ func (a *activityLog) activate(ctx context.Context, first, last uint64, pin bool
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if a.t.admit(first, last, limit) {
+		if a.t.Admit(first, last, limit) {
 			break
 		}
 		if stop == nil && ctx.Done() != nil {
@@ -198,22 +198,22 @@ func (a *activityLog) activate(ctx context.Context, first, last uint64, pin bool
 		a.changed.Wait()
 		a.waitingSlots--
 	}
-	if a.t.activate(first, last, pin) {
+	if a.t.Activate(first, last, pin) {
 		a.wakeWriter()
 	}
 	failures := a.failures
 	for {
 		switch {
-		case a.t.durable(first, last) || a.detached:
+		case a.t.Durable(first, last) || a.detached:
 			return nil
 		case a.closed:
 			if pin {
-				a.t.unpin(first, last)
+				a.t.Unpin(first, last)
 			}
 			return errALClosed
 		case a.failures != failures:
 			if pin {
-				a.t.unpin(first, last)
+				a.t.Unpin(first, last)
 			}
 			return fmt.Errorf("%w: %w", errALWrite, a.failErr)
 		}
@@ -240,10 +240,10 @@ func (a *activityLog) reserve(off, length uint64) bool {
 	if a.detached {
 		return true // gate lets everything through at once
 	}
-	if a.closed || !a.t.admit(first, last, meta.MaxActivityLogExtents) {
+	if a.closed || !a.t.Admit(first, last, meta.MaxActivityLogExtents) {
 		return false
 	}
-	if a.t.activate(first, last, false) {
+	if a.t.Activate(first, last, false) {
 		a.wakeWriter()
 	}
 	return true
@@ -261,21 +261,21 @@ func (a *activityLog) observe(settled func(off, length uint64) bool) {
 		return
 	}
 	a.mu.Lock()
-	cands := a.t.unsettled()
+	cands := a.t.Unsettled()
 	a.mu.Unlock()
 	if len(cands) == 0 {
 		return
 	}
-	var settledNow []alCandidate
+	var settledNow []storage.ALCandidate
 	for _, c := range cands {
-		if settled(c.x*meta.ActivityLogExtentSize, meta.ActivityLogExtentSize) {
+		if settled(c.Extent*meta.ActivityLogExtentSize, meta.ActivityLogExtentSize) {
 			settledNow = append(settledNow, c)
 		}
 	}
 	a.mu.Lock()
 	// Stamped now, after settled answered: a flush begun before this may
 	// have begun before the writes were done.
-	a.t.observe(settledNow, failures)
+	a.t.Observe(settledNow, failures)
 	if len(settledNow) > 0 && a.waitingSlots > 0 {
 		a.wakeWriter()
 	}
@@ -302,8 +302,8 @@ func (a *activityLog) writer() {
 			return
 		}
 		var flush uint64
-		if a.t.needsFlush(a.waitingSlots > 0) {
-			flush = a.t.beginFlush()
+		if a.t.NeedsFlush(a.waitingSlots > 0) {
+			flush = a.t.BeginFlush()
 		}
 		a.mu.Unlock()
 
@@ -320,19 +320,19 @@ func (a *activityLog) writer() {
 				time.Sleep(100 * time.Millisecond)
 			}
 			a.mu.Lock()
-			if a.t.flushed(flush, failures, err) {
+			if a.t.Flushed(flush, failures, err) {
 				a.changed.Broadcast()
 			}
 			a.mu.Unlock()
 		}
 
 		a.mu.Lock()
-		if a.t.pending() && !a.closed {
-			extents, gen := a.t.transaction()
+		if a.t.Pending() && !a.closed {
+			extents, gen := a.t.Transaction()
 			a.mu.Unlock()
 			err := a.store.WriteActivityLog(extents)
 			a.mu.Lock()
-			a.t.written(gen, err)
+			a.t.Written(gen, err)
 			if err == nil {
 				a.writes++
 			} else {
@@ -347,7 +347,7 @@ func (a *activityLog) writer() {
 			continue
 		}
 		waiting := a.waitingSlots > 0
-		pressure := waiting || a.t.overCapacity()
+		pressure := waiting || a.t.OverCapacity()
 		reclaim := a.reclaim
 		start := waiting && reclaim != nil && !a.reclaiming && time.Since(lastReclaim) >= reclaimInterval
 		if start {
@@ -386,7 +386,7 @@ func (a *activityLog) writer() {
 func (a *activityLog) close(flush bool) (left int, err error) {
 	a.mu.Lock()
 	if a.closed {
-		n := a.t.size()
+		n := a.t.Size()
 		a.mu.Unlock()
 		return n, nil
 	}
@@ -398,7 +398,7 @@ func (a *activityLog) close(flush bool) (left int, err error) {
 
 	a.mu.Lock()
 	if a.detached {
-		n := a.t.size()
+		n := a.t.Size()
 		a.mu.Unlock()
 		return n, nil
 	}
@@ -406,36 +406,36 @@ func (a *activityLog) close(flush bool) (left int, err error) {
 	if flush {
 		// Begun after every observation so far, as the writer's next
 		// flush would have.
-		n = a.t.beginFlush()
+		n = a.t.BeginFlush()
 	}
 	a.mu.Unlock()
 	if flush {
 		failures := a.sync.Failures()
 		err = a.sync.Sync()
 		a.mu.Lock()
-		a.t.flushed(n, failures, err)
+		a.t.Flushed(n, failures, err)
 		a.mu.Unlock()
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.t.retire()
-	if a.t.pending() || a.failures > 0 {
-		extents, gen := a.t.transaction()
+	a.t.Retire()
+	if a.t.Pending() || a.failures > 0 {
+		extents, gen := a.t.Transaction()
 		werr := a.store.WriteActivityLog(extents)
-		a.t.written(gen, werr)
+		a.t.Written(gen, werr)
 		if werr == nil {
 			a.writes++
 		}
 		err = errors.Join(err, werr)
 	}
-	return a.t.size(), err
+	return a.t.Size(), err
 }
 
 // stats returns the number of active extents and of transactions written.
 func (a *activityLog) stats() (active int, writes uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.t.size(), a.writes
+	return a.t.Size(), a.writes
 }
 
 // startActivityLog reports the activity log of an unclean shutdown, which

@@ -48,7 +48,7 @@
 // and flushes that retire extents); per daemon, the acceptors of its
 // listeners. Locks are taken in the order emu, then resource.mu (the
 // fields other goroutines read); the activity log, the undo guard and the
-// flush gate (syncGate) have locks of their own, which a holder of emu
+// flush gate (storage.SyncGate) have locks of their own, which a holder of emu
 // may take, and none of which is held while emu is taken.
 //
 // # Where things are
