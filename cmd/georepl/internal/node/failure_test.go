@@ -80,7 +80,7 @@ func TestReadPastTheEndDoesNotDetach(t *testing.T) {
 	if err := r.Primary(true); err != nil {
 		t.Fatal(err)
 	}
-	if err := (device{r}).ReadAt(context.Background(), make([]byte, 4096), r.st.dataSize); err == nil {
+	if err := (device{r}).ReadAt(context.Background(), make([]byte, 4096), r.st.DataSize); err == nil {
 		t.Fatal("a read past the end succeeded")
 	}
 	r.emu.Lock()
@@ -115,17 +115,17 @@ func upWithFailingMetadata(t *testing.T, policy string) (*Daemon, *resource) {
 	t.Helper()
 	d, r := upResource(t, policy)
 	// Swap the metadata for a view of the same bytes that fails writes.
-	_, metaOff, metaSize, err := meta.InternalLayout(r.st.backing.Size(), bitmapSlots(r.cfg), uint32(r.cfg.Disk.BlockSize))
+	_, metaOff, metaSize, err := meta.InternalLayout(r.st.Backing.Size(), bitmapSlots(r.cfg), uint32(r.cfg.Disk.BlockSize))
 	if err != nil {
 		t.Fatal(err)
 	}
-	fd := &failingDevice{Device: kmod.NewRegion(r.st.backing, metaOff, metaSize)}
+	fd := &failingDevice{Device: kmod.NewRegion(r.st.Backing, metaOff, metaSize)}
 	store, err := meta.Open(fd, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r.emu.Lock()
-	r.st.store = store
+	r.st.Store = store
 	fd.armed = true
 	r.emu.Unlock()
 	return d, r

@@ -9,7 +9,7 @@ import "github.com/georepl/georepl/cmd/georepl/internal/storage"
 // may be found with the engine's lock held (a metadata write).
 func (r *resource) reportSyncFailures(g *storage.SyncGate) {
 	r.emu.Lock()
-	if r.stopped || r.engine == nil || r.st == nil || r.st.sync != g {
+	if r.stopped || r.engine == nil || r.st == nil || r.st.Gate != g {
 		// Down: the failures stay unhandled, so the last flush fails
 		// and the activity log keeps its extents.
 		r.unlockEngine()

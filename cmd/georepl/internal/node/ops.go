@@ -9,6 +9,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/georepl/georepl/cmd/georepl/internal/storage"
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/kmod"
 	"github.com/georepl/georepl/kmod/nbd"
@@ -26,7 +27,7 @@ var (
 	_ nbd.AsyncWriter  = device{}
 )
 
-func (d device) Size() uint64 { return d.r.st.dataSize }
+func (d device) Size() uint64 { return d.r.st.DataSize }
 
 // MultiConn: a flush goes through the engine, which flushes the whole local
 // disk and barriers every peer, so it covers writes from every connection.
@@ -255,7 +256,7 @@ func (r *resource) isPrimary() bool {
 //
 // With force, a sync target whose resync was interrupted and whose undo
 // log holds the image from before the resync is first rolled back to that
-// image (the resource goes down and up again; see undo.go), then promoted:
+// image (the resource goes down and up again; see consistentresync.go), then promoted:
 // the operator gets a consistent, older image rather than a mix.
 //
 // Writes this node received from the Primary it lost (or that demoted
@@ -504,7 +505,7 @@ func (r *resource) awaitRequests(ended <-chan struct{}) {
 func (r *resource) DumpMD(w io.Writer, asJSON bool) error {
 	return r.call(func() error {
 		r.persistBitmaps()
-		return dumpStore(w, r.st.store, asJSON)
+		return storage.DumpStore(w, r.st.Store, asJSON)
 	})
 }
 

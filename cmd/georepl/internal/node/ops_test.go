@@ -113,8 +113,8 @@ func TestDeviceLargeWrites(t *testing.T) {
 	dev := device{r}
 	ctx := context.Background()
 	const n = core.MaxWriteLength + core.MaxWriteLength/2
-	if r.st.dataSize < n+4096 {
-		t.Fatalf("the test disk holds %d bytes of data, too few for a %d-byte write", r.st.dataSize, n)
+	if r.st.DataSize < n+4096 {
+		t.Fatalf("the test disk holds %d bytes of data, too few for a %d-byte write", r.st.DataSize, n)
 	}
 	payload := func(seed byte) []byte {
 		p := dev.WriteBuffer(n)
@@ -149,7 +149,7 @@ func TestDeviceLargeWrites(t *testing.T) {
 	}
 	check(4096, want)
 
-	off := (r.st.dataSize - core.MaxWriteLength - 4096) &^ 4095
+	off := (r.st.DataSize - core.MaxWriteLength - 4096) &^ 4095
 	if err := dev.WriteAt(ctx, payload('c'), off, false); !errors.Is(err, nbd.ErrOutOfRange) {
 		t.Fatalf("a write whose last piece lies past the end: %v, want an error for nbd.ErrOutOfRange", err)
 	}

@@ -170,7 +170,7 @@ func (r *resource) Up() error {
 	r.pending = map[core.RequestID]func(error){}
 	r.progress = map[core.NodeID]*rateMeter{}
 	r.unlockEngine()
-	st.sync.SetReport(func() { go r.reportSyncFailures(st.sync) })
+	st.Gate.SetReport(func() { go r.reportSyncFailures(st.Gate) })
 	r.linkUp = make(chan *link)
 	r.linkDown = make(chan linkDown)
 	r.calls = make(chan func())
@@ -200,12 +200,12 @@ func (r *resource) Up() error {
 			go r.dialLoop(p)
 		}
 	}
-	r.log.Info("resource up", "disk", r.self.Disk, "size", st.dataSize, "role", es.Role, "disk_state", es.Disk)
+	r.log.Info("resource up", "disk", r.self.Disk, "size", st.DataSize, "role", es.Role, "disk_state", es.Disk)
 	return nil
 }
 
 func (r *resource) newEngine(st *localDisk) (*core.Engine, error) {
-	sb := st.store.Superblock()
+	sb := st.Store.Superblock()
 	state := core.Persistent{
 		Disk:       core.DiskState(sb.DiskState),
 		Primary:    sb.Primary,
@@ -217,22 +217,22 @@ func (r *resource) newEngine(st *localDisk) (*core.Engine, error) {
 	cfg := core.Config{
 		Self:        core.NodeID(r.self.ID),
 		Name:        r.cfg.Name,
-		Size:        st.dataSize,
+		Size:        st.DataSize,
 		BlockSize:   uint32(r.cfg.Disk.BlockSize),
 		DiskFlushes: r.cfg.Disk.Flushes,
 		OnIOError:   r.onIOError,
 		State:       state,
 		Bitmaps:     map[core.NodeID]*core.Bitmap{},
-		NewUUID:     newUUID,
+		NewUUID:     storage.NewUUID,
 		// Named in the resync reasons of status.
-		RecoveredExtents: st.alRecovered,
+		RecoveredExtents: st.ALRecovered,
 		Clock:            func() uint64 { return uint64(time.Now().UnixNano()) },
 		Quorum:           r.cfg.Quorum,
 	}
 	if r.cfg.OnNoQuorum == "io-error" {
 		cfg.OnNoQuorum = core.IOErrorOnNoQuorum
 	}
-	bits := st.store.BitmapBits()
+	bits := st.Store.BitmapBits()
 	for _, p := range sortedPeers(r.peers) {
 		proto, err := protocols.Parse(p.link.Protocol)
 		if err != nil {
@@ -258,13 +258,13 @@ func (r *resource) newEngine(st *localDisk) (*core.Engine, error) {
 		if int(p.id) < len(sb.BitmapUUID) {
 			state.BitmapUUID[p.id] = sb.BitmapUUID[p.id]
 		}
-		words, err := st.store.ReadBitmap(int(p.id))
+		words, err := st.Store.ReadBitmap(int(p.id))
 		if err != nil {
 			return nil, fmt.Errorf("reading the bitmap for peer %s: %w", p.node.Name, err)
 		}
 		bm, ok := core.BitmapFromWords(bits, words)
 		if !ok {
-			return nil, fmt.Errorf("the bitmap for peer %s in the metadata on %s is corrupt (%d words for %d bits, or bits beyond the end): recreate it with `georepl create-md --force` and bring the resource up; it is then fully resynchronised from the Primary (csums sends only the blocks that differ)", p.node.Name, metaPlace(r.self), len(words), bits)
+			return nil, fmt.Errorf("the bitmap for peer %s in the metadata on %s is corrupt (%d words for %d bits, or bits beyond the end): recreate it with `georepl create-md --force` and bring the resource up; it is then fully resynchronised from the Primary (csums sends only the blocks that differ)", p.node.Name, storage.MetaPlace(r.self.Disk, r.self.MetaDisk), len(words), bits)
 		}
 		cfg.Bitmaps[p.id] = bm
 	}
@@ -630,7 +630,7 @@ func (r *resource) performOp(eng *core.Engine, op localOp) (next work, ok bool) 
 	r.recycleReceived(op.LocalOp)
 	eng.LocalDone(op.ID, data, err)
 	if err != nil {
-		r.st.sync.Delivered(err)
+		r.st.Gate.Delivered(err)
 	}
 	r.process()
 	w := r.takeWork()
@@ -653,7 +653,7 @@ func (r *resource) do(op core.LocalOp) (data []byte, err error) {
 	case core.OpTrim:
 		err = noSpace(dev.Punch(off, n))
 	case core.OpFlush:
-		err = r.st.sync.SyncOp()
+		err = r.st.Gate.SyncOp()
 	case core.OpRead:
 		data = make([]byte, n)
 		if _, err = dev.ReadAt(data, off); err == nil {
@@ -665,7 +665,7 @@ func (r *resource) do(op core.LocalOp) (data []byte, err error) {
 		err = fmt.Errorf("unknown local operation %v", op.Kind)
 	}
 	if err == nil && op.FUA && op.Kind != core.OpChecksum {
-		err = r.st.sync.SyncOp()
+		err = r.st.Gate.SyncOp()
 	}
 	return data, err
 }
@@ -696,7 +696,7 @@ const checksumChunk = 1 << 20
 func (r *resource) checksum(op core.LocalOp) ([]byte, error) {
 	dev := r.st.data
 	if op.FUA {
-		if err := r.st.sync.SyncOp(); err != nil {
+		if err := r.st.Gate.SyncOp(); err != nil {
 			return nil, err
 		}
 	}
@@ -951,7 +951,7 @@ func (r *resource) writeBitmaps() error {
 		if len(pages) == 0 {
 			continue
 		}
-		if err := r.st.store.WriteBitmapPages(int(p.id), bm.Words(), pages); err != nil {
+		if err := r.st.Store.WriteBitmapPages(int(p.id), bm.Words(), pages); err != nil {
 			errs = errors.Join(errs, fmt.Errorf("bitmap write for peer %s failed: %w", p.node.Name, err))
 			continue
 		}

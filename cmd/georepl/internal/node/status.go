@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/georepl/georepl/cmd/georepl/internal/storage"
 	"github.com/georepl/georepl/core"
 )
 
@@ -37,7 +38,7 @@ type ResourceStatus struct {
 	ALExtents int    `json:"al_extents"`
 	ALWrites  uint64 `json:"al_writes"`
 	// ConsistentResync is the resync undo log's state (nil without one).
-	ConsistentResync *UndoStatus `json:"consistent_resync,omitempty"`
+	ConsistentResync *storage.UndoStatus `json:"consistent_resync,omitempty"`
 	// Error says why the resource went down by itself.
 	Error string `json:"error,omitempty"`
 	// DiskError says why the disk was detached (on_io_error = "detach"),
@@ -208,7 +209,7 @@ func (r *resource) publishStatus() {
 		es = r.engine.Status()
 		st.Up = up
 		st.Role, st.Disk = es.Role.String(), es.Disk.String()
-		st.Size = r.st.dataSize
+		st.Size = r.st.DataSize
 		st.Current = fmt.Sprintf("%016X", es.Current)
 		st.Pending, st.Epoch = es.Pending, es.Epoch
 		if es.QuorumNeed > 0 {
@@ -218,8 +219,8 @@ func (r *resource) publishStatus() {
 		if es.Disk == core.Diskless {
 			st.DiskError = r.detachedWhy
 		}
-		if r.st.undo != nil {
-			st.ConsistentResync = r.st.undo.status()
+		if r.st.Undo != nil {
+			st.ConsistentResync = r.st.Undo.Status()
 		}
 	}
 	if !up {
