@@ -55,8 +55,12 @@
 //
 // resource.go runs a resource (engine, Ready, links); executor.go carries
 // out the work of a Ready; link.go and handshake.go are the connections;
-// ops.go the device the export serves and the administrative operations;
-// storage.go the disk and its metadata; activitylog.go and altable.go the
-// activity log; undo.go the resync undo log; syncgate.go the flushes of
-// the backing disk; status.go what status shows.
+// device.go the device the export serves; verbs.go the administrative
+// operations; payloads.go the pool of write payloads; storage.go attaches
+// the disk (package storage opens and recovers it); alwriter.go the
+// activity log's writer and waits (its table is storage.ALTable);
+// consistentresync.go the resource's part of the resync undo log (the
+// guard is storage.UndoGuard); flushreport.go hands the flush gate's
+// failures to the engine; status.go what status shows, statustext.go how
+// it is printed, events.go the events.
 package node
