@@ -33,9 +33,12 @@ var depRules = []struct {
 	{"kmod/nbd", []string{"kmod"}},
 	{"kmod/nbdkernel", []string{"kmod", "kmod/nbd"}},
 	{"kmod/ublk", []string{"kmod", "kmod/nbd", "kmod/nbdkernel"}},
+	// A node's disk: the metadata formats, the engine's types, the block
+	// stores; no goroutine's world (configuration, NBD, transports).
+	{"cmd/georepl/internal/storage", []string{"core", "core/meta", "core/wire", "kmod", "protocols"}},
 	// The simulator runs nodes in a world of its own: no real transport.
 	{"cmd/georepl/internal/sim", []string{"cmd/georepl/internal/admin", "cmd/georepl/internal/checker", "cmd/georepl/internal/node",
-		"configs", "core", "core/meta", "core/wire", "kmod", "kmod/nbd", "kmod/nbdkernel", "kmod/ublk", "protocols", "transports"}},
+		"cmd/georepl/internal/storage", "configs", "core", "core/meta", "core/wire", "kmod", "kmod/nbd", "kmod/nbdkernel", "kmod/ublk", "protocols", "transports"}},
 }
 
 // TestDependencyRule keeps the architecture honest: the engine and the

@@ -48,15 +48,19 @@
 // and flushes that retire extents); per daemon, the acceptors of its
 // listeners. Locks are taken in the order emu, then resource.mu (the
 // fields other goroutines read); the activity log, the undo guard and the
-// flush gate (syncGate) have locks of their own, which a holder of emu
+// flush gate (storage.SyncGate) have locks of their own, which a holder of emu
 // may take, and none of which is held while emu is taken.
 //
 // # Where things are
 //
 // resource.go runs a resource (engine, Ready, links); executor.go carries
 // out the work of a Ready; link.go and handshake.go are the connections;
-// ops.go the device the export serves and the administrative operations;
-// storage.go the disk and its metadata; activitylog.go and altable.go the
-// activity log; undo.go the resync undo log; syncgate.go the flushes of
-// the backing disk; status.go what status shows.
+// device.go the device the export serves; verbs.go the administrative
+// operations; payloads.go the pool of write payloads; storage.go attaches
+// the disk (package storage opens and recovers it); alwriter.go the
+// activity log's writer and waits (its table is storage.ALTable);
+// consistentresync.go the resource's part of the resync undo log (the
+// guard is storage.UndoGuard); flushreport.go hands the flush gate's
+// failures to the engine; status.go what status shows, statustext.go how
+// it is printed, events.go the events.
 package node

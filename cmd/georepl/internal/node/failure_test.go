@@ -80,7 +80,7 @@ func TestReadPastTheEndDoesNotDetach(t *testing.T) {
 	if err := r.Primary(true); err != nil {
 		t.Fatal(err)
 	}
-	if err := (device{r}).ReadAt(context.Background(), make([]byte, 4096), r.st.dataSize); err == nil {
+	if err := (device{r}).ReadAt(context.Background(), make([]byte, 4096), r.st.DataSize); err == nil {
 		t.Fatal("a read past the end succeeded")
 	}
 	r.emu.Lock()
@@ -115,17 +115,17 @@ func upWithFailingMetadata(t *testing.T, policy string) (*Daemon, *resource) {
 	t.Helper()
 	d, r := upResource(t, policy)
 	// Swap the metadata for a view of the same bytes that fails writes.
-	_, metaOff, metaSize, err := meta.InternalLayout(r.st.backing.Size(), bitmapSlots(r.cfg), uint32(r.cfg.Disk.BlockSize))
+	_, metaOff, metaSize, err := meta.InternalLayout(r.st.Backing.Size(), bitmapSlots(r.cfg), uint32(r.cfg.Disk.BlockSize))
 	if err != nil {
 		t.Fatal(err)
 	}
-	fd := &failingDevice{Device: kmod.NewRegion(r.st.backing, metaOff, metaSize)}
+	fd := &failingDevice{Device: kmod.NewRegion(r.st.Backing, metaOff, metaSize)}
 	store, err := meta.Open(fd, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	r.emu.Lock()
-	r.st.store = store
+	r.st.Store = store
 	fd.armed = true
 	r.emu.Unlock()
 	return d, r
@@ -142,6 +142,13 @@ func upResource(t *testing.T, policy string) (*Daemon, *resource) {
 // with on_io_error = policy. Node dr, the highest id, dials no peer: it
 // only accepts.
 func upNode(t *testing.T, policy, name string) (*Daemon, *resource) {
+	t.Helper()
+	return upNodeWith(t, policy, name, Options{}, func(*resource) {})
+}
+
+// upNodeWith is upNode in the world of opts, with prepare called on the
+// resource before it goes up.
+func upNodeWith(t *testing.T, policy, name string, opts Options, prepare func(*resource)) (*Daemon, *resource) {
 	t.Helper()
 	builtin.Register()
 	dir := t.TempDir()
@@ -166,7 +173,7 @@ func upNode(t *testing.T, policy, name string) (*Daemon, *resource) {
 	if _, err := CreateMetadata(rc, self, false); err != nil {
 		t.Fatal(err)
 	}
-	d, err := NewDaemon(cfg, name, slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
+	d, err := NewDaemon(cfg, name, slog.New(slog.NewTextHandler(io.Discard, nil)), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,6 +182,7 @@ func upNode(t *testing.T, policy, name string) (*Daemon, *resource) {
 	if r.cfg.Disk.OnIOError.String() != policy {
 		t.Fatalf("on_io_error = %q, want %q", r.cfg.Disk.OnIOError, policy)
 	}
+	prepare(r)
 	if err := r.Up(); err != nil {
 		t.Fatal(err)
 	}

@@ -86,7 +86,7 @@ func TestBulkMarksDurableWithTheirBitmapID(t *testing.T) {
 				engineCall(t, r, func() {
 					st := r.engine.Status()
 					state := wire.State{Role: uint8(core.Secondary), Disk: uint8(core.Diskless), Repl: uint8(core.Established),
-						Size: r.st.dataSize, Gen: wire.GenIDs{Current: st.Current, History: st.History}}
+						Size: r.st.DataSize, Gen: wire.GenIDs{Current: st.Current, History: st.History}}
 					payload, err := state.MarshalBinary()
 					if err != nil {
 						t.Fatal(err)
@@ -107,24 +107,24 @@ func TestBulkMarksDurableWithTheirBitmapID(t *testing.T) {
 			if err := r.Primary(true); err != nil {
 				t.Fatal(err)
 			}
-			_, metaOff, metaSize, err := meta.InternalLayout(r.st.backing.Size(), bitmapSlots(r.cfg), uint32(r.cfg.Disk.BlockSize))
+			_, metaOff, metaSize, err := meta.InternalLayout(r.st.Backing.Size(), bitmapSlots(r.cfg), uint32(r.cfg.Disk.BlockSize))
 			if err != nil {
 				t.Fatal(err)
 			}
-			dev := &syncImages{Device: kmod.NewRegion(r.st.backing, metaOff, metaSize), size: metaSize}
+			dev := &syncImages{Device: kmod.NewRegion(r.st.Backing, metaOff, metaSize), size: metaSize}
 			store, err := meta.Open(dev, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
 			engineCall(t, r, func() {
-				r.st.store = store
+				r.st.Store = store
 				alpha := r.engine.Status()
 				h := wire.Hello{Role: uint8(core.Secondary), Disk: uint8(core.UpToDate),
 					Gen: wire.GenIDs{Current: alpha.Current, History: alpha.History}}
 				if tt.hello != nil {
 					h = tt.hello(alpha)
 				}
-				h.Resource, h.From, h.To, h.Size = r.cfg.Name, uint8(bravo), uint8(r.self.ID), r.st.dataSize
+				h.Resource, h.From, h.To, h.Size = r.cfg.Name, uint8(bravo), uint8(r.self.ID), r.st.DataSize
 				ours := r.engine.Hello(bravo)
 				r.engine.Connected(bravo, &ours, &h)
 			})

@@ -1,8 +1,7 @@
 package node
 
 import (
-	"fmt"
-
+	"github.com/georepl/georepl/cmd/georepl/internal/storage"
 	"github.com/georepl/georepl/kmod"
 	"github.com/georepl/georepl/transports"
 )
@@ -31,10 +30,7 @@ type Options struct {
 
 // Device is a backing disk or an external metadata file: kmod.Backing, or
 // a stand-in with the same contract (kmod.Store).
-type Device interface {
-	kmod.Store
-	Close() error
-}
+type Device = storage.Device
 
 func (o Options) transport(name string) (transports.Transport, error) {
 	if o.Transports != nil {
@@ -48,22 +44,4 @@ func (o Options) openDevice(path string) (Device, error) {
 		return o.OpenDevice(path)
 	}
 	return kmod.OpenBacking(path)
-}
-
-// faultInjector is the ability of kmod.Backing that InjectIOFaults uses.
-type faultInjector interface {
-	InjectFaults(f *kmod.Faults)
-}
-
-// armFaults arms faults (if not nil) on dev.
-func armFaults(dev Device, faults *kmod.Faults) error {
-	if faults == nil {
-		return nil
-	}
-	fi, ok := dev.(faultInjector)
-	if !ok {
-		return fmt.Errorf("cannot inject I/O faults into %s: it is not a kmod backing store", dev.Path())
-	}
-	fi.InjectFaults(faults)
-	return nil
 }

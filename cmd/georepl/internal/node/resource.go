@@ -12,6 +12,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/georepl/georepl/cmd/georepl/internal/storage"
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/wire"
@@ -40,7 +41,7 @@ type resource struct {
 	up    bool
 	peers map[core.NodeID]*peer
 
-	st *storage
+	st *localDisk
 	// rollBack asks the next Up to restore the image from before an
 	// interrupted resync (Primary with force on such a sync target).
 	rollBack bool
@@ -158,7 +159,7 @@ func (r *resource) Up() error {
 	r.pending = map[core.RequestID]func(error){}
 	r.progress = map[core.NodeID]*rateMeter{}
 	r.unlockEngine()
-	st.sync.setReport(func() { go r.reportSyncFailures(st.sync) })
+	st.Gate.SetReport(func() { go r.reportSyncFailures(st.Gate) })
 	r.linkUp = make(chan *link)
 	r.linkDown = make(chan linkDown)
 	r.calls = make(chan func())
@@ -188,12 +189,12 @@ func (r *resource) Up() error {
 			go r.dialLoop(p)
 		}
 	}
-	r.log.Info("resource up", "disk", r.self.Disk, "size", st.dataSize, "role", es.Role, "disk_state", es.Disk)
+	r.log.Info("resource up", "disk", r.self.Disk, "size", st.DataSize, "role", es.Role, "disk_state", es.Disk)
 	return nil
 }
 
-func (r *resource) newEngine(st *storage) (*core.Engine, error) {
-	sb := st.store.Superblock()
+func (r *resource) newEngine(st *localDisk) (*core.Engine, error) {
+	sb := st.Store.Superblock()
 	state := core.Persistent{
 		Disk:       core.DiskState(sb.DiskState),
 		Primary:    sb.Primary,
@@ -205,20 +206,20 @@ func (r *resource) newEngine(st *storage) (*core.Engine, error) {
 	cfg := core.Config{
 		Self:        core.NodeID(r.self.ID),
 		Name:        r.cfg.Name,
-		Size:        st.dataSize,
+		Size:        st.DataSize,
 		BlockSize:   uint32(r.cfg.Disk.BlockSize),
 		DiskFlushes: r.cfg.Disk.Flushes,
 		OnIOError:   r.cfg.Disk.OnIOError,
 		State:       state,
 		Bitmaps:     map[core.NodeID]*core.Bitmap{},
-		NewUUID:     newUUID,
+		NewUUID:     storage.NewUUID,
 		// Named in the resync reasons of status.
-		RecoveredExtents: st.alRecovered,
+		RecoveredExtents: st.ALRecovered,
 		Clock:            func() uint64 { return uint64(time.Now().UnixNano()) },
 		Quorum:           r.cfg.Quorum,
 		OnNoQuorum:       r.cfg.OnNoQuorum,
 	}
-	bits := st.store.BitmapBits()
+	bits := st.Store.BitmapBits()
 	for _, p := range sortedPeers(r.peers) {
 		n := p.link.Net
 		victim, err := discardNode(r.cfg, n)
@@ -233,13 +234,13 @@ func (r *resource) newEngine(st *storage) (*core.Engine, error) {
 		if int(p.id) < len(sb.BitmapUUID) {
 			state.BitmapUUID[p.id] = sb.BitmapUUID[p.id]
 		}
-		words, err := st.store.ReadBitmap(int(p.id))
+		words, err := st.Store.ReadBitmap(int(p.id))
 		if err != nil {
 			return nil, fmt.Errorf("reading the bitmap for peer %s: %w", p.node.Name, err)
 		}
 		bm, ok := core.BitmapFromWords(bits, words)
 		if !ok {
-			return nil, fmt.Errorf("the bitmap for peer %s in the metadata on %s is corrupt (%d words for %d bits, or bits beyond the end): recreate it with `georepl create-md --force` and bring the resource up; it is then fully resynchronised from the Primary (csums sends only the blocks that differ)", p.node.Name, metaPlace(r.self), len(words), bits)
+			return nil, fmt.Errorf("the bitmap for peer %s in the metadata on %s is corrupt (%d words for %d bits, or bits beyond the end): recreate it with `georepl create-md --force` and bring the resource up; it is then fully resynchronised from the Primary (csums sends only the blocks that differ)", p.node.Name, storage.MetaPlace(r.self.Disk, metaDisk(r.self)), len(words), bits)
 		}
 		cfg.Bitmaps[p.id] = bm
 	}
@@ -595,7 +596,7 @@ func (r *resource) performOp(eng *core.Engine, op localOp) (next work, ok bool) 
 	r.recycleReceived(op.LocalOp)
 	eng.LocalDone(op.ID, data, err)
 	if err != nil {
-		r.st.sync.delivered(err)
+		r.st.Gate.Delivered(err)
 	}
 	r.process()
 	w := r.takeWork()
@@ -618,7 +619,7 @@ func (r *resource) do(op core.LocalOp) (data []byte, err error) {
 	case core.OpTrim:
 		err = noSpace(dev.Punch(off, n))
 	case core.OpFlush:
-		err = r.st.sync.syncOp()
+		err = r.st.Gate.SyncOp()
 	case core.OpRead:
 		data = make([]byte, n)
 		if _, err = dev.ReadAt(data, off); err == nil {
@@ -630,7 +631,7 @@ func (r *resource) do(op core.LocalOp) (data []byte, err error) {
 		err = fmt.Errorf("unknown local operation %v", op.Kind)
 	}
 	if err == nil && op.FUA && op.Kind != core.OpChecksum {
-		err = r.st.sync.syncOp()
+		err = r.st.Gate.SyncOp()
 	}
 	return data, err
 }
@@ -642,8 +643,8 @@ func (r *resource) do(op core.LocalOp) (data []byte, err error) {
 // write saving old blocks for the undo log may meet) lost written data,
 // and stays a failed flush whatever its errno.
 func noSpace(err error) error {
-	var failure *syncFailure
-	var doubt *flushDoubtError
+	var failure *storage.SyncFailure
+	var doubt *storage.FlushDoubtError
 	switch {
 	case err == nil, errors.As(err, &failure), errors.As(err, &doubt):
 		return err
@@ -661,7 +662,7 @@ const checksumChunk = 1 << 20
 func (r *resource) checksum(op core.LocalOp) ([]byte, error) {
 	dev := r.st.data
 	if op.FUA {
-		if err := r.st.sync.syncOp(); err != nil {
+		if err := r.st.Gate.SyncOp(); err != nil {
 			return nil, err
 		}
 	}
@@ -916,7 +917,7 @@ func (r *resource) writeBitmaps() error {
 		if len(pages) == 0 {
 			continue
 		}
-		if err := r.st.store.WriteBitmapPages(int(p.id), bm.Words(), pages); err != nil {
+		if err := r.st.Store.WriteBitmapPages(int(p.id), bm.Words(), pages); err != nil {
 			errs = errors.Join(errs, fmt.Errorf("bitmap write for peer %s failed: %w", p.node.Name, err))
 			continue
 		}

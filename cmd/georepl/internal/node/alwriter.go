@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/georepl/georepl/cmd/georepl/internal/storage"
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/meta"
 	"github.com/georepl/georepl/kmod/nbd"
@@ -35,7 +36,7 @@ import (
 //     after the observation completed (a volatile cache may still hold
 //     the writes: a flush already running when they settled may miss
 //     them), the extent becomes evictable if still unused. A failed flush
-//     of the disk, the writer's or any other (syncGate), voids the
+//     of the disk, the writer's or any other (storage.SyncGate), voids the
 //     observations made before it: the writes may be lost, and only an
 //     observation after the engine handled the failure, whose marks
 //     persistBitmaps then wrote, counts;
@@ -49,17 +50,17 @@ import (
 // for the hard limit of one transaction (meta.MaxActivityLogExtents): the
 // writes holding the slots may settle only after the write being gated.
 //
-// The extents, their order and their states are an alTable, which does no
-// I/O and starts no goroutine; activityLog holds it under mu and does the
-// waiting, the flushes and the metadata writes it asks for.
+// The extents, their order and their states are a storage.ALTable, which
+// does no I/O and starts no goroutine; activityLog holds it under mu and
+// does the waiting, the flushes and the metadata writes it asks for.
 type activityLog struct {
 	store   *meta.Store
-	sync    *syncGate // flushes the data disk
-	extents uint64    // extents of the data area
+	sync    *storage.SyncGate // flushes the data disk
+	extents uint64            // extents of the data area
 
 	mu      sync.Mutex
-	changed *sync.Cond // state changed: a transaction done, an extent evictable, closing
-	t       *alTable   // the extents and their state
+	changed *sync.Cond       // state changed: a transaction done, an extent evictable, closing
+	t       *storage.ALTable // the extents and their state
 	// failures counts failed transactions; failErr is the last error.
 	failures     uint64
 	failErr      error
@@ -86,12 +87,12 @@ var errALWrite = errors.New("activity log write failed")
 // reclaimInterval paces reclaim while acquires wait for a slot.
 const reclaimInterval = 20 * time.Millisecond
 
-func newActivityLog(store *meta.Store, gate *syncGate, capacity int) *activityLog {
+func newActivityLog(store *meta.Store, gate *storage.SyncGate, capacity int) *activityLog {
 	a := &activityLog{
 		store:      store,
 		sync:       gate,
 		extents:    store.ActivityLogExtents(),
-		t:          newALTable(min(max(capacity, 1), meta.MaxActivityLogExtents)),
+		t:          storage.NewALTable(min(max(capacity, 1), meta.MaxActivityLogExtents)),
 		wake:       make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
 	}
@@ -123,12 +124,12 @@ func (a *activityLog) acquire(ctx context.Context, off, length uint64) (release 
 		return func() {}, nil
 	}
 	first, last := extentRange(off, length)
-	if err := a.activate(ctx, first, last, true, a.t.capacity); err != nil {
+	if err := a.activate(ctx, first, last, true, a.t.Capacity()); err != nil {
 		return nil, err
 	}
 	return func() {
 		a.mu.Lock()
-		a.t.unpin(first, last) // an extent activated after detach is not there
+		a.t.Unpin(first, last) // an extent activated after detach is not there
 		a.mu.Unlock()
 	}, nil
 }
@@ -181,7 +182,7 @@ func (a *activityLog) activate(ctx context.Context, first, last uint64, pin bool
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if a.t.admit(first, last, limit) {
+		if a.t.Admit(first, last, limit) {
 			break
 		}
 		if stop == nil && ctx.Done() != nil {
@@ -197,22 +198,22 @@ func (a *activityLog) activate(ctx context.Context, first, last uint64, pin bool
 		a.changed.Wait()
 		a.waitingSlots--
 	}
-	if a.t.activate(first, last, pin) {
+	if a.t.Activate(first, last, pin) {
 		a.wakeWriter()
 	}
 	failures := a.failures
 	for {
 		switch {
-		case a.t.durable(first, last) || a.detached:
+		case a.t.Durable(first, last) || a.detached:
 			return nil
 		case a.closed:
 			if pin {
-				a.t.unpin(first, last)
+				a.t.Unpin(first, last)
 			}
 			return errALClosed
 		case a.failures != failures:
 			if pin {
-				a.t.unpin(first, last)
+				a.t.Unpin(first, last)
 			}
 			return fmt.Errorf("%w: %w", errALWrite, a.failErr)
 		}
@@ -239,10 +240,10 @@ func (a *activityLog) reserve(off, length uint64) bool {
 	if a.detached {
 		return true // gate lets everything through at once
 	}
-	if a.closed || !a.t.admit(first, last, meta.MaxActivityLogExtents) {
+	if a.closed || !a.t.Admit(first, last, meta.MaxActivityLogExtents) {
 		return false
 	}
-	if a.t.activate(first, last, false) {
+	if a.t.Activate(first, last, false) {
 		a.wakeWriter()
 	}
 	return true
@@ -255,26 +256,26 @@ func (a *activityLog) reserve(off, length uint64) bool {
 // failed flush of the data disk is not handled by the engine: the marks
 // that cover what the failure may have lost are not written yet.
 func (a *activityLog) observe(settled func(off, length uint64) bool) {
-	failures, clean := a.sync.clean()
+	failures, clean := a.sync.Clean()
 	if !clean {
 		return
 	}
 	a.mu.Lock()
-	cands := a.t.unsettled()
+	cands := a.t.Unsettled()
 	a.mu.Unlock()
 	if len(cands) == 0 {
 		return
 	}
-	var settledNow []alCandidate
+	var settledNow []storage.ALCandidate
 	for _, c := range cands {
-		if settled(c.x*meta.ActivityLogExtentSize, meta.ActivityLogExtentSize) {
+		if settled(c.Extent*meta.ActivityLogExtentSize, meta.ActivityLogExtentSize) {
 			settledNow = append(settledNow, c)
 		}
 	}
 	a.mu.Lock()
 	// Stamped now, after settled answered: a flush begun before this may
 	// have begun before the writes were done.
-	a.t.observe(settledNow, failures)
+	a.t.Observe(settledNow, failures)
 	if len(settledNow) > 0 && a.waitingSlots > 0 {
 		a.wakeWriter()
 	}
@@ -301,8 +302,8 @@ func (a *activityLog) writer() {
 			return
 		}
 		var flush uint64
-		if a.t.needsFlush(a.waitingSlots > 0) {
-			flush = a.t.beginFlush()
+		if a.t.NeedsFlush(a.waitingSlots > 0) {
+			flush = a.t.BeginFlush()
 		}
 		a.mu.Unlock()
 
@@ -313,25 +314,25 @@ func (a *activityLog) writer() {
 			// or another's, retires nothing: the gate reports it to the
 			// engine, which marks what it may have lost, and the extents
 			// wait for an observation after that.
-			failures := a.sync.failures()
+			failures := a.sync.Failures()
 			err := a.sync.Sync()
 			if err != nil {
 				time.Sleep(100 * time.Millisecond)
 			}
 			a.mu.Lock()
-			if a.t.flushed(flush, failures, err) {
+			if a.t.Flushed(flush, failures, err) {
 				a.changed.Broadcast()
 			}
 			a.mu.Unlock()
 		}
 
 		a.mu.Lock()
-		if a.t.pending() && !a.closed {
-			extents, gen := a.t.transaction()
+		if a.t.Pending() && !a.closed {
+			extents, gen := a.t.Transaction()
 			a.mu.Unlock()
 			err := a.store.WriteActivityLog(extents)
 			a.mu.Lock()
-			a.t.written(gen, err)
+			a.t.Written(gen, err)
 			if err == nil {
 				a.writes++
 			} else {
@@ -346,7 +347,7 @@ func (a *activityLog) writer() {
 			continue
 		}
 		waiting := a.waitingSlots > 0
-		pressure := waiting || a.t.overCapacity()
+		pressure := waiting || a.t.OverCapacity()
 		reclaim := a.reclaim
 		start := waiting && reclaim != nil && !a.reclaiming && time.Since(lastReclaim) >= reclaimInterval
 		if start {
@@ -385,7 +386,7 @@ func (a *activityLog) writer() {
 func (a *activityLog) close(flush bool) (left int, err error) {
 	a.mu.Lock()
 	if a.closed {
-		n := a.t.size()
+		n := a.t.Size()
 		a.mu.Unlock()
 		return n, nil
 	}
@@ -397,7 +398,7 @@ func (a *activityLog) close(flush bool) (left int, err error) {
 
 	a.mu.Lock()
 	if a.detached {
-		n := a.t.size()
+		n := a.t.Size()
 		a.mu.Unlock()
 		return n, nil
 	}
@@ -405,42 +406,42 @@ func (a *activityLog) close(flush bool) (left int, err error) {
 	if flush {
 		// Begun after every observation so far, as the writer's next
 		// flush would have.
-		n = a.t.beginFlush()
+		n = a.t.BeginFlush()
 	}
 	a.mu.Unlock()
 	if flush {
-		failures := a.sync.failures()
+		failures := a.sync.Failures()
 		err = a.sync.Sync()
 		a.mu.Lock()
-		a.t.flushed(n, failures, err)
+		a.t.Flushed(n, failures, err)
 		a.mu.Unlock()
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.t.retire()
-	if a.t.pending() || a.failures > 0 {
-		extents, gen := a.t.transaction()
+	a.t.Retire()
+	if a.t.Pending() || a.failures > 0 {
+		extents, gen := a.t.Transaction()
 		werr := a.store.WriteActivityLog(extents)
-		a.t.written(gen, werr)
+		a.t.Written(gen, werr)
 		if werr == nil {
 			a.writes++
 		}
 		err = errors.Join(err, werr)
 	}
-	return a.t.size(), err
+	return a.t.Size(), err
 }
 
 // stats returns the number of active extents and of transactions written.
 func (a *activityLog) stats() (active int, writes uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.t.size(), a.writes
+	return a.t.Size(), a.writes
 }
 
 // startActivityLog reports the activity log of an unclean shutdown, which
 // openStorage marked, and lets the log reclaim slots through the engine.
-func (r *resource) startActivityLog(st *storage) {
-	if n := st.alRecovered; n > 0 {
+func (r *resource) startActivityLog(st *localDisk) {
+	if n := st.ALRecovered; n > 0 {
 		msg := fmt.Sprintf("activity log of an unclean shutdown: %d extents marked (%s) out of sync for every peer; they are resynchronised from or to the peers when they connect",
 			n, HumanBytes(uint64(n)*meta.ActivityLogExtentSize))
 		r.log.Warn(msg)
@@ -472,7 +473,7 @@ func (r *resource) reclaimActivityLog() {
 // extent.
 func (r *resource) activate(ctx context.Context, req core.Request) (release func(), err error) {
 	end := req.Offset + req.Length
-	if req.Kind == core.ReqFlush || req.Kind == core.ReqRead || req.Length == 0 || end < req.Offset || end > r.st.dataSize {
+	if req.Kind == core.ReqFlush || req.Kind == core.ReqRead || req.Length == 0 || end < req.Offset || end > r.st.DataSize {
 		return func() {}, nil
 	}
 	release, err = r.st.al.acquire(ctx, req.Offset, req.Length)
@@ -488,7 +489,7 @@ func (r *resource) activate(ctx context.Context, req core.Request) (release func
 // alRegion is the data area behind the activity log: every write, zeroing
 // or trim activates its extents (gate) before it reaches the disk.
 type alRegion struct {
-	*gatedRegion
+	*storage.GatedRegion
 	al *activityLog
 }
 
@@ -511,67 +512,4 @@ func (d *alRegion) Punch(off, length int64) error {
 		return err
 	}
 	return d.Region.Punch(off, length)
-}
-
-// recoverActivityLog runs at attach, before the engine starts. A non-empty
-// log means the last shutdown was unclean: writes on its extents may be on
-// this node and not on others, or the reverse. It marks every block of
-// those extents in the bitmap of every peer, sets the bitmap id of each
-// peer without marks to the current generation (core/doc.go), persists
-// both and empties the log. It returns the number of extents marked; a log
-// damaged in both slots marks every extent.
-//
-// syncData flushes the data disk first. After a process crash (not a power
-// loss) the dead process's writes may still sit in the page cache; once the
-// log is empty nothing records them, and a resync that clears their marks
-// followed by a power loss would lose them unrecorded.
-func recoverActivityLog(store *meta.Store, peers []core.NodeID, syncData func() error) (marked int, err error) {
-	extents, err := store.ReadActivityLog()
-	if errors.Is(err, meta.ErrCorrupt) {
-		extents = make([]uint64, store.ActivityLogExtents())
-		for i := range extents {
-			extents[i] = uint64(i)
-		}
-	} else if err != nil {
-		return 0, err
-	}
-	if len(extents) == 0 {
-		return 0, nil
-	}
-	if err := syncData(); err != nil {
-		return 0, fmt.Errorf("flushing the data disk before the log's extents are marked: %w", err)
-	}
-	sb := store.Superblock()
-	marks := core.NewBitmap(store.BitmapBits())
-	for _, x := range extents {
-		marks.SetBytes(x*meta.ActivityLogExtentSize, meta.ActivityLogExtentSize, sb.BlockSize)
-	}
-	for _, p := range peers {
-		if int(p) >= sb.Slots || p == core.NodeID(sb.NodeID) {
-			continue
-		}
-		words, err := store.ReadBitmap(int(p))
-		if err != nil {
-			return 0, err
-		}
-		for i, w := range marks.Words() {
-			words[i] |= w
-		}
-		if err := store.WriteBitmap(int(p), words); err != nil {
-			return 0, err
-		}
-	}
-	if err := store.UpdateSuperblock(func(sb *meta.Superblock) {
-		for _, p := range peers {
-			if int(p) < len(sb.BitmapUUID) && p != core.NodeID(sb.NodeID) && sb.BitmapUUID[p] == 0 {
-				sb.BitmapUUID[p] = sb.Current
-			}
-		}
-	}); err != nil {
-		return 0, err
-	}
-	if err := store.WriteActivityLog(nil); err != nil {
-		return 0, err
-	}
-	return len(extents), nil
 }

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -10,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/georepl/georepl/core"
+	"github.com/georepl/georepl/cmd/georepl/internal/storage"
 	"github.com/georepl/georepl/core/meta"
 	"github.com/georepl/georepl/kmod"
 )
@@ -65,7 +64,7 @@ const xs = meta.ActivityLogExtentSize
 // are all activated; a hot extent costs no transaction.
 func TestActivityLogActivation(t *testing.T) {
 	path, st := newTestMeta(t)
-	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 8)
+	al := newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 8)
 	defer al.close(true)
 
 	release, err := al.acquire(context.Background(), 2*xs-4096, 8192) // spans extents 1 and 2
@@ -95,7 +94,7 @@ func TestActivityLogActivation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	region := &alRegion{gatedRegion: &gatedRegion{Region: b.Region(0, alTestExtents*xs), sync: al.sync}, al: al}
+	region := &alRegion{GatedRegion: &storage.GatedRegion{Region: b.Region(0, alTestExtents*xs), Gate: al.sync}, al: al}
 	if _, err := region.WriteAt([]byte("x"), 7*xs+5); err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +115,7 @@ func TestActivityLogActivation(t *testing.T) {
 func TestActivityLogEviction(t *testing.T) {
 	path, st := newTestMeta(t)
 	data := &countingSyncer{}
-	al := newActivityLog(st, newSyncGate(data), 3)
+	al := newActivityLog(st, storage.NewSyncGate(data), 3)
 	defer al.close(true)
 	var reclaims atomic.Int64
 	al.setReclaim(func() { reclaims.Add(1) })
@@ -196,7 +195,7 @@ func TestActivityLogEviction(t *testing.T) {
 // (the writes holding the slots may settle only after it).
 func TestActivityLogGateExceedsCapacity(t *testing.T) {
 	path, st := newTestMeta(t)
-	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 2)
+	al := newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 2)
 	defer al.close(true)
 	for x := range uint64(4) {
 		if err := al.gate(x*xs, 4096); err != nil {
@@ -212,7 +211,7 @@ func TestActivityLogGateExceedsCapacity(t *testing.T) {
 // (the caller flushed after the observation) and keeps the rest.
 func TestActivityLogCleanClose(t *testing.T) {
 	path, st := newTestMeta(t)
-	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 8)
+	al := newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 8)
 	for _, x := range []uint64{3, 4} {
 		if err := al.gate(x*xs, 4096); err != nil {
 			t.Fatal(err)
@@ -231,78 +230,13 @@ func TestActivityLogCleanClose(t *testing.T) {
 
 	// Not flushed: nothing observed is retired.
 	path, st = newTestMeta(t)
-	al = newActivityLog(st, newSyncGate(&countingSyncer{}), 8)
+	al = newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 8)
 	if err := al.gate(3*xs, 4096); err != nil {
 		t.Fatal(err)
 	}
 	al.observe(func(off, length uint64) bool { return true })
 	if left, _ := al.close(false); left != 1 || !reflect.DeepEqual(onDisk(t, path), []uint64{3}) {
 		t.Fatalf("close without flush retired extents")
-	}
-}
-
-// TestRecoverActivityLog: the log of an unclean shutdown is marked in
-// every peer's bitmap, bitmap ids without marks take the current
-// generation, and the log is emptied.
-func TestRecoverActivityLog(t *testing.T) {
-	path, st := newTestMeta(t)
-	if err := st.UpdateSuperblock(func(sb *meta.Superblock) {
-		sb.Current = 0xc0ffee
-		sb.BitmapUUID[2] = 0xb17
-	}); err != nil {
-		t.Fatal(err)
-	}
-	syncs := 0
-	syncData := func() error {
-		// The log still names the extents when the data is flushed.
-		if ext, err := st.ReadActivityLog(); err != nil || len(ext) == 0 {
-			t.Errorf("the data disk was flushed after the log was emptied (%v, %v)", ext, err)
-		}
-		syncs++
-		return nil
-	}
-	if n, err := recoverActivityLog(st, []core.NodeID{1, 2}, syncData); err != nil || n != 0 {
-		t.Fatalf("clean log: %d, %v", n, err)
-	}
-	if err := st.WriteActivityLog([]uint64{1, 15}); err != nil {
-		t.Fatal(err)
-	}
-	failed := errors.New("injected flush failure")
-	if _, err := recoverActivityLog(st, []core.NodeID{1, 2}, func() error { return failed }); !errors.Is(err, failed) {
-		t.Fatalf("recover with a failing flush: %v, want the flush's error", err)
-	}
-	if ext, err := st.ReadActivityLog(); err != nil || len(ext) != 2 {
-		t.Fatalf("after a failed flush the log holds %v (%v), want both extents kept", ext, err)
-	}
-	n, err := recoverActivityLog(st, []core.NodeID{1, 2}, syncData)
-	if err != nil || n != 2 {
-		t.Fatalf("recover: %d, %v; want 2", n, err)
-	}
-	if syncs != 1 {
-		t.Errorf("the data disk was flushed %d times, want once (before marking)", syncs)
-	}
-	const blocksPerExtent = xs / 4096
-	for _, p := range []int{1, 2} {
-		words, err := st.ReadBitmap(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		bm, _ := core.BitmapFromWords(st.BitmapBits(), words)
-		if got, want := bm.Count(), uint64(2*blocksPerExtent); got != want {
-			t.Errorf("peer %d: %d blocks marked, want %d", p, got, want)
-		}
-		for _, b := range []uint64{blocksPerExtent, 2*blocksPerExtent - 1, 15 * blocksPerExtent, 16*blocksPerExtent - 1} {
-			if !bm.Test(b) {
-				t.Errorf("peer %d: block %d not marked", p, b)
-			}
-		}
-	}
-	sb := st.Superblock()
-	if sb.BitmapUUID[1] != 0xc0ffee || sb.BitmapUUID[2] != 0xb17 || sb.BitmapUUID[0] != 0 {
-		t.Errorf("bitmap ids %x, want [0 c0ffee b17]", sb.BitmapUUID)
-	}
-	if got := onDisk(t, path); len(got) != 0 {
-		t.Errorf("log after recovery: %v, want empty", got)
 	}
 }
 
@@ -321,7 +255,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // when its context ends, and holds nothing.
 func TestActivityLogAcquireCanceled(t *testing.T) {
 	_, st := newTestMeta(t)
-	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 2)
+	al := newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 2)
 	defer al.close(true)
 	for _, x := range []uint64{0, 1} {
 		if _, err := al.acquire(context.Background(), x*xs, 4096); err != nil { // pinned for good
@@ -345,7 +279,7 @@ func TestActivityLogAcquireCanceled(t *testing.T) {
 // al_extents = 8).
 func TestActivityLogRequestLargerThanLog(t *testing.T) {
 	_, st := newTestMeta(t)
-	al := newActivityLog(st, newSyncGate(&countingSyncer{}), 3)
+	al := newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 3)
 	defer al.close(true)
 	for _, x := range []uint64{0, 1, 9} {
 		release, err := al.acquire(context.Background(), x*xs, 4096)
@@ -396,7 +330,7 @@ func (g *gatedSyncer) Sync() error {
 func TestActivityLogObservedDuringFlush(t *testing.T) {
 	path, st := newTestMeta(t)
 	data := newGatedSyncer()
-	al := newActivityLog(st, newSyncGate(data), 3)
+	al := newActivityLog(st, storage.NewSyncGate(data), 3)
 	defer func() {
 		close(data.finish)
 		al.close(true)
@@ -437,10 +371,10 @@ func TestActivityLogObservedDuringFlush(t *testing.T) {
 		t.Fatal("no second flush while extent 1 waits to be retired")
 	}
 	al.mu.Lock()
-	e := al.t.active[1]
+	state, active := al.t.State(1)
 	al.mu.Unlock()
-	if e == nil || e.state == alEvictable {
-		t.Fatalf("extent 1 retired before a flush that began after its observation ended: %+v", e)
+	if !active || state == storage.ALEvictable {
+		t.Fatalf("extent 1 retired before a flush that began after its observation ended (active %v, state %v)", active, state)
 	}
 	data.finish <- struct{}{}
 	if err := <-done; err != nil {
@@ -473,9 +407,9 @@ func TestActivityLogFailedFlushRetiresNothing(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			_, st := newTestMeta(t)
 			data := &testSyncer{}
-			gate := newSyncGate(data)
+			gate := storage.NewSyncGate(data)
 			var reports atomic.Int32
-			gate.setReport(func() { reports.Add(1) })
+			gate.SetReport(func() { reports.Add(1) })
 			al := newActivityLog(st, gate, 3)
 			defer al.close(false)
 			ctx := context.Background()
@@ -495,7 +429,7 @@ func TestActivityLogFailedFlushRetiresNothing(t *testing.T) {
 				}
 			}
 			if tt.handledFirst {
-				gate.takeUnreported()
+				gate.TakeUnreported()
 			}
 
 			done := make(chan error, 1)
@@ -517,7 +451,7 @@ func TestActivityLogFailedFlushRetiresNothing(t *testing.T) {
 				}
 				al.observe(func(off, length uint64) bool { return true }) // not handled: observes nothing
 				// The engine handles the failure.
-				gate.takeUnreported()
+				gate.TakeUnreported()
 			} else {
 				waitFor(t, "the writer's flush", func() bool { return data.callCount() > 1 })
 			}

@@ -1,4 +1,4 @@
-package node
+package storage
 
 import (
 	"bytes"
@@ -68,8 +68,8 @@ func newUndoRig(t *testing.T) *undoRig {
 // guarded data area, the guard.
 type target struct {
 	store *meta.Store
-	data  *undoRegion
-	g     *undoGuard
+	data  *UndoRegion
+	g     *UndoGuard
 	close func()
 }
 
@@ -92,19 +92,15 @@ func (rg *undoRig) open(capacity int64) *target {
 	if err != nil {
 		t.Fatal(err)
 	}
-	region := &gatedRegion{Region: b.Region(0, undoTestData)}
-	region.sync = newSyncGate(region.Region)
-	al := newActivityLog(store, region.sync, 8)
-	data := &undoRegion{alRegion: &alRegion{gatedRegion: region, al: al}}
-	g, err := newUndoGuard(u, uf, rg.path("undo"), data.alRegion, undoTestData, undoTestBS)
+	region := &GatedRegion{Region: b.Region(0, undoTestData)}
+	region.Gate = NewSyncGate(region.Region)
+	g, err := newUndoGuard(u, uf, rg.path("undo"), region.Region, undoTestData, undoTestBS)
 	if err != nil {
 		t.Fatal(err)
 	}
-	g.warn = func(string) {}
-	data.g = g
-	return &target{store: store, data: data, g: g, close: func() {
-		g.freeze()
-		al.close(true)
+	g.SetWarn(func(string) {})
+	return &target{store: store, data: NewUndoRegion(region, g), g: g, close: func() {
+		g.Freeze()
 		b.Close()
 		uf.Close()
 		mf.Close()
@@ -115,7 +111,7 @@ func (rg *undoRig) open(capacity int64) *target {
 // disk Inconsistent.
 func (tg *target) startResync(t *testing.T) {
 	t.Helper()
-	if _, err := tg.g.begin(tg.store.Superblock()); err != nil {
+	if _, err := tg.g.Begin(tg.store.Superblock()); err != nil {
 		t.Fatal(err)
 	}
 	if err := tg.store.UpdateSuperblock(func(sb *meta.Superblock) { sb.DiskState = uint8(core.Inconsistent) }); err != nil {
@@ -319,7 +315,7 @@ func TestUndoRollbackCrashEverywhere(t *testing.T) {
 
 	// The target restarts: the session goes on.
 	tg = rg.open(1 << 20)
-	if st := tg.g.status(); st.State != "active" || st.SavedBlocks != uint64(len(touched)) {
+	if st := tg.g.Status(); st.State != "active" || st.SavedBlocks != uint64(len(touched)) {
 		t.Fatalf("after a restart: %+v, want active with %d blocks", st, len(touched))
 	}
 	used, _ := tg.g.log.Used()
@@ -388,14 +384,14 @@ func TestUndoExhausted(t *testing.T) {
 	capacity := int64(meta.UndoRecordsOffset + 3*(meta.UndoRecordHeader+undoTestBS))
 	tg := rg.open(capacity)
 	var warnings []string
-	tg.g.warn = func(msg string) { warnings = append(warnings, msg) }
+	tg.g.SetWarn(func(msg string) { warnings = append(warnings, msg) })
 	tg.startResync(t)
 	for b := range 6 {
 		if _, err := tg.data.WriteAt(bytes.Repeat([]byte{7}, undoTestBS), int64(b*2*undoTestBS)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if st := tg.g.status(); st.State != "exhausted" || st.SavedBlocks != 3 {
+	if st := tg.g.Status(); st.State != "exhausted" || st.SavedBlocks != 3 {
 		t.Fatalf("status %+v, want exhausted with 3 blocks", st)
 	}
 	if len(warnings) != 1 || !strings.Contains(warnings[0], "consistent resync space exhausted") ||
@@ -411,7 +407,7 @@ func TestUndoExhausted(t *testing.T) {
 		t.Fatalf("rollback of an exhausted session: %v", err)
 	}
 	tg = rg.open(capacity)
-	if st := tg.g.status(); st.State != "exhausted" {
+	if st := tg.g.Status(); st.State != "exhausted" {
 		t.Fatalf("after restart: %+v", st)
 	}
 	// The resync completes: the engine persists UpToDate, and the
@@ -419,19 +415,19 @@ func TestUndoExhausted(t *testing.T) {
 	if err := tg.store.UpdateSuperblock(func(sb *meta.Superblock) { sb.DiskState = uint8(core.UpToDate) }); err != nil {
 		t.Fatal(err)
 	}
-	if ended, err := tg.g.end(); !ended || err != nil {
+	if ended, err := tg.g.End(); !ended || err != nil {
 		t.Fatalf("end: %v, %v", ended, err)
 	}
 	tg.close()
 	tg = rg.open(capacity)
-	if st := tg.g.status(); st.State != "idle" || st.SavedBlocks != 0 {
+	if st := tg.g.Status(); st.State != "idle" || st.SavedBlocks != 0 {
 		t.Fatalf("after the resync: %+v", st)
 	}
 	// A resync of a disk that was not consistent has nothing to keep.
 	if err := tg.store.UpdateSuperblock(func(sb *meta.Superblock) { sb.DiskState = uint8(core.Inconsistent) }); err != nil {
 		t.Fatal(err)
 	}
-	if began, err := tg.g.begin(tg.store.Superblock()); began || err != nil {
+	if began, err := tg.g.Begin(tg.store.Superblock()); began || err != nil {
 		t.Fatalf("begin on an Inconsistent disk: %v, %v", began, err)
 	}
 	tg.close()
@@ -604,7 +600,7 @@ func TestUndoSavesEachUnsavedRunOnce(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("records %v, want %v", got, want)
 	}
-	if st := tg.g.status(); st.SavedBlocks != 11 {
+	if st := tg.g.Status(); st.SavedBlocks != 11 {
 		t.Fatalf("%d blocks saved, want 11", st.SavedBlocks)
 	}
 }

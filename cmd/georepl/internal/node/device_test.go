@@ -6,99 +6,12 @@ import (
 	"errors"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/kmod/nbd"
 )
-
-// TestPayloadsOwnership runs the ownership chain of pooled write payloads
-// (see payloads) many times at once: a request holds its buffer and fills
-// it, each "link" takes a reference and reads the buffer on its own
-// goroutine after the request dropped its own, and a buffer may be handed
-// out again only once every reference is gone. Under -race, a buffer reused
-// while a link still reads it is reported as a data race; without it, the
-// content check catches the overwrite.
-func TestPayloadsOwnership(t *testing.T) {
-	var ps payloads
-	var wg sync.WaitGroup
-	for w := range 4 {
-		wg.Go(func() {
-			for i := range 500 {
-				n := []int{4 << 10, 64 << 10, 1 << 20, 5000}[i%4]
-				p := ps.get(n)
-				if len(p) != n {
-					t.Errorf("get(%d) returned %d bytes", n, len(p))
-					return
-				}
-				fill := byte(w*31 + i)
-				for j := range p {
-					p[j] = fill
-				}
-				pl := ps.hold(p)
-				var links sync.WaitGroup
-				for range 2 {
-					ref := ps.ref(p)
-					if ref != pl {
-						t.Errorf("ref found %p, want %p", ref, pl)
-						return
-					}
-					links.Go(func() {
-						if !bytes.Equal(p, bytes.Repeat([]byte{fill}, n)) {
-							t.Errorf("a queued payload changed before its link released it")
-						}
-						ps.release(ref)
-					})
-				}
-				ps.release(pl)
-				links.Wait()
-			}
-		})
-	}
-	wg.Wait()
-	if len(ps.inUse) != 0 {
-		t.Fatalf("%d buffers still in use after every reference was released", len(ps.inUse))
-	}
-	if ps.ref(make([]byte, 10)) != nil {
-		t.Fatal("ref found a buffer that is not pooled")
-	}
-}
-
-// TestPayloadsPieces: the pieces of a split write are found by where they
-// start, so that their frames and local writes hold the buffer, until the
-// last reference is dropped.
-func TestPayloadsPieces(t *testing.T) {
-	var ps payloads
-	p := ps.get(3 * core.MaxWriteLength)
-	pl := ps.hold(p)
-	ps.alias(pl, p[core.MaxWriteLength:2*core.MaxWriteLength])
-	ps.alias(pl, p[2*core.MaxWriteLength:])
-	frame := ps.ref(p[2*core.MaxWriteLength:])
-	if frame != pl {
-		t.Fatalf("ref of the last piece found %p, want %p", frame, pl)
-	}
-	ps.release(pl)
-	if ps.ref(p[core.MaxWriteLength:]) != pl {
-		t.Fatal("a piece is no longer found while a frame still holds its buffer")
-	}
-	ps.release(pl)
-	ps.release(frame)
-	if len(ps.inUse) != 0 || ps.ref(p[2*core.MaxWriteLength:]) != nil {
-		t.Fatalf("%d entries still in use after the last reference was dropped", len(ps.inUse))
-	}
-}
-
-func TestPayloadClass(t *testing.T) {
-	for _, tc := range []struct{ n, class int }{
-		{1, 0}, {4 << 10, 0}, {4<<10 + 1, 1}, {1 << 20, 8}, {32 << 20, 13}, {32<<20 + 1, -1},
-	} {
-		if got := payloadClass(tc.n); got != tc.class {
-			t.Errorf("payloadClass(%d) = %d, want %d", tc.n, got, tc.class)
-		}
-	}
-}
 
 // TestDeviceLargeWrites: the export advertises nbd.MaxPayload and the
 // engine takes writes of up to core.MaxWriteLength, so the device splits
@@ -113,8 +26,8 @@ func TestDeviceLargeWrites(t *testing.T) {
 	dev := device{r}
 	ctx := context.Background()
 	const n = core.MaxWriteLength + core.MaxWriteLength/2
-	if r.st.dataSize < n+4096 {
-		t.Fatalf("the test disk holds %d bytes of data, too few for a %d-byte write", r.st.dataSize, n)
+	if r.st.DataSize < n+4096 {
+		t.Fatalf("the test disk holds %d bytes of data, too few for a %d-byte write", r.st.DataSize, n)
 	}
 	payload := func(seed byte) []byte {
 		p := dev.WriteBuffer(n)
@@ -149,7 +62,7 @@ func TestDeviceLargeWrites(t *testing.T) {
 	}
 	check(4096, want)
 
-	off := (r.st.dataSize - core.MaxWriteLength - 4096) &^ 4095
+	off := (r.st.DataSize - core.MaxWriteLength - 4096) &^ 4095
 	if err := dev.WriteAt(ctx, payload('c'), off, false); !errors.Is(err, nbd.ErrOutOfRange) {
 		t.Fatalf("a write whose last piece lies past the end: %v, want an error for nbd.ErrOutOfRange", err)
 	}

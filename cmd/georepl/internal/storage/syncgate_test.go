@@ -1,19 +1,15 @@
-package node
+package storage
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 
-	"github.com/georepl/georepl/core"
-	"github.com/georepl/georepl/core/meta"
 	"github.com/georepl/georepl/kmod"
 )
 
@@ -82,9 +78,9 @@ func (s *testSyncer) callCount() int {
 // disk is not even asked: it would say yes, having told the error once).
 func TestSyncGateFailureUntilHandled(t *testing.T) {
 	dev := &testSyncer{}
-	g := newSyncGate(dev)
+	g := NewSyncGate(dev)
 	var reports atomic.Int32
-	g.setReport(func() { reports.Add(1) })
+	g.SetReport(func() { reports.Add(1) })
 
 	dev.failNext(1)
 	err := g.Sync()
@@ -95,25 +91,25 @@ func TestSyncGateFailureUntilHandled(t *testing.T) {
 		t.Fatalf("%d reports after one failure, want 1", reports.Load())
 	}
 	calls := dev.callCount()
-	for _, flush := range []func() error{g.Sync, g.syncOp} {
-		var doubt *flushDoubtError
+	for _, flush := range []func() error{g.Sync, g.SyncOp} {
+		var doubt *FlushDoubtError
 		if err := flush(); !errors.As(err, &doubt) || doubt.failure.n != 1 || doubt.while || !errors.Is(err, syscall.EIO) {
-			t.Fatalf("a flush while the failure is not handled: %v, want a flushDoubtError naming failure 1", err)
+			t.Fatalf("a flush while the failure is not handled: %v, want a FlushDoubtError naming failure 1", err)
 		}
 	}
 	if dev.callCount() != calls {
 		t.Errorf("the disk was asked to flush while a failure was not handled")
 	}
-	if _, ok := g.clean(); ok {
+	if _, ok := g.Clean(); ok {
 		t.Errorf("clean with a failure not handled")
 	}
-	if got := g.takeUnreported(); len(got) != 1 || got[0].n != 1 {
+	if got := g.TakeUnreported(); len(got) != 1 || got[0].n != 1 {
 		t.Fatalf("takeUnreported: %v, want failure 1", got)
 	}
 	if err := g.Sync(); err != nil {
 		t.Fatalf("a flush after the failure was handled: %v", err)
 	}
-	if n, ok := g.clean(); n != 1 || !ok {
+	if n, ok := g.Clean(); n != 1 || !ok {
 		t.Errorf("clean() = %d, %v; want 1, true", n, ok)
 	}
 }
@@ -126,32 +122,32 @@ func TestSyncGateConcurrentFailure(t *testing.T) {
 	for _, handledFirst := range []bool{false, true} {
 		t.Run(fmt.Sprintf("handled first %v", handledFirst), func(t *testing.T) {
 			dev := &testSyncer{}
-			g := newSyncGate(dev)
-			g.setReport(func() {})
+			g := NewSyncGate(dev)
+			g.SetReport(func() {})
 			release := dev.holdNext()
 			done := make(chan error, 1)
-			go func() { done <- g.syncOp() }()
+			go func() { done <- g.SyncOp() }()
 			<-dev.began
 			dev.failNext(1)
 			if err := g.Sync(); !errors.Is(err, syscall.EIO) {
 				t.Fatalf("the failing flush: %v", err)
 			}
 			if handledFirst {
-				g.takeUnreported()
+				g.TakeUnreported()
 			}
 			close(release)
 			err := <-done
-			var doubt *flushDoubtError
+			var doubt *FlushDoubtError
 			if !errors.As(err, &doubt) || !doubt.while || doubt.failure.n != 1 {
-				t.Fatalf("the flush that ran while another failed returned %v, want a flushDoubtError naming failure 1", err)
+				t.Fatalf("the flush that ran while another failed returned %v, want a FlushDoubtError naming failure 1", err)
 			}
 			if got := len(doubt.hides); got != map[bool]int{false: 1, true: 0}[handledFirst] {
 				t.Errorf("it hides %d failures not handled", got)
 			}
 			// Reported through its LocalDone, the engine handled the
 			// failure it hides.
-			g.delivered(err)
-			if _, ok := g.clean(); !ok {
+			g.Delivered(err)
+			if _, ok := g.Clean(); !ok {
 				t.Errorf("a failure is left unhandled after the doubtful flush was delivered")
 			}
 		})
@@ -165,30 +161,30 @@ func TestSyncGateConcurrentFailure(t *testing.T) {
 // does.
 func TestSyncGateClaimedFailures(t *testing.T) {
 	dev := &testSyncer{}
-	g := newSyncGate(dev)
+	g := NewSyncGate(dev)
 	var reports atomic.Int32
-	g.setReport(func() { reports.Add(1) })
+	g.SetReport(func() { reports.Add(1) })
 
 	dev.failNext(1)
-	opErr := g.syncOp()
+	opErr := g.SyncOp()
 	if !errors.Is(opErr, syscall.EIO) || reports.Load() != 0 {
 		t.Fatalf("a failed syncOp: %v, %d reports; want EIO and none", opErr, reports.Load())
 	}
-	if got := g.takeUnreported(); len(got) != 0 {
+	if got := g.TakeUnreported(); len(got) != 0 {
 		t.Fatalf("the reporter took a failure an operation claimed: %v", got)
 	}
 	if err := g.Sync(); err == nil {
 		t.Fatal("a flush succeeded while an operation's failure was not delivered")
 	}
-	g.delivered(opErr)
+	g.Delivered(opErr)
 	if err := g.Sync(); err != nil {
 		t.Fatalf("a flush after the operation's failure was delivered: %v", err)
 	}
 
 	dev.failNext(1)
 	metaErr := g.Sync() // say, the activity log's transaction
-	g.delivered(fmt.Errorf("%w: %w", errALWrite, metaErr))
-	if got := g.takeUnreported(); len(got) != 1 {
+	g.Delivered(fmt.Errorf("activity log write failed: %w", metaErr))
+	if got := g.TakeUnreported(); len(got) != 1 {
 		t.Fatalf("after a write's error wrapping another flush's failure was delivered, the reporter has %d failures, want 1", len(got))
 	}
 }
@@ -207,9 +203,9 @@ func TestSyncGateMetadata(t *testing.T) {
 	}
 	defer b.Close()
 	dev := &testSyncer{next: b}
-	g := newSyncGate(dev)
-	g.setReport(func() {})
-	m := &gatedMeta{Region: b.Region(0, 1<<20), sync: g}
+	g := NewSyncGate(dev)
+	g.SetReport(func() {})
+	m := &GatedMeta{Region: b.Region(0, 1<<20), Gate: g}
 
 	dev.failNext(1)
 	if err := g.Sync(); err == nil {
@@ -221,7 +217,7 @@ func TestSyncGateMetadata(t *testing.T) {
 	if err := m.Sync(); err != nil {
 		t.Fatalf("a metadata write begun after an unhandled failure: %v", err)
 	}
-	g.takeUnreported()
+	g.TakeUnreported()
 
 	if _, err := m.WriteAt([]byte("bitmap"), 4096); err != nil {
 		t.Fatal(err)
@@ -230,131 +226,9 @@ func TestSyncGateMetadata(t *testing.T) {
 	if err := g.Sync(); err == nil {
 		t.Fatal("the injected failure did not fail")
 	}
-	g.takeUnreported()
-	var doubt *flushDoubtError
+	g.TakeUnreported()
+	var doubt *FlushDoubtError
 	if err := m.Sync(); !errors.As(err, &doubt) || doubt.failure.n != 2 {
-		t.Fatalf("a metadata write whose pages another flush may have failed to write: %v, want a flushDoubtError naming failure 2", err)
+		t.Fatalf("a metadata write whose pages another flush may have failed to write: %v, want a FlushDoubtError naming failure 2", err)
 	}
-}
-
-// TestFlushFailureElsewhereReachesTheApplication: the activity log's
-// flush of the data disk fails (Linux reports the writeback error to it,
-// once); the application's next flush must not succeed as if the writes
-// before it were durable. Under pass-on the engine marks them for every
-// peer and fails that flush; under detach the disk is detached.
-func TestFlushFailureElsewhereReachesTheApplication(t *testing.T) {
-	for _, policy := range []string{"pass-on", "detach"} {
-		t.Run(policy, func(t *testing.T) {
-			d, r := upResource(t, policy)
-			if err := r.Primary(true); err != nil {
-				t.Fatal(err)
-			}
-			dev, ctx := device{r}, context.Background()
-			if err := dev.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
-				t.Fatal(err)
-			}
-			events, cancel := d.Subscribe()
-			defer cancel()
-			disk := injectSyncer(r)
-			disk.failNext(1)
-			// A write to another extent needs a slot: the activity log
-			// flushes the data disk to retire extent 0, and that flush
-			// fails.
-			al := r.st.al
-			al.mu.Lock()
-			al.t.capacity = 1
-			al.mu.Unlock()
-			err := dev.WriteAt(ctx, make([]byte, 4096), 2*meta.ActivityLogExtentSize, false)
-			if disk.callCount() == 0 {
-				t.Fatal("the activity log never flushed the data disk")
-			}
-			flushErr := dev.Flush(ctx)
-			engineCall(t, r, r.publishStatus)
-			st, _ := d.Status("r0")
-			t.Logf("second write: %v; flush: %v; disk %s", err, flushErr, st[0].Disk)
-			switch policy {
-			case "pass-on":
-				if err != nil {
-					t.Fatalf("the write waiting for a slot failed: %v", err)
-				}
-				if flushErr == nil {
-					t.Fatal("the application flush succeeded after a flush of the data disk failed: the write before it is acknowledged durable and may be lost")
-				}
-				if st[0].Disk != "UpToDate" {
-					t.Fatalf("disk %s under pass-on", st[0].Disk)
-				}
-				if err := dev.Flush(ctx); err != nil {
-					t.Fatalf("the flush after the one that reported the failure: %v", err)
-				}
-				if !sawEvent(events, "disk", "marked out of sync for every peer") {
-					t.Error("no event says that the engine marked what the failure may have lost")
-				}
-			case "detach":
-				if st[0].Disk != "Diskless" {
-					t.Fatalf("the disk is %s after a failed flush under detach", st[0].Disk)
-				}
-				if flushErr == nil || !errors.Is(flushErr, core.ErrIO) {
-					t.Fatalf("the flush of a detached Primary with no peer in sync: %v, want ErrIO", flushErr)
-				}
-			}
-		})
-	}
-}
-
-// TestFlushOverlappingAFailureFails: the application's flush runs while
-// another flush of the data disk (the activity log's) fails; the disk
-// lets the application's succeed, since the other took the error. The
-// application flush fails, once.
-func TestFlushOverlappingAFailureFails(t *testing.T) {
-	_, r := upResource(t, "pass-on")
-	if err := r.Primary(true); err != nil {
-		t.Fatal(err)
-	}
-	dev, ctx := device{r}, context.Background()
-	if err := dev.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
-		t.Fatal(err)
-	}
-	disk := injectSyncer(r)
-	release := disk.holdNext()
-	flushed := make(chan error, 1)
-	go func() { flushed <- dev.Flush(ctx) }()
-	<-disk.began
-	disk.failNext(1)
-	if err := r.st.al.sync.Sync(); err == nil {
-		t.Fatal("the injected failure did not fail")
-	}
-	close(release)
-	if err := <-flushed; err == nil {
-		t.Fatal("the application flush succeeded although a flush of the data disk failed while it ran")
-	} else {
-		t.Logf("flush: %v", err)
-	}
-	if err := dev.Flush(ctx); err != nil {
-		t.Fatalf("the next flush: %v (the failure was reported to the flush that ran with it)", err)
-	}
-}
-
-// sawEvent reports whether events holds, among those already published,
-// one of kind what whose detail contains detail.
-func sawEvent(events <-chan Event, what, detail string) bool {
-	for {
-		select {
-		case ev := <-events:
-			if ev.What == what && strings.Contains(ev.Detail, detail) {
-				return true
-			}
-		default:
-			return false
-		}
-	}
-}
-
-// injectSyncer puts a testSyncer between r's gate and its data disk.
-func injectSyncer(r *resource) *testSyncer {
-	g := r.st.sync
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	s := &testSyncer{next: g.dev}
-	g.dev = s
-	return s
 }

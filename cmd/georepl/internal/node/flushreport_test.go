@@ -1,0 +1,215 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/georepl/georepl/core"
+	"github.com/georepl/georepl/core/meta"
+	"github.com/georepl/georepl/kmod"
+)
+
+// testSyncer is a data disk whose flushes fail or wait when the test says
+// so, and otherwise flush next (nil: succeed).
+type testSyncer struct {
+	next interface{ Sync() error }
+
+	mu    sync.Mutex
+	calls int
+	fails int // the next fails flushes fail with EIO
+	// hold, if not nil, makes the next flush report on began and wait
+	// until hold is closed before it flushes.
+	hold  chan struct{}
+	began chan struct{}
+}
+
+var errTestEIO = &os.PathError{Op: "fdatasync", Path: "data", Err: syscall.EIO}
+
+func (s *testSyncer) Sync() error {
+	s.mu.Lock()
+	s.calls++
+	hold := s.hold
+	s.hold = nil
+	fail := hold == nil && s.fails > 0
+	if fail {
+		s.fails--
+	}
+	s.mu.Unlock()
+	if hold != nil {
+		s.began <- struct{}{}
+		<-hold
+	}
+	if fail {
+		return errTestEIO
+	}
+	if s.next == nil {
+		return nil
+	}
+	return s.next.Sync()
+}
+
+func (s *testSyncer) failNext(n int) {
+	s.mu.Lock()
+	s.fails = n
+	s.mu.Unlock()
+}
+
+// holdNext makes the next flush wait; it returns the channel to close to
+// let it go on.
+func (s *testSyncer) holdNext() chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hold, s.began = make(chan struct{}), make(chan struct{})
+	return s.hold
+}
+
+func (s *testSyncer) callCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls
+}
+
+// TestFlushFailureElsewhereReachesTheApplication: the activity log's
+// flush of the data disk fails (Linux reports the writeback error to it,
+// once); the application's next flush must not succeed as if the writes
+// before it were durable. Under pass-on the engine marks them for every
+// peer and fails that flush; under detach the disk is detached.
+func TestFlushFailureElsewhereReachesTheApplication(t *testing.T) {
+	for _, policy := range []string{"pass-on", "detach"} {
+		t.Run(policy, func(t *testing.T) {
+			// An activity log of one extent: a write to another extent
+			// needs its slot.
+			d, r, disk := upWithSyncer(t, policy, 1)
+			if err := r.Primary(true); err != nil {
+				t.Fatal(err)
+			}
+			dev, ctx := device{r}, context.Background()
+			if err := dev.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
+				t.Fatal(err)
+			}
+			events, cancel := d.Subscribe()
+			defer cancel()
+			calls := disk.callCount()
+			disk.failNext(1)
+			// A write to another extent needs a slot: the activity log
+			// flushes the data disk to retire extent 0, and that flush
+			// fails.
+			err := dev.WriteAt(ctx, make([]byte, 4096), 2*meta.ActivityLogExtentSize, false)
+			if disk.callCount() == calls {
+				t.Fatal("the activity log never flushed the data disk")
+			}
+			flushErr := dev.Flush(ctx)
+			engineCall(t, r, r.publishStatus)
+			st, _ := d.Status("r0")
+			t.Logf("second write: %v; flush: %v; disk %s", err, flushErr, st[0].Disk)
+			switch policy {
+			case "pass-on":
+				if err != nil {
+					t.Fatalf("the write waiting for a slot failed: %v", err)
+				}
+				if flushErr == nil {
+					t.Fatal("the application flush succeeded after a flush of the data disk failed: the write before it is acknowledged durable and may be lost")
+				}
+				if st[0].Disk != "UpToDate" {
+					t.Fatalf("disk %s under pass-on", st[0].Disk)
+				}
+				if err := dev.Flush(ctx); err != nil {
+					t.Fatalf("the flush after the one that reported the failure: %v", err)
+				}
+				if !sawEvent(events, "disk", "marked out of sync for every peer") {
+					t.Error("no event says that the engine marked what the failure may have lost")
+				}
+			case "detach":
+				if st[0].Disk != "Diskless" {
+					t.Fatalf("the disk is %s after a failed flush under detach", st[0].Disk)
+				}
+				if flushErr == nil || !errors.Is(flushErr, core.ErrIO) {
+					t.Fatalf("the flush of a detached Primary with no peer in sync: %v, want ErrIO", flushErr)
+				}
+			}
+		})
+	}
+}
+
+// TestFlushOverlappingAFailureFails: the application's flush runs while
+// another flush of the data disk (the activity log's) fails; the disk
+// lets the application's succeed, since the other took the error. The
+// application flush fails, once.
+func TestFlushOverlappingAFailureFails(t *testing.T) {
+	_, r, disk := upWithSyncer(t, "pass-on", 0)
+	if err := r.Primary(true); err != nil {
+		t.Fatal(err)
+	}
+	dev, ctx := device{r}, context.Background()
+	if err := dev.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	release := disk.holdNext()
+	flushed := make(chan error, 1)
+	go func() { flushed <- dev.Flush(ctx) }()
+	<-disk.began
+	disk.failNext(1)
+	if err := r.st.al.sync.Sync(); err == nil {
+		t.Fatal("the injected failure did not fail")
+	}
+	close(release)
+	if err := <-flushed; err == nil {
+		t.Fatal("the application flush succeeded although a flush of the data disk failed while it ran")
+	} else {
+		t.Logf("flush: %v", err)
+	}
+	if err := dev.Flush(ctx); err != nil {
+		t.Fatalf("the next flush: %v (the failure was reported to the flush that ran with it)", err)
+	}
+}
+
+// sawEvent reports whether events holds, among those already published,
+// one of kind what whose detail contains detail.
+func sawEvent(events <-chan Event, what, detail string) bool {
+	for {
+		select {
+		case ev := <-events:
+			if ev.What == what && strings.Contains(ev.Detail, detail) {
+				return true
+			}
+		default:
+			return false
+		}
+	}
+}
+
+// upWithSyncer brings resource r0 up on node alpha like upResource, with
+// a testSyncer between its backing disk and every flush of that disk (the
+// data area's and the internal metadata's), and an activity log of
+// alExtents extents (0: the configured capacity).
+func upWithSyncer(t *testing.T, policy string, alExtents int) (*Daemon, *resource, *testSyncer) {
+	t.Helper()
+	s := &testSyncer{}
+	opts := Options{OpenDevice: func(path string) (Device, error) {
+		b, err := kmod.OpenBacking(path)
+		if err != nil {
+			return nil, err
+		}
+		s.next = b
+		return syncedDevice{Device: b, s: s}, nil
+	}}
+	d, r := upNodeWith(t, policy, "alpha", opts, func(r *resource) {
+		if alExtents != 0 {
+			r.cfg.Disk.ALExtents = alExtents
+		}
+	})
+	return d, r, s
+}
+
+// syncedDevice is a disk whose flushes go through a testSyncer.
+type syncedDevice struct {
+	Device
+	s *testSyncer
+}
+
+func (d syncedDevice) Sync() error { return d.s.Sync() }
