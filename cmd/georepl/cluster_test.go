@@ -873,12 +873,12 @@ func TestClusterResyncPauseAndResume(t *testing.T) {
 	c.cli("alpha", "primary", "--force", "r0")
 	// The initial full sync, interrupted part way, continues after the
 	// reconnection with what is left.
-	st := c.waitFor("alpha", "the full sync to bravo under way", time.Minute, func(st *node.ResourceStatus) bool {
+	c.waitFor("alpha", "the full sync to bravo under way", time.Minute, func(st *node.ResourceStatus) bool {
 		rs := resync(st)
 		return rs != nil && rs.DoneBytes > 0
 	})
 	c.cli("alpha", "disconnect", "r0", "bravo")
-	st = c.waitFor("alpha", "bravo disconnected", time.Minute, func(st *node.ResourceStatus) bool {
+	st := c.waitFor("alpha", "bravo disconnected", time.Minute, func(st *node.ResourceStatus) bool {
 		return c.peer(st, "bravo").Conn != "Connected"
 	})
 	left := c.peer(st, "bravo").OutOfSync

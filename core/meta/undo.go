@@ -53,10 +53,11 @@ import (
 //	 60     4  CRC32C of bytes 0..59 followed by the n blocks
 //
 // Records are appended one at a time and synced before the overwrite they
-// protect. The log's end is the first position that does not hold the
-// next valid record of the session (magic, session, index, bounds,
-// checksum): a torn last record, or a record of an earlier session, ends
-// it. A torn record protected nothing, since its overwrite waits for the
+// protect, each written with zeroes in the next record's header position
+// (when the capacity leaves room for it). The log's end is the first
+// position that does not hold the next valid record of the session
+// (magic, session, index, bounds, checksum): those zeroes, a torn last
+// record, or a record of an earlier session, end it. A torn record protected nothing, since its overwrite waits for the
 // sync. A record that fails its checksum while the session's next record
 // follows it is damage, not a torn write: ErrCorrupt. Header updates go
 // to the slot not holding the current header, as for the superblock, so
@@ -359,14 +360,22 @@ func (u *UndoLog) Append(first uint64, data []byte) error {
 		return fmt.Errorf("meta: %w: a record of %d bytes at offset %d passes the capacity of %d bytes",
 			ErrUndoFull, need, u.tail, u.size)
 	}
-	rec := make([]byte, need)
+	// Zeroes where the next record's header goes, in the same write when
+	// it fits: the log ends right after this record, whatever the bytes
+	// beyond it held (records after a damaged one, the rest of a longer
+	// torn one), so none of them can read as the session's next record.
+	end := need
+	if u.tail+need+UndoRecordHeader <= u.size {
+		end += UndoRecordHeader
+	}
+	rec := make([]byte, end)
 	copy(rec[:8], recordMagic[:])
 	le.PutUint64(rec[8:], u.hdr.Session)
 	le.PutUint64(rec[16:], u.next)
 	le.PutUint64(rec[24:], first)
 	le.PutUint32(rec[32:], uint32(n))
 	copy(rec[UndoRecordHeader:], data)
-	le.PutUint32(rec[60:], recordCRC(rec[:60], rec[UndoRecordHeader:]))
+	le.PutUint32(rec[60:], recordCRC(rec[:60], rec[UndoRecordHeader:need]))
 	if _, err := u.dev.WriteAt(rec, u.tail); err != nil {
 		return fmt.Errorf("meta: writing undo record %d at offset %d: %w", u.next, u.tail, err)
 	}

@@ -246,8 +246,14 @@ func TestUndoCrashEverywhere(t *testing.T) {
 					t.Fatalf("crash in begin: state %s", h.State)
 				}
 			case done < 5: // an Append torn
-				if h.State != UndoActive || len(recs) != appended {
-					t.Fatalf("crash in %s (write %d, cut %d): state %s, %d records, want active and %d", interrupted, w, cut, h.State, len(recs), appended)
+				// Cut by one byte, the write lost only the zeroes after the
+				// record: the record landed, though Append failed.
+				landed := 0
+				if cut < 0 {
+					landed = 1
+				}
+				if h.State != UndoActive || len(recs) != appended+landed {
+					t.Fatalf("crash in %s (write %d, cut %d): state %s, %d records, want active and %d", interrupted, w, cut, h.State, len(recs), appended+landed)
 				}
 			case done == 5:
 				if h.State != UndoActive && h.State != UndoExhausted {
@@ -292,6 +298,52 @@ func TestUndoCrashEverywhere(t *testing.T) {
 
 // TestUndoCorrupt: damaged headers are refused naming the slot and what is
 // wrong; a damaged record ends the log there (it is never restored).
+// TestUndoAppendEndsTheLog: a record appended where the log ended is the
+// last one, whatever the bytes after it held. Here the first record's
+// header is damaged, so the log opens empty; the records after it are
+// still intact, and a new first record of the same size in its place used
+// to bring them back as records 1 and 2.
+func TestUndoAppendEndsTheLog(t *testing.T) {
+	u, dev := newUndo(t, 1<<15)
+	if err := u.Begin(3, 4, 0x10, [2]uint64{1, 2}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if err := u.Append(uint64(i*2), blocks(byte(i+1), i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dev.data[UndoRecordsOffset] ^= 1 // record 0's magic
+	re, err := OpenUndo(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if recs := readRecords(t, re); len(recs) != 0 {
+		t.Fatalf("%d records after the damaged first one, want none", len(recs))
+	}
+	if err := re.Append(7, blocks(9, 1)); err != nil {
+		t.Fatal(err)
+	}
+	for _, log := range []*UndoLog{re, mustOpenUndo(t, dev)} {
+		if recs := readRecords(t, log); len(recs) != 1 || recs[0].first != 7 {
+			var firsts []uint64
+			for _, r := range recs {
+				firsts = append(firsts, r.first)
+			}
+			t.Fatalf("records of blocks %v after one append to an empty log, want [7]", firsts)
+		}
+	}
+}
+
+func mustOpenUndo(t *testing.T, dev *memDevice) *UndoLog {
+	t.Helper()
+	u, err := OpenUndo(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
 func TestUndoCorrupt(t *testing.T) {
 	const size = 1 << 16
 	u, dev := newUndo(t, size)

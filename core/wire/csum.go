@@ -5,6 +5,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 // Csum is a block checksum algorithm, used by checksum-based resync to
@@ -81,7 +83,7 @@ func (c Csum) AppendDigests(dst, data []byte, blockSize int) []byte {
 		case CsumCRC32C:
 			dst = binary.BigEndian.AppendUint32(dst, crc32.Checksum(block, castagnoli))
 		case CsumXXH64:
-			dst = binary.BigEndian.AppendUint64(dst, XXH64(block, 0))
+			dst = binary.BigEndian.AppendUint64(dst, xxhash.Sum64(block))
 		case CsumSHA256:
 			sum := sha256.Sum256(block)
 			dst = append(dst, sum[:]...)

@@ -27,6 +27,8 @@ const (
 	// connection is being shut down, so that a client that stopped reading
 	// cannot hold up Close.
 	shutdownWriteGrace = 5 * time.Second
+	// connReadBufferSize is the size of a connection's read buffer.
+	connReadBufferSize = 64 << 10
 )
 
 // inlineGrace is how long a request may run on the reader before a new
@@ -111,7 +113,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
 		srv:      s,
 		nc:       nc,
-		br:       bufio.NewReaderSize(nc, 64<<10),
+		br:       bufio.NewReaderSize(nc, connReadBufferSize),
 		log:      s.log.With("conn", s.connIDs.Add(1), "peer", peerName(nc)),
 		done:     make(chan struct{}),
 		stopping: make(chan struct{}),

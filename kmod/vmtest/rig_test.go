@@ -37,16 +37,6 @@ func repoRoot() (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-func run(dir string, name string, args ...string) error {
-	cmd := exec.Command(name, args...)
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return nil
-}
-
 // guestModules are loaded by /init, in this order after their dependencies.
 // nbd and ublk_drv are not among them (kernelModules): georepl loads them
 // (from the compressed .ko, by finit_module) as it would on a host without
@@ -491,12 +481,6 @@ func (v *vm) waitFrom(from int, prefix string, timeout time.Duration) (int, stri
 		v.t.Fatalf("%s: QEMU exited while waiting for %q (console in %s)", v.name, prefix, v.log.Name())
 	}
 	return i, line
-}
-
-func (v *vm) waitLine(prefix string, timeout time.Duration) string {
-	v.t.Helper()
-	_, line := v.waitFrom(0, prefix, timeout)
-	return line
 }
 
 func (v *vm) mark() int {

@@ -100,7 +100,7 @@ func (r *resource) undoHint() string {
 	case meta.UndoActive:
 		return fmt.Sprintf("; its resync undo log can restore the consistent image of generation %X from before the resync: `georepl primary --force %s` rolls back to it and promotes (once the resync source is gone)", h.Current, r.cfg.Name)
 	case meta.UndoExhausted:
-		return fmt.Sprintf("; the resync undo log ran out of space during the resync, so no consistent image is left: --force would promote an inconsistent image (wait for the resync to finish instead if you can)")
+		return "; the resync undo log ran out of space during the resync, so no consistent image is left: --force would promote an inconsistent image (wait for the resync to finish instead if you can)"
 	}
 	return ""
 }

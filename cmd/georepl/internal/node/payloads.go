@@ -141,6 +141,7 @@ func (ps *payloads) release(pl *payload) {
 // class's capacity.
 func (ps *payloads) put(p []byte) {
 	if c := payloadClass(cap(p)); c >= 0 && minPayloadClass<<c == cap(p) {
-		ps.free[c].Put(p[:cap(p)]) //nolint:staticcheck // a slice header per write costs nothing next to its payload
+		//lint:ignore SA6002 a slice header per write costs nothing next to its payload
+		ps.free[c].Put(p[:cap(p)])
 	}
 }
