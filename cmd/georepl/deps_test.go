@@ -27,6 +27,12 @@ var depRules = []struct {
 	{"transports/mem", []string{"transports"}},
 	{"transports/builtin", []string{"transports", "transports/tcp", "transports/quic"}},
 	{"transports/transporttest", []string{"transports"}},
+	// Plugins: the SDK and the host share only the control protocol.
+	{"plugins/internal/control", []string{"transports"}},
+	{"plugins/sdk", []string{"transports", "plugins/internal/control"}},
+	{"plugins/host", []string{"transports", "plugins/internal/control"}},
+	{"plugins/plugintest", []string{"transports", "plugins/internal/control", "plugins/host"}},
+	{"plugins/tcp-fd", []string{"transports", "plugins/internal/control", "plugins/sdk"}},
 	{"kmod", nil},
 	{"kmod/nbd", []string{"kmod"}},
 	{"kmod/nbdkernel", []string{"kmod", "kmod/nbd"}},
