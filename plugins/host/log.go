@@ -50,7 +50,16 @@ func (s *slogger) Log(level hclog.Level, msg string, args ...any) {
 	if s.name != "" {
 		l = l.With("component", s.name)
 	}
-	l.Log(context.Background(), slogLevel(level), msg, append(s.args[:len(s.args):len(s.args)], args...)...)
+	all := append(s.args[:len(s.args):len(s.args)], args...)
+	kept := all[:0:0]
+	for i := 0; i+1 < len(all); i += 2 {
+		// go-plugin adds the time the plugin logged; the daemon's
+		// record has its own.
+		if k, _ := all[i].(string); k != "timestamp" {
+			kept = append(kept, all[i], all[i+1])
+		}
+	}
+	l.Log(context.Background(), slogLevel(level), msg, kept...)
 }
 
 func (s *slogger) Trace(msg string, args ...any) { s.Log(hclog.Trace, msg, args...) }

@@ -172,7 +172,7 @@ var _ control.Server = (*server)(nil)
 func (s *server) Configure(_ context.Context, req *control.ConfigureRequest) (*control.ConfigureReply, error) {
 	if c, ok := s.t.(Configurer); ok {
 		if err := c.Configure(req.Config); err != nil {
-			return nil, status.Error(codes.InvalidArgument, err.Error())
+			return nil, status.Error(codes.FailedPrecondition, err.Error())
 		}
 	}
 	return &control.ConfigureReply{Version: version(s.t)}, nil
