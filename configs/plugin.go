@@ -112,4 +112,3 @@ func (d *decoder) plugin(block *hcl.Block) {
 		}
 	}
 }
-
