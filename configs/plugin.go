@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/zclconf/go-cty/cty"
 	ctyjson "github.com/zclconf/go-cty/cty/json"
 )
 
@@ -18,6 +19,7 @@ import (
 //	plugin "tcp-fd" {
 //	  path   = "/usr/lib/georepl/plugins/tcp-fd"
 //	  sha256 = "3f1a08…"          # of the binary: sha256sum prints it
+//	  args   = ["--verbose"]     # optional arguments of the binary
 //	  config = { mtu = 9000 }    # optional, handed to the plugin as JSON
 //	}
 //
@@ -26,8 +28,9 @@ import (
 // found when the daemon (or validate) starts it.
 type Plugin struct {
 	Name string
-	// Path is the plugin's binary, an absolute path.
+	// Path is the plugin's binary, an absolute path; Args its arguments.
 	Path string
+	Args []string
 	// SHA256 is the binary's expected checksum.
 	SHA256 []byte
 	// Config is the config attribute as JSON; nil without one.
@@ -40,6 +43,7 @@ var pluginSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
 		{Name: "path", Required: true},
 		{Name: "sha256", Required: true},
+		{Name: "args"},
 		{Name: "config"},
 	},
 }
@@ -90,6 +94,13 @@ func (d *decoder) plugin(block *hcl.Block) {
 				d.failAttr(attr, "Invalid sha256", "sha256 must be the 64 hexadecimal digits of the binary's SHA-256 (as sha256sum prints them), got %q.", s)
 			} else {
 				p.SHA256 = sum
+			}
+		}
+	}
+	if attr := content.Attributes["args"]; attr != nil {
+		if v, ok := d.value(attr, cty.List(cty.String)); ok {
+			for _, a := range v.AsValueSlice() {
+				p.Args = append(p.Args, a.AsString())
 			}
 		}
 	}

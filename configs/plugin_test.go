@@ -37,6 +37,7 @@ func TestPluginBlock(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "b.hcl"), []byte(`plugin "tcp-fd" {
   path   = "/usr/lib/georepl/plugins/tcp-fd"
   sha256 = "`+pluginSum+`"
+  args   = ["serve", "tcp"]
   config = { mtu = 9000, name = "x", tags = ["a"] }
 }
 `), 0o644)
@@ -50,6 +51,9 @@ func TestPluginBlock(t *testing.T) {
 	}
 	if p.Path != "/usr/lib/georepl/plugins/tcp-fd" || len(p.SHA256) != 32 || p.SHA256[0] != 0x3f || p.DeclRange.Start.Line != 1 {
 		t.Errorf("plugin %+v", p)
+	}
+	if strings.Join(p.Args, " ") != "serve tcp" {
+		t.Errorf("args %q, want serve tcp", p.Args)
 	}
 	if want := `{"mtu":9000,"name":"x","tags":["a"]}`; !bytes.Equal(p.Config, []byte(want)) {
 		t.Errorf("config %s, want %s", p.Config, want)
@@ -82,7 +86,9 @@ func TestPluginBlockErrors(t *testing.T) {
 			`a.hcl:1:8: Plugin shadows a transport`},
 		{"duplicate", block("x", ok) + block("x", ok),
 			`a.hcl:5:8: Duplicate plugin; Plugin "x" is already defined at a.hcl:1:1`},
-		{"unknown attribute", block("x", ok+"\nargs = []"),
+		{"args not strings", block("x", ok+"\nargs = [[1]]"),
+			`a.hcl:4:8: Incorrect attribute value type`},
+		{"unknown attribute", block("x", ok+"\nenv = {}"),
 			`a.hcl:4:1: Unsupported argument`},
 	}
 	for _, tc := range cases {

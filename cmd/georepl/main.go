@@ -101,7 +101,8 @@ on_io_error = "detach": the disk becomes Diskless, and a Primary goes on serving
 writes through its peers in sync. Refused on a Primary with no peer in sync. There is no
 attach: 'georepl down' and 'georepl up' reattach the disk, which is then resynchronised in
 full.`),
-		verifyCmd(), statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd(), checkCmd())
+		verifyCmd(), statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd(), checkCmd(),
+		pluginsCmd(), pluginServeCmd())
 	return root
 }
 
@@ -261,6 +262,11 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level, faults string, 
 	if err != nil {
 		return err
 	}
+	plugins, err := startPlugins(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer plugins.close()
 	l, err := admin.Listen(adminSock)
 	if err != nil {
 		return err
@@ -441,15 +447,22 @@ func validateCmd() *cobra.Command {
 		Use:   "validate --config DIR",
 		Short: "Check a configuration directory and print what it describes",
 		Long: `Load every *.hcl file of DIR as the daemon would, report every error with file, line
-and column, and print each resource and the effective settings of each connection.
-Needs no daemon.`,
+and column, start each transport plugin once to check it (binary, sha256, protocol
+version, config), and print each resource and the effective settings of each
+connection. Needs no daemon.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(dir)
 			if err != nil {
 				return err
 			}
+			if err := checkPlugins(cfg); err != nil {
+				return err
+			}
 			out := cmd.OutOrStdout()
+			for _, p := range cfg.Plugins {
+				fmt.Fprintf(out, "plugin %s: %s, sha256 %x verified, protocol and config accepted\n", p.Name, p.Path, p.SHA256)
+			}
 			for _, rc := range cfg.Resources {
 				fmt.Fprintf(out, "resource %s: %d nodes", rc.Name, len(rc.Nodes))
 				if rc.Quorum > 0 {
