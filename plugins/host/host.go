@@ -406,6 +406,13 @@ func (p *Plugin) Info() Info {
 	return info
 }
 
+// TransportState returns the plugin's state and why it last exited or
+// failed to restart, for the daemon's status.
+func (p *Plugin) TransportState() (state, lastErr string) {
+	info := p.Info()
+	return string(info.State), info.LastError
+}
+
 // Close stops the plugin process (asking it to exit, killing it after two
 // seconds) and its restarts. Connections already set up stay open: their
 // sockets are the daemon's. Listeners stop accepting.

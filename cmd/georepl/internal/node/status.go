@@ -69,6 +69,11 @@ type PeerStatus struct {
 	Disk        string  `json:"disk"`
 	Protocol    string  `json:"protocol"`
 	Transport   string  `json:"transport"`
+	// TransportState and TransportError are those of a transport that
+	// reports its own state (a plugin: "running" or "restarting", and why
+	// it last exited); empty for the built-ins.
+	TransportState string `json:"transport_state,omitempty"`
+	TransportError string `json:"transport_error,omitempty"`
 	Compression string  `json:"compression"`
 	BytesSent   uint64  `json:"bytes_sent"`
 	BytesRecv   uint64  `json:"bytes_received"`
@@ -87,6 +92,13 @@ type PeerStatus struct {
 	// peer since up, while none runs.
 	LastResync *LastResync `json:"last_resync,omitempty"`
 	LastError  string      `json:"last_error,omitempty"`
+}
+
+// stateReporter is implemented by transports that have a state of their
+// own: plugins (plugins/host), which run in a process that may exit and be
+// restarted.
+type stateReporter interface {
+	TransportState() (state, lastErr string)
 }
 
 // LastResync is what the last resync with a peer moved, and why.
@@ -240,6 +252,11 @@ func (r *resource) publishStatus() {
 			Protocol: p.link.Protocol, Transport: p.link.Net.Transport, Compression: p.link.Net.Compression,
 			Conn: core.StandAlone.String(), Repl: core.ReplOff.String(), Role: core.RoleUnknown.String(), Disk: core.DUnknown.String(),
 			LastError: lastErr,
+		}
+		if tr, err := r.d.opts.transport(p.link.Net.Transport); err == nil {
+			if sr, ok := tr.(stateReporter); ok {
+				ps.TransportState, ps.TransportError = sr.TransportState()
+			}
 		}
 		if up && wanted {
 			ps.Conn = core.Connecting.String()
@@ -396,8 +413,15 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 		}
 		for _, p := range st.Peers {
 			fmt.Fprintf(w, "  %s (id %d) connection:%s replication:%s role:%s disk:%s\n", p.Name, p.ID, p.Conn, p.Repl, p.Role, p.Disk)
+			transport := p.Transport
+			if p.TransportState != "" {
+				transport += "(" + p.TransportState + ")"
+			}
 			fmt.Fprintf(w, "      protocol:%s transport:%s compression:%s sent:%s received:%s out-of-sync:%s\n",
-				p.Protocol, p.Transport, p.Compression, HumanBytes(p.BytesSent), HumanBytes(p.BytesRecv), HumanBytes(p.OutOfSync))
+				p.Protocol, transport, p.Compression, HumanBytes(p.BytesSent), HumanBytes(p.BytesRecv), HumanBytes(p.OutOfSync))
+			if p.TransportError != "" {
+				fmt.Fprintf(w, "      transport %s last error: %s\n", p.Transport, p.TransportError)
+			}
 			if p.Resync != nil {
 				fmt.Fprintf(w, "      resync: %.1f%% (%s of %s, same:%s) rate:%s/s eta:%s\n", p.Resync.Percent,
 					HumanBytes(p.Resync.DoneBytes), HumanBytes(p.Resync.TotalBytes), HumanBytes(p.Resync.SameBytes),
