@@ -60,26 +60,26 @@ type Quorum struct {
 
 // PeerStatus is one peer's line of the status.
 type PeerStatus struct {
-	Name        string  `json:"name"`
-	ID          int     `json:"id"`
-	Address     string  `json:"address"`
-	Conn        string  `json:"connection"`
-	Repl        string  `json:"replication"`
-	Role        string  `json:"role"`
-	Disk        string  `json:"disk"`
-	Protocol    string  `json:"protocol"`
-	Transport   string  `json:"transport"`
+	Name      string `json:"name"`
+	ID        int    `json:"id"`
+	Address   string `json:"address"`
+	Conn      string `json:"connection"`
+	Repl      string `json:"replication"`
+	Role      string `json:"role"`
+	Disk      string `json:"disk"`
+	Protocol  string `json:"protocol"`
+	Transport string `json:"transport"`
 	// TransportState and TransportError are those of a transport that
 	// reports its own state (a plugin: "running" or "restarting", and why
 	// it last exited); empty for the built-ins.
-	TransportState string `json:"transport_state,omitempty"`
-	TransportError string `json:"transport_error,omitempty"`
-	Compression string  `json:"compression"`
-	BytesSent   uint64  `json:"bytes_sent"`
-	BytesRecv   uint64  `json:"bytes_received"`
-	OutOfSync   uint64  `json:"out_of_sync_bytes"`
-	Unacked     uint64  `json:"unacked_bytes"`
-	Resync      *Resync `json:"resync,omitempty"`
+	TransportState string  `json:"transport_state,omitempty"`
+	TransportError string  `json:"transport_error,omitempty"`
+	Compression    string  `json:"compression"`
+	BytesSent      uint64  `json:"bytes_sent"`
+	BytesRecv      uint64  `json:"bytes_received"`
+	OutOfSync      uint64  `json:"out_of_sync_bytes"`
+	Unacked        uint64  `json:"unacked_bytes"`
+	Resync         *Resync `json:"resync,omitempty"`
 	// ResyncPaused: pause-sync holds the resync from this node to the peer.
 	ResyncPaused bool `json:"resync_paused,omitempty"`
 	// SameBytes counts, for the running or last resync with this peer,
