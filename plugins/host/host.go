@@ -40,6 +40,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-plugin"
@@ -300,8 +301,7 @@ func (p *Plugin) supervise(g *generation) {
 			p.log.Error("transport plugin failed to restart", "err", err, "retry in", backoff)
 		}
 		if !p.setGen(g, "") {
-			g.client.Kill() // Close came while it started
-			g.handoff.close()
+			g.stop() // Close came while it started
 			return
 		}
 		p.log.Info("transport plugin restarted", "pid", g.pid, "version", g.version)
@@ -431,9 +431,29 @@ func (p *Plugin) Close() error {
 	p.mu.Unlock()
 	<-p.done
 	if g != nil {
-		g.client.Kill()
-		g.handoff.close()
+		g.stop()
 	}
 	p.log.Info("transport plugin stopped")
 	return nil
+}
+
+// killTimeout bounds go-plugin's Kill: its graceful shutdown call waits
+// for the process to exit, which a hung (stopped) plugin never does.
+var killTimeout = 5 * time.Second
+
+// stop stops the process: gracefully if it answers, with SIGKILL if it
+// has not exited killTimeout later.
+func (g *generation) stop() {
+	killed := make(chan struct{})
+	go func() {
+		g.client.Kill()
+		close(killed)
+	}()
+	select {
+	case <-killed:
+	case <-time.After(killTimeout):
+		syscall.Kill(g.pid, syscall.SIGKILL)
+		<-killed
+	}
+	g.handoff.close()
 }

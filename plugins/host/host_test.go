@@ -278,3 +278,24 @@ func TestPluginRestartKeepsConnections(t *testing.T) {
 	defer a2.Close()
 	roundTrip(d2, a2, "on a connection from the restarted plugin")
 }
+
+// TestCloseKillsAHungPlugin: Close of a plugin that does not answer (it
+// is stopped) kills it within seconds instead of waiting forever.
+func TestCloseKillsAHungPlugin(t *testing.T) {
+	bin := plugintest.Build(t, tcpFD)
+	p := plugintest.Start(t, "tcp-fd", bin)
+	pid := p.Info().PID
+	syscall.Kill(pid, syscall.SIGSTOP)
+	defer syscall.Kill(pid, syscall.SIGKILL)
+	closed := make(chan struct{})
+	go func() {
+		p.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close of a hung plugin still waits after 20 s")
+	}
+	waitGone(t, pid, 5*time.Second)
+}
