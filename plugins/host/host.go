@@ -15,7 +15,9 @@
 // Connections: Dial and Accept are control calls; the plugin hands the
 // connection's sockets over and the daemon reads and writes them itself
 // (see Conn). A plugin that dies therefore takes no established connection
-// with it. The host notices the exit, logs it, and restarts the plugin
+// with it. The host notices the exit (or a hang: a health check
+// unanswered twice, after which it kills the process), logs it, and
+// restarts the plugin
 // with exponential back-off (restartMin doubling up to restartMax), while
 // Dial fails with an error wrapping control.ErrPluginUnavailable, which the
 // daemon retries like any failed dial. A Listener survives the restart: it
@@ -44,6 +46,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/georepl/georepl/plugins/internal/control"
 	"github.com/georepl/georepl/transports"
@@ -80,6 +83,11 @@ var (
 	// stableAfter is how long a plugin must have run for its next crash
 	// to restart it after restartMin again.
 	stableAfter = time.Minute
+	// A plugin whose health check goes unanswered for pingTimeout, twice
+	// in a row, is hung: the host kills it, and restarts it as any that
+	// exited. The check runs every pingInterval.
+	pingInterval = 5 * time.Second
+	pingTimeout  = 5 * time.Second
 )
 
 // Errors of Start, for errors.Is.
@@ -113,6 +121,8 @@ type Info struct {
 type Plugin struct {
 	cfg Config
 	log *slog.Logger
+	// pingInterval and pingTimeout, read at Start.
+	pingInterval, pingTimeout time.Duration
 
 	mu       sync.Mutex
 	gen      *generation // nil while restarting
@@ -130,6 +140,7 @@ var _ transports.Transport = (*Plugin)(nil)
 type generation struct {
 	client  *plugin.Client
 	ctl     *control.Client
+	health  grpc_health_v1.HealthClient
 	handoff *handoff
 	pid     int
 	version string
@@ -146,7 +157,7 @@ func Start(cfg Config) (*Plugin, error) {
 	if err := checkBinary(cfg); err != nil {
 		return nil, err
 	}
-	p := &Plugin{cfg: cfg, log: log, changed: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
+	p := &Plugin{cfg: cfg, log: log, pingInterval: pingInterval, pingTimeout: pingTimeout, changed: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
 	g, err := p.launch()
 	if err != nil {
 		return nil, err
@@ -237,6 +248,10 @@ func (p *Plugin) connect(client *plugin.Client, h *handoff) (*generation, error)
 		return nil, fmt.Errorf("plugin %q (%s): %w", p.cfg.Name, p.cfg.Path, err)
 	}
 	ctl := raw.(*control.Client)
+	grpcClient, ok := rpc.(*plugin.GRPCClient)
+	if !ok {
+		return nil, fmt.Errorf("plugin %q (%s): go-plugin gave a %T, not a gRPC client", p.cfg.Name, p.cfg.Path, rpc)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), StartTimeout)
 	defer cancel()
 	cfg := p.cfg.Config
@@ -247,7 +262,7 @@ func (p *Plugin) connect(client *plugin.Client, h *handoff) (*generation, error)
 	if err != nil {
 		return nil, fmt.Errorf("plugin %q: %w: %w", p.cfg.Name, ErrConfig, control.FromStatus(ctx, err))
 	}
-	g := &generation{client: client, ctl: ctl, handoff: h, version: reply.Version, started: time.Now()}
+	g := &generation{client: client, ctl: ctl, health: grpc_health_v1.NewHealthClient(grpcClient.Conn), handoff: h, version: reply.Version, started: time.Now()}
 	if rc := client.ReattachConfig(); rc != nil {
 		g.pid = rc.Pid
 	}
@@ -270,16 +285,24 @@ func (p *Plugin) supervise(g *generation) {
 	defer close(p.done)
 	backoff := restartMin
 	for {
+		hung := make(chan string, 1)
+		go p.watch(g, hung)
 		select {
 		case <-p.stop:
 			return
 		case <-g.ctl.Done():
 		}
 		g.handoff.close()
+		exit := fmt.Sprintf("plugin process %d exited", g.pid)
+		select {
+		case why := <-hung:
+			exit = why
+		default:
+		}
 		if time.Since(g.started) >= stableAfter {
 			backoff = restartMin
 		}
-		if !p.setGen(nil, fmt.Sprintf("plugin process %d exited", g.pid)) {
+		if !p.setGen(nil, exit) {
 			return
 		}
 		p.log.Error("transport plugin exited; restarting it", "pid", g.pid, "in", backoff)
@@ -305,6 +328,39 @@ func (p *Plugin) supervise(g *generation) {
 			return
 		}
 		p.log.Info("transport plugin restarted", "pid", g.pid, "version", g.version)
+	}
+}
+
+// watch checks that g answers, and kills it (saying why on hung) when its
+// health check goes unanswered twice in a row. It returns when g exits or
+// the plugin is closed.
+func (p *Plugin) watch(g *generation, hung chan<- string) {
+	tick := time.NewTicker(p.pingInterval)
+	defer tick.Stop()
+	missed := 0
+	for {
+		select {
+		case <-p.stop:
+			return
+		case <-g.ctl.Done():
+			return
+		case <-tick.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), p.pingTimeout)
+		_, err := g.health.Check(ctx, &grpc_health_v1.HealthCheckRequest{Service: plugin.GRPCServiceName})
+		cancel()
+		if err == nil {
+			missed = 0
+			continue
+		}
+		if missed++; missed < 2 {
+			continue
+		}
+		why := fmt.Sprintf("plugin process %d did not answer its health check for %v, twice: killed it", g.pid, p.pingTimeout)
+		p.log.Error("transport plugin hangs; killing it", "pid", g.pid, "err", err)
+		hung <- why
+		syscall.Kill(g.pid, syscall.SIGKILL)
+		return
 	}
 }
 

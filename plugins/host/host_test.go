@@ -299,3 +299,25 @@ func TestCloseKillsAHungPlugin(t *testing.T) {
 	}
 	waitGone(t, pid, 5*time.Second)
 }
+
+// TestHungPluginIsRestarted: a plugin that stops answering (SIGSTOP) is
+// killed and restarted; status gives the reason.
+func TestHungPluginIsRestarted(t *testing.T) {
+	defer host.SetPingForTest(200*time.Millisecond, 200*time.Millisecond)()
+	bin := plugintest.Build(t, tcpFD)
+	p := plugintest.Start(t, "tcp-fd", bin)
+	pid := p.Info().PID
+	syscall.Kill(pid, syscall.SIGSTOP)
+	defer syscall.Kill(pid, syscall.SIGKILL)
+	deadline := time.Now().Add(10 * time.Second)
+	for info := p.Info(); info.State != host.Running || info.Restarts != 1; info = p.Info() {
+		if time.Now().After(deadline) {
+			t.Fatalf("hung plugin not restarted: %+v", info)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if info := p.Info(); !strings.Contains(info.LastError, "did not answer") || info.PID == pid {
+		t.Errorf("after the restart: %+v", info)
+	}
+	waitGone(t, pid, 5*time.Second)
+}
