@@ -1,7 +1,9 @@
 # georepl — build, demo, tests, benchmarks.
 #
 #   make demo    three-node cluster on loopback, no configuration needed
-#   make test    everything CI runs (installs the Debian packages it needs)
+#   make test    everything CI runs (installs the Debian packages it needs), the
+#                plugins' conformance suite and the cluster test on a plugin included
+#   make plugins the example transport plugins, into bin/plugins/
 #   make bench   georepl against nbdkit through fio's nbd engine, then bench-resync
 #   make bench-resync  resync throughput over a 200 Mbit/s tc tbf link between namespaces
 #   make soak    the crash-consistency checker for as long as asked (SOAK=1h),
@@ -15,12 +17,22 @@ BIN     := bin/georepl
 TOOLS   := fio:fio nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils ip:iproute2 tc:iproute2
 TESTFLAGS ?=
 
-.PHONY: all build demo test vet fmt-check unit sim deps bench bench-resync soak fuzz vmtest clean
+.PHONY: all build plugins demo test vet fmt-check unit sim deps bench bench-resync soak fuzz vmtest clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/georepl
+
+# The example transport plugins, with the sha256 a plugin block needs.
+# (make test builds them itself, in the tests that use them.)
+PLUGINS := tcp-fd
+plugins:
+	@mkdir -p bin/plugins
+	@for p in $(PLUGINS); do \
+		$(GO) build -o bin/plugins/$$p ./plugins/$$p || exit 1; \
+	done
+	@cd bin/plugins && sha256sum $(PLUGINS)
 
 demo: build
 	./$(BIN) demo
@@ -63,7 +75,7 @@ SIM_SCHEDULES ?= 2000
 sim:
 	$(GO) test -run 'TestSim' -timeout 30m ./cmd/georepl/internal/sim -sim.schedules=$(SIM_SCHEDULES)
 
-test: deps fmt-check vet unit sim
+test: deps fmt-check vet plugins unit sim
 	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory vmtest VMTESTFLAGS="$(VMTEST_CI)"; fi
 
 # Each fuzz target for a short while; FUZZTIME=10m for a longer hunt.

@@ -41,7 +41,8 @@ func rootCmd() *cobra.Command {
 		Short: "Block-level geo-replication: one primary mirrors every write to several secondaries",
 		Long: `georepl replicates a block device from one primary node to several secondaries,
 each connection with its own write-ordering protocol (A async, B memory-ack, C sync),
-over TCP or QUIC, configured by HCL resource files identical on every node.
+over TCP, QUIC or a transport plugin, configured by HCL resource files identical on
+every node.
 
 Start a node with 'georepl daemon', then control it with the other verbs, which talk
 to the daemon over its admin socket (--admin, default ` + admin.DefaultSocket + `,

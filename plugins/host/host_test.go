@@ -23,6 +23,7 @@ import (
 	"github.com/georepl/georepl/plugins/host"
 	"github.com/georepl/georepl/plugins/plugintest"
 	"github.com/georepl/georepl/transports"
+	"github.com/georepl/georepl/transports/tcp"
 	"github.com/georepl/georepl/transports/transporttest"
 )
 
@@ -320,4 +321,35 @@ func TestHungPluginIsRestarted(t *testing.T) {
 		t.Errorf("after the restart: %+v", info)
 	}
 	waitGone(t, pid, 5*time.Second)
+}
+
+// BenchmarkTransports compares the built-in tcp with the same transport
+// served through the plugin path (testdata/strict wraps it) and with the
+// tcp-fd plugin: once set up, a plugin's connection is the daemon's own
+// sockets, so the numbers should match.
+func BenchmarkTransports(b *testing.B) {
+	b.Run("builtin-tcp", func(b *testing.B) { transporttest.Bench(b, tcp.New(), "127.0.0.1:0") })
+	b.Run("tcp-as-plugin", func(b *testing.B) {
+		transporttest.Bench(b, plugintest.Start(b, "tcp", plugintest.Build(b, strict)), "127.0.0.1:0")
+	})
+	b.Run("tcp-fd-plugin", func(b *testing.B) {
+		transporttest.Bench(b, plugintest.Start(b, "tcp-fd", plugintest.Build(b, tcpFD)), "127.0.0.1:0")
+	})
+}
+
+// TestGuideShowsTCPFD: docs/plugins.md lists plugins/tcp-fd/main.go
+// verbatim, so the guide's complete plugin is one that builds and passes
+// the conformance suite.
+func TestGuideShowsTCPFD(t *testing.T) {
+	guide, err := os.ReadFile("../../docs/plugins.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.ReadFile("../tcp-fd/main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(guide), "```go\n"+string(src)+"```") {
+		t.Error("docs/plugins.md does not show plugins/tcp-fd/main.go verbatim in a go code block")
+	}
 }
