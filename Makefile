@@ -26,7 +26,7 @@ build:
 
 # The example transport plugins, with the sha256 a plugin block needs.
 # (make test builds them itself, in the tests that use them.)
-PLUGINS := tcp-fd
+PLUGINS := tcp-fd shmring-example
 plugins:
 	@mkdir -p bin/plugins
 	@for p in $(PLUGINS); do \

@@ -25,6 +25,14 @@ func TestConformanceBuiltinTCPAsPlugin(t *testing.T) {
 	})
 }
 
+// TestConformanceBuiltinQUICAsPlugin: quic has no kernel socket per
+// channel; served as a plugin, its bytes go through shared-memory rings.
+func TestConformanceBuiltinQUICAsPlugin(t *testing.T) {
+	transporttest.Run(t, func(t *testing.T) (transports.Transport, string) {
+		return plugintest.Start(t, "quic", georeplBin, "plugin-serve", "quic"), "127.0.0.1:0"
+	})
+}
+
 // pluginConf writes a configuration directory: the demo resource with
 // its default transport "p", and plugins.hcl holding block.
 func pluginConf(t *testing.T, block string) string {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -16,6 +17,7 @@ import (
 	"github.com/georepl/georepl/plugins/sdk"
 	"github.com/georepl/georepl/transports"
 	"github.com/georepl/georepl/transports/builtin"
+	"github.com/georepl/georepl/transports/quic"
 	"github.com/georepl/georepl/transports/tcp"
 )
 
@@ -77,10 +79,14 @@ func pluginServeCmd() *cobra.Command {
 		Hidden: true,
 		Args:   cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, a []string) error {
-			if a[0] != "tcp" {
-				return fmt.Errorf("plugin-serve %s: only tcp can be served as a plugin: a plugin hands georepl one kernel socket per channel, and %s has none", a[0], a[0])
+			switch a[0] {
+			case "tcp": // its sockets are handed to georepl
+				sdk.Serve(builtinPlugin{tcp.New()})
+			case "quic": // no socket per channel: through shared-memory rings
+				sdk.Serve(builtinPlugin{quic.New()})
+			default:
+				return fmt.Errorf("plugin-serve %s: no such built-in transport (%s)", a[0], strings.Join(builtin.Names(), ", "))
 			}
-			sdk.Serve(builtinPlugin{tcp.New()})
 			return nil
 		},
 	}

@@ -55,7 +55,7 @@ const handoffTimeout = 5 * time.Second
 
 // maxHandoffFDs bounds the descriptors one packet may carry; a packet
 // with more is a protocol error, and its descriptors are closed.
-const maxHandoffFDs = 16
+const maxHandoffFDs = 2 * control.RingFDs
 
 func (h *handoff) read() {
 	buf := make([]byte, 64)
@@ -75,8 +75,8 @@ func (h *handoff) read() {
 			err = fdErr
 		case idErr != nil:
 			err = idErr
-		case len(files) != transports.NumChannels:
-			err = fmt.Errorf("hand-off packet with %d sockets, want %d", len(files), transports.NumChannels)
+		case len(files) != transports.NumChannels && len(files) != control.RingFDs:
+			err = fmt.Errorf("hand-off packet with %d descriptors, want %d (sockets) or %d (rings)", len(files), transports.NumChannels, control.RingFDs)
 		}
 		if err != nil {
 			h.log.Error("plugin broke the hand-off protocol; dropping what it sent", "err", err)

@@ -163,7 +163,11 @@ func Start(cfg Config) (*Plugin, error) {
 		return nil, err
 	}
 	p.gen, p.state = g, Running
-	go p.supervise(g)
+	// Both goroutines start before Start returns, so that a caller that
+	// counts goroutines sees them as part of the plugin from the start.
+	hung := make(chan string, 1)
+	go p.watch(g, hung)
+	go p.supervise(g, hung)
 	log.Info("transport plugin started", "path", cfg.Path, "version", g.version, "pid", g.pid)
 	return p, nil
 }
@@ -280,13 +284,12 @@ func lineLogger(log *slog.Logger) io.Writer {
 	})
 }
 
-// supervise restarts the plugin whenever its process exits, until Close.
-func (p *Plugin) supervise(g *generation) {
+// supervise restarts the plugin whenever its process exits, until Close;
+// hung says why watch killed the current process, if it did.
+func (p *Plugin) supervise(g *generation, hung chan string) {
 	defer close(p.done)
 	backoff := restartMin
 	for {
-		hung := make(chan string, 1)
-		go p.watch(g, hung)
 		select {
 		case <-p.stop:
 			return
@@ -323,6 +326,8 @@ func (p *Plugin) supervise(g *generation) {
 			}
 			p.log.Error("transport plugin failed to restart", "err", err, "retry in", backoff)
 		}
+		hung = make(chan string, 1)
+		go p.watch(g, hung)
 		if !p.setGen(g, "") {
 			g.stop() // Close came while it started
 			return
@@ -423,7 +428,7 @@ func (p *Plugin) Dial(ctx context.Context, addr string, opts transports.Options)
 	if err != nil {
 		return nil, fmt.Errorf("plugin %q: dial %s: %w", p.cfg.Name, addr, err)
 	}
-	return newConn(p.cfg.Name, files, reply)
+	return newConn(p.cfg.Name, files, reply, g.ctl.Done())
 }
 
 // Listen asks the plugin to listen on addr.

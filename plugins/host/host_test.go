@@ -29,6 +29,7 @@ import (
 
 const (
 	tcpFD        = "github.com/georepl/georepl/plugins/tcp-fd"
+	shmRing      = "github.com/georepl/georepl/plugins/shmring-example"
 	strict       = "github.com/georepl/georepl/plugins/host/testdata/strict"
 	wrongVersion = "github.com/georepl/georepl/plugins/host/testdata/wrongversion"
 )
@@ -37,6 +38,13 @@ func TestConformanceTCPFD(t *testing.T) {
 	bin := plugintest.Build(t, tcpFD)
 	transporttest.Run(t, func(t *testing.T) (transports.Transport, string) {
 		return plugintest.Start(t, "tcp-fd", bin), "127.0.0.1:0"
+	})
+}
+
+func TestConformanceShmRing(t *testing.T) {
+	bin := plugintest.Build(t, shmRing)
+	transporttest.Run(t, func(t *testing.T) (transports.Transport, string) {
+		return plugintest.Start(t, "shmring", bin), "127.0.0.1:0"
 	})
 }
 
@@ -351,5 +359,76 @@ func TestGuideShowsTCPFD(t *testing.T) {
 	}
 	if !strings.Contains(string(guide), "```go\n"+string(src)+"```") {
 		t.Error("docs/plugins.md does not show plugins/tcp-fd/main.go verbatim in a go code block")
+	}
+}
+
+// TestRingConnectionEndsWithPlugin: a connection whose bytes go through
+// the plugin's rings fails when the plugin dies (on both ends, within
+// seconds, not hanging); the plugin is restarted and new connections work.
+func TestRingConnectionEndsWithPlugin(t *testing.T) {
+	bin := plugintest.Build(t, shmRing)
+	p := plugintest.Start(t, "shmring", bin)
+	ln, err := p.Listen("127.0.0.1:0", transports.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	connect := func() (transports.Conn, transports.Conn) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		accepted := make(chan transports.Conn, 1)
+		go func() {
+			c, _ := ln.Accept(ctx)
+			accepted <- c
+		}()
+		d, err := p.Dial(ctx, ln.Addr().String(), transports.Options{})
+		for err != nil && ctx.Err() == nil {
+			time.Sleep(50 * time.Millisecond)
+			d, err = p.Dial(ctx, ln.Addr().String(), transports.Options{})
+		}
+		a := <-accepted
+		if err != nil || a == nil {
+			t.Fatalf("connect: %v", err)
+		}
+		return d, a
+	}
+	d, a := connect()
+	defer d.Close()
+	defer a.Close()
+	if _, err := d.Stream(transports.ChannelData).Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(a.Stream(transports.ChannelData), make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	reads := make(chan error, 2)
+	for _, c := range []transports.Conn{d, a} {
+		go func() {
+			_, err := c.Stream(transports.ChannelControl).Read(make([]byte, 1))
+			reads <- err
+		}()
+	}
+	pid := p.Info().PID
+	syscall.Kill(pid, syscall.SIGKILL)
+	for range 2 {
+		select {
+		case err := <-reads:
+			if err == nil {
+				t.Fatal("read succeeded after the plugin died")
+			}
+			t.Logf("read after the plugin died: %v", err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("a read on a ring connection still blocks 10 s after its plugin died")
+		}
+	}
+	d2, a2 := connect()
+	defer d2.Close()
+	defer a2.Close()
+	if _, err := a2.Stream(transports.ChannelControl).Write([]byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(d2.Stream(transports.ChannelControl), make([]byte, 1)); err != nil {
+		t.Fatal(err)
 	}
 }

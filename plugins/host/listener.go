@@ -104,7 +104,7 @@ func (l *listener) acceptOn(ctx context.Context, g *generation, id uint64) (tran
 	if err != nil {
 		return nil, err
 	}
-	return newConn(l.p.cfg.Name, files, reply)
+	return newConn(l.p.cfg.Name, files, reply, g.ctl.Done())
 }
 
 // listening returns the process that listens for l and the plugin's id of

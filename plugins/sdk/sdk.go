@@ -10,23 +10,26 @@
 //
 // # Data plane
 //
-// The plugin only sets connections up. Every stream of a Conn that Dial or
-// Accept returns must be backed by a kernel socket and say so by
-// implementing syscall.Conn (*net.TCPConn, *net.UnixConn and the streams of
-// the built-in tcp transport do). The SDK hands those sockets to georepl,
-// which reads and writes them itself, at the speed of a built-in, and then
-// closes the Conn in the plugin. So:
+// The plugin only sets connections up; bulk data does not pay a control
+// call per frame. The SDK picks one of two data planes per connection:
 //
-//   - a stream must hold no bytes in user space: whatever the transport read
-//     ahead of the replication data (a handshake read through a buffered
-//     reader, say) would be lost;
-//   - Close, after the hand-off, must only release the plugin's descriptors,
-//     not shut the sockets down (net.Conn's Close does exactly that);
-//   - a transport with no socket per channel (RDMA, a user-space stack)
-//     cannot be served yet: Dial and Accept fail with an error saying so.
+//   - Socket hand-off: when every stream of the Conn is backed by a kernel
+//     socket and says so by implementing syscall.Conn (*net.TCPConn,
+//     *net.UnixConn and the streams of the built-in tcp transport do), the
+//     SDK hands the sockets to georepl, which reads and writes them itself
+//     at the speed of a built-in, and closes the Conn in the plugin. A
+//     stream must then hold no bytes in user space (whatever the transport
+//     read ahead of the replication data would be lost), and Close after
+//     the hand-off must only release the plugin's descriptors, not shut
+//     the sockets down (net.Conn's Close does exactly that).
+//   - Shared-memory rings: otherwise (RDMA, a user-space stack, QUIC) the
+//     SDK creates a ring per channel and direction in shared memory, hands
+//     them to georepl, and moves the bytes between the rings and the
+//     Conn's streams until either side closes. These connections end if
+//     the plugin dies.
 //
 // A Conn that implements transports.ChannelBinding keeps it: the SDK sends
-// the binding along with the sockets.
+// the binding along with the connection.
 //
 // # Optional interfaces
 //
@@ -62,6 +65,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/georepl/georepl/plugins/internal/control"
+	"github.com/georepl/georepl/plugins/internal/ring"
 	"github.com/georepl/georepl/transports"
 )
 
@@ -248,56 +252,147 @@ func (s *server) Dial(ctx context.Context, req *control.DialRequest) (*control.C
 	return s.handOff(req.Handoff, c)
 }
 
-// handOff sends c's sockets to georepl under id, then closes c, whose
-// sockets georepl now owns.
+// handOff sends c's sockets to georepl under id and closes c, whose
+// sockets georepl now owns; or, when c's streams have no sockets, its
+// rings, and pumps c's bytes between them and c.
 func (s *server) handOff(id uint64, c transports.Conn) (*control.ConnReply, error) {
-	defer c.Close()
 	reply := &control.ConnReply{Local: control.FromAddr(c.LocalAddr()), Remote: control.FromAddr(c.RemoteAddr())}
 	if cb, ok := c.(transports.ChannelBinding); ok {
 		b, err := cb.ChannelBinding()
 		if err != nil {
+			c.Close()
 			return nil, status.Errorf(codes.Internal, "channel binding: %v", err)
 		}
 		reply.HasBinding, reply.Binding = true, b
 	}
-	fds := make([]int, 0, transports.NumChannels)
+	fds, ok, err := sockets(c)
+	if err != nil {
+		c.Close()
+		return nil, status.Errorf(codes.Internal, "%v", err)
+	}
+	if !ok {
+		reply.DataPlane = control.DataPlaneRing
+		if err := s.handOffRings(id, c); err != nil {
+			return nil, status.Errorf(codes.Internal, "%v", err)
+		}
+		return reply, nil
+	}
+	reply.DataPlane = control.DataPlaneSocket
+	defer c.Close()
 	defer func() {
 		for _, fd := range fds {
 			unix.Close(fd)
 		}
 	}()
-	for ch := range transports.Channel(transports.NumChannels) {
-		fd, err := socketOf(c.Stream(ch))
-		if err != nil {
-			return nil, status.Errorf(codes.Unimplemented, "channel %d: %v", ch, err)
-		}
-		fds = append(fds, fd)
-	}
 	if _, _, err := s.handoff.WriteMsgUnix(control.EncodeHandoff(id), unix.UnixRights(fds...), nil); err != nil {
 		return nil, status.Errorf(codes.Internal, "hand the sockets to georepl: %v", err)
 	}
 	return reply, nil
 }
 
-// socketOf returns a duplicate of the kernel socket behind stream.
-func socketOf(stream io.ReadWriter) (int, error) {
-	sc, ok := stream.(syscall.Conn)
-	if !ok {
-		return -1, fmt.Errorf("the stream is a %T, which has no kernel socket to hand to georepl (it must implement syscall.Conn); only the socket hand-off data plane exists", stream)
+// sockets returns duplicates of the kernel sockets behind c's streams, or
+// ok false if they have none.
+func sockets(c transports.Conn) (fds []int, ok bool, err error) {
+	for ch := range transports.Channel(transports.NumChannels) {
+		fd, ok, err := socketOf(c.Stream(ch))
+		if err != nil || !ok {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+			if err != nil {
+				err = fmt.Errorf("channel %d: %w", ch, err)
+			}
+			return nil, false, err
+		}
+		fds = append(fds, fd)
+	}
+	return fds, true, nil
+}
+
+// ringSize is the size of each ring: per connection, one per channel and
+// direction.
+const ringSize = 1 << 20
+
+// handOffRings creates c's rings, sends them to georepl under id, and
+// starts moving bytes between them and c. c is closed when any direction
+// of any channel ends: georepl fails the connection as a whole anyway.
+func (s *server) handOffRings(id uint64, c transports.Conn) error {
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	var rings []*ring.Ring // per channel: to the plugin, to georepl
+	abort := func() {
+		for _, r := range rings {
+			r.Abort()
+		}
+	}
+	for range 2 * transports.NumChannels {
+		f, err := ring.Create(ringSize)
+		if err != nil {
+			abort()
+			c.Close()
+			return err
+		}
+		files = append(files, f.List()...)
+		r, err := ring.Open(f)
+		if err != nil {
+			abort()
+			c.Close()
+			return err
+		}
+		rings = append(rings, r)
+	}
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	if _, _, err := s.handoff.WriteMsgUnix(control.EncodeHandoff(id), unix.UnixRights(fds...), nil); err != nil {
+		abort()
+		c.Close()
+		return fmt.Errorf("hand the rings to georepl: %w", err)
+	}
+	stop := sync.OnceFunc(func() {
+		c.Close()
+		abort()
+	})
+	for ch := range transports.Channel(transports.NumChannels) {
+		stream, toPlugin, toHost := c.Stream(ch), rings[2*ch], rings[2*ch+1]
+		go func() {
+			defer stop()
+			io.Copy(stream, toPlugin)
+		}()
+		go func() {
+			defer stop()
+			io.Copy(toHost, stream)
+			toHost.CloseWrite()
+		}()
+	}
+	return nil
+}
+
+// socketOf returns a duplicate of the kernel socket behind stream, or ok
+// false if it has none.
+func socketOf(stream io.ReadWriter) (fd int, ok bool, err error) {
+	sc, isConn := stream.(syscall.Conn)
+	if !isConn {
+		return -1, false, nil
 	}
 	raw, err := sc.SyscallConn()
 	if err != nil {
-		return -1, err
+		return -1, false, err
 	}
-	dup, dupErr := -1, error(nil)
+	dup, isSocket, dupErr := -1, false, error(nil)
 	if err := raw.Control(func(fd uintptr) {
-		if _, dupErr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE); dupErr != nil {
-			dupErr = fmt.Errorf("the stream's descriptor is not a socket: %w", dupErr)
-			return
+		if _, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TYPE); err != nil {
+			return // not a socket: a pipe, say
 		}
+		isSocket = true
 		dup, dupErr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
 	}); err != nil {
-		return -1, err
+		return -1, false, err
 	}
-	return dup, dupErr
+	return dup, isSocket, dupErr
 }

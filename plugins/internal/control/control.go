@@ -18,13 +18,15 @@
 // The host passes the plugin one end of a SOCK_SEQPACKET socket pair as
 // file descriptor HandoffFD. For every connection it dials or accepts, the
 // plugin sends one packet on it: 8 bytes, the hand-off id the host chose
-// for that call (big-endian), with NumChannels socket descriptors in
-// channel order as SCM_RIGHTS. Only then does it answer the call. The host
+// for that call (big-endian), with the connection's descriptors as
+// SCM_RIGHTS: NumChannels sockets in channel order, or, for a transport
+// whose streams are no kernel sockets, shared-memory rings (DataPlaneRing).
+// Only then does it answer the call, saying which data plane it chose. The host
 // reads and writes those sockets itself: bulk data never crosses the
 // plugin, and a plugin that dies later does not take established
-// connections with it. The plugin closes its own descriptors once the
-// packet is sent (the kernel keeps the sockets open while the packet is in
-// flight). The host never writes to the socket pair; when the host dies the
+// connections with it (ring connections end with their plugin). The
+// plugin closes its own socket descriptors once the packet is sent (the
+// kernel keeps the sockets open while the packet is in flight). The host never writes to the socket pair; when the host dies the
 // plugin reads end of file on it and exits, so no plugin outlives its
 // daemon, even after kill -9.
 package control
@@ -133,9 +135,27 @@ type DialRequest struct {
 	Handoff uint64
 }
 
-// ConnReply answers Dial and Accept, once the connection's sockets are
-// sent under the request's hand-off id.
+// Data planes of a connection: how its bytes travel between the host and
+// the plugin's medium.
+const (
+	// DataPlaneSocket: the hand-off packet carries NumChannels sockets, in
+	// channel order, which the host reads and writes itself.
+	DataPlaneSocket = "socket"
+	// DataPlaneRing: the packet carries RingFDs descriptors: per channel,
+	// the ring from host to plugin, then the one from plugin to host, each
+	// as a memfd and two eventfds (package ring). The plugin moves the
+	// bytes between the rings and its medium.
+	DataPlaneRing = "ring"
+)
+
+// RingFDs is the number of descriptors of a ring connection's hand-off.
+const RingFDs = transports.NumChannels * 2 * 3
+
+// ConnReply answers Dial and Accept, once the connection's descriptors
+// are sent under the request's hand-off id.
 type ConnReply struct {
+	// DataPlane is DataPlaneSocket or DataPlaneRing.
+	DataPlane     string
 	Local, Remote Addr
 	// Binding is the connection's transports.ChannelBinding, when it has
 	// one (HasBinding).
