@@ -4,7 +4,9 @@
 #   make test    everything CI runs (installs the Debian packages it needs), the
 #                plugins' conformance suite and the cluster test on a plugin included
 #   make plugins the example transport plugins, into bin/plugins/
-#   make bench   georepl against nbdkit through fio's nbd engine, then bench-resync
+#   make bench   georepl against nbdkit through fio's nbd engine, then bench-plugins
+#                and bench-resync
+#   make bench-plugins  transport plugins against the built-in tcp (ratios)
 #   make bench-resync  resync throughput over a 200 Mbit/s tc tbf link between namespaces
 #   make soak    the crash-consistency checker for as long as asked (SOAK=1h),
 #                or the simulator (SIM=1h)
@@ -17,7 +19,7 @@ BIN     := bin/georepl
 TOOLS   := fio:fio nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils ip:iproute2 tc:iproute2
 TESTFLAGS ?=
 
-.PHONY: all build plugins demo test vet fmt-check unit sim deps bench bench-resync soak fuzz vmtest clean
+.PHONY: all build plugins demo test vet fmt-check unit sim deps bench bench-plugins bench-resync soak fuzz vmtest clean
 
 all: build
 
@@ -91,8 +93,16 @@ fuzz:
 BENCHFLAGS ?=
 bench: deps build
 	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN) $(BENCHFLAGS)
+	$(MAKE) --no-print-directory bench-plugins
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory bench-resync; \
 	else echo "bench-resync skipped: it needs root (network namespaces, tc)"; fi
+
+# Transport plugins against the built-in tcp, one connection over
+# loopback: 1 MiB writes on the data channel and a 4 KiB control
+# ping-pong, medians of BENCHCOUNT runs, each as a ratio to the built-in.
+BENCHCOUNT ?= 5
+bench-plugins:
+	$(GO) test -run '^$$' -bench BenchmarkTransports -count $(BENCHCOUNT) ./plugins/host | awk -f plugins/host/testdata/ratios.awk
 
 # Resync throughput over a veth pair between two network namespaces shaped
 # by tc tbf to 200 Mbit/s, with and without csums, and the application's

@@ -332,9 +332,11 @@ func TestHungPluginIsRestarted(t *testing.T) {
 }
 
 // BenchmarkTransports compares the built-in tcp with the same transport
-// served through the plugin path (testdata/strict wraps it) and with the
-// tcp-fd plugin: once set up, a plugin's connection is the daemon's own
-// sockets, so the numbers should match.
+// served through the plugin path (testdata/strict wraps it), with the
+// tcp-fd plugin (both hand their sockets over: once set up, a connection is
+// the daemon's own sockets) and with shmring-example (tcp again, its bytes
+// through the shared-memory rings). make bench-plugins prints medians and
+// ratios.
 func BenchmarkTransports(b *testing.B) {
 	b.Run("builtin-tcp", func(b *testing.B) { transporttest.Bench(b, tcp.New(), "127.0.0.1:0") })
 	b.Run("tcp-as-plugin", func(b *testing.B) {
@@ -342,6 +344,9 @@ func BenchmarkTransports(b *testing.B) {
 	})
 	b.Run("tcp-fd-plugin", func(b *testing.B) {
 		transporttest.Bench(b, plugintest.Start(b, "tcp-fd", plugintest.Build(b, tcpFD)), "127.0.0.1:0")
+	})
+	b.Run("shmring-plugin", func(b *testing.B) {
+		transporttest.Bench(b, plugintest.Start(b, "shmring", plugintest.Build(b, shmRing)), "127.0.0.1:0")
 	})
 }
 

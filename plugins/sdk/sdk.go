@@ -310,8 +310,13 @@ func sockets(c transports.Conn) (fds []int, ok bool, err error) {
 }
 
 // ringSize is the size of each ring: per connection, one per channel and
-// direction.
-const ringSize = 1 << 20
+// direction. pumpBuffer is what one copy between a ring and a stream
+// moves at most: larger than io.Copy's 32 KiB, so that 1 MiB frames take
+// few wake-ups.
+const (
+	ringSize   = 1 << 20
+	pumpBuffer = 256 << 10
+)
 
 // handOffRings creates c's rings, sends them to georepl under id, and
 // starts moving bytes between them and c. c is closed when any direction
@@ -362,11 +367,11 @@ func (s *server) handOffRings(id uint64, c transports.Conn) error {
 		stream, toPlugin, toHost := c.Stream(ch), rings[2*ch], rings[2*ch+1]
 		go func() {
 			defer stop()
-			io.Copy(stream, toPlugin)
+			io.CopyBuffer(stream, toPlugin, make([]byte, pumpBuffer))
 		}()
 		go func() {
 			defer stop()
-			io.Copy(toHost, stream)
+			io.CopyBuffer(toHost, stream, make([]byte, pumpBuffer))
 			toHost.CloseWrite()
 		}()
 	}
