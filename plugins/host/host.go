@@ -295,7 +295,7 @@ func (p *Plugin) supervise(g *generation, hung chan string) {
 			return
 		case <-g.ctl.Done():
 		}
-		g.handoff.close()
+		g.stop() // returns at once: the process is gone; frees go-plugin's client
 		exit := fmt.Sprintf("plugin process %d exited", g.pid)
 		select {
 		case why := <-hung:
