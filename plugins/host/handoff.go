@@ -51,7 +51,7 @@ func newHandoffPair(log *slog.Logger) (*handoff, *os.File, error) {
 }
 
 // handoffTimeout bounds the wait for sockets the plugin says it sent.
-const handoffTimeout = 5 * time.Second
+var handoffTimeout = 5 * time.Second
 
 // maxHandoffFDs bounds the descriptors one packet may carry; a packet
 // with more is a protocol error, and its descriptors are closed.
