@@ -20,11 +20,11 @@ import (
 )
 
 // onPlugin puts the demo resource's default transport (alpha–bravo and
-// bravo–dr; alpha–dr stays on quic) on the tcp-fd plugin at bin.
-func onPlugin(bin string, sum []byte) func(string) string {
+// bravo–dr; alpha–dr stays on quic) on the plugin at bin, named name.
+func onPlugin(name, bin string, sum []byte) func(string) string {
 	return func(src string) string {
-		src = strings.Replace(src, `transport     = "tcp"`, `transport     = "tcp-fd"`, 1)
-		return fmt.Sprintf("plugin \"tcp-fd\" {\n  path   = %q\n  sha256 = \"%x\"\n}\n\n", bin, sum) + src
+		src = strings.Replace(src, `transport     = "tcp"`, fmt.Sprintf(`transport     = %q`, name), 1)
+		return fmt.Sprintf("plugin %q {\n  path   = %q\n  sha256 = \"%x\"\n}\n\n", name, bin, sum) + src
 	}
 }
 
@@ -59,12 +59,12 @@ func pluginChildren(t *testing.T, ppid int, comm string) []int {
 	return pids
 }
 
-// onePlugin returns the pid of node n's tcp-fd plugin process.
-func (c *cluster) onePlugin(n string) int {
+// onePlugin returns the pid of node n's plugin process called comm.
+func (c *cluster) onePlugin(n, comm string) int {
 	c.t.Helper()
-	pids := pluginChildren(c.t, c.procs[n].Process.Pid, "tcp-fd")
+	pids := pluginChildren(c.t, c.procs[n].Process.Pid, comm)
 	if len(pids) != 1 {
-		c.t.Fatalf("node %s runs %d tcp-fd plugin processes (%v), want 1", n, len(pids), pids)
+		c.t.Fatalf("node %s runs %d %s plugin processes (%v), want 1", n, len(pids), comm, pids)
 	}
 	return pids[0]
 }
@@ -133,6 +133,30 @@ func (w *ackedWriter) run(stop <-chan struct{}) {
 	}
 }
 
+// wait waits until n more writes were issued, failing t if one failed.
+func (w *ackedWriter) wait(t *testing.T, n uint64) {
+	t.Helper()
+	w.mu.Lock()
+	target := w.seq + n
+	w.mu.Unlock()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		w.mu.Lock()
+		seq, err := w.seq, w.err
+		w.mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seq >= target {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("writes stalled at %d (waited for %d)", seq, target)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // check reads every acknowledged block back from a node's disk image.
 func (w *ackedWriter) check(t *testing.T, n, disk string) {
 	t.Helper()
@@ -163,12 +187,12 @@ func (w *ackedWriter) check(t *testing.T, n, disk string) {
 func TestClusterPluginKilledMidWrite(t *testing.T) {
 	t.Parallel()
 	bin := plugintest.Build(t, "github.com/georepl/georepl/plugins/tcp-fd")
-	c := newCluster(t, 64<<20, shortTimeouts, onPlugin(bin, plugintest.Checksum(t, bin)))
+	c := newCluster(t, 64<<20, shortTimeouts, onPlugin("tcp-fd", bin, plugintest.Checksum(t, bin)))
 	c.startInSync()
 	if p := c.peer(c.status("alpha"), "bravo"); p.Transport != "tcp-fd" || p.TransportState != "running" {
 		t.Fatalf("alpha's peer bravo: transport %q state %q, want tcp-fd running", p.Transport, p.TransportState)
 	}
-	alphaPlugin, bravoPlugin := c.onePlugin("alpha"), c.onePlugin("bravo")
+	alphaPlugin, bravoPlugin := c.onePlugin("alpha", "tcp-fd"), c.onePlugin("bravo", "tcp-fd")
 
 	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
 	if err != nil {
@@ -182,28 +206,7 @@ func TestClusterPluginKilledMidWrite(t *testing.T) {
 		defer close(done)
 		w.run(stop)
 	}()
-	waitWrites := func(n uint64) {
-		t.Helper()
-		w.mu.Lock()
-		target := w.seq + n
-		w.mu.Unlock()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			w.mu.Lock()
-			seq, err := w.seq, w.err
-			w.mu.Unlock()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if seq >= target {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("writes stalled at %d (waited for %d)", seq, target)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	waitWrites := func(n uint64) { t.Helper(); w.wait(t, n) }
 	waitWrites(200)
 	syscall.Kill(alphaPlugin, syscall.SIGKILL)
 	syscall.Kill(bravoPlugin, syscall.SIGKILL)
@@ -220,7 +223,7 @@ func TestClusterPluginKilledMidWrite(t *testing.T) {
 	if strings.Contains(c.cli("alpha", "status", "r0"), "transport tcp-fd last error: plugin process") == false {
 		t.Errorf("status does not show the plugin's last error:\n%s", c.cli("alpha", "status", "r0"))
 	}
-	if pid := c.onePlugin("alpha"); pid == alphaPlugin {
+	if pid := c.onePlugin("alpha", "tcp-fd"); pid == alphaPlugin {
 		t.Fatal("alpha's plugin was not restarted")
 	}
 
@@ -250,10 +253,69 @@ func TestClusterPluginKilledMidWrite(t *testing.T) {
 
 	// No plugin outlives its daemon: bravo's gets SIGTERM, alpha's
 	// SIGKILL.
-	alphaPlugin, bravoPlugin = c.onePlugin("alpha"), c.onePlugin("bravo")
+	alphaPlugin, bravoPlugin = c.onePlugin("alpha", "tcp-fd"), c.onePlugin("bravo", "tcp-fd")
 	c.procs["bravo"].Process.Signal(syscall.SIGTERM)
 	<-c.exited["bravo"]
 	c.waitProcessGone(bravoPlugin, "bravo's plugin after the daemon's SIGTERM")
 	c.kill("alpha")
 	c.waitProcessGone(alphaPlugin, "alpha's plugin after the daemon's SIGKILL")
+}
+
+// TestClusterRingPluginKilledMidWrite: alpha–bravo and bravo–dr run on
+// shmring-example, whose connections' bytes go through the plugin.
+// Killing alpha's plugin (kill -9) while alpha writes takes down alpha's
+// connection to bravo, and only it: bravo goes off, alpha marks the
+// writes bravo misses in its bitmap and keeps serving, dr (on quic) stays
+// connected. The host restarts the plugin, the connection comes back
+// through it by itself and resyncs; every acknowledged write is on every
+// disk.
+func TestClusterRingPluginKilledMidWrite(t *testing.T) {
+	t.Parallel()
+	const comm = "shmring-example"
+	bin := plugintest.Build(t, "github.com/georepl/georepl/plugins/shmring-example")
+	c := newCluster(t, 64<<20, shortTimeouts, onPlugin("shmring", bin, plugintest.Checksum(t, bin)))
+	c.startInSync()
+	alphaPlugin := c.onePlugin("alpha", comm)
+
+	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	w := &ackedWriter{client: client, blocks: 256, acked: map[int64]uint64{}}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		w.run(stop)
+	}()
+	w.wait(t, 200)
+	syscall.Kill(alphaPlugin, syscall.SIGKILL)
+	c.waitFor("alpha", "bravo off and marked", 30*time.Second, func(st *node.ResourceStatus) bool {
+		p := c.peer(st, "bravo")
+		return p.Conn != "Connected" && p.OutOfSync > 0
+	})
+	w.wait(t, 100) // alpha keeps serving
+	if p := c.peer(c.status("alpha"), "dr"); p.Conn != "Connected" {
+		t.Errorf("alpha's connection to dr (quic, no plugin): %s, want it untouched", p.Conn)
+	}
+	c.waitFor("alpha", "bravo back through the restarted plugin", 60*time.Second, func(st *node.ResourceStatus) bool {
+		p := c.peer(st, "bravo")
+		return p.Conn == "Connected" && p.TransportState == "running" && strings.Contains(p.TransportError, "exited")
+	})
+	if pid := c.onePlugin("alpha", comm); pid == alphaPlugin {
+		t.Fatal("alpha's plugin was not restarted")
+	}
+	w.wait(t, 100)
+	close(stop)
+	<-done
+	if w.err != nil {
+		t.Fatal(w.err)
+	}
+	client.Flush()
+	client.Close()
+	c.settleAndCompare()
+	for _, n := range demoNodes {
+		w.check(t, n, c.node(n).Disk)
+	}
 }
