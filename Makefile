@@ -1,9 +1,13 @@
 # georepl — build, demo, tests, benchmarks.
 #
 #   make demo    three-node cluster on loopback, no configuration needed
-#   make test    everything CI runs (installs the Debian packages it needs)
+#   make test    everything CI runs (installs the Debian packages it needs), the
+#                plugins' conformance suite and the cluster test on a plugin included
 #   make lint    gofmt, go vet, go.mod tidy, staticcheck and the repository's rules
-#   make bench   georepl against nbdkit through fio's nbd engine, then bench-resync
+#   make plugins the example transport plugins, into bin/plugins/
+#   make bench   georepl against nbdkit through fio's nbd engine, then bench-plugins
+#                and bench-resync
+#   make bench-plugins  transport plugins against the built-in tcp (ratios)
 #   make bench-resync  resync throughput over a 200 Mbit/s tc tbf link between namespaces
 #   make fuzz    every fuzz target for FUZZTIME (10s) each
 #   make soak    the crash-consistency checker for as long as asked (SOAK=1h),
@@ -17,12 +21,22 @@ BIN     := bin/georepl
 TOOLS   := fio:fio nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils ip:iproute2 tc:iproute2
 TESTFLAGS ?=
 
-.PHONY: all build demo test lint vet tidy-check staticcheck fmt-check unit sim deps bench bench-resync soak fuzz vmtest clean
+.PHONY: all build plugins demo test lint vet tidy-check staticcheck fmt-check unit sim deps bench bench-plugins bench-resync soak fuzz vmtest clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/georepl
+
+# The example transport plugins, with the sha256 a plugin block needs.
+# (make test builds them itself, in the tests that use them.)
+PLUGINS := tcp-fd shmring-example
+plugins:
+	@mkdir -p bin/plugins
+	@for p in $(PLUGINS); do \
+		$(GO) build -o bin/plugins/$$p ./plugins/$$p || exit 1; \
+	done
+	@cd bin/plugins && sha256sum $(PLUGINS)
 
 demo: build
 	./$(BIN) demo
@@ -92,7 +106,7 @@ SIM_SCHEDULES ?= 2000
 sim:
 	$(GO) test -run 'TestSim' -timeout 30m ./cmd/georepl/internal/sim -sim.schedules=$(SIM_SCHEDULES)
 
-test: deps lint unit sim
+test: deps lint plugins unit sim
 	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory fuzz FUZZTIME=$(CI_FUZZTIME); fi
 	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory vmtest VMTESTFLAGS="$(VMTEST_CI)"; fi
 
@@ -123,8 +137,16 @@ fuzz:
 BENCHFLAGS ?=
 bench: deps build
 	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN) $(BENCHFLAGS)
+	$(MAKE) --no-print-directory bench-plugins
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory bench-resync; \
 	else echo "bench-resync skipped: it needs root (network namespaces, tc)"; fi
+
+# Transport plugins against the built-in tcp, one connection over
+# loopback: 1 MiB writes on the data channel and a 4 KiB control
+# ping-pong, medians of BENCHCOUNT runs, each as a ratio to the built-in.
+BENCHCOUNT ?= 5
+bench-plugins:
+	$(GO) test -run '^$$' -bench BenchmarkTransports -count $(BENCHCOUNT) ./plugins/host | awk -f plugins/host/testdata/ratios.awk
 
 # Resync throughput over a veth pair between two network namespaces shaped
 # by tc tbf to 200 Mbit/s, with and without csums, and the application's

@@ -26,6 +26,8 @@ var ErrNotFound = errors.New("not found")
 type Config struct {
 	// Resources in the order they were declared, files taken in name order.
 	Resources []*Resource
+	// Plugins are the transport plugin blocks, in the same order.
+	Plugins []*Plugin
 }
 
 // Resource returns the resource called name. The error wraps ErrNotFound

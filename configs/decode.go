@@ -24,7 +24,10 @@ import (
 // here, with a "Did you mean ...?" suggestion for near misses.
 var (
 	fileSchema = &hcl.BodySchema{
-		Blocks: []hcl.BlockHeaderSchema{{Type: "resource", LabelNames: []string{"name"}}},
+		Blocks: []hcl.BlockHeaderSchema{
+			{Type: "resource", LabelNames: []string{"name"}},
+			{Type: "plugin", LabelNames: []string{"name"}},
+		},
 	}
 	resourceSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{{Name: "protocol"}, {Name: "quorum"}, {Name: "on_no_quorum"}},
@@ -150,6 +153,9 @@ type decoder struct {
 	diags      hcl.Diagnostics
 	// resourceAt remembers where each resource was declared, across files.
 	resourceAt map[string]hcl.Range
+	// resourceBlocks wait until every file's plugin blocks are read,
+	// since those add transports.
+	resourceBlocks []*hcl.Block
 }
 
 func newDecoder(transports []string) *decoder {
@@ -161,7 +167,11 @@ func (d *decoder) file(body hcl.Body) {
 	content, diags := body.Content(fileSchema)
 	d.diags = append(d.diags, diags...)
 	for _, block := range content.Blocks {
-		d.resource(block)
+		if block.Type == "plugin" {
+			d.plugin(block)
+		} else {
+			d.resourceBlocks = append(d.resourceBlocks, block)
+		}
 	}
 }
 

@@ -22,6 +22,9 @@
 //	  }
 //	}
 //
+// A top-level plugin block (see Plugin) adds a transport that a plugin
+// binary provides; net.transport names it like a built-in.
+//
 // Every pair of nodes is connected (a full mesh). A connection block changes
 // only the fields it sets, for its pair, in both directions. The admin guide
 // (docs/admin-guide.md, "Configuration reference") describes every field and
@@ -34,7 +37,7 @@
 // size, duration and reference checked. Use it read-only:
 //
 //	cfg, err := configs.LoadDir("/etc/georepl", configs.LoadOptions{
-//		Transports: transports.Names(), // built-ins plus loaded plugins
+//		Transports: transports.Names(), // the built-ins; plugin blocks add theirs
 //	})
 //	if err != nil {
 //		return err // lists every problem as FILE:LINE:COLUMN: Summary; detail

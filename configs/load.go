@@ -20,9 +20,9 @@ var ErrNoConfigFiles = errors.New("no *.hcl configuration files")
 // LoadOptions adjusts what LoadDir and Parse accept. The zero value is ready
 // to use.
 type LoadOptions struct {
-	// Transports lists the transport names that net.transport may take.
-	// Empty means the built-in ones, "tcp" and "quic"; a daemon that loaded
-	// transport plugins passes every registered name.
+	// Transports lists the transport names that net.transport may take,
+	// besides those of the configuration's plugin blocks. Empty means the
+	// built-in ones, "tcp" and "quic".
 	Transports []string
 }
 
@@ -93,6 +93,9 @@ func decodeFiles(parser *hclparse.Parser, files []*hcl.File, diags hcl.Diagnosti
 	d := newDecoder(opts.transports())
 	for _, f := range files {
 		d.file(f.Body)
+	}
+	for _, block := range d.resourceBlocks {
+		d.resource(block)
 	}
 	if len(d.config.Resources) == 0 && !d.diags.HasErrors() {
 		subject := files[0].Body.MissingItemRange()

@@ -43,7 +43,8 @@ func rootCmd() *cobra.Command {
 		Short: "Block-level geo-replication: one primary mirrors every write to several secondaries",
 		Long: `georepl replicates a block device from one primary node to several secondaries,
 each connection with its own write-ordering protocol (A async, B memory-ack, C sync),
-over TCP or QUIC, configured by HCL resource files identical on every node.
+over TCP, QUIC or a transport plugin, configured by HCL resource files identical on
+every node.
 
 Start a node with 'georepl daemon', then control it with the other verbs, which talk
 to the daemon over its admin socket (--admin, default ` + admin.DefaultSocket + `,
@@ -103,7 +104,8 @@ on_io_error = "detach": the disk becomes Diskless, and a Primary goes on serving
 writes through its peers in sync. Refused on a Primary with no peer in sync. There is no
 attach: 'georepl down' and 'georepl up' reattach the disk, which is then resynchronised in
 full.`),
-		verifyCmd(), statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd(), checkCmd())
+		verifyCmd(), statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd(), checkCmd(),
+		pluginsCmd(), pluginServeCmd())
 	return root
 }
 
@@ -263,6 +265,11 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level, faults string, 
 	if err != nil {
 		return err
 	}
+	plugins, err := startPlugins(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer plugins.close()
 	l, err := admin.Listen(adminSock)
 	if err != nil {
 		return err
@@ -448,15 +455,22 @@ func validateCmd() *cobra.Command {
 		Use:   "validate --config DIR",
 		Short: "Check a configuration directory and print what it describes",
 		Long: `Load every *.hcl file of DIR as the daemon would, report every error with file, line
-and column, and print each resource and the effective settings of each connection.
-Needs no daemon.`,
+and column, start each transport plugin once to check it (binary, sha256, protocol
+version, config), and print each resource and the effective settings of each
+connection. Needs no daemon.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(dir)
 			if err != nil {
 				return err
 			}
+			if err := checkPlugins(cfg); err != nil {
+				return err
+			}
 			out := cmd.OutOrStdout()
+			for _, p := range cfg.Plugins {
+				fmt.Fprintf(out, "plugin %s: %s, sha256 %x verified, protocol and config accepted\n", p.Name, p.Path, p.SHA256)
+			}
 			for _, rc := range cfg.Resources {
 				fmt.Fprintf(out, "resource %s: %d nodes", rc.Name, len(rc.Nodes))
 				if rc.Quorum > 0 {

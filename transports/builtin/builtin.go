@@ -18,6 +18,9 @@ import (
 
 var registerOnce sync.Once
 
+// Names lists the built-in transports.
+func Names() []string { return []string{"tcp", "quic"} }
+
 // Register registers every built-in transport under its name: "tcp" and
 // "quic". Calling it again does nothing, so that several packages may
 // call it. It panics if another package already registered one of those

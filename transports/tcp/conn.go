@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 
 	"github.com/georepl/georepl/transports"
 )
@@ -58,6 +59,10 @@ func (s *stream) Write(b []byte) (int, error) {
 	}
 	return n, err
 }
+
+// SyscallConn gives access to the channel's socket, so that a plugin
+// serving this transport (plugins/sdk) can hand the socket to georepl.
+func (s *stream) SyscallConn() (syscall.RawConn, error) { return s.sock.SyscallConn() }
 
 // fail records err, seen on channel ch, as the Conn's failure if it is
 // the first, closes every channel, and returns the error the caller on ch

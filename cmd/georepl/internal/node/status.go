@@ -58,21 +58,26 @@ type Quorum struct {
 
 // PeerStatus is one peer's line of the status.
 type PeerStatus struct {
-	Name        string  `json:"name"`
-	ID          int     `json:"id"`
-	Address     string  `json:"address"`
-	Conn        string  `json:"connection"`
-	Repl        string  `json:"replication"`
-	Role        string  `json:"role"`
-	Disk        string  `json:"disk"`
-	Protocol    string  `json:"protocol"`
-	Transport   string  `json:"transport"`
-	Compression string  `json:"compression"`
-	BytesSent   uint64  `json:"bytes_sent"`
-	BytesRecv   uint64  `json:"bytes_received"`
-	OutOfSync   uint64  `json:"out_of_sync_bytes"`
-	Unacked     uint64  `json:"unacked_bytes"`
-	Resync      *Resync `json:"resync,omitempty"`
+	Name      string `json:"name"`
+	ID        int    `json:"id"`
+	Address   string `json:"address"`
+	Conn      string `json:"connection"`
+	Repl      string `json:"replication"`
+	Role      string `json:"role"`
+	Disk      string `json:"disk"`
+	Protocol  string `json:"protocol"`
+	Transport string `json:"transport"`
+	// TransportState and TransportError are those of a transport that
+	// reports its own state (a plugin: "running" or "restarting", and why
+	// it last exited); empty for the built-ins.
+	TransportState string  `json:"transport_state,omitempty"`
+	TransportError string  `json:"transport_error,omitempty"`
+	Compression    string  `json:"compression"`
+	BytesSent      uint64  `json:"bytes_sent"`
+	BytesRecv      uint64  `json:"bytes_received"`
+	OutOfSync      uint64  `json:"out_of_sync_bytes"`
+	Unacked        uint64  `json:"unacked_bytes"`
+	Resync         *Resync `json:"resync,omitempty"`
 	// ResyncPaused: pause-sync holds the resync from this node to the peer.
 	ResyncPaused bool `json:"resync_paused,omitempty"`
 	// SameBytes counts, for the running or last resync with this peer,
@@ -85,6 +90,13 @@ type PeerStatus struct {
 	// peer since up, while none runs.
 	LastResync *LastResync `json:"last_resync,omitempty"`
 	LastError  string      `json:"last_error,omitempty"`
+}
+
+// stateReporter is implemented by transports that have a state of their
+// own: plugins (plugins/host), which run in a process that may exit and be
+// restarted.
+type stateReporter interface {
+	TransportState() (state, lastErr string)
 }
 
 // LastResync is what the last resync with a peer moved, and why.
@@ -238,6 +250,11 @@ func (r *resource) publishStatus() {
 			Protocol: p.link.Protocol.String(), Transport: p.link.Net.Transport, Compression: p.link.Net.Compression.String(),
 			Conn: core.StandAlone.String(), Repl: core.ReplOff.String(), Role: core.RoleUnknown.String(), Disk: core.DUnknown.String(),
 			LastError: lastErr,
+		}
+		if tr, err := r.d.opts.transport(p.link.Net.Transport); err == nil {
+			if sr, ok := tr.(stateReporter); ok {
+				ps.TransportState, ps.TransportError = sr.TransportState()
+			}
 		}
 		if up && wanted {
 			ps.Conn = core.Connecting.String()

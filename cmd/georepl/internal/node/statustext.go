@@ -44,8 +44,15 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 		}
 		for _, p := range st.Peers {
 			fmt.Fprintf(w, "  %s (id %d) connection:%s replication:%s role:%s disk:%s\n", p.Name, p.ID, p.Conn, p.Repl, p.Role, p.Disk)
+			transport := p.Transport
+			if p.TransportState != "" {
+				transport += "(" + p.TransportState + ")"
+			}
 			fmt.Fprintf(w, "      protocol:%s transport:%s compression:%s sent:%s received:%s out-of-sync:%s\n",
-				p.Protocol, p.Transport, p.Compression, HumanBytes(p.BytesSent), HumanBytes(p.BytesRecv), HumanBytes(p.OutOfSync))
+				p.Protocol, transport, p.Compression, HumanBytes(p.BytesSent), HumanBytes(p.BytesRecv), HumanBytes(p.OutOfSync))
+			if p.TransportError != "" {
+				fmt.Fprintf(w, "      transport %s last error: %s\n", p.Transport, p.TransportError)
+			}
 			if p.Resync != nil {
 				fmt.Fprintf(w, "      resync: %.1f%% (%s of %s, same:%s) rate:%s/s eta:%s\n", p.Resync.Percent,
 					HumanBytes(p.Resync.DoneBytes), HumanBytes(p.Resync.TotalBytes), HumanBytes(p.Resync.SameBytes),

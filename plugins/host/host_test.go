@@ -1,0 +1,439 @@
+package host_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/georepl/georepl/plugins/host"
+	"github.com/georepl/georepl/plugins/plugintest"
+	"github.com/georepl/georepl/transports"
+	"github.com/georepl/georepl/transports/tcp"
+	"github.com/georepl/georepl/transports/transporttest"
+)
+
+const (
+	tcpFD        = "github.com/georepl/georepl/plugins/tcp-fd"
+	shmRing      = "github.com/georepl/georepl/plugins/shmring-example"
+	strict       = "github.com/georepl/georepl/plugins/host/testdata/strict"
+	wrongVersion = "github.com/georepl/georepl/plugins/host/testdata/wrongversion"
+)
+
+func TestConformanceTCPFD(t *testing.T) {
+	bin := plugintest.Build(t, tcpFD)
+	transporttest.Run(t, func(t *testing.T) (transports.Transport, string) {
+		return plugintest.Start(t, "tcp-fd", bin), "127.0.0.1:0"
+	})
+}
+
+func TestConformanceShmRing(t *testing.T) {
+	bin := plugintest.Build(t, shmRing)
+	transporttest.Run(t, func(t *testing.T) (transports.Transport, string) {
+		return plugintest.Start(t, "shmring", bin), "127.0.0.1:0"
+	})
+}
+
+// alive reports whether process pid exists and is not a zombie.
+func alive(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name in parentheses.
+	s := string(stat)
+	return !strings.HasPrefix(s[strings.LastIndexByte(s, ')')+1:], " Z")
+}
+
+func waitGone(t *testing.T, pid int, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("plugin process %d still runs %v later", pid, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestCloseStopsThePlugin(t *testing.T) {
+	bin := plugintest.Build(t, tcpFD)
+	p := plugintest.Start(t, "tcp-fd", bin)
+	info := p.Info()
+	if info.State != host.Running || info.PID == 0 || !alive(info.PID) {
+		t.Fatalf("after Start: %+v, want a running process", info)
+	}
+	p.Close()
+	waitGone(t, info.PID, 5*time.Second)
+	if _, err := p.Dial(context.Background(), "127.0.0.1:1", transports.Options{}); err == nil {
+		t.Fatal("Dial on a closed plugin succeeded")
+	}
+}
+
+// TestHelperHost is not a test: TestPluginExitsWithItsHost runs the test
+// binary again as a host process that starts a plugin, prints its pid and
+// waits to be killed.
+func TestHelperHost(t *testing.T) {
+	bin := os.Getenv("GEOREPL_TEST_HELPER_HOST")
+	if bin == "" {
+		t.Skip("helper process of TestPluginExitsWithItsHost")
+	}
+	p := plugintest.Start(t, "tcp-fd", bin)
+	fmt.Printf("pid %d\n", p.Info().PID)
+	time.Sleep(time.Minute)
+}
+
+func TestPluginExitsWithItsHost(t *testing.T) {
+	bin := plugintest.Build(t, tcpFD)
+	helper := exec.Command(os.Args[0], "-test.run=^TestHelperHost$", "-test.v")
+	helper.Env = append(os.Environ(), "GEOREPL_TEST_HELPER_HOST="+bin)
+	out, err := helper.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := helper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer helper.Process.Kill()
+	pid := 0
+	for sc := bufio.NewScanner(out); pid == 0 && sc.Scan(); {
+		if s, ok := strings.CutPrefix(sc.Text(), "pid "); ok {
+			pid, _ = strconv.Atoi(s)
+		}
+	}
+	if pid == 0 || !alive(pid) {
+		t.Fatalf("the helper host did not report a running plugin (pid %d)", pid)
+	}
+	go io.Copy(io.Discard, out)
+	helper.Process.Signal(syscall.SIGKILL)
+	helper.Wait()
+	waitGone(t, pid, 5*time.Second)
+}
+
+func TestStartErrors(t *testing.T) {
+	tcpBin := plugintest.Build(t, tcpFD)
+	strictBin := plugintest.Build(t, strict)
+	wrongBin := plugintest.Build(t, wrongVersion)
+	notExec := filepath.Join(t.TempDir(), "not-executable")
+	os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644)
+	cases := []struct {
+		name   string
+		cfg    host.Config
+		is     error
+		expect string
+	}{
+		{"missing binary", host.Config{Path: "/nonexistent/plugin", SHA256: make([]byte, 32)}, fs.ErrNotExist, "/nonexistent/plugin"},
+		{"not executable", host.Config{Path: notExec, SHA256: plugintest.Checksum(t, notExec)}, nil, "not an executable file"},
+		{"no checksum", host.Config{Path: tcpBin}, nil, "sha256 must be"},
+		{"checksum mismatch", host.Config{Path: tcpBin, SHA256: plugintest.Checksum(t, strictBin)}, host.ErrChecksum, "the configuration says"},
+		{"other protocol version", host.Config{Path: wrongBin, SHA256: plugintest.Checksum(t, wrongBin)}, host.ErrVersion, "Plugin version: 2"},
+		{"config rejected", host.Config{Path: strictBin, SHA256: plugintest.Checksum(t, strictBin), Config: json.RawMessage(`{"colour": "red"}`)},
+			host.ErrConfig, `unknown field "colour"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.cfg.Name = "x"
+			start := time.Now()
+			p, err := host.Start(tc.cfg)
+			if err == nil {
+				p.Close()
+				t.Fatal("Start succeeded")
+			}
+			t.Logf("error (after %v): %v", time.Since(start), err)
+			if tc.is != nil && !errors.Is(err, tc.is) {
+				t.Errorf("error does not wrap %v", tc.is)
+			}
+			if !strings.Contains(err.Error(), tc.expect) || !strings.Contains(err.Error(), `plugin "x"`) {
+				t.Errorf("error does not name the plugin and say %q", tc.expect)
+			}
+		})
+	}
+}
+
+// syncBuffer is a log sink safe for the plugin's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestPluginLogsAndVersion(t *testing.T) {
+	bin := plugintest.Build(t, strict)
+	var logs syncBuffer
+	p, err := host.Start(host.Config{Name: "strict", Path: bin, SHA256: plugintest.Checksum(t, bin),
+		Config: json.RawMessage(`{"greeting": "hello from the plugin"}`),
+		Log:    slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if v := p.Info().Version; v != "strict-1.2.3" {
+		t.Errorf("version %q, want strict-1.2.3", v)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for l := logs.String(); !strings.Contains(l, "msg=configured plugin=strict") || !strings.Contains(l, `greeting="hello from the plugin"`); l = logs.String() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the plugin's log line did not arrive tagged with its name; log:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestPluginRestartKeepsConnections kills the plugin process: the
+// connection it set up keeps working (its sockets are the host's), the
+// host restarts the plugin, and the listener accepts again on the same
+// address from the new process.
+func TestPluginRestartKeepsConnections(t *testing.T) {
+	bin := plugintest.Build(t, tcpFD)
+	p := plugintest.Start(t, "tcp-fd", bin)
+	ln, err := p.Listen("127.0.0.1:0", transports.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan transports.Conn, 2)
+	go func() {
+		for {
+			c, err := ln.Accept(context.Background())
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	dial := func() (transports.Conn, transports.Conn) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		// Right after a restart the listener may not listen again yet:
+		// retry, as the daemon's dial loop does.
+		d, err := p.Dial(ctx, ln.Addr().String(), transports.Options{})
+		for err != nil && ctx.Err() == nil {
+			time.Sleep(50 * time.Millisecond)
+			d, err = p.Dial(ctx, ln.Addr().String(), transports.Options{})
+		}
+		if err != nil {
+			t.Fatalf("Dial: %v", err)
+		}
+		select {
+		case a := <-accepted:
+			return d, a
+		case <-time.After(10 * time.Second):
+			t.Fatal("no connection accepted")
+			return nil, nil
+		}
+	}
+	roundTrip := func(a, b transports.Conn, msg string) {
+		t.Helper()
+		for _, dir := range [][2]transports.Conn{{a, b}, {b, a}} {
+			if _, err := dir[0].Stream(transports.ChannelData).Write([]byte(msg)); err != nil {
+				t.Fatalf("write %q: %v", msg, err)
+			}
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(dir[1].Stream(transports.ChannelData), got); err != nil || string(got) != msg {
+				t.Fatalf("read %q: %q, %v", msg, got, err)
+			}
+		}
+	}
+	d1, a1 := dial()
+	defer d1.Close()
+	defer a1.Close()
+	roundTrip(d1, a1, "before the kill")
+
+	first := p.Info().PID
+	syscall.Kill(first, syscall.SIGKILL)
+	waitGone(t, first, 5*time.Second)
+	roundTrip(d1, a1, "after the kill, on the old connection")
+
+	deadline := time.Now().Add(10 * time.Second)
+	for info := p.Info(); info.State != host.Running || info.Restarts != 1; info = p.Info() {
+		if time.Now().After(deadline) {
+			t.Fatalf("plugin not restarted: %+v", info)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	info := p.Info()
+	if info.PID == first || !strings.Contains(info.LastError, "exited") {
+		t.Errorf("after the restart: %+v; want a new pid and the exit as last error", info)
+	}
+	d2, a2 := dial()
+	defer d2.Close()
+	defer a2.Close()
+	roundTrip(d2, a2, "on a connection from the restarted plugin")
+}
+
+// TestCloseKillsAHungPlugin: Close of a plugin that does not answer (it
+// is stopped) kills it within seconds instead of waiting forever.
+func TestCloseKillsAHungPlugin(t *testing.T) {
+	bin := plugintest.Build(t, tcpFD)
+	p := plugintest.Start(t, "tcp-fd", bin)
+	pid := p.Info().PID
+	syscall.Kill(pid, syscall.SIGSTOP)
+	defer syscall.Kill(pid, syscall.SIGKILL)
+	closed := make(chan struct{})
+	go func() {
+		p.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close of a hung plugin still waits after 20 s")
+	}
+	waitGone(t, pid, 5*time.Second)
+}
+
+// TestHungPluginIsRestarted: a plugin that stops answering (SIGSTOP) is
+// killed and restarted; status gives the reason.
+func TestHungPluginIsRestarted(t *testing.T) {
+	defer host.SetPingForTest(200*time.Millisecond, 200*time.Millisecond)()
+	bin := plugintest.Build(t, tcpFD)
+	p := plugintest.Start(t, "tcp-fd", bin)
+	pid := p.Info().PID
+	syscall.Kill(pid, syscall.SIGSTOP)
+	defer syscall.Kill(pid, syscall.SIGKILL)
+	deadline := time.Now().Add(10 * time.Second)
+	for info := p.Info(); info.State != host.Running || info.Restarts != 1; info = p.Info() {
+		if time.Now().After(deadline) {
+			t.Fatalf("hung plugin not restarted: %+v", info)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if info := p.Info(); !strings.Contains(info.LastError, "did not answer") || info.PID == pid {
+		t.Errorf("after the restart: %+v", info)
+	}
+	waitGone(t, pid, 5*time.Second)
+}
+
+// BenchmarkTransports compares the built-in tcp with the same transport
+// served through the plugin path (testdata/strict wraps it), with the
+// tcp-fd plugin (both hand their sockets over: once set up, a connection is
+// the daemon's own sockets) and with shmring-example (tcp again, its bytes
+// through the shared-memory rings). make bench-plugins prints medians and
+// ratios.
+func BenchmarkTransports(b *testing.B) {
+	b.Run("builtin-tcp", func(b *testing.B) { transporttest.Bench(b, tcp.New(), "127.0.0.1:0") })
+	b.Run("tcp-as-plugin", func(b *testing.B) {
+		transporttest.Bench(b, plugintest.Start(b, "tcp", plugintest.Build(b, strict)), "127.0.0.1:0")
+	})
+	b.Run("tcp-fd-plugin", func(b *testing.B) {
+		transporttest.Bench(b, plugintest.Start(b, "tcp-fd", plugintest.Build(b, tcpFD)), "127.0.0.1:0")
+	})
+	b.Run("shmring-plugin", func(b *testing.B) {
+		transporttest.Bench(b, plugintest.Start(b, "shmring", plugintest.Build(b, shmRing)), "127.0.0.1:0")
+	})
+}
+
+// TestGuideShowsTCPFD: docs/plugins.md lists plugins/tcp-fd/main.go
+// verbatim, so the guide's complete plugin is one that builds and passes
+// the conformance suite.
+func TestGuideShowsTCPFD(t *testing.T) {
+	guide, err := os.ReadFile("../../docs/plugins.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := os.ReadFile("../tcp-fd/main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(guide), "```go\n"+string(src)+"```") {
+		t.Error("docs/plugins.md does not show plugins/tcp-fd/main.go verbatim in a go code block")
+	}
+}
+
+// TestRingConnectionEndsWithPlugin: a connection whose bytes go through
+// the plugin's rings fails when the plugin dies (on both ends, within
+// seconds, not hanging); the plugin is restarted and new connections work.
+func TestRingConnectionEndsWithPlugin(t *testing.T) {
+	bin := plugintest.Build(t, shmRing)
+	p := plugintest.Start(t, "shmring", bin)
+	ln, err := p.Listen("127.0.0.1:0", transports.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	connect := func() (transports.Conn, transports.Conn) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		accepted := make(chan transports.Conn, 1)
+		go func() {
+			c, _ := ln.Accept(ctx)
+			accepted <- c
+		}()
+		d, err := p.Dial(ctx, ln.Addr().String(), transports.Options{})
+		for err != nil && ctx.Err() == nil {
+			time.Sleep(50 * time.Millisecond)
+			d, err = p.Dial(ctx, ln.Addr().String(), transports.Options{})
+		}
+		a := <-accepted
+		if err != nil || a == nil {
+			t.Fatalf("connect: %v", err)
+		}
+		return d, a
+	}
+	d, a := connect()
+	defer d.Close()
+	defer a.Close()
+	if _, err := d.Stream(transports.ChannelData).Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(a.Stream(transports.ChannelData), make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	reads := make(chan error, 2)
+	for _, c := range []transports.Conn{d, a} {
+		go func() {
+			_, err := c.Stream(transports.ChannelControl).Read(make([]byte, 1))
+			reads <- err
+		}()
+	}
+	pid := p.Info().PID
+	syscall.Kill(pid, syscall.SIGKILL)
+	for range 2 {
+		select {
+		case err := <-reads:
+			if err == nil {
+				t.Fatal("read succeeded after the plugin died")
+			}
+			t.Logf("read after the plugin died: %v", err)
+		case <-time.After(10 * time.Second):
+			t.Fatal("a read on a ring connection still blocks 10 s after its plugin died")
+		}
+	}
+	d2, a2 := connect()
+	defer d2.Close()
+	defer a2.Close()
+	if _, err := a2.Stream(transports.ChannelControl).Write([]byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(d2.Stream(transports.ChannelControl), make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+}
