@@ -57,9 +57,10 @@ import (
 // (when the capacity leaves room for it). The log's end is the first
 // position that does not hold the next valid record of the session
 // (magic, session, index, bounds, checksum): those zeroes, a torn last
-// record, or a record of an earlier session, end it. A torn record protected nothing, since its overwrite waits for the
-// sync. A record that fails its checksum while the session's next record
-// follows it is damage, not a torn write: ErrCorrupt. Header updates go
+// record, or a record of an earlier session, end it. A torn record
+// protected nothing, since its overwrite waits for the sync. Anything else
+// there is damage, not the end: ErrCorrupt. So is a record that fails its
+// checksum while the session's next record follows it. Header updates go
 // to the slot not holding the current header, as for the superblock, so
 // they are atomic.
 
@@ -421,6 +422,10 @@ func (u *UndoLog) scan(fn func(first uint64, data []byte) error) error {
 		if !bytes.Equal(hdr[:8], recordMagic[:]) || le.Uint64(hdr[8:]) != u.hdr.Session || le.Uint64(hdr[16:]) != idx ||
 			n == 0 || off+UndoRecordHeader+n*bs > u.size || first+uint64(n) < first ||
 			(first+uint64(n))*uint64(bs) > u.hdr.DataSize+uint64(bs)-1 {
+			if err := endOfRecords(hdr, u.hdr.Session, idx); err != nil {
+				return fmt.Errorf("meta: %w: undo record %d at offset %d: %v: the log is damaged there, and the records after it would be lost to a rollback",
+					ErrCorrupt, idx, off, err)
+			}
 			break
 		}
 		if int64(cap(data)) < n*bs {
@@ -458,6 +463,33 @@ func (u *UndoLog) scan(fn func(first uint64, data []byte) error) error {
 	}
 	u.tail, u.next = off, idx
 	return nil
+}
+
+// endOfRecords says why hdr, where record idx of session would be and is
+// not, cannot be the log's end; nil if it can. Every Append writes zeroes
+// where the next record's header goes, in the same write as its record,
+// and Begin starts a session where the previous one's first record may
+// lie. So the end reads as zeroes, as a record of another session, or as
+// the start of record idx torn after its first bytes (zeroes after them,
+// and those bytes the magic, session and index it was to have); anything
+// else is a header that damage changed, and the records after it belong
+// to the image a rollback restores.
+func endOfRecords(hdr []byte, session, idx uint64) error {
+	if bytes.Equal(hdr[:8], recordMagic[:]) && le.Uint64(hdr[8:]) != session {
+		return nil // an earlier session's record
+	}
+	written := len(hdr)
+	for written > 0 && hdr[written-1] == 0 {
+		written--
+	}
+	want := le.AppendUint64(le.AppendUint64(append([]byte(nil), recordMagic[:]...), session), idx)
+	if n := min(written, len(want)); bytes.Equal(hdr[:n], want[:n]) {
+		return nil // zeroes, or a torn Append of record idx
+	}
+	if !bytes.Equal(hdr[:8], recordMagic[:]) {
+		return errors.New("a record header without its magic")
+	}
+	return fmt.Errorf("a header of this session with index %d where %d belongs", le.Uint64(hdr[16:]), idx)
 }
 
 // Check reports, wrapping ErrForeign, an undo log that belongs to other

@@ -296,41 +296,66 @@ func TestUndoCrashEverywhere(t *testing.T) {
 	}
 }
 
-// TestUndoCorrupt: damaged headers are refused naming the slot and what is
-// wrong; a damaged record ends the log there (it is never restored).
-// TestUndoAppendEndsTheLog: a record appended where the log ended is the
-// last one, whatever the bytes after it held. Here the first record's
-// header is damaged, so the log opens empty; the records after it are
-// still intact, and a new first record of the same size in its place used
-// to bring them back as records 1 and 2.
+// TestUndoDamagedHeaderIsCorrupt: a record header that damage changed in
+// the middle of the log is not read as the log's end, which would drop the
+// records after it from a rollback without a word: opening the log fails
+// with ErrCorrupt naming the record. (Append's zeroes after each record
+// are what tell the two apart: see TestUndoAppendEndsTheLog.)
+func TestUndoDamagedHeaderIsCorrupt(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		record int // whose header is damaged
+		field  int // offset in the header
+	}{
+		{"magic of the first record", 0, 0},
+		{"index of the second record", 1, 16},
+		{"magic of the last record", 2, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u, dev := newUndo(t, 1<<15)
+			if err := u.Begin(3, 4, 0x10, [2]uint64{1, 2}); err != nil {
+				t.Fatal(err)
+			}
+			at := int64(UndoRecordsOffset)
+			var offsets []int64
+			for i := range 3 {
+				offsets = append(offsets, at)
+				if err := u.Append(uint64(i*2), blocks(byte(i+1), i+1)); err != nil {
+					t.Fatal(err)
+				}
+				at += UndoRecordHeader + int64(i+1)*undoBS
+			}
+			dev.data[offsets[tc.record]+int64(tc.field)] ^= 1
+			_, err := OpenUndo(dev)
+			if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), fmt.Sprintf("undo record %d at offset %d", tc.record, offsets[tc.record])) {
+				t.Fatalf("OpenUndo of a log whose record %d has a damaged header: %v, want ErrCorrupt naming that record", tc.record, err)
+			}
+		})
+	}
+}
+
+// TestUndoAppendEndsTheLog: whatever lies after a session's last record
+// (here, bytes of an earlier, longer record's data) is not read as more
+// records, nor as damage: each Append writes zeroes where the next
+// record's header would go.
 func TestUndoAppendEndsTheLog(t *testing.T) {
 	u, dev := newUndo(t, 1<<15)
+	for i := UndoRecordsOffset; i < len(dev.data); i++ {
+		dev.data[i] = 0xA5 // an earlier session's data, not a header
+	}
 	if err := u.Begin(3, 4, 0x10, [2]uint64{1, 2}); err != nil {
 		t.Fatal(err)
 	}
-	for i := range 3 {
-		if err := u.Append(uint64(i*2), blocks(byte(i+1), i+1)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	dev.data[UndoRecordsOffset] ^= 1 // record 0's magic
-	re, err := OpenUndo(dev)
-	if err != nil {
+	if err := u.Append(7, blocks(9, 1)); err != nil {
 		t.Fatal(err)
 	}
-	if recs := readRecords(t, re); len(recs) != 0 {
-		t.Fatalf("%d records after the damaged first one, want none", len(recs))
-	}
-	if err := re.Append(7, blocks(9, 1)); err != nil {
-		t.Fatal(err)
-	}
-	for _, log := range []*UndoLog{re, mustOpenUndo(t, dev)} {
+	for _, log := range []*UndoLog{u, mustOpenUndo(t, dev)} {
 		if recs := readRecords(t, log); len(recs) != 1 || recs[0].first != 7 {
 			var firsts []uint64
 			for _, r := range recs {
 				firsts = append(firsts, r.first)
 			}
-			t.Fatalf("records of blocks %v after one append to an empty log, want [7]", firsts)
+			t.Fatalf("records of blocks %v after one append, want [7]", firsts)
 		}
 	}
 }
