@@ -135,7 +135,7 @@ fuzz:
 
 # BENCHFLAGS="-only QD1" (or a set-up's name) measures a part only.
 BENCHFLAGS ?=
-bench: deps build
+bench: deps build plugins
 	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN) $(BENCHFLAGS)
 	$(MAKE) --no-print-directory bench-plugins
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory bench-resync; \

@@ -11,7 +11,8 @@
 //
 // Set-ups: nbdkit (baseline); georepl alone (its peer is down, writes only
 // mark the bitmap); protocol C with one peer; protocol A with one peer; C
-// and A with two peers. All peers are daemons on this machine, so they share
+// and A with two peers; protocol C with one peer over the tcp-fd transport
+// plugin (plugins/tcp-fd, from -plugins), to set against the built-in tcp. All peers are daemons on this machine, so they share
 // its disk and cores: two copies cost about half the disk bandwidth.
 //
 //	go run ./cmd/georepl/internal/benchrig -georepl bin/georepl [-runs 3] [-runtime 5s]
@@ -29,6 +30,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -64,13 +66,18 @@ type setup struct {
 	name  string
 	nodes []string          // nodes started; the first is primary
 	conns map[string]string // peer -> protocol
+	// plugin, if set, is the transport plugin (a binary of -plugins) the
+	// connections use instead of the built-in tcp. Only the -georepl
+	// binary measures it: a -compare binary may predate plugins.
+	plugin string
 }
 
 var setups = []setup{
-	{"georepl alone", []string{"alpha"}, map[string]string{"bravo": "C"}},
-	{"georepl C, 1 peer", []string{"alpha", "bravo"}, map[string]string{"bravo": "C"}},
-	{"georepl A, 1 peer", []string{"alpha", "bravo"}, map[string]string{"bravo": "A"}},
-	{"georepl C+A, 2 peers", []string{"alpha", "bravo", "dr"}, map[string]string{"bravo": "C", "dr": "A"}},
+	{"georepl alone", []string{"alpha"}, map[string]string{"bravo": "C"}, ""},
+	{"georepl C, 1 peer", []string{"alpha", "bravo"}, map[string]string{"bravo": "C"}, ""},
+	{"georepl A, 1 peer", []string{"alpha", "bravo"}, map[string]string{"bravo": "A"}, ""},
+	{"georepl C+A, 2 peers", []string{"alpha", "bravo", "dr"}, map[string]string{"bravo": "C", "dr": "A"}, ""},
+	{"georepl C, 1 peer, tcp-fd plugin", []string{"alpha", "bravo"}, map[string]string{"bravo": "C"}, "tcp-fd"},
 }
 
 func main() {
@@ -81,6 +88,7 @@ func main() {
 	resync := flag.Bool("resync", false, "run the resync benchmark instead (root: network namespaces, tc tbf; see resync.go)")
 	resyncMiB := flag.Int("resync-size", 512, "with -resync: device size in MiB, all of it resynchronised")
 	rateMbit := flag.Int("rate", 200, "with -resync: the link rate in Mbit/s")
+	pluginDir := flag.String("plugins", "bin/plugins", "directory of the transport plugins the plugin set-ups use (`make plugins` builds them)")
 	compare := flag.String("compare", "", "also measure this georepl binary, each set-up right after -georepl's, for a before/after table in one run")
 	only := flag.String("only", "", "measure only the set-ups and workloads whose names contain one of these comma-separated words (e.g. \"alone,QD1\"); nbdkit always runs")
 	flag.Parse()
@@ -95,7 +103,7 @@ func main() {
 		setups = keep(setups, func(s setup) string { return s.name }, *only)
 		workloads = keep(workloads, func(w workload) string { return w.name }, *only)
 	}
-	r := &rig{bins: []string{*bin}, runs: *runs, runtime: *runtime, size: int64(*sizeMiB) << 20}
+	r := &rig{bins: []string{*bin}, runs: *runs, runtime: *runtime, size: int64(*sizeMiB) << 20, pluginDir: *pluginDir}
 	if *compare != "" {
 		r.bins = append(r.bins, *compare)
 	}
@@ -125,11 +133,12 @@ func keep[T any](items []T, name func(T) string, only string) []T {
 }
 
 type rig struct {
-	bins    []string // the georepl binaries measured: one, or two to compare
-	runs    int
-	runtime time.Duration
-	size    int64
-	dir     string
+	bins      []string // the georepl binaries measured: one, or two to compare
+	pluginDir string
+	runs      int
+	runtime   time.Duration
+	size      int64
+	dir       string
 }
 
 type result struct {
@@ -174,15 +183,19 @@ func (r *rig) run() error {
 	baseRuns := map[string][]float64{}
 	var names []string
 	for _, s := range setups {
+		bins := r.bins
+		if s.plugin != "" {
+			bins = bins[:1]
+		}
 		var rowNames []string
-		for _, bin := range r.bins {
+		for _, bin := range bins {
 			name := s.name
 			if len(r.bins) > 1 {
 				name += " [" + filepath.Base(bin) + "]"
 			}
 			rowNames = append(rowNames, name)
 		}
-		res, err := r.measureSetup(s, baseRuns)
+		res, err := r.measureSetup(bins, s, baseRuns)
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
@@ -312,12 +325,12 @@ func (r *rig) startNbdkit() (func(), error) {
 	return func() { stop(cmd) }, nil
 }
 
-// measureSetup starts set-up s once per binary and measures every
+// measureSetup starts set-up s once per binary of bins and measures every
 // workload on them; it returns one row of cells per binary.
-func (r *rig) measureSetup(s setup, baseRuns map[string][]float64) ([]map[string]cell, error) {
+func (r *rig) measureSetup(bins []string, s setup, baseRuns map[string][]float64) ([]map[string]cell, error) {
 	fmt.Fprintln(os.Stderr, "measuring", s.name)
 	var uris []string
-	for i, bin := range r.bins {
+	for i, bin := range bins {
 		uri, stopCluster, err := r.startCluster(bin, s, i == 0)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", bin, err)
@@ -371,7 +384,20 @@ func (r *rig) startCluster(bin string, s setup, onNbdkitFile bool) (uri string, 
 		return "", nil, err
 	}
 	var hcl strings.Builder
-	fmt.Fprintf(&hcl, "resource \"r0\" {\n  protocol = \"C\"\n  net {\n    shared_secret = \"bench\"\n  }\n")
+	transport := ""
+	if s.plugin != "" {
+		path, err := filepath.Abs(filepath.Join(r.pluginDir, s.plugin))
+		if err != nil {
+			return "", nil, err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", nil, fmt.Errorf("plugin %s: %w (make plugins builds it)", s.plugin, err)
+		}
+		fmt.Fprintf(&hcl, "plugin %q {\n  path = %q\n  sha256 = \"%x\"\n}\n\n", s.plugin, path, sha256.Sum256(b))
+		transport = fmt.Sprintf("    transport = %q\n", s.plugin)
+	}
+	fmt.Fprintf(&hcl, "resource \"r0\" {\n  protocol = \"C\"\n  net {\n    shared_secret = \"bench\"\n%s  }\n", transport)
 	for i, n := range all {
 		// alpha uses the very file nbdkit served, as the issue asks.
 		disk := filepath.Join(dir, n+".img")
