@@ -1,6 +1,8 @@
 package tcp
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -10,9 +12,28 @@ import (
 	"github.com/georepl/georepl/transports"
 )
 
+// channelConn is one channel's TCP connection: the socket, and what
+// reads and writes it (the socket itself, or TLS over it).
+type channelConn struct {
+	sock *net.TCPConn
+	rw   net.Conn
+	tls  *tls.Conn // nil in plaintext
+}
+
+// peerLeaf is the certificate the peer presented on the channel, or nil.
+func (c channelConn) peerLeaf() *x509.Certificate {
+	if c.tls == nil {
+		return nil
+	}
+	if certs := c.tls.ConnectionState().PeerCertificates; len(certs) > 0 {
+		return certs[0]
+	}
+	return nil
+}
+
 // conn is a set of NumChannels TCP connections that fails as a whole.
 type conn struct {
-	socks   [transports.NumChannels]*net.TCPConn
+	socks   [transports.NumChannels]channelConn
 	streams [transports.NumChannels]stream
 
 	mu            sync.Mutex
@@ -28,15 +49,51 @@ type conn struct {
 type stream struct {
 	conn *conn
 	ch   transports.Channel
-	sock *net.TCPConn
+	sock net.Conn
 }
 
-func newConn(socks [transports.NumChannels]*net.TCPConn) *conn {
+// newConn makes the Conn of socks: a *tlsConn when they run TLS.
+func newConn(socks [transports.NumChannels]channelConn) transports.Conn {
 	c := &conn{socks: socks}
-	for ch, sock := range socks {
-		c.streams[ch] = stream{conn: c, ch: transports.Channel(ch), sock: sock}
+	for ch, s := range socks {
+		c.streams[ch] = stream{conn: c, ch: transports.Channel(ch), sock: s.rw}
+	}
+	if socks[0].tls != nil {
+		return &tlsConn{c}
 	}
 	return c
+}
+
+// tlsConn is a conn whose channels run TLS.
+type tlsConn struct {
+	*conn
+}
+
+var (
+	_ transports.ChannelBinding   = (*tlsConn)(nil)
+	_ transports.PeerCertificates = (*tlsConn)(nil)
+)
+
+// ChannelBindingLabel is the TLS exporter label of ChannelBinding.
+const ChannelBindingLabel = "EXPORTER-georepl-channel-binding"
+
+// ChannelBinding returns 32 bytes of keying material exported from the
+// control channel's TLS session (label ChannelBindingLabel, no context).
+// The data channel carries the same peer certificate (Dial and the
+// listener check it), so binding the control channel binds the peer.
+func (c *tlsConn) ChannelBinding() ([]byte, error) {
+	state := c.socks[transports.ChannelControl].tls.ConnectionState()
+	ekm, err := state.ExportKeyingMaterial(ChannelBindingLabel, nil, 32)
+	if err != nil {
+		return nil, fmt.Errorf("tcp: channel binding: %w", err)
+	}
+	return ekm, nil
+}
+
+// PeerCertificates returns the chain the peer presented on the control
+// channel.
+func (c *tlsConn) PeerCertificates() []*x509.Certificate {
+	return c.socks[transports.ChannelControl].tls.ConnectionState().PeerCertificates
 }
 
 // Read reads from the channel's TCP connection. Its first error fails the
@@ -87,8 +144,10 @@ func (c *conn) closeSocksLocked() {
 	}
 	c.socksClosed = true
 	var errs []error
-	for _, sock := range c.socks {
-		if err := sock.Close(); err != nil {
+	// The sockets, not TLS: a close_notify could block on a peer that
+	// does not read, and the peer reads io.EOF either way.
+	for _, s := range c.socks {
+		if err := s.sock.Close(); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -125,8 +184,8 @@ func (c *conn) Close() error {
 
 // LocalAddr returns the local address of the control channel's TCP
 // connection.
-func (c *conn) LocalAddr() net.Addr { return c.socks[transports.ChannelControl].LocalAddr() }
+func (c *conn) LocalAddr() net.Addr { return c.socks[transports.ChannelControl].sock.LocalAddr() }
 
 // RemoteAddr returns the remote address of the control channel's TCP
 // connection.
-func (c *conn) RemoteAddr() net.Addr { return c.socks[transports.ChannelControl].RemoteAddr() }
+func (c *conn) RemoteAddr() net.Addr { return c.socks[transports.ChannelControl].sock.RemoteAddr() }
