@@ -91,7 +91,11 @@ func attributesToProbe() []probe {
 				if a.Name == "after_split_brain" && value == "discard-node" {
 					attr += "\n    discard_node = \"alpha\""
 				}
-				return withTwoNodes(fmt.Sprintf(b.around, attr))
+				config := fmt.Sprintf(b.around, attr)
+				if a.Name == "tls" && value == "required" {
+					config += "\n  tls {\n    ca   = \"/ca.crt\"\n    cert = \"/node.crt\"\n    key  = \"/node.key\"\n  }"
+				}
+				return withTwoNodes(config)
 			}})
 		}
 	}
