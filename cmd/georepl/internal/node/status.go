@@ -60,21 +60,27 @@ type Quorum struct {
 
 // PeerStatus is one peer's line of the status.
 type PeerStatus struct {
-	Name        string  `json:"name"`
-	ID          int     `json:"id"`
-	Address     string  `json:"address"`
-	Conn        string  `json:"connection"`
-	Repl        string  `json:"replication"`
-	Role        string  `json:"role"`
-	Disk        string  `json:"disk"`
-	Protocol    string  `json:"protocol"`
-	Transport   string  `json:"transport"`
-	Compression string  `json:"compression"`
-	BytesSent   uint64  `json:"bytes_sent"`
-	BytesRecv   uint64  `json:"bytes_received"`
-	OutOfSync   uint64  `json:"out_of_sync_bytes"`
-	Unacked     uint64  `json:"unacked_bytes"`
-	Resync      *Resync `json:"resync,omitempty"`
+	Name        string `json:"name"`
+	ID          int    `json:"id"`
+	Address     string `json:"address"`
+	Conn        string `json:"connection"`
+	Repl        string `json:"replication"`
+	Role        string `json:"role"`
+	Disk        string `json:"disk"`
+	Protocol    string `json:"protocol"`
+	Transport   string `json:"transport"`
+	Compression string `json:"compression"`
+	// TLS is the connection's tls setting: "required" or "off".
+	TLS string `json:"tls"`
+	// Auth says what authenticates the peer: "certificate",
+	// "certificate+secret", "secret", or "none (insecure)" where the
+	// configuration accepts a connection nothing authenticates.
+	Auth      string  `json:"auth"`
+	BytesSent uint64  `json:"bytes_sent"`
+	BytesRecv uint64  `json:"bytes_received"`
+	OutOfSync uint64  `json:"out_of_sync_bytes"`
+	Unacked   uint64  `json:"unacked_bytes"`
+	Resync    *Resync `json:"resync,omitempty"`
 	// ResyncPaused: pause-sync holds the resync from this node to the peer.
 	ResyncPaused bool `json:"resync_paused,omitempty"`
 	// SameBytes counts, for the running or last resync with this peer,
@@ -239,6 +245,7 @@ func (r *resource) publishStatus() {
 			Name: p.node.Name, ID: p.node.ID, Address: p.node.Address,
 			Protocol: p.link.Protocol.String(), Transport: p.link.Net.Transport, Compression: p.link.Net.Compression.String(),
 			Conn: core.StandAlone.String(), Repl: core.ReplOff.String(), Role: core.RoleUnknown.String(), Disk: core.DUnknown.String(),
+			TLS: p.link.Net.TLS.String(), Auth: authOf(p.link.Net),
 			LastError: lastErr,
 		}
 		if up && wanted {
@@ -396,8 +403,8 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 		}
 		for _, p := range st.Peers {
 			fmt.Fprintf(w, "  %s (id %d) connection:%s replication:%s role:%s disk:%s\n", p.Name, p.ID, p.Conn, p.Repl, p.Role, p.Disk)
-			fmt.Fprintf(w, "      protocol:%s transport:%s compression:%s sent:%s received:%s out-of-sync:%s\n",
-				p.Protocol, p.Transport, p.Compression, HumanBytes(p.BytesSent), HumanBytes(p.BytesRecv), HumanBytes(p.OutOfSync))
+			fmt.Fprintf(w, "      protocol:%s transport:%s tls:%s auth:%s compression:%s sent:%s received:%s out-of-sync:%s\n",
+				p.Protocol, p.Transport, p.TLS, p.Auth, p.Compression, HumanBytes(p.BytesSent), HumanBytes(p.BytesRecv), HumanBytes(p.OutOfSync))
 			if p.Resync != nil {
 				fmt.Fprintf(w, "      resync: %.1f%% (%s of %s, same:%s) rate:%s/s eta:%s\n", p.Resync.Percent,
 					HumanBytes(p.Resync.DoneBytes), HumanBytes(p.Resync.TotalBytes), HumanBytes(p.Resync.SameBytes),
