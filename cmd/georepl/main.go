@@ -60,7 +60,7 @@ and on the node that holds the good data (or any node, for a new empty device):
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().String("admin", defaultAdmin(), "admin socket of the daemon")
-	root.AddCommand(daemonCmd(), createMDCmd(), dumpMDCmd(), validateCmd(),
+	root.AddCommand(daemonCmd(), createMDCmd(), dumpMDCmd(), validateCmd(), tlsCmd(),
 		withLong(simpleVerb("up", "[RESOURCE|all]", "Attach the disk and start connecting to the peers", 0, 1),
 			`Bring RESOURCE (default and "all": every resource of this node) up: open the backing disk
 and its metadata (after an unclean shutdown, mark the activity log's extents out of sync;
