@@ -140,7 +140,7 @@ func (*Transport) Listen(addr string, opts transports.Options) (transports.Liste
 	if err != nil {
 		return nil, fmt.Errorf("quic: listen %s: %w", addr, err)
 	}
-	tlsConf, err := listenerConfig(opts.TLS)
+	tlsConf, err := listenerConfig(opts.TLS, opts.SetupFailed)
 	if err != nil {
 		return nil, fmt.Errorf("quic: listen %s: %w", addr, err)
 	}
@@ -172,8 +172,10 @@ func withALPN(conf *tls.Config) *tls.Config {
 
 // listenerConfig is the listener's TLS configuration: conf's, with a
 // self-signed certificate when conf has none (or is nil) for the dialers
-// it does not pick another configuration for.
-func listenerConfig(conf *tls.Config) (*tls.Config, error) {
+// it does not pick another configuration for. The dialers that a picked
+// configuration refuses are reported to failed, if not nil: quic-go does
+// not tell the listener of a failed handshake.
+func listenerConfig(conf *tls.Config, failed func(net.Addr, error)) (*tls.Config, error) {
 	if conf == nil {
 		conf = &tls.Config{}
 	}
@@ -187,11 +189,28 @@ func listenerConfig(conf *tls.Config) (*tls.Config, error) {
 	}
 	if pick := c.GetConfigForClient; pick != nil {
 		c.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			var remote net.Addr
+			if hello.Conn != nil {
+				remote = hello.Conn.RemoteAddr()
+			}
 			picked, err := pick(hello)
+			if err != nil && failed != nil {
+				failed(remote, err)
+			}
 			if picked == nil || err != nil {
 				return picked, err
 			}
-			return withALPN(picked), nil
+			picked = withALPN(picked)
+			if verify := picked.VerifyConnection; verify != nil && failed != nil {
+				picked.VerifyConnection = func(cs tls.ConnectionState) error {
+					err := verify(cs)
+					if err != nil {
+						failed(remote, err)
+					}
+					return err
+				}
+			}
+			return picked, nil
 		}
 	}
 	return c, nil
