@@ -91,11 +91,10 @@ func attributesToProbe() []probe {
 				if a.Name == "after_split_brain" && value == "discard-node" {
 					attr += "\n    discard_node = \"alpha\""
 				}
-				config := fmt.Sprintf(b.around, attr)
-				if a.Name == "tls" && value == "required" {
-					config += "\n  tls {\n    ca   = \"/ca.crt\"\n    cert = \"/node.crt\"\n    key  = \"/node.key\"\n  }"
+				if a.Name == "tls" && value == "off" {
+					attr += "\n    shared_secret = \"s\"" // authenticated without TLS
 				}
-				return withTwoNodes(config)
+				return withTwoNodes(fmt.Sprintf(b.around, attr))
 			}})
 		}
 	}

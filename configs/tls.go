@@ -96,8 +96,9 @@ func (d *decoder) tls(block *hcl.Block, into *TLSFiles) {
 
 // checkSecurity settles every connection's tls once the tls blocks are
 // known, checks that a connection with TLS has its files on both nodes,
-// and refuses a connection that nothing authenticates unless its
-// configuration says insecure = true. tlsBlock is the resource's tls
+// and refuses a connection that nothing authenticates (no TLS, no shared
+// secret) unless its configuration says insecure = true: whoever reaches
+// the port could then write into a secondary or read the disk. tlsBlock is the resource's tls
 // block (nil if none); nets says where each net block set tls.
 func (d *decoder) checkSecurity(r *Resource, tlsBlock *hcl.Block, nets []netAt) {
 	anyTLS := tlsBlock != nil
@@ -135,10 +136,11 @@ func (d *decoder) checkSecurity(r *Resource, tlsBlock *hcl.Block, nets []netAt) 
 			if err != nil {
 				continue
 			}
+			at := r.DeclRange
 			var conn *Connection
 			for _, c := range r.Connections {
 				if c.Joins(a.Name, b.Name) {
-					conn = c
+					conn, at = c, c.DeclRange
 				}
 			}
 			if lk.Net.TLS == TLSRequired {
@@ -163,6 +165,11 @@ func (d *decoder) checkSecurity(r *Resource, tlsBlock *hcl.Block, nets []netAt) 
 							"Node %q has no tls %s, but its connection to %q requires TLS (%s): set %s in the resource's tls block or in the node's.", n.Name, missing, other(a, b, n).Name, why, missing)
 					}
 				}
+			}
+			if lk.Net.TLS == TLSOff && lk.Net.SharedSecret == "" && !lk.Net.Insecure {
+				d.fail(at, nil, "Unauthenticated connection",
+					"The connection between %q and %q has neither TLS nor a shared_secret: anyone who reaches a node's port could pose as the other node, write into a secondary or receive the whole disk. Give the resource a tls block (georepl tls init makes the files), or a shared_secret in its net block; or, on a network you trust entirely, write insecure = true in the net block to accept this.",
+					a.Name, b.Name)
 			}
 		}
 	}

@@ -71,7 +71,7 @@ func TestTLSBlocks(t *testing.T) {
 }
 
 func TestTLSWithoutBlockIsOff(t *testing.T) {
-	cfg, err := Parse("r0.hcl", []byte(withTwoNodes(`net { shared_secret = "s" }`)), LoadOptions{})
+	cfg, err := Parse("r0.hcl", []byte(withoutTLS(`net { shared_secret = "s" }`)), LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,18 +85,52 @@ func TestTLSMissingFiles(t *testing.T) {
 	for _, tc := range []struct {
 		name, config, want string
 	}{
-		{"required without files", withTwoNodes("net {\n    tls = \"required\"\n  }"),
+		{"required without files", withoutTLS("net {\n    tls = \"required\"\n  }"),
 			`r0.hcl:2:3: Missing TLS files; Node "alpha" has no tls files, but its connection to "bravo" requires TLS (tls = "required" at r0.hcl:13:5)`},
-		{"no key anywhere", withTwoNodes("tls {\n    ca   = \"/ca\"\n    cert = \"/c\"\n  }"),
+		{"no key anywhere", withoutTLS("tls {\n    ca   = \"/ca\"\n    cert = \"/c\"\n  }"),
 			`r0.hcl:2:3: Missing TLS files; Node "alpha" has no tls key, but its connection to "bravo" requires TLS (the default once a tls block exists)`},
 		{"one node without", strings.Replace(twoNodes, `disk    = "/dev/a"`, "disk    = \"/dev/a\"\n    tls {\n      ca   = \"/ca\"\n      cert = \"/c\"\n      key  = \"/k\"\n    }", 1) + "}\n",
 			`r0.hcl:12:3: Missing TLS files; Node "bravo" has no tls files, but its connection to "alpha" requires TLS`},
-		{"empty path", withTwoNodes("tls {\n    ca   = \"\"\n  }"), `r0.hcl:13:12: Empty path; ca must name a file or device.`},
-		{"bad mode", withTwoNodes("net {\n    tls = \"on\"\n  }"), `tls = "on" is not valid; use one of "off", "required"`},
+		{"empty path", withoutTLS("tls {\n    ca   = \"\"\n  }"), `r0.hcl:13:12: Empty path; ca must name a file or device.`},
+		{"bad mode", withoutTLS("net {\n    tls = \"on\"\n  }"), `tls = "on" is not valid; use one of "off", "required"`},
 	} {
 		_, err := Parse("r0.hcl", []byte(tc.config), LoadOptions{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error containing %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+// withoutTLS is withTwoNodes without its tls block.
+func withoutTLS(extra string) string { return twoNodes + "  " + extra + "\n}\n" }
+
+// TestUnauthenticatedRefused: a connection that neither TLS nor a shared
+// secret authenticates is refused unless the configuration accepts it in
+// so many words.
+func TestUnauthenticatedRefused(t *testing.T) {
+	_, err := Parse("r0.hcl", []byte(withoutTLS("")), LoadOptions{})
+	want := `r0.hcl:1:1: Unauthenticated connection; The connection between "alpha" and "bravo" has neither TLS nor a shared_secret`
+	if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "insecure = true") {
+		t.Errorf("no tls, no secret: %v, want an error containing %q and naming insecure = true", err, want)
+	}
+	off := threeNodesTLS[:strings.LastIndex(threeNodesTLS, "}")] + "  connection \"bravo\" \"dr\" {\n    net { tls = \"off\" }\n  }\n}\n"
+	_, err = Parse("r0.hcl", []byte(off), LoadOptions{})
+	if err == nil || !strings.Contains(err.Error(), `r0.hcl:32:3: Unauthenticated connection; The connection between "bravo" and "dr"`) {
+		t.Errorf("tls = \"off\" without a secret on one connection: %v, want it refused at its connection block", err)
+	}
+	for name, src := range map[string]string{
+		"insecure":            withoutTLS("net { insecure = true }"),
+		"secret":              withoutTLS("net { shared_secret = \"s\" }"),
+		"insecure connection": withoutTLS("connection \"alpha\" \"bravo\" {\n    net { insecure = true }\n  }"),
+	} {
+		cfg, err := Parse("r0.hcl", []byte(src), LoadOptions{})
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		lk, _ := cfg.Resources[0].Link("alpha", "bravo")
+		if lk.Net.Insecure != (name != "secret") {
+			t.Errorf("%s: Insecure = %v", name, lk.Net.Insecure)
 		}
 	}
 }

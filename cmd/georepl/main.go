@@ -480,8 +480,15 @@ Needs no daemon.`,
 						if l.Net.AfterSplitBrain == core.DiscardNode {
 							sb += " " + l.Net.DiscardNode
 						}
-						fmt.Fprintf(out, "  %s <-> %s: protocol %s, %s, compression %s, csums %s, max_buffer %s, on_congestion %s, resync_rate %s, resync_min_app_share %g, after_split_brain %s\n",
-							a.Name, b.Name, l.Protocol, l.Net.Transport, l.Net.Compression, l.Net.Csums,
+						auth := "tls " + l.Net.TLS.String()
+						switch {
+						case l.Net.SharedSecret != "":
+							auth += ", shared secret"
+						case l.Net.TLS == configs.TLSOff:
+							auth += ", UNAUTHENTICATED (insecure = true)"
+						}
+						fmt.Fprintf(out, "  %s <-> %s: protocol %s, %s, %s, compression %s, csums %s, max_buffer %s, on_congestion %s, resync_rate %s, resync_min_app_share %g, after_split_brain %s\n",
+							a.Name, b.Name, l.Protocol, l.Net.Transport, auth, l.Net.Compression, l.Net.Csums,
 							configs.FormatSize(l.Net.MaxBuffer), l.Net.OnCongestion, rate, l.Net.ResyncMinAppShare, sb)
 					}
 				}
