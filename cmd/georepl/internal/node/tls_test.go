@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -50,8 +51,11 @@ type tlsCluster struct {
 	// connections in the configuration its own daemon reads (a setting
 	// the other nodes do not share).
 	connExtra map[string]string
-	logs      map[string]*syncBuffer
-	daemons   map[string]*Daemon
+	// addrOf["node/peer"], if set, is peer's address in node's
+	// configuration (a relay's, say).
+	addrOf  map[string]string
+	logs    map[string]*syncBuffer
+	daemons map[string]*Daemon
 }
 
 var tlsNodes = []string{"alpha", "bravo", "dr"}
@@ -65,7 +69,7 @@ func newTLSCluster(t *testing.T, transport string) *tlsCluster {
 	}
 	c := &tlsCluster{dir: t.TempDir(), pki: nodetlstest.New(t), ports: port,
 		net:       fmt.Sprintf("transport = %q\n    connect_retry = \"200ms\"", transport),
-		connExtra: map[string]string{}, logs: map[string]*syncBuffer{}, daemons: map[string]*Daemon{}}
+		connExtra: map[string]string{}, addrOf: map[string]string{}, logs: map[string]*syncBuffer{}, daemons: map[string]*Daemon{}}
 	for _, n := range tlsNodes {
 		c.writeFiles(t, n, c.pki, n, time.Hour)
 	}
@@ -100,8 +104,12 @@ func (c *tlsCluster) config(t *testing.T, node string) *configs.Config {
 	fmt.Fprintf(&b, "resource \"r0\" {\n  protocol = \"C\"\n  net {\n    %s\n  }\n", c.net)
 	for id, n := range tlsNodes {
 		f := c.files(n)
-		fmt.Fprintf(&b, "  node %q {\n    id = %d\n    address = \"127.0.0.1:%d\"\n    disk = %q\n    tls {\n      ca = %q\n      cert = %q\n      key = %q\n    }\n  }\n",
-			n, id, c.ports+id, filepath.Join(c.dir, n+".img"), f.CA, f.Cert, f.Key)
+		addr := c.addrOf[node+"/"+n]
+		if addr == "" {
+			addr = c.addr(n)
+		}
+		fmt.Fprintf(&b, "  node %q {\n    id = %d\n    address = %q\n    disk = %q\n    tls {\n      ca = %q\n      cert = %q\n      key = %q\n    }\n  }\n",
+			n, id, addr, filepath.Join(c.dir, n+".img"), f.CA, f.Cert, f.Key)
 	}
 	if extra := c.connExtra[node]; extra != "" {
 		for _, peer := range tlsNodes {
@@ -116,6 +124,11 @@ func (c *tlsCluster) config(t *testing.T, node string) *configs.Config {
 		t.Fatalf("%s's configuration: %v\n%s", node, err, b.String())
 	}
 	return cfg
+}
+
+// addr is where node listens.
+func (c *tlsCluster) addr(node string) string {
+	return fmt.Sprintf("127.0.0.1:%d", c.ports+slices.Index(tlsNodes, node))
 }
 
 // start brings node up; adjust, if not nil, changes its daemon before.
