@@ -286,13 +286,25 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level, faults string, 
 			return err
 		}
 	}
-	select {
-	case s := <-sig:
-		log.Info("shutting down", "signal", s.String())
-	case <-ctx.Done():
-		log.Info("shutting down", "reason", context.Cause(ctx))
+	// SIGHUP reloads the TLS files (certificate rotation); established
+	// connections keep theirs.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			if err := d.ReloadTLS(); err != nil {
+				log.Error("reloading the TLS files failed; the previous ones stay in use", "err", err)
+			}
+			continue
+		case s := <-sig:
+			log.Info("shutting down", "signal", s.String())
+		case <-ctx.Done():
+			log.Info("shutting down", "reason", context.Cause(ctx))
+		}
+		return d.Close()
 	}
-	return d.Close()
 }
 
 // tuneGC raises the garbage collector's target unless GOGC is set. Every

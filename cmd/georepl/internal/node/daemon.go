@@ -36,7 +36,8 @@ type Daemon struct {
 	preAuthLog *preAuthLog
 
 	// identities are this node's TLS identities, by resource; resources
-	// without TLS files have none.
+	// without TLS files have none. ReloadTLS replaces the map, under idMu.
+	idMu       sync.RWMutex
 	identities map[string]*nodetls.Identity
 
 	opts   Options
@@ -68,6 +69,9 @@ func NewDaemon(cfg *configs.Config, nodeName string, log *slog.Logger, opts Opti
 		return nil, err
 	}
 	d.identities = ids
+	for name, id := range ids {
+		d.warnExpiry(name, id)
+	}
 	for _, rc := range cfg.Resources {
 		self, err := rc.Node(nodeName)
 		if err != nil {

@@ -45,6 +45,11 @@ type ResourceStatus struct {
 	DiskError string `json:"disk_error,omitempty"`
 	// Quorum is set when the resource has a quorum.
 	Quorum *Quorum `json:"quorum,omitempty"`
+	// TLSValidUntil is when this node's TLS certificate for the resource
+	// expires (nil without one); TLSExpiresSoon, that it does within 30
+	// days.
+	TLSValidUntil  *time.Time `json:"tls_valid_until,omitempty"`
+	TLSExpiresSoon bool       `json:"tls_expires_soon,omitempty"`
 }
 
 // Quorum is a node's quorum: Have nodes reachable (itself and its
@@ -206,6 +211,10 @@ func (r *resource) publishStatus() {
 		st.Error = r.failed.Error()
 	}
 	st.Device = r.kernelDevicePath()
+	if id := r.d.identity(r.cfg.Name); id != nil {
+		until := id.Leaf.NotAfter.UTC()
+		st.TLSValidUntil, st.TLSExpiresSoon = &until, id.ExpiresWithin(expiryWarning, time.Now())
+	}
 	r.mu.Lock()
 	up := r.up
 	r.mu.Unlock()
@@ -391,6 +400,9 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 			fmt.Fprintf(w, " quorum:%d/%d (%s)", q.Have, q.Need, state)
 		}
 		fmt.Fprintln(w)
+		if st.TLSExpiresSoon {
+			fmt.Fprintf(w, "  WARNING: this node's TLS certificate expires on %s: renew it and send the daemon SIGHUP\n", st.TLSValidUntil.Format(time.RFC3339))
+		}
 		if st.DiskError != "" {
 			fmt.Fprintf(w, "  disk detached: %s (reads and writes go to the peers in sync; see the admin guide, \"Failures\")\n", st.DiskError)
 		}

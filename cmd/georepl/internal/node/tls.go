@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/transports"
@@ -46,7 +47,7 @@ func loadIdentities(cfg *configs.Config, nodeName string) (map[string]*nodetls.I
 // names no resource (its connection has tls = "off") gets the transport's
 // self-signed certificate.
 func (d *Daemon) listenerTLS(transport string) *tls.Config {
-	if len(d.identities) == 0 {
+	if len(d.identityMap()) == 0 {
 		return nil
 	}
 	return &tls.Config{
@@ -55,13 +56,57 @@ func (d *Daemon) listenerTLS(transport string) *tls.Config {
 			if hello.ServerName == "" && transport != "tcp" {
 				return nil, nil
 			}
-			id, ok := d.identities[hello.ServerName]
+			id, ok := d.identityMap()[hello.ServerName]
 			if !ok {
 				return nil, fmt.Errorf("the dialer asks for TLS for resource %q, which has no tls block for node %s", hello.ServerName, d.nodeName)
 			}
 			return id.ServerConfig(nil), nil
 		},
 	}
+}
+
+func (d *Daemon) identityMap() map[string]*nodetls.Identity {
+	d.idMu.RLock()
+	defer d.idMu.RUnlock()
+	return d.identities
+}
+
+// identity is this node's identity in resource, or nil.
+func (d *Daemon) identity(resource string) *nodetls.Identity {
+	return d.identityMap()[resource]
+}
+
+// expiryWarning is how long before its certificate expires a node warns.
+const expiryWarning = 30 * 24 * time.Hour
+
+// ReloadTLS reads this node's TLS files again, as the configuration
+// names them: new connections use the new certificates, established ones
+// keep theirs. If any file cannot be used, nothing changes and the error
+// says which (as at start).
+func (d *Daemon) ReloadTLS() error {
+	ids, err := loadIdentities(d.cfg, d.nodeName)
+	if err != nil {
+		return err
+	}
+	d.idMu.Lock()
+	d.identities = ids
+	d.idMu.Unlock()
+	for name, id := range ids {
+		d.log.Info("TLS files reloaded", "resource", name, "valid_until", id.Leaf.NotAfter.UTC().Format(time.RFC3339))
+		d.warnExpiry(name, id)
+	}
+	return nil
+}
+
+// warnExpiry logs, and tells the events' subscribers, that id's
+// certificate expires within expiryWarning.
+func (d *Daemon) warnExpiry(resource string, id *nodetls.Identity) {
+	if !id.ExpiresWithin(expiryWarning, time.Now()) {
+		return
+	}
+	msg := fmt.Sprintf("this node's TLS certificate expires on %s: renew it and send the daemon SIGHUP", id.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	d.log.Warn(msg, "resource", resource)
+	d.events.publish(Event{Time: time.Now().UTC(), Resource: resource, Node: d.nodeName, What: "tls-expiry", Detail: msg})
 }
 
 // setupFailed logs a listener's refusal of a dialer during TLS set-up.
@@ -77,7 +122,7 @@ func (r *resource) dialTLS(p *peer) *tls.Config {
 	if p.link.Net.TLS != configs.TLSRequired {
 		return nil
 	}
-	return r.d.identities[r.cfg.Name].ClientConfig(r.cfg.Name, nil)
+	return r.d.identity(r.cfg.Name).ClientConfig(r.cfg.Name, nil)
 }
 
 // checkPeerIdentity checks, before anything else is said on conn, that
@@ -103,7 +148,7 @@ func (r *resource) checkPeerIdentity(conn transports.Conn, p *peer, dialer bool)
 	case len(certs) == 0:
 		return fmt.Errorf("resource %s: the connection between %s and %s requires TLS, but node %s connected without a certificate (its configuration has tls = \"off\" there, or it is not %s)", r.cfg.Name, r.self.Name, p.node.Name, p.node.Name, p.node.Name)
 	}
-	if err := r.d.identities[r.cfg.Name].VerifyPeer(certs, p.node.Name, dialer); err != nil {
+	if err := r.d.identity(r.cfg.Name).VerifyPeer(certs, p.node.Name, dialer); err != nil {
 		return fmt.Errorf("resource %s: refusing the peer that claims to be node %s: %w", r.cfg.Name, p.node.Name, err)
 	}
 	return nil

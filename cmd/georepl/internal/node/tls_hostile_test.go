@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"io"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -169,4 +170,67 @@ func TestTLSManInTheMiddle(t *testing.T) {
 			t.Error("alpha connected to bravo through the relay")
 		}
 	})
+}
+
+// TestTLSReload: new certificate files, reloaded, serve new connections
+// while the established ones stay up; files that cannot be used are
+// refused and the old ones kept; a certificate that expires within 30
+// days is a warning in status.
+func TestTLSReload(t *testing.T) {
+	c := newTLSCluster(t, "tcp")
+	for _, n := range tlsNodes {
+		c.start(t, n, nil)
+	}
+	c.waitConnected(t, "alpha", "bravo")
+	bravo := c.daemons["bravo"]
+	before := bravo.identity("r0").Leaf
+
+	f := c.files("bravo")
+	if err := os.Chmod(f.Key, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := bravo.ReloadTLS(); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+		t.Errorf("reload with a readable key: %v, want refused", err)
+	}
+	if !bravo.identity("r0").Leaf.Equal(before) {
+		t.Error("a failed reload changed the identity")
+	}
+
+	c.writeFiles(t, "bravo", c.pki, "bravo", 10*24*time.Hour)
+	if err := bravo.ReloadTLS(); err != nil {
+		t.Fatal(err)
+	}
+	after := bravo.identity("r0").Leaf
+	if after.Equal(before) {
+		t.Fatal("reload kept the old certificate")
+	}
+	alpha, err := nodetls.Load(c.files("alpha"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p, err := hostile.DialWith(ctx, "tcp", c.addr("bravo"), transports.Options{TLS: alpha.ClientConfig("r0", nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if got := p.Conn.(transports.PeerCertificates).PeerCertificates()[0]; !got.Equal(after) {
+		t.Error("a new connection got the old certificate")
+	}
+	if n := strings.Count(c.logs["alpha"].String(), "msg=connected node=alpha resource=r0 peer=bravo"); n != 1 || c.peerConn(t, "alpha", "bravo") != "Connected" {
+		t.Errorf("alpha connected to bravo %d times and is %s: the reload dropped the connection", n, c.peerConn(t, "alpha", "bravo"))
+	}
+	waitForStatus := time.Now().Add(10 * time.Second)
+	for {
+		st, _ := bravo.Status("r0")
+		if st[0].TLSExpiresSoon && st[0].TLSValidUntil.Equal(after.NotAfter) {
+			break
+		}
+		if time.Now().After(waitForStatus) {
+			t.Fatalf("status after reloading a certificate valid for 10 days: valid until %v, expires soon %v", st[0].TLSValidUntil, st[0].TLSExpiresSoon)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.waitLog(t, "bravo", "TLS certificate expires on", "SIGHUP")
 }

@@ -91,6 +91,7 @@ func (c *tlsCluster) writeFiles(t *testing.T, node string, pki *nodetlstest.PKI,
 	}
 	f := c.files(node)
 	for path, b := range map[string][]byte{f.CA: pki.CA.CertPEM, f.Cert: issued.CertPEM, f.Key: issued.KeyPEM} {
+		os.Remove(path) // new files, with their mode, as renewed ones would be
 		if err := os.WriteFile(path, b, 0o600); err != nil {
 			t.Fatal(err)
 		}
