@@ -24,6 +24,12 @@ func BenchmarkTCP(b *testing.B) {
 	transporttest.Bench(b, tcp.New(), "127.0.0.1:0")
 }
 
+func BenchmarkTCPTLS(b *testing.B) {
+	pki := nodetlstest.New(b)
+	alpha, bravo := pki.Identity(b, "alpha", time.Hour), pki.Identity(b, "bravo", time.Hour)
+	transporttest.Bench(b, &nodetlstest.Transport{Transport: tcp.New(), Client: alpha.ClientConfig("r0", nil), Server: bravo.ServerConfig(nil)}, "127.0.0.1:0")
+}
+
 func TestBadAddressesAndOptions(t *testing.T) {
 	tr := tcp.New()
 	ctx := context.Background()
