@@ -145,8 +145,17 @@ type Net struct {
 	// Compression is how frames are packed for the peer.
 	Compression wire.Compression
 	// SharedSecret authenticates peers to each other; empty means that any
-	// peer that knows the resource and node names is accepted.
+	// peer that knows the resource and node names is accepted, unless TLS
+	// authenticates them. With TLS it is an extra factor, bound to the TLS
+	// session.
 	SharedSecret string
+	// TLS says whether the connection runs TLS with node certificates
+	// (Node.TLS): TLSRequired by default when the resource has a tls
+	// block, TLSOff otherwise.
+	TLS TLSMode
+	// Insecure accepts a connection that nothing authenticates (TLSOff
+	// and no SharedSecret), which is refused otherwise.
+	Insecure bool
 	// MaxBuffer bounds, in bytes, the data sent to a peer and not yet
 	// acknowledged by it.
 	MaxBuffer int64
@@ -261,6 +270,9 @@ type Node struct {
 	// when Device is a ublk spelling or "auto"; 1 and 128 by default.
 	UblkQueues     int
 	UblkQueueDepth int
+	// TLS are the node's TLS files, nil when neither the resource nor the
+	// node has a tls block.
+	TLS *TLSFiles
 	// DeclRange is where the node block's header is in the source.
 	DeclRange hcl.Range
 }

@@ -53,7 +53,7 @@ const threeNodes = `resource "r0" {
       compression = "none"
     }
   }
-}
+` + testTLS + `}
 `
 
 func loadThreeNodes(t *testing.T) *Resource {
@@ -272,5 +272,25 @@ func TestAdminGuideShowsExample(t *testing.T) {
 	}
 	if !strings.Contains(string(guide), "```hcl\n"+string(example)+"```") {
 		t.Errorf("docs/admin-guide.md does not show examples/r0.hcl verbatim in an hcl code block")
+	}
+}
+
+func TestDemoTLS(t *testing.T) {
+	dir, tlsDir := `/tmp/demo "${x}"`, "/tmp/demo tls"
+	cfg, err := Parse("demo.hcl", DemoTLS(dir, 7000, tlsDir), LoadOptions{})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, DemoTLS(dir, 7000, tlsDir))
+	}
+	r, _ := cfg.Resource("r0")
+	for _, name := range []string{"alpha", "bravo", "dr"} {
+		n, _ := r.Node(name)
+		if n.TLS == nil || n.TLS.CA != tlsDir+"/ca.crt" || n.TLS.Cert != tlsDir+"/"+name+".crt" || n.TLS.Key != tlsDir+"/"+name+".key" {
+			t.Errorf("node %s's TLS files = %+v", name, n.TLS)
+		}
+	}
+	for _, pair := range [][2]string{{"alpha", "bravo"}, {"alpha", "dr"}, {"bravo", "dr"}} {
+		if link, _ := r.Link(pair[0], pair[1]); link.Net.TLS != TLSRequired || link.Net.SharedSecret != "demo-secret" {
+			t.Errorf("demo %s–%s: tls %v, secret %q; want required and the demo secret", pair[0], pair[1], link.Net.TLS, link.Net.SharedSecret)
+		}
 	}
 }

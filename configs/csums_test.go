@@ -18,7 +18,7 @@ func TestCsumsPerConnection(t *testing.T) {
   connection "alpha" "dr" {
     net { csums = "sha256" }
   }
-}
+` + testTLS + `}
 `
 	cfg, err := Parse("r0.hcl", []byte(src), LoadOptions{})
 	if err != nil {

@@ -35,6 +35,7 @@ var (
 			{Type: "net"},
 			{Type: "disk"},
 			{Type: "handlers"},
+			{Type: "tls"},
 			{Type: "node", LabelNames: []string{"name"}},
 			{Type: "connection", LabelNames: []string{"node_a", "node_b"}},
 		},
@@ -54,6 +55,8 @@ var (
 			{Name: "connect_retry"},
 			{Name: "after_split_brain"},
 			{Name: "discard_node"},
+			{Name: "tls"},
+			{Name: "insecure"},
 		},
 	}
 	handlersSchema = &hcl.BodySchema{
@@ -74,6 +77,7 @@ var (
 			{Name: "ublk_queues"},
 			{Name: "ublk_queue_depth"},
 		},
+		Blocks: []hcl.BlockHeaderSchema{{Type: "tls"}},
 	}
 	connectionSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{{Name: "protocol"}},
@@ -225,7 +229,13 @@ func (d *decoder) resource(block *hcl.Block) {
 	if b := d.single(byType["handlers"], "resource"); b != nil {
 		d.handlers(b, &r.Handlers)
 	}
-	d.nodes(r, byType["node"])
+	tlsBlock := d.single(byType["tls"], "resource")
+	var resourceTLS *TLSFiles
+	if tlsBlock != nil {
+		resourceTLS = &TLSFiles{}
+		d.tls(tlsBlock, resourceTLS)
+	}
+	d.nodes(r, byType["node"], resourceTLS)
 	connNets := d.connections(r, byType["connection"])
 	connCongestionAt := map[*Connection]*hcl.Attribute{}
 	for _, at := range connNets {
@@ -233,6 +243,7 @@ func (d *decoder) resource(block *hcl.Block) {
 	}
 	d.checkCongestion(r, congestionAt, connCongestionAt)
 	d.checkSplitBrain(r, append(nets, connNets...))
+	d.checkSecurity(r, tlsBlock, append(nets, connNets...))
 	if attr := content.Attributes["quorum"]; attr != nil {
 		d.quorum(attr, r)
 	}
@@ -290,6 +301,7 @@ func (d *decoder) checkCongestion(r *Resource, resourceAt *hcl.Attribute, connAt
 // not), and which connection it belongs to (nil for the resource's).
 type netAt struct {
 	congestion   *hcl.Attribute
+	tls          *hcl.Attribute
 	policy, node *hcl.Attribute
 	conn         *Connection
 	net          *Net
@@ -303,6 +315,17 @@ func (d *decoder) net(block *hcl.Block, into *Net) netAt {
 	d.diags = append(d.diags, diags...)
 	attrs := content.Attributes
 	at := netAt{policy: attrs["after_split_brain"], node: attrs["discard_node"], net: into}
+	if attr := attrs["tls"]; attr != nil {
+		if m, ok := choose(d, attr, "Invalid tls", TLSModes()); ok {
+			into.TLS = m
+			at.tls = attr
+		}
+	}
+	if attr := attrs["insecure"]; attr != nil {
+		if v, ok := d.value(attr, cty.Bool); ok {
+			into.Insecure = v.True()
+		}
+	}
 	if attr := at.policy; attr != nil {
 		if s, ok := choose(d, attr, "Invalid after_split_brain", core.SplitBrainPolicies()); ok {
 			into.AfterSplitBrain = s
@@ -509,7 +532,9 @@ func (d *decoder) disk(block *hcl.Block, into *Disk) {
 	}
 }
 
-func (d *decoder) nodes(r *Resource, blocks []*hcl.Block) {
+// nodes decodes the node blocks; resourceTLS holds the resource's tls
+// paths (nil without a tls block), which a node's own tls block overlays.
+func (d *decoder) nodes(r *Resource, blocks []*hcl.Block, resourceTLS *TLSFiles) {
 	byName := map[string]*Node{}
 	byID := map[int]*Node{}
 	byAddress := map[string]*Node{}
@@ -531,6 +556,16 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block) {
 		content, diags := block.Body.Content(nodeSchema)
 		d.diags = append(d.diags, diags...)
 		attrs := content.Attributes
+		if resourceTLS != nil {
+			files := *resourceTLS
+			n.TLS = &files
+		}
+		if b := d.single(content.Blocks, "node"); b != nil {
+			if n.TLS == nil {
+				n.TLS = &TLSFiles{}
+			}
+			d.tls(b, n.TLS)
+		}
 		if attr := attrs["id"]; attr != nil {
 			if id, ok := d.nodeID(attr); ok {
 				if first := byID[id]; first != nil {

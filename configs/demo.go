@@ -16,6 +16,18 @@ import (
 // lz4. dir may be any path; basePort must be from 1 to 65533 for the result
 // to load.
 func Demo(dir string, basePort int) []byte {
+	return demo(dir, basePort, "")
+}
+
+// DemoTLS is Demo with TLS on every connection: the CA at
+// tlsDir/ca.crt, each node's certificate and key at tlsDir/NAME.crt and
+// tlsDir/NAME.key, as `georepl tls init --out tlsDir` writes them. The
+// shared secret stays, as a second factor.
+func DemoTLS(dir string, basePort int, tlsDir string) []byte {
+	return demo(dir, basePort, tlsDir)
+}
+
+func demo(dir string, basePort int, tlsDir string) []byte {
 	var b bytes.Buffer
 	b.WriteString(`# Demo cluster: three nodes on one machine. alpha and bravo replicate
 # synchronously (protocol C); dr plays the remote site, asynchronous over QUIC.
@@ -27,6 +39,13 @@ resource "r0" {
     shared_secret = "demo-secret"
   }
 `)
+	if tlsDir != "" {
+		fmt.Fprintf(&b, `
+  tls {
+    ca = %s
+  }
+`, hclString(filepath.Join(tlsDir, "ca.crt")))
+	}
 	for id, name := range []string{"alpha", "bravo", "dr"} {
 		fmt.Fprintf(&b, `
   node %s {
@@ -35,11 +54,18 @@ resource "r0" {
     disk      = %s
     meta_disk = "internal"
     export    = %s
-  }
 `, hclString(name), id,
 			hclString(fmt.Sprintf("127.0.0.1:%d", basePort+id)),
 			hclString(filepath.Join(dir, name+".img")),
 			hclString("unix:"+filepath.Join(dir, name+".nbd.sock")))
+		if tlsDir != "" {
+			fmt.Fprintf(&b, `    tls {
+      cert = %s
+      key  = %s
+    }
+`, hclString(filepath.Join(tlsDir, name+".crt")), hclString(filepath.Join(tlsDir, name+".key")))
+		}
+		b.WriteString("  }\n")
 	}
 	b.WriteString(`
   connection "alpha" "dr" {

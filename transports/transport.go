@@ -2,6 +2,8 @@ package transports
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -84,6 +86,20 @@ type Options struct {
 	// transport declares the peer dead and fails the connection. 0 means
 	// DefaultIdleTimeout.
 	IdleTimeout time.Duration
+	// TLS, when not nil, secures the connection with TLS 1.3 (the
+	// transport sets MinVersion and its ALPN on a copy). Dial uses it as
+	// the client's configuration: it must present a certificate and verify
+	// the server's. A listener uses it for the dialers that ask for TLS;
+	// tcp listeners also accept plaintext dialers, whose connections then
+	// have no PeerCertificates: the layer above decides whether that is
+	// allowed. nil: tcp is plaintext, and quic uses a self-signed
+	// certificate that its dialer does not verify.
+	TLS *tls.Config
+	// SetupFailed, when not nil, is called by a listener, from its own
+	// goroutines, for each dialer it refused because their TLS set-up
+	// failed (a certificate refused by either end, TLS asked of a listener
+	// without it): the listener's side of the refusal, for its log.
+	SetupFailed func(remote net.Addr, err error)
 }
 
 // Defaults of Options: a dead peer is noticed within about IdleTimeout
@@ -124,4 +140,13 @@ func (o Options) WithDefaults() (Options, error) {
 // (no man in the middle can relay the proof to another connection).
 type ChannelBinding interface {
 	ChannelBinding() ([]byte, error)
+}
+
+// PeerCertificates is implemented by connections that may run over TLS.
+// PeerCertificates returns the certificate chain the peer presented,
+// leaf first, or nil when it presented none (a plaintext connection, or
+// a QUIC dialer without a certificate). The chain has been verified only
+// as far as Options.TLS's callbacks did.
+type PeerCertificates interface {
+	PeerCertificates() []*x509.Certificate
 }

@@ -472,7 +472,7 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("georepl demo: %v\n%s", err, out)
 	}
-	for _, want := range []string{"byte-identical", "resynchronised"} {
+	for _, want := range []string{"byte-identical", "resynchronised", "tls init", "tls:required auth:certificate+secret"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}

@@ -33,7 +33,8 @@ func demoCmd() *cobra.Command {
 		Use:   "demo",
 		Short: "Run a three-node cluster on loopback and show replication, failure and resync",
 		Long: `Start three nodes on 127.0.0.1 with file-backed disks in a temporary folder: alpha is
-primary; bravo gets protocol C over TCP; dr gets protocol A over QUIC with LZ4. Write a
+primary; bravo gets protocol C over TCP; dr gets protocol A over QUIC with LZ4; every
+connection runs TLS with certificates made as 'georepl tls init' makes them. Write a
 workload through alpha's NBD export, show status and resync progress, kill bravo with
 SIGKILL and bring it back (what was written while it was gone resyncs, and the extents of
 its activity log: the demo sets al_extents = 16), then check that the three disks are
@@ -87,7 +88,8 @@ func (d *demo) run(ctx context.Context) error {
 	if err := os.MkdirAll(d.conf, 0o755); err != nil {
 		return err
 	}
-	src, err := withDemoActivityLog(configs.Demo(d.dir, port))
+	tlsDir := filepath.Join(d.dir, "tls")
+	src, err := withDemoActivityLog(configs.DemoTLS(d.dir, port, tlsDir))
 	if err != nil {
 		return err
 	}
@@ -103,6 +105,10 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	d.step("three nodes on loopback, disks of %s in %s", configs.FormatSize(d.size), d.dir)
 	fmt.Fprintf(d.out, "%s", src)
+	d.step("georepl tls init --config %s --out %s: a CA and a certificate per node; every connection runs TLS", d.conf, tlsDir)
+	if err := tlsInit(d.cfg, tlsDir, 24*time.Hour, time.Now(), io.Discard); err != nil {
+		return fmt.Errorf("tls init: %w", err)
+	}
 
 	for _, n := range demoNodes {
 		self, _ := rc.Node(n)

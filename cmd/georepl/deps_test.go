@@ -28,7 +28,11 @@ var depRules = []struct {
 	{"transports/quic", []string{"transports"}},
 	{"transports/mem", []string{"transports"}},
 	{"transports/builtin", []string{"transports", "transports/tcp", "transports/quic"}},
-	{"transports/transporttest", []string{"transports"}},
+	// Node certificates (the node name in a URI SAN), for the transports'
+	// TLS and the driver's identity checks: a leaf of crypto only.
+	{"transports/nodetls", nil},
+	{"transports/nodetls/nodetlstest", []string{"transports", "transports/nodetls"}},
+	{"transports/transporttest", []string{"transports", "transports/nodetls", "transports/nodetls/nodetlstest"}},
 	// Plugins: the SDK and the host share only the control protocol.
 	{"plugins/internal/control", []string{"transports"}},
 	{"plugins/internal/ring", nil},
@@ -46,7 +50,7 @@ var depRules = []struct {
 	{"cmd/georepl/internal/storage", []string{"core", "core/meta", "core/wire", "kmod", "protocols"}},
 	// The simulator runs nodes in a world of its own: no real transport.
 	{"cmd/georepl/internal/sim", []string{"cmd/georepl/internal/admin", "cmd/georepl/internal/checker", "cmd/georepl/internal/node",
-		"cmd/georepl/internal/storage", "configs", "core", "core/meta", "core/wire", "kmod", "kmod/nbd", "kmod/nbdkernel", "kmod/ublk", "protocols", "transports"}},
+		"cmd/georepl/internal/storage", "configs", "core", "core/meta", "core/wire", "kmod", "kmod/nbd", "kmod/nbdkernel", "kmod/ublk", "protocols", "transports", "transports/nodetls"}},
 }
 
 // TestDependencyRule keeps the architecture honest: the engine and the

@@ -61,7 +61,7 @@ and on the node that holds the good data (or any node, for a new empty device):
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().String("admin", defaultAdmin(), "admin socket of the daemon")
-	root.AddCommand(daemonCmd(), createMDCmd(), dumpMDCmd(), validateCmd(),
+	root.AddCommand(daemonCmd(), createMDCmd(), dumpMDCmd(), validateCmd(), tlsCmd(),
 		withLong(simpleVerb("up", "[RESOURCE|all]", "Attach the disk and start connecting to the peers", 0, 1),
 			`Bring RESOURCE (default and "all": every resource of this node) up: open the backing disk
 and its metadata (after an unclean shutdown, mark the activity log's extents out of sync;
@@ -293,13 +293,25 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level, faults string, 
 			return err
 		}
 	}
-	select {
-	case s := <-sig:
-		log.Info("shutting down", "signal", s.String())
-	case <-ctx.Done():
-		log.Info("shutting down", "reason", context.Cause(ctx))
+	// SIGHUP reloads the TLS files (certificate rotation); established
+	// connections keep theirs.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			if err := d.ReloadTLS(); err != nil {
+				log.Error("reloading the TLS files failed; the previous ones stay in use", "err", err)
+			}
+			continue
+		case s := <-sig:
+			log.Info("shutting down", "signal", s.String())
+		case <-ctx.Done():
+			log.Info("shutting down", "reason", context.Cause(ctx))
+		}
+		return d.Close()
 	}
-	return d.Close()
 }
 
 // tuneGC raises the garbage collector's target unless GOGC is set. Every
@@ -494,8 +506,15 @@ connection. Needs no daemon.`,
 						if l.Net.AfterSplitBrain == core.DiscardNode {
 							sb += " " + l.Net.DiscardNode
 						}
-						fmt.Fprintf(out, "  %s <-> %s: protocol %s, %s, compression %s, csums %s, max_buffer %s, on_congestion %s, resync_rate %s, resync_min_app_share %g, after_split_brain %s\n",
-							a.Name, b.Name, l.Protocol, l.Net.Transport, l.Net.Compression, l.Net.Csums,
+						auth := "tls " + l.Net.TLS.String()
+						switch {
+						case l.Net.SharedSecret != "":
+							auth += ", shared secret"
+						case l.Net.TLS == configs.TLSOff:
+							auth += ", UNAUTHENTICATED (insecure = true)"
+						}
+						fmt.Fprintf(out, "  %s <-> %s: protocol %s, %s, %s, compression %s, csums %s, max_buffer %s, on_congestion %s, resync_rate %s, resync_min_app_share %g, after_split_brain %s\n",
+							a.Name, b.Name, l.Protocol, l.Net.Transport, auth, l.Net.Compression, l.Net.Csums,
 							configs.FormatSize(l.Net.MaxBuffer), l.Net.OnCongestion, rate, l.Net.ResyncMinAppShare, sb)
 					}
 				}

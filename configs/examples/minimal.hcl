@@ -1,10 +1,15 @@
-# r1: the smallest useful resource. Two nodes, every setting at its default:
-# protocol C over plain TCP, no compression, no authentication.
+# r1: the smallest useful resource. Two nodes, every setting at its default
+# but the secret: protocol C over plain TCP, no compression.
 #
-# Without shared_secret, any host that can reach the port and knows the
-# resource and node names may connect: only do this on a trusted network.
+# The shared secret authenticates the nodes to each other; the data
+# crosses the network in plain text. Across a network you do not own, add
+# a tls block (see r0.hcl and `georepl tls init`).
 
 resource "r1" {
+  net {
+    shared_secret = "change-me" # a long random string
+  }
+
   node "alpha" {
     id      = 0
     address = "10.0.0.1:7790" # one port per resource

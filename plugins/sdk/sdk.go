@@ -49,6 +49,7 @@ package sdk
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -386,6 +387,9 @@ func socketOf(stream io.ReadWriter) (fd int, ok bool, err error) {
 		return -1, false, nil
 	}
 	raw, err := sc.SyscallConn()
+	if errors.Is(err, errors.ErrUnsupported) {
+		return -1, false, nil // no socket to hand over (TLS in the plugin, say): the rings carry it
+	}
 	if err != nil {
 		return -1, false, err
 	}

@@ -33,15 +33,22 @@
 //
 // # Security
 //
-// Everything is encrypted by TLS 1.3. The listener creates a self-signed
-// ECDSA P-256 certificate in memory at Listen, and the dialer does not
-// verify it: georepl peers are not identified by a PKI but by a shared
-// secret, proven in georepl's own handshake. To stop a man in the middle
-// from terminating TLS on both sides and relaying that proof, the Conn
-// implements transports.ChannelBinding: it returns 32 bytes of TLS
-// exported keying material (RFC 8446 §7.5, label
-// "EXPORTER-georepl-channel-binding"), equal on both ends of one TLS
-// session and different on each side of a relay. The handshake must mix
-// them into its proof; a connection used without that binding is
-// encrypted but not authenticated.
+// Everything is encrypted by TLS 1.3. With Options.TLS, the dialer and the
+// listener use that configuration (with ALPN "georepl/1" added): georepl
+// gives them node certificates, verified against the resource's CA, and
+// the Conn's transports.PeerCertificates is the peer's chain. A listener
+// whose Options.TLS has no certificate of its own, or without Options.TLS,
+// presents a self-signed ECDSA P-256 certificate made in memory at Listen,
+// which a dialer without Options.TLS does not verify: such a connection
+// is encrypted, and authenticated only by georepl's shared-secret
+// handshake. To stop a man in the middle from terminating TLS on both
+// sides and relaying that proof, the Conn implements
+// transports.ChannelBinding: it returns 32 bytes of TLS exported keying
+// material (RFC 8446 §7.5, label "EXPORTER-georepl-channel-binding"),
+// equal on both ends of one TLS session and different on each side of a
+// relay. The handshake mixes them into its proof. A listener learns of a
+// dialer refused for its certificate through Options.TLS's own
+// verification callbacks; a dialer that refused the listener's
+// certificate is seen by the listener as a failed handshake only, which
+// quic-go does not report.
 package quic

@@ -100,9 +100,13 @@ func (*Transport) Dial(ctx context.Context, addr string, opts transports.Options
 	tlsConf := &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		NextProtos: []string{ALPN},
-		// The certificate is self-signed: peers authenticate each other
-		// with the shared-secret handshake bound to ChannelBinding.
+		// Without opts.TLS the listener's certificate is self-signed:
+		// peers authenticate each other with the shared-secret handshake
+		// bound to ChannelBinding.
 		InsecureSkipVerify: true,
+	}
+	if opts.TLS != nil {
+		tlsConf = withALPN(opts.TLS)
 	}
 	qc, err := quicgo.DialAddr(ctx, addr, tlsConf, config(opts, false))
 	if err != nil {
@@ -136,14 +140,9 @@ func (*Transport) Listen(addr string, opts transports.Options) (transports.Liste
 	if err != nil {
 		return nil, fmt.Errorf("quic: listen %s: %w", addr, err)
 	}
-	cert, err := selfSignedCertificate()
+	tlsConf, err := listenerConfig(opts.TLS, opts.SetupFailed)
 	if err != nil {
 		return nil, fmt.Errorf("quic: listen %s: %w", addr, err)
-	}
-	tlsConf := &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		NextProtos:   []string{ALPN},
-		Certificates: []tls.Certificate{cert},
 	}
 	udpAddr, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
@@ -160,6 +159,61 @@ func (*Transport) Listen(addr string, opts transports.Options) (transports.Liste
 		return nil, fmt.Errorf("quic: listen %s: %w", addr, err)
 	}
 	return newListener(ep, ql), nil
+}
+
+// withALPN returns a copy of conf with georepl's ALPN, at TLS 1.3 at
+// least.
+func withALPN(conf *tls.Config) *tls.Config {
+	c := conf.Clone()
+	c.MinVersion = max(c.MinVersion, tls.VersionTLS13)
+	c.NextProtos = []string{ALPN}
+	return c
+}
+
+// listenerConfig is the listener's TLS configuration: conf's, with a
+// self-signed certificate when conf has none (or is nil) for the dialers
+// it does not pick another configuration for. The dialers that a picked
+// configuration refuses are reported to failed, if not nil: quic-go does
+// not tell the listener of a failed handshake.
+func listenerConfig(conf *tls.Config, failed func(net.Addr, error)) (*tls.Config, error) {
+	if conf == nil {
+		conf = &tls.Config{}
+	}
+	c := withALPN(conf)
+	if len(c.Certificates) == 0 && c.GetCertificate == nil {
+		cert, err := selfSignedCertificate()
+		if err != nil {
+			return nil, err
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	if pick := c.GetConfigForClient; pick != nil {
+		c.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			var remote net.Addr
+			if hello.Conn != nil {
+				remote = hello.Conn.RemoteAddr()
+			}
+			picked, err := pick(hello)
+			if err != nil && failed != nil {
+				failed(remote, err)
+			}
+			if picked == nil || err != nil {
+				return picked, err
+			}
+			picked = withALPN(picked)
+			if verify := picked.VerifyConnection; verify != nil && failed != nil {
+				picked.VerifyConnection = func(cs tls.ConnectionState) error {
+					err := verify(cs)
+					if err != nil {
+						failed(remote, err)
+					}
+					return err
+				}
+			}
+			return picked, nil
+		}
+	}
+	return c, nil
 }
 
 // selfSignedCertificate makes the listener's certificate: a fresh ECDSA
@@ -196,7 +250,10 @@ type conn struct {
 	streams [transports.NumChannels]stream
 }
 
-var _ transports.ChannelBinding = (*conn)(nil)
+var (
+	_ transports.ChannelBinding   = (*conn)(nil)
+	_ transports.PeerCertificates = (*conn)(nil)
+)
 
 // stream is one channel's QUIC stream.
 type stream struct {
@@ -246,6 +303,13 @@ func (c *conn) Close() error {
 
 func (c *conn) LocalAddr() net.Addr  { return c.qc.LocalAddr() }
 func (c *conn) RemoteAddr() net.Addr { return c.qc.RemoteAddr() }
+
+// PeerCertificates returns the chain the peer presented, leaf first: a
+// listener's, which is self-signed unless its Options.TLS gave one, and a
+// dialer's only if its Options.TLS gave one (nil otherwise).
+func (c *conn) PeerCertificates() []*x509.Certificate {
+	return c.qc.ConnectionState().TLS.PeerCertificates
+}
 
 // ChannelBinding returns 32 bytes of TLS exported keying material with
 // label ChannelBindingLabel and no context: the same on both ends of this

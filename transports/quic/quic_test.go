@@ -166,3 +166,9 @@ func TestListenerReleasesItsPortAfterTheLastConnection(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestTLS(t *testing.T) {
+	transporttest.RunTLS(t, func(t *testing.T) (transports.Transport, string) {
+		return quic.New(), "127.0.0.1:0"
+	})
+}

@@ -1,6 +1,8 @@
 package tcp
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -11,9 +13,28 @@ import (
 	"github.com/georepl/georepl/transports"
 )
 
+// channelConn is one channel's TCP connection: the socket, and what
+// reads and writes it (the socket itself, or TLS over it).
+type channelConn struct {
+	sock *net.TCPConn
+	rw   net.Conn
+	tls  *tls.Conn // nil in plaintext
+}
+
+// peerLeaf is the certificate the peer presented on the channel, or nil.
+func (c channelConn) peerLeaf() *x509.Certificate {
+	if c.tls == nil {
+		return nil
+	}
+	if certs := c.tls.ConnectionState().PeerCertificates; len(certs) > 0 {
+		return certs[0]
+	}
+	return nil
+}
+
 // conn is a set of NumChannels TCP connections that fails as a whole.
 type conn struct {
-	socks   [transports.NumChannels]*net.TCPConn
+	socks   [transports.NumChannels]channelConn
 	streams [transports.NumChannels]stream
 
 	mu            sync.Mutex
@@ -29,15 +50,51 @@ type conn struct {
 type stream struct {
 	conn *conn
 	ch   transports.Channel
-	sock *net.TCPConn
+	sock net.Conn
 }
 
-func newConn(socks [transports.NumChannels]*net.TCPConn) *conn {
+// newConn makes the Conn of socks: a *tlsConn when they run TLS.
+func newConn(socks [transports.NumChannels]channelConn) transports.Conn {
 	c := &conn{socks: socks}
-	for ch, sock := range socks {
-		c.streams[ch] = stream{conn: c, ch: transports.Channel(ch), sock: sock}
+	for ch, s := range socks {
+		c.streams[ch] = stream{conn: c, ch: transports.Channel(ch), sock: s.rw}
+	}
+	if socks[0].tls != nil {
+		return &tlsConn{c}
 	}
 	return c
+}
+
+// tlsConn is a conn whose channels run TLS.
+type tlsConn struct {
+	*conn
+}
+
+var (
+	_ transports.ChannelBinding   = (*tlsConn)(nil)
+	_ transports.PeerCertificates = (*tlsConn)(nil)
+)
+
+// ChannelBindingLabel is the TLS exporter label of ChannelBinding.
+const ChannelBindingLabel = "EXPORTER-georepl-channel-binding"
+
+// ChannelBinding returns 32 bytes of keying material exported from the
+// control channel's TLS session (label ChannelBindingLabel, no context).
+// The data channel carries the same peer certificate (Dial and the
+// listener check it), so binding the control channel binds the peer.
+func (c *tlsConn) ChannelBinding() ([]byte, error) {
+	state := c.socks[transports.ChannelControl].tls.ConnectionState()
+	ekm, err := state.ExportKeyingMaterial(ChannelBindingLabel, nil, 32)
+	if err != nil {
+		return nil, fmt.Errorf("tcp: channel binding: %w", err)
+	}
+	return ekm, nil
+}
+
+// PeerCertificates returns the chain the peer presented on the control
+// channel.
+func (c *tlsConn) PeerCertificates() []*x509.Certificate {
+	return c.socks[transports.ChannelControl].tls.ConnectionState().PeerCertificates
 }
 
 // Read reads from the channel's TCP connection. Its first error fails the
@@ -62,7 +119,15 @@ func (s *stream) Write(b []byte) (int, error) {
 
 // SyscallConn gives access to the channel's socket, so that a plugin
 // serving this transport (plugins/sdk) can hand the socket to georepl.
-func (s *stream) SyscallConn() (syscall.RawConn, error) { return s.sock.SyscallConn() }
+// A channel with TLS has none to give (its socket carries ciphertext that
+// only this process can read): the error wraps errors.ErrUnsupported.
+func (s *stream) SyscallConn() (syscall.RawConn, error) {
+	tc, ok := s.sock.(*net.TCPConn)
+	if !ok {
+		return nil, fmt.Errorf("tcp: channel %d runs TLS in this process, so its socket cannot be handed over: %w", s.ch, errors.ErrUnsupported)
+	}
+	return tc.SyscallConn()
+}
 
 // fail records err, seen on channel ch, as the Conn's failure if it is
 // the first, closes every channel, and returns the error the caller on ch
@@ -92,8 +157,10 @@ func (c *conn) closeSocksLocked() {
 	}
 	c.socksClosed = true
 	var errs []error
-	for _, sock := range c.socks {
-		if err := sock.Close(); err != nil {
+	// The sockets, not TLS: a close_notify could block on a peer that
+	// does not read, and the peer reads io.EOF either way.
+	for _, s := range c.socks {
+		if err := s.sock.Close(); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -130,8 +197,8 @@ func (c *conn) Close() error {
 
 // LocalAddr returns the local address of the control channel's TCP
 // connection.
-func (c *conn) LocalAddr() net.Addr { return c.socks[transports.ChannelControl].LocalAddr() }
+func (c *conn) LocalAddr() net.Addr { return c.socks[transports.ChannelControl].sock.LocalAddr() }
 
 // RemoteAddr returns the remote address of the control channel's TCP
 // connection.
-func (c *conn) RemoteAddr() net.Addr { return c.socks[transports.ChannelControl].RemoteAddr() }
+func (c *conn) RemoteAddr() net.Addr { return c.socks[transports.ChannelControl].sock.RemoteAddr() }

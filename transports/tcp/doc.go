@@ -11,18 +11,26 @@
 // # Set-up
 //
 // The dialer opens NumChannels TCP connections to the address, all at
-// once, and sends on each a 22-byte preamble:
+// once, and sends on each a 23-byte preamble:
 //
-//	+---------+---------+--------------------+---------+
-//	| "GRPL"  | version | connection id      | channel |
-//	| 4 bytes | 1 byte  | 16 random bytes    | 1 byte  |
-//	+---------+---------+--------------------+---------+
+//	+---------+---------+--------------------+---------+---------+
+//	| "GRPL"  | version | connection id      | channel | mode    |
+//	| 4 bytes | 1 byte  | 16 random bytes    | 1 byte  | 1 byte  |
+//	+---------+---------+--------------------+---------+---------+
 //
-// The listener reads each preamble within 5 seconds and groups the
+// The version is 2; mode is 0 for plaintext, 1 for TLS. With mode 1 both
+// ends run a TLS 1.3 handshake on that TCP connection right after the
+// preamble (Options.TLS of each side), and everything after it, the
+// answer included, goes through TLS. The listener reads each preamble
+// (and completes the TLS handshake) within 5 seconds and groups the
 // TCP connections by connection id. When every channel of an id has
-// arrived, it answers "GRPL" and the version on each of them and queues the
-// connection for Accept; Dial returns once it has read that answer, so a
-// successful Dial means a georepl listener took the connection. Dial gives
+// arrived, it answers "GRPL", the version and a status byte 0 on each of
+// them and queues the connection for Accept; Dial returns once it has read
+// that answer, so a successful Dial means a georepl listener took the
+// connection. A listener without Options.TLS answers a mode 1 preamble
+// with status 1, in plaintext, and closes; Dial then fails with ErrNoTLS.
+// A set whose channels do not all use TLS, or whose channels present
+// different certificates, is closed. Dial gives
 // up after 20 seconds without an answer, unless ctx ends sooner. A TCP
 // connection whose preamble is garbage (wrong magic or version, unknown or
 // repeated channel) is closed; a set still incomplete after 10 seconds is
@@ -59,8 +67,14 @@
 //
 // # Security
 //
-// This transport is plaintext: anyone on the path can read and alter the
-// replicated data. Use it on trusted networks, or use the quic transport,
-// which encrypts. georepl's shared-secret handshake authenticates peers on
-// either, but cannot bind itself to a TCP connection.
+// Without Options.TLS this transport is plaintext: anyone on the path can
+// read and alter the replicated data. With it, every channel runs TLS 1.3
+// (crypto/tls); the Conn implements transports.PeerCertificates (the
+// control channel's chain: Dial and the listener check that every channel
+// presents the same certificate) and transports.ChannelBinding (keying
+// material exported from the control channel's TLS session, label
+// "EXPORTER-georepl-channel-binding"). A listener with Options.TLS
+// still accepts plaintext dialers; their Conns have no certificates, and
+// the layer above refuses them where it requires TLS. TLS failures on the
+// listener's side are reported to Options.SetupFailed.
 package tcp

@@ -2,6 +2,7 @@ package tcp
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -15,9 +16,10 @@ import (
 // listener pairs incoming TCP connections into Conns.
 type listener struct {
 	ln     *net.TCPListener
-	opts   transports.Options // with defaults
-	ready  chan *conn         // complete connections, handed to Accept
-	closed chan struct{}      // closed by Close
+	opts   transports.Options   // with defaults
+	tls    *tls.Config          // the server's, nil without opts.TLS
+	ready  chan transports.Conn // complete connections, handed to Accept
+	closed chan struct{}        // closed by Close
 	// incomplete holds a slot for every TCP connection from its accept
 	// until its set is complete or it is closed.
 	incomplete *transports.Admission
@@ -37,6 +39,7 @@ type listener struct {
 // set yet.
 type incoming struct {
 	sock *net.TCPConn
+	cc   channelConn // once the preamble (and TLS handshake) is done
 	slot *transports.Admitted
 	// set and id are the set it was filed in, once its preamble is read;
 	// under listener.mu.
@@ -54,6 +57,16 @@ type pendingSet struct {
 	socks   [transports.NumChannels]*incoming
 	arrived int
 	expiry  *time.Timer
+}
+
+// any returns one of the channels that arrived.
+func (s *pendingSet) any() *incoming {
+	for _, in := range s.socks {
+		if in != nil {
+			return in
+		}
+	}
+	return nil
 }
 
 func (s *pendingSet) closeAll() {
@@ -119,13 +132,17 @@ func (l *listener) evict(in *incoming) {
 	}
 }
 
-// readPreamble reads one TCP connection's preamble and files it in its
+// readPreamble reads one TCP connection's preamble, runs the TLS
+// handshake if the dialer asked for it, and files the connection in its
 // set; the goroutine that completes a set answers and hands it to Accept.
 func (l *listener) readPreamble(in *incoming) {
 	sock := in.sock
 	sock.SetDeadline(time.Now().Add(preambleTimeout))
 	var preamble [preambleSize]byte
 	_, err := io.ReadFull(sock, preamble[:])
+	if err == nil {
+		in.cc, err = l.secure(sock, preamble)
+	}
 	l.mu.Lock()
 	delete(l.reading, sock)
 	l.mu.Unlock()
@@ -133,12 +150,7 @@ func (l *listener) readPreamble(in *incoming) {
 		in.close()
 		return
 	}
-	id, ch, ok := parsePreamble(preamble)
-	if !ok {
-		in.close()
-		return
-	}
-
+	id, ch, _, _ := parsePreamble(preamble)
 	set := l.file(id, ch, in)
 	if set == nil {
 		return
@@ -152,6 +164,40 @@ func (l *listener) readPreamble(in *incoming) {
 	case l.ready <- c:
 	case <-l.closed:
 		c.Close()
+	}
+}
+
+// errBadPreamble is secure's error for a preamble that is not georepl's.
+var errBadPreamble = errors.New("not a georepl preamble")
+
+// secure checks preamble and, when it asks for TLS, runs the server's
+// handshake on sock. A dialer refused for its TLS is reported to
+// opts.SetupFailed.
+func (l *listener) secure(sock *net.TCPConn, preamble [preambleSize]byte) (channelConn, error) {
+	_, _, withTLS, ok := parsePreamble(preamble)
+	switch {
+	case !ok:
+		return channelConn{}, errBadPreamble
+	case !withTLS:
+		return channelConn{sock: sock, rw: sock}, nil
+	case l.tls == nil:
+		sock.Write(answerBytes(statusNoTLS))
+		err := errors.New("tcp: the dialer asked for TLS, which this listener does not offer (no tls block on this node?)")
+		l.setupFailed(sock, err)
+		return channelConn{}, err
+	}
+	tc := tls.Server(sock, l.tls)
+	if err := tc.Handshake(); err != nil {
+		err = fmt.Errorf("tcp: TLS handshake: %w", err)
+		l.setupFailed(sock, err)
+		return channelConn{}, err
+	}
+	return channelConn{sock: sock, rw: tc, tls: tc}, nil
+}
+
+func (l *listener) setupFailed(sock *net.TCPConn, err error) {
+	if l.opts.SetupFailed != nil {
+		l.opts.SetupFailed(sock.RemoteAddr(), err)
 	}
 }
 
@@ -172,6 +218,9 @@ func (l *listener) file(id connID, ch transports.Channel, in *incoming) *pending
 		l.pending[id] = set
 	case set.socks[ch] != nil:
 		in.close() // the channel came twice: not a georepl dialer
+		return nil
+	case set.arrived > 0 && (set.any().cc.tls == nil) != (in.cc.tls == nil):
+		in.close() // TLS on one channel and not on another
 		return nil
 	}
 	set.socks[ch] = in
@@ -200,20 +249,26 @@ func (l *listener) expire(id connID, set *pendingSet) {
 
 // answer tells the dialer on every channel of set that the connection is
 // set up, and makes the Conn.
-func (l *listener) answer(set *pendingSet) (*conn, error) {
-	var socks [transports.NumChannels]*net.TCPConn
+func (l *listener) answer(set *pendingSet) (transports.Conn, error) {
+	var socks [transports.NumChannels]channelConn
 	for ch, in := range set.socks {
-		socks[ch] = in.sock
+		socks[ch] = in.cc
 	}
-	for _, sock := range socks {
-		sock.SetDeadline(time.Now().Add(preambleTimeout))
-		if _, err := sock.Write(answerBytes()); err != nil {
+	if socks[0].tls != nil {
+		if err := sameCertificates(socks); err != nil {
+			l.setupFailed(socks[0].sock, fmt.Errorf("tcp: %w", err))
 			return nil, err
 		}
-		if err := tune(sock, l.opts); err != nil {
+	}
+	for _, s := range socks {
+		s.sock.SetDeadline(time.Now().Add(preambleTimeout))
+		if _, err := s.rw.Write(answerBytes(statusOK)); err != nil {
 			return nil, err
 		}
-		if err := sock.SetDeadline(time.Time{}); err != nil {
+		if err := tune(s.sock, l.opts); err != nil {
+			return nil, err
+		}
+		if err := s.sock.SetDeadline(time.Time{}); err != nil {
 			return nil, err
 		}
 	}

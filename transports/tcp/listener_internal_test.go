@@ -34,21 +34,26 @@ func listen(t *testing.T) transports.Listener {
 }
 
 func rawPreamble(id connID, ch transports.Channel) []byte {
-	p := makePreamble(id, ch)
+	p := makePreamble(id, ch, false)
 	return p[:]
 }
 
 func TestPreambleRoundTrip(t *testing.T) {
 	id := connID{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
-	p := makePreamble(id, transports.ChannelControl)
-	want := append([]byte("GRPL\x01"), id[:]...)
-	want = append(want, 1)
-	if !bytes.Equal(p[:], want) {
-		t.Fatalf("preamble = %x, want %x", p, want)
-	}
-	gotID, gotCh, ok := parsePreamble(p)
-	if !ok || gotID != id || gotCh != transports.ChannelControl {
-		t.Errorf("parsePreamble = %x, %d, %v; want %x, 1, true", gotID, gotCh, ok, id)
+	for _, withTLS := range []bool{false, true} {
+		p := makePreamble(id, transports.ChannelControl, withTLS)
+		want := append([]byte("GRPL\x02"), id[:]...)
+		want = append(want, 1, 0)
+		if withTLS {
+			want[len(want)-1] = 1
+		}
+		if !bytes.Equal(p[:], want) {
+			t.Fatalf("preamble = %x, want %x", p, want)
+		}
+		gotID, gotCh, gotTLS, ok := parsePreamble(p)
+		if !ok || gotID != id || gotCh != transports.ChannelControl || gotTLS != withTLS {
+			t.Errorf("parsePreamble = %x, %d, %v, %v; want %x, 1, %v, true", gotID, gotCh, gotTLS, ok, id, withTLS)
+		}
 	}
 }
 
@@ -198,7 +203,7 @@ func TestConnFailsAsAWholeWhenOneChannelDies(t *testing.T) {
 		_, err := dialed.Stream(transports.ChannelControl).Read(make([]byte, 1))
 		controlErr <- err
 	}()
-	peer.(*conn).socks[transports.ChannelData].Close()
+	peer.(*conn).socks[transports.ChannelData].sock.Close()
 	if _, err := dialed.Stream(transports.ChannelData).Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Errorf("data read after the peer died: %v, want io.EOF", err)
 	}

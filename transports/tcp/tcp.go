@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -17,10 +18,24 @@ import (
 // Preamble format; see the package documentation.
 const (
 	preambleMagic   = "GRPL"
-	preambleVersion = 1
+	preambleVersion = 2
 	connIDSize      = 16
-	preambleSize    = len(preambleMagic) + 1 + connIDSize + 1
-	answerSize      = len(preambleMagic) + 1
+	preambleSize    = len(preambleMagic) + 1 + connIDSize + 1 + 1
+	answerSize      = len(preambleMagic) + 1 + 1
+)
+
+// A preamble's mode says whether the channel continues in plaintext or
+// with a TLS handshake.
+const (
+	modePlain byte = 0
+	modeTLS   byte = 1
+)
+
+// An answer's status.
+const (
+	statusOK byte = 0
+	// statusNoTLS: the dialer asked for TLS and the listener has none.
+	statusNoTLS byte = 1
 )
 
 // Listener limits. They are variables only so that tests can shorten them.
@@ -53,6 +68,9 @@ var (
 	// ErrBadPreamble is wrapped by Dial's error when the listener's answer
 	// is not georepl's: something else listens on that port.
 	ErrBadPreamble = errors.New("tcp: peer is not a georepl tcp listener")
+	// ErrNoTLS is wrapped by Dial's error when it asked for TLS and the
+	// listener was given no TLS configuration.
+	ErrNoTLS = errors.New("tcp: the listener does not offer TLS")
 	// ErrDialTimeout is wrapped by Dial's error when the connection was
 	// not set up within 20 seconds (and ctx set no earlier deadline):
 	// something that accepts TCP connections but never answers listens
@@ -116,7 +134,7 @@ func (*Transport) Dial(ctx context.Context, addr string, opts transports.Options
 	dialer := net.Dialer{KeepAliveConfig: keepAliveConfig(opts)}
 	var (
 		wg    sync.WaitGroup
-		socks [transports.NumChannels]*net.TCPConn
+		socks [transports.NumChannels]channelConn
 		errs  [transports.NumChannels]error
 	)
 	for ch := range transports.NumChannels {
@@ -130,8 +148,8 @@ func (*Transport) Dial(ctx context.Context, addr string, opts transports.Options
 	wg.Wait()
 	if err := firstError(errs[:]); err != nil {
 		for _, s := range socks {
-			if s != nil {
-				s.Close()
+			if s.sock != nil {
+				s.sock.Close()
 			}
 		}
 		switch {
@@ -143,7 +161,28 @@ func (*Transport) Dial(ctx context.Context, addr string, opts transports.Options
 			return nil, fmt.Errorf("tcp: dial %s: %w", addr, err)
 		}
 	}
+	if opts.TLS != nil {
+		if err := sameCertificates(socks); err != nil {
+			for _, s := range socks {
+				s.sock.Close()
+			}
+			return nil, fmt.Errorf("tcp: dial %s: %w", addr, err)
+		}
+	}
 	return newConn(socks), nil
+}
+
+// sameCertificates checks that the peer presented one certificate on
+// every channel: the layer above checks the control channel's only.
+func sameCertificates(socks [transports.NumChannels]channelConn) error {
+	first := socks[0].peerLeaf()
+	for ch, s := range socks[1:] {
+		leaf := s.peerLeaf()
+		if first == nil || leaf == nil || !first.Equal(leaf) {
+			return fmt.Errorf("channel %d and channel 0 present different certificates", ch+1)
+		}
+	}
+	return nil
 }
 
 // firstError returns the first non-nil error of errs that is not a
@@ -164,23 +203,23 @@ func firstError(errs []error) error {
 	return first
 }
 
-// dialChannel opens channel ch's TCP connection and exchanges the
-// preamble, all within ctx.
-func dialChannel(ctx context.Context, dialer *net.Dialer, addr string, opts transports.Options, id connID, ch transports.Channel) (*net.TCPConn, error) {
+// dialChannel opens channel ch's TCP connection, exchanges the preamble
+// and, with opts.TLS, runs the TLS handshake, all within ctx.
+func dialChannel(ctx context.Context, dialer *net.Dialer, addr string, opts transports.Options, id connID, ch transports.Channel) (channelConn, error) {
 	c, err := dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("channel %d: %w", ch, err)
+		return channelConn{}, fmt.Errorf("channel %d: %w", ch, err)
 	}
 	sock := c.(*net.TCPConn)
 	if err := tune(sock, opts); err != nil {
 		sock.Close()
-		return nil, fmt.Errorf("channel %d: %w", ch, err)
+		return channelConn{}, fmt.Errorf("channel %d: %w", ch, err)
 	}
 	// A deadline in the past unblocks the preamble exchange when ctx ends
 	// (by cancellation or deadline), and only then, so that a timeout
 	// here always comes with ctx.Err().
 	stop := context.AfterFunc(ctx, func() { sock.SetDeadline(time.Unix(1, 0)) })
-	err = exchangePreamble(sock, id, ch)
+	cc, err := exchangePreamble(sock, id, ch, opts.TLS)
 	if !stop() {
 		err = ctx.Err()
 	}
@@ -189,9 +228,9 @@ func dialChannel(ctx context.Context, dialer *net.Dialer, addr string, opts tran
 	}
 	if err != nil {
 		sock.Close()
-		return nil, fmt.Errorf("channel %d: %w", ch, err)
+		return channelConn{}, fmt.Errorf("channel %d: %w", ch, err)
 	}
-	return sock, nil
+	return cc, nil
 }
 
 // tune sets the socket options of every channel: TCP_NODELAY (see the
@@ -204,47 +243,104 @@ func tune(sock *net.TCPConn, opts transports.Options) error {
 	return setUserTimeout(sock, opts.IdleTimeout)
 }
 
-// exchangePreamble sends the dialer's preamble and reads the listener's
-// answer.
-func exchangePreamble(sock *net.TCPConn, id connID, ch transports.Channel) error {
-	preamble := makePreamble(id, ch)
+// exchangePreamble sends the dialer's preamble, runs the TLS handshake
+// when tlsConf is not nil, and reads the listener's answer.
+func exchangePreamble(sock *net.TCPConn, id connID, ch transports.Channel, tlsConf *tls.Config) (channelConn, error) {
+	preamble := makePreamble(id, ch, tlsConf != nil)
 	if _, err := sock.Write(preamble[:]); err != nil {
-		return fmt.Errorf("send preamble: %w", err)
+		return channelConn{}, fmt.Errorf("send preamble: %w", err)
+	}
+	cc := channelConn{sock: sock, rw: sock}
+	if tlsConf != nil {
+		tc := tls.Client(sock, clientConfig(tlsConf))
+		if err := tc.Handshake(); err != nil {
+			var plain tls.RecordHeaderError
+			if errors.As(err, &plain) && string(plain.RecordHeader[:]) == string(answerPrefix()) {
+				// The listener answered in plaintext: it has no TLS.
+				return channelConn{}, fmt.Errorf("%w (no tls block for this resource on that node?)", ErrNoTLS)
+			}
+			return channelConn{}, fmt.Errorf("TLS handshake: %w", err)
+		}
+		cc.rw, cc.tls = tc, tc
 	}
 	var answer [answerSize]byte
-	if _, err := io.ReadFull(sock, answer[:]); err != nil {
-		return fmt.Errorf("read the listener's answer: %w", err)
+	prefix := len(answerPrefix())
+	if _, err := io.ReadFull(cc.rw, answer[:prefix]); err != nil {
+		return channelConn{}, fmt.Errorf("read the listener's answer: %w", err)
 	}
-	if !bytes.Equal(answer[:], answerBytes()) {
-		return fmt.Errorf("%w: answered %q", ErrBadPreamble, answer[:])
+	if !bytes.Equal(answer[:prefix], answerPrefix()) {
+		return channelConn{}, fmt.Errorf("%w: answered %q", ErrBadPreamble, answer[:prefix])
 	}
-	return nil
+	if _, err := io.ReadFull(cc.rw, answer[prefix:]); err != nil {
+		return channelConn{}, fmt.Errorf("read the listener's answer: %w", err)
+	}
+	if status := answer[answerSize-1]; status != statusOK {
+		return channelConn{}, fmt.Errorf("%w: answered status %d", ErrBadPreamble, status)
+	}
+	return cc, nil
+}
+
+// serverConfig is the listener's copy of conf, nil or at TLS 1.3 at
+// least, also when conf picks a configuration per client.
+func serverConfig(conf *tls.Config) *tls.Config {
+	if conf == nil {
+		return nil
+	}
+	c := conf.Clone()
+	c.MinVersion = max(c.MinVersion, tls.VersionTLS13)
+	if pick := c.GetConfigForClient; pick != nil {
+		c.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			picked, err := pick(hello)
+			if picked == nil || err != nil {
+				return picked, err
+			}
+			picked = picked.Clone()
+			picked.MinVersion = max(picked.MinVersion, tls.VersionTLS13)
+			return picked, nil
+		}
+	}
+	return c
+}
+
+// clientConfig is the dialer's copy of conf, at TLS 1.3 at least.
+func clientConfig(conf *tls.Config) *tls.Config {
+	c := conf.Clone()
+	c.MinVersion = max(c.MinVersion, tls.VersionTLS13)
+	return c
 }
 
 // makePreamble encodes the dialer's preamble of channel ch.
-func makePreamble(id connID, ch transports.Channel) [preambleSize]byte {
+func makePreamble(id connID, ch transports.Channel, withTLS bool) [preambleSize]byte {
 	var p [preambleSize]byte
 	n := copy(p[:], preambleMagic)
 	p[n] = preambleVersion
 	copy(p[n+1:], id[:])
-	p[preambleSize-1] = byte(ch)
+	p[preambleSize-2] = byte(ch)
+	if withTLS {
+		p[preambleSize-1] = modeTLS
+	}
 	return p
 }
 
 // parsePreamble decodes a preamble; ok is false for anything a georepl
 // dialer of this version does not send.
-func parsePreamble(p [preambleSize]byte) (id connID, ch transports.Channel, ok bool) {
+func parsePreamble(p [preambleSize]byte) (id connID, ch transports.Channel, withTLS bool, ok bool) {
 	n := len(preambleMagic)
-	if string(p[:n]) != preambleMagic || p[n] != preambleVersion || int(p[preambleSize-1]) >= transports.NumChannels {
-		return connID{}, 0, false
+	if string(p[:n]) != preambleMagic || p[n] != preambleVersion || int(p[preambleSize-2]) >= transports.NumChannels || p[preambleSize-1] > modeTLS {
+		return connID{}, 0, false, false
 	}
 	copy(id[:], p[n+1:])
-	return id, transports.Channel(p[preambleSize-1]), true
+	return id, transports.Channel(p[preambleSize-2]), p[preambleSize-1] == modeTLS, true
 }
 
-// answerBytes is the listener's answer once a set is complete.
-func answerBytes() []byte {
+// answerPrefix starts every answer of the listener: magic and version.
+func answerPrefix() []byte {
 	return append([]byte(preambleMagic), preambleVersion)
+}
+
+// answerBytes is the listener's answer of status.
+func answerBytes(status byte) []byte {
+	return append(answerPrefix(), status)
 }
 
 // Listen listens on addr ("host:port"; port 0 picks a free port, which
@@ -265,7 +361,8 @@ func (*Transport) Listen(addr string, opts transports.Options) (transports.Liste
 	l := &listener{
 		ln:         ln.(*net.TCPListener),
 		opts:       opts,
-		ready:      make(chan *conn),
+		tls:        serverConfig(opts.TLS),
+		ready:      make(chan transports.Conn),
 		closed:     make(chan struct{}),
 		incomplete: transports.NewAdmission(maxIncomplete, maxIncompletePerSource),
 		reading:    map[*net.TCPConn]struct{}{},

@@ -37,7 +37,7 @@ func TestIdleTimeoutBecomesTCPUserTimeoutOnBothEnds(t *testing.T) {
 
 	for end, c := range map[string]transports.Conn{"dialer": dialed, "acceptor": peer} {
 		for ch, sock := range c.(*conn).socks {
-			raw, err := sock.SyscallConn()
+			raw, err := sock.sock.SyscallConn()
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -67,17 +67,20 @@ type setup struct {
 	nodes []string          // nodes started; the first is primary
 	conns map[string]string // peer -> protocol
 	// plugin, if set, is the transport plugin (a binary of -plugins) the
-	// connections use instead of the built-in tcp. Only the -georepl
-	// binary measures it: a -compare binary may predate plugins.
+	// connections use instead of the built-in tcp; tls runs every
+	// connection with TLS, certificates by tls init. Only the -georepl
+	// binary measures such a set-up: a -compare binary may predate both.
 	plugin string
+	tls    bool
 }
 
 var setups = []setup{
-	{"georepl alone", []string{"alpha"}, map[string]string{"bravo": "C"}, ""},
-	{"georepl C, 1 peer", []string{"alpha", "bravo"}, map[string]string{"bravo": "C"}, ""},
-	{"georepl A, 1 peer", []string{"alpha", "bravo"}, map[string]string{"bravo": "A"}, ""},
-	{"georepl C+A, 2 peers", []string{"alpha", "bravo", "dr"}, map[string]string{"bravo": "C", "dr": "A"}, ""},
-	{"georepl C, 1 peer, tcp-fd plugin", []string{"alpha", "bravo"}, map[string]string{"bravo": "C"}, "tcp-fd"},
+	{"georepl alone", []string{"alpha"}, map[string]string{"bravo": "C"}, "", false},
+	{"georepl C, 1 peer", []string{"alpha", "bravo"}, map[string]string{"bravo": "C"}, "", false},
+	{"georepl C, 1 peer, TLS", []string{"alpha", "bravo"}, map[string]string{"bravo": "C"}, "", true},
+	{"georepl A, 1 peer", []string{"alpha", "bravo"}, map[string]string{"bravo": "A"}, "", false},
+	{"georepl C+A, 2 peers", []string{"alpha", "bravo", "dr"}, map[string]string{"bravo": "C", "dr": "A"}, "", false},
+	{"georepl C, 1 peer, tcp-fd plugin", []string{"alpha", "bravo"}, map[string]string{"bravo": "C"}, "tcp-fd", false},
 }
 
 func main() {
@@ -184,7 +187,7 @@ func (r *rig) run() error {
 	var names []string
 	for _, s := range setups {
 		bins := r.bins
-		if s.plugin != "" {
+		if s.plugin != "" || s.tls {
 			bins = bins[:1]
 		}
 		var rowNames []string
@@ -398,6 +401,10 @@ func (r *rig) startCluster(bin string, s setup, onNbdkitFile bool) (uri string, 
 		transport = fmt.Sprintf("    transport = %q\n", s.plugin)
 	}
 	fmt.Fprintf(&hcl, "resource \"r0\" {\n  protocol = \"C\"\n  net {\n    shared_secret = \"bench\"\n%s  }\n", transport)
+	tlsDir := filepath.Join(dir, "tls")
+	if s.tls {
+		fmt.Fprintf(&hcl, "  tls {\n    ca = %q\n  }\n", filepath.Join(tlsDir, "ca.crt"))
+	}
 	for i, n := range all {
 		// alpha uses the very file nbdkit served, as the issue asks.
 		disk := filepath.Join(dir, n+".img")
@@ -407,8 +414,12 @@ func (r *rig) startCluster(bin string, s setup, onNbdkitFile bool) (uri string, 
 		if err := makeFile(disk, r.size); err != nil {
 			return "", nil, err
 		}
-		fmt.Fprintf(&hcl, "  node %q {\n    id = %d\n    address = \"127.0.0.1:%d\"\n    disk = %q\n    export = \"unix:%s\"\n  }\n",
+		fmt.Fprintf(&hcl, "  node %q {\n    id = %d\n    address = \"127.0.0.1:%d\"\n    disk = %q\n    export = \"unix:%s\"\n",
 			n, i, port+i, disk, filepath.Join(dir, n+".nbd"))
+		if s.tls {
+			fmt.Fprintf(&hcl, "    tls {\n      cert = %q\n      key  = %q\n    }\n", filepath.Join(tlsDir, n+".crt"), filepath.Join(tlsDir, n+".key"))
+		}
+		hcl.WriteString("  }\n")
 	}
 	for p, proto := range s.conns {
 		fmt.Fprintf(&hcl, "  connection \"alpha\" %q {\n    protocol = %q\n  }\n", p, proto)
@@ -416,6 +427,11 @@ func (r *rig) startCluster(bin string, s setup, onNbdkitFile bool) (uri string, 
 	hcl.WriteString("}\n")
 	if err := os.WriteFile(filepath.Join(conf, "r0.hcl"), []byte(hcl.String()), 0o644); err != nil {
 		return "", nil, err
+	}
+	if s.tls {
+		if out, err := exec.Command(bin, "tls", "init", "--config", conf, "--out", tlsDir).CombinedOutput(); err != nil {
+			return "", nil, fmt.Errorf("tls init: %v: %s", err, out)
+		}
 	}
 	for _, n := range all {
 		if out, err := exec.Command(bin, "create-md", "--force", "--config", conf, "--node", n, "r0").CombinedOutput(); err != nil {

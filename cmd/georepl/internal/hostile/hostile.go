@@ -41,12 +41,18 @@ type Peer struct {
 // Dial connects to the node listening at addr with the named built-in
 // transport ("tcp" or "quic").
 func Dial(ctx context.Context, transport, addr string) (*Peer, error) {
+	return DialWith(ctx, transport, addr, transports.Options{})
+}
+
+// DialWith is Dial with transport options: TLS with a certificate of the
+// test's choosing, say.
+func DialWith(ctx context.Context, transport, addr string, opts transports.Options) (*Peer, error) {
 	builtin.Register()
 	tr, err := transports.Lookup(transport)
 	if err != nil {
 		return nil, err
 	}
-	conn, err := tr.Dial(ctx, addr, transports.Options{})
+	conn, err := tr.Dial(ctx, addr, opts)
 	if err != nil {
 		return nil, err
 	}

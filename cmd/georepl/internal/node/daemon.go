@@ -16,6 +16,7 @@ import (
 	"github.com/georepl/georepl/kmod"
 	"github.com/georepl/georepl/protocols"
 	"github.com/georepl/georepl/transports"
+	"github.com/georepl/georepl/transports/nodetls"
 )
 
 // Daemon runs one node.
@@ -33,6 +34,11 @@ type Daemon struct {
 
 	handshakes *transports.Admission // accepted, not yet authenticated
 	preAuthLog *preAuthLog
+
+	// identities are this node's TLS identities, by resource; resources
+	// without TLS files have none. ReloadTLS replaces the map, under idMu.
+	idMu       sync.RWMutex
+	identities map[string]*nodetls.Identity
 
 	opts   Options
 	faults *kmod.Faults // test facility: see InjectIOFaults
@@ -58,6 +64,14 @@ func NewDaemon(cfg *configs.Config, nodeName string, log *slog.Logger, opts Opti
 		handshakes: transports.NewAdmission(maxHandshakes, maxHandshakesPerSource),
 	}
 	d.preAuthLog = &preAuthLog{log: d.log}
+	ids, err := loadIdentities(cfg, nodeName)
+	if err != nil {
+		return nil, err
+	}
+	d.identities = ids
+	for name, id := range ids {
+		d.warnExpiry(name, id)
+	}
 	for _, rc := range cfg.Resources {
 		self, err := rc.Node(nodeName)
 		if err != nil {
@@ -134,7 +148,7 @@ func (d *Daemon) ensureListener(transport, addr string) error {
 	if err != nil {
 		return err
 	}
-	l, err := tr.Listen(addr, transports.Options{})
+	l, err := tr.Listen(addr, transports.Options{TLS: d.listenerTLS(transport), SetupFailed: d.setupFailed(transport)})
 	if err != nil {
 		return fmt.Errorf("listening on %s (%s): %w", addr, transport, err)
 	}
@@ -181,6 +195,9 @@ func (d *Daemon) accept(transport string, conn transports.Conn, slot *transports
 		return
 	}
 	r, p, err := d.identify(theirs, transport)
+	if err == nil {
+		err = r.checkPeerIdentity(conn, p, false)
+	}
 	if err != nil {
 		d.preAuthLog.Warn("refusing connection", "remote", conn.RemoteAddr(), "err", err)
 		hs.refuse(err)
@@ -350,13 +367,18 @@ func (r *resource) dialLoop(p *peer) {
 func (r *resource) dialOnce(tr transports.Transport, p *peer) error {
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	defer cancel()
-	conn, err := tr.Dial(ctx, p.node.Address, transports.Options{})
+	conn, err := tr.Dial(ctx, p.node.Address, transports.Options{TLS: r.dialTLS(p)})
 	if err != nil {
 		return err
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	hs := newHandshake(conn)
+	if err := r.checkPeerIdentity(conn, p, true); err != nil {
+		err = fmt.Errorf("the node at %s: %w", p.node.Address, err)
+		hs.refuse(err)
+		return err
+	}
 	ours, err := r.intro(p)
 	if err != nil {
 		conn.Close()

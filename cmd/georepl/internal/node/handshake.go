@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -207,9 +208,24 @@ func (h *handshake) authenticate(secret string, ours, theirs *wire.Intro, dialer
 func (h *handshake) refuse(reason error) {
 	var refused *peerRefusal
 	if !errors.As(reason, &refused) {
-		h.send(&wire.Frame{Type: wire.TypeRefuse, Payload: []byte(printable([]byte(reason.Error())))})
+		if h.send(&wire.Frame{Type: wire.TypeRefuse, Payload: []byte(printable([]byte(reason.Error())))}) == nil {
+			h.awaitClose()
+		}
 	}
 	h.conn.Close()
+}
+
+// refuseLinger bounds how long a refusal waits for the peer to close.
+const refuseLinger = time.Second
+
+// awaitClose gives the peer up to refuseLinger to read a refusal just sent
+// and close the connection: closing at once could discard the refusal
+// before it left (a QUIC Close does not flush), and the peer would see the
+// connection end without knowing why.
+func (h *handshake) awaitClose() {
+	t := time.AfterFunc(refuseLinger, func() { h.conn.Close() })
+	defer t.Stop()
+	io.Copy(io.Discard, io.LimitReader(h.conn.Stream(transports.ChannelControl), wire.MaxPreAuthPayload))
 }
 
 // peerRefusal is the error of a handshake the peer refused.

@@ -43,6 +43,11 @@ type ResourceStatus struct {
 	DiskError string `json:"disk_error,omitempty"`
 	// Quorum is set when the resource has a quorum.
 	Quorum *Quorum `json:"quorum,omitempty"`
+	// TLSValidUntil is when this node's TLS certificate for the resource
+	// expires (nil without one); TLSExpiresSoon, that it does within 30
+	// days.
+	TLSValidUntil  *time.Time `json:"tls_valid_until,omitempty"`
+	TLSExpiresSoon bool       `json:"tls_expires_soon,omitempty"`
 }
 
 // Quorum is a node's quorum: Have nodes reachable (itself and its
@@ -70,14 +75,20 @@ type PeerStatus struct {
 	// TransportState and TransportError are those of a transport that
 	// reports its own state (a plugin: "running" or "restarting", and why
 	// it last exited); empty for the built-ins.
-	TransportState string  `json:"transport_state,omitempty"`
-	TransportError string  `json:"transport_error,omitempty"`
-	Compression    string  `json:"compression"`
-	BytesSent      uint64  `json:"bytes_sent"`
-	BytesRecv      uint64  `json:"bytes_received"`
-	OutOfSync      uint64  `json:"out_of_sync_bytes"`
-	Unacked        uint64  `json:"unacked_bytes"`
-	Resync         *Resync `json:"resync,omitempty"`
+	TransportState string `json:"transport_state,omitempty"`
+	TransportError string `json:"transport_error,omitempty"`
+	Compression    string `json:"compression"`
+	// TLS is the connection's tls setting: "required" or "off".
+	TLS string `json:"tls"`
+	// Auth says what authenticates the peer: "certificate",
+	// "certificate+secret", "secret", or "none (insecure)" where the
+	// configuration accepts a connection nothing authenticates.
+	Auth      string  `json:"auth"`
+	BytesSent uint64  `json:"bytes_sent"`
+	BytesRecv uint64  `json:"bytes_received"`
+	OutOfSync uint64  `json:"out_of_sync_bytes"`
+	Unacked   uint64  `json:"unacked_bytes"`
+	Resync    *Resync `json:"resync,omitempty"`
 	// ResyncPaused: pause-sync holds the resync from this node to the peer.
 	ResyncPaused bool `json:"resync_paused,omitempty"`
 	// SameBytes counts, for the running or last resync with this peer,
@@ -210,6 +221,10 @@ func (r *resource) publishStatus() {
 		st.Error = r.failed.Error()
 	}
 	st.Device = r.kernelDevicePath()
+	if id := r.d.identity(r.cfg.Name); id != nil {
+		until := id.Leaf.NotAfter.UTC()
+		st.TLSValidUntil, st.TLSExpiresSoon = &until, id.ExpiresWithin(expiryWarning, time.Now())
+	}
 	r.mu.Lock()
 	up := r.up
 	r.mu.Unlock()
@@ -249,6 +264,7 @@ func (r *resource) publishStatus() {
 			Name: p.node.Name, ID: p.node.ID, Address: p.node.Address,
 			Protocol: p.link.Protocol.String(), Transport: p.link.Net.Transport, Compression: p.link.Net.Compression.String(),
 			Conn: core.StandAlone.String(), Repl: core.ReplOff.String(), Role: core.RoleUnknown.String(), Disk: core.DUnknown.String(),
+			TLS: p.link.Net.TLS.String(), Auth: authOf(p.link.Net),
 			LastError: lastErr,
 		}
 		if tr, err := r.d.opts.transport(p.link.Net.Transport); err == nil {

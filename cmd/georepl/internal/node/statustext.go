@@ -32,6 +32,9 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 			fmt.Fprintf(w, " quorum:%d/%d (%s)", q.Have, q.Need, state)
 		}
 		fmt.Fprintln(w)
+		if st.TLSExpiresSoon {
+			fmt.Fprintf(w, "  WARNING: this node's TLS certificate expires on %s: renew it and send the daemon SIGHUP\n", st.TLSValidUntil.Format(time.RFC3339))
+		}
 		if st.DiskError != "" {
 			fmt.Fprintf(w, "  disk detached: %s (reads and writes go to the peers in sync; see the admin guide, \"Failures\")\n", st.DiskError)
 		}
@@ -48,8 +51,8 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 			if p.TransportState != "" {
 				transport += "(" + p.TransportState + ")"
 			}
-			fmt.Fprintf(w, "      protocol:%s transport:%s compression:%s sent:%s received:%s out-of-sync:%s\n",
-				p.Protocol, transport, p.Compression, HumanBytes(p.BytesSent), HumanBytes(p.BytesRecv), HumanBytes(p.OutOfSync))
+			fmt.Fprintf(w, "      protocol:%s transport:%s tls:%s auth:%s compression:%s sent:%s received:%s out-of-sync:%s\n",
+				p.Protocol, transport, p.TLS, p.Auth, p.Compression, HumanBytes(p.BytesSent), HumanBytes(p.BytesRecv), HumanBytes(p.OutOfSync))
 			if p.TransportError != "" {
 				fmt.Fprintf(w, "      transport %s last error: %s\n", p.Transport, p.TransportError)
 			}

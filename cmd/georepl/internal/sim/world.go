@@ -204,6 +204,7 @@ func (p Params) config() string {
   net {
     transport     = %q
     compression   = "none"
+    shared_secret = "sim"
     ping_interval = "1s"
     timeout       = "3s"
     connect_retry = "100ms"
