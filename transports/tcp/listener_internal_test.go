@@ -273,15 +273,26 @@ func flood(t *testing.T, ln transports.Listener, src string, n int, preamble fun
 		}
 		conns = append(conns, c)
 	}
+	// The listener takes the connections off its backlog, and closes those
+	// over a source's share, at its own pace: on a loaded machine a second
+	// was not always enough. So count again while more than a source may
+	// hold are open, for up to 3 s more (short of preambleTimeout, which
+	// would close them all and prove nothing).
 	time.Sleep(time.Second)
-	var open []net.Conn
-	for _, c := range conns {
-		c.SetReadDeadline(time.Now().Add(time.Millisecond))
-		if _, err := c.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
-			open = append(open, c)
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		var open []net.Conn
+		for _, c := range conns {
+			c.SetReadDeadline(time.Now().Add(time.Millisecond))
+			if _, err := c.Read(make([]byte, 1)); errors.Is(err, os.ErrDeadlineExceeded) {
+				open = append(open, c)
+			}
 		}
+		if len(open) <= maxIncompletePerSource || time.Now().After(deadline) {
+			return open
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	return open
 }
 
 // TestListenerFloodFromOneSource: one address opening more connections
