@@ -24,6 +24,10 @@
 //	git worktree add /tmp/old HEAD~5 && (cd /tmp/old && go build -o /tmp/georepl-old ./cmd/georepl)
 //	go run ./cmd/georepl/internal/benchrig -georepl bin/georepl -compare /tmp/georepl-old -runs 5
 //
+// With -profile DIR every daemon serves its runtime profiles (--pprof) and
+// a CPU profile of each is written to DIR during every georepl fio run:
+// what a change costs per write, beside what it does to the ratio.
+//
 // With -resync it runs the resync benchmark over a shaped link between two
 // network namespaces instead (`make bench-resync`, root only; resync.go).
 package main
@@ -93,6 +97,7 @@ func main() {
 	rateMbit := flag.Int("rate", 200, "with -resync: the link rate in Mbit/s")
 	pluginDir := flag.String("plugins", "bin/plugins", "directory of the transport plugins the plugin set-ups use (`make plugins` builds them)")
 	compare := flag.String("compare", "", "also measure this georepl binary, each set-up right after -georepl's, for a before/after table in one run")
+	profile := flag.String("profile", "", "write a CPU profile of every daemon during each georepl fio run to this directory (for `go tool pprof`; the daemons run with --pprof)")
 	only := flag.String("only", "", "measure only the set-ups and workloads whose names contain one of these comma-separated words (e.g. \"alone,QD1\"); nbdkit always runs")
 	flag.Parse()
 	if *resync {
@@ -106,7 +111,14 @@ func main() {
 		setups = keep(setups, func(s setup) string { return s.name }, *only)
 		workloads = keep(workloads, func(w workload) string { return w.name }, *only)
 	}
-	r := &rig{bins: []string{*bin}, runs: *runs, runtime: *runtime, size: int64(*sizeMiB) << 20, pluginDir: *pluginDir}
+	r := &rig{bins: []string{*bin}, runs: *runs, runtime: *runtime, size: int64(*sizeMiB) << 20, pluginDir: *pluginDir,
+		profileDir: *profile, pprof: map[string][]string{}}
+	if r.profileDir != "" {
+		if err := os.MkdirAll(r.profileDir, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+	}
 	if *compare != "" {
 		r.bins = append(r.bins, *compare)
 	}
@@ -142,6 +154,10 @@ type rig struct {
 	runtime   time.Duration
 	size      int64
 	dir       string
+	// profileDir, if set, receives CPU profiles; pprof maps a cluster's
+	// NBD URI to its daemons' profile addresses, node by node.
+	profileDir string
+	pprof      map[string][]string
 }
 
 type result struct {
@@ -278,13 +294,15 @@ func (r *rig) fio(uri string, w workload) (result, error) {
 // the machine falls on both binaries alike.
 func (r *rig) paired(uris []string, w workload, baseRuns map[string][]float64) ([]cell, error) {
 	values, ratios := make([][]float64, len(uris)), make([][]float64, len(uris))
-	for range r.runs {
+	for run := range r.runs {
 		for i, uri := range uris {
 			b, err := r.fio(r.nbdkitURI(), w)
 			if err != nil {
 				return nil, fmt.Errorf("nbdkit: %w", err)
 			}
+			stopProfiles := r.startProfiles(uri, w, run)
 			v, err := r.fio(uri, w)
+			stopProfiles()
 			if err != nil {
 				return nil, err
 			}
@@ -438,9 +456,20 @@ func (r *rig) startCluster(bin string, s setup, onNbdkitFile bool) (uri string, 
 			return "", nil, fmt.Errorf("create-md %s: %v: %s", n, err, out)
 		}
 	}
+	var pprofAddrs []string
 	for _, n := range s.nodes {
 		logf, _ := os.Create(filepath.Join(dir, n+".log"))
-		cmd := exec.Command(bin, "daemon", "--config", conf, "--node", n, "--admin", filepath.Join(dir, n+".admin"), "--up", "--log-level", "warn")
+		args := []string{"daemon", "--config", conf, "--node", n, "--admin", filepath.Join(dir, n+".admin"), "--up", "--log-level", "warn"}
+		if r.profileDir != "" {
+			p, err := checker.FreePorts(1)
+			if err != nil {
+				return "", nil, err
+			}
+			addr := fmt.Sprintf("127.0.0.1:%d", p)
+			args = append(args, "--pprof", addr)
+			pprofAddrs = append(pprofAddrs, fmt.Sprintf("%s/%s/%s/%s", addr, filepath.Base(bin), slug(s.name), n))
+		}
+		cmd := exec.Command(bin, args...)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		if err := cmd.Start(); err != nil {
 			return "", nil, err
@@ -469,7 +498,9 @@ func (r *rig) startCluster(bin string, s setup, onNbdkitFile bool) (uri string, 
 			return "", nil, err
 		}
 	}
-	return "nbd+unix:///r0?socket=" + filepath.Join(dir, "alpha.nbd"), stopAll, nil
+	uri = "nbd+unix:///r0?socket=" + filepath.Join(dir, "alpha.nbd")
+	r.pprof[uri] = pprofAddrs
+	return uri, stopAll, nil
 }
 
 // waitConnected waits until the primary sees n connected peers.
