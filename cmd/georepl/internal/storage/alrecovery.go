@@ -41,28 +41,10 @@ func recoverActivityLog(store *meta.Store, peers []core.NodeID, syncData func() 
 	for _, x := range extents {
 		marks.SetBytes(x*meta.ActivityLogExtentSize, meta.ActivityLogExtentSize, sb.BlockSize)
 	}
-	for _, p := range peers {
-		if int(p) >= sb.Slots || p == core.NodeID(sb.NodeID) {
-			continue
-		}
-		words, err := store.ReadBitmap(int(p))
-		if err != nil {
-			return 0, err
-		}
-		for i, w := range marks.Words() {
-			words[i] |= w
-		}
-		if err := store.WriteBitmap(int(p), words); err != nil {
-			return 0, err
-		}
+	if err := markForPeers(store, peers, marks); err != nil {
+		return 0, err
 	}
-	if err := store.UpdateSuperblock(func(sb *meta.Superblock) {
-		for _, p := range peers {
-			if int(p) < len(sb.BitmapUUID) && p != core.NodeID(sb.NodeID) && sb.BitmapUUID[p] == 0 {
-				sb.BitmapUUID[p] = sb.Current
-			}
-		}
-	}); err != nil {
+	if err := store.UpdateSuperblock(func(sb *meta.Superblock) { adoptUnmarked(sb, peers, sb.Current) }); err != nil {
 		return 0, err
 	}
 	if err := store.WriteActivityLog(nil); err != nil {

@@ -80,30 +80,14 @@ func rollBackUndo(store *meta.Store, u *meta.UndoLog, data blockWriter, peers []
 	if err := data.Sync(); err != nil {
 		return 0, fmt.Errorf("syncing the restored blocks: %w", err)
 	}
-	for _, p := range peers {
-		if int(p) >= sb.Slots || p == core.NodeID(sb.NodeID) {
-			continue
-		}
-		words, err := store.ReadBitmap(int(p))
-		if err != nil {
-			return 0, err
-		}
-		for i, w := range done.Words() {
-			words[i] |= w
-		}
-		if err := store.WriteBitmap(int(p), words); err != nil {
-			return 0, err
-		}
+	if err := markForPeers(store, peers, done); err != nil {
+		return 0, err
 	}
 	if err := store.UpdateSuperblock(func(s *meta.Superblock) {
 		s.DiskState = uint8(core.Outdated)
 		s.Primary = false
 		s.Current, s.History = h.Current, h.History
-		for _, p := range peers {
-			if int(p) < len(s.BitmapUUID) && p != core.NodeID(s.NodeID) && s.BitmapUUID[p] == 0 {
-				s.BitmapUUID[p] = h.Current
-			}
-		}
+		adoptUnmarked(s, peers, h.Current)
 	}); err != nil {
 		return 0, err
 	}
