@@ -10,48 +10,12 @@ import (
 	"time"
 
 	"github.com/georepl/georepl/cmd/georepl/internal/storage"
+	"github.com/georepl/georepl/cmd/georepl/internal/storage/storagetest"
 	"github.com/georepl/georepl/core/meta"
 	"github.com/georepl/georepl/kmod"
 )
 
 const alTestExtents = 16 // data area of the tests, in extents
-
-// newTestMeta creates metadata for node 0 of three nodes in an external
-// file, and returns its path and the store.
-func newTestMeta(t *testing.T) (string, *meta.Store) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "meta")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	st, err := meta.Create(f, 0, meta.Params{Resource: "r0", NodeID: 0, Slots: 3,
-		DataSize: alTestExtents * meta.ActivityLogExtentSize, BlockSize: 4096}, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return path, st
-}
-
-// onDisk reads the activity log as a restart would.
-func onDisk(t *testing.T, path string) []uint64 {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, err := meta.Open(f, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	x, err := st.ReadActivityLog()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return x
-}
 
 type countingSyncer struct{ n atomic.Int64 }
 
@@ -63,7 +27,7 @@ const xs = meta.ActivityLogExtentSize
 // or a write through the gated region returns; extents a request spans
 // are all activated; a hot extent costs no transaction.
 func TestActivityLogActivation(t *testing.T) {
-	path, st := newTestMeta(t)
+	path, st := storagetest.NewMeta(t, alTestExtents)
 	al := newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 8)
 	defer al.close(true)
 
@@ -71,7 +35,7 @@ func TestActivityLogActivation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := onDisk(t, path); !reflect.DeepEqual(got, []uint64{1, 2}) {
+	if got := storagetest.ActivityLogOnDisk(t, path); !reflect.DeepEqual(got, []uint64{1, 2}) {
 		t.Fatalf("log after acquire: %v, want [1 2]", got)
 	}
 	release()
@@ -101,7 +65,7 @@ func TestActivityLogActivation(t *testing.T) {
 	if err := region.WriteZeroes(9*xs, 4096); err != nil {
 		t.Fatal(err)
 	}
-	if got := onDisk(t, path); !reflect.DeepEqual(got, []uint64{1, 2, 7, 9}) {
+	if got := storagetest.ActivityLogOnDisk(t, path); !reflect.DeepEqual(got, []uint64{1, 2, 7, 9}) {
 		t.Fatalf("log after gated writes: %v, want [1 2 7 9]", got)
 	}
 	if _, err := al.acquire(context.Background(), alTestExtents*xs, 4096); err == nil {
@@ -113,7 +77,7 @@ func TestActivityLogActivation(t *testing.T) {
 // waits until an unpinned extent was observed settled and the data disk
 // flushed after that; the least recently used such extent leaves.
 func TestActivityLogEviction(t *testing.T) {
-	path, st := newTestMeta(t)
+	path, st := storagetest.NewMeta(t, alTestExtents)
 	data := &countingSyncer{}
 	al := newActivityLog(st, storage.NewSyncGate(data), 3)
 	defer al.close(true)
@@ -170,7 +134,7 @@ func TestActivityLogEviction(t *testing.T) {
 	if data.n.Load() == syncs {
 		t.Errorf("extents retired without a flush of the data disk after they settled")
 	}
-	if got := onDisk(t, path); !reflect.DeepEqual(got, []uint64{0, 2, 5}) {
+	if got := storagetest.ActivityLogOnDisk(t, path); !reflect.DeepEqual(got, []uint64{0, 2, 5}) {
 		t.Fatalf("log: %v, want [0 2 5] (extent 1 least recently used)", got)
 	}
 
@@ -186,7 +150,7 @@ func TestActivityLogEviction(t *testing.T) {
 		t.Fatal(err)
 	}
 	release()
-	if got := onDisk(t, path); !reflect.DeepEqual(got, []uint64{2, 5, 6}) {
+	if got := storagetest.ActivityLogOnDisk(t, path); !reflect.DeepEqual(got, []uint64{2, 5, 6}) {
 		t.Fatalf("log: %v, want [2 5 6]", got)
 	}
 }
@@ -194,7 +158,7 @@ func TestActivityLogEviction(t *testing.T) {
 // TestActivityLogGateExceedsCapacity: a local write never waits for a slot
 // (the writes holding the slots may settle only after it).
 func TestActivityLogGateExceedsCapacity(t *testing.T) {
-	path, st := newTestMeta(t)
+	path, st := storagetest.NewMeta(t, alTestExtents)
 	al := newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 2)
 	defer al.close(true)
 	for x := range uint64(4) {
@@ -202,7 +166,7 @@ func TestActivityLogGateExceedsCapacity(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := onDisk(t, path); len(got) != 4 {
+	if got := storagetest.ActivityLogOnDisk(t, path); len(got) != 4 {
 		t.Fatalf("log: %v, want 4 extents", got)
 	}
 }
@@ -210,7 +174,7 @@ func TestActivityLogGateExceedsCapacity(t *testing.T) {
 // TestActivityLogCleanClose: closing retires what was observed settled
 // (the caller flushed after the observation) and keeps the rest.
 func TestActivityLogCleanClose(t *testing.T) {
-	path, st := newTestMeta(t)
+	path, st := storagetest.NewMeta(t, alTestExtents)
 	al := newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 8)
 	for _, x := range []uint64{3, 4} {
 		if err := al.gate(x*xs, 4096); err != nil {
@@ -221,7 +185,7 @@ func TestActivityLogCleanClose(t *testing.T) {
 	if left, err := al.close(true); err != nil || left != 1 {
 		t.Fatalf("close: %d left, %v; want 1", left, err)
 	}
-	if got := onDisk(t, path); !reflect.DeepEqual(got, []uint64{4}) {
+	if got := storagetest.ActivityLogOnDisk(t, path); !reflect.DeepEqual(got, []uint64{4}) {
 		t.Fatalf("log after close: %v, want [4]", got)
 	}
 	if err := al.gate(5*xs, 1); err != errALClosed {
@@ -229,13 +193,13 @@ func TestActivityLogCleanClose(t *testing.T) {
 	}
 
 	// Not flushed: nothing observed is retired.
-	path, st = newTestMeta(t)
+	path, st = storagetest.NewMeta(t, alTestExtents)
 	al = newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 8)
 	if err := al.gate(3*xs, 4096); err != nil {
 		t.Fatal(err)
 	}
 	al.observe(func(off, length uint64) bool { return true })
-	if left, _ := al.close(false); left != 1 || !reflect.DeepEqual(onDisk(t, path), []uint64{3}) {
+	if left, _ := al.close(false); left != 1 || !reflect.DeepEqual(storagetest.ActivityLogOnDisk(t, path), []uint64{3}) {
 		t.Fatalf("close without flush retired extents")
 	}
 }
@@ -254,7 +218,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // TestActivityLogAcquireCanceled: a request waiting for a slot gives up
 // when its context ends, and holds nothing.
 func TestActivityLogAcquireCanceled(t *testing.T) {
-	_, st := newTestMeta(t)
+	_, st := storagetest.NewMeta(t, alTestExtents)
 	al := newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 2)
 	defer al.close(true)
 	for _, x := range []uint64{0, 1} {
@@ -278,7 +242,7 @@ func TestActivityLogAcquireCanceled(t *testing.T) {
 // (found by the VM rig: mkfs.ext4 hung on a 256 MiB device with
 // al_extents = 8).
 func TestActivityLogRequestLargerThanLog(t *testing.T) {
-	_, st := newTestMeta(t)
+	_, st := storagetest.NewMeta(t, alTestExtents)
 	al := newActivityLog(st, storage.NewSyncGate(&countingSyncer{}), 3)
 	defer al.close(true)
 	for _, x := range []uint64{0, 1, 9} {
@@ -328,7 +292,7 @@ func (g *gatedSyncer) Sync() error {
 // by that flush (its writes may have reached the disk's cache after the
 // flush began), only by the next one.
 func TestActivityLogObservedDuringFlush(t *testing.T) {
-	path, st := newTestMeta(t)
+	path, st := storagetest.NewMeta(t, alTestExtents)
 	data := newGatedSyncer()
 	al := newActivityLog(st, storage.NewSyncGate(data), 3)
 	defer func() {
@@ -365,7 +329,7 @@ func TestActivityLogObservedDuringFlush(t *testing.T) {
 
 	select {
 	case err := <-done:
-		t.Fatalf("the acquire returned (%v) after one flush: extent 1 was retired by a flush that began before it was observed settled; log %v", err, onDisk(t, path))
+		t.Fatalf("the acquire returned (%v) after one flush: extent 1 was retired by a flush that began before it was observed settled; log %v", err, storagetest.ActivityLogOnDisk(t, path))
 	case <-data.began: // the flush for extent 1
 	case <-time.After(5 * time.Second):
 		t.Fatal("no second flush while extent 1 waits to be retired")
@@ -380,7 +344,7 @@ func TestActivityLogObservedDuringFlush(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if got := onDisk(t, path); !reflect.DeepEqual(got, []uint64{2, 5, 6}) {
+	if got := storagetest.ActivityLogOnDisk(t, path); !reflect.DeepEqual(got, []uint64{2, 5, 6}) {
 		t.Fatalf("log: %v, want [2 5 6]", got)
 	}
 }
@@ -405,8 +369,8 @@ func TestActivityLogFailedFlushRetiresNothing(t *testing.T) {
 		{name: "another flush, handled before the writer's", handledFirst: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			_, st := newTestMeta(t)
-			data := &testSyncer{}
+			_, st := storagetest.NewMeta(t, alTestExtents)
+			data := &storagetest.Syncer{}
 			gate := storage.NewSyncGate(data)
 			var reports atomic.Int32
 			gate.SetReport(func() { reports.Add(1) })
@@ -421,7 +385,7 @@ func TestActivityLogFailedFlushRetiresNothing(t *testing.T) {
 				release()
 			}
 			al.observe(func(off, length uint64) bool { return true })
-			data.failNext(1)
+			data.FailNext(1)
 			if !tt.own {
 				// Say, the engine's flush, before the writer's.
 				if err := gate.Sync(); err == nil {
@@ -453,7 +417,7 @@ func TestActivityLogFailedFlushRetiresNothing(t *testing.T) {
 				// The engine handles the failure.
 				gate.TakeUnreported()
 			} else {
-				waitFor(t, "the writer's flush", func() bool { return data.callCount() > 1 })
+				waitFor(t, "the writer's flush", func() bool { return data.Calls() > 1 })
 			}
 			// The observations from before the failure no longer count.
 			select {

@@ -3,76 +3,14 @@ package node
 import (
 	"context"
 	"errors"
-	"os"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 
+	"github.com/georepl/georepl/cmd/georepl/internal/storage/storagetest"
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/meta"
 	"github.com/georepl/georepl/kmod"
 )
-
-// testSyncer is a data disk whose flushes fail or wait when the test says
-// so, and otherwise flush next (nil: succeed).
-type testSyncer struct {
-	next interface{ Sync() error }
-
-	mu    sync.Mutex
-	calls int
-	fails int // the next fails flushes fail with EIO
-	// hold, if not nil, makes the next flush report on began and wait
-	// until hold is closed before it flushes.
-	hold  chan struct{}
-	began chan struct{}
-}
-
-var errTestEIO = &os.PathError{Op: "fdatasync", Path: "data", Err: syscall.EIO}
-
-func (s *testSyncer) Sync() error {
-	s.mu.Lock()
-	s.calls++
-	hold := s.hold
-	s.hold = nil
-	fail := hold == nil && s.fails > 0
-	if fail {
-		s.fails--
-	}
-	s.mu.Unlock()
-	if hold != nil {
-		s.began <- struct{}{}
-		<-hold
-	}
-	if fail {
-		return errTestEIO
-	}
-	if s.next == nil {
-		return nil
-	}
-	return s.next.Sync()
-}
-
-func (s *testSyncer) failNext(n int) {
-	s.mu.Lock()
-	s.fails = n
-	s.mu.Unlock()
-}
-
-// holdNext makes the next flush wait; it returns the channel to close to
-// let it go on.
-func (s *testSyncer) holdNext() chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.hold, s.began = make(chan struct{}), make(chan struct{})
-	return s.hold
-}
-
-func (s *testSyncer) callCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.calls
-}
 
 // TestFlushFailureElsewhereReachesTheApplication: the activity log's
 // flush of the data disk fails (Linux reports the writeback error to it,
@@ -94,13 +32,13 @@ func TestFlushFailureElsewhereReachesTheApplication(t *testing.T) {
 			}
 			events, cancel := d.Subscribe()
 			defer cancel()
-			calls := disk.callCount()
-			disk.failNext(1)
+			calls := disk.Calls()
+			disk.FailNext(1)
 			// A write to another extent needs a slot: the activity log
 			// flushes the data disk to retire extent 0, and that flush
 			// fails.
 			err := dev.WriteAt(ctx, make([]byte, 4096), 2*meta.ActivityLogExtentSize, false)
-			if disk.callCount() == calls {
+			if disk.Calls() == calls {
 				t.Fatal("the activity log never flushed the data disk")
 			}
 			flushErr := dev.Flush(ctx)
@@ -149,11 +87,11 @@ func TestFlushOverlappingAFailureFails(t *testing.T) {
 	if err := dev.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
 		t.Fatal(err)
 	}
-	release := disk.holdNext()
+	release, began := disk.HoldNext()
 	flushed := make(chan error, 1)
 	go func() { flushed <- dev.Flush(ctx) }()
-	<-disk.began
-	disk.failNext(1)
+	<-began
+	disk.FailNext(1)
 	if err := r.st.al.sync.Sync(); err == nil {
 		t.Fatal("the injected failure did not fail")
 	}
@@ -184,18 +122,18 @@ func sawEvent(events <-chan Event, what, detail string) bool {
 }
 
 // upWithSyncer brings resource r0 up on node alpha like upResource, with
-// a testSyncer between its backing disk and every flush of that disk (the
+// a storagetest.Syncer between its backing disk and every flush of that disk (the
 // data area's and the internal metadata's), and an activity log of
 // alExtents extents (0: the configured capacity).
-func upWithSyncer(t *testing.T, policy string, alExtents int) (*Daemon, *resource, *testSyncer) {
+func upWithSyncer(t *testing.T, policy string, alExtents int) (*Daemon, *resource, *storagetest.Syncer) {
 	t.Helper()
-	s := &testSyncer{}
+	s := &storagetest.Syncer{}
 	opts := Options{OpenDevice: func(path string) (Device, error) {
 		b, err := kmod.OpenBacking(path)
 		if err != nil {
 			return nil, err
 		}
-		s.next = b
+		s.Next = b
 		return syncedDevice{Device: b, s: s}, nil
 	}}
 	d, r := upNodeWith(t, policy, "alpha", opts, func(r *resource) {
@@ -206,10 +144,10 @@ func upWithSyncer(t *testing.T, policy string, alExtents int) (*Daemon, *resourc
 	return d, r, s
 }
 
-// syncedDevice is a disk whose flushes go through a testSyncer.
+// syncedDevice is a disk whose flushes go through a storagetest.Syncer.
 type syncedDevice struct {
 	Device
-	s *testSyncer
+	s *storagetest.Syncer
 }
 
 func (d syncedDevice) Sync() error { return d.s.Sync() }

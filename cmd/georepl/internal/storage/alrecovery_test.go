@@ -2,52 +2,14 @@ package storage
 
 import (
 	"errors"
-	"os"
-	"path/filepath"
 	"testing"
 
+	"github.com/georepl/georepl/cmd/georepl/internal/storage/storagetest"
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/meta"
 )
 
 const alTestExtents = 16 // data area of the tests, in extents
-
-// newTestMeta creates metadata for node 0 of three nodes in an external
-// file, and returns its path and the store.
-func newTestMeta(t *testing.T) (string, *meta.Store) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "meta")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	st, err := meta.Create(f, 0, meta.Params{Resource: "r0", NodeID: 0, Slots: 3,
-		DataSize: alTestExtents * meta.ActivityLogExtentSize, BlockSize: 4096}, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return path, st
-}
-
-// onDisk reads the activity log as a restart would.
-func onDisk(t *testing.T, path string) []uint64 {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, err := meta.Open(f, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	x, err := st.ReadActivityLog()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return x
-}
 
 const xs = meta.ActivityLogExtentSize
 
@@ -55,7 +17,7 @@ const xs = meta.ActivityLogExtentSize
 // every peer's bitmap, bitmap ids without marks take the current
 // generation, and the log is emptied.
 func TestRecoverActivityLog(t *testing.T) {
-	path, st := newTestMeta(t)
+	path, st := storagetest.NewMeta(t, alTestExtents)
 	if err := st.UpdateSuperblock(func(sb *meta.Superblock) {
 		sb.Current = 0xc0ffee
 		sb.BitmapUUID[2] = 0xb17
@@ -111,7 +73,7 @@ func TestRecoverActivityLog(t *testing.T) {
 	if sb.BitmapUUID[1] != 0xc0ffee || sb.BitmapUUID[2] != 0xb17 || sb.BitmapUUID[0] != 0 {
 		t.Errorf("bitmap ids %x, want [0 c0ffee b17]", sb.BitmapUUID)
 	}
-	if got := onDisk(t, path); len(got) != 0 {
+	if got := storagetest.ActivityLogOnDisk(t, path); len(got) != 0 {
 		t.Errorf("log after recovery: %v, want empty", got)
 	}
 }

@@ -5,84 +5,24 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 
+	"github.com/georepl/georepl/cmd/georepl/internal/storage/storagetest"
 	"github.com/georepl/georepl/kmod"
 )
-
-// testSyncer is a data disk whose flushes fail or wait when the test says
-// so, and otherwise flush next (nil: succeed).
-type testSyncer struct {
-	next interface{ Sync() error }
-
-	mu    sync.Mutex
-	calls int
-	fails int // the next fails flushes fail with EIO
-	// hold, if not nil, makes the next flush report on began and wait
-	// until hold is closed before it flushes.
-	hold  chan struct{}
-	began chan struct{}
-}
-
-var errTestEIO = &os.PathError{Op: "fdatasync", Path: "data", Err: syscall.EIO}
-
-func (s *testSyncer) Sync() error {
-	s.mu.Lock()
-	s.calls++
-	hold := s.hold
-	s.hold = nil
-	fail := hold == nil && s.fails > 0
-	if fail {
-		s.fails--
-	}
-	s.mu.Unlock()
-	if hold != nil {
-		s.began <- struct{}{}
-		<-hold
-	}
-	if fail {
-		return errTestEIO
-	}
-	if s.next == nil {
-		return nil
-	}
-	return s.next.Sync()
-}
-
-func (s *testSyncer) failNext(n int) {
-	s.mu.Lock()
-	s.fails = n
-	s.mu.Unlock()
-}
-
-// holdNext makes the next flush wait; it returns the channel to close to
-// let it go on.
-func (s *testSyncer) holdNext() chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.hold, s.began = make(chan struct{}), make(chan struct{})
-	return s.hold
-}
-
-func (s *testSyncer) callCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.calls
-}
 
 // TestSyncGateFailureUntilHandled: a failed flush is reported once; every
 // flush after it fails, naming it, until the engine handled it (the
 // disk is not even asked: it would say yes, having told the error once).
 func TestSyncGateFailureUntilHandled(t *testing.T) {
-	dev := &testSyncer{}
+	dev := &storagetest.Syncer{}
 	g := NewSyncGate(dev)
 	var reports atomic.Int32
 	g.SetReport(func() { reports.Add(1) })
 
-	dev.failNext(1)
+	dev.FailNext(1)
 	err := g.Sync()
 	if !errors.Is(err, syscall.EIO) {
 		t.Fatalf("the failed flush returned %v, want EIO", err)
@@ -90,14 +30,14 @@ func TestSyncGateFailureUntilHandled(t *testing.T) {
 	if reports.Load() != 1 {
 		t.Fatalf("%d reports after one failure, want 1", reports.Load())
 	}
-	calls := dev.callCount()
+	calls := dev.Calls()
 	for _, flush := range []func() error{g.Sync, g.SyncOp} {
 		var doubt *FlushDoubtError
 		if err := flush(); !errors.As(err, &doubt) || doubt.failure.n != 1 || doubt.while || !errors.Is(err, syscall.EIO) {
 			t.Fatalf("a flush while the failure is not handled: %v, want a FlushDoubtError naming failure 1", err)
 		}
 	}
-	if dev.callCount() != calls {
+	if dev.Calls() != calls {
 		t.Errorf("the disk was asked to flush while a failure was not handled")
 	}
 	if _, ok := g.Clean(); ok {
@@ -121,14 +61,14 @@ func TestSyncGateFailureUntilHandled(t *testing.T) {
 func TestSyncGateConcurrentFailure(t *testing.T) {
 	for _, handledFirst := range []bool{false, true} {
 		t.Run(fmt.Sprintf("handled first %v", handledFirst), func(t *testing.T) {
-			dev := &testSyncer{}
+			dev := &storagetest.Syncer{}
 			g := NewSyncGate(dev)
 			g.SetReport(func() {})
-			release := dev.holdNext()
+			release, began := dev.HoldNext()
 			done := make(chan error, 1)
 			go func() { done <- g.SyncOp() }()
-			<-dev.began
-			dev.failNext(1)
+			<-began
+			dev.FailNext(1)
 			if err := g.Sync(); !errors.Is(err, syscall.EIO) {
 				t.Fatalf("the failing flush: %v", err)
 			}
@@ -160,12 +100,12 @@ func TestSyncGateConcurrentFailure(t *testing.T) {
 // whose activity-log transaction failed) handles nothing: the reporter
 // does.
 func TestSyncGateClaimedFailures(t *testing.T) {
-	dev := &testSyncer{}
+	dev := &storagetest.Syncer{}
 	g := NewSyncGate(dev)
 	var reports atomic.Int32
 	g.SetReport(func() { reports.Add(1) })
 
-	dev.failNext(1)
+	dev.FailNext(1)
 	opErr := g.SyncOp()
 	if !errors.Is(opErr, syscall.EIO) || reports.Load() != 0 {
 		t.Fatalf("a failed syncOp: %v, %d reports; want EIO and none", opErr, reports.Load())
@@ -181,7 +121,7 @@ func TestSyncGateClaimedFailures(t *testing.T) {
 		t.Fatalf("a flush after the operation's failure was delivered: %v", err)
 	}
 
-	dev.failNext(1)
+	dev.FailNext(1)
 	metaErr := g.Sync() // say, the activity log's transaction
 	g.Delivered(fmt.Errorf("activity log write failed: %w", metaErr))
 	if got := g.TakeUnreported(); len(got) != 1 {
@@ -202,12 +142,12 @@ func TestSyncGateMetadata(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	dev := &testSyncer{next: b}
+	dev := &storagetest.Syncer{Next: b}
 	g := NewSyncGate(dev)
 	g.SetReport(func() {})
 	m := &GatedMeta{Region: b.Region(0, 1<<20), Gate: g}
 
-	dev.failNext(1)
+	dev.FailNext(1)
 	if err := g.Sync(); err == nil {
 		t.Fatal("the injected failure did not fail")
 	}
@@ -222,7 +162,7 @@ func TestSyncGateMetadata(t *testing.T) {
 	if _, err := m.WriteAt([]byte("bitmap"), 4096); err != nil {
 		t.Fatal(err)
 	}
-	dev.failNext(1)
+	dev.FailNext(1)
 	if err := g.Sync(); err == nil {
 		t.Fatal("the injected failure did not fail")
 	}
