@@ -89,8 +89,9 @@ func (c *cluster) waitProcessGone(pid int, what string) {
 // loop over the first blocks of the device, and remembers the last
 // content of each block whose write was acknowledged.
 type ackedWriter struct {
-	client *nbd.Client
-	blocks int64
+	client     *nbd.Client
+	blocks     int64
+	stop, done chan struct{}
 
 	mu    sync.Mutex
 	acked map[int64]uint64 // block → sequence number of its last acknowledged write
@@ -109,10 +110,43 @@ func blockContent(block int64, seq uint64) []byte {
 	return b
 }
 
-func (w *ackedWriter) run(stop <-chan struct{}) {
+// startAckedWriter starts writing through alpha's export of c until
+// finish.
+func startAckedWriter(t *testing.T, c *cluster) *ackedWriter {
+	t.Helper()
+	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	w := &ackedWriter{client: client, blocks: 256, acked: map[int64]uint64{},
+		stop: make(chan struct{}), done: make(chan struct{})}
+	go w.run()
+	return w
+}
+
+// finish stops the writes, lets the cluster settle, checks that every
+// node's disk is the same and holds every acknowledged write.
+func (w *ackedWriter) finish(t *testing.T, c *cluster) {
+	t.Helper()
+	close(w.stop)
+	<-w.done
+	if w.err != nil {
+		t.Fatal(w.err)
+	}
+	w.client.Flush()
+	w.client.Close()
+	c.settleAndCompare()
+	for _, n := range demoNodes {
+		w.check(t, n, c.node(n).Disk)
+	}
+}
+
+func (w *ackedWriter) run() {
+	defer close(w.done)
 	for i := int64(0); ; i++ {
 		select {
-		case <-stop:
+		case <-w.stop:
 			return
 		default:
 		}
@@ -194,24 +228,12 @@ func TestClusterPluginKilledMidWrite(t *testing.T) {
 	}
 	alphaPlugin, bravoPlugin := c.onePlugin("alpha", "tcp-fd"), c.onePlugin("bravo", "tcp-fd")
 
-	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	w := &ackedWriter{client: client, blocks: 256, acked: map[int64]uint64{}}
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		w.run(stop)
-	}()
-	waitWrites := func(n uint64) { t.Helper(); w.wait(t, n) }
-	waitWrites(200)
+	w := startAckedWriter(t, c)
+	w.wait(t, 200)
 	syscall.Kill(alphaPlugin, syscall.SIGKILL)
 	syscall.Kill(bravoPlugin, syscall.SIGKILL)
 	c.waitProcessGone(alphaPlugin, "alpha's killed plugin")
-	waitWrites(200)
+	w.wait(t, 200)
 
 	st := c.waitFor("alpha", "alpha's plugin restarted", 30*time.Second, func(st *node.ResourceStatus) bool {
 		p := c.peer(st, "bravo")
@@ -230,7 +252,7 @@ func TestClusterPluginKilledMidWrite(t *testing.T) {
 	// A new connection through the restarted plugins: writes made while
 	// disconnected are marked and resynced over it.
 	c.cli("alpha", "disconnect", "r0", "bravo")
-	waitWrites(100)
+	w.wait(t, 100)
 	c.waitFor("alpha", "writes for bravo marked", 10*time.Second, func(st *node.ResourceStatus) bool {
 		return c.peer(st, "bravo").OutOfSync > 0
 	})
@@ -238,18 +260,8 @@ func TestClusterPluginKilledMidWrite(t *testing.T) {
 	c.waitFor("alpha", "bravo connected again", 30*time.Second, func(st *node.ResourceStatus) bool {
 		return c.peer(st, "bravo").Conn == "Connected"
 	})
-	waitWrites(100)
-	close(stop)
-	<-done
-	if w.err != nil {
-		t.Fatal(w.err)
-	}
-	client.Flush()
-	client.Close()
-	c.settleAndCompare()
-	for _, n := range demoNodes {
-		w.check(t, n, c.node(n).Disk)
-	}
+	w.wait(t, 100)
+	w.finish(t, c)
 
 	// No plugin outlives its daemon: bravo's gets SIGTERM, alpha's
 	// SIGKILL.
@@ -277,18 +289,7 @@ func TestClusterRingPluginKilledMidWrite(t *testing.T) {
 	c.startInSync()
 	alphaPlugin := c.onePlugin("alpha", comm)
 
-	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	w := &ackedWriter{client: client, blocks: 256, acked: map[int64]uint64{}}
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		w.run(stop)
-	}()
+	w := startAckedWriter(t, c)
 	w.wait(t, 200)
 	syscall.Kill(alphaPlugin, syscall.SIGKILL)
 	// The connection may be back and resynced before a status shows it
@@ -312,15 +313,5 @@ func TestClusterRingPluginKilledMidWrite(t *testing.T) {
 		t.Fatal("alpha's plugin was not restarted")
 	}
 	w.wait(t, 100)
-	close(stop)
-	<-done
-	if w.err != nil {
-		t.Fatal(w.err)
-	}
-	client.Flush()
-	client.Close()
-	c.settleAndCompare()
-	for _, n := range demoNodes {
-		w.check(t, n, c.node(n).Disk)
-	}
+	w.finish(t, c)
 }
