@@ -21,7 +21,7 @@ BIN     := bin/georepl
 TOOLS   := fio:fio nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils ip:iproute2 tc:iproute2
 TESTFLAGS ?=
 
-.PHONY: all build plugins demo test lint vet tidy-check staticcheck fmt-check unit sim deps bench bench-plugins bench-resync soak fuzz vmtest clean
+.PHONY: all build plugins demo test lint vet tidy-check staticcheck fmt-check unit sim deps bench bench-plugins bench-resync bench-wan soak fuzz vmtest clean
 
 all: build
 
@@ -138,8 +138,8 @@ BENCHFLAGS ?=
 bench: deps build plugins
 	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN) $(BENCHFLAGS)
 	$(MAKE) --no-print-directory bench-plugins
-	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory bench-resync; \
-	else echo "bench-resync skipped: it needs root (network namespaces, tc)"; fi
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory bench-resync bench-wan; \
+	else echo "bench-resync and bench-wan skipped: they need root (network namespaces, tc)"; fi
 
 # Transport plugins against the built-in tcp, one connection over
 # loopback: 1 MiB writes on the data channel and a 4 KiB control
@@ -153,6 +153,12 @@ bench-plugins:
 # write rate during a resync. Needs root and iproute2.
 bench-resync: deps build
 	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN) -resync
+
+# Protocol A over a veth between two network namespaces shaped by tc tbf
+# to 100 Mbit/s: the steady replication rate over tcp and quic, with and
+# without LZ4, on compressible and random data. Needs root and iproute2.
+bench-wan: deps build
+	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN) -wan
 
 # Kill the primary of a loopback cluster at random moments for SOAK, check
 # every survivor, print the count of runs and failures. With SIM set, run

@@ -28,11 +28,15 @@
 // a CPU profile of each is written to DIR during every georepl fio run:
 // what a change costs per write, beside what it does to the ratio.
 //
+// With -wan it runs the WAN benchmark over a shaped link between two
+// network namespaces (`make bench-wan`, root only; wan.go).
+//
 // With -resync it runs the resync benchmark over a shaped link between two
 // network namespaces instead (`make bench-resync`, root only; resync.go).
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -92,16 +96,24 @@ func main() {
 	runs := flag.Int("runs", 3, "runs per measurement (the median is reported)")
 	runtime := flag.Duration("runtime", 5*time.Second, "fio runtime per run")
 	sizeMiB := flag.Int("size", 1024, "device size in MiB")
+	wan := flag.Bool("wan", false, "run the WAN benchmark instead: protocol A over a shaped link, tcp and quic, with and without LZ4 (root; see wan.go)")
 	resync := flag.Bool("resync", false, "run the resync benchmark instead (root: network namespaces, tc tbf; see resync.go)")
 	resyncMiB := flag.Int("resync-size", 512, "with -resync: device size in MiB, all of it resynchronised")
-	rateMbit := flag.Int("rate", 200, "with -resync: the link rate in Mbit/s")
+	rateMbit := flag.Int("rate", 0, "with -resync or -wan: the link rate in Mbit/s (default 200 for -resync, 100 for -wan)")
 	pluginDir := flag.String("plugins", "bin/plugins", "directory of the transport plugins the plugin set-ups use (`make plugins` builds them)")
 	compare := flag.String("compare", "", "also measure this georepl binary, each set-up right after -georepl's, for a before/after table in one run")
 	profile := flag.String("profile", "", "write a CPU profile of every daemon during each georepl fio run to this directory (for `go tool pprof`; the daemons run with --pprof)")
 	only := flag.String("only", "", "measure only the set-ups and workloads whose names contain one of these comma-separated words (e.g. \"alone,QD1\"); nbdkit always runs")
 	flag.Parse()
+	if *wan {
+		if err := runWANBench(*bin, *runs, cmp.Or(*rateMbit, 100)); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-wan:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if *resync {
-		if err := runResyncBench(*bin, *runs, *resyncMiB, *rateMbit); err != nil {
+		if err := runResyncBench(*bin, *runs, *resyncMiB, cmp.Or(*rateMbit, 200)); err != nil {
 			fmt.Fprintln(os.Stderr, "bench-resync:", err)
 			os.Exit(1)
 		}

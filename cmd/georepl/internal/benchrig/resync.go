@@ -93,7 +93,7 @@ func runResyncBench(bin string, runs int, sizeMiB, rateMbit int) error {
 	}
 	defer os.RemoveAll(dir)
 	b := &resyncBench{bin: bin, runs: runs, size: int64(sizeMiB) << 20, rateMbit: rateMbit, dir: dir}
-	net, err := b.setupNetwork()
+	net, err := setupNetwork(b.rateMbit)
 	if err != nil {
 		return err
 	}
@@ -172,8 +172,8 @@ func run(name string, args ...string) error {
 }
 
 // setupNetwork creates namespaces grA-PID and grB-PID joined by a veth
-// pair (10.213.0.1 and .2), both ends shaped to the rate.
-func (b *resyncBench) setupNetwork() (*benchNet, error) {
+// pair (10.213.0.1 and .2), both ends shaped to rateMbit.
+func setupNetwork(rateMbit int) (*benchNet, error) {
 	pid := os.Getpid()
 	n := &benchNet{
 		ns:   [2]string{fmt.Sprintf("grA-%d", pid), fmt.Sprintf("grB-%d", pid)},
@@ -194,7 +194,7 @@ func (b *resyncBench) setupNetwork() (*benchNet, error) {
 			// burst: at least rate/HZ; latency bounds the queue (about
 			// 600 KB at 200 Mbit/s), like a router's buffer.
 			[]string{"ip", "netns", "exec", n.ns[i], "tc", "qdisc", "add", "dev", veth[i], "root", "tbf",
-				"rate", fmt.Sprintf("%dmbit", b.rateMbit), "burst", "256kb", "latency", "25ms"})
+				"rate", fmt.Sprintf("%dmbit", rateMbit), "burst", "256kb", "latency", "25ms"})
 	}
 	for _, s := range steps {
 		if err := run(s[0], s[1:]...); err != nil {

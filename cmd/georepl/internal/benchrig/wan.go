@@ -1,0 +1,261 @@
+package main
+
+// The WAN benchmark (`make bench-wan`, -wan): two daemons in two network
+// namespaces joined by a veth pair shaped by tc tbf (100 Mbit/s by
+// default), as for the resync benchmark, replicating under protocol A.
+// fio writes 1 MiB blocks through alpha's export at queue depth 4 for
+// long enough to fill max_buffer (8 MiB here), after which the
+// application can go no faster than the link carries its writes; what is
+// measured is that steady state: the rate at which bravo writes replicated
+// data to its disk, and the bytes that crossed the link for it, over eight
+// seconds. Each transport (tcp, quic) runs with and without LZ4, on data
+// fio makes 60 % compressible and on random data, so that the table shows
+// what compression buys on each and what QUIC costs against TCP.
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type wanVariant struct {
+	transport, compression string
+	data                   string // a key of wanData
+}
+
+// wanData are fio's buffer options for each kind of data; refill_buffers
+// makes fio write new contents each time rather than one buffer over and
+// over, which compression would see through.
+var wanData = map[string][]string{
+	"60% compressible": {"--refill_buffers", "--buffer_compress_percentage=60"},
+	"random":           {"--refill_buffers"},
+}
+
+var wanVariants = func() []wanVariant {
+	var vs []wanVariant
+	for _, data := range []string{"60% compressible", "random"} {
+		for _, tr := range []string{"tcp", "quic"} {
+			for _, c := range []string{"none", "lz4"} {
+				vs = append(vs, wanVariant{tr, c, data})
+			}
+		}
+	}
+	return vs
+}()
+
+// wanRun is one run's steady state, in bytes per second: the replicated
+// data bravo wrote, and what crossed the link for it.
+type wanRun struct {
+	data, wire float64
+}
+
+const (
+	wanDeviceSize = 64 << 20
+	wanWarmup     = 4 * time.Second // max_buffer fills in under a second at this rate
+	wanWindow     = 8 * time.Second
+)
+
+func runWANBench(bin string, runs, rateMbit int) error {
+	if os.Geteuid() != 0 {
+		return errors.New("the WAN benchmark needs root: it creates network namespaces and tc qdiscs")
+	}
+	for _, tool := range []string{"ip", "tc", "fio"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s is missing: run `make deps` (iproute2, fio)", tool)
+		}
+	}
+	dir, err := os.MkdirTemp("", "georepl-bench-wan-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	net, err := setupNetwork(rateMbit)
+	if err != nil {
+		return err
+	}
+	defer net.teardown()
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	go func() {
+		if _, ok := <-sig; ok {
+			net.teardown() // the namespaces outlive the process otherwise
+			os.Exit(1)
+		}
+	}()
+	medians := map[wanVariant]wanRun{}
+	for _, v := range wanVariants {
+		var data, wire []float64
+		for i := range runs {
+			fmt.Fprintf(os.Stderr, "%s, %s, %s data: run %d of %d\n", v.transport, v.compression, v.data, i+1, runs)
+			m, err := wanOnce(bin, dir, net, v)
+			if err != nil {
+				return fmt.Errorf("%s, %s, %s data: %w", v.transport, v.compression, v.data, err)
+			}
+			data, wire = append(data, m.data), append(wire, m.wire)
+		}
+		medians[v] = wanRun{median(data), median(wire)}
+	}
+
+	link := float64(rateMbit) * 1e6 / 8
+	fmt.Printf("\nprotocol A, 1 MiB writes at QD4 through the export, max_buffer 8 MiB, between two network namespaces\n")
+	fmt.Printf("over a veth shaped by tc tbf to %d Mbit/s (%.1f MB/s); steady state over %v after %v; medians of %d runs\n\n",
+		rateMbit, link/1e6, wanWindow, wanWarmup, runs)
+	fmt.Printf("%-18s %-5s %-5s %14s %8s %14s %10s %12s\n", "data", "via", "lz4", "replicated", "of link", "on the wire", "vs none", "quic vs tcp")
+	for _, v := range wanVariants {
+		m := medians[v]
+		none := medians[wanVariant{v.transport, "none", v.data}]
+		tcp := medians[wanVariant{"tcp", v.compression, v.data}]
+		fmt.Printf("%-18s %-5s %-5s %9.1f MB/s %7.2fx %9.1f MB/s %9.2fx", v.data, v.transport, v.compression,
+			m.data/1e6, m.data/link, m.wire/1e6, m.data/none.data)
+		if v.transport == "quic" {
+			fmt.Printf(" %11.2fx", m.data/tcp.data)
+		}
+		fmt.Println()
+	}
+	fmt.Println("\n\"replicated\": application data bravo wrote per second; \"on the wire\": what bravo received for it")
+	fmt.Println("(frames after compression, before TCP/UDP and IP headers); \"of link\": replicated over the link rate;")
+	fmt.Println("\"vs none\": against the same transport without compression; \"quic vs tcp\": against tcp, same compression")
+	return nil
+}
+
+// wanOnce runs variant v once on fresh disks and metadata.
+func wanOnce(bin, scratch string, net *benchNet, v wanVariant) (wanRun, error) {
+	dir, err := os.MkdirTemp(scratch, "run-")
+	if err != nil {
+		return wanRun{}, err
+	}
+	defer os.RemoveAll(dir)
+	conf := filepath.Join(dir, "conf")
+	if err := os.MkdirAll(conf, 0o755); err != nil {
+		return wanRun{}, err
+	}
+	port := 20000 + rand.IntN(30000) // the namespaces are the benchmark's own
+	var hcl strings.Builder
+	fmt.Fprintf(&hcl, "resource \"r0\" {\n  protocol = \"A\"\n  net {\n    shared_secret = \"bench\"\n    transport = %q\n    compression = %q\n    max_buffer = \"8MiB\"\n  }\n",
+		v.transport, v.compression)
+	names := []string{"alpha", "bravo"}
+	for i, name := range names {
+		disk := filepath.Join(dir, name+".img")
+		if err := makeFile(disk, wanDeviceSize); err != nil {
+			return wanRun{}, err
+		}
+		fmt.Fprintf(&hcl, "  node %q {\n    id = %d\n    address = \"%s:%d\"\n    disk = %q\n    export = \"unix:%s\"\n  }\n",
+			name, i, net.addr[i], port, disk, filepath.Join(dir, name+".nbd"))
+	}
+	hcl.WriteString("}\n")
+	if err := os.WriteFile(filepath.Join(conf, "r0.hcl"), []byte(hcl.String()), 0o644); err != nil {
+		return wanRun{}, err
+	}
+	admin := func(name string) string { return filepath.Join(dir, name+".admin") }
+	cli := func(name string, args ...string) ([]byte, error) {
+		out, err := exec.Command(bin, append([]string{"--admin", admin(name)}, args...)...).CombinedOutput()
+		if err != nil {
+			return out, fmt.Errorf("georepl %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return out, nil
+	}
+	var procs []*exec.Cmd
+	defer func() {
+		for _, p := range procs {
+			stop(p)
+		}
+	}()
+	for i, name := range names {
+		if out, err := exec.Command(bin, "create-md", "--force", "--config", conf, "--node", name, "r0").CombinedOutput(); err != nil {
+			return wanRun{}, fmt.Errorf("create-md %s: %v: %s", name, err, out)
+		}
+		logf, err := os.Create(filepath.Join(dir, name+".log"))
+		if err != nil {
+			return wanRun{}, err
+		}
+		defer logf.Close()
+		cmd := exec.Command("ip", "netns", "exec", net.ns[i], bin, "daemon", "--config", conf, "--node", name,
+			"--admin", admin(name), "--up", "--log-level", "warn")
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			return wanRun{}, err
+		}
+		procs = append(procs, cmd)
+		if err := waitSocket(admin(name)); err != nil {
+			return wanRun{}, err
+		}
+	}
+	if err := waitConnected(bin, admin("alpha"), 1); err != nil {
+		return wanRun{}, err
+	}
+	if _, err := cli("alpha", "primary", "--force", "r0"); err != nil {
+		return wanRun{}, err
+	}
+	if _, err := cli("alpha", "wait-sync", "--timeout", "5m", "r0"); err != nil {
+		return wanRun{}, err
+	}
+
+	// bravo's disk writes and received bytes, from its status.
+	sample := func() (written, received uint64, err error) {
+		out, err := cli("bravo", "status", "--json", "r0")
+		if err != nil {
+			return 0, 0, err
+		}
+		var sts []struct {
+			DiskWritten uint64 `json:"disk_written_bytes"`
+			Peers       []struct {
+				BytesRecv uint64 `json:"bytes_received"`
+			} `json:"peers"`
+		}
+		if err := json.Unmarshal(out, &sts); err != nil || len(sts) == 0 || len(sts[0].Peers) == 0 {
+			return 0, 0, fmt.Errorf("bravo's status: %v: %s", err, out)
+		}
+		return sts[0].DiskWritten, sts[0].Peers[0].BytesRecv, nil
+	}
+	runtime := wanWarmup + wanWindow + 2*time.Second
+	fio := exec.Command("fio", append([]string{"--name=wan", "--ioengine=nbd",
+		"--uri=nbd+unix:///r0?socket=" + filepath.Join(dir, "alpha.nbd"),
+		"--rw=write", "--bs=1M", "--iodepth=4", "--size=" + fmt.Sprint(wanDeviceSize/2),
+		"--time_based", "--runtime=" + fmt.Sprint(int(runtime.Seconds())), "--output-format=json"}, wanData[v.data]...)...)
+	fio.Dir = dir
+	var fioOut strings.Builder
+	fio.Stdout, fio.Stderr = &fioOut, &fioOut
+	if err := fio.Start(); err != nil {
+		return wanRun{}, err
+	}
+	fioDone := make(chan error, 1)
+	go func() { fioDone <- fio.Wait() }()
+	measure := func() (wanRun, error) {
+		select {
+		case err := <-fioDone:
+			return wanRun{}, fmt.Errorf("fio ended early: %v: %s", err, fioOut.String())
+		case <-time.After(wanWarmup):
+		}
+		w0, r0, err := sample()
+		if err != nil {
+			return wanRun{}, err
+		}
+		t0 := time.Now()
+		time.Sleep(wanWindow)
+		w1, r1, err := sample()
+		if err != nil {
+			return wanRun{}, err
+		}
+		secs := time.Since(t0).Seconds()
+		return wanRun{float64(w1-w0) / secs, float64(r1-r0) / secs}, nil
+	}
+	m, err := measure()
+	if err != nil {
+		fio.Process.Kill()
+		<-fioDone
+		return wanRun{}, err
+	}
+	if err := <-fioDone; err != nil {
+		return wanRun{}, fmt.Errorf("fio: %v: %s", err, fioOut.String())
+	}
+	return m, nil
+}
