@@ -175,6 +175,12 @@ func (w *Writer) flushIfFull() error {
 // payloads included.
 func (w *Writer) Buffered() int { return len(w.buf) + w.sharedBytes }
 
+// Unflushed is the number of frames written since the last flush that
+// emptied the buffer: the last ones written. The frames before them are
+// out (a flush of a full buffer, within WriteFrame or WriteFrameShared),
+// and their shared payloads are the caller's again.
+func (w *Writer) Unflushed() int { return int(w.buffered) }
+
 // Flush writes every buffered frame with a single Write call: as they are,
 // or as one compressed batch frame when the Writer uses CompressionLZ4, the
 // frames add up to at least MinCompressBatch bytes (and at most

@@ -106,6 +106,9 @@ func main() {
 	only := flag.String("only", "", "measure only the set-ups and workloads whose names contain one of these comma-separated words (e.g. \"alone,QD1\"); nbdkit always runs")
 	flag.Parse()
 	if *wan {
+		if *only != "" {
+			wanVariants = keep(wanVariants, wanVariant.String, *only)
+		}
 		if err := runWANBench(*bin, *runs, cmp.Or(*rateMbit, 100)); err != nil {
 			fmt.Fprintln(os.Stderr, "bench-wan:", err)
 			os.Exit(1)
@@ -124,7 +127,7 @@ func main() {
 		workloads = keep(workloads, func(w workload) string { return w.name }, *only)
 	}
 	r := &rig{bins: []string{*bin}, runs: *runs, runtime: *runtime, size: int64(*sizeMiB) << 20, pluginDir: *pluginDir,
-		profileDir: *profile, pprof: map[string][]string{}}
+		profileDir: *profile, pprof: map[string][]string{}, daemons: map[string][]daemon{}, peaks: map[string]string{}}
 	if r.profileDir != "" {
 		if err := os.MkdirAll(r.profileDir, 0o755); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
@@ -170,6 +173,15 @@ type rig struct {
 	// NBD URI to its daemons' profile addresses, node by node.
 	profileDir string
 	pprof      map[string][]string
+	// daemons maps a cluster's NBD URI to its daemons, for their peak
+	// memory (peakRSS) once the set-up's runs are over.
+	daemons map[string][]daemon
+	peaks   map[string]string // row name → the peak RSS of each daemon
+}
+
+type daemon struct {
+	node string
+	pid  int
 }
 
 type result struct {
@@ -226,12 +238,12 @@ func (r *rig) run() error {
 			}
 			rowNames = append(rowNames, name)
 		}
-		res, err := r.measureSetup(bins, s, baseRuns)
+		res, peaks, err := r.measureSetup(bins, s, baseRuns)
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
 		for i, name := range rowNames {
-			results[name] = res[i]
+			results[name], r.peaks[name] = res[i], peaks[i]
 		}
 		names = append(names, rowNames...)
 	}
@@ -269,6 +281,10 @@ func (r *rig) run() error {
 	tw.Flush()
 	fmt.Println("\nratios: bandwidth and IOPS relative to nbdkit (higher is better); QD1 latency relative to nbdkit (lower is better);")
 	fmt.Println("each the median of the ratios of a run to the nbdkit run just before it")
+	fmt.Println("\npeak resident memory of each daemon over its set-up's runs (VmHWM; max_buffer 64 MiB per peer):")
+	for _, n := range names {
+		fmt.Printf("  %s: %s\n", n, r.peaks[n])
+	}
 	return nil
 }
 
@@ -360,31 +376,55 @@ func (r *rig) startNbdkit() (func(), error) {
 
 // measureSetup starts set-up s once per binary of bins and measures every
 // workload on them; it returns one row of cells per binary.
-func (r *rig) measureSetup(bins []string, s setup, baseRuns map[string][]float64) ([]map[string]cell, error) {
+func (r *rig) measureSetup(bins []string, s setup, baseRuns map[string][]float64) (rows []map[string]cell, peaks []string, err error) {
 	fmt.Fprintln(os.Stderr, "measuring", s.name)
 	var uris []string
 	for i, bin := range bins {
 		uri, stopCluster, err := r.startCluster(bin, s, i == 0)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", bin, err)
+			return nil, nil, fmt.Errorf("%s: %w", bin, err)
 		}
 		defer stopCluster()
 		uris = append(uris, uri)
 	}
-	rows := make([]map[string]cell, len(uris))
+	rows = make([]map[string]cell, len(uris))
 	for i := range rows {
 		rows[i] = map[string]cell{}
 	}
 	for _, w := range workloads {
 		cells, err := r.paired(uris, w, baseRuns)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		for i, c := range cells {
 			rows[i][w.name] = c
 		}
 	}
-	return rows, nil
+	for _, uri := range uris {
+		var each []string
+		for _, d := range r.daemons[uri] {
+			each = append(each, d.node+" "+peakRSS(d.pid))
+		}
+		peaks = append(peaks, strings.Join(each, ", "))
+	}
+	return rows, peaks, nil
+}
+
+// peakRSS returns the highest resident set size process pid has had
+// (VmHWM in /proc/PID/status), or why it cannot tell.
+func peakRSS(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return "?"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb int
+			fmt.Sscan(v, &kb)
+			return fmt.Sprintf("%d MiB", kb>>10)
+		}
+	}
+	return "?"
 }
 
 // startCluster starts set-up s with binary bin, makes alpha Primary and
@@ -512,6 +552,9 @@ func (r *rig) startCluster(bin string, s setup, onNbdkitFile bool) (uri string, 
 	}
 	uri = "nbd+unix:///r0?socket=" + filepath.Join(dir, "alpha.nbd")
 	r.pprof[uri] = pprofAddrs
+	for i, p := range procs {
+		r.daemons[uri] = append(r.daemons[uri], daemon{s.nodes[i], p.Process.Pid})
+	}
 	return uri, stopAll, nil
 }
 

@@ -4,7 +4,7 @@ package main
 // namespaces joined by a veth pair shaped by tc tbf (100 Mbit/s by
 // default), as for the resync benchmark, replicating under protocol A.
 // fio writes 1 MiB blocks through alpha's export at queue depth 4 for
-// long enough to fill max_buffer (8 MiB here), after which the
+// long enough to fill max_buffer (64 MiB, the default), after which the
 // application can go no faster than the link carries its writes; what is
 // measured is that steady state: the rate at which bravo writes replicated
 // data to its disk, and the bytes that crossed the link for it, over eight
@@ -31,6 +31,10 @@ type wanVariant struct {
 	data                   string // a key of wanData
 }
 
+func (v wanVariant) String() string {
+	return fmt.Sprintf("%s %s %s", v.transport, v.compression, v.data)
+}
+
 // wanData are fio's buffer options for each kind of data; refill_buffers
 // makes fio write new contents each time rather than one buffer over and
 // over, which compression would see through.
@@ -55,6 +59,7 @@ var wanVariants = func() []wanVariant {
 // data bravo wrote, and what crossed the link for it.
 type wanRun struct {
 	data, wire float64
+	peakRSS    string // alpha's, with max_buffer full
 }
 
 const (
@@ -94,36 +99,44 @@ func runWANBench(bin string, runs, rateMbit int) error {
 	medians := map[wanVariant]wanRun{}
 	for _, v := range wanVariants {
 		var data, wire []float64
+		var peaks []string
 		for i := range runs {
-			fmt.Fprintf(os.Stderr, "%s, %s, %s data: run %d of %d\n", v.transport, v.compression, v.data, i+1, runs)
+			fmt.Fprintf(os.Stderr, "%s: run %d of %d\n", v, i+1, runs)
 			m, err := wanOnce(bin, dir, net, v)
 			if err != nil {
-				return fmt.Errorf("%s, %s, %s data: %w", v.transport, v.compression, v.data, err)
+				return fmt.Errorf("%s: %w", v, err)
 			}
-			data, wire = append(data, m.data), append(wire, m.wire)
+			data, wire, peaks = append(data, m.data), append(wire, m.wire), append(peaks, m.peakRSS)
 		}
-		medians[v] = wanRun{median(data), median(wire)}
+		medians[v] = wanRun{median(data), median(wire), strings.Join(peaks, ", ")}
 	}
 
 	link := float64(rateMbit) * 1e6 / 8
-	fmt.Printf("\nprotocol A, 1 MiB writes at QD4 through the export, max_buffer 8 MiB, between two network namespaces\n")
+	fmt.Printf("\nprotocol A, 1 MiB writes at QD4 through the export, max_buffer 64 MiB, between two network namespaces\n")
 	fmt.Printf("over a veth shaped by tc tbf to %d Mbit/s (%.1f MB/s); steady state over %v after %v; medians of %d runs\n\n",
 		rateMbit, link/1e6, wanWindow, wanWarmup, runs)
-	fmt.Printf("%-18s %-5s %-5s %14s %8s %14s %10s %12s\n", "data", "via", "lz4", "replicated", "of link", "on the wire", "vs none", "quic vs tcp")
+	fmt.Printf("%-18s %-5s %-5s %14s %8s %14s %10s %12s  %s\n", "data", "via", "lz4", "replicated", "of link", "on the wire", "vs none", "quic vs tcp", "primary's peak RSS")
 	for _, v := range wanVariants {
 		m := medians[v]
-		none := medians[wanVariant{v.transport, "none", v.data}]
-		tcp := medians[wanVariant{"tcp", v.compression, v.data}]
-		fmt.Printf("%-18s %-5s %-5s %9.1f MB/s %7.2fx %9.1f MB/s %9.2fx", v.data, v.transport, v.compression,
-			m.data/1e6, m.data/link, m.wire/1e6, m.data/none.data)
-		if v.transport == "quic" {
-			fmt.Printf(" %11.2fx", m.data/tcp.data)
+		// ratio is m's rate over other's, blank when -only left other out.
+		ratio := func(other wanVariant) string {
+			if o, ok := medians[other]; ok && o.data > 0 {
+				return fmt.Sprintf("%.2fx", m.data/o.data)
+			}
+			return ""
 		}
-		fmt.Println()
+		quicVsTCP := ""
+		if v.transport == "quic" {
+			quicVsTCP = ratio(wanVariant{"tcp", v.compression, v.data})
+		}
+		fmt.Printf("%-18s %-5s %-5s %9.1f MB/s %7.2fx %9.1f MB/s %10s", v.data, v.transport, v.compression,
+			m.data/1e6, m.data/link, m.wire/1e6, ratio(wanVariant{v.transport, "none", v.data}))
+		fmt.Printf(" %12s  %s\n", quicVsTCP, m.peakRSS)
 	}
 	fmt.Println("\n\"replicated\": application data bravo wrote per second; \"on the wire\": what bravo received for it")
 	fmt.Println("(frames after compression, before TCP/UDP and IP headers); \"of link\": replicated over the link rate;")
-	fmt.Println("\"vs none\": against the same transport without compression; \"quic vs tcp\": against tcp, same compression")
+	fmt.Println("\"vs none\": against the same transport without compression; \"quic vs tcp\": against tcp, same compression;")
+	fmt.Println("peak RSS: the primary daemon's VmHWM in each run, its buffer for the peer full")
 	return nil
 }
 
@@ -140,7 +153,7 @@ func wanOnce(bin, scratch string, net *benchNet, v wanVariant) (wanRun, error) {
 	}
 	port := 20000 + rand.IntN(30000) // the namespaces are the benchmark's own
 	var hcl strings.Builder
-	fmt.Fprintf(&hcl, "resource \"r0\" {\n  protocol = \"A\"\n  net {\n    shared_secret = \"bench\"\n    transport = %q\n    compression = %q\n    max_buffer = \"8MiB\"\n  }\n",
+	fmt.Fprintf(&hcl, "resource \"r0\" {\n  protocol = \"A\"\n  net {\n    shared_secret = \"bench\"\n    transport = %q\n    compression = %q\n  }\n",
 		v.transport, v.compression)
 	names := []string{"alpha", "bravo"}
 	for i, name := range names {
@@ -246,7 +259,7 @@ func wanOnce(bin, scratch string, net *benchNet, v wanVariant) (wanRun, error) {
 			return wanRun{}, err
 		}
 		secs := time.Since(t0).Seconds()
-		return wanRun{float64(w1-w0) / secs, float64(r1-r0) / secs}, nil
+		return wanRun{float64(w1-w0) / secs, float64(r1-r0) / secs, peakRSS(procs[0].Process.Pid)}, nil
 	}
 	m, err := measure()
 	if err != nil {

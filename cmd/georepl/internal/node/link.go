@@ -173,11 +173,6 @@ func (l *link) drain(ch wire.Channel, batch []queued) {
 	q, w := l.queues[ch], l.writers[ch]
 	for {
 		err := l.writeBatch(w, ch, batch)
-		// Flushed or failed: the Writer keeps no payload (see
-		// wire.Writer.WriteFrameShared), so the references go.
-		for _, it := range batch {
-			l.res.payloads.release(it.pl)
-		}
 		if err != nil {
 			q.doneWriting()
 			l.fail(err)
@@ -190,13 +185,27 @@ func (l *link) drain(ch wire.Channel, batch []queued) {
 	}
 }
 
+// writeBatch writes and flushes batch, and drops the queue's reference to
+// each frame's payload as soon as the Writer is done with it: once a flush
+// sent the frame, or the Writer failed. A batch can hold up to a peer's
+// max_buffer of data, and on a slow link a flush of the Writer's buffer
+// returns long before the batch is out; holding every payload to the end
+// of the batch held up to twice max_buffer.
 func (l *link) writeBatch(w *wire.Writer, ch wire.Channel, batch []queued) error {
-	for _, it := range batch {
+	released := 0
+	releaseTo := func(n int) {
+		for ; released < n; released++ {
+			l.res.payloads.release(batch[released].pl)
+		}
+	}
+	defer releaseTo(len(batch)) // flushed or failed: the Writer keeps none
+	for i, it := range batch {
 		// Payloads are read-only for everyone (core.Message), so the
 		// Writer may send large ones from where they are.
 		if err := w.WriteFrameShared(it.f); err != nil {
 			return fmt.Errorf("sending %v frame on %s channel: %w", it.f.Type, channelName(ch), err)
 		}
+		releaseTo(i + 1 - w.Unflushed())
 	}
 	if err := w.Flush(); err != nil {
 		return fmt.Errorf("sending on %s channel: %w", channelName(ch), err)

@@ -173,3 +173,58 @@ func goroutineIn(fn string) bool {
 		buf = make([]byte, 2*len(buf))
 	}
 }
+
+// TestLinkReleasesFlushedPayloads: a batch of large data frames goes out
+// in several flushes of the Writer (its buffer holds a few MiB). A frame's
+// payload must go back to the pool once the flush that sent it returned,
+// not when the whole batch is out: on a slow link a batch holds up to
+// max_buffer, and keeping every payload until its end held up to twice
+// max_buffer of memory.
+func TestLinkReleasesFlushedPayloads(t *testing.T) {
+	res := &resource{}
+	conn := newPipeConn()
+	defer conn.Close()
+	readers := [2]*wire.Reader{wire.NewReader(conn.ours[0]), wire.NewReader(conn.ours[1])}
+	l := newLink(res, 1, "peer", "test", conn, readers, wire.CompressionNone, time.Hour, time.Hour, false)
+	defer l.close(errors.New("test over"))
+	const frames, size = 16, 1 << 20
+	for i := range frames {
+		p := res.payloads.get(size)
+		l.queue(&wire.Frame{Type: wire.TypeData, Seq: uint64(i + 1), Epoch: 1, Length: size, Payload: p}, res.payloads.hold(p))
+	}
+	inUse := func() int {
+		res.payloads.mu.Lock()
+		defer res.payloads.mu.Unlock()
+		return len(res.payloads.inUse)
+	}
+	go l.writeLoop(wire.ChannelData)
+	l.queues[wire.ChannelData].wake()
+
+	// The peer reads a few frames, then stops: the writer is blocked in a
+	// later flush of the same batch.
+	r := wire.NewReader(conn.theirs[wire.ChannelData])
+	const read = 6
+	for range read {
+		if _, err := r.ReadFrame(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for inUse() > frames-read+wire.MaxBuffered/size {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d payloads still in use after the peer read %d frames; want those of flushed frames back in the pool", inUse(), frames, read)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for range frames - read {
+		if _, err := r.ReadFrame(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for inUse() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d payloads still in use after every frame was read", inUse())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
