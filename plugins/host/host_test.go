@@ -31,6 +31,7 @@ import (
 
 const (
 	tcpFD        = "github.com/georepl/georepl/plugins/tcp-fd"
+	tcpDSCP      = "github.com/georepl/georepl/plugins/tcp-dscp"
 	shmRing      = "github.com/georepl/georepl/plugins/shmring-example"
 	strict       = "github.com/georepl/georepl/plugins/host/testdata/strict"
 	wrongVersion = "github.com/georepl/georepl/plugins/host/testdata/wrongversion"
@@ -421,20 +422,85 @@ func BenchmarkTransports(b *testing.B) {
 	})
 }
 
-// TestGuideShowsTCPFD: docs/plugins.md lists plugins/tcp-fd/main.go
+// TestGuideShowsTCPDSCP: docs/plugins.md lists plugins/tcp-dscp/main.go
 // verbatim, so the guide's complete plugin is one that builds and passes
-// the conformance suite.
-func TestGuideShowsTCPFD(t *testing.T) {
+// the conformance suite (TestConformanceTCPDSCP), within the guide's 65
+// lines.
+func TestGuideShowsTCPDSCP(t *testing.T) {
 	guide, err := os.ReadFile("../../docs/plugins.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := os.ReadFile("../tcp-fd/main.go")
+	src, err := os.ReadFile("../tcp-dscp/main.go")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(string(guide), "```go\n"+string(src)+"```") {
-		t.Error("docs/plugins.md does not show plugins/tcp-fd/main.go verbatim in a go code block")
+		t.Error("docs/plugins.md does not show plugins/tcp-dscp/main.go verbatim in a go code block")
+	}
+	if n := bytes.Count(src, []byte("\n")); n > 65 {
+		t.Errorf("plugins/tcp-dscp/main.go has %d lines; the guide promises a complete plugin in about 60", n)
+	}
+}
+
+func TestConformanceTCPDSCP(t *testing.T) {
+	bin := plugintest.Build(t, tcpDSCP)
+	transporttest.Run(t, func(t *testing.T) (transports.Transport, string) {
+		p := plugintest.StartConfig(t, host.Config{Name: "tcp-dscp", Path: bin, Config: json.RawMessage(`{"dscp": 10}`)})
+		return onPlane(t, p, host.DataPlaneSocket), "127.0.0.1:0"
+	})
+}
+
+// TestTCPDSCPMarks: both ends' sockets carry the configured class (the
+// dialer's set by the plugin, the acceptor's inherited from its
+// listener), and a class out of range is refused at start.
+func TestTCPDSCPMarks(t *testing.T) {
+	bin := plugintest.Build(t, tcpDSCP)
+	if p, err := host.Start(host.Config{Name: "tcp-dscp", Path: bin, SHA256: plugintest.Checksum(t, bin), Config: json.RawMessage(`{"dscp": 64}`)}); err == nil {
+		p.Close()
+		t.Error("dscp 64 accepted")
+	} else if !errors.Is(err, host.ErrConfig) || !strings.Contains(err.Error(), "dscp 64 is no DSCP class") {
+		t.Errorf("dscp 64: %v; want the plugin's refusal", err)
+	}
+	p := plugintest.StartConfig(t, host.Config{Name: "tcp-dscp", Path: bin, Config: json.RawMessage(`{"dscp": 46}`)})
+	ln, err := p.Listen("127.0.0.1:0", transports.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	accepted := make(chan transports.Conn, 1)
+	go func() {
+		c, _ := ln.Accept(ctx)
+		accepted <- c
+	}()
+	d, err := p.Dial(ctx, ln.Addr().String(), transports.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	a := <-accepted
+	if a == nil {
+		t.Fatal("no connection accepted")
+	}
+	defer a.Close()
+	for _, c := range []transports.Conn{d, a} {
+		for _, ch := range []transports.Channel{transports.ChannelData, transports.ChannelControl} {
+			sc, ok := host.SocketForTest(c, ch)
+			if !ok {
+				t.Fatalf("channel %d: no socket", ch)
+			}
+			raw, err := sc.SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			tos, serr := 0, error(nil)
+			raw.Control(func(fd uintptr) { tos, serr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TOS) })
+			if serr != nil || tos != 46<<2 {
+				t.Errorf("%s, channel %d: IP_TOS %#x (%v), want DSCP 46 (%#x)", c.LocalAddr(), ch, tos, serr, 46<<2)
+			}
+		}
 	}
 }
 
