@@ -406,9 +406,10 @@ func TestHungPluginIsRestarted(t *testing.T) {
 // BenchmarkTransports compares the built-in tcp with the same transport
 // served through the plugin path (testdata/strict wraps it), with the
 // tcp-fd plugin (both hand their sockets over: once set up, a connection is
-// the daemon's own sockets) and with shmring-example (tcp again, its bytes
-// through the shared-memory rings). make bench-plugins prints medians and
-// ratios.
+// the daemon's own sockets), with shmring-example (tcp again, its bytes
+// through the shared-memory rings) and with testdata/streamonly (tcp, its
+// bytes on gRPC streams, the fallback). make bench-plugins prints medians
+// and ratios.
 func BenchmarkTransports(b *testing.B) {
 	b.Run("builtin-tcp", func(b *testing.B) { transporttest.Bench(b, tcp.New(), "127.0.0.1:0") })
 	b.Run("tcp-as-plugin", func(b *testing.B) {
@@ -419,6 +420,9 @@ func BenchmarkTransports(b *testing.B) {
 	})
 	b.Run("shmring-plugin", func(b *testing.B) {
 		transporttest.Bench(b, plugintest.Start(b, "shmring", plugintest.Build(b, shmRing)), "127.0.0.1:0")
+	})
+	b.Run("stream-plugin", func(b *testing.B) {
+		transporttest.Bench(b, plugintest.Start(b, "streamonly", plugintest.Build(b, streamOnly)), "127.0.0.1:0")
 	})
 }
 
