@@ -190,10 +190,6 @@ func (cr *ChunkReader) Read(p []byte) (int, error) {
 	return cr.r.Read(p)
 }
 
-// Release frees what is left of the current chunk. The reader must not
-// be in use.
-func (cr *ChunkReader) Release() { cr.r.Close() }
-
 // WriteChunks receives chunks from s and writes their bytes to w until
 // either fails; it returns nil when the peer ended the stream cleanly.
 func WriteChunks(w io.Writer, s grpc.Stream) error {
