@@ -30,7 +30,7 @@ build:
 
 # The example transport plugins, with the sha256 a plugin block needs.
 # (make test builds them itself, in the tests that use them.)
-PLUGINS := tcp-fd shmring-example
+PLUGINS := tcp-dscp tcp-fd shmring-example
 plugins:
 	@mkdir -p bin/plugins
 	@for p in $(PLUGINS); do \

@@ -40,6 +40,7 @@ var depRules = []struct {
 	{"plugins/host", []string{"transports", "plugins/internal/control", "plugins/internal/ring"}},
 	{"plugins/plugintest", []string{"transports", "plugins/internal/control", "plugins/internal/ring", "plugins/host"}},
 	{"plugins/tcp-fd", []string{"transports", "plugins/internal/control", "plugins/internal/ring", "plugins/sdk"}},
+	{"plugins/tcp-dscp", []string{"transports", "plugins/internal/control", "plugins/internal/ring", "plugins/sdk"}},
 	{"plugins/shmring-example", []string{"transports", "transports/tcp", "plugins/internal/control", "plugins/internal/ring", "plugins/sdk"}},
 	{"kmod", nil},
 	{"kmod/nbd", []string{"kmod"}},

@@ -13,11 +13,13 @@ import (
 	"github.com/georepl/georepl/transports"
 )
 
-// conn is a connection whose sockets (or shared-memory rings) the plugin
-// handed over: the daemon reads and writes them directly. Like the built-in tcp transport's, it
+// conn is a connection whose sockets (or shared-memory rings, or gRPC
+// streams) the plugin handed over: the daemon reads and writes them
+// directly. Like the built-in tcp transport's, it
 // fails as a whole: the first error on any stream closes every socket.
 type conn struct {
 	name          string // the plugin's, for errors
+	plane         string // its data plane
 	streams       [transports.NumChannels]stream
 	local, remote net.Addr
 
@@ -55,7 +57,7 @@ func newConn(name string, files []*os.File, reply *control.ConnReply, gone <-cha
 			f.Close()
 		}
 	}()
-	c := &conn{name: name, local: reply.Local, remote: reply.Remote, done: make(chan struct{})}
+	c := &conn{name: name, plane: reply.DataPlane, local: reply.Local, remote: reply.Remote, done: make(chan struct{})}
 	var err error
 	switch reply.DataPlane {
 	case control.DataPlaneSocket:
@@ -70,10 +72,15 @@ func newConn(name string, files []*os.File, reply *control.ConnReply, gone <-cha
 	if err != nil {
 		return nil, fmt.Errorf("plugin %q: %w", name, err)
 	}
+	return withBinding(c, reply), nil
+}
+
+// withBinding returns c with reply's channel binding, if it has one.
+func withBinding(c *conn, reply *control.ConnReply) transports.Conn {
 	if reply.HasBinding {
-		return &boundConn{conn: c, binding: reply.Binding}, nil
+		return &boundConn{conn: c, binding: reply.Binding}
 	}
-	return c, nil
+	return c
 }
 
 func (c *conn) openSockets(files []*os.File) error {
@@ -240,6 +247,10 @@ func (c *conn) Close() error {
 	}
 	return nil
 }
+
+// DataPlane says how the connection's bytes travel: DataPlaneSocket,
+// DataPlaneRing or DataPlaneStream.
+func (c *conn) DataPlane() string { return c.plane }
 
 func (c *conn) LocalAddr() net.Addr  { return c.local }
 func (c *conn) RemoteAddr() net.Addr { return c.remote }

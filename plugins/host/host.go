@@ -15,7 +15,10 @@
 // Connections: Dial and Accept are control calls; the plugin hands the
 // connection's sockets over and the daemon reads and writes them itself
 // (see Conn). A plugin that dies therefore takes no established connection
-// with it. The host notices the exit (or a hang: a health check
+// with it, unless the connection has no sockets and its bytes go through
+// the plugin: shared-memory rings, or, the fallback, gRPC streams on the
+// go-plugin connection (Config.DataPlanes says which data planes the host
+// accepts). The host notices the exit (or a hang: a health check
 // unanswered twice, after which it kills the process), logs it, and
 // restarts the plugin
 // with exponential back-off (restartMin doubling up to restartMax), while
@@ -40,12 +43,14 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/georepl/georepl/plugins/internal/control"
@@ -68,7 +73,20 @@ type Config struct {
 	// Log receives the plugin's log lines and the host's messages about
 	// it, tagged plugin=Name; nil discards them.
 	Log *slog.Logger
+	// DataPlanes are the data planes georepl accepts for the plugin's
+	// connections (DataPlaneSocket, DataPlaneRing, DataPlaneStream); nil
+	// accepts all three. The plugin takes the first of socket, ring, stream
+	// that it offers, this list accepts and the connection allows:
+	// []string{DataPlaneStream} carries every connection on gRPC streams.
+	DataPlanes []string
 }
+
+// Data planes, for Config.DataPlanes (docs/plugins.md compares them).
+const (
+	DataPlaneSocket = control.DataPlaneSocket
+	DataPlaneRing   = control.DataPlaneRing
+	DataPlaneStream = control.DataPlaneStream
+)
 
 // Timeouts and back-off. Variables so that tests can shorten them.
 var (
@@ -157,6 +175,12 @@ func Start(cfg Config) (*Plugin, error) {
 	if err := checkBinary(cfg); err != nil {
 		return nil, err
 	}
+	if cfg.DataPlanes == nil {
+		cfg.DataPlanes = control.DataPlanes
+	}
+	if err := control.CheckDataPlanes(cfg.DataPlanes); err != nil || len(cfg.DataPlanes) == 0 {
+		return nil, fmt.Errorf("plugin %q: data planes %q: %v", cfg.Name, cfg.DataPlanes, err)
+	}
 	p := &Plugin{cfg: cfg, log: log, pingInterval: pingInterval, pingTimeout: pingTimeout, changed: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
 	g, err := p.launch()
 	if err != nil {
@@ -227,6 +251,10 @@ func (p *Plugin) launch() (*generation, error) {
 		StartTimeout:     StartTimeout,
 		SyncStdout:       lines,
 		SyncStderr:       lines,
+		// Fixed windows bound what a Data stream buffers (package control).
+		GRPCDialOptions: []grpc.DialOption{
+			grpc.WithInitialWindowSize(control.StreamWindow), grpc.WithInitialConnWindowSize(control.ConnWindow),
+		},
 	})
 	g, err := p.connect(client, h)
 	theirs.Close()
@@ -419,14 +447,33 @@ func (p *Plugin) Dial(ctx context.Context, addr string, opts transports.Options)
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
 	id, ch := g.handoff.reserve()
-	reply, err := g.ctl.Dial(ctx, &control.DialRequest{Addr: addr, Options: control.FromOptions(opts), Handoff: id})
+	reply, err := g.ctl.Dial(ctx, &control.DialRequest{Addr: addr, Options: control.FromOptions(opts), Handoff: id, DataPlanes: p.cfg.DataPlanes})
 	if err != nil {
 		g.handoff.cancel(id, ch)
 		return nil, fmt.Errorf("plugin %q: dial %s: %w", p.cfg.Name, addr, control.FromStatus(ctx, err))
 	}
-	files, err := g.handoff.take(id, ch)
+	c, err := p.takeConn(g, id, ch, reply)
 	if err != nil {
 		return nil, fmt.Errorf("plugin %q: dial %s: %w", p.cfg.Name, addr, err)
+	}
+	return c, nil
+}
+
+// takeConn makes the connection the plugin set up under hand-off id
+// (whose descriptors arrive on ch, unless it is carried on streams) and
+// described in reply.
+func (p *Plugin) takeConn(g *generation, id uint64, ch chan []*os.File, reply *control.ConnReply) (transports.Conn, error) {
+	if !slices.Contains(p.cfg.DataPlanes, reply.DataPlane) {
+		g.handoff.cancel(id, ch)
+		return nil, fmt.Errorf("plugin broke the protocol: it chose the data plane %q, this georepl accepts %q", reply.DataPlane, p.cfg.DataPlanes)
+	}
+	if reply.DataPlane == control.DataPlaneStream {
+		g.handoff.cancel(id, ch)
+		return openStreamConn(p.cfg.Name, g.ctl, id, reply)
+	}
+	files, err := g.handoff.take(id, ch)
+	if err != nil {
+		return nil, err
 	}
 	return newConn(p.cfg.Name, files, reply, g.ctl.Done())
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/georepl/georepl/plugins/host"
+	"github.com/georepl/georepl/plugins/internal/control"
 	"github.com/georepl/georepl/plugins/plugintest"
 	"github.com/georepl/georepl/transports"
 	"github.com/georepl/georepl/transports/tcp"
@@ -29,22 +31,92 @@ import (
 
 const (
 	tcpFD        = "github.com/georepl/georepl/plugins/tcp-fd"
+	tcpDSCP      = "github.com/georepl/georepl/plugins/tcp-dscp"
 	shmRing      = "github.com/georepl/georepl/plugins/shmring-example"
 	strict       = "github.com/georepl/georepl/plugins/host/testdata/strict"
 	wrongVersion = "github.com/georepl/georepl/plugins/host/testdata/wrongversion"
+	streamOnly   = "github.com/georepl/georepl/plugins/host/testdata/streamonly"
+	hostile      = "github.com/georepl/georepl/plugins/host/testdata/hostilestream"
 )
 
 func TestConformanceTCPFD(t *testing.T) {
 	bin := plugintest.Build(t, tcpFD)
 	transporttest.Run(t, func(t *testing.T) (transports.Transport, string) {
-		return plugintest.Start(t, "tcp-fd", bin), "127.0.0.1:0"
+		return onPlane(t, plugintest.Start(t, "tcp-fd", bin), host.DataPlaneSocket), "127.0.0.1:0"
 	})
 }
 
 func TestConformanceShmRing(t *testing.T) {
 	bin := plugintest.Build(t, shmRing)
 	transporttest.Run(t, func(t *testing.T) (transports.Transport, string) {
-		return plugintest.Start(t, "shmring", bin), "127.0.0.1:0"
+		return onPlane(t, plugintest.Start(t, "shmring", bin), host.DataPlaneRing), "127.0.0.1:0"
+	})
+}
+
+// onPlane returns tr, failing t when a connection it dials or accepts is
+// not on the data plane want.
+func onPlane(t testing.TB, tr transports.Transport, want string) transports.Transport {
+	return planeCheck{tr, t, want}
+}
+
+type planeCheck struct {
+	transports.Transport
+	t    testing.TB
+	want string
+}
+
+func (p planeCheck) check(c transports.Conn, err error) (transports.Conn, error) {
+	if err != nil {
+		return c, err
+	}
+	plane := "(none)"
+	if dp, ok := c.(interface{ DataPlane() string }); ok {
+		plane = dp.DataPlane()
+	}
+	if plane != p.want {
+		p.t.Errorf("connection %T on data plane %q, want %q", c, plane, p.want)
+	}
+	return c, nil
+}
+
+func (p planeCheck) Dial(ctx context.Context, addr string, opts transports.Options) (transports.Conn, error) {
+	return p.check(p.Transport.Dial(ctx, addr, opts))
+}
+
+func (p planeCheck) Listen(addr string, opts transports.Options) (transports.Listener, error) {
+	l, err := p.Transport.Listen(addr, opts)
+	if err != nil {
+		return nil, err
+	}
+	return planeListener{l, p}, nil
+}
+
+type planeListener struct {
+	transports.Listener
+	p planeCheck
+}
+
+func (l planeListener) Accept(ctx context.Context) (transports.Conn, error) {
+	return l.p.check(l.Listener.Accept(ctx))
+}
+
+// TestConformanceStream: the plugin offers only the stream data plane
+// (sdk.DataPlanes), so its sockets travel on gRPC streams.
+func TestConformanceStream(t *testing.T) {
+	bin := plugintest.Build(t, streamOnly)
+	transporttest.Run(t, func(t *testing.T) (transports.Transport, string) {
+		return onPlane(t, plugintest.Start(t, "streamonly", bin), host.DataPlaneStream), "127.0.0.1:0"
+	})
+}
+
+// TestConformanceStreamChosenByHost: georepl accepts only the stream data
+// plane (Config.DataPlanes), so shmring-example's connections, which would
+// take the rings, travel on gRPC streams.
+func TestConformanceStreamChosenByHost(t *testing.T) {
+	bin := plugintest.Build(t, shmRing)
+	transporttest.Run(t, func(t *testing.T) (transports.Transport, string) {
+		p := plugintest.StartConfig(t, host.Config{Name: "shmring", Path: bin, DataPlanes: []string{host.DataPlaneStream}})
+		return onPlane(t, p, host.DataPlaneStream), "127.0.0.1:0"
 	})
 }
 
@@ -334,9 +406,10 @@ func TestHungPluginIsRestarted(t *testing.T) {
 // BenchmarkTransports compares the built-in tcp with the same transport
 // served through the plugin path (testdata/strict wraps it), with the
 // tcp-fd plugin (both hand their sockets over: once set up, a connection is
-// the daemon's own sockets) and with shmring-example (tcp again, its bytes
-// through the shared-memory rings). make bench-plugins prints medians and
-// ratios.
+// the daemon's own sockets), with shmring-example (tcp again, its bytes
+// through the shared-memory rings) and with testdata/streamonly (tcp, its
+// bytes on gRPC streams, the fallback). make bench-plugins prints medians
+// and ratios.
 func BenchmarkTransports(b *testing.B) {
 	b.Run("builtin-tcp", func(b *testing.B) { transporttest.Bench(b, tcp.New(), "127.0.0.1:0") })
 	b.Run("tcp-as-plugin", func(b *testing.B) {
@@ -348,22 +421,90 @@ func BenchmarkTransports(b *testing.B) {
 	b.Run("shmring-plugin", func(b *testing.B) {
 		transporttest.Bench(b, plugintest.Start(b, "shmring", plugintest.Build(b, shmRing)), "127.0.0.1:0")
 	})
+	b.Run("stream-plugin", func(b *testing.B) {
+		transporttest.Bench(b, plugintest.Start(b, "streamonly", plugintest.Build(b, streamOnly)), "127.0.0.1:0")
+	})
 }
 
-// TestGuideShowsTCPFD: docs/plugins.md lists plugins/tcp-fd/main.go
+// TestGuideShowsTCPDSCP: docs/plugins.md lists plugins/tcp-dscp/main.go
 // verbatim, so the guide's complete plugin is one that builds and passes
-// the conformance suite.
-func TestGuideShowsTCPFD(t *testing.T) {
+// the conformance suite (TestConformanceTCPDSCP), within the guide's 65
+// lines.
+func TestGuideShowsTCPDSCP(t *testing.T) {
 	guide, err := os.ReadFile("../../docs/plugins.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := os.ReadFile("../tcp-fd/main.go")
+	src, err := os.ReadFile("../tcp-dscp/main.go")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(string(guide), "```go\n"+string(src)+"```") {
-		t.Error("docs/plugins.md does not show plugins/tcp-fd/main.go verbatim in a go code block")
+		t.Error("docs/plugins.md does not show plugins/tcp-dscp/main.go verbatim in a go code block")
+	}
+	if n := bytes.Count(src, []byte("\n")); n > 65 {
+		t.Errorf("plugins/tcp-dscp/main.go has %d lines; the guide promises a complete plugin in about 60", n)
+	}
+}
+
+func TestConformanceTCPDSCP(t *testing.T) {
+	bin := plugintest.Build(t, tcpDSCP)
+	transporttest.Run(t, func(t *testing.T) (transports.Transport, string) {
+		p := plugintest.StartConfig(t, host.Config{Name: "tcp-dscp", Path: bin, Config: json.RawMessage(`{"dscp": 10}`)})
+		return onPlane(t, p, host.DataPlaneSocket), "127.0.0.1:0"
+	})
+}
+
+// TestTCPDSCPMarks: both ends' sockets carry the configured class (the
+// dialer's set by the plugin, the acceptor's inherited from its
+// listener), and a class out of range is refused at start.
+func TestTCPDSCPMarks(t *testing.T) {
+	bin := plugintest.Build(t, tcpDSCP)
+	if p, err := host.Start(host.Config{Name: "tcp-dscp", Path: bin, SHA256: plugintest.Checksum(t, bin), Config: json.RawMessage(`{"dscp": 64}`)}); err == nil {
+		p.Close()
+		t.Error("dscp 64 accepted")
+	} else if !errors.Is(err, host.ErrConfig) || !strings.Contains(err.Error(), "dscp 64 is no DSCP class") {
+		t.Errorf("dscp 64: %v; want the plugin's refusal", err)
+	}
+	p := plugintest.StartConfig(t, host.Config{Name: "tcp-dscp", Path: bin, Config: json.RawMessage(`{"dscp": 46}`)})
+	ln, err := p.Listen("127.0.0.1:0", transports.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	accepted := make(chan transports.Conn, 1)
+	go func() {
+		c, _ := ln.Accept(ctx)
+		accepted <- c
+	}()
+	d, err := p.Dial(ctx, ln.Addr().String(), transports.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	a := <-accepted
+	if a == nil {
+		t.Fatal("no connection accepted")
+	}
+	defer a.Close()
+	for _, c := range []transports.Conn{d, a} {
+		for _, ch := range []transports.Channel{transports.ChannelData, transports.ChannelControl} {
+			sc, ok := host.SocketForTest(c, ch)
+			if !ok {
+				t.Fatalf("channel %d: no socket", ch)
+			}
+			raw, err := sc.SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			tos, serr := 0, error(nil)
+			raw.Control(func(fd uintptr) { tos, serr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TOS) })
+			if serr != nil || tos != 46<<2 {
+				t.Errorf("%s, channel %d: IP_TOS %#x (%v), want DSCP 46 (%#x)", c.LocalAddr(), ch, tos, serr, 46<<2)
+			}
+		}
 	}
 }
 
@@ -436,4 +577,142 @@ func TestRingConnectionEndsWithPlugin(t *testing.T) {
 	if _, err := io.ReadFull(d2.Stream(transports.ChannelControl), make([]byte, 1)); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestNoCommonDataPlane: a plugin that offers only the stream data plane,
+// to a georepl that accepts only sockets, fails each dial with an error
+// naming both sides' data planes.
+func TestNoCommonDataPlane(t *testing.T) {
+	bin := plugintest.Build(t, streamOnly)
+	p := plugintest.StartConfig(t, host.Config{Name: "streamonly", Path: bin, DataPlanes: []string{host.DataPlaneSocket}})
+	ln, err := tcp.New().Listen("127.0.0.1:0", transports.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go func() {
+		if c, err := ln.Accept(ctx); err == nil {
+			c.Close()
+		}
+	}()
+	c, err := p.Dial(ctx, ln.Addr().String(), transports.Options{})
+	if err == nil {
+		c.Close()
+		t.Fatal("Dial succeeded with no data plane both sides accept")
+	}
+	t.Log(err)
+	if !strings.Contains(err.Error(), "georepl accepts [socket], the plugin offers [stream]") {
+		t.Errorf("the error does not name both sides' data planes")
+	}
+}
+
+// TestHostileStreamPlugin: what a plugin sends on the stream data plane is
+// checked and bounded. A message larger than control.MaxChunk or without
+// bytes fails that connection only (both channels), the plugin keeps
+// running; a plugin that sends without end is stopped by flow control
+// after about a window of bytes, and resumes as georepl reads.
+func TestHostileStreamPlugin(t *testing.T) {
+	bin := plugintest.Build(t, hostile)
+	start := func(t *testing.T, send string, log *slog.Logger) *host.Plugin {
+		return plugintest.StartConfig(t, host.Config{Name: "hostile", Path: bin, Log: log,
+			Config: json.RawMessage(`{"send": "` + send + `"}`)})
+	}
+	dial := func(t *testing.T, p *host.Plugin) transports.Conn {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := p.Dial(ctx, "anywhere", transports.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	read := func(c transports.Conn, ch transports.Channel) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.Stream(ch).Read(make([]byte, 1<<20))
+			done <- err
+		}()
+		return done
+	}
+	for _, tc := range []struct{ send, expect string }{
+		{"oversize", "ResourceExhausted"},
+		{"empty", control.ErrEmptyChunk.Error()},
+	} {
+		t.Run(tc.send, func(t *testing.T) {
+			p := start(t, tc.send, nil)
+			c := dial(t, p)
+			for _, ch := range []transports.Channel{transports.ChannelData, transports.ChannelControl} {
+				select {
+				case err := <-read(c, ch):
+					t.Logf("channel %d: %v", ch, err)
+					if err == nil || !strings.Contains(err.Error(), tc.expect) {
+						t.Errorf("channel %d: read error %v, want one saying %s", ch, err, tc.expect)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatalf("channel %d: read still blocks", ch)
+				}
+			}
+			info := p.Info()
+			dial(t, p) // the plugin still serves
+			if after := p.Info(); after.State != host.Running || after.PID != info.PID {
+				t.Errorf("the plugin changed: %+v, then %+v", info, after)
+			}
+		})
+	}
+	t.Run("flood", func(t *testing.T) {
+		var logs syncBuffer
+		p := start(t, "flood", slog.New(slog.NewTextHandler(&logs, nil)))
+		c := dial(t, p)
+		// The plugin's numbers come as JSON numbers: float64, which the
+		// log shows as 1.048576e+06.
+		sentRE := regexp.MustCompile(`sent=([0-9.e+]+)`)
+		sent := func() int {
+			m := sentRE.FindAllStringSubmatch(logs.String(), -1)
+			if len(m) == 0 {
+				return 0
+			}
+			n, err := strconv.ParseFloat(m[len(m)-1][1], 64)
+			if err != nil {
+				t.Fatalf("log line with sent=%s: %v", m[len(m)-1][1], err)
+			}
+			return int(n)
+		}
+		stalled := func() int {
+			t.Helper()
+			deadline := time.Now().Add(20 * time.Second)
+			last, since := sent(), time.Now()
+			for last == 0 || time.Since(since) < 500*time.Millisecond {
+				if time.Now().After(deadline) {
+					t.Fatalf("the plugin still sends after 20 s: %d bytes, nothing read", last)
+				}
+				time.Sleep(20 * time.Millisecond)
+				if now := sent(); now != last {
+					last, since = now, time.Now()
+				}
+			}
+			return last
+		}
+		first := stalled()
+		t.Logf("the plugin sent %d bytes before flow control stopped it", first)
+		if bound := control.StreamWindow + 2*control.MaxChunk; first > bound {
+			t.Errorf("the plugin sent %d bytes, nothing read: more than %d, the bound georepl promises", first, bound)
+		}
+		if _, err := io.ReadFull(c.Stream(transports.ChannelData), make([]byte, 4<<20)); err != nil {
+			t.Fatal(err)
+		}
+		// Reading lets the plugin send again, and as much again only: the
+		// window does not grow with the traffic.
+		second := stalled()
+		t.Logf("after georepl read 4 MiB, the plugin had sent %d bytes", second)
+		if second < first+4<<20 {
+			t.Errorf("after georepl read 4 MiB, the plugin had sent %d bytes in all, not %d more than %d", second, 4<<20, first)
+		}
+		if bound := 4<<20 + control.StreamWindow + 2*control.MaxChunk; second > bound {
+			t.Errorf("after georepl read 4 MiB, the plugin had sent %d bytes: more than %d, the bound georepl promises", second, bound)
+		}
+	})
 }

@@ -95,16 +95,12 @@ func (l *listener) Accept(ctx context.Context) (transports.Conn, error) {
 
 func (l *listener) acceptOn(ctx context.Context, g *generation, id uint64) (transports.Conn, error) {
 	hid, ch := g.handoff.reserve()
-	reply, err := g.ctl.Accept(ctx, &control.AcceptRequest{Listener: id, Handoff: hid})
+	reply, err := g.ctl.Accept(ctx, &control.AcceptRequest{Listener: id, Handoff: hid, DataPlanes: l.p.cfg.DataPlanes})
 	if err != nil {
 		g.handoff.cancel(hid, ch)
 		return nil, control.FromStatus(ctx, err)
 	}
-	files, err := g.handoff.take(hid, ch)
-	if err != nil {
-		return nil, err
-	}
-	return newConn(l.p.cfg.Name, files, reply, g.ctl.Done())
+	return l.p.takeConn(g, hid, ch, reply)
 }
 
 // listening returns the process that listens for l and the plugin's id of

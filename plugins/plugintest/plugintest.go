@@ -56,7 +56,20 @@ func Checksum(t testing.TB, path string) []byte {
 // the test. Its log goes to the test's log.
 func Start(t testing.TB, name, path string, args ...string) *host.Plugin {
 	t.Helper()
-	p, err := host.Start(host.Config{Name: name, Path: path, Args: args, SHA256: Checksum(t, path), Log: Logger(t)})
+	return StartConfig(t, host.Config{Name: name, Path: path, Args: args})
+}
+
+// StartConfig starts the plugin cfg describes, as Start does: with the
+// binary's own checksum and the test's log unless cfg has its own.
+func StartConfig(t testing.TB, cfg host.Config) *host.Plugin {
+	t.Helper()
+	if cfg.SHA256 == nil {
+		cfg.SHA256 = Checksum(t, cfg.Path)
+	}
+	if cfg.Log == nil {
+		cfg.Log = Logger(t)
+	}
+	p, err := host.Start(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

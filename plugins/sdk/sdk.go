@@ -10,8 +10,10 @@
 //
 // # Data plane
 //
-// The plugin only sets connections up; bulk data does not pay a control
-// call per frame. The SDK picks one of two data planes per connection:
+// The plugin sets connections up; bulk data does not pay a control call
+// per frame. The SDK picks one of three data planes per connection, the
+// first that the connection allows, the plugin offers (all three, unless
+// Serve is given DataPlanes) and georepl accepts:
 //
 //   - Socket hand-off: when every stream of the Conn is backed by a kernel
 //     socket and says so by implementing syscall.Conn (*net.TCPConn,
@@ -25,8 +27,13 @@
 //   - Shared-memory rings: otherwise (RDMA, a user-space stack, QUIC) the
 //     SDK creates a ring per channel and direction in shared memory, hands
 //     them to georepl, and moves the bytes between the rings and the
-//     Conn's streams until either side closes. These connections end if
-//     the plugin dies.
+//     Conn's streams until either side closes.
+//   - gRPC streams, the fallback: when the rings cannot be made (no memfd)
+//     or are not offered or accepted, each channel's bytes travel on a
+//     gRPC stream of the plugin's go-plugin connection, which the SDK
+//     moves to and from the Conn's streams.
+//
+// Connections on rings or streams end if the plugin dies.
 //
 // A Conn that implements transports.ChannelBinding keeps it: the SDK sends
 // the binding along with the connection.
@@ -56,12 +63,15 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -108,12 +118,39 @@ var logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{
 	},
 }))
 
+// Data planes, for DataPlanes.
+const (
+	DataPlaneSocket = control.DataPlaneSocket
+	DataPlaneRing   = control.DataPlaneRing
+	DataPlaneStream = control.DataPlaneStream
+)
+
+// Option changes how Serve serves a transport.
+type Option func(*server)
+
+// DataPlanes limits the data planes the SDK offers georepl for this
+// plugin's connections; without it, all three. DataPlanes(DataPlaneStream)
+// carries every connection over gRPC streams: the portable choice, where
+// descriptors cannot be passed or shared memory is not allowed, at a cost
+// in speed (docs/plugins.md has the numbers).
+func DataPlanes(planes ...string) Option {
+	return func(s *server) { s.planes = planes }
+}
+
 // Serve serves t as a transport plugin until georepl stops the plugin,
 // then returns. It exits the process when the plugin was not started by
 // georepl, and when georepl's process ends.
-func Serve(t transports.Transport) {
+func Serve(t transports.Transport, opts ...Option) {
 	if os.Getenv(control.MagicCookieKey) != control.MagicCookieValue || os.Getenv(control.HandoffEnv) == "" {
 		fmt.Fprintln(stderr, "This is a georepl transport plugin: georepl starts it when a configuration's plugin block names it. It is not meant to be run by hand.")
+		os.Exit(1)
+	}
+	s := &server{t: t, planes: control.DataPlanes, listeners: map[uint64]transports.Listener{}, streams: map[uint64]*streamConn{}}
+	for _, o := range opts {
+		o(s)
+	}
+	if err := control.CheckDataPlanes(s.planes); err != nil || len(s.planes) == 0 {
+		fmt.Fprintf(stderr, "georepl transport plugin: sdk.DataPlanes%q: %v\n", s.planes, err)
 		os.Exit(1)
 	}
 	handoff, err := handoffConn()
@@ -121,13 +158,16 @@ func Serve(t transports.Transport) {
 		fmt.Fprintln(stderr, "georepl transport plugin:", err)
 		os.Exit(1)
 	}
+	s.handoff = handoff
 	go exitWithHost(handoff)
-	s := &server{t: t, handoff: handoff, listeners: map[uint64]transports.Listener{}}
 	defer s.closeListeners()
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: control.Handshake,
 		Plugins:         plugin.PluginSet{control.PluginName: &control.GRPCPlugin{Impl: s}},
-		GRPCServer:      plugin.DefaultGRPCServer,
+		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
+			return plugin.DefaultGRPCServer(append(opts,
+				grpc.InitialWindowSize(control.StreamWindow), grpc.InitialConnWindowSize(control.ConnWindow)))
+		},
 		Logger: hclog.New(&hclog.LoggerOptions{
 			Name: "go-plugin", Output: stderr, JSONFormat: true, Level: hclog.Info,
 		}),
@@ -166,10 +206,12 @@ func exitWithHost(handoff *net.UnixConn) {
 type server struct {
 	t       transports.Transport
 	handoff *net.UnixConn
+	planes  []string // the data planes the plugin offers
 
 	mu        sync.Mutex
 	nextID    uint64
 	listeners map[uint64]transports.Listener
+	streams   map[uint64]*streamConn // by hand-off id, until every channel's Data call came
 }
 
 var _ control.Server = (*server)(nil)
@@ -220,7 +262,7 @@ func (s *server) Accept(ctx context.Context, req *control.AcceptRequest) (*contr
 	if err != nil {
 		return nil, control.ToStatus(err)
 	}
-	return s.handOff(req.Handoff, c)
+	return s.handOff(req.Handoff, req.DataPlanes, c)
 }
 
 func (s *server) CloseListener(_ context.Context, req *control.CloseListenerRequest) (*control.Empty, error) {
@@ -250,13 +292,15 @@ func (s *server) Dial(ctx context.Context, req *control.DialRequest) (*control.C
 	if err != nil {
 		return nil, control.ToStatus(err)
 	}
-	return s.handOff(req.Handoff, c)
+	return s.handOff(req.Handoff, req.DataPlanes, c)
 }
 
-// handOff sends c's sockets to georepl under id and closes c, whose
-// sockets georepl now owns; or, when c's streams have no sockets, its
-// rings, and pumps c's bytes between them and c.
-func (s *server) handOff(id uint64, c transports.Conn) (*control.ConnReply, error) {
+// handOff gives georepl the connection c on the first data plane, of
+// socket, ring and stream, that georepl accepts (accepted), the plugin
+// offers and c allows: c's sockets (closing c, whose sockets georepl now
+// owns), or rings or gRPC streams whose bytes the SDK moves to and from c.
+// id names the connection in the hand-off packet or the Data calls.
+func (s *server) handOff(id uint64, accepted []string, c transports.Conn) (*control.ConnReply, error) {
 	reply := &control.ConnReply{Local: control.FromAddr(c.LocalAddr()), Remote: control.FromAddr(c.RemoteAddr())}
 	if cb, ok := c.(transports.ChannelBinding); ok {
 		b, err := cb.ChannelBinding()
@@ -266,19 +310,52 @@ func (s *server) handOff(id uint64, c transports.Conn) (*control.ConnReply, erro
 		}
 		reply.HasBinding, reply.Binding = true, b
 	}
-	fds, ok, err := sockets(c)
-	if err != nil {
-		c.Close()
-		return nil, status.Errorf(codes.Internal, "%v", err)
+	if len(accepted) == 0 {
+		accepted = control.LegacyDataPlanes
 	}
-	if !ok {
-		reply.DataPlane = control.DataPlaneRing
-		if err := s.handOffRings(id, c); err != nil {
-			return nil, status.Errorf(codes.Internal, "%v", err)
+	var tried []string
+	for _, plane := range control.DataPlanes {
+		if !slices.Contains(accepted, plane) || !slices.Contains(s.planes, plane) {
+			continue
 		}
-		return reply, nil
+		reply.DataPlane = plane
+		switch plane {
+		case control.DataPlaneSocket:
+			fds, ok, err := sockets(c)
+			if err != nil {
+				c.Close()
+				return nil, status.Errorf(codes.Internal, "%v", err)
+			}
+			if ok {
+				return reply, s.handOffSockets(id, c, fds)
+			}
+			tried = append(tried, "socket: the streams are no kernel sockets")
+		case control.DataPlaneRing:
+			err := s.handOffRings(id, c)
+			if err == nil {
+				return reply, nil
+			}
+			if !errors.Is(err, errNoRing) {
+				return nil, status.Errorf(codes.Internal, "%v", err)
+			}
+			logger.Warn("no shared-memory rings for a connection; trying the next data plane", "err", err)
+			tried = append(tried, err.Error())
+		case control.DataPlaneStream:
+			s.awaitStreams(id, c)
+			return reply, nil
+		}
 	}
-	reply.DataPlane = control.DataPlaneSocket
+	c.Close()
+	why := ""
+	if len(tried) > 0 {
+		why = " (" + strings.Join(tried, "; ") + ")"
+	}
+	return nil, status.Errorf(codes.FailedPrecondition, "no data plane for the connection: georepl accepts %v, the plugin offers %v%s",
+		accepted, s.planes, why)
+}
+
+// handOffSockets sends fds to georepl under id and closes them and c.
+func (s *server) handOffSockets(id uint64, c transports.Conn, fds []int) error {
 	defer c.Close()
 	defer func() {
 		for _, fd := range fds {
@@ -286,9 +363,9 @@ func (s *server) handOff(id uint64, c transports.Conn) (*control.ConnReply, erro
 		}
 	}()
 	if _, _, err := s.handoff.WriteMsgUnix(control.EncodeHandoff(id), unix.UnixRights(fds...), nil); err != nil {
-		return nil, status.Errorf(codes.Internal, "hand the sockets to georepl: %v", err)
+		return status.Errorf(codes.Internal, "hand the sockets to georepl: %v", err)
 	}
-	return reply, nil
+	return nil
 }
 
 // sockets returns duplicates of the kernel sockets behind c's streams, or
@@ -319,9 +396,15 @@ const (
 	pumpBuffer = 256 << 10
 )
 
+// errNoRing is wrapped by errors of handOffRings that leave c open: the
+// rings could not be made (no memfd on this platform, say), and the next
+// data plane may carry c.
+var errNoRing = errors.New("shared-memory rings unavailable")
+
 // handOffRings creates c's rings, sends them to georepl under id, and
 // starts moving bytes between them and c. c is closed when any direction
-// of any channel ends: georepl fails the connection as a whole anyway.
+// of any channel ends (georepl fails the connection as a whole anyway), and
+// when the hand-off fails, unless the error wraps errNoRing.
 func (s *server) handOffRings(id uint64, c transports.Conn) error {
 	var files []*os.File
 	defer func() {
@@ -339,15 +422,13 @@ func (s *server) handOffRings(id uint64, c transports.Conn) error {
 		f, err := ring.Create(ringSize)
 		if err != nil {
 			abort()
-			c.Close()
-			return err
+			return fmt.Errorf("%w: %w", errNoRing, err)
 		}
 		files = append(files, f.List()...)
 		r, err := ring.Open(f)
 		if err != nil {
 			abort()
-			c.Close()
-			return err
+			return fmt.Errorf("%w: %w", errNoRing, err)
 		}
 		rings = append(rings, r)
 	}

@@ -21,7 +21,12 @@
 // for that call (big-endian), with the connection's descriptors as
 // SCM_RIGHTS: NumChannels sockets in channel order, or, for a transport
 // whose streams are no kernel sockets, shared-memory rings (DataPlaneRing).
-// Only then does it answer the call, saying which data plane it chose. The host
+// Only then does it answer the call, saying which data plane it chose. A
+// third data plane, DataPlaneStream, sends no packet: the bytes travel on
+// gRPC streams (stream.go), the fallback when neither descriptors nor
+// shared memory can be had. The host's request lists the data planes it
+// accepts; the plugin takes the first of socket, ring, stream that the
+// connection, the plugin and the host allow. The host
 // reads and writes those sockets itself: bulk data never crosses the
 // plugin, and a plugin that dies later does not take established
 // connections with it (ring connections end with their plugin). The
@@ -123,6 +128,9 @@ type ListenReply struct {
 type AcceptRequest struct {
 	Listener uint64
 	Handoff  uint64
+	// DataPlanes are the data planes the host accepts for the connection;
+	// empty means LegacyDataPlanes.
+	DataPlanes []string `json:",omitempty"`
 }
 
 type CloseListenerRequest struct {
@@ -133,6 +141,8 @@ type DialRequest struct {
 	Addr    string
 	Options Options
 	Handoff uint64
+	// DataPlanes: as in AcceptRequest.
+	DataPlanes []string `json:",omitempty"`
 }
 
 // Data planes of a connection: how its bytes travel between the host and
@@ -154,7 +164,8 @@ const RingFDs = transports.NumChannels * 2 * 3
 // ConnReply answers Dial and Accept, once the connection's descriptors
 // are sent under the request's hand-off id.
 type ConnReply struct {
-	// DataPlane is DataPlaneSocket or DataPlaneRing.
+	// DataPlane is DataPlaneSocket, DataPlaneRing or DataPlaneStream, one
+	// the request accepts.
 	DataPlane     string
 	Local, Remote Addr
 	// Binding is the connection's transports.ChannelBinding, when it has
@@ -187,6 +198,9 @@ type Server interface {
 	Accept(context.Context, *AcceptRequest) (*ConnReply, error)
 	CloseListener(context.Context, *CloseListenerRequest) (*Empty, error)
 	Dial(context.Context, *DialRequest) (*ConnReply, error)
+	// Data carries one channel of a DataPlaneStream connection (see
+	// stream.go).
+	Data(grpc.ServerStream) error
 }
 
 const serviceName = "georepl.transport.v1.Transport"
@@ -220,6 +234,7 @@ var serviceDesc = grpc.ServiceDesc{
 		unary("CloseListener", Server.CloseListener),
 		unary("Dial", Server.Dial),
 	},
+	Streams: []grpc.StreamDesc{dataStreamDesc},
 }
 
 // Register serves s on g.

@@ -13,7 +13,7 @@ import (
 
 // pair opens a ring twice, as the producer and the consumer of two
 // processes would.
-func pair(t *testing.T, size int) (producer, consumer *Ring) {
+func pair(t testing.TB, size int) (producer, consumer *Ring) {
 	t.Helper()
 	f, err := Create(size)
 	if err != nil {
