@@ -273,6 +273,13 @@ type Node struct {
 	// TLS are the node's TLS files, nil when neither the resource nor the
 	// node has a tls block.
 	TLS *TLSFiles
+	// ExportTLS are the TLS files of the node's export (its export_tls
+	// block), nil for an export without TLS: CA signs the certificates
+	// clients must present, Cert and Key are the export's own.
+	ExportTLS *TLSFiles
+	// ExportInsecure accepts a tcp export on an address other than
+	// loopback without TLS (export_insecure = true).
+	ExportInsecure bool
 	// DeclRange is where the node block's header is in the source.
 	DeclRange hcl.Range
 }

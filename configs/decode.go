@@ -76,8 +76,9 @@ var (
 			{Name: "device"},
 			{Name: "ublk_queues"},
 			{Name: "ublk_queue_depth"},
+			{Name: "export_insecure"},
 		},
-		Blocks: []hcl.BlockHeaderSchema{{Type: "tls"}},
+		Blocks: []hcl.BlockHeaderSchema{{Type: "tls"}, {Type: "export_tls"}},
 	}
 	connectionSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{{Name: "protocol"}},
@@ -560,7 +561,7 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block, resourceTLS *TLSFiles)
 			files := *resourceTLS
 			n.TLS = &files
 		}
-		if b := d.single(content.Blocks, "node"); b != nil {
+		if b := d.single(content.Blocks.OfType("tls"), "node"); b != nil {
 			if n.TLS == nil {
 				n.TLS = &TLSFiles{}
 			}
@@ -651,6 +652,7 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block, resourceTLS *TLSFiles)
 				}
 			}
 		}
+		d.exportSecurity(n, attrs, d.single(content.Blocks.OfType("export_tls"), "node"), deviceBad)
 		for _, u := range []struct {
 			name string
 			max  int

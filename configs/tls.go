@@ -2,8 +2,12 @@ package configs
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
+	"strings"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/zclconf/go-cty/cty"
 )
 
 // TLSMode says whether a connection runs TLS: net's tls attribute.
@@ -192,4 +196,62 @@ func other(a, b, n *Node) *Node {
 		return b
 	}
 	return a
+}
+
+// exportSecurity decodes a node's export_tls block (nil if none) and
+// export_insecure, and refuses an export that serves the device in the
+// clear beyond this host: a tcp export on an address other than loopback
+// without TLS, unless export_insecure = true says so. deviceBad says the
+// device attribute was diagnosed already.
+func (d *decoder) exportSecurity(n *Node, attrs hcl.Attributes, block *hcl.Block, deviceBad bool) {
+	export := attrs["export"]
+	insecureAttr := attrs["export_insecure"]
+	if insecureAttr != nil {
+		if v, ok := d.value(insecureAttr, cty.Bool); ok {
+			n.ExportInsecure = v.True()
+		}
+	}
+	if block != nil {
+		n.ExportTLS = &TLSFiles{}
+		d.tls(block, n.ExportTLS)
+		switch missing := n.ExportTLS.missing(); {
+		case export == nil:
+			d.fail(block.DefRange, nil, "Export TLS without export",
+				"export_tls needs an export in the same node block (export = \"tcp:HOST:PORT\"): it is the TLS set-up of the node's NBD export.")
+		case missing != "":
+			d.fail(block.DefRange, nil, "Missing export TLS file",
+				"export_tls has no %s: it needs ca (the authority that signs the clients' certificates), cert and key (the export's own certificate and key).", missing)
+		}
+		if dev := attrs["device"]; dev != nil && !deviceBad && n.Device != "" && n.Device != "ublk" && !strings.HasPrefix(n.Device, "/dev/ublkb") {
+			d.failAttr(dev, "Device without TLS",
+				"device = %q attaches the kernel's nbd driver through the export, and it cannot speak TLS, which export_tls requires of every client: use device = \"ublk\" (served by the daemon itself, not through the export), or remove export_tls and keep the export on a unix socket or a loopback address.", n.Device)
+		}
+		if n.ExportInsecure {
+			d.failAttr(insecureAttr, "Contradictory export settings",
+				"export_insecure = true accepts an export without TLS, but this node has an export_tls block at %s: remove one of them.", where(block.DefRange))
+		}
+		return
+	}
+	if export == nil || n.Export == "" || n.ExportInsecure {
+		return
+	}
+	if hostPort, ok := strings.CutPrefix(n.Export, "tcp:"); ok && !loopbackHost(hostPort) {
+		d.failAttr(export, "Unprotected export",
+			"export = %q serves the device in the clear to anyone who reaches this address: they may read and overwrite all of it. Give the node an export_tls block (TLS with client certificates), keep the export on a unix socket or a loopback address, or write export_insecure = true in the node block to accept this on a network you trust entirely.", n.Export)
+	}
+}
+
+// loopbackHost reports whether HOST:PORT names a loopback address: an IP
+// address of the loopback range, or "localhost". Any other name may
+// resolve to anything.
+func loopbackHost(hostPort string) bool {
+	host, _, err := net.SplitHostPort(hostPort)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }

@@ -117,16 +117,9 @@ func Load(f Files) (*Identity, error) {
 	if !roots.AppendCertsFromPEM(caPEM) {
 		return nil, &FileError{"ca", f.CA, errors.New("no PEM certificate in it")}
 	}
-	info, err := os.Stat(f.Key)
+	keyPEM, err := readKey(f.Key)
 	if err != nil {
-		return nil, &FileError{"key", f.Key, err}
-	}
-	if perm := info.Mode().Perm(); perm&0o077 != 0 {
-		return nil, &FileError{"key", f.Key, fmt.Errorf("%w (mode %04o): make it readable by its owner only (chmod 600)", ErrKeyReadable, perm)}
-	}
-	keyPEM, err := os.ReadFile(f.Key)
-	if err != nil {
-		return nil, &FileError{"key", f.Key, err}
+		return nil, err
 	}
 	certPEM, err := os.ReadFile(f.Cert)
 	if err != nil {
@@ -137,6 +130,23 @@ func Load(f Files) (*Identity, error) {
 		return nil, &FileError{"cert", f.Cert, err}
 	}
 	return id, nil
+}
+
+// readKey reads a private key file that must be readable by its owner
+// only; errors are *FileError.
+func readKey(path string) ([]byte, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, &FileError{"key", path, err}
+	}
+	if perm := info.Mode().Perm(); perm&0o077 != 0 {
+		return nil, &FileError{"key", path, fmt.Errorf("%w (mode %04o): make it readable by its owner only (chmod 600)", ErrKeyReadable, perm)}
+	}
+	keyPEM, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &FileError{"key", path, err}
+	}
+	return keyPEM, nil
 }
 
 // Parse makes an Identity of PEM-encoded material, checked as Load checks
