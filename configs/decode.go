@@ -77,6 +77,7 @@ var (
 			{Name: "ublk_queues"},
 			{Name: "ublk_queue_depth"},
 			{Name: "export_insecure"},
+			{Name: "peer_fingerprint"},
 		},
 		Blocks: []hcl.BlockHeaderSchema{{Type: "tls"}, {Type: "export_tls"}},
 	}
@@ -653,6 +654,9 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block, resourceTLS *TLSFiles)
 			}
 		}
 		d.exportSecurity(n, attrs, d.single(content.Blocks.OfType("export_tls"), "node"), deviceBad)
+		if attr := attrs["peer_fingerprint"]; attr != nil {
+			d.peerFingerprint(n, attr)
+		}
 		for _, u := range []struct {
 			name string
 			max  int

@@ -1,6 +1,8 @@
 package configs
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
@@ -153,6 +155,16 @@ func (d *decoder) checkSecurity(r *Resource, tlsBlock *hcl.Block, nets []netAt) 
 					if n.TLS != nil {
 						missing = n.TLS.missing()
 					}
+					peer := other(a, b, n)
+					if missing == "ca" && peer.PeerFingerprint != nil {
+						// n knows its peer by the pinned fingerprint.
+						missing = ""
+						if n.TLS.Cert == "" {
+							missing = "cert"
+						} else if n.TLS.Key == "" {
+							missing = "key"
+						}
+					}
 					if missing == "" || reported[n] {
 						continue
 					}
@@ -165,8 +177,12 @@ func (d *decoder) checkSecurity(r *Resource, tlsBlock *hcl.Block, nets []netAt) 
 						d.fail(n.DeclRange, nil, "Missing TLS files",
 							"Node %q has no tls files, but its connection to %q requires TLS (%s): give the resource a tls block with ca, cert and key, or the node a tls block of its own.", n.Name, other(a, b, n).Name, why)
 					} else {
+						orPin := ""
+						if missing == "ca" {
+							orPin = fmt.Sprintf(", or give node %q a peer_fingerprint", peer.Name)
+						}
 						d.fail(n.DeclRange, nil, "Missing TLS files",
-							"Node %q has no tls %s, but its connection to %q requires TLS (%s): set %s in the resource's tls block or in the node's.", n.Name, missing, other(a, b, n).Name, why, missing)
+							"Node %q has no tls %s, but its connection to %q requires TLS (%s): set %s in the resource's tls block or in the node's%s.", n.Name, missing, peer.Name, why, missing, orPin)
 					}
 				}
 			}
@@ -254,4 +270,36 @@ func loopbackHost(hostPort string) bool {
 	}
 	ip, err := netip.ParseAddr(host)
 	return err == nil && ip.IsLoopback()
+}
+
+// peerFingerprint decodes a node's peer_fingerprint: "sha256:" and 32
+// bytes in hexadecimal, with or without colons between them, in either
+// case (openssl prints "AB:CD:...").
+func (d *decoder) peerFingerprint(n *Node, attr *hcl.Attribute) {
+	s, ok := d.str(attr)
+	if !ok {
+		return
+	}
+	sum, err := parseFingerprint(s)
+	if err != nil {
+		d.failAttr(attr, "Invalid peer_fingerprint",
+			"peer_fingerprint = %q must be \"sha256:\" followed by 32 bytes in hexadecimal (colons between them allowed), the SHA-256 sum of the node's certificate or of its public key: %v.", s, err)
+		return
+	}
+	n.PeerFingerprint, n.PeerFingerprintAt = sum, attr.Range
+}
+
+func parseFingerprint(s string) (*[sha256.Size]byte, error) {
+	prefix, digits, ok := strings.Cut(s, ":")
+	if !ok || !strings.EqualFold(prefix, "sha256") {
+		return nil, fmt.Errorf("it does not start with \"sha256:\"")
+	}
+	sum, err := hex.DecodeString(strings.ReplaceAll(digits, ":", ""))
+	if err != nil {
+		return nil, err
+	}
+	if len(sum) != sha256.Size {
+		return nil, fmt.Errorf("it has %d bytes", len(sum))
+	}
+	return (*[sha256.Size]byte)(sum), nil
 }

@@ -194,7 +194,14 @@ func (r *resource) checkPeerIdentity(conn transports.Conn, p *peer, dialer bool)
 	case len(certs) == 0:
 		return fmt.Errorf("resource %s: the connection between %s and %s requires TLS, but node %s connected without a certificate (its configuration has tls = \"off\" there, or it is not %s)", r.cfg.Name, r.self.Name, p.node.Name, p.node.Name, p.node.Name)
 	}
-	if err := r.d.identity(r.cfg.Name).VerifyPeer(certs, p.node.Name, dialer); err != nil {
+	var pin []byte
+	if fp := p.node.PeerFingerprint; fp != nil {
+		pin = fp[:]
+	}
+	if err := r.d.identity(r.cfg.Name).VerifyPeer(certs, p.node.Name, dialer, pin); err != nil {
+		if errors.Is(err, nodetls.ErrFingerprint) {
+			err = fmt.Errorf("%w (node %s's peer_fingerprint is at %s)", err, p.node.Name, fmt.Sprintf("%s:%d", p.node.PeerFingerprintAt.Filename, p.node.PeerFingerprintAt.Start.Line))
+		}
 		return fmt.Errorf("resource %s: refusing the peer that claims to be node %s: %w", r.cfg.Name, p.node.Name, err)
 	}
 	return nil

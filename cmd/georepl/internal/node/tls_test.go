@@ -56,8 +56,10 @@ type tlsCluster struct {
 	addrOf map[string]string
 	// nodeExtra, by node, is added to that node's block.
 	nodeExtra map[string]string
-	logs      map[string]*syncBuffer
-	daemons   map[string]*Daemon
+	// noCA leaves ca out of the tls blocks (peers are pinned instead).
+	noCA    bool
+	logs    map[string]*syncBuffer
+	daemons map[string]*Daemon
 }
 
 var tlsNodes = []string{"alpha", "bravo", "dr"}
@@ -111,8 +113,12 @@ func (c *tlsCluster) config(t *testing.T, node string) *configs.Config {
 		if addr == "" {
 			addr = c.addr(n)
 		}
-		fmt.Fprintf(&b, "  node %q {\n    id = %d\n    address = %q\n    disk = %q\n    tls {\n      ca = %q\n      cert = %q\n      key = %q\n    }\n%s\n  }\n",
-			n, id, addr, filepath.Join(c.dir, n+".img"), f.CA, f.Cert, f.Key, c.nodeExtra[n])
+		ca := fmt.Sprintf("ca = %q", f.CA)
+		if c.noCA {
+			ca = ""
+		}
+		fmt.Fprintf(&b, "  node %q {\n    id = %d\n    address = %q\n    disk = %q\n    tls {\n      %s\n      cert = %q\n      key = %q\n    }\n%s\n  }\n",
+			n, id, addr, filepath.Join(c.dir, n+".img"), ca, f.Cert, f.Key, c.nodeExtra[n])
 	}
 	if extra := c.connExtra[node]; extra != "" {
 		for _, peer := range tlsNodes {
