@@ -74,6 +74,9 @@ func (d *Daemon) exportTLS(resource string) *tls.Config {
 			d.idMu.RLock()
 			id := d.exportIDs[resource]
 			d.idMu.RUnlock()
+			if id == nil {
+				return nil, fmt.Errorf("resource %s has no export TLS files loaded", resource)
+			}
 			return id.ServerConfig(), nil
 		},
 	}
