@@ -20,7 +20,8 @@ import (
 // TestExportTLS: alpha's export with export_tls serves only TLS clients
 // with a certificate of the export's CA (a node certificate of the
 // resource's CA is refused: nodes are not export clients), and a reload
-// gives new clients the new export certificate.
+// gives new clients the new export certificate; a certificate that
+// expires within 30 days is a warning at each load.
 func TestExportTLS(t *testing.T) {
 	c := newTLSCluster(t, "tcp")
 	port, err := checker.FreePorts(1)
@@ -116,5 +117,10 @@ func TestExportTLS(t *testing.T) {
 	}
 	if seen, _ := dial(appPair); !seen.Equal(second) {
 		t.Error("after the reload a new client got the old export certificate")
+	}
+	// Both certificates are valid for an hour: each load warned.
+	c.waitLog(t, "alpha", "the export's TLS certificate expires on", "SIGHUP")
+	if n := strings.Count(c.logs["alpha"].String(), "the export's TLS certificate expires on"); n != 2 {
+		t.Errorf("%d expiry warnings for the export's certificate, want one at start and one at the reload", n)
 	}
 }
