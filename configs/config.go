@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"sort"
@@ -273,6 +274,19 @@ type Node struct {
 	// TLS are the node's TLS files, nil when neither the resource nor the
 	// node has a tls block.
 	TLS *TLSFiles
+	// ExportTLS are the TLS files of the node's export (its export_tls
+	// block), nil for an export without TLS: CA signs the certificates
+	// clients must present, Cert and Key are the export's own.
+	ExportTLS *TLSFiles
+	// PeerFingerprint, if not nil, is the SHA-256 sum this node's peers
+	// require of the certificate it presents on connections with TLS: of
+	// the certificate or of its public key (peer_fingerprint). Where it
+	// is set, a peer needs no ca to authenticate the node.
+	PeerFingerprint   *[sha256.Size]byte
+	PeerFingerprintAt hcl.Range
+	// ExportInsecure accepts a tcp export on an address other than
+	// loopback without TLS (export_insecure = true).
+	ExportInsecure bool
 	// DeclRange is where the node block's header is in the source.
 	DeclRange hcl.Range
 }

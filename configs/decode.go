@@ -76,8 +76,10 @@ var (
 			{Name: "device"},
 			{Name: "ublk_queues"},
 			{Name: "ublk_queue_depth"},
+			{Name: "export_insecure"},
+			{Name: "peer_fingerprint"},
 		},
-		Blocks: []hcl.BlockHeaderSchema{{Type: "tls"}},
+		Blocks: []hcl.BlockHeaderSchema{{Type: "tls"}, {Type: "export_tls"}},
 	}
 	connectionSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{{Name: "protocol"}},
@@ -560,7 +562,7 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block, resourceTLS *TLSFiles)
 			files := *resourceTLS
 			n.TLS = &files
 		}
-		if b := d.single(content.Blocks, "node"); b != nil {
+		if b := d.single(content.Blocks.OfType("tls"), "node"); b != nil {
 			if n.TLS == nil {
 				n.TLS = &TLSFiles{}
 			}
@@ -650,6 +652,10 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block, resourceTLS *TLSFiles)
 					n.Device = s
 				}
 			}
+		}
+		d.exportSecurity(n, attrs, d.single(content.Blocks.OfType("export_tls"), "node"), deviceBad)
+		if attr := attrs["peer_fingerprint"]; attr != nil {
+			d.peerFingerprint(n, attr)
 		}
 		for _, u := range []struct {
 			name string

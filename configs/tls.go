@@ -1,9 +1,15 @@
 package configs
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"net"
+	"net/netip"
+	"strings"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/zclconf/go-cty/cty"
 )
 
 // TLSMode says whether a connection runs TLS: net's tls attribute.
@@ -149,6 +155,16 @@ func (d *decoder) checkSecurity(r *Resource, tlsBlock *hcl.Block, nets []netAt) 
 					if n.TLS != nil {
 						missing = n.TLS.missing()
 					}
+					peer := other(a, b, n)
+					if missing == "ca" && peer.PeerFingerprint != nil {
+						// n knows its peer by the pinned fingerprint.
+						missing = ""
+						if n.TLS.Cert == "" {
+							missing = "cert"
+						} else if n.TLS.Key == "" {
+							missing = "key"
+						}
+					}
 					if missing == "" || reported[n] {
 						continue
 					}
@@ -161,8 +177,12 @@ func (d *decoder) checkSecurity(r *Resource, tlsBlock *hcl.Block, nets []netAt) 
 						d.fail(n.DeclRange, nil, "Missing TLS files",
 							"Node %q has no tls files, but its connection to %q requires TLS (%s): give the resource a tls block with ca, cert and key, or the node a tls block of its own.", n.Name, other(a, b, n).Name, why)
 					} else {
+						orPin := ""
+						if missing == "ca" {
+							orPin = fmt.Sprintf(", or give node %q a peer_fingerprint", peer.Name)
+						}
 						d.fail(n.DeclRange, nil, "Missing TLS files",
-							"Node %q has no tls %s, but its connection to %q requires TLS (%s): set %s in the resource's tls block or in the node's.", n.Name, missing, other(a, b, n).Name, why, missing)
+							"Node %q has no tls %s, but its connection to %q requires TLS (%s): set %s in the resource's tls block or in the node's%s.", n.Name, missing, peer.Name, why, missing, orPin)
 					}
 				}
 			}
@@ -192,4 +212,94 @@ func other(a, b, n *Node) *Node {
 		return b
 	}
 	return a
+}
+
+// exportSecurity decodes a node's export_tls block (nil if none) and
+// export_insecure, and refuses an export that serves the device in the
+// clear beyond this host: a tcp export on an address other than loopback
+// without TLS, unless export_insecure = true says so. deviceBad says the
+// device attribute was diagnosed already.
+func (d *decoder) exportSecurity(n *Node, attrs hcl.Attributes, block *hcl.Block, deviceBad bool) {
+	export := attrs["export"]
+	insecureAttr := attrs["export_insecure"]
+	if insecureAttr != nil {
+		if v, ok := d.value(insecureAttr, cty.Bool); ok {
+			n.ExportInsecure = v.True()
+		}
+	}
+	if block != nil {
+		n.ExportTLS = &TLSFiles{}
+		d.tls(block, n.ExportTLS)
+		switch missing := n.ExportTLS.missing(); {
+		case export == nil:
+			d.fail(block.DefRange, nil, "Export TLS without export",
+				"export_tls needs an export in the same node block (export = \"tcp:HOST:PORT\"): it is the TLS set-up of the node's NBD export.")
+		case missing != "":
+			d.fail(block.DefRange, nil, "Missing export TLS file",
+				"export_tls has no %s: it needs ca (the authority that signs the clients' certificates), cert and key (the export's own certificate and key).", missing)
+		}
+		if dev := attrs["device"]; dev != nil && !deviceBad && n.Device != "" && n.Device != "ublk" && !strings.HasPrefix(n.Device, "/dev/ublkb") {
+			d.failAttr(dev, "Device without TLS",
+				"device = %q attaches the kernel's nbd driver through the export, and it cannot speak TLS, which export_tls requires of every client: use device = \"ublk\" (served by the daemon itself, not through the export), or remove export_tls and keep the export on a unix socket or a loopback address.", n.Device)
+		}
+		if n.ExportInsecure {
+			d.failAttr(insecureAttr, "Contradictory export settings",
+				"export_insecure = true accepts an export without TLS, but this node has an export_tls block at %s: remove one of them.", where(block.DefRange))
+		}
+		return
+	}
+	if export == nil || n.Export == "" || n.ExportInsecure {
+		return
+	}
+	if hostPort, ok := strings.CutPrefix(n.Export, "tcp:"); ok && !loopbackHost(hostPort) {
+		d.failAttr(export, "Unprotected export",
+			"export = %q serves the device in the clear to anyone who reaches this address: they may read and overwrite all of it. Give the node an export_tls block (TLS with client certificates), keep the export on a unix socket or a loopback address, or write export_insecure = true in the node block to accept this on a network you trust entirely.", n.Export)
+	}
+}
+
+// loopbackHost reports whether HOST:PORT names a loopback address: an IP
+// address of the loopback range, or "localhost". Any other name may
+// resolve to anything.
+func loopbackHost(hostPort string) bool {
+	host, _, err := net.SplitHostPort(hostPort)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// peerFingerprint decodes a node's peer_fingerprint: "sha256:" and 32
+// bytes in hexadecimal, with or without colons between them, in either
+// case (openssl prints "AB:CD:...").
+func (d *decoder) peerFingerprint(n *Node, attr *hcl.Attribute) {
+	s, ok := d.str(attr)
+	if !ok {
+		return
+	}
+	sum, err := parseFingerprint(s)
+	if err != nil {
+		d.failAttr(attr, "Invalid peer_fingerprint",
+			"peer_fingerprint = %q must be \"sha256:\" followed by 32 bytes in hexadecimal (colons between them allowed), the SHA-256 sum of the node's certificate or of its public key: %v.", s, err)
+		return
+	}
+	n.PeerFingerprint, n.PeerFingerprintAt = sum, attr.Range
+}
+
+func parseFingerprint(s string) (*[sha256.Size]byte, error) {
+	prefix, digits, ok := strings.Cut(s, ":")
+	if !ok || !strings.EqualFold(prefix, "sha256") {
+		return nil, fmt.Errorf("it does not start with \"sha256:\"")
+	}
+	sum, err := hex.DecodeString(strings.ReplaceAll(digits, ":", ""))
+	if err != nil {
+		return nil, err
+	}
+	if len(sum) != sha256.Size {
+		return nil, fmt.Errorf("it has %d bytes", len(sum))
+	}
+	return (*[sha256.Size]byte)(sum), nil
 }

@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -87,31 +88,45 @@ type call struct {
 // connection and the negotiation only. A refused export fails with an
 // *ExportError carrying the server's message.
 func Dial(ctx context.Context, spec, exportName string) (*Client, error) {
+	return DialTLS(ctx, spec, exportName, nil)
+}
+
+// DialTLS is Dial with TLS: it sends NBD_OPT_STARTTLS before anything
+// else and runs the TLS handshake under config (its client certificate,
+// the CA it trusts) before it names the export. A server that does not
+// start TLS fails the dial: nothing is sent in the clear. Without a
+// ServerName in config, the host of a tcp spec is the name the server's
+// certificate must carry. A nil config dials without TLS.
+func DialTLS(ctx context.Context, spec, exportName string, config *tls.Config) (*Client, error) {
 	network, address, err := parseSpec(spec)
 	if err != nil {
 		return nil, err
 	}
+	if config != nil && config.ServerName == "" && network == "tcp" {
+		config = config.Clone()
+		config.ServerName, _, _ = net.SplitHostPort(address)
+	}
 	var dialer net.Dialer
-	nc, err := dialer.DialContext(ctx, network, address)
+	raw, err := dialer.DialContext(ctx, network, address)
 	if err != nil {
 		return nil, fmt.Errorf("nbd: dial %s: %w", spec, err)
 	}
-	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Now()) })
-	br := bufio.NewReaderSize(nc, 64<<10)
-	c := &Client{nc: nc, maxPayload: MaxPayload, pending: make(map[uint64]*call), readerDone: make(chan struct{})}
-	err = c.negotiate(br, exportName)
+	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Now()) })
+	br := bufio.NewReaderSize(raw, 64<<10)
+	c := &Client{nc: raw, maxPayload: MaxPayload, pending: make(map[uint64]*call), readerDone: make(chan struct{})}
+	err = c.negotiate(br, exportName, config)
 	if !stop() && err == nil {
 		err = ctx.Err()
 	}
 	if err != nil {
-		nc.Close()
+		c.nc.Close()
 		var exportErr *ExportError
 		if errors.As(err, &exportErr) {
 			return nil, err
 		}
 		return nil, fmt.Errorf("nbd: negotiate with %s: %w", spec, err)
 	}
-	nc.SetDeadline(time.Time{})
+	raw.SetDeadline(time.Time{})
 	go c.readReplies(br)
 	return c, nil
 }
@@ -147,7 +162,7 @@ func Negotiate(ctx context.Context, nc net.Conn, exportName string) (Export, err
 	// The server sends nothing after the NBD_OPT_GO acknowledgement until
 	// it gets a request, so a buffered reader cannot swallow
 	// transmission-phase bytes here.
-	err := c.negotiate(bufio.NewReader(nc), exportName)
+	err := c.negotiate(bufio.NewReader(nc), exportName, nil)
 	if !stop() && err == nil {
 		err = ctx.Err()
 	}
@@ -158,7 +173,10 @@ func Negotiate(ctx context.Context, nc net.Conn, exportName string) (Export, err
 	return Export{Size: uint64(c.size), Flags: c.flags}, nil
 }
 
-func (c *Client) negotiate(br *bufio.Reader, exportName string) error {
+// negotiate selects exportName with NBD_OPT_GO, first starting TLS under
+// tlsConfig if it is not nil: c.nc is then the TLS session, and br reads
+// from it.
+func (c *Client) negotiate(br *bufio.Reader, exportName string, tlsConfig *tls.Config) error {
 	var hello [18]byte
 	if _, err := io.ReadFull(br, hello[:]); err != nil {
 		return err
@@ -175,6 +193,12 @@ func (c *Client) negotiate(br *bufio.Reader, exportName string) error {
 		clientFlags |= clientNoZeroes
 	}
 	msg := binary.BigEndian.AppendUint32(nil, clientFlags)
+	if tlsConfig != nil {
+		if err := c.startTLS(br, msg, tlsConfig); err != nil {
+			return err
+		}
+		msg = nil
+	}
 	msg = binary.BigEndian.AppendUint64(msg, magicOption)
 	msg = binary.BigEndian.AppendUint32(msg, optGo)
 	msg = binary.BigEndian.AppendUint32(msg, uint32(4+len(exportName)+2+2))
@@ -235,6 +259,47 @@ func (c *Client) negotiate(br *bufio.Reader, exportName string) error {
 			return &ExportError{Export: exportName, Reply: replyType, Message: string(data)}
 		}
 	}
+}
+
+// startTLS sends prefix (what is still to be sent before the options),
+// then NBD_OPT_STARTTLS, and on its acknowledgement runs the TLS
+// handshake; c.nc and br then speak through the session.
+func (c *Client) startTLS(br *bufio.Reader, prefix []byte, config *tls.Config) error {
+	msg := binary.BigEndian.AppendUint64(prefix, magicOption)
+	msg = binary.BigEndian.AppendUint32(msg, optStartTLS)
+	msg = binary.BigEndian.AppendUint32(msg, 0)
+	if _, err := c.nc.Write(msg); err != nil {
+		return err
+	}
+	var hdr [20]byte
+	if _, err := io.ReadFull(br, hdr[:]); err != nil {
+		return err
+	}
+	if magic := binary.BigEndian.Uint64(hdr[0:]); magic != magicOptionReply {
+		return fmt.Errorf("%w: option reply magic %#x", ErrProtocol, magic)
+	}
+	replyType := binary.BigEndian.Uint32(hdr[12:])
+	length := binary.BigEndian.Uint32(hdr[16:])
+	if length > maxOptionLength {
+		return fmt.Errorf("%w: option reply of %d bytes", ErrProtocol, length)
+	}
+	data := make([]byte, length)
+	if _, err := io.ReadFull(br, data); err != nil {
+		return err
+	}
+	if replyType != repAck || length != 0 {
+		return fmt.Errorf("nbd: the server does not start TLS (reply %#x: %q): refusing to go on without it", replyType, data)
+	}
+	if br.Buffered() > 0 {
+		return fmt.Errorf("%w: the server sent %d bytes after acknowledging NBD_OPT_STARTTLS", ErrProtocol, br.Buffered())
+	}
+	tc := tls.Client(c.nc, config)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("nbd: TLS handshake: %w", err)
+	}
+	c.nc = tc
+	br.Reset(tc)
+	return nil
 }
 
 // Size returns the export's size in bytes.

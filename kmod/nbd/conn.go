@@ -3,6 +3,7 @@ package nbd
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -40,7 +41,12 @@ var errClientAborted = errors.New("client aborted the negotiation")
 
 // conn is one client connection.
 type conn struct {
-	srv  *Server
+	srv *Server
+	// raw is the accepted socket: deadlines and shutdown act on it. nc is
+	// what the connection speaks through: raw, or the TLS session over it
+	// once NBD_OPT_STARTTLS succeeded (only negotiate replaces it, before
+	// any other goroutine of the connection uses it).
+	raw  net.Conn
 	nc   net.Conn
 	br   *bufio.Reader
 	log  *slog.Logger
@@ -112,6 +118,7 @@ func chargeFor(cmd uint16, length uint32) int64 {
 func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
 		srv:      s,
+		raw:      nc,
 		nc:       nc,
 		br:       bufio.NewReaderSize(nc, connReadBufferSize),
 		log:      s.log.With("conn", s.connIDs.Add(1), "peer", peerName(nc)),
@@ -154,7 +161,7 @@ func peerName(nc net.Conn) string {
 func (c *conn) serve() {
 	defer close(c.done)
 	defer c.srv.untrack(c)
-	defer c.nc.Close()
+	defer func() { c.nc.Close() }() // the TLS session, if any, then raw
 
 	c.setReadDeadline(time.Now().Add(handshakeTimeout))
 	exp, err := c.negotiate()
@@ -180,8 +187,8 @@ func (c *conn) shutdown() {
 		close(c.stopping)
 	}
 	c.shuttingDown = true
-	c.nc.SetReadDeadline(time.Now())
-	c.nc.SetWriteDeadline(time.Now().Add(shutdownWriteGrace))
+	c.raw.SetReadDeadline(time.Now())
+	c.raw.SetWriteDeadline(time.Now().Add(shutdownWriteGrace))
 }
 
 func (c *conn) isShuttingDown() bool {
@@ -194,7 +201,7 @@ func (c *conn) setReadDeadline(t time.Time) {
 	c.deadlineMu.Lock()
 	defer c.deadlineMu.Unlock()
 	if !c.shuttingDown {
-		c.nc.SetReadDeadline(t)
+		c.raw.SetReadDeadline(t)
 	}
 }
 
@@ -217,6 +224,16 @@ func (c *conn) negotiate() (export, error) {
 		return export{}, fmt.Errorf("client sent unknown handshake flags %#x", unknown)
 	}
 	noZeroes := clientFlags&clientNoZeroes != 0
+	// tlsRequired is the protocol's FORCEDTLS mode: until TLS runs, only
+	// NBD_OPT_STARTTLS and NBD_OPT_ABORT are served, so that nothing about
+	// an export (not even whether it exists) reaches a client before its
+	// certificate was checked.
+	tlsRequired := c.srv.tlsConfig != nil
+	secured := false
+	if tlsRequired && clientFlags&clientFixedNewstyle == 0 {
+		// The protocol allows TLS only after fixed newstyle negotiation.
+		return export{}, errors.New("client does not use fixed newstyle negotiation, without which it cannot start TLS, which this export requires")
+	}
 
 	for {
 		var hdr [16]byte
@@ -234,6 +251,20 @@ func (c *conn) negotiate() (export, error) {
 		data := make([]byte, length)
 		if _, err := io.ReadFull(c.br, data); err != nil {
 			return export{}, err
+		}
+
+		if tlsRequired && !secured {
+			switch opt {
+			case optStartTLS, optAbort:
+			case optExportName:
+				// It cannot carry an error: the protocol says to hang up.
+				return export{}, errors.New("NBD_OPT_EXPORT_NAME before TLS, which this export requires")
+			default:
+				if err := c.optionError(opt, repErrTLSReqd, "this export requires TLS: start it with NBD_OPT_STARTTLS (an nbds:// URI, qemu's tls-creds) and a client certificate"); err != nil {
+					return export{}, err
+				}
+				continue
+			}
 		}
 
 		switch opt {
@@ -318,7 +349,23 @@ func (c *conn) negotiate() (export, error) {
 			return export{}, errClientAborted
 
 		case optStartTLS:
-			if err := c.optionError(opt, repErrUnsup, "TLS is not supported: keep the export on a unix socket or on loopback"); err != nil {
+			var err error
+			switch {
+			case !tlsRequired:
+				err = c.optionError(opt, repErrUnsup, "TLS is not configured on this export")
+			case secured:
+				err = c.optionError(opt, repErrInvalid, "TLS is already running")
+			case len(data) != 0:
+				err = c.optionError(opt, repErrInvalid, "NBD_OPT_STARTTLS carries no data")
+			default:
+				if err := c.startTLS(); err != nil {
+					// The acknowledgement may be sent: too late to go on
+					// without TLS.
+					return export{}, err
+				}
+				secured = true
+			}
+			if err != nil {
 				return export{}, err
 			}
 
@@ -333,6 +380,32 @@ func (c *conn) negotiate() (export, error) {
 			}
 		}
 	}
+}
+
+// startTLS acknowledges NBD_OPT_STARTTLS and runs the TLS handshake as
+// its server; from then on the connection speaks through the session.
+func (c *conn) startTLS() error {
+	if n := c.br.Buffered(); n > 0 {
+		// The client sent more before it had the reply: those bytes were
+		// sent in the clear, and reading them as if they came through TLS
+		// would let whoever is on the path inject options.
+		return fmt.Errorf("client sent %d bytes after NBD_OPT_STARTTLS before its reply; refusing to start TLS on them", n)
+	}
+	if _, err := c.nc.Write(appendOptionReply(nil, optStartTLS, repAck, nil)); err != nil {
+		return err
+	}
+	tc := tls.Server(c.raw, c.srv.tlsConfig)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	c.nc = tc
+	c.br.Reset(tc)
+	st := tc.ConnectionState()
+	if len(st.PeerCertificates) > 0 {
+		c.log = c.log.With("client", st.PeerCertificates[0].Subject.String())
+	}
+	c.log.Debug("nbd: TLS established", "version", tls.VersionName(st.Version))
+	return nil
 }
 
 // open resolves an export name and computes what the client is told.

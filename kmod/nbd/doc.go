@@ -33,8 +33,18 @@
 // # What the server speaks
 //
 // Fixed newstyle negotiation with NBD_OPT_GO, NBD_OPT_INFO,
-// NBD_OPT_EXPORT_NAME, NBD_OPT_LIST (with WithExportList) and NBD_OPT_ABORT;
-// no TLS (keep exports on a unix socket or loopback) and simple replies only.
+// NBD_OPT_EXPORT_NAME, NBD_OPT_LIST (with WithExportList), NBD_OPT_ABORT
+// and, with WithTLS, NBD_OPT_STARTTLS; simple replies only.
+//
+// With WithTLS the server insists on TLS (the protocol's FORCEDTLS mode):
+// before the TLS handshake every option but NBD_OPT_STARTTLS and
+// NBD_OPT_ABORT gets NBD_REP_ERR_TLS_REQD, NBD_OPT_EXPORT_NAME ends the
+// connection, and Lookup is not called, so a client learns nothing of an
+// export before its certificate was checked. A second NBD_OPT_STARTTLS is
+// NBD_REP_ERR_INVALID; bytes a client sends after NBD_OPT_STARTTLS before
+// its acknowledgement end the connection (they came in the clear, and
+// must not pass for part of the TLS session). Without WithTLS,
+// NBD_OPT_STARTTLS gets NBD_REP_ERR_UNSUP. DialTLS is the client's side.
 // Commands: READ, WRITE, FLUSH, TRIM, WRITE_ZEROES (FUA on all of them,
 // NO_HOLE on WRITE_ZEROES) and DISC. Block sizes: minimum 1, preferred 4096,
 // maximum payload MaxPayload (32 MiB).

@@ -143,7 +143,7 @@ func FuzzNegotiate(f *testing.F) {
 	negotiate := func(in []byte, precise bool) (exp export, sent []byte, alloc uint64, err error) {
 		nc := &scriptedConn{in: bytes.NewReader(in), out: out[:0]}
 		br.Reset(nc)
-		c := &conn{srv: srv, nc: nc, br: br, log: srv.log}
+		c := &conn{srv: srv, raw: nc, nc: nc, br: br, log: srv.log}
 		if precise {
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)

@@ -123,7 +123,7 @@ func TestNegotiationOptions(t *testing.T) {
 		{optList, nil, repErrPolicy, "does not list its exports"},
 		{optList, []byte("x"), repErrInvalid, "carries no data"},
 		{optStructuredReply, nil, repErrUnsup, "simple replies"},
-		{optStartTLS, nil, repErrUnsup, "unix socket"},
+		{optStartTLS, nil, repErrUnsup, "TLS is not configured"},
 		{42, []byte("whatever"), repErrUnsup, "option 42 is not supported"},
 		{optInfo, []byte{0, 0, 0, 9, 'r'}, repErrInvalid, "shorter than the 6-byte minimum"},
 		{optInfo, []byte{0, 0, 0, 9, 'r', '0', 0, 0}, repErrInvalid, "overruns"},

@@ -60,6 +60,7 @@ const (
 	repErrUnsup   = repFlagError | 1
 	repErrPolicy  = repFlagError | 2
 	repErrInvalid = repFlagError | 3
+	repErrTLSReqd = repFlagError | 5
 	repErrUnknown = repFlagError | 6
 	repErrTooBig  = repFlagError | 9
 )

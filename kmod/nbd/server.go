@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,6 +28,7 @@ type Server struct {
 	lookup      Lookup
 	log         *slog.Logger
 	listExports func() []string
+	tlsConfig   *tls.Config   // nil: no TLS (WithTLS)
 	connIDs     atomic.Uint64 // numbers connections in logs
 	connLimit   int64         // what one connection may hold (budget.go)
 	total       *budget       // what every connection together may hold
@@ -46,6 +48,17 @@ type ServerOption func(*Server)
 // clients must name the export they want.
 func WithExportList(list func() []string) ServerOption {
 	return func(s *Server) { s.listExports = list }
+}
+
+// WithTLS makes the server insist on TLS, the protocol's FORCEDTLS mode:
+// a client must send NBD_OPT_STARTTLS first and complete a TLS handshake
+// under config before any other option is served (others get
+// NBD_REP_ERR_TLS_REQD; NBD_OPT_EXPORT_NAME hangs up). config says whom
+// the server accepts: give it ClientAuth tls.RequireAndVerifyClientCert
+// and ClientCAs to require client certificates. Use its
+// GetConfigForClient to change certificates while the server runs.
+func WithTLS(config *tls.Config) ServerOption {
+	return func(s *Server) { s.tlsConfig = config }
 }
 
 // NewServer returns a server that serves the Devices lookup resolves. log

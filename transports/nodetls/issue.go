@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"fmt"
 	"math/big"
+	"net"
 	"net/url"
 	"time"
 )
@@ -68,30 +69,62 @@ func NewCA(commonName string, validity time.Duration, now time.Time) (*CA, error
 // key, valid for validity from now (not beyond the CA's own expiry), for
 // use as client and server.
 func (ca *CA) Issue(node string, validity time.Duration, now time.Time) (Issued, error) {
+	return ca.issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: node},
+		URIs:        []*url.URL{NodeURI(node)},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}, validity, now)
+}
+
+// IssueExport makes the certificate of an NBD export, for server use
+// only, naming hosts (host names or IP addresses: what clients dial, and
+// check the certificate against).
+func (ca *CA) IssueExport(commonName string, hosts []string, validity time.Duration, now time.Time) (Issued, error) {
+	template := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: commonName},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			template.IPAddresses = append(template.IPAddresses, ip)
+		} else {
+			template.DNSNames = append(template.DNSNames, h)
+		}
+	}
+	return ca.issue(template, validity, now)
+}
+
+// IssueClient makes a certificate for an NBD client, for client use only,
+// named commonName (the export's log names the client by it).
+func (ca *CA) IssueClient(commonName string, validity time.Duration, now time.Time) (Issued, error) {
+	return ca.issue(&x509.Certificate{
+		Subject:     pkix.Name{CommonName: commonName},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}, validity, now)
+}
+
+// issue completes template (serial, validity, key usage), signs it with
+// a fresh ECDSA P-256 key, valid for validity from now and not beyond the
+// CA's own expiry.
+func (ca *CA) issue(template *x509.Certificate, validity time.Duration, now time.Time) (Issued, error) {
+	name := template.Subject.CommonName
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return Issued{}, fmt.Errorf("generate %s's key: %w", node, err)
+		return Issued{}, fmt.Errorf("generate %s's key: %w", name, err)
 	}
-	serial, err := serialNumber()
+	template.SerialNumber, err = serialNumber()
 	if err != nil {
 		return Issued{}, err
 	}
-	notAfter := now.Add(validity)
-	if notAfter.After(ca.cert.NotAfter) {
-		notAfter = ca.cert.NotAfter
+	template.NotBefore = now.Add(-clockSkew)
+	template.NotAfter = now.Add(validity)
+	if template.NotAfter.After(ca.cert.NotAfter) {
+		template.NotAfter = ca.cert.NotAfter
 	}
-	template := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: node},
-		URIs:         []*url.URL{NodeURI(node)},
-		NotBefore:    now.Add(-clockSkew),
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
+	template.KeyUsage = x509.KeyUsageDigitalSignature
 	der, err := x509.CreateCertificate(rand.Reader, template, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
-		return Issued{}, fmt.Errorf("create %s's certificate: %w", node, err)
+		return Issued{}, fmt.Errorf("create %s's certificate: %w", name, err)
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {

@@ -101,32 +101,34 @@ type Identity struct {
 	Certificate tls.Certificate
 	// Leaf is the node's certificate.
 	Leaf *x509.Certificate
-	// Roots are the CA's certificates.
+	// Roots are the CA's certificates; nil without a CA, when peers are
+	// known by their pinned fingerprints only.
 	Roots *x509.CertPool
 }
 
 // Load reads and checks f: a key readable only by its owner that matches
 // the certificate, a certificate that names one node and chains to the CA,
 // and is valid now. Errors are *FileError naming the file at fault.
+//
+// Without a CA (f.CA empty) the identity has no Roots: its certificate is
+// checked for its validity and the node it names only, and its peers'
+// certificates are accepted only by their pinned fingerprints (see
+// VerifyPeer).
 func Load(f Files) (*Identity, error) {
-	caPEM, err := os.ReadFile(f.CA)
+	var roots *x509.CertPool
+	if f.CA != "" {
+		caPEM, err := os.ReadFile(f.CA)
+		if err != nil {
+			return nil, &FileError{"ca", f.CA, err}
+		}
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(caPEM) {
+			return nil, &FileError{"ca", f.CA, errors.New("no PEM certificate in it")}
+		}
+	}
+	keyPEM, err := readKey(f.Key)
 	if err != nil {
-		return nil, &FileError{"ca", f.CA, err}
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(caPEM) {
-		return nil, &FileError{"ca", f.CA, errors.New("no PEM certificate in it")}
-	}
-	info, err := os.Stat(f.Key)
-	if err != nil {
-		return nil, &FileError{"key", f.Key, err}
-	}
-	if perm := info.Mode().Perm(); perm&0o077 != 0 {
-		return nil, &FileError{"key", f.Key, fmt.Errorf("%w (mode %04o): make it readable by its owner only (chmod 600)", ErrKeyReadable, perm)}
-	}
-	keyPEM, err := os.ReadFile(f.Key)
-	if err != nil {
-		return nil, &FileError{"key", f.Key, err}
+		return nil, err
 	}
 	certPEM, err := os.ReadFile(f.Cert)
 	if err != nil {
@@ -137,6 +139,23 @@ func Load(f Files) (*Identity, error) {
 		return nil, &FileError{"cert", f.Cert, err}
 	}
 	return id, nil
+}
+
+// readKey reads a private key file that must be readable by its owner
+// only; errors are *FileError.
+func readKey(path string) ([]byte, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, &FileError{"key", path, err}
+	}
+	if perm := info.Mode().Perm(); perm&0o077 != 0 {
+		return nil, &FileError{"key", path, fmt.Errorf("%w (mode %04o): make it readable by its owner only (chmod 600)", ErrKeyReadable, perm)}
+	}
+	keyPEM, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &FileError{"key", path, err}
+	}
+	return keyPEM, nil
 }
 
 // Parse makes an Identity of PEM-encoded material, checked as Load checks
@@ -169,6 +188,9 @@ func parse(roots *x509.CertPool, certPEM, keyPEM []byte) (*Identity, error) {
 		chain = append(chain, c)
 	}
 	if _, err := id.verify(chain, x509.ExtKeyUsageServerAuth); err != nil {
+		if roots == nil {
+			return nil, err
+		}
 		return nil, fmt.Errorf("does not verify against the ca: %w", err)
 	}
 	if _, err := id.verify(chain, x509.ExtKeyUsageClientAuth); err != nil {
@@ -178,21 +200,31 @@ func parse(roots *x509.CertPool, certPEM, keyPEM []byte) (*Identity, error) {
 }
 
 // verify checks chain (leaf first) against id.Roots at the current time
-// for usage, and returns the node the leaf names.
+// for usage, and returns the node the leaf names. Without Roots it checks
+// the leaf's validity period only: the caller checks its fingerprint.
 func (id *Identity) verify(chain []*x509.Certificate, usage x509.ExtKeyUsage) (string, error) {
 	if len(chain) == 0 {
 		return "", errors.New("no certificate presented")
+	}
+	leaf := chain[0]
+	expired := func(err error) error {
+		return fmt.Errorf("certificate %q expired or not yet valid (valid %s to %s): %w",
+			leaf.Subject.CommonName, leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339), err)
+	}
+	if id.Roots == nil {
+		if now := time.Now(); now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
+			return "", expired(x509.CertificateInvalidError{Cert: leaf, Reason: x509.Expired})
+		}
+		return NodeName(leaf)
 	}
 	inter := x509.NewCertPool()
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}
-	leaf := chain[0]
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: id.Roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
 		var invalid x509.CertificateInvalidError
 		if errors.As(err, &invalid) && invalid.Reason == x509.Expired {
-			return "", fmt.Errorf("certificate %q expired or not yet valid (valid %s to %s): %w",
-				leaf.Subject.CommonName, leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339), err)
+			return "", expired(err)
 		}
 		return "", fmt.Errorf("certificate %q: %w", leaf.Subject.CommonName, err)
 	}
@@ -200,13 +232,18 @@ func (id *Identity) verify(chain []*x509.Certificate, usage x509.ExtKeyUsage) (s
 }
 
 // VerifyPeer checks that chain, which the peer presented (leaf first),
-// verifies against the CA and names node want. asServer says the peer
-// was the TLS server (we dialled it). A chain that verifies but names
-// another node gives an error wrapping ErrWrongNode that names both.
-func (id *Identity) VerifyPeer(chain []*x509.Certificate, want string, asServer bool) error {
+// verifies against the CA, names node want and, if pin is not nil,
+// matches it (see CheckFingerprint). asServer says the peer was the TLS
+// server (we dialled it). A chain that verifies but names another node
+// gives an error wrapping ErrWrongNode that names both. Without a CA a
+// pin is required: nothing else would authenticate the peer.
+func (id *Identity) VerifyPeer(chain []*x509.Certificate, want string, asServer bool, pin []byte) error {
 	usage := x509.ExtKeyUsageClientAuth
 	if asServer {
 		usage = x509.ExtKeyUsageServerAuth
+	}
+	if id.Roots == nil && pin == nil {
+		return fmt.Errorf("this node has no ca and no peer_fingerprint for node %q: nothing would authenticate it", want)
 	}
 	got, err := id.verify(chain, usage)
 	if err != nil {
@@ -214,6 +251,9 @@ func (id *Identity) VerifyPeer(chain []*x509.Certificate, want string, asServer 
 	}
 	if got != want {
 		return fmt.Errorf("%w: the peer's certificate names node %q, but node %q is expected on this connection", ErrWrongNode, got, want)
+	}
+	if pin != nil {
+		return CheckFingerprint(chain[0], pin)
 	}
 	return nil
 }

@@ -54,10 +54,10 @@ func TestLoadAndVerifyPeer(t *testing.T) {
 	}
 	chain := []*x509.Certificate{bravo.Leaf}
 	for _, asServer := range []bool{false, true} {
-		if err := alpha.VerifyPeer(chain, "bravo", asServer); err != nil {
+		if err := alpha.VerifyPeer(chain, "bravo", asServer, nil); err != nil {
 			t.Errorf("bravo's certificate where bravo is expected: %v", err)
 		}
-		err := alpha.VerifyPeer(chain, "dr", asServer)
+		err := alpha.VerifyPeer(chain, "dr", asServer, nil)
 		if !errors.Is(err, nodetls.ErrWrongNode) || !strings.Contains(err.Error(), `"bravo"`) || !strings.Contains(err.Error(), `"dr"`) {
 			t.Errorf("bravo's certificate where dr is expected: %v, want ErrWrongNode naming both", err)
 		}
@@ -75,11 +75,11 @@ func TestVerifyPeerRefusesOtherCAAndExpired(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = alpha.VerifyPeer([]*x509.Certificate{stranger.Leaf}, "bravo", false)
+	err = alpha.VerifyPeer([]*x509.Certificate{stranger.Leaf}, "bravo", false, nil)
 	if err == nil || !strings.Contains(err.Error(), "unknown authority") {
 		t.Errorf("another CA's certificate: %v, want an unknown authority error", err)
 	}
-	if err := alpha.VerifyPeer(nil, "bravo", false); err == nil || !strings.Contains(err.Error(), "no certificate") {
+	if err := alpha.VerifyPeer(nil, "bravo", false, nil); err == nil || !strings.Contains(err.Error(), "no certificate") {
 		t.Errorf("no certificate: %v", err)
 	}
 

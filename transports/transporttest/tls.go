@@ -43,7 +43,7 @@ func RunTLS(t *testing.T, newTransport func(t *testing.T) (tr transports.Transpo
 			if !ok {
 				t.Fatalf("%T does not implement transports.PeerCertificates", end.conn)
 			}
-			if err := alpha.VerifyPeer(pc.PeerCertificates(), end.want, end.want == "bravo"); err != nil {
+			if err := alpha.VerifyPeer(pc.PeerCertificates(), end.want, end.want == "bravo", nil); err != nil {
 				t.Errorf("the end that expects %s: %v", end.want, err)
 			}
 		}

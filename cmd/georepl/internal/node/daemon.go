@@ -36,9 +36,11 @@ type Daemon struct {
 	preAuthLog *preAuthLog
 
 	// identities are this node's TLS identities, by resource; resources
-	// without TLS files have none. ReloadTLS replaces the map, under idMu.
+	// without TLS files have none. exportIDs are the TLS set-ups of its
+	// exports with export_tls. ReloadTLS replaces both, under idMu.
 	idMu       sync.RWMutex
 	identities map[string]*nodetls.Identity
+	exportIDs  map[string]*nodetls.ExportIdentity
 
 	opts   Options
 	faults *kmod.Faults // test facility: see InjectIOFaults
@@ -68,9 +70,16 @@ func NewDaemon(cfg *configs.Config, nodeName string, log *slog.Logger, opts Opti
 	if err != nil {
 		return nil, err
 	}
-	d.identities = ids
+	exportIDs, err := loadExportIdentities(cfg, nodeName)
+	if err != nil {
+		return nil, err
+	}
+	d.identities, d.exportIDs = ids, exportIDs
 	for name, id := range ids {
-		d.warnExpiry(name, id)
+		d.warnExpiry(name, "this node's TLS certificate", id.Leaf)
+	}
+	for name, id := range exportIDs {
+		d.warnExpiry(name, "the export's TLS certificate", id.Leaf)
 	}
 	for _, rc := range cfg.Resources {
 		self, err := rc.Node(nodeName)

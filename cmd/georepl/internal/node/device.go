@@ -209,6 +209,10 @@ func (r *resource) startExport() error {
 	if err != nil {
 		return fmt.Errorf("export %s: %w", r.self.Export, err)
 	}
+	var opts []nbd.ServerOption
+	if r.self.ExportTLS != nil {
+		opts = append(opts, nbd.WithTLS(r.d.exportTLS(r.cfg.Name)))
+	}
 	srv := nbd.NewServer(func(name string) (nbd.Device, error) {
 		if name != "" && name != r.cfg.Name {
 			return nil, fmt.Errorf("%w: this socket exports resource %q, not %q", nbd.ErrNoSuchExport, r.cfg.Name, name)
@@ -217,7 +221,7 @@ func (r *resource) startExport() error {
 			return nil, r.notPrimaryError()
 		}
 		return device{r}, nil
-	}, r.log.With("export", r.self.Export))
+	}, r.log.With("export", r.self.Export), opts...)
 	r.export, r.exportLis = srv, lis
 	go func() {
 		if err := srv.Serve(lis); err != nil {

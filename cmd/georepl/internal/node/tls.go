@@ -41,6 +41,47 @@ func loadIdentities(cfg *configs.Config, nodeName string) (map[string]*nodetls.I
 	return ids, nil
 }
 
+// loadExportIdentities loads the TLS set-up of node nodeName's export in
+// every resource whose configuration gives the export an export_tls
+// block. An error names the file and the configuration line that set it.
+func loadExportIdentities(cfg *configs.Config, nodeName string) (map[string]*nodetls.ExportIdentity, error) {
+	ids := map[string]*nodetls.ExportIdentity{}
+	for _, rc := range cfg.Resources {
+		self, err := rc.Node(nodeName)
+		if err != nil || self.ExportTLS == nil {
+			continue
+		}
+		f := self.ExportTLS
+		id, err := nodetls.LoadExport(nodetls.Files{CA: f.CA, Cert: f.Cert, Key: f.Key})
+		var fe *nodetls.FileError
+		if errors.As(err, &fe) {
+			return nil, fmt.Errorf("%s: resource %s: export_tls: %w", f.Where(fe.Field), rc.Name, err)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("resource %s: export_tls: %w", rc.Name, err)
+		}
+		ids[rc.Name] = id
+	}
+	return ids, nil
+}
+
+// exportTLS is the TLS configuration of resource's export: its current
+// identity at each client's handshake, so that a reload changes the
+// certificate of new clients only.
+func (d *Daemon) exportTLS(resource string) *tls.Config {
+	return &tls.Config{
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			d.idMu.RLock()
+			id := d.exportIDs[resource]
+			d.idMu.RUnlock()
+			if id == nil {
+				return nil, fmt.Errorf("resource %s has no export TLS files loaded", resource)
+			}
+			return id.ServerConfig(), nil
+		},
+	}
+}
+
 // listenerTLS is the TLS configuration of a listener of transport: for
 // a dialer that names a resource (in its TLS server name) the resource's
 // identity; nil when no resource of the daemon has TLS. A quic dialer that
@@ -88,23 +129,31 @@ func (d *Daemon) ReloadTLS() error {
 	if err != nil {
 		return err
 	}
+	exportIDs, err := loadExportIdentities(d.cfg, d.nodeName)
+	if err != nil {
+		return err
+	}
 	d.idMu.Lock()
-	d.identities = ids
+	d.identities, d.exportIDs = ids, exportIDs
 	d.idMu.Unlock()
 	for name, id := range ids {
 		d.log.Info("TLS files reloaded", "resource", name, "valid_until", id.Leaf.NotAfter.UTC().Format(time.RFC3339))
-		d.warnExpiry(name, id)
+		d.warnExpiry(name, "this node's TLS certificate", id.Leaf)
+	}
+	for name, id := range exportIDs {
+		d.log.Info("export TLS files reloaded", "resource", name, "valid_until", id.Leaf.NotAfter.UTC().Format(time.RFC3339))
+		d.warnExpiry(name, "the export's TLS certificate", id.Leaf)
 	}
 	return nil
 }
 
-// warnExpiry logs, and tells the events' subscribers, that id's
-// certificate expires within expiryWarning.
-func (d *Daemon) warnExpiry(resource string, id *nodetls.Identity) {
-	if !id.ExpiresWithin(expiryWarning, time.Now()) {
+// warnExpiry logs, and tells the events' subscribers, that cert (named
+// what) expires within expiryWarning.
+func (d *Daemon) warnExpiry(resource, what string, cert *x509.Certificate) {
+	if !cert.NotAfter.Before(time.Now().Add(expiryWarning)) {
 		return
 	}
-	msg := fmt.Sprintf("this node's TLS certificate expires on %s: renew it and send the daemon SIGHUP", id.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	msg := fmt.Sprintf("%s expires on %s: renew it and send the daemon SIGHUP", what, cert.NotAfter.UTC().Format(time.RFC3339))
 	d.log.Warn(msg, "resource", resource)
 	d.events.publish(Event{Time: time.Now().UTC(), Resource: resource, Node: d.nodeName, What: "tls-expiry", Detail: msg})
 }
@@ -148,7 +197,14 @@ func (r *resource) checkPeerIdentity(conn transports.Conn, p *peer, dialer bool)
 	case len(certs) == 0:
 		return fmt.Errorf("resource %s: the connection between %s and %s requires TLS, but node %s connected without a certificate (its configuration has tls = \"off\" there, or it is not %s)", r.cfg.Name, r.self.Name, p.node.Name, p.node.Name, p.node.Name)
 	}
-	if err := r.d.identity(r.cfg.Name).VerifyPeer(certs, p.node.Name, dialer); err != nil {
+	var pin []byte
+	if fp := p.node.PeerFingerprint; fp != nil {
+		pin = fp[:]
+	}
+	if err := r.d.identity(r.cfg.Name).VerifyPeer(certs, p.node.Name, dialer, pin); err != nil {
+		if errors.Is(err, nodetls.ErrFingerprint) {
+			err = fmt.Errorf("%w (node %s's peer_fingerprint is at %s)", err, p.node.Name, fmt.Sprintf("%s:%d", p.node.PeerFingerprintAt.Filename, p.node.PeerFingerprintAt.Start.Line))
+		}
 		return fmt.Errorf("resource %s: refusing the peer that claims to be node %s: %w", r.cfg.Name, p.node.Name, err)
 	}
 	return nil

@@ -53,7 +53,11 @@ type tlsCluster struct {
 	connExtra map[string]string
 	// addrOf["node/peer"], if set, is peer's address in node's
 	// configuration (a relay's, say).
-	addrOf  map[string]string
+	addrOf map[string]string
+	// nodeExtra, by node, is added to that node's block.
+	nodeExtra map[string]string
+	// noCA leaves ca out of the tls blocks (peers are pinned instead).
+	noCA    bool
 	logs    map[string]*syncBuffer
 	daemons map[string]*Daemon
 }
@@ -69,7 +73,7 @@ func newTLSCluster(t *testing.T, transport string) *tlsCluster {
 	}
 	c := &tlsCluster{dir: t.TempDir(), pki: nodetlstest.New(t), ports: port,
 		net:       fmt.Sprintf("transport = %q\n    connect_retry = \"200ms\"", transport),
-		connExtra: map[string]string{}, addrOf: map[string]string{}, logs: map[string]*syncBuffer{}, daemons: map[string]*Daemon{}}
+		connExtra: map[string]string{}, addrOf: map[string]string{}, nodeExtra: map[string]string{}, logs: map[string]*syncBuffer{}, daemons: map[string]*Daemon{}}
 	for _, n := range tlsNodes {
 		c.writeFiles(t, n, c.pki, n, time.Hour)
 	}
@@ -109,8 +113,12 @@ func (c *tlsCluster) config(t *testing.T, node string) *configs.Config {
 		if addr == "" {
 			addr = c.addr(n)
 		}
-		fmt.Fprintf(&b, "  node %q {\n    id = %d\n    address = %q\n    disk = %q\n    tls {\n      ca = %q\n      cert = %q\n      key = %q\n    }\n  }\n",
-			n, id, addr, filepath.Join(c.dir, n+".img"), f.CA, f.Cert, f.Key)
+		ca := fmt.Sprintf("ca = %q", f.CA)
+		if c.noCA {
+			ca = ""
+		}
+		fmt.Fprintf(&b, "  node %q {\n    id = %d\n    address = %q\n    disk = %q\n    tls {\n      %s\n      cert = %q\n      key = %q\n    }\n%s\n  }\n",
+			n, id, addr, filepath.Join(c.dir, n+".img"), ca, f.Cert, f.Key, c.nodeExtra[n])
 	}
 	if extra := c.connExtra[node]; extra != "" {
 		for _, peer := range tlsNodes {
