@@ -33,6 +33,10 @@ type Superblock struct {
 	// 0 if never or unknown (format version 1 has no such field). Its
 	// meaning belongs to the engine.
 	Promoted uint64
+	// Term is the highest failover term this node has seen; 0 without
+	// automatic failover (format versions 1 and 2 have no such field). Its
+	// meaning belongs to the engine.
+	Term uint64
 	// BitmapUUID holds, per bitmap slot, the generation id the slot's
 	// bitmap started from. Its length is Slots.
 	BitmapUUID []uint64
@@ -73,7 +77,8 @@ const (
 	offBitmapLen   = 152
 	offSlotLen     = 160
 	offPromoted    = 168 // format version 2
-	offReserved    = 176
+	offTerm        = 176 // format version 3
+	offReserved    = 184
 	offBitmapUUID  = 256
 	offTail        = offBitmapUUID + 8*MaxSlots // 512: reserved up to the CRC
 	offCRC         = PageSize - 4
@@ -111,6 +116,7 @@ func encodeSuperblock(sb Superblock, l layout) []byte {
 	le.PutUint64(b[offBitmapLen:], uint64(l.bitmapLen()))
 	le.PutUint64(b[offSlotLen:], uint64(l.slotBytes))
 	le.PutUint64(b[offPromoted:], sb.Promoted)
+	le.PutUint64(b[offTerm:], sb.Term)
 	for i, u := range sb.BitmapUUID {
 		le.PutUint64(b[offBitmapUUID+8*i:], u)
 	}
@@ -175,9 +181,13 @@ func decodeSuperblock(b []byte, slot int) (Superblock, layout, error) {
 		History:   [2]uint64{le.Uint64(b[offHistory:]), le.Uint64(b[offHistory+8:])},
 		Seq:       le.Uint64(b[offSeq:]),
 		Promoted:  le.Uint64(b[offPromoted:]),
+		Term:      le.Uint64(b[offTerm:]),
 	}
 	if v == 1 && sb.Promoted != 0 {
 		return corrupt("reserved bytes %d..%d are not zero", offPromoted, offPromoted+7)
+	}
+	if v < 3 && sb.Term != 0 {
+		return corrupt("reserved bytes %d..%d are not zero", offTerm, offTerm+7)
 	}
 	if int(sb.Seq%2) != slot {
 		return corrupt("sequence %d belongs in slot %d", sb.Seq, sb.Seq%2)
