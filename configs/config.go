@@ -64,6 +64,8 @@ type Resource struct {
 	OnNoQuorum core.NoQuorumPolicy
 	// Handlers are commands the daemon runs on events.
 	Handlers Handlers
+	// Failover is the failover block: FailoverManual without one.
+	Failover Failover
 	// Nodes in declaration order. Node ids and names are unique.
 	Nodes []*Node
 	// Connections are the connection blocks, which override Protocol and
@@ -273,6 +275,8 @@ type Node struct {
 	// TLS are the node's TLS files, nil when neither the resource nor the
 	// node has a tls block.
 	TLS *TLSFiles
+	// Failover is the node's failover block (AutoPromote true without one).
+	Failover NodeFailover
 	// DeclRange is where the node block's header is in the source.
 	DeclRange hcl.Range
 }

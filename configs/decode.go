@@ -36,6 +36,7 @@ var (
 			{Type: "disk"},
 			{Type: "handlers"},
 			{Type: "tls"},
+			{Type: "failover"},
 			{Type: "node", LabelNames: []string{"name"}},
 			{Type: "connection", LabelNames: []string{"node_a", "node_b"}},
 		},
@@ -77,7 +78,7 @@ var (
 			{Name: "ublk_queues"},
 			{Name: "ublk_queue_depth"},
 		},
-		Blocks: []hcl.BlockHeaderSchema{{Type: "tls"}},
+		Blocks: []hcl.BlockHeaderSchema{{Type: "tls"}, {Type: "failover"}},
 	}
 	connectionSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{{Name: "protocol"}},
@@ -247,6 +248,7 @@ func (d *decoder) resource(block *hcl.Block) {
 	if attr := content.Attributes["quorum"]; attr != nil {
 		d.quorum(attr, r)
 	}
+	d.failover(d.single(byType["failover"], "resource"), r)
 	if n := len(byType["node"]); n < 2 {
 		d.fail(block.DefRange, nil, "Too few nodes",
 			"Resource %q has %d node block(s); replication needs at least 2.", name, n)
@@ -540,7 +542,7 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block, resourceTLS *TLSFiles)
 	byAddress := map[string]*Node{}
 	for _, block := range blocks {
 		n := &Node{Name: block.Labels[0], ID: -1, MetaDisk: defaultMetaDisk, ResyncUndo: ResyncUndoNone,
-			UblkQueues: defaultUblkQueues, UblkQueueDepth: defaultUblkQueueDepth, DeclRange: block.DefRange}
+			UblkQueues: defaultUblkQueues, UblkQueueDepth: defaultUblkQueueDepth, Failover: defaultNodeFailover(), DeclRange: block.DefRange}
 		if !nodeNameRE.MatchString(n.Name) {
 			d.fail(block.LabelRanges[0], &block.DefRange, "Invalid node name",
 				"Node name %q must be made of letters, digits, '_', '-' and '.' only.", n.Name)
@@ -560,7 +562,18 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block, resourceTLS *TLSFiles)
 			files := *resourceTLS
 			n.TLS = &files
 		}
-		if b := d.single(content.Blocks, "node"); b != nil {
+		var tlsBlocks, failoverBlocks []*hcl.Block
+		for _, b := range content.Blocks {
+			if b.Type == "failover" {
+				failoverBlocks = append(failoverBlocks, b)
+			} else {
+				tlsBlocks = append(tlsBlocks, b)
+			}
+		}
+		if b := d.single(failoverBlocks, "node"); b != nil {
+			d.nodeFailover(b, n)
+		}
+		if b := d.single(tlsBlocks, "node"); b != nil {
 			if n.TLS == nil {
 				n.TLS = &TLSFiles{}
 			}
