@@ -11,7 +11,8 @@ import (
 // them requires a new FormatVersion.
 const (
 	// FormatVersion is the superblock format version this package
-	// writes. It reads it and OldestFormatVersion up to it: version 1
+	// writes when a superblock needs it (a failover term), version 2
+	// otherwise. It reads it and OldestFormatVersion up to it: version 1
 	// lacks the promotion time and version 2 the failover term (read as
 	// 0, their bytes were reserved zero).
 	FormatVersion = 3

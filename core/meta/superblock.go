@@ -93,7 +93,7 @@ var le = binary.LittleEndian
 func encodeSuperblock(sb Superblock, l layout) []byte {
 	b := make([]byte, PageSize)
 	copy(b[offMagic:], magic[:])
-	le.PutUint32(b[offVersion:], FormatVersion)
+	le.PutUint32(b[offVersion:], formatVersionOf(sb))
 	var flags uint32
 	if sb.Primary {
 		flags |= flagPrimary
@@ -122,6 +122,16 @@ func encodeSuperblock(sb Superblock, l layout) []byte {
 	}
 	le.PutUint32(b[offCRC:], checksum(b))
 	return b
+}
+
+// formatVersionOf is the version a slot holding sb is written in: the
+// oldest that has every field sb uses. A node that never saw a failover
+// term writes version 2, so that a build before the term still reads it.
+func formatVersionOf(sb Superblock) uint32 {
+	if sb.Term == 0 {
+		return 2
+	}
+	return FormatVersion
 }
 
 // checksum returns the CRC32C of a superblock slot's bytes before the CRC.
@@ -188,6 +198,10 @@ func decodeSuperblock(b []byte, slot int) (Superblock, layout, error) {
 	}
 	if v < 3 && sb.Term != 0 {
 		return corrupt("reserved bytes %d..%d are not zero", offTerm, offTerm+7)
+	}
+	if v == 3 && sb.Term == 0 {
+		// Written as version 2: one encoding per superblock.
+		return corrupt("format version 3 with a failover term of 0")
 	}
 	if int(sb.Seq%2) != slot {
 		return corrupt("sequence %d belongs in slot %d", sb.Seq, sb.Seq%2)

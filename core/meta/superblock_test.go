@@ -130,9 +130,10 @@ func TestSuperblockGolden(t *testing.T) {
 	}
 }
 
-// TestSuperblockVersion2 reads a superblock of format version 2 (no
-// failover term: bytes 176..183 reserved zero) and refuses one whose
-// reserved bytes are not zero.
+// TestSuperblockVersion2: a superblock without a failover term is written
+// in format version 2 (bytes 176..183 reserved zero), which builds before
+// the term read, and read back; a version 2 slot whose reserved bytes are
+// not zero is refused.
 func TestSuperblockVersion2(t *testing.T) {
 	l, err := newLayout(goldenSuperblock.DataSize, goldenSuperblock.Slots, goldenSuperblock.BlockSize)
 	if err != nil {
@@ -141,8 +142,9 @@ func TestSuperblockVersion2(t *testing.T) {
 	old := goldenSuperblock
 	old.Term = 0
 	b := encodeSuperblock(old, l)
-	le.PutUint32(b[offVersion:], 2)
-	le.PutUint32(b[offCRC:], checksum(b))
+	if v := le.Uint32(b[offVersion:]); v != 2 {
+		t.Fatalf("a superblock without a failover term is written in version %d, want 2 (readable by the builds before the term)", v)
+	}
 	sb, _, err := decodeSuperblock(b, 1)
 	if err != nil || !reflect.DeepEqual(sb, old) {
 		t.Fatalf("version 2: %+v, %v; want %+v", sb, err, old)
@@ -151,6 +153,12 @@ func TestSuperblockVersion2(t *testing.T) {
 	le.PutUint32(b[offCRC:], checksum(b))
 	if _, _, err := decodeSuperblock(b, 1); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("version 2 with bytes at 176: %v, want ErrCorrupt", err)
+	}
+	le.PutUint64(b[offTerm:], 0)
+	le.PutUint32(b[offVersion:], 3)
+	le.PutUint32(b[offCRC:], checksum(b))
+	if _, _, err := decodeSuperblock(b, 1); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("version 3 without a term: %v, want ErrCorrupt (version 2 is its one encoding)", err)
 	}
 }
 
