@@ -65,6 +65,8 @@ type Resource struct {
 	OnNoQuorum core.NoQuorumPolicy
 	// Handlers are commands the daemon runs on events.
 	Handlers Handlers
+	// Failover is the failover block: FailoverManual without one.
+	Failover Failover
 	// Nodes in declaration order. Node ids and names are unique.
 	Nodes []*Node
 	// Connections are the connection blocks, which override Protocol and
@@ -287,6 +289,8 @@ type Node struct {
 	// ExportInsecure accepts a tcp export on an address other than
 	// loopback without TLS (export_insecure = true).
 	ExportInsecure bool
+	// Failover is the node's failover block (AutoPromote true without one).
+	Failover NodeFailover
 	// DeclRange is where the node block's header is in the source.
 	DeclRange hcl.Range
 }

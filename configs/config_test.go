@@ -227,6 +227,7 @@ func TestDemo(t *testing.T) {
 			ResyncUndo: "none",
 			Export:     "unix:" + dir + "/" + name + ".nbd.sock",
 			UblkQueues: 1, UblkQueueDepth: 128,
+			Failover:  NodeFailover{AutoPromote: true},
 			DeclRange: n.DeclRange,
 		}
 		if *n != want {

@@ -36,6 +36,7 @@ var (
 			{Type: "disk"},
 			{Type: "handlers"},
 			{Type: "tls"},
+			{Type: "failover"},
 			{Type: "node", LabelNames: []string{"name"}},
 			{Type: "connection", LabelNames: []string{"node_a", "node_b"}},
 		},
@@ -79,7 +80,7 @@ var (
 			{Name: "export_insecure"},
 			{Name: "peer_fingerprint"},
 		},
-		Blocks: []hcl.BlockHeaderSchema{{Type: "tls"}, {Type: "export_tls"}},
+		Blocks: []hcl.BlockHeaderSchema{{Type: "tls"}, {Type: "export_tls"}, {Type: "failover"}},
 	}
 	connectionSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{{Name: "protocol"}},
@@ -249,6 +250,7 @@ func (d *decoder) resource(block *hcl.Block) {
 	if attr := content.Attributes["quorum"]; attr != nil {
 		d.quorum(attr, r)
 	}
+	d.failover(d.single(byType["failover"], "resource"), r)
 	if n := len(byType["node"]); n < 2 {
 		d.fail(block.DefRange, nil, "Too few nodes",
 			"Resource %q has %d node block(s); replication needs at least 2.", name, n)
@@ -542,7 +544,7 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block, resourceTLS *TLSFiles)
 	byAddress := map[string]*Node{}
 	for _, block := range blocks {
 		n := &Node{Name: block.Labels[0], ID: -1, MetaDisk: defaultMetaDisk, ResyncUndo: ResyncUndoNone,
-			UblkQueues: defaultUblkQueues, UblkQueueDepth: defaultUblkQueueDepth, DeclRange: block.DefRange}
+			UblkQueues: defaultUblkQueues, UblkQueueDepth: defaultUblkQueueDepth, Failover: defaultNodeFailover(), DeclRange: block.DefRange}
 		if !nodeNameRE.MatchString(n.Name) {
 			d.fail(block.LabelRanges[0], &block.DefRange, "Invalid node name",
 				"Node name %q must be made of letters, digits, '_', '-' and '.' only.", n.Name)
@@ -561,6 +563,9 @@ func (d *decoder) nodes(r *Resource, blocks []*hcl.Block, resourceTLS *TLSFiles)
 		if resourceTLS != nil {
 			files := *resourceTLS
 			n.TLS = &files
+		}
+		if b := d.single(content.Blocks.OfType("failover"), "node"); b != nil {
+			d.nodeFailover(b, n)
 		}
 		if b := d.single(content.Blocks.OfType("tls"), "node"); b != nil {
 			if n.TLS == nil {

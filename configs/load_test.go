@@ -62,6 +62,9 @@ func TestDefaults(t *testing.T) {
 
 		ResyncMinAppShare: 0.3,
 	}
+	if r.Failover.Mode != FailoverManual || r.Failover.DetectionTimeout != 5*time.Second || r.Failover.PromoteConsistent || r.Failover.Witnesses != nil {
+		t.Errorf("failover defaults: %+v", r.Failover)
+	}
 	if r.Quorum != 0 || r.OnNoQuorum != core.SuspendIO || r.Handlers.SplitBrain != nil {
 		t.Errorf("defaults: quorum %d, on_no_quorum %q, handlers %+v", r.Quorum, r.OnNoQuorum, r.Handlers)
 	}
@@ -70,7 +73,7 @@ func TestDefaults(t *testing.T) {
 	}
 	alpha := r.Nodes[0]
 	want := Node{Name: "alpha", ID: 0, Address: "10.0.0.1:7789", Disk: "/dev/a", MetaDisk: "internal", ResyncUndo: "none",
-		UblkQueues: 1, UblkQueueDepth: 128, TLS: alpha.TLS, DeclRange: alpha.DeclRange}
+		UblkQueues: 1, UblkQueueDepth: 128, TLS: alpha.TLS, Failover: NodeFailover{AutoPromote: true}, DeclRange: alpha.DeclRange}
 	if *alpha != want {
 		t.Errorf("node alpha = %+v; want %+v", *alpha, want)
 	}

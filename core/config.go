@@ -115,6 +115,11 @@ type Persistent struct {
 	// Promoted is when this node was last promoted (Config.Clock), 0 if
 	// never or not known; kept after demotion, for DiscardYoungerPrimary.
 	Promoted uint64
+	// Term is the highest failover term this node has seen (ObserveTerm,
+	// a peer's hello or state change); 0 without automatic failover. It is
+	// persisted before any peer can learn that this node saw it, so a
+	// restart never forgets a term and accepts a Primary it fenced.
+	Term uint64
 }
 
 // Config configures an Engine. New validates and defaults it in one place.

@@ -46,6 +46,7 @@ func (e *Engine) Connected(peer NodeID, ours, h *wire.Hello) {
 	case NodeID(h.From) != peer || NodeID(h.To) != e.self:
 		e.dropPeer(p, fmt.Errorf("%w: hello from node %d to node %d on the connection from %d to %d",
 			ErrProtocol, h.From, h.To, peer, e.self), false)
+	case e.refusesStaleTerm(p, h.Term, Role(h.Role)):
 	case e.refusesSecondPrimary(p):
 	case e.role == Primary && h.SplitBrain.Flags&wire.HelloFollowsPrimary != 0:
 		e.dropPeer(p, fmt.Errorf("%w: node %d replicates another Primary", ErrPeerPrimary, peer), false)
@@ -610,7 +611,7 @@ func adopts(p *peer, old uint64, diskless bool) bool {
 // channel, ordered with the writes around the change.
 func (e *Engine) sendState(p *peer) {
 	st := wire.State{Role: uint8(e.role), Disk: uint8(e.disk), Repl: uint8(p.repl), Size: e.size,
-		Gen: wire.GenIDs{Current: e.current, Bitmap: p.bitmapUUID, History: e.history}}
+		Gen: wire.GenIDs{Current: e.current, Bitmap: p.bitmapUUID, History: e.history}, Term: e.actingTerm()}
 	payload, err := st.MarshalBinary()
 	if err != nil {
 		// A State has no variable-length field: marshalling cannot fail.
@@ -641,7 +642,7 @@ func (e *Engine) receiveState(p *peer, f *wire.Frame) {
 		e.markRecentForOthers(p)
 	}
 	e.setPeerRoleDisk(p, Role(st.Role), DiskState(st.Disk))
-	if e.refusesSecondPrimary(p) {
+	if e.refusesStaleTerm(p, st.Term, p.role) || e.refusesSecondPrimary(p) {
 		return
 	}
 	if e.role == Primary && p.role == Primary && oldRole != Primary {

@@ -478,6 +478,33 @@
 // have/lost, or forced by a forced promotion, which counts as quorum until
 // it really returns or the node is demoted).
 //
+// # Failover terms
+//
+// With automatic failover, the driver keeps a consensus log of who is
+// Primary, and each promotion there has a term (1, 2, ...). The engine
+// learns terms from ObserveTerm (committed in the log), and from every
+// hello and StateChange (wire.Hello.Term, wire.State.Term): a Primary
+// sends the term it was promoted in, any other node the highest it has
+// seen. It keeps the highest in Persistent.Term, persisted before any peer
+// can learn that this node saw it. Promote takes the highest term seen as
+// this node's; the driver calls ObserveTerm with the log's term first.
+// Then:
+//
+//   - a node drops (ErrStaleTerm, not StandAlone) a connected Primary whose
+//     term is older than one it has seen, at the handshake and as soon as
+//     it learns the newer term: a write of an old Primary in flight to it
+//     is never applied or acknowledged, and a Secondary that replicated the
+//     old Primary accepts the new one;
+//   - a Primary that sees a newer term is fenced: it drops every
+//     connection and refuses new ones, and completes no write or flush, as
+//     without quorum (OnNoQuorum: held until demoted, then failed with
+//     ErrNoQuorum, or failed at once), whether Config.Quorum is set or not.
+//
+// Without automatic failover every term is 0 and nothing of this applies.
+// An operator's Promote takes the highest term seen, so two Primaries of
+// one term are possible by hand; the rules above and below still keep them
+// apart.
+//
 // # Invariants
 //
 // Built with the invariants tag (the Makefile's test target sets it), the

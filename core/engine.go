@@ -28,6 +28,8 @@ type Engine struct {
 	current  uint64
 	history  [2]uint64
 	promoted uint64 // Persistent.Promoted
+	term     uint64 // Persistent.Term: the highest failover term seen
+	roleTerm uint64 // while Primary: the term it was promoted in
 
 	quorum       int // Config.Quorum; 0: off
 	onNoQuorum   NoQuorumPolicy
@@ -89,6 +91,7 @@ type peer struct {
 	role Role
 	disk DiskState
 	gen  wire.GenIDs // the peer's ids; Bitmap is its bitmap uuid towards us
+	term uint64      // the failover term of its hello or last state change
 
 	bitmap     *Bitmap
 	bitmapUUID uint64
@@ -180,6 +183,7 @@ func New(cfg Config) (*Engine, error) {
 		quorum:      cfg.Quorum,
 		onNoQuorum:  cfg.OnNoQuorum,
 		promoted:    cfg.State.Promoted,
+		term:        cfg.State.Term,
 		role:        Secondary,
 		disk:        cfg.State.Disk,
 		current:     cfg.State.Current,
@@ -226,7 +230,7 @@ func (e *Engine) Ready() Ready {
 
 func (e *Engine) persistent() *Persistent {
 	ps := Persistent{Disk: e.disk, Primary: e.role == Primary, Current: e.current, History: e.history,
-		BitmapUUID: make(map[NodeID]uint64), Promoted: e.promoted}
+		BitmapUUID: make(map[NodeID]uint64), Promoted: e.promoted, Term: e.term}
 	for _, p := range e.peers {
 		if p.bitmapUUID != 0 {
 			ps.BitmapUUID[p.cfg.ID] = p.bitmapUUID
@@ -239,7 +243,7 @@ func (e *Engine) persistent() *Persistent {
 func (e *Engine) Status() Status {
 	st := Status{QuorumHave: e.votes(), QuorumNeed: e.quorum, Quorate: e.quorate(),
 		Role: e.role, Disk: e.disk, Current: e.current, History: e.history,
-		Epoch: e.epoch, Pending: e.pending}
+		Epoch: e.epoch, Pending: e.pending, Term: e.term, Fenced: e.fenced()}
 	for _, p := range e.peers {
 		st.Peers = append(st.Peers, PeerStatus{
 			ID: p.cfg.ID, Name: p.cfg.Name, Protocol: p.cfg.Protocol,
@@ -276,7 +280,8 @@ func (e *Engine) Bitmap(peer NodeID) *Bitmap {
 // Connected), so the driver sends the last one it got.
 func (e *Engine) Hello(peer NodeID) wire.Hello {
 	h := wire.Hello{Resource: e.name, From: uint8(e.self), To: uint8(peer), Size: e.size,
-		Gen: wire.GenIDs{Current: e.current, History: e.history}, Role: uint8(e.role), Disk: uint8(e.disk)}
+		Gen: wire.GenIDs{Current: e.current, History: e.history}, Role: uint8(e.role), Disk: uint8(e.disk),
+		Term: e.actingTerm()}
 	if p := e.peer(peer); p != nil {
 		h.Gen.Bitmap = p.bitmapUUID
 		h.SplitBrain = wire.SplitBrain{Changes: p.bitmap.Count(), Promoted: e.promoted,
@@ -347,6 +352,7 @@ func (e *Engine) Promote(force bool) error {
 			Detail: fmt.Sprintf("promoted by force with %d of %d nodes reachable, %d needed", e.votes(), len(e.peers)+1, e.quorum)})
 	}
 	e.setRole(Primary)
+	e.roleTerm = e.term
 	if e.clock != nil {
 		e.promoted = e.clock()
 	}

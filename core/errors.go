@@ -44,6 +44,10 @@ var (
 	// Primary, and drops a connection whose both ends are Primary.
 	ErrPeerPrimary = errors.New("peer is primary")
 
+	// ErrStaleTerm drops a connection whose Primary acts in a failover
+	// term older than one the other end has seen (see ObserveTerm).
+	ErrStaleTerm = errors.New("stale failover term")
+
 	// ErrNotUpToDate is returned by Promote when the local disk is not
 	// UpToDate (and force was not given, or cannot help: no disk, or a
 	// resync into this node is running).

@@ -748,8 +748,15 @@ func (c *cluster) disks() string {
 func (c *cluster) status(nd *node) string {
 	var b strings.Builder
 	st := nd.eng.Status()
-	fmt.Fprintf(&b, "n%d: %v %v cur=%x hist=%x,%x epoch=%d pending=%d\n", nd.id, st.Role, st.Disk, st.Current,
+	fmt.Fprintf(&b, "n%d: %v %v cur=%x hist=%x,%x epoch=%d pending=%d", nd.id, st.Role, st.Disk, st.Current,
 		st.History[0], st.History[1], st.Epoch, st.Pending)
+	if st.Term != 0 {
+		fmt.Fprintf(&b, " term=%d", st.Term)
+	}
+	if st.Fenced {
+		b.WriteString(" fenced")
+	}
+	b.WriteString("\n")
 	if st.QuorumNeed > 0 {
 		fmt.Fprintf(&b, "  quorum %d/%d %v\n", st.QuorumHave, st.QuorumNeed, map[bool]string{true: "have", false: "lost"}[st.Quorate])
 	}
@@ -785,6 +792,9 @@ func fmtPersist(p *Persistent) string {
 	}
 	if p.Promoted != 0 {
 		s += fmt.Sprintf(" promoted=%d", p.Promoted)
+	}
+	if p.Term != 0 {
+		s += fmt.Sprintf(" term=%d", p.Term)
 	}
 	return s
 }
@@ -846,6 +856,9 @@ func fmtFrame(f *wire.Frame) string {
 		if err := st.UnmarshalBinary(f.Payload); err == nil {
 			s += fmt.Sprintf(" %v %v %v cur=%x hist=%x,%x bm=%x", Role(st.Role), DiskState(st.Disk), ReplState(st.Repl),
 				st.Gen.Current, st.Gen.History[0], st.Gen.History[1], st.Gen.Bitmap)
+			if st.Term != 0 {
+				s += fmt.Sprintf(" term=%d", st.Term)
+			}
 		}
 	}
 	for _, fl := range flagNames {

@@ -41,9 +41,13 @@ func (e *Engine) votes() int {
 	return n
 }
 
-// quorate reports whether this node has quorum: quorum is off, enough
-// nodes are reachable, or the operator forced a promotion without it.
+// quorate reports whether this node has quorum: it is not a fenced
+// Primary, and quorum is off, enough nodes are reachable, or the operator
+// forced a promotion without it.
 func (e *Engine) quorate() bool {
+	if e.fenced() {
+		return false
+	}
 	return e.quorum == 0 || e.quorumForced || e.votes() >= e.quorum
 }
 
@@ -57,7 +61,7 @@ func (e *Engine) holdsForQuorum() bool {
 // completes the requests held for it and starts those suspended. Called
 // by finish, after any change of connections.
 func (e *Engine) updateQuorum() {
-	if e.quorum == 0 {
+	if e.quorum == 0 && e.hadQuorum && !e.fenced() {
 		return
 	}
 	v := e.votes()
@@ -73,7 +77,7 @@ func (e *Engine) updateQuorum() {
 	if !have {
 		old, now = now, old
 	}
-	e.event(Event{What: "quorum", Old: old, New: now, Detail: fmt.Sprintf("%d of %d nodes reachable, %d needed", v, len(e.peers)+1, e.quorum)})
+	e.event(Event{What: "quorum", Old: old, New: now, Detail: e.quorumDetail()})
 	if !have {
 		return
 	}
@@ -107,7 +111,18 @@ func (e *Engine) finishRequest(id RequestID, err error) {
 }
 
 func (e *Engine) noQuorumError(id RequestID) error {
-	return fmt.Errorf("%w: request %d: %d of %d nodes reachable, %d needed", ErrNoQuorum, id, e.votes(), len(e.peers)+1, e.quorum)
+	return fmt.Errorf("%w: request %d: %s", ErrNoQuorum, id, e.quorumDetail())
+}
+
+// quorumDetail says why this node has quorum or not.
+func (e *Engine) quorumDetail() string {
+	if e.fenced() {
+		return fmt.Sprintf("fenced: Primary of term %d, term %d was promoted since", e.roleTerm, e.term)
+	}
+	if e.quorum == 0 {
+		return "not fenced (quorum is off)"
+	}
+	return fmt.Sprintf("%d of %d nodes reachable, %d needed", e.votes(), len(e.peers)+1, e.quorum)
 }
 
 // failHeldForQuorum fails every request held for quorum (demotion).

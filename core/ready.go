@@ -266,7 +266,12 @@ type Status struct {
 	Epoch uint64
 	// Pending counts application requests submitted and not yet completed.
 	Pending int
-	Peers   []PeerStatus // one per configured peer, in configuration order
+	// Term is the highest failover term this node has seen (0 without
+	// automatic failover); Fenced says that this node is Primary of an
+	// older one, and so completes no write or flush until demoted.
+	Term   uint64
+	Fenced bool
+	Peers  []PeerStatus // one per configured peer, in configuration order
 }
 
 // PeerStatus is the state towards one peer.

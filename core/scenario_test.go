@@ -38,6 +38,7 @@ import (
 //	    (fail=nospace: the store has no room, ErrNoSpace; the operation changes nothing)
 //	stabilize [quiet] | status [A] | disks | bitmap A B | read A... off=O len=L
 //	tick A ms=N | pause-sync A B | resume-sync A B
+//	term A t=N (the failover log committed term N: ObserveTerm)
 func TestScenarios(t *testing.T) {
 	paths, err := filepath.Glob("testdata/*.txt")
 	if err != nil || len(paths) == 0 {
@@ -255,6 +256,13 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 			return nil
 		}
 		return c.rollback(ns[0])
+	case "term":
+		ns, err := nodeArgs(c, d, 1)
+		if err != nil {
+			return err
+		}
+		ns[0].eng.ObserveTerm(uint64(intArg(d, "t", 0)))
+		c.handle(ns[0])
 	case "primary", "secondary":
 		ns, err := nodeArgs(c, d, 1)
 		if err != nil {

@@ -49,6 +49,9 @@ var depRules = []struct {
 	// A node's disk: the metadata formats, the engine's types, the block
 	// stores; no goroutine's world (configuration, NBD, transports).
 	{"cmd/georepl/internal/storage", []string{"core", "core/meta", "core/wire", "kmod", "protocols"}},
+	// The record of who is Primary (an embedded consensus log) and the
+	// rules of automatic promotion: the engine's types, no driver.
+	{"cmd/georepl/internal/failover", []string{"core", "core/wire", "protocols"}},
 	// The simulator runs nodes in a world of its own: no real transport.
 	{"cmd/georepl/internal/sim", []string{"cmd/georepl/internal/admin", "cmd/georepl/internal/checker", "cmd/georepl/internal/node",
 		"cmd/georepl/internal/storage", "configs", "core", "core/meta", "core/wire", "kmod", "kmod/nbd", "kmod/nbdkernel", "kmod/ublk", "protocols", "transports", "transports/nodetls"}},

@@ -66,7 +66,7 @@
 //
 //	off  size  field
 //	  0     8  magic "GEOREPLM"
-//	  8     4  format version (FormatVersion = 2; version 1 is read too)
+//	  8     4  format version (FormatVersion = 3; versions 1 and 2 are read too)
 //	 12     4  flags: bit 0 = primary; other bits zero
 //	 16     8  sequence number
 //	 24     1  node id
@@ -82,7 +82,8 @@
 //	144     8  bitmap area offset (270336)    152  8  its length (S * B)
 //	160     8  bytes per bitmap slot (B)
 //	168     8  promotion time, Unix ns (version 2; zero in version 1)
-//	176    80  reserved, zero
+//	176     8  failover term, the highest seen (version 3; zero before)
+//	184    72  reserved, zero
 //	256   8*S  bitmap uuid per slot (generation id the bitmap started from)
 //	 ..        reserved, zero
 //	4092    4  CRC32C (Castagnoli) of bytes 0..4091

@@ -11,9 +11,11 @@ import (
 // them requires a new FormatVersion.
 const (
 	// FormatVersion is the superblock format version this package
-	// writes. It reads it and OldestFormatVersion up to it: version 1
-	// lacks the promotion time (read as 0, its bytes were reserved zero).
-	FormatVersion = 2
+	// writes when a superblock needs it (a failover term), version 2
+	// otherwise. It reads it and OldestFormatVersion up to it: version 1
+	// lacks the promotion time and version 2 the failover term (read as
+	// 0, their bytes were reserved zero).
+	FormatVersion = 3
 
 	// OldestFormatVersion is the oldest superblock format version this
 	// package reads.

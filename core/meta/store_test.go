@@ -369,7 +369,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"bitmap-offset", func(b []byte) { le.PutUint64(b[offBitmapOff:], 1) }, "bitmap offset"},
 		{"bitmap-len", func(b []byte) { le.PutUint64(b[offBitmapLen:], 1<<40) }, "bitmap length"},
 		{"slot-len", func(b []byte) { le.PutUint64(b[offSlotLen:], 8192) }, "slot length"},
-		{"reserved", func(b []byte) { b[offReserved+3] = 1 }, "reserved bytes 176..255"},
+		{"reserved", func(b []byte) { b[offReserved+3] = 1 }, "reserved bytes 184..255"},
 		{"uuid-beyond-slots", func(b []byte) { b[offBitmapUUID+3*8] = 1 }, "reserved bytes 280..4091"},
 		{"tail", func(b []byte) { b[offCRC-1] = 1 }, "reserved bytes 280..4091"},
 	}

@@ -34,6 +34,9 @@ type Summary struct {
 	// Promoted is when the node was last promoted, Unix nanoseconds; 0 if
 	// never or unknown.
 	Promoted uint64 `json:"promoted_unix_ns"`
+	// Term is the highest failover term the node has seen; 0 without
+	// automatic failover.
+	Term uint64 `json:"failover_term"`
 	// Peers has one entry per bitmap slot except the node's own, in slot
 	// order.
 	Peers []PeerSummary `json:"peers"`
@@ -88,6 +91,7 @@ func (s *Store) Summary() (Summary, error) {
 		Current:    hex64(sb.Current),
 		History:    [2]string{hex64(sb.History[0]), hex64(sb.History[1])},
 		Promoted:   sb.Promoted,
+		Term:       sb.Term,
 		Peers:      []PeerSummary{},
 	}
 	if damaged != "" {
@@ -192,6 +196,9 @@ func (s *Store) Dump(w io.Writer, diskStateName func(uint8) string) error {
 		promoted = time.Unix(0, int64(sum.Promoted)).UTC().Format(time.RFC3339Nano)
 	}
 	fmt.Fprintf(&b, "%-16s%s\n", "last promoted", promoted)
+	if sum.Term != 0 {
+		fmt.Fprintf(&b, "%-16s%d\n", "failover term", sum.Term)
+	}
 	fmt.Fprintf(&b, "%-16s%d extents of %d bytes", "activity log", len(sum.ActivityLog), ActivityLogExtentSize)
 	for i, x := range sum.ActivityLog {
 		if i == maxDumpExtents {

@@ -130,7 +130,7 @@ func TestDump(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"format version 2", "superblock seq 3", "WARNING: superblock slot 0 at offset 0",
+		"format version 3", "superblock seq 3", "WARNING: superblock slot 0 at offset 0",
 		"resource        r0", "disk state      State3 (3)", "current gen     0000000000000042", "last promoted   unknown",
 		"peer 0", "peer 2", "out of sync: 1 blocks, 4096 bytes", "[20480, 24576) 4096 bytes",
 		"activity log    1 extents of 4194304 bytes 0\n",

@@ -33,6 +33,10 @@ type Superblock struct {
 	// 0 if never or unknown (format version 1 has no such field). Its
 	// meaning belongs to the engine.
 	Promoted uint64
+	// Term is the highest failover term this node has seen; 0 without
+	// automatic failover (format versions 1 and 2 have no such field). Its
+	// meaning belongs to the engine.
+	Term uint64
 	// BitmapUUID holds, per bitmap slot, the generation id the slot's
 	// bitmap started from. Its length is Slots.
 	BitmapUUID []uint64
@@ -73,7 +77,8 @@ const (
 	offBitmapLen   = 152
 	offSlotLen     = 160
 	offPromoted    = 168 // format version 2
-	offReserved    = 176
+	offTerm        = 176 // format version 3
+	offReserved    = 184
 	offBitmapUUID  = 256
 	offTail        = offBitmapUUID + 8*MaxSlots // 512: reserved up to the CRC
 	offCRC         = PageSize - 4
@@ -88,7 +93,7 @@ var le = binary.LittleEndian
 func encodeSuperblock(sb Superblock, l layout) []byte {
 	b := make([]byte, PageSize)
 	copy(b[offMagic:], magic[:])
-	le.PutUint32(b[offVersion:], FormatVersion)
+	le.PutUint32(b[offVersion:], formatVersionOf(sb))
 	var flags uint32
 	if sb.Primary {
 		flags |= flagPrimary
@@ -111,11 +116,22 @@ func encodeSuperblock(sb Superblock, l layout) []byte {
 	le.PutUint64(b[offBitmapLen:], uint64(l.bitmapLen()))
 	le.PutUint64(b[offSlotLen:], uint64(l.slotBytes))
 	le.PutUint64(b[offPromoted:], sb.Promoted)
+	le.PutUint64(b[offTerm:], sb.Term)
 	for i, u := range sb.BitmapUUID {
 		le.PutUint64(b[offBitmapUUID+8*i:], u)
 	}
 	le.PutUint32(b[offCRC:], checksum(b))
 	return b
+}
+
+// formatVersionOf is the version a slot holding sb is written in: the
+// oldest that has every field sb uses. A node that never saw a failover
+// term writes version 2, so that a build before the term still reads it.
+func formatVersionOf(sb Superblock) uint32 {
+	if sb.Term == 0 {
+		return 2
+	}
+	return FormatVersion
 }
 
 // checksum returns the CRC32C of a superblock slot's bytes before the CRC.
@@ -175,9 +191,17 @@ func decodeSuperblock(b []byte, slot int) (Superblock, layout, error) {
 		History:   [2]uint64{le.Uint64(b[offHistory:]), le.Uint64(b[offHistory+8:])},
 		Seq:       le.Uint64(b[offSeq:]),
 		Promoted:  le.Uint64(b[offPromoted:]),
+		Term:      le.Uint64(b[offTerm:]),
 	}
 	if v == 1 && sb.Promoted != 0 {
 		return corrupt("reserved bytes %d..%d are not zero", offPromoted, offPromoted+7)
+	}
+	if v < 3 && sb.Term != 0 {
+		return corrupt("reserved bytes %d..%d are not zero", offTerm, offTerm+7)
+	}
+	if v == 3 && sb.Term == 0 {
+		// Written as version 2: one encoding per superblock.
+		return corrupt("format version 3 with a failover term of 0")
 	}
 	if int(sb.Seq%2) != slot {
 		return corrupt("sequence %d belongs in slot %d", sb.Seq, sb.Seq%2)

@@ -29,6 +29,7 @@ var goldenSuperblock = Superblock{
 	History:    [2]uint64{0x99aabbccddeeff00, 0x0102030405060708},
 	BitmapUUID: []uint64{0xa1, 0xb2, 0, 0xd4},
 	Promoted:   0x1839a2b4c5d6e7f8,
+	Term:       0x2a,
 	Seq:        7,
 }
 
@@ -129,6 +130,38 @@ func TestSuperblockGolden(t *testing.T) {
 	}
 }
 
+// TestSuperblockVersion2: a superblock without a failover term is written
+// in format version 2 (bytes 176..183 reserved zero), which builds before
+// the term read, and read back; a version 2 slot whose reserved bytes are
+// not zero is refused.
+func TestSuperblockVersion2(t *testing.T) {
+	l, err := newLayout(goldenSuperblock.DataSize, goldenSuperblock.Slots, goldenSuperblock.BlockSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := goldenSuperblock
+	old.Term = 0
+	b := encodeSuperblock(old, l)
+	if v := le.Uint32(b[offVersion:]); v != 2 {
+		t.Fatalf("a superblock without a failover term is written in version %d, want 2 (readable by the builds before the term)", v)
+	}
+	sb, _, err := decodeSuperblock(b, 1)
+	if err != nil || !reflect.DeepEqual(sb, old) {
+		t.Fatalf("version 2: %+v, %v; want %+v", sb, err, old)
+	}
+	le.PutUint64(b[offTerm:], 5)
+	le.PutUint32(b[offCRC:], checksum(b))
+	if _, _, err := decodeSuperblock(b, 1); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("version 2 with bytes at 176: %v, want ErrCorrupt", err)
+	}
+	le.PutUint64(b[offTerm:], 0)
+	le.PutUint32(b[offVersion:], 3)
+	le.PutUint32(b[offCRC:], checksum(b))
+	if _, _, err := decodeSuperblock(b, 1); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("version 3 without a term: %v, want ErrCorrupt (version 2 is its one encoding)", err)
+	}
+}
+
 // TestSuperblockVersion1 reads a superblock of format version 1 (no
 // promotion time: bytes 168..175 reserved zero) and refuses one whose
 // reserved bytes are not zero, or a version this build does not know.
@@ -138,7 +171,7 @@ func TestSuperblockVersion1(t *testing.T) {
 		t.Fatal(err)
 	}
 	old := goldenSuperblock
-	old.Promoted = 0
+	old.Promoted, old.Term = 0, 0
 	b := encodeSuperblock(old, l)
 	le.PutUint32(b[offVersion:], 1)
 	le.PutUint32(b[offCRC:], checksum(b))

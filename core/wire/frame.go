@@ -263,6 +263,11 @@ type Hello struct {
 	// way as the sender. A hello from an earlier version has none: all
 	// zero, which resolves nothing.
 	SplitBrain SplitBrain
+	// Term is the failover term the sender acts in: a Primary's is the
+	// term it was promoted in, anyone else's the highest it has seen (0
+	// without automatic failover, and from an earlier version). A node
+	// refuses a Primary whose term is older than one it has seen.
+	Term uint64
 }
 
 // SplitBrain carries, in a Hello, the inputs of the split-brain recovery
@@ -301,4 +306,5 @@ type State struct {
 	Repl uint8  // core.ReplState as seen by the sender towards the receiver
 	Gen  GenIDs // Bitmap is the sender's bitmap UUID towards the receiver
 	Size uint64
+	Term uint64 // as in Hello
 }

@@ -82,6 +82,7 @@ var goldenHello = Hello{
 	Gen:  GenIDs{Current: 0x1111, Bitmap: 0x2222, History: [2]uint64{0x3333, 0x4444}},
 	Role: 1, Disk: 5,
 	SplitBrain: SplitBrain{Changes: 0x55, Promoted: 0x1234567890abcdef, Policy: 3, Victim: 2, Flags: SplitBrainDiscardMine},
+	Term:       7,
 }
 
 var goldenIntro = Intro{Version: Version, Features: 0x5, Resource: "r0", From: 1, To: 2, Nonce: sequence(0)}
@@ -90,6 +91,7 @@ var goldenState = State{
 	Role: 2, Disk: 5, Repl: 3,
 	Gen:  GenIDs{Current: 0xaaaa, Bitmap: 0, History: [2]uint64{0xbbbb, 0}},
 	Size: 1 << 30,
+	Term: 7,
 }
 
 var goldenData = Frame{

@@ -16,13 +16,17 @@ const MaxResourceLen = 255
 const introSize = 2 + 8 + 2 + 1 + 1 + 32
 
 // helloMinSize is the encoded size of a Hello with an empty resource name.
-const helloMinSize = introSize + 8 + genIDsSize + 1 + 1 + splitBrainSize
+const helloMinSize = introSize + 8 + genIDsSize + 1 + 1 + splitBrainSize + termSize
+
+// termSize is the encoded size of the failover term that ends a Hello and
+// a State.
+const termSize = 8
 
 // splitBrainSize is the encoded size of SplitBrain.
 const splitBrainSize = 8 + 8 + 1 + 1 + 1
 
 // stateSize is the encoded size of a State.
-const stateSize = 1 + 1 + 1 + genIDsSize + 8
+const stateSize = 1 + 1 + 1 + genIDsSize + 8 + termSize
 
 // genIDsSize is the encoded size of GenIDs.
 const genIDsSize = 4 * 8
@@ -79,7 +83,8 @@ func (in *Intro) appendTo(b []byte) []byte {
 //	from u8 | to u8 | nonce [32] | size u64 |
 //	gen current u64 | gen bitmap u64 | gen history[0] u64 | gen history[1] u64 |
 //	role u8 | disk u8 |
-//	split-brain changes u64 | promoted u64 | policy u8 | victim u8 | flags u8
+//	split-brain changes u64 | promoted u64 | policy u8 | victim u8 | flags u8 |
+//	term u64
 //
 // A resource name longer than MaxResourceLen is ErrTooLarge.
 func (h *Hello) MarshalBinary() ([]byte, error) {
@@ -96,14 +101,15 @@ func (h *Hello) MarshalBinary() ([]byte, error) {
 	b = le.AppendUint64(b, sb.Changes)
 	b = le.AppendUint64(b, sb.Promoted)
 	b = append(b, sb.Policy, sb.Victim, sb.Flags)
-	return b, nil
+	return le.AppendUint64(b, h.Term), nil
 }
 
 // UnmarshalBinary decodes a TypeHello payload into h, ignoring bytes after
 // the known fields. Input that ends inside a field is ErrMalformed, naming
 // the field; a resource name longer than MaxResourceLen is ErrMalformed
 // too. A hello that ends right after disk (an earlier version's) has a zero
-// SplitBrain. On error h is left unchanged. The version is not checked here: that
+// SplitBrain, one that ends right after the split-brain fields a zero
+// Term. On error h is left unchanged. The version is not checked here: that
 // is the handshake's decision (see VersionError).
 func (h *Hello) UnmarshalBinary(b []byte) error {
 	d := fieldDecoder{message: "hello", b: b}
@@ -120,6 +126,9 @@ func (h *Hello) UnmarshalBinary(b []byte) error {
 		out.SplitBrain.Victim = d.uint8("split-brain victim")
 		out.SplitBrain.Flags = d.uint8("split-brain flags")
 	}
+	if d.err == nil && d.off < len(d.b) {
+		out.Term = d.uint64("term")
+	}
 	if d.err != nil {
 		return d.err
 	}
@@ -131,7 +140,7 @@ func (h *Hello) UnmarshalBinary(b []byte) error {
 //
 //	role u8 | disk u8 | repl u8 |
 //	gen current u64 | gen bitmap u64 | gen history[0] u64 | gen history[1] u64 |
-//	size u64
+//	size u64 | term u64
 //
 // It never fails; the error is there for encoding.BinaryMarshaler.
 func (s *State) MarshalBinary() ([]byte, error) {
@@ -139,12 +148,13 @@ func (s *State) MarshalBinary() ([]byte, error) {
 	b = append(b, s.Role, s.Disk, s.Repl)
 	b = appendGenIDs(b, &s.Gen)
 	b = binary.LittleEndian.AppendUint64(b, s.Size)
-	return b, nil
+	return binary.LittleEndian.AppendUint64(b, s.Term), nil
 }
 
 // UnmarshalBinary decodes a TypeStateChange payload into s, ignoring bytes
 // after the known fields. Input that ends inside a field is ErrMalformed,
-// naming the field. On error s is left unchanged.
+// naming the field; a state that ends right after size (an earlier
+// version's) has a zero Term. On error s is left unchanged.
 func (s *State) UnmarshalBinary(b []byte) error {
 	d := fieldDecoder{message: "state", b: b}
 	var out State
@@ -153,6 +163,9 @@ func (s *State) UnmarshalBinary(b []byte) error {
 	out.Repl = d.uint8("repl")
 	out.Gen = d.genIDs()
 	out.Size = d.uint64("size")
+	if d.err == nil && d.off < len(d.b) {
+		out.Term = d.uint64("term")
+	}
 	if d.err != nil {
 		return d.err
 	}

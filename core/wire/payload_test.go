@@ -28,6 +28,7 @@ func helloGen() *rapid.Generator[Hello] {
 				Victim:   rapid.Uint8().Draw(t, "victim"),
 				Flags:    rapid.Uint8().Draw(t, "flags"),
 			},
+			Term: rapid.Uint64().Draw(t, "term"),
 		}
 		copy(h.Nonce[:], rapid.SliceOfN(rapid.Byte(), 32, 32).Draw(t, "nonce"))
 		return h
@@ -66,6 +67,7 @@ func stateGen() *rapid.Generator[State] {
 			Repl: rapid.Uint8().Draw(t, "repl"),
 			Gen:  genIDsGen().Draw(t, "gen"),
 			Size: rapid.Uint64().Draw(t, "size"),
+			Term: rapid.Uint64().Draw(t, "term"),
 		}
 	})
 }
@@ -96,15 +98,31 @@ func checkMessageRoundTrip[M any, P interface {
 		t.Fatalf("decoded %+v, want %+v", out, in)
 	}
 	cut := rapid.IntRange(0, len(b)-1).Draw(t, "cut")
-	if h, ok := any(in).(Hello); ok && cut == len(b)-splitBrainSize {
-		// An earlier version's hello: everything but SplitBrain.
+	if h, ok := any(in).(Hello); ok && (cut == len(b)-termSize-splitBrainSize || cut == len(b)-termSize) {
+		// An earlier version's hello: without the term, and maybe without
+		// SplitBrain.
 		var old Hello
 		if err := old.UnmarshalBinary(b[:cut]); err != nil {
-			t.Fatalf("UnmarshalBinary of a hello without split-brain fields: %v", err)
+			t.Fatalf("UnmarshalBinary of a hello of %d of %d bytes: %v", cut, len(b), err)
 		}
-		h.SplitBrain = SplitBrain{}
+		h.Term = 0
+		if cut < len(b)-termSize {
+			h.SplitBrain = SplitBrain{}
+		}
 		if old != h {
 			t.Fatalf("decoded %+v, want %+v", old, h)
+		}
+		return
+	}
+	if st, ok := any(in).(State); ok && cut == len(b)-termSize {
+		// An earlier version's state: without the term.
+		var old State
+		if err := old.UnmarshalBinary(b[:cut]); err != nil {
+			t.Fatalf("UnmarshalBinary of a state without the term: %v", err)
+		}
+		st.Term = 0
+		if old != st {
+			t.Fatalf("decoded %+v, want %+v", old, st)
 		}
 		return
 	}
@@ -183,23 +201,35 @@ func TestHelloResourceLimit(t *testing.T) {
 }
 
 // TestHelloOfEarlierVersion: a hello that ends after disk (written before
-// the split-brain fields existed) decodes with a zero SplitBrain, and one
-// that ends inside them is malformed.
+// the split-brain fields existed) decodes with a zero SplitBrain and term,
+// one that ends after them (before the term existed) with a zero term, and
+// one that ends inside a field is malformed.
 func TestHelloOfEarlierVersion(t *testing.T) {
 	b, err := (&goldenHello).MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var h Hello
-	if err := h.UnmarshalBinary(b[:len(b)-splitBrainSize]); err != nil {
+	if err := h.UnmarshalBinary(b[:len(b)-termSize]); err != nil {
 		t.Fatal(err)
 	}
 	want := goldenHello
+	want.Term = 0
+	if h != want {
+		t.Fatalf("decoded %+v, want %+v", h, want)
+	}
+	if err := h.UnmarshalBinary(b[:len(b)-termSize-splitBrainSize]); err != nil {
+		t.Fatal(err)
+	}
 	want.SplitBrain = SplitBrain{}
 	if h != want {
 		t.Fatalf("decoded %+v, want %+v", h, want)
 	}
-	err = new(Hello).UnmarshalBinary(b[:len(b)-splitBrainSize+3])
+	err = new(Hello).UnmarshalBinary(b[:len(b)-1])
+	if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "term") {
+		t.Fatalf("hello ending inside the term: %v, want ErrMalformed naming the field", err)
+	}
+	err = new(Hello).UnmarshalBinary(b[:len(b)-termSize-splitBrainSize+3])
 	if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "split-brain changes") {
 		t.Fatalf("hello ending inside the split-brain fields: %v, want ErrMalformed naming the field", err)
 	}

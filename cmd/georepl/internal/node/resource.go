@@ -202,6 +202,7 @@ func (r *resource) newEngine(st *localDisk) (*core.Engine, error) {
 		History:    sb.History,
 		BitmapUUID: map[core.NodeID]uint64{},
 		Promoted:   sb.Promoted,
+		Term:       sb.Term,
 	}
 	cfg := core.Config{
 		Self:        core.NodeID(r.self.ID),

@@ -242,6 +242,7 @@ func (d *Disk) Persist(p *core.Persistent) error {
 		sb.Current = p.Current
 		sb.History = p.History
 		sb.Promoted = p.Promoted
+		sb.Term = p.Term
 		for i := range sb.BitmapUUID {
 			sb.BitmapUUID[i] = p.BitmapUUID[core.NodeID(i)]
 		}

@@ -1,0 +1,137 @@
+package failover
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"sort"
+	"sync"
+
+	"github.com/hashicorp/raft"
+)
+
+// Promotion is the log's record of a resource's Primary: the node promoted
+// and the term it holds. Term 0 (and no node) means no promotion was ever
+// committed for the resource.
+type Promotion struct {
+	Resource string `json:"resource"`
+	Node     string `json:"node"`
+	Term     uint64 `json:"term"`
+	// Index is the raft log index of the entry that made it.
+	Index uint64 `json:"index"`
+}
+
+// ErrStale: a promotion was proposed on a term the log has moved past
+// (another promotion was committed in between).
+var ErrStale = errors.New("failover: stale promotion")
+
+// command is one log entry. After is the term the proposer saw for the
+// resource: the entry promotes only if the term is still that one.
+type command struct {
+	Op       string `json:"op"`
+	Resource string `json:"resource"`
+	Node     string `json:"node"`
+	After    uint64 `json:"after"`
+}
+
+const opPromote = "promote"
+
+// fsm is the replicated state: per resource, the last committed
+// promotion. raft calls Apply, Snapshot and Restore from one goroutine;
+// the mutex is for readers (Current).
+type fsm struct {
+	mu       sync.Mutex
+	state    map[string]Promotion
+	notify   func(Promotion)
+	notifyMu sync.Mutex // keeps notifications in log order
+}
+
+func newFSM(notify func(Promotion)) *fsm {
+	return &fsm{state: map[string]Promotion{}, notify: notify}
+}
+
+// Apply applies one committed entry. It returns a Promotion, or an error
+// (ErrStale, or a malformed entry) that the proposer receives.
+func (f *fsm) Apply(l *raft.Log) any {
+	var c command
+	if err := json.Unmarshal(l.Data, &c); err != nil {
+		return fmt.Errorf("failover: log entry %d: %w", l.Index, err)
+	}
+	if c.Op != opPromote || c.Resource == "" || c.Node == "" {
+		return fmt.Errorf("failover: log entry %d: unknown operation %q for resource %q node %q", l.Index, c.Op, c.Resource, c.Node)
+	}
+	f.notifyMu.Lock()
+	defer f.notifyMu.Unlock()
+	f.mu.Lock()
+	cur := f.state[c.Resource]
+	if cur.Term != c.After {
+		f.mu.Unlock()
+		return fmt.Errorf("%w: %s on %s proposed after term %d, the log is at term %d (%s)", ErrStale, c.Resource, c.Node, c.After, cur.Term, cur.Node)
+	}
+	p := Promotion{Resource: c.Resource, Node: c.Node, Term: c.After + 1, Index: l.Index}
+	f.state[c.Resource] = p
+	f.mu.Unlock()
+	if f.notify != nil {
+		f.notify(p)
+	}
+	return p
+}
+
+func (f *fsm) current(resource string) Promotion {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p, ok := f.state[resource]
+	if !ok {
+		return Promotion{Resource: resource}
+	}
+	return p
+}
+
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return snapshot(maps.Clone(f.state)), nil
+}
+
+// Restore replaces the state with a snapshot's. The node acting on it
+// learns every resource's term again (notify), as after Apply.
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	var s map[string]Promotion
+	if err := json.NewDecoder(rc).Decode(&s); err != nil {
+		return fmt.Errorf("failover: restoring snapshot: %w", err)
+	}
+	if s == nil {
+		s = map[string]Promotion{}
+	}
+	f.notifyMu.Lock()
+	defer f.notifyMu.Unlock()
+	f.mu.Lock()
+	f.state = s
+	f.mu.Unlock()
+	if f.notify != nil {
+		names := make([]string, 0, len(s))
+		for name := range s {
+			names = append(names, name)
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			f.notify(s[name])
+		}
+	}
+	return nil
+}
+
+type snapshot map[string]Promotion
+
+func (s snapshot) Persist(sink raft.SnapshotSink) error {
+	if err := json.NewEncoder(sink).Encode(map[string]Promotion(s)); err != nil {
+		_ = sink.Cancel()
+		return fmt.Errorf("failover: writing snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (snapshot) Release() {}
