@@ -256,7 +256,14 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level, faults string, 
 	if err := lvl.UnmarshalText([]byte(level)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	var handler slog.Handler = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})
+	if underJournal() {
+		// Under systemd: native journal entries, one field per attribute.
+		if jh, err := newJournalHandler(journalSocket, lvl, handler); err == nil {
+			handler = jh
+		}
+	}
+	log := slog.New(handler)
 	if err := keepSysmonAwake(); err != nil {
 		log.Warn("could not restart the daemon with the runtime setting for low latency; running without it", "err", err)
 	}
