@@ -325,6 +325,14 @@ func (r *resource) loop() {
 	engineTick := time.NewTicker(engineTickInterval)
 	defer engineTick.Stop()
 	lastTick := time.Now()
+	// tick tells the engine the time passed up to now; also before a
+	// status snapshot and an administrative call, so that RPO ages are
+	// exact when shown, whatever delayed the last tick.
+	tick := func() {
+		now := time.Now()
+		r.engine.Tick(now.Sub(lastTick))
+		lastTick = now
+	}
 	for {
 		var event func()
 		select {
@@ -333,15 +341,13 @@ func (r *resource) loop() {
 		case ld := <-r.linkDown:
 			event = func() { r.detachLink(ld.link, ld.err) }
 		case fn := <-r.calls:
-			event = fn
+			event = func() { tick(); fn() }
 		case <-persistTick.C:
 			event = r.persistBitmaps
 		case <-statusTick.C:
-			event = r.publishStatus
-		case now := <-engineTick.C:
-			elapsed := now.Sub(lastTick)
-			lastTick = now
-			event = func() { r.engine.Tick(elapsed) }
+			event = func() { tick(); r.publishStatus() }
+		case <-engineTick.C:
+			event = tick
 		case <-r.stop:
 			r.emu.Lock()
 			r.shutdownLoop()

@@ -299,7 +299,7 @@ func (r *resource) publishStatus() {
 	for _, p := range sortedPeers(r.peers) {
 		r.mu.Lock()
 		conn, lastErr, wanted := p.conn, p.lastErr, p.wanted
-		ps0 := PeerStatus{LinkSent: p.sentBefore, LinkRecv: p.recvBefore}
+		sentBefore, recvBefore := p.sentBefore, p.recvBefore
 		r.mu.Unlock()
 		ps := PeerStatus{
 			Name: p.node.Name, ID: p.node.ID, Address: p.node.Address,
@@ -307,7 +307,7 @@ func (r *resource) publishStatus() {
 			Conn: core.StandAlone.String(), Repl: core.ReplOff.String(), Role: core.RoleUnknown.String(), Disk: core.DUnknown.String(),
 			TLS: p.link.Net.TLS.String(), Auth: authOf(p.link.Net),
 			LastError: lastErr,
-			LinkSent:  ps0.LinkSent, LinkRecv: ps0.LinkRecv,
+			LinkSent:  sentBefore, LinkRecv: recvBefore,
 			MaxBuffer: uint64(p.link.Net.MaxBuffer), AckLatency: p.ackLatency.snapshot(),
 		}
 		if tr, err := r.d.opts.transport(p.link.Net.Transport); err == nil {
