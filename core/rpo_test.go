@@ -107,3 +107,43 @@ func TestRPOTracksWhatTheAsyncPeerLacks(t *testing.T) {
 		t.Fatalf("promises broken: %v", c.failed)
 	}
 }
+
+// TestSplitBrainCounted: a split brain met at a handshake is counted for
+// the peer on both ends (Status.SplitBrains), as its event is raised.
+func TestSplitBrainCounted(t *testing.T) {
+	c := newCluster(2, nil, nil)
+	c.quiet = true
+	n0, n1 := c.nodes[0], c.nodes[1]
+	if err := c.connect(n0, n1); err != nil {
+		t.Fatal(err)
+	}
+	if err := n0.eng.Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	c.handle(n0)
+	c.stabilize()
+	block := uint64(c.block)
+	write := func(nd *node, b uint64) {
+		c.submit(nd, Request{Kind: ReqWrite, Offset: b * block, Length: block, Data: slices.Repeat([]byte{byte(b + 1)}, int(block))})
+		c.stabilize()
+	}
+	c.sever(n0, n1, false)
+	write(n0, 1)
+	if err := n1.eng.Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	c.handle(n1)
+	write(n1, 2)
+	if err := n1.eng.Demote(); err != nil {
+		t.Fatal(err)
+	}
+	c.handle(n1)
+	if err := c.connect(n0, n1); err != nil {
+		t.Fatal(err)
+	}
+	for _, nd := range []*node{n0, n1} {
+		if ps := nd.eng.Status().Peers[0]; ps.SplitBrains != 1 || ps.Conn != StandAlone {
+			t.Errorf("n%d: %d split brains counted, connection %v; want 1, StandAlone", nd.id, ps.SplitBrains, ps.Conn)
+		}
+	}
+}
