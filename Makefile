@@ -1,6 +1,8 @@
 # georepl — build, demo, tests, benchmarks.
 #
 #   make demo    three-node cluster on loopback, no configuration needed
+#   make install the binary, the systemd units, the admin guide, the example
+#                configurations and the Grafana dashboard (PREFIX, DESTDIR)
 #   make test    everything CI runs (installs the Debian packages it needs), the
 #                plugins' conformance suite and the cluster test on a plugin included
 #   make lint    gofmt, go vet, go.mod tidy, staticcheck and the repository's rules
@@ -21,7 +23,7 @@ BIN     := bin/georepl
 TOOLS   := fio:fio nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils ip:iproute2 tc:iproute2
 TESTFLAGS ?=
 
-.PHONY: all build plugins demo test lint vet tidy-check staticcheck fmt-check unit sim deps bench bench-plugins bench-resync bench-wan soak fuzz vmtest clean
+.PHONY: all build install plugins demo test lint vet tidy-check staticcheck fmt-check unit sim deps bench bench-plugins bench-resync bench-wan soak fuzz vmtest clean
 
 all: build
 
@@ -40,6 +42,30 @@ plugins:
 
 demo: build
 	./$(BIN) demo
+
+# install: PREFIX=/usr/local by default, DESTDIR for staging a package. The
+# units name the binary where this PREFIX puts it; systemd reads units from
+# PREFIX/lib/systemd/system for /usr and /usr/local (UNITDIR=/etc/systemd/system
+# otherwise). The command reference
+# is `georepl --help` and `georepl VERB --help`; the manual is the admin
+# guide. Nothing under /etc is written: the configuration is yours.
+PREFIX  ?= /usr/local
+SBINDIR ?= $(PREFIX)/sbin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+DOCDIR  ?= $(PREFIX)/share/doc/georepl
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/georepl
+	@for u in georepl.service georepl@.service; do \
+		sed -e 's|/usr/local/sbin/georepl|$(SBINDIR)/georepl|g' \
+			dist/systemd/$$u > $(BIN).$$u || exit 1; \
+		install -D -m 0644 $(BIN).$$u $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+		rm -f $(BIN).$$u; \
+	done
+	install -D -m 0644 -t $(DESTDIR)$(DOCDIR) README.md docs/*.md
+	install -D -m 0644 -t $(DESTDIR)$(DOCDIR)/grafana docs/grafana/georepl.json
+	install -D -m 0644 -t $(DESTDIR)$(DOCDIR)/examples configs/examples/*.hcl
+	./$(BIN) --help > $(BIN).help && install -D -m 0644 $(BIN).help $(DESTDIR)$(DOCDIR)/georepl.help.txt && rm -f $(BIN).help
+	@echo "installed under $(DESTDIR)$(PREFIX); then: systemctl daemon-reload && systemctl enable --now georepl georepl@RESOURCE"
 
 # deps installs the Debian packages of real NBD clients (fio, nbdinfo,
 # nbdcopy, qemu-img) and nbdkit, the benchmark baseline, if any is missing.

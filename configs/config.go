@@ -29,6 +29,10 @@ type Config struct {
 	Resources []*Resource
 	// Plugins are the transport plugin blocks, in the same order.
 	Plugins []*Plugin
+	// MetricsAddress is the host:port where the daemon serves its
+	// Prometheus metrics (/metrics); empty (the default) for none. It is
+	// daemon-wide, set at the top level of at most one file.
+	MetricsAddress string
 }
 
 // Resource returns the resource called name. The error wraps ErrNotFound
@@ -191,6 +195,11 @@ type Net struct {
 	// resource; on a connection that does not join it, the policy cannot
 	// decide and the nodes stay apart. Set only with that policy.
 	DiscardNode string
+	// RPOWarning is the recovery point a Primary tolerates for the peer:
+	// once the oldest write the peer lacks is older, an rpo-exceeded event
+	// is raised and Handlers.RPOExceeded runs; 0 (the default) for no
+	// warning.
+	RPOWarning time.Duration
 }
 
 // Handlers are commands run on events: each is a program (an absolute
@@ -200,6 +209,8 @@ type Handlers struct {
 	// SplitBrain runs when a split brain is detected on a connection,
 	// resolved or not (see Net.AfterSplitBrain).
 	SplitBrain []string
+	// RPOExceeded runs when a peer's RPO crosses its net.rpo_warning.
+	RPOExceeded []string
 }
 
 // Disk holds the disk settings of a resource, shared by all its nodes.

@@ -24,6 +24,7 @@ import (
 // here, with a "Did you mean ...?" suggestion for near misses.
 var (
 	fileSchema = &hcl.BodySchema{
+		Attributes: []hcl.AttributeSchema{{Name: "metrics_address"}},
 		Blocks: []hcl.BlockHeaderSchema{
 			{Type: "resource", LabelNames: []string{"name"}},
 			{Type: "plugin", LabelNames: []string{"name"}},
@@ -58,10 +59,11 @@ var (
 			{Name: "discard_node"},
 			{Name: "tls"},
 			{Name: "insecure"},
+			{Name: "rpo_warning"},
 		},
 	}
 	handlersSchema = &hcl.BodySchema{
-		Attributes: []hcl.AttributeSchema{{Name: "split_brain"}},
+		Attributes: []hcl.AttributeSchema{{Name: "split_brain"}, {Name: "rpo_exceeded"}},
 	}
 	diskSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{{Name: "block_size"}, {Name: "logical_block_size"}, {Name: "flushes"}, {Name: "al_extents"}, {Name: "on_io_error"}, {Name: "resync_undo_size"}},
@@ -163,6 +165,8 @@ type decoder struct {
 	// resourceBlocks wait until every file's plugin blocks are read,
 	// since those add transports.
 	resourceBlocks []*hcl.Block
+	// metricsAt is where metrics_address was set, if it was.
+	metricsAt *hcl.Attribute
 }
 
 func newDecoder(transports []string) *decoder {
@@ -173,6 +177,9 @@ func newDecoder(transports []string) *decoder {
 func (d *decoder) file(body hcl.Body) {
 	content, diags := body.Content(fileSchema)
 	d.diags = append(d.diags, diags...)
+	if attr := content.Attributes["metrics_address"]; attr != nil {
+		d.metricsAddress(attr)
+	}
 	for _, block := range content.Blocks {
 		if block.Type == "plugin" {
 			d.plugin(block)
@@ -180,6 +187,32 @@ func (d *decoder) file(body hcl.Body) {
 			d.resourceBlocks = append(d.resourceBlocks, block)
 		}
 	}
+}
+
+// metricsAddress reads the daemon's metrics endpoint: host:port with an
+// explicit host, so that serving beyond the loopback interface is never
+// an accident of an omitted host.
+func (d *decoder) metricsAddress(attr *hcl.Attribute) {
+	if d.metricsAt != nil {
+		d.failAttr(attr, "Duplicate metrics_address",
+			"metrics_address is already set at %s; it is daemon-wide and set once, in one file.", where(d.metricsAt.NameRange))
+		return
+	}
+	d.metricsAt = attr
+	s, ok := d.str(attr)
+	if !ok {
+		return
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err == nil {
+		_, err = strconv.ParseUint(port, 10, 16)
+	}
+	if err != nil || host == "" {
+		d.failAttr(attr, "Invalid metrics_address",
+			"metrics_address = %q must be host:port with an explicit host, such as \"127.0.0.1:9942\" (loopback only) or \"0.0.0.0:9942\" (every interface).", s)
+		return
+	}
+	d.config.MetricsAddress = s
 }
 
 func (d *decoder) resource(block *hcl.Block) {
@@ -399,6 +432,7 @@ func (d *decoder) net(block *hcl.Block, into *Net) netAt {
 		{"ping_interval", &into.PingInterval},
 		{"timeout", &into.Timeout},
 		{"connect_retry", &into.ConnectRetry},
+		{"rpo_warning", &into.RPOWarning},
 	} {
 		if attr := attrs[f.name]; attr != nil {
 			if v, ok := d.duration(attr); ok {
@@ -466,14 +500,24 @@ func (d *decoder) quorum(attr *hcl.Attribute, r *Resource) {
 func (d *decoder) handlers(block *hcl.Block, into *Handlers) {
 	content, diags := block.Body.Content(handlersSchema)
 	d.diags = append(d.diags, diags...)
-	if attr := content.Attributes["split_brain"]; attr != nil {
+	for _, h := range []struct {
+		name string
+		dst  *[]string
+	}{
+		{"split_brain", &into.SplitBrain},
+		{"rpo_exceeded", &into.RPOExceeded},
+	} {
+		attr := content.Attributes[h.name]
+		if attr == nil {
+			continue
+		}
 		if s, ok := d.str(attr); ok {
 			argv := strings.Fields(s)
 			if len(argv) == 0 || !strings.HasPrefix(argv[0], "/") {
 				d.failAttr(attr, "Invalid handler",
-					"split_brain = %q must start with the absolute path of a program, then its arguments separated by spaces (it runs without a shell).", s)
+					"%s = %q must start with the absolute path of a program, then its arguments separated by spaces (it runs without a shell).", h.name, s)
 			} else {
-				into.SplitBrain = argv
+				*h.dst = argv
 			}
 		}
 	}

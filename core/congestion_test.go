@@ -66,8 +66,15 @@ func TestPullAheadSustainedOverload(t *testing.T) {
 	if !slices.Equal(states, want) {
 		t.Fatalf("replication states under a sustained overload: %v, want %v", states, want)
 	}
+	if ps := n0.eng.Status().Peers[0]; ps.AheadEpisodes != 1 || ps.RPOBytes == 0 || ps.RPOBytes < ps.OutOfSync {
+		t.Fatalf("during the overload: %d pull-ahead episodes (want 1), RPO %d bytes with %d out of sync",
+			ps.AheadEpisodes, ps.RPOBytes, ps.OutOfSync)
+	}
 	c.stabilize()
 	note()
+	if ps := n0.eng.Status().Peers[0]; ps.RPOBytes != 0 || ps.RPOAge != 0 {
+		t.Fatalf("caught up: RPO %v, %d bytes", ps.RPOAge, ps.RPOBytes)
+	}
 	if got := states[len(states)-1]; got != Established {
 		t.Fatalf("after the overload: %v, want Established", got)
 	}

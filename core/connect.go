@@ -110,6 +110,9 @@ func (e *Engine) dropPeer(p *peer, reason error, standAlone bool) {
 // disconnect forgets the connection to p, which goes to state to.
 func (e *Engine) disconnect(p *peer, to ConnState, why string) {
 	wasReplicating := e.role == Primary && p.replicating()
+	// The marks below stand for writes older than now.
+	unackedSince, hadUnacked := e.oldestUnacked(p)
+	hadMarks := p.bitmap.Count() > 0
 	for _, w := range e.writes {
 		pr := &w.prog[p.idx]
 		if !pr.sent {
@@ -119,6 +122,9 @@ func (e *Engine) disconnect(p *peer, to ConnState, why string) {
 			e.markOutOfSync(p, w.off, w.length)
 		}
 		*pr = progress{}
+	}
+	if hadUnacked && p.bitmap.Count() > 0 && (!hadMarks || unackedSince < p.marksSince) {
+		p.marksSince = unackedSince
 	}
 	if wasReplicating && p.bitmapUUID == 0 {
 		// The next generation must not be mistaken for one p has.
@@ -509,12 +515,14 @@ func inHistory(id uint64, g wire.GenIDs) bool {
 func (e *Engine) apply(p *peer, d decision, atConnect bool) {
 	if d.err != nil {
 		if errors.Is(d.err, ErrSplitBrain) {
+			p.splitBrains++
 			e.peerEvent(p, "split-brain", "", "standalone", d.err.Error())
 		}
 		e.dropPeer(p, d.err, atConnect || !errors.Is(d.err, ErrPeerPrimary))
 		return
 	}
 	if d.resolved {
+		p.splitBrains++
 		e.peerEvent(p, "split-brain", "", "resolved", d.why)
 	}
 	switch d.repl {

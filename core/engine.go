@@ -2,6 +2,7 @@ package core
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/georepl/georepl/core/wire"
 	"github.com/georepl/georepl/protocols"
@@ -22,6 +23,9 @@ type Engine struct {
 	onIOError   IOErrorPolicy
 	newUUID     func() uint64
 	clock       func() uint64
+	// ticked is the time the driver reported through Tick since New: the
+	// engine's own clock, which dates the writes and marks RPO ages.
+	ticked time.Duration
 
 	role     Role
 	disk     DiskState
@@ -131,8 +135,17 @@ type peer struct {
 	// done: every block was marked when it announced Diskless.
 	detachedMarks          bool
 	dataSent, dataReceived uint64
-	resyncPaused           bool  // PauseResync: no new resync reads
-	pace                   pacer // resync pacing and measured rates
+	// writesSent and writesReceived count application writes (data
+	// frames, not resync); aheadEpisodes the times the peer was left Ahead;
+	// splitBrains the split brains met with it, resolved or not.
+	writesSent, writesReceived uint64
+	aheadEpisodes, splitBrains uint64
+	// marksSince is when the peer's bitmap last went from empty to marked
+	// (or the time of the oldest write whose marks a lost connection
+	// left there): the age of the oldest difference the marks stand for.
+	marksSince   time.Duration
+	resyncPaused bool  // PauseResync: no new resync reads
+	pace         pacer // resync pacing and measured rates
 }
 
 // replicating reports whether application writes are sent to p: not to a
@@ -255,9 +268,48 @@ func (e *Engine) Status() Status {
 			Unacked: p.unacked, DataSent: p.dataSent, DataReceived: p.dataReceived,
 			BitmapUUID: p.bitmapUUID,
 			Verify:     e.verifyStatus(p),
+			WritesSent: p.writesSent, WritesReceived: p.writesReceived,
+			AheadEpisodes: p.aheadEpisodes, SplitBrains: p.splitBrains,
 		})
+		if e.role == Primary {
+			ps := &st.Peers[len(st.Peers)-1]
+			ps.RPOBytes = p.unacked + ps.OutOfSync
+			ps.RPOAge = e.rpoAge(p)
+		}
 	}
 	return st
+}
+
+// rpoAge is how long ago this Primary completed the oldest write p does
+// not hold: one sent and not acknowledged as written, or one its bitmap
+// marks. Marks held since before New count from New. It walks the
+// tracked writes, so it costs Status, never a write.
+func (e *Engine) rpoAge(p *peer) time.Duration {
+	oldest, any := e.ticked, false
+	if p.bitmap.Count() > 0 {
+		oldest, any = p.marksSince, true
+	}
+	if t, ok := e.oldestUnacked(p); ok && (!any || t < oldest) {
+		oldest, any = t, true
+	}
+	if !any {
+		return 0
+	}
+	return e.ticked - oldest
+}
+
+// oldestUnacked is when the oldest completed write sent to p and not
+// acknowledged by it as written was completed.
+func (e *Engine) oldestUnacked(p *peer) (time.Duration, bool) {
+	var oldest time.Duration
+	found := false
+	for _, w := range e.writes {
+		pr := &w.prog[p.idx]
+		if w.completed && pr.sent && pr.level < protocols.Written && (!found || w.doneAt < oldest) {
+			oldest, found = w.doneAt, true
+		}
+	}
+	return oldest, found
 }
 
 func (e *Engine) blocksToBytes(n uint64) uint64 { return min(n*uint64(e.blockSize), e.size) }
@@ -547,6 +599,9 @@ func (e *Engine) overlapsInflight(off, end uint64, writesOnly bool) bool {
 // the peers learn it (their decisions depend on it). A Primary resyncs a
 // peer it is Established with as soon as the call ends.
 func (e *Engine) markOutOfSync(p *peer, off, length uint64) {
+	if p.bitmap.Count() == 0 {
+		p.marksSince = e.ticked
+	}
 	if p.bitmapUUID == 0 {
 		p.bitmapUUID = p.gen.Current
 		if p.bitmapUUID == 0 {

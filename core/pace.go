@@ -52,6 +52,7 @@ func (e *Engine) Tick(elapsed time.Duration) {
 	if elapsed <= 0 {
 		return
 	}
+	e.ticked += elapsed
 	for _, p := range e.peers {
 		pc := &p.pace
 		pc.elapsed += elapsed

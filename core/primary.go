@@ -3,6 +3,7 @@ package core
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/georepl/georepl/core/wire"
 	"github.com/georepl/georepl/protocols"
@@ -29,7 +30,8 @@ type write struct {
 	// it completes.
 	needPeer  bool
 	peerWrote bool
-	prog      []progress // per peer, by peer index
+	prog      []progress    // per peer, by peer index
+	doneAt    time.Duration // Engine.ticked when it completed
 }
 
 // progress is one write's state towards one peer.
@@ -268,6 +270,7 @@ func (e *Engine) startWrite(r Request) {
 			pf.Flags |= wire.FlagWantRecvAck
 		}
 		e.send(p, pf)
+		p.writesSent++
 		p.dataSent += n
 		p.pace.appSent += n
 		p.unacked += n
@@ -333,6 +336,7 @@ func (e *Engine) goAhead(p *peer, n uint64) {
 	// A verify compares the peer's data with ours at one point of the
 	// write stream; Behind, the peer accepts no more verify requests.
 	e.stopVerify(p, "the peer fell behind (congestion)")
+	p.aheadEpisodes++
 	e.setRepl(p, Ahead, fmt.Sprintf("congested: %d bytes unacknowledged, a write of %d would exceed max_buffer %d", p.unacked, n, p.cfg.MaxBuffer))
 	e.sendState(p)
 }
@@ -416,7 +420,7 @@ func (e *Engine) maybeComplete(w *write) {
 }
 
 func (e *Engine) complete(w *write, err error) {
-	w.completed = true
+	w.completed, w.doneAt = true, e.ticked
 	e.finishRequest(w.id, err)
 	if w.epoch == e.epoch {
 		e.epochCloses = true

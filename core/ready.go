@@ -2,6 +2,7 @@ package core
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/georepl/georepl/core/wire"
 	"github.com/georepl/georepl/protocols"
@@ -323,4 +324,19 @@ type PeerStatus struct {
 	// Verify is the running or last online verify with this peer
 	// (StartVerify), nil if none ran.
 	Verify *VerifyStatus
+	// WritesSent and WritesReceived count the application writes sent to
+	// and received from the peer (data frames, not resync).
+	WritesSent, WritesReceived uint64
+	// AheadEpisodes counts the times congestion left the peer Ahead
+	// (pull-ahead); SplitBrains the split brains met with it, resolved or
+	// not.
+	AheadEpisodes, SplitBrains uint64
+	// RPOAge and RPOBytes are, on a Primary, what the peer would lack if
+	// this node were lost now: the age of the oldest completed write it
+	// has not acknowledged as written or that its bitmap marks, measured
+	// with the time reported through Tick (marks held since before New
+	// count from New), and the bytes sent and not acknowledged plus the
+	// bytes marked. Zero on a Secondary.
+	RPOAge   time.Duration
+	RPOBytes uint64
 }

@@ -105,6 +105,7 @@ func (e *Engine) receiveWrite(p *peer, f *wire.Frame, resync bool) {
 	}
 	p.dataReceived += uint64(len(f.Payload))
 	if !resync {
+		p.writesReceived++
 		p.rx.recent = append(p.rx.recent, recentWrite{seq: f.Seq, off: f.Offset, length: uint64(f.Length), gen: e.current})
 	}
 	e.queue(p.rx, &rxWrite{op: op, resync: resync})

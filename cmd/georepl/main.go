@@ -256,7 +256,14 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level, faults string, 
 	if err := lvl.UnmarshalText([]byte(level)); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+	var handler slog.Handler = slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})
+	if underJournal() {
+		// Under systemd: native journal entries, one field per attribute.
+		if jh, err := newJournalHandler(journalSocket, lvl, handler); err == nil {
+			handler = jh
+		}
+	}
+	log := slog.New(handler)
 	if err := keepSysmonAwake(); err != nil {
 		log.Warn("could not restart the daemon with the runtime setting for low latency; running without it", "err", err)
 	}
@@ -287,11 +294,26 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level, faults string, 
 	defer signal.Stop(sig)
 	go admin.Serve(l, d.HandleAdmin)
 	log.Info("georepl daemon started", "node", name, "admin", adminSock)
+	if cfg.MetricsAddress != "" {
+		bound, stop, err := d.ServeMetrics(cfg.MetricsAddress)
+		if err != nil {
+			d.Close()
+			return err
+		}
+		defer stop()
+		log.Info("serving Prometheus metrics", "url", "http://"+bound.String()+"/metrics")
+	}
 	if up {
 		if err := d.UpAll(); err != nil {
 			d.Close()
 			return err
 		}
+	}
+	// Ready: the admin socket answers (and, with --up, every resource is
+	// up). Under systemd (Type=notify) units ordered after this one start
+	// now, and `georepl up` from them finds the daemon.
+	if err := sdNotify("READY=1", "STATUS=admin socket "+adminSock); err != nil {
+		log.Warn("could not tell the service manager that the daemon is ready", "err", err)
 	}
 	// SIGHUP reloads the TLS files (certificate rotation); established
 	// connections keep theirs.
@@ -309,6 +331,9 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level, faults string, 
 			log.Info("shutting down", "signal", s.String())
 		case <-ctx.Done():
 			log.Info("shutting down", "reason", context.Cause(ctx))
+		}
+		if err := sdNotify("STOPPING=1"); err != nil {
+			log.Warn("could not tell the service manager that the daemon is stopping", "err", err)
 		}
 		return d.Close()
 	}

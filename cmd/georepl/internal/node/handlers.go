@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/georepl/georepl/configs"
@@ -34,16 +35,38 @@ func (r *resource) runHandlers(ev Event) {
 	if ev.What != "split-brain" || len(r.cfg.Handlers.SplitBrain) == 0 {
 		return
 	}
-	argv := slices.Clone(r.cfg.Handlers.SplitBrain)
+	r.runHandler("split_brain", r.cfg.Handlers.SplitBrain, ev,
+		"GEOREPL_OUTCOME="+ev.New,
+		"GEOREPL_REASON="+ev.Detail,
+	)
+}
+
+// runRPOHandler starts the rpo_exceeded handler, if configured, with the
+// figures of rpo in its environment.
+func (r *resource) runRPOHandler(ev Event, rpo *RPO) {
+	if len(r.cfg.Handlers.RPOExceeded) == 0 {
+		return
+	}
+	r.runHandler("rpo_exceeded", r.cfg.Handlers.RPOExceeded, ev,
+		"GEOREPL_RPO_SECONDS="+strconv.FormatFloat(rpo.AgeSeconds, 'f', 3, 64),
+		"GEOREPL_RPO_BYTES="+strconv.FormatUint(rpo.Bytes, 10),
+		"GEOREPL_RPO_WARNING_SECONDS="+strconv.FormatFloat(rpo.WarningSeconds, 'f', 3, 64),
+		"GEOREPL_REASON="+ev.Detail,
+	)
+}
+
+// runHandler runs argv on a goroutine of its own with the event's names
+// and extra in its environment.
+func (r *resource) runHandler(name string, argv []string, ev Event, extra ...string) {
+	argv = slices.Clone(argv)
 	env := append(os.Environ(),
 		"GEOREPL_EVENT="+ev.What,
 		"GEOREPL_RESOURCE="+ev.Resource,
 		"GEOREPL_NODE="+ev.Node,
 		"GEOREPL_PEER="+ev.Peer,
-		"GEOREPL_OUTCOME="+ev.New,
-		"GEOREPL_REASON="+ev.Detail,
 	)
-	log := r.log.With("handler", "split_brain", "command", argv[0], "peer", ev.Peer)
+	env = append(env, extra...)
+	log := r.log.With("handler", name, "command", argv[0], "peer", ev.Peer)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), handlerTimeout)
 		defer cancel()

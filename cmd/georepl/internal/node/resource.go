@@ -69,7 +69,7 @@ type resource struct {
 	// pending holds the completion of every request submitted and not
 	// completed; process moves completed ones to completions, which
 	// unlockEngine calls.
-	pending     map[core.RequestID]func(error)
+	pending     map[core.RequestID]pendingRequest
 	completions []completion
 	progress    map[core.NodeID]*rateMeter
 	// ops collects the local operations of the Ready being performed, for
@@ -93,7 +93,11 @@ type resource struct {
 
 	// counters, in bytes, updated by the op workers
 	diskRead, diskWritten atomic.Uint64
-	status                atomic.Pointer[ResourceStatus]
+	// appWriteLatency measures application writes from Submit to
+	// completion, localWriteLatency the backing disk's writes (of either
+	// role).
+	appWriteLatency, localWriteLatency latencyHistogram
+	status                             atomic.Pointer[ResourceStatus]
 }
 
 // peer is this node's side of the connection to one other node.
@@ -105,6 +109,24 @@ type peer struct {
 	conn     *link // current link, nil when not connected
 	lastErr  string
 	dialDone chan struct{}
+	// sentBefore and recvBefore are the link bytes of the connections
+	// before conn, under mu: with conn's, the totals since the daemon
+	// started.
+	sentBefore, recvBefore uint64
+	// ackLatency measures data frames from their hand-over to the link
+	// to the peer's WriteAck, with the hand-over times in acks (emu).
+	ackLatency latencyHistogram
+	acks       ackTimes
+	// rpoExceeded: the RPO is beyond net.rpo_warning (status publisher
+	// only).
+	rpoExceeded bool
+}
+
+// pendingRequest is an application request submitted and not completed:
+// its completion and, for a write, when it was submitted (else zero).
+type pendingRequest struct {
+	fn        func(error)
+	submitted time.Time
 }
 
 type linkDown struct {
@@ -156,7 +178,7 @@ func (r *resource) Up() error {
 	}
 	r.emu.Lock()
 	r.st, r.engine, r.stopped, r.failed, r.detachedWhy = st, eng, false, nil, ""
-	r.pending = map[core.RequestID]func(error){}
+	r.pending = map[core.RequestID]pendingRequest{}
 	r.progress = map[core.NodeID]*rateMeter{}
 	r.unlockEngine()
 	st.Gate.SetReport(func() { go r.reportSyncFailures(st.Gate) })
@@ -304,6 +326,14 @@ func (r *resource) loop() {
 	engineTick := time.NewTicker(engineTickInterval)
 	defer engineTick.Stop()
 	lastTick := time.Now()
+	// tick tells the engine the time passed up to now; also before a
+	// status snapshot and an administrative call, so that RPO ages are
+	// exact when shown, whatever delayed the last tick.
+	tick := func() {
+		now := time.Now()
+		r.engine.Tick(now.Sub(lastTick))
+		lastTick = now
+	}
 	for {
 		var event func()
 		select {
@@ -312,15 +342,13 @@ func (r *resource) loop() {
 		case ld := <-r.linkDown:
 			event = func() { r.detachLink(ld.link, ld.err) }
 		case fn := <-r.calls:
-			event = fn
+			event = func() { tick(); fn() }
 		case <-persistTick.C:
 			event = r.persistBitmaps
 		case <-statusTick.C:
-			event = r.publishStatus
-		case now := <-engineTick.C:
-			elapsed := now.Sub(lastTick)
-			lastTick = now
-			event = func() { r.engine.Tick(elapsed) }
+			event = func() { tick(); r.publishStatus() }
+		case <-engineTick.C:
+			event = tick
 		case <-r.stop:
 			r.emu.Lock()
 			r.shutdownLoop()
@@ -388,8 +416,8 @@ type completion struct {
 // failPending completes every pending request with err. Called with emu
 // held.
 func (r *resource) failPending(err error) {
-	for id, fn := range r.pending {
-		r.completions = append(r.completions, completion{fn, err})
+	for id, pr := range r.pending {
+		r.completions = append(r.completions, completion{pr.fn, err})
 		delete(r.pending, id)
 	}
 }
@@ -444,6 +472,11 @@ func (r *resource) setConn(p *peer, l *link) {
 		}
 	}
 	r.mu.Lock()
+	if old := p.conn; old != nil && old != l {
+		sent, recv := old.stats()
+		p.sentBefore += sent
+		p.recvBefore += recv
+	}
 	p.conn = l
 	r.mu.Unlock()
 }
@@ -495,12 +528,17 @@ func (r *resource) process() {
 			}
 			r.ops = append(r.ops, localOp{op, pl})
 		}
+		var now time.Time
 		for i := range rd.Messages {
 			m := &rd.Messages[i]
 			if p := r.peers[m.To]; p != nil && p.conn != nil {
 				var pl *payload
 				if m.Frame.Type == wire.TypeData {
 					pl = r.payloads.ref(m.Frame.Payload)
+					if now.IsZero() {
+						now = time.Now()
+					}
+					p.acks.sent(m.Frame.Seq, now)
 				}
 				if p.conn.inline {
 					r.flushes = append(r.flushes, linkChannel{p.conn, p.conn.queue(&m.Frame, pl)})
@@ -510,9 +548,12 @@ func (r *resource) process() {
 			}
 		}
 		for _, c := range rd.Completed {
-			if fn, ok := r.pending[c.ID]; ok {
+			if pr, ok := r.pending[c.ID]; ok {
 				delete(r.pending, c.ID)
-				r.completions = append(r.completions, completion{fn, c.Err})
+				if !pr.submitted.IsZero() && c.Err == nil {
+					r.appWriteLatency.observe(time.Since(pr.submitted))
+				}
+				r.completions = append(r.completions, completion{pr.fn, c.Err})
 			}
 		}
 		for _, dr := range rd.Drop {
@@ -587,7 +628,11 @@ func (r *resource) dropOps() {
 // (executor.carryOut), or ok false if the resource went down meanwhile:
 // then nothing waits for the result.
 func (r *resource) performOp(eng *core.Engine, op localOp) (next work, ok bool) {
+	began := time.Now()
 	data, err := r.do(op.LocalOp)
+	if op.Kind == core.OpWrite && err == nil {
+		r.localWriteLatency.observe(time.Since(began))
+	}
 	r.payloads.release(op.pl)
 	r.emu.Lock()
 	if r.stopped || r.engine != eng {
@@ -736,13 +781,21 @@ func (r *resource) start(ctx context.Context, complete func(error), reqs ...core
 	if len(reqs) > 1 {
 		joined = joinResults(len(reqs), complete)
 	}
+	var now time.Time
 	for i, req := range reqs {
 		r.nextReq++
 		req.ID = r.nextReq
 		if joined != nil {
 			complete = joined.done(i)
 		}
-		r.pending[req.ID] = complete
+		pr := pendingRequest{fn: complete}
+		if req.Kind == core.ReqWrite || req.Kind == core.ReqZeroes || req.Kind == core.ReqTrim {
+			if now.IsZero() {
+				now = time.Now()
+			}
+			pr.submitted = now
+		}
+		r.pending[req.ID] = pr
 		eng.Submit(req)
 	}
 	r.process()
@@ -798,6 +851,11 @@ func (r *resource) receive(l *link, f *wire.Frame, more bool) {
 		return
 	}
 	if p := r.peers[l.peer]; p.conn == l {
+		if f.Type == wire.TypeWriteAck {
+			if d, ok := p.acks.acked(f.Seq, time.Now()); ok {
+				p.ackLatency.observe(d)
+			}
+		}
 		if isPooled(f) {
 			if r.received == nil {
 				r.received = map[*byte]*link{}

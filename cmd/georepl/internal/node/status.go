@@ -43,6 +43,11 @@ type ResourceStatus struct {
 	DiskError string `json:"disk_error,omitempty"`
 	// Quorum is set when the resource has a quorum.
 	Quorum *Quorum `json:"quorum,omitempty"`
+	// AppWriteLatency is the histogram of application writes from
+	// submission to completion, LocalWriteLatency of the backing disk's
+	// writes (not in the JSON: metrics).
+	AppWriteLatency   LatencySnapshot `json:"-"`
+	LocalWriteLatency LatencySnapshot `json:"-"`
 	// TLSValidUntil is when this node's TLS certificate for the resource
 	// expires (nil without one); TLSExpiresSoon, that it does within 30
 	// days.
@@ -101,6 +106,40 @@ type PeerStatus struct {
 	// peer since up, while none runs.
 	LastResync *LastResync `json:"last_resync,omitempty"`
 	LastError  string      `json:"last_error,omitempty"`
+
+	// RPO is what the peer would lack if this node were lost now; set on
+	// a Primary only.
+	RPO *RPO `json:"rpo,omitempty"`
+	// The counters below run since the daemon started (LinkSent,
+	// LinkRecv: every connection's bytes on the wire, after
+	// compression) or since the resource came up (the rest: payload
+	// bytes before compression, application writes, pull-ahead
+	// episodes, split brains).
+	LinkSent      uint64 `json:"link_sent_bytes_total"`
+	LinkRecv      uint64 `json:"link_received_bytes_total"`
+	DataSent      uint64 `json:"data_sent_bytes_total"`
+	DataRecv      uint64 `json:"data_received_bytes_total"`
+	WritesSent    uint64 `json:"writes_sent_total"`
+	WritesRecv    uint64 `json:"writes_received_total"`
+	AheadEpisodes uint64 `json:"pull_ahead_total"`
+	SplitBrains   uint64 `json:"split_brains_total"`
+	// MaxBuffer is the connection's max_buffer: Unacked may reach it.
+	MaxBuffer uint64 `json:"max_buffer_bytes"`
+	// AckLatency is the histogram of the time from handing a data frame
+	// to the link to the peer's WriteAck (not in the JSON).
+	AckLatency LatencySnapshot `json:"-"`
+}
+
+// RPO is a peer's recovery point on a Primary: AgeSeconds is how long ago
+// the oldest write this node completed and the peer lacks (sent and not
+// acknowledged as written, or marked out of sync) was completed, Bytes
+// the bytes sent and not acknowledged plus those marked. Exceeded is set
+// while AgeSeconds is beyond WarningSeconds (net.rpo_warning, 0: none).
+type RPO struct {
+	AgeSeconds     float64 `json:"age_seconds"`
+	Bytes          uint64  `json:"bytes"`
+	WarningSeconds float64 `json:"warning_seconds,omitempty"`
+	Exceeded       bool    `json:"exceeded,omitempty"`
 }
 
 // stateReporter is implemented by transports that have a state of their
@@ -251,6 +290,7 @@ func (r *resource) publishStatus() {
 		st.Role, st.Disk = "Secondary", "Diskless"
 	}
 	st.DiskRead, st.DiskWritten = r.diskRead.Load(), r.diskWritten.Load()
+	st.AppWriteLatency, st.LocalWriteLatency = r.appWriteLatency.snapshot(), r.localWriteLatency.snapshot()
 	byID := map[core.NodeID]core.PeerStatus{}
 	for _, ps := range es.Peers {
 		byID[ps.ID] = ps
@@ -259,6 +299,7 @@ func (r *resource) publishStatus() {
 	for _, p := range sortedPeers(r.peers) {
 		r.mu.Lock()
 		conn, lastErr, wanted := p.conn, p.lastErr, p.wanted
+		sentBefore, recvBefore := p.sentBefore, p.recvBefore
 		r.mu.Unlock()
 		ps := PeerStatus{
 			Name: p.node.Name, ID: p.node.ID, Address: p.node.Address,
@@ -266,6 +307,8 @@ func (r *resource) publishStatus() {
 			Conn: core.StandAlone.String(), Repl: core.ReplOff.String(), Role: core.RoleUnknown.String(), Disk: core.DUnknown.String(),
 			TLS: p.link.Net.TLS.String(), Auth: authOf(p.link.Net),
 			LastError: lastErr,
+			LinkSent:  sentBefore, LinkRecv: recvBefore,
+			MaxBuffer: uint64(p.link.Net.MaxBuffer), AckLatency: p.ackLatency.snapshot(),
 		}
 		if tr, err := r.d.opts.transport(p.link.Net.Transport); err == nil {
 			if sr, ok := tr.(stateReporter); ok {
@@ -281,6 +324,13 @@ func (r *resource) publishStatus() {
 			ps.OutOfSync, ps.Unacked, ps.SameBytes = eps.OutOfSync, eps.Unacked, eps.ResyncSame
 			ps.ResyncPaused = eps.ResyncPaused
 			ps.Verify = verifyStatus(eps.Verify)
+			ps.DataSent, ps.DataRecv = eps.DataSent, eps.DataReceived
+			ps.WritesSent, ps.WritesRecv = eps.WritesSent, eps.WritesReceived
+			ps.AheadEpisodes, ps.SplitBrains = eps.AheadEpisodes, eps.SplitBrains
+			if es.Role == core.Primary {
+				ps.RPO = &RPO{AgeSeconds: eps.RPOAge.Seconds(), Bytes: eps.RPOBytes, WarningSeconds: p.link.Net.RPOWarning.Seconds()}
+			}
+			r.checkRPO(p, ps.RPO, eps.RPOAge)
 			switch {
 			case eps.Conn == core.StandAlone && wanted:
 				ps.Conn = core.Connecting.String()
@@ -325,10 +375,44 @@ func (r *resource) publishStatus() {
 		}
 		if conn != nil {
 			ps.BytesSent, ps.BytesRecv = conn.stats()
+			ps.LinkSent += ps.BytesSent
+			ps.LinkRecv += ps.BytesRecv
 		}
 		st.Peers = append(st.Peers, ps)
 	}
 	r.status.Store(st)
+}
+
+// checkRPO raises rpo-exceeded when the peer's RPO (nil: none, not
+// Primary) crosses its net.rpo_warning, and rpo-ok when it is back within.
+// It runs with each status snapshot (every 250 ms), never on the write
+// path.
+func (r *resource) checkRPO(p *peer, rpo *RPO, age time.Duration) {
+	limit := p.link.Net.RPOWarning
+	exceeded := limit > 0 && rpo != nil && age > limit
+	if rpo != nil {
+		rpo.Exceeded = exceeded
+	}
+	if exceeded == p.rpoExceeded {
+		return
+	}
+	p.rpoExceeded = exceeded
+	ev := Event{Time: time.Now().UTC(), Resource: r.cfg.Name, Node: r.self.Name, Peer: p.node.Name, What: "rpo-exceeded"}
+	if exceeded {
+		ev.Detail = fmt.Sprintf("RPO %s (%s not on the peer) beyond rpo_warning %s", age.Round(time.Millisecond), HumanBytes(rpo.Bytes), limit)
+	} else {
+		ev.What = "rpo-ok"
+		if rpo != nil {
+			ev.Detail = fmt.Sprintf("RPO %s, within rpo_warning %s", age.Round(time.Millisecond), limit)
+		} else {
+			ev.Detail = "no longer Primary"
+		}
+	}
+	r.log.Warn("rpo", "what", ev.What, "peer", ev.Peer, "detail", ev.Detail)
+	r.d.events.publish(ev)
+	if exceeded {
+		r.runRPOHandler(ev, rpo)
+	}
 }
 
 func isClosed(c chan struct{}) bool {

@@ -56,6 +56,16 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 			if p.TransportError != "" {
 				fmt.Fprintf(w, "      transport %s last error: %s\n", p.Transport, p.TransportError)
 			}
+			if p.RPO != nil && (p.Protocol == "A" || p.RPO.Bytes > 0 || p.RPO.AgeSeconds > 0) {
+				warn := ""
+				switch {
+				case p.RPO.Exceeded:
+					warn = fmt.Sprintf(" EXCEEDS rpo_warning %s", rpoAge(p.RPO.WarningSeconds))
+				case p.RPO.WarningSeconds > 0:
+					warn = fmt.Sprintf(" (rpo_warning %s)", rpoAge(p.RPO.WarningSeconds))
+				}
+				fmt.Fprintf(w, "      rpo: %s, %s not on the peer%s\n", rpoAge(p.RPO.AgeSeconds), HumanBytes(p.RPO.Bytes), warn)
+			}
 			if p.Resync != nil {
 				fmt.Fprintf(w, "      resync: %.1f%% (%s of %s, same:%s) rate:%s/s eta:%s\n", p.Resync.Percent,
 					HumanBytes(p.Resync.DoneBytes), HumanBytes(p.Resync.TotalBytes), HumanBytes(p.Resync.SameBytes),
@@ -129,6 +139,9 @@ func WriteProc(w io.Writer, sts []*ResourceStatus) {
 			fmt.Fprintf(w, "    ns:%d nr:%d dw:%d dr:%d al:%d bm:0 lo:0 pe:%d ua:0 ap:%d ep:1 wo:f oos:%d\n",
 				p.BytesSent/1024, p.BytesRecv/1024, st.DiskWritten/1024, st.DiskRead/1024, st.ALWrites,
 				p.Unacked/1024, st.Pending, p.OutOfSync/1024)
+			if p.RPO != nil {
+				fmt.Fprintf(w, "\trpo: %.3f s, %d K\n", p.RPO.AgeSeconds, p.RPO.Bytes/1024)
+			}
 			if p.Resync != nil {
 				const width = 20
 				filled := min(int(p.Resync.Percent*width/100), width)
@@ -140,6 +153,15 @@ func WriteProc(w io.Writer, sts []*ResourceStatus) {
 			minor++
 		}
 	}
+}
+
+// rpoAge renders an RPO age for people: "0s", "1.2s", "2m3s".
+func rpoAge(sec float64) string {
+	d := time.Duration(sec * float64(time.Second))
+	if d < time.Minute {
+		return d.Round(100 * time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
 }
 
 func eta(sec float64) string {
