@@ -57,7 +57,7 @@ install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/georepl
 	@for u in georepl.service georepl@.service; do \
 		sed -e 's|/usr/local/sbin/georepl|$(SBINDIR)/georepl|g' \
-			dist/systemd/$$u > $(BIN).$$u || exit 1; \
+			configs/systemd/$$u > $(BIN).$$u || exit 1; \
 		install -D -m 0644 $(BIN).$$u $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
 		rm -f $(BIN).$$u; \
 	done
@@ -95,13 +95,13 @@ vet:
 # none marked indirect that a package imports.
 tidy-check:
 	$(GO) mod tidy -diff
-	cd tools && $(GO) mod tidy -diff
+	cd cmd/georepl/internal/tools && $(GO) mod tidy -diff
 
-# staticcheck is pinned in tools/go.mod, a module of its own: as a tool of
+# staticcheck is pinned in cmd/georepl/internal/tools/go.mod, a module of its own: as a tool of
 # the main module its requirements would raise the versions of libraries
 # georepl is built with (golang.org/x/net, x/crypto). `go tool` builds it
 # from the module cache, so after the first download it runs offline.
-STATICCHECK := $(GO) tool -modfile=tools/go.mod staticcheck
+STATICCHECK := $(GO) tool -modfile=cmd/georepl/internal/tools/go.mod staticcheck
 staticcheck:
 	$(STATICCHECK) ./...
 	$(STATICCHECK) -tags $(LINTTAGS) ./...

@@ -6,9 +6,11 @@ import (
 	"bytes"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strings"
 	"testing"
 )
@@ -157,4 +159,34 @@ func headingAnchors(t *testing.T, file string) map[string]bool {
 		anchors[a.String()] = true
 	}
 	return anchors
+}
+
+// TestTopLevelLayout: the repository's top level is fixed (docs/architecture.md,
+// "The repository's layout"): a new directory belongs under one of these.
+func TestTopLevelLayout(t *testing.T) {
+	allowedDirs := map[string]bool{".ci": true, "cmd": true, "core": true, "protocols": true, "transports": true,
+		"plugins": true, "kmod": true, "configs": true, "docs": true}
+	allowedFiles := map[string]bool{".gitignore": true, "go.mod": true, "go.sum": true, "Makefile": true,
+		"README.md": true, "repo_test.go": true}
+	// What git tracks: build output and local binaries are not the
+	// repository's (without git, every file but the ignored directories).
+	files := repoFiles(t)
+	if out, err := exec.Command("git", "ls-files").Output(); err == nil {
+		files = strings.Fields(string(out))
+	}
+	for _, f := range files {
+		top, _, nested := strings.Cut(f, "/")
+		if nested && !allowedDirs[top] || !nested && !allowedFiles[top] {
+			t.Errorf("%s: the top level holds only %v and the files %v", f, keys(allowedDirs), keys(allowedFiles))
+		}
+	}
+}
+
+func keys(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }

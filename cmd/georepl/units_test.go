@@ -8,13 +8,13 @@ import (
 	"testing"
 )
 
-// TestSystemdUnitsCallRealCommands checks the systemd units in dist/systemd
+// TestSystemdUnitsCallRealCommands checks the systemd units in configs/systemd
 // against the command line they run: every Exec line names a verb of
 // georepl with flags and arguments it accepts, and the daemon's unit waits
 // for the readiness notification the daemon sends.
 func TestSystemdUnitsCallRealCommands(t *testing.T) {
 	t.Parallel()
-	units, err := filepath.Glob("../../dist/systemd/*.service")
+	units, err := filepath.Glob("../../configs/systemd/*.service")
 	if err != nil || len(units) != 2 {
 		t.Fatalf("units: %v %v; want georepl.service and georepl@.service", units, err)
 	}

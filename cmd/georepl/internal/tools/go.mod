@@ -1,7 +1,7 @@
 // The linters `make lint` runs, pinned. A module of its own, so that their
 // requirements never change the versions of the libraries georepl is built
-// with; the Makefile runs them with go tool -modfile=tools/go.mod.
-module github.com/georepl/georepl/tools
+// with; the Makefile runs them with go tool -modfile=cmd/georepl/internal/tools/go.mod.
+module github.com/georepl/georepl/cmd/georepl/internal/tools
 
 go 1.26.0
 
