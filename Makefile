@@ -19,19 +19,22 @@ GO      ?= go
 BIN     := bin/georepl
 # command:package pairs for the real NBD clients the tests and benchmarks use.
 TOOLS   := fio:fio nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils ip:iproute2 tc:iproute2
+# header:package pairs the RDMA transport plugin (cgo) builds against.
+RDMA_DEV := /usr/include/infiniband/verbs.h:libibverbs-dev /usr/include/rdma/rdma_cma.h:librdmacm-dev
 TESTFLAGS ?=
 
-.PHONY: all build plugins demo test lint vet tidy-check staticcheck fmt-check unit sim deps bench bench-plugins bench-resync soak fuzz vmtest clean
+.PHONY: all build plugins rdma-deps demo test lint vet tidy-check staticcheck fmt-check unit sim deps bench bench-plugins bench-resync soak fuzz vmtest clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/georepl
 
-# The example transport plugins, with the sha256 a plugin block needs.
-# (make test builds them itself, in the tests that use them.)
-PLUGINS := tcp-fd shmring-example
-plugins:
+# The transport plugins, with the sha256 a plugin block needs. (make test
+# builds them itself, in the tests that use them.) rdma uses cgo against
+# libibverbs and librdmacm, whose headers rdma-deps installs.
+PLUGINS := tcp-fd shmring-example rdma
+plugins: rdma-deps
 	@mkdir -p bin/plugins
 	@for p in $(PLUGINS); do \
 		$(GO) build -o bin/plugins/$$p ./plugins/$$p || exit 1; \
@@ -43,9 +46,20 @@ demo: build
 
 # deps installs the Debian packages of real NBD clients (fio, nbdinfo,
 # nbdcopy, qemu-img) and nbdkit, the benchmark baseline, if any is missing.
-deps:
+deps: rdma-deps
 	@missing=""; for t in $(TOOLS); do \
 		command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# rdma-deps installs the headers the rdma plugin builds against (go vet
+# and go test build it too).
+rdma-deps:
+	@missing=""; for h in $(RDMA_DEV); do \
+		[ -e $${h%%:*} ] || missing="$$missing $${h#*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
