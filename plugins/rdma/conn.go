@@ -211,7 +211,11 @@ func (c *conn) handle(wcs []wc) error {
 			if w.status == wcFlushErr {
 				return io.EOF // the peer disconnected the queue pair
 			}
-			return fmt.Errorf("rdma %s failed: %s", map[bool]string{true: "send", false: "receive"}[w.isSend()], wcStatus(w.status))
+			what := "receive"
+			if w.isSend() {
+				what = "send"
+			}
+			return fmt.Errorf("rdma %s failed: %s", what, wcStatus(w.status))
 		}
 		if w.isSend() {
 			if s := w.slot(); s < sendSlots {

@@ -60,6 +60,8 @@ func main() {
 		err = writeFiles(*dir, *n, *size)
 	case "latency":
 		err = latency(*device, *n)
+	case "fill":
+		err = fill(*device, *n)
 	default:
 		err = fmt.Errorf("unknown verb %q", os.Args[1])
 	}
@@ -181,5 +183,30 @@ func latency(device string, n int) error {
 	}
 	slices.Sort(samples)
 	fmt.Printf("@@LATENCY %d %d\n", samples[len(samples)/2].Microseconds(), samples[len(samples)*9/10].Microseconds())
+	return nil
+}
+
+// fill writes n MiB of random data to device in 1 MiB O_DIRECT|O_DSYNC
+// writes from its start and prints the rate in MB/s.
+func fill(device string, n int) error {
+	fd, err := unix.Open(device, unix.O_WRONLY|unix.O_DIRECT|unix.O_DSYNC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	buf, err := unix.Mmap(-1, 0, 1<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(buf)
+	rng := rand.NewChaCha8([32]byte{42})
+	start := time.Now()
+	for i := range n {
+		rng.Read(buf)
+		if _, err := unix.Pwrite(fd, buf, int64(i)<<20); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("@@THROUGHPUT %.1f\n", float64(n<<20)/1e6/time.Since(start).Seconds())
 	return nil
 }
