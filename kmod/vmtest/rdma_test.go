@@ -58,13 +58,42 @@ func addRDMA(root, work, ird string) error {
 		return err
 	}
 	hdr := fmt.Sprintf("plugin \"rdma\" {\n  path   = %q\n  sha256 = \"%x\"\n}\n\n", rdmaPlugin, sha256.Sum256(b))
-	conf := filepath.Join(ird, "etc/georepl/rdma/rdma.hcl")
-	if err := os.MkdirAll(filepath.Dir(conf), 0o755); err != nil {
-		return err
+	failover := failoverResource(`device  = "/dev/nbd0"`)
+	if !strings.Contains(failover, "  net {\n") {
+		return fmt.Errorf("the failover resource has no net block to put the rdma transport in")
 	}
-	return os.WriteFile(conf, []byte(hdr+
-		rdmaResource("rd", "rdma", 7791, "/dev/vda", "/dev/nbd0")+
-		rdmaResource("tc", "tcp", 7792, "/dev/vdb", "/dev/nbd1")), 0o644)
+	for name, text := range map[string]string{
+		"rdma/rdma.hcl": hdr + rdmaResource("rd", "rdma", 7791, "/dev/vda", "/dev/nbd0") +
+			rdmaResource("tc", "tcp", 7792, "/dev/vdb", "/dev/nbd1"),
+		"failover-rdma/r0.hcl": hdr + strings.Replace(failover, "  net {\n", "  net {\n    transport = \"rdma\"\n", 1),
+	} {
+		conf := filepath.Join(ird, "etc/georepl", name)
+		if err := os.MkdirAll(filepath.Dir(conf), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestExt4FailoverRDMA is the ext4 power-loss failover (ext4Failover)
+// with the resource's connection on the rdma transport over Soft-RoCE.
+func TestExt4FailoverRDMA(t *testing.T) {
+	r := getRig(t)
+	scenario(t, "ext4 failover (nbd, rdma)", func(t *testing.T, detail *string) {
+		kind := nbdFailover
+		kind.conf = "/etc/georepl/failover-rdma"
+		kind.check = func(t *testing.T, v *vm) string {
+			nbdFailover.check(t, v)
+			if out := v.must("georepl status r0", time.Minute); !strings.Contains(strings.Join(out, " "), "transport:rdma(running)") {
+				t.Errorf("the connection is not on the rdma transport: %q", out)
+			}
+			return "connection on rdma; "
+		}
+		ext4Failover(t, r, kind, detail)
+	})
 }
 
 // cgoBuild runs `go build` or `go test -c` of pkg into out with cgo.
