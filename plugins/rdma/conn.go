@@ -30,8 +30,13 @@ type conn struct {
 	flow     flow
 	in       [numChans]byteRing
 	freeSend []int
-	err      error // the connection failed: why
-	local    bool  // err came from Close
+	// posted are the send slots posted, oldest first, not yet known
+	// complete. Only some sends ask for a completion (one completion
+	// event less per message when traffic is light): a completion tells
+	// that every send posted before it completed too.
+	posted []int
+	err    error // the connection failed: why
+	local  bool  // err came from Close
 
 	streams [numChans]stream
 	done    chan struct{} // the completion loop ended and freed the verbs
@@ -132,9 +137,9 @@ func (c *conn) watchTCP() {
 // poller, after spinning on the queue for pollFor if that is set.
 func (c *conn) completions() {
 	defer close(c.done)
+	// The loop ends once failed() saw c.err set, under c.mu: no writer
+	// or reader posts from then on.
 	defer func() {
-		c.mu.Lock() // no writer posts from now on: c.err is set
-		c.mu.Unlock()
 		disconnectID(c.id)
 		c.cc.Close()
 		c.v.destroy()
@@ -218,8 +223,8 @@ func (c *conn) handle(wcs []wc) error {
 			return fmt.Errorf("rdma %s failed: %s", what, wcStatus(w.status))
 		}
 		if w.isSend() {
-			if s := w.slot(); s < sendSlots {
-				c.freeSend = append(c.freeSend, s)
+			if err := c.sendCompleted(w.slot()); err != nil {
+				return err
 			}
 			continue
 		}
@@ -258,14 +263,29 @@ func (c *conn) sendCreditLocked() error {
 	return c.sendLocked(h, nil)
 }
 
-// sendLocked posts h and payload from a free send slot.
+// sendLocked posts h and payload from a free send slot. It asks for a
+// completion once half the slots are posted: the other half stays free
+// until it comes.
 func (c *conn) sendLocked(h header, payload []byte) error {
 	slot := c.freeSend[len(c.freeSend)-1]
 	c.freeSend = c.freeSend[:len(c.freeSend)-1]
 	b := c.v.sendSlot(slot)
 	h.put(b)
 	copy(b[hdrSize:], payload)
-	return c.v.postSend(slot, hdrSize+len(payload))
+	c.posted = append(c.posted, slot)
+	return c.v.postSend(slot, hdrSize+len(payload), len(c.posted) >= sendSlots/2)
+}
+
+// sendCompleted frees slot and every slot posted before it.
+func (c *conn) sendCompleted(slot int) error {
+	for i, s := range c.posted {
+		if s == slot {
+			c.freeSend = append(c.freeSend, c.posted[:i+1]...)
+			c.posted = append(c.posted[:0], c.posted[i+1:]...)
+			return nil
+		}
+	}
+	return fmt.Errorf("rdma: a completion for send slot %d, which is not posted", slot)
 }
 
 // stream is one channel of a conn.

@@ -212,11 +212,12 @@ static int gr_post_recv(struct grq *q, int i) {
 	return ibv_post_recv(q->id->qp, &wr, &bad);
 }
 
-// gr_post_send sends len bytes of send slot i (slot nrecv+i of the buffer).
-static int gr_post_send(struct grq *q, int i, uint32_t len) {
+// gr_post_send sends len bytes of send slot i (slot nrecv+i of the
+// buffer), with a completion if signaled.
+static int gr_post_send(struct grq *q, int i, uint32_t len, int signaled) {
 	struct ibv_sge sge = { .addr = (uintptr_t)(q->buf + (size_t)(q->nrecv + i) * q->slot), .length = len, .lkey = q->mr->lkey };
 	struct ibv_send_wr wr = { .wr_id = ((uint64_t)1 << 32) | (uint64_t)i, .sg_list = &sge, .num_sge = 1,
-		.opcode = IBV_WR_SEND, .send_flags = IBV_SEND_SIGNALED }, *bad;
+		.opcode = IBV_WR_SEND, .send_flags = signaled ? IBV_SEND_SIGNALED : 0 }, *bad;
 	return ibv_post_send(q->id->qp, &wr, &bad);
 }
 
@@ -354,8 +355,12 @@ func (v *verbs) postRecv(i int) error {
 	return nil
 }
 
-func (v *verbs) postSend(i, n int) error {
-	if r := C.gr_post_send(v.q, C.int(i), C.uint32_t(n)); r != 0 {
+func (v *verbs) postSend(i, n int, signaled bool) error {
+	sig := C.int(0)
+	if signaled {
+		sig = 1
+	}
+	if r := C.gr_post_send(v.q, C.int(i), C.uint32_t(n), sig); r != 0 {
 		return fmt.Errorf("post an RDMA send: %w", syscall.Errno(r))
 	}
 	return nil
