@@ -110,7 +110,7 @@ unit:
 # In CI (CI=true) the tests also fuzz every target briefly (see fuzz) and
 # boot the VM rig: every scenario but the long in-guest kmod/ublk suite,
 # the three-minute quorum hold (TestQuorumHold) and the rdma scenarios
-# (TestRDMA: 9 minutes under load; TestExt4FailoverRDMA), which `make
+# (TestRDMA: 5 to 9 minutes; TestExt4FailoverRDMA: 8), which `make
 # vmtest` runs: with them CI would pass its 25 minutes.
 VMTEST_CI := -test.run 'TestExt4Failover|TestWANLatency|TestUblk/ext4|WAN|restart|TestLogicalBlockSize'
 

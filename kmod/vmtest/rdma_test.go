@@ -82,7 +82,7 @@ func addRDMA(root, work, ird string) error {
 // with the resource's connection on the rdma transport over Soft-RoCE.
 func TestExt4FailoverRDMA(t *testing.T) {
 	r := getRig(t)
-	scenario(t, "ext4 failover (nbd, rdma)", func(t *testing.T, detail *string) {
+	scenario(t, "ext4 failover (nbd over rdma)", func(t *testing.T, detail *string) {
 		kind := nbdFailover
 		kind.conf = "/etc/georepl/failover-rdma"
 		kind.check = func(t *testing.T, v *vm) string {
@@ -141,9 +141,11 @@ func rdmaResource(name, transport string, port int, disk, device string) string 
 //     pairs, looped back by rxe);
 //   - replication: resource rd with transport = "rdma" under protocol C
 //     between the two guests, beside resource tc on tcp in the same VMs:
-//     4 KiB O_DIRECT|O_DSYNC write latency and 1 MiB write throughput
-//     through /dev/nbd0 (rdma) and /dev/nbd1 (tcp), then both disks'
-//     data areas compared byte for byte after a clean shutdown.
+//     4 KiB O_DIRECT|O_DSYNC write latency, 4 KiB IOPS from 16 writers
+//     and 1 MiB write throughput through /dev/nbd0 (rdma) and /dev/nbd1
+//     (tcp); then the primary's plugin SIGKILLed mid-write
+//     (rdmaPluginKilled); then both disks' data areas compared byte for
+//     byte after a clean shutdown, and what fill wrote checked on both.
 func TestRDMA(t *testing.T) {
 	r := getRig(t)
 	dir := t.TempDir()
@@ -234,8 +236,18 @@ func rdmaReplication(t *testing.T, alpha, bravo *vm, imgs map[string]string, det
 		mbps, _ := strconv.ParseFloat(v, 64)
 		return mbps
 	}
+	iops := func(dev string) float64 {
+		out := alpha.must("vmguest iops -n 400 -qd 16 -device "+dev, 10*time.Minute)
+		v, ok := lineWith(out, "@@IOPS ")
+		if !ok {
+			t.Fatalf("no IOPS from %s: %q", dev, out)
+		}
+		n, _ := strconv.ParseFloat(v, 64)
+		return n
+	}
 	rdMed, rdP90 := latency("/dev/nbd0")
 	tcMed, tcP90 := latency("/dev/nbd1")
+	rdIOPS, tcIOPS := iops("/dev/nbd0"), iops("/dev/nbd1")
 	rdTput, tcTput := throughput("/dev/nbd0"), throughput("/dev/nbd1")
 	out = alpha.must("echo @@SIZE $(blockdev --getsize64 /dev/nbd0)", time.Minute)
 	sizeStr, _ := lineWith(out, "@@SIZE ")
@@ -267,8 +279,8 @@ func rdmaReplication(t *testing.T, alpha, bravo *vm, imgs map[string]string, det
 			t.Errorf("%s: acknowledged data differs at byte %d", img, off)
 		}
 	}
-	*detail = fmt.Sprintf("initial sync of %d+%d MiB (rdma+tcp) %s; 4 KiB O_DIRECT|O_DSYNC write median/p90: rdma %d/%d µs, tcp %d/%d µs; 1 MiB O_DSYNC writes: rdma %.1f MB/s, tcp %.1f MB/s; %s; data areas identical=%v",
-		size>>20, size>>20, syncTook.Round(time.Second), rdMed, rdP90, tcMed, tcP90, rdTput, tcTput, killed, same)
+	*detail = fmt.Sprintf("initial sync of %d+%d MiB (rdma+tcp) %s; 4 KiB O_DIRECT|O_DSYNC write median/p90: rdma %d/%d µs, tcp %d/%d µs; 4 KiB QD16: rdma %.0f IOPS, tcp %.0f IOPS; 1 MiB O_DSYNC writes: rdma %.1f MB/s, tcp %.1f MB/s; %s; data areas identical=%v",
+		size>>20, size>>20, syncTook.Round(time.Second), rdMed, rdP90, tcMed, tcP90, rdIOPS, tcIOPS, rdTput, tcTput, killed, same)
 }
 
 // killFillMiB is what the primary writes while its plugin is killed.
