@@ -167,8 +167,15 @@ func TestRDMA(t *testing.T) {
 		v.must("rdma link show | grep -q 'rxe0.*ACTIVE' || { rdma link show; dmesg | tail -20; false; }", time.Minute)
 	}
 	scenario(t, "rdma conformance (rxe)", func(st *testing.T, detail *string) {
-		alpha.t = st
-		defer func() { alpha.t = t }()
+		alpha.t, bravo.t = st, st
+		defer func() { alpha.t, bravo.t = t, t }()
+		// Meanwhile bravo, idle, shows the error of a host whose rdma_rxe
+		// has no device, then gets rxe0 back.
+		bravoOut := make(chan []string, 1)
+		go func() {
+			out, _ := bravo.sh(fmt.Sprintf("rdma link delete rxe0; %s -test.run TestNoDeviceError -test.v 2>&1 | grep -E '^ *(--- |proto_test)'; rdma link add rxe0 type rxe netdev eth0; sleep 1; rdma link show", rdmaTest), 5*time.Minute)
+			bravoOut <- out
+		}()
 		out, rc := alpha.sh(fmt.Sprintf("cd /tmp && GEOREPL_RDMA_ADDR=10.0.0.1:0 GEOREPL_RDMA_PLUGIN=%s %s -test.run TestConformance -test.v -test.timeout 20m 2>&1 | grep -E '^ *(=== RUN|--- |PASS|FAIL|ok|panic)|rdma_test|suite.go' ; cd /", rdmaPlugin, rdmaTest), 25*time.Minute)
 		passed, failed := 0, 0
 		for _, l := range out {
@@ -192,7 +199,18 @@ func TestRDMA(t *testing.T) {
 				large = fmt.Sprintf("; LargeTransfer's 64 MiB in %.1fs (%.1f MB/s)", secs, 64*1.048576/secs)
 			}
 		}
-		*detail = fmt.Sprintf("%d subtests passed, %d failed, over rxe0 on alpha's eth0%s", passed, failed, large)
+		diag := <-bravoOut
+		noDevice := ""
+		for _, l := range diag {
+			if _, msg, ok := strings.Cut(l, "proto_test.go:"); ok {
+				_, noDevice, _ = strings.Cut(msg, ": ") // after the line number
+			}
+		}
+		if all := strings.Join(diag, "\n"); !strings.Contains(all, "--- PASS: TestNoDeviceError") || !strings.Contains(all, "rxe0") || !strings.Contains(all, "ACTIVE") {
+			st.Errorf("bravo without rxe0, then with it again: %q", diag)
+		}
+		st.Logf("bravo without rxe0: %q", diag)
+		*detail = fmt.Sprintf("%d subtests passed, %d failed, over rxe0 on alpha's eth0%s; bravo with rdma_rxe and no device: %q", passed, failed, large, noDevice)
 	})
 	scenario(t, "rdma replication (protocol C)", func(st *testing.T, detail *string) {
 		alpha.t, bravo.t = st, st

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -130,14 +132,23 @@ func TestFlowCreditRoundTrip(t *testing.T) {
 }
 
 // TestNoDeviceError: where the kernel has no RDMA device, Listen and
-// Dial say so and how to add one, instead of failing deep in librdmacm.
+// Dial say so and how to add one, instead of failing deep in librdmacm;
+// where rdma_rxe is loaded but has no device (the VM rig deletes rxe0 to
+// see it), they give the `rdma link add` command.
 func TestNoDeviceError(t *testing.T) {
 	if n, err := numDevices(); err == nil && n > 0 {
 		t.Skipf("this machine has %d RDMA devices: the error cannot be seen here", n)
 	}
-	_, err := (&transport{}).Listen("127.0.0.1:0", transportsOptions())
+	tr := &transport{}
+	_, err := tr.Listen("127.0.0.1:0", transportsOptions())
 	if !errors.Is(err, errNoDevice) {
 		t.Fatalf("Listen without an RDMA device: %v; want errNoDevice", err)
 	}
 	t.Log(err)
+	if moduleLoaded(sysRoot, "rdma_rxe") && !strings.Contains(err.Error(), "rdma link add rxe0 type rxe netdev") {
+		t.Errorf("rdma_rxe is loaded without a device, and the error does not give the rdma link add command: %v", err)
+	}
+	if _, err := tr.Dial(context.Background(), "127.0.0.1:1", transportsOptions()); !errors.Is(err, errNoDevice) {
+		t.Errorf("Dial without an RDMA device: %v; want errNoDevice", err)
+	}
 }
