@@ -42,6 +42,7 @@ var depRules = []struct {
 	{"plugins/tcp-fd", []string{"transports", "plugins/internal/control", "plugins/internal/ring", "plugins/sdk"}},
 	{"plugins/tcp-dscp", []string{"transports", "plugins/internal/control", "plugins/internal/ring", "plugins/sdk"}},
 	{"plugins/shmring-example", []string{"transports", "transports/tcp", "plugins/internal/control", "plugins/internal/ring", "plugins/sdk"}},
+	{"plugins/rdma", []string{"transports", "plugins/internal/control", "plugins/internal/ring", "plugins/sdk"}},
 	{"kmod", nil},
 	{"kmod/nbd", []string{"kmod"}},
 	{"kmod/nbdkernel", []string{"kmod", "kmod/nbd"}},

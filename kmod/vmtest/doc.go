@@ -32,6 +32,13 @@
 //   - daemon restart (reattach): the primary's daemon is SIGKILLed with a
 //     write in flight on /dev/nbd0; started again, it hands the kernel new
 //     sockets (NBD_CMD_RECONFIGURE) and the write completes.
+//   - rdma (rdma_test.go): Soft-RoCE (rdma_rxe) on each guest's eth0; the
+//     transport conformance suite on the rdma plugin inside alpha; a
+//     protocol C resource with transport = "rdma" between the guests
+//     beside one on tcp (4 KiB sync write latency and 1 MiB write rate of
+//     each), the primary's plugin SIGKILLed mid-write with every
+//     acknowledged write on both disks after the resync; and the ext4
+//     failover above with its connection on rdma (TestExt4FailoverRDMA).
 //
 // ublk_test.go adds kmod/ublk's kernel tests (in the guest) and the ublk
 // ext4 failover.
@@ -42,8 +49,10 @@
 // The serial console of each VM is logged to .cache/vm/logs/.
 //
 // The guest side is an initramfs holding busybox, the kernel modules the
-// scenarios need, a static georepl, vmguest (./guest), e2fsprogs and tc with
-// their libraries, and an /init that brings up the network and leaves a
-// shell on the console. The host drives each VM through that shell: every
-// command ends with a marker line carrying its exit status.
+// scenarios need, a static georepl, vmguest (./guest), e2fsprogs, tc and
+// rdma with their libraries, the rdma plugin (cgo) and its test binary
+// with theirs and libibverbs' Soft-RoCE provider, and an /init that brings
+// up the network (rxe0 on eth0 included) and leaves a shell on the
+// console. The host drives each VM through that shell: every command ends
+// with a marker line carrying its exit status.
 package vmtest

@@ -28,6 +28,8 @@ hostname "$NODE"
 ip link set lo up
 ip addr add "$IP/24" dev eth0
 ip link set eth0 up
+# Soft-RoCE on eth0, for the rdma transport plugin.
+rdma link add rxe0 type rxe netdev eth0 || echo "@@WARN rdma link add rxe0 failed"
 mkdir -p /run/georepl
 
 cat >/etc/rig.sh <<'RIG'

@@ -46,7 +46,12 @@ func repoRoot() (string, error) {
 // getrandom while the kernel generates entropy by rescheduling in a tight
 // loop, and there the TCG guest once died of an oops (int3 in
 // sched_clock_cpu, a code patch racing the other virtual CPU).
-var guestModules = []string{"virtio_rng", "virtio_blk", "virtio_net", "crc32c_generic", "ext4", "sch_netem"}
+// rdma_rxe (Soft-RoCE) and rdma_ucm (the RDMA CM for user space) are the
+// rdma transport plugin's: /init adds an rxe device on eth0. rxe computes
+// its packets' ICRC with the crypto API's crc32 (crc32_generic), which it
+// does not depend on by symbol: without a modprobe to load it on demand,
+// `rdma link add` fails with ENOENT.
+var guestModules = []string{"virtio_rng", "virtio_blk", "virtio_net", "crc32c_generic", "ext4", "sch_netem", "crc32_generic", "rdma_rxe", "rdma_ucm"}
 
 // kernelModules are installed under /lib/modules for georepl to load.
 var kernelModules = []string{"nbd", "ublk_drv"}
@@ -109,6 +114,9 @@ func buildRig() (*rig, error) {
 		}
 	}
 	if err := copyFile("/etc/mke2fs.conf", filepath.Join(ird, "etc/mke2fs.conf"), 0o644); err != nil {
+		return nil, err
+	}
+	if err := addRDMA(root, r.work, ird); err != nil {
 		return nil, err
 	}
 	// Modules: decompressed, dependencies first.
@@ -189,6 +197,12 @@ func copyWithLibs(prog, root string) error {
 	if err := copyFile(prog, filepath.Join(root, prog), 0o755); err != nil {
 		return err
 	}
+	return copyLibs(prog, root)
+}
+
+// copyLibs copies into root every library ldd lists for prog (and the
+// loader), at their paths.
+func copyLibs(prog, root string) error {
 	out, err := exec.Command("ldd", prog).Output()
 	if err != nil {
 		return fmt.Errorf("ldd %s: %w", prog, err)

@@ -18,6 +18,11 @@ command -v cpio >/dev/null 2>&1 || need="$need cpio"
 command -v xz >/dev/null 2>&1 || need="$need xz-utils"
 command -v depmod >/dev/null 2>&1 || need="$need kmod"
 command -v file >/dev/null 2>&1 || need="$need file"
+# The rdma transport plugin (cgo), its provider for Soft-RoCE, and rdma(8).
+[ -e /usr/include/infiniband/verbs.h ] || need="$need libibverbs-dev"
+[ -e /usr/include/rdma/rdma_cma.h ] || need="$need librdmacm-dev"
+[ -e /etc/libibverbs.d/rxe.driver ] || need="$need ibverbs-providers"
+command -v rdma >/dev/null 2>&1 || need="$need iproute2"
 
 src=/etc/apt/sources.list.d/debian.sources
 bp=/etc/apt/sources.list.d/georepl-backports.sources

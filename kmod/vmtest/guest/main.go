@@ -41,6 +41,7 @@ func main() {
 	conns := fs.Int("connections", 0, "sockets handed to the kernel (0: nbdkernel's default, 1)")
 	dir := fs.String("dir", "/mnt", "directory to write files in")
 	n := fs.Int("n", 50, "count")
+	qd := fs.Int("qd", 16, "writers at once (iops)")
 	size := fs.Int("size", 64<<10, "file size in bytes")
 	fs.Parse(os.Args[2:])
 
@@ -60,6 +61,10 @@ func main() {
 		err = writeFiles(*dir, *n, *size)
 	case "latency":
 		err = latency(*device, *n)
+	case "fill":
+		err = fill(*device, *n)
+	case "iops":
+		err = iops(*device, *n, *qd)
 	default:
 		err = fmt.Errorf("unknown verb %q", os.Args[1])
 	}
@@ -181,5 +186,68 @@ func latency(device string, n int) error {
 	}
 	slices.Sort(samples)
 	fmt.Printf("@@LATENCY %d %d\n", samples[len(samples)/2].Microseconds(), samples[len(samples)*9/10].Microseconds())
+	return nil
+}
+
+// fill writes n MiB of random data to device in 1 MiB O_DIRECT|O_DSYNC
+// writes from its start and prints the rate in MB/s.
+func fill(device string, n int) error {
+	fd, err := unix.Open(device, unix.O_WRONLY|unix.O_DIRECT|unix.O_DSYNC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	buf, err := unix.Mmap(-1, 0, 1<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(buf)
+	rng := rand.NewChaCha8([32]byte{42})
+	start := time.Now()
+	for i := range n {
+		rng.Read(buf)
+		if _, err := unix.Pwrite(fd, buf, int64(i)<<20); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("@@THROUGHPUT %.1f\n", float64(n<<20)/1e6/time.Since(start).Seconds())
+	return nil
+}
+
+// iops writes n 4 KiB blocks to device with O_DIRECT|O_DSYNC from qd
+// writers at once (a queue depth of qd), each on its own blocks, and
+// prints the writes per second.
+func iops(device string, n, qd int) error {
+	fd, err := unix.Open(device, unix.O_WRONLY|unix.O_DIRECT|unix.O_DSYNC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	errs := make(chan error, qd)
+	start := time.Now()
+	for w := range qd {
+		go func() {
+			buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer unix.Munmap(buf)
+			for i := w; i < n; i += qd {
+				buf[0] = byte(i)
+				if _, err := unix.Pwrite(fd, buf, int64(i%4096)*4096); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range qd {
+		if err := <-errs; err != nil {
+			return err
+		}
+	}
+	fmt.Printf("@@IOPS %.0f\n", float64(n)/time.Since(start).Seconds())
 	return nil
 }

@@ -1,0 +1,32 @@
+package main
+
+import (
+	"os"
+	"testing"
+
+	"github.com/georepl/georepl/plugins/plugintest"
+	"github.com/georepl/georepl/transports"
+	"github.com/georepl/georepl/transports/transporttest"
+)
+
+func transportsOptions() transports.Options { return transports.Options{} }
+
+// TestConformance runs the transport conformance suite on the plugin
+// binary over real RDMA verbs. It needs an RDMA device, so it runs where
+// GEOREPL_RDMA_ADDR names an address on an interface with one (the VM
+// rig sets it, with Soft-RoCE: kmod/vmtest's TestRDMA), listening on
+// port 0 of it; GEOREPL_RDMA_PLUGIN may name a plugin binary built
+// already (a guest has no Go toolchain).
+func TestConformance(t *testing.T) {
+	addr := os.Getenv("GEOREPL_RDMA_ADDR")
+	if addr == "" {
+		t.Skip("GEOREPL_RDMA_ADDR is not set: no RDMA device to run on (make vmtest runs it over Soft-RoCE)")
+	}
+	bin := os.Getenv("GEOREPL_RDMA_PLUGIN")
+	if bin == "" {
+		bin = plugintest.Build(t, "github.com/georepl/georepl/plugins/rdma")
+	}
+	transporttest.Run(t, func(t *testing.T) (transports.Transport, string) {
+		return plugintest.Start(t, "rdma", bin), addr
+	})
+}
