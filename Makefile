@@ -129,9 +129,11 @@ lint: fmt-check vet tidy-check staticcheck
 # The invariants tag turns on the engine's expensive self-checks.
 # -count=1: never a cached pass. The cluster tests run real processes and
 # clients (fio, qemu-io) whose behaviour the cache cannot see, and a flaky
-# test must be able to show itself on every run.
+# test must be able to show itself on every run. The timeout guards against
+# a hang: cmd/georepl's process-level cluster tests take about 15 minutes
+# under the race detector on two cores.
 unit:
-	$(GO) test -count=1 -race -tags invariants -timeout 20m $(TESTFLAGS) ./...
+	$(GO) test -count=1 -race -tags invariants -timeout 30m $(TESTFLAGS) ./...
 
 # In CI (CI=true) the tests also fuzz every target briefly (see fuzz) and
 # boot the VM rig: every scenario but the long in-guest kmod/ublk suite,
