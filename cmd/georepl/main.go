@@ -20,11 +20,13 @@ import (
 	"syscall"
 	"time"
 
+	tea "github.com/charmbracelet/bubbletea"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
 	"github.com/georepl/georepl/cmd/georepl/internal/admin"
 	"github.com/georepl/georepl/cmd/georepl/internal/node"
+	"github.com/georepl/georepl/cmd/georepl/internal/top"
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/transports/builtin"
@@ -105,8 +107,43 @@ writes through its peers in sync. Refused on a Primary with no peer in sync. The
 attach: 'georepl down' and 'georepl up' reattach the disk, which is then resynchronised in
 full.`),
 		verifyCmd(), statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd(), checkCmd(),
-		pluginsCmd(), pluginServeCmd())
+		pluginsCmd(), pluginServeCmd(), topCmd())
 	return root
+}
+
+func topCmd() *cobra.Command {
+	var count int
+	cmd := &cobra.Command{
+		Use:   "top",
+		Short: "A live view of every resource and peer, refreshed every second",
+		Long: `Show every resource of the daemon and every peer: roles, connection and disk states,
+throughput, out-of-sync bytes and resync progress with its ETA, refreshed every second.
+On a terminal: up/down (or k/j) select a peer, p pauses the resync to it (pause-sync),
+r resumes it (resume-sync), q quits. When standard output is not a terminal, the same
+status is printed as plain lines every second (--count N: N times, then exit).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fetch := func(ctx context.Context) ([]*node.ResourceStatus, error) {
+				var sts []*node.ResourceStatus
+				err := admin.Call(ctx, adminPath(cmd), admin.Request{Verb: "status"}, func(r admin.Reply) error {
+					return json.Unmarshal(r.Data, &sts)
+				})
+				return sts, err
+			}
+			out := cmd.OutOrStdout()
+			f, isFile := out.(*os.File)
+			if !isFile || !isTerminal(f) || count > 0 {
+				return top.RunPlain(cmd.Context(), out, fetch, count)
+			}
+			control := func(ctx context.Context, verb, res, peer string) error {
+				return admin.Call(ctx, adminPath(cmd), admin.Request{Verb: verb, Resource: res, Peer: peer}, func(admin.Reply) error { return nil })
+			}
+			_, err := tea.NewProgram(top.New(fetch, control), tea.WithAltScreen(), tea.WithContext(cmd.Context())).Run()
+			return err
+		},
+	}
+	cmd.Flags().IntVar(&count, "count", 0, "print the status as plain lines this many times, then exit")
+	return cmd
 }
 
 func defaultAdmin() string {
