@@ -146,10 +146,17 @@ func DataStreamOf(ctx context.Context) (handoff uint64, ch transports.Channel, e
 	return handoff, transports.Channel(n), nil
 }
 
+// MsgStream is what the chunk helpers need of a gRPC stream; a
+// grpc.ClientStream and a grpc.ServerStream both are one.
+type MsgStream interface {
+	SendMsg(m any) error
+	RecvMsg(m any) error
+}
+
 // SendChunks sends p on s as chunks of at most MaxChunk bytes, copied
 // into pooled buffers (gRPC may still hold a message after SendMsg
 // returned, and the caller may reuse p at once).
-func SendChunks(s grpc.Stream, p []byte) (int, error) {
+func SendChunks(s MsgStream, p []byte) (int, error) {
 	sent := 0
 	for len(p) > 0 {
 		n := min(len(p), MaxChunk)
@@ -164,7 +171,7 @@ func SendChunks(s grpc.Stream, p []byte) (int, error) {
 // ChunkReader reads the bytes of a Data stream's chunks. One goroutine
 // reads at a time.
 type ChunkReader struct {
-	Stream grpc.Stream
+	Stream MsgStream
 	r      mem.Reader
 }
 
@@ -192,7 +199,7 @@ func (cr *ChunkReader) Read(p []byte) (int, error) {
 
 // WriteChunks receives chunks from s and writes their bytes to w until
 // either fails; it returns nil when the peer ended the stream cleanly.
-func WriteChunks(w io.Writer, s grpc.Stream) error {
+func WriteChunks(w io.Writer, s MsgStream) error {
 	for {
 		var c Chunk
 		if err := s.RecvMsg(&c); err != nil {
