@@ -27,7 +27,8 @@
 //     completed; a power loss keeps, for each 4 KiB page, any one of the
 //     versions it went through since it was last durable; a process
 //     crash keeps everything. Every read, write and flush of the data
-//     disk waits until the scheduler completes it, and not before its
+//     disk (but the first attach's, on a disk nothing was written to)
+//     waits until the scheduler completes it, and not before its
 //     latency passed (none for most reads and writes, some milliseconds
 //     for a few, and for every flush); the metadata file's complete at
 //     once (the node performs them holding locks, and synctest sees a

@@ -850,9 +850,14 @@ func (w *world) write(first uint64, n int, fua bool) {
 		defer w.mu.Unlock()
 		op.done = true
 		at := w.m.tick()
+		// A reply of a process that crashed (its daemon is closed in
+		// the background, after the fence failed its disk I/O) reaches
+		// no application: a crash breaks the connection to the device
+		// first, and the write's fate is unknown.
+		lost := op.inc.dead
 		for _, x := range ws {
 			delete(w.inFlight, x.Block)
-			if err != nil {
+			if err != nil || lost {
 				x.failed = true
 				continue
 			}
@@ -862,6 +867,10 @@ func (w *world) write(first uint64, n int, fua bool) {
 				x.durableAlso([]string{p.name})
 				x.durableAlso(w.ofProtocol(p, x.acked, "C"))
 			}
+		}
+		if lost {
+			w.trace.add("client", fmt.Sprintf("write %d on %s (blocks %d+%d): its process crashed; the daemon's late reply (%v) is not seen", ws[0].Seq, p.name, first, n, errText(err)))
+			return
 		}
 		w.trace.add("client", fmt.Sprintf("write %d done on %s (blocks %d+%d): %v; acknowledged by %v", ws[0].Seq, p.name, first, n, errText(err), ws[0].acked))
 	}()
@@ -883,6 +892,10 @@ func (w *world) flush() {
 		w.mu.Lock()
 		defer w.mu.Unlock()
 		op.done = true
+		if op.inc.dead { // as for a write: no application sees it
+			w.trace.add("client", fmt.Sprintf("flush issued at %d on %s: its process crashed; the daemon's late reply (%v) is not seen", op.issuedAt, p.name, errText(err)))
+			return
+		}
 		if err == nil {
 			w.m.flushed(op.t, op.issuedAt, append([]string{p.name}, stillConnected(atIssue)...))
 		}

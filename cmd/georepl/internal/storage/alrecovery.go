@@ -16,10 +16,13 @@ import (
 // both and empties the log. It returns the number of extents marked; a log
 // damaged in both slots marks every extent.
 //
-// syncData flushes the data disk first. After a process crash (not a power
-// loss) the dead process's writes may still sit in the page cache; once the
-// log is empty nothing records them, and a resync that clears their marks
-// followed by a power loss would lose them unrecorded.
+// syncData flushes the data disk first, whatever the log holds. After a
+// process crash (not a power loss) the dead process's writes may still sit
+// in the page cache; once the log is empty nothing records them, and a
+// resync that clears their marks followed by a power loss would lose them
+// unrecorded. A clean log does not rule them out: create-md after the
+// crash empties the log those writes were in, and a forced promotion then
+// takes them into a generation with nothing covering them.
 func recoverActivityLog(store *meta.Store, peers []core.NodeID, syncData func() error) (marked int, err error) {
 	extents, err := store.ReadActivityLog()
 	if errors.Is(err, meta.ErrCorrupt) {
@@ -30,11 +33,11 @@ func recoverActivityLog(store *meta.Store, peers []core.NodeID, syncData func() 
 	} else if err != nil {
 		return 0, err
 	}
+	if err := syncData(); err != nil {
+		return 0, fmt.Errorf("flushing the data disk a previous process may have left writes in the page cache of: %w", err)
+	}
 	if len(extents) == 0 {
 		return 0, nil
-	}
-	if err := syncData(); err != nil {
-		return 0, fmt.Errorf("flushing the data disk before the log's extents are marked: %w", err)
 	}
 	sb := store.Superblock()
 	marks := core.NewBitmap(store.BitmapBits())

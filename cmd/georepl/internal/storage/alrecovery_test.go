@@ -33,7 +33,7 @@ func TestRecoverActivityLog(t *testing.T) {
 		syncs++
 		return nil
 	}
-	if n, err := recoverActivityLog(st, []core.NodeID{1, 2}, syncData); err != nil || n != 0 {
+	if n, err := recoverActivityLog(st, []core.NodeID{1, 2}, func() error { return nil }); err != nil || n != 0 {
 		t.Fatalf("clean log: %d, %v", n, err)
 	}
 	if err := st.WriteActivityLog([]uint64{1, 15}); err != nil {
@@ -75,5 +75,27 @@ func TestRecoverActivityLog(t *testing.T) {
 	}
 	if got := storagetest.ActivityLogOnDisk(t, path); len(got) != 0 {
 		t.Errorf("log after recovery: %v, want empty", got)
+	}
+}
+
+// TestRecoverActivityLogFlushesCleanLog: an empty log does not mean the
+// data disk holds nothing volatile. A process that crashed may have left
+// writes in the page cache that only its log named, and create-md (the
+// operator discarding the node's metadata) then empties that log: unless
+// attach flushes the data disk, a later generation (a forced promotion)
+// takes those writes into its data with nothing recording them, and a
+// power loss drops them on this node alone.
+func TestRecoverActivityLogFlushesCleanLog(t *testing.T) {
+	_, st := storagetest.NewMeta(t, alTestExtents)
+	syncs := 0
+	if n, err := recoverActivityLog(st, []core.NodeID{1, 2}, func() error { syncs++; return nil }); err != nil || n != 0 {
+		t.Fatalf("clean log: %d, %v", n, err)
+	}
+	if syncs != 1 {
+		t.Errorf("attach with a clean log flushed the data disk %d times, want once", syncs)
+	}
+	failed := errors.New("injected flush failure")
+	if _, err := recoverActivityLog(st, []core.NodeID{1, 2}, func() error { return failed }); !errors.Is(err, failed) {
+		t.Errorf("clean log with a failing flush: %v, want the flush's error", err)
 	}
 }
