@@ -144,7 +144,11 @@
 // this way are tied to the generation the secondary was in when the first
 // of them arrived. So a resync between secondaries after a switchover or
 // a failover covers what one of them missed, although no node in the
-// resync is the Primary that marked it.
+// resync is the Primary that marked it. A barrier that names a secondary
+// and a peer as holders clears the secondary's marks for the peer, but
+// not before its Seq reaches the last write the secondary marked when the
+// same Primary was demoted or lost (peer.unconfirmedMarked): promoted
+// again, it may still have those writes on their way to that peer.
 //
 // # Generation ids
 //
