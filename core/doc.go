@@ -352,8 +352,11 @@
 // it, for every peer its source does not name in ResyncDone's holder set
 // (as in a barrier: the nodes in sync with the source), since the resync
 // may have changed its data where that peer's differs, although its
-// generation ids, now the source's, may match the peer's. A barrier that
-// names both clears those marks.
+// generation ids, now the source's, may match the peer's. While the
+// source has writes not confirmed everywhere (ResyncDone's Seq), it keeps
+// the blocks the resync rewrote marked for the holders too: the resync may
+// have brought it writes that are still on their way to them as data. A
+// barrier that names both (and confirms that far) clears those marks.
 //
 // # Local I/O errors
 //

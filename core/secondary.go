@@ -102,6 +102,9 @@ func (e *Engine) receiveWrite(p *peer, f *wire.Frame, resync bool) {
 		// a volatile cache the block must be durable by then.
 		op.Epoch = 0
 		op.FUA = op.FUA || e.diskFlushes
+		if p.resyncWrote != nil {
+			p.resyncWrote.SetBytes(f.Offset, uint64(f.Length), e.blockSize)
+		}
 	}
 	p.dataReceived += uint64(len(f.Payload))
 	if !resync {
