@@ -649,6 +649,13 @@ func (w *world) takeBase(n *simNode) {
 			return
 		}
 	}
+	// A write of its earlier term may still be held behind a read of the
+	// same blocks, not yet on the disk: it lands before the base.
+	for _, op := range w.clientOps {
+		if op.n == n && op.inc == n.inc && !op.done && !op.flush && op.t != n.term {
+			return
+		}
+	}
 	for _, c := range w.conns {
 		for side := range 2 {
 			if p := c.pipes[side][0]; p.to == n.name && p.deliverable() {
