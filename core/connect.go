@@ -155,6 +155,7 @@ func (e *Engine) disconnect(p *peer, to ConnState, why string) {
 		e.peerEvent(p, "resync", "", "", "interrupted")
 	}
 	p.resyncDoneSent, p.adopting, p.quietMarks = false, 0, false
+	p.resyncWrote = nil
 	if p.rx != nil {
 		if p.role == Primary && e.role != Primary {
 			e.markRecentForOthers(p)
@@ -250,7 +251,7 @@ func (e *Engine) Receive(from NodeID, f *wire.Frame) {
 			e.violation(p, f, "resync done without a resync from this peer")
 			return
 		}
-		e.resyncTargetDone(p, f.Offset)
+		e.resyncTargetDone(p, f.Offset, f.Seq)
 	case wire.TypeRecvAck:
 		e.recvAck(p, f)
 	case wire.TypeWriteAck:
@@ -543,6 +544,7 @@ func (e *Engine) apply(p *peer, d decision, atConnect bool) {
 		}
 		e.setDisk(Inconsistent, fmt.Sprintf("resync from node %d", p.cfg.ID))
 		e.setRepl(p, SyncTarget, "")
+		p.resyncWrote = NewBitmap(e.size / uint64(e.blockSize))
 		// Only p knows which of our blocks it will rewrite: towards any
 		// other node every block is in doubt until the resync is done
 		// (a later resync from another node must be full).

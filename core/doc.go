@@ -144,7 +144,11 @@
 // this way are tied to the generation the secondary was in when the first
 // of them arrived. So a resync between secondaries after a switchover or
 // a failover covers what one of them missed, although no node in the
-// resync is the Primary that marked it.
+// resync is the Primary that marked it. A barrier that names a secondary
+// and a peer as holders clears the secondary's marks for the peer, but
+// not before its Seq reaches the last write the secondary marked when the
+// same Primary was demoted or lost (peer.unconfirmedMarked): promoted
+// again, it may still have those writes on their way to that peer.
 //
 // # Generation ids
 //
@@ -348,8 +352,11 @@
 // it, for every peer its source does not name in ResyncDone's holder set
 // (as in a barrier: the nodes in sync with the source), since the resync
 // may have changed its data where that peer's differs, although its
-// generation ids, now the source's, may match the peer's. A barrier that
-// names both clears those marks.
+// generation ids, now the source's, may match the peer's. While the
+// source has writes not confirmed everywhere (ResyncDone's Seq), it keeps
+// the blocks the resync rewrote marked for the holders too: the resync may
+// have brought it writes that are still on their way to them as data. A
+// barrier that names both (and confirms that far) clears those marks.
 //
 // # Local I/O errors
 //

@@ -120,8 +120,20 @@ type peer struct {
 	verify         *verifySource // the last verify we ran with it
 	// quietMarks: the bitmap id was set by verify and not yet announced
 	// (markQuietly); the next StateChange or resync announces it.
-	quietMarks              bool
-	rx                      *receiver // frames it sends us to write
+	quietMarks bool
+	rx         *receiver // frames it sends us to write
+	// unconfirmedMarked is the highest sequence number of the writes it
+	// sent us as our Primary that markRecentForOthers turned into marks
+	// for the other peers (it was demoted, or our connection to it was
+	// lost): they may still be on their way to those peers over their own
+	// connections to it, so a barrier of its clears none of our marks
+	// for them until it confirms that far (receiveBarrier). A ResyncDone
+	// that tells of writes not confirmed everywhere raises it too
+	// (resyncTargetDone).
+	unconfirmedMarked uint64
+	// resyncWrote: as our sync source, the blocks its resync data
+	// rewrote here in the resync running (see resyncTargetDone).
+	resyncWrote             *Bitmap
 	resyncTotal, resyncDone uint64
 	resyncSame              uint64    // bytes a checksum comparison found identical
 	resyncWhy               ResyncWhy // of the running or last resync

@@ -851,6 +851,9 @@ func fmtFrame(f *wire.Frame) string {
 		s += fmt.Sprintf(" ep=%d", f.Epoch)
 	case wire.TypeResyncDone:
 		s += fmt.Sprintf(" holders=%s", nodeSet(f.Offset))
+		if f.Seq != 0 {
+			s += fmt.Sprintf(" unconfirmed=%d", f.Seq)
+		}
 	case wire.TypeStateChange:
 		var st wire.State
 		if err := st.UnmarshalBinary(f.Payload); err == nil {

@@ -326,7 +326,14 @@ func (e *Engine) finishResync(p *peer) {
 	p.afterCrash, p.invalidated, p.detachedMarks = 0, "", false
 	e.persistDirty = true
 	e.setRepl(p, Established, "resync done")
-	e.send(p, wire.Frame{Type: wire.TypeResyncDone, Offset: e.holders()})
+	// The resync may have carried writes that the holders were sent as
+	// data and have not confirmed: Seq tells the target up to where it
+	// must wait for a barrier's confirmation (0: every write is retired).
+	var unconfirmed uint64
+	if e.confirmedSeq() < e.seq {
+		unconfirmed = e.seq
+	}
+	e.send(p, wire.Frame{Type: wire.TypeResyncDone, Offset: e.holders(), Seq: unconfirmed})
 	detail := fmt.Sprintf("finished (%d bytes)", p.resyncDone)
 	if p.resyncSame > 0 {
 		detail = fmt.Sprintf("finished (%d bytes, %d of them found identical and not sent)", p.resyncDone, p.resyncSame)
@@ -337,8 +344,10 @@ func (e *Engine) finishResync(p *peer) {
 // resyncTargetDone handles ResyncDone from our sync source (always a
 // Primary): every block it had marked is now on our disk, in order with its
 // writes. holders is the source's holder set (as in a barrier): the nodes
-// in sync with it, holding no marks of its.
-func (e *Engine) resyncTargetDone(p *peer, holders uint64) {
+// in sync with it, holding no marks of its; unconfirmed is 0, or the
+// source's latest sequence number when not every write up to it was
+// confirmed on every peer.
+func (e *Engine) resyncTargetDone(p *peer, holders, unconfirmed uint64) {
 	e.current, e.history = p.gen.Current, p.gen.History
 	// We now hold the Primary's data, and so does a holder: our marks for
 	// it stand for nothing. Any other node may differ from us wherever the
@@ -346,7 +355,16 @@ func (e *Engine) resyncTargetDone(p *peer, holders uint64) {
 	// match its own: it may lack writes of the Primary's generation that
 	// only the Primary's marks name. Only our marks can tell it: every
 	// block stays marked for it, as since the resync began (or from now
-	// on, if we had no generation to tie marks to then).
+	// on, if we had no generation to tie marks to then). A holder holds
+	// only the writes the source confirmed, though: while some are not
+	// (unconfirmed), the blocks the resync rewrote may hold writes still
+	// on their way to it as data, that would be lost with the source.
+	// Those stay marked until a barrier of the source's confirms that far
+	// (receiveBarrier); the writes we received as data are in our recent
+	// list.
+	wrote := p.resyncWrote
+	p.resyncWrote = nil
+	p.unconfirmedMarked = max(p.unconfirmedMarked, unconfirmed)
 	for _, q := range e.peers {
 		if q != p && holders&(1<<q.cfg.ID) == 0 {
 			e.markUncovered(q, 0, e.size)
@@ -355,6 +373,9 @@ func (e *Engine) resyncTargetDone(p *peer, holders uint64) {
 		q.bitmap.ClearRange(0, q.bitmap.Len())
 		q.bitmapUUID = 0
 		q.afterCrash, q.invalidated, q.detachedMarks = 0, "", false
+		if q != p && unconfirmed != 0 && wrote != nil {
+			e.markRuns(q, wrote)
+		}
 	}
 	e.persistDirty = true
 	e.announce = true
@@ -440,4 +461,14 @@ func (e *Engine) receiveInvalidate(p *peer) {
 		return
 	}
 	e.invalidatePeer(p, "the peer invalidated its data: full resync to it")
+}
+
+// markRuns marks for q every block set in b.
+func (e *Engine) markRuns(q *peer, b *Bitmap) {
+	bs := uint64(e.blockSize)
+	for first, ok := b.NextSet(0); ok; first, ok = b.NextSet(first) {
+		end := b.NextClear(first)
+		e.markUncovered(q, first*bs, (end-first)*bs)
+		first = end
+	}
 }

@@ -102,6 +102,9 @@ func (e *Engine) receiveWrite(p *peer, f *wire.Frame, resync bool) {
 		// a volatile cache the block must be durable by then.
 		op.Epoch = 0
 		op.FUA = op.FUA || e.diskFlushes
+		if p.resyncWrote != nil {
+			p.resyncWrote.SetBytes(f.Offset, uint64(f.Length), e.blockSize)
+		}
 	}
 	p.dataReceived += uint64(len(f.Payload))
 	if !resync {
@@ -168,15 +171,22 @@ func (e *Engine) receiveBarrier(p *peer, f *wire.Frame) {
 		case q == p:
 		case f.Offset&(1<<q.cfg.ID) == 0:
 			e.markRecent(q, rx.recent[:n], false)
-		case f.Offset&(1<<e.self) != 0 && q.bitmap.Count() > 0:
+		case f.Offset&(1<<e.self) != 0 && q.bitmap.Count() > 0 && f.Seq >= p.unconfirmedMarked:
 			// q and we both hold everything the Primary confirmed, and
 			// it knows of no block where either differs from it: our
 			// marks for q (writes it missed while away and has since
 			// been resynchronised, our last writes of an earlier
-			// Primary) stand for nothing any more.
+			// Primary) stand for nothing any more. Not so for the
+			// writes of this Primary we marked when it was demoted or
+			// our connection to it was lost (unconfirmedMarked) and
+			// that it has not confirmed yet: they may still be on
+			// their way to q, and lost with it.
 			q.bitmap.ClearRange(0, q.bitmap.Len())
 			e.peerEvent(q, "resync", "", "", "in sync with our Primary, as we are: our marks for it cleared")
 		}
+	}
+	if f.Seq >= p.unconfirmedMarked {
+		p.unconfirmedMarked = 0
 	}
 	rx.recent = append(rx.recent[:0], rx.recent[n:]...)
 	e.notePending(rx)
@@ -508,6 +518,7 @@ func (e *Engine) markRecentForOthers(primary *peer) {
 				e.markRecent(q, primary.rx.recent, true)
 			}
 		}
+		primary.unconfirmedMarked = max(primary.unconfirmedMarked, primary.rx.recent[len(primary.rx.recent)-1].seq)
 		e.peerEvent(primary, "resync", "", "", fmt.Sprintf("%d unconfirmed writes of node %d marked out of sync for the other peers", len(primary.rx.recent), primary.cfg.ID))
 	}
 	primary.rx.recent = primary.rx.recent[:0]

@@ -54,7 +54,9 @@ const (
 	TypeStateChange Type = 13
 	// TypeResyncDone tells the sync target that every block of the resync
 	// was sent and acknowledged. Offset: the source's holders, as in
-	// TypeBarrier.
+	// TypeBarrier. Seq: 0 when every write the source sent is retired,
+	// else its latest sequence number (the holders may still lack writes
+	// up to it that the resync carried).
 	TypeResyncDone Type = 14
 	// TypeBatch wraps several frames, optionally LZ4-compressed
 	// (FlagCompressed). Writer and Reader produce and unpack it; callers of

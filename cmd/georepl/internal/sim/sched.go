@@ -651,10 +651,21 @@ func (w *world) takeBase(n *simNode) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	// What it received from the old Primary is applied once no local
-	// operation and no data frame towards it is pending: a received
-	// write waits only for local operations (its epoch's, a flush).
+	// write or flush and no data frame towards it is pending: a received
+	// write waits only for local operations (its epoch's, a flush). A
+	// read changes no image, and a new Primary that is a resync's source
+	// has one pending for as long as the resync runs: waiting for none
+	// would leave the term unbased, no lineage for the checker, while
+	// its sync targets become UpToDate with its image.
 	for _, o := range w.ops {
-		if o.disk == n.data {
+		if o.disk == n.data && o.kind != opRead {
+			return
+		}
+	}
+	// A write of its earlier term may still be held behind a read of the
+	// same blocks, not yet on the disk: it lands before the base.
+	for _, op := range w.clientOps {
+		if op.n == n && op.inc == n.inc && !op.done && !op.flush && op.t != n.term {
 			return
 		}
 	}
