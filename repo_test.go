@@ -190,3 +190,21 @@ func keys(m map[string]bool) []string {
 	sort.Strings(out)
 	return out
 }
+
+// TestNoBinaries: build output is never committed (two binaries once
+// were, by a go build run inside a package folder).
+func TestNoBinaries(t *testing.T) {
+	out, err := exec.Command("git", "ls-files").Output()
+	if err != nil {
+		t.Skipf("no git to list the tracked files: %v", err)
+	}
+	for _, f := range strings.Fields(string(out)) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // deleted in the work tree
+		}
+		if bytes.HasPrefix(b, []byte("\x7fELF")) {
+			t.Errorf("%s is an executable: build output belongs in bin/ or .gitignore", f)
+		}
+	}
+}
