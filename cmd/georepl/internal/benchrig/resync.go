@@ -79,34 +79,12 @@ type resyncRun struct {
 }
 
 func runResyncBench(bin string, runs int, sizeMiB, rateMbit int) error {
-	if os.Geteuid() != 0 {
-		return errors.New("the resync benchmark needs root: it creates network namespaces and tc qdiscs")
-	}
-	for _, tool := range []string{"ip", "tc", "fio"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("%s is missing: run `make deps` (iproute2, fio)", tool)
-		}
-	}
-	dir, err := os.MkdirTemp("", "georepl-bench-resync-")
+	dir, net, done, err := shapedLink("resync", rateMbit)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	defer done()
 	b := &resyncBench{bin: bin, runs: runs, size: int64(sizeMiB) << 20, rateMbit: rateMbit, dir: dir}
-	net, err := setupNetwork(b.rateMbit)
-	if err != nil {
-		return err
-	}
-	defer net.teardown()
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(sig)
-	go func() {
-		if _, ok := <-sig; ok {
-			net.teardown() // the namespaces outlive the process otherwise
-			os.Exit(1)
-		}
-	}()
 	fmt.Fprintf(os.Stderr, "filling alpha's disk with %d MiB of random data\n", sizeMiB)
 	if err := fillRandom(filepath.Join(dir, "alpha.img"), b.size); err != nil {
 		return err
@@ -156,6 +134,42 @@ func pick(runs []resyncRun, f func(resyncRun) float64) []float64 {
 		out[i] = f(r)
 	}
 	return out
+}
+
+// shapedLink prepares a benchmark over a shaped link (what, for its
+// messages): it checks for root and the tools, makes a scratch directory
+// and the network namespaces (setupNetwork), and tears them down on
+// SIGINT or SIGTERM too, since they outlive the process otherwise. done
+// removes both.
+func shapedLink(what string, rateMbit int) (dir string, net *benchNet, done func(), err error) {
+	if os.Geteuid() != 0 {
+		return "", nil, nil, fmt.Errorf("the %s benchmark needs root: it creates network namespaces and tc qdiscs", what)
+	}
+	for _, tool := range []string{"ip", "tc", "fio"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return "", nil, nil, fmt.Errorf("%s is missing: run `make deps` (iproute2, fio)", tool)
+		}
+	}
+	if dir, err = os.MkdirTemp("", "georepl-bench-"+what+"-"); err != nil {
+		return "", nil, nil, err
+	}
+	if net, err = setupNetwork(rateMbit); err != nil {
+		os.RemoveAll(dir)
+		return "", nil, nil, err
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		if _, ok := <-sig; ok {
+			net.teardown()
+			os.Exit(1)
+		}
+	}()
+	return dir, net, func() {
+		signal.Stop(sig)
+		net.teardown()
+		os.RemoveAll(dir)
+	}, nil
 }
 
 // benchNet is the two namespaces and the shaped veth pair between them.

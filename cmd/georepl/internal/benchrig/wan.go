@@ -14,15 +14,12 @@ package main
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -69,33 +66,11 @@ const (
 )
 
 func runWANBench(bin string, runs, rateMbit int) error {
-	if os.Geteuid() != 0 {
-		return errors.New("the WAN benchmark needs root: it creates network namespaces and tc qdiscs")
-	}
-	for _, tool := range []string{"ip", "tc", "fio"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("%s is missing: run `make deps` (iproute2, fio)", tool)
-		}
-	}
-	dir, err := os.MkdirTemp("", "georepl-bench-wan-")
+	dir, net, done, err := shapedLink("wan", rateMbit)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	net, err := setupNetwork(rateMbit)
-	if err != nil {
-		return err
-	}
-	defer net.teardown()
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(sig)
-	go func() {
-		if _, ok := <-sig; ok {
-			net.teardown() // the namespaces outlive the process otherwise
-			os.Exit(1)
-		}
-	}()
+	defer done()
 	medians := map[wanVariant]wanRun{}
 	for _, v := range wanVariants {
 		var data, wire []float64
