@@ -9,9 +9,16 @@
 // copies bytes in and advances tail; the consumer copies out and advances
 // head. A side that finds nothing to do sets its waiting flag, looks
 // again, and sleeps on its doorbell; the other side rings it after moving
-// its position if the flag is set. Sequentially consistent atomics make
-// this lose no wake-up: either the sleeper sees the new position or the
-// other side sees the flag. Spurious rings only cost a loop. A side sleeps
+// its position if the flag is set. Each side stores (its flag, its
+// position) and then loads what the other side stores: this loses no
+// wake-up only if the store cannot be ordered after the load, for then
+// either the sleeper sees the new position or the other side sees the
+// flag. Those stores are atomic swaps, not atomic stores: the language
+// makes both sequentially consistent, but under the race detector a
+// store is only a release store, which x86 lets a later load overtake, and
+// the ring then lost wake-ups (both sides asleep; TestNoLostWakeup). A
+// swap is a locked instruction, a full barrier in every build. Spurious
+// rings only cost a loop. A side sleeps
 // at once, without polling the ring first: on an oversubscribed machine a
 // poller holds the core the other process needs to make progress, and
 // polling measured no gain (docs/plugins.md, Measured).
@@ -240,7 +247,7 @@ func (r *Ring) Write(p []byte) (int, error) {
 		head, tail := atomic.LoadUint64(r.head()), atomic.LoadUint64(r.tail())
 		free := r.size - (tail - head)
 		if free == 0 {
-			atomic.StoreUint32(r.pWait(), 1)
+			atomic.SwapUint32(r.pWait(), 1)
 			if atomic.LoadUint64(r.head()) == head && atomic.LoadUint32(r.rClosed()) == 0 && !r.isAborted() {
 				if err := wait(r.spaceBell); err != nil {
 					return written, errAborted("write")
@@ -253,7 +260,7 @@ func (r *Ring) Write(p []byte) (int, error) {
 		at := tail & (r.size - 1)
 		c := copy(r.data[at:], p[:n])
 		copy(r.data, p[c:n])
-		atomic.StoreUint64(r.tail(), tail+uint64(n))
+		atomic.SwapUint64(r.tail(), tail+uint64(n))
 		if atomic.LoadUint32(r.cWait()) != 0 {
 			ring(r.dataBell)
 		}
@@ -282,7 +289,7 @@ func (r *Ring) Read(p []byte) (int, error) {
 			at := head & (r.size - 1)
 			c := copy(p[:n], r.data[at:])
 			copy(p[c:n], r.data)
-			atomic.StoreUint64(r.head(), head+uint64(n))
+			atomic.SwapUint64(r.head(), head+uint64(n))
 			if atomic.LoadUint32(r.pWait()) != 0 {
 				ring(r.spaceBell)
 			}
@@ -294,7 +301,7 @@ func (r *Ring) Read(p []byte) (int, error) {
 			}
 			return 0, io.EOF
 		}
-		atomic.StoreUint32(r.cWait(), 1)
+		atomic.SwapUint32(r.cWait(), 1)
 		if atomic.LoadUint64(r.tail()) == tail && atomic.LoadUint32(r.wClosed()) == 0 && !r.isAborted() {
 			if err := wait(r.dataBell); err != nil {
 				return 0, errAborted("read")

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -102,3 +103,56 @@ func TestAbortUnblocksLocalReader(t *testing.T) {
 		t.Fatalf("read of an aborted ring: %v", err)
 	}
 }
+
+// TestNoLostWakeup moves bytes through a 64-byte ring in pieces of random
+// size, so that each side sleeps on its doorbell thousands of times. A
+// lost wake-up leaves both sides asleep, the producer on a full ring and
+// the consumer on what it last saw empty; the watchdog fails the test
+// then instead of letting it hang. Run it under the race detector too: its
+// atomic stores are release stores, which the hardware may order after a
+// later load, and the ring must not depend on them being more.
+func TestNoLostWakeup(t *testing.T) {
+	const total = 256 << 10
+	for round := range 10 {
+		p, c := pair(t, 64)
+		src := make([]byte, total)
+		for i := range src {
+			src[i] = byte(rand.IntN(256))
+		}
+		go func() {
+			for rest := src; len(rest) > 0; {
+				n := min(len(rest), 1+rand.IntN(100))
+				if _, err := p.Write(rest[:n]); err != nil {
+					return // the watchdog aborted the ring
+				}
+				rest = rest[n:]
+			}
+			p.CloseWrite()
+		}()
+		watchdog := time.AfterFunc(10*time.Second, func() {
+			t.Errorf("round %d: no progress for 10 s: head %d, tail %d, consumer waiting %d, producer waiting %d",
+				round, atomic.LoadUint64(p.head()), atomic.LoadUint64(p.tail()),
+				atomic.LoadUint32(p.cWait()), atomic.LoadUint32(p.pWait()))
+			p.Abort()
+			c.Abort()
+		})
+		got, err := io.ReadAll(readerFunc(func(b []byte) (int, error) {
+			n, err := c.Read(b[:min(len(b), 1+rand.IntN(100))])
+			if n > 0 {
+				watchdog.Reset(10 * time.Second)
+			}
+			return n, err
+		}))
+		watchdog.Stop()
+		if t.Failed() {
+			return
+		}
+		if err != nil || !bytes.Equal(got, src) {
+			t.Fatalf("round %d: read %d bytes (%v), want the %d written", round, len(got), err, total)
+		}
+	}
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
