@@ -212,20 +212,8 @@ func (c *Client) negotiate(br *bufio.Reader, exportName string, tlsConfig *tls.C
 
 	haveExport := false
 	for {
-		var hdr [20]byte
-		if _, err := io.ReadFull(br, hdr[:]); err != nil {
-			return err
-		}
-		if magic := binary.BigEndian.Uint64(hdr[0:]); magic != magicOptionReply {
-			return fmt.Errorf("%w: option reply magic %#x", ErrProtocol, magic)
-		}
-		replyType := binary.BigEndian.Uint32(hdr[12:])
-		length := binary.BigEndian.Uint32(hdr[16:])
-		if length > maxOptionLength {
-			return fmt.Errorf("%w: option reply of %d bytes", ErrProtocol, length)
-		}
-		data := make([]byte, length)
-		if _, err := io.ReadFull(br, data); err != nil {
+		replyType, data, err := readOptionReply(br, optGo)
+		if err != nil {
 			return err
 		}
 		switch {
@@ -271,23 +259,11 @@ func (c *Client) startTLS(br *bufio.Reader, prefix []byte, config *tls.Config) e
 	if _, err := c.nc.Write(msg); err != nil {
 		return err
 	}
-	var hdr [20]byte
-	if _, err := io.ReadFull(br, hdr[:]); err != nil {
+	replyType, data, err := readOptionReply(br, optStartTLS)
+	if err != nil {
 		return err
 	}
-	if magic := binary.BigEndian.Uint64(hdr[0:]); magic != magicOptionReply {
-		return fmt.Errorf("%w: option reply magic %#x", ErrProtocol, magic)
-	}
-	replyType := binary.BigEndian.Uint32(hdr[12:])
-	length := binary.BigEndian.Uint32(hdr[16:])
-	if length > maxOptionLength {
-		return fmt.Errorf("%w: option reply of %d bytes", ErrProtocol, length)
-	}
-	data := make([]byte, length)
-	if _, err := io.ReadFull(br, data); err != nil {
-		return err
-	}
-	if replyType != repAck || length != 0 {
+	if replyType != repAck || len(data) != 0 {
 		return fmt.Errorf("nbd: the server does not start TLS (reply %#x: %q): refusing to go on without it", replyType, data)
 	}
 	if br.Buffered() > 0 {
@@ -300,6 +276,31 @@ func (c *Client) startTLS(br *bufio.Reader, prefix []byte, config *tls.Config) e
 	c.nc = tc
 	br.Reset(tc)
 	return nil
+}
+
+// readOptionReply reads one reply to the option the client sent last,
+// checking its magic, that it answers that option, and its length.
+func readOptionReply(br *bufio.Reader, option uint32) (replyType uint32, data []byte, err error) {
+	var hdr [20]byte
+	if _, err := io.ReadFull(br, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	if magic := binary.BigEndian.Uint64(hdr[0:]); magic != magicOptionReply {
+		return 0, nil, fmt.Errorf("%w: option reply magic %#x", ErrProtocol, magic)
+	}
+	if got := binary.BigEndian.Uint32(hdr[8:]); got != option {
+		return 0, nil, fmt.Errorf("%w: a reply to option %d where one to option %d was due", ErrProtocol, got, option)
+	}
+	replyType = binary.BigEndian.Uint32(hdr[12:])
+	length := binary.BigEndian.Uint32(hdr[16:])
+	if length > maxOptionLength {
+		return 0, nil, fmt.Errorf("%w: option reply of %d bytes", ErrProtocol, length)
+	}
+	data = make([]byte, length)
+	if _, err := io.ReadFull(br, data); err != nil {
+		return 0, nil, err
+	}
+	return replyType, data, nil
 }
 
 // Size returns the export's size in bytes.
