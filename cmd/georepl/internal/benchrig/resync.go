@@ -232,63 +232,18 @@ func (b *resyncBench) once(net *benchNet, v resyncVariant) (resyncRun, error) {
 		return resyncRun{}, err
 	}
 	defer os.RemoveAll(dir)
-	conf := filepath.Join(dir, "conf")
-	if err := os.MkdirAll(conf, 0o755); err != nil {
-		return resyncRun{}, err
-	}
 	bravoImg := filepath.Join(dir, "bravo.img")
 	if err := makeFile(bravoImg, b.size); err != nil {
 		return resyncRun{}, err
 	}
-	disks := [2]string{filepath.Join(b.dir, "alpha.img"), bravoImg}
-	port := 20000 + rand.IntN(30000)
-	var hcl strings.Builder
-	fmt.Fprintf(&hcl, "resource \"r0\" {\n  protocol = \"C\"\n  net {\n    shared_secret = \"bench\"\n    csums = %q\n    resync_min_app_share = %g\n  }\n", v.csums, v.appShare)
-	for i, name := range []string{"alpha", "bravo"} {
-		fmt.Fprintf(&hcl, "  node %q {\n    id = %d\n    address = \"%s:%d\"\n    disk = %q\n    export = \"unix:%s\"\n  }\n",
-			name, i, net.addr[i], port, disks[i], filepath.Join(dir, name+".nbd"))
-	}
-	hcl.WriteString("}\n")
-	if err := os.WriteFile(filepath.Join(conf, "r0.hcl"), []byte(hcl.String()), 0o644); err != nil {
+	settings := fmt.Sprintf("  protocol = \"C\"\n  net {\n    shared_secret = \"bench\"\n    csums = %q\n    resync_min_app_share = %g\n  }\n", v.csums, v.appShare)
+	pair, err := startPair(b.bin, dir, net, settings, [2]string{filepath.Join(b.dir, "alpha.img"), bravoImg})
+	if err != nil {
 		return resyncRun{}, err
 	}
-	admin := func(name string) string { return filepath.Join(dir, name+".admin") }
-	cli := func(args ...string) ([]byte, error) {
-		out, err := exec.Command(b.bin, append([]string{"--admin", admin("alpha")}, args...)...).CombinedOutput()
-		if err != nil {
-			return out, fmt.Errorf("georepl %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-		return out, nil
-	}
-	var procs []*exec.Cmd
-	defer func() {
-		for _, p := range procs {
-			stop(p)
-		}
-	}()
-	for i, name := range []string{"alpha", "bravo"} {
-		if out, err := exec.Command(b.bin, "create-md", "--force", "--config", conf, "--node", name, "r0").CombinedOutput(); err != nil {
-			return resyncRun{}, fmt.Errorf("create-md %s: %v: %s", name, err, out)
-		}
-		logf, err := os.Create(filepath.Join(dir, name+".log"))
-		if err != nil {
-			return resyncRun{}, err
-		}
-		defer logf.Close()
-		cmd := exec.Command("ip", "netns", "exec", net.ns[i], b.bin, "daemon", "--config", conf, "--node", name,
-			"--admin", admin(name), "--up", "--log-level", "warn")
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			return resyncRun{}, err
-		}
-		procs = append(procs, cmd)
-		if err := waitSocket(admin(name)); err != nil {
-			return resyncRun{}, err
-		}
-	}
-	if err := waitConnected(b.bin, admin("alpha"), 1); err != nil {
-		return resyncRun{}, err
-	}
+	defer pair.stop()
+	admin := pair.admin
+	cli := func(args ...string) ([]byte, error) { return pair.cli("alpha", args...) }
 
 	ctx, cancel := context.WithCancel(context.Background())
 	events := exec.CommandContext(ctx, b.bin, "--admin", admin("alpha"), "events", "r0")

@@ -15,7 +15,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -122,64 +121,21 @@ func wanOnce(bin, scratch string, net *benchNet, v wanVariant) (wanRun, error) {
 		return wanRun{}, err
 	}
 	defer os.RemoveAll(dir)
-	conf := filepath.Join(dir, "conf")
-	if err := os.MkdirAll(conf, 0o755); err != nil {
-		return wanRun{}, err
+	var disks [2]string
+	for i, name := range []string{"alpha", "bravo"} {
+		disks[i] = filepath.Join(dir, name+".img")
+		if err := makeFile(disks[i], wanDeviceSize); err != nil {
+			return wanRun{}, err
+		}
 	}
-	port := 20000 + rand.IntN(30000) // the namespaces are the benchmark's own
-	var hcl strings.Builder
-	fmt.Fprintf(&hcl, "resource \"r0\" {\n  protocol = \"A\"\n  net {\n    shared_secret = \"bench\"\n    transport = %q\n    compression = %q\n  }\n",
+	settings := fmt.Sprintf("  protocol = \"A\"\n  net {\n    shared_secret = \"bench\"\n    transport = %q\n    compression = %q\n  }\n",
 		v.transport, v.compression)
-	names := []string{"alpha", "bravo"}
-	for i, name := range names {
-		disk := filepath.Join(dir, name+".img")
-		if err := makeFile(disk, wanDeviceSize); err != nil {
-			return wanRun{}, err
-		}
-		fmt.Fprintf(&hcl, "  node %q {\n    id = %d\n    address = \"%s:%d\"\n    disk = %q\n    export = \"unix:%s\"\n  }\n",
-			name, i, net.addr[i], port, disk, filepath.Join(dir, name+".nbd"))
-	}
-	hcl.WriteString("}\n")
-	if err := os.WriteFile(filepath.Join(conf, "r0.hcl"), []byte(hcl.String()), 0o644); err != nil {
+	pair, err := startPair(bin, dir, net, settings, disks)
+	if err != nil {
 		return wanRun{}, err
 	}
-	admin := func(name string) string { return filepath.Join(dir, name+".admin") }
-	cli := func(name string, args ...string) ([]byte, error) {
-		out, err := exec.Command(bin, append([]string{"--admin", admin(name)}, args...)...).CombinedOutput()
-		if err != nil {
-			return out, fmt.Errorf("georepl %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-		return out, nil
-	}
-	var procs []*exec.Cmd
-	defer func() {
-		for _, p := range procs {
-			stop(p)
-		}
-	}()
-	for i, name := range names {
-		if out, err := exec.Command(bin, "create-md", "--force", "--config", conf, "--node", name, "r0").CombinedOutput(); err != nil {
-			return wanRun{}, fmt.Errorf("create-md %s: %v: %s", name, err, out)
-		}
-		logf, err := os.Create(filepath.Join(dir, name+".log"))
-		if err != nil {
-			return wanRun{}, err
-		}
-		defer logf.Close()
-		cmd := exec.Command("ip", "netns", "exec", net.ns[i], bin, "daemon", "--config", conf, "--node", name,
-			"--admin", admin(name), "--up", "--log-level", "warn")
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			return wanRun{}, err
-		}
-		procs = append(procs, cmd)
-		if err := waitSocket(admin(name)); err != nil {
-			return wanRun{}, err
-		}
-	}
-	if err := waitConnected(bin, admin("alpha"), 1); err != nil {
-		return wanRun{}, err
-	}
+	defer pair.stop()
+	cli, procs := pair.cli, pair.procs
 	if _, err := cli("alpha", "primary", "--force", "r0"); err != nil {
 		return wanRun{}, err
 	}
