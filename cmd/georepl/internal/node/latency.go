@@ -34,10 +34,14 @@ func (h *latencyHistogram) observe(d time.Duration) {
 // LatencySnapshot is a histogram as Prometheus exposes one: Buckets[i]
 // counts the observations of at most LatencyBuckets[i] seconds
 // (cumulative), Count all of them, Sum their total in seconds.
+//
+// The status JSON carries Count and Sum, from which a client such as
+// `georepl top` takes the mean latency between two statuses; the buckets
+// are for the metrics.
 type LatencySnapshot struct {
-	Count   uint64
-	Sum     float64
-	Buckets []uint64
+	Count   uint64   `json:"count"`
+	Sum     float64  `json:"sum_seconds"`
+	Buckets []uint64 `json:"-"`
 }
 
 func (h *latencyHistogram) snapshot() LatencySnapshot {

@@ -45,9 +45,9 @@ type ResourceStatus struct {
 	Quorum *Quorum `json:"quorum,omitempty"`
 	// AppWriteLatency is the histogram of application writes from
 	// submission to completion, LocalWriteLatency of the backing disk's
-	// writes (not in the JSON: metrics).
-	AppWriteLatency   LatencySnapshot `json:"-"`
-	LocalWriteLatency LatencySnapshot `json:"-"`
+	// writes.
+	AppWriteLatency   LatencySnapshot `json:"app_write_latency"`
+	LocalWriteLatency LatencySnapshot `json:"local_write_latency"`
 	// TLSValidUntil is when this node's TLS certificate for the resource
 	// expires (nil without one); TLSExpiresSoon, that it does within 30
 	// days.
@@ -126,8 +126,8 @@ type PeerStatus struct {
 	// MaxBuffer is the connection's max_buffer: Unacked may reach it.
 	MaxBuffer uint64 `json:"max_buffer_bytes"`
 	// AckLatency is the histogram of the time from handing a data frame
-	// to the link to the peer's WriteAck (not in the JSON).
-	AckLatency LatencySnapshot `json:"-"`
+	// to the link to the peer's WriteAck.
+	AckLatency LatencySnapshot `json:"write_ack_latency"`
 }
 
 // RPO is a peer's recovery point on a Primary: AgeSeconds is how long ago

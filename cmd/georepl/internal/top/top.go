@@ -37,6 +37,10 @@ type Model struct {
 	err   error
 	rates map[peerKey]rate
 	prev  map[peerKey]counters
+	// writeLat is each resource's mean application write latency since
+	// the last status, prevApp the snapshots it came from.
+	writeLat map[string]time.Duration
+	prevApp  map[string]node.LatencySnapshot
 
 	cursor int // index into rows()
 	note   string
@@ -44,14 +48,23 @@ type Model struct {
 
 type peerKey struct{ resource, peer string }
 
-type counters struct{ sent, recv uint64 }
+type counters struct {
+	sent, recv uint64
+	ack        node.LatencySnapshot
+}
 
-type rate struct{ tx, rx float64 }
+// rate is a peer's throughput and mean write acknowledgement latency
+// since the last status (ack 0: no write acknowledged in between).
+type rate struct {
+	tx, rx float64
+	ack    time.Duration
+}
 
 // New returns the model of a view that fetches with fetch and pauses or
 // resumes resyncs with control.
 func New(fetch Fetch, control Control) Model {
-	return Model{fetch: fetch, control: control, rates: map[peerKey]rate{}, prev: map[peerKey]counters{}}
+	return Model{fetch: fetch, control: control, rates: map[peerKey]rate{}, prev: map[peerKey]counters{},
+		writeLat: map[string]time.Duration{}, prevApp: map[string]node.LatencySnapshot{}}
 }
 
 // StatusMsg carries a status fetched at At.
@@ -142,18 +155,25 @@ func (m Model) withStatus(msg StatusMsg) Model {
 	dt := msg.At.Sub(m.at).Seconds()
 	rates := map[peerKey]rate{}
 	prev := map[peerKey]counters{}
+	writeLat := map[string]time.Duration{}
+	prevApp := map[string]node.LatencySnapshot{}
 	for _, r := range msg.Status {
+		prevApp[r.Name] = r.AppWriteLatency
+		if o, ok := m.prevApp[r.Name]; ok {
+			writeLat[r.Name] = meanSince(o, r.AppWriteLatency)
+		}
 		for _, p := range r.Peers {
 			k := peerKey{r.Name, p.Name}
-			c := counters{p.BytesSent, p.BytesRecv}
+			c := counters{p.BytesSent, p.BytesRecv, p.AckLatency}
 			prev[k] = c
 			// Counters restart with a connection: no rate across that.
 			if o, ok := m.prev[k]; ok && dt > 0 && c.sent >= o.sent && c.recv >= o.recv {
-				rates[k] = rate{float64(c.sent-o.sent) / dt, float64(c.recv-o.recv) / dt}
+				rates[k] = rate{float64(c.sent-o.sent) / dt, float64(c.recv-o.recv) / dt, meanSince(o.ack, c.ack)}
 			}
 		}
 	}
 	m.sts, m.at, m.rates, m.prev = msg.Status, msg.At, rates, prev
+	m.writeLat, m.prevApp = writeLat, prevApp
 	if n := len(m.rows()); m.cursor >= n {
 		m.cursor = max(n-1, 0)
 	}
@@ -211,6 +231,9 @@ func (m Model) render(b *strings.Builder, selectable bool) {
 			if r.Quorum != nil {
 				fmt.Fprintf(b, "  quorum %d/%d", r.Quorum.Have, r.Quorum.Need)
 			}
+			if d := m.writeLat[r.Name]; d > 0 {
+				fmt.Fprintf(b, "  write latency %s", ms(d))
+			}
 			b.WriteString("\n")
 		}
 		for _, p := range r.Peers {
@@ -223,6 +246,15 @@ func (m Model) render(b *strings.Builder, selectable bool) {
 			fmt.Fprintf(b, "%s%-10s %-12s %-14s %-9s %-13s %s %s  tx %s/s rx %s/s  out-of-sync %s",
 				mark, p.Name, p.Conn, p.Repl, p.Role, p.Disk, p.Protocol, p.Transport,
 				node.HumanBytes(uint64(rt.tx)), node.HumanBytes(uint64(rt.rx)), node.HumanBytes(p.OutOfSync))
+			if rt.ack > 0 {
+				fmt.Fprintf(b, "  ack %s", ms(rt.ack))
+			}
+			if p.RPO != nil {
+				fmt.Fprintf(b, "  RPO %s %s", (time.Duration(p.RPO.AgeSeconds * float64(time.Second))).Round(time.Millisecond), node.HumanBytes(p.RPO.Bytes))
+				if p.RPO.Exceeded {
+					b.WriteString(" (beyond rpo_warning)")
+				}
+			}
 			if p.Resync != nil {
 				fmt.Fprintf(b, "  resync %s %5.1f%% %s/s ETA %s", bar(p.Resync.Percent, 20), p.Resync.Percent,
 					node.HumanBytes(uint64(p.Resync.Rate)), eta(p.Resync.ETASeconds))
@@ -233,6 +265,23 @@ func (m Model) render(b *strings.Builder, selectable bool) {
 			b.WriteString("\n")
 		}
 	}
+}
+
+// meanSince is the mean latency of the observations between two snapshots
+// of a histogram; 0 if there were none, or the histogram restarted.
+func meanSince(before, now node.LatencySnapshot) time.Duration {
+	if now.Count <= before.Count || now.Sum < before.Sum {
+		return 0
+	}
+	return time.Duration((now.Sum - before.Sum) / float64(now.Count-before.Count) * float64(time.Second))
+}
+
+// ms prints a latency in milliseconds, with the precision it deserves.
+func ms(d time.Duration) string {
+	if d < 10*time.Millisecond {
+		return fmt.Sprintf("%.2fms", d.Seconds()*1000)
+	}
+	return d.Round(time.Millisecond).String()
 }
 
 // bar is a progress bar of width cells for pct percent.

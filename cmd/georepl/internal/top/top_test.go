@@ -13,15 +13,23 @@ import (
 	"github.com/georepl/georepl/cmd/georepl/internal/node"
 )
 
+// status is a daemon's status after sent bytes to bravo, in 4 KiB writes:
+// each took 2 ms from submission to completion and 1.5 ms from hand-over
+// to bravo's acknowledgement. charlie, an asynchronous peer, lacks 3 MiB
+// of writes completed up to 12.5 s ago, beyond its rpo_warning.
 func status(sent uint64) []*node.ResourceStatus {
+	writes := sent / 4096
 	return []*node.ResourceStatus{{
 		Name: "r0", Up: true, Role: "Primary", Disk: "UpToDate", Size: 1 << 30,
+		AppWriteLatency: node.LatencySnapshot{Count: writes, Sum: float64(writes) * 0.002},
 		Peers: []node.PeerStatus{
 			{Name: "bravo", Conn: "Established", Repl: "Established", Role: "Secondary", Disk: "UpToDate",
-				Protocol: "C", Transport: "tcp", BytesSent: sent},
+				Protocol: "C", Transport: "tcp", BytesSent: sent,
+				AckLatency: node.LatencySnapshot{Count: writes, Sum: float64(writes) * 0.0015}},
 			{Name: "charlie", Conn: "Established", Repl: "SyncSource", Role: "Secondary", Disk: "Inconsistent",
 				Protocol: "A", Transport: "quic", OutOfSync: 512 << 20,
-				Resync: &node.Resync{Percent: 50, Rate: 10 << 20, ETASeconds: 51}},
+				Resync: &node.Resync{Percent: 50, Rate: 10 << 20, ETASeconds: 51},
+				RPO:    &node.RPO{AgeSeconds: 12.5, Bytes: 3 << 20, WarningSeconds: 10, Exceeded: true}},
 		},
 	}}
 }
@@ -71,9 +79,9 @@ func TestModel(t *testing.T) {
 	m, _ = update(t, m, StatusMsg{Status: status(sent), At: first.At.Add(time.Second)})
 	v := m.View()
 	for _, want := range []string{
-		"r0  Primary  UpToDate  1.0GiB",
-		"> bravo ", "tx 2.0MiB/s rx 0B/s",
-		"  charlie ", "SyncSource", "out-of-sync 512.0MiB",
+		"r0  Primary  UpToDate  1.0GiB  write latency 2.00ms",
+		"> bravo ", "tx 2.0MiB/s rx 0B/s", "out-of-sync 0B  ack 1.50ms",
+		"  charlie ", "SyncSource", "out-of-sync 512.0MiB  RPO 12.5s 3.0MiB (beyond rpo_warning)",
 		"resync [##########----------]  50.0% 10.0MiB/s ETA 51s",
 	} {
 		if !strings.Contains(v, want) {
@@ -134,8 +142,8 @@ func TestModelNewConnection(t *testing.T) {
 	at := time.Now()
 	m, _ = update(t, m, StatusMsg{Status: status(10 << 20), At: at})
 	m, _ = update(t, m, StatusMsg{Status: status(1 << 20), At: at.Add(time.Second)})
-	if v := m.View(); !strings.Contains(v, "tx 0B/s") {
-		t.Errorf("after the counters restarted:\n%s", v)
+	if v := m.View(); !strings.Contains(v, "tx 0B/s") || strings.Contains(v, "ack ") || strings.Contains(v, "latency") {
+		t.Errorf("after the counters restarted (no rate, no latency):\n%s", v)
 	}
 }
 
