@@ -533,6 +533,20 @@ func (e *Engine) apply(p *peer, d decision, atConnect bool) {
 			(e.disk == Consistent || e.disk == Outdated) {
 			e.setDisk(UpToDate, "in sync with the primary")
 		}
+		if atConnect && e.behindDisklessPrimary(p) {
+			// It cannot resync us, and sends us its new writes on top
+			// of what we lack: our data is no image it ever had. Only
+			// a resync from a Primary with a disk repairs it, and only
+			// a full one knows every block we lack.
+			e.setDisk(Inconsistent, fmt.Sprintf("node %d, a Primary without a disk, completed writes while we were away (its current %x, ours %x, its bitmap id for us %x)",
+				p.cfg.ID, p.gen.Current, e.current, p.gen.Bitmap))
+			for _, q := range e.peers {
+				if q != p && e.current != 0 {
+					e.markUncovered(q, 0, e.size)
+				}
+			}
+			e.announce = true
+		}
 	case SyncSource:
 		e.startResync(p, d.full, fullWhy(d))
 	case SyncTarget:
@@ -561,6 +575,16 @@ func (e *Engine) apply(p *peer, d decision, atConnect bool) {
 		}
 		e.announce = true
 	}
+}
+
+// behindDisklessPrimary reports whether p, a Primary whose disk is
+// detached, wrote what our disk lacks: it moved to another generation or
+// marked blocks for us while we were not connected. decide cannot resync
+// us from it (nothing flows from a node without a disk).
+func (e *Engine) behindDisklessPrimary(p *peer) bool {
+	return e.role != Primary && p.role == Primary && p.disk == Diskless &&
+		e.disk != Diskless && e.disk != Inconsistent &&
+		(e.current != p.gen.Current || p.gen.Bitmap != 0)
 }
 
 // fullWhy says why decision d resyncs every block, "" when it does not.

@@ -425,10 +425,15 @@
 // detached disk do not stop them, and do not stop it from counting them
 // in sync): promoting its old disk later is refused as split brain rather
 // than overwriting theirs. Its bitmaps and activity log were on that disk:
-// the driver keeps the bitmaps in memory only. A Diskless Secondary drops
-// its Primary (which marks every write not acknowledged behind a barrier,
-// as for any lost connection); its hello then says Diskless, and the
-// Primary sends it nothing.
+// the driver keeps the bitmaps in memory only. A Secondary that connects
+// to a Diskless Primary which moved to another generation or marked blocks
+// for it while it was away becomes Inconsistent (behindDisklessPrimary):
+// nothing is resynchronised from a node without a disk, and the writes it
+// then receives land on top of what it lacks; it marks every block for
+// its other peers, so that the resync from a Primary with a disk is full.
+// A Diskless Secondary drops its Primary (which marks every write not
+// acknowledged behind a barrier, as for any lost connection); its hello
+// then says Diskless, and the Primary sends it nothing.
 //
 // A driver whose Persist write fails may Detach instead of stopping, and
 // perform the rest of that Ready: what the peers learn from it comes
