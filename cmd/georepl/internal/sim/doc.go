@@ -54,9 +54,12 @@
 // the Primary, time passing, and faults: cutting a connection, a
 // partition, a process crash or a power loss of any node, a planned
 // switchover (demote, then promote another), a forced promotion of a
-// node cut off from the Primary, pause-sync, invalidate; and repairs:
-// healing, restarts, resume-sync, an operator's connect (offering
-// --discard-my-data after a split brain), promotions. Faults strike a
+// node cut off from the Primary, pause-sync, invalidate, and in a third
+// of the schedules an I/O error failing a read or write of a data disk
+// (the node detaches it); and repairs: healing, restarts, reattaching a
+// detached disk (down and up, as a crash and a restart), resume-sync, an
+// operator's connect (offering --discard-my-data after a split brain),
+// promotions. Faults strike a
 // healthy cluster mostly. The application writes only on the last node
 // promoted, never two writes to one block at once, and waits, after a
 // promotion, until the writes the new Primary received before it are on

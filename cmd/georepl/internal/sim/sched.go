@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"syscall"
 	"testing/synctest"
 	"time"
 
@@ -33,7 +34,7 @@ const stepTime = time.Millisecond
 func text(s string) func() string { return func() string { return s } }
 
 // faultKinds are the actions that count against a schedule's fault budget.
-var faultKinds = map[string]bool{"cut": true, "partition": true, "crash": true, "powerloss": true, "demote": true, "pause": true, "invalidate": true, "force": true}
+var faultKinds = map[string]bool{"cut": true, "partition": true, "crash": true, "powerloss": true, "demote": true, "pause": true, "invalidate": true, "force": true, "ioerror": true}
 
 // run plays the schedule: boot, p.Steps steps, then the final settle and
 // its checks.
@@ -267,6 +268,9 @@ func (w *world) faultActions(add0 func(string, float64, []action), scale float64
 	}
 	add("crash", 0.4, crashes)
 	add("powerloss", 0.4, powers)
+	if w.p.IOErrors {
+		add("ioerror", 0.3, w.ioErrors())
+	}
 	if app := w.app; app != nil && app.up && !app.stopped && w.idle(app) && !(w.avoid["handshake"] && w.handshaking()) {
 		add("demote", 0.4, []action{{label: text(app.name), do: func() {
 			app.stopped = true
@@ -290,9 +294,58 @@ func (w *world) faultActions(add0 func(string, float64, []action), scale float64
 	w.promoteActions(add0, true, scale)
 }
 
+// ioErrors are the data disk reads and writes in progress on running
+// nodes, each of which can fail with an I/O error.
+func (w *world) ioErrors() []action {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var acts []action
+	for _, o := range w.ops {
+		if o.kind == opFlush || o.gen != o.disk.gen {
+			continue
+		}
+		acts = append(acts, action{label: o.String, do: func() { w.failOp(o) }})
+	}
+	slices.SortFunc(acts, func(a, b action) int { return cmp.Compare(a.label(), b.label()) })
+	return acts
+}
+
+// failOp completes o with an I/O error: a read returns nothing, a write
+// leaves the medium as it was.
+func (w *world) failOp(o *diskOp) {
+	w.mu.Lock()
+	if i := slices.Index(w.ops, o); i >= 0 {
+		w.ops = slices.Delete(w.ops, i, i+1)
+		o.done <- fmt.Errorf("sim: %s: injected I/O error: %w", o, syscall.EIO)
+	}
+	w.mu.Unlock()
+}
+
+// detached are the running nodes whose disk was detached after an I/O
+// error; an operator reattaches it with down and up, which a crash and a
+// restart stand for.
+func (w *world) detached() []*simNode {
+	var ns []*simNode
+	for _, n := range w.nodes {
+		if n.up && n.st != nil && n.st.DiskError != "" && w.idle(n) {
+			ns = append(ns, n)
+		}
+	}
+	return ns
+}
+
+func (w *world) reattach(n *simNode) {
+	w.crash(n, false)
+	w.restart(n)
+}
+
 // repairActions undo faults: they are always possible.
 func (w *world) repairActions(add func(string, float64, []action)) {
-	var heals, restarts, resumes []action
+	var heals, restarts, resumes, reattaches []action
+	for _, n := range w.detached() {
+		reattaches = append(reattaches, action{label: text(n.name), do: func() { w.reattach(n) }})
+	}
+	add("reattach", 1, reattaches)
 	for pair := range w.cuts {
 		heals = append(heals, action{label: text(pair[0] + "|" + pair[1]), do: func() { w.heal(pair) }})
 	}

@@ -92,6 +92,11 @@ func (w *world) repair() bool {
 			}
 		}
 	}
+	if ns := w.detached(); len(ns) > 0 {
+		w.trace.add("reattach", ns[0].name)
+		w.reattach(ns[0])
+		return true
+	}
 	if acts := w.reconnects(); len(acts) > 0 {
 		a := pick(w.rng, acts)
 		w.trace.add("connect", a.label())

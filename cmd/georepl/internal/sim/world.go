@@ -171,6 +171,10 @@ type Params struct {
 	// AppShare is resync_min_app_share: 0 lets a resync take the whole
 	// link, more keeps it behind the application's writes.
 	AppShare float64
+	// IOErrors: data disk reads and writes may fail (a third of the
+	// schedules; drawn last, so that the schedules without them are the
+	// ones their seeds named before I/O errors existed).
+	IOErrors bool
 }
 
 func drawParams(seed uint64) Params {
@@ -182,12 +186,13 @@ func drawParams(seed uint64) Params {
 			p.Protocols[[2]string{nodeNames[i], nodeNames[j]}] = []string{"A", "B", "C"}[rng.IntN(3)]
 		}
 	}
+	p.IOErrors = rng.IntN(3) == 0
 	return p
 }
 
 func (p Params) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed=%d steps=%d flushes=%v app_share=%v", p.Seed, p.Steps, p.Flushes, p.AppShare)
+	fmt.Fprintf(&b, "seed=%d steps=%d flushes=%v app_share=%v io_errors=%v", p.Seed, p.Steps, p.Flushes, p.AppShare, p.IOErrors)
 	for i := range nodeNames {
 		for j := i + 1; j < len(nodeNames); j++ {
 			pair := [2]string{nodeNames[i], nodeNames[j]}
