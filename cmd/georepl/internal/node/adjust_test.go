@@ -6,9 +6,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/georepl/georepl/cmd/georepl/internal/hostile"
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/kmod/nbd"
+	"github.com/georepl/georepl/transports"
+	"github.com/georepl/georepl/transports/nodetls"
 )
 
 // adjustCluster is demoCluster with the source it started from, so that a
@@ -295,4 +299,46 @@ func TestAdjustDownResource(t *testing.T) {
 		t.Fatal(err)
 	}
 	connected(t, dr, "alpha")
+}
+
+// TestAdjustRotatesTLS: adjust reads the node's TLS files again (as SIGHUP
+// does): new connections get the new certificate, the established
+// connection stays up.
+func TestAdjustRotatesTLS(t *testing.T) {
+	c := newTLSCluster(t, "tcp")
+	for _, n := range tlsNodes {
+		c.start(t, n, nil)
+	}
+	c.waitConnected(t, "alpha", "bravo")
+	bravo := c.daemons["bravo"]
+	before := bravo.identity("r0").Leaf
+	c.writeFiles(t, "bravo", c.pki, "bravo", 365*24*time.Hour)
+	lines, err := bravo.Adjust(c.config(t, "bravo"), "all", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := lineWith(strings.Join(lines, "\n"), "TLS files read again"); l == "" {
+		t.Errorf("adjust said %q", lines)
+	}
+	after := bravo.identity("r0").Leaf
+	if after.Equal(before) {
+		t.Fatal("adjust kept the old certificate")
+	}
+	alpha, err := nodetls.Load(c.files("alpha"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p, err := hostile.DialWith(ctx, "tcp", c.addr("bravo"), transports.Options{TLS: alpha.ClientConfig("r0", nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if got := p.Conn.(transports.PeerCertificates).PeerCertificates()[0]; !got.Equal(after) {
+		t.Error("a new connection got the old certificate")
+	}
+	if n := strings.Count(c.logs["alpha"].String(), "msg=connected node=alpha resource=r0 peer=bravo"); n != 1 || c.peerConn(t, "alpha", "bravo") != "Connected" {
+		t.Errorf("alpha connected to bravo %d times and is %s: adjust dropped the connection", n, c.peerConn(t, "alpha", "bravo"))
+	}
 }
