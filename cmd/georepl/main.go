@@ -300,7 +300,8 @@ func daemonCmd() *cobra.Command {
 		Long: `Run node NAME of the configuration in DIR (every *.hcl file). The daemon creates the
 admin socket (owner-only) and refuses to start when another daemon holds it. Resources
 start down unless --up is given; bring them up with 'georepl up'. SIGINT or SIGTERM
-takes every resource down and exits.`,
+takes every resource down and exits. SIGHUP reads the configuration files again and
+applies what changed, as 'georepl adjust all' does (the TLS files included).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if pprofAddr != "" {

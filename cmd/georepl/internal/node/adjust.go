@@ -190,6 +190,9 @@ func (d *Daemon) Adjust(cfg *configs.Config, name string, dryRun bool) ([]string
 		lines = append(lines, p.lines...)
 	}
 	if dryRun {
+		for i, l := range lines {
+			lines[i] = "dry run, not applied: " + l
+		}
 		return lines, nil
 	}
 	var errs []error
