@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -340,5 +341,56 @@ func TestAdjustRotatesTLS(t *testing.T) {
 	}
 	if n := strings.Count(c.logs["alpha"].String(), "msg=connected node=alpha resource=r0 peer=bravo"); n != 1 || c.peerConn(t, "alpha", "bravo") != "Connected" {
 		t.Errorf("alpha connected to bravo %d times and is %s: adjust dropped the connection", n, c.peerConn(t, "alpha", "bravo"))
+	}
+}
+
+// TestAdjustAddsAndRemovesResources: with all, a resource new in the files
+// is added down (and comes up), and one gone from them is removed once
+// down; while up its removal is refused.
+func TestAdjustAddsAndRemovesResources(t *testing.T) {
+	daemons, next := adjustCluster(t)
+	alpha := daemons["alpha"]
+	var r1 string
+	withR1 := next(func(s string) string {
+		r1 = strings.NewReplacer(`resource "r0"`, `resource "r1"`, ".img", "-r1.img", ".nbd.sock", "-r1.nbd.sock").Replace(s)
+		for id, n := range []string{"alpha", "bravo", "dr"} {
+			i := strings.Index(r1, "node \""+n+"\"")
+			j := i + strings.Index(r1[i:], "127.0.0.1:") + len("127.0.0.1:")
+			k := j + strings.Index(r1[j:], "\"")
+			r1 = r1[:j] + fmt.Sprint(id+1) + r1[k:] // r1 stays down: it never listens
+		}
+		return s + "\n" + r1
+	})
+	lines, err := alpha.Adjust(withR1, "all", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := lineWith(strings.Join(lines, "\n"), "r1: new resource"); l == "" {
+		t.Fatalf("adjust all said %q", lines)
+	}
+	st, err := alpha.Status("r1")
+	if err != nil || st[0].Up {
+		t.Fatalf("r1 after adjust: %+v, %v; want it down", st, err)
+	}
+
+	without := next(func(s string) string { return s + "\n" + strings.Replace(r1, `resource "r1"`, `resource "r2"`, 1) })
+	// r1 is down and goes, r2 comes: nothing is refused.
+	if _, err := alpha.Adjust(without, "all", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alpha.resource("r1"); err == nil {
+		t.Error("r1 is still there after it left the files")
+	}
+	if _, err := alpha.resource("r2"); err != nil {
+		t.Errorf("r2 was not added: %v", err)
+	}
+	// r0 is up: removing it is refused, and nothing else of that adjust
+	// happens (r2 stays).
+	onlyR1 := next(func(string) string { return r1 })
+	if _, err := alpha.Adjust(onlyR1, "all", false); err == nil || !strings.Contains(err.Error(), "georepl down r0") {
+		t.Errorf("removing r0 while up: %v", err)
+	}
+	if _, err := alpha.resource("r2"); err != nil {
+		t.Errorf("a refused adjust removed r2: %v", err)
 	}
 }
