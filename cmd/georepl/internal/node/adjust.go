@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -111,6 +112,7 @@ var peerNodeSettings = map[string]setting{
 // change is one difference Adjust found.
 type change struct {
 	what     string // "peer dr: net.max_buffer"
+	peer     string // the peer whose connection it is about, or ""
 	old, new string
 	at       string // file:line of the block that sets it now
 	how      liveness
@@ -359,7 +361,7 @@ func (r *resource) planAdjust(cfg *configs.Config) (*adjustPlan, error) {
 	}
 	down := fmt.Sprintf("take %s down on %s (`georepl down %s`, after `georepl secondary %s` if it is Primary), run `georepl adjust %s` there, and bring it up again", name, r.self.Name, name, name, name)
 	for _, c := range changes {
-		peer, _, _ := strings.Cut(strings.TrimPrefix(c.what, "peer "), ":")
+		peer := c.peer
 		switch {
 		case c.how == refused:
 			p.refused = append(p.refused, fmt.Sprintf("%s: %v: cannot change while the resource is up: %s", name, c, down))
@@ -433,6 +435,11 @@ func diffResource(old, new *configs.Resource, self string) []change {
 	add := func(what string, a, b any, where string, how liveness) {
 		out = append(out, change{what: what, old: show(what, a), new: show(what, b), at: where, how: how})
 	}
+	// addLink adds a change of the connection to peer.
+	addLink := func(peer, what string, a, b any, where string, how liveness) {
+		add("peer "+peer+": "+what, a, b, where, how)
+		out[len(out)-1].peer = peer
+	}
 	diffFields(old, new, resourceSettings, []string{"Name", "Protocol", "Net", "Disk", "Nodes", "Connections", "DeclRange"}, func(s setting, a, b any) {
 		add(s.hcl, a, b, resAt, s.how)
 	})
@@ -465,25 +472,30 @@ func diffResource(old, new *configs.Resource, self string) []change {
 		ol, _ := old.Link(self, peer.Name)
 		nl, _ := new.Link(self, peer.Name)
 		where := resAt
-		for _, c := range new.Connections {
-			if c.Joins(self, peer.Name) {
-				where = at(c.DeclRange)
-			}
+		oc, nc := connectionOf(old, self, peer.Name), connectionOf(new, self, peer.Name)
+		if nc != nil {
+			where = at(nc.DeclRange)
 		}
-		prefix := "peer " + peer.Name + ": "
 		if ol.Protocol != nl.Protocol {
-			add(prefix+"protocol", ol.Protocol, nl.Protocol, where, unlessConnected)
+			addLink(peer.Name, "protocol", ol.Protocol, nl.Protocol, where, unlessConnected)
 		}
 		diffFields(&ol.Net, &nl.Net, netSettings, nil, func(s setting, a, b any) {
-			add(prefix+s.hcl, a, b, where, s.how)
+			addLink(peer.Name, s.hcl, a, b, where, s.how)
 		})
 		diffFields(&ol, &nl, nil, []string{"Protocol", "Net"}, func(s setting, a, b any) {
-			add(prefix+s.hcl, a, b, where, s.how)
+			addLink(peer.Name, s.hcl, a, b, where, s.how)
 		})
-		oc, nc := connectionOf(old, self, peer.Name), connectionOf(new, self, peer.Name)
-		if oc != nil && nc != nil {
+		// A connection block's other fields, against none where the
+		// block is new or gone.
+		if oc != nil || nc != nil {
+			if oc == nil {
+				oc = &configs.Connection{}
+			}
+			if nc == nil {
+				nc = &configs.Connection{}
+			}
 			diffFields(oc, nc, nil, []string{"Nodes", "Link", "DeclRange"}, func(s setting, a, b any) {
-				add(prefix+s.hcl, a, b, where, s.how)
+				addLink(peer.Name, s.hcl, a, b, where, s.how)
 			})
 		}
 	}
@@ -506,7 +518,7 @@ func diffFields(a, b any, table map[string]setting, skip []string, f func(s sett
 	va, vb := reflect.ValueOf(a).Elem(), reflect.ValueOf(b).Elem()
 	for i := range va.NumField() {
 		field := va.Type().Field(i)
-		if !field.IsExported() || contains(skip, field.Name) {
+		if !field.IsExported() || slices.Contains(skip, field.Name) {
 			continue
 		}
 		x, y := va.Field(i).Interface(), vb.Field(i).Interface()
@@ -519,15 +531,6 @@ func diffFields(a, b any, table map[string]setting, skip []string, f func(s sett
 		}
 		f(s, x, y)
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // show writes a setting's value for the report; secrets and file sets

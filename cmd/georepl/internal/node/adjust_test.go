@@ -394,3 +394,21 @@ func TestAdjustAddsAndRemovesResources(t *testing.T) {
 		t.Errorf("a refused adjust removed r2: %v", err)
 	}
 }
+
+// TestAdjustRefusesFieldsItDoesNotKnow: a configuration field that no
+// table of adjust names (one added later, such as a connection's paths)
+// is refused while up, never ignored.
+func TestAdjustRefusesFieldsItDoesNotKnow(t *testing.T) {
+	type block struct {
+		Known, Skipped int
+		Added          []string
+	}
+	a, b := block{1, 1, nil}, block{2, 2, []string{"10.0.0.1:7789"}}
+	got := map[string]liveness{}
+	diffFields(&a, &b, map[string]setting{"Known": {"known", live}}, []string{"Skipped"}, func(s setting, _, _ any) {
+		got[s.hcl] = s.how
+	})
+	if len(got) != 2 || got["known"] != live || got["Added"] != refused {
+		t.Errorf("diffFields found %v; want known live, Added refused, Skipped skipped", got)
+	}
+}
