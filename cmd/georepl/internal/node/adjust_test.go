@@ -1,9 +1,11 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -231,6 +233,23 @@ func TestAdjustProtocol(t *testing.T) {
 	alpha := daemons["alpha"]
 	ra := alpha.resources["r0"]
 	connected(t, alpha, "bravo")
+	if err := ra.Primary(true); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := alpha.LocalDevice("r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	written := map[uint64][]byte{}
+	write := func(off uint64) {
+		buf := dev.(nbd.WriteBuffers).WriteBuffer(64 << 10)
+		rand.Read(buf)
+		written[off] = append([]byte(nil), buf...)
+		if err := dev.WriteAt(context.Background(), buf, off, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(0)
 	cfg := next(func(s string) string {
 		return strings.Replace(s, "  connection \"alpha\" \"dr\" {", "  connection \"alpha\" \"bravo\" {\n    protocol = \"B\"\n  }\n\n  connection \"alpha\" \"dr\" {", 1)
 	})
@@ -250,6 +269,7 @@ func TestAdjustProtocol(t *testing.T) {
 		p := peerStatus(t, alpha, "bravo")
 		return p.Conn != "Connected", p.Conn
 	})
+	write(1 << 20) // bravo misses it: marked, resynchronised later
 	lines, err := alpha.Adjust(cfg, "r0", false)
 	if err != nil {
 		t.Fatal(err)
@@ -271,6 +291,27 @@ func TestAdjustProtocol(t *testing.T) {
 	connected(t, alpha, "bravo")
 	if got := peerStatus(t, alpha, "bravo").Protocol; got != "B" {
 		t.Fatalf("after reconnecting bravo's protocol is %s", got)
+	}
+	write(2 << 20) // under protocol B
+	waitUntil(t, "bravo in sync", func() (bool, string) {
+		p := peerStatus(t, alpha, "bravo")
+		return p.Repl == "Established" && p.Disk == "UpToDate" && p.OutOfSync == 0 && p.Unacked == 0,
+			fmt.Sprintf("%s %s, %d out of sync, %d unacknowledged", p.Repl, p.Disk, p.OutOfSync, p.Unacked)
+	})
+	// bravo's disk holds every write, the one it missed included.
+	img, err := os.Open(daemons["bravo"].lookup("r0").self.Disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	for off, want := range written {
+		got := make([]byte, len(want))
+		if _, err := img.ReadAt(got, int64(off)); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("bravo's disk at %d differs from what alpha wrote", off)
+		}
 	}
 }
 
