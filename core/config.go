@@ -237,26 +237,8 @@ func (cfg Config) withDefaults() (Config, error) {
 			return cfg, fmt.Errorf("core: peer %d (%q): id out of range or duplicate", p.ID, p.Name)
 		}
 		seen[p.ID] = true
-		if p.Protocol != protocols.A && p.Protocol != protocols.B && p.Protocol != protocols.C {
-			return cfg, fmt.Errorf("core: peer %d (%q): unknown protocol %v", p.ID, p.Name, p.Protocol)
-		}
-		if p.Csums != wire.CsumNone && p.Csums.Size() == 0 {
-			return cfg, fmt.Errorf("core: peer %d (%q): unknown checksum algorithm %v", p.ID, p.Name, p.Csums)
-		}
-		if p.AfterSplitBrain > DiscardNode {
-			return cfg, fmt.Errorf("core: peer %d (%q): unknown split-brain policy %d", p.ID, p.Name, p.AfterSplitBrain)
-		}
-		if p.MaxBuffer == 0 {
-			p.MaxBuffer = DefaultMaxBuffer
-		}
-		if !(p.ResyncMinAppShare >= 0 && p.ResyncMinAppShare <= MaxResyncMinAppShare) {
-			return cfg, fmt.Errorf("core: peer %d (%q): minimum application share %v is not from 0 to %v", p.ID, p.Name, p.ResyncMinAppShare, MaxResyncMinAppShare)
-		}
-		if p.OnCongestion > CongestionDisconnect {
-			return cfg, fmt.Errorf("core: peer %d (%q): unknown congestion policy %v", p.ID, p.Name, p.OnCongestion)
-		}
-		if p.OnCongestion != CongestionBlock && p.Protocol != protocols.A {
-			return cfg, fmt.Errorf("core: peer %d (%q): congestion policy %v needs protocol A, not %v", p.ID, p.Name, p.OnCongestion, p.Protocol)
+		if err := p.check(); err != nil {
+			return cfg, err
 		}
 		if b := cfg.Bitmaps[p.ID]; b != nil && b.Len() != blocks {
 			return cfg, fmt.Errorf("core: peer %d (%q): bitmap has %d bits, the device %d blocks", p.ID, p.Name, b.Len(), blocks)
@@ -265,4 +247,31 @@ func (cfg Config) withDefaults() (Config, error) {
 	}
 	cfg.Peers = peers
 	return cfg, nil
+}
+
+// check validates p's settings, filling in MaxBuffer's default. The error
+// names the peer and the field.
+func (p *PeerConfig) check() error {
+	if p.Protocol != protocols.A && p.Protocol != protocols.B && p.Protocol != protocols.C {
+		return fmt.Errorf("core: peer %d (%q): unknown protocol %v", p.ID, p.Name, p.Protocol)
+	}
+	if p.Csums != wire.CsumNone && p.Csums.Size() == 0 {
+		return fmt.Errorf("core: peer %d (%q): unknown checksum algorithm %v", p.ID, p.Name, p.Csums)
+	}
+	if p.AfterSplitBrain > DiscardNode {
+		return fmt.Errorf("core: peer %d (%q): unknown split-brain policy %d", p.ID, p.Name, p.AfterSplitBrain)
+	}
+	if p.MaxBuffer == 0 {
+		p.MaxBuffer = DefaultMaxBuffer
+	}
+	if !(p.ResyncMinAppShare >= 0 && p.ResyncMinAppShare <= MaxResyncMinAppShare) {
+		return fmt.Errorf("core: peer %d (%q): minimum application share %v is not from 0 to %v", p.ID, p.Name, p.ResyncMinAppShare, MaxResyncMinAppShare)
+	}
+	if p.OnCongestion > CongestionDisconnect {
+		return fmt.Errorf("core: peer %d (%q): unknown congestion policy %v", p.ID, p.Name, p.OnCongestion)
+	}
+	if p.OnCongestion != CongestionBlock && p.Protocol != protocols.A {
+		return fmt.Errorf("core: peer %d (%q): congestion policy %v needs protocol A, not %v", p.ID, p.Name, p.OnCongestion, p.Protocol)
+	}
+	return nil
 }

@@ -309,6 +309,12 @@
 // (no new reads) until resumed; the acknowledged blocks stay cleared, so a
 // paused, interrupted or reconnected resync continues with what is left.
 //
+// Reconfigure replaces a peer's PeerConfig while the engine runs (the
+// administrator's adjust): each field counts from the next decision that
+// reads it, and a larger MaxBuffer releases the writes it held at once.
+// The protocol changes only while the peer is not connected: the writes in
+// flight to it were sent, and would be completed, under the old one.
+//
 // A driver may keep the target recoverable during the resync (consistent
 // resync, docs/architecture.md): the engine persists Disk Inconsistent in
 // the Ready that makes this node a sync target, before any resync write,

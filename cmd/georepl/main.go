@@ -106,7 +106,7 @@ on_io_error = "detach": the disk becomes Diskless, and a Primary goes on serving
 writes through its peers in sync. Refused on a Primary with no peer in sync. There is no
 attach: 'georepl down' and 'georepl up' reattach the disk, which is then resynchronised in
 full.`),
-		verifyCmd(), statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd(), checkCmd(),
+		adjustCmd(), verifyCmd(), statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd(), checkCmd(),
 		pluginsCmd(), pluginServeCmd(), topCmd())
 	return root
 }
@@ -237,6 +237,44 @@ a split brain the flag does nothing.`,
 	return cmd
 }
 
+func adjustCmd() *cobra.Command {
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "adjust [--dry-run] [RESOURCE|all]",
+		Short: "Read the configuration files again and apply what changed to the running daemon",
+		Long: `The daemon reads its configuration directory again and applies to RESOURCE (default
+and "all": every resource of this node) what changed, without down/up, printing one line
+per change. SIGHUP to the daemon does the same as 'adjust all', and logs the lines.
+
+On a resource that is up:
+  - applied at once: max_buffer, on_congestion, csums, resync_rate, resync_min_app_share,
+    connect_retry, after_split_brain, discard_node, rpo_warning, insecure, handlers,
+    a peer's peer_fingerprint (new connections), this node's tls and export_tls files
+    (read again: certificate rotation; established connections keep theirs);
+  - from the peer's next connection: compression, ping_interval, timeout, shared_secret;
+  - protocol: applied while the peer is not connected, refused while it is (writes in
+    flight were sent under the old one): disconnect the peer, adjust, connect;
+  - refused: disk settings, quorum, on_no_quorum, transport, tls mode, a node added or
+    removed, a peer's address, and this node's id, address, disk, meta_disk,
+    resync_undo, export, device, ublk settings. The error names each field and the
+    file:line that sets it; take the resource down on this node, adjust, and bring it up.
+If anything is refused, nothing is applied. On a resource that is down everything is
+taken and applies at its next up. With "all", a resource new in the files is added
+(down), and one gone from them is removed if it is down. Each applied change is an
+event ("adjusted"). Run adjust on every node: each daemon applies its own files.`,
+		Args: cobra.RangeArgs(0, 1),
+		RunE: func(cmd *cobra.Command, a []string) error {
+			req := admin.Request{Verb: "adjust", DryRun: dryRun}
+			if len(a) > 0 {
+				req.Resource = a[0]
+			}
+			return call(cmd, req)
+		},
+	}
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print what would change, change nothing")
+	return cmd
+}
+
 // peerVerbCmd is a verb on RESOURCE and optionally one PEER.
 func peerVerbCmd(verb, short string) *cobra.Command {
 	return &cobra.Command{
@@ -262,7 +300,8 @@ func daemonCmd() *cobra.Command {
 		Long: `Run node NAME of the configuration in DIR (every *.hcl file). The daemon creates the
 admin socket (owner-only) and refuses to start when another daemon holds it. Resources
 start down unless --up is given; bring them up with 'georepl up'. SIGINT or SIGTERM
-takes every resource down and exits.`,
+takes every resource down and exits. SIGHUP reads the configuration files again and
+applies what changed, as 'georepl adjust all' does (the TLS files included).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if pprofAddr != "" {
@@ -319,7 +358,7 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level, faults string, 
 		return err
 	}
 	defer l.Close()
-	d, err := node.NewDaemon(cfg, name, log, node.Options{})
+	d, err := node.NewDaemon(cfg, name, log, node.Options{ReadConfig: func() (*configs.Config, error) { return loadConfig(dir) }})
 	if err != nil {
 		return err
 	}
@@ -352,16 +391,21 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level, faults string, 
 	if err := sdNotify("READY=1", "STATUS=admin socket "+adminSock); err != nil {
 		log.Warn("could not tell the service manager that the daemon is ready", "err", err)
 	}
-	// SIGHUP reloads the TLS files (certificate rotation); established
-	// connections keep theirs.
+	// SIGHUP is `georepl adjust all`: the configuration files are read
+	// again, what may change live is applied (TLS files included, for
+	// certificate rotation: established connections keep theirs), and
+	// what was applied or refused is logged.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	for {
 		select {
 		case <-hup:
-			if err := d.ReloadTLS(); err != nil {
-				log.Error("reloading the TLS files failed; the previous ones stay in use", "err", err)
+			lines, err := d.AdjustFromFiles("all", false)
+			if err != nil {
+				log.Error("SIGHUP: adjusting to the configuration files failed", "err", err)
+			} else if len(lines) == 0 {
+				log.Info("SIGHUP: the configuration files hold no change")
 			}
 			continue
 		case s := <-sig:

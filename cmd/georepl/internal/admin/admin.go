@@ -38,6 +38,8 @@ type Request struct {
 	Proc     bool   `json:"proc,omitempty"`
 	// DiscardMyData: connect offering to be the victim of a split brain.
 	DiscardMyData bool `json:"discard_my_data,omitempty"`
+	// DryRun: adjust says what it would change, and changes nothing.
+	DryRun bool `json:"dry_run,omitempty"`
 }
 
 // Reply is one line of a daemon's answer. A request's answer ends with a

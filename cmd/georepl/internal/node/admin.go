@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/georepl/georepl/cmd/georepl/internal/admin"
 )
@@ -47,6 +48,14 @@ func (d *Daemon) HandleAdmin(ctx context.Context, req admin.Request, send func(a
 				}
 			}
 		}
+	case "adjust":
+		lines, err := d.AdjustFromFiles(req.Resource, req.DryRun)
+		if len(lines) > 0 {
+			if serr := send(admin.Reply{Text: strings.Join(lines, "\n") + "\n"}); serr != nil {
+				return serr
+			}
+		}
+		return err
 	}
 
 	names := []string{req.Resource}

@@ -26,7 +26,13 @@ type Daemon struct {
 	log      *slog.Logger
 	events   *broadcaster
 
+	// resources are this node's resources by name, under resMu: Adjust
+	// adds, replaces (while down) and removes them.
+	resMu     sync.RWMutex
 	resources map[string]*resource
+	// adjustMu serialises Adjust with itself and with Up, so that a
+	// resource does not come up on settings Adjust is replacing.
+	adjustMu sync.Mutex
 
 	mu        sync.Mutex
 	listeners map[string]transports.Listener // by "transport address"
@@ -100,13 +106,22 @@ func NewDaemon(cfg *configs.Config, nodeName string, log *slog.Logger, opts Opti
 
 // Resource finds a resource this node takes part in.
 func (d *Daemon) resource(name string) (*resource, error) {
-	if r, ok := d.resources[name]; ok {
+	if r := d.lookup(name); r != nil {
 		return r, nil
 	}
 	return nil, fmt.Errorf("node %s has no resource %q (it has: %v)", d.nodeName, name, d.resourceNames())
 }
 
+// lookup is the resource called name, or nil.
+func (d *Daemon) lookup(name string) *resource {
+	d.resMu.RLock()
+	defer d.resMu.RUnlock()
+	return d.resources[name]
+}
+
 func (d *Daemon) resourceNames() []string {
+	d.resMu.RLock()
+	defer d.resMu.RUnlock()
 	names := make([]string, 0, len(d.resources))
 	for n := range d.resources {
 		names = append(names, n)
@@ -118,7 +133,7 @@ func (d *Daemon) resourceNames() []string {
 // UpAll brings every resource of this node up.
 func (d *Daemon) UpAll() error {
 	for _, name := range d.resourceNames() {
-		if err := d.resources[name].Up(); err != nil {
+		if err := d.lookup(name).Up(); err != nil {
 			return fmt.Errorf("up %s: %w", name, err)
 		}
 	}
@@ -130,8 +145,8 @@ func (d *Daemon) UpAll() error {
 func (d *Daemon) Close() error {
 	var errs []error
 	for _, name := range d.resourceNames() {
-		r := d.resources[name]
-		if r.isUp() {
+		r := d.lookup(name)
+		if r != nil && r.isUp() {
 			errs = append(errs, r.forceDown())
 		}
 	}
@@ -221,7 +236,7 @@ func (d *Daemon) accept(transport string, conn transports.Conn, slot *transports
 		d.preAuthLog.Warn("handshake failed", "resource", r.cfg.Name, "peer", p.node.Name, "remote", conn.RemoteAddr(), "err", err)
 		return
 	}
-	if err := hs.authenticate(p.link.Net.SharedSecret, &ours, theirs, false); err != nil {
+	if err := hs.authenticate(p.link().Net.SharedSecret, &ours, theirs, false); err != nil {
 		d.preAuthLog.Warn("refusing connection", "resource", r.cfg.Name, "peer", p.node.Name, "remote", conn.RemoteAddr(), "err", err)
 		hs.refuse(err)
 		return
@@ -243,8 +258,8 @@ func (d *Daemon) accept(transport string, conn transports.Conn, slot *transports
 // identify finds the resource and peer an intro speaks for, from the
 // configuration alone: its peer is not authenticated yet.
 func (d *Daemon) identify(in *wire.Intro, transport string) (*resource, *peer, error) {
-	r, ok := d.resources[in.Resource]
-	if !ok {
+	r := d.lookup(in.Resource)
+	if r == nil {
 		return nil, nil, fmt.Errorf("unknown resource %q on node %s", in.Resource, d.nodeName)
 	}
 	if int(in.To) != r.self.ID {
@@ -254,8 +269,8 @@ func (d *Daemon) identify(in *wire.Intro, transport string) (*resource, *peer, e
 	if !ok {
 		return nil, nil, fmt.Errorf("resource %s: node id %d is not configured", in.Resource, in.From)
 	}
-	if p.link.Net.Transport != transport {
-		return nil, nil, fmt.Errorf("resource %s: node %s connected over %s but the configuration says %s", in.Resource, p.node.Name, transport, p.link.Net.Transport)
+	if p.link().Net.Transport != transport {
+		return nil, nil, fmt.Errorf("resource %s: node %s connected over %s but the configuration says %s", in.Resource, p.node.Name, transport, p.link().Net.Transport)
 	}
 	return r, p, nil
 }
@@ -300,8 +315,8 @@ func (r *resource) handOver(p *peer, transport string, conn transports.Conn, hs 
 	}
 	// Protocols B and C wait for the peer's answer anyway: their frames
 	// may be written by the goroutine that queues them (link.flush).
-	inline := p.link.Protocol != protocols.A
-	l := newLink(r, p.id, p.node.Name, transport, conn, readers, p.link.Net.Compression, p.link.Net.PingInterval, p.link.Net.Timeout, inline)
+	inline := p.link().Protocol != protocols.A
+	l := newLink(r, p.id, p.node.Name, transport, conn, readers, p.link().Net.Compression, p.link().Net.PingInterval, p.link().Net.Timeout, inline)
 	l.hello, l.ourHello = theirs, ours
 	// The connection clears the last error before the loop attaches it:
 	// attaching may record a new one at once (a split brain), which a
@@ -319,7 +334,7 @@ func (r *resource) handOver(p *peer, transport string, conn transports.Conn, hs 
 // dialLoop keeps a connection to p while the resource is up and p wanted.
 func (r *resource) dialLoop(p *peer) {
 	defer close(p.dialDone)
-	tr, err := r.d.opts.transport(p.link.Net.Transport)
+	tr, err := r.d.opts.transport(p.link().Net.Transport)
 	if err != nil {
 		r.log.Error("cannot connect", "peer", p.node.Name, "err", err)
 		return
@@ -331,7 +346,7 @@ func (r *resource) dialLoop(p *peer) {
 		conn, wanted := p.conn, p.wanted
 		r.mu.Unlock()
 		var wait <-chan struct{}
-		retry := p.link.Net.ConnectRetry
+		retry := p.link().Net.ConnectRetry
 		switch {
 		case conn != nil:
 			wait = conn.closed
@@ -356,7 +371,7 @@ func (r *resource) dialLoop(p *peer) {
 			p.lastErr = err.Error()
 			r.mu.Unlock()
 			if msg := err.Error(); msg != lastLogged {
-				r.log.Warn("connecting failed; retrying", "peer", p.node.Name, "address", p.node.Address, "every", p.link.Net.ConnectRetry, "err", err)
+				r.log.Warn("connecting failed; retrying", "peer", p.node.Name, "address", p.node.Address, "every", p.link().Net.ConnectRetry, "err", err)
 				lastLogged = msg
 			}
 		}
@@ -403,7 +418,7 @@ func (r *resource) dialOnce(tr transports.Transport, p *peer) error {
 		hs.refuse(err)
 	}
 	if err == nil {
-		if err = hs.authenticate(p.link.Net.SharedSecret, &ours, theirs, true); err != nil {
+		if err = hs.authenticate(p.link().Net.SharedSecret, &ours, theirs, true); err != nil {
 			hs.refuse(err)
 		}
 	}
@@ -418,7 +433,7 @@ func (r *resource) dialOnce(tr transports.Transport, p *peer) error {
 		return err
 	}
 	stop()
-	r.handOver(p, p.link.Net.Transport, conn, hs, sent, got)
+	r.handOver(p, p.link().Net.Transport, conn, hs, sent, got)
 	// Wait until the loop has taken the link, so that the next round of
 	// dialLoop sees it.
 	return r.call(func() error { return nil })

@@ -32,10 +32,11 @@ func discardNode(rc *configs.Resource, n configs.Net) (core.NodeID, error) {
 // goroutine of its own: the engine never waits for it. Its output and its
 // failure are logged.
 func (r *resource) runHandlers(ev Event) {
-	if ev.What != "split-brain" || len(r.cfg.Handlers.SplitBrain) == 0 {
+	h := r.handlers.Load()
+	if ev.What != "split-brain" || len(h.SplitBrain) == 0 {
 		return
 	}
-	r.runHandler("split_brain", r.cfg.Handlers.SplitBrain, ev,
+	r.runHandler("split_brain", h.SplitBrain, ev,
 		"GEOREPL_OUTCOME="+ev.New,
 		"GEOREPL_REASON="+ev.Detail,
 	)
@@ -44,10 +45,11 @@ func (r *resource) runHandlers(ev Event) {
 // runRPOHandler starts the rpo_exceeded handler, if configured, with the
 // figures of rpo in its environment.
 func (r *resource) runRPOHandler(ev Event, rpo *RPO) {
-	if len(r.cfg.Handlers.RPOExceeded) == 0 {
+	h := r.handlers.Load()
+	if len(h.RPOExceeded) == 0 {
 		return
 	}
-	r.runHandler("rpo_exceeded", r.cfg.Handlers.RPOExceeded, ev,
+	r.runHandler("rpo_exceeded", h.RPOExceeded, ev,
 		"GEOREPL_RPO_SECONDS="+strconv.FormatFloat(rpo.AgeSeconds, 'f', 3, 64),
 		"GEOREPL_RPO_BYTES="+strconv.FormatUint(rpo.Bytes, 10),
 		"GEOREPL_RPO_WARNING_SECONDS="+strconv.FormatFloat(rpo.WarningSeconds, 'f', 3, 64),

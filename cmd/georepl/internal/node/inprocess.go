@@ -33,8 +33,8 @@ func (d *Daemon) StatusNow(name string) ([]*ResourceStatus, error) {
 		return nil, err
 	}
 	for _, n := range names {
-		r := d.resources[n]
-		if r.isUp() {
+		r := d.lookup(n)
+		if r != nil && r.isUp() {
 			// A resource going down meanwhile publishes by itself.
 			_ = r.call(func() error {
 				r.publishStatus()

@@ -2,6 +2,7 @@ package node
 
 import (
 	"github.com/georepl/georepl/cmd/georepl/internal/storage"
+	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/kmod"
 	"github.com/georepl/georepl/transports"
 )
@@ -26,6 +27,9 @@ type Options struct {
 	// log, a file the node creates and resizes itself, is always opened
 	// with kmod.)
 	OpenDevice func(path string) (Device, error)
+	// ReadConfig reads the configuration files again, for the admin
+	// verb adjust (and SIGHUP); nil when the daemon has none to read.
+	ReadConfig func() (*configs.Config, error)
 }
 
 // Device is a backing disk or an external metadata file: kmod.Backing, or

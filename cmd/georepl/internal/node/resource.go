@@ -34,6 +34,12 @@ type resource struct {
 	cfg  *configs.Resource
 	self *configs.Node
 	log  *slog.Logger
+	// handlers are the resource's handlers as last applied (Adjust
+	// replaces them).
+	handlers atomic.Pointer[configs.Handlers]
+	// applied is the configuration Adjust last applied (cfg at first),
+	// which the next Adjust compares with; under d.adjustMu.
+	applied *configs.Resource
 
 	// mu guards the fields below that other goroutines read: up, peers'
 	// wanted/link, and the export.
@@ -102,9 +108,12 @@ type resource struct {
 
 // peer is this node's side of the connection to one other node.
 type peer struct {
-	id       core.NodeID
-	node     *configs.Node
-	link     configs.Link
+	id   core.NodeID
+	node *configs.Node
+	// settings are the connection's settings and the peer's node block
+	// as the configuration last applied (at start or by Adjust) gives
+	// them: read with link and pin, replaced whole by Adjust.
+	settings atomic.Pointer[peerSettings]
 	wanted   bool  // connect/disconnect by the administrator
 	conn     *link // current link, nil when not connected
 	lastErr  string
@@ -121,6 +130,21 @@ type peer struct {
 	// only).
 	rpoExceeded bool
 }
+
+// peerSettings is what Adjust may change of a peer while the resource
+// runs.
+type peerSettings struct {
+	link configs.Link
+	// node is the peer's node block, for its peer_fingerprint.
+	node *configs.Node
+}
+
+// link is the connection's current settings; never modified.
+func (p *peer) link() *configs.Link { return &p.settings.Load().link }
+
+// pinned is the peer's node block in the current configuration, for the
+// identity checks of new connections.
+func (p *peer) pinned() *configs.Node { return p.settings.Load().node }
 
 // pendingRequest is an application request submitted and not completed:
 // its completion and, for a write, when it was submitted (else zero).
@@ -140,6 +164,8 @@ func newResource(d *Daemon, rc *configs.Resource, self *configs.Node) (*resource
 		log:   d.log.With("resource", rc.Name),
 		peers: map[core.NodeID]*peer{},
 	}
+	r.handlers.Store(&rc.Handlers)
+	r.applied = rc
 	r.exec = executor{
 		perform: r.performOp,
 		reserve: func(off, length uint64) bool { return r.st.al.reserve(off, length) },
@@ -150,7 +176,9 @@ func newResource(d *Daemon, rc *configs.Resource, self *configs.Node) (*resource
 		if err != nil {
 			return nil, err
 		}
-		r.peers[core.NodeID(n.ID)] = &peer{id: core.NodeID(n.ID), node: n, link: lk, wanted: true}
+		p := &peer{id: core.NodeID(n.ID), node: n, wanted: true}
+		p.settings.Store(&peerSettings{link: lk, node: n})
+		r.peers[p.id] = p
 	}
 	r.publishStatus()
 	return r, nil
@@ -158,6 +186,11 @@ func newResource(d *Daemon, rc *configs.Resource, self *configs.Node) (*resource
 
 // Up attaches the disk, starts the engine and starts connecting.
 func (r *resource) Up() error {
+	r.d.adjustMu.Lock()
+	defer r.d.adjustMu.Unlock()
+	if r.d.lookup(r.cfg.Name) != r {
+		return fmt.Errorf("resource %s was reconfigured by `georepl adjust` meanwhile on %s: run up again", r.cfg.Name, r.self.Name)
+	}
 	r.mu.Lock()
 	if r.up {
 		r.mu.Unlock()
@@ -189,7 +222,7 @@ func (r *resource) Up() error {
 	r.loopDone = make(chan struct{})
 
 	for _, p := range r.peers {
-		if err := r.d.ensureListener(p.link.Net.Transport, r.self.Address); err != nil {
+		if err := r.d.ensureListener(p.link().Net.Transport, r.self.Address); err != nil {
 			st.Close()
 			return err
 		}
@@ -244,16 +277,11 @@ func (r *resource) newEngine(st *localDisk) (*core.Engine, error) {
 	}
 	bits := st.Store.BitmapBits()
 	for _, p := range sortedPeers(r.peers) {
-		n := p.link.Net
-		victim, err := discardNode(r.cfg, n)
+		pc, err := peerConfig(r.cfg, p, p.link())
 		if err != nil {
 			return nil, err
 		}
-		cfg.Peers = append(cfg.Peers, core.PeerConfig{
-			ID: p.id, Name: p.node.Name, Protocol: p.link.Protocol, MaxBuffer: uint64(n.MaxBuffer), Csums: n.Csums,
-			OnCongestion: n.OnCongestion, AfterSplitBrain: n.AfterSplitBrain, DiscardNode: victim,
-			ResyncRate: uint64(n.ResyncRate), ResyncMinAppShare: n.ResyncMinAppShare,
-		})
+		cfg.Peers = append(cfg.Peers, pc)
 		if int(p.id) < len(sb.BitmapUUID) {
 			state.BitmapUUID[p.id] = sb.BitmapUUID[p.id]
 		}
@@ -268,6 +296,21 @@ func (r *resource) newEngine(st *localDisk) (*core.Engine, error) {
 		cfg.Bitmaps[p.id] = bm
 	}
 	return core.New(cfg)
+}
+
+// peerConfig is the engine's configuration of peer p with the settings
+// lk, in resource rc.
+func peerConfig(rc *configs.Resource, p *peer, lk *configs.Link) (core.PeerConfig, error) {
+	n := lk.Net
+	victim, err := discardNode(rc, n)
+	if err != nil {
+		return core.PeerConfig{}, err
+	}
+	return core.PeerConfig{
+		ID: p.id, Name: p.node.Name, Protocol: lk.Protocol, MaxBuffer: uint64(n.MaxBuffer), Csums: n.Csums,
+		OnCongestion: n.OnCongestion, AfterSplitBrain: n.AfterSplitBrain, DiscardNode: victim,
+		ResyncRate: uint64(n.ResyncRate), ResyncMinAppShare: n.ResyncMinAppShare,
+	}, nil
 }
 
 // dials reports whether this node dials peer p (the lower node id dials;

@@ -303,14 +303,14 @@ func (r *resource) publishStatus() {
 		r.mu.Unlock()
 		ps := PeerStatus{
 			Name: p.node.Name, ID: p.node.ID, Address: p.node.Address,
-			Protocol: p.link.Protocol.String(), Transport: p.link.Net.Transport, Compression: p.link.Net.Compression.String(),
+			Protocol: p.link().Protocol.String(), Transport: p.link().Net.Transport, Compression: p.link().Net.Compression.String(),
 			Conn: core.StandAlone.String(), Repl: core.ReplOff.String(), Role: core.RoleUnknown.String(), Disk: core.DUnknown.String(),
-			TLS: p.link.Net.TLS.String(), Auth: authOf(p.link.Net),
+			TLS: p.link().Net.TLS.String(), Auth: authOf(p.link().Net),
 			LastError: lastErr,
 			LinkSent:  sentBefore, LinkRecv: recvBefore,
-			MaxBuffer: uint64(p.link.Net.MaxBuffer), AckLatency: p.ackLatency.snapshot(),
+			MaxBuffer: uint64(p.link().Net.MaxBuffer), AckLatency: p.ackLatency.snapshot(),
 		}
-		if tr, err := r.d.opts.transport(p.link.Net.Transport); err == nil {
+		if tr, err := r.d.opts.transport(p.link().Net.Transport); err == nil {
 			if sr, ok := tr.(stateReporter); ok {
 				ps.TransportState, ps.TransportError = sr.TransportState()
 			}
@@ -328,7 +328,7 @@ func (r *resource) publishStatus() {
 			ps.WritesSent, ps.WritesRecv = eps.WritesSent, eps.WritesReceived
 			ps.AheadEpisodes, ps.SplitBrains = eps.AheadEpisodes, eps.SplitBrains
 			if es.Role == core.Primary {
-				ps.RPO = &RPO{AgeSeconds: eps.RPOAge.Seconds(), Bytes: eps.RPOBytes, WarningSeconds: p.link.Net.RPOWarning.Seconds()}
+				ps.RPO = &RPO{AgeSeconds: eps.RPOAge.Seconds(), Bytes: eps.RPOBytes, WarningSeconds: p.link().Net.RPOWarning.Seconds()}
 			}
 			r.checkRPO(p, ps.RPO, eps.RPOAge)
 			switch {
@@ -388,7 +388,7 @@ func (r *resource) publishStatus() {
 // It runs with each status snapshot (every 250 ms), never on the write
 // path.
 func (r *resource) checkRPO(p *peer, rpo *RPO, age time.Duration) {
-	limit := p.link.Net.RPOWarning
+	limit := p.link().Net.RPOWarning
 	exceeded := limit > 0 && rpo != nil && age > limit
 	if rpo != nil {
 		rpo.Exceeded = exceeded
@@ -444,7 +444,9 @@ func (d *Daemon) Status(name string) ([]*ResourceStatus, error) {
 	}
 	out := make([]*ResourceStatus, 0, len(names))
 	for _, n := range names {
-		out = append(out, d.resources[n].status.Load())
+		if r := d.lookup(n); r != nil { // not removed by Adjust meanwhile
+			out = append(out, r.status.Load())
+		}
 	}
 	return out, nil
 }

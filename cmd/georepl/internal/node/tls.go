@@ -125,11 +125,14 @@ const expiryWarning = 30 * 24 * time.Hour
 // keep theirs. If any file cannot be used, nothing changes and the error
 // says which (as at start).
 func (d *Daemon) ReloadTLS() error {
-	ids, err := loadIdentities(d.cfg, d.nodeName)
+	d.idMu.RLock()
+	cfg := d.cfg
+	d.idMu.RUnlock()
+	ids, err := loadIdentities(cfg, d.nodeName)
 	if err != nil {
 		return err
 	}
-	exportIDs, err := loadExportIdentities(d.cfg, d.nodeName)
+	exportIDs, err := loadExportIdentities(cfg, d.nodeName)
 	if err != nil {
 		return err
 	}
@@ -168,7 +171,7 @@ func (d *Daemon) setupFailed(transport string) func(net.Addr, error) {
 // dialTLS is the TLS configuration that dials p: nil when the connection
 // has tls = "off".
 func (r *resource) dialTLS(p *peer) *tls.Config {
-	if p.link.Net.TLS != configs.TLSRequired {
+	if p.link().Net.TLS != configs.TLSRequired {
 		return nil
 	}
 	return r.d.identity(r.cfg.Name).ClientConfig(r.cfg.Name, nil)
@@ -185,7 +188,7 @@ func (r *resource) checkPeerIdentity(conn transports.Conn, p *peer, dialer bool)
 	if pc, ok := conn.(transports.PeerCertificates); ok {
 		certs = pc.PeerCertificates()
 	}
-	required := p.link.Net.TLS == configs.TLSRequired
+	required := p.link().Net.TLS == configs.TLSRequired
 	switch {
 	case !required && dialer:
 		// A quic listener always presents a (self-signed) certificate.
@@ -198,12 +201,13 @@ func (r *resource) checkPeerIdentity(conn transports.Conn, p *peer, dialer bool)
 		return fmt.Errorf("resource %s: the connection between %s and %s requires TLS, but node %s connected without a certificate (its configuration has tls = \"off\" there, or it is not %s)", r.cfg.Name, r.self.Name, p.node.Name, p.node.Name, p.node.Name)
 	}
 	var pin []byte
-	if fp := p.node.PeerFingerprint; fp != nil {
+	pinned := p.pinned()
+	if fp := pinned.PeerFingerprint; fp != nil {
 		pin = fp[:]
 	}
 	if err := r.d.identity(r.cfg.Name).VerifyPeer(certs, p.node.Name, dialer, pin); err != nil {
 		if errors.Is(err, nodetls.ErrFingerprint) {
-			err = fmt.Errorf("%w (node %s's peer_fingerprint is at %s)", err, p.node.Name, fmt.Sprintf("%s:%d", p.node.PeerFingerprintAt.Filename, p.node.PeerFingerprintAt.Start.Line))
+			err = fmt.Errorf("%w (node %s's peer_fingerprint is at %s)", err, p.node.Name, fmt.Sprintf("%s:%d", pinned.PeerFingerprintAt.Filename, pinned.PeerFingerprintAt.Start.Line))
 		}
 		return fmt.Errorf("resource %s: refusing the peer that claims to be node %s: %w", r.cfg.Name, p.node.Name, err)
 	}
