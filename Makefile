@@ -233,7 +233,7 @@ vmtest:
 # O_DSYNC latency, 1 MiB sequential and 4 KiB QD16 writes, medians of
 # VMBENCH_RUNS rounds, on the bare link and with each netem delay of
 # VMBENCH_RTT (ms), as ratios to the raw disk and to DRBD. Root, like
-# vmtest. About 40 minutes on a loaded 2-core machine with the defaults.
+# vmtest. About 30 minutes on a loaded 2-core machine with the defaults.
 VMBENCH_RUNS ?= 3
 VMBENCH_RTT  ?= 0,20,80
 VMBENCHFLAGS ?=
