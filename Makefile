@@ -16,6 +16,8 @@
 #                or the simulator (SIM=1h)
 #   make vmtest  the VM rig: ext4 on /dev/nbd0, power loss, failover, WAN latency,
 #                held I/O across a lost quorum, the rdma plugin over Soft-RoCE
+#   make vmbench georepl against the in-kernel DRBD 8.4 in the VM rig's two VMs
+#                (nbd and ublk, protocols A and C, bare link and netem delay)
 
 GO      ?= go
 BIN     := bin/georepl
@@ -25,7 +27,7 @@ TOOLS   := fio:fio nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:
 RDMA_DEV := /usr/include/infiniband/verbs.h:libibverbs-dev /usr/include/rdma/rdma_cma.h:librdmacm-dev
 TESTFLAGS ?=
 
-.PHONY: all build install plugins rdma-deps demo test lint vet tidy-check staticcheck fmt-check unit sim deps bench bench-plugins bench-resync bench-wan soak fuzz vmtest clean
+.PHONY: all build install plugins rdma-deps demo test lint vet tidy-check staticcheck fmt-check unit sim deps bench bench-plugins bench-resync bench-wan soak fuzz vmtest vmbench clean
 
 all: build
 
@@ -224,6 +226,22 @@ vmtest:
 	@mkdir -p .cache/vm
 	$(GO) test -tags vmtest -c -o .cache/vm/vmtest.test ./kmod/vmtest
 	cd kmod/vmtest && ../../.cache/vm/vmtest.test -test.timeout 40m $(VMTESTFLAGS)
+
+# georepl on /dev/nbdN and /dev/ublkbN against the real DRBD (drbd.ko
+# 8.4 of the kernel package the rig boots, Debian's drbd-utils, which
+# setup.sh installs) in the same two TCG VMs over the same link: QD1
+# O_DSYNC latency, 1 MiB sequential and 4 KiB QD16 writes, medians of
+# VMBENCH_RUNS rounds, on the bare link and with each netem delay of
+# VMBENCH_RTT (ms), as ratios to the raw disk and to DRBD. Root, like
+# vmtest. About 30 minutes on a loaded 2-core machine with the defaults.
+VMBENCH_RUNS ?= 3
+VMBENCH_RTT  ?= 0,20,80
+VMBENCHFLAGS ?=
+vmbench:
+	@mkdir -p .cache/vm
+	$(GO) test -tags vmtest -c -o .cache/vm/vmtest.test ./kmod/vmtest
+	cd kmod/vmtest && ../../.cache/vm/vmtest.test -test.run '^TestVMBench$$' -test.timeout 3h \
+		-vmbench -vmbench.runs $(VMBENCH_RUNS) -vmbench.rtt $(VMBENCH_RTT) $(VMBENCHFLAGS)
 
 clean:
 	rm -rf bin

@@ -23,6 +23,9 @@ command -v file >/dev/null 2>&1 || need="$need file"
 [ -e /usr/include/rdma/rdma_cma.h ] || need="$need librdmacm-dev"
 [ -e /etc/libibverbs.d/rxe.driver ] || need="$need ibverbs-providers"
 command -v rdma >/dev/null 2>&1 || need="$need iproute2"
+# The in-kernel DRBD 8.4 that make vmbench compares georepl with is driven
+# by drbd-utils (drbdadm-84, drbdsetup-84), copied into the initramfs.
+[ -x /lib/drbd/drbdadm-84 ] || need="$need drbd-utils"
 
 src=/etc/apt/sources.list.d/debian.sources
 bp=/etc/apt/sources.list.d/georepl-backports.sources
