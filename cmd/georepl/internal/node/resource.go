@@ -105,6 +105,12 @@ type peer struct {
 	id       core.NodeID
 	node     *configs.Node
 	link     configs.Link
+	// paths are the connection's address pairs, this node's first;
+	// multi: they come from path blocks, and the connection may move
+	// between them (paths.go). pathStates, under mu, say how each is.
+	paths      []configs.Path
+	multi      bool
+	pathStates []pathState
 	wanted   bool  // connect/disconnect by the administrator
 	conn     *link // current link, nil when not connected
 	lastErr  string
@@ -150,7 +156,9 @@ func newResource(d *Daemon, rc *configs.Resource, self *configs.Node) (*resource
 		if err != nil {
 			return nil, err
 		}
-		r.peers[core.NodeID(n.ID)] = &peer{id: core.NodeID(n.ID), node: n, link: lk, wanted: true}
+		paths, multi := pathsOf(rc, self, n)
+		r.peers[core.NodeID(n.ID)] = &peer{id: core.NodeID(n.ID), node: n, link: lk, wanted: true,
+			paths: paths, multi: multi, pathStates: make([]pathState, len(paths))}
 	}
 	r.publishStatus()
 	return r, nil
@@ -189,9 +197,11 @@ func (r *resource) Up() error {
 	r.loopDone = make(chan struct{})
 
 	for _, p := range r.peers {
-		if err := r.d.ensureListener(p.link.Net.Transport, r.self.Address); err != nil {
-			st.Close()
-			return err
+		for _, path := range p.paths {
+			if err := r.d.ensureListener(p.link.Net.Transport, path[0]); err != nil {
+				st.Close()
+				return err
+			}
 		}
 	}
 	if r.self.Export != "" {
@@ -450,7 +460,9 @@ func (r *resource) attachLink(l *link) {
 	r.setConn(p, l)
 	l.start()
 	r.engine.Connected(p.id, l.ourHello, l.hello)
-	r.log.Info("connected", "peer", p.node.Name, "transport", l.transport, "remote", l.conn.RemoteAddr())
+	pc := l.current()
+	r.setPath(p, pc.path, "active", "")
+	r.log.Info("connected", "peer", p.node.Name, "transport", l.transport, "remote", pc.conn.RemoteAddr(), "path", describePath(p, pc.path))
 }
 
 func (r *resource) detachLink(l *link, err error) {

@@ -1,0 +1,279 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/georepl/georepl/cmd/georepl/internal/checker"
+	"github.com/georepl/georepl/configs"
+	"github.com/georepl/georepl/transports/builtin"
+)
+
+// pathCluster is resource r0 on alpha (0, the Primary) and dr (1) under
+// protocol C over tcp, with two paths on loopback: path 0 between the
+// nodes' own addresses, path 1 between two more ports.
+type pathCluster struct {
+	dir     string
+	port    int
+	logs    map[string]*syncBuffer
+	daemons map[string]*Daemon
+}
+
+func (c *pathCluster) addr(i int) string { return fmt.Sprintf("127.0.0.1:%d", c.port+i) }
+
+func newPathCluster(t *testing.T) *pathCluster {
+	t.Helper()
+	builtin.Register()
+	port, err := checker.FreePorts(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &pathCluster{dir: t.TempDir(), port: port, logs: map[string]*syncBuffer{}, daemons: map[string]*Daemon{}}
+	src := fmt.Sprintf(`resource "r0" {
+  protocol = "C"
+  net {
+    transport = "tcp"
+    insecure = true
+    connect_retry = "100ms"
+    ping_interval = "200ms"
+    timeout = "1s"
+  }
+  node "alpha" {
+    id = 0
+    address = %q
+    disk = %q
+  }
+  node "dr" {
+    id = 1
+    address = %q
+    disk = %q
+  }
+  connection "alpha" "dr" {
+    path {
+      alpha = %q
+      dr    = %q
+    }
+    path {
+      alpha = %q
+      dr    = %q
+    }
+  }
+}
+`, c.addr(0), filepath.Join(c.dir, "alpha.img"), c.addr(1), filepath.Join(c.dir, "dr.img"),
+		c.addr(0), c.addr(1), c.addr(2), c.addr(3))
+	for _, name := range []string{"alpha", "dr"} {
+		cfg, err := configs.Parse(filepath.Join(c.dir, "r0.hcl"), []byte(src), configs.LoadOptions{})
+		if err != nil {
+			t.Fatalf("%v\n%s", err, src)
+		}
+		rc, _ := cfg.Resource("r0")
+		self, _ := rc.Node(name)
+		if err := os.WriteFile(self.Disk, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(self.Disk, 16<<20); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := CreateMetadata(rc, self, false); err != nil {
+			t.Fatal(err)
+		}
+		logs := &syncBuffer{}
+		d, err := NewDaemon(cfg, name, slog.New(slog.NewTextHandler(logs, nil)), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		if err := d.UpAll(); err != nil {
+			t.Fatal(err)
+		}
+		c.logs[name], c.daemons[name] = logs, d
+	}
+	return c
+}
+
+// killActivePath closes the transport connection of node's active path
+// to its peer, as a failed link would end it: whatever was in flight on
+// it is lost.
+func (c *pathCluster) killActivePath(t *testing.T, node string) {
+	t.Helper()
+	r := c.daemons[node].resources["r0"]
+	r.mu.Lock()
+	var l *link
+	for _, p := range r.peers {
+		l = p.conn
+	}
+	r.mu.Unlock()
+	if l == nil {
+		t.Errorf("%s has no connection to kill", node)
+		return
+	}
+	l.current().conn.Close()
+}
+
+// closeListener stops node listening on addr, so that the path to addr
+// cannot be dialled.
+func (c *pathCluster) closeListener(t *testing.T, node, addr string) {
+	t.Helper()
+	d := c.daemons[node]
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	l, ok := d.listeners["tcp "+addr]
+	if !ok {
+		t.Fatalf("%s does not listen on %s", node, addr)
+	}
+	l.Close()
+	delete(d.listeners, "tcp "+addr)
+}
+
+// TestPathFailoverKeepsState kills the active path's connection under a
+// stream of protocol C writes, twice, with the first path's listener
+// closed in between so that the second path must carry on: every write
+// completes, the connection never drops (no resync), and dr's disk equals
+// alpha's.
+func TestPathFailoverKeepsState(t *testing.T) {
+	c := newPathCluster(t)
+	alpha, dr := c.daemons["alpha"], c.daemons["dr"]
+	waitUntil(t, "alpha connects to dr", func() (bool, string) {
+		p := peerStatus(t, alpha, "dr")
+		return p.Conn == "Connected", p.Conn
+	})
+	if err := alpha.resources["r0"].Primary(true); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "dr in sync", func() (bool, string) {
+		p := peerStatus(t, alpha, "dr")
+		return p.Repl == "Established" && p.Disk == "UpToDate" && p.OutOfSync == 0,
+			fmt.Sprintf("%s %s %d\nalpha:\n%s\ndr:\n%s", p.Repl, p.Disk, p.OutOfSync, c.logs["alpha"], c.logs["dr"])
+	})
+	var events []Event
+	var evMu sync.Mutex
+	for _, d := range []*Daemon{alpha, dr} {
+		ch, cancel := d.Subscribe()
+		defer cancel()
+		go func() {
+			for ev := range ch {
+				evMu.Lock()
+				events = append(events, ev)
+				evMu.Unlock()
+			}
+		}()
+	}
+	logMark := map[string]int{"alpha": len(c.logs["alpha"].String()), "dr": len(c.logs["dr"].String())}
+
+	dev, err := alpha.LocalDevice("r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		writes  atomic.Int64
+		stop    = make(chan struct{})
+		done    = make(chan struct{})
+		failure error
+	)
+	go func() {
+		defer close(done)
+		rng := rand.New(rand.NewPCG(1, 2))
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			size := uint64(4<<10) << rng.IntN(5)
+			off := rng.Uint64N(dev.Size()/size) * size
+			buf := make([]byte, size)
+			for i := range buf {
+				buf[i] = byte(rng.Uint32())
+			}
+			if err := dev.WriteAt(context.Background(), buf, off, false); err != nil {
+				failure = fmt.Errorf("write %d of %d bytes at %d: %w", writes.Load(), size, off, err)
+				return
+			}
+			writes.Add(1)
+		}
+	}()
+	waitWrites := func(n int64) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for target := writes.Load() + n; writes.Load() < target; {
+			select {
+			case <-done:
+				t.Fatalf("the writer stopped: %v", failure)
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("writes stalled at %d; alpha's log:\n%s", writes.Load(), c.logs["alpha"].String()[logMark["alpha"]:])
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitWrites(50)
+	// Path 0 fails for good: its connection dies mid-write and dr no
+	// longer answers on it.
+	c.closeListener(t, "dr", c.addr(1))
+	c.killActivePath(t, "alpha")
+	waitWrites(200)
+	// Path 1 fails while path 0 is back.
+	if err := dr.ensureListener("tcp", c.addr(1)); err != nil {
+		t.Fatal(err)
+	}
+	c.killActivePath(t, "dr")
+	waitWrites(200)
+	close(stop)
+	<-done
+	if failure != nil {
+		t.Fatal(failure)
+	}
+	t.Logf("%d protocol C writes completed", writes.Load())
+
+	p := peerStatus(t, alpha, "dr")
+	if p.Conn != "Connected" || p.Repl != "Established" || p.Disk != "UpToDate" || p.OutOfSync != 0 {
+		t.Errorf("dr on alpha after the failovers: %s %s %s, %d bytes out of sync; want Connected Established UpToDate, 0", p.Conn, p.Repl, p.Disk, p.OutOfSync)
+	}
+	// Every write completed under protocol C: dr has them all, now.
+	size := dev.Size()
+	a, err := os.ReadFile(filepath.Join(c.dir, "alpha.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(c.dir, "dr.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(a[:size], b[:size]) {
+		for i := uint64(0); i < size; i += 4096 {
+			if !bytes.Equal(a[i:i+4096], b[i:i+4096]) {
+				t.Fatalf("dr's data differs from alpha's, first at block %d", i/4096)
+			}
+		}
+	}
+	for node, mark := range logMark {
+		if lost := strings.Count(c.logs[node].String()[mark:], "connection lost"); lost > 0 {
+			t.Errorf("%s lost the connection %d times; its log:\n%s", node, lost, c.logs[node].String()[mark:])
+		}
+	}
+	evMu.Lock()
+	defer evMu.Unlock()
+	switches := 0
+	for _, ev := range events {
+		switch ev.What {
+		case "repl", "resync", "conn":
+			t.Errorf("%s: %s %s -> %s (%s): the failover cost the connection's state", ev.Node, ev.What, ev.Old, ev.New, ev.Detail)
+		case "path":
+			switches++
+		}
+	}
+	if switches == 0 {
+		t.Errorf("no path event in %d events", len(events))
+	}
+}
