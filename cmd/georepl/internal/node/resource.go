@@ -102,19 +102,19 @@ type resource struct {
 
 // peer is this node's side of the connection to one other node.
 type peer struct {
-	id       core.NodeID
-	node     *configs.Node
-	link     configs.Link
+	id   core.NodeID
+	node *configs.Node
+	link configs.Link
 	// paths are the connection's address pairs, this node's first;
 	// multi: they come from path blocks, and the connection may move
 	// between them (paths.go). pathStates, under mu, say how each is.
 	paths      []configs.Path
 	multi      bool
 	pathStates []pathState
-	wanted   bool  // connect/disconnect by the administrator
-	conn     *link // current link, nil when not connected
-	lastErr  string
-	dialDone chan struct{}
+	wanted     bool  // connect/disconnect by the administrator
+	conn       *link // current link, nil when not connected
+	lastErr    string
+	dialDone   chan struct{}
 	// sentBefore and recvBefore are the link bytes of the connections
 	// before conn, under mu: with conn's, the totals since the daemon
 	// started.
