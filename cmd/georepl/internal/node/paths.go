@@ -184,10 +184,12 @@ func (l *link) pathFailed(pc *pathConn, err error) {
 	l.suspended, l.suspendedAt, l.pathErr = true, time.Now(), err
 	close(l.suspend)
 	l.suspend = make(chan struct{})
-	l.pmu.Unlock()
+	// Paused before anyone sees the link suspended: quiesce must not find
+	// a queue idle that a writer may take again.
 	for _, q := range l.queues {
 		q.pause()
 	}
+	l.pmu.Unlock()
 	pc.close()
 	l.res.pathDown(l, pc.path, err)
 }
@@ -210,25 +212,26 @@ func (l *link) quiesce() (recv [2]uint64, ok bool) {
 
 // resume continues a quiesced link on pc, once the peer said what it
 // received: what it lacks goes out first, in order.
-func (l *link) resume(pc *pathConn, peerRecv [2]uint64) error {
+func (l *link) resume(pc *pathConn, peerRecv [2]uint64) (resent int, err error) {
 	var resend [2][]queued
 	l.pmu.Lock()
 	if isClosed(l.closed) {
 		l.pmu.Unlock()
-		return errors.New("the connection closed")
+		return 0, errors.New("the connection closed")
 	}
 	for ch := range l.rt.kept {
 		kept := l.rt.kept[ch]
 		first := l.rt.sent[ch] - uint64(len(kept))
 		if got := peerRecv[ch]; got < first || got > l.rt.sent[ch] {
 			l.pmu.Unlock()
-			return fmt.Errorf("the peer received %d frames on the %s channel, but frames %d to %d are kept: the connection cannot continue", got, channelName(wire.Channel(ch)), first+1, l.rt.sent[ch])
+			return 0, fmt.Errorf("the peer received %d frames on the %s channel, but frames %d to %d are kept: the connection cannot continue", got, channelName(wire.Channel(ch)), first+1, l.rt.sent[ch])
 		}
 		if err := l.rt.confirm(l.res, wire.Channel(ch), peerRecv[ch]); err != nil {
 			l.pmu.Unlock()
-			return err
+			return 0, err
 		}
 		resend[ch] = l.rt.kept[ch]
+		resent += len(resend[ch])
 		l.rt.kept[ch] = nil
 		l.rt.sent[ch] = peerRecv[ch]
 	}
@@ -248,7 +251,7 @@ func (l *link) resume(pc *pathConn, peerRecv [2]uint64) error {
 		q.unpause(resend[ch])
 	}
 	l.flushAll()
-	return nil
+	return resent, nil
 }
 
 // pathConfig is a peer's paths: the configured ones, or the nodes' own
@@ -292,11 +295,12 @@ func (r *resource) pathDown(l *link, i int, err error) {
 }
 
 // pathUp records that link l continues on path i after path old.
-func (r *resource) pathUp(l *link, old, i int) {
+func (r *resource) pathUp(l *link, old, i, resent int) {
 	p := r.peers[l.peer]
 	r.setPath(p, i, "active", "")
 	r.emu.Lock()
-	r.emit(core.Event{Peer: p.id, HasPeer: true, What: "path", Old: describePath(p, old), New: describePath(p, i), Detail: "the connection continues without a resync"})
+	r.emit(core.Event{Peer: p.id, HasPeer: true, What: "path", Old: describePath(p, old), New: describePath(p, i),
+		Detail: fmt.Sprintf("the connection continues, %d frames re-sent", resent)})
 	r.unlockEngine()
 }
 
@@ -404,12 +408,13 @@ func (r *resource) acceptResume(p *peer, hs *handshake, f *wire.Frame) error {
 		return err
 	}
 	i := p.pathOfConn(hs.conn)
-	if err := l.resume(l.newPathConn(hs.conn, [2]*wire.Reader{wire.NewReader(hs.conn.Stream(transports.ChannelData)), hs.reader}, i),
-		[2]uint64{f.Seq, f.Epoch}); err != nil {
+	resent, err := l.resume(l.newPathConn(hs.conn, [2]*wire.Reader{wire.NewReader(hs.conn.Stream(transports.ChannelData)), hs.reader}, i),
+		[2]uint64{f.Seq, f.Epoch})
+	if err != nil {
 		l.fail(err)
 		return err
 	}
-	r.pathUp(l, old, i)
+	r.pathUp(l, old, i, resent)
 	return nil
 }
 
@@ -439,11 +444,12 @@ func (r *resource) dialResume(p *peer, hs *handshake, i int, l *link) error {
 		l.fail(err)
 		return err
 	}
-	if err := l.resume(l.newPathConn(hs.conn, [2]*wire.Reader{wire.NewReader(hs.conn.Stream(transports.ChannelData)), hs.reader}, i),
-		[2]uint64{f.Seq, f.Epoch}); err != nil {
+	resent, err := l.resume(l.newPathConn(hs.conn, [2]*wire.Reader{wire.NewReader(hs.conn.Stream(transports.ChannelData)), hs.reader}, i),
+		[2]uint64{f.Seq, f.Epoch})
+	if err != nil {
 		l.fail(err)
 		return err
 	}
-	r.pathUp(l, old, i)
+	r.pathUp(l, old, i, resent)
 	return nil
 }

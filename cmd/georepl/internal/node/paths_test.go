@@ -264,16 +264,25 @@ func TestPathFailoverKeepsState(t *testing.T) {
 	}
 	evMu.Lock()
 	defer evMu.Unlock()
-	switches := 0
+	var alphaPaths []string
 	for _, ev := range events {
 		switch ev.What {
 		case "repl", "resync", "conn":
 			t.Errorf("%s: %s %s -> %s (%s): the failover cost the connection's state", ev.Node, ev.What, ev.Old, ev.New, ev.Detail)
 		case "path":
-			switches++
+			t.Logf("%s: %s -> %s: %s", ev.Node, ev.Old, ev.New, ev.Detail)
+			if ev.Node == "alpha" {
+				alphaPaths = append(alphaPaths, ev.New)
+			}
 		}
 	}
-	if switches == 0 {
-		t.Errorf("no path event in %d events", len(events))
+	// Path 0 was down at the first failover, path 1 at the second.
+	if len(alphaPaths) != 2 || !strings.HasPrefix(alphaPaths[0], "path 1 ") || !strings.HasPrefix(alphaPaths[1], "path 0 ") {
+		t.Errorf("alpha's path events lead to %q; want path 1, then path 0", alphaPaths)
 	}
+	// The status shows the paths; the probes find path 1 back.
+	waitUntil(t, "alpha's status shows path 0 active, path 1 standby", func() (bool, string) {
+		p := peerStatus(t, alpha, "dr")
+		return len(p.Paths) == 2 && p.Paths[0].State == "active" && p.Paths[1].State == "standby", fmt.Sprintf("%+v", p.Paths)
+	})
 }

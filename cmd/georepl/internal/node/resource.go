@@ -490,6 +490,13 @@ func (r *resource) setConn(p *peer, l *link) {
 		p.recvBefore += recv
 	}
 	p.conn = l
+	if l == nil {
+		for i := range p.pathStates {
+			if p.pathStates[i].state == "active" {
+				p.pathStates[i] = pathState{}
+			}
+		}
+	}
 	r.mu.Unlock()
 }
 
