@@ -3,7 +3,9 @@ package node
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/georepl/georepl/cmd/georepl/internal/checker"
 	"github.com/georepl/georepl/configs"
+	"github.com/georepl/georepl/transports"
 	"github.com/georepl/georepl/transports/builtin"
 )
 
@@ -31,7 +34,7 @@ type pathCluster struct {
 
 func (c *pathCluster) addr(i int) string { return fmt.Sprintf("127.0.0.1:%d", c.port+i) }
 
-func newPathCluster(t *testing.T) *pathCluster {
+func newPathCluster(t *testing.T, opts map[string]Options) *pathCluster {
 	t.Helper()
 	builtin.Register()
 	port, err := checker.FreePorts(4)
@@ -88,7 +91,7 @@ func newPathCluster(t *testing.T) *pathCluster {
 			t.Fatal(err)
 		}
 		logs := &syncBuffer{}
-		d, err := NewDaemon(cfg, name, slog.New(slog.NewTextHandler(logs, nil)), Options{})
+		d, err := NewDaemon(cfg, name, slog.New(slog.NewTextHandler(logs, nil)), opts[name])
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -141,7 +144,7 @@ func (c *pathCluster) closeListener(t *testing.T, node, addr string) {
 // completes, the connection never drops (no resync), and dr's disk equals
 // alpha's.
 func TestPathFailoverKeepsState(t *testing.T) {
-	c := newPathCluster(t)
+	c := newPathCluster(t, nil)
 	alpha, dr := c.daemons["alpha"], c.daemons["dr"]
 	waitUntil(t, "alpha connects to dr", func() (bool, string) {
 		p := peerStatus(t, alpha, "dr")
@@ -285,4 +288,202 @@ func TestPathFailoverKeepsState(t *testing.T) {
 		p := peerStatus(t, alpha, "dr")
 		return len(p.Paths) == 2 && p.Paths[0].State == "active" && p.Paths[1].State == "standby", fmt.Sprintf("%+v", p.Paths)
 	})
+}
+
+// holeTransport is a transport whose dialled connections can be made a
+// black hole, as a link that goes down is: writes succeed and go nowhere,
+// nothing more is read, and only a timeout tells.
+type holeTransport struct {
+	transports.Transport
+	mu    sync.Mutex
+	conns []*holeConn
+}
+
+func (h *holeTransport) Dial(ctx context.Context, addr string, opts transports.Options) (transports.Conn, error) {
+	c, err := h.Transport.Dial(ctx, addr, opts)
+	if err != nil {
+		return nil, err
+	}
+	hc := &holeConn{Conn: c, closed: make(chan struct{})}
+	h.mu.Lock()
+	h.conns = append(h.conns, hc)
+	h.mu.Unlock()
+	return hc, nil
+}
+
+// swallowAll makes every connection dialled so far a black hole.
+func (h *holeTransport) swallowAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, c := range h.conns {
+		c.hole.Store(true)
+	}
+}
+
+type holeConn struct {
+	transports.Conn
+	hole      atomic.Bool
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func (c *holeConn) ChannelBinding() ([]byte, error) {
+	if cb, ok := c.Conn.(transports.ChannelBinding); ok {
+		return cb.ChannelBinding()
+	}
+	return nil, nil
+}
+
+func (c *holeConn) Close() error {
+	c.closeOnce.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
+
+func (c *holeConn) Stream(ch transports.Channel) io.ReadWriter {
+	return holeStream{c, c.Conn.Stream(ch)}
+}
+
+type holeStream struct {
+	c *holeConn
+	s io.ReadWriter
+}
+
+func (s holeStream) Write(p []byte) (int, error) {
+	if s.c.hole.Load() {
+		return len(p), nil
+	}
+	return s.s.Write(p)
+}
+
+func (s holeStream) Read(p []byte) (int, error) {
+	if s.c.hole.Load() {
+		<-s.c.closed
+		return 0, errors.New("black hole closed")
+	}
+	n, err := s.s.Read(p)
+	if s.c.hole.Load() {
+		// Arrived as the link went down: lost.
+		<-s.c.closed
+		return 0, errors.New("black hole closed")
+	}
+	return n, err
+}
+
+// TestPathFailoverBlackHole makes alpha's connection a black hole under
+// protocol C writes, as a link that goes down does: everything in flight
+// both ways is lost, and only alpha's timeout notices. The connection
+// continues on the other path with what was lost re-sent: every write
+// completes, no resync, dr's data equals alpha's.
+func TestPathFailoverBlackHole(t *testing.T) {
+	builtin.Register()
+	tcp, err := transports.Lookup("tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hole := &holeTransport{Transport: tcp}
+	c := newPathCluster(t, map[string]Options{"alpha": {Transports: func(name string) (transports.Transport, error) {
+		if name != "tcp" {
+			return transports.Lookup(name)
+		}
+		return hole, nil
+	}}})
+	alpha, dr := c.daemons["alpha"], c.daemons["dr"]
+	waitUntil(t, "alpha connects to dr", func() (bool, string) {
+		p := peerStatus(t, alpha, "dr")
+		return p.Conn == "Connected", p.Conn
+	})
+	if err := alpha.resources["r0"].Primary(true); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "dr in sync", func() (bool, string) {
+		p := peerStatus(t, alpha, "dr")
+		return p.Repl == "Established" && p.Disk == "UpToDate" && p.OutOfSync == 0, fmt.Sprintf("%s %s %d", p.Repl, p.Disk, p.OutOfSync)
+	})
+	events, cancel := alpha.Subscribe()
+	defer cancel()
+	drEvents, drCancel := dr.Subscribe()
+	defer drCancel()
+	dev, err := alpha.LocalDevice("r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Writes from several goroutines, so that many are in flight when
+	// the link goes down; each its own blocks.
+	const writers, size = 8, 16 << 10
+	var wg sync.WaitGroup
+	var completed atomic.Int64
+	stop := make(chan struct{})
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			region := dev.Size() / writers
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				buf := make([]byte, size)
+				for i := range buf {
+					buf[i] = byte(rng.Uint32())
+				}
+				off := uint64(w)*region + rng.Uint64N(region/size)*size
+				if err := dev.WriteAt(context.Background(), buf, off, false); err != nil {
+					errs <- err
+					return
+				}
+				completed.Add(1)
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	c.closeListener(t, "dr", c.addr(1)) // path 0 stays down
+	before := completed.Load()
+	hole.swallowAll()
+	t.Logf("link down after %d writes", before)
+	time.Sleep(4 * time.Second) // the timeout (1 s), the failover, and writes on path 1
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("a write failed: %v", err)
+	}
+	if completed.Load() < before+100 {
+		t.Errorf("only %d writes completed after the link went down", completed.Load()-before)
+	}
+	t.Logf("%d writes completed, %d after the link went down", completed.Load(), completed.Load()-before)
+	p := peerStatus(t, alpha, "dr")
+	if p.Conn != "Connected" || p.Repl != "Established" || p.Disk != "UpToDate" || p.OutOfSync != 0 {
+		t.Errorf("dr on alpha after the failover: %s %s %s, %d bytes out of sync", p.Conn, p.Repl, p.Disk, p.OutOfSync)
+	}
+	sz := dev.Size()
+	a, _ := os.ReadFile(filepath.Join(c.dir, "alpha.img"))
+	b, _ := os.ReadFile(filepath.Join(c.dir, "dr.img"))
+	if !bytes.Equal(a[:sz], b[:sz]) {
+		t.Errorf("dr's data differs from alpha's")
+	}
+	moved := false
+	for _, ch := range []<-chan Event{events, drEvents} {
+	drain:
+		for {
+			select {
+			case ev := <-ch:
+				switch ev.What {
+				case "repl", "resync", "conn":
+					t.Errorf("%s: %s %s -> %s (%s): the failover cost the connection's state", ev.Node, ev.What, ev.Old, ev.New, ev.Detail)
+				case "path":
+					t.Logf("%s: %s -> %s: %s", ev.Node, ev.Old, ev.New, ev.Detail)
+					moved = moved || ev.Node == "alpha" && strings.HasPrefix(ev.New, "path 1 ")
+				}
+			default:
+				break drain
+			}
+		}
+	}
+	if !moved {
+		t.Errorf("alpha did not move to path 1; its log:\n%s", c.logs["alpha"])
+	}
 }
