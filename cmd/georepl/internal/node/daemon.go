@@ -477,7 +477,13 @@ func (r *resource) dialHandshake(ctx context.Context, tr transports.Transport, p
 // dialOnce connects to p on path i: a new connection, or the
 // continuation of suspended link l if not nil.
 func (r *resource) dialOnce(tr transports.Transport, p *peer, i int, l *link) error {
-	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+	limit := handshakeTimeout
+	if l != nil {
+		// A suspended link fails after timeout: one dead path must not
+		// take all of it.
+		limit = min(limit, l.timeout)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	hs, ours, theirs, err := r.dialHandshake(ctx, tr, p, i)
 	if err != nil {

@@ -359,7 +359,7 @@ func (r *resource) probePaths(tr transports.Transport, p *peer, l *link) {
 		if i == active || l.isSuspended() {
 			continue
 		}
-		if err := r.probe(tr, p, i); err != nil {
+		if err := r.probe(tr, p, i, l); err != nil {
 			r.setPath(p, i, "failed", err.Error())
 		} else {
 			r.setPath(p, i, "standby", "")
@@ -368,9 +368,21 @@ func (r *resource) probePaths(tr transports.Transport, p *peer, l *link) {
 }
 
 // probe runs the handshake on path i up to authentication, then a ping.
-func (r *resource) probe(tr transports.Transport, p *peer, i int) error {
+// It gives up as soon as link l is suspended: the dialer has a connection
+// to continue, and a probe of a dead path could take most of the time
+// that allows.
+func (r *resource) probe(tr transports.Transport, p *peer, i int, l *link) error {
 	ctx, cancel := context.WithTimeout(context.Background(), min(handshakeTimeout, p.link.Net.Timeout))
 	defer cancel()
+	go func() {
+		select {
+		case <-l.suspendSignal():
+			cancel()
+		case <-l.closed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	hs, _, _, err := r.dialHandshake(ctx, tr, p, i)
 	if err != nil {
 		return err
