@@ -49,6 +49,8 @@ type link struct {
 	resumeMu sync.Mutex
 	// suspend is closed when the link is suspended, then replaced.
 	suspend chan struct{}
+	// started is closed once start ran: its readers read cur.
+	started chan struct{}
 	// rt keeps written frames until the peer confirms them, so that the
 	// link can move to another transport connection; nil for a link
 	// that cannot (its connection has no path blocks, or the peer does
@@ -96,6 +98,7 @@ func newLink(res *resource, peer core.NodeID, peerName, transport string, conn t
 		lastRecv:     time.Now(),
 		closed:       make(chan struct{}),
 		suspend:      make(chan struct{}),
+		started:      make(chan struct{}),
 	}
 	for ch := range l.queues {
 		l.queues[ch] = newFrameQueue(res)
@@ -162,6 +165,7 @@ func (l *link) start() {
 	}
 	l.startReaders(l.cur)
 	go l.monitor()
+	close(l.started)
 }
 
 func (l *link) startReaders(pc *pathConn) {

@@ -199,6 +199,14 @@ func (l *link) pathFailed(pc *pathConn, err error) {
 // read or written; it returns the frames received on each channel. ok is
 // false once l is closed.
 func (l *link) quiesce() (recv [2]uint64, ok bool) {
+	// A link the loop attached (so a peer may find it) but did not start
+	// yet has no readers to wait for, and would start them on the new
+	// transport connection as well as resume.
+	select {
+	case <-l.started:
+	case <-l.closed:
+		return recv, false
+	}
 	pc := l.current()
 	l.pathFailed(pc, errors.New("the peer continues the connection on another transport connection"))
 	pc.readersDone.Wait()
