@@ -18,6 +18,8 @@ import (
 
 	"github.com/georepl/georepl/cmd/georepl/internal/checker"
 	"github.com/georepl/georepl/configs"
+	"github.com/georepl/georepl/core"
+	"github.com/georepl/georepl/core/wire"
 	"github.com/georepl/georepl/transports"
 	"github.com/georepl/georepl/transports/builtin"
 )
@@ -485,5 +487,86 @@ func TestPathFailoverBlackHole(t *testing.T) {
 	}
 	if !moved {
 		t.Errorf("alpha did not move to path 1; its log:\n%s", c.logs["alpha"])
+	}
+}
+
+// TestResumeCounts checks the numbering a resumption relies on: what the
+// peer confirmed is forgotten, what it lacks is re-sent first and in
+// order, before what was queued meanwhile, and counts that do not fit
+// what was kept end the connection instead of continuing it.
+func TestResumeCounts(t *testing.T) {
+	newTestLink := func() *link {
+		conn := newPipeConn()
+		res := &resource{log: slog.New(slog.NewTextHandler(io.Discard, nil)), peers: map[core.NodeID]*peer{1: {
+			id: 1, node: &configs.Node{Name: "peer"}, paths: []configs.Path{{"a:1", "b:1"}, {"a:2", "b:2"}}, pathStates: make([]pathState, 2),
+		}}}
+		l := newLink(res, 1, "peer", "test", conn, [2]*wire.Reader{wire.NewReader(conn.ours[0]), wire.NewReader(conn.ours[1])},
+			wire.CompressionNone, time.Hour, time.Hour, false)
+		l.rt = &retransmit{}
+		close(l.started)
+		return l
+	}
+	data := func(seq uint64) queued { return queued{f: &wire.Frame{Type: wire.TypeData, Seq: seq}} }
+	l := newTestLink()
+	l.pmu.Lock()
+	l.rt.keep(wire.ChannelData, []queued{data(1), data(2), data(3), {f: &wire.Frame{Type: wire.TypePing}}, data(4), data(5)})
+	if err := l.rt.confirm(l.res, wire.ChannelData, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.rt.confirm(l.res, wire.ChannelData, 1); err != nil {
+		t.Fatalf("an older confirmation: %v", err)
+	}
+	if err := l.rt.confirm(l.res, wire.ChannelData, 6); err == nil {
+		t.Error("a confirmation of more frames than were sent was taken")
+	}
+	l.pmu.Unlock()
+	if n := len(l.rt.kept[wire.ChannelData]); n != 3 {
+		t.Fatalf("%d data frames kept after the peer confirmed 2 of 5 (the ping is not counted); want 3", n)
+	}
+	l.queues[wire.ChannelData].push(data(6)) // queued while suspended
+	l.pathFailed(l.current(), errors.New("test"))
+	if !l.isSuspended() {
+		t.Fatal("a failed transport connection did not suspend the link")
+	}
+	conn := newPipeConn()
+	pc := l.newPathConn(conn, [2]*wire.Reader{wire.NewReader(conn.ours[0]), wire.NewReader(conn.ours[1])}, 1)
+	resent, err := l.resume(pc, [2]uint64{3, 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resent != 2 {
+		t.Errorf("%d frames re-sent to a peer that received 3 of 5; want 2", resent)
+	}
+	q := l.queues[wire.ChannelData]
+	q.mu.Lock()
+	var seqs []uint64
+	for _, it := range q.frames {
+		seqs = append(seqs, it.f.Seq)
+	}
+	q.mu.Unlock()
+	if fmt.Sprint(seqs) != "[4 5 6]" {
+		t.Errorf("queued after the resumption: data %v; want [4 5 6]", seqs)
+	}
+	if l.rt.sent[wire.ChannelData] != 3 || len(l.rt.kept[wire.ChannelData]) != 0 {
+		t.Errorf("after the resumption %d sent, %d kept; want 3 and none (the re-sent frames are numbered again when written)",
+			l.rt.sent[wire.ChannelData], len(l.rt.kept[wire.ChannelData]))
+	}
+	l.close(errors.New("done"))
+
+	for _, got := range []uint64{1, 6} {
+		l := newTestLink()
+		l.pmu.Lock()
+		l.rt.keep(wire.ChannelData, []queued{data(1), data(2), data(3), data(4), data(5)})
+		l.rt.confirm(l.res, wire.ChannelData, 2)
+		l.pmu.Unlock()
+		l.pathFailed(l.current(), errors.New("test"))
+		conn := newPipeConn()
+		pc := l.newPathConn(conn, [2]*wire.Reader{wire.NewReader(conn.ours[0]), wire.NewReader(conn.ours[1])}, 1)
+		if _, err := l.resume(pc, [2]uint64{got, 0}); err == nil {
+			t.Errorf("a peer that received %d frames, with 3 to 5 kept, was resumed", got)
+		} else {
+			t.Logf("received %d: %v", got, err)
+		}
+		l.close(errors.New("done"))
 	}
 }
