@@ -399,7 +399,8 @@ func TestPathFailoverBlackHole(t *testing.T) {
 	}
 	waitUntil(t, "dr in sync", func() (bool, string) {
 		p := peerStatus(t, alpha, "dr")
-		return p.Repl == "Established" && p.Disk == "UpToDate" && p.OutOfSync == 0, fmt.Sprintf("%s %s %d", p.Repl, p.Disk, p.OutOfSync)
+		return p.Repl == "Established" && p.Disk == "UpToDate" && p.OutOfSync == 0,
+			fmt.Sprintf("%s %s %d\nalpha:\n%s\ndr:\n%s", p.Repl, p.Disk, p.OutOfSync, c.logs["alpha"], c.logs["dr"])
 	})
 	events, cancel := alpha.Subscribe()
 	defer cancel()
