@@ -321,15 +321,21 @@ func (l *link) readLoop(pc *pathConn, ch wire.Channel) {
 		l.waitingSince = time.Time{}
 		l.mu.Unlock()
 		switch f.Type {
-		case wire.TypePing:
-			l.send(&wire.Frame{Type: wire.TypePingAck, Seq: f.Seq}, nil)
-			continue
-		case wire.TypePingAck:
-			continue
-		case wire.TypePathAck:
-			if err := l.confirmed(f); err != nil {
-				l.fail(err)
-				return
+		case wire.TypePing, wire.TypePingAck, wire.TypePathAck:
+			switch f.Type {
+			case wire.TypePing:
+				l.send(&wire.Frame{Type: wire.TypePingAck, Seq: f.Seq}, nil)
+			case wire.TypePathAck:
+				if err := l.confirmed(f); err != nil {
+					l.fail(err)
+					return
+				}
+			}
+			// A receive that found this frame buffered left its frames
+			// queued for the next receive to write (executor); this
+			// frame is not one, and may be the last for a while.
+			if !r.Buffered() {
+				l.flushAll()
 			}
 			continue
 		case wire.TypeRefuse:
