@@ -313,8 +313,32 @@ type Connection struct {
 	// Link holds the effective settings of the pair: the resource's defaults
 	// overlaid by what the block sets.
 	Link Link
+	// Paths are the connection's path blocks, in declaration order: the
+	// address pairs it may use, each in the order of Nodes. Empty means
+	// one path, between the nodes' own addresses (see Resource.Paths).
+	Paths []Path
 	// DeclRange is where the connection block's header is in the source.
 	DeclRange hcl.Range
+}
+
+// Paths returns the address pairs of the connection between nodes a and b,
+// each in the order a, b: its path blocks, or nil for a connection without
+// any, which uses the nodes' own addresses.
+func (r *Resource) Paths(a, b string) []Path {
+	for _, c := range r.Connections {
+		if !c.Joins(a, b) {
+			continue
+		}
+		out := make([]Path, len(c.Paths))
+		for i, p := range c.Paths {
+			if c.Nodes[0] != a {
+				p = Path{p[1], p[0]}
+			}
+			out[i] = p
+		}
+		return out
+	}
+	return nil
 }
 
 // Joins reports whether the connection is the one between nodes a and b, in
@@ -330,6 +354,10 @@ type Link struct {
 	// Net holds the network settings.
 	Net Net
 }
+
+// Path is one address pair of a connection: where each of its two nodes
+// listens on that path, in the order of the nodes.
+type Path [2]string
 
 // didYouMean returns ` (did you mean "x"?)` for the candidate closest to
 // given, ignoring case, or "" if none is close: fewer than 3 edits (HCL's own

@@ -86,7 +86,7 @@ var (
 	}
 	connectionSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{{Name: "protocol"}},
-		Blocks:     []hcl.BlockHeaderSchema{{Type: "net"}},
+		Blocks:     []hcl.BlockHeaderSchema{{Type: "net"}, {Type: "path"}},
 	}
 )
 
@@ -805,7 +805,12 @@ func (d *decoder) connections(r *Resource, blocks []*hcl.Block) []netAt {
 				c.Link.Protocol = p
 			}
 		}
-		if b := d.single(content.Blocks, "connection"); b != nil {
+		for _, b := range content.Blocks.OfType("path") {
+			if known && c.Nodes[0] != c.Nodes[1] {
+				d.pathBlock(b, c)
+			}
+		}
+		if b := d.single(content.Blocks.OfType("net"), "connection"); b != nil {
 			at := d.net(b, &c.Link.Net)
 			at.conn = c
 			nets = append(nets, at)
@@ -813,6 +818,49 @@ func (d *decoder) connections(r *Resource, blocks []*hcl.Block) []netAt {
 		r.Connections = append(r.Connections, c)
 	}
 	return nets
+}
+
+// pathBlock decodes a path block of connection c: one address per node of
+// the connection, attributes named after the nodes.
+func (d *decoder) pathBlock(block *hcl.Block, c *Connection) {
+	attrs, diags := block.Body.JustAttributes()
+	d.diags = append(d.diags, diags...)
+	if diags.HasErrors() {
+		return
+	}
+	var p Path
+	for name, attr := range attrs {
+		i := slices.Index(c.Nodes[:], name)
+		if i < 0 {
+			d.failAttr(attr, "Unknown path end",
+				"A path of the connection between %q and %q gives an address to each of them; %q is neither.", c.Nodes[0], c.Nodes[1], name)
+			continue
+		}
+		s, ok := d.str(attr)
+		if !ok {
+			continue
+		}
+		if _, err := hostPortKey(s); err != nil {
+			d.failAttr(attr, "Invalid address", "%s = %q must be HOST:PORT: %v.", name, s, err)
+			continue
+		}
+		p[i] = s
+	}
+	for i, a := range p {
+		if a == "" {
+			d.fail(block.DefRange, nil, "Incomplete path",
+				"A path of the connection between %q and %q needs an address for each: %s = \"HOST:PORT\" is missing.", c.Nodes[0], c.Nodes[1], c.Nodes[i])
+			return
+		}
+	}
+	for _, first := range c.Paths {
+		if first == p {
+			d.fail(block.DefRange, nil, "Duplicate path",
+				"The connection between %q and %q already has the path %s = %q, %s = %q.", c.Nodes[0], c.Nodes[1], c.Nodes[0], p[0], c.Nodes[1], p[1])
+			return
+		}
+	}
+	c.Paths = append(c.Paths, p)
 }
 
 // value evaluates attr as a constant of type ty. It reports a diagnostic and

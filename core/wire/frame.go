@@ -101,6 +101,21 @@ const (
 	// authentication needs and nothing of the sender's state. Payload:
 	// Intro.
 	TypeIntro Type = 22
+	// TypeResume continues a connection on a new transport connection of
+	// another path (or the same one), instead of its Hello, once the
+	// peer's Auth verified; the other side answers with its own. Payload:
+	// the connection's session, the two Intro nonces of the transport
+	// connection that started it (dialer's, then acceptor's). Seq and
+	// Epoch: how many frames the sender received on the data and control
+	// channels since the session started (see TypePathAck); each side
+	// re-sends what follows.
+	TypeResume Type = 23
+	// TypePathAck confirms, on the control channel, the frames received
+	// since the session started: Seq on the data channel, Epoch on the
+	// control channel, pings, ping-acks and path-acks not counted. The
+	// sender may forget what it keeps to re-send up to there. Only on
+	// connections whose both ends advertised FeatureResume.
+	TypePathAck Type = 24
 	// TypeInvalidateRequest asks the Primary to resynchronise the sender
 	// fully: the operator declared the sender's data bad (invalidate). No
 	// fields, no payload. A node that is no longer Primary ignores it.
@@ -127,7 +142,8 @@ var typeNames = map[Type]string{
 	TypeResyncCsum: "resync-csum", TypeResyncCsumReply: "resync-csum-reply",
 	TypeReadRequest: "read-request", TypeReadReply: "read-reply",
 	TypeVerifyCsum: "verify-csum", TypeVerifyReply: "verify-reply",
-	TypeIntro:             "intro",
+	TypeIntro:  "intro",
+	TypeResume: "resume", TypePathAck: "path-ack",
 	TypeInvalidateRequest: "invalidate-request",
 }
 
@@ -234,6 +250,11 @@ type GenIDs struct {
 	Bitmap  uint64 // bitmap UUID towards the peer this is sent to; 0 if none
 	History [2]uint64
 }
+
+// FeatureResume in Intro.Features: the sender keeps the frames it sent
+// until TypePathAck confirms them, and can continue a connection on
+// another transport connection with TypeResume.
+const FeatureResume uint64 = 1 << 0
 
 // Intro is the payload of TypeIntro, the first frame each side sends on
 // the control channel: what the handshake's proof needs (see AuthMAC), and

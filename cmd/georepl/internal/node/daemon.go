@@ -243,16 +243,39 @@ func (d *Daemon) accept(transport string, conn transports.Conn, slot *transports
 	}
 	slot.Release()
 	err = r.admits(p)
+	var f *wire.Frame
+	if err == nil {
+		// The dialer says what it wants first: a new connection (its
+		// hello), to continue one on this path (resume), or a probe of
+		// the path (ping).
+		f, err = hs.reader.ReadFrame()
+		if err != nil {
+			err = fmt.Errorf("handshake: %w", err)
+		}
+	}
 	var sent, got *wire.Hello
 	if err == nil {
-		sent, got, err = r.exchangeHellos(p, hs, &ours, theirs)
+		switch f.Type {
+		case wire.TypePing:
+			if hs.send(&wire.Frame{Type: wire.TypePingAck, Seq: f.Seq}) == nil {
+				hs.awaitClose()
+			}
+			conn.Close()
+			return
+		case wire.TypeResume:
+			if err = r.acceptResume(p, hs, f); err == nil {
+				return
+			}
+		default:
+			sent, got, err = r.acceptHello(p, hs, f, &ours, theirs)
+		}
 	}
 	if err != nil {
 		r.log.Warn("refusing connection", "peer", p.node.Name, "remote", conn.RemoteAddr(), "err", err)
 		hs.refuse(err)
 		return
 	}
-	r.handOver(p, transport, conn, hs, sent, got)
+	r.handOver(p, transport, conn, hs, sent, got, false, p.pathOfConn(conn))
 }
 
 // identify finds the resource and peer an intro speaks for, from the
@@ -308,7 +331,8 @@ func (r *resource) hello(p *peer) (wire.Hello, error) {
 }
 
 // handOver turns an authenticated connection into a link owned by r.
-func (r *resource) handOver(p *peer, transport string, conn transports.Conn, hs *handshake, ours, theirs *wire.Hello) {
+// dialer says which side ours is, path which path conn is on.
+func (r *resource) handOver(p *peer, transport string, conn transports.Conn, hs *handshake, ours, theirs *wire.Hello, dialer bool, path int) {
 	readers := [2]*wire.Reader{
 		wire.NewReader(conn.Stream(transports.ChannelData)),
 		hs.reader,
@@ -318,6 +342,16 @@ func (r *resource) handOver(p *peer, transport string, conn transports.Conn, hs 
 	inline := p.link().Protocol != protocols.A
 	l := newLink(r, p.id, p.node.Name, transport, conn, readers, p.link().Net.Compression, p.link().Net.PingInterval, p.link().Net.Timeout, inline)
 	l.hello, l.ourHello = theirs, ours
+	l.cur.path = path
+	if ours.Features&theirs.Features&wire.FeatureResume != 0 {
+		l.rt = &retransmit{}
+		first, second := ours.Nonce, theirs.Nonce
+		if !dialer {
+			first, second = second, first
+		}
+		copy(l.rt.session[:32], first[:])
+		copy(l.rt.session[32:], second[:])
+	}
 	// The connection clears the last error before the loop attaches it:
 	// attaching may record a new one at once (a split brain), which a
 	// clear after the hand-over could erase.
@@ -331,7 +365,9 @@ func (r *resource) handOver(p *peer, transport string, conn transports.Conn, hs 
 	}
 }
 
-// dialLoop keeps a connection to p while the resource is up and p wanted.
+// dialLoop keeps a connection to p while the resource is up and p wanted:
+// it dials the paths in turn, continues a suspended connection on one,
+// and probes the paths not in use every ping_interval.
 func (r *resource) dialLoop(p *peer) {
 	defer close(p.dialDone)
 	tr, err := r.d.opts.transport(p.link().Net.Transport)
@@ -341,16 +377,30 @@ func (r *resource) dialLoop(p *peer) {
 	}
 	var lastLogged string
 	var upSince time.Time // when the connection being waited on was seen up
+	var lastProbe time.Time
+	next := 0 // the path to dial next
 	for {
 		r.mu.Lock()
 		conn, wanted := p.conn, p.wanted
 		r.mu.Unlock()
-		var wait <-chan struct{}
+		var wait, suspended <-chan struct{}
 		retry := p.link().Net.ConnectRetry
 		switch {
-		case conn != nil:
+		case conn != nil && conn.rt != nil && conn.isSuspended():
+			if r.resumeOver(tr, p, conn) {
+				continue
+			}
 			wait = conn.closed
+		case conn != nil:
+			wait, suspended = conn.closed, conn.suspendSignal()
 			upSince = time.Now()
+			if len(p.paths) > 1 {
+				if time.Since(lastProbe) >= p.link().Net.PingInterval {
+					r.probePaths(tr, p, conn)
+					lastProbe = time.Now()
+				}
+				retry = p.link().Net.PingInterval - time.Since(lastProbe)
+			}
 		case !upSince.IsZero():
 			// A connection that ended soon after it came up (the
 			// handshake's decision refused it, or the peer dropped it at
@@ -362,20 +412,26 @@ func (r *resource) dialLoop(p *peer) {
 				continue
 			}
 		case wanted:
-			err := r.dialOnce(tr, p)
+			i := next % len(p.paths)
+			next++
+			err := r.dialOnce(tr, p, i, nil)
 			if err == nil {
 				upSince = time.Now() // it may be over before the loop looks
 				continue
 			}
+			r.setPath(p, i, "failed", err.Error())
 			r.mu.Lock()
 			p.lastErr = err.Error()
 			r.mu.Unlock()
+			if next%len(p.paths) != 0 {
+				continue // the next path at once
+			}
 			if msg := err.Error(); msg != lastLogged {
-				r.log.Warn("connecting failed; retrying", "peer", p.node.Name, "address", p.node.Address, "every", p.link().Net.ConnectRetry, "err", err)
+				r.log.Warn("connecting failed; retrying", "peer", p.node.Name, "address", p.paths[i][1], "every", p.link().Net.ConnectRetry, "err", err)
 				lastLogged = msg
 			}
 		}
-		timer := time.NewTimer(retry)
+		timer := time.NewTimer(max(retry, 0))
 		select {
 		case <-r.stop:
 			timer.Stop()
@@ -383,57 +439,95 @@ func (r *resource) dialLoop(p *peer) {
 		case <-wait:
 			timer.Stop()
 			lastLogged = ""
+		case <-suspended:
+			timer.Stop()
 		case <-timer.C:
 		}
 	}
 }
 
-func (r *resource) dialOnce(tr transports.Transport, p *peer) error {
-	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
-	defer cancel()
-	conn, err := tr.Dial(ctx, p.node.Address, transports.Options{TLS: r.dialTLS(p)})
+// dialHandshake dials p on path i and runs the handshake up to
+// authentication.
+func (r *resource) dialHandshake(ctx context.Context, tr transports.Transport, p *peer, i int) (hs *handshake, ours, theirs *wire.Intro, err error) {
+	addr := p.paths[i][1]
+	conn, err := tr.Dial(ctx, addr, transports.Options{TLS: r.dialTLS(p)})
 	if err != nil {
-		return err
+		return nil, nil, nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	hs := newHandshake(conn)
+	hs = newHandshake(conn)
 	if err := r.checkPeerIdentity(conn, p, true); err != nil {
-		err = fmt.Errorf("the node at %s: %w", p.node.Address, err)
+		err = fmt.Errorf("the node at %s: %w", addr, err)
 		hs.refuse(err)
-		return err
+		return nil, nil, nil, err
 	}
-	ours, err := r.intro(p)
+	in, err := r.intro(p)
 	if err != nil {
 		conn.Close()
-		return err
+		return nil, nil, nil, err
 	}
-	if err := hs.sendMessage(wire.TypeIntro, &ours); err != nil {
+	ours = &in
+	if err := hs.sendMessage(wire.TypeIntro, ours); err != nil {
 		conn.Close()
-		return err
+		return nil, nil, nil, err
 	}
-	theirs, err := hs.readIntro()
+	theirs, err = hs.readIntro()
 	if err == nil && (int(theirs.From) != p.node.ID || theirs.Resource != r.cfg.Name) {
-		err = fmt.Errorf("the node at %s is %s node id %d, not %s node id %d: check the configuration", p.node.Address, theirs.Resource, theirs.From, r.cfg.Name, p.node.ID)
+		err = fmt.Errorf("the node at %s is %s node id %d, not %s node id %d: check the configuration", addr, theirs.Resource, theirs.From, r.cfg.Name, p.node.ID)
 		hs.refuse(err)
 	}
 	if err == nil {
-		if err = hs.authenticate(p.link().Net.SharedSecret, &ours, theirs, true); err != nil {
-			hs.refuse(err)
-		}
-	}
-	var sent, got *wire.Hello
-	if err == nil {
-		if sent, got, err = r.exchangeHellos(p, hs, &ours, theirs); err != nil {
+		if err = hs.authenticate(p.link().Net.SharedSecret, ours, theirs, true); err != nil {
 			hs.refuse(err)
 		}
 	}
 	if err != nil {
+		conn.Close()
+		return nil, nil, nil, err
+	}
+	return hs, ours, theirs, nil
+}
+
+// dialOnce connects to p on path i: a new connection, or the
+// continuation of suspended link l if not nil.
+func (r *resource) dialOnce(tr transports.Transport, p *peer, i int, l *link) error {
+	limit := handshakeTimeout
+	if l != nil {
+		// A suspended link fails after timeout: one dead path must not
+		// take all of it.
+		limit = min(limit, l.timeout)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	hs, ours, theirs, err := r.dialHandshake(ctx, tr, p, i)
+	if err != nil {
+		return err
+	}
+	conn := hs.conn
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	if l != nil {
+		if theirs.Features&wire.FeatureResume == 0 {
+			err := fmt.Errorf("the node at %s cannot continue a connection on another path (no path blocks in its configuration?)", p.paths[i][1])
+			hs.refuse(err)
+			return err
+		}
+		if err := r.dialResume(p, hs, i, l); err != nil {
+			conn.Close()
+			return err
+		}
+		stop()
+		return nil
+	}
+	sent, got, err := r.exchangeHellos(p, hs, ours, theirs)
+	if err != nil {
+		hs.refuse(err)
 		conn.Close()
 		return err
 	}
 	stop()
-	r.handOver(p, p.link().Net.Transport, conn, hs, sent, got)
+	r.handOver(p, p.link().Net.Transport, conn, hs, sent, got, true, i)
 	// Wait until the loop has taken the link, so that the next round of
 	// dialLoop sees it.
 	return r.call(func() error { return nil })

@@ -109,6 +109,11 @@ func (h *handshake) readHello(intro *wire.Intro) (*wire.Hello, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseHello(f, intro)
+}
+
+// parseHello decodes Hello frame f, which must repeat intro.
+func parseHello(f *wire.Frame, intro *wire.Intro) (*wire.Hello, error) {
 	var hello wire.Hello
 	if err := hello.UnmarshalBinary(f.Payload); err != nil {
 		return nil, fmt.Errorf("handshake: %w", err)
@@ -128,6 +133,9 @@ func introOf(h *wire.Hello) wire.Intro {
 // intro returns our intro towards p, with a fresh nonce.
 func (r *resource) intro(p *peer) (wire.Intro, error) {
 	in := wire.Intro{Version: wire.Version, Resource: r.cfg.Name, From: uint8(r.self.ID), To: uint8(p.id)}
+	if p.multi {
+		in.Features |= wire.FeatureResume
+	}
 	_, err := rand.Read(in.Nonce[:])
 	return in, err
 }
@@ -149,6 +157,32 @@ func (r *resource) exchangeHellos(p *peer, hs *handshake, ours, theirs *wire.Int
 	}
 	got, err = hs.readHello(theirs)
 	if err != nil {
+		return nil, nil, err
+	}
+	return &hello, got, nil
+}
+
+// acceptHello is the accepting side's exchange of hellos: f is the first
+// frame the dialer sent once authenticated, which must be its hello; ours
+// goes out after it. The dialer's Hello comes first so that the dialer
+// may send a Resume or a probe's Ping instead (paths.go).
+func (r *resource) acceptHello(p *peer, hs *handshake, f *wire.Frame, ours, theirs *wire.Intro) (sent, got *wire.Hello, err error) {
+	switch f.Type {
+	case wire.TypeHello:
+	case wire.TypeRefuse:
+		return nil, nil, &peerRefusal{reason: printable(f.Payload)}
+	default:
+		return nil, nil, fmt.Errorf("handshake: expected a %v frame, got %v", wire.TypeHello, f.Type)
+	}
+	if got, err = parseHello(f, theirs); err != nil {
+		return nil, nil, err
+	}
+	hello, err := r.hello(p)
+	if err != nil {
+		return nil, nil, err
+	}
+	hello.Features, hello.Nonce = ours.Features, ours.Nonce
+	if err := hs.sendMessage(wire.TypeHello, &hello); err != nil {
 		return nil, nil, err
 	}
 	return &hello, got, nil

@@ -17,20 +17,48 @@ import (
 // reader goroutine per channel hands frames to the engine, and a
 // monitor sends pings and enforces the timeout.
 //
-// A link never reconnects: when anything fails it closes itself once and
-// reports to the resource loop, which decides what comes next.
+// A link without paths (rt nil) never reconnects: when anything fails it
+// closes itself once and reports to the resource loop, which decides what
+// comes next. A link of a connection with path blocks outlives its
+// transport connections (see paths.go): when the one in use fails, the
+// link is suspended, its frames stay queued, and it resumes on a new
+// transport connection, re-sending what the peer did not receive.
 type link struct {
-	peer      core.NodeID
-	peerName  string
-	transport string
-	conn      transports.Conn
-	res       *resource
-	hello     *wire.Hello // the peer's hello
-	ourHello  *wire.Hello // the hello we sent on this connection
+	peer        core.NodeID
+	peerName    string
+	transport   string
+	res         *resource
+	hello       *wire.Hello // the peer's hello
+	ourHello    *wire.Hello // the hello we sent on this connection
+	compression wire.Compression
 
-	queues  [2]*frameQueue
-	writers [2]*wire.Writer
-	readers [2]*wire.Reader
+	queues [2]*frameQueue
+
+	// pmu guards the path state: cur, suspended and the fields of rt
+	// that say so.
+	pmu sync.Mutex
+	// cur is the transport connection in use, or the one that failed
+	// while suspended.
+	cur       *pathConn
+	suspended bool
+	// suspendedAt is when the link was suspended, and pathErr why; it
+	// fails once it stayed so for timeout.
+	suspendedAt time.Time
+	pathErr     error
+	// resumeMu makes resumptions one at a time.
+	resumeMu sync.Mutex
+	// suspend is closed when the link is suspended, then replaced.
+	suspend chan struct{}
+	// started is closed once start ran: its readers read cur.
+	started chan struct{}
+	// rt keeps written frames until the peer confirms them, so that the
+	// link can move to another transport connection; nil for a link
+	// that cannot (its connection has no path blocks, or the peer does
+	// not support it).
+	rt *retransmit
+	// sentBefore and recvBefore are the bytes of the transport
+	// connections before cur.
+	sentBefore, recvBefore uint64
 
 	pingInterval time.Duration
 	timeout      time.Duration
@@ -62,26 +90,66 @@ type link struct {
 func newLink(res *resource, peer core.NodeID, peerName, transport string, conn transports.Conn,
 	rd [2]*wire.Reader, compression wire.Compression, pingInterval, timeout time.Duration, inline bool) *link {
 	l := &link{
-		peer: peer, peerName: peerName, transport: transport, conn: conn, res: res,
-		readers:      rd,
+		peer: peer, peerName: peerName, transport: transport, res: res,
+		compression:  compression,
 		pingInterval: pingInterval,
 		timeout:      timeout,
 		inline:       inline,
 		lastRecv:     time.Now(),
 		closed:       make(chan struct{}),
+		suspend:      make(chan struct{}),
+		started:      make(chan struct{}),
 	}
 	for ch := range l.queues {
+		l.queues[ch] = newFrameQueue(res)
+	}
+	l.cur = l.newPathConn(conn, rd, 0)
+	return l
+}
+
+// pathConn is one transport connection of a link, on one of the
+// connection's paths.
+type pathConn struct {
+	conn    transports.Conn
+	path    int // index in the connection's paths
+	readers [2]*wire.Reader
+	writers [2]*wire.Writer
+	// readersDone is done once both reader goroutines ended: no frame of
+	// this connection reaches the engine after that.
+	readersDone sync.WaitGroup
+	closeOnce   sync.Once
+}
+
+func (l *link) newPathConn(conn transports.Conn, rd [2]*wire.Reader, path int) *pathConn {
+	pc := &pathConn{conn: conn, path: path, readers: rd}
+	for ch := range pc.writers {
 		// Data payloads are read into pooled buffers; see resource.receive
 		// for when they return.
-		rd[ch].SetPayloadAlloc(res.receiveBuffer)
-		l.queues[ch] = newFrameQueue(res)
+		rd[ch].SetPayloadAlloc(l.res.receiveBuffer)
 		c := wire.CompressionNone
 		if wire.Channel(ch) == wire.ChannelData {
-			c = compression // acks are tiny: compressing them only costs latency
+			c = l.compression // acks are tiny: compressing them only costs latency
 		}
-		l.writers[ch] = wire.NewWriter(conn.Stream(transports.Channel(ch)), c)
+		pc.writers[ch] = wire.NewWriter(conn.Stream(transports.Channel(ch)), c)
 	}
-	return l
+	return pc
+}
+
+func (pc *pathConn) close() { pc.closeOnce.Do(func() { pc.conn.Close() }) }
+
+func (pc *pathConn) stats() (sent, received uint64) {
+	for ch := range pc.writers {
+		sent += pc.writers[ch].Stats().Bytes
+		received += pc.readers[ch].Stats().Bytes
+	}
+	return sent, received
+}
+
+// current is the transport connection in use.
+func (l *link) current() *pathConn {
+	l.pmu.Lock()
+	defer l.pmu.Unlock()
+	return l.cur
 }
 
 // attach makes the link report its failure to the loop that owns down
@@ -94,9 +162,17 @@ func (l *link) attach(down chan<- linkDown, loopDone <-chan struct{}) {
 func (l *link) start() {
 	for ch := range l.queues {
 		go l.writeLoop(wire.Channel(ch))
-		go l.readLoop(wire.Channel(ch))
 	}
+	l.startReaders(l.cur)
 	go l.monitor()
+	close(l.started)
+}
+
+func (l *link) startReaders(pc *pathConn) {
+	pc.readersDone.Add(len(pc.readers))
+	for ch := range pc.readers {
+		go l.readLoop(pc, wire.Channel(ch))
+	}
 }
 
 // send queues f for the peer and wakes the channel's writer. It never
@@ -169,13 +245,16 @@ func (l *link) writeLoop(ch wire.Channel) {
 
 // drain writes batch and whatever is queued after it, until the queue is
 // empty, then gives up the writing role that came with batch.
+//
+// The writing role keeps the transport connection from changing under it
+// (see link.resume), so that a batch goes out on one.
 func (l *link) drain(ch wire.Channel, batch []queued) {
-	q, w := l.queues[ch], l.writers[ch]
+	q, pc := l.queues[ch], l.current()
 	for {
-		err := l.writeBatch(w, ch, batch)
+		err := l.writeBatch(pc, ch, batch)
 		if err != nil {
 			q.doneWriting()
-			l.fail(err)
+			l.pathFailed(pc, err)
 			return
 		}
 		var ok bool
@@ -191,14 +270,29 @@ func (l *link) drain(ch wire.Channel, batch []queued) {
 // max_buffer of data, and on a slow link a flush of the Writer's buffer
 // returns long before the batch is out; holding every payload to the end
 // of the batch held up to twice max_buffer.
-func (l *link) writeBatch(w *wire.Writer, ch wire.Channel, batch []queued) error {
+//
+// On a link that can move (rt), the frames the peer counts are kept, with
+// their payloads, until it confirms them (retransmit.keep): only the
+// others are released here.
+func (l *link) writeBatch(pc *pathConn, ch wire.Channel, batch []queued) error {
+	w := pc.writers[ch]
 	released := 0
 	releaseTo := func(n int) {
 		for ; released < n; released++ {
-			l.res.payloads.release(batch[released].pl)
+			if l.rt == nil || !counted(batch[released].f.Type) {
+				l.res.payloads.release(batch[released].pl)
+			}
 		}
 	}
 	defer releaseTo(len(batch)) // flushed or failed: the Writer keeps none
+	if l.rt != nil {
+		l.pmu.Lock()
+		err := l.rt.keep(ch, batch)
+		l.pmu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
 	for i, it := range batch {
 		// Payloads are read-only for everyone (core.Message), so the
 		// Writer may send large ones from where they are.
@@ -213,12 +307,13 @@ func (l *link) writeBatch(w *wire.Writer, ch wire.Channel, batch []queued) error
 	return nil
 }
 
-func (l *link) readLoop(ch wire.Channel) {
-	r := l.readers[ch]
+func (l *link) readLoop(pc *pathConn, ch wire.Channel) {
+	defer pc.readersDone.Done()
+	r := pc.readers[ch]
 	for {
 		f, err := r.ReadFrame()
 		if err != nil {
-			l.fail(fmt.Errorf("receiving on %s channel: %w", channelName(ch), err))
+			l.pathFailed(pc, fmt.Errorf("receiving on %s channel: %w", channelName(ch), err))
 			return
 		}
 		l.mu.Lock()
@@ -226,14 +321,31 @@ func (l *link) readLoop(ch wire.Channel) {
 		l.waitingSince = time.Time{}
 		l.mu.Unlock()
 		switch f.Type {
-		case wire.TypePing:
-			l.send(&wire.Frame{Type: wire.TypePingAck, Seq: f.Seq}, nil)
-			continue
-		case wire.TypePingAck:
+		case wire.TypePing, wire.TypePingAck, wire.TypePathAck:
+			switch f.Type {
+			case wire.TypePing:
+				l.send(&wire.Frame{Type: wire.TypePingAck, Seq: f.Seq}, nil)
+			case wire.TypePathAck:
+				if err := l.confirmed(f); err != nil {
+					l.fail(err)
+					return
+				}
+			}
+			// A receive that found this frame buffered left its frames
+			// queued for the next receive to write (executor); this
+			// frame is not one, and may be the last for a while.
+			if !r.Buffered() {
+				l.flushAll()
+			}
 			continue
 		case wire.TypeRefuse:
 			l.fail(fmt.Errorf("peer refused: %s", f.Payload))
 			return
+		}
+		if l.rt != nil {
+			if l.rt.received(ch, len(f.Payload)) {
+				l.sendPathAck()
+			}
 		}
 		l.res.receive(l, f, r.Buffered())
 	}
@@ -249,14 +361,23 @@ func (l *link) monitor() {
 		case <-l.closed:
 			return
 		case now := <-tick.C:
+			if l.rt != nil {
+				if err := l.pathTick(now); err != nil {
+					l.fail(err)
+					return
+				}
+				if l.isSuspended() {
+					continue
+				}
+			}
 			l.mu.Lock()
 			silent := now.Sub(l.lastRecv)
 			waiting := !l.waitingSince.IsZero()
 			overdue := waiting && now.Sub(l.waitingSince) > l.timeout
 			l.mu.Unlock()
 			if overdue {
-				l.fail(fmt.Errorf("%w: no answer from the peer within %v", errTimeout, l.timeout))
-				return
+				l.pathFailed(l.current(), fmt.Errorf("%w: no answer from the peer within %v", errTimeout, l.timeout))
+				continue
 			}
 			if silent >= l.pingInterval && !waiting {
 				l.send(&wire.Frame{Type: wire.TypePing}, nil)
@@ -290,7 +411,12 @@ func (l *link) closeWith(err error, report bool) {
 		for _, q := range l.queues {
 			q.close()
 		}
-		l.conn.Close()
+		l.pmu.Lock()
+		l.cur.close()
+		if l.rt != nil {
+			l.rt.drop(l.res)
+		}
+		l.pmu.Unlock()
 		if report {
 			// On its own goroutine, so that the caller (whichever
 			// goroutine wrote or read on the link) never waits for the
@@ -306,11 +432,10 @@ func (l *link) closeWith(err error, report bool) {
 }
 
 func (l *link) stats() (sent, received uint64) {
-	for ch := range l.writers {
-		sent += l.writers[ch].Stats().Bytes
-		received += l.readers[ch].Stats().Bytes
-	}
-	return sent, received
+	l.pmu.Lock()
+	defer l.pmu.Unlock()
+	sent, received = l.cur.stats()
+	return l.sentBefore + sent, l.recvBefore + received
 }
 
 func channelName(ch wire.Channel) string {
@@ -332,7 +457,10 @@ type frameQueue struct {
 	frames  []queued
 	bytes   int  // payload bytes in frames
 	writing bool // a goroutine holds the writing role
-	done    bool
+	// paused: the link is suspended (no transport connection to write
+	// on); nobody takes the writing role until it resumes.
+	paused bool
+	done   bool
 }
 
 // queued is a frame in a frameQueue, with the reference to its pooled
@@ -376,7 +504,7 @@ func (q *frameQueue) wake() {
 func (q *frameQueue) popAll() (frames []queued, ok bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for (len(q.frames) == 0 || q.writing) && !q.done {
+	for (len(q.frames) == 0 || q.writing || q.paused) && !q.done {
 		q.cond.Wait()
 	}
 	if q.done {
@@ -392,7 +520,7 @@ func (q *frameQueue) takeSmall(limit int) (frames []queued, ok bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	switch {
-	case q.done || q.writing || len(q.frames) == 0:
+	case q.done || q.writing || q.paused || len(q.frames) == 0:
 		return nil, false
 	case q.bytes > limit:
 		q.cond.Signal()
@@ -406,8 +534,9 @@ func (q *frameQueue) takeSmall(limit int) (frames []queued, ok bool) {
 func (q *frameQueue) next() (frames []queued, ok bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.done || len(q.frames) == 0 {
+	if q.done || q.paused || len(q.frames) == 0 {
 		q.writing = false
+		q.cond.Broadcast() // for idle
 		return nil, false
 	}
 	return q.takeLocked(), true
@@ -417,6 +546,45 @@ func (q *frameQueue) next() (frames []queued, ok bool) {
 func (q *frameQueue) doneWriting() {
 	q.mu.Lock()
 	q.writing = false
+	q.cond.Broadcast() // for idle
+	q.mu.Unlock()
+}
+
+// pause keeps frames from being taken for writing until unpause.
+func (q *frameQueue) pause() {
+	q.mu.Lock()
+	q.paused = true
+	q.mu.Unlock()
+}
+
+// idle waits until nobody holds the writing role of a paused queue, or
+// the queue is closed; it reports whether it is still open.
+func (q *frameQueue) idle() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for q.writing && !q.done {
+		q.cond.Wait()
+	}
+	return !q.done
+}
+
+// unpause puts frames back before those queued, and lets the writer take
+// them all.
+func (q *frameQueue) unpause(first []queued) {
+	q.mu.Lock()
+	if q.done {
+		q.mu.Unlock()
+		for _, it := range first {
+			q.res.payloads.release(it.pl)
+		}
+		return
+	}
+	for _, it := range first {
+		q.bytes += len(it.f.Payload)
+	}
+	q.frames = append(first[:len(first):len(first)], q.frames...)
+	q.paused = false
+	q.cond.Broadcast()
 	q.mu.Unlock()
 }
 

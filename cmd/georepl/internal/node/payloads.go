@@ -22,7 +22,8 @@ import (
 //  2. process takes one reference per local write of p it collects
 //     (localOp), dropped when that write is done or dropped, and one per
 //     data frame it queues on a link, dropped once the link's writer has
-//     flushed the frame (or the link closed); it finds p by where the
+//     flushed the frame (or the link closed; on a connection with path
+//     blocks, once the peer confirmed the frame, see paths.go); it finds p by where the
 //     write's data starts, which for the pieces of a split write after
 //     the first is an alias. process runs with emu held
 //     and while WriteAt's reference is held, so the count never climbs

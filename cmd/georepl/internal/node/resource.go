@@ -114,10 +114,16 @@ type peer struct {
 	// as the configuration last applied (at start or by Adjust) gives
 	// them: read with link and pin, replaced whole by Adjust.
 	settings atomic.Pointer[peerSettings]
-	wanted   bool  // connect/disconnect by the administrator
-	conn     *link // current link, nil when not connected
-	lastErr  string
-	dialDone chan struct{}
+	// paths are the connection's address pairs, this node's first;
+	// multi: they come from path blocks, and the connection may move
+	// between them (paths.go). pathStates, under mu, say how each is.
+	paths      []configs.Path
+	multi      bool
+	pathStates []pathState
+	wanted     bool  // connect/disconnect by the administrator
+	conn       *link // current link, nil when not connected
+	lastErr    string
+	dialDone   chan struct{}
 	// sentBefore and recvBefore are the link bytes of the connections
 	// before conn, under mu: with conn's, the totals since the daemon
 	// started.
@@ -176,7 +182,9 @@ func newResource(d *Daemon, rc *configs.Resource, self *configs.Node) (*resource
 		if err != nil {
 			return nil, err
 		}
-		p := &peer{id: core.NodeID(n.ID), node: n, wanted: true}
+		paths, multi := pathsOf(rc, self, n)
+		p := &peer{id: core.NodeID(n.ID), node: n, wanted: true,
+			paths: paths, multi: multi, pathStates: make([]pathState, len(paths))}
 		p.settings.Store(&peerSettings{link: lk, node: n})
 		r.peers[p.id] = p
 	}
@@ -222,9 +230,11 @@ func (r *resource) Up() error {
 	r.loopDone = make(chan struct{})
 
 	for _, p := range r.peers {
-		if err := r.d.ensureListener(p.link().Net.Transport, r.self.Address); err != nil {
-			st.Close()
-			return err
+		for _, path := range p.paths {
+			if err := r.d.ensureListener(p.link().Net.Transport, path[0]); err != nil {
+				st.Close()
+				return err
+			}
 		}
 	}
 	if r.self.Export != "" {
@@ -493,7 +503,9 @@ func (r *resource) attachLink(l *link) {
 	r.setConn(p, l)
 	l.start()
 	r.engine.Connected(p.id, l.ourHello, l.hello)
-	r.log.Info("connected", "peer", p.node.Name, "transport", l.transport, "remote", l.conn.RemoteAddr())
+	pc := l.current()
+	r.setPath(p, pc.path, "active", "")
+	r.log.Info("connected", "peer", p.node.Name, "transport", l.transport, "remote", pc.conn.RemoteAddr(), "path", describePath(p, pc.path))
 }
 
 func (r *resource) detachLink(l *link, err error) {
@@ -521,6 +533,13 @@ func (r *resource) setConn(p *peer, l *link) {
 		p.recvBefore += recv
 	}
 	p.conn = l
+	if l == nil {
+		for i := range p.pathStates {
+			if p.pathStates[i].state == "active" {
+				p.pathStates[i] = pathState{}
+			}
+		}
+	}
 	r.mu.Unlock()
 }
 

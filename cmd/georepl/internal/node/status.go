@@ -66,6 +66,17 @@ type Quorum struct {
 	Policy string `json:"on_no_quorum"`
 }
 
+// PathStatus is one path of a connection with path blocks.
+type PathStatus struct {
+	Local  string `json:"local"`  // this node's address on the path
+	Remote string `json:"remote"` // the peer's
+	// State is "active" (the connection runs on it), "standby" (its last
+	// probe succeeded), "failed" (its last use or probe failed: Error
+	// says why) or "unknown" (not tried yet).
+	State string `json:"state"`
+	Error string `json:"error,omitempty"`
+}
+
 // PeerStatus is one peer's line of the status.
 type PeerStatus struct {
 	Name      string `json:"name"`
@@ -123,6 +134,9 @@ type PeerStatus struct {
 	WritesRecv    uint64 `json:"writes_received_total"`
 	AheadEpisodes uint64 `json:"pull_ahead_total"`
 	SplitBrains   uint64 `json:"split_brains_total"`
+	// Paths are the connection's path blocks, in their order; empty
+	// without any (the nodes' own addresses are the only path).
+	Paths []PathStatus `json:"paths,omitempty"`
 	// MaxBuffer is the connection's max_buffer: Unacked may reach it.
 	MaxBuffer uint64 `json:"max_buffer_bytes"`
 	// AckLatency is the histogram of the time from handing a data frame
@@ -300,6 +314,16 @@ func (r *resource) publishStatus() {
 		r.mu.Lock()
 		conn, lastErr, wanted := p.conn, p.lastErr, p.wanted
 		sentBefore, recvBefore := p.sentBefore, p.recvBefore
+		var paths []PathStatus
+		if p.multi {
+			for i, path := range p.paths {
+				ps := PathStatus{Local: path[0], Remote: path[1], State: p.pathStates[i].state, Error: p.pathStates[i].err}
+				if ps.State == "" {
+					ps.State = "unknown"
+				}
+				paths = append(paths, ps)
+			}
+		}
 		r.mu.Unlock()
 		ps := PeerStatus{
 			Name: p.node.Name, ID: p.node.ID, Address: p.node.Address,
@@ -309,6 +333,7 @@ func (r *resource) publishStatus() {
 			LastError: lastErr,
 			LinkSent:  sentBefore, LinkRecv: recvBefore,
 			MaxBuffer: uint64(p.link().Net.MaxBuffer), AckLatency: p.ackLatency.snapshot(),
+			Paths: paths,
 		}
 		if tr, err := r.d.opts.transport(p.link().Net.Transport); err == nil {
 			if sr, ok := tr.(stateReporter); ok {

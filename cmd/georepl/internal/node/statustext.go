@@ -56,6 +56,13 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 			if p.TransportError != "" {
 				fmt.Fprintf(w, "      transport %s last error: %s\n", p.Transport, p.TransportError)
 			}
+			for i, path := range p.Paths {
+				fmt.Fprintf(w, "      path %d %s - %s: %s", i, path.Local, path.Remote, path.State)
+				if path.Error != "" {
+					fmt.Fprintf(w, " (%s)", path.Error)
+				}
+				fmt.Fprintln(w)
+			}
 			if p.RPO != nil && (p.Protocol == "A" || p.RPO.Bytes > 0 || p.RPO.AgeSeconds > 0) {
 				warn := ""
 				switch {

@@ -1,0 +1,487 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/georepl/georepl/configs"
+	"github.com/georepl/georepl/core"
+	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/transports"
+)
+
+// A connection with path blocks has several address pairs. It uses one
+// transport connection at a time, on one path: the engine's frames are
+// ordered per channel, and spreading them over paths of different
+// latencies would need a reordering buffer at the receiver and would make
+// the slowest path set every write's latency. The dialing node probes the
+// other paths (an authenticated handshake that ends after a ping) and,
+// when the transport connection in use fails, suspends the link and
+// continues it on the first path that answers.
+//
+// Continuing without losing anything: on such a connection both nodes
+// count the frames they write and read on each channel since the
+// connection started (pings, ping-acks and path-acks aside). A writer
+// keeps every frame it wrote until the peer confirms it (TypePathAck,
+// every pathAckEvery frames and at every monitor tick). On resumption
+// each side first stops reading the old transport connection and waiting
+// for its frames to reach the engine, then tells the other how many it
+// received (TypeResume); each re-sends, in order, the frames the other
+// lacks, before anything queued meanwhile. So the receiver sees every
+// frame once and in order, and the engine never learns that the path
+// changed. A link that finds no path within its timeout fails as any
+// other: the engine is told the peer is gone.
+
+// pathAckEvery and pathAckBytes are how many frames, and how many payload
+// bytes, a reader counts before it confirms them without waiting for the
+// monitor's tick: they bound what the peer keeps (beyond what is in
+// flight), in frames and in memory, whatever the frames' size.
+const (
+	pathAckEvery = 128
+	pathAckBytes = 4 << 20
+)
+
+// retransmit is what a link that can move keeps and counts.
+type retransmit struct {
+	// session names the connection across its transport connections: the
+	// nonces of the intros of its first one, the dialer's first.
+	session [64]byte
+	// Under the link's pmu: sent counts the frames written on each
+	// channel; kept holds those the peer has not confirmed, oldest first
+	// (kept[ch][i] is frame sent[ch]-len(kept[ch])+i+1).
+	sent [2]uint64
+	kept [2][]queued
+	// recv counts the frames read on each channel; acked is what the last
+	// path-ack sent confirmed. recvBytes and ackedBytes are the same in
+	// payload bytes.
+	recv, acked           [2]atomic.Uint64
+	recvBytes, ackedBytes [2]atomic.Uint64
+}
+
+// counted reports whether frames of type t are counted and kept: the
+// link's own frames are not, they mean nothing on another connection.
+func counted(t wire.Type) bool {
+	switch t {
+	case wire.TypePing, wire.TypePingAck, wire.TypePathAck, wire.TypeRefuse:
+		return false
+	}
+	return true
+}
+
+// keep numbers and keeps the counted frames of batch, about to be
+// written on ch; the kept ones carry their payload references along.
+// Called with pmu held.
+func (rt *retransmit) keep(ch wire.Channel, batch []queued) error {
+	for _, it := range batch {
+		if counted(it.f.Type) {
+			rt.sent[ch]++
+			rt.kept[ch] = append(rt.kept[ch], it)
+		}
+	}
+	return nil
+}
+
+// confirm forgets the frames of ch up to number n, which the peer
+// received. Called with pmu held.
+func (rt *retransmit) confirm(res *resource, ch wire.Channel, n uint64) error {
+	kept := rt.kept[ch]
+	first := rt.sent[ch] - uint64(len(kept)) // frames confirmed before kept[0]
+	if n > rt.sent[ch] {
+		return fmt.Errorf("the peer confirms %d frames on the %s channel, but only %d were sent", n, channelName(ch), rt.sent[ch])
+	}
+	if n <= first {
+		return nil
+	}
+	drop := n - first
+	for _, it := range kept[:drop] {
+		res.payloads.release(it.pl)
+	}
+	clear(kept[:drop])
+	rt.kept[ch] = kept[drop:]
+	return nil
+}
+
+// received counts a frame of n payload bytes read on ch and reports
+// whether enough came since the last path-ack for another.
+func (rt *retransmit) received(ch wire.Channel, n int) bool {
+	frames := rt.recv[ch].Add(1) - rt.acked[ch].Load()
+	bytes := rt.recvBytes[ch].Add(uint64(n)) - rt.ackedBytes[ch].Load()
+	return frames >= pathAckEvery || bytes >= pathAckBytes
+}
+
+// drop releases what is kept. Called with pmu held, when the link closes.
+func (rt *retransmit) drop(res *resource) {
+	for ch := range rt.kept {
+		for _, it := range rt.kept[ch] {
+			res.payloads.release(it.pl)
+		}
+		rt.kept[ch] = nil
+	}
+}
+
+// sendPathAck confirms to the peer what arrived so far.
+func (l *link) sendPathAck() {
+	for ch := range l.rt.recvBytes {
+		l.rt.ackedBytes[ch].Store(l.rt.recvBytes[ch].Load())
+	}
+	d, c := l.rt.recv[wire.ChannelData].Load(), l.rt.recv[wire.ChannelControl].Load()
+	l.rt.acked[wire.ChannelData].Store(d)
+	l.rt.acked[wire.ChannelControl].Store(c)
+	l.send(&wire.Frame{Type: wire.TypePathAck, Seq: d, Epoch: c}, nil)
+}
+
+// confirmed handles the peer's path-ack.
+func (l *link) confirmed(f *wire.Frame) error {
+	if l.rt == nil {
+		return errors.New("the peer sent a path-ack on a connection that keeps no frames")
+	}
+	l.pmu.Lock()
+	defer l.pmu.Unlock()
+	return errors.Join(l.rt.confirm(l.res, wire.ChannelData, f.Seq), l.rt.confirm(l.res, wire.ChannelControl, f.Epoch))
+}
+
+// pathTick is the monitor's work for a link that can move: a suspended
+// link that found no path within its timeout fails; a working one
+// confirms what arrived since the last path-ack.
+func (l *link) pathTick(now time.Time) error {
+	l.pmu.Lock()
+	suspended, since, err := l.suspended, l.suspendedAt, l.pathErr
+	l.pmu.Unlock()
+	if suspended {
+		if now.Sub(since) > l.timeout {
+			return fmt.Errorf("no path to the peer within %v (the last one failed: %w)", l.timeout, err)
+		}
+		return nil
+	}
+	for ch := range l.rt.recv {
+		if l.rt.recv[ch].Load() != l.rt.acked[ch].Load() {
+			l.sendPathAck()
+			break
+		}
+	}
+	return nil
+}
+
+func (l *link) isSuspended() bool {
+	l.pmu.Lock()
+	defer l.pmu.Unlock()
+	return l.suspended
+}
+
+// suspendSignal is closed when the link is next suspended.
+func (l *link) suspendSignal() <-chan struct{} {
+	l.pmu.Lock()
+	defer l.pmu.Unlock()
+	return l.suspend
+}
+
+// pathFailed handles the failure of transport connection pc: a link that
+// can move is suspended until it resumes on another (or fails after its
+// timeout); any other link fails.
+func (l *link) pathFailed(pc *pathConn, err error) {
+	if l.rt == nil {
+		l.fail(err)
+		return
+	}
+	l.pmu.Lock()
+	if l.cur != pc || l.suspended {
+		l.pmu.Unlock()
+		pc.close()
+		return
+	}
+	l.suspended, l.suspendedAt, l.pathErr = true, time.Now(), err
+	close(l.suspend)
+	l.suspend = make(chan struct{})
+	// Paused before anyone sees the link suspended: quiesce must not find
+	// a queue idle that a writer may take again.
+	for _, q := range l.queues {
+		q.pause()
+	}
+	l.pmu.Unlock()
+	pc.close()
+	l.res.pathDown(l, pc.path, err)
+}
+
+// quiesce suspends l if it is not yet (the peer found its path dead
+// first) and waits until nothing more of its old transport connection is
+// read or written; it returns the frames received on each channel. ok is
+// false once l is closed.
+func (l *link) quiesce() (recv [2]uint64, ok bool) {
+	// A link the loop attached (so a peer may find it) but did not start
+	// yet has no readers to wait for, and would start them on the new
+	// transport connection as well as resume.
+	select {
+	case <-l.started:
+	case <-l.closed:
+		return recv, false
+	}
+	pc := l.current()
+	l.pathFailed(pc, errors.New("the peer continues the connection on another transport connection"))
+	pc.readersDone.Wait()
+	for _, q := range l.queues {
+		if !q.idle() {
+			return recv, false
+		}
+	}
+	return [2]uint64{l.rt.recv[0].Load(), l.rt.recv[1].Load()}, true
+}
+
+// resume continues a quiesced link on pc, once the peer said what it
+// received: what it lacks goes out first, in order.
+func (l *link) resume(pc *pathConn, peerRecv [2]uint64) (resent int, err error) {
+	var resend [2][]queued
+	l.pmu.Lock()
+	if isClosed(l.closed) {
+		l.pmu.Unlock()
+		return 0, errors.New("the connection closed")
+	}
+	for ch := range l.rt.kept {
+		kept := l.rt.kept[ch]
+		first := l.rt.sent[ch] - uint64(len(kept))
+		if got := peerRecv[ch]; got < first || got > l.rt.sent[ch] {
+			l.pmu.Unlock()
+			return 0, fmt.Errorf("the peer received %d frames on the %s channel, but frames %d to %d are kept: the connection cannot continue", got, channelName(wire.Channel(ch)), first+1, l.rt.sent[ch])
+		}
+		if err := l.rt.confirm(l.res, wire.Channel(ch), peerRecv[ch]); err != nil {
+			l.pmu.Unlock()
+			return 0, err
+		}
+		resend[ch] = l.rt.kept[ch]
+		resent += len(resend[ch])
+		l.rt.kept[ch] = nil
+		l.rt.sent[ch] = peerRecv[ch]
+	}
+	sent, recv := l.cur.stats()
+	l.sentBefore += sent
+	l.recvBefore += recv
+	l.cur, l.suspended = pc, false
+	l.pmu.Unlock()
+	l.mu.Lock()
+	l.lastRecv = time.Now()
+	if !l.waitingSince.IsZero() {
+		l.waitingSince = l.lastRecv
+	}
+	l.mu.Unlock()
+	l.startReaders(pc)
+	for ch, q := range l.queues {
+		q.unpause(resend[ch])
+	}
+	l.flushAll()
+	return resent, nil
+}
+
+// pathConfig is a peer's paths: the configured ones, or the nodes' own
+// addresses as the only one.
+func pathsOf(rc *configs.Resource, self, peer *configs.Node) (paths []configs.Path, multi bool) {
+	if ps := rc.Paths(self.Name, peer.Name); len(ps) > 0 {
+		return ps, true
+	}
+	return []configs.Path{{self.Address, peer.Address}}, false
+}
+
+// pathState is what this node knows of one path to a peer (under the
+// resource's mu).
+type pathState struct {
+	state string // "active", "standby", "failed" or "unknown"
+	err   string
+}
+
+// setPath records path i's state.
+func (r *resource) setPath(p *peer, i int, state, err string) {
+	if i < 0 || i >= len(p.pathStates) {
+		return
+	}
+	r.mu.Lock()
+	p.pathStates[i] = pathState{state: state, err: err}
+	r.mu.Unlock()
+}
+
+func describePath(p *peer, i int) string {
+	if i < 0 || i >= len(p.paths) {
+		return "an unknown path"
+	}
+	return fmt.Sprintf("path %d (%s - %s)", i, p.paths[i][0], p.paths[i][1])
+}
+
+// pathDown records the failure of link l's transport connection on path i.
+func (r *resource) pathDown(l *link, i int, err error) {
+	p := r.peers[l.peer]
+	r.setPath(p, i, "failed", err.Error())
+	r.log.Warn("path failed; the connection is suspended until it continues on a path", "peer", p.node.Name, "path", describePath(p, i), "within", l.timeout, "err", err)
+}
+
+// pathUp records that link l continues on path i after path old.
+func (r *resource) pathUp(l *link, old, i, resent int) {
+	p := r.peers[l.peer]
+	r.setPath(p, i, "active", "")
+	r.emu.Lock()
+	r.emit(core.Event{Peer: p.id, HasPeer: true, What: "path", Old: describePath(p, old), New: describePath(p, i),
+		Detail: fmt.Sprintf("the connection continues, %d frames re-sent", resent)})
+	r.unlockEngine()
+}
+
+// pathOfConn is the index of the path an accepted connection came in on,
+// from its local address, or -1.
+func (p *peer) pathOfConn(conn transports.Conn) int {
+	local := conn.LocalAddr()
+	if local == nil {
+		return -1
+	}
+	for i, path := range p.paths {
+		if sameAddr(path[0], local.String()) {
+			return i
+		}
+	}
+	return -1
+}
+
+func sameAddr(configured, actual string) bool {
+	ch, cp, err1 := net.SplitHostPort(configured)
+	ah, ap, err2 := net.SplitHostPort(actual)
+	if err1 != nil || err2 != nil || cp != ap {
+		return false
+	}
+	if ch == ah {
+		return true
+	}
+	ci, ai := net.ParseIP(ch), net.ParseIP(ah)
+	return ci != nil && ai != nil && ci.Equal(ai)
+}
+
+// resumeOver tries to continue suspended link l on each path in turn,
+// starting after the one that failed; it reports whether one worked.
+func (r *resource) resumeOver(tr transports.Transport, p *peer, l *link) bool {
+	failed := l.current().path
+	for k := 1; k <= len(p.paths); k++ {
+		i := (failed + k) % len(p.paths)
+		if err := r.dialOnce(tr, p, i, l); err != nil {
+			r.setPath(p, i, "failed", err.Error())
+			r.log.Warn("continuing the connection failed", "peer", p.node.Name, "path", describePath(p, i), "err", err)
+			if isClosed(l.closed) {
+				return false
+			}
+			continue
+		}
+		return true
+	}
+	return false
+}
+
+// probePaths checks the paths of p other than link l's with a handshake
+// that ends after a ping, for status.
+func (r *resource) probePaths(tr transports.Transport, p *peer, l *link) {
+	active := l.current().path
+	for i := range p.paths {
+		if i == active || l.isSuspended() {
+			continue
+		}
+		if err := r.probe(tr, p, i, l); err != nil {
+			r.setPath(p, i, "failed", err.Error())
+		} else {
+			r.setPath(p, i, "standby", "")
+		}
+	}
+}
+
+// probe runs the handshake on path i up to authentication, then a ping.
+// It gives up as soon as link l is suspended: the dialer has a connection
+// to continue, and a probe of a dead path could take most of the time
+// that allows.
+func (r *resource) probe(tr transports.Transport, p *peer, i int, l *link) error {
+	ctx, cancel := context.WithTimeout(context.Background(), min(handshakeTimeout, p.link().Net.Timeout))
+	defer cancel()
+	go func() {
+		select {
+		case <-l.suspendSignal():
+			cancel()
+		case <-l.closed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	hs, _, _, err := r.dialHandshake(ctx, tr, p, i)
+	if err != nil {
+		return err
+	}
+	defer hs.conn.Close()
+	stop := context.AfterFunc(ctx, func() { hs.conn.Close() })
+	defer stop()
+	if err := hs.send(&wire.Frame{Type: wire.TypePing}); err != nil {
+		return err
+	}
+	if _, err := hs.expect(wire.TypePingAck); err != nil {
+		return err
+	}
+	return nil
+}
+
+// acceptResume answers a dialer that continues a connection: the link it
+// names must be p's, suspended or not (the dialer may have found its path
+// dead first).
+func (r *resource) acceptResume(p *peer, hs *handshake, f *wire.Frame) error {
+	r.mu.Lock()
+	l := p.conn
+	r.mu.Unlock()
+	if l == nil || l.rt == nil || string(l.rt.session[:]) != string(f.Payload) {
+		return fmt.Errorf("resource %s: node %s has no connection to continue with node %s (it ended): connect anew", r.cfg.Name, r.self.Name, p.node.Name)
+	}
+	l.resumeMu.Lock()
+	defer l.resumeMu.Unlock()
+	old := l.current().path
+	recv, ok := l.quiesce()
+	if !ok {
+		return errors.New("the connection closed")
+	}
+	if err := hs.send(&wire.Frame{Type: wire.TypeResume, Seq: recv[wire.ChannelData], Epoch: recv[wire.ChannelControl], Payload: l.rt.session[:]}); err != nil {
+		return err
+	}
+	i := p.pathOfConn(hs.conn)
+	resent, err := l.resume(l.newPathConn(hs.conn, [2]*wire.Reader{wire.NewReader(hs.conn.Stream(transports.ChannelData)), hs.reader}, i),
+		[2]uint64{f.Seq, f.Epoch})
+	if err != nil {
+		l.fail(err)
+		return err
+	}
+	r.pathUp(l, old, i, resent)
+	return nil
+}
+
+// dialResume continues link l on the handshake hs just made on path i.
+func (r *resource) dialResume(p *peer, hs *handshake, i int, l *link) error {
+	l.resumeMu.Lock()
+	defer l.resumeMu.Unlock()
+	old := l.current().path
+	recv, ok := l.quiesce()
+	if !ok {
+		return errors.New("the connection closed")
+	}
+	if err := hs.send(&wire.Frame{Type: wire.TypeResume, Seq: recv[wire.ChannelData], Epoch: recv[wire.ChannelControl], Payload: l.rt.session[:]}); err != nil {
+		return err
+	}
+	f, err := hs.expect(wire.TypeResume)
+	if err != nil {
+		var refused *peerRefusal
+		if errors.As(err, &refused) {
+			// The peer ended the connection: so must we.
+			l.fail(err)
+		}
+		return err
+	}
+	if string(f.Payload) != string(l.rt.session[:]) {
+		err := errors.New("the peer continued another connection")
+		l.fail(err)
+		return err
+	}
+	resent, err := l.resume(l.newPathConn(hs.conn, [2]*wire.Reader{wire.NewReader(hs.conn.Stream(transports.ChannelData)), hs.reader}, i),
+		[2]uint64{f.Seq, f.Epoch})
+	if err != nil {
+		l.fail(err)
+		return err
+	}
+	r.pathUp(l, old, i, resent)
+	return nil
+}
