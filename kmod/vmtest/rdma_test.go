@@ -65,6 +65,7 @@ func addRDMA(root, work, ird string) error {
 	for name, text := range map[string]string{
 		"rdma/rdma.hcl": hdr + rdmaResource("rd", "rdma", 7791, "/dev/vda", "/dev/nbd0") +
 			rdmaResource("tc", "tcp", 7792, "/dev/vdb", "/dev/nbd1"),
+		"rdma-short/rd.hcl":    hdr + rdmaResource("rd", "rdma", 7791, "/dev/vda", "/dev/nbd0"),
 		"failover-rdma/r0.hcl": hdr + strings.Replace(failover, "  net {\n", "  net {\n    transport = \"rdma\"\n", 1),
 	} {
 		conf := filepath.Join(ird, "etc/georepl", name)
@@ -96,9 +97,12 @@ func TestExt4FailoverRDMA(t *testing.T) {
 	})
 }
 
-// cgoBuild runs `go build` or `go test -c` of pkg into out with cgo.
+// cgoBuild runs `go build` or `go test -c` of pkg into out with cgo. The
+// plugin is built without its symbol table and DWARF (a third smaller):
+// every start of it hashes it (its sha256 is checked), seconds each under
+// the guests' emulation, and the conformance suite starts it twelve times.
 func cgoBuild(root, verb, out, pkg string) error {
-	args := []string{verb, "-trimpath", "-o", out, pkg}
+	args := []string{verb, "-trimpath", "-ldflags=-s -w", "-o", out, pkg}
 	if verb == "test" {
 		args = []string{"test", "-c", "-trimpath", "-o", out, pkg}
 	}
@@ -148,93 +152,208 @@ func rdmaResource(name, transport string, port int, disk, device string) string 
 //     byte after a clean shutdown, and what fill wrote checked on both.
 func TestRDMA(t *testing.T) {
 	r := getRig(t)
+	alpha, bravo, imgs := bootRDMA(t, r, 32<<20, "rd", "tc")
+	scenario(t, "rdma conformance (rxe)", func(st *testing.T, detail *string) {
+		alpha.t, bravo.t = st, st
+		defer func() { alpha.t, bravo.t = t, t }()
+		rdmaConformance(st, alpha, bravo, detail)
+	})
+	scenario(t, "rdma replication (protocol C)", func(st *testing.T, detail *string) {
+		alpha.t, bravo.t = st, st
+		rdmaReplication(st, alpha, bravo, imgs, rdmaCompared, detail)
+	})
+}
+
+// TestRDMAShort is the rdma proof CI affords: TestRDMA on one boot of
+// the two guests without its tcp resource and its measurements. The
+// conformance suite in full over rxe (and bravo's no-device error), then
+// resource rd with transport = "rdma" under protocol C: initial sync of
+// its 16 MiB disk, the primary's plugin SIGKILLed during 12 MiB of
+// writes, the resync, and after a clean shutdown both data areas
+// byte-identical with every acknowledged write on both.
+func TestRDMAShort(t *testing.T) {
+	r := getRig(t)
+	alpha, bravo, imgs := bootRDMA(t, r, 16<<20, "rd")
+	scenario(t, "rdma short: conformance", func(st *testing.T, detail *string) {
+		alpha.t, bravo.t = st, st
+		defer func() { alpha.t, bravo.t = t, t }()
+		rdmaConformance(st, alpha, bravo, detail)
+	})
+	scenario(t, "rdma short: replication (C)", func(st *testing.T, detail *string) {
+		alpha.t, bravo.t = st, st
+		rdmaReplication(st, alpha, bravo, imgs, rdmaShort, detail)
+	})
+}
+
+// bootRDMA boots alpha and bravo, each with a disk of size per
+// resource (in their order: /dev/vda, /dev/vdb), and waits for their rxe0
+// to be ACTIVE. imgs maps NODE-RESOURCE.img to the disk's image.
+func bootRDMA(t *testing.T, r *rig, size int64, resources ...string) (alpha, bravo *vm, imgs map[string]string) {
 	dir := t.TempDir()
-	const diskSize = 32 << 20
-	imgs := map[string]string{}
-	disk := func(name string) string {
-		imgs[name] = newDisk(t, filepath.Join(dir, name), diskSize)
-		return imgs[name]
+	imgs = map[string]string{}
+	disks := func(node string) []string {
+		var d []string
+		for _, res := range resources {
+			name := node + "-" + res + ".img"
+			imgs[name] = newDisk(t, filepath.Join(dir, name), size)
+			d = append(d, imgs[name])
+		}
+		return d
 	}
 	lk, err := newLink()
 	if err != nil {
 		t.Fatal(err)
 	}
-	alpha := r.startVM(t, "alpha", 0, lk, disk("alpha-rd.img"), disk("alpha-tc.img"))
-	bravo := r.startVM(t, "bravo", 1, lk, disk("bravo-rd.img"), disk("bravo-tc.img"))
-	alpha.waitBooted()
-	bravo.waitBooted()
+	alpha, bravo = r.bootPair(t, lk, disks("alpha"), disks("bravo"))
 	for _, v := range []*vm{alpha, bravo} {
 		v.must("rdma link show | grep -q 'rxe0.*ACTIVE' || { rdma link show; dmesg | tail -20; false; }", time.Minute)
 	}
-	scenario(t, "rdma conformance (rxe)", func(st *testing.T, detail *string) {
-		alpha.t, bravo.t = st, st
-		defer func() { alpha.t, bravo.t = t, t }()
-		// Meanwhile bravo, idle, shows the error of a host whose rdma_rxe
-		// has no device, then gets rxe0 back.
-		bravoOut := make(chan []string, 1)
-		go func() {
-			out, _ := bravo.sh(fmt.Sprintf("rdma link delete rxe0; %s -test.run TestNoDeviceError -test.v 2>&1 | grep -E '^ *(--- |proto_test)'; rdma link add rxe0 type rxe netdev eth0; sleep 1; rdma link show", rdmaTest), 5*time.Minute)
-			bravoOut <- out
-		}()
-		out, rc := alpha.sh(fmt.Sprintf("cd /tmp && GEOREPL_RDMA_ADDR=10.0.0.1:0 GEOREPL_RDMA_PLUGIN=%s %s -test.run TestConformance -test.v -test.timeout 20m 2>&1 | grep -E '^ *(=== RUN|--- |PASS|FAIL|ok|panic)|rdma_test|suite.go' ; cd /", rdmaPlugin, rdmaTest), 25*time.Minute)
-		passed, failed := 0, 0
-		for _, l := range out {
-			l = strings.TrimSpace(l)
-			if strings.HasPrefix(l, "--- PASS: TestConformance/") {
-				passed++
-			}
-			if strings.HasPrefix(l, "--- FAIL") {
-				failed++
-			}
-		}
-		if rc != 0 || failed > 0 || passed == 0 || !strings.Contains(strings.Join(out, "\n"), "--- PASS: TestConformance ") {
-			st.Errorf("conformance over rxe: rc %d, %d subtests passed, %d failed:\n%s", rc, passed, failed, strings.Join(out, "\n"))
-		}
-		// LargeTransfer moves 64 MiB on the data channel: the transport's
-		// own throughput over rxe, without georepl around it.
-		large := ""
-		for _, l := range out {
-			var secs float64
-			if _, err := fmt.Sscanf(strings.TrimSpace(l), "--- PASS: TestConformance/LargeTransfer (%fs)", &secs); err == nil && secs > 0 {
-				large = fmt.Sprintf("; LargeTransfer's 64 MiB in %.1fs (%.1f MB/s)", secs, 64*1.048576/secs)
-			}
-		}
-		diag := <-bravoOut
-		noDevice := ""
-		for _, l := range diag {
-			if _, msg, ok := strings.Cut(l, "proto_test.go:"); ok {
-				_, noDevice, _ = strings.Cut(msg, ": ") // after the line number
-			}
-		}
-		if all := strings.Join(diag, "\n"); !strings.Contains(all, "--- PASS: TestNoDeviceError") || !strings.Contains(all, "rxe0") || !strings.Contains(all, "ACTIVE") {
-			st.Errorf("bravo without rxe0, then with it again: %q", diag)
-		}
-		st.Logf("bravo without rxe0: %q", diag)
-		*detail = fmt.Sprintf("%d subtests passed, %d failed, over rxe0 on alpha's eth0%s; bravo with rdma_rxe and no device: %q", passed, failed, large, noDevice)
-	})
-	scenario(t, "rdma replication (protocol C)", func(st *testing.T, detail *string) {
-		alpha.t, bravo.t = st, st
-		rdmaReplication(st, alpha, bravo, imgs, detail)
-	})
+	return alpha, bravo, imgs
 }
 
-func rdmaReplication(t *testing.T, alpha, bravo *vm, imgs map[string]string, detail *string) {
-	const conf = "/etc/georepl/rdma"
-	for _, v := range []*vm{alpha, bravo} {
-		v.must("georepl create-md --config "+conf+" --node $NODE rd && georepl create-md --config "+conf+" --node $NODE tc", time.Minute)
-		v.must("daemon "+conf, time.Minute)
-		v.must("georepl up rd && georepl up tc", time.Minute)
+// rdmaConformance runs the transport conformance suite on the plugin
+// inside alpha, over rxe0. Meanwhile bravo, idle, shows the error of a
+// host whose rdma_rxe has no device, then gets rxe0 back.
+func rdmaConformance(t *testing.T, alpha, bravo *vm, detail *string) {
+	bravoOut := make(chan []string, 1)
+	go func() {
+		out, _ := bravo.sh(fmt.Sprintf("rdma link delete rxe0; %s -test.run TestNoDeviceError -test.v 2>&1 | grep -E '^ *(--- |proto_test)'; rdma link add rxe0 type rxe netdev eth0; sleep 1; rdma link show", rdmaTest), 5*time.Minute)
+		bravoOut <- out
+	}()
+	out, rc := alpha.sh(fmt.Sprintf("cd /tmp && GEOREPL_RDMA_ADDR=10.0.0.1:0 GEOREPL_RDMA_PLUGIN=%s %s -test.run TestConformance -test.v -test.timeout 20m 2>&1 | grep -E '^ *(=== RUN|--- |PASS|FAIL|ok|panic)|rdma_test|suite.go' ; cd /", rdmaPlugin, rdmaTest), 25*time.Minute)
+	passed, failed := 0, 0
+	for _, l := range out {
+		l = strings.TrimSpace(l)
+		if strings.HasPrefix(l, "--- PASS: TestConformance/") {
+			passed++
+		}
+		if strings.HasPrefix(l, "--- FAIL") {
+			failed++
+		}
 	}
-	alpha.must("georepl primary --force rd && georepl primary --force tc", time.Minute)
+	if rc != 0 || failed > 0 || passed == 0 || !strings.Contains(strings.Join(out, "\n"), "--- PASS: TestConformance ") {
+		t.Errorf("conformance over rxe: rc %d, %d subtests passed, %d failed:\n%s", rc, passed, failed, strings.Join(out, "\n"))
+	}
+	// LargeTransfer moves 64 MiB on the data channel: the transport's
+	// own throughput over rxe, without georepl around it.
+	large := ""
+	for _, l := range out {
+		var secs float64
+		if _, err := fmt.Sscanf(strings.TrimSpace(l), "--- PASS: TestConformance/LargeTransfer (%fs)", &secs); err == nil && secs > 0 {
+			large = fmt.Sprintf("; LargeTransfer's 64 MiB in %.1fs (%.1f MB/s)", secs, 64*1.048576/secs)
+		}
+	}
+	diag := <-bravoOut
+	noDevice := ""
+	for _, l := range diag {
+		if _, msg, ok := strings.Cut(l, "proto_test.go:"); ok {
+			_, noDevice, _ = strings.Cut(msg, ": ") // after the line number
+		}
+	}
+	if all := strings.Join(diag, "\n"); !strings.Contains(all, "--- PASS: TestNoDeviceError") || !strings.Contains(all, "rxe0") || !strings.Contains(all, "ACTIVE") {
+		t.Errorf("bravo without rxe0, then with it again: %q", diag)
+	}
+	t.Logf("bravo without rxe0: %q", diag)
+	*detail = fmt.Sprintf("%d subtests passed, %d failed, over rxe0 on alpha's eth0%s; bravo with rdma_rxe and no device: %q", passed, failed, large, noDevice)
+}
+
+// rdmaRun is what rdmaReplication does.
+type rdmaRun struct {
+	conf string // configuration directory in the guests
+	// compare adds resource tc on tcp beside rd on rdma (/dev/vdb,
+	// /dev/nbd1) and measures both.
+	compare bool
+	killMiB int // written while the primary's plugin is killed
+}
+
+var (
+	// rdmaCompared is TestRDMA's: rdma against tcp, same VMs, same run.
+	rdmaCompared = rdmaRun{conf: "/etc/georepl/rdma", compare: true, killMiB: 24}
+	// rdmaShort is TestRDMAShort's: rd alone, no measurements, and less
+	// written across the plugin's death (at 1 to 2 MB/s under TCG, still
+	// seconds of writes after the kill).
+	rdmaShort = rdmaRun{conf: "/etc/georepl/rdma-short", killMiB: 12}
+)
+
+// rdmaReplication replicates resource rd (transport = "rdma", protocol
+// C) from alpha to bravo: initial sync, the primary's plugin killed
+// mid-write (rdmaPluginKilled), a clean shutdown, then both disks' data
+// areas compared byte for byte and what fill wrote checked on both.
+func rdmaReplication(t *testing.T, alpha, bravo *vm, imgs map[string]string, run rdmaRun, detail *string) {
+	conf := run.conf
+	res := []string{"rd"}
+	if run.compare {
+		res = append(res, "tc")
+	}
+	// each is "georepl VERB r" for every resource r, joined by &&.
+	each := func(verb string) string {
+		var cmds []string
+		for _, r := range res {
+			cmds = append(cmds, "georepl "+verb+" "+r)
+		}
+		return strings.Join(cmds, " && ")
+	}
+	for _, v := range []*vm{alpha, bravo} {
+		v.must(each("create-md --config "+conf+" --node $NODE"), time.Minute)
+		v.must("daemon "+conf, time.Minute)
+		v.must(each("up"), time.Minute)
+	}
+	alpha.must(each("primary --force"), time.Minute)
 	syncStart := time.Now()
-	alpha.must("{ georepl wait-sync --timeout 10m rd && georepl wait-sync --timeout 10m tc; } </dev/null >/tmp/ws.log 2>&1 || { cat /tmp/ws.log; georepl status rd; tail -30 /tmp/daemon.log; false; }", 21*time.Minute)
+	alpha.must("{ "+each("wait-sync --timeout 10m")+"; } </dev/null >/tmp/ws.log 2>&1 || { cat /tmp/ws.log; georepl status rd; tail -30 /tmp/daemon.log; false; }", 21*time.Minute)
 	syncTook := time.Since(syncStart)
 	out := alpha.must("georepl status rd", time.Minute)
 	t.Logf("status rd: %q", out)
-	if !strings.Contains(strings.Join(out, " "), "rdma") {
-		t.Errorf("georepl status rd does not show the rdma transport: %q", out)
+	if !strings.Contains(strings.Join(out, " "), "transport:rdma(running)") {
+		t.Errorf("georepl status rd does not show the rdma transport running: %q", out)
 	}
-	alpha.must("attach /dev/nbd0 rd && attach /dev/nbd1 tc", time.Minute)
+	alpha.must("attach /dev/nbd0 rd", time.Minute)
+	measured := ""
+	if run.compare {
+		alpha.must("attach /dev/nbd1 tc", time.Minute)
+		measured = rdmaCompare(t, alpha)
+	}
+	out = alpha.must("echo @@SIZE $(blockdev --getsize64 /dev/nbd0)", time.Minute)
+	sizeStr, _ := lineWith(out, "@@SIZE ")
+	size, err := strconv.ParseInt(sizeStr, 10, 64)
+	if err != nil || size <= 0 {
+		t.Fatalf("device size %q", sizeStr)
+	}
+	killed := rdmaPluginKilled(t, alpha, run.killMiB)
+	for _, v := range []*vm{alpha, bravo} {
+		if v == alpha {
+			v.must(each("secondary"), time.Minute)
+		}
+		v.must(each("down")+" && stopdaemon && sync", 2*time.Minute)
+		v.poweroff()
+	}
+	same, firstDiff, err := sameData(imgs["alpha-rd.img"], imgs["bravo-rd.img"], size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !same {
+		t.Errorf("rdma: the data areas differ (first at byte %d of %d)", firstDiff, size)
+	}
+	// Every write fill had acknowledged is on both disks.
+	want := fillData(run.killMiB)
+	for _, img := range []string{"alpha-rd.img", "bravo-rd.img"} {
+		if off, err := hasPrefix(imgs[img], want); err != nil {
+			t.Fatal(err)
+		} else if off >= 0 {
+			t.Errorf("%s: acknowledged data differs at byte %d", img, off)
+		}
+	}
+	synced := "rd (rdma)"
+	if run.compare {
+		synced = "rd (rdma) and tc (tcp)"
+	}
+	*detail = fmt.Sprintf("initial sync of %d MiB each, %s, %s; %s%s; data areas identical=%v",
+		size>>20, synced, syncTook.Round(time.Second), measured, killed, same)
+}
+
+// rdmaCompare measures /dev/nbd0 (rd, rdma) and /dev/nbd1 (tc, tcp) on
+// alpha and returns the summary's words for it.
+func rdmaCompare(t *testing.T, alpha *vm) string {
 	latency := func(dev string) (int64, int64) {
 		out := alpha.must("vmguest latency -n 100 -device "+dev, 10*time.Minute)
 		v, ok := lineWith(out, "@@LATENCY ")
@@ -267,50 +386,19 @@ func rdmaReplication(t *testing.T, alpha, bravo *vm, imgs map[string]string, det
 	tcMed, tcP90 := latency("/dev/nbd1")
 	rdIOPS, tcIOPS := iops("/dev/nbd0"), iops("/dev/nbd1")
 	rdTput, tcTput := throughput("/dev/nbd0"), throughput("/dev/nbd1")
-	out = alpha.must("echo @@SIZE $(blockdev --getsize64 /dev/nbd0)", time.Minute)
-	sizeStr, _ := lineWith(out, "@@SIZE ")
-	size, err := strconv.ParseInt(sizeStr, 10, 64)
-	if err != nil || size <= 0 {
-		t.Fatalf("device size %q", sizeStr)
-	}
-	killed := rdmaPluginKilled(t, alpha)
-	for _, v := range []*vm{alpha, bravo} {
-		if v == alpha {
-			v.must("georepl secondary rd && georepl secondary tc", time.Minute)
-		}
-		v.must("georepl down rd && georepl down tc && stopdaemon && sync", 2*time.Minute)
-		v.poweroff()
-	}
-	same, firstDiff, err := sameData(imgs["alpha-rd.img"], imgs["bravo-rd.img"], size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !same {
-		t.Errorf("rdma: the data areas differ (first at byte %d of %d)", firstDiff, size)
-	}
-	// Every write fill had acknowledged is on both disks.
-	want := fillData(killFillMiB)
-	for _, img := range []string{"alpha-rd.img", "bravo-rd.img"} {
-		if off, err := hasPrefix(imgs[img], want); err != nil {
-			t.Fatal(err)
-		} else if off >= 0 {
-			t.Errorf("%s: acknowledged data differs at byte %d", img, off)
-		}
-	}
-	*detail = fmt.Sprintf("initial sync of %d+%d MiB (rdma+tcp) %s; 4 KiB O_DIRECT|O_DSYNC write median/p90: rdma %d/%d µs, tcp %d/%d µs; 4 KiB QD16: rdma %.0f IOPS, tcp %.0f IOPS; 1 MiB O_DSYNC writes: rdma %.1f MB/s, tcp %.1f MB/s; %s; data areas identical=%v",
-		size>>20, size>>20, syncTook.Round(time.Second), rdMed, rdP90, tcMed, tcP90, rdIOPS, tcIOPS, rdTput, tcTput, killed, same)
+	return fmt.Sprintf("4 KiB O_DIRECT|O_DSYNC write median/p90: rdma %d/%d µs, tcp %d/%d µs; 4 KiB QD16: rdma %.0f IOPS, tcp %.0f IOPS; 1 MiB O_DSYNC writes: rdma %.1f MB/s, tcp %.1f MB/s; ",
+		rdMed, rdP90, tcMed, tcP90, rdIOPS, tcIOPS, rdTput, tcTput)
 }
 
-// killFillMiB is what the primary writes while its plugin is killed.
-const killFillMiB = 24
-
 // rdmaPluginKilled SIGKILLs the primary's rdma plugin while
-// `vmguest fill` writes under protocol C: the writes go on (the peer is
-// off, its blocks marked), georepl restarts the plugin, the connection
-// comes back through it and resyncs. It returns what it saw.
-func rdmaPluginKilled(t *testing.T, alpha *vm) string {
-	alpha.must(fmt.Sprintf("vmguest fill -n %d -device /dev/nbd0 >/tmp/fill.log 2>&1 & echo $! >/tmp/fill.pid", killFillMiB), time.Minute)
-	out := alpha.must("sleep 3; p=$(pidof rdma); echo @@PLUGIN $p; kill -9 $p", time.Minute)
+// `vmguest fill` writes mib MiB to /dev/nbd0 under protocol C, two
+// seconds into it (and fails unless fill is still writing then): the
+// writes go on (the peer is off, its blocks marked), georepl restarts the
+// plugin, the connection comes back through it and resyncs. It returns
+// what it saw.
+func rdmaPluginKilled(t *testing.T, alpha *vm, mib int) string {
+	alpha.must(fmt.Sprintf("vmguest fill -n %d -device /dev/nbd0 >/tmp/fill.log 2>&1 & echo $! >/tmp/fill.pid", mib), time.Minute)
+	out := alpha.must("sleep 2; kill -0 $(cat /tmp/fill.pid) || { echo fill ended before the plugin was killed; cat /tmp/fill.log; false; }; p=$(pidof rdma); echo @@PLUGIN $p; kill -9 $p", time.Minute)
 	old, _ := lineWith(out, "@@PLUGIN ")
 	start := time.Now()
 	out = alpha.must("while kill -0 $(cat /tmp/fill.pid) 2>/dev/null; do sleep 0.2; done; cat /tmp/fill.log", 10*time.Minute)
@@ -324,7 +412,7 @@ func rdmaPluginKilled(t *testing.T, alpha *vm) string {
 	if now == "" || now == old {
 		t.Errorf("the rdma plugin was not restarted: pid %q before the kill, %q after", old, now)
 	}
-	return fmt.Sprintf("plugin (pid %s) SIGKILLed during %d MiB of protocol C writes: the writes completed, plugin restarted (pid %s), peer back in sync after %s", old, killFillMiB, now, took.Round(time.Second))
+	return fmt.Sprintf("plugin (pid %s) SIGKILLed during %d MiB of protocol C writes: the writes completed, plugin restarted (pid %s), peer back in sync after %s", old, mib, now, took.Round(time.Second))
 }
 
 // fillData is what `vmguest fill -n mib` writes from the device's start.

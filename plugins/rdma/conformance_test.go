@@ -4,6 +4,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/georepl/georepl/plugins/host"
 	"github.com/georepl/georepl/plugins/plugintest"
 	"github.com/georepl/georepl/transports"
 	"github.com/georepl/georepl/transports/transporttest"
@@ -26,7 +27,11 @@ func TestConformance(t *testing.T) {
 	if bin == "" {
 		bin = plugintest.Build(t, "github.com/georepl/georepl/plugins/rdma")
 	}
+	// The checksum once, not per subtest: every start still checks the
+	// binary against it (twice: the host, then go-plugin), and under the
+	// VM rig's emulation each SHA-256 of the plugin takes seconds.
+	sum := plugintest.Checksum(t, bin)
 	transporttest.Run(t, func(t *testing.T) (transports.Transport, string) {
-		return plugintest.Start(t, "rdma", bin), addr
+		return plugintest.StartConfig(t, host.Config{Name: "rdma", Path: bin, SHA256: sum}), addr
 	})
 }
