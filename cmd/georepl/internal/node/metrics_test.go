@@ -198,7 +198,17 @@ func TestMetricsFollowTheWrites(t *testing.T) {
 		defer stop()
 		urls[name] = "http://" + bound.String() + "/metrics"
 	}
-	before, bravoBefore := scrape(t, urls["alpha"]), scrape(t, urls["bravo"])
+	// The endpoints serve the status the resources last published (every
+	// 250 ms): publish first, or a snapshot may miss what the resync did
+	// last, and count it among the writes below.
+	fresh := func(d *Daemon, url string) map[string]float64 {
+		t.Helper()
+		if _, err := d.StatusNow("r0"); err != nil {
+			t.Fatal(err)
+		}
+		return scrape(t, url)
+	}
+	before, bravoBefore := fresh(alpha, urls["alpha"]), fresh(bravo, urls["bravo"])
 	if v := value(t, before, "georepl_resource_role", `role="Primary"`); v != 1 {
 		t.Fatalf("alpha's role Primary series is %v", v)
 	}
@@ -233,7 +243,7 @@ func TestMetricsFollowTheWrites(t *testing.T) {
 	}
 	var after, bravoAfter map[string]float64
 	waitUntil(t, "the snapshot shows every write", func() (bool, string) {
-		after, bravoAfter = scrape(t, urls["alpha"]), scrape(t, urls["bravo"])
+		after, bravoAfter = fresh(alpha, urls["alpha"]), fresh(bravo, urls["bravo"])
 		d := delta(bravoBefore, bravoAfter, "georepl_peer_writes_received_total", `peer="alpha"`)
 		return d == writes, fmt.Sprintf("bravo received %v writes", d)
 	})
