@@ -26,14 +26,7 @@ func TestPullAheadSustainedOverload(t *testing.T) {
 	})
 	c.quiet = true
 	n0, n1 := c.nodes[0], c.nodes[1]
-	if err := c.connect(n0, n1); err != nil {
-		t.Fatal(err)
-	}
-	if err := n0.eng.Promote(true); err != nil {
-		t.Fatal(err)
-	}
-	c.handle(n0)
-	c.stabilize()
+	c.primaryInSync(t, n0, n1)
 
 	states := []ReplState{n0.eng.Status().Peers[0].Repl}
 	note := func() {

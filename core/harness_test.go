@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"testing"
 
 	"github.com/georepl/georepl/core/wire"
 	"github.com/georepl/georepl/protocols"
@@ -355,6 +356,22 @@ func (c *cluster) sever(a, b *node, standAlone bool) {
 			c.handle(x)
 		}
 	}
+}
+
+// primaryInSync connects primary to each of others, promotes it by force
+// and lets the initial sync finish.
+func (c *cluster) primaryInSync(t *testing.T, primary *node, others ...*node) {
+	t.Helper()
+	for _, o := range others {
+		if err := c.connect(primary, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := primary.eng.Promote(true); err != nil {
+		t.Fatal(err)
+	}
+	c.handle(primary)
+	c.stabilize()
 }
 
 func (c *cluster) connect(a, b *node) error {

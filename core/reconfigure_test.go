@@ -16,14 +16,7 @@ import (
 func TestReconfigureProtocolOnlyWhileDisconnected(t *testing.T) {
 	c := newCluster(2, []protocols.Protocol{protocols.C}, nil)
 	n0, n1 := c.nodes[0], c.nodes[1]
-	if err := c.connect(n0, n1); err != nil {
-		t.Fatal(err)
-	}
-	if err := n0.eng.Promote(true); err != nil {
-		t.Fatal(err)
-	}
-	c.handle(n0)
-	c.stabilize()
+	c.primaryInSync(t, n0, n1)
 	c.submit(n0, Request{Kind: ReqWrite, Offset: 0, Length: uint64(c.block), Data: slices.Repeat([]byte{7}, int(c.block))})
 
 	pc := n0.cfg.Peers[0]
@@ -67,14 +60,7 @@ func TestReconfigureMaxBufferReleasesHeldWrites(t *testing.T) {
 		}
 	})
 	n0, n1 := c.nodes[0], c.nodes[1]
-	if err := c.connect(n0, n1); err != nil {
-		t.Fatal(err)
-	}
-	if err := n0.eng.Promote(true); err != nil {
-		t.Fatal(err)
-	}
-	c.handle(n0)
-	c.stabilize()
+	c.primaryInSync(t, n0, n1)
 	for i := range 6 {
 		c.submit(n0, Request{Kind: ReqWrite, Offset: uint64(i) * uint64(c.block), Length: uint64(c.block), Data: slices.Repeat([]byte{byte(i + 1)}, int(c.block))})
 	}

@@ -18,14 +18,7 @@ func TestRPOTracksWhatTheAsyncPeerLacks(t *testing.T) {
 	c := newCluster(2, []protocols.Protocol{protocols.A}, func(cfg *Config) { cfg.Size = 1 << 20 })
 	c.quiet = true
 	n0, n1 := c.nodes[0], c.nodes[1]
-	if err := c.connect(n0, n1); err != nil {
-		t.Fatal(err)
-	}
-	if err := n0.eng.Promote(true); err != nil {
-		t.Fatal(err)
-	}
-	c.handle(n0)
-	c.stabilize()
+	c.primaryInSync(t, n0, n1)
 	block := uint64(c.block)
 	rpo := func() (time.Duration, uint64) {
 		ps := n0.eng.Status().Peers[0]
@@ -114,14 +107,7 @@ func TestSplitBrainCounted(t *testing.T) {
 	c := newCluster(2, nil, nil)
 	c.quiet = true
 	n0, n1 := c.nodes[0], c.nodes[1]
-	if err := c.connect(n0, n1); err != nil {
-		t.Fatal(err)
-	}
-	if err := n0.eng.Promote(true); err != nil {
-		t.Fatal(err)
-	}
-	c.handle(n0)
-	c.stabilize()
+	c.primaryInSync(t, n0, n1)
 	block := uint64(c.block)
 	write := func(nd *node, b uint64) {
 		c.submit(nd, Request{Kind: ReqWrite, Offset: b * block, Length: block, Data: slices.Repeat([]byte{byte(b + 1)}, int(block))})

@@ -432,14 +432,27 @@ func (r *resource) acceptResume(p *peer, hs *handshake, f *wire.Frame) error {
 	l.resumeMu.Lock()
 	defer l.resumeMu.Unlock()
 	old := l.current().path
+	if err := l.sendResume(hs); err != nil {
+		return err
+	}
+	return r.continueOn(l, hs, p.pathOfConn(hs.conn), old, f)
+}
+
+// sendResume stops reading l's old transport connection, waits until
+// what it read reached the engine, and tells the peer on hs how many
+// frames of each channel arrived. Called with l.resumeMu held.
+func (l *link) sendResume(hs *handshake) error {
 	recv, ok := l.quiesce()
 	if !ok {
 		return errors.New("the connection closed")
 	}
-	if err := hs.send(&wire.Frame{Type: wire.TypeResume, Seq: recv[wire.ChannelData], Epoch: recv[wire.ChannelControl], Payload: l.rt.session[:]}); err != nil {
-		return err
-	}
-	i := p.pathOfConn(hs.conn)
+	return hs.send(&wire.Frame{Type: wire.TypeResume, Seq: recv[wire.ChannelData], Epoch: recv[wire.ChannelControl], Payload: l.rt.session[:]})
+}
+
+// continueOn moves l onto hs's connection, path i, re-sending what the
+// peer's resume frame f says it lacks; a failure ends l. Called with
+// l.resumeMu held.
+func (r *resource) continueOn(l *link, hs *handshake, i, old int, f *wire.Frame) error {
 	resent, err := l.resume(l.newPathConn(hs.conn, [2]*wire.Reader{wire.NewReader(hs.conn.Stream(transports.ChannelData)), hs.reader}, i),
 		[2]uint64{f.Seq, f.Epoch})
 	if err != nil {
@@ -455,11 +468,7 @@ func (r *resource) dialResume(p *peer, hs *handshake, i int, l *link) error {
 	l.resumeMu.Lock()
 	defer l.resumeMu.Unlock()
 	old := l.current().path
-	recv, ok := l.quiesce()
-	if !ok {
-		return errors.New("the connection closed")
-	}
-	if err := hs.send(&wire.Frame{Type: wire.TypeResume, Seq: recv[wire.ChannelData], Epoch: recv[wire.ChannelControl], Payload: l.rt.session[:]}); err != nil {
+	if err := l.sendResume(hs); err != nil {
 		return err
 	}
 	f, err := hs.expect(wire.TypeResume)
@@ -476,12 +485,5 @@ func (r *resource) dialResume(p *peer, hs *handshake, i int, l *link) error {
 		l.fail(err)
 		return err
 	}
-	resent, err := l.resume(l.newPathConn(hs.conn, [2]*wire.Reader{wire.NewReader(hs.conn.Stream(transports.ChannelData)), hs.reader}, i),
-		[2]uint64{f.Seq, f.Epoch})
-	if err != nil {
-		l.fail(err)
-		return err
-	}
-	r.pathUp(l, old, i, resent)
-	return nil
+	return r.continueOn(l, hs, i, old, f)
 }
