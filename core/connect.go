@@ -223,12 +223,18 @@ func (e *Engine) Receive(from NodeID, f *wire.Frame) {
 		}
 		e.receiveBarrier(p, f)
 	case wire.TypeResyncData:
+		if e.resyncCrossedDetach(p) {
+			return
+		}
 		if p.repl != SyncTarget {
 			e.violation(p, f, "resync data without a resync from this peer")
 			return
 		}
 		e.receiveWrite(p, f, true)
 	case wire.TypeResyncCsum:
+		if e.resyncCrossedDetach(p) {
+			return
+		}
 		if p.repl != SyncTarget {
 			e.violation(p, f, "resync checksums without a resync from this peer")
 			return
@@ -577,6 +583,18 @@ func (e *Engine) apply(p *peer, d decision, atConnect bool) {
 	}
 }
 
+// resyncCrossedDetach drops p, and reports so, when p's resync reaches
+// this node after it detached its disk: p sent it before it learnt so
+// (our StateChange was on its way), which breaks no rule; a fresh
+// handshake finds us Diskless.
+func (e *Engine) resyncCrossedDetach(p *peer) bool {
+	if e.disk != Diskless {
+		return false
+	}
+	e.dropPeer(p, fmt.Errorf("node %d's resync crossed the detach of this node's disk", p.cfg.ID), false)
+	return true
+}
+
 // behindDisklessPrimary reports whether p, a Primary whose disk is
 // detached, wrote what our disk lacks: it moved to another generation or
 // marked blocks for us while we were not connected. decide cannot resync
@@ -676,6 +694,13 @@ func (e *Engine) receiveState(p *peer, f *wire.Frame) {
 		e.markRecentForOthers(p)
 	}
 	e.setPeerRoleDisk(p, Role(st.Role), DiskState(st.Disk))
+	if p.rs != nil && p.disk == Diskless {
+		// Our sync target detached its disk: the resync cannot go on,
+		// and every block is marked for it (setPeerRoleDisk). A fresh
+		// handshake finds it Diskless and sends it nothing.
+		e.dropPeer(p, fmt.Errorf("node %d detached its disk during our resync of it; it is resynchronised in full when its disk returns", p.cfg.ID), false)
+		return
+	}
 	if e.refusesStaleTerm(p, st.Term, p.role) || e.refusesSecondPrimary(p) {
 		return
 	}

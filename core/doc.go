@@ -439,7 +439,10 @@
 // its other peers, so that the resync from a Primary with a disk is full.
 // A Diskless Secondary drops its Primary (which marks every write not
 // acknowledged behind a barrier, as for any lost connection); its hello
-// then says Diskless, and the Primary sends it nothing.
+// then says Diskless, and the Primary sends it nothing. A sync source
+// whose target announces Diskless drops it too, and a Diskless node drops
+// a peer whose resync reaches it (sent before that peer learnt of the
+// detach): the next handshake finds it Diskless.
 //
 // A driver whose Persist write fails may Detach instead of stopping, and
 // perform the rest of that Ready: what the peers learn from it comes

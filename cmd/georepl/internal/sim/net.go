@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 
 	"github.com/georepl/georepl/core/wire"
@@ -156,6 +157,15 @@ type conn struct {
 	pipes [2][transports.NumChannels]*pipe
 }
 
+// established reports whether both ends received the other's hello: only
+// then can a write travel on c. Called with world.mu held.
+func (c *conn) established() bool {
+	heard := func(side int) bool {
+		return slices.ContainsFunc(c.pipes[side][:], func(p *pipe) bool { return p != nil && p.hello })
+	}
+	return heard(0) && heard(1)
+}
+
 type connEnd struct {
 	conn   *conn
 	side   int
@@ -170,6 +180,8 @@ type pipe struct {
 	partial  []byte   // written, not yet a whole frame
 	inFlight []*frame // whole frames not yet delivered; eof after them
 	eof      bool     // the sender closed: EOF follows inFlight
+	// hello: a hello was delivered (the handshake's last message).
+	hello    bool
 	inbox    [][]byte // delivered frames, not yet read (the first partly)
 	inboxEOF bool     // EOF delivered
 	cond     *sync.Cond
@@ -334,6 +346,7 @@ func (p *pipe) deliver() (what string, keepalive bool) {
 	p.inFlight = p.inFlight[1:]
 	p.inbox = append(p.inbox, f.bytes)
 	p.cond.Broadcast()
+	p.hello = p.hello || f.typ == wire.TypeHello
 	keepalive = f.typ == wire.TypePing || f.typ == wire.TypePingAck
 	return fmt.Sprintf("%s->%s %v seq=%d epoch=%d", p.from, p.to, f.typ, f.seq, f.epoch), keepalive
 }

@@ -790,13 +790,15 @@ func alive(c *conn) bool { return !c.broken && !c.ends[0].closed && !c.ends[1].c
 
 // replicating returns the peers of Primary p, of the given protocols, that
 // p replicates to in sync (Established, UpToDate) as of the last step,
-// with their connections to p. Called with mu held.
+// with their connections to p that are up and past the handshake: a
+// connection still in its handshake (the status of the last step may
+// describe one that broke since) carries no write. Called with mu held.
 func (w *world) replicating(p *simNode, protocols ...string) map[string][]*conn {
 	out := map[string][]*conn{}
 	for _, ps := range p.st.Peers {
 		proto := w.p.Protocols[pairOf(p.name, ps.Name)]
 		if slices.Contains(protocols, proto) && ps.Conn == "Connected" && ps.Repl == "Established" && ps.Disk == "UpToDate" {
-			out[ps.Name] = w.liveConns(p, w.node(ps.Name))
+			out[ps.Name] = slices.DeleteFunc(w.liveConns(p, w.node(ps.Name)), func(c *conn) bool { return !alive(c) || !c.established() })
 		}
 	}
 	return out
