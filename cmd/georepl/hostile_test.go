@@ -340,17 +340,23 @@ func TestHostileReadRequestLength(t *testing.T) {
 	if _, err := p.Authenticate("demo-secret", "r0", 1, 0, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	theirs, err := p.ReadHello(10 * time.Second)
+	// The dialer's hello goes first: the hostile Primary takes alpha's
+	// size and generation from its status to pose as its Primary.
+	st := c.status("alpha")
+	current, err := strconv.ParseUint(st.Current, 16, 64)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("alpha's current id %q: %v", st.Current, err)
 	}
 	ours := p.Hello("r0", 1, 0)
-	ours.Size, ours.Gen, ours.Role, ours.Disk = theirs.Size, wire.GenIDs{Current: theirs.Gen.Current}, 2, 6 // Primary, UpToDate
+	ours.Size, ours.Gen, ours.Role, ours.Disk = st.Size, wire.GenIDs{Current: current}, 2, 6 // Primary, UpToDate
 	f, err := hostile.Message(wire.TypeHello, ours, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Send(f); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ReadHello(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
 	c.waitFor("alpha", "the hostile Primary replicating", 30*time.Second, func(st *node.ResourceStatus) bool {

@@ -193,7 +193,9 @@ func Message(t wire.Type, m encoding.BinaryMarshaler, pad int) (*wire.Frame, err
 // Authenticate runs the handshake's first phase as node from of
 // resource, talking to node to, which knows secret: it sends the Peer's
 // intro, reads the node's, proves itself and checks the node's proof. It
-// returns the node's intro; the node sends its hello next.
+// returns the node's intro. Then the Peer, as the dialing side, sends its
+// hello first (a node accepting a connection reads the dialer's first
+// frame before it answers with its own hello).
 func (p *Peer) Authenticate(secret, resource string, from, to uint8, timeout time.Duration) (*wire.Intro, error) {
 	ours := p.Intro(resource, from, to)
 	f, err := Message(wire.TypeIntro, ours, 0)
@@ -229,7 +231,7 @@ func (p *Peer) Authenticate(secret, resource string, from, to uint8, timeout tim
 	return &theirs, nil
 }
 
-// ReadHello reads the hello the node sends once authentication is done.
+// ReadHello reads the hello the node sends once it has the Peer's.
 func (p *Peer) ReadHello(timeout time.Duration) (*wire.Hello, error) {
 	f, err := p.expect(wire.TypeHello, timeout)
 	if err != nil {
