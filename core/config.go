@@ -155,7 +155,8 @@ type Config struct {
 	// (ErrNoSpace) is not a disk failure and never detaches the disk.
 	OnIOError IOErrorPolicy
 	// State is the persisted state (Disk DUnknown is taken as
-	// Inconsistent, Diskless as Inconsistent with Current 0).
+	// Inconsistent, Diskless as Inconsistent with Current 0 and no
+	// bitmap ids).
 	State Persistent
 	// Bitmaps are the per-peer bitmaps loaded from metadata; a missing one
 	// starts clear. Each must have Size/BlockSize bits. The engine takes
@@ -224,7 +225,12 @@ func (cfg Config) withDefaults() (Config, error) {
 	case Diskless:
 		// Detached after an I/O error: whatever the disk holds is
 		// unknown, and a full resync is the only way back (see Diskless).
+		// The bitmap ids are from the disk's former life: matched with a
+		// peer's marks tied to the same id, they would pass for an
+		// interrupted full sync (resumeFullSync) and copy only those
+		// marks.
 		cfg.State.Disk, cfg.State.Current = Inconsistent, 0
+		cfg.State.BitmapUUID = nil
 	}
 	if cfg.OnIOError != DetachOnIOError && cfg.OnIOError != PassOnIOError {
 		return cfg, fmt.Errorf("core: unknown I/O error policy %v", cfg.OnIOError)

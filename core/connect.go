@@ -569,8 +569,16 @@ func (e *Engine) apply(p *peer, d decision, atConnect bool) {
 		// other node every block is in doubt until the resync is done
 		// (a later resync from another node must be full).
 		for _, q := range e.peers {
-			if q != p && e.current != 0 {
+			switch {
+			case q == p:
+			case e.current != 0:
 				e.markUncovered(q, 0, e.size)
+			case q.bitmapUUID != 0:
+				// No generation of our own: a resync from q resumes
+				// from q's marks (resumeFullSync) only while nothing
+				// else wrote here since q's resync stopped.
+				q.bitmapUUID = 0
+				e.persistDirty = true
 			}
 		}
 		// Our own marks for the source (a full resync needs none), then
@@ -622,8 +630,9 @@ func fullWhy(d decision) string {
 // the source announces the id its marks for us are tied to, and we keep it
 // as our bitmap id towards the source (persisted, sent in our hello).
 // Reconnecting, both ids match (row 2 of the table, as a bitmap resync).
-// Fresh metadata here (create-md) or on the source forgets it, and the
-// sync is full again.
+// Fresh metadata here (create-md) or on the source forgets it, and so do
+// a resync from another node into us meanwhile (apply) and a restart of a
+// detached disk (Config.State): the sync is full again.
 func (e *Engine) resumeFullSync(p *peer) {
 	if p.repl == SyncTarget && e.current == 0 && p.gen.Bitmap != 0 && p.bitmapUUID != p.gen.Bitmap {
 		p.bitmapUUID = p.gen.Bitmap

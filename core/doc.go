@@ -168,7 +168,10 @@
 //	2    S.Current == 0 (P.Current != 0)         SyncTarget, full sync      SyncSource
 //	     P.Current == 0 (S.Current != 0)         SyncSource, full sync      SyncTarget
 //	     ... but S.Bitmap == P.Bitmap != 0:      the interrupted initial full sync resumes
-//	                                             from the source's bitmap
+//	                                             from the source's bitmap (the side without
+//	                                             a generation keeps that id only while no
+//	                                             other node resyncs it, and forgets it when
+//	                                             its disk was detached)
 //	3    S.Current == P.Current                  Established; if a bitmap id is set on
 //	                                             either side, the Primary is SyncSource
 //	                                             with its bitmap
