@@ -404,10 +404,16 @@ func TestHostileDescriptorExhaustion(t *testing.T) {
 		defer cancel()
 		return admin.Call(ctx, sock, admin.Request{Verb: "status", Resource: "r0"}, func(admin.Reply) error { return nil })
 	}
+	// The admin socket answers before the resource is up and its port
+	// listens: the flood must not find the port closed.
 	deadline := time.Now().Add(30 * time.Second)
-	for status(time.Second) != nil {
+	for {
+		st, err := c.statusErr("alpha")
+		if err == nil && st.Up {
+			break
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("alpha did not come up:\n%s", c.log("alpha"))
+			t.Fatalf("alpha did not come up: %v\n%s", err, c.log("alpha"))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
