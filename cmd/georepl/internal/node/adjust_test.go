@@ -11,11 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/georepl/georepl/cmd/georepl/internal/hostile"
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/kmod/nbd"
-	"github.com/georepl/georepl/transports"
-	"github.com/georepl/georepl/transports/nodetls"
 )
 
 // adjustCluster is demoCluster with the source it started from, so that a
@@ -362,27 +359,7 @@ func TestAdjustRotatesTLS(t *testing.T) {
 	if l := lineWith(strings.Join(lines, "\n"), "TLS files read again"); l == "" {
 		t.Errorf("adjust said %q", lines)
 	}
-	after := bravo.identity("r0").Leaf
-	if after.Equal(before) {
-		t.Fatal("adjust kept the old certificate")
-	}
-	alpha, err := nodetls.Load(c.files("alpha"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	p, err := hostile.DialWith(ctx, "tcp", c.addr("bravo"), transports.Options{TLS: alpha.ClientConfig("r0", nil)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	if got := p.Conn.(transports.PeerCertificates).PeerCertificates()[0]; !got.Equal(after) {
-		t.Error("a new connection got the old certificate")
-	}
-	if n := strings.Count(c.logs["alpha"].String(), "msg=connected node=alpha resource=r0 peer=bravo"); n != 1 || c.peerConn(t, "alpha", "bravo") != "Connected" {
-		t.Errorf("alpha connected to bravo %d times and is %s: adjust dropped the connection", n, c.peerConn(t, "alpha", "bravo"))
-	}
+	c.checkRotated(t, before, "adjust")
 }
 
 // TestAdjustAddsAndRemovesResources: with all, a resource new in the files

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/x509"
 	"io"
 	"os"
 	"strings"
@@ -200,9 +201,30 @@ func TestTLSReload(t *testing.T) {
 	if err := bravo.ReloadTLS(); err != nil {
 		t.Fatal(err)
 	}
-	after := bravo.identity("r0").Leaf
+	after := c.checkRotated(t, before, "the reload")
+	waitForStatus := time.Now().Add(10 * time.Second)
+	for {
+		st, _ := bravo.Status("r0")
+		if st[0].TLSExpiresSoon && st[0].TLSValidUntil.Equal(after.NotAfter) {
+			break
+		}
+		if time.Now().After(waitForStatus) {
+			t.Fatalf("status after reloading a certificate valid for 10 days: valid until %v, expires soon %v", st[0].TLSValidUntil, st[0].TLSExpiresSoon)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.waitLog(t, "bravo", "TLS certificate expires on", "SIGHUP")
+}
+
+// checkRotated checks what a certificate rotation on bravo (named by what)
+// must do: bravo's identity is no longer before, a new connection gets
+// the new certificate, and alpha's established connection stayed. It
+// returns the new certificate.
+func (c *tlsCluster) checkRotated(t *testing.T, before *x509.Certificate, what string) *x509.Certificate {
+	t.Helper()
+	after := c.daemons["bravo"].identity("r0").Leaf
 	if after.Equal(before) {
-		t.Fatal("reload kept the old certificate")
+		t.Fatalf("%s kept the old certificate", what)
 	}
 	alpha, err := nodetls.Load(c.files("alpha"))
 	if err != nil {
@@ -219,18 +241,7 @@ func TestTLSReload(t *testing.T) {
 		t.Error("a new connection got the old certificate")
 	}
 	if n := strings.Count(c.logs["alpha"].String(), "msg=connected node=alpha resource=r0 peer=bravo"); n != 1 || c.peerConn(t, "alpha", "bravo") != "Connected" {
-		t.Errorf("alpha connected to bravo %d times and is %s: the reload dropped the connection", n, c.peerConn(t, "alpha", "bravo"))
+		t.Errorf("alpha connected to bravo %d times and is %s: %s dropped the connection", n, c.peerConn(t, "alpha", "bravo"), what)
 	}
-	waitForStatus := time.Now().Add(10 * time.Second)
-	for {
-		st, _ := bravo.Status("r0")
-		if st[0].TLSExpiresSoon && st[0].TLSValidUntil.Equal(after.NotAfter) {
-			break
-		}
-		if time.Now().After(waitForStatus) {
-			t.Fatalf("status after reloading a certificate valid for 10 days: valid until %v, expires soon %v", st[0].TLSValidUntil, st[0].TLSExpiresSoon)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	c.waitLog(t, "bravo", "TLS certificate expires on", "SIGHUP")
+	return after
 }
