@@ -27,7 +27,7 @@ TOOLS   := fio:fio nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:
 RDMA_DEV := /usr/include/infiniband/verbs.h:libibverbs-dev /usr/include/rdma/rdma_cma.h:librdmacm-dev
 TESTFLAGS ?=
 
-.PHONY: all build install plugins rdma-deps demo test lint vet tidy-check staticcheck fmt-check unit sim deps bench bench-plugins bench-resync bench-wan soak fuzz fuzz-ci vmtest vmbench clean
+.PHONY: all build install plugins rdma-deps demo test lint vet tidy-check staticcheck fmt-check unit unit-cluster unit-rest sim deps bench bench-plugins bench-resync bench-wan soak fuzz fuzz-ci vmtest vmbench clean
 
 all: build
 
@@ -134,8 +134,20 @@ lint: fmt-check vet tidy-check staticcheck
 # test must be able to show itself on every run. The timeout guards against
 # a hang: cmd/georepl's process-level cluster tests take about 15 minutes
 # under the race detector on two cores.
+#
+# cmd/georepl's tests are unit's long pole, and they wait on their daemons
+# more than they use the two cores (four of them, run alone, used 0.55 of
+# a core over their 107 s): they run three at a time, beside the other
+# packages (unit-rest), each part's output printed in one piece when it
+# ends (-Otarget; the -timeout bounds the wait).
+CLUSTER_PKG := github.com/georepl/georepl/cmd/georepl
+UNIT := $(GO) test -count=1 -race -tags invariants -timeout 30m $(TESTFLAGS)
 unit:
-	$(GO) test -count=1 -race -tags invariants -timeout 30m $(TESTFLAGS) ./...
+	@$(MAKE) --no-print-directory -j2 -Otarget unit-cluster unit-rest
+unit-cluster:
+	$(UNIT) -parallel 3 $(CLUSTER_PKG)
+unit-rest:
+	$(UNIT) $$($(GO) list ./... | grep -vx '$(CLUSTER_PKG)')
 
 # In CI (CI=true) the tests also fuzz every target briefly (see fuzz) and
 # boot the VM rig for the scenarios VMTEST_CI names: the ext4 failovers on
@@ -162,13 +174,10 @@ SIM_SCHEDULES ?= 2000
 sim:
 	$(GO) test -run 'TestSim' -timeout 30m ./cmd/georepl/internal/sim -sim.schedules=$(SIM_SCHEDULES)
 
-# unit's long tail is cmd/georepl's process-level tests, which wait on
-# their daemons more than they use the two cores (four of them, run alone,
-# used 0.55 of a core over their 107 s): sim, and in CI the fuzz targets, run beside
-# it rather than after it. -Otarget prints each one's output in one piece
-# when it ends (unit's -timeout bounds the wait for its own).
+# sim, and in CI the fuzz targets, follow unit-rest beside unit-cluster
+# (see unit).
 test: deps lint plugins
-	@$(MAKE) --no-print-directory -j2 -Otarget unit sim $(if $(CI),fuzz-ci)
+	@$(MAKE) --no-print-directory -j2 -Otarget unit-cluster unit-rest sim $(if $(CI),fuzz-ci)
 	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory vmtest VMTESTFLAGS="$(VMTEST_CI)"; fi
 
 fuzz-ci:
