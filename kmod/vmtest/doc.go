@@ -38,10 +38,11 @@
 //     beside one on tcp (4 KiB sync write latency and 1 MiB write rate of
 //     each), the primary's plugin SIGKILLed mid-write with every
 //     acknowledged write on both disks after the resync; and the ext4
-//     failover above with its connection on rdma (TestExt4FailoverRDMA).
-//     TestRDMAShort, which CI runs, is TestRDMA without the tcp resource
-//     and the measurements: one boot of the guests for the conformance
-//     suite and the plugin killed mid-write.
+//     failover above with its connection on rdma (TestExt4FailoverRDMA, on
+//     a smaller disk that resyncs by checksum). TestRDMAShort is TestRDMA
+//     without the tcp resource and the measurements: one boot of the
+//     guests for the conformance suite and the plugin killed mid-write.
+//     CI runs TestRDMAShort and TestExt4FailoverRDMA.
 //
 // ublk_test.go adds kmod/ublk's kernel tests (in the guest) and the ublk
 // ext4 failover.

@@ -4,6 +4,7 @@ package vmtest
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"io"
 	"os"
@@ -18,8 +19,8 @@ import (
 // guestConfigs are written to /etc/georepl/NAME in the initramfs: one
 // configuration directory per scenario.
 var guestConfigs = map[string]string{
-	"failover/r0.hcl":      failoverResource(`device  = "/dev/nbd0"`),
-	"failover-ublk/r0.hcl": failoverResource(`device  = "auto"` + "\n    ublk_queues      = 2\n    ublk_queue_depth = 64"),
+	"failover/r0.hcl":      failoverResource(`device  = "/dev/nbd0"`, failoverALExtents),
+	"failover-ublk/r0.hcl": failoverResource(`device  = "auto"`+"\n    ublk_queues      = 2\n    ublk_queue_depth = 64", failoverALExtents),
 	"blocksize/r0.hcl":     blockSizeResource("r0", 7789, "/dev/vda", "", 0),
 	"blocksize-4k/r1.hcl":  blockSizeResource("r1", 7790, "/dev/vdb", "    logical_block_size = \"4KiB\"\n", 1),
 	"hold/hold.hcl":        holdResource("n", 7789, "/dev/vda", "/dev/nbd0") + holdResource("u", 7790, "/dev/vdb", "/dev/ublkb0"),
@@ -32,11 +33,13 @@ var guestConfigs = map[string]string{
 const (
 	failoverALExtents = 8
 	failoverDisk      = 256 << 20
+	alExtentSize      = 4 << 20
 )
 
 // failoverResource is the resource of the ext4 failover scenarios; device
-// is the kernel device lines of each node block.
-func failoverResource(device string) string {
+// is the kernel device lines of each node block, alExtents its activity
+// log's size in extents.
+func failoverResource(device string, alExtents int) string {
 	node := func(name string, id int) string {
 		return fmt.Sprintf(`  node %q {
     id      = %d
@@ -57,7 +60,7 @@ func failoverResource(device string) string {
   disk {
     al_extents = %d
   }
-`, failoverALExtents) + node("alpha", 0) + node("bravo", 1) + "}\n"
+`, alExtents) + node("alpha", 0) + node("bravo", 1) + "}\n"
 }
 
 func wanResource(name, protocol string, port int, disk, device string) string {
@@ -161,6 +164,11 @@ type failoverKind struct {
 	// check runs on the primary once the device is attached and returns
 	// what it saw, for the summary.
 	check func(t *testing.T, v *vm) string
+	// disk and alExtents are the size of each node's disk and of the
+	// configuration's activity log: failoverDisk and failoverALExtents
+	// when zero.
+	disk      int64
+	alExtents int
 }
 
 var nbdFailover = failoverKind{conf: "/etc/georepl/failover", dev: "/dev/nbd0", module: "nbd",
@@ -185,8 +193,9 @@ var nbdFailover = failoverKind{conf: "/etc/georepl/failover", dev: "/dev/nbd0", 
 func ext4Failover(t *testing.T, r *rig, kind failoverKind, detail *string) {
 	conf, dev := kind.conf, kind.dev
 	dir := t.TempDir()
-	imgA := newDisk(t, filepath.Join(dir, "alpha.img"), failoverDisk)
-	imgB := newDisk(t, filepath.Join(dir, "bravo.img"), failoverDisk)
+	disk, alExtents := cmp.Or(kind.disk, failoverDisk), cmp.Or(kind.alExtents, failoverALExtents)
+	imgA := newDisk(t, filepath.Join(dir, "alpha.img"), disk)
+	imgB := newDisk(t, filepath.Join(dir, "bravo.img"), disk)
 	lk, err := newLink()
 	if err != nil {
 		t.Fatal(err)
@@ -301,7 +310,7 @@ func ext4Failover(t *testing.T, r *rig, kind failoverKind, detail *string) {
 		marked, _, _ = strings.Cut(strings.TrimSpace(strings.Join(out, " ")), " out of sync")
 	}
 	// The new primary's log tells how much the rejoin moved.
-	out = bravo.must("echo @@RESYNCED $(grep -o 'finished ([0-9]* bytes)' /tmp/daemon.log | tail -1 | tr -dc 0-9)", time.Minute)
+	out = bravo.must("echo @@RESYNCED $(grep -o 'finished ([0-9]* bytes' /tmp/daemon.log | tail -1 | tr -dc 0-9)", time.Minute)
 	resyncedStr, _ := lineWith(out, "@@RESYNCED ")
 	resynced, err := strconv.ParseInt(resyncedStr, 10, 64)
 	if err != nil {
@@ -310,9 +319,9 @@ func ext4Failover(t *testing.T, r *rig, kind failoverKind, detail *string) {
 	// The activity log's span (what the old primary may have written
 	// unseen) plus what the new primary wrote since the failover (the
 	// journal replay: a few MiB), far below the device.
-	if limit := size / 4; resynced <= 0 || resynced > limit {
+	if limit := int64(alExtents)*alExtentSize + size/8; resynced <= 0 || resynced > limit {
 		t.Errorf("the rejoin resynced %d bytes; want some, and at most %d (the activity log is %d MiB of a %d MiB device)",
-			resynced, limit, failoverALExtents*4, size>>20)
+			resynced, limit, alExtents*alExtentSize>>20, size>>20)
 	}
 
 	// Clean shutdown of both, then compare the data areas.
