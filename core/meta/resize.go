@@ -71,8 +71,10 @@ func ReadResizeRecord(dev Device, off int64) (r ResizeRecord, ok bool, err error
 // (more than now), and makes the store use it from then on. words holds,
 // per bitmap slot, the bitmap to write there (dataSize's number of bits; a
 // slot not in words keeps its bits, read from the current area). The
-// activity log and the superblock (with the same generation ids, a new
-// data size and the next sequence numbers) are copied.
+// activity log and the superblock (with a new data size and the next
+// sequence numbers) are copied; apply, if not nil, changes the copy as an
+// UpdateSuperblock function would, so that the commit carries the state
+// that goes with the grown bitmaps (their bitmap ids).
 //
 // The current area is not written at all, so a crash before the commit
 // leaves it valid. Grow writes the new area in this order, syncing after
@@ -91,7 +93,7 @@ func ReadResizeRecord(dev Device, off int64) (r ResizeRecord, ok bool, err error
 // says where the old metadata is. The caller makes sure that the new area
 // does not overlap the current one, which must stay intact until the
 // commit. On an error the store keeps using the current area.
-func (s *Store) Grow(dev Device, off int64, dataSize uint64, words map[int][]uint64, rec ResizeRecord) error {
+func (s *Store) Grow(dev Device, off int64, dataSize uint64, words map[int][]uint64, rec ResizeRecord, apply func(*Superblock)) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if dataSize <= s.lay.dataSize {
@@ -180,6 +182,12 @@ func (s *Store) Grow(dev Device, off int64, dataSize uint64, words map[int][]uin
 	// 3. The commit, in slot 0: an even sequence number above the
 	// current one.
 	next := s.sb.clone()
+	if apply != nil {
+		apply(&next)
+		if err := sameIdentity(s.sb, next); err != nil {
+			return err
+		}
+	}
 	next.DataSize = dataSize
 	next.Seq = s.sb.Seq + 1
 	if next.Seq%2 != 0 {

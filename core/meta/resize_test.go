@@ -62,7 +62,7 @@ func TestGrowCrashAtEveryWrite(t *testing.T) {
 	// An uninterrupted run first, to count the writes.
 	full := base.snapshot()
 	fs := mustOpen(t, full, off0)
-	if err := fs.Grow(full, off1, new1, map[int][]uint64{2: grown}, rec); err != nil {
+	if err := fs.Grow(full, off1, new1, map[int][]uint64{2: grown}, rec, func(sb *Superblock) { sb.BitmapUUID[1] = 0xc0de }); err != nil {
 		t.Fatalf("Grow: %v", err)
 	}
 	writes := full.writes
@@ -88,7 +88,7 @@ func TestGrowCrashAtEveryWrite(t *testing.T) {
 			}
 			return 0
 		}
-		err := s.Grow(dev, off1, new1, map[int][]uint64{2: grown}, rec)
+		err := s.Grow(dev, off1, new1, map[int][]uint64{2: grown}, rec, func(sb *Superblock) { sb.BitmapUUID[1] = 0xc0de })
 		if k < writes && !errors.Is(err, errTorn) {
 			t.Fatalf("crash at write %d: Grow returned %v", k, err)
 		}
@@ -100,7 +100,7 @@ func TestGrowCrashAtEveryWrite(t *testing.T) {
 		re, err := Open(dev, off1)
 		if err == nil {
 			sawNew = true
-			if sb := re.Superblock(); sb.DataSize != new1 || sb.Current != 0xc0de || sb.BitmapUUID[2] != 0xbeef {
+			if sb := re.Superblock(); sb.DataSize != new1 || sb.Current != 0xc0de || sb.BitmapUUID[2] != 0xbeef || sb.BitmapUUID[1] != 0xc0de {
 				t.Fatalf("crash at write %d: new superblock %+v", k, sb)
 			}
 			checkSlot(t, re, 2, grown)
@@ -131,7 +131,7 @@ func TestGrowCrashAtEveryWrite(t *testing.T) {
 		if err != nil {
 			t.Fatalf("crash at write %d: old metadata: %v", k, err)
 		}
-		if sb := old.Superblock(); sb.DataSize != old0 || sb.Current != 0xc0de {
+		if sb := old.Superblock(); sb.DataSize != old0 || sb.Current != 0xc0de || sb.BitmapUUID[1] != 0 {
 			t.Fatalf("crash at write %d: old superblock %+v", k, sb)
 		}
 		checkSlot(t, old, 2, oldWords)
@@ -160,7 +160,7 @@ func TestGrowRefusesShrink(t *testing.T) {
 	dev := &memDevice{}
 	st := mustCreate(t, dev, 0, testParams())
 	before := dev.writes
-	err := st.Grow(dev, 1<<20, testParams().DataSize, nil, ResizeRecord{})
+	err := st.Grow(dev, 1<<20, testParams().DataSize, nil, ResizeRecord{}, nil)
 	if !errors.Is(err, ErrInvalidParams) || dev.writes != before {
 		t.Fatalf("Grow to the same size: %v, %d writes", err, dev.writes-before)
 	}
