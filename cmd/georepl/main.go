@@ -107,7 +107,7 @@ writes through its peers in sync. Refused on a Primary with no peer in sync. The
 attach: 'georepl down' and 'georepl up' reattach the disk, which is then resynchronised in
 full.`),
 		adjustCmd(), resizeCmd(), verifyCmd(), statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd(), checkCmd(),
-		pluginsCmd(), pluginServeCmd(), topCmd())
+		pluginsCmd(), pluginServeCmd(), topCmd(), manCmd())
 	return root
 }
 
