@@ -1,8 +1,8 @@
 # georepl — build, demo, tests, benchmarks.
 #
 #   make demo    three-node cluster on loopback, no configuration needed
-#   make install the binary, the systemd units, the admin guide, the example
-#                configurations and the Grafana dashboard (PREFIX, DESTDIR)
+#   make install the binary, its manual page, the systemd units, the admin guide,
+#                the example configurations and the Grafana dashboard (PREFIX, DESTDIR)
 #   make test    everything CI runs (installs the Debian packages it needs), the
 #                plugins' conformance suite and the cluster test on a plugin included
 #   make lint    gofmt, go vet, go.mod tidy, staticcheck and the repository's rules
@@ -52,14 +52,17 @@ demo: build
 # units name the binary where this PREFIX puts it; systemd reads units from
 # PREFIX/lib/systemd/system for /usr and /usr/local (UNITDIR=/etc/systemd/system
 # otherwise). The command reference
-# is `georepl --help` and `georepl VERB --help`; the manual is the admin
+# is `georepl --help` and `georepl VERB --help`, and georepl(8), which
+# `georepl man` generates from the same texts; the manual is the admin
 # guide. Nothing under /etc is written: the configuration is yours.
 PREFIX  ?= /usr/local
 SBINDIR ?= $(PREFIX)/sbin
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 DOCDIR  ?= $(PREFIX)/share/doc/georepl
+MANDIR  ?= $(PREFIX)/share/man
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(SBINDIR)/georepl
+	./$(BIN) man > $(BIN).8 && install -D -m 0644 $(BIN).8 $(DESTDIR)$(MANDIR)/man8/georepl.8 && rm -f $(BIN).8
 	@for u in georepl.service georepl@.service; do \
 		sed -e 's|/usr/local/sbin/georepl|$(SBINDIR)/georepl|g' \
 			configs/systemd/$$u > $(BIN).$$u || exit 1; \

@@ -180,3 +180,25 @@ func (b *Bitmap) DirtyPages() []int {
 
 // ClearDirty forgets the dirty pages, after the driver wrote them.
 func (b *Bitmap) ClearDirty() { clear(b.dirty) }
+
+// Grow extends the bitmap to n bits (n >= Len); the new bits are clear.
+// The words that change (the last word's padding, new words) are dirty, so
+// the driver writes the whole grown tail of the bitmap back.
+func (b *Bitmap) Grow(n uint64) {
+	if n <= b.bits {
+		return
+	}
+	old := b.bits
+	nw := (n + 63) / 64
+	if extra := nw - uint64(len(b.words)); extra > 0 {
+		b.words = append(b.words, make([]uint64, extra)...)
+	}
+	np := pagesFor(nw)
+	if need := (np + 63) / 64; need > uint64(len(b.dirty)) {
+		b.dirty = append(b.dirty, make([]uint64, need-uint64(len(b.dirty)))...)
+	}
+	b.bits = n
+	for p := (old / 64) / wordsPerPage; p < np; p++ {
+		b.dirty[p/64] |= 1 << (p % 64)
+	}
+}

@@ -116,3 +116,40 @@ func BenchmarkBitmapSetRange(b *testing.B) {
 		bm.ClearRange(first, 64)
 	}
 }
+
+// TestBitmapGrow: a grown bitmap keeps its bits, its new bits are clear and
+// settable, and every page from the old last word on is dirty, so that the
+// driver writes the grown tail to the metadata.
+func TestBitmapGrow(t *testing.T) {
+	rapid.Check(t, func(t *rapid.T) {
+		n := rapid.Uint64Range(1, 2*64*wordsPerPage).Draw(t, "bits")
+		m := rapid.Uint64Range(n, 4*64*wordsPerPage).Draw(t, "grown")
+		b := NewBitmap(n)
+		first := rapid.Uint64Range(0, n-1).Draw(t, "first")
+		b.SetRange(first, n)
+		b.ClearDirty()
+		b.Grow(m)
+		if b.Len() != m || b.Count() != n-first {
+			t.Fatalf("grown to %d bits with %d set, want %d and %d", b.Len(), b.Count(), m, n-first)
+		}
+		if i := b.NextClear(first); i != n && !(i == m && n == m) {
+			t.Fatalf("first clear bit after the old ones is %d, want %d", i, n)
+		}
+		var want []int
+		if m > n {
+			for p := int(n / 64 / wordsPerPage); p < int(pagesFor((m+63)/64)); p++ {
+				want = append(want, p)
+			}
+		}
+		if got := b.DirtyPages(); !slices.Equal(got, want) {
+			t.Fatalf("dirty pages %v, want %v", got, want)
+		}
+		b.SetRange(m-1, 1)
+		if !b.Test(m - 1) {
+			t.Fatalf("last bit of the grown bitmap does not set")
+		}
+		if _, ok := BitmapFromWords(m, slices.Clone(b.Words())); !ok {
+			t.Fatalf("grown words do not read back as a bitmap of %d bits", m)
+		}
+	})
+}

@@ -529,6 +529,18 @@
 // one term are possible by hand; the rules above and below still keep them
 // apart.
 //
+// # Resize
+//
+// Resize grows the device while no peer is connected; the peers agree on
+// the size at the handshake (Connected drops a hello of another size with
+// ErrDeviceMismatch, and georepl's driver refuses such a connection before
+// it reaches the engine, so that it is retried once the other node grew
+// too). Every bitmap grows; the new space is marked out of sync towards
+// every peer as marks no activity-log extent covers (Ready.PersistBitmaps),
+// except what the caller declares identical on every node (cleanFrom, the
+// operator's --assume-clean). Persistent gives the state the driver
+// commits together with the grown metadata.
+//
 // # Invariants
 //
 // Built with the invariants tag (the Makefile's test target sets it), the

@@ -729,3 +729,9 @@ func (e *Engine) setPeerRoleDisk(p *peer, r Role, d DiskState) {
 		}
 	}
 }
+
+// Persistent returns the state to persist as it is now, the content of
+// the next Ready.Persist if it changed. The driver's resize commits it
+// together with the grown metadata, so that the bitmap ids of the marks
+// Resize made are on disk with them.
+func (e *Engine) Persistent() Persistent { return *e.persistent() }

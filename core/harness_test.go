@@ -199,7 +199,7 @@ func (c *cluster) start(nd *node) {
 	cfg.State = clonePersistent(nd.persisted)
 	cfg.Bitmaps = map[NodeID]*Bitmap{}
 	for id, words := range nd.bitmaps {
-		b, ok := BitmapFromWords(c.size/uint64(c.block), slices.Clone(words))
+		b, ok := BitmapFromWords(nd.cfg.Size/uint64(c.block), slices.Clone(words))
 		if !ok {
 			panic("harness: bad bitmap")
 		}
@@ -214,6 +214,38 @@ func (c *cluster) start(nd *node) {
 		panic(err)
 	}
 	nd.eng = e
+}
+
+// resize grows nd's disk to size bytes, the new space filled with fill
+// (what a grown volume may hold), and tells its engine: the driver's
+// resize. Its bitmaps as last written back grow with the metadata.
+func (c *cluster) resize(nd *node, size, cleanFrom uint64, fill byte) error {
+	old := nd.cfg.Size
+	if err := nd.eng.Resize(size, cleanFrom); err != nil {
+		return err
+	}
+	if size == old {
+		return nil
+	}
+	grow := func(b []byte) []byte {
+		b = append(b, make([]byte, size-old)...)
+		for i := old; i < size; i++ {
+			b[i] = fill
+		}
+		return b
+	}
+	nd.disk, nd.durable = grow(nd.disk), grow(nd.durable)
+	if nd.undoImage != nil {
+		nd.undoImage = grow(nd.undoImage)
+	}
+	words := int((size/uint64(c.block) + 63) / 64)
+	for id, w := range nd.bitmaps {
+		nd.bitmaps[id] = append(w, make([]uint64, words-len(w))...)
+	}
+	nd.cfg.Size = size
+	c.size = max(c.size, size)
+	c.handle(nd)
+	return nil
 }
 
 func (c *cluster) logf(format string, args ...any) {
@@ -579,7 +611,7 @@ func (c *cluster) crash(nd *node) {
 	// log's active extents for every peer. The harness's activity log has
 	// one extent per block, retired once it is Settled and a local flush
 	// made its writes durable.
-	active := NewBitmap(c.size / uint64(c.block))
+	active := NewBitmap(nd.cfg.Size / uint64(c.block))
 	bs := uint64(c.block)
 	for b := range active.Len() {
 		off := b * bs
@@ -666,7 +698,7 @@ func (c *cluster) rollback(nd *node) error {
 	}
 	c.crash(nd)
 	bs := uint64(c.block)
-	restored := NewBitmap(c.size / bs)
+	restored := NewBitmap(nd.cfg.Size / bs)
 	for b, old := range nd.undoSaved {
 		copy(nd.disk[b*bs:], old)
 		copy(nd.durable[b*bs:], old)

@@ -191,7 +191,8 @@ type Event struct {
 	// generation id), "conn", "repl", "peer-role", "peer-disk" (towards or
 	// of Peer) or "resync" (started, interrupted, finished, blocks marked
 	// out of sync) or "verify" (started, finished, stopped), or "read"
-	// (a peer could not serve a read of a Diskless Primary).
+	// (a peer could not serve a read of a Diskless Primary), or "resize"
+	// (Old and New are the sizes in bytes).
 	What     string
 	Old, New string // the state before and after, when the event is a transition
 	Detail   string // why, or what happened, for humans

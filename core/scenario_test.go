@@ -39,6 +39,7 @@ import (
 //	stabilize [quiet] | status [A] | disks | bitmap A B | read A... off=O len=L
 //	tick A ms=N | pause-sync A B | resume-sync A B
 //	term A t=N (the failover log committed term N: ObserveTerm)
+//	resize A size=B [clean-from=B] [fill=c] (A's disk grows, the new space holding fill; Engine.Resize)
 func TestScenarios(t *testing.T) {
 	paths, err := filepath.Glob("testdata/*.txt")
 	if err != nil || len(paths) == 0 {
@@ -420,6 +421,17 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 		c.quiet = d.HasArg("quiet")
 		c.stabilize()
 		c.quiet = false
+	case "resize":
+		ns, err := nodeArgs(c, d, 1)
+		if err != nil {
+			return err
+		}
+		size := uint64(intArg(d, "size", 0))
+		fill := byte(0)
+		if a, ok := d.Arg("fill"); ok && len(a.Vals) == 1 && a.Vals[0] != "" {
+			fill = a.Vals[0][0]
+		}
+		return c.resize(ns[0], size, uint64(intArg(d, "clean-from", int(size))), fill)
 	case "status":
 		ns, err := nodeArgs(c, d, -1)
 		if err != nil {

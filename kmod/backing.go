@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -31,13 +32,14 @@ const zeroChunkSize = 1 << 20
 var zeroChunk [zeroChunkSize]byte
 
 // Backing is an open backing store: a regular file or a block device, locked
-// exclusively for this process. Its size is fixed when it is opened.
+// exclusively for this process. Its size is the one it had when it was
+// opened, until Grow reads it again.
 //
 // All methods are safe for concurrent use.
 type Backing struct {
 	file        *os.File
 	path        string
-	size        int64
+	size        atomic.Int64
 	blockDevice bool
 	// sectorSize is a block device's logical sector size: BLKDISCARD and
 	// BLKZEROOUT take only ranges aligned to it.
@@ -71,19 +73,16 @@ func (b *Backing) init() error {
 	}
 	switch mode := info.Mode(); {
 	case mode.IsRegular():
-		b.size = info.Size()
+		b.size.Store(info.Size())
 	case mode&fs.ModeDevice != 0 && mode&fs.ModeCharDevice == 0:
 		b.blockDevice = true
-		var size uint64
-		if err := b.ioctl("ioctl BLKGETSIZE64", unix.BLKGETSIZE64, unsafe.Pointer(&size)); err != nil {
+		size, err := b.deviceSize()
+		if err != nil {
 			return err
 		}
-		if size > 1<<63-1 {
-			return fmt.Errorf("kmod: open backing store %s: block device size %d overflows int64", b.path, size)
-		}
-		b.size = int64(size)
+		b.size.Store(size)
 		var sectorSize int
-		err := b.control("ioctl BLKSSZGET", func(fd int) (err error) {
+		err = b.control("ioctl BLKSSZGET", func(fd int) (err error) {
 			sectorSize, err = unix.IoctlGetInt(fd, unix.BLKSSZGET)
 			return err
 		})
@@ -145,8 +144,46 @@ func syncDir(dir string) error {
 // Path returns the path the store was opened with.
 func (b *Backing) Path() string { return b.path }
 
-// Size returns the store's size in bytes, fixed at open time.
-func (b *Backing) Size() int64 { return b.size }
+// Size returns the store's size in bytes, as read at open time or by the
+// last Grow.
+func (b *Backing) Size() int64 { return b.size.Load() }
+
+// deviceSize asks a block device for its capacity.
+func (b *Backing) deviceSize() (int64, error) {
+	var size uint64
+	if err := b.ioctl("ioctl BLKGETSIZE64", unix.BLKGETSIZE64, unsafe.Pointer(&size)); err != nil {
+		return 0, err
+	}
+	if size > 1<<63-1 {
+		return 0, fmt.Errorf("kmod: backing store %s: block device size %d overflows int64", b.path, size)
+	}
+	return int64(size), nil
+}
+
+// Grow reads the store's size again, after the operator grew the file or
+// the block device, and returns it. A store that shrank keeps the size it
+// had, and Grow says so: accesses up to that size would fail or read
+// another device's data.
+func (b *Backing) Grow() (int64, error) {
+	var size int64
+	if b.blockDevice {
+		var err error
+		if size, err = b.deviceSize(); err != nil {
+			return 0, err
+		}
+	} else {
+		info, err := b.file.Stat()
+		if err != nil {
+			return 0, fmt.Errorf("kmod: backing store %s: %w", b.path, err)
+		}
+		size = info.Size()
+	}
+	if old := b.size.Load(); size < old {
+		return old, fmt.Errorf("kmod: backing store %s shrank from %d to %d bytes: %w", b.path, old, size, ErrOutOfBounds)
+	}
+	b.size.Store(size)
+	return size, nil
+}
 
 // ReadAt reads len(p) bytes at off, with io.ReaderAt semantics: n < len(p)
 // only with a non-nil error. A range outside [0, Size) fails with an error
@@ -284,8 +321,8 @@ func (b *Backing) Region(off, size int64) *Region { return NewRegion(b, off, siz
 
 // check validates [off, off+length) against the store's size.
 func (b *Backing) check(op string, off, length int64) error {
-	if off < 0 || length < 0 || off > b.size || length > b.size-off {
-		return fmt.Errorf("kmod: %s %s at [%d, +%d): size is %d: %w", op, b.path, off, length, b.size, ErrOutOfBounds)
+	if size := b.size.Load(); off < 0 || length < 0 || off > size || length > size-off {
+		return fmt.Errorf("kmod: %s %s at [%d, +%d): size is %d: %w", op, b.path, off, length, size, ErrOutOfBounds)
 	}
 	return nil
 }

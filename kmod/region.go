@@ -1,6 +1,9 @@
 package kmod
 
-import "fmt"
+import (
+	"fmt"
+	"sync/atomic"
+)
 
 // Store is what a Region is a view of: a Backing, or a stand-in with the
 // same contract (a simulated disk in tests). Sync must make every write
@@ -30,7 +33,7 @@ var _ Store = (*Backing)(nil)
 type Region struct {
 	store Store
 	off   int64
-	size  int64
+	size  atomic.Int64
 	err   error // non-nil when the region does not fit its store
 }
 
@@ -38,13 +41,29 @@ type Region struct {
 // fit the store is returned anyway, with every operation failing with the
 // error that Region.Err reports.
 func NewRegion(s Store, off, size int64) *Region {
-	r := &Region{store: s, off: off, size: size}
+	r := &Region{store: s, off: off}
 	if off < 0 || size < 0 || off > s.Size() || size > s.Size()-off {
 		r.err = fmt.Errorf("kmod: region [%d, +%d) of %s does not fit in its %d bytes: %w",
 			off, size, s.Path(), s.Size(), ErrOutOfBounds)
-		r.size = 0
+		size = 0
 	}
+	r.size.Store(size)
 	return r
+}
+
+// Grow extends the region to size bytes, which must fit its store (after
+// the store grew: Backing.Grow). Accesses in flight meanwhile are checked
+// against the old size or the new one.
+func (r *Region) Grow(size int64) error {
+	if r.err != nil {
+		return r.err
+	}
+	if old := r.size.Load(); size < old || size > r.store.Size()-r.off {
+		return fmt.Errorf("kmod: region [%d, +%d) of %s cannot become %d bytes long: its store has %d: %w",
+			r.off, old, r.store.Path(), size, r.store.Size(), ErrOutOfBounds)
+	}
+	r.size.Store(size)
+	return nil
 }
 
 // Err reports why the region does not fit its store, or nil if it does.
@@ -55,7 +74,7 @@ func (r *Region) Err() error { return r.err }
 func (r *Region) Offset() int64 { return r.off }
 
 // Size returns the region's size in bytes (0 for an unfit region).
-func (r *Region) Size() int64 { return r.size }
+func (r *Region) Size() int64 { return r.size.Load() }
 
 // ReadAt reads len(p) bytes at off within the region, as Store.ReadAt.
 func (r *Region) ReadAt(p []byte, off int64) (int, error) {
@@ -102,9 +121,9 @@ func (r *Region) check(op string, off, length int64) error {
 	if r.err != nil {
 		return r.err
 	}
-	if off < 0 || length < 0 || off > r.size || length > r.size-off {
+	if size := r.size.Load(); off < 0 || length < 0 || off > size || length > size-off {
 		return fmt.Errorf("kmod: %s at [%d, +%d) of region [%d, +%d) of %s: %w",
-			op, off, length, r.off, r.size, r.store.Path(), ErrOutOfBounds)
+			op, off, length, r.off, size, r.store.Path(), ErrOutOfBounds)
 	}
 	return nil
 }

@@ -106,8 +106,8 @@ on_io_error = "detach": the disk becomes Diskless, and a Primary goes on serving
 writes through its peers in sync. Refused on a Primary with no peer in sync. There is no
 attach: 'georepl down' and 'georepl up' reattach the disk, which is then resynchronised in
 full.`),
-		adjustCmd(), verifyCmd(), statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd(), checkCmd(),
-		pluginsCmd(), pluginServeCmd(), topCmd())
+		adjustCmd(), resizeCmd(), verifyCmd(), statusCmd(), eventsCmd(), waitSyncCmd(), demoCmd(), checkCmd(),
+		pluginsCmd(), pluginServeCmd(), topCmd(), manCmd())
 	return root
 }
 

@@ -1007,9 +1007,12 @@ func (c *conn) check(req request, exp export) (errno Errno, ok bool) {
 		return EPERM, false
 	}
 	end := req.off + uint64(req.length)
-	if req.cmd != cmdFlush && (end < req.off || end > exp.size) {
+	// The device's size, not the one negotiated: a device that grew (an
+	// online resize) serves its new space to a client told of it later,
+	// such as the kernel's after a resize of /dev/nbdX.
+	if size := exp.dev.Size(); req.cmd != cmdFlush && (end < req.off || end > size) {
 		c.log.Debug("nbd: request beyond the end of the export", "command", commandName(req.cmd),
-			"offset", req.off, "length", req.length, "size", exp.size)
+			"offset", req.off, "length", req.length, "size", size)
 		if req.cmd == cmdWrite || req.cmd == cmdWriteZeroes {
 			return ENOSPC, false // as the protocol asks for writes past the end
 		}

@@ -35,6 +35,9 @@ import (
 // syscall.ENOSPC, EDQUOT or EFBIG (ENOSPC); a *ClientError carries a
 // specific errno. Anything else is logged and reported to the client as EIO.
 type Device interface {
+	// Size is the device's size in bytes. It may grow while the server
+	// runs (an online resize): a client learns the size when it
+	// negotiates, and requests are checked against the current one.
 	Size() uint64
 	ReadAt(ctx context.Context, p []byte, off uint64) error
 	WriteAt(ctx context.Context, p []byte, off uint64, fua bool) error

@@ -69,6 +69,15 @@ func TestEncodeReconfigureAndIndex(t *testing.T) {
 	if h := hex.EncodeToString(got); h != want {
 		t.Errorf("reconfigure\n got %s\nwant %s", h, want)
 	}
+	// A size resizes the device: size and block size, no sockets.
+	got, err = encodeReconfigure(Config{Index: 1, Size: 1 << 30, BlockSize: 4096}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = "0800010001000000" + "0c0004000000000000000000" + "0c0002000000004000000000" + "0c0003000010000000000000"
+	if h := hex.EncodeToString(got); h != want {
+		t.Errorf("reconfigure with a size\n got %s\nwant %s", h, want)
+	}
 	if _, err := encodeReconfigure(Config{Index: AnyDevice}, []int{4}); err == nil {
 		t.Error("reconfigure without an index encoded")
 	}

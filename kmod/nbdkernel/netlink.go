@@ -162,6 +162,12 @@ func encodeReconfigure(cfg Config, fds []int) ([]byte, error) {
 	if cfg.Backend != "" {
 		ae.String(attrBackend, cfg.Backend)
 	}
+	if cfg.Size > 0 {
+		// The kernel takes a new size with a reconfigure (since Linux
+		// 5.3): an online resize.
+		ae.Uint64(attrSizeBytes, cfg.Size)
+		ae.Uint64(attrBlockSizeBytes, cfg.blockSize())
+	}
 	if len(fds) > 0 {
 		encodeSockets(ae, fds)
 	}
@@ -313,7 +319,8 @@ func (c *Conn) Connect(cfg Config, fds []int) (int, error) {
 }
 
 // Reconfigure hands new sockets to the connected device cfg.Index; the
-// kernel replaces its dead sockets with them.
+// kernel replaces its dead sockets with them. A cfg.Size other than 0
+// resizes the device (its readers see the new capacity at once).
 func (c *Conn) Reconfigure(cfg Config, fds []int) error {
 	attrs, err := encodeReconfigure(cfg, fds)
 	if err != nil {

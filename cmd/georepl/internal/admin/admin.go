@@ -40,6 +40,9 @@ type Request struct {
 	DiscardMyData bool `json:"discard_my_data,omitempty"`
 	// DryRun: adjust says what it would change, and changes nothing.
 	DryRun bool `json:"dry_run,omitempty"`
+	// AssumeClean: resize declares the new space identical (zero) on
+	// every node instead of resynchronising it.
+	AssumeClean bool `json:"assume_clean,omitempty"`
 }
 
 // Reply is one line of a daemon's answer. A request's answer ends with a

@@ -93,6 +93,14 @@ func (d *Daemon) HandleAdmin(ctx context.Context, req admin.Request, send func(a
 			err = r.Verify(req.Peer)
 		case "detach":
 			err = r.Detach()
+		case "resize":
+			var text string
+			text, err = r.Resize(req.AssumeClean)
+			if text != "" {
+				if serr := send(admin.Reply{Text: text}); serr != nil && err == nil {
+					err = serr
+				}
+			}
 		case "dump-md":
 			var buf bytes.Buffer
 			if err = r.DumpMD(&buf, req.JSON); err == nil {

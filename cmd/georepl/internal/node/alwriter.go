@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/georepl/georepl/cmd/georepl/internal/storage"
@@ -56,7 +57,7 @@ import (
 type activityLog struct {
 	store   *meta.Store
 	sync    *storage.SyncGate // flushes the data disk
-	extents uint64            // extents of the data area
+	extents atomic.Uint64     // extents of the data area; a resize grows it
 
 	mu      sync.Mutex
 	changed *sync.Cond       // state changed: a transaction done, an extent evictable, closing
@@ -91,11 +92,11 @@ func newActivityLog(store *meta.Store, gate *storage.SyncGate, capacity int) *ac
 	a := &activityLog{
 		store:      store,
 		sync:       gate,
-		extents:    store.ActivityLogExtents(),
 		t:          storage.NewALTable(min(max(capacity, 1), meta.MaxActivityLogExtents)),
 		wake:       make(chan struct{}, 1),
 		writerDone: make(chan struct{}),
 	}
+	a.extents.Store(store.ActivityLogExtents())
 	a.changed = sync.NewCond(&a.mu)
 	go a.writer()
 	return a
@@ -159,8 +160,8 @@ func (a *activityLog) gate(off, length uint64) error {
 }
 
 func (a *activityLog) activate(ctx context.Context, first, last uint64, pin bool, limit int) error {
-	if last >= a.extents {
-		return fmt.Errorf("activity log: extent %d beyond the %d extents of the data", last, a.extents)
+	if n := a.extents.Load(); last >= n {
+		return fmt.Errorf("activity log: extent %d beyond the %d extents of the data", last, n)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -232,7 +233,7 @@ func (a *activityLog) reserve(off, length uint64) bool {
 		return true
 	}
 	first, last := extentRange(off, length)
-	if last >= a.extents {
+	if last >= a.extents.Load() {
 		return false // gate reports the error
 	}
 	a.mu.Lock()
@@ -473,7 +474,7 @@ func (r *resource) reclaimActivityLog() {
 // extent.
 func (r *resource) activate(ctx context.Context, req core.Request) (release func(), err error) {
 	end := req.Offset + req.Length
-	if req.Kind == core.ReqFlush || req.Kind == core.ReqRead || req.Length == 0 || end < req.Offset || end > r.st.DataSize {
+	if req.Kind == core.ReqFlush || req.Kind == core.ReqRead || req.Length == 0 || end < req.Offset || end > r.st.size.Load() {
 		return func() {}, nil
 	}
 	release, err = r.st.al.acquire(ctx, req.Offset, req.Length)

@@ -23,7 +23,7 @@ var (
 	_ nbd.AsyncWriter  = device{}
 )
 
-func (d device) Size() uint64 { return d.r.st.DataSize }
+func (d device) Size() uint64 { return d.r.st.size.Load() }
 
 // MultiConn: a flush goes through the engine, which flushes the whole local
 // disk and barriers every peer, so it covers writes from every connection.

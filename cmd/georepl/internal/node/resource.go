@@ -210,6 +210,7 @@ func (r *resource) Up() error {
 	if err != nil {
 		return err
 	}
+	r.warnInterruptedResize(st)
 	r.startActivityLog(st)
 	r.startUndo(st)
 	eng, err := r.newEngine(st)
@@ -498,6 +499,9 @@ func (r *resource) attachLink(l *link) {
 		p.conn.close(errors.New("replaced by a new connection"))
 		r.engine.Disconnected(p.id)
 		r.process()
+	}
+	if r.sizeMismatch(p, l) {
+		return
 	}
 	l.attach(r.linkDown, r.loopDone)
 	r.setConn(p, l)

@@ -286,7 +286,7 @@ func (r *resource) publishStatus() {
 		es = r.engine.Status()
 		st.Up = up
 		st.Role, st.Disk = es.Role.String(), es.Disk.String()
-		st.Size = r.st.DataSize
+		st.Size = r.st.size.Load()
 		st.Current = fmt.Sprintf("%016X", es.Current)
 		st.Pending, st.Epoch = es.Pending, es.Epoch
 		if es.QuorumNeed > 0 {

@@ -19,6 +19,9 @@ type localDisk struct {
 	*storage.Disk
 	data *storage.UndoRegion // every write activates its extents (and saves old blocks during a resync) first
 	al   *activityLog
+	// size is the data size, which a resize grows while the export's
+	// clients read it.
+	size atomic.Uint64
 	// detached is set once the engine detached the disk after an I/O
 	// error (resource.noteDetached): reads go to the peers, and the
 	// metadata is written only on a best-effort basis.
@@ -77,11 +80,13 @@ func openStorage(rc *configs.Resource, self *configs.Node, opts Options, faults 
 		return nil, err
 	}
 	al := newActivityLog(d.Store, d.Gate, rc.Disk.ALExtents)
-	return &localDisk{
+	s := &localDisk{
 		Disk: d,
 		data: storage.NewUndoRegion(&alRegion{GatedRegion: d.Region, al: al}, d.Undo),
 		al:   al,
-	}, nil
+	}
+	s.size.Store(d.DataSize)
+	return s, nil
 }
 
 // Close flushes the data, retires the activity log's settled extents

@@ -80,6 +80,14 @@ type Disk struct {
 	// none).
 	Undo          *UndoGuard
 	UndoRecovered string
+	// Resized is the resize record of a resize the attach found
+	// interrupted before its commit (nil: none): the disk is attached at
+	// its old size, with its old metadata.
+	Resized *meta.ResizeRecord
+
+	// metaOff and metaSize are where internal metadata is on the backing
+	// disk (metaSize 0 for external metadata).
+	metaOff, metaSize int64
 }
 
 // layout is the node's disks, open.
@@ -88,6 +96,11 @@ type layout struct {
 	metaDev           meta.Device
 	metaOff           int64
 	backing, metaFile Device
+	// internalOff and internalSize locate internal metadata on backing;
+	// resized is the record of a resize interrupted before its commit
+	// that placed them at the old end (openLayout's followResize).
+	internalOff, internalSize int64
+	resized                   *meta.ResizeRecord
 }
 
 // cleanup is what a function opened so far, closed in reverse order if it
@@ -106,8 +119,11 @@ func (c *cleanup) onError(err *error) {
 	}
 }
 
-// openLayout opens the node's disks.
-func openLayout(c *Config) (_ *layout, err error) {
+// openLayout opens the node's disks. With followResize, internal metadata
+// that is not at the end of the backing disk, where a resize record says
+// that a resize was interrupted before its commit, is taken from where the
+// record says (the old end): see meta.Store.Grow.
+func openLayout(c *Config, followResize bool) (_ *layout, err error) {
 	var opened cleanup
 	defer opened.onError(&err)
 	b, err := c.OpenDevice(c.Disk)
@@ -123,7 +139,14 @@ func openLayout(c *Config) (_ *layout, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", c.Disk, err)
 		}
-		return &layout{dataSize: dataSize, metaDev: kmod.NewRegion(b, metaOff, metaSize), backing: b}, nil
+		l := &layout{dataSize: dataSize, metaDev: kmod.NewRegion(b, metaOff, metaSize), backing: b,
+			internalOff: metaOff, internalSize: metaSize}
+		if followResize {
+			if err := l.followResize(c); err != nil {
+				return nil, err
+			}
+		}
+		return l, nil
 	}
 	mf, err := c.OpenDevice(c.MetaDisk)
 	if err != nil {
@@ -135,6 +158,30 @@ func openLayout(c *Config) (_ *layout, err error) {
 		return nil, fmt.Errorf("external metadata file %s has %d bytes; %d are needed for %d bytes of data", c.MetaDisk, mf.Size(), need, dataSize)
 	}
 	return &layout{dataSize: dataSize, metaDev: mf, backing: b, metaFile: mf}, nil
+}
+
+// followResize moves l to the old end of the backing disk if the
+// metadata at its end is missing or damaged and a resize record there
+// says a resize was interrupted.
+func (l *layout) followResize(c *Config) error {
+	_, err := meta.Open(l.metaDev, l.metaOff)
+	if err == nil || !(errors.Is(err, meta.ErrNoMetadata) || errors.Is(err, meta.ErrCorrupt)) {
+		return nil
+	}
+	rec, ok, rerr := meta.ReadResizeRecord(l.metaDev, l.metaOff)
+	if rerr != nil {
+		return fmt.Errorf("%s: %w", c.Disk, rerr)
+	}
+	if !ok {
+		return nil
+	}
+	dataSize, metaOff, metaSize, err := meta.InternalLayout(rec.OldDeviceSize, c.Slots, c.BlockSize)
+	if err != nil || dataSize != rec.OldDataSize {
+		return fmt.Errorf("%s: the resize record at the end of the disk names an old size of %d bytes, which does not hold %d bytes of data (%v)",
+			c.Disk, rec.OldDeviceSize, rec.OldDataSize, err)
+	}
+	l.dataSize, l.metaDev, l.internalOff, l.internalSize, l.resized = dataSize, kmod.NewRegion(l.backing, metaOff, metaSize), metaOff, metaSize, &rec
+	return nil
 }
 
 func (l *layout) Close() {
@@ -172,7 +219,7 @@ func armFaults(dev Device, faults *kmod.Faults) error {
 func Open(c *Config, rollBack bool) (_ *Disk, err error) {
 	var opened cleanup
 	defer opened.onError(&err)
-	l, err := openLayout(c)
+	l, err := openLayout(c, true)
 	if err != nil {
 		return nil, err
 	}
@@ -186,6 +233,9 @@ func Open(c *Config, rollBack bool) (_ *Disk, err error) {
 	}
 	store, err := meta.Open(metaDev, l.metaOff)
 	if err != nil {
+		if c.internalMeta() && errors.Is(err, meta.ErrNoMetadata) {
+			err = fmt.Errorf("%w; if %s grew since the metadata was written, the metadata is still at its old end: give it its old size back, bring the resource up, grow it again and run georepl resize while the resource is up", err, c.Disk)
+		}
 		return nil, fmt.Errorf("metadata of resource %s on %s: %w", c.Resource, MetaPlace(c.Disk, c.MetaDisk), err)
 	}
 	if err := store.Check(c.Resource, c.NodeID, l.dataSize, c.BlockSize); err != nil {
@@ -225,6 +275,9 @@ func Open(c *Config, rollBack bool) (_ *Disk, err error) {
 		DataSize:      l.dataSize,
 		ALRecovered:   recovered,
 		UndoRecovered: undoRecovered,
+		Resized:       l.resized,
+		metaOff:       l.internalOff,
+		metaSize:      l.internalSize,
 	}
 	if undoLog != nil {
 		if d.Undo, err = newUndoGuard(undoLog, undoFile, c.UndoLog, region.Region, l.dataSize, c.BlockSize); err != nil {
@@ -267,7 +320,7 @@ func (d *Disk) Close() error {
 // The disk starts Inconsistent with generation ids zero ("just created");
 // force overwrites existing metadata.
 func CreateMetadata(c *Config, force bool) (*meta.Superblock, error) {
-	l, err := openLayout(c)
+	l, err := openLayout(c, false)
 	if err != nil {
 		return nil, err
 	}
@@ -290,7 +343,7 @@ func CreateMetadata(c *Config, force bool) (*meta.Superblock, error) {
 // DumpMetadata prints the metadata offline (the daemon must not have the
 // disk open).
 func DumpMetadata(w io.Writer, c *Config, asJSON bool) error {
-	l, err := openLayout(c)
+	l, err := openLayout(c, true)
 	if err != nil {
 		return err
 	}
