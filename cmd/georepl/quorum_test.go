@@ -173,11 +173,9 @@ func TestClusterQuorumDemoteFailsHeld(t *testing.T) {
 	if err != nil {
 		t.Fatalf("georepl secondary with a write held for quorum: %v after %v\n%s", err, time.Since(start).Round(time.Millisecond), out)
 	}
-	if d := time.Since(start); d > 10*time.Second {
-		t.Errorf("georepl secondary took %v with a write held for quorum", d)
-	} else {
-		t.Logf("georepl secondary took %v", d.Round(time.Millisecond))
-	}
+	// Waiting for quorum would wait for ever: the context's 30 s tell it
+	// from a slow machine.
+	t.Logf("georepl secondary took %v", time.Since(start).Round(time.Millisecond))
 	select {
 	case err := <-done:
 		if !errors.Is(err, syscall.EIO) {
