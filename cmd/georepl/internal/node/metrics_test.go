@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -40,26 +39,7 @@ func demoCluster(t *testing.T, edit func(dir, src string) string, opts map[strin
 		if err != nil {
 			t.Fatalf("%v\n%s", err, src)
 		}
-		rc, _ := cfg.Resource("r0")
-		self, _ := rc.Node(name)
-		if err := os.WriteFile(self.Disk, nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Truncate(self.Disk, 8<<20); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := CreateMetadata(rc, self, false); err != nil {
-			t.Fatal(err)
-		}
-		d, err := NewDaemon(cfg, name, slog.New(slog.NewTextHandler(io.Discard, nil)), opts[name])
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { d.Close() })
-		if err := d.UpAll(); err != nil {
-			t.Fatal(err)
-		}
-		daemons[name] = d
+		daemons[name] = startNode(t, cfg, name, 8<<20, io.Discard, opts[name], nil)
 	}
 	return daemons
 }

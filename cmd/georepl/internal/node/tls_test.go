@@ -143,30 +143,8 @@ func (c *tlsCluster) addr(node string) string {
 // start brings node up; adjust, if not nil, changes its daemon before.
 func (c *tlsCluster) start(t *testing.T, node string, adjust func(d *Daemon)) {
 	t.Helper()
-	cfg := c.config(t, node)
-	rc, _ := cfg.Resource("r0")
-	self, _ := rc.Node(node)
-	if err := os.WriteFile(self.Disk, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(self.Disk, 16<<20); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := CreateMetadata(rc, self, false); err != nil {
-		t.Fatal(err)
-	}
 	logs := &syncBuffer{}
-	d, err := NewDaemon(cfg, node, slog.New(slog.NewTextHandler(logs, nil)), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	if adjust != nil {
-		adjust(d)
-	}
-	if err := d.UpAll(); err != nil {
-		t.Fatal(err)
-	}
+	d := startNode(t, c.config(t, node), node, 16<<20, logs, Options{}, adjust)
 	c.logs[node], c.daemons[node] = logs, d
 }
 
