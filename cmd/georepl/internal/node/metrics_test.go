@@ -158,6 +158,18 @@ func TestMetricsFollowTheWrites(t *testing.T) {
 			return p.Conn == "Connected", p.Conn
 		})
 	}
+	// A unix export has no TLS, nor have these connections: status says
+	// so and names no certificate.
+	sts, err := alpha.StatusNow("r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := sts[0].ExportTLS; e == nil || e.Mode != "off" {
+		t.Errorf("alpha's export TLS in status: %+v, want off", e)
+	}
+	if p := peerStatus(t, alpha, "bravo"); p.TLS != "off" || p.TLSPeer != nil {
+		t.Errorf("alpha's status of bravo: tls %q, peer certificate %+v; want off and none", p.TLS, p.TLSPeer)
+	}
 	start := time.Now()
 	if err := ra.Primary(true); err != nil {
 		t.Fatal(err)
@@ -309,7 +321,7 @@ func TestMetricsFollowTheWrites(t *testing.T) {
 		t.Errorf("bravo's RPO: %v bytes", v)
 	}
 	var text bytes.Buffer
-	sts, _ := alpha.Status("r0")
+	sts, _ = alpha.Status("r0")
 	WriteStatus(&text, sts)
 	if !strings.Contains(text.String(), fmt.Sprintf("%s not on the peer EXCEEDS rpo_warning 1s", HumanBytes(uint64(rpoBytes)))) {
 		t.Errorf("status does not show dr's RPO:\n%s", text.String())

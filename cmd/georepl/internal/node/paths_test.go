@@ -617,9 +617,14 @@ func TestPathSwitchBack(t *testing.T) {
 			alpha, dr := c.daemons["alpha"], c.daemons["dr"]
 			logs := func() string { return "alpha:\n" + c.logs["alpha"].String() + "\ndr:\n" + c.logs["dr"].String() }
 			waitInSync(t, alpha, logs)
-			if p := peerStatus(t, alpha, "dr"); s.tls != strings.HasPrefix(p.TLS, "required") {
-				t.Errorf("alpha's status shows TLS %q towards dr", p.TLS)
+			checkTLSPeer := func() {
+				t.Helper()
+				p := peerStatus(t, alpha, "dr")
+				if s.tls != (p.TLS == "required") || s.tls != (p.TLSPeer != nil && p.TLSPeer.Node == "dr") {
+					t.Errorf("alpha's status shows TLS %q towards dr, peer certificate %+v", p.TLS, p.TLSPeer)
+				}
 			}
+			checkTLSPeer()
 			events := watchPaths(t, alpha, dr)
 			dev, err := alpha.LocalDevice("r0")
 			if err != nil {
@@ -646,6 +651,7 @@ func TestPathSwitchBack(t *testing.T) {
 				p := peerStatus(t, alpha, "dr")
 				return len(p.Paths) == 2 && p.Paths[0].State == "active" && p.Paths[1].State == "standby", fmt.Sprintf("%+v\n%s", p.Paths, logs())
 			})
+			checkTLSPeer()
 			load.wait(t, 100, logs)
 			load.stop(t)
 			t.Logf("%d protocol C writes completed", load.completed.Load())
