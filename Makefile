@@ -11,6 +11,7 @@
 #                and bench-resync
 #   make bench-plugins  transport plugins against the built-in tcp (ratios)
 #   make bench-resync  resync throughput over a 200 Mbit/s tc tbf link between namespaces
+#   make bench-tls  protocol C over tcp with TLS against plaintext, paired runs (ratios)
 #   make fuzz    every fuzz target for FUZZTIME (10s) each
 #   make soak    the crash-consistency checker for as long as asked (SOAK=1h),
 #                or the simulator (SIM=1h)
@@ -27,7 +28,7 @@ TOOLS   := fio:fio nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:
 RDMA_DEV := /usr/include/infiniband/verbs.h:libibverbs-dev /usr/include/rdma/rdma_cma.h:librdmacm-dev
 TESTFLAGS ?=
 
-.PHONY: all build install plugins rdma-deps demo test lint vet tidy-check staticcheck fmt-check unit unit-cluster unit-rest sim deps bench bench-plugins bench-resync bench-wan soak fuzz fuzz-ci vmtest vmbench clean
+.PHONY: all build install plugins rdma-deps demo test lint vet tidy-check staticcheck fmt-check unit unit-cluster unit-rest sim deps bench bench-plugins bench-resync bench-tls bench-wan soak fuzz fuzz-ci vmtest vmbench clean
 
 all: build
 
@@ -229,6 +230,12 @@ bench-plugins:
 # write rate during a resync. Needs root and iproute2.
 bench-resync: deps build
 	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN) -resync
+
+# Protocol C with one peer over tcp, with TLS against plaintext: fio's
+# 1 MiB QD8 writes and 4 KiB QD1 latency, each run with TLS paired with a
+# plaintext one, the median of their ratios (goals: >= 0.9x, <= 1.1x).
+bench-tls: deps build
+	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN) -tls -runs 5 $(BENCHFLAGS)
 
 # Protocol A over a veth between two network namespaces shaped by tc tbf
 # to 100 Mbit/s: the steady replication rate over tcp and quic, with and

@@ -24,7 +24,8 @@ func checkCmd() *cobra.Command {
 
   georepl check write  --export unix:/run/georepl/r0.sock --log run.log
       writes tagged 4 KiB blocks through the export until interrupted or until a write
-      fails (e.g. the primary died), logging every submission and completion;
+      fails (e.g. the primary died), logging every submission and completion; with
+      --tls-certificates DIR it starts TLS (an export with export_tls);
   georepl check verify --log run.log --image /dev/vg0/r0 [--durable]
       checks a node's image against the log: write-order consistency always, and with
       --durable (protocol C peers) that every completed write is present;
@@ -38,7 +39,7 @@ func checkCmd() *cobra.Command {
 }
 
 func checkWriteCmd() *cobra.Command {
-	var export, logPath, name string
+	var export, logPath, name, tlsDir string
 	var blocks uint64
 	var depth, flushEvery int
 	cmd := &cobra.Command{
@@ -48,7 +49,7 @@ func checkWriteCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			client, err := nbd.Dial(ctx, export, name)
+			client, err := dialExport(ctx, export, name, tlsDir)
 			if err != nil {
 				return err
 			}
@@ -69,6 +70,7 @@ func checkWriteCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&export, "export", "", "NBD export: unix:PATH or tcp:HOST:PORT (required)")
 	cmd.Flags().StringVar(&name, "name", "", "export name (default: the server's default export)")
+	cmd.Flags().StringVar(&tlsDir, "tls-certificates", "", "start TLS (NBD_OPT_STARTTLS) with the files in this directory: the export's CA and a client certificate and key, as qemu and libnbd name them (ca-cert.pem, client-cert.pem, client-key.pem) or as 'georepl tls init' writes them (export-ca.crt, client.crt, client.key)")
 	cmd.Flags().StringVar(&logPath, "log", "check.log", "where to write the log")
 	cmd.Flags().Uint64Var(&blocks, "blocks", 0, "size of the checked region in 4 KiB blocks (default: the whole export)")
 	cmd.Flags().IntVar(&depth, "depth", 8, "writes in flight")
@@ -163,4 +165,23 @@ func checkSoakCmd() *cobra.Command {
 	cmd.Flags().BoolVar(&keep, "keep", false, "keep the temporary folder")
 	cmd.Flags().StringVar(&rejoin, "rejoin", checker.RejoinFull, "how the killed primary and lagging peers rejoin: full (fresh metadata, full sync) or bitmap (reconnect as they are)")
 	return cmd
+}
+
+// dialExport connects to the NBD export at spec, with TLS and the client
+// files in tlsDir if not empty. An export that requires TLS, dialled
+// without, is an error that says how to give the files.
+func dialExport(ctx context.Context, spec, name, tlsDir string) (*nbd.Client, error) {
+	if tlsDir == "" {
+		client, err := nbd.Dial(ctx, spec, name)
+		var exportErr *nbd.ExportError
+		if errors.As(err, &exportErr) && exportErr.TLSRequired() {
+			return nil, fmt.Errorf("%w: give --tls-certificates DIR, a directory with the export's CA and a client certificate and key", err)
+		}
+		return client, err
+	}
+	config, err := nbd.LoadClientTLS(tlsDir)
+	if err != nil {
+		return nil, err
+	}
+	return nbd.DialTLS(ctx, spec, name, config)
 }

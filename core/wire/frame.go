@@ -166,10 +166,11 @@ const (
 	FlagWantRecvAck Flags = 1 << 5 // data: send RecvAck on receipt (protocol B)
 	FlagNegative    Flags = 1 << 6 // ack: the operation failed
 	FlagResync      Flags = 1 << 7 // ack: acknowledges ResyncData
+	FlagMove        Flags = 1 << 8 // resume: the sender's transport connection works; it moves to a path it prefers
 )
 
 var flagNames = [...]string{
-	"compressed", "fua", "flush", "zeroes", "trim", "want-recv-ack", "negative", "resync",
+	"compressed", "fua", "flush", "zeroes", "trim", "want-recv-ack", "negative", "resync", "move",
 }
 
 // String names the set bits joined by "|" ("fua|want-recv-ack"), "0" when

@@ -31,7 +31,8 @@ type ExportError struct {
 
 // optionErrorNames names the option error replies an ExportError may carry.
 var optionErrorNames = map[uint32]string{repErrUnsup: "NBD_REP_ERR_UNSUP", repErrPolicy: "NBD_REP_ERR_POLICY",
-	repErrInvalid: "NBD_REP_ERR_INVALID", repErrUnknown: "NBD_REP_ERR_UNKNOWN", repErrTooBig: "NBD_REP_ERR_TOO_BIG"}
+	repErrInvalid: "NBD_REP_ERR_INVALID", repErrUnknown: "NBD_REP_ERR_UNKNOWN", repErrTooBig: "NBD_REP_ERR_TOO_BIG",
+	repErrTLSReqd: "NBD_REP_ERR_TLS_REQD"}
 
 func (e *ExportError) Error() string {
 	name, ok := optionErrorNames[e.Reply]
@@ -43,6 +44,10 @@ func (e *ExportError) Error() string {
 	}
 	return fmt.Sprintf("nbd: export %q refused by the server (%s): %s", e.Export, name, e.Message)
 }
+
+// TLSRequired reports whether the server refused because the client did
+// not start TLS (NBD_REP_ERR_TLS_REQD).
+func (e *ExportError) TLSRequired() bool { return e.Reply == repErrTLSReqd }
 
 // Is matches ErrNoSuchExport for NBD_REP_ERR_UNKNOWN.
 func (e *ExportError) Is(target error) bool {

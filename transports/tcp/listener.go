@@ -186,13 +186,13 @@ func (l *listener) secure(sock *net.TCPConn, preamble [preambleSize]byte) (chann
 		l.setupFailed(sock, err)
 		return channelConn{}, err
 	}
-	tc := tls.Server(sock, l.tls)
-	if err := tc.Handshake(); err != nil {
+	cc := newTLSChannel(sock, func(c net.Conn) *tls.Conn { return tls.Server(c, l.tls) })
+	if err := cc.tls.Handshake(); err != nil {
 		err = fmt.Errorf("tcp: TLS handshake: %w", err)
 		l.setupFailed(sock, err)
 		return channelConn{}, err
 	}
-	return channelConn{sock: sock, rw: tc, tls: tc}, nil
+	return cc, nil
 }
 
 func (l *listener) setupFailed(sock *net.TCPConn, err error) {

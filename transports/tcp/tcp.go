@@ -252,8 +252,8 @@ func exchangePreamble(sock *net.TCPConn, id connID, ch transports.Channel, tlsCo
 	}
 	cc := channelConn{sock: sock, rw: sock}
 	if tlsConf != nil {
-		tc := tls.Client(sock, clientConfig(tlsConf))
-		if err := tc.Handshake(); err != nil {
+		cc = newTLSChannel(sock, func(c net.Conn) *tls.Conn { return tls.Client(c, clientConfig(tlsConf)) })
+		if err := cc.tls.Handshake(); err != nil {
 			var plain tls.RecordHeaderError
 			if errors.As(err, &plain) && string(plain.RecordHeader[:]) == string(answerPrefix()) {
 				// The listener answered in plaintext: it has no TLS.
@@ -261,7 +261,6 @@ func exchangePreamble(sock *net.TCPConn, id connID, ch transports.Channel, tlsCo
 			}
 			return channelConn{}, fmt.Errorf("TLS handshake: %w", err)
 		}
-		cc.rw, cc.tls = tc, tc
 	}
 	var answer [answerSize]byte
 	prefix := len(answerPrefix())

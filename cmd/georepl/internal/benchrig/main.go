@@ -31,6 +31,9 @@
 // With -wan it runs the WAN benchmark over a shaped link between two
 // network namespaces (`make bench-wan`, root only; wan.go).
 //
+// With -tls it runs the TLS benchmark instead: protocol C over tcp with
+// and without TLS, in paired runs (`make bench-tls`; tls.go).
+//
 // With -resync it runs the resync benchmark over a shaped link between two
 // network namespaces instead (`make bench-resync`, root only; resync.go).
 package main
@@ -103,6 +106,7 @@ func main() {
 	pluginDir := flag.String("plugins", "bin/plugins", "directory of the transport plugins the plugin set-ups use (`make plugins` builds them)")
 	compare := flag.String("compare", "", "also measure this georepl binary, each set-up right after -georepl's, for a before/after table in one run")
 	profile := flag.String("profile", "", "write a CPU profile of every daemon during each georepl fio run to this directory (for `go tool pprof`; the daemons run with --pprof)")
+	tlsBench := flag.Bool("tls", false, "run the TLS benchmark instead: protocol C over tcp with and without TLS, runs paired, TLS/plaintext ratios (see tls.go)")
 	only := flag.String("only", "", "measure only the set-ups and workloads whose names contain one of these comma-separated words (e.g. \"alone,QD1\"); nbdkit always runs")
 	flag.Parse()
 	if *wan {
@@ -111,6 +115,15 @@ func main() {
 		}
 		if err := runWANBench(*bin, *runs, cmp.Or(*rateMbit, 100)); err != nil {
 			fmt.Fprintln(os.Stderr, "bench-wan:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if *tlsBench {
+		r := &rig{bins: []string{*bin}, runs: *runs, runtime: *runtime, size: int64(*sizeMiB) << 20, pluginDir: *pluginDir,
+			pprof: map[string][]string{}, daemons: map[string][]daemon{}, peaks: map[string]string{}}
+		if err := runTLSBench(*bin, *runs, r); err != nil {
+			fmt.Fprintln(os.Stderr, "bench-tls:", err)
 			os.Exit(1)
 		}
 		return

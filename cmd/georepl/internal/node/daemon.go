@@ -378,7 +378,8 @@ func (r *resource) dialLoop(p *peer) {
 	var lastLogged string
 	var upSince time.Time // when the connection being waited on was seen up
 	var lastProbe time.Time
-	next := 0 // the path to dial next
+	answered := make([]int, len(p.paths)) // probes in a row each path answered
+	next := 0                             // the path to dial next
 	for {
 		r.mu.Lock()
 		conn, wanted := p.conn, p.wanted
@@ -396,8 +397,16 @@ func (r *resource) dialLoop(p *peer) {
 			upSince = time.Now()
 			if len(p.paths) > 1 {
 				if time.Since(lastProbe) >= p.link().Net.PingInterval {
-					r.probePaths(tr, p, conn)
+					back := r.probePaths(tr, p, conn, answered)
 					lastProbe = time.Now()
+					if back >= 0 {
+						clear(answered)
+						if err := r.dialOnce(tr, p, back, conn, true); err != nil {
+							r.setPath(p, back, "failed", err.Error())
+							r.log.Warn("moving back to the preferred path failed", "peer", p.node.Name, "path", describePath(p, back), "err", err)
+						}
+						continue
+					}
 				}
 				retry = p.link().Net.PingInterval - time.Since(lastProbe)
 			}
@@ -414,7 +423,7 @@ func (r *resource) dialLoop(p *peer) {
 		case wanted:
 			i := next % len(p.paths)
 			next++
-			err := r.dialOnce(tr, p, i, nil)
+			err := r.dialOnce(tr, p, i, nil, false)
 			if err == nil {
 				upSince = time.Now() // it may be over before the loop looks
 				continue
@@ -490,8 +499,9 @@ func (r *resource) dialHandshake(ctx context.Context, tr transports.Transport, p
 }
 
 // dialOnce connects to p on path i: a new connection, or the
-// continuation of suspended link l if not nil.
-func (r *resource) dialOnce(tr transports.Transport, p *peer, i int, l *link) error {
+// continuation of link l if not nil: suspended, or moving back to path i
+// from a working one (moved).
+func (r *resource) dialOnce(tr transports.Transport, p *peer, i int, l *link, moved bool) error {
 	limit := handshakeTimeout
 	if l != nil {
 		// A suspended link fails after timeout: one dead path must not
@@ -513,7 +523,7 @@ func (r *resource) dialOnce(tr transports.Transport, p *peer, i int, l *link) er
 			hs.refuse(err)
 			return err
 		}
-		if err := r.dialResume(p, hs, i, l); err != nil {
+		if err := r.dialResume(p, hs, i, l, moved); err != nil {
 			conn.Close()
 			return err
 		}

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -111,6 +112,27 @@ func TestExportTLS(t *testing.T) {
 		t.Errorf("a plaintext client: %v, want told that TLS is required", err)
 	}
 
+	// status names the export's certificate, the one clients get.
+	checkStatus := func(want *x509.Certificate) {
+		t.Helper()
+		sts, err := c.daemons["alpha"].StatusNow("r0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := sts[0].ExportTLS
+		sum := sha256.Sum256(want.Raw)
+		if e == nil || e.Mode != "required" || e.Fingerprint != nodetls.FormatFingerprint(sum[:]) || e.Subject != "CN=alpha export" ||
+			fmt.Sprint(e.Names) != "[127.0.0.1]" || e.ValidUntil == nil || !e.ValidUntil.Equal(want.NotAfter) {
+			t.Errorf("status's export TLS: %+v; want required, the certificate of CN=alpha export for 127.0.0.1 with fingerprint %s", e, nodetls.FormatFingerprint(sum[:]))
+		}
+		var text strings.Builder
+		WriteStatus(&text, sts)
+		if line := fmt.Sprintf("export %s tls:required certificate:\"CN=alpha export\" names:127.0.0.1 fingerprint:%s", spec, nodetls.FormatFingerprint(sum[:])); !strings.Contains(text.String(), line) {
+			t.Errorf("status says:\n%s\nwant a line with %q", text.String(), line)
+		}
+	}
+	checkStatus(first)
+
 	second := writeExport()
 	if err := c.daemons["alpha"].ReloadTLS(); err != nil {
 		t.Fatal(err)
@@ -118,6 +140,7 @@ func TestExportTLS(t *testing.T) {
 	if seen, _ := dial(appPair); !seen.Equal(second) {
 		t.Error("after the reload a new client got the old export certificate")
 	}
+	checkStatus(second)
 	// Both certificates are valid for an hour: each load warned.
 	c.waitLog(t, "alpha", "the export's TLS certificate expires on", "SIGHUP")
 	if n := strings.Count(c.logs["alpha"].String(), "the export's TLS certificate expires on"); n != 2 {

@@ -163,16 +163,7 @@ func upNodeWith(t *testing.T, policy, name string, opts Options, prepare func(*r
 		t.Fatal(err)
 	}
 	rc, _ := cfg.Resource("r0")
-	self, _ := rc.Node(name)
-	if err := os.WriteFile(self.Disk, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(self.Disk, 16<<20); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := CreateMetadata(rc, self, false); err != nil {
-		t.Fatal(err)
-	}
+	newDisk(t, rc, name, 16<<20)
 	d, err := NewDaemon(cfg, name, slog.New(slog.NewTextHandler(io.Discard, nil)), opts)
 	if err != nil {
 		t.Fatal(err)

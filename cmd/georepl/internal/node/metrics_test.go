@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -40,26 +39,7 @@ func demoCluster(t *testing.T, edit func(dir, src string) string, opts map[strin
 		if err != nil {
 			t.Fatalf("%v\n%s", err, src)
 		}
-		rc, _ := cfg.Resource("r0")
-		self, _ := rc.Node(name)
-		if err := os.WriteFile(self.Disk, nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Truncate(self.Disk, 8<<20); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := CreateMetadata(rc, self, false); err != nil {
-			t.Fatal(err)
-		}
-		d, err := NewDaemon(cfg, name, slog.New(slog.NewTextHandler(io.Discard, nil)), opts[name])
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { d.Close() })
-		if err := d.UpAll(); err != nil {
-			t.Fatal(err)
-		}
-		daemons[name] = d
+		daemons[name] = startNode(t, cfg, name, 8<<20, io.Discard, opts[name], nil)
 	}
 	return daemons
 }
@@ -177,6 +157,18 @@ func TestMetricsFollowTheWrites(t *testing.T) {
 			p := peerStatus(t, alpha, peer)
 			return p.Conn == "Connected", p.Conn
 		})
+	}
+	// A unix export has no TLS, nor have these connections: status says
+	// so and names no certificate.
+	sts, err := alpha.StatusNow("r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := sts[0].ExportTLS; e == nil || e.Mode != "off" {
+		t.Errorf("alpha's export TLS in status: %+v, want off", e)
+	}
+	if p := peerStatus(t, alpha, "bravo"); p.TLS != "off" || p.TLSPeer != nil {
+		t.Errorf("alpha's status of bravo: tls %q, peer certificate %+v; want off and none", p.TLS, p.TLSPeer)
 	}
 	start := time.Now()
 	if err := ra.Primary(true); err != nil {
@@ -329,7 +321,7 @@ func TestMetricsFollowTheWrites(t *testing.T) {
 		t.Errorf("bravo's RPO: %v bytes", v)
 	}
 	var text bytes.Buffer
-	sts, _ := alpha.Status("r0")
+	sts, _ = alpha.Status("r0")
 	WriteStatus(&text, sts)
 	if !strings.Contains(text.String(), fmt.Sprintf("%s not on the peer EXCEEDS rpo_warning 1s", HumanBytes(uint64(rpoBytes)))) {
 		t.Errorf("status does not show dr's RPO:\n%s", text.String())

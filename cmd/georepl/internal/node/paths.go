@@ -21,7 +21,10 @@ import (
 // the slowest path set every write's latency. The dialing node probes the
 // other paths (an authenticated handshake that ends after a ping) and,
 // when the transport connection in use fails, suspends the link and
-// continues it on the first path that answers.
+// continues it on the first path that answers. The paths' order is the
+// order of preference: when a path before the one in use answers its
+// probes again, the dialer continues the connection there the same way
+// (a resume flagged as a move), its old transport connection working.
 //
 // Continuing without losing anything: on such a connection both nodes
 // count the frames they write and read on each channel since the
@@ -182,7 +185,13 @@ func (l *link) suspendSignal() <-chan struct{} {
 // pathFailed handles the failure of transport connection pc: a link that
 // can move is suspended until it resumes on another (or fails after its
 // timeout); any other link fails.
-func (l *link) pathFailed(pc *pathConn, err error) {
+func (l *link) pathFailed(pc *pathConn, err error) { l.leave(pc, err, false) }
+
+// leave stops using transport connection pc, for err: the link is
+// suspended until it resumes on another. moved says that pc still works
+// and the connection moves to a path it prefers: pc's path is then on
+// standby, not failed.
+func (l *link) leave(pc *pathConn, err error, moved bool) {
 	if l.rt == nil {
 		l.fail(err)
 		return
@@ -203,14 +212,19 @@ func (l *link) pathFailed(pc *pathConn, err error) {
 	}
 	l.pmu.Unlock()
 	pc.close()
-	l.res.pathDown(l, pc.path, err)
+	if moved {
+		l.res.pathLeft(l, pc.path, err)
+	} else {
+		l.res.pathDown(l, pc.path, err)
+	}
 }
 
 // quiesce suspends l if it is not yet (the peer found its path dead
-// first) and waits until nothing more of its old transport connection is
-// read or written; it returns the frames received on each channel. ok is
-// false once l is closed.
-func (l *link) quiesce() (recv [2]uint64, ok bool) {
+// first, or the connection moves to another path: moved), for why, and
+// waits until nothing more of its old transport connection is read or
+// written; it returns the frames received on each channel. ok is false
+// once l is closed.
+func (l *link) quiesce(why error, moved bool) (recv [2]uint64, ok bool) {
 	// A link the loop attached (so a peer may find it) but did not start
 	// yet has no readers to wait for, and would start them on the new
 	// transport connection as well as resume.
@@ -220,7 +234,7 @@ func (l *link) quiesce() (recv [2]uint64, ok bool) {
 		return recv, false
 	}
 	pc := l.current()
-	l.pathFailed(pc, errors.New("the peer continues the connection on another transport connection"))
+	l.leave(pc, why, moved)
 	pc.readersDone.Wait()
 	for _, q := range l.queues {
 		if !q.idle() {
@@ -314,13 +328,29 @@ func (r *resource) pathDown(l *link, i int, err error) {
 	r.log.Warn("path failed; the connection is suspended until it continues on a path", "peer", p.node.Name, "path", describePath(p, i), "within", l.timeout, "err", err)
 }
 
-// pathUp records that link l continues on path i after path old.
-func (r *resource) pathUp(l *link, old, i, resent int) {
+// pathLeft records that link l left path i, which works, for another.
+func (r *resource) pathLeft(l *link, i int, why error) {
 	p := r.peers[l.peer]
+	r.setPath(p, i, "standby", "")
+	r.log.Info("leaving a path that works", "peer", p.node.Name, "path", describePath(p, i), "why", why)
+}
+
+// pathUp records that link l continues on path i after path old; moved
+// says that old still worked and the connection moved to the path the
+// dialer prefers.
+func (r *resource) pathUp(l *link, old, i, resent int, moved bool) {
+	p := r.peers[l.peer]
+	detail := fmt.Sprintf("the connection continues, %d frames re-sent", resent)
+	if moved {
+		// The old path may have been found closed before the resume
+		// said why: it works.
+		r.setPath(p, old, "standby", "")
+		detail = fmt.Sprintf("the connection moves back to the preferred path, %d frames re-sent", resent)
+	}
 	r.setPath(p, i, "active", "")
+	r.log.Info("the connection continues on a path", "peer", p.node.Name, "from", describePath(p, old), "to", describePath(p, i), "moved", moved, "resent", resent)
 	r.emu.Lock()
-	r.emit(core.Event{Peer: p.id, HasPeer: true, What: "path", Old: describePath(p, old), New: describePath(p, i),
-		Detail: fmt.Sprintf("the connection continues, %d frames re-sent", resent)})
+	r.emit(core.Event{Peer: p.id, HasPeer: true, What: "path", Old: describePath(p, old), New: describePath(p, i), Detail: detail})
 	r.unlockEngine()
 }
 
@@ -358,7 +388,7 @@ func (r *resource) resumeOver(tr transports.Transport, p *peer, l *link) bool {
 	failed := l.current().path
 	for k := 1; k <= len(p.paths); k++ {
 		i := (failed + k) % len(p.paths)
-		if err := r.dialOnce(tr, p, i, l); err != nil {
+		if err := r.dialOnce(tr, p, i, l, false); err != nil {
 			r.setPath(p, i, "failed", err.Error())
 			r.log.Warn("continuing the connection failed", "peer", p.node.Name, "path", describePath(p, i), "err", err)
 			if isClosed(l.closed) {
@@ -371,20 +401,40 @@ func (r *resource) resumeOver(tr transports.Transport, p *peer, l *link) bool {
 	return false
 }
 
+// switchBackProbes is how many probes in a row a path must answer before
+// the connection moves back to it from a path it prefers less: a link
+// that flaps does not take the connection with it at every probe.
+const switchBackProbes = 2
+
 // probePaths checks the paths of p other than link l's with a handshake
-// that ends after a ping, for status.
-func (r *resource) probePaths(tr transports.Transport, p *peer, l *link) {
+// that ends after a ping, for status; answered[i] counts the probes in a
+// row that path i answered. It returns the path the connection should
+// move back to: the first (in the configuration's order, which is the
+// order of preference) before the active one that answered
+// switchBackProbes probes in a row, or -1.
+func (r *resource) probePaths(tr transports.Transport, p *peer, l *link, answered []int) int {
 	active := l.current().path
 	for i := range p.paths {
 		if i == active || l.isSuspended() {
 			continue
 		}
 		if err := r.probe(tr, p, i, l); err != nil {
+			answered[i] = 0
 			r.setPath(p, i, "failed", err.Error())
 		} else {
+			answered[i]++
 			r.setPath(p, i, "standby", "")
 		}
 	}
+	if l.rt == nil || l.isSuspended() {
+		return -1
+	}
+	for i := range active {
+		if answered[i] >= switchBackProbes {
+			return i
+		}
+	}
+	return -1
 }
 
 // probe runs the handshake on path i up to authentication, then a ping.
@@ -431,44 +481,59 @@ func (r *resource) acceptResume(p *peer, hs *handshake, f *wire.Frame) error {
 	}
 	l.resumeMu.Lock()
 	defer l.resumeMu.Unlock()
-	old := l.current().path
-	if err := l.sendResume(hs); err != nil {
+	old, i := l.current().path, p.pathOfConn(hs.conn)
+	moved := f.Flags&wire.FlagMove != 0
+	why := fmt.Errorf("the peer continues the connection on %s", describePath(p, i))
+	if moved {
+		why = fmt.Errorf("the peer moves the connection back to its preferred %s", describePath(p, i))
+	}
+	if err := l.sendResume(hs, why, moved); err != nil {
 		return err
 	}
-	return r.continueOn(l, hs, p.pathOfConn(hs.conn), old, f)
+	return r.continueOn(l, hs, i, old, f, moved)
 }
 
-// sendResume stops reading l's old transport connection, waits until
-// what it read reached the engine, and tells the peer on hs how many
-// frames of each channel arrived. Called with l.resumeMu held.
-func (l *link) sendResume(hs *handshake) error {
-	recv, ok := l.quiesce()
+// sendResume stops reading l's old transport connection (for why; moved
+// if it works), waits until what it read reached the engine, and tells
+// the peer on hs how many frames of each channel arrived. Called with
+// l.resumeMu held.
+func (l *link) sendResume(hs *handshake, why error, moved bool) error {
+	recv, ok := l.quiesce(why, moved)
 	if !ok {
 		return errors.New("the connection closed")
 	}
-	return hs.send(&wire.Frame{Type: wire.TypeResume, Seq: recv[wire.ChannelData], Epoch: recv[wire.ChannelControl], Payload: l.rt.session[:]})
+	f := &wire.Frame{Type: wire.TypeResume, Seq: recv[wire.ChannelData], Epoch: recv[wire.ChannelControl], Payload: l.rt.session[:]}
+	if moved {
+		f.Flags |= wire.FlagMove
+	}
+	return hs.send(f)
 }
 
 // continueOn moves l onto hs's connection, path i, re-sending what the
-// peer's resume frame f says it lacks; a failure ends l. Called with
-// l.resumeMu held.
-func (r *resource) continueOn(l *link, hs *handshake, i, old int, f *wire.Frame) error {
+// peer's resume frame f says it lacks; a failure ends l. moved says the
+// old path still works. Called with l.resumeMu held.
+func (r *resource) continueOn(l *link, hs *handshake, i, old int, f *wire.Frame, moved bool) error {
 	resent, err := l.resume(l.newPathConn(hs.conn, [2]*wire.Reader{wire.NewReader(hs.conn.Stream(transports.ChannelData)), hs.reader}, i),
 		[2]uint64{f.Seq, f.Epoch})
 	if err != nil {
 		l.fail(err)
 		return err
 	}
-	r.pathUp(l, old, i, resent)
+	r.pathUp(l, old, i, resent, moved)
 	return nil
 }
 
-// dialResume continues link l on the handshake hs just made on path i.
-func (r *resource) dialResume(p *peer, hs *handshake, i int, l *link) error {
+// dialResume continues link l on the handshake hs just made on path i;
+// moved says l's transport connection works and l moves to path i
+// because the dialer prefers it.
+func (r *resource) dialResume(p *peer, hs *handshake, i int, l *link, moved bool) error {
 	l.resumeMu.Lock()
 	defer l.resumeMu.Unlock()
 	old := l.current().path
-	if err := l.sendResume(hs); err != nil {
+	if moved && (l.isSuspended() || old == i) {
+		return fmt.Errorf("no move to %s: the connection left %s meanwhile", describePath(p, i), describePath(p, old))
+	}
+	if err := l.sendResume(hs, fmt.Errorf("moving back to the preferred %s", describePath(p, i)), moved); err != nil {
 		return err
 	}
 	f, err := hs.expect(wire.TypeResume)
@@ -485,5 +550,5 @@ func (r *resource) dialResume(p *peer, hs *handshake, i int, l *link) error {
 		l.fail(err)
 		return err
 	}
-	return r.continueOn(l, hs, i, old, f)
+	return r.continueOn(l, hs, i, old, f, moved)
 }

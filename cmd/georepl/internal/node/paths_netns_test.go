@@ -1,18 +1,13 @@
 package node
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -117,42 +112,23 @@ func (r *netnsRig) setLink(t *testing.T, i int, state string) {
 // veth pairs away, and takes the active path's link down (ip link set
 // down) under protocol C writes: the writes keep completing on the other
 // path, the connection never drops, and dr's data equals alpha's. The
-// link comes back and the probes find the path again.
+// link comes back, and the connection returns to it, its preferred path.
+// Over tcp, tcp with TLS and quic with TLS.
 func TestPathFailoverNetns(t *testing.T) {
+	for _, s := range []pathSetup{{transport: "tcp"}, {transport: "tcp", tls: true}, {transport: "quic", tls: true}} {
+		name := s.transport
+		if s.tls {
+			name += "-tls"
+		}
+		t.Run(name, func(t *testing.T) { testPathFailoverNetns(t, s) })
+	}
+}
+
+func testPathFailoverNetns(t *testing.T, s pathSetup) {
 	rig := newNetnsRig(t)
 	builtin.Register()
 	dir := t.TempDir()
-	src := fmt.Sprintf(`resource "r0" {
-  protocol = "C"
-  net {
-    transport = "tcp"
-    insecure = true
-    connect_retry = "100ms"
-    ping_interval = "200ms"
-    timeout = "1s"
-  }
-  node "alpha" {
-    id = 0
-    address = "10.213.1.1:7789"
-    disk = %q
-  }
-  node "dr" {
-    id = 1
-    address = "10.213.1.2:7789"
-    disk = %q
-  }
-  connection "alpha" "dr" {
-    path {
-      alpha = "10.213.1.1:7789"
-      dr    = "10.213.1.2:7789"
-    }
-    path {
-      alpha = "10.213.2.1:7789"
-      dr    = "10.213.2.2:7789"
-    }
-  }
-}
-`, filepath.Join(dir, "alpha.img"), filepath.Join(dir, "dr.img"))
+	src := pathConfig(t, dir, s, [4]string{"10.213.1.1:7789", "10.213.1.2:7789", "10.213.2.1:7789", "10.213.2.2:7789"})
 	conf := filepath.Join(dir, "r0.hcl")
 	if err := os.WriteFile(conf, []byte(src), 0o644); err != nil {
 		t.Fatal(err)
@@ -162,18 +138,7 @@ func TestPathFailoverNetns(t *testing.T) {
 		t.Fatal(err)
 	}
 	rc, _ := cfg.Resource("r0")
-	for _, name := range []string{"alpha", "dr"} {
-		self, _ := rc.Node(name)
-		if err := os.WriteFile(self.Disk, nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Truncate(self.Disk, 16<<20); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := CreateMetadata(rc, self, false); err != nil {
-			t.Fatal(err)
-		}
-	}
+	newDisk(t, rc, "dr", 16<<20)
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -201,116 +166,43 @@ func TestPathFailoverNetns(t *testing.T) {
 		}
 	})
 	alphaLog := &syncBuffer{}
-	alpha, err := NewDaemon(cfg, "alpha", slog.New(slog.NewTextHandler(alphaLog, nil)), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { alpha.Close() })
-	if err := alpha.UpAll(); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "alpha connects to dr", func() (bool, string) {
-		p := peerStatus(t, alpha, "dr")
-		return p.Conn == "Connected", p.Conn + "\n" + drLog.String()
-	})
-	if err := alpha.resources["r0"].Primary(true); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "dr in sync", func() (bool, string) {
-		p := peerStatus(t, alpha, "dr")
-		return p.Repl == "Established" && p.Disk == "UpToDate" && p.OutOfSync == 0, fmt.Sprintf("%s %s %d", p.Repl, p.Disk, p.OutOfSync)
-	})
+	alpha := startNode(t, cfg, "alpha", 16<<20, alphaLog, Options{}, nil)
+	waitInSync(t, alpha, drLog.String)
 	waitUntil(t, "both paths up", func() (bool, string) {
 		p := peerStatus(t, alpha, "dr")
 		return len(p.Paths) == 2 && p.Paths[0].State == "active" && p.Paths[1].State == "standby", fmt.Sprintf("%+v", p.Paths)
 	})
-	events, cancel := alpha.Subscribe()
-	defer cancel()
+	events := watchPaths(t, alpha)
 	mark := len(alphaLog.String())
 	drMark := len(drLog.String())
+	since := func() string { return "alpha:\n" + alphaLog.String()[mark:] + "\ndr:\n" + drLog.String()[drMark:] }
 
 	dev, err := alpha.LocalDevice("r0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	const writers, size = 4, 64 << 10
-	var wg sync.WaitGroup
-	var completed atomic.Int64
-	stop := make(chan struct{})
-	errs := make(chan error, writers)
-	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(w), 11))
-			region := dev.Size() / writers
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				buf := make([]byte, size)
-				for i := range buf {
-					buf[i] = byte(rng.Uint32())
-				}
-				if err := dev.WriteAt(context.Background(), buf, uint64(w)*region+rng.Uint64N(region/size)*size, false); err != nil {
-					errs <- err
-					return
-				}
-				completed.Add(1)
-			}
-		}()
-	}
+	load := startWrites(dev, 4, 64<<10)
 	time.Sleep(500 * time.Millisecond)
-	before := completed.Load()
+	before := load.completed.Load()
 	rig.setLink(t, 0, "down")
 	time.Sleep(4 * time.Second)
-	during := completed.Load()
+	during := load.completed.Load()
 	rig.setLink(t, 0, "up")
-	time.Sleep(time.Second)
-	close(stop)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Errorf("a write failed: %v", err)
-	}
-	t.Logf("%d writes before the link went down, %d while it was down, %d in all", before, during-before, completed.Load())
+	waitUntil(t, "the connection back on path 0", func() (bool, string) {
+		p := peerStatus(t, alpha, "dr")
+		return len(p.Paths) == 2 && p.Paths[0].State == "active" && p.Paths[1].State == "standby", fmt.Sprintf("%+v\n%s", p.Paths, since())
+	})
+	load.wait(t, 50, since)
+	load.stop(t)
+	t.Logf("%d writes before the link went down, %d while it was down, %d in all", before, during-before, load.completed.Load())
 	if during-before < 50 {
 		t.Errorf("only %d writes completed while path 0's link was down", during-before)
 	}
-	waitUntil(t, "path 0 found again", func() (bool, string) {
-		p := peerStatus(t, alpha, "dr")
-		return len(p.Paths) == 2 && p.Paths[0].State == "standby" && p.Paths[1].State == "active", fmt.Sprintf("%+v", p.Paths)
-	})
-	p := peerStatus(t, alpha, "dr")
-	if p.Conn != "Connected" || p.Repl != "Established" || p.Disk != "UpToDate" || p.OutOfSync != 0 {
-		t.Errorf("dr on alpha: %s %s %s, %d bytes out of sync", p.Conn, p.Repl, p.Disk, p.OutOfSync)
-	}
-	sz := dev.Size()
-	a, _ := os.ReadFile(filepath.Join(dir, "alpha.img"))
-	b, _ := os.ReadFile(filepath.Join(dir, "dr.img"))
-	if !bytes.Equal(a[:sz], b[:sz]) {
-		t.Errorf("dr's data differs from alpha's")
-	}
-	moved := false
-drain:
-	for {
-		select {
-		case ev := <-events:
-			switch ev.What {
-			case "repl", "resync", "conn":
-				t.Errorf("alpha: %s %s -> %s (%s): the failover cost the connection's state", ev.What, ev.Old, ev.New, ev.Detail)
-			case "path":
-				t.Logf("alpha: %s -> %s: %s", ev.Old, ev.New, ev.Detail)
-				moved = moved || strings.HasPrefix(ev.New, "path 1 ")
-			}
-		default:
-			break drain
-		}
-	}
-	if !moved {
-		t.Errorf("alpha did not move to path 1; its log:\n%s", alphaLog.String()[mark:])
+	checkSameData(t, alpha, dir, dev.Size())
+	paths, details := events.moves("alpha")
+	t.Logf("alpha moved to %q: %q", paths, details)
+	if len(paths) != 2 || !strings.HasPrefix(paths[0], "path 1 ") || !strings.HasPrefix(paths[1], "path 0 ") {
+		t.Errorf("alpha's path events lead to %q; want path 1, then path 0; its log:\n%s", paths, alphaLog.String()[mark:])
 	}
 	if lost := strings.Count(drLog.String()[drMark:], "connection lost"); lost > 0 {
 		t.Errorf("dr lost the connection; its log:\n%s", drLog.String()[drMark:])

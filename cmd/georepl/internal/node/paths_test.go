@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -20,35 +21,53 @@ import (
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/wire"
+	"github.com/georepl/georepl/kmod/nbd"
 	"github.com/georepl/georepl/transports"
 	"github.com/georepl/georepl/transports/builtin"
+	"github.com/georepl/georepl/transports/nodetls/nodetlstest"
 )
 
-// pathCluster is resource r0 on alpha (0, the Primary) and dr (1) under
-// protocol C over tcp, with two paths on loopback: path 0 between the
-// nodes' own addresses, path 1 between two more ports.
-type pathCluster struct {
-	dir     string
-	port    int
-	logs    map[string]*syncBuffer
-	daemons map[string]*Daemon
+// pathSetup is how a test's two nodes alpha (0) and dr (1) connect: over
+// transport ("tcp" if empty), with TLS (certificates of one CA, required
+// on the connection) or without (insecure), each node in the world of
+// opts[name].
+type pathSetup struct {
+	transport string
+	tls       bool
+	opts      map[string]Options
 }
 
-func (c *pathCluster) addr(i int) string { return fmt.Sprintf("127.0.0.1:%d", c.port+i) }
-
-func newPathCluster(t *testing.T, opts map[string]Options) *pathCluster {
+// pathConfig is resource r0 under protocol C between alpha and dr, with
+// two paths: addrs are alpha's and dr's addresses on path 0, then on
+// path 1; path 0's are the nodes' own. The TLS files, if any, are in dir.
+func pathConfig(t *testing.T, dir string, s pathSetup, addrs [4]string) string {
 	t.Helper()
-	builtin.Register()
-	port, err := checker.FreePorts(4)
-	if err != nil {
-		t.Fatal(err)
+	transport := cmp.Or(s.transport, "tcp")
+	security := "insecure = true"
+	tlsBlock := map[string]string{}
+	if s.tls {
+		security = `tls = "required"`
+		pki := nodetlstest.New(t)
+		for _, name := range []string{"alpha", "dr"} {
+			issued, err := pki.CA.Issue(name, time.Hour, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			files := map[string][]byte{"ca.crt": pki.CA.CertPEM, name + ".crt": issued.CertPEM, name + ".key": issued.KeyPEM}
+			for file, b := range files {
+				if err := os.WriteFile(filepath.Join(dir, file), b, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tlsBlock[name] = fmt.Sprintf("tls {\n      ca = %q\n      cert = %q\n      key = %q\n    }",
+				filepath.Join(dir, "ca.crt"), filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"))
+		}
 	}
-	c := &pathCluster{dir: t.TempDir(), port: port, logs: map[string]*syncBuffer{}, daemons: map[string]*Daemon{}}
-	src := fmt.Sprintf(`resource "r0" {
+	return fmt.Sprintf(`resource "r0" {
   protocol = "C"
   net {
-    transport = "tcp"
-    insecure = true
+    transport = %q
+    %s
     connect_retry = "100ms"
     ping_interval = "200ms"
     timeout = "1s"
@@ -57,11 +76,13 @@ func newPathCluster(t *testing.T, opts map[string]Options) *pathCluster {
     id = 0
     address = %q
     disk = %q
+    %s
   }
   node "dr" {
     id = 1
     address = %q
     disk = %q
+    %s
   }
   connection "alpha" "dr" {
     path {
@@ -74,34 +95,38 @@ func newPathCluster(t *testing.T, opts map[string]Options) *pathCluster {
     }
   }
 }
-`, c.addr(0), filepath.Join(c.dir, "alpha.img"), c.addr(1), filepath.Join(c.dir, "dr.img"),
-		c.addr(0), c.addr(1), c.addr(2), c.addr(3))
+`, transport, security, addrs[0], filepath.Join(dir, "alpha.img"), tlsBlock["alpha"], addrs[1], filepath.Join(dir, "dr.img"), tlsBlock["dr"],
+		addrs[0], addrs[1], addrs[2], addrs[3])
+}
+
+// pathCluster is pathConfig's resource in this process, on loopback:
+// path 0 between the nodes' own addresses, path 1 between two more ports.
+type pathCluster struct {
+	dir       string
+	transport string
+	port      int
+	logs      map[string]*syncBuffer
+	daemons   map[string]*Daemon
+}
+
+func (c *pathCluster) addr(i int) string { return fmt.Sprintf("127.0.0.1:%d", c.port+i) }
+
+func newPathCluster(t *testing.T, s pathSetup) *pathCluster {
+	t.Helper()
+	builtin.Register()
+	port, err := checker.FreePorts(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &pathCluster{dir: t.TempDir(), transport: cmp.Or(s.transport, "tcp"), port: port, logs: map[string]*syncBuffer{}, daemons: map[string]*Daemon{}}
+	src := pathConfig(t, c.dir, s, [4]string{c.addr(0), c.addr(1), c.addr(2), c.addr(3)})
 	for _, name := range []string{"alpha", "dr"} {
 		cfg, err := configs.Parse(filepath.Join(c.dir, "r0.hcl"), []byte(src), configs.LoadOptions{})
 		if err != nil {
 			t.Fatalf("%v\n%s", err, src)
 		}
-		rc, _ := cfg.Resource("r0")
-		self, _ := rc.Node(name)
-		if err := os.WriteFile(self.Disk, nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Truncate(self.Disk, 16<<20); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := CreateMetadata(rc, self, false); err != nil {
-			t.Fatal(err)
-		}
-		logs := &syncBuffer{}
-		d, err := NewDaemon(cfg, name, slog.New(slog.NewTextHandler(logs, nil)), opts[name])
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { d.Close() })
-		if err := d.UpAll(); err != nil {
-			t.Fatal(err)
-		}
-		c.logs[name], c.daemons[name] = logs, d
+		c.logs[name] = &syncBuffer{}
+		c.daemons[name] = startNode(t, cfg, name, 16<<20, c.logs[name], s.opts[name], nil)
 	}
 	return c
 }
@@ -132,12 +157,13 @@ func (c *pathCluster) closeListener(t *testing.T, node, addr string) {
 	d := c.daemons[node]
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	l, ok := d.listeners["tcp "+addr]
+	key := c.transport + " " + addr
+	l, ok := d.listeners[key]
 	if !ok {
-		t.Fatalf("%s does not listen on %s", node, addr)
+		t.Fatalf("%s does not listen on %s", node, key)
 	}
 	l.Close()
-	delete(d.listeners, "tcp "+addr)
+	delete(d.listeners, key)
 }
 
 // TestPathFailoverKeepsState kills the active path's connection under a
@@ -146,144 +172,46 @@ func (c *pathCluster) closeListener(t *testing.T, node, addr string) {
 // completes, the connection never drops (no resync), and dr's disk equals
 // alpha's.
 func TestPathFailoverKeepsState(t *testing.T) {
-	c := newPathCluster(t, nil)
+	c := newPathCluster(t, pathSetup{})
 	alpha, dr := c.daemons["alpha"], c.daemons["dr"]
-	waitUntil(t, "alpha connects to dr", func() (bool, string) {
-		p := peerStatus(t, alpha, "dr")
-		return p.Conn == "Connected", p.Conn
-	})
-	if err := alpha.resources["r0"].Primary(true); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "dr in sync", func() (bool, string) {
-		p := peerStatus(t, alpha, "dr")
-		return p.Repl == "Established" && p.Disk == "UpToDate" && p.OutOfSync == 0,
-			fmt.Sprintf("%s %s %d\nalpha:\n%s\ndr:\n%s", p.Repl, p.Disk, p.OutOfSync, c.logs["alpha"], c.logs["dr"])
-	})
-	var events []Event
-	var evMu sync.Mutex
-	for _, d := range []*Daemon{alpha, dr} {
-		ch, cancel := d.Subscribe()
-		defer cancel()
-		go func() {
-			for ev := range ch {
-				evMu.Lock()
-				events = append(events, ev)
-				evMu.Unlock()
-			}
-		}()
-	}
+	logs := func() string { return "alpha:\n" + c.logs["alpha"].String() + "\ndr:\n" + c.logs["dr"].String() }
+	waitInSync(t, alpha, logs)
+	events := watchPaths(t, alpha, dr)
 	logMark := map[string]int{"alpha": len(c.logs["alpha"].String()), "dr": len(c.logs["dr"].String())}
 
 	dev, err := alpha.LocalDevice("r0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var (
-		writes  atomic.Int64
-		stop    = make(chan struct{})
-		done    = make(chan struct{})
-		failure error
-	)
-	go func() {
-		defer close(done)
-		rng := rand.New(rand.NewPCG(1, 2))
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			size := uint64(4<<10) << rng.IntN(5)
-			off := rng.Uint64N(dev.Size()/size) * size
-			buf := make([]byte, size)
-			for i := range buf {
-				buf[i] = byte(rng.Uint32())
-			}
-			if err := dev.WriteAt(context.Background(), buf, off, false); err != nil {
-				failure = fmt.Errorf("write %d of %d bytes at %d: %w", writes.Load(), size, off, err)
-				return
-			}
-			writes.Add(1)
-		}
-	}()
-	waitWrites := func(n int64) {
-		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for target := writes.Load() + n; writes.Load() < target; {
-			select {
-			case <-done:
-				t.Fatalf("the writer stopped: %v", failure)
-			default:
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("writes stalled at %d; alpha's log:\n%s", writes.Load(), c.logs["alpha"].String()[logMark["alpha"]:])
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	waitWrites(50)
+	load := startWrites(dev, 1, 16<<10)
+	load.wait(t, 50, logs)
 	// Path 0 fails for good: its connection dies mid-write and dr no
 	// longer answers on it.
 	c.closeListener(t, "dr", c.addr(1))
 	c.killActivePath(t, "alpha")
-	waitWrites(200)
+	load.wait(t, 200, logs)
 	// Path 1 fails while path 0 is back.
-	if err := dr.ensureListener("tcp", c.addr(1)); err != nil {
+	if err := dr.ensureListener(c.transport, c.addr(1)); err != nil {
 		t.Fatal(err)
 	}
 	c.killActivePath(t, "dr")
-	waitWrites(200)
-	close(stop)
-	<-done
-	if failure != nil {
-		t.Fatal(failure)
-	}
-	t.Logf("%d protocol C writes completed", writes.Load())
-
-	p := peerStatus(t, alpha, "dr")
-	if p.Conn != "Connected" || p.Repl != "Established" || p.Disk != "UpToDate" || p.OutOfSync != 0 {
-		t.Errorf("dr on alpha after the failovers: %s %s %s, %d bytes out of sync; want Connected Established UpToDate, 0", p.Conn, p.Repl, p.Disk, p.OutOfSync)
-	}
+	load.wait(t, 200, logs)
+	load.stop(t)
+	t.Logf("%d protocol C writes completed", load.completed.Load())
 	// Every write completed under protocol C: dr has them all, now.
-	size := dev.Size()
-	a, err := os.ReadFile(filepath.Join(c.dir, "alpha.img"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(filepath.Join(c.dir, "dr.img"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(a[:size], b[:size]) {
-		for i := uint64(0); i < size; i += 4096 {
-			if !bytes.Equal(a[i:i+4096], b[i:i+4096]) {
-				t.Fatalf("dr's data differs from alpha's, first at block %d", i/4096)
-			}
-		}
-	}
+	checkSameData(t, alpha, c.dir, dev.Size())
 	for node, mark := range logMark {
 		if lost := strings.Count(c.logs[node].String()[mark:], "connection lost"); lost > 0 {
 			t.Errorf("%s lost the connection %d times; its log:\n%s", node, lost, c.logs[node].String()[mark:])
 		}
 	}
-	evMu.Lock()
-	defer evMu.Unlock()
-	var alphaPaths []string
-	for _, ev := range events {
-		switch ev.What {
-		case "repl", "resync", "conn":
-			t.Errorf("%s: %s %s -> %s (%s): the failover cost the connection's state", ev.Node, ev.What, ev.Old, ev.New, ev.Detail)
-		case "path":
-			t.Logf("%s: %s -> %s: %s", ev.Node, ev.Old, ev.New, ev.Detail)
-			if ev.Node == "alpha" {
-				alphaPaths = append(alphaPaths, ev.New)
-			}
-		}
-	}
-	// Path 0 was down at the first failover, path 1 at the second.
-	if len(alphaPaths) != 2 || !strings.HasPrefix(alphaPaths[0], "path 1 ") || !strings.HasPrefix(alphaPaths[1], "path 0 ") {
-		t.Errorf("alpha's path events lead to %q; want path 1, then path 0", alphaPaths)
+	// Path 0 was down at the first failover, path 1 at the second (or
+	// path 0 answered the probes before, and the connection moved back to
+	// it).
+	paths, details := events.moves("alpha")
+	t.Logf("alpha moved to %q: %q", paths, details)
+	if len(paths) != 2 || !strings.HasPrefix(paths[0], "path 1 ") || !strings.HasPrefix(paths[1], "path 0 ") {
+		t.Errorf("alpha's path events lead to %q; want path 1, then path 0", paths)
 	}
 	// The status shows the paths; the probes find path 1 back.
 	waitUntil(t, "alpha's status shows path 0 active, path 1 standby", func() (bool, string) {
@@ -383,110 +311,38 @@ func TestPathFailoverBlackHole(t *testing.T) {
 		t.Fatal(err)
 	}
 	hole := &holeTransport{Transport: tcp}
-	c := newPathCluster(t, map[string]Options{"alpha": {Transports: func(name string) (transports.Transport, error) {
+	c := newPathCluster(t, pathSetup{opts: map[string]Options{"alpha": {Transports: func(name string) (transports.Transport, error) {
 		if name != "tcp" {
 			return transports.Lookup(name)
 		}
 		return hole, nil
-	}}})
+	}}}})
 	alpha, dr := c.daemons["alpha"], c.daemons["dr"]
-	waitUntil(t, "alpha connects to dr", func() (bool, string) {
-		p := peerStatus(t, alpha, "dr")
-		return p.Conn == "Connected", p.Conn
-	})
-	if err := alpha.resources["r0"].Primary(true); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "dr in sync", func() (bool, string) {
-		p := peerStatus(t, alpha, "dr")
-		return p.Repl == "Established" && p.Disk == "UpToDate" && p.OutOfSync == 0,
-			fmt.Sprintf("%s %s %d\nalpha:\n%s\ndr:\n%s", p.Repl, p.Disk, p.OutOfSync, c.logs["alpha"], c.logs["dr"])
-	})
-	events, cancel := alpha.Subscribe()
-	defer cancel()
-	drEvents, drCancel := dr.Subscribe()
-	defer drCancel()
+	logs := func() string { return "alpha:\n" + c.logs["alpha"].String() + "\ndr:\n" + c.logs["dr"].String() }
+	waitInSync(t, alpha, logs)
+	events := watchPaths(t, alpha, dr)
 	dev, err := alpha.LocalDevice("r0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Writes from several goroutines, so that many are in flight when
 	// the link goes down; each its own blocks.
-	const writers, size = 8, 16 << 10
-	var wg sync.WaitGroup
-	var completed atomic.Int64
-	stop := make(chan struct{})
-	errs := make(chan error, writers)
-	for w := range writers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(w), 7))
-			region := dev.Size() / writers
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				buf := make([]byte, size)
-				for i := range buf {
-					buf[i] = byte(rng.Uint32())
-				}
-				off := uint64(w)*region + rng.Uint64N(region/size)*size
-				if err := dev.WriteAt(context.Background(), buf, off, false); err != nil {
-					errs <- err
-					return
-				}
-				completed.Add(1)
-			}
-		}()
-	}
+	load := startWrites(dev, 8, 16<<10)
 	time.Sleep(300 * time.Millisecond)
 	c.closeListener(t, "dr", c.addr(1)) // path 0 stays down
-	before := completed.Load()
+	before := load.completed.Load()
 	hole.swallowAll()
 	t.Logf("link down after %d writes", before)
 	time.Sleep(4 * time.Second) // the timeout (1 s), the failover, and writes on path 1
-	close(stop)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Errorf("a write failed: %v", err)
+	load.stop(t)
+	if load.completed.Load() < before+100 {
+		t.Errorf("only %d writes completed after the link went down", load.completed.Load()-before)
 	}
-	if completed.Load() < before+100 {
-		t.Errorf("only %d writes completed after the link went down", completed.Load()-before)
-	}
-	t.Logf("%d writes completed, %d after the link went down", completed.Load(), completed.Load()-before)
-	p := peerStatus(t, alpha, "dr")
-	if p.Conn != "Connected" || p.Repl != "Established" || p.Disk != "UpToDate" || p.OutOfSync != 0 {
-		t.Errorf("dr on alpha after the failover: %s %s %s, %d bytes out of sync", p.Conn, p.Repl, p.Disk, p.OutOfSync)
-	}
-	sz := dev.Size()
-	a, _ := os.ReadFile(filepath.Join(c.dir, "alpha.img"))
-	b, _ := os.ReadFile(filepath.Join(c.dir, "dr.img"))
-	if !bytes.Equal(a[:sz], b[:sz]) {
-		t.Errorf("dr's data differs from alpha's")
-	}
-	moved := false
-	for _, ch := range []<-chan Event{events, drEvents} {
-	drain:
-		for {
-			select {
-			case ev := <-ch:
-				switch ev.What {
-				case "repl", "resync", "conn":
-					t.Errorf("%s: %s %s -> %s (%s): the failover cost the connection's state", ev.Node, ev.What, ev.Old, ev.New, ev.Detail)
-				case "path":
-					t.Logf("%s: %s -> %s: %s", ev.Node, ev.Old, ev.New, ev.Detail)
-					moved = moved || ev.Node == "alpha" && strings.HasPrefix(ev.New, "path 1 ")
-				}
-			default:
-				break drain
-			}
-		}
-	}
-	if !moved {
+	t.Logf("%d writes completed, %d after the link went down", load.completed.Load(), load.completed.Load()-before)
+	checkSameData(t, alpha, c.dir, dev.Size())
+	paths, details := events.moves("alpha")
+	t.Logf("alpha moved to %q: %q", paths, details)
+	if len(paths) == 0 || !strings.HasPrefix(paths[0], "path 1 ") {
 		t.Errorf("alpha did not move to path 1; its log:\n%s", c.logs["alpha"])
 	}
 }
@@ -592,5 +448,226 @@ func TestPathAckBoundsKeptBytes(t *testing.T) {
 	}
 	if !rt.received(wire.ChannelControl, 16) {
 		t.Fatalf("no confirmation due after %d frames", pathAckEvery)
+	}
+}
+
+// writeLoad is protocol C writes from several goroutines, each to its
+// own region of the device, until stop.
+type writeLoad struct {
+	completed atomic.Int64
+	stopped   chan struct{}
+	wg        sync.WaitGroup
+	errs      chan error
+}
+
+func startWrites(dev nbd.Device, writers int, size uint64) *writeLoad {
+	w := &writeLoad{stopped: make(chan struct{}), errs: make(chan error, writers)}
+	region := dev.Size() / uint64(writers)
+	for i := range writers {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(i), 11))
+			for {
+				select {
+				case <-w.stopped:
+					return
+				default:
+				}
+				buf := make([]byte, size)
+				for j := range buf {
+					buf[j] = byte(rng.Uint32())
+				}
+				off := uint64(i)*region + rng.Uint64N(region/size)*size
+				if err := dev.WriteAt(context.Background(), buf, off, false); err != nil {
+					w.errs <- fmt.Errorf("writer %d at %d: %w", i, off, err)
+					return
+				}
+				w.completed.Add(1)
+			}
+		}()
+	}
+	return w
+}
+
+// wait waits until n more writes completed, failing the test if they do
+// not within 20 s or a write fails.
+func (w *writeLoad) wait(t *testing.T, n int64, why func() string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for target := w.completed.Load() + n; w.completed.Load() < target; {
+		select {
+		case err := <-w.errs:
+			t.Fatalf("a write failed: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("writes stalled at %d: %s", w.completed.Load(), why())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// stop ends the writes and fails the test if any failed.
+func (w *writeLoad) stop(t *testing.T) {
+	t.Helper()
+	close(w.stopped)
+	w.wg.Wait()
+	close(w.errs)
+	for err := range w.errs {
+		t.Errorf("a write failed: %v", err)
+	}
+}
+
+// waitInSync makes alpha the Primary once connected to dr and waits
+// until dr is in sync.
+func waitInSync(t *testing.T, alpha *Daemon, logs func() string) {
+	t.Helper()
+	waitUntil(t, "alpha connects to dr", func() (bool, string) {
+		p := peerStatus(t, alpha, "dr")
+		return p.Conn == "Connected", p.Conn + "\n" + logs()
+	})
+	if err := alpha.resources["r0"].Primary(true); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "dr in sync", func() (bool, string) {
+		p := peerStatus(t, alpha, "dr")
+		return p.Repl == "Established" && p.Disk == "UpToDate" && p.OutOfSync == 0,
+			fmt.Sprintf("%s %s %d\n%s", p.Repl, p.Disk, p.OutOfSync, logs())
+	})
+}
+
+// checkSameData fails the test unless dr is connected, in sync, and has
+// the same first size bytes as alpha (disk images in dir).
+func checkSameData(t *testing.T, alpha *Daemon, dir string, size uint64) {
+	t.Helper()
+	p := peerStatus(t, alpha, "dr")
+	if p.Conn != "Connected" || p.Repl != "Established" || p.Disk != "UpToDate" || p.OutOfSync != 0 {
+		t.Errorf("dr on alpha: %s %s %s, %d bytes out of sync; want Connected Established UpToDate, 0", p.Conn, p.Repl, p.Disk, p.OutOfSync)
+	}
+	a, err := os.ReadFile(filepath.Join(dir, "alpha.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "dr.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(0); i < size; i += 4096 {
+		if !bytes.Equal(a[i:i+4096], b[i:i+4096]) {
+			t.Fatalf("dr's data differs from alpha's, first at block %d", i/4096)
+		}
+	}
+}
+
+// pathEvents gathers the path events of the daemons it watches and fails
+// the test on any event that says the connection lost its state.
+type pathEvents struct {
+	mu     sync.Mutex
+	events []Event
+}
+
+func watchPaths(t *testing.T, daemons ...*Daemon) *pathEvents {
+	pe := &pathEvents{}
+	for _, d := range daemons {
+		ch, cancel := d.Subscribe()
+		t.Cleanup(cancel)
+		go func() {
+			for ev := range ch {
+				switch ev.What {
+				case "repl", "resync", "conn":
+					t.Errorf("%s: %s %s -> %s (%s): the connection lost its state", ev.Node, ev.What, ev.Old, ev.New, ev.Detail)
+				case "path":
+					pe.mu.Lock()
+					pe.events = append(pe.events, ev)
+					pe.mu.Unlock()
+				}
+			}
+		}()
+	}
+	return pe
+}
+
+// moves are the paths node's events said it moved to, and why.
+func (pe *pathEvents) moves(node string) (paths []string, details []string) {
+	pe.mu.Lock()
+	defer pe.mu.Unlock()
+	for _, ev := range pe.events {
+		if ev.Node == node {
+			paths = append(paths, ev.New)
+			details = append(details, ev.Detail)
+		}
+	}
+	return paths, details
+}
+
+// TestPathSwitchBack: under protocol C writes, path 0 (the preferred
+// one) fails and the connection moves to path 1; once path 0 answers
+// again, the connection moves back to it without being told, with
+// nothing lost: no resync, no write failing, dr's data equal to alpha's.
+// Over tcp and quic, each with and without TLS.
+func TestPathSwitchBack(t *testing.T) {
+	for _, s := range []pathSetup{{transport: "tcp"}, {transport: "tcp", tls: true}, {transport: "quic"}, {transport: "quic", tls: true}} {
+		name := s.transport
+		if s.tls {
+			name += "-tls"
+		}
+		t.Run(name, func(t *testing.T) {
+			c := newPathCluster(t, s)
+			alpha, dr := c.daemons["alpha"], c.daemons["dr"]
+			logs := func() string { return "alpha:\n" + c.logs["alpha"].String() + "\ndr:\n" + c.logs["dr"].String() }
+			waitInSync(t, alpha, logs)
+			checkTLSPeer := func() {
+				t.Helper()
+				p := peerStatus(t, alpha, "dr")
+				if s.tls != (p.TLS == "required") || s.tls != (p.TLSPeer != nil && p.TLSPeer.Node == "dr") {
+					t.Errorf("alpha's status shows TLS %q towards dr, peer certificate %+v", p.TLS, p.TLSPeer)
+				}
+			}
+			checkTLSPeer()
+			events := watchPaths(t, alpha, dr)
+			dev, err := alpha.LocalDevice("r0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			load := startWrites(dev, 4, 16<<10)
+			load.wait(t, 50, logs)
+
+			// Path 0 fails: dr no longer answers on it, and its connection
+			// dies mid-write.
+			c.closeListener(t, "dr", c.addr(1))
+			c.killActivePath(t, "alpha")
+			waitUntil(t, "alpha on path 1", func() (bool, string) {
+				p := peerStatus(t, alpha, "dr")
+				return len(p.Paths) == 2 && p.Paths[1].State == "active", fmt.Sprintf("%+v", p.Paths)
+			})
+			load.wait(t, 100, logs)
+
+			// Path 0 is back: the connection returns to it by itself.
+			if err := dr.ensureListener(c.transport, c.addr(1)); err != nil {
+				t.Fatal(err)
+			}
+			waitUntil(t, "alpha back on path 0", func() (bool, string) {
+				p := peerStatus(t, alpha, "dr")
+				return len(p.Paths) == 2 && p.Paths[0].State == "active" && p.Paths[1].State == "standby", fmt.Sprintf("%+v\n%s", p.Paths, logs())
+			})
+			checkTLSPeer()
+			load.wait(t, 100, logs)
+			load.stop(t)
+			t.Logf("%d protocol C writes completed", load.completed.Load())
+			checkSameData(t, alpha, c.dir, dev.Size())
+
+			paths, details := events.moves("alpha")
+			t.Logf("alpha moved to %q: %q", paths, details)
+			if len(paths) != 2 || !strings.HasPrefix(paths[0], "path 1 ") || !strings.HasPrefix(paths[1], "path 0 ") {
+				t.Fatalf("alpha's path events lead to %q; want path 1, then path 0", paths)
+			}
+			if !strings.Contains(details[1], "preferred") {
+				t.Errorf("the move back to path 0 says %q; want it to name the preferred path", details[1])
+			}
+			if drPaths, _ := events.moves("dr"); len(drPaths) != 2 {
+				t.Errorf("dr's path events lead to %q; want two", drPaths)
+			}
+		})
 	}
 }

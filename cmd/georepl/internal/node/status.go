@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/georepl/georepl/cmd/georepl/internal/storage"
+	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/core"
 )
 
@@ -53,6 +54,25 @@ type ResourceStatus struct {
 	// days.
 	TLSValidUntil  *time.Time `json:"tls_valid_until,omitempty"`
 	TLSExpiresSoon bool       `json:"tls_expires_soon,omitempty"`
+	// ExportTLS is the export's TLS, for a node with an export.
+	ExportTLS *ExportTLS `json:"export_tls,omitempty"`
+}
+
+// ExportTLS is the TLS of a node's NBD export.
+type ExportTLS struct {
+	// Mode is "required" (export_tls: every client must start TLS and
+	// present a certificate of export_tls's ca) or "off" (a unix socket, a
+	// loopback address, or export_insecure).
+	Mode string `json:"mode"`
+	// The export's certificate, when required: its subject, the host
+	// names and addresses clients check (its subject alternative names),
+	// its SHA-256 fingerprint, when it expires and whether within 30
+	// days.
+	Subject     string     `json:"subject,omitempty"`
+	Names       []string   `json:"names,omitempty"`
+	Fingerprint string     `json:"fingerprint,omitempty"`
+	ValidUntil  *time.Time `json:"valid_until,omitempty"`
+	ExpiresSoon bool       `json:"expires_soon,omitempty"`
 }
 
 // Quorum is a node's quorum: Have nodes reachable (itself and its
@@ -77,6 +97,15 @@ type PathStatus struct {
 	Error string `json:"error,omitempty"`
 }
 
+// PeerCertificate is the certificate a connected peer presented and this
+// node verified: the node it names, its SHA-256 fingerprint (as
+// peer_fingerprint takes it) and when it expires.
+type PeerCertificate struct {
+	Node        string    `json:"node"`
+	Fingerprint string    `json:"fingerprint"`
+	ValidUntil  time.Time `json:"valid_until"`
+}
+
 // PeerStatus is one peer's line of the status.
 type PeerStatus struct {
 	Name      string `json:"name"`
@@ -96,6 +125,9 @@ type PeerStatus struct {
 	Compression    string `json:"compression"`
 	// TLS is the connection's tls setting: "required" or "off".
 	TLS string `json:"tls"`
+	// TLSPeer is, while connected with TLS, the certificate the peer
+	// proved it holds on the transport connection in use.
+	TLSPeer *PeerCertificate `json:"tls_peer,omitempty"`
 	// Auth says what authenticates the peer: "certificate",
 	// "certificate+secret", "secret", or "none (insecure)" where the
 	// configuration accepts a connection nothing authenticates.
@@ -278,6 +310,9 @@ func (r *resource) publishStatus() {
 		until := id.Leaf.NotAfter.UTC()
 		st.TLSValidUntil, st.TLSExpiresSoon = &until, id.ExpiresWithin(expiryWarning, time.Now())
 	}
+	if r.self.Export != "" {
+		st.ExportTLS = r.d.exportTLSStatus(r.cfg.Name, r.self.ExportTLS != nil)
+	}
 	r.mu.Lock()
 	up := r.up
 	r.mu.Unlock()
@@ -334,6 +369,9 @@ func (r *resource) publishStatus() {
 			LinkSent:  sentBefore, LinkRecv: recvBefore,
 			MaxBuffer: uint64(p.link().Net.MaxBuffer), AckLatency: p.ackLatency.snapshot(),
 			Paths: paths,
+		}
+		if conn != nil && p.link().Net.TLS == configs.TLSRequired {
+			ps.TLSPeer = peerCertificate(conn.current().conn)
 		}
 		if tr, err := r.d.opts.transport(p.link().Net.Transport); err == nil {
 			if sr, ok := tr.(stateReporter); ok {

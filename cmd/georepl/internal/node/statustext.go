@@ -35,6 +35,16 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 		if st.TLSExpiresSoon {
 			fmt.Fprintf(w, "  WARNING: this node's TLS certificate expires on %s: renew it and send the daemon SIGHUP\n", st.TLSValidUntil.Format(time.RFC3339))
 		}
+		if e := st.ExportTLS; e != nil {
+			fmt.Fprintf(w, "  export %s tls:%s", st.Export, e.Mode)
+			if e.Mode == "required" && e.ValidUntil != nil {
+				fmt.Fprintf(w, " certificate:%q names:%s fingerprint:%s valid-until:%s", e.Subject, strings.Join(e.Names, ","), e.Fingerprint, e.ValidUntil.Format(time.RFC3339))
+			}
+			fmt.Fprintln(w)
+			if e.ExpiresSoon {
+				fmt.Fprintf(w, "  WARNING: the export's TLS certificate expires on %s: renew it and send the daemon SIGHUP\n", e.ValidUntil.Format(time.RFC3339))
+			}
+		}
 		if st.DiskError != "" {
 			fmt.Fprintf(w, "  disk detached: %s (reads and writes go to the peers in sync; see the admin guide, \"Failures\")\n", st.DiskError)
 		}
@@ -53,6 +63,9 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 			}
 			fmt.Fprintf(w, "      protocol:%s transport:%s tls:%s auth:%s compression:%s sent:%s received:%s out-of-sync:%s\n",
 				p.Protocol, transport, p.TLS, p.Auth, p.Compression, HumanBytes(p.BytesSent), HumanBytes(p.BytesRecv), HumanBytes(p.OutOfSync))
+			if c := p.TLSPeer; c != nil {
+				fmt.Fprintf(w, "      tls peer: node %s, certificate %s, valid until %s\n", c.Node, c.Fingerprint, c.ValidUntil.Format(time.RFC3339))
+			}
 			if p.TransportError != "" {
 				fmt.Fprintf(w, "      transport %s last error: %s\n", p.Transport, p.TransportError)
 			}

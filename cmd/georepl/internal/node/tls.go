@@ -1,6 +1,7 @@
 package node
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -212,6 +213,51 @@ func (r *resource) checkPeerIdentity(conn transports.Conn, p *peer, dialer bool)
 		return fmt.Errorf("resource %s: refusing the peer that claims to be node %s: %w", r.cfg.Name, p.node.Name, err)
 	}
 	return nil
+}
+
+// exportTLSStatus is the status of resource's export TLS: required says
+// the configuration has export_tls.
+func (d *Daemon) exportTLSStatus(resource string, required bool) *ExportTLS {
+	if !required {
+		return &ExportTLS{Mode: "off"}
+	}
+	st := &ExportTLS{Mode: "required"}
+	d.idMu.RLock()
+	id := d.exportIDs[resource]
+	d.idMu.RUnlock()
+	if id == nil {
+		return st
+	}
+	leaf := id.Leaf
+	st.Subject = leaf.Subject.String()
+	st.Names = append(st.Names, leaf.DNSNames...)
+	for _, ip := range leaf.IPAddresses {
+		st.Names = append(st.Names, ip.String())
+	}
+	sum := sha256.Sum256(leaf.Raw)
+	st.Fingerprint = nodetls.FormatFingerprint(sum[:])
+	until := leaf.NotAfter.UTC()
+	st.ValidUntil, st.ExpiresSoon = &until, time.Until(until) < expiryWarning
+	return st
+}
+
+// peerCertificate is the certificate the peer presented on conn, or nil
+// without one.
+func peerCertificate(conn transports.Conn) *PeerCertificate {
+	pc, ok := conn.(transports.PeerCertificates)
+	if !ok {
+		return nil
+	}
+	certs := pc.PeerCertificates()
+	if len(certs) == 0 {
+		return nil
+	}
+	name, err := nodetls.NodeName(certs[0])
+	if err != nil {
+		name = "(" + err.Error() + ")"
+	}
+	sum := sha256.Sum256(certs[0].Raw)
+	return &PeerCertificate{Node: name, Fingerprint: nodetls.FormatFingerprint(sum[:]), ValidUntil: certs[0].NotAfter.UTC()}
 }
 
 // authOf says what authenticates the peer of a connection with settings

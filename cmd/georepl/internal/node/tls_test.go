@@ -143,30 +143,8 @@ func (c *tlsCluster) addr(node string) string {
 // start brings node up; adjust, if not nil, changes its daemon before.
 func (c *tlsCluster) start(t *testing.T, node string, adjust func(d *Daemon)) {
 	t.Helper()
-	cfg := c.config(t, node)
-	rc, _ := cfg.Resource("r0")
-	self, _ := rc.Node(node)
-	if err := os.WriteFile(self.Disk, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(self.Disk, 16<<20); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := CreateMetadata(rc, self, false); err != nil {
-		t.Fatal(err)
-	}
 	logs := &syncBuffer{}
-	d, err := NewDaemon(cfg, node, slog.New(slog.NewTextHandler(logs, nil)), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	if adjust != nil {
-		adjust(d)
-	}
-	if err := d.UpAll(); err != nil {
-		t.Fatal(err)
-	}
+	d := startNode(t, c.config(t, node), node, 16<<20, logs, Options{}, adjust)
 	c.logs[node], c.daemons[node] = logs, d
 }
 
@@ -228,9 +206,22 @@ func TestTLSClusterConnects(t *testing.T) {
 			c.waitConnected(t, "alpha", "bravo")
 			c.waitConnected(t, "alpha", "dr")
 			c.waitConnected(t, "bravo", "dr")
-			st, _ := c.daemons["alpha"].Status("r0")
+			st, _ := c.daemons["alpha"].StatusNow("r0")
 			if p := st[0].Peers[0]; p.TLS != "required" || p.Auth != "certificate" {
 				t.Errorf("alpha's status of %s: tls %q auth %q, want required, certificate", p.Name, p.TLS, p.Auth)
+			}
+			// Both ends show the certificate the other proved it holds,
+			// as the dialer and as the listener.
+			for _, ends := range [][2]string{{"alpha", "bravo"}, {"dr", "alpha"}} {
+				p := peerStatus(t, c.daemons[ends[0]], ends[1])
+				if p.TLSPeer == nil || p.TLSPeer.Node != ends[1] || !strings.HasPrefix(p.TLSPeer.Fingerprint, "sha256:") {
+					t.Errorf("%s's status of %s: peer certificate %+v, want one naming %s", ends[0], ends[1], p.TLSPeer, ends[1])
+				}
+			}
+			var text strings.Builder
+			WriteStatus(&text, st)
+			if !strings.Contains(text.String(), "tls peer: node bravo, certificate sha256:") {
+				t.Errorf("alpha's status says:\n%s\nwant a line with bravo's certificate", text.String())
 			}
 		})
 	}
