@@ -39,7 +39,9 @@ func TestClusterResize(t *testing.T) {
 		cmd.Dir = c.dir
 		return cmd
 	}
-	across := fio("across", 0, 8<<20, "--rw=randwrite", "--io_size=48M")
+	// At 2 MB/s its 48 MiB take 24 s, which the resize must fall within:
+	// unbounded, fio finished before it on a loaded machine.
+	across := fio("across", 0, 8<<20, "--rw=randwrite", "--io_size=48M", "--rate=2m")
 	var acrossOut bytes.Buffer
 	across.Stdout, across.Stderr = &acrossOut, &acrossOut
 	if err := across.Start(); err != nil {
