@@ -87,7 +87,7 @@ func (r *resource) Resize(assumeClean bool) (string, error) {
 		msg += " (new space marked out of sync for every peer)"
 	}
 	if a, ok := r.kernel.get().(*nbdAttachment); ok {
-		if err := resizeNBD(a.Index, plan.DataSize, uint64(r.cfg.Disk.LogicalBlockSize)); err != nil {
+		if err := resizeNBD(a.Index, r.kernelBackend(), plan.DataSize, uint64(r.cfg.Disk.LogicalBlockSize)); err != nil {
 			return "", fmt.Errorf("%s; but %s still reports the old size: %w", msg, a.Path(), err)
 		}
 		msg += "; " + a.Path() + " resized"
@@ -96,14 +96,16 @@ func (r *resource) Resize(assumeClean bool) (string, error) {
 	return msg + "\n", nil
 }
 
-// resizeNBD tells the kernel the new size of /dev/nbd<index>.
-func resizeNBD(index int, size, blockSize uint64) error {
+// resizeNBD tells the kernel the new size of /dev/nbd<index>, attached
+// with backend: the kernel refuses (EINVAL) a reconfigure of a device with
+// a backend identifier that does not name it.
+func resizeNBD(index int, backend string, size, blockSize uint64) error {
 	nl, err := nbdkernel.Open()
 	if err != nil {
 		return err
 	}
 	defer nl.Close()
-	return nl.Reconfigure(nbdkernel.Config{Index: index, Size: size, BlockSize: blockSize}, nil)
+	return nl.Reconfigure(nbdkernel.Config{Index: index, Backend: backend, Size: size, BlockSize: blockSize}, nil)
 }
 
 // applyPersistent writes the engine's durable state into a superblock
