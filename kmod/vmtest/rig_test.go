@@ -108,7 +108,7 @@ func buildRig() (*rig, error) {
 		return nil, err
 	}
 	// Dynamic tools with the libraries ldd lists.
-	for _, tool := range []string{"/usr/sbin/mke2fs", "/usr/sbin/e2fsck", "/usr/sbin/tc"} {
+	for _, tool := range []string{"/usr/sbin/mke2fs", "/usr/sbin/e2fsck", "/usr/sbin/resize2fs", "/usr/sbin/tc"} {
 		if err := copyWithLibs(tool, ird); err != nil {
 			return nil, err
 		}

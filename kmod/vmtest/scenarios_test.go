@@ -24,6 +24,7 @@ var guestConfigs = map[string]string{
 	"blocksize/r0.hcl":     blockSizeResource("r0", 7789, "/dev/vda", "", 0),
 	"blocksize-4k/r1.hcl":  blockSizeResource("r1", 7790, "/dev/vdb", "    logical_block_size = \"4KiB\"\n", 1),
 	"hold/hold.hcl":        holdResource("n", 7789, "/dev/vda", "/dev/nbd0") + holdResource("u", 7790, "/dev/vdb", "/dev/ublkb0"),
+	"resize/rz.hcl":        resizeResource(),
 	"wan/wan.hcl":          wanResource("c", "C", 7789, "/dev/vda", "/dev/nbd0") + wanResource("a", "A", 7790, "/dev/vdb", "/dev/nbd1"),
 }
 
