@@ -42,10 +42,10 @@ func (e *Engine) votes() int {
 }
 
 // quorate reports whether this node has quorum: it is not a fenced
-// Primary, and quorum is off, enough nodes are reachable, or the operator
-// forced a promotion without it.
+// Primary nor a Primary without a lease, and quorum is off, enough nodes
+// are reachable, or the operator forced a promotion without it.
 func (e *Engine) quorate() bool {
-	if e.fenced() {
+	if e.fenced() || e.unleased() {
 		return false
 	}
 	return e.quorum == 0 || e.quorumForced || e.votes() >= e.quorum
@@ -61,7 +61,15 @@ func (e *Engine) holdsForQuorum() bool {
 // completes the requests held for it and starts those suspended. Called
 // by finish, after any change of connections.
 func (e *Engine) updateQuorum() {
-	if e.quorum == 0 && e.hadQuorum && !e.fenced() {
+	if e.leased && e.role == Primary && e.rotatePending {
+		// A peer missed writes: writes completed from now on are not on
+		// it, so they belong to a new generation, which the consensus log
+		// must hold (Lease) before they complete. Otherwise the lost peer,
+		// UpToDate in the generation the log knows, could be promoted
+		// without them.
+		e.newGeneration()
+	}
+	if e.quorum == 0 && e.hadQuorum && !e.fenced() && !e.unleased() {
 		return
 	}
 	v := e.votes()
@@ -119,6 +127,15 @@ func (e *Engine) quorumDetail() string {
 	if e.fenced() {
 		return fmt.Sprintf("fenced: Primary of term %d, term %d was promoted since", e.roleTerm, e.term)
 	}
+	if e.unleased() {
+		if !e.leaseOK {
+			return "no failover lease: the consensus log has not vouched for this Primary recently (no majority of voters reached)"
+		}
+		if e.rotatePending {
+			return "no failover lease: a peer missed writes, a new generation starts"
+		}
+		return fmt.Sprintf("no failover lease for generation %x yet (the log holds %x)", e.current, e.leaseGen)
+	}
 	if e.quorum == 0 {
 		return "not fenced (quorum is off)"
 	}
@@ -136,4 +153,24 @@ func (e *Engine) failHeldForQuorum(why string) {
 		e.rd.Completed = append(e.rd.Completed, Completion{ID: r.ID, Err: fmt.Errorf("%w: request %d: %s", ErrNoQuorum, r.ID, why)})
 	}
 	e.parked, e.suspended = nil, nil
+}
+
+// Lease tells a Primary under automatic failover (Config.Leased) what the
+// consensus log vouches for. ok: the log committed this node's report
+// recently enough that no other node can be promoted before the lease
+// ends (the driver calls Lease(false, ...) when it ends); gen is the
+// current generation id that report named. Such a Primary completes
+// writes and flushes only while ok and its current generation is gen,
+// and holds or fails them (OnNoQuorum) otherwise, as without quorum: so
+// every write it acknowledges is in a generation the log knows, and the
+// log never promotes a node that lacks it while it acknowledges writes.
+func (e *Engine) Lease(ok bool, gen uint64) {
+	defer e.finish()
+	e.leaseOK, e.leaseGen = ok, gen
+}
+
+// unleased reports whether this node is a Primary under automatic
+// failover that the log does not vouch for now (Lease).
+func (e *Engine) unleased() bool {
+	return e.leased && e.role == Primary && (!e.leaseOK || e.leaseGen != e.current || e.rotatePending)
 }
