@@ -37,9 +37,9 @@ type Engine struct {
 
 	quorum     int // Config.Quorum; 0: off
 	onNoQuorum NoQuorumPolicy
-	// leased: Config.Leased; leaseOK and leaseGen are the last Lease.
+	// leased: Config.Leased; leaseUntil and leaseGen are the last Lease.
 	leased       bool
-	leaseOK      bool
+	leaseUntil   uint64
 	leaseGen     uint64
 	hadQuorum    bool        // quorate() when last looked at (updateQuorum)
 	quorumForced bool        // promoted by force without quorum, until it returns

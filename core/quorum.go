@@ -128,7 +128,7 @@ func (e *Engine) quorumDetail() string {
 		return fmt.Sprintf("fenced: Primary of term %d, term %d was promoted since", e.roleTerm, e.term)
 	}
 	if e.unleased() {
-		if !e.leaseOK {
+		if !e.leaseValid() {
 			return "no failover lease: the consensus log has not vouched for this Primary recently (no majority of voters reached)"
 		}
 		if e.rotatePending {
@@ -156,21 +156,27 @@ func (e *Engine) failHeldForQuorum(why string) {
 }
 
 // Lease tells a Primary under automatic failover (Config.Leased) what the
-// consensus log vouches for. ok: the log committed this node's report
-// recently enough that no other node can be promoted before the lease
-// ends (the driver calls Lease(false, ...) when it ends); gen is the
-// current generation id that report named. Such a Primary completes
-// writes and flushes only while ok and its current generation is gen,
-// and holds or fails them (OnNoQuorum) otherwise, as without quorum: so
-// every write it acknowledges is in a generation the log knows, and the
-// log never promotes a node that lacks it while it acknowledges writes.
-func (e *Engine) Lease(ok bool, gen uint64) {
+// consensus log vouches for: it committed this node's report, naming
+// current generation gen, recently enough that no other node can be
+// promoted before until (Config.Clock time; 0 ends the lease now). Such
+// a Primary completes writes and flushes only before until and while its
+// current generation is gen, and holds or fails them (OnNoQuorum)
+// otherwise, as without quorum: so every write it acknowledges is in a
+// generation the log knows, and none after another node may have been
+// promoted. The lease is read from the clock when a request finishes;
+// the driver also calls Lease(0, gen) when it ends, so that the change
+// shows at once.
+func (e *Engine) Lease(until, gen uint64) {
 	defer e.finish()
-	e.leaseOK, e.leaseGen = ok, gen
+	e.leaseUntil, e.leaseGen = until, gen
 }
 
 // unleased reports whether this node is a Primary under automatic
 // failover that the log does not vouch for now (Lease).
 func (e *Engine) unleased() bool {
-	return e.leased && e.role == Primary && (!e.leaseOK || e.leaseGen != e.current || e.rotatePending)
+	return e.leased && e.role == Primary && (!e.leaseValid() || e.leaseGen != e.current || e.rotatePending)
+}
+
+func (e *Engine) leaseValid() bool {
+	return e.leaseUntil != 0 && (e.clock == nil || e.clock() < e.leaseUntil)
 }

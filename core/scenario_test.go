@@ -3,6 +3,7 @@ package core
 import (
 	"errors"
 	"fmt"
+	"math"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -270,14 +271,14 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 		if err != nil {
 			return err
 		}
-		var gen uint64
-		a, ok := d.Arg("gen")
-		if ok {
+		var gen, until uint64
+		if a, ok := d.Arg("gen"); ok {
 			if gen, err = strconv.ParseUint(a.Vals[0], 16, 64); err != nil {
 				return err
 			}
+			until = math.MaxUint64
 		}
-		ns[0].eng.Lease(ok, gen)
+		ns[0].eng.Lease(until, gen)
 		c.handle(ns[0])
 	case "primary", "secondary":
 		ns, err := nodeArgs(c, d, 1)
