@@ -8,7 +8,9 @@ import (
 	"maps"
 	"sort"
 	"sync"
+	"time"
 
+	"github.com/georepl/georepl/core"
 	"github.com/hashicorp/raft"
 )
 
@@ -27,29 +29,56 @@ type Promotion struct {
 // (another promotion was committed in between).
 var ErrStale = errors.New("failover: stale promotion")
 
+// Report is what a member says about its node's copy of a resource, in
+// the log: committed, it tells the leader that the node was alive and
+// reached a majority of voters when it sent it.
+type Report struct {
+	Role core.Role      `json:"role"`
+	Disk core.DiskState `json:"disk"`
+	// Current is the node's current generation id.
+	Current uint64 `json:"current"`
+	// Fenced: the node is Primary of a term older than one it has seen.
+	Fenced bool `json:"fenced,omitempty"`
+}
+
+// seenReport is a node's last report as this member applied it, and when
+// (this member's clock: the leader measures freshness with its own).
+type seenReport struct {
+	Report
+	at time.Time
+}
+
 // command is one log entry. After is the term the proposer saw for the
 // resource: the entry promotes only if the term is still that one.
 type command struct {
-	Op       string `json:"op"`
-	Resource string `json:"resource"`
-	Node     string `json:"node"`
-	After    uint64 `json:"after"`
+	Op       string  `json:"op"`
+	Resource string  `json:"resource"`
+	Node     string  `json:"node"`
+	After    uint64  `json:"after,omitempty"`
+	Report   *Report `json:"report,omitempty"`
 }
 
-const opPromote = "promote"
+const (
+	opPromote = "promote"
+	opReport  = "report"
+)
 
 // fsm is the replicated state: per resource, the last committed
 // promotion. raft calls Apply, Snapshot and Restore from one goroutine;
 // the mutex is for readers (Current).
 type fsm struct {
-	mu       sync.Mutex
-	state    map[string]Promotion
+	mu    sync.Mutex
+	state map[string]Promotion
+	// reports are the last report of each node, by resource and node;
+	// not in snapshots: a leader decides only after hearing every live
+	// node for a detection timeout.
+	reports  map[string]map[string]seenReport
 	notify   func(Promotion)
 	notifyMu sync.Mutex // keeps notifications in log order
 }
 
 func newFSM(notify func(Promotion)) *fsm {
-	return &fsm{state: map[string]Promotion{}, notify: notify}
+	return &fsm{state: map[string]Promotion{}, reports: map[string]map[string]seenReport{}, notify: notify}
 }
 
 // Apply applies one committed entry. It returns a Promotion, or an error
@@ -58,6 +87,15 @@ func (f *fsm) Apply(l *raft.Log) any {
 	var c command
 	if err := json.Unmarshal(l.Data, &c); err != nil {
 		return fmt.Errorf("failover: log entry %d: %w", l.Index, err)
+	}
+	if c.Op == opReport && c.Resource != "" && c.Node != "" && c.Report != nil {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.reports[c.Resource] == nil {
+			f.reports[c.Resource] = map[string]seenReport{}
+		}
+		f.reports[c.Resource][c.Node] = seenReport{Report: *c.Report, at: time.Now()}
+		return nil
 	}
 	if c.Op != opPromote || c.Resource == "" || c.Node == "" {
 		return fmt.Errorf("failover: log entry %d: unknown operation %q for resource %q node %q", l.Index, c.Op, c.Resource, c.Node)
@@ -87,6 +125,13 @@ func (f *fsm) current(resource string) Promotion {
 		return Promotion{Resource: resource}
 	}
 	return p
+}
+
+// reportsOf is a copy of the last reports of resource's nodes.
+func (f *fsm) reportsOf(resource string) map[string]seenReport {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return maps.Clone(f.reports[resource])
 }
 
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
