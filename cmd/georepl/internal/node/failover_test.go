@@ -8,11 +8,15 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/georepl/georepl/cmd/georepl/internal/checker"
+	"github.com/georepl/georepl/cmd/georepl/internal/failover"
+	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/kmod/nbd"
+	"github.com/georepl/georepl/transports"
 )
 
 // autoFailover edits the demo configuration for automatic failover: every
@@ -130,4 +134,219 @@ func TestAutoFailoverPrimaryLost(t *testing.T) {
 		b, err := os.ReadFile(mark)
 		return string(b) == "bravo\n", fmt.Sprintf("%q %v", b, err)
 	})
+}
+
+// cuttable is a node's transports that a test cuts off: while cut it
+// dials nothing and the connections it dialed are closed. Cutting the
+// node with the lowest id isolates it, since it dials all its peers.
+type cuttable struct {
+	mu    sync.Mutex
+	cut   bool
+	conns []transports.Conn
+}
+
+func (c *cuttable) transport(name string) (transports.Transport, error) {
+	tr, err := transports.Lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	return cutTransport{Transport: tr, c: c}, nil
+}
+
+func (c *cuttable) set(cut bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cut = cut
+	if cut {
+		for _, conn := range c.conns {
+			conn.Close()
+		}
+		c.conns = nil
+	}
+}
+
+type cutTransport struct {
+	transports.Transport
+	c *cuttable
+}
+
+func (t cutTransport) Dial(ctx context.Context, addr string, opts transports.Options) (transports.Conn, error) {
+	t.c.mu.Lock()
+	cut := t.c.cut
+	t.c.mu.Unlock()
+	if cut {
+		return nil, fmt.Errorf("test partition: %s unreachable", addr)
+	}
+	conn, err := t.Transport.Dial(ctx, addr, opts)
+	if err != nil {
+		return nil, err
+	}
+	t.c.mu.Lock()
+	defer t.c.mu.Unlock()
+	if t.c.cut {
+		conn.Close()
+		return nil, fmt.Errorf("test partition: %s unreachable", addr)
+	}
+	t.c.conns = append(t.c.conns, conn)
+	return conn, nil
+}
+
+// writable reports whether r would complete a write now: Primary, not
+// fenced, leased, with quorum.
+func writable(r *resource) bool {
+	r.emu.Lock()
+	defer r.unlockEngine()
+	if r.engine == nil || r.stopped {
+		return false
+	}
+	st := r.engine.Status()
+	return st.Role == core.Primary && st.Quorate
+}
+
+// TestAutoFailoverIsolatedPrimary: alpha, Primary under protocol C, is cut
+// off from bravo and dr, on the replication network and the consensus
+// network both, while an application writes on it without pause. An
+// observer samples every node's engine every millisecond: never do two
+// nodes complete writes at the same moment. bravo is promoted; every
+// write alpha acknowledged is on bravo; once the partition heals, alpha
+// learns the new term and its daemon demotes it.
+func TestAutoFailoverIsolatedPrimary(t *testing.T) {
+	hub := failover.NewMemHub()
+	consensus := func(_, _, addr string) (failover.Network, error) { return hub.Join(addr), nil }
+	var alphaNet cuttable
+	var alphaVoter string
+	edit := autoFailover(t, time.Second, "")
+	daemons := demoCluster(t, func(dir, src string) string {
+		src = edit(dir, src)
+		alphaVoter = regexp.MustCompile(`failover \{\n      address = "([^"]+)"`).FindStringSubmatch(src)[1]
+		return src
+	}, map[string]Options{
+		"alpha": {Consensus: consensus, Transports: alphaNet.transport},
+		"bravo": {Consensus: consensus},
+		"dr":    {Consensus: consensus},
+	})
+	alpha, bravo := daemons["alpha"], daemons["bravo"]
+	ra, rb, rd := alpha.lookup("r0"), bravo.lookup("r0"), daemons["dr"].lookup("r0")
+	if err := ra.Primary(true); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "bravo in sync", func() (bool, string) {
+		p := peerStatus(t, alpha, "bravo")
+		return p.Disk == "UpToDate" && p.Repl == "Established", fmt.Sprintf("%+v", p)
+	})
+
+	type ack struct {
+		off  uint64
+		data []byte
+	}
+	var (
+		mu    sync.Mutex
+		acked []ack
+		stop  = make(chan struct{})
+		wg    sync.WaitGroup
+		both  []string
+	)
+	dev, err := alpha.LocalDevice("r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg.Add(2)
+	go func() { // the application on alpha
+		defer wg.Done()
+		for i := uint64(0); ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			buf := dev.(nbd.WriteBuffers).WriteBuffer(4096)
+			rand.Read(buf)
+			data := bytes.Clone(buf)
+			off := (i % 512) * 4096
+			if err := dev.WriteAt(context.Background(), buf, off, false); err != nil {
+				return // demoted: the held writes fail
+			}
+			mu.Lock()
+			acked = append(acked, ack{off, data})
+			mu.Unlock()
+		}
+	}()
+	go func() { // the observer
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			var w []string
+			for name, r := range map[string]*resource{"alpha": ra, "bravo": rb, "dr": rd} {
+				if writable(r) {
+					w = append(w, name)
+				}
+			}
+			if len(w) > 1 {
+				mu.Lock()
+				both = append(both, fmt.Sprint(w))
+				mu.Unlock()
+			}
+		}
+	}()
+	waitUntil(t, "alpha acknowledges writes", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked) > 50, fmt.Sprint(len(acked))
+	})
+
+	cut := time.Now()
+	hub.Isolate(alphaVoter)
+	alphaNet.set(true)
+	var promotedAfter time.Duration
+	waitUntil(t, "bravo promoted and writable", func() (bool, string) {
+		if writable(rb) {
+			promotedAfter = time.Since(cut)
+			return true, ""
+		}
+		return false, "not yet"
+	})
+	t.Logf("failover time: %v from the partition to bravo completing writes (detection_timeout 1s)", promotedAfter)
+	mu.Lock()
+	before := len(acked)
+	mu.Unlock()
+	time.Sleep(200 * time.Millisecond)
+	mu.Lock()
+	if len(acked) != before {
+		t.Errorf("alpha acknowledged %d writes after bravo was promoted", len(acked)-before)
+	}
+	mu.Unlock()
+
+	hub.Heal()
+	alphaNet.set(false)
+	waitUntil(t, "alpha demoted by its daemon", func() (bool, string) {
+		st, _ := alpha.StatusNow("r0")
+		return st[0].Role == "Secondary", st[0].Role
+	})
+	close(stop)
+	wg.Wait()
+	if len(both) > 0 {
+		t.Fatalf("two writable Primaries at %d samples: %v", len(both), both[:min(len(both), 5)])
+	}
+	bdev, err := bravo.LocalDevice("r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := map[uint64][]byte{}
+	for _, a := range acked {
+		last[a.off] = a.data
+	}
+	for off, want := range last {
+		got := make([]byte, len(want))
+		if err := bdev.ReadAt(context.Background(), got, off); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("the write alpha acknowledged last at offset %d is not on bravo (%d writes acknowledged)", off, len(acked))
+		}
+	}
+	t.Logf("%d writes acknowledged by alpha, all on bravo", len(acked))
 }
