@@ -41,11 +41,21 @@ type Report struct {
 	Fenced bool `json:"fenced,omitempty"`
 }
 
-// seenReport is a node's last report as this member applied it, and when
-// (this member's clock: the leader measures freshness with its own).
+// seenReport is a node's last report as this member applied it: its log
+// index (replicated state: a promotion names the index of the lost
+// Primary's last report it was decided on) and when this member applied
+// it (its own clock: the leader measures freshness with its own).
 type seenReport struct {
 	Report
-	at time.Time
+	Index uint64 `json:"index"`
+	at    time.Time
+}
+
+// reportResult is what applying a report returns to its proposer.
+type reportResult struct {
+	// Holds: the reporting node holds the resource's last promotion; only
+	// then is a Primary's report its lease.
+	Holds bool
 }
 
 // command is one log entry. After is the term the proposer saw for the
@@ -56,6 +66,11 @@ type command struct {
 	Node     string  `json:"node"`
 	After    uint64  `json:"after,omitempty"`
 	Report   *Report `json:"report,omitempty"`
+	// HolderReport, on a promotion that replaces a lost Primary, is the
+	// log index of its last report the decision saw: the promotion is
+	// stale if a newer one was committed since (the Primary was not lost,
+	// and holds a lease from it).
+	HolderReport *uint64 `json:"holder_report,omitempty"`
 }
 
 const (
@@ -69,9 +84,7 @@ const (
 type fsm struct {
 	mu    sync.Mutex
 	state map[string]Promotion
-	// reports are the last report of each node, by resource and node;
-	// not in snapshots: a leader decides only after hearing every live
-	// node for a detection timeout.
+	// reports are the last report of each node, by resource and node.
 	reports  map[string]map[string]seenReport
 	notify   func(Promotion)
 	notifyMu sync.Mutex // keeps notifications in log order
@@ -94,8 +107,8 @@ func (f *fsm) Apply(l *raft.Log) any {
 		if f.reports[c.Resource] == nil {
 			f.reports[c.Resource] = map[string]seenReport{}
 		}
-		f.reports[c.Resource][c.Node] = seenReport{Report: *c.Report, at: time.Now()}
-		return nil
+		f.reports[c.Resource][c.Node] = seenReport{Report: *c.Report, Index: l.Index, at: time.Now()}
+		return reportResult{Holds: f.state[c.Resource].Node == c.Node}
 	}
 	if c.Op != opPromote || c.Resource == "" || c.Node == "" {
 		return fmt.Errorf("failover: log entry %d: unknown operation %q for resource %q node %q", l.Index, c.Op, c.Resource, c.Node)
@@ -107,6 +120,12 @@ func (f *fsm) Apply(l *raft.Log) any {
 	if cur.Term != c.After {
 		f.mu.Unlock()
 		return fmt.Errorf("%w: %s on %s proposed after term %d, the log is at term %d (%s)", ErrStale, c.Resource, c.Node, c.After, cur.Term, cur.Node)
+	}
+	if c.HolderReport != nil {
+		if last := f.reports[c.Resource][cur.Node].Index; last != *c.HolderReport {
+			f.mu.Unlock()
+			return fmt.Errorf("%w: %s on %s was decided on report %d of %s, which has reported since (entry %d)", ErrStale, c.Resource, c.Node, *c.HolderReport, cur.Node, last)
+		}
 	}
 	p := Promotion{Resource: c.Resource, Node: c.Node, Term: c.After + 1, Index: l.Index}
 	f.state[c.Resource] = p
@@ -137,24 +156,40 @@ func (f *fsm) reportsOf(resource string) map[string]seenReport {
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return snapshot(maps.Clone(f.state)), nil
+	s := snapshot{Promotions: maps.Clone(f.state), Reports: map[string]map[string]seenReport{}}
+	for res, nodes := range f.reports {
+		s.Reports[res] = maps.Clone(nodes)
+	}
+	return s, nil
 }
 
 // Restore replaces the state with a snapshot's. The node acting on it
 // learns every resource's term again (notify), as after Apply.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	var s map[string]Promotion
-	if err := json.NewDecoder(rc).Decode(&s); err != nil {
+	var snap snapshot
+	if err := json.NewDecoder(rc).Decode(&snap); err != nil {
 		return fmt.Errorf("failover: restoring snapshot: %w", err)
 	}
+	s := snap.Promotions
 	if s == nil {
 		s = map[string]Promotion{}
+	}
+	if snap.Reports == nil {
+		snap.Reports = map[string]map[string]seenReport{}
+	}
+	// A restored report counts from now: later than it was sent.
+	now := time.Now()
+	for _, nodes := range snap.Reports {
+		for n, r := range nodes {
+			r.at = now
+			nodes[n] = r
+		}
 	}
 	f.notifyMu.Lock()
 	defer f.notifyMu.Unlock()
 	f.mu.Lock()
-	f.state = s
+	f.state, f.reports = s, snap.Reports
 	f.mu.Unlock()
 	if f.notify != nil {
 		names := make([]string, 0, len(s))
@@ -169,10 +204,14 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	return nil
 }
 
-type snapshot map[string]Promotion
+// snapshot is the replicated state: promotions and last reports.
+type snapshot struct {
+	Promotions map[string]Promotion             `json:"promotions"`
+	Reports    map[string]map[string]seenReport `json:"reports"`
+}
 
 func (s snapshot) Persist(sink raft.SnapshotSink) error {
-	if err := json.NewEncoder(sink).Encode(map[string]Promotion(s)); err != nil {
+	if err := json.NewEncoder(sink).Encode(s); err != nil {
 		_ = sink.Cancel()
 		return fmt.Errorf("failover: writing snapshot: %w", err)
 	}

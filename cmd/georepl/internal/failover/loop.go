@@ -68,7 +68,8 @@ type LoopConfig struct {
 // timers that fire late and clocks that run at slightly different rates.
 // Reports go every D/reportsPerD, so that a Primary renews its lease
 // several times before it ends. raft's own timeouts are D/raftShare: a
-// lost leader is replaced well within D.
+// lost leader is replaced well within D, and the new one times reports by
+// its own application of them, so it decides as soon as one is D old.
 const (
 	leaseShare  = 0.5
 	reportsPerD = 5
@@ -89,6 +90,9 @@ type Loop struct {
 	done   sync.WaitGroup
 	report time.Duration
 	lease  time.Duration
+	// started is when the loop started: the time of the reports it has
+	// not applied.
+	started time.Time
 
 	mu sync.Mutex
 	// queue holds the committed promotions not acted on yet, in log order.
@@ -115,7 +119,7 @@ func StartLoop(cfg LoopConfig) (*Loop, error) {
 	}
 	l := &Loop{cfg: cfg, log: cfg.Log, nodes: map[string]Node{},
 		nudge: make(chan struct{}, 1), stop: make(chan struct{}), wake: make(chan struct{}, 1),
-		actErr: map[uint64]error{},
+		actErr: map[uint64]error{}, started: time.Now(),
 		report: cfg.DetectionTimeout / reportsPerD,
 		lease:  time.Duration(float64(cfg.DetectionTimeout) * leaseShare)}
 	l.acting = sync.NewCond(&l.mu)
@@ -197,9 +201,11 @@ func (l *Loop) reporter() {
 		}
 		sent := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), l.lease)
-		err := l.m.Report(ctx, l.cfg.Resource, l.cfg.Self, r)
+		holds, err := l.m.Report(ctx, l.cfg.Resource, l.cfg.Self, r)
 		cancel()
-		if err == nil && r.Role == core.Primary && l.cfg.Local != nil {
+		// The report of a Primary the log no longer names (it was
+		// promoted another while cut off) is no lease.
+		if err == nil && holds && r.Role == core.Primary && l.cfg.Local != nil {
 			l.cfg.Local.Lease(sent.Add(l.lease), r.Current)
 		}
 		l.noteReport(r, err)
@@ -249,7 +255,7 @@ func (l *Loop) decider() {
 	defer l.done.Done()
 	t := time.NewTicker(l.report)
 	defer t.Stop()
-	var since time.Time // when this member became leader, as far as it saw
+	caughtUp := false // this leadership applied every entry before it
 	for {
 		select {
 		case <-l.stop:
@@ -257,20 +263,20 @@ func (l *Loop) decider() {
 		case <-t.C:
 		}
 		if !l.m.IsLeader() {
-			since = time.Time{}
+			caughtUp = false
 			continue
 		}
-		now := time.Now()
-		if since.IsZero() {
-			since = now
+		// A new leader holds every committed report but may not have
+		// applied the last ones yet: a Primary alive a moment ago would
+		// look silent. It decides once it applied them all.
+		if !caughtUp {
+			if err := l.m.raft.Barrier(l.cfg.DetectionTimeout).Error(); err != nil {
+				continue
+			}
+			caughtUp = true
 		}
-		// A new leader has not heard every live node yet (reports are
-		// not in snapshots, and those it replayed are timed by their
-		// replay): it decides only after a detection timeout.
-		if now.Sub(since) < l.cfg.DetectionTimeout {
-			continue
-		}
-		d := Decide(l.situation(now))
+		s, holderReport := l.situation(time.Now())
+		d := Decide(s)
 		l.mu.Lock()
 		changed := d.Reason != l.lastVerdict
 		l.lastVerdict = d.Reason
@@ -282,7 +288,7 @@ func (l *Loop) decider() {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), l.cfg.DetectionTimeout)
-		p, err := l.m.Promote(ctx, l.cfg.Resource, d.Node, d.After)
+		p, err := l.m.replace(ctx, l.cfg.Resource, d.Node, d.After, holderReport)
 		cancel()
 		if err != nil {
 			l.log.Warn("failover promotion not committed", "node", d.Node, "after", d.After, "err", err)
@@ -293,15 +299,22 @@ func (l *Loop) decider() {
 }
 
 // situation is what Decide looks at, from the log as this member applied
-// it. The lost Primary's generation is the last one it reported, in
+// it. A report counts as fresh for a detection timeout after this member
+// applied it, which is after it was sent: so a node looks silent only
+// when it sent nothing committed for at least that long. A node of which
+// this member applied no report (reports are not in snapshots) counts as
+// having reported when the loop started. It also returns the log index
+// of the holder's last report: the promotion is committed only if the
+// holder has not reported since (its lease then ends before). The lost Primary's generation is the last one it reported, in
 // whatever role: a leased Primary completes writes only in a generation
 // the log holds from its report, so a node UpToDate in that generation
 // has every write it acknowledged (under protocol C).
-func (l *Loop) situation(now time.Time) Situation {
+func (l *Loop) situation(now time.Time) (Situation, uint64) {
 	reports := l.m.fsm.reportsOf(l.cfg.Resource)
 	s := Situation{Holder: l.m.Current(l.cfg.Resource), PromoteConsistent: l.cfg.PromoteConsistent}
+	var holderReport uint64
 	if r, ok := reports[s.Holder.Node]; ok {
-		s.HolderGen = r.Current
+		s.HolderGen, holderReport = r.Current, r.Index
 	}
 	for _, n := range l.cfg.Nodes {
 		c := Candidate{Node: n.Name, Witness: n.Witness, AutoPromote: n.AutoPromote, Priority: n.Priority,
@@ -309,10 +322,12 @@ func (l *Loop) situation(now time.Time) Situation {
 		if r, ok := reports[n.Name]; ok {
 			c.Fresh = now.Sub(r.at) < l.cfg.DetectionTimeout
 			c.Role, c.Disk, c.Current = r.Role, r.Disk, r.Current
+		} else {
+			c.Fresh = now.Sub(l.started) < l.cfg.DetectionTimeout
 		}
 		s.Candidates = append(s.Candidates, c)
 	}
-	return s
+	return s, holderReport
 }
 
 // actor acts on committed promotions, in log order.

@@ -134,7 +134,18 @@ var ErrNotLeader = errors.New("failover: not the consensus leader")
 // leads, or raft's error when the leader lost its majority meanwhile (the
 // outcome is then unknown: act on OnPromotion, not on this error).
 func (m *Member) Promote(ctx context.Context, resource, node string, after uint64) (Promotion, error) {
-	p, err := m.propose(ctx, command{Op: opPromote, Resource: resource, Node: node, After: after})
+	return m.promote(ctx, command{Op: opPromote, Resource: resource, Node: node, After: after})
+}
+
+// replace is Promote of a node that replaces a lost Primary, decided on
+// its last report at log index holderReport: stale if it reported since.
+func (m *Member) replace(ctx context.Context, resource, node string, after, holderReport uint64) (Promotion, error) {
+	return m.promote(ctx, command{Op: opPromote, Resource: resource, Node: node, After: after, HolderReport: &holderReport})
+}
+
+func (m *Member) promote(ctx context.Context, c command) (Promotion, error) {
+	resource, node := c.Resource, c.Node
+	p, _, err := m.propose(ctx, c)
 	if err != nil && !errors.Is(err, ErrStale) && !errors.Is(err, ErrNotLeader) {
 		err = fmt.Errorf("failover: promoting %s on %s: %w", resource, node, err)
 	}
@@ -142,10 +153,11 @@ func (m *Member) Promote(ctx context.Context, resource, node string, after uint6
 }
 
 // Report commits what node says about its copy of resource. It returns
-// once the log holds it (a majority of voters stored it), or an error.
-func (m *Member) Report(ctx context.Context, resource, node string, r Report) error {
-	_, err := m.propose(ctx, command{Op: opReport, Resource: resource, Node: node, Report: &r})
-	return err
+// once the log holds it (a majority of voters stored it), with whether
+// node holds the resource's last promotion, or an error.
+func (m *Member) Report(ctx context.Context, resource, node string, r Report) (holds bool, err error) {
+	_, holds, err = m.propose(ctx, command{Op: opReport, Resource: resource, Node: node, Report: &r})
+	return holds, err
 }
 
 // answer is a forwarded proposal's result.
@@ -154,44 +166,45 @@ type answer struct {
 	Err       string     `json:"err,omitempty"`
 	Stale     bool       `json:"stale,omitempty"`
 	NotLeader bool       `json:"not_leader,omitempty"`
+	Holds     bool       `json:"holds,omitempty"`
 }
 
 // propose applies c on the leader: here, or forwarded to it.
-func (m *Member) propose(ctx context.Context, c command) (Promotion, error) {
+func (m *Member) propose(ctx context.Context, c command) (Promotion, bool, error) {
 	b, err := json.Marshal(c)
 	if err != nil {
-		return Promotion{}, err
+		return Promotion{}, false, err
 	}
 	if m.raft.State() == raft.Leader {
 		return m.apply(ctx, b)
 	}
 	addr, id := m.raft.LeaderWithID()
 	if addr == "" {
-		return Promotion{}, fmt.Errorf("%w: no leader known", ErrNotLeader)
+		return Promotion{}, false, fmt.Errorf("%w: no leader known", ErrNotLeader)
 	}
 	out, err := m.net.Forward(ctx, string(addr), b)
 	if err != nil {
-		return Promotion{}, fmt.Errorf("failover: forwarding to the leader %s at %s: %w", id, addr, err)
+		return Promotion{}, false, fmt.Errorf("failover: forwarding to the leader %s at %s: %w", id, addr, err)
 	}
 	var a answer
 	if err := json.Unmarshal(out, &a); err != nil {
-		return Promotion{}, fmt.Errorf("failover: the leader %s answered %q: %w", id, out, err)
+		return Promotion{}, false, fmt.Errorf("failover: the leader %s answered %q: %w", id, out, err)
 	}
 	switch {
 	case a.NotLeader:
-		return Promotion{}, fmt.Errorf("%w: %s no longer leads (%s)", ErrNotLeader, id, a.Err)
+		return Promotion{}, false, fmt.Errorf("%w: %s no longer leads (%s)", ErrNotLeader, id, a.Err)
 	case a.Stale:
-		return Promotion{}, fmt.Errorf("%w: %s", ErrStale, a.Err)
+		return Promotion{}, false, fmt.Errorf("%w: %s", ErrStale, a.Err)
 	case a.Err != "":
-		return Promotion{}, fmt.Errorf("failover: the leader %s: %s", id, a.Err)
+		return Promotion{}, false, fmt.Errorf("failover: the leader %s: %s", id, a.Err)
 	case a.Promotion != nil:
-		return *a.Promotion, nil
+		return *a.Promotion, false, nil
 	}
-	return Promotion{}, nil
+	return Promotion{}, a.Holds, nil
 }
 
 // apply proposes entry b as the leader and waits until it is applied.
-func (m *Member) apply(ctx context.Context, b []byte) (Promotion, error) {
+func (m *Member) apply(ctx context.Context, b []byte) (Promotion, bool, error) {
 	timeout := time.Duration(0)
 	if d, ok := ctx.Deadline(); ok {
 		timeout = max(time.Until(d), time.Millisecond)
@@ -199,19 +212,19 @@ func (m *Member) apply(ctx context.Context, b []byte) (Promotion, error) {
 	f := m.raft.Apply(b, timeout)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) {
-			return Promotion{}, fmt.Errorf("%w: the leader is %q", ErrNotLeader, m.Leader())
+			return Promotion{}, false, fmt.Errorf("%w: the leader is %q", ErrNotLeader, m.Leader())
 		}
-		return Promotion{}, err
+		return Promotion{}, false, err
 	}
 	switch r := f.Response().(type) {
 	case Promotion:
-		return r, nil
+		return r, false, nil
+	case reportResult:
+		return Promotion{}, r.Holds, nil
 	case error:
-		return Promotion{}, r
-	case nil:
-		return Promotion{}, nil
+		return Promotion{}, false, r
 	default:
-		return Promotion{}, fmt.Errorf("failover: unexpected response %T", r)
+		return Promotion{}, false, fmt.Errorf("failover: unexpected response %T", r)
 	}
 }
 
@@ -222,8 +235,9 @@ func (m *Member) serveForwarded(b []byte) []byte {
 		a.NotLeader, a.Err = true, "not the leader"
 	} else {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		p, err := m.apply(ctx, b)
+		p, holds, err := m.apply(ctx, b)
 		cancel()
+		a.Holds = holds
 		switch {
 		case errors.Is(err, ErrNotLeader):
 			a.NotLeader, a.Err = true, err.Error()

@@ -258,14 +258,16 @@ func (h *MemHub) Heal() {
 	h.rewire()
 }
 
+// rewire connects every pair of members not isolated and disconnects
+// the others, leaving connected pairs alone.
 func (h *MemHub) rewire() {
 	for a, na := range h.nets {
-		na.trans.DisconnectAll()
-		if h.apart[a] {
-			continue
-		}
 		for b, nb := range h.nets {
-			if a != b && !h.apart[b] {
+			switch {
+			case a == b:
+			case h.apart[a] || h.apart[b]:
+				na.trans.Disconnect(raft.ServerAddress(b))
+			default:
 				na.trans.Connect(raft.ServerAddress(b), nb.trans)
 			}
 		}
@@ -286,7 +288,9 @@ func (n *memNetwork) Close() error {
 	n.hub.mu.Lock()
 	defer n.hub.mu.Unlock()
 	delete(n.hub.nets, n.addr)
-	n.hub.rewire()
+	for _, o := range n.hub.nets {
+		o.trans.Disconnect(raft.ServerAddress(n.addr))
+	}
 	return n.trans.Close()
 }
 
