@@ -49,7 +49,7 @@ func autoFailover(t *testing.T) func(string) string {
 // and the maximum.
 func TestClusterAutoFailoverKill(t *testing.T) {
 	t.Parallel()
-	c := newCluster(t, 16<<20, shortTimeouts, autoFailover(t))
+	c := newCluster(t, 8<<20, shortTimeouts, autoFailover(t))
 	c.startInSync()
 	primary, other := "alpha", "bravo"
 	var times []time.Duration
