@@ -173,7 +173,7 @@ func (r *resource) fencePeer(p failover.Promotion) error {
 	return nil
 }
 
-// failoverStatus is the failover part of status.
+// FailoverStatus is the failover part of status.
 type FailoverStatus struct {
 	Leader string `json:"leader"`
 	// Holder is the node the log promoted last, in Term.
@@ -183,6 +183,9 @@ type FailoverStatus struct {
 	ReportError string `json:"report_error,omitempty"`
 	// Verdict is the leader's last decision (on the leader only).
 	Verdict string `json:"verdict,omitempty"`
+	// WritesHeld: this node is Primary and completes no write (no
+	// lease, or fenced).
+	WritesHeld bool `json:"writes_held,omitempty"`
 }
 
 func failoverStatus(l *failover.Loop) *FailoverStatus {

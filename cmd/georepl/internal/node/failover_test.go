@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -86,8 +87,13 @@ func TestAutoFailoverPrimaryLost(t *testing.T) {
 		}
 	}
 	st, _ := alpha.StatusNow("r0")
-	if f := st[0].Failover; f == nil || f.Holder != "alpha" || f.Term != 1 {
-		t.Fatalf("alpha's failover status %+v, want alpha holding term 1", f)
+	if f := st[0].Failover; f == nil || f.Holder != "alpha" || f.Term != 1 || f.WritesHeld {
+		t.Fatalf("alpha's failover status %+v, want alpha holding term 1, writing", f)
+	}
+	var text strings.Builder
+	WriteStatus(&text, st)
+	if !strings.Contains(text.String(), "failover: term 1 held by alpha, leader ") {
+		t.Errorf("status text lacks the failover line:\n%s", text.String())
 	}
 
 	lost := time.Now()

@@ -295,7 +295,9 @@ func (r *resource) publishStatus() {
 			st.Quorum = &Quorum{Have: es.QuorumHave, Need: es.QuorumNeed, OK: es.Quorate, Policy: r.cfg.OnNoQuorum.String()}
 		}
 		st.ALExtents, st.ALWrites = r.st.al.stats()
-		st.Failover = failoverStatus(r.failover.Load())
+		if st.Failover = failoverStatus(r.failover.Load()); st.Failover != nil {
+			st.Failover.WritesHeld = es.Role == core.Primary && !es.Quorate
+		}
 		if es.Disk == core.Diskless {
 			st.DiskError = r.detachedWhy
 		}
