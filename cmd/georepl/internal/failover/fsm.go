@@ -35,8 +35,10 @@ var ErrStale = errors.New("failover: stale promotion")
 type Report struct {
 	Role core.Role      `json:"role"`
 	Disk core.DiskState `json:"disk"`
-	// Current is the node's current generation id.
-	Current uint64 `json:"current"`
+	// Current is the node's current generation id, Previous the one
+	// before it (its first history id).
+	Current  uint64 `json:"current"`
+	Previous uint64 `json:"previous,omitempty"`
 	// Fenced: the node is Primary of a term older than one it has seen.
 	Fenced bool `json:"fenced,omitempty"`
 }

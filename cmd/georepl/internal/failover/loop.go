@@ -321,7 +321,7 @@ func (l *Loop) situation(now time.Time) (Situation, uint64) {
 			Role: core.RoleUnknown, Disk: core.DUnknown}
 		if r, ok := reports[n.Name]; ok {
 			c.Fresh = now.Sub(r.at) < l.cfg.DetectionTimeout
-			c.Role, c.Disk, c.Current = r.Role, r.Disk, r.Current
+			c.Role, c.Disk, c.Current, c.Previous = r.Role, r.Disk, r.Current, r.Previous
 		} else {
 			c.Fresh = now.Sub(l.started) < l.cfg.DetectionTimeout
 		}

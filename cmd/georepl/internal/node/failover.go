@@ -105,7 +105,7 @@ func (f foLocal) State() (failover.Report, bool) {
 	var rep failover.Report
 	err := f.r.call(func() error {
 		st := f.r.engine.Status()
-		rep = failover.Report{Role: st.Role, Disk: st.Disk, Current: st.Current, Fenced: st.Fenced}
+		rep = failover.Report{Role: st.Role, Disk: st.Disk, Current: st.Current, Previous: st.History[0], Fenced: st.Fenced}
 		return nil
 	})
 	return rep, err == nil

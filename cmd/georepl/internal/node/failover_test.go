@@ -313,7 +313,12 @@ func TestAutoFailoverIsolatedPrimary(t *testing.T) {
 			promotedAfter = time.Since(cut)
 			return true, ""
 		}
-		return false, "not yet"
+		var why []string
+		for name, d := range daemons {
+			st, _ := d.StatusNow("r0")
+			why = append(why, fmt.Sprintf("%s: %s %s %s %+v", name, st[0].Role, st[0].Disk, st[0].Current, st[0].Failover))
+		}
+		return false, strings.Join(why, "; ")
 	})
 	t.Logf("failover time: %v from the partition to bravo completing writes (detection_timeout 1s)", promotedAfter)
 	mu.Lock()
