@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -100,4 +102,87 @@ func TestClusterAutoFailoverKill(t *testing.T) {
 	}
 	slices.Sort(times)
 	t.Logf("failover times after SIGKILL of the Primary (detection_timeout 1s): %v; median %v, max %v", times, times[len(times)/2], times[len(times)-1])
+}
+
+// TestClusterAutoFailoverFrozenPrimary: real daemons under automatic
+// failover; an application writes on the Primary without pause under
+// protocol C when the Primary's daemon freezes (SIGSTOP: its sockets stay
+// open, as in a partition). bravo is promoted; when alpha resumes, its
+// lease has ended (the engine reads it from the clock), it learns the new
+// term and is demoted, and its held write fails. Every write the
+// application saw acknowledged is on bravo.
+func TestClusterAutoFailoverFrozenPrimary(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, 8<<20, shortTimeouts, autoFailover(t))
+	c.startInSync()
+	client, err := nbd.Dial(context.Background(), c.node("alpha").Export, "r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	type write struct {
+		off  int64
+		data []byte
+	}
+	var (
+		mu     sync.Mutex
+		acked  []write
+		failed *write
+		done   = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		for i := int64(0); ; i++ {
+			w := write{off: (i % 1024) * 4096, data: make([]byte, 4096)}
+			rand.Read(w.data)
+			err := client.WriteAt(w.data, w.off, false)
+			mu.Lock()
+			if err != nil {
+				failed = &w
+				mu.Unlock()
+				return
+			}
+			acked = append(acked, w)
+			mu.Unlock()
+		}
+	}()
+	time.Sleep(300 * time.Millisecond)
+	alpha := c.procs["alpha"]
+	if err := alpha.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	frozen := time.Now()
+	c.waitFor("bravo", "bravo promoted automatically", time.Minute, func(st *node.ResourceStatus) bool { return st.Role == "Primary" })
+	t.Logf("failover time: %v from freezing the Primary to bravo's promotion (detection_timeout 1s)", time.Since(frozen))
+	if err := alpha.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	c.waitFor("alpha", "alpha demoted by its daemon", time.Minute, func(st *node.ResourceStatus) bool { return st.Role == "Secondary" })
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("the write held on alpha did not fail after its demotion")
+	}
+	bclient, err := nbd.Dial(context.Background(), c.node("bravo").Export, "r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bclient.Close()
+	last := map[int64][]byte{}
+	for _, w := range acked {
+		last[w.off] = w.data
+	}
+	for off, want := range last {
+		got := make([]byte, len(want))
+		if _, err := bclient.ReadAt(got, off); err != nil {
+			t.Fatal(err)
+		}
+		if failed != nil && off == failed.off && bytes.Equal(got, failed.data) {
+			continue // the failed write reached bravo: allowed, like any failed write
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("the write alpha acknowledged last at offset %d is not on bravo (%d writes acknowledged)", off, len(acked))
+		}
+	}
+	t.Logf("%d writes acknowledged by alpha, all on bravo", len(acked))
 }
