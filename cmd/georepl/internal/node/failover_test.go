@@ -252,8 +252,8 @@ func TestAutoFailoverIsolatedPrimary(t *testing.T) {
 		// at the demotion): its range holds old or new data.
 		failed *ack
 		stop   = make(chan struct{})
-		wg    sync.WaitGroup
-		both  []string
+		wg     sync.WaitGroup
+		both   []string
 	)
 	dev, err := alpha.LocalDevice("r0")
 	if err != nil {
