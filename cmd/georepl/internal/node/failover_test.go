@@ -5,6 +5,8 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/georepl/georepl/cmd/georepl/internal/checker"
 	"github.com/georepl/georepl/cmd/georepl/internal/failover"
+	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/kmod/nbd"
 	"github.com/georepl/georepl/transports"
@@ -369,4 +372,40 @@ func TestAutoFailoverIsolatedPrimary(t *testing.T) {
 		}
 	}
 	t.Logf("%d writes acknowledged by alpha, all on bravo", len(acked))
+}
+
+// TestAutoFailoverWitnessDaemon: a daemon started for a witness (no data,
+// no resource of its own) runs its voter: it applies the log's
+// promotions like every member, and closes with the daemon.
+func TestAutoFailoverWitnessDaemon(t *testing.T) {
+	port, err := checker.FreePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var src, dir string
+	edit := autoFailover(t, time.Second, "")
+	daemons := demoCluster(t, func(d, s string) string {
+		dir = d
+		src = strings.Replace(edit(d, s), "    mode = \"auto\"\n", fmt.Sprintf("    mode = \"auto\"\n    witness \"w\" {\n      address = \"127.0.0.1:%d\"\n      dir = %q\n    }\n", port, filepath.Join(d, "w.failover")), 1)
+		return src
+	}, nil)
+	cfg, err := configs.Parse(filepath.Join(dir, "r0.hcl"), []byte(src), configs.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewDaemon(cfg, "w", slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := w.UpAll(); err != nil {
+		t.Fatal(err)
+	}
+	if err := daemons["alpha"].lookup("r0").Primary(true); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the witness applied alpha's promotion", func() (bool, string) {
+		s := w.witnesses[0].loop.Status()
+		return s.Holder.Node == "alpha" && s.Holder.Term == 1 && s.Leader != "", fmt.Sprintf("%+v", s)
+	})
 }
