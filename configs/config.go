@@ -211,6 +211,15 @@ type Handlers struct {
 	SplitBrain []string
 	// RPOExceeded runs when a peer's RPO crosses its net.rpo_warning.
 	RPOExceeded []string
+	// OnPromote runs after this node became Primary (an operator's or
+	// automatic failover's promotion), OnDemote after it stopped being
+	// Primary; neither is waited for.
+	OnPromote []string
+	OnDemote  []string
+	// FencePeer runs, under automatic failover, on the node the log
+	// promoted, before it is promoted: exit status 0 says the old Primary
+	// is fenced (powered off); any other leaves this node Secondary.
+	FencePeer []string
 }
 
 // Disk holds the disk settings of a resource, shared by all its nodes.

@@ -63,7 +63,7 @@ var (
 		},
 	}
 	handlersSchema = &hcl.BodySchema{
-		Attributes: []hcl.AttributeSchema{{Name: "split_brain"}, {Name: "rpo_exceeded"}},
+		Attributes: []hcl.AttributeSchema{{Name: "split_brain"}, {Name: "rpo_exceeded"}, {Name: "on_promote"}, {Name: "on_demote"}, {Name: "fence_peer"}},
 	}
 	diskSchema = &hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{{Name: "block_size"}, {Name: "logical_block_size"}, {Name: "flushes"}, {Name: "al_extents"}, {Name: "on_io_error"}, {Name: "resync_undo_size"}},
@@ -506,6 +506,9 @@ func (d *decoder) handlers(block *hcl.Block, into *Handlers) {
 	}{
 		{"split_brain", &into.SplitBrain},
 		{"rpo_exceeded", &into.RPOExceeded},
+		{"on_promote", &into.OnPromote},
+		{"on_demote", &into.OnDemote},
+		{"fence_peer", &into.FencePeer},
 	} {
 		attr := content.Attributes[h.name]
 		if attr == nil {

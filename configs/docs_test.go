@@ -44,7 +44,7 @@ func TestAdminGuideListsEveryName(t *testing.T) {
 				continue
 			}
 			if a.name == "mode" && name == FailoverAuto.String() {
-				continue // refused until the daemon runs the loop: TestFailoverErrors
+				continue // needs every node's failover block: TestFailoverAuto
 			}
 			if _, err := Parse("r0.hcl", []byte(a.config(name)), LoadOptions{}); err != nil {
 				t.Errorf("%s = %q, as documented, does not load: %v", a.name, name, err)

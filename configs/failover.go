@@ -2,6 +2,7 @@ package configs
 
 import (
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
@@ -17,8 +18,7 @@ const (
 	FailoverManual FailoverMode = iota
 	// FailoverAuto: the daemons keep a consensus log of who is Primary and
 	// promote a node when the Primary is lost (docs/architecture.md,
-	// "Automatic failover"). Refused at validation until the daemon runs
-	// the loop.
+	// "Automatic failover").
 	FailoverAuto
 )
 
@@ -56,7 +56,9 @@ type Failover struct {
 type Witness struct {
 	Name string
 	// Address is the HOST:PORT of its consensus log.
-	Address   string
+	Address string
+	// Dir is the directory of its consensus log.
+	Dir       string
 	DeclRange hcl.Range
 }
 
@@ -64,6 +66,10 @@ type Witness struct {
 type NodeFailover struct {
 	// Address is the HOST:PORT of the node's consensus log.
 	Address string
+	// Dir is the directory of the node's consensus log (raft's log,
+	// stable store and snapshots), which must survive a reboot: a voter
+	// that forgets what it voted for breaks the log's guarantees.
+	Dir string
 	// Priority orders the nodes that qualify for a promotion: the highest
 	// is promoted.
 	Priority int
@@ -88,10 +94,10 @@ var (
 		Blocks:     []hcl.BlockHeaderSchema{{Type: "witness", LabelNames: []string{"name"}}},
 	}
 	witnessSchema = &hcl.BodySchema{
-		Attributes: []hcl.AttributeSchema{{Name: "address", Required: true}},
+		Attributes: []hcl.AttributeSchema{{Name: "address", Required: true}, {Name: "dir", Required: true}},
 	}
 	nodeFailoverSchema = &hcl.BodySchema{
-		Attributes: []hcl.AttributeSchema{{Name: "address"}, {Name: "priority"}, {Name: "auto_promote"}},
+		Attributes: []hcl.AttributeSchema{{Name: "address"}, {Name: "dir"}, {Name: "priority"}, {Name: "auto_promote"}},
 	}
 )
 
@@ -112,6 +118,9 @@ func (d *decoder) nodeFailover(block *hcl.Block, n *Node) {
 			}
 		}
 	}
+	if attr := content.Attributes["dir"]; attr != nil {
+		n.Failover.Dir = d.dir(attr)
+	}
 	if attr := content.Attributes["priority"]; attr != nil {
 		if v, ok := d.wholeNumber(attr, 0, maxFailoverPriority); ok {
 			n.Failover.Priority = v
@@ -130,14 +139,12 @@ func (d *decoder) nodeFailover(block *hcl.Block, n *Node) {
 func (d *decoder) failover(block *hcl.Block, r *Resource) {
 	f := &r.Failover
 	f.DetectionTimeout = defaultDetectionTimeout
-	var modeAt *hcl.Attribute
 	var autoOnly []hcl.Range // settings that act only with mode = "auto"
 	if block != nil {
 		f.DeclRange = block.DefRange
 		content, diags := block.Body.Content(failoverSchema)
 		d.diags = append(d.diags, diags...)
 		if attr := content.Attributes["mode"]; attr != nil {
-			modeAt = attr
 			if m, ok := choose(d, attr, "Invalid failover mode", FailoverModes()); ok {
 				f.Mode = m
 			}
@@ -175,7 +182,6 @@ func (d *decoder) failover(block *hcl.Block, r *Resource) {
 		}
 		return
 	}
-	errorsBefore := len(d.diags.Errs())
 	voters := len(f.Witnesses)
 	anyAuto := false
 	for _, n := range r.Nodes {
@@ -187,6 +193,10 @@ func (d *decoder) failover(block *hcl.Block, r *Resource) {
 			d.fail(at, nil, "Missing consensus address",
 				"With automatic failover every node of resource %q votes in the consensus log: node %q needs failover { address = \"HOST:PORT\" }, an address of its own, not its replication address.", r.Name, n.Name)
 			continue
+		}
+		if n.Failover.Dir == "" {
+			d.fail(n.Failover.DeclRange, nil, "Missing consensus log directory",
+				"With automatic failover node %q of resource %q keeps its part of the consensus log on disk: its failover block needs dir = \"/ABSOLUTE/PATH\", a directory that survives a reboot.", n.Name, r.Name)
 		}
 		voters++
 		anyAuto = anyAuto || n.Failover.AutoPromote
@@ -200,10 +210,6 @@ func (d *decoder) failover(block *hcl.Block, r *Resource) {
 			"Every node of resource %q has auto_promote = false: automatic failover could never promote one. Use mode = \"manual\".", r.Name)
 	}
 	d.checkConsensusAddresses(r)
-	if len(d.diags.Errs()) == errorsBefore {
-		d.failAttr(modeAt, "Automatic failover not available yet",
-			"mode = \"auto\" is not available yet: this build decodes and checks the failover settings of resource %q, but its daemon does not run the consensus log nor promote a node by itself. Use mode = \"manual\" and `georepl primary` (docs/admin-guide.md, \"Automatic failover\").", r.Name)
-	}
 }
 
 func (d *decoder) witnesses(blocks []*hcl.Block, r *Resource) {
@@ -241,6 +247,9 @@ func (d *decoder) witnesses(blocks []*hcl.Block, r *Resource) {
 				}
 			}
 		}
+		if attr := content.Attributes["dir"]; attr != nil {
+			w.Dir = d.dir(attr)
+		}
 		r.Failover.Witnesses = append(r.Failover.Witnesses, w)
 	}
 }
@@ -276,4 +285,14 @@ func (d *decoder) checkConsensusAddresses(r *Resource) {
 	for _, w := range r.Failover.Witnesses {
 		check(w.Address, fmt.Sprintf("witness %q", w.Name), w.DeclRange)
 	}
+}
+
+// dir reads an absolute directory path ("" if invalid).
+func (d *decoder) dir(attr *hcl.Attribute) string {
+	s, ok := d.path(attr)
+	if ok && !filepath.IsAbs(s) {
+		d.failAttr(attr, "Invalid directory", "%s = %q must be an absolute path.", attr.Name, s)
+		return ""
+	}
+	return s
 }

@@ -88,15 +88,36 @@ func TestFailoverErrors(t *testing.T) {
 		{"consensus address is a replication address", twoVoters(`address = "10.0.0.2:7789"`, "", bravoVoter, "", autoBlock(witness)), []string{"r0.hcl:6:5:", "Duplicate address", `replication address of node "bravo" at r0.hcl:11:3`}},
 		{"two voters on one address", twoVoters(alphaVoter, "", bravoVoter, "", autoBlock(`witness "w" { address = "10.0.0.1:7790" }`)), []string{"r0.hcl:22:5:", "Duplicate address", `consensus address of node "alpha" at r0.hcl:6:5`}},
 		{"no node to promote", twoVoters(alphaVoter, "auto_promote = false", bravoVoter, "auto_promote = false", autoBlock(witness)), []string{"r0.hcl:20:3:", "No node to promote", "auto_promote = false"}},
-		// Everything is right, and the daemon cannot act on it yet: mode
-		// "auto" is refused rather than accepted and ignored.
-		{"auto is not available yet", twoVoters(alphaVoter, "priority = 10", bravoVoter, "auto_promote = false",
-			autoBlock(`detection_timeout = "2s"`, "promote_consistent = true", witness)),
-			[]string{"r0.hcl:21:12:", "Automatic failover not available yet", "does not run the consensus log"}},
+		{"node without a log directory", twoVoters(alphaVoter, `dir = "/var/lib/georepl/r0"`, bravoVoter, "", autoBlock(witness)), []string{"r0.hcl:15:5:", "Missing consensus log directory", `node "bravo"`}},
+		{"relative log directory", twoVoters(alphaVoter, `dir = "r0"`, bravoVoter, "", autoBlock(witness)), []string{"r0.hcl:8:13:", "Invalid directory", "absolute"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg, err := Parse("r0.hcl", []byte(tc.src), LoadOptions{})
 			checkDiagnosticsError(t, cfg, err, tc.want)
 		})
+	}
+}
+
+func TestFailoverAuto(t *testing.T) {
+	src := twoVoters(alphaVoter, `dir = "/var/lib/georepl/r0"`, bravoVoter, `dir = "/srv/failover"`,
+		autoBlock(`detection_timeout = "2s"`, "promote_consistent = true", `witness "w" {
+      address = "10.0.0.3:7790"
+      dir     = "/var/lib/georepl/w"
+    }`))
+	cfg, err := Parse("r0.hcl", []byte(src), LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Resources[0]
+	f := r.Failover
+	if f.Mode != FailoverAuto || f.DetectionTimeout != 2*time.Second || !f.PromoteConsistent {
+		t.Errorf("failover %+v", f)
+	}
+	if len(f.Witnesses) != 1 || f.Witnesses[0].Name != "w" || f.Witnesses[0].Address != "10.0.0.3:7790" || f.Witnesses[0].Dir != "/var/lib/georepl/w" {
+		t.Errorf("witnesses %+v", f.Witnesses)
+	}
+	a, b := r.Nodes[0].Failover, r.Nodes[1].Failover
+	if a.Address != "10.0.0.1:7790" || a.Dir != "/var/lib/georepl/r0" || !a.AutoPromote || b.Dir != "/srv/failover" {
+		t.Errorf("node failover blocks %+v %+v", a, b)
 	}
 }

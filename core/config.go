@@ -182,6 +182,10 @@ type Config struct {
 	Quorum int
 	// OnNoQuorum is what a Primary without quorum does with writes.
 	OnNoQuorum NoQuorumPolicy
+	// Leased: automatic failover runs, and a Primary completes writes and
+	// flushes only under a lease of the consensus log (Engine.Lease), as
+	// if it had no quorum otherwise.
+	Leased bool
 }
 
 // withDefaults validates cfg and fills in its defaults.

@@ -136,6 +136,11 @@ func (e *Engine) disconnect(p *peer, to ConnState, why string) {
 	}
 	p.unacked, p.ackedEpoch = 0, 0
 	p.blockedQ, p.blockedBytes = nil, 0
+	if wasReplicating {
+		// Before the writes complete without p: a leased Primary holds
+		// them for the new generation (Lease).
+		e.rotatePending = true
+	}
 	for _, w := range e.writes {
 		e.maybeComplete(w)
 	}
@@ -167,9 +172,6 @@ func (e *Engine) disconnect(p *peer, to ConnState, why string) {
 	e.setConn(p, to, why)
 	e.setPeerRoleDisk(p, RoleUnknown, DUnknown)
 	p.gen = wire.GenIDs{}
-	if wasReplicating {
-		e.rotatePending = true
-	}
 }
 
 // Receive handles a frame from a connected peer; the engine takes

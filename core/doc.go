@@ -524,6 +524,16 @@
 //     without quorum (OnNoQuorum: held until demoted, then failed with
 //     ErrNoQuorum, or failed at once), whether Config.Quorum is set or not.
 //
+// Under automatic failover (Config.Leased) a Primary also needs a lease
+// from the log (Lease: until when, and for which current generation): it
+// completes writes and flushes only before the lease ends and in the
+// generation the lease names, and holds or fails them as without quorum
+// otherwise. A Primary that loses a replicating peer starts a new
+// generation before completing the writes that peer missed, so those wait
+// until the log holds it: the lost peer, in the older generation, is then
+// not promoted automatically while the Primary acknowledged writes it
+// lacks.
+//
 // Without automatic failover every term is 0 and nothing of this applies.
 // An operator's Promote takes the highest term seen, so two Primaries of
 // one term are possible by hand; the rules above and below still keep them

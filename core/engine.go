@@ -35,8 +35,12 @@ type Engine struct {
 	term     uint64 // Persistent.Term: the highest failover term seen
 	roleTerm uint64 // while Primary: the term it was promoted in
 
-	quorum       int // Config.Quorum; 0: off
-	onNoQuorum   NoQuorumPolicy
+	quorum     int // Config.Quorum; 0: off
+	onNoQuorum NoQuorumPolicy
+	// leased: Config.Leased; leaseUntil and leaseGen are the last Lease.
+	leased       bool
+	leaseUntil   uint64
+	leaseGen     uint64
 	hadQuorum    bool        // quorate() when last looked at (updateQuorum)
 	quorumForced bool        // promoted by force without quorum, until it returns
 	parked       []RequestID // finished without quorum, completed when it returns
@@ -207,6 +211,7 @@ func New(cfg Config) (*Engine, error) {
 		clock:       cfg.Clock,
 		quorum:      cfg.Quorum,
 		onNoQuorum:  cfg.OnNoQuorum,
+		leased:      cfg.Leased,
 		promoted:    cfg.State.Promoted,
 		term:        cfg.State.Term,
 		role:        Secondary,

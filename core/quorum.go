@@ -42,10 +42,10 @@ func (e *Engine) votes() int {
 }
 
 // quorate reports whether this node has quorum: it is not a fenced
-// Primary, and quorum is off, enough nodes are reachable, or the operator
-// forced a promotion without it.
+// Primary nor a Primary without a lease, and quorum is off, enough nodes
+// are reachable, or the operator forced a promotion without it.
 func (e *Engine) quorate() bool {
-	if e.fenced() {
+	if e.fenced() || e.unleased() {
 		return false
 	}
 	return e.quorum == 0 || e.quorumForced || e.votes() >= e.quorum
@@ -61,7 +61,15 @@ func (e *Engine) holdsForQuorum() bool {
 // completes the requests held for it and starts those suspended. Called
 // by finish, after any change of connections.
 func (e *Engine) updateQuorum() {
-	if e.quorum == 0 && e.hadQuorum && !e.fenced() {
+	if e.leased && e.role == Primary && e.rotatePending {
+		// A peer missed writes: writes completed from now on are not on
+		// it, so they belong to a new generation, which the consensus log
+		// must hold (Lease) before they complete. Otherwise the lost peer,
+		// UpToDate in the generation the log knows, could be promoted
+		// without them.
+		e.newGeneration()
+	}
+	if e.quorum == 0 && e.hadQuorum && !e.fenced() && !e.unleased() {
 		return
 	}
 	v := e.votes()
@@ -119,6 +127,15 @@ func (e *Engine) quorumDetail() string {
 	if e.fenced() {
 		return fmt.Sprintf("fenced: Primary of term %d, term %d was promoted since", e.roleTerm, e.term)
 	}
+	if e.unleased() {
+		if !e.leaseValid() {
+			return "no failover lease: the consensus log has not vouched for this Primary recently (no majority of voters reached)"
+		}
+		if e.rotatePending {
+			return "no failover lease: a peer missed writes, a new generation starts"
+		}
+		return fmt.Sprintf("no failover lease for generation %x yet (the log holds %x)", e.current, e.leaseGen)
+	}
 	if e.quorum == 0 {
 		return "not fenced (quorum is off)"
 	}
@@ -136,4 +153,30 @@ func (e *Engine) failHeldForQuorum(why string) {
 		e.rd.Completed = append(e.rd.Completed, Completion{ID: r.ID, Err: fmt.Errorf("%w: request %d: %s", ErrNoQuorum, r.ID, why)})
 	}
 	e.parked, e.suspended = nil, nil
+}
+
+// Lease tells a Primary under automatic failover (Config.Leased) what the
+// consensus log vouches for: it committed this node's report, naming
+// current generation gen, recently enough that no other node can be
+// promoted before until (Config.Clock time; 0 ends the lease now). Such
+// a Primary completes writes and flushes only before until and while its
+// current generation is gen, and holds or fails them (OnNoQuorum)
+// otherwise, as without quorum: so every write it acknowledges is in a
+// generation the log knows, and none after another node may have been
+// promoted. The lease is read from the clock when a request finishes;
+// the driver also calls Lease(0, gen) when it ends, so that the change
+// shows at once.
+func (e *Engine) Lease(until, gen uint64) {
+	defer e.finish()
+	e.leaseUntil, e.leaseGen = until, gen
+}
+
+// unleased reports whether this node is a Primary under automatic
+// failover that the log does not vouch for now (Lease).
+func (e *Engine) unleased() bool {
+	return e.leased && e.role == Primary && (!e.leaseValid() || e.leaseGen != e.current || e.rotatePending)
+}
+
+func (e *Engine) leaseValid() bool {
+	return e.leaseUntil != 0 && (e.clock == nil || e.clock() < e.leaseUntil)
 }

@@ -3,6 +3,7 @@ package core
 import (
 	"errors"
 	"fmt"
+	"math"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -23,7 +24,7 @@ import (
 // and read the diff. Commands (nodes are numbers, n0 is node 0):
 //
 //	new nodes=3 [protocols=C,A] [size=B] [block=B] [epoch-max=N] [chunk=B] [window=N] [maxbuf=B] [congestion=pull-ahead|disconnect] [flushes] [csums=crc32c] [rate=B] [share=F]
-//	    [io-error=detach|pass-on] [quorum=N [on-no-quorum=io-error]] [after-sb=POLICY [discard-node=N]] [clock]
+//	    [io-error=detach|pass-on] [quorum=N [on-no-quorum=io-error]] [after-sb=POLICY [discard-node=N]] [clock] [leased]
 //	connect A B | reconnect A B | disconnect A B | crash A
 //	hello A B (the handshake's hellos are built now; the next connect A B delivers them)
 //	primary A [force] | secondary A | invalidate A SOURCE | invalidate-remote A TARGET
@@ -40,6 +41,7 @@ import (
 //	tick A ms=N | pause-sync A B | resume-sync A B
 //	term A t=N (the failover log committed term N: ObserveTerm)
 //	resize A size=B [clean-from=B] [fill=c] (A's disk grows, the new space holding fill; Engine.Resize)
+//	lease A [gen=HEX] (the failover log vouches for A's generation HEX: Lease; without gen, the lease ended)
 func TestScenarios(t *testing.T) {
 	paths, err := filepath.Glob("testdata/*.txt")
 	if err != nil || len(paths) == 0 {
@@ -165,6 +167,7 @@ func newScenarioCluster(t *testing.T, d *datadriven.TestData) *cluster {
 			cfg.Clock = clock
 		}
 		cfg.Quorum, cfg.OnNoQuorum = quorum, onNoQuorum
+		cfg.Leased = d.HasArg("leased")
 		if size != 0 {
 			cfg.Size = size
 		}
@@ -263,6 +266,20 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 			return err
 		}
 		ns[0].eng.ObserveTerm(uint64(intArg(d, "t", 0)))
+		c.handle(ns[0])
+	case "lease":
+		ns, err := nodeArgs(c, d, 1)
+		if err != nil {
+			return err
+		}
+		var gen, until uint64
+		if a, ok := d.Arg("gen"); ok {
+			if gen, err = strconv.ParseUint(a.Vals[0], 16, 64); err != nil {
+				return err
+			}
+			until = math.MaxUint64
+		}
+		ns[0].eng.Lease(until, gen)
 		c.handle(ns[0])
 	case "primary", "secondary":
 		ns, err := nodeArgs(c, d, 1)

@@ -54,7 +54,7 @@ var depRules = []struct {
 	// rules of automatic promotion: the engine's types, no driver.
 	{"cmd/georepl/internal/failover", []string{"core", "core/wire", "protocols"}},
 	// The simulator runs nodes in a world of its own: no real transport.
-	{"cmd/georepl/internal/sim", []string{"cmd/georepl/internal/admin", "cmd/georepl/internal/checker", "cmd/georepl/internal/node",
+	{"cmd/georepl/internal/sim", []string{"cmd/georepl/internal/admin", "cmd/georepl/internal/checker", "cmd/georepl/internal/failover", "cmd/georepl/internal/node",
 		"cmd/georepl/internal/storage", "configs", "core", "core/meta", "core/wire", "kmod", "kmod/nbd", "kmod/nbdkernel", "kmod/ublk", "protocols", "transports", "transports/nodetls"}},
 }
 

@@ -365,6 +365,10 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level, faults string, 
 	if faults != "" {
 		d.InjectIOFaults(faults)
 	}
+	if err := d.StartWitnesses(); err != nil {
+		d.Close()
+		return err
+	}
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sig)

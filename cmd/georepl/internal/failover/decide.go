@@ -21,8 +21,9 @@ type Candidate struct {
 	Fresh bool
 	Role  core.Role
 	Disk  core.DiskState
-	// Current is the node's current generation id.
-	Current uint64
+	// Current is the node's current generation id, Previous the one
+	// before it.
+	Current, Previous uint64
 }
 
 // Situation is everything Decide looks at for one resource.
@@ -54,9 +55,12 @@ type Decision struct {
 // its role: a demotion is the operator's), and no other node reports
 // being Primary. A node qualifies when it is a data
 // node (not a witness) with auto_promote, reported in time, and is
-// UpToDate in the generation the lost Primary last reported: a node
-// UpToDate in an older generation stopped receiving writes before the
-// failure and would lose them. Without such a node nothing is promoted,
+// UpToDate in the generation the lost Primary last reported, or in the
+// one the Primary started after it (its first history id is the
+// reported one): a leased Primary acknowledges writes only in a
+// generation the log holds, so that node has every write the Primary
+// acknowledged, while a node UpToDate in an older generation stopped
+// receiving writes before the failure and would lose them. Without such a node nothing is promoted,
 // unless PromoteConsistent: then the best Consistent, Outdated or
 // UpToDate-in-another-generation node is. Among the qualifying nodes the
 // highest priority wins, then the lowest name, so that every member
@@ -79,7 +83,7 @@ func Decide(s Situation) Decision {
 			continue
 		}
 		switch {
-		case c.Disk == core.UpToDate && s.HolderGen != 0 && c.Current == s.HolderGen:
+		case c.Disk == core.UpToDate && s.HolderGen != 0 && (c.Current == s.HolderGen || c.Previous == s.HolderGen):
 			best = append(best, c)
 		case c.Disk == core.UpToDate || c.Disk == core.Consistent || c.Disk == core.Outdated:
 			fallback = append(fallback, c)

@@ -71,6 +71,12 @@ func TestDecide(t *testing.T) {
 			want: "beta",
 		},
 		{
+			name: "UpToDate in the generation the lost Primary started after the one in the log (never leased: nothing acknowledged in it)",
+			s: Situation{Holder: holder, HolderGen: gen, Candidates: []Candidate{lostPrimary,
+				{Node: "beta", AutoPromote: true, Fresh: true, Role: core.Secondary, Disk: core.UpToDate, Current: gen + 1, Previous: gen}}},
+			want: "beta",
+		},
+		{
 			name: "UpToDate only in an older generation: it stopped receiving writes, wait for the operator",
 			s: Situation{Holder: holder, HolderGen: gen, Candidates: []Candidate{lostPrimary,
 				secondary("beta", 1, core.UpToDate, gen-1)}},

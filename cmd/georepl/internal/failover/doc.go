@@ -17,6 +17,16 @@
 // will be committed, and an entry proposed in a minority is never applied
 // before a majority has it.
 //
+// Every member also reports its node's role, disk state and current
+// generation into the log (Report); raft takes proposals on the leader
+// only, so a follower forwards its own over its Network (one TCP address
+// per member: ListenTCP). A committed report is the lease of a Primary:
+// no other node is promoted before the leader has applied none of its
+// reports for the detection timeout, so the Primary may complete writes
+// for a shorter time after sending it (Loop, core.Engine.Lease).
+//
 // Decide holds the eligibility rules as a pure function of what the
-// cluster reports (docs/architecture.md, "Automatic failover").
+// cluster reports (docs/architecture.md, "Automatic failover"); Loop runs
+// them on the leader, proposes, and acts on every committed promotion
+// through the driver's Local.
 package failover

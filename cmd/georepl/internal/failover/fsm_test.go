@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/georepl/georepl/core"
 	"github.com/hashicorp/raft"
 )
 
@@ -94,5 +95,47 @@ func TestFSMSnapshotRestore(t *testing.T) {
 	}
 	if err := newFSM(nil).Restore(io.NopCloser(bytes.NewBufferString("not json"))); err == nil {
 		t.Error("a corrupt snapshot was restored")
+	}
+}
+
+// TestReportsAndReplacement: a report says whether its node holds the
+// resource's last promotion (only then is a Primary's report its lease),
+// and a promotion that replaces a lost Primary is stale once that Primary
+// reported after the report the decision saw, also after a snapshot.
+func TestReportsAndReplacement(t *testing.T) {
+	f := newFSM(nil)
+	f.Apply(entry(t, 1, command{Op: opPromote, Resource: "r0", Node: "alpha"}))
+	rep := &Report{Role: core.Primary, Disk: core.UpToDate, Current: 7}
+	if got := f.Apply(entry(t, 2, command{Op: opReport, Resource: "r0", Node: "alpha", Report: rep})); got != (reportResult{Holds: true}) {
+		t.Fatalf("the holder's report: %v", got)
+	}
+	if got := f.Apply(entry(t, 3, command{Op: opReport, Resource: "r0", Node: "beta", Report: rep})); got != (reportResult{Holds: false}) {
+		t.Fatalf("another node's report: %v", got)
+	}
+	f.Apply(entry(t, 4, command{Op: opReport, Resource: "r0", Node: "alpha", Report: rep}))
+	seen := uint64(2)
+	err, _ := f.Apply(entry(t, 5, command{Op: opPromote, Resource: "r0", Node: "beta", After: 1, HolderReport: &seen})).(error)
+	if !errors.Is(err, ErrStale) {
+		t.Fatalf("a replacement decided before the holder's last report: %v, want ErrStale", err)
+	}
+
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s sink
+	if err := snap.Persist(&s); err != nil {
+		t.Fatal(err)
+	}
+	g := newFSM(nil)
+	if err := g.Restore(io.NopCloser(&s)); err != nil {
+		t.Fatal(err)
+	}
+	if r := g.reportsOf("r0")["alpha"]; r.Index != 4 || r.Report != *rep {
+		t.Fatalf("restored report %+v", r)
+	}
+	seen = 4
+	if p, ok := g.Apply(entry(t, 6, command{Op: opPromote, Resource: "r0", Node: "beta", After: 1, HolderReport: &seen})).(Promotion); !ok || p.Term != 2 {
+		t.Fatalf("a replacement decided on the holder's last report was not committed: %v", p)
 	}
 }

@@ -27,9 +27,9 @@ type Config struct {
 	// Voters is the whole group, identical on every member: it bootstraps
 	// a log that has no state yet.
 	Voters []Voter
-	// Transport carries the consensus traffic (raft.NewTCPTransport in the
-	// daemon, raft.NewInmemTransport in tests).
-	Transport raft.Transport
+	// Network carries the consensus traffic and forwarded proposals
+	// (ListenTCP in the daemon, a MemHub in tests). Close closes it.
+	Network Network
 	// Dir holds the log, the stable store and the snapshots; "" keeps them
 	// in memory (tests: a restart forgets everything).
 	Dir string
@@ -51,13 +51,14 @@ type Config struct {
 type Member struct {
 	raft  *raft.Raft
 	fsm   *fsm
+	net   Network
 	close []func() error
 }
 
 // Start opens (or creates) this node's log and joins the group.
 func Start(cfg Config) (*Member, error) {
-	if cfg.ID == "" || cfg.Transport == nil {
-		return nil, errors.New("failover: Config needs ID and Transport")
+	if cfg.ID == "" || cfg.Network == nil {
+		return nil, errors.New("failover: Config needs ID and Network")
 	}
 	var servers []raft.Server
 	found := false
@@ -82,7 +83,7 @@ func Start(cfg Config) (*Member, error) {
 	if rc.Logger == nil {
 		rc.Logger = hclog.NewNullLogger()
 	}
-	m := &Member{fsm: newFSM(cfg.OnPromotion)}
+	m := &Member{fsm: newFSM(cfg.OnPromotion), net: cfg.Network}
 	var (
 		logs   raft.LogStore
 		stable raft.StableStore
@@ -109,15 +110,16 @@ func Start(cfg Config) (*Member, error) {
 	}
 	has, err := raft.HasExistingState(logs, stable, snaps)
 	if err == nil && !has {
-		err = raft.BootstrapCluster(rc, logs, stable, snaps, cfg.Transport, raft.Configuration{Servers: servers})
+		err = raft.BootstrapCluster(rc, logs, stable, snaps, cfg.Network.Transport(), raft.Configuration{Servers: servers})
 	}
 	if err == nil {
-		m.raft, err = raft.NewRaft(rc, m.fsm, logs, stable, snaps, cfg.Transport)
+		m.raft, err = raft.NewRaft(rc, m.fsm, logs, stable, snaps, cfg.Network.Transport())
 	}
 	if err != nil {
 		m.closeStores()
 		return nil, fmt.Errorf("failover: starting node %s: %w", cfg.ID, err)
 	}
+	cfg.Network.Serve(m.serveForwarded)
 	return m, nil
 }
 
@@ -126,15 +128,83 @@ var ErrNotLeader = errors.New("failover: not the consensus leader")
 
 // Promote proposes that node becomes Primary of resource, replacing term
 // after (the term this member's decision was based on), and waits until
-// the entry is applied here. It returns the committed promotion, ErrStale
-// if the log moved past after, ErrNotLeader on a follower, or raft's
-// error when the leader lost its majority meanwhile (the outcome is then
-// unknown: act on OnPromotion, not on this error).
+// the entry is applied on the leader (a follower forwards the proposal).
+// It returns the committed promotion, ErrStale if the log moved past
+// after, ErrNotLeader if no leader is known or the one asked no longer
+// leads, or raft's error when the leader lost its majority meanwhile (the
+// outcome is then unknown: act on OnPromotion, not on this error).
 func (m *Member) Promote(ctx context.Context, resource, node string, after uint64) (Promotion, error) {
-	b, err := json.Marshal(command{Op: opPromote, Resource: resource, Node: node, After: after})
-	if err != nil {
-		return Promotion{}, err
+	return m.promote(ctx, command{Op: opPromote, Resource: resource, Node: node, After: after})
+}
+
+// replace is Promote of a node that replaces a lost Primary, decided on
+// its last report at log index holderReport: stale if it reported since.
+func (m *Member) replace(ctx context.Context, resource, node string, after, holderReport uint64) (Promotion, error) {
+	return m.promote(ctx, command{Op: opPromote, Resource: resource, Node: node, After: after, HolderReport: &holderReport})
+}
+
+func (m *Member) promote(ctx context.Context, c command) (Promotion, error) {
+	resource, node := c.Resource, c.Node
+	p, _, err := m.propose(ctx, c)
+	if err != nil && !errors.Is(err, ErrStale) && !errors.Is(err, ErrNotLeader) {
+		err = fmt.Errorf("failover: promoting %s on %s: %w", resource, node, err)
 	}
+	return p, err
+}
+
+// Report commits what node says about its copy of resource. It returns
+// once the log holds it (a majority of voters stored it), with whether
+// node holds the resource's last promotion, or an error.
+func (m *Member) Report(ctx context.Context, resource, node string, r Report) (holds bool, err error) {
+	_, holds, err = m.propose(ctx, command{Op: opReport, Resource: resource, Node: node, Report: &r})
+	return holds, err
+}
+
+// answer is a forwarded proposal's result.
+type answer struct {
+	Promotion *Promotion `json:"promotion,omitempty"`
+	Err       string     `json:"err,omitempty"`
+	Stale     bool       `json:"stale,omitempty"`
+	NotLeader bool       `json:"not_leader,omitempty"`
+	Holds     bool       `json:"holds,omitempty"`
+}
+
+// propose applies c on the leader: here, or forwarded to it.
+func (m *Member) propose(ctx context.Context, c command) (Promotion, bool, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return Promotion{}, false, err
+	}
+	if m.raft.State() == raft.Leader {
+		return m.apply(ctx, b)
+	}
+	addr, id := m.raft.LeaderWithID()
+	if addr == "" {
+		return Promotion{}, false, fmt.Errorf("%w: no leader known", ErrNotLeader)
+	}
+	out, err := m.net.Forward(ctx, string(addr), b)
+	if err != nil {
+		return Promotion{}, false, fmt.Errorf("failover: forwarding to the leader %s at %s: %w", id, addr, err)
+	}
+	var a answer
+	if err := json.Unmarshal(out, &a); err != nil {
+		return Promotion{}, false, fmt.Errorf("failover: the leader %s answered %q: %w", id, out, err)
+	}
+	switch {
+	case a.NotLeader:
+		return Promotion{}, false, fmt.Errorf("%w: %s no longer leads (%s)", ErrNotLeader, id, a.Err)
+	case a.Stale:
+		return Promotion{}, false, fmt.Errorf("%w: %s", ErrStale, a.Err)
+	case a.Err != "":
+		return Promotion{}, false, fmt.Errorf("failover: the leader %s: %s", id, a.Err)
+	case a.Promotion != nil:
+		return *a.Promotion, false, nil
+	}
+	return Promotion{}, a.Holds, nil
+}
+
+// apply proposes entry b as the leader and waits until it is applied.
+func (m *Member) apply(ctx context.Context, b []byte) (Promotion, bool, error) {
 	timeout := time.Duration(0)
 	if d, ok := ctx.Deadline(); ok {
 		timeout = max(time.Until(d), time.Millisecond)
@@ -142,18 +212,45 @@ func (m *Member) Promote(ctx context.Context, resource, node string, after uint6
 	f := m.raft.Apply(b, timeout)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) {
-			return Promotion{}, fmt.Errorf("%w: the leader is %q", ErrNotLeader, m.Leader())
+			return Promotion{}, false, fmt.Errorf("%w: the leader is %q", ErrNotLeader, m.Leader())
 		}
-		return Promotion{}, fmt.Errorf("failover: promoting %s on %s: %w", resource, node, err)
+		return Promotion{}, false, err
 	}
 	switch r := f.Response().(type) {
 	case Promotion:
-		return r, nil
+		return r, false, nil
+	case reportResult:
+		return Promotion{}, r.Holds, nil
 	case error:
-		return Promotion{}, r
+		return Promotion{}, false, r
 	default:
-		return Promotion{}, fmt.Errorf("failover: unexpected response %T", r)
+		return Promotion{}, false, fmt.Errorf("failover: unexpected response %T", r)
 	}
+}
+
+// serveForwarded applies a follower's proposal if this member leads.
+func (m *Member) serveForwarded(b []byte) []byte {
+	var a answer
+	if m.raft.State() != raft.Leader {
+		a.NotLeader, a.Err = true, "not the leader"
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		p, holds, err := m.apply(ctx, b)
+		cancel()
+		a.Holds = holds
+		switch {
+		case errors.Is(err, ErrNotLeader):
+			a.NotLeader, a.Err = true, err.Error()
+		case errors.Is(err, ErrStale):
+			a.Stale, a.Err = true, err.Error()
+		case err != nil:
+			a.Err = err.Error()
+		case p.Term != 0:
+			a.Promotion = &p
+		}
+	}
+	out, _ := json.Marshal(a)
+	return out
 }
 
 // Current is the last promotion of resource this member applied.
@@ -172,7 +269,7 @@ func (m *Member) IsLeader() bool { return m.raft.State() == raft.Leader }
 // the log.
 func (m *Member) Close() error {
 	err := m.raft.Shutdown().Error()
-	return errors.Join(err, m.closeStores())
+	return errors.Join(err, m.net.Close(), m.closeStores())
 }
 
 func (m *Member) closeStores() error {

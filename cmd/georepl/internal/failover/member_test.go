@@ -7,8 +7,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/raft"
 )
 
 // testGroup is a consensus group of in-process members on raft's
@@ -16,7 +14,7 @@ import (
 type testGroup struct {
 	t       *testing.T
 	names   []string
-	trans   map[string]*raft.InmemTransport
+	hub     *MemHub
 	members map[string]*Member
 	mu      sync.Mutex
 	applied map[string][]Promotion // per member, what OnPromotion saw
@@ -24,17 +22,14 @@ type testGroup struct {
 
 func newTestGroup(t *testing.T, names ...string) *testGroup {
 	t.Helper()
-	g := &testGroup{t: t, names: names, trans: map[string]*raft.InmemTransport{},
+	g := &testGroup{t: t, names: names, hub: NewMemHub(),
 		members: map[string]*Member{}, applied: map[string][]Promotion{}}
 	var voters []Voter
 	for _, n := range names {
-		_, tr := raft.NewInmemTransport(raft.ServerAddress(n))
-		g.trans[n] = tr
 		voters = append(voters, Voter{ID: n, Addr: n})
 	}
-	g.heal()
 	for _, n := range names {
-		m, err := Start(Config{ID: n, Voters: voters, Transport: g.trans[n], DetectionTimeout: 100 * time.Millisecond,
+		m, err := Start(Config{ID: n, Voters: voters, Network: g.hub.Join(n), DetectionTimeout: 100 * time.Millisecond,
 			OnPromotion: func(p Promotion) {
 				g.mu.Lock()
 				defer g.mu.Unlock()
@@ -56,25 +51,10 @@ func newTestGroup(t *testing.T, names ...string) *testGroup {
 }
 
 // heal connects every pair of members.
-func (g *testGroup) heal() {
-	for _, a := range g.names {
-		for _, b := range g.names {
-			if a != b {
-				g.trans[a].Connect(raft.ServerAddress(b), g.trans[b])
-			}
-		}
-	}
-}
+func (g *testGroup) heal() { g.hub.Heal() }
 
 // isolate cuts member n off from every other, both ways.
-func (g *testGroup) isolate(n string) {
-	g.trans[n].DisconnectAll()
-	for _, o := range g.names {
-		if o != n {
-			g.trans[o].Disconnect(raft.ServerAddress(n))
-		}
-	}
-}
+func (g *testGroup) isolate(n string) { g.hub.Isolate(n) }
 
 // leaderAmong waits until exactly one of the named members leads and the
 // others know it.
@@ -168,11 +148,12 @@ func TestLeaderFailureThenPromotionCommittedOnce(t *testing.T) {
 	g := newTestGroup(t, names...)
 	leader := g.leaderAmong(names...)
 
+	// A follower forwards its proposal to the leader.
 	follower := others(names, leader)[0]
-	if _, err := promote(t, g.members[follower], "r0", "alpha", 0); !errors.Is(err, ErrNotLeader) {
-		t.Fatalf("a follower's proposal: %v, want ErrNotLeader", err)
+	first, err := promote(t, g.members[follower], "r0", "alpha", 0)
+	if err != nil {
+		first = g.promote(names, "r0", "alpha", 0) // leadership moved meanwhile
 	}
-	first := g.promote(names, "r0", "alpha", 0)
 	if first.Node != "alpha" || first.Term != 1 {
 		t.Fatalf("first promotion %+v, want alpha in term 1", first)
 	}
@@ -246,9 +227,9 @@ func TestMinorityCannotCommitPromotion(t *testing.T) {
 // never forgets a term it saw.
 func TestRestartKeepsTheLog(t *testing.T) {
 	dir := t.TempDir()
+	hub := NewMemHub()
 	start := func() *Member {
-		_, tr := raft.NewInmemTransport("solo")
-		m, err := Start(Config{ID: "solo", Voters: []Voter{{ID: "solo", Addr: "solo"}}, Transport: tr,
+		m, err := Start(Config{ID: "solo", Voters: []Voter{{ID: "solo", Addr: "solo"}}, Network: hub.Join("solo"),
 			Dir: dir, DetectionTimeout: 100 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
@@ -265,4 +246,48 @@ func TestRestartKeepsTheLog(t *testing.T) {
 	defer m.Close()
 	g.members["solo"] = m
 	g.waitCurrent(want, "solo")
+}
+
+// TestTCPNetwork: three members on TCPNetworks (the daemon's), raft and
+// forwarded proposals on one port each: a follower's proposal reaches the
+// leader and commits everywhere.
+func TestTCPNetwork(t *testing.T) {
+	names := []string{"alpha", "beta", "witness"}
+	nets := map[string]*TCPNetwork{}
+	var voters []Voter
+	for _, n := range names {
+		tn, err := ListenTCP("127.0.0.1:0", time.Second, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nets[n] = tn
+		voters = append(voters, Voter{ID: n, Addr: tn.Addr()})
+	}
+	g := &testGroup{t: t, names: names, members: map[string]*Member{}}
+	for _, n := range names {
+		m, err := Start(Config{ID: n, Voters: voters, Network: nets[n], DetectionTimeout: 100 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.members[n] = m
+		t.Cleanup(func() { _ = m.Close() })
+	}
+	leader := g.leaderAmong(names...)
+	follower := others(names, leader)[0]
+	var p Promotion
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var err error
+		if p, err = promote(t, g.members[follower], "r0", "beta", 0); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a follower's proposal over TCP: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if p.Node != "beta" || p.Term != 1 {
+		t.Fatalf("committed %+v, want beta in term 1", p)
+	}
+	g.waitCurrent(p, names...)
 }

@@ -77,8 +77,9 @@ var resourceSettings = map[string]setting{
 	"Quorum":     {"quorum", refused},
 	"OnNoQuorum": {"on_no_quorum", refused},
 	"Handlers":   {"handlers", live},
-	// The failover block is read by nothing in the daemon.
-	"Failover": {"failover", live},
+	// The failover loop starts at up with the voters and timeouts of the
+	// configuration then, and its log holds them.
+	"Failover": {"failover", refused},
 }
 
 // selfSettings are the fields of this node's own node block.
@@ -98,7 +99,7 @@ var selfSettings = map[string]setting{
 	"ExportTLS": {"export_tls", live},
 	// What this node's peers require of it: nothing to do here.
 	"PeerFingerprint": {"peer_fingerprint", live},
-	"Failover":        {"failover", live},
+	"Failover":        {"failover", refused},
 }
 
 // peerNodeSettings are the fields of a peer's node block that matter to
@@ -107,6 +108,9 @@ var peerNodeSettings = map[string]setting{
 	"ID":              {"id", refused},
 	"Address":         {"address", refused},
 	"PeerFingerprint": {"peer_fingerprint", live},
+	// Its consensus address, priority and auto_promote: this node's
+	// failover loop knows the voters from up.
+	"Failover": {"failover", refused},
 }
 
 // change is one difference Adjust found.

@@ -50,6 +50,10 @@ type Daemon struct {
 
 	opts   Options
 	faults *kmod.Faults // test facility: see InjectIOFaults
+
+	// witnesses are this node's voters of resources it holds no data of
+	// (automatic failover); started by UpAll, closed by Close.
+	witnesses []*witness
 }
 
 // InjectIOFaults arms kmod.Faults, triggered by the file at trigger, on
@@ -88,6 +92,13 @@ func NewDaemon(cfg *configs.Config, nodeName string, log *slog.Logger, opts Opti
 		d.warnExpiry(name, "the export's TLS certificate", id.Leaf)
 	}
 	for _, rc := range cfg.Resources {
+		if rc.Failover.Mode == configs.FailoverAuto {
+			for _, w := range rc.Failover.Witnesses {
+				if w.Name == nodeName {
+					d.witnesses = append(d.witnesses, &witness{rc: rc, w: w})
+				}
+			}
+		}
 		self, err := rc.Node(nodeName)
 		if err != nil {
 			continue // this node takes no part in the resource
@@ -98,7 +109,7 @@ func NewDaemon(cfg *configs.Config, nodeName string, log *slog.Logger, opts Opti
 		}
 		d.resources[rc.Name] = r
 	}
-	if len(d.resources) == 0 {
+	if len(d.resources) == 0 && len(d.witnesses) == 0 {
 		return nil, fmt.Errorf("node %q takes part in no resource of the configuration", nodeName)
 	}
 	return d, nil
@@ -132,6 +143,9 @@ func (d *Daemon) resourceNames() []string {
 
 // UpAll brings every resource of this node up.
 func (d *Daemon) UpAll() error {
+	if err := d.StartWitnesses(); err != nil {
+		return err
+	}
 	for _, name := range d.resourceNames() {
 		if err := d.lookup(name).Up(); err != nil {
 			return fmt.Errorf("up %s: %w", name, err)
@@ -148,6 +162,12 @@ func (d *Daemon) Close() error {
 		r := d.lookup(name)
 		if r != nil && r.isUp() {
 			errs = append(errs, r.forceDown())
+		}
+	}
+	for _, wt := range d.witnesses {
+		if wt.loop != nil {
+			errs = append(errs, wt.loop.Close())
+			wt.loop = nil
 		}
 	}
 	d.mu.Lock()

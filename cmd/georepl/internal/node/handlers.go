@@ -33,6 +33,15 @@ func discardNode(rc *configs.Resource, n configs.Net) (core.NodeID, error) {
 // failure are logged.
 func (r *resource) runHandlers(ev Event) {
 	h := r.handlers.Load()
+	if ev.What == "role" && ev.Peer == "" {
+		switch {
+		case ev.New == core.Primary.String() && len(h.OnPromote) > 0:
+			r.runHandler("on_promote", h.OnPromote, ev)
+		case ev.Old == core.Primary.String() && len(h.OnDemote) > 0:
+			r.runHandler("on_demote", h.OnDemote, ev)
+		}
+		return
+	}
 	if ev.What != "split-brain" || len(h.SplitBrain) == 0 {
 		return
 	}
@@ -57,17 +66,23 @@ func (r *resource) runRPOHandler(ev Event, rpo *RPO) {
 	)
 }
 
-// runHandler runs argv on a goroutine of its own with the event's names
-// and extra in its environment.
-func (r *resource) runHandler(name string, argv []string, ev Event, extra ...string) {
-	argv = slices.Clone(argv)
+// handlerEnv is a handler's environment: the daemon's, the event's names
+// and extra.
+func handlerEnv(ev Event, extra ...string) []string {
 	env := append(os.Environ(),
 		"GEOREPL_EVENT="+ev.What,
 		"GEOREPL_RESOURCE="+ev.Resource,
 		"GEOREPL_NODE="+ev.Node,
 		"GEOREPL_PEER="+ev.Peer,
 	)
-	env = append(env, extra...)
+	return append(env, extra...)
+}
+
+// runHandler runs argv on a goroutine of its own with the event's names
+// and extra in its environment.
+func (r *resource) runHandler(name string, argv []string, ev Event, extra ...string) {
+	argv = slices.Clone(argv)
+	env := handlerEnv(ev, extra...)
 	log := r.log.With("handler", name, "command", argv[0], "peer", ev.Peer)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), handlerTimeout)

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"github.com/georepl/georepl/cmd/georepl/internal/failover"
 	"github.com/georepl/georepl/cmd/georepl/internal/storage"
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/kmod"
@@ -30,6 +31,10 @@ type Options struct {
 	// ReadConfig reads the configuration files again, for the admin
 	// verb adjust (and SIGHUP); nil when the daemon has none to read.
 	ReadConfig func() (*configs.Config, error)
+	// Consensus is the network of this node's voter of a resource's
+	// failover log at addr (automatic failover); nil means TCP on addr
+	// (failover.ListenTCP). Tests pass a failover.MemHub's.
+	Consensus func(resource, node, addr string) (failover.Network, error)
 }
 
 // Device is a backing disk or an external metadata file: kmod.Backing, or

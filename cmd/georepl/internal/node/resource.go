@@ -12,6 +12,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/georepl/georepl/cmd/georepl/internal/failover"
 	"github.com/georepl/georepl/cmd/georepl/internal/storage"
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/core"
@@ -104,6 +105,9 @@ type resource struct {
 	// role).
 	appWriteLatency, localWriteLatency latencyHistogram
 	status                             atomic.Pointer[ResourceStatus]
+	// failover is the resource's failover loop while up under automatic
+	// failover (failover.go), else nil.
+	failover atomic.Pointer[failover.Loop]
 }
 
 // peer is this node's side of the connection to one other node.
@@ -255,6 +259,14 @@ func (r *resource) Up() error {
 			go r.dialLoop(p)
 		}
 	}
+	if r.cfg.Failover.Mode == configs.FailoverAuto {
+		l, err := startLoop(r.d, r.cfg, r.self.Name, r.self.Failover.Address, r.self.Failover.Dir, foLocal{r}, r.log)
+		if err != nil {
+			r.log.Error("automatic failover is not running", "err", err)
+			return errors.Join(err, r.forceDown())
+		}
+		r.failover.Store(l)
+	}
 	r.log.Info("resource up", "disk", r.self.Disk, "size", st.DataSize, "role", es.Role, "disk_state", es.Disk)
 	return nil
 }
@@ -285,6 +297,7 @@ func (r *resource) newEngine(st *localDisk) (*core.Engine, error) {
 		Clock:            func() uint64 { return uint64(time.Now().UnixNano()) },
 		Quorum:           r.cfg.Quorum,
 		OnNoQuorum:       r.cfg.OnNoQuorum,
+		Leased:           r.cfg.Failover.Mode == configs.FailoverAuto,
 	}
 	bits := st.Store.BitmapBits()
 	for _, p := range sortedPeers(r.peers) {
@@ -657,6 +670,9 @@ func (r *resource) emit(ev core.Event) {
 		}
 	}
 	r.log.Info("state change", "what", out.What, "peer", out.Peer, "old", out.Old, "new", out.New, "detail", out.Detail)
+	if l := r.failover.Load(); l != nil && !ev.HasPeer && (ev.What == "role" || ev.What == "disk" || ev.What == "gen" || ev.What == "term") {
+		l.Nudge() // the log learns it at once: a new generation's writes wait for it
+	}
 	r.d.events.publish(out)
 	r.runHandlers(out)
 }

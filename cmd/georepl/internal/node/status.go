@@ -44,6 +44,8 @@ type ResourceStatus struct {
 	DiskError string `json:"disk_error,omitempty"`
 	// Quorum is set when the resource has a quorum.
 	Quorum *Quorum `json:"quorum,omitempty"`
+	// Failover is the failover log's view under automatic failover.
+	Failover *FailoverStatus `json:"failover,omitempty"`
 	// AppWriteLatency is the histogram of application writes from
 	// submission to completion, LocalWriteLatency of the backing disk's
 	// writes.
@@ -328,6 +330,9 @@ func (r *resource) publishStatus() {
 			st.Quorum = &Quorum{Have: es.QuorumHave, Need: es.QuorumNeed, OK: es.Quorate, Policy: r.cfg.OnNoQuorum.String()}
 		}
 		st.ALExtents, st.ALWrites = r.st.al.stats()
+		if st.Failover = failoverStatus(r.failover.Load()); st.Failover != nil {
+			st.Failover.WritesHeld = es.Role == core.Primary && !es.Quorate
+		}
 		if es.Disk == core.Diskless {
 			st.DiskError = r.detachedWhy
 		}

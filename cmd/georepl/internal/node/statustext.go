@@ -32,6 +32,27 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 			fmt.Fprintf(w, " quorum:%d/%d (%s)", q.Have, q.Need, state)
 		}
 		fmt.Fprintln(w)
+		if f := st.Failover; f != nil {
+			holder := "no Primary promoted by the log yet"
+			if f.Term > 0 {
+				holder = fmt.Sprintf("term %d held by %s", f.Term, f.Holder)
+			}
+			leader := f.Leader
+			if leader == "" {
+				leader = "none (no majority of voters reachable?)"
+			}
+			fmt.Fprintf(w, "  failover: %s, leader %s", holder, leader)
+			if f.WritesHeld {
+				fmt.Fprint(w, ", WRITES HELD (no failover lease: the log has not vouched for this Primary recently)")
+			}
+			fmt.Fprintln(w)
+			if f.ReportError != "" {
+				fmt.Fprintf(w, "      last report not committed: %s\n", f.ReportError)
+			}
+			if f.Verdict != "" {
+				fmt.Fprintf(w, "      leader's decision: %s\n", f.Verdict)
+			}
+		}
 		if st.TLSExpiresSoon {
 			fmt.Fprintf(w, "  WARNING: this node's TLS certificate expires on %s: renew it and send the daemon SIGHUP\n", st.TLSValidUntil.Format(time.RFC3339))
 		}

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -22,7 +23,30 @@ import (
 // Writes this node received from the Primary it lost (or that demoted
 // itself since) are applied first: Promote is refused (core.ErrBusy) until
 // they are on the disk, which takes a few local writes, so it is retried.
+//
+// Under automatic failover the promotion goes through the consensus log:
+// this node is promoted when the log commits it, in the next term.
 func (r *resource) Primary(force bool) error {
+	l := r.failover.Load()
+	if l == nil {
+		return r.promoteHere(force)
+	}
+	if err := r.call(func() error {
+		if r.engine.Status().Role == core.Primary {
+			return fmt.Errorf("resource %s is already Primary on %s", r.cfg.Name, r.self.Name)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return l.PromoteHere(ctx, force)
+}
+
+// promoteHere promotes the resource on this node (Primary without the
+// consensus log).
+func (r *resource) promoteHere(force bool) error {
 	rollBack := false
 	promote := func() error {
 		if force && r.canRollBack() {
@@ -217,6 +241,11 @@ func (r *resource) forceDown() error {
 	}
 	r.up = false
 	r.mu.Unlock()
+	if l := r.failover.Swap(nil); l != nil {
+		if err := l.Close(); err != nil {
+			r.log.Warn("failover: closing the voter", "err", err)
+		}
+	}
 	// The export's requests are carried out before the loop stops, except
 	// those held for quorum: they end only when the loop stops (failing
 	// them), so the wait ends when quorum is lost too.
