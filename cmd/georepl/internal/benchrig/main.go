@@ -143,14 +143,23 @@ func main() {
 	}
 }
 
-// keep returns the items whose names contain one of only's
-// comma-separated words, or all of them when -only names none of them:
-// "-only QD1" keeps every set-up and the QD1 workload.
+// keep returns the items whose names contain one of only's words, or all
+// of them when -only names none of them: "-only QD1" keeps every set-up
+// and the QD1 workload. The words are separated by commas, or by
+// semicolons if only holds one (set-up names hold commas); a word that
+// starts with "=" keeps only the item of exactly that name:
+// "-only '=georepl C, 1 peer;QD'" keeps that set-up and every workload.
 func keep[T any](items []T, name func(T) string, only string) []T {
+	sep := ","
+	if strings.Contains(only, ";") {
+		sep = ";"
+	}
 	var kept []T
 	for _, it := range items {
-		for _, word := range strings.Split(only, ",") {
-			if word = strings.TrimSpace(word); word != "" && strings.Contains(name(it), word) {
+		for _, word := range strings.Split(only, sep) {
+			word = strings.TrimSpace(word)
+			exact, isExact := strings.CutPrefix(word, "=")
+			if word != "" && (isExact && name(it) == exact || !isExact && strings.Contains(name(it), word)) {
 				kept = append(kept, it)
 				break
 			}
