@@ -3,9 +3,11 @@ package kmod
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -22,6 +24,13 @@ var (
 	ErrOutOfBounds = errors.New("access outside the backing store")
 	// ErrNotBlockStore: the path is neither a regular file nor a block device.
 	ErrNotBlockStore = errors.New("not a regular file or block device")
+	// ErrDurableWrite: a durable write (WriteAtFUA) failed in the call
+	// that writes and flushes. Linux does not say which of the two
+	// failed, and its flush, like fdatasync, reports a writeback error of
+	// any part of the file, once: the failure is a failed flush of the
+	// store, whatever its errno. (A write refused before it reached the
+	// store, out of bounds for one, does not wrap it.)
+	ErrDurableWrite = errors.New("durable write failed")
 )
 
 // zeroChunkSize bounds the size of one write when zeroes are written by hand.
@@ -43,6 +52,9 @@ type Backing struct {
 	// BLKZEROOUT take only ranges aligned to it.
 	sectorSize int64
 	faults     *Faults // test facility; nil in production
+	// noDSync: the kernel refused RWF_DSYNC (before Linux 4.7), so
+	// WriteAtFUA writes, then flushes the whole store.
+	noDSync atomic.Bool
 }
 
 // OpenBacking opens the regular file or block device at path read-write and
@@ -180,6 +192,57 @@ func (b *Backing) WriteAt(p []byte, off int64) (int, error) {
 	n, err := b.file.WriteAt(p, off)
 	if err != nil {
 		return n, fmt.Errorf("kmod: %w", err)
+	}
+	return n, nil
+}
+
+// WriteAtFUA writes all of p at off, as WriteAt, and makes it durable
+// before it returns: one pwritev2 with RWF_DSYNC, which writes back and
+// flushes only p's range (a FUA write), where WriteAt and Sync would
+// write back every dirty page of the store. A failure of that call wraps
+// ErrDurableWrite: it counts as a failed Sync.
+func (b *Backing) WriteAtFUA(p []byte, off int64) (int, error) {
+	if err := b.check("write", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	if err := b.fault("write", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	if b.noDSync.Load() {
+		return b.writeThenSync(p, off)
+	}
+	done := 0
+	err := b.control("pwritev2 RWF_DSYNC", func(fd int) error {
+		for done < len(p) {
+			n, err := unix.Pwritev2(fd, [][]byte{p[done:]}, off+int64(done), unix.RWF_DSYNC)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				return io.ErrUnexpectedEOF
+			}
+			done += n
+		}
+		return nil
+	})
+	if done == 0 && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS)) {
+		b.noDSync.Store(true)
+		return b.writeThenSync(p, off)
+	}
+	if err != nil {
+		return done, fmt.Errorf("%w: %w", ErrDurableWrite, err)
+	}
+	return done, nil
+}
+
+// writeThenSync is WriteAtFUA where the kernel has no RWF_DSYNC.
+func (b *Backing) writeThenSync(p []byte, off int64) (int, error) {
+	n, err := b.file.WriteAt(p, off)
+	if err != nil {
+		return n, fmt.Errorf("kmod: %w", err)
+	}
+	if err := b.control("fdatasync", unix.Fdatasync); err != nil {
+		return n, fmt.Errorf("%w: %w", ErrDurableWrite, err)
 	}
 	return n, nil
 }

@@ -336,3 +336,32 @@ func TestBlockDevice(t *testing.T) {
 		t.Fatalf("second open of the block device: %v, want ErrLocked", err)
 	}
 }
+
+// TestWriteAtFUA: a durable write reaches the file, through a region too;
+// one refused before it reaches the store is not a failed flush
+// (ErrDurableWrite), one that fails in the kernel is, whatever its errno.
+func TestWriteAtFUA(t *testing.T) {
+	b := newBacking(t, 1<<20)
+	data := randomBytes(5, 12345)
+	if n, err := b.WriteAtFUA(data, 4000); err != nil || n != len(data) {
+		t.Fatalf("WriteAtFUA = %d, %v", n, err)
+	}
+	r := b.Region(64<<10, 64<<10)
+	if n, err := r.WriteAtFUA(data[:4096], 4096); err != nil || n != 4096 {
+		t.Fatalf("Region.WriteAtFUA = %d, %v", n, err)
+	}
+	raw, err := os.ReadFile(b.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(raw[4000:4000+len(data)], data) || !bytes.Equal(raw[68<<10:72<<10], data[:4096]) {
+		t.Fatal("file content differs from the durable writes")
+	}
+	if _, err := r.WriteAtFUA(data, 64<<10-100); !errors.Is(err, ErrOutOfBounds) || errors.Is(err, ErrDurableWrite) {
+		t.Fatalf("a durable write out of the region: %v, want ErrOutOfBounds only", err)
+	}
+	b.Close()
+	if _, err := b.WriteAtFUA(data, 0); !errors.Is(err, ErrDurableWrite) || !errors.Is(err, os.ErrClosed) {
+		t.Fatalf("a durable write to a closed store: %v, want ErrDurableWrite wrapping os.ErrClosed", err)
+	}
+}
