@@ -68,6 +68,9 @@ var workloads = []workload{
 	{"1MiB seq write QD8", []string{"--rw=write", "--bs=1M", "--iodepth=8"}, "bw"},
 	{"4KiB rand write QD32", []string{"--rw=randwrite", "--bs=4k", "--iodepth=32"}, "iops"},
 	{"4KiB rand write QD1", []string{"--rw=randwrite", "--bs=4k", "--iodepth=1"}, "lat"},
+	// A flush after every write (what fsync costs an application): its
+	// IOPS are write and flush pairs per second.
+	{"4KiB write+flush QD1", []string{"--rw=randwrite", "--bs=4k", "--iodepth=1", "--fsync=1"}, "iops"},
 }
 
 type setup struct {

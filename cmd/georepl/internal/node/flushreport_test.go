@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/georepl/georepl/cmd/georepl/internal/storage/storagetest"
 	"github.com/georepl/georepl/core"
@@ -235,4 +236,47 @@ func (d syncedDevice) WriteAtFUA(p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("%w: %w", kmod.ErrDurableWrite, err)
 	}
 	return n, nil
+}
+
+// TestFlushAsyncWaitsForTheDiskFlush: an NBD flush that runs on the
+// export's reader (FlushAsync) completes as Flush does: only once a flush
+// of the disk that began after the writes completed before it returned,
+// with that flush's failure.
+func TestFlushAsyncWaitsForTheDiskFlush(t *testing.T) {
+	_, r, disk := upWithSyncer(t, "pass-on", 0)
+	if err := r.Primary(true); err != nil {
+		t.Fatal(err)
+	}
+	dev, ctx := device{r}, context.Background()
+	if err := dev.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	release, began := disk.HoldNext()
+	flushed := make(chan error, 1)
+	// The caller carries out the local flush itself: on a goroutine of
+	// its own, as the export's reader is.
+	go dev.FlushAsync(ctx, func(err error) { flushed <- err })
+	select {
+	case <-began:
+	case err := <-flushed:
+		t.Fatalf("the flush completed (%v) without flushing the disk", err)
+	}
+	select {
+	case err := <-flushed:
+		t.Fatalf("the flush completed (%v) while the disk's flush ran", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
+	}
+
+	if err := dev.WriteAt(ctx, make([]byte, 4096), 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	disk.FailNext(1)
+	go dev.FlushAsync(ctx, func(err error) { flushed <- err })
+	if err := <-flushed; err == nil {
+		t.Fatal("the flush succeeded although the disk's flush failed")
+	}
 }
