@@ -44,6 +44,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,6 +55,7 @@ import (
 	"time"
 
 	"github.com/georepl/georepl/cmd/georepl/internal/checker"
+	"github.com/georepl/georepl/kmod/nbd"
 )
 
 type workload struct {
@@ -62,15 +64,21 @@ type workload struct {
 	// latency workloads are compared by mean completion latency, others
 	// by bandwidth or IOPS.
 	metric string
+	// run, if set, measures the workload instead of fio (args unused).
+	run func(r *rig, uri string) (result, error)
 }
 
 var workloads = []workload{
-	{"1MiB seq write QD8", []string{"--rw=write", "--bs=1M", "--iodepth=8"}, "bw"},
-	{"4KiB rand write QD32", []string{"--rw=randwrite", "--bs=4k", "--iodepth=32"}, "iops"},
-	{"4KiB rand write QD1", []string{"--rw=randwrite", "--bs=4k", "--iodepth=1"}, "lat"},
+	{"1MiB seq write QD8", []string{"--rw=write", "--bs=1M", "--iodepth=8"}, "bw", nil},
+	{"4KiB rand write QD32", []string{"--rw=randwrite", "--bs=4k", "--iodepth=32"}, "iops", nil},
+	{"4KiB rand write QD1", []string{"--rw=randwrite", "--bs=4k", "--iodepth=1"}, "lat", nil},
 	// A flush after every write (what fsync costs an application): its
 	// IOPS are write and flush pairs per second.
-	{"4KiB write+flush QD1", []string{"--rw=randwrite", "--bs=4k", "--iodepth=1", "--fsync=1"}, "iops"},
+	{"4KiB write+flush QD1", []string{"--rw=randwrite", "--bs=4k", "--iodepth=1", "--fsync=1"}, "iops", nil},
+	// A file system's journal commit as the kernel's block layer sends it
+	// to an NBD device: FLUSH, then the commit block with FUA (fio's nbd
+	// engine sends no FUA). Its IOPS are commits per second.
+	{"journal commit QD1", nil, "iops", (*rig).journalCommits},
 }
 
 type setup struct {
@@ -300,6 +308,66 @@ func (r *rig) run() error {
 	return nil
 }
 
+// measure runs one workload once and returns what it measured.
+func (r *rig) measure(uri string, w workload) (result, error) {
+	if w.run != nil {
+		return w.run(r, uri)
+	}
+	return r.fio(uri, w)
+}
+
+// journalCommits runs journal commits for r.runtime, one at a time: two
+// 4 KiB journal blocks written, then FLUSH (the commit's PREFLUSH), then
+// the 4 KiB commit block with FUA, as the kernel sends a file system's
+// commit to an NBD device. The journal wraps around in the first 64 MiB.
+func (r *rig) journalCommits(uri string) (result, error) {
+	spec, export, err := nbdSpec(uri)
+	if err != nil {
+		return result{}, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := nbd.Dial(ctx, spec, export)
+	if err != nil {
+		return result{}, fmt.Errorf("journal commits on %s: %w", uri, err)
+	}
+	defer c.Close()
+	const block, journal = 4096, 64 << 20
+	buf := make([]byte, block)
+	commits, off := 0, int64(0)
+	start := time.Now()
+	for time.Since(start) < r.runtime {
+		for range 2 {
+			buf[0]++
+			if err := c.WriteAt(buf, off, false); err != nil {
+				return result{}, fmt.Errorf("journal commits on %s: write: %w", uri, err)
+			}
+			off = (off + block) % journal
+		}
+		if err := c.Flush(); err != nil {
+			return result{}, fmt.Errorf("journal commits on %s: flush: %w", uri, err)
+		}
+		buf[0]++
+		if err := c.WriteAt(buf, off, true); err != nil {
+			return result{}, fmt.Errorf("journal commits on %s: FUA write: %w", uri, err)
+		}
+		off = (off + block) % journal
+		commits++
+	}
+	elapsed := time.Since(start)
+	return result{iops: float64(commits) / elapsed.Seconds(), latUs: float64(elapsed.Microseconds()) / float64(commits)}, nil
+}
+
+// nbdSpec turns an nbd+unix URI, as fio takes it, into nbd.Dial's spec and
+// export name.
+func nbdSpec(uri string) (spec, export string, err error) {
+	u, err := url.Parse(uri)
+	if err != nil || u.Scheme != "nbd+unix" || u.Query().Get("socket") == "" {
+		return "", "", fmt.Errorf("NBD URI %q: want nbd+unix:///EXPORT?socket=PATH", uri)
+	}
+	return "unix:" + u.Query().Get("socket"), strings.TrimPrefix(u.Path, "/"), nil
+}
+
 // fio runs one workload once and returns what fio measured.
 func (r *rig) fio(uri string, w workload) (result, error) {
 	args := append([]string{"--name=bench", "--ioengine=nbd", "--uri=" + uri,
@@ -336,12 +404,12 @@ func (r *rig) paired(uris []string, w workload, baseRuns map[string][]float64) (
 	values, ratios := make([][]float64, len(uris)), make([][]float64, len(uris))
 	for run := range r.runs {
 		for i, uri := range uris {
-			b, err := r.fio(r.nbdkitURI(), w)
+			b, err := r.measure(r.nbdkitURI(), w)
 			if err != nil {
 				return nil, fmt.Errorf("nbdkit: %w", err)
 			}
 			stopProfiles := r.startProfiles(uri, w, run)
-			v, err := r.fio(uri, w)
+			v, err := r.measure(uri, w)
 			stopProfiles()
 			if err != nil {
 				return nil, err

@@ -94,9 +94,10 @@ func (e *FlushDoubtError) Unwrap() error { return e.failure.err }
 // the shutdown, a rollback); the gate reports its failure to the engine.
 func (g *SyncGate) Sync() error { return g.flush(false) }
 
-// SyncOp flushes the disk for an engine operation (an OpFlush, a FUA
-// write-zeroes, trim or checksum; a FUA write flushes with WriteOp): its error goes to the engine through the
-// operation's LocalDone, after which the caller calls Delivered.
+// SyncOp flushes the disk for an engine operation (an OpFlush; a
+// write-zeroes, trim or checksum with FUA; a FUA write flushes with
+// WriteOp): its error goes to the engine through the operation's
+// LocalDone, after which the caller calls Delivered.
 func (g *SyncGate) SyncOp() error { return g.flush(true) }
 
 // WriteOp performs write, a durable write (kmod.Region.WriteAtFUA) of an
@@ -104,9 +105,10 @@ func (g *SyncGate) SyncOp() error { return g.flush(true) }
 // fdatasync would, and reports to it, once, a writeback error of any part
 // of the disk. So its failure (one that wraps kmod.ErrDurableWrite) is a
 // failed flush, claimed as SyncOp's; and its success proves its own data
-// durable only as a flush's would, if no other flush failed while it ran
-// and none failed before unhandled. The write is done in every case. A
-// write refused before it reached the disk fails with its own error.
+// durable only as a flush's would: if no other flush failed while it
+// ran, and every earlier failure was handled when it began (else it
+// fails with a FlushDoubtError, though the write is done). A write
+// refused before it reached the disk fails with its own error.
 func (g *SyncGate) WriteOp(write func() error) error {
 	g.mu.Lock()
 	var earlier *FlushDoubtError
