@@ -28,8 +28,8 @@ var (
 	// that writes and flushes. Linux does not say which of the two
 	// failed, and its flush, like fdatasync, reports a writeback error of
 	// any part of the file, once: the failure is a failed flush of the
-	// store, whatever its errno. (A write refused before it reached the
-	// store, out of bounds for one, does not wrap it.)
+	// store. (A write refused before it reached the store, out of bounds
+	// for one, or for want of space, does not wrap it.)
 	ErrDurableWrite = errors.New("durable write failed")
 )
 
@@ -200,7 +200,9 @@ func (b *Backing) WriteAt(p []byte, off int64) (int, error) {
 // before it returns: one pwritev2 with RWF_DSYNC, which writes back and
 // flushes only p's range (a FUA write), where WriteAt and Sync would
 // write back every dirty page of the store. A failure of that call wraps
-// ErrDurableWrite: it counts as a failed Sync.
+// ErrDurableWrite: it counts as a failed Sync; except a write that found
+// no space, which fails as WriteAt would (with ENOSPC, EDQUOT or EFBIG),
+// having flushed nothing.
 func (b *Backing) WriteAtFUA(p []byte, off int64) (int, error) {
 	if err := b.check("write", off, int64(len(p))); err != nil {
 		return 0, err
@@ -229,10 +231,28 @@ func (b *Backing) WriteAtFUA(p []byte, off int64) (int, error) {
 		b.noDSync.Store(true)
 		return b.writeThenSync(p, off)
 	}
+	if err != nil && isNoSpace(err) {
+		// The write, or its flush (a writeback error of any part of the
+		// file), found no space: Linux does not say which. A write
+		// refused for want of space flushed nothing, and writing the
+		// same range again is refused again; after a failed flush the
+		// range's pages are in the page cache, written, and writing them
+		// again takes no new space. So a second, plain write tells the
+		// two apart: refused, the failure is the write's own.
+		if _, werr := b.file.WriteAt(p[done:], off+int64(done)); werr != nil && isNoSpace(werr) {
+			return done, fmt.Errorf("kmod: %w", werr)
+		}
+	}
 	if err != nil {
 		return done, fmt.Errorf("%w: %w", ErrDurableWrite, err)
 	}
 	return done, nil
+}
+
+// isNoSpace reports whether err says that the store had no room for a
+// write.
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EFBIG)
 }
 
 // writeThenSync is WriteAtFUA where the kernel has no RWF_DSYNC.

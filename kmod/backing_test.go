@@ -277,6 +277,12 @@ func TestFullFileSystemSurfacesENOSPC(t *testing.T) {
 	if err := b.WriteZeroes(0, 1<<20); !errors.Is(err, syscall.ENOSPC) {
 		t.Fatalf("WriteZeroes on a full file system: %v, want ENOSPC", err)
 	}
+	// A durable write that finds no space is the write's failure, not a
+	// failed flush: it flushed nothing.
+	_, err = b.WriteAtFUA(randomBytes(5, 1<<20), 0)
+	if !errors.Is(err, syscall.ENOSPC) || errors.Is(err, ErrDurableWrite) {
+		t.Fatalf("WriteAtFUA on a full file system: %v; want ENOSPC, not ErrDurableWrite", err)
+	}
 }
 
 // TestBlockDevice runs the block-device paths (BLKGETSIZE64, BLKDISCARD,
