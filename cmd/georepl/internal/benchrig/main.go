@@ -1,6 +1,8 @@
 // Command benchrig is `make bench`: it measures georepl's NBD export with
-// fio's nbd engine against nbdkit's file plugin serving the same backing
-// file, in one run, and prints one table of medians and ratios.
+// fio's nbd engine (and, for the journal commit workload, which needs FUA,
+// with the project's NBD client) against nbdkit's file plugin serving the
+// same backing file, in one run, and prints one table of medians and
+// ratios.
 //
 // The machines this runs on are shared and noisy: their speed changes from
 // one minute to the next. So nbdkit is not measured once up front: every
@@ -114,7 +116,7 @@ func main() {
 	pluginDir := flag.String("plugins", "bin/plugins", "directory of the transport plugins the plugin set-ups use (`make plugins` builds them)")
 	compare := flag.String("compare", "", "also measure this georepl binary, each set-up right after -georepl's, for a before/after table in one run")
 	profile := flag.String("profile", "", "write a CPU profile of every daemon during each georepl fio run to this directory (for `go tool pprof`; the daemons run with --pprof)")
-	only := flag.String("only", "", "measure only the set-ups and workloads whose names contain one of these comma-separated words (e.g. \"alone,QD1\"); nbdkit always runs")
+	only := flag.String("only", "", "measure only the set-ups and workloads whose names contain one of these comma-separated words (e.g. \"alone,QD1\"), or that are named exactly by a word =NAME (words then separated by ;, e.g. \"=georepl C, 1 peer;QD1\"); nbdkit always runs")
 	flag.Parse()
 	if *wan {
 		if *only != "" {
@@ -268,7 +270,7 @@ func (r *rig) run() error {
 		names = append(names, rowNames...)
 	}
 
-	fmt.Printf("\nfio --ioengine=nbd, %v per run, median of %d runs, each paired with an nbdkit run, %d MiB device, same backing file\n\n", r.runtime, r.runs, r.size>>20)
+	fmt.Printf("\nfio --ioengine=nbd (journal commit: the project's NBD client), %v per run, median of %d runs, each paired with an nbdkit run, %d MiB device, same backing file\n\n", r.runtime, r.runs, r.size>>20)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprint(tw, "setup")
 	for _, w := range workloads {
