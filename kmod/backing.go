@@ -3,6 +3,7 @@ package kmod
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -23,6 +24,13 @@ var (
 	ErrOutOfBounds = errors.New("access outside the backing store")
 	// ErrNotBlockStore: the path is neither a regular file nor a block device.
 	ErrNotBlockStore = errors.New("not a regular file or block device")
+	// ErrDurableWrite: a durable write (WriteAtFUA) failed in the call
+	// that writes and flushes. Linux does not say which of the two
+	// failed, and its flush, like fdatasync, reports a writeback error of
+	// any part of the file, once: the failure is a failed flush of the
+	// store. (A write refused before it reached the store, out of bounds
+	// for one, or for want of space, does not wrap it.)
+	ErrDurableWrite = errors.New("durable write failed")
 )
 
 // zeroChunkSize bounds the size of one write when zeroes are written by hand.
@@ -45,6 +53,9 @@ type Backing struct {
 	// BLKZEROOUT take only ranges aligned to it.
 	sectorSize int64
 	faults     *Faults // test facility; nil in production
+	// noDSync: the kernel refused RWF_DSYNC (before Linux 4.7), so
+	// WriteAtFUA writes, then flushes the whole store.
+	noDSync atomic.Bool
 }
 
 // OpenBacking opens the regular file or block device at path read-write and
@@ -217,6 +228,77 @@ func (b *Backing) WriteAt(p []byte, off int64) (int, error) {
 	n, err := b.file.WriteAt(p, off)
 	if err != nil {
 		return n, fmt.Errorf("kmod: %w", err)
+	}
+	return n, nil
+}
+
+// WriteAtFUA writes all of p at off, as WriteAt, and makes it durable
+// before it returns: one pwritev2 with RWF_DSYNC, which writes back and
+// flushes only p's range (a FUA write), where WriteAt and Sync would
+// write back every dirty page of the store. A failure of that call wraps
+// ErrDurableWrite: it counts as a failed Sync; except a write that found
+// no space, which fails as WriteAt would (with ENOSPC, EDQUOT or EFBIG),
+// having flushed nothing.
+func (b *Backing) WriteAtFUA(p []byte, off int64) (int, error) {
+	if err := b.check("write", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	if err := b.fault("write", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	if b.noDSync.Load() {
+		return b.writeThenSync(p, off)
+	}
+	done := 0
+	err := b.control("pwritev2 RWF_DSYNC", func(fd int) error {
+		for done < len(p) {
+			n, err := unix.Pwritev2(fd, [][]byte{p[done:]}, off+int64(done), unix.RWF_DSYNC)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				return io.ErrUnexpectedEOF
+			}
+			done += n
+		}
+		return nil
+	})
+	if done == 0 && (errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS)) {
+		b.noDSync.Store(true)
+		return b.writeThenSync(p, off)
+	}
+	if err != nil && isNoSpace(err) {
+		// The write, or its flush (a writeback error of any part of the
+		// file), found no space: Linux does not say which. A write
+		// refused for want of space flushed nothing, and writing the
+		// same range again is refused again; after a failed flush the
+		// range's pages are in the page cache, written, and writing them
+		// again takes no new space. So a second, plain write tells the
+		// two apart: refused, the failure is the write's own.
+		if _, werr := b.file.WriteAt(p[done:], off+int64(done)); werr != nil && isNoSpace(werr) {
+			return done, fmt.Errorf("kmod: %w", werr)
+		}
+	}
+	if err != nil {
+		return done, fmt.Errorf("%w: %w", ErrDurableWrite, err)
+	}
+	return done, nil
+}
+
+// isNoSpace reports whether err says that the store had no room for a
+// write.
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, syscall.EFBIG)
+}
+
+// writeThenSync is WriteAtFUA where the kernel has no RWF_DSYNC.
+func (b *Backing) writeThenSync(p []byte, off int64) (int, error) {
+	n, err := b.file.WriteAt(p, off)
+	if err != nil {
+		return n, fmt.Errorf("kmod: %w", err)
+	}
+	if err := b.control("fdatasync", unix.Fdatasync); err != nil {
+		return n, fmt.Errorf("%w: %w", ErrDurableWrite, err)
 	}
 	return n, nil
 }

@@ -92,6 +92,33 @@ func (r *Region) WriteAt(p []byte, off int64) (int, error) {
 	return r.store.WriteAt(p, r.off+off)
 }
 
+// FUAWriter is a Store that can write durably in one call
+// (Backing.WriteAtFUA): a failure wraps ErrDurableWrite when the store may
+// have flushed, and so may have taken a writeback error of the store.
+type FUAWriter interface {
+	WriteAtFUA(p []byte, off int64) (int, error)
+}
+
+// WriteAtFUA writes all of p at off within the region and makes it
+// durable, as Backing.WriteAtFUA: with the store's WriteAtFUA if it has
+// one, else WriteAt then Sync, whose failure wraps ErrDurableWrite.
+func (r *Region) WriteAtFUA(p []byte, off int64) (int, error) {
+	if err := r.check("write", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	if w, ok := r.store.(FUAWriter); ok {
+		return w.WriteAtFUA(p, r.off+off)
+	}
+	n, err := r.store.WriteAt(p, r.off+off)
+	if err != nil {
+		return n, err
+	}
+	if err := r.store.Sync(); err != nil {
+		return n, fmt.Errorf("%w: %w", ErrDurableWrite, err)
+	}
+	return n, nil
+}
+
 // Sync makes every completed write to the store durable, as Store.Sync.
 func (r *Region) Sync() error {
 	if r.err != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -216,4 +217,75 @@ func TestAsyncWritesUnderLoad(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// asyncFlusher is an asyncDevice whose flushes complete later too, each
+// after every write completion handed to the test before it.
+type asyncFlusher struct {
+	*asyncDevice
+	flushes atomic.Int32
+}
+
+func (d *asyncFlusher) FlushAsync(ctx context.Context, done func(error)) {
+	d.flushes.Add(1)
+	err := d.memDevice.Flush(ctx)
+	d.pending <- func() { done(err) }
+}
+
+// TestAsyncFlushFreesTheReader: a flush on an AsyncFlusher does not hold
+// the connection's reader until it completes, as an async write does
+// not: a read sent while the flush is pending is answered first, and the
+// flush's reply comes when the device completes it.
+func TestAsyncFlushFreesTheReader(t *testing.T) {
+	defer func(g time.Duration) { inlineGrace = g }(inlineGrace)
+	inlineGrace = time.Hour
+	dev := &asyncFlusher{asyncDevice: newAsyncDevice(1 << 20)}
+	copy(dev.data[4096:], "before")
+	s := startServer(t, map[string]Device{"r0": dev})
+	c := dial(t, s.spec, "r0")
+
+	flushed := make(chan error, 1)
+	go func() { flushed <- c.Flush() }()
+	var complete func()
+	select {
+	case complete = <-dev.pending:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the flush never reached FlushAsync")
+	}
+	got := make([]byte, 6)
+	if _, err := c.ReadAt(got, 4096); err != nil || string(got) != "before" {
+		t.Fatalf("read while a flush is pending: %q, %v", got, err)
+	}
+	select {
+	case err := <-flushed:
+		t.Fatalf("the flush was answered (%v) before the device completed it", err)
+	default:
+	}
+	complete()
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
+	}
+	if n := dev.flushes.Load(); n != 1 {
+		t.Fatalf("%d calls of FlushAsync for one flush", n)
+	}
+}
+
+// TestAsyncFlushErrorReachesTheClient: a failed async flush is EIO at the
+// client.
+func TestAsyncFlushErrorReachesTheClient(t *testing.T) {
+	dev := &asyncFlusher{asyncDevice: newAsyncDevice(1 << 20)}
+	dev.fail = func(op string) error {
+		if op == "flush" {
+			return fmt.Errorf("fdatasync: %w", syscall.EIO)
+		}
+		return nil
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	dev.completeAll(stop, nil)
+	s := startServer(t, map[string]Device{"r0": dev})
+	c := dial(t, s.spec, "r0")
+	if err := c.Flush(); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("a failed async flush: %v, want EIO", err)
+	}
 }

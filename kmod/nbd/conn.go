@@ -471,6 +471,7 @@ func (c *conn) transmit(exp export) {
 		tick: inlineGrace / 2, kick: make(chan struct{}, 1), stop: make(chan struct{})}
 	t.buffers, _ = exp.dev.(WriteBuffers)
 	t.async, _ = exp.dev.(AsyncWriter)
+	t.flusher, _ = exp.dev.(AsyncFlusher)
 	go t.watch()
 	t.running.Add(1)
 	t.read()
@@ -542,15 +543,17 @@ func (t *transmitter) watch() {
 // without saying so (perhaps for a later request) cannot stall the
 // connection.
 //
-// A write to an AsyncWriter that arrives alone is only started on the
-// reader (start): the reader reads on once WriteAsync returns, and the
-// Device's completion sends the reply (sendNoWait), so such a write
-// needs neither a new reader nor a goroutine waiting for it.
+// A write to an AsyncWriter, or a flush of an AsyncFlusher, that arrives
+// alone is only started on the reader (start): the reader reads on once
+// WriteAsync or FlushAsync returns, and the Device's completion sends the
+// reply (sendNoWait), so such a request needs neither a new reader nor a
+// goroutine waiting for it.
 type transmitter struct {
 	c       *conn
 	exp     export
 	buffers WriteBuffers
 	async   AsyncWriter   // nil if the Device has no WriteAsync
+	flusher AsyncFlusher  // nil if the Device has no FlushAsync
 	slots   chan struct{} // one per request running, at most maxInFlight
 	running sync.WaitGroup
 
@@ -590,7 +593,7 @@ func (t *transmitter) read() {
 			default: // a kick is pending already
 			}
 		}
-		if t.async != nil && req.cmd == cmdWrite {
+		if t.async != nil && req.cmd == cmdWrite || t.flusher != nil && req.cmd == cmdFlush {
 			t.start(req, h)
 		} else {
 			t.run(req, h)
@@ -673,9 +676,10 @@ func (t *transmitter) run(req request, h *handoff) {
 	t.c.reply(ctx, req, t.exp)
 }
 
-// start starts req, a write, on an AsyncWriter and returns; the reply
-// goes out when the Device completes it. h is the reader's handoff, for
-// the part of the write done before WriteAsync returns.
+// start starts req, a write on an AsyncWriter or a flush on an
+// AsyncFlusher, and returns; the reply goes out when the Device completes
+// it. h is the reader's handoff, for the part of the request done before
+// WriteAsync or FlushAsync returns.
 func (t *transmitter) start(req request, h *handoff) {
 	t.running.Add(1)
 	finish := func(errno Errno) {
@@ -686,14 +690,17 @@ func (t *transmitter) start(req request, h *handoff) {
 		<-t.slots
 		t.running.Done()
 	}
-	if errno, ok := t.c.check(req, t.exp); !ok || req.length == 0 {
+	if errno, ok := t.c.check(req, t.exp); !ok || req.cmd == cmdWrite && req.length == 0 {
 		finish(errno)
 		return
 	}
 	ctx := context.WithValue(context.Background(), handoffKey{}, h)
-	t.async.WriteAsync(ctx, req.data, req.off, req.flags&cmdFlagFUA != 0, func(err error) {
-		finish(t.c.result(req, t.exp, err))
-	})
+	done := func(err error) { finish(t.c.result(req, t.exp, err)) }
+	if req.cmd == cmdFlush {
+		t.flusher.FlushAsync(ctx, done)
+		return
+	}
+	t.async.WriteAsync(ctx, req.data, req.off, req.flags&cmdFlagFUA != 0, done)
 }
 
 // handoff lets a request that runs on the reader pass the reader role on.

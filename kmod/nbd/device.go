@@ -86,6 +86,18 @@ type AsyncWriter interface {
 	WriteAsync(ctx context.Context, p []byte, off uint64, fua bool, done func(error))
 }
 
+// AsyncFlusher is an optional ability of a Device: flushes that complete
+// later without a goroutine of the server waiting for them, as an
+// AsyncWriter's writes do. A flush that arrives alone runs FlushAsync on
+// the connection's reader, which reads on once it returns; done sends the
+// reply. FlushAsync does what Flush would, with the same ctx, and calls
+// done exactly once with Flush's result, before it returns or later, from
+// any goroutine; done never blocks. The flush covers what Flush would:
+// every write completed before the server called FlushAsync.
+type AsyncFlusher interface {
+	FlushAsync(ctx context.Context, done func(error))
+}
+
 // ReadOnlyDevice is an optional ability of a Device. A Device whose
 // ReadOnly returns true (checked once per connection, when the client
 // selects the export) is exported with NBD_FLAG_READ_ONLY, and the server

@@ -60,8 +60,9 @@
 // replies are written, so a client that does not read its replies stalls
 // itself, not the others. The protocol's ordering rules
 // then rest on the Device: a write's reply is sent only after
-// Device.WriteAt returned, and a flush runs Device.Flush after reading the
-// flush request, so it covers every write whose reply the client had seen.
+// Device.WriteAt returned (or an AsyncWriter completed it), and a flush
+// runs Device.Flush (or FlushAsync) after reading the flush request, so it
+// covers every write whose reply the client had seen.
 //
 // A request the server has read is always carried out, even if the client
 // disconnects meanwhile or the server is closing; only its reply is lost. A

@@ -1,6 +1,8 @@
 // Command benchrig is `make bench`: it measures georepl's NBD export with
-// fio's nbd engine against nbdkit's file plugin serving the same backing
-// file, in one run, and prints one table of medians and ratios.
+// fio's nbd engine (and, for the journal commit workload, which needs FUA,
+// with the project's NBD client) against nbdkit's file plugin serving the
+// same backing file, in one run, and prints one table of medians and
+// ratios.
 //
 // The machines this runs on are shared and noisy: their speed changes from
 // one minute to the next. So nbdkit is not measured once up front: every
@@ -47,6 +49,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,6 +60,7 @@ import (
 	"time"
 
 	"github.com/georepl/georepl/cmd/georepl/internal/checker"
+	"github.com/georepl/georepl/kmod/nbd"
 )
 
 type workload struct {
@@ -65,12 +69,21 @@ type workload struct {
 	// latency workloads are compared by mean completion latency, others
 	// by bandwidth or IOPS.
 	metric string
+	// run, if set, measures the workload instead of fio (args unused).
+	run func(r *rig, uri string) (result, error)
 }
 
 var workloads = []workload{
-	{"1MiB seq write QD8", []string{"--rw=write", "--bs=1M", "--iodepth=8"}, "bw"},
-	{"4KiB rand write QD32", []string{"--rw=randwrite", "--bs=4k", "--iodepth=32"}, "iops"},
-	{"4KiB rand write QD1", []string{"--rw=randwrite", "--bs=4k", "--iodepth=1"}, "lat"},
+	{"1MiB seq write QD8", []string{"--rw=write", "--bs=1M", "--iodepth=8"}, "bw", nil},
+	{"4KiB rand write QD32", []string{"--rw=randwrite", "--bs=4k", "--iodepth=32"}, "iops", nil},
+	{"4KiB rand write QD1", []string{"--rw=randwrite", "--bs=4k", "--iodepth=1"}, "lat", nil},
+	// A flush after every write (what fsync costs an application): its
+	// IOPS are write and flush pairs per second.
+	{"4KiB write+flush QD1", []string{"--rw=randwrite", "--bs=4k", "--iodepth=1", "--fsync=1"}, "iops", nil},
+	// A file system's journal commit as the kernel's block layer sends it
+	// to an NBD device: FLUSH, then the commit block with FUA (fio's nbd
+	// engine sends no FUA). Its IOPS are commits per second.
+	{"journal commit QD1", nil, "iops", (*rig).journalCommits},
 }
 
 type setup struct {
@@ -107,7 +120,7 @@ func main() {
 	compare := flag.String("compare", "", "also measure this georepl binary, each set-up right after -georepl's, for a before/after table in one run")
 	profile := flag.String("profile", "", "write a CPU profile of every daemon during each georepl fio run to this directory (for `go tool pprof`; the daemons run with --pprof)")
 	tlsBench := flag.Bool("tls", false, "run the TLS benchmark instead: protocol C over tcp with and without TLS, runs paired, TLS/plaintext ratios (see tls.go)")
-	only := flag.String("only", "", "measure only the set-ups and workloads whose names contain one of these comma-separated words (e.g. \"alone,QD1\"); nbdkit always runs")
+	only := flag.String("only", "", "measure only the set-ups and workloads whose names contain one of these comma-separated words (e.g. \"alone,QD1\"), or that are named exactly by a word =NAME (words then separated by ;, e.g. \"=georepl C, 1 peer;QD1\"); nbdkit always runs")
 	flag.Parse()
 	if *wan {
 		if *only != "" {
@@ -156,14 +169,23 @@ func main() {
 	}
 }
 
-// keep returns the items whose names contain one of only's
-// comma-separated words, or all of them when -only names none of them:
-// "-only QD1" keeps every set-up and the QD1 workload.
+// keep returns the items whose names contain one of only's words, or all
+// of them when -only names none of them: "-only QD1" keeps every set-up
+// and the QD1 workload. The words are separated by commas, or by
+// semicolons if only holds one (set-up names hold commas); a word that
+// starts with "=" keeps only the item of exactly that name:
+// "-only '=georepl C, 1 peer;QD'" keeps that set-up and every workload.
 func keep[T any](items []T, name func(T) string, only string) []T {
+	sep := ","
+	if strings.Contains(only, ";") {
+		sep = ";"
+	}
 	var kept []T
 	for _, it := range items {
-		for _, word := range strings.Split(only, ",") {
-			if word = strings.TrimSpace(word); word != "" && strings.Contains(name(it), word) {
+		for _, word := range strings.Split(only, sep) {
+			word = strings.TrimSpace(word)
+			exact, isExact := strings.CutPrefix(word, "=")
+			if word != "" && (isExact && name(it) == exact || !isExact && strings.Contains(name(it), word)) {
 				kept = append(kept, it)
 				break
 			}
@@ -261,7 +283,7 @@ func (r *rig) run() error {
 		names = append(names, rowNames...)
 	}
 
-	fmt.Printf("\nfio --ioengine=nbd, %v per run, median of %d runs, each paired with an nbdkit run, %d MiB device, same backing file\n\n", r.runtime, r.runs, r.size>>20)
+	fmt.Printf("\nfio --ioengine=nbd (journal commit: the project's NBD client), %v per run, median of %d runs, each paired with an nbdkit run, %d MiB device, same backing file\n\n", r.runtime, r.runs, r.size>>20)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprint(tw, "setup")
 	for _, w := range workloads {
@@ -301,6 +323,66 @@ func (r *rig) run() error {
 	return nil
 }
 
+// measure runs one workload once and returns what it measured.
+func (r *rig) measure(uri string, w workload) (result, error) {
+	if w.run != nil {
+		return w.run(r, uri)
+	}
+	return r.fio(uri, w)
+}
+
+// journalCommits runs journal commits for r.runtime, one at a time: two
+// 4 KiB journal blocks written, then FLUSH (the commit's PREFLUSH), then
+// the 4 KiB commit block with FUA, as the kernel sends a file system's
+// commit to an NBD device. The journal wraps around in the first 64 MiB.
+func (r *rig) journalCommits(uri string) (result, error) {
+	spec, export, err := nbdSpec(uri)
+	if err != nil {
+		return result{}, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := nbd.Dial(ctx, spec, export)
+	if err != nil {
+		return result{}, fmt.Errorf("journal commits on %s: %w", uri, err)
+	}
+	defer c.Close()
+	const block, journal = 4096, 64 << 20
+	buf := make([]byte, block)
+	commits, off := 0, int64(0)
+	start := time.Now()
+	for time.Since(start) < r.runtime {
+		for range 2 {
+			buf[0]++
+			if err := c.WriteAt(buf, off, false); err != nil {
+				return result{}, fmt.Errorf("journal commits on %s: write: %w", uri, err)
+			}
+			off = (off + block) % journal
+		}
+		if err := c.Flush(); err != nil {
+			return result{}, fmt.Errorf("journal commits on %s: flush: %w", uri, err)
+		}
+		buf[0]++
+		if err := c.WriteAt(buf, off, true); err != nil {
+			return result{}, fmt.Errorf("journal commits on %s: FUA write: %w", uri, err)
+		}
+		off = (off + block) % journal
+		commits++
+	}
+	elapsed := time.Since(start)
+	return result{iops: float64(commits) / elapsed.Seconds(), latUs: float64(elapsed.Microseconds()) / float64(commits)}, nil
+}
+
+// nbdSpec turns an nbd+unix URI, as fio takes it, into nbd.Dial's spec and
+// export name.
+func nbdSpec(uri string) (spec, export string, err error) {
+	u, err := url.Parse(uri)
+	if err != nil || u.Scheme != "nbd+unix" || u.Query().Get("socket") == "" {
+		return "", "", fmt.Errorf("NBD URI %q: want nbd+unix:///EXPORT?socket=PATH", uri)
+	}
+	return "unix:" + u.Query().Get("socket"), strings.TrimPrefix(u.Path, "/"), nil
+}
+
 // fio runs one workload once and returns what fio measured.
 func (r *rig) fio(uri string, w workload) (result, error) {
 	args := append([]string{"--name=bench", "--ioengine=nbd", "--uri=" + uri,
@@ -337,12 +419,12 @@ func (r *rig) paired(uris []string, w workload, baseRuns map[string][]float64) (
 	values, ratios := make([][]float64, len(uris)), make([][]float64, len(uris))
 	for run := range r.runs {
 		for i, uri := range uris {
-			b, err := r.fio(r.nbdkitURI(), w)
+			b, err := r.measure(r.nbdkitURI(), w)
 			if err != nil {
 				return nil, fmt.Errorf("nbdkit: %w", err)
 			}
 			stopProfiles := r.startProfiles(uri, w, run)
-			v, err := r.fio(uri, w)
+			v, err := r.measure(uri, w)
 			stopProfiles()
 			if err != nil {
 				return nil, err

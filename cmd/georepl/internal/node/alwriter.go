@@ -501,6 +501,13 @@ func (d *alRegion) WriteAt(p []byte, off int64) (int, error) {
 	return d.Region.WriteAt(p, off)
 }
 
+func (d *alRegion) WriteAtFUA(p []byte, off int64) (int, error) {
+	if err := d.al.gate(uint64(off), uint64(len(p))); err != nil {
+		return 0, err
+	}
+	return d.GatedRegion.WriteAtFUA(p, off)
+}
+
 func (d *alRegion) WriteZeroes(off, length int64) error {
 	if err := d.al.gate(uint64(off), uint64(length)); err != nil {
 		return err

@@ -21,6 +21,7 @@ var (
 	_ nbd.MultiConn    = device{}
 	_ nbd.WriteBuffers = device{}
 	_ nbd.AsyncWriter  = device{}
+	_ nbd.AsyncFlusher = device{}
 )
 
 func (d device) Size() uint64 { return d.r.st.size.Load() }
@@ -122,6 +123,14 @@ func (d device) beginWrite(ctx context.Context, pl *payload, p []byte, off uint6
 
 func (d device) Flush(ctx context.Context) error {
 	return d.do(ctx, core.Request{Kind: core.ReqFlush})
+}
+
+// FlushAsync is Flush for a request that runs on the export's reader: the
+// reader goes back to reading once the flush is started (no new reader
+// while it waits for the peers' barrier acknowledgements), and whoever
+// completes the flush sends the reply.
+func (d device) FlushAsync(ctx context.Context, done func(error)) {
+	d.begin(ctx, core.Request{Kind: core.ReqFlush}, done)
 }
 
 func (d device) Trim(ctx context.Context, off, length uint64) error {

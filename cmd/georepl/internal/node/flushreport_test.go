@@ -3,8 +3,10 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/georepl/georepl/cmd/georepl/internal/storage/storagetest"
 	"github.com/georepl/georepl/core"
@@ -151,3 +153,130 @@ type syncedDevice struct {
 }
 
 func (d syncedDevice) Sync() error { return d.s.Sync() }
+
+// TestFUAWriteOverlappingAFailureFails: a FUA write makes its data
+// durable with a flush of its own (a durable write, RWF_DSYNC, which
+// Linux treats as an fdatasync of the range: it reports a writeback error
+// of the file once, to whichever flush comes first). Another flush of the
+// data disk (the activity log's) fails while the FUA write's flush runs
+// and takes the error; the disk lets the FUA write's succeed. The FUA
+// write must fail, or a write whose data may be lost is acknowledged as
+// durable.
+func TestFUAWriteOverlappingAFailureFails(t *testing.T) {
+	_, r, disk := upWithSyncer(t, "pass-on", 0)
+	if err := r.Primary(true); err != nil {
+		t.Fatal(err)
+	}
+	dev, ctx := device{r}, context.Background()
+	if err := dev.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	release, began := disk.HoldNext()
+	written := make(chan error, 1)
+	go func() { written <- dev.WriteAt(ctx, make([]byte, 4096), 8192, true) }()
+	<-began
+	disk.FailNext(1)
+	if err := r.st.al.sync.Sync(); err == nil {
+		t.Fatal("the injected failure did not fail")
+	}
+	close(release)
+	if err := <-written; err == nil {
+		t.Fatal("the FUA write succeeded although a flush of the data disk failed while its own flush ran")
+	} else {
+		t.Logf("FUA write: %v", err)
+	}
+	if err := dev.WriteAt(ctx, make([]byte, 4096), 8192, true); err != nil {
+		t.Fatalf("the next FUA write: %v (the failure was reported with the FUA write that ran with it)", err)
+	}
+}
+
+// TestFUAWriteTakesAWritebackFailure: a plain write's writeback fails,
+// and the next FUA write's durable write is the first flush of the disk
+// to be told (Linux tells one). That failure concerns the plain write,
+// acknowledged before: it must reach the engine as a failed flush (under
+// pass-on, what was written since the last good flush is marked for
+// every peer), and the next flush must not be taken for proof that the
+// plain write is durable.
+func TestFUAWriteTakesAWritebackFailure(t *testing.T) {
+	d, r, disk := upWithSyncer(t, "pass-on", 0)
+	if err := r.Primary(true); err != nil {
+		t.Fatal(err)
+	}
+	dev, ctx := device{r}, context.Background()
+	if err := dev.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	events, cancel := d.Subscribe()
+	defer cancel()
+	calls := disk.Calls()
+	disk.FailNext(1)
+	fuaErr := dev.WriteAt(ctx, make([]byte, 4096), 8192, true)
+	if disk.Calls() == calls {
+		t.Fatal("the FUA write never flushed the data disk")
+	}
+	flushErr := dev.Flush(ctx)
+	engineCall(t, r, r.publishStatus)
+	t.Logf("FUA write: %v; flush: %v", fuaErr, flushErr)
+	if fuaErr == nil && flushErr == nil {
+		t.Fatal("neither the FUA write nor the flush after it failed: the writeback failure was swallowed")
+	}
+	if !sawEvent(events, "disk", "marked out of sync for every peer") {
+		t.Error("no event says that the engine marked what the failure may have lost")
+	}
+}
+
+// WriteAtFUA writes like Linux's RWF_DSYNC: the write, then a flush that
+// reports the file's writeback error, once, whichever flush asks first.
+func (d syncedDevice) WriteAtFUA(p []byte, off int64) (int, error) {
+	n, err := d.Device.WriteAt(p, off)
+	if err != nil {
+		return n, err
+	}
+	if err := d.s.Sync(); err != nil {
+		return 0, fmt.Errorf("%w: %w", kmod.ErrDurableWrite, err)
+	}
+	return n, nil
+}
+
+// TestFlushAsyncWaitsForTheDiskFlush: an NBD flush that runs on the
+// export's reader (FlushAsync) completes as Flush does: only once a flush
+// of the disk that began after the writes completed before it returned,
+// with that flush's failure.
+func TestFlushAsyncWaitsForTheDiskFlush(t *testing.T) {
+	_, r, disk := upWithSyncer(t, "pass-on", 0)
+	if err := r.Primary(true); err != nil {
+		t.Fatal(err)
+	}
+	dev, ctx := device{r}, context.Background()
+	if err := dev.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	release, began := disk.HoldNext()
+	flushed := make(chan error, 1)
+	// The caller carries out the local flush itself: on a goroutine of
+	// its own, as the export's reader is.
+	go dev.FlushAsync(ctx, func(err error) { flushed <- err })
+	select {
+	case <-began:
+	case err := <-flushed:
+		t.Fatalf("the flush completed (%v) without flushing the disk", err)
+	}
+	select {
+	case err := <-flushed:
+		t.Fatalf("the flush completed (%v) while the disk's flush ran", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if err := <-flushed; err != nil {
+		t.Fatal(err)
+	}
+
+	if err := dev.WriteAt(ctx, make([]byte, 4096), 4096, false); err != nil {
+		t.Fatal(err)
+	}
+	disk.FailNext(1)
+	go dev.FlushAsync(ctx, func(err error) { flushed <- err })
+	if err := <-flushed; err == nil {
+		t.Fatal("the flush succeeded although the disk's flush failed")
+	}
+}

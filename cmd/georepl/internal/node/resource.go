@@ -738,7 +738,13 @@ func (r *resource) do(op core.LocalOp) (data []byte, err error) {
 	off, n := int64(op.Offset), int64(op.Length)
 	switch op.Kind {
 	case core.OpWrite:
-		if _, err = dev.WriteAt(op.Data, off); err == nil {
+		write := dev.WriteAt
+		if op.FUA {
+			// One durable write of the range, not a write and a flush
+			// of the whole disk: a FUA write, as the kernel's.
+			write = dev.WriteAtFUA
+		}
+		if _, err = write(op.Data, off); err == nil {
 			r.diskWritten.Add(uint64(len(op.Data)))
 		}
 		err = noSpace(err)
@@ -758,7 +764,7 @@ func (r *resource) do(op core.LocalOp) (data []byte, err error) {
 	default:
 		err = fmt.Errorf("unknown local operation %v", op.Kind)
 	}
-	if err == nil && op.FUA && op.Kind != core.OpChecksum {
+	if err == nil && op.FUA && op.Kind != core.OpWrite && op.Kind != core.OpChecksum {
 		err = r.st.Gate.SyncOp()
 	}
 	return data, err

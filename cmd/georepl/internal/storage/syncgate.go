@@ -13,7 +13,8 @@ import (
 // disk: the data area, and the metadata when it is internal, since both
 // are one open file. Linux reports a writeback error to one fdatasync of
 // the file only, and may drop the pages it could not write; the next
-// fdatasync succeeds. The engine (OpFlush, FUA operations), the activity
+// fdatasync succeeds; a durable write (RWF_DSYNC, a FUA write) is such a
+// flush too. The engine (OpFlush, FUA operations), the activity
 // log, the metadata and the shutdown all flush this disk, often at the
 // same time: a failure one of them takes may concern the writes another
 // relies on. So every flush goes through the gate, and the rule is:
@@ -93,10 +94,38 @@ func (e *FlushDoubtError) Unwrap() error { return e.failure.err }
 // the shutdown, a rollback); the gate reports its failure to the engine.
 func (g *SyncGate) Sync() error { return g.flush(false) }
 
-// SyncOp flushes the disk for an engine operation (an OpFlush, a FUA
-// write or checksum): its error goes to the engine through the
-// operation's LocalDone, after which the caller calls Delivered.
+// SyncOp flushes the disk for an engine operation (an OpFlush; a
+// write-zeroes, trim or checksum with FUA; a FUA write flushes with
+// WriteOp): its error goes to the engine through the operation's
+// LocalDone, after which the caller calls Delivered.
 func (g *SyncGate) SyncOp() error { return g.flush(true) }
+
+// WriteOp performs write, a durable write (kmod.Region.WriteAtFUA) of an
+// engine operation, as a flush of the disk: Linux flushes its range as
+// fdatasync would, and reports to it, once, a writeback error of any part
+// of the disk. So its failure (one that wraps kmod.ErrDurableWrite) is a
+// failed flush, claimed as SyncOp's; and its success proves its own data
+// durable only as a flush's would: if no other flush failed while it
+// ran, and every earlier failure was handled when it began (else it
+// fails with a FlushDoubtError, though the write is done). A write
+// refused before it reached the disk fails with its own error.
+func (g *SyncGate) WriteOp(write func() error) error {
+	g.mu.Lock()
+	var earlier *FlushDoubtError
+	if len(g.unhandled) > 0 {
+		earlier = &FlushDoubtError{failure: g.unhandled[0], hides: slices.Clone(g.unhandled), claimed: true}
+	}
+	start := g.count
+	g.mu.Unlock()
+	err := write()
+	if err != nil && !errors.Is(err, kmod.ErrDurableWrite) {
+		return err
+	}
+	if err = g.done(err, start, true); err == nil && earlier != nil {
+		return earlier
+	}
+	return err
+}
 
 func (g *SyncGate) flush(claimed bool) error {
 	g.mu.Lock()
@@ -222,6 +251,16 @@ type GatedRegion struct {
 
 // Sync flushes the disk through the gate.
 func (d *GatedRegion) Sync() error { return d.Gate.Sync() }
+
+// WriteAtFUA writes p at off durably (kmod.Region.WriteAtFUA) for an
+// engine operation (a FUA write), its flush through the gate (WriteOp).
+func (d *GatedRegion) WriteAtFUA(p []byte, off int64) (n int, err error) {
+	err = d.Gate.WriteOp(func() error {
+		n, err = d.Region.WriteAtFUA(p, off)
+		return err
+	})
+	return n, err
+}
 
 // GatedMeta is the internal metadata, on the backing disk: its flushes
 // go through the gate (syncSince), from the first write they cover.

@@ -172,3 +172,128 @@ func TestSyncGateMetadata(t *testing.T) {
 		t.Fatalf("a metadata write whose pages another flush may have failed to write: %v, want a FlushDoubtError naming failure 2", err)
 	}
 }
+
+// fuaDisk is a backing disk whose flushes, its own and those of its
+// durable writes (WriteAtFUA, which Linux's RWF_DSYNC makes an fdatasync
+// of the range: it reports a writeback error of the file once, to
+// whichever flush asks first), go through a storagetest.Syncer.
+type fuaDisk struct {
+	*kmod.Backing
+	s *storagetest.Syncer
+}
+
+func (d fuaDisk) Sync() error { return d.s.Sync() }
+
+func (d fuaDisk) WriteAtFUA(p []byte, off int64) (int, error) {
+	n, err := d.Backing.WriteAt(p, off)
+	if err != nil {
+		return n, err
+	}
+	if err := d.s.Sync(); err != nil {
+		return 0, fmt.Errorf("%w: %w", kmod.ErrDurableWrite, err)
+	}
+	return n, nil
+}
+
+// newFUARegion returns a data area of 1 MiB on a fuaDisk, behind its gate.
+func newFUARegion(t *testing.T) (*GatedRegion, *storagetest.Syncer) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "disk")
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, err := kmod.OpenBacking(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	dev := &storagetest.Syncer{}
+	region := &GatedRegion{Region: kmod.NewRegion(fuaDisk{Backing: b, s: dev}, 0, 1<<20)}
+	region.Gate = NewSyncGate(region.Region)
+	region.Gate.SetReport(func() {})
+	return region, dev
+}
+
+// TestSyncGateFUAWriteTakesAFailure: a FUA write is the first flush of
+// the disk told of a writeback failure (of any write before it). Its
+// failure is a failed flush of the disk, claimed by the FUA write's
+// operation: every flush after it fails until the engine got it.
+func TestSyncGateFUAWriteTakesAFailure(t *testing.T) {
+	region, dev := newFUARegion(t)
+	g := region.Gate
+	dev.FailNext(1)
+	_, opErr := region.WriteAtFUA([]byte("commit"), 4096)
+	var f *SyncFailure
+	if !errors.As(opErr, &f) || !f.claimed || !errors.Is(opErr, syscall.EIO) {
+		t.Fatalf("the FUA write that took the writeback error: %v, want an operation's failed flush (SyncFailure) wrapping EIO", opErr)
+	}
+	if err := g.Sync(); err == nil {
+		t.Fatal("a flush after the FUA write's failure succeeded before the engine got it: the writeback error is swallowed")
+	}
+	if _, err := region.WriteAtFUA([]byte("commit"), 8192); err == nil {
+		t.Fatal("a FUA write after another's failure succeeded before the engine got it")
+	}
+	g.Delivered(opErr)
+	if err := g.Sync(); err != nil {
+		t.Fatalf("a flush after the FUA write's failure was delivered: %v", err)
+	}
+	if _, err := region.WriteAtFUA([]byte("commit"), 4096); err != nil {
+		t.Fatalf("a FUA write after the failure was delivered: %v", err)
+	}
+}
+
+// TestSyncGateFUAWriteDoubted: a FUA write that the disk lets succeed
+// fails if another flush failed while it ran (that one may have taken
+// the error of the FUA write's own pages), or failed before and is not
+// handled yet.
+func TestSyncGateFUAWriteDoubted(t *testing.T) {
+	t.Run("while", func(t *testing.T) {
+		region, dev := newFUARegion(t)
+		release, began := dev.HoldNext()
+		done := make(chan error, 1)
+		go func() {
+			_, err := region.WriteAtFUA([]byte("commit"), 4096)
+			done <- err
+		}()
+		<-began
+		dev.FailNext(1)
+		if err := region.Gate.Sync(); err == nil {
+			t.Fatal("the injected failure did not fail")
+		}
+		close(release)
+		var doubt *FlushDoubtError
+		if err := <-done; !errors.As(err, &doubt) || !doubt.while || !doubt.claimed {
+			t.Fatalf("a FUA write while another flush failed: %v, want a FlushDoubtError of an operation", err)
+		}
+	})
+	t.Run("before", func(t *testing.T) {
+		region, dev := newFUARegion(t)
+		dev.FailNext(1)
+		if err := region.Gate.Sync(); err == nil {
+			t.Fatal("the injected failure did not fail")
+		}
+		_, err := region.WriteAtFUA([]byte("commit"), 4096)
+		var doubt *FlushDoubtError
+		if !errors.As(err, &doubt) || doubt.while || len(doubt.hides) != 1 {
+			t.Fatalf("a FUA write after an unhandled failure: %v, want a FlushDoubtError naming it", err)
+		}
+		got := make([]byte, 6)
+		if _, err := region.ReadAt(got, 4096); err != nil || string(got) != "commit" {
+			t.Fatalf("the doubted FUA write did not write: %q, %v", got, err)
+		}
+		region.Gate.Delivered(err)
+		if err := region.Gate.Sync(); err != nil {
+			t.Fatalf("a flush after the doubt was delivered: %v", err)
+		}
+	})
+	t.Run("refused", func(t *testing.T) {
+		region, _ := newFUARegion(t)
+		_, err := region.WriteAtFUA([]byte("commit"), 1<<20)
+		if !errors.Is(err, kmod.ErrOutOfBounds) || errors.Is(err, kmod.ErrDurableWrite) {
+			t.Fatalf("a FUA write out of bounds: %v, want ErrOutOfBounds", err)
+		}
+		if _, ok := region.Gate.Clean(); !ok {
+			t.Fatal("a write refused before it reached the disk counts as a failed flush")
+		}
+	})
+}

@@ -259,6 +259,10 @@ func (g *UndoGuard) enter() error {
 type Area interface {
 	ReadAt(p []byte, off int64) (int, error)
 	WriteAt(p []byte, off int64) (int, error)
+	// WriteAtFUA writes p at off and makes it durable, as
+	// kmod.Region.WriteAtFUA, its flush counted as a flush of the disk
+	// (GatedRegion.WriteAtFUA).
+	WriteAtFUA(p []byte, off int64) (int, error)
 	WriteZeroes(off, length int64) error
 	Punch(off, length int64) error
 	Sync() error
@@ -301,6 +305,17 @@ func (d *UndoRegion) WriteAt(p []byte, off int64) (int, error) {
 	}
 	defer done()
 	return d.Area.WriteAt(p, off)
+}
+
+// WriteAtFUA saves the old blocks p overwrites, then writes p at off
+// durably.
+func (d *UndoRegion) WriteAtFUA(p []byte, off int64) (int, error) {
+	done, err := d.guard(off, int64(len(p)))
+	if err != nil {
+		return 0, err
+	}
+	defer done()
+	return d.Area.WriteAtFUA(p, off)
 }
 
 // WriteZeroes saves the old blocks of the range, then zeroes it.
