@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -16,6 +14,8 @@ import (
 	"time"
 
 	"github.com/georepl/georepl/kmod/nbd"
+
+	"github.com/georepl/georepl/kmod/nbd/nbdtest"
 )
 
 // TestClusterLargeWrites: the export advertises a 32 MiB maximum block
@@ -103,35 +103,7 @@ func TestClusterExportMemoryBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer polite.Close()
-	buf := make([]byte, readSize)
-	start := time.Now()
-	served := make(chan error, 1)
-	go func() {
-		for i := range 20 {
-			block := bytes.Repeat([]byte{byte(i)}, 64<<10)
-			if err := polite.WriteAt(block, int64(i)<<20, false); err != nil {
-				served <- fmt.Errorf("the well-behaved client's write %d: %w", i, err)
-				return
-			}
-			if _, err := polite.ReadAt(buf, int64(i%8)*readSize); err != nil {
-				served <- fmt.Errorf("the well-behaved client's read %d: %w", i, err)
-				return
-			}
-		}
-		served <- nil
-	}()
-	// Served, not starved (how fast is no test's business on a shared
-	// machine): a daemon whose greedy client held its whole budget would
-	// never answer.
-	select {
-	case err := <-served:
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("the well-behaved client's 40 requests took %v", time.Since(start).Round(time.Millisecond))
-	case <-time.After(2 * time.Minute):
-		t.Fatal("the well-behaved client's 40 requests were not served within 2 minutes: the greedy client starves it")
-	}
+	nbdtest.Served(t, polite, readSize)
 	// Give the daemon time to take in whatever it is going to.
 	time.Sleep(3 * time.Second)
 	select {

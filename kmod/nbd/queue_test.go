@@ -1,14 +1,14 @@
 package nbd
 
 import (
-	"bytes"
 	"context"
-	"fmt"
 	"net"
 	"runtime"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/georepl/georepl/kmod/nbd/nbdtest"
 )
 
 // greedyReads negotiates export on a raw connection to the server at
@@ -65,36 +65,7 @@ func TestUnreadRepliesAreBounded(t *testing.T) {
 	defer stop()
 
 	polite := dial(t, s.spec, "r0")
-	buf := make([]byte, readSize)
-	start := time.Now()
-	served := make(chan error, 1)
-	go func() {
-		for i := range 20 {
-			block := bytes.Repeat([]byte{byte(i)}, 64<<10)
-			if err := polite.WriteAt(block, int64(i)<<20, false); err != nil {
-				served <- fmt.Errorf("the well-behaved client's write %d: %w", i, err)
-				return
-			}
-			if _, err := polite.ReadAt(buf, int64(i%8)*readSize); err != nil {
-				served <- fmt.Errorf("the well-behaved client's read %d: %w", i, err)
-				return
-			}
-		}
-		served <- nil
-	}()
-	// Served, not starved: a server that let the greedy client's unread
-	// replies hold every byte of its budget would never answer. How fast
-	// it answers is no test's business (12 to 16 s under the race
-	// detector on a loaded machine, well under one alone).
-	select {
-	case err := <-served:
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("the well-behaved client's 40 requests took %v", time.Since(start).Round(time.Millisecond))
-	case <-time.After(2 * time.Minute):
-		t.Fatal("the well-behaved client's 40 requests were not served within 2 minutes: the greedy client starves it")
-	}
+	nbdtest.Served(t, polite, readSize)
 	time.Sleep(time.Second) // what the server would take in, it has by now
 	grown := heapInUse() - before
 	t.Logf("heap in use grew by %d MiB", grown>>20)
