@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/georepl/georepl/cmd/georepl/internal/storage"
-	"github.com/georepl/georepl/core"
 	"github.com/georepl/georepl/core/meta"
 	"github.com/georepl/georepl/kmod/nbdkernel"
 )
@@ -65,7 +64,7 @@ func (r *resource) Resize(assumeClean bool) (string, error) {
 			words[int(id)] = r.engine.Bitmap(id).Words()
 		}
 		ps := r.engine.Persistent()
-		if err := r.st.Grow(plan, words, func(sb *meta.Superblock) { applyPersistent(sb, &ps) }); err != nil {
+		if err := r.st.Grow(plan, words, func(sb *meta.Superblock) { storage.ApplyPersistent(sb, &ps) }); err != nil {
 			// The engine runs at the new size already: a disk that
 			// cannot follow it must not be used.
 			r.failMetadata(err)
@@ -106,20 +105,6 @@ func resizeNBD(index int, backend string, size, blockSize uint64) error {
 	}
 	defer nl.Close()
 	return nl.Reconfigure(nbdkernel.Config{Index: index, Backend: backend, Size: size, BlockSize: blockSize}, nil)
-}
-
-// applyPersistent writes the engine's durable state into a superblock
-// (the fields storage.Disk.Persist writes).
-func applyPersistent(sb *meta.Superblock, p *core.Persistent) {
-	sb.DiskState = uint8(p.Disk)
-	sb.Primary = p.Primary
-	sb.Current = p.Current
-	sb.History = p.History
-	sb.Promoted = p.Promoted
-	sb.Term = p.Term
-	for i := range sb.BitmapUUID {
-		sb.BitmapUUID[i] = p.BitmapUUID[core.NodeID(i)]
-	}
 }
 
 // sizeMismatch refuses a connection whose peer runs at another size than

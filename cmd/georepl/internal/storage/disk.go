@@ -289,17 +289,22 @@ func Open(c *Config, rollBack bool) (_ *Disk, err error) {
 
 // Persist writes the engine's durable state into the superblock.
 func (d *Disk) Persist(p *core.Persistent) error {
-	return d.Store.UpdateSuperblock(func(sb *meta.Superblock) {
-		sb.DiskState = uint8(p.Disk)
-		sb.Primary = p.Primary
-		sb.Current = p.Current
-		sb.History = p.History
-		sb.Promoted = p.Promoted
-		sb.Term = p.Term
-		for i := range sb.BitmapUUID {
-			sb.BitmapUUID[i] = p.BitmapUUID[core.NodeID(i)]
-		}
-	})
+	return d.Store.UpdateSuperblock(func(sb *meta.Superblock) { ApplyPersistent(sb, p) })
+}
+
+// ApplyPersistent writes the engine's durable state p into superblock sb:
+// what Persist commits, and what a resize commits with the grown
+// metadata.
+func ApplyPersistent(sb *meta.Superblock, p *core.Persistent) {
+	sb.DiskState = uint8(p.Disk)
+	sb.Primary = p.Primary
+	sb.Current = p.Current
+	sb.History = p.History
+	sb.Promoted = p.Promoted
+	sb.Term = p.Term
+	for i := range sb.BitmapUUID {
+		sb.BitmapUUID[i] = p.BitmapUUID[core.NodeID(i)]
+	}
 }
 
 // Close closes the disks and the undo log, flushing nothing: the driver
