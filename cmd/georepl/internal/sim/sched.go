@@ -652,6 +652,9 @@ func (w *world) fresh(n *simNode) bool {
 		select {
 		case ev := <-n.inc.events:
 			stale = true
+			if ev.What == "disk" && ev.New == "UpToDate" && ev.Detail == "forced" {
+				n.forcedDisk = true
+			}
 			if ev.What == "conn" && strings.Contains(ev.Detail, "protocol violation") {
 				w.violate("protocol", "%s dropped %s: %s", n.name, ev.Peer, ev.Detail)
 			}
@@ -764,6 +767,12 @@ func (w *world) baseLocked(n *simNode, why string) {
 		when = ", taken as it is " + why
 	}
 	w.trace.add("model", fmt.Sprintf("term %d based on %s's image (a state of term %s%s)", t.id, n.name, termName(parent), when))
+	forcedDisk := n.forcedDisk
+	n.forcedDisk = false
+	if forcedDisk && !t.forced {
+		t.forced = true
+		w.trace.add("model", fmt.Sprintf("term %d: %s's disk was no longer UpToDate when the promotion took effect: --force promoted it, which promises nothing", t.id, n.name))
+	}
 	if t.forced {
 		return
 	}

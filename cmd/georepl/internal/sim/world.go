@@ -104,6 +104,12 @@ type simNode struct {
 	// basePending: promoted, the base not yet taken.
 	term        *term
 	basePending bool
+	// forcedDisk: the engine reported a promotion that forced a disk
+	// not UpToDate (event "disk ...->UpToDate: forced"), not yet matched
+	// with its term's base. A promotion asked while the disk was
+	// UpToDate may take effect after it stopped being so (a resync
+	// began meanwhile): then --force is what promoted it.
+	forcedDisk bool
 	// stopped: the application stopped writing here (a demotion was
 	// asked for).
 	stopped bool
