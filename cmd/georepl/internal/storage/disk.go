@@ -234,7 +234,14 @@ func Open(c *Config, rollBack bool) (_ *Disk, err error) {
 	store, err := meta.Open(metaDev, l.metaOff)
 	if err != nil {
 		if c.internalMeta() && errors.Is(err, meta.ErrNoMetadata) {
-			err = fmt.Errorf("%w; if %s grew since the metadata was written, the metadata is still at its old end: give it its old size back, bring the resource up, grow it again and run georepl resize while the resource is up", err, c.Disk)
+			// Not meta's own advice (create-md) first: on a disk that grew
+			// while the resource was down, that would throw away the
+			// metadata that is still at the old end.
+			return nil, fmt.Errorf("resource %s: %w in the last %d bytes of %s (%d bytes), where its internal metadata belongs. "+
+				"If %s grew since the metadata was written, the metadata is still at its old end: give the disk its old size back, "+
+				"bring the resource up, grow the disk again and run georepl resize while the resource is up. "+
+				"If the disk is new, initialise it with georepl create-md",
+				c.Resource, meta.ErrNoMetadata, l.internalSize, c.Disk, l.backing.Size(), c.Disk)
 		}
 		return nil, fmt.Errorf("metadata of resource %s on %s: %w", c.Resource, MetaPlace(c.Disk, c.MetaDisk), err)
 	}
