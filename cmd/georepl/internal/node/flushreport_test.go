@@ -24,14 +24,8 @@ func TestFlushFailureElsewhereReachesTheApplication(t *testing.T) {
 		t.Run(policy, func(t *testing.T) {
 			// An activity log of one extent: a write to another extent
 			// needs its slot.
-			d, r, disk := upWithSyncer(t, policy, 1)
-			if err := r.Primary(true); err != nil {
-				t.Fatal(err)
-			}
-			dev, ctx := device{r}, context.Background()
-			if err := dev.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
-				t.Fatal(err)
-			}
+			d, r, disk, dev := primaryWithSyncer(t, policy, 1)
+			ctx := context.Background()
 			events, cancel := d.Subscribe()
 			defer cancel()
 			calls := disk.Calls()
@@ -76,38 +70,6 @@ func TestFlushFailureElsewhereReachesTheApplication(t *testing.T) {
 	}
 }
 
-// TestFlushOverlappingAFailureFails: the application's flush runs while
-// another flush of the data disk (the activity log's) fails; the disk
-// lets the application's succeed, since the other took the error. The
-// application flush fails, once.
-func TestFlushOverlappingAFailureFails(t *testing.T) {
-	_, r, disk := upWithSyncer(t, "pass-on", 0)
-	if err := r.Primary(true); err != nil {
-		t.Fatal(err)
-	}
-	dev, ctx := device{r}, context.Background()
-	if err := dev.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
-		t.Fatal(err)
-	}
-	release, began := disk.HoldNext()
-	flushed := make(chan error, 1)
-	go func() { flushed <- dev.Flush(ctx) }()
-	<-began
-	disk.FailNext(1)
-	if err := r.st.al.sync.Sync(); err == nil {
-		t.Fatal("the injected failure did not fail")
-	}
-	close(release)
-	if err := <-flushed; err == nil {
-		t.Fatal("the application flush succeeded although a flush of the data disk failed while it ran")
-	} else {
-		t.Logf("flush: %v", err)
-	}
-	if err := dev.Flush(ctx); err != nil {
-		t.Fatalf("the next flush: %v (the failure was reported to the flush that ran with it)", err)
-	}
-}
-
 // sawEvent reports whether events holds, among those already published,
 // one of kind what whose detail contains detail.
 func sawEvent(events <-chan Event, what, detail string) bool {
@@ -146,6 +108,21 @@ func upWithSyncer(t *testing.T, policy string, alExtents int) (*Daemon, *resourc
 	return d, r, s
 }
 
+// primaryWithSyncer is upWithSyncer's resource made Primary, with one
+// block written, and the device the application writes through.
+func primaryWithSyncer(t *testing.T, policy string, alExtents int) (*Daemon, *resource, *storagetest.Syncer, device) {
+	t.Helper()
+	d, r, disk := upWithSyncer(t, policy, alExtents)
+	if err := r.Primary(true); err != nil {
+		t.Fatal(err)
+	}
+	dev := device{r}
+	if err := dev.WriteAt(context.Background(), make([]byte, 4096), 0, false); err != nil {
+		t.Fatal(err)
+	}
+	return d, r, disk, dev
+}
+
 // syncedDevice is a disk whose flushes go through a storagetest.Syncer.
 type syncedDevice struct {
 	Device
@@ -154,39 +131,44 @@ type syncedDevice struct {
 
 func (d syncedDevice) Sync() error { return d.s.Sync() }
 
-// TestFUAWriteOverlappingAFailureFails: a FUA write makes its data
-// durable with a flush of its own (a durable write, RWF_DSYNC, which
-// Linux treats as an fdatasync of the range: it reports a writeback error
-// of the file once, to whichever flush comes first). Another flush of the
-// data disk (the activity log's) fails while the FUA write's flush runs
-// and takes the error; the disk lets the FUA write's succeed. The FUA
-// write must fail, or a write whose data may be lost is acknowledged as
-// durable.
-func TestFUAWriteOverlappingAFailureFails(t *testing.T) {
-	_, r, disk := upWithSyncer(t, "pass-on", 0)
-	if err := r.Primary(true); err != nil {
-		t.Fatal(err)
-	}
-	dev, ctx := device{r}, context.Background()
-	if err := dev.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
-		t.Fatal(err)
-	}
-	release, began := disk.HoldNext()
-	written := make(chan error, 1)
-	go func() { written <- dev.WriteAt(ctx, make([]byte, 4096), 8192, true) }()
-	<-began
-	disk.FailNext(1)
-	if err := r.st.al.sync.Sync(); err == nil {
-		t.Fatal("the injected failure did not fail")
-	}
-	close(release)
-	if err := <-written; err == nil {
-		t.Fatal("the FUA write succeeded although a flush of the data disk failed while its own flush ran")
-	} else {
-		t.Logf("FUA write: %v", err)
-	}
-	if err := dev.WriteAt(ctx, make([]byte, 4096), 8192, true); err != nil {
-		t.Fatalf("the next FUA write: %v (the failure was reported with the FUA write that ran with it)", err)
+// TestOverlappingAFailureFails: an application flush, or a FUA write,
+// runs its own flush of the data disk while another flush of that disk
+// (the activity log's) fails. Linux reports a writeback error of the file
+// once, to whichever flush comes first (a FUA write is a durable write,
+// RWF_DSYNC, which Linux treats as an fdatasync of the range), so the
+// disk lets the application's succeed: it must fail all the same, once,
+// or writes whose data may be lost are acknowledged as durable.
+func TestOverlappingAFailureFails(t *testing.T) {
+	for _, op := range []struct {
+		name string
+		do   func(dev device, ctx context.Context) error
+	}{
+		{"flush", func(dev device, ctx context.Context) error { return dev.Flush(ctx) }},
+		{"FUA write", func(dev device, ctx context.Context) error {
+			return dev.WriteAt(ctx, make([]byte, 4096), 8192, true)
+		}},
+	} {
+		t.Run(op.name, func(t *testing.T) {
+			_, r, disk, dev := primaryWithSyncer(t, "pass-on", 0)
+			ctx := context.Background()
+			release, began := disk.HoldNext()
+			done := make(chan error, 1)
+			go func() { done <- op.do(dev, ctx) }()
+			<-began
+			disk.FailNext(1)
+			if err := r.st.al.sync.Sync(); err == nil {
+				t.Fatal("the injected failure did not fail")
+			}
+			close(release)
+			if err := <-done; err == nil {
+				t.Fatalf("the %s succeeded although a flush of the data disk failed while its own flush ran", op.name)
+			} else {
+				t.Logf("%s: %v", op.name, err)
+			}
+			if err := op.do(dev, ctx); err != nil {
+				t.Fatalf("the next %s: %v (the failure was reported to the one that ran with it)", op.name, err)
+			}
+		})
 	}
 }
 
@@ -198,14 +180,8 @@ func TestFUAWriteOverlappingAFailureFails(t *testing.T) {
 // every peer), and the next flush must not be taken for proof that the
 // plain write is durable.
 func TestFUAWriteTakesAWritebackFailure(t *testing.T) {
-	d, r, disk := upWithSyncer(t, "pass-on", 0)
-	if err := r.Primary(true); err != nil {
-		t.Fatal(err)
-	}
-	dev, ctx := device{r}, context.Background()
-	if err := dev.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
-		t.Fatal(err)
-	}
+	d, r, disk, dev := primaryWithSyncer(t, "pass-on", 0)
+	ctx := context.Background()
 	events, cancel := d.Subscribe()
 	defer cancel()
 	calls := disk.Calls()
@@ -243,14 +219,8 @@ func (d syncedDevice) WriteAtFUA(p []byte, off int64) (int, error) {
 // of the disk that began after the writes completed before it returned,
 // with that flush's failure.
 func TestFlushAsyncWaitsForTheDiskFlush(t *testing.T) {
-	_, r, disk := upWithSyncer(t, "pass-on", 0)
-	if err := r.Primary(true); err != nil {
-		t.Fatal(err)
-	}
-	dev, ctx := device{r}, context.Background()
-	if err := dev.WriteAt(ctx, make([]byte, 4096), 0, false); err != nil {
-		t.Fatal(err)
-	}
+	_, _, disk, dev := primaryWithSyncer(t, "pass-on", 0)
+	ctx := context.Background()
 	release, began := disk.HoldNext()
 	flushed := make(chan error, 1)
 	// The caller carries out the local flush itself: on a goroutine of
