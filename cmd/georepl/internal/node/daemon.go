@@ -475,6 +475,22 @@ func (r *resource) dialLoop(p *peer) {
 	}
 }
 
+// untilDown is a context that ends after limit, or when the resource
+// goes down: a dial or a probe of a peer that does not answer must not
+// hold up down (which waits for the dialer) for its whole timeout.
+func (r *resource) untilDown(limit time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	stop := r.stop
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 // dialHandshake dials p on path i and runs the handshake up to
 // authentication.
 func (r *resource) dialHandshake(ctx context.Context, tr transports.Transport, p *peer, i int) (hs *handshake, ours, theirs *wire.Intro, err error) {
@@ -528,7 +544,7 @@ func (r *resource) dialOnce(tr transports.Transport, p *peer, i int, l *link, mo
 		// take all of it.
 		limit = min(limit, l.timeout)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	ctx, cancel := r.untilDown(limit)
 	defer cancel()
 	hs, ours, theirs, err := r.dialHandshake(ctx, tr, p, i)
 	if err != nil {

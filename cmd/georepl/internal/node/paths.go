@@ -442,7 +442,7 @@ func (r *resource) probePaths(tr transports.Transport, p *peer, l *link, answere
 // to continue, and a probe of a dead path could take most of the time
 // that allows.
 func (r *resource) probe(tr transports.Transport, p *peer, i int, l *link) error {
-	ctx, cancel := context.WithTimeout(context.Background(), min(handshakeTimeout, p.link().Net.Timeout))
+	ctx, cancel := r.untilDown(min(handshakeTimeout, p.link().Net.Timeout))
 	defer cancel()
 	go func() {
 		select {

@@ -92,7 +92,7 @@ func TestResizeInterruptedThenDone(t *testing.T) {
 	// and not resized. Up says where the metadata is; with the disk's
 	// old size back it comes up as it was.
 	interrupt(newMeta, "superblock slot 0 (zeroes)")
-	if err := r.Up(); err == nil || !strings.Contains(err.Error(), "give it its old size back") {
+	if err := r.Up(); err == nil || !strings.Contains(err.Error(), "give the disk its old size back") {
 		t.Fatalf("up on the grown disk without a resize record: %v", err)
 	}
 	if err := os.Truncate(r.self.Disk, 16<<20); err != nil {
