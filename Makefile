@@ -233,7 +233,10 @@ bench-resync: deps build
 
 # Protocol C with one peer over tcp, with TLS against plaintext: fio's
 # 1 MiB QD8 writes and 4 KiB QD1 latency, each run with TLS paired with a
-# plaintext one, the median of their ratios (goals: >= 0.9x, <= 1.1x).
+# plaintext one, the median of their ratios (goals: >= 0.9x, <= 1.1x),
+# with the CPU per MiB and per write of fio and each daemon, and the
+# ceiling that AES-GCM's cost on this machine sets (docs/transports.md).
+# BENCHFLAGS="-profile DIR" also writes each daemon's CPU profiles.
 bench-tls: deps build
 	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN) -tls -runs 5 $(BENCHFLAGS)
 

@@ -122,6 +122,12 @@ func main() {
 	tlsBench := flag.Bool("tls", false, "run the TLS benchmark instead: protocol C over tcp with and without TLS, runs paired, TLS/plaintext ratios (see tls.go)")
 	only := flag.String("only", "", "measure only the set-ups and workloads whose names contain one of these comma-separated words (e.g. \"alone,QD1\"), or that are named exactly by a word =NAME (words then separated by ;, e.g. \"=georepl C, 1 peer;QD1\"); nbdkit always runs")
 	flag.Parse()
+	if *profile != "" {
+		if err := os.MkdirAll(*profile, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+	}
 	if *wan {
 		if *only != "" {
 			wanVariants = keep(wanVariants, wanVariant.String, *only)
@@ -134,7 +140,7 @@ func main() {
 	}
 	if *tlsBench {
 		r := &rig{bins: []string{*bin}, runs: *runs, runtime: *runtime, size: int64(*sizeMiB) << 20, pluginDir: *pluginDir,
-			pprof: map[string][]string{}, daemons: map[string][]daemon{}, peaks: map[string]string{}}
+			profileDir: *profile, pprof: map[string][]string{}, daemons: map[string][]daemon{}, peaks: map[string]string{}}
 		if err := runTLSBench(*bin, *runs, r); err != nil {
 			fmt.Fprintln(os.Stderr, "bench-tls:", err)
 			os.Exit(1)
@@ -154,12 +160,6 @@ func main() {
 	}
 	r := &rig{bins: []string{*bin}, runs: *runs, runtime: *runtime, size: int64(*sizeMiB) << 20, pluginDir: *pluginDir,
 		profileDir: *profile, pprof: map[string][]string{}, daemons: map[string][]daemon{}, peaks: map[string]string{}}
-	if r.profileDir != "" {
-		if err := os.MkdirAll(r.profileDir, 0o755); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			os.Exit(1)
-		}
-	}
 	if *compare != "" {
 		r.bins = append(r.bins, *compare)
 	}
@@ -221,6 +221,8 @@ type daemon struct {
 
 type result struct {
 	bw, iops, latUs float64
+	// cpuSec is the CPU time fio itself spent (fio runs only).
+	cpuSec float64
 }
 
 // metric returns the value workload w is compared by.
@@ -394,7 +396,10 @@ func (r *rig) fio(uri string, w workload) (result, error) {
 	}
 	var rep struct {
 		Jobs []struct {
-			Write struct {
+			UsrCPU    float64 `json:"usr_cpu"` // percent of one CPU over the run
+			SysCPU    float64 `json:"sys_cpu"`
+			RuntimeMs float64 `json:"job_runtime"`
+			Write     struct {
 				BW   float64 `json:"bw_bytes"`
 				IOPS float64 `json:"iops"`
 				Lat  struct {
@@ -406,8 +411,9 @@ func (r *rig) fio(uri string, w workload) (result, error) {
 	if err := json.Unmarshal(out[strings.IndexByte(string(out), '{'):], &rep); err != nil || len(rep.Jobs) == 0 {
 		return result{}, fmt.Errorf("fio output: %v", err)
 	}
-	wr := rep.Jobs[0].Write
-	return result{wr.BW, wr.IOPS, wr.Lat.Mean / 1e3}, nil
+	job := rep.Jobs[0]
+	wr := job.Write
+	return result{wr.BW, wr.IOPS, wr.Lat.Mean / 1e3, (job.UsrCPU + job.SysCPU) / 100 * job.RuntimeMs / 1e3}, nil
 }
 
 // paired runs workload w r.runs times on each of uris, each run right
