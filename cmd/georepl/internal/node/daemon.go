@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"sort"
 	"sync"
@@ -354,7 +355,7 @@ func (r *resource) hello(p *peer) (wire.Hello, error) {
 // dialer says which side ours is, path which path conn is on.
 func (r *resource) handOver(p *peer, transport string, conn transports.Conn, hs *handshake, ours, theirs *wire.Hello, dialer bool, path int) {
 	readers := [2]*wire.Reader{
-		wire.NewReader(conn.Stream(transports.ChannelData)),
+		wire.NewReader(hs.stream(transports.ChannelData)),
 		hs.reader,
 	}
 	// Protocols B and C wait for the peer's answer anyway: their frames
@@ -362,7 +363,12 @@ func (r *resource) handOver(p *peer, transport string, conn transports.Conn, hs 
 	inline := p.link().Protocol != protocols.A
 	l := newLink(r, p.id, p.node.Name, transport, conn, readers, p.link().Net.Compression, p.link().Net.PingInterval, p.link().Net.Timeout, inline)
 	l.hello, l.ourHello = theirs, ours
-	l.cur.path = path
+	// The link's transport connection, its records counted (rekey.go).
+	l.cur = l.newPathConn(conn, readers, path, hs.records)
+	if ours.Features&theirs.Features&wire.FeatureResume == 0 && r.rekeys(p) && dialer {
+		r.log.Warn("the peer cannot continue a connection on a new TLS session (an older version?): its keys are renewed by closing the connection and making it anew, which resynchronizes what changed meanwhile",
+			"peer", p.node.Name, "every_records", r.rekeyBudget(p))
+	}
 	if ours.Features&theirs.Features&wire.FeatureResume != 0 {
 		l.rt = &retransmit{}
 		first, second := ours.Nonce, theirs.Nonce
@@ -400,11 +406,14 @@ func (r *resource) dialLoop(p *peer) {
 	var lastProbe time.Time
 	answered := make([]int, len(p.paths)) // probes in a row each path answered
 	next := 0                             // the path to dial next
+	var rekeyFailed time.Time             // when renewing the TLS keys last failed
 	for {
+		rekeyWait := time.Duration(math.MaxInt64)
 		r.mu.Lock()
 		conn, wanted := p.conn, p.wanted
 		r.mu.Unlock()
 		var wait, suspended <-chan struct{}
+		var rekey chan struct{}
 		retry := p.link().Net.ConnectRetry
 		switch {
 		case conn != nil && conn.rt != nil && conn.isSuspended():
@@ -415,13 +424,25 @@ func (r *resource) dialLoop(p *peer) {
 		case conn != nil:
 			wait, suspended = conn.closed, conn.suspendSignal()
 			upSince = time.Now()
+			rekey = conn.current().records.dueSignal()
+			if isClosed(rekey) {
+				// Renewing failed last time: again after connect_retry.
+				wait := p.link().Net.ConnectRetry - time.Since(rekeyFailed)
+				if wait <= 0 {
+					if !r.renewKeys(tr, p, conn) {
+						rekeyFailed = time.Now()
+					}
+					continue
+				}
+				rekey, rekeyWait = nil, wait
+			}
 			if len(p.paths) > 1 {
 				if time.Since(lastProbe) >= p.link().Net.PingInterval {
 					back := r.probePaths(tr, p, conn, answered)
 					lastProbe = time.Now()
 					if back >= 0 {
 						clear(answered)
-						if err := r.dialOnce(tr, p, back, conn, true); err != nil {
+						if err := r.dialOnce(tr, p, back, conn, resumeMove); err != nil {
 							r.setPath(p, back, "failed", err.Error())
 							r.log.Warn("moving back to the preferred path failed", "peer", p.node.Name, "path", describePath(p, back), "err", err)
 						}
@@ -443,7 +464,7 @@ func (r *resource) dialLoop(p *peer) {
 		case wanted:
 			i := next % len(p.paths)
 			next++
-			err := r.dialOnce(tr, p, i, nil, false)
+			err := r.dialOnce(tr, p, i, nil, resumeFailover)
 			if err == nil {
 				upSince = time.Now() // it may be over before the loop looks
 				continue
@@ -460,7 +481,7 @@ func (r *resource) dialLoop(p *peer) {
 				lastLogged = msg
 			}
 		}
-		timer := time.NewTimer(max(retry, 0))
+		timer := time.NewTimer(max(min(retry, rekeyWait), 0))
 		select {
 		case <-r.stop:
 			timer.Stop()
@@ -469,6 +490,8 @@ func (r *resource) dialLoop(p *peer) {
 			timer.Stop()
 			lastLogged = ""
 		case <-suspended:
+			timer.Stop()
+		case <-rekey:
 			timer.Stop()
 		case <-timer.C:
 		}
@@ -502,6 +525,8 @@ func (r *resource) dialHandshake(ctx context.Context, tr transports.Transport, p
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	hs = newHandshake(conn)
+	// The dialer renews the keys (rekey.go).
+	hs.records.budget.Store(r.rekeyBudget(p))
 	if err := r.checkPeerIdentity(conn, p, true); err != nil {
 		err = fmt.Errorf("the node at %s: %w", addr, err)
 		hs.refuse(err)
@@ -535,9 +560,9 @@ func (r *resource) dialHandshake(ctx context.Context, tr transports.Transport, p
 }
 
 // dialOnce connects to p on path i: a new connection, or the
-// continuation of link l if not nil: suspended, or moving back to path i
-// from a working one (moved).
-func (r *resource) dialOnce(tr transports.Transport, p *peer, i int, l *link, moved bool) error {
+// continuation of link l if not nil, as how says: suspended, moving back
+// to path i from a working one, or renewing its TLS keys on path i.
+func (r *resource) dialOnce(tr transports.Transport, p *peer, i int, l *link, how resumeHow) error {
 	limit := handshakeTimeout
 	if l != nil {
 		// A suspended link fails after timeout: one dead path must not
@@ -559,7 +584,7 @@ func (r *resource) dialOnce(tr transports.Transport, p *peer, i int, l *link, mo
 			hs.refuse(err)
 			return err
 		}
-		if err := r.dialResume(p, hs, i, l, moved); err != nil {
+		if err := r.dialResume(p, hs, i, l, how); err != nil {
 			conn.Close()
 			return err
 		}

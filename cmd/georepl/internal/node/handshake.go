@@ -46,11 +46,15 @@ type handshake struct {
 	conn   transports.Conn
 	reader *wire.Reader
 	writer *wire.Writer
+	// records counts the TLS records of conn's streams (rekey.go).
+	records *recordCount
 }
 
 func newHandshake(conn transports.Conn) *handshake {
-	ctl := conn.Stream(transports.ChannelControl)
-	return &handshake{conn: conn, reader: wire.NewPreAuthReader(ctl), writer: wire.NewWriter(ctl, wire.CompressionNone)}
+	h := &handshake{conn: conn, records: newRecordCount()}
+	ctl := h.stream(transports.ChannelControl)
+	h.reader, h.writer = wire.NewPreAuthReader(ctl), wire.NewWriter(ctl, wire.CompressionNone)
+	return h
 }
 
 func (h *handshake) send(f *wire.Frame) error {
@@ -133,7 +137,10 @@ func introOf(h *wire.Hello) wire.Intro {
 // intro returns our intro towards p, with a fresh nonce.
 func (r *resource) intro(p *peer) (wire.Intro, error) {
 	in := wire.Intro{Version: wire.Version, Resource: r.cfg.Name, From: uint8(r.self.ID), To: uint8(p.id)}
-	if p.multi {
+	// A connection continues on a new transport connection when it
+	// moves to another path, and over tcp with TLS to renew its keys
+	// (rekey.go).
+	if p.multi || r.rekeys(p) {
 		in.Features |= wire.FeatureResume
 	}
 	_, err := rand.Read(in.Nonce[:])

@@ -3,6 +3,7 @@ package node
 import (
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -103,7 +104,7 @@ func newLink(res *resource, peer core.NodeID, peerName, transport string, conn t
 	for ch := range l.queues {
 		l.queues[ch] = newFrameQueue(res)
 	}
-	l.cur = l.newPathConn(conn, rd, 0)
+	l.cur = l.newPathConn(conn, rd, 0, nil)
 	return l
 }
 
@@ -118,10 +119,14 @@ type pathConn struct {
 	// this connection reaches the engine after that.
 	readersDone sync.WaitGroup
 	closeOnce   sync.Once
+	// records counts the TLS records of conn (rekey.go); nil if not.
+	records *recordCount
 }
 
-func (l *link) newPathConn(conn transports.Conn, rd [2]*wire.Reader, path int) *pathConn {
-	pc := &pathConn{conn: conn, path: path, readers: rd}
+// newPathConn is conn on path, read by rd; records, if not nil, counts
+// the records of conn's streams (rd must read through it already).
+func (l *link) newPathConn(conn transports.Conn, rd [2]*wire.Reader, path int, records *recordCount) *pathConn {
+	pc := &pathConn{conn: conn, path: path, readers: rd, records: records}
 	for ch := range pc.writers {
 		// Data payloads are read into pooled buffers; see resource.receive
 		// for when they return.
@@ -130,7 +135,11 @@ func (l *link) newPathConn(conn transports.Conn, rd [2]*wire.Reader, path int) *
 		if wire.Channel(ch) == wire.ChannelData {
 			c = l.compression // acks are tiny: compressing them only costs latency
 		}
-		pc.writers[ch] = wire.NewWriter(conn.Stream(transports.Channel(ch)), c)
+		var stream io.ReadWriter = conn.Stream(transports.Channel(ch))
+		if records != nil {
+			stream = countedStream{stream, records}
+		}
+		pc.writers[ch] = wire.NewWriter(stream, c)
 	}
 	return pc
 }

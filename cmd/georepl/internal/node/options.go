@@ -35,6 +35,10 @@ type Options struct {
 	// failover log at addr (automatic failover); nil means TCP on addr
 	// (failover.ListenTCP). Tests pass a failover.MemHub's.
 	Consensus func(resource, node, addr string) (failover.Network, error)
+	// TLSRekeyRecords is how many TLS records a transport connection of
+	// a tcp connection with TLS carries before the dialing node renews
+	// its keys (rekey.go); 0 means 2^23. Tests make it small.
+	TLSRekeyRecords uint64
 }
 
 // Device is a backing disk or an external metadata file: kmod.Backing, or

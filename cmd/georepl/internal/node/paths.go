@@ -388,7 +388,7 @@ func (r *resource) resumeOver(tr transports.Transport, p *peer, l *link) bool {
 	failed := l.current().path
 	for k := 1; k <= len(p.paths); k++ {
 		i := (failed + k) % len(p.paths)
-		if err := r.dialOnce(tr, p, i, l, false); err != nil {
+		if err := r.dialOnce(tr, p, i, l, resumeFailover); err != nil {
 			r.setPath(p, i, "failed", err.Error())
 			r.log.Warn("continuing the connection failed", "peer", p.node.Name, "path", describePath(p, i), "err", err)
 			if isClosed(l.closed) {
@@ -484,7 +484,10 @@ func (r *resource) acceptResume(p *peer, hs *handshake, f *wire.Frame) error {
 	old, i := l.current().path, p.pathOfConn(hs.conn)
 	moved := f.Flags&wire.FlagMove != 0
 	why := fmt.Errorf("the peer continues the connection on %s", describePath(p, i))
-	if moved {
+	switch {
+	case moved && i == old:
+		why = fmt.Errorf("the peer renews the TLS keys on %s", describePath(p, i))
+	case moved:
 		why = fmt.Errorf("the peer moves the connection back to its preferred %s", describePath(p, i))
 	}
 	if err := l.sendResume(hs, why, moved); err != nil {
@@ -513,27 +516,41 @@ func (l *link) sendResume(hs *handshake, why error, moved bool) error {
 // peer's resume frame f says it lacks; a failure ends l. moved says the
 // old path still works. Called with l.resumeMu held.
 func (r *resource) continueOn(l *link, hs *handshake, i, old int, f *wire.Frame, moved bool) error {
-	resent, err := l.resume(l.newPathConn(hs.conn, [2]*wire.Reader{wire.NewReader(hs.conn.Stream(transports.ChannelData)), hs.reader}, i),
+	resent, err := l.resume(l.newPathConn(hs.conn, [2]*wire.Reader{wire.NewReader(hs.stream(transports.ChannelData)), hs.reader}, i, hs.records),
 		[2]uint64{f.Seq, f.Epoch})
 	if err != nil {
 		l.fail(err)
 		return err
 	}
+	if moved && i == old {
+		// A move onto the path in use: a new TLS session, new keys.
+		r.rekeyed(l, i, resent)
+		return nil
+	}
 	r.pathUp(l, old, i, resent, moved)
 	return nil
 }
 
-// dialResume continues link l on the handshake hs just made on path i;
-// moved says l's transport connection works and l moves to path i
-// because the dialer prefers it.
-func (r *resource) dialResume(p *peer, hs *handshake, i int, l *link, moved bool) error {
+// dialResume continues link l on the handshake hs just made on path i,
+// as how says: after its transport connection failed; moving to path i,
+// which the dialer prefers, from one that works; or on path i, the one in
+// use, for new TLS keys. The last two are flagged as a move: l's
+// transport connection works.
+func (r *resource) dialResume(p *peer, hs *handshake, i int, l *link, how resumeHow) error {
 	l.resumeMu.Lock()
 	defer l.resumeMu.Unlock()
 	old := l.current().path
-	if moved && (l.isSuspended() || old == i) {
+	moved := how != resumeFailover
+	why := fmt.Errorf("moving back to the preferred %s", describePath(p, i))
+	switch {
+	case how == resumeMove && (l.isSuspended() || old == i):
 		return fmt.Errorf("no move to %s: the connection left %s meanwhile", describePath(p, i), describePath(p, old))
+	case how == resumeRekey && (l.isSuspended() || old != i):
+		return fmt.Errorf("no new TLS session on %s: the connection left it meanwhile", describePath(p, i))
+	case how == resumeRekey:
+		why = fmt.Errorf("renewing the TLS keys on %s", describePath(p, i))
 	}
-	if err := l.sendResume(hs, fmt.Errorf("moving back to the preferred %s", describePath(p, i)), moved); err != nil {
+	if err := l.sendResume(hs, why, moved); err != nil {
 		return err
 	}
 	f, err := hs.expect(wire.TypeResume)

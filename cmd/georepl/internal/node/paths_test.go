@@ -35,6 +35,9 @@ type pathSetup struct {
 	transport string
 	tls       bool
 	opts      map[string]Options
+	// single leaves the path blocks out: one path, the nodes' own
+	// addresses.
+	single bool
 }
 
 // pathConfig is resource r0 under protocol C between alpha and dr, with
@@ -63,6 +66,20 @@ func pathConfig(t *testing.T, dir string, s pathSetup, addrs [4]string) string {
 				filepath.Join(dir, "ca.crt"), filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"))
 		}
 	}
+	paths := fmt.Sprintf(`  connection "alpha" "dr" {
+    path {
+      alpha = %q
+      dr    = %q
+    }
+    path {
+      alpha = %q
+      dr    = %q
+    }
+  }
+`, addrs[0], addrs[1], addrs[2], addrs[3])
+	if s.single {
+		paths = ""
+	}
 	return fmt.Sprintf(`resource "r0" {
   protocol = "C"
   net {
@@ -84,19 +101,8 @@ func pathConfig(t *testing.T, dir string, s pathSetup, addrs [4]string) string {
     disk = %q
     %s
   }
-  connection "alpha" "dr" {
-    path {
-      alpha = %q
-      dr    = %q
-    }
-    path {
-      alpha = %q
-      dr    = %q
-    }
-  }
-}
-`, transport, security, addrs[0], filepath.Join(dir, "alpha.img"), tlsBlock["alpha"], addrs[1], filepath.Join(dir, "dr.img"), tlsBlock["dr"],
-		addrs[0], addrs[1], addrs[2], addrs[3])
+%s}
+`, transport, security, addrs[0], filepath.Join(dir, "alpha.img"), tlsBlock["alpha"], addrs[1], filepath.Join(dir, "dr.img"), tlsBlock["dr"], paths)
 }
 
 // pathCluster is pathConfig's resource in this process, on loopback:
@@ -386,7 +392,7 @@ func TestResumeCounts(t *testing.T) {
 		t.Fatal("a failed transport connection did not suspend the link")
 	}
 	conn := newPipeConn()
-	pc := l.newPathConn(conn, [2]*wire.Reader{wire.NewReader(conn.ours[0]), wire.NewReader(conn.ours[1])}, 1)
+	pc := l.newPathConn(conn, [2]*wire.Reader{wire.NewReader(conn.ours[0]), wire.NewReader(conn.ours[1])}, 1, nil)
 	resent, err := l.resume(pc, [2]uint64{3, 0})
 	if err != nil {
 		t.Fatal(err)
@@ -418,7 +424,7 @@ func TestResumeCounts(t *testing.T) {
 		l.pmu.Unlock()
 		l.pathFailed(l.current(), errors.New("test"))
 		conn := newPipeConn()
-		pc := l.newPathConn(conn, [2]*wire.Reader{wire.NewReader(conn.ours[0]), wire.NewReader(conn.ours[1])}, 1)
+		pc := l.newPathConn(conn, [2]*wire.Reader{wire.NewReader(conn.ours[0]), wire.NewReader(conn.ours[1])}, 1, nil)
 		if _, err := l.resume(pc, [2]uint64{got, 0}); err == nil {
 			t.Errorf("a peer that received %d frames, with 3 to 5 kept, was resumed", got)
 		} else {
@@ -565,6 +571,7 @@ func checkSameData(t *testing.T, alpha *Daemon, dir string, size uint64) {
 type pathEvents struct {
 	mu     sync.Mutex
 	events []Event
+	rekeys []Event
 }
 
 func watchPaths(t *testing.T, daemons ...*Daemon) *pathEvents {
@@ -580,6 +587,10 @@ func watchPaths(t *testing.T, daemons ...*Daemon) *pathEvents {
 				case "path":
 					pe.mu.Lock()
 					pe.events = append(pe.events, ev)
+					pe.mu.Unlock()
+				case "rekey":
+					pe.mu.Lock()
+					pe.rekeys = append(pe.rekeys, ev)
 					pe.mu.Unlock()
 				}
 			}

@@ -132,6 +132,9 @@ type peer struct {
 	// before conn, under mu: with conn's, the totals since the daemon
 	// started.
 	sentBefore, recvBefore uint64
+	// tlsRekeys counts the new TLS sessions its connections continued on
+	// for new keys since the daemon started (rekey.go), under mu.
+	tlsRekeys uint64
 	// ackLatency measures data frames from their hand-over to the link
 	// to the peer's WriteAck, with the hand-over times in acks (emu).
 	ackLatency latencyHistogram

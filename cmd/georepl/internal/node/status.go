@@ -130,6 +130,9 @@ type PeerStatus struct {
 	// TLSPeer is, while connected with TLS, the certificate the peer
 	// proved it holds on the transport connection in use.
 	TLSPeer *PeerCertificate `json:"tls_peer,omitempty"`
+	// TLSRekeys counts the times the connections to the peer continued
+	// on a new TLS session for new keys, since the daemon started.
+	TLSRekeys uint64 `json:"tls_rekeys,omitempty"`
 	// Auth says what authenticates the peer: "certificate",
 	// "certificate+secret", "secret", or "none (insecure)" where the
 	// configuration accepts a connection nothing authenticates.
@@ -353,7 +356,7 @@ func (r *resource) publishStatus() {
 	for _, p := range sortedPeers(r.peers) {
 		r.mu.Lock()
 		conn, lastErr, wanted := p.conn, p.lastErr, p.wanted
-		sentBefore, recvBefore := p.sentBefore, p.recvBefore
+		sentBefore, recvBefore, rekeys := p.sentBefore, p.recvBefore, p.tlsRekeys
 		var paths []PathStatus
 		if p.multi {
 			for i, path := range p.paths {
@@ -369,7 +372,7 @@ func (r *resource) publishStatus() {
 			Name: p.node.Name, ID: p.node.ID, Address: p.node.Address,
 			Protocol: p.link().Protocol.String(), Transport: p.link().Net.Transport, Compression: p.link().Net.Compression.String(),
 			Conn: core.StandAlone.String(), Repl: core.ReplOff.String(), Role: core.RoleUnknown.String(), Disk: core.DUnknown.String(),
-			TLS: p.link().Net.TLS.String(), Auth: authOf(p.link().Net),
+			TLS: p.link().Net.TLS.String(), Auth: authOf(p.link().Net), TLSRekeys: rekeys,
 			LastError: lastErr,
 			LinkSent:  sentBefore, LinkRecv: recvBefore,
 			MaxBuffer: uint64(p.link().Net.MaxBuffer), AckLatency: p.ackLatency.snapshot(),

@@ -85,7 +85,7 @@ func WriteStatus(w io.Writer, sts []*ResourceStatus) {
 			fmt.Fprintf(w, "      protocol:%s transport:%s tls:%s auth:%s compression:%s sent:%s received:%s out-of-sync:%s\n",
 				p.Protocol, transport, p.TLS, p.Auth, p.Compression, HumanBytes(p.BytesSent), HumanBytes(p.BytesRecv), HumanBytes(p.OutOfSync))
 			if c := p.TLSPeer; c != nil {
-				fmt.Fprintf(w, "      tls peer: node %s, certificate %s, valid until %s\n", c.Node, c.Fingerprint, c.ValidUntil.Format(time.RFC3339))
+				fmt.Fprintf(w, "      tls peer: node %s, certificate %s, valid until %s, keys renewed %d times\n", c.Node, c.Fingerprint, c.ValidUntil.Format(time.RFC3339), p.TLSRekeys)
 			}
 			if p.TransportError != "" {
 				fmt.Fprintf(w, "      transport %s last error: %s\n", p.Transport, p.TransportError)

@@ -1,0 +1,71 @@
+package node
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// TestTLSRekeyKeepsState: over tcp with TLS and a budget of a few hundred
+// records per TLS session, a stream of protocol C writes runs through
+// several re-keys, each a new TLS session on the same path that the
+// connection continues on: no write fails, the connection never drops (no
+// resync), dr's data equals alpha's, and both nodes count the re-keys in
+// their status and events. With the nodes' own addresses only (no path
+// blocks) and with two paths.
+func TestTLSRekeyKeepsState(t *testing.T) {
+	for _, single := range []bool{true, false} {
+		t.Run(fmt.Sprintf("single=%v", single), func(t *testing.T) {
+			opts := Options{TLSRekeyRecords: 400}
+			c := newPathCluster(t, pathSetup{tls: true, single: single, opts: map[string]Options{"alpha": opts, "dr": opts}})
+			alpha, dr := c.daemons["alpha"], c.daemons["dr"]
+			logs := func() string { return "alpha:\n" + c.logs["alpha"].String() + "\ndr:\n" + c.logs["dr"].String() }
+			waitInSync(t, alpha, logs)
+			events := watchPaths(t, alpha, dr)
+			logMark := map[string]int{"alpha": len(c.logs["alpha"].String()), "dr": len(c.logs["dr"].String())}
+			before := peerStatus(t, alpha, "dr").TLSRekeys
+
+			dev, err := alpha.LocalDevice("r0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			load := startWrites(dev, 2, 16<<10)
+			const want = 4
+			waitUntil(t, "alpha's status counts the re-keys", func() (bool, string) {
+				p := peerStatus(t, alpha, "dr")
+				return p.TLSRekeys >= before+want, fmt.Sprintf("%d re-keys, %d writes\n%s", p.TLSRekeys-before, load.completed.Load(), logs())
+			})
+			load.wait(t, 50, logs)
+			load.stop(t)
+			t.Logf("%d protocol C writes completed", load.completed.Load())
+			checkSameData(t, alpha, c.dir, dev.Size())
+			for node, mark := range logMark {
+				if lost := strings.Count(c.logs[node].String()[mark:], "connection lost"); lost > 0 {
+					t.Errorf("%s lost the connection %d times; its log:\n%s", node, lost, c.logs[node].String()[mark:])
+				}
+			}
+			// The re-keying node is the dialer, alpha; dr counts the
+			// same re-keys once the last one is through.
+			waitUntil(t, "dr's status counts alpha's re-keys", func() (bool, string) {
+				a, d := peerStatus(t, alpha, "dr"), peerStatus(t, dr, "alpha")
+				return a.TLSRekeys == d.TLSRekeys, fmt.Sprintf("alpha %d, dr %d\n%s", a.TLSRekeys, d.TLSRekeys, logs())
+			})
+			events.mu.Lock()
+			rekeys := events.rekeys
+			events.mu.Unlock()
+			count := map[string]int{}
+			for _, ev := range rekeys {
+				count[ev.Node]++
+				if !strings.HasPrefix(ev.New, "path 0 ") {
+					t.Errorf("%s: re-key event on %q, want path 0", ev.Node, ev.New)
+				}
+			}
+			if count["alpha"] < want || count["dr"] < want {
+				t.Errorf("re-key events: %v, want at least %d on each node", count, want)
+			}
+			if moves, _ := events.moves("alpha"); len(moves) != 0 {
+				t.Errorf("alpha moved to %q; a re-key is no move", moves)
+			}
+		})
+	}
+}
