@@ -206,11 +206,7 @@ func TestPathFailoverKeepsState(t *testing.T) {
 	t.Logf("%d protocol C writes completed", load.completed.Load())
 	// Every write completed under protocol C: dr has them all, now.
 	checkSameData(t, alpha, c.dir, dev.Size())
-	for node, mark := range logMark {
-		if lost := strings.Count(c.logs[node].String()[mark:], "connection lost"); lost > 0 {
-			t.Errorf("%s lost the connection %d times; its log:\n%s", node, lost, c.logs[node].String()[mark:])
-		}
-	}
+	c.checkNotLost(t, logMark)
 	// Path 0 was down at the first failover, path 1 at the second (or
 	// path 0 answered the probes before, and the connection moved back to
 	// it).
@@ -224,6 +220,17 @@ func TestPathFailoverKeepsState(t *testing.T) {
 		p := peerStatus(t, alpha, "dr")
 		return len(p.Paths) == 2 && p.Paths[0].State == "active" && p.Paths[1].State == "standby", fmt.Sprintf("%+v", p.Paths)
 	})
+}
+
+// checkNotLost fails the test if a node's log, from its mark in
+// logMark on, says it lost the connection.
+func (c *pathCluster) checkNotLost(t *testing.T, logMark map[string]int) {
+	t.Helper()
+	for node, mark := range logMark {
+		if lost := strings.Count(c.logs[node].String()[mark:], "connection lost"); lost > 0 {
+			t.Errorf("%s lost the connection %d times; its log:\n%s", node, lost, c.logs[node].String()[mark:])
+		}
+	}
 }
 
 // holeTransport is a transport whose dialled connections can be made a

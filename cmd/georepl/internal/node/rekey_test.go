@@ -39,11 +39,7 @@ func TestTLSRekeyKeepsState(t *testing.T) {
 			load.stop(t)
 			t.Logf("%d protocol C writes completed", load.completed.Load())
 			checkSameData(t, alpha, c.dir, dev.Size())
-			for node, mark := range logMark {
-				if lost := strings.Count(c.logs[node].String()[mark:], "connection lost"); lost > 0 {
-					t.Errorf("%s lost the connection %d times; its log:\n%s", node, lost, c.logs[node].String()[mark:])
-				}
-			}
+			c.checkNotLost(t, logMark)
 			// The re-keying node is the dialer, alpha; dr counts the
 			// same re-keys once the last one is through.
 			waitUntil(t, "dr's status counts alpha's re-keys", func() (bool, string) {
