@@ -51,6 +51,9 @@ type Daemon struct {
 
 	opts   Options
 	faults *kmod.Faults // test facility: see InjectIOFaults
+	// noResume makes this daemon offer no resume feature, as a version
+	// before it did over tcp with TLS: a test facility.
+	noResume bool
 
 	// witnesses are this node's voters of resources it holds no data of
 	// (automatic failover); started by UpAll, closed by Close.

@@ -140,7 +140,7 @@ func (r *resource) intro(p *peer) (wire.Intro, error) {
 	// A connection continues on a new transport connection when it
 	// moves to another path, and over tcp with TLS to renew its keys
 	// (rekey.go).
-	if p.multi || r.rekeys(p) {
+	if (p.multi || r.rekeys(p)) && !r.d.noResume {
 		in.Features |= wire.FeatureResume
 	}
 	_, err := rand.Read(in.Nonce[:])

@@ -119,6 +119,13 @@ func (c *pathCluster) addr(i int) string { return fmt.Sprintf("127.0.0.1:%d", c.
 
 func newPathCluster(t *testing.T, s pathSetup) *pathCluster {
 	t.Helper()
+	return newPathClusterAdjusted(t, s, nil)
+}
+
+// newPathClusterAdjusted is newPathCluster with adjust[node], if set,
+// changing that node's daemon before it comes up.
+func newPathClusterAdjusted(t *testing.T, s pathSetup, adjust map[string]func(*Daemon)) *pathCluster {
+	t.Helper()
 	builtin.Register()
 	port, err := checker.FreePorts(4)
 	if err != nil {
@@ -132,7 +139,7 @@ func newPathCluster(t *testing.T, s pathSetup) *pathCluster {
 			t.Fatalf("%v\n%s", err, src)
 		}
 		c.logs[name] = &syncBuffer{}
-		c.daemons[name] = startNode(t, cfg, name, 16<<20, c.logs[name], s.opts[name], nil)
+		c.daemons[name] = startNode(t, cfg, name, 16<<20, c.logs[name], s.opts[name], adjust[name])
 	}
 	return c
 }

@@ -65,3 +65,33 @@ func TestTLSRekeyKeepsState(t *testing.T) {
 		})
 	}
 }
+
+// TestTLSRekeyOlderPeer: dr offers no resume feature, as an older
+// version: alpha renews the keys by making the connection anew at each
+// budget, saying so, and dr ends up with alpha's data all the same.
+func TestTLSRekeyOlderPeer(t *testing.T) {
+	opts := Options{TLSRekeyRecords: 400}
+	old := func(d *Daemon) { d.noResume = true }
+	c := newPathClusterAdjusted(t, pathSetup{tls: true, single: true, opts: map[string]Options{"alpha": opts, "dr": opts}}, map[string]func(*Daemon){"dr": old})
+	alpha := c.daemons["alpha"]
+	logs := func() string { return "alpha:\n" + c.logs["alpha"].String() + "\ndr:\n" + c.logs["dr"].String() }
+	waitInSync(t, alpha, logs)
+	dev, err := alpha.LocalDevice("r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := startWrites(dev, 2, 16<<10)
+	waitUntil(t, "alpha renews the keys by reconnecting twice", func() (bool, string) {
+		return strings.Count(c.logs["alpha"].String(), "renewing the TLS keys by reconnecting") >= 2, logs()
+	})
+	load.stop(t)
+	if !strings.Contains(c.logs["alpha"].String(), "the peer cannot continue a connection on a new TLS session") {
+		t.Errorf("alpha did not warn at connect that dr cannot renew keys in place; its log:\n%s", c.logs["alpha"].String())
+	}
+	waitUntil(t, "dr in sync again", func() (bool, string) {
+		p := peerStatus(t, alpha, "dr")
+		return p.Conn == "Connected" && p.Repl == "Established" && p.Disk == "UpToDate" && p.OutOfSync == 0,
+			fmt.Sprintf("%s %s %s %d\n%s", p.Conn, p.Repl, p.Disk, p.OutOfSync, logs())
+	})
+	checkSameData(t, alpha, c.dir, dev.Size())
+}
