@@ -25,6 +25,7 @@ var guestConfigs = map[string]string{
 	"blocksize-4k/r1.hcl":  blockSizeResource("r1", 7790, "/dev/vdb", "    logical_block_size = \"4KiB\"\n", 1),
 	"hold/hold.hcl":        holdResource("n", 7789, "/dev/vda", "/dev/nbd0") + holdResource("u", 7790, "/dev/vdb", "/dev/ublkb0"),
 	"resize/rz.hcl":        resizeResource(),
+	"autofailover/r0.hcl":  autoFailoverResource(),
 	"wan/wan.hcl":          wanResource("c", "C", 7789, "/dev/vda", "/dev/nbd0") + wanResource("a", "A", 7790, "/dev/vdb", "/dev/nbd1"),
 }
 
@@ -41,15 +42,25 @@ const (
 // is the kernel device lines of each node block, alExtents its activity
 // log's size in extents.
 func failoverResource(device string, alExtents int) string {
+	return ext4Resource(device, alExtents, "", nil)
+}
+
+// ext4Resource is failoverResource with extra at the end of the resource
+// block and nodeExtra(id) at the end of each node block (nil: nothing).
+func ext4Resource(device string, alExtents int, extra string, nodeExtra func(id int) string) string {
 	node := func(name string, id int) string {
+		more := ""
+		if nodeExtra != nil {
+			more = nodeExtra(id)
+		}
 		return fmt.Sprintf(`  node %q {
     id      = %d
     address = "10.0.0.%d:7789"
     disk    = "/dev/vda"
     export  = "unix:/run/georepl/r0.sock"
     %s
-  }
-`, name, id, id+1, device)
+%s  }
+`, name, id, id+1, device, more)
 	}
 	return fmt.Sprintf(`resource "r0" {
   protocol = "C"
@@ -61,7 +72,7 @@ func failoverResource(device string, alExtents int) string {
   disk {
     al_extents = %d
   }
-`, alExtents) + node("alpha", 0) + node("bravo", 1) + "}\n"
+%s`, alExtents, extra) + node("alpha", 0) + node("bravo", 1) + "}\n"
 }
 
 func wanResource(name, protocol string, port int, disk, device string) string {
