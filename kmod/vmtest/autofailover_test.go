@@ -108,6 +108,7 @@ func ext4AutoFailover(t *testing.T, r *rig, detail *string) {
 		links[i] = lk
 	}
 	ab, aw, bw := links[0], links[1], links[2]
+	start := time.Now()
 	alpha := r.startVMWith(t, vmSpec{node: "alpha", index: 0, nics: []nic{ab.end(0, 0x01), aw.end(0, 0x11)}}, imgA)
 	bravo := r.startVMWith(t, vmSpec{node: "bravo", index: 1, nics: []nic{ab.end(1, 0x02), bw.end(0, 0x12)}}, imgB)
 	// The witness holds no data: one CPU, no disk.
@@ -115,6 +116,7 @@ func ext4AutoFailover(t *testing.T, r *rig, detail *string) {
 	for _, v := range []*vm{alpha, bravo, witness} {
 		v.waitBooted()
 	}
+	t.Logf("three VMs booted in %s", time.Since(start).Round(time.Second))
 	alpha.must(routeVia("52:54:00:12:34:11", "10.0.0.3"), time.Minute)
 	bravo.must(routeVia("52:54:00:12:34:12", "10.0.0.3"), time.Minute)
 	witness.must(routeVia("52:54:00:12:34:13", "10.0.0.2"), time.Minute)
@@ -130,13 +132,16 @@ func ext4AutoFailover(t *testing.T, r *rig, detail *string) {
 		v.must("daemon "+conf, time.Minute)
 		v.must("georepl up r0", time.Minute)
 	}
+	t.Logf("daemons up %s after the start", time.Since(start).Round(time.Second))
 	// The first Primary is the operator's, through the log (term 1).
 	from := alpha.mark()
 	alpha.must("georepl primary --force r0", 2*time.Minute)
 	if _, line := alpha.waitFrom(from, "@@ON_PROMOTE alpha", 2*time.Minute); !strings.Contains(line, " no-ext4") {
 		t.Errorf("alpha's on_promote before mkfs: %q; want no-ext4", line)
 	}
+	t.Logf("alpha promoted through the log %s after the start", time.Since(start).Round(time.Second))
 	alpha.must("georepl wait-sync --timeout 10m r0 </dev/null >/tmp/ws.log 2>&1 || { cat /tmp/ws.log; false; }", 11*time.Minute)
+	t.Logf("initial sync done %s after the start", time.Since(start).Round(time.Second))
 	alpha.must(`[ "$(size /dev/nbd0)" != 0 ] || { echo "/dev/nbd0 not attached by georepl primary"; georepl status r0; tail -20 /tmp/daemon.log; false; }`, time.Minute)
 	if out := alpha.must("georepl status r0", time.Minute); !strings.Contains(strings.Join(out, "\n"), "failover: term 1 held by alpha") {
 		t.Fatalf("alpha's status after `primary`:\n%s\nwant term 1 held by alpha", strings.Join(out, "\n"))
@@ -147,24 +152,10 @@ func ext4AutoFailover(t *testing.T, r *rig, detail *string) {
 	}
 	alpha.must("mount /dev/nbd0 /mnt", time.Minute)
 
+	t.Logf("ext4 mounted on alpha %s after the start", time.Since(start).Round(time.Second))
 	// Write fsync'd files, then pull alpha's plug mid-write.
-	from = alpha.mark()
-	fmt.Fprintf(alpha.in, "vmguest write -dir /mnt -n 100000 &\n")
-	for range 40 {
-		from, _ = alpha.waitFrom(from, "@@FSYNCED ", 5*time.Minute)
-		from++
-	}
 	bravoFrom := bravo.mark()
-	alpha.kill()
-	lost := time.Now()
-	fsynced := map[string]string{}
-	alpha.mu.Lock()
-	for _, l := range alpha.lines {
-		if f := strings.Fields(l); len(f) == 3 && f[0] == "@@FSYNCED" {
-			fsynced[f[1]] = f[2]
-		}
-	}
-	alpha.mu.Unlock()
+	fsynced, lost := alpha.writeThenKill(40)
 	t.Logf("alpha powered off after %d fsync'd files", len(fsynced))
 
 	// No operator: the log promotes bravo, its daemon attaches /dev/nbd0
@@ -185,20 +176,7 @@ func ext4AutoFailover(t *testing.T, r *rig, detail *string) {
 		t.Errorf("bravo's status after the automatic failover:\n%s\nwant Primary, term 2 held by bravo", status)
 	}
 	bravo.must(`grep -q '^/dev/nbd0 /mnt ext4 rw' /proc/mounts || { cat /proc/mounts; false; }`, time.Minute)
-	out = bravo.must("cd /mnt && sha256sum f* 2>/dev/null; cd /", 5*time.Minute)
-	got := map[string]string{}
-	for _, l := range out {
-		if f := strings.Fields(l); len(f) == 2 {
-			got[f[1]] = f[0]
-		}
-	}
-	bad := 0
-	for name, sum := range fsynced {
-		if got[name] != sum {
-			bad++
-			t.Errorf("%s: checksum %q after the automatic failover; recorded %s before the power loss", name, got[name], sum)
-		}
-	}
+	bad := badFiles(t, bravo, fsynced, "after the automatic failover")
 	bravo.must("umount /mnt", time.Minute)
 	fsckClean := false
 	if out, rc := bravo.sh("/usr/sbin/e2fsck -f -n /dev/nbd0", 5*time.Minute); rc == 0 {
