@@ -34,10 +34,9 @@ func discardNode(rc *configs.Resource, n configs.Net) (core.NodeID, error) {
 func (r *resource) runHandlers(ev Event) {
 	h := r.handlers.Load()
 	if ev.What == "role" && ev.Peer == "" {
-		switch {
-		case ev.New == core.Primary.String() && len(h.OnPromote) > 0:
-			r.runHandler("on_promote", h.OnPromote, ev)
-		case ev.Old == core.Primary.String() && len(h.OnDemote) > 0:
+		// on_promote runs later, once the kernel device is attached
+		// (promoted): it may mount it.
+		if ev.Old == core.Primary.String() && len(h.OnDemote) > 0 {
 			r.runHandler("on_demote", h.OnDemote, ev)
 		}
 		return
@@ -49,6 +48,18 @@ func (r *resource) runHandlers(ev Event) {
 		"GEOREPL_OUTCOME="+ev.New,
 		"GEOREPL_REASON="+ev.Detail,
 	)
+}
+
+// promoted starts the on_promote handler, if configured, once this node
+// is Primary and its kernel device, if it has one, is attached: the
+// handler may mount it.
+func (r *resource) promoted() {
+	h := r.handlers.Load()
+	if len(h.OnPromote) == 0 {
+		return
+	}
+	r.runHandler("on_promote", h.OnPromote, Event{Time: time.Now().UTC(), Resource: r.cfg.Name, Node: r.self.Name,
+		What: "role", Old: core.Secondary.String(), New: core.Primary.String()})
 }
 
 // runRPOHandler starts the rpo_exceeded handler, if configured, with the
