@@ -100,8 +100,10 @@ func (r *resource) Secondary() error {
 	}); err != nil {
 		return err
 	}
-	// The kernel device goes first: it refuses, naming the holder, while
-	// it is mounted or open, and then nothing else has changed.
+	// on_demote may stop the service and unmount the device. Then the
+	// kernel device goes first: it refuses, naming the holder, while it
+	// is mounted or open, and then nothing else has changed.
+	r.demoting()
 	if err := r.detachKernelDevice(); err != nil {
 		return err
 	}
