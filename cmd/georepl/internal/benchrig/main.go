@@ -30,6 +30,13 @@
 // a CPU profile of each is written to DIR during every georepl fio run:
 // what a change costs per write, beside what it does to the ratio.
 //
+// A second table gives, for the same runs, the CPU time the servers spent
+// per request (all daemons of a set-up together, from /proc; ratio to
+// nbdkit's in the paired run) and the daemons' context switches per
+// request. A shared machine's load moves rates and latencies by a factor
+// of two or more from one minute to the next, these far less: they say
+// whether a change made the data path cheaper when the ratios cannot.
+//
 // With -wan it runs the WAN benchmark over a shaped link between two
 // network namespaces (`make bench-wan`, root only; wan.go).
 //
@@ -345,7 +352,11 @@ func (r *rig) run() error {
 		fmt.Fprint(tw, name)
 		for _, w := range workloads {
 			c := cells[w.name]
-			fmt.Fprintf(tw, "\t%.1f µs (%.2fx), %.1f cs", c.cpuUs, c.cpuRatio, c.switches)
+			if math.IsNaN(c.switches) {
+				fmt.Fprintf(tw, "\t%.1f µs (%.2fx)", c.cpuUs, c.cpuRatio)
+			} else {
+				fmt.Fprintf(tw, "\t%.1f µs (%.2fx), %.1f cs", c.cpuUs, c.cpuRatio, c.switches)
+			}
 		}
 		fmt.Fprintln(tw)
 	}
