@@ -305,36 +305,20 @@ func (r *rig) run() error {
 	}
 
 	fmt.Printf("\nfio --ioengine=nbd (journal commit: the project's NBD client), %v per run, median of %d runs, each paired with an nbdkit run, %d MiB device, same backing file\n\n", r.runtime, r.runs, r.size>>20)
-	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprint(tw, "setup")
-	for _, w := range workloads {
-		fmt.Fprintf(tw, "\t%s", w.name)
-	}
-	fmt.Fprintln(tw)
-	printRow := func(name string, cells map[string]cell) {
-		fmt.Fprint(tw, name)
-		for _, w := range workloads {
-			c := cells[w.name]
-			switch w.metric {
-			case "bw":
-				fmt.Fprintf(tw, "\t%.0f MB/s (%.2fx)", c.value/1e6, c.ratio)
-			case "iops":
-				fmt.Fprintf(tw, "\t%.1fk IOPS (%.2fx)", c.value/1e3, c.ratio)
-			case "lat":
-				fmt.Fprintf(tw, "\t%.0f µs (%.2fx)", c.value, c.ratio)
-			}
-		}
-		fmt.Fprintln(tw)
-	}
 	base := map[string]cell{}
 	for _, w := range workloads {
-		base[w.name] = cell{value: median(baseRuns[w.name]), ratio: 1}
+		base[w.name] = cell{value: median(baseRuns[w.name]), ratio: 1,
+			cpuUs: median(baseCPU[w.name]), cpuRatio: 1, switches: math.NaN()}
 	}
-	printRow("nbdkit file", base)
-	for _, n := range names {
-		printRow(n, results[n])
-	}
-	tw.Flush()
+	printTable(names, base, results, func(w workload, c cell) string {
+		switch w.metric {
+		case "bw":
+			return fmt.Sprintf("%.0f MB/s (%.2fx)", c.value/1e6, c.ratio)
+		case "iops":
+			return fmt.Sprintf("%.1fk IOPS (%.2fx)", c.value/1e3, c.ratio)
+		}
+		return fmt.Sprintf("%.0f µs (%.2fx)", c.value, c.ratio)
+	})
 	fmt.Println("\nratios: bandwidth and IOPS relative to nbdkit (higher is better); QD1 latency relative to nbdkit (lower is better);")
 	fmt.Println("each the median of the ratios of a run to the nbdkit run just before it")
 
@@ -343,36 +327,40 @@ func (r *rig) run() error {
 	fmt.Println("\nserver CPU time per request (every daemon of the set-up together; ratio to nbdkit's) and context switches per request")
 	fmt.Println("(nbdkit's threads end with each connection, taking their count along: no ratio), medians:")
 	fmt.Println()
-	fmt.Fprint(tw, "setup")
-	for _, w := range workloads {
-		fmt.Fprintf(tw, "\t%s", w.name)
-	}
-	fmt.Fprintln(tw)
-	printCPU := func(name string, cells map[string]cell) {
-		fmt.Fprint(tw, name)
-		for _, w := range workloads {
-			c := cells[w.name]
-			if math.IsNaN(c.switches) {
-				fmt.Fprintf(tw, "\t%.1f µs (%.2fx)", c.cpuUs, c.cpuRatio)
-			} else {
-				fmt.Fprintf(tw, "\t%.1f µs (%.2fx), %.1f cs", c.cpuUs, c.cpuRatio, c.switches)
-			}
+	printTable(names, base, results, func(_ workload, c cell) string {
+		if math.IsNaN(c.switches) {
+			return fmt.Sprintf("%.1f µs (%.2fx)", c.cpuUs, c.cpuRatio)
 		}
-		fmt.Fprintln(tw)
-	}
-	for _, w := range workloads {
-		base[w.name] = cell{cpuUs: median(baseCPU[w.name]), cpuRatio: 1, switches: math.NaN()}
-	}
-	printCPU("nbdkit file", base)
-	for _, n := range names {
-		printCPU(n, results[n])
-	}
-	tw.Flush()
+		return fmt.Sprintf("%.1f µs (%.2fx), %.1f cs", c.cpuUs, c.cpuRatio, c.switches)
+	})
 	fmt.Println("\npeak resident memory of each daemon over its set-up's runs (VmHWM; max_buffer 64 MiB per peer):")
 	for _, n := range names {
 		fmt.Printf("  %s: %s\n", n, r.peaks[n])
 	}
 	return nil
+}
+
+// printTable prints a table of the workloads' cells: nbdkit's row
+// (base), then the set-ups' rows in names' order, each cell as text says.
+func printTable(names []string, base map[string]cell, rows map[string]map[string]cell, text func(workload, cell) string) {
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprint(tw, "setup")
+	for _, w := range workloads {
+		fmt.Fprintf(tw, "\t%s", w.name)
+	}
+	fmt.Fprintln(tw)
+	row := func(name string, cells map[string]cell) {
+		fmt.Fprint(tw, name)
+		for _, w := range workloads {
+			fmt.Fprintf(tw, "\t%s", text(w, cells[w.name]))
+		}
+		fmt.Fprintln(tw)
+	}
+	row("nbdkit file", base)
+	for _, n := range names {
+		row(n, rows[n])
+	}
+	tw.Flush()
 }
 
 // measure runs one workload once and returns what it measured.
