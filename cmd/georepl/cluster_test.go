@@ -468,11 +468,14 @@ func TestDemo(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, georeplBin, "demo", "--size", "128MiB").CombinedOutput()
+	dir := t.TempDir()
+	out, err := exec.CommandContext(ctx, georeplBin, "demo", "--size", "128MiB", "--dir", dir).CombinedOutput()
 	if err != nil {
 		t.Fatalf("georepl demo: %v\n%s", err, out)
 	}
-	for _, want := range []string{"byte-identical", "resynchronised", "tls init", "tls:required auth:certificate+secret"} {
+	for _, want := range []string{"byte-identical", "resynchronised", "tls init", "tls:required auth:certificate+secret",
+		`mode              = "auto"`, "bravo promoted automatically and accepting writes", "bravo serves every write alpha acknowledged",
+		"alpha resynchronised"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
@@ -486,6 +489,19 @@ func TestDemo(t *testing.T) {
 	moved, size := humanToBytes(m[1], m[2]), humanToBytes(m[3], m[4])
 	if moved <= 0 || size <= 0 || moved >= size*7/8 {
 		t.Errorf("bravo resynchronised %s%s of %s%s: want some, and well under the whole disk\n%s", m[1], m[2], m[3], m[4], out)
+	}
+	// The demo ends cleanly: every daemon, the killed ones' earlier runs
+	// included, logged no panic or race.
+	for _, n := range demoNodes {
+		log, err := os.ReadFile(filepath.Join(dir, n+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, sign := range []string{"panic: ", "fatal error: ", "WARNING: DATA RACE"} {
+			if i := strings.Index(string(log), sign); i >= 0 {
+				t.Errorf("the demo's log of %s shows %q:\n%s", n, strings.TrimSpace(sign), log[i:min(len(log), i+16384)])
+			}
+		}
 	}
 }
 
