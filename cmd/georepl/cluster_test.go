@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,6 +79,9 @@ type cluster struct {
 	confOf map[string]string
 	// args are extra daemon arguments per node.
 	args map[string][]string
+	// wrap is a command that runs a node's daemon (its arguments
+	// following), e.g. `ip netns exec NS`; the daemon itself runs without.
+	wrap map[string][]string
 }
 
 // newCluster prepares the demo's three nodes with disks of size bytes;
@@ -90,7 +94,7 @@ func newCluster(t *testing.T, size int64, edits ...func(string) string) *cluster
 		t.Fatal(err)
 	}
 	c := &cluster{t: t, dir: dir, conf: filepath.Join(dir, "conf"), procs: map[string]*exec.Cmd{}, exited: map[string]chan struct{}{},
-		confOf: map[string]string{}, args: map[string][]string{}}
+		confOf: map[string]string{}, args: map[string][]string{}, wrap: map[string][]string{}}
 	src := string(configs.Demo(dir, port))
 	for _, edit := range edits {
 		src = edit(src)
@@ -205,7 +209,8 @@ func (c *cluster) start(n string) {
 	if other, ok := c.confOf[n]; ok {
 		conf = other
 	}
-	cmd := exec.Command(georeplBin, append([]string{"daemon", "--config", conf, "--node", n, "--admin", c.adminSock(n), "--up"}, c.args[n]...)...)
+	argv := append(append(slices.Clone(c.wrap[n]), georeplBin, "daemon", "--config", conf, "--node", n, "--admin", c.adminSock(n), "--up"), c.args[n]...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
