@@ -451,13 +451,17 @@ func newRoleObserver(c *cluster) *roleObserver {
 	return o
 }
 
-func (o *roleObserver) halt() {
+func (o *roleObserver) halt() { closeAndWait(o.stop, o.done) }
+
+// closeAndWait closes stop, unless it is closed already, and waits for
+// done to close.
+func closeAndWait(stop, done chan struct{}) {
 	select {
-	case <-o.stop:
+	case <-stop:
 	default:
-		close(o.stop)
+		close(stop)
 	}
-	<-o.done
+	<-done
 }
 
 func (o *roleObserver) poll(n string) {
@@ -579,12 +583,7 @@ func newFailoverApp(o *roleObserver, c *cluster, slots int64) *failoverApp {
 }
 
 func (a *failoverApp) halt() {
-	select {
-	case <-a.stop:
-	default:
-		close(a.stop)
-	}
-	<-a.done
+	closeAndWait(a.stop, a.done)
 	a.mu.Lock()
 	for _, cl := range a.all {
 		go cl.Close()
