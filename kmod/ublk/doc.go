@@ -46,18 +46,22 @@
 // request.
 //
 // A write to a Device that is an nbd.AsyncWriter, and a flush of an
-// nbd.AsyncFlusher, start on the queue's thread itself: the data is copied
-// from the tag's buffer into one from the Device's nbd.WriteBuffers if it
-// has them (fresh memory otherwise), WriteAsync or FlushAsync is called,
-// and the loop goes on with the next request as soon as it returns. The
-// Device's completion, from whatever goroutine finishes the request (the
-// queue's own, before WriteAsync returns, if nothing has to wait), queues
-// the result; the loop commits it with its next submission, and only a
-// loop asleep in io_uring_enter is woken, through an eventfd that its
-// ring polls. So a write costs no goroutine, no channel and, while the
-// queue is busy, no wake-up. Everything else (reads, trims, write-zeroes,
-// and every request to a Device without those abilities) runs in a
-// goroutine of its own, as the NBD server's pipelined requests do.
+// nbd.AsyncFlusher, that arrives alone (the last of the requests one
+// io_uring_enter returned) starts on the queue's thread itself: the data
+// is copied from the tag's buffer into one from the Device's
+// nbd.WriteBuffers if it has them (fresh memory otherwise), WriteAsync or
+// FlushAsync is called, and the loop goes on as soon as it returns. Those
+// that arrive with others after them start the same way in a goroutine
+// each, which ends when WriteAsync returns, so that a batch's writes reach
+// the disk in parallel. The Device's completion, from whatever goroutine
+// finishes the request (the starting one, before WriteAsync returns, if
+// nothing has to wait), queues the result; the loop commits it with its
+// next submission, and only a loop asleep in io_uring_enter is woken,
+// through an eventfd that its ring polls. So a write at queue depth 1
+// costs no goroutine, no channel and no wake-up of another thread.
+// Everything else (reads, trims, write-zeroes, and every request to a
+// Device without those abilities) runs in a goroutine of its own, as the
+// NBD server's pipelined requests do.
 //
 //	queue thread                       driver                  Device
 //	FETCH(tag) for every tag ------->
@@ -66,8 +70,8 @@
 //	                         <------------------------------- done: result queued (eventfd if asleep)
 //	COMMIT_AND_FETCH(tag, result) -->  completes the bio
 //
-// WriteAsync and FlushAsync run on the queue's thread, so what they do
-// before returning holds up the queue's other requests (nbd.WillBlock
+// WriteAsync and FlushAsync may run on the queue's thread, so what they
+// do before returning holds up the queue's later requests (nbd.WillBlock
 // does nothing there): a Device must not wait in them for a later request,
 // and a wait must end when its context is cancelled (Close cancels it
 // after StopTimeout, then stops the queues).

@@ -66,9 +66,10 @@ type queue struct {
 	forced   bool
 	exited   bool // the loop is gone; results are dropped
 
-	served int          // loop-private counts
-	dead   int          //
-	spare  []completion // loop-private: done's other backing array
+	served  int          // loop-private counts
+	dead    int          //
+	spare   []completion // loop-private: done's other backing array
+	arrived []uint16     // loop-private: the tags of a batch's new requests
 }
 
 type completion struct {
@@ -194,9 +195,8 @@ func (q *queue) loop() error {
 				var b [8]byte
 				unix.Read(q.efd, b[:])
 			case c.res == ioResOK:
-				tag := uint16(c.userData)
 				q.served++
-				q.dispatch(tag, q.desc(tag))
+				q.arrived = append(q.arrived, uint16(c.userData))
 			case c.res == ioResAbort:
 				q.dead++
 			default:
@@ -209,6 +209,13 @@ func (q *queue) loop() error {
 		if failed != nil {
 			q.log.Error("ublk queue: a tag failed", "queue", q.id, "err", failed)
 		}
+		// The last request to arrive may start on this thread; those
+		// before it each get a goroutine, so that a write that waits for
+		// the disk does not hold up the others (see dispatch).
+		for i, tag := range q.arrived {
+			q.dispatch(tag, q.desc(tag), i == len(q.arrived)-1)
+		}
+		q.arrived = q.arrived[:0]
 
 		q.mu.Lock()
 		done := q.done
@@ -255,11 +262,30 @@ func (q *queue) loop() error {
 	}
 }
 
-// dispatch starts the request that the driver handed over in tag: a write
-// to an AsyncWriter or a flush of an AsyncFlusher on the loop's thread (it
-// returns once the Device has started it), anything else in a goroutine
-// of its own. Either way its result reaches the loop through complete.
-func (q *queue) dispatch(tag uint16, d ioDesc) {
+// dispatch starts the request that the driver handed over in tag. A
+// write to an AsyncWriter or a flush of an AsyncFlusher is started with
+// WriteAsync or FlushAsync, on the loop's thread if inline (it returns
+// once the Device has started it), else in a goroutine that ends when
+// they return; anything else runs in a goroutine of its own. Either way
+// its result reaches the loop through complete.
+//
+// Only a request that arrived alone (the last of the batch the driver
+// completed) runs inline, as the NBD server runs a request inline only
+// when nothing more is buffered: at queue depth 1 that spares waking
+// another thread, twice per request, while a batch's writes still reach
+// the disk in parallel (the Device writes the local disk before
+// WriteAsync returns, a FUA write durably).
+func (q *queue) dispatch(tag uint16, d ioDesc, inline bool) {
+	op := d.op()
+	if !inline && (op == ioOpWrite && q.async != nil || op == ioOpFlush && q.flusher != nil) {
+		go q.begin(tag, d)
+		return
+	}
+	q.begin(tag, d)
+}
+
+// begin is dispatch's work: see there.
+func (q *queue) begin(tag uint16, d ioDesc) {
 	switch op := d.op(); {
 	case op == ioOpWrite && q.async != nil:
 		if res, ok := q.check(d); !ok || d.bytes() == 0 {

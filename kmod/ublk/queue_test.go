@@ -153,8 +153,8 @@ func TestUnavailable(t *testing.T) {
 }
 
 // TestDispatchAsync: the loop starts a write to an AsyncWriter, and a
-// flush of an AsyncFlusher, before dispatch returns, with the data in a
-// buffer of the Device's; the result reaches done when the Device
+// flush of an AsyncFlusher, that arrived alone before dispatch returns,
+// with the data in a buffer of the Device's; the result reaches done when the Device
 // completes it, and wakes the loop through the eventfd only if it sleeps.
 func TestDispatchAsync(t *testing.T) {
 	am := newAsyncMem(1 << 20)
@@ -206,7 +206,7 @@ func TestDispatchAsync(t *testing.T) {
 		q.sleeping = c.sleeping
 		q.mu.Unlock()
 		before := am.async.Load()
-		q.dispatch(uint16(tag), ioDesc{opFlags: ioOpWrite | ioFlagFUA, nrSectors: 16, startSector: uint64(tag) * 16})
+		q.dispatch(uint16(tag), ioDesc{opFlags: ioOpWrite | ioFlagFUA, nrSectors: 16, startSector: uint64(tag) * 16}, true)
 		if am.async.Load() != before+1 {
 			t.Fatalf("write %d was not started before dispatch returned", tag)
 		}
@@ -231,8 +231,20 @@ func TestDispatchAsync(t *testing.T) {
 		t.Errorf("FUA writes %d, want 2", fua)
 	}
 
+	// A write that arrived with others after it starts in a goroutine
+	// of its own, and completes all the same.
+	copy(q.buf(1), bytes.Repeat([]byte{0x33}, 4096))
+	q.dispatch(1, ioDesc{opFlags: ioOpWrite, nrSectors: 8, startSector: 64}, false)
+	if res := waitResult(1); res != 4096 {
+		t.Fatalf("write in a goroutine: result %d, want 4096", res)
+	}
+	if got := am.snapshot(64*512, 4096); !bytes.Equal(got, bytes.Repeat([]byte{0x33}, 4096)) {
+		t.Fatal("write in a goroutine: the Device holds other data")
+	}
+	wakes()
+
 	// A flush is started at once too.
-	q.dispatch(2, ioDesc{opFlags: ioOpFlush})
+	q.dispatch(2, ioDesc{opFlags: ioOpFlush}, true)
 	if am.aflushes.Load() != 1 {
 		t.Fatal("flush was not started before dispatch returned")
 	}
@@ -245,12 +257,12 @@ func TestDispatchAsync(t *testing.T) {
 	am.mu.Lock()
 	am.fail = nbd.ErrReadOnly
 	am.mu.Unlock()
-	q.dispatch(3, ioDesc{opFlags: ioOpWrite, nrSectors: 8})
+	q.dispatch(3, ioDesc{opFlags: ioOpWrite, nrSectors: 8}, true)
 	if res := waitResult(3); res != -int32(unix.EPERM) {
 		t.Errorf("write to a read-only Device: result %d, want -EPERM", res)
 	}
 	before := am.async.Load()
-	q.dispatch(3, ioDesc{opFlags: ioOpWrite, nrSectors: 16, startSector: 2040})
+	q.dispatch(3, ioDesc{opFlags: ioOpWrite, nrSectors: 16, startSector: 2040}, true)
 	if res := waitResult(3); res != -int32(unix.EINVAL) || am.async.Load() != before {
 		t.Errorf("write past the end: result %d, WriteAsync calls %d; want -EINVAL and none", res, am.async.Load()-before)
 	}
