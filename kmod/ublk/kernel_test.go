@@ -445,14 +445,8 @@ func TestKernelAsync(t *testing.T) {
 	if n := am.foreign.Load(); n != 0 {
 		t.Errorf("%d of %d writes came in a buffer that WriteBuffer did not give", n, am.async.Load())
 	}
-	f, err := os.OpenFile(d.Path(), os.O_RDWR|unix.O_DIRECT|unix.O_DSYNC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := dsyncWrite(t, d)
 	defer f.Close()
-	if _, err := f.WriteAt(alignedBuf(t, 4096), 0); err != nil {
-		t.Fatal(err)
-	}
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
@@ -531,19 +525,27 @@ func kernelConcurrent(t *testing.T, mem *memDevice, dev nbd.Device) *Device {
 	return d
 }
 
+// dsyncWrite opens d with O_DIRECT|O_DSYNC and writes its first block.
+func dsyncWrite(t *testing.T, d *Device) *os.File {
+	t.Helper()
+	f, err := os.OpenFile(d.Path(), os.O_RDWR|unix.O_DIRECT|unix.O_DSYNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(alignedBuf(t, 4096), 0); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	return f
+}
+
 // TestKernelFUA: an O_DSYNC write on a device with a volatile cache and
 // FUA arrives as a FUA write.
 func TestKernelFUA(t *testing.T) {
 	mem := newMemDevice(8 << 20)
 	d := startKernel(t, mem, small)
-	f, err := os.OpenFile(d.Path(), os.O_RDWR|unix.O_DIRECT|unix.O_DSYNC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := dsyncWrite(t, d)
 	defer f.Close()
-	if _, err := f.WriteAt(alignedBuf(t, 4096), 0); err != nil {
-		t.Fatal(err)
-	}
 	mem.mu.Lock()
 	defer mem.mu.Unlock()
 	if mem.fuaWrites == 0 && mem.flushes == 0 {
