@@ -268,7 +268,7 @@ func TestVMBench(t *testing.T) {
 		fmt.Fprintf(&out, "DRBD settings: max-buffers 8000, max-epoch-size 8000, sndbuf-size 0 and rcvbuf-size 0 (auto-tuned), al-extents 3389, flushes on; georepl: its defaults\n")
 		fmt.Fprintf(&out, "QD1: 4 KiB O_DIRECT|O_DSYNC writes at queue depth 1, median latency of %d; seq: %d MiB in 1 MiB O_DIRECT|O_DSYNC writes; QD16: %d 4 KiB O_DIRECT|O_DSYNC writes from 16 writers (neighbouring blocks, not random)\n", benchLatencyN, benchFillMiB, benchIOPSN)
 		fmt.Fprintf(&out, "each figure the median of %d rounds (set-ups interleaved in every round); xraw: against the raw disk in the same VM, same link condition; xDRBD: georepl against DRBD under the same protocol\n", *vmbenchRuns)
-		fmt.Fprintf(&out, "latency ratios: higher is slower; throughput and IOPS ratios: lower is slower; primary CPU: seconds the primary VM spent in user space and in its kernel over the three workloads\n")
+		fmt.Fprintf(&out, "latency ratios: higher is slower; throughput and IOPS ratios: lower is slower; primary CPU: seconds the primary VM spent in user space and in its kernel over the three workloads; daemon QD1: georepl's own mean time per QD1 write, from its submission to the engine to its completion, and of the local disk write within it (status --json)\n")
 		fmt.Fprintf(&out, "NOTE: under TCG every guest instruction is emulated, and georepl's user-space daemon (Go, system calls, copies) is inflated more than DRBD's in-kernel path: expect a smaller gap on hardware (not measured here)\n")
 		fmt.Print(out.String())
 		out.Reset()
