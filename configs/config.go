@@ -62,7 +62,8 @@ type Resource struct {
 	Disk Disk
 	// Quorum is how many nodes (this one included) a node must see to be
 	// promoted and, while Primary, to complete writes; 0 means no quorum
-	// (the default). "majority" is len(Nodes)/2+1.
+	// (the default). The failover block's witnesses count as nodes:
+	// "majority" is (len(Nodes)+len(Failover.Witnesses))/2+1.
 	Quorum int
 	// OnNoQuorum is what a Primary that lost quorum does with writes.
 	// Meaningful only with Quorum.

@@ -2,6 +2,7 @@ package configs
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path"
@@ -292,6 +293,29 @@ func TestDemoTLS(t *testing.T) {
 	for _, pair := range [][2]string{{"alpha", "bravo"}, {"alpha", "dr"}, {"bravo", "dr"}} {
 		if link, _ := r.Link(pair[0], pair[1]); link.Net.TLS != TLSRequired || link.Net.SharedSecret != "demo-secret" {
 			t.Errorf("demo %s–%s: tls %v, secret %q; want required and the demo secret", pair[0], pair[1], link.Net.TLS, link.Net.SharedSecret)
+		}
+	}
+}
+
+func TestDemoAutoFailover(t *testing.T) {
+	dir, tlsDir := "/tmp/demo", "/tmp/demo/tls"
+	src := DemoAutoFailover(dir, 7000, tlsDir, 7100)
+	cfg, err := Parse("demo.hcl", src, LoadOptions{})
+	if err != nil {
+		t.Fatalf("%v\n%s", err, src)
+	}
+	r, _ := cfg.Resource("r0")
+	if r.Failover.Mode != FailoverAuto || r.Failover.DetectionTimeout != time.Second {
+		t.Fatalf("failover %+v, want mode auto, detection_timeout 1s", r.Failover)
+	}
+	for id, name := range []string{"alpha", "bravo", "dr"} {
+		n, _ := r.Node(name)
+		want := NodeFailover{Address: fmt.Sprintf("127.0.0.1:%d", 7100+id), Dir: dir + "/" + name + ".failover", AutoPromote: name != "dr"}
+		if n.Failover.Address != want.Address || n.Failover.Dir != want.Dir || n.Failover.AutoPromote != want.AutoPromote {
+			t.Errorf("node %s's failover = %+v, want %+v", name, n.Failover, want)
+		}
+		if n.TLS == nil {
+			t.Errorf("node %s has no TLS", name)
 		}
 	}
 }

@@ -280,10 +280,10 @@ func (d *decoder) resource(block *hcl.Block) {
 	d.checkCongestion(r, congestionAt, connCongestionAt)
 	d.checkSplitBrain(r, append(nets, connNets...))
 	d.checkSecurity(r, tlsBlock, append(nets, connNets...))
-	if attr := content.Attributes["quorum"]; attr != nil {
-		d.quorum(attr, r)
-	}
 	d.failover(d.single(byType["failover"], "resource"), r)
+	if attr := content.Attributes["quorum"]; attr != nil {
+		d.quorum(attr, r) // after failover: its witnesses count
+	}
 	if n := len(byType["node"]); n < 2 {
 		d.fail(block.DefRange, nil, "Too few nodes",
 			"Resource %q has %d node block(s); replication needs at least 2.", name, n)
@@ -476,22 +476,27 @@ func (d *decoder) checkSplitBrain(r *Resource, nets []netAt) {
 }
 
 // quorum reads quorum = "majority" or a number of nodes, more than half of
-// them: fewer would let two parts of a split cluster both write.
+// them: fewer would let two parts of a split cluster both write. The
+// failover block's witnesses count as nodes.
 func (d *decoder) quorum(attr *hcl.Attribute, r *Resource) {
 	s, ok := d.str(attr)
 	if !ok {
 		return
 	}
-	n := len(r.Nodes)
+	n := len(r.Nodes) + len(r.Failover.Witnesses)
 	if s == "majority" {
 		r.Quorum = n/2 + 1
 		return
 	}
 	q, err := strconv.Atoi(s)
 	if err != nil || q <= n/2 || q > n {
+		what := fmt.Sprintf("%d nodes", n)
+		if w := len(r.Failover.Witnesses); w > 0 {
+			what = fmt.Sprintf("%d nodes (%d of them witnesses)", n, w)
+		}
 		d.failAttr(attr, "Invalid quorum",
-			"quorum = %q must be \"majority\" or a whole number of nodes from %d to %d: resource %q has %d nodes, and a quorum of half of them or less would let both halves of a split cluster write.",
-			s, n/2+1, n, r.Name, n)
+			"quorum = %q must be \"majority\" or a whole number of nodes from %d to %d: resource %q has %s, and a quorum of half of them or less would let both halves of a split cluster write.",
+			s, n/2+1, n, r.Name, what)
 		return
 	}
 	r.Quorum = q

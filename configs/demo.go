@@ -16,7 +16,7 @@ import (
 // lz4. dir may be any path; basePort must be from 1 to 65533 for the result
 // to load.
 func Demo(dir string, basePort int) []byte {
-	return demo(dir, basePort, "")
+	return demo(dir, basePort, "", 0)
 }
 
 // DemoTLS is Demo with TLS on every connection: the CA at
@@ -24,10 +24,19 @@ func Demo(dir string, basePort int) []byte {
 // tlsDir/NAME.key, as `georepl tls init --out tlsDir` writes them. The
 // shared secret stays, as a second factor.
 func DemoTLS(dir string, basePort int, tlsDir string) []byte {
-	return demo(dir, basePort, tlsDir)
+	return demo(dir, basePort, tlsDir, 0)
 }
 
-func demo(dir string, basePort int, tlsDir string) []byte {
+// DemoAutoFailover is DemoTLS under automatic failover (failover { mode =
+// "auto" }, detection_timeout 1s): each node votes in the consensus log at
+// 127.0.0.1:failoverPort+id, its part of the log in dir/NAME.failover;
+// dr, the remote site, is never promoted automatically (auto_promote =
+// false). failoverPort must be from 1 to 65533.
+func DemoAutoFailover(dir string, basePort int, tlsDir string, failoverPort int) []byte {
+	return demo(dir, basePort, tlsDir, failoverPort)
+}
+
+func demo(dir string, basePort int, tlsDir string, failoverPort int) []byte {
 	var b bytes.Buffer
 	b.WriteString(`# Demo cluster: three nodes on one machine. alpha and bravo replicate
 # synchronously (protocol C); dr plays the remote site, asynchronous over QUIC.
@@ -39,6 +48,17 @@ resource "r0" {
     shared_secret = "demo-secret"
   }
 `)
+	if failoverPort != 0 {
+		b.WriteString(`
+  # alpha, bravo and dr vote in a consensus log of who is Primary: when the
+  # Primary is lost for detection_timeout, the others promote bravo (or
+  # alpha); dr, the remote site, only by an operator's hand.
+  failover {
+    mode              = "auto"
+    detection_timeout = "1s"
+  }
+`)
+	}
 	if tlsDir != "" {
 		fmt.Fprintf(&b, `
   tls {
@@ -58,6 +78,16 @@ resource "r0" {
 			hclString(fmt.Sprintf("127.0.0.1:%d", basePort+id)),
 			hclString(filepath.Join(dir, name+".img")),
 			hclString("unix:"+filepath.Join(dir, name+".nbd.sock")))
+		if failoverPort != 0 {
+			fmt.Fprintf(&b, `    failover {
+      address = %s
+      dir     = %s
+`, hclString(fmt.Sprintf("127.0.0.1:%d", failoverPort+id)), hclString(filepath.Join(dir, name+".failover")))
+			if name == "dr" {
+				b.WriteString("      auto_promote = false\n")
+			}
+			b.WriteString("    }\n")
+		}
 		if tlsDir != "" {
 			fmt.Fprintf(&b, `    tls {
       cert = %s

@@ -121,3 +121,26 @@ func TestFailoverAuto(t *testing.T) {
 		t.Errorf("node failover blocks %+v %+v", a, b)
 	}
 }
+
+// TestFailoverWitnessQuorum: a witness counts as a node in quorum: two
+// data nodes and a witness make "majority" 2 of 3, and 3 the most.
+func TestFailoverWitnessQuorum(t *testing.T) {
+	voters := func(quorum string) string {
+		return twoVoters(alphaVoter, `dir = "/var/lib/georepl/r0"`, bravoVoter, `dir = "/var/lib/georepl/r0"`,
+			"quorum = "+quorum+"\n  "+autoBlock(`witness "w" {
+      address = "10.0.0.3:7790"
+      dir     = "/var/lib/georepl/w"
+    }`))
+	}
+	for _, tc := range []struct{ quorum, want string }{{`"majority"`, "2"}, {`"3"`, "3"}} {
+		cfg, err := Parse("r0.hcl", []byte(voters(tc.quorum)), LoadOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprint(cfg.Resources[0].Quorum); got != tc.want {
+			t.Errorf("quorum = %s: %s nodes, want %s", tc.quorum, got, tc.want)
+		}
+	}
+	cfg, err := Parse("r0.hcl", []byte(voters(`"4"`)), LoadOptions{})
+	checkDiagnosticsError(t, cfg, err, []string{"r0.hcl:20:", "Invalid quorum", "from 2 to 3", "3 nodes (1 of them witnesses)"})
+}

@@ -178,8 +178,12 @@ type Config struct {
 	// Quorum is how many nodes, this one included, a node must reach
 	// (be connected to) to be promoted without force and, as Primary, to
 	// complete writes and flushes; 0 (the default) disables quorum. At
-	// most the number of nodes.
+	// most the number of nodes, witnesses included.
 	Quorum int
+	// Witnesses is the number of witnesses: voters of the failover log
+	// that hold no data (no peer of the engine). Each counts as a node
+	// for Quorum while the driver says it is reachable (Engine.Witnesses).
+	Witnesses int
 	// OnNoQuorum is what a Primary without quorum does with writes.
 	OnNoQuorum NoQuorumPolicy
 	// Leased: automatic failover runs, and a Primary completes writes and
@@ -217,8 +221,8 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.EpochMaxWrites < 0 || cfg.ResyncWindow < 0 {
 		return cfg, fmt.Errorf("core: negative epoch size %d or resync window %d", cfg.EpochMaxWrites, cfg.ResyncWindow)
 	}
-	if cfg.Quorum < 0 || cfg.Quorum > len(cfg.Peers)+1 || cfg.OnNoQuorum > IOErrorOnNoQuorum {
-		return cfg, fmt.Errorf("core: quorum %d of %d nodes, or policy %v, out of range", cfg.Quorum, len(cfg.Peers)+1, cfg.OnNoQuorum)
+	if cfg.Witnesses < 0 || cfg.Quorum < 0 || cfg.Quorum > len(cfg.Peers)+1+cfg.Witnesses || cfg.OnNoQuorum > IOErrorOnNoQuorum {
+		return cfg, fmt.Errorf("core: quorum %d of %d nodes and %d witnesses, or policy %v, out of range", cfg.Quorum, len(cfg.Peers)+1, cfg.Witnesses, cfg.OnNoQuorum)
 	}
 	if cfg.NewUUID == nil {
 		return cfg, fmt.Errorf("core: Config.NewUUID is required")

@@ -35,8 +35,11 @@ type Engine struct {
 	term     uint64 // Persistent.Term: the highest failover term seen
 	roleTerm uint64 // while Primary: the term it was promoted in
 
-	quorum     int // Config.Quorum; 0: off
-	onNoQuorum NoQuorumPolicy
+	quorum int // Config.Quorum; 0: off
+	// witnesses is Config.Witnesses, witnessesUp how many of them the
+	// driver last said are reachable (Engine.Witnesses).
+	witnesses, witnessesUp int
+	onNoQuorum             NoQuorumPolicy
 	// leased: Config.Leased; leaseUntil and leaseGen are the last Lease.
 	leased       bool
 	leaseUntil   uint64
@@ -210,6 +213,7 @@ func New(cfg Config) (*Engine, error) {
 		newUUID:     cfg.NewUUID,
 		clock:       cfg.Clock,
 		quorum:      cfg.Quorum,
+		witnesses:   cfg.Witnesses,
 		onNoQuorum:  cfg.OnNoQuorum,
 		leased:      cfg.Leased,
 		promoted:    cfg.State.Promoted,
@@ -414,11 +418,11 @@ func (e *Engine) Promote(force bool) error {
 	}
 	if !e.quorate() {
 		if !force {
-			return fmt.Errorf("%w: %d of %d nodes reachable, %d needed", ErrNoQuorum, e.votes(), len(e.peers)+1, e.quorum)
+			return fmt.Errorf("%w: %d of %d nodes reachable, %d needed", ErrNoQuorum, e.votes(), e.nodes(), e.quorum)
 		}
 		e.quorumForced, e.hadQuorum = true, true
 		e.event(Event{What: "quorum", Old: "lost", New: "forced",
-			Detail: fmt.Sprintf("promoted by force with %d of %d nodes reachable, %d needed", e.votes(), len(e.peers)+1, e.quorum)})
+			Detail: fmt.Sprintf("promoted by force with %d of %d nodes reachable, %d needed", e.votes(), e.nodes(), e.quorum)})
 	}
 	e.setRole(Primary)
 	e.roleTerm = e.term

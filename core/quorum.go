@@ -29,16 +29,30 @@ func (q NoQuorumPolicy) String() string {
 	return enumName(uint8(q), "NoQuorumPolicy", "suspend-io", "io-error")
 }
 
-// votes counts this node and every connected peer: the nodes this one can
-// reach. Two parts of a split resource cannot both reach a majority.
+// votes counts this node, every connected peer and every reachable
+// witness: the nodes this one can reach. Two parts of a split resource
+// cannot both reach a majority.
 func (e *Engine) votes() int {
-	n := 1
+	n := 1 + e.witnessesUp
 	for _, p := range e.peers {
 		if p.conn == Connected {
 			n++
 		}
 	}
 	return n
+}
+
+// Witnesses tells the engine how many of the resource's witnesses
+// (Config.Witnesses) are reachable now: each counts as a node for quorum,
+// as a connected peer does. A witness is reachable for the side of a
+// partition that the failover log commits on (the driver counts a
+// witness whose report the log committed recently, which happens on one
+// side only): so, as DRBD's diskless tiebreaker, it votes for the
+// partition it can reach, and two data nodes and a witness keep writing
+// when one data node is lost.
+func (e *Engine) Witnesses(reachable int) {
+	defer e.finish()
+	e.witnessesUp = min(max(reachable, 0), e.witnesses)
 }
 
 // quorate reports whether this node has quorum: it is not a fenced
@@ -139,8 +153,12 @@ func (e *Engine) quorumDetail() string {
 	if e.quorum == 0 {
 		return "not fenced (quorum is off)"
 	}
-	return fmt.Sprintf("%d of %d nodes reachable, %d needed", e.votes(), len(e.peers)+1, e.quorum)
+	return fmt.Sprintf("%d of %d nodes reachable, %d needed", e.votes(), e.nodes(), e.quorum)
 }
+
+// nodes counts the nodes that vote in quorum: this one, its peers and the
+// witnesses.
+func (e *Engine) nodes() int { return len(e.peers) + 1 + e.witnesses }
 
 // failHeldForQuorum fails every request held for quorum (demotion).
 func (e *Engine) failHeldForQuorum(why string) {

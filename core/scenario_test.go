@@ -24,7 +24,7 @@ import (
 // and read the diff. Commands (nodes are numbers, n0 is node 0):
 //
 //	new nodes=3 [protocols=C,A] [size=B] [block=B] [epoch-max=N] [chunk=B] [window=N] [maxbuf=B] [congestion=pull-ahead|disconnect] [flushes] [csums=crc32c] [rate=B] [share=F]
-//	    [io-error=detach|pass-on] [quorum=N [on-no-quorum=io-error]] [after-sb=POLICY [discard-node=N]] [clock] [leased]
+//	    [io-error=detach|pass-on] [quorum=N [on-no-quorum=io-error]] [witnesses=N] [after-sb=POLICY [discard-node=N]] [clock] [leased]
 //	connect A B | reconnect A B | disconnect A B | crash A
 //	hello A B (the handshake's hellos are built now; the next connect A B delivers them)
 //	primary A [force] | secondary A | invalidate A SOURCE | invalidate-remote A TARGET
@@ -42,6 +42,7 @@ import (
 //	term A t=N (the failover log committed term N: ObserveTerm)
 //	resize A size=B [clean-from=B] [fill=c] (A's disk grows, the new space holding fill; Engine.Resize)
 //	lease A [gen=HEX] (the failover log vouches for A's generation HEX: Lease; without gen, the lease ended)
+//	witnesses A reachable=N (N of the witnesses are reachable from A: Witnesses)
 func TestScenarios(t *testing.T) {
 	paths, err := filepath.Glob("testdata/*.txt")
 	if err != nil || len(paths) == 0 {
@@ -153,6 +154,7 @@ func newScenarioCluster(t *testing.T, d *datadriven.TestData) *cluster {
 	}
 	victim := intArg(d, "discard-node", 0)
 	quorum := intArg(d, "quorum", 0)
+	witnesses := intArg(d, "witnesses", 0)
 	onNoQuorum := SuspendIO
 	if a, ok := d.Arg("on-no-quorum"); ok && a.Vals[0] == "io-error" {
 		onNoQuorum = IOErrorOnNoQuorum
@@ -166,7 +168,7 @@ func newScenarioCluster(t *testing.T, d *datadriven.TestData) *cluster {
 		if d.HasArg("clock") {
 			cfg.Clock = clock
 		}
-		cfg.Quorum, cfg.OnNoQuorum = quorum, onNoQuorum
+		cfg.Quorum, cfg.OnNoQuorum, cfg.Witnesses = quorum, onNoQuorum, witnesses
 		cfg.Leased = d.HasArg("leased")
 		if size != 0 {
 			cfg.Size = size
@@ -266,6 +268,13 @@ func runCommand(c *cluster, d *datadriven.TestData) error {
 			return err
 		}
 		ns[0].eng.ObserveTerm(uint64(intArg(d, "t", 0)))
+		c.handle(ns[0])
+	case "witnesses":
+		ns, err := nodeArgs(c, d, 1)
+		if err != nil {
+			return err
+		}
+		ns[0].eng.Witnesses(intArg(d, "reachable", 0))
 		c.handle(ns[0])
 	case "lease":
 		ns, err := nodeArgs(c, d, 1)

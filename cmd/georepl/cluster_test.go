@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,6 +79,9 @@ type cluster struct {
 	confOf map[string]string
 	// args are extra daemon arguments per node.
 	args map[string][]string
+	// wrap is a command that runs a node's daemon (its arguments
+	// following), e.g. `ip netns exec NS`; the daemon itself runs without.
+	wrap map[string][]string
 }
 
 // newCluster prepares the demo's three nodes with disks of size bytes;
@@ -90,7 +94,7 @@ func newCluster(t *testing.T, size int64, edits ...func(string) string) *cluster
 		t.Fatal(err)
 	}
 	c := &cluster{t: t, dir: dir, conf: filepath.Join(dir, "conf"), procs: map[string]*exec.Cmd{}, exited: map[string]chan struct{}{},
-		confOf: map[string]string{}, args: map[string][]string{}}
+		confOf: map[string]string{}, args: map[string][]string{}, wrap: map[string][]string{}}
 	src := string(configs.Demo(dir, port))
 	for _, edit := range edits {
 		src = edit(src)
@@ -205,7 +209,8 @@ func (c *cluster) start(n string) {
 	if other, ok := c.confOf[n]; ok {
 		conf = other
 	}
-	cmd := exec.Command(georeplBin, append([]string{"daemon", "--config", conf, "--node", n, "--admin", c.adminSock(n), "--up"}, c.args[n]...)...)
+	argv := append(append(slices.Clone(c.wrap[n]), georeplBin, "daemon", "--config", conf, "--node", n, "--admin", c.adminSock(n), "--up"), c.args[n]...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
@@ -468,11 +473,14 @@ func TestDemo(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, georeplBin, "demo", "--size", "128MiB").CombinedOutput()
+	dir := t.TempDir()
+	out, err := exec.CommandContext(ctx, georeplBin, "demo", "--size", "128MiB", "--dir", dir).CombinedOutput()
 	if err != nil {
 		t.Fatalf("georepl demo: %v\n%s", err, out)
 	}
-	for _, want := range []string{"byte-identical", "resynchronised", "tls init", "tls:required auth:certificate+secret"} {
+	for _, want := range []string{"byte-identical", "resynchronised", "tls init", "tls:required auth:certificate+secret",
+		`mode              = "auto"`, "bravo promoted automatically and accepting writes", "bravo serves every write alpha acknowledged",
+		"alpha resynchronised"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
@@ -486,6 +494,19 @@ func TestDemo(t *testing.T) {
 	moved, size := humanToBytes(m[1], m[2]), humanToBytes(m[3], m[4])
 	if moved <= 0 || size <= 0 || moved >= size*7/8 {
 		t.Errorf("bravo resynchronised %s%s of %s%s: want some, and well under the whole disk\n%s", m[1], m[2], m[3], m[4], out)
+	}
+	// The demo ends cleanly: every daemon, the killed ones' earlier runs
+	// included, logged no panic or race.
+	for _, n := range demoNodes {
+		log, err := os.ReadFile(filepath.Join(dir, n+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, sign := range []string{"panic: ", "fatal error: ", "WARNING: DATA RACE"} {
+			if i := strings.Index(string(log), sign); i >= 0 {
+				t.Errorf("the demo's log of %s shows %q:\n%s", n, strings.TrimSpace(sign), log[i:min(len(log), i+16384)])
+			}
+		}
 	}
 }
 

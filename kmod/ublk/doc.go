@@ -3,8 +3,9 @@
 // commands from 6.3, with a fallback to the bare command numbers of
 // earlier kernels). It is the fast path next to kmod/nbd's export: no
 // socket and no protocol; the kernel copies each request's data to or from
-// a buffer of the server's (and writes are copied once more, since the
-// Device may keep what WriteAt is given).
+// a buffer of the server's (and writes are copied once more, into a
+// buffer the Device may keep: its own, from nbd.WriteBuffers, if it has
+// them).
 //
 // # Driving it
 //
@@ -21,8 +22,10 @@
 //
 // res is any nbd.Device, the same interface the NBD server serves, with
 // the same contract: calls arrive from several goroutines at once, WriteAt
-// gets a fresh copy of the data it may keep, and errors map to the errno
-// the kernel sees as in the NBD server.
+// gets a copy of the data it may keep (in a buffer of its own if it
+// implements nbd.WriteBuffers), the optional nbd.AsyncWriter and
+// nbd.AsyncFlusher are used as the NBD server uses them, and errors map
+// to the errno the kernel sees as in the NBD server.
 //
 // # How it works
 //
@@ -38,18 +41,40 @@
 // for every tag; when the driver completes one, the request is in the
 // descriptor array mapped read-only from /dev/ublkcN (op, flags such as
 // FUA, start sector, sector count), and for a write the data is already in
-// the tag's buffer. The request then runs against the Device in a
-// goroutine of its own, and its result goes back with
+// the tag's buffer. Its result goes back with
 // UBLK_U_IO_COMMIT_AND_FETCH_REQ, which also fetches the tag's next
-// request. Finished requests wake the queue's thread through an eventfd
-// that its ring polls.
+// request.
 //
-//	queue thread                       driver                  request goroutines
+// A write to a Device that is an nbd.AsyncWriter, and a flush of an
+// nbd.AsyncFlusher, that arrives alone (the last of the requests one
+// io_uring_enter returned) starts on the queue's thread itself: the data
+// is copied from the tag's buffer into one from the Device's
+// nbd.WriteBuffers if it has them (fresh memory otherwise), WriteAsync or
+// FlushAsync is called, and the loop goes on as soon as it returns. Those
+// that arrive with others after them start the same way in a goroutine
+// each, which ends when WriteAsync returns, so that a batch's writes reach
+// the disk in parallel. The Device's completion, from whatever goroutine
+// finishes the request (the starting one, before WriteAsync returns, if
+// nothing has to wait), queues the result; the loop commits it with its
+// next submission, and only a loop asleep in io_uring_enter is woken,
+// through an eventfd that its ring polls. So a write at queue depth 1
+// costs no goroutine, no channel and no wake-up of another thread.
+// Everything else (reads, trims, write-zeroes, and every request to a
+// Device without those abilities) runs in a goroutine of its own, as the
+// NBD server's pipelined requests do.
+//
+//	queue thread                       driver                  Device
 //	FETCH(tag) for every tag ------->
 //	                         <-------- CQE(tag): request in desc[tag]
-//	go serve(tag) --------------------------------------------> Device.ReadAt/WriteAt/...
-//	                         <------------------------------- eventfd write
+//	WriteAsync(copy of buf[tag]) ------------------------------> local write, frames to peers
+//	                         <------------------------------- done: result queued (eventfd if asleep)
 //	COMMIT_AND_FETCH(tag, result) -->  completes the bio
+//
+// WriteAsync and FlushAsync may run on the queue's thread, so what they
+// do before returning holds up the queue's later requests (nbd.WillBlock
+// does nothing there): a Device must not wait in them for a later request,
+// and a wait must end when its context is cancelled (Close cancels it
+// after StopTimeout, then stops the queues).
 //
 // # Stopping
 //

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
@@ -97,6 +98,79 @@ func (m *memDevice) snapshot(off, n int) []byte {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return bytes.Clone(m.data[off : off+n])
+}
+
+// asyncMem is a memDevice with the abilities the replicated device has:
+// write buffers of its own, recycled once a write is done with them, and
+// writes and flushes that complete later. Half the writes complete before
+// WriteAsync returns, half on another goroutine after it returned (as a
+// peer's acknowledgement would); either way the data is stored before
+// done is called, and a buffer goes back to the pool only after done.
+type asyncMem struct {
+	*memDevice
+	pool     sync.Map // buffer length: chan []byte of recycled buffers
+	given    sync.Map // *byte: buffers WriteBuffer handed out and not yet recycled
+	calls    atomic.Uint64
+	async    atomic.Uint64 // WriteAsync calls
+	foreign  atomic.Uint64 // WriteAsync calls with a buffer WriteBuffer did not give
+	aflushes atomic.Uint64 // FlushAsync calls
+}
+
+func newAsyncMem(size int) *asyncMem { return &asyncMem{memDevice: newMemDevice(size)} }
+
+var (
+	_ nbd.AsyncWriter  = (*asyncMem)(nil)
+	_ nbd.AsyncFlusher = (*asyncMem)(nil)
+	_ nbd.WriteBuffers = (*asyncMem)(nil)
+)
+
+func (m *asyncMem) free(n int) chan []byte {
+	c, _ := m.pool.LoadOrStore(n, make(chan []byte, 64))
+	return c.(chan []byte)
+}
+
+func (m *asyncMem) WriteBuffer(n int) []byte {
+	var p []byte
+	select {
+	case p = <-m.free(n):
+	default:
+		p = make([]byte, n)
+	}
+	m.given.Store(&p[0], true)
+	return p
+}
+
+func (m *asyncMem) WriteAsync(ctx context.Context, p []byte, off uint64, fua bool, done func(error)) {
+	m.async.Add(1)
+	if _, ok := m.given.LoadAndDelete(&p[0]); !ok {
+		m.foreign.Add(1)
+	}
+	finish := func() {
+		err := m.memDevice.WriteAt(ctx, p, off, fua)
+		m.memDevice.mu.Lock()
+		m.keptBuffers = m.keptBuffers[:0] // p is recycled: keeping it proves nothing
+		m.memDevice.mu.Unlock()
+		done(err)
+		// Scribble on the buffer before it is reused: a queue that read
+		// it after handing it over would be caught by the contents.
+		for i := range p {
+			p[i] = 0xee
+		}
+		select {
+		case m.free(len(p)) <- p:
+		default:
+		}
+	}
+	if m.calls.Add(1)%2 == 0 {
+		finish()
+		return
+	}
+	go finish()
+}
+
+func (m *asyncMem) FlushAsync(ctx context.Context, done func(error)) {
+	m.aflushes.Add(1)
+	go func() { done(m.memDevice.Flush(ctx)) }()
 }
 
 // small keeps a device's buffers small (2 MiB a queue) where a test does
@@ -256,8 +330,12 @@ func ioctlPtr(f *os.File, req uint, arg unsafe.Pointer) error {
 // and fsync a file, unmount, e2fsck -f -n, and the file's contents again
 // after a second mount.
 func TestKernelExt4(t *testing.T) {
-	mem := newMemDevice(64 << 20)
-	d := startKernel(t, mem, Options{})
+	t.Run("sync", func(t *testing.T) { kernelExt4(t, newMemDevice(64<<20)) })
+	t.Run("async", func(t *testing.T) { kernelExt4(t, newAsyncMem(64<<20)) })
+}
+
+func kernelExt4(t *testing.T, dev nbd.Device) {
+	d := startKernel(t, dev, Options{})
 	for _, tool := range []string{"mke2fs", "e2fsck"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("%s not found", tool)
@@ -350,13 +428,51 @@ func TestKernelCloseFailsStuckIO(t *testing.T) {
 // shallow depth, so that tags are reused many times over, each checking
 // its own region, and the device ends holding what they last wrote.
 func TestKernelConcurrent(t *testing.T) {
-	const (
-		workers = 8
-		region  = 1 << 20
-		rounds  = 40
-	)
-	mem := newMemDevice(workers * region)
-	d := startKernel(t, mem, Options{Queues: 2, Depth: 4, MaxIO: 64 << 10})
+	kernelConcurrent(t, newMemDevice(workers*region), nil)
+}
+
+// TestKernelAsync: writes and flushes to a Device with WriteAsync,
+// FlushAsync and WriteBuffers start on the queue's thread, in the
+// Device's buffers, and complete when the Device says, sooner or later:
+// many concurrent writers read back what they wrote, an O_DSYNC write
+// still arrives with FUA, and fsync reaches FlushAsync.
+func TestKernelAsync(t *testing.T) {
+	am := newAsyncMem(workers * region)
+	d := kernelConcurrent(t, am.memDevice, am)
+	if n := am.async.Load(); n == 0 {
+		t.Fatal("no write reached WriteAsync")
+	}
+	if n := am.foreign.Load(); n != 0 {
+		t.Errorf("%d of %d writes came in a buffer that WriteBuffer did not give", n, am.async.Load())
+	}
+	f := dsyncWrite(t, d)
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	am.mu.Lock()
+	fua := am.fuaWrites
+	am.mu.Unlock()
+	if fua == 0 || am.aflushes.Load() == 0 {
+		t.Errorf("FUA writes %d, FlushAsync calls %d; want both > 0", fua, am.aflushes.Load())
+	}
+}
+
+const (
+	workers = 8
+	region  = 1 << 20
+	rounds  = 40
+)
+
+// kernelConcurrent has workers write and read back random extents of
+// their own regions at once through a device over dev (mem's, or mem
+// itself if dev is nil) with few tags, then compares mem with what they
+// last wrote.
+func kernelConcurrent(t *testing.T, mem *memDevice, dev nbd.Device) *Device {
+	if dev == nil {
+		dev = mem
+	}
+	d := startKernel(t, dev, Options{Queues: 2, Depth: 4, MaxIO: 64 << 10})
 	f, err := os.OpenFile(d.Path(), os.O_RDWR|unix.O_DIRECT, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -406,6 +522,21 @@ func TestKernelConcurrent(t *testing.T) {
 	if !bytes.Equal(mem.snapshot(0, len(mem.data)), bytes.Join(want, nil)) {
 		t.Error("device contents differ from what the writers last wrote")
 	}
+	return d
+}
+
+// dsyncWrite opens d with O_DIRECT|O_DSYNC and writes its first block.
+func dsyncWrite(t *testing.T, d *Device) *os.File {
+	t.Helper()
+	f, err := os.OpenFile(d.Path(), os.O_RDWR|unix.O_DIRECT|unix.O_DSYNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(alignedBuf(t, 4096), 0); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	return f
 }
 
 // TestKernelFUA: an O_DSYNC write on a device with a volatile cache and
@@ -413,14 +544,8 @@ func TestKernelConcurrent(t *testing.T) {
 func TestKernelFUA(t *testing.T) {
 	mem := newMemDevice(8 << 20)
 	d := startKernel(t, mem, small)
-	f, err := os.OpenFile(d.Path(), os.O_RDWR|unix.O_DIRECT|unix.O_DSYNC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := dsyncWrite(t, d)
 	defer f.Close()
-	if _, err := f.WriteAt(alignedBuf(t, 4096), 0); err != nil {
-		t.Fatal(err)
-	}
 	mem.mu.Lock()
 	defer mem.mu.Unlock()
 	if mem.fuaWrites == 0 && mem.flushes == 0 {

@@ -24,10 +24,14 @@ const wakeTag = 1 << 32
 //
 // A tag is in one of three states: fetched (the driver holds a FETCH or
 // COMMIT_AND_FETCH for it and will complete it with the next request),
-// served (a request is being handled by the Device in its own goroutine),
-// or dead (the driver completed it with UBLK_IO_RES_ABORT or an error;
-// it is not fetched again). The loop ends when every tag is dead, or at
-// once when forced.
+// served (a request is being handled by the Device), or dead (the driver
+// completed it with UBLK_IO_RES_ABORT or an error; it is not fetched
+// again). The loop ends when every tag is dead, or at once when forced.
+//
+// A write to an nbd.AsyncWriter, or a flush of an nbd.AsyncFlusher, is
+// started on the loop's thread and completes later (complete, from
+// whatever goroutine the Device finishes it on); other requests run in a
+// goroutine of their own.
 type queue struct {
 	id     uint16
 	depth  int
@@ -39,6 +43,11 @@ type queue struct {
 	log    *slog.Logger
 	ctx    context.Context // of Device calls; cancelled when forced
 
+	// The Device's optional abilities, nil where it has none (setDevice).
+	async   nbd.AsyncWriter
+	flusher nbd.AsyncFlusher
+	buffers nbd.WriteBuffers
+
 	ring  *ring
 	descs []byte // the driver's io descriptors, mapped read-only
 	// bufs holds each tag's data buffer (tag t at t*maxIO). It is Go
@@ -47,13 +56,20 @@ type queue struct {
 	bufs []byte
 	efd  int
 
-	mu     sync.Mutex
-	done   []completion // served tags whose result waits to be committed
-	forced bool
-	exited bool // the loop is gone; results are dropped
+	mu   sync.Mutex
+	done []completion // served tags whose result waits to be committed
+	// sleeping is set while the loop waits in io_uring_enter with
+	// nothing to commit: the first completion then wakes it through the
+	// eventfd. A completion while the loop is awake needs no wake-up;
+	// the loop looks at done before it waits again.
+	sleeping bool
+	forced   bool
+	exited   bool // the loop is gone; results are dropped
 
-	served int // loop-private counts
-	dead   int
+	served  int          // loop-private counts
+	dead    int          //
+	spare   []completion // loop-private: done's other backing array
+	arrived []uint16     // loop-private: the tags of a batch's new requests
 }
 
 type completion struct {
@@ -179,9 +195,8 @@ func (q *queue) loop() error {
 				var b [8]byte
 				unix.Read(q.efd, b[:])
 			case c.res == ioResOK:
-				tag := uint16(c.userData)
 				q.served++
-				go q.serve(tag, q.desc(tag))
+				q.arrived = append(q.arrived, uint16(c.userData))
 			case c.res == ioResAbort:
 				q.dead++
 			default:
@@ -194,10 +209,17 @@ func (q *queue) loop() error {
 		if failed != nil {
 			q.log.Error("ublk queue: a tag failed", "queue", q.id, "err", failed)
 		}
+		// The last request to arrive may start on this thread; those
+		// before it each get a goroutine, so that a write that waits for
+		// the disk does not hold up the others (see dispatch).
+		for i, tag := range q.arrived {
+			q.dispatch(tag, q.desc(tag), i == len(q.arrived)-1)
+		}
+		q.arrived = q.arrived[:0]
 
 		q.mu.Lock()
 		done := q.done
-		q.done = nil
+		q.done = q.spare[:0]
 		forced := q.forced
 		q.mu.Unlock()
 		if forced {
@@ -209,6 +231,7 @@ func (q *queue) loop() error {
 				return err
 			}
 		}
+		q.spare = done[:0]
 		if q.dead == q.depth && q.served == 0 {
 			return nil
 		}
@@ -218,40 +241,141 @@ func (q *queue) loop() error {
 			}
 			armed = true
 		}
-		if err := q.ring.submit(1); err != nil {
+		// Wait for the driver or a completion, unless a completion came
+		// meanwhile: then only submit, and commit it at once.
+		q.mu.Lock()
+		wait := len(q.done) == 0 && !q.forced
+		q.sleeping = wait
+		q.mu.Unlock()
+		var err error
+		if wait {
+			err = q.ring.submit(1)
+			q.mu.Lock()
+			q.sleeping = false
+			q.mu.Unlock()
+		} else {
+			err = q.ring.submit(0)
+		}
+		if err != nil {
 			return err
 		}
+	}
+}
+
+// dispatch starts the request that the driver handed over in tag. A
+// write to an AsyncWriter or a flush of an AsyncFlusher is started with
+// WriteAsync or FlushAsync, on the loop's thread if inline (it returns
+// once the Device has started it), else in a goroutine that ends when
+// they return; anything else runs in a goroutine of its own. Either way
+// its result reaches the loop through complete.
+//
+// Only a request that arrived alone (the last of the batch the driver
+// completed) runs inline, as the NBD server runs a request inline only
+// when nothing more is buffered: at queue depth 1 that spares waking
+// another thread, twice per request, while a batch's writes still reach
+// the disk in parallel (the Device writes the local disk before
+// WriteAsync returns, a FUA write durably).
+func (q *queue) dispatch(tag uint16, d ioDesc, inline bool) {
+	op := d.op()
+	if !inline && (op == ioOpWrite && q.async != nil || op == ioOpFlush && q.flusher != nil) {
+		go q.begin(tag, d)
+		return
+	}
+	q.begin(tag, d)
+}
+
+// begin is dispatch's work: see there.
+func (q *queue) begin(tag uint16, d ioDesc) {
+	switch op := d.op(); {
+	case op == ioOpWrite && q.async != nil:
+		if res, ok := q.check(d); !ok || d.bytes() == 0 {
+			q.complete(tag, res)
+			return
+		}
+		off, n := d.off(), d.bytes()
+		q.async.WriteAsync(q.ctx, q.payload(q.buf(tag), n), off, d.fua(), func(err error) {
+			q.complete(tag, q.result(op, off, n, err))
+		})
+	case op == ioOpFlush && q.flusher != nil:
+		q.flusher.FlushAsync(q.ctx, func(err error) {
+			q.complete(tag, q.result(op, 0, 0, err))
+		})
+	default:
+		go q.serve(tag, d)
 	}
 }
 
 // serve runs one request against the Device and hands its result to the
 // loop.
 func (q *queue) serve(tag uint16, d ioDesc) {
-	res := q.execute(q.buf(tag), d)
+	q.complete(tag, q.execute(q.buf(tag), d))
+}
+
+// complete hands tag's result to the loop, waking it if it waits. It
+// never blocks for long: a Device's completion may call it from a
+// goroutine that serves others.
+func (q *queue) complete(tag uint16, res int32) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.exited {
 		return
 	}
 	q.done = append(q.done, completion{tag, res})
-	var one = [8]byte{1}
-	unix.Write(q.efd, one[:])
+	if q.sleeping {
+		q.sleeping = false
+		var one = [8]byte{1}
+		unix.Write(q.efd, one[:])
+	}
+}
+
+// setDevice makes dev the queue's Device, with its optional abilities.
+func (q *queue) setDevice(dev nbd.Device) {
+	q.dev = dev
+	q.async, _ = dev.(nbd.AsyncWriter)
+	q.flusher, _ = dev.(nbd.AsyncFlusher)
+	q.buffers, _ = dev.(nbd.WriteBuffers)
+}
+
+// payload returns a copy of the first n bytes of buf, a tag's buffer, for
+// the Device to keep: in a buffer of the Device's own (nbd.WriteBuffers,
+// which it recycles) if it offers them, else fresh memory.
+func (q *queue) payload(buf []byte, n uint64) []byte {
+	var p []byte
+	if q.buffers != nil {
+		p = q.buffers.WriteBuffer(int(n))
+	} else {
+		p = make([]byte, n)
+	}
+	copy(p, buf[:n])
+	return p
+}
+
+// check checks d against the tag's buffer and the device's size; if it
+// is not a request to carry out, ok is false and res the result to
+// commit.
+func (q *queue) check(d ioDesc) (res int32, ok bool) {
+	off, n := d.off(), d.bytes()
+	op := d.op()
+	if op == ioOpRead || op == ioOpWrite {
+		if n > uint64(q.maxIO) {
+			return -int32(unix.EINVAL), false
+		}
+	}
+	if op != ioOpFlush && (off > q.size || n > q.size-off) {
+		return -int32(unix.EINVAL), false
+	}
+	return 0, true
 }
 
 // execute performs d on the Device, with buf the tag's data buffer, and
 // returns the result to commit: the byte count of a read or write, 0, or a
 // negative errno.
 func (q *queue) execute(buf []byte, d ioDesc) int32 {
+	if res, ok := q.check(d); !ok {
+		return res
+	}
 	off, n := d.off(), d.bytes()
 	op := d.op()
-	if op == ioOpRead || op == ioOpWrite {
-		if n > uint64(len(buf)) {
-			return -int32(unix.EINVAL)
-		}
-	}
-	if op != ioOpFlush && (off > q.size || n > q.size-off) {
-		return -int32(unix.EINVAL)
-	}
 	var err error
 	switch op {
 	case ioOpRead:
@@ -259,9 +383,7 @@ func (q *queue) execute(buf []byte, d ioDesc) int32 {
 	case ioOpWrite:
 		// The Device may keep what WriteAt is given; the tag's buffer is
 		// reused by the next request.
-		p := make([]byte, n)
-		copy(p, buf[:n])
-		err = q.dev.WriteAt(q.ctx, p, off, d.fua())
+		err = q.dev.WriteAt(q.ctx, q.payload(buf, n), off, d.fua())
 	case ioOpFlush:
 		err = q.dev.Flush(q.ctx)
 	case ioOpDiscard:
@@ -271,6 +393,12 @@ func (q *queue) execute(buf []byte, d ioDesc) int32 {
 	default:
 		return -int32(unix.EOPNOTSUPP)
 	}
+	return q.result(op, off, n, err)
+}
+
+// result is the result to commit for a request of op on [off, +n) that
+// the Device ended with err.
+func (q *queue) result(op uint8, off, n uint64, err error) int32 {
 	if err != nil {
 		errno, expected := errnoFor(err)
 		// After a forced stop the Device's context is cancelled; its

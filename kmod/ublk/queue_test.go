@@ -7,22 +7,26 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
+	"unsafe"
 
 	"github.com/georepl/georepl/kmod/nbd"
 	"golang.org/x/sys/unix"
 )
 
 func testQueue(dev nbd.Device, log *bytes.Buffer) *queue {
-	return &queue{
-		dev:   dev,
+	q := &queue{
 		size:  dev.Size(),
 		maxIO: 64 << 10,
 		ctx:   context.Background(),
 		log:   slog.New(slog.NewTextHandler(log, nil)),
+		efd:   -1,
 	}
+	q.setDevice(dev)
+	return q
 }
 
 // TestExecute runs requests as the queue loop hands them over, without the
@@ -146,4 +150,123 @@ func TestUnavailable(t *testing.T) {
 		t.Fatalf("Start without ublk_drv: %v, want ErrUnavailable", err)
 	}
 	t.Log(err)
+}
+
+// TestDispatchAsync: the loop starts a write to an AsyncWriter, and a
+// flush of an AsyncFlusher, that arrived alone before dispatch returns,
+// with the data in a buffer of the Device's; the result reaches done when the Device
+// completes it, and wakes the loop through the eventfd only if it sleeps.
+func TestDispatchAsync(t *testing.T) {
+	am := newAsyncMem(1 << 20)
+	var log bytes.Buffer
+	q := testQueue(am, &log)
+	q.depth = 4
+	q.bufs = make([]byte, q.depth*q.maxIO)
+	efd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(efd)
+	q.efd = efd
+	wakes := func() uint64 {
+		var b [8]byte
+		if n, _ := unix.Read(efd, b[:]); n != 8 {
+			return 0
+		}
+		return *(*uint64)(unsafe.Pointer(&b[0]))
+	}
+	results := func() map[uint16]int32 {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		m := map[uint16]int32{}
+		for _, c := range q.done {
+			m[c.tag] = c.res
+		}
+		q.done = nil
+		return m
+	}
+	waitResult := func(tag uint16) int32 {
+		for {
+			if res, ok := results()[tag]; ok {
+				return res
+			}
+			runtime.Gosched()
+		}
+	}
+
+	// Two writes: the asyncMem completes the first later, on another
+	// goroutine, and the second before WriteAsync returns. The loop
+	// sleeps for the first, not for the second.
+	for tag, c := range []struct {
+		fill     byte
+		sleeping bool
+	}{{0x11, true}, {0x22, false}} {
+		copy(q.buf(uint16(tag)), bytes.Repeat([]byte{c.fill}, 8192))
+		q.mu.Lock()
+		q.sleeping = c.sleeping
+		q.mu.Unlock()
+		before := am.async.Load()
+		q.dispatch(uint16(tag), ioDesc{opFlags: ioOpWrite | ioFlagFUA, nrSectors: 16, startSector: uint64(tag) * 16}, true)
+		if am.async.Load() != before+1 {
+			t.Fatalf("write %d was not started before dispatch returned", tag)
+		}
+		clear(q.buf(uint16(tag))) // the tag's buffer is the driver's again
+		if res := waitResult(uint16(tag)); res != 8192 {
+			t.Fatalf("write %d: result %d, want 8192", tag, res)
+		}
+		if got := am.snapshot(tag*8192, 8192); !bytes.Equal(got, bytes.Repeat([]byte{c.fill}, 8192)) {
+			t.Fatalf("write %d: the Device holds other data", tag)
+		}
+		if w := wakes(); c.sleeping != (w == 1) {
+			t.Errorf("write %d with the loop sleeping %v: %d wake-ups", tag, c.sleeping, w)
+		}
+	}
+	if am.foreign.Load() != 0 {
+		t.Error("a write came in a buffer that WriteBuffer did not give")
+	}
+	am.mu.Lock()
+	fua := am.fuaWrites
+	am.mu.Unlock()
+	if fua != 2 {
+		t.Errorf("FUA writes %d, want 2", fua)
+	}
+
+	// A write that arrived with others after it starts in a goroutine
+	// of its own, and completes all the same.
+	copy(q.buf(1), bytes.Repeat([]byte{0x33}, 4096))
+	q.dispatch(1, ioDesc{opFlags: ioOpWrite, nrSectors: 8, startSector: 64}, false)
+	if res := waitResult(1); res != 4096 {
+		t.Fatalf("write in a goroutine: result %d, want 4096", res)
+	}
+	if got := am.snapshot(64*512, 4096); !bytes.Equal(got, bytes.Repeat([]byte{0x33}, 4096)) {
+		t.Fatal("write in a goroutine: the Device holds other data")
+	}
+	wakes()
+
+	// A flush is started at once too.
+	q.dispatch(2, ioDesc{opFlags: ioOpFlush}, true)
+	if am.aflushes.Load() != 1 {
+		t.Fatal("flush was not started before dispatch returned")
+	}
+	if res := waitResult(2); res != 0 {
+		t.Fatalf("flush: result %d", res)
+	}
+
+	// Errors map as for WriteAt; a write past the end never reaches the
+	// Device.
+	am.mu.Lock()
+	am.fail = nbd.ErrReadOnly
+	am.mu.Unlock()
+	q.dispatch(3, ioDesc{opFlags: ioOpWrite, nrSectors: 8}, true)
+	if res := waitResult(3); res != -int32(unix.EPERM) {
+		t.Errorf("write to a read-only Device: result %d, want -EPERM", res)
+	}
+	before := am.async.Load()
+	q.dispatch(3, ioDesc{opFlags: ioOpWrite, nrSectors: 16, startSector: 2040}, true)
+	if res := waitResult(3); res != -int32(unix.EINVAL) || am.async.Load() != before {
+		t.Errorf("write past the end: result %d, WriteAsync calls %d; want -EINVAL and none", res, am.async.Load()-before)
+	}
+	if log.Len() != 0 {
+		t.Errorf("unexpected log: %s", log.String())
+	}
 }

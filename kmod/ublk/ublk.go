@@ -141,7 +141,10 @@ type Device struct {
 //
 // Requests reach dev from several goroutines at once, as from the NBD
 // server: reads into a buffer that is the server's again once ReadAt
-// returns, writes with a fresh copy that WriteAt may keep. The kernel
+// returns, writes with a copy that WriteAt may keep (in a buffer from
+// dev's WriteBuffer if it is an nbd.WriteBuffers); writes to an
+// nbd.AsyncWriter and flushes of an nbd.AsyncFlusher start on the queue's
+// thread and complete when dev calls done (see the package doc). The kernel
 // checks requests against the size; dev's errors map as in the NBD server
 // (ErrReadOnly: EPERM, ErrOutOfRange: EINVAL, ENOSPC/EDQUOT/EFBIG: ENOSPC,
 // *nbd.ClientError: its errno, others: EIO, logged). A Device implementing
@@ -224,7 +227,9 @@ func (d *Device) start(ctx context.Context, dev nbd.Device, info devInfo, logica
 		if err != nil {
 			return err
 		}
-		q.legacy, q.dev, q.size, q.log, q.ctx = d.ctrl.legacy, dev, size, d.log, callCtx
+		q.legacy, q.log, q.ctx = d.ctrl.legacy, d.log, callCtx
+		q.setDevice(dev)
+		q.size = size
 		d.queues = append(d.queues, q)
 		d.exited.Add(1)
 		go func() {

@@ -1,6 +1,7 @@
 // Package vmtest is the VM rig: it boots Debian's bookworm-backports kernel
-// under QEMU (TCG) twice, linked by a UDP network backend, each VM with its
-// own virtio disk, and proves the kernel data path end to end. Scenarios:
+// under QEMU (TCG) twice (three times for the automatic failover), linked by
+// a UDP network backend, each VM with its own virtio disk, and proves the
+// kernel data path end to end. Scenarios:
 //
 //   - ext4 failover, on nbd (scenarios_test.go) and on ublk (ublk_test.go):
 //     the daemon attaches /dev/nbd0 or /dev/ublkb0 (2 queues of 64 tags,
@@ -14,6 +15,21 @@
 //     that plus what changed since the failover, must stay under the
 //     activity log's span and an eighth of the device; both disks' data areas end byte-identical and `georepl
 //     secondary` removes the device.
+//   - automatic failover (autofailover_test.go, TestExt4AutoFailover): r0
+//     under failover { mode = "auto" } with a third VM, witness (one CPU,
+//     no disk), as the third voter of the consensus log; each VM has a
+//     link of its own to each other one, so that bravo and the witness
+//     still form a majority when alpha loses power. ext4 on alpha's
+//     /dev/nbd0 (promoted by the operator through the log, term 1), files
+//     written with fsync and their checksums printed, alpha's QEMU
+//     killed; without an operator the log promotes bravo (term 2), its
+//     daemon attaches /dev/nbd0 and runs on_promote, a shell script in the
+//     guest that mounts the filesystem and says so on the console; every
+//     fsync'd file intact, e2fsck -f -n clean. The time from the power
+//     loss to that console line is measured on the host and logged. The
+//     witness is a VM rather than a process on the host: the guests reach
+//     nothing outside their links, and the consensus address a voter
+//     listens on is the one the others dial. In CI's subset.
 //   - protocol A vs C over WAN: 4 KiB synchronous write latency on the
 //     local disk, then under C and A, on the bare link and with netem's
 //     40 ms delay: C pays the round trip, A does not.

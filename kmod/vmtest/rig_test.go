@@ -5,6 +5,7 @@ package vmtest
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"debug/elf"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -336,19 +338,53 @@ type vm struct {
 // the link is local) with the given disks.
 func (r *rig) startVM(t *testing.T, node string, index int, lk link, disks ...string) *vm {
 	t.Helper()
-	local, remote := lk.a, lk.b
-	if index == 1 {
-		local, remote = lk.b, lk.a
+	return r.startVMWith(t, vmSpec{node: node, index: index, nics: []nic{lk.end(index, byte(index+1))}}, disks...)
+}
+
+// nic is one network card of a VM: one end of a link, and its MAC's last
+// byte.
+type nic struct {
+	local, remote int
+	mac           byte
+}
+
+// end is the card on side (0: a, 1: b) of lk.
+func (lk link) end(side int, mac byte) nic {
+	if side == 1 {
+		return nic{lk.b, lk.a, mac}
 	}
+	return nic{lk.a, lk.b, mac}
+}
+
+// vmSpec is what differs between the VMs of a scenario. The first card
+// is eth0, where /init puts 10.0.0.(index+1)/24; the others come up
+// without an address (the scenario configures them). Zero cpus and mem:
+// 2 and 1024 MiB.
+type vmSpec struct {
+	node      string
+	index     int
+	nics      []nic
+	cpus, mem int
+}
+
+// startVMWith starts QEMU for spec with the given disks.
+func (r *rig) startVMWith(t *testing.T, spec vmSpec, disks ...string) *vm {
+	t.Helper()
+	node := spec.node
 	args := []string{
-		"-accel", "tcg", "-m", "1024", "-smp", "2", "-nographic", "-no-reboot",
+		"-accel", "tcg", "-m", strconv.Itoa(cmp.Or(spec.mem, 1024)), "-smp", strconv.Itoa(cmp.Or(spec.cpus, 2)), "-nographic", "-no-reboot",
 		"-kernel", r.kernel, "-initrd", r.initrd,
-		"-append", fmt.Sprintf("console=ttyS0 panic=-1 quiet loglevel=1 georepl.node=%s georepl.ip=10.0.0.%d", node, index+1),
-		"-netdev", fmt.Sprintf("dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port=%d,remote.type=inet,remote.host=127.0.0.1,remote.port=%d", local, remote),
-		"-device", fmt.Sprintf("virtio-net-pci,netdev=n0,mac=52:54:00:12:34:%02x", index+1),
+		"-append", fmt.Sprintf("console=ttyS0 panic=-1 quiet loglevel=1 georepl.node=%s georepl.ip=10.0.0.%d", node, spec.index+1),
+	}
+	for i, n := range spec.nics {
+		args = append(args,
+			"-netdev", fmt.Sprintf("dgram,id=n%d,local.type=inet,local.host=127.0.0.1,local.port=%d,remote.type=inet,remote.host=127.0.0.1,remote.port=%d", i, n.local, n.remote),
+			"-device", fmt.Sprintf("virtio-net-pci,netdev=n%d,mac=52:54:00:12:34:%02x", i, n.mac))
+	}
+	args = append(args,
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", "virtio-rng-pci,rng=rng0",
-	}
+	)
 	for _, d := range disks {
 		args = append(args, "-drive", "file="+d+",if=virtio,format=raw,cache=writeback")
 	}

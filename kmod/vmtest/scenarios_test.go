@@ -25,6 +25,7 @@ var guestConfigs = map[string]string{
 	"blocksize-4k/r1.hcl":  blockSizeResource("r1", 7790, "/dev/vdb", "    logical_block_size = \"4KiB\"\n", 1),
 	"hold/hold.hcl":        holdResource("n", 7789, "/dev/vda", "/dev/nbd0") + holdResource("u", 7790, "/dev/vdb", "/dev/ublkb0"),
 	"resize/rz.hcl":        resizeResource(),
+	"autofailover/r0.hcl":  autoFailoverResource(),
 	"wan/wan.hcl":          wanResource("c", "C", 7789, "/dev/vda", "/dev/nbd0") + wanResource("a", "A", 7790, "/dev/vdb", "/dev/nbd1"),
 }
 
@@ -41,15 +42,25 @@ const (
 // is the kernel device lines of each node block, alExtents its activity
 // log's size in extents.
 func failoverResource(device string, alExtents int) string {
+	return ext4Resource(device, alExtents, "", nil)
+}
+
+// ext4Resource is failoverResource with extra at the end of the resource
+// block and nodeExtra(id) at the end of each node block (nil: nothing).
+func ext4Resource(device string, alExtents int, extra string, nodeExtra func(id int) string) string {
 	node := func(name string, id int) string {
+		more := ""
+		if nodeExtra != nil {
+			more = nodeExtra(id)
+		}
 		return fmt.Sprintf(`  node %q {
     id      = %d
     address = "10.0.0.%d:7789"
     disk    = "/dev/vda"
     export  = "unix:/run/georepl/r0.sock"
     %s
-  }
-`, name, id, id+1, device)
+%s  }
+`, name, id, id+1, device, more)
 	}
 	return fmt.Sprintf(`resource "r0" {
   protocol = "C"
@@ -61,7 +72,7 @@ func failoverResource(device string, alExtents int) string {
   disk {
     al_extents = %d
   }
-`, alExtents) + node("alpha", 0) + node("bravo", 1) + "}\n"
+%s`, alExtents, extra) + node("alpha", 0) + node("bravo", 1) + "}\n"
 }
 
 func wanResource(name, protocol string, port int, disk, device string) string {
@@ -242,21 +253,7 @@ func ext4Failover(t *testing.T, r *rig, kind failoverKind, detail *string) {
 	}
 
 	// Write fsync'd files, then pull the plug mid-write.
-	from := alpha.mark()
-	fmt.Fprintf(alpha.in, "vmguest write -dir /mnt -n 100000 &\n")
-	for range 40 {
-		from, _ = alpha.waitFrom(from, "@@FSYNCED ", 5*time.Minute)
-		from++
-	}
-	alpha.kill()
-	fsynced := map[string]string{}
-	alpha.mu.Lock()
-	for _, l := range alpha.lines {
-		if f := strings.Fields(l); len(f) == 3 && f[0] == "@@FSYNCED" {
-			fsynced[f[1]] = f[2]
-		}
-	}
-	alpha.mu.Unlock()
+	fsynced, _ := alpha.writeThenKill(40)
 	t.Logf("alpha killed after %d fsync'd files", len(fsynced))
 
 	// Failover to bravo.
@@ -280,20 +277,7 @@ func ext4Failover(t *testing.T, r *rig, kind failoverKind, detail *string) {
 		t.Errorf("e2fsck -f -n after journal replay exited %d:\n%s", rc, strings.Join(out, "\n"))
 	}
 	bravo.must("mount -o ro "+dev+" /mnt", time.Minute)
-	out = bravo.must("cd /mnt && sha256sum f* 2>/dev/null; cd /", 5*time.Minute)
-	got := map[string]string{}
-	for _, l := range out {
-		if f := strings.Fields(l); len(f) == 2 {
-			got[f[1]] = f[0]
-		}
-	}
-	bad := 0
-	for name, sum := range fsynced {
-		if got[name] != sum {
-			bad++
-			t.Errorf("%s: checksum %q after failover; recorded %s before the power loss", name, got[name], sum)
-		}
-	}
+	bad := badFiles(t, bravo, fsynced, "after failover")
 	bravo.must("umount /mnt", time.Minute)
 
 	// The old primary rejoins just by coming up: its activity log names
@@ -342,6 +326,53 @@ func ext4Failover(t *testing.T, r *rig, kind failoverKind, detail *string) {
 	*detail = fmt.Sprintf("%sinitial full sync of %d MiB %s; secondary refused while mounted=%v; %d files fsync'd before the power loss, %d bad after failover; e2fsck -f -n clean=%v; old primary rejoined by `up` (%s), resync of %.1f MiB (%.0f%% of the device) in %s; data areas identical=%v",
 		checked, size>>20, initialSync.Round(time.Second), refused, len(fsynced), bad, fsckClean, marked,
 		float64(resynced)/(1<<20), 100*float64(resynced)/float64(size), syncTook.Round(time.Second), same)
+}
+
+// writeThenKill starts writing files with fsync in v's /mnt (vmguest
+// write), kills v's QEMU (a power loss) once n are fsync'd, and returns
+// every file v said was fsync'd (name and sha256) and when the kill
+// began.
+func (v *vm) writeThenKill(n int) (fsynced map[string]string, killed time.Time) {
+	v.t.Helper()
+	from := v.mark()
+	fmt.Fprintf(v.in, "vmguest write -dir /mnt -n 100000 &\n")
+	for range n {
+		from, _ = v.waitFrom(from, "@@FSYNCED ", 5*time.Minute)
+		from++
+	}
+	killed = time.Now()
+	v.kill()
+	fsynced = map[string]string{}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, l := range v.lines {
+		if f := strings.Fields(l); len(f) == 3 && f[0] == "@@FSYNCED" {
+			fsynced[f[1]] = f[2]
+		}
+	}
+	return fsynced, killed
+}
+
+// badFiles checks every file of want (name and sha256, as writeThenKill
+// returns them) in v's /mnt, reports each that differs or is missing
+// (when: after what), and returns how many did.
+func badFiles(t *testing.T, v *vm, want map[string]string, when string) int {
+	t.Helper()
+	out := v.must("cd /mnt && sha256sum f* 2>/dev/null; cd /", 5*time.Minute)
+	got := map[string]string{}
+	for _, l := range out {
+		if f := strings.Fields(l); len(f) == 2 {
+			got[f[1]] = f[0]
+		}
+	}
+	bad := 0
+	for name, sum := range want {
+		if got[name] != sum {
+			bad++
+			t.Errorf("%s: checksum %q %s; recorded %s before the power loss", name, got[name], when, sum)
+		}
+	}
+	return bad
 }
 
 // sameData compares the first n bytes of two images.

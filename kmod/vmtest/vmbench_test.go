@@ -191,7 +191,14 @@ func benchImage(t *testing.T, path string) string {
 // benchSample is one round's figures of one set-up: the three workloads,
 // and the CPU seconds alpha's kernel accounted to user space and to the
 // kernel (system, irq, softirq) over the three of them.
-type benchSample struct{ latUS, mbps, iops, userS, sysS float64 }
+type benchSample struct {
+	latUS, mbps, iops, userS, sysS float64
+	// For georepl, over the QD1 workload: the daemon's mean latency of
+	// an application write from its submission to the engine to its
+	// completion, and of the local disk's write within it (status
+	// --json's app_write_latency and local_write_latency).
+	appUS, localUS float64
+}
 
 // guestCPU reads alpha's cumulative CPU time from /proc/stat's cpu line,
 // in seconds (USER_HZ is 100): user space (user, nice) and the kernel
@@ -261,7 +268,7 @@ func TestVMBench(t *testing.T) {
 		fmt.Fprintf(&out, "DRBD settings: max-buffers 8000, max-epoch-size 8000, sndbuf-size 0 and rcvbuf-size 0 (auto-tuned), al-extents 3389, flushes on; georepl: its defaults\n")
 		fmt.Fprintf(&out, "QD1: 4 KiB O_DIRECT|O_DSYNC writes at queue depth 1, median latency of %d; seq: %d MiB in 1 MiB O_DIRECT|O_DSYNC writes; QD16: %d 4 KiB O_DIRECT|O_DSYNC writes from 16 writers (neighbouring blocks, not random)\n", benchLatencyN, benchFillMiB, benchIOPSN)
 		fmt.Fprintf(&out, "each figure the median of %d rounds (set-ups interleaved in every round); xraw: against the raw disk in the same VM, same link condition; xDRBD: georepl against DRBD under the same protocol\n", *vmbenchRuns)
-		fmt.Fprintf(&out, "latency ratios: higher is slower; throughput and IOPS ratios: lower is slower; primary CPU: seconds the primary VM spent in user space and in its kernel over the three workloads\n")
+		fmt.Fprintf(&out, "latency ratios: higher is slower; throughput and IOPS ratios: lower is slower; primary CPU: seconds the primary VM spent in user space and in its kernel over the three workloads; daemon QD1: georepl's own mean time per QD1 write, from its submission to the engine to its completion, and of the local disk write within it (status --json)\n")
 		fmt.Fprintf(&out, "NOTE: under TCG every guest instruction is emulated, and georepl's user-space daemon (Go, system calls, copies) is inflated more than DRBD's in-kernel path: expect a smaller gap on hardware (not measured here)\n")
 		fmt.Print(out.String())
 		out.Reset()
@@ -381,13 +388,57 @@ func benchRound(t *testing.T, alpha *vm, s benchSetup) benchSample {
 	}
 	var b benchSample
 	u0, s0 := guestCPU(t, alpha)
+	var d0 daemonLatency
+	if s.kind == "georepl" {
+		d0 = daemonLatencies(t, alpha, s.res)
+	}
 	b.latUS = value(fmt.Sprintf("vmguest latency -n %d -device %s", benchLatencyN, s.dev), "@@LATENCY ")
+	if s.kind == "georepl" {
+		b.appUS, b.localUS = daemonLatencies(t, alpha, s.res).meanSince(d0)
+	}
 	b.mbps = value(fmt.Sprintf("vmguest fill -n %d -device %s", benchFillMiB, s.dev), "@@THROUGHPUT ")
 	b.iops = value(fmt.Sprintf("vmguest iops -n %d -qd %d -device %s", benchIOPSN, benchIOPSQD, s.dev), "@@IOPS ")
 	u1, s1 := guestCPU(t, alpha)
 	b.userS, b.sysS = u1-u0, s1-s0
-	t.Logf("%s: QD1 %.0f µs, seq %.1f MB/s, QD16 %.0f IOPS; guest CPU %.1f s user, %.1f s kernel", s.name, b.latUS, b.mbps, b.iops, b.userS, b.sysS)
+	t.Logf("%s: QD1 %.0f µs (daemon: %.0f µs a write, %.0f µs its local write), seq %.1f MB/s, QD16 %.0f IOPS; guest CPU %.1f s user, %.1f s kernel", s.name, b.latUS, b.appUS, b.localUS, b.mbps, b.iops, b.userS, b.sysS)
 	return b
+}
+
+// daemonLatency is a georepl resource's write latency histograms' counts
+// and sums: application writes, then local disk writes.
+type daemonLatency struct{ appN, appS, localN, localS float64 }
+
+// daemonLatencies reads res's latency counters from georepl status
+// --json on alpha.
+func daemonLatencies(t *testing.T, alpha *vm, res string) daemonLatency {
+	t.Helper()
+	out := alpha.must(fmt.Sprintf(`echo @@DLAT $(georepl status --json %s | tr -d ' \n' | grep -o -E '"(app|local)_write_latency":\{"count":[0-9]*,"sum_seconds":[-+.0-9eE]*' | sed 's/.*"count":\([0-9]*\),"sum_seconds":/\1 /')`, res), time.Minute)
+	v, _ := lineWith(out, "@@DLAT ")
+	f := strings.Fields(v)
+	var d daemonLatency
+	if len(f) != 4 {
+		t.Fatalf("%s: georepl status --json: no app and local write latency in %q", res, out)
+	}
+	for i, p := range []*float64{&d.appN, &d.appS, &d.localN, &d.localS} {
+		x, err := strconv.ParseFloat(f[i], 64)
+		if err != nil {
+			t.Fatalf("%s: latency counter %q: %v", res, f[i], err)
+		}
+		*p = x
+	}
+	return d
+}
+
+// meanSince is the mean latency, in µs, of the application writes and
+// of the local writes counted since d0.
+func (d daemonLatency) meanSince(d0 daemonLatency) (appUS, localUS float64) {
+	if n := d.appN - d0.appN; n > 0 {
+		appUS = (d.appS - d0.appS) / n * 1e6
+	}
+	if n := d.localN - d0.localN; n > 0 {
+		localUS = (d.localS - d0.localS) / n * 1e6
+	}
+	return appUS, localUS
 }
 
 func median(xs []float64) float64 {
@@ -404,12 +455,13 @@ func median(xs []float64) float64 {
 func benchTable(out *strings.Builder, setups []benchSetup, samples map[string][]benchSample) {
 	med := map[string]benchSample{}
 	for name, ss := range samples {
-		var l, m, i, u, k []float64
+		var l, m, i, u, k, a, lo []float64
 		for _, s := range ss {
 			l, m, i = append(l, s.latUS), append(m, s.mbps), append(i, s.iops)
 			u, k = append(u, s.userS), append(k, s.sysS)
+			a, lo = append(a, s.appUS), append(lo, s.localUS)
 		}
-		med[name] = benchSample{median(l), median(m), median(i), median(u), median(k)}
+		med[name] = benchSample{median(l), median(m), median(i), median(u), median(k), median(a), median(lo)}
 	}
 	raw := med[benchSetups[0].name]
 	drbd := map[string]benchSample{}
@@ -424,7 +476,7 @@ func benchTable(out *strings.Builder, setups []benchSetup, samples map[string][]
 		}
 		return fmt.Sprintf("%.2fx", x/base)
 	}
-	fmt.Fprintf(out, "%-24s %9s %7s %7s | %9s %7s %7s | %9s %7s %7s | %s\n", "set-up", "QD1 ms", "xraw", "xDRBD", "seq MB/s", "xraw", "xDRBD", "QD16 IOPS", "xraw", "xDRBD", "primary CPU s user/kernel")
+	fmt.Fprintf(out, "%-24s %9s %7s %7s | %9s %7s %7s | %9s %7s %7s | %s\n", "set-up", "QD1 ms", "xraw", "xDRBD", "seq MB/s", "xraw", "xDRBD", "QD16 IOPS", "xraw", "xDRBD", "primary CPU s user/kernel | daemon QD1 ms write/local")
 	for _, s := range setups {
 		m := med[s.name]
 		d, hasD := drbd[s.protocol]
@@ -434,9 +486,13 @@ func benchTable(out *strings.Builder, setups []benchSetup, samples map[string][]
 			}
 			return ratio(x, base)
 		}
-		fmt.Fprintf(out, "%-24s %9.2f %7s %7s | %9.1f %7s %7s | %9.0f %7s %7s | %.1f/%.1f\n", s.name,
+		daemon := ""
+		if s.kind == "georepl" {
+			daemon = fmt.Sprintf(" | %.2f/%.2f", m.appUS/1000, m.localUS/1000)
+		}
+		fmt.Fprintf(out, "%-24s %9.2f %7s %7s | %9.1f %7s %7s | %9.0f %7s %7s | %.1f/%.1f%s\n", s.name,
 			m.latUS/1000, ratio(m.latUS, raw.latUS), xd(m.latUS, d.latUS),
 			m.mbps, ratio(m.mbps, raw.mbps), xd(m.mbps, d.mbps),
-			m.iops, ratio(m.iops, raw.iops), xd(m.iops, d.iops), m.userS, m.sysS)
+			m.iops, ratio(m.iops, raw.iops), xd(m.iops, d.iops), m.userS, m.sysS, daemon)
 	}
 }

@@ -30,6 +30,13 @@
 // a CPU profile of each is written to DIR during every georepl fio run:
 // what a change costs per write, beside what it does to the ratio.
 //
+// A second table gives, for the same runs, the CPU time the servers spent
+// per request (all daemons of a set-up together, from /proc; ratio to
+// nbdkit's in the paired run) and the daemons' context switches per
+// request. A shared machine's load moves rates and latencies by a factor
+// of two or more from one minute to the next, these far less: they say
+// whether a change made the data path cheaper when the ratios cannot.
+//
 // With -wan it runs the WAN benchmark over a shaped link between two
 // network namespaces (`make bench-wan`, root only; wan.go).
 //
@@ -48,11 +55,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -212,6 +221,8 @@ type rig struct {
 	// memory (peakRSS) once the set-up's runs are over.
 	daemons map[string][]daemon
 	peaks   map[string]string // row name → the peak RSS of each daemon
+	// nbdkit is the baseline server's process id, for its CPU time.
+	nbdkit int
 }
 
 type daemon struct {
@@ -223,6 +234,9 @@ type result struct {
 	bw, iops, latUs float64
 	// cpuSec is the CPU time fio itself spent (fio runs only).
 	cpuSec float64
+	// requests is how many requests the run sent, for the servers' CPU
+	// time per request.
+	requests float64
 }
 
 // metric returns the value workload w is compared by.
@@ -237,9 +251,13 @@ func (v result) metric(w workload) float64 {
 }
 
 // cell is one set-up's outcome for one workload: the median of its runs
-// and the median of their ratios to the nbdkit run paired with each.
+// and the median of their ratios to the nbdkit run paired with each; and
+// the same for the CPU time its servers spent per request (cpuUs, every
+// daemon of the set-up together) and their context switches per request.
 type cell struct {
-	value, ratio float64
+	value, ratio    float64
+	cpuUs, cpuRatio float64
+	switches        float64
 }
 
 func (r *rig) run() error {
@@ -261,6 +279,7 @@ func (r *rig) run() error {
 	defer stopNbdkit()
 	results := map[string]map[string]cell{}
 	baseRuns := map[string][]float64{}
+	baseCPU := map[string][]float64{}
 	var names []string
 	for _, s := range setups {
 		bins := r.bins
@@ -275,7 +294,7 @@ func (r *rig) run() error {
 			}
 			rowNames = append(rowNames, name)
 		}
-		res, peaks, err := r.measureSetup(bins, s, baseRuns)
+		res, peaks, err := r.measureSetup(bins, s, baseRuns, baseCPU)
 		if err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
@@ -286,43 +305,62 @@ func (r *rig) run() error {
 	}
 
 	fmt.Printf("\nfio --ioengine=nbd (journal commit: the project's NBD client), %v per run, median of %d runs, each paired with an nbdkit run, %d MiB device, same backing file\n\n", r.runtime, r.runs, r.size>>20)
+	base := map[string]cell{}
+	for _, w := range workloads {
+		base[w.name] = cell{value: median(baseRuns[w.name]), ratio: 1,
+			cpuUs: median(baseCPU[w.name]), cpuRatio: 1, switches: math.NaN()}
+	}
+	printTable(names, base, results, func(w workload, c cell) string {
+		switch w.metric {
+		case "bw":
+			return fmt.Sprintf("%.0f MB/s (%.2fx)", c.value/1e6, c.ratio)
+		case "iops":
+			return fmt.Sprintf("%.1fk IOPS (%.2fx)", c.value/1e3, c.ratio)
+		}
+		return fmt.Sprintf("%.0f µs (%.2fx)", c.value, c.ratio)
+	})
+	fmt.Println("\nratios: bandwidth and IOPS relative to nbdkit (higher is better); QD1 latency relative to nbdkit (lower is better);")
+	fmt.Println("each the median of the ratios of a run to the nbdkit run just before it")
+
+	// What the servers spent per request: unlike rates and latencies it
+	// changes little with the load of a shared machine.
+	fmt.Println("\nserver CPU time per request (every daemon of the set-up together; ratio to nbdkit's) and context switches per request")
+	fmt.Println("(nbdkit's threads end with each connection, taking their count along: no ratio), medians:")
+	fmt.Println()
+	printTable(names, base, results, func(_ workload, c cell) string {
+		if math.IsNaN(c.switches) {
+			return fmt.Sprintf("%.1f µs (%.2fx)", c.cpuUs, c.cpuRatio)
+		}
+		return fmt.Sprintf("%.1f µs (%.2fx), %.1f cs", c.cpuUs, c.cpuRatio, c.switches)
+	})
+	fmt.Println("\npeak resident memory of each daemon over its set-up's runs (VmHWM; max_buffer 64 MiB per peer):")
+	for _, n := range names {
+		fmt.Printf("  %s: %s\n", n, r.peaks[n])
+	}
+	return nil
+}
+
+// printTable prints a table of the workloads' cells: nbdkit's row
+// (base), then the set-ups' rows in names' order, each cell as text says.
+func printTable(names []string, base map[string]cell, rows map[string]map[string]cell, text func(workload, cell) string) {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprint(tw, "setup")
 	for _, w := range workloads {
 		fmt.Fprintf(tw, "\t%s", w.name)
 	}
 	fmt.Fprintln(tw)
-	printRow := func(name string, cells map[string]cell) {
+	row := func(name string, cells map[string]cell) {
 		fmt.Fprint(tw, name)
 		for _, w := range workloads {
-			c := cells[w.name]
-			switch w.metric {
-			case "bw":
-				fmt.Fprintf(tw, "\t%.0f MB/s (%.2fx)", c.value/1e6, c.ratio)
-			case "iops":
-				fmt.Fprintf(tw, "\t%.1fk IOPS (%.2fx)", c.value/1e3, c.ratio)
-			case "lat":
-				fmt.Fprintf(tw, "\t%.0f µs (%.2fx)", c.value, c.ratio)
-			}
+			fmt.Fprintf(tw, "\t%s", text(w, cells[w.name]))
 		}
 		fmt.Fprintln(tw)
 	}
-	base := map[string]cell{}
-	for _, w := range workloads {
-		base[w.name] = cell{median(baseRuns[w.name]), 1}
-	}
-	printRow("nbdkit file", base)
+	row("nbdkit file", base)
 	for _, n := range names {
-		printRow(n, results[n])
+		row(n, rows[n])
 	}
 	tw.Flush()
-	fmt.Println("\nratios: bandwidth and IOPS relative to nbdkit (higher is better); QD1 latency relative to nbdkit (lower is better);")
-	fmt.Println("each the median of the ratios of a run to the nbdkit run just before it")
-	fmt.Println("\npeak resident memory of each daemon over its set-up's runs (VmHWM; max_buffer 64 MiB per peer):")
-	for _, n := range names {
-		fmt.Printf("  %s: %s\n", n, r.peaks[n])
-	}
-	return nil
 }
 
 // measure runs one workload once and returns what it measured.
@@ -372,7 +410,8 @@ func (r *rig) journalCommits(uri string) (result, error) {
 		commits++
 	}
 	elapsed := time.Since(start)
-	return result{iops: float64(commits) / elapsed.Seconds(), latUs: float64(elapsed.Microseconds()) / float64(commits)}, nil
+	return result{iops: float64(commits) / elapsed.Seconds(), latUs: float64(elapsed.Microseconds()) / float64(commits),
+		requests: 4 * float64(commits)}, nil
 }
 
 // nbdSpec turns an nbd+unix URI, as fio takes it, into nbd.Dial's spec and
@@ -400,9 +439,10 @@ func (r *rig) fio(uri string, w workload) (result, error) {
 			SysCPU    float64 `json:"sys_cpu"`
 			RuntimeMs float64 `json:"job_runtime"`
 			Write     struct {
-				BW   float64 `json:"bw_bytes"`
-				IOPS float64 `json:"iops"`
-				Lat  struct {
+				BW       float64 `json:"bw_bytes"`
+				IOPS     float64 `json:"iops"`
+				TotalIOs float64 `json:"total_ios"`
+				Lat      struct {
 					Mean float64 `json:"mean"`
 				} `json:"lat_ns"`
 			} `json:"write"`
@@ -413,24 +453,35 @@ func (r *rig) fio(uri string, w workload) (result, error) {
 	}
 	job := rep.Jobs[0]
 	wr := job.Write
-	return result{wr.BW, wr.IOPS, wr.Lat.Mean / 1e3, (job.UsrCPU + job.SysCPU) / 100 * job.RuntimeMs / 1e3}, nil
+	requests := wr.TotalIOs
+	if slices.Contains(w.args, "--fsync=1") {
+		requests *= 2 // a flush after each write
+	}
+	return result{wr.BW, wr.IOPS, wr.Lat.Mean / 1e3, (job.UsrCPU + job.SysCPU) / 100 * job.RuntimeMs / 1e3, requests}, nil
 }
 
 // paired runs workload w r.runs times on each of uris, each run right
 // after one on nbdkit, and returns per uri the median and the median ratio;
-// the nbdkit values are appended to baseRuns. With two uris (-compare) the
+// the nbdkit values are appended to baseRuns, and nbdkit's CPU time per
+// request to baseCPU. With two uris (-compare) the
 // runs interleave, nbdkit, first, nbdkit, second, so that a slow minute of
 // the machine falls on both binaries alike.
-func (r *rig) paired(uris []string, w workload, baseRuns map[string][]float64) ([]cell, error) {
-	values, ratios := make([][]float64, len(uris)), make([][]float64, len(uris))
+func (r *rig) paired(uris []string, w workload, baseRuns, baseCPU map[string][]float64) ([]cell, error) {
+	n := len(uris)
+	values, ratios := make([][]float64, n), make([][]float64, n)
+	cpus, cpuRatios, sws := make([][]float64, n), make([][]float64, n), make([][]float64, n)
 	for run := range r.runs {
 		for i, uri := range uris {
-			b, err := r.measure(r.nbdkitURI(), w)
+			b, bu, err := r.measureUsage(r.nbdkitURI(), w, []int{r.nbdkit})
 			if err != nil {
 				return nil, fmt.Errorf("nbdkit: %w", err)
 			}
+			var pids []int
+			for _, d := range r.daemons[uri] {
+				pids = append(pids, d.pid)
+			}
 			stopProfiles := r.startProfiles(uri, w, run)
-			v, err := r.measure(uri, w)
+			v, vu, err := r.measureUsage(uri, w, pids)
 			stopProfiles()
 			if err != nil {
 				return nil, err
@@ -438,13 +489,61 @@ func (r *rig) paired(uris []string, w workload, baseRuns map[string][]float64) (
 			bm, vm := b.metric(w), v.metric(w)
 			baseRuns[w.name] = append(baseRuns[w.name], bm)
 			values[i], ratios[i] = append(values[i], vm), append(ratios[i], vm/bm)
+			bc, _ := bu.perRequest(b)
+			vc, vs := vu.perRequest(v)
+			baseCPU[w.name] = append(baseCPU[w.name], bc)
+			cpus[i], cpuRatios[i], sws[i] = append(cpus[i], vc), append(cpuRatios[i], vc/bc), append(sws[i], vs)
 		}
 	}
-	cells := make([]cell, len(uris))
+	cells := make([]cell, n)
 	for i := range uris {
-		cells[i] = cell{median(values[i]), median(ratios[i])}
+		cells[i] = cell{median(values[i]), median(ratios[i]), median(cpus[i]), median(cpuRatios[i]), median(sws[i])}
 	}
 	return cells, nil
+}
+
+// measureUsage is measure, with what processes pids spent meanwhile.
+func (r *rig) measureUsage(uri string, w workload, pids []int) (result, usage, error) {
+	before := usageOf(pids)
+	v, err := r.measure(uri, w)
+	return v, usageOf(pids).minus(before), err
+}
+
+// usage is what processes spent: time on a CPU, and context switches
+// (voluntary and not), over all their threads.
+type usage struct {
+	cpu      time.Duration
+	switches uint64
+}
+
+// usageOf sums the usage of processes pids: their user and system time
+// (processTicks: threads that ended included, as nbdkit's do with their
+// connection) and the context switches of their threads
+// (contextSwitches: a thread that ended drops out of that sum, so only a
+// Go daemon's, whose threads live on, are comparable from run to run). A
+// process that cannot be read adds nothing.
+func usageOf(pids []int) usage {
+	var u usage
+	for _, pid := range pids {
+		if t, err := processTicks(pid); err == nil {
+			u.cpu += time.Duration(t) * time.Second / clockTicks
+		}
+		if n, err := contextSwitches(pid); err == nil {
+			u.switches += n
+		}
+	}
+	return u
+}
+
+func (u usage) minus(v usage) usage {
+	return usage{u.cpu - v.cpu, u.switches - v.switches}
+}
+
+// perRequest returns the CPU time in µs and the context switches per
+// request of the run that measured v.
+func (u usage) perRequest(v result) (cpuUs, switches float64) {
+	n := max(v.requests, 1)
+	return float64(u.cpu.Microseconds()) / n, float64(u.switches) / n
 }
 
 func median(v []float64) float64 {
@@ -472,12 +571,13 @@ func (r *rig) startNbdkit() (func(), error) {
 		stop(cmd)
 		return nil, err
 	}
+	r.nbdkit = cmd.Process.Pid
 	return func() { stop(cmd) }, nil
 }
 
 // measureSetup starts set-up s once per binary of bins and measures every
 // workload on them; it returns one row of cells per binary.
-func (r *rig) measureSetup(bins []string, s setup, baseRuns map[string][]float64) (rows []map[string]cell, peaks []string, err error) {
+func (r *rig) measureSetup(bins []string, s setup, baseRuns, baseCPU map[string][]float64) (rows []map[string]cell, peaks []string, err error) {
 	fmt.Fprintln(os.Stderr, "measuring", s.name)
 	var uris []string
 	for i, bin := range bins {
@@ -493,7 +593,7 @@ func (r *rig) measureSetup(bins []string, s setup, baseRuns map[string][]float64
 		rows[i] = map[string]cell{}
 	}
 	for _, w := range workloads {
-		cells, err := r.paired(uris, w, baseRuns)
+		cells, err := r.paired(uris, w, baseRuns, baseCPU)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -39,6 +39,12 @@ type Local interface {
 	// enough: as Primary it may complete writes in gen until until
 	// (core.Engine.Lease).
 	Lease(until time.Time, gen uint64)
+	// Witnesses says how many of the resource's witnesses are reachable
+	// from this node: the log committed a report of theirs that this
+	// member applied less than a lease ago (core.Engine.Witnesses). Only
+	// the side of a partition that holds a majority of voters commits, so
+	// a witness counts for that side.
+	Witnesses(reachable int)
 }
 
 // LoopConfig configures a Loop.
@@ -209,10 +215,26 @@ func (l *Loop) reporter() {
 			l.cfg.Local.Lease(sent.Add(l.lease), r.Current)
 		}
 		l.noteReport(r, err)
+		if l.cfg.Local != nil {
+			l.cfg.Local.Witnesses(l.witnessesReachable(time.Now()))
+		}
 		if r.Fenced {
 			l.enqueue(l.m.Current(l.cfg.Resource)) // demote
 		}
 	}
+}
+
+// witnessesReachable counts the witnesses whose last report this member
+// applied less than a lease before now.
+func (l *Loop) witnessesReachable(now time.Time) int {
+	reports := l.m.fsm.reportsOf(l.cfg.Resource)
+	n := 0
+	for _, node := range l.cfg.Nodes {
+		if r, ok := reports[node.Name]; ok && node.Witness && now.Sub(r.at) < l.lease {
+			n++
+		}
+	}
+	return n
 }
 
 // noteReport logs a report that differs from the last one, or whose

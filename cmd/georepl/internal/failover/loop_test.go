@@ -29,6 +29,7 @@ type fakeCopy struct {
 	leaseGen   uint64
 	promotedAt time.Time
 	nextGen    uint64
+	witnesses  int
 }
 
 func (f *fakeCopy) State() (Report, bool) {
@@ -65,6 +66,18 @@ func (f *fakeCopy) Lease(until time.Time, gen uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.leaseUntil, f.leaseGen = until, gen
+}
+
+func (f *fakeCopy) Witnesses(reachable int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.witnesses = reachable
+}
+
+func (f *fakeCopy) witnessesReachable() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.witnesses
 }
 
 func (f *fakeCopy) writable(now time.Time) bool {
@@ -238,5 +251,24 @@ func TestLoopIsolatedSecondaryChangesNothing(t *testing.T) {
 	}
 	if !slices.Equal(terms, []uint64{1, 1}) {
 		t.Fatalf("terms %v, want alpha's term 1 everywhere", terms)
+	}
+}
+
+// TestLoopWitnessReachable: a data node counts the witness reachable
+// while the log commits its reports, and not once the witness is cut off
+// (the other side of the partition), until it returns.
+func TestLoopWitnessReachable(t *testing.T) {
+	g := newLoopGroup(t)
+	g.promoteAlpha()
+	for _, n := range []string{"alpha", "beta"} {
+		g.waitFor(n+" counts the witness", func() bool { return g.copies[n].witnessesReachable() == 1 })
+	}
+	g.hub.Isolate("witness")
+	for _, n := range []string{"alpha", "beta"} {
+		g.waitFor(n+" no longer counts the cut-off witness", func() bool { return g.copies[n].witnessesReachable() == 0 })
+	}
+	g.hub.Heal()
+	for _, n := range []string{"alpha", "beta"} {
+		g.waitFor(n+" counts the witness again", func() bool { return g.copies[n].witnessesReachable() == 1 })
 	}
 }

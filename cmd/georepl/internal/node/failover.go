@@ -118,6 +118,13 @@ func (f foLocal) Lease(until time.Time, gen uint64) {
 	})
 }
 
+func (f foLocal) Witnesses(reachable int) {
+	_ = f.r.call(func() error {
+		f.r.engine.Witnesses(reachable)
+		return nil
+	})
+}
+
 // Act learns p's term, then promotes this node if p names it (after
 // fence_peer, if configured, said the old Primary is fenced), or demotes
 // it if the term fences it.

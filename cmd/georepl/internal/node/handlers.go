@@ -33,15 +33,10 @@ func discardNode(rc *configs.Resource, n configs.Net) (core.NodeID, error) {
 // failure are logged.
 func (r *resource) runHandlers(ev Event) {
 	h := r.handlers.Load()
-	if ev.What == "role" && ev.Peer == "" {
-		switch {
-		case ev.New == core.Primary.String() && len(h.OnPromote) > 0:
-			r.runHandler("on_promote", h.OnPromote, ev)
-		case ev.Old == core.Primary.String() && len(h.OnDemote) > 0:
-			r.runHandler("on_demote", h.OnDemote, ev)
-		}
-		return
-	}
+	// on_promote and on_demote are not started by the role's event:
+	// on_promote runs once the kernel device is attached (promoted), and
+	// on_demote before it is detached (demoting), so that they may mount
+	// and unmount it.
 	if ev.What != "split-brain" || len(h.SplitBrain) == 0 {
 		return
 	}
@@ -49,6 +44,32 @@ func (r *resource) runHandlers(ev Event) {
 		"GEOREPL_OUTCOME="+ev.New,
 		"GEOREPL_REASON="+ev.Detail,
 	)
+}
+
+// promoted starts the on_promote handler, if configured, once this node
+// is Primary and its kernel device, if it has one, is attached: the
+// handler may mount it.
+func (r *resource) promoted() {
+	h := r.handlers.Load()
+	if len(h.OnPromote) == 0 {
+		return
+	}
+	r.runHandler("on_promote", h.OnPromote, Event{Time: time.Now().UTC(), Resource: r.cfg.Name, Node: r.self.Name,
+		What: "role", Old: core.Secondary.String(), New: core.Primary.String()})
+}
+
+// demoting runs the on_demote handler, if configured, on a Primary about
+// to be demoted, before its kernel device is detached, and waits for it:
+// it may stop the service and unmount the device, which the detach
+// needs. Its failure is logged; the detach then says what still holds
+// the device.
+func (r *resource) demoting() {
+	h := r.handlers.Load()
+	if len(h.OnDemote) == 0 {
+		return
+	}
+	r.handler("on_demote", h.OnDemote, Event{Time: time.Now().UTC(), Resource: r.cfg.Name, Node: r.self.Name,
+		What: "role", Old: core.Primary.String(), New: core.Secondary.String()})()
 }
 
 // runRPOHandler starts the rpo_exceeded handler, if configured, with the
@@ -81,10 +102,16 @@ func handlerEnv(ev Event, extra ...string) []string {
 // runHandler runs argv on a goroutine of its own with the event's names
 // and extra in its environment.
 func (r *resource) runHandler(name string, argv []string, ev Event, extra ...string) {
+	go r.handler(name, argv, ev, extra...)()
+}
+
+// handler is the run of argv with the event's names and extra in its
+// environment, bounded by handlerTimeout, its output and failure logged.
+func (r *resource) handler(name string, argv []string, ev Event, extra ...string) func() {
 	argv = slices.Clone(argv)
 	env := handlerEnv(ev, extra...)
 	log := r.log.With("handler", name, "command", argv[0], "peer", ev.Peer)
-	go func() {
+	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), handlerTimeout)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
@@ -98,5 +125,5 @@ func (r *resource) runHandler(name string, argv []string, ev Event, extra ...str
 			return
 		}
 		log.Info("handler done")
-	}()
+	}
 }

@@ -470,6 +470,11 @@ type frameQueue struct {
 	// on); nobody takes the writing role until it resumes.
 	paused bool
 	done   bool
+	// idlers counts the goroutines waiting in idle. Giving the writing
+	// role up wakes the cond's waiters only if there are such: the
+	// writer goroutine waits on it too (popAll), and a broadcast at every
+	// inline write would wake it for nothing, a thread wake-up per frame.
+	idlers int
 }
 
 // queued is a frame in a frameQueue, with the reference to its pooled
@@ -545,7 +550,9 @@ func (q *frameQueue) next() (frames []queued, ok bool) {
 	defer q.mu.Unlock()
 	if q.done || q.paused || len(q.frames) == 0 {
 		q.writing = false
-		q.cond.Broadcast() // for idle
+		if q.idlers > 0 {
+			q.cond.Broadcast()
+		}
 		return nil, false
 	}
 	return q.takeLocked(), true
@@ -571,9 +578,11 @@ func (q *frameQueue) pause() {
 func (q *frameQueue) idle() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.idlers++
 	for q.writing && !q.done {
 		q.cond.Wait()
 	}
+	q.idlers--
 	return !q.done
 }
 

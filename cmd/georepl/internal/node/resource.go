@@ -299,6 +299,7 @@ func (r *resource) newEngine(st *localDisk) (*core.Engine, error) {
 		RecoveredExtents: st.ALRecovered,
 		Clock:            func() uint64 { return uint64(time.Now().UnixNano()) },
 		Quorum:           r.cfg.Quorum,
+		Witnesses:        len(r.cfg.Failover.Witnesses),
 		OnNoQuorum:       r.cfg.OnNoQuorum,
 		Leased:           r.cfg.Failover.Mode == configs.FailoverAuto,
 	}

@@ -48,11 +48,13 @@ func (r *resource) Primary(force bool) error {
 // consensus log).
 func (r *resource) promoteHere(force bool) error {
 	rollBack := false
+	became := false // this call made the node Primary
 	promote := func() error {
 		if force && r.canRollBack() {
 			rollBack = true
 			return nil
 		}
+		became = r.engine.Status().Role != core.Primary
 		if err := r.engine.Promote(force); err != nil {
 			if errors.Is(err, core.ErrNoQuorum) {
 				return fmt.Errorf("cannot make %s Primary on %s: %w (--force promotes anyway: only if the nodes it cannot reach are down, or two Primaries may write)", r.cfg.Name, r.self.Name, err)
@@ -71,12 +73,16 @@ func (r *resource) promoteHere(force bool) error {
 	}
 	if err == nil && rollBack {
 		err = r.rollBackAndPromote()
+		became = true
 	}
 	if err != nil {
 		return err
 	}
 	if err := r.attachKernelDevice(); err != nil {
 		return fmt.Errorf("%s is Primary on %s and its export serves, but the kernel device is not attached: %w", r.cfg.Name, r.self.Name, err)
+	}
+	if became {
+		r.promoted()
 	}
 	return nil
 }
@@ -94,8 +100,10 @@ func (r *resource) Secondary() error {
 	}); err != nil {
 		return err
 	}
-	// The kernel device goes first: it refuses, naming the holder, while
-	// it is mounted or open, and then nothing else has changed.
+	// on_demote may stop the service and unmount the device. Then the
+	// kernel device goes first: it refuses, naming the holder, while it
+	// is mounted or open, and then nothing else has changed.
+	r.demoting()
 	if err := r.detachKernelDevice(); err != nil {
 		return err
 	}
