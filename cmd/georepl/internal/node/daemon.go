@@ -366,6 +366,10 @@ func (r *resource) handOver(p *peer, transport string, conn transports.Conn, hs 
 	inline := p.link().Protocol != protocols.A
 	l := newLink(r, p.id, p.node.Name, transport, conn, readers, p.link().Net.Compression, p.link().Net.PingInterval, p.link().Net.Timeout, inline)
 	l.hello, l.ourHello = theirs, ours
+	l.resumeWithin = l.timeout
+	if !p.multi {
+		l.resumeWithin = min(l.timeout, singlePathGrace)
+	}
 	// The link's transport connection, its records counted (rekey.go).
 	l.cur = l.newPathConn(conn, readers, path, hs.records)
 	if ours.Features&theirs.Features&wire.FeatureResume == 0 && r.rekeys(p) && dialer {
@@ -570,7 +574,7 @@ func (r *resource) dialOnce(tr transports.Transport, p *peer, i int, l *link, ho
 	if l != nil {
 		// A suspended link fails after timeout: one dead path must not
 		// take all of it.
-		limit = min(limit, l.timeout)
+		limit = min(limit, l.resumeWithin)
 	}
 	ctx, cancel := r.untilDown(limit)
 	defer cancel()

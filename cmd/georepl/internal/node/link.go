@@ -63,6 +63,10 @@ type link struct {
 
 	pingInterval time.Duration
 	timeout      time.Duration
+	// resumeWithin is how long a suspended link waits to continue on a
+	// new transport connection before it fails: timeout, or at most
+	// singlePathGrace on a connection without path blocks.
+	resumeWithin time.Duration
 	// inline: the goroutine that queued a small frame may write it itself
 	// (flush) instead of waking the channel's writer. Only for protocols
 	// B and C, where the application waits for the peer's answer anyway:

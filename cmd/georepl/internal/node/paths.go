@@ -155,8 +155,8 @@ func (l *link) pathTick(now time.Time) error {
 	suspended, since, err := l.suspended, l.suspendedAt, l.pathErr
 	l.pmu.Unlock()
 	if suspended {
-		if now.Sub(since) > l.timeout {
-			return fmt.Errorf("no path to the peer within %v (the last one failed: %w)", l.timeout, err)
+		if now.Sub(since) > l.resumeWithin {
+			return fmt.Errorf("no path to the peer within %v (the last one failed: %w)", l.resumeWithin, err)
 		}
 		return nil
 	}
@@ -325,7 +325,7 @@ func describePath(p *peer, i int) string {
 func (r *resource) pathDown(l *link, i int, err error) {
 	p := r.peers[l.peer]
 	r.setPath(p, i, "failed", err.Error())
-	r.log.Warn("path failed; the connection is suspended until it continues on a path", "peer", p.node.Name, "path", describePath(p, i), "within", l.timeout, "err", err)
+	r.log.Warn("path failed; the connection is suspended until it continues on a path", "peer", p.node.Name, "path", describePath(p, i), "within", l.resumeWithin, "err", err)
 }
 
 // pathLeft records that link l left path i, which works, for another.

@@ -38,6 +38,8 @@ type pathSetup struct {
 	// single leaves the path blocks out: one path, the nodes' own
 	// addresses.
 	single bool
+	// timeout is the connection's timeout ("1s" if empty).
+	timeout string
 }
 
 // pathConfig is resource r0 under protocol C between alpha and dr, with
@@ -87,7 +89,7 @@ func pathConfig(t *testing.T, dir string, s pathSetup, addrs [4]string) string {
     %s
     connect_retry = "100ms"
     ping_interval = "200ms"
-    timeout = "1s"
+    timeout = %q
   }
   node "alpha" {
     id = 0
@@ -102,7 +104,7 @@ func pathConfig(t *testing.T, dir string, s pathSetup, addrs [4]string) string {
     %s
   }
 %s}
-`, transport, security, addrs[0], filepath.Join(dir, "alpha.img"), tlsBlock["alpha"], addrs[1], filepath.Join(dir, "dr.img"), tlsBlock["dr"], paths)
+`, transport, security, cmp.Or(s.timeout, "1s"), addrs[0], filepath.Join(dir, "alpha.img"), tlsBlock["alpha"], addrs[1], filepath.Join(dir, "dr.img"), tlsBlock["dr"], paths)
 }
 
 // pathCluster is pathConfig's resource in this process, on loopback:

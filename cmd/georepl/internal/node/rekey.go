@@ -6,6 +6,7 @@ import (
 	"math"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/georepl/georepl/configs"
 	"github.com/georepl/georepl/core"
@@ -33,6 +34,15 @@ import (
 // smaller records (rekeySmallRecords more at most). The sum over all four
 // keys of a transport connection's two TLS sessions bounds what each one
 // protected, so the budget is conservative.
+// singlePathGrace bounds how long a connection without path blocks stays
+// suspended when its transport connection ends: a re-key ends the old
+// one just before its resume arrives on the new one (already set up and
+// authenticated), which takes far less; a peer that died is given up
+// after it, and protocol C writes wait no longer for it, as they did
+// not before such connections could resume. (With path blocks, a
+// connection waits its whole timeout for another path.)
+const singlePathGrace = time.Second
+
 const (
 	// defaultRekeyRecords is the budget: 2^23 records, a quarter of the
 	// limit; at 16 KiB a record, 128 GiB per transport connection.

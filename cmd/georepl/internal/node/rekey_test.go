@@ -95,3 +95,33 @@ func TestTLSRekeyOlderPeer(t *testing.T) {
 	})
 	checkSameData(t, alpha, c.dir, dev.Size())
 }
+
+// TestSinglePathPeerLostWithinGrace: a tcp connection with TLS and no
+// path blocks can resume (for its re-keys), but when its peer's daemon
+// goes away it stays suspended only singlePathGrace, not its whole
+// timeout (20 s here): then it fails, and the Primary's protocol C writes
+// go on without the peer, as before such connections could resume.
+func TestSinglePathPeerLostWithinGrace(t *testing.T) {
+	c := newPathCluster(t, pathSetup{tls: true, single: true, timeout: "20s"})
+	alpha, dr := c.daemons["alpha"], c.daemons["dr"]
+	logs := func() string { return "alpha:\n" + c.logs["alpha"].String() + "\ndr:\n" + c.logs["dr"].String() }
+	waitInSync(t, alpha, logs)
+	if err := dr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "alpha gives dr up", func() (bool, string) {
+		p := peerStatus(t, alpha, "dr")
+		return p.Conn != "Connected", fmt.Sprintf("%s\n%s", p.Conn, logs())
+	})
+	want := fmt.Sprintf("no path to the peer within %v", singlePathGrace)
+	if log := c.logs["alpha"].String(); !strings.Contains(log, want) {
+		t.Fatalf("alpha's log does not say %q; its log:\n%s", want, log)
+	}
+	dev, err := alpha.LocalDevice("r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := startWrites(dev, 1, 4<<10)
+	load.wait(t, 20, logs)
+	load.stop(t)
+}
