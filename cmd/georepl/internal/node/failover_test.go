@@ -383,29 +383,7 @@ func TestAutoFailoverIsolatedPrimary(t *testing.T) {
 // no resource of its own) runs its voter: it applies the log's
 // promotions like every member, and closes with the daemon.
 func TestAutoFailoverWitnessDaemon(t *testing.T) {
-	port, err := checker.FreePorts(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var src, dir string
-	edit := autoFailover(t, time.Second, "")
-	daemons := demoCluster(t, func(d, s string) string {
-		dir = d
-		src = strings.Replace(edit(d, s), "    mode = \"auto\"\n", fmt.Sprintf("    mode = \"auto\"\n    witness \"w\" {\n      address = \"127.0.0.1:%d\"\n      dir = %q\n    }\n", port, filepath.Join(d, "w.failover")), 1)
-		return src
-	}, nil)
-	cfg, err := configs.Parse(filepath.Join(dir, "r0.hcl"), []byte(src), configs.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := NewDaemon(cfg, "w", slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	if err := w.UpAll(); err != nil {
-		t.Fatal(err)
-	}
+	daemons, _, w := witnessCluster(t, "")
 	if err := daemons["alpha"].lookup("r0").Primary(true); err != nil {
 		t.Fatal(err)
 	}
@@ -421,32 +399,9 @@ func TestAutoFailoverWitnessDaemon(t *testing.T) {
 // completing writes (without the witness's vote it would hold them: 2 of
 // 3 data nodes fall short of 3).
 func TestAutoFailoverWitnessQuorum(t *testing.T) {
-	port, err := checker.FreePorts(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var src, dir string
-	edit := autoFailover(t, time.Second, "")
-	daemons := demoCluster(t, func(d, s string) string {
-		dir = d
-		src = strings.Replace(edit(d, s), "    mode = \"auto\"\n", fmt.Sprintf("    mode = \"auto\"\n    witness \"w\" {\n      address = \"127.0.0.1:%d\"\n      dir = %q\n    }\n", port, filepath.Join(d, "w.failover")), 1)
-		src = strings.Replace(src, "  protocol = \"C\"\n", "  protocol = \"C\"\n  quorum   = \"majority\"\n", 1)
-		return src
-	}, nil)
-	cfg, err := configs.Parse(filepath.Join(dir, "r0.hcl"), []byte(src), configs.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	daemons, cfg, _ := witnessCluster(t, "  quorum   = \"majority\"\n")
 	if rc, _ := cfg.Resource("r0"); rc.Quorum != 3 {
 		t.Fatalf("quorum %d, want 3 of 4 (three data nodes and a witness)", rc.Quorum)
-	}
-	w, err := NewDaemon(cfg, "w", slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	if err := w.UpAll(); err != nil {
-		t.Fatal(err)
 	}
 	alpha := daemons["alpha"]
 	if err := alpha.lookup("r0").Primary(true); err != nil {
@@ -477,4 +432,37 @@ func TestAutoFailoverWitnessQuorum(t *testing.T) {
 		st, _ := alpha.StatusNow("r0")
 		t.Fatalf("alpha's write with dr gone: %v; quorum %+v, failover %+v", err, st[0].Quorum, st[0].Failover)
 	}
+}
+
+// witnessCluster is the demo cluster under automatic failover with a
+// witness "w" voting too, its daemon up in this process; extra goes into
+// the resource after its protocol line. It returns the data nodes'
+// daemons, the configuration and the witness's daemon.
+func witnessCluster(t *testing.T, extra string) (map[string]*Daemon, *configs.Config, *Daemon) {
+	t.Helper()
+	port, err := checker.FreePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var src, dir string
+	edit := autoFailover(t, time.Second, "")
+	daemons := demoCluster(t, func(d, s string) string {
+		dir = d
+		src = strings.Replace(edit(d, s), "    mode = \"auto\"\n", fmt.Sprintf("    mode = \"auto\"\n    witness \"w\" {\n      address = \"127.0.0.1:%d\"\n      dir = %q\n    }\n", port, filepath.Join(d, "w.failover")), 1)
+		src = strings.Replace(src, "  protocol = \"C\"\n", "  protocol = \"C\"\n"+extra, 1)
+		return src
+	}, nil)
+	cfg, err := configs.Parse(filepath.Join(dir, "r0.hcl"), []byte(src), configs.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewDaemon(cfg, "w", slog.New(slog.NewTextHandler(io.Discard, nil)), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.Close() })
+	if err := w.UpAll(); err != nil {
+		t.Fatal(err)
+	}
+	return daemons, cfg, w
 }

@@ -14,20 +14,9 @@ import (
 // the new metadata area (it would overlap the current one), one that
 // shrank, and external metadata.
 func TestPlanGrowRefusals(t *testing.T) {
-	dir := t.TempDir()
-	disk := filepath.Join(dir, "disk")
 	const size = 16 << 20
-	if err := os.WriteFile(disk, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(disk, size); err != nil {
-		t.Fatal(err)
-	}
-	c := &Config{Resource: "r0", Node: "alpha", NodeID: 0, Slots: 3, BlockSize: 4096, Disk: disk,
-		OpenDevice: func(path string) (Device, error) { return kmod.OpenBacking(path) }}
-	if _, err := CreateMetadata(c, false); err != nil {
-		t.Fatal(err)
-	}
+	c := newInternalDisk(t, size)
+	disk := c.Disk
 	d, err := Open(c, false)
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +45,7 @@ func TestPlanGrowRefusals(t *testing.T) {
 		t.Fatalf("a disk grown by 64 MiB: %+v, %v", p, err)
 	}
 	ext := *c
-	ext.MetaDisk = filepath.Join(dir, "meta")
+	ext.MetaDisk = filepath.Join(filepath.Dir(disk), "meta")
 	if _, err := d.PlanGrow(&ext); err == nil || !strings.Contains(err.Error(), "external metadata") {
 		t.Errorf("external metadata: %v", err)
 	}
@@ -68,20 +57,9 @@ func TestPlanGrowRefusals(t *testing.T) {
 // nothing of the disk is written: given its old size back, it opens with
 // its metadata and data as they were.
 func TestOpenGrownButNotResized(t *testing.T) {
-	dir := t.TempDir()
-	disk := filepath.Join(dir, "disk")
 	const size = 16 << 20
-	if err := os.WriteFile(disk, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(disk, size); err != nil {
-		t.Fatal(err)
-	}
-	c := &Config{Resource: "r0", Node: "alpha", NodeID: 0, Slots: 3, BlockSize: 4096, Disk: disk,
-		OpenDevice: func(path string) (Device, error) { return kmod.OpenBacking(path) }}
-	if _, err := CreateMetadata(c, false); err != nil {
-		t.Fatal(err)
-	}
+	c := newInternalDisk(t, size)
+	disk := c.Disk
 	f, err := os.OpenFile(disk, os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -136,4 +114,23 @@ func TestOpenGrownButNotResized(t *testing.T) {
 	if _, err := d.Region.ReadAt(got, 8192); err != nil || string(got) != "data written before the disk grew" {
 		t.Fatalf("data after reopening: %q, %v", got, err)
 	}
+}
+
+// newInternalDisk is a disk file of size bytes in a test directory, with
+// internal metadata created for resource r0 on node alpha.
+func newInternalDisk(t *testing.T, size int64) *Config {
+	t.Helper()
+	disk := filepath.Join(t.TempDir(), "disk")
+	if err := os.WriteFile(disk, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(disk, size); err != nil {
+		t.Fatal(err)
+	}
+	c := &Config{Resource: "r0", Node: "alpha", NodeID: 0, Slots: 3, BlockSize: 4096, Disk: disk,
+		OpenDevice: func(path string) (Device, error) { return kmod.OpenBacking(path) }}
+	if _, err := CreateMetadata(c, false); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
