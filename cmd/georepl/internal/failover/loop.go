@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/georepl/georepl/core"
@@ -99,6 +100,14 @@ type Loop struct {
 	// started is when the loop started: the time of the reports it has
 	// not applied.
 	started time.Time
+	// startIndex is the last index of this member's log when it started;
+	// caughtUp is set once it applied a report of its own committed after
+	// that: then it applied every entry committed before, and a
+	// promotion of this node it replayed from its own log (which may
+	// have been replaced while it was down) is no longer acted on as if
+	// it were the last.
+	startIndex uint64
+	caughtUp   atomic.Bool
 
 	mu sync.Mutex
 	// queue holds the committed promotions not acted on yet, in log order.
@@ -159,6 +168,7 @@ func StartLoop(cfg LoopConfig) (*Loop, error) {
 		return nil, err
 	}
 	l.m = m
+	l.startIndex = m.raft.LastIndex()
 	l.done.Add(3)
 	go l.reporter()
 	go l.decider()
@@ -215,6 +225,12 @@ func (l *Loop) reporter() {
 			l.cfg.Local.Lease(sent.Add(l.lease), r.Current)
 		}
 		l.noteReport(r, err)
+		if err == nil && !l.caughtUp.Load() {
+			if own, ok := l.m.fsm.reportsOf(l.cfg.Resource)[l.cfg.Self]; ok && own.Index > l.startIndex {
+				l.caughtUp.Store(true)
+				l.enqueue(l.m.Current(l.cfg.Resource)) // acted on now if it names this node
+			}
+		}
 		if l.cfg.Local != nil {
 			l.cfg.Local.Witnesses(l.witnessesReachable(time.Now()))
 		}
@@ -374,6 +390,12 @@ func (l *Loop) actor() {
 		p := batch[len(batch)-1]
 		if cur := l.m.Current(l.cfg.Resource); cur.Term > p.Term {
 			p = cur
+		}
+		if p.Node == l.cfg.Self && !l.caughtUp.Load() {
+			// Possibly replayed from this member's own log and replaced
+			// since: acted on once this member caught up (reporter).
+			l.log.Info("failover: a promotion of this node waits until this member has caught up with the log", "term", p.Term)
+			continue
 		}
 		l.mu.Lock()
 		force := l.forced && p.Node == l.cfg.Self && p.Term == l.force+1

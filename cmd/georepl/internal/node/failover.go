@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os/exec"
@@ -141,12 +142,26 @@ func (f foLocal) Act(p failover.Promotion, force bool) error {
 		return err
 	}
 	switch {
+	case p.Node == r.self.Name && st.Role != core.Primary && st.Term > p.Term:
+		// A promotion of this node that the log has replaced: a
+		// restarted node replays its own before the newer entries reach
+		// it, and a peer may have told its engine the newer term
+		// already. Acting on it would fence the Primary of the newer
+		// term and make this node a Primary that the term does not
+		// fence.
+		r.log.Info("failover: not acting on a replaced promotion of this node", "term", p.Term, "seen", st.Term)
+		return nil
 	case p.Node == r.self.Name && st.Role != core.Primary:
 		if err := r.fencePeer(p); err != nil {
 			return err
 		}
 		r.log.Info("failover: promoting this node", "term", p.Term)
-		return r.promoteHere(force)
+		err := r.promoteInTerm(force, p.Term)
+		if errors.Is(err, errReplacedPromotion) {
+			r.log.Info("failover: not acting on a replaced promotion of this node", "term", p.Term, "err", err)
+			return nil
+		}
+		return err
 	case p.Node != r.self.Name && st.Role == core.Primary && st.Fenced:
 		r.log.Warn("failover: demoting this node: the log promoted another", "node", p.Node, "term", p.Term)
 		return r.Secondary()

@@ -466,3 +466,34 @@ func witnessCluster(t *testing.T, extra string) (map[string]*Daemon, *configs.Co
 	}
 	return daemons, cfg, w
 }
+
+// TestStalePromotionNotActedOn: a node restarted after the log moved on
+// replays its own, older promotion before the newer entries reach it,
+// while a peer's hello has already told its engine the newer term (seen
+// in CI: bravo, killed as Primary of term 2, came back, replayed term 2
+// and promoted itself as a Primary of term 3, which alpha held, so the
+// term no longer fenced it). A promotion older than a term the engine
+// has seen is not acted on: the node stays Secondary.
+func TestStalePromotionNotActedOn(t *testing.T) {
+	daemons := demoCluster(t, autoFailover(t, time.Second, ""), nil)
+	alpha, bravo := daemons["alpha"], daemons["bravo"]
+	if err := alpha.lookup("r0").Primary(true); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "bravo in sync", func() (bool, string) {
+		p := peerStatus(t, alpha, "bravo")
+		return p.Disk == "UpToDate" && p.Repl == "Established", fmt.Sprintf("%+v", p)
+	})
+	r := bravo.lookup("r0")
+	for _, peer := range []string{"alpha", "dr"} {
+		if err := r.Disconnect(peer); err != nil {
+			t.Fatal(err)
+		}
+	}
+	engineCall(t, r, func() { r.engine.ObserveTerm(5) })
+	err := foLocal{r}.Act(failover.Promotion{Resource: "r0", Node: "bravo", Term: 3}, false)
+	t.Logf("acting on term 3 after term 5 was seen: %v", err)
+	if st, _ := bravo.StatusNow("r0"); st[0].Role != "Secondary" {
+		t.Fatalf("bravo acted on a promotion of term 3 after its engine saw term 5: it is %s", st[0].Role)
+	}
+}

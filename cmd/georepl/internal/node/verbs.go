@@ -46,10 +46,23 @@ func (r *resource) Primary(force bool) error {
 
 // promoteHere promotes the resource on this node (Primary without the
 // consensus log).
-func (r *resource) promoteHere(force bool) error {
+func (r *resource) promoteHere(force bool) error { return r.promoteInTerm(force, 0) }
+
+// errReplacedPromotion: a promotion of this node in a term older than one
+// its engine has seen.
+var errReplacedPromotion = errors.New("the log has promoted another node since")
+
+// promoteInTerm is promoteHere for the log's promotion in term (0: not
+// the log's): it is refused, atomically with the promotion, if the engine
+// has seen a newer term (errReplacedPromotion), for the engine's Primary
+// holds the newest term it has seen.
+func (r *resource) promoteInTerm(force bool, term uint64) error {
 	rollBack := false
 	became := false // this call made the node Primary
 	promote := func() error {
+		if seen := r.engine.Status().Term; term != 0 && seen > term {
+			return fmt.Errorf("%w: %s on %s was promoted in term %d, and term %d has been seen", errReplacedPromotion, r.cfg.Name, r.self.Name, term, seen)
+		}
 		if force && r.canRollBack() {
 			rollBack = true
 			return nil
