@@ -12,6 +12,8 @@
 #   make bench-plugins  transport plugins against the built-in tcp (ratios)
 #   make bench-resync  resync throughput over a 200 Mbit/s tc tbf link between namespaces
 #   make bench-tls  protocol C over tcp with TLS against plaintext, paired runs (ratios)
+#   make failover-netns  automatic failover with real daemons in network namespaces
+#                (not in make test for now: see TestFailoverNetns)
 #   make fuzz    every fuzz target for FUZZTIME (10s) each
 #   make soak    the crash-consistency checker for as long as asked (SOAK=1h),
 #                or the simulator (SIM=1h)
@@ -29,7 +31,7 @@ TOOLS   := fio:fio nbdkit:nbdkit nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:
 RDMA_DEV := /usr/include/infiniband/verbs.h:libibverbs-dev /usr/include/rdma/rdma_cma.h:librdmacm-dev
 TESTFLAGS ?=
 
-.PHONY: all build install plugins rdma-deps demo test lint vet tidy-check staticcheck fmt-check unit unit-cluster unit-rest sim deps bench bench-plugins bench-resync bench-tls bench-wan soak fuzz fuzz-ci vmtest vmbench clean
+.PHONY: all build install plugins rdma-deps demo test failover-netns lint vet tidy-check staticcheck fmt-check unit unit-cluster unit-rest sim deps bench bench-plugins bench-resync bench-tls bench-wan soak fuzz fuzz-ci vmtest vmbench clean
 
 all: build
 
@@ -186,6 +188,12 @@ sim:
 test: deps lint plugins
 	@$(MAKE) --no-print-directory -j2 -Otarget unit-cluster unit-rest sim $(if $(CI),fuzz-ci)
 	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory vmtest VMTESTFLAGS="$(VMTEST_CI)"; fi
+
+# TestFailoverNetns: automatic failover with real daemons in network
+# namespaces (root), five kinds of failure, about three minutes. Not in
+# make test: see the test's failoverNetns.
+failover-netns:
+	$(GO) test -count=1 -race -tags invariants -timeout 30m -run '^TestFailoverNetns$$' -v ./cmd/georepl -failover.netns
 
 fuzz-ci:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(CI_FUZZTIME)
