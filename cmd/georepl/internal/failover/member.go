@@ -203,14 +203,26 @@ func (m *Member) propose(ctx context.Context, c command) (Promotion, bool, error
 	return Promotion{}, a.Holds, nil
 }
 
-// apply proposes entry b as the leader and waits until it is applied.
+// apply proposes entry b as the leader and waits until it is applied, or
+// until ctx ends: raft's own wait ends only at commit, at a loss of
+// leadership or at shutdown, and a leader that keeps its followers'
+// contact while they reject its appends neither commits nor loses
+// leadership. The entry may still commit after ctx ended.
 func (m *Member) apply(ctx context.Context, b []byte) (Promotion, bool, error) {
 	timeout := time.Duration(0)
 	if d, ok := ctx.Deadline(); ok {
 		timeout = max(time.Until(d), time.Millisecond)
 	}
 	f := m.raft.Apply(b, timeout)
-	if err := f.Error(); err != nil {
+	applied := make(chan error, 1)
+	go func() { applied <- f.Error() }()
+	var err error
+	select {
+	case err = <-applied:
+	case <-ctx.Done():
+		return Promotion{}, false, fmt.Errorf("failover: the entry was not applied in time (it may still be): %w", ctx.Err())
+	}
+	if err != nil {
 		if errors.Is(err, raft.ErrNotLeader) {
 			return Promotion{}, false, fmt.Errorf("%w: the leader is %q", ErrNotLeader, m.Leader())
 		}

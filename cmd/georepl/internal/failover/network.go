@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 )
 
@@ -73,7 +74,18 @@ func ListenTCP(addr string, timeout time.Duration, logOutput io.Writer) (*TCPNet
 	if logOutput == nil {
 		logOutput = io.Discard
 	}
-	n.trans = raft.NewNetworkTransport(tcpLayer{n}, 3, timeout, logOutput)
+	n.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  tcpLayer{n},
+		MaxPool: 3,
+		Timeout: timeout,
+		Logger:  hclog.New(&hclog.LoggerOptions{Name: "raft-net", Output: logOutput, Level: hclog.DefaultLevel}),
+		// No pipelined replication: raft's deadlocks when a follower
+		// rejects an append while entries keep coming (the sender then
+		// waits forever on the transport, and so does Shutdown). The
+		// log carries a few small entries a second: one append at a
+		// time per follower loses nothing.
+		MaxRPCsInFlight: 1,
+	})
 	go n.acceptLoop()
 	return n, nil
 }
@@ -281,7 +293,7 @@ type memNetwork struct {
 	handle atomic.Pointer[func([]byte) []byte]
 }
 
-func (n *memNetwork) Transport() raft.Transport        { return n.trans }
+func (n *memNetwork) Transport() raft.Transport        { return unpipelined{n.trans} }
 func (n *memNetwork) Serve(handle func([]byte) []byte) { n.handle.Store(&handle) }
 
 func (n *memNetwork) Close() error {
@@ -307,4 +319,12 @@ func (n *memNetwork) Forward(ctx context.Context, addr string, proposal []byte) 
 		return nil, errors.New("failover: the member at " + addr + " serves no proposals yet")
 	}
 	return (*h)(proposal), ctx.Err()
+}
+
+// unpipelined is raft's in-memory transport without pipelined
+// replication, like the daemon's (ListenTCP).
+type unpipelined struct{ *raft.InmemTransport }
+
+func (unpipelined) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
+	return nil, raft.ErrPipelineReplicationNotSupported
 }
