@@ -13,7 +13,7 @@
 #   make bench-resync  resync throughput over a 200 Mbit/s tc tbf link between namespaces
 #   make bench-tls  protocol C over tcp with TLS against plaintext, paired runs (ratios)
 #   make failover-netns  automatic failover with real daemons in network namespaces
-#                (not in make test for now: see TestFailoverNetns)
+#                (part of make test)
 #   make fuzz    every fuzz target for FUZZTIME (10s) each
 #   make soak    the crash-consistency checker for as long as asked (SOAK=1h),
 #                or the simulator (SIM=1h)
@@ -183,15 +183,16 @@ SIM_SCHEDULES ?= 2000
 sim:
 	$(GO) test -run 'TestSim' -timeout 30m ./cmd/georepl/internal/sim -sim.schedules=$(SIM_SCHEDULES)
 
-# sim, and in CI the fuzz targets, follow unit-rest beside unit-cluster
-# (see unit).
+# sim, failover-netns and in CI the fuzz targets follow unit-rest beside
+# unit-cluster (see unit).
 test: deps lint plugins
-	@$(MAKE) --no-print-directory -j2 -Otarget unit-cluster unit-rest sim $(if $(CI),fuzz-ci)
+	@$(MAKE) --no-print-directory -j2 -Otarget unit-cluster unit-rest sim failover-netns $(if $(CI),fuzz-ci)
 	@if [ -n "$$CI" ]; then $(MAKE) --no-print-directory vmtest VMTESTFLAGS="$(VMTEST_CI)"; fi
 
 # TestFailoverNetns: automatic failover with real daemons in network
-# namespaces (root), five kinds of failure, about three minutes. Not in
-# make test: see the test's failoverNetns.
+# namespaces (root), five kinds of failure, about three minutes. make
+# test runs it on its own, not inside cmd/georepl's tests (unit-cluster,
+# the longest part).
 failover-netns:
 	$(GO) test -count=1 -race -tags invariants -timeout 30m -run '^TestFailoverNetns$$' -v ./cmd/georepl -failover.netns
 

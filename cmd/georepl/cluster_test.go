@@ -160,12 +160,35 @@ func (c *cluster) cliErr(n string, args ...string) (string, error) {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, georeplBin, args...).CombinedOutput()
 	if err != nil && n != "" {
+		if ctx.Err() != nil {
+			out = append(out, "\n"+c.dumpHung(n)...)
+		}
 		// "Cannot reach the daemon" alone hides a daemon that died.
 		if gone := c.daemonGone(n); gone != "" {
 			out = append(out, "\n"+gone...)
 		}
 	}
 	return string(out), err
+}
+
+// dumpHung asks node n's daemon, which left a command unanswered for
+// minutes, for the stacks of its goroutines (SIGQUIT: Go's runtime
+// prints them into the daemon's log and exits), so that a hang shows
+// where it is; daemonGone then prints the log's end.
+func (c *cluster) dumpHung(n string) string {
+	cmd, ok := c.procs[n]
+	if !ok || c.daemonGone(n) != "" {
+		return ""
+	}
+	if err := cmd.Process.Signal(syscall.SIGQUIT); err != nil {
+		return fmt.Sprintf("daemon %s: SIGQUIT for its stacks: %v", n, err)
+	}
+	select {
+	case <-c.exited[n]:
+		return fmt.Sprintf("daemon %s left the command unanswered: its goroutines' stacks are at the end of its log", n)
+	case <-time.After(30 * time.Second):
+		return fmt.Sprintf("daemon %s left the command unanswered and did not exit on SIGQUIT", n)
+	}
 }
 
 // track records cmd, started, as node n's daemon: it is waited for here
