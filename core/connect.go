@@ -135,6 +135,7 @@ func (e *Engine) disconnect(p *peer, to ConnState, why string) {
 		e.persistDirty = true
 	}
 	p.unacked, p.ackedEpoch = 0, 0
+	p.flushed, p.flushSent = false, 0
 	p.blockedQ, p.blockedBytes = nil, 0
 	if wasReplicating {
 		// Before the writes complete without p: a leased Primary holds

@@ -123,7 +123,11 @@
 // barrier), so it is always a crash-consistent earlier image of the
 // primary, also under protocol A. A flush closes the epoch with a flush
 // barrier and completes when the local flush is done and every protocol C
-// peer acknowledged the barrier.
+// peer acknowledged the barrier. An application flush skips the parts
+// with nothing to make durable: the local flush when every local write
+// since the last successful one was FUA, and the wait for a C peer that
+// acknowledged a flush barrier since the last write it received without
+// FUA (Engine.startFlush); its barrier is sent all the same.
 //
 // The primary tracks a write towards a peer until the peer wrote it and
 // acknowledged the barrier closing its epoch. Losing the connection earlier

@@ -81,6 +81,13 @@ type Engine struct {
 	// covers (markUncovered): Ready.PersistBitmaps.
 	persistBitmaps bool
 	unsynced       unsyncedWrites // what a failed flush may have lost (syncFailed)
+	// plainWritten counts the local writes done without FUA, the failed
+	// ones and the failed flushes; plainFlushed is its value when the
+	// last flush of the local disk that succeeded was issued. While they
+	// are equal the local disk holds nothing a flush would make durable
+	// (emptyFlush). plainWritten starts at 1: what the page cache held
+	// before the engine started is not known.
+	plainWritten, plainFlushed uint64
 	// draining are the receivers of lost connections that still apply
 	// what they received (abandonReceiver); arrivals stamps the frames
 	// queued to a receiver that held nothing (receiver.pendingSince).
@@ -113,6 +120,15 @@ type peer struct {
 	blockedQ     []*write
 	blockedBytes uint64
 	ackedEpoch   uint64 // highest BarrierAck on this connection
+	// flushed: every write this node completed as Primary with p
+	// replicating is durable on p. It is set by the BarrierAck of a flush
+	// barrier sent after the last write that reached p without FUA under
+	// protocol C (plainEpoch), and cleared by such a write, by a lost
+	// connection and by a promotion. A protocol C peer writes a FUA
+	// write durably before its WriteAck.
+	flushed    bool
+	plainEpoch uint64 // epoch of the last write sent to it without FUA under C
+	flushSent  uint64 // epoch of the last flush barrier sent on this connection
 
 	// discardMine: offer to be the victim of a split brain at the next
 	// handshake (DiscardMyData). sbSelf and sbPeer are both ends'
@@ -201,30 +217,31 @@ func New(cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	e := &Engine{
-		self:        cfg.Self,
-		name:        cfg.Name,
-		size:        cfg.Size,
-		blockSize:   cfg.BlockSize,
-		epochMax:    cfg.EpochMaxWrites,
-		chunkBlocks: uint64(cfg.ResyncChunk / cfg.BlockSize),
-		window:      cfg.ResyncWindow,
-		diskFlushes: cfg.DiskFlushes,
-		onIOError:   cfg.OnIOError,
-		newUUID:     cfg.NewUUID,
-		clock:       cfg.Clock,
-		quorum:      cfg.Quorum,
-		witnesses:   cfg.Witnesses,
-		onNoQuorum:  cfg.OnNoQuorum,
-		leased:      cfg.Leased,
-		promoted:    cfg.State.Promoted,
-		term:        cfg.State.Term,
-		role:        Secondary,
-		disk:        cfg.State.Disk,
-		current:     cfg.State.Current,
-		history:     cfg.State.History,
-		epoch:       1,
-		ops:         make(map[OpID]opOwner),
-		bySeq:       make(map[uint64]*write),
+		self:         cfg.Self,
+		name:         cfg.Name,
+		size:         cfg.Size,
+		blockSize:    cfg.BlockSize,
+		epochMax:     cfg.EpochMaxWrites,
+		chunkBlocks:  uint64(cfg.ResyncChunk / cfg.BlockSize),
+		window:       cfg.ResyncWindow,
+		diskFlushes:  cfg.DiskFlushes,
+		plainWritten: 1,
+		onIOError:    cfg.OnIOError,
+		newUUID:      cfg.NewUUID,
+		clock:        cfg.Clock,
+		quorum:       cfg.Quorum,
+		witnesses:    cfg.Witnesses,
+		onNoQuorum:   cfg.OnNoQuorum,
+		leased:       cfg.Leased,
+		promoted:     cfg.State.Promoted,
+		term:         cfg.State.Term,
+		role:         Secondary,
+		disk:         cfg.State.Disk,
+		current:      cfg.State.Current,
+		history:      cfg.State.History,
+		epoch:        1,
+		ops:          make(map[OpID]opOwner),
+		bySeq:        make(map[uint64]*write),
 	}
 	blocks := cfg.Size / uint64(cfg.BlockSize)
 	for i, pc := range cfg.Peers {
@@ -426,6 +443,9 @@ func (e *Engine) Promote(force bool) error {
 	}
 	e.setRole(Primary)
 	e.roleTerm = e.term
+	for _, p := range e.peers {
+		p.flushed = false // it may hold another Primary's writes in its cache
+	}
 	if e.clock != nil {
 		e.promoted = e.clock()
 	}

@@ -314,8 +314,11 @@ var errFlushOverlapped = errors.New("a flush of the local disk failed meanwhile"
 
 // noteWritten records that a local write over [off, off+length) is done
 // (or failed): it is not known durable until a flush issued after it
-// succeeds.
-func (e *Engine) noteWritten(off, length uint64) {
+// succeeds. plain: it was not FUA, or it failed (plainWritten).
+func (e *Engine) noteWritten(off, length uint64, plain bool) {
+	if plain {
+		e.plainWritten++
+	}
 	u := &e.unsynced
 	if u.cur == nil {
 		bs := uint64(e.blockSize)
@@ -371,6 +374,7 @@ func (e *Engine) syncFailed(what string, err error) {
 		return
 	}
 	u.failures++
+	e.plainWritten++
 	mark := func(off, length uint64) {
 		for _, p := range e.peers {
 			if e.role != Primary && p.bitmapUUID == 0 && e.current != 0 {

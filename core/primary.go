@@ -61,6 +61,7 @@ type flushReq struct {
 
 	tracking  bool   // its local flush tracks (flushIssued)
 	syncFails uint64 // unsynced.failures when it started (errFlushOverlapped)
+	plainAt   uint64 // Engine.plainWritten when its local flush was issued
 	internal  bool   // Request.Internal
 	// owed is a failed flush of the local disk that no application
 	// request was told of (unsyncedWrites.owed): this flush fails with it.
@@ -77,7 +78,8 @@ type flushReq struct {
 //     its protocol's level (A: queued within MaxBuffer, B: RecvAck, C:
 //     WriteAck), or at once with ErrIO if the local write failed;
 //   - a flush when the local flush is done and every protocol C peer that
-//     was replicating acknowledged the barrier it sent;
+//     was replicating acknowledged the barrier it sent, or at once when it
+//     has nothing to make durable (startFlush);
 //   - a read (ReqRead) when the local disk, or on a Diskless Primary a
 //     peer in sync, returned the data.
 //
@@ -207,6 +209,9 @@ func (e *Engine) closeEpoch(flags wire.Flags) uint64 {
 	for _, p := range e.peers {
 		if p.replicating() {
 			e.send(p, wire.Frame{Type: wire.TypeBarrier, Flags: flags, Epoch: closed, Seq: confirmed, Offset: holders})
+			if flags&wire.FlagFlush != 0 {
+				p.flushSent = closed
+			}
 		}
 	}
 	e.epoch++
@@ -268,6 +273,9 @@ func (e *Engine) startWrite(r Request) {
 		pf := f
 		if p.cfg.Protocol == protocols.B {
 			pf.Flags |= wire.FlagWantRecvAck
+		}
+		if !r.FUA || p.cfg.Protocol != protocols.C {
+			p.flushed, p.plainEpoch = false, w.epoch
 		}
 		e.send(p, pf)
 		p.writesSent++
@@ -362,7 +370,7 @@ func (e *Engine) appWriteDone(w *write, err error) {
 	e.removeInflight(w.ext)
 	w.ext = nil
 	w.localDone = true
-	e.noteWritten(w.off, w.length)
+	e.noteWritten(w.off, w.length, !w.fua || err != nil)
 	overlapped := err == nil && w.syncFails != e.unsynced.failures
 	if overlapped {
 		err = errFlushOverlapped
@@ -538,27 +546,51 @@ func (e *Engine) trimWrites() {
 	}
 }
 
+// startFlush starts application flush r. An application flush skips
+// what has nothing to make durable: the local flush when every local write
+// done since the last local flush that succeeded was FUA and succeeded,
+// and no failure is owed (localClean); and the wait for a protocol C peer
+// that acknowledged a flush barrier sent after the last write it received
+// without FUA (peer.flushed). A flush of the driver's own (Internal) goes
+// the whole way: it may be for writes the engine does not see. The
+// barrier goes out in any case: it orders what follows on the peers.
 func (e *Engine) startFlush(r Request) {
 	f := &flushReq{id: r.ID, wait: make([]bool, len(e.peers)), standIn: make([]bool, len(e.peers)), internal: r.Internal}
+	skip := !r.Internal && e.disk != Diskless
 	for i, p := range e.peers {
-		f.wait[i] = p.replicating() && protocols.FlushNeedsPeer(p.cfg.Protocol)
+		f.wait[i] = p.replicating() && protocols.FlushNeedsPeer(p.cfg.Protocol) && !(skip && p.flushed)
 		f.standIn[i] = p.replicating() && e.inSync(p)
 	}
 	f.epoch = e.closeEpoch(wire.FlagFlush)
-	if e.disk == Diskless {
+	e.flushes = append(e.flushes, f)
+	switch {
+	case e.disk == Diskless:
 		f.localDone, f.needPeer = true, true
-	} else {
-		f.tracking, f.syncFails = e.flushIssued(), e.unsynced.failures
+	case skip && e.localClean():
+		f.localDone = true
+		e.maybeCompleteFlushes()
+	default:
+		f.tracking, f.syncFails, f.plainAt = e.flushIssued(), e.unsynced.failures, e.plainWritten
 		if !f.internal {
 			f.owed, e.unsynced.owed = e.unsynced.owed, nil
 		}
 		e.newOp(LocalOp{Kind: OpFlush}, opOwner{flush: f})
 	}
-	e.flushes = append(e.flushes, f)
+}
+
+// localClean reports whether the local disk holds nothing a flush would
+// make durable: every local write done since the last local flush that
+// succeeded was FUA and succeeded (plainWritten), and no failed flush is
+// owed to the application.
+func (e *Engine) localClean() bool {
+	return e.plainWritten == e.plainFlushed && e.unsynced.owed == nil
 }
 
 func (e *Engine) appFlushDone(f *flushReq, err error) {
 	overlapped := err == nil && (f.syncFails != e.unsynced.failures || f.owed != nil)
+	if err == nil && !overlapped && !f.needPeer {
+		e.plainFlushed = max(e.plainFlushed, f.plainAt)
+	}
 	switch {
 	case overlapped && f.owed != nil:
 		err = f.owed
@@ -694,5 +726,8 @@ func (e *Engine) barrierAck(p *peer, f *wire.Frame) {
 		return
 	}
 	p.ackedEpoch = f.Epoch
+	if p.flushSent != 0 && p.ackedEpoch >= p.flushSent && p.flushSent >= p.plainEpoch {
+		p.flushed = true
+	}
 	e.maybeCompleteFlushes()
 }

@@ -351,7 +351,7 @@ func (e *Engine) rxWriteDone(w *rxWrite, data []byte, err error) {
 		}
 	}
 	if w.op.Kind != OpChecksum && w.op.Kind != OpRead {
-		e.noteWritten(w.op.Offset, w.op.Length)
+		e.noteWritten(w.op.Offset, w.op.Length, !w.op.FUA || err != nil)
 	}
 	// A FUA operation (a write, or a checksum of durable data) flushes
 	// the disk: its failure may be the flush's, unless it found no space
