@@ -485,6 +485,21 @@ func (e *Engine) Demote() error {
 	}
 	e.failHeldForQuorum("demoted without quorum")
 	e.quorumForced = false
+	if e.fenced() {
+		// The record of who is Primary promoted another node in a newer
+		// term: what this node wrote since it lost its peers completed
+		// nothing (a fenced Primary completes no write, and one that
+		// waited for a lease got none). It offers to be the victim of a
+		// split brain with every peer it is not connected to, as the
+		// operator would (DiscardMyData): the node of the newer term
+		// keeps its data, and this one resyncs only what either
+		// changed.
+		for _, p := range e.peers {
+			if p.conn != Connected {
+				p.discardMine = true
+			}
+		}
+	}
 	e.setRole(Secondary)
 	e.rotatePending = false
 	e.unsynced.owed = nil // for the application that is gone (FlushFailed)
