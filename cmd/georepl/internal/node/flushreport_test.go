@@ -250,3 +250,34 @@ func TestFlushAsyncWaitsForTheDiskFlush(t *testing.T) {
 		t.Fatal("the flush succeeded although the disk's flush failed")
 	}
 }
+
+// TestFlushAfterFUAWritesOnly: an application flush after nothing but FUA
+// writes has nothing to make durable and does not flush the disk (the
+// flush Linux sends after an O_DSYNC write, which follows a FUA write);
+// one after a plain write does.
+func TestFlushAfterFUAWritesOnly(t *testing.T) {
+	_, _, disk, dev := primaryWithSyncer(t, "pass-on", 0)
+	ctx := context.Background()
+	flushes := func(what string, op func() error) int {
+		t.Helper()
+		before := disk.Calls()
+		if err := op(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return disk.Calls() - before
+	}
+	// primaryWithSyncer wrote without FUA: the first flush flushes.
+	if n := flushes("the first flush", func() error { return dev.Flush(ctx) }); n == 0 {
+		t.Error("the first flush after a plain write did not flush the disk")
+	}
+	for i := range 3 {
+		flushes("a FUA write", func() error { return dev.WriteAt(ctx, make([]byte, 4096), 8192, true) })
+		if n := flushes("the flush after it", func() error { return dev.Flush(ctx) }); n != 0 {
+			t.Errorf("round %d: the flush after a FUA write flushed the disk %d times; nothing needed it", i, n)
+		}
+	}
+	flushes("a plain write", func() error { return dev.WriteAt(ctx, make([]byte, 4096), 8192, false) })
+	if n := flushes("the flush after it", func() error { return dev.Flush(ctx) }); n == 0 {
+		t.Error("the flush after a plain write did not flush the disk")
+	}
+}
