@@ -7,11 +7,14 @@
 #                plugins' conformance suite and the cluster test on a plugin included
 #   make lint    gofmt, go vet, go.mod tidy, staticcheck and the repository's rules
 #   make plugins the example transport plugins, into bin/plugins/
-#   make bench   georepl against nbdkit through fio's nbd engine, then bench-plugins
-#                and bench-resync
-#   make bench-plugins  transport plugins against the built-in tcp (ratios)
+#   make bench   georepl against nbdkit through fio's nbd engine, then bench-plugins,
+#                and as root bench-resync and bench-wan
+#   make bench-plugins  the built-in quic, tcp with TLS and the transport plugins
+#                against the built-in tcp (ratios)
 #   make bench-resync  resync throughput over a 200 Mbit/s tc tbf link between namespaces
 #   make bench-tls  protocol C over tcp with TLS against plaintext, paired runs (ratios)
+#   make bench-wan  protocol A over a 100 Mbit/s tc tbf link between namespaces:
+#                tcp and quic, with and without LZ4 (ratios)
 #   make failover-netns  automatic failover with real daemons in network namespaces
 #                (part of make test)
 #   make fuzz    every fuzz target for FUZZTIME (10s) each
@@ -230,9 +233,10 @@ bench: deps build plugins
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory bench-resync bench-wan; \
 	else echo "bench-resync and bench-wan skipped: they need root (network namespaces, tc)"; fi
 
-# Transport plugins against the built-in tcp, one connection over
-# loopback: 1 MiB writes on the data channel and a 4 KiB control
-# ping-pong, medians of BENCHCOUNT runs, each as a ratio to the built-in.
+# The built-in quic, tcp with TLS and the transport plugins against the
+# built-in tcp, one connection over loopback: 1 MiB writes on the data
+# channel and a 4 KiB control ping-pong, medians of BENCHCOUNT runs, each
+# as a ratio to the built-in tcp.
 BENCHCOUNT ?= 5
 bench-plugins:
 	$(GO) test -run '^$$' -bench BenchmarkTransports -count $(BENCHCOUNT) ./plugins/host | awk -f plugins/host/testdata/ratios.awk
@@ -241,7 +245,7 @@ bench-plugins:
 # by tc tbf to 200 Mbit/s, with and without csums, and the application's
 # write rate during a resync. Needs root and iproute2.
 bench-resync: deps build
-	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN) -resync
+	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN) -resync $(BENCHFLAGS)
 
 # Protocol C with one peer over tcp, with TLS against plaintext: fio's
 # 1 MiB QD8 writes and 4 KiB QD1 latency, each run with TLS paired with a
@@ -255,8 +259,10 @@ bench-tls: deps build
 # Protocol A over a veth between two network namespaces shaped by tc tbf
 # to 100 Mbit/s: the steady replication rate over tcp and quic, with and
 # without LZ4, on compressible and random data. Needs root and iproute2.
+# BENCHFLAGS="-netns-prefix NAME" names the namespaces and veths it makes
+# (also for bench-resync).
 bench-wan: deps build
-	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN) -wan
+	$(GO) run ./cmd/georepl/internal/benchrig -georepl $(BIN) -wan $(BENCHFLAGS)
 
 # Kill the primary of a loopback cluster at random moments for SOAK, check
 # every survivor, print the count of runs and failures. With SIM set, run

@@ -25,6 +25,8 @@ import (
 	"github.com/georepl/georepl/plugins/internal/control"
 	"github.com/georepl/georepl/plugins/plugintest"
 	"github.com/georepl/georepl/transports"
+	"github.com/georepl/georepl/transports/nodetls/nodetlstest"
+	"github.com/georepl/georepl/transports/quic"
 	"github.com/georepl/georepl/transports/tcp"
 	"github.com/georepl/georepl/transports/transporttest"
 )
@@ -403,15 +405,22 @@ func TestHungPluginIsRestarted(t *testing.T) {
 	waitGone(t, pid, 5*time.Second)
 }
 
-// BenchmarkTransports compares the built-in tcp with the same transport
-// served through the plugin path (testdata/strict wraps it), with the
-// tcp-fd plugin (both hand their sockets over: once set up, a connection is
-// the daemon's own sockets), with shmring-example (tcp again, its bytes
-// through the shared-memory rings) and with testdata/streamonly (tcp, its
-// bytes on gRPC streams, the fallback). make bench-plugins prints medians
-// and ratios.
+// BenchmarkTransports compares the built-in tcp with the other built-ins
+// (tcp with TLS, node certificates as georepl makes them; quic) and with
+// the same tcp served through the plugin path (testdata/strict wraps it),
+// with the tcp-fd plugin (both hand their sockets over: once set up, a
+// connection is the daemon's own sockets), with shmring-example (tcp
+// again, its bytes through the shared-memory rings) and with
+// testdata/streamonly (tcp, its bytes on gRPC streams, the fallback). make
+// bench-plugins prints medians and ratios.
 func BenchmarkTransports(b *testing.B) {
 	b.Run("builtin-tcp", func(b *testing.B) { transporttest.Bench(b, tcp.New(), "127.0.0.1:0") })
+	b.Run("builtin-tcp-tls", func(b *testing.B) {
+		pki := nodetlstest.New(b)
+		alpha, bravo := pki.Identity(b, "alpha", time.Hour), pki.Identity(b, "bravo", time.Hour)
+		transporttest.Bench(b, &nodetlstest.Transport{Transport: tcp.New(), Client: alpha.ClientConfig("r0", nil), Server: bravo.ServerConfig(nil)}, "127.0.0.1:0")
+	})
+	b.Run("builtin-quic", func(b *testing.B) { transporttest.Bench(b, quic.New(), "127.0.0.1:0") })
 	b.Run("tcp-as-plugin", func(b *testing.B) {
 		transporttest.Bench(b, plugintest.Start(b, "tcp", plugintest.Build(b, strict)), "127.0.0.1:0")
 	})

@@ -22,9 +22,26 @@
 //
 // Options.KeepAlive and IdleTimeout become quic-go's KeepAlivePeriod and
 // MaxIdleTimeout. Flow-control windows may grow to 16 MiB per stream and
-// 64 MiB per connection, enough to fill a long fat WAN link; the
+// 24 MiB per connection, enough to fill a long fat WAN link (quic-go
+// starts them at 512 KiB and 768 KiB and grows them while the reader
+// keeps up); the
 // connection window is larger than one stream's so that a full data
 // stream never starves the control stream.
+//
+// # Memory
+//
+// Flow control bounds what a connection holds on receipt: at most 24 MiB
+// of stream data that georepl has not read. A peer that has not
+// authenticated yet gets little more than the initial 768 KiB: windows
+// grow only as georepl reads, and it reads the data stream only after
+// the handshake. quic-go keeps each received STREAM
+// frame of 128 bytes or more in a buffer of a whole packet (1452 bytes)
+// and a smaller one in an allocation of its own, so a peer that sends
+// many small frames makes those bytes take several times their size. On
+// the sending side a Write returns once all but the last packet of its
+// data are packed, and quic-go keeps what is in flight until it is
+// acknowledged: at most its congestion window (10,000 packets, about
+// 14 MiB) and never more than the peer's windows.
 //
 // Close sends CONNECTION_CLOSE with application error code 0: the peer's
 // reads return io.EOF, its writes an error. Any other end of the

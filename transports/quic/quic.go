@@ -29,10 +29,14 @@ const ChannelBindingLabel = "EXPORTER-georepl-channel-binding"
 // channelBindingSize is the length of ChannelBinding's result.
 const channelBindingSize = 32
 
-// Flow-control limits; see the package documentation.
+// Flow-control limits; see the package documentation. They bound the
+// stream data a connection holds that georepl has not read yet:
+// maxConnectionWindow in all, which leaves the control stream a third of
+// it when the data stream's window is full (quic-go grows a connection's
+// window to 1.5 times the largest stream window it grants, this ratio).
 const (
 	maxStreamWindow     = 16 << 20
-	maxConnectionWindow = 64 << 20
+	maxConnectionWindow = maxStreamWindow * 3 / 2
 )
 
 // streamSetupTimeout is how long the listener waits for a new

@@ -129,6 +129,7 @@ func main() {
 	compare := flag.String("compare", "", "also measure this georepl binary, each set-up right after -georepl's, for a before/after table in one run")
 	profile := flag.String("profile", "", "write a CPU profile of every daemon during each georepl fio run to this directory (for `go tool pprof`; the daemons run with --pprof)")
 	tlsBench := flag.Bool("tls", false, "run the TLS benchmark instead: protocol C over tcp with and without TLS, runs paired, TLS/plaintext ratios (see tls.go)")
+	flag.StringVar(&netnsPrefix, "netns-prefix", netnsPrefix, "with -resync or -wan: the prefix of the network namespaces and veth interfaces made (PREFIX+\"A-\"+pid, at most 6 characters), so that runs side by side can be told apart")
 	only := flag.String("only", "", "measure only the set-ups and workloads whose names contain one of these comma-separated words (e.g. \"alone,QD1\"), or that are named exactly by a word =NAME (words then separated by ;, e.g. \"=georepl C, 1 peer;QD1\"); nbdkit always runs")
 	flag.Parse()
 	if *profile != "" {

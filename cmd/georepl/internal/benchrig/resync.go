@@ -185,15 +185,23 @@ func run(name string, args ...string) error {
 	return nil
 }
 
-// setupNetwork creates namespaces grA-PID and grB-PID joined by a veth
-// pair (10.213.0.1 and .2), both ends shaped to rateMbit.
+// netnsPrefix starts the names of the namespaces and veths setupNetwork
+// makes (-netns-prefix).
+var netnsPrefix = "gr"
+
+// setupNetwork creates namespaces PREFIXA-PID and PREFIXB-PID joined by a
+// veth pair (10.213.0.1 and .2), both ends shaped to rateMbit.
 func setupNetwork(rateMbit int) (*benchNet, error) {
+	if len(netnsPrefix) > 6 {
+		// An interface name has at most 15 characters: prefix, "vA", 5 digits.
+		return nil, fmt.Errorf("-netns-prefix %q: at most 6 characters", netnsPrefix)
+	}
 	pid := os.Getpid()
 	n := &benchNet{
-		ns:   [2]string{fmt.Sprintf("grA-%d", pid), fmt.Sprintf("grB-%d", pid)},
+		ns:   [2]string{fmt.Sprintf("%sA-%d", netnsPrefix, pid), fmt.Sprintf("%sB-%d", netnsPrefix, pid)},
 		addr: [2]string{"10.213.0.1", "10.213.0.2"},
 	}
-	veth := [2]string{fmt.Sprintf("vgA%d", pid%100000), fmt.Sprintf("vgB%d", pid%100000)}
+	veth := [2]string{fmt.Sprintf("%svA%d", netnsPrefix, pid%100000), fmt.Sprintf("%svB%d", netnsPrefix, pid%100000)}
 	steps := [][]string{
 		{"ip", "netns", "add", n.ns[0]},
 		{"ip", "netns", "add", n.ns[1]},
