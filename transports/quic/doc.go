@@ -17,6 +17,9 @@
 // streams within 5 seconds, reads their index bytes and hands the
 // connection to Accept; a connection that opens a stream with a bad or
 // repeated index, or too few streams in time, is closed with an error code.
+// Connections in set-up, or waiting for Accept, are bounded in all and per
+// source address (maxSetUps, transports.Admission): nothing authenticates
+// a peer before the daemon's handshake on an accepted connection.
 // Streams are independent inside QUIC, with their own flow control, so
 // the control channel never waits behind data.
 //

@@ -43,6 +43,18 @@ func (e *endpoint) release() {
 	}
 }
 
+// A listener holds at most maxSetUps connections whose streams are not
+// set up yet (or that wait for Accept), maxSetUpsPerSource of them from
+// one address (see transports.Admission): nothing authenticates a peer
+// before the daemon's handshake on the set-up connection, and each holds
+// a goroutine and what quic-go buffers for it (the initial flow-control
+// windows: under 1 MiB while georepl reads nothing). A node has a few
+// peers with a few paths each.
+const (
+	maxSetUps          = 64
+	maxSetUpsPerSource = 16
+)
+
 // listener sets up the streams of accepted QUIC connections and queues
 // the complete ones for Accept.
 type listener struct {
@@ -50,6 +62,7 @@ type listener struct {
 	ql     *quicgo.Listener
 	ready  chan *conn // set up, handed to Accept
 	closed chan struct{}
+	setUps *transports.Admission // connections until Accept took them
 
 	stop      context.CancelFunc // ends acceptLoop and stream set-ups
 	workers   sync.WaitGroup
@@ -58,7 +71,8 @@ type listener struct {
 
 func newListener(ep *endpoint, ql *quicgo.Listener) *listener {
 	ctx, stop := context.WithCancel(context.Background())
-	l := &listener{ep: ep, ql: ql, ready: make(chan *conn), closed: make(chan struct{}), stop: stop}
+	l := &listener{ep: ep, ql: ql, ready: make(chan *conn), closed: make(chan struct{}), stop: stop,
+		setUps: transports.NewAdmission(maxSetUps, maxSetUpsPerSource)}
 	l.workers.Go(func() { l.acceptLoop(ctx) })
 	return l
 }
@@ -72,7 +86,17 @@ func (l *listener) acceptLoop(ctx context.Context) {
 		}
 		l.ep.acquire()
 		context.AfterFunc(qc.Context(), l.ep.release)
-		l.workers.Go(func() { l.setUp(ctx, qc) })
+		slot := l.setUps.Admit(transports.Source(qc.RemoteAddr()), func() {
+			qc.CloseWithError(codeBadSetup, "too many connections being set up: the oldest of the address that has the most is closed")
+		})
+		if slot == nil {
+			qc.CloseWithError(codeBadSetup, fmt.Sprintf("%d connections from this address are being set up already", maxSetUpsPerSource))
+			continue
+		}
+		l.workers.Go(func() {
+			defer slot.Release()
+			l.setUp(ctx, qc)
+		})
 	}
 }
 
@@ -106,6 +130,7 @@ func (l *listener) setUp(ctx context.Context, qc *quicgo.Conn) {
 	}
 	select {
 	case l.ready <- c:
+	case <-qc.Context().Done(): // evicted (setUps), or the dialer left
 	case <-l.closed:
 		qc.CloseWithError(codeListenerClosed, "listener closed")
 	}

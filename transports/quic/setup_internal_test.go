@@ -99,3 +99,41 @@ func TestListenerRequiresALPN(t *testing.T) {
 		t.Fatal("a client with ALPN h3 completed the handshake")
 	}
 }
+
+// TestListenerBoundsSetUps: connections that completed their TLS
+// handshake but have not set up their streams (nothing authenticates a
+// peer before that) are bounded per source address: one more from the
+// same address is refused at once, not held for streamSetupTimeout.
+func TestListenerBoundsSetUps(t *testing.T) {
+	ln, err := New().Listen("127.0.0.1:0", transports.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var held []*quicgo.Conn
+	for range maxSetUpsPerSource {
+		qc, err := dialRaw(t, ln, ALPN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, qc)
+	}
+	extra, err := dialRaw(t, ln, ALPN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-extra.Context().Done():
+	case <-time.After(streamSetupTimeout / 2):
+		t.Fatalf("connection %d from one address is held (its set-up may take %v)", maxSetUpsPerSource+1, streamSetupTimeout)
+	}
+	var appErr *quicgo.ApplicationError
+	if err := context.Cause(extra.Context()); !errors.As(err, &appErr) || appErr.ErrorCode != codeBadSetup {
+		t.Errorf("the extra connection ended with %v, want application error %d", err, codeBadSetup)
+	}
+	for i, qc := range held {
+		if qc.Context().Err() != nil {
+			t.Errorf("connection %d, within the bound, was closed: %v", i, context.Cause(qc.Context()))
+		}
+	}
+}
