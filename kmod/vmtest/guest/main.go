@@ -10,7 +10,7 @@
 //	vmguest detach  -device /dev/nbd0
 //	vmguest holders -device /dev/nbd0
 //	vmguest write   -dir /mnt -n 100000           # @@FSYNCED name sha256
-//	vmguest latency -device /dev/nbd0 -n 50       # @@LATENCY median_us p90_us
+//	vmguest latency -device /dev/nbd0 -n 50       # @@LATENCY median_us p90_us min_us
 package main
 
 import (
@@ -185,7 +185,7 @@ func latency(device string, n int) error {
 		samples = append(samples, time.Since(start))
 	}
 	slices.Sort(samples)
-	fmt.Printf("@@LATENCY %d %d\n", samples[len(samples)/2].Microseconds(), samples[len(samples)*9/10].Microseconds())
+	fmt.Printf("@@LATENCY %d %d %d\n", samples[len(samples)/2].Microseconds(), samples[len(samples)*9/10].Microseconds(), samples[0].Microseconds())
 	return nil
 }
 
