@@ -38,6 +38,25 @@ func startAnsweringFollower(t *testing.T) *answeringFollower {
 	return f
 }
 
+// leaderBeside starts a member that leads a group of two with f, and
+// waits until it leads (f grants its votes).
+func leaderBeside(t *testing.T, f *answeringFollower) *Member {
+	t.Helper()
+	n, err := ListenTCP("127.0.0.1:0", time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Start(Config{ID: "a", Network: n, DetectionTimeout: 200 * time.Millisecond,
+		Voters: []Voter{{ID: "a", Addr: n.Addr()}, {ID: "b", Addr: f.n.Addr()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for !m.IsLeader() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return m
+}
+
 func (f *answeringFollower) serve() {
 	defer close(f.done)
 	var last uint64
@@ -80,18 +99,7 @@ func (f *answeringFollower) serve() {
 func TestLeaderShutsDownAfterARejectedAppend(t *testing.T) {
 	for round := range 5 {
 		f := startAnsweringFollower(t)
-		n, err := ListenTCP("127.0.0.1:0", time.Second, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		m, err := Start(Config{ID: "a", Network: n, DetectionTimeout: 200 * time.Millisecond,
-			Voters: []Voter{{ID: "a", Addr: n.Addr()}, {ID: "b", Addr: f.n.Addr()}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for !m.IsLeader() {
-			time.Sleep(10 * time.Millisecond)
-		}
+		m := leaderBeside(t, f)
 		// Entries keep coming; the follower accepts them for a while,
 		// then rejects them for a while.
 		entry, err := json.Marshal(command{Op: opReport, Resource: "r0", Node: "a", Report: &Report{}})
@@ -134,20 +142,9 @@ func TestLeaderShutsDownAfterARejectedAppend(t *testing.T) {
 // waits at most a lease, and closing the loop waits for it.
 func TestReportEndsWithItsContext(t *testing.T) {
 	f := startAnsweringFollower(t)
-	f.reject.Store(true)
-	n, err := ListenTCP("127.0.0.1:0", time.Second, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := Start(Config{ID: "a", Network: n, DetectionTimeout: 200 * time.Millisecond,
-		Voters: []Voter{{ID: "a", Addr: n.Addr()}, {ID: "b", Addr: f.n.Addr()}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := leaderBeside(t, f)
 	defer m.Close()
-	for !m.IsLeader() {
-		time.Sleep(10 * time.Millisecond)
-	}
+	f.reject.Store(true)
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	done := make(chan error, 1)
