@@ -109,14 +109,14 @@ func TestSinglePathPeerLostWithinGrace(t *testing.T) {
 	if err := dr.Close(); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "alpha gives dr up", func() (bool, string) {
-		p := peerStatus(t, alpha, "dr")
-		return p.Conn != "Connected", fmt.Sprintf("%s\n%s", p.Conn, logs())
-	})
+	// The status may show dr gone before the log line that says why is
+	// written: wait for both.
 	want := fmt.Sprintf("no path to the peer within %v", singlePathGrace)
-	if log := c.logs["alpha"].String(); !strings.Contains(log, want) {
-		t.Fatalf("alpha's log does not say %q; its log:\n%s", want, log)
-	}
+	waitUntil(t, "alpha gives dr up for want of a path", func() (bool, string) {
+		p := peerStatus(t, alpha, "dr")
+		return p.Conn != "Connected" && strings.Contains(c.logs["alpha"].String(), want),
+			fmt.Sprintf("dr %s; alpha's log does not say %q yet\n%s", p.Conn, want, logs())
+	})
 	dev, err := alpha.LocalDevice("r0")
 	if err != nil {
 		t.Fatal(err)
