@@ -127,7 +127,9 @@
 // with nothing to make durable: the local flush when every local write
 // since the last successful one was FUA, and the wait for a C peer that
 // acknowledged a flush barrier since the last write it received without
-// FUA (Engine.startFlush); its barrier is sent all the same.
+// FUA (Engine.startFlush); its barrier is sent all the same. A secondary
+// skips a barrier's flush when every write it did since its last
+// successful flush was FUA (pump): the next epoch waits for that barrier.
 //
 // The primary tracks a write towards a peer until the peer wrote it and
 // acknowledged the barrier closing its epoch. Losing the connection earlier

@@ -59,7 +59,8 @@ type segment struct {
 	flush    bool       // flush the disk before acknowledging the barrier
 	flushing bool       // the flush is in flight
 	flushed  bool
-	tracking bool // its flush tracks (flushIssued)
+	tracking bool   // its flush tracks (flushIssued)
+	plainAt  uint64 // Engine.plainWritten when its flush was issued
 }
 
 // rxWrite is a received data or resync write, or a request ordered with
@@ -219,10 +220,18 @@ func (e *Engine) pump(rx *receiver) {
 			if seg.flushing {
 				return
 			}
-			// A lost connection's writes on a detached disk are dropped
-			// (abandonReceiver): nothing to flush.
-			if !rx.lost || e.disk != Diskless {
-				seg.flushing, seg.tracking = true, e.flushIssued()
+			switch {
+			case rx.lost && e.disk == Diskless:
+				// A lost connection's writes on a detached disk are
+				// dropped (abandonReceiver): nothing to flush.
+			case e.disk != Diskless && e.plainWritten == e.plainFlushed:
+				// Every write done here since the last flush that
+				// succeeded was FUA: nothing to make durable. (The
+				// next write waits for this barrier: a flush of
+				// nothing would delay it.)
+				seg.flushed = true
+			default:
+				seg.flushing, seg.tracking, seg.plainAt = true, e.flushIssued(), e.plainWritten
 				e.newOp(LocalOp{Kind: OpFlush}, opOwner{rxFlush: seg})
 				return
 			}
@@ -459,6 +468,9 @@ func (e *Engine) compareDigests(w *rxWrite, data []byte, err error) {
 func (e *Engine) rxFlushDone(seg *segment, err error) {
 	rx := seg.rx
 	e.flushDone(seg.tracking, err)
+	if err == nil {
+		e.plainFlushed = max(e.plainFlushed, seg.plainAt)
+	}
 	if err != nil {
 		if !e.ioFailed("flush", 0, 0, err) {
 			e.syncFailed(fmt.Sprintf("flush for barrier %d", seg.epoch), err)
