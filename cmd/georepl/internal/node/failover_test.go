@@ -66,13 +66,7 @@ func TestAutoFailoverPrimaryLost(t *testing.T) {
 	}
 	daemons := demoCluster(t, autoFailover(t, time.Second, script), nil)
 	alpha, bravo := daemons["alpha"], daemons["bravo"]
-	if err := alpha.lookup("r0").Primary(true); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "bravo in sync", func() (bool, string) {
-		p := peerStatus(t, alpha, "bravo")
-		return p.Disk == "UpToDate" && p.Repl == "Established", fmt.Sprintf("%+v", p)
-	})
+	primaryWithBravoInSync(t, alpha)
 	dev, err := alpha.LocalDevice("r0")
 	if err != nil {
 		t.Fatal(err)
@@ -241,13 +235,7 @@ func TestAutoFailoverIsolatedPrimary(t *testing.T) {
 	})
 	alpha, bravo := daemons["alpha"], daemons["bravo"]
 	ra, rb, rd := alpha.lookup("r0"), bravo.lookup("r0"), daemons["dr"].lookup("r0")
-	if err := ra.Primary(true); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "bravo in sync", func() (bool, string) {
-		p := peerStatus(t, alpha, "bravo")
-		return p.Disk == "UpToDate" && p.Repl == "Established", fmt.Sprintf("%+v", p)
-	})
+	primaryWithBravoInSync(t, alpha)
 
 	type ack struct {
 		off  uint64
@@ -477,13 +465,7 @@ func witnessCluster(t *testing.T, extra string) (map[string]*Daemon, *configs.Co
 func TestStalePromotionNotActedOn(t *testing.T) {
 	daemons := demoCluster(t, autoFailover(t, time.Second, ""), nil)
 	alpha, bravo := daemons["alpha"], daemons["bravo"]
-	if err := alpha.lookup("r0").Primary(true); err != nil {
-		t.Fatal(err)
-	}
-	waitUntil(t, "bravo in sync", func() (bool, string) {
-		p := peerStatus(t, alpha, "bravo")
-		return p.Disk == "UpToDate" && p.Repl == "Established", fmt.Sprintf("%+v", p)
-	})
+	primaryWithBravoInSync(t, alpha)
 	r := bravo.lookup("r0")
 	for _, peer := range []string{"alpha", "dr"} {
 		if err := r.Disconnect(peer); err != nil {
@@ -496,4 +478,17 @@ func TestStalePromotionNotActedOn(t *testing.T) {
 	if st, _ := bravo.StatusNow("r0"); st[0].Role != "Secondary" {
 		t.Fatalf("bravo acted on a promotion of term 3 after its engine saw term 5: it is %s", st[0].Role)
 	}
+}
+
+// primaryWithBravoInSync makes alpha Primary (by force: the initial sync)
+// and waits until bravo is in sync with it.
+func primaryWithBravoInSync(t *testing.T, alpha *Daemon) {
+	t.Helper()
+	if err := alpha.lookup("r0").Primary(true); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "bravo in sync", func() (bool, string) {
+		p := peerStatus(t, alpha, "bravo")
+		return p.Disk == "UpToDate" && p.Repl == "Established", fmt.Sprintf("%+v", p)
+	})
 }
