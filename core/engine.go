@@ -85,7 +85,7 @@ type Engine struct {
 	// ones and the failed flushes; plainFlushed is its value when the
 	// last flush of the local disk that succeeded was issued. While they
 	// are equal the local disk holds nothing a flush would make durable
-	// (emptyFlush). plainWritten starts at 1: what the page cache held
+	// (localClean; a Secondary's barrier flush, pump). plainWritten starts at 1: what the page cache held
 	// before the engine started is not known.
 	plainWritten, plainFlushed uint64
 	// draining are the receivers of lost connections that still apply
