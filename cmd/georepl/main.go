@@ -358,7 +358,10 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level, faults string, 
 		return err
 	}
 	defer l.Close()
-	d, err := node.NewDaemon(cfg, name, log, node.Options{ReadConfig: func() (*configs.Config, error) { return loadConfig(dir) }})
+	d, err := node.NewDaemon(cfg, name, log, node.Options{
+		ReadConfig:   func() (*configs.Config, error) { return loadConfig(dir) },
+		BufferBudget: limitMemory,
+	})
 	if err != nil {
 		return err
 	}
@@ -424,17 +427,35 @@ func runDaemon(ctx context.Context, dir, name, adminSock, level, faults string, 
 	}
 }
 
-// tuneGC raises the garbage collector's target unless GOGC is set. Every
-// application write arrives in a fresh buffer (the engine keeps it until
-// every peer has it), so the daemon allocates as fast as data flows while
-// its live heap stays small; with Go's default the collector then runs
-// about a hundred times a second at 1 GB/s and halves throughput (measured:
-// 1 MiB writes 1.06 GB/s at GOGC=100, 1.94 GB/s at 400). The heap stays
-// bounded: in-flight data is bounded by max_buffer per peer and by the
-// clients' queue depth.
+// tuneGC raises the garbage collector's target unless GOGC is set. The
+// daemon allocates as fast as data flows (frames, requests, the payloads
+// the pool does not hold) while its live heap stays small; with Go's
+// default the collector then runs about a hundred times a second at
+// 1 GB/s and halves throughput (measured: 1 MiB writes 1.06 GB/s at
+// GOGC=100, 1.94 GB/s at 400). A target of five times the live heap is
+// too much once the live heap is large, as when a protocol A peer's
+// max_buffer is full: limitMemory caps it.
 func tuneGC() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
+	}
+}
+
+// memoryBase is the daemon's memory besides its connections' buffers
+// (the runtime, bitmaps, the NBD requests in flight, resync reads), for
+// the runtime's limit.
+const memoryBase = 32 << 20
+
+// limitMemory sets the Go runtime's soft memory limit to memoryBase plus
+// budget, the sum of max_buffer over the node's connections, unless
+// GOMEMLIMIT is set. The garbage collector then runs as often as it must
+// to stay under it: without it, a protocol A Primary whose peer's
+// buffer was full reached 434 MiB (make bench, 64 MiB of max_buffer).
+// It is a soft limit: live data beyond it (a client's deep queue of large
+// writes as well) is kept, at the cost of more collections.
+func limitMemory(budget int64) {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memoryBase + budget)
 	}
 }
 

@@ -241,6 +241,7 @@ func (d *Daemon) Adjust(cfg *configs.Config, name string, dryRun bool) ([]string
 	}
 	d.identities, d.exportIDs = newIDs, newExportIDs
 	d.idMu.Unlock()
+	d.noteBufferBudget()
 	for _, n := range targets {
 		if id, ok := ids[n]; ok {
 			lines = append(lines, fmt.Sprintf("%s: TLS files read again (certificate valid until %s)", n, id.Leaf.NotAfter.UTC().Format(time.RFC3339)))

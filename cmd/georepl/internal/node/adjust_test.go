@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -155,6 +156,31 @@ func lineWith(out, s string) string {
 		}
 	}
 	return ""
+}
+
+// TestBufferBudgetFollowsAdjust: a daemon is told the sum of its
+// connections' max_buffer at start, and again after an adjust changed one
+// (the daemon bounds its memory by it).
+func TestBufferBudgetFollowsAdjust(t *testing.T) {
+	var dir, src string
+	var budget atomic.Int64
+	daemons := demoCluster(t, func(d, s string) string {
+		dir, src = d, s
+		return s
+	}, map[string]Options{"alpha": {BufferBudget: budget.Store}})
+	if got, want := budget.Load(), int64(2*64<<20); got != want {
+		t.Fatalf("budget at start: %d, want %d (two connections of the default 64 MiB)", got, want)
+	}
+	cfg, err := configs.Parse(filepath.Join(dir, "r0.hcl"), []byte(connectionNet(`      max_buffer = "8MiB"`)(src)), configs.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := daemons["alpha"].Adjust(cfg, "r0", false); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := budget.Load(), int64(64<<20+8<<20); got != want {
+		t.Errorf("budget after dr's max_buffer became 8 MiB: %d, want %d", got, want)
+	}
 }
 
 // TestAdjustRefusesWhileUp: each setting that cannot change while the

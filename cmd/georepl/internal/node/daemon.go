@@ -116,7 +116,35 @@ func NewDaemon(cfg *configs.Config, nodeName string, log *slog.Logger, opts Opti
 	if len(d.resources) == 0 && len(d.witnesses) == 0 {
 		return nil, fmt.Errorf("node %q takes part in no resource of the configuration", nodeName)
 	}
+	d.noteBufferBudget()
 	return d, nil
+}
+
+// bufferBudget is the sum of max_buffer over this node's connections:
+// what they may hold together of write data sent and not acknowledged
+// (a Primary's) or received and not yet written (a Secondary's), the
+// bulk of what a busy daemon keeps in memory.
+func (d *Daemon) bufferBudget() int64 {
+	var sum int64
+	for _, name := range d.resourceNames() {
+		r := d.lookup(name)
+		if r == nil {
+			continue
+		}
+		r.mu.Lock()
+		for _, p := range r.peers {
+			sum += int64(p.link().Net.MaxBuffer)
+		}
+		r.mu.Unlock()
+	}
+	return sum
+}
+
+// noteBufferBudget tells Options.BufferBudget the current budget.
+func (d *Daemon) noteBufferBudget() {
+	if d.opts.BufferBudget != nil {
+		d.opts.BufferBudget(d.bufferBudget())
+	}
 }
 
 // Resource finds a resource this node takes part in.

@@ -35,6 +35,12 @@ type Options struct {
 	// failover log at addr (automatic failover); nil means TCP on addr
 	// (failover.ListenTCP). Tests pass a failover.MemHub's.
 	Consensus func(resource, node, addr string) (failover.Network, error)
+	// BufferBudget, if set, is told the sum of max_buffer over the
+	// node's connections (bufferBudget) whenever it may have changed: at
+	// NewDaemon and after an adjust. The daemon bounds the Go runtime's
+	// memory by it; tests that run several nodes in one process leave it
+	// nil.
+	BufferBudget func(bytes int64)
 	// TLSRekeyRecords is how many TLS records a transport connection of
 	// a tcp connection with TLS carries before the dialing node renews
 	// its keys (rekey.go); 0 means 2^23. Tests make it small.
