@@ -73,9 +73,9 @@ type benchSetup struct {
 var benchSetups = []benchSetup{
 	{name: "raw disk /dev/vda", kind: "raw", dev: "/dev/vda"},
 	// The raw disk again, bravo busy: its own disk (vdb) is not used.
-	{name: "raw /dev/vda, bravo busy", kind: "raw", dev: "/dev/vda", busy: "cpu"},
+	{name: "raw vda, bravo busy", kind: "raw", dev: "/dev/vda", busy: "cpu"},
 	// bravo writes the disk of this set-up, its vdc.
-	{name: "raw /dev/vda, bravo writes", kind: "raw", dev: "/dev/vda", busy: "disk", bravoDisk: "/dev/vdc"},
+	{name: "raw vda, bravo writes", kind: "raw", dev: "/dev/vda", busy: "disk", bravoDisk: "/dev/vdc"},
 	{name: "DRBD 8.4 no peer drbd2", kind: "drbd", protocol: "A", dev: "/dev/drbd2", res: "dn", nopeer: true},
 	{name: "georepl no peer ublkb2", kind: "georepl", protocol: "A", dev: "/dev/ublkb2", res: "gun", nopeer: true},
 	{name: "DRBD 8.4 A /dev/drbd1", kind: "drbd", protocol: "A", dev: "/dev/drbd1", res: "da"},
@@ -317,7 +317,19 @@ func TestVMBench(t *testing.T) {
 			fmt.Fprintf(&out, "QEMU pinned (-vmbench.pin): every thread of alpha's QEMU on host CPU 0, of bravo's on host CPU 1\n")
 		}
 		fmt.Fprintf(&out, "NOTE: under TCG every guest instruction is emulated, and georepl's user-space daemon (Go, system calls, copies) is inflated more than DRBD's in-kernel path: expect a smaller gap on hardware (not measured here)\n")
-		benchIdle(t, &out, alpha, bravo, setups)
+		fmt.Fprintf(&out, "per QD1 write (the %d writes of the QD1 workload), on the primary/secondary: the VM's CPU time (user and kernel, /proc/stat), the georepl daemon's CPU time (/proc/PID/stat) and its threads' context switches (voluntary and not), each less what the same window costs idle (the idle line); the raw disk's row is the window's own cost (vmguest's start, the console's commands). CPU time in a TCG guest counts its vCPUs' time, the host's preemption included\n", benchLatencyN)
+		if *vmbenchSys {
+			fmt.Fprintf(&out, "system calls: strace -c -f attached to both daemons over one more QD1 workload (%d writes) on the first link condition; strace slows the daemons, so the runtime's own calls (futex, nanosleep, epoll_pwait) count more than without it\n", benchLatencyN)
+		}
+		idle := benchIdle(t, &out, alpha, bravo, setups)
+		if *vmbenchSys && slices.ContainsFunc(setups, func(s benchSetup) bool { return s.kind == "georepl" }) {
+			// strace runs 1 s after it attached before the workload
+			// starts: the window is the sleep and that second.
+			const idleFor = 5
+			benchSyscalls(t, &out, alpha, bravo, fmt.Sprintf("idle, system calls a second over %d s", idleFor+1), idleFor+1, func() {
+				alpha.must(fmt.Sprintf("sleep %d", idleFor), time.Minute)
+			})
+		}
 		fmt.Print(out.String())
 		out.Reset()
 		for _, ms := range rtts {
@@ -330,14 +342,16 @@ func TestVMBench(t *testing.T) {
 			samples := map[string][]benchSample{}
 			for round := 0; round < *vmbenchRuns; round++ {
 				for _, s := range setups {
-					samples[s.name] = append(samples[s.name], benchRound(t, alpha, bravo, s))
+					samples[s.name] = append(samples[s.name], benchRound(t, alpha, bravo, s, idle))
 				}
 			}
 			var sys strings.Builder
 			if *vmbenchSys && ms == rtts[0] {
 				for _, s := range setups {
 					if s.kind == "georepl" {
-						benchSyscalls(t, &sys, alpha, bravo, s)
+						benchSyscalls(t, &sys, alpha, bravo, s.name+": system calls per QD1 write", benchLatencyN, func() {
+							alpha.must(fmt.Sprintf("vmguest latency -n %d -device %s", benchLatencyN, s.dev), 20*time.Minute)
+						})
 					}
 				}
 			}
@@ -447,7 +461,7 @@ func benchUp(t *testing.T, alpha, bravo *vm, setups []benchSetup) {
 }
 
 // benchRound measures the three workloads once on s.
-func benchRound(t *testing.T, alpha, bravo *vm, s benchSetup) benchSample {
+func benchRound(t *testing.T, alpha, bravo *vm, s benchSetup, idle figures) benchSample {
 	t.Helper()
 	value := func(cmd, marker string) float64 {
 		out := alpha.must(cmd, 20*time.Minute)
@@ -478,21 +492,18 @@ func benchRound(t *testing.T, alpha, bravo *vm, s benchSetup) benchSample {
 	if s.kind == "georepl" {
 		d0 = daemonLatencies(t, alpha, s.res)
 	}
-	// The per-write figures: read after the status call above, which
-	// the daemon serves, and before the one below.
-	vmCPU := func(v *vm) float64 { u, k := guestCPU(t, v); return u + k }
-	pu0, su0 := vmCPU(alpha), vmCPU(bravo)
-	var pd0, sd0 daemonStat
-	if s.kind == "georepl" {
-		pd0, sd0 = daemonStats(t, alpha), daemonStats(t, bravo)
-	}
-	b.latUS = value(fmt.Sprintf("vmguest latency -n %d -device %s", benchLatencyN, s.dev), "@@LATENCY ")
-	b.vmP, b.vmS = (vmCPU(alpha)-pu0)/benchLatencyN*1000, (vmCPU(bravo)-su0)/benchLatencyN*1000
-	if s.kind == "georepl" {
-		pd, sd := daemonStats(t, alpha), daemonStats(t, bravo)
-		b.dcpuP, b.dcpuS = (pd.cpuS-pd0.cpuS)/benchLatencyN*1000, (sd.cpuS-sd0.cpuS)/benchLatencyN*1000
-		b.csP, b.csS = (pd.ctxsw-pd0.ctxsw)/benchLatencyN, (sd.ctxsw-sd0.ctxsw)/benchLatencyN
-		b.thrP, b.thrS = pd.threads, sd.threads
+	// The per-write figures, less the idle cost of the same window:
+	// read after the status call above, which the daemon serves, and
+	// before the one below.
+	geo := s.kind == "georepl"
+	f := measure(t, alpha, bravo, geo, idle, func() {
+		b.latUS = value(fmt.Sprintf("vmguest latency -n %d -device %s", benchLatencyN, s.dev), "@@LATENCY ")
+	}).minus(figures{}, benchLatencyN)
+	b.vmP, b.vmS = f.vmP*1000, f.vmS*1000
+	if geo {
+		b.dcpuP, b.dcpuS = f.dP.cpuS*1000, f.dS.cpuS*1000
+		b.csP, b.csS = f.dP.ctxsw, f.dS.ctxsw
+		b.thrP, b.thrS = f.dP.threads, f.dS.threads
 		b.appUS, b.localUS = daemonLatencies(t, alpha, s.res).meanSince(d0)
 	}
 	b.mbps = value(fmt.Sprintf("vmguest fill -n %d -device %s", benchFillMiB, s.dev), "@@THROUGHPUT ")
@@ -504,32 +515,67 @@ func benchRound(t *testing.T, alpha, bravo *vm, s benchSetup) benchSample {
 	return b
 }
 
-// benchIdle writes what the VMs and the georepl daemons spend with
-// every set-up up and no I/O, over benchIdleFor.
-func benchIdle(t *testing.T, out *strings.Builder, alpha, bravo *vm, setups []benchSetup) {
+// figures are the per-write figures' counters on both nodes: the VMs'
+// CPU seconds (user and kernel) and the georepl daemons' /proc figures
+// (zero without georepl), and when they were read.
+type figures struct {
+	vmP, vmS float64
+	dP, dS   daemonStat
+}
+
+// readFigures reads alpha's and bravo's figures.
+func readFigures(t *testing.T, alpha, bravo *vm, geo bool) figures {
+	t.Helper()
+	vmCPU := func(v *vm) float64 { u, k := guestCPU(t, v); return u + k }
+	f := figures{vmP: vmCPU(alpha), vmS: vmCPU(bravo)}
+	if geo {
+		f.dP, f.dS = daemonStats(t, alpha), daemonStats(t, bravo)
+	}
+	return f
+}
+
+// minus is f-g, scaled by 1/div; threads are f's.
+func (f figures) minus(g figures, div float64) figures {
+	d := func(a, b daemonStat) daemonStat {
+		return daemonStat{cpuS: (a.cpuS - b.cpuS) / div, ctxsw: (a.ctxsw - b.ctxsw) / div, threads: a.threads}
+	}
+	return figures{vmP: (f.vmP - g.vmP) / div, vmS: (f.vmS - g.vmS) / div, dP: d(f.dP, g.dP), dS: d(f.dS, g.dS)}
+}
+
+// measure reads the figures around run, and returns their change less
+// what idle (per second, from benchIdle) would have spent over the same
+// window: from the first reading's start to the last's end.
+func measure(t *testing.T, alpha, bravo *vm, geo bool, idle figures, run func()) figures {
+	t.Helper()
+	began := time.Now()
+	f0 := readFigures(t, alpha, bravo, geo)
+	run()
+	f1 := readFigures(t, alpha, bravo, geo)
+	w := time.Since(began).Seconds()
+	d := f1.minus(f0, 1)
+	return d.minus(figures{vmP: idle.vmP * w, vmS: idle.vmS * w,
+		dP: daemonStat{cpuS: idle.dP.cpuS * w, ctxsw: idle.dP.ctxsw * w},
+		dS: daemonStat{cpuS: idle.dS.cpuS * w, ctxsw: idle.dS.ctxsw * w}}, 1)
+}
+
+// benchIdle measures what the VMs and the georepl daemons spend a second
+// with every set-up up and no I/O, over benchIdleFor, writes it to out
+// and returns it.
+func benchIdle(t *testing.T, out *strings.Builder, alpha, bravo *vm, setups []benchSetup) figures {
 	t.Helper()
 	geo := slices.ContainsFunc(setups, func(s benchSetup) bool { return s.kind == "georepl" })
-	vmCPU := func(v *vm) float64 { u, k := guestCPU(t, v); return u + k }
-	pu0, su0 := vmCPU(alpha), vmCPU(bravo)
-	var pd0, sd0 daemonStat
-	if geo {
-		pd0, sd0 = daemonStats(t, alpha), daemonStats(t, bravo)
-	}
 	began := time.Now()
+	f0 := readFigures(t, alpha, bravo, geo)
 	alpha.must(fmt.Sprintf("sleep %d", int(benchIdleFor/time.Second)), time.Minute)
-	pu, su := vmCPU(alpha), vmCPU(bravo)
-	var pd, sd daemonStat
-	if geo {
-		pd, sd = daemonStats(t, alpha), daemonStats(t, bravo)
-	}
-	// The window is the host's time from the first reading to the
-	// last: a little more than the sleep.
+	f1 := readFigures(t, alpha, bravo, geo)
 	w := time.Since(began).Seconds()
-	fmt.Fprintf(out, "idle, every set-up up, no I/O, %.1f s: VM CPU %.1f%%/%.1f%% of one vCPU (alpha/bravo)", w, (pu-pu0)/w*100, (su-su0)/w*100)
+	idle := f1.minus(f0, w)
+	fmt.Fprintf(out, "idle, every set-up up, no I/O, %.1f s: VM CPU %.1f%%/%.1f%% of one vCPU (alpha/bravo)", w, idle.vmP*100, idle.vmS*100)
 	if geo {
-		fmt.Fprintf(out, "; georepl daemons: CPU %.1f%%/%.1f%%, %.0f/%.0f context switches a second, %.0f/%.0f threads", (pd.cpuS-pd0.cpuS)/w*100, (sd.cpuS-sd0.cpuS)/w*100, (pd.ctxsw-pd0.ctxsw)/w, (sd.ctxsw-sd0.ctxsw)/w, pd.threads, sd.threads)
+		fmt.Fprintf(out, "; georepl daemons: CPU %.1f%%/%.1f%%, %.0f/%.0f context switches a second, %.0f/%.0f threads", idle.dP.cpuS*100, idle.dS.cpuS*100, idle.dP.ctxsw, idle.dS.ctxsw, idle.dP.threads, idle.dS.threads)
 	}
 	out.WriteString("\n")
+	return idle
 }
 
 // benchIdleFor is how long benchIdle watches the idle VMs.
@@ -588,10 +634,11 @@ func pinQEMU(t *testing.T, v *vm, cpu int) {
 }
 
 // benchSyscalls counts the system calls of the georepl daemons on both
-// nodes over one QD1 workload on s, with strace -c -f attached to each
-// (which slows them: the counts are what to read, not the latency), and
-// writes the calls per write and the most frequent ones to out.
-func benchSyscalls(t *testing.T, out *strings.Builder, alpha, bravo *vm, s benchSetup) {
+// nodes while run runs, with strace -c -f attached to each (which slows
+// them: the counts are what to read, not the latency), and writes the
+// calls per unit (the count divided by per) and the most frequent ones
+// to out after label.
+func benchSyscalls(t *testing.T, out *strings.Builder, alpha, bravo *vm, label string, per float64, run func()) {
 	t.Helper()
 	// strace in a subshell that sleeps once it ends (a guest background
 	// job must not exit); its summary goes to /tmp/strace.txt.
@@ -600,8 +647,8 @@ i=0; until grep -q 'TracerPid:[[:space:]]*[1-9]' /proc/$p/status || [ $i -ge 300
 	stop := `kill -INT $(cat /tmp/strace.pid); i=0; while kill -0 $(cat /tmp/strace.pid) 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; sed 's/^/@@ST /' /tmp/strace.txt`
 	alpha.must(start, time.Minute)
 	bravo.must(start, time.Minute)
-	alpha.must(fmt.Sprintf("vmguest latency -n %d -device %s", benchLatencyN, s.dev), 20*time.Minute)
-	fmt.Fprintf(out, "%s: system calls per QD1 write (strace -c -f on the daemon, %d writes)", s.name, benchLatencyN)
+	run()
+	fmt.Fprintf(out, "%s (strace -c -f on the daemons)", label)
 	for _, v := range []*vm{alpha, bravo} {
 		lines := v.must(stop, 2*time.Minute)
 		var rows []string
@@ -622,17 +669,17 @@ i=0; until grep -q 'TracerPid:[[:space:]]*[1-9]' /proc/$p/status || [ $i -ge 300
 				continue
 			}
 			if len(rows) < 6 {
-				rows = append(rows, fmt.Sprintf("%s %.1f", name, calls/benchLatencyN))
+				rows = append(rows, fmt.Sprintf("%s %.1f", name, calls/per))
 			}
 		}
 		if total == 0 {
-			t.Fatalf("%s: no strace summary for %s:\n%s", v.name, s.name, strings.Join(lines, "\n"))
+			t.Fatalf("%s: no strace summary for %q:\n%s", v.name, label, strings.Join(lines, "\n"))
 		}
 		role := "primary"
 		if v == bravo {
 			role = "secondary"
 		}
-		fmt.Fprintf(out, "; %s %.1f (%s)", role, total/benchLatencyN, strings.Join(rows, ", "))
+		fmt.Fprintf(out, "; %s %.1f (%s)", role, total/per, strings.Join(rows, ", "))
 	}
 	out.WriteString("\n")
 }
@@ -740,10 +787,10 @@ func benchTable(out *strings.Builder, setups []benchSetup, samples map[string][]
 			m.mbps, ratio(m.mbps, raw.mbps), xd(m.mbps, d.mbps),
 			m.iops, ratio(m.iops, raw.iops), xd(m.iops, d.iops), m.userS, m.sysS, daemon)
 	}
-	fmt.Fprintf(out, "per QD1 write, primary/secondary: %-14s %-13s %-15s %s\n", "VM CPU ms", "daemon CPU ms", "daemon ctx sw", "daemon threads")
+	fmt.Fprintf(out, "per QD1 write, less the idle cost, primary/secondary: %-14s %-13s %-15s %s\n", "VM CPU ms", "daemon CPU ms", "daemon ctx sw", "daemon threads")
 	for _, s := range setups {
 		m := med[s.name]
-		line := fmt.Sprintf("%-33s %-14s", s.name, fmt.Sprintf("%.2f/%.2f", m.vmP, m.vmS))
+		line := fmt.Sprintf("%-54s %-14s", s.name, fmt.Sprintf("%.2f/%.2f", m.vmP, m.vmS))
 		if s.kind == "georepl" {
 			line += fmt.Sprintf(" %-13s %-15s %.0f/%.0f", fmt.Sprintf("%.2f/%.2f", m.dcpuP, m.dcpuS), fmt.Sprintf("%.1f/%.1f", m.csP, m.csS), m.thrP, m.thrS)
 		}
