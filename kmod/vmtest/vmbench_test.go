@@ -3,6 +3,7 @@
 package vmtest
 
 import (
+	"cmp"
 	"flag"
 	"fmt"
 	"os"
@@ -319,16 +320,13 @@ func TestVMBench(t *testing.T) {
 		fmt.Fprintf(&out, "NOTE: under TCG every guest instruction is emulated, and georepl's user-space daemon (Go, system calls, copies) is inflated more than DRBD's in-kernel path: expect a smaller gap on hardware (not measured here)\n")
 		fmt.Fprintf(&out, "per QD1 write (the %d writes of the QD1 workload), on the primary/secondary: the VM's CPU time (user and kernel, /proc/stat), the georepl daemon's CPU time (/proc/PID/stat) and its threads' context switches (voluntary and not), each less what the same window costs idle (the idle line); the raw disk's row is the window's own cost (vmguest's start, the console's commands). CPU time in a TCG guest counts its vCPUs' time, the host's preemption included\n", benchLatencyN)
 		if *vmbenchSys {
-			fmt.Fprintf(&out, "system calls: strace -c -f attached to both daemons over one more QD1 workload (%d writes) on the first link condition; strace slows the daemons, so the runtime's own calls (futex, nanosleep, epoll_pwait) count more than without it\n", benchLatencyN)
+			fmt.Fprintf(&out, "system calls: strace -c -f attached to both daemons over one more QD1 workload (%d writes) on the first link condition, and what the idle daemons (the idle line) make over the same window, for comparison; strace slows the daemons, so the runtime's own calls (futex, nanosleep, epoll_pwait) count more than without it\n", benchLatencyN)
 		}
 		idle := benchIdle(t, &out, alpha, bravo, setups)
+		var idleCalls [2]syscalls
 		if *vmbenchSys && slices.ContainsFunc(setups, func(s benchSetup) bool { return s.kind == "georepl" }) {
-			// strace runs 1 s after it attached before the workload
-			// starts: the window is the sleep and that second.
-			const idleFor = 5
-			benchSyscalls(t, &out, alpha, bravo, fmt.Sprintf("idle, system calls a second over %d s", idleFor+1), idleFor+1, func() {
-				alpha.must(fmt.Sprintf("sleep %d", idleFor), time.Minute)
-			})
+			idleCalls = rates(benchSyscalls(t, alpha, bravo, func() { alpha.must("sleep 5", time.Minute) }))
+			writeSyscalls(&out, "idle, system calls a second (strace -c -f on the daemons)", idleCalls, [2]syscalls{}, 1)
 		}
 		fmt.Print(out.String())
 		out.Reset()
@@ -349,9 +347,10 @@ func TestVMBench(t *testing.T) {
 			if *vmbenchSys && ms == rtts[0] {
 				for _, s := range setups {
 					if s.kind == "georepl" {
-						benchSyscalls(t, &sys, alpha, bravo, s.name+": system calls per QD1 write", benchLatencyN, func() {
+						sc := benchSyscalls(t, alpha, bravo, func() {
 							alpha.must(fmt.Sprintf("vmguest latency -n %d -device %s", benchLatencyN, s.dev), 20*time.Minute)
 						})
+						writeSyscalls(&sys, s.name+": system calls per QD1 write (strace -c -f on the daemons)", sc, idleCalls, benchLatencyN)
 					}
 				}
 			}
@@ -633,55 +632,91 @@ func pinQEMU(t *testing.T, v *vm, cpu int) {
 	t.Logf("%s: %d threads of QEMU (pid %d) pinned to host CPU %d", v.name, len(tasks), pid, cpu)
 }
 
-// benchSyscalls counts the system calls of the georepl daemons on both
-// nodes while run runs, with strace -c -f attached to each (which slows
-// them: the counts are what to read, not the latency), and writes the
-// calls per unit (the count divided by per) and the most frequent ones
-// to out after label.
-func benchSyscalls(t *testing.T, out *strings.Builder, alpha, bravo *vm, label string, per float64, run func()) {
+// syscalls is one daemon's system calls by name, "total" their sum, over
+// window seconds.
+type syscalls struct {
+	calls  map[string]float64
+	window float64
+}
+
+// benchSyscalls counts the system calls of the georepl daemons on alpha
+// and bravo while run runs, with strace -c -f attached to each (which
+// slows them: the counts are what to read, not the latency). A window
+// starts 1 s before the start command returns (strace attached, then a
+// second's sleep) and ends when the stop command is sent.
+func benchSyscalls(t *testing.T, alpha, bravo *vm, run func()) [2]syscalls {
 	t.Helper()
 	// strace in a subshell that sleeps once it ends (a guest background
 	// job must not exit); its summary goes to /tmp/strace.txt.
 	start := `rm -f /tmp/strace.txt; p=$(pidof georepl) && (strace -c -f -p $p -o /tmp/strace.txt & echo $! >/tmp/strace.pid; wait; exec sleep 100000) </dev/null >/dev/null 2>&1 &
 i=0; until grep -q 'TracerPid:[[:space:]]*[1-9]' /proc/$p/status || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done; sleep 1; grep -q 'TracerPid:[[:space:]]*[1-9]' /proc/$p/status`
 	stop := `kill -INT $(cat /tmp/strace.pid); i=0; while kill -0 $(cat /tmp/strace.pid) 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; sed 's/^/@@ST /' /tmp/strace.txt`
-	alpha.must(start, time.Minute)
-	bravo.must(start, time.Minute)
+	vms := [2]*vm{alpha, bravo}
+	var began [2]time.Time
+	for i, v := range vms {
+		v.must(start, time.Minute)
+		began[i] = time.Now().Add(-time.Second)
+	}
 	run()
-	fmt.Fprintf(out, "%s (strace -c -f on the daemons)", label)
-	for _, v := range []*vm{alpha, bravo} {
+	var res [2]syscalls
+	for i, v := range vms {
+		res[i] = syscalls{calls: map[string]float64{}, window: time.Since(began[i]).Seconds()}
 		lines := v.must(stop, 2*time.Minute)
-		var rows []string
-		total := 0.0
 		for _, l := range lines {
 			l, ok := strings.CutPrefix(strings.TrimSpace(l), "@@ST ")
 			f := strings.Fields(l)
 			if !ok || len(f) < 5 || strings.HasPrefix(f[0], "%") || strings.HasPrefix(f[0], "-") {
 				continue
 			}
-			calls, err := strconv.ParseFloat(f[3], 64)
-			if err != nil {
-				continue
-			}
-			name := f[len(f)-1]
-			if name == "total" {
-				total = calls
-				continue
-			}
-			if len(rows) < 6 {
-				rows = append(rows, fmt.Sprintf("%s %.1f", name, calls/per))
+			if calls, err := strconv.ParseFloat(f[3], 64); err == nil {
+				res[i].calls[f[len(f)-1]] = calls
 			}
 		}
-		if total == 0 {
-			t.Fatalf("%s: no strace summary for %q:\n%s", v.name, label, strings.Join(lines, "\n"))
+		if res[i].calls["total"] == 0 {
+			t.Fatalf("%s: no strace summary:\n%s", v.name, strings.Join(lines, "\n"))
 		}
-		role := "primary"
-		if v == bravo {
-			role = "secondary"
+	}
+	return res
+}
+
+// writeSyscalls writes, after label, each daemon's calls in sc divided
+// by per: the total and the six most frequent and, when idle (calls a
+// second) is given, what the idle daemon made over the same window, also
+// divided by per. Not subtracted: a busy daemon's runtime does not poll
+// and sleep as an idle one does, so the difference can go below zero.
+func writeSyscalls(out *strings.Builder, label string, sc, idle [2]syscalls, per float64) {
+	out.WriteString(label)
+	for i, c := range sc {
+		var names []string
+		for name := range c.calls {
+			if name != "total" {
+				names = append(names, name)
+			}
 		}
-		fmt.Fprintf(out, "; %s %.1f (%s)", role, total/per, strings.Join(rows, ", "))
+		slices.SortFunc(names, func(a, b string) int { return cmp.Compare(c.calls[b], c.calls[a]) })
+		var rows []string
+		for _, name := range names[:min(6, len(names))] {
+			rows = append(rows, fmt.Sprintf("%s %.1f", name, c.calls[name]/per))
+		}
+		fmt.Fprintf(out, "; %s %.1f (%s", [2]string{"primary", "secondary"}[i], c.calls["total"]/per, strings.Join(rows, ", "))
+		if idle[i].calls != nil {
+			fmt.Fprintf(out, "; idle over the same %.1f s: %.1f", c.window, idle[i].calls["total"]*c.window/per)
+		}
+		out.WriteString(")")
 	}
 	out.WriteString("\n")
+}
+
+// rates is sc per second of its window.
+func rates(sc [2]syscalls) [2]syscalls {
+	var r [2]syscalls
+	for i, c := range sc {
+		r[i] = syscalls{calls: map[string]float64{}, window: 1}
+		for name, n := range c.calls {
+			r[i].calls[name] = n / c.window
+		}
+	}
+	return r
 }
 
 // daemonLatency is a georepl resource's write latency histograms' counts
