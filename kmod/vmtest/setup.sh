@@ -26,6 +26,8 @@ command -v rdma >/dev/null 2>&1 || need="$need iproute2"
 # The in-kernel DRBD 8.4 that make vmbench compares georepl with is driven
 # by drbd-utils (drbdadm-84, drbdsetup-84), copied into the initramfs.
 [ -x /lib/drbd/drbdadm-84 ] || need="$need drbd-utils"
+# make vmbench counts the daemons' system calls per write with strace(1).
+command -v strace >/dev/null 2>&1 || need="$need strace"
 
 src=/etc/apt/sources.list.d/debian.sources
 bp=/etc/apt/sources.list.d/georepl-backports.sources

@@ -3,11 +3,13 @@
 package vmtest
 
 import (
+	"cmp"
 	"flag"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,6 +29,9 @@ var (
 	vmbenchRuns = flag.Int("vmbench.runs", 3, "rounds of every measurement; the table shows medians")
 	vmbenchRTT  = flag.String("vmbench.rtt", "0,20,80", "link conditions: milliseconds of netem delay added to the primary's packets, 0 for the bare link")
 	vmbenchOnly = flag.String("vmbench.only", "", "measure only the set-ups whose name holds this (the raw disk always)")
+	vmbenchPin  = flag.Bool("vmbench.pin", false, "pin every thread of alpha's QEMU to host CPU 0 and bravo's to host CPU 1, so that neither VM's emulation takes the other's core")
+	vmbenchEnv  = flag.String("vmbench.daemonenv", "", "NAME=VALUE set in the georepl daemons' environment on both nodes (e.g. GOMAXPROCS=1)")
+	vmbenchSys  = flag.Bool("vmbench.strace", true, "count georepl's system calls per QD1 write on both nodes with strace -c -f, once, on the first link condition")
 )
 
 // The workloads, in vmguest's verbs, which the rig's other scenarios
@@ -37,7 +42,7 @@ var (
 // O_DIRECT|O_DSYNC writes from 16 writers at once, writer w on blocks w,
 // w+16, ...: 16 neighbouring blocks in flight, not random offsets.
 const (
-	benchLatencyN = 40
+	benchLatencyN = 100
 	benchFillMiB  = 16
 	benchIOPSN    = 400
 	benchIOPSQD   = 16
@@ -51,19 +56,44 @@ type benchSetup struct {
 	protocol string // A or C; "" for the raw disk
 	dev      string // the device the workloads write to, on alpha
 	res      string // DRBD's or georepl's resource
+	// nopeer: the resource is up on alpha only, Primary with its peer
+	// never connected, so nothing is replicated: what is left is the
+	// device path and the local disk.
+	nopeer bool
+	// busy, for the raw disk only: what bravo does while the workloads
+	// run on alpha. "cpu": its two vCPUs spin in a shell loop (another
+	// VM's emulation taking the host's cores); "disk": it writes its
+	// own disk bravoDisk with 4 KiB O_DIRECT|O_DSYNC writes at QD1 (a
+	// secondary's writes, down to the host's flush of its image file).
+	busy, bravoDisk string
 }
 
 // benchSetups, alpha's disks in this order (bravo has the same): vda the
 // raw disk, then one disk per replicated set-up, so that none shares a
 // disk or a resource with another.
 var benchSetups = []benchSetup{
-	{"raw disk /dev/vda", "raw", "", "/dev/vda", ""},
-	{"DRBD 8.4 A /dev/drbd1", "drbd", "A", "/dev/drbd1", "da"},
-	{"georepl A /dev/nbd1", "georepl", "A", "/dev/nbd1", "gna"},
-	{"georepl A /dev/ublkb1", "georepl", "A", "/dev/ublkb1", "gua"},
-	{"DRBD 8.4 C /dev/drbd0", "drbd", "C", "/dev/drbd0", "dc"},
-	{"georepl C /dev/nbd0", "georepl", "C", "/dev/nbd0", "gnc"},
-	{"georepl C /dev/ublkb0", "georepl", "C", "/dev/ublkb0", "guc"},
+	{name: "raw disk /dev/vda", kind: "raw", dev: "/dev/vda"},
+	// The raw disk again, bravo busy: its own disk (vdb) is not used.
+	{name: "raw vda, bravo busy", kind: "raw", dev: "/dev/vda", busy: "cpu"},
+	// bravo writes the disk of this set-up, its vdc.
+	{name: "raw vda, bravo writes", kind: "raw", dev: "/dev/vda", busy: "disk", bravoDisk: "/dev/vdc"},
+	{name: "DRBD 8.4 no peer drbd2", kind: "drbd", protocol: "A", dev: "/dev/drbd2", res: "dn", nopeer: true},
+	{name: "georepl no peer ublkb2", kind: "georepl", protocol: "A", dev: "/dev/ublkb2", res: "gun", nopeer: true},
+	{name: "DRBD 8.4 A /dev/drbd1", kind: "drbd", protocol: "A", dev: "/dev/drbd1", res: "da"},
+	{name: "georepl A /dev/nbd1", kind: "georepl", protocol: "A", dev: "/dev/nbd1", res: "gna"},
+	{name: "georepl A /dev/ublkb1", kind: "georepl", protocol: "A", dev: "/dev/ublkb1", res: "gua"},
+	{name: "DRBD 8.4 C /dev/drbd0", kind: "drbd", protocol: "C", dev: "/dev/drbd0", res: "dc"},
+	{name: "georepl C /dev/nbd0", kind: "georepl", protocol: "C", dev: "/dev/nbd0", res: "gnc"},
+	{name: "georepl C /dev/ublkb0", kind: "georepl", protocol: "C", dev: "/dev/ublkb0", res: "guc"},
+}
+
+// group is what a georepl set-up is compared with: the DRBD set-up of
+// the same group (its protocol, or no peer).
+func (s benchSetup) group() string {
+	if s.nopeer {
+		return "nopeer"
+	}
+	return s.protocol
 }
 
 // benchDiskName returns the guest disk of setup i (vda, vdb, ...).
@@ -130,9 +160,9 @@ const benchConfDir = "/etc/georepl/vmbench"
 func benchFiles(t *testing.T, r *rig) string {
 	t.Helper()
 	dir := t.TempDir()
-	for _, p := range []string{"/sbin/drbdadm", "/sbin/drbdsetup", "/sbin/drbdmeta", "/lib/drbd/drbdadm-84", "/lib/drbd/drbdsetup-84"} {
+	for _, p := range []string{"/sbin/drbdadm", "/sbin/drbdsetup", "/sbin/drbdmeta", "/lib/drbd/drbdadm-84", "/lib/drbd/drbdsetup-84", "/usr/bin/strace"} {
 		if err := copyWithLibs(p, dir); err != nil {
-			t.Fatalf("%v (is drbd-utils installed? setup.sh installs it)", err)
+			t.Fatalf("%v (are drbd-utils and strace installed? setup.sh installs them)", err)
 		}
 	}
 	modDir := filepath.Join(r.cache, "kernel/lib/modules", r.kver)
@@ -198,23 +228,30 @@ type benchSample struct {
 	// completion, and of the local disk's write within it (status
 	// --json's app_write_latency and local_write_latency).
 	appUS, localUS float64
+	// Over the QD1 workload, per write, on the primary (p) and the
+	// secondary (s): the whole VM's CPU time in ms (user and kernel,
+	// from /proc/stat) and, for georepl, the daemon's CPU time in ms
+	// (/proc/PID/stat) and its threads' context switches, voluntary
+	// and not (/proc/PID/task/*/status); and the daemon's threads at
+	// the end.
+	vmP, vmS, dcpuP, dcpuS, csP, csS, thrP, thrS float64
 }
 
-// guestCPU reads alpha's cumulative CPU time from /proc/stat's cpu line,
-// in seconds (USER_HZ is 100): user space (user, nice) and the kernel
+// guestCPU reads v's cumulative CPU time from /proc/stat's cpu line, in
+// seconds (USER_HZ is 100): user space (user, nice) and the kernel
 // (system, irq, softirq).
-func guestCPU(t *testing.T, alpha *vm) (user, sys float64) {
+func guestCPU(t *testing.T, v *vm) (user, sys float64) {
 	t.Helper()
-	out := alpha.must("echo @@CPU $(head -1 /proc/stat)", time.Minute)
-	v, ok := lineWith(out, "@@CPU ")
-	f := strings.Fields(v)
+	out := v.must("echo @@CPU $(head -1 /proc/stat)", time.Minute)
+	line, ok := lineWith(out, "@@CPU ")
+	f := strings.Fields(line)
 	if !ok || len(f) < 8 || f[0] != "cpu" {
 		t.Fatalf("no cpu line in /proc/stat: %q", out)
 	}
 	n := func(i int) float64 {
 		x, err := strconv.ParseFloat(f[i], 64)
 		if err != nil {
-			t.Fatalf("/proc/stat: %q: %v", v, err)
+			t.Fatalf("/proc/stat: %q: %v", line, err)
 		}
 		return x / 100
 	}
@@ -255,6 +292,10 @@ func TestVMBench(t *testing.T) {
 			t.Fatal(err)
 		}
 		alpha, bravo := br.bootPair(t, lk, ad, bd)
+		if *vmbenchPin {
+			pinQEMU(t, alpha, 0)
+			pinQEMU(t, bravo, 1)
+		}
 		benchUp(t, alpha, bravo, setups)
 
 		// Warm-up: one fill of each device, so that every set-up's
@@ -269,7 +310,24 @@ func TestVMBench(t *testing.T) {
 		fmt.Fprintf(&out, "QD1: 4 KiB O_DIRECT|O_DSYNC writes at queue depth 1, median latency of %d; seq: %d MiB in 1 MiB O_DIRECT|O_DSYNC writes; QD16: %d 4 KiB O_DIRECT|O_DSYNC writes from 16 writers (neighbouring blocks, not random)\n", benchLatencyN, benchFillMiB, benchIOPSN)
 		fmt.Fprintf(&out, "each figure the median of %d rounds (set-ups interleaved in every round); xraw: against the raw disk in the same VM, same link condition; xDRBD: georepl against DRBD under the same protocol\n", *vmbenchRuns)
 		fmt.Fprintf(&out, "latency ratios: higher is slower; throughput and IOPS ratios: lower is slower; primary CPU: seconds the primary VM spent in user space and in its kernel over the three workloads; daemon QD1: georepl's own mean time per QD1 write, from its submission to the engine to its completion, and of the local disk write within it (status --json)\n")
+		fmt.Fprintf(&out, "no peer: the resource up on the primary only, its peer never connected, nothing replicated (the device path and the local disk); bravo busy: the raw disk while both of bravo's vCPUs spin in a shell loop; bravo writes: the raw disk while bravo writes its own disk (4 KiB O_DIRECT|O_DSYNC, QD1)\n")
+		if *vmbenchEnv != "" {
+			fmt.Fprintf(&out, "georepl daemons started with %s in their environment (-vmbench.daemonenv)\n", *vmbenchEnv)
+		}
+		if *vmbenchPin {
+			fmt.Fprintf(&out, "QEMU pinned (-vmbench.pin): every thread of alpha's QEMU on host CPU 0, of bravo's on host CPU 1\n")
+		}
 		fmt.Fprintf(&out, "NOTE: under TCG every guest instruction is emulated, and georepl's user-space daemon (Go, system calls, copies) is inflated more than DRBD's in-kernel path: expect a smaller gap on hardware (not measured here)\n")
+		fmt.Fprintf(&out, "per QD1 write (the %d writes of the QD1 workload), on the primary/secondary: the VM's CPU time (user and kernel, /proc/stat), the georepl daemon's CPU time (/proc/PID/stat) and its threads' context switches (voluntary and not), each less what the same window costs idle (the idle line); the raw disk's row is the window's own cost (vmguest's start, the console's commands). CPU time in a TCG guest counts its vCPUs' time, the host's preemption included\n", benchLatencyN)
+		if *vmbenchSys {
+			fmt.Fprintf(&out, "system calls: strace -c -f attached to both daemons over one more QD1 workload (%d writes) on the first link condition, and what the idle daemons (the idle line) make over the same window, for comparison; strace slows the daemons, so the runtime's own calls (futex, nanosleep, epoll_pwait) count more than without it\n", benchLatencyN)
+		}
+		idle := benchIdle(t, &out, alpha, bravo, setups)
+		var idleCalls [2]syscalls
+		if *vmbenchSys && slices.ContainsFunc(setups, func(s benchSetup) bool { return s.kind == "georepl" }) {
+			idleCalls = rates(benchSyscalls(t, alpha, bravo, func() { alpha.must("sleep 5", time.Minute) }))
+			writeSyscalls(&out, "idle, system calls a second (strace -c -f on the daemons)", idleCalls, [2]syscalls{}, 1)
+		}
 		fmt.Print(out.String())
 		out.Reset()
 		for _, ms := range rtts {
@@ -282,7 +340,18 @@ func TestVMBench(t *testing.T) {
 			samples := map[string][]benchSample{}
 			for round := 0; round < *vmbenchRuns; round++ {
 				for _, s := range setups {
-					samples[s.name] = append(samples[s.name], benchRound(t, alpha, s))
+					samples[s.name] = append(samples[s.name], benchRound(t, alpha, bravo, s, idle))
+				}
+			}
+			var sys strings.Builder
+			if *vmbenchSys && ms == rtts[0] {
+				for _, s := range setups {
+					if s.kind == "georepl" {
+						sc := benchSyscalls(t, alpha, bravo, func() {
+							alpha.must(fmt.Sprintf("vmguest latency -n %d -device %s", benchLatencyN, s.dev), 20*time.Minute)
+						})
+						writeSyscalls(&sys, s.name+": system calls per QD1 write (strace -c -f on the daemons)", sc, idleCalls, benchLatencyN)
+					}
 				}
 			}
 			if ms > 0 {
@@ -296,6 +365,7 @@ func TestVMBench(t *testing.T) {
 			// run cut short still shows what it measured.
 			fmt.Fprintf(&out, "\n%s (ping %s)\n", cond, strings.TrimPrefix(ping, "round-trip "))
 			benchTable(&out, setups, samples)
+			out.WriteString(sys.String())
 			fmt.Print(out.String())
 			out.Reset()
 		}
@@ -322,32 +392,50 @@ func hostLoad() string {
 // disks are new: --clear-bitmap new-current-uuid, as DRBD's guide says);
 // georepl has no such step and syncs them.
 func benchUp(t *testing.T, alpha, bravo *vm, setups []benchSetup) {
-	var drbd, geo []string
+	var drbd, geo, drbdAlone, geoAlone []string
 	for _, s := range setups {
-		switch s.kind {
-		case "drbd":
+		switch {
+		case s.kind == "drbd" && s.nopeer:
+			drbdAlone = append(drbdAlone, s.res)
+		case s.kind == "drbd":
 			drbd = append(drbd, s.res)
-		case "georepl":
+		case s.kind == "georepl" && s.nopeer:
+			geoAlone = append(geoAlone, s.res)
+		case s.kind == "georepl":
 			geo = append(geo, s.res)
 		}
 	}
 	for _, v := range []*vm{alpha, bravo} {
-		if len(drbd) > 0 {
+		// The set-ups without a peer are up on alpha only.
+		dr, ge := drbd, geo
+		if v == alpha {
+			dr, ge = append(slices.Clone(drbd), drbdAlone...), append(slices.Clone(geo), geoAlone...)
+		}
+		if len(dr) > 0 {
 			v.must("mkdir -p /var/lib/drbd /var/lock /run/drbd && ln -sfn /run /var/run && for m in $(cat /mods/drbd/order); do insmod /mods/drbd/$m.ko || exit 1; done && head -1 /proc/drbd", time.Minute)
-			for _, res := range drbd {
+			for _, res := range dr {
 				v.must("yes yes | drbdadm create-md --force "+res+" >/tmp/drbd-md.log 2>&1 || { cat /tmp/drbd-md.log; false; }", 2*time.Minute)
 				v.must("drbdadm up "+res, 2*time.Minute)
 			}
 		}
-		if len(geo) > 0 {
-			for _, res := range geo {
+		// bravo's daemon runs even when it has no resource to serve,
+		// so that its figures are there to read.
+		if len(geo)+len(geoAlone) > 0 {
+			for _, res := range ge {
 				v.must(fmt.Sprintf("georepl create-md --config %s --node $NODE %s", benchConfDir, res), time.Minute)
 			}
-			v.must("daemon "+benchConfDir, time.Minute)
-			for _, res := range geo {
+			start := "daemon " + benchConfDir
+			if *vmbenchEnv != "" {
+				start = "export " + *vmbenchEnv + "; " + start
+			}
+			v.must(start, time.Minute)
+			for _, res := range ge {
 				v.must("georepl up "+res, time.Minute)
 			}
 		}
+	}
+	for _, res := range drbdAlone {
+		alpha.must("drbdadm primary --force "+res+" && drbdadm cstate "+res+" && drbdadm dstate "+res, time.Minute)
 	}
 	for _, res := range drbd {
 		alpha.must("i=0; until [ \"$(drbdadm cstate "+res+")\" = Connected ] || [ $i -ge 600 ]; do sleep 0.2; i=$((i+1)); done; drbdadm cstate "+res+"; [ \"$(drbdadm cstate "+res+")\" = Connected ]", 3*time.Minute)
@@ -355,7 +443,7 @@ func benchUp(t *testing.T, alpha, bravo *vm, setups []benchSetup) {
 		alpha.must("drbdadm primary "+res, time.Minute)
 		alpha.must("i=0; until [ \"$(drbdadm dstate "+res+")\" = UpToDate/UpToDate ] || [ $i -ge 300 ]; do sleep 0.2; i=$((i+1)); done; drbdadm dstate "+res+"; [ \"$(drbdadm dstate "+res+")\" = UpToDate/UpToDate ]", 2*time.Minute)
 	}
-	for _, res := range geo {
+	for _, res := range append(slices.Clone(geo), geoAlone...) {
 		alpha.must("georepl primary --force "+res, time.Minute)
 	}
 	for _, res := range geo {
@@ -372,7 +460,7 @@ func benchUp(t *testing.T, alpha, bravo *vm, setups []benchSetup) {
 }
 
 // benchRound measures the three workloads once on s.
-func benchRound(t *testing.T, alpha *vm, s benchSetup) benchSample {
+func benchRound(t *testing.T, alpha, bravo *vm, s benchSetup, idle figures) benchSample {
 	t.Helper()
 	value := func(cmd, marker string) float64 {
 		out := alpha.must(cmd, 20*time.Minute)
@@ -387,21 +475,248 @@ func benchRound(t *testing.T, alpha *vm, s benchSetup) benchSample {
 		return f
 	}
 	var b benchSample
+	if s.busy != "" {
+		// Background loops on bravo; each ends when /tmp/busy goes,
+		// says so in /tmp/busy.done.N and sleeps (a guest background
+		// job must not exit).
+		loop, n := ":", 2 // two spinning shells, one a vCPU
+		if s.busy == "disk" {
+			loop, n = "vmguest latency -n 20 -device "+s.bravoDisk+" >/dev/null 2>&1", 1
+		}
+		bravo.must(fmt.Sprintf("touch /tmp/busy; rm -f /tmp/busy.done.*; for i in $(seq %d); do (while [ -e /tmp/busy ]; do %s; done; touch /tmp/busy.done.$i; exec sleep 100000) </dev/null >/dev/null 2>&1 & done", n, loop), time.Minute)
+		defer bravo.must(fmt.Sprintf("rm -f /tmp/busy; for i in $(seq %d); do until [ -e /tmp/busy.done.$i ]; do sleep 0.1; done; done", n), 5*time.Minute)
+	}
 	u0, s0 := guestCPU(t, alpha)
 	var d0 daemonLatency
 	if s.kind == "georepl" {
 		d0 = daemonLatencies(t, alpha, s.res)
 	}
-	b.latUS = value(fmt.Sprintf("vmguest latency -n %d -device %s", benchLatencyN, s.dev), "@@LATENCY ")
-	if s.kind == "georepl" {
+	// The per-write figures, less the idle cost of the same window:
+	// read after the status call above, which the daemon serves, and
+	// before the one below.
+	geo := s.kind == "georepl"
+	f := measure(t, alpha, bravo, geo, idle, func() {
+		b.latUS = value(fmt.Sprintf("vmguest latency -n %d -device %s", benchLatencyN, s.dev), "@@LATENCY ")
+	}).minus(figures{}, benchLatencyN)
+	b.vmP, b.vmS = f.vmP*1000, f.vmS*1000
+	if geo {
+		b.dcpuP, b.dcpuS = f.dP.cpuS*1000, f.dS.cpuS*1000
+		b.csP, b.csS = f.dP.ctxsw, f.dS.ctxsw
+		b.thrP, b.thrS = f.dP.threads, f.dS.threads
 		b.appUS, b.localUS = daemonLatencies(t, alpha, s.res).meanSince(d0)
 	}
 	b.mbps = value(fmt.Sprintf("vmguest fill -n %d -device %s", benchFillMiB, s.dev), "@@THROUGHPUT ")
 	b.iops = value(fmt.Sprintf("vmguest iops -n %d -qd %d -device %s", benchIOPSN, benchIOPSQD, s.dev), "@@IOPS ")
 	u1, s1 := guestCPU(t, alpha)
 	b.userS, b.sysS = u1-u0, s1-s0
-	t.Logf("%s: QD1 %.0f µs (daemon: %.0f µs a write, %.0f µs its local write), seq %.1f MB/s, QD16 %.0f IOPS; guest CPU %.1f s user, %.1f s kernel", s.name, b.latUS, b.appUS, b.localUS, b.mbps, b.iops, b.userS, b.sysS)
+	t.Logf("%s: QD1 %.0f µs (daemon: %.0f µs a write, %.0f µs its local write), seq %.1f MB/s, QD16 %.0f IOPS; guest CPU %.1f s user, %.1f s kernel; per QD1 write: VM CPU %.2f/%.2f ms, daemon CPU %.2f/%.2f ms, %.1f/%.1f context switches (primary/secondary)",
+		s.name, b.latUS, b.appUS, b.localUS, b.mbps, b.iops, b.userS, b.sysS, b.vmP, b.vmS, b.dcpuP, b.dcpuS, b.csP, b.csS)
 	return b
+}
+
+// figures are the per-write figures' counters on both nodes: the VMs'
+// CPU seconds (user and kernel) and the georepl daemons' /proc figures
+// (zero without georepl), and when they were read.
+type figures struct {
+	vmP, vmS float64
+	dP, dS   daemonStat
+}
+
+// readFigures reads alpha's and bravo's figures.
+func readFigures(t *testing.T, alpha, bravo *vm, geo bool) figures {
+	t.Helper()
+	vmCPU := func(v *vm) float64 { u, k := guestCPU(t, v); return u + k }
+	f := figures{vmP: vmCPU(alpha), vmS: vmCPU(bravo)}
+	if geo {
+		f.dP, f.dS = daemonStats(t, alpha), daemonStats(t, bravo)
+	}
+	return f
+}
+
+// minus is f-g, scaled by 1/div; threads are f's.
+func (f figures) minus(g figures, div float64) figures {
+	d := func(a, b daemonStat) daemonStat {
+		return daemonStat{cpuS: (a.cpuS - b.cpuS) / div, ctxsw: (a.ctxsw - b.ctxsw) / div, threads: a.threads}
+	}
+	return figures{vmP: (f.vmP - g.vmP) / div, vmS: (f.vmS - g.vmS) / div, dP: d(f.dP, g.dP), dS: d(f.dS, g.dS)}
+}
+
+// measure reads the figures around run, and returns their change less
+// what idle (per second, from benchIdle) would have spent over the same
+// window: from the first reading's start to the last's end.
+func measure(t *testing.T, alpha, bravo *vm, geo bool, idle figures, run func()) figures {
+	t.Helper()
+	began := time.Now()
+	f0 := readFigures(t, alpha, bravo, geo)
+	run()
+	f1 := readFigures(t, alpha, bravo, geo)
+	w := time.Since(began).Seconds()
+	d := f1.minus(f0, 1)
+	return d.minus(figures{vmP: idle.vmP * w, vmS: idle.vmS * w,
+		dP: daemonStat{cpuS: idle.dP.cpuS * w, ctxsw: idle.dP.ctxsw * w},
+		dS: daemonStat{cpuS: idle.dS.cpuS * w, ctxsw: idle.dS.ctxsw * w}}, 1)
+}
+
+// benchIdle measures what the VMs and the georepl daemons spend a second
+// with every set-up up and no I/O, over benchIdleFor, writes it to out
+// and returns it.
+func benchIdle(t *testing.T, out *strings.Builder, alpha, bravo *vm, setups []benchSetup) figures {
+	t.Helper()
+	geo := slices.ContainsFunc(setups, func(s benchSetup) bool { return s.kind == "georepl" })
+	began := time.Now()
+	f0 := readFigures(t, alpha, bravo, geo)
+	alpha.must(fmt.Sprintf("sleep %d", int(benchIdleFor/time.Second)), time.Minute)
+	f1 := readFigures(t, alpha, bravo, geo)
+	w := time.Since(began).Seconds()
+	idle := f1.minus(f0, w)
+	fmt.Fprintf(out, "idle, every set-up up, no I/O, %.1f s: VM CPU %.1f%%/%.1f%% of one vCPU (alpha/bravo)", w, idle.vmP*100, idle.vmS*100)
+	if geo {
+		fmt.Fprintf(out, "; georepl daemons: CPU %.1f%%/%.1f%%, %.0f/%.0f context switches a second, %.0f/%.0f threads", idle.dP.cpuS*100, idle.dS.cpuS*100, idle.dP.ctxsw, idle.dS.ctxsw, idle.dP.threads, idle.dS.threads)
+	}
+	out.WriteString("\n")
+	return idle
+}
+
+// benchIdleFor is how long benchIdle watches the idle VMs.
+const benchIdleFor = 10 * time.Second
+
+// daemonStat is the georepl daemon's CPU time in seconds, its threads'
+// context switches (voluntary and not) and its threads.
+type daemonStat struct{ cpuS, ctxsw, threads float64 }
+
+// daemonStats reads v's georepl daemon's figures from /proc.
+func daemonStats(t *testing.T, v *vm) daemonStat {
+	t.Helper()
+	out := v.must(`p=$(pidof georepl) && echo @@DSTAT $(cut -d' ' -f14,15 /proc/$p/stat) $(cat /proc/$p/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}') $(ls /proc/$p/task | wc -l)`, time.Minute)
+	line, _ := lineWith(out, "@@DSTAT ")
+	f := strings.Fields(line)
+	if len(f) != 4 {
+		t.Fatalf("%s: the daemon's /proc figures: %q", v.name, out)
+	}
+	var x [4]float64
+	for i := range f {
+		var err error
+		if x[i], err = strconv.ParseFloat(f[i], 64); err != nil {
+			t.Fatalf("%s: the daemon's /proc figures: %q: %v", v.name, line, err)
+		}
+	}
+	// utime and stime are in clock ticks, USER_HZ 100.
+	return daemonStat{cpuS: (x[0] + x[1]) / 100, ctxsw: x[2], threads: x[3]}
+}
+
+// pinQEMU sets the CPU affinity of every thread of v's QEMU to host CPU
+// cpu.
+func pinQEMU(t *testing.T, v *vm, cpu int) {
+	t.Helper()
+	if n := runtime.NumCPU(); cpu >= n {
+		t.Fatalf("-vmbench.pin: host CPU %d for %s, but the host has %d", cpu, v.name, n)
+	}
+	v.mu.Lock()
+	pid := v.cmd.Process.Pid
+	v.mu.Unlock()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatalf("-vmbench.pin: %s's QEMU: %v", v.name, err)
+	}
+	var set unix.CPUSet
+	set.Set(cpu)
+	for _, task := range tasks {
+		tid, err := strconv.Atoi(task.Name())
+		if err != nil {
+			continue
+		}
+		if err := unix.SchedSetaffinity(tid, &set); err != nil {
+			t.Fatalf("-vmbench.pin: %s's QEMU thread %d to CPU %d: %v", v.name, tid, cpu, err)
+		}
+	}
+	t.Logf("%s: %d threads of QEMU (pid %d) pinned to host CPU %d", v.name, len(tasks), pid, cpu)
+}
+
+// syscalls is one daemon's system calls by name, "total" their sum, over
+// window seconds.
+type syscalls struct {
+	calls  map[string]float64
+	window float64
+}
+
+// benchSyscalls counts the system calls of the georepl daemons on alpha
+// and bravo while run runs, with strace -c -f attached to each (which
+// slows them: the counts are what to read, not the latency). A window
+// starts 1 s before the start command returns (strace attached, then a
+// second's sleep) and ends when the stop command is sent.
+func benchSyscalls(t *testing.T, alpha, bravo *vm, run func()) [2]syscalls {
+	t.Helper()
+	// strace in a subshell that sleeps once it ends (a guest background
+	// job must not exit); its summary goes to /tmp/strace.txt.
+	start := `rm -f /tmp/strace.txt; p=$(pidof georepl) && (strace -c -f -p $p -o /tmp/strace.txt & echo $! >/tmp/strace.pid; wait; exec sleep 100000) </dev/null >/dev/null 2>&1 &
+i=0; until grep -q 'TracerPid:[[:space:]]*[1-9]' /proc/$p/status || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done; sleep 1; grep -q 'TracerPid:[[:space:]]*[1-9]' /proc/$p/status`
+	stop := `kill -INT $(cat /tmp/strace.pid); i=0; while kill -0 $(cat /tmp/strace.pid) 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; sed 's/^/@@ST /' /tmp/strace.txt`
+	vms := [2]*vm{alpha, bravo}
+	var began [2]time.Time
+	for i, v := range vms {
+		v.must(start, time.Minute)
+		began[i] = time.Now().Add(-time.Second)
+	}
+	run()
+	var res [2]syscalls
+	for i, v := range vms {
+		res[i] = syscalls{calls: map[string]float64{}, window: time.Since(began[i]).Seconds()}
+		lines := v.must(stop, 2*time.Minute)
+		for _, l := range lines {
+			l, ok := strings.CutPrefix(strings.TrimSpace(l), "@@ST ")
+			f := strings.Fields(l)
+			if !ok || len(f) < 5 || strings.HasPrefix(f[0], "%") || strings.HasPrefix(f[0], "-") {
+				continue
+			}
+			if calls, err := strconv.ParseFloat(f[3], 64); err == nil {
+				res[i].calls[f[len(f)-1]] = calls
+			}
+		}
+		if res[i].calls["total"] == 0 {
+			t.Fatalf("%s: no strace summary:\n%s", v.name, strings.Join(lines, "\n"))
+		}
+	}
+	return res
+}
+
+// writeSyscalls writes, after label, each daemon's calls in sc divided
+// by per: the total and the six most frequent and, when idle (calls a
+// second) is given, what the idle daemon made over the same window, also
+// divided by per. Not subtracted: a busy daemon's runtime does not poll
+// and sleep as an idle one does, so the difference can go below zero.
+func writeSyscalls(out *strings.Builder, label string, sc, idle [2]syscalls, per float64) {
+	out.WriteString(label)
+	for i, c := range sc {
+		var names []string
+		for name := range c.calls {
+			if name != "total" {
+				names = append(names, name)
+			}
+		}
+		slices.SortFunc(names, func(a, b string) int { return cmp.Compare(c.calls[b], c.calls[a]) })
+		var rows []string
+		for _, name := range names[:min(6, len(names))] {
+			rows = append(rows, fmt.Sprintf("%s %.1f", name, c.calls[name]/per))
+		}
+		fmt.Fprintf(out, "; %s %.1f (%s", [2]string{"primary", "secondary"}[i], c.calls["total"]/per, strings.Join(rows, ", "))
+		if idle[i].calls != nil {
+			fmt.Fprintf(out, "; idle over the same %.1f s: %.1f", c.window, idle[i].calls["total"]*c.window/per)
+		}
+		out.WriteString(")")
+	}
+	out.WriteString("\n")
+}
+
+// rates is sc per second of its window.
+func rates(sc [2]syscalls) [2]syscalls {
+	var r [2]syscalls
+	for i, c := range sc {
+		r[i] = syscalls{calls: map[string]float64{}, window: 1}
+		for name, n := range c.calls {
+			r[i].calls[name] = n / c.window
+		}
+	}
+	return r
 }
 
 // daemonLatency is a georepl resource's write latency histograms' counts
@@ -455,19 +770,31 @@ func median(xs []float64) float64 {
 func benchTable(out *strings.Builder, setups []benchSetup, samples map[string][]benchSample) {
 	med := map[string]benchSample{}
 	for name, ss := range samples {
-		var l, m, i, u, k, a, lo []float64
-		for _, s := range ss {
-			l, m, i = append(l, s.latUS), append(m, s.mbps), append(i, s.iops)
-			u, k = append(u, s.userS), append(k, s.sysS)
-			a, lo = append(a, s.appUS), append(lo, s.localUS)
+		col := func(f func(benchSample) float64) float64 {
+			var xs []float64
+			for _, s := range ss {
+				xs = append(xs, f(s))
+			}
+			return median(xs)
 		}
-		med[name] = benchSample{median(l), median(m), median(i), median(u), median(k), median(a), median(lo)}
+		med[name] = benchSample{
+			latUS: col(func(s benchSample) float64 { return s.latUS }),
+			mbps:  col(func(s benchSample) float64 { return s.mbps }),
+			iops:  col(func(s benchSample) float64 { return s.iops }),
+			userS: col(func(s benchSample) float64 { return s.userS }),
+			sysS:  col(func(s benchSample) float64 { return s.sysS }),
+			appUS: col(func(s benchSample) float64 { return s.appUS }), localUS: col(func(s benchSample) float64 { return s.localUS }),
+			vmP: col(func(s benchSample) float64 { return s.vmP }), vmS: col(func(s benchSample) float64 { return s.vmS }),
+			dcpuP: col(func(s benchSample) float64 { return s.dcpuP }), dcpuS: col(func(s benchSample) float64 { return s.dcpuS }),
+			csP: col(func(s benchSample) float64 { return s.csP }), csS: col(func(s benchSample) float64 { return s.csS }),
+			thrP: col(func(s benchSample) float64 { return s.thrP }), thrS: col(func(s benchSample) float64 { return s.thrS }),
+		}
 	}
 	raw := med[benchSetups[0].name]
 	drbd := map[string]benchSample{}
 	for _, s := range setups {
 		if s.kind == "drbd" {
-			drbd[s.protocol] = med[s.name]
+			drbd[s.group()] = med[s.name]
 		}
 	}
 	ratio := func(x, base float64) string {
@@ -479,7 +806,7 @@ func benchTable(out *strings.Builder, setups []benchSetup, samples map[string][]
 	fmt.Fprintf(out, "%-24s %9s %7s %7s | %9s %7s %7s | %9s %7s %7s | %s\n", "set-up", "QD1 ms", "xraw", "xDRBD", "seq MB/s", "xraw", "xDRBD", "QD16 IOPS", "xraw", "xDRBD", "primary CPU s user/kernel | daemon QD1 ms write/local")
 	for _, s := range setups {
 		m := med[s.name]
-		d, hasD := drbd[s.protocol]
+		d, hasD := drbd[s.group()]
 		xd := func(x, base float64) string {
 			if s.kind != "georepl" || !hasD {
 				return "-"
@@ -494,5 +821,14 @@ func benchTable(out *strings.Builder, setups []benchSetup, samples map[string][]
 			m.latUS/1000, ratio(m.latUS, raw.latUS), xd(m.latUS, d.latUS),
 			m.mbps, ratio(m.mbps, raw.mbps), xd(m.mbps, d.mbps),
 			m.iops, ratio(m.iops, raw.iops), xd(m.iops, d.iops), m.userS, m.sysS, daemon)
+	}
+	fmt.Fprintf(out, "per QD1 write, less the idle cost, primary/secondary: %-14s %-13s %-15s %s\n", "VM CPU ms", "daemon CPU ms", "daemon ctx sw", "daemon threads")
+	for _, s := range setups {
+		m := med[s.name]
+		line := fmt.Sprintf("%-54s %-14s", s.name, fmt.Sprintf("%.2f/%.2f", m.vmP, m.vmS))
+		if s.kind == "georepl" {
+			line += fmt.Sprintf(" %-13s %-15s %.0f/%.0f", fmt.Sprintf("%.2f/%.2f", m.dcpuP, m.dcpuS), fmt.Sprintf("%.1f/%.1f", m.csP, m.csS), m.thrP, m.thrS)
+		}
+		fmt.Fprintln(out, line)
 	}
 }
