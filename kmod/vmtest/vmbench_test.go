@@ -546,15 +546,22 @@ func (f figures) minus(g figures, div float64) figures {
 // window: from the first reading's start to the last's end.
 func measure(t *testing.T, alpha, bravo *vm, geo bool, idle figures, run func()) figures {
 	t.Helper()
+	d, w := around(t, alpha, bravo, geo, run)
+	return d.minus(figures{vmP: idle.vmP * w, vmS: idle.vmS * w,
+		dP: daemonStat{cpuS: idle.dP.cpuS * w, ctxsw: idle.dP.ctxsw * w},
+		dS: daemonStat{cpuS: idle.dS.cpuS * w, ctxsw: idle.dS.ctxsw * w}}, 1)
+}
+
+// around reads the figures before and after run and returns their
+// change and the window's length in seconds, from the first reading's
+// start to the last's end.
+func around(t *testing.T, alpha, bravo *vm, geo bool, run func()) (figures, float64) {
+	t.Helper()
 	began := time.Now()
 	f0 := readFigures(t, alpha, bravo, geo)
 	run()
 	f1 := readFigures(t, alpha, bravo, geo)
-	w := time.Since(began).Seconds()
-	d := f1.minus(f0, 1)
-	return d.minus(figures{vmP: idle.vmP * w, vmS: idle.vmS * w,
-		dP: daemonStat{cpuS: idle.dP.cpuS * w, ctxsw: idle.dP.ctxsw * w},
-		dS: daemonStat{cpuS: idle.dS.cpuS * w, ctxsw: idle.dS.ctxsw * w}}, 1)
+	return f1.minus(f0, 1), time.Since(began).Seconds()
 }
 
 // benchIdle measures what the VMs and the georepl daemons spend a second
@@ -563,12 +570,10 @@ func measure(t *testing.T, alpha, bravo *vm, geo bool, idle figures, run func())
 func benchIdle(t *testing.T, out *strings.Builder, alpha, bravo *vm, setups []benchSetup) figures {
 	t.Helper()
 	geo := slices.ContainsFunc(setups, func(s benchSetup) bool { return s.kind == "georepl" })
-	began := time.Now()
-	f0 := readFigures(t, alpha, bravo, geo)
-	alpha.must(fmt.Sprintf("sleep %d", int(benchIdleFor/time.Second)), time.Minute)
-	f1 := readFigures(t, alpha, bravo, geo)
-	w := time.Since(began).Seconds()
-	idle := f1.minus(f0, w)
+	d, w := around(t, alpha, bravo, geo, func() {
+		alpha.must(fmt.Sprintf("sleep %d", int(benchIdleFor/time.Second)), time.Minute)
+	})
+	idle := d.minus(figures{}, w)
 	fmt.Fprintf(out, "idle, every set-up up, no I/O, %.1f s: VM CPU %.1f%%/%.1f%% of one vCPU (alpha/bravo)", w, idle.vmP*100, idle.vmS*100)
 	if geo {
 		fmt.Fprintf(out, "; georepl daemons: CPU %.1f%%/%.1f%%, %.0f/%.0f context switches a second, %.0f/%.0f threads", idle.dP.cpuS*100, idle.dS.cpuS*100, idle.dP.ctxsw, idle.dS.ctxsw, idle.dP.threads, idle.dS.threads)
